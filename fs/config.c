@@ -1,0 +1,262 @@
+/* The option table and its three readers (defaults, INI file via inih, getopt_long).
+ * Adding an option is one row in `options` and one field in struct daemon_config. */
+#include "fs/config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <ini.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+#include "util/parse.h"
+
+enum opt_type { OPT_STRING, OPT_SIZE, OPT_DURATION, OPT_UINT, OPT_BOOL, OPT_LEVEL, OPT_LIST,
+                OPT_FLAG };
+
+struct opt_def {
+        const char *name;
+        enum opt_type type;
+        const char *def; /* NULL: no default */
+        uint64_t min, max;
+        size_t offset;
+        const char *metavar;
+        const char *help;
+};
+
+#define F(field) offsetof(struct daemon_config, field)
+#define GiB      (UINT64_C(1) << 30)
+#define MiB      (UINT64_C(1) << 20)
+
+static const struct opt_def options[] = {
+        {"config", OPT_STRING, "/etc/p2pblobs/p2pblobs.conf", 0, 0, F(config_path), "PATH",
+         "INI configuration file (keys are these option names); missing is fine"},
+        {"mountpoint", OPT_STRING, "/var/lib/p2pblobs", 0, 0, F(mountpoint), "DIR",
+         "where the blob tree is mounted"},
+        {"state-dir", OPT_STRING, "/var/cache/p2pblobs", 0, 0, F(state_dir), "DIR",
+         "index.db and the chunk store"},
+        {"control-socket", OPT_STRING, "/run/p2pblobs/control.sock", 0, 0, F(control_socket),
+         "PATH", "unix socket blobctl talks to"},
+        {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), "SIZE",
+         "bytes of chunks kept on disk (512M, 10G)"},
+        {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), "SIZE",
+         "fetch and cache granularity; one value per cluster"},
+        {"insecure-registry", OPT_LIST, NULL, 0, 0, F(insecure), "HOST:PORT",
+         "reach this registry over plain HTTP (repeatable)"},
+        {"registry-config", OPT_STRING, NULL, 0, 0, F(registry_config), "PATH",
+         "docker-style config.json with registry credentials"},
+        {"ca-file", OPT_STRING, NULL, 0, 0, F(ca_file), "PATH",
+         "extra CA certificates for registries"},
+        {"fetch-timeout", OPT_DURATION, "30s", 100, 3600 * 1000, F(fetch_timeout_ms), "DURATION",
+         "a chunk not fetched by then fails its readers with EIO"},
+        {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms),
+         "DURATION", "TCP+TLS connect timeout per attempt"},
+        {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms),
+         "DURATION", "after a blob fails verification, reads fail with EIO this long"},
+        {"readahead", OPT_UINT, "8", 0, 256, F(readahead), "CHUNKS",
+         "chunks fetched ahead of a sequential reader"},
+        {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), "N",
+         "chunk fetches in flight (readahead stops at this)"},
+        {"max-connections", OPT_UINT, "16", 1, 1024, F(max_connections), "N",
+         "concurrent connections to origins"},
+        {"workers", OPT_UINT, "4", 1, 64, F(workers), "N", "threads writing fetched chunks"},
+        {"max-blobs", OPT_UINT, "100000", 1, 10000000, F(max_blobs), "N",
+         "blobs the node keeps track of"},
+        {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), "LEVEL",
+         "error, warning, notice, info or debug"},
+        {"foreground", OPT_FLAG, "0", 0, 0, F(foreground), NULL,
+         "stay in the foreground (systemd, tests)"},
+        {"help", OPT_FLAG, "0", 0, 0, F(help), NULL, "show this help"},
+        {"version", OPT_FLAG, "0", 0, 0, F(version), NULL, "show the version"},
+};
+#define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+static int set_value(struct daemon_config *cfg, const struct opt_def *o, const char *value,
+                     const char *origin) {
+        void *field = (char *)cfg + o->offset;
+        int r = 0;
+        uint64_t u = 0;
+        switch (o->type) {
+        case OPT_STRING: {
+                char *copy = strdup(value);
+                if (!copy)
+                        return -ENOMEM;
+                free(*(char **)field);
+                *(char **)field = copy;
+                return 0;
+        }
+        case OPT_LIST: {
+                if (cfg->n_insecure >= CONFIG_LIST_MAX) {
+                        fprintf(stderr, "%s: too many --%s values (max %d)\n", origin, o->name,
+                                CONFIG_LIST_MAX);
+                        return -EINVAL;
+                }
+                char host[256];
+                uint16_t port;
+                if (parse_hostport(value, host, sizeof(host), &port) < 0) {
+                        fprintf(stderr, "%s: --%s wants HOST:PORT, got \"%s\"\n", origin, o->name,
+                                value);
+                        return -EINVAL;
+                }
+                char *copy = strdup(value);
+                if (!copy)
+                        return -ENOMEM;
+                cfg->insecure[cfg->n_insecure++] = copy;
+                return 0;
+        }
+        case OPT_SIZE:
+                r = parse_size(value, &u);
+                break;
+        case OPT_DURATION:
+                r = parse_duration_ms(value, &u);
+                break;
+        case OPT_UINT:
+                r = parse_u64(value, o->min, o->max, &u);
+                break;
+        case OPT_BOOL:
+        case OPT_FLAG: {
+                bool b;
+                r = parse_bool(value, &b);
+                if (r == 0)
+                        *(bool *)field = b;
+                break;
+        }
+        case OPT_LEVEL: {
+                int l;
+                r = log_parse_level(value, &l);
+                if (r == 0)
+                        *(int *)field = l;
+                break;
+        }
+        }
+        if (r == 0 && (o->type == OPT_SIZE || o->type == OPT_DURATION || o->type == OPT_UINT)) {
+                if (u < o->min || (o->max && u > o->max))
+                        r = -ERANGE;
+                else
+                        *(uint64_t *)field = u;
+        }
+        if (r < 0)
+                fprintf(stderr, "%s: invalid value \"%s\" for %s: %s\n", origin, value, o->name,
+                        r == -ERANGE ? "out of range" : "malformed");
+        return r;
+}
+
+static const struct opt_def *find_option(const char *name) {
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                if (strcmp(options[i].name, name) == 0)
+                        return &options[i];
+        return NULL;
+}
+
+struct ini_ctx {
+        struct daemon_config *cfg;
+        const char *path;
+        int err;
+};
+
+static int on_ini(void *ud, const char *section, const char *name, const char *value) {
+        struct ini_ctx *c = ud;
+        (void)section; /* one flat namespace; sections are allowed for readability */
+        const struct opt_def *o = find_option(name);
+        if (!o || o->type == OPT_FLAG || strcmp(name, "config") == 0) {
+                fprintf(stderr, "%s: unknown key \"%s\"\n", c->path, name);
+                c->err = -EINVAL;
+                return 1; /* keep going: report every bad key at once */
+        }
+        if (set_value(c->cfg, o, value, c->path) < 0)
+                c->err = -EINVAL;
+        return 1;
+}
+
+int config_load(struct daemon_config *cfg, int argc, char **argv) {
+        memset(cfg, 0, sizeof(*cfg));
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                if (options[i].def && set_value(cfg, &options[i], options[i].def, "default") < 0)
+                        return -EINVAL;
+
+        struct option longopts[N_OPTIONS + 1];
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                longopts[i] = (struct option){options[i].name,
+                                              options[i].type == OPT_FLAG ? no_argument
+                                                                          : required_argument,
+                                              NULL, (int)i};
+        longopts[N_OPTIONS] = (struct option){0};
+
+        /* Pass 1: only --config, so the file is read before the flags override it. */
+        opterr = 0;
+        optind = 1;
+        int c, li;
+        while ((c = getopt_long(argc, argv, "h", longopts, &li)) != -1)
+                if (c >= 0 && (size_t)c < N_OPTIONS && strcmp(options[c].name, "config") == 0)
+                        if (set_value(cfg, &options[c], optarg, "--config") < 0)
+                                return -EINVAL;
+
+        FILE *f = fopen(cfg->config_path, "re");
+        if (f) {
+                struct ini_ctx ctx = {.cfg = cfg, .path = cfg->config_path};
+                int line = ini_parse_file(f, on_ini, &ctx);
+                fclose(f);
+                if (line > 0) {
+                        fprintf(stderr, "%s:%d: syntax error\n", cfg->config_path, line);
+                        return -EINVAL;
+                }
+                if (ctx.err < 0)
+                        return ctx.err;
+        } else if (errno != ENOENT) {
+                fprintf(stderr, "%s: %s\n", cfg->config_path, strerror(errno));
+                return -EINVAL;
+        }
+
+        opterr = 1;
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", longopts, &li)) != -1) {
+                if (c == 'h') {
+                        cfg->help = true;
+                        continue;
+                }
+                if (c < 0 || (size_t)c >= N_OPTIONS) {
+                        fprintf(stderr, "try '%s --help'\n", argv[0]);
+                        return -EINVAL;
+                }
+                const struct opt_def *o = &options[c];
+                if (strcmp(o->name, "config") == 0)
+                        continue;
+                if (set_value(cfg, o, o->type == OPT_FLAG ? "1" : optarg, "command line") < 0)
+                        return -EINVAL;
+        }
+        if (optind < argc) {
+                fprintf(stderr, "%s: unexpected argument \"%s\"; try --help\n", argv[0],
+                        argv[optind]);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+void config_free(struct daemon_config *cfg) {
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                if (options[i].type == OPT_STRING) {
+                        char **p = (char **)((char *)cfg + options[i].offset);
+                        free(*p);
+                        *p = NULL;
+                }
+        for (size_t i = 0; i < cfg->n_insecure; i++)
+                free(cfg->insecure[i]);
+        cfg->n_insecure = 0;
+}
+
+void config_usage(FILE *out, const char *prog) {
+        fprintf(out, "Usage: %s [OPTIONS]\n\n"
+                     "Mounts a read-only tree of container-image blobs, fetched lazily and "
+                     "cached under a byte budget.\n\n",
+                prog);
+        for (size_t i = 0; i < N_OPTIONS; i++) {
+                const struct opt_def *o = &options[i];
+                char left[64];
+                snprintf(left, sizeof(left), "--%s%s%s", o->name, o->metavar ? " " : "",
+                         o->metavar ? o->metavar : "");
+                fprintf(out, "  %-32s %s", left, o->help);
+                if (o->def && o->type != OPT_FLAG)
+                        fprintf(out, " [%s]", o->def);
+                fputc('\n', out);
+        }
+}

@@ -1,0 +1,43 @@
+/* p2pblobsd's configuration: one table (config.c) describes every option — name, type,
+ * default, bounds, help. The INI file (--config, default /etc/p2pblobs/p2pblobs.conf; a missing
+ * file is fine), the command-line flags and --help all come from it. Flags override the file. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define CONFIG_LIST_MAX 32
+
+struct daemon_config {
+        char *config_path;
+        char *mountpoint;
+        char *state_dir;
+        char *control_socket;
+        char *registry_config; /* docker config.json with credentials */
+        char *ca_file;
+        uint64_t cache_budget;
+        uint64_t chunk_size;
+        uint64_t readahead;
+        uint64_t max_inflight;
+        uint64_t max_connections;
+        uint64_t workers;
+        uint64_t max_blobs;
+        uint64_t fetch_timeout_ms;
+        uint64_t connect_timeout_ms;
+        uint64_t verify_retry_ms;
+        bool foreground;
+        bool help;
+        bool version;
+        int log_level;
+        char *insecure[CONFIG_LIST_MAX];
+        size_t n_insecure;
+};
+
+/* Fills CFG from defaults, the config file and ARGV. 0; -EINVAL with a message on stderr for
+ * bad input. With --help / --version set, the caller prints and exits. */
+int config_load(struct daemon_config *cfg, int argc, char **argv);
+
+void config_free(struct daemon_config *cfg);
+
+void config_usage(FILE *out, const char *prog);

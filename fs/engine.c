@@ -1,0 +1,1121 @@
+/* The read engine. See engine.h for the contract.
+ *
+ * State and locking. One mutex, `lock`, protects the blob table, every blob's present bitmap
+ * and verification state, the in-flight fetches with their waiters, the eviction policy and the
+ * counters. Critical sections are short (bit tests, list edits, punching evicted chunks); disk
+ * copies, hashing and the network all run outside it. Lock order: engine lock, then (inside
+ * policy and index calls) nothing that calls back. Index writes are queued after unlocking.
+ *
+ * Life of a miss. engine_read() finds chunk k absent: it creates an `inflight` for (blob, k) or
+ * joins the existing one, hangs a `pending` read on it, and returns. The origin thread's
+ * completion is handed to a worker, which hashes and writes the chunk, marks it present (pinned
+ * for each waiter), evicts down to the budget, advances the blob's verification, and answers
+ * every pending read whose last missing chunk this was.
+ *
+ * Verification. Each blob keeps a SHA-256 context over its prefix of chunks [0, hashed). When
+ * chunk `hashed` becomes present the frontier advances through every present chunk after it;
+ * reaching the end compares the digest. With a budget smaller than the blob, a sequential read
+ * still verifies: the frontier follows the reader. If the advance will reach the end, the
+ * waiting readers are answered only after the comparison, so the last read of a corrupt blob
+ * fails rather than completing it.
+ *
+ * Memory: per blob a bitmap (chunks/8 bytes) and a hash context while hashing; per in-flight
+ * chunk one buffer (in the origin) — bounded by max_inflight plus the kernel's outstanding
+ * requests; per worker/FUSE thread one max_read buffer. */
+#include "fs/engine.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache/policy.h"
+#include "peer/ref.h"
+#include "util/log.h"
+
+struct pending;
+
+struct waiter {
+        struct waiter *next;
+        struct pending *pr;
+};
+
+struct inflight {
+        struct inflight *next; /* in blob->inflight */
+        struct blob *blob;
+        uint32_t idx;
+        bool readahead;        /* nobody waited for it when it started */
+        struct waiter *waiters;
+        struct engine *e;
+};
+
+struct blob {
+        uint32_t id;
+        struct digest digest;
+        uint64_t size;
+        uint32_t nchunks;
+        uint32_t npresent;
+        char source[IDX_SOURCE_MAX];
+        int64_t added_at;
+        bool verified;
+        uint8_t *present;          /* bitmap, nchunks bits */
+        struct inflight *inflight; /* fetches of this blob's chunks */
+        /* verification frontier */
+        EVP_MD_CTX *sha;           /* over chunks [0, hashed) */
+        uint32_t hashed;
+        bool hashing;              /* a worker is advancing the frontier */
+        uint64_t failed_until_ms;  /* verification failed: EIO until then */
+        uint64_t generation;       /* bumped when the blob's chunks are discarded */
+};
+
+struct pending {
+        engine_reply_fn reply;
+        void *ctx;
+        struct blob *blob;
+        uint64_t off;
+        size_t len;
+        uint32_t first, last; /* chunk range */
+        unsigned missing;
+        int err;
+        uint64_t pinned;           /* bit i: chunk first+i is pinned by this read */
+        struct pending *next_done; /* on a worker's list of reads to answer */
+};
+
+struct completion {
+        struct completion *next;
+        struct inflight *fl;
+        int err;
+        char reason[256];
+        uint8_t *buf;
+        size_t len;
+};
+
+struct engine {
+        struct engine_config cfg;
+        struct index *ix;
+        struct store *store;
+        struct origin *origin;
+
+        pthread_mutex_t lock; /* see the essay above */
+        struct blob **blobs;  /* by id */
+        uint32_t nblobs;
+        uint32_t *by_digest;  /* open addressing: id + 1, 0 = empty */
+        size_t by_digest_cap; /* power of two >= 2 * max_blobs */
+        struct policy *policy;
+        uint64_t budget, effective_budget;
+        unsigned inflight_count;
+        struct engine_stats st;
+
+        /* completion queue: origin thread -> workers */
+        pthread_mutex_t cq_lock;
+        pthread_cond_t cq_cond;
+        struct completion *cq_head, **cq_tail;
+        bool stopping;
+        pthread_t *workers;
+        unsigned nworkers;
+};
+
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+
+static void buf_key_init(void) {
+        pthread_key_create(&buf_key, free);
+}
+
+/* A per-thread copy buffer of max_read bytes: FUSE threads and workers each own one, freed
+ * when the thread exits. */
+static uint8_t *thread_buffer(struct engine *e) {
+        pthread_once(&buf_once, buf_key_init);
+        uint8_t *b = pthread_getspecific(buf_key);
+        if (!b) {
+                b = malloc(e->cfg.max_read);
+                if (b)
+                        pthread_setspecific(buf_key, b);
+        }
+        return b;
+}
+
+static bool bit_get(const uint8_t *map, uint32_t i) {
+        return map[i / 8] & (1u << (i % 8));
+}
+static void bit_set(uint8_t *map, uint32_t i) {
+        map[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+static void bit_clear(uint8_t *map, uint32_t i) {
+        map[i / 8] &= (uint8_t)~(1u << (i % 8));
+}
+
+static uint64_t chunk_off(const struct engine *e, uint32_t idx) {
+        return (uint64_t)idx * e->cfg.chunk_size;
+}
+
+static size_t chunk_len(const struct engine *e, const struct blob *b, uint32_t idx) {
+        uint64_t off = chunk_off(e, idx);
+        uint64_t left = b->size - off;
+        return left < e->cfg.chunk_size ? (size_t)left : e->cfg.chunk_size;
+}
+
+static struct chunk_key key_of(const struct blob *b, uint32_t idx) {
+        return (struct chunk_key){.blob = b->id, .idx = idx};
+}
+
+static size_t digest_slot(const struct digest *d, size_t cap) {
+        uint64_t h;
+        memcpy(&h, d->bytes, sizeof(h)); /* a sha256 is already uniformly distributed */
+        return (size_t)h & (cap - 1);
+}
+
+/* Caller holds lock. */
+static struct blob *find_blob(struct engine *e, const struct digest *d) {
+        for (size_t i = digest_slot(d, e->by_digest_cap);; i = (i + 1) & (e->by_digest_cap - 1)) {
+                uint32_t v = e->by_digest[i];
+                if (v == 0)
+                        return NULL;
+                if (digest_equal(&e->blobs[v - 1]->digest, d))
+                        return e->blobs[v - 1];
+        }
+}
+
+static void blob_info(const struct blob *b, struct engine_blob_info *ret) {
+        ret->id = b->id;
+        ret->digest = b->digest;
+        ret->size = b->size;
+        ret->chunks = b->nchunks;
+        ret->chunks_present = b->npresent;
+        ret->verified = b->verified;
+        ret->added_at = b->added_at;
+        memcpy(ret->source, b->source, sizeof(ret->source));
+}
+
+/* Caller holds lock. Creates the in-memory blob. -ENOSPC at max_blobs. */
+static int insert_blob(struct engine *e, const struct digest *d, uint64_t size,
+                       const char *source, int64_t added_at, bool verified, struct blob **ret) {
+        if (e->nblobs >= e->cfg.max_blobs)
+                return -ENOSPC;
+        uint64_t n = (size + e->cfg.chunk_size - 1) / e->cfg.chunk_size;
+        if (n > UINT32_MAX)
+                return -EFBIG;
+        struct blob *b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->present = calloc((size_t)(n + 7) / 8 + 1, 1);
+        if (!b->present) {
+                free(b);
+                return -ENOMEM;
+        }
+        b->id = e->nblobs;
+        b->digest = *d;
+        b->size = size;
+        b->nchunks = (uint32_t)n;
+        snprintf(b->source, sizeof(b->source), "%s", source);
+        b->added_at = added_at;
+        b->verified = verified;
+        e->blobs[e->nblobs++] = b;
+        size_t i = digest_slot(d, e->by_digest_cap);
+        while (e->by_digest[i])
+                i = (i + 1) & (e->by_digest_cap - 1);
+        e->by_digest[i] = b->id + 1;
+        e->st.blobs = e->nblobs;
+        if (verified)
+                e->st.blobs_verified++;
+        *ret = b;
+        return 0;
+}
+
+/* ---- index writes, collected under the lock and pushed after it ---------------------------- */
+
+enum idx_note_kind { NOTE_ABSENT, NOTE_PRESENT, NOTE_VERIFIED, NOTE_FORGET };
+
+struct idx_note {
+        enum idx_note_kind kind;
+        struct digest blob;
+        uint32_t idx;
+        bool flag;
+        struct digest sha;
+};
+
+/* Grows with the work done under one lock hold (one chunk's evictions, usually a handful). */
+struct notes {
+        struct idx_note *v;
+        size_t n, cap;
+};
+
+static void note(struct notes *ns, enum idx_note_kind k, const struct blob *b, uint32_t idx,
+                 bool flag, const struct digest *sha) {
+        if (ns->n == ns->cap) {
+                size_t cap = ns->cap ? ns->cap * 2 : 16;
+                struct idx_note *v = realloc(ns->v, cap * sizeof(*v));
+                if (!v) {
+                        /* The index then keeps a stale "present": start-up validation catches
+                         * it, at the cost of a probe. */
+                        log_debug("index note dropped: out of memory");
+                        return;
+                }
+                ns->v = v;
+                ns->cap = cap;
+        }
+        struct idx_note *n = &ns->v[ns->n++];
+        n->kind = k;
+        n->blob = b->digest;
+        n->idx = idx;
+        n->flag = flag;
+        if (sha)
+                n->sha = *sha;
+}
+
+static void notes_flush(struct engine *e, struct notes *ns) {
+        for (size_t i = 0; i < ns->n; i++) {
+                struct idx_note *n = &ns->v[i];
+                switch (n->kind) {
+                case NOTE_ABSENT:
+                        idx_chunk_absent(e->ix, &n->blob, n->idx);
+                        break;
+                case NOTE_PRESENT:
+                        idx_chunk_present(e->ix, &n->blob, n->idx, &n->sha);
+                        break;
+                case NOTE_VERIFIED:
+                        idx_blob_verified(e->ix, &n->blob, n->flag);
+                        break;
+                case NOTE_FORGET:
+                        idx_blob_forget_chunks(e->ix, &n->blob);
+                        break;
+                }
+        }
+        free(ns->v);
+        *ns = (struct notes){0};
+}
+
+/* ---- presence and eviction (caller holds lock) --------------------------------------------- */
+
+/* Forgets chunk IDX of B: bit, policy entry; the bytes are punched by the caller or already
+ * gone. */
+static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct notes *ns) {
+        if (!bit_get(b->present, idx))
+                return;
+        bit_clear(b->present, idx);
+        b->npresent--;
+        policy_remove(e->policy, key_of(b, idx));
+        note(ns, NOTE_ABSENT, b, idx, false, NULL);
+}
+
+static void evict_to_budget(struct engine *e, struct notes *ns) {
+        struct chunk_key k;
+        while (policy_next_victim(e->policy, &k)) {
+                struct blob *b = e->blobs[k.blob];
+                /* The policy already dropped it; clear the bit, then punch: a reader that finds
+                 * the bit clear never reads the bytes. */
+                bit_clear(b->present, k.idx);
+                b->npresent--;
+                note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
+                int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
+                if (r < 0)
+                        log_debug("store punch failed blob_id=%u chunk=%u err=%s", b->id, k.idx,
+                                  strerror(-r));
+                e->st.evicted_chunks++;
+        }
+}
+
+/* Pins chunk IDX for read PR and remembers it, so the read unpins exactly what it pinned. */
+static void pin_for(struct engine *e, struct pending *pr, uint32_t idx) {
+        if (policy_pin(e->policy, key_of(pr->blob, idx)) == 0)
+                pr->pinned |= UINT64_C(1) << (idx - pr->first);
+}
+
+static void unpin_all(struct engine *e, struct pending *pr) {
+        for (uint32_t i = pr->first; i <= pr->last; i++)
+                if (pr->pinned & (UINT64_C(1) << (i - pr->first)))
+                        policy_unpin(e->policy, key_of(pr->blob, i));
+        pr->pinned = 0;
+}
+
+/* ---- answering reads ------------------------------------------------------------------------ */
+
+/* Copies the read's bytes from the store (or, for the part lying in chunk FRESH_IDX, from
+ * FRESH, the chunk just fetched) and replies. Lost chunks (-ESTALE) make the read fail with
+ * EIO after they are marked absent, so the next read refetches them. Called without lock; the
+ * read's chunks are pinned. */
+static int copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint8_t *fresh,
+                     uint32_t fresh_idx, uint32_t *ret_lost) {
+        struct blob *b = pr->blob;
+        size_t done = 0;
+        for (uint32_t i = pr->first; i <= pr->last; i++) {
+                uint64_t coff = chunk_off(e, i);
+                uint64_t from = pr->off > coff ? pr->off : coff;
+                uint64_t to = coff + chunk_len(e, b, i);
+                if (pr->off + pr->len < to)
+                        to = pr->off + pr->len;
+                size_t n = (size_t)(to - from);
+                if (fresh && i == fresh_idx) {
+                        memcpy(out + done, fresh + (from - coff), n);
+                } else {
+                        int r = store_read(e->store, &b->digest, from, out + done, n);
+                        if (r < 0) {
+                                *ret_lost = i;
+                                return r;
+                        }
+                }
+                done += n;
+        }
+        return 0;
+}
+
+static void answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint32_t fresh_idx) {
+        int err = pr->err;
+        uint8_t *buf = NULL;
+        uint32_t lost = 0;
+        if (err == 0) {
+                if (fresh && pr->first == pr->last && pr->first == fresh_idx) {
+                        /* the common case: served straight from the fetched buffer */
+                        pr->reply(pr->ctx, 0, fresh + (pr->off - chunk_off(e, fresh_idx)), pr->len);
+                        goto out_unpin;
+                }
+                buf = thread_buffer(e);
+                if (!buf)
+                        err = -ENOMEM;
+                else
+                        err = copy_read(e, pr, buf, fresh, fresh_idx, &lost);
+        }
+        if (err == -ESTALE) {
+                struct notes ns = {0};
+                pthread_mutex_lock(&e->lock);
+                mark_absent(e, pr->blob, lost, &ns);
+                e->st.lost_chunks++;
+                pthread_mutex_unlock(&e->lock);
+                notes_flush(e, &ns);
+                log_warning("store lost a chunk blob_id=%u chunk=%u hint=\"it will be refetched\"",
+                            pr->blob->id, lost);
+                err = -EIO;
+        }
+        if (err < 0)
+                pr->reply(pr->ctx, err, NULL, 0);
+        else
+                pr->reply(pr->ctx, 0, buf, pr->len);
+out_unpin:
+        pthread_mutex_lock(&e->lock);
+        if (err < 0)
+                e->st.read_errors++;
+        unpin_all(e, pr);
+        pthread_mutex_unlock(&e->lock);
+        free(pr);
+}
+
+/* ---- fetching ------------------------------------------------------------------------------- */
+
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len);
+
+/* Caller holds lock. Starts a fetch for chunk IDX of B unless one runs; returns it (NULL on
+ * allocation failure). The caller calls submit() for new ones after unlocking. */
+static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t idx,
+                                     bool readahead, bool *ret_new) {
+        for (struct inflight *f = b->inflight; f; f = f->next)
+                if (f->idx == idx) {
+                        *ret_new = false;
+                        return f;
+                }
+        struct inflight *f = calloc(1, sizeof(*f));
+        if (!f)
+                return NULL;
+        f->blob = b;
+        f->idx = idx;
+        f->readahead = readahead;
+        f->e = e;
+        f->next = b->inflight;
+        b->inflight = f;
+        e->inflight_count++;
+        e->st.inflight_chunks = e->inflight_count;
+        if (readahead)
+                e->st.readahead_chunks++;
+        *ret_new = true;
+        return f;
+}
+
+static void submit(struct engine *e, struct inflight *f) {
+        struct blob *b = f->blob;
+        origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx), chunk_len(e, b, f->idx),
+                     now_ms() + e->cfg.fetch_timeout_ms, on_fetched, f);
+}
+
+/* Origin thread: hand the result to a worker. */
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len) {
+        struct inflight *f = ud;
+        struct engine *e = f->e;
+        struct completion *c = calloc(1, sizeof(*c));
+        if (!c) {
+                /* Cannot even queue the failure: fail it here, synchronously. */
+                free(buf);
+                log_err("engine error=\"out of memory\" what=completion");
+                abort();
+        }
+        c->fl = f;
+        c->err = err;
+        snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
+        c->buf = buf;
+        c->len = len;
+        pthread_mutex_lock(&e->cq_lock);
+        *e->cq_tail = c;
+        e->cq_tail = &c->next;
+        pthread_cond_signal(&e->cq_cond);
+        pthread_mutex_unlock(&e->cq_lock);
+}
+
+/* Caller holds lock. Unlinks F from its blob and returns its waiters. */
+static struct waiter *inflight_end(struct engine *e, struct inflight *f) {
+        struct blob *b = f->blob;
+        for (struct inflight **pp = &b->inflight; *pp; pp = &(*pp)->next)
+                if (*pp == f) {
+                        *pp = f->next;
+                        break;
+                }
+        e->inflight_count--;
+        e->st.inflight_chunks = e->inflight_count;
+        struct waiter *w = f->waiters;
+        free(f);
+        return w;
+}
+
+/* Caller holds lock. Readahead after a sequential read ending at chunk LAST. */
+static void readahead(struct engine *e, struct blob *b, uint32_t last, unsigned window,
+                      struct inflight **starts, size_t *nstarts, size_t max_starts) {
+        for (uint32_t i = last + 1; i <= last + window && i < b->nchunks; i++) {
+                if (e->inflight_count >= e->cfg.max_inflight || *nstarts == max_starts)
+                        return;
+                if (bit_get(b->present, i))
+                        continue;
+                bool is_new;
+                struct inflight *f = inflight_get(e, b, i, true, &is_new);
+                if (f && is_new)
+                        starts[(*nstarts)++] = f;
+        }
+}
+
+#define STARTS_MAX 64
+
+/* Caller holds lock. Readahead ramps up with the length of the sequential run: nothing until
+ * the reader has gone through two chunks in order, then one chunk ahead per chunk read, up to
+ * readahead_chunks. A single read at some offset therefore fetches only what it touches (plus
+ * the kernel's own readahead), while a streaming reader soon has the pipe full. Reads that
+ * arrive slightly out of order (the kernel issues them concurrently) still count as
+ * sequential. */
+static unsigned stream_window(struct engine *e, struct engine_stream *s, uint64_t off, size_t len) {
+        uint64_t slack = e->cfg.max_read;
+        bool sequential = s->run > 0 && off + slack >= s->next_off && off <= s->next_off + slack;
+        if (sequential) {
+                s->run += len;
+        } else {
+                s->run = len;
+        }
+        if (off + len > s->next_off || !sequential)
+                s->next_off = off + len;
+        uint64_t chunks = s->run / e->cfg.chunk_size;
+        if (chunks < 2)
+                return 0;
+        return chunks - 1 < e->cfg.readahead_chunks ? (unsigned)(chunks - 1) : e->cfg.readahead_chunks;
+}
+
+void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
+                 struct engine_stream *stream, engine_reply_fn reply, void *ctx) {
+        struct inflight *starts[STARTS_MAX];
+        size_t nstarts = 0;
+        if (len > e->cfg.max_read)
+                len = e->cfg.max_read;
+        for (int attempt = 0;; attempt++) {
+                pthread_mutex_lock(&e->lock);
+                if (id >= e->nblobs) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -ENOENT, NULL, 0);
+                        return;
+                }
+                struct blob *b = e->blobs[id];
+                if (off >= b->size || len == 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, 0, NULL, 0);
+                        return;
+                }
+                if (b->failed_until_ms && now_ms() < b->failed_until_ms) {
+                        e->st.read_errors++;
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -EIO, NULL, 0);
+                        return;
+                }
+                if (len > b->size - off)
+                        len = (size_t)(b->size - off);
+                uint32_t first = (uint32_t)(off / e->cfg.chunk_size);
+                uint32_t last = (uint32_t)((off + len - 1) / e->cfg.chunk_size);
+                /* A blob of one chunk is served only verified (see engine.h). */
+                bool must_verify = b->nchunks == 1 && !b->verified;
+                unsigned missing = 0;
+                for (uint32_t i = first; i <= last; i++)
+                        if (!bit_get(b->present, i) || must_verify)
+                                missing++;
+
+                unsigned window = stream ? stream_window(e, stream, off, len) : 0;
+
+                struct pending sync_pr = {.blob = b, .off = off, .len = len, .first = first,
+                                          .last = last};
+                if (missing == 0) {
+                        e->st.hits += last - first + 1;
+                        for (uint32_t i = first; i <= last; i++) {
+                                policy_touch(e->policy, key_of(b, i));
+                                pin_for(e, &sync_pr, i);
+                        }
+                        if (window)
+                                readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
+                        pthread_mutex_unlock(&e->lock);
+                        for (size_t i = 0; i < nstarts; i++)
+                                submit(e, starts[i]);
+                        nstarts = 0;
+
+                        uint8_t *buf = thread_buffer(e);
+                        uint32_t lost = 0;
+                        int r = buf ? copy_read(e, &sync_pr, buf, NULL, 0, &lost) : -ENOMEM;
+                        if (r == 0)
+                                reply(ctx, 0, buf, len);
+                        struct notes ns = {0};
+                        pthread_mutex_lock(&e->lock);
+                        unpin_all(e, &sync_pr);
+                        if (r == -ESTALE) {
+                                mark_absent(e, b, lost, &ns);
+                                e->st.lost_chunks++;
+                        }
+                        pthread_mutex_unlock(&e->lock);
+                        notes_flush(e, &ns);
+                        if (r == -ESTALE && attempt < 3) {
+                                log_warning("store lost a chunk blob_id=%u chunk=%u "
+                                            "hint=\"refetching it\"", b->id, lost);
+                                continue; /* the chunk is a miss now */
+                        }
+                        if (r < 0)
+                                reply(ctx, r == -ESTALE ? -EIO : r, NULL, 0);
+                        return;
+                }
+
+                struct pending *pr = calloc(1, sizeof(*pr));
+                if (!pr) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -ENOMEM, NULL, 0);
+                        return;
+                }
+                *pr = (struct pending){.reply = reply, .ctx = ctx, .blob = b, .off = off,
+                                       .len = len, .first = first, .last = last};
+                for (uint32_t i = first; i <= last; i++) {
+                        if (bit_get(b->present, i) && !must_verify) {
+                                e->st.hits++;
+                                policy_touch(e->policy, key_of(b, i));
+                                pin_for(e, pr, i);
+                                continue;
+                        }
+                        e->st.misses++;
+                        bool is_new;
+                        struct inflight *f = inflight_get(e, b, i, false, &is_new);
+                        struct waiter *w = f ? malloc(sizeof(*w)) : NULL;
+                        if (!w) {
+                                pr->err = -ENOMEM;
+                                if (f && is_new) {
+                                        inflight_end(e, f);
+                                }
+                                continue;
+                        }
+                        w->pr = pr;
+                        w->next = f->waiters;
+                        f->waiters = w;
+                        pr->missing++;
+                        if (is_new && nstarts < STARTS_MAX)
+                                starts[nstarts++] = f;
+                }
+                if (window)
+                        readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
+                bool answer_now = pr->missing == 0; /* every fetch failed to start */
+                pthread_mutex_unlock(&e->lock);
+                for (size_t i = 0; i < nstarts; i++)
+                        submit(e, starts[i]);
+                if (answer_now)
+                        answer(e, pr, NULL, 0);
+                return;
+        }
+}
+
+/* ---- completion workers -------------------------------------------------------------------- */
+
+/* Writes a fetched chunk, shrinking the effective budget while the disk is full. */
+static int write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uint8_t *buf,
+                       size_t len) {
+        for (int attempt = 0;; attempt++) {
+                int r = store_write(e->store, &b->digest, b->size, chunk_off(e, idx), buf, len);
+                if (r != -ENOSPC || attempt >= 8)
+                        return r;
+                struct notes ns = {0};
+                pthread_mutex_lock(&e->lock);
+                uint64_t used = policy_used_bytes(e->policy);
+                uint64_t floor = e->cfg.chunk_size;
+                uint64_t target = used > len + floor ? used - len : floor;
+                bool shrunk = target < e->effective_budget;
+                if (shrunk) {
+                        log_warning("store disk full dir=%s budget=%" PRIu64 " effective_budget=%"
+                                    PRIu64 " hint=\"shrinking the cache to fit the disk; free "
+                                    "space or lower --cache-budget\"",
+                                    store_dir(e->store), e->budget, target);
+                        e->effective_budget = target;
+                        e->st.effective_budget_bytes = target;
+                        e->st.store_full_events++;
+                        policy_set_budget(e->policy, target);
+                        evict_to_budget(e, &ns);
+                }
+                pthread_mutex_unlock(&e->lock);
+                notes_flush(e, &ns);
+                if (!shrunk && attempt >= 2)
+                        return r; /* nothing left to free: the disk is full of other things */
+        }
+}
+
+/* Discards every chunk of B after a verification failure. Caller holds lock. */
+static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
+        for (uint32_t i = 0; i < b->nchunks; i++)
+                if (bit_get(b->present, i)) {
+                        bit_clear(b->present, i);
+                        policy_remove(e->policy, key_of(b, i));
+                }
+        b->npresent = 0;
+        b->generation++;
+        note(ns, NOTE_FORGET, b, 0, false, NULL);
+        store_remove(e->store, &b->digest);
+}
+
+/* Advances B's verification frontier through present chunks, starting with FRESH (chunk
+ * FRESH_IDX's bytes) when it is the next one. Runs without lock; b->hashing is ours. Returns
+ * true when the blob turned out corrupt. */
+static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
+                             uint32_t fresh_idx) {
+        uint8_t *tmp = NULL;
+        bool corrupt = false;
+        pthread_mutex_lock(&e->lock);
+        uint64_t gen = b->generation;
+        for (;;) {
+                uint32_t i = b->hashed;
+                if (i >= b->nchunks || !bit_get(b->present, i) || b->generation != gen)
+                        break;
+                bool from_fresh = fresh && i == fresh_idx;
+                if (!from_fresh)
+                        policy_pin(e->policy, key_of(b, i));
+                pthread_mutex_unlock(&e->lock);
+
+                size_t n = chunk_len(e, b, i);
+                const uint8_t *data = fresh;
+                int r = 0;
+                if (!from_fresh) {
+                        if (!tmp)
+                                tmp = malloc(e->cfg.chunk_size);
+                        r = tmp ? store_read(e->store, &b->digest, chunk_off(e, i), tmp, n) : -ENOMEM;
+                        data = tmp;
+                }
+                if (r == 0) {
+                        if (!b->sha) {
+                                b->sha = EVP_MD_CTX_new();
+                                if (!b->sha || !EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL))
+                                        r = -ENOMEM;
+                        }
+                        if (r == 0)
+                                EVP_DigestUpdate(b->sha, data, n);
+                }
+                pthread_mutex_lock(&e->lock);
+                if (!from_fresh)
+                        policy_unpin(e->policy, key_of(b, i));
+                if (r < 0)
+                        break; /* try again when the next chunk lands */
+                b->hashed++;
+        }
+        if (b->hashed == b->nchunks && b->generation == gen && b->sha) {
+                struct digest got;
+                unsigned int dl = 0;
+                EVP_DigestFinal_ex(b->sha, got.bytes, &dl);
+                EVP_MD_CTX_free(b->sha);
+                b->sha = NULL;
+                b->hashed = 0;
+                struct notes ns = {0};
+                if (digest_equal(&got, &b->digest)) {
+                        b->verified = true;
+                        e->st.blobs_verified++;
+                        note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
+                } else {
+                        char want[DIGEST_HEX_LEN + 1], have[DIGEST_HEX_LEN + 1];
+                        digest_to_hex(&b->digest, want);
+                        digest_to_hex(&got, have);
+                        log_warning("blob failed verification digest=sha256:%s got=sha256:%s "
+                                    "source=%s hint=\"its chunks are discarded; reads fail with "
+                                    "EIO, then it is refetched\"", want, have, b->source);
+                        e->st.verify_failures++;
+                        b->failed_until_ms = now_ms() + e->cfg.verify_retry_ms;
+                        discard_blob(e, b, &ns);
+                        corrupt = true;
+                }
+                b->hashing = false;
+                pthread_mutex_unlock(&e->lock);
+                notes_flush(e, &ns);
+                free(tmp);
+                return corrupt;
+        }
+        b->hashing = false;
+        pthread_mutex_unlock(&e->lock);
+        free(tmp);
+        return false;
+}
+
+static void complete(struct engine *e, struct completion *c) {
+        struct inflight *f = c->fl;
+        struct blob *b = f->blob;
+        uint32_t idx = f->idx;
+        int err = c->err;
+        struct digest sha;
+
+        if (err == 0) {
+                digest_sha256(c->buf, c->len, &sha);
+                err = write_chunk(e, b, idx, c->buf, c->len);
+                if (err < 0) {
+                        snprintf(c->reason, sizeof(c->reason), "store write failed: %s",
+                                 strerror(-err));
+                }
+        }
+
+        struct notes ns = {0};
+        struct pending *done = NULL;
+        bool frontier = false, verify_first = false;
+        pthread_mutex_lock(&e->lock);
+        uint64_t gen = b->generation;
+        if (err == 0 && !bit_get(b->present, idx)) {
+                if (policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len) == -ENOSPC) {
+                        evict_to_budget(e, &ns);
+                        policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len);
+                }
+                bit_set(b->present, idx);
+                b->npresent++;
+                note(&ns, NOTE_PRESENT, b, idx, false, &sha);
+        }
+        struct waiter *w = inflight_end(e, f);
+        while (w) {
+                struct waiter *next = w->next;
+                struct pending *pr = w->pr;
+                if (err < 0)
+                        pr->err = -EIO;
+                else if (!(pr->pinned & (UINT64_C(1) << (idx - pr->first))))
+                        pin_for(e, pr, idx);
+                if (--pr->missing == 0) {
+                        pr->next_done = done;
+                        done = pr;
+                }
+                free(w);
+                w = next;
+        }
+        if (err == 0) {
+                evict_to_budget(e, &ns);
+                if (!b->verified && !b->hashing && b->hashed < b->nchunks &&
+                    bit_get(b->present, b->hashed)) {
+                        b->hashing = frontier = true;
+                        /* Will the frontier reach the end now? Then verify before answering. */
+                        verify_first = true;
+                        for (uint32_t i = b->hashed; i < b->nchunks && verify_first; i++)
+                                verify_first = bit_get(b->present, i);
+                }
+        }
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &ns);
+
+        if (err < 0) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(5000);
+                uint64_t suppressed = 0;
+                if (err != -ECANCELED && log_ratelimit_ok(&rl, &suppressed)) {
+                        char hex[DIGEST_HEX_LEN + 1];
+                        digest_to_hex(&b->digest, hex);
+                        log_warning("chunk fetch failed digest=sha256:%s chunk=%u source=%s "
+                                    "err=%s reason=\"%s\" suppressed=%" PRIu64,
+                                    hex, idx, b->source, strerror(-err), c->reason, suppressed);
+                }
+        }
+        bool corrupt = false;
+        if (frontier && verify_first)
+                corrupt = advance_frontier(e, b, c->buf, idx);
+        for (struct pending *pr = done; pr;) {
+                struct pending *next = pr->next_done;
+                if (corrupt || (err == 0 && b->generation != gen))
+                        pr->err = -EIO;
+                answer(e, pr, err == 0 ? c->buf : NULL, idx);
+                pr = next;
+        }
+        if (frontier && !verify_first)
+                advance_frontier(e, b, c->buf, idx);
+        free(c->buf);
+        free(c);
+}
+
+static void *worker_main(void *arg) {
+        struct engine *e = arg;
+        for (;;) {
+                pthread_mutex_lock(&e->cq_lock);
+                while (!e->cq_head && !e->stopping)
+                        pthread_cond_wait(&e->cq_cond, &e->cq_lock);
+                struct completion *c = e->cq_head;
+                if (!c) { /* stopping and drained */
+                        pthread_mutex_unlock(&e->cq_lock);
+                        return NULL;
+                }
+                e->cq_head = c->next;
+                if (!e->cq_head)
+                        e->cq_tail = &e->cq_head;
+                pthread_mutex_unlock(&e->cq_lock);
+                complete(e, c);
+        }
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------ */
+
+int engine_new(const struct engine_config *cfg, struct index *ix, struct store *store,
+               struct origin *origin, struct engine **ret) {
+        /* A read spans at most max_read / chunk_size + 1 chunks; pending reads track their pins
+         * in 64 bits. */
+        if (cfg->chunk_size == 0 || cfg->max_blobs == 0 || cfg->max_read == 0 ||
+            cfg->max_read / cfg->chunk_size + 2 > 64)
+                return -EINVAL;
+        struct engine *e = calloc(1, sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        e->cfg = *cfg;
+        if (e->cfg.workers == 0)
+                e->cfg.workers = 2;
+        e->ix = ix;
+        e->store = store;
+        e->origin = origin;
+        e->budget = e->effective_budget = cfg->cache_budget;
+        e->st.budget_bytes = e->st.effective_budget_bytes = cfg->cache_budget;
+        pthread_mutex_init(&e->lock, NULL);
+        pthread_mutex_init(&e->cq_lock, NULL);
+        pthread_cond_init(&e->cq_cond, NULL);
+        e->cq_tail = &e->cq_head;
+        e->by_digest_cap = 16;
+        while (e->by_digest_cap < (size_t)cfg->max_blobs * 2)
+                e->by_digest_cap *= 2;
+        e->blobs = calloc(cfg->max_blobs, sizeof(*e->blobs));
+        e->by_digest = calloc(e->by_digest_cap, sizeof(*e->by_digest));
+        /* Resident chunks can exceed budget/chunk_size by the pinned ones and by short last
+         * chunks; the margin keeps -ENOSPC from the policy a corner case. */
+        size_t max_entries = (size_t)(cfg->cache_budget / cfg->chunk_size) * 2 + 4096;
+        e->policy = policy_new(cfg->cache_budget, max_entries);
+        e->workers = calloc(e->cfg.workers, sizeof(*e->workers));
+        if (!e->blobs || !e->by_digest || !e->policy || !e->workers) {
+                engine_free(e);
+                return -ENOMEM;
+        }
+        for (unsigned i = 0; i < e->cfg.workers; i++) {
+                int r = -pthread_create(&e->workers[i], NULL, worker_main, e);
+                if (r < 0) {
+                        engine_free(e);
+                        return r;
+                }
+                e->nworkers++;
+        }
+        *ret = e;
+        return 0;
+}
+
+void engine_free(struct engine *e) {
+        if (!e)
+                return;
+        pthread_mutex_lock(&e->cq_lock);
+        e->stopping = true;
+        pthread_cond_broadcast(&e->cq_cond);
+        pthread_mutex_unlock(&e->cq_lock);
+        for (unsigned i = 0; i < e->nworkers; i++)
+                pthread_join(e->workers[i], NULL);
+        /* The origin is gone, so no fetch is still running: anything in flight was answered by
+         * its completion. What remains is memory. */
+        for (uint32_t i = 0; i < e->nblobs; i++) {
+                struct blob *b = e->blobs[i];
+                while (b->inflight) {
+                        struct waiter *w = inflight_end(e, b->inflight);
+                        while (w) {
+                                struct waiter *next = w->next;
+                                struct pending *pr = w->pr;
+                                pr->err = -EIO;
+                                if (--pr->missing == 0)
+                                        answer(e, pr, NULL, 0);
+                                free(w);
+                                w = next;
+                        }
+                }
+                EVP_MD_CTX_free(b->sha);
+                free(b->present);
+                free(b);
+        }
+        free(e->workers);
+        policy_free(e->policy);
+        free(e->blobs);
+        free(e->by_digest);
+        pthread_mutex_destroy(&e->lock);
+        pthread_mutex_destroy(&e->cq_lock);
+        pthread_cond_destroy(&e->cq_cond);
+        free(e);
+}
+
+struct load_ctx {
+        struct engine *e;
+        unsigned lost, kept, dropped_blobs;
+        struct notes ns;
+};
+
+static int load_blob(void *ud, const struct idx_blob *ib) {
+        struct load_ctx *lc = ud;
+        struct engine *e = lc->e;
+        struct blob *b;
+        if (ib->chunk_size != e->cfg.chunk_size) {
+                /* Chunks of another size cannot be mapped: keep the blob, drop its chunks. */
+                idx_blob_forget_chunks(e->ix, &ib->digest);
+                store_remove(e->store, &ib->digest);
+                struct idx_blob copy = *ib;
+                copy.chunk_size = e->cfg.chunk_size;
+                idx_put_blob(e->ix, &copy);
+                lc->dropped_blobs++;
+        }
+        int r = insert_blob(e, &ib->digest, ib->size, ib->source, ib->added_at, ib->verified, &b);
+        if (r == -ENOSPC) {
+                log_warning("index holds more blobs than --max-blobs max=%u", e->cfg.max_blobs);
+                return r;
+        }
+        return r;
+}
+
+static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool present,
+                      const struct digest *sha) {
+        (void)sha;
+        struct load_ctx *lc = ud;
+        struct engine *e = lc->e;
+        if (!present)
+                return 0;
+        struct blob *b = find_blob(e, d);
+        if (!b || idx >= b->nchunks || bit_get(b->present, idx))
+                return 0;
+        if (store_probe(e->store, d, chunk_off(e, idx), chunk_len(e, b, idx)) < 0) {
+                lc->lost++;
+                idx_chunk_absent(e->ix, d, idx);
+                return 0;
+        }
+        if (policy_insert(e->policy, key_of(b, idx), (uint32_t)chunk_len(e, b, idx)) < 0)
+                return 0;
+        bit_set(b->present, idx);
+        b->npresent++;
+        lc->kept++;
+        return 0;
+}
+
+int engine_load(struct engine *e) {
+        struct load_ctx lc = {.e = e};
+        pthread_mutex_lock(&e->lock);
+        int r = idx_for_each_blob(e->ix, load_blob, &lc);
+        if (r == 0 || r == -ENOSPC) {
+                idx_flush(e->ix); /* chunk-size fixes must land before we read chunks */
+                r = idx_for_each_chunk(e->ix, load_chunk, &lc);
+        }
+        evict_to_budget(e, &lc.ns);
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &lc.ns);
+        if (r < 0)
+                return r;
+        log_info("index loaded blobs=%u chunks_present=%u chunks_lost=%u used_bytes=%" PRIu64
+                 " blobs_rechunked=%u", e->nblobs, lc.kept, lc.lost,
+                 policy_used_bytes(e->policy), lc.dropped_blobs);
+        return 0;
+}
+
+int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *ret, char *reason,
+               size_t reason_len) {
+        struct blob_ref ref;
+        int r = ref_parse(refstr, &ref);
+        if (r < 0) {
+                snprintf(reason, reason_len, "malformed reference: want REGISTRY/REPOSITORY@sha256:<64 hex>");
+                return r == -EPROTONOSUPPORT ? -EINVAL : r;
+        }
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, &ref.digest);
+        if (b) {
+                blob_info(b, ret);
+                pthread_mutex_unlock(&e->lock);
+                return 0;
+        }
+        pthread_mutex_unlock(&e->lock);
+
+        char source[IDX_SOURCE_MAX];
+        snprintf(source, sizeof(source), "%s/%s", ref.registry, ref.repository);
+        uint64_t size = 0;
+        r = origin_blob_size(e->origin, source, &ref.digest, now_ms() + e->cfg.fetch_timeout_ms,
+                             &size, reason, reason_len);
+        if (r < 0)
+                return r;
+
+        pthread_mutex_lock(&e->lock);
+        b = find_blob(e, &ref.digest); /* a concurrent add may have won */
+        if (!b) {
+                r = insert_blob(e, &ref.digest, size, source, (int64_t)time(NULL), false, &b);
+                if (r < 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        snprintf(reason, reason_len, r == -ENOSPC ? "too many blobs (--max-blobs)"
+                                                                  : "cannot record the blob");
+                        return r;
+                }
+                struct idx_blob ib = {.digest = b->digest, .size = size,
+                                      .chunk_size = e->cfg.chunk_size, .added_at = b->added_at};
+                memcpy(ib.source, source, sizeof(ib.source));
+                pthread_mutex_unlock(&e->lock);
+                idx_put_blob(e->ix, &ib);
+                idx_flush(e->ix);
+                pthread_mutex_lock(&e->lock);
+        }
+        blob_info(b, ret);
+        pthread_mutex_unlock(&e->lock);
+        return 0;
+}
+
+int engine_find(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (b)
+                blob_info(b, ret);
+        pthread_mutex_unlock(&e->lock);
+        return b ? 0 : -ENOENT;
+}
+
+int engine_get(struct engine *e, uint32_t id, struct engine_blob_info *ret) {
+        pthread_mutex_lock(&e->lock);
+        bool ok = id < e->nblobs;
+        if (ok)
+                blob_info(e->blobs[id], ret);
+        pthread_mutex_unlock(&e->lock);
+        return ok ? 0 : -ENOENT;
+}
+
+uint32_t engine_blob_count(struct engine *e) {
+        pthread_mutex_lock(&e->lock);
+        uint32_t n = e->nblobs;
+        pthread_mutex_unlock(&e->lock);
+        return n;
+}
+
+void engine_get_stats(struct engine *e, struct engine_stats *ret) {
+        pthread_mutex_lock(&e->lock);
+        *ret = e->st;
+        ret->used_bytes = policy_used_bytes(e->policy);
+        ret->pinned_bytes = policy_pinned_bytes(e->policy);
+        ret->chunks_present = policy_count(e->policy);
+        ret->budget_bytes = e->budget;
+        ret->effective_budget_bytes = e->effective_budget;
+        pthread_mutex_unlock(&e->lock);
+}
+
+void engine_set_budget(struct engine *e, uint64_t budget) {
+        struct notes ns = {0};
+        pthread_mutex_lock(&e->lock);
+        e->budget = e->effective_budget = budget;
+        policy_set_budget(e->policy, budget);
+        evict_to_budget(e, &ns);
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &ns);
+}

@@ -1,0 +1,104 @@
+/* The read engine: turns "read LEN bytes at OFF of blob B" into chunks served from the store or
+ * fetched once from the origin, and answers through a callback. FUSE-free: fs/fuse.c adapts it
+ * to the kernel, the control server and tests drive it directly.
+ *
+ * Guarantees:
+ *  - a missing chunk is fetched once however many readers want it (single flight);
+ *  - a read that must wait is queued on the chunks it needs and answered from the fetch
+ *    completion; no thread sleeps on the network on its behalf;
+ *  - present chunks are pinned while being copied or awaited, so eviction never races a read;
+ *  - the store holds at most the budget plus the chunks in flight;
+ *  - a blob is verified against its digest when its chunks have all passed through the hash
+ *    (in order, as they land); a mismatch discards its chunks, and reads of it fail with EIO
+ *    for verify_retry_ms before a refetch is tried. A blob no larger than one chunk is verified
+ *    before any of its bytes are served.
+ *
+ * The reply callback is called exactly once per engine_read, from the calling thread (data
+ * already present) or a completion worker. The buffer passed to it is valid during the call. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cache/store.h"
+#include "index/index.h"
+#include "peer/origin.h"
+#include "util/digest.h"
+
+struct engine;
+
+struct engine_config {
+        uint64_t cache_budget;      /* bytes of present chunks */
+        uint32_t chunk_size;
+        unsigned readahead_chunks;  /* max chunks fetched ahead of a sequential reader */
+        unsigned max_inflight;      /* chunk fetches in flight, readahead included */
+        unsigned workers;           /* completion threads */
+        uint64_t fetch_timeout_ms;  /* a chunk not fetched by then fails its readers (EIO) */
+        uint64_t verify_retry_ms;   /* a blob that failed verification answers EIO this long */
+        uint32_t max_blobs;
+        size_t max_read;            /* the largest read the caller will ask for */
+};
+
+struct engine_blob_info {
+        uint32_t id;
+        struct digest digest;
+        uint64_t size;
+        uint32_t chunks;
+        uint32_t chunks_present;
+        bool verified;
+        int64_t added_at;
+        char source[IDX_SOURCE_MAX];
+};
+
+struct engine_stats {
+        uint64_t budget_bytes, effective_budget_bytes, used_bytes, pinned_bytes;
+        uint64_t chunks_present, hits, misses, evicted_chunks;
+        uint64_t inflight_chunks, readahead_chunks;
+        uint64_t blobs, blobs_verified;
+        uint64_t read_errors, verify_failures, store_full_events, lost_chunks;
+};
+
+/* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The
+ * engine reads and writes it under its lock. */
+struct engine_stream {
+        uint64_t next_off; /* where a sequential reader reads next */
+        uint64_t run;      /* bytes read sequentially so far */
+};
+
+typedef void (*engine_reply_fn)(void *ctx, int err, const void *buf, size_t len);
+
+/* The engine borrows IX, STORE and ORIGIN: they must outlive it. Starts the workers. */
+int engine_new(const struct engine_config *cfg, struct index *ix, struct store *store,
+               struct origin *origin, struct engine **ret);
+
+/* Answers every pending read (EIO), joins the workers. Call after origin_free() so no
+ * completion arrives later. NULL-safe. */
+void engine_free(struct engine *e);
+
+/* Loads the blobs and present chunks from the index, checking each present chunk against the
+ * store (lost ones are forgotten and will be refetched). 0 or -errno. */
+int engine_load(struct engine *e);
+
+/* Registers REF ("registry/repository@sha256:hex"): asks the origin for its size (blocking,
+ * bounded by the fetch timeout) unless the blob is already known. 0 and *RET; -EINVAL for a
+ * malformed reference; -ENOENT when the origin does not have it; -ENOSPC when max_blobs are
+ * known; other -errno with REASON. */
+int engine_add(struct engine *e, const char *ref, struct engine_blob_info *ret, char *reason,
+               size_t reason_len);
+
+/* Looks a blob up by digest / by id. 0 or -ENOENT. Never touches the network. */
+int engine_find(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
+int engine_get(struct engine *e, uint32_t id, struct engine_blob_info *ret);
+
+/* Number of known blobs; ids are 0 .. count-1 and never reused. */
+uint32_t engine_blob_count(struct engine *e);
+
+/* Reads LEN bytes at OFF of blob ID (short at end of blob; 0 bytes past it). STREAM may be
+ * NULL (no readahead). */
+void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
+                 struct engine_stream *stream, engine_reply_fn reply, void *ctx);
+
+void engine_get_stats(struct engine *e, struct engine_stats *ret);
+
+/* Changes the budget; evicts down to it at once. */
+void engine_set_budget(struct engine *e, uint64_t budget);

@@ -1,0 +1,371 @@
+/* FUSE low-level operations. See fuse.h.
+ *
+ * Each handler replies exactly once. Reads go to the engine with the request as context; the
+ * engine answers from the calling thread when the bytes are on disk, or later from a completion
+ * worker (the low-level API allows replying from any thread), so no FUSE thread ever sleeps on
+ * the network.
+ *
+ * Page cache: blob files are immutable, so opens set keep_cache — re-reads are served by the
+ * kernel and never reach us, and nothing is cached twice (the store drops its own pages). */
+#define FUSE_USE_VERSION 312
+#include "fs/fuse.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <fuse_lowlevel.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fs/engine.h"
+#include "util/log.h"
+
+enum { INO_ROOT = 1, INO_BLOBS = 2, INO_SHA256 = 3, INO_BLOB_BASE = 16 };
+
+#define ENTRY_TIMEOUT 3600.0 /* blobs never change: cache names and attributes for long */
+#define DIR_TIMEOUT   1.0    /* the sha256/ listing grows as blobs are added */
+
+struct open_blob {
+        uint32_t id;
+        struct engine_stream stream;
+};
+
+static struct engine *engine_of(fuse_req_t req) {
+        return fuse_req_userdata(req);
+}
+
+static void fill_dir(struct stat *st, fuse_ino_t ino) {
+        memset(st, 0, sizeof(*st));
+        st->st_ino = ino;
+        st->st_mode = S_IFDIR | 0555;
+        st->st_nlink = 2;
+}
+
+static void fill_blob(struct stat *st, const struct engine_blob_info *b) {
+        memset(st, 0, sizeof(*st));
+        st->st_ino = INO_BLOB_BASE + b->id;
+        st->st_mode = S_IFREG | 0444;
+        st->st_nlink = 1;
+        st->st_size = (off_t)b->size;
+        st->st_blocks = (blkcnt_t)((b->size + 511) / 512);
+        st->st_blksize = 1 << 20;
+        st->st_mtime = st->st_ctime = st->st_atime = (time_t)b->added_at;
+}
+
+static int do_getattr(struct engine *e, fuse_ino_t ino, struct stat *st, double *timeout) {
+        if (ino == INO_ROOT || ino == INO_BLOBS || ino == INO_SHA256) {
+                fill_dir(st, ino);
+                *timeout = DIR_TIMEOUT;
+                return 0;
+        }
+        if (ino < INO_BLOB_BASE || ino - INO_BLOB_BASE > UINT32_MAX)
+                return -ENOENT;
+        struct engine_blob_info b;
+        int r = engine_get(e, (uint32_t)(ino - INO_BLOB_BASE), &b);
+        if (r < 0)
+                return r;
+        fill_blob(st, &b);
+        *timeout = ENTRY_TIMEOUT;
+        return 0;
+}
+
+static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        (void)fi;
+        struct stat st;
+        double timeout;
+        int r = do_getattr(engine_of(req), ino, &st, &timeout);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_attr(req, &st, timeout);
+}
+
+/* Names under sha256/ must be exactly 64 lowercase hex of a blob the node knows; anything
+ * else is ENOENT without any fetch. */
+static int do_lookup(struct engine *e, fuse_ino_t parent, const char *name,
+                     struct fuse_entry_param *ep) {
+        memset(ep, 0, sizeof(*ep));
+        if (parent == INO_ROOT && strcmp(name, "blobs") == 0) {
+                ep->ino = INO_BLOBS;
+                fill_dir(&ep->attr, INO_BLOBS);
+        } else if (parent == INO_BLOBS && strcmp(name, "sha256") == 0) {
+                ep->ino = INO_SHA256;
+                fill_dir(&ep->attr, INO_SHA256);
+        } else if (parent == INO_SHA256) {
+                struct digest d;
+                struct engine_blob_info b;
+                if (digest_from_hex(name, strlen(name), &d) < 0 || engine_find(e, &d, &b) < 0)
+                        return -ENOENT;
+                ep->ino = INO_BLOB_BASE + b.id;
+                fill_blob(&ep->attr, &b);
+                ep->attr_timeout = ep->entry_timeout = ENTRY_TIMEOUT;
+                return 0;
+        } else {
+                return -ENOENT;
+        }
+        ep->attr_timeout = ep->entry_timeout = DIR_TIMEOUT;
+        return 0;
+}
+
+static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
+        struct fuse_entry_param ep;
+        int r = do_lookup(engine_of(req), parent, name, &ep);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_entry(req, &ep);
+}
+
+static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        if (ino != INO_ROOT && ino != INO_BLOBS && ino != INO_SHA256) {
+                fuse_reply_err(req, ino >= INO_BLOB_BASE ? ENOTDIR : ENOENT);
+                return;
+        }
+        fuse_reply_open(req, fi);
+}
+
+/* Directory offsets: 1 = ".", 2 = "..", 3 + i = i-th child. Blob ids only grow, so an offset
+ * stays valid while blobs are added during a listing. */
+static int do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, char *buf,
+                      size_t *ret_len) {
+        struct engine *e = engine_of(req);
+        size_t len = 0;
+        uint64_t nchildren = ino == INO_SHA256 ? engine_blob_count(e) : 1;
+        for (uint64_t pos = (uint64_t)off; pos < 2 + nchildren; pos++) {
+                struct stat st = {0};
+                char name[DIGEST_HEX_LEN + 1];
+                if (pos == 0) {
+                        snprintf(name, sizeof(name), ".");
+                        st.st_ino = ino;
+                        st.st_mode = S_IFDIR;
+                } else if (pos == 1) {
+                        snprintf(name, sizeof(name), "..");
+                        st.st_ino = ino == INO_SHA256 ? INO_BLOBS : INO_ROOT;
+                        st.st_mode = S_IFDIR;
+                } else if (ino == INO_ROOT) {
+                        snprintf(name, sizeof(name), "blobs");
+                        st.st_ino = INO_BLOBS;
+                        st.st_mode = S_IFDIR;
+                } else if (ino == INO_BLOBS) {
+                        snprintf(name, sizeof(name), "sha256");
+                        st.st_ino = INO_SHA256;
+                        st.st_mode = S_IFDIR;
+                } else {
+                        struct engine_blob_info b;
+                        if (engine_get(e, (uint32_t)(pos - 2), &b) < 0)
+                                break;
+                        digest_to_hex(&b.digest, name);
+                        st.st_ino = INO_BLOB_BASE + b.id;
+                        st.st_mode = S_IFREG;
+                }
+                size_t need = fuse_add_direntry(req, buf + len, size - len, name, &st,
+                                                (off_t)(pos + 1));
+                if (need > size - len)
+                        break;
+                len += need;
+        }
+        *ret_len = len;
+        return 0;
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi) {
+        (void)fi;
+        if (size > 1 << 20)
+                size = 1 << 20;
+        char *buf = malloc(size);
+        if (!buf) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        size_t len;
+        int r = do_readdir(req, ino, size, off, buf, &len);
+        if (r < 0)
+                fuse_reply_err(req, -r);
+        else
+                fuse_reply_buf(req, buf, len);
+        free(buf);
+}
+
+static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        if (ino < INO_BLOB_BASE) {
+                fuse_reply_err(req, EISDIR);
+                return;
+        }
+        if ((fi->flags & O_ACCMODE) != O_RDONLY) {
+                fuse_reply_err(req, EROFS);
+                return;
+        }
+        struct engine_blob_info b;
+        if (engine_get(engine_of(req), (uint32_t)(ino - INO_BLOB_BASE), &b) < 0) {
+                fuse_reply_err(req, ENOENT);
+                return;
+        }
+        struct open_blob *ob = calloc(1, sizeof(*ob));
+        if (!ob) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        ob->id = b.id;
+        fi->fh = (uint64_t)(uintptr_t)ob;
+        fi->keep_cache = 1;
+        fi->noflush = 1;
+        if (fuse_reply_open(req, fi) == -ENOENT) /* the opener was interrupted */
+                free(ob);
+}
+
+static void reply_read(void *ctx, int err, const void *buf, size_t len) {
+        fuse_req_t req = ctx;
+        if (err < 0)
+                fuse_reply_err(req, -err);
+        else
+                fuse_reply_buf(req, buf, len);
+}
+
+static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi) {
+        (void)ino;
+        struct open_blob *ob = (struct open_blob *)(uintptr_t)fi->fh;
+        if (off < 0) {
+                fuse_reply_err(req, EINVAL);
+                return;
+        }
+        log_debug("fuse read blob_id=%u off=%jd size=%zu", ob->id, (intmax_t)off, size);
+        engine_read(engine_of(req), ob->id, (uint64_t)off, size, &ob->stream, reply_read, req);
+}
+
+static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        (void)ino;
+        free((struct open_blob *)(uintptr_t)fi->fh);
+        fuse_reply_err(req, 0);
+}
+
+static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
+        (void)ino;
+        struct statvfs sv = {.f_bsize = 1 << 20, .f_frsize = 1 << 20, .f_namemax = 255,
+                             .f_files = engine_blob_count(engine_of(req))};
+        fuse_reply_statfs(req, &sv);
+}
+
+static void fs_init(void *ud, struct fuse_conn_info *conn) {
+        (void)ud;
+        /* libfuse derives the kernel's max_pages from max_write, even on a read-only mount:
+         * 1 MiB here is what makes 1 MiB reads possible (measured 1.7 -> 3.2 GB/s). */
+        conn->max_write = FS_MAX_READ;
+        conn->max_read = FS_MAX_READ; /* must match the max_read mount option */
+        conn->max_readahead = FS_MAX_READ;
+        conn->want |= FUSE_CAP_ASYNC_READ;
+        conn->want &= ~(unsigned)FUSE_CAP_READDIRPLUS;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+        .init = fs_init,
+        .lookup = fs_lookup,
+        .getattr = fs_getattr,
+        .opendir = fs_opendir,
+        .readdir = fs_readdir,
+        .open = fs_open,
+        .read = fs_read,
+        .release = fs_release,
+        .statfs = fs_statfs,
+};
+
+/* A daemon killed with SIGKILL leaves its mount behind: every access fails with ENOTCONN. */
+static int recover_stale_mount(const char *mountpoint) {
+        struct stat st;
+        if (stat(mountpoint, &st) == 0)
+                return 0;
+        if (errno == ENOENT) {
+                if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST)
+                        return -errno;
+                return 0;
+        }
+        if (errno != ENOTCONN)
+                return -errno;
+        log_notice("stale mount found, detaching it mountpoint=%s", mountpoint);
+        if (umount2(mountpoint, MNT_DETACH) < 0)
+                return -errno;
+        return 0;
+}
+
+/* The kernel caps a FUSE mount's readahead at its bdi's read_ahead_kb (128 KiB by default),
+ * whatever max_readahead we negotiate, and a buffered read is cut into readahead-sized
+ * requests. Raising it to 1 MiB lets one request carry one chunk. The bdi is named after the
+ * mount's anonymous device, which /proc/self/mountinfo shows without a FUSE round trip (a
+ * stat of the mountpoint would wait for the loop we have not started yet). Best effort. */
+static void raise_readahead(const char *mountpoint) {
+        FILE *f = fopen("/proc/self/mountinfo", "re");
+        if (!f)
+                return;
+        char line[4096], dev[32] = "";
+        while (fgets(line, sizeof(line), f)) {
+                unsigned id, parent, major, minor;
+                char mp[PATH_MAX];
+                if (sscanf(line, "%u %u %u:%u %*s %4095s", &id, &parent, &major, &minor, mp) == 5 &&
+                    strcmp(mp, mountpoint) == 0 && strstr(line, " - fuse.p2pblobs "))
+                        snprintf(dev, sizeof(dev), "%u:%u", major, minor); /* last one wins */
+        }
+        fclose(f);
+        if (!dev[0])
+                return;
+        char path[128];
+        snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+        FILE *ra = fopen(path, "we");
+        if (!ra || fprintf(ra, "%u\n", FS_MAX_READ / 1024) < 0 || fclose(ra) != 0)
+                log_notice("cannot raise readahead path=%s err=\"%m\" hint=\"reads stay at 128 KiB\"",
+                           path);
+}
+
+int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret) {
+        int r = recover_stale_mount(mountpoint);
+        if (r < 0) {
+                log_err("cannot prepare mountpoint path=%s err=%s", mountpoint, strerror(-r));
+                return r;
+        }
+        char *argv[] = {"p2pblobsd", "-o",
+                        "ro,default_permissions,allow_other,fsname=p2pblobs,subtype=p2pblobs,"
+                        "max_read=1048576",
+                        NULL};
+        struct fuse_args args = FUSE_ARGS_INIT(3, argv);
+        struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), e);
+        fuse_opt_free_args(&args);
+        if (!se)
+                return -EINVAL;
+        if (fuse_session_mount(se, mountpoint) != 0) {
+                fuse_session_destroy(se);
+                return -EIO;
+        }
+        char real[PATH_MAX];
+        raise_readahead(realpath(mountpoint, real) ? real : mountpoint);
+        *ret = se;
+        return 0;
+}
+
+int fs_run(struct fuse_session *se, unsigned max_threads) {
+        struct fuse_loop_config *lc = fuse_loop_cfg_create();
+        if (!lc)
+                return -ENOMEM;
+        fuse_loop_cfg_set_max_threads(lc, max_threads);
+        fuse_loop_cfg_set_idle_threads(lc, max_threads / 2 ? max_threads / 2 : 1);
+        int r = fuse_session_loop_mt(se, lc);
+        fuse_loop_cfg_destroy(lc);
+        return r < 0 ? r : 0;
+}
+
+void fs_stop(struct fuse_session *se) {
+        fuse_session_exit(se);
+        /* Workers sit in read(/dev/fuse); detaching the mount makes those reads fail so the
+         * loop notices the exit flag. */
+        fuse_session_unmount(se);
+}
+
+void fs_destroy(struct fuse_session *se) {
+        if (!se)
+                return;
+        fuse_session_unmount(se);
+        fuse_session_destroy(se);
+}

@@ -1,0 +1,24 @@
+/* The FUSE low-level adapter: the only file that includes <fuse_lowlevel.h>.
+ *
+ * Tree:  /  ->  blobs/  ->  sha256/  ->  <64 hex>   (regular files, 0444, their true size)
+ * Inodes are fixed for the three directories and 16 + engine id for blobs, so lookups are
+ * pure arithmetic and a blob's inode never changes while the daemon runs. */
+#pragma once
+#include <stddef.h>
+
+struct engine;
+struct fuse_session;
+
+#define FS_MAX_READ (1u << 20) /* negotiated max read and readahead: 1 MiB */
+
+/* Mounts the tree at MOUNTPOINT (recovering a stale mount left by a crash). 0 or -errno. */
+int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret);
+
+/* Serves requests until fs_stop(). Returns 0 or -errno. */
+int fs_run(struct fuse_session *se, unsigned max_threads);
+
+/* Asks the loop to stop (async-signal-unsafe: call from a normal thread). */
+void fs_stop(struct fuse_session *se);
+
+/* Unmounts and frees. NULL-safe. */
+void fs_destroy(struct fuse_session *se);

@@ -1,0 +1,482 @@
+/* SQLite index. See index.h for the contract.
+ *
+ * Schema (migration 1):
+ *   blobs(digest hex PK, size, chunk_size, source, media_type, verified, added_at)
+ *   chunks(blob, idx, present, sha256)   -- a row per chunk ever fetched
+ * A chunk row outlives the chunk's bytes (present = 0 after eviction) because its sha256,
+ * recorded when it first came from the origin, is what lets later copies be checked.
+ * Migrations are numbered and tracked in PRAGMA user_version; add one, never edit one.
+ *
+ * The writer: producers push fixed-size ops into a bounded ring; one thread drains up to
+ * WRITE_BATCH ops per transaction. With WAL and synchronous=NORMAL a commit is an append,
+ * durable at the next checkpoint; losing the last batch in a power cut only makes the index
+ * forget chunks, which costs a refetch, never wrong bytes. */
+#include "index/index.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/log.h"
+
+#define WRITE_QUEUE_MAX 16384
+#define WRITE_BATCH     2048
+
+enum op_kind { OP_PUT_BLOB, OP_CHUNK_PRESENT, OP_CHUNK_ABSENT, OP_FORGET_CHUNKS, OP_VERIFIED };
+
+struct op {
+        enum op_kind kind;
+        struct digest blob;
+        uint32_t idx;
+        bool flag;
+        bool has_sha;
+        struct digest sha;
+        struct idx_blob *b; /* OP_PUT_BLOB only; owned by the op */
+};
+
+static const char *const migrations[] = {
+        /* 1 */
+        "CREATE TABLE blobs ("
+        "  digest TEXT PRIMARY KEY,"
+        "  size INTEGER NOT NULL,"
+        "  chunk_size INTEGER NOT NULL,"
+        "  source TEXT NOT NULL,"
+        "  media_type TEXT NOT NULL DEFAULT '',"
+        "  verified INTEGER NOT NULL DEFAULT 0,"
+        "  added_at INTEGER NOT NULL);"
+        "CREATE TABLE chunks ("
+        "  blob TEXT NOT NULL,"
+        "  idx INTEGER NOT NULL,"
+        "  present INTEGER NOT NULL,"
+        "  sha256 BLOB,"
+        "  PRIMARY KEY (blob, idx)) WITHOUT ROWID;",
+};
+
+enum stmt_id {
+        ST_PUT_BLOB,
+        ST_CHUNK_PRESENT,
+        ST_CHUNK_ABSENT,
+        ST_FORGET_CHUNKS,
+        ST_VERIFIED,
+        ST_MAX,
+};
+
+static const char *const stmt_sql[ST_MAX] = {
+        [ST_PUT_BLOB] = "INSERT INTO blobs (digest, size, chunk_size, source, media_type, "
+                        "verified, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
+                        "ON CONFLICT(digest) DO UPDATE SET source = excluded.source, "
+                        "media_type = CASE WHEN excluded.media_type = '' THEN media_type "
+                        "ELSE excluded.media_type END",
+        [ST_CHUNK_PRESENT] = "INSERT INTO chunks (blob, idx, present, sha256) VALUES (?1, ?2, 1, ?3) "
+                             "ON CONFLICT(blob, idx) DO UPDATE SET present = 1, "
+                             "sha256 = COALESCE(excluded.sha256, sha256)",
+        [ST_CHUNK_ABSENT] = "UPDATE chunks SET present = 0 WHERE blob = ?1 AND idx = ?2",
+        [ST_FORGET_CHUNKS] = "DELETE FROM chunks WHERE blob = ?1",
+        [ST_VERIFIED] = "UPDATE blobs SET verified = ?2 WHERE digest = ?1",
+};
+
+struct index {
+        sqlite3 *wdb;            /* writer connection: writer thread only (and open/close) */
+        sqlite3 *rdb;            /* reader connection: serialised by rlock */
+        pthread_mutex_t rlock;
+        sqlite3_stmt *stmt[ST_MAX];
+        bool readonly;
+
+        pthread_mutex_t lock;    /* protects everything below */
+        pthread_cond_t not_empty, not_full, committed;
+        struct op *ring;         /* WRITE_QUEUE_MAX ops */
+        size_t head, count;
+        uint64_t pushed, done;   /* sequence numbers: ops pushed / ops committed */
+        uint64_t write_errors;
+        bool stopping;
+        pthread_t writer;
+};
+
+static int db_error(sqlite3 *db, const char *what) {
+        log_err("index error op=%s err=\"%s\"", what, db ? sqlite3_errmsg(db) : "out of memory");
+        return -EIO;
+}
+
+static int migrate(sqlite3 *db) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+                return db_error(db, "user_version");
+        int version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+        sqlite3_finalize(st);
+        int n = (int)(sizeof(migrations) / sizeof(migrations[0]));
+        if (version > n) {
+                log_err("index error=\"database is newer than this program\" version=%d known=%d",
+                        version, n);
+                return -EPROTO;
+        }
+        for (int v = version; v < n; v++) {
+                char pragma[64];
+                snprintf(pragma, sizeof(pragma), "PRAGMA user_version = %d", v + 1);
+                if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK ||
+                    sqlite3_exec(db, migrations[v], NULL, NULL, NULL) != SQLITE_OK ||
+                    sqlite3_exec(db, pragma, NULL, NULL, NULL) != SQLITE_OK ||
+                    sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+                        int r = db_error(db, "migrate");
+                        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+                        return r;
+                }
+        }
+        return 0;
+}
+
+static void bind_digest_hex(sqlite3_stmt *st, int col, const struct digest *d) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(d, hex);
+        sqlite3_bind_text(st, col, hex, DIGEST_HEX_LEN, SQLITE_TRANSIENT);
+}
+
+static int apply(struct index *ix, const struct op *op) {
+        sqlite3_stmt *st;
+        switch (op->kind) {
+        case OP_PUT_BLOB:
+                st = ix->stmt[ST_PUT_BLOB];
+                bind_digest_hex(st, 1, &op->b->digest);
+                sqlite3_bind_int64(st, 2, (sqlite3_int64)op->b->size);
+                sqlite3_bind_int64(st, 3, op->b->chunk_size);
+                sqlite3_bind_text(st, 4, op->b->source, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 5, op->b->media_type, -1, SQLITE_STATIC);
+                sqlite3_bind_int(st, 6, op->b->verified);
+                sqlite3_bind_int64(st, 7, op->b->added_at);
+                break;
+        case OP_CHUNK_PRESENT:
+                st = ix->stmt[ST_CHUNK_PRESENT];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int64(st, 2, op->idx);
+                if (op->has_sha)
+                        sqlite3_bind_blob(st, 3, op->sha.bytes, DIGEST_LEN, SQLITE_STATIC);
+                else
+                        sqlite3_bind_null(st, 3);
+                break;
+        case OP_CHUNK_ABSENT:
+                st = ix->stmt[ST_CHUNK_ABSENT];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int64(st, 2, op->idx);
+                break;
+        case OP_FORGET_CHUNKS:
+                st = ix->stmt[ST_FORGET_CHUNKS];
+                bind_digest_hex(st, 1, &op->blob);
+                break;
+        case OP_VERIFIED:
+                st = ix->stmt[ST_VERIFIED];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int(st, 2, op->flag);
+                break;
+        default:
+                return -EINVAL;
+        }
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+static void *writer_main(void *arg) {
+        struct index *ix = arg;
+        struct op *batch = calloc(WRITE_BATCH, sizeof(*batch));
+        if (!batch) {
+                log_err("index error=\"out of memory\" what=writer");
+                abort(); /* nothing sensible to do without a writer */
+        }
+        pthread_mutex_lock(&ix->lock);
+        for (;;) {
+                while (ix->count == 0 && !ix->stopping)
+                        pthread_cond_wait(&ix->not_empty, &ix->lock);
+                if (ix->count == 0 && ix->stopping)
+                        break;
+                size_t n = ix->count < WRITE_BATCH ? ix->count : WRITE_BATCH;
+                for (size_t i = 0; i < n; i++)
+                        batch[i] = ix->ring[(ix->head + i) % WRITE_QUEUE_MAX];
+                ix->head = (ix->head + n) % WRITE_QUEUE_MAX;
+                ix->count -= n;
+                pthread_cond_broadcast(&ix->not_full);
+                pthread_mutex_unlock(&ix->lock);
+
+                bool failed = sqlite3_exec(ix->wdb, "BEGIN", NULL, NULL, NULL) != SQLITE_OK;
+                for (size_t i = 0; i < n && !failed; i++)
+                        failed = apply(ix, &batch[i]) < 0;
+                if (!failed)
+                        failed = sqlite3_exec(ix->wdb, "COMMIT", NULL, NULL, NULL) != SQLITE_OK;
+                if (failed) {
+                        static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                        uint64_t suppressed = 0;
+                        if (log_ratelimit_ok(&rl, &suppressed))
+                                log_warning("index write failed ops=%zu err=\"%s\" suppressed=%" PRIu64
+                                            " hint=\"start-up validation will repair the index\"",
+                                            n, sqlite3_errmsg(ix->wdb), suppressed);
+                        sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
+                }
+                for (size_t i = 0; i < n; i++)
+                        free(batch[i].b);
+
+                pthread_mutex_lock(&ix->lock);
+                if (failed)
+                        ix->write_errors += n;
+                ix->done += n;
+                pthread_cond_broadcast(&ix->committed);
+        }
+        pthread_mutex_unlock(&ix->lock);
+        free(batch);
+        return NULL;
+}
+
+static void push(struct index *ix, struct op *op) {
+        if (ix->readonly) {
+                free(op->b);
+                return;
+        }
+        pthread_mutex_lock(&ix->lock);
+        while (ix->count == WRITE_QUEUE_MAX)
+                pthread_cond_wait(&ix->not_full, &ix->lock);
+        ix->ring[(ix->head + ix->count) % WRITE_QUEUE_MAX] = *op;
+        ix->count++;
+        ix->pushed++;
+        pthread_cond_signal(&ix->not_empty);
+        pthread_mutex_unlock(&ix->lock);
+}
+
+static int open_db(const char *path, int flags, sqlite3 **ret) {
+        sqlite3 *db = NULL;
+        if (sqlite3_open_v2(path, &db, flags | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+                int r = db_error(db, "open");
+                sqlite3_close(db);
+                return r;
+        }
+        sqlite3_busy_timeout(db, 5000);
+        *ret = db;
+        return 0;
+}
+
+static int index_new(struct index **ret) {
+        struct index *ix = calloc(1, sizeof(*ix));
+        if (!ix)
+                return -ENOMEM;
+        pthread_mutex_init(&ix->lock, NULL);
+        pthread_mutex_init(&ix->rlock, NULL);
+        pthread_cond_init(&ix->not_empty, NULL);
+        pthread_cond_init(&ix->not_full, NULL);
+        pthread_cond_init(&ix->committed, NULL);
+        *ret = ix;
+        return 0;
+}
+
+static void index_free(struct index *ix) {
+        for (int i = 0; i < ST_MAX; i++)
+                sqlite3_finalize(ix->stmt[i]);
+        sqlite3_close(ix->wdb);
+        sqlite3_close(ix->rdb);
+        pthread_mutex_destroy(&ix->lock);
+        pthread_mutex_destroy(&ix->rlock);
+        pthread_cond_destroy(&ix->not_empty);
+        pthread_cond_destroy(&ix->not_full);
+        pthread_cond_destroy(&ix->committed);
+        free(ix->ring);
+        free(ix);
+}
+
+int idx_open(const char *path, struct index **ret) {
+        struct index *ix;
+        int r = index_new(&ix);
+        if (r < 0)
+                return r;
+        r = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &ix->wdb);
+        if (r < 0)
+                goto out_free;
+        if (sqlite3_exec(ix->wdb, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
+                         NULL, NULL, NULL) != SQLITE_OK) {
+                r = db_error(ix->wdb, "pragma");
+                goto out_free;
+        }
+        r = migrate(ix->wdb);
+        if (r < 0)
+                goto out_free;
+        for (int i = 0; i < ST_MAX; i++)
+                if (sqlite3_prepare_v3(ix->wdb, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                       &ix->stmt[i], NULL) != SQLITE_OK) {
+                        r = db_error(ix->wdb, "prepare");
+                        goto out_free;
+                }
+        r = open_db(path, SQLITE_OPEN_READONLY, &ix->rdb);
+        if (r < 0)
+                goto out_free;
+        ix->ring = calloc(WRITE_QUEUE_MAX, sizeof(*ix->ring));
+        if (!ix->ring) {
+                r = -ENOMEM;
+                goto out_free;
+        }
+        r = -pthread_create(&ix->writer, NULL, writer_main, ix);
+        if (r < 0)
+                goto out_free;
+        *ret = ix;
+        return 0;
+out_free:
+        index_free(ix);
+        return r;
+}
+
+int idx_open_readonly(const char *path, struct index **ret) {
+        struct index *ix;
+        int r = index_new(&ix);
+        if (r < 0)
+                return r;
+        ix->readonly = true;
+        r = open_db(path, SQLITE_OPEN_READONLY, &ix->rdb);
+        if (r < 0) {
+                index_free(ix);
+                return r;
+        }
+        *ret = ix;
+        return 0;
+}
+
+void idx_close(struct index *ix) {
+        if (!ix)
+                return;
+        if (!ix->readonly) {
+                pthread_mutex_lock(&ix->lock);
+                ix->stopping = true;
+                pthread_cond_signal(&ix->not_empty);
+                pthread_mutex_unlock(&ix->lock);
+                pthread_join(ix->writer, NULL);
+                sqlite3_exec(ix->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+        }
+        index_free(ix);
+}
+
+int idx_flush(struct index *ix) {
+        if (ix->readonly)
+                return 0;
+        pthread_mutex_lock(&ix->lock);
+        uint64_t target = ix->pushed;
+        uint64_t errors_before = ix->write_errors;
+        while (ix->done < target)
+                pthread_cond_wait(&ix->committed, &ix->lock);
+        bool failed = ix->write_errors != errors_before;
+        pthread_mutex_unlock(&ix->lock);
+        return failed ? -EIO : 0;
+}
+
+uint64_t idx_write_errors(struct index *ix) {
+        pthread_mutex_lock(&ix->lock);
+        uint64_t n = ix->write_errors;
+        pthread_mutex_unlock(&ix->lock);
+        return n;
+}
+
+void idx_put_blob(struct index *ix, const struct idx_blob *b) {
+        struct op op = {.kind = OP_PUT_BLOB, .b = malloc(sizeof(*b))};
+        if (!op.b) {
+                log_err("index error=\"out of memory\" what=put_blob");
+                return;
+        }
+        *op.b = *b;
+        push(ix, &op);
+}
+
+void idx_chunk_present(struct index *ix, const struct digest *blob, uint32_t idx,
+                       const struct digest *sha) {
+        struct op op = {.kind = OP_CHUNK_PRESENT, .blob = *blob, .idx = idx, .has_sha = sha != NULL};
+        if (sha)
+                op.sha = *sha;
+        push(ix, &op);
+}
+
+void idx_chunk_absent(struct index *ix, const struct digest *blob, uint32_t idx) {
+        struct op op = {.kind = OP_CHUNK_ABSENT, .blob = *blob, .idx = idx};
+        push(ix, &op);
+}
+
+void idx_blob_forget_chunks(struct index *ix, const struct digest *blob) {
+        struct op op = {.kind = OP_FORGET_CHUNKS, .blob = *blob};
+        push(ix, &op);
+}
+
+void idx_blob_verified(struct index *ix, const struct digest *blob, bool verified) {
+        struct op op = {.kind = OP_VERIFIED, .blob = *blob, .flag = verified};
+        push(ix, &op);
+}
+
+static void copy_text(char *dst, size_t len, const unsigned char *src) {
+        snprintf(dst, len, "%s", src ? (const char *)src : "");
+}
+
+int idx_for_each_blob(struct index *ix, int (*fn)(void *ud, const struct idx_blob *b), void *ud) {
+        pthread_mutex_lock(&ix->rlock);
+        sqlite3_stmt *st;
+        int r = 0;
+        if (sqlite3_prepare_v2(ix->rdb,
+                               "SELECT digest, size, chunk_size, source, media_type, verified, "
+                               "added_at FROM blobs ORDER BY added_at, digest",
+                               -1, &st, NULL) != SQLITE_OK) {
+                r = db_error(ix->rdb, "list blobs");
+                goto out_unlock;
+        }
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                struct idx_blob b = {0};
+                const unsigned char *hex = sqlite3_column_text(st, 0);
+                if (!hex || digest_from_hex((const char *)hex, strlen((const char *)hex),
+                                            &b.digest) < 0)
+                        continue; /* not ours: skip rather than fail the whole walk */
+                b.size = (uint64_t)sqlite3_column_int64(st, 1);
+                b.chunk_size = (uint32_t)sqlite3_column_int64(st, 2);
+                copy_text(b.source, sizeof(b.source), sqlite3_column_text(st, 3));
+                copy_text(b.media_type, sizeof(b.media_type), sqlite3_column_text(st, 4));
+                b.verified = sqlite3_column_int(st, 5) != 0;
+                b.added_at = sqlite3_column_int64(st, 6);
+                r = fn(ud, &b);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = db_error(ix->rdb, "list blobs");
+        sqlite3_finalize(st);
+out_unlock:
+        pthread_mutex_unlock(&ix->rlock);
+        return r;
+}
+
+int idx_for_each_chunk(struct index *ix,
+                       int (*fn)(void *ud, const struct digest *blob, uint32_t idx, bool present,
+                                 const struct digest *sha),
+                       void *ud) {
+        pthread_mutex_lock(&ix->rlock);
+        sqlite3_stmt *st;
+        int r = 0;
+        if (sqlite3_prepare_v2(ix->rdb, "SELECT blob, idx, present, sha256 FROM chunks ORDER BY blob, idx",
+                               -1, &st, NULL) != SQLITE_OK) {
+                r = db_error(ix->rdb, "list chunks");
+                goto out_unlock;
+        }
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                struct digest blob, sha;
+                const unsigned char *hex = sqlite3_column_text(st, 0);
+                if (!hex || digest_from_hex((const char *)hex, strlen((const char *)hex), &blob) < 0)
+                        continue;
+                sqlite3_int64 idx = sqlite3_column_int64(st, 1);
+                if (idx < 0 || idx > UINT32_MAX)
+                        continue;
+                bool has_sha = sqlite3_column_bytes(st, 3) == DIGEST_LEN;
+                if (has_sha)
+                        memcpy(sha.bytes, sqlite3_column_blob(st, 3), DIGEST_LEN);
+                r = fn(ud, &blob, (uint32_t)idx, sqlite3_column_int(st, 2) != 0,
+                       has_sha ? &sha : NULL);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = db_error(ix->rdb, "list chunks");
+        sqlite3_finalize(st);
+out_unlock:
+        pthread_mutex_unlock(&ix->rlock);
+        return r;
+}

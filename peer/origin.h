@@ -1,0 +1,62 @@
+/* The origin registry client: OCI distribution blob GETs with Range, over libcurl's multi
+ * interface on one thread of its own.
+ *
+ * A fetch either succeeds or fails by its deadline: transient failures (connection refused,
+ * timeouts, 5xx, 429) are retried with exponential backoff and jitter; permanent ones (404,
+ * 401/403 after auth, a registry that ignores Range) fail at once. Bearer tokens are fetched
+ * when a registry asks for them (anonymously, or with config.json credentials) and cached per
+ * repository until they expire. TLS is verified; plain HTTP only for registries configured as
+ * insecure. Redirects are followed (CDNs), without the Authorization header leaving the host.
+ *
+ * Bounds: at most MAX_CONNECTIONS transfers run at once, each owning one chunk buffer, so the
+ * client's memory is MAX_CONNECTIONS x chunk size; more requests wait in a queue whose length
+ * the caller bounds (the engine's in-flight limit). */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/digest.h"
+
+struct origin;
+
+struct origin_config {
+        const char *const *insecure; /* "host:port" registries reached over plain HTTP */
+        size_t n_insecure;
+        const char *credentials_path; /* docker config.json; NULL or missing = anonymous */
+        const char *ca_file;          /* extra CA bundle; NULL = system */
+        uint64_t connect_timeout_ms;  /* per attempt */
+        uint64_t stall_timeout_ms;    /* abandon an attempt that receives nothing this long */
+        unsigned max_connections;
+};
+
+/* DONE gets 0 and a malloc'd BUF of exactly the requested LEN (ownership passes to DONE), or a
+ * -errno and a REASON for people (-ENOENT: blob gone; -EACCES: denied; -ETIMEDOUT: deadline;
+ * -ECONNREFUSED / -EHOSTUNREACH: origin down; -EREMOTEIO: HTTP error; -EPROTO: bad answer).
+ * It runs on the origin thread and must not block. */
+typedef void (*origin_done_fn)(void *ud, int err, const char *reason, uint8_t *buf, size_t len);
+
+int origin_new(const struct origin_config *cfg, struct origin **ret);
+
+/* Stops the thread; pending fetches complete with -ECANCELED. NULL-safe. */
+void origin_free(struct origin *o);
+
+/* Queues a GET of LEN bytes at OFF of BLOB from SOURCE ("registry/repository"), retried until
+ * DEADLINE_MS (now_ms() clock). DONE is called exactly once, possibly before this returns when
+ * SOURCE is malformed. Never blocks. */
+void origin_fetch(struct origin *o, const char *source, const struct digest *blob, uint64_t off,
+                  size_t len, uint64_t deadline_ms, origin_done_fn done, void *ud);
+
+/* Asks the origin for BLOB's size (HEAD), blocking the caller until the answer or DEADLINE_MS.
+ * 0 and *RET_SIZE, or -errno with REASON filled. For the control thread, never the FUSE path. */
+int origin_blob_size(struct origin *o, const char *source, const struct digest *blob,
+                     uint64_t deadline_ms, uint64_t *ret_size, char *reason, size_t reason_len);
+
+struct origin_stats {
+        uint64_t bytes;    /* body bytes received for blob GETs that succeeded */
+        uint64_t requests; /* blob GET attempts started */
+        uint64_t errors;   /* attempts that failed */
+        unsigned active;   /* transfers running now */
+        unsigned queued;   /* waiting for a connection slot or a retry */
+};
+void origin_get_stats(struct origin *o, struct origin_stats *ret);

@@ -1,0 +1,135 @@
+"""pytest fixtures for the p2pblobs integration tests (see harness.py for the classes).
+
+- build_dir:        $P2PBLOBS_BUILD (holds p2pblobsd and blobctl)
+- registry:         one real docker-registry for the whole session, with the sample blobs pushed
+- blobs:            name -> Blob(repo, data, digest, ref) of those sample blobs
+- private_registry: a fresh registry for tests that break it (stop it, corrupt its files)
+- daemon_factory:   make(registries=[...], extra_args=[...], **kw) -> started Daemon; every daemon
+                    is stopped and unmounted at teardown, and the test errors if a daemon died
+                    unexpectedly or its log holds a sanitizer report.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness  # noqa: E402
+from harness import MiB, KiB, Blob  # noqa: E402
+
+REPO = "p2pblobs/test"
+
+# name -> (seed, size)
+SAMPLE_BLOBS = {
+    "big64": (1, 64 * MiB),
+    "b32": (2, 32 * MiB),
+    "b8": (3, 8 * MiB),
+    "one_mib": (4, 1 * MiB),
+    "small200k": (5, 200 * KiB),
+    "b3": (6, 3 * MiB + 12345),
+}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "root: needs root and /dev/fuse (real FUSE mounts)")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root (FUSE mounts, drop_caches, tmpfs)"
+    elif not os.path.exists("/dev/fuse"):
+        reason = "needs /dev/fuse"
+    if reason:
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="session")
+def build_dir():
+    d = os.environ.get("P2PBLOBS_BUILD")
+    if not d:
+        pytest.skip("P2PBLOBS_BUILD is not set (run through `make integration`)")
+    for b in ("p2pblobsd", "blobctl"):
+        p = os.path.join(d, b)
+        if not os.access(p, os.X_OK):
+            pytest.fail("%s not found or not executable (P2PBLOBS_BUILD=%s)" % (p, d))
+    return os.path.abspath(d)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    if not os.access(harness.REGISTRY_BIN, os.X_OK):
+        pytest.skip("docker-registry is not installed")
+    reg = harness.Registry(tmp_path_factory.mktemp("registry"))
+    reg.start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def blobs(registry):
+    out = {}
+    for name, (seed, size) in SAMPLE_BLOBS.items():
+        data = harness.gen_bytes(seed, size)
+        digest = registry.push_blob(REPO, data)
+        out[name] = Blob(name, REPO, data, digest, registry)
+    return out
+
+
+@pytest.fixture
+def private_registry(tmp_path):
+    if not os.access(harness.REGISTRY_BIN, os.X_OK):
+        pytest.skip("docker-registry is not installed")
+    reg = harness.Registry(tmp_path / "registry")
+    reg.start()
+    yield reg
+    if reg.proc is not None:
+        try:
+            reg.resume()
+        except (OSError, AttributeError):
+            pass
+    reg.stop()
+
+
+@pytest.fixture
+def daemon_factory(build_dir, tmp_path, request):
+    made = []
+
+    def make(registries=(), extra_args=(), start=True, **kw):
+        d = harness.Daemon(build_dir, tmp_path / ("d%d" % len(made)), registries=registries,
+                           extra_args=extra_args, **kw)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+
+    errors = []
+    for d in made:
+        try:
+            d.cleanup()
+        except Exception as e:  # keep cleaning the others
+            errors.append("cleanup of %s: %s" % (d.workdir, e))
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        for d in made:
+            print("\n---- %s (tail) ----\n%s" % (d.log_path, d.log_text()[-6000:]))
+    for d in made:
+        try:
+            d.check_health()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)

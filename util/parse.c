@@ -1,0 +1,278 @@
+/* Checked parsers for the values operators type.
+ *
+ * Every value that comes from the config file, a flag or the environment passes through here,
+ * so the rules are strict and the same everywhere:
+ *
+ *   - digits are scanned by hand, not with strtoull(), which would accept leading blanks,
+ *     a '+' and even a '-' ("-1" silently becomes 2^64-1) and depends on the locale;
+ *   - the whole string must be consumed: trailing junk is -EINVAL, never ignored;
+ *   - overflow is -ERANGE and never wraps; a malformed string is -EINVAL even when it is also
+ *     too large (the operator has a typo to fix first);
+ *   - out-parameters are written only when the whole input was accepted.
+ *
+ * Nothing here allocates, blocks or keeps state; every function is thread-safe and costs
+ * O(length of the input).
+ */
+#include "util/parse.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+/* Character classes by hand: <ctype.h> depends on the locale and is undefined for negative
+ * chars, and these parsers must behave identically in every process that links them. */
+static bool is_digit(char c) {
+        return c >= '0' && c <= '9';
+}
+
+static bool is_alnum(char c) {
+        return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_hex(char c) {
+        return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static char to_upper(char c) {
+        return c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c;
+}
+
+/* Scans a non-empty run of decimal digits at S. *RET_END points past the run. Overflow does
+ * not stop the scan (the caller wants to know about junk after the digits first); it is
+ * reported in *RET_OVERFLOW. -EINVAL when S does not start with a digit. */
+static int scan_digits(const char *s, const char **ret_end, uint64_t *ret, bool *ret_overflow) {
+        uint64_t n = 0;
+        bool overflow = false;
+        const char *p = s;
+
+        if (!is_digit(*p))
+                return -EINVAL;
+        for (; is_digit(*p); p++) {
+                unsigned d = (unsigned)(*p - '0');
+                if (n > (UINT64_MAX - d) / 10)
+                        overflow = true;
+                else
+                        n = n * 10 + d;
+        }
+        *ret_end = p;
+        *ret = n;
+        *ret_overflow = overflow;
+        return 0;
+}
+
+int parse_size(const char *s, uint64_t *ret) {
+        const char *p;
+        uint64_t n;
+        bool overflow;
+        unsigned shift = 0;
+        int r;
+
+        if (!s)
+                return -EINVAL;
+        r = scan_digits(s, &p, &n, &overflow);
+        if (r < 0)
+                return r;
+
+        /* Suffix grammar: "" | "B" | U | U "i" | U "B" | U "iB", U one of KMGTPE; letters are
+         * case-insensitive. Units are always binary: operators who write "MB" mean what the
+         * kernel and every cgroup file mean by it. */
+        switch (to_upper(*p)) {
+        case '\0':
+                break;
+        case 'B':
+                p++;
+                break;
+        case 'K': shift = 10; break;
+        case 'M': shift = 20; break;
+        case 'G': shift = 30; break;
+        case 'T': shift = 40; break;
+        case 'P': shift = 50; break;
+        case 'E': shift = 60; break;
+        default:
+                return -EINVAL;
+        }
+        if (shift > 0) {
+                p++;
+                if (to_upper(*p) == 'I')
+                        p++;
+                if (to_upper(*p) == 'B')
+                        p++;
+        }
+        if (*p != '\0')
+                return -EINVAL;
+        if (overflow || n > (UINT64_MAX >> shift))
+                return -ERANGE;
+        *ret = n << shift;
+        return 0;
+}
+
+int parse_duration_ms(const char *s, uint64_t *ret) {
+        const char *p;
+        uint64_t n, mult;
+        bool overflow;
+        int r;
+
+        if (!s)
+                return -EINVAL;
+        r = scan_digits(s, &p, &n, &overflow);
+        if (r < 0)
+                return r;
+
+        /* Lowercase only: "M" would read as months to some people and minutes to others. */
+        if (*p == '\0' || strcmp(p, "s") == 0)
+                mult = 1000;
+        else if (strcmp(p, "ms") == 0)
+                mult = 1;
+        else if (strcmp(p, "m") == 0)
+                mult = 60u * 1000u;
+        else if (strcmp(p, "h") == 0)
+                mult = 3600u * 1000u;
+        else
+                return -EINVAL;
+        if (overflow || n > UINT64_MAX / mult)
+                return -ERANGE;
+        *ret = n * mult;
+        return 0;
+}
+
+int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret) {
+        const char *p;
+        uint64_t n;
+        bool overflow;
+        int r;
+
+        if (!s || min > max)
+                return -EINVAL;
+        r = scan_digits(s, &p, &n, &overflow);
+        if (r < 0)
+                return r;
+        if (*p != '\0')
+                return -EINVAL;
+        if (overflow || n < min || n > max)
+                return -ERANGE;
+        *ret = n;
+        return 0;
+}
+
+int parse_bool(const char *s, bool *ret) {
+        static const char *const yes[] = { "1", "true", "yes", "on" };
+        static const char *const no[] = { "0", "false", "no", "off" };
+
+        if (!s)
+                return -EINVAL;
+        for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+                if (strcasecmp(s, yes[i]) == 0) {
+                        *ret = true;
+                        return 0;
+                }
+                if (strcasecmp(s, no[i]) == 0) {
+                        *ret = false;
+                        return 0;
+                }
+        }
+        return -EINVAL;
+}
+
+/* A DNS name or an IPv4 literal. Empty is allowed: ":5001" means every address (the listen
+ * default); callers that need a real host check host[0]. */
+static bool host_chars_ok(const char *h, size_t len) {
+        for (size_t i = 0; i < len; i++)
+                if (!is_alnum(h[i]) && h[i] != '.' && h[i] != '-' && h[i] != '_')
+                        return false;
+        return true;
+}
+
+/* An IPv6 literal, optionally with a zone ("fe80::1%eth0"). Only the character set is
+ * checked: the resolver gives the final word, and a zone cannot be checked by inet_pton(). */
+static bool v6_chars_ok(const char *h, size_t len) {
+        bool colon = false;
+        size_t i;
+
+        for (i = 0; i < len && h[i] != '%'; i++) {
+                if (h[i] == ':')
+                        colon = true;
+                else if (!is_hex(h[i]) && h[i] != '.')
+                        return false;
+        }
+        if (!colon)
+                return false;
+        if (i < len) {
+                i++; /* '%' */
+                if (i == len)
+                        return false;
+                return host_chars_ok(h + i, len - i);
+        }
+        return true;
+}
+
+int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_port) {
+        const char *h, *colon;
+        size_t hlen;
+        uint64_t port;
+
+        if (!s)
+                return -EINVAL;
+        if (s[0] == '[') {
+                const char *close = strchr(s, ']');
+                if (!close)
+                        return -EINVAL;
+                h = s + 1;
+                hlen = (size_t)(close - h);
+                if (!v6_chars_ok(h, hlen))
+                        return -EINVAL;
+                colon = close + 1;
+                if (*colon != ':')
+                        return -EINVAL;
+        } else {
+                /* A second ':' lands in the port and fails there: an unbracketed IPv6 address
+                 * is ambiguous and is refused. */
+                colon = strchr(s, ':');
+                if (!colon)
+                        return -EINVAL;
+                h = s;
+                hlen = (size_t)(colon - s);
+                if (!host_chars_ok(h, hlen))
+                        return -EINVAL;
+        }
+        if (parse_u64(colon + 1, 1, 65535, &port) < 0)
+                return -EINVAL;
+        if (hlen >= host_len)
+                return -ENAMETOOLONG;
+        memcpy(host, h, hlen);
+        host[hlen] = '\0';
+        *ret_port = (uint16_t)port;
+        return 0;
+}
+
+void format_size(uint64_t bytes, char *out, size_t out_len) {
+        static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+        unsigned u = 0;
+        uint64_t whole, tenths;
+
+        if (!out || out_len == 0)
+                return;
+        if (bytes < 1024) {
+                snprintf(out, out_len, "%" PRIu64 " B", bytes);
+                return;
+        }
+        while (u + 1 < sizeof(units) / sizeof(units[0]) && bytes >> (10 * (u + 1)) > 0)
+                u++;
+        /* Integer arithmetic, rounded to the nearest tenth: rem < 2^60, so rem * 10 fits. */
+        for (;;) {
+                uint64_t unit = UINT64_C(1) << (10 * u);
+                uint64_t rem = bytes & (unit - 1);
+                whole = bytes >> (10 * u);
+                tenths = (rem * 10 + unit / 2) >> (10 * u);
+                if (tenths == 10) {
+                        whole++;
+                        tenths = 0;
+                }
+                /* 1023.96 KiB rounds to "1024.0 KiB": say "1.0 MiB" instead. */
+                if (whole < 1024 || u + 1 >= sizeof(units) / sizeof(units[0]))
+                        break;
+                u++;
+        }
+        snprintf(out, out_len, "%" PRIu64 ".%" PRIu64 " %s", whole, tenths, units[u]);
+}
