@@ -69,6 +69,8 @@ struct blob {
         uint32_t hashed;
         bool hashing;              /* a worker is advancing the frontier */
         uint64_t failed_until_ms;  /* verification failed: EIO until then */
+        uint64_t fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then */
+        unsigned fetch_fail_streak;     /* consecutive failed fetches: drives the backoff */
         uint64_t generation;       /* bumped when the blob's chunks are discarded */
 };
 
@@ -551,6 +553,15 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 for (uint32_t i = first; i <= last; i++)
                         if (!bit_get(b->present, i) || must_verify)
                                 missing++;
+                if (missing && b->fetch_failed_until_ms && now_ms() < b->fetch_failed_until_ms) {
+                        /* The last fetch for this blob failed moments ago: the kernel's
+                         * immediate retry and impatient readers get EIO at once instead of
+                         * another full fetch timeout each. */
+                        e->st.read_errors++;
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -EIO, NULL, 0);
+                        return;
+                }
 
                 unsigned window = stream ? stream_window(e, stream, off, len) : 0;
 
@@ -808,7 +819,18 @@ static void complete(struct engine *e, struct completion *c) {
                 free(w);
                 w = next;
         }
+        if (err < 0 && err != -ECANCELED) {
+                /* Back off per blob: 1 s, 2 s, 4 s ... up to the fetch timeout. */
+                unsigned streak = b->fetch_fail_streak < 16 ? b->fetch_fail_streak : 16;
+                uint64_t backoff = UINT64_C(1000) << streak;
+                if (backoff > e->cfg.fetch_timeout_ms)
+                        backoff = e->cfg.fetch_timeout_ms;
+                b->fetch_failed_until_ms = now_ms() + backoff;
+                b->fetch_fail_streak++;
+        }
         if (err == 0) {
+                b->fetch_failed_until_ms = 0;
+                b->fetch_fail_streak = 0;
                 evict_to_budget(e, &ns);
                 if (!b->verified && !b->hashing && b->hashed < b->nchunks &&
                     bit_get(b->present, b->hashed)) {
