@@ -67,6 +67,8 @@ struct blob {
         /* verification frontier */
         EVP_MD_CTX *sha;           /* over chunks [0, hashed) */
         uint32_t hashed;
+        uint64_t hash_pins;        /* bit i: chunk hashed+i is pinned until the frontier
+                                    * passes it (see hash_pin()) */
         bool hashing;              /* a worker is advancing the frontier */
         uint64_t failed_until_ms;  /* verification failed: EIO until then */
         uint64_t fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then */
@@ -110,6 +112,13 @@ struct engine {
         struct policy *policy;
         uint64_t budget, effective_budget;
         unsigned inflight_count;
+        /* Chunks fetched by readahead and not yet read: pinned so the small FIFO does not
+         * evict them before the reader arrives (which doubled origin traffic in a 64M-budget
+         * stream). A ring of max_inflight entries; the oldest is released when it is full, so
+         * an abandoned stream cannot hold the budget hostage. */
+        struct chunk_key *ra_pins;
+        unsigned ra_head, ra_count;
+        unsigned hash_pin_count; /* all blobs' hash_pins bits; at most max_inflight */
         struct engine_stats st;
 
         /* completion queue: origin thread -> workers */
@@ -293,6 +302,81 @@ static void notes_flush(struct engine *e, struct notes *ns) {
 
 /* ---- presence and eviction (caller holds lock) --------------------------------------------- */
 
+/* Caller holds lock. */
+static void ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
+        unsigned cap = e->cfg.max_inflight;
+        if (e->ra_count == cap) { /* release the oldest */
+                policy_unpin(e->policy, e->ra_pins[e->ra_head]);
+                e->ra_head = (e->ra_head + 1) % cap;
+                e->ra_count--;
+        }
+        if (policy_pin(e->policy, key_of(b, idx)) < 0)
+                return;
+        e->ra_pins[(e->ra_head + e->ra_count) % cap] = key_of(b, idx);
+        e->ra_count++;
+}
+
+/* Caller holds lock. The reader reached a readahead chunk: it is an ordinary chunk now. */
+static void ra_release(struct engine *e, struct blob *b, uint32_t idx) {
+        unsigned cap = e->cfg.max_inflight;
+        for (unsigned i = 0; i < e->ra_count; i++) {
+                unsigned pos = (e->ra_head + i) % cap;
+                if (e->ra_pins[pos].blob != b->id || e->ra_pins[pos].idx != idx)
+                        continue;
+                policy_unpin(e->policy, e->ra_pins[pos]);
+                /* close the gap: move the oldest entry into it */
+                e->ra_pins[pos] = e->ra_pins[e->ra_head];
+                e->ra_head = (e->ra_head + 1) % cap;
+                e->ra_count--;
+                return;
+        }
+}
+
+/* Caller holds lock. A reader touches present chunk IDX. */
+static void touch(struct engine *e, struct blob *b, uint32_t idx) {
+        policy_touch(e->policy, key_of(b, idx));
+        if (e->ra_count)
+                ra_release(e, b, idx);
+}
+
+
+/* Caller holds lock. A chunk that lands a little ahead of its blob's verification frontier is
+ * pinned until the frontier has hashed it. Without this, a fast sequential reader under a small
+ * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
+ * never verifies. Bounded: a window of 64 chunks per blob and max_inflight pins in all. */
+static void hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
+        if (b->verified || idx < b->hashed || idx - b->hashed >= 64)
+                return;
+        uint64_t bit = UINT64_C(1) << (idx - b->hashed);
+        if ((b->hash_pins & bit) || e->hash_pin_count >= e->cfg.max_inflight)
+                return;
+        if (policy_pin(e->policy, key_of(b, idx)) < 0)
+                return;
+        b->hash_pins |= bit;
+        e->hash_pin_count++;
+}
+
+/* Caller holds lock. The frontier moves past chunk b->hashed. */
+static void hash_pin_advance(struct engine *e, struct blob *b) {
+        if (b->hash_pins & 1) {
+                policy_unpin(e->policy, key_of(b, b->hashed));
+                e->hash_pin_count--;
+        }
+        b->hash_pins >>= 1;
+        b->hashed++;
+}
+
+/* Caller holds lock. Chunk IDX leaves the cache: its pin goes with its policy entry. */
+static void hash_pin_drop(struct engine *e, struct blob *b, uint32_t idx) {
+        if (idx < b->hashed || idx - b->hashed >= 64)
+                return;
+        uint64_t bit = UINT64_C(1) << (idx - b->hashed);
+        if (b->hash_pins & bit) {
+                b->hash_pins &= ~bit;
+                e->hash_pin_count--;
+        }
+}
+
 /* Forgets chunk IDX of B: bit, policy entry; the bytes are punched by the caller or already
  * gone. */
 static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct notes *ns) {
@@ -300,6 +384,8 @@ static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct n
                 return;
         bit_clear(b->present, idx);
         b->npresent--;
+        ra_release(e, b, idx); /* a stale ring entry would later unpin someone else's pin */
+        hash_pin_drop(e, b, idx);
         policy_remove(e->policy, key_of(b, idx));
         note(ns, NOTE_ABSENT, b, idx, false, NULL);
 }
@@ -570,7 +656,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 if (missing == 0) {
                         e->st.hits += last - first + 1;
                         for (uint32_t i = first; i <= last; i++) {
-                                policy_touch(e->policy, key_of(b, i));
+                                touch(e, b, i);
                                 pin_for(e, &sync_pr, i);
                         }
                         if (window)
@@ -615,7 +701,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 for (uint32_t i = first; i <= last; i++) {
                         if (bit_get(b->present, i) && !must_verify) {
                                 e->st.hits++;
-                                policy_touch(e->policy, key_of(b, i));
+                                touch(e, b, i);
                                 pin_for(e, pr, i);
                                 continue;
                         }
@@ -687,6 +773,8 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
         for (uint32_t i = 0; i < b->nchunks; i++)
                 if (bit_get(b->present, i)) {
                         bit_clear(b->present, i);
+                        ra_release(e, b, i);
+                        hash_pin_drop(e, b, i);
                         policy_remove(e->policy, key_of(b, i));
                 }
         b->npresent = 0;
@@ -736,7 +824,7 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                         policy_unpin(e->policy, key_of(b, i));
                 if (r < 0)
                         break; /* try again when the next chunk lands */
-                b->hashed++;
+                hash_pin_advance(e, b);
         }
         if (b->hashed == b->nchunks && b->generation == gen && b->sha) {
                 struct digest got;
@@ -744,7 +832,7 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                 EVP_DigestFinal_ex(b->sha, got.bytes, &dl);
                 EVP_MD_CTX_free(b->sha);
                 b->sha = NULL;
-                b->hashed = 0;
+                b->hashed = 0; /* every hash pin was released on the way */
                 struct notes ns = {0};
                 if (digest_equal(&got, &b->digest)) {
                         b->verified = true;
@@ -768,6 +856,9 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                 free(tmp);
                 return corrupt;
         }
+        log_debug("verification frontier paused blob_id=%u hashed=%u chunks=%u next_present=%d",
+                  b->id, b->hashed, b->nchunks,
+                  b->hashed < b->nchunks ? (int)bit_get(b->present, b->hashed) : -1);
         b->hashing = false;
         pthread_mutex_unlock(&e->lock);
         free(tmp);
@@ -803,6 +894,9 @@ static void complete(struct engine *e, struct completion *c) {
                 bit_set(b->present, idx);
                 b->npresent++;
                 note(&ns, NOTE_PRESENT, b, idx, false, &sha);
+                if (!f->waiters)
+                        ra_pin(e, b, idx);
+                hash_pin(e, b, idx);
         }
         struct waiter *w = inflight_end(e, f);
         while (w) {
@@ -924,7 +1018,10 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         size_t max_entries = (size_t)(cfg->cache_budget / cfg->chunk_size) * 2 + 4096;
         e->policy = policy_new(cfg->cache_budget, max_entries);
         e->workers = calloc(e->cfg.workers, sizeof(*e->workers));
-        if (!e->blobs || !e->by_digest || !e->policy || !e->workers) {
+        e->ra_pins = calloc(cfg->max_inflight ? cfg->max_inflight : 1, sizeof(*e->ra_pins));
+        if (!e->cfg.max_inflight)
+                e->cfg.max_inflight = 1;
+        if (!e->blobs || !e->by_digest || !e->policy || !e->workers || !e->ra_pins) {
                 engine_free(e);
                 return -ENOMEM;
         }
@@ -970,6 +1067,7 @@ void engine_free(struct engine *e) {
                 free(b);
         }
         free(e->workers);
+        free(e->ra_pins);
         policy_free(e->policy);
         free(e->blobs);
         free(e->by_digest);

@@ -201,7 +201,9 @@ heading "6. read 1 MiB from the middle of the $(mib "$LARGE_SIZE") layer"
 echo "dd if=$MNT/blobs/sha256/${LARGE_HEX:0:12}... bs=1M count=1 skip=$MID (bytes)"
 dd if="$MNT/blobs/sha256/$LARGE_HEX" of=/dev/null bs=1M count=1 skip="$MID" iflag=skip_bytes status=none
 sleep 0.5 # the registry logs a response once it is complete
-echo "registry served for this layer: $(mib "$(served "$LARGE")") of $(mib "$LARGE_SIZE")"
+echo "registry log: served $(mib "$(served "$LARGE")") of this layer's $(mib "$LARGE_SIZE")"
+ORIGIN=$("$BLOBCTL" --socket "$SOCK" stat --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["fetched"]["origin_bytes"])')
+echo "daemon:       fetched $(mib "$ORIGIN") from the origin in total"
 
 # --------------------------------------------------------------------------------------------
 SMALL_HEX=${SMALL#sha256:}

@@ -91,19 +91,24 @@ def is_mounted(path):
         return False
 
 
-def _mountinfo_has(path):
-    """True if PATH appears as a mount point in /proc/self/mountinfo (works for stale FUSE
-    mounts too, where stat() gives ENOTCONN and os.path.ismount may say False)."""
+def mount_count(path):
+    """How many mounts are stacked on PATH, from /proc/self/mountinfo (counts stale FUSE mounts
+    too, where stat() gives ENOTCONN)."""
     real = os.path.realpath(path)
+    n = 0
     try:
         with open("/proc/self/mountinfo") as f:
             for line in f:
                 fields = line.split()
                 if len(fields) > 4 and fields[4].replace("\\040", " ") == real:
-                    return True
+                    n += 1
     except OSError:
         pass
-    return False
+    return n
+
+
+def _mountinfo_has(path):
+    return mount_count(path) > 0
 
 
 def force_unmount(path):

@@ -24,6 +24,10 @@ def _wait_stat(d, pred, timeout=10):
         time.sleep(0.2)
 
 
+def _store_files(d):
+    return sum(len(files) for _dp, _ds, files in os.walk(d.chunks_dir))
+
+
 def test_budget_bounds_store(registry, blobs, daemon_factory):
     """A full sequential read of 64 MiB with a 16 MiB budget: the store never holds more than
     budget + chunks in flight, on disk (st_blocks) and by its own account."""
@@ -64,7 +68,10 @@ def test_budget_bounds_store(registry, blobs, daemon_factory):
     disk_samples.append(harness.allocated_bytes(d.chunks_dir))
     used_samples.append(d.stat()["cache"]["used_bytes"])
 
-    limit = budget + inflight * MiB
+    # st_blocks also counts the filesystem's own metadata (ext4 extent-tree blocks of a sparse
+    # file with many extents): allow 64 KiB of it per store file.
+    slack = 64 * 1024 * max(1, _store_files(d))
+    limit = budget + inflight * MiB + slack
     assert max(disk_samples) > 0, "the store never held anything (wrong state dir layout?)"
     assert max(disk_samples) <= limit, "store allocated %d bytes > %d (%d samples)" % (
         max(disk_samples), limit, len(disk_samples))
@@ -76,7 +83,7 @@ def test_budget_bounds_store(registry, blobs, daemon_factory):
     assert s["cache"]["budget_bytes"] == budget
     assert s["cache"]["used_bytes"] <= budget
     assert s["cache"]["evicted_chunks"] > 0
-    assert harness.allocated_bytes(d.chunks_dir) <= budget
+    assert harness.allocated_bytes(d.chunks_dir) <= budget + slack
 
 
 def test_restart_serves_warm(registry, blobs, daemon_factory):
@@ -85,8 +92,10 @@ def test_restart_serves_warm(registry, blobs, daemon_factory):
     d.add(b.ref)
     path = d.blob_path(b.digest)
     assert harness.read_file(path) == b.data
-    entry = {e["digest"]: e for e in d.ls()}[b.digest]
-    assert entry["verified"] is True and entry["chunks_present"] == entry["chunks"]
+    entry = harness.wait_until(
+        lambda: [e for e in d.ls() if e["digest"] == b.digest and e["verified"] is True], 30,
+        interval=0.2, what="the blob to be verified")[0]
+    assert entry["chunks_present"] == entry["chunks"]
 
     d.restart()
     harness.drop_caches([path])

@@ -166,8 +166,13 @@ def test_kill9_mid_read_and_restart(registry, blobs, daemon_factory):
         pytest.fail("read finished before the kill; test could not kill mid-read")
     assert isinstance(outcome.get("error"), OSError)
 
-    # The old mount is stale now; the new daemon must recover it by itself.
+    # The old mount is stale now; the new daemon must recover it by itself (unmount it, not
+    # stack a new mount on top of it).
+    assert harness.mount_count(d.mountpoint) == 1
     d.start()
     harness.drop_caches([path])
     digest, n = harness.sha256_file(path)
     assert (digest, n) == (b.digest, b.size)
+    assert harness.mount_count(d.mountpoint) == 1, (
+        "%d mounts stacked on %s: the stale mount was not cleaned up"
+        % (harness.mount_count(d.mountpoint), d.mountpoint))
