@@ -11,6 +11,7 @@
 #include "fs/fuse.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <fuse_lowlevel.h>
@@ -274,22 +275,28 @@ static const struct fuse_lowlevel_ops ops = {
         .statfs = fs_statfs,
 };
 
-/* A daemon killed with SIGKILL leaves its mount behind: every access fails with ENOTCONN. */
+/* A daemon killed with SIGKILL leaves its mount behind: every access fails with ENOTCONN.
+ * stat() is not a reliable probe (the kernel may answer it from cached attributes); opening the
+ * directory always reaches the filesystem. Crashes can stack mounts, hence the loop. */
 static int recover_stale_mount(const char *mountpoint) {
-        struct stat st;
-        if (stat(mountpoint, &st) == 0)
-                return 0;
-        if (errno == ENOENT) {
-                if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST)
+        for (int i = 0; i < 8; i++) {
+                int fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd >= 0) {
+                        close(fd);
+                        return 0;
+                }
+                if (errno == ENOENT) {
+                        if (mkdir(mountpoint, 0755) < 0 && errno != EEXIST)
+                                return -errno;
+                        continue;
+                }
+                if (errno != ENOTCONN)
                         return -errno;
-                return 0;
+                log_notice("stale mount found, detaching it mountpoint=%s", mountpoint);
+                if (umount2(mountpoint, MNT_DETACH) < 0)
+                        return -errno;
         }
-        if (errno != ENOTCONN)
-                return -errno;
-        log_notice("stale mount found, detaching it mountpoint=%s", mountpoint);
-        if (umount2(mountpoint, MNT_DETACH) < 0)
-                return -errno;
-        return 0;
+        return -EBUSY;
 }
 
 /* The kernel caps a FUSE mount's readahead at its bdi's read_ahead_kb (128 KiB by default),
