@@ -208,8 +208,10 @@ static int mkdir_p(const char *path, mode_t mode) {
 int main(int argc, char **argv) {
         struct daemon d = {.started = time(NULL)};
         int r = config_load(&d.cfg, argc, argv);
-        if (r < 0)
+        if (r < 0) {
+                config_free(&d.cfg);
                 return 2;
+        }
         if (d.cfg.help) {
                 config_usage(stdout, argv[0]);
                 config_free(&d.cfg);
