@@ -583,9 +583,10 @@ static void readahead(struct engine *e, struct blob *b, uint32_t last, unsigned 
 #define STARTS_MAX 64
 
 /* Caller holds lock. Readahead ramps up with the length of the sequential run: nothing until
- * the reader has gone through two chunks in order, then one chunk ahead per chunk read, up to
- * readahead_chunks. A single read at some offset therefore fetches only what it touches (plus
- * the kernel's own readahead), while a streaming reader soon has the pipe full. Reads that
+ * the reader has gone through four chunks in order, then one chunk more per chunk read, up to
+ * readahead_chunks. The kernel already reads up to 1 MiB ahead of any reader (a single 1 MiB
+ * pread arrives as three 1 MiB requests), so starting earlier only fetches chunks a random
+ * reader never wanted; a streaming reader still has the pipe full within a few chunks. Reads that
  * arrive slightly out of order (the kernel issues them concurrently) still count as
  * sequential. */
 static unsigned stream_window(struct engine *e, struct engine_stream *s, uint64_t off, size_t len) {
@@ -599,9 +600,9 @@ static unsigned stream_window(struct engine *e, struct engine_stream *s, uint64_
         if (off + len > s->next_off || !sequential)
                 s->next_off = off + len;
         uint64_t chunks = s->run / e->cfg.chunk_size;
-        if (chunks < 2)
+        if (chunks < 4)
                 return 0;
-        return chunks - 1 < e->cfg.readahead_chunks ? (unsigned)(chunks - 1) : e->cfg.readahead_chunks;
+        return chunks - 3 < e->cfg.readahead_chunks ? (unsigned)(chunks - 3) : e->cfg.readahead_chunks;
 }
 
 void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,

@@ -371,7 +371,14 @@ static int read_text_file(const char *path, char **ret) {
                 if (len + 1 >= cap) {
                         char *nb;
                         if (cap >= MEMSTAT_FILE_MAX) {
-                                r = -EFBIG;
+                                /* Full: only a file that has more is too big. */
+                                char extra;
+                                ssize_t m = read(fd, &extra, 1);
+                                if (m < 0 && errno == EINTR)
+                                        continue;
+                                if (m == 0)
+                                        break;
+                                r = m < 0 ? -errno : -EFBIG;
                                 goto out_free_buf;
                         }
                         cap *= 2;

@@ -15,8 +15,10 @@
  */
 #include "util/parse.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <net/if.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -29,10 +31,6 @@ static bool is_digit(char c) {
 
 static bool is_alnum(char c) {
         return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool is_hex(char c) {
-        return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
 static char to_upper(char c) {
@@ -184,25 +182,25 @@ static bool host_chars_ok(const char *h, size_t len) {
         return true;
 }
 
-/* An IPv6 literal, optionally with a zone ("fe80::1%eth0"). Only the character set is
- * checked: the resolver gives the final word, and a zone cannot be checked by inet_pton(). */
-static bool v6_chars_ok(const char *h, size_t len) {
-        bool colon = false;
-        size_t i;
+/* An IPv6 literal, optionally with a zone ("fe80::1%eth0"). The address is checked by
+ * inet_pton(), which does not know zones; the zone is checked as an interface name. */
+static bool v6_literal_ok(const char *h, size_t len) {
+        char addr[INET6_ADDRSTRLEN];
+        struct in6_addr a6;
+        const char *pct = memchr(h, '%', len);
+        size_t alen = pct ? (size_t)(pct - h) : len;
 
-        for (i = 0; i < len && h[i] != '%'; i++) {
-                if (h[i] == ':')
-                        colon = true;
-                else if (!is_hex(h[i]) && h[i] != '.')
-                        return false;
-        }
-        if (!colon)
+        if (alen == 0 || alen >= sizeof(addr))
                 return false;
-        if (i < len) {
-                i++; /* '%' */
-                if (i == len)
+        memcpy(addr, h, alen);
+        addr[alen] = '\0';
+        if (inet_pton(AF_INET6, addr, &a6) != 1)
+                return false;
+        if (pct) {
+                size_t zlen = len - alen - 1;
+                if (zlen == 0 || zlen >= IF_NAMESIZE)
                         return false;
-                return host_chars_ok(h + i, len - i);
+                return host_chars_ok(pct + 1, zlen);
         }
         return true;
 }
@@ -220,7 +218,7 @@ int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_por
                         return -EINVAL;
                 h = s + 1;
                 hlen = (size_t)(close - h);
-                if (!v6_chars_ok(h, hlen))
+                if (!v6_literal_ok(h, hlen))
                         return -EINVAL;
                 colon = close + 1;
                 if (*colon != ':')

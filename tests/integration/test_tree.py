@@ -87,3 +87,33 @@ def test_sigint_unmounts_and_exits_0(registry, blobs, daemon_factory):
     assert d.stop(sig=signal.SIGINT, unmount=False) == 0
     assert not d.mounted()
     assert not d.bad_stops, d.bad_stops
+
+
+def test_stat_schema(registry, blobs, daemon_factory):
+    """blobctl stat --json has every documented field, with sane values."""
+    b = blobs["small200k"]
+    d = daemon_factory(registries=[registry], extra_args=["--cache-budget", "16M"])
+    d.add(b.ref)
+    assert open(d.blob_path(b.digest), "rb").read() == b.data
+    s = d.stat()
+    for k in ("budget_bytes", "effective_budget_bytes", "used_bytes", "pinned_bytes",
+              "chunks_present", "hits", "misses", "evicted_chunks"):
+        assert isinstance(s["cache"][k], int) and s["cache"][k] >= 0, k
+    for k in ("origin_bytes", "origin_requests", "origin_errors", "peer_bytes",
+              "inflight_chunks"):
+        assert isinstance(s["fetched"][k], int) and s["fetched"][k] >= 0, k
+    for k in ("rss_bytes", "cgroup_usage_bytes", "cgroup_working_set_bytes",
+              "store_page_cache_bytes"):
+        assert isinstance(s["memory"][k], int) and s["memory"][k] >= 0, k
+    assert s["cache"]["budget_bytes"] == 16 << 20
+    assert s["cache"]["effective_budget_bytes"] <= s["cache"]["budget_bytes"]
+    assert s["cache"]["used_bytes"] == s["cache"]["chunks_present"] * (1 << 20) or \
+        s["cache"]["used_bytes"] == b.size
+    assert s["cache"]["chunks_present"] == 1
+    assert s["fetched"]["origin_bytes"] == b.size
+    assert s["fetched"]["inflight_chunks"] == 0
+    assert s["blobs"] == 1
+    assert s["chunk_size"] == 1 << 20
+    assert s["memory"]["rss_bytes"] > 0
+    # kubelet's working set is usage - inactive_file: never above usage.
+    assert s["memory"]["cgroup_working_set_bytes"] <= s["memory"]["cgroup_usage_bytes"]

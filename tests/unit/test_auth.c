@@ -50,7 +50,8 @@ static void test_challenge_bearer(void **state) {
         assert_string_equal(c.scope, "repo:a \"b\\cd:pull,push");
 
         /* A repeated parameter keeps its first value; empty list elements are fine. */
-        assert_int_equal(auth_parse_challenge("Bearer realm=\"https://one\",,realm=\"https://two\",",
+        assert_int_equal(auth_parse_challenge("Bearer realm=\"https://one\",,"
+                                              "realm=\"https://two\",",
                                               &c),
                          0);
         assert_string_equal(c.realm, "https://one");

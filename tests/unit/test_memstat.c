@@ -1,5 +1,10 @@
 /* Unit tests for util/memstat.c: kubelet's working set on cgroup v1, v2 and hybrid hosts, from
- * fixture texts copied from real kernels (trimmed), and the live figures of this process. */
+ * fixture texts copied from real kernels (trimmed), and the live figures of this process.
+ *
+ * The bounded file reader is static and /proc files are too small here to make it grow, so
+ * this file includes memstat.c to test it on files of chosen sizes. Every global symbol of
+ * memstat.c is then defined here, and the linker never pulls memstat.o from the core library
+ * into this program. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,11 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
-#include "util/memstat.h"
+#include "util/memstat.c"
 
 /* cgroup v2 memory.stat (Linux 6.1), a daemon that streamed a large file: most of its usage
  * is inactive page cache. */
@@ -461,6 +467,59 @@ static void test_rss(void **state) {
         assert_true(after >= before + (48u << 20));
 }
 
+/* Writes LEN bytes of a pattern (and a NUL at NUL_AT, if below LEN) to a fresh temp file. */
+static void make_file(char *path, size_t path_len, size_t len, size_t nul_at) {
+        char block[4096];
+        int fd;
+
+        snprintf(path, path_len, "%s/p2pblobs-memstat-XXXXXX",
+                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+        fd = mkstemp(path);
+        assert_true(fd >= 0);
+        for (size_t off = 0; off < len;) {
+                size_t n = len - off < sizeof(block) ? len - off : sizeof(block);
+                for (size_t i = 0; i < n; i++)
+                        block[i] = off + i == nul_at ? '\0' : (char)('a' + (off + i) % 26);
+                assert_int_equal(write(fd, block, n), (ssize_t)n);
+                off += n;
+        }
+        assert_int_equal(close(fd), 0);
+}
+
+static void test_read_text_file(void **state) {
+        static const size_t sizes[] = { 0, 1, 4094, 4095, 4096, 100000, MEMSTAT_FILE_MAX - 1 };
+        char path[4096], *buf;
+        (void)state;
+
+        for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+                make_file(path, sizeof(path), sizes[k], SIZE_MAX);
+                buf = NULL;
+                assert_int_equal(read_text_file(path, &buf), 0);
+                assert_non_null(buf);
+                assert_int_equal(strlen(buf), sizes[k]);
+                for (size_t i = 0; i < sizes[k]; i += 997)
+                        assert_int_equal(buf[i], 'a' + i % 26);
+                free(buf);
+                unlink(path);
+        }
+
+        /* One byte over the bound: refused, not truncated. */
+        buf = NULL;
+        make_file(path, sizeof(path), MEMSTAT_FILE_MAX, SIZE_MAX);
+        assert_int_equal(read_text_file(path, &buf), -EFBIG);
+        assert_null(buf);
+        unlink(path);
+
+        /* An embedded NUL would cut the text short: refused. */
+        make_file(path, sizeof(path), 10000, 5000);
+        assert_int_equal(read_text_file(path, &buf), -EINVAL);
+        assert_null(buf);
+        unlink(path);
+
+        assert_int_equal(read_text_file("/nonexistent/p2pblobs", &buf), -ENOENT);
+        assert_null(buf);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stat_value),
@@ -478,6 +537,7 @@ int main(void) {
                 cmocka_unit_test(test_dir_errors),
                 cmocka_unit_test(test_self),
                 cmocka_unit_test(test_rss),
+                cmocka_unit_test(test_read_text_file),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
