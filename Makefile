@@ -79,9 +79,13 @@ unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
 fuzz: $(FUZZ_BIN)
-# Short bounded runs: enough to catch a crash on the seed corpus and nearby inputs.
+# Short bounded runs: enough to catch a crash on the seed corpus and nearby inputs. New inputs
+# go to a scratch directory (the first one given), never into the checked-in corpus.
 fuzz-run: fuzz
-	@set -e; for f in $(FUZZ_BIN); do echo "== $$f"; $$f -runs=200000 -max_len=4096 tests/fuzz/corpus/$$(basename $$f) 2>&1 | tail -n 2; done
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); echo "== $$n"; \
+		rm -rf build/fuzz/scratch-$$n; mkdir -p build/fuzz/scratch-$$n; \
+		$$f -runs=200000 -max_len=4096 build/fuzz/scratch-$$n tests/fuzz/corpus/$$n > build/fuzz/$$n.log 2>&1 \
+		  || { tail -n 40 build/fuzz/$$n.log; exit 1; }; tail -n 1 build/fuzz/$$n.log; done
 
 integration: build
 	P2PBLOBS_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -p no:cacheprovider tests/integration

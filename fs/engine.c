@@ -316,8 +316,9 @@ static void ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
         e->ra_count++;
 }
 
-/* Caller holds lock. The reader reached a readahead chunk: it is an ordinary chunk now. */
-static void ra_release(struct engine *e, struct blob *b, uint32_t idx) {
+/* Caller holds lock. The reader reached a readahead chunk: it is an ordinary chunk now.
+ * Returns whether it was one. */
+static bool ra_release(struct engine *e, struct blob *b, uint32_t idx) {
         unsigned cap = e->cfg.max_inflight;
         for (unsigned i = 0; i < e->ra_count; i++) {
                 unsigned pos = (e->ra_head + i) % cap;
@@ -328,15 +329,23 @@ static void ra_release(struct engine *e, struct blob *b, uint32_t idx) {
                 e->ra_pins[pos] = e->ra_pins[e->ra_head];
                 e->ra_head = (e->ra_head + 1) % cap;
                 e->ra_count--;
-                return;
+                return true;
         }
+        return false;
 }
 
-/* Caller holds lock. A reader touches present chunk IDX. */
-static void touch(struct engine *e, struct blob *b, uint32_t idx) {
-        policy_touch(e->policy, key_of(b, idx));
-        if (e->ra_count)
-                ra_release(e, b, idx);
+/* Caller holds lock. A reader reads present chunk IDX. Only a re-reference counts as a hit for
+ * the policy: not the first read of a chunk readahead brought in, and not the second, third ...
+ * FUSE request of one stream inside the same chunk. Counting those would make a one-time scan
+ * look hot and defeat S3-FIFO's scan resistance. */
+static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_stream *stream) {
+        bool first_read = e->ra_count && ra_release(e, b, idx);
+        uint64_t tag = ((uint64_t)b->id << 32 | idx) + 1;
+        bool same_stream_chunk = stream && stream->last_chunk == tag;
+        if (stream)
+                stream->last_chunk = tag;
+        if (!first_read && !same_stream_chunk)
+                policy_touch(e->policy, key_of(b, idx));
 }
 
 
@@ -657,7 +666,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 if (missing == 0) {
                         e->st.hits += last - first + 1;
                         for (uint32_t i = first; i <= last; i++) {
-                                touch(e, b, i);
+                                touch(e, b, i, stream);
                                 pin_for(e, &sync_pr, i);
                         }
                         if (window)
@@ -702,11 +711,13 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 for (uint32_t i = first; i <= last; i++) {
                         if (bit_get(b->present, i) && !must_verify) {
                                 e->st.hits++;
-                                touch(e, b, i);
+                                touch(e, b, i, stream);
                                 pin_for(e, pr, i);
                                 continue;
                         }
                         e->st.misses++;
+                        if (stream) /* its next reads inside this chunk are not re-references */
+                                stream->last_chunk = ((uint64_t)b->id << 32 | i) + 1;
                         bool is_new;
                         struct inflight *f = inflight_get(e, b, i, false, &is_new);
                         struct waiter *w = f ? malloc(sizeof(*w)) : NULL;

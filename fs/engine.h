@@ -61,8 +61,9 @@ struct engine_stats {
 /* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The
  * engine reads and writes it under its lock. */
 struct engine_stream {
-        uint64_t next_off; /* where a sequential reader reads next */
-        uint64_t run;      /* bytes read sequentially so far */
+        uint64_t next_off;   /* where a sequential reader reads next */
+        uint64_t run;        /* bytes read sequentially so far */
+        uint64_t last_chunk; /* 1 + the chunk this stream last touched (0: none) */
 };
 
 typedef void (*engine_reply_fn)(void *ctx, int err, const void *buf, size_t len);

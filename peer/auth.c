@@ -36,23 +36,27 @@
 
 /* --- challenges ------------------------------------------------------------------------- */
 
-static bool is_ows(char c) {
+static bool is_ows(char c)
+{
         return c == ' ' || c == '\t';
 }
 
 /* RFC 9110 tchar. */
-static bool is_tchar(char c) {
+static bool is_tchar(char c)
+{
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
                 return true;
         return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-static bool is_ctl(char c) {
+static bool is_ctl(char c)
+{
         unsigned char u = (unsigned char)c;
         return (u < 0x20 && c != '\t') || u == 0x7f;
 }
 
-static const char *skip_ows(const char *p) {
+static const char *skip_ows(const char *p)
+{
         while (is_ows(*p))
                 p++;
         return p;
@@ -60,7 +64,8 @@ static const char *skip_ows(const char *p) {
 
 /* Parses a parameter value at *PP (a quoted string with \-escapes, or a bare run up to ',' or
  * blank) into OUT (may be NULL: value not kept). -EINVAL, -ENAMETOOLONG. */
-static int parse_param_value(const char **pp, char *out, size_t out_len) {
+static int parse_param_value(const char **pp, char *out, size_t out_len)
+{
         const char *p = *pp;
         size_t n = 0;
 
@@ -111,7 +116,8 @@ static int parse_param_value(const char **pp, char *out, size_t out_len) {
 /* Parses one challenge (scheme and its parameters) at *PP, leaving *PP at the next
  * challenge's scheme or at the end. Unknown schemes come back as AUTH_NONE, their
  * parameters checked for syntax but not kept. */
-static int parse_one_challenge(const char **pp, struct auth_challenge *c) {
+static int parse_one_challenge(const char **pp, struct auth_challenge *c)
+{
         const char *p = *pp, *scheme = p;
         size_t slen;
         bool have_realm = false, have_service = false, have_scope = false;
@@ -166,8 +172,7 @@ static int parse_one_challenge(const char **pp, struct auth_challenge *c) {
                                    !have_service) {
                                 dst = c->service, dst_len = sizeof(c->service);
                                 seen = &have_service;
-                        } else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0 &&
-                                   !have_scope) {
+                        } else if (nlen == 5 && strncasecmp(name, "scope", 5) == 0 && !have_scope) {
                                 dst = c->scope, dst_len = sizeof(c->scope), seen = &have_scope;
                         }
                 }
@@ -191,7 +196,8 @@ static int parse_one_challenge(const char **pp, struct auth_challenge *c) {
         return 0;
 }
 
-int auth_parse_challenge(const char *value, struct auth_challenge *ret) {
+int auth_parse_challenge(const char *value, struct auth_challenge *ret)
+{
         struct auth_challenge c, basic;
         bool have_basic = false;
         const char *p;
@@ -226,7 +232,8 @@ int auth_parse_challenge(const char *value, struct auth_challenge *ret) {
 
 /* --- docker config.json ----------------------------------------------------------------- */
 
-static bool is_b64_char(char c) {
+static bool is_b64_char(char c)
+{
         return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
                c == '+' || c == '/';
 }
@@ -234,7 +241,8 @@ static bool is_b64_char(char c) {
 /* Decodes standard padded base64 (what Docker writes) into a fresh buffer the caller wipes
  * and frees. EVP_DecodeBlock() returns 3 bytes per 4 characters including the zero bytes
  * that padding stands for, so the true length is computed from the padding here. */
-static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *ret_len) {
+static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *ret_len)
+{
         size_t pad = 0, out_len;
         unsigned char *buf;
         int n;
@@ -262,7 +270,8 @@ static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *r
         return 0;
 }
 
-static int copy_credentials(const char *s, size_t len, char *out, size_t out_len) {
+static int copy_credentials(const char *s, size_t len, char *out, size_t out_len)
+{
         /* Basic auth cannot carry a user name with ':' nor anything with a NUL; without a
          * ':' it is not "user:pass" at all. */
         if (!memchr(s, ':', len) || memchr(s, '\0', len))
@@ -276,7 +285,8 @@ static int copy_credentials(const char *s, size_t len, char *out, size_t out_len
 
 /* Credentials from one auths entry. -ENOENT when the entry has none we can use (an empty
  * object, as Docker writes when a credential helper holds the secret). */
-static int entry_credentials(json_t *entry, char *out, size_t out_len) {
+static int entry_credentials(json_t *entry, char *out, size_t out_len)
+{
         json_t *auth, *user, *pass;
 
         if (!json_is_object(entry))
@@ -287,8 +297,7 @@ static int entry_credentials(json_t *entry, char *out, size_t out_len) {
         if (json_is_string(auth) && json_string_length(auth) > 0) {
                 unsigned char *dec;
                 size_t dlen;
-                int r = b64_decode(json_string_value(auth), json_string_length(auth), &dec,
-                                   &dlen);
+                int r = b64_decode(json_string_value(auth), json_string_length(auth), &dec, &dlen);
                 if (r < 0)
                         return r;
                 r = copy_credentials((const char *)dec, dlen, out, out_len);
@@ -323,7 +332,8 @@ static int entry_credentials(json_t *entry, char *out, size_t out_len) {
 
 /* Docker Hub is reached as registry-1.docker.io but its credentials are filed under
  * "https://index.docker.io/v1/". */
-static const char *canonical_registry(const char *r, size_t len, size_t *ret_len) {
+static const char *canonical_registry(const char *r, size_t len, size_t *ret_len)
+{
         static const char hub[] = "index.docker.io";
 
         if ((len == 9 && strncasecmp(r, "docker.io", 9) == 0) ||
@@ -337,7 +347,8 @@ static const char *canonical_registry(const char *r, size_t len, size_t *ret_len
 
 /* Whether config key KEY names REGISTRY: an optional http(s):// in front, an optional "/v1/"
  * or "/" behind, host names compared case-insensitively. */
-static bool key_matches(const char *key, const char *registry) {
+static bool key_matches(const char *key, const char *registry)
+{
         size_t klen, rlen;
         const char *k = key, *r;
 
@@ -355,8 +366,8 @@ static bool key_matches(const char *key, const char *registry) {
         return klen == rlen && strncasecmp(k, r, klen) == 0;
 }
 
-int auth_find_credentials(const char *config_json, const char *registry, char *out,
-                          size_t out_len) {
+int auth_find_credentials(const char *config_json, const char *registry, char *out, size_t out_len)
+{
         json_t *root, *auths, *entry;
         const char *key;
         int r = -ENOENT;
@@ -384,7 +395,8 @@ int auth_find_credentials(const char *config_json, const char *registry, char *o
                 if (r != -ENOENT)
                         goto out_decref;
         }
-        json_object_foreach(auths, key, entry) {
+        json_object_foreach(auths, key, entry)
+        {
                 if (strcmp(key, registry) == 0 || !key_matches(key, registry))
                         continue;
                 r = entry_credentials(entry, out, out_len);
@@ -399,7 +411,8 @@ out_decref:
 
 /* --- token responses -------------------------------------------------------------------- */
 
-static bool token_chars_ok(const char *t, size_t len) {
+static bool token_chars_ok(const char *t, size_t len)
+{
         for (size_t i = 0; i < len; i++) {
                 unsigned char u = (unsigned char)t[i];
                 if (u <= 0x20 || u >= 0x7f)
@@ -408,8 +421,8 @@ static bool token_chars_ok(const char *t, size_t len) {
         return true;
 }
 
-int auth_parse_token_response(const char *json, char *out, size_t out_len,
-                              unsigned *ret_expires_in) {
+int auth_parse_token_response(const char *json, char *out, size_t out_len, unsigned *ret_expires_in)
+{
         json_t *root, *tok, *exp;
         unsigned expires = 60;
         size_t len;

@@ -14,16 +14,16 @@
 
 /* --- challenges ------------------------------------------------------------------------- */
 
-static void test_challenge_bearer(void **state) {
+static void test_challenge_bearer(void **state)
+{
         struct auth_challenge c;
         (void)state;
 
         /* Docker Hub, verbatim. */
-        assert_int_equal(auth_parse_challenge(
-                                 "Bearer realm=\"https://auth.docker.io/token\","
-                                 "service=\"registry.docker.io\","
-                                 "scope=\"repository:library/busybox:pull\"",
-                                 &c),
+        assert_int_equal(auth_parse_challenge("Bearer realm=\"https://auth.docker.io/token\","
+                                              "service=\"registry.docker.io\","
+                                              "scope=\"repository:library/busybox:pull\"",
+                                              &c),
                          0);
         assert_int_equal(c.scheme, AUTH_BEARER);
         assert_string_equal(c.realm, "https://auth.docker.io/token");
@@ -59,7 +59,8 @@ static void test_challenge_bearer(void **state) {
         assert_string_equal(c.service, "");
 }
 
-static void test_challenge_basic_and_multi(void **state) {
+static void test_challenge_basic_and_multi(void **state)
+{
         struct auth_challenge c;
         (void)state;
 
@@ -86,23 +87,24 @@ static void test_challenge_basic_and_multi(void **state) {
         assert_string_equal(c.realm, "r");
 }
 
-static void test_challenge_rejects(void **state) {
+static void test_challenge_rejects(void **state)
+{
         static const char *const bad[] = {
                 "",
                 "   ",
                 "Negotiate",
                 "Digest realm=\"x\", nonce=\"y\"",
-                "Bearer",                                      /* no realm */
-                "Bearer service=\"s\"",                        /* no realm */
-                "Bearer realm=\"file:///etc/passwd\"",         /* not http(s) */
+                "Bearer",                              /* no realm */
+                "Bearer service=\"s\"",                /* no realm */
+                "Bearer realm=\"file:///etc/passwd\"", /* not http(s) */
                 "Bearer realm=\"ftp://x/token\"",
-                "Bearer realm=\"https://x",                    /* unterminated */
-                "Bearer realm=\"https://x\\",                  /* dangling escape */
-                "Bearer realm=",                               /* empty bare value */
+                "Bearer realm=\"https://x",   /* unterminated */
+                "Bearer realm=\"https://x\\", /* dangling escape */
+                "Bearer realm=",              /* empty bare value */
                 "Bearer realm=,service=x",
-                "Bearer realm=\"https://x\" service=\"s\"",    /* missing comma */
+                "Bearer realm=\"https://x\" service=\"s\"", /* missing comma */
                 "Bearer realm=\"https://x\"junk",
-                "Bearer realm=\"https://x\nInjected: 1\"",     /* control character */
+                "Bearer realm=\"https://x\nInjected: 1\"", /* control character */
                 "Bearer realm=https://x\r\n",
                 "Bearer =\"https://x\"",
                 "Bearer\"realm\"",
@@ -123,7 +125,8 @@ static void test_challenge_rejects(void **state) {
         assert_memory_equal(&c, &orig, sizeof(c));
 }
 
-static void test_challenge_too_long(void **state) {
+static void test_challenge_too_long(void **state)
+{
         char buf[2048], val[600];
         struct auth_challenge c, orig;
         (void)state;
@@ -164,7 +167,8 @@ static const char CONFIG[] =
         "  \"credsStore\": \"desktop\"\n"
         "}\n";
 
-static void expect_creds(const char *json, const char *registry, const char *want) {
+static void expect_creds(const char *json, const char *registry, const char *want)
+{
         char out[128];
         int r;
 
@@ -175,7 +179,8 @@ static void expect_creds(const char *json, const char *registry, const char *wan
         assert_string_equal(out, want);
 }
 
-static void expect_creds_err(const char *json, const char *registry, int err) {
+static void expect_creds_err(const char *json, const char *registry, int err)
+{
         char out[128];
         int r;
 
@@ -186,7 +191,8 @@ static void expect_creds_err(const char *json, const char *registry, int err) {
         assert_string_equal(out, "untouched");
 }
 
-static void test_credentials(void **state) {
+static void test_credentials(void **state)
+{
         (void)state;
         expect_creds(CONFIG, "registry.example.com", "user:pass");
         expect_creds(CONFIG, "REGISTRY.example.com", "user:pass"); /* host names fold */
@@ -209,7 +215,8 @@ static void test_credentials(void **state) {
         expect_creds_err("{\"auths\":{}}", "r.io", -ENOENT);
 }
 
-static void test_credentials_base64_padding(void **state) {
+static void test_credentials_base64_padding(void **state)
+{
         /* The decoded length is what padding says, not 3 bytes per 4 characters: no stray
          * NULs end up in the password. "a:b" = YTpi, "a:bc" = YTpiYw==, "a:bcd" = YTpiY2Q=. */
         (void)state;
@@ -218,24 +225,25 @@ static void test_credentials_base64_padding(void **state) {
         expect_creds("{\"auths\":{\"r.io\":{\"auth\":\"YTpiY2Q=\"}}}", "r.io", "a:bcd");
         {
                 char out[16];
-                assert_int_equal(auth_find_credentials(
-                                         "{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}", "r.io",
-                                         out, sizeof(out)),
-                                 0);
+                assert_int_equal(
+                        auth_find_credentials("{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}",
+                                              "r.io", out, sizeof(out)),
+                        0);
                 assert_int_equal(strlen(out), 4);
                 /* Exactly fits: 4 characters and the NUL; one byte less does not. */
-                assert_int_equal(auth_find_credentials(
-                                         "{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}", "r.io",
-                                         out, 5),
-                                 0);
-                assert_int_equal(auth_find_credentials(
-                                         "{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}", "r.io",
-                                         out, 4),
-                                 -ENAMETOOLONG);
+                assert_int_equal(
+                        auth_find_credentials("{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}",
+                                              "r.io", out, 5),
+                        0);
+                assert_int_equal(
+                        auth_find_credentials("{\"auths\":{\"r.io\":{\"auth\":\"YTpiYw==\"}}}",
+                                              "r.io", out, 4),
+                        -ENAMETOOLONG);
         }
 }
 
-static void test_credentials_malformed(void **state) {
+static void test_credentials_malformed(void **state)
+{
         (void)state;
         expect_creds_err("", "r.io", -EINVAL);
         expect_creds_err("{", "r.io", -EINVAL);
@@ -254,8 +262,8 @@ static void test_credentials_malformed(void **state) {
         /* "a\0:b" = YQA6Yg== : an embedded NUL. */
         expect_creds_err("{\"auths\":{\"r.io\":{\"auth\":\"YQA6Yg==\"}}}", "r.io", -EINVAL);
         /* Fields: a user name with ':' cannot be sent; a user without a password is broken. */
-        expect_creds_err("{\"auths\":{\"r.io\":{\"username\":\"a:b\",\"password\":\"c\"}}}",
-                         "r.io", -EINVAL);
+        expect_creds_err("{\"auths\":{\"r.io\":{\"username\":\"a:b\",\"password\":\"c\"}}}", "r.io",
+                         -EINVAL);
         expect_creds_err("{\"auths\":{\"r.io\":{\"username\":\"a\"}}}", "r.io", -EINVAL);
         expect_creds_err("{\"auths\":{\"r.io\":{\"username\":1,\"password\":\"c\"}}}", "r.io",
                          -EINVAL);
@@ -264,7 +272,8 @@ static void test_credentials_malformed(void **state) {
         expect_creds_err("{}", "", -EINVAL);
 }
 
-static void test_credentials_too_long(void **state) {
+static void test_credentials_too_long(void **state)
+{
         char out[8];
         (void)state;
 
@@ -278,7 +287,8 @@ static void test_credentials_too_long(void **state) {
 
 /* --- token responses -------------------------------------------------------------------- */
 
-static void test_token(void **state) {
+static void test_token(void **state)
+{
         char out[128];
         unsigned exp = 0;
         (void)state;
@@ -291,9 +301,8 @@ static void test_token(void **state) {
         assert_int_equal(exp, 300);
 
         /* OAuth2 spelling; expires_in absent means 60. */
-        assert_int_equal(auth_parse_token_response("{\"access_token\":\"tok\"}", out, sizeof(out),
-                                                   &exp),
-                         0);
+        assert_int_equal(
+                auth_parse_token_response("{\"access_token\":\"tok\"}", out, sizeof(out), &exp), 0);
         assert_string_equal(out, "tok");
         assert_int_equal(exp, 60);
 
@@ -336,7 +345,8 @@ static void test_token(void **state) {
         assert_int_equal(auth_parse_token_response("{\"token\":\"t\"}", out, sizeof(out), NULL), 0);
 }
 
-static void test_token_rejects(void **state) {
+static void test_token_rejects(void **state)
+{
         static const char *const bad[] = {
                 "",
                 "null",
@@ -346,10 +356,10 @@ static void test_token_rejects(void **state) {
                 "{\"token\":\"\"}",
                 "{\"token\":5}",
                 "{\"token\":null,\"access_token\":\"\"}",
-                "{\"token\":\"a b\"}",                 /* space */
+                "{\"token\":\"a b\"}",                  /* space */
                 "{\"token\":\"a\\r\\nX-Injected: 1\"}", /* header injection */
                 "{\"token\":\"a\\u0000b\"}",
-                "{\"token\":\"caf\\u00e9\"}",          /* non-ASCII */
+                "{\"token\":\"caf\\u00e9\"}", /* non-ASCII */
                 "{\"token\":\"t\"",
                 "{\"token\":\"t\"} trailing",
         };
@@ -372,7 +382,8 @@ static void test_token_rejects(void **state) {
         assert_string_equal(out, "012345678");
 }
 
-int main(void) {
+int main(void)
+{
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_challenge_bearer),
                 cmocka_unit_test(test_challenge_basic_and_multi),

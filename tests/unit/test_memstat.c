@@ -22,91 +22,88 @@
 
 /* cgroup v2 memory.stat (Linux 6.1), a daemon that streamed a large file: most of its usage
  * is inactive page cache. */
-static const char V2_STAT[] =
-        "anon 10485760\n"
-        "file 943718400\n"
-        "kernel 2097152\n"
-        "kernel_stack 98304\n"
-        "pagetables 196608\n"
-        "sec_pagetables 0\n"
-        "percpu 0\n"
-        "sock 0\n"
-        "vmalloc 0\n"
-        "shmem 0\n"
-        "zswap 0\n"
-        "zswapped 0\n"
-        "file_mapped 1048576\n"
-        "file_dirty 0\n"
-        "file_writeback 0\n"
-        "swapcached 0\n"
-        "anon_thp 0\n"
-        "file_thp 0\n"
-        "shmem_thp 0\n"
-        "inactive_anon 10485760\n"
-        "active_anon 4096\n"
-        "inactive_file 900000000\n"
-        "active_file 43718400\n"
-        "unevictable 0\n"
-        "slab_reclaimable 1048576\n"
-        "slab_unreclaimable 524288\n"
-        "slab 1572864\n"
-        "workingset_refault_anon 0\n"
-        "workingset_refault_file 12\n"
-        "pgfault 40960\n"
-        "pgmajfault 3\n";
+static const char V2_STAT[] = "anon 10485760\n"
+                              "file 943718400\n"
+                              "kernel 2097152\n"
+                              "kernel_stack 98304\n"
+                              "pagetables 196608\n"
+                              "sec_pagetables 0\n"
+                              "percpu 0\n"
+                              "sock 0\n"
+                              "vmalloc 0\n"
+                              "shmem 0\n"
+                              "zswap 0\n"
+                              "zswapped 0\n"
+                              "file_mapped 1048576\n"
+                              "file_dirty 0\n"
+                              "file_writeback 0\n"
+                              "swapcached 0\n"
+                              "anon_thp 0\n"
+                              "file_thp 0\n"
+                              "shmem_thp 0\n"
+                              "inactive_anon 10485760\n"
+                              "active_anon 4096\n"
+                              "inactive_file 900000000\n"
+                              "active_file 43718400\n"
+                              "unevictable 0\n"
+                              "slab_reclaimable 1048576\n"
+                              "slab_unreclaimable 524288\n"
+                              "slab 1572864\n"
+                              "workingset_refault_anon 0\n"
+                              "workingset_refault_file 12\n"
+                              "pgfault 40960\n"
+                              "pgmajfault 3\n";
 static const char V2_CURRENT[] = "956301312\n";
 
 /* cgroup v1 memory.stat (Linux 5.10): the local counters come first, the hierarchical
  * "total_" ones after; they differ when child cgroups hold pages. */
-static const char V1_STAT[] =
-        "cache 209883136\n"
-        "rss 1671168\n"
-        "rss_huge 0\n"
-        "shmem 0\n"
-        "mapped_file 114688\n"
-        "dirty 73728\n"
-        "writeback 0\n"
-        "swap 0\n"
-        "pgpgin 65704\n"
-        "pgpgout 15950\n"
-        "pgfault 36392\n"
-        "pgmajfault 81\n"
-        "inactive_anon 1540096\n"
-        "active_anon 8192\n"
-        "inactive_file 1000\n"
-        "active_file 3362816\n"
-        "unevictable 0\n"
-        "hierarchical_memory_limit 9223372036854771712\n"
-        "hierarchical_memsw_limit 9223372036854771712\n"
-        "total_cache 209883136\n"
-        "total_rss 1671168\n"
-        "total_rss_huge 0\n"
-        "total_shmem 0\n"
-        "total_mapped_file 114688\n"
-        "total_dirty 73728\n"
-        "total_writeback 0\n"
-        "total_swap 0\n"
-        "total_pgpgin 65704\n"
-        "total_pgpgout 15950\n"
-        "total_pgfault 36392\n"
-        "total_pgmajfault 81\n"
-        "total_inactive_anon 1540096\n"
-        "total_active_anon 8192\n"
-        "total_inactive_file 206520320\n"
-        "total_active_file 3362816\n"
-        "total_unevictable 0\n";
+static const char V1_STAT[] = "cache 209883136\n"
+                              "rss 1671168\n"
+                              "rss_huge 0\n"
+                              "shmem 0\n"
+                              "mapped_file 114688\n"
+                              "dirty 73728\n"
+                              "writeback 0\n"
+                              "swap 0\n"
+                              "pgpgin 65704\n"
+                              "pgpgout 15950\n"
+                              "pgfault 36392\n"
+                              "pgmajfault 81\n"
+                              "inactive_anon 1540096\n"
+                              "active_anon 8192\n"
+                              "inactive_file 1000\n"
+                              "active_file 3362816\n"
+                              "unevictable 0\n"
+                              "hierarchical_memory_limit 9223372036854771712\n"
+                              "hierarchical_memsw_limit 9223372036854771712\n"
+                              "total_cache 209883136\n"
+                              "total_rss 1671168\n"
+                              "total_rss_huge 0\n"
+                              "total_shmem 0\n"
+                              "total_mapped_file 114688\n"
+                              "total_dirty 73728\n"
+                              "total_writeback 0\n"
+                              "total_swap 0\n"
+                              "total_pgpgin 65704\n"
+                              "total_pgpgout 15950\n"
+                              "total_pgfault 36392\n"
+                              "total_pgmajfault 81\n"
+                              "total_inactive_anon 1540096\n"
+                              "total_active_anon 8192\n"
+                              "total_inactive_file 206520320\n"
+                              "total_active_file 3362816\n"
+                              "total_unevictable 0\n";
 static const char V1_USAGE[] = "213532672\n";
 
 /* A hybrid host (systemd "hybrid" layout, as on this build machine): v1 controllers including
  * memory, plus the unified hierarchy at /sys/fs/cgroup/unified. */
-static const char HYBRID_CGROUP[] =
-        "12:rdma:/\n"
-        "11:cpu,cpuacct:/system.slice/p2pblobsd.service\n"
-        "10:name=systemd:/system.slice/p2pblobsd.service\n"
-        "9:pids:/system.slice/p2pblobsd.service\n"
-        "4:memory:/system.slice/p2pblobsd.service\n"
-        "3:cpuset:/\n"
-        "0::/system.slice/p2pblobsd.service\n";
+static const char HYBRID_CGROUP[] = "12:rdma:/\n"
+                                    "11:cpu,cpuacct:/system.slice/p2pblobsd.service\n"
+                                    "10:name=systemd:/system.slice/p2pblobsd.service\n"
+                                    "9:pids:/system.slice/p2pblobsd.service\n"
+                                    "4:memory:/system.slice/p2pblobsd.service\n"
+                                    "3:cpuset:/\n"
+                                    "0::/system.slice/p2pblobsd.service\n";
 static const char HYBRID_MOUNTINFO[] =
         "22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n"
         "31 22 0:28 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755\n"
@@ -131,7 +128,8 @@ static const char V2_MOUNTINFO[] =
 
 /* --- memstat_stat_value -------------------------------------------------------------------- */
 
-static void test_stat_value(void **state) {
+static void test_stat_value(void **state)
+{
         uint64_t v = 0;
         (void)state;
 
@@ -153,7 +151,8 @@ static void test_stat_value(void **state) {
         assert_true(v == UINT64_MAX);
 }
 
-static void test_stat_value_exact_key(void **state) {
+static void test_stat_value_exact_key(void **state)
+{
         uint64_t v = 12345;
         (void)state;
 
@@ -162,14 +161,14 @@ static void test_stat_value_exact_key(void **state) {
                          -ENOENT);
         assert_int_equal(memstat_stat_value("inactive_file 7\n", "inactive", &v), -ENOENT);
         assert_int_equal(memstat_stat_value("inactive_file 7\n", "file", &v), -ENOENT);
-        assert_int_equal(memstat_stat_value("inactive_file 7\n", "inactive_file_x", &v),
-                         -ENOENT);
+        assert_int_equal(memstat_stat_value("inactive_file 7\n", "inactive_file_x", &v), -ENOENT);
         assert_int_equal(memstat_stat_value("", "anon", &v), -ENOENT);
         assert_int_equal(memstat_stat_value("anon\n", "anon", &v), -ENOENT);
         assert_true(v == 12345);
 }
 
-static void test_stat_value_malformed(void **state) {
+static void test_stat_value_malformed(void **state)
+{
         uint64_t v = 12345;
         (void)state;
 
@@ -187,7 +186,8 @@ static void test_stat_value_malformed(void **state) {
 
 /* --- memstat_compute ----------------------------------------------------------------------- */
 
-static void test_compute_v2_mostly_inactive(void **state) {
+static void test_compute_v2_mostly_inactive(void **state)
+{
         struct cgroup_memory m;
         (void)state;
 
@@ -199,7 +199,8 @@ static void test_compute_v2_mostly_inactive(void **state) {
         assert_true(m.working_set_bytes == 956301312 - 900000000);
 }
 
-static void test_compute_v1_uses_total(void **state) {
+static void test_compute_v1_uses_total(void **state)
+{
         struct cgroup_memory m;
         (void)state;
 
@@ -217,7 +218,8 @@ static void test_compute_v1_uses_total(void **state) {
         assert_true(m.inactive_file_bytes == 1000);
 }
 
-static void test_compute_clamps(void **state) {
+static void test_compute_clamps(void **state)
+{
         struct cgroup_memory m;
         (void)state;
 
@@ -232,22 +234,21 @@ static void test_compute_clamps(void **state) {
         assert_true(m.working_set_bytes == 0);
 }
 
-static void test_compute_errors(void **state) {
+static void test_compute_errors(void **state)
+{
         struct cgroup_memory m, orig;
         (void)state;
 
         memset(&orig, 0x5a, sizeof(orig));
         m = orig;
         assert_int_equal(memstat_compute(CGROUP_NONE, V2_CURRENT, V2_STAT, &m), -EINVAL);
-        assert_int_equal(memstat_compute((enum cgroup_version)7, V2_CURRENT, V2_STAT, &m),
-                         -EINVAL);
+        assert_int_equal(memstat_compute((enum cgroup_version)7, V2_CURRENT, V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, "max\n", V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, "", V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, "12 34\n", V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, "-12\n", V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, V2_CURRENT, "anon 1\n", &m), -EINVAL);
-        assert_int_equal(memstat_compute(CGROUP_V2, V2_CURRENT, "inactive_file x\n", &m),
-                         -EINVAL);
+        assert_int_equal(memstat_compute(CGROUP_V2, V2_CURRENT, "inactive_file x\n", &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, NULL, V2_STAT, &m), -EINVAL);
         assert_int_equal(memstat_compute(CGROUP_V2, V2_CURRENT, NULL, &m), -EINVAL);
         assert_memory_equal(&m, &orig, sizeof(m));
@@ -255,8 +256,8 @@ static void test_compute_errors(void **state) {
 
 /* --- memstat_cgroup_dir -------------------------------------------------------------------- */
 
-static void expect_dir(const char *cg, const char *mi, const char *want,
-                       enum cgroup_version want_v) {
+static void expect_dir(const char *cg, const char *mi, const char *want, enum cgroup_version want_v)
+{
         char out[512];
         enum cgroup_version v = CGROUP_NONE;
         int r = memstat_cgroup_dir(cg, mi, out, sizeof(out), &v);
@@ -267,7 +268,8 @@ static void expect_dir(const char *cg, const char *mi, const char *want,
         assert_int_equal(v, want_v);
 }
 
-static void expect_dir_err(const char *cg, const char *mi, int err) {
+static void expect_dir_err(const char *cg, const char *mi, int err)
+{
         char out[64];
         enum cgroup_version v = (enum cgroup_version)42;
         int r;
@@ -280,7 +282,8 @@ static void expect_dir_err(const char *cg, const char *mi, int err) {
         assert_int_equal(v, 42);
 }
 
-static void test_dir_hybrid_v1_wins(void **state) {
+static void test_dir_hybrid_v1_wins(void **state)
+{
         (void)state;
         expect_dir(HYBRID_CGROUP, HYBRID_MOUNTINFO,
                    "/sys/fs/cgroup/memory/system.slice/p2pblobsd.service", CGROUP_V1);
@@ -291,7 +294,8 @@ static void test_dir_hybrid_v1_wins(void **state) {
                    "/sys/fs/cgroup/memory/b", CGROUP_V1);
 }
 
-static void test_dir_this_machine_layout(void **state) {
+static void test_dir_this_machine_layout(void **state)
+{
         /* This build machine, verbatim: a container on a hybrid host. */
         static const char cg[] = "9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n"
                                  "5:devices:/\n4:memory:/process_api/684b93b4cfbfbd8d\n"
@@ -306,7 +310,8 @@ static void test_dir_this_machine_layout(void **state) {
         expect_dir(cg, mi, "/sys/fs/cgroup/memory/process_api/684b93b4cfbfbd8d", CGROUP_V1);
 }
 
-static void test_dir_pure_v2(void **state) {
+static void test_dir_pure_v2(void **state)
+{
         (void)state;
         expect_dir(V2_CGROUP, V2_MOUNTINFO, "/sys/fs/cgroup/system.slice/p2pblobsd.service",
                    CGROUP_V2);
@@ -321,7 +326,8 @@ static void test_dir_pure_v2(void **state) {
                    "/sys/fs/cgroup/unified/z", CGROUP_V2);
 }
 
-static void test_dir_container_root(void **state) {
+static void test_dir_container_root(void **state)
+{
         /* A container without a cgroup namespace on v1: its own cgroup is mounted as the
          * hierarchy's root, and /proc/self/cgroup shows the full host path. */
         static const char cg[] = "5:memory:/kubepods/burstable/pod1/abc\n"
@@ -333,13 +339,14 @@ static void test_dir_container_root(void **state) {
                 "master:20 - cgroup cgroup rw,memory\n";
         (void)state;
         expect_dir(cg, mi, "/sys/fs/cgroup/memory", CGROUP_V1);
-        expect_dir("5:memory:/kubepods/burstable/pod1/abc/sub\n", mi,
-                   "/sys/fs/cgroup/memory/sub", CGROUP_V1);
+        expect_dir("5:memory:/kubepods/burstable/pod1/abc/sub\n", mi, "/sys/fs/cgroup/memory/sub",
+                   CGROUP_V1);
         /* "/kubepods/burstable/pod1/abcd" is not below ".../abc". */
         expect_dir_err("5:memory:/kubepods/burstable/pod1/abcd\n", mi, -ENOENT);
 }
 
-static void test_dir_parsing_details(void **state) {
+static void test_dir_parsing_details(void **state)
+{
         (void)state;
         /* Optional fields before the separator, several of them. */
         expect_dir("4:memory:/a\n",
@@ -347,8 +354,7 @@ static void test_dir_parsing_details(void **state) {
                    "cgroup cgroup rw,memory\n",
                    "/sys/fs/cgroup/memory/a", CGROUP_V1);
         /* Escaped mount point; a path with ':' in it (the rest of the line is the path). */
-        expect_dir("4:memory:/a:b\n",
-                   "39 31 0:36 / /mnt/cg\\040mem rw - cgroup cgroup rw,memory\n",
+        expect_dir("4:memory:/a:b\n", "39 31 0:36 / /mnt/cg\\040mem rw - cgroup cgroup rw,memory\n",
                    "/mnt/cg mem/a:b", CGROUP_V1);
         /* The controller list item must match whole: "memoryx" is not "memory". */
         expect_dir("4:memoryx:/a\n0::/b\n",
@@ -366,7 +372,8 @@ static void test_dir_parsing_details(void **state) {
         expect_dir("0::/a\n", "1 0 0:1 / /cg/ rw - cgroup2 cgroup2 rw\n", "/cg/a", CGROUP_V2);
 }
 
-static void test_dir_errors(void **state) {
+static void test_dir_errors(void **state)
+{
         (void)state;
         expect_dir_err("", "", -ENOENT);
         expect_dir_err(HYBRID_CGROUP, "", -ENOENT);
@@ -380,8 +387,7 @@ static void test_dir_errors(void **state) {
         expect_dir_err("0::relative\n", V2_MOUNTINFO, -ENOENT);
         expect_dir_err(V2_CGROUP, "26 24 0:24 / /sys/fs/cgroup rw - cgroup2\n", -ENOENT);
         expect_dir_err(V2_CGROUP, "26 24 0:24 / /sys/fs/cgroup cgroup2 cgroup2 rw\n", -ENOENT);
-        expect_dir_err(V2_CGROUP, "26 24 0:24 / /sys/fs/cgroup\\09 rw - cgroup2 x rw\n",
-                       -ENOENT);
+        expect_dir_err(V2_CGROUP, "26 24 0:24 / /sys/fs/cgroup\\09 rw - cgroup2 x rw\n", -ENOENT);
         /* Does not fit OUT (64 bytes here). */
         expect_dir_err("0::/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
                        V2_MOUNTINFO, -ENAMETOOLONG);
@@ -391,7 +397,8 @@ static void test_dir_errors(void **state) {
 
 /* --- the live process ---------------------------------------------------------------------- */
 
-static char *slurp(const char *path) {
+static char *slurp(const char *path)
+{
         FILE *f = fopen(path, "re");
         char *buf;
         size_t n;
@@ -407,7 +414,8 @@ static char *slurp(const char *path) {
         return buf;
 }
 
-static void test_self(void **state) {
+static void test_self(void **state)
+{
         struct cgroup_memory m;
         char *cg, *mi, dir[4096], path[4200];
         enum cgroup_version v;
@@ -446,16 +454,17 @@ static void test_self(void **state) {
                 assert_true(m.working_set_bytes == 0);
 }
 
-static void test_rss(void **state) {
+static void test_rss(void **state)
+{
         uint64_t before = 0, after = 0;
         size_t len = 64u << 20;
         volatile char *p;
         (void)state;
 
         assert_int_equal(memstat_rss(&before), 0);
-        assert_true(before >= 1u << 20);       /* any process maps more than 1 MiB */
+        assert_true(before >= 1u << 20); /* any process maps more than 1 MiB */
         assert_true(before < (UINT64_C(1) << 40));
-        assert_true(before % 1024 == 0);        /* the kernel reports kB */
+        assert_true(before % 1024 == 0); /* the kernel reports kB */
 
         /* Touch 64 MiB: RSS must grow by most of it. */
         p = malloc(len);
@@ -468,7 +477,8 @@ static void test_rss(void **state) {
 }
 
 /* Writes LEN bytes of a pattern (and a NUL at NUL_AT, if below LEN) to a fresh temp file. */
-static void make_file(char *path, size_t path_len, size_t len, size_t nul_at) {
+static void make_file(char *path, size_t path_len, size_t len, size_t nul_at)
+{
         char block[4096];
         int fd;
 
@@ -486,8 +496,9 @@ static void make_file(char *path, size_t path_len, size_t len, size_t nul_at) {
         assert_int_equal(close(fd), 0);
 }
 
-static void test_read_text_file(void **state) {
-        static const size_t sizes[] = { 0, 1, 4094, 4095, 4096, 100000, MEMSTAT_FILE_MAX - 1 };
+static void test_read_text_file(void **state)
+{
+        static const size_t sizes[] = {0, 1, 4094, 4095, 4096, 100000, MEMSTAT_FILE_MAX - 1};
         char path[4096], *buf;
         (void)state;
 
@@ -520,7 +531,8 @@ static void test_read_text_file(void **state) {
         assert_null(buf);
 }
 
-int main(void) {
+int main(void)
+{
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stat_value),
                 cmocka_unit_test(test_stat_value_exact_key),

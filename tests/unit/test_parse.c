@@ -13,15 +13,17 @@
 
 #define SENTINEL UINT64_C(0xdeadbeefcafef00d)
 
-static void expect_size(const char *s, uint64_t want) {
+static void expect_size(const char *s, uint64_t want)
+{
         uint64_t v = SENTINEL;
         int r = parse_size(s, &v);
         if (r != 0 || v != want)
-                fail_msg("parse_size(\"%s\") = %d, %llu; want 0, %llu", s, r,
-                         (unsigned long long)v, (unsigned long long)want);
+                fail_msg("parse_size(\"%s\") = %d, %llu; want 0, %llu", s, r, (unsigned long long)v,
+                         (unsigned long long)want);
 }
 
-static void expect_size_err(const char *s, int err) {
+static void expect_size_err(const char *s, int err)
+{
         uint64_t v = SENTINEL;
         int r = parse_size(s, &v);
         if (r != err)
@@ -29,7 +31,8 @@ static void expect_size_err(const char *s, int err) {
         assert_true(v == SENTINEL);
 }
 
-static void test_size_ok(void **state) {
+static void test_size_ok(void **state)
+{
         (void)state;
         expect_size("0", 0);
         expect_size("4096", 4096);
@@ -49,7 +52,8 @@ static void test_size_ok(void **state) {
         expect_size("007", 7);
 }
 
-static void test_size_bad(void **state) {
+static void test_size_bad(void **state)
+{
         (void)state;
         expect_size_err("", -EINVAL);
         expect_size_err("-1", -EINVAL);
@@ -72,7 +76,8 @@ static void test_size_bad(void **state) {
         expect_size_err(NULL, -EINVAL);
 }
 
-static void test_duration(void **state) {
+static void test_duration(void **state)
+{
         uint64_t v;
         (void)state;
         assert_int_equal(parse_duration_ms("250ms", &v), 0);
@@ -105,7 +110,8 @@ static void test_duration(void **state) {
         assert_true(v == SENTINEL);
 }
 
-static void test_u64(void **state) {
+static void test_u64(void **state)
+{
         uint64_t v;
         (void)state;
         assert_int_equal(parse_u64("42", 0, 100, &v), 0);
@@ -131,11 +137,12 @@ static void test_u64(void **state) {
         assert_true(v == SENTINEL);
 }
 
-static void test_bool(void **state) {
-        static const char *const t[] = { "1", "true", "TRUE", "Yes", "on", "ON" };
-        static const char *const f[] = { "0", "false", "False", "no", "NO", "off" };
-        static const char *const bad[] = { "", "2", "y", "n", "tru", "truex", " on", "off ",
-                                           "enable" };
+static void test_bool(void **state)
+{
+        static const char *const t[] = {"1", "true", "TRUE", "Yes", "on", "ON"};
+        static const char *const f[] = {"0", "false", "False", "no", "NO", "off"};
+        static const char *const bad[] = {"",      "2",   "y",    "n",     "tru",
+                                          "truex", " on", "off ", "enable"};
         bool b;
         (void)state;
         for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
@@ -156,7 +163,8 @@ static void test_bool(void **state) {
         assert_int_equal(parse_bool(NULL, &b), -EINVAL);
 }
 
-static void test_hostport_ok(void **state) {
+static void test_hostport_ok(void **state)
+{
         char host[64];
         uint16_t port = 0;
         (void)state;
@@ -167,8 +175,7 @@ static void test_hostport_ok(void **state) {
         assert_int_equal(parse_hostport("10.0.0.1:1", host, sizeof(host), &port), 0);
         assert_string_equal(host, "10.0.0.1");
         assert_int_equal(port, 1);
-        assert_int_equal(parse_hostport("p2p.kube-system.svc:65535", host, sizeof(host), &port),
-                         0);
+        assert_int_equal(parse_hostport("p2p.kube-system.svc:65535", host, sizeof(host), &port), 0);
         assert_string_equal(host, "p2p.kube-system.svc");
         assert_int_equal(port, 65535);
         assert_int_equal(parse_hostport("[::1]:5001", host, sizeof(host), &port), 0);
@@ -184,14 +191,35 @@ static void test_hostport_ok(void **state) {
         assert_int_equal(port, 5001);
 }
 
-static void test_hostport_bad(void **state) {
+static void test_hostport_bad(void **state)
+{
         static const char *const bad[] = {
-                "",           "localhost",     "localhost:",    "localhost:0",
-                "host:65536", "host:-1",       "host:+80",      "host:80x",
-                "host: 80",   "::1:80",        "[::1]",         "[::1]80",
-                "[::1:80",    "[]:80",         "[1.2.3.4]:80",  "[::1]:",
-                "ho st:80",   "host/x:80",     "[fe80::1%]:80", "[::1%e/0]:80",
-                "a:b:80",     "host:99999999999999999999",
+                "",
+                "localhost",
+                "localhost:",
+                "localhost:0",
+                "host:65536",
+                "host:-1",
+                "host:+80",
+                "host:80x",
+                "host: 80",
+                "::1:80",
+                "[::1]",
+                "[::1]80",
+                "[::1:80",
+                "[]:80",
+                "[1.2.3.4]:80",
+                "[::1]:",
+                "ho st:80",
+                "host/x:80",
+                "[fe80::1%]:80",
+                "[::1%e/0]:80",
+                "a:b:80",
+                "host:99999999999999999999",
+                "[:]:80",
+                "[1::2::3]:80",
+                "[::1%aaaaaaaaaaaaaaaaaaaa]:80",
+                "[12345::1]:80",
         };
         char host[64];
         uint16_t port = 7;
@@ -208,14 +236,14 @@ static void test_hostport_bad(void **state) {
         assert_int_equal(parse_hostport(NULL, host, sizeof(host), &port), -EINVAL);
 }
 
-static void test_hostport_toolong(void **state) {
+static void test_hostport_toolong(void **state)
+{
         char host[10];
         uint16_t port = 7;
         (void)state;
 
         memset(host, 'x', sizeof(host));
-        assert_int_equal(parse_hostport("0123456789:80", host, sizeof(host), &port),
-                         -ENAMETOOLONG);
+        assert_int_equal(parse_hostport("0123456789:80", host, sizeof(host), &port), -ENAMETOOLONG);
         assert_int_equal(parse_hostport("[::1]:80", host, 3, &port), -ENAMETOOLONG);
         assert_int_equal(parse_hostport("a:80", host, 0, &port), -ENAMETOOLONG);
         assert_int_equal(host[0], 'x');
@@ -225,7 +253,8 @@ static void test_hostport_toolong(void **state) {
         assert_string_equal(host, "012345678");
 }
 
-static void expect_fmt(uint64_t bytes, const char *want) {
+static void expect_fmt(uint64_t bytes, const char *want)
+{
         char buf[32];
         format_size(bytes, buf, sizeof(buf));
         if (strcmp(buf, want) != 0)
@@ -233,7 +262,8 @@ static void expect_fmt(uint64_t bytes, const char *want) {
                          want);
 }
 
-static void test_format_size(void **state) {
+static void test_format_size(void **state)
+{
         char small[5];
         (void)state;
         expect_fmt(0, "0 B");
@@ -242,7 +272,7 @@ static void test_format_size(void **state) {
         expect_fmt(1024, "1.0 KiB");
         expect_fmt(1536, "1.5 KiB");
         expect_fmt(10ull << 30, "10.0 GiB");
-        expect_fmt((1ull << 20) - 1, "1.0 MiB"); /* 1023.999 KiB rounds up a unit */
+        expect_fmt((1ull << 20) - 1, "1.0 MiB");     /* 1023.999 KiB rounds up a unit */
         expect_fmt((1ull << 20) + 52429, "1.1 MiB"); /* just over 1.05: rounds up */
         expect_fmt((1ull << 20) + 52428, "1.0 MiB"); /* just under: rounds down */
         expect_fmt(1ull << 40, "1.0 TiB");
@@ -261,12 +291,13 @@ static void test_format_size(void **state) {
         format_size(5, NULL, 0);
 }
 
-int main(void) {
+int main(void)
+{
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_size_ok),       cmocka_unit_test(test_size_bad),
-                cmocka_unit_test(test_duration),      cmocka_unit_test(test_u64),
-                cmocka_unit_test(test_bool),          cmocka_unit_test(test_hostport_ok),
-                cmocka_unit_test(test_hostport_bad),  cmocka_unit_test(test_hostport_toolong),
+                cmocka_unit_test(test_size_ok),      cmocka_unit_test(test_size_bad),
+                cmocka_unit_test(test_duration),     cmocka_unit_test(test_u64),
+                cmocka_unit_test(test_bool),         cmocka_unit_test(test_hostport_ok),
+                cmocka_unit_test(test_hostport_bad), cmocka_unit_test(test_hostport_toolong),
                 cmocka_unit_test(test_format_size),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
