@@ -76,8 +76,7 @@ struct policy {
         uint64_t pinned_bytes;
 };
 
-static uint32_t key_hash(struct chunk_key k)
-{
+static uint32_t key_hash(struct chunk_key k) {
         /* splitmix64's finaliser: chunk indexes of one blob are consecutive integers and
          * must still spread over every bucket. */
         uint64_t x = (uint64_t)k.blob << 32 | k.idx;
@@ -89,13 +88,11 @@ static uint32_t key_hash(struct chunk_key k)
         return (uint32_t)x;
 }
 
-static bool key_eq(struct chunk_key a, struct chunk_key b)
-{
+static bool key_eq(struct chunk_key a, struct chunk_key b) {
         return a.blob == b.blob && a.idx == b.idx;
 }
 
-static uint32_t hash_find(const struct policy *p, struct chunk_key key)
-{
+static uint32_t hash_find(const struct policy *p, struct chunk_key key) {
         uint32_t i = p->buckets[key_hash(key) & p->bucket_mask];
 
         while (i != NIL && !key_eq(p->slots[i].key, key))
@@ -103,16 +100,14 @@ static uint32_t hash_find(const struct policy *p, struct chunk_key key)
         return i;
 }
 
-static void hash_add(struct policy *p, uint32_t i)
-{
+static void hash_add(struct policy *p, uint32_t i) {
         uint32_t *b = &p->buckets[key_hash(p->slots[i].key) & p->bucket_mask];
 
         p->slots[i].hnext = *b;
         *b = i;
 }
 
-static void hash_del(struct policy *p, uint32_t i)
-{
+static void hash_del(struct policy *p, uint32_t i) {
         uint32_t *link = &p->buckets[key_hash(p->slots[i].key) & p->bucket_mask];
 
         while (*link != i)
@@ -121,8 +116,7 @@ static void hash_del(struct policy *p, uint32_t i)
         p->slots[i].hnext = NIL;
 }
 
-static void fifo_push(struct policy *p, enum queue_id qid, uint32_t i)
-{
+static void fifo_push(struct policy *p, enum queue_id qid, uint32_t i) {
         struct fifo *q = &p->q[qid];
         struct slot *s = &p->slots[i];
 
@@ -138,8 +132,7 @@ static void fifo_push(struct policy *p, enum queue_id qid, uint32_t i)
         q->bytes += s->bytes;
 }
 
-static void fifo_unlink(struct policy *p, uint32_t i)
-{
+static void fifo_unlink(struct policy *p, uint32_t i) {
         struct slot *s = &p->slots[i];
         struct fifo *q = &p->q[s->queue];
 
@@ -156,8 +149,7 @@ static void fifo_unlink(struct policy *p, uint32_t i)
         q->bytes -= s->bytes;
 }
 
-static uint32_t slot_alloc(struct policy *p)
-{
+static uint32_t slot_alloc(struct policy *p) {
         uint32_t i = p->q[Q_FREE].head;
 
         /* Cannot run dry: resident <= max_entries and ghosts <= max_entries is checked by
@@ -167,8 +159,7 @@ static uint32_t slot_alloc(struct policy *p)
         return i;
 }
 
-static void slot_release(struct policy *p, uint32_t i)
-{
+static void slot_release(struct policy *p, uint32_t i) {
         struct slot *s = &p->slots[i];
 
         s->queue = Q_FREE;
@@ -181,23 +172,19 @@ static void slot_release(struct policy *p, uint32_t i)
         p->q[Q_FREE].count++;
 }
 
-static bool slot_resident(const struct slot *s)
-{
+static bool slot_resident(const struct slot *s) {
         return s->queue == Q_SMALL || s->queue == Q_MAIN;
 }
 
-static size_t resident_count(const struct policy *p)
-{
+static size_t resident_count(const struct policy *p) {
         return p->q[Q_SMALL].count + p->q[Q_MAIN].count;
 }
 
-static uint64_t resident_bytes(const struct policy *p)
-{
+static uint64_t resident_bytes(const struct policy *p) {
         return p->q[Q_SMALL].bytes + p->q[Q_MAIN].bytes;
 }
 
-struct policy *policy_new(uint64_t budget_bytes, size_t max_entries)
-{
+struct policy *policy_new(uint64_t budget_bytes, size_t max_entries) {
         struct policy *p;
         uint64_t nslots, nbuckets = 1;
 
@@ -232,8 +219,7 @@ struct policy *policy_new(uint64_t budget_bytes, size_t max_entries)
         return p;
 }
 
-void policy_free(struct policy *p)
-{
+void policy_free(struct policy *p) {
         if (!p)
                 return;
         free(p->buckets);
@@ -241,8 +227,7 @@ void policy_free(struct policy *p)
         free(p);
 }
 
-int policy_insert(struct policy *p, struct chunk_key key, uint32_t bytes)
-{
+int policy_insert(struct policy *p, struct chunk_key key, uint32_t bytes) {
         uint32_t i = hash_find(p, key);
         enum queue_id dest = Q_SMALL;
 
@@ -267,16 +252,14 @@ int policy_insert(struct policy *p, struct chunk_key key, uint32_t bytes)
         return 0;
 }
 
-void policy_touch(struct policy *p, struct chunk_key key)
-{
+void policy_touch(struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
 
         if (i != NIL && slot_resident(&p->slots[i]) && p->slots[i].freq < FREQ_MAX)
                 p->slots[i].freq++;
 }
 
-bool policy_remove(struct policy *p, struct chunk_key key)
-{
+bool policy_remove(struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
         struct slot *s;
 
@@ -293,15 +276,13 @@ bool policy_remove(struct policy *p, struct chunk_key key)
         return true;
 }
 
-bool policy_contains(const struct policy *p, struct chunk_key key)
-{
+bool policy_contains(const struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
 
         return i != NIL && slot_resident(&p->slots[i]);
 }
 
-int policy_pin(struct policy *p, struct chunk_key key)
-{
+int policy_pin(struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
         struct slot *s;
 
@@ -317,8 +298,7 @@ int policy_pin(struct policy *p, struct chunk_key key)
         return 0;
 }
 
-void policy_unpin(struct policy *p, struct chunk_key key)
-{
+void policy_unpin(struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
         struct slot *s;
 
@@ -333,8 +313,7 @@ void policy_unpin(struct policy *p, struct chunk_key key)
 
 /* Turns slot I, just unlinked from small, into a ghost; drops the oldest ghost when the
  * ghost FIFO is over its bound. */
-static void make_ghost(struct policy *p, uint32_t i)
-{
+static void make_ghost(struct policy *p, uint32_t i) {
         p->slots[i].bytes = 0; /* ghosts weigh nothing: q[Q_GHOST].bytes stays 0 */
         p->slots[i].freq = 0;
         fifo_push(p, Q_GHOST, i);
@@ -348,8 +327,7 @@ static void make_ghost(struct policy *p, uint32_t i)
 
 /* One pass over the small FIFO at most: the oldest unpinned entry that was never hit is the
  * victim (and becomes a ghost); entries hit while on probation move to main on the way. */
-static bool evict_small(struct policy *p, struct chunk_key *ret)
-{
+static bool evict_small(struct policy *p, struct chunk_key *ret) {
         for (size_t n = p->q[Q_SMALL].count; n > 0; n--) {
                 uint32_t i = p->q[Q_SMALL].head;
                 struct slot *s = &p->slots[i];
@@ -372,8 +350,7 @@ static bool evict_small(struct policy *p, struct chunk_key *ret)
 /* CLOCK over main: an entry with frequency left spends one point and goes round again. After
  * FREQ_MAX full rotations every unpinned entry is at 0, so FREQ_MAX + 1 rotations find a
  * victim if there is one. */
-static bool evict_main(struct policy *p, struct chunk_key *ret)
-{
+static bool evict_main(struct policy *p, struct chunk_key *ret) {
         for (size_t n = (FREQ_MAX + 1) * p->q[Q_MAIN].count; n > 0; n--) {
                 uint32_t i = p->q[Q_MAIN].head;
                 struct slot *s = &p->slots[i];
@@ -394,8 +371,7 @@ static bool evict_main(struct policy *p, struct chunk_key *ret)
         return false;
 }
 
-bool policy_next_victim(struct policy *p, struct chunk_key *ret)
-{
+bool policy_next_victim(struct policy *p, struct chunk_key *ret) {
         if (resident_bytes(p) <= p->budget)
                 return false;
         if (p->pinned_count == resident_count(p))
@@ -409,28 +385,23 @@ bool policy_next_victim(struct policy *p, struct chunk_key *ret)
         return evict_main(p, ret) || evict_small(p, ret) || evict_main(p, ret);
 }
 
-void policy_set_budget(struct policy *p, uint64_t budget_bytes)
-{
+void policy_set_budget(struct policy *p, uint64_t budget_bytes) {
         p->budget = budget_bytes;
         p->small_target = budget_bytes / 10;
 }
 
-uint64_t policy_budget(const struct policy *p)
-{
+uint64_t policy_budget(const struct policy *p) {
         return p->budget;
 }
 
-uint64_t policy_used_bytes(const struct policy *p)
-{
+uint64_t policy_used_bytes(const struct policy *p) {
         return resident_bytes(p);
 }
 
-size_t policy_count(const struct policy *p)
-{
+size_t policy_count(const struct policy *p) {
         return resident_count(p);
 }
 
-uint64_t policy_pinned_bytes(const struct policy *p)
-{
+uint64_t policy_pinned_bytes(const struct policy *p) {
         return p->pinned_bytes;
 }

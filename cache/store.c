@@ -254,8 +254,9 @@ static void add_resident(int fd, const struct stat *st, void *ud) {
         if (page != 4096)
                 return; /* vec is sized for 4 KiB pages; other sizes are not worth the code */
         for (uint64_t off = 0; off < (uint64_t)st->st_size; off += window) {
-                size_t len = (uint64_t)st->st_size - off < window ? (size_t)(st->st_size - (off_t)off)
-                                                                : window;
+                size_t len = (uint64_t)st->st_size - off < window
+                                     ? (size_t)(st->st_size - (off_t)off)
+                                     : window;
                 void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
                 if (m == MAP_FAILED)
                         return;

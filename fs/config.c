@@ -11,8 +11,16 @@
 #include "util/log.h"
 #include "util/parse.h"
 
-enum opt_type { OPT_STRING, OPT_SIZE, OPT_DURATION, OPT_UINT, OPT_BOOL, OPT_LEVEL, OPT_LIST,
-                OPT_FLAG };
+enum opt_type {
+        OPT_STRING,
+        OPT_SIZE,
+        OPT_DURATION,
+        OPT_UINT,
+        OPT_BOOL,
+        OPT_LEVEL,
+        OPT_LIST,
+        OPT_FLAG
+};
 
 struct opt_def {
         const char *name;
@@ -25,8 +33,8 @@ struct opt_def {
 };
 
 #define F(field) offsetof(struct daemon_config, field)
-#define GiB      (UINT64_C(1) << 30)
-#define MiB      (UINT64_C(1) << 20)
+#define GiB (UINT64_C(1) << 30)
+#define MiB (UINT64_C(1) << 20)
 
 static const struct opt_def options[] = {
         {"config", OPT_STRING, "/etc/p2pblobs/p2pblobs.conf", 0, 0, F(config_path), "PATH",
@@ -49,10 +57,10 @@ static const struct opt_def options[] = {
          "extra CA certificates for registries"},
         {"fetch-timeout", OPT_DURATION, "30s", 100, 3600 * 1000, F(fetch_timeout_ms), "DURATION",
          "a chunk not fetched by then fails its readers with EIO"},
-        {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms),
-         "DURATION", "TCP+TLS connect timeout per attempt"},
-        {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms),
-         "DURATION", "after a blob fails verification, reads fail with EIO this long"},
+        {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms), "DURATION",
+         "TCP+TLS connect timeout per attempt"},
+        {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms), "DURATION",
+         "after a blob fails verification, reads fail with EIO this long"},
         {"readahead", OPT_UINT, "8", 0, 256, F(readahead), "CHUNKS",
          "chunks fetched ahead of a sequential reader"},
         {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), "N",
@@ -245,9 +253,10 @@ void config_free(struct daemon_config *cfg) {
 }
 
 void config_usage(FILE *out, const char *prog) {
-        fprintf(out, "Usage: %s [OPTIONS]\n\n"
-                     "Mounts a read-only tree of container-image blobs, fetched lazily and "
-                     "cached under a byte budget.\n\n",
+        fprintf(out,
+                "Usage: %s [OPTIONS]\n\n"
+                "Mounts a read-only tree of container-image blobs, fetched lazily and "
+                "cached under a byte budget.\n\n",
                 prog);
         for (size_t i = 0; i < N_OPTIONS; i++) {
                 const struct opt_def *o = &options[i];

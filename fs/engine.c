@@ -48,7 +48,7 @@ struct inflight {
         struct inflight *next; /* in blob->inflight */
         struct blob *blob;
         uint32_t idx;
-        bool readahead;        /* nobody waited for it when it started */
+        bool readahead; /* nobody waited for it when it started */
         struct waiter *waiters;
         struct engine *e;
 };
@@ -65,15 +65,14 @@ struct blob {
         uint8_t *present;          /* bitmap, nchunks bits */
         struct inflight *inflight; /* fetches of this blob's chunks */
         /* verification frontier */
-        EVP_MD_CTX *sha;           /* over chunks [0, hashed) */
+        EVP_MD_CTX *sha; /* over chunks [0, hashed) */
         uint32_t hashed;
-        uint64_t hash_pins;        /* bit i: chunk hashed+i is pinned until the frontier
-                                    * passes it (see hash_pin()) */
-        bool hashing;              /* a worker is advancing the frontier */
-        uint64_t failed_until_ms;  /* verification failed: EIO until then */
+        uint64_t hash_pins;             /* bit i: chunk hashed+i pinned, see hash_pin() */
+        bool hashing;                   /* a worker is advancing the frontier */
+        uint64_t failed_until_ms;       /* verification failed: EIO until then */
         uint64_t fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then */
         unsigned fetch_fail_streak;     /* consecutive failed fetches: drives the backoff */
-        uint64_t generation;       /* bumped when the blob's chunks are discarded */
+        uint64_t generation;            /* bumped when the blob's chunks are discarded */
 };
 
 struct pending {
@@ -157,7 +156,7 @@ static void bit_set(uint8_t *map, uint32_t i) {
         map[i / 8] |= (uint8_t)(1u << (i % 8));
 }
 static void bit_clear(uint8_t *map, uint32_t i) {
-        map[i / 8] &= (uint8_t)~(1u << (i % 8));
+        map[i / 8] &= (uint8_t) ~(1u << (i % 8));
 }
 
 static uint64_t chunk_off(const struct engine *e, uint32_t idx) {
@@ -203,8 +202,8 @@ static void blob_info(const struct blob *b, struct engine_blob_info *ret) {
 }
 
 /* Caller holds lock. Creates the in-memory blob. -ENOSPC at max_blobs. */
-static int insert_blob(struct engine *e, const struct digest *d, uint64_t size,
-                       const char *source, int64_t added_at, bool verified, struct blob **ret) {
+static int insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
+                       int64_t added_at, bool verified, struct blob **ret) {
         if (e->nblobs >= e->cfg.max_blobs)
                 return -ENOSPC;
         uint64_t n = (size + e->cfg.chunk_size - 1) / e->cfg.chunk_size;
@@ -348,7 +347,6 @@ static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_
                 policy_touch(e->policy, key_of(b, idx));
 }
 
-
 /* Caller holds lock. A chunk that lands a little ahead of its blob's verification frontier is
  * pinned until the frontier has hashed it. Without this, a fast sequential reader under a small
  * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
@@ -408,7 +406,8 @@ static void evict_to_budget(struct engine *e, struct notes *ns) {
                 bit_clear(b->present, k.idx);
                 b->npresent--;
                 note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
-                int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
+                int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx),
+                                    chunk_len(e, b, k.idx));
                 if (r < 0)
                         log_debug("store punch failed blob_id=%u chunk=%u err=%s", b->id, k.idx,
                                   strerror(-r));
@@ -506,8 +505,8 @@ static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size
 
 /* Caller holds lock. Starts a fetch for chunk IDX of B unless one runs; returns it (NULL on
  * allocation failure). The caller calls submit() for new ones after unlocking. */
-static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t idx,
-                                     bool readahead, bool *ret_new) {
+static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t idx, bool readahead,
+                                     bool *ret_new) {
         for (struct inflight *f = b->inflight; f; f = f->next)
                 if (f->idx == idx) {
                         *ret_new = false;
@@ -532,8 +531,8 @@ static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t 
 
 static void submit(struct engine *e, struct inflight *f) {
         struct blob *b = f->blob;
-        origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx), chunk_len(e, b, f->idx),
-                     now_ms() + e->cfg.fetch_timeout_ms, on_fetched, f);
+        origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
+                     chunk_len(e, b, f->idx), now_ms() + e->cfg.fetch_timeout_ms, on_fetched, f);
 }
 
 /* Origin thread: hand the result to a worker. */
@@ -611,7 +610,8 @@ static unsigned stream_window(struct engine *e, struct engine_stream *s, uint64_
         uint64_t chunks = s->run / e->cfg.chunk_size;
         if (chunks < 4)
                 return 0;
-        return chunks - 3 < e->cfg.readahead_chunks ? (unsigned)(chunks - 3) : e->cfg.readahead_chunks;
+        return chunks - 3 < e->cfg.readahead_chunks ? (unsigned)(chunks - 3)
+                                                    : e->cfg.readahead_chunks;
 }
 
 void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
@@ -661,8 +661,8 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
 
                 unsigned window = stream ? stream_window(e, stream, off, len) : 0;
 
-                struct pending sync_pr = {.blob = b, .off = off, .len = len, .first = first,
-                                          .last = last};
+                struct pending sync_pr = {
+                        .blob = b, .off = off, .len = len, .first = first, .last = last};
                 if (missing == 0) {
                         e->st.hits += last - first + 1;
                         for (uint32_t i = first; i <= last; i++) {
@@ -692,7 +692,8 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         notes_flush(e, &ns);
                         if (r == -ESTALE && attempt < 3) {
                                 log_warning("store lost a chunk blob_id=%u chunk=%u "
-                                            "hint=\"refetching it\"", b->id, lost);
+                                            "hint=\"refetching it\"",
+                                            b->id, lost);
                                 continue; /* the chunk is a miss now */
                         }
                         if (r < 0)
@@ -706,8 +707,13 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         reply(ctx, -ENOMEM, NULL, 0);
                         return;
                 }
-                *pr = (struct pending){.reply = reply, .ctx = ctx, .blob = b, .off = off,
-                                       .len = len, .first = first, .last = last};
+                *pr = (struct pending){.reply = reply,
+                                       .ctx = ctx,
+                                       .blob = b,
+                                       .off = off,
+                                       .len = len,
+                                       .first = first,
+                                       .last = last};
                 for (uint32_t i = first; i <= last; i++) {
                         if (bit_get(b->present, i) && !must_verify) {
                                 e->st.hits++;
@@ -763,8 +769,9 @@ static int write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uin
                 uint64_t target = used > len + floor ? used - len : floor;
                 bool shrunk = target < e->effective_budget;
                 if (shrunk) {
-                        log_warning("store disk full dir=%s budget=%" PRIu64 " effective_budget=%"
-                                    PRIu64 " hint=\"shrinking the cache to fit the disk; free "
+                        log_warning("store disk full dir=%s budget=%" PRIu64
+                                    " effective_budget=%" PRIu64
+                                    " hint=\"shrinking the cache to fit the disk; free "
                                     "space or lower --cache-budget\"",
                                     store_dir(e->store), e->budget, target);
                         e->effective_budget = target;
@@ -819,7 +826,8 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                 if (!from_fresh) {
                         if (!tmp)
                                 tmp = malloc(e->cfg.chunk_size);
-                        r = tmp ? store_read(e->store, &b->digest, chunk_off(e, i), tmp, n) : -ENOMEM;
+                        r = tmp ? store_read(e->store, &b->digest, chunk_off(e, i), tmp, n)
+                                : -ENOMEM;
                         data = tmp;
                 }
                 if (r == 0) {
@@ -856,7 +864,8 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                         digest_to_hex(&got, have);
                         log_warning("blob failed verification digest=sha256:%s got=sha256:%s "
                                     "source=%s hint=\"its chunks are discarded; reads fail with "
-                                    "EIO, then it is refetched\"", want, have, b->source);
+                                    "EIO, then it is refetched\"",
+                                    want, have, b->source);
                         e->st.verify_failures++;
                         b->failed_until_ms = now_ms() + e->cfg.verify_retry_ms;
                         discard_blob(e, b, &ns);
@@ -1153,8 +1162,8 @@ int engine_load(struct engine *e) {
         if (r < 0)
                 return r;
         log_info("index loaded blobs=%u chunks_present=%u chunks_lost=%u used_bytes=%" PRIu64
-                 " blobs_rechunked=%u", e->nblobs, lc.kept, lc.lost,
-                 policy_used_bytes(e->policy), lc.dropped_blobs);
+                 " blobs_rechunked=%u",
+                 e->nblobs, lc.kept, lc.lost, policy_used_bytes(e->policy), lc.dropped_blobs);
         return 0;
 }
 
@@ -1163,7 +1172,8 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
         struct blob_ref ref;
         int r = ref_parse(refstr, &ref);
         if (r < 0) {
-                snprintf(reason, reason_len, "malformed reference: want REGISTRY/REPOSITORY@sha256:<64 hex>");
+                snprintf(reason, reason_len,
+                         "malformed reference: want REGISTRY/REPOSITORY@sha256:<64 hex>");
                 return r == -EPROTONOSUPPORT ? -EINVAL : r;
         }
         pthread_mutex_lock(&e->lock);
@@ -1189,12 +1199,15 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
                 r = insert_blob(e, &ref.digest, size, source, (int64_t)time(NULL), false, &b);
                 if (r < 0) {
                         pthread_mutex_unlock(&e->lock);
-                        snprintf(reason, reason_len, r == -ENOSPC ? "too many blobs (--max-blobs)"
-                                                                  : "cannot record the blob");
+                        snprintf(reason, reason_len,
+                                 r == -ENOSPC ? "too many blobs (--max-blobs)"
+                                              : "cannot record the blob");
                         return r;
                 }
-                struct idx_blob ib = {.digest = b->digest, .size = size,
-                                      .chunk_size = e->cfg.chunk_size, .added_at = b->added_at};
+                struct idx_blob ib = {.digest = b->digest,
+                                      .size = size,
+                                      .chunk_size = e->cfg.chunk_size,
+                                      .added_at = b->added_at};
                 memcpy(ib.source, source, sizeof(ib.source));
                 pthread_mutex_unlock(&e->lock);
                 idx_put_blob(e->ix, &ib);

@@ -28,15 +28,15 @@
 struct engine;
 
 struct engine_config {
-        uint64_t cache_budget;      /* bytes of present chunks */
+        uint64_t cache_budget; /* bytes of present chunks */
         uint32_t chunk_size;
-        unsigned readahead_chunks;  /* max chunks fetched ahead of a sequential reader */
-        unsigned max_inflight;      /* chunk fetches in flight, readahead included */
-        unsigned workers;           /* completion threads */
-        uint64_t fetch_timeout_ms;  /* a chunk not fetched by then fails its readers (EIO) */
-        uint64_t verify_retry_ms;   /* a blob that failed verification answers EIO this long */
+        unsigned readahead_chunks; /* max chunks fetched ahead of a sequential reader */
+        unsigned max_inflight;     /* chunk fetches in flight, readahead included */
+        unsigned workers;          /* completion threads */
+        uint64_t fetch_timeout_ms; /* a chunk not fetched by then fails its readers (EIO) */
+        uint64_t verify_retry_ms;  /* a blob that failed verification answers EIO this long */
         uint32_t max_blobs;
-        size_t max_read;            /* the largest read the caller will ask for */
+        size_t max_read; /* the largest read the caller will ask for */
 };
 
 struct engine_blob_info {

@@ -28,7 +28,7 @@
 enum { INO_ROOT = 1, INO_BLOBS = 2, INO_SHA256 = 3, INO_BLOB_BASE = 16 };
 
 #define ENTRY_TIMEOUT 3600.0 /* blobs never change: cache names and attributes for long */
-#define DIR_TIMEOUT   1.0    /* the sha256/ listing grows as blobs are added */
+#define DIR_TIMEOUT 1.0      /* the sha256/ listing grows as blobs are added */
 
 struct open_blob {
         uint32_t id;
@@ -163,8 +163,8 @@ static int do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, ch
                         st.st_ino = INO_BLOB_BASE + b.id;
                         st.st_mode = S_IFREG;
                 }
-                size_t need = fuse_add_direntry(req, buf + len, size - len, name, &st,
-                                                (off_t)(pos + 1));
+                size_t need =
+                        fuse_add_direntry(req, buf + len, size - len, name, &st, (off_t)(pos + 1));
                 if (need > size - len)
                         break;
                 len += need;
@@ -247,7 +247,9 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
         (void)ino;
-        struct statvfs sv = {.f_bsize = 1 << 20, .f_frsize = 1 << 20, .f_namemax = 255,
+        struct statvfs sv = {.f_bsize = 1 << 20,
+                             .f_frsize = 1 << 20,
+                             .f_namemax = 255,
                              .f_files = engine_blob_count(engine_of(req))};
         fuse_reply_statfs(req, &sv);
 }
@@ -323,8 +325,9 @@ static void raise_readahead(const char *mountpoint) {
         snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
         FILE *ra = fopen(path, "we");
         if (!ra || fprintf(ra, "%u\n", FS_MAX_READ / 1024) < 0 || fclose(ra) != 0)
-                log_notice("cannot raise readahead path=%s err=\"%m\" hint=\"reads stay at 128 KiB\"",
-                           path);
+                log_notice(
+                        "cannot raise readahead path=%s err=\"%m\" hint=\"reads stay at 128 KiB\"",
+                        path);
 }
 
 int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret) {

@@ -127,8 +127,8 @@ static json_t *blob_json(const struct engine_blob_info *b) {
         digest_to_hex(&b->digest, hex + 7);
         return json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:I}", "digest", hex, "size",
                          (json_int_t)b->size, "source", b->source, "chunks", (json_int_t)b->chunks,
-                         "chunks_present", (json_int_t)b->chunks_present, "verified",
-                         b->verified, "added_at", (json_int_t)b->added_at);
+                         "chunks_present", (json_int_t)b->chunks_present, "verified", b->verified,
+                         "added_at", (json_int_t)b->added_at);
 }
 
 static int on_list(void *ud, json_t **ret, char *reason, size_t reason_len) {
@@ -304,7 +304,8 @@ int main(int argc, char **argv) {
         r = fs_mount(d.engine, d.cfg.mountpoint, &d.se);
         if (r < 0) {
                 log_err("cannot mount path=%s err=%s hint=\"is /dev/fuse available and the "
-                        "mountpoint free?\"", d.cfg.mountpoint, strerror(-r));
+                        "mountpoint free?\"",
+                        d.cfg.mountpoint, strerror(-r));
                 goto out_control;
         }
         pthread_t sig_thread;
@@ -314,8 +315,9 @@ int main(int argc, char **argv) {
                 goto out_unmount;
         }
         log_notice("serving mountpoint=%s state_dir=%s budget=%" PRIu64 " chunk_size=%" PRIu64
-                   " control=%s", d.cfg.mountpoint, d.cfg.state_dir, d.cfg.cache_budget,
-                   d.cfg.chunk_size, d.cfg.control_socket);
+                   " control=%s",
+                   d.cfg.mountpoint, d.cfg.state_dir, d.cfg.cache_budget, d.cfg.chunk_size,
+                   d.cfg.control_socket);
         r = fs_run(d.se, 16);
         if (r < 0)
                 log_err("fuse loop failed err=%s", strerror(-r));

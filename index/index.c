@@ -24,7 +24,7 @@
 #include "util/log.h"
 
 #define WRITE_QUEUE_MAX 16384
-#define WRITE_BATCH     2048
+#define WRITE_BATCH 2048
 
 enum op_kind { OP_PUT_BLOB, OP_CHUNK_PRESENT, OP_CHUNK_ABSENT, OP_FORGET_CHUNKS, OP_VERIFIED };
 
@@ -71,26 +71,27 @@ static const char *const stmt_sql[ST_MAX] = {
                         "ON CONFLICT(digest) DO UPDATE SET source = excluded.source, "
                         "media_type = CASE WHEN excluded.media_type = '' THEN media_type "
                         "ELSE excluded.media_type END",
-        [ST_CHUNK_PRESENT] = "INSERT INTO chunks (blob, idx, present, sha256) VALUES (?1, ?2, 1, ?3) "
-                             "ON CONFLICT(blob, idx) DO UPDATE SET present = 1, "
-                             "sha256 = COALESCE(excluded.sha256, sha256)",
+        [ST_CHUNK_PRESENT] =
+                "INSERT INTO chunks (blob, idx, present, sha256) VALUES (?1, ?2, 1, ?3) "
+                "ON CONFLICT(blob, idx) DO UPDATE SET present = 1, "
+                "sha256 = COALESCE(excluded.sha256, sha256)",
         [ST_CHUNK_ABSENT] = "UPDATE chunks SET present = 0 WHERE blob = ?1 AND idx = ?2",
         [ST_FORGET_CHUNKS] = "DELETE FROM chunks WHERE blob = ?1",
         [ST_VERIFIED] = "UPDATE blobs SET verified = ?2 WHERE digest = ?1",
 };
 
 struct index {
-        sqlite3 *wdb;            /* writer connection: writer thread only (and open/close) */
-        sqlite3 *rdb;            /* reader connection: serialised by rlock */
+        sqlite3 *wdb; /* writer connection: writer thread only (and open/close) */
+        sqlite3 *rdb; /* reader connection: serialised by rlock */
         pthread_mutex_t rlock;
         sqlite3_stmt *stmt[ST_MAX];
         bool readonly;
 
-        pthread_mutex_t lock;    /* protects everything below */
+        pthread_mutex_t lock; /* protects everything below */
         pthread_cond_t not_empty, not_full, committed;
-        struct op *ring;         /* WRITE_QUEUE_MAX ops */
+        struct op *ring; /* WRITE_QUEUE_MAX ops */
         size_t head, count;
-        uint64_t pushed, done;   /* sequence numbers: ops pushed / ops committed */
+        uint64_t pushed, done; /* sequence numbers: ops pushed / ops committed */
         uint64_t write_errors;
         bool stopping;
         pthread_t writer;
@@ -209,9 +210,10 @@ static void *writer_main(void *arg) {
                         static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
                         uint64_t suppressed = 0;
                         if (log_ratelimit_ok(&rl, &suppressed))
-                                log_warning("index write failed ops=%zu err=\"%s\" suppressed=%" PRIu64
-                                            " hint=\"start-up validation will repair the index\"",
-                                            n, sqlite3_errmsg(ix->wdb), suppressed);
+                                log_warning(
+                                        "index write failed ops=%zu err=\"%s\" suppressed=%" PRIu64
+                                        " hint=\"start-up validation will repair the index\"",
+                                        n, sqlite3_errmsg(ix->wdb), suppressed);
                         sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
                 }
                 for (size_t i = 0; i < n; i++)
@@ -290,8 +292,8 @@ int idx_open(const char *path, struct index **ret) {
         r = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &ix->wdb);
         if (r < 0)
                 goto out_free;
-        if (sqlite3_exec(ix->wdb, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;",
-                         NULL, NULL, NULL) != SQLITE_OK) {
+        if (sqlite3_exec(ix->wdb, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
+                         NULL, NULL) != SQLITE_OK) {
                 r = db_error(ix->wdb, "pragma");
                 goto out_free;
         }
@@ -383,7 +385,8 @@ void idx_put_blob(struct index *ix, const struct idx_blob *b) {
 
 void idx_chunk_present(struct index *ix, const struct digest *blob, uint32_t idx,
                        const struct digest *sha) {
-        struct op op = {.kind = OP_CHUNK_PRESENT, .blob = *blob, .idx = idx, .has_sha = sha != NULL};
+        struct op op = {
+                .kind = OP_CHUNK_PRESENT, .blob = *blob, .idx = idx, .has_sha = sha != NULL};
         if (sha)
                 op.sha = *sha;
         push(ix, &op);
@@ -423,8 +426,8 @@ int idx_for_each_blob(struct index *ix, int (*fn)(void *ud, const struct idx_blo
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 struct idx_blob b = {0};
                 const unsigned char *hex = sqlite3_column_text(st, 0);
-                if (!hex || digest_from_hex((const char *)hex, strlen((const char *)hex),
-                                            &b.digest) < 0)
+                if (!hex ||
+                    digest_from_hex((const char *)hex, strlen((const char *)hex), &b.digest) < 0)
                         continue; /* not ours: skip rather than fail the whole walk */
                 b.size = (uint64_t)sqlite3_column_int64(st, 1);
                 b.chunk_size = (uint32_t)sqlite3_column_int64(st, 2);
@@ -451,7 +454,8 @@ int idx_for_each_chunk(struct index *ix,
         pthread_mutex_lock(&ix->rlock);
         sqlite3_stmt *st;
         int r = 0;
-        if (sqlite3_prepare_v2(ix->rdb, "SELECT blob, idx, present, sha256 FROM chunks ORDER BY blob, idx",
+        if (sqlite3_prepare_v2(ix->rdb,
+                               "SELECT blob, idx, present, sha256 FROM chunks ORDER BY blob, idx",
                                -1, &st, NULL) != SQLITE_OK) {
                 r = db_error(ix->rdb, "list chunks");
                 goto out_unlock;
@@ -460,7 +464,8 @@ int idx_for_each_chunk(struct index *ix,
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
                 struct digest blob, sha;
                 const unsigned char *hex = sqlite3_column_text(st, 0);
-                if (!hex || digest_from_hex((const char *)hex, strlen((const char *)hex), &blob) < 0)
+                if (!hex ||
+                    digest_from_hex((const char *)hex, strlen((const char *)hex), &blob) < 0)
                         continue;
                 sqlite3_int64 idx = sqlite3_column_int64(st, 1);
                 if (idx < 0 || idx > UINT32_MAX)

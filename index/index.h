@@ -15,7 +15,7 @@
 
 #include "util/digest.h"
 
-#define IDX_SOURCE_MAX     512
+#define IDX_SOURCE_MAX 512
 #define IDX_MEDIA_TYPE_MAX 128
 
 struct index;

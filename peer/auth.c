@@ -36,27 +36,23 @@
 
 /* --- challenges ------------------------------------------------------------------------- */
 
-static bool is_ows(char c)
-{
+static bool is_ows(char c) {
         return c == ' ' || c == '\t';
 }
 
 /* RFC 9110 tchar. */
-static bool is_tchar(char c)
-{
+static bool is_tchar(char c) {
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
                 return true;
         return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
 }
 
-static bool is_ctl(char c)
-{
+static bool is_ctl(char c) {
         unsigned char u = (unsigned char)c;
         return (u < 0x20 && c != '\t') || u == 0x7f;
 }
 
-static const char *skip_ows(const char *p)
-{
+static const char *skip_ows(const char *p) {
         while (is_ows(*p))
                 p++;
         return p;
@@ -64,8 +60,7 @@ static const char *skip_ows(const char *p)
 
 /* Parses a parameter value at *PP (a quoted string with \-escapes, or a bare run up to ',' or
  * blank) into OUT (may be NULL: value not kept). -EINVAL, -ENAMETOOLONG. */
-static int parse_param_value(const char **pp, char *out, size_t out_len)
-{
+static int parse_param_value(const char **pp, char *out, size_t out_len) {
         const char *p = *pp;
         size_t n = 0;
 
@@ -116,8 +111,7 @@ static int parse_param_value(const char **pp, char *out, size_t out_len)
 /* Parses one challenge (scheme and its parameters) at *PP, leaving *PP at the next
  * challenge's scheme or at the end. Unknown schemes come back as AUTH_NONE, their
  * parameters checked for syntax but not kept. */
-static int parse_one_challenge(const char **pp, struct auth_challenge *c)
-{
+static int parse_one_challenge(const char **pp, struct auth_challenge *c) {
         const char *p = *pp, *scheme = p;
         size_t slen;
         bool have_realm = false, have_service = false, have_scope = false;
@@ -196,8 +190,7 @@ static int parse_one_challenge(const char **pp, struct auth_challenge *c)
         return 0;
 }
 
-int auth_parse_challenge(const char *value, struct auth_challenge *ret)
-{
+int auth_parse_challenge(const char *value, struct auth_challenge *ret) {
         struct auth_challenge c, basic;
         bool have_basic = false;
         const char *p;
@@ -232,8 +225,7 @@ int auth_parse_challenge(const char *value, struct auth_challenge *ret)
 
 /* --- docker config.json ----------------------------------------------------------------- */
 
-static bool is_b64_char(char c)
-{
+static bool is_b64_char(char c) {
         return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
                c == '+' || c == '/';
 }
@@ -241,8 +233,7 @@ static bool is_b64_char(char c)
 /* Decodes standard padded base64 (what Docker writes) into a fresh buffer the caller wipes
  * and frees. EVP_DecodeBlock() returns 3 bytes per 4 characters including the zero bytes
  * that padding stands for, so the true length is computed from the padding here. */
-static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *ret_len)
-{
+static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *ret_len) {
         size_t pad = 0, out_len;
         unsigned char *buf;
         int n;
@@ -270,8 +261,7 @@ static int b64_decode(const char *in, size_t len, unsigned char **ret, size_t *r
         return 0;
 }
 
-static int copy_credentials(const char *s, size_t len, char *out, size_t out_len)
-{
+static int copy_credentials(const char *s, size_t len, char *out, size_t out_len) {
         /* Basic auth cannot carry a user name with ':' nor anything with a NUL; without a
          * ':' it is not "user:pass" at all. */
         if (!memchr(s, ':', len) || memchr(s, '\0', len))
@@ -285,8 +275,7 @@ static int copy_credentials(const char *s, size_t len, char *out, size_t out_len
 
 /* Credentials from one auths entry. -ENOENT when the entry has none we can use (an empty
  * object, as Docker writes when a credential helper holds the secret). */
-static int entry_credentials(json_t *entry, char *out, size_t out_len)
-{
+static int entry_credentials(json_t *entry, char *out, size_t out_len) {
         json_t *auth, *user, *pass;
 
         if (!json_is_object(entry))
@@ -332,8 +321,7 @@ static int entry_credentials(json_t *entry, char *out, size_t out_len)
 
 /* Docker Hub is reached as registry-1.docker.io but its credentials are filed under
  * "https://index.docker.io/v1/". */
-static const char *canonical_registry(const char *r, size_t len, size_t *ret_len)
-{
+static const char *canonical_registry(const char *r, size_t len, size_t *ret_len) {
         static const char hub[] = "index.docker.io";
 
         if ((len == 9 && strncasecmp(r, "docker.io", 9) == 0) ||
@@ -347,8 +335,7 @@ static const char *canonical_registry(const char *r, size_t len, size_t *ret_len
 
 /* Whether config key KEY names REGISTRY: an optional http(s):// in front, an optional "/v1/"
  * or "/" behind, host names compared case-insensitively. */
-static bool key_matches(const char *key, const char *registry)
-{
+static bool key_matches(const char *key, const char *registry) {
         size_t klen, rlen;
         const char *k = key, *r;
 
@@ -366,8 +353,8 @@ static bool key_matches(const char *key, const char *registry)
         return klen == rlen && strncasecmp(k, r, klen) == 0;
 }
 
-int auth_find_credentials(const char *config_json, const char *registry, char *out, size_t out_len)
-{
+int auth_find_credentials(const char *config_json, const char *registry, char *out,
+                          size_t out_len) {
         json_t *root, *auths, *entry;
         const char *key;
         int r = -ENOENT;
@@ -395,8 +382,7 @@ int auth_find_credentials(const char *config_json, const char *registry, char *o
                 if (r != -ENOENT)
                         goto out_decref;
         }
-        json_object_foreach(auths, key, entry)
-        {
+        json_object_foreach(auths, key, entry) {
                 if (strcmp(key, registry) == 0 || !key_matches(key, registry))
                         continue;
                 r = entry_credentials(entry, out, out_len);
@@ -411,8 +397,7 @@ out_decref:
 
 /* --- token responses -------------------------------------------------------------------- */
 
-static bool token_chars_ok(const char *t, size_t len)
-{
+static bool token_chars_ok(const char *t, size_t len) {
         for (size_t i = 0; i < len; i++) {
                 unsigned char u = (unsigned char)t[i];
                 if (u <= 0x20 || u >= 0x7f)
@@ -421,8 +406,8 @@ static bool token_chars_ok(const char *t, size_t len)
         return true;
 }
 
-int auth_parse_token_response(const char *json, char *out, size_t out_len, unsigned *ret_expires_in)
-{
+int auth_parse_token_response(const char *json, char *out, size_t out_len,
+                              unsigned *ret_expires_in) {
         json_t *root, *tok, *exp;
         unsigned expires = 60;
         size_t len;

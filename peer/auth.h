@@ -26,8 +26,7 @@ int auth_parse_challenge(const char *value, struct auth_challenge *ret);
  * auths.<key>.auth (base64 "user:pass") or auths.<key>.username/password, where <key> is
  * REGISTRY, "https://REGISTRY" or "http://REGISTRY" (trailing "/v1/" or "/" tolerated).
  * Writes "user:pass" into OUT. 0, -ENOENT (no entry), -EINVAL (malformed), -ENAMETOOLONG. */
-int auth_find_credentials(const char *config_json, const char *registry, char *out,
-                          size_t out_len);
+int auth_find_credentials(const char *config_json, const char *registry, char *out, size_t out_len);
 
 /* Extracts the token from a token endpoint's JSON answer: "token", else "access_token".
  * Also reports "expires_in" seconds (60 when absent, as the spec says). 0, -EINVAL,

@@ -28,14 +28,14 @@
 #include "peer/ref.h"
 #include "util/log.h"
 
-#define TOKEN_SLOTS        64        /* cached bearer tokens (one per repository) */
-#define HEALTH_SLOTS       32        /* registries whose up/down state we remember */
-#define TOKEN_BODY_MAX     (64 << 10)
-#define BACKOFF_BASE_MS    100
-#define BACKOFF_MAX_MS     5000
-#define MAX_REDIRECTS      5
-#define CREDENTIALS_MAX    1024
-#define URL_MAX            2048
+#define TOKEN_SLOTS 64  /* cached bearer tokens (one per repository) */
+#define HEALTH_SLOTS 32 /* registries whose up/down state we remember */
+#define TOKEN_BODY_MAX (64 << 10)
+#define BACKOFF_BASE_MS 100
+#define BACKOFF_MAX_MS 5000
+#define MAX_REDIRECTS 5
+#define CREDENTIALS_MAX 1024
+#define URL_MAX 2048
 
 enum job_kind { JOB_GET, JOB_HEAD, JOB_TOKEN };
 
@@ -52,13 +52,13 @@ struct job {
         uint64_t deadline_ms;
         uint64_t not_before_ms; /* retry time */
         unsigned attempt;
-        bool auth_tried;        /* a 401 already led to (re)authentication */
+        bool auth_tried; /* a 401 already led to (re)authentication */
 
         CURL *easy;
         struct curl_slist *headers;
-        uint8_t *buf;           /* GET body (len bytes) or token JSON */
+        uint8_t *buf; /* GET body (len bytes) or token JSON */
         size_t got, cap;
-        bool overflow;          /* the server sent more than asked: it ignored Range */
+        bool overflow; /* the server sent more than asked: it ignored Range */
         char www_authenticate[1024];
         char content_range[128];
         char curl_error[CURL_ERROR_SIZE];
@@ -70,11 +70,11 @@ struct job {
 
 struct token_slot {
         char key[REF_REGISTRY_MAX + REF_REPOSITORY_MAX + 2]; /* "registry|repository" */
-        char value[4096];        /* "Bearer ..." or "Basic ..." header value; "" when none */
+        char value[4096]; /* "Bearer ..." or "Basic ..." header value; "" when none */
         uint64_t expires_ms;
         uint64_t used_ms;
         bool fetching;
-        struct job *parked;      /* jobs waiting for this token */
+        struct job *parked; /* jobs waiting for this token */
 };
 
 struct health_slot {
@@ -85,20 +85,20 @@ struct health_slot {
 
 struct origin {
         struct origin_config cfg;
-        char **insecure;         /* owned copies */
-        char *credentials_json;  /* NULL when none */
+        char **insecure;        /* owned copies */
+        char *credentials_json; /* NULL when none */
         char *ca_file;
         CURLM *multi;
         pthread_t thread;
 
-        pthread_mutex_t lock;    /* protects incoming, stopping and stats */
+        pthread_mutex_t lock; /* protects incoming, stopping and stats */
         struct job *incoming;
         bool stopping;
         struct origin_stats stats;
 
         /* transfer thread only */
         struct job *waiting;
-        struct job *running;     /* jobs with an easy handle in the multi */
+        struct job *running; /* jobs with an easy handle in the multi */
         unsigned active;
         struct token_slot tokens[TOKEN_SLOTS];
         struct health_slot health[HEALTH_SLOTS];
@@ -266,8 +266,8 @@ static int build_url(struct origin *o, const struct job *j, char *url, size_t le
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&j->blob, hex);
         int n = snprintf(url, len, "%s://%s/v2/%s/blobs/sha256:%s",
-                         is_insecure(o, j->registry) ? "http" : "https", j->registry,
-                         j->repository, hex);
+                         is_insecure(o, j->registry) ? "http" : "https", j->registry, j->repository,
+                         hex);
         return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
@@ -303,12 +303,12 @@ static int start_transfer(struct origin *o, struct job *j) {
         if (o->ca_file)
                 curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
         uint64_t left = j->deadline_ms > now ? j->deadline_ms - now : 1;
-        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                         (long)(left < o->cfg.connect_timeout_ms ? left : o->cfg.connect_timeout_ms));
+        curl_easy_setopt(
+                e, CURLOPT_CONNECTTIMEOUT_MS,
+                (long)(left < o->cfg.connect_timeout_ms ? left : o->cfg.connect_timeout_ms));
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
-                         (long)(o->cfg.stall_timeout_ms + 999) / 1000);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(o->cfg.stall_timeout_ms + 999) / 1000);
         curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
         curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -319,8 +319,7 @@ static int start_transfer(struct origin *o, struct job *j) {
 
         if (j->kind == JOB_GET) {
                 char range[64];
-                snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, j->off,
-                         j->off + j->len - 1);
+                snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, j->off, j->off + j->len - 1);
                 curl_easy_setopt(e, CURLOPT_RANGE, range);
                 if (!j->buf)
                         j->buf = malloc(j->len ? j->len : 1);
@@ -420,8 +419,9 @@ static void authenticate(struct origin *o, struct job *j, const struct auth_chal
         if (ch->scheme == AUTH_BASIC) {
                 char cred[CREDENTIALS_MAX];
                 if (!credentials_for(o, j->registry, cred, sizeof(cred))) {
-                        job_finish(o, j, -EACCES, "registry wants basic auth and no credentials "
-                                                  "are configured for it");
+                        job_finish(o, j, -EACCES,
+                                   "registry wants basic auth and no credentials "
+                                   "are configured for it");
                         return;
                 }
                 unsigned char enc[((CREDENTIALS_MAX + 2) / 3) * 4 + 1];
@@ -485,9 +485,10 @@ static void token_done(struct origin *o, struct job *tj, CURLcode cc, long statu
         char reason[512];
         if (cc != CURLE_OK || status != 200) {
                 snprintf(reason, sizeof(reason), "token request failed: %s",
-                         cc != CURLE_OK ? (tj->curl_error[0] ? tj->curl_error : curl_easy_strerror(cc))
-                                        : (status == 401 || status == 403 ? "credentials refused"
-                                                                          : "unexpected status"));
+                         cc != CURLE_OK
+                                 ? (tj->curl_error[0] ? tj->curl_error : curl_easy_strerror(cc))
+                                 : (status == 401 || status == 403 ? "credentials refused"
+                                                                   : "unexpected status"));
                 int err = cc != CURLE_OK ? -ECONNREFUSED : -EACCES;
                 release_parked(o, t, err, reason);
                 job_free(tj);
@@ -496,7 +497,8 @@ static void token_done(struct origin *o, struct job *tj, CURLcode cc, long statu
         tj->buf[tj->got] = '\0';
         char token[sizeof(t->value) - 8];
         unsigned expires_in = 60;
-        if (auth_parse_token_response((const char *)tj->buf, token, sizeof(token), &expires_in) < 0) {
+        if (auth_parse_token_response((const char *)tj->buf, token, sizeof(token), &expires_in) <
+            0) {
                 release_parked(o, t, -EPROTO, "token endpoint answered without a token");
                 job_free(tj);
                 return;
@@ -572,7 +574,8 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
         }
         if (j->kind == JOB_HEAD) {
                 if (status != 200 || content_length < 0) {
-                        snprintf(reason, sizeof(reason), "unexpected HEAD answer (HTTP %ld)", status);
+                        snprintf(reason, sizeof(reason), "unexpected HEAD answer (HTTP %ld)",
+                                 status);
                         job_finish(o, j, -EPROTO, reason);
                         return;
                 }
@@ -761,7 +764,8 @@ int origin_new(const struct origin_config *cfg, struct origin **ret) {
                 o->credentials_json = read_file_text(cfg->credentials_path, 1 << 20);
                 if (!o->credentials_json)
                         log_notice("origin credentials file unreadable path=%s err=\"%m\" "
-                                   "hint=\"pulling anonymously\"", cfg->credentials_path);
+                                   "hint=\"pulling anonymously\"",
+                                   cfg->credentials_path);
         }
         pthread_mutex_init(&o->lock, NULL);
         o->multi = curl_multi_init();

@@ -24,19 +24,16 @@
 /* Longest input looked at: a registry, a '/', a repository, '@', "sha256:" and the hex. */
 #define REF_INPUT_MAX (REF_REGISTRY_MAX + REF_REPOSITORY_MAX + 8 + DIGEST_HEX_LEN)
 
-static bool is_lower_alnum(char c)
-{
+static bool is_lower_alnum(char c) {
         return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
-static bool is_alnum(char c)
-{
+static bool is_alnum(char c) {
         return is_lower_alnum(c) || (c >= 'A' && c <= 'Z');
 }
 
 /* One OCI path component: [a-z0-9]+ ((\.|_|__|-+) [a-z0-9]+)*. */
-static bool component_valid(const char *c, size_t len)
-{
+static bool component_valid(const char *c, size_t len) {
         size_t i = 0;
 
         if (len == 0 || !is_lower_alnum(c[0]) || !is_lower_alnum(c[len - 1]))
@@ -66,8 +63,7 @@ static bool component_valid(const char *c, size_t len)
         return true;
 }
 
-static bool repository_span_valid(const char *r, size_t len)
-{
+static bool repository_span_valid(const char *r, size_t len) {
         size_t start = 0;
 
         if (len == 0)
@@ -82,8 +78,7 @@ static bool repository_span_valid(const char *r, size_t len)
         return true;
 }
 
-bool ref_repository_valid(const char *repo)
-{
+bool ref_repository_valid(const char *repo) {
         size_t len;
 
         if (!repo)
@@ -96,8 +91,7 @@ bool ref_repository_valid(const char *repo)
 }
 
 /* DNS name: labels of [A-Za-z0-9-], not starting or ending with '-', joined by '.'. */
-static bool domain_valid(const char *d, size_t len)
-{
+static bool domain_valid(const char *d, size_t len) {
         size_t start = 0;
 
         if (len == 0)
@@ -117,8 +111,7 @@ static bool domain_valid(const char *d, size_t len)
 }
 
 /* host, host:port, [v6], [v6]:port, and the rule that tells it from a repository component. */
-static bool registry_span_valid(const char *r, size_t len)
-{
+static bool registry_span_valid(const char *r, size_t len) {
         char buf[REF_REGISTRY_MAX], host[REF_REGISTRY_MAX];
         const char *colon;
         uint16_t port;
@@ -152,8 +145,7 @@ static bool registry_span_valid(const char *r, size_t len)
 }
 
 /* Splits "REGISTRY/REPOSITORY" held in [S, S + LEN) and writes both into REF. */
-static int split_source(const char *s, size_t len, struct blob_ref *ref)
-{
+static int split_source(const char *s, size_t len, struct blob_ref *ref) {
         const char *slash = memchr(s, '/', len);
         size_t rlen, plen;
 
@@ -172,8 +164,7 @@ static int split_source(const char *s, size_t len, struct blob_ref *ref)
         return 0;
 }
 
-int ref_parse(const char *s, struct blob_ref *ret)
-{
+int ref_parse(const char *s, struct blob_ref *ret) {
         struct blob_ref ref;
         const char *at;
         size_t len;
@@ -197,8 +188,7 @@ int ref_parse(const char *s, struct blob_ref *ret)
         return 0;
 }
 
-int ref_parse_source(const char *s, struct blob_ref *ref)
-{
+int ref_parse_source(const char *s, struct blob_ref *ref) {
         struct blob_ref tmp;
         size_t len;
         int r;

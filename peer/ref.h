@@ -6,7 +6,7 @@
 #pragma once
 #include "util/digest.h"
 
-#define REF_REGISTRY_MAX   256
+#define REF_REGISTRY_MAX 256
 #define REF_REPOSITORY_MAX 256
 
 struct blob_ref {

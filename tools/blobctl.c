@@ -19,7 +19,7 @@
 enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_DOWN = 3 };
 
 #define DEFAULT_SOCKET "/run/p2pblobs/control.sock"
-#define RESPONSE_MAX   (16u << 20)
+#define RESPONSE_MAX (16u << 20)
 
 struct response {
         char *data;
@@ -164,16 +164,15 @@ static void print_ls(json_t *arr) {
 }
 
 static void usage(FILE *out) {
-        fprintf(out,
-                "Usage: blobctl [--socket PATH] COMMAND [ARGS]\n\n"
-                "Commands:\n"
-                "  add REGISTRY/REPOSITORY@sha256:<hex>   register a blob in the tree\n"
-                "  ls [--json]                             list the blobs the node knows\n"
-                "  stat [--json]                           cache, fetch and memory figures\n\n"
-                "Options:\n"
-                "  --socket PATH   the daemon's control socket [" DEFAULT_SOCKET "]\n"
-                "  -h, --help      show this help\n\n"
-                "Exit status: 0 ok, 1 failed, 2 bad arguments, 3 daemon not running.\n");
+        fprintf(out, "Usage: blobctl [--socket PATH] COMMAND [ARGS]\n\n"
+                     "Commands:\n"
+                     "  add REGISTRY/REPOSITORY@sha256:<hex>   register a blob in the tree\n"
+                     "  ls [--json]                             list the blobs the node knows\n"
+                     "  stat [--json]                           cache, fetch and memory figures\n\n"
+                     "Options:\n"
+                     "  --socket PATH   the daemon's control socket [" DEFAULT_SOCKET "]\n"
+                     "  -h, --help      show this help\n\n"
+                     "Exit status: 0 ok, 1 failed, 2 bad arguments, 3 daemon not running.\n");
 }
 
 int main(int argc, char **argv) {

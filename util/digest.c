@@ -19,8 +19,7 @@
 
 #include <openssl/evp.h>
 
-static int hex_value(char c)
-{
+static int hex_value(char c) {
         if (c >= '0' && c <= '9')
                 return c - '0';
         if (c >= 'a' && c <= 'f')
@@ -28,8 +27,7 @@ static int hex_value(char c)
         return -1;
 }
 
-int digest_from_hex(const char *hex, size_t len, struct digest *ret)
-{
+int digest_from_hex(const char *hex, size_t len, struct digest *ret) {
         struct digest d;
 
         if (!hex || len != DIGEST_HEX_LEN)
@@ -44,14 +42,12 @@ int digest_from_hex(const char *hex, size_t len, struct digest *ret)
         return 0;
 }
 
-static bool algo_char(char c)
-{
+static bool algo_char(char c) {
         return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
 }
 
 /* OCI: algorithm-component (algorithm-separator algorithm-component)*, separator [+._-]. */
-static bool algorithm_valid(const char *a, size_t len)
-{
+static bool algorithm_valid(const char *a, size_t len) {
         bool need_component = true;
 
         for (size_t i = 0; i < len; i++) {
@@ -69,8 +65,7 @@ static bool algorithm_valid(const char *a, size_t len)
 
 /* OCI: encoded ::= [a-zA-Z0-9=_-]+. Empty is accepted too: "sha512:" still names an
  * algorithm we do not support, which is the more useful thing to report. */
-static bool encoded_chars_ok(const char *e)
-{
+static bool encoded_chars_ok(const char *e) {
         for (; *e; e++) {
                 char c = *e;
                 if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -80,8 +75,7 @@ static bool encoded_chars_ok(const char *e)
         return true;
 }
 
-int digest_parse(const char *s, struct digest *ret)
-{
+int digest_parse(const char *s, struct digest *ret) {
         const char *colon;
         size_t alen;
 
@@ -98,8 +92,7 @@ int digest_parse(const char *s, struct digest *ret)
         return -EINVAL;
 }
 
-void digest_to_hex(const struct digest *d, char out[DIGEST_HEX_LEN + 1])
-{
+void digest_to_hex(const struct digest *d, char out[DIGEST_HEX_LEN + 1]) {
         static const char xd[] = "0123456789abcdef";
 
         for (size_t i = 0; i < DIGEST_LEN; i++) {
@@ -109,13 +102,11 @@ void digest_to_hex(const struct digest *d, char out[DIGEST_HEX_LEN + 1])
         out[DIGEST_HEX_LEN] = '\0';
 }
 
-bool digest_equal(const struct digest *a, const struct digest *b)
-{
+bool digest_equal(const struct digest *a, const struct digest *b) {
         return memcmp(a->bytes, b->bytes, DIGEST_LEN) == 0;
 }
 
-void digest_sha256(const void *buf, size_t len, struct digest *ret)
-{
+void digest_sha256(const void *buf, size_t len, struct digest *ret) {
         unsigned int mdlen = 0;
 
         /* EVP_Digest() fails only when OpenSSL cannot allocate a context or load its default

@@ -4,7 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DIGEST_LEN     32
+#define DIGEST_LEN 32
 #define DIGEST_HEX_LEN 64
 
 struct digest {

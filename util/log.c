@@ -36,8 +36,7 @@ void log_emit(int level, const char *fmt, ...) {
         char line[2048];
         int saved_errno = errno;
         int n = snprintf(line, sizeof(line), "<%d>level=%s ", level,
-                         level >= LOG_LVL_ERR && level <= LOG_LVL_DEBUG ? level_names[level]
-                                                                        : "?");
+                         level >= LOG_LVL_ERR && level <= LOG_LVL_DEBUG ? level_names[level] : "?");
         va_list ap;
         va_start(ap, fmt);
         int m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);

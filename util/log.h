@@ -9,8 +9,13 @@
 #include <stdint.h>
 #include <pthread.h>
 
-enum log_level { LOG_LVL_ERR = 3, LOG_LVL_WARNING = 4, LOG_LVL_NOTICE = 5, LOG_LVL_INFO = 6,
-                 LOG_LVL_DEBUG = 7 };
+enum log_level {
+        LOG_LVL_ERR = 3,
+        LOG_LVL_WARNING = 4,
+        LOG_LVL_NOTICE = 5,
+        LOG_LVL_INFO = 6,
+        LOG_LVL_DEBUG = 7
+};
 
 extern int log_max_level;
 
@@ -19,16 +24,16 @@ int log_parse_level(const char *s, int *ret);
 
 void log_emit(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-#define log_at(lvl, ...)                                   \
-        do {                                               \
-                if ((lvl) <= log_max_level)                \
-                        log_emit((lvl), __VA_ARGS__);      \
+#define log_at(lvl, ...)                                                                           \
+        do {                                                                                       \
+                if ((lvl) <= log_max_level)                                                        \
+                        log_emit((lvl), __VA_ARGS__);                                              \
         } while (0)
-#define log_err(...)     log_at(LOG_LVL_ERR, __VA_ARGS__)
+#define log_err(...) log_at(LOG_LVL_ERR, __VA_ARGS__)
 #define log_warning(...) log_at(LOG_LVL_WARNING, __VA_ARGS__)
-#define log_notice(...)  log_at(LOG_LVL_NOTICE, __VA_ARGS__)
-#define log_info(...)    log_at(LOG_LVL_INFO, __VA_ARGS__)
-#define log_debug(...)   log_at(LOG_LVL_DEBUG, __VA_ARGS__)
+#define log_notice(...) log_at(LOG_LVL_NOTICE, __VA_ARGS__)
+#define log_info(...) log_at(LOG_LVL_INFO, __VA_ARGS__)
+#define log_debug(...) log_at(LOG_LVL_DEBUG, __VA_ARGS__)
 
 /* Allows one event per INTERVAL_MS; log_ratelimit_ok() returns true when this one may be
  * logged and reports in *RET_SUPPRESSED how many were swallowed since the last one.
@@ -39,7 +44,8 @@ struct log_ratelimit {
         uint64_t last_ms;
         uint64_t suppressed;
 };
-#define LOG_RATELIMIT_INIT(ms) { PTHREAD_MUTEX_INITIALIZER, (ms), 0, 0 }
+#define LOG_RATELIMIT_INIT(ms)                                                                     \
+        { PTHREAD_MUTEX_INITIALIZER, (ms), 0, 0 }
 bool log_ratelimit_ok(struct log_ratelimit *rl, uint64_t *ret_suppressed);
 
 /* Monotonic milliseconds (CLOCK_MONOTONIC). */

@@ -35,15 +35,13 @@
  * mounts, four is a generous bound that still cannot be used to balloon the daemon. */
 #define MEMSTAT_FILE_MAX (4u << 20)
 
-static bool is_blank(char c)
-{
+static bool is_blank(char c) {
         return c == ' ' || c == '\t';
 }
 
 /* Parses an unsigned decimal at [P, END) that may be surrounded by blanks (and, for the
  * usage files, followed by a newline). The whole range must be used. */
-static int parse_u64_span(const char *p, const char *end, uint64_t *ret)
-{
+static int parse_u64_span(const char *p, const char *end, uint64_t *ret) {
         uint64_t n = 0;
         bool any = false;
 
@@ -68,8 +66,7 @@ static int parse_u64_span(const char *p, const char *end, uint64_t *ret)
  * kB"): finds the first line whose key is exactly KEY followed by SEP, and returns the span
  * of the rest of that line. */
 static int find_key_line(const char *text, const char *key, char sep, const char **ret_val,
-                         const char **ret_end)
-{
+                         const char **ret_end) {
         size_t klen = strlen(key);
         const char *line = text;
 
@@ -90,8 +87,7 @@ static int find_key_line(const char *text, const char *key, char sep, const char
         return -ENOENT;
 }
 
-int memstat_stat_value(const char *stat_text, const char *key, uint64_t *ret)
-{
+int memstat_stat_value(const char *stat_text, const char *key, uint64_t *ret) {
         const char *val, *end;
         int r;
 
@@ -107,8 +103,7 @@ int memstat_stat_value(const char *stat_text, const char *key, uint64_t *ret)
 }
 
 int memstat_compute(enum cgroup_version v, const char *usage_text, const char *stat_text,
-                    struct cgroup_memory *ret)
-{
+                    struct cgroup_memory *ret) {
         const char *key;
         uint64_t usage, inactive;
 
@@ -140,8 +135,7 @@ struct span {
         const char *end;
 };
 
-static bool span_next_line(const char **cursor, struct span *ret)
-{
+static bool span_next_line(const char **cursor, struct span *ret) {
         const char *s = *cursor, *nl;
 
         if (!*s)
@@ -154,8 +148,7 @@ static bool span_next_line(const char **cursor, struct span *ret)
 }
 
 /* Splits off the next field of LINE ending at SEP (or the end of the line). */
-static bool span_field(struct span *line, char sep, struct span *ret)
-{
+static bool span_field(struct span *line, char sep, struct span *ret) {
         const char *p = line->p;
 
         if (p > line->end)
@@ -168,15 +161,13 @@ static bool span_field(struct span *line, char sep, struct span *ret)
         return true;
 }
 
-static bool span_eq(const struct span *s, const char *lit)
-{
+static bool span_eq(const struct span *s, const char *lit) {
         size_t n = strlen(lit);
         return (size_t)(s->end - s->p) == n && memcmp(s->p, lit, n) == 0;
 }
 
 /* Whether comma-separated LIST holds ITEM as a whole item ("cpu,memory" yes, "memoryx" no). */
-static bool span_list_has(const struct span *list, const char *item)
-{
+static bool span_list_has(const struct span *list, const char *item) {
         struct span l = *list, it;
 
         while (l.p <= l.end && span_field(&l, ',', &it))
@@ -187,8 +178,7 @@ static bool span_list_has(const struct span *list, const char *item)
 
 /* The cgroup path of the process in one hierarchy, from /proc/<pid>/cgroup. V1: the line
  * whose controller list has "memory"; V2: the "0::" line. */
-static bool find_cgroup_path(const char *proc_cgroup, bool v1, struct span *ret)
-{
+static bool find_cgroup_path(const char *proc_cgroup, bool v1, struct span *ret) {
         const char *cur = proc_cgroup;
         struct span line, id, ctl;
 
@@ -209,8 +199,7 @@ static bool find_cgroup_path(const char *proc_cgroup, bool v1, struct span *ret)
 
 /* Copies a mountinfo field into OUT, decoding the kernel's octal escapes ("\040" for a
  * space). False if it does not fit or an escape is malformed. */
-static bool unescape_field(const struct span *f, char *out, size_t out_len)
-{
+static bool unescape_field(const struct span *f, char *out, size_t out_len) {
         size_t n = 0;
 
         for (const char *p = f->p; p < f->end; p++) {
@@ -238,8 +227,7 @@ static bool unescape_field(const struct span *f, char *out, size_t out_len)
 }
 
 /* Whether PATH (a span starting with '/') has a "." or ".." component. */
-static bool path_has_dots(const char *p, const char *end)
-{
+static bool path_has_dots(const char *p, const char *end) {
         while (p < end) {
                 const char *c = p + 1, *e = c;
                 while (e < end && *e != '/')
@@ -254,8 +242,7 @@ static bool path_has_dots(const char *p, const char *end)
 /* Joins mount point MNT with the part of cgroup path CG below mount root ROOT. -ENOENT when
  * the cgroup is not visible through this mount, -ENAMETOOLONG when OUT is too small. */
 static int join_cgroup_dir(const char *mnt, const char *root, const struct span *cg, char *out,
-                           size_t out_len)
-{
+                           size_t out_len) {
         size_t rlen = strlen(root), mlen = strlen(mnt), tlen;
         const char *rel = cg->p;
 
@@ -293,8 +280,7 @@ static int join_cgroup_dir(const char *mnt, const char *root, const struct span 
 /* Scans mountinfo for a mount of the wanted hierarchy (v1 with the memory controller, or
  * cgroup2) and joins the process's cgroup path onto the first one it is visible through. */
 static int find_mount_dir(const char *mountinfo, bool v1, const struct span *cg, char *out,
-                          size_t out_len)
-{
+                          size_t out_len) {
         const char *cur = mountinfo;
         struct span line, f;
         int result = -ENOENT;
@@ -337,8 +323,7 @@ static int find_mount_dir(const char *mountinfo, bool v1, const struct span *cg,
 }
 
 int memstat_cgroup_dir(const char *proc_cgroup, const char *mountinfo, char *out, size_t out_len,
-                       enum cgroup_version *ret_version)
-{
+                       enum cgroup_version *ret_version) {
         struct span cg;
         int r = -ENOENT, r2;
 
@@ -367,8 +352,7 @@ int memstat_cgroup_dir(const char *proc_cgroup, const char *mountinfo, char *out
 
 /* Reads a whole (small, pseudo) file into a NUL-terminated heap buffer of at most
  * MEMSTAT_FILE_MAX bytes. The caller frees *RET. */
-static int read_text_file(const char *path, char **ret)
-{
+static int read_text_file(const char *path, char **ret) {
         size_t cap = 4096, len = 0;
         char *buf = NULL;
         int fd, r;
@@ -433,8 +417,7 @@ out_close_fd:
         return r;
 }
 
-static int read_in_dir(const char *dir, const char *name, char **ret)
-{
+static int read_in_dir(const char *dir, const char *name, char **ret) {
         char path[4096 + 64];
         int n = snprintf(path, sizeof(path), "%s/%s", dir, name);
 
@@ -443,8 +426,7 @@ static int read_in_dir(const char *dir, const char *name, char **ret)
         return read_text_file(path, ret);
 }
 
-int memstat_self(struct cgroup_memory *ret)
-{
+int memstat_self(struct cgroup_memory *ret) {
         char *cgroup = NULL, *mountinfo = NULL, *usage = NULL, *stat = NULL;
         char dir[4096];
         enum cgroup_version v;
@@ -479,8 +461,7 @@ out_free:
         return r;
 }
 
-int memstat_rss(uint64_t *ret_bytes)
-{
+int memstat_rss(uint64_t *ret_bytes) {
         char *status = NULL;
         const char *val, *end;
         uint64_t kib;

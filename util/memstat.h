@@ -15,9 +15,9 @@ enum cgroup_version { CGROUP_NONE = 0, CGROUP_V1 = 1, CGROUP_V2 = 2 };
 
 struct cgroup_memory {
         enum cgroup_version version;
-        uint64_t usage_bytes;          /* memory.current (v2) / memory.usage_in_bytes (v1) */
-        uint64_t inactive_file_bytes;  /* inactive_file (v2) / total_inactive_file (v1) */
-        uint64_t working_set_bytes;    /* usage - inactive_file, never below 0 */
+        uint64_t usage_bytes;         /* memory.current (v2) / memory.usage_in_bytes (v1) */
+        uint64_t inactive_file_bytes; /* inactive_file (v2) / total_inactive_file (v1) */
+        uint64_t working_set_bytes;   /* usage - inactive_file, never below 0 */
 };
 
 /* Finds KEY's value in a memory.stat text ("key value\n" lines). Exact key match only
@@ -33,8 +33,8 @@ int memstat_compute(enum cgroup_version v, const char *usage_text, const char *s
  * the memory controller's files for that process: the v1 "memory" hierarchy when one is
  * mounted (hybrid hosts keep memory accounting there), else the v2 unified hierarchy.
  * Writes the path into OUT and the version into RET_VERSION. 0, -ENOENT, -ENAMETOOLONG. */
-int memstat_cgroup_dir(const char *proc_cgroup, const char *mountinfo, char *out,
-                       size_t out_len, enum cgroup_version *ret_version);
+int memstat_cgroup_dir(const char *proc_cgroup, const char *mountinfo, char *out, size_t out_len,
+                       enum cgroup_version *ret_version);
 
 /* The calling process's cgroup memory figures (reads /proc/self/... and the cgroup files).
  * 0 or -errno. */

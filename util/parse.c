@@ -29,26 +29,22 @@
 
 /* Character classes by hand: <ctype.h> depends on the locale and is undefined for negative
  * chars, and these parsers must behave identically in every process that links them. */
-static bool is_digit(char c)
-{
+static bool is_digit(char c) {
         return c >= '0' && c <= '9';
 }
 
-static bool is_alnum(char c)
-{
+static bool is_alnum(char c) {
         return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-static char to_upper(char c)
-{
+static char to_upper(char c) {
         return c >= 'a' && c <= 'z' ? (char)(c - 'a' + 'A') : c;
 }
 
 /* Scans a non-empty run of decimal digits at S. *RET_END points past the run. Overflow does
  * not stop the scan (the caller wants to know about junk after the digits first); it is
  * reported in *RET_OVERFLOW. -EINVAL when S does not start with a digit. */
-static int scan_digits(const char *s, const char **ret_end, uint64_t *ret, bool *ret_overflow)
-{
+static int scan_digits(const char *s, const char **ret_end, uint64_t *ret, bool *ret_overflow) {
         uint64_t n = 0;
         bool overflow = false;
         const char *p = s;
@@ -68,8 +64,7 @@ static int scan_digits(const char *s, const char **ret_end, uint64_t *ret, bool 
         return 0;
 }
 
-int parse_size(const char *s, uint64_t *ret)
-{
+int parse_size(const char *s, uint64_t *ret) {
         const char *p;
         uint64_t n;
         bool overflow;
@@ -127,8 +122,7 @@ int parse_size(const char *s, uint64_t *ret)
         return 0;
 }
 
-int parse_duration_ms(const char *s, uint64_t *ret)
-{
+int parse_duration_ms(const char *s, uint64_t *ret) {
         const char *p;
         uint64_t n, mult;
         bool overflow;
@@ -157,8 +151,7 @@ int parse_duration_ms(const char *s, uint64_t *ret)
         return 0;
 }
 
-int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
-{
+int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret) {
         const char *p;
         uint64_t n;
         bool overflow;
@@ -177,8 +170,7 @@ int parse_u64(const char *s, uint64_t min, uint64_t max, uint64_t *ret)
         return 0;
 }
 
-int parse_bool(const char *s, bool *ret)
-{
+int parse_bool(const char *s, bool *ret) {
         static const char *const yes[] = {"1", "true", "yes", "on"};
         static const char *const no[] = {"0", "false", "no", "off"};
 
@@ -199,8 +191,7 @@ int parse_bool(const char *s, bool *ret)
 
 /* A DNS name or an IPv4 literal. Empty is allowed: ":5001" means every address (the listen
  * default); callers that need a real host check host[0]. */
-static bool host_chars_ok(const char *h, size_t len)
-{
+static bool host_chars_ok(const char *h, size_t len) {
         for (size_t i = 0; i < len; i++)
                 if (!is_alnum(h[i]) && h[i] != '.' && h[i] != '-' && h[i] != '_')
                         return false;
@@ -209,8 +200,7 @@ static bool host_chars_ok(const char *h, size_t len)
 
 /* An IPv6 literal, optionally with a zone ("fe80::1%eth0"). The address is checked by
  * inet_pton(), which does not know zones; the zone is checked as an interface name. */
-static bool v6_literal_ok(const char *h, size_t len)
-{
+static bool v6_literal_ok(const char *h, size_t len) {
         char addr[INET6_ADDRSTRLEN];
         struct in6_addr a6;
         const char *pct = memchr(h, '%', len);
@@ -231,8 +221,7 @@ static bool v6_literal_ok(const char *h, size_t len)
         return true;
 }
 
-int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_port)
-{
+int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_port) {
         const char *h, *colon;
         size_t hlen;
         uint64_t port;
@@ -271,8 +260,7 @@ int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_por
         return 0;
 }
 
-void format_size(uint64_t bytes, char *out, size_t out_len)
-{
+void format_size(uint64_t bytes, char *out, size_t out_len) {
         static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
         unsigned u = 0;
         uint64_t whole, tenths;

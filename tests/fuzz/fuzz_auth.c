@@ -20,8 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
                         __builtin_trap();                                                          \
         } while (0)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct auth_challenge c, orig;
         char *s, out[256], tiny[6];
         const char *registry;

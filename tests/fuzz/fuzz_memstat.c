@@ -18,8 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
                         __builtin_trap();                                                          \
         } while (0)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *s, out[256], tiny[8];
         const char *a, *b, *c;
         enum cgroup_version v;

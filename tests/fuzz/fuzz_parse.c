@@ -19,8 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
                         __builtin_trap();                                                          \
         } while (0)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *s, host[64], small[4], fmt[32];
         uint64_t v, lo, hi;
         uint16_t port;

@@ -18,8 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
                         __builtin_trap();                                                          \
         } while (0)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct blob_ref ref, orig;
         char *s, back[1024], hex[DIGEST_HEX_LEN + 1];
         int r;

@@ -2,8 +2,10 @@
 
 Everything here is parametrised by addresses and paths (no module globals hold state), so later
 tests can run several registries and daemons side by side, e.g. inside network namespaces:
-pass ``prefix=["ip", "netns", "exec", "ns1"]`` to run a process inside one, and the address the
-process should listen on / talk to.
+pass ``prefix=["nsenter", "--net=/run/netns/ns1"]`` to run a process inside one, and the
+address the process should listen on / talk to. Prefer nsenter --net over ``ip netns exec``:
+the latter also enters a private mount namespace, so a daemon's FUSE mount would be invisible
+to the test process. (nsenter without --pid execs, so Popen.pid is the daemon itself.)
 
 Standard library only.
 """

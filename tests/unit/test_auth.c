@@ -14,8 +14,7 @@
 
 /* --- challenges ------------------------------------------------------------------------- */
 
-static void test_challenge_bearer(void **state)
-{
+static void test_challenge_bearer(void **state) {
         struct auth_challenge c;
         (void)state;
 
@@ -59,8 +58,7 @@ static void test_challenge_bearer(void **state)
         assert_string_equal(c.service, "");
 }
 
-static void test_challenge_basic_and_multi(void **state)
-{
+static void test_challenge_basic_and_multi(void **state) {
         struct auth_challenge c;
         (void)state;
 
@@ -87,8 +85,7 @@ static void test_challenge_basic_and_multi(void **state)
         assert_string_equal(c.realm, "r");
 }
 
-static void test_challenge_rejects(void **state)
-{
+static void test_challenge_rejects(void **state) {
         static const char *const bad[] = {
                 "",
                 "   ",
@@ -125,8 +122,7 @@ static void test_challenge_rejects(void **state)
         assert_memory_equal(&c, &orig, sizeof(c));
 }
 
-static void test_challenge_too_long(void **state)
-{
+static void test_challenge_too_long(void **state) {
         char buf[2048], val[600];
         struct auth_challenge c, orig;
         (void)state;
@@ -167,8 +163,7 @@ static const char CONFIG[] =
         "  \"credsStore\": \"desktop\"\n"
         "}\n";
 
-static void expect_creds(const char *json, const char *registry, const char *want)
-{
+static void expect_creds(const char *json, const char *registry, const char *want) {
         char out[128];
         int r;
 
@@ -179,8 +174,7 @@ static void expect_creds(const char *json, const char *registry, const char *wan
         assert_string_equal(out, want);
 }
 
-static void expect_creds_err(const char *json, const char *registry, int err)
-{
+static void expect_creds_err(const char *json, const char *registry, int err) {
         char out[128];
         int r;
 
@@ -191,8 +185,7 @@ static void expect_creds_err(const char *json, const char *registry, int err)
         assert_string_equal(out, "untouched");
 }
 
-static void test_credentials(void **state)
-{
+static void test_credentials(void **state) {
         (void)state;
         expect_creds(CONFIG, "registry.example.com", "user:pass");
         expect_creds(CONFIG, "REGISTRY.example.com", "user:pass"); /* host names fold */
@@ -215,8 +208,7 @@ static void test_credentials(void **state)
         expect_creds_err("{\"auths\":{}}", "r.io", -ENOENT);
 }
 
-static void test_credentials_base64_padding(void **state)
-{
+static void test_credentials_base64_padding(void **state) {
         /* The decoded length is what padding says, not 3 bytes per 4 characters: no stray
          * NULs end up in the password. "a:b" = YTpi, "a:bc" = YTpiYw==, "a:bcd" = YTpiY2Q=. */
         (void)state;
@@ -242,8 +234,7 @@ static void test_credentials_base64_padding(void **state)
         }
 }
 
-static void test_credentials_malformed(void **state)
-{
+static void test_credentials_malformed(void **state) {
         (void)state;
         expect_creds_err("", "r.io", -EINVAL);
         expect_creds_err("{", "r.io", -EINVAL);
@@ -272,8 +263,7 @@ static void test_credentials_malformed(void **state)
         expect_creds_err("{}", "", -EINVAL);
 }
 
-static void test_credentials_too_long(void **state)
-{
+static void test_credentials_too_long(void **state) {
         char out[8];
         (void)state;
 
@@ -287,8 +277,7 @@ static void test_credentials_too_long(void **state)
 
 /* --- token responses -------------------------------------------------------------------- */
 
-static void test_token(void **state)
-{
+static void test_token(void **state) {
         char out[128];
         unsigned exp = 0;
         (void)state;
@@ -345,8 +334,7 @@ static void test_token(void **state)
         assert_int_equal(auth_parse_token_response("{\"token\":\"t\"}", out, sizeof(out), NULL), 0);
 }
 
-static void test_token_rejects(void **state)
-{
+static void test_token_rejects(void **state) {
         static const char *const bad[] = {
                 "",
                 "null",
@@ -382,8 +370,7 @@ static void test_token_rejects(void **state)
         assert_string_equal(out, "012345678");
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_challenge_bearer),
                 cmocka_unit_test(test_challenge_basic_and_multi),

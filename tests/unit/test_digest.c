@@ -22,8 +22,7 @@ static const char TWO_BLOCK_HEX[] =
 static const char MILLION_A_HEX[] =
         "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
 
-static void expect_sha256(const void *buf, size_t len, const char *want)
-{
+static void expect_sha256(const void *buf, size_t len, const char *want) {
         struct digest d;
         char hex[DIGEST_HEX_LEN + 1];
 
@@ -32,8 +31,7 @@ static void expect_sha256(const void *buf, size_t len, const char *want)
         assert_string_equal(hex, want);
 }
 
-static void test_sha256_vectors(void **state)
-{
+static void test_sha256_vectors(void **state) {
         char *million;
         (void)state;
 
@@ -49,8 +47,7 @@ static void test_sha256_vectors(void **state)
         free(million);
 }
 
-static void test_hex_roundtrip(void **state)
-{
+static void test_hex_roundtrip(void **state) {
         struct digest d, e;
         char hex[DIGEST_HEX_LEN + 1];
         (void)state;
@@ -73,8 +70,7 @@ static void test_hex_roundtrip(void **state)
         assert_true(digest_equal(&d, &e));
 }
 
-static void test_hex_bad(void **state)
-{
+static void test_hex_bad(void **state) {
         struct digest d, orig;
         char buf[DIGEST_HEX_LEN + 1];
         (void)state;
@@ -101,8 +97,7 @@ static void test_hex_bad(void **state)
         assert_memory_equal(&d, &orig, sizeof(d)); /* nothing written on error */
 }
 
-static void test_parse(void **state)
-{
+static void test_parse(void **state) {
         struct digest d, want, orig;
         char buf[160];
         (void)state;
@@ -144,8 +139,7 @@ static void test_parse(void **state)
         assert_memory_equal(&d, &orig, sizeof(d));
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_sha256_vectors),
                 cmocka_unit_test(test_hex_roundtrip),

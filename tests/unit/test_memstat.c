@@ -128,8 +128,7 @@ static const char V2_MOUNTINFO[] =
 
 /* --- memstat_stat_value -------------------------------------------------------------------- */
 
-static void test_stat_value(void **state)
-{
+static void test_stat_value(void **state) {
         uint64_t v = 0;
         (void)state;
 
@@ -151,8 +150,7 @@ static void test_stat_value(void **state)
         assert_true(v == UINT64_MAX);
 }
 
-static void test_stat_value_exact_key(void **state)
-{
+static void test_stat_value_exact_key(void **state) {
         uint64_t v = 12345;
         (void)state;
 
@@ -167,8 +165,7 @@ static void test_stat_value_exact_key(void **state)
         assert_true(v == 12345);
 }
 
-static void test_stat_value_malformed(void **state)
-{
+static void test_stat_value_malformed(void **state) {
         uint64_t v = 12345;
         (void)state;
 
@@ -186,8 +183,7 @@ static void test_stat_value_malformed(void **state)
 
 /* --- memstat_compute ----------------------------------------------------------------------- */
 
-static void test_compute_v2_mostly_inactive(void **state)
-{
+static void test_compute_v2_mostly_inactive(void **state) {
         struct cgroup_memory m;
         (void)state;
 
@@ -199,8 +195,7 @@ static void test_compute_v2_mostly_inactive(void **state)
         assert_true(m.working_set_bytes == 956301312 - 900000000);
 }
 
-static void test_compute_v1_uses_total(void **state)
-{
+static void test_compute_v1_uses_total(void **state) {
         struct cgroup_memory m;
         (void)state;
 
@@ -218,8 +213,7 @@ static void test_compute_v1_uses_total(void **state)
         assert_true(m.inactive_file_bytes == 1000);
 }
 
-static void test_compute_clamps(void **state)
-{
+static void test_compute_clamps(void **state) {
         struct cgroup_memory m;
         (void)state;
 
@@ -234,8 +228,7 @@ static void test_compute_clamps(void **state)
         assert_true(m.working_set_bytes == 0);
 }
 
-static void test_compute_errors(void **state)
-{
+static void test_compute_errors(void **state) {
         struct cgroup_memory m, orig;
         (void)state;
 
@@ -256,8 +249,8 @@ static void test_compute_errors(void **state)
 
 /* --- memstat_cgroup_dir -------------------------------------------------------------------- */
 
-static void expect_dir(const char *cg, const char *mi, const char *want, enum cgroup_version want_v)
-{
+static void expect_dir(const char *cg, const char *mi, const char *want,
+                       enum cgroup_version want_v) {
         char out[512];
         enum cgroup_version v = CGROUP_NONE;
         int r = memstat_cgroup_dir(cg, mi, out, sizeof(out), &v);
@@ -268,8 +261,7 @@ static void expect_dir(const char *cg, const char *mi, const char *want, enum cg
         assert_int_equal(v, want_v);
 }
 
-static void expect_dir_err(const char *cg, const char *mi, int err)
-{
+static void expect_dir_err(const char *cg, const char *mi, int err) {
         char out[64];
         enum cgroup_version v = (enum cgroup_version)42;
         int r;
@@ -282,8 +274,7 @@ static void expect_dir_err(const char *cg, const char *mi, int err)
         assert_int_equal(v, 42);
 }
 
-static void test_dir_hybrid_v1_wins(void **state)
-{
+static void test_dir_hybrid_v1_wins(void **state) {
         (void)state;
         expect_dir(HYBRID_CGROUP, HYBRID_MOUNTINFO,
                    "/sys/fs/cgroup/memory/system.slice/p2pblobsd.service", CGROUP_V1);
@@ -294,8 +285,7 @@ static void test_dir_hybrid_v1_wins(void **state)
                    "/sys/fs/cgroup/memory/b", CGROUP_V1);
 }
 
-static void test_dir_this_machine_layout(void **state)
-{
+static void test_dir_this_machine_layout(void **state) {
         /* This build machine, verbatim: a container on a hybrid host. */
         static const char cg[] = "9:name=systemd:/\n8:pids:/\n7:blkio:/\n6:freezer:/\n"
                                  "5:devices:/\n4:memory:/process_api/684b93b4cfbfbd8d\n"
@@ -310,8 +300,7 @@ static void test_dir_this_machine_layout(void **state)
         expect_dir(cg, mi, "/sys/fs/cgroup/memory/process_api/684b93b4cfbfbd8d", CGROUP_V1);
 }
 
-static void test_dir_pure_v2(void **state)
-{
+static void test_dir_pure_v2(void **state) {
         (void)state;
         expect_dir(V2_CGROUP, V2_MOUNTINFO, "/sys/fs/cgroup/system.slice/p2pblobsd.service",
                    CGROUP_V2);
@@ -326,8 +315,7 @@ static void test_dir_pure_v2(void **state)
                    "/sys/fs/cgroup/unified/z", CGROUP_V2);
 }
 
-static void test_dir_container_root(void **state)
-{
+static void test_dir_container_root(void **state) {
         /* A container without a cgroup namespace on v1: its own cgroup is mounted as the
          * hierarchy's root, and /proc/self/cgroup shows the full host path. */
         static const char cg[] = "5:memory:/kubepods/burstable/pod1/abc\n"
@@ -345,8 +333,7 @@ static void test_dir_container_root(void **state)
         expect_dir_err("5:memory:/kubepods/burstable/pod1/abcd\n", mi, -ENOENT);
 }
 
-static void test_dir_parsing_details(void **state)
-{
+static void test_dir_parsing_details(void **state) {
         (void)state;
         /* Optional fields before the separator, several of them. */
         expect_dir("4:memory:/a\n",
@@ -372,8 +359,7 @@ static void test_dir_parsing_details(void **state)
         expect_dir("0::/a\n", "1 0 0:1 / /cg/ rw - cgroup2 cgroup2 rw\n", "/cg/a", CGROUP_V2);
 }
 
-static void test_dir_errors(void **state)
-{
+static void test_dir_errors(void **state) {
         (void)state;
         expect_dir_err("", "", -ENOENT);
         expect_dir_err(HYBRID_CGROUP, "", -ENOENT);
@@ -397,8 +383,7 @@ static void test_dir_errors(void **state)
 
 /* --- the live process ---------------------------------------------------------------------- */
 
-static char *slurp(const char *path)
-{
+static char *slurp(const char *path) {
         FILE *f = fopen(path, "re");
         char *buf;
         size_t n;
@@ -414,8 +399,7 @@ static char *slurp(const char *path)
         return buf;
 }
 
-static void test_self(void **state)
-{
+static void test_self(void **state) {
         struct cgroup_memory m;
         char *cg, *mi, dir[4096], path[4200];
         enum cgroup_version v;
@@ -454,8 +438,7 @@ static void test_self(void **state)
                 assert_true(m.working_set_bytes == 0);
 }
 
-static void test_rss(void **state)
-{
+static void test_rss(void **state) {
         uint64_t before = 0, after = 0;
         size_t len = 64u << 20;
         volatile char *p;
@@ -477,8 +460,7 @@ static void test_rss(void **state)
 }
 
 /* Writes LEN bytes of a pattern (and a NUL at NUL_AT, if below LEN) to a fresh temp file. */
-static void make_file(char *path, size_t path_len, size_t len, size_t nul_at)
-{
+static void make_file(char *path, size_t path_len, size_t len, size_t nul_at) {
         char block[4096];
         int fd;
 
@@ -496,8 +478,7 @@ static void make_file(char *path, size_t path_len, size_t len, size_t nul_at)
         assert_int_equal(close(fd), 0);
 }
 
-static void test_read_text_file(void **state)
-{
+static void test_read_text_file(void **state) {
         static const size_t sizes[] = {0, 1, 4094, 4095, 4096, 100000, MEMSTAT_FILE_MAX - 1};
         char path[4096], *buf;
         (void)state;
@@ -531,8 +512,7 @@ static void test_read_text_file(void **state)
         assert_null(buf);
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stat_value),
                 cmocka_unit_test(test_stat_value_exact_key),

@@ -13,8 +13,7 @@
 
 #define SENTINEL UINT64_C(0xdeadbeefcafef00d)
 
-static void expect_size(const char *s, uint64_t want)
-{
+static void expect_size(const char *s, uint64_t want) {
         uint64_t v = SENTINEL;
         int r = parse_size(s, &v);
         if (r != 0 || v != want)
@@ -22,8 +21,7 @@ static void expect_size(const char *s, uint64_t want)
                          (unsigned long long)want);
 }
 
-static void expect_size_err(const char *s, int err)
-{
+static void expect_size_err(const char *s, int err) {
         uint64_t v = SENTINEL;
         int r = parse_size(s, &v);
         if (r != err)
@@ -31,8 +29,7 @@ static void expect_size_err(const char *s, int err)
         assert_true(v == SENTINEL);
 }
 
-static void test_size_ok(void **state)
-{
+static void test_size_ok(void **state) {
         (void)state;
         expect_size("0", 0);
         expect_size("4096", 4096);
@@ -52,8 +49,7 @@ static void test_size_ok(void **state)
         expect_size("007", 7);
 }
 
-static void test_size_bad(void **state)
-{
+static void test_size_bad(void **state) {
         (void)state;
         expect_size_err("", -EINVAL);
         expect_size_err("-1", -EINVAL);
@@ -76,8 +72,7 @@ static void test_size_bad(void **state)
         expect_size_err(NULL, -EINVAL);
 }
 
-static void test_duration(void **state)
-{
+static void test_duration(void **state) {
         uint64_t v;
         (void)state;
         assert_int_equal(parse_duration_ms("250ms", &v), 0);
@@ -110,8 +105,7 @@ static void test_duration(void **state)
         assert_true(v == SENTINEL);
 }
 
-static void test_u64(void **state)
-{
+static void test_u64(void **state) {
         uint64_t v;
         (void)state;
         assert_int_equal(parse_u64("42", 0, 100, &v), 0);
@@ -137,8 +131,7 @@ static void test_u64(void **state)
         assert_true(v == SENTINEL);
 }
 
-static void test_bool(void **state)
-{
+static void test_bool(void **state) {
         static const char *const t[] = {"1", "true", "TRUE", "Yes", "on", "ON"};
         static const char *const f[] = {"0", "false", "False", "no", "NO", "off"};
         static const char *const bad[] = {"",      "2",   "y",    "n",     "tru",
@@ -163,8 +156,7 @@ static void test_bool(void **state)
         assert_int_equal(parse_bool(NULL, &b), -EINVAL);
 }
 
-static void test_hostport_ok(void **state)
-{
+static void test_hostport_ok(void **state) {
         char host[64];
         uint16_t port = 0;
         (void)state;
@@ -191,8 +183,7 @@ static void test_hostport_ok(void **state)
         assert_int_equal(port, 5001);
 }
 
-static void test_hostport_bad(void **state)
-{
+static void test_hostport_bad(void **state) {
         static const char *const bad[] = {
                 "",
                 "localhost",
@@ -236,8 +227,7 @@ static void test_hostport_bad(void **state)
         assert_int_equal(parse_hostport(NULL, host, sizeof(host), &port), -EINVAL);
 }
 
-static void test_hostport_toolong(void **state)
-{
+static void test_hostport_toolong(void **state) {
         char host[10];
         uint16_t port = 7;
         (void)state;
@@ -253,8 +243,7 @@ static void test_hostport_toolong(void **state)
         assert_string_equal(host, "012345678");
 }
 
-static void expect_fmt(uint64_t bytes, const char *want)
-{
+static void expect_fmt(uint64_t bytes, const char *want) {
         char buf[32];
         format_size(bytes, buf, sizeof(buf));
         if (strcmp(buf, want) != 0)
@@ -262,8 +251,7 @@ static void expect_fmt(uint64_t bytes, const char *want)
                          want);
 }
 
-static void test_format_size(void **state)
-{
+static void test_format_size(void **state) {
         char small[5];
         (void)state;
         expect_fmt(0, "0 B");
@@ -291,8 +279,7 @@ static void test_format_size(void **state)
         format_size(5, NULL, 0);
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_size_ok),      cmocka_unit_test(test_size_bad),
                 cmocka_unit_test(test_duration),     cmocka_unit_test(test_u64),

@@ -27,8 +27,7 @@ static struct chunk_key K(uint32_t blob, uint32_t idx) {
 
 /* Walks every list and the hash table; fails the test on the first broken invariant. */
 static void
-check_invariants(const struct policy *p)
-{
+check_invariants(const struct policy *p) {
         size_t walked = 0, pinned = 0, chained = 0;
         uint64_t pinned_bytes = 0;
 
@@ -95,15 +94,13 @@ check_invariants(const struct policy *p)
         assert_true(policy_pinned_bytes(p) == pinned_bytes);
 }
 
-static int queue_of(const struct policy *p, struct chunk_key k)
-{
+static int queue_of(const struct policy *p, struct chunk_key k) {
         uint32_t i = hash_find(p, k);
         return i == NIL ? -1 : p->slots[i].queue;
 }
 
 /* Evicts until the policy says stop; returns how many went. */
-static size_t drain(struct policy *p)
-{
+static size_t drain(struct policy *p) {
         struct chunk_key v;
         size_t n = 0;
 
@@ -114,8 +111,7 @@ static size_t drain(struct policy *p)
         return n;
 }
 
-static void test_basics(void **state)
-{
+static void test_basics(void **state) {
         struct policy *p = policy_new(10 * MIB, 4);
         struct chunk_key v;
         (void)state;
@@ -162,8 +158,7 @@ static void test_basics(void **state)
         policy_free(NULL);
 }
 
-static void test_budget_respected(void **state)
-{
+static void test_budget_respected(void **state) {
         struct policy *p = policy_new(10 * MIB, 100);
         (void)state;
 
@@ -188,8 +183,7 @@ static void test_budget_respected(void **state)
         policy_free(p);
 }
 
-static void test_pinned_never_evicted(void **state)
-{
+static void test_pinned_never_evicted(void **state) {
         struct policy *p = policy_new(4 * MIB, 64);
         struct chunk_key v;
         (void)state;
@@ -238,8 +232,7 @@ static void test_pinned_never_evicted(void **state)
         policy_free(p);
 }
 
-static void test_all_pinned_terminates(void **state)
-{
+static void test_all_pinned_terminates(void **state) {
         struct policy *p = policy_new(2 * MIB, 16);
         struct chunk_key v;
         (void)state;
@@ -286,8 +279,7 @@ static void test_all_pinned_terminates(void **state)
         policy_free(p);
 }
 
-static void test_pinned_main_falls_back_to_small(void **state)
-{
+static void test_pinned_main_falls_back_to_small(void **state) {
         /* Small within its share, so main is scanned first; main is all pinned, so the victim
          * must come from small, directly or after a promotion. */
         struct policy *p = policy_new(10 * MIB, 32);
@@ -327,8 +319,7 @@ static void test_pinned_main_falls_back_to_small(void **state)
         policy_free(p);
 }
 
-static void test_scan_resistance(void **state)
-{
+static void test_scan_resistance(void **state) {
         enum { BUDGET = 100, HOT = 50, SCAN = 2000 };
         struct policy *p = policy_new((uint64_t)BUDGET * MIB, 2 * BUDGET);
         uint32_t fifo[BUDGET + 1], fifo_len = 0, fifo_hot;
@@ -370,8 +361,7 @@ static void test_scan_resistance(void **state)
         policy_free(p);
 }
 
-static void test_ghost_goes_to_main(void **state)
-{
+static void test_ghost_goes_to_main(void **state) {
         struct policy *p = policy_new(10 * MIB, 20);
         struct chunk_key v;
         (void)state;
@@ -414,8 +404,7 @@ static void test_ghost_goes_to_main(void **state)
         policy_free(p);
 }
 
-static void test_main_clock(void **state)
-{
+static void test_main_clock(void **state) {
         /* Main gives an entry one extra pass per frequency point. */
         struct policy *p = policy_new(4 * MIB, 16);
         struct chunk_key v;
@@ -448,8 +437,7 @@ static void test_main_clock(void **state)
         policy_free(p);
 }
 
-static void test_set_budget_shrink(void **state)
-{
+static void test_set_budget_shrink(void **state) {
         struct policy *p = policy_new(64 * MIB, 128);
         (void)state;
 
@@ -489,8 +477,7 @@ static void test_set_budget_shrink(void **state)
         policy_free(p);
 }
 
-static void test_ghost_bounded_and_reused(void **state)
-{
+static void test_ghost_bounded_and_reused(void **state) {
         struct policy *p = policy_new(4 * MIB, 8);
         (void)state;
 
@@ -514,8 +501,7 @@ static void test_ghost_bounded_and_reused(void **state)
         policy_free(p);
 }
 
-static void test_zero_entries(void **state)
-{
+static void test_zero_entries(void **state) {
         struct policy *p = policy_new(MIB, 0);
         struct chunk_key v;
         (void)state;
@@ -542,8 +528,7 @@ struct model_entry {
 
 static uint64_t rng_state;
 
-static uint32_t rng(void)
-{
+static uint32_t rng(void) {
         /* xorshift64*: deterministic, so a failure reproduces. */
         rng_state ^= rng_state >> 12;
         rng_state ^= rng_state << 25;
@@ -551,8 +536,7 @@ static uint32_t rng(void)
         return (uint32_t)((rng_state * UINT64_C(2685821657736338717)) >> 32);
 }
 
-static void model_compare(const struct policy *p, const struct model_entry *m)
-{
+static void model_compare(const struct policy *p, const struct model_entry *m) {
         size_t count = 0;
         uint64_t used = 0, pinned = 0;
 
@@ -570,8 +554,7 @@ static void model_compare(const struct policy *p, const struct model_entry *m)
         assert_true(policy_pinned_bytes(p) == pinned);
 }
 
-static void stress_run(uint64_t seed, size_t max_entries, int ops)
-{
+static void stress_run(uint64_t seed, size_t max_entries, int ops) {
         struct model_entry m[M_KEYS];
         uint64_t budget = 20 * MIB;
         struct policy *p = policy_new(budget, max_entries);
@@ -632,16 +615,14 @@ static void stress_run(uint64_t seed, size_t max_entries, int ops)
         policy_free(p);
 }
 
-static void test_stress(void **state)
-{
+static void test_stress(void **state) {
         (void)state;
         stress_run(0x9e3779b97f4a7c15u, 32, 20000);  /* ENOSPC pressure */
         stress_run(0x2545f4914f6cdd1du, 256, 20000); /* every key fits */
         stress_run(0x0123456789abcdefu, 1, 5000);    /* degenerate bound */
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_basics),
                 cmocka_unit_test(test_budget_respected),

@@ -16,8 +16,7 @@
 #define HEX_UPPER "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
 #define HEX_BAD "za7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
-static void expect_ref(const char *s, const char *reg, const char *repo)
-{
+static void expect_ref(const char *s, const char *reg, const char *repo) {
         struct blob_ref ref;
         struct digest want;
         int r;
@@ -32,8 +31,7 @@ static void expect_ref(const char *s, const char *reg, const char *repo)
         assert_true(digest_equal(&ref.digest, &want));
 }
 
-static void expect_err(const char *s, int err)
-{
+static void expect_err(const char *s, int err) {
         struct blob_ref ref, orig;
         int r;
 
@@ -45,8 +43,7 @@ static void expect_err(const char *s, int err)
         assert_memory_equal(&ref, &orig, sizeof(ref)); /* nothing written */
 }
 
-static void test_parse_ok(void **state)
-{
+static void test_parse_ok(void **state) {
         (void)state;
         expect_ref("127.0.0.1:5000/library/busybox@sha256:" HEX, "127.0.0.1:5000",
                    "library/busybox");
@@ -64,8 +61,7 @@ static void test_parse_ok(void **state)
                    "library/ubuntu");
 }
 
-static void test_parse_rejects(void **state)
-{
+static void test_parse_rejects(void **state) {
         (void)state;
         /* No registry component. */
         expect_err("busybox@sha256:" HEX, -EINVAL);
@@ -121,8 +117,7 @@ static void test_parse_rejects(void **state)
         expect_err(NULL, -EINVAL);
 }
 
-static void test_parse_too_long(void **state)
-{
+static void test_parse_too_long(void **state) {
         char buf[2048], comp[300];
         (void)state;
 
@@ -155,8 +150,7 @@ static void test_parse_too_long(void **state)
         expect_err(buf, -ENAMETOOLONG);
 }
 
-static void test_parse_source(void **state)
-{
+static void test_parse_source(void **state) {
         struct blob_ref ref, orig;
         struct digest d;
         (void)state;
@@ -182,8 +176,7 @@ static void test_parse_source(void **state)
         assert_memory_equal(&ref, &orig, sizeof(ref));
 }
 
-static void test_repository_valid(void **state)
-{
+static void test_repository_valid(void **state) {
         char big[300];
         (void)state;
 
@@ -209,8 +202,7 @@ static void test_repository_valid(void **state)
         assert_true(ref_repository_valid(big));
 }
 
-int main(void)
-{
+int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_parse_ok),         cmocka_unit_test(test_parse_rejects),
                 cmocka_unit_test(test_parse_too_long),   cmocka_unit_test(test_parse_source),
