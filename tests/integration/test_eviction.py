@@ -1,0 +1,54 @@
+"""Eviction through the real mount: the policy keeps a re-read hot set through a scan."""
+
+import harness
+
+MiB = harness.MiB
+REPO = "p2pblobs/eviction"
+
+
+def test_hot_set_survives_a_scan(registry, daemon_factory):
+    hot = harness.gen_bytes(51, 4 * MiB)
+    scan = harness.gen_bytes(52, 64 * MiB)
+    hot_d = registry.push_blob(REPO, hot)
+    scan_d = registry.push_blob(REPO, scan)
+    d = daemon_factory(registries=[registry], extra_args=["--cache-budget", "16M"])
+    d.add(registry.ref(REPO, hot_d))
+    d.add(registry.ref(REPO, scan_d))
+    hot_path = d.blob_path(hot_d)
+
+    # Read the hot blob twice (dropping the kernel's cache in between, so the second read
+    # reaches the daemon and counts as a re-reference).
+    assert harness.read_file(hot_path) == hot
+    harness.drop_caches([hot_path])
+    assert harness.read_file(hot_path) == hot
+
+    # One full scan of a blob four times the budget.
+    assert harness.sha256_file(d.blob_path(scan_d))[0] == scan_d
+
+    # The hot blob is still on disk: re-reading it costs the origin nothing.
+    harness.drop_caches([hot_path, d.blob_path(scan_d)])
+    registry.settle()
+    mark = registry.mark()
+    before = d.stat()["fetched"]["origin_bytes"]
+    assert harness.read_file(hot_path) == hot
+    registry.settle()
+    assert d.stat()["fetched"]["origin_bytes"] == before
+    assert registry.blob_get_count(hot_d, since=mark) == 0
+    s = d.stat()["cache"]
+    assert s["used_bytes"] <= 16 * MiB + 8 * MiB, s
+
+
+def test_scan_alone_is_not_promoted(registry, daemon_factory):
+    """A blob read once, start to end, through a budget smaller than it leaves no more than
+    the budget (plus in-flight chunks) on disk, and its chunks were evicted, not pinned."""
+    scan = harness.gen_bytes(53, 48 * MiB)
+    digest = registry.push_blob(REPO, scan)
+    d = daemon_factory(registries=[registry],
+                       extra_args=["--cache-budget", "8M", "--max-inflight", "8"])
+    d.add(registry.ref(REPO, digest))
+    assert harness.sha256_file(d.blob_path(digest))[0] == digest
+    s = d.stat()
+    assert s["cache"]["evicted_chunks"] >= 40 - 16, s
+    assert harness.allocated_bytes(d.chunks_dir) <= 16 * MiB
+    assert s["cache"]["pinned_bytes"] <= 8 * MiB, s
+    assert s["blobs_verified"] == 1
