@@ -1,0 +1,30 @@
+/* The daemon's parts, and the control API that exposes them (fs/api.c).
+ *
+ * main.c owns the lifecycle of struct daemon; api.c only reads it to answer blobctl. */
+#pragma once
+#include <time.h>
+
+#include "fs/config.h"
+#include "peer/control.h"
+
+#define P2PBLOBS_VERSION "0.1.0"
+
+struct store;
+struct index;
+struct origin;
+struct engine;
+struct fuse_session;
+
+struct daemon {
+        struct daemon_config cfg;
+        struct store *store;
+        struct index *ix;
+        struct origin *origin;
+        struct engine *engine;
+        struct control *control;
+        struct fuse_session *se;
+        time_t started;
+};
+
+/* The control-socket handlers bound to D (which must outlive the control server). */
+struct control_ops api_control_ops(struct daemon *d);
