@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <fuse_lowlevel.h>
 #include <stdio.h>
@@ -33,7 +34,34 @@ enum { INO_ROOT = 1, INO_BLOBS = 2, INO_SHA256 = 3, INO_BLOB_BASE = 16 };
 struct open_blob {
         uint32_t id;
         struct engine_stream stream;
+        struct open_blob *prev, *next; /* in open_files */
 };
+
+/* Open handles, so fs_destroy() can free those whose RELEASE never came (the session ended
+ * first). One session per process, hence file scope. */
+static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct open_blob *open_files;
+
+static void open_track(struct open_blob *ob) {
+        pthread_mutex_lock(&open_lock);
+        ob->prev = NULL;
+        ob->next = open_files;
+        if (open_files)
+                open_files->prev = ob;
+        open_files = ob;
+        pthread_mutex_unlock(&open_lock);
+}
+
+static void open_untrack(struct open_blob *ob) {
+        pthread_mutex_lock(&open_lock);
+        if (ob->prev)
+                ob->prev->next = ob->next;
+        else
+                open_files = ob->next;
+        if (ob->next)
+                ob->next->prev = ob->prev;
+        pthread_mutex_unlock(&open_lock);
+}
 
 static struct engine *engine_of(fuse_req_t req) {
         return fuse_req_userdata(req);
@@ -215,8 +243,11 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         fi->fh = (uint64_t)(uintptr_t)ob;
         fi->keep_cache = 1;
         fi->noflush = 1;
-        if (fuse_reply_open(req, fi) == -ENOENT) /* the opener was interrupted */
+        open_track(ob);
+        if (fuse_reply_open(req, fi) == -ENOENT) { /* the opener was interrupted */
+                open_untrack(ob);
                 free(ob);
+        }
 }
 
 static void reply_read(void *ctx, int err, const void *buf, size_t len) {
@@ -241,7 +272,9 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         (void)ino;
-        free((struct open_blob *)(uintptr_t)fi->fh);
+        struct open_blob *ob = (struct open_blob *)(uintptr_t)fi->fh;
+        open_untrack(ob);
+        free(ob);
         fuse_reply_err(req, 0);
 }
 
@@ -378,4 +411,11 @@ void fs_destroy(struct fuse_session *se) {
                 return;
         fuse_session_unmount(se);
         fuse_session_destroy(se);
+        pthread_mutex_lock(&open_lock);
+        while (open_files) {
+                struct open_blob *ob = open_files;
+                open_files = ob->next;
+                free(ob);
+        }
+        pthread_mutex_unlock(&open_lock);
 }

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import socket
 import stat as stat_mod
@@ -107,6 +106,21 @@ def mount_count(path):
     except OSError:
         pass
     return n
+
+
+def mount_ids(path):
+    """Mount IDs stacked on PATH, bottom first (from /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    ids = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4].replace("\\040", " ") == real:
+                    ids.append(int(fields[0]))
+    except OSError:
+        pass
+    return ids
 
 
 def _mountinfo_has(path):
@@ -548,7 +562,17 @@ class Daemon:
         return self
 
     def mounted(self):
-        return is_mounted(self.mountpoint) and os.path.isdir(self.blobs_dir)
+        """True when a live FUSE mount serves blobs/sha256 at the mountpoint. A stale mount
+        (left by kill -9) still answers stat() from its attribute cache, so liveness is checked
+        with opendir, which always reaches the daemon."""
+        if not mount_ids(self.mountpoint):
+            return False
+        try:
+            os.listdir(self.mountpoint)
+            os.listdir(self.blobs_dir)
+        except OSError:
+            return False
+        return True
 
     def wait_mounted(self, timeout=None):
         timeout = timeout or self.mount_timeout
@@ -580,8 +604,10 @@ class Daemon:
             return None
         self._note_exit()
         rc = self.proc.poll()
+        signaled = False
         if rc is None:
             self.expected_exit = True
+            signaled = True
             self.proc.send_signal(sig)
             try:
                 rc = self.proc.wait(timeout)
@@ -593,7 +619,7 @@ class Daemon:
                                    % (timeout, sig))
         self.expected_exit = True
         self._close_log()
-        if sig in (signal.SIGTERM, signal.SIGINT):
+        if signaled and sig in (signal.SIGTERM, signal.SIGINT):
             if rc != 0:
                 self.bad_stops.append("exit status %s after %s (expected 0)"
                                       % (rc, signal.Signals(sig).name))

@@ -171,7 +171,12 @@ def test_kill9_mid_read_and_restart(registry, blobs, daemon_factory):
     assert harness.mount_count(d.mountpoint) == 1
     d.start()
     harness.drop_caches([path])
-    digest, n = harness.sha256_file(path)
+    try:
+        digest, n = harness.sha256_file(path)
+    except OSError as e:
+        pytest.fail("read after restart failed: %r; %d mount(s) on the mountpoint, the daemon "
+                    "is %s" % (e, harness.mount_count(d.mountpoint),
+                               "alive" if d.alive() else "dead"))
     assert (digest, n) == (b.digest, b.size)
     assert harness.mount_count(d.mountpoint) == 1, (
         "%d mounts stacked on %s: the stale mount was not cleaned up"

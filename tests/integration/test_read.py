@@ -97,3 +97,24 @@ def test_single_flight(registry, blobs, daemon_factory):
     assert len(gets) == 1, "registry served %d GETs for one chunk: %r" % (len(gets), gets)
     reqs = d.stat()["fetched"]["origin_requests"] - before
     assert reqs == 1, "daemon reports %d origin requests for one chunk" % reqs
+
+
+def test_reads_at_the_end(registry, blobs, daemon_factory):
+    """A blob whose size is not a multiple of the chunk size: reads across the last chunk
+    boundary, ending exactly at EOF, and past EOF."""
+    b = blobs["b3"]
+    assert b.size % MiB != 0
+    d = daemon_factory(registries=[registry])
+    d.add(b.ref)
+    path = d.blob_path(b.digest)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        last = (b.size // MiB) * MiB
+        assert os.pread(fd, 8192, last - 4096) == b.data[last - 4096:last + 4096]
+        assert os.pread(fd, 4096, b.size - 10) == b.data[-10:]
+        assert os.pread(fd, 4096, b.size) == b""
+        assert os.pread(fd, 4096, b.size + 5 * MiB) == b""
+        assert os.pread(fd, 1, 0) == b.data[:1]
+    finally:
+        os.close(fd)
+    assert harness.sha256_file(path) == (b.digest, b.size)
