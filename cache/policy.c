@@ -282,6 +282,12 @@ bool policy_contains(const struct policy *p, struct chunk_key key) {
         return i != NIL && slot_resident(&p->slots[i]);
 }
 
+bool policy_pinned(const struct policy *p, struct chunk_key key) {
+        uint32_t i = hash_find(p, key);
+
+        return i != NIL && slot_resident(&p->slots[i]) && p->slots[i].pins > 0;
+}
+
 int policy_pin(struct policy *p, struct chunk_key key) {
         uint32_t i = hash_find(p, key);
         struct slot *s;

@@ -42,6 +42,9 @@ bool policy_remove(struct policy *p, struct chunk_key key);
 
 bool policy_contains(const struct policy *p, struct chunk_key key);
 
+/* Whether a resident chunk is pinned right now (false when not resident). */
+bool policy_pinned(const struct policy *p, struct chunk_key key);
+
 /* Pins/unpins a resident chunk (counted; a pin count of zero makes it evictable again).
  * pin: 0 or -ENOENT when not resident. unpin of an unpinned or absent chunk is a no-op. */
 int policy_pin(struct policy *p, struct chunk_key key);

@@ -21,8 +21,7 @@ static int add_u64(json_t *obj, const char *key, uint64_t v) {
         return json_object_set_new(obj, key, json_integer((json_int_t)v));
 }
 
-static int on_stat(void *ud, json_t **ret, char *reason, size_t reason_len) {
-        struct daemon *d = ud;
+static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
         struct engine_stats es;
         struct origin_stats os;
         engine_get_stats(d->engine, &es);
@@ -52,6 +51,12 @@ static int on_stat(void *ud, json_t **ret, char *reason, size_t reason_len) {
         add_u64(fetched, "origin_bytes", os.bytes);
         add_u64(fetched, "origin_requests", os.requests);
         add_u64(fetched, "origin_errors", os.errors);
+        json_t *causes =
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "connect", (json_int_t)os.err_connect,
+                          "timeout", (json_int_t)os.err_timeout, "http", (json_int_t)os.err_http,
+                          "not_found", (json_int_t)os.err_not_found, "denied",
+                          (json_int_t)os.err_denied, "protocol", (json_int_t)os.err_protocol);
+        json_object_set_new(errors, "origin_by_cause", causes);
         add_u64(fetched, "peer_bytes", 0);
         add_u64(fetched, "inflight_chunks", es.inflight_chunks);
         add_u64(fetched, "readahead_chunks", es.readahead_chunks);
@@ -83,9 +88,15 @@ static int on_stat(void *ud, json_t **ret, char *reason, size_t reason_len) {
         add_u64(root, "chunk_size", d->cfg.chunk_size);
         add_u64(root, "blobs", es.blobs);
         add_u64(root, "blobs_verified", es.blobs_verified);
+        add_u64(root, "blobs_complete", es.blobs_complete);
+        add_u64(root, "blobs_partial", es.blobs_partial);
         json_object_set_new(root, "cache", cache);
         json_object_set_new(root, "fetched", fetched);
         json_object_set_new(root, "errors", errors);
+        /* Peer figures: this node has no peer support yet, so these are true zeros. */
+        json_object_set_new(root, "served", json_pack("{s:I}", "peer_bytes", (json_int_t)0));
+        json_object_set_new(root, "peers",
+                            json_pack("{s:I, s:I}", "known", (json_int_t)0, "up", (json_int_t)0));
         json_object_set_new(root, "memory", memory);
         *ret = root;
         return 0;
@@ -95,14 +106,16 @@ static json_t *blob_json(const struct engine_blob_info *b) {
         char hex[DIGEST_HEX_LEN + 8];
         memcpy(hex, "sha256:", 7);
         digest_to_hex(&b->digest, hex + 7);
-        return json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:I}", "digest", hex, "size",
-                         (json_int_t)b->size, "source", b->source, "chunks", (json_int_t)b->chunks,
-                         "chunks_present", (json_int_t)b->chunks_present, "verified", b->verified,
-                         "added_at", (json_int_t)b->added_at);
+        return json_pack("{s:s, s:I, s:s, s:I, s:I, s:b, s:b, s:b, s:s?, s:I, s:I}", "digest", hex,
+                         "size", (json_int_t)b->size, "source", b->source, "chunks",
+                         (json_int_t)b->chunks, "chunks_present", (json_int_t)b->chunks_present,
+                         "verified", b->verified, "pinned", b->pinned, "prefetching",
+                         b->prefetching, "prefetch_error",
+                         b->prefetch_err ? strerror(-b->prefetch_err) : NULL, "added_at",
+                         (json_int_t)b->added_at, "last_access", (json_int_t)b->last_access);
 }
 
-static int on_list(void *ud, json_t **ret, char *reason, size_t reason_len) {
-        struct daemon *d = ud;
+static int on_list(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
         json_t *arr = json_array();
         if (!arr) {
                 snprintf(reason, reason_len, "out of memory");
@@ -118,8 +131,8 @@ static int on_list(void *ud, json_t **ret, char *reason, size_t reason_len) {
         return 0;
 }
 
-static int on_add(void *ud, const char *ref, json_t **ret, char *reason, size_t reason_len) {
-        struct daemon *d = ud;
+static int on_add(struct daemon *d, const char *ref, json_t **ret, char *reason,
+                  size_t reason_len) {
         struct engine_blob_info b;
         int r = engine_add(d->engine, ref, &b, reason, reason_len);
         if (r < 0) {
@@ -134,6 +147,127 @@ static int on_add(void *ud, const char *ref, json_t **ret, char *reason, size_t 
         return 0;
 }
 
+/* "sha256:<hex>" from a path component; -EINVAL otherwise. */
+static int parse_digest_arg(const char *s, size_t len, struct digest *ret, char *reason,
+                            size_t reason_len) {
+        char buf[DIGEST_HEX_LEN + 8];
+        if (len >= sizeof(buf) ||
+            (memcpy(buf, s, len), buf[len] = '\0', digest_parse(buf, ret) < 0)) {
+                snprintf(reason, reason_len, "malformed digest: want sha256:<64 lowercase hex>");
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int blob_action(struct daemon *d, const struct digest *dg, const char *action, json_t **ret,
+                       char *reason, size_t reason_len) {
+        struct engine_blob_info b;
+        int r;
+        if (strcmp(action, "prefetch") == 0) {
+                r = engine_prefetch(d->engine, dg, &b);
+                if (r == -EFBIG)
+                        snprintf(reason, reason_len,
+                                 "blob is larger than the cache budget; raise --cache-budget "
+                                 "or read it lazily");
+                if (r == 0)
+                        *ret = blob_json(&b);
+        } else if (strcmp(action, "pin") == 0 || strcmp(action, "unpin") == 0) {
+                r = engine_pin(d->engine, dg, action[0] == 'p');
+                if (r == 0 && (r = engine_find(d->engine, dg, &b)) == 0)
+                        *ret = blob_json(&b);
+        } else if (strcmp(action, "evict") == 0) {
+                uint64_t chunks = 0, bytes = 0;
+                r = engine_evict(d->engine, dg, &chunks, &bytes);
+                if (r == 0)
+                        *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks,
+                                         "evicted_bytes", (json_int_t)bytes);
+        } else if (strcmp(action, "verify") == 0) {
+                struct engine_verify_result v;
+                r = engine_verify(d->engine, dg, &v);
+                if (r == 0)
+                        *ret = json_pack("{s:I, s:I, s:I, s:I, s:I}", "checked",
+                                         (json_int_t)v.checked, "ok", (json_int_t)v.ok, "bad",
+                                         (json_int_t)v.bad, "lost", (json_int_t)v.lost, "unknown",
+                                         (json_int_t)v.unknown);
+        } else {
+                snprintf(reason, reason_len, "no such action \"%s\"", action);
+                return -ENOENT;
+        }
+        if (r == -ENOENT && !reason[0])
+                snprintf(reason, reason_len, "no such blob on this node; add it first");
+        return r;
+}
+
+/* Routes:
+ *   GET  /v1/stat                           figures for blobctl stat
+ *   GET  /v1/blobs                          every blob
+ *   POST /v1/blobs?ref=REG/REPO@DIGEST      register a blob
+ *   GET  /v1/blobs/sha256:<hex>             one blob (prefetch progress included)
+ *   POST /v1/blobs/sha256:<hex>/ACTION      prefetch, evict, pin, unpin, verify
+ *   POST /v1/evict                          evict every blob's chunks */
+static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
+                      size_t reason_len) {
+        struct daemon *d = ud;
+        const char *method = control_req_method(req), *path = control_req_path(req);
+        bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
+        if (strcmp(path, "/v1/stat") == 0) {
+                if (!get)
+                        goto not_allowed;
+                return on_stat(d, ret, reason, reason_len);
+        }
+        if (strcmp(path, "/v1/blobs") == 0) {
+                if (get)
+                        return on_list(d, ret, reason, reason_len);
+                if (!post)
+                        goto not_allowed;
+                const char *ref = control_req_arg(req, "ref");
+                if (!ref) {
+                        snprintf(reason, reason_len, "missing ref parameter");
+                        return -EINVAL;
+                }
+                return on_add(d, ref, ret, reason, reason_len);
+        }
+        if (strcmp(path, "/v1/evict") == 0) {
+                if (!post)
+                        goto not_allowed;
+                uint64_t chunks = 0, bytes = 0;
+                engine_evict(d->engine, NULL, &chunks, &bytes);
+                *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks,
+                                 "evicted_bytes", (json_int_t)bytes);
+                return 0;
+        }
+        static const char prefix[] = "/v1/blobs/";
+        if (strncmp(path, prefix, sizeof(prefix) - 1) == 0) {
+                const char *rest = path + sizeof(prefix) - 1;
+                const char *slash = strchr(rest, '/');
+                struct digest dg;
+                int r = parse_digest_arg(rest, slash ? (size_t)(slash - rest) : strlen(rest), &dg,
+                                         reason, reason_len);
+                if (r < 0)
+                        return r;
+                if (!slash) {
+                        if (!get)
+                                goto not_allowed;
+                        struct engine_blob_info b;
+                        r = engine_find(d->engine, &dg, &b);
+                        if (r < 0) {
+                                snprintf(reason, reason_len, "no such blob on this node");
+                                return r;
+                        }
+                        *ret = blob_json(&b);
+                        return 0;
+                }
+                if (!post)
+                        goto not_allowed;
+                return blob_action(d, &dg, slash + 1, ret, reason, reason_len);
+        }
+        snprintf(reason, reason_len, "no such endpoint");
+        return -ENOENT;
+not_allowed:
+        snprintf(reason, reason_len, "method not allowed");
+        return -EOPNOTSUPP;
+}
+
 struct control_ops api_control_ops(struct daemon *d) {
-        return (struct control_ops){.ud = d, .stat = on_stat, .list = on_list, .add = on_add};
+        return (struct control_ops){.ud = d, .handle = api_handle};
 }

@@ -49,6 +49,7 @@ struct inflight {
         struct blob *blob;
         uint32_t idx;
         bool readahead; /* nobody waited for it when it started */
+        bool prefetch;  /* started by engine_prefetch() */
         struct waiter *waiters;
         struct engine *e;
 };
@@ -73,6 +74,12 @@ struct blob {
         uint64_t fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then */
         unsigned fetch_fail_streak;     /* consecutive failed fetches: drives the backoff */
         uint64_t generation;            /* bumped when the blob's chunks are discarded */
+        bool pinned;                    /* operator pin (see engine_pin) */
+        int64_t last_access;            /* unix seconds */
+        bool prefetching;
+        uint32_t prefetch_next; /* next chunk engine_prefetch() considers */
+        unsigned prefetch_inflight;
+        int prefetch_err;
 };
 
 struct pending {
@@ -103,8 +110,9 @@ struct engine {
         struct store *store;
         struct origin *origin;
 
-        pthread_mutex_t lock; /* see the essay above */
-        struct blob **blobs;  /* by id */
+        pthread_mutex_t lock;     /* see the essay above */
+        pthread_cond_t hash_cond; /* a blob's `hashing` went false */
+        struct blob **blobs;      /* by id */
         uint32_t nblobs;
         uint32_t *by_digest;  /* open addressing: id + 1, 0 = empty */
         size_t by_digest_cap; /* power of two >= 2 * max_blobs */
@@ -197,7 +205,11 @@ static void blob_info(const struct blob *b, struct engine_blob_info *ret) {
         ret->chunks = b->nchunks;
         ret->chunks_present = b->npresent;
         ret->verified = b->verified;
+        ret->pinned = b->pinned;
+        ret->prefetching = b->prefetching;
+        ret->prefetch_err = b->prefetch_err;
         ret->added_at = b->added_at;
+        ret->last_access = b->last_access;
         memcpy(ret->source, b->source, sizeof(ret->source));
 }
 
@@ -397,22 +409,58 @@ static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct n
         note(ns, NOTE_ABSENT, b, idx, false, NULL);
 }
 
+/* Caller holds lock. Drops chunk K (already out of the policy): bit, index, bytes. */
+static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) {
+        struct blob *b = e->blobs[k.blob];
+        /* Clear the bit, then punch: a reader that finds the bit clear never reads the bytes. */
+        bit_clear(b->present, k.idx);
+        b->npresent--;
+        note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
+        int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
+        if (r < 0)
+                log_debug("store punch failed blob_id=%u chunk=%u err=%s", b->id, k.idx,
+                          strerror(-r));
+        e->st.evicted_chunks++;
+}
+
+/* Caller holds lock. Evicts down to the budget in the policy's order, passing over chunks of
+ * operator-pinned blobs; only if that is not enough are those evicted too. The passed-over
+ * chunks go back into the policy (as ghosts they land in main, where pinned blobs belong). */
 static void evict_to_budget(struct engine *e, struct notes *ns) {
-        struct chunk_key k;
+        uint64_t budget = policy_budget(e->policy);
+        struct chunk_key k, *deferred = NULL;
+        size_t ndeferred = 0, cap = 0;
+        uint64_t deferred_bytes = 0;
         while (policy_next_victim(e->policy, &k)) {
                 struct blob *b = e->blobs[k.blob];
-                /* The policy already dropped it; clear the bit, then punch: a reader that finds
-                 * the bit clear never reads the bytes. */
-                bit_clear(b->present, k.idx);
-                b->npresent--;
-                note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
-                int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx),
-                                    chunk_len(e, b, k.idx));
-                if (r < 0)
-                        log_debug("store punch failed blob_id=%u chunk=%u err=%s", b->id, k.idx,
-                                  strerror(-r));
-                e->st.evicted_chunks++;
+                if (b->pinned) {
+                        if (ndeferred == cap) {
+                                size_t ncap = cap ? cap * 2 : 64;
+                                struct chunk_key *v = realloc(deferred, ncap * sizeof(*v));
+                                if (!v) { /* cannot defer: evict it after all */
+                                        evict_chunk(e, k, ns);
+                                        continue;
+                                }
+                                deferred = v;
+                                cap = ncap;
+                        }
+                        deferred[ndeferred++] = k;
+                        deferred_bytes += chunk_len(e, b, k.idx);
+                        policy_set_budget(e->policy,
+                                          budget > deferred_bytes ? budget - deferred_bytes : 0);
+                        continue;
+                }
+                evict_chunk(e, k, ns);
         }
+        policy_set_budget(e->policy, budget);
+        for (size_t i = 0; i < ndeferred; i++) {
+                struct blob *b = e->blobs[deferred[i].blob];
+                policy_insert(e->policy, deferred[i], (uint32_t)chunk_len(e, b, deferred[i].idx));
+        }
+        free(deferred);
+        if (ndeferred) /* only pinned blobs (or chunks in use) are left to evict */
+                while (policy_next_victim(e->policy, &k))
+                        evict_chunk(e, k, ns);
 }
 
 /* Pins chunk IDX for read PR and remembers it, so the read unpins exactly what it pinned. */
@@ -660,6 +708,11 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 }
 
                 unsigned window = stream ? stream_window(e, stream, off, len) : 0;
+                /* Last access, for blobctl ls: at most one index write a minute per blob. */
+                int64_t now_s = (int64_t)time(NULL);
+                bool accessed = now_s - b->last_access >= 60;
+                if (accessed)
+                        b->last_access = now_s;
 
                 struct pending sync_pr = {
                         .blob = b, .off = off, .len = len, .first = first, .last = last};
@@ -672,6 +725,8 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         if (window)
                                 readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
                         pthread_mutex_unlock(&e->lock);
+                        if (accessed)
+                                idx_blob_accessed(e->ix, &b->digest, now_s);
                         for (size_t i = 0; i < nstarts; i++)
                                 submit(e, starts[i]);
                         nstarts = 0;
@@ -745,6 +800,8 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
                 bool answer_now = pr->missing == 0; /* every fetch failed to start */
                 pthread_mutex_unlock(&e->lock);
+                if (accessed)
+                        idx_blob_accessed(e->ix, &b->digest, now_s);
                 for (size_t i = 0; i < nstarts; i++)
                         submit(e, starts[i]);
                 if (answer_now)
@@ -872,6 +929,7 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                         corrupt = true;
                 }
                 b->hashing = false;
+                pthread_cond_broadcast(&e->hash_cond);
                 pthread_mutex_unlock(&e->lock);
                 notes_flush(e, &ns);
                 free(tmp);
@@ -881,9 +939,43 @@ static bool advance_frontier(struct engine *e, struct blob *b, const uint8_t *fr
                   b->id, b->hashed, b->nchunks,
                   b->hashed < b->nchunks ? (int)bit_get(b->present, b->hashed) : -1);
         b->hashing = false;
+        pthread_cond_broadcast(&e->hash_cond);
         pthread_mutex_unlock(&e->lock);
         free(tmp);
         return false;
+}
+
+/* Caller holds lock. Whether chunks [from, end) of B are all present. */
+static bool present_from(const struct blob *b, uint32_t from) {
+        for (uint32_t i = from; i < b->nchunks; i++)
+                if (!bit_get(b->present, i))
+                        return false;
+        return true;
+}
+
+#define PREFETCH_WINDOW 8
+
+/* Caller holds lock. Keeps up to PREFETCH_WINDOW (and the in-flight limit) of B's missing
+ * chunks in flight for engine_prefetch(); clears b->prefetching when nothing is left. */
+static void prefetch_pump(struct engine *e, struct blob *b, struct inflight **starts,
+                          size_t *nstarts, size_t max_starts) {
+        unsigned window =
+                PREFETCH_WINDOW < e->cfg.max_inflight ? PREFETCH_WINDOW : e->cfg.max_inflight;
+        while (b->prefetching && b->prefetch_next < b->nchunks && b->prefetch_inflight < window &&
+               *nstarts < max_starts) {
+                uint32_t i = b->prefetch_next++;
+                if (bit_get(b->present, i))
+                        continue;
+                bool is_new;
+                struct inflight *f = inflight_get(e, b, i, true, &is_new);
+                if (!f || !is_new)
+                        continue; /* a reader's fetch is already getting it */
+                f->prefetch = true;
+                b->prefetch_inflight++;
+                starts[(*nstarts)++] = f;
+        }
+        if (b->prefetch_next >= b->nchunks && b->prefetch_inflight == 0)
+                b->prefetching = false;
 }
 
 static void complete(struct engine *e, struct completion *c) {
@@ -892,6 +984,9 @@ static void complete(struct engine *e, struct completion *c) {
         uint32_t idx = f->idx;
         int err = c->err;
         struct digest sha;
+        bool was_prefetch = f->prefetch;
+        struct inflight *starts[PREFETCH_WINDOW];
+        size_t nstarts = 0;
 
         if (err == 0) {
                 digest_sha256(c->buf, c->len, &sha);
@@ -920,6 +1015,14 @@ static void complete(struct engine *e, struct completion *c) {
                 hash_pin(e, b, idx);
         }
         struct waiter *w = inflight_end(e, f);
+        if (was_prefetch) {
+                b->prefetch_inflight--;
+                if (err < 0 && b->prefetching) {
+                        b->prefetching = false;
+                        b->prefetch_err = err;
+                }
+                prefetch_pump(e, b, starts, &nstarts, PREFETCH_WINDOW);
+        }
         while (w) {
                 struct waiter *next = w->next;
                 struct pending *pr = w->pr;
@@ -958,6 +1061,8 @@ static void complete(struct engine *e, struct completion *c) {
         }
         pthread_mutex_unlock(&e->lock);
         notes_flush(e, &ns);
+        for (size_t k = 0; k < nstarts; k++)
+                submit(e, starts[k]);
 
         if (err < 0) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(5000);
@@ -969,6 +1074,26 @@ static void complete(struct engine *e, struct completion *c) {
                                     "err=%s reason=\"%s\" suppressed=%" PRIu64,
                                     hex, idx, b->source, strerror(-err), c->reason, suppressed);
                 }
+        }
+        /* A read that covers the blob's last chunk is what completes a sequential reader: it
+         * is answered only after the blob is verified whenever verification is possible now
+         * (every chunk present). Another worker may be mid-way through the frontier (it
+         * decided before our chunk was present): wait for it, then finish the job. */
+        bool holds_last = false;
+        for (struct pending *pr = done; pr; pr = pr->next_done)
+                holds_last |= pr->last == b->nchunks - 1;
+        if (err == 0 && holds_last && !verify_first) {
+                pthread_mutex_lock(&e->lock);
+                while (!frontier && b->hashing)
+                        pthread_cond_wait(&e->hash_cond, &e->lock);
+                bool can_finish =
+                        !b->verified && b->generation == gen && present_from(b, b->hashed);
+                if (can_finish) {
+                        if (!frontier)
+                                b->hashing = frontier = true;
+                        verify_first = true;
+                }
+                pthread_mutex_unlock(&e->lock);
         }
         bool corrupt = false;
         if (frontier && verify_first)
@@ -1026,6 +1151,7 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         e->budget = e->effective_budget = cfg->cache_budget;
         e->st.budget_bytes = e->st.effective_budget_bytes = cfg->cache_budget;
         pthread_mutex_init(&e->lock, NULL);
+        pthread_cond_init(&e->hash_cond, NULL);
         pthread_mutex_init(&e->cq_lock, NULL);
         pthread_cond_init(&e->cq_cond, NULL);
         e->cq_tail = &e->cq_head;
@@ -1093,6 +1219,7 @@ void engine_free(struct engine *e) {
         free(e->blobs);
         free(e->by_digest);
         pthread_mutex_destroy(&e->lock);
+        pthread_cond_destroy(&e->hash_cond);
         pthread_mutex_destroy(&e->cq_lock);
         pthread_cond_destroy(&e->cq_cond);
         free(e);
@@ -1118,6 +1245,10 @@ static int load_blob(void *ud, const struct idx_blob *ib) {
                 lc->dropped_blobs++;
         }
         int r = insert_blob(e, &ib->digest, ib->size, ib->source, ib->added_at, ib->verified, &b);
+        if (r == 0) {
+                b->pinned = ib->pinned;
+                b->last_access = ib->last_access;
+        }
         if (r == -ENOSPC) {
                 log_warning("index holds more blobs than --max-blobs max=%u", e->cfg.max_blobs);
                 return r;
@@ -1252,6 +1383,14 @@ void engine_get_stats(struct engine *e, struct engine_stats *ret) {
         ret->chunks_present = policy_count(e->policy);
         ret->budget_bytes = e->budget;
         ret->effective_budget_bytes = e->effective_budget;
+        ret->blobs_complete = ret->blobs_partial = 0;
+        for (uint32_t i = 0; i < e->nblobs; i++) {
+                const struct blob *b = e->blobs[i];
+                if (b->npresent == b->nchunks)
+                        ret->blobs_complete++;
+                else if (b->npresent)
+                        ret->blobs_partial++;
+        }
         pthread_mutex_unlock(&e->lock);
 }
 
@@ -1263,4 +1402,152 @@ void engine_set_budget(struct engine *e, uint64_t budget) {
         evict_to_budget(e, &ns);
         pthread_mutex_unlock(&e->lock);
         notes_flush(e, &ns);
+}
+
+int engine_pin(struct engine *e, const struct digest *d, bool pinned) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (b)
+                b->pinned = pinned;
+        pthread_mutex_unlock(&e->lock);
+        if (!b)
+                return -ENOENT;
+        idx_blob_pinned(e->ix, d, pinned);
+        return idx_flush(e->ix);
+}
+
+/* Caller holds lock. Drops B's present chunks except those in use. */
+static void evict_blob(struct engine *e, struct blob *b, struct notes *ns, uint64_t *chunks,
+                       uint64_t *bytes) {
+        b->prefetching = false;
+        for (uint32_t i = 0; i < b->nchunks; i++) {
+                if (!bit_get(b->present, i) || policy_pinned(e->policy, key_of(b, i)))
+                        continue;
+                mark_absent(e, b, i, ns);
+                store_punch(e->store, &b->digest, chunk_off(e, i), chunk_len(e, b, i));
+                (*chunks)++;
+                *bytes += chunk_len(e, b, i);
+        }
+}
+
+int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
+                 uint64_t *ret_bytes) {
+        struct notes ns = {0};
+        uint64_t chunks = 0, bytes = 0;
+        int r = 0;
+        pthread_mutex_lock(&e->lock);
+        if (d) {
+                struct blob *b = find_blob(e, d);
+                if (b)
+                        evict_blob(e, b, &ns, &chunks, &bytes);
+                else
+                        r = -ENOENT;
+        } else {
+                for (uint32_t i = 0; i < e->nblobs; i++)
+                        evict_blob(e, e->blobs[i], &ns, &chunks, &bytes);
+        }
+        e->st.evicted_chunks += chunks;
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &ns);
+        if (r == 0) {
+                *ret_chunks = chunks;
+                *ret_bytes = bytes;
+        }
+        return r;
+}
+
+int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
+        struct inflight *starts[PREFETCH_WINDOW];
+        size_t nstarts = 0;
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (!b) {
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        if (b->size > e->effective_budget) {
+                pthread_mutex_unlock(&e->lock);
+                return -EFBIG;
+        }
+        if (!b->prefetching) {
+                b->prefetching = true;
+                b->prefetch_next = 0;
+                b->prefetch_err = 0;
+        }
+        prefetch_pump(e, b, starts, &nstarts, PREFETCH_WINDOW);
+        blob_info(b, ret);
+        pthread_mutex_unlock(&e->lock);
+        for (size_t i = 0; i < nstarts; i++)
+                submit(e, starts[i]);
+        return 0;
+}
+
+int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        uint32_t n = b ? b->nchunks : 0;
+        pthread_mutex_unlock(&e->lock);
+        if (!b)
+                return -ENOENT;
+        struct engine_verify_result res = {0};
+        struct digest *want = calloc(n ? n : 1, sizeof(*want));
+        bool *known = calloc(n ? n : 1, sizeof(*known));
+        uint8_t *buf = malloc(e->cfg.chunk_size);
+        int r = -ENOMEM;
+        if (!want || !known || !buf)
+                goto out_free;
+        idx_flush(e->ix); /* digests of chunks that just landed */
+        r = idx_chunk_digests(e->ix, d, n, want, known);
+        if (r < 0)
+                goto out_free;
+        for (uint32_t i = 0; i < n; i++) {
+                struct notes ns = {0};
+                pthread_mutex_lock(&e->lock);
+                bool present = bit_get(b->present, i) && policy_pin(e->policy, key_of(b, i)) == 0;
+                pthread_mutex_unlock(&e->lock);
+                if (!present)
+                        continue;
+                res.checked++;
+                size_t len = chunk_len(e, b, i);
+                int rr = store_read(e->store, &b->digest, chunk_off(e, i), buf, len);
+                struct digest got;
+                bool bad = false;
+                if (rr == 0 && known[i]) {
+                        digest_sha256(buf, len, &got);
+                        bad = !digest_equal(&got, &want[i]);
+                }
+                pthread_mutex_lock(&e->lock);
+                policy_unpin(e->policy, key_of(b, i));
+                if (rr == -ESTALE || bad) {
+                        mark_absent(e, b, i, &ns);
+                        store_punch(e->store, &b->digest, chunk_off(e, i), len);
+                }
+                pthread_mutex_unlock(&e->lock);
+                notes_flush(e, &ns);
+                if (rr == -ESTALE)
+                        res.lost++;
+                else if (rr < 0) {
+                        r = rr;
+                        goto out_free;
+                } else if (!known[i])
+                        res.unknown++;
+                else if (bad)
+                        res.bad++;
+                else
+                        res.ok++;
+        }
+        if (res.bad || res.lost) {
+                char hex[DIGEST_HEX_LEN + 1];
+                digest_to_hex(d, hex);
+                log_warning("verify found damaged chunks digest=sha256:%s bad=%u lost=%u "
+                            "hint=\"they were dropped and will be refetched when read\"",
+                            hex, res.bad, res.lost);
+        }
+        *ret = res;
+        r = 0;
+out_free:
+        free(want);
+        free(known);
+        free(buf);
+        return r;
 }

@@ -46,7 +46,11 @@ struct engine_blob_info {
         uint32_t chunks;
         uint32_t chunks_present;
         bool verified;
+        bool pinned;      /* operator pin: evicted only when nothing else is left */
+        bool prefetching; /* engine_prefetch() is fetching it */
+        int prefetch_err; /* 0, or why the last prefetch stopped (-errno) */
         int64_t added_at;
+        int64_t last_access; /* unix seconds, updated at most once a minute; 0 = never */
         char source[IDX_SOURCE_MAX];
 };
 
@@ -54,7 +58,7 @@ struct engine_stats {
         uint64_t budget_bytes, effective_budget_bytes, used_bytes, pinned_bytes;
         uint64_t chunks_present, hits, misses, evicted_chunks;
         uint64_t inflight_chunks, readahead_chunks;
-        uint64_t blobs, blobs_verified;
+        uint64_t blobs, blobs_verified, blobs_complete, blobs_partial;
         uint64_t read_errors, verify_failures, store_full_events, lost_chunks;
 };
 
@@ -103,3 +107,29 @@ void engine_get_stats(struct engine *e, struct engine_stats *ret);
 
 /* Changes the budget; evicts down to it at once. */
 void engine_set_budget(struct engine *e, uint64_t budget);
+
+/* Operator pin: a pinned blob's chunks are evicted only when nothing unpinned is left.
+ * Persisted. 0 or -ENOENT. */
+int engine_pin(struct engine *e, const struct digest *d, bool pinned);
+
+/* Drops the present chunks of blob D (NULL: of every blob) from the store, except those
+ * being read this instant. Reports what it dropped. 0 or -ENOENT. */
+int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
+                 uint64_t *ret_bytes);
+
+/* Starts fetching every missing chunk of blob D in the background, a few at a time; progress
+ * shows in engine_find()'s chunks_present / prefetching / prefetch_err. 0; -ENOENT; -EFBIG
+ * when the blob is larger than the effective budget (it could never be held whole). */
+int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
+
+struct engine_verify_result {
+        uint32_t checked; /* present chunks re-hashed */
+        uint32_t ok;
+        uint32_t bad;     /* did not match their recorded digest: dropped, refetched on read */
+        uint32_t lost;    /* recorded present but gone from disk: dropped */
+        uint32_t unknown; /* no recorded digest to compare with */
+};
+
+/* Re-hashes the present chunks of blob D against the digests recorded when they arrived.
+ * Blocks on disk reads (the control thread, never the read path). 0, -ENOENT, -errno. */
+int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret);

@@ -26,13 +26,22 @@
 #define WRITE_QUEUE_MAX 16384
 #define WRITE_BATCH 2048
 
-enum op_kind { OP_PUT_BLOB, OP_CHUNK_PRESENT, OP_CHUNK_ABSENT, OP_FORGET_CHUNKS, OP_VERIFIED };
+enum op_kind {
+        OP_PUT_BLOB,
+        OP_CHUNK_PRESENT,
+        OP_CHUNK_ABSENT,
+        OP_FORGET_CHUNKS,
+        OP_VERIFIED,
+        OP_PINNED,
+        OP_ACCESSED,
+};
 
 struct op {
         enum op_kind kind;
         struct digest blob;
         uint32_t idx;
         bool flag;
+        int64_t when;
         bool has_sha;
         struct digest sha;
         struct idx_blob *b; /* OP_PUT_BLOB only; owned by the op */
@@ -54,6 +63,9 @@ static const char *const migrations[] = {
         "  present INTEGER NOT NULL,"
         "  sha256 BLOB,"
         "  PRIMARY KEY (blob, idx)) WITHOUT ROWID;",
+        /* 2: operator pins and last access, for blobctl pin/ls */
+        "ALTER TABLE blobs ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;"
+        "ALTER TABLE blobs ADD COLUMN last_access INTEGER NOT NULL DEFAULT 0;",
 };
 
 enum stmt_id {
@@ -62,6 +74,8 @@ enum stmt_id {
         ST_CHUNK_ABSENT,
         ST_FORGET_CHUNKS,
         ST_VERIFIED,
+        ST_PINNED,
+        ST_ACCESSED,
         ST_MAX,
 };
 
@@ -78,6 +92,8 @@ static const char *const stmt_sql[ST_MAX] = {
         [ST_CHUNK_ABSENT] = "UPDATE chunks SET present = 0 WHERE blob = ?1 AND idx = ?2",
         [ST_FORGET_CHUNKS] = "DELETE FROM chunks WHERE blob = ?1",
         [ST_VERIFIED] = "UPDATE blobs SET verified = ?2 WHERE digest = ?1",
+        [ST_PINNED] = "UPDATE blobs SET pinned = ?2 WHERE digest = ?1",
+        [ST_ACCESSED] = "UPDATE blobs SET last_access = ?2 WHERE digest = ?1",
 };
 
 struct index {
@@ -170,6 +186,16 @@ static int apply(struct index *ix, const struct op *op) {
                 st = ix->stmt[ST_VERIFIED];
                 bind_digest_hex(st, 1, &op->blob);
                 sqlite3_bind_int(st, 2, op->flag);
+                break;
+        case OP_PINNED:
+                st = ix->stmt[ST_PINNED];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int(st, 2, op->flag);
+                break;
+        case OP_ACCESSED:
+                st = ix->stmt[ST_ACCESSED];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int64(st, 2, op->when);
                 break;
         default:
                 return -EINVAL;
@@ -407,6 +433,46 @@ void idx_blob_verified(struct index *ix, const struct digest *blob, bool verifie
         push(ix, &op);
 }
 
+void idx_blob_pinned(struct index *ix, const struct digest *blob, bool pinned) {
+        struct op op = {.kind = OP_PINNED, .blob = *blob, .flag = pinned};
+        push(ix, &op);
+}
+
+void idx_blob_accessed(struct index *ix, const struct digest *blob, int64_t when) {
+        struct op op = {.kind = OP_ACCESSED, .blob = *blob, .when = when};
+        push(ix, &op);
+}
+
+int idx_chunk_digests(struct index *ix, const struct digest *blob, uint32_t nchunks,
+                      struct digest *digests, bool *known) {
+        memset(known, 0, nchunks * sizeof(*known));
+        pthread_mutex_lock(&ix->rlock);
+        sqlite3_stmt *st;
+        int r = 0;
+        if (sqlite3_prepare_v2(
+                    ix->rdb,
+                    "SELECT idx, sha256 FROM chunks WHERE blob = ?1 AND sha256 IS NOT NULL", -1,
+                    &st, NULL) != SQLITE_OK) {
+                r = db_error(ix->rdb, "chunk digests");
+                goto out_unlock;
+        }
+        bind_digest_hex(st, 1, blob);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                sqlite3_int64 i = sqlite3_column_int64(st, 0);
+                if (i < 0 || i >= nchunks || sqlite3_column_bytes(st, 1) != DIGEST_LEN)
+                        continue;
+                memcpy(digests[i].bytes, sqlite3_column_blob(st, 1), DIGEST_LEN);
+                known[i] = true;
+        }
+        if (rc != SQLITE_DONE)
+                r = db_error(ix->rdb, "chunk digests");
+        sqlite3_finalize(st);
+out_unlock:
+        pthread_mutex_unlock(&ix->rlock);
+        return r;
+}
+
 static void copy_text(char *dst, size_t len, const unsigned char *src) {
         snprintf(dst, len, "%s", src ? (const char *)src : "");
 }
@@ -417,7 +483,8 @@ int idx_for_each_blob(struct index *ix, int (*fn)(void *ud, const struct idx_blo
         int r = 0;
         if (sqlite3_prepare_v2(ix->rdb,
                                "SELECT digest, size, chunk_size, source, media_type, verified, "
-                               "added_at FROM blobs ORDER BY added_at, digest",
+                               "added_at, pinned, last_access FROM blobs "
+                               "ORDER BY added_at, digest",
                                -1, &st, NULL) != SQLITE_OK) {
                 r = db_error(ix->rdb, "list blobs");
                 goto out_unlock;
@@ -435,6 +502,8 @@ int idx_for_each_blob(struct index *ix, int (*fn)(void *ud, const struct idx_blo
                 copy_text(b.media_type, sizeof(b.media_type), sqlite3_column_text(st, 4));
                 b.verified = sqlite3_column_int(st, 5) != 0;
                 b.added_at = sqlite3_column_int64(st, 6);
+                b.pinned = sqlite3_column_int(st, 7) != 0;
+                b.last_access = sqlite3_column_int64(st, 8);
                 r = fn(ud, &b);
                 if (r < 0)
                         break;

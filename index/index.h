@@ -27,7 +27,9 @@ struct idx_blob {
         char source[IDX_SOURCE_MAX];         /* "registry/repository" */
         char media_type[IDX_MEDIA_TYPE_MAX]; /* "" when unknown */
         bool verified;                       /* whole-blob sha256 matched its digest */
+        bool pinned;                         /* the operator asked to keep it (evicted last) */
         int64_t added_at;                    /* unix seconds */
+        int64_t last_access;                 /* unix seconds of the last read; 0 = never */
 };
 
 /* Opens or creates the database at PATH, applies migrations, starts the writer thread.
@@ -59,6 +61,14 @@ void idx_chunk_absent(struct index *ix, const struct digest *blob, uint32_t idx)
 /* Forgets every chunk of BLOB, digests included (the blob failed verification). */
 void idx_blob_forget_chunks(struct index *ix, const struct digest *blob);
 void idx_blob_verified(struct index *ix, const struct digest *blob, bool verified);
+void idx_blob_pinned(struct index *ix, const struct digest *blob, bool pinned);
+void idx_blob_accessed(struct index *ix, const struct digest *blob, int64_t when);
+
+/* Reads the recorded sha256 of every chunk of BLOB into DIGESTS (NCHUNKS entries) and sets
+ * KNOWN[i] for those recorded. Reads the committed state (call idx_flush() first to include
+ * queued writes). 0 or -EIO. */
+int idx_chunk_digests(struct index *ix, const struct digest *blob, uint32_t nchunks,
+                      struct digest *digests, bool *known);
 
 /* Waits until everything queued before the call is committed. 0, or -EIO if a batch failed. */
 int idx_flush(struct index *ix);

@@ -17,6 +17,24 @@
 
 #include "util/log.h"
 
+struct control_req {
+        struct MHD_Connection *conn;
+        const char *method;
+        const char *path;
+};
+
+const char *control_req_method(const struct control_req *r) {
+        return r->method;
+}
+
+const char *control_req_path(const struct control_req *r) {
+        return r->path;
+}
+
+const char *control_req_arg(const struct control_req *r, const char *name) {
+        return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
 struct control {
         struct MHD_Daemon *mhd;
         struct control_ops ops;
@@ -32,6 +50,12 @@ static int status_for(int err) {
                 return MHD_HTTP_NOT_FOUND;
         case -EACCES:
                 return MHD_HTTP_FORBIDDEN;
+        case -EOPNOTSUPP:
+                return MHD_HTTP_METHOD_NOT_ALLOWED;
+        case -EFBIG:
+                return MHD_HTTP_CONTENT_TOO_LARGE;
+        case -EBUSY:
+                return MHD_HTTP_CONFLICT;
         case -ENOSPC:
                 return MHD_HTTP_INSUFFICIENT_STORAGE;
         default:
@@ -78,21 +102,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         }
         json_t *out = NULL;
         char reason[512] = "";
-        int r;
-        if (strcmp(url, "/v1/stat") == 0 && strcmp(method, "GET") == 0) {
-                r = c->ops.stat(c->ops.ud, &out, reason, sizeof(reason));
-        } else if (strcmp(url, "/v1/blobs") == 0 && strcmp(method, "GET") == 0) {
-                r = c->ops.list(c->ops.ud, &out, reason, sizeof(reason));
-        } else if (strcmp(url, "/v1/blobs") == 0 && strcmp(method, "POST") == 0) {
-                const char *ref = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ref");
-                if (!ref)
-                        return send_error(conn, MHD_HTTP_BAD_REQUEST, "missing ref parameter");
-                r = c->ops.add(c->ops.ud, ref, &out, reason, sizeof(reason));
-        } else if (strcmp(url, "/v1/stat") == 0 || strcmp(url, "/v1/blobs") == 0) {
-                return send_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed");
-        } else {
-                return send_error(conn, MHD_HTTP_NOT_FOUND, "no such endpoint");
-        }
+        struct control_req req = {.conn = conn, .method = method, .path = url};
+        int r = c->ops.handle(c->ops.ud, &req, &out, reason, sizeof(reason));
         if (r < 0)
                 return send_error(conn, status_for(r), reason[0] ? reason : strerror(-r));
         return send_json(conn, MHD_HTTP_OK, out);

@@ -1,8 +1,7 @@
 /* The control API: HTTP/1.1 over a unix socket (libmicrohttpd), for blobctl and operators.
  *
- *   GET  /v1/stat              -> JSON figures (see fs/status.c)
- *   GET  /v1/blobs             -> JSON array of blobs
- *   POST /v1/blobs?ref=REF     -> registers REF@DIGEST, JSON of the blob
+ * This file knows HTTP; the routes (GET /v1/stat, POST /v1/blobs?ref=..., ...) live with
+ * the daemon in fs/api.c.
  *
  * The socket is created mode 0600 (root only): registering blobs makes the node fetch on
  * someone's behalf. Handlers run on the server's threads (one per connection, at most
@@ -14,14 +13,21 @@
 #define CONTROL_MAX_CONNECTIONS 16
 
 struct control;
+struct control_req; /* one request, valid during the handler call */
+
+const char *control_req_method(const struct control_req *r);
+const char *control_req_path(const struct control_req *r);
+/* A query-string argument, or NULL. */
+const char *control_req_arg(const struct control_req *r, const char *name);
 
 struct control_ops {
         void *ud;
-        /* Each returns 0 with a new JSON value in *RET (the server frees it), or -errno with a
-         * message in REASON: -EINVAL -> 400, -ENOENT -> 404, -EACCES -> 403, other -> 502. */
-        int (*stat)(void *ud, json_t **ret, char *reason, size_t reason_len);
-        int (*list)(void *ud, json_t **ret, char *reason, size_t reason_len);
-        int (*add)(void *ud, const char *ref, json_t **ret, char *reason, size_t reason_len);
+        /* Answers one request: 0 with a new JSON value in *RET (the server frees it), or -errno
+         * with a message in REASON. Status codes: -EINVAL -> 400, -ENOENT -> 404,
+         * -EOPNOTSUPP -> 405, -EACCES -> 403, -EFBIG -> 413, -ENOSPC -> 507, -EBUSY -> 409,
+         * other -> 502. */
+        int (*handle)(void *ud, const struct control_req *req, json_t **ret, char *reason,
+                      size_t reason_len);
 };
 
 /* Binds SOCKET_PATH (replacing a stale socket file, creating its directory) and serves.

@@ -385,11 +385,43 @@ static void make_waiting(struct origin *o, struct job *j, uint64_t not_before) {
         o->waiting = j;
 }
 
-/* Retries J after a backoff if its deadline allows, else fails it with ERR/REASON. */
-static void retry_or_fail(struct origin *o, struct job *j, int err, const char *reason) {
+/* Counts one failed attempt under its cause. */
+static void count_error(struct origin *o, int err) {
         pthread_mutex_lock(&o->lock);
         o->stats.errors++;
+        switch (err) {
+        case -ECONNREFUSED:
+        case -EHOSTUNREACH:
+                o->stats.err_connect++;
+                break;
+        case -ETIMEDOUT:
+                o->stats.err_timeout++;
+                break;
+        case -EREMOTEIO:
+                o->stats.err_http++;
+                break;
+        case -ENOENT:
+                o->stats.err_not_found++;
+                break;
+        case -EACCES:
+                o->stats.err_denied++;
+                break;
+        default:
+                o->stats.err_protocol++;
+                break;
+        }
         pthread_mutex_unlock(&o->lock);
+}
+
+/* A failure no retry can fix: count it and finish the job now. */
+static void fail_now(struct origin *o, struct job *j, int err, const char *reason) {
+        count_error(o, err);
+        job_finish(o, j, err, reason);
+}
+
+/* Retries J after a backoff if its deadline allows, else fails it with ERR/REASON. */
+static void retry_or_fail(struct origin *o, struct job *j, int err, const char *reason) {
+        count_error(o, err);
         note_failure(o, j, reason);
         uint64_t backoff = BACKOFF_BASE_MS << (j->attempt < 6 ? j->attempt : 6);
         if (backoff > BACKOFF_MAX_MS)
@@ -542,7 +574,7 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                 case CURLE_UNSUPPORTED_PROTOCOL:
                 case CURLE_TOO_MANY_REDIRECTS:
                         note_failure(o, j, reason);
-                        job_finish(o, j, -EPROTO, reason);
+                        fail_now(o, j, -EPROTO, reason);
                         return;
                 default:
                         retry_or_fail(o, j, -EIO, reason);
@@ -555,16 +587,16 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                         authenticate(o, j, &ch);
                         return;
                 }
-                job_finish(o, j, -EACCES, "registry answered 401 without a usable challenge");
+                fail_now(o, j, -EACCES, "registry answered 401 without a usable challenge");
                 return;
         }
         if (status == 401 || status == 403) {
                 snprintf(reason, sizeof(reason), "registry denied access (HTTP %ld)", status);
-                job_finish(o, j, -EACCES, reason);
+                fail_now(o, j, -EACCES, reason);
                 return;
         }
         if (status == 404) {
-                job_finish(o, j, -ENOENT, "blob not found at the registry (HTTP 404)");
+                fail_now(o, j, -ENOENT, "blob not found at the registry (HTTP 404)");
                 return;
         }
         if (status == 429 || status >= 500) {
@@ -576,7 +608,7 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                 if (status != 200 || content_length < 0) {
                         snprintf(reason, sizeof(reason), "unexpected HEAD answer (HTTP %ld)",
                                  status);
-                        job_finish(o, j, -EPROTO, reason);
+                        fail_now(o, j, -EPROTO, reason);
                         return;
                 }
                 note_success(o, j);
@@ -598,7 +630,7 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                          "registry did not honour the byte range (HTTP %ld, %zu bytes%s)", status,
                          j->got, j->overflow ? ", more than asked" : "");
                 note_failure(o, j, reason);
-                job_finish(o, j, -EPROTO, reason);
+                fail_now(o, j, -EPROTO, reason);
                 return;
         }
         note_success(o, j);

@@ -55,8 +55,15 @@ int origin_blob_size(struct origin *o, const char *source, const struct digest *
 struct origin_stats {
         uint64_t bytes;    /* body bytes received for blob GETs that succeeded */
         uint64_t requests; /* blob GET attempts started */
-        uint64_t errors;   /* attempts that failed */
-        unsigned active;   /* transfers running now */
-        unsigned queued;   /* waiting for a connection slot or a retry */
+        uint64_t errors;   /* attempts that failed, all causes */
+        /* ... by cause */
+        uint64_t err_connect;   /* refused, unreachable, unresolvable */
+        uint64_t err_timeout;   /* connect, stall or deadline */
+        uint64_t err_http;      /* 5xx and 429 */
+        uint64_t err_not_found; /* 404 */
+        uint64_t err_denied;    /* 401/403, token refused */
+        uint64_t err_protocol;  /* TLS, redirects, Range not honoured, odd answers */
+        unsigned active;        /* transfers running now */
+        unsigned queued;        /* waiting for a connection slot or a retry */
 };
 void origin_get_stats(struct origin *o, struct origin_stats *ret);
