@@ -1010,7 +1010,9 @@ static void complete(struct engine *e, struct completion *c) {
                 bit_set(b->present, idx);
                 b->npresent++;
                 note(&ns, NOTE_PRESENT, b, idx, false, &sha);
-                if (!f->waiters)
+                if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */
+                        policy_touch(e->policy, key_of(b, idx));
+                else if (!f->waiters)
                         ra_pin(e, b, idx);
                 hash_pin(e, b, idx);
         }

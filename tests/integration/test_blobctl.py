@@ -29,7 +29,7 @@ def test_blobctl_add_errors(registry, blobs, daemon_factory, tmp_path):
 
     absent = hashlib.sha256(b"not in the registry").hexdigest()
     r = d.blobctl("add", "%s/%s@sha256:%s" % (hp, b.repo, absent))
-    assert r.returncode == 1, "absent digest: exit %d (stderr %r)" % (r.returncode, r.stderr)
+    assert r.returncode == 4, "absent digest: exit %d (stderr %r)" % (r.returncode, r.stderr)
     assert r.stderr.strip()
 
     assert d.alive()
