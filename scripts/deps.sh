@@ -8,7 +8,7 @@ PACKAGES="
   libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libinih-dev
   libssl-dev libsqlite3-dev sqlite3 libsystemd-dev libzstd-dev libnl-3-dev libnl-route-3-dev
   libcmocka-dev python3 python3-pytest
-  docker-registry iproute2 util-linux procps
+  docker-registry iproute2 util-linux procps tmux openssl
 "
 missing=""
 for p in $PACKAGES; do
