@@ -1,21 +1,46 @@
 /* p2pblobsd: wires the modules together and owns the process.
  *
  * Start-up order: config -> store -> index -> origin -> engine (loads and validates the
- * index) -> control socket -> mount -> serve. Shutdown runs the other way round, with one
- * subtlety: the origin stops before the engine so that every fetch has completed (or failed)
- * and every queued read has been answered before the FUSE session is destroyed.
+ * index) -> control socket -> mount (a stale mount left by a crash is detached first) ->
+ * serve. READY=1 goes to the service manager only once a lookup through the mount has been
+ * answered, i.e. once the FUSE loop is really serving.
  *
- * Signals are blocked in every thread and taken by a dedicated thread with sigwait(), so no
- * work happens in signal context. */
+ * Threads of our own: the signal thread (sigwait; no work happens in signal context) and the
+ * status thread (readiness, STATUS= lines, watchdog pings after checking that the mount still
+ * answers).
+ *
+ * Shutdown (SIGTERM/SIGINT), bounded by SHUTDOWN_DRAIN_MS plus teardown:
+ *  1. STOPPING=1; the status thread and the control socket stop (no new blobs, no new work);
+ *  2. the mount is detached (MNT_DETACH): new opens no longer reach us, files already open
+ *     keep working;
+ *  3. drain: wait until no chunk fetch is in flight (reads waiting on the network have been
+ *     answered), at most SHUTDOWN_DRAIN_MS;
+ *  4. the FUSE loop is told to exit and woken with one request of our own (a reader holding a
+ *     file open keeps the connection alive, so nothing else would wake it);
+ *  5. the origin stops (failing any fetch still pending: its readers get EIO), the engine
+ *     answers anything left, the connection is aborted if a reader still holds a file, the
+ *     index is flushed and closed. Exit 0.
+ *
+ * SIGHUP re-reads the configuration file and flags and applies what can change live: the
+ * cache budget (the store shrinks to it at once) and the log level. Other changed keys are
+ * logged as needing a restart. */
+#define FUSE_USE_VERSION 312
 #include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,15 +51,323 @@
 #include "fs/config.h"
 #include "fs/engine.h"
 #include "fs/fuse.h"
+#include "fs/notify.h"
 #include "index/index.h"
 #include "peer/control.h"
 #include "peer/origin.h"
 #include "util/log.h"
+#include "util/parse.h"
 
-/* ---- signals -------------------------------------------------------------------------------- */
+#define READY_TIMEOUT_MS 60000   /* the mount must answer this soon after mounting */
+#define READY_PROBE_MS 20        /* how often we look before it does */
+#define STATUS_INTERVAL_MS 10000 /* STATUS= lines (and watchdog pings, if more often) */
+#define SHUTDOWN_DRAIN_MS 10000  /* in-flight reads get this long to finish on SIGTERM */
+#define DRAIN_POLL_MS 50
+
+#define FUSE_SUPER_MAGIC 0x65735546
+#define FUSECTL_SUPER_MAGIC 0x65735543
+#define FUSECTL_DIR "/sys/fs/fuse/connections"
+
+/* The process's lifecycle state. The lock protects the flags marked (L); the rest is written
+ * before the threads that read it start, or by the signal thread before main joins it. */
+struct service {
+        struct daemon *d;
+        int argc;
+        char **argv;
+        pthread_mutex_t lock;
+        pthread_cond_t cond; /* wakes the status thread early when stopping */
+        bool stopping;       /* (L) shutdown has begun */
+        bool loop_done;      /* (L) the FUSE loop has returned */
+        bool ready;          /* (L) the mount answered; READY=1 sent */
+        bool failed;         /* (L) exit non-zero */
+        bool status_started;
+        pthread_t status_thread;
+        /* Written by the signal thread during shutdown, read by main after joining it. */
+        bool detached;   /* we detached the mount ourselves */
+        dev_t mount_dev; /* the FUSE connection's device (its minor names it in fusectl) */
+        int waker_dirfd;
+        bool waker_started;
+        pthread_t waker;
+};
+
+static bool svc_get(struct service *s, const bool *flag) {
+        pthread_mutex_lock(&s->lock);
+        bool v = *flag;
+        pthread_mutex_unlock(&s->lock);
+        return v;
+}
+
+/* ---- status: readiness, STATUS= lines, watchdog ------------------------------------------- */
+
+static void format_status(struct daemon *d, const char *state, char *buf, size_t len) {
+        struct engine_stats es;
+        struct origin_stats os;
+        engine_get_stats(d->engine, &es);
+        origin_get_stats(d->origin, &os);
+        char used[32], budget[32], origin[32];
+        format_size(es.used_bytes, used, sizeof(used));
+        format_size(es.budget_bytes, budget, sizeof(budget));
+        format_size(os.bytes, origin, sizeof(origin));
+        uint64_t lookups = es.hits + es.misses;
+        snprintf(buf, len,
+                 "%s: cache %s of %s, hit ratio %.1f%%, %" PRIu64 " blobs, origin %s in %" PRIu64
+                 " requests (%" PRIu64 " failed), %" PRIu64 " chunks in flight, peers: none "
+                 "configured",
+                 state, used, budget, lookups ? 100.0 * (double)es.hits / (double)lookups : 0.0,
+                 es.blobs, origin, os.requests, os.errors, es.inflight_chunks);
+}
+
+/* True when a lookup + opendir of <mountpoint>/blobs is answered by our FUSE loop. Blocks
+ * while the loop has not picked the request up yet, which is what readiness means. */
+static bool mount_answers(const char *mountpoint) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof(path), "%s/blobs", mountpoint);
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return false;
+        close(fd);
+        return true;
+}
+
+/* Waits up to MS or until stopping; returns true when stopping. */
+static bool svc_sleep(struct service *s, uint64_t ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += (time_t)(ms / 1000);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&s->lock);
+        while (!s->stopping && pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
+                ;
+        bool stopping = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        return stopping;
+}
+
+static void *status_main(void *arg) {
+        struct service *s = arg;
+        struct daemon *d = s->d;
+        char status[512];
+
+        uint64_t deadline = now_ms() + READY_TIMEOUT_MS;
+        while (!mount_answers(d->cfg.mountpoint)) {
+                if (now_ms() >= deadline) {
+                        log_err("mount does not answer path=%s waited_ms=%d hint=\"is another "
+                                "process mounted over it?\"",
+                                d->cfg.mountpoint, READY_TIMEOUT_MS);
+                        pthread_mutex_lock(&s->lock);
+                        s->failed = true;
+                        pthread_mutex_unlock(&s->lock);
+                        kill(getpid(), SIGTERM);
+                        return NULL;
+                }
+                if (svc_sleep(s, READY_PROBE_MS))
+                        return NULL;
+        }
+        pthread_mutex_lock(&s->lock);
+        bool stopping = s->stopping;
+        if (!stopping)
+                s->ready = true;
+        pthread_mutex_unlock(&s->lock);
+        if (stopping)
+                return NULL;
+        format_status(d, "serving", status, sizeof(status));
+        notify_ready(status);
+        log_notice("ready mountpoint=%s", d->cfg.mountpoint);
+
+        /* systemd wants a ping at least every WATCHDOG_USEC; ping twice as often. */
+        uint64_t wd_ms = notify_watchdog_usec() / 1000;
+        uint64_t interval = STATUS_INTERVAL_MS;
+        if (wd_ms && wd_ms / 2 < interval)
+                interval = wd_ms / 2 ? wd_ms / 2 : 1;
+        static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+        while (!svc_sleep(s, interval)) {
+                /* A wedged loop leaves this open() hanging: no more pings, and systemd's
+                 * watchdog restarts us, which is what we want it to do. */
+                if (!mount_answers(d->cfg.mountpoint)) {
+                        uint64_t suppressed;
+                        if (log_ratelimit_ok(&rl, &suppressed))
+                                log_warning("mount does not answer path=%s suppressed=%" PRIu64
+                                            " hint=\"was it unmounted under us?\"",
+                                            d->cfg.mountpoint, suppressed);
+                        continue;
+                }
+                if (wd_ms)
+                        notify_watchdog();
+                format_status(d, "serving", status, sizeof(status));
+                notify_status(status);
+        }
+        return NULL;
+}
+
+/* ---- SIGHUP: reload ------------------------------------------------------------------------ */
+
+static void reload(struct service *s) {
+        struct daemon *d = s->d;
+        struct daemon_config nc;
+        notify_reloading();
+        log_notice("reloading configuration path=%s", d->cfg.config_path);
+        if (config_load(&nc, s->argc, s->argv) < 0) {
+                log_warning("reload failed: the configuration is invalid (see the line above); "
+                            "keeping the running one path=%s",
+                            d->cfg.config_path);
+                config_free(&nc);
+                notify_ready("serving: reload failed, running configuration kept");
+                return;
+        }
+        if (nc.cache_budget != d->cfg.cache_budget) {
+                log_notice("cache budget changed old=%" PRIu64 " new=%" PRIu64, d->cfg.cache_budget,
+                           nc.cache_budget);
+                engine_set_budget(d->engine, nc.cache_budget);
+                d->cfg.cache_budget = nc.cache_budget;
+        }
+        if (nc.log_level != d->cfg.log_level) {
+                log_notice("log level changed old=%d new=%d", d->cfg.log_level, nc.log_level);
+                log_max_level = nc.log_level;
+                d->cfg.log_level = nc.log_level;
+        }
+        /* Everything else is wired into threads, sockets and the mount at start-up. */
+#define RESTART_ONLY(cond, key)                                                                    \
+        do {                                                                                       \
+                if (cond)                                                                          \
+                        log_notice("setting changed but needs a restart key=%s", key);             \
+        } while (0)
+#define STR_CHANGED(f) ((d->cfg.f == NULL) != (nc.f == NULL) || (nc.f && strcmp(d->cfg.f, nc.f)))
+        RESTART_ONLY(STR_CHANGED(mountpoint), "mountpoint");
+        RESTART_ONLY(STR_CHANGED(state_dir), "state-dir");
+        RESTART_ONLY(STR_CHANGED(control_socket), "control-socket");
+        RESTART_ONLY(STR_CHANGED(registry_config), "registry-config");
+        RESTART_ONLY(STR_CHANGED(ca_file), "ca-file");
+        RESTART_ONLY(nc.chunk_size != d->cfg.chunk_size, "chunk-size");
+        RESTART_ONLY(nc.readahead != d->cfg.readahead, "readahead");
+        RESTART_ONLY(nc.max_inflight != d->cfg.max_inflight, "max-inflight");
+        RESTART_ONLY(nc.max_connections != d->cfg.max_connections, "max-connections");
+        RESTART_ONLY(nc.workers != d->cfg.workers, "workers");
+        RESTART_ONLY(nc.max_blobs != d->cfg.max_blobs, "max-blobs");
+        RESTART_ONLY(nc.fetch_timeout_ms != d->cfg.fetch_timeout_ms, "fetch-timeout");
+        RESTART_ONLY(nc.connect_timeout_ms != d->cfg.connect_timeout_ms, "connect-timeout");
+        RESTART_ONLY(nc.verify_retry_ms != d->cfg.verify_retry_ms, "verify-retry");
+        RESTART_ONLY(nc.n_insecure != d->cfg.n_insecure, "insecure-registry");
+#undef STR_CHANGED
+#undef RESTART_ONLY
+        config_free(&nc);
+        char status[512];
+        format_status(d, "serving", status, sizeof(status));
+        notify_ready(status);
+}
+
+/* ---- SIGTERM: graceful stop ---------------------------------------------------------------- */
+
+/* Waits until no chunk fetch is in flight, or the deadline. */
+static void drain(struct daemon *d) {
+        uint64_t deadline = now_ms() + SHUTDOWN_DRAIN_MS;
+        for (;;) {
+                struct engine_stats es;
+                engine_get_stats(d->engine, &es);
+                if (es.inflight_chunks == 0)
+                        return;
+                if (now_ms() >= deadline) {
+                        log_warning("shutdown deadline reached, failing in-flight reads "
+                                    "chunks=%" PRIu64 " waited_ms=%d",
+                                    es.inflight_chunks, SHUTDOWN_DRAIN_MS);
+                        return;
+                }
+                char status[128];
+                snprintf(status, sizeof(status),
+                         "stopping: waiting for %" PRIu64 " chunk fetches to finish",
+                         es.inflight_chunks);
+                notify_status(status);
+                struct timespec ts = {0, DRAIN_POLL_MS * 1000000L};
+                nanosleep(&ts, NULL);
+        }
+}
+
+static void *waker_main(void *arg) {
+        struct service *s = arg;
+        int fd = openat(s->waker_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0)
+                close(fd);
+        close(s->waker_dirfd);
+        return NULL;
+}
+
+/* Stops the FUSE loop once in-flight reads are done, leaving the session (and its device fd)
+ * to main's teardown, so late replies from the engine still reach their readers. */
+static void stop_serving(struct service *s) {
+        struct daemon *d = s->d;
+        const char *mp = d->cfg.mountpoint;
+        /* Our own handle on the mount's root: it lets us wake the loop after the detach. */
+        int dirfd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        struct stat st;
+        struct statfs sfs;
+        if (dirfd < 0 || fstat(dirfd, &st) < 0 || fstatfs(dirfd, &sfs) < 0 ||
+            sfs.f_type != FUSE_SUPER_MAGIC) {
+                log_warning("cannot open our mount to drain it path=%s err=\"%m\"; stopping "
+                            "at once",
+                            mp);
+                if (dirfd >= 0)
+                        close(dirfd);
+                fs_stop(d->se);
+                return;
+        }
+        if (umount2(mp, MNT_DETACH) < 0) {
+                log_warning("cannot detach the mount path=%s err=\"%m\"; new opens are served "
+                            "while draining",
+                            mp);
+        } else {
+                s->detached = true;
+                s->mount_dev = st.st_dev;
+        }
+        drain(d);
+        fuse_session_exit(d->se);
+        /* Workers sleep in read(/dev/fuse) until a request comes; send one (an opendir). The
+         * worker that takes it answers it, sees the exit flag and ends the loop. Any other
+         * request may beat ours to it and end the loop first, leaving ours unanswered until
+         * the connection goes: so it is sent from a thread of its own, which main joins after
+         * fs_destroy() has closed the device. */
+        s->waker_dirfd = dirfd;
+        int r = -pthread_create(&s->waker, NULL, waker_main, s);
+        if (r < 0) {
+                log_warning("cannot start the loop waker err=%s; stopping at once", strerror(-r));
+                close(dirfd);
+                s->waker_dirfd = -1;
+                fs_stop(d->se);
+                return;
+        }
+        s->waker_started = true;
+}
+
+static void shutdown_daemon(struct service *s, int sig) {
+        struct daemon *d = s->d;
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        bool loop_done = s->loop_done, ready = s->ready;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        if (sig)
+                log_notice("signal received, shutting down signal=%s", strsignal(sig));
+        notify_stopping("stopping: draining in-flight reads");
+        /* The status thread's probes are answered while the loop runs; join it before the
+         * loop stops so none is left waiting on a dead connection. */
+        if (s->status_started) {
+                pthread_join(s->status_thread, NULL);
+                s->status_started = false;
+        }
+        control_stop(d->control); /* no new blobs, no blobctl work */
+        d->control = NULL;
+        if (loop_done)
+                return;
+        if (ready)
+                stop_serving(s);
+        else
+                fs_stop(d->se); /* not serving yet: nothing to drain */
+}
 
 static void *signal_main(void *arg) {
-        struct daemon *d = arg;
+        struct service *s = arg;
         sigset_t set;
         sigemptyset(&set);
         sigaddset(&set, SIGTERM);
@@ -45,13 +378,36 @@ static void *signal_main(void *arg) {
                 if (sigwait(&set, &sig) != 0)
                         continue;
                 if (sig == SIGHUP) {
-                        log_notice("SIGHUP received: reloading is not supported yet; ignoring");
+                        if (!svc_get(s, &s->loop_done))
+                                reload(s);
                         continue;
                 }
-                log_notice("signal received, shutting down signal=%s", strsignal(sig));
-                fs_stop(d->se);
+                shutdown_daemon(s, svc_get(s, &s->loop_done) ? 0 : sig);
                 return NULL;
         }
+}
+
+/* A reader that still holds a file open (or the waker's request) keeps the FUSE connection
+ * alive after the loop is gone; abort it through fusectl so its next request fails at once and fs_destroy() does not
+ * try to unmount a path we detached already. Mounts fusectl if nobody has (systemd does at
+ * boot). Best effort. */
+static void abort_connection(struct service *s) {
+        struct pollfd pfd = {.fd = fuse_session_fd(s->d->se)};
+        if (!s->detached || pfd.fd < 0 || (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
+                return; /* no connection left: every file on it was closed */
+        struct statfs sfs;
+        if (statfs(FUSECTL_DIR, &sfs) == 0 && sfs.f_type != FUSECTL_SUPER_MAGIC &&
+            mount("fusectl", FUSECTL_DIR, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+                log_info("cannot mount fusectl path=%s err=\"%m\"", FUSECTL_DIR);
+        char path[128];
+        snprintf(path, sizeof(path), FUSECTL_DIR "/%u/abort", minor(s->mount_dev));
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "1", 1) != 1)
+                log_info("cannot abort the fuse connection path=%s err=\"%m\"", path);
+        else
+                log_debug("aborted the fuse connection path=%s", path);
+        if (fd >= 0)
+                close(fd);
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -175,12 +531,26 @@ int main(int argc, char **argv) {
                         d.cfg.mountpoint, strerror(-r));
                 goto out_control;
         }
+        struct service svc = {
+                .d = &d,
+                .argc = argc,
+                .argv = argv,
+                .lock = PTHREAD_MUTEX_INITIALIZER,
+                .cond = PTHREAD_COND_INITIALIZER,
+                .waker_dirfd = -1,
+        };
         pthread_t sig_thread;
-        r = -pthread_create(&sig_thread, NULL, signal_main, &d);
+        r = -pthread_create(&sig_thread, NULL, signal_main, &svc);
         if (r < 0) {
                 log_err("cannot start signal thread err=%s", strerror(-r));
                 goto out_unmount;
         }
+        r = -pthread_create(&svc.status_thread, NULL, status_main, &svc);
+        if (r < 0)
+                log_warning("cannot start status thread err=%s; READY=1 will not be sent",
+                            strerror(-r));
+        else
+                svc.status_started = true;
         log_notice("serving mountpoint=%s state_dir=%s budget=%" PRIu64 " chunk_size=%" PRIu64
                    " control=%s",
                    d.cfg.mountpoint, d.cfg.state_dir, d.cfg.cache_budget, d.cfg.chunk_size,
@@ -188,19 +558,35 @@ int main(int argc, char **argv) {
         r = fs_run(d.se, 16);
         if (r < 0)
                 log_err("fuse loop failed err=%s", strerror(-r));
-        else
-                exit_code = 0;
-        /* The loop can also end because the mount went away; make the signal thread go. */
-        pthread_kill(sig_thread, SIGTERM);
+        pthread_mutex_lock(&svc.lock);
+        svc.loop_done = true;
+        bool ours = svc.stopping;
+        pthread_mutex_unlock(&svc.lock);
+        if (!ours) {
+                /* The loop ended by itself (the mount went away): drop the session's device so
+                 * nothing waits on it, then let the signal thread stop the rest. */
+                log_notice("fuse loop ended without a stop request mountpoint=%s",
+                           d.cfg.mountpoint);
+                fs_stop(d.se);
+                pthread_kill(sig_thread, SIGTERM);
+        }
         pthread_join(sig_thread, NULL);
+        pthread_mutex_lock(&svc.lock);
+        exit_code = r == 0 && !svc.failed ? 0 : 1;
+        pthread_mutex_unlock(&svc.lock);
+        notify_status("stopping: flushing the index");
 out_unmount:
         control_stop(d.control);
         d.control = NULL;
         origin_free(d.origin); /* fails pending fetches: their readers get EIO */
         d.origin = NULL;
-        engine_free(d.engine);
+        engine_free(d.engine); /* answers every read still queued */
         d.engine = NULL;
-        fs_destroy(d.se);
+        if (d.se)
+                abort_connection(&svc);
+        fs_destroy(d.se); /* closes the device: a request still waiting on it fails */
+        if (svc.waker_started)
+                pthread_join(svc.waker, NULL);
 out_control:
         control_stop(d.control);
 out_engine:
@@ -208,7 +594,7 @@ out_engine:
 out_origin:
         origin_free(d.origin);
 out_index:
-        idx_close(d.ix);
+        idx_close(d.ix); /* flushes what the writer still holds */
 out_store:
         store_close(d.store);
 out_curl:
