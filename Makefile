@@ -105,6 +105,36 @@ bench: deps build
 lint:
 	@scripts/lint.sh
 
+# `make install` (DESTDIR for staging/packaging, PREFIX for the tree). The config file and the
+# hosts.toml are installed only when absent, so an upgrade never overwrites an operator's edits.
+# Units go where systemd looks for them under PREFIX (/usr/local/lib/systemd/system is searched);
+# SYSCONFDIR stays /etc because the daemon reads /etc/p2pblobs/p2pblobs.conf by default.
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+MANDIR      ?= $(PREFIX)/share/man
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+INSTALL     ?= install
+
+install: build
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(UNITDIR)/containerd.service.d $(DESTDIR)$(TMPFILESDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/p2pblobs/certs.d/_default $(DESTDIR)$(SYSCONFDIR)/containerd/conf.d
+	$(INSTALL) -m 0755 $(BUILD)/p2pblobsd $(BUILD)/blobctl $(DESTDIR)$(SBINDIR)/
+	$(INSTALL) -m 0644 man/p2pblobsd.8 man/blobctl.8 $(DESTDIR)$(MANDIR)/man8/
+	sed 's|/usr/local/sbin/|$(SBINDIR)/|g' systemd/p2pblobs.service > $(DESTDIR)$(UNITDIR)/p2pblobs.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/p2pblobs.service
+	$(INSTALL) -m 0644 systemd/containerd.service.d/p2pblobs.conf $(DESTDIR)$(UNITDIR)/containerd.service.d/p2pblobs.conf
+	$(INSTALL) -m 0644 systemd/p2pblobs.tmpfiles $(DESTDIR)$(TMPFILESDIR)/p2pblobs.conf
+	$(INSTALL) -m 0644 deploy/containerd/p2pblobs.toml $(DESTDIR)$(SYSCONFDIR)/containerd/conf.d/p2pblobs.toml
+	@set -e; for f in p2pblobs.conf:deploy/p2pblobs.conf \
+			certs.d/_default/hosts.toml:deploy/containerd/certs.d/_default/hosts.toml; do \
+		dst=$(DESTDIR)$(SYSCONFDIR)/p2pblobs/$${f%%:*}; src=$${f#*:}; \
+		if [ -e "$$dst" ]; then echo "  KEEP    $$dst (yours; new default: $$src)"; \
+		else $(INSTALL) -m 0644 "$$src" "$$dst"; echo "  INSTALL $$dst"; fi; done
+	@echo "installed; as root: systemd-tmpfiles --create p2pblobs.conf && systemctl daemon-reload && systemctl enable --now p2pblobs"
+
 clean:
 	rm -rf build
 
