@@ -512,6 +512,16 @@ static void release_parked(struct origin *o, struct token_slot *t, int err, cons
         }
 }
 
+/* Ends J with ERR whatever its kind: a token job takes its parked jobs down with it. */
+static void job_abort(struct origin *o, struct job *j, int err, const char *reason) {
+        if (j->kind == JOB_TOKEN) {
+                release_parked(o, j->token, err, reason);
+                job_free(j);
+        } else {
+                job_finish(o, j, err, reason);
+        }
+}
+
 static void token_done(struct origin *o, struct job *tj, CURLcode cc, long status) {
         struct token_slot *t = tj->token;
         char reason[512];
@@ -647,12 +657,9 @@ static long start_due(struct origin *o) {
                 struct job *j = *pp;
                 if (now >= j->deadline_ms) {
                         *pp = j->next;
-                        if (j->kind == JOB_TOKEN) {
-                                release_parked(o, j->token, -ETIMEDOUT, "token fetch timed out");
-                                job_free(j);
-                        } else {
-                                job_finish(o, j, -ETIMEDOUT, "deadline passed while queued");
-                        }
+                        job_abort(o, j, -ETIMEDOUT,
+                                  j->kind == JOB_TOKEN ? "token fetch timed out"
+                                                       : "deadline passed while queued");
                         continue;
                 }
                 if (j->not_before_ms > now) {
@@ -673,12 +680,9 @@ static long start_due(struct origin *o) {
                                 curl_easy_cleanup(j->easy);
                                 j->easy = NULL;
                         }
-                        if (j->kind == JOB_TOKEN) {
-                                release_parked(o, j->token, r, "could not start token request");
-                                job_free(j);
-                        } else {
-                                job_finish(o, j, r, "could not start request");
-                        }
+                        job_abort(o, j, r,
+                                  j->kind == JOB_TOKEN ? "could not start token request"
+                                                       : "could not start request");
                 }
         }
         return next;
@@ -687,12 +691,7 @@ static long start_due(struct origin *o) {
 static void fail_all(struct origin *o, struct job *list) {
         while (list) {
                 struct job *next = list->next;
-                if (list->kind == JOB_TOKEN) {
-                        release_parked(o, list->token, -ECANCELED, "shutting down");
-                        job_free(list);
-                } else {
-                        job_finish(o, list, -ECANCELED, "shutting down");
-                }
+                job_abort(o, list, -ECANCELED, "shutting down");
                 list = next;
         }
 }
@@ -750,12 +749,7 @@ static void *origin_main(void *arg) {
         while (o->running) {
                 struct job *j = o->running;
                 detach(o, j);
-                if (j->kind == JOB_TOKEN) {
-                        release_parked(o, j->token, -ECANCELED, "shutting down");
-                        job_free(j);
-                } else {
-                        job_finish(o, j, -ECANCELED, "shutting down");
-                }
+                job_abort(o, j, -ECANCELED, "shutting down");
         }
         return NULL;
 }

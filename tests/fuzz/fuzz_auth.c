@@ -11,14 +11,7 @@
 #include <strings.h>
 
 #include "peer/auth.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-        do {                                                                                       \
-                if (!(x))                                                                          \
-                        __builtin_trap();                                                          \
-        } while (0)
+#include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct auth_challenge c, orig;

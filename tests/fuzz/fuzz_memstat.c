@@ -9,14 +9,7 @@
 #include <string.h>
 
 #include "util/memstat.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-        do {                                                                                       \
-                if (!(x))                                                                          \
-                        __builtin_trap();                                                          \
-        } while (0)
+#include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *s, out[256], tiny[8];

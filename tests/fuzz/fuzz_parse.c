@@ -10,14 +10,7 @@
 
 #include "util/digest.h"
 #include "util/parse.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-        do {                                                                                       \
-                if (!(x))                                                                          \
-                        __builtin_trap();                                                          \
-        } while (0)
+#include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *s, host[64], small[4], fmt[32];
