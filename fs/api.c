@@ -79,6 +79,7 @@ static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_l
         } else {
                 json_object_set_new(memory, "cgroup_version", json_integer(0));
                 json_object_set_new(memory, "cgroup_usage_bytes", json_null());
+                json_object_set_new(memory, "cgroup_inactive_file_bytes", json_null());
                 json_object_set_new(memory, "cgroup_working_set_bytes", json_null());
         }
         add_u64(memory, "store_page_cache_bytes", store_page_cache_bytes(d->store));
@@ -90,6 +91,8 @@ static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_l
         add_u64(root, "blobs_verified", es.blobs_verified);
         add_u64(root, "blobs_complete", es.blobs_complete);
         add_u64(root, "blobs_partial", es.blobs_partial);
+        add_u64(root, "blobs_pinned", es.blobs_pinned);
+        json_object_set_new(root, "daemon_running", json_true());
         json_object_set_new(root, "cache", cache);
         json_object_set_new(root, "fetched", fetched);
         json_object_set_new(root, "errors", errors);

@@ -61,6 +61,8 @@ static const struct opt_def options[] = {
          "TCP+TLS connect timeout per attempt"},
         {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms), "DURATION",
          "after a blob fails verification, reads fail with EIO this long"},
+        {"shutdown-timeout", OPT_DURATION, "10s", 0, 600 * 1000, F(shutdown_timeout_ms), "DURATION",
+         "on SIGTERM, reads in flight get this long to finish"},
         {"readahead", OPT_UINT, "8", 0, 256, F(readahead), "CHUNKS",
          "chunks fetched ahead of a sequential reader"},
         {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), "N",

@@ -26,6 +26,7 @@ struct daemon_config {
         uint64_t fetch_timeout_ms;
         uint64_t connect_timeout_ms;
         uint64_t verify_retry_ms;
+        uint64_t shutdown_timeout_ms;
         bool foreground;
         bool help;
         bool version;

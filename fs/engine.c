@@ -1385,9 +1385,10 @@ void engine_get_stats(struct engine *e, struct engine_stats *ret) {
         ret->chunks_present = policy_count(e->policy);
         ret->budget_bytes = e->budget;
         ret->effective_budget_bytes = e->effective_budget;
-        ret->blobs_complete = ret->blobs_partial = 0;
+        ret->blobs_complete = ret->blobs_partial = ret->blobs_pinned = 0;
         for (uint32_t i = 0; i < e->nblobs; i++) {
                 const struct blob *b = e->blobs[i];
+                ret->blobs_pinned += b->pinned;
                 if (b->npresent == b->nchunks)
                         ret->blobs_complete++;
                 else if (b->npresent)

@@ -58,7 +58,7 @@ struct engine_stats {
         uint64_t budget_bytes, effective_budget_bytes, used_bytes, pinned_bytes;
         uint64_t chunks_present, hits, misses, evicted_chunks;
         uint64_t inflight_chunks, readahead_chunks;
-        uint64_t blobs, blobs_verified, blobs_complete, blobs_partial;
+        uint64_t blobs, blobs_verified, blobs_complete, blobs_partial, blobs_pinned;
         uint64_t read_errors, verify_failures, store_full_events, lost_chunks;
 };
 

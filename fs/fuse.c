@@ -406,6 +406,14 @@ void fs_stop(struct fuse_session *se) {
         fuse_session_unmount(se);
 }
 
+void fs_exit(struct fuse_session *se) {
+        fuse_session_exit(se);
+}
+
+int fs_fd(struct fuse_session *se) {
+        return fuse_session_fd(se);
+}
+
 void fs_destroy(struct fuse_session *se) {
         if (!se)
                 return;

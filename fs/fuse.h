@@ -20,5 +20,11 @@ int fs_run(struct fuse_session *se, unsigned max_threads);
 /* Asks the loop to stop (async-signal-unsafe: call from a normal thread). */
 void fs_stop(struct fuse_session *se);
 
+/* Sets the loop's exit flag only: the mount stays, requests already read are still served. */
+void fs_exit(struct fuse_session *se);
+
+/* The session's /dev/fuse descriptor (for polling whether the kernel still talks to us). */
+int fs_fd(struct fuse_session *se);
+
 /* Unmounts and frees. NULL-safe. */
 void fs_destroy(struct fuse_session *se);

@@ -9,12 +9,12 @@
  * status thread (readiness, STATUS= lines, watchdog pings after checking that the mount still
  * answers).
  *
- * Shutdown (SIGTERM/SIGINT), bounded by SHUTDOWN_DRAIN_MS plus teardown:
+ * Shutdown (SIGTERM/SIGINT), bounded by --shutdown-timeout (default 10 s) plus teardown:
  *  1. STOPPING=1; the status thread and the control socket stop (no new blobs, no new work);
  *  2. the mount is detached (MNT_DETACH): new opens no longer reach us, files already open
  *     keep working;
  *  3. drain: wait until no chunk fetch is in flight (reads waiting on the network have been
- *     answered), at most SHUTDOWN_DRAIN_MS;
+ *     answered), at most --shutdown-timeout;
  *  4. the FUSE loop is told to exit and woken with one request of our own (a reader holding a
  *     file open keeps the connection alive, so nothing else would wake it);
  *  5. the origin stops (failing any fetch still pending: its readers get EIO), the engine
@@ -24,10 +24,8 @@
  * SIGHUP re-reads the configuration file and flags and applies what can change live: the
  * cache budget (the store shrinks to it at once) and the log level. Other changed keys are
  * logged as needing a restart. */
-#define FUSE_USE_VERSION 312
 #include <errno.h>
 #include <fcntl.h>
-#include <fuse_lowlevel.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -61,7 +59,6 @@
 #define READY_TIMEOUT_MS 60000   /* the mount must answer this soon after mounting */
 #define READY_PROBE_MS 20        /* how often we look before it does */
 #define STATUS_INTERVAL_MS 10000 /* STATUS= lines (and watchdog pings, if more often) */
-#define SHUTDOWN_DRAIN_MS 10000  /* in-flight reads get this long to finish on SIGTERM */
 #define DRAIN_POLL_MS 50
 
 #define FUSE_SUPER_MAGIC 0x65735546
@@ -263,7 +260,7 @@ static void reload(struct service *s) {
 
 /* Waits until no chunk fetch is in flight, or the deadline. */
 static void drain(struct daemon *d) {
-        uint64_t deadline = now_ms() + SHUTDOWN_DRAIN_MS;
+        uint64_t deadline = now_ms() + d->cfg.shutdown_timeout_ms;
         for (;;) {
                 struct engine_stats es;
                 engine_get_stats(d->engine, &es);
@@ -271,8 +268,8 @@ static void drain(struct daemon *d) {
                         return;
                 if (now_ms() >= deadline) {
                         log_warning("shutdown deadline reached, failing in-flight reads "
-                                    "chunks=%" PRIu64 " waited_ms=%d",
-                                    es.inflight_chunks, SHUTDOWN_DRAIN_MS);
+                                    "chunks=%" PRIu64 " waited_ms=%" PRIu64,
+                                    es.inflight_chunks, d->cfg.shutdown_timeout_ms);
                         return;
                 }
                 char status[128];
@@ -322,7 +319,7 @@ static void stop_serving(struct service *s) {
                 s->mount_dev = st.st_dev;
         }
         drain(d);
-        fuse_session_exit(d->se);
+        fs_exit(d->se);
         /* Workers sleep in read(/dev/fuse) until a request comes; send one (an opendir). The
          * worker that takes it answers it, sees the exit flag and ends the loop. Any other
          * request may beat ours to it and end the loop first, leaving ours unanswered until
@@ -392,7 +389,7 @@ static void *signal_main(void *arg) {
  * try to unmount a path we detached already. Mounts fusectl if nobody has (systemd does at
  * boot). Best effort. */
 static void abort_connection(struct service *s) {
-        struct pollfd pfd = {.fd = fuse_session_fd(s->d->se)};
+        struct pollfd pfd = {.fd = fs_fd(s->d->se)};
         if (!s->detached || pfd.fd < 0 || (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
                 return; /* no connection left: every file on it was closed */
         struct statfs sfs;

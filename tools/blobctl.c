@@ -37,8 +37,9 @@ struct opts {
         bool all;
         bool watch;
         unsigned interval_s;
-        bool tty;    /* stdout is a terminal */
-        bool colour; /* tty and NO_COLOR unset */
+        bool tty;     /* stdout is a terminal */
+        bool err_tty; /* stderr is a terminal: progress bars go there */
+        bool colour;  /* tty and NO_COLOR unset */
 };
 
 /* ---- output helpers ------------------------------------------------------------------- */
@@ -207,7 +208,7 @@ static void print_stat(const struct opts *o, json_t *s) {
                        ? json_string_value(json_object_get(s, "version"))
                        : "?",
                reset(o), up / 86400, up / 3600 % 24, up / 60 % 60, up % 60);
-        printf("%-10s %s of %s (%.0f%%), %" PRIu64 " chunks, %s pinned\n", "cache",
+        printf("%-10s %s of %s (%.0f%%), %" PRIu64 " chunks, %s in use by readers\n", "cache",
                human(used, a, sizeof(a)), human(budget, b, sizeof(b)), pct(used, budget),
                num(s, "cache", "chunks_present"),
                human(num(s, "cache", "pinned_bytes"), c, sizeof(c)));
@@ -227,9 +228,10 @@ static void print_stat(const struct opts *o, json_t *s) {
         printf("%-10s %" PRIu64 " up of %" PRIu64 " known\n", "peers", num(s, "peers", "up"),
                num(s, "peers", "known"));
         printf("%-10s %" PRIu64 " known: %" PRIu64 " complete, %" PRIu64 " partial, %" PRIu64
-               " verified\n",
+               " verified, %" PRIu64 " pinned\n",
                "blobs", num(s, "blobs", NULL), num(s, "blobs_complete", NULL),
-               num(s, "blobs_partial", NULL), num(s, "blobs_verified", NULL));
+               num(s, "blobs_partial", NULL), num(s, "blobs_verified", NULL),
+               num(s, "blobs_pinned", NULL));
         json_t *e = json_object_get(s, "errors");
         uint64_t nerr = num(e, "read_errors", NULL);
         printf("%-10s %s%" PRIu64 " read errors%s; origin: %" PRIu64 " connect, %" PRIu64
@@ -520,7 +522,7 @@ static int prefetch_one(const struct opts *o, const char *arg) {
         clock_gettime(CLOCK_MONOTONIC, &t0);
         uint64_t total = num(b, "size", NULL), chunks = num(b, "chunks", NULL);
         uint64_t start = chunks ? total * num(b, "chunks_present", NULL) / chunks : total;
-        bool show = o->tty && !o->json;
+        bool show = o->err_tty && !o->json; /* the bar is drawn on stderr */
         for (;;) {
                 uint64_t present = num(b, "chunks_present", NULL);
                 uint64_t done = chunks ? total * present / chunks : total;
@@ -649,6 +651,7 @@ int main(int argc, char **argv) {
                 }
         }
         o.tty = isatty(STDOUT_FILENO);
+        o.err_tty = isatty(STDERR_FILENO);
         const char *no_colour = getenv("NO_COLOR");
         o.colour = o.tty && !(no_colour && no_colour[0]);
 
@@ -688,6 +691,10 @@ int main(int argc, char **argv) {
                 struct sigaction sa = {.sa_handler = on_sigint};
                 sigaction(SIGINT, &sa, NULL);
                 rc = EXIT_OK;
+                char dg[DIGEST_HEX_LEN + 8];
+                for (size_t i = 0; i < nargs && rc == EXIT_OK; i++) /* all valid before any fetch */
+                        if (digest_arg(args[i], dg) < 0)
+                                rc = EXIT_USAGE;
                 for (size_t i = 0; i < nargs && rc == EXIT_OK && !interrupted; i++)
                         rc = prefetch_one(&o, args[i]);
         } else {
