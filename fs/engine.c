@@ -316,12 +316,12 @@ static void notes_flush(struct engine *e, struct notes *ns) {
 /* Caller holds lock. */
 static void ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
         unsigned cap = e->cfg.max_inflight;
-        if (e->ra_count == cap) { /* release the oldest */
+        if (e->ra_count && e->ra_count + e->hash_pin_count >= cap) { /* release the oldest */
                 policy_unpin(e->policy, e->ra_pins[e->ra_head]);
                 e->ra_head = (e->ra_head + 1) % cap;
                 e->ra_count--;
         }
-        if (policy_pin(e->policy, key_of(b, idx)) < 0)
+        if (e->ra_count + e->hash_pin_count >= cap || policy_pin(e->policy, key_of(b, idx)) < 0)
                 return;
         e->ra_pins[(e->ra_head + e->ra_count) % cap] = key_of(b, idx);
         e->ra_count++;
@@ -362,12 +362,16 @@ static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_
 /* Caller holds lock. A chunk that lands a little ahead of its blob's verification frontier is
  * pinned until the frontier has hashed it. Without this, a fast sequential reader under a small
  * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
- * never verifies. Bounded: a window of 64 chunks per blob and max_inflight pins in all. */
+ * never verifies. Bounded: only within HASH_PIN_WINDOW chunks of the frontier (a random read
+ * further on pins nothing), and readahead pins plus hash pins are at most max_inflight in all,
+ * so the store exceeds the budget by at most max_inflight chunks plus those being read. */
+#define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
+
 static void hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
-        if (b->verified || idx < b->hashed || idx - b->hashed >= 64)
+        if (b->verified || idx < b->hashed || idx - b->hashed >= HASH_PIN_WINDOW)
                 return;
         uint64_t bit = UINT64_C(1) << (idx - b->hashed);
-        if ((b->hash_pins & bit) || e->hash_pin_count >= e->cfg.max_inflight)
+        if ((b->hash_pins & bit) || e->hash_pin_count + e->ra_count >= e->cfg.max_inflight)
                 return;
         if (policy_pin(e->policy, key_of(b, idx)) < 0)
                 return;

@@ -208,8 +208,9 @@ static void print_stat(const struct opts *o, json_t *s) {
                        ? json_string_value(json_object_get(s, "version"))
                        : "?",
                reset(o), up / 86400, up / 3600 % 24, up / 60 % 60, up % 60);
-        printf("%-10s %s of %s (%.0f%%), %" PRIu64 " chunks, %s in use by readers\n", "cache",
-               human(used, a, sizeof(a)), human(budget, b, sizeof(b)), pct(used, budget),
+        printf("%-10s %s of %s (%.0f%%), %" PRIu64
+               " chunks, %s in use (reads, readahead, hashing)\n",
+               "cache", human(used, a, sizeof(a)), human(budget, b, sizeof(b)), pct(used, budget),
                num(s, "cache", "chunks_present"),
                human(num(s, "cache", "pinned_bytes"), c, sizeof(c)));
         if (eff != budget)

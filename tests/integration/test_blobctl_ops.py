@@ -217,7 +217,7 @@ def test_stat_and_ls_with_daemon_up(registry, blobs, daemon_factory):
     r = ok(ctl(d, "stat"), "stat")
     out = r.stdout
     assert re.search(r"^p2pblobsd \S+, up \d+d \d\d:\d\d:\d\d$", out, re.M), out
-    assert re.search(r"^cache +%s of %s \(%d%%\), %d chunks, %s in use by readers$" % (
+    assert re.search(r"^cache +%s of %s \(%d%%\), %d chunks, %s in use \(reads, readahead, hashing\)$" % (
         re.escape(fmt_size(c["used_bytes"])), re.escape(fmt_size(c["budget_bytes"])),
         round(100 * c["used_bytes"] / c["budget_bytes"]), c["chunks_present"],
         re.escape(fmt_size(c["pinned_bytes"]))), out, re.M), out

@@ -52,3 +52,19 @@ def test_scan_alone_is_not_promoted(registry, daemon_factory):
     assert harness.allocated_bytes(d.chunks_dir) <= 16 * MiB
     assert s["cache"]["pinned_bytes"] <= 8 * MiB, s
     assert s["blobs_verified"] == 1
+
+
+def test_random_read_leaves_nothing_pinned(registry, daemon_factory):
+    """Pins are for reads in progress, readahead not yet consumed and chunks just ahead of the
+    verification frontier. A lone read in the middle of a blob is none of these once it is
+    answered: nothing may stay pinned (pinned chunks are budget eviction cannot reclaim)."""
+    data = harness.gen_bytes(54, 64 * MiB)
+    digest = registry.push_blob(REPO, data)
+    d = daemon_factory(registries=[registry])
+    d.add(registry.ref(REPO, digest))
+    off = 40 * MiB + 12345
+    assert harness.pread_exact(d.blob_path(digest), off, MiB) == data[off:off + MiB]
+    s = harness.wait_until(lambda: (lambda x: x if x["fetched"]["inflight_chunks"] == 0 else None)(
+        d.stat()), 10, what="fetches to settle")
+    assert s["cache"]["chunks_present"] >= 2, s["cache"]
+    assert s["cache"]["pinned_bytes"] == 0, s["cache"]
