@@ -274,3 +274,76 @@ not_allowed:
 struct control_ops api_control_ops(struct daemon *d) {
         return (struct control_ops){.ud = d, .handle = api_handle};
 }
+
+static bool api_ready(void *ud) {
+        struct daemon *d = ud;
+        return atomic_load(&d->serving);
+}
+
+static void metric(FILE *f, const char *name, const char *type, const char *help, uint64_t v) {
+        fprintf(f, "# HELP p2pblobs_%s %s\n# TYPE p2pblobs_%s %s\np2pblobs_%s %" PRIu64 "\n", name,
+                help, name, type, name, v);
+}
+
+/* Prometheus text exposition (version 0.0.4) of the same figures as blobctl stat. */
+static int api_metrics(void *ud, char **ret, size_t *ret_len) {
+        struct daemon *d = ud;
+        struct engine_stats es;
+        struct origin_stats os;
+        engine_get_stats(d->engine, &es);
+        origin_get_stats(d->origin, &os);
+        uint64_t rss = 0;
+        memstat_rss(&rss);
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        if (!f)
+                return -ENOMEM;
+        metric(f, "cache_budget_bytes", "gauge", "Configured cache budget.", es.budget_bytes);
+        metric(f, "cache_effective_budget_bytes", "gauge",
+               "Budget in force (lower after the disk filled).", es.effective_budget_bytes);
+        metric(f, "cache_used_bytes", "gauge", "Bytes of chunks in the store.", es.used_bytes);
+        metric(f, "cache_pinned_bytes", "gauge",
+               "Bytes of chunks being read, read ahead or awaiting the hash.", es.pinned_bytes);
+        metric(f, "cache_chunks", "gauge", "Chunks in the store.", es.chunks_present);
+        metric(f, "cache_hits_total", "counter", "Chunk reads served from the store.", es.hits);
+        metric(f, "cache_misses_total", "counter", "Chunk reads that needed a fetch.", es.misses);
+        metric(f, "cache_evicted_chunks_total", "counter", "Chunks evicted.", es.evicted_chunks);
+        metric(f, "inflight_chunks", "gauge", "Chunk fetches in flight.", es.inflight_chunks);
+        metric(f, "origin_bytes_total", "counter", "Blob bytes fetched from origins.", os.bytes);
+        metric(f, "origin_requests_total", "counter", "Blob GET attempts to origins.", os.requests);
+        fprintf(f, "# HELP p2pblobs_origin_errors_total Failed origin attempts by cause.\n"
+                   "# TYPE p2pblobs_origin_errors_total counter\n");
+        const struct {
+                const char *cause;
+                uint64_t v;
+        } causes[] = {{"connect", os.err_connect}, {"timeout", os.err_timeout},
+                      {"http", os.err_http},       {"not_found", os.err_not_found},
+                      {"denied", os.err_denied},   {"protocol", os.err_protocol}};
+        for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++)
+                fprintf(f, "p2pblobs_origin_errors_total{cause=\"%s\"} %" PRIu64 "\n",
+                        causes[i].cause, causes[i].v);
+        metric(f, "read_errors_total", "counter", "Reads answered with an error.", es.read_errors);
+        metric(f, "verify_failures_total", "counter", "Blobs that failed verification.",
+               es.verify_failures);
+        metric(f, "lost_chunks_total", "counter", "Chunks found missing from the store.",
+               es.lost_chunks);
+        metric(f, "store_full_total", "counter", "Times a full disk shrank the budget.",
+               es.store_full_events);
+        metric(f, "blobs", "gauge", "Blobs known.", es.blobs);
+        metric(f, "blobs_verified", "gauge", "Blobs verified against their digest.",
+               es.blobs_verified);
+        metric(f, "resident_memory_bytes", "gauge", "Daemon RSS.", rss);
+        metric(f, "ready", "gauge", "1 while the mount serves.", api_ready(d));
+        if (fclose(f) != 0) {
+                free(buf);
+                return -ENOMEM;
+        }
+        *ret = buf;
+        *ret_len = len;
+        return 0;
+}
+
+struct httpd_ops api_httpd_ops(struct daemon *d) {
+        return (struct httpd_ops){.ud = d, .ready = api_ready, .metrics = api_metrics};
+}

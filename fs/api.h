@@ -2,10 +2,12 @@
  *
  * main.c owns the lifecycle of struct daemon; api.c only reads it to answer blobctl. */
 #pragma once
+#include <stdatomic.h>
 #include <time.h>
 
 #include "fs/config.h"
 #include "peer/control.h"
+#include "peer/httpd.h"
 
 #define P2PBLOBS_VERSION "0.1.0"
 
@@ -23,8 +25,13 @@ struct daemon {
         struct engine *engine;
         struct control *control;
         struct fuse_session *se;
+        struct httpd *httpd;
         time_t started;
+        atomic_bool serving; /* the mount answers and shutdown has not begun (/readyz) */
 };
 
 /* The control-socket handlers bound to D (which must outlive the control server). */
 struct control_ops api_control_ops(struct daemon *d);
+
+/* /readyz and /metrics for the node's HTTP server, bound to D. */
+struct httpd_ops api_httpd_ops(struct daemon *d);

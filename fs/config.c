@@ -45,6 +45,8 @@ static const struct opt_def options[] = {
          "index.db and the chunk store"},
         {"control-socket", OPT_STRING, "/run/p2pblobs/control.sock", 0, 0, F(control_socket),
          "PATH", "unix socket blobctl talks to"},
+        {"listen", OPT_STRING, "0.0.0.0:5001", 0, 0, F(listen), "ADDR:PORT",
+         "HTTP server for /healthz, /readyz, /metrics (\"off\" disables)"},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), "SIZE",
          "bytes of chunks kept on disk (512M, 10G)"},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), "SIZE",
@@ -233,6 +235,14 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                         continue;
                 if (set_value(cfg, o, o->type == OPT_FLAG ? "1" : optarg, "command line") < 0)
                         return -EINVAL;
+        }
+        char host[256];
+        uint16_t port;
+        if (strcmp(cfg->listen, "off") != 0 &&
+            parse_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
+                fprintf(stderr, "invalid value \"%s\" for listen: want ADDR:PORT or off\n",
+                        cfg->listen);
+                return -EINVAL;
         }
         if (optind < argc) {
                 fprintf(stderr, "%s: unexpected argument \"%s\"; try --help\n", argv[0],

@@ -16,6 +16,7 @@ struct daemon_config {
         char *control_socket;
         char *registry_config; /* docker config.json with credentials */
         char *ca_file;
+        char *listen; /* "host:port" of the node's HTTP server, or "off" */
         uint64_t cache_budget;
         uint64_t chunk_size;
         uint64_t readahead;

@@ -64,6 +64,7 @@ struct blob {
         int64_t added_at;
         bool verified;
         uint8_t *present;          /* bitmap, nchunks bits */
+        uint8_t *unread;           /* bitmap: brought in by readahead, not read yet */
         struct inflight *inflight; /* fetches of this blob's chunks */
         /* verification frontier */
         EVP_MD_CTX *sha; /* over chunks [0, hashed) */
@@ -225,7 +226,10 @@ static int insert_blob(struct engine *e, const struct digest *d, uint64_t size, 
         if (!b)
                 return -ENOMEM;
         b->present = calloc((size_t)(n + 7) / 8 + 1, 1);
-        if (!b->present) {
+        b->unread = calloc((size_t)(n + 7) / 8 + 1, 1);
+        if (!b->present || !b->unread) {
+                free(b->present);
+                free(b->unread);
                 free(b);
                 return -ENOMEM;
         }
@@ -314,16 +318,25 @@ static void notes_flush(struct engine *e, struct notes *ns) {
 /* ---- presence and eviction (caller holds lock) --------------------------------------------- */
 
 /* Caller holds lock. */
+/* Caller holds lock. How many readahead pins there may be: max_inflight, but at most a quarter
+ * of the budget's chunks (at least 2). Pinned chunks cannot be evicted, so in a small cache
+ * more would push out everything else, the hot set first. */
+static unsigned ra_pin_cap(const struct engine *e) {
+        uint64_t quarter = e->effective_budget / e->cfg.chunk_size / 4;
+        unsigned cap = quarter < e->cfg.max_inflight ? (unsigned)quarter : e->cfg.max_inflight;
+        return cap < 2 ? 2 : cap;
+}
+
 static void ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
-        unsigned cap = e->cfg.max_inflight;
-        if (e->ra_count && e->ra_count + e->hash_pin_count >= cap) { /* release the oldest */
+        unsigned ring = e->cfg.max_inflight, cap = ra_pin_cap(e);
+        if (e->ra_count && e->ra_count >= cap) { /* release the oldest */
                 policy_unpin(e->policy, e->ra_pins[e->ra_head]);
-                e->ra_head = (e->ra_head + 1) % cap;
+                e->ra_head = (e->ra_head + 1) % ring;
                 e->ra_count--;
         }
-        if (e->ra_count + e->hash_pin_count >= cap || policy_pin(e->policy, key_of(b, idx)) < 0)
+        if (e->ra_count >= cap || policy_pin(e->policy, key_of(b, idx)) < 0)
                 return;
-        e->ra_pins[(e->ra_head + e->ra_count) % cap] = key_of(b, idx);
+        e->ra_pins[(e->ra_head + e->ra_count) % ring] = key_of(b, idx);
         e->ra_count++;
 }
 
@@ -350,7 +363,11 @@ static bool ra_release(struct engine *e, struct blob *b, uint32_t idx) {
  * FUSE request of one stream inside the same chunk. Counting those would make a one-time scan
  * look hot and defeat S3-FIFO's scan resistance. */
 static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_stream *stream) {
-        bool first_read = e->ra_count && ra_release(e, b, idx);
+        bool first_read = bit_get(b->unread, idx);
+        if (first_read) {
+                bit_clear(b->unread, idx);
+                ra_release(e, b, idx);
+        }
         uint64_t tag = ((uint64_t)b->id << 32 | idx) + 1;
         bool same_stream_chunk = stream && stream->last_chunk == tag;
         if (stream)
@@ -363,15 +380,16 @@ static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_
  * pinned until the frontier has hashed it. Without this, a fast sequential reader under a small
  * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
  * never verifies. Bounded: only within HASH_PIN_WINDOW chunks of the frontier (a random read
- * further on pins nothing), and readahead pins plus hash pins are at most max_inflight in all,
- * so the store exceeds the budget by at most max_inflight chunks plus those being read. */
+ * further on pins nothing), and at most that many (or max_inflight) in all. */
 #define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
 
 static void hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
         if (b->verified || idx < b->hashed || idx - b->hashed >= HASH_PIN_WINDOW)
                 return;
         uint64_t bit = UINT64_C(1) << (idx - b->hashed);
-        if ((b->hash_pins & bit) || e->hash_pin_count + e->ra_count >= e->cfg.max_inflight)
+        unsigned cap =
+                e->cfg.max_inflight < HASH_PIN_WINDOW ? e->cfg.max_inflight : HASH_PIN_WINDOW;
+        if ((b->hash_pins & bit) || e->hash_pin_count >= cap)
                 return;
         if (policy_pin(e->policy, key_of(b, idx)) < 0)
                 return;
@@ -406,6 +424,7 @@ static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct n
         if (!bit_get(b->present, idx))
                 return;
         bit_clear(b->present, idx);
+        bit_clear(b->unread, idx);
         b->npresent--;
         ra_release(e, b, idx); /* a stale ring entry would later unpin someone else's pin */
         hash_pin_drop(e, b, idx);
@@ -418,6 +437,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
         struct blob *b = e->blobs[k.blob];
         /* Clear the bit, then punch: a reader that finds the bit clear never reads the bytes. */
         bit_clear(b->present, k.idx);
+        bit_clear(b->unread, k.idx);
         b->npresent--;
         note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
         int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
@@ -853,6 +873,7 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
         for (uint32_t i = 0; i < b->nchunks; i++)
                 if (bit_get(b->present, i)) {
                         bit_clear(b->present, i);
+                        bit_clear(b->unread, i);
                         ra_release(e, b, i);
                         hash_pin_drop(e, b, i);
                         policy_remove(e->policy, key_of(b, i));
@@ -1016,8 +1037,10 @@ static void complete(struct engine *e, struct completion *c) {
                 note(&ns, NOTE_PRESENT, b, idx, false, &sha);
                 if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */
                         policy_touch(e->policy, key_of(b, idx));
-                else if (!f->waiters)
+                else if (!f->waiters) {
+                        bit_set(b->unread, idx); /* its first read is not a re-reference */
                         ra_pin(e, b, idx);
+                }
                 hash_pin(e, b, idx);
         }
         struct waiter *w = inflight_end(e, f);
@@ -1217,6 +1240,7 @@ void engine_free(struct engine *e) {
                 }
                 EVP_MD_CTX_free(b->sha);
                 free(b->present);
+                free(b->unread);
                 free(b);
         }
         free(e->workers);

@@ -168,6 +168,7 @@ static void *status_main(void *arg) {
         bool stopping = s->stopping;
         if (!stopping)
                 s->ready = true;
+        atomic_store(&d->serving, !stopping); /* /readyz */
         pthread_mutex_unlock(&s->lock);
         if (stopping)
                 return NULL;
@@ -341,6 +342,7 @@ static void shutdown_daemon(struct service *s, int sig) {
         struct daemon *d = s->d;
         pthread_mutex_lock(&s->lock);
         s->stopping = true;
+        atomic_store(&s->d->serving, false); /* /readyz: 503 from now on */
         bool loop_done = s->loop_done, ready = s->ready;
         pthread_cond_broadcast(&s->cond);
         pthread_mutex_unlock(&s->lock);
@@ -521,6 +523,16 @@ int main(int argc, char **argv) {
                         strerror(-r));
                 goto out_engine;
         }
+        if (strcmp(d.cfg.listen, "off") != 0) {
+                struct httpd_ops hops = api_httpd_ops(&d);
+                r = httpd_start(d.cfg.listen, &hops, &d.httpd);
+                if (r < 0) {
+                        log_err("cannot serve HTTP listen=%s err=%s hint=\"another process on "
+                                "the port? set --listen, or --listen off\"",
+                                d.cfg.listen, strerror(-r));
+                        goto out_control;
+                }
+        }
         r = fs_mount(d.engine, d.cfg.mountpoint, &d.se);
         if (r < 0) {
                 log_err("cannot mount path=%s err=%s hint=\"is /dev/fuse available and the "
@@ -573,6 +585,8 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&svc.lock);
         notify_status("stopping: flushing the index");
 out_unmount:
+        httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
+        d.httpd = NULL;
         control_stop(d.control);
         d.control = NULL;
         origin_free(d.origin); /* fails pending fetches: their readers get EIO */
@@ -585,6 +599,7 @@ out_unmount:
         if (svc.waker_started)
                 pthread_join(svc.waker, NULL);
 out_control:
+        httpd_stop(d.httpd);
         control_stop(d.control);
 out_engine:
         engine_free(d.engine);

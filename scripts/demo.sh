@@ -57,6 +57,7 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.2f MiB", b / 1048576 }'; }
 
 mkdir -p "$MNT" "$STATE" "$WORK/registry"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+HTTP_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 REG=127.0.0.1:$PORT
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ PY
 heading "3. start p2pblobsd (mount $MNT)"
 "$DAEMON" --foreground --mountpoint "$MNT" --state-dir "$STATE" --control-socket "$SOCK" \
 	--config /dev/null --insecure-registry "$REG" --cache-budget 256M --log-level info \
+	--listen "127.0.0.1:$HTTP_PORT" \
 	>"$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!
 for _ in $(seq 200); do

@@ -495,7 +495,7 @@ class Daemon:
 
     def __init__(self, build_dir, workdir, registries=(), mountpoint=None, state_dir=None,
                  socket_path=None, extra_args=(), config="/dev/null", prefix=(), env=None,
-                 log_level="debug", mount_timeout=20):
+                 log_level="debug", mount_timeout=20, listen=None):
         self.build_dir = os.path.abspath(build_dir)
         self.bin = os.path.join(self.build_dir, "p2pblobsd")
         self.blobctl_bin = os.path.join(self.build_dir, "blobctl")
@@ -511,6 +511,9 @@ class Daemon:
         self.prefix = list(prefix)
         self.log_level = log_level
         self.mount_timeout = mount_timeout
+        # The node's HTTP server (/healthz, /readyz, /metrics): a loopback port of its own, so
+        # daemons of one test run never compete for the default 0.0.0.0:5001.
+        self.listen = listen or "127.0.0.1:%d" % free_port()
         self.env = dict(os.environ if env is None else env)
         # Sanitizer reports go to stderr (our log); make them complete and fatal.
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:"
@@ -539,7 +542,7 @@ class Daemon:
     def argv(self):
         a = [self.bin, "--foreground", "--mountpoint", self.mountpoint,
              "--state-dir", self.state_dir, "--control-socket", self.socket_path,
-             "--config", self.config, "--log-level", self.log_level]
+             "--config", self.config, "--log-level", self.log_level, "--listen", self.listen]
         for r in self.registries:
             a += ["--insecure-registry", r]
         return self.prefix + a + self.extra_args
