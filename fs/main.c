@@ -94,6 +94,55 @@ static bool svc_get(struct service *s, const bool *flag) {
         return v;
 }
 
+/* ---- detaching (no --foreground) ----------------------------------------------------------- */
+
+/* Write end of the pipe the launching parent waits on; -1 when running in the foreground. */
+static int detach_fd = -1;
+
+/* Forks before any thread exists (a fork keeps only the calling thread). The parent waits
+ * until the child is serving (a byte on the pipe: exit 0) or gives up (EOF: exit 1, the
+ * child's own log says why), so `p2pblobsd && use-the-mount` works. The child starts a new
+ * session and reads nothing from the terminal; its log stays on the inherited stderr. */
+static void detach(void) {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0) {
+                log_err("cannot detach: pipe failed err=%m");
+                exit(1);
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+                log_err("cannot detach: fork failed err=%m");
+                exit(1);
+        }
+        if (pid > 0) {
+                close(p[1]);
+                char c;
+                ssize_t n;
+                while ((n = read(p[0], &c, 1)) < 0 && errno == EINTR)
+                        ;
+                _exit(n == 1 ? 0 : 1);
+        }
+        close(p[0]);
+        detach_fd = p[1];
+        setsid();
+        int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (null >= 0) {
+                dup2(null, STDIN_FILENO);
+                close(null);
+        }
+}
+
+/* Serving: let the launching parent exit 0. */
+static void detach_done(void) {
+        if (detach_fd < 0)
+                return;
+        char c = 1;
+        ssize_t w = write(detach_fd, &c, 1);
+        (void)w;
+        close(detach_fd);
+        detach_fd = -1;
+}
+
 /* ---- status: readiness, STATUS= lines, watchdog ------------------------------------------- */
 
 static void format_status(struct daemon *d, const char *state, char *buf, size_t len) {
@@ -174,6 +223,7 @@ static void *status_main(void *arg) {
                 return NULL;
         format_status(d, "serving", status, sizeof(status));
         notify_ready(status);
+        detach_done();
         log_notice("ready mountpoint=%s", d->cfg.mountpoint);
 
         /* systemd wants a ping at least every WATCHDOG_USEC; ping twice as often. */
@@ -446,8 +496,7 @@ int main(int argc, char **argv) {
         }
         log_max_level = d.cfg.log_level;
         if (!d.cfg.foreground)
-                log_notice("running in the foreground anyway: supervise p2pblobsd with systemd "
-                           "or a container runtime");
+                detach();
 
         /* Block the signals in every thread we start; the signal thread takes them. */
         sigset_t set;
@@ -555,10 +604,11 @@ int main(int argc, char **argv) {
                 goto out_unmount;
         }
         r = -pthread_create(&svc.status_thread, NULL, status_main, &svc);
-        if (r < 0)
+        if (r < 0) {
                 log_warning("cannot start status thread err=%s; READY=1 will not be sent",
                             strerror(-r));
-        else
+                detach_done(); /* mounted; nobody will say so later */
+        } else
                 svc.status_started = true;
         log_notice("serving mountpoint=%s state_dir=%s budget=%" PRIu64 " chunk_size=%" PRIu64
                    " control=%s",

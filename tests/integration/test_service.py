@@ -539,3 +539,40 @@ def test_kubernetes_manifests(build_dir, tmp_path):
     path.write_text(conf_text)
     ok, err = _config_accepted(build_dir, str(path))
     assert ok, err
+
+
+def test_without_foreground_detaches_once_serving(build_dir, registry, tmp_path):
+    """Without --foreground the command returns once the mount serves (exit 0), leaving the
+    daemon running in its own session; a start that fails returns non-zero."""
+    port = harness.free_port()
+
+    def argv(name):
+        return [os.path.join(build_dir, "p2pblobsd"), "--config", "/dev/null",
+                "--mountpoint", str(tmp_path / ("mnt" + name)),
+                "--state-dir", str(tmp_path / ("st" + name)),
+                "--control-socket", str(tmp_path / ("c%s.sock" % name)),
+                "--listen", "127.0.0.1:%d" % port]
+
+    mnt, sock = tmp_path / "mnt", tmp_path / "c.sock"
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        try:
+            r = subprocess.run(argv(""), stdout=log, stderr=log, timeout=30)
+            assert r.returncode == 0
+            # Serving the moment the command returns.
+            assert os.listdir(str(mnt / "blobs" / "sha256")) == []
+            out = subprocess.run([os.path.join(build_dir, "blobctl"), "--socket", str(sock),
+                                  "stat", "--json"], capture_output=True, text=True, timeout=10)
+            assert out.returncode == 0, out
+            # A second daemon on the same HTTP port fails, and its exit status says so.
+            r2 = subprocess.run(argv("2"), stdout=log, stderr=log, timeout=30)
+            assert r2.returncode == 1
+            assert not harness.is_mounted(str(tmp_path / "mnt2"))
+        finally:
+            subprocess.run(["pkill", "-TERM", "-f", "--", "--control-socket %s " % sock])
+            harness.wait_until(lambda: not harness.is_mounted(str(mnt)), 20,
+                               what="the detached daemon to stop")
+    text = log_path.read_text()
+    assert "stopped" in text, text[-3000:]
+    for marker in harness.SANITIZER_MARKERS:
+        assert marker not in text, text[-3000:]
