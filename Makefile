@@ -91,6 +91,7 @@ integration: build
 	P2PBLOBS_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -p no:cacheprovider tests/integration
 
 check: deps
+	@scripts/lint.sh
 	$(MAKE) SANITIZE=1 build unit
 	$(MAKE) fuzz-run
 	$(MAKE) SANITIZE=1 integration

@@ -1127,9 +1127,12 @@ static void complete(struct engine *e, struct completion *c) {
         bool corrupt = false;
         if (frontier && verify_first)
                 corrupt = advance_frontier(e, b, c->buf, idx);
+        pthread_mutex_lock(&e->lock);
+        bool discarded = b->generation != gen; /* another worker found the blob corrupt */
+        pthread_mutex_unlock(&e->lock);
         for (struct pending *pr = done; pr;) {
                 struct pending *next = pr->next_done;
-                if (corrupt || (err == 0 && b->generation != gen))
+                if (corrupt || (err == 0 && discarded))
                         pr->err = -EIO;
                 answer(e, pr, err == 0 ? c->buf : NULL, idx);
                 pr = next;
