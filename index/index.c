@@ -118,13 +118,23 @@ static int db_error(sqlite3 *db, const char *what) {
         return -EIO;
 }
 
-static int migrate(sqlite3 *db) {
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* The schema version recorded in DB (0 for a new database), or -EIO. */
+static int schema_version(sqlite3 *db) {
         sqlite3_stmt *st;
         if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
                 return db_error(db, "user_version");
         int version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
         sqlite3_finalize(st);
-        int n = (int)(sizeof(migrations) / sizeof(migrations[0]));
+        return version;
+}
+
+static int migrate(sqlite3 *db) {
+        int version = schema_version(db);
+        if (version < 0)
+                return version;
+        int n = N_MIGRATIONS;
         if (version > n) {
                 log_err("index error=\"database is newer than this program\" version=%d known=%d",
                         version, n);
@@ -318,14 +328,16 @@ int idx_open(const char *path, struct index **ret) {
         r = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &ix->wdb);
         if (r < 0)
                 goto out_free;
+        /* Migrate (and refuse a newer schema) before switching the journal mode, so a database
+         * we will not use is left exactly as we found it. */
+        r = migrate(ix->wdb);
+        if (r < 0)
+                goto out_free;
         if (sqlite3_exec(ix->wdb, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
                          NULL, NULL) != SQLITE_OK) {
                 r = db_error(ix->wdb, "pragma");
                 goto out_free;
         }
-        r = migrate(ix->wdb);
-        if (r < 0)
-                goto out_free;
         for (int i = 0; i < ST_MAX; i++)
                 if (sqlite3_prepare_v3(ix->wdb, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
                                        &ix->stmt[i], NULL) != SQLITE_OK) {
@@ -357,6 +369,19 @@ int idx_open_readonly(const char *path, struct index **ret) {
                 return r;
         ix->readonly = true;
         r = open_db(path, SQLITE_OPEN_READONLY, &ix->rdb);
+        if (r == 0) {
+                /* We cannot migrate a database we may not write: say which side is old. */
+                int version = schema_version(ix->rdb);
+                if (version >= 0 && version != N_MIGRATIONS) {
+                        log_err("index version mismatch version=%d expected=%d hint=\"%s\"",
+                                version, N_MIGRATIONS,
+                                version < N_MIGRATIONS ? "start p2pblobsd once to migrate it"
+                                                       : "this blobctl is older than the daemon");
+                        r = -EPROTO;
+                } else if (version < 0) {
+                        r = version;
+                }
+        }
         if (r < 0) {
                 index_free(ix);
                 return r;

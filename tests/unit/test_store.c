@@ -1,0 +1,455 @@
+/* Unit tests for cache/store.c: sparse files, holes and truncation seen as -ESTALE, punching,
+ * removal, an operator's rm -rf, block accounting and page-cache discipline.
+ *
+ * Every test runs against its own store in a private temporary directory, removed by the
+ * teardown. The page-cache test needs a filesystem whose pages can be dropped: tmpfs pages are
+ * the file itself, so on a tmpfs /tmp the store goes under /var/tmp, and if that is tmpfs too
+ * the one page-cache test is skipped. Sizes are multiples of 4 KiB so holes fall on block
+ * boundaries whatever the filesystem's block size up to that. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <linux/magic.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cache/store.h"
+#include "util/digest.h"
+
+#define KIB (UINT64_C(1) << 10)
+#define MIB (UINT64_C(1) << 20)
+/* Blocks a filesystem may add to a file's st_blocks beyond its data (extent tree, indirect
+ * blocks); ext4 with inline extents adds nothing, others a few blocks. */
+#define SLACK (128 * KIB)
+
+struct fixture {
+        char dir[256]; /* the state directory given to store_open (mkdtemp: short) */
+        bool tmpfs;    /* page cache cannot be dropped there */
+        struct store *s;
+};
+
+static bool is_tmpfs(const char *path) {
+        struct statfs sf;
+        return statfs(path, &sf) == 0 && sf.f_type == TMPFS_MAGIC;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void)st;
+        (void)flag;
+        (void)ftw;
+        return remove(path) < 0 ? -errno : 0;
+}
+
+static int rm_rf(const char *path) {
+        return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int setup(void **state) {
+        struct fixture *f = calloc(1, sizeof(*f));
+        if (!f)
+                return -1;
+        const char *base = "/tmp";
+        if (is_tmpfs(base) && !is_tmpfs("/var/tmp"))
+                base = "/var/tmp";
+        snprintf(f->dir, sizeof(f->dir), "%s/p2pblobs-test-store-XXXXXX", base);
+        if (!mkdtemp(f->dir)) {
+                free(f);
+                return -1;
+        }
+        f->tmpfs = is_tmpfs(f->dir);
+        if (store_open(f->dir, &f->s) < 0) {
+                rm_rf(f->dir);
+                free(f);
+                return -1;
+        }
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        struct fixture *f = *state;
+        store_close(f->s);
+        int r = rm_rf(f->dir);
+        free(f);
+        return r == 0 ? 0 : -1;
+}
+
+static struct digest D(const char *name) {
+        struct digest d;
+        digest_sha256(name, strlen(name), &d);
+        return d;
+}
+
+static void
+blob_file(const struct fixture *f, const struct digest *d, char path[PATH_MAX]) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(d, hex);
+        int n = snprintf(path, PATH_MAX, "%s/chunks/sha256/%s", f->dir, hex);
+        assert_true(n > 0 && n < PATH_MAX);
+}
+
+/* Bytes that differ by offset and by seed, so a read from the wrong place is noticed. */
+static void *pattern(size_t len, uint32_t seed) {
+        uint8_t *p = malloc(len);
+        assert_non_null(p);
+        for (size_t i = 0; i < len; i++)
+                p[i] = (uint8_t)((i * 131u + seed * 7u + (i >> 12)) & 0xff);
+        return p;
+}
+
+static void write_pattern(struct fixture *f, const struct digest *d, uint64_t size, uint64_t off,
+                          size_t len, uint32_t seed) {
+        void *buf = pattern(len, seed);
+        assert_int_equal(store_write(f->s, d, size, off, buf, len), 0);
+        free(buf);
+}
+
+/* Reads [OFF, OFF+LEN) and compares it with pattern(LEN_ALL, SEED) starting at SKIP. */
+static void expect_pattern(struct fixture *f, const struct digest *d, uint64_t off, size_t len,
+                           uint32_t seed, size_t skip) {
+        void *want = pattern(skip + len, seed);
+        void *got = malloc(len);
+        assert_non_null(got);
+        assert_int_equal(store_read(f->s, d, off, got, len), 0);
+        assert_memory_equal(got, (char *)want + skip, len);
+        free(got);
+        free(want);
+}
+
+static void expect_read_stale(struct fixture *f, const struct digest *d, uint64_t off, size_t len) {
+        void *buf = malloc(len ? len : 1);
+        assert_non_null(buf);
+        assert_int_equal(store_read(f->s, d, off, buf, len), -ESTALE);
+        free(buf);
+}
+
+static uint64_t allocated_of(const char *path) {
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        return (uint64_t)st.st_blocks * 512u;
+}
+
+static void test_open_creates_dir(void **state) {
+        struct fixture *f = *state;
+        char want[PATH_MAX];
+        struct stat st;
+
+        snprintf(want, sizeof(want), "%s/chunks/sha256", f->dir);
+        assert_int_equal(stat(want, &st), 0);
+        assert_true(S_ISDIR(st.st_mode));
+        assert_string_equal(store_dir(f->s), want);
+        assert_int_equal(store_allocated_bytes(f->s), 0);
+
+        /* Opening an existing store again is fine. */
+        struct store *again = NULL;
+        assert_int_equal(store_open(f->dir, &again), 0);
+        assert_non_null(again);
+        assert_string_equal(store_dir(again), want);
+        store_close(again);
+        store_close(NULL);
+
+        /* A state directory that cannot be created (its parent is a regular file) fails with
+         * -errno and leaves the out-parameter alone. */
+        char bad[PATH_MAX];
+        snprintf(bad, sizeof(bad), "%s/file", f->dir);
+        int fd = open(bad, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+        static char sentinel_obj;
+        struct store *sentinel = (struct store *)(void *)&sentinel_obj;
+        struct store *s = sentinel;
+        assert_int_equal(store_open(bad, &s), -ENOTDIR);
+        assert_ptr_equal(s, sentinel);
+}
+
+static void test_write_sparse_read_back(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("sparse");
+        char path[PATH_MAX];
+        struct stat st;
+        const uint64_t size = 64 * MIB;
+
+        write_pattern(f, &d, size, 8 * MIB, MIB, 1);
+        blob_file(f, &d, path);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true(S_ISREG(st.st_mode));
+        assert_true((uint64_t)st.st_size == size);
+        /* Only the written megabyte is allocated, not 64. */
+        assert_true((uint64_t)st.st_blocks * 512u >= MIB);
+        assert_true((uint64_t)st.st_blocks * 512u <= MIB + SLACK);
+
+        expect_pattern(f, &d, 8 * MIB, MIB, 1, 0);
+        expect_pattern(f, &d, 8 * MIB + 4 * KIB, 8 * KIB, 1, 4 * KIB); /* a sub-range */
+
+        /* A second chunk of the same blob leaves the first alone and the size unchanged. */
+        write_pattern(f, &d, size, 63 * MIB, MIB, 2);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true((uint64_t)st.st_size == size);
+        expect_pattern(f, &d, 8 * MIB, MIB, 1, 0);
+        expect_pattern(f, &d, 63 * MIB, MIB, 2, 0);
+
+        /* A blob whose size is not a block multiple, written whole, reads back whole. */
+        struct digest odd = D("odd-size");
+        write_pattern(f, &odd, 10000, 0, 10000, 3);
+        blob_file(f, &odd, path);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_size, 10000);
+        expect_pattern(f, &odd, 0, 10000, 3, 0);
+        expect_read_stale(f, &odd, 8192, 10000 - 8192 + 1); /* one byte past the end */
+}
+
+static void test_read_stale(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("holes"), missing = D("never-written"), t = D("truncated");
+        char path[PATH_MAX];
+
+        /* A hole: a range of a known blob that was never written. */
+        write_pattern(f, &d, 16 * MIB, 4 * MIB, MIB, 4);
+        expect_read_stale(f, &d, 0, MIB);
+        expect_read_stale(f, &d, 6 * MIB, 4 * KIB);
+        expect_read_stale(f, &d, 15 * MIB, MIB); /* the tail, up to the blob's end */
+        expect_pattern(f, &d, 4 * MIB, MIB, 4, 0);
+
+        /* A file that does not exist. */
+        expect_read_stale(f, &missing, 0, 4 * KIB);
+
+        /* A file truncated by hand under the store. */
+        write_pattern(f, &t, 4 * MIB, 0, 4 * MIB, 5);
+        expect_pattern(f, &t, 2 * MIB, MIB, 5, 2 * MIB);
+        blob_file(f, &t, path);
+        assert_int_equal(truncate(path, (off_t)MIB), 0);
+        expect_read_stale(f, &t, 2 * MIB, MIB);  /* wholly past the new end */
+        expect_read_stale(f, &t, MIB / 2, MIB);  /* straddles the new end */
+        expect_read_stale(f, &t, MIB, 4 * KIB);  /* starts exactly at the new end */
+        expect_pattern(f, &t, 0, MIB / 2, 5, 0); /* what is left is still served */
+        expect_pattern(f, &t, MIB - 4 * KIB, 4 * KIB, 5, MIB - 4 * KIB);
+
+        /* Truncated to zero. */
+        assert_int_equal(truncate(path, 0), 0);
+        expect_read_stale(f, &t, 0, 4 * KIB);
+}
+
+static void test_probe(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("probe"), missing = D("probe-missing"), last = D("probe-last");
+        char path[PATH_MAX];
+
+        /* Data at [4 MiB, 6 MiB) of a 16 MiB blob, holes around it. */
+        write_pattern(f, &d, 16 * MIB, 4 * MIB, 2 * MIB, 6);
+        assert_int_equal(store_probe(f->s, &d, 4 * MIB, 2 * MIB), 0);
+        assert_int_equal(store_probe(f->s, &d, 4 * MIB, MIB), 0);
+        assert_int_equal(store_probe(f->s, &d, 5 * MIB, MIB), 0);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), -ESTALE);        /* hole */
+        assert_int_equal(store_probe(f->s, &d, 10 * MIB, MIB), -ESTALE); /* hole after data */
+        assert_int_equal(store_probe(f->s, &d, 15 * MIB, MIB), -ESTALE); /* hole at the end */
+        /* Straddling: data then hole, and hole then data. */
+        assert_int_equal(store_probe(f->s, &d, 5 * MIB, 2 * MIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &d, 6 * MIB - 4 * KIB, 8 * KIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &d, 3 * MIB, 2 * MIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &d, 4 * MIB - 4 * KIB, 8 * KIB), -ESTALE);
+        /* Past the end of the blob. */
+        assert_int_equal(store_probe(f->s, &d, 16 * MIB, 4 * KIB), -ESTALE);
+
+        /* Missing file. */
+        assert_int_equal(store_probe(f->s, &missing, 0, 4 * KIB), -ESTALE);
+
+        /* The last, short chunk of a blob whose size is not a chunk multiple; the chunk before
+         * it was never written. */
+        write_pattern(f, &last, 3 * MIB + 1000, 3 * MIB, 1000, 7);
+        assert_int_equal(store_probe(f->s, &last, 3 * MIB, 1000), 0);
+        expect_pattern(f, &last, 3 * MIB, 1000, 7, 0);
+        assert_int_equal(store_probe(f->s, &last, 2 * MIB, MIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &last, 3 * MIB, 1001), -ESTALE);
+
+        /* Truncated by hand: the chunk that was there is gone. */
+        blob_file(f, &d, path);
+        assert_int_equal(truncate(path, (off_t)(5 * MIB)), 0);
+        assert_int_equal(store_probe(f->s, &d, 4 * MIB, MIB), 0);
+        assert_int_equal(store_probe(f->s, &d, 5 * MIB, MIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &d, 4 * MIB, 2 * MIB), -ESTALE);
+}
+
+static void test_punch(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("punch"), missing = D("punch-missing");
+        char path[PATH_MAX];
+        struct stat st;
+
+        write_pattern(f, &d, 4 * MIB, 0, 2 * MIB, 8);
+        blob_file(f, &d, path);
+        uint64_t before = allocated_of(path);
+        assert_true(before >= 2 * MIB);
+
+        assert_int_equal(store_punch(f->s, &d, 0, MIB), 0);
+        expect_read_stale(f, &d, 0, MIB);
+        expect_read_stale(f, &d, MIB / 2, 4 * KIB);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), -ESTALE);
+        /* The neighbouring chunk is untouched, and the file keeps its size. */
+        expect_pattern(f, &d, MIB, MIB, 8, MIB);
+        assert_int_equal(store_probe(f->s, &d, MIB, MIB), 0);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true((uint64_t)st.st_size == 4 * MIB);
+        uint64_t after = allocated_of(path);
+        assert_true(after <= before - MIB);
+        assert_true(after >= MIB);
+
+        /* Punching a hole that is already a hole, and a file that does not exist, are fine. */
+        assert_int_equal(store_punch(f->s, &d, 2 * MIB, MIB), 0);
+        assert_int_equal(store_punch(f->s, &missing, 0, MIB), 0);
+        assert_int_equal(stat(path, &st), 0);
+        assert_true((uint64_t)st.st_size == 4 * MIB);
+
+        /* A punched chunk can be written again. */
+        write_pattern(f, &d, 4 * MIB, 0, MIB, 9);
+        expect_pattern(f, &d, 0, MIB, 9, 0);
+        expect_pattern(f, &d, MIB, MIB, 8, MIB);
+}
+
+static void test_remove(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("remove"), other = D("remove-other");
+        char path[PATH_MAX];
+        struct stat st;
+
+        write_pattern(f, &d, 2 * MIB, 0, 2 * MIB, 10);
+        write_pattern(f, &other, MIB, 0, MIB, 11);
+        blob_file(f, &d, path);
+        assert_int_equal(store_remove(f->s, &d), 0);
+        assert_int_equal(stat(path, &st), -1);
+        assert_int_equal(errno, ENOENT);
+        expect_read_stale(f, &d, 0, MIB);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), -ESTALE);
+        assert_int_equal(store_remove(f->s, &d), 0); /* already gone */
+        expect_pattern(f, &other, 0, MIB, 11, 0);    /* only that blob */
+
+        /* Written again after removal: a fresh sparse file. */
+        write_pattern(f, &d, 2 * MIB, MIB, MIB, 12);
+        expect_read_stale(f, &d, 0, MIB);
+        expect_pattern(f, &d, MIB, MIB, 12, 0);
+}
+
+static void test_write_after_rm_rf(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("before-rm"), e = D("after-rm");
+        char chunks[PATH_MAX];
+        struct stat st;
+
+        write_pattern(f, &d, MIB, 0, MIB, 13);
+        snprintf(chunks, sizeof(chunks), "%s/chunks", f->dir);
+        assert_int_equal(rm_rf(chunks), 0);
+        assert_int_equal(stat(chunks, &st), -1);
+
+        expect_read_stale(f, &d, 0, MIB);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), -ESTALE);
+        assert_int_equal(store_punch(f->s, &d, 0, MIB), 0);
+        assert_int_equal(store_remove(f->s, &d), 0);
+        assert_int_equal(store_allocated_bytes(f->s), 0);
+
+        write_pattern(f, &e, 2 * MIB, MIB, MIB, 14);
+        assert_int_equal(stat(store_dir(f->s), &st), 0);
+        assert_true(S_ISDIR(st.st_mode));
+        expect_pattern(f, &e, MIB, MIB, 14, 0);
+        expect_read_stale(f, &d, 0, MIB); /* the deleted blob did not come back */
+}
+
+static void test_allocated_bytes(void **state) {
+        struct fixture *f = *state;
+        struct digest a = D("alloc-a"), b = D("alloc-b");
+        uint64_t n;
+
+        assert_int_equal(store_allocated_bytes(f->s), 0);
+
+        write_pattern(f, &a, 16 * MIB, 2 * MIB, MIB, 15);
+        n = store_allocated_bytes(f->s);
+        assert_true(n >= MIB && n <= MIB + SLACK);
+
+        write_pattern(f, &b, 8 * MIB, 0, 2 * MIB, 16);
+        n = store_allocated_bytes(f->s);
+        assert_true(n >= 3 * MIB && n <= 3 * MIB + 2 * SLACK);
+
+        assert_int_equal(store_punch(f->s, &b, 0, MIB), 0);
+        n = store_allocated_bytes(f->s);
+        assert_true(n >= 2 * MIB && n <= 2 * MIB + 2 * SLACK);
+
+        assert_int_equal(store_remove(f->s, &a), 0);
+        n = store_allocated_bytes(f->s);
+        assert_true(n >= MIB && n <= MIB + SLACK);
+
+        assert_int_equal(store_punch(f->s, &b, MIB, MIB), 0);
+        n = store_allocated_bytes(f->s);
+        assert_true(n <= SLACK);
+}
+
+static void test_page_cache(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("page-cache");
+        const size_t chunk = MIB;
+        char path[PATH_MAX];
+
+        if (f->tmpfs)
+                skip(); /* tmpfs pages are the data: nothing can be dropped */
+
+        void *buf = pattern(8 * MIB, 17);
+        for (size_t i = 0; i < 8; i++)
+                assert_int_equal(
+                        store_write(f->s, &d, 8 * MIB, i * chunk, (char *)buf + i * chunk, chunk),
+                        0);
+        uint64_t cached = store_page_cache_bytes(f->s);
+        if (cached >= MIB)
+                fail_msg("after writing 8 MiB, %llu bytes of the store sit in page cache",
+                         (unsigned long long)cached);
+
+        /* Reads drop what they read too. */
+        void *got = malloc(chunk);
+        assert_non_null(got);
+        for (size_t i = 0; i < 8; i++) {
+                assert_int_equal(store_read(f->s, &d, i * chunk, got, chunk), 0);
+                assert_memory_equal(got, (char *)buf + i * chunk, chunk);
+        }
+        free(got);
+        cached = store_page_cache_bytes(f->s);
+        if (cached >= MIB)
+                fail_msg("after reading 8 MiB, %llu bytes of the store sit in page cache",
+                         (unsigned long long)cached);
+
+        /* The measure itself sees pages: a file written into the store by hand, without the
+         * store's discipline, shows up. */
+        struct digest hand = D("by-hand");
+        blob_file(f, &hand, path);
+        int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, buf, 4 * MIB), (ssize_t)(4 * MIB));
+        close(fd);
+        cached = store_page_cache_bytes(f->s);
+        assert_true(cached >= 2 * MIB);
+        free(buf);
+}
+
+int main(void) {
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        const struct CMUnitTest tests[] = {
+                T(test_open_creates_dir),
+                T(test_write_sparse_read_back),
+                T(test_read_stale),
+                T(test_probe),
+                T(test_punch),
+                T(test_remove),
+                T(test_write_after_rm_rf),
+                T(test_allocated_bytes),
+                T(test_page_cache),
+        };
+#undef T
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
