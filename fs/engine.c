@@ -380,15 +380,17 @@ static void touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_
  * pinned until the frontier has hashed it. Without this, a fast sequential reader under a small
  * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
  * never verifies. Bounded: only within HASH_PIN_WINDOW chunks of the frontier (a random read
- * further on pins nothing), and at most that many (or max_inflight) in all. */
+ * further on pins nothing), and at most min(HASH_PIN_WINDOW, ra_pin_cap()) in all. */
 #define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
 
 static void hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
         if (b->verified || idx < b->hashed || idx - b->hashed >= HASH_PIN_WINDOW)
                 return;
         uint64_t bit = UINT64_C(1) << (idx - b->hashed);
-        unsigned cap =
-                e->cfg.max_inflight < HASH_PIN_WINDOW ? e->cfg.max_inflight : HASH_PIN_WINDOW;
+        /* Like readahead pins, at most a quarter of the budget: pins of both kinds together
+         * never take more than half the cache from operator-pinned blobs or a hot set. */
+        unsigned ra_cap = ra_pin_cap(e);
+        unsigned cap = ra_cap < HASH_PIN_WINDOW ? ra_cap : HASH_PIN_WINDOW;
         if ((b->hash_pins & bit) || e->hash_pin_count >= cap)
                 return;
         if (policy_pin(e->policy, key_of(b, idx)) < 0)

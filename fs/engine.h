@@ -8,8 +8,8 @@
  *    completion; no thread sleeps on the network on its behalf;
  *  - present chunks are pinned while being copied or awaited, so eviction never races a read;
  *  - the store holds at most the budget plus the pinned chunks: read ahead and not yet read
- *    (at most min(max_inflight, budget/4)), awaiting the verification hash (at most 16), and
- *    being copied to readers this instant;
+ *    (at most min(max_inflight, budget/4)), awaiting the verification hash (at most
+ *    min(16, max_inflight, budget/4)), and being copied to readers this instant;
  *  - a blob is verified against its digest when its chunks have all passed through the hash
  *    (in order, as they land); a mismatch discards its chunks, and reads of it fail with EIO
  *    for verify_retry_ms before a refetch is tried. A blob no larger than one chunk is verified
