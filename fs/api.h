@@ -16,6 +16,11 @@ struct index;
 struct origin;
 struct engine;
 struct fuse_session;
+struct members;
+struct netlink;
+struct directory;
+struct source;
+struct announcer;
 
 struct daemon {
         struct daemon_config cfg;
@@ -26,6 +31,11 @@ struct daemon {
         struct control *control;
         struct fuse_session *se;
         struct httpd *httpd;
+        struct netlink *nl;        /* NULL when netlink is unavailable */
+        struct members *members;   /* peers; NULL when the node runs alone */
+        struct directory *dir;     /* the home role: blobs this node is home for */
+        struct source *source;     /* chunk fetches: peers, then the origin */
+        struct announcer *announcer; /* tells homes what this node holds */
         time_t started;
         atomic_bool serving; /* the mount answers and shutdown has not begun (/readyz) */
 };

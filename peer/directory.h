@@ -1,0 +1,57 @@
+/* The directory a home node keeps: for each blob digest it is home for, who holds which
+ * chunks, the chunks' digests, and who has claimed which missing chunk to fetch from the
+ * origin. Soft state: every holder record expires TTL after its last announce unless
+ * refreshed (holders re-announce everything every TTL/3), and a claim expires after
+ * CLAIM_TTL or as soon as its claimant announces the chunk present.
+ *
+ * Bounds: at most max_blobs blob records and max_holders holder records per blob (the
+ * least recently announced holder is dropped first; a reader needs a few holders, not all).
+ * Chunk digests are kept once per blob. When max_blobs is reached, the blob whose newest
+ * announce is oldest is dropped. Memory is therefore max_blobs x (nchunks x (32 bytes +
+ * bits per holder)); the daemon sizes max_blobs from --max-blobs.
+ *
+ * Thread-safe (one internal mutex); never blocks on anything else; no I/O. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "peer/wire.h"
+
+struct directory;
+
+struct dir_config {
+        uint32_t chunk_size; /* announces with another chunk size are refused */
+        size_t max_blobs;
+        size_t max_holders; /* per blob, <= WIRE_MAX_HOLDERS */
+        uint64_t ttl_ms;
+        uint64_t claim_ttl_ms;
+};
+
+int dir_new(const struct dir_config *cfg, struct directory **ret);
+void dir_free(struct directory *dir); /* NULL-safe */
+
+/* Applies a parsed announce at time NOW_MS (monotonic). 0; -EPROTO when its chunk size
+ * differs from ours (REASON says so; nothing applied); -EINVAL for a blob whose size or
+ * chunk count disagrees with what the directory already has (that blob skipped, the others
+ * applied, REASON set). */
+int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms,
+              char *reason, size_t reason_len);
+
+/* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
+ * chunk digests, live holders (not expired), live claims as "fetching" holders.
+ * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
+ * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
+ * a claim CLAIMANT already holds is granted again. The claimant itself never appears among
+ * the holders of RET. -ENOENT when the blob is unknown (or has no live holder and no claim). */
+int dir_locate(struct directory *dir, const struct digest *d, const char *claimant,
+               int64_t chunk, uint64_t now_ms, struct wire_locate *ret);
+
+/* Drops expired holders, claims and blobs left with neither. Called periodically. */
+void dir_expire(struct directory *dir, uint64_t now_ms);
+
+struct dir_stats {
+        uint64_t blobs, holders, claims;
+        uint64_t announces, refused, locates, claims_granted;
+};
+void dir_get_stats(struct directory *dir, struct dir_stats *ret);

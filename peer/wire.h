@@ -1,0 +1,106 @@
+/* The peer protocol's JSON bodies: announces (a node tells a blob's homes what it holds) and
+ * locate answers (a home tells a reader who holds which chunks). Build and parse, both
+ * directions, with every size bounded; the parsers take untrusted bytes from the network and
+ * have fuzz targets. jansson does the JSON.
+ *
+ * Announce (POST /p2p/v1/announce), from a holder to a home:
+ *   {"node":"10.0.0.2:5001", "chunk_size":1048576,
+ *    "blobs":[{"digest":"sha256:<hex>", "size":N, "source":"registry/repository",
+ *              "present":[[0,40],[42,43]],          chunk ranges [start, end), sorted
+ *              "digests":[[0,"<hex>"], [1,"<hex>"]] sha256 of chunks (any subset)
+ *             }, ...]}
+ *   "present" is the node's whole present set for that blob (not a delta), so an announce
+ *   can be lost or reordered without lasting harm. An empty "present" means the node knows
+ *   the blob (it was registered there) but holds none of it: the home keeps the blob's
+ *   metadata, so every node can resolve the digest, and lists the node as holding nothing.
+ *   A blob a node forgets is simply not announced again; its record expires.
+ *   Chunk digests are additive: a node sends those the home may not have (new chunks; all of
+ *   them on a full refresh).
+ *
+ * Locate answer (GET /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]), from a home to a reader:
+ *   {"digest":"sha256:<hex>", "size":N, "source":"registry/repository", "chunk_size":C,
+ *    "digests":[[idx,"<hex>"], ...],
+ *    "holders":[{"node":"10.0.0.3:5001", "present":[[0,40]]}, ...],
+ *    "fetching":[{"node":"10.0.0.4:5001", "chunks":[[41,42]]}, ...],  chunks claimed (below)
+ *    "claim":{"chunk":I, "granted":true}}                              only when ?chunk= asked
+ *   A claim answers "who fetches chunk I from the origin?": the first reader to ask about a
+ *   chunk that no node holds or fetches is granted it (and shows up under "fetching" for the
+ *   others), so N readers of one blob make the origin serve it about once. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/index.h"
+#include "util/digest.h"
+
+#define PEER_ID_MAX 64          /* "255.255.255.255:65535", "[v6]:port" */
+#define WIRE_MAX_BODY (8u << 20) /* largest announce or answer accepted */
+#define WIRE_MAX_CHUNKS (1u << 22) /* 4 Mi chunks: 4 TiB blobs at 1 MiB */
+#define WIRE_MAX_HOLDERS 64     /* holders listed in one answer */
+#define WIRE_MAX_BLOBS 4096     /* blobs in one announce */
+
+/* One blob of an announce. PRESENT is a bitmap of NCHUNKS bits ((nchunks + 7) / 8 bytes).
+ * SHA/SHA_IDX: NDIGESTS chunk digests, SHA[i] for chunk SHA_IDX[i]. */
+struct wire_blob {
+        struct digest digest;
+        uint64_t size;
+        uint32_t nchunks; /* ceil(size / chunk_size) */
+        char source[IDX_SOURCE_MAX];
+        uint8_t *present;
+        uint32_t ndigests;
+        uint32_t *sha_idx;
+        struct digest *sha;
+};
+
+struct wire_announce {
+        char node[PEER_ID_MAX];
+        uint32_t chunk_size;
+        uint32_t nblobs;
+        struct wire_blob *blobs;
+};
+
+/* Serialises A into a malloc'd NUL-terminated JSON text. 0 or -ENOMEM / -EINVAL. */
+int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_len);
+
+/* Parses an announce. Checks everything: digest syntax, sizes, ranges within nchunks and
+ * sorted, at most WIRE_MAX_BLOBS blobs, nchunks <= WIRE_MAX_CHUNKS, node id syntax. On error
+ * -EINVAL and a lowercase REASON for the log. *RET is allocated; free with
+ * wire_announce_free(). */
+int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret, char *reason,
+                        size_t reason_len);
+void wire_announce_free(struct wire_announce *a); /* frees the contents; NULL-safe */
+
+struct wire_holder {
+        char node[PEER_ID_MAX];
+        uint8_t *present; /* bitmap of nchunks bits */
+        bool fetching;    /* these are claimed chunks being fetched, not present ones */
+};
+
+struct wire_locate {
+        struct digest digest;
+        uint64_t size;
+        uint32_t chunk_size;
+        uint32_t nchunks;
+        char source[IDX_SOURCE_MAX];
+        struct digest *sha; /* nchunks entries; valid where sha_known has the bit */
+        uint8_t *sha_known; /* bitmap */
+        uint32_t nholders;
+        struct wire_holder *holders; /* present holders first, then fetching ones */
+        bool has_claim;
+        uint32_t claim_chunk;
+        bool claim_granted;
+};
+
+int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len);
+int wire_locate_parse(const char *body, size_t len, struct wire_locate *ret, char *reason,
+                      size_t reason_len);
+void wire_locate_free(struct wire_locate *l); /* frees the contents; NULL-safe */
+
+/* Bitmap helpers shared by the peer modules. */
+static inline bool wire_bit(const uint8_t *map, uint32_t i) {
+        return map[i / 8] & (1u << (i % 8));
+}
+static inline void wire_set_bit(uint8_t *map, uint32_t i) {
+        map[i / 8] |= (uint8_t)(1u << (i % 8));
+}
