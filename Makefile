@@ -5,8 +5,8 @@
 # SANITIZE=1 builds with ASan + UBSan into build/asan (the tests run against that build).
 
 CC       ?= cc
-PKGS      = fuse3 libcurl libmicrohttpd jansson inih libcrypto sqlite3 libsystemd
-CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3
+PKGS      = fuse3 libcurl libmicrohttpd jansson inih libcrypto sqlite3 libsystemd libnl-3.0 libnl-route-3.0
+CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3 libnl-3.0 libnl-route-3.0
 
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
            -Wvla -Wpointer-arith -Wcast-align -Wundef -Wnull-dereference -Werror

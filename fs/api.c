@@ -8,20 +8,46 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cache/store.h"
 #include "fs/engine.h"
 #include "index/index.h"
+#include "peer/members.h"
 #include "peer/origin.h"
 #include "util/log.h"
 #include "util/memstat.h"
+#include "util/parse.h"
 
 static int add_u64(json_t *obj, const char *key, uint64_t v) {
         return json_object_set_new(obj, key, json_integer((json_int_t)v));
 }
 
+/* Peer figures for stat and /metrics: zeros when the node runs without peers. */
+struct peer_totals {
+        uint64_t known, up, bytes_from, bytes_to;
+};
+
+static void peer_totals(struct daemon *d, struct peer_totals *t) {
+        memset(t, 0, sizeof(*t));
+        if (!d->members)
+                return;
+        members_counts(d->members, &t->up, &t->known);
+        struct peer_info *v;
+        size_t n;
+        if (members_snapshot(d->members, &v, &n) < 0)
+                return;
+        for (size_t i = 0; i < n; i++) {
+                t->bytes_from += v[i].bytes_from;
+                t->bytes_to += v[i].bytes_to;
+        }
+        free(v);
+}
+
 static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
+        struct peer_totals pt;
+        peer_totals(d, &pt);
         struct engine_stats es;
         struct origin_stats os;
         engine_get_stats(d->engine, &es);
@@ -57,7 +83,7 @@ static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_l
                           "not_found", (json_int_t)os.err_not_found, "denied",
                           (json_int_t)os.err_denied, "protocol", (json_int_t)os.err_protocol);
         json_object_set_new(errors, "origin_by_cause", causes);
-        add_u64(fetched, "peer_bytes", 0);
+        add_u64(fetched, "peer_bytes", pt.bytes_from);
         add_u64(fetched, "inflight_chunks", es.inflight_chunks);
         add_u64(fetched, "readahead_chunks", es.readahead_chunks);
 
@@ -96,12 +122,49 @@ static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_l
         json_object_set_new(root, "cache", cache);
         json_object_set_new(root, "fetched", fetched);
         json_object_set_new(root, "errors", errors);
-        /* Peer figures: this node has no peer support yet, so these are true zeros. */
-        json_object_set_new(root, "served", json_pack("{s:I}", "peer_bytes", (json_int_t)0));
-        json_object_set_new(root, "peers",
-                            json_pack("{s:I, s:I}", "known", (json_int_t)0, "up", (json_int_t)0));
+        /* Peer figures: true zeros when the node runs without peers. */
+        json_object_set_new(root, "served",
+                            json_pack("{s:I}", "peer_bytes", (json_int_t)pt.bytes_to));
+        json_object_set_new(
+                root, "peers",
+                json_pack("{s:I, s:I}", "known", (json_int_t)pt.known, "up", (json_int_t)pt.up));
         json_object_set_new(root, "memory", memory);
         *ret = root;
+        return 0;
+}
+
+/* One member for GET /v1/peers (blobctl peers). */
+static json_t *peer_json(const struct peer_info *p) {
+        char host[PEER_ID_MAX];
+        uint16_t port = 0;
+        if (parse_hostport(p->id, host, sizeof(host), &port) < 0)
+                snprintf(host, sizeof(host), "%s", p->id);
+        json_t *lat = p->latency_us ? json_real((double)p->latency_us / 1000.0) : json_null();
+        return json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:b, s:s}", "id",
+                         p->id, "address", host, "port", (json_int_t)port, "state",
+                         p->state == PEER_UP ? "up" : "down", "locality",
+                         nl_locality_name(p->locality), "latency_ms", lat, "bytes_from",
+                         (json_int_t)p->bytes_from, "bytes_to", (json_int_t)p->bytes_to, "failures",
+                         (json_int_t)p->failures, "last_seen", (json_int_t)p->last_seen, "self",
+                         p->is_self, "source",
+                         p->from_static ? "static"
+                         : p->from_dns  ? "dns"
+                                        : "self");
+}
+
+static int on_peers(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
+        json_t *arr = json_array();
+        struct peer_info *v = NULL;
+        size_t n = 0;
+        if (!arr || (d->members && members_snapshot(d->members, &v, &n) < 0)) {
+                json_decref(arr);
+                snprintf(reason, reason_len, "out of memory");
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++)
+                json_array_append_new(arr, peer_json(&v[i]));
+        free(v);
+        *ret = arr;
         return 0;
 }
 
@@ -207,7 +270,8 @@ static int blob_action(struct daemon *d, const struct digest *dg, const char *ac
  *   POST /v1/blobs?ref=REG/REPO@DIGEST      register a blob
  *   GET  /v1/blobs/sha256:<hex>             one blob (prefetch progress included)
  *   POST /v1/blobs/sha256:<hex>/ACTION      prefetch, evict, pin, unpin, verify
- *   POST /v1/evict                          evict every blob's chunks */
+ *   POST /v1/evict                          evict every blob's chunks
+ *   GET  /v1/peers                          the membership (empty without peers) */
 static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
                       size_t reason_len) {
         struct daemon *d = ud;
@@ -229,6 +293,11 @@ static int api_handle(void *ud, const struct control_req *req, json_t **ret, cha
                         return -EINVAL;
                 }
                 return on_add(d, ref, ret, reason, reason_len);
+        }
+        if (strcmp(path, "/v1/peers") == 0) {
+                if (!get)
+                        goto not_allowed;
+                return on_peers(d, ret, reason, reason_len);
         }
         if (strcmp(path, "/v1/evict") == 0) {
                 if (!post)
@@ -333,6 +402,14 @@ static int api_metrics(void *ud, char **ret, size_t *ret_len) {
         metric(f, "blobs", "gauge", "Blobs known.", es.blobs);
         metric(f, "blobs_verified", "gauge", "Blobs verified against their digest.",
                es.blobs_verified);
+        struct peer_totals pt;
+        peer_totals(d, &pt);
+        metric(f, "peers_known", "gauge", "Peers known (self excluded).", pt.known);
+        metric(f, "peers_up", "gauge", "Peers answering.", pt.up);
+        metric(f, "peer_fetched_bytes_total", "counter", "Chunk bytes fetched from peers.",
+               pt.bytes_from);
+        metric(f, "peer_served_bytes_total", "counter", "Chunk bytes served to peers.",
+               pt.bytes_to);
         metric(f, "resident_memory_bytes", "gauge", "Daemon RSS.", rss);
         metric(f, "ready", "gauge", "1 while the mount serves.", api_ready(d));
         if (fclose(f) != 0) {

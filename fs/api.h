@@ -21,6 +21,7 @@ struct netlink;
 struct directory;
 struct source;
 struct announcer;
+struct mirror;
 
 struct daemon {
         struct daemon_config cfg;
@@ -31,10 +32,11 @@ struct daemon {
         struct control *control;
         struct fuse_session *se;
         struct httpd *httpd;
-        struct netlink *nl;        /* NULL when netlink is unavailable */
-        struct members *members;   /* peers; NULL when the node runs alone */
-        struct directory *dir;     /* the home role: blobs this node is home for */
-        struct source *source;     /* chunk fetches: peers, then the origin */
+        struct mirror *mirror;
+        struct netlink *nl;          /* NULL when netlink is unavailable */
+        struct members *members;     /* peers; NULL when the node runs alone */
+        struct directory *dir;       /* the home role: blobs this node is home for */
+        struct source *source;       /* chunk fetches: peers, then the origin */
         struct announcer *announcer; /* tells homes what this node holds */
         time_t started;
         atomic_bool serving; /* the mount answers and shutdown has not begun (/readyz) */

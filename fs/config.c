@@ -28,60 +28,123 @@ struct opt_def {
         const char *def; /* NULL: no default */
         uint64_t min, max;
         size_t offset;
+        size_t count_offset; /* OPT_LIST: where the element count lives */
         const char *metavar;
         const char *help;
 };
 
 #define F(field) offsetof(struct daemon_config, field)
+#define FC(field) offsetof(struct daemon_config, field)
 #define GiB (UINT64_C(1) << 30)
 #define MiB (UINT64_C(1) << 20)
 
 static const struct opt_def options[] = {
-        {"config", OPT_STRING, "/etc/p2pblobs/p2pblobs.conf", 0, 0, F(config_path), "PATH",
+        {"config", OPT_STRING, "/etc/p2pblobs/p2pblobs.conf", 0, 0, F(config_path), 0, "PATH",
          "INI configuration file (keys are these option names); missing is fine"},
-        {"mountpoint", OPT_STRING, "/var/lib/p2pblobs", 0, 0, F(mountpoint), "DIR",
+        {"mountpoint", OPT_STRING, "/var/lib/p2pblobs", 0, 0, F(mountpoint), 0, "DIR",
          "where the blob tree is mounted"},
-        {"state-dir", OPT_STRING, "/var/cache/p2pblobs", 0, 0, F(state_dir), "DIR",
+        {"state-dir", OPT_STRING, "/var/cache/p2pblobs", 0, 0, F(state_dir), 0, "DIR",
          "index.db and the chunk store"},
-        {"control-socket", OPT_STRING, "/run/p2pblobs/control.sock", 0, 0, F(control_socket),
+        {"control-socket", OPT_STRING, "/run/p2pblobs/control.sock", 0, 0, F(control_socket), 0,
          "PATH", "unix socket blobctl talks to"},
-        {"listen", OPT_STRING, "0.0.0.0:5001", 0, 0, F(listen), "ADDR:PORT",
+        {"listen", OPT_STRING, "0.0.0.0:5001", 0, 0, F(listen), 0, "ADDR:PORT",
          "HTTP server for /healthz, /readyz, /metrics (\"off\" disables)"},
-        {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), "SIZE",
+        {"mirror-listen", OPT_STRING, "127.0.0.1:5000", 0, 0, F(mirror_listen), 0, "ADDR:PORT",
+         "containerd pull-through mirror (hosts.toml; \"off\" disables)"},
+        {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
          "bytes of chunks kept on disk (512M, 10G)"},
-        {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), "SIZE",
+        {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
          "fetch and cache granularity; one value per cluster"},
-        {"insecure-registry", OPT_LIST, NULL, 0, 0, F(insecure), "HOST:PORT",
+        {"insecure-registry", OPT_LIST, NULL, 0, 0, F(insecure), FC(n_insecure), "HOST:PORT",
          "reach this registry over plain HTTP (repeatable)"},
-        {"registry-config", OPT_STRING, NULL, 0, 0, F(registry_config), "PATH",
+        {"registry-config", OPT_STRING, NULL, 0, 0, F(registry_config), 0, "PATH",
          "docker-style config.json with registry credentials"},
-        {"ca-file", OPT_STRING, NULL, 0, 0, F(ca_file), "PATH",
+        {"ca-file", OPT_STRING, NULL, 0, 0, F(ca_file), 0, "PATH",
          "extra CA certificates for registries"},
-        {"fetch-timeout", OPT_DURATION, "30s", 100, 3600 * 1000, F(fetch_timeout_ms), "DURATION",
+        {"fetch-timeout", OPT_DURATION, "30s", 100, 3600 * 1000, F(fetch_timeout_ms), 0, "DURATION",
          "a chunk not fetched by then fails its readers with EIO"},
-        {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms), "DURATION",
-         "TCP+TLS connect timeout per attempt"},
-        {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms), "DURATION",
-         "after a blob fails verification, reads fail with EIO this long"},
-        {"shutdown-timeout", OPT_DURATION, "10s", 0, 600 * 1000, F(shutdown_timeout_ms), "DURATION",
-         "on SIGTERM, reads in flight get this long to finish"},
-        {"readahead", OPT_UINT, "8", 0, 256, F(readahead), "CHUNKS",
+        {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms), 0,
+         "DURATION", "TCP+TLS connect timeout per attempt"},
+        {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms), 0,
+         "DURATION", "after a blob fails verification, reads fail with EIO this long"},
+        {"shutdown-timeout", OPT_DURATION, "10s", 0, 600 * 1000, F(shutdown_timeout_ms), 0,
+         "DURATION", "on SIGTERM, reads in flight get this long to finish"},
+        {"readahead", OPT_UINT, "8", 0, 256, F(readahead), 0, "CHUNKS",
          "chunks fetched ahead of a sequential reader"},
-        {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), "N",
+        {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), 0, "N",
          "chunk fetches in flight (readahead stops at this)"},
-        {"max-connections", OPT_UINT, "16", 1, 1024, F(max_connections), "N",
+        {"max-connections", OPT_UINT, "16", 1, 1024, F(max_connections), 0, "N",
          "concurrent connections to origins"},
-        {"workers", OPT_UINT, "4", 1, 64, F(workers), "N", "threads writing fetched chunks"},
-        {"max-blobs", OPT_UINT, "100000", 1, 10000000, F(max_blobs), "N",
+        {"workers", OPT_UINT, "4", 1, 64, F(workers), 0, "N", "threads writing fetched chunks"},
+        {"max-blobs", OPT_UINT, "100000", 1, 10000000, F(max_blobs), 0, "N",
          "blobs the node keeps track of"},
-        {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), "LEVEL",
+        {"peers", OPT_LIST, NULL, 0, 0, F(peers), FC(n_peers), "HOST:PORT,...",
+         "static peers (repeatable, or comma-separated)"},
+        {"peer-dns", OPT_STRING, NULL, 0, 0, F(peer_dns), 0, "NAME",
+         "DNS name whose A/AAAA records are the peers (a headless Service)"},
+        {"peer-port", OPT_UINT, "5001", 1, 65535, F(peer_port), 0, "PORT",
+         "port of peers found through --peer-dns"},
+        {"peer-refresh", OPT_DURATION, "30s", 100, 3600 * 1000, F(peer_refresh_ms), 0, "DURATION",
+         "how often --peer-dns is resolved again"},
+        {"advertise-address", OPT_STRING, NULL, 0, 0, F(advertise_address), 0, "ADDR",
+         "address peers reach this node at (default: the default route's interface)"},
+        {"homes", OPT_UINT, "3", 1, 16, F(homes), 0, "K",
+         "directory homes per blob (rendezvous hashing)"},
+        {"peer-connect-timeout", OPT_DURATION, "250ms", 10, 60 * 1000, F(peer_connect_timeout_ms),
+         0, "DURATION", "connect timeout to a peer; a peer that misses it is marked down"},
+        {"peer-stall-timeout", OPT_DURATION, "1s", 50, 60 * 1000, F(peer_stall_timeout_ms), 0,
+         "DURATION", "a peer transfer that receives nothing this long moves to the next source"},
+        {"announce-interval", OPT_DURATION, "250ms", 10, 60 * 1000, F(announce_interval_ms), 0,
+         "DURATION", "how often changes in what this node holds are sent to the homes"},
+        {"location-ttl", OPT_DURATION, "60s", 1000, 3600 * 1000, F(location_ttl_ms), 0, "DURATION",
+         "homes forget a holder not heard from this long (it re-announces at a third)"},
+        {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), 0, "LEVEL",
          "error, warning, notice, info or debug"},
-        {"foreground", OPT_FLAG, "0", 0, 0, F(foreground), NULL,
+        {"foreground", OPT_FLAG, "0", 0, 0, F(foreground), 0, NULL,
          "stay in the foreground (systemd, tests)"},
-        {"help", OPT_FLAG, "0", 0, 0, F(help), NULL, "show this help"},
-        {"version", OPT_FLAG, "0", 0, 0, F(version), NULL, "show the version"},
+        {"help", OPT_FLAG, "0", 0, 0, F(help), 0, NULL, "show this help"},
+        {"version", OPT_FLAG, "0", 0, 0, F(version), 0, NULL, "show the version"},
 };
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
+
+/* Appends "host:port" values, comma-separated, to the list option O. */
+static int add_list_values(struct daemon_config *cfg, const struct opt_def *o, const char *value,
+                           const char *origin) {
+        char **list = (char **)((char *)cfg + o->offset);
+        size_t *count = (size_t *)((char *)cfg + o->count_offset);
+        const char *p = value;
+        for (;;) {
+                const char *end = strchr(p, ',');
+                size_t n = end ? (size_t)(end - p) : strlen(p);
+                char item[300];
+                char host[256];
+                uint16_t port;
+                if (n == 0 || n >= sizeof(item)) {
+                        fprintf(stderr, "%s: --%s wants HOST:PORT[,HOST:PORT...], got \"%s\"\n",
+                                origin, o->name, value);
+                        return -EINVAL;
+                }
+                memcpy(item, p, n);
+                item[n] = '\0';
+                if (parse_hostport(item, host, sizeof(host), &port) < 0) {
+                        fprintf(stderr, "%s: --%s wants HOST:PORT, got \"%s\"\n", origin, o->name,
+                                item);
+                        return -EINVAL;
+                }
+                if (*count >= CONFIG_LIST_MAX) {
+                        fprintf(stderr, "%s: too many --%s values (max %d)\n", origin, o->name,
+                                CONFIG_LIST_MAX);
+                        return -EINVAL;
+                }
+                char *copy = strdup(item);
+                if (!copy)
+                        return -ENOMEM;
+                list[(*count)++] = copy;
+                if (!end)
+                        return 0;
+                p = end + 1;
+        }
+}
 
 static int set_value(struct daemon_config *cfg, const struct opt_def *o, const char *value,
                      const char *origin) {
@@ -97,25 +160,8 @@ static int set_value(struct daemon_config *cfg, const struct opt_def *o, const c
                 *(char **)field = copy;
                 return 0;
         }
-        case OPT_LIST: {
-                if (cfg->n_insecure >= CONFIG_LIST_MAX) {
-                        fprintf(stderr, "%s: too many --%s values (max %d)\n", origin, o->name,
-                                CONFIG_LIST_MAX);
-                        return -EINVAL;
-                }
-                char host[256];
-                uint16_t port;
-                if (parse_hostport(value, host, sizeof(host), &port) < 0) {
-                        fprintf(stderr, "%s: --%s wants HOST:PORT, got \"%s\"\n", origin, o->name,
-                                value);
-                        return -EINVAL;
-                }
-                char *copy = strdup(value);
-                if (!copy)
-                        return -ENOMEM;
-                cfg->insecure[cfg->n_insecure++] = copy;
-                return 0;
-        }
+        case OPT_LIST:
+                return add_list_values(cfg, o, value, origin);
         case OPT_SIZE:
                 r = parse_size(value, &u);
                 break;
@@ -244,6 +290,12 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                         cfg->listen);
                 return -EINVAL;
         }
+        if (strcmp(cfg->mirror_listen, "off") != 0 &&
+            parse_hostport(cfg->mirror_listen, host, sizeof(host), &port) < 0) {
+                fprintf(stderr, "invalid value \"%s\" for mirror-listen: want ADDR:PORT or off\n",
+                        cfg->mirror_listen);
+                return -EINVAL;
+        }
         if (optind < argc) {
                 fprintf(stderr, "%s: unexpected argument \"%s\"; try --help\n", argv[0],
                         argv[optind]);
@@ -259,9 +311,14 @@ void config_free(struct daemon_config *cfg) {
                         free(*p);
                         *p = NULL;
                 }
-        for (size_t i = 0; i < cfg->n_insecure; i++)
-                free(cfg->insecure[i]);
-        cfg->n_insecure = 0;
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                if (options[i].type == OPT_LIST) {
+                        char **list = (char **)((char *)cfg + options[i].offset);
+                        size_t *count = (size_t *)((char *)cfg + options[i].count_offset);
+                        for (size_t j = 0; j < *count; j++)
+                                free(list[j]);
+                        *count = 0;
+                }
 }
 
 void config_usage(FILE *out, const char *prog) {

@@ -16,7 +16,8 @@ struct daemon_config {
         char *control_socket;
         char *registry_config; /* docker config.json with credentials */
         char *ca_file;
-        char *listen; /* "host:port" of the node's HTTP server, or "off" */
+        char *listen;        /* "host:port" of the node's HTTP server, or "off" */
+        char *mirror_listen; /* "host:port" of the containerd mirror, or "off" */
         uint64_t cache_budget;
         uint64_t chunk_size;
         uint64_t readahead;
@@ -34,6 +35,18 @@ struct daemon_config {
         int log_level;
         char *insecure[CONFIG_LIST_MAX];
         size_t n_insecure;
+        /* peers */
+        char *peers[CONFIG_LIST_MAX]; /* static members, "host:port" */
+        size_t n_peers;
+        char *peer_dns;          /* a name whose A/AAAA records are the peers; NULL: none */
+        char *advertise_address; /* NULL: the address of the default route's interface */
+        uint64_t peer_port;
+        uint64_t peer_refresh_ms;
+        uint64_t homes;
+        uint64_t peer_connect_timeout_ms;
+        uint64_t peer_stall_timeout_ms;
+        uint64_t announce_interval_ms;
+        uint64_t location_ttl_ms;
 };
 
 /* Fills CFG from defaults, the config file and ARGV. 0; -EINVAL with a message on stderr for

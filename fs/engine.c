@@ -63,7 +63,13 @@ struct blob {
         char source[IDX_SOURCE_MAX];
         int64_t added_at;
         bool verified;
-        uint8_t *present;          /* bitmap, nchunks bits */
+        uint8_t *present; /* bitmap, nchunks bits */
+        /* sha256 of each chunk as recorded when it arrived (verified against the origin's
+         * TLS stream, or against these digests when it came from a peer). Allocated with the
+         * first chunk that lands, so a registered but unread blob costs nothing; kept when
+         * chunks are evicted, so a refetch from a peer can still be checked. */
+        struct digest *chunk_sha;
+        uint8_t *sha_known;
         uint8_t *unread;           /* bitmap: brought in by readahead, not read yet */
         struct inflight *inflight; /* fetches of this blob's chunks */
         /* verification frontier */
@@ -111,9 +117,17 @@ struct engine {
         struct store *store;
         struct origin *origin;
 
-        pthread_mutex_t lock;     /* see the essay above */
-        pthread_cond_t hash_cond; /* a blob's `hashing` went false */
-        struct blob **blobs;      /* by id */
+        pthread_mutex_t lock;       /* see the essay above */
+        pthread_cond_t hash_cond;   /* a blob's `hashing` went false */
+        pthread_cond_t landed_cond; /* a fetched chunk became present (engine_serve waits) */
+        /* Digests no peer knew, so repeated lookups of a bad name cost one query: a small
+         * ring, entries valid until `until_ms`. */
+        struct {
+                struct digest d;
+                uint64_t until_ms;
+        } unknown[64];
+        unsigned unknown_next;
+        struct blob **blobs; /* by id */
         uint32_t nblobs;
         uint32_t *by_digest;  /* open addressing: id + 1, 0 = empty */
         size_t by_digest_cap; /* power of two >= 2 * max_blobs */
@@ -214,6 +228,29 @@ static void blob_info(const struct blob *b, struct engine_blob_info *ret) {
         memcpy(ret->source, b->source, sizeof(ret->source));
 }
 
+/* Caller holds lock. Tells the announcer that what we hold of B changed. */
+static void changed(struct engine *e, const struct blob *b, uint32_t idx) {
+        if (e->cfg.on_change)
+                e->cfg.on_change(e->cfg.change_ud, &b->digest, idx);
+}
+
+/* Caller holds lock. Records the sha256 of chunk IDX of B. */
+static void record_sha(struct blob *b, uint32_t idx, const struct digest *sha) {
+        if (!b->chunk_sha) {
+                b->chunk_sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*b->chunk_sha));
+                b->sha_known = calloc((size_t)(b->nchunks + 7) / 8 + 1, 1);
+                if (!b->chunk_sha || !b->sha_known) { /* peers then cannot check it: origin */
+                        free(b->chunk_sha);
+                        free(b->sha_known);
+                        b->chunk_sha = NULL;
+                        b->sha_known = NULL;
+                        return;
+                }
+        }
+        b->chunk_sha[idx] = *sha;
+        b->sha_known[idx / 8] |= (uint8_t)(1u << (idx % 8));
+}
+
 /* Caller holds lock. Creates the in-memory blob. -ENOSPC at max_blobs. */
 static int insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
                        int64_t added_at, bool verified, struct blob **ret) {
@@ -248,6 +285,7 @@ static int insert_blob(struct engine *e, const struct digest *d, uint64_t size, 
         e->st.blobs = e->nblobs;
         if (verified)
                 e->st.blobs_verified++;
+        changed(e, b, UINT32_MAX);
         *ret = b;
         return 0;
 }
@@ -432,6 +470,7 @@ static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct n
         hash_pin_drop(e, b, idx);
         policy_remove(e->policy, key_of(b, idx));
         note(ns, NOTE_ABSENT, b, idx, false, NULL);
+        changed(e, b, idx);
 }
 
 /* Caller holds lock. Drops chunk K (already out of the policy): bit, index, bytes. */
@@ -442,6 +481,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
         bit_clear(b->unread, k.idx);
         b->npresent--;
         note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
+        changed(e, b, k.idx);
         int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
         if (r < 0)
                 log_debug("store punch failed blob_id=%u chunk=%u err=%s", b->id, k.idx,
@@ -605,8 +645,14 @@ static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t 
 
 static void submit(struct engine *e, struct inflight *f) {
         struct blob *b = f->blob;
-        origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
-                     chunk_len(e, b, f->idx), now_ms() + e->cfg.fetch_timeout_ms, on_fetched, f);
+        uint64_t deadline = now_ms() + e->cfg.fetch_timeout_ms;
+        if (e->cfg.source)
+                source_fetch(e->cfg.source, &b->digest, b->size, b->source, f->idx,
+                             chunk_off(e, f->idx), chunk_len(e, b, f->idx), deadline, on_fetched,
+                             f);
+        else
+                origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
+                             chunk_len(e, b, f->idx), deadline, on_fetched, f);
 }
 
 /* Origin thread: hand the result to a worker. */
@@ -882,6 +928,12 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
                 }
         b->npresent = 0;
         b->generation++;
+        /* The recorded chunk digests described bytes that failed the whole-blob check. */
+        free(b->chunk_sha);
+        free(b->sha_known);
+        b->chunk_sha = NULL;
+        b->sha_known = NULL;
+        changed(e, b, UINT32_MAX);
         note(ns, NOTE_FORGET, b, 0, false, NULL);
         store_remove(e->store, &b->digest);
 }
@@ -1036,7 +1088,10 @@ static void complete(struct engine *e, struct completion *c) {
                 }
                 bit_set(b->present, idx);
                 b->npresent++;
+                record_sha(b, idx, &sha);
                 note(&ns, NOTE_PRESENT, b, idx, false, &sha);
+                changed(e, b, idx);
+                pthread_cond_broadcast(&e->landed_cond);
                 if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */
                         policy_touch(e->policy, key_of(b, idx));
                 else if (!f->waiters) {
@@ -1046,6 +1101,8 @@ static void complete(struct engine *e, struct completion *c) {
                 hash_pin(e, b, idx);
         }
         struct waiter *w = inflight_end(e, f);
+        if (err < 0)
+                pthread_cond_broadcast(&e->landed_cond); /* peers waiting on it give up */
         if (was_prefetch) {
                 b->prefetch_inflight--;
                 if (err < 0 && b->prefetching) {
@@ -1186,6 +1243,7 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         e->st.budget_bytes = e->st.effective_budget_bytes = cfg->cache_budget;
         pthread_mutex_init(&e->lock, NULL);
         pthread_cond_init(&e->hash_cond, NULL);
+        pthread_cond_init(&e->landed_cond, NULL);
         pthread_mutex_init(&e->cq_lock, NULL);
         pthread_cond_init(&e->cq_cond, NULL);
         e->cq_tail = &e->cq_head;
@@ -1244,6 +1302,8 @@ void engine_free(struct engine *e) {
                         }
                 }
                 EVP_MD_CTX_free(b->sha);
+                free(b->chunk_sha);
+                free(b->sha_known);
                 free(b->present);
                 free(b->unread);
                 free(b);
@@ -1255,6 +1315,7 @@ void engine_free(struct engine *e) {
         free(e->by_digest);
         pthread_mutex_destroy(&e->lock);
         pthread_cond_destroy(&e->hash_cond);
+        pthread_cond_destroy(&e->landed_cond);
         pthread_mutex_destroy(&e->cq_lock);
         pthread_cond_destroy(&e->cq_cond);
         free(e);
@@ -1293,13 +1354,14 @@ static int load_blob(void *ud, const struct idx_blob *ib) {
 
 static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool present,
                       const struct digest *sha) {
-        (void)sha;
         struct load_ctx *lc = ud;
         struct engine *e = lc->e;
-        if (!present)
-                return 0;
         struct blob *b = find_blob(e, d);
-        if (!b || idx >= b->nchunks || bit_get(b->present, idx))
+        if (!b || idx >= b->nchunks)
+                return 0;
+        if (sha)
+                record_sha(b, idx, sha);
+        if (!present || bit_get(b->present, idx))
                 return 0;
         if (store_probe(e->store, d, chunk_off(e, idx), chunk_len(e, b, idx)) < 0) {
                 lc->lost++;
@@ -1333,6 +1395,9 @@ int engine_load(struct engine *e) {
         return 0;
 }
 
+#define LOOKUP_TIMEOUT_MS 2000 /* a directory query on behalf of a lookup or an add */
+#define UNKNOWN_TTL_MS 2000    /* a digest no peer knew is not asked about again this soon */
+
 int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *ret, char *reason,
                size_t reason_len) {
         struct blob_ref ref;
@@ -1354,8 +1419,16 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
         char source[IDX_SOURCE_MAX];
         snprintf(source, sizeof(source), "%s/%s", ref.registry, ref.repository);
         uint64_t size = 0;
-        r = origin_blob_size(e->origin, source, &ref.digest, now_ms() + e->cfg.fetch_timeout_ms,
-                             &size, reason, reason_len);
+        /* A blob some peer already registered needs no origin round trip (and can be added
+         * while the origin is down). The reference's own source is kept: it is where this
+         * node's client said the blob lives. */
+        char peer_source[IDX_SOURCE_MAX];
+        r = e->cfg.source ? source_lookup(e->cfg.source, &ref.digest, now_ms() + LOOKUP_TIMEOUT_MS,
+                                          &size, peer_source, sizeof(peer_source))
+                          : -ENOTCONN;
+        if (r < 0)
+                r = origin_blob_size(e->origin, source, &ref.digest,
+                                     now_ms() + e->cfg.fetch_timeout_ms, &size, reason, reason_len);
         if (r < 0)
                 return r;
 
@@ -1586,4 +1659,183 @@ out_free:
         free(known);
         free(buf);
         return r;
+}
+
+/* ---- serving peers -------------------------------------------------------------------------- */
+
+/* Caller holds lock. Whether a fetch of chunk IDX of B is running on this node. */
+static bool chunk_inflight(const struct blob *b, uint32_t idx) {
+        for (const struct inflight *f = b->inflight; f; f = f->next)
+                if (f->idx == idx)
+                        return true;
+        return false;
+}
+
+int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
+                 uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known) {
+        uint64_t deadline = now_ms() + wait_ms;
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (!b) {
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        if (len == 0 || off >= b->size || len > b->size - off) {
+                pthread_mutex_unlock(&e->lock);
+                return -EINVAL;
+        }
+        uint32_t first = (uint32_t)(off / e->cfg.chunk_size);
+        uint32_t last = (uint32_t)((off + len - 1) / e->cfg.chunk_size);
+        if (last - first + 1 > 63) {
+                pthread_mutex_unlock(&e->lock);
+                return -EINVAL;
+        }
+        /* Wait (bounded) for chunks this node is fetching; anything else is not ours to
+         * fetch on a peer's behalf. */
+        for (uint32_t i = first; i <= last; i++) {
+                while (!bit_get(b->present, i)) {
+                        if (!chunk_inflight(b, i) || now_ms() >= deadline) {
+                                pthread_mutex_unlock(&e->lock);
+                                return -ERANGE;
+                        }
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        uint64_t left = deadline - now_ms();
+                        if (left > 100)
+                                left = 100; /* re-check the deadline and the fetch's fate */
+                        ts.tv_sec += (time_t)(left / 1000);
+                        ts.tv_nsec += (long)(left % 1000) * 1000000L;
+                        if (ts.tv_nsec >= 1000000000L) {
+                                ts.tv_sec++;
+                                ts.tv_nsec -= 1000000000L;
+                        }
+                        pthread_cond_timedwait(&e->landed_cond, &e->lock, &ts);
+                }
+        }
+        struct pending pr = {.blob = b, .off = off, .len = len, .first = first, .last = last};
+        for (uint32_t i = first; i <= last; i++)
+                pin_for(e, &pr, i);
+        bool one = first == last && chunk_off(e, first) == off && chunk_len(e, b, first) == len;
+        bool known = one && b->sha_known && bit_get(b->sha_known, first);
+        if (known && ret_sha)
+                *ret_sha = b->chunk_sha[first];
+        pthread_mutex_unlock(&e->lock);
+        if (ret_sha_known)
+                *ret_sha_known = known;
+
+        uint32_t lost = 0;
+        int r = copy_read(e, &pr, buf, NULL, 0, &lost);
+        struct notes ns = {0};
+        pthread_mutex_lock(&e->lock);
+        unpin_all(e, &pr);
+        if (r == -ESTALE) {
+                mark_absent(e, b, lost, &ns);
+                e->st.lost_chunks++;
+        }
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &ns);
+        if (r == -ESTALE)
+                return -ERANGE; /* lost from the store: not here after all */
+        return r;
+}
+
+int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_size) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (b)
+                *ret_size = b->size;
+        pthread_mutex_unlock(&e->lock);
+        return b ? 0 : -ENOENT;
+}
+
+int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
+                    struct wire_blob *ret) {
+        pthread_mutex_lock(&e->lock);
+        if (id >= e->nblobs) {
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        struct blob *b = e->blobs[id];
+        size_t map_len = (size_t)(b->nchunks + 7) / 8 + 1;
+        uint32_t ndig = 0;
+        if (sha_to >= b->nchunks)
+                sha_to = b->nchunks ? b->nchunks - 1 : 0;
+        if (b->sha_known && b->nchunks)
+                for (uint32_t i = sha_from; i <= sha_to; i++)
+                        ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
+        struct wire_blob w = {.digest = b->digest, .size = b->size, .nchunks = b->nchunks};
+        memcpy(w.source, b->source, sizeof(w.source));
+        w.present = malloc(map_len);
+        w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));
+        w.sha = malloc((ndig ? ndig : 1) * sizeof(*w.sha));
+        if (!w.present || !w.sha_idx || !w.sha) {
+                pthread_mutex_unlock(&e->lock);
+                free(w.present);
+                free(w.sha_idx);
+                free(w.sha);
+                return -ENOMEM;
+        }
+        memcpy(w.present, b->present, map_len);
+        if (ndig)
+                for (uint32_t i = sha_from; i <= sha_to; i++)
+                        if (bit_get(b->present, i) && bit_get(b->sha_known, i)) {
+                                w.sha_idx[w.ndigests] = i;
+                                w.sha[w.ndigests++] = b->chunk_sha[i];
+                        }
+        pthread_mutex_unlock(&e->lock);
+        *ret = w;
+        return 0;
+}
+
+int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
+        if (engine_find(e, d, ret) == 0)
+                return 0;
+        if (!e->cfg.source)
+                return -ENOENT;
+        uint64_t now = now_ms();
+        pthread_mutex_lock(&e->lock);
+        for (size_t i = 0; i < sizeof(e->unknown) / sizeof(e->unknown[0]); i++)
+                if (e->unknown[i].until_ms > now && digest_equal(&e->unknown[i].d, d)) {
+                        pthread_mutex_unlock(&e->lock);
+                        return -ENOENT;
+                }
+        pthread_mutex_unlock(&e->lock);
+
+        uint64_t size = 0;
+        char source[IDX_SOURCE_MAX];
+        int r = source_lookup(e->cfg.source, d, now + LOOKUP_TIMEOUT_MS, &size, source,
+                              sizeof(source));
+        pthread_mutex_lock(&e->lock);
+        if (r < 0) {
+                unsigned slot = e->unknown_next++ % (sizeof(e->unknown) / sizeof(e->unknown[0]));
+                e->unknown[slot].d = *d;
+                e->unknown[slot].until_ms = now_ms() + UNKNOWN_TTL_MS;
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        struct blob *b = find_blob(e, d); /* registered meanwhile? */
+        bool inserted = false;
+        if (!b) {
+                r = insert_blob(e, d, size, source, (int64_t)time(NULL), false, &b);
+                if (r < 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        return -ENOENT;
+                }
+                inserted = true;
+        }
+        blob_info(b, ret);
+        pthread_mutex_unlock(&e->lock);
+        if (inserted) {
+                struct idx_blob ib = {.digest = *d,
+                                      .size = size,
+                                      .chunk_size = e->cfg.chunk_size,
+                                      .added_at = ret->added_at};
+                memcpy(ib.source, source, sizeof(ib.source));
+                idx_put_blob(e->ix, &ib);
+                char hex[DIGEST_HEX_LEN + 1];
+                digest_to_hex(d, hex);
+                log_debug("blob found through peers digest=sha256:%s size=%" PRIu64 " source=%s",
+                          hex, size, source);
+        }
+        return 0;
 }

@@ -25,6 +25,8 @@
 #include "cache/store.h"
 #include "index/index.h"
 #include "peer/origin.h"
+#include "peer/source.h"
+#include "peer/wire.h"
 #include "util/digest.h"
 
 struct engine;
@@ -39,6 +41,14 @@ struct engine_config {
         uint64_t verify_retry_ms;  /* a blob that failed verification answers EIO this long */
         uint32_t max_blobs;
         size_t max_read; /* the largest read the caller will ask for */
+        /* Peers (all optional). SOURCE, when set, fetches chunks (peers, then the origin)
+         * instead of the origin directly, and resolves digests the node has never seen.
+         * ON_CHANGE is called whenever a blob is registered or one of its chunks becomes
+         * present or absent — with the engine lock held, so it must only note the digest
+         * and return (the announcer queues it). IDX is the chunk, UINT32_MAX for the blob. */
+        struct source *source;
+        void (*on_change)(void *ud, const struct digest *blob, uint32_t idx);
+        void *change_ud;
 };
 
 struct engine_blob_info {
@@ -123,6 +133,31 @@ int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
  * shows in engine_find()'s chunks_present / prefetching / prefetch_err. 0; -ENOENT; -EFBIG
  * when the blob is larger than the effective budget (it could never be held whole). */
 int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
+
+/* Serves LEN bytes at OFF of blob D to a peer from local chunks only: never fetches. A chunk
+ * that is missing but being fetched by this node right now is waited for, up to WAIT_MS.
+ * Blocks on disk reads and that wait (the peer server's threads, never the FUSE path).
+ * 0 and the bytes in BUF; -ENOENT: unknown blob; -ERANGE: a chunk is not here (or did not
+ * land in time); -EINVAL: beyond the end; -EIO. When the range is one whole chunk, *RET_SHA
+ * gets its recorded sha256 and *RET_SHA_KNOWN says whether there is one. */
+int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
+                 uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known);
+
+/* The size of blob D, for HEAD requests. 0 or -ENOENT. */
+int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_size);
+
+/* What this node holds of blob ID, for announces: metadata, the present bitmap (malloc'd)
+ * and the recorded digests of present chunks in [SHA_FROM, SHA_TO] (malloc'd arrays).
+ * Free with wire_announce_free()-style cleanup: free(present), free(sha_idx), free(sha).
+ * 0 or -ENOENT / -ENOMEM. */
+int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
+                    struct wire_blob *ret);
+
+/* Finds blob D, asking the peers' directory when this node does not know it (blocking, at
+ * most a couple of seconds; for FUSE lookups and the mirror, never the read path); a blob
+ * found that way is registered here. A digest nobody knows is remembered for a moment so a
+ * storm of lookups costs one query. 0 or -ENOENT. */
+int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
 
 struct engine_verify_result {
         uint32_t checked; /* present chunks re-hashed */

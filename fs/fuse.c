@@ -127,7 +127,7 @@ static int do_lookup(struct engine *e, fuse_ino_t parent, const char *name,
         } else if (parent == INO_SHA256) {
                 struct digest d;
                 struct engine_blob_info b;
-                if (digest_from_hex(name, strlen(name), &d) < 0 || engine_find(e, &d, &b) < 0)
+                if (digest_from_hex(name, strlen(name), &d) < 0 || engine_lookup(e, &d, &b) < 0)
                         return -ENOENT;
                 ep->ino = INO_BLOB_BASE + b.id;
                 fill_blob(&ep->attr, &b);

@@ -50,8 +50,10 @@
 #include "fs/engine.h"
 #include "fs/fuse.h"
 #include "fs/notify.h"
+#include "fs/peers.h"
 #include "index/index.h"
 #include "peer/control.h"
+#include "peer/mirror.h"
 #include "peer/origin.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -544,6 +546,9 @@ int main(int argc, char **argv) {
                 log_err("cannot start origin client err=%s", strerror(-r));
                 goto out_index;
         }
+        r = peers_start(&d);
+        if (r < 0)
+                goto out_origin;
         struct engine_config ec = {
                 .cache_budget = d.cfg.cache_budget,
                 .chunk_size = (uint32_t)d.cfg.chunk_size,
@@ -555,6 +560,7 @@ int main(int argc, char **argv) {
                 .max_blobs = (uint32_t)d.cfg.max_blobs,
                 .max_read = FS_MAX_READ,
         };
+        peers_engine_config(&d, &ec);
         r = engine_new(&ec, d.ix, d.store, d.origin, &d.engine);
         if (r < 0) {
                 log_err("cannot start engine err=%s", strerror(-r));
@@ -565,6 +571,9 @@ int main(int argc, char **argv) {
                 log_err("cannot load index err=%s", strerror(-r));
                 goto out_engine;
         }
+        r = peers_start_announcer(&d);
+        if (r < 0)
+                goto out_engine;
         struct control_ops cops = api_control_ops(&d);
         r = control_start(d.cfg.control_socket, &cops, &d.control);
         if (r < 0) {
@@ -574,6 +583,7 @@ int main(int argc, char **argv) {
         }
         if (strcmp(d.cfg.listen, "off") != 0) {
                 struct httpd_ops hops = api_httpd_ops(&d);
+                peers_httpd_ops(&d, &hops);
                 r = httpd_start(d.cfg.listen, &hops, &d.httpd);
                 if (r < 0) {
                         log_err("cannot serve HTTP listen=%s err=%s hint=\"another process on "
@@ -581,6 +591,19 @@ int main(int argc, char **argv) {
                                 d.cfg.listen, strerror(-r));
                         goto out_control;
                 }
+        }
+        if (strcmp(d.cfg.mirror_listen, "off") != 0) {
+                struct mirror_config mc = {.listen = d.cfg.mirror_listen,
+                                           .state_dir = d.cfg.state_dir,
+                                           .engine = d.engine,
+                                           .origin = d.origin,
+                                           .chunk_size = (uint32_t)d.cfg.chunk_size};
+                r = mirror_start(&mc, &d.mirror);
+                if (r < 0) /* containerd then pulls from the origin: worth a warning, no more */
+                        log_warning("cannot serve the containerd mirror listen=%s err=%s "
+                                    "hint=\"containerd pulls from origins directly; set "
+                                    "--mirror-listen, or off\"",
+                                    d.cfg.mirror_listen, strerror(-r));
         }
         r = fs_mount(d.engine, d.cfg.mountpoint, &d.se);
         if (r < 0) {
@@ -635,10 +658,14 @@ int main(int argc, char **argv) {
         pthread_mutex_unlock(&svc.lock);
         notify_status("stopping: flushing the index");
 out_unmount:
+        peers_stop_announcer(&d); /* it reads the engine */
+        mirror_stop(d.mirror);    /* it reads the engine and the origin, which go next */
+        d.mirror = NULL;
         httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
         d.httpd = NULL;
         control_stop(d.control);
         d.control = NULL;
+        peers_stop_source(&d); /* fails pending peer fetches, before the origin goes */
         origin_free(d.origin); /* fails pending fetches: their readers get EIO */
         d.origin = NULL;
         engine_free(d.engine); /* answers every read still queued */
@@ -649,12 +676,17 @@ out_unmount:
         if (svc.waker_started)
                 pthread_join(svc.waker, NULL);
 out_control:
+        mirror_stop(d.mirror);
         httpd_stop(d.httpd);
         control_stop(d.control);
 out_engine:
+        peers_stop_announcer(&d);
+        peers_stop_source(&d);
         engine_free(d.engine);
 out_origin:
+        peers_stop_source(&d);
         origin_free(d.origin);
+        peers_stop(&d);
 out_index:
         idx_close(d.ix); /* flushes what the writer still holds */
 out_store:

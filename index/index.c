@@ -3,6 +3,8 @@
  * Schema (migration 1):
  *   blobs(digest hex PK, size, chunk_size, source, media_type, verified, added_at)
  *   chunks(blob, idx, present, sha256)   -- a row per chunk ever fetched
+ * Migration 3 adds peers (the membership's last snapshot, replaced whole) and locations (which
+ * peer holds which chunks of a blob, as a bitmap, until an expiry: soft state from announces).
  * A chunk row outlives the chunk's bytes (present = 0 after eviction) because its sha256,
  * recorded when it first came from the origin, is what lets later copies be checked.
  * Migrations are numbered and tracked in PRAGMA user_version; add one, never edit one.
@@ -34,6 +36,16 @@ enum op_kind {
         OP_VERIFIED,
         OP_PINNED,
         OP_ACCESSED,
+        OP_PUT_PEERS,
+        OP_PUT_LOCATION,
+        OP_EXPIRE_LOCATIONS,
+};
+
+/* OP_PUT_LOCATION's payload: one allocation, the bitmap after the header. */
+struct location_op {
+        char peer[IDX_PEER_ID_MAX];
+        size_t nbytes;
+        uint8_t present[];
 };
 
 struct op {
@@ -44,8 +56,17 @@ struct op {
         int64_t when;
         bool has_sha;
         struct digest sha;
-        struct idx_blob *b; /* OP_PUT_BLOB only; owned by the op */
+        struct idx_blob *b;     /* OP_PUT_BLOB only; owned by the op */
+        struct idx_peer *peers; /* OP_PUT_PEERS only (npeers); owned by the op */
+        size_t npeers;
+        struct location_op *loc; /* OP_PUT_LOCATION only; owned by the op */
 };
+
+static void op_free_payload(struct op *op) {
+        free(op->b);
+        free(op->peers);
+        free(op->loc);
+}
 
 static const char *const migrations[] = {
         /* 1 */
@@ -66,6 +87,23 @@ static const char *const migrations[] = {
         /* 2: operator pins and last access, for blobctl pin/ls */
         "ALTER TABLE blobs ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;"
         "ALTER TABLE blobs ADD COLUMN last_access INTEGER NOT NULL DEFAULT 0;",
+        /* 3: peers and chunk locations, for blobctl peers and a warm directory */
+        "CREATE TABLE peers ("
+        "  id TEXT PRIMARY KEY,"
+        "  state TEXT NOT NULL,"
+        "  locality TEXT NOT NULL,"
+        "  latency_us INTEGER NOT NULL DEFAULT 0,"
+        "  failures INTEGER NOT NULL DEFAULT 0,"
+        "  bytes_from INTEGER NOT NULL DEFAULT 0,"
+        "  bytes_to INTEGER NOT NULL DEFAULT 0,"
+        "  last_seen INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE locations ("
+        "  blob TEXT NOT NULL,"
+        "  peer TEXT NOT NULL,"
+        "  present BLOB,"
+        "  expires_at INTEGER NOT NULL,"
+        "  PRIMARY KEY (blob, peer));"
+        "CREATE INDEX locations_expiry ON locations (expires_at);",
 };
 
 enum stmt_id {
@@ -76,6 +114,10 @@ enum stmt_id {
         ST_VERIFIED,
         ST_PINNED,
         ST_ACCESSED,
+        ST_DELETE_PEERS,
+        ST_PUT_PEER,
+        ST_PUT_LOCATION,
+        ST_EXPIRE_LOCATIONS,
         ST_MAX,
 };
 
@@ -94,6 +136,13 @@ static const char *const stmt_sql[ST_MAX] = {
         [ST_VERIFIED] = "UPDATE blobs SET verified = ?2 WHERE digest = ?1",
         [ST_PINNED] = "UPDATE blobs SET pinned = ?2 WHERE digest = ?1",
         [ST_ACCESSED] = "UPDATE blobs SET last_access = ?2 WHERE digest = ?1",
+        [ST_DELETE_PEERS] = "DELETE FROM peers",
+        [ST_PUT_PEER] = "INSERT OR REPLACE INTO peers (id, state, locality, latency_us, "
+                        "failures, bytes_from, bytes_to, last_seen) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        [ST_PUT_LOCATION] = "INSERT OR REPLACE INTO locations (blob, peer, present, expires_at) "
+                            "VALUES (?1, ?2, ?3, ?4)",
+        [ST_EXPIRE_LOCATIONS] = "DELETE FROM locations WHERE expires_at <= ?1",
 };
 
 struct index {
@@ -161,6 +210,32 @@ static void bind_digest_hex(sqlite3_stmt *st, int col, const struct digest *d) {
         sqlite3_bind_text(st, col, hex, DIGEST_HEX_LEN, SQLITE_TRANSIENT);
 }
 
+static int step_reset(sqlite3_stmt *st) {
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+        return rc == SQLITE_DONE ? 0 : -EIO;
+}
+
+/* The peers table is a snapshot: replaced whole, inside the batch's transaction. */
+static int apply_put_peers(struct index *ix, const struct op *op) {
+        int r = step_reset(ix->stmt[ST_DELETE_PEERS]);
+        for (size_t i = 0; i < op->npeers && r == 0; i++) {
+                const struct idx_peer *p = &op->peers[i];
+                sqlite3_stmt *st = ix->stmt[ST_PUT_PEER];
+                sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 2, p->state, -1, SQLITE_STATIC);
+                sqlite3_bind_text(st, 3, p->locality, -1, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 4, (sqlite3_int64)p->latency_us);
+                sqlite3_bind_int64(st, 5, (sqlite3_int64)p->failures);
+                sqlite3_bind_int64(st, 6, (sqlite3_int64)p->bytes_from);
+                sqlite3_bind_int64(st, 7, (sqlite3_int64)p->bytes_to);
+                sqlite3_bind_int64(st, 8, p->last_seen);
+                r = step_reset(st);
+        }
+        return r;
+}
+
 static int apply(struct index *ix, const struct op *op) {
         sqlite3_stmt *st;
         switch (op->kind) {
@@ -207,13 +282,23 @@ static int apply(struct index *ix, const struct op *op) {
                 bind_digest_hex(st, 1, &op->blob);
                 sqlite3_bind_int64(st, 2, op->when);
                 break;
+        case OP_PUT_PEERS:
+                return apply_put_peers(ix, op);
+        case OP_PUT_LOCATION:
+                st = ix->stmt[ST_PUT_LOCATION];
+                bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_text(st, 2, op->loc->peer, -1, SQLITE_STATIC);
+                sqlite3_bind_blob(st, 3, op->loc->present, (int)op->loc->nbytes, SQLITE_STATIC);
+                sqlite3_bind_int64(st, 4, op->when);
+                break;
+        case OP_EXPIRE_LOCATIONS:
+                st = ix->stmt[ST_EXPIRE_LOCATIONS];
+                sqlite3_bind_int64(st, 1, op->when);
+                break;
         default:
                 return -EINVAL;
         }
-        int rc = sqlite3_step(st);
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-        return rc == SQLITE_DONE ? 0 : -EIO;
+        return step_reset(st);
 }
 
 static void *writer_main(void *arg) {
@@ -253,7 +338,7 @@ static void *writer_main(void *arg) {
                         sqlite3_exec(ix->wdb, "ROLLBACK", NULL, NULL, NULL);
                 }
                 for (size_t i = 0; i < n; i++)
-                        free(batch[i].b);
+                        op_free_payload(&batch[i]);
 
                 pthread_mutex_lock(&ix->lock);
                 if (failed)
@@ -268,7 +353,7 @@ static void *writer_main(void *arg) {
 
 static void push(struct index *ix, struct op *op) {
         if (ix->readonly) {
-                free(op->b);
+                op_free_payload(op);
                 return;
         }
         pthread_mutex_lock(&ix->lock);
@@ -468,6 +553,45 @@ void idx_blob_accessed(struct index *ix, const struct digest *blob, int64_t when
         push(ix, &op);
 }
 
+int idx_put_peers(struct index *ix, const struct idx_peer *v, size_t n) {
+        struct op op = {.kind = OP_PUT_PEERS, .npeers = n};
+        if (n > 0) {
+                op.peers = calloc(n, sizeof(*v));
+                if (!op.peers)
+                        return -ENOMEM;
+                memcpy(op.peers, v, n * sizeof(*v));
+                for (size_t i = 0; i < n; i++) { /* the writer binds them as C strings */
+                        op.peers[i].id[sizeof(v->id) - 1] = '\0';
+                        op.peers[i].state[sizeof(v->state) - 1] = '\0';
+                        op.peers[i].locality[sizeof(v->locality) - 1] = '\0';
+                }
+        }
+        push(ix, &op);
+        return 0;
+}
+
+int idx_put_location(struct index *ix, const struct digest *blob, const char *peer,
+                     const uint8_t *present, size_t nbytes, int64_t expires_at) {
+        size_t plen = strlen(peer);
+        if (plen == 0 || plen >= IDX_PEER_ID_MAX || nbytes > IDX_LOCATION_BITMAP_MAX)
+                return -EINVAL;
+        struct op op = {.kind = OP_PUT_LOCATION, .blob = *blob, .when = expires_at};
+        op.loc = malloc(sizeof(*op.loc) + nbytes);
+        if (!op.loc)
+                return -ENOMEM;
+        memcpy(op.loc->peer, peer, plen + 1);
+        op.loc->nbytes = nbytes;
+        if (nbytes > 0)
+                memcpy(op.loc->present, present, nbytes);
+        push(ix, &op);
+        return 0;
+}
+
+void idx_expire_locations(struct index *ix, int64_t now) {
+        struct op op = {.kind = OP_EXPIRE_LOCATIONS, .when = now};
+        push(ix, &op);
+}
+
 int idx_chunk_digests(struct index *ix, const struct digest *blob, uint32_t nchunks,
                       struct digest *digests, bool *known) {
         memset(known, 0, nchunks * sizeof(*known));
@@ -574,6 +698,77 @@ int idx_for_each_chunk(struct index *ix,
         }
         if (r == 0 && rc != SQLITE_DONE)
                 r = db_error(ix->rdb, "list chunks");
+        sqlite3_finalize(st);
+out_unlock:
+        pthread_mutex_unlock(&ix->rlock);
+        return r;
+}
+
+int idx_for_each_peer(struct index *ix, int (*fn)(void *ud, const struct idx_peer *p), void *ud) {
+        pthread_mutex_lock(&ix->rlock);
+        sqlite3_stmt *st;
+        int r = 0;
+        if (sqlite3_prepare_v2(ix->rdb,
+                               "SELECT id, state, locality, latency_us, failures, bytes_from, "
+                               "bytes_to, last_seen FROM peers ORDER BY id",
+                               -1, &st, NULL) != SQLITE_OK) {
+                r = db_error(ix->rdb, "list peers");
+                goto out_unlock;
+        }
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                struct idx_peer p = {0};
+                copy_text(p.id, sizeof(p.id), sqlite3_column_text(st, 0));
+                copy_text(p.state, sizeof(p.state), sqlite3_column_text(st, 1));
+                copy_text(p.locality, sizeof(p.locality), sqlite3_column_text(st, 2));
+                p.latency_us = (uint64_t)sqlite3_column_int64(st, 3);
+                p.failures = (uint64_t)sqlite3_column_int64(st, 4);
+                p.bytes_from = (uint64_t)sqlite3_column_int64(st, 5);
+                p.bytes_to = (uint64_t)sqlite3_column_int64(st, 6);
+                p.last_seen = sqlite3_column_int64(st, 7);
+                r = fn(ud, &p);
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = db_error(ix->rdb, "list peers");
+        sqlite3_finalize(st);
+out_unlock:
+        pthread_mutex_unlock(&ix->rlock);
+        return r;
+}
+
+int idx_for_each_location(struct index *ix, const struct digest *blob,
+                          int (*fn)(void *ud, const char *peer, const uint8_t *present,
+                                    size_t nbytes, int64_t expires_at),
+                          void *ud) {
+        pthread_mutex_lock(&ix->rlock);
+        sqlite3_stmt *st;
+        int r = 0;
+        if (sqlite3_prepare_v2(ix->rdb,
+                               "SELECT peer, present, expires_at FROM locations "
+                               "WHERE blob = ?1 ORDER BY peer",
+                               -1, &st, NULL) != SQLITE_OK) {
+                r = db_error(ix->rdb, "list locations");
+                goto out_unlock;
+        }
+        bind_digest_hex(st, 1, blob);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+                const unsigned char *peer = sqlite3_column_text(st, 0);
+                if (!peer)
+                        continue;
+                /* Blob before bytes: sqlite3_column_bytes() is defined for the converted value. */
+                const uint8_t *present = sqlite3_column_blob(st, 1);
+                int nbytes = sqlite3_column_bytes(st, 1);
+                static const uint8_t none[1];
+                r = fn(ud, (const char *)peer, present ? present : none,
+                       nbytes > 0 ? (size_t)nbytes : 0, sqlite3_column_int64(st, 2));
+                if (r < 0)
+                        break;
+        }
+        if (r == 0 && rc != SQLITE_DONE)
+                r = db_error(ix->rdb, "list locations");
         sqlite3_finalize(st);
 out_unlock:
         pthread_mutex_unlock(&ix->rlock);

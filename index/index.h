@@ -11,6 +11,7 @@
  * the bounded write queue is full (back-pressure on a disk that cannot keep up). */
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "util/digest.h"
@@ -30,6 +31,22 @@ struct idx_blob {
         bool pinned;                         /* the operator asked to keep it (evicted last) */
         int64_t added_at;                    /* unix seconds */
         int64_t last_access;                 /* unix seconds of the last read; 0 = never */
+};
+
+/* A peer as last persisted by the membership (peer/members.c), for blobctl with the daemon
+ * down. The index does not interpret the text fields; it keeps what it is given. */
+#define IDX_PEER_ID_MAX 64                 /* same as PEER_ID_MAX: "[v6]:port" */
+#define IDX_LOCATION_BITMAP_MAX (1u << 19) /* 4 Mi chunks, one bit each */
+
+struct idx_peer {
+        char id[IDX_PEER_ID_MAX]; /* "addr:port" */
+        char state[8];            /* "up", "down" */
+        char locality[16];        /* "self", "on-link", "routed", "unknown" */
+        uint64_t latency_us;      /* 0 = not measured */
+        uint64_t failures;
+        uint64_t bytes_from; /* chunk bytes fetched from it */
+        uint64_t bytes_to;   /* chunk bytes served to it */
+        int64_t last_seen;   /* unix seconds of the last success; 0 = never */
 };
 
 /* Opens or creates the database at PATH, applies migrations, starts the writer thread.
@@ -63,6 +80,28 @@ void idx_blob_forget_chunks(struct index *ix, const struct digest *blob);
 void idx_blob_verified(struct index *ix, const struct digest *blob, bool verified);
 void idx_blob_pinned(struct index *ix, const struct digest *blob, bool pinned);
 void idx_blob_accessed(struct index *ix, const struct digest *blob, int64_t when);
+
+/* Replaces the whole peers table with V[0..N) (queued; V is copied). 0, or -ENOMEM. */
+int idx_put_peers(struct index *ix, const struct idx_peer *v, size_t n);
+
+/* Records that PEER holds the chunks of BLOB set in the bitmap PRESENT (NBYTES bytes, at most
+ * IDX_LOCATION_BITMAP_MAX) until EXPIRES_AT (unix seconds), replacing what was recorded for
+ * that pair (queued; PRESENT is copied). 0, -EINVAL (id too long, bitmap too large), -ENOMEM. */
+int idx_put_location(struct index *ix, const struct digest *blob, const char *peer,
+                     const uint8_t *present, size_t nbytes, int64_t expires_at);
+/* Deletes every location whose expiry is at or before NOW (queued). */
+void idx_expire_locations(struct index *ix, int64_t now);
+
+/* Calls FN for every persisted peer, ordered by id; a negative return from FN stops the walk
+ * and is returned. 0 or -EIO. */
+int idx_for_each_peer(struct index *ix, int (*fn)(void *ud, const struct idx_peer *p), void *ud);
+
+/* Calls FN for every location of BLOB, ordered by peer, expired ones included (compare
+ * EXPIRES_AT with the clock). PRESENT is valid during the call only. As above. */
+int idx_for_each_location(struct index *ix, const struct digest *blob,
+                          int (*fn)(void *ud, const char *peer, const uint8_t *present,
+                                    size_t nbytes, int64_t expires_at),
+                          void *ud);
 
 /* Reads the recorded sha256 of every chunk of BLOB into DIGESTS (NCHUNKS entries) and sets
  * KNOWN[i] for those recorded. Reads the committed state (call idx_flush() first to include

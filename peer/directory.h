@@ -5,7 +5,10 @@
  * CLAIM_TTL or as soon as its claimant announces the chunk present.
  *
  * Bounds: at most max_blobs blob records and max_holders holder records per blob (the
- * least recently announced holder is dropped first; a reader needs a few holders, not all).
+ * least recently announced holder is dropped first; a reader needs a few holders, not all),
+ * and max_claims claims per blob (the oldest dropped first: at worst a duplicate origin
+ * fetch). A node whose announce has an empty present set keeps the blob's metadata alive
+ * but has no holder record and is never listed as a holder.
  * Chunk digests are kept once per blob. When max_blobs is reached, the blob whose newest
  * announce is oldest is dropped. Memory is therefore max_blobs x (nchunks x (32 bytes +
  * bits per holder)); the daemon sizes max_blobs from --max-blobs.
@@ -26,32 +29,40 @@ struct dir_config {
         size_t max_holders; /* per blob, <= WIRE_MAX_HOLDERS */
         uint64_t ttl_ms;
         uint64_t claim_ttl_ms;
+        size_t max_claims; /* per blob; 0: 1024 */
 };
 
+/* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */
 int dir_new(const struct dir_config *cfg, struct directory **ret);
 void dir_free(struct directory *dir); /* NULL-safe */
 
 /* Applies a parsed announce at time NOW_MS (monotonic). 0; -EPROTO when its chunk size
  * differs from ours (REASON says so; nothing applied); -EINVAL for a blob whose size or
  * chunk count disagrees with what the directory already has (that blob skipped, the others
- * applied, REASON set). */
-int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms,
-              char *reason, size_t reason_len);
+ * applied, REASON set; also for an invalid node id, nothing applied); -ENOMEM (some of it
+ * applied). A chunk digest that disagrees with the one recorded is ignored: the first
+ * recorded stays. A holder record is live while NOW_MS - its last announce < ttl_ms. */
+int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
+              size_t reason_len);
 
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
  * chunk digests, live holders (not expired), live claims as "fetching" holders.
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
- * a claim CLAIMANT already holds is granted again. The claimant itself never appears among
- * the holders of RET. -ENOENT when the blob is unknown (or has no live holder and no claim). */
-int dir_locate(struct directory *dir, const struct digest *d, const char *claimant,
-               int64_t chunk, uint64_t now_ms, struct wire_locate *ret);
+ * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant
+ * itself never appears among the holders of RET (present or fetching). At most
+ * WIRE_MAX_HOLDERS fetching nodes are listed, the one fetching CHUNK first. -ENOENT when the
+ * blob is unknown or dead (no announce of it, even with an empty present set, within ttl_ms
+ * and no live claim); -EINVAL for a CLAIMANT that is not a node id; -ENOMEM. */
+int dir_locate(struct directory *dir, const struct digest *d, const char *claimant, int64_t chunk,
+               uint64_t now_ms, struct wire_locate *ret);
 
 /* Drops expired holders, claims and blobs left with neither. Called periodically. */
 void dir_expire(struct directory *dir, uint64_t now_ms);
 
 struct dir_stats {
-        uint64_t blobs, holders, claims;
+        uint64_t blobs, holders, claims; /* records now (expired ones until dir_expire) */
+        /* Since dir_new; refused counts refused announces and skipped blobs. */
         uint64_t announces, refused, locates, claims_granted;
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

@@ -1,16 +1,22 @@
 /* The node's HTTP server. See httpd.h.
  *
- * libmicrohttpd with one internal polling thread: health, readiness and metrics are cheap and
- * never block, so a thread per connection would only cost memory. */
+ * libmicrohttpd with a thread per connection: blob answers read the disk and may wait for a
+ * chunk in flight, and must not hold up probes or other peers. Bounded by the connection
+ * limit and, for buffers, by HTTPD_MAX_SERVES. */
 #include "peer/httpd.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+
+#include "peer/wire.h"
 
 #include "util/log.h"
 #include "util/parse.h"
@@ -39,21 +45,292 @@ static enum MHD_Result text(struct MHD_Connection *conn, unsigned status, const 
                      MHD_RESPMEM_PERSISTENT);
 }
 
+/* Per-request state: the POST body collected so far. */
+struct request {
+        char *body;
+        size_t len, cap;
+        bool too_big;
+};
+
+static void request_done(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code) {
+        (void)cls;
+        (void)conn;
+        (void)code;
+        struct request *rq = *req_cls;
+        if (rq) {
+                free(rq->body);
+                free(rq);
+        }
+        *req_cls = NULL;
+}
+
+static int collect(struct request *rq, const char *data, size_t n) {
+        if (rq->too_big || rq->len + n + 1 > WIRE_MAX_BODY) {
+                rq->too_big = true;
+                return 0;
+        }
+        if (rq->len + n + 1 > rq->cap) {
+                size_t cap = rq->cap ? rq->cap : 16384;
+                while (cap < rq->len + n + 1)
+                        cap *= 2;
+                char *b = realloc(rq->body, cap);
+                if (!b)
+                        return -ENOMEM;
+                rq->body = b;
+                rq->cap = cap;
+        }
+        memcpy(rq->body + rq->len, data, n);
+        rq->len += n;
+        rq->body[rq->len] = '\0';
+        return 0;
+}
+
+static void client_addr(struct MHD_Connection *conn, char *out, size_t len) {
+        out[0] = '\0';
+        const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (!ci || !ci->client_addr)
+                return;
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
+                          (socklen_t)len);
+        else if (sa->sa_family == AF_INET6)
+                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
+                          (socklen_t)len);
+}
+
+/* "/v2/<name>/blobs/sha256:<hex>": the digest, or -EINVAL. The name is not checked: a peer
+ * serves by digest whatever repository the asker names. */
+static int blob_url(const char *url, struct digest *ret) {
+        static const char pre[] = "/v2/", mid[] = "/blobs/";
+        if (strncmp(url, pre, sizeof(pre) - 1) != 0)
+                return -EINVAL;
+        const char *m = strstr(url + sizeof(pre) - 1, mid);
+        if (!m || m == url + sizeof(pre) - 1)
+                return -EINVAL;
+        const char *last = m + sizeof(mid) - 1;
+        if (strchr(last, '/'))
+                return -EINVAL;
+        return digest_parse(last, ret) < 0 ? -EINVAL : 0;
+}
+
+static atomic_uint serves; /* blob answers holding a buffer now */
+
+/* Streams a large range a chunk at a time (a client reading a whole blob from a peer). */
+struct stream {
+        struct httpd *h;
+        struct digest d;
+        uint64_t off, end;
+        uint8_t *buf;
+        uint64_t buf_off;
+        size_t buf_len;
+        char client[64];
+};
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *out, size_t max) {
+        struct stream *st = cls;
+        uint64_t at = st->off + pos;
+        if (at >= st->end)
+                return MHD_CONTENT_READER_END_OF_STREAM;
+        if (!(at >= st->buf_off && at < st->buf_off + st->buf_len)) {
+                uint32_t cs = st->h->ops.chunk_size;
+                uint64_t coff = at / cs * cs;
+                size_t n = (size_t)(st->end - coff < cs ? st->end - coff : cs);
+                if (st->h->ops.blob_read(st->h->ops.ud, &st->d, coff, n, 0, st->buf, NULL, NULL) <
+                    0)
+                        return MHD_CONTENT_READER_END_WITH_ERROR; /* chunk went away */
+                st->buf_off = coff;
+                st->buf_len = n;
+        }
+        size_t n = (size_t)(st->buf_off + st->buf_len - at);
+        if (n > max)
+                n = max;
+        memcpy(out, st->buf + (at - st->buf_off), n);
+        if (st->h->ops.served)
+                st->h->ops.served(st->h->ops.ud, st->client, n);
+        return (ssize_t)n;
+}
+
+static void stream_free(void *cls) {
+        struct stream *st = cls;
+        free(st->buf);
+        free(st);
+        atomic_fetch_sub(&serves, 1);
+}
+
+static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
+                                  const struct digest *d, bool head) {
+        uint64_t size;
+        if (!h->ops.blob_size || h->ops.blob_size(h->ops.ud, d, &size) < 0)
+                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
+        uint64_t off = 0, len = size;
+        const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
+        bool ranged = false;
+        if (range) {
+                int r = parse_http_range(range, size, &off, &len);
+                if (r == -ERANGE)
+                        return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+                                    "range not satisfiable\n");
+                ranged = r == 0;
+                if (!ranged) {
+                        off = 0;
+                        len = size;
+                }
+        }
+        char hex[DIGEST_HEX_LEN + 8];
+        memcpy(hex, "sha256:", 7);
+        digest_to_hex(d, hex + 7);
+        unsigned status = ranged ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK;
+        char cr[96];
+        snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, off,
+                 len ? off + len - 1 : off, size);
+        struct MHD_Response *resp;
+        char client[64];
+        client_addr(conn, client, sizeof(client));
+        if (head || len == 0) {
+                resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+                if (!resp)
+                        return MHD_NO;
+                char cl[32];
+                snprintf(cl, sizeof(cl), "%" PRIu64, len);
+                if (head) /* MHD would say 0 for an empty body */
+                        MHD_add_response_header(resp, "Content-Length", cl);
+        } else if (atomic_fetch_add(&serves, 1) >= HTTPD_MAX_SERVES) {
+                atomic_fetch_sub(&serves, 1);
+                return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask another source\n");
+        } else if (len <= h->ops.chunk_size) {
+                uint64_t wait = 0;
+                const char *w =
+                        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-P2PBlobs-Wait");
+                if (w && parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) < 0)
+                        wait = 0;
+                uint8_t *buf = malloc((size_t)len);
+                struct digest sha;
+                bool known = false;
+                int r = buf ? h->ops.blob_read(h->ops.ud, d, off, (size_t)len, wait, buf, &sha,
+                                               &known)
+                            : -ENOMEM;
+                atomic_fetch_sub(&serves, 1);
+                if (r < 0) {
+                        free(buf);
+                        if (r == -ERANGE)
+                                return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+                                            "chunk not held here\n");
+                        if (r == -ENOENT)
+                                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
+                        return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "read failed\n");
+                }
+                if (h->ops.served)
+                        h->ops.served(h->ops.ud, client, len);
+                resp = MHD_create_response_from_buffer((size_t)len, buf, MHD_RESPMEM_MUST_FREE);
+                if (!resp) {
+                        free(buf);
+                        return MHD_NO;
+                }
+                if (known) {
+                        char sh[DIGEST_HEX_LEN + 8];
+                        memcpy(sh, "sha256:", 7);
+                        digest_to_hex(&sha, sh + 7);
+                        MHD_add_response_header(resp, "X-P2PBlobs-Chunk-Digest", sh);
+                }
+        } else {
+                struct stream *st = calloc(1, sizeof(*st));
+                uint8_t *buf = malloc(h->ops.chunk_size);
+                if (!st || !buf) {
+                        free(st);
+                        free(buf);
+                        atomic_fetch_sub(&serves, 1);
+                        return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+                }
+                *st = (struct stream){.h = h, .d = *d, .off = off, .end = off + len, .buf = buf};
+                snprintf(st->client, sizeof(st->client), "%s", client);
+                /* A stream of a blob we do not hold whole would fail mid-way: say so now. */
+                if (h->ops.blob_read(h->ops.ud, d, off, 1, 0, buf, NULL, NULL) < 0) {
+                        stream_free(st);
+                        return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
+                }
+                resp = MHD_create_response_from_callback(len, 64 * 1024, stream_read, st,
+                                                         stream_free);
+                if (!resp) {
+                        stream_free(st);
+                        return MHD_NO;
+                }
+        }
+        MHD_add_response_header(resp, "Docker-Content-Digest", hex);
+        MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+        MHD_add_response_header(resp, "Accept-Ranges", "bytes");
+        if (ranged)
+                MHD_add_response_header(resp, "Content-Range", cr);
+        char cs[32];
+        snprintf(cs, sizeof(cs), "%" PRIu32, h->ops.chunk_size);
+        MHD_add_response_header(resp, "X-P2PBlobs-Chunk-Size", cs);
+        enum MHD_Result ret = MHD_queue_response(conn, status, resp);
+        MHD_destroy_response(resp);
+        return ret;
+}
+
+static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn, const char *arg) {
+        struct digest d;
+        if (!h->ops.locate || digest_parse(arg, &d) < 0)
+                return text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
+        const char *node = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "node");
+        const char *chunk = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "chunk");
+        uint64_t idx = 0;
+        if (chunk && parse_u64(chunk, 0, WIRE_MAX_CHUNKS, &idx) < 0)
+                return text(conn, MHD_HTTP_BAD_REQUEST, "bad chunk\n");
+        char host[PEER_ID_MAX];
+        uint16_t port;
+        if (node && (strlen(node) >= PEER_ID_MAX ||
+                     parse_hostport(node, host, sizeof(host), &port) < 0 || !host[0]))
+                return text(conn, MHD_HTTP_BAD_REQUEST, "bad node\n");
+        char *body = NULL;
+        size_t len = 0;
+        int r = h->ops.locate(h->ops.ud, &d, chunk ? node : NULL, chunk ? (int64_t)idx : -1, &body,
+                              &len);
+        if (r == -ENOENT)
+                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown to this home\n");
+        if (r < 0)
+                return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "locate failed\n");
+        return reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload_data,
                               size_t *upload_data_size, void **req_cls) {
         (void)version;
-        (void)upload_data;
         struct httpd *h = cls;
         if (*req_cls == NULL) { /* headers only so far */
-                *req_cls = h;
+                struct request *rq = calloc(1, sizeof(*rq));
+                if (!rq)
+                        return MHD_NO;
+                *req_cls = rq;
                 return MHD_YES;
         }
+        struct request *rq = *req_cls;
         if (*upload_data_size) {
-                *upload_data_size = 0; /* no endpoint takes a body */
+                if (collect(rq, upload_data, *upload_data_size) < 0)
+                        return MHD_NO;
+                *upload_data_size = 0;
                 return MHD_YES;
         }
-        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
+        if (strcmp(method, "POST") == 0 && strcmp(url, "/p2p/v1/announce") == 0) {
+                if (!h->ops.announce)
+                        return text(conn, MHD_HTTP_NOT_FOUND, "not a peer\n");
+                if (rq->too_big)
+                        return text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "announce too large\n");
+                char reason[160] = "";
+                int r = h->ops.announce(h->ops.ud, rq->body ? rq->body : "", rq->len, reason,
+                                        sizeof(reason));
+                if (r == -EPROTO)
+                        return text(conn, MHD_HTTP_CONFLICT, "chunk size differs\n");
+                if (r < 0)
+                        return text(conn, MHD_HTTP_BAD_REQUEST, "malformed announce\n");
+                return text(conn, MHD_HTTP_OK, "ok\n");
+        }
+        if (!get && !head)
                 return text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
         if (strcmp(url, "/healthz") == 0)
                 return text(conn, MHD_HTTP_OK, "ok\n");
@@ -69,6 +346,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
                              len, MHD_RESPMEM_MUST_FREE);
         }
+        static const char loc[] = "/p2p/v1/locate/";
+        if (strncmp(url, loc, sizeof(loc) - 1) == 0)
+                return locate(h, conn, url + sizeof(loc) - 1);
+        struct digest d;
+        if (blob_url(url, &d) == 0)
+                return serve_blob(h, conn, &d, head);
         return text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
@@ -78,7 +361,8 @@ int httpd_start(const char *listen, const struct httpd_ops *ops, struct httpd **
         if (parse_hostport(listen, host, sizeof(host), &port) < 0)
                 return -EINVAL;
         struct sockaddr_storage ss = {0};
-        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+        unsigned flags =
+                MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
         if (!host[0] || strcmp(host, "0.0.0.0") == 0 ||
             inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
                 struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
@@ -100,7 +384,8 @@ int httpd_start(const char *listen, const struct httpd_ops *ops, struct httpd **
         h->ops = *ops;
         h->mhd = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, &ss,
                                   MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTPD_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_END);
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED,
+                                  request_done, NULL, MHD_OPTION_END);
         if (!h->mhd) {
                 int r = errno ? -errno : -EADDRINUSE;
                 free(h);

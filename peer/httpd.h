@@ -1,17 +1,31 @@
-/* The node's HTTP server on --listen (default 0.0.0.0:5001): health and metrics today; the
- * peer blob protocol (GET /v2/<name>/blobs/sha256:<hex>) joins it with peer support.
+/* The node's HTTP server on --listen (default 0.0.0.0:5001): health, metrics, and the peer
+ * protocol.
  *
  *   GET /healthz  200 while the process serves HTTP at all (liveness)
  *   GET /readyz   200 once the mount answers and until shutdown begins, else 503
  *   GET /metrics  Prometheus text exposition
+ *   GET|HEAD /v2/<name>/blobs/sha256:<hex>   a blob's bytes from this node's chunks only
+ *        (OCI distribution shape, Range honoured): 200/206, 416 when a chunk is not here,
+ *        404 for an unknown blob. Never a fetch on the asker's behalf, so no loops. With
+ *        X-P2PBlobs-Wait: MS, a chunk this node is fetching right now is waited for.
+ *        A one-chunk answer carries X-P2PBlobs-Chunk-Digest (recorded at arrival).
+ *   POST /p2p/v1/announce                    a holder's announce (peer/wire.h), for homes
+ *   GET  /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]   who holds / fetches which chunks
  *
- * Answers never depend on other nodes, so probes cost the same at any cluster size. One
- * polling thread; at most HTTPD_MAX_CONNECTIONS connections, each with a timeout. */
+ * Probes never depend on other nodes, so they cost the same at any cluster size. One thread
+ * per connection (blob reads block on the disk and on waits), at most HTTPD_MAX_CONNECTIONS,
+ * each with a timeout; at most HTTPD_MAX_SERVES blob answers hold a buffer at once (503
+ * beyond: the asker moves to its next source). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "util/digest.h"
 
 #define HTTPD_MAX_CONNECTIONS 64
+#define HTTPD_MAX_SERVES 16
+#define HTTPD_MAX_WAIT_MS 10000 /* cap on X-P2PBlobs-Wait */
 
 struct httpd;
 
@@ -20,6 +34,18 @@ struct httpd_ops {
         bool (*ready)(void *ud);
         /* A malloc'd Prometheus text body in *RET (the server frees it). 0 or -errno. */
         int (*metrics)(void *ud, char **ret, size_t *ret_len);
+        /* The peer protocol; each may be NULL (then 404). Same contracts as engine_blob_size,
+         * engine_serve, dir_apply (on a parsed body: 0, -EINVAL, -EPROTO) and dir_locate
+         * (a malloc'd JSON answer, or -ENOENT). SERVED counts bytes sent to CLIENT (an
+         * address). */
+        int (*blob_size)(void *ud, const struct digest *d, uint64_t *ret_size);
+        int (*blob_read)(void *ud, const struct digest *d, uint64_t off, size_t len,
+                         uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_known);
+        int (*announce)(void *ud, const char *body, size_t len, char *reason, size_t reason_len);
+        int (*locate)(void *ud, const struct digest *d, const char *claimant, int64_t chunk,
+                      char **ret, size_t *ret_len);
+        void (*served)(void *ud, const char *client, uint64_t bytes);
+        uint32_t chunk_size; /* blob answers are assembled a chunk at a time */
 };
 
 /* Listens on LISTEN ("host:port", "[v6]:port"). 0, -EINVAL (malformed), -errno (bind). */

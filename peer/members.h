@@ -25,18 +25,22 @@
 #include "peer/wire.h"
 
 struct members;
+struct index;
 
 struct members_config {
         const char *const *static_peers; /* "host:port" (host numeric or a name resolved once
                                             per refresh) */
         size_t n_static;
-        const char *dns_name;     /* NULL: none */
-        uint16_t peer_port;       /* port for DNS-discovered peers */
-        uint16_t listen_port;     /* our own port: self id is "<advertised>:<listen_port>" */
-        uint64_t refresh_ms;      /* DNS re-resolution interval */
+        const char *dns_name;      /* NULL: none */
+        uint16_t peer_port;        /* port for DNS-discovered peers */
+        uint16_t listen_port;      /* our own port: self id is "<advertised>:<listen_port>" */
+        uint64_t refresh_ms;       /* DNS re-resolution interval */
         uint64_t probe_timeout_ms; /* connect + answer timeout of a health probe */
         size_t max_peers;
-        struct netlink *nl; /* borrowed; NULL = locality unknown, self from --advertise only */
+        struct netlink *nl;    /* borrowed; NULL = locality unknown, self from --advertise only */
+        const char *advertise; /* --advertise-address: self when NL is NULL (NL has it too) */
+        struct index *ix;      /* borrowed, may be NULL: the snapshot is persisted there (at
+                                  most once per refresh, and at members_free) */
 };
 
 enum peer_state { PEER_UP = 0, PEER_DOWN };
@@ -47,12 +51,12 @@ struct peer_info {
         enum nl_locality locality;
         bool is_self;
         bool from_static, from_dns;
-        uint64_t latency_us; /* EWMA; 0 = not measured yet */
-        uint64_t failures;   /* total */
+        uint64_t latency_us;      /* EWMA; 0 = not measured yet */
+        uint64_t failures;        /* total */
         uint64_t recent_failures; /* decays: halved every minute */
-        uint64_t bytes_from; /* chunk bytes we fetched from it */
-        uint64_t bytes_to;   /* chunk bytes we served to it */
-        int64_t last_seen;   /* unix seconds of the last success; 0 = never */
+        uint64_t bytes_from;      /* chunk bytes we fetched from it */
+        uint64_t bytes_to;        /* chunk bytes we served to it */
+        int64_t last_seen;        /* unix seconds of the last success; 0 = never */
 };
 
 /* Starts the membership thread; resolves once before returning (bounded by a few seconds)
@@ -66,8 +70,7 @@ int members_self(struct members *m, char *out, size_t len);
 /* Copies the ids of every member into IDS (at most MAX), self included when known; returns
  * the count. The order is stable (sorted) so callers can hash it. Also *RET_VERSION (may be
  * NULL): bumped whenever the set changes. */
-size_t members_ids(struct members *m, char (*ids)[PEER_ID_MAX], size_t max,
-                   uint64_t *ret_version);
+size_t members_ids(struct members *m, char (*ids)[PEER_ID_MAX], size_t max, uint64_t *ret_version);
 
 /* Whether ID is a member that is up and not self. */
 bool members_usable(struct members *m, const char *id);
@@ -78,8 +81,7 @@ uint64_t members_rank_key(struct members *m, const char *id);
 
 /* Request outcomes, from the peer client. Success records latency and bytes; failure marks
  * the peer down at once (the prober brings it back). Unknown ids are ignored. */
-void members_report_success(struct members *m, const char *id, uint64_t latency_us,
-                            uint64_t bytes);
+void members_report_success(struct members *m, const char *id, uint64_t latency_us, uint64_t bytes);
 void members_report_failure(struct members *m, const char *id, const char *why);
 
 /* Bytes served to the peer at numeric address ADDR (any port). */

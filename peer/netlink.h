@@ -24,7 +24,9 @@ enum nl_locality { NL_LOC_UNKNOWN = 0, NL_LOC_SELF, NL_LOC_ONLINK, NL_LOC_ROUTED
  * is called from the netlink thread after the advertised address changed. 0 or -errno (no
  * netlink socket: the caller may run without, with locality unknown). */
 int nl_open(const char *advertise, void (*on_change)(void *ud), void *ud, struct netlink **ret);
-void nl_close(struct netlink *nl); /* NULL-safe */
+/* Stops the thread and frees NL. NULL-safe. (Not nl_close: libnl-3 exports that name for its
+ * sockets, and a second definition would interpose on libnl's own calls.) */
+void nl_free(struct netlink *nl);
 
 /* The advertised address as text ("10.0.0.2", or "fd00::2" without brackets) into OUT.
  * 0, or -ENOENT when there is none yet (no default route and no --advertise-address). */

@@ -37,7 +37,16 @@
 #define CREDENTIALS_MAX 1024
 #define URL_MAX 2048
 
-enum job_kind { JOB_GET, JOB_HEAD, JOB_TOKEN };
+/* Manifests are asked for with every manifest and index type we know, and anything else last:
+ * a registry then answers with the type it stored (artifacts, attestations, vendor types). */
+#define MANIFEST_ACCEPT                                                                            \
+        "Accept: application/vnd.oci.image.index.v1+json, "                                        \
+        "application/vnd.oci.image.manifest.v1+json, "                                             \
+        "application/vnd.docker.distribution.manifest.list.v2+json, "                              \
+        "application/vnd.docker.distribution.manifest.v2+json, */*;q=0.1"
+#define MANIFEST_REFERENCE_MAX 136 /* a 128-character tag, or "sha256:" and 64 hex */
+
+enum job_kind { JOB_GET, JOB_HEAD, JOB_TOKEN, JOB_MANIFEST_GET, JOB_MANIFEST_HEAD };
 
 struct token_slot;
 
@@ -52,16 +61,21 @@ struct job {
         uint64_t deadline_ms;
         uint64_t not_before_ms; /* retry time */
         unsigned attempt;
-        bool auth_tried; /* a 401 already led to (re)authentication */
+        bool once; /* transient failures fail at once instead of being retried */
+        char reference[MANIFEST_REFERENCE_MAX]; /* manifest jobs: tag or digest */
+        bool auth_tried;                        /* a 401 already led to (re)authentication */
 
         CURL *easy;
         struct curl_slist *headers;
-        uint8_t *buf; /* GET body (len bytes) or token JSON */
-        size_t got, cap;
+        uint8_t *buf; /* GET body (len bytes), manifest body (grows to cap) or token JSON */
+        size_t got, cap, alloc;
         bool overflow; /* the server sent more than asked: it ignored Range */
         char www_authenticate[1024];
         char content_range[128];
+        char content_type[ORIGIN_MEDIA_TYPE_MAX];
+        char docker_digest[128];
         char curl_error[CURL_ERROR_SIZE];
+        struct origin_manifest *mout; /* manifest jobs: filled on success, before done */
 
         struct token_slot *token; /* JOB_TOKEN: the slot it fills */
         origin_done_fn done;
@@ -231,6 +245,18 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
                 j->overflow = true;
                 return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
         }
+        if (j->got + n > j->alloc) { /* manifests: grow by doubling, up to cap */
+                size_t want = j->alloc ? j->alloc : 16384;
+                while (want < j->got + n)
+                        want *= 2;
+                if (want > j->cap)
+                        want = j->cap;
+                uint8_t *nb = realloc(j->buf, want);
+                if (!nb)
+                        return 0;
+                j->buf = nb;
+                j->alloc = want;
+        }
         memcpy(j->buf + j->got, data, n);
         j->got += n;
         return n;
@@ -256,13 +282,23 @@ static void header_value(const char *line, size_t n, const char *name, char *out
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
         struct job *j = ud;
         size_t n = size * nmemb;
+        if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) /* a new response: forget the last one's */
+                j->content_type[0] = j->docker_digest[0] = '\0';
         /* A redirect or 401 response's headers arrive before the final one's: keep the last. */
         header_value(data, n, "WWW-Authenticate", j->www_authenticate, sizeof(j->www_authenticate));
         header_value(data, n, "Content-Range", j->content_range, sizeof(j->content_range));
+        header_value(data, n, "Content-Type", j->content_type, sizeof(j->content_type));
+        header_value(data, n, "Docker-Content-Digest", j->docker_digest, sizeof(j->docker_digest));
         return n;
 }
 
 static int build_url(struct origin *o, const struct job *j, char *url, size_t len) {
+        const char *scheme = is_insecure(o, j->registry) ? "http" : "https";
+        if (j->kind == JOB_MANIFEST_GET || j->kind == JOB_MANIFEST_HEAD) {
+                int n = snprintf(url, len, "%s://%s/v2/%s/manifests/%s", scheme, j->registry,
+                                 j->repository, j->reference);
+                return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+        }
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&j->blob, hex);
         int n = snprintf(url, len, "%s://%s/v2/%s/blobs/sha256:%s",
@@ -316,6 +352,7 @@ static int start_transfer(struct origin *o, struct job *j) {
         j->got = 0;
         j->overflow = false;
         j->www_authenticate[0] = j->content_range[0] = j->curl_error[0] = '\0';
+        j->content_type[0] = j->docker_digest[0] = '\0';
 
         if (j->kind == JOB_GET) {
                 char range[64];
@@ -326,9 +363,11 @@ static int start_transfer(struct origin *o, struct job *j) {
                 if (!j->buf)
                         return -ENOMEM;
                 j->cap = j->len;
-        } else if (j->kind == JOB_HEAD) {
+        } else if (j->kind == JOB_HEAD || j->kind == JOB_MANIFEST_HEAD) {
                 curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
                 j->cap = 0;
+        } else if (j->kind == JOB_MANIFEST_GET) {
+                j->cap = j->len; /* the caller's size limit; the buffer grows in on_body */
         } else {
                 j->buf = malloc(TOKEN_BODY_MAX);
                 if (!j->buf)
@@ -340,17 +379,24 @@ static int start_transfer(struct origin *o, struct job *j) {
                         curl_easy_setopt(e, CURLOPT_USERPWD, cred);
                 }
         }
+        if (j->kind == JOB_MANIFEST_GET || j->kind == JOB_MANIFEST_HEAD) {
+                j->headers = curl_slist_append(j->headers, MANIFEST_ACCEPT);
+                if (!j->headers)
+                        return -ENOMEM;
+        }
         if (j->kind != JOB_TOKEN) {
                 const char *tok = token_for(o, j);
                 if (tok) {
                         char h[sizeof(o->tokens[0].value) + 32];
                         snprintf(h, sizeof(h), "Authorization: %s", tok);
-                        j->headers = curl_slist_append(j->headers, h);
-                        if (!j->headers)
+                        struct curl_slist *l = curl_slist_append(j->headers, h);
+                        if (!l)
                                 return -ENOMEM;
-                        curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->headers);
+                        j->headers = l;
                 }
         }
+        if (j->headers)
+                curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->headers);
         if (curl_multi_add_handle(o->multi, e) != CURLM_OK)
                 return -EIO;
         j->next = o->running;
@@ -423,6 +469,10 @@ static void fail_now(struct origin *o, struct job *j, int err, const char *reaso
 static void retry_or_fail(struct origin *o, struct job *j, int err, const char *reason) {
         count_error(o, err);
         note_failure(o, j, reason);
+        if (j->once) {
+                job_finish(o, j, err, reason);
+                return;
+        }
         uint64_t backoff = BACKOFF_BASE_MS << (j->attempt < 6 ? j->attempt : 6);
         if (backoff > BACKOFF_MAX_MS)
                 backoff = BACKOFF_MAX_MS;
@@ -553,6 +603,41 @@ static void token_done(struct origin *o, struct job *tj, CURLcode cc, long statu
         job_free(tj);
 }
 
+/* A manifest answer that is neither an error status nor a retry: hands what the registry said
+ * to the waiting caller. The body is not checked here; the caller knows which digest it
+ * wanted. */
+static void manifest_done(struct origin *o, struct job *j, long status, curl_off_t length) {
+        char reason[512];
+        if (status != 200) {
+                snprintf(reason, sizeof(reason), "unexpected manifest answer (HTTP %ld)", status);
+                fail_now(o, j, -EPROTO, reason);
+                return;
+        }
+        if (j->overflow) {
+                snprintf(reason, sizeof(reason), "manifest larger than %zu bytes", j->cap);
+                fail_now(o, j, -EFBIG, reason);
+                return;
+        }
+        struct origin_manifest *m = j->mout;
+        memset(m, 0, sizeof(*m));
+        snprintf(m->media_type, sizeof(m->media_type), "%s", j->content_type);
+        const char *d = j->docker_digest;
+        m->has_digest = digest_parse(d, &m->digest) == 0;
+        if (j->kind == JOB_MANIFEST_GET) {
+                m->size = j->got;
+                m->body = j->buf ? j->buf : malloc(1);
+                j->buf = NULL;
+                if (!m->body) {
+                        fail_now(o, j, -ENOMEM, "out of memory");
+                        return;
+                }
+        } else {
+                m->size = length >= 0 ? (uint64_t)length : 0;
+        }
+        note_success(o, j);
+        job_finish(o, j, 0, NULL);
+}
+
 /* Classifies a finished transfer: succeed, retry later, or fail now. */
 static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
         long status = 0;
@@ -605,13 +690,20 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                 fail_now(o, j, -EACCES, reason);
                 return;
         }
+        bool manifest = j->kind == JOB_MANIFEST_GET || j->kind == JOB_MANIFEST_HEAD;
         if (status == 404) {
-                fail_now(o, j, -ENOENT, "blob not found at the registry (HTTP 404)");
+                fail_now(o, j, -ENOENT,
+                         manifest ? "manifest not found at the registry (HTTP 404)"
+                                  : "blob not found at the registry (HTTP 404)");
                 return;
         }
         if (status == 429 || status >= 500) {
                 snprintf(reason, sizeof(reason), "registry answered HTTP %ld", status);
                 retry_or_fail(o, j, -EREMOTEIO, reason);
+                return;
+        }
+        if (manifest) {
+                manifest_done(o, j, status, content_length);
                 return;
         }
         if (j->kind == JOB_HEAD) {
@@ -926,6 +1018,56 @@ int origin_blob_size(struct origin *o, const char *source, const struct digest *
                 return w.err;
         }
         *ret_size = w.len;
+        return 0;
+}
+
+static bool reference_valid(const char *s) {
+        struct digest d;
+        if (strncmp(s, "sha256:", 7) == 0)
+                return digest_parse(s, &d) == 0;
+        size_t n = strlen(s); /* a tag: [A-Za-z0-9_][A-Za-z0-9._-]{0,127} */
+        if (n == 0 || n > 128 || s[0] == '.' || s[0] == '-')
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = s[i];
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '_' || c == '.' || c == '-'))
+                        return false;
+        }
+        return true;
+}
+
+int origin_manifest(struct origin *o, const char *source, const char *reference, bool head,
+                    size_t max_len, uint64_t deadline_ms, struct origin_manifest *ret, char *reason,
+                    size_t reason_len) {
+        if (!reference_valid(reference)) {
+                snprintf(reason, reason_len, "malformed manifest reference");
+                return -EINVAL;
+        }
+        struct sync_wait w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+        struct origin_manifest m = {0};
+        struct digest none = {0};
+        int err = 0;
+        struct job *j = job_new(head ? JOB_MANIFEST_HEAD : JOB_MANIFEST_GET, source, &none,
+                                deadline_ms, sync_done, &w, &err);
+        if (!j) {
+                snprintf(reason, reason_len, "malformed source reference");
+                return err;
+        }
+        snprintf(j->reference, sizeof(j->reference), "%s", reference);
+        j->len = max_len;
+        j->once = true;
+        j->mout = &m;
+        submit(o, j);
+        pthread_mutex_lock(&w.lock);
+        while (!w.finished)
+                pthread_cond_wait(&w.cond, &w.lock);
+        pthread_mutex_unlock(&w.lock);
+        if (w.err < 0) {
+                snprintf(reason, reason_len, "%s", w.reason);
+                return w.err;
+        }
+        *ret = m;
         return 0;
 }
 

@@ -1,5 +1,5 @@
-/* The origin registry client: OCI distribution blob GETs with Range, over libcurl's multi
- * interface on one thread of its own.
+/* The origin registry client: OCI distribution blob GETs with Range (and manifest GETs and
+ * HEADs for the containerd mirror), over libcurl's multi interface on one thread of its own.
  *
  * A fetch either succeeds or fails by its deadline: transient failures (connection refused,
  * timeouts, 5xx, 429) are retried with exponential backoff and jitter; permanent ones (404,
@@ -51,6 +51,29 @@ void origin_fetch(struct origin *o, const char *source, const struct digest *blo
  * 0 and *RET_SIZE, or -errno with REASON filled. For the control thread, never the FUSE path. */
 int origin_blob_size(struct origin *o, const char *source, const struct digest *blob,
                      uint64_t deadline_ms, uint64_t *ret_size, char *reason, size_t reason_len);
+
+#define ORIGIN_MEDIA_TYPE_MAX 256
+
+/* What a registry said about a manifest (or index, or artifact). */
+struct origin_manifest {
+        char media_type[ORIGIN_MEDIA_TYPE_MAX]; /* its Content-Type; "" when none was sent */
+        struct digest digest;                   /* its Docker-Content-Digest, when has_digest */
+        bool has_digest;
+        uint64_t size; /* GET: the body's length; HEAD: Content-Length (0 when absent) */
+        uint8_t *body; /* GET: malloc'd body, the caller frees it; HEAD: NULL */
+};
+
+/* GETs (HEAD false) or HEADs the manifest REFERENCE (a tag, or "sha256:<hex>") of SOURCE
+ * ("registry/repository"), accepting the OCI and Docker manifest and index types and, last,
+ * any other. One attempt, no retries (the mirror's client falls back to the origin by itself,
+ * so retrying here would only make it wait); auth and redirects as for blobs. Blocks the
+ * caller until the answer or DEADLINE_MS. The body is NOT verified: the caller compares it
+ * with the digest it asked for. 0 and *RET; -EINVAL (malformed reference), -ENOENT (404),
+ * -EACCES, -ECONNREFUSED / -ETIMEDOUT (unreachable), -EREMOTEIO (5xx, 429), -EFBIG (larger
+ * than MAX_LEN), -EPROTO, with REASON filled. */
+int origin_manifest(struct origin *o, const char *source, const char *reference, bool head,
+                    size_t max_len, uint64_t deadline_ms, struct origin_manifest *ret, char *reason,
+                    size_t reason_len);
 
 struct origin_stats {
         uint64_t bytes;    /* body bytes received for blob GETs that succeeded */

@@ -16,5 +16,4 @@ uint64_t rdv_score(const char *node_id, const struct digest *d);
 
 /* Writes into RET (K entries at most) the indexes into NODES (N ids) of D's homes, best first;
  * returns how many (min(K, N)). Ties (vanishingly rare) break by id order. O(n log k). */
-size_t rdv_homes(const char *const *nodes, size_t n, const struct digest *d, size_t k,
-                 size_t *ret);
+size_t rdv_homes(const char *const *nodes, size_t n, const struct digest *d, size_t k, size_t *ret);

@@ -12,7 +12,8 @@
  *   "present" is the node's whole present set for that blob (not a delta), so an announce
  *   can be lost or reordered without lasting harm. An empty "present" means the node knows
  *   the blob (it was registered there) but holds none of it: the home keeps the blob's
- *   metadata, so every node can resolve the digest, and lists the node as holding nothing.
+ *   metadata alive, so every node can resolve the digest, but does not list the node as a
+ *   holder.
  *   A blob a node forgets is simply not announced again; its record expires.
  *   Chunk digests are additive: a node sends those the home may not have (new chunks; all of
  *   them on a full refresh).
@@ -34,11 +35,21 @@
 #include "index/index.h"
 #include "util/digest.h"
 
-#define PEER_ID_MAX 64          /* "255.255.255.255:65535", "[v6]:port" */
-#define WIRE_MAX_BODY (8u << 20) /* largest announce or answer accepted */
+#define PEER_ID_MAX 64             /* "255.255.255.255:65535", "[v6]:port" */
+#define WIRE_MAX_BODY (8u << 20)   /* largest announce or answer accepted */
 #define WIRE_MAX_CHUNKS (1u << 22) /* 4 Mi chunks: 4 TiB blobs at 1 MiB */
-#define WIRE_MAX_HOLDERS 64     /* holders listed in one answer */
-#define WIRE_MAX_BLOBS 4096     /* blobs in one announce */
+#define WIRE_MAX_HOLDERS 64        /* holders listed in one answer */
+#define WIRE_MAX_BLOBS 4096        /* blobs in one announce */
+/* Chunks summed over an announce's blobs (32 Mi: 4 MiB of bitmaps): without it, 4096 tiny
+ * blob entries each claiming a 4 TiB size would make an 8 MiB body cost 2 GiB of bitmaps.
+ * A sender with more splits its announce. */
+#define WIRE_MAX_ANNOUNCE_CHUNKS (1u << 25)
+
+/* Node ids are "ipv4:port" or "[ipv6]:port": a numeric address exactly as inet_ntop()
+ * prints it (so one node has one id: rendezvous scores and directory records are keyed by
+ * it), no IPv4-mapped IPv6, and a port 1..65535 without leading zeros. Shorter than
+ * PEER_ID_MAX. Whether ID (NULL-safe) is one. */
+bool wire_node_id_valid(const char *id);
 
 /* One blob of an announce. PRESENT is a bitmap of NCHUNKS bits ((nchunks + 7) / 8 bytes).
  * SHA/SHA_IDX: NDIGESTS chunk digests, SHA[i] for chunk SHA_IDX[i]. */
@@ -60,13 +71,17 @@ struct wire_announce {
         struct wire_blob *blobs;
 };
 
-/* Serialises A into a malloc'd NUL-terminated JSON text. 0 or -ENOMEM / -EINVAL. */
+/* Serialises A into a malloc'd NUL-terminated JSON text (free()); RET_LEN may be NULL.
+ * 0; -EINVAL when A breaks a rule the parser checks (so what is built always parses);
+ * -EMSGSIZE when it exceeds WIRE_MAX_BODY or WIRE_MAX_ANNOUNCE_CHUNKS (split it); -ENOMEM.
+ * Present sets are written as maximal runs. */
 int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_len);
 
 /* Parses an announce. Checks everything: digest syntax, sizes, ranges within nchunks and
  * sorted, at most WIRE_MAX_BLOBS blobs, nchunks <= WIRE_MAX_CHUNKS, node id syntax. On error
- * -EINVAL and a lowercase REASON for the log. *RET is allocated; free with
- * wire_announce_free(). */
+ * -EINVAL and a lowercase REASON for the log (or -ENOMEM); *RET is left alone and there is
+ * nothing to free. On success *RET is allocated; free with wire_announce_free(). Keys this
+ * version does not know are ignored; "digests" may be absent. */
 int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret, char *reason,
                         size_t reason_len);
 void wire_announce_free(struct wire_announce *a); /* frees the contents; NULL-safe */
@@ -92,10 +107,20 @@ struct wire_locate {
         bool claim_granted;
 };
 
+/* Like the announce's. Builds the present holders under "holders" and the fetching ones
+ * under "fetching" whatever their order in L; SHA_KNOWN may be NULL (no digest known); at
+ * most WIRE_MAX_HOLDERS of each kind, no node twice in one kind. */
 int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len);
+/* Like the announce's; "digests", "holders", "fetching" and "claim" may be absent. On
+ * success RET->sha has nchunks entries and RET->holders room for 2 x WIRE_MAX_HOLDERS. */
 int wire_locate_parse(const char *body, size_t len, struct wire_locate *ret, char *reason,
                       size_t reason_len);
 void wire_locate_free(struct wire_locate *l); /* frees the contents; NULL-safe */
+
+/* Whether A and B say the same thing: bitmaps compared over nchunks bits, chunk digests
+ * only where known, holders in order. For tests, fuzz targets and change detection. */
+bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b);
+bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b);
 
 /* Bitmap helpers shared by the peer modules. */
 static inline bool wire_bit(const uint8_t *map, uint32_t i) {

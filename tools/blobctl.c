@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "index/index.h"
+#include "tools/containerd_config.h"
 #include "util/digest.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -52,6 +53,9 @@ static const char *red(const struct opts *o) {
 }
 static const char *yellow(const struct opts *o) {
         return o->colour ? "\033[33m" : "";
+}
+static const char *green(const struct opts *o) {
+        return o->colour ? "\033[32m" : "";
 }
 static const char *reset(const struct opts *o) {
         return o->colour ? "\033[0m" : "";
@@ -427,6 +431,108 @@ static int cmd_ls(const struct opts *o) {
         return rc;
 }
 
+/* ---- peers ---------------------------------------------------------------------------------- */
+
+static void print_peers(const struct opts *o, json_t *arr) {
+        if (json_array_size(arr) == 0) {
+                printf("no peers: this node runs alone (see --peers and --peer-dns in "
+                       "p2pblobsd(8))\n");
+                return;
+        }
+        printf("%s%-30s %-5s %-8s %9s %10s %10s %8s %s%s\n", bold(o), "ADDRESS", "STATE",
+               "LOCALITY", "LATENCY", "FROM", "TO", "FAILURES", "LAST SEEN", reset(o));
+        size_t i;
+        json_t *p;
+        json_array_foreach(arr, i, p) {
+                char lat[32] = "-", from[32], to[32], when[32];
+                json_t *l = json_object_get(p, "latency_ms");
+                if (json_is_number(l))
+                        snprintf(lat, sizeof(lat), "%.1f ms", json_number_value(l));
+                const char *id = json_string_value(json_object_get(p, "id"));
+                const char *state = json_string_value(json_object_get(p, "state"));
+                bool self = json_is_true(json_object_get(p, "self"));
+                bool up = state && strcmp(state, "up") == 0;
+                uint64_t failures = num(p, "failures", NULL);
+                char addr[64];
+                snprintf(addr, sizeof(addr), "%s%s", id ? id : "?", self ? " (self)" : "");
+                /* Pad before colouring: escape sequences would upset the widths. */
+                printf("%-30s %s%-5s%s %-8s %9s %10s %10s %s%8" PRIu64 "%s %s\n", addr,
+                       up ? green(o) : red(o), state ? state : "?", reset(o),
+                       json_string_value(json_object_get(p, "locality"))
+                               ? json_string_value(json_object_get(p, "locality"))
+                               : "?",
+                       self ? "-" : lat, human(num(p, "bytes_from", NULL), from, sizeof(from)),
+                       human(num(p, "bytes_to", NULL), to, sizeof(to)), failures ? yellow(o) : "",
+                       failures, failures ? reset(o) : "",
+                       self ? "-" : ago((int64_t)num(p, "last_seen", NULL), when, sizeof(when)));
+        }
+}
+
+static int offline_peer(void *ud, const struct idx_peer *p) {
+        json_t *arr = ud;
+        char host[IDX_PEER_ID_MAX];
+        uint16_t port = 0;
+        if (parse_hostport(p->id, host, sizeof(host), &port) < 0)
+                snprintf(host, sizeof(host), "%s", p->id);
+        json_t *lat = p->latency_us ? json_real((double)p->latency_us / 1000.0) : json_null();
+        /* The same keys as the daemon's answer; what the index does not keep is null. */
+        json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:I, s:s, s:s, s:o, s:I, s:I, s:I, s:I, s:b, s:n}", "id",
+                               p->id, "address", host, "port", (json_int_t)port, "state", p->state,
+                               "locality", p->locality, "latency_ms", lat, "bytes_from",
+                               (json_int_t)p->bytes_from, "bytes_to", (json_int_t)p->bytes_to,
+                               "failures", (json_int_t)p->failures, "last_seen",
+                               (json_int_t)p->last_seen, "self", strcmp(p->locality, "self") == 0,
+                               "source"));
+        return 0;
+}
+
+/* The daemon is down: the peers as the index last recorded them. */
+static int offline_peers(const struct opts *o, json_t *arr) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/index.db", o->state_dir);
+        if (access(path, R_OK) < 0) {
+                fprintf(stderr, "blobctl: and no index at %s to read instead (--state-dir?)\n",
+                        path);
+                return -ENOENT;
+        }
+        struct index *ix;
+        log_max_level = LOG_LVL_ERR - 1; /* the index logs SQLite errors; we report our own */
+        int r = idx_open_readonly(path, &ix);
+        if (r == 0) {
+                r = idx_for_each_peer(ix, offline_peer, arr);
+                idx_close(ix);
+        }
+        if (r < 0)
+                fprintf(stderr, "blobctl: cannot read the index at %s: %s\n", path, strerror(-r));
+        else
+                fprintf(stderr,
+                        "blobctl: the daemon is not running; showing the peers the index at %s "
+                        "last recorded\n",
+                        path);
+        return r;
+}
+
+static int cmd_peers(const struct opts *o) {
+        json_t *arr = NULL;
+        int rc = call(o, "GET", "/v1/peers", &arr, false);
+        if (rc == EXIT_DOWN) {
+                arr = json_array();
+                if (!arr || offline_peers(o, arr) < 0) {
+                        json_decref(arr);
+                        return EXIT_DOWN;
+                }
+        } else if (rc != EXIT_OK) {
+                return rc;
+        }
+        if (o->json)
+                print_json(arr);
+        else
+                print_peers(o, arr);
+        json_decref(arr);
+        return rc;
+}
+
 /* ---- add, pin, unpin, evict, verify ------------------------------------------------------- */
 
 static int cmd_add(const struct opts *o, const char *ref) {
@@ -574,13 +680,16 @@ static void usage(FILE *out) {
                 "Commands:\n"
                 "  stat [--json] [--watch [SECONDS]]      cache, fetch, error and memory figures\n"
                 "  ls [--json]                            the blobs this node knows\n"
+                "  peers [--json]                         peers: state, locality, latency, "
+                "bytes\n"
                 "  add REGISTRY/REPOSITORY@sha256:<hex>   register a blob in the tree\n"
                 "  prefetch DIGEST...                     fetch whole blobs now (progress on a "
                 "TTY)\n"
                 "  evict DIGEST | --all                   drop cached chunks (not the blob)\n"
                 "  pin DIGEST / unpin DIGEST              pinned blobs are evicted last\n"
                 "  verify DIGEST                          re-hash present chunks against their "
-                "recorded digests\n\n"
+                "recorded digests\n"
+                "  containerd-config --registry HOST...   hosts.toml for the mirror (--help)\n\n"
                 "Options:\n"
                 "  --socket PATH     the daemon's control socket [" DEFAULT_SOCKET "]\n"
                 "  --state-dir DIR   where index.db is read when the daemon is down "
@@ -622,6 +731,8 @@ int main(int argc, char **argv) {
                 return EXIT_USAGE;
         }
         const char *cmd = argv[optind++];
+        if (strcmp(cmd, "containerd-config") == 0) /* its own options: containerd_config.c */
+                return cmd_containerd_config(argc - optind + 1, argv + optind - 1);
         const char *args[64];
         size_t nargs = 0;
         for (int i = optind; i < argc; i++) {
@@ -659,8 +770,9 @@ int main(int argc, char **argv) {
         struct cmd_shape {
                 const char *name;
                 size_t min, max; /* positional arguments */
-        } shapes[] = {{"stat", 0, 0},  {"ls", 0, 0},  {"add", 1, 1},   {"prefetch", 1, 64},
-                      {"evict", 0, 1}, {"pin", 1, 1}, {"unpin", 1, 1}, {"verify", 1, 1}};
+        } shapes[] = {{"stat", 0, 0}, {"ls", 0, 0},        {"peers", 0, 0},
+                      {"add", 1, 1},  {"prefetch", 1, 64}, {"evict", 0, 1},
+                      {"pin", 1, 1},  {"unpin", 1, 1},     {"verify", 1, 1}};
         const struct cmd_shape *shape = NULL;
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
                 if (strcmp(shapes[i].name, cmd) == 0)
@@ -686,6 +798,8 @@ int main(int argc, char **argv) {
                 rc = cmd_stat(&o);
         } else if (strcmp(cmd, "ls") == 0) {
                 rc = cmd_ls(&o);
+        } else if (strcmp(cmd, "peers") == 0) {
+                rc = cmd_peers(&o);
         } else if (strcmp(cmd, "add") == 0) {
                 rc = cmd_add(&o, args[0]);
         } else if (strcmp(cmd, "prefetch") == 0) {

@@ -290,3 +290,45 @@ void format_size(uint64_t bytes, char *out, size_t out_len) {
         }
         snprintf(out, out_len, "%" PRIu64 ".%" PRIu64 " %s", whole, tenths, units[u]);
 }
+
+int parse_http_range(const char *s, uint64_t size, uint64_t *ret_off, uint64_t *ret_len) {
+        static const char unit[] = "bytes=";
+        uint64_t a = 0, b = 0;
+        bool overflow = false;
+        const char *p;
+
+        if (!s || strncmp(s, unit, sizeof(unit) - 1) != 0)
+                return -EINVAL;
+        p = s + sizeof(unit) - 1;
+        if (*p == '-') { /* suffix: the last N bytes */
+                if (scan_digits(p + 1, &p, &b, &overflow) < 0 || *p != '\0')
+                        return -EINVAL;
+                if (b == 0 || size == 0)
+                        return -ERANGE;
+                if (overflow || b > size)
+                        b = size;
+                *ret_off = size - b;
+                *ret_len = b;
+                return 0;
+        }
+        if (scan_digits(p, &p, &a, &overflow) < 0 || *p != '-')
+                return -EINVAL;
+        p++;
+        bool open_end = *p == '\0';
+        if (!open_end) {
+                bool over_b = false;
+                if (scan_digits(p, &p, &b, &over_b) < 0 || *p != '\0')
+                        return -EINVAL;
+                if (over_b)
+                        b = UINT64_MAX;
+                if (b < a)
+                        return -EINVAL;
+        }
+        if (overflow || a >= size)
+                return -ERANGE;
+        if (open_end || b >= size)
+                b = size - 1;
+        *ret_off = a;
+        *ret_len = b - a + 1;
+        return 0;
+}

@@ -25,3 +25,10 @@ int parse_hostport(const char *s, char *host, size_t host_len, uint16_t *ret_por
 
 /* Formats BYTES for people: "0 B", "512 B", "1.5 KiB", "10.0 GiB". Always NUL-terminates. */
 void format_size(uint64_t bytes, char *out, size_t out_len);
+
+/* An HTTP Range header value for a resource of SIZE bytes: "bytes=A-B", "bytes=A-" or the
+ * suffix form "bytes=-N", one range only (peers and containerd never ask for several).
+ * *RET_OFF and *RET_LEN get the satisfiable span, B clamped to the end.
+ * 0; -EINVAL for a malformed or multi-range value (serve the whole resource or 400);
+ * -ERANGE when it cannot be satisfied (A past the end, N = 0: answer 416). */
+int parse_http_range(const char *s, uint64_t size, uint64_t *ret_off, uint64_t *ret_len);

@@ -48,6 +48,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (r == 0)
                 CHECK(strlen(small) < sizeof(small));
 
+        {
+                uint64_t rsize = size > 2 ? (uint64_t)data[size - 1] << 20 | data[size - 2] : 0;
+                uint64_t off = 0, len = 0;
+                r = parse_http_range(s, rsize, &off, &len);
+                CHECK(r == 0 || r == -EINVAL || r == -ERANGE);
+                if (r == 0)
+                        CHECK(len >= 1 && off < rsize && len <= rsize - off);
+        }
+
         if (size >= 8) {
                 uint64_t bytes;
                 memcpy(&bytes, data, 8);

@@ -34,6 +34,7 @@ SAMPLE_BLOBS = {
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "root: needs root and /dev/fuse (real FUSE mounts)")
+    config.addinivalue_line("markers", "peers: needs p2pblobsd's peer features (issue 3)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -131,5 +132,35 @@ def daemon_factory(build_dir, tmp_path, request):
             d.check_health()
         except AssertionError as e:
             errors.append(str(e))
+    if errors:
+        pytest.fail("\n\n".join(errors), pytrace=False)
+
+
+# --------------------------------------------------------------------------- multi-host net
+
+@pytest.fixture
+def net(tmp_path, request):
+    """A netns.Net for one test: hosts in network namespaces behind a router namespace. Add a
+    registry (net.registry(host)), dnsmasq (net.dnsmasq(host)) and daemons
+    (net.daemon(build_dir, host, ...)). At teardown every daemon gets SIGTERM (exit 0 expected),
+    everything started is killed, every namespace deleted; the test errors if a daemon died
+    unexpectedly or logged a sanitizer report."""
+    import netns
+    why = netns.available()
+    if why:
+        pytest.skip(why)
+    n = netns.Net(tmp_path / "net")
+    errors = []
+    try:
+        yield n
+    finally:
+        errors += n.stop_daemons()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            for d in n.daemons:
+                print("\n---- %s on %s %s (tail) ----\n%s"
+                      % (d.log_path, d.host.name, d.host.ip, d.log_text()[-6000:]))
+        errors += n.health_errors()
+        n.teardown()
     if errors:
         pytest.fail("\n\n".join(errors), pytrace=False)

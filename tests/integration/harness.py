@@ -545,6 +545,10 @@ class Daemon:
              "--config", self.config, "--log-level", self.log_level, "--listen", self.listen]
         for r in self.registries:
             a += ["--insecure-registry", r]
+        if "--mirror-listen" not in self.extra_args:
+            # The containerd mirror's default port is one per machine; tests that want the
+            # mirror ask for it, the rest keep out of each other's way.
+            a += ["--mirror-listen", "off"]
         return self.prefix + a + self.extra_args
 
     # -- lifecycle

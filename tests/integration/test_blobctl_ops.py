@@ -51,6 +51,8 @@ PEERS_KEYS = {"known", "up"}
 BLOB_KEYS = {"digest", "size", "source", "chunks", "chunks_present", "verified", "pinned",
              "prefetching", "prefetch_error", "added_at", "last_access"}
 OFFLINE_STAT_KEYS = {"daemon_running", "blobs", "blobs_verified", "blobs_pinned", "cache"}
+PEER_KEYS = {"id", "address", "port", "state", "locality", "latency_ms", "bytes_from",
+             "bytes_to", "failures", "last_seen", "self", "source"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -602,6 +604,64 @@ def test_daemon_down(registry, blobs, daemon_factory, tmp_path):
         assert r.stdout == "", "%s: %s" % (args, show(r))
 
 
+def test_peers_alone(registry, daemon_factory):
+    """A node started without --peers: `blobctl peers` says it runs alone, stat's peer figures
+    are zeros; with the daemon down the peers table of the index is read (empty here), with
+    the same exit code and notice as stat and ls. (Peers proper: tests/integration/test_peers.py.)"""
+    d = daemon_factory(registries=[registry])
+    r = ok(ctl(d, "peers"), "peers")
+    assert r.stdout.startswith("no peers"), show(r)
+    r = ok(ctl(d, "peers", "--json"), "peers --json")
+    assert json.loads(r.stdout) == [], show(r)
+    s = stat_json(d)
+    assert s["peers"] == {"known": 0, "up": 0}, s["peers"]
+    assert s["served"] == {"peer_bytes": 0} and s["fetched"]["peer_bytes"] == 0, s
+    assert d.stop() == 0
+    r = ctl(d, "--state-dir", d.state_dir, "peers", "--json")
+    assert r.returncode == 3, show(r)
+    assert "not running" in r.stderr and "index" in r.stderr, show(r)
+    assert json.loads(r.stdout) == [], show(r)
+    r = ctl(d, "--state-dir", d.state_dir, "peers")
+    assert r.returncode == 3 and r.stdout.startswith("no peers"), show(r)
+
+
+def test_peers_with_a_dead_peer(registry, daemon_factory):
+    """--peers with a closed port on loopback: the peer is listed with the documented keys,
+    self is recognised from --advertise-address, stat counts it as known, and the membership
+    is persisted at stop for blobctl to read with the daemon down. (Health and failover:
+    tests/unit/test_members.c and tests/integration/test_peers.py.)"""
+    dead = harness.free_port()
+    d = daemon_factory(registries=[registry],
+                       extra_args=["--peers", "127.0.0.1:%d" % dead,
+                                   "--advertise-address", "127.0.0.1"])
+    r = ok(ctl(d, "peers", "--json"), "peers --json")
+    peers = {p["id"]: p for p in json.loads(r.stdout)}
+    pid = "127.0.0.1:%d" % dead
+    assert pid in peers, peers
+    for p in peers.values():
+        assert set(p) == PEER_KEYS, p
+    p = peers[pid]
+    assert (p["address"], p["port"], p["self"], p["source"]) == ("127.0.0.1", dead, False,
+                                                                 "static"), p
+    assert p["state"] in ("up", "down") and p["locality"] in ("self", "on-link", "routed",
+                                                                  "unknown"), p
+    selves = [x for x in peers.values() if x["self"]]
+    assert len(selves) == 1 and selves[0]["address"] == "127.0.0.1", peers
+    s = stat_json(d)
+    assert s["peers"]["known"] == 1, s["peers"]
+    r = ok(ctl(d, "peers"), "peers")
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["ADDRESS", "STATE", "LOCALITY", "LATENCY"], show(r)
+    assert any(l.startswith(pid + " ") for l in lines[1:]), show(r)
+    assert any("(self)" in l for l in lines[1:]), show(r)
+    assert d.stop() == 0
+    # Persisted at stop: blobctl reads the same membership from the index.
+    r = ctl(d, "--state-dir", d.state_dir, "peers", "--json")
+    assert r.returncode == 3, show(r)
+    off = {p["id"]: p for p in json.loads(r.stdout)}
+    assert pid in off and set(off[pid]) == PEER_KEYS and off[pid]["source"] is None, off
+
+
 def test_bad_arguments(build_dir, tmp_path):
     """Bad arguments exit 2 with a message, before any attempt to reach the daemon (no daemon
     listens on the socket, so an accepted command line would exit 3 instead)."""
@@ -617,6 +677,9 @@ def test_bad_arguments(build_dir, tmp_path):
         ("stat", "--watch", "soon"),
         ("ls", "--watch"),
         ("ls", "extra"),
+        ("peers", "extra"),
+        ("peers", "--watch"),
+        ("peers", "--all"),
         ("add",),
         ("add", "a", "b"),
         ("prefetch",),

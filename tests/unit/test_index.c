@@ -718,6 +718,169 @@ static void test_readonly_version_mismatch(void **state) {
         idx_close(ix);
 }
 
+/* ---- peers and locations (migration 3) ------------------------------------------------- */
+
+struct peers_seen {
+        struct idx_peer v[8];
+        size_t n;
+};
+
+static int collect_peer(void *ud, const struct idx_peer *p) {
+        struct peers_seen *c = ud;
+        if (c->n < 8)
+                c->v[c->n] = *p;
+        c->n++;
+        return 0;
+}
+
+static struct idx_peer peer(const char *id, const char *state, uint64_t from) {
+        struct idx_peer p = {.latency_us = 1500,
+                             .failures = 2,
+                             .bytes_from = from,
+                             .bytes_to = from / 2,
+                             .last_seen = 1700000000};
+        snprintf(p.id, sizeof(p.id), "%s", id);
+        snprintf(p.state, sizeof(p.state), "%s", state);
+        snprintf(p.locality, sizeof(p.locality), "on-link");
+        return p;
+}
+
+/* The table is a snapshot: each put replaces it whole, and it survives a reopen read-only. */
+static void test_peers_replace(void **state) {
+        struct fixture *f = *state;
+        struct index *ix = NULL;
+        assert_int_equal(idx_open(f->db, &ix), 0);
+        struct peers_seen c = {0};
+        assert_int_equal(idx_for_each_peer(ix, collect_peer, &c), 0);
+        assert_int_equal(c.n, 0);
+
+        struct idx_peer v[3] = {peer("10.0.0.3:5001", "down", 30), peer("10.0.0.1:5001", "up", 10),
+                                peer("10.0.0.2:5001", "up", 20)};
+        assert_int_equal(idx_put_peers(ix, v, 3), 0);
+        assert_int_equal(idx_flush(ix), 0);
+        assert_int_equal(idx_for_each_peer(ix, collect_peer, &c), 0);
+        assert_int_equal(c.n, 3);
+        assert_string_equal(c.v[0].id, "10.0.0.1:5001"); /* ordered by id */
+        assert_string_equal(c.v[2].id, "10.0.0.3:5001");
+        assert_string_equal(c.v[2].state, "down");
+        assert_string_equal(c.v[2].locality, "on-link");
+        assert_int_equal(c.v[2].latency_us, 1500);
+        assert_int_equal(c.v[2].failures, 2);
+        assert_int_equal(c.v[2].bytes_from, 30);
+        assert_int_equal(c.v[2].bytes_to, 15);
+        assert_int_equal(c.v[2].last_seen, 1700000000);
+
+        /* A smaller snapshot drops the others; an empty one empties the table. */
+        assert_int_equal(idx_put_peers(ix, &v[1], 1), 0);
+        assert_int_equal(idx_flush(ix), 0);
+        c.n = 0;
+        assert_int_equal(idx_for_each_peer(ix, collect_peer, &c), 0);
+        assert_int_equal(c.n, 1);
+        assert_string_equal(c.v[0].id, "10.0.0.1:5001");
+        assert_int_equal(idx_put_peers(ix, NULL, 0), 0);
+        assert_int_equal(idx_put_peers(ix, v, 2), 0);
+        idx_close(ix);
+
+        assert_int_equal(raw_int(f->db, "SELECT count(*) FROM peers"), 2);
+        ix = NULL;
+        assert_int_equal(idx_open_readonly(f->db, &ix), 0);
+        c.n = 0;
+        assert_int_equal(idx_for_each_peer(ix, collect_peer, &c), 0);
+        assert_int_equal(c.n, 2);
+        assert_string_equal(c.v[1].id, "10.0.0.3:5001");
+        assert_int_equal(idx_put_peers(ix, v, 3), 0); /* read-only: a no-op */
+        idx_close(ix);
+        assert_int_equal(raw_int(f->db, "SELECT count(*) FROM peers"), 2);
+}
+
+struct locs_seen {
+        char peer[8][IDX_PEER_ID_MAX];
+        uint8_t first[8];
+        size_t nbytes[8];
+        int64_t expires[8];
+        size_t n;
+};
+
+static int collect_loc(void *ud, const char *p, const uint8_t *present, size_t nbytes,
+                       int64_t expires_at) {
+        struct locs_seen *c = ud;
+        if (c->n < 8) {
+                snprintf(c->peer[c->n], IDX_PEER_ID_MAX, "%s", p);
+                c->first[c->n] = nbytes ? present[0] : 0;
+                c->nbytes[c->n] = nbytes;
+                c->expires[c->n] = expires_at;
+        }
+        c->n++;
+        return 0;
+}
+
+static int stop_loc(void *ud, const char *p, const uint8_t *present, size_t nbytes,
+                    int64_t expires_at) {
+        (void)p;
+        (void)present;
+        (void)nbytes;
+        (void)expires_at;
+        ++*(int *)ud;
+        return -ECANCELED;
+}
+
+static void test_locations(void **state) {
+        struct fixture *f = *state;
+        struct index *ix = NULL;
+        assert_int_equal(idx_open(f->db, &ix), 0);
+        struct digest a = D("a"), b = D("b");
+        uint8_t bits[3] = {0xff, 0x0f, 0x01};
+        assert_int_equal(idx_put_location(ix, &a, "10.0.0.2:5001", bits, 3, 100), 0);
+        assert_int_equal(idx_put_location(ix, &a, "10.0.0.1:5001", bits + 1, 2, 200), 0);
+        assert_int_equal(idx_put_location(ix, &b, "10.0.0.1:5001", bits, 1, 300), 0);
+        /* Replaces the pair's row: a new bitmap and a new expiry. */
+        bits[0] = 0x03;
+        assert_int_equal(idx_put_location(ix, &a, "10.0.0.2:5001", bits, 1, 150), 0);
+        assert_int_equal(idx_put_location(ix, &b, "10.0.0.9:5001", NULL, 0, 300), 0);
+        assert_int_equal(idx_flush(ix), 0);
+
+        struct locs_seen c = {0};
+        assert_int_equal(idx_for_each_location(ix, &a, collect_loc, &c), 0);
+        assert_int_equal(c.n, 2);
+        assert_string_equal(c.peer[0], "10.0.0.1:5001");
+        assert_int_equal(c.nbytes[0], 2);
+        assert_int_equal(c.first[0], 0x0f);
+        assert_int_equal(c.expires[0], 200);
+        assert_string_equal(c.peer[1], "10.0.0.2:5001");
+        assert_int_equal(c.nbytes[1], 1);
+        assert_int_equal(c.first[1], 0x03);
+        assert_int_equal(c.expires[1], 150);
+        memset(&c, 0, sizeof(c));
+        assert_int_equal(idx_for_each_location(ix, &b, collect_loc, &c), 0);
+        assert_int_equal(c.n, 2);
+        assert_int_equal(c.nbytes[1], 0); /* holds nothing, but knows the blob */
+        int calls = 0;
+        assert_int_equal(idx_for_each_location(ix, &b, stop_loc, &calls), -ECANCELED);
+        assert_int_equal(calls, 1);
+
+        /* Expiry is inclusive of NOW and leaves later rows alone. */
+        idx_expire_locations(ix, 150);
+        assert_int_equal(idx_flush(ix), 0);
+        memset(&c, 0, sizeof(c));
+        assert_int_equal(idx_for_each_location(ix, &a, collect_loc, &c), 0);
+        assert_int_equal(c.n, 1);
+        assert_string_equal(c.peer[0], "10.0.0.1:5001");
+        idx_expire_locations(ix, 1000);
+        assert_int_equal(idx_flush(ix), 0);
+        assert_int_equal(raw_int(f->db, "SELECT count(*) FROM locations"), 0);
+
+        /* Refused before queueing: an empty or overlong id, an oversized bitmap. */
+        char longid[IDX_PEER_ID_MAX + 1];
+        memset(longid, 'x', sizeof(longid) - 1);
+        longid[sizeof(longid) - 1] = '\0';
+        assert_int_equal(idx_put_location(ix, &a, "", bits, 1, 1), -EINVAL);
+        assert_int_equal(idx_put_location(ix, &a, longid, bits, 1, 1), -EINVAL);
+        assert_int_equal(idx_put_location(ix, &a, "p:1", bits, IDX_LOCATION_BITMAP_MAX + 1, 1),
+                         -EINVAL);
+        assert_int_equal(idx_write_errors(ix), 0);
+        idx_close(ix);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -726,6 +889,7 @@ int main(void) {
                 T(test_chunk_digests),  T(test_readonly),
                 T(test_walk_cancel),    T(test_backpressure),
                 T(test_newer_database), T(test_readonly_version_mismatch),
+                T(test_peers_replace),  T(test_locations),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);

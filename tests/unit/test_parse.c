@@ -279,13 +279,44 @@ static void test_format_size(void **state) {
         format_size(5, NULL, 0);
 }
 
+static void test_range(void **state) {
+        (void)state;
+        uint64_t off, len;
+        assert_int_equal(parse_http_range("bytes=0-1023", 4096, &off, &len), 0);
+        assert_int_equal(off, 0);
+        assert_int_equal(len, 1024);
+        assert_int_equal(parse_http_range("bytes=4000-9999", 4096, &off, &len), 0); /* clamped */
+        assert_int_equal(off, 4000);
+        assert_int_equal(len, 96);
+        assert_int_equal(parse_http_range("bytes=100-", 4096, &off, &len), 0);
+        assert_int_equal(len, 3996);
+        assert_int_equal(parse_http_range("bytes=-10", 4096, &off, &len), 0);
+        assert_int_equal(off, 4086);
+        assert_int_equal(len, 10);
+        assert_int_equal(parse_http_range("bytes=-99999", 4096, &off, &len), 0);
+        assert_int_equal(off, 0);
+        assert_int_equal(len, 4096);
+        assert_int_equal(parse_http_range("bytes=4096-", 4096, &off, &len), -ERANGE);
+        assert_int_equal(parse_http_range("bytes=-0", 4096, &off, &len), -ERANGE);
+        assert_int_equal(parse_http_range("bytes=0-0", 0, &off, &len), -ERANGE);
+        assert_int_equal(parse_http_range("bytes=5-4", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("bytes=0-1,5-6", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("items=0-1", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("bytes=", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("bytes=-", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("bytes= 0-1", 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range(NULL, 4096, &off, &len), -EINVAL);
+        assert_int_equal(parse_http_range("bytes=99999999999999999999999-", 4096, &off, &len),
+                         -ERANGE);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_size_ok),      cmocka_unit_test(test_size_bad),
                 cmocka_unit_test(test_duration),     cmocka_unit_test(test_u64),
                 cmocka_unit_test(test_bool),         cmocka_unit_test(test_hostport_ok),
                 cmocka_unit_test(test_hostport_bad), cmocka_unit_test(test_hostport_toolong),
-                cmocka_unit_test(test_format_size),
+                cmocka_unit_test(test_format_size),  cmocka_unit_test(test_range),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

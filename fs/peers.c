@@ -1,0 +1,254 @@
+/* Wiring of the peer layer. See peers.h.
+ *
+ * Order matters and is the same in both directions: netlink -> members -> directory ->
+ * source -> (engine) -> announcer at start, the reverse at stop. The engine's change hook
+ * may fire before the announcer exists (engine_load registers every blob); it reads the
+ * announcer pointer atomically and drops the news, which the announcer's first round —
+ * always a full one — makes up for. */
+#include "fs/peers.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "peer/announce.h"
+#include "peer/directory.h"
+#include "peer/members.h"
+#include "peer/netlink.h"
+#include "peer/source.h"
+#include "util/log.h"
+#include "util/parse.h"
+
+#define PEER_MAX_MEMBERS 4096
+#define CLAIM_TTL_MS 10000 /* a claimant that has not announced the chunk by then lost it */
+#define CLAIM_WAIT_MS 5000 /* how long a reader waits on a claimant for a chunk */
+#define MAX_PER_PEER 8
+#define MAX_PEER_TRANSFERS 64
+
+static bool peered(const struct daemon *d) {
+        return d->cfg.n_peers > 0 || d->cfg.peer_dns;
+}
+
+static void on_address_change(void *ud) {
+        (void)ud; /* the members thread reads the address afresh; the next round announces it */
+        log_notice("advertised address changed; announcing again");
+}
+
+int peers_start(struct daemon *d) {
+        if (!peered(d))
+                return 0;
+        char host[256];
+        uint16_t port = 0;
+        if (parse_hostport(d->cfg.listen, host, sizeof(host), &port) < 0) {
+                log_err("peers need the HTTP server: set --listen ADDR:PORT");
+                return -EINVAL;
+        }
+        int r = nl_open(d->cfg.advertise_address, on_address_change, d, &d->nl);
+        if (r < 0) {
+                log_warning("netlink unavailable err=%s hint=\"peer locality is unknown; set "
+                            "--advertise-address\"",
+                            strerror(-r));
+                d->nl = NULL;
+        }
+        struct members_config mc = {
+                .static_peers = (const char *const *)d->cfg.peers,
+                .n_static = d->cfg.n_peers,
+                .dns_name = d->cfg.peer_dns,
+                .peer_port = (uint16_t)d->cfg.peer_port,
+                .listen_port = port,
+                .refresh_ms = d->cfg.peer_refresh_ms,
+                .probe_timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
+                .max_peers = PEER_MAX_MEMBERS,
+                .nl = d->nl,
+                .advertise = d->cfg.advertise_address,
+                .ix = d->ix,
+        };
+        r = members_new(&mc, &d->members);
+        if (r < 0) {
+                log_err("cannot start membership err=%s", strerror(-r));
+                return r;
+        }
+        struct dir_config dc = {
+                .chunk_size = (uint32_t)d->cfg.chunk_size,
+                .max_blobs = d->cfg.max_blobs,
+                .max_holders = 32,
+                .ttl_ms = d->cfg.location_ttl_ms,
+                .claim_ttl_ms = CLAIM_TTL_MS,
+        };
+        r = dir_new(&dc, &d->dir);
+        if (r < 0) {
+                log_err("cannot create the directory err=%s", strerror(-r));
+                return r;
+        }
+        struct source_config sc = {
+                .origin = d->origin,
+                .members = d->members,
+                .dir = d->dir,
+                .ix = d->ix,
+                .location_ttl_ms = d->cfg.location_ttl_ms,
+                .chunk_size = (uint32_t)d->cfg.chunk_size,
+                .homes = (unsigned)d->cfg.homes,
+                .connect_timeout_ms = d->cfg.peer_connect_timeout_ms,
+                .stall_timeout_ms = d->cfg.peer_stall_timeout_ms,
+                .claim_wait_ms = CLAIM_WAIT_MS,
+                .max_total = MAX_PEER_TRANSFERS,
+                .max_per_peer = MAX_PER_PEER,
+        };
+        r = source_new(&sc, &d->source);
+        if (r < 0) {
+                log_err("cannot start the peer client err=%s", strerror(-r));
+                return r;
+        }
+        char self[PEER_ID_MAX] = "";
+        members_self(d->members, self, sizeof(self));
+        log_info("peers enabled self=%s static=%zu dns=%s homes=%" PRIu64, self[0] ? self : "-",
+                 d->cfg.n_peers, d->cfg.peer_dns ? d->cfg.peer_dns : "-", d->cfg.homes);
+        return 0;
+}
+
+static void on_engine_change(void *ud, const struct digest *blob, uint32_t idx) {
+        struct daemon *d = ud;
+        struct announcer *a = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
+        if (a)
+                announce_changed(a, blob, idx);
+}
+
+void peers_engine_config(struct daemon *d, struct engine_config *ec) {
+        if (!peered(d))
+                return;
+        ec->source = d->source;
+        ec->on_change = on_engine_change;
+        ec->change_ud = d;
+}
+
+static uint32_t ops_count(void *ud) {
+        struct daemon *d = ud;
+        return engine_blob_count(d->engine);
+}
+
+static int ops_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struct wire_blob *ret) {
+        struct daemon *d = ud;
+        return engine_snapshot(d->engine, id, from, to, ret);
+}
+
+static int ops_find(void *ud, const struct digest *dg, uint32_t *ret_id) {
+        struct daemon *d = ud;
+        struct engine_blob_info b;
+        int r = engine_find(d->engine, dg, &b);
+        if (r == 0)
+                *ret_id = b.id;
+        return r;
+}
+
+int peers_start_announcer(struct daemon *d) {
+        if (!peered(d))
+                return 0;
+        struct announce_config ac = {
+                .ops = {.ud = d, .count = ops_count, .snapshot = ops_snapshot, .find = ops_find},
+                .members = d->members,
+                .dir = d->dir,
+                .chunk_size = (uint32_t)d->cfg.chunk_size,
+                .homes = (unsigned)d->cfg.homes,
+                .interval_ms = d->cfg.announce_interval_ms,
+                .refresh_ms = d->cfg.location_ttl_ms / 3,
+                .timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
+        };
+        struct announcer *a = NULL;
+        int r = announce_new(&ac, &a);
+        if (r < 0) {
+                log_err("cannot start the announcer err=%s", strerror(-r));
+                return r;
+        }
+        __atomic_store_n(&d->announcer, a, __ATOMIC_RELEASE);
+        return 0;
+}
+
+/* ---- the peer protocol's handlers ----------------------------------------------------------- */
+
+static int op_blob_size(void *ud, const struct digest *dg, uint64_t *ret) {
+        struct daemon *d = ud;
+        return engine_blob_size(d->engine, dg, ret);
+}
+
+static int op_blob_read(void *ud, const struct digest *dg, uint64_t off, size_t len,
+                        uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_known) {
+        struct daemon *d = ud;
+        return engine_serve(d->engine, dg, off, len, wait_ms, buf, ret_sha, ret_known);
+}
+
+static int op_announce(void *ud, const char *body, size_t len, char *reason, size_t reason_len) {
+        struct daemon *d = ud;
+        struct wire_announce a;
+        int r = wire_announce_parse(body, len, &a, reason, reason_len);
+        if (r < 0) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                uint64_t suppressed = 0;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_warning("malformed announce reason=\"%s\" suppressed=%" PRIu64, reason,
+                                    suppressed);
+                return r;
+        }
+        r = dir_apply(d->dir, &a, now_ms(), reason, reason_len);
+        if (r == -EPROTO) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+                uint64_t suppressed = 0;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_warning(
+                                "refused a peer with another chunk size node=%s chunk_size=%" PRIu32
+                                " ours=%" PRIu64 " hint=\"every node must run the same "
+                                "--chunk-size\" suppressed=%" PRIu64,
+                                a.node, a.chunk_size, d->cfg.chunk_size, suppressed);
+        }
+        wire_announce_free(&a);
+        return r == -EINVAL ? 0 : r; /* one odd blob does not refuse the rest */
+}
+
+static int op_locate(void *ud, const struct digest *dg, const char *claimant, int64_t chunk,
+                     char **ret, size_t *ret_len) {
+        struct daemon *d = ud;
+        struct wire_locate l;
+        int r = dir_locate(d->dir, dg, claimant, chunk, now_ms(), &l);
+        if (r < 0)
+                return r;
+        r = wire_locate_build(&l, ret, ret_len);
+        wire_locate_free(&l);
+        return r;
+}
+
+static void op_served(void *ud, const char *client, uint64_t bytes) {
+        struct daemon *d = ud;
+        members_report_served(d->members, client, bytes);
+}
+
+void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
+        ops->chunk_size = (uint32_t)d->cfg.chunk_size;
+        /* Any node serves its chunks by digest, peered or not: a plain OCI blob endpoint. */
+        ops->blob_size = op_blob_size;
+        ops->blob_read = op_blob_read;
+        if (!peered(d))
+                return;
+        ops->announce = op_announce;
+        ops->locate = op_locate;
+        ops->served = op_served;
+}
+
+void peers_stop_announcer(struct daemon *d) {
+        struct announcer *a = __atomic_exchange_n(&d->announcer, NULL, __ATOMIC_ACQ_REL);
+        announce_free(a);
+}
+
+void peers_stop_source(struct daemon *d) {
+        source_free(d->source);
+        d->source = NULL;
+}
+
+void peers_stop(struct daemon *d) {
+        dir_free(d->dir);
+        d->dir = NULL;
+        members_free(d->members);
+        d->members = NULL;
+        nl_free(d->nl);
+        d->nl = NULL;
+}

@@ -1,0 +1,381 @@
+/* The announcer. See announce.h for the contract.
+ *
+ * The dirty set is an open-addressing table of digests, each with the lowest and highest chunk
+ * that changed since the last round (so a streaming reader's announce carries the digests of
+ * the chunks it just fetched, not of the whole blob). A round swaps the table out under the
+ * lock and does everything else — snapshots, hashing homes, JSON, HTTP — without it, so the
+ * engine's hook never waits on the network.
+ *
+ * Grouping: each blob goes to its k homes; a round builds one announce per distinct home and
+ * sends them one after another (a round's requests are few: the homes of a few dirty blobs,
+ * or on a full refresh at most every member once). */
+#include "peer/announce.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "peer/rendezvous.h"
+#include "util/log.h"
+
+#define DIRTY_CAP (ANNOUNCE_DIRTY_MAX * 2) /* power of two, load <= 1/2 */
+#define MAX_MEMBERS 4096
+#define MAX_HOMES 16
+
+struct dirty {
+        struct digest d;
+        uint32_t lo, hi; /* changed chunks; lo > hi: none (the blob itself) */
+        bool used;
+};
+
+/* One home's announce under construction. */
+struct outbox {
+        char home[PEER_ID_MAX];
+        struct wire_blob *blobs;
+        uint32_t n, cap;
+};
+
+struct announcer {
+        struct announce_config cfg;
+        pthread_t thread;
+        bool thread_started;
+
+        pthread_mutex_t lock; /* dirty, ndirty, overflow, stopping, stats */
+        pthread_cond_t cond;
+        struct dirty *dirty;
+        size_t ndirty;
+        bool overflow;
+        bool stopping;
+        struct announce_stats stats;
+
+        /* thread only */
+        struct dirty *taken;
+        char (*ids)[PEER_ID_MAX];
+        const char **id_ptrs;
+        size_t nids;
+        uint64_t members_version;
+        uint64_t last_full_ms;
+};
+
+static size_t slot_of(const struct digest *d) {
+        uint64_t h;
+        memcpy(&h, d->bytes + 8, sizeof(h));
+        return (size_t)h & (DIRTY_CAP - 1);
+}
+
+void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx) {
+        pthread_mutex_lock(&a->lock);
+        size_t i = slot_of(d);
+        while (a->dirty[i].used && !digest_equal(&a->dirty[i].d, d))
+                i = (i + 1) & (DIRTY_CAP - 1);
+        struct dirty *e = &a->dirty[i];
+        if (!e->used) {
+                if (a->ndirty >= ANNOUNCE_DIRTY_MAX) {
+                        a->overflow = true; /* the next round sends everything */
+                        pthread_mutex_unlock(&a->lock);
+                        return;
+                }
+                e->used = true;
+                e->d = *d;
+                e->lo = UINT32_MAX;
+                e->hi = 0;
+                a->ndirty++;
+        }
+        if (idx != UINT32_MAX) {
+                if (idx < e->lo)
+                        e->lo = idx;
+                if (idx > e->hi)
+                        e->hi = idx;
+        }
+        pthread_mutex_unlock(&a->lock);
+}
+
+static void blob_clear(struct wire_blob *b) {
+        free(b->present);
+        free(b->sha_idx);
+        free(b->sha);
+}
+
+static struct outbox *outbox_for(struct outbox **boxes, size_t *nboxes, const char *home) {
+        for (size_t i = 0; i < *nboxes; i++)
+                if (strcmp((*boxes)[i].home, home) == 0)
+                        return &(*boxes)[i];
+        struct outbox *v = realloc(*boxes, (*nboxes + 1) * sizeof(*v));
+        if (!v)
+                return NULL;
+        *boxes = v;
+        struct outbox *o = &v[(*nboxes)++];
+        memset(o, 0, sizeof(*o));
+        snprintf(o->home, sizeof(o->home), "%s", home);
+        return o;
+}
+
+/* Adds a copy of B (the arrays are duplicated) to box O. */
+static int outbox_add(struct outbox *o, const struct wire_blob *b) {
+        if (o->n == o->cap) {
+                uint32_t cap = o->cap ? o->cap * 2 : 8;
+                struct wire_blob *v = realloc(o->blobs, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                o->blobs = v;
+                o->cap = cap;
+        }
+        struct wire_blob c = *b;
+        size_t map = (size_t)(b->nchunks + 7) / 8 + 1;
+        c.present = malloc(map);
+        c.sha_idx = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha_idx));
+        c.sha = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha));
+        if (!c.present || !c.sha_idx || !c.sha) {
+                blob_clear(&c);
+                return -ENOMEM;
+        }
+        memcpy(c.present, b->present, map);
+        memcpy(c.sha_idx, b->sha_idx, b->ndigests * sizeof(*c.sha_idx));
+        memcpy(c.sha, b->sha, b->ndigests * sizeof(*c.sha));
+        o->blobs[o->n++] = c;
+        return 0;
+}
+
+static void outboxes_free(struct outbox *boxes, size_t n) {
+        for (size_t i = 0; i < n; i++) {
+                for (uint32_t j = 0; j < boxes[i].n; j++)
+                        blob_clear(&boxes[i].blobs[j]);
+                free(boxes[i].blobs);
+        }
+        free(boxes);
+}
+
+/* Files blob ID's snapshot (digests of chunks LO..HI) under each of its homes. */
+static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi,
+                      struct outbox **boxes, size_t *nboxes) {
+        struct wire_blob b;
+        if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, lo, hi, &b) < 0)
+                return;
+        size_t pick[MAX_HOMES];
+        size_t k = a->cfg.homes < MAX_HOMES ? a->cfg.homes : MAX_HOMES;
+        size_t n = rdv_homes(a->id_ptrs, a->nids, &b.digest, k, pick);
+        for (size_t i = 0; i < n; i++) {
+                struct outbox *o = outbox_for(boxes, nboxes, a->ids[pick[i]]);
+                if (o)
+                        outbox_add(o, &b);
+        }
+        blob_clear(&b);
+}
+
+static size_t discard_body(char *data, size_t size, size_t nmemb, void *ud) {
+        (void)data;
+        (void)ud;
+        return size * nmemb;
+}
+
+/* POSTs BODY to HOME. 0 or -errno; logs the reason of a refusal (the chunk size, usually). */
+static int post(struct announcer *a, const char *home, const char *body, size_t len) {
+        char url[256];
+        snprintf(url, sizeof(url), "http://%s/p2p/v1/announce", home);
+        CURL *h = curl_easy_init();
+        if (!h)
+                return -ENOMEM;
+        struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)a->cfg.timeout_ms);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)a->cfg.timeout_ms * 2);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_body);
+        CURLcode cc = curl_easy_perform(h);
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_cleanup(h);
+        curl_slist_free_all(hdr);
+        if (cc != CURLE_OK) {
+                members_report_failure(a->cfg.members, home, curl_easy_strerror(cc));
+                return -EHOSTUNREACH;
+        }
+        if (status != 200 && status != 204) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+                uint64_t suppressed = 0;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_warning("home refused our announce home=%s status=%ld "
+                                    "hint=\"check that every node runs the same --chunk-size\" "
+                                    "suppressed=%" PRIu64,
+                                    home, status, suppressed);
+                return -EPROTO;
+        }
+        return 0;
+}
+
+static void send_boxes(struct announcer *a, const char *self, struct outbox *boxes, size_t nboxes) {
+        for (size_t i = 0; i < nboxes; i++) {
+                struct outbox *o = &boxes[i];
+                struct wire_announce w = {
+                        .chunk_size = a->cfg.chunk_size, .nblobs = o->n, .blobs = o->blobs};
+                snprintf(w.node, sizeof(w.node), "%s", self);
+                int r;
+                if (strcmp(o->home, self) == 0) {
+                        char reason[128];
+                        r = dir_apply(a->cfg.dir, &w, now_ms(), reason, sizeof(reason));
+                } else if (!members_usable(a->cfg.members, o->home)) {
+                        r = -EHOSTDOWN; /* the next full refresh after it is back reaches it */
+                } else {
+                        char *body = NULL;
+                        size_t len = 0;
+                        r = wire_announce_build(&w, &body, &len);
+                        if (r == 0)
+                                r = post(a, o->home, body, len);
+                        free(body);
+                        pthread_mutex_lock(&a->lock);
+                        a->stats.requests++;
+                        pthread_mutex_unlock(&a->lock);
+                }
+                pthread_mutex_lock(&a->lock);
+                a->stats.blobs_sent += o->n;
+                if (r < 0)
+                        a->stats.failures++;
+                pthread_mutex_unlock(&a->lock);
+        }
+}
+
+static void round_once(struct announcer *a) {
+        char self[PEER_ID_MAX];
+        if (members_self(a->cfg.members, self, sizeof(self)) < 0)
+                return; /* no address to announce yet; dirty entries wait */
+        uint64_t version = 0;
+        a->nids = members_ids(a->cfg.members, a->ids, MAX_MEMBERS, &version);
+        for (size_t i = 0; i < a->nids; i++)
+                a->id_ptrs[i] = a->ids[i];
+        uint64_t now = now_ms();
+        if (a->cfg.dir)
+                dir_expire(a->cfg.dir, now); /* the home role's soft state ages here too */
+
+        pthread_mutex_lock(&a->lock);
+        bool full = a->overflow || version != a->members_version || a->last_full_ms == 0 ||
+                    now - a->last_full_ms >= a->cfg.refresh_ms;
+        struct dirty *t = a->dirty;
+        a->dirty = a->taken;
+        a->taken = t;
+        a->ndirty = 0;
+        a->overflow = false;
+        pthread_mutex_unlock(&a->lock);
+
+        struct outbox *boxes = NULL;
+        size_t nboxes = 0, nblobs = 0;
+        if (full) {
+                uint32_t n = a->cfg.ops.count(a->cfg.ops.ud);
+                for (uint32_t id = 0; id < n; id++)
+                        file_blob(a, id, 0, UINT32_MAX, &boxes, &nboxes);
+                nblobs = n;
+                a->members_version = version;
+                a->last_full_ms = now;
+        } else {
+                for (size_t i = 0; i < DIRTY_CAP; i++) {
+                        struct dirty *e = &a->taken[i];
+                        if (!e->used)
+                                continue;
+                        uint32_t id;
+                        if (a->cfg.ops.find(a->cfg.ops.ud, &e->d, &id) == 0) {
+                                /* lo > hi: nothing but the blob changed: no digests */
+                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, &boxes,
+                                          &nboxes);
+                                nblobs++;
+                        }
+                }
+        }
+        memset(a->taken, 0, DIRTY_CAP * sizeof(*a->taken));
+        if (nboxes)
+                send_boxes(a, self, boxes, nboxes);
+        outboxes_free(boxes, nboxes);
+        pthread_mutex_lock(&a->lock);
+        a->stats.rounds++;
+        a->stats.full_rounds += full;
+        pthread_mutex_unlock(&a->lock);
+        if (full)
+                log_debug("announced everything blobs=%zu homes=%zu", nblobs, nboxes);
+}
+
+static void *announce_main(void *arg) {
+        struct announcer *a = arg;
+        pthread_mutex_lock(&a->lock);
+        while (!a->stopping) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_sec += (time_t)(a->cfg.interval_ms / 1000);
+                ts.tv_nsec += (long)(a->cfg.interval_ms % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+                if (a->stopping)
+                        break;
+                pthread_mutex_unlock(&a->lock);
+                round_once(a);
+                pthread_mutex_lock(&a->lock);
+        }
+        pthread_mutex_unlock(&a->lock);
+        return NULL;
+}
+
+int announce_new(const struct announce_config *cfg, struct announcer **ret) {
+        struct announcer *a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        a->cfg = *cfg;
+        if (!a->cfg.interval_ms)
+                a->cfg.interval_ms = 250;
+        if (!a->cfg.refresh_ms)
+                a->cfg.refresh_ms = 20000;
+        if (!a->cfg.timeout_ms)
+                a->cfg.timeout_ms = 1000;
+        pthread_mutex_init(&a->lock, NULL);
+        pthread_cond_init(&a->cond, NULL);
+        a->dirty = calloc(DIRTY_CAP, sizeof(*a->dirty));
+        a->taken = calloc(DIRTY_CAP, sizeof(*a->taken));
+        a->ids = malloc(MAX_MEMBERS * sizeof(*a->ids));
+        a->id_ptrs = malloc(MAX_MEMBERS * sizeof(*a->id_ptrs));
+        if (!a->dirty || !a->taken || !a->ids || !a->id_ptrs) {
+                announce_free(a);
+                return -ENOMEM;
+        }
+        int r = -pthread_create(&a->thread, NULL, announce_main, a);
+        if (r < 0) {
+                announce_free(a);
+                return r;
+        }
+        a->thread_started = true;
+        *ret = a;
+        return 0;
+}
+
+void announce_free(struct announcer *a) {
+        if (!a)
+                return;
+        if (a->thread_started) {
+                pthread_mutex_lock(&a->lock);
+                a->stopping = true;
+                pthread_cond_broadcast(&a->cond);
+                pthread_mutex_unlock(&a->lock);
+                pthread_join(a->thread, NULL);
+        }
+        pthread_mutex_destroy(&a->lock);
+        pthread_cond_destroy(&a->cond);
+        free(a->dirty);
+        free(a->taken);
+        free(a->ids);
+        free(a->id_ptrs);
+        free(a);
+}
+
+void announce_get_stats(struct announcer *a, struct announce_stats *ret) {
+        pthread_mutex_lock(&a->lock);
+        *ret = a->stats;
+        pthread_mutex_unlock(&a->lock);
+}

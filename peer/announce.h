@@ -1,0 +1,57 @@
+/* The announcer: tells each blob's homes what this node holds of it.
+ *
+ * The engine reports every change (a blob registered, a chunk landed or evicted) through
+ * announce_changed(), which only marks the blob dirty. Every interval the announcer's thread
+ * sends, to each home of each dirty blob, that blob's whole present set and the digests of
+ * the chunks that changed — batched, one request per home. Every refresh interval (a third
+ * of the homes' TTL), and whenever the membership changes (homes move), it sends everything
+ * it holds instead, so a home that restarted or just became home learns it all within one
+ * refresh. Announces are soft state: a lost one costs freshness, never correctness.
+ *
+ * Bounds: the dirty set holds at most ANNOUNCE_DIRTY_MAX blobs; past that, the next round is
+ * a full refresh. Requests time out after a second; a home that is down is skipped (the next
+ * full refresh reaches it). The peer layer does not know the engine: it reads the node's
+ * holdings through announce_ops. */
+#pragma once
+#include <stdint.h>
+
+#include "peer/directory.h"
+#include "peer/members.h"
+#include "peer/wire.h"
+
+#define ANNOUNCE_DIRTY_MAX 4096
+
+struct announcer;
+
+struct announce_ops {
+        void *ud;
+        uint32_t (*count)(void *ud); /* blobs known; ids are 0 .. count-1 */
+        /* Blob ID's holdings with the digests of present chunks in [sha_from, sha_to]; the
+         * arrays in RET are malloc'd (present, sha_idx, sha). 0 or -errno. */
+        int (*snapshot)(void *ud, uint32_t id, uint32_t sha_from, uint32_t sha_to,
+                        struct wire_blob *ret);
+        int (*find)(void *ud, const struct digest *d, uint32_t *ret_id); /* 0 or -ENOENT */
+};
+
+struct announce_config {
+        struct announce_ops ops;
+        struct members *members; /* borrowed */
+        struct directory *dir;   /* borrowed: announces to ourselves go here directly */
+        uint32_t chunk_size;
+        unsigned homes;
+        uint64_t interval_ms;
+        uint64_t refresh_ms;
+        uint64_t timeout_ms;
+};
+
+int announce_new(const struct announce_config *cfg, struct announcer **ret);
+void announce_free(struct announcer *a); /* NULL-safe; stops the thread */
+
+/* Chunk IDX of blob D changed (UINT32_MAX: the blob itself). Never blocks; safe to call
+ * with other locks held (it takes only the announcer's own). */
+void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx);
+
+struct announce_stats {
+        uint64_t rounds, full_rounds, requests, failures, blobs_sent;
+};
+void announce_get_stats(struct announcer *a, struct announce_stats *ret);

@@ -1,0 +1,613 @@
+/* The directory a home node keeps: who holds which chunks of the blobs it is home for.
+ *
+ * Everything here is soft state rebuilt from announces, so the code favours forgetting over
+ * bookkeeping: a record that is not refreshed within its TTL is treated as absent at once
+ * (every read compares times) and freed by the next dir_expire(). Times are the caller's
+ * monotonic milliseconds; a record stamped at T is live while now - T < ttl, so it is dead
+ * at exactly T + ttl, and a clock that steps backwards keeps records alive rather than
+ * killing them.
+ *
+ * Layout. Blobs sit in a chained hash table keyed by their digest, mixed with a per-
+ * directory random seed: digests in announces are whatever a peer sends, and an unkeyed
+ * table would let one peer pile every record into one chain. Blobs are also on a list in
+ * order of their newest announce, so the blob to drop at max_blobs is the list's head,
+ * O(1). Per blob: the metadata (size, chunk count, source, all as first recorded), the
+ * chunk digests (allocated densely with the first one, nchunks x 32 bytes), a small array
+ * of holder records (grown up to max_holders, each an nchunks-bit map) and an array of
+ * claims (grown up to max_claims). Holder and claim arrays are scanned linearly: they are
+ * bounded by a few dozen and about a thousand entries, and a scan touches one cache-friendly
+ * array where a per-blob index would cost memory on every blob.
+ *
+ * An announce whose present set is empty refreshes the blob's metadata (the blob stays
+ * resolvable) and removes the node's holder record: a node that holds nothing is not worth
+ * a slot a real holder could use. A blob lives while its newest announce or one of its
+ * claims does.
+ *
+ * Chunk digests: the first one recorded for a chunk wins. Two announces that disagree mean
+ * one holder has bad data; the reader's verification of the chunk and the whole blob decides
+ * which, so here we only keep the first and log the conflict at debug.
+ *
+ * Claims. A claim (chunk, claimant, time) is granted when no live holder has the chunk and
+ * no live claim covers it, renewed when its claimant asks again, and dropped when the
+ * claimant announces the chunk present, when it expires, or (oldest first) when the blob
+ * already has max_claims: dropping a claim costs at most a duplicate origin fetch, while
+ * refusing one could leave a chunk that nobody fetches.
+ *
+ * Locking: one mutex around everything; nothing is called out while it is held except the
+ * allocator and debug logging. Locate answers are copies, so callers never see our memory.
+ */
+#include "peer/directory.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/types.h>
+
+#include "util/log.h"
+
+#define DIR_DEFAULT_MAX_CLAIMS 1024
+#define DIR_MAX_BUCKETS ((size_t)1 << 22)
+
+struct dir_holder {
+        char node[PEER_ID_MAX];
+        uint8_t *present; /* nchunks bits, never empty (an empty set has no record) */
+        uint64_t last_ms; /* its last announce */
+};
+
+struct dir_claim {
+        char node[PEER_ID_MAX];
+        uint32_t chunk;
+        uint64_t since_ms; /* granted or renewed */
+};
+
+struct dir_blob {
+        struct digest digest;
+        uint64_t size;
+        uint32_t nchunks;
+        char source[IDX_SOURCE_MAX];
+        uint64_t last_ms;   /* newest announce from any node, empty or not */
+        struct digest *sha; /* nchunks entries once the first digest arrives; else NULL */
+        uint8_t *sha_known; /* bitmap, allocated with sha */
+        struct dir_holder *holders;
+        size_t nholders, holders_cap;
+        struct dir_claim *claims;
+        size_t nclaims, claims_cap;
+        struct dir_blob *hnext;       /* hash chain */
+        struct dir_blob *prev, *next; /* announce order, oldest first */
+};
+
+struct directory {
+        pthread_mutex_t lock;
+        struct dir_config cfg; /* immutable after dir_new */
+        uint64_t seed;
+        struct dir_blob **buckets;
+        size_t nbuckets; /* a power of two */
+        struct dir_blob *oldest, *newest;
+        struct dir_stats stats; /* blobs, holders, claims are current counts */
+};
+
+static size_t bitmap_bytes(uint32_t nchunks) {
+        return nchunks == 0 ? 1 : ((size_t)nchunks + 7) / 8;
+}
+
+static bool live(uint64_t since, uint64_t ttl, uint64_t now) {
+        return now < since || now - since < ttl;
+}
+
+static bool bitmap_empty(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t i = 0; i < nchunks / 8; i++)
+                if (map[i])
+                        return false;
+        for (uint32_t i = nchunks / 8 * 8; i < nchunks; i++)
+                if (wire_bit(map, i))
+                        return false;
+        return true;
+}
+
+static uint64_t mix(uint64_t z) {
+        z += 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+static size_t bucket_of(const struct directory *dir, const struct digest *d) {
+        uint64_t h = dir->seed, w;
+
+        for (size_t i = 0; i < DIGEST_LEN; i += 8) {
+                memcpy(&w, d->bytes + i, 8);
+                h = mix(h ^ w);
+        }
+        return (size_t)h & (dir->nbuckets - 1);
+}
+
+static struct dir_blob *blob_find(struct directory *dir, const struct digest *d) {
+        for (struct dir_blob *b = dir->buckets[bucket_of(dir, d)]; b; b = b->hnext)
+                if (digest_equal(&b->digest, d))
+                        return b;
+        return NULL;
+}
+
+static void order_unlink(struct directory *dir, struct dir_blob *b) {
+        if (b->prev)
+                b->prev->next = b->next;
+        else
+                dir->oldest = b->next;
+        if (b->next)
+                b->next->prev = b->prev;
+        else
+                dir->newest = b->prev;
+        b->prev = b->next = NULL;
+}
+
+static void order_append(struct directory *dir, struct dir_blob *b) {
+        b->prev = dir->newest;
+        b->next = NULL;
+        if (dir->newest)
+                dir->newest->next = b;
+        else
+                dir->oldest = b;
+        dir->newest = b;
+}
+
+static void holder_remove(struct directory *dir, struct dir_blob *b, size_t i) {
+        free(b->holders[i].present);
+        b->holders[i] = b->holders[--b->nholders];
+        dir->stats.holders--;
+}
+
+static void claim_remove(struct directory *dir, struct dir_blob *b, size_t i) {
+        b->claims[i] = b->claims[--b->nclaims];
+        dir->stats.claims--;
+}
+
+static void blob_free(struct directory *dir, struct dir_blob *b) {
+        struct dir_blob **p = &dir->buckets[bucket_of(dir, &b->digest)];
+
+        while (*p != b)
+                p = &(*p)->hnext;
+        *p = b->hnext;
+        order_unlink(dir, b);
+        while (b->nholders > 0)
+                holder_remove(dir, b, b->nholders - 1);
+        dir->stats.claims -= b->nclaims;
+        dir->stats.blobs--;
+        free(b->holders);
+        free(b->claims);
+        free(b->sha);
+        free(b->sha_known);
+        free(b);
+}
+
+/* Doubles *CAP (up to MAX) so that one more element fits in *ARR. */
+static int grow(void **arr, size_t *cap, size_t n, size_t max, size_t elem) {
+        size_t ncap;
+        void *p;
+
+        if (n < *cap)
+                return 0;
+        ncap = *cap ? *cap * 2 : 4;
+        if (ncap > max)
+                ncap = max;
+        p = realloc(*arr, ncap * elem);
+        if (!p)
+                return -ENOMEM;
+        *arr = p;
+        *cap = ncap;
+        return 0;
+}
+
+int dir_new(const struct dir_config *cfg, struct directory **ret) {
+        struct directory *dir;
+        size_t want;
+
+        if (cfg->chunk_size == 0 || cfg->max_blobs == 0 || cfg->max_holders == 0 ||
+            cfg->max_holders > WIRE_MAX_HOLDERS || cfg->ttl_ms == 0 || cfg->claim_ttl_ms == 0)
+                return -EINVAL;
+        dir = calloc(1, sizeof(*dir));
+        if (!dir)
+                return -ENOMEM;
+        dir->cfg = *cfg;
+        if (dir->cfg.max_claims == 0)
+                dir->cfg.max_claims = DIR_DEFAULT_MAX_CLAIMS;
+        want = cfg->max_blobs < DIR_MAX_BUCKETS ? cfg->max_blobs : DIR_MAX_BUCKETS;
+        for (dir->nbuckets = 16; dir->nbuckets < want; dir->nbuckets *= 2)
+                ;
+        dir->buckets = calloc(dir->nbuckets, sizeof(*dir->buckets));
+        if (!dir->buckets) {
+                free(dir);
+                return -ENOMEM;
+        }
+        /* Unpredictable is enough; a failed getrandom() only weakens flood resistance. */
+        if (getrandom(&dir->seed, sizeof(dir->seed), GRND_NONBLOCK) != sizeof(dir->seed))
+                dir->seed = mix((uint64_t)(uintptr_t)dir ^ now_ms());
+        pthread_mutex_init(&dir->lock, NULL);
+        *ret = dir;
+        return 0;
+}
+
+void dir_free(struct directory *dir) {
+        if (!dir)
+                return;
+        while (dir->oldest)
+                blob_free(dir, dir->oldest);
+        free(dir->buckets);
+        pthread_mutex_destroy(&dir->lock);
+        free(dir);
+}
+
+static struct dir_blob *blob_new(struct directory *dir, const struct wire_blob *wb) {
+        struct dir_blob *b = calloc(1, sizeof(*b));
+        size_t h;
+
+        if (!b)
+                return NULL;
+        if (dir->stats.blobs >= dir->cfg.max_blobs)
+                blob_free(dir, dir->oldest); /* the blob whose newest announce is oldest */
+        b->digest = wb->digest;
+        b->size = wb->size;
+        b->nchunks = wb->nchunks;
+        snprintf(b->source, sizeof(b->source), "%s", wb->source);
+        h = bucket_of(dir, &b->digest);
+        b->hnext = dir->buckets[h];
+        dir->buckets[h] = b;
+        order_append(dir, b);
+        dir->stats.blobs++;
+        return b;
+}
+
+static ssize_t holder_find(const struct dir_blob *b, const char *node) {
+        for (size_t i = 0; i < b->nholders; i++)
+                if (strcmp(b->holders[i].node, node) == 0)
+                        return (ssize_t)i;
+        return -1;
+}
+
+/* A new holder record for NODE, dropping the least recently announced one when full. */
+static struct dir_holder *holder_add(struct directory *dir, struct dir_blob *b, const char *node) {
+        struct dir_holder *h;
+        uint8_t *present;
+
+        present = malloc(bitmap_bytes(b->nchunks));
+        if (!present)
+                return NULL;
+        if (b->nholders >= dir->cfg.max_holders) {
+                size_t old = 0;
+
+                for (size_t i = 1; i < b->nholders; i++)
+                        if (b->holders[i].last_ms < b->holders[old].last_ms)
+                                old = i;
+                holder_remove(dir, b, old);
+        }
+        if (grow((void **)&b->holders, &b->holders_cap, b->nholders, dir->cfg.max_holders,
+                 sizeof(*b->holders)) < 0) {
+                free(present);
+                return NULL;
+        }
+        h = &b->holders[b->nholders++];
+        snprintf(h->node, sizeof(h->node), "%s", node);
+        h->present = present;
+        dir->stats.holders++;
+        return h;
+}
+
+static int record_digests(struct dir_blob *b, const struct wire_blob *wb, const char *node) {
+        for (uint32_t i = 0; i < wb->ndigests; i++) {
+                uint32_t idx = wb->sha_idx[i];
+
+                if (idx >= b->nchunks)
+                        continue;
+                if (!b->sha) {
+                        b->sha = calloc(b->nchunks, sizeof(*b->sha));
+                        b->sha_known = calloc(1, bitmap_bytes(b->nchunks));
+                        if (!b->sha || !b->sha_known) {
+                                free(b->sha);
+                                free(b->sha_known);
+                                b->sha = NULL;
+                                b->sha_known = NULL;
+                                return -ENOMEM;
+                        }
+                }
+                if (!wire_bit(b->sha_known, idx)) {
+                        b->sha[idx] = wb->sha[i];
+                        wire_set_bit(b->sha_known, idx);
+                } else if (!digest_equal(&b->sha[idx], &wb->sha[i])) {
+                        char hex[DIGEST_HEX_LEN + 1];
+
+                        digest_to_hex(&b->digest, hex);
+                        log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
+                                  " node=%s kept=first",
+                                  hex, idx, node);
+                }
+        }
+        return 0;
+}
+
+/* One blob of NODE's announce, at NOW. */
+static int apply_blob(struct directory *dir, struct dir_blob *b, const char *node,
+                      const struct wire_blob *wb, uint64_t now) {
+        ssize_t hi = holder_find(b, node);
+
+        b->last_ms = now;
+        order_unlink(dir, b);
+        order_append(dir, b);
+
+        if (b->nchunks == 0 || bitmap_empty(wb->present, b->nchunks)) {
+                if (hi >= 0)
+                        holder_remove(dir, b, (size_t)hi);
+        } else {
+                struct dir_holder *h = hi >= 0 ? &b->holders[hi] : holder_add(dir, b, node);
+
+                if (!h)
+                        return -ENOMEM;
+                memcpy(h->present, wb->present, bitmap_bytes(b->nchunks));
+                if (b->nchunks % 8) /* bits past the end stay clear: they are compared */
+                        h->present[b->nchunks / 8] &= (uint8_t)((1u << (b->nchunks % 8)) - 1);
+                h->last_ms = now;
+                /* Claims this node now holds are done. */
+                for (size_t i = b->nclaims; i-- > 0;)
+                        if (strcmp(b->claims[i].node, node) == 0 &&
+                            wire_bit(h->present, b->claims[i].chunk))
+                                claim_remove(dir, b, i);
+        }
+        return record_digests(b, wb, node);
+}
+
+static bool blob_alive(const struct directory *dir, const struct dir_blob *b, uint64_t now) {
+        if (live(b->last_ms, dir->cfg.ttl_ms, now))
+                return true;
+        for (size_t i = 0; i < b->nclaims; i++)
+                if (live(b->claims[i].since_ms, dir->cfg.claim_ttl_ms, now))
+                        return true;
+        return false;
+}
+
+int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
+              size_t reason_len) {
+        int r = 0;
+
+        if (reason && reason_len > 0)
+                reason[0] = '\0';
+        pthread_mutex_lock(&dir->lock);
+        dir->stats.announces++;
+        if (a->chunk_size != dir->cfg.chunk_size) {
+                dir->stats.refused++;
+                pthread_mutex_unlock(&dir->lock);
+                if (reason)
+                        snprintf(reason, reason_len,
+                                 "chunk size mismatch: announce has %" PRIu32 ", this node %" PRIu32
+                                 "; every node needs the same chunk size",
+                                 a->chunk_size, dir->cfg.chunk_size);
+                return -EPROTO;
+        }
+        if (!wire_node_id_valid(a->node)) {
+                dir->stats.refused++;
+                pthread_mutex_unlock(&dir->lock);
+                if (reason)
+                        snprintf(reason, reason_len, "invalid node id in announce");
+                return -EINVAL;
+        }
+        for (uint32_t i = 0; i < a->nblobs; i++) {
+                const struct wire_blob *wb = &a->blobs[i];
+                uint64_t n = wb->size / a->chunk_size + (wb->size % a->chunk_size != 0);
+                struct dir_blob *b;
+                int q;
+
+                b = blob_find(dir, &wb->digest);
+                if (b && !blob_alive(dir, b, now_ms)) {
+                        blob_free(dir, b); /* dead, not yet expired: start afresh */
+                        b = NULL;
+                }
+                if (n != wb->nchunks || n > WIRE_MAX_CHUNKS ||
+                    (b && (b->size != wb->size || b->nchunks != wb->nchunks))) {
+                        char hex[DIGEST_HEX_LEN + 1];
+
+                        digest_to_hex(&wb->digest, hex);
+                        if (reason)
+                                snprintf(reason, reason_len,
+                                         "size mismatch for blob sha256:%s: announced %" PRIu64
+                                         " bytes in %" PRIu32 " chunks, known as %" PRIu64
+                                         "; blob skipped",
+                                         hex, wb->size, wb->nchunks, b ? b->size : n);
+                        dir->stats.refused++;
+                        r = -EINVAL;
+                        continue;
+                }
+                if (!b)
+                        b = blob_new(dir, wb);
+                q = b ? apply_blob(dir, b, a->node, wb, now_ms) : -ENOMEM;
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        pthread_mutex_unlock(&dir->lock);
+        return r;
+}
+
+/* Decides CLAIMANT's claim on CHUNK of B. */
+static int claim(struct directory *dir, struct dir_blob *b, const char *claimant, uint32_t chunk,
+                 uint64_t now, bool *ret_granted) {
+        struct dir_claim *c;
+
+        for (size_t i = 0; i < b->nholders; i++)
+                if (live(b->holders[i].last_ms, dir->cfg.ttl_ms, now) &&
+                    wire_bit(b->holders[i].present, chunk)) {
+                        *ret_granted = false;
+                        return 0;
+                }
+        for (size_t i = b->nclaims; i-- > 0;) {
+                c = &b->claims[i];
+                if (!live(c->since_ms, dir->cfg.claim_ttl_ms, now)) {
+                        claim_remove(dir, b, i);
+                        continue;
+                }
+                if (c->chunk != chunk)
+                        continue;
+                *ret_granted = strcmp(c->node, claimant) == 0;
+                if (*ret_granted)
+                        c->since_ms = now; /* the claimant is still at it */
+                return 0;
+        }
+        if (b->nclaims >= dir->cfg.max_claims) {
+                size_t old = 0;
+
+                for (size_t i = 1; i < b->nclaims; i++)
+                        if (b->claims[i].since_ms < b->claims[old].since_ms)
+                                old = i;
+                claim_remove(dir, b, old);
+        }
+        if (grow((void **)&b->claims, &b->claims_cap, b->nclaims, dir->cfg.max_claims,
+                 sizeof(*b->claims)) < 0)
+                return -ENOMEM;
+        c = &b->claims[b->nclaims++];
+        snprintf(c->node, sizeof(c->node), "%s", claimant);
+        c->chunk = chunk;
+        c->since_ms = now;
+        dir->stats.claims++;
+        dir->stats.claims_granted++;
+        *ret_granted = true;
+        return 0;
+}
+
+/* Adds claim C to L's fetching entries (one per node, at most WIRE_MAX_HOLDERS). */
+static int add_fetching(struct wire_locate *l, uint32_t first, const struct dir_claim *c) {
+        struct wire_holder *h = NULL;
+
+        for (uint32_t i = first; i < l->nholders && !h; i++)
+                if (strcmp(l->holders[i].node, c->node) == 0)
+                        h = &l->holders[i];
+        if (!h) {
+                if (l->nholders - first >= WIRE_MAX_HOLDERS)
+                        return 0; /* a reader needs a few, not all */
+                h = &l->holders[l->nholders];
+                h->present = calloc(1, bitmap_bytes(l->nchunks));
+                if (!h->present)
+                        return -ENOMEM;
+                snprintf(h->node, sizeof(h->node), "%s", c->node);
+                h->fetching = true;
+                l->nholders++;
+        }
+        wire_set_bit(h->present, c->chunk);
+        return 0;
+}
+
+static int fill_locate(const struct directory *dir, const struct dir_blob *b, const char *claimant,
+                       int64_t chunk, uint64_t now, struct wire_locate *l) {
+        size_t bytes = bitmap_bytes(b->nchunks);
+        const struct dir_claim *first = NULL;
+        uint32_t nfirst;
+
+        l->digest = b->digest;
+        l->size = b->size;
+        l->chunk_size = dir->cfg.chunk_size;
+        l->nchunks = b->nchunks;
+        snprintf(l->source, sizeof(l->source), "%s", b->source);
+        l->sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*l->sha));
+        l->sha_known = calloc(1, bytes);
+        l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
+        if (!l->sha || !l->sha_known || !l->holders)
+                return -ENOMEM;
+        if (b->sha) {
+                memcpy(l->sha, b->sha, b->nchunks * sizeof(*b->sha));
+                memcpy(l->sha_known, b->sha_known, bytes);
+        }
+        for (size_t i = 0; i < b->nholders; i++) {
+                const struct dir_holder *h = &b->holders[i];
+                struct wire_holder *w = &l->holders[l->nholders];
+
+                if (!live(h->last_ms, dir->cfg.ttl_ms, now) ||
+                    (claimant && strcmp(h->node, claimant) == 0))
+                        continue;
+                w->present = malloc(bytes);
+                if (!w->present)
+                        return -ENOMEM;
+                memcpy(w->present, h->present, bytes);
+                snprintf(w->node, sizeof(w->node), "%s", h->node);
+                l->nholders++;
+        }
+        /* Fetching nodes: the one fetching the chunk asked about first, so it is listed
+         * even when there are more claimants than fit. */
+        nfirst = l->nholders;
+        for (size_t i = 0; i < b->nclaims; i++) {
+                const struct dir_claim *c = &b->claims[i];
+
+                if (!live(c->since_ms, dir->cfg.claim_ttl_ms, now) ||
+                    (claimant && strcmp(c->node, claimant) == 0))
+                        continue;
+                if (chunk >= 0 && c->chunk == (uint64_t)chunk)
+                        first = c;
+        }
+        if (first && add_fetching(l, nfirst, first) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->nclaims; i++) {
+                const struct dir_claim *c = &b->claims[i];
+
+                if (!live(c->since_ms, dir->cfg.claim_ttl_ms, now) ||
+                    (claimant && strcmp(c->node, claimant) == 0))
+                        continue;
+                if (add_fetching(l, nfirst, c) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int dir_locate(struct directory *dir, const struct digest *d, const char *claimant, int64_t chunk,
+               uint64_t now_ms, struct wire_locate *ret) {
+        struct wire_locate l;
+        struct dir_blob *b;
+        int r;
+
+        if (claimant && !wire_node_id_valid(claimant))
+                return -EINVAL;
+        memset(&l, 0, sizeof(l));
+        pthread_mutex_lock(&dir->lock);
+        dir->stats.locates++;
+        b = blob_find(dir, d);
+        if (!b || !blob_alive(dir, b, now_ms)) {
+                pthread_mutex_unlock(&dir->lock);
+                return -ENOENT;
+        }
+        if (claimant && chunk >= 0 && chunk < (int64_t)b->nchunks) {
+                r = claim(dir, b, claimant, (uint32_t)chunk, now_ms, &l.claim_granted);
+                if (r < 0)
+                        goto out_unlock;
+                l.has_claim = true;
+                l.claim_chunk = (uint32_t)chunk;
+        }
+        r = fill_locate(dir, b, claimant, chunk, now_ms, &l);
+out_unlock:
+        pthread_mutex_unlock(&dir->lock);
+        if (r < 0) {
+                wire_locate_free(&l);
+                return r;
+        }
+        *ret = l;
+        return 0;
+}
+
+void dir_expire(struct directory *dir, uint64_t now_ms) {
+        struct dir_blob *b, *next;
+
+        pthread_mutex_lock(&dir->lock);
+        for (b = dir->oldest; b; b = next) {
+                next = b->next;
+                for (size_t i = b->nholders; i-- > 0;)
+                        if (!live(b->holders[i].last_ms, dir->cfg.ttl_ms, now_ms))
+                                holder_remove(dir, b, i);
+                for (size_t i = b->nclaims; i-- > 0;)
+                        if (!live(b->claims[i].since_ms, dir->cfg.claim_ttl_ms, now_ms))
+                                claim_remove(dir, b, i);
+                if (!live(b->last_ms, dir->cfg.ttl_ms, now_ms) && b->nclaims == 0)
+                        blob_free(dir, b);
+        }
+        pthread_mutex_unlock(&dir->lock);
+}
+
+void dir_get_stats(struct directory *dir, struct dir_stats *ret) {
+        pthread_mutex_lock(&dir->lock);
+        *ret = dir->stats;
+        pthread_mutex_unlock(&dir->lock);
+}

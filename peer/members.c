@@ -1,0 +1,914 @@
+/* Membership and peer health. See members.h for the contract.
+ *
+ * State: one sorted array of members (at most max_peers, self included), under one mutex.
+ * Sorted by id so members_ids() is stable for rendezvous hashing and lookups are a bsearch.
+ *
+ * The thread does everything that may block: name resolution (getaddrinfo_a, waited on in
+ * short steps so members_free() is not held up by a slow resolver), health probes (easy
+ * handles on one curl multi, all due probes at once, woken by curl_multi_wakeup), the decay
+ * of recent failures and the persistence of the snapshot. Callers only take the mutex.
+ *
+ * Membership rules. A refresh builds the candidate set (static numeric peers, static names
+ * and the DNS name resolved now) and merges it: new ids join (up until a request fails); an id
+ * missing from one refresh is kept (a DNS answer can be partial during a rollout) and
+ * forgotten when it is missing from a second one; when a lookup failed for another reason
+ * than "no such name" nobody is aged at all, so a resolver outage does not empty the
+ * membership. An address that is ours (the advertised one, or any of our addresses per
+ * netlink) with our listen port is self, whatever list it came from, and self appears once.
+ *
+ * Health. A failure reported by a client marks the peer down at once; the thread probes it
+ * (GET /healthz) after 250 ms, then at doubling intervals up to 10 s, each with +-50 % jitter
+ * so that nodes that lost the same peer do not probe it in step. A 200 brings it back.
+ *
+ * Lock order: members.lock, then the log rate limiter's lock (inside log_ratelimit_ok). The
+ * index and libcurl are called without the lock held, except curl_multi_add_handle and easy
+ * setup, which do no I/O.
+ *
+ * Costs: one thread; per refresh one resolution; per down peer one probe per backoff
+ * interval; memory bounded by max_peers. */
+#include "peer/members.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "index/index.h"
+#include "util/log.h"
+#include "util/parse.h"
+
+#define BACKOFF_START_MS 250
+#define BACKOFF_MAX_MS 10000
+#define DECAY_INTERVAL_MS 60000
+#define FIRST_RESOLVE_WAIT_MS 3000 /* members_new() waits this long for the first refresh */
+#define RESOLVE_STEP_MS 100        /* how often a pending resolution checks for stop */
+#define RESOLVE_MAX_MS 15000       /* a resolution slower than this is abandoned */
+#define STATE_LOG_INTERVAL_MS 5000 /* peer up/down lines */
+#define HOST_MAX 256
+#define ID_LIST_LOG_MAX 512 /* joined=/left= lists are cut beyond this */
+
+struct member {
+        struct peer_info info;       /* info.id is the sort key */
+        char addr[INET6_ADDRSTRLEN]; /* numeric, without brackets */
+        uint16_t port;
+        unsigned missing;       /* refreshes in a row that did not return it */
+        uint64_t backoff_ms;    /* while down: the current probe interval */
+        uint64_t next_probe_ms; /* while down: when to probe (monotonic) */
+        bool probing;           /* a probe is in flight */
+};
+
+struct static_peer {
+        char host[HOST_MAX];
+        uint16_t port;
+        bool numeric;
+};
+
+/* A member found by one refresh. */
+struct cand {
+        char id[PEER_ID_MAX];
+        char addr[INET6_ADDRSTRLEN];
+        uint16_t port;
+        bool from_static, from_dns, is_self;
+};
+
+struct probe {
+        CURL *easy;
+        char id[PEER_ID_MAX];
+};
+
+struct members {
+        /* Immutable after members_new(). */
+        struct static_peer *statics;
+        size_t n_static;
+        char *dns_name;
+        char *advertise; /* normalised --advertise-address; NULL when none */
+        uint16_t peer_port, listen_port;
+        uint64_t refresh_ms, probe_timeout_ms;
+        size_t max_peers;
+        struct netlink *nl;
+        struct index *ix;
+
+        pthread_mutex_t lock;
+        pthread_cond_t wake;     /* lock: stop, new failures, first refresh done */
+        struct member *v;        /* lock: n sorted by id, capacity max_peers */
+        size_t n;                /* lock */
+        uint64_t version;        /* lock: bumped when the set changes */
+        char self[PEER_ID_MAX];  /* lock: "" when not known */
+        bool resolved_once;      /* lock */
+        bool persist_dirty;      /* lock: changed since the last idx_put_peers */
+        uint64_t rng;            /* lock: jitter */
+        atomic_bool stopping;    /* read without the lock by the resolver's wait loop */
+        struct log_ratelimit rl; /* up/down lines */
+
+        /* The thread's own. */
+        pthread_t thread;
+        CURLM *multi;
+        struct probe *probes; /* max_peers slots; easy == NULL when free */
+        size_t inflight;
+        struct cand *cand; /* max_peers + 1 */
+};
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+static void format_id(const char *addr, uint16_t port, char out[PEER_ID_MAX]) {
+        if (strchr(addr, ':'))
+                snprintf(out, PEER_ID_MAX, "[%s]:%u", addr, (unsigned)port);
+        else
+                snprintf(out, PEER_ID_MAX, "%s:%u", addr, (unsigned)port);
+}
+
+/* Canonical numeric text of S (brackets accepted) into OUT; -EINVAL when not numeric. */
+static int normalise_addr(const char *s, char out[INET6_ADDRSTRLEN]) {
+        char buf[INET6_ADDRSTRLEN + 2];
+        size_t len = strlen(s);
+        if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
+                s++;
+                len -= 2;
+        }
+        if (len == 0 || len >= sizeof(buf))
+                return -EINVAL;
+        memcpy(buf, s, len);
+        buf[len] = '\0';
+        unsigned char bytes[16];
+        if (inet_pton(AF_INET, buf, bytes) == 1)
+                return inet_ntop(AF_INET, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
+        if (inet_pton(AF_INET6, buf, bytes) != 1)
+                return -EINVAL;
+        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (memcmp(bytes, v4mapped, sizeof(v4mapped)) == 0) /* a dual-stack socket's v4 peer */
+                return inet_ntop(AF_INET, bytes + 12, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
+        return inet_ntop(AF_INET6, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
+}
+
+static int cmp_member(const void *a, const void *b) {
+        return strcmp(((const struct member *)a)->info.id, ((const struct member *)b)->info.id);
+}
+
+static struct member *find(struct members *m, const char *id) {
+        struct member key;
+        snprintf(key.info.id, sizeof(key.info.id), "%s", id);
+        return bsearch(&key, m->v, m->n, sizeof(*m->v), cmp_member);
+}
+
+/* Uniform in [d/2, 3d/2): the jittered wait before the next probe. */
+static uint64_t jitter(struct members *m, uint64_t d) {
+        m->rng ^= m->rng << 13;
+        m->rng ^= m->rng >> 7;
+        m->rng ^= m->rng << 17;
+        return d / 2 + (d ? m->rng % d : 0);
+}
+
+static void append_id(char *list, size_t len, const char *id) {
+        size_t used = strlen(list);
+        if (used + strlen(id) + 5 >= len) {
+                if (used + 4 < len && !strstr(list, "..."))
+                        snprintf(list + used, len - used, ",...");
+                return;
+        }
+        snprintf(list + used, len - used, "%s%s", used ? "," : "", id);
+}
+
+/* A sort key, lower is better: up, on-link, unknown, routed; then latency; then recent
+ * failures. An unmeasured latency counts as 0, so a new peer gets tried and measured. */
+static uint64_t rank_key(const struct member *p) {
+        if (p->info.is_self || p->info.state != PEER_UP)
+                return UINT64_MAX;
+        uint64_t loc = p->info.locality == NL_LOC_ONLINK   ? 0
+                       : p->info.locality == NL_LOC_ROUTED ? 2
+                                                           : 1;
+        uint64_t lat = p->info.latency_us < (1ull << 40) ? p->info.latency_us : (1ull << 40) - 1;
+        uint64_t fails =
+                p->info.recent_failures < (1ull << 20) ? p->info.recent_failures : (1ull << 20) - 1;
+        return loc << 60 | lat << 20 | fails;
+}
+
+/* Marks P down (lock held). True when it was up: the caller logs. */
+static bool mark_down(struct members *m, struct member *p, uint64_t now) {
+        p->info.failures++;
+        p->info.recent_failures++;
+        m->persist_dirty = true;
+        if (p->info.state == PEER_DOWN)
+                return false;
+        p->info.state = PEER_DOWN;
+        p->backoff_ms = BACKOFF_START_MS;
+        p->next_probe_ms = now + jitter(m, BACKOFF_START_MS);
+        return true;
+}
+
+static void log_state(struct members *m, const char *id, bool up, const char *why) {
+        uint64_t suppressed = 0;
+        if (!log_ratelimit_ok(&m->rl, &suppressed))
+                return;
+        if (up)
+                log_info("peer up id=%s suppressed=%" PRIu64, id, suppressed);
+        else
+                log_info("peer down id=%s why=\"%s\" suppressed=%" PRIu64
+                         " hint=\"probing it with backoff\"",
+                         id, why ? why : "unknown", suppressed);
+}
+
+/* ---- refresh: resolve, then merge ------------------------------------------------------- */
+
+/* Adds ADDR:PORT to the candidates unless it is there already (flags are merged). */
+static void add_cand(struct members *m, size_t *n, size_t *ignored, const char *addr, uint16_t port,
+                     bool from_static, bool from_dns) {
+        char id[PEER_ID_MAX];
+        format_id(addr, port, id);
+        for (size_t i = 0; i < *n; i++)
+                if (strcmp(m->cand[i].id, id) == 0) {
+                        m->cand[i].from_static |= from_static;
+                        m->cand[i].from_dns |= from_dns;
+                        return;
+                }
+        if (*n >= m->max_peers) {
+                (*ignored)++;
+                return;
+        }
+        struct cand *c = &m->cand[(*n)++];
+        memset(c, 0, sizeof(*c));
+        memcpy(c->id, id, sizeof(id));
+        snprintf(c->addr, sizeof(c->addr), "%s", addr);
+        c->port = port;
+        c->from_static = from_static;
+        c->from_dns = from_dns;
+}
+
+static void add_addrinfo(struct members *m, size_t *n, size_t *ignored, struct addrinfo *res,
+                         uint16_t port, bool from_static, bool from_dns) {
+        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+                char addr[INET6_ADDRSTRLEN];
+                const void *src;
+                if (ai->ai_family == AF_INET)
+                        src = &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr;
+                else if (ai->ai_family == AF_INET6)
+                        src = &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr;
+                else
+                        continue;
+                if (inet_ntop(ai->ai_family, src, addr, sizeof(addr)))
+                        add_cand(m, n, ignored, addr, port, from_static, from_dns);
+        }
+}
+
+/* Resolves every name (static names, the DNS name) at once. Waits in short steps so a stop
+ * is noticed; a resolution still running at a stop or after RESOLVE_MAX_MS is cancelled, or
+ * left to finish on glibc's thread with its memory (a few hundred bytes) deliberately not
+ * freed, since that thread still writes to it. Returns the candidate count; *RET_COMPLETE is
+ * false when a lookup failed for another reason than "no such name". */
+static size_t resolve(struct members *m, bool *ret_complete) {
+        size_t n = 0, ignored = 0;
+        bool complete = true;
+        for (size_t i = 0; i < m->n_static; i++)
+                if (m->statics[i].numeric)
+                        add_cand(m, &n, &ignored, m->statics[i].host, m->statics[i].port, true,
+                                 false);
+
+        size_t nreq = 0;
+        struct gaicb **reqs = calloc(m->n_static + 1, sizeof(*reqs));
+        struct gaicb *cbs = calloc(m->n_static + 1, sizeof(*cbs));
+        static const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        if (!reqs || !cbs) {
+                free(reqs);
+                free(cbs);
+                *ret_complete = false;
+                return n;
+        }
+        for (size_t i = 0; i < m->n_static; i++)
+                if (!m->statics[i].numeric) {
+                        cbs[nreq] =
+                                (struct gaicb){.ar_name = m->statics[i].host, .ar_request = &hints};
+                        reqs[nreq] = &cbs[nreq];
+                        nreq++;
+                }
+        if (m->dns_name) {
+                cbs[nreq] = (struct gaicb){.ar_name = m->dns_name, .ar_request = &hints};
+                reqs[nreq] = &cbs[nreq];
+                nreq++;
+        }
+        bool abandoned = false;
+        if (nreq > 0) {
+                int e = getaddrinfo_a(GAI_NOWAIT, reqs, (int)nreq, NULL);
+                if (e != 0) {
+                        log_debug("members resolve failed err=\"%s\"", gai_strerror(e));
+                        complete = false;
+                        nreq = 0; /* nothing was queued */
+                }
+                uint64_t deadline = now_ms() + RESOLVE_MAX_MS;
+                for (;;) {
+                        bool pending = false;
+                        for (size_t i = 0; i < nreq; i++)
+                                pending |= gai_error(reqs[i]) == EAI_INPROGRESS;
+                        if (!pending)
+                                break;
+                        if (atomic_load(&m->stopping) || now_ms() >= deadline) {
+                                for (size_t i = 0; i < nreq; i++)
+                                        if (gai_cancel(reqs[i]) == EAI_NOTCANCELED)
+                                                abandoned = true;
+                                complete = false;
+                                break;
+                        }
+                        struct timespec step = {0, RESOLVE_STEP_MS * 1000000L};
+                        gai_suspend((const struct gaicb *const *)reqs, (int)nreq, &step);
+                }
+        }
+        size_t s = 0;
+        for (size_t i = 0; i < nreq; i++) {
+                bool is_dns = m->dns_name && reqs[i]->ar_name == m->dns_name;
+                uint16_t port = m->peer_port;
+                if (!is_dns) {
+                        while (s < m->n_static && m->statics[s].numeric)
+                                s++;
+                        port = m->statics[s++].port;
+                }
+                int e = gai_error(reqs[i]);
+                if (e == 0) {
+                        add_addrinfo(m, &n, &ignored, reqs[i]->ar_result, port, !is_dns, is_dns);
+                } else if (e != EAI_NONAME && e != EAI_NODATA) {
+                        complete = false;
+                        log_debug("members resolve failed name=%s err=\"%s\"", reqs[i]->ar_name,
+                                  gai_strerror(e));
+                }
+                if (e != EAI_INPROGRESS)
+                        freeaddrinfo(reqs[i]->ar_result);
+        }
+        if (ignored) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+                uint64_t suppressed;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_info("peers ignored n=%zu max_peers=%zu suppressed=%" PRIu64
+                                 " hint=\"raise max-peers\"",
+                                 ignored, m->max_peers, suppressed);
+        }
+        free(reqs);
+        if (!abandoned)
+                free(cbs);
+        *ret_complete = complete;
+        return n;
+}
+
+/* Our advertised address, normalised, into OUT; -ENOENT when unknown. */
+static int self_addr(struct members *m, char out[INET6_ADDRSTRLEN]) {
+        char buf[INET6_ADDRSTRLEN];
+        if (m->nl && nl_advertised(m->nl, buf, sizeof(buf)) == 0)
+                return normalise_addr(buf, out);
+        if (m->advertise) {
+                snprintf(out, INET6_ADDRSTRLEN, "%s", m->advertise);
+                return 0;
+        }
+        return -ENOENT;
+}
+
+static void refresh(struct members *m) {
+        bool complete;
+        size_t n = resolve(m, &complete);
+
+        /* Self: recognised by address and port, whichever list named it. */
+        char self_a[INET6_ADDRSTRLEN], self_id[PEER_ID_MAX] = "";
+        bool have_self = self_addr(m, self_a) == 0;
+        if (have_self)
+                format_id(self_a, m->listen_port, self_id);
+        bool self_static = false, self_dns = false;
+        for (size_t i = 0; i < n;) {
+                struct cand *c = &m->cand[i];
+                bool ours = have_self && c->port == m->listen_port &&
+                            (strcmp(c->addr, self_a) == 0 ||
+                             nl_locality(m->nl, c->addr) == NL_LOC_SELF);
+                if (!ours) {
+                        i++;
+                        continue;
+                }
+                self_static |= c->from_static;
+                self_dns |= c->from_dns;
+                m->cand[i] = m->cand[--n];
+        }
+        if (have_self) { /* cand has max_peers + 1 slots: self always fits */
+                struct cand *c = &m->cand[n++];
+                memset(c, 0, sizeof(*c));
+                memcpy(c->id, self_id, sizeof(self_id));
+                snprintf(c->addr, sizeof(c->addr), "%s", self_a);
+                c->port = m->listen_port;
+                c->from_static = self_static;
+                c->from_dns = self_dns;
+                c->is_self = true;
+        }
+        enum nl_locality *loc = calloc(n ? n : 1, sizeof(*loc));
+        for (size_t i = 0; loc && i < n; i++) /* outside the lock: nl takes its own */
+                loc[i] = m->cand[i].is_self ? NL_LOC_SELF : nl_locality(m->nl, m->cand[i].addr);
+
+        char joined[ID_LIST_LOG_MAX] = "", left[ID_LIST_LOG_MAX] = "";
+        size_t njoined = 0, nleft = 0;
+        pthread_mutex_lock(&m->lock);
+        snprintf(m->self, sizeof(m->self), "%s", self_id);
+        for (size_t i = 0; i < m->n; i++)
+                m->v[i].missing++;
+        size_t full = 0;
+        for (size_t i = 0; i < n; i++) {
+                struct cand *c = &m->cand[i];
+                struct member *p = find(m, c->id);
+                if (!p) {
+                        size_t cap = m->max_peers;
+                        if (m->n >= cap && !c->is_self) {
+                                full++;
+                                continue;
+                        }
+                        if (m->n >= cap) { /* self displaces nobody: drop the worst peer */
+                                size_t worst = 0;
+                                for (size_t k = 1; k < m->n; k++)
+                                        if (rank_key(&m->v[k]) >= rank_key(&m->v[worst]))
+                                                worst = k;
+                                append_id(left, sizeof(left), m->v[worst].info.id);
+                                nleft++;
+                                m->v[worst] = m->v[--m->n];
+                        }
+                        p = &m->v[m->n++];
+                        memset(p, 0, sizeof(*p));
+                        memcpy(p->info.id, c->id, sizeof(c->id));
+                        p->info.state = PEER_UP;
+                        snprintf(p->addr, sizeof(p->addr), "%s", c->addr);
+                        p->port = c->port;
+                        append_id(joined, sizeof(joined), c->id);
+                        njoined++;
+                        qsort(m->v, m->n, sizeof(*m->v), cmp_member);
+                        p = find(m, c->id);
+                }
+                p->missing = 0;
+                p->info.from_static = c->from_static;
+                p->info.from_dns = c->from_dns;
+                p->info.is_self = c->is_self;
+                p->info.locality = loc ? loc[i] : NL_LOC_UNKNOWN;
+                if (c->is_self)
+                        p->info.state = PEER_UP;
+        }
+        /* Forget: a former self at once; others after a second miss, and only when every
+         * lookup answered (a resolver outage must not empty the membership). */
+        for (size_t i = 0; i < m->n;) {
+                struct member *p = &m->v[i];
+                bool gone = p->missing > 0 && (p->info.is_self || (complete && p->missing >= 2));
+                if (!gone) {
+                        i++;
+                        continue;
+                }
+                append_id(left, sizeof(left), p->info.id);
+                nleft++;
+                memmove(p, p + 1, (m->n - i - 1) * sizeof(*p));
+                m->n--;
+        }
+        if (njoined || nleft) {
+                m->version++;
+                m->persist_dirty = true;
+        }
+        size_t total = m->n;
+        pthread_mutex_unlock(&m->lock);
+        free(loc);
+        if (njoined || nleft)
+                log_info("membership changed members=%zu joined=%zu left=%zu joined_ids=%s "
+                         "left_ids=%s",
+                         total, njoined, nleft, joined[0] ? joined : "-", left[0] ? left : "-");
+        if (full)
+                log_debug("members full n=%zu max_peers=%zu", full, m->max_peers);
+}
+
+/* ---- probes ------------------------------------------------------------------------------- */
+
+static size_t discard(char *p, size_t size, size_t n, void *ud) {
+        (void)p;
+        (void)ud;
+        return size * n;
+}
+
+/* Starts a probe of every down peer that is due (lock held). Easy setup does no I/O. */
+static void start_probes(struct members *m, uint64_t now) {
+        for (size_t i = 0; i < m->n; i++) {
+                struct member *p = &m->v[i];
+                if (p->info.state != PEER_DOWN || p->probing || p->info.is_self ||
+                    p->next_probe_ms > now)
+                        continue;
+                size_t slot = 0;
+                while (slot < m->max_peers && m->probes[slot].easy)
+                        slot++;
+                if (slot == m->max_peers)
+                        return;
+                CURL *e = curl_easy_init();
+                if (!e)
+                        return;
+                char url[PEER_ID_MAX + 32];
+                snprintf(url, sizeof(url), "http://%s/healthz", p->info.id);
+                curl_easy_setopt(e, CURLOPT_URL, url);
+                curl_easy_setopt(e, CURLOPT_NOPROXY, "*"); /* peers are never behind a proxy */
+                curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)m->probe_timeout_ms);
+                curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)m->probe_timeout_ms);
+                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+                curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+                curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)&m->probes[slot]);
+                if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
+                        curl_easy_cleanup(e);
+                        return;
+                }
+                m->probes[slot].easy = e;
+                memcpy(m->probes[slot].id, p->info.id, sizeof(p->info.id));
+                m->inflight++;
+                p->probing = true;
+        }
+}
+
+/* Applies the outcome of a finished probe (lock held). True when the peer came back up. */
+static bool probe_done(struct members *m, const char *id, bool ok, uint64_t now) {
+        struct member *p = find(m, id);
+        if (!p)
+                return false; /* left while we probed it */
+        p->probing = false;
+        if (p->info.state != PEER_DOWN)
+                return false;
+        if (ok) {
+                p->info.state = PEER_UP;
+                p->info.last_seen = (int64_t)time(NULL);
+                m->persist_dirty = true;
+                return true;
+        }
+        p->backoff_ms = p->backoff_ms * 2 < BACKOFF_MAX_MS ? p->backoff_ms * 2 : BACKOFF_MAX_MS;
+        p->next_probe_ms = now + jitter(m, p->backoff_ms);
+        return false;
+}
+
+/* Waits for probe traffic (lock NOT held), then applies what finished (takes the lock). */
+static void run_probes(struct members *m, uint64_t wait_ms) {
+        int running = 0;
+        curl_multi_poll(m->multi, NULL, 0, (int)(wait_ms < 1000 ? wait_ms : 1000), NULL);
+        curl_multi_perform(m->multi, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m->multi, &left))) {
+                if (msg->msg != CURLMSG_DONE)
+                        continue;
+                CURL *e = msg->easy_handle;
+                struct probe *pr = NULL;
+                long status = 0;
+                char *priv = NULL;
+                curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
+                pr = (struct probe *)(void *)priv;
+                curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+                bool ok = msg->data.result == CURLE_OK && status == 200;
+                curl_multi_remove_handle(m->multi, e);
+                curl_easy_cleanup(e);
+                pthread_mutex_lock(&m->lock);
+                bool up = probe_done(m, pr->id, ok, now_ms());
+                pthread_mutex_unlock(&m->lock);
+                if (up)
+                        log_state(m, pr->id, true, NULL);
+                pr->easy = NULL;
+                m->inflight--;
+        }
+}
+
+/* ---- persistence ------------------------------------------------------------------------- */
+
+static void persist(struct members *m) {
+        pthread_mutex_lock(&m->lock);
+        if (!m->ix || !m->persist_dirty) {
+                pthread_mutex_unlock(&m->lock);
+                return;
+        }
+        struct idx_peer *v = calloc(m->n ? m->n : 1, sizeof(*v));
+        size_t n = v ? m->n : 0;
+        for (size_t i = 0; i < n; i++) {
+                const struct peer_info *p = &m->v[i].info;
+                snprintf(v[i].id, sizeof(v[i].id), "%s", p->id);
+                snprintf(v[i].state, sizeof(v[i].state), "%s", p->state == PEER_UP ? "up" : "down");
+                snprintf(v[i].locality, sizeof(v[i].locality), "%s", nl_locality_name(p->locality));
+                v[i].latency_us = p->latency_us;
+                v[i].failures = p->failures;
+                v[i].bytes_from = p->bytes_from;
+                v[i].bytes_to = p->bytes_to;
+                v[i].last_seen = p->last_seen;
+        }
+        if (v)
+                m->persist_dirty = false;
+        pthread_mutex_unlock(&m->lock);
+        if (v && idx_put_peers(m->ix, v, n) < 0) {
+                pthread_mutex_lock(&m->lock);
+                m->persist_dirty = true; /* try again next time */
+                pthread_mutex_unlock(&m->lock);
+        }
+        free(v);
+}
+
+/* Halves every member's recent failures (lock held): a peer that failed an hour ago ranks
+ * like one that never did. */
+static void decay(struct members *m) {
+        for (size_t i = 0; i < m->n; i++)
+                m->v[i].info.recent_failures /= 2;
+}
+
+/* ---- the thread -------------------------------------------------------------------------- */
+
+static void timed_wait(struct members *m, uint64_t ms) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += (time_t)(ms / 1000);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&m->wake, &m->lock, &ts);
+}
+
+static void *members_main(void *arg) {
+        struct members *m = arg;
+        uint64_t now = now_ms();
+        uint64_t next_refresh = now, next_decay = now + DECAY_INTERVAL_MS;
+        uint64_t next_persist = now;
+        pthread_mutex_lock(&m->lock);
+        while (!atomic_load(&m->stopping)) {
+                now = now_ms();
+                if (now >= next_refresh) {
+                        pthread_mutex_unlock(&m->lock);
+                        refresh(m);
+                        pthread_mutex_lock(&m->lock);
+                        m->resolved_once = true;
+                        pthread_cond_broadcast(&m->wake);
+                        next_refresh = now_ms() + m->refresh_ms;
+                        continue;
+                }
+                if (now >= next_decay) {
+                        decay(m);
+                        next_decay = now + DECAY_INTERVAL_MS;
+                }
+                if (m->persist_dirty && now >= next_persist) {
+                        pthread_mutex_unlock(&m->lock);
+                        persist(m);
+                        pthread_mutex_lock(&m->lock);
+                        next_persist = now + m->refresh_ms;
+                }
+                start_probes(m, now);
+                uint64_t wake_at = next_refresh < next_decay ? next_refresh : next_decay;
+                if (m->persist_dirty && m->ix && next_persist < wake_at)
+                        wake_at = next_persist;
+                for (size_t i = 0; i < m->n; i++) {
+                        const struct member *p = &m->v[i];
+                        if (p->info.state == PEER_DOWN && !p->probing && !p->info.is_self &&
+                            p->next_probe_ms < wake_at)
+                                wake_at = p->next_probe_ms;
+                }
+                uint64_t wait = wake_at > now ? wake_at - now : 0;
+                if (m->inflight > 0) {
+                        pthread_mutex_unlock(&m->lock);
+                        run_probes(m, wait);
+                        pthread_mutex_lock(&m->lock);
+                } else if (wait > 0) {
+                        timed_wait(m, wait);
+                }
+        }
+        pthread_mutex_unlock(&m->lock);
+        return NULL;
+}
+
+/* ---- the interface ---------------------------------------------------------------------- */
+
+static void members_destroy(struct members *m) {
+        for (size_t i = 0; m->probes && i < m->max_peers; i++)
+                if (m->probes[i].easy) {
+                        curl_multi_remove_handle(m->multi, m->probes[i].easy);
+                        curl_easy_cleanup(m->probes[i].easy);
+                }
+        if (m->multi)
+                curl_multi_cleanup(m->multi);
+        free(m->probes);
+        free(m->cand);
+        free(m->v);
+        free(m->statics);
+        free(m->dns_name);
+        free(m->advertise);
+        pthread_mutex_destroy(&m->rl.lock);
+        pthread_cond_destroy(&m->wake);
+        pthread_mutex_destroy(&m->lock);
+        free(m);
+}
+
+/* "host:port" of the static list; a numeric host is normalised. -EINVAL otherwise. */
+static int parse_static(const char *spec, struct static_peer *ret) {
+        struct static_peer sp = {0};
+        if (parse_hostport(spec, sp.host, sizeof(sp.host), &sp.port) < 0 || !sp.host[0])
+                return -EINVAL;
+        char addr[INET6_ADDRSTRLEN];
+        if (normalise_addr(sp.host, addr) == 0) {
+                snprintf(sp.host, sizeof(sp.host), "%s", addr);
+                sp.numeric = true;
+        }
+        *ret = sp;
+        return 0;
+}
+
+int members_new(const struct members_config *cfg, struct members **ret) {
+        if (!cfg || cfg->max_peers == 0 || cfg->refresh_ms == 0 || cfg->probe_timeout_ms == 0 ||
+            (cfg->n_static > 0 && !cfg->static_peers))
+                return -EINVAL;
+        struct members *m = calloc(1, sizeof(*m));
+        if (!m)
+                return -ENOMEM;
+        pthread_mutex_init(&m->lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&m->wake, &ca);
+        pthread_condattr_destroy(&ca);
+        pthread_mutex_init(&m->rl.lock, NULL);
+        m->rl.interval_ms = STATE_LOG_INTERVAL_MS;
+        m->peer_port = cfg->peer_port;
+        m->listen_port = cfg->listen_port;
+        m->refresh_ms = cfg->refresh_ms;
+        m->probe_timeout_ms = cfg->probe_timeout_ms;
+        m->max_peers = cfg->max_peers;
+        m->nl = cfg->nl;
+        m->ix = cfg->ix;
+        m->rng = now_ms() * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() ^ (uintptr_t)m;
+        if (m->rng == 0)
+                m->rng = 1;
+        int r = -ENOMEM;
+        m->statics = calloc(cfg->n_static ? cfg->n_static : 1, sizeof(*m->statics));
+        m->v = calloc(m->max_peers, sizeof(*m->v));
+        m->cand = calloc(m->max_peers + 1, sizeof(*m->cand));
+        m->probes = calloc(m->max_peers, sizeof(*m->probes));
+        m->multi = curl_multi_init();
+        if (!m->statics || !m->v || !m->cand || !m->probes || !m->multi)
+                goto out_destroy;
+        for (size_t i = 0; i < cfg->n_static; i++) {
+                r = parse_static(cfg->static_peers[i], &m->statics[i]);
+                if (r < 0)
+                        goto out_destroy;
+        }
+        m->n_static = cfg->n_static;
+        if (cfg->dns_name && cfg->dns_name[0]) {
+                r = -EINVAL;
+                if (strlen(cfg->dns_name) >= HOST_MAX || cfg->peer_port == 0)
+                        goto out_destroy;
+                r = -ENOMEM;
+                if (!(m->dns_name = strdup(cfg->dns_name)))
+                        goto out_destroy;
+        }
+        if (cfg->advertise && cfg->advertise[0]) {
+                char addr[INET6_ADDRSTRLEN];
+                r = normalise_addr(cfg->advertise, addr);
+                if (r < 0)
+                        goto out_destroy;
+                r = -ENOMEM;
+                if (!(m->advertise = strdup(addr)))
+                        goto out_destroy;
+        }
+        r = -pthread_create(&m->thread, NULL, members_main, m);
+        if (r < 0)
+                goto out_destroy;
+
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += FIRST_RESOLVE_WAIT_MS / 1000;
+        pthread_mutex_lock(&m->lock);
+        while (!m->resolved_once)
+                if (pthread_cond_timedwait(&m->wake, &m->lock, &deadline) == ETIMEDOUT)
+                        break; /* a slow resolver: start without, the thread carries on */
+        pthread_mutex_unlock(&m->lock);
+        *ret = m;
+        return 0;
+out_destroy:
+        members_destroy(m);
+        return r;
+}
+
+void members_free(struct members *m) {
+        if (!m)
+                return;
+        pthread_mutex_lock(&m->lock);
+        atomic_store(&m->stopping, true);
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        curl_multi_wakeup(m->multi);
+        pthread_join(m->thread, NULL);
+        persist(m); /* the last word, for blobctl with the daemon down */
+        members_destroy(m);
+}
+
+int members_self(struct members *m, char *out, size_t len) {
+        pthread_mutex_lock(&m->lock);
+        int r = -ENOENT;
+        if (m->self[0]) {
+                size_t n = strlen(m->self);
+                r = n < len ? 0 : -ENAMETOOLONG;
+                if (r == 0) /* OUT is written only on success */
+                        memcpy(out, m->self, n + 1);
+        }
+        pthread_mutex_unlock(&m->lock);
+        return r;
+}
+
+size_t members_ids(struct members *m, char (*ids)[PEER_ID_MAX], size_t max, uint64_t *ret_version) {
+        pthread_mutex_lock(&m->lock);
+        size_t n = m->n < max ? m->n : max;
+        for (size_t i = 0; i < n; i++)
+                memcpy(ids[i], m->v[i].info.id, PEER_ID_MAX);
+        if (ret_version)
+                *ret_version = m->version;
+        pthread_mutex_unlock(&m->lock);
+        return n;
+}
+
+bool members_usable(struct members *m, const char *id) {
+        pthread_mutex_lock(&m->lock);
+        const struct member *p = find(m, id);
+        bool ok = p && p->info.state == PEER_UP && !p->info.is_self;
+        pthread_mutex_unlock(&m->lock);
+        return ok;
+}
+
+uint64_t members_rank_key(struct members *m, const char *id) {
+        pthread_mutex_lock(&m->lock);
+        const struct member *p = find(m, id);
+        uint64_t k = p ? rank_key(p) : UINT64_MAX;
+        pthread_mutex_unlock(&m->lock);
+        return k;
+}
+
+void members_report_success(struct members *m, const char *id, uint64_t latency_us,
+                            uint64_t bytes) {
+        pthread_mutex_lock(&m->lock);
+        struct member *p = find(m, id);
+        bool up = false;
+        if (p && !p->info.is_self) {
+                /* EWMA with weight 1/4: one slow answer moves it, one does not dominate it. */
+                uint64_t old = p->info.latency_us;
+                p->info.latency_us = old ? old - old / 4 + latency_us / 4 : latency_us;
+                if (p->info.latency_us == 0)
+                        p->info.latency_us = 1; /* 0 means "not measured" */
+                p->info.bytes_from += bytes;
+                p->info.last_seen = (int64_t)time(NULL);
+                if (p->info.state == PEER_DOWN) { /* it answered: it is up */
+                        p->info.state = PEER_UP;
+                        up = true;
+                }
+                m->persist_dirty = true;
+        }
+        pthread_mutex_unlock(&m->lock);
+        if (up)
+                log_state(m, id, true, NULL);
+}
+
+void members_report_failure(struct members *m, const char *id, const char *why) {
+        pthread_mutex_lock(&m->lock);
+        struct member *p = find(m, id);
+        bool down = p && !p->info.is_self && mark_down(m, p, now_ms());
+        if (down)
+                pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        if (down) {
+                curl_multi_wakeup(m->multi); /* the thread may be waiting on other probes */
+                log_state(m, id, false, why);
+        }
+}
+
+void members_report_served(struct members *m, const char *addr, uint64_t bytes) {
+        char a[INET6_ADDRSTRLEN];
+        if (!addr || normalise_addr(addr, a) < 0)
+                return;
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; i < m->n; i++)
+                if (strcmp(m->v[i].addr, a) == 0 && !m->v[i].info.is_self) {
+                        m->v[i].info.bytes_to += bytes;
+                        m->persist_dirty = true;
+                        break;
+                }
+        pthread_mutex_unlock(&m->lock);
+}
+
+int members_snapshot(struct members *m, struct peer_info **ret, size_t *ret_n) {
+        pthread_mutex_lock(&m->lock);
+        struct peer_info *v = calloc(m->n ? m->n : 1, sizeof(*v));
+        size_t n = m->n;
+        for (size_t i = 0; v && i < n; i++)
+                v[i] = m->v[i].info;
+        pthread_mutex_unlock(&m->lock);
+        if (!v)
+                return -ENOMEM;
+        *ret = v;
+        *ret_n = n;
+        return 0;
+}
+
+void members_counts(struct members *m, uint64_t *ret_up, uint64_t *ret_known) {
+        uint64_t up = 0, known = 0;
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; i < m->n; i++) {
+                if (m->v[i].info.is_self)
+                        continue;
+                known++;
+                up += m->v[i].info.state == PEER_UP;
+        }
+        pthread_mutex_unlock(&m->lock);
+        *ret_up = up;
+        *ret_known = known;
+}

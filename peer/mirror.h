@@ -1,0 +1,56 @@
+/* The containerd pull-through mirror on --mirror-listen (default 127.0.0.1:5000).
+ *
+ * containerd, told by hosts.toml that this node is a mirror for a registry, sends it the
+ * distribution API's pull requests with `?ns=<registry>` naming the upstream:
+ *
+ *   GET      /v2/                                  200, Docker-Distribution-API-Version
+ *   GET/HEAD /v2/<name>/blobs/sha256:<hex>?ns=R    the blob, through the engine (the FUSE
+ *                                                  tree's read path: cache, peers, origin),
+ *                                                  registered as R/<name>@sha256:<hex>; Range
+ *   GET/HEAD /v2/<name>/manifests/<ref>?ns=R       a tag: resolved at R every time (the last
+ *                                                  known digest when R is unreachable, logged
+ *                                                  as stale); a digest: from the manifest
+ *                                                  cache, else fetched from R and cached
+ *
+ * Whatever it cannot serve it answers at once with 404 (never a wait on a dead origin's
+ * retries): containerd then falls back to the next host, the origin itself, and the error a
+ * user finally sees is the origin's own. It never forwards a client's Authorization header:
+ * the origin is reached with the daemon's own credentials (--registry-config). Every answer
+ * is content-addressed and verified, or a fresh tag lookup.
+ *
+ * Bounds: MIRROR_MAX_CONNECTIONS connections (one thread each, blocking only on its own
+ * request); a blob response owns one buffer of min(chunk size, MIRROR_MAX_READ); the manifest
+ * cache holds at most MIRROR_MANIFESTS_MAX manifests and MIRROR_MANIFEST_BYTES_MAX bytes on
+ * disk under <state-dir>/manifests (least recently used evicted first), each at most
+ * MIRROR_MANIFEST_MAX; the tag table keeps MIRROR_TAGS_MAX tags (in memory). */
+#pragma once
+#include <stdint.h>
+
+#define MIRROR_MAX_CONNECTIONS 32
+#define MIRROR_MAX_READ (1u << 20)
+#define MIRROR_MANIFEST_MAX (4u << 20) /* distribution's own limit for a manifest */
+#define MIRROR_MANIFESTS_MAX 1024
+#define MIRROR_MANIFEST_BYTES_MAX (UINT64_C(64) << 20)
+#define MIRROR_TAGS_MAX 1024
+#define MIRROR_ORIGIN_TIMEOUT_MS 5000 /* manifest requests to the origin, one attempt */
+
+struct mirror;
+struct engine;
+struct origin;
+
+struct mirror_config {
+        const char *listen;    /* "addr:port", "[v6]:port" */
+        const char *state_dir; /* the manifest cache lives in <state_dir>/manifests */
+        struct engine *engine; /* borrowed: must outlive the mirror */
+        struct origin *origin; /* borrowed: must outlive the mirror */
+        uint32_t chunk_size;
+        uint64_t origin_timeout_ms; /* 0: MIRROR_ORIGIN_TIMEOUT_MS */
+};
+
+/* Loads the manifest cache index and starts serving. 0; -EINVAL (malformed address);
+ * -errno (bind, e.g. -EADDRINUSE; the cache directory). Does not block on the network. */
+int mirror_start(const struct mirror_config *cfg, struct mirror **ret);
+
+/* Stops serving: requests waiting on the engine are abandoned (their connections closed)
+ * within a fraction of a second. Call before the engine and the origin go. NULL-safe. */
+void mirror_stop(struct mirror *m);

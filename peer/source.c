@@ -1,0 +1,872 @@
+/* Chunk sources: peers first, then the origin. See source.h for the contract.
+ *
+ * A chunk job walks three phases, all on the source thread:
+ *   LOCATE  ask the blob's homes, in rendezvous order, who holds or fetches the chunk (a home
+ *           that is ourselves is asked in memory; a home that fails is skipped);
+ *   PEERS   try the candidates the answer named, best first, one transfer at a time; a
+ *           transfer that fails moves on, a peer that broke the connection or went silent is
+ *           reported down, a peer whose bytes fail the chunk digest is distrusted for the blob;
+ *   ORIGIN  hand the job to the origin client, which owns it from then on.
+ * Every job ends in exactly one call of its done callback.
+ *
+ * Why a claim, and why waiting for it: when N nodes read one blob at the same moment, none of
+ * them holds anything yet. The first to ask a home about chunk c is granted c (it fetches c
+ * from the origin); the others are told who is fetching it and ask that node, which answers
+ * once the chunk lands (X-P2PBlobs-Wait). So the origin serves each chunk about once, however
+ * many nodes read it.
+ *
+ * Threading: callers push jobs onto `incoming` under `lock` and wake the thread with
+ * curl_multi_wakeup(); every job, transfer and the distrust table belong to the thread.
+ * Lookups on behalf of FUSE (source_lookup) use a blocking easy handle on the caller's thread
+ * and touch nothing of the thread's. */
+#include "peer/source.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "peer/rendezvous.h"
+#include "util/log.h"
+
+#define MAX_HOMES 16
+#define MAX_CANDIDATES 8       /* peers tried for one chunk before the origin */
+#define MAX_MEMBERS 4096       /* ids read from the membership to pick homes */
+#define DISTRUST_SLOTS 256     /* (peer, blob) pairs that sent bad bytes */
+#define LOCATE_TIMEOUT_MS 1000 /* a home that has not answered by then is skipped */
+#define LOCATE_BODY_MAX WIRE_MAX_BODY
+#define URL_MAX 1200
+#define POLL_MS 20              /* stall checks run at least this often */
+#define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
+#define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
+
+enum phase { PH_LOCATE, PH_PEERS, PH_ORIGIN };
+
+struct candidate {
+        char id[PEER_ID_MAX];
+        bool claimed; /* it is fetching the chunk: wait for it */
+};
+
+struct job {
+        struct job *next; /* incoming / queued */
+        struct source *s;
+        struct digest digest;
+        uint64_t size;
+        char origin_source[IDX_SOURCE_MAX];
+        uint32_t idx;
+        uint64_t off;
+        size_t len;
+        uint64_t deadline_ms;
+        origin_done_fn done;
+        void *ud;
+
+        enum phase phase;
+        char homes[MAX_HOMES][PEER_ID_MAX];
+        unsigned nhomes, home_next;
+        struct candidate cand[MAX_CANDIDATES];
+        unsigned ncand, cand_next;
+        struct digest sha; /* expected digest of the chunk */
+        bool sha_known;
+};
+
+enum xfer_kind { X_LOCATE, X_CHUNK };
+
+struct xfer {
+        struct xfer *next; /* running list */
+        struct job *job;
+        enum xfer_kind kind;
+        char peer[PEER_ID_MAX];
+        bool claimed;
+        CURL *easy;
+        struct curl_slist *headers;
+        uint8_t *buf;
+        size_t got, cap;
+        bool overflow;
+        uint64_t started_ms, last_byte_ms, stall_ms;
+        uint64_t total_ms; /* a transfer slower than this is abandoned for the next source */
+        bool stalled;
+        char digest_hdr[80];
+        char curl_error[CURL_ERROR_SIZE];
+};
+
+struct distrust {
+        char peer[PEER_ID_MAX];
+        struct digest blob;
+        bool used;
+};
+
+struct source {
+        struct source_config cfg;
+        CURLM *multi;
+        pthread_t thread;
+        bool thread_started;
+
+        pthread_mutex_t ids_lock; /* the membership copy homes_of() hashes over */
+        char (*ids)[PEER_ID_MAX];
+        const char **id_ptrs;
+
+        pthread_mutex_t lock; /* incoming, stopping, stats */
+        struct job *incoming;
+        bool stopping;
+        struct source_stats stats;
+
+        /* thread only */
+        struct xfer *running;
+        unsigned active;
+        struct job *queued; /* waiting for a transfer slot */
+        struct distrust distrust[DISTRUST_SLOTS];
+        unsigned distrust_next;
+        struct {
+                struct digest blob;
+                uint64_t at_ms;
+        } recorded[RECORD_SLOTS];
+        unsigned recorded_next;
+};
+
+static void stat_add(struct source *s, uint64_t *field, uint64_t n) {
+        pthread_mutex_lock(&s->lock);
+        *field += n;
+        pthread_mutex_unlock(&s->lock);
+}
+
+static bool distrusted(const struct source *s, const char *peer, const struct digest *blob) {
+        for (unsigned i = 0; i < DISTRUST_SLOTS; i++)
+                if (s->distrust[i].used && digest_equal(&s->distrust[i].blob, blob) &&
+                    strcmp(s->distrust[i].peer, peer) == 0)
+                        return true;
+        return false;
+}
+
+static void distrust_add(struct source *s, const char *peer, const struct digest *blob) {
+        struct distrust *d = &s->distrust[s->distrust_next++ % DISTRUST_SLOTS];
+        snprintf(d->peer, sizeof(d->peer), "%s", peer);
+        d->blob = *blob;
+        d->used = true;
+}
+
+/* Homes of D, best first, into HOMES; returns how many. Self included. */
+static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)[PEER_ID_MAX]) {
+        pthread_mutex_lock(&s->ids_lock);
+        size_t n = members_ids(s->cfg.members, s->ids, MAX_MEMBERS, NULL);
+        for (size_t i = 0; i < n; i++)
+                s->id_ptrs[i] = s->ids[i];
+        size_t pick[MAX_HOMES];
+        size_t k = s->cfg.homes < MAX_HOMES ? s->cfg.homes : MAX_HOMES;
+        size_t got = rdv_homes(s->id_ptrs, n, d, k, pick);
+        for (size_t i = 0; i < got; i++)
+                snprintf(homes[i], PEER_ID_MAX, "%s", s->ids[pick[i]]);
+        pthread_mutex_unlock(&s->ids_lock);
+        return (unsigned)got;
+}
+
+/* ---- finishing ------------------------------------------------------------------------------ */
+
+static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len) {
+        j->done(j->ud, err, reason, buf, len);
+        free(j);
+}
+
+static void to_origin(struct source *s, struct job *j) {
+        j->phase = PH_ORIGIN;
+        stat_add(s, &s->stats.origin_chunks, 1);
+        /* The origin client owns the job's callback from here; the job itself is done. */
+        origin_fetch(s->cfg.origin, j->origin_source, &j->digest, j->off, j->len, j->deadline_ms,
+                     j->done, j->ud);
+        free(j);
+}
+
+/* ---- transfers ------------------------------------------------------------------------------ */
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
+        struct xfer *x = ud;
+        size_t n = size * nmemb;
+        x->last_byte_ms = now_ms();
+        if (x->got + n > x->cap) {
+                x->overflow = true;
+                return 0; /* abort: more than asked for */
+        }
+        memcpy(x->buf + x->got, data, n);
+        x->got += n;
+        return n;
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
+        struct xfer *x = ud;
+        size_t n = size * nmemb;
+        static const char name[] = "x-p2pblobs-chunk-digest:";
+        if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
+                const char *v = data + sizeof(name) - 1;
+                size_t vl = n - (sizeof(name) - 1);
+                while (vl && (*v == ' ' || *v == '\t'))
+                        v++, vl--;
+                while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+                        vl--;
+                if (vl < sizeof(x->digest_hdr)) {
+                        memcpy(x->digest_hdr, v, vl);
+                        x->digest_hdr[vl] = '\0';
+                }
+        }
+        return n;
+}
+
+static size_t on_locate_body(char *data, size_t size, size_t nmemb, void *ud);
+
+static void xfer_free(struct xfer *x) {
+        if (!x)
+                return;
+        if (x->easy)
+                curl_easy_cleanup(x->easy);
+        curl_slist_free_all(x->headers);
+        free(x->buf);
+        free(x);
+}
+
+static unsigned active_to(const struct source *s, const char *peer) {
+        unsigned n = 0;
+        for (const struct xfer *x = s->running; x; x = x->next)
+                n += strcmp(x->peer, peer) == 0;
+        return n;
+}
+
+static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const char *peer,
+                      bool claimed, const char *self) {
+        struct xfer *x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->job = j;
+        x->kind = kind;
+        x->claimed = claimed;
+        snprintf(x->peer, sizeof(x->peer), "%s", peer);
+        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96], wait[64];
+        digest_to_hex(&j->digest, hex);
+        if (kind == X_LOCATE) {
+                snprintf(url, sizeof(url),
+                         "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32 "&node=%s", peer, hex,
+                         j->idx, self);
+                x->stall_ms = x->total_ms = LOCATE_TIMEOUT_MS;
+        } else {
+                x->cap = j->len;
+                snprintf(url, sizeof(url), "http://%s/v2/p2pblobs/blobs/sha256:%s", peer, hex);
+                snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, j->off,
+                         j->off + j->len - 1);
+                x->headers = curl_slist_append(x->headers, range);
+                x->stall_ms = s->cfg.stall_timeout_ms;
+                /* A chunk on a peer's disk crosses a cluster network in milliseconds; one that
+                 * trickles for twice the stall time goes to the next source instead. */
+                x->total_ms = 2 * s->cfg.stall_timeout_ms;
+                if (claimed) {
+                        /* It answers once the chunk lands: silence is expected that long. */
+                        snprintf(wait, sizeof(wait), "X-P2PBlobs-Wait: %" PRIu64,
+                                 s->cfg.claim_wait_ms);
+                        x->headers = curl_slist_append(x->headers, wait);
+                        x->stall_ms += s->cfg.claim_wait_ms;
+                        x->total_ms += s->cfg.claim_wait_ms;
+                }
+        }
+        x->buf = kind == X_CHUNK ? malloc(x->cap ? x->cap : 1) : NULL;
+        x->easy = curl_easy_init();
+        if ((kind == X_CHUNK && !x->buf) || !x->easy) {
+                xfer_free(x);
+                return -ENOMEM;
+        }
+        if (kind == X_LOCATE) {
+                x->cap = 64 << 10; /* grows, up to LOCATE_BODY_MAX */
+                x->buf = malloc(x->cap);
+                if (!x->buf) {
+                        xfer_free(x);
+                        return -ENOMEM;
+                }
+        }
+        CURL *h = x->easy;
+        curl_easy_setopt(h, CURLOPT_URL, url);
+        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+        curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->headers);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kind == X_LOCATE ? on_locate_body : on_body);
+        curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+        curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
+        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->cfg.connect_timeout_ms);
+        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->curl_error);
+        curl_easy_setopt(h, CURLOPT_PRIVATE, x);
+        curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
+        /* No proxy between nodes of one cluster, whatever the environment says. */
+        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+        x->started_ms = x->last_byte_ms = now_ms();
+        if (curl_multi_add_handle(s->multi, h) != CURLM_OK) {
+                xfer_free(x);
+                return -EIO;
+        }
+        x->next = s->running;
+        s->running = x;
+        s->active++;
+        return 0;
+}
+
+static void xfer_detach(struct source *s, struct xfer *x) {
+        curl_multi_remove_handle(s->multi, x->easy);
+        for (struct xfer **pp = &s->running; *pp; pp = &(*pp)->next)
+                if (*pp == x) {
+                        *pp = x->next;
+                        break;
+                }
+        s->active--;
+}
+
+/* ---- the job's phases ----------------------------------------------------------------------- */
+
+static void next_home(struct source *s, struct job *j);
+static void next_candidate(struct source *s, struct job *j);
+
+/* Writes the holders in L to the index (for blobctl and post-mortems), at most once per
+ * RECORD_INTERVAL_MS per blob: a reader locates every chunk, the index needs far less. */
+static void record_locations(struct source *s, const struct wire_locate *l) {
+        if (!s->cfg.ix)
+                return;
+        uint64_t now = now_ms();
+        for (unsigned i = 0; i < RECORD_SLOTS; i++)
+                if (digest_equal(&s->recorded[i].blob, &l->digest) &&
+                    now - s->recorded[i].at_ms < RECORD_INTERVAL_MS)
+                        return;
+        unsigned slot = s->recorded_next++ % RECORD_SLOTS;
+        s->recorded[slot].blob = l->digest;
+        s->recorded[slot].at_ms = now;
+        int64_t expires = (int64_t)time(NULL) + (int64_t)(s->cfg.location_ttl_ms / 1000);
+        for (uint32_t i = 0; i < l->nholders; i++)
+                if (!l->holders[i].fetching)
+                        idx_put_location(s->cfg.ix, &l->digest, l->holders[i].node,
+                                         l->holders[i].present, (size_t)(l->nchunks + 7) / 8,
+                                         expires);
+}
+
+/* What a home told us about J's chunk: candidates, in order, and the expected digest. */
+static void use_answer(struct source *s, struct job *j, const struct wire_locate *l,
+                       const char *self) {
+        if (l->chunk_size != s->cfg.chunk_size || l->nchunks <= j->idx || l->size != j->size) {
+                log_debug("locate answer does not fit blob chunk=%" PRIu32, j->idx);
+                to_origin(s, j);
+                return;
+        }
+        record_locations(s, l);
+        if (l->sha_known && wire_bit(l->sha_known, j->idx)) {
+                j->sha = l->sha[j->idx];
+                j->sha_known = true;
+        }
+        struct {
+                uint64_t key;
+                struct candidate c;
+        } v[WIRE_MAX_HOLDERS];
+        unsigned n = 0;
+        for (uint32_t i = 0; i < l->nholders && n < WIRE_MAX_HOLDERS; i++) {
+                const struct wire_holder *h = &l->holders[i];
+                if (!wire_bit(h->present, j->idx) || strcmp(h->node, self) == 0 ||
+                    distrusted(s, h->node, &j->digest))
+                        continue;
+                uint64_t key = members_rank_key(s->cfg.members, h->node);
+                if (key == UINT64_MAX)
+                        continue; /* down, unknown or self */
+                /* Holders before claimants: bytes on disk beat bytes still on the way. */
+                v[n].key = h->fetching ? key / 2 + UINT64_MAX / 2 : key / 2;
+                snprintf(v[n].c.id, sizeof(v[n].c.id), "%s", h->node);
+                v[n].c.claimed = h->fetching;
+                n++;
+        }
+        for (unsigned a = 1; a < n; a++) /* insertion sort: n is small */
+                for (unsigned b = a; b > 0 && v[b].key < v[b - 1].key; b--) {
+                        __typeof__(v[0]) t = v[b];
+                        v[b] = v[b - 1];
+                        v[b - 1] = t;
+                }
+        j->ncand = 0;
+        for (unsigned i = 0; i < n && j->ncand < MAX_CANDIDATES; i++)
+                j->cand[j->ncand++] = v[i].c;
+        if (l->has_claim && l->claim_granted && l->claim_chunk == j->idx)
+                stat_add(s, &s->stats.claims, 1);
+        j->phase = PH_PEERS;
+        j->cand_next = 0;
+        next_candidate(s, j);
+}
+
+static void next_home(struct source *s, struct job *j) {
+        char self[PEER_ID_MAX];
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        while (j->home_next < j->nhomes) {
+                const char *home = j->homes[j->home_next++];
+                if (now_ms() >= j->deadline_ms)
+                        break;
+                if (self[0] && strcmp(home, self) == 0) {
+                        struct wire_locate l;
+                        stat_add(s, &s->stats.locates, 1);
+                        int r = dir_locate(s->cfg.dir, &j->digest, self, j->idx, now_ms(), &l);
+                        if (r == 0) {
+                                use_answer(s, j, &l, self);
+                                wire_locate_free(&l);
+                                return;
+                        }
+                        continue; /* we know nothing of it: the next home may */
+                }
+                if (!members_usable(s->cfg.members, home))
+                        continue;
+                if (!self[0])
+                        break; /* we cannot claim without a name: origin */
+                int r = xfer_start(s, j, X_LOCATE, home, false, self);
+                if (r == 0) {
+                        stat_add(s, &s->stats.locates, 1);
+                        return;
+                }
+        }
+        to_origin(s, j);
+}
+
+static void next_candidate(struct source *s, struct job *j) {
+        char self[PEER_ID_MAX];
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        while (j->cand_next < j->ncand) {
+                struct candidate *c = &j->cand[j->cand_next];
+                if (now_ms() >= j->deadline_ms)
+                        break;
+                if (!members_usable(s->cfg.members, c->id) || distrusted(s, c->id, &j->digest)) {
+                        j->cand_next++;
+                        continue;
+                }
+                if (s->active >= s->cfg.max_total || active_to(s, c->id) >= s->cfg.max_per_peer) {
+                        /* Wait for a slot; the candidate is tried when one frees. */
+                        j->next = s->queued;
+                        s->queued = j;
+                        return;
+                }
+                j->cand_next++;
+                if (xfer_start(s, j, X_CHUNK, c->id, c->claimed, self) == 0)
+                        return;
+        }
+        to_origin(s, j);
+}
+
+static void start_job(struct source *s, struct job *j) {
+        if (!s->cfg.members) {
+                to_origin(s, j);
+                return;
+        }
+        j->nhomes = homes_of(s, &j->digest, j->homes);
+        j->phase = PH_LOCATE;
+        next_home(s, j);
+}
+
+/* A chunk transfer ended: verify and finish, or move on. */
+static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        struct job *j = x->job;
+        uint64_t now = now_ms();
+        const char *why = NULL;
+        bool peer_fault = false;
+        if (x->stalled) {
+                why = "stalled";
+                peer_fault = true;
+        } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && x->overflow)) {
+                why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
+                peer_fault = true;
+        } else if (status != 206 && status != 200) {
+                why = status == 416 ? "does not hold it" : "refused";
+        } else if (x->overflow || x->got != j->len) {
+                why = "short or long answer";
+                peer_fault = true;
+        }
+        if (!why) {
+                struct digest want, got;
+                bool have_want = j->sha_known;
+                if (have_want)
+                        want = j->sha;
+                else if (digest_parse(x->digest_hdr, &want) == 0)
+                        have_want = true;
+                digest_sha256(x->buf, x->got, &got);
+                if (!have_want) {
+                        why = "no chunk digest to check against";
+                } else if (!digest_equal(&want, &got)) {
+                        char hex[DIGEST_HEX_LEN + 1];
+                        digest_to_hex(&j->digest, hex);
+                        log_warning("peer sent a corrupt chunk peer=%s digest=sha256:%s "
+                                    "chunk=%" PRIu32 " hint=\"not asking it for this blob again\"",
+                                    x->peer, hex, j->idx);
+                        distrust_add(s, x->peer, &j->digest);
+                        members_report_failure(s->cfg.members, x->peer, "corrupt chunk");
+                        stat_add(s, &s->stats.peer_corrupt, 1);
+                        why = NULL;
+                        next_candidate(s, j);
+                        return;
+                } else {
+                        uint64_t ttfb_us = 0;
+                        curl_off_t t = 0;
+                        if (curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) ==
+                            CURLE_OK)
+                                ttfb_us = (uint64_t)t;
+                        if (x->claimed) /* its wait is not its latency */
+                                ttfb_us = 0;
+                        members_report_success(s->cfg.members, x->peer, ttfb_us, x->got);
+                        pthread_mutex_lock(&s->lock);
+                        s->stats.peer_bytes += x->got;
+                        s->stats.peer_chunks++;
+                        pthread_mutex_unlock(&s->lock);
+                        uint8_t *buf = x->buf;
+                        x->buf = NULL;
+                        job_done(j, 0, NULL, buf, j->len);
+                        return;
+                }
+        }
+        stat_add(s, &s->stats.peer_failures, 1);
+        if (peer_fault)
+                members_report_failure(s->cfg.members, x->peer, why);
+        log_debug("peer transfer failed peer=%s chunk=%" PRIu32 " why=\"%s\" ms=%" PRIu64, x->peer,
+                  j->idx, why, now - x->started_ms);
+        next_candidate(s, j);
+}
+
+static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        struct job *j = x->job;
+        if (cc == CURLE_OK && status == 200) {
+                struct wire_locate l;
+                char reason[128];
+                if (wire_locate_parse((const char *)x->buf, x->got, &l, reason, sizeof(reason)) ==
+                    0) {
+                        char self[PEER_ID_MAX];
+                        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                                self[0] = '\0';
+                        use_answer(s, j, &l, self);
+                        wire_locate_free(&l);
+                        return;
+                }
+                log_debug("malformed locate answer home=%s reason=\"%s\"", x->peer, reason);
+        }
+        if (cc != CURLE_OK || x->stalled) {
+                stat_add(s, &s->stats.locate_failures, 1);
+                members_report_failure(s->cfg.members, x->peer,
+                                       x->stalled ? "stalled" : curl_easy_strerror(cc));
+        }
+        next_home(s, j); /* 404: this home does not know it; another may */
+}
+
+/* A locate body can be larger than the first buffer: grow it, up to the bound. */
+static size_t on_locate_body(char *data, size_t size, size_t nmemb, void *ud) {
+        struct xfer *x = ud;
+        size_t n = size * nmemb;
+        x->last_byte_ms = now_ms();
+        if (x->got + n > x->cap) {
+                size_t cap = x->cap;
+                while (cap < x->got + n && cap < LOCATE_BODY_MAX)
+                        cap *= 2;
+                if (cap < x->got + n)
+                        return 0;
+                uint8_t *b = realloc(x->buf, cap);
+                if (!b)
+                        return 0;
+                x->buf = b;
+                x->cap = cap;
+        }
+        memcpy(x->buf + x->got, data, n);
+        x->got += n;
+        return n;
+}
+
+static void finish_transfers(struct source *s) {
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(s->multi, &left))) {
+                if (m->msg != CURLMSG_DONE)
+                        continue;
+                struct xfer *x = NULL;
+                curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+                CURLcode cc = m->data.result;
+                long status = 0;
+                curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+                xfer_detach(s, x);
+                if (x->kind == X_LOCATE)
+                        locate_done(s, x, cc, status);
+                else
+                        chunk_done(s, x, cc, status);
+                xfer_free(x);
+        }
+}
+
+/* Transfers that received nothing for their stall time, took longer than their total time,
+ * or outlived their job's deadline are ended as stalled: the peer is silent (a link that
+ * drops packets refuses nothing) or too slow to be worth waiting for. */
+static void check_stalls(struct source *s) {
+        uint64_t now = now_ms();
+        struct xfer *x = s->running;
+        while (x) {
+                struct xfer *next = x->next;
+                if (now - x->last_byte_ms >= x->stall_ms || now - x->started_ms >= x->total_ms ||
+                    now >= x->job->deadline_ms) {
+                        x->stalled = true;
+                        xfer_detach(s, x);
+                        if (x->kind == X_LOCATE)
+                                locate_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
+                        else
+                                chunk_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
+                        xfer_free(x);
+                }
+                x = next;
+        }
+}
+
+static void start_queued(struct source *s) {
+        struct job *q = s->queued;
+        s->queued = NULL;
+        while (q) { /* each re-queues itself if still no slot */
+                struct job *next = q->next;
+                next_candidate(s, q);
+                q = next;
+        }
+}
+
+static void *source_main(void *arg) {
+        struct source *s = arg;
+        for (;;) {
+                pthread_mutex_lock(&s->lock);
+                bool stopping = s->stopping;
+                struct job *in = s->incoming;
+                s->incoming = NULL;
+                pthread_mutex_unlock(&s->lock);
+                if (stopping) {
+                        while (in) {
+                                struct job *next = in->next;
+                                job_done(in, -ECANCELED, "shutting down", NULL, 0);
+                                in = next;
+                        }
+                        break;
+                }
+                /* Reverse to keep arrival order. */
+                struct job *rev = NULL;
+                while (in) {
+                        struct job *next = in->next;
+                        in->next = rev;
+                        rev = in;
+                        in = next;
+                }
+                while (rev) {
+                        struct job *next = rev->next;
+                        start_job(s, rev);
+                        rev = next;
+                }
+                int running = 0;
+                curl_multi_perform(s->multi, &running);
+                finish_transfers(s);
+                check_stalls(s);
+                if (s->queued && s->active < s->cfg.max_total)
+                        start_queued(s);
+                curl_multi_poll(s->multi, NULL, 0, POLL_MS, NULL);
+        }
+        /* Stopping: fail what runs and what waits. */
+        while (s->running) {
+                struct xfer *x = s->running;
+                xfer_detach(s, x);
+                job_done(x->job, -ECANCELED, "shutting down", NULL, 0);
+                xfer_free(x);
+        }
+        while (s->queued) {
+                struct job *j = s->queued;
+                s->queued = j->next;
+                job_done(j, -ECANCELED, "shutting down", NULL, 0);
+        }
+        return NULL;
+}
+
+/* ---- public --------------------------------------------------------------------------------- */
+
+int source_new(const struct source_config *cfg, struct source **ret) {
+        struct source *s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->cfg = *cfg;
+        if (!s->cfg.max_total)
+                s->cfg.max_total = 64;
+        if (!s->cfg.max_per_peer)
+                s->cfg.max_per_peer = 8;
+        if (!s->cfg.homes)
+                s->cfg.homes = 3;
+        pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->ids_lock, NULL);
+        s->multi = curl_multi_init();
+        s->ids = malloc(MAX_MEMBERS * sizeof(*s->ids));
+        s->id_ptrs = malloc(MAX_MEMBERS * sizeof(*s->id_ptrs));
+        if (!s->multi || !s->ids || !s->id_ptrs) {
+                source_free(s);
+                return -ENOMEM;
+        }
+        curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)s->cfg.max_per_peer);
+        curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s->cfg.max_total);
+        int r = -pthread_create(&s->thread, NULL, source_main, s);
+        if (r < 0) {
+                source_free(s);
+                return r;
+        }
+        s->thread_started = true;
+        *ret = s;
+        return 0;
+}
+
+void source_free(struct source *s) {
+        if (!s)
+                return;
+        if (s->thread_started) {
+                pthread_mutex_lock(&s->lock);
+                s->stopping = true;
+                pthread_mutex_unlock(&s->lock);
+                curl_multi_wakeup(s->multi);
+                pthread_join(s->thread, NULL);
+        }
+        if (s->multi)
+                curl_multi_cleanup(s->multi);
+        pthread_mutex_destroy(&s->lock);
+        pthread_mutex_destroy(&s->ids_lock);
+        free(s->ids);
+        free(s->id_ptrs);
+        free(s);
+}
+
+void source_fetch(struct source *s, const struct digest *digest, uint64_t size, const char *source,
+                  uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms, origin_done_fn done,
+                  void *ud) {
+        if (!s->cfg.members) { /* alone: no detour through our thread */
+                stat_add(s, &s->stats.origin_chunks, 1);
+                origin_fetch(s->cfg.origin, source, digest, off, len, deadline_ms, done, ud);
+                return;
+        }
+        struct job *j = calloc(1, sizeof(*j));
+        if (!j) {
+                done(ud, -ENOMEM, "out of memory", NULL, 0);
+                return;
+        }
+        j->s = s;
+        j->digest = *digest;
+        j->size = size;
+        snprintf(j->origin_source, sizeof(j->origin_source), "%s", source);
+        j->idx = idx;
+        j->off = off;
+        j->len = len;
+        j->deadline_ms = deadline_ms;
+        j->done = done;
+        j->ud = ud;
+        pthread_mutex_lock(&s->lock);
+        bool stopping = s->stopping;
+        if (!stopping) {
+                j->next = s->incoming;
+                s->incoming = j;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (stopping) {
+                job_done(j, -ECANCELED, "shutting down", NULL, 0);
+                return;
+        }
+        curl_multi_wakeup(s->multi);
+}
+
+struct grow_buf {
+        char *p;
+        size_t len, cap;
+};
+
+static size_t on_sync_body(char *data, size_t size, size_t nmemb, void *ud) {
+        struct grow_buf *g = ud;
+        size_t n = size * nmemb;
+        if (g->len + n + 1 > g->cap) {
+                size_t cap = g->cap ? g->cap : 16384;
+                while (cap < g->len + n + 1)
+                        cap *= 2;
+                if (cap > LOCATE_BODY_MAX)
+                        return 0;
+                char *p = realloc(g->p, cap);
+                if (!p)
+                        return 0;
+                g->p = p;
+                g->cap = cap;
+        }
+        memcpy(g->p + g->len, data, n);
+        g->len += n;
+        return n;
+}
+
+int source_lookup(struct source *s, const struct digest *digest, uint64_t deadline_ms,
+                  uint64_t *ret_size, char *ret_source, size_t source_len) {
+        if (!s->cfg.members)
+                return -ENOTCONN;
+        char homes[MAX_HOMES][PEER_ID_MAX], self[PEER_ID_MAX];
+        unsigned n = homes_of(s, digest, homes);
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        bool answered = false;
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(digest, hex);
+        for (unsigned i = 0; i < n; i++) {
+                uint64_t now = now_ms();
+                if (now >= deadline_ms)
+                        break;
+                struct wire_locate l;
+                int r;
+                if (self[0] && strcmp(homes[i], self) == 0) {
+                        r = dir_locate(s->cfg.dir, digest, NULL, -1, now, &l);
+                        answered = true;
+                } else {
+                        if (!members_usable(s->cfg.members, homes[i]))
+                                continue;
+                        char url[URL_MAX];
+                        snprintf(url, sizeof(url), "http://%s/p2p/v1/locate/sha256:%s", homes[i],
+                                 hex);
+                        struct grow_buf g = {0};
+                        CURL *h = curl_easy_init();
+                        if (!h)
+                                return -ENOMEM;
+                        uint64_t budget = deadline_ms - now;
+                        if (budget > LOCATE_TIMEOUT_MS)
+                                budget = LOCATE_TIMEOUT_MS;
+                        curl_easy_setopt(h, CURLOPT_URL, url);
+                        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
+                        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+                        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+                        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
+                                         (long)s->cfg.connect_timeout_ms);
+                        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)budget);
+                        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_sync_body);
+                        curl_easy_setopt(h, CURLOPT_WRITEDATA, &g);
+                        CURLcode cc = curl_easy_perform(h);
+                        long status = 0;
+                        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+                        curl_easy_cleanup(h);
+                        if (cc != CURLE_OK) {
+                                members_report_failure(s->cfg.members, homes[i],
+                                                       curl_easy_strerror(cc));
+                                free(g.p);
+                                continue;
+                        }
+                        answered = true;
+                        char reason[128];
+                        r = status == 200 ? wire_locate_parse(g.p ? g.p : "", g.len, &l, reason,
+                                                              sizeof(reason))
+                                          : -ENOENT;
+                        free(g.p);
+                }
+                if (r < 0)
+                        continue;
+                bool fits = l.chunk_size == s->cfg.chunk_size;
+                if (fits) {
+                        *ret_size = l.size;
+                        snprintf(ret_source, source_len, "%s", l.source);
+                }
+                wire_locate_free(&l);
+                if (fits)
+                        return 0;
+        }
+        return answered ? -ENOENT : -EHOSTUNREACH;
+}
+
+void source_get_stats(struct source *s, struct source_stats *ret) {
+        pthread_mutex_lock(&s->lock);
+        *ret = s->stats;
+        pthread_mutex_unlock(&s->lock);
+        ret->active = 0; /* the thread's own count; approximate figures are not worth a lock */
+}

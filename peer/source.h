@@ -1,0 +1,80 @@
+/* Where a chunk comes from: peers that hold it, else the origin registry.
+ *
+ * For each chunk the engine misses, source_fetch() asks one of the blob's homes (rendezvous
+ * hashing over the membership) who holds or is fetching that chunk — one round trip at any
+ * cluster size — and then tries, in order:
+ *   1. peers that hold the chunk, best first (members_rank_key: on-link, latency, failures);
+ *   2. a peer that is fetching it from the origin right now (its claim), waiting for it;
+ *   3. the origin, when this node was granted the claim, or when every peer failed.
+ * A peer that refuses a connection, misses the connect timeout or stops sending for the stall
+ * timeout is reported to the membership (marked down at once, probed in the background) and
+ * the next source is tried; a dead peer costs a reader milliseconds, not a TCP timeout. Bytes
+ * from a peer are checked against the chunk's sha256 recorded when it first came from the
+ * origin (carried by the directory, or by the holder's answer); a peer whose bytes do not
+ * match is never asked for that blob again (a bounded table) and the chunk is fetched from
+ * the next source.
+ *
+ * Without members (a node alone) every fetch goes straight to the origin.
+ *
+ * Threads and bounds: one thread runs a libcurl multi handle for every peer transfer and
+ * directory query; at most max_total transfers at once and max_per_peer to one peer, the
+ * rest queue; each transfer owns one chunk buffer. The callback contract is origin_fetch()'s:
+ * DONE exactly once, on the source's or the origin's thread, never blocking. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index/index.h"
+#include "peer/directory.h"
+#include "peer/members.h"
+#include "peer/origin.h"
+#include "util/digest.h"
+
+struct source;
+
+struct source_config {
+        struct origin *origin;    /* borrowed */
+        struct members *members;  /* borrowed; NULL: origin only */
+        struct directory *dir;    /* borrowed: our own home role, asked without HTTP */
+        struct index *ix;         /* borrowed, may be NULL: locations learnt are recorded */
+        uint64_t location_ttl_ms; /* how long a recorded location stays valid */
+        uint32_t chunk_size;
+        unsigned homes;              /* k */
+        uint64_t connect_timeout_ms; /* to peers */
+        uint64_t stall_timeout_ms;   /* no bytes from a peer this long: next source */
+        uint64_t claim_wait_ms;      /* how long a peer may wait for a chunk it is fetching */
+        unsigned max_total;
+        unsigned max_per_peer;
+};
+
+int source_new(const struct source_config *cfg, struct source **ret);
+
+/* Stops the thread; pending fetches complete with -ECANCELED. NULL-safe. Call before
+ * origin_free(). */
+void source_free(struct source *s);
+
+/* As origin_fetch(), for chunk IDX (LEN bytes at OFF) of blob DIGEST of SIZE bytes, whose
+ * origin is SOURCE ("registry/repository"; copied). */
+void source_fetch(struct source *s, const struct digest *digest, uint64_t size, const char *source,
+                  uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms, origin_done_fn done,
+                  void *ud);
+
+/* Asks the homes what they know of DIGEST (blocking the caller until an answer or
+ * DEADLINE_MS): its size and origin. 0; -ENOENT when no home knows it; -EHOSTUNREACH when no
+ * home answered; -ENOTCONN without members. */
+int source_lookup(struct source *s, const struct digest *digest, uint64_t deadline_ms,
+                  uint64_t *ret_size, char *ret_source, size_t source_len);
+
+struct source_stats {
+        uint64_t peer_bytes; /* verified chunk bytes received from peers */
+        uint64_t peer_chunks;
+        uint64_t peer_failures; /* transfers that failed (connect, stall, HTTP, short) */
+        uint64_t peer_corrupt;  /* chunks whose bytes did not match their digest */
+        uint64_t locates;       /* directory queries */
+        uint64_t locate_failures;
+        uint64_t origin_chunks; /* chunks handed to the origin */
+        uint64_t claims;        /* chunks this node was told to fetch from the origin */
+        unsigned active;        /* peer transfers running now */
+};
+void source_get_stats(struct source *s, struct source_stats *ret);

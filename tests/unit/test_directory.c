@@ -1,0 +1,699 @@
+/* Unit tests for peer/directory.c: every rule of directory.h, with time passed explicitly so
+ * that expiry is checked at its exact boundaries, and the bounds (blobs, holders, claims,
+ * fetching nodes listed) pushed one past their limits. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "peer/directory.h"
+
+#define CS 4    /* chunk size: blobs of a few chunks are a few bytes */
+#define TTL 100 /* ms */
+#define CLAIM_TTL 10
+#define SRC "registry.example.com/library/busybox"
+#define A "10.0.0.1:5001"
+#define B "10.0.0.2:5001"
+#define C "[fd00::3]:5001"
+
+static struct directory *new_dir(size_t max_blobs, size_t max_holders, size_t max_claims) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = max_blobs,
+                                 .max_holders = max_holders,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .max_claims = max_claims};
+        struct directory *dir;
+
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        return dir;
+}
+
+static struct digest dg(int n) {
+        struct digest d;
+
+        memset(&d, 0, sizeof(d));
+        d.bytes[0] = (uint8_t)n;
+        d.bytes[31] = (uint8_t)(n >> 8);
+        return d;
+}
+
+/* One blob (digest dg(BLOB), NCHUNKS chunks) announced by NODE with the chunks listed in
+ * PRESENT ("0-3,7" style; "" for none) and, optionally, one chunk digest. */
+struct one {
+        struct wire_announce a;
+        struct wire_blob b;
+        uint8_t present[64];
+        uint32_t sha_idx;
+        struct digest sha;
+};
+
+static void make(struct one *o, const char *node, int blob, uint32_t nchunks, const char *present) {
+        const char *p = present;
+
+        memset(o, 0, sizeof(*o));
+        snprintf(o->a.node, sizeof(o->a.node), "%s", node);
+        o->a.chunk_size = CS;
+        o->a.nblobs = 1;
+        o->a.blobs = &o->b;
+        o->b.digest = dg(blob);
+        o->b.nchunks = nchunks;
+        o->b.size = (uint64_t)nchunks * CS;
+        snprintf(o->b.source, sizeof(o->b.source), "%s", SRC);
+        o->b.present = o->present;
+        while (*p) {
+                char *end;
+                unsigned long lo = strtoul(p, &end, 10), hi = lo;
+
+                if (*end == '-')
+                        hi = strtoul(end + 1, &end, 10);
+                for (unsigned long i = lo; i <= hi; i++)
+                        wire_set_bit(o->present, (uint32_t)i);
+                p = *end == ',' ? end + 1 : end;
+        }
+}
+
+static void with_digest(struct one *o, uint32_t idx, uint8_t fill) {
+        o->b.ndigests = 1;
+        o->b.sha_idx = &o->sha_idx;
+        o->b.sha = &o->sha;
+        o->sha_idx = idx;
+        memset(&o->sha, fill, sizeof(o->sha));
+}
+
+static void announce(struct directory *dir, const char *node, int blob, uint32_t nchunks,
+                     const char *present, uint64_t now) {
+        struct one o;
+        char reason[256];
+
+        make(&o, node, blob, nchunks, present);
+        assert_int_equal(dir_apply(dir, &o.a, now, reason, sizeof(reason)), 0);
+}
+
+/* Locate without a claim; returns the result code. */
+static int locate(struct directory *dir, int blob, uint64_t now, struct wire_locate *l) {
+        struct digest d = dg(blob);
+
+        return dir_locate(dir, &d, NULL, -1, now, l);
+}
+
+static const struct wire_holder *find_holder(const struct wire_locate *l, const char *node,
+                                             bool fetching) {
+        for (uint32_t i = 0; i < l->nholders; i++)
+                if (strcmp(l->holders[i].node, node) == 0 && l->holders[i].fetching == fetching)
+                        return &l->holders[i];
+        return NULL;
+}
+
+static int claim(struct directory *dir, int blob, const char *node, int64_t chunk, uint64_t now,
+                 bool *ret_granted) {
+        struct digest d = dg(blob);
+        struct wire_locate l;
+        int r = dir_locate(dir, &d, node, chunk, now, &l);
+
+        if (r < 0)
+                return r;
+        assert_true(l.has_claim);
+        assert_int_equal(l.claim_chunk, chunk);
+        *ret_granted = l.claim_granted;
+        assert_null(find_holder(&l, node, false));
+        assert_null(find_holder(&l, node, true));
+        wire_locate_free(&l);
+        return 0;
+}
+
+static void test_new_refuses(void **state) {
+        struct dir_config ok = {.chunk_size = CS,
+                                .max_blobs = 1,
+                                .max_holders = WIRE_MAX_HOLDERS,
+                                .ttl_ms = 1,
+                                .claim_ttl_ms = 1};
+        struct dir_config c;
+        struct directory *dir = NULL;
+
+        (void)state;
+        assert_int_equal(dir_new(&ok, &dir), 0);
+        dir_free(dir);
+        dir_free(NULL);
+        c = ok;
+        c.chunk_size = 0;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+        c = ok;
+        c.max_blobs = 0;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+        c = ok;
+        c.max_holders = 0;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+        c = ok;
+        c.max_holders = WIRE_MAX_HOLDERS + 1;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+        c = ok;
+        c.ttl_ms = 0;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+        c = ok;
+        c.claim_ttl_ms = 0;
+        assert_int_equal(dir_new(&c, &dir), -EINVAL);
+}
+
+static void test_apply_and_locate(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        const struct wire_holder *h;
+        struct wire_locate l;
+        struct one o;
+        char reason[256];
+
+        (void)state;
+        assert_int_equal(locate(dir, 1, 0, &l), -ENOENT);
+        make(&o, A, 1, 10, "0-3,9");
+        with_digest(&o, 2, 0xab);
+        assert_int_equal(dir_apply(dir, &o.a, 1000, reason, sizeof(reason)), 0);
+        announce(dir, B, 1, 10, "4", 1000);
+
+        assert_int_equal(locate(dir, 1, 1000, &l), 0);
+        assert_true(digest_equal(&l.digest, &o.b.digest));
+        assert_int_equal(l.size, 40);
+        assert_int_equal(l.nchunks, 10);
+        assert_int_equal(l.chunk_size, CS);
+        assert_string_equal(l.source, SRC);
+        assert_false(l.has_claim);
+        assert_int_equal(l.nholders, 2);
+        h = find_holder(&l, A, false);
+        assert_non_null(h);
+        for (uint32_t i = 0; i < 10; i++)
+                assert_int_equal(wire_bit(h->present, i), i <= 3 || i == 9);
+        h = find_holder(&l, B, false);
+        assert_non_null(h);
+        assert_true(wire_bit(h->present, 4) && !wire_bit(h->present, 3));
+        assert_true(wire_bit(l.sha_known, 2) && !wire_bit(l.sha_known, 3));
+        assert_memory_equal(&l.sha[2], &o.sha, sizeof(o.sha));
+        /* What the directory answers is a valid answer on the wire. */
+        {
+                struct wire_locate back;
+                char *text;
+                size_t len;
+
+                assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+                assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+                assert_true(wire_locate_equal(&l, &back));
+                wire_locate_free(&back);
+                free(text);
+        }
+        wire_locate_free(&l);
+
+        /* The present set is the whole set, not a delta. */
+        announce(dir, A, 1, 10, "5", 1001);
+        assert_int_equal(locate(dir, 1, 1001, &l), 0);
+        h = find_holder(&l, A, false);
+        assert_true(wire_bit(h->present, 5) && !wire_bit(h->present, 0) &&
+                    !wire_bit(h->present, 9));
+        wire_locate_free(&l);
+
+        /* Another blob is another record. */
+        assert_int_equal(locate(dir, 2, 1001, &l), -ENOENT);
+        dir_free(dir);
+}
+
+static void test_holder_ttl_boundary(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l;
+        struct dir_stats st;
+
+        (void)state;
+        announce(dir, A, 1, 4, "0", 1000);
+        announce(dir, B, 1, 4, "1", 1050);
+        /* A's record lives for [1000, 1100). */
+        assert_int_equal(locate(dir, 1, 1099, &l), 0);
+        assert_non_null(find_holder(&l, A, false));
+        wire_locate_free(&l);
+        assert_int_equal(locate(dir, 1, 1100, &l), 0);
+        assert_null(find_holder(&l, A, false));
+        assert_non_null(find_holder(&l, B, false));
+        wire_locate_free(&l);
+        /* B's until 1150, and with it the blob. */
+        assert_int_equal(locate(dir, 1, 1149, &l), 0);
+        assert_int_equal(l.nholders, 1);
+        wire_locate_free(&l);
+        assert_int_equal(locate(dir, 1, 1150, &l), -ENOENT);
+
+        /* dir_expire frees at the same boundaries. */
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 1);
+        assert_int_equal(st.holders, 2);
+        dir_expire(dir, 1099);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.holders, 2);
+        dir_expire(dir, 1100);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.holders, 1);
+        assert_int_equal(st.blobs, 1);
+        dir_expire(dir, 1150);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.holders, 0);
+        assert_int_equal(st.blobs, 0);
+        /* A re-announce after expiry starts afresh, even with another size, and even
+         * before dir_expire has run. */
+        announce(dir, A, 1, 4, "2", 2000);
+        assert_int_equal(locate(dir, 1, 2000, &l), 0);
+        assert_int_equal(l.nholders, 1);
+        wire_locate_free(&l);
+        announce(dir, B, 1, 6, "5", 2100);
+        assert_int_equal(locate(dir, 1, 2100, &l), 0);
+        assert_int_equal(l.nchunks, 6);
+        assert_int_equal(l.nholders, 1);
+        assert_non_null(find_holder(&l, B, false));
+        wire_locate_free(&l);
+        announce(dir, A, 1, 6, "2", 2101);
+        assert_int_equal(locate(dir, 1, 2101, &l), 0);
+        assert_int_equal(l.nholders, 2);
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+static void test_empty_present(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l;
+        struct dir_stats st;
+
+        (void)state;
+        /* Known but not held: metadata without holders. */
+        announce(dir, A, 1, 4, "", 1000);
+        assert_int_equal(locate(dir, 1, 1000, &l), 0);
+        assert_int_equal(l.nchunks, 4);
+        assert_string_equal(l.source, SRC);
+        assert_int_equal(l.nholders, 0);
+        wire_locate_free(&l);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.holders, 0);
+
+        /* B holds some; A's empty re-announce keeps the metadata alive past B's expiry. */
+        announce(dir, B, 1, 4, "0-3", 1050);
+        announce(dir, A, 1, 4, "", 1120);
+        assert_int_equal(locate(dir, 1, 1150, &l), 0);
+        assert_int_equal(l.nholders, 0);
+        wire_locate_free(&l);
+        assert_int_equal(locate(dir, 1, 1219, &l), 0);
+        wire_locate_free(&l);
+        assert_int_equal(locate(dir, 1, 1220, &l), -ENOENT);
+
+        /* A holder that drops everything is no longer listed. */
+        announce(dir, B, 1, 4, "0-3", 2000);
+        announce(dir, B, 1, 4, "", 2001);
+        assert_int_equal(locate(dir, 1, 2001, &l), 0);
+        assert_int_equal(l.nholders, 0);
+        wire_locate_free(&l);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.holders, 0);
+
+        /* A zero-byte blob has no chunks and only metadata. */
+        announce(dir, A, 7, 0, "", 3000);
+        assert_int_equal(locate(dir, 7, 3000, &l), 0);
+        assert_int_equal(l.size, 0);
+        assert_int_equal(l.nchunks, 0);
+        assert_int_equal(l.nholders, 0);
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+static void test_refusals(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_blob two[2];
+        struct wire_locate l;
+        struct dir_stats st;
+        struct one o, p;
+        char reason[256];
+
+        (void)state;
+        /* Another chunk size: nothing applied. */
+        make(&o, A, 1, 4, "0");
+        o.a.chunk_size = CS * 2;
+        o.b.nchunks = 2;
+        reason[0] = '\0';
+        assert_int_equal(dir_apply(dir, &o.a, 1000, reason, sizeof(reason)), -EPROTO);
+        assert_non_null(strstr(reason, "chunk size mismatch"));
+        assert_int_equal(locate(dir, 1, 1000, &l), -ENOENT);
+
+        /* A bad node id: nothing applied. */
+        make(&o, "node-a:5001", 1, 4, "0");
+        assert_int_equal(dir_apply(dir, &o.a, 1000, reason, sizeof(reason)), -EINVAL);
+        assert_int_equal(locate(dir, 1, 1000, &l), -ENOENT);
+
+        /* A size that disagrees with the record: that blob skipped, the others applied. */
+        announce(dir, A, 1, 4, "0", 1000);
+        make(&o, B, 1, 5, "4");
+        make(&p, B, 2, 3, "2");
+        two[0] = o.b;
+        two[1] = p.b;
+        o.a.blobs = two;
+        o.a.nblobs = 2;
+        reason[0] = '\0';
+        assert_int_equal(dir_apply(dir, &o.a, 1001, reason, sizeof(reason)), -EINVAL);
+        assert_non_null(strstr(reason, "size mismatch"));
+        assert_true(reason[0] >= 'a' && reason[0] <= 'z');
+        assert_int_equal(locate(dir, 1, 1001, &l), 0);
+        assert_null(find_holder(&l, B, false));
+        assert_int_equal(l.nchunks, 4);
+        wire_locate_free(&l);
+        assert_int_equal(locate(dir, 2, 1001, &l), 0);
+        assert_non_null(find_holder(&l, B, false));
+        wire_locate_free(&l);
+        /* Same chunk count but another size in bytes is a mismatch too. */
+        make(&o, B, 1, 4, "1");
+        o.b.size = 4 * CS - 1;
+        assert_int_equal(dir_apply(dir, &o.a, 1002, reason, sizeof(reason)), -EINVAL);
+        /* A chunk count inconsistent with the size. */
+        make(&o, B, 3, 4, "1");
+        o.b.nchunks = 5;
+        assert_int_equal(dir_apply(dir, &o.a, 1002, reason, sizeof(reason)), -EINVAL);
+        assert_int_equal(locate(dir, 3, 1002, &l), -ENOENT);
+
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.announces, 6);
+        assert_int_equal(st.refused, 5);
+        assert_int_equal(st.blobs, 2);
+        dir_free(dir);
+}
+
+static void test_digest_first_wins(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l;
+        struct digest want;
+        struct one o;
+        char reason[256];
+
+        (void)state;
+        make(&o, A, 1, 4, "0-3");
+        with_digest(&o, 1, 0x11);
+        assert_int_equal(dir_apply(dir, &o.a, 1000, reason, sizeof(reason)), 0);
+        make(&o, B, 1, 4, "0-3");
+        with_digest(&o, 1, 0x22); /* disagrees: ignored */
+        assert_int_equal(dir_apply(dir, &o.a, 1001, reason, sizeof(reason)), 0);
+        make(&o, B, 1, 4, "0-3");
+        with_digest(&o, 3, 0x33); /* new chunk: recorded */
+        assert_int_equal(dir_apply(dir, &o.a, 1002, reason, sizeof(reason)), 0);
+        assert_int_equal(locate(dir, 1, 1002, &l), 0);
+        memset(&want, 0x11, sizeof(want));
+        assert_true(digest_equal(&l.sha[1], &want));
+        memset(&want, 0x33, sizeof(want));
+        assert_true(digest_equal(&l.sha[3], &want));
+        assert_false(wire_bit(l.sha_known, 0));
+        assert_false(wire_bit(l.sha_known, 2));
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+static void test_max_blobs(void **state) {
+        struct directory *dir = new_dir(3, 8, 0);
+        struct wire_locate l;
+        struct dir_stats st;
+
+        (void)state;
+        announce(dir, A, 1, 4, "0", 1000);
+        announce(dir, A, 2, 4, "0", 1001);
+        announce(dir, A, 3, 4, "0", 1002);
+        announce(dir, B, 1, 4, "1", 1003); /* blob 1 is now the most recently announced */
+        announce(dir, A, 4, 4, "0", 1004); /* drops blob 2 */
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 3);
+        assert_int_equal(st.holders, 4);
+        assert_int_equal(locate(dir, 2, 1004, &l), -ENOENT);
+        for (int b = 1; b <= 4; b += 2) {
+                assert_int_equal(locate(dir, b, 1004, &l), 0);
+                wire_locate_free(&l);
+        }
+        assert_int_equal(locate(dir, 1, 1004, &l), 0);
+        assert_int_equal(l.nholders, 2);
+        wire_locate_free(&l);
+        announce(dir, A, 5, 4, "0", 1005); /* drops blob 3 */
+        assert_int_equal(locate(dir, 3, 1005, &l), -ENOENT);
+        assert_int_equal(locate(dir, 1, 1005, &l), 0);
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+static void test_max_holders(void **state) {
+        struct directory *dir = new_dir(16, 2, 0);
+        struct wire_locate l;
+
+        (void)state;
+        announce(dir, A, 1, 4, "0", 1000);
+        announce(dir, B, 1, 4, "1", 1001);
+        announce(dir, A, 1, 4, "0", 1002); /* refresh: B is now the least recent */
+        announce(dir, C, 1, 4, "2", 1003);
+        assert_int_equal(locate(dir, 1, 1003, &l), 0);
+        assert_int_equal(l.nholders, 2);
+        assert_non_null(find_holder(&l, A, false));
+        assert_null(find_holder(&l, B, false));
+        assert_non_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        /* Updating a holder already recorded drops nobody. */
+        announce(dir, C, 1, 4, "2-3", 1004);
+        assert_int_equal(locate(dir, 1, 1004, &l), 0);
+        assert_int_equal(l.nholders, 2);
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+static void test_claims(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l;
+        struct digest d = dg(1);
+        struct dir_stats st;
+        bool granted;
+
+        (void)state;
+        announce(dir, A, 1, 8, "0", 1000);
+        /* Held chunk: never granted. */
+        assert_int_equal(claim(dir, 1, B, 0, 1000, &granted), 0);
+        assert_false(granted);
+        /* Nobody has chunk 5: B gets it; C does not, and sees B fetching it. */
+        assert_int_equal(claim(dir, 1, B, 5, 1000, &granted), 0);
+        assert_true(granted);
+        assert_int_equal(dir_locate(dir, &d, C, 5, 1001, &l), 0);
+        assert_false(l.claim_granted);
+        assert_non_null(find_holder(&l, B, true));
+        assert_true(wire_bit(find_holder(&l, B, true)->present, 5));
+        assert_false(wire_bit(find_holder(&l, B, true)->present, 4));
+        assert_non_null(find_holder(&l, A, false));
+        /* Present holders first, then fetching ones. */
+        assert_false(l.holders[0].fetching);
+        assert_true(l.holders[l.nholders - 1].fetching);
+        wire_locate_free(&l);
+        /* A reader without a claim sees it too. */
+        assert_int_equal(locate(dir, 1, 1001, &l), 0);
+        assert_non_null(find_holder(&l, B, true));
+        wire_locate_free(&l);
+        /* B asking again is granted again, which restarts its claim_ttl. */
+        assert_int_equal(claim(dir, 1, B, 5, 1005, &granted), 0);
+        assert_true(granted);
+        /* Claimed at 1005, live for [1005, 1015). */
+        assert_int_equal(claim(dir, 1, C, 5, 1014, &granted), 0);
+        assert_false(granted);
+        assert_int_equal(claim(dir, 1, C, 5, 1015, &granted), 0);
+        assert_true(granted);
+        assert_int_equal(claim(dir, 1, B, 5, 1016, &granted), 0);
+        assert_false(granted);
+
+        /* The claimant announcing the chunk present clears its claim. */
+        assert_int_equal(claim(dir, 1, B, 6, 1016, &granted), 0);
+        assert_true(granted);
+        announce(dir, B, 1, 8, "6", 1017);
+        assert_int_equal(locate(dir, 1, 1017, &l), 0);
+        assert_null(find_holder(&l, B, true));
+        assert_non_null(find_holder(&l, B, false));
+        assert_non_null(find_holder(&l, C, true)); /* C's claim on 5 is untouched */
+        wire_locate_free(&l);
+        /* ... but only for chunks it announces: another node's announce does not. */
+        announce(dir, A, 1, 8, "0,5", 1018);
+        assert_int_equal(locate(dir, 1, 1018, &l), 0);
+        assert_non_null(find_holder(&l, C, true));
+        wire_locate_free(&l);
+
+        /* The claimant never sees itself, present or fetching. */
+        assert_int_equal(dir_locate(dir, &d, B, -1, 1018, &l), 0);
+        assert_false(l.has_claim);
+        assert_null(find_holder(&l, B, false));
+        assert_non_null(find_holder(&l, A, false));
+        wire_locate_free(&l);
+        assert_int_equal(dir_locate(dir, &d, C, 7, 1018, &l), 0);
+        assert_true(l.claim_granted);
+        assert_null(find_holder(&l, C, true));
+        wire_locate_free(&l);
+
+        /* A chunk held only by an expired holder is free to claim. */
+        announce(dir, C, 1, 8, "", 1117); /* keep the blob alive */
+        assert_int_equal(claim(dir, 1, C, 0, 1117, &granted), 0);
+        assert_false(granted); /* A's announce of 1018 holds it until 1118 */
+        assert_int_equal(claim(dir, 1, C, 0, 1118, &granted), 0);
+        assert_true(granted);
+
+        /* Out of range: no claim, still an answer. */
+        assert_int_equal(dir_locate(dir, &d, C, 8, 1118, &l), 0);
+        assert_false(l.has_claim);
+        wire_locate_free(&l);
+        assert_int_equal(dir_locate(dir, &d, "not-a-node", 1, 1118, &l), -EINVAL);
+
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.claims_granted, 5); /* renewals are not new grants */
+        dir_free(dir);
+}
+
+static void test_claim_keeps_blob_alive(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l;
+        struct dir_stats st;
+        bool granted;
+
+        (void)state;
+        announce(dir, A, 1, 4, "", 1000); /* alive until 1100 */
+        assert_int_equal(claim(dir, 1, B, 2, 1095, &granted), 0);
+        assert_true(granted);
+        /* The claim (live until 1105) keeps the record resolvable. */
+        assert_int_equal(locate(dir, 1, 1104, &l), 0);
+        assert_non_null(find_holder(&l, B, true));
+        wire_locate_free(&l);
+        dir_expire(dir, 1104);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 1);
+        assert_int_equal(st.claims, 1);
+        assert_int_equal(locate(dir, 1, 1105, &l), -ENOENT);
+        dir_expire(dir, 1105);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 0);
+        assert_int_equal(st.claims, 0);
+        dir_free(dir);
+}
+
+static void test_max_claims(void **state) {
+        struct directory *dir = new_dir(16, 8, 2);
+        struct wire_locate l;
+        struct dir_stats st;
+        bool granted;
+
+        (void)state;
+        announce(dir, A, 1, 8, "", 1000);
+        assert_int_equal(claim(dir, 1, B, 1, 1000, &granted), 0);
+        assert_int_equal(claim(dir, 1, B, 2, 1001, &granted), 0);
+        assert_int_equal(claim(dir, 1, C, 3, 1002, &granted), 0); /* drops B's claim on 1 */
+        assert_true(granted);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.claims, 2);
+        assert_int_equal(locate(dir, 1, 1002, &l), 0);
+        assert_false(wire_bit(find_holder(&l, B, true)->present, 1));
+        assert_true(wire_bit(find_holder(&l, B, true)->present, 2));
+        assert_true(wire_bit(find_holder(&l, C, true)->present, 3));
+        wire_locate_free(&l);
+        assert_int_equal(claim(dir, 1, C, 1, 1003, &granted), 0);
+        assert_true(granted); /* chunk 1 was free again */
+        dir_free(dir);
+}
+
+/* More claimants than an answer lists: the one fetching the asked chunk is always there. */
+static void test_fetching_bound(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        const unsigned n = WIRE_MAX_HOLDERS + 6;
+        struct digest d = dg(1);
+        struct wire_locate l;
+        char node[PEER_ID_MAX];
+        bool granted;
+
+        (void)state;
+        announce(dir, A, 1, 100, "99", 1000);
+        for (unsigned i = 0; i < n; i++) {
+                snprintf(node, sizeof(node), "10.1.0.%u:5001", i);
+                assert_int_equal(claim(dir, 1, node, i, 1000, &granted), 0);
+                assert_true(granted);
+        }
+        assert_int_equal(dir_locate(dir, &d, C, n - 1, 1001, &l), 0);
+        assert_false(l.claim_granted);
+        assert_int_equal(l.nholders, 1 + WIRE_MAX_HOLDERS);
+        snprintf(node, sizeof(node), "10.1.0.%u:5001", n - 1);
+        assert_string_equal(l.holders[1].node, node);
+        assert_true(l.holders[1].fetching);
+        {
+                char *text;
+                size_t len;
+
+                assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+                free(text);
+        }
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
+/* Concurrent use under the sanitizers: no race reports, no leaks, consistent counts. */
+struct worker {
+        struct directory *dir;
+        int id;
+};
+
+static void *work(void *arg) {
+        struct worker *w = arg;
+        char node[PEER_ID_MAX];
+        struct wire_locate l;
+        bool granted;
+
+        snprintf(node, sizeof(node), "10.2.0.%d:5001", w->id);
+        for (int i = 0; i < 2000; i++) {
+                announce(w->dir, node, i % 50, 16, i % 3 ? "0-3" : "", (uint64_t)i);
+                if (locate(w->dir, (i * 7) % 50, (uint64_t)i, &l) == 0)
+                        wire_locate_free(&l);
+                if (claim(w->dir, i % 50, node, i % 16, (uint64_t)i, &granted) == 0)
+                        (void)granted;
+                if (i % 100 == 0)
+                        dir_expire(w->dir, (uint64_t)i);
+        }
+        return NULL;
+}
+
+static void test_threads(void **state) {
+        struct directory *dir = new_dir(32, 4, 8);
+        struct worker w[4];
+        pthread_t t[4];
+        struct dir_stats st;
+
+        (void)state;
+        for (int i = 0; i < 4; i++) {
+                w[i] = (struct worker){.dir = dir, .id = i};
+                assert_int_equal(pthread_create(&t[i], NULL, work, &w[i]), 0);
+        }
+        for (int i = 0; i < 4; i++)
+                pthread_join(t[i], NULL);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.announces, 4 * 2000);
+        assert_true(st.blobs <= 32);
+        assert_true(st.holders <= 32 * 4);
+        assert_true(st.claims <= 32 * 8);
+        dir_expire(dir, UINT64_MAX);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 0);
+        assert_int_equal(st.holders, 0);
+        assert_int_equal(st.claims, 0);
+        dir_free(dir);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_new_refuses),
+                cmocka_unit_test(test_apply_and_locate),
+                cmocka_unit_test(test_holder_ttl_boundary),
+                cmocka_unit_test(test_empty_present),
+                cmocka_unit_test(test_refusals),
+                cmocka_unit_test(test_digest_first_wins),
+                cmocka_unit_test(test_max_blobs),
+                cmocka_unit_test(test_max_holders),
+                cmocka_unit_test(test_claims),
+                cmocka_unit_test(test_claim_keeps_blob_alive),
+                cmocka_unit_test(test_max_claims),
+                cmocka_unit_test(test_fetching_bound),
+                cmocka_unit_test(test_threads),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}

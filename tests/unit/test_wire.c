@@ -1,0 +1,756 @@
+/* Unit tests for peer/wire.c: node ids, the exact text the builders emit, round trips
+ * (build, parse, compare) over awkward bitmaps, and every way an untrusted body is refused,
+ * with the reason it gives and nothing left to free. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "peer/wire.h"
+
+#define HEX1 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define HEX2 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+#define HEXU "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+#define SRC "registry.example.com/library/busybox"
+
+/* A small announce body; FIELDS replaces the blob's fields after digest and size. */
+#define ANN(node, cs, blobs) "{\"node\":\"" node "\",\"chunk_size\":" #cs ",\"blobs\":[" blobs "]}"
+#define BLOB(size, rest)                                                                           \
+        "{\"digest\":\"sha256:" HEX1 "\",\"size\":" #size ",\"source\":\"" SRC "\"" rest "}"
+
+static void set_digest(struct digest *d, uint8_t seed) {
+        for (int i = 0; i < DIGEST_LEN; i++)
+                d->bytes[i] = (uint8_t)(seed * 31 + i);
+}
+
+static void check_reason(const char *reason) {
+        assert_true(reason[0] != '\0');
+        assert_true(reason[0] >= 'a' && reason[0] <= 'z'); /* lowercase, error first */
+}
+
+static void expect_announce_err(const char *body, const char *want_in_reason) {
+        struct wire_announce a, orig;
+        char reason[256] = "";
+        int r;
+
+        memset(&orig, 0x5a, sizeof(orig));
+        a = orig;
+        r = wire_announce_parse(body, strlen(body), &a, reason, sizeof(reason));
+        if (r != -EINVAL)
+                fail_msg("wire_announce_parse(%s) = %d; want -EINVAL", body, r);
+        check_reason(reason);
+        if (want_in_reason && !strstr(reason, want_in_reason))
+                fail_msg("reason \"%s\" lacks \"%s\" for %s", reason, want_in_reason, body);
+        assert_memory_equal(&a, &orig, sizeof(a)); /* nothing written, nothing to free */
+}
+
+static void expect_locate_err(const char *body, const char *want_in_reason) {
+        struct wire_locate l, orig;
+        char reason[256] = "";
+        int r;
+
+        memset(&orig, 0x5a, sizeof(orig));
+        l = orig;
+        r = wire_locate_parse(body, strlen(body), &l, reason, sizeof(reason));
+        if (r != -EINVAL)
+                fail_msg("wire_locate_parse(%s) = %d; want -EINVAL", body, r);
+        check_reason(reason);
+        if (want_in_reason && !strstr(reason, want_in_reason))
+                fail_msg("reason \"%s\" lacks \"%s\" for %s", reason, want_in_reason, body);
+        assert_memory_equal(&l, &orig, sizeof(l));
+}
+
+static void parse_announce_ok(const char *body, struct wire_announce *a) {
+        char reason[256] = "";
+        int r = wire_announce_parse(body, strlen(body), a, reason, sizeof(reason));
+
+        if (r != 0)
+                fail_msg("wire_announce_parse(%s) = %d (%s)", body, r, reason);
+}
+
+static void parse_locate_ok(const char *body, struct wire_locate *l) {
+        char reason[256] = "";
+        int r = wire_locate_parse(body, strlen(body), l, reason, sizeof(reason));
+
+        if (r != 0)
+                fail_msg("wire_locate_parse(%s) = %d (%s)", body, r, reason);
+}
+
+static void test_node_ids(void **state) {
+        static const char *const good[] = {
+                "10.0.0.2:5001",         "0.0.0.0:1",
+                "255.255.255.255:65535", "[::1]:5001",
+                "[fd00::1:2]:80",        "[2001:db8::ff00:42:8329]:443",
+                "[fe80::1]:5001",        "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"};
+        static const char *const bad[] = {
+                "",
+                ":5001",
+                "10.0.0.2",
+                "10.0.0.2:",
+                "10.0.0.2:0",
+                "10.0.0.2:65536",
+                "10.0.0.2:05001",
+                "10.0.0.2:+5001",
+                "10.0.0.2:-1",
+                "10.0.0.2:5001x",
+                "10.0.0.2:99999999999",
+                "10.0.0.2:5001:1",
+                "010.0.0.2:5001",
+                "10.0.0:5001",
+                "10.0.0.256:5001",
+                " 10.0.0.2:5001",
+                "node-a:5001",
+                "localhost:5001",
+                "::1:5001",
+                "[::1]",
+                "[::1]5001",
+                "[::1:5001",
+                "[]:5001",
+                "[::1]:0",
+                "[0:0:0:0:0:0:0:1]:5001", /* not inet_ntop's spelling */
+                "[FD00::1]:5001",         /* uppercase */
+                "[::ffff:10.0.0.2]:5001", /* IPv4-mapped: the v4 id is the node's id */
+                "[fe80::1%eth0]:5001",
+                "[10.0.0.2]:5001",
+                "10.0.0.2:5001\n"};
+        char longid[PEER_ID_MAX + 8];
+
+        (void)state;
+        for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+                if (!wire_node_id_valid(good[i]))
+                        fail_msg("refused good id \"%s\"", good[i]);
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                if (wire_node_id_valid(bad[i]))
+                        fail_msg("accepted bad id \"%s\"", bad[i]);
+        assert_false(wire_node_id_valid(NULL));
+        memset(longid, '1', sizeof(longid) - 1);
+        longid[sizeof(longid) - 1] = '\0';
+        assert_false(wire_node_id_valid(longid));
+}
+
+/* The wire format is a contract between versions: pin the exact text for a small case. */
+static void test_announce_build_exact(void **state) {
+        struct wire_blob b = {.size = 10 * 1024 + 1, .nchunks = 11, .ndigests = 2};
+        struct wire_announce a = {
+                .node = "10.0.0.2:5001", .chunk_size = 1024, .nblobs = 1, .blobs = &b};
+        uint8_t present[2] = {0x0f | 0x40, 0x04}; /* chunks 0-3, 6, 10 */
+        uint32_t idx[2] = {0, 10};
+        struct digest sha[2];
+        char *text;
+        size_t len;
+
+        (void)state;
+        assert_int_equal(digest_from_hex(HEX1, DIGEST_HEX_LEN, &b.digest), 0);
+        assert_int_equal(digest_from_hex(HEX2, DIGEST_HEX_LEN, &sha[0]), 0);
+        assert_int_equal(digest_from_hex(HEX1, DIGEST_HEX_LEN, &sha[1]), 0);
+        snprintf(b.source, sizeof(b.source), "%s", SRC);
+        b.present = present;
+        b.sha_idx = idx;
+        b.sha = sha;
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_string_equal(text, "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":1024,\"blobs\":[{"
+                                  "\"digest\":\"sha256:" HEX1 "\",\"size\":10241,\"source\":\"" SRC
+                                  "\",\"present\":[[0,4],[6,7],[10,11]],\"digests\":[[0,\"" HEX2
+                                  "\"],[10,\"" HEX1 "\"]]}]}");
+        assert_int_equal(len, strlen(text));
+        free(text);
+}
+
+/* Parses what the header documents, including adjacent ranges and unknown keys. */
+static void test_announce_parse_example(void **state) {
+        struct wire_announce a;
+
+        (void)state;
+        parse_announce_ok(" {\"node\":\"[fd00::2]:5001\", \"chunk_size\":1048576, \"future\":[1],"
+                          "\"blobs\":[{\"digest\":\"sha256:" HEX1 "\", \"size\":45088768,"
+                          "\"source\":\"" SRC "\", \"present\":[[0,40],[40,41],[42,43]],"
+                          "\"digests\":[[0,\"" HEX2 "\"],[1,\"" HEX1 "\"]]},"
+                          "{\"digest\":\"sha256:" HEX2 "\",\"size\":0,\"source\":\"" SRC "\","
+                          "\"present\":[]}]}\n",
+                          &a);
+        assert_string_equal(a.node, "[fd00::2]:5001");
+        assert_int_equal(a.chunk_size, 1048576);
+        assert_int_equal(a.nblobs, 2);
+        assert_int_equal(a.blobs[0].nchunks, 43);
+        for (uint32_t i = 0; i < 43; i++)
+                assert_int_equal(wire_bit(a.blobs[0].present, i), i != 41);
+        assert_int_equal(a.blobs[0].ndigests, 2);
+        assert_int_equal(a.blobs[0].sha_idx[1], 1);
+        assert_string_equal(a.blobs[0].source, SRC);
+        assert_int_equal(a.blobs[1].size, 0);
+        assert_int_equal(a.blobs[1].nchunks, 0);
+        assert_int_equal(a.blobs[1].ndigests, 0); /* "digests" absent */
+        wire_announce_free(&a);
+        wire_announce_free(&a); /* contents cleared: a second free is harmless */
+        wire_announce_free(NULL);
+}
+
+/* A bitmap pattern per case: the edges the run encoder and the byte-skipping can get wrong. */
+static void fill_pattern(uint8_t *map, uint32_t n, int pattern) {
+        memset(map, 0, (n + 7) / 8 + 1);
+        for (uint32_t i = 0; i < n; i++) {
+                bool on;
+
+                switch (pattern) {
+                case 0:
+                        on = false;
+                        break;
+                case 1:
+                        on = true;
+                        break;
+                case 2:
+                        on = i % 2 == 0;
+                        break;
+                case 3:
+                        on = i == n - 1;
+                        break;
+                case 4:
+                        on = i == 0 || (i >= 7 && i < 25) || i == n - 1;
+                        break;
+                default:
+                        on = (i * 2654435761u) % 7 < 3;
+                        break;
+                }
+                if (on)
+                        wire_set_bit(map, i);
+        }
+}
+
+static void test_announce_round_trip(void **state) {
+        static const uint32_t sizes[] = {1, 7, 8, 9, 16, 17, 63, 64, 65, 1000};
+        struct wire_blob blobs[6 * 10];
+        struct wire_announce a = {.node = "[2001:db8::1]:65535", .chunk_size = 3, .blobs = blobs};
+        struct wire_announce back;
+        char *text, reason[256] = "";
+        size_t len;
+
+        (void)state;
+        memset(blobs, 0, sizeof(blobs));
+        for (int p = 0; p < 6; p++) {
+                for (size_t s = 0; s < 10; s++) {
+                        struct wire_blob *b = &blobs[a.nblobs++];
+
+                        set_digest(&b->digest, (uint8_t)a.nblobs);
+                        b->nchunks = sizes[s];
+                        b->size = (uint64_t)sizes[s] * 3 - (uint64_t)(p % 3); /* partial tail */
+                        snprintf(b->source, sizeof(b->source), "r.io/repo%d", p);
+                        b->present = calloc(1, sizes[s] / 8 + 2);
+                        assert_non_null(b->present);
+                        fill_pattern(b->present, b->nchunks, p);
+                        b->ndigests = b->nchunks / 2;
+                        b->sha_idx = calloc(b->ndigests + 1, sizeof(*b->sha_idx));
+                        b->sha = calloc(b->ndigests + 1, sizeof(*b->sha));
+                        for (uint32_t i = 0; i < b->ndigests; i++) {
+                                b->sha_idx[i] = 2 * i + 1;
+                                set_digest(&b->sha[i], (uint8_t)i);
+                        }
+                }
+        }
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_int_equal(wire_announce_parse(text, len, &back, reason, sizeof(reason)), 0);
+        assert_true(wire_announce_equal(&a, &back));
+        /* And the comparison is not vacuous. */
+        back.blobs[29].sha[3].bytes[0] ^= 1;
+        assert_false(wire_announce_equal(&a, &back));
+        back.blobs[29].sha[3].bytes[0] ^= 1;
+        back.chunk_size++;
+        assert_false(wire_announce_equal(&a, &back));
+        back.chunk_size--;
+        wire_set_bit(back.blobs[17].present, 0);
+        blobs[17].present[0] &= (uint8_t)~1u;
+        assert_false(wire_announce_equal(&a, &back));
+        wire_announce_free(&back);
+        free(text);
+        for (uint32_t i = 0; i < a.nblobs; i++) {
+                free(blobs[i].present);
+                free(blobs[i].sha_idx);
+                free(blobs[i].sha);
+        }
+
+        /* No blobs at all is a valid (if pointless) announce. */
+        a.nblobs = 0;
+        a.blobs = NULL;
+        assert_int_equal(wire_announce_build(&a, &text, NULL), 0);
+        assert_int_equal(wire_announce_parse(text, strlen(text), &back, reason, sizeof(reason)), 0);
+        assert_true(wire_announce_equal(&a, &back));
+        wire_announce_free(&back);
+        free(text);
+}
+
+static void test_announce_build_refuses(void **state) {
+        uint8_t present[1] = {0x1};
+        uint32_t idx[2] = {1, 1};
+        struct digest sha[2];
+        struct wire_blob b = {.size = 8, .nchunks = 2, .present = present};
+        struct wire_announce a = {
+                .node = "10.0.0.2:5001", .chunk_size = 4, .nblobs = 1, .blobs = &b};
+        char *text = NULL;
+
+        (void)state;
+        snprintf(b.source, sizeof(b.source), "%s", SRC);
+        memset(sha, 0, sizeof(sha));
+        assert_int_equal(wire_announce_build(&a, &text, NULL), 0);
+        free(text);
+        text = NULL;
+
+        b.nchunks = 3; /* ceil(8 / 4) is 2 */
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        b.nchunks = 2;
+        a.chunk_size = 0;
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        a.chunk_size = 4;
+        snprintf(a.node, sizeof(a.node), "node-a:5001");
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        snprintf(a.node, sizeof(a.node), "10.0.0.2:5001");
+        snprintf(b.source, sizeof(b.source), "no-registry");
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        snprintf(b.source, sizeof(b.source), "%s", SRC);
+        b.ndigests = 2; /* indexes not increasing */
+        b.sha_idx = idx;
+        b.sha = sha;
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        idx[1] = 2; /* out of range */
+        assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        idx[0] = 0;
+        idx[1] = 1;
+        assert_int_equal(wire_announce_build(&a, &text, NULL), 0);
+        free(text);
+        text = NULL;
+        b.ndigests = 0;
+
+        /* Too many chunks in one announce: the sender must split. */
+        {
+                struct wire_blob many[9];
+
+                for (int i = 0; i < 9; i++) {
+                        many[i] = b;
+                        many[i].size = (uint64_t)WIRE_MAX_CHUNKS * 4;
+                        many[i].nchunks = WIRE_MAX_CHUNKS;
+                        many[i].present = present; /* not read: refused before */
+                }
+                a.blobs = many;
+                a.nblobs = 9;
+                assert_int_equal(wire_announce_build(&a, &text, NULL), -EMSGSIZE);
+                many[0].size++;
+                assert_int_equal(wire_announce_build(&a, &text, NULL), -EINVAL);
+        }
+        assert_null(text);
+}
+
+static void test_announce_parse_rejects(void **state) {
+        (void)state;
+        /* Not JSON, not an object. */
+        expect_announce_err("", "invalid json");
+        expect_announce_err("{", "invalid json");
+        expect_announce_err("[]", "not a json object");
+        expect_announce_err("\"x\"", NULL);
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"node\":\"10.0.0.3:5001\","
+                            "\"chunk_size\":4,\"blobs\":[]}",
+                            "invalid json"); /* duplicate key */
+        /* Node. */
+        expect_announce_err(ANN("10.0.0.2", 4, ""), "node");
+        expect_announce_err(ANN("host.example:5001", 4, ""), "node");
+        expect_announce_err(ANN("[::1]:0", 4, ""), "node");
+        expect_announce_err("{\"chunk_size\":4,\"blobs\":[]}", "node");
+        expect_announce_err("{\"node\":5001,\"chunk_size\":4,\"blobs\":[]}", "node");
+        expect_announce_err(ANN("10.0.0.2:5001\\u0000x", 4, ""), "invalid json"); /* NUL */
+        expect_announce_err(ANN("10.0.0.2:50011111111111111111111111111111111111111111111111111111"
+                                "11111111111111",
+                                4, ""),
+                            "node");
+        /* Chunk size. */
+        expect_announce_err(ANN("10.0.0.2:5001", 0, ""), "chunk_size");
+        expect_announce_err(ANN("10.0.0.2:5001", -1, ""), "chunk_size");
+        expect_announce_err(ANN("10.0.0.2:5001", 4294967296, ""), "chunk_size");
+        expect_announce_err(ANN("10.0.0.2:5001", 1.5, ""), "chunk_size");
+        expect_announce_err(ANN("10.0.0.2:5001", "4", ""), "chunk_size");
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4}", "blobs");
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":{}}", "blobs");
+        /* Blob digest. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4, "7"), "blob 0");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"sha256:" HEXU "\",\"size\":1,"
+                                "\"source\":\"" SRC "\",\"present\":[]}"),
+                            "digest");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"" HEX1 "\",\"size\":1,"
+                                "\"source\":\"" SRC "\",\"present\":[]}"),
+                            "digest");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"sha512:" HEX1 "\",\"size\":1,"
+                                "\"source\":\"" SRC "\",\"present\":[]}"),
+                            "digest");
+        /* Size and chunk counts. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(-1, ",\"present\":[]")), "size");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(1e3, ",\"present\":[]")), "size");
+        expect_announce_err(ANN("10.0.0.2:5001", 1, BLOB(4194305, ",\"present\":[]")),
+                            "too many chunks");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(99999999999999999999, ",\"present\":[]")),
+                            "invalid json"); /* beyond a 64-bit integer */
+        /* Source. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"sha256:" HEX1 "\",\"size\":1,\"present\":[]}"),
+                            "source");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"sha256:" HEX1 "\",\"size\":1,\"source\":\"busybox\","
+                                "\"present\":[]}"),
+                            "source");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                "{\"digest\":\"sha256:" HEX1 "\",\"size\":1,\"source\":\"\","
+                                "\"present\":[]}"),
+                            "source");
+        /* Present ranges: missing, malformed, empty, unsorted, overlapping, out of range. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, "")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":{}")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[1]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[1]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[1,2,3]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[1,\"2\"]]")),
+                            "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[2,2]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[3,2]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[-1,2]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[0,11]]")), "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[5,6],[1,2]]")),
+                            "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(40, ",\"present\":[[1,4],[3,6]]")),
+                            "present");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(0, ",\"present\":[[0,1]]")), "present");
+        /* More ranges than chunks is refused before any bitmap is sized. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[[0,1],[1,2],[2,3]]")),
+                            "too many present ranges");
+        /* Chunk digests. */
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[],\"digests\":{}")),
+                            "digests");
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[],\"digests\":[[2,\"" HEX1 "\"]]")),
+                "chunk digest 0");
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4,
+                    BLOB(8, ",\"present\":[],\"digests\":[[1,\"" HEX1 "\"],[0,\"" HEX1 "\"]]")),
+                "chunk digest 1");
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4,
+                    BLOB(8, ",\"present\":[],\"digests\":[[0,\"" HEX1 "\"],[0,\"" HEX1 "\"]]")),
+                "chunk digest 1");
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[],\"digests\":[[0,\"" HEXU "\"]]")),
+                "chunk digest 0");
+        expect_announce_err(ANN("10.0.0.2:5001", 4,
+                                BLOB(8, ",\"present\":[],\"digests\":[[0,\"sha256:" HEX1 "\"]]")),
+                            "chunk digest 0");
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[],\"digests\":[[0]]")),
+                            "chunk digest 0");
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4,
+                    BLOB(4, ",\"present\":[],\"digests\":[[0,\"" HEX1 "\"],[1,\"" HEX1 "\"]]")),
+                "too many chunk digests");
+        /* The second blob bad: the first one's allocations are released (ASan checks). */
+        expect_announce_err(
+                ANN("10.0.0.2:5001", 4,
+                    BLOB(40, ",\"present\":[[0,10]],\"digests\":[[0,\"" HEX1
+                             "\"]]") "," BLOB(40, ",\"present\":[[0,10]],\"digests\":[[0,\"x\"]]")),
+                "blob 1");
+}
+
+/* Counts and sizes past the limits, built programmatically. */
+static void test_announce_parse_limits(void **state) {
+        char *body, *p, reason[256];
+        struct wire_announce a;
+        size_t cap = (size_t)WIRE_MAX_BLOBS * 200 + 4096;
+
+        (void)state;
+        body = malloc(WIRE_MAX_BODY + 2);
+        assert_non_null(body);
+
+        /* A body one byte too long is refused before it is parsed. */
+        memset(body, ' ', WIRE_MAX_BODY + 1);
+        assert_int_equal(wire_announce_parse(body, WIRE_MAX_BODY + 1, &a, reason, sizeof(reason)),
+                         -EINVAL);
+        assert_non_null(strstr(reason, "body too large"));
+
+        /* WIRE_MAX_BLOBS + 1 blobs: refused by count, whatever they contain. */
+        assert_true(cap < WIRE_MAX_BODY);
+        p = body + snprintf(body, cap, "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[");
+        for (unsigned i = 0; i <= WIRE_MAX_BLOBS; i++)
+                p += snprintf(p, 8, "%s{}", i ? "," : "");
+        p += snprintf(p, 8, "]}");
+        assert_int_equal(wire_announce_parse(body, (size_t)(p - body), &a, reason, sizeof(reason)),
+                         -EINVAL);
+        assert_non_null(strstr(reason, "too many blobs"));
+
+        /* Many blobs, each at WIRE_MAX_CHUNKS: refused once the sum passes the limit. */
+        p = body + snprintf(body, cap, "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":1,\"blobs\":[");
+        for (unsigned i = 0; i < 9; i++)
+                p += snprintf(p, 200, "%s" BLOB(4194304, ",\"present\":[]"), i ? "," : "");
+        p += snprintf(p, 8, "]}");
+        assert_int_equal(wire_announce_parse(body, (size_t)(p - body), &a, reason, sizeof(reason)),
+                         -EINVAL);
+        assert_non_null(strstr(reason, "too many chunks in announce"));
+        /* Eight of them are fine (and a full bitmap round-trips). */
+        p = body + snprintf(body, cap, "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":1,\"blobs\":[");
+        for (unsigned i = 0; i < 8; i++)
+                p += snprintf(p, 200, "%s" BLOB(4194304, ",\"present\":[[0,4194304]]"),
+                              i ? "," : "");
+        p += snprintf(p, 8, "]}");
+        assert_int_equal(wire_announce_parse(body, (size_t)(p - body), &a, reason, sizeof(reason)),
+                         0);
+        assert_int_equal(a.nblobs, 8);
+        assert_true(wire_bit(a.blobs[7].present, WIRE_MAX_CHUNKS - 1));
+        wire_announce_free(&a);
+        free(body);
+}
+
+#define LOC(rest)                                                                                  \
+        "{\"digest\":\"sha256:" HEX2 "\",\"size\":40,\"source\":\"" SRC "\",\"chunk_size\":4" rest \
+        "}"
+
+static void test_locate_build_exact(void **state) {
+        uint8_t p1[2] = {0xff, 0x01}, p2[2] = {0x00, 0x02}, known[2] = {0x01, 0x02};
+        struct wire_holder h[2] = {{.node = "10.0.0.3:5001", .present = p1},
+                                   {.node = "10.0.0.4:5001", .present = p2, .fetching = true}};
+        struct digest sha[10];
+        struct wire_locate l = {.size = 40,
+                                .chunk_size = 4,
+                                .nchunks = 10,
+                                .sha = sha,
+                                .sha_known = known,
+                                .nholders = 2,
+                                .holders = h,
+                                .has_claim = true,
+                                .claim_chunk = 9};
+        struct wire_locate back;
+        char *text, reason[256];
+        size_t len;
+
+        (void)state;
+        memset(sha, 0, sizeof(sha));
+        assert_int_equal(digest_from_hex(HEX2, DIGEST_HEX_LEN, &l.digest), 0);
+        assert_int_equal(digest_from_hex(HEX1, DIGEST_HEX_LEN, &sha[0]), 0);
+        assert_int_equal(digest_from_hex(HEX2, DIGEST_HEX_LEN, &sha[9]), 0);
+        snprintf(l.source, sizeof(l.source), "%s", SRC);
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_string_equal(text,
+                            LOC(",\"digests\":[[0,\"" HEX1 "\"],[9,\"" HEX2 "\"]],"
+                                "\"holders\":[{\"node\":\"10.0.0.3:5001\",\"present\":[[0,9]]}],"
+                                "\"fetching\":[{\"node\":\"10.0.0.4:5001\",\"chunks\":[[9,10]]}],"
+                                "\"claim\":{\"chunk\":9,\"granted\":false}"));
+        assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+        assert_true(wire_locate_equal(&l, &back));
+        back.claim_granted = true;
+        assert_false(wire_locate_equal(&l, &back));
+        back.claim_granted = false;
+        back.sha[9].bytes[5] ^= 1;
+        assert_false(wire_locate_equal(&l, &back));
+        back.sha[9].bytes[5] ^= 1;
+        back.sha_known[0] = 0;
+        assert_false(wire_locate_equal(&l, &back));
+        back.sha_known[0] = 1;
+        back.holders[1].present[1] = 0;
+        assert_false(wire_locate_equal(&l, &back));
+        back.holders[1].present[1] = 2;
+        snprintf(back.holders[0].node, sizeof(back.holders[0].node), "10.0.0.9:5001");
+        assert_false(wire_locate_equal(&l, &back));
+        wire_locate_free(&back);
+        wire_locate_free(&back);
+        wire_locate_free(NULL);
+        free(text);
+}
+
+static void test_locate_round_trip(void **state) {
+        static const uint32_t sizes[] = {0, 1, 8, 9, 333};
+        struct wire_holder h[2 * WIRE_MAX_HOLDERS];
+        struct wire_locate l, back;
+        char *text, reason[256] = "";
+        size_t len;
+
+        (void)state;
+        for (size_t s = 0; s < 5; s++) {
+                uint32_t n = sizes[s];
+
+                memset(&l, 0, sizeof(l));
+                set_digest(&l.digest, (uint8_t)s);
+                l.chunk_size = 1u << 20;
+                l.nchunks = n;
+                l.size = (uint64_t)n << 20;
+                snprintf(l.source, sizeof(l.source), "[::1]:5000/a/b");
+                l.sha = calloc(n + 1, sizeof(*l.sha));
+                l.sha_known = calloc(1, n / 8 + 2);
+                for (uint32_t i = 0; i < n; i += 3) {
+                        wire_set_bit(l.sha_known, i);
+                        set_digest(&l.sha[i], (uint8_t)i);
+                }
+                /* Fetching entries first in L: the builder sorts them into their lists. */
+                l.holders = h;
+                l.nholders = 2 * WIRE_MAX_HOLDERS;
+                for (uint32_t i = 0; i < l.nholders; i++) {
+                        h[i].fetching = i < WIRE_MAX_HOLDERS;
+                        snprintf(h[i].node, sizeof(h[i].node), "10.0.%u.%u:5001", i / 256, i % 256);
+                        h[i].present = calloc(1, n / 8 + 2);
+                        fill_pattern(h[i].present, n, (int)(i % 6));
+                }
+                l.has_claim = n > 0;
+                l.claim_chunk = n ? n - 1 : 0;
+                l.claim_granted = s % 2;
+                assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+                assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+                /* Present holders come back first. */
+                assert_int_equal(back.nholders, l.nholders);
+                assert_false(back.holders[0].fetching);
+                assert_true(back.holders[WIRE_MAX_HOLDERS].fetching);
+                {
+                        struct wire_holder sorted[2 * WIRE_MAX_HOLDERS];
+
+                        memcpy(sorted, h + WIRE_MAX_HOLDERS, WIRE_MAX_HOLDERS * sizeof(*h));
+                        memcpy(sorted + WIRE_MAX_HOLDERS, h, WIRE_MAX_HOLDERS * sizeof(*h));
+                        l.holders = sorted;
+                        assert_true(wire_locate_equal(&l, &back));
+                        l.holders = h;
+                }
+                wire_locate_free(&back);
+                free(text);
+
+                /* One more of a kind is refused by the builder. */
+                h[0].fetching = false;
+                h[WIRE_MAX_HOLDERS].fetching = false;
+                snprintf(h[0].node, sizeof(h[0].node), "10.9.9.9:5001");
+                assert_int_equal(wire_locate_build(&l, &text, &len), -EINVAL);
+                for (uint32_t i = 0; i < l.nholders; i++)
+                        free(h[i].present);
+                free(l.sha);
+                free(l.sha_known);
+        }
+}
+
+static void test_locate_build_refuses(void **state) {
+        uint8_t p[2] = {0, 0};
+        struct wire_holder h[2] = {{.node = "10.0.0.3:5001", .present = p},
+                                   {.node = "10.0.0.3:5001", .present = p}};
+        struct wire_locate l = {.size = 40, .chunk_size = 4, .nchunks = 10, .holders = h};
+        char *text = NULL;
+
+        (void)state;
+        snprintf(l.source, sizeof(l.source), "%s", SRC);
+        assert_int_equal(wire_locate_build(&l, &text, NULL), 0); /* no sha_known: none known */
+        free(text);
+        text = NULL;
+        l.nholders = 2; /* the same node twice */
+        assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
+        h[1].fetching = true; /* a holder may also be fetching other chunks */
+        assert_int_equal(wire_locate_build(&l, &text, NULL), 0);
+        free(text);
+        text = NULL;
+        l.has_claim = true;
+        l.claim_chunk = 10;
+        assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
+        l.claim_chunk = 9;
+        l.nchunks = 11;
+        assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
+        l.nchunks = 10;
+        l.size = (uint64_t)INT64_MAX + 1;
+        assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
+        assert_null(text);
+}
+
+static void test_locate_parse(void **state) {
+        struct wire_locate l;
+
+        (void)state;
+        /* The minimum: metadata only. */
+        parse_locate_ok(LOC(""), &l);
+        assert_int_equal(l.nchunks, 10);
+        assert_int_equal(l.nholders, 0);
+        assert_false(l.has_claim);
+        assert_false(wire_bit(l.sha_known, 0));
+        wire_locate_free(&l);
+
+        parse_locate_ok(LOC(",\"holders\":[{\"node\":\"[::1]:5001\",\"present\":[]}],"
+                            "\"fetching\":[{\"node\":\"[::1]:5001\",\"chunks\":[[0,1],[1,2]]}],"
+                            "\"claim\":{\"chunk\":0,\"granted\":true}"),
+                        &l);
+        assert_int_equal(l.nholders, 2);
+        assert_true(l.holders[1].fetching);
+        assert_true(wire_bit(l.holders[1].present, 1));
+        assert_false(wire_bit(l.holders[1].present, 2));
+        assert_true(l.has_claim && l.claim_granted);
+        wire_locate_free(&l);
+}
+
+static void test_locate_parse_rejects(void **state) {
+        char *body, *p;
+
+        (void)state;
+        expect_locate_err("[1]", "not a json object");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\"}", "size");
+        expect_locate_err("{\"size\":1,\"chunk_size\":1,\"source\":\"" SRC "\"}", "digest");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":40,\"source\":\"" SRC "\"}",
+                          "chunk_size");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":40,\"source\":\"" SRC
+                          "\",\"chunk_size\":0}",
+                          "chunk_size");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":4194305,\"source\":\"" SRC
+                          "\",\"chunk_size\":1}",
+                          "too many chunks");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":40,\"chunk_size\":4}",
+                          "source");
+        expect_locate_err(LOC(",\"digests\":[[10,\"" HEX1 "\"]]"), "chunk digest 0");
+        expect_locate_err(LOC(",\"digests\":[[3,\"" HEX1 "\"],[3,\"" HEX1 "\"]]"),
+                          "chunk digest 1");
+        expect_locate_err(LOC(",\"digests\":{}"), "digests");
+        expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":4,\"source\":\"" SRC
+                          "\",\"chunk_size\":4,\"digests\":[[0,\"" HEX1 "\"],[1,\"" HEX1 "\"]]}",
+                          "too many chunk digests");
+        expect_locate_err(LOC(",\"holders\":{}"), "holders");
+        expect_locate_err(LOC(",\"holders\":[1]"), "holders 0");
+        expect_locate_err(LOC(",\"holders\":[{\"present\":[]}]"), "node");
+        expect_locate_err(LOC(",\"holders\":[{\"node\":\"x:1\",\"present\":[]}]"), "node");
+        expect_locate_err(LOC(",\"holders\":[{\"node\":\"10.0.0.3:5001\"}]"), "present");
+        expect_locate_err(LOC(",\"holders\":[{\"node\":\"10.0.0.3:5001\",\"present\":[[0,11]]}]"),
+                          "present");
+        expect_locate_err(LOC(",\"fetching\":[{\"node\":\"10.0.0.3:5001\",\"present\":[[0,1]]}]"),
+                          "chunks");
+        expect_locate_err(LOC(",\"holders\":[{\"node\":\"10.0.0.3:5001\",\"present\":[]},"
+                              "{\"node\":\"10.0.0.3:5001\",\"present\":[[1,2]]}]"),
+                          "duplicate node");
+        expect_locate_err(LOC(",\"claim\":{\"chunk\":10,\"granted\":true}"), "claim");
+        expect_locate_err(LOC(",\"claim\":{\"chunk\":1,\"granted\":1}"), "claim");
+        expect_locate_err(LOC(",\"claim\":{\"granted\":true}"), "claim");
+        expect_locate_err(LOC(",\"claim\":[]"), "claim");
+
+        /* WIRE_MAX_HOLDERS + 1 holders. */
+        body = malloc(16384);
+        assert_non_null(body);
+        p = body + snprintf(body, 16384, "%s", LOC(",\"holders\":["));
+        p--; /* drop the closing brace */
+        for (unsigned i = 0; i <= WIRE_MAX_HOLDERS; i++)
+                p += snprintf(p, 64, "%s{\"node\":\"10.0.0.%u:5001\",\"present\":[]}", i ? "," : "",
+                              i);
+        snprintf(p, 8, "]}");
+        expect_locate_err(body, "too many holders");
+        free(body);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_node_ids),
+                cmocka_unit_test(test_announce_build_exact),
+                cmocka_unit_test(test_announce_parse_example),
+                cmocka_unit_test(test_announce_round_trip),
+                cmocka_unit_test(test_announce_build_refuses),
+                cmocka_unit_test(test_announce_parse_rejects),
+                cmocka_unit_test(test_announce_parse_limits),
+                cmocka_unit_test(test_locate_build_exact),
+                cmocka_unit_test(test_locate_round_trip),
+                cmocka_unit_test(test_locate_build_refuses),
+                cmocka_unit_test(test_locate_parse),
+                cmocka_unit_test(test_locate_parse_rejects),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
