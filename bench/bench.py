@@ -788,8 +788,8 @@ def render(res, mach, ctx, args):
         L.append("| %s | %s | %s | %s | %s | %s | %s |" % (r[0], r[1], r[2], r[3], r[4],
                                                          r[5] or "–", r[6] or "–"))
     L.append("")
-    L.append("Everything: `%s` (as root; about 12 minutes). One item: the command in the "
-             "last column (prints its rows, does not rewrite this file)." % full)
+    L.append("Everything: `%s` (as root; this run took %.0f minutes). One item: the command in the "
+             "last column (prints its rows, does not rewrite this file)." % (full, ctx["elapsed"] / 60))
     L.append("")
     c = res.get("cached")
     if c:

@@ -202,13 +202,15 @@ int main(int argc, char **argv) {
                         uint64_t hits = 0, hot_hits = 0;
                         double t0;
                         if (which == 0) {
-                                size_t max_entries = (size_t)(budget / MiB) * 2 + 4096; /* as engine.c */
+                                size_t max_entries =
+                                        (size_t)(budget / MiB) * 2 + 4096; /* as engine.c */
                                 struct policy *p = policy_new(budget, max_entries);
                                 if (!p)
                                         return 1;
                                 t0 = now();
                                 for (uint64_t i = 0; i < count; i++) {
-                                        int h = s3_access(p, (struct chunk_key){t[i].blob, t[i].idx},
+                                        int h = s3_access(p,
+                                                          (struct chunk_key){t[i].blob, t[i].idx},
                                                           t[i].bytes);
                                         hits += h;
                                         hot_hits += h && t[i].blob < hot_layers;
@@ -222,7 +224,8 @@ int main(int argc, char **argv) {
                                         return 1;
                                 t0 = now();
                                 for (uint64_t i = 0; i < count; i++) {
-                                        int h = lru_access(&l, (struct chunk_key){t[i].blob, t[i].idx},
+                                        int h = lru_access(&l,
+                                                           (struct chunk_key){t[i].blob, t[i].idx},
                                                            t[i].bytes);
                                         hits += h;
                                         hot_hits += h && t[i].blob < hot_layers;

@@ -85,7 +85,9 @@ int main(int argc, char **argv) {
         for (uint32_t l = 0; l < HOT_LAYERS; l++)
                 for (uint64_t off = 0; off < layer_bytes[l]; off += MiB, n++)
                         hot[n] = (struct rec){l, (uint32_t)(off / MiB),
-                                              (uint32_t)(layer_bytes[l] - off < MiB ? layer_bytes[l] - off : MiB)};
+                                              (uint32_t)(layer_bytes[l] - off < MiB
+                                                                 ? layer_bytes[l] - off
+                                                                 : MiB)};
         for (uint32_t i = nhot - 1; i > 0; i--) { /* popularity rank = random permutation */
                 uint32_t j = (uint32_t)(next64() % (i + 1));
                 struct rec t = hot[i];
@@ -114,7 +116,8 @@ int main(int argc, char **argv) {
         uint64_t scans = 0, starts = 0, scan_refs = 0, hot_refs = 0;
         while (count < target) {
                 if (uniform() < P_SCAN) {
-                        uint64_t size = between(SCAN_MIN_MIB * (uint64_t)MiB, SCAN_MAX_MIB * (uint64_t)MiB);
+                        uint64_t size =
+                                between(SCAN_MIN_MIB * (uint64_t)MiB, SCAN_MAX_MIB * (uint64_t)MiB);
                         for (uint64_t off = 0; off < size; off += MiB, count++, scan_refs++)
                                 put((struct rec){next_blob, (uint32_t)(off / MiB),
                                                  (uint32_t)(size - off < MiB ? size - off : MiB)});

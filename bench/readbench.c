@@ -45,7 +45,8 @@ static void die(const char *what, const char *path) {
 int main(int argc, char **argv) {
         if (argc < 4 || (strcmp(argv[1], "seq") && strcmp(argv[1], "rand")) ||
             (!strcmp(argv[1], "rand") && argc < 6)) {
-                fprintf(stderr, "usage: readbench seq PATH BLOCK [random] | rand PATH BLOCK COUNT SEED\n");
+                fprintf(stderr,
+                        "usage: readbench seq PATH BLOCK [random] | rand PATH BLOCK COUNT SEED\n");
                 return 2;
         }
         const char *path = argv[2];
@@ -96,7 +97,8 @@ int main(int argc, char **argv) {
                 for (uint64_t i = 0; i < count; i++) {
                         uint64_t off = splitmix64(&seed) % nblocks * block;
                         for (size_t done = 0; done < block;) {
-                                ssize_t n = pread(fd, buf + done, block - done, (off_t)(off + done));
+                                ssize_t n =
+                                        pread(fd, buf + done, block - done, (off_t)(off + done));
                                 if (n < 0 && errno == EINTR)
                                         continue;
                                 if (n <= 0)

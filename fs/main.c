@@ -53,7 +53,7 @@
 #include "fs/peers.h"
 #include "index/index.h"
 #include "peer/control.h"
-#include "peer/mirror.h"
+#include "fs/mirror.h"
 #include "peer/origin.h"
 #include "util/log.h"
 #include "util/parse.h"

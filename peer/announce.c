@@ -26,6 +26,7 @@
 #define DIRTY_CAP (ANNOUNCE_DIRTY_MAX * 2) /* power of two, load <= 1/2 */
 #define MAX_MEMBERS 4096
 #define MAX_HOMES 16
+#define ANNOUNCE_BATCH_BLOBS 1024 /* blobs per announce request (the wire allows 4096) */
 
 struct dirty {
         struct digest d;
@@ -213,29 +214,47 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
         return 0;
 }
 
+/* Sends BLOBS[0..N) to HOME in as few announces as the wire's bounds allow: a batch too
+ * large to build (-EMSGSIZE: body size or chunk count) is split in two. */
+static int send_batch(struct announcer *a, const char *self, const char *home,
+                      struct wire_blob *blobs, uint32_t n) {
+        if (n > ANNOUNCE_BATCH_BLOBS) {
+                int r1 = send_batch(a, self, home, blobs, ANNOUNCE_BATCH_BLOBS);
+                int r2 = send_batch(a, self, home, blobs + ANNOUNCE_BATCH_BLOBS,
+                                    n - ANNOUNCE_BATCH_BLOBS);
+                return r1 < 0 ? r1 : r2;
+        }
+        struct wire_announce w = {.chunk_size = a->cfg.chunk_size, .nblobs = n, .blobs = blobs};
+        snprintf(w.node, sizeof(w.node), "%s", self);
+        if (strcmp(home, self) == 0) {
+                char reason[128];
+                return dir_apply(a->cfg.dir, &w, now_ms(), reason, sizeof(reason));
+        }
+        char *body = NULL;
+        size_t len = 0;
+        int r = wire_announce_build(&w, &body, &len);
+        if (r == -EMSGSIZE && n > 1) {
+                int r1 = send_batch(a, self, home, blobs, n / 2);
+                int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2);
+                return r1 < 0 ? r1 : r2;
+        }
+        if (r == 0)
+                r = post(a, home, body, len);
+        free(body);
+        pthread_mutex_lock(&a->lock);
+        a->stats.requests++;
+        pthread_mutex_unlock(&a->lock);
+        return r;
+}
+
 static void send_boxes(struct announcer *a, const char *self, struct outbox *boxes, size_t nboxes) {
         for (size_t i = 0; i < nboxes; i++) {
                 struct outbox *o = &boxes[i];
-                struct wire_announce w = {
-                        .chunk_size = a->cfg.chunk_size, .nblobs = o->n, .blobs = o->blobs};
-                snprintf(w.node, sizeof(w.node), "%s", self);
                 int r;
-                if (strcmp(o->home, self) == 0) {
-                        char reason[128];
-                        r = dir_apply(a->cfg.dir, &w, now_ms(), reason, sizeof(reason));
-                } else if (!members_usable(a->cfg.members, o->home)) {
+                if (strcmp(o->home, self) != 0 && !members_usable(a->cfg.members, o->home))
                         r = -EHOSTDOWN; /* the next full refresh after it is back reaches it */
-                } else {
-                        char *body = NULL;
-                        size_t len = 0;
-                        r = wire_announce_build(&w, &body, &len);
-                        if (r == 0)
-                                r = post(a, o->home, body, len);
-                        free(body);
-                        pthread_mutex_lock(&a->lock);
-                        a->stats.requests++;
-                        pthread_mutex_unlock(&a->lock);
-                }
+                else
+                        r = send_batch(a, self, o->home, o->blobs, o->n);
                 pthread_mutex_lock(&a->lock);
                 a->stats.blobs_sent += o->n;
                 if (r < 0)

@@ -238,13 +238,10 @@ def test_registry_down(node):
     assert "connection refused" in msg, msg  # the origin's own error, not the mirror's
 
 
-@pytest.mark.xfail(strict=False, reason="peer fetches are not wired into the daemon yet "
-                                        "(issue 3): B still reads layers from the registry")
 def test_two_nodes_pull_from_peer(build_dir, tmp_path):
     """Node B (its own network namespace, containerd and daemon) pulls every layer from node A;
     the registry serves B only the tag resolution. Each node's containerd talks to its own
-    mirror on 127.0.0.1:5000 inside its namespace. (Written before peer support was wired:
-    everything up to the last assertion runs; B's layer bytes still come from the registry.)"""
+    mirror on 127.0.0.1:5000 inside its namespace."""
     help_text = subprocess.run([os.path.join(build_dir, "p2pblobsd"), "--help"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
     if "--peers" not in help_text:

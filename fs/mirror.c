@@ -1,8 +1,8 @@
 /* The containerd mirror. See mirror.h for the contract.
  *
- * Why here: the mirror is the engine's second front end after fs/fuse.c (HTTP lives only in peer/),
- * so it includes fs/engine.h the way fuse.c does; the engine is part of the core library,
- * FUSE-free.
+ * Why in fs/: the mirror is the engine's second front end after fs/fuse.c, and the peer layer
+ * (peer/) must not depend on the engine. It is the one place outside peer/ that speaks HTTP
+ * itself, because what it serves is the engine's read path, not a protocol of its own.
  *
  * Threads: libmicrohttpd with a thread per connection. A connection's thread blocks only on its own
  * request: a blob read waits for the engine's reply (which the engine guarantees within its fetch
@@ -25,7 +25,7 @@
  *
  * Locks: `lock` protects the manifest index, the tag table and the odd-type table; it is never held
  * across I/O or a call into the engine or the origin. */
-#include "peer/mirror.h"
+#include "fs/mirror.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -533,48 +533,6 @@ static ssize_t blob_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         return (ssize_t)got;
 }
 
-/* "bytes=A-B", "bytes=A-", "bytes=-N" against SIZE. 1 with *START and *LEN for one satisfiable
- * range; 0 when there is no Range header or it is not a single simple range (the whole blob is
- * served, as RFC 9110 allows); -1 when unsatisfiable. */
-static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *len) {
-        if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
-                return 0;
-        const char *p = h + 6;
-        const char *dash = strchr(p, '-');
-        if (!dash)
-                return 0;
-        char a[32], b[32];
-        size_t al = (size_t)(dash - p), bl = strlen(dash + 1);
-        if (al >= sizeof(a) || bl >= sizeof(b))
-                return 0;
-        memcpy(a, p, al);
-        a[al] = '\0';
-        memcpy(b, dash + 1, bl + 1);
-        uint64_t x = 0, y = 0;
-        if (al == 0) { /* suffix: the last N bytes */
-                if (parse_u64(b, 1, UINT64_MAX, &y) < 0)
-                        return 0;
-                if (size == 0)
-                        return -1;
-                *start = y >= size ? 0 : size - y;
-                *len = size - *start;
-                return 1;
-        }
-        if (parse_u64(a, 0, UINT64_MAX, &x) < 0)
-                return 0;
-        if (bl == 0)
-                y = size ? size - 1 : 0;
-        else if (parse_u64(b, 0, UINT64_MAX, &y) < 0 || y < x)
-                return 0;
-        if (x >= size)
-                return -1;
-        if (y >= size)
-                y = size - 1;
-        *start = x;
-        *len = y - x + 1;
-        return 1;
-}
-
 static void free_blob_response(void *cls) {
         free(cls);
 }
@@ -615,7 +573,9 @@ static enum MHD_Result serve_blob(struct mirror *m, struct MHD_Connection *conn,
         }
 
         struct engine_blob_info bi;
-        bool known = engine_find(m->cfg.engine, &d, &bi) == 0;
+        /* Known here, or to a peer (the directory answers in milliseconds): then neither the
+         * origin's health nor its round trip matter. */
+        bool known = engine_lookup(m->cfg.engine, &d, &bi) == 0;
         if (!known && is_down(m, registry)) {
                 log_info("mirror cannot serve blob: its registry is unreachable "
                          "registry=%s digest=sha256:%s",
@@ -643,9 +603,14 @@ static enum MHD_Result serve_blob(struct mirror *m, struct MHD_Connection *conn,
 
         uint64_t start = 0, len = bi.size;
         const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
-        int rr = parse_range(range, bi.size, &start, &len);
+        /* One simple range is honoured; anything else gets the whole blob (RFC 9110). */
+        int rr = range ? parse_http_range(range, bi.size, &start, &len) : -EINVAL;
+        if (rr == -EINVAL) {
+                start = 0;
+                len = bi.size;
+        }
         char cr[96];
-        if (rr < 0) {
+        if (rr == -ERANGE) {
                 struct MHD_Response *resp =
                         MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
                 snprintf(cr, sizeof(cr), "bytes */%" PRIu64, bi.size);
@@ -673,14 +638,14 @@ static enum MHD_Result serve_blob(struct mirror *m, struct MHD_Connection *conn,
         MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
         MHD_add_response_header(resp, "Docker-Content-Digest", dig);
         MHD_add_response_header(resp, "Accept-Ranges", "bytes");
-        if (rr > 0) {
+        if (rr == 0) {
                 snprintf(cr, sizeof(cr), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, start,
                          start + len - 1, bi.size);
                 MHD_add_response_header(resp, "Content-Range", cr);
         }
         log_debug("mirror blob digest=sha256:%s off=%" PRIu64 " len=%" PRIu64 " size=%" PRIu64, hex,
                   start, len, bi.size);
-        return queue(conn, rr > 0 ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);
+        return queue(conn, rr == 0 ? MHD_HTTP_PARTIAL_CONTENT : MHD_HTTP_OK, resp);
 }
 
 /* ---- manifests ------------------------------------------------------------------------------- */
