@@ -419,9 +419,15 @@ def test_five_readers_one_blob(build_dir, net):
         lines.append("  %s: %.1fs origin %d MiB peers %d MiB served %d MiB"
                      % (d.host.name, r.elapsed, st["fetched"]["origin_bytes"] // MiB,
                         st["fetched"]["peer_bytes"] // MiB, st["served"]["peer_bytes"] // MiB))
+    fails = {}
+    for d in nodes:
+        for line in d.log_lines(r"peer transfer failed"):
+            m = re.search(r'why="([^"]*)"', line)
+            fails[m.group(1) if m else "?"] = fails.get(m.group(1) if m else "?", 0) + 1
     print("\n[5 readers] %d MiB blob: registry served %d bytes = %.2fx the blob in %d GETs; "
-          "wall %.1fs\n%s" % (blob.size // MiB, served, served / blob.size, gets, wall,
-                              "\n".join(lines)))
+          "wall %.1fs; failed peer transfers by reason: %s\n%s"
+          % (blob.size // MiB, served, served / blob.size, gets, wall, fails or "none",
+             "\n".join(lines)))
     for d, r in zip(nodes, readers):
         assert (r.digest, r.n) == (blob.digest, blob.size), "%s read wrong bytes" % d.host.name
     assert served < 1.5 * blob.size, \
