@@ -1712,6 +1712,10 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
                         pthread_cond_timedwait(&e->landed_cond, &e->lock, &ts);
                 }
         }
+        if (!buf) { /* only waiting: the caller copies once it holds a buffer */
+                pthread_mutex_unlock(&e->lock);
+                return 0;
+        }
         struct pending pr = {.blob = b, .off = off, .len = len, .first = first, .last = last};
         for (uint32_t i = first; i <= last; i++)
                 pin_for(e, &pr, i);

@@ -139,7 +139,8 @@ int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob
  * Blocks on disk reads and that wait (the peer server's threads, never the FUSE path).
  * 0 and the bytes in BUF; -ENOENT: unknown blob; -ERANGE: a chunk is not here (or did not
  * land in time); -EINVAL: beyond the end; -EIO. When the range is one whole chunk, *RET_SHA
- * gets its recorded sha256 and *RET_SHA_KNOWN says whether there is one. */
+ * gets its recorded sha256 and *RET_SHA_KNOWN says whether there is one. With BUF NULL it
+ * only waits: 0 once the range is present (it may be evicted again before a copy). */
 int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
                  uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known);
 

@@ -160,6 +160,20 @@ static void stream_free(void *cls) {
         atomic_fetch_sub(&serves, 1);
 }
 
+/* X-P2PBlobs-Wait: the asker was told we are fetching this chunk; wait (bounded) until it
+ * lands, holding neither a serve slot nor a buffer, so waiters cannot crowd out answers.
+ * 0 (present, or no wait asked), -ERANGE (did not land). */
+static int wait_for_chunk(struct httpd *h, struct MHD_Connection *conn, const struct digest *d,
+                          uint64_t off, uint64_t len) {
+        uint64_t wait = 0;
+        const char *w = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-P2PBlobs-Wait");
+        if (!w || len > h->ops.chunk_size || parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) < 0 ||
+            wait == 0)
+                return 0;
+        int r = h->ops.blob_read(h->ops.ud, d, off, (size_t)len, wait, NULL, NULL, NULL);
+        return r == -ERANGE ? -ERANGE : 0;
+}
+
 static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                                   const struct digest *d, bool head) {
         uint64_t size;
@@ -197,20 +211,16 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 snprintf(cl, sizeof(cl), "%" PRIu64, len);
                 if (head) /* MHD would say 0 for an empty body */
                         MHD_add_response_header(resp, "Content-Length", cl);
+        } else if (wait_for_chunk(h, conn, d, off, len) == -ERANGE) {
+                return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
         } else if (atomic_fetch_add(&serves, 1) >= HTTPD_MAX_SERVES) {
                 atomic_fetch_sub(&serves, 1);
                 return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask another source\n");
         } else if (len <= h->ops.chunk_size) {
-                uint64_t wait = 0;
-                const char *w =
-                        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-P2PBlobs-Wait");
-                if (w && parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) < 0)
-                        wait = 0;
                 uint8_t *buf = malloc((size_t)len);
                 struct digest sha;
                 bool known = false;
-                int r = buf ? h->ops.blob_read(h->ops.ud, d, off, (size_t)len, wait, buf, &sha,
-                                               &known)
+                int r = buf ? h->ops.blob_read(h->ops.ud, d, off, (size_t)len, 0, buf, &sha, &known)
                             : -ENOMEM;
                 atomic_fetch_sub(&serves, 1);
                 if (r < 0) {

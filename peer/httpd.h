@@ -36,8 +36,8 @@ struct httpd_ops {
         int (*metrics)(void *ud, char **ret, size_t *ret_len);
         /* The peer protocol; each may be NULL (then 404). Same contracts as engine_blob_size,
          * engine_serve, dir_apply (on a parsed body: 0, -EINVAL, -EPROTO) and dir_locate
-         * (a malloc'd JSON answer, or -ENOENT). SERVED counts bytes sent to CLIENT (an
-         * address). */
+         * (a malloc'd JSON answer, or -ENOENT); BLOB_READ with BUF NULL only waits for the
+         * range to be present. SERVED counts bytes sent to CLIENT (an address). */
         int (*blob_size)(void *ud, const struct digest *d, uint64_t *ret_size);
         int (*blob_read)(void *ud, const struct digest *d, uint64_t off, size_t len,
                          uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_known);

@@ -42,6 +42,9 @@
 #define LOCATE_BODY_MAX WIRE_MAX_BODY
 #define URL_MAX 1200
 #define POLL_MS 20              /* stall checks run at least this often */
+#define BUSY_RETRIES 20         /* 503s from one job's peers before moving on */
+#define BUSY_PAUSE_MS 10        /* grows linearly with each retry ... */
+#define BUSY_PAUSE_MAX_MS 200   /* ... up to this */
 #define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
 #define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
 
@@ -72,6 +75,8 @@ struct job {
         unsigned ncand, cand_next;
         struct digest sha; /* expected digest of the chunk */
         bool sha_known;
+        uint64_t not_before_ms; /* a busy peer is asked again, after a pause */
+        unsigned busy_retries;
 };
 
 enum xfer_kind { X_LOCATE, X_CHUNK };
@@ -428,6 +433,11 @@ static void next_candidate(struct source *s, struct job *j) {
         char self[PEER_ID_MAX];
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                 self[0] = '\0';
+        if (now_ms() < j->not_before_ms) {
+                j->next = s->queued;
+                s->queued = j;
+                return;
+        }
         while (j->cand_next < j->ncand) {
                 struct candidate *c = &j->cand[j->cand_next];
                 if (now_ms() >= j->deadline_ms)
@@ -464,6 +474,7 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
         struct job *j = x->job;
         uint64_t now = now_ms();
         const char *why = NULL;
+        char status_why[48];
         bool peer_fault = false;
         if (x->stalled) {
                 why = "stalled";
@@ -471,8 +482,20 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
         } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && x->overflow)) {
                 why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
                 peer_fault = true;
+        } else if (status == 503 && j->busy_retries < BUSY_RETRIES) {
+                /* Busy serving others: it holds the chunk, so ask it again shortly rather
+                 * than move on (the next source may be the origin). */
+                j->busy_retries++;
+                j->cand_next--;
+                uint64_t pause = BUSY_PAUSE_MS * j->busy_retries;
+                j->not_before_ms = now + (pause < BUSY_PAUSE_MAX_MS ? pause : BUSY_PAUSE_MAX_MS);
+                j->next = s->queued;
+                s->queued = j;
+                return;
         } else if (status != 206 && status != 200) {
-                why = status == 416 ? "does not hold it" : "refused";
+                snprintf(status_why, sizeof(status_why), "%s (http %ld)",
+                         status == 416 ? "does not hold it" : "refused", status);
+                why = status_why;
         } else if (x->overflow || x->got != j->len) {
                 why = "short or long answer";
                 peer_fault = true;
@@ -657,7 +680,7 @@ static void *source_main(void *arg) {
                 curl_multi_perform(s->multi, &running);
                 finish_transfers(s);
                 check_stalls(s);
-                if (s->queued && s->active < s->cfg.max_total)
+                if (s->queued)
                         start_queued(s);
                 curl_multi_poll(s->multi, NULL, 0, POLL_MS, NULL);
         }
