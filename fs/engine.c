@@ -1396,7 +1396,7 @@ int engine_load(struct engine *e) {
 }
 
 #define LOOKUP_TIMEOUT_MS 2000 /* a directory query on behalf of a lookup or an add */
-#define UNKNOWN_TTL_MS 2000    /* a digest no peer knew is not asked about again this soon */
+#define UNKNOWN_TTL_MS 500     /* a digest no peer knew is not asked about again this soon */
 
 int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *ret, char *reason,
                size_t reason_len) {
