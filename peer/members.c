@@ -662,7 +662,9 @@ static void *members_main(void *arg) {
                         pthread_mutex_unlock(&m->lock);
                         run_probes(m, wait);
                         pthread_mutex_lock(&m->lock);
-                } else if (wait > 0) {
+                } else if (wait > 0 && !atomic_load(&m->stopping)) {
+                        /* Re-checked under the lock: a stop requested while persist() had
+                         * it released must not be slept through. */
                         timed_wait(m, wait);
                 }
         }
