@@ -160,6 +160,14 @@ static void stream_free(void *cls) {
         atomic_fetch_sub(&serves, 1);
 }
 
+static ssize_t no_body(void *cls, uint64_t pos, char *out, size_t max) {
+        (void)cls;
+        (void)pos;
+        (void)out;
+        (void)max;
+        return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
 /* X-P2PBlobs-Wait: the asker was told we are fetching this chunk; wait (bounded) until it
  * lands, holding neither a serve slot nor a buffer, so waiters cannot crowd out answers.
  * 0 (present, or no wait asked), -ERANGE (did not land). */
@@ -203,14 +211,16 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
         struct MHD_Response *resp;
         char client[64];
         client_addr(conn, client, sizeof(client));
-        if (head || len == 0) {
+        if (head) {
+                /* MHD sends a HEAD response's headers only, with the length it was made with:
+                 * a callback response of the right size whose reader is never called. */
+                resp = MHD_create_response_from_callback(len, 4096, no_body, NULL, NULL);
+                if (!resp)
+                        return MHD_NO;
+        } else if (len == 0) {
                 resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
                 if (!resp)
                         return MHD_NO;
-                char cl[32];
-                snprintf(cl, sizeof(cl), "%" PRIu64, len);
-                if (head) /* MHD would say 0 for an empty body */
-                        MHD_add_response_header(resp, "Content-Length", cl);
         } else if (wait_for_chunk(h, conn, d, off, len) == -ERANGE) {
                 return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
         } else if (atomic_fetch_add(&serves, 1) >= HTTPD_MAX_SERVES) {
@@ -256,8 +266,17 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 }
                 *st = (struct stream){.h = h, .d = *d, .off = off, .end = off + len, .buf = buf};
                 snprintf(st->client, sizeof(st->client), "%s", client);
-                /* A stream of a blob we do not hold whole would fail mid-way: say so now. */
-                if (h->ops.blob_read(h->ops.ud, d, off, 1, 0, buf, NULL, NULL) < 0) {
+                /* A range we do not hold whole would fail mid-way: say so now. (A chunk
+                 * evicted while streaming still cuts the answer short; the asker sees a short
+                 * body, never wrong bytes.) */
+                bool held = true;
+                uint32_t cs = h->ops.chunk_size;
+                for (uint64_t c = off / cs * cs; held && c < off + len; c += cs) {
+                        uint64_t n = size - c < cs ? size - c : cs;
+                        held = h->ops.blob_read(h->ops.ud, d, c, (size_t)n, 0, NULL, NULL, NULL) ==
+                               0;
+                }
+                if (!held) {
                         stream_free(st);
                         return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
                 }
