@@ -15,7 +15,9 @@
 #include "fs/engine.h"
 #include "index/index.h"
 #include "peer/members.h"
+#include "peer/directory.h"
 #include "peer/origin.h"
+#include "peer/source.h"
 #include "util/log.h"
 #include "util/memstat.h"
 #include "util/parse.h"
@@ -92,6 +94,11 @@ static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_l
         add_u64(errors, "store_full_events", es.store_full_events);
         add_u64(errors, "lost_chunks", es.lost_chunks);
         add_u64(errors, "index_write_errors", idx_write_errors(d->ix));
+        struct source_stats ss = {0};
+        if (d->source)
+                source_get_stats(d->source, &ss);
+        add_u64(errors, "peer_failures", ss.peer_failures);
+        add_u64(errors, "peer_corrupt_chunks", ss.peer_corrupt);
 
         uint64_t rss = 0;
         memstat_rss(&rss);
@@ -410,6 +417,25 @@ static int api_metrics(void *ud, char **ret, size_t *ret_len) {
                pt.bytes_from);
         metric(f, "peer_served_bytes_total", "counter", "Chunk bytes served to peers.",
                pt.bytes_to);
+        struct source_stats ss = {0};
+        if (d->source)
+                source_get_stats(d->source, &ss);
+        metric(f, "peer_transfer_failures_total", "counter",
+               "Peer chunk transfers that failed (refused, timed out, stalled, short).",
+               ss.peer_failures);
+        metric(f, "peer_corrupt_chunks_total", "counter",
+               "Chunks from peers that did not match their digest.", ss.peer_corrupt);
+        metric(f, "peer_locates_total", "counter", "Directory queries to homes.", ss.locates);
+        metric(f, "peer_locate_failures_total", "counter", "Directory queries that failed.",
+               ss.locate_failures);
+        metric(f, "origin_claims_total", "counter",
+               "Chunks this node was told to fetch from the origin for the cluster.", ss.claims);
+        struct dir_stats ds = {0};
+        if (d->dir)
+                dir_get_stats(d->dir, &ds);
+        metric(f, "directory_blobs", "gauge", "Blobs this node is a home for.", ds.blobs);
+        metric(f, "directory_holders", "gauge", "Holder records this node keeps as a home.",
+               ds.holders);
         metric(f, "resident_memory_bytes", "gauge", "Daemon RSS.", rss);
         metric(f, "ready", "gauge", "1 while the mount serves.", api_ready(d));
         if (fclose(f) != 0) {

@@ -891,5 +891,4 @@ void source_get_stats(struct source *s, struct source_stats *ret) {
         pthread_mutex_lock(&s->lock);
         *ret = s->stats;
         pthread_mutex_unlock(&s->lock);
-        ret->active = 0; /* the thread's own count; approximate figures are not worth a lock */
 }

@@ -75,6 +75,5 @@ struct source_stats {
         uint64_t locate_failures;
         uint64_t origin_chunks; /* chunks handed to the origin */
         uint64_t claims;        /* chunks this node was told to fetch from the origin */
-        unsigned active;        /* peer transfers running now */
 };
 void source_get_stats(struct source *s, struct source_stats *ret);
