@@ -54,7 +54,9 @@
 #include "index/index.h"
 #include "peer/control.h"
 #include "fs/mirror.h"
+#include "peer/members.h"
 #include "peer/origin.h"
+#include "peer/source.h"
 #include "util/log.h"
 #include "util/parse.h"
 
@@ -157,12 +159,23 @@ static void format_status(struct daemon *d, const char *state, char *buf, size_t
         format_size(es.budget_bytes, budget, sizeof(budget));
         format_size(os.bytes, origin, sizeof(origin));
         uint64_t lookups = es.hits + es.misses;
+        char peers[96] = "peers: none configured";
+        if (d->members) {
+                uint64_t up = 0, known = 0;
+                struct source_stats ss = {0};
+                members_counts(d->members, &up, &known);
+                if (d->source)
+                        source_get_stats(d->source, &ss);
+                char from[32];
+                format_size(ss.peer_bytes, from, sizeof(from));
+                snprintf(peers, sizeof(peers), "peers %" PRIu64 "/%" PRIu64 " up, %s from peers",
+                         up, known, from);
+        }
         snprintf(buf, len,
                  "%s: cache %s of %s, hit ratio %.1f%%, %" PRIu64 " blobs, origin %s in %" PRIu64
-                 " requests (%" PRIu64 " failed), %" PRIu64 " chunks in flight, peers: none "
-                 "configured",
+                 " requests (%" PRIu64 " failed), %" PRIu64 " chunks in flight, %s",
                  state, used, budget, lookups ? 100.0 * (double)es.hits / (double)lookups : 0.0,
-                 es.blobs, origin, os.requests, os.errors, es.inflight_chunks);
+                 es.blobs, origin, os.requests, os.errors, es.inflight_chunks, peers);
 }
 
 /* True when a lookup + opendir of <mountpoint>/blobs is answered by our FUSE loop. Blocks
