@@ -192,14 +192,7 @@ static bool mount_answers(const char *mountpoint) {
 
 /* Waits up to MS or until stopping; returns true when stopping. */
 static bool svc_sleep(struct service *s, uint64_t ms) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += (time_t)(ms / 1000);
-        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, ms);
         pthread_mutex_lock(&s->lock);
         while (!s->stopping && pthread_cond_timedwait(&s->cond, &s->lock, &ts) == 0)
                 ;

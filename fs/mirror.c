@@ -501,13 +501,7 @@ static ssize_t blob_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         engine_read(m->cfg.engine, br->id, br->start + pos, max, &br->stream, on_read, w);
         pthread_mutex_lock(&w->lock);
         while (!w->done && !atomic_load(&m->stopping)) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += WAIT_SLICE_MS * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                        ts.tv_sec++;
-                        ts.tv_nsec -= 1000000000L;
-                }
+                struct timespec ts = deadline_after_ms(CLOCK_REALTIME, WAIT_SLICE_MS);
                 pthread_cond_timedwait(&w->cond, &w->lock, &ts);
         }
         bool done = w->done;

@@ -324,14 +324,7 @@ static void *announce_main(void *arg) {
         struct announcer *a = arg;
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_sec += (time_t)(a->cfg.interval_ms / 1000);
-                ts.tv_nsec += (long)(a->cfg.interval_ms % 1000) * 1000000L;
-                if (ts.tv_nsec >= 1000000000L) {
-                        ts.tv_sec++;
-                        ts.tv_nsec -= 1000000000L;
-                }
+                struct timespec ts = deadline_after_ms(CLOCK_REALTIME, a->cfg.interval_ms);
                 pthread_cond_timedwait(&a->cond, &a->lock, &ts);
                 if (a->stopping)
                         break;

@@ -127,25 +127,11 @@ static void format_id(const char *addr, uint16_t port, char out[PEER_ID_MAX]) {
 
 /* Canonical numeric text of S (brackets accepted) into OUT; -EINVAL when not numeric. */
 static int normalise_addr(const char *s, char out[INET6_ADDRSTRLEN]) {
-        char buf[INET6_ADDRSTRLEN + 2];
-        size_t len = strlen(s);
-        if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
-                s++;
-                len -= 2;
-        }
-        if (len == 0 || len >= sizeof(buf))
+        int family;
+        uint8_t bytes[16];
+        if (parse_ip_literal(s, &family, bytes) < 0)
                 return -EINVAL;
-        memcpy(buf, s, len);
-        buf[len] = '\0';
-        unsigned char bytes[16];
-        if (inet_pton(AF_INET, buf, bytes) == 1)
-                return inet_ntop(AF_INET, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
-        if (inet_pton(AF_INET6, buf, bytes) != 1)
-                return -EINVAL;
-        static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(bytes, v4mapped, sizeof(v4mapped)) == 0) /* a dual-stack socket's v4 peer */
-                return inet_ntop(AF_INET, bytes + 12, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
-        return inet_ntop(AF_INET6, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
+        return inet_ntop(family, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
 }
 
 static int cmp_member(const void *a, const void *b) {
@@ -609,14 +595,7 @@ static void decay(struct members *m) {
 /* ---- the thread -------------------------------------------------------------------------- */
 
 static void timed_wait(struct members *m, uint64_t ms) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += (time_t)(ms / 1000);
-        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-        }
+        struct timespec ts = deadline_after_ms(CLOCK_MONOTONIC, ms);
         pthread_cond_timedwait(&m->wake, &m->lock, &ts);
 }
 

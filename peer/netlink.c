@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "util/log.h"
+#include "util/parse.h"
 
 #define NL_ADDR_MAX 256 /* addresses of up interfaces kept for locality */
 
@@ -83,27 +84,9 @@ static bool prefix_match(const uint8_t *a, const uint8_t *b, size_t len, unsigne
         return (a[whole] & mask) == (b[whole] & mask);
 }
 
-/* Numeric text to family and bytes; brackets around a v6 literal are accepted. */
+/* Numeric text to family and bytes (brackets accepted, v4-mapped v6 is v4). */
 static int parse_addr(const char *s, int *ret_family, uint8_t ret_bytes[16]) {
-        char buf[INET6_ADDRSTRLEN + 2];
-        size_t len = strlen(s);
-        if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
-                s++;
-                len -= 2;
-        }
-        if (len == 0 || len >= sizeof(buf))
-                return -EINVAL;
-        memcpy(buf, s, len);
-        buf[len] = '\0';
-        uint8_t bytes[16] = {0};
-        if (inet_pton(AF_INET, buf, bytes) == 1)
-                *ret_family = AF_INET;
-        else if (inet_pton(AF_INET6, buf, bytes) == 1)
-                *ret_family = AF_INET6;
-        else
-                return -EINVAL;
-        memcpy(ret_bytes, bytes, 16);
-        return 0;
+        return parse_ip_literal(s, ret_family, ret_bytes);
 }
 
 static size_t family_len(int family) {

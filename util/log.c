@@ -32,6 +32,18 @@ uint64_t now_ms(void) {
         return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+struct timespec deadline_after_ms(clockid_t clock, uint64_t ms) {
+        struct timespec ts;
+        clock_gettime(clock, &ts);
+        ts.tv_sec += (time_t)(ms / 1000);
+        ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+        }
+        return ts;
+}
+
 void log_emit(int level, const char *fmt, ...) {
         char line[2048];
         int saved_errno = errno;

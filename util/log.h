@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <time.h>
 
 enum log_level {
         LOG_LVL_ERR = 3,
@@ -50,3 +51,8 @@ bool log_ratelimit_ok(struct log_ratelimit *rl, uint64_t *ret_suppressed);
 
 /* Monotonic milliseconds (CLOCK_MONOTONIC). */
 uint64_t now_ms(void);
+
+/* The time on CLOCK that is MS milliseconds from now: the absolute deadline
+ * pthread_cond_timedwait() wants (CLOCK must be the condition's clock, CLOCK_REALTIME unless it
+ * was set with pthread_condattr_setclock). */
+struct timespec deadline_after_ms(clockid_t clock, uint64_t ms);

@@ -332,3 +332,34 @@ int parse_http_range(const char *s, uint64_t size, uint64_t *ret_off, uint64_t *
         *ret_len = b - a + 1;
         return 0;
 }
+
+int parse_ip_literal(const char *s, int *ret_family, uint8_t ret_bytes[16]) {
+        char buf[INET6_ADDRSTRLEN + 2];
+        if (!s)
+                return -EINVAL;
+        size_t len = strlen(s);
+        if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
+                s++;
+                len -= 2;
+        }
+        if (len == 0 || len >= sizeof(buf))
+                return -EINVAL;
+        memcpy(buf, s, len);
+        buf[len] = '\0';
+        uint8_t bytes[16] = {0};
+        static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        if (inet_pton(AF_INET, buf, bytes) == 1) {
+                *ret_family = AF_INET;
+        } else if (inet_pton(AF_INET6, buf, bytes) == 1) {
+                *ret_family = AF_INET6;
+                if (memcmp(bytes, v4mapped, sizeof(v4mapped)) == 0) {
+                        memmove(bytes, bytes + 12, 4);
+                        memset(bytes + 4, 0, 12);
+                        *ret_family = AF_INET;
+                }
+        } else {
+                return -EINVAL;
+        }
+        memcpy(ret_bytes, bytes, 16);
+        return 0;
+}

@@ -32,3 +32,8 @@ void format_size(uint64_t bytes, char *out, size_t out_len);
  * 0; -EINVAL for a malformed or multi-range value (serve the whole resource or 400);
  * -ERANGE when it cannot be satisfied (A past the end, N = 0: answer 416). */
 int parse_http_range(const char *s, uint64_t size, uint64_t *ret_off, uint64_t *ret_len);
+
+/* A numeric IPv4 or IPv6 address ("10.0.0.2", "fd00::2", "[fd00::2]"). An IPv4-mapped IPv6
+ * address (a dual-stack socket's IPv4 peer) comes back as the IPv4 address it is. *RET_FAMILY
+ * is AF_INET or AF_INET6; RET_BYTES holds 4 or 16 bytes. 0 or -EINVAL (names included). */
+int parse_ip_literal(const char *s, int *ret_family, uint8_t ret_bytes[16]);

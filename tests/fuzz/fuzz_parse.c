@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "util/digest.h"
 #include "util/parse.h"
@@ -55,6 +56,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK(r == 0 || r == -EINVAL || r == -ERANGE);
                 if (r == 0)
                         CHECK(len >= 1 && off < rsize && len <= rsize - off);
+        }
+
+        {
+                int fam = 0;
+                uint8_t ip[16];
+                if (parse_ip_literal(s, &fam, ip) == 0)
+                        CHECK(fam == AF_INET || fam == AF_INET6);
         }
 
         if (size >= 8) {

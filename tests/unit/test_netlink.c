@@ -90,7 +90,7 @@ static void test_classify(void **state) {
                 {"10.0.1.9", NL_LOC_ROUTED},        {"127.0.0.1", NL_LOC_SELF},
                 {"127.1.2.3", NL_LOC_ONLINK},       {"fd00::2", NL_LOC_SELF},
                 {"fd00::abcd", NL_LOC_ONLINK},      {"2001:db8::1", NL_LOC_ROUTED},
-                {"::ffff:10.0.0.9", NL_LOC_ROUTED}, /* mapped v4 is not the v4 prefix */
+                {"::ffff:10.0.0.9", NL_LOC_ONLINK}, /* v4-mapped: the v4 host it names */
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 assert_int_equal(parse_addr(cases[i].addr, &fam, b), 0);

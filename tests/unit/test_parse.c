@@ -1,6 +1,7 @@
 /* Unit tests for util/parse.c: every accepted spelling, every rejection, and that nothing is
  * written to an out-parameter on failure. */
 #include <errno.h>
+#include <sys/socket.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -310,6 +311,29 @@ static void test_range(void **state) {
                          -ERANGE);
 }
 
+static void test_ip_literal(void **state) {
+        (void)state;
+        int fam;
+        uint8_t b[16];
+        assert_int_equal(parse_ip_literal("10.0.0.2", &fam, b), 0);
+        assert_int_equal(fam, AF_INET);
+        assert_int_equal(b[0], 10);
+        assert_int_equal(b[3], 2);
+        assert_int_equal(parse_ip_literal("[fd00::2]", &fam, b), 0);
+        assert_int_equal(fam, AF_INET6);
+        assert_int_equal(b[0], 0xfd);
+        assert_int_equal(b[15], 2);
+        assert_int_equal(parse_ip_literal("::ffff:192.0.2.7", &fam, b), 0); /* v4-mapped */
+        assert_int_equal(fam, AF_INET);
+        assert_int_equal(b[0], 192);
+        assert_int_equal(b[3], 7);
+        assert_int_equal(parse_ip_literal("example.com", &fam, b), -EINVAL);
+        assert_int_equal(parse_ip_literal("", &fam, b), -EINVAL);
+        assert_int_equal(parse_ip_literal("[]", &fam, b), -EINVAL);
+        assert_int_equal(parse_ip_literal("10.0.0.256", &fam, b), -EINVAL);
+        assert_int_equal(parse_ip_literal(NULL, &fam, b), -EINVAL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_size_ok),      cmocka_unit_test(test_size_bad),
@@ -317,6 +341,7 @@ int main(void) {
                 cmocka_unit_test(test_bool),         cmocka_unit_test(test_hostport_ok),
                 cmocka_unit_test(test_hostport_bad), cmocka_unit_test(test_hostport_toolong),
                 cmocka_unit_test(test_format_size),  cmocka_unit_test(test_range),
+                cmocka_unit_test(test_ip_literal),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
