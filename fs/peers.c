@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,9 +32,20 @@ static bool peered(const struct daemon *d) {
         return d->cfg.n_peers > 0 || d->cfg.peer_dns;
 }
 
+/* Netlink thread: our address changed. The membership re-reads it at once; our id changes
+ * with it, which changes the membership's version, so the announcer's next round is a full
+ * announce under the new id (and the old id expires at the homes). */
+static pthread_mutex_t members_lock = PTHREAD_MUTEX_INITIALIZER; /* d->members vs netlink */
+
 static void on_address_change(void *ud) {
-        (void)ud; /* the members thread reads the address afresh; the next round announces it */
+        struct daemon *d = ud;
         log_notice("advertised address changed; announcing again");
+        /* Under the lock: peers_stop() frees the membership only after taking it, so a late
+         * event never reaches a freed one. members_refresh_soon() never blocks. */
+        pthread_mutex_lock(&members_lock);
+        if (d->members)
+                members_refresh_soon(d->members);
+        pthread_mutex_unlock(&members_lock);
 }
 
 int peers_start(struct daemon *d) {
@@ -65,11 +77,15 @@ int peers_start(struct daemon *d) {
                 .advertise = d->cfg.advertise_address,
                 .ix = d->ix,
         };
-        r = members_new(&mc, &d->members);
+        struct members *members = NULL;
+        r = members_new(&mc, &members);
         if (r < 0) {
                 log_err("cannot start membership err=%s", strerror(-r));
                 return r;
         }
+        pthread_mutex_lock(&members_lock);
+        d->members = members;
+        pthread_mutex_unlock(&members_lock);
         struct dir_config dc = {
                 .chunk_size = (uint32_t)d->cfg.chunk_size,
                 .max_blobs = d->cfg.max_blobs,
@@ -247,8 +263,11 @@ void peers_stop_source(struct daemon *d) {
 void peers_stop(struct daemon *d) {
         dir_free(d->dir);
         d->dir = NULL;
-        members_free(d->members);
+        pthread_mutex_lock(&members_lock);
+        struct members *m = d->members;
         d->members = NULL;
+        pthread_mutex_unlock(&members_lock);
+        members_free(m);
         nl_free(d->nl);
         d->nl = NULL;
 }

@@ -106,6 +106,7 @@ struct members {
         bool persist_dirty;      /* lock: changed since the last idx_put_peers */
         uint64_t rng;            /* lock: jitter */
         atomic_bool stopping;    /* read without the lock by the resolver's wait loop */
+        atomic_bool refresh_now; /* the advertised address changed: refresh at once */
         struct log_ratelimit rl; /* up/down lines */
 
         /* The thread's own. */
@@ -607,7 +608,7 @@ static void *members_main(void *arg) {
         pthread_mutex_lock(&m->lock);
         while (!atomic_load(&m->stopping)) {
                 now = now_ms();
-                if (now >= next_refresh) {
+                if (now >= next_refresh || atomic_exchange(&m->refresh_now, false)) {
                         pthread_mutex_unlock(&m->lock);
                         refresh(m);
                         pthread_mutex_lock(&m->lock);
@@ -837,6 +838,14 @@ void members_report_success(struct members *m, const char *id, uint64_t latency_
         pthread_mutex_unlock(&m->lock);
         if (up)
                 log_state(m, id, true, NULL);
+}
+
+void members_refresh_soon(struct members *m) {
+        atomic_store(&m->refresh_now, true);
+        pthread_mutex_lock(&m->lock);
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        curl_multi_wakeup(m->multi); /* the thread may be waiting on probes */
 }
 
 void members_report_failure(struct members *m, const char *id, const char *why) {

@@ -90,5 +90,9 @@ void members_report_served(struct members *m, const char *addr, uint64_t bytes);
 /* A malloc'd snapshot of every member (free() it) and its length. 0 or -ENOMEM. */
 int members_snapshot(struct members *m, struct peer_info **ret, size_t *ret_n);
 
+/* Re-reads our own address and resolves again now rather than at the next refresh (the
+ * advertised address changed). Never blocks. */
+void members_refresh_soon(struct members *m);
+
 /* Up / known, self excluded. */
 void members_counts(struct members *m, uint64_t *ret_up, uint64_t *ret_known);

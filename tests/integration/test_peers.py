@@ -659,3 +659,51 @@ def test_two_subnets_on_link_preferred(build_dir, net):
     assert served == 0
     assert e1.get("bytes_from", 0) >= 0.9 * blob.size, (e1, e2)
     assert e2.get("bytes_from", 0) <= 0.1 * blob.size, (e1, e2)
+
+
+@with_peers
+def test_address_change_is_announced(build_dir, net):
+    """A node without --advertise-address takes the address of its default route's interface
+    (netlink) and, when that address changes, announces what it holds under the new one: a
+    reader that finds it again through DNS reads from it, not from the registry."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    dns = net.dnsmasq(net.add_host("dns", s))
+    blob = harness.make_blob(reg, "renum32", harness.gen_bytes(391, 32 * MiB), repo=REPO)
+    ha, hb = net.add_host("a", s), net.add_host("b", s)
+    dns.set_records(DNS_NAME, [ha, hb])
+    flags = ["--peer-refresh", "1s", "--peer-dns", dns.fqdn(DNS_NAME),
+             "--peer-port", str(PEER_PORT)]
+    a = net.daemon(build_dir, ha, registries=[reg], resolver=dns, extra_args=flags)
+    b = net.daemon(build_dir, hb, registries=[reg], resolver=dns,
+                   extra_args=flags + ["--advertise-address", hb.ip])
+    wait_peers_up([a, b])
+    assert (a.peer(a) or {}).get("self"), "A did not find its own address through netlink"
+    a.add(blob.ref)
+    full_read(a, blob)
+
+    # Renumber A: a new address on eth0, the old one gone, the default route back.
+    old, new = ha.ip, "10.77.%d.200" % s.index
+    ha.run(["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"], check=True)
+    ha.run(["ip", "addr", "add", "%s/%d" % (new, s.prefixlen), "dev", "eth0"], check=True)
+    ha.run(["ip", "addr", "del", "%s/%d" % (old, s.prefixlen), "dev", "eth0"], check=True)
+    ha.run(["ip", "route", "replace", "default", "via", s.router_ip], check=True)
+    ha.ip = new
+    dns.set_records(DNS_NAME, [ha, hb])
+    t0 = time.monotonic()
+    harness.wait_until(lambda: (a.peer(a) or {}).get("self"), 15, interval=0.2,
+                       what="A to take its new address as its id")
+    wait_peers_up([b], others=[a, b], timeout=15)
+    wait_announced(net, [b], a, blob, timeout=10)
+    took = time.monotonic() - t0
+    mark = reg.mark()
+    b.add(blob.ref)
+    full_read(b, blob)
+    served = reg.bytes_served(blob.digest, since=mark)
+    from_a = (b.peer(a) or {}).get("bytes_from", 0)
+    print("\n[renumber] A %s -> %s; B saw it up under the new id and its announce %.1fs later; "
+          "B read %d MiB from A, registry %d bytes" % (old, new, took, from_a // MiB, served))
+    assert served == 0, "registry served %d bytes although A holds the blob" % served
+    assert from_a >= blob.size
+    assert b.peer("%s:%d" % (old, PEER_PORT)) is None or \
+        b.peer("%s:%d" % (old, PEER_PORT))["state"] == "down"
