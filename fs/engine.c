@@ -120,6 +120,11 @@ struct engine {
         pthread_mutex_t lock;       /* see the essay above */
         pthread_cond_t hash_cond;   /* a blob's `hashing` went false */
         pthread_cond_t landed_cond; /* a fetched chunk became present (engine_serve waits) */
+        /* Fetch start vs shutdown: submit() holds it shared while it hands a chunk to the
+         * source or the origin; engine_stop_fetching() takes it exclusively to set
+         * fetch_stopped, after which nothing reaches a source or origin that is being freed. */
+        pthread_rwlock_t fetch_lock;
+        bool fetch_stopped; /* (fetch_lock; read under the engine lock by engine_serve too) */
         /* Digests no peer knew, so repeated lookups of a bad name cost one query: a small
          * ring, entries valid until `until_ms`. */
         struct {
@@ -234,11 +239,23 @@ static void changed(struct engine *e, const struct blob *b, uint32_t idx) {
                 e->cfg.on_change(e->cfg.change_ud, &b->digest, idx);
 }
 
+/* Caller holds lock. B holds no chunk any more: its digests go too, so their memory follows
+ * what is on disk (the budget), not every blob ever read. A refetch from a peer is checked
+ * against the digests the directory carries. */
+static void forget_shas(struct blob *b) {
+        if (b->npresent)
+                return;
+        free(b->chunk_sha);
+        free(b->sha_known);
+        b->chunk_sha = NULL;
+        b->sha_known = NULL;
+}
+
 /* Caller holds lock. Records the sha256 of chunk IDX of B. */
 static void record_sha(struct blob *b, uint32_t idx, const struct digest *sha) {
         if (!b->chunk_sha) {
                 b->chunk_sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*b->chunk_sha));
-                b->sha_known = calloc((size_t)(b->nchunks + 7) / 8 + 1, 1);
+                b->sha_known = calloc(((size_t)b->nchunks + 7) / 8 + 1, 1);
                 if (!b->chunk_sha || !b->sha_known) { /* peers then cannot check it: origin */
                         free(b->chunk_sha);
                         free(b->sha_known);
@@ -470,6 +487,7 @@ static void mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct n
         hash_pin_drop(e, b, idx);
         policy_remove(e->policy, key_of(b, idx));
         note(ns, NOTE_ABSENT, b, idx, false, NULL);
+        forget_shas(b);
         changed(e, b, idx);
 }
 
@@ -481,6 +499,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
         bit_clear(b->unread, k.idx);
         b->npresent--;
         note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
+        forget_shas(b);
         changed(e, b, k.idx);
         int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
         if (r < 0)
@@ -646,6 +665,12 @@ static struct inflight *inflight_get(struct engine *e, struct blob *b, uint32_t 
 static void submit(struct engine *e, struct inflight *f) {
         struct blob *b = f->blob;
         uint64_t deadline = now_ms() + e->cfg.fetch_timeout_ms;
+        pthread_rwlock_rdlock(&e->fetch_lock);
+        if (e->fetch_stopped) {
+                pthread_rwlock_unlock(&e->fetch_lock);
+                on_fetched(f, -ECANCELED, "shutting down", NULL, 0);
+                return;
+        }
         if (e->cfg.source)
                 source_fetch(e->cfg.source, &b->digest, b->size, b->source, f->idx,
                              chunk_off(e, f->idx), chunk_len(e, b, f->idx), deadline, on_fetched,
@@ -653,6 +678,7 @@ static void submit(struct engine *e, struct inflight *f) {
         else
                 origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
                              chunk_len(e, b, f->idx), deadline, on_fetched, f);
+        pthread_rwlock_unlock(&e->fetch_lock);
 }
 
 /* Origin thread: hand the result to a worker. */
@@ -1244,6 +1270,7 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         pthread_mutex_init(&e->lock, NULL);
         pthread_cond_init(&e->hash_cond, NULL);
         pthread_cond_init(&e->landed_cond, NULL);
+        pthread_rwlock_init(&e->fetch_lock, NULL);
         pthread_mutex_init(&e->cq_lock, NULL);
         pthread_cond_init(&e->cq_cond, NULL);
         e->cq_tail = &e->cq_head;
@@ -1316,6 +1343,7 @@ void engine_free(struct engine *e) {
         pthread_mutex_destroy(&e->lock);
         pthread_cond_destroy(&e->hash_cond);
         pthread_cond_destroy(&e->landed_cond);
+        pthread_rwlock_destroy(&e->fetch_lock);
         pthread_mutex_destroy(&e->cq_lock);
         pthread_cond_destroy(&e->cq_cond);
         free(e);
@@ -1357,11 +1385,7 @@ static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool prese
         struct load_ctx *lc = ud;
         struct engine *e = lc->e;
         struct blob *b = find_blob(e, d);
-        if (!b || idx >= b->nchunks)
-                return 0;
-        if (sha)
-                record_sha(b, idx, sha);
-        if (!present || bit_get(b->present, idx))
+        if (!b || idx >= b->nchunks || !present || bit_get(b->present, idx))
                 return 0;
         if (store_probe(e->store, d, chunk_off(e, idx), chunk_len(e, b, idx)) < 0) {
                 lc->lost++;
@@ -1372,6 +1396,8 @@ static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool prese
                 return 0;
         bit_set(b->present, idx);
         b->npresent++;
+        if (sha)
+                record_sha(b, idx, sha);
         lc->kept++;
         return 0;
 }
@@ -1694,21 +1720,14 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
          * fetch on a peer's behalf. */
         for (uint32_t i = first; i <= last; i++) {
                 while (!bit_get(b->present, i)) {
-                        if (!chunk_inflight(b, i) || now_ms() >= deadline) {
+                        if (!chunk_inflight(b, i) || now_ms() >= deadline || e->fetch_stopped) {
                                 pthread_mutex_unlock(&e->lock);
                                 return -ERANGE;
                         }
-                        struct timespec ts;
-                        clock_gettime(CLOCK_REALTIME, &ts);
                         uint64_t left = deadline - now_ms();
                         if (left > 100)
                                 left = 100; /* re-check the deadline and the fetch's fate */
-                        ts.tv_sec += (time_t)(left / 1000);
-                        ts.tv_nsec += (long)(left % 1000) * 1000000L;
-                        if (ts.tv_nsec >= 1000000000L) {
-                                ts.tv_sec++;
-                                ts.tv_nsec -= 1000000000L;
-                        }
+                        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, left);
                         pthread_cond_timedwait(&e->landed_cond, &e->lock, &ts);
                 }
         }
@@ -1760,7 +1779,7 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
                 return -ENOENT;
         }
         struct blob *b = e->blobs[id];
-        size_t map_len = (size_t)(b->nchunks + 7) / 8 + 1;
+        size_t map_len = ((size_t)b->nchunks + 7) / 8 + 1;
         uint32_t ndig = 0;
         if (sha_to >= b->nchunks)
                 sha_to = b->nchunks ? b->nchunks - 1 : 0;
@@ -1842,4 +1861,20 @@ int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_i
                           hex, size, source);
         }
         return 0;
+}
+
+void engine_stop_fetching(struct engine *e) {
+        pthread_rwlock_wrlock(&e->fetch_lock);
+        pthread_mutex_lock(&e->lock);
+        e->fetch_stopped = true;
+        for (uint32_t i = 0; i < e->nblobs; i++)
+                e->blobs[i]->prefetching = false;
+        pthread_cond_broadcast(&e->landed_cond); /* peers waiting in engine_serve give up */
+        pthread_mutex_unlock(&e->lock);
+        pthread_rwlock_unlock(&e->fetch_lock);
+}
+
+void engine_barrier(struct engine *e) {
+        pthread_mutex_lock(&e->lock);
+        pthread_mutex_unlock(&e->lock);
 }

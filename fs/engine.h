@@ -160,6 +160,16 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
  * storm of lookups costs one query. 0 or -ENOENT. */
 int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
 
+/* Shutdown: from now on no chunk fetch reaches the source or the origin (new ones complete
+ * with -ECANCELED at once), prefetches stop, and peers waiting in engine_serve give up. Call
+ * before freeing the source and the origin; reads still queued are answered by their fetches'
+ * completions or by engine_free(). */
+void engine_stop_fetching(struct engine *e);
+
+/* Returns once every call of the change hook that had begun has returned (they all run under
+ * the engine lock). For whoever retires the hook's target. */
+void engine_barrier(struct engine *e);
+
 struct engine_verify_result {
         uint32_t checked; /* present chunks re-hashed */
         uint32_t ok;

@@ -671,8 +671,9 @@ out_unmount:
         d.httpd = NULL;
         control_stop(d.control);
         d.control = NULL;
-        peers_stop_source(&d); /* fails pending peer fetches, before the origin goes */
-        origin_free(d.origin); /* fails pending fetches: their readers get EIO */
+        engine_stop_fetching(d.engine); /* nothing new reaches the source or the origin */
+        peers_stop_source(&d);          /* fails pending peer fetches, before the origin goes */
+        origin_free(d.origin);          /* fails pending fetches: their readers get EIO */
         d.origin = NULL;
         engine_free(d.engine); /* answers every read still queued */
         d.engine = NULL;
@@ -687,6 +688,8 @@ out_control:
         control_stop(d.control);
 out_engine:
         peers_stop_announcer(&d);
+        if (d.engine)
+                engine_stop_fetching(d.engine);
         peers_stop_source(&d);
         engine_free(d.engine);
 out_origin:

@@ -109,6 +109,7 @@ int peers_start(struct daemon *d) {
                 .connect_timeout_ms = d->cfg.peer_connect_timeout_ms,
                 .stall_timeout_ms = d->cfg.peer_stall_timeout_ms,
                 .claim_wait_ms = CLAIM_WAIT_MS,
+                .origin_reserve_ms = d->cfg.fetch_timeout_ms / 2,
                 .max_total = MAX_PEER_TRANSFERS,
                 .max_per_peer = MAX_PER_PEER,
         };
@@ -252,6 +253,10 @@ void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
 
 void peers_stop_announcer(struct daemon *d) {
         struct announcer *a = __atomic_exchange_n(&d->announcer, NULL, __ATOMIC_ACQ_REL);
+        /* The change hook runs under the engine lock: once we have held it, no hook call that
+         * loaded the old pointer is still running. */
+        if (a && d->engine)
+                engine_barrier(d->engine);
         announce_free(a);
 }
 

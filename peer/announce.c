@@ -127,7 +127,7 @@ static int outbox_add(struct outbox *o, const struct wire_blob *b) {
                 o->cap = cap;
         }
         struct wire_blob c = *b;
-        size_t map = (size_t)(b->nchunks + 7) / 8 + 1;
+        size_t map = ((size_t)b->nchunks + 7) / 8 + 1;
         c.present = malloc(map);
         c.sha_idx = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha_idx));
         c.sha = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha));
@@ -157,6 +157,10 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         struct wire_blob b;
         if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, lo, hi, &b) < 0)
                 return;
+        if (b.nchunks > WIRE_MAX_CHUNKS) { /* the wire cannot carry it: it stays unshared */
+                blob_clear(&b);
+                return;
+        }
         size_t pick[MAX_HOMES];
         size_t k = a->cfg.homes < MAX_HOMES ? a->cfg.homes : MAX_HOMES;
         size_t n = rdv_homes(a->id_ptrs, a->nids, &b.digest, k, pick);
@@ -237,6 +241,12 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
                 int r1 = send_batch(a, self, home, blobs, n / 2);
                 int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2);
                 return r1 < 0 ? r1 : r2;
+        }
+        if (r == -EMSGSIZE && blobs[0].ndigests) {
+                /* One blob whose digests alone overflow a body: announce what it holds
+                 * without them (readers then take those chunks from the origin). */
+                blobs[0].ndigests = 0;
+                return send_batch(a, self, home, blobs, 1);
         }
         if (r == 0)
                 r = post(a, home, body, len);

@@ -50,6 +50,7 @@
 #include "util/log.h"
 
 #define DIR_DEFAULT_MAX_CLAIMS 1024
+#define DIR_DEFAULT_MAX_BYTES ((size_t)64 << 20)
 #define DIR_MAX_BUCKETS ((size_t)1 << 22)
 
 struct dir_holder {
@@ -88,10 +89,15 @@ struct directory {
         size_t nbuckets; /* a power of two */
         struct dir_blob *oldest, *newest;
         struct dir_stats stats; /* blobs, holders, claims are current counts */
+        size_t bytes;           /* holder bitmaps and digest arrays, against cfg.max_bytes */
 };
 
 static size_t bitmap_bytes(uint32_t nchunks) {
         return nchunks == 0 ? 1 : ((size_t)nchunks + 7) / 8;
+}
+
+static size_t sha_bytes(uint32_t nchunks) {
+        return (size_t)nchunks * sizeof(struct digest) + bitmap_bytes(nchunks);
 }
 
 static bool live(uint64_t since, uint64_t ttl, uint64_t now) {
@@ -156,6 +162,7 @@ static void order_append(struct directory *dir, struct dir_blob *b) {
 
 static void holder_remove(struct directory *dir, struct dir_blob *b, size_t i) {
         free(b->holders[i].present);
+        dir->bytes -= bitmap_bytes(b->nchunks);
         b->holders[i] = b->holders[--b->nholders];
         dir->stats.holders--;
 }
@@ -178,6 +185,8 @@ static void blob_free(struct directory *dir, struct dir_blob *b) {
         dir->stats.blobs--;
         free(b->holders);
         free(b->claims);
+        if (b->sha)
+                dir->bytes -= sha_bytes(b->nchunks);
         free(b->sha);
         free(b->sha_known);
         free(b);
@@ -214,6 +223,8 @@ int dir_new(const struct dir_config *cfg, struct directory **ret) {
         dir->cfg = *cfg;
         if (dir->cfg.max_claims == 0)
                 dir->cfg.max_claims = DIR_DEFAULT_MAX_CLAIMS;
+        if (dir->cfg.max_bytes == 0)
+                dir->cfg.max_bytes = DIR_DEFAULT_MAX_BYTES;
         want = cfg->max_blobs < DIR_MAX_BUCKETS ? cfg->max_blobs : DIR_MAX_BUCKETS;
         for (dir->nbuckets = 16; dir->nbuckets < want; dir->nbuckets *= 2)
                 ;
@@ -292,10 +303,12 @@ static struct dir_holder *holder_add(struct directory *dir, struct dir_blob *b, 
         snprintf(h->node, sizeof(h->node), "%s", node);
         h->present = present;
         dir->stats.holders++;
+        dir->bytes += bitmap_bytes(b->nchunks);
         return h;
 }
 
-static int record_digests(struct dir_blob *b, const struct wire_blob *wb, const char *node) {
+static int record_digests(struct directory *dir, struct dir_blob *b, const struct wire_blob *wb,
+                          const char *node) {
         for (uint32_t i = 0; i < wb->ndigests; i++) {
                 uint32_t idx = wb->sha_idx[i];
 
@@ -311,17 +324,23 @@ static int record_digests(struct dir_blob *b, const struct wire_blob *wb, const 
                                 b->sha_known = NULL;
                                 return -ENOMEM;
                         }
+                        dir->bytes += sha_bytes(b->nchunks);
                 }
                 if (!wire_bit(b->sha_known, idx)) {
                         b->sha[idx] = wb->sha[i];
                         wire_set_bit(b->sha_known, idx);
                 } else if (!digest_equal(&b->sha[idx], &wb->sha[i])) {
+                        /* Two holders disagree: neither is believed. Readers then take the
+                         * chunk from the origin instead of distrusting honest peers forever on
+                         * the word of whoever spoke first; a later announce may set it again,
+                         * and the whole-blob check decides in the end. */
                         char hex[DIGEST_HEX_LEN + 1];
 
                         digest_to_hex(&b->digest, hex);
                         log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
-                                  " node=%s kept=first",
+                                  " node=%s kept=none",
                                   hex, idx, node);
+                        b->sha_known[idx / 8] &= (uint8_t) ~(1u << (idx % 8));
                 }
         }
         return 0;
@@ -354,7 +373,7 @@ static int apply_blob(struct directory *dir, struct dir_blob *b, const char *nod
                             wire_bit(h->present, b->claims[i].chunk))
                                 claim_remove(dir, b, i);
         }
-        return record_digests(b, wb, node);
+        return record_digests(dir, b, wb, node);
 }
 
 static bool blob_alive(const struct directory *dir, const struct dir_blob *b, uint64_t now) {
@@ -422,6 +441,8 @@ int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now
                 q = b ? apply_blob(dir, b, a->node, wb, now_ms) : -ENOMEM;
                 if (q < 0 && r == 0)
                         r = q;
+                while (dir->bytes > dir->cfg.max_bytes && dir->oldest && dir->oldest != b)
+                        blob_free(dir, dir->oldest);
         }
         pthread_mutex_unlock(&dir->lock);
         return r;
@@ -510,7 +531,17 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
         l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
         if (!l->sha || !l->sha_known || !l->holders)
                 return -ENOMEM;
-        if (b->sha) {
+        /* Asked about one chunk (a reader's miss): only that chunk's digest and the holders
+         * that have it. The answer then costs the same for a 10 GiB blob as for a 10 MiB one;
+         * the whole picture is for lookups (CHUNK < 0). */
+        bool one = chunk >= 0 && (uint64_t)chunk < b->nchunks;
+        if (b->sha && one) {
+                uint32_t c = (uint32_t)chunk;
+                if (wire_bit(b->sha_known, c)) {
+                        l->sha[c] = b->sha[c];
+                        wire_set_bit(l->sha_known, c);
+                }
+        } else if (b->sha) {
                 memcpy(l->sha, b->sha, b->nchunks * sizeof(*b->sha));
                 memcpy(l->sha_known, b->sha_known, bytes);
         }
@@ -519,7 +550,8 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
                 struct wire_holder *w = &l->holders[l->nholders];
 
                 if (!live(h->last_ms, dir->cfg.ttl_ms, now) ||
-                    (claimant && strcmp(h->node, claimant) == 0))
+                    (claimant && strcmp(h->node, claimant) == 0) ||
+                    (one && !wire_bit(h->present, (uint32_t)chunk)))
                         continue;
                 w->present = malloc(bytes);
                 if (!w->present)
@@ -546,7 +578,7 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
                 const struct dir_claim *c = &b->claims[i];
 
                 if (!live(c->since_ms, dir->cfg.claim_ttl_ms, now) ||
-                    (claimant && strcmp(c->node, claimant) == 0))
+                    (claimant && strcmp(c->node, claimant) == 0) || (one && c->chunk != chunk))
                         continue;
                 if (add_fetching(l, nfirst, c) < 0)
                         return -ENOMEM;

@@ -30,6 +30,11 @@ struct dir_config {
         uint64_t ttl_ms;
         uint64_t claim_ttl_ms;
         size_t max_claims; /* per blob; 0: 1024 */
+        /* Bytes of holder bitmaps and chunk digests kept in all (0: 64 MiB). Announces are
+         * unauthenticated and bitmaps are sized by the announced blob, so the count of blobs
+         * alone would not bound memory: past this, the blob whose newest announce is oldest is
+         * dropped, as at max_blobs. */
+        size_t max_bytes;
 };
 
 /* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */

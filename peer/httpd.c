@@ -116,7 +116,8 @@ static int blob_url(const char *url, struct digest *ret) {
         return digest_parse(last, ret) < 0 ? -EINVAL : 0;
 }
 
-static atomic_uint serves; /* blob answers holding a buffer now */
+static atomic_uint serves;  /* blob answers holding a buffer now */
+static atomic_uint waiters; /* askers waiting for a chunk in flight now */
 
 /* Streams a large range a chunk at a time (a client reading a whole blob from a peer). */
 struct stream {
@@ -170,7 +171,7 @@ static ssize_t no_body(void *cls, uint64_t pos, char *out, size_t max) {
 
 /* X-P2PBlobs-Wait: the asker was told we are fetching this chunk; wait (bounded) until it
  * lands, holding neither a serve slot nor a buffer, so waiters cannot crowd out answers.
- * 0 (present, or no wait asked), -ERANGE (did not land). */
+ * 0 (present, or no wait asked), -ERANGE (did not land), -EBUSY (too many waiting). */
 static int wait_for_chunk(struct httpd *h, struct MHD_Connection *conn, const struct digest *d,
                           uint64_t off, uint64_t len) {
         uint64_t wait = 0;
@@ -178,12 +179,18 @@ static int wait_for_chunk(struct httpd *h, struct MHD_Connection *conn, const st
         if (!w || len > h->ops.chunk_size || parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) < 0 ||
             wait == 0)
                 return 0;
+        if (atomic_fetch_add(&waiters, 1) >= HTTPD_MAX_WAITERS) {
+                atomic_fetch_sub(&waiters, 1);
+                return -EBUSY;
+        }
         int r = h->ops.blob_read(h->ops.ud, d, off, (size_t)len, wait, NULL, NULL, NULL);
+        atomic_fetch_sub(&waiters, 1);
         return r == -ERANGE ? -ERANGE : 0;
 }
 
 static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                                   const struct digest *d, bool head) {
+        int wr;
         uint64_t size;
         if (!h->ops.blob_size || h->ops.blob_size(h->ops.ud, d, &size) < 0)
                 return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
@@ -221,7 +228,9 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
                 if (!resp)
                         return MHD_NO;
-        } else if (wait_for_chunk(h, conn, d, off, len) == -ERANGE) {
+        } else if ((wr = wait_for_chunk(h, conn, d, off, len)) < 0) {
+                if (wr == -EBUSY)
+                        return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask again\n");
                 return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
         } else if (atomic_fetch_add(&serves, 1) >= HTTPD_MAX_SERVES) {
                 atomic_fetch_sub(&serves, 1);
@@ -413,8 +422,9 @@ int httpd_start(const char *listen, const struct httpd_ops *ops, struct httpd **
         h->ops = *ops;
         h->mhd = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, &ss,
                                   MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTPD_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_NOTIFY_COMPLETED,
-                                  request_done, NULL, MHD_OPTION_END);
+                                  MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_THREAD_STACK_SIZE,
+                                  (size_t)(256 << 10), MHD_OPTION_NOTIFY_COMPLETED, request_done,
+                                  NULL, MHD_OPTION_END);
         if (!h->mhd) {
                 int r = errno ? -errno : -EADDRINUSE;
                 free(h);

@@ -14,8 +14,9 @@
  *
  * Probes never depend on other nodes, so they cost the same at any cluster size. One thread
  * per connection (blob reads block on the disk and on waits), at most HTTPD_MAX_CONNECTIONS,
- * each with a timeout; at most HTTPD_MAX_SERVES blob answers hold a buffer at once (503
- * beyond: the asker moves to its next source). */
+ * each with a timeout; at most HTTPD_MAX_SERVES blob answers hold a buffer and at most
+ * HTTPD_MAX_WAITERS askers wait for a chunk in flight at once (503 beyond: the asker asks
+ * again shortly), so waiters never crowd out probes, locates and announces. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -23,9 +24,10 @@
 
 #include "util/digest.h"
 
-#define HTTPD_MAX_CONNECTIONS 64
-#define HTTPD_MAX_SERVES 16
-#define HTTPD_MAX_WAIT_MS 10000 /* cap on X-P2PBlobs-Wait */
+#define HTTPD_MAX_CONNECTIONS 256 /* threads with 512 KiB stacks; most wait or idle */
+#define HTTPD_MAX_SERVES 16       /* answers holding a chunk buffer */
+#define HTTPD_MAX_WAITERS 64      /* askers waiting for a chunk in flight (503 beyond) */
+#define HTTPD_MAX_WAIT_MS 10000   /* cap on X-P2PBlobs-Wait */
 
 struct httpd;
 

@@ -179,6 +179,11 @@ static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, s
 static void to_origin(struct source *s, struct job *j) {
         j->phase = PH_ORIGIN;
         stat_add(s, &s->stats.origin_chunks, 1);
+        /* Peers that were slow to fail must not use up the origin's turn: the read fails with
+         * EIO only after the origin, too, had a fair chance (DESIGN §3.4). */
+        uint64_t floor = now_ms() + s->cfg.origin_reserve_ms;
+        if (j->deadline_ms < floor)
+                j->deadline_ms = floor;
         /* The origin client owns the job's callback from here; the job itself is done. */
         origin_fetch(s->cfg.origin, j->origin_source, &j->digest, j->off, j->len, j->deadline_ms,
                      j->done, j->ud);
@@ -345,14 +350,15 @@ static void record_locations(struct source *s, const struct wire_locate *l) {
         for (uint32_t i = 0; i < l->nholders; i++)
                 if (!l->holders[i].fetching)
                         idx_put_location(s->cfg.ix, &l->digest, l->holders[i].node,
-                                         l->holders[i].present, (size_t)(l->nchunks + 7) / 8,
+                                         l->holders[i].present, ((size_t)l->nchunks + 7) / 8,
                                          expires);
 }
 
 /* What a home told us about J's chunk: candidates, in order, and the expected digest. */
 static void use_answer(struct source *s, struct job *j, const struct wire_locate *l,
                        const char *self) {
-        if (l->chunk_size != s->cfg.chunk_size || l->nchunks <= j->idx || l->size != j->size) {
+        if (!digest_equal(&l->digest, &j->digest) || l->chunk_size != s->cfg.chunk_size ||
+            l->nchunks <= j->idx || l->size != j->size) {
                 log_debug("locate answer does not fit blob chunk=%" PRIu32, j->idx);
                 to_origin(s, j);
                 return;
@@ -567,8 +573,11 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
         }
         if (cc != CURLE_OK || x->stalled) {
                 stat_add(s, &s->stats.locate_failures, 1);
-                members_report_failure(s->cfg.members, x->peer,
-                                       x->stalled ? "stalled" : curl_easy_strerror(cc));
+                /* Our own deadline or an answer too large to take is not the home's fault. */
+                bool ours = now_ms() >= j->deadline_ms || cc == CURLE_WRITE_ERROR;
+                if (!ours)
+                        members_report_failure(s->cfg.members, x->peer,
+                                               x->stalled ? "stalled" : curl_easy_strerror(cc));
         }
         next_home(s, j); /* 404: this home does not know it; another may */
 }
@@ -875,7 +884,7 @@ int source_lookup(struct source *s, const struct digest *digest, uint64_t deadli
                 }
                 if (r < 0)
                         continue;
-                bool fits = l.chunk_size == s->cfg.chunk_size;
+                bool fits = l.chunk_size == s->cfg.chunk_size && digest_equal(&l.digest, digest);
                 if (fits) {
                         *ret_size = l.size;
                         snprintf(ret_source, source_len, "%s", l.source);

@@ -44,6 +44,7 @@ struct source_config {
         uint64_t connect_timeout_ms; /* to peers */
         uint64_t stall_timeout_ms;   /* no bytes from a peer this long: next source */
         uint64_t claim_wait_ms;      /* how long a peer may wait for a chunk it is fetching */
+        uint64_t origin_reserve_ms;  /* time the origin always gets, however long peers took */
         unsigned max_total;
         unsigned max_per_peer;
 };

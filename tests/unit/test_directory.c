@@ -481,10 +481,17 @@ static void test_claims(void **state) {
         assert_non_null(find_holder(&l, B, true));
         assert_true(wire_bit(find_holder(&l, B, true)->present, 5));
         assert_false(wire_bit(find_holder(&l, B, true)->present, 4));
+        /* An answer about chunk 5 lists only who has or fetches chunk 5: not A. */
+        assert_null(find_holder(&l, A, false));
+        assert_int_equal(l.nholders, 1);
+        wire_locate_free(&l);
+        /* About chunk 0: A holds it; present holders come before fetching ones. */
+        assert_int_equal(claim(dir, 1, C, 0, 1001, &granted), 0);
+        assert_false(granted);
+        assert_int_equal(dir_locate(dir, &d, C, 0, 1001, &l), 0);
         assert_non_null(find_holder(&l, A, false));
-        /* Present holders first, then fetching ones. */
+        assert_null(find_holder(&l, B, true));
         assert_false(l.holders[0].fetching);
-        assert_true(l.holders[l.nholders - 1].fetching);
         wire_locate_free(&l);
         /* A reader without a claim sees it too. */
         assert_int_equal(locate(dir, 1, 1001, &l), 0);
@@ -611,12 +618,17 @@ static void test_fetching_bound(void **state) {
                 assert_int_equal(claim(dir, 1, node, i, 1000, &granted), 0);
                 assert_true(granted);
         }
+        /* A chunk's answer lists its one claimant, however many claims the blob has. */
         assert_int_equal(dir_locate(dir, &d, C, n - 1, 1001, &l), 0);
         assert_false(l.claim_granted);
-        assert_int_equal(l.nholders, 1 + WIRE_MAX_HOLDERS);
+        assert_int_equal(l.nholders, 1);
         snprintf(node, sizeof(node), "10.1.0.%u:5001", n - 1);
-        assert_string_equal(l.holders[1].node, node);
-        assert_true(l.holders[1].fetching);
+        assert_string_equal(l.holders[0].node, node);
+        assert_true(l.holders[0].fetching);
+        wire_locate_free(&l);
+        /* The whole picture (no chunk asked) is bounded: A and WIRE_MAX_HOLDERS fetching. */
+        assert_int_equal(dir_locate(dir, &d, NULL, -1, 1001, &l), 0);
+        assert_int_equal(l.nholders, 1 + WIRE_MAX_HOLDERS);
         {
                 char *text;
                 size_t len;
@@ -625,6 +637,56 @@ static void test_fetching_bound(void **state) {
                 free(text);
         }
         wire_locate_free(&l);
+        dir_free(dir);
+}
+
+/* Announces a blob of NCHUNKS chunks with chunk 0 present, NODE as holder; the bitmap is
+ * allocated here (the fixed buffers above are for small blobs). */
+static void announce_big(struct directory *dir, const char *node, int blob, uint32_t nchunks,
+                         uint64_t now) {
+        struct wire_announce a = {.chunk_size = CS, .nblobs = 1};
+        struct wire_blob b = {.digest = dg(blob), .nchunks = nchunks};
+        char reason[256];
+
+        snprintf(a.node, sizeof(a.node), "%s", node);
+        snprintf(b.source, sizeof(b.source), "%s", SRC);
+        b.size = (uint64_t)nchunks * CS;
+        b.present = calloc(1, ((size_t)nchunks + 7) / 8);
+        assert_non_null(b.present);
+        wire_set_bit(b.present, 0);
+        a.blobs = &b;
+        assert_int_equal(dir_apply(dir, &a, now, reason, sizeof(reason)), 0);
+        free(b.present);
+}
+
+/* Memory is bounded in bytes, not only in blobs: announces of huge blobs (their bitmaps are
+ * sized by the announced chunk count) push the oldest blob out. */
+static void test_byte_budget(void **state) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 1000,
+                                 .max_holders = 8,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .max_bytes = 300 << 10};
+        struct directory *dir;
+        struct wire_locate l;
+        struct dir_stats st;
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        /* 1 Mi chunks: a 128 KiB bitmap per holder. Two holders of blob 1 fit, ... */
+        announce_big(dir, A, 1, 1u << 20, 1000);
+        announce_big(dir, B, 1, 1u << 20, 1001);
+        assert_int_equal(locate(dir, 1, 1002, &l), 0);
+        wire_locate_free(&l);
+        /* ... a third bitmap, of another blob, does not: blob 1, the oldest, goes. */
+        announce_big(dir, A, 2, 1u << 20, 1003);
+        assert_int_equal(locate(dir, 1, 1004, &l), -ENOENT);
+        assert_int_equal(locate(dir, 2, 1004, &l), 0);
+        wire_locate_free(&l);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 1);
+        assert_int_equal(st.holders, 1);
         dir_free(dir);
 }
 
@@ -693,6 +755,7 @@ int main(void) {
                 cmocka_unit_test(test_claim_keeps_blob_alive),
                 cmocka_unit_test(test_max_claims),
                 cmocka_unit_test(test_fetching_bound),
+                cmocka_unit_test(test_byte_budget),
                 cmocka_unit_test(test_threads),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
