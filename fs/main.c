@@ -665,15 +665,17 @@ int main(int argc, char **argv) {
         notify_status("stopping: flushing the index");
 out_unmount:
         peers_stop_announcer(&d); /* it reads the engine */
-        mirror_stop(d.mirror);    /* it reads the engine and the origin, which go next */
+        /* Nothing new reaches the source or the origin from here, and peers waiting in the
+         * HTTP server for a chunk give up, so stopping the servers does not wait on them. */
+        engine_stop_fetching(d.engine);
+        mirror_stop(d.mirror); /* it reads the engine and the origin, which go next */
         d.mirror = NULL;
         httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
         d.httpd = NULL;
         control_stop(d.control);
         d.control = NULL;
-        engine_stop_fetching(d.engine); /* nothing new reaches the source or the origin */
-        peers_stop_source(&d);          /* fails pending peer fetches, before the origin goes */
-        origin_free(d.origin);          /* fails pending fetches: their readers get EIO */
+        peers_stop_source(&d); /* fails pending peer fetches, before the origin goes */
+        origin_free(d.origin); /* fails pending fetches: their readers get EIO */
         d.origin = NULL;
         engine_free(d.engine); /* answers every read still queued */
         d.engine = NULL;
