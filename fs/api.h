@@ -31,6 +31,7 @@ struct daemon {
         struct engine *engine;
         struct control *control;
         struct fuse_session *se;
+        struct resolver *resolver; /* FUSE lookups of digests other nodes know; NULL alone */
         struct httpd *httpd;
         struct mirror *mirror;
         struct netlink *nl;          /* NULL when netlink is unavailable */

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "fs/engine.h"
+#include "fs/resolver.h"
 #include "util/log.h"
 
 enum { INO_ROOT = 1, INO_BLOBS = 2, INO_SHA256 = 3, INO_BLOB_BASE = 16 };
@@ -63,8 +64,15 @@ static void open_untrack(struct open_blob *ob) {
         pthread_mutex_unlock(&open_lock);
 }
 
+/* One mount per process: the session's userdata points here. */
+struct fs_ctx {
+        struct engine *e;
+        struct resolver *resolver; /* NULL: unknown digests are ENOENT at once */
+};
+static struct fs_ctx fs_ctx;
+
 static struct engine *engine_of(fuse_req_t req) {
-        return fuse_req_userdata(req);
+        return ((struct fs_ctx *)fuse_req_userdata(req))->e;
 }
 
 static void fill_dir(struct stat *st, fuse_ino_t ino) {
@@ -127,7 +135,7 @@ static int do_lookup(struct engine *e, fuse_ino_t parent, const char *name,
         } else if (parent == INO_SHA256) {
                 struct digest d;
                 struct engine_blob_info b;
-                if (digest_from_hex(name, strlen(name), &d) < 0 || engine_lookup(e, &d, &b) < 0)
+                if (digest_from_hex(name, strlen(name), &d) < 0 || engine_find(e, &d, &b) < 0)
                         return -ENOENT;
                 ep->ino = INO_BLOB_BASE + b.id;
                 fill_blob(&ep->attr, &b);
@@ -140,9 +148,34 @@ static int do_lookup(struct engine *e, fuse_ino_t parent, const char *name,
         return 0;
 }
 
+/* A blob's lookup answered by the resolver (maybe from its thread, maybe at once). */
+static void reply_blob_lookup(void *ctx, int err, const struct engine_blob_info *b) {
+        fuse_req_t req = ctx;
+        if (err < 0) {
+                fuse_reply_err(req, err == -EBUSY ? EAGAIN : ENOENT);
+                return;
+        }
+        struct fuse_entry_param ep;
+        memset(&ep, 0, sizeof(ep));
+        ep.ino = INO_BLOB_BASE + b->id;
+        fill_blob(&ep.attr, b);
+        ep.attr_timeout = ep.entry_timeout = ENTRY_TIMEOUT;
+        fuse_reply_entry(req, &ep);
+}
+
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         struct fuse_entry_param ep;
-        int r = do_lookup(engine_of(req), parent, name, &ep);
+        struct fs_ctx *ctx = fuse_req_userdata(req);
+        struct digest d;
+        if (parent == INO_SHA256 && ctx->resolver) {
+                /* A digest other nodes may know: asking them must not hold this thread. */
+                if (digest_from_hex(name, strlen(name), &d) < 0)
+                        fuse_reply_err(req, ENOENT);
+                else
+                        resolver_lookup(ctx->resolver, &d, reply_blob_lookup, req);
+                return;
+        }
+        int r = do_lookup(ctx->e, parent, name, &ep);
         if (r < 0)
                 fuse_reply_err(req, -r);
         else
@@ -363,7 +396,9 @@ static void raise_readahead(const char *mountpoint) {
                         path);
 }
 
-int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret) {
+int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint,
+             struct fuse_session **ret) {
+        fs_ctx = (struct fs_ctx){.e = e, .resolver = resolver};
         int r = recover_stale_mount(mountpoint);
         if (r < 0) {
                 log_err("cannot prepare mountpoint path=%s err=%s", mountpoint, strerror(-r));
@@ -374,7 +409,7 @@ int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret
                         "max_read=1048576",
                         NULL};
         struct fuse_args args = FUSE_ARGS_INIT(3, argv);
-        struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), e);
+        struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), &fs_ctx);
         fuse_opt_free_args(&args);
         if (!se)
                 return -EINVAL;

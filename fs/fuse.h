@@ -7,12 +7,16 @@
 #include <stddef.h>
 
 struct engine;
+struct resolver;
 struct fuse_session;
 
 #define FS_MAX_READ (1u << 20) /* negotiated max read and readahead: 1 MiB */
 
-/* Mounts the tree at MOUNTPOINT (recovering a stale mount left by a crash). 0 or -errno. */
-int fs_mount(struct engine *e, const char *mountpoint, struct fuse_session **ret);
+/* Mounts the tree at MOUNTPOINT (recovering a stale mount left by a crash). Lookups of digests
+ * the engine does not know go to RESOLVER (NULL: ENOENT at once); both must outlive the
+ * session's loop. 0 or -errno. */
+int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint,
+             struct fuse_session **ret);
 
 /* Serves requests until fs_stop(). Returns 0 or -errno. */
 int fs_run(struct fuse_session *se, unsigned max_threads);

@@ -51,6 +51,7 @@
 #include "fs/fuse.h"
 #include "fs/notify.h"
 #include "fs/peers.h"
+#include "fs/resolver.h"
 #include "index/index.h"
 #include "peer/control.h"
 #include "fs/mirror.h"
@@ -611,7 +612,14 @@ int main(int argc, char **argv) {
                                     "--mirror-listen, or off\"",
                                     d.cfg.mirror_listen, strerror(-r));
         }
-        r = fs_mount(d.engine, d.cfg.mountpoint, &d.se);
+        if (d.source) {
+                r = resolver_new(d.engine, 2, 256, &d.resolver);
+                if (r < 0) {
+                        log_err("cannot start the lookup resolver err=%s", strerror(-r));
+                        goto out_control;
+                }
+        }
+        r = fs_mount(d.engine, d.resolver, d.cfg.mountpoint, &d.se);
         if (r < 0) {
                 log_err("cannot mount path=%s err=%s hint=\"is /dev/fuse available and the "
                         "mountpoint free?\"",
@@ -668,6 +676,8 @@ out_unmount:
         /* Nothing new reaches the source or the origin from here, and peers waiting in the
          * HTTP server for a chunk give up, so stopping the servers does not wait on them. */
         engine_stop_fetching(d.engine);
+        resolver_free(d.resolver); /* lookups still asking the peers get ECANCELED */
+        d.resolver = NULL;
         mirror_stop(d.mirror); /* it reads the engine and the origin, which go next */
         d.mirror = NULL;
         httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
@@ -685,6 +695,8 @@ out_unmount:
         if (svc.waker_started)
                 pthread_join(svc.waker, NULL);
 out_control:
+        resolver_free(d.resolver);
+        d.resolver = NULL;
         mirror_stop(d.mirror);
         httpd_stop(d.httpd);
         control_stop(d.control);
