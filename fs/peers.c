@@ -241,11 +241,12 @@ static void op_served(void *ud, const char *client, uint64_t bytes) {
 
 void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
         ops->chunk_size = (uint32_t)d->cfg.chunk_size;
-        /* Any node serves its chunks by digest, peered or not: a plain OCI blob endpoint. */
-        ops->blob_size = op_blob_size;
-        ops->blob_read = op_blob_read;
+        /* Only a node with peers serves its chunks: one running alone has nobody to share
+         * with, and --listen is often 0.0.0.0 (probes), where anyone could read them. */
         if (!peered(d))
                 return;
+        ops->blob_size = op_blob_size;
+        ops->blob_read = op_blob_read;
         ops->announce = op_announce;
         ops->locate = op_locate;
         ops->served = op_served;
