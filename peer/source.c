@@ -76,6 +76,10 @@ struct job {
         struct digest sha; /* expected digest of the chunk */
         bool sha_known;
         uint64_t not_before_ms; /* a busy peer is asked again, after a pause */
+        /* We are one of its homes and knew of no source: the other homes are asked too (a
+         * home that restarted knows nothing until holders announce again), without claiming,
+         * since our own answer already decided who fetches from the origin. */
+        bool probing;
         unsigned busy_retries;
 };
 
@@ -255,9 +259,14 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96], wait[64];
         digest_to_hex(&j->digest, hex);
         if (kind == X_LOCATE) {
-                snprintf(url, sizeof(url),
-                         "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32 "&node=%s", peer, hex,
-                         j->idx, self);
+                if (j->probing)
+                        snprintf(url, sizeof(url),
+                                 "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32, peer, hex,
+                                 j->idx);
+                else
+                        snprintf(url, sizeof(url),
+                                 "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32 "&node=%s",
+                                 peer, hex, j->idx, self);
                 x->stall_ms = x->total_ms = LOCATE_TIMEOUT_MS;
         } else {
                 x->cap = j->len;
@@ -415,10 +424,14 @@ static void next_home(struct source *s, struct job *j) {
                         struct wire_locate l;
                         stat_add(s, &s->stats.locates, 1);
                         int r = dir_locate(s->cfg.dir, &j->digest, self, j->idx, now_ms(), &l);
-                        if (r == 0) {
+                        if (r == 0 && (l.nholders > 0 || j->home_next >= j->nhomes)) {
                                 use_answer(s, j, &l, self);
                                 wire_locate_free(&l);
                                 return;
+                        }
+                        if (r == 0) {
+                                j->probing = true; /* nobody here: maybe elsewhere */
+                                wire_locate_free(&l);
                         }
                         continue; /* we know nothing of it: the next home may */
                 }

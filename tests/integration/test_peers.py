@@ -707,3 +707,58 @@ def test_address_change_is_announced(build_dir, net):
     assert from_a >= blob.size
     assert b.peer("%s:%d" % (old, PEER_PORT)) is None or \
         b.peer("%s:%d" % (old, PEER_PORT))["state"] == "down"
+
+
+M64 = (1 << 64) - 1
+
+
+def _rdv_mix(h, w):
+    z = ((h ^ w) + 0x9e3779b97f4a7c15) & M64
+    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
+    return z ^ (z >> 31)
+
+
+def rdv_score(node_id, digest):
+    """peer/rendezvous.c's rdv_score, to pick test data whose homes are known."""
+    ident, h = node_id.encode(), 0x703270626c6f6273
+    for i in range(0, len(ident), 8):
+        h = _rdv_mix(h, int.from_bytes(ident[i:i + 8], "little"))
+    h = _rdv_mix(h, len(ident))
+    raw = bytes.fromhex(harness.hex_of(digest))
+    for i in range(0, 32, 8):
+        h = _rdv_mix(h, int.from_bytes(raw[i:i + 8], "little"))
+    return h
+
+
+@with_peers
+def test_restarted_home_still_finds_holders(build_dir, net):
+    """A node restarts and reads at once a blob it had registered and is the first home of: it
+    knows the blob but, until holders announce again, not who holds it. It must still find the
+    holder through the other homes, not fetch from the registry (it used to grant itself the
+    chunks and read them all from the origin for up to a refresh interval)."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    ha, hb = net.add_host("a", s), net.add_host("b", s)
+    a_id, b_id = "%s:%d" % (ha.ip, PEER_PORT), "%s:%d" % (hb.ip, PEER_PORT)
+    for seed in range(394, 494):  # data whose first home is B (about one seed in two)
+        data = harness.gen_bytes(seed, 32 * MiB)
+        if rdv_score(b_id, harness.sha256_digest(data)) > rdv_score(a_id,
+                                                                    harness.sha256_digest(data)):
+            break
+    blob = harness.make_blob(reg, "restart32", data, repo=REPO)
+    a, b = start_nodes(net, build_dir, reg, [ha, hb])
+    wait_peers_up([a, b])
+    a.add(blob.ref)
+    full_read(a, blob)
+    b.add(blob.ref)  # registered on B, nothing read
+    wait_announced(net, [a, b], a, blob)
+    b.restart()
+    mark = reg.mark()
+    full_read(b, blob)
+    served = reg.bytes_served(blob.digest, since=mark)
+    from_a = (b.peer(a) or {}).get("bytes_from", 0)
+    print("\n[restart] B (first home) read right after its restart: %d MiB from A, registry %d "
+          "bytes" % (from_a // MiB, served))
+    assert served == 0, "registry served %d bytes although A holds the blob" % served
+    assert from_a >= blob.size
