@@ -12,10 +12,21 @@ alternates between runs, so neither side always goes first on a warm or busy mac
              RSS, working set, store page cache, store on disk, sampled every 0.5 s, plotted to
              bench/memory.png; baseline: curl downloading the same blob to a file in a cgroup
   6 evict    hit ratio of cache/policy.c (S3-FIFO) vs plain LRU on a synthetic trace, 3 budgets
-  3, 4, 7    (peers, swarm, containerd) need peer support: reported as not measured
+  3 peer     node B (its own network namespace) reads a 512 MiB blob that node A holds, through
+             its mount, vs curl of the same blob from A's peer server run in B's namespace
+  4 swarm    2, 4, 8 nodes read one 512 MiB blob at the same moment: registry bytes / blob and
+             the slowest node's time vs one node alone reading it from the registry
+  7 containerd  ctr image pull + ctr run of an image with a 512 MiB layer on node B: direct
+             from the registry vs through B's mirror while peer A holds the image
 
-Run as root (drop_caches, cgroups, FUSE). The reader is bench/readbench.c and the simulator is
-bench/evict_sim.c + bench/evict_trace.c, compiled by bench/run.sh into BUILD/bench/.
+Items 3, 4 and 7 run on tests/integration/netns.py (namespaces, a bridge, a registry on a host
+of its own; every namespace and process is removed at the end, also on failure) and 7 on
+tests/integration/ctrd.py (a private containerd 1.6). A failing item is reported as not
+measured (with the error) and the others go on. BENCH_NODE_LOG=info|debug raises the log level
+of those nodes (their logs are deleted with the work dir; for debugging this script).
+
+Run as root (drop_caches, cgroups, FUSE, namespaces). The reader is bench/readbench.c and the
+simulator is bench/evict_sim.c + bench/evict_trace.c, compiled by bench/run.sh into BUILD/bench/.
 """
 
 import argparse
@@ -41,7 +52,7 @@ import harness  # noqa: E402
 
 MiB = harness.MiB
 GiB = 1024 * MiB
-ITEMS = ("cached", "cold", "memory", "evict")
+ITEMS = ("cached", "cold", "peer", "swarm", "memory", "evict", "containerd")
 
 
 def log(*a):
@@ -153,33 +164,60 @@ class Neighbours:
 
 # ----------------------------------------------------------------------------- blobs
 
-def make_blob(reg, work, repo, size, seed):
-    """SIZE deterministic bytes (AES-128-CTR keystream of zeros, key = SEED), pushed to REG;
-    returns the digest. The local copy is deleted once pushed."""
-    path = os.path.join(work, "blob-%d.bin" % seed)
-    key = "%032x" % seed
+def gen_file(path, size, seed):
+    """SIZE deterministic bytes (AES-128-CTR keystream of zeros, key = SEED) into PATH."""
     with open(path, "wb") as out:
-        p1 = subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-nosalt", "-K", key,
-                               "-iv", "0" * 32, "-in", "/dev/zero"], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
+        p1 = keystream(seed)
         p2 = subprocess.Popen(["head", "-c", str(size)], stdin=p1.stdout, stdout=out)
         p1.stdout.close()
         p2.wait()
         p1.wait()
     assert os.path.getsize(path) == size
-    digest = "sha256:" + sh(["sha256sum", path]).split()[0]
-    st, hd, _ = reg.request("POST", "/v2/%s/blobs/uploads/" % repo,
-                            headers={"Content-Length": "0"})
-    assert st == 202, st
-    u = urllib.parse.urlsplit(hd["Location"])
-    c = http.client.HTTPConnection(reg.host, reg.port, timeout=600)
-    with open(path, "rb") as f:
-        c.request("PUT", "%s?%s&digest=%s" % (u.path, u.query, urllib.parse.quote(digest)),
-                  body=f, headers={"Content-Length": str(size),
-                                   "Content-Type": "application/octet-stream"})
+
+
+def keystream(seed):
+    """openssl writing the endless AES-128-CTR keystream for SEED to its stdout pipe."""
+    return subprocess.Popen(["openssl", "enc", "-aes-128-ctr", "-nosalt", "-K", "%032x" % seed,
+                             "-iv", "0" * 32, "-in", "/dev/zero"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+
+def push_file(reg, repo, path, digest=None):
+    """Monolithic upload of the file PATH to REPO on REG (a harness.Registry, or a
+    netns.NetRegistry: then from a thread inside the registry host's namespace)."""
+    size = os.path.getsize(path)
+    digest = digest or "sha256:" + sh(["sha256sum", path]).split()[0]
+
+    def upload():
+        c = http.client.HTTPConnection(reg.host, reg.port, timeout=600)
+        c.request("POST", "/v2/%s/blobs/uploads/" % repo, headers={"Content-Length": "0"})
         r = c.getresponse()
         r.read()
-        assert r.status == 201, r.status
+        assert r.status == 202, r.status
+        u = urllib.parse.urlsplit(r.headers["Location"])
+        with open(path, "rb") as f:
+            c.request("PUT", "%s?%s%sdigest=%s" % (u.path, u.query, "&" if u.query else "",
+                                                   urllib.parse.quote(digest)),
+                      body=f, headers={"Content-Length": str(size),
+                                       "Content-Type": "application/octet-stream"})
+            r = c.getresponse()
+            r.read()
+            assert r.status == 201, r.status
+        c.close()
+    host = getattr(reg, "host_obj", None)
+    if host is not None:
+        host.call(upload)
+    else:
+        upload()
+    return digest
+
+
+def make_blob(reg, work, repo, size, seed):
+    """SIZE deterministic bytes (AES-128-CTR keystream of zeros, key = SEED), pushed to REG;
+    returns the digest. The local copy is deleted once pushed."""
+    path = os.path.join(work, "blob-%d.bin" % seed)
+    gen_file(path, size, seed)
+    digest = push_file(reg, repo, path)
     os.unlink(path)
     return digest
 
@@ -677,6 +715,429 @@ def bench_evict(ctx):
     return res
 
 
+# ----------------------------------------------------------------------------- 3, 4, 7: nodes
+
+PEER_PORT = 5001
+
+
+def netns_mod():
+    import netns  # tests/integration/netns.py (imported late: it needs root and ip)
+    return netns
+
+
+def new_net(work, name):
+    netns = netns_mod()
+    why = netns.available()
+    if why:
+        raise RuntimeError("network namespaces unavailable: %s" % why)
+    return netns.Net(os.path.join(work, name))
+
+
+def net_node(net, build, host, reg, peers, name, extra=()):
+    """A release p2pblobsd on HOST (its own network namespace) knowing PEERS (hosts, itself
+    among them, as one ConfigMap for all nodes), budget 1G, log level notice. Peer timeouts are
+    the daemon's defaults: what an operator runs."""
+    netns = netns_mod()
+    args = ["--advertise-address", host.ip, "--cache-budget", "1G"]
+    if peers:
+        args += ["--peers", ",".join("%s:%d" % (h.ip, PEER_PORT) for h in peers)]
+    d = netns.NetDaemon(build, os.path.join(net.workdir, name), host, registries=[reg],
+                        log_level=os.environ.get("BENCH_NODE_LOG", "notice"), extra_args=args + list(extra))
+    net.daemons.append(d)  # net.teardown() kills it whatever happens
+    d.start()
+    return d
+
+
+def net_dispose(net, d):
+    try:
+        d.cleanup()
+    finally:
+        if d in net.daemons:
+            net.daemons.remove(d)
+        shutil.rmtree(d.workdir, ignore_errors=True)
+
+
+def wait_peers_up(nodes, others=None, timeout=30):
+    for d in nodes:
+        want = [o.peer_id for o in (others or nodes) if o is not d]
+
+        def ok(d=d, want=want):
+            ps = {p.get("id"): p.get("state") for p in d.peers()}
+            return all(ps.get(w) == "up" for w in want)
+        harness.wait_until(ok, timeout, interval=0.2, what="%s to see its peers up" % d.host.name)
+
+
+def wait_announced(net, nodes, holder, digest, size, timeout=40):
+    """Until the directory of every node of NODES (GET /p2p/v1/locate, peer/wire.h) lists
+    HOLDER with every chunk of DIGEST; returns the seconds waited, or None after TIMEOUT.
+    With 2 nodes every node is a home of every blob (the daemon's default is 3 homes), so
+    this is "B knows that A holds it". A restarted home learns what others hold from their
+    next full refresh (every location-ttl / 3 = 20 s by default); until then a reader on it
+    goes to the origin, which is not the steady state items 3 and 7 measure."""
+    nchunks = (size + MiB - 1) // MiB
+    t0 = time.monotonic()
+
+    def lists(d):
+        try:
+            st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/p2p/v1/locate/" + digest,
+                                    timeout=2)
+            if st != 200:
+                return False
+            for h in json.loads(body).get("holders", []):
+                if h.get("node") == holder.peer_id and \
+                        sum(e - s for s, e in h.get("present") or []) >= nchunks:
+                    return True
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        return False
+    while time.monotonic() - t0 < timeout:
+        if all(lists(d) for d in nodes):
+            return time.monotonic() - t0
+        time.sleep(0.2)
+    log("warning: %s's holding of %s not in every directory after %d s"
+        % (holder.host.name, digest[:19], timeout))
+    return None
+
+
+def wait_verified(d, n=1, timeout=120):
+    harness.wait_until(lambda: d.stat()["blobs_verified"] >= n, timeout, what="verification")
+
+
+def fetched(d):
+    f = d.stat()["fetched"]
+    return f["origin_bytes"], f["peer_bytes"]
+
+
+# ----------------------------------------------------------------------------- 3 peer
+
+def bench_peer(ctx):
+    work, build, tools, reps = ctx["work"], ctx["build"], ctx["tools"], ctx["reps"]
+    size = 512 * MiB
+    repo = "bench/peer"
+    net = new_net(work, "peer-net")
+    res = {"mount_mbs": [], "curl_mbs": [], "mount_ttfb": [], "curl_ttfb": [], "origin": [],
+           "peer_x": [], "announce": []}
+    try:
+        s = net.add_subnet()
+        reg = net.registry(net.add_host("reg", s))
+        ha, hb = net.add_host("a", s), net.add_host("b", s)
+        log("peer: pushing a 512 MiB blob")
+        digest = make_blob(reg, work, repo, size, 14)
+        a = net_node(net, build, ha, reg, [ha, hb], "peer-a")
+        a.add(reg.ref(repo, digest))
+        log("peer: node A reads the blob from the registry")
+        r = readbench(tools, "seq", a.blob_path(digest), MiB)
+        assert int(r["bytes"]) == size, r
+        wait_verified(a)
+        url = "http://%s:%d/v2/%s/blobs/%s" % (ha.ip, PEER_PORT, repo, digest)
+        for i in range(reps):
+            order = ("mount", "curl") if i % 2 == 0 else ("curl", "mount")
+            for side in order:
+                if side == "curl":
+                    out = hb.run(["curl", "-sS", "-o", "/dev/null", "-w",
+                                  "ttfb=%{time_starttransfer} seconds=%{time_total} "
+                                  "bytes=%{size_download}", url], check=True, timeout=300).stdout
+                    r = kv(out)
+                    assert int(r["bytes"]) == size, out
+                    res["curl_mbs"].append(size / r["seconds"] / 1e6)
+                    res["curl_ttfb"].append(r["ttfb"])
+                    continue
+                b = net_node(net, build, hb, reg, [ha, hb], "peer-b-%d" % i)
+                try:
+                    wait_peers_up([a, b])
+                    res["announce"].append(wait_announced(net, [a, b], a, digest, size))
+                    b.add(reg.ref(repo, digest))
+                    mark = reg.mark()
+                    r = readbench(tools, "seq", b.blob_path(digest), MiB)
+                    assert int(r["bytes"]) == size, r
+                    res["mount_mbs"].append(size / r["seconds"] / 1e6)
+                    res["mount_ttfb"].append(r["ttfb"])
+                    res["origin"].append(reg.bytes_served(digest, since=mark))
+                    res["peer_x"].append(fetched(b)[1] / size)
+                finally:
+                    net_dispose(net, b)
+            log("peer run %d: mount %.0f MB/s ttfb %.1f ms, curl %.0f MB/s ttfb %.1f ms; "
+                "registry bytes during B's read %d"
+                % (i + 1, res["mount_mbs"][-1], res["mount_ttfb"][-1] * 1e3,
+                   res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3, res["origin"][-1]))
+    finally:
+        net.teardown()
+    return {"mount_mbs": fig(res["mount_mbs"]), "curl_mbs": fig(res["curl_mbs"]),
+            "ratio": fig([m / c for m, c in zip(res["mount_mbs"], res["curl_mbs"])]),
+            "mount_ttfb": fig(res["mount_ttfb"]), "curl_ttfb": fig(res["curl_ttfb"]),
+            "ttfb_ratio": fig([m / c for m, c in zip(res["mount_ttfb"], res["curl_ttfb"])]),
+            "origin": fig(res["origin"]), "peer_x": fig(res["peer_x"]),
+            "announce": res["announce"]}
+
+
+# ----------------------------------------------------------------------------- 4 swarm
+
+SWARM_SIZES = (2, 4, 8)
+
+
+def timed_reads(tools, paths):
+    """Start one `readbench seq` per path at the same moment; seconds from the common start
+    until each one exits (the time its node took), and what each reported."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([os.path.join(tools, "readbench"), "seq", p, str(MiB)],
+                              stdout=subprocess.PIPE, text=True) for p in paths]
+    done = [None] * len(procs)
+    outs = [None] * len(procs)
+
+    def wait(j):
+        outs[j] = procs[j].communicate()[0]
+        done[j] = time.monotonic() - t0
+    ths = [threading.Thread(target=wait, args=(j,)) for j in range(len(procs))]
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    for p, o in zip(procs, outs):
+        assert p.returncode == 0, o
+    return done, [kv(o) for o in outs]
+
+
+def bench_swarm(ctx):
+    work, build, tools, reps = ctx["work"], ctx["build"], ctx["tools"], ctx["swarm_reps"]
+    sizes = [n for n in SWARM_SIZES if n <= ctx["swarm_max"]]
+    size = 512 * MiB
+    repo = "bench/swarm"
+    net = new_net(work, "swarm-net")
+    runs = []  # per rep: {N: {...}}
+    try:
+        s = net.add_subnet()
+        reg = net.registry(net.add_host("reg", s))
+        hosts = [net.add_host("n%d" % j, s) for j in range(max(sizes))]
+        log("swarm: pushing a 512 MiB blob")
+        digest = make_blob(reg, work, repo, size, 15)
+        ref = reg.ref(repo, digest)
+        for i in range(reps):
+            order = [1] + sizes if i % 2 == 0 else list(reversed(sizes)) + [1]
+            run = {}
+            for n in order:
+                warm_registry_file(reg, digest)
+                nodes = []
+                try:
+                    for j in range(n):
+                        nodes.append(net_node(net, build, hosts[j], reg,
+                                              hosts[:n] if n > 1 else None,
+                                              "swarm-%d-%d-%d" % (i, n, j)))
+                    if n > 1:
+                        wait_peers_up(nodes)
+                    for d in nodes:
+                        d.add(ref)
+                    mark = reg.mark()
+                    times, outs = timed_reads(tools, [d.blob_path(digest) for d in nodes])
+                    for o in outs:
+                        assert int(o["bytes"]) == size, o
+                    served = reg.bytes_served(digest, since=mark)
+                    gets = reg.blob_get_count(digest, since=mark)
+                    per = [fetched(d) for d in nodes]
+                    run[n] = {"times": times, "registry_x": served / size, "gets": gets,
+                              "origin_x": [o / size for o, _p in per],
+                              "peer_x": [p / size for _o, p in per]}
+                    log("swarm run %d, %d node(s): slowest %.1f s, fastest %.1f s, registry "
+                        "%.2fx the blob in %d GETs; per node origin/peer MiB %s"
+                        % (i + 1, n, max(times), min(times), served / size, gets,
+                           " ".join("%d/%d" % (o // MiB, p // MiB) for o, p in per)))
+                finally:
+                    for d in nodes:
+                        net_dispose(net, d)
+            runs.append(run)
+    finally:
+        net.teardown()
+    out = {"single": fig([max(r[1]["times"]) for r in runs]), "sizes": sizes, "n": {}}
+    for n in sizes:
+        out["n"][n] = {
+            "slowest": fig([max(r[n]["times"]) for r in runs]),
+            "fastest": fig([min(r[n]["times"]) for r in runs]),
+            "slow_ratio": fig([max(r[n]["times"]) / max(r[1]["times"]) for r in runs]),
+            "registry_x": fig([r[n]["registry_x"] for r in runs]),
+            "gets": fig([r[n]["gets"] for r in runs]),
+            "agg_mbs": fig([n * size / max(r[n]["times"]) / 1e6 for r in runs]),
+            "max_origin_x": fig([max(r[n]["origin_x"]) for r in runs]),
+        }
+    out["single_registry_x"] = fig([r[1]["registry_x"] for r in runs])
+    return out
+
+
+# ----------------------------------------------------------------------------- 7 containerd
+
+class FileBlob:
+    """A blob on disk that ctrd.push_image can take in place of bytes (it needs len())."""
+
+    def __init__(self, path, digest):
+        self.path, self.digest, self.size = path, digest, os.path.getsize(path)
+
+    def __len__(self):
+        return self.size
+
+
+class StreamingPusher:
+    """ctrd.push_image's registry: FileBlobs are streamed from disk, the rest as usual."""
+
+    def __init__(self, reg):
+        self.reg = reg
+
+    def push_blob(self, repo, data):
+        if isinstance(data, FileBlob):
+            return push_file(self.reg, repo, data.path, data.digest)
+        return self.reg.push_blob(repo, data)
+
+    def push_manifest(self, *a, **kw):
+        return self.reg.push_manifest(*a, **kw)
+
+
+class _HashingWriter:
+    def __init__(self, out):
+        self.out, self.h = out, hashlib.sha256()
+
+    def write(self, b):
+        self.h.update(b)
+        self.out.write(b)
+        return len(b)
+
+
+def big_layer(path, size, seed):
+    """A gzip'ed tar layer (gzip -1 -n, deterministic) of /bin/busybox and data/random.bin
+    (SIZE bytes of AES-CTR keystream, incompressible). Returns (FileBlob, diff_id)."""
+    import ctrd
+    import tarfile
+    with open(path, "wb") as out:
+        gz = subprocess.Popen(["gzip", "-1", "-n", "-c"], stdin=subprocess.PIPE, stdout=out)
+        hw = _HashingWriter(gz.stdin)
+        with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            for d in ("bin", "data"):
+                ti = tarfile.TarInfo(d)
+                ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 0
+                tf.addfile(ti)
+            with open(ctrd.BUSYBOX, "rb") as f:
+                ti = tarfile.TarInfo("bin/busybox")
+                ti.size, ti.mode, ti.mtime = os.fstat(f.fileno()).st_size, 0o755, 0
+                tf.addfile(ti, f)
+            ks = keystream(seed)
+            ti = tarfile.TarInfo("data/random.bin")
+            ti.size, ti.mode, ti.mtime = size, 0o644, 0
+            tf.addfile(ti, ks.stdout)
+            ks.kill()
+            ks.wait()
+        gz.stdin.close()
+        assert gz.wait() == 0
+    digest = "sha256:" + sh(["sha256sum", path]).split()[0]
+    return FileBlob(path, digest), "sha256:" + hw.h.hexdigest()
+
+
+def bench_containerd(ctx):
+    import ctrd
+    work, build, reps = ctx["work"], ctx["build"], ctx["ctrd_reps"]
+    why = ctrd.available()
+    if why:
+        raise RuntimeError("containerd unavailable: %s" % why)
+    size = 512 * MiB
+    repo = "bench/ctrd"
+    net = new_net(work, "ctrd-net")
+    ctrds = []
+
+    def containerd(host, name):
+        # nsenter --net, not `ip netns exec`: that one mounts a fresh /sys, hiding the cgroup
+        # mounts runc needs (as in tests/integration/test_containerd.py).
+        c = ctrd.Containerd(os.path.join(work, name), prefix=["nsenter", "--net=" + host.nspath])
+        ctrds.append(c)
+        return c.start()
+
+    def drop(c):
+        c.stop()
+        ctrds.remove(c)
+        shutil.rmtree(c.workdir, ignore_errors=True)
+
+    def pull_run(c, hosts_dir, cid):
+        mark = reg.mark()
+        r, t_pull = c.pull(ref, hosts_dir, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        t0 = time.monotonic()
+        rr = c.run(ref, cid, "/bin/busybox", "true", timeout=120)
+        t_run = time.monotonic() - t0
+        assert rr.returncode == 0, rr.stdout + rr.stderr
+        reqs = reg.requests()[mark:]
+        layer = sum(q.written for q in reqs if q.method == "GET" and q.path.endswith(
+            "/blobs/" + img["layers"][0]))
+        total = sum(q.written for q in reqs if q.method == "GET")
+        return {"pull": t_pull, "run": t_run, "total": t_pull + t_run, "layer_bytes": layer,
+                "registry_bytes": total, "requests": len(reqs)}
+
+    res = {"direct": [], "mirror": [], "announce": []}
+    try:
+        s = net.add_subnet()
+        reg = net.registry(net.add_host("reg", s))
+        ha, hb = net.add_host("a", s), net.add_host("b", s)
+        log("containerd: building a 512 MiB layer (busybox + 512 MiB of random data, gzip -1)")
+        layer, diff = big_layer(os.path.join(work, "layer.tar.gz"), size, 16)
+        img = ctrd.push_image(StreamingPusher(reg), repo, "v1", [(layer, diff)])
+        os.unlink(layer.path)
+        ref = "%s/%s:v1" % (reg.hostport, repo)
+        blobctl = os.path.join(build, "blobctl")
+        hosts_mirror = ctrd.write_hosts(blobctl, os.path.join(work, "hosts-mirror"),
+                                        reg.hostport, "127.0.0.1:5000")
+        hosts_direct = os.path.join(work, "hosts-direct")
+        os.makedirs(os.path.join(hosts_direct, reg.hostport))
+        with open(os.path.join(hosts_direct, reg.hostport, "hosts.toml"), "w") as f:
+            # (containerd 1.6 refuses a hosts.toml with no [host] table: "invalid host tree")
+            f.write('server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", '
+                    '"resolve"]\n' % (reg.hostport, reg.hostport))
+        mirror = ["--mirror-listen", "127.0.0.1:5000"]
+        a = net_node(net, build, ha, reg, [ha, hb], "ctrd-node-a", mirror)
+        log("containerd: node A pulls the image through its mirror (so that A holds it)")
+        ca = containerd(ha, "ctrd-a")
+        first = pull_run(ca, hosts_mirror, "bench-a")
+        drop(ca)
+        wait_verified(a)
+        res["a_first"] = first
+        for i in range(reps):
+            order = ("direct", "mirror") if i % 2 == 0 else ("mirror", "direct")
+            for side in order:
+                b = None
+                try:
+                    if side == "mirror":
+                        b = net_node(net, build, hb, reg, [ha, hb], "ctrd-node-b-%d" % i, mirror)
+                        wait_peers_up([a, b])
+                        res["announce"].append(wait_announced(net, [a, b], a, img["layers"][0],
+                                                              img["layer_bytes"]))
+                    c = containerd(hb, "ctrd-b-%s-%d" % (side, i))
+                    try:
+                        r = pull_run(c, hosts_mirror if side == "mirror" else hosts_direct,
+                                     "bench-%s-%d" % (side, i))
+                        if b is not None:
+                            r["b_origin"], r["b_peer"] = fetched(b)
+                    finally:
+                        drop(c)
+                finally:
+                    if b is not None:
+                        net_dispose(net, b)
+                res[side].append(r)
+            d, m = res["direct"][-1], res["mirror"][-1]
+            log("containerd run %d: direct pull %.1f s + run %.1f s, registry %d MiB; mirror "
+                "pull %.1f s + run %.1f s, registry %d MiB (layer %d)"
+                % (i + 1, d["pull"], d["run"], d["registry_bytes"] // MiB, m["pull"], m["run"],
+                   m["registry_bytes"] // MiB, m["layer_bytes"]))
+    finally:
+        for c in list(ctrds):
+            try:
+                drop(c)
+            except Exception as e:  # noqa: BLE001  (teardown goes on)
+                log("warning: containerd stop:", e)
+        net.teardown()
+    out = {"layer_size": img["layer_bytes"], "a_first": res["a_first"],
+           "announce": res["announce"]}
+    for side in ("direct", "mirror"):
+        for k in ("pull", "run", "total", "layer_bytes", "registry_bytes"):
+            out[side + "_" + k] = fig([r[k] for r in res[side]])
+    out["mirror_b_peer"] = fig([r["b_peer"] for r in res["mirror"]])
+    out["mirror_b_origin"] = fig([r["b_origin"] for r in res["mirror"]])
+    out["ratio"] = fig([m["total"] / d["total"] for m, d in zip(res["mirror"], res["direct"])])
+    out["pull_ratio"] = fig([m["pull"] / d["pull"] for m, d in zip(res["mirror"], res["direct"])])
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
 def mm(f, fmt="%.0f", scale=1.0):
@@ -707,10 +1168,36 @@ def rows_for(res, cmd):
         rows.append(("2 cold", "time to first byte (ms; lower is better)",
                      mm(c["mount_ttfb"], "%.1f", 1e3), mm(c["curl_ttfb"], "%.1f", 1e3) + " curl",
                      mm(c["ttfb_ratio"], "%.1f"), c["ttfb_ratio"]["n"], cmd("cold")))
-    for n, what in ((3, "cold reads from a peer vs curl from the peer"),
-                    (4, "swarm of 2/4/8 nodes: registry bytes / blob, slowest / single node")):
-        rows.append(("%d %s" % (n, "peer" if n == 3 else "swarm"), what,
-                     "not measured in this run: needs peer support", "", "", 0, ""))
+    c = res.get("peer")
+    if c and "error" in c:
+        rows.append(("3 peer", "cold reads from a peer vs curl from the peer",
+                     "not measured in this run: " + c["error"], "", "", 0, cmd("peer")))
+    elif c:
+        rows.append(("3 peer", "512 MiB blob, cold cache on node B, which peer A holds "
+                     "(MB/s)", mm(c["mount_mbs"]), mm(c["curl_mbs"]) + " curl from A's peer "
+                     "server, in B's namespace", mm(c["ratio"], "%.2f"), c["ratio"]["n"],
+                     cmd("peer")))
+        rows.append(("3 peer", "time to first byte (ms; lower is better)",
+                     mm(c["mount_ttfb"], "%.1f", 1e3),
+                     mm(c["curl_ttfb"], "%.1f", 1e3) + " curl", mm(c["ttfb_ratio"], "%.1f"),
+                     c["ttfb_ratio"]["n"], cmd("peer")))
+    c = res.get("swarm")
+    if c and "error" in c:
+        rows.append(("4 swarm", "swarm of 2/4/8 nodes: registry bytes / blob, slowest / single "
+                     "node", "not measured in this run: " + c["error"], "", "", 0,
+                     cmd("swarm")))
+    elif c:
+        for n in c["sizes"]:
+            e = c["n"][n]
+            rows.append(("4 swarm", "%d nodes read one 512 MiB blob at once: registry bytes / "
+                         "blob size (lower is better)" % n, mm(e["registry_x"], "%.2f"),
+                         "%d.00 (%d nodes without peers; one node alone: %s)"
+                         % (n, n, mm(c["single_registry_x"], "%.2f")),
+                         mm(e["registry_x"], "%.2f"), e["registry_x"]["n"], cmd("swarm")))
+            rows.append(("4 swarm", "  %d nodes: slowest node's read (s; lower is better)" % n,
+                         mm(e["slowest"], "%.1f"),
+                         mm(c["single"], "%.1f") + " one node alone, from the registry",
+                         mm(e["slow_ratio"], "%.2f"), e["slow_ratio"]["n"], cmd("swarm")))
     c = res.get("memory")
     if c:
         rows.append(("5 memory", "stream 2 GiB through a 256 MiB budget: peak cgroup working "
@@ -741,10 +1228,154 @@ def rows_for(res, cmd):
                          " (infinite cache: %.3f)" % (b, c["infinite"]["median"]),
                          mm(e["s3"], "%.3f") + " S3-FIFO", mm(e["lru"], "%.3f") + " LRU",
                          mm(e["ratio"], "%.2f"), e["ratio"]["n"], cmd("evict")))
-    rows.append(("7 containerd", "ctr pull + run, 512 MiB layer, direct vs mirror with a peer",
-                 "not measured in this run: needs peer support (and the containerd mirror)",
-                 "", "", 0, ""))
+    c = res.get("containerd")
+    if c and "error" in c:
+        rows.append(("7 containerd", "ctr pull + run, 512 MiB layer, direct vs mirror with a "
+                     "peer", "not measured in this run: " + c["error"], "", "", 0,
+                     cmd("containerd")))
+    elif c:
+        rows.append(("7 containerd", "`ctr image pull` + `ctr run … busybox true`, image with a "
+                     "%d MiB layer, on node B (s; lower is better)" % (c["layer_size"] // MiB),
+                     mm(c["mirror_total"], "%.1f") + " B's mirror, peer A holds the image",
+                     mm(c["direct_total"], "%.1f") + " containerd direct from the registry",
+                     mm(c["ratio"], "%.2f"), c["ratio"]["n"], cmd("containerd")))
+        rows.append(("7 containerd", "  `ctr image pull` alone (s)",
+                     mm(c["mirror_pull"], "%.1f"), mm(c["direct_pull"], "%.1f") + " direct",
+                     mm(c["pull_ratio"], "%.2f"), c["pull_ratio"]["n"], cmd("containerd")))
+        rows.append(("7 containerd", "  registry bytes served during pull + run (MiB; lower "
+                     "is better)", mm(c["mirror_registry_bytes"], "%.2f", 1 / MiB),
+                     mm(c["direct_registry_bytes"], "%.0f", 1 / MiB) + " direct",
+                     mm(fig([m / d for m, d in zip(c["mirror_registry_bytes"]["runs"],
+                                                   c["direct_registry_bytes"]["runs"])]),
+                        "%.4f"), c["ratio"]["n"], cmd("containerd")))
     return rows
+
+
+NET_WHAT = ("The multi-node items run on the project's own test net "
+            "(tests/integration/netns.py): one network namespace per node and one for the "
+            "registry (Debian's `docker-registry`), all on one bridge (10.77.1.0/24, one "
+            "subnet: every peer is on-link), veth pairs, no shaping. Every node is the release "
+            "`p2pblobsd` started with `--advertise-address IP --peers IP:5001,...` (the same "
+            "list on every node, itself included), `--cache-budget 1G` and the daemon's default "
+            "peer timeouts; its mount lives in its own mount namespace and is read through "
+            "`/proc/<pid>/root/<mountpoint>` by `bench/readbench seq` (1 MiB `read()`s). "
+            "Registry bytes are counted from the registry's own log (body bytes written per "
+            "GET), not from the daemons' statistics. All of this runs on the same 2 cores: "
+            "every node, the registry, the kernel's bridge and the readers.")
+
+
+def announce_note(waits):
+    ok = [w for w in waits if w is not None]
+    txt = ("Before each timed read on a fresh B, the bench waits (untimed) until both nodes' "
+           "directories list A as holding every chunk (`GET /p2p/v1/locate/<digest>`): with "
+           "2 nodes both are homes of every blob, and a restarted home learns what A holds "
+           "only from A's next full refresh (every location-ttl / 3 = 20 s by default); a "
+           "read started before that goes to the origin (seen while writing this bench: 476 "
+           "of 513 MiB from the registry). This measures the steady state, B up and informed.")
+    if ok:
+        txt += " Waited %s s." % mm(fig(ok), "%.1f")
+    if len(ok) < len(waits):
+        txt += " **%d of %d waits timed out (40 s)**: those runs may include origin reads." % (
+            len(waits) - len(ok), len(waits))
+    return txt
+
+
+def net_sections(res, items):
+    L = []
+    for item in items:
+        c = res.get(item)
+        title = {"peer": "## 3. Cold reads from a peer", "swarm": "## 4. Swarm",
+                 "containerd": "## 7. containerd"}[item]
+        L += [title, ""]
+        if not c:
+            L += ["Not measured in this run.", ""]
+            continue
+        if "error" in c:
+            L += ["Not measured in this run: %s." % c["error"], ""]
+            continue
+        if item == "peer":
+            L += [NET_WHAT, "",
+                  "Node A (its own namespace) reads a 512 MiB blob from the registry through "
+                  "its mount once (verified). Then, %d times, in alternating order: a fresh "
+                  "node B (new state dir) on another namespace of the same subnet, `blobctl add` "
+                  "(a HEAD to the registry, not timed), one sequential pass through B's mount, "
+                  "timed from `open()`, time to first byte = `open()` until the first 4 KiB "
+                  "`read()` returns; and the baseline, `curl -sS -o /dev/null "
+                  "http://A:5001/v2/bench/peer/blobs/sha256:<hex>` (A's peer server, which "
+                  "serves whole held blobs) run in B's namespace (`ip netns exec`; "
+                  "`%%{time_starttransfer}`, `%%{time_total}`). Both sides read A's store file "
+                  "through A's daemon, which drops the store's pages after each read, so "
+                  "neither warms the other's page cache. Registry bytes served during B's reads: "
+                  "%s; B's bytes from peers / blob: %s. %s"
+                  % (c["ratio"]["n"], mm(c["origin"], "%.0f"), mm(c["peer_x"], "%.3f"),
+                     announce_note(c["announce"])), ""]
+        elif item == "swarm":
+            L += [NET_WHAT, "",
+                  "Each run, for one node alone (no peers) and then swarms of %s nodes "
+                  "(reverse order on alternate runs): fresh daemons (new state dirs) on hosts "
+                  "n0…n<N-1>, each listing the N swarm members as peers; wait until every node "
+                  "sees every other up; `blobctl add` on each (HEADs, not timed); then one "
+                  "`bench/readbench seq` per node started at the same moment. A node's time = "
+                  "from that common start until its reader exits; the figure is the slowest "
+                  "node's. The registry's blob file is read into the page cache before each "
+                  "swarm. %d runs; blob 512 MiB." % (", ".join(map(str, c["sizes"])),
+                                                    c["single"]["n"]), "",
+                  "| nodes | registry bytes / blob | GETs of the blob | slowest node (s) | "
+                  "fastest node (s) | slowest / one node alone | most any node took from the "
+                  "registry (× blob) | bytes read by all nodes / slowest time (MB/s) |",
+                  "|---|---|---|---|---|---|---|---|",
+                  "| 1 | %s | – | %s | – | 1 | %s | %s |"
+                  % (mm(c["single_registry_x"], "%.2f"), mm(c["single"], "%.1f"),
+                     mm(c["single_registry_x"], "%.2f"),
+                     mm(fig([512 * MiB / t / 1e6 for t in c["single"]["runs"]])))]
+            for n in c["sizes"]:
+                e = c["n"][n]
+                L.append("| %d | %s | %s | %s | %s | %s | %s | %s |"
+                         % (n, mm(e["registry_x"], "%.2f"), mm(e["gets"]),
+                            mm(e["slowest"], "%.1f"), mm(e["fastest"], "%.1f"),
+                            mm(e["slow_ratio"], "%.2f"), mm(e["max_origin_x"], "%.2f"),
+                            mm(e["agg_mbs"])))
+            L.append("")
+        elif item == "containerd":
+            a = c["a_first"]
+            L += [NET_WHAT, "",
+                  "The image: one gzip'ed layer (`gzip -1 -n`, %d MiB: `/bin/busybox` from "
+                  "Debian's busybox-static and `data/random.bin`, 512 MiB of AES-CTR keystream, "
+                  "incompressible), an OCI config and manifest, pushed to the registry host. "
+                  "Each node's containerd is Debian's containerd 1.6 with a root, state and "
+                  "socket of its own (tests/integration/ctrd.py), run in the node's network "
+                  "namespace (`nsenter --net`), overlayfs snapshotter. Node A pulls the image "
+                  "through its own mirror first (`ctr image pull --hosts-dir`, hosts.toml from "
+                  "`blobctl containerd-config`; %.1f s pull + %.1f s run, %.0f MiB from the "
+                  "registry), so A's daemon holds the layer. Then, %d times, in alternating "
+                  "order, on node B, each with a fresh containerd (empty content store): "
+                  "**direct** — hosts.toml naming only the registry (`server = "
+                  "\"http://REGISTRY\"`, no mirror), and **mirror** — a fresh B daemon "
+                  "(`--mirror-listen 127.0.0.1:5000`, peers A and B) and the hosts.toml of "
+                  "`blobctl containerd-config` (the mirror first, the registry as fallback). "
+                  "Timed: `ctr image pull` (download, decompression, unpack into the "
+                  "snapshotter) plus `ctr run --rm REF ID /bin/busybox true`. %s"
+                  % (c["layer_size"] // MiB, a["pull"], a["run"], a["registry_bytes"] / MiB,
+                     c["ratio"]["n"], announce_note(c["announce"])), "",
+                  "| | direct | through B's mirror (peer A holds the image) |",
+                  "|---|---|---|",
+                  "| pull (s) | %s | %s |" % (mm(c["direct_pull"], "%.1f"),
+                                            mm(c["mirror_pull"], "%.1f")),
+                  "| run (s) | %s | %s |" % (mm(c["direct_run"], "%.2f"),
+                                           mm(c["mirror_run"], "%.2f")),
+                  "| pull + run (s) | %s | %s |" % (mm(c["direct_total"], "%.1f"),
+                                                  mm(c["mirror_total"], "%.1f")),
+                  "| registry bytes, all GETs (MiB) | %s | %s |"
+                  % (mm(c["direct_registry_bytes"], "%.1f", 1 / MiB),
+                     mm(c["mirror_registry_bytes"], "%.3f", 1 / MiB)),
+                  "| registry bytes of the layer (MiB) | %s | %s |"
+                  % (mm(c["direct_layer_bytes"], "%.1f", 1 / MiB),
+                     mm(c["mirror_layer_bytes"], "%.1f", 1 / MiB)),
+                  "| B's daemon: bytes from peers / from the origin (MiB) | – | %s / %s |"
+                  % (mm(c["mirror_b_peer"], "%.0f", 1 / MiB),
+                     mm(c["mirror_b_origin"], "%.1f", 1 / MiB)),
+                  ""]
+    return L
 
 
 def render(res, mach, ctx, args):
@@ -838,8 +1469,7 @@ def render(res, mach, ctx, args):
               "the HEAD made by `blobctl add` (its connection to the registry may already be "
               "open); curl's includes its TCP connect and the registry's lookup of the blob."
               % mm(c["origin_x"], "%.3f"), ""]
-    L += ["## 3. Cold reads from a peer", "", "Not measured in this run: needs peer support.",
-          "", "## 4. Swarm", "", "Not measured in this run: needs peer support.", ""]
+    L += net_sections(res, ("peer", "swarm"))
     c = res.get("memory")
     if c:
         L += ["## 5. Memory", "",
@@ -894,8 +1524,7 @@ def render(res, mach, ctx, args):
             L.append("| %d MiB | %s | %s |" % (b, mm(e["s3_hot"], "%.3f"),
                                               mm(e["lru_hot"], "%.3f")))
         L.append("")
-    L += ["## 7. containerd", "", "Not measured in this run: needs peer support (and the "
-          "containerd mirror).", ""]
+    L += net_sections(res, ("containerd",))
     return "\n".join(L), rows
 
 
@@ -908,6 +1537,9 @@ def main():
     ap.add_argument("--only", action="append", choices=ITEMS)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mem-reps", type=int, default=3)
+    ap.add_argument("--swarm-reps", type=int, default=3)
+    ap.add_argument("--swarm-max", type=int, default=8, help="largest swarm (2, 4 or 8 nodes)")
+    ap.add_argument("--ctrd-reps", type=int, default=3)
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches, cgroups, FUSE mounts)")
@@ -919,7 +1551,9 @@ def main():
     work = tempfile.mkdtemp(prefix="p2pblobs-bench-", dir="/var/tmp")
     reg = harness.Registry(os.path.join(work, "registry"))
     ctx = {"reg": reg, "work": work, "build": os.path.abspath(args.build), "tools": tools,
-           "reps": args.reps, "mem_reps": args.mem_reps, "neighbours": nb}
+           "reps": args.reps, "mem_reps": args.mem_reps, "neighbours": nb,
+           "swarm_reps": args.swarm_reps, "swarm_max": args.swarm_max,
+           "ctrd_reps": args.ctrd_reps}
     mach = machine()
     res = {}
     try:
@@ -932,6 +1566,17 @@ def main():
             res["cold"] = bench_cold(ctx)
         if "memory" in items:
             res["memory"] = bench_memory(ctx)
+        reg.stop()  # the items below run their own registry, on a host of their own net
+        for item, fn in (("peer", bench_peer), ("swarm", bench_swarm),
+                         ("containerd", bench_containerd)):
+            if item in items:
+                try:
+                    res[item] = fn(ctx)
+                except Exception as e:  # noqa: BLE001  (reported in the table; others go on)
+                    import traceback
+                    traceback.print_exc()
+                    res[item] = {"error": "%s: %s" % (type(e).__name__,
+                                                      str(e).splitlines()[0][:200])}
     finally:
         reg.stop()
         nb.stop.set()

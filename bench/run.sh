@@ -2,10 +2,11 @@
 # make bench: measures, never asserts. Builds the bench tools into BUILD/bench, runs every item
 # and rewrites bench/RESULTS.md and bench/memory.png. Run as root.
 #   bench/run.sh BUILD_DIR                 everything (what `make bench` runs)
-#   bench/run.sh BUILD_DIR --only ITEM     one item (cached, cold, memory, evict); prints its
-#                                          rows, leaves RESULTS.md alone
-# Items 3 (peer), 4 (swarm) and 7 (containerd) are not measured yet: they need peer support
-# and the containerd mirror; bench/bench.py reports them as "not measured in this run".
+#   bench/run.sh BUILD_DIR --only ITEM     one item (cached, cold, peer, swarm, memory, evict,
+#                                          containerd); prints its rows, leaves RESULTS.md alone
+# peer, swarm and containerd run several nodes in network namespaces (tests/integration/netns.py)
+# and a private containerd (tests/integration/ctrd.py). Repetitions: --reps (cached, cold,
+# peer; 5), --mem-reps (3), --swarm-reps (3), --swarm-max (8), --ctrd-reps (3).
 set -eu
 BUILD=${1:?usage: bench/run.sh BUILD_DIR [--only ITEM]...}
 shift
