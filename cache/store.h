@@ -6,9 +6,12 @@
  * descriptor, at the cost of an open/close per chunk (microseconds, next to a 1 MiB copy).
  *
  * Page-cache discipline: writes are written back and their pages dropped
- * (sync_file_range + POSIX_FADV_DONTNEED); reads drop what they read. The store's own page
- * cache footprint is therefore bounded by the chunks being copied at this instant, however
- * many terabytes stream through. All functions are thread-safe and block on disk I/O only. */
+ * (sync_file_range + POSIX_FADV_DONTNEED); reads drop what they read. The one exception is
+ * readahead a caller asks for (store_readahead): those pages stay until they are read, but the
+ * store remembers at most STORE_RA_MAX_BYTES of such ranges and drops the oldest to make room.
+ * The store's own page cache footprint is therefore bounded by the chunks being copied at this
+ * instant plus STORE_RA_MAX_BYTES, however many terabytes stream through. All functions are
+ * thread-safe and block on disk I/O only. */
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
@@ -28,8 +31,25 @@ int store_write(struct store *s, const struct digest *blob, uint64_t size, uint6
                 const void *buf, size_t len);
 
 /* Reads exactly LEN bytes at OFF. 0; -ESTALE when the bytes are gone (file missing or short,
- * or a hole where data should be); -errno on I/O failure. Drops the pages it read. */
+ * or a hole where data should be); -errno on I/O failure. Drops the pages it read, and forgets
+ * readahead ranges (store_readahead) once they have been read whole. */
 int store_read(struct store *s, const struct digest *blob, uint64_t off, void *buf, size_t len);
+
+/* The most bytes of readahead the store keeps in the page cache at once, all blobs and readers
+ * together: a few chunks ahead of each of a few sequential readers. */
+#define STORE_RA_MAX_BYTES (UINT64_C(32) << 20)
+
+/* Asks the kernel to start reading LEN bytes at OFF of BLOB into the page cache and returns
+ * without waiting for them (POSIX_FADV_WILLNEED), so a store_read() of them a moment later
+ * finds them there, or under way, instead of waiting for the disk at queue depth one. For a
+ * sequential reader: the caller names ranges it is about to read. The range stays in the page
+ * cache until store_read() has read all of it; when the ranges outstanding would pass
+ * STORE_RA_MAX_BYTES, the oldest are dropped (and will simply be read from disk). A range
+ * already asked for is not asked for again. The caller must know the bytes are there (a hole
+ * would be read as zero pages: harmless, store_read still reports it, but wasted).
+ * 0; -E2BIG when LEN is 0 or above STORE_RA_MAX_BYTES; -ESTALE when the file is missing;
+ * -errno. Blocks only on opening the file and submitting the I/O. */
+int store_readahead(struct store *s, const struct digest *blob, uint64_t off, size_t len);
 
 /* Checks that LEN bytes at OFF are backed by data (no hole, file long enough) without reading
  * them. 0, -ESTALE, -errno. Used to validate the index against the disk at start-up. */

@@ -760,6 +760,42 @@ static unsigned stream_window(struct engine *e, struct engine_stream *s, uint64_
                                                     : e->cfg.readahead_chunks;
 }
 
+/* Read ahead from the store (store_readahead): how many chunks past the one a sequential reader
+ * reads, and after how long a run. The store reads exactly what it is asked for, so without this
+ * a stream of present chunks waits for one synchronous disk read per request; with the next few
+ * chunks already in flight the disk works while we copy. Measured with bench item 1 (sequential
+ * 1 MiB reads of a warm 1 GiB blob). The pages this costs are bounded by the store
+ * (STORE_RA_MAX_BYTES), not by the number of streams. Two chunks of run before starting: the
+ * kernel's own 1 MiB FUSE readahead makes any sequential reader show two in a row at once, and a
+ * random reader almost never does. */
+#define STORE_RA_CHUNKS 4
+#define STORE_RA_MIN_RUN 2
+
+/* Caller holds lock. The present chunks [*RET_FROM, *RET_TO) a stream whose read ended in chunk
+ * LAST should have read ahead from the store: up to STORE_RA_CHUNKS past LAST, stopping at the
+ * first absent chunk (that one is the network readahead's business), and none the stream has
+ * already passed (a late request must not ask again for chunks already read and dropped). */
+static void store_ra_window(const struct engine *e, const struct blob *b,
+                            const struct engine_stream *s, uint32_t last, uint32_t *ret_from,
+                            uint32_t *ret_to) {
+        uint64_t cs = e->cfg.chunk_size;
+        uint64_t from = (uint64_t)last + 1, to = from + STORE_RA_CHUNKS;
+        *ret_from = *ret_to = 0;
+        if (s->run < STORE_RA_MIN_RUN * cs)
+                return;
+        if (s->next_off / cs > from)
+                from = s->next_off / cs;
+        if (to > b->nchunks)
+                to = b->nchunks;
+        uint64_t i = from;
+        while (i < to && bit_get(b->present, (uint32_t)i))
+                i++;
+        if (i > from) {
+                *ret_from = (uint32_t)from;
+                *ret_to = (uint32_t)i;
+        }
+}
+
 void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                  struct engine_stream *stream, engine_reply_fn reply, void *ctx) {
         struct inflight *starts[STARTS_MAX];
@@ -822,12 +858,21 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         }
                         if (window)
                                 readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
+                        uint32_t ra_from = 0, ra_to = 0;
+                        if (stream)
+                                store_ra_window(e, b, stream, last, &ra_from, &ra_to);
                         pthread_mutex_unlock(&e->lock);
                         if (accessed)
                                 idx_blob_accessed(e->ix, &b->digest, now_s);
                         for (size_t i = 0; i < nstarts; i++)
                                 submit(e, starts[i]);
                         nstarts = 0;
+                        /* Before our own copy, so the disk reads ahead while we wait for it. A
+                         * chunk evicted meanwhile is read ahead as a hole: harmless (the
+                         * store bounds it, and reads still see the hole). */
+                        for (uint32_t i = ra_from; i < ra_to; i++)
+                                store_readahead(e->store, &b->digest, chunk_off(e, i),
+                                                chunk_len(e, b, i));
 
                         uint8_t *buf = thread_buffer(e);
                         uint32_t lost = 0;

@@ -1,5 +1,6 @@
 /* Unit tests for cache/store.c: sparse files, holes and truncation seen as -ESTALE, punching,
- * removal, an operator's rm -rf, block accounting and page-cache discipline.
+ * removal, an operator's rm -rf, block accounting and page-cache discipline, readahead and its
+ * bound.
  *
  * Every test runs against its own store in a private temporary directory, removed by the
  * teardown. The page-cache test needs a filesystem whose pages can be dropped: tmpfs pages are
@@ -19,8 +20,10 @@
 #include <ftw.h>
 #include <limits.h>
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -437,6 +440,112 @@ static void test_page_cache(void **state) {
         free(buf);
 }
 
+/* Bytes of [OFF, OFF+LEN) of PATH in the page cache and up to date (mincore). */
+static uint64_t resident(const char *path, uint64_t off, size_t len) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+        assert_true(m != MAP_FAILED);
+        size_t pages = (len + 4095) / 4096;
+        unsigned char *vec = malloc(pages);
+        assert_non_null(vec);
+        assert_int_equal(mincore(m, len, vec), 0);
+        uint64_t n = 0;
+        for (size_t i = 0; i < pages; i++)
+                if (vec[i] & 1)
+                        n += 4096;
+        free(vec);
+        munmap(m, len);
+        close(fd);
+        return n;
+}
+
+/* Readahead is asynchronous: waits (up to 10 s) until [OFF, OFF+LEN) is all in. */
+static void wait_resident(const char *path, uint64_t off, size_t len) {
+        for (int i = 0; i < 10000; i++) {
+                if (resident(path, off, len) == len)
+                        return;
+                nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+        }
+        fail_msg("readahead of [%llu, +%zu) never arrived", (unsigned long long)off, len);
+}
+
+static void read_chunk(struct fixture *f, const struct digest *d, const uint8_t *all, uint64_t off,
+                       size_t len) {
+        uint8_t *got = malloc(len);
+        assert_non_null(got);
+        assert_int_equal(store_read(f->s, d, off, got, len), 0);
+        assert_memory_equal(got, all + off, len);
+        free(got);
+}
+
+static void test_readahead(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("readahead"), missing = D("readahead-missing");
+        const size_t chunk = MIB;
+        const uint64_t nchunks = STORE_RA_MAX_BYTES / MIB + 16, size = nchunks * MIB;
+        char path[PATH_MAX];
+
+        assert_int_equal(store_readahead(f->s, &d, 0, 0), -E2BIG);
+        assert_int_equal(store_readahead(f->s, &d, 0, STORE_RA_MAX_BYTES + 1), -E2BIG);
+        assert_int_equal(store_readahead(f->s, &missing, 0, chunk), -ESTALE);
+        if (f->tmpfs)
+                skip(); /* tmpfs pages are the data: readahead and dropping mean nothing */
+
+        uint8_t *all = pattern(size, 18);
+        for (uint64_t i = 0; i < nchunks; i++)
+                assert_int_equal(store_write(f->s, &d, size, i * chunk, all + i * chunk, chunk), 0);
+        blob_file(f, &d, path);
+        assert_true(resident(path, 0, size) < MIB); /* writes dropped their pages */
+
+        /* Asked for: the chunk comes into the page cache without anyone reading it. */
+        assert_int_equal(store_readahead(f->s, &d, 0, chunk), 0);
+        wait_resident(path, 0, chunk);
+
+        /* Read in part: the part read is dropped, the rest stays for the reader. */
+        read_chunk(f, &d, all, 0, chunk / 2);
+        assert_true(resident(path, 0, chunk / 2) == 0);
+        assert_true(resident(path, chunk / 2, chunk / 2) == chunk / 2);
+
+        /* Not read whole yet, so asking again asks for nothing: once a later chunk asked for
+         * has arrived, the half that was read is still out. */
+        assert_int_equal(store_readahead(f->s, &d, 0, chunk), 0);
+        assert_int_equal(store_readahead(f->s, &d, chunk, chunk), 0);
+        wait_resident(path, chunk, chunk);
+        assert_true(resident(path, 0, chunk / 2) == 0);
+
+        /* Read whole, it is forgotten: a new request reads it ahead again. */
+        read_chunk(f, &d, all, chunk / 2, chunk / 2);
+        read_chunk(f, &d, all, chunk, chunk);
+        assert_true(resident(path, 0, 2 * chunk) == 0);
+        assert_int_equal(store_readahead(f->s, &d, 0, chunk), 0);
+        wait_resident(path, 0, chunk);
+        read_chunk(f, &d, all, 0, chunk);
+        assert_true(resident(path, 0, size) == 0);
+
+        /* The bound: a reader that asks for every chunk and reads none holds at most
+         * STORE_RA_MAX_BYTES; the oldest ranges are dropped to make room. (Each waits for the
+         * previous to arrive: DONTNEED cannot drop pages whose read is still in flight.) */
+        for (uint64_t i = 0; i < nchunks; i++) {
+                assert_int_equal(store_readahead(f->s, &d, i * chunk, chunk), 0);
+                wait_resident(path, i * chunk, chunk);
+                uint64_t held = resident(path, 0, size);
+                if (held > STORE_RA_MAX_BYTES)
+                        fail_msg("after %llu chunks asked for, %llu bytes in page cache",
+                                 (unsigned long long)i + 1, (unsigned long long)held);
+        }
+        uint64_t kept = STORE_RA_MAX_BYTES / chunk, first_kept = nchunks - kept;
+        assert_true(resident(path, 0, first_kept * chunk) == 0);
+        assert_true(resident(path, first_kept * chunk, kept * chunk) == kept * chunk);
+
+        /* Read whole, they all leave the page cache. */
+        for (uint64_t i = first_kept; i < nchunks; i++)
+                read_chunk(f, &d, all, i * chunk, chunk);
+        assert_true(resident(path, 0, size) == 0);
+        assert_true(store_page_cache_bytes(f->s) < MIB);
+        free(all);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -449,6 +558,7 @@ int main(void) {
                 T(test_write_after_rm_rf),
                 T(test_allocated_bytes),
                 T(test_page_cache),
+                T(test_readahead),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
