@@ -1742,6 +1742,8 @@ static bool chunk_inflight(const struct blob *b, uint32_t idx) {
         return false;
 }
 
+#define SERVE_RA_CHUNKS 2 /* chunks read ahead from the store for a peer reading in order */
+
 int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
                  uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known) {
         uint64_t deadline = now_ms() + wait_ms;
@@ -1787,9 +1789,16 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
         bool known = one && b->sha_known && bit_get(b->sha_known, first);
         if (known && ret_sha)
                 *ret_sha = b->chunk_sha[first];
+        /* A peer reading a blob asks for its chunks in order, a few at a time: start the disk
+         * on the next ones we hold while we copy this one (bounded by the store). */
+        uint32_t ra_to = last + 1;
+        while (ra_to < b->nchunks && ra_to <= last + SERVE_RA_CHUNKS && bit_get(b->present, ra_to))
+                ra_to++;
         pthread_mutex_unlock(&e->lock);
         if (ret_sha_known)
                 *ret_sha_known = known;
+        for (uint32_t i = last + 1; i < ra_to; i++)
+                store_readahead(e->store, &b->digest, chunk_off(e, i), chunk_len(e, b, i));
 
         uint32_t lost = 0;
         int r = copy_read(e, &pr, buf, NULL, 0, &lost);
