@@ -1932,3 +1932,73 @@ void engine_barrier(struct engine *e) {
         pthread_mutex_lock(&e->lock);
         pthread_mutex_unlock(&e->lock);
 }
+
+int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
+               size_t len) {
+        struct digest actual;
+        digest_sha256(buf, len, &actual);
+        if (!digest_equal(&actual, d))
+                return -EBADMSG;
+        if (len == 0 || len > e->effective_budget / 4)
+                return -EFBIG;
+        struct notes ns = {0};
+        bool inserted = false;
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = find_blob(e, d);
+        if (!b) {
+                int r = insert_blob(e, d, len, source, (int64_t)time(NULL), true, &b);
+                if (r < 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        return r;
+                }
+                inserted = true;
+        }
+        uint64_t gen = b->generation;
+        pthread_mutex_unlock(&e->lock);
+        if (inserted) {
+                struct idx_blob ib = {.digest = *d,
+                                      .size = len,
+                                      .chunk_size = e->cfg.chunk_size,
+                                      .added_at = (int64_t)time(NULL),
+                                      .verified = true};
+                snprintf(ib.source, sizeof(ib.source), "%s", source);
+                idx_put_blob(e->ix, &ib);
+        }
+        for (uint32_t i = 0; i < b->nchunks; i++) {
+                size_t n = chunk_len(e, b, i);
+                const uint8_t *p = (const uint8_t *)buf + chunk_off(e, i);
+                pthread_mutex_lock(&e->lock);
+                /* Present already, or a fetch of it running: that one fills it. */
+                bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
+                pthread_mutex_unlock(&e->lock);
+                if (skip)
+                        continue;
+                int r = write_chunk(e, b, i, p, n);
+                if (r < 0) {
+                        notes_flush(e, &ns);
+                        return r;
+                }
+                struct digest sha;
+                digest_sha256(p, n, &sha);
+                pthread_mutex_lock(&e->lock);
+                if (!bit_get(b->present, i) && b->generation == gen &&
+                    policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
+                        bit_set(b->present, i);
+                        b->npresent++;
+                        record_sha(b, i, &sha);
+                        note(&ns, NOTE_PRESENT, b, i, false, &sha);
+                        changed(e, b, i);
+                        evict_to_budget(e, &ns);
+                }
+                pthread_mutex_unlock(&e->lock);
+        }
+        pthread_mutex_lock(&e->lock);
+        if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
+                b->verified = true; /* its bytes were checked whole above */
+                e->st.blobs_verified++;
+                note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
+        }
+        pthread_mutex_unlock(&e->lock);
+        notes_flush(e, &ns);
+        return 0;
+}

@@ -160,6 +160,14 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
  * storm of lookups costs one query. 0 or -ENOENT. */
 int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_info *ret);
 
+/* Stores BUF (LEN bytes, whose sha256 must be D) as blob D from SOURCE ("registry/
+ * repository"), registering it if needed: for small content-addressed objects the caller
+ * already holds whole, such as manifests the mirror fetched, so peers can be served them like
+ * any blob. Chunks present or being fetched are left alone. Blocks on disk writes. 0;
+ * -EBADMSG (not D); -EFBIG (larger than a quarter of the budget); -ENOSPC; -errno. */
+int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
+               size_t len);
+
 /* Shutdown: from now on no chunk fetch reaches the source or the origin (new ones complete
  * with -ECANCELED at once), prefetches stop, and peers waiting in engine_serve give up. Call
  * before freeing the source and the origin; reads still queued are answered by their fetches'

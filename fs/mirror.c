@@ -31,6 +31,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <microhttpd.h>
@@ -689,6 +690,13 @@ static int fetch_manifest(struct mirror *m, const char *source, const char *ref,
                 return -EBADMSG;
         }
         r = manifest_put(m, &actual, om.body, om.size, om.media_type);
+        /* Into the engine too: content-addressed, it is then announced and served to peers
+         * like any blob, so another node's mirror need not ask the origin for it. */
+        if (r == 0) {
+                int pr = engine_put(m->cfg.engine, &actual, source, om.body, om.size);
+                if (pr < 0)
+                        log_debug("mirror could not share a manifest err=%s", strerror(-pr));
+        }
         free(om.body);
         if (r < 0) {
                 snprintf(reason, reason_len, "cannot cache the manifest: %s", strerror(-r));
@@ -696,6 +704,47 @@ static int fetch_manifest(struct mirror *m, const char *source, const char *ref,
         }
         *ret_digest = actual;
         return 0;
+}
+
+/* The media type a manifest declares ("mediaType"), for one that came from a peer as plain
+ * bytes; an index or an image manifest of OCI's types when it declares none. */
+static void manifest_media_type(const uint8_t *body, size_t len, char *out, size_t out_len) {
+        json_t *j = json_loadb((const char *)body, len, 0, NULL);
+        const char *t = j ? json_string_value(json_object_get(j, "mediaType")) : NULL;
+        if (!t || !t[0] || strlen(t) >= out_len || strpbrk(t, "\r\n"))
+                t = j && json_object_get(j, "manifests")
+                            ? "application/vnd.oci.image.index.v1+json"
+                            : "application/vnd.oci.image.manifest.v1+json";
+        snprintf(out, out_len, "%s", t);
+        json_decref(j);
+}
+
+/* Reads manifest D whole from the engine (this node's store or a peer that holds it, never
+ * the origin's blobs endpoint, which does not serve manifests: a miss fails fast) and caches
+ * it. 0, or -errno: the caller then asks the origin. */
+static int manifest_from_peers(struct mirror *m, const struct digest *d) {
+        struct engine_blob_info b;
+        if (engine_lookup(m->cfg.engine, d, &b) < 0 || b.size == 0 || b.size > MIRROR_MANIFEST_MAX)
+                return -ENOENT;
+        uint8_t *body = malloc((size_t)b.size);
+        if (!body)
+                return -ENOMEM;
+        struct blob_response br = {.m = m, .id = b.id, .digest = *d, .len = b.size};
+        uint64_t got = 0;
+        while (got < b.size) {
+                ssize_t n = blob_reader(&br, got, (char *)body + got, (size_t)(b.size - got));
+                if (n <= 0)
+                        break;
+                got += (uint64_t)n;
+        }
+        int r = -EIO;
+        if (got == b.size) {
+                char type[ORIGIN_MEDIA_TYPE_MAX];
+                manifest_media_type(body, (size_t)b.size, type, sizeof(type));
+                r = manifest_put(m, d, body, (size_t)b.size, type); /* checks it is D */
+        }
+        free(body);
+        return r;
 }
 
 static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *conn,
@@ -712,6 +761,12 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
                                            "malformed digest");
                 if (serve_cached_manifest(m, conn, &d, &ret) == 0) {
                         log_debug("mirror manifest from cache source=%s ref=%s", source, ref);
+                        return ret;
+                }
+                if (manifest_from_peers(m, &d) == 0 &&
+                    serve_cached_manifest(m, conn, &d, &ret) == 0) {
+                        log_debug("mirror manifest from peers source=%s ref=%s ms=%" PRIu64, source,
+                                  ref, now_ms() - t0);
                         return ret;
                 }
                 struct digest got;

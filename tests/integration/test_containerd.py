@@ -264,11 +264,13 @@ def test_two_nodes_pull_from_peer(build_dir, tmp_path):
                             extra_args=["--advertise-address", h.ip, "--peers", peers,
                                         "--mirror-listen", "127.0.0.1:5000"])
                  for h in (a_host, b_host)]
-        img = ctrd.push_image(reg, REPO, "v1", [ctrd.busybox_layer()])
+        # An index: the tag names it, the image's manifest is fetched by digest (shared
+        # between nodes like a blob), then its config and layer (blobs).
+        img = ctrd.push_image(reg, REPO, "v1", [ctrd.busybox_layer()], index=True)
         ref = "%s/%s:v1" % (reg.hostport, REPO)
         blobctl = os.path.join(build_dir, "blobctl")
         hosts = ctrd.write_hosts(blobctl, str(tmp_path / "hosts"), reg.hostport, "127.0.0.1:5000")
-        times, layer_served = [], []
+        times, layer_served, by_digest = [], [], []
         for name, h in (("a", a_host), ("b", b_host)):
             # nsenter --net, not `ip netns exec` (h.prefix): that one mounts a fresh /sys,
             # hiding the cgroup mounts runc needs.
@@ -283,13 +285,19 @@ def test_two_nodes_pull_from_peer(build_dir, tmp_path):
             reqs = reg.requests()[mark:]
             times.append(took)
             layer_served.append(layer_bytes(reqs, img))
+            # Content-addressed things the registry served: manifests by digest, the config.
+            by_digest.append(sorted(r.path for r in reqs if r.method == "GET" and (
+                "/manifests/sha256:" in r.path or r.path.endswith("/blobs/" + img["config"]))))
             if name == "a":
                 time.sleep(2)  # A's announces reach the homes
         print("\npull A (registry) %.2fs, %d layer bytes from the registry; "
               "B (peer) %.2fs, %d layer bytes from the registry"
               % (times[0], layer_served[0], times[1], layer_served[1]))
+        print("registry GETs by digest: A %s; B %s" % (by_digest[0], by_digest[1]))
         assert layer_served[0] == img["layer_bytes"]
         assert layer_served[1] == 0
+        assert by_digest[0], "A's pull fetched nothing by digest from the registry?"
+        assert by_digest[1] == [], "B fetched %s from the registry, not from A" % by_digest[1]
         assert nodes[1].alive()
     finally:
         for c in ctrds:
