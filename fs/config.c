@@ -88,6 +88,8 @@ static const struct opt_def options[] = {
          "how often --peer-dns is resolved again"},
         {"advertise-address", OPT_STRING, NULL, 0, 0, F(advertise_address), 0, "ADDR",
          "address peers reach this node at (default: the default route's interface)"},
+        {"cluster-token-file", OPT_STRING, NULL, 0, 0, F(cluster_token_file), 0, "PATH",
+         "file holding the cluster's shared secret: peer requests without it are refused"},
         {"homes", OPT_UINT, "3", 1, 16, F(homes), 0, "K",
          "directory homes per blob (rendezvous hashing)"},
         {"peer-connect-timeout", OPT_DURATION, "250ms", 10, 60 * 1000, F(peer_connect_timeout_ms),

@@ -38,8 +38,9 @@ struct daemon_config {
         /* peers */
         char *peers[CONFIG_LIST_MAX]; /* static members, "host:port" */
         size_t n_peers;
-        char *peer_dns;          /* a name whose A/AAAA records are the peers; NULL: none */
-        char *advertise_address; /* NULL: the address of the default route's interface */
+        char *peer_dns;           /* a name whose A/AAAA records are the peers; NULL: none */
+        char *advertise_address;  /* NULL: the address of the default route's interface */
+        char *cluster_token_file; /* NULL: peer requests are not authenticated */
         uint64_t peer_port;
         uint64_t peer_refresh_ms;
         uint64_t homes;

@@ -28,6 +28,13 @@
 #define MAX_PER_PEER 8
 #define MAX_PEER_TRANSFERS 64
 
+/* The cluster token (--cluster-token-file), read once at start; "" when none. */
+static char cluster_token[HTTPD_TOKEN_MAX + 1];
+
+static const char *token(void) {
+        return cluster_token[0] ? cluster_token : NULL;
+}
+
 static bool peered(const struct daemon *d) {
         return d->cfg.n_peers > 0 || d->cfg.peer_dns;
 }
@@ -57,7 +64,17 @@ int peers_start(struct daemon *d) {
                 log_err("peers need the HTTP server: set --listen ADDR:PORT");
                 return -EINVAL;
         }
-        int r = nl_open(d->cfg.advertise_address, on_address_change, d, &d->nl);
+        int r;
+        if (d->cfg.cluster_token_file) {
+                r = httpd_read_token(d->cfg.cluster_token_file, cluster_token);
+                if (r < 0) {
+                        log_err("cannot read the cluster token path=%s err=%s hint=\"one line of "
+                                "printable ASCII, at most %d bytes\"",
+                                d->cfg.cluster_token_file, strerror(-r), HTTPD_TOKEN_MAX);
+                        return r;
+                }
+        }
+        r = nl_open(d->cfg.advertise_address, on_address_change, d, &d->nl);
         if (r < 0) {
                 log_warning("netlink unavailable err=%s hint=\"peer locality is unknown; set "
                             "--advertise-address\"",
@@ -112,6 +129,7 @@ int peers_start(struct daemon *d) {
                 .origin_reserve_ms = d->cfg.fetch_timeout_ms / 2,
                 .max_total = MAX_PEER_TRANSFERS,
                 .max_per_peer = MAX_PER_PEER,
+                .token = token(),
         };
         r = source_new(&sc, &d->source);
         if (r < 0) {
@@ -171,6 +189,7 @@ int peers_start_announcer(struct daemon *d) {
                 .interval_ms = d->cfg.announce_interval_ms,
                 .refresh_ms = d->cfg.location_ttl_ms / 3,
                 .timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
+                .token = token(),
         };
         struct announcer *a = NULL;
         int r = announce_new(&ac, &a);
@@ -245,6 +264,7 @@ void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
          * with, and --listen is often 0.0.0.0 (probes), where anyone could read them. */
         if (!peered(d))
                 return;
+        ops->token = token();
         ops->blob_size = op_blob_size;
         ops->blob_read = op_blob_read;
         ops->announce = op_announce;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "peer/httpd.h"
 #include "peer/rendezvous.h"
 #include "util/log.h"
 
@@ -186,6 +187,11 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
         if (!h)
                 return -ENOMEM;
         struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+        if (a->cfg.token) {
+                char th[HTTPD_TOKEN_MAX + 32];
+                snprintf(th, sizeof(th), "%s: %s", HTTPD_TOKEN_HEADER, a->cfg.token);
+                hdr = curl_slist_append(hdr, th);
+        }
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
         curl_easy_setopt(h, CURLOPT_NOPROXY, "*");

@@ -42,6 +42,7 @@ struct announce_config {
         uint64_t interval_ms;
         uint64_t refresh_ms;
         uint64_t timeout_ms;
+        const char *token; /* the cluster token sent with every announce, or NULL; borrowed */
 };
 
 int announce_new(const struct announce_config *cfg, struct announcer **ret);

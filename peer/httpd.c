@@ -334,6 +334,42 @@ static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn, cons
         return reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
 }
 
+/* Constant time in the token's length: the comparison must not tell an asker how much of a
+ * guess was right. */
+static bool token_ok(const struct httpd *h, struct MHD_Connection *conn) {
+        if (!h->ops.token)
+                return true;
+        const char *got = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, HTTPD_TOKEN_HEADER);
+        size_t want_len = strlen(h->ops.token);
+        if (!got || strlen(got) != want_len)
+                return false;
+        unsigned char diff = 0;
+        for (size_t i = 0; i < want_len; i++)
+                diff |= (unsigned char)(got[i] ^ h->ops.token[i]);
+        return diff == 0;
+}
+
+int httpd_read_token(const char *path, char out[HTTPD_TOKEN_MAX + 1]) {
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        size_t n = fread(out, 1, HTTPD_TOKEN_MAX + 1, f);
+        bool err = ferror(f);
+        fclose(f);
+        if (err)
+                return -EIO;
+        while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r' || out[n - 1] == ' ' ||
+                         out[n - 1] == '\t'))
+                n--;
+        if (n == 0 || n > HTTPD_TOKEN_MAX)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (out[i] < 0x21 || out[i] > 0x7e)
+                        return -EINVAL;
+        out[n] = '\0';
+        return 0;
+}
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload_data,
                               size_t *upload_data_size, void **req_cls) {
@@ -354,6 +390,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 return MHD_YES;
         }
         bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
+        bool protocol = strncmp(url, "/v2/", 4) == 0 || strncmp(url, "/p2p/", 5) == 0;
+        if (protocol && !token_ok(h, conn)) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+                uint64_t suppressed = 0;
+                char client[64];
+                client_addr(conn, client, sizeof(client));
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_warning("refused a peer request without the cluster token client=%s "
+                                    "path=%s hint=\"every node needs the same "
+                                    "--cluster-token-file\" suppressed=%" PRIu64,
+                                    client, url, suppressed);
+                return text(conn, MHD_HTTP_UNAUTHORIZED, "cluster token required\n");
+        }
         if (strcmp(method, "POST") == 0 && strcmp(url, "/p2p/v1/announce") == 0) {
                 if (!h->ops.announce)
                         return text(conn, MHD_HTTP_NOT_FOUND, "not a peer\n");

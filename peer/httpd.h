@@ -10,6 +10,7 @@
  *        X-P2PBlobs-Wait: MS, a chunk this node is fetching right now is waited for.
  *        A one-chunk answer carries X-P2PBlobs-Chunk-Digest (recorded at arrival).
  *   POST /p2p/v1/announce                    a holder's announce (peer/wire.h), for homes
+ *   (with a cluster token configured, these three need X-P2PBlobs-Token; else 401)
  *   GET  /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]   who holds / fetches which chunks
  *
  * Probes never depend on other nodes, so they cost the same at any cluster size. One thread
@@ -28,6 +29,12 @@
 #define HTTPD_MAX_SERVES 16       /* answers holding a chunk buffer */
 #define HTTPD_MAX_WAITERS 64      /* askers waiting for a chunk in flight (503 beyond) */
 #define HTTPD_MAX_WAIT_MS 10000   /* cap on X-P2PBlobs-Wait */
+#define HTTPD_TOKEN_MAX 256       /* longest cluster token */
+#define HTTPD_TOKEN_HEADER "X-P2PBlobs-Token"
+
+/* Reads the cluster token from PATH (trailing whitespace dropped) into OUT. 0; -EINVAL when
+ * it is empty, longer than HTTPD_TOKEN_MAX or not printable ASCII; -errno. */
+int httpd_read_token(const char *path, char out[HTTPD_TOKEN_MAX + 1]);
 
 struct httpd;
 
@@ -48,6 +55,10 @@ struct httpd_ops {
                       char **ret, size_t *ret_len);
         void (*served)(void *ud, const char *client, uint64_t bytes);
         uint32_t chunk_size; /* blob answers are assembled a chunk at a time */
+        /* The cluster's shared secret, or NULL: when set, the peer protocol (blobs, announce,
+         * locate) answers 401 to requests without X-P2PBlobs-Token: TOKEN. Probes and
+         * /metrics stay open (kubelet, Prometheus). Borrowed. */
+        const char *token;
 };
 
 /* Listens on LISTEN ("host:port", "[v6]:port"). 0, -EINVAL (malformed), -errno (bind). */

@@ -31,8 +31,15 @@
 #include <strings.h>
 #include <time.h>
 
+#include "peer/httpd.h"
 #include "peer/rendezvous.h"
 #include "util/log.h"
+
+static uint64_t tt_us(void) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 #define MAX_HOMES 16
 #define MAX_CANDIDATES 8       /* peers tried for one chunk before the origin */
@@ -81,6 +88,7 @@ struct job {
          * since our own answer already decided who fetches from the origin. */
         bool probing;
         unsigned busy_retries;
+        uint64_t t_sub, t_start;
 };
 
 enum xfer_kind { X_LOCATE, X_CHUNK };
@@ -176,6 +184,8 @@ static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)
 /* ---- finishing ------------------------------------------------------------------------------ */
 
 static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len) {
+        log_debug("TT src_done chunk=%u sub=%lu start=%lu now=%lu", j->idx, (unsigned long)j->t_sub,
+                  (unsigned long)j->t_start, (unsigned long)tt_us());
         j->done(j->ud, err, reason, buf, len);
         free(j);
 }
@@ -240,6 +250,15 @@ static void xfer_free(struct xfer *x) {
         free(x);
 }
 
+/* The cluster token header, when the cluster has one. */
+static void add_token(const struct source *s, struct curl_slist **headers) {
+        if (!s->cfg.token)
+                return;
+        char h[HTTPD_TOKEN_MAX + 32];
+        snprintf(h, sizeof(h), "%s: %s", HTTPD_TOKEN_HEADER, s->cfg.token);
+        *headers = curl_slist_append(*headers, h);
+}
+
 static unsigned active_to(const struct source *s, const char *peer) {
         unsigned n = 0;
         for (const struct xfer *x = s->running; x; x = x->next)
@@ -259,6 +278,7 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96], wait[64];
         digest_to_hex(&j->digest, hex);
         if (kind == X_LOCATE) {
+                add_token(s, &x->headers);
                 if (j->probing)
                         snprintf(url, sizeof(url),
                                  "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32, peer, hex,
@@ -274,6 +294,7 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
                 snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, j->off,
                          j->off + j->len - 1);
                 x->headers = curl_slist_append(x->headers, range);
+                add_token(s, &x->headers);
                 x->stall_ms = s->cfg.stall_timeout_ms;
                 /* A chunk on a peer's disk crosses a cluster network in milliseconds; one that
                  * trickles for twice the stall time goes to the next source instead. */
@@ -317,6 +338,8 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         /* No proxy between nodes of one cluster, whatever the environment says. */
         curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
         x->started_ms = x->last_byte_ms = now_ms();
+        log_debug("TT xfer_start chunk=%u kind=%d peer=%s now=%lu active=%u", j->idx, kind, peer,
+                  (unsigned long)tt_us(), s->active);
         if (curl_multi_add_handle(s->multi, h) != CURLM_OK) {
                 xfer_free(x);
                 return -EIO;
@@ -483,6 +506,7 @@ static void start_job(struct source *s, struct job *j) {
                 to_origin(s, j);
                 return;
         }
+        j->t_start = tt_us();
         j->nhomes = homes_of(s, &j->digest, j->homes);
         j->phase = PH_LOCATE;
         next_home(s, j);
@@ -526,7 +550,9 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                         want = j->sha;
                 else if (digest_parse(x->digest_hdr, &want) == 0)
                         have_want = true;
+                uint64_t t0 = tt_us();
                 digest_sha256(x->buf, x->got, &got);
+                log_debug("TT src_sha chunk=%u us=%lu", j->idx, (unsigned long)(tt_us() - t0));
                 if (!have_want) {
                         why = "no chunk digest to check against";
                 } else if (!digest_equal(&want, &got)) {
@@ -570,6 +596,8 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
 
 static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
         struct job *j = x->job;
+        log_debug("TT locate_done chunk=%u now=%lu got=%zu", j->idx, (unsigned long)tt_us(),
+                  x->got);
         if (cc == CURLE_OK && status == 200) {
                 struct wire_locate l;
                 char reason[128];
@@ -704,7 +732,9 @@ static void *source_main(void *arg) {
                 check_stalls(s);
                 if (s->queued)
                         start_queued(s);
+                uint64_t tp = tt_us();
                 curl_multi_poll(s->multi, NULL, 0, POLL_MS, NULL);
+                (void)tp;
         }
         /* Stopping: fail what runs and what waits. */
         while (s->running) {
@@ -797,6 +827,7 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
         j->deadline_ms = deadline_ms;
         j->done = done;
         j->ud = ud;
+        j->t_sub = tt_us();
         pthread_mutex_lock(&s->lock);
         bool stopping = s->stopping;
         if (!stopping) {
@@ -863,9 +894,14 @@ int source_lookup(struct source *s, const struct digest *digest, uint64_t deadli
                         snprintf(url, sizeof(url), "http://%s/p2p/v1/locate/sha256:%s", homes[i],
                                  hex);
                         struct grow_buf g = {0};
+                        struct curl_slist *hdr = NULL;
+                        add_token(s, &hdr);
                         CURL *h = curl_easy_init();
-                        if (!h)
+                        if (!h) {
+                                curl_slist_free_all(hdr);
                                 return -ENOMEM;
+                        }
+                        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
                         uint64_t budget = deadline_ms - now;
                         if (budget > LOCATE_TIMEOUT_MS)
                                 budget = LOCATE_TIMEOUT_MS;
@@ -882,6 +918,7 @@ int source_lookup(struct source *s, const struct digest *digest, uint64_t deadli
                         long status = 0;
                         curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
                         curl_easy_cleanup(h);
+                        curl_slist_free_all(hdr);
                         if (cc != CURLE_OK) {
                                 members_report_failure(s->cfg.members, homes[i],
                                                        curl_easy_strerror(cc));

@@ -47,6 +47,7 @@ struct source_config {
         uint64_t origin_reserve_ms;  /* time the origin always gets, however long peers took */
         unsigned max_total;
         unsigned max_per_peer;
+        const char *token; /* the cluster token sent with every request, or NULL; borrowed */
 };
 
 int source_new(const struct source_config *cfg, struct source **ret);

@@ -762,3 +762,48 @@ def test_restarted_home_still_finds_holders(build_dir, net):
           "bytes" % (from_a // MiB, served))
     assert served == 0, "registry served %d bytes although A holds the blob" % served
     assert from_a >= blob.size
+
+
+@with_peers
+def test_cluster_token(build_dir, net, tmp_path):
+    """With --cluster-token-file, peers share only with nodes that present the same token:
+    B (same token) reads from A; C (another token) is refused and reads from the registry; a
+    request without the token gets 401, probes stay open."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "token32", harness.gen_bytes(395, 32 * MiB), repo=REPO)
+    hosts = [net.add_host(n, s) for n in ("a", "b", "c")]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_text("s3cr3t-for-this-cluster\n")
+    bad.write_text("another-cluster\n")
+    a, b, c = [net.daemon(build_dir, h, registries=[reg],
+                          extra_args=node_flags(h, peers=hosts) + ["--cluster-token-file", str(t)])
+               for h, t in zip(hosts, (good, good, bad))]
+    wait_peers_up([a, b, c])
+    a.add(blob.ref)
+    full_read(a, blob)
+    wait_announced(net, [a, b], a, blob)
+
+    mark = reg.mark()
+    b.add(blob.ref)
+    full_read(b, blob)
+    assert reg.bytes_served(blob.digest, since=mark) == 0, "B (same token) did not read from A"
+    mark = reg.mark()
+    c.add(blob.ref)
+    full_read(c, blob)
+    from_registry = reg.bytes_served(blob.digest, since=mark)
+    assert from_registry >= blob.size, "C (another token) got bytes from a peer"
+    assert (c.peer(a) or {}).get("bytes_from", 0) == 0
+
+    path = "/v2/x/blobs/" + blob.digest
+    ha_ip = hosts[0].ip
+    st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", path, {"Range": "bytes=0-9"})
+    assert st == 401, st
+    st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", path,
+                          {"Range": "bytes=0-9", "X-P2PBlobs-Token": "s3cr3t-for-this-cluster"})
+    assert st == 206, st
+    st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", "/healthz")
+    assert st == 200, st
+    assert a.log_lines(r"refused a peer request without the cluster token")
+    print("\n[token] B read from A with the shared token; C (another token) read %d MiB from "
+          "the registry; no token: 401" % (from_registry // MiB))
