@@ -35,12 +35,6 @@
 #include "peer/rendezvous.h"
 #include "util/log.h"
 
-static uint64_t tt_us(void) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 #define MAX_HOMES 16
 #define MAX_CANDIDATES 8       /* peers tried for one chunk before the origin */
 #define MAX_MEMBERS 4096       /* ids read from the membership to pick homes */
@@ -88,7 +82,6 @@ struct job {
          * since our own answer already decided who fetches from the origin. */
         bool probing;
         unsigned busy_retries;
-        uint64_t t_sub, t_start;
 };
 
 enum xfer_kind { X_LOCATE, X_CHUNK };
@@ -184,8 +177,6 @@ static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)
 /* ---- finishing ------------------------------------------------------------------------------ */
 
 static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len) {
-        log_debug("TT src_done chunk=%u sub=%lu start=%lu now=%lu", j->idx, (unsigned long)j->t_sub,
-                  (unsigned long)j->t_start, (unsigned long)tt_us());
         j->done(j->ud, err, reason, buf, len);
         free(j);
 }
@@ -338,8 +329,6 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         /* No proxy between nodes of one cluster, whatever the environment says. */
         curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
         x->started_ms = x->last_byte_ms = now_ms();
-        log_debug("TT xfer_start chunk=%u kind=%d peer=%s now=%lu active=%u", j->idx, kind, peer,
-                  (unsigned long)tt_us(), s->active);
         if (curl_multi_add_handle(s->multi, h) != CURLM_OK) {
                 xfer_free(x);
                 return -EIO;
@@ -506,7 +495,6 @@ static void start_job(struct source *s, struct job *j) {
                 to_origin(s, j);
                 return;
         }
-        j->t_start = tt_us();
         j->nhomes = homes_of(s, &j->digest, j->homes);
         j->phase = PH_LOCATE;
         next_home(s, j);
@@ -550,9 +538,7 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                         want = j->sha;
                 else if (digest_parse(x->digest_hdr, &want) == 0)
                         have_want = true;
-                uint64_t t0 = tt_us();
                 digest_sha256(x->buf, x->got, &got);
-                log_debug("TT src_sha chunk=%u us=%lu", j->idx, (unsigned long)(tt_us() - t0));
                 if (!have_want) {
                         why = "no chunk digest to check against";
                 } else if (!digest_equal(&want, &got)) {
@@ -596,8 +582,6 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
 
 static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
         struct job *j = x->job;
-        log_debug("TT locate_done chunk=%u now=%lu got=%zu", j->idx, (unsigned long)tt_us(),
-                  x->got);
         if (cc == CURLE_OK && status == 200) {
                 struct wire_locate l;
                 char reason[128];
@@ -732,9 +716,7 @@ static void *source_main(void *arg) {
                 check_stalls(s);
                 if (s->queued)
                         start_queued(s);
-                uint64_t tp = tt_us();
                 curl_multi_poll(s->multi, NULL, 0, POLL_MS, NULL);
-                (void)tp;
         }
         /* Stopping: fail what runs and what waits. */
         while (s->running) {
@@ -827,7 +809,6 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
         j->deadline_ms = deadline_ms;
         j->done = done;
         j->ud = ud;
-        j->t_sub = tt_us();
         pthread_mutex_lock(&s->lock);
         bool stopping = s->stopping;
         if (!stopping) {
