@@ -18,8 +18,9 @@
  *
  * Threads and bounds: one thread runs a libcurl multi handle for every peer transfer and
  * directory query; at most max_total transfers at once and max_per_peer to one peer, the
- * rest queue; each transfer owns one chunk buffer. The callback contract is origin_fetch()'s:
- * DONE exactly once, on the source's or the origin's thread, never blocking. */
+ * rest queue; each transfer owns one chunk buffer. Two verifier threads hash what peers sent,
+ * so the transfer thread keeps moving bytes. The callback contract is origin_fetch()'s: DONE
+ * exactly once, on one of the source's threads or the origin's, never blocking. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
