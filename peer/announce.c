@@ -21,13 +21,10 @@
 #include <time.h>
 
 #include "peer/httpd.h"
-#include "peer/rendezvous.h"
 #include "util/log.h"
 
 #define DIRTY_CAP (ANNOUNCE_DIRTY_MAX * 2) /* power of two, load <= 1/2 */
-#define MAX_MEMBERS 4096
-#define MAX_HOMES 16
-#define ANNOUNCE_BATCH_BLOBS 1024 /* blobs per announce request (the wire allows 4096) */
+#define ANNOUNCE_BATCH_BLOBS 1024          /* blobs per announce request (the wire allows 4096) */
 
 struct dirty {
         struct digest d;
@@ -57,9 +54,6 @@ struct announcer {
 
         /* thread only */
         struct dirty *taken;
-        char (*ids)[PEER_ID_MAX];
-        const char **id_ptrs;
-        size_t nids;
         uint64_t members_version;
         uint64_t last_full_ms;
 };
@@ -162,11 +156,10 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
                 blob_clear(&b);
                 return;
         }
-        size_t pick[MAX_HOMES];
-        size_t k = a->cfg.homes < MAX_HOMES ? a->cfg.homes : MAX_HOMES;
-        size_t n = rdv_homes(a->id_ptrs, a->nids, &b.digest, k, pick);
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        size_t n = members_homes(a->cfg.members, &b.digest, a->cfg.homes, homes, NULL);
         for (size_t i = 0; i < n; i++) {
-                struct outbox *o = outbox_for(boxes, nboxes, a->ids[pick[i]]);
+                struct outbox *o = outbox_for(boxes, nboxes, homes[i]);
                 if (o)
                         outbox_add(o, &b);
         }
@@ -283,10 +276,7 @@ static void round_once(struct announcer *a) {
         char self[PEER_ID_MAX];
         if (members_self(a->cfg.members, self, sizeof(self)) < 0)
                 return; /* no address to announce yet; dirty entries wait */
-        uint64_t version = 0;
-        a->nids = members_ids(a->cfg.members, a->ids, MAX_MEMBERS, &version);
-        for (size_t i = 0; i < a->nids; i++)
-                a->id_ptrs[i] = a->ids[i];
+        uint64_t version = members_version(a->cfg.members);
         uint64_t now = now_ms();
         if (a->cfg.dir)
                 dir_expire(a->cfg.dir, now); /* the home role's soft state ages here too */
@@ -367,9 +357,7 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
         pthread_cond_init(&a->cond, NULL);
         a->dirty = calloc(DIRTY_CAP, sizeof(*a->dirty));
         a->taken = calloc(DIRTY_CAP, sizeof(*a->taken));
-        a->ids = malloc(MAX_MEMBERS * sizeof(*a->ids));
-        a->id_ptrs = malloc(MAX_MEMBERS * sizeof(*a->id_ptrs));
-        if (!a->dirty || !a->taken || !a->ids || !a->id_ptrs) {
+        if (!a->dirty || !a->taken) {
                 announce_free(a);
                 return -ENOMEM;
         }
@@ -397,8 +385,6 @@ void announce_free(struct announcer *a) {
         pthread_cond_destroy(&a->cond);
         free(a->dirty);
         free(a->taken);
-        free(a->ids);
-        free(a->id_ptrs);
         free(a);
 }
 

@@ -27,6 +27,7 @@
  * Costs: one thread; per refresh one resolution; per down peer one probe per backoff
  * interval; memory bounded by max_peers. */
 #include "peer/members.h"
+#include "peer/rendezvous.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -99,6 +100,7 @@ struct members {
         pthread_mutex_t lock;
         pthread_cond_t wake;     /* lock: stop, new failures, first refresh done */
         struct member *v;        /* lock: n sorted by id, capacity max_peers */
+        const char **id_ptrs;    /* lock: scratch for rendezvous hashing, max_peers */
         size_t n;                /* lock */
         uint64_t version;        /* lock: bumped when the set changes */
         char self[PEER_ID_MAX];  /* lock: "" when not known */
@@ -665,6 +667,7 @@ static void members_destroy(struct members *m) {
         free(m->probes);
         free(m->cand);
         free(m->v);
+        free(m->id_ptrs);
         free(m->statics);
         free(m->dns_name);
         free(m->advertise);
@@ -716,10 +719,11 @@ int members_new(const struct members_config *cfg, struct members **ret) {
         int r = -ENOMEM;
         m->statics = calloc(cfg->n_static ? cfg->n_static : 1, sizeof(*m->statics));
         m->v = calloc(m->max_peers, sizeof(*m->v));
+        m->id_ptrs = calloc(m->max_peers, sizeof(*m->id_ptrs));
         m->cand = calloc(m->max_peers + 1, sizeof(*m->cand));
         m->probes = calloc(m->max_peers, sizeof(*m->probes));
         m->multi = curl_multi_init();
-        if (!m->statics || !m->v || !m->cand || !m->probes || !m->multi)
+        if (!m->statics || !m->v || !m->id_ptrs || !m->cand || !m->probes || !m->multi)
                 goto out_destroy;
         for (size_t i = 0; i < cfg->n_static; i++) {
                 r = parse_static(cfg->static_peers[i], &m->statics[i]);
@@ -798,6 +802,30 @@ size_t members_ids(struct members *m, char (*ids)[PEER_ID_MAX], size_t max, uint
                 *ret_version = m->version;
         pthread_mutex_unlock(&m->lock);
         return n;
+}
+
+uint64_t members_version(struct members *m) {
+        pthread_mutex_lock(&m->lock);
+        uint64_t v = m->version;
+        pthread_mutex_unlock(&m->lock);
+        return v;
+}
+
+size_t members_homes(struct members *m, const struct digest *d, size_t k,
+                     char (*homes)[PEER_ID_MAX], uint64_t *ret_version) {
+        size_t pick[MEMBERS_MAX_HOMES];
+        if (k > MEMBERS_MAX_HOMES)
+                k = MEMBERS_MAX_HOMES;
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; i < m->n; i++)
+                m->id_ptrs[i] = m->v[i].info.id;
+        size_t got = rdv_homes(m->id_ptrs, m->n, d, k, pick);
+        for (size_t i = 0; i < got; i++)
+                memcpy(homes[i], m->v[pick[i]].info.id, PEER_ID_MAX);
+        if (ret_version)
+                *ret_version = m->version;
+        pthread_mutex_unlock(&m->lock);
+        return got;
 }
 
 bool members_usable(struct members *m, const char *id) {

@@ -72,6 +72,17 @@ int members_self(struct members *m, char *out, size_t len);
  * NULL): bumped whenever the set changes. */
 size_t members_ids(struct members *m, char (*ids)[PEER_ID_MAX], size_t max, uint64_t *ret_version);
 
+/* Bumped whenever the set of members changes (homes may have moved). */
+uint64_t members_version(struct members *m);
+
+#define MEMBERS_MAX_HOMES 16
+
+/* The K (at most MEMBERS_MAX_HOMES) homes of digest D among the members, self included, best
+ * first (rendezvous hashing), into HOMES; returns how many. *RET_VERSION (may be NULL): the
+ * membership's version they were computed from. O(members), never blocks. */
+size_t members_homes(struct members *m, const struct digest *d, size_t k,
+                     char (*homes)[PEER_ID_MAX], uint64_t *ret_version);
+
 /* Whether ID is a member that is up and not self. */
 bool members_usable(struct members *m, const char *id);
 

@@ -35,12 +35,10 @@
 #include <time.h>
 
 #include "peer/httpd.h"
-#include "peer/rendezvous.h"
 #include "util/log.h"
 
-#define MAX_HOMES 16
+#define MAX_HOMES MEMBERS_MAX_HOMES
 #define MAX_CANDIDATES 8       /* peers tried for one chunk before the origin */
-#define MAX_MEMBERS 4096       /* ids read from the membership to pick homes */
 #define DISTRUST_SLOTS 256     /* (peer, blob) pairs that sent bad bytes */
 #define LOCATE_TIMEOUT_MS 1000 /* a home that has not answered by then is skipped */
 #define LOCATE_BODY_MAX WIRE_MAX_BODY
@@ -132,10 +130,6 @@ struct source {
         pthread_t thread;
         bool thread_started;
 
-        pthread_mutex_t ids_lock; /* the membership copy homes_of() hashes over */
-        char (*ids)[PEER_ID_MAX];
-        const char **id_ptrs;
-
         pthread_mutex_t lock; /* incoming, returned, stopping, stats */
         struct job *incoming;
         struct job *returned; /* failed verification: back to the thread for the next source */
@@ -187,17 +181,7 @@ static void distrust_add(struct source *s, const char *peer, const struct digest
 
 /* Homes of D, best first, into HOMES; returns how many. Self included. */
 static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)[PEER_ID_MAX]) {
-        pthread_mutex_lock(&s->ids_lock);
-        size_t n = members_ids(s->cfg.members, s->ids, MAX_MEMBERS, NULL);
-        for (size_t i = 0; i < n; i++)
-                s->id_ptrs[i] = s->ids[i];
-        size_t pick[MAX_HOMES];
-        size_t k = s->cfg.homes < MAX_HOMES ? s->cfg.homes : MAX_HOMES;
-        size_t got = rdv_homes(s->id_ptrs, n, d, k, pick);
-        for (size_t i = 0; i < got; i++)
-                snprintf(homes[i], PEER_ID_MAX, "%s", s->ids[pick[i]]);
-        pthread_mutex_unlock(&s->ids_lock);
-        return (unsigned)got;
+        return (unsigned)members_homes(s->cfg.members, d, s->cfg.homes, homes, NULL);
 }
 
 /* ---- finishing ------------------------------------------------------------------------------ */
@@ -830,14 +814,11 @@ int source_new(const struct source_config *cfg, struct source **ret) {
         if (!s->cfg.homes)
                 s->cfg.homes = 3;
         pthread_mutex_init(&s->lock, NULL);
-        pthread_mutex_init(&s->ids_lock, NULL);
         pthread_mutex_init(&s->vq_lock, NULL);
         pthread_cond_init(&s->vq_cond, NULL);
         s->vq_tail = &s->vq_head;
         s->multi = curl_multi_init();
-        s->ids = malloc(MAX_MEMBERS * sizeof(*s->ids));
-        s->id_ptrs = malloc(MAX_MEMBERS * sizeof(*s->id_ptrs));
-        if (!s->multi || !s->ids || !s->id_ptrs) {
+        if (!s->multi) {
                 source_free(s);
                 return -ENOMEM;
         }
@@ -887,11 +868,8 @@ void source_free(struct source *s) {
         if (s->multi)
                 curl_multi_cleanup(s->multi);
         pthread_mutex_destroy(&s->lock);
-        pthread_mutex_destroy(&s->ids_lock);
         pthread_mutex_destroy(&s->vq_lock);
         pthread_cond_destroy(&s->vq_cond);
-        free(s->ids);
-        free(s->id_ptrs);
         free(s);
 }
 

@@ -85,6 +85,24 @@ static void test_static_parsing(void **state) {
         assert_string_equal(ids[4], "[fd00::2]:5001"); /* canonical text */
         assert_true(version >= 1);
         assert_int_equal(members_ids(m, ids, 2, NULL), 2);
+        /* Homes are rendezvous hashing over exactly these ids, self included. */
+        n = members_ids(m, ids, 8, NULL);
+        const char *ptrs[8];
+        for (size_t i = 0; i < n; i++)
+                ptrs[i] = ids[i];
+        for (int t = 0; t < 20; t++) {
+                struct digest d;
+                memset(&d, t * 7 + 1, sizeof(d));
+                size_t pick[3];
+                char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+                uint64_t hv = 0;
+                assert_int_equal(rdv_homes(ptrs, n, &d, 3, pick), 3);
+                assert_int_equal(members_homes(m, &d, 3, homes, &hv), 3);
+                for (size_t i = 0; i < 3; i++)
+                        assert_string_equal(homes[i], ids[pick[i]]);
+                assert_true(hv == version && members_version(m) == version);
+        }
+        assert_int_equal(members_homes(m, &(struct digest){{0}}, 99, ids, NULL), 5); /* k > n */
         struct peer_info p = info_of(m, "10.0.0.2:5001");
         assert_true(p.from_static);
         assert_false(p.from_dns);
