@@ -999,6 +999,20 @@ static void sync_done(void *ud, int err, const char *reason, uint8_t *buf, size_
         pthread_mutex_unlock(&w->lock);
 }
 
+/* Runs J (whose callback is sync_done on W) and waits for its end. 0, or its -errno with
+ * REASON. */
+static int submit_and_wait(struct origin *o, struct job *j, struct sync_wait *w, char *reason,
+                           size_t reason_len) {
+        submit(o, j);
+        pthread_mutex_lock(&w->lock);
+        while (!w->finished)
+                pthread_cond_wait(&w->cond, &w->lock);
+        pthread_mutex_unlock(&w->lock);
+        if (w->err < 0)
+                snprintf(reason, reason_len, "%s", w->reason);
+        return w->err < 0 ? w->err : 0;
+}
+
 int origin_blob_size(struct origin *o, const char *source, const struct digest *blob,
                      uint64_t deadline_ms, uint64_t *ret_size, char *reason, size_t reason_len) {
         struct sync_wait w = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
@@ -1008,15 +1022,9 @@ int origin_blob_size(struct origin *o, const char *source, const struct digest *
                 snprintf(reason, reason_len, "malformed source reference");
                 return err;
         }
-        submit(o, j);
-        pthread_mutex_lock(&w.lock);
-        while (!w.finished)
-                pthread_cond_wait(&w.cond, &w.lock);
-        pthread_mutex_unlock(&w.lock);
-        if (w.err < 0) {
-                snprintf(reason, reason_len, "%s", w.reason);
-                return w.err;
-        }
+        int r = submit_and_wait(o, j, &w, reason, reason_len);
+        if (r < 0)
+                return r;
         *ret_size = w.len;
         return 0;
 }
@@ -1058,15 +1066,9 @@ int origin_manifest(struct origin *o, const char *source, const char *reference,
         j->len = max_len;
         j->once = true;
         j->mout = &m;
-        submit(o, j);
-        pthread_mutex_lock(&w.lock);
-        while (!w.finished)
-                pthread_cond_wait(&w.cond, &w.lock);
-        pthread_mutex_unlock(&w.lock);
-        if (w.err < 0) {
-                snprintf(reason, reason_len, "%s", w.reason);
-                return w.err;
-        }
+        int r = submit_and_wait(o, j, &w, reason, reason_len);
+        if (r < 0)
+                return r;
         *ret = m;
         return 0;
 }
