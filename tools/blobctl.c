@@ -317,8 +317,10 @@ static int offline_chunk(void *ud, const struct digest *blob, uint32_t idx, bool
         return 0;
 }
 
-/* The daemon is down: read what the index says, read-only, and say where it came from. */
-static int offline_read(const struct opts *o, struct offline *off) {
+/* The daemon is down: opens the index read-only, runs WALK over it, and says where the figures
+ * came from ("showing WHAT the index at PATH WHEN"). 0 or WALK's / the index's -errno. */
+static int offline_index(const struct opts *o, int (*walk)(struct index *ix, void *ud), void *ud,
+                         const char *what, const char *when) {
         char path[4096];
         snprintf(path, sizeof(path), "%s/index.db", o->state_dir);
         if (access(path, R_OK) < 0) {
@@ -330,19 +332,26 @@ static int offline_read(const struct opts *o, struct offline *off) {
         log_max_level = LOG_LVL_ERR - 1; /* the index logs SQLite errors; we report our own */
         int r = idx_open_readonly(path, &ix);
         if (r == 0) {
-                r = idx_for_each_blob(ix, offline_blob, off);
-                if (r == 0)
-                        r = idx_for_each_chunk(ix, offline_chunk, off);
+                r = walk(ix, ud);
                 idx_close(ix);
         }
         if (r < 0)
                 fprintf(stderr, "blobctl: cannot read the index at %s: %s\n", path, strerror(-r));
         else
                 fprintf(stderr,
-                        "blobctl: the daemon is not running; showing what the index at %s "
-                        "records\n",
-                        path);
+                        "blobctl: the daemon is not running; showing %s the index at %s %s\n", what,
+                        path, when);
         return r;
+}
+
+static int walk_blobs(struct index *ix, void *ud) {
+        int r = idx_for_each_blob(ix, offline_blob, ud);
+        return r < 0 ? r : idx_for_each_chunk(ix, offline_chunk, ud);
+}
+
+/* The daemon is down: read what the index says, read-only, and say where it came from. */
+static int offline_read(const struct opts *o, struct offline *off) {
+        return offline_index(o, walk_blobs, off, "what", "records");
 }
 
 static int cmd_stat(const struct opts *o) {
@@ -488,30 +497,13 @@ static int offline_peer(void *ud, const struct idx_peer *p) {
         return 0;
 }
 
+static int walk_peers(struct index *ix, void *ud) {
+        return idx_for_each_peer(ix, offline_peer, ud);
+}
+
 /* The daemon is down: the peers as the index last recorded them. */
 static int offline_peers(const struct opts *o, json_t *arr) {
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/index.db", o->state_dir);
-        if (access(path, R_OK) < 0) {
-                fprintf(stderr, "blobctl: and no index at %s to read instead (--state-dir?)\n",
-                        path);
-                return -ENOENT;
-        }
-        struct index *ix;
-        log_max_level = LOG_LVL_ERR - 1; /* the index logs SQLite errors; we report our own */
-        int r = idx_open_readonly(path, &ix);
-        if (r == 0) {
-                r = idx_for_each_peer(ix, offline_peer, arr);
-                idx_close(ix);
-        }
-        if (r < 0)
-                fprintf(stderr, "blobctl: cannot read the index at %s: %s\n", path, strerror(-r));
-        else
-                fprintf(stderr,
-                        "blobctl: the daemon is not running; showing the peers the index at %s "
-                        "last recorded\n",
-                        path);
-        return r;
+        return offline_index(o, walk_peers, arr, "the peers", "last recorded");
 }
 
 static int cmd_peers(const struct opts *o) {
