@@ -23,9 +23,10 @@
  * a slot a real holder could use. A blob lives while its newest announce or one of its
  * claims does.
  *
- * Chunk digests: the first one recorded for a chunk wins. Two announces that disagree mean
- * one holder has bad data; the reader's verification of the chunk and the whole blob decides
- * which, so here we only keep the first and log the conflict at debug.
+ * Chunk digests: two announces that disagree about a chunk mean one holder has bad data, and
+ * the directory cannot tell which; it forgets that chunk's digest (logged at debug), so
+ * readers take the chunk from the origin instead of distrusting honest peers on the word of
+ * whoever spoke first. The whole-blob verification has the last word.
  *
  * Claims. A claim (chunk, claimant, time) is granted when no live holder has the chunk and
  * no live claim covers it, renewed when its claimant asks again, and dropped when the

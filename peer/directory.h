@@ -45,8 +45,8 @@ void dir_free(struct directory *dir); /* NULL-safe */
  * differs from ours (REASON says so; nothing applied); -EINVAL for a blob whose size or
  * chunk count disagrees with what the directory already has (that blob skipped, the others
  * applied, REASON set; also for an invalid node id, nothing applied); -ENOMEM (some of it
- * applied). A chunk digest that disagrees with the one recorded is ignored: the first
- * recorded stays. A holder record is live while NOW_MS - its last announce < ttl_ms. */
+ * applied). A chunk digest that disagrees with the one recorded makes that chunk's digest
+ * unknown (neither is believed; a later announce may record one again). A holder record is live while NOW_MS - its last announce < ttl_ms. */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);
 
