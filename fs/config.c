@@ -109,11 +109,17 @@ static const struct opt_def options[] = {
 };
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
 
+/* The field at OFFSET of CFG. offsetof() of a member of the right type put it there, so the
+ * alignment is the member's own; going through void * says so to -Wcast-align. */
+static void *opt_field(struct daemon_config *cfg, size_t offset) {
+        return (char *)cfg + offset;
+}
+
 /* Appends "host:port" values, comma-separated, to the list option O. */
 static int add_list_values(struct daemon_config *cfg, const struct opt_def *o, const char *value,
                            const char *origin) {
-        char **list = (char **)((char *)cfg + o->offset);
-        size_t *count = (size_t *)((char *)cfg + o->count_offset);
+        char **list = opt_field(cfg, o->offset);
+        size_t *count = opt_field(cfg, o->count_offset);
         const char *p = value;
         for (;;) {
                 const char *end = strchr(p, ',');
@@ -309,14 +315,14 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
 void config_free(struct daemon_config *cfg) {
         for (size_t i = 0; i < N_OPTIONS; i++)
                 if (options[i].type == OPT_STRING) {
-                        char **p = (char **)((char *)cfg + options[i].offset);
+                        char **p = opt_field(cfg, options[i].offset);
                         free(*p);
                         *p = NULL;
                 }
         for (size_t i = 0; i < N_OPTIONS; i++)
                 if (options[i].type == OPT_LIST) {
-                        char **list = (char **)((char *)cfg + options[i].offset);
-                        size_t *count = (size_t *)((char *)cfg + options[i].count_offset);
+                        char **list = opt_field(cfg, options[i].offset);
+                        size_t *count = opt_field(cfg, options[i].count_offset);
                         for (size_t j = 0; j < *count; j++)
                                 free(list[j]);
                         *count = 0;

@@ -137,9 +137,9 @@ static const char *const stmt_sql[ST_MAX] = {
         [ST_PINNED] = "UPDATE blobs SET pinned = ?2 WHERE digest = ?1",
         [ST_ACCESSED] = "UPDATE blobs SET last_access = ?2 WHERE digest = ?1",
         [ST_DELETE_PEERS] = "DELETE FROM peers",
-        [ST_PUT_PEER] = "INSERT OR REPLACE INTO peers (id, state, locality, latency_us, "
-                        "failures, bytes_from, bytes_to, last_seen) "
-                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        [ST_PUT_PEER] = ("INSERT OR REPLACE INTO peers (id, state, locality, latency_us, "
+                         "failures, bytes_from, bytes_to, last_seen) "
+                         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         [ST_PUT_LOCATION] = "INSERT OR REPLACE INTO locations (blob, peer, present, expires_at) "
                             "VALUES (?1, ?2, ?3, ?4)",
         [ST_EXPIRE_LOCATIONS] = "DELETE FROM locations WHERE expires_at <= ?1",

@@ -101,13 +101,16 @@ static struct outbox *outbox_for(struct outbox **boxes, size_t *nboxes, const ch
         for (size_t i = 0; i < *nboxes; i++)
                 if (strcmp((*boxes)[i].home, home) == 0)
                         return &(*boxes)[i];
+        size_t len = strlen(home);
+        if (len >= sizeof((*boxes)->home))
+                return NULL; /* members_homes() hands out ids that fit; anything else is a bug */
         struct outbox *v = realloc(*boxes, (*nboxes + 1) * sizeof(*v));
         if (!v)
                 return NULL;
         *boxes = v;
         struct outbox *o = &v[(*nboxes)++];
         memset(o, 0, sizeof(*o));
-        snprintf(o->home, sizeof(o->home), "%s", home);
+        memcpy(o->home, home, len + 1);
         return o;
 }
 

@@ -92,13 +92,17 @@ static void client_addr(struct MHD_Connection *conn, char *out, size_t len) {
                 MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         if (!ci || !ci->client_addr)
                 return;
+        /* Copied out: MHD's struct sockaddr * promises only its own (2-byte) alignment. */
         const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-                inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out,
-                          (socklen_t)len);
-        else if (sa->sa_family == AF_INET6)
-                inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out,
-                          (socklen_t)len);
+        if (sa->sa_family == AF_INET) {
+                struct sockaddr_in in;
+                memcpy(&in, sa, sizeof(in));
+                inet_ntop(AF_INET, &in.sin_addr, out, (socklen_t)len);
+        } else if (sa->sa_family == AF_INET6) {
+                struct sockaddr_in6 in6;
+                memcpy(&in6, sa, sizeof(in6));
+                inet_ntop(AF_INET6, &in6.sin6_addr, out, (socklen_t)len);
+        }
 }
 
 /* "/v2/<name>/blobs/sha256:<hex>": the digest, or -EINVAL. The name is not checked: a peer
