@@ -1,6 +1,6 @@
 # p2pblobs build. `make check` is what CI runs; `make demo` shows it working on one machine.
 #
-# Layout: util/ cache/ index/ peer/ and fs/engine.c build libp2pblobs-core.a, compiled without
+# Layout: util/ cache/ index/ peer/ and engine/ build libp2pblobs-core.a, compiled without
 # FUSE's include flags (so "no FUSE in the core" is the compiler's rule, not a convention);
 # fs/ links FUSE into p2pblobsd; tools/ is blobctl.
 #
@@ -47,11 +47,11 @@ CFLAGS_ALL  = $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(OPT) -pthread -Wl,--as-needed $(PKG_LIBS) $(LDFLAGS)
 LDLIBS_CORE = $(OPT) -pthread -Wl,--as-needed $(CORE_LIBS) $(LDFLAGS)
 
-CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c peer/*.c) fs/engine.c
+CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c peer/*.c engine/*.c)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 CORE_LIB = $(BUILD)/libp2pblobs-core.a
 
-DAEMON_SRC = $(filter-out fs/engine.c,$(wildcard fs/*.c))
+DAEMON_SRC = $(wildcard fs/*.c)
 DAEMON_OBJ = $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 BLOBCTL_SRC = $(wildcard tools/*.c)
 BLOBCTL_OBJ = $(BLOBCTL_SRC:%.c=$(BUILD)/%.o)
@@ -103,7 +103,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 # libFuzzer targets: clang only, always with ASan + UBSan.
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
              -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(CORE_PKGS))
-build/fuzz/%: tests/fuzz/%.c $(filter-out fs/engine.c,$(CORE_SRC))
+build/fuzz/%: tests/fuzz/%.c $(filter-out engine/%,$(CORE_SRC))
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_FLAGS) -o $@ $^ $(shell pkg-config --libs $(CORE_PKGS)) -pthread
 

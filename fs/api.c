@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "cache/store.h"
-#include "fs/engine.h"
+#include "engine/engine.h"
 #include "index/index.h"
 #include "peer/members.h"
 #include "peer/directory.h"

@@ -23,7 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fs/engine.h"
+#include "engine/engine.h"
 #include "fs/resolver.h"
 #include "util/log.h"
 

@@ -47,7 +47,7 @@
 #include "cache/store.h"
 #include "fs/api.h"
 #include "fs/config.h"
-#include "fs/engine.h"
+#include "engine/engine.h"
 #include "fs/fuse.h"
 #include "fs/notify.h"
 #include "fs/peers.h"

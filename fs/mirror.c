@@ -47,7 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "fs/engine.h"
+#include "engine/engine.h"
 #include "peer/origin.h"
 #include "peer/ref.h"
 #include "util/digest.h"

@@ -6,7 +6,7 @@
  * and every fetch goes to the origin as before. */
 #pragma once
 #include "fs/api.h"
-#include "fs/engine.h"
+#include "engine/engine.h"
 
 /* Starts netlink, members, directory and source (before the engine: the engine fetches
  * through the source). No-op without --peers/--peer-dns. 0 or -errno (logged). */

@@ -13,7 +13,7 @@
 #pragma once
 #include <stddef.h>
 
-#include "fs/engine.h"
+#include "engine/engine.h"
 
 struct resolver;
 

@@ -22,7 +22,7 @@
  * Memory: per blob a bitmap (chunks/8 bytes) and a hash context while hashing; per in-flight
  * chunk one buffer (in the origin) — bounded by max_inflight plus the kernel's outstanding
  * requests; per worker/FUSE thread one max_read buffer. */
-#include "fs/engine.h"
+#include "engine/engine.h"
 
 #include <errno.h>
 #include <inttypes.h>
