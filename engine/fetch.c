@@ -1,0 +1,346 @@
+/* Fetching: single flight, readahead windows and the completion workers.
+ *
+ * Life of a miss. engine_read() finds chunk k absent: it creates an `inflight` for (blob, k) or
+ * joins the existing one, hangs a `pending` read on it, and returns. The origin thread's
+ * completion is handed to a worker, which hashes and writes the chunk, marks it present (pinned
+ * for each waiter), evicts down to the budget, advances the blob's verification, and answers
+ * every pending read whose last missing chunk this was.
+ *
+ * Invariants: at most one inflight per (blob, chunk); fetches are submitted only after the
+ * engine lock is released, and never once engine_stop_fetching() has run (fetch_lock); every
+ * inflight ends in exactly one completion, which answers or re-queues each of its waiters.
+ * Cost: at most max_inflight fetches (readahead and prefetch count), one buffer each in the
+ * fetcher; one completion struct per fetch on the queue; `workers` threads. */
+#include "engine/engine_int.h"
+
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len);
+
+/* Caller holds lock. Starts a fetch for chunk IDX of B unless one runs; returns it (NULL on
+ * allocation failure). The caller calls eng_submit() for new ones after unlocking. */
+struct inflight *eng_inflight_get(struct engine *e, struct blob *b, uint32_t idx, bool readahead,
+                                  bool *ret_new) {
+        for (struct inflight *f = b->inflight; f; f = f->next)
+                if (f->idx == idx) {
+                        *ret_new = false;
+                        return f;
+                }
+        struct inflight *f = calloc(1, sizeof(*f));
+        if (!f)
+                return NULL;
+        f->blob = b;
+        f->idx = idx;
+        f->readahead = readahead;
+        f->e = e;
+        f->next = b->inflight;
+        b->inflight = f;
+        e->inflight_count++;
+        e->st.inflight_chunks = e->inflight_count;
+        if (readahead)
+                e->st.readahead_chunks++;
+        *ret_new = true;
+        return f;
+}
+
+void eng_submit(struct engine *e, struct inflight *f) {
+        struct blob *b = f->blob;
+        uint64_t deadline = now_ms() + e->cfg.fetch_timeout_ms;
+        pthread_rwlock_rdlock(&e->fetch_lock);
+        if (e->fetch_stopped) {
+                pthread_rwlock_unlock(&e->fetch_lock);
+                on_fetched(f, -ECANCELED, "shutting down", NULL, 0);
+                return;
+        }
+        if (e->cfg.source)
+                source_fetch(e->cfg.source, &b->digest, b->size, b->source, f->idx,
+                             chunk_off(e, f->idx), chunk_len(e, b, f->idx), deadline, on_fetched,
+                             f);
+        else
+                origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
+                             chunk_len(e, b, f->idx), deadline, on_fetched, f);
+        pthread_rwlock_unlock(&e->fetch_lock);
+}
+
+/* Origin thread: hand the result to a worker. */
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len) {
+        struct inflight *f = ud;
+        struct engine *e = f->e;
+        struct completion *c = calloc(1, sizeof(*c));
+        if (!c) {
+                /* Cannot even queue the failure: fail it here, synchronously. */
+                free(buf);
+                log_err("engine error=\"out of memory\" what=completion");
+                abort();
+        }
+        c->fl = f;
+        c->err = err;
+        snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
+        c->buf = buf;
+        c->len = len;
+        pthread_mutex_lock(&e->cq_lock);
+        *e->cq_tail = c;
+        e->cq_tail = &c->next;
+        pthread_cond_signal(&e->cq_cond);
+        pthread_mutex_unlock(&e->cq_lock);
+}
+
+/* Caller holds lock. Unlinks F from its blob and returns its waiters. */
+struct waiter *eng_inflight_end(struct engine *e, struct inflight *f) {
+        struct blob *b = f->blob;
+        for (struct inflight **pp = &b->inflight; *pp; pp = &(*pp)->next)
+                if (*pp == f) {
+                        *pp = f->next;
+                        break;
+                }
+        e->inflight_count--;
+        e->st.inflight_chunks = e->inflight_count;
+        struct waiter *w = f->waiters;
+        free(f);
+        return w;
+}
+
+/* Caller holds lock. Readahead after a sequential read ending at chunk LAST. */
+void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned window,
+                   struct inflight **starts, size_t *nstarts, size_t max_starts) {
+        for (uint32_t i = last + 1; i <= last + window && i < b->nchunks; i++) {
+                if (e->inflight_count >= e->cfg.max_inflight || *nstarts == max_starts)
+                        return;
+                if (bit_get(b->present, i))
+                        continue;
+                bool is_new;
+                struct inflight *f = eng_inflight_get(e, b, i, true, &is_new);
+                if (f && is_new)
+                        starts[(*nstarts)++] = f;
+        }
+}
+
+/* Caller holds lock. Readahead ramps up with the length of the sequential run: nothing until
+ * the reader has gone through four chunks in order, then one chunk more per chunk read, up to
+ * readahead_chunks. The kernel already reads up to 1 MiB ahead of any reader (a single 1 MiB
+ * pread arrives as three 1 MiB requests), so starting earlier only fetches chunks a random
+ * reader never wanted; a streaming reader still has the pipe full within a few chunks. Reads that
+ * arrive slightly out of order (the kernel issues them concurrently) still count as
+ * sequential. */
+unsigned eng_stream_window(struct engine *e, struct engine_stream *s, uint64_t off, size_t len) {
+        uint64_t slack = e->cfg.max_read;
+        bool sequential = s->run > 0 && off + slack >= s->next_off && off <= s->next_off + slack;
+        if (sequential) {
+                s->run += len;
+        } else {
+                s->run = len;
+        }
+        if (off + len > s->next_off || !sequential)
+                s->next_off = off + len;
+        uint64_t chunks = s->run / e->cfg.chunk_size;
+        if (chunks < 4)
+                return 0;
+        return chunks - 3 < e->cfg.readahead_chunks ? (unsigned)(chunks - 3)
+                                                    : e->cfg.readahead_chunks;
+}
+
+/* Read ahead from the store (store_readahead): how many chunks past the one a sequential reader
+ * reads, and after how long a run. The store reads exactly what it is asked for, so without this
+ * a stream of present chunks waits for one synchronous disk read per request; with the next few
+ * chunks already in flight the disk works while we copy. Measured with bench item 1 (sequential
+ * 1 MiB reads of a warm 1 GiB blob). The pages this costs are bounded by the store
+ * (STORE_RA_MAX_BYTES), not by the number of streams. Two chunks of run before starting: the
+ * kernel's own 1 MiB FUSE readahead makes any sequential reader show two in a row at once, and a
+ * random reader almost never does. */
+#define STORE_RA_CHUNKS 4
+#define STORE_RA_MIN_RUN 2
+
+/* Caller holds lock. The present chunks [*RET_FROM, *RET_TO) a stream whose read ended in chunk
+ * LAST should have read ahead from the store: up to STORE_RA_CHUNKS past LAST, stopping at the
+ * first absent chunk (that one is the network readahead's business), and none the stream has
+ * already passed (a late request must not ask again for chunks already read and dropped). */
+void eng_store_ra_window(const struct engine *e, const struct blob *b,
+                         const struct engine_stream *s, uint32_t last, uint32_t *ret_from,
+                         uint32_t *ret_to) {
+        uint64_t cs = e->cfg.chunk_size;
+        uint64_t from = (uint64_t)last + 1, to = from + STORE_RA_CHUNKS;
+        *ret_from = *ret_to = 0;
+        if (s->run < STORE_RA_MIN_RUN * cs)
+                return;
+        if (s->next_off / cs > from)
+                from = s->next_off / cs;
+        if (to > b->nchunks)
+                to = b->nchunks;
+        uint64_t i = from;
+        while (i < to && bit_get(b->present, (uint32_t)i))
+                i++;
+        if (i > from) {
+                *ret_from = (uint32_t)from;
+                *ret_to = (uint32_t)i;
+        }
+}
+
+/* Caller holds lock. Whether chunks [from, end) of B are all present. */
+static bool present_from(const struct blob *b, uint32_t from) {
+        for (uint32_t i = from; i < b->nchunks; i++)
+                if (!bit_get(b->present, i))
+                        return false;
+        return true;
+}
+
+static void complete(struct engine *e, struct completion *c) {
+        struct inflight *f = c->fl;
+        struct blob *b = f->blob;
+        uint32_t idx = f->idx;
+        int err = c->err;
+        struct digest sha;
+        bool was_prefetch = f->prefetch;
+        struct inflight *starts[PREFETCH_WINDOW];
+        size_t nstarts = 0;
+
+        if (err == 0) {
+                digest_sha256(c->buf, c->len, &sha);
+                err = eng_write_chunk(e, b, idx, c->buf, c->len);
+                if (err < 0) {
+                        snprintf(c->reason, sizeof(c->reason), "store write failed: %s",
+                                 strerror(-err));
+                }
+        }
+
+        struct notes ns = {0};
+        struct pending *done = NULL;
+        bool frontier = false, verify_first = false;
+        pthread_mutex_lock(&e->lock);
+        uint64_t gen = b->generation;
+        if (err == 0 && !bit_get(b->present, idx)) {
+                if (policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len) == -ENOSPC) {
+                        eng_evict_to_budget(e, &ns);
+                        policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len);
+                }
+                bit_set(b->present, idx);
+                b->npresent++;
+                eng_record_sha(b, idx, &sha);
+                eng_note(&ns, NOTE_PRESENT, b, idx, false, &sha);
+                eng_changed(e, b, idx);
+                pthread_cond_broadcast(&e->landed_cond);
+                if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */
+                        policy_touch(e->policy, key_of(b, idx));
+                else if (!f->waiters) {
+                        bit_set(b->unread, idx); /* its first read is not a re-reference */
+                        eng_ra_pin(e, b, idx);
+                }
+                eng_hash_pin(e, b, idx);
+        }
+        struct waiter *w = eng_inflight_end(e, f);
+        if (err < 0)
+                pthread_cond_broadcast(&e->landed_cond); /* peers waiting on it give up */
+        if (was_prefetch) {
+                b->prefetch_inflight--;
+                if (err < 0 && b->prefetching) {
+                        b->prefetching = false;
+                        b->prefetch_err = err;
+                }
+                eng_prefetch_pump(e, b, starts, &nstarts, PREFETCH_WINDOW);
+        }
+        while (w) {
+                struct waiter *next = w->next;
+                struct pending *pr = w->pr;
+                if (err < 0)
+                        pr->err = -EIO;
+                else if (!(pr->pinned & (UINT64_C(1) << (idx - pr->first))))
+                        eng_pin_for(e, pr, idx);
+                if (--pr->missing == 0) {
+                        pr->next_done = done;
+                        done = pr;
+                }
+                free(w);
+                w = next;
+        }
+        if (err < 0 && err != -ECANCELED) {
+                /* Back off per blob: 1 s, 2 s, 4 s ... up to the fetch timeout. */
+                unsigned streak = b->fetch_fail_streak < 16 ? b->fetch_fail_streak : 16;
+                uint64_t backoff = UINT64_C(1000) << streak;
+                if (backoff > e->cfg.fetch_timeout_ms)
+                        backoff = e->cfg.fetch_timeout_ms;
+                b->fetch_failed_until_ms = now_ms() + backoff;
+                b->fetch_fail_streak++;
+        }
+        if (err == 0) {
+                b->fetch_failed_until_ms = 0;
+                b->fetch_fail_streak = 0;
+                eng_evict_to_budget(e, &ns);
+                if (!b->verified && !b->hashing && b->hashed < b->nchunks &&
+                    bit_get(b->present, b->hashed)) {
+                        b->hashing = frontier = true;
+                        /* Will the frontier reach the end now? Then verify before answering. */
+                        verify_first = true;
+                        for (uint32_t i = b->hashed; i < b->nchunks && verify_first; i++)
+                                verify_first = bit_get(b->present, i);
+                }
+        }
+        pthread_mutex_unlock(&e->lock);
+        eng_notes_flush(e, &ns);
+        for (size_t k = 0; k < nstarts; k++)
+                eng_submit(e, starts[k]);
+
+        if (err < 0) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(5000);
+                uint64_t suppressed = 0;
+                if (err != -ECANCELED && log_ratelimit_ok(&rl, &suppressed)) {
+                        char hex[DIGEST_HEX_LEN + 1];
+                        digest_to_hex(&b->digest, hex);
+                        log_warning("chunk fetch failed digest=sha256:%s chunk=%u source=%s "
+                                    "err=%s reason=\"%s\" suppressed=%" PRIu64,
+                                    hex, idx, b->source, strerror(-err), c->reason, suppressed);
+                }
+        }
+        /* A read that covers the blob's last chunk is what completes a sequential reader: it
+         * is answered only after the blob is verified whenever verification is possible now
+         * (every chunk present). Another worker may be mid-way through the frontier (it
+         * decided before our chunk was present): wait for it, then finish the job. */
+        bool holds_last = false;
+        for (struct pending *pr = done; pr; pr = pr->next_done)
+                holds_last |= pr->last == b->nchunks - 1;
+        if (err == 0 && holds_last && !verify_first) {
+                pthread_mutex_lock(&e->lock);
+                while (!frontier && b->hashing)
+                        pthread_cond_wait(&e->hash_cond, &e->lock);
+                bool can_finish =
+                        !b->verified && b->generation == gen && present_from(b, b->hashed);
+                if (can_finish) {
+                        if (!frontier)
+                                b->hashing = frontier = true;
+                        verify_first = true;
+                }
+                pthread_mutex_unlock(&e->lock);
+        }
+        bool corrupt = false;
+        if (frontier && verify_first)
+                corrupt = eng_advance_frontier(e, b, c->buf, idx);
+        pthread_mutex_lock(&e->lock);
+        bool discarded = b->generation != gen; /* another worker found the blob corrupt */
+        pthread_mutex_unlock(&e->lock);
+        for (struct pending *pr = done; pr;) {
+                struct pending *next = pr->next_done;
+                if (corrupt || (err == 0 && discarded))
+                        pr->err = -EIO;
+                eng_answer(e, pr, err == 0 ? c->buf : NULL, idx);
+                pr = next;
+        }
+        if (frontier && !verify_first)
+                eng_advance_frontier(e, b, c->buf, idx);
+        free(c->buf);
+        free(c);
+}
+
+void *eng_worker_main(void *arg) {
+        struct engine *e = arg;
+        for (;;) {
+                pthread_mutex_lock(&e->cq_lock);
+                while (!e->cq_head && !e->stopping)
+                        pthread_cond_wait(&e->cq_cond, &e->cq_lock);
+                struct completion *c = e->cq_head;
+                if (!c) { /* stopping and drained */
+                        pthread_mutex_unlock(&e->cq_lock);
+                        return NULL;
+                }
+                e->cq_head = c->next;
+                if (!e->cq_head)
+                        e->cq_tail = &e->cq_head;
+                pthread_mutex_unlock(&e->cq_lock);
+                complete(e, c);
+        }
+}

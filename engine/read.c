@@ -1,0 +1,259 @@
+/* The read path: engine_read() turns "LEN bytes at OFF of blob ID" into chunks. When every
+ * chunk is present it pins them, copies them from the store into the thread's buffer and
+ * replies at once; otherwise it queues a `pending` read on the chunks' fetches (fetch.c) and
+ * returns, and the completion worker that lands its last missing chunk answers it
+ * (eng_answer()).
+ *
+ * Invariants: the reply callback is called exactly once per engine_read; a read's chunks are
+ * pinned from the moment it finds them present (or they land) until it has replied, so eviction
+ * never races a copy; a chunk the store lost (-ESTALE) is marked absent before the read fails
+ * or retries, so the next read refetches it.
+ * Cost: one max_read buffer per calling thread (freed at thread exit); the copy runs without
+ * the lock. */
+#include "engine/engine_int.h"
+
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+
+static void buf_key_init(void) {
+        pthread_key_create(&buf_key, free);
+}
+
+/* A per-thread copy buffer of max_read bytes: FUSE threads and workers each own one, freed
+ * when the thread exits. */
+static uint8_t *thread_buffer(struct engine *e) {
+        pthread_once(&buf_once, buf_key_init);
+        uint8_t *b = pthread_getspecific(buf_key);
+        if (!b) {
+                b = malloc(e->cfg.max_read);
+                if (b)
+                        pthread_setspecific(buf_key, b);
+        }
+        return b;
+}
+
+/* Copies the read's bytes from the store (or, for the part lying in chunk FRESH_IDX, from
+ * FRESH, the chunk just fetched) and replies. Lost chunks (-ESTALE) make the read fail with
+ * EIO after they are marked absent, so the next read refetches them. Called without lock; the
+ * read's chunks are pinned. */
+int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint8_t *fresh,
+                  uint32_t fresh_idx, uint32_t *ret_lost) {
+        struct blob *b = pr->blob;
+        size_t done = 0;
+        for (uint32_t i = pr->first; i <= pr->last; i++) {
+                uint64_t coff = chunk_off(e, i);
+                uint64_t from = pr->off > coff ? pr->off : coff;
+                uint64_t to = coff + chunk_len(e, b, i);
+                if (pr->off + pr->len < to)
+                        to = pr->off + pr->len;
+                size_t n = (size_t)(to - from);
+                if (fresh && i == fresh_idx) {
+                        memcpy(out + done, fresh + (from - coff), n);
+                } else {
+                        int r = store_read(e->store, &b->digest, from, out + done, n);
+                        if (r < 0) {
+                                *ret_lost = i;
+                                return r;
+                        }
+                }
+                done += n;
+        }
+        return 0;
+}
+
+void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint32_t fresh_idx) {
+        int err = pr->err;
+        uint8_t *buf = NULL;
+        uint32_t lost = 0;
+        if (err == 0) {
+                if (fresh && pr->first == pr->last && pr->first == fresh_idx) {
+                        /* the common case: served straight from the fetched buffer */
+                        pr->reply(pr->ctx, 0, fresh + (pr->off - chunk_off(e, fresh_idx)), pr->len);
+                        goto out_unpin;
+                }
+                buf = thread_buffer(e);
+                if (!buf)
+                        err = -ENOMEM;
+                else
+                        err = eng_copy_read(e, pr, buf, fresh, fresh_idx, &lost);
+        }
+        if (err == -ESTALE) {
+                struct notes ns = {0};
+                pthread_mutex_lock(&e->lock);
+                eng_mark_absent(e, pr->blob, lost, &ns);
+                e->st.lost_chunks++;
+                pthread_mutex_unlock(&e->lock);
+                eng_notes_flush(e, &ns);
+                log_warning("store lost a chunk blob_id=%u chunk=%u hint=\"it will be refetched\"",
+                            pr->blob->id, lost);
+                err = -EIO;
+        }
+        if (err < 0)
+                pr->reply(pr->ctx, err, NULL, 0);
+        else
+                pr->reply(pr->ctx, 0, buf, pr->len);
+out_unpin:
+        pthread_mutex_lock(&e->lock);
+        if (err < 0)
+                e->st.read_errors++;
+        eng_unpin_all(e, pr);
+        pthread_mutex_unlock(&e->lock);
+        free(pr);
+}
+
+void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
+                 struct engine_stream *stream, engine_reply_fn reply, void *ctx) {
+        struct inflight *starts[STARTS_MAX];
+        size_t nstarts = 0;
+        if (len > e->cfg.max_read)
+                len = e->cfg.max_read;
+        for (int attempt = 0;; attempt++) {
+                pthread_mutex_lock(&e->lock);
+                if (id >= e->nblobs) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -ENOENT, NULL, 0);
+                        return;
+                }
+                struct blob *b = e->blobs[id];
+                if (off >= b->size || len == 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, 0, NULL, 0);
+                        return;
+                }
+                if (b->failed_until_ms && now_ms() < b->failed_until_ms) {
+                        e->st.read_errors++;
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -EIO, NULL, 0);
+                        return;
+                }
+                if (len > b->size - off)
+                        len = (size_t)(b->size - off);
+                uint32_t first = (uint32_t)(off / e->cfg.chunk_size);
+                uint32_t last = (uint32_t)((off + len - 1) / e->cfg.chunk_size);
+                /* A blob of one chunk is served only verified (see engine.h). */
+                bool must_verify = b->nchunks == 1 && !b->verified;
+                unsigned missing = 0;
+                for (uint32_t i = first; i <= last; i++)
+                        if (!bit_get(b->present, i) || must_verify)
+                                missing++;
+                if (missing && b->fetch_failed_until_ms && now_ms() < b->fetch_failed_until_ms) {
+                        /* The last fetch for this blob failed moments ago: the kernel's
+                         * immediate retry and impatient readers get EIO at once instead of
+                         * another full fetch timeout each. */
+                        e->st.read_errors++;
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -EIO, NULL, 0);
+                        return;
+                }
+
+                unsigned window = stream ? eng_stream_window(e, stream, off, len) : 0;
+                /* Last access, for blobctl ls: at most one index write a minute per blob. */
+                int64_t now_s = (int64_t)time(NULL);
+                bool accessed = now_s - b->last_access >= 60;
+                if (accessed)
+                        b->last_access = now_s;
+
+                struct pending sync_pr = {
+                        .blob = b, .off = off, .len = len, .first = first, .last = last};
+                if (missing == 0) {
+                        e->st.hits += last - first + 1;
+                        for (uint32_t i = first; i <= last; i++) {
+                                eng_touch(e, b, i, stream);
+                                eng_pin_for(e, &sync_pr, i);
+                        }
+                        if (window)
+                                eng_readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
+                        uint32_t ra_from = 0, ra_to = 0;
+                        if (stream)
+                                eng_store_ra_window(e, b, stream, last, &ra_from, &ra_to);
+                        pthread_mutex_unlock(&e->lock);
+                        if (accessed)
+                                idx_blob_accessed(e->ix, &b->digest, now_s);
+                        for (size_t i = 0; i < nstarts; i++)
+                                eng_submit(e, starts[i]);
+                        nstarts = 0;
+                        /* Before our own copy, so the disk reads ahead while we wait for it. A
+                         * chunk evicted meanwhile is read ahead as a hole: harmless (the
+                         * store bounds it, and reads still see the hole). */
+                        for (uint32_t i = ra_from; i < ra_to; i++)
+                                store_readahead(e->store, &b->digest, chunk_off(e, i),
+                                                chunk_len(e, b, i));
+
+                        uint8_t *buf = thread_buffer(e);
+                        uint32_t lost = 0;
+                        int r = buf ? eng_copy_read(e, &sync_pr, buf, NULL, 0, &lost) : -ENOMEM;
+                        if (r == 0)
+                                reply(ctx, 0, buf, len);
+                        struct notes ns = {0};
+                        pthread_mutex_lock(&e->lock);
+                        eng_unpin_all(e, &sync_pr);
+                        if (r == -ESTALE) {
+                                eng_mark_absent(e, b, lost, &ns);
+                                e->st.lost_chunks++;
+                        }
+                        pthread_mutex_unlock(&e->lock);
+                        eng_notes_flush(e, &ns);
+                        if (r == -ESTALE && attempt < 3) {
+                                log_warning("store lost a chunk blob_id=%u chunk=%u "
+                                            "hint=\"refetching it\"",
+                                            b->id, lost);
+                                continue; /* the chunk is a miss now */
+                        }
+                        if (r < 0)
+                                reply(ctx, r == -ESTALE ? -EIO : r, NULL, 0);
+                        return;
+                }
+
+                struct pending *pr = calloc(1, sizeof(*pr));
+                if (!pr) {
+                        pthread_mutex_unlock(&e->lock);
+                        reply(ctx, -ENOMEM, NULL, 0);
+                        return;
+                }
+                *pr = (struct pending){.reply = reply,
+                                       .ctx = ctx,
+                                       .blob = b,
+                                       .off = off,
+                                       .len = len,
+                                       .first = first,
+                                       .last = last};
+                for (uint32_t i = first; i <= last; i++) {
+                        if (bit_get(b->present, i) && !must_verify) {
+                                e->st.hits++;
+                                eng_touch(e, b, i, stream);
+                                eng_pin_for(e, pr, i);
+                                continue;
+                        }
+                        e->st.misses++;
+                        if (stream) /* its next reads inside this chunk are not re-references */
+                                stream->last_chunk = ((uint64_t)b->id << 32 | i) + 1;
+                        bool is_new;
+                        struct inflight *f = eng_inflight_get(e, b, i, false, &is_new);
+                        struct waiter *w = f ? malloc(sizeof(*w)) : NULL;
+                        if (!w) {
+                                pr->err = -ENOMEM;
+                                if (f && is_new) {
+                                        eng_inflight_end(e, f);
+                                }
+                                continue;
+                        }
+                        w->pr = pr;
+                        w->next = f->waiters;
+                        f->waiters = w;
+                        pr->missing++;
+                        if (is_new && nstarts < STARTS_MAX)
+                                starts[nstarts++] = f;
+                }
+                if (window)
+                        eng_readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
+                bool answer_now = pr->missing == 0; /* every fetch failed to start */
+                pthread_mutex_unlock(&e->lock);
+                if (accessed)
+                        idx_blob_accessed(e->ix, &b->digest, now_s);
+                for (size_t i = 0; i < nstarts; i++)
+                        eng_submit(e, starts[i]);
+                if (answer_now)
+                        eng_answer(e, pr, NULL, 0);
+                return;
+        }
+}

@@ -1,0 +1,210 @@
+/* Serving peers and the mirror from local chunks: engine_serve() (bytes of present chunks,
+ * waiting a bounded time for a chunk this node is fetching), engine_blob_size() (HEAD),
+ * engine_snapshot() (what this node holds, for announces) and engine_put() (small objects
+ * the caller already holds whole, such as the mirror's manifests).
+ *
+ * Invariants: nothing here fetches on a peer's behalf; served chunks are pinned while copied;
+ * engine_put() never overwrites a chunk that is present or being fetched.
+ * Cost: blocks on disk reads and writes (the peer server's and mirror's threads, never the
+ * FUSE path); engine_serve's wait is bounded by WAIT_MS and by engine_stop_fetching(). */
+#include "engine/engine_int.h"
+
+/* Caller holds lock. Whether a fetch of chunk IDX of B is running on this node. */
+static bool chunk_inflight(const struct blob *b, uint32_t idx) {
+        for (const struct inflight *f = b->inflight; f; f = f->next)
+                if (f->idx == idx)
+                        return true;
+        return false;
+}
+
+#define SERVE_RA_CHUNKS 2 /* chunks read ahead from the store for a peer reading in order */
+
+int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
+                 uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known) {
+        uint64_t deadline = now_ms() + wait_ms;
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = eng_find_blob(e, d);
+        if (!b) {
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        if (len == 0 || off >= b->size || len > b->size - off) {
+                pthread_mutex_unlock(&e->lock);
+                return -EINVAL;
+        }
+        uint32_t first = (uint32_t)(off / e->cfg.chunk_size);
+        uint32_t last = (uint32_t)((off + len - 1) / e->cfg.chunk_size);
+        if (last - first + 1 > 63) {
+                pthread_mutex_unlock(&e->lock);
+                return -EINVAL;
+        }
+        /* Wait (bounded) for chunks this node is fetching; anything else is not ours to
+         * fetch on a peer's behalf. */
+        for (uint32_t i = first; i <= last; i++) {
+                while (!bit_get(b->present, i)) {
+                        if (!chunk_inflight(b, i) || now_ms() >= deadline || e->fetch_stopped) {
+                                pthread_mutex_unlock(&e->lock);
+                                return -ERANGE;
+                        }
+                        uint64_t left = deadline - now_ms();
+                        if (left > 100)
+                                left = 100; /* re-check the deadline and the fetch's fate */
+                        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, left);
+                        pthread_cond_timedwait(&e->landed_cond, &e->lock, &ts);
+                }
+        }
+        if (!buf) { /* only waiting: the caller copies once it holds a buffer */
+                pthread_mutex_unlock(&e->lock);
+                return 0;
+        }
+        struct pending pr = {.blob = b, .off = off, .len = len, .first = first, .last = last};
+        for (uint32_t i = first; i <= last; i++)
+                eng_pin_for(e, &pr, i);
+        bool one = first == last && chunk_off(e, first) == off && chunk_len(e, b, first) == len;
+        bool known = one && b->sha_known && bit_get(b->sha_known, first);
+        if (known && ret_sha)
+                *ret_sha = b->chunk_sha[first];
+        /* A peer reading a blob asks for its chunks in order, a few at a time: start the disk
+         * on the next ones we hold while we copy this one (bounded by the store). */
+        uint32_t ra_to = last + 1;
+        while (ra_to < b->nchunks && ra_to <= last + SERVE_RA_CHUNKS && bit_get(b->present, ra_to))
+                ra_to++;
+        pthread_mutex_unlock(&e->lock);
+        if (ret_sha_known)
+                *ret_sha_known = known;
+        for (uint32_t i = last + 1; i < ra_to; i++)
+                store_readahead(e->store, &b->digest, chunk_off(e, i), chunk_len(e, b, i));
+
+        uint32_t lost = 0;
+        int r = eng_copy_read(e, &pr, buf, NULL, 0, &lost);
+        struct notes ns = {0};
+        pthread_mutex_lock(&e->lock);
+        eng_unpin_all(e, &pr);
+        if (r == -ESTALE) {
+                eng_mark_absent(e, b, lost, &ns);
+                e->st.lost_chunks++;
+        }
+        pthread_mutex_unlock(&e->lock);
+        eng_notes_flush(e, &ns);
+        if (r == -ESTALE)
+                return -ERANGE; /* lost from the store: not here after all */
+        return r;
+}
+
+int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_size) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = eng_find_blob(e, d);
+        if (b)
+                *ret_size = b->size;
+        pthread_mutex_unlock(&e->lock);
+        return b ? 0 : -ENOENT;
+}
+
+int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
+                    struct wire_blob *ret) {
+        pthread_mutex_lock(&e->lock);
+        if (id >= e->nblobs) {
+                pthread_mutex_unlock(&e->lock);
+                return -ENOENT;
+        }
+        struct blob *b = e->blobs[id];
+        size_t map_len = ((size_t)b->nchunks + 7) / 8 + 1;
+        uint32_t ndig = 0;
+        if (sha_to >= b->nchunks)
+                sha_to = b->nchunks ? b->nchunks - 1 : 0;
+        if (b->sha_known && b->nchunks)
+                for (uint32_t i = sha_from; i <= sha_to; i++)
+                        ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
+        struct wire_blob w = {.digest = b->digest, .size = b->size, .nchunks = b->nchunks};
+        memcpy(w.source, b->source, sizeof(w.source));
+        w.present = malloc(map_len);
+        w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));
+        w.sha = malloc((ndig ? ndig : 1) * sizeof(*w.sha));
+        if (!w.present || !w.sha_idx || !w.sha) {
+                pthread_mutex_unlock(&e->lock);
+                free(w.present);
+                free(w.sha_idx);
+                free(w.sha);
+                return -ENOMEM;
+        }
+        memcpy(w.present, b->present, map_len);
+        if (ndig)
+                for (uint32_t i = sha_from; i <= sha_to; i++)
+                        if (bit_get(b->present, i) && bit_get(b->sha_known, i)) {
+                                w.sha_idx[w.ndigests] = i;
+                                w.sha[w.ndigests++] = b->chunk_sha[i];
+                        }
+        pthread_mutex_unlock(&e->lock);
+        *ret = w;
+        return 0;
+}
+
+int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
+               size_t len) {
+        struct digest actual;
+        digest_sha256(buf, len, &actual);
+        if (!digest_equal(&actual, d))
+                return -EBADMSG;
+        if (len == 0 || len > e->effective_budget / 4)
+                return -EFBIG;
+        struct notes ns = {0};
+        bool inserted = false;
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = eng_find_blob(e, d);
+        if (!b) {
+                int r = eng_insert_blob(e, d, len, source, (int64_t)time(NULL), true, &b);
+                if (r < 0) {
+                        pthread_mutex_unlock(&e->lock);
+                        return r;
+                }
+                inserted = true;
+        }
+        uint64_t gen = b->generation;
+        pthread_mutex_unlock(&e->lock);
+        if (inserted) {
+                struct idx_blob ib = {.digest = *d,
+                                      .size = len,
+                                      .chunk_size = e->cfg.chunk_size,
+                                      .added_at = (int64_t)time(NULL),
+                                      .verified = true};
+                snprintf(ib.source, sizeof(ib.source), "%s", source);
+                idx_put_blob(e->ix, &ib);
+        }
+        for (uint32_t i = 0; i < b->nchunks; i++) {
+                size_t n = chunk_len(e, b, i);
+                const uint8_t *p = (const uint8_t *)buf + chunk_off(e, i);
+                pthread_mutex_lock(&e->lock);
+                /* Present already, or a fetch of it running: that one fills it. */
+                bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
+                pthread_mutex_unlock(&e->lock);
+                if (skip)
+                        continue;
+                int r = eng_write_chunk(e, b, i, p, n);
+                if (r < 0) {
+                        eng_notes_flush(e, &ns);
+                        return r;
+                }
+                struct digest sha;
+                digest_sha256(p, n, &sha);
+                pthread_mutex_lock(&e->lock);
+                if (!bit_get(b->present, i) && b->generation == gen &&
+                    policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
+                        bit_set(b->present, i);
+                        b->npresent++;
+                        eng_record_sha(b, i, &sha);
+                        eng_note(&ns, NOTE_PRESENT, b, i, false, &sha);
+                        eng_changed(e, b, i);
+                        eng_evict_to_budget(e, &ns);
+                }
+                pthread_mutex_unlock(&e->lock);
+        }
+        pthread_mutex_lock(&e->lock);
+        if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
+                b->verified = true; /* its bytes were checked whole above */
+                e->st.blobs_verified++;
+                eng_note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
+        }
+        pthread_mutex_unlock(&e->lock);
+        eng_notes_flush(e, &ns);
+        return 0;
+}

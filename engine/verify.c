@@ -1,0 +1,193 @@
+/* Verification: the hash frontier, what happens when a blob fails, and engine_verify().
+ *
+ * Verification. Each blob keeps a SHA-256 context over its prefix of chunks [0, hashed). When
+ * chunk `hashed` becomes present the frontier advances through every present chunk after it;
+ * reaching the end compares the digest. With a budget smaller than the blob, a sequential read
+ * still verifies: the frontier follows the reader. If the advance will reach the end, the
+ * waiting readers are answered only after the comparison, so the last read of a corrupt blob
+ * fails rather than completing it.
+ *
+ * Invariants: one worker at a time advances a blob's frontier (b->hashing); a discard bumps the
+ * blob's generation, so a frontier or fetch that began before it does not mark anything present
+ * afterwards.
+ * Cost: one chunk_size buffer while re-reading chunks from the store; hashing runs without the
+ * engine lock. */
+#include "engine/engine_int.h"
+
+/* Discards every chunk of B after a verification failure. Caller holds lock. */
+static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
+        for (uint32_t i = 0; i < b->nchunks; i++)
+                if (bit_get(b->present, i)) {
+                        bit_clear(b->present, i);
+                        bit_clear(b->unread, i);
+                        eng_ra_release(e, b, i);
+                        eng_hash_pin_drop(e, b, i);
+                        policy_remove(e->policy, key_of(b, i));
+                }
+        b->npresent = 0;
+        b->generation++;
+        /* The recorded chunk digests described bytes that failed the whole-blob check. */
+        free(b->chunk_sha);
+        free(b->sha_known);
+        b->chunk_sha = NULL;
+        b->sha_known = NULL;
+        eng_changed(e, b, UINT32_MAX);
+        eng_note(ns, NOTE_FORGET, b, 0, false, NULL);
+        store_remove(e->store, &b->digest);
+}
+
+/* Advances B's verification frontier through present chunks, starting with FRESH (chunk
+ * FRESH_IDX's bytes) when it is the next one. Runs without lock; b->hashing is ours. Returns
+ * true when the blob turned out corrupt. */
+bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
+                          uint32_t fresh_idx) {
+        uint8_t *tmp = NULL;
+        bool corrupt = false;
+        pthread_mutex_lock(&e->lock);
+        uint64_t gen = b->generation;
+        for (;;) {
+                uint32_t i = b->hashed;
+                if (i >= b->nchunks || !bit_get(b->present, i) || b->generation != gen)
+                        break;
+                bool from_fresh = fresh && i == fresh_idx;
+                if (!from_fresh)
+                        policy_pin(e->policy, key_of(b, i));
+                pthread_mutex_unlock(&e->lock);
+
+                size_t n = chunk_len(e, b, i);
+                const uint8_t *data = fresh;
+                int r = 0;
+                if (!from_fresh) {
+                        if (!tmp)
+                                tmp = malloc(e->cfg.chunk_size);
+                        r = tmp ? store_read(e->store, &b->digest, chunk_off(e, i), tmp, n)
+                                : -ENOMEM;
+                        data = tmp;
+                }
+                if (r == 0) {
+                        if (!b->sha) {
+                                b->sha = EVP_MD_CTX_new();
+                                if (!b->sha || !EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL))
+                                        r = -ENOMEM;
+                        }
+                        if (r == 0)
+                                EVP_DigestUpdate(b->sha, data, n);
+                }
+                pthread_mutex_lock(&e->lock);
+                if (!from_fresh)
+                        policy_unpin(e->policy, key_of(b, i));
+                if (r < 0)
+                        break; /* try again when the next chunk lands */
+                eng_hash_pin_advance(e, b);
+        }
+        if (b->hashed == b->nchunks && b->generation == gen && b->sha) {
+                struct digest got;
+                unsigned int dl = 0;
+                EVP_DigestFinal_ex(b->sha, got.bytes, &dl);
+                EVP_MD_CTX_free(b->sha);
+                b->sha = NULL;
+                b->hashed = 0; /* every hash pin was released on the way */
+                struct notes ns = {0};
+                if (digest_equal(&got, &b->digest)) {
+                        b->verified = true;
+                        e->st.blobs_verified++;
+                        eng_note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
+                } else {
+                        char want[DIGEST_HEX_LEN + 1], have[DIGEST_HEX_LEN + 1];
+                        digest_to_hex(&b->digest, want);
+                        digest_to_hex(&got, have);
+                        log_warning("blob failed verification digest=sha256:%s got=sha256:%s "
+                                    "source=%s hint=\"its chunks are discarded; reads fail with "
+                                    "EIO, then it is refetched\"",
+                                    want, have, b->source);
+                        e->st.verify_failures++;
+                        b->failed_until_ms = now_ms() + e->cfg.verify_retry_ms;
+                        discard_blob(e, b, &ns);
+                        corrupt = true;
+                }
+                b->hashing = false;
+                pthread_cond_broadcast(&e->hash_cond);
+                pthread_mutex_unlock(&e->lock);
+                eng_notes_flush(e, &ns);
+                free(tmp);
+                return corrupt;
+        }
+        log_debug("verification frontier paused blob_id=%u hashed=%u chunks=%u next_present=%d",
+                  b->id, b->hashed, b->nchunks,
+                  b->hashed < b->nchunks ? (int)bit_get(b->present, b->hashed) : -1);
+        b->hashing = false;
+        pthread_cond_broadcast(&e->hash_cond);
+        pthread_mutex_unlock(&e->lock);
+        free(tmp);
+        return false;
+}
+
+int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret) {
+        pthread_mutex_lock(&e->lock);
+        struct blob *b = eng_find_blob(e, d);
+        uint32_t n = b ? b->nchunks : 0;
+        pthread_mutex_unlock(&e->lock);
+        if (!b)
+                return -ENOENT;
+        struct engine_verify_result res = {0};
+        struct digest *want = calloc(n ? n : 1, sizeof(*want));
+        bool *known = calloc(n ? n : 1, sizeof(*known));
+        uint8_t *buf = malloc(e->cfg.chunk_size);
+        int r = -ENOMEM;
+        if (!want || !known || !buf)
+                goto out_free;
+        idx_flush(e->ix); /* digests of chunks that just landed */
+        r = idx_chunk_digests(e->ix, d, n, want, known);
+        if (r < 0)
+                goto out_free;
+        for (uint32_t i = 0; i < n; i++) {
+                struct notes ns = {0};
+                pthread_mutex_lock(&e->lock);
+                bool present = bit_get(b->present, i) && policy_pin(e->policy, key_of(b, i)) == 0;
+                pthread_mutex_unlock(&e->lock);
+                if (!present)
+                        continue;
+                res.checked++;
+                size_t len = chunk_len(e, b, i);
+                int rr = store_read(e->store, &b->digest, chunk_off(e, i), buf, len);
+                struct digest got;
+                bool bad = false;
+                if (rr == 0 && known[i]) {
+                        digest_sha256(buf, len, &got);
+                        bad = !digest_equal(&got, &want[i]);
+                }
+                pthread_mutex_lock(&e->lock);
+                policy_unpin(e->policy, key_of(b, i));
+                if (rr == -ESTALE || bad) {
+                        eng_mark_absent(e, b, i, &ns);
+                        store_punch(e->store, &b->digest, chunk_off(e, i), len);
+                }
+                pthread_mutex_unlock(&e->lock);
+                eng_notes_flush(e, &ns);
+                if (rr == -ESTALE)
+                        res.lost++;
+                else if (rr < 0) {
+                        r = rr;
+                        goto out_free;
+                } else if (!known[i])
+                        res.unknown++;
+                else if (bad)
+                        res.bad++;
+                else
+                        res.ok++;
+        }
+        if (res.bad || res.lost) {
+                char hex[DIGEST_HEX_LEN + 1];
+                digest_to_hex(d, hex);
+                log_warning("verify found damaged chunks digest=sha256:%s bad=%u lost=%u "
+                            "hint=\"they were dropped and will be refetched when read\"",
+                            hex, res.bad, res.lost);
+        }
+        *ret = res;
+        r = 0;
+out_free:
+        free(want);
+        free(known);
+        free(buf);
+        return r;
+}
