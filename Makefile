@@ -26,7 +26,9 @@ CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -g -pthread 
 
 ifeq ($(SANITIZE),1)
 BUILD   ?= build/asan
-OPT      = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+# P2PBLOBS_DEBUG_LOCKS: the engine lock records its holder and ASSERT_HELD checks it.
+OPT      = -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all \
+           -DP2PBLOBS_DEBUG_LOCKS
 else ifneq ($(filter clang%,$(notdir $(CC))),)
 BUILD   ?= build/clang
 OPT      = -O2 -fstack-protector-strong -D_FORTIFY_SOURCE=2

@@ -21,6 +21,7 @@ static size_t digest_slot(const struct digest *d, size_t cap) {
 
 /* Caller holds lock. */
 struct blob *eng_find_blob(struct engine *e, const struct digest *d) {
+        ASSERT_HELD(&e->lock);
         for (size_t i = digest_slot(d, e->by_digest_cap);; i = (i + 1) & (e->by_digest_cap - 1)) {
                 uint32_t v = e->by_digest[i];
                 if (v == 0)
@@ -47,6 +48,7 @@ void eng_blob_info(const struct blob *b, struct engine_blob_info *ret) {
 
 /* Caller holds lock. Tells the announcer that what we hold of B changed. */
 void eng_changed(struct engine *e, const struct blob *b, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         if (e->cfg.on_change)
                 e->cfg.on_change(e->cfg.change_ud, &b->digest, idx);
 }
@@ -71,6 +73,7 @@ void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha) {
 /* Caller holds lock. Creates the in-memory blob. -ENOSPC at max_blobs. */
 int eng_insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
                     int64_t added_at, bool verified, struct blob **ret) {
+        ASSERT_HELD(&e->lock);
         if (e->nblobs >= e->cfg.max_blobs)
                 return -ENOSPC;
         uint64_t n = (size + e->cfg.chunk_size - 1) / e->cfg.chunk_size;
@@ -119,14 +122,14 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
                          "malformed reference: want REGISTRY/REPOSITORY@sha256:<64 hex>");
                 return r == -EPROTONOSUPPORT ? -EINVAL : r;
         }
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, &ref.digest);
         if (b) {
                 eng_blob_info(b, ret);
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return 0;
         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
 
         char source[IDX_SOURCE_MAX];
         snprintf(source, sizeof(source), "%s/%s", ref.registry, ref.repository);
@@ -144,12 +147,12 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
         if (r < 0)
                 return r;
 
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         b = eng_find_blob(e, &ref.digest); /* a concurrent add may have won */
         if (!b) {
                 r = eng_insert_blob(e, &ref.digest, size, source, (int64_t)time(NULL), false, &b);
                 if (r < 0) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         snprintf(reason, reason_len,
                                  r == -ENOSPC ? "too many blobs (--max-blobs)"
                                               : "cannot record the blob");
@@ -160,43 +163,43 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
                                       .chunk_size = e->cfg.chunk_size,
                                       .added_at = b->added_at};
                 memcpy(ib.source, source, sizeof(ib.source));
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 idx_put_blob(e->ix, &ib);
                 idx_flush(e->ix);
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
         }
         eng_blob_info(b, ret);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         return 0;
 }
 
 int engine_find(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (b)
                 eng_blob_info(b, ret);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         return b ? 0 : -ENOENT;
 }
 
 int engine_get(struct engine *e, uint32_t id, struct engine_blob_info *ret) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         bool ok = id < e->nblobs;
         if (ok)
                 eng_blob_info(e->blobs[id], ret);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         return ok ? 0 : -ENOENT;
 }
 
 uint32_t engine_blob_count(struct engine *e) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         uint32_t n = e->nblobs;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         return n;
 }
 
 void engine_get_stats(struct engine *e, struct engine_stats *ret) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         *ret = e->st;
         ret->used_bytes = policy_used_bytes(e->policy);
         ret->pinned_bytes = policy_pinned_bytes(e->policy);
@@ -212,15 +215,15 @@ void engine_get_stats(struct engine *e, struct engine_stats *ret) {
                 else if (b->npresent)
                         ret->blobs_partial++;
         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
 }
 
 int engine_pin(struct engine *e, const struct digest *d, bool pinned) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (b)
                 b->pinned = pinned;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         if (!b)
                 return -ENOENT;
         idx_blob_pinned(e->ix, d, pinned);
@@ -233,24 +236,24 @@ int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_i
         if (!e->cfg.source)
                 return -ENOENT;
         uint64_t now = now_ms();
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         for (size_t i = 0; i < sizeof(e->unknown) / sizeof(e->unknown[0]); i++)
                 if (e->unknown[i].until_ms > now && digest_equal(&e->unknown[i].d, d)) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         return -ENOENT;
                 }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
 
         uint64_t size = 0;
         char source[IDX_SOURCE_MAX];
         int r = source_lookup(e->cfg.source, d, now + LOOKUP_TIMEOUT_MS, &size, source,
                               sizeof(source));
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         if (r < 0) {
                 unsigned slot = e->unknown_next++ % (sizeof(e->unknown) / sizeof(e->unknown[0]));
                 e->unknown[slot].d = *d;
                 e->unknown[slot].until_ms = now_ms() + UNKNOWN_TTL_MS;
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -ENOENT;
         }
         struct blob *b = eng_find_blob(e, d); /* registered meanwhile? */
@@ -258,13 +261,13 @@ int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_i
         if (!b) {
                 r = eng_insert_blob(e, d, size, source, (int64_t)time(NULL), false, &b);
                 if (r < 0) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         return -ENOENT;
                 }
                 inserted = true;
         }
         eng_blob_info(b, ret);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         if (inserted) {
                 struct idx_blob ib = {.digest = *d,
                                       .size = size,

@@ -41,7 +41,7 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         e->origin = origin;
         e->budget = e->effective_budget = cfg->cache_budget;
         e->st.budget_bytes = e->st.effective_budget_bytes = cfg->cache_budget;
-        pthread_mutex_init(&e->lock, NULL);
+        pthread_mutex_init(&e->lock.m, NULL);
         pthread_cond_init(&e->hash_cond, NULL);
         pthread_cond_init(&e->landed_cond, NULL);
         pthread_rwlock_init(&e->fetch_lock, NULL);
@@ -91,7 +91,11 @@ void engine_free(struct engine *e) {
         for (uint32_t i = 0; i < e->nblobs; i++) {
                 struct blob *b = e->blobs[i];
                 while (b->inflight) {
+                        /* No other thread is left; the lock is for eng_inflight_end()'s
+                         * contract (ASSERT_HELD), and is released before eng_answer() takes it. */
+                        eng_lock(&e->lock);
                         struct waiter *w = eng_inflight_end(e, b->inflight);
+                        eng_unlock(&e->lock);
                         while (w) {
                                 struct waiter *next = w->next;
                                 struct pending *pr = w->pr;
@@ -114,7 +118,7 @@ void engine_free(struct engine *e) {
         policy_free(e->policy);
         free(e->blobs);
         free(e->by_digest);
-        pthread_mutex_destroy(&e->lock);
+        pthread_mutex_destroy(&e->lock.m);
         pthread_cond_destroy(&e->hash_cond);
         pthread_cond_destroy(&e->landed_cond);
         pthread_rwlock_destroy(&e->fetch_lock);
@@ -125,16 +129,16 @@ void engine_free(struct engine *e) {
 
 void engine_stop_fetching(struct engine *e) {
         pthread_rwlock_wrlock(&e->fetch_lock);
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         e->fetch_stopped = true;
         for (uint32_t i = 0; i < e->nblobs; i++)
                 e->blobs[i]->prefetching = false;
         pthread_cond_broadcast(&e->landed_cond); /* peers waiting in engine_serve give up */
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         pthread_rwlock_unlock(&e->fetch_lock);
 }
 
 void engine_barrier(struct engine *e) {
-        pthread_mutex_lock(&e->lock);
-        pthread_mutex_unlock(&e->lock);
+        eng_lock(&e->lock);
+        eng_unlock(&e->lock);
 }

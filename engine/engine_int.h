@@ -2,8 +2,8 @@
  * engine/ shares, small inline helpers, and the prototypes of the internal functions one file
  * defines and another calls. Nothing outside engine/ includes it; the contract is engine.h.
  *
- * Internal functions are named eng_*; a comment "Caller holds lock." on one means it must be
- * called with the engine lock (struct engine's `lock`) held. */
+ * Internal functions are named eng_*; "Caller holds lock." on one means it must be called
+ * with the engine lock held, and it says so with ASSERT_HELD (checked in SANITIZE builds). */
 #pragma once
 #include "engine/engine.h"
 
@@ -19,58 +19,173 @@
 #include "cache/policy.h"
 #include "util/log.h"
 
+/* ---- THE LOCK ORDER ------------------------------------------------------------------------
+ *
+ * The engine's locks, what each protects, and the order to take them. Written once, here;
+ * ASSERT_HELD / ASSERT_NOT_HELD below check the engine lock's part in SANITIZE builds.
+ *
+ *  1. e->fetch_lock (rwlock): fetch start vs shutdown. Held shared by eng_submit() while it
+ *     hands a chunk to the source or the origin, exclusively by engine_stop_fetching() to set
+ *     fetch_stopped. Taken before the engine lock, never while holding it.
+ *  2. e->lock, "the engine lock" (struct eng_mutex, taken with eng_lock()): the blob table and
+ *     every blob's mutable state (present/unread bitmaps, recorded chunk digests, in-flight
+ *     fetches and their waiters, the verification frontier's position, prefetch state), the
+ *     eviction policy and every pin, the budgets, the unknown-digest ring and the counters.
+ *     hash_cond and landed_cond wait on it (eng_cond_wait()). Critical sections are short;
+ *     nothing that sleeps on the disk for long or on the network runs under it.
+ *  3. e->cq_lock (mutex): the completion queue (cq_head, cq_tail) and `stopping`. A leaf taken
+ *     alone: by on_fetched() (the fetcher's thread, or eng_submit()'s own thread inside its
+ *     fetch_lock hold when the fetch is refused at once), by the workers, by engine_free().
+ *
+ *  Order: fetch_lock -> lock; fetch_lock -> cq_lock. The engine lock and cq_lock never nest.
+ *
+ * What may be called with the engine lock held: policy_*() (the policy has no lock of its own:
+ * the engine lock is its lock); store_punch(), store_remove() and store_probe() (the store's
+ * locks are leaves below ours); the index's iterators and the writes engine_load()'s callbacks
+ * make (the index's locks come after ours, and it calls back only into those callbacks);
+ * cfg.on_change (the announcer's lock comes after ours: the hook notes and returns); log_*().
+ *
+ * What must not be: eng_submit() and anything reaching the source or the origin (fetch_lock
+ * comes first, and a fetcher may complete at once); store_read() and store_write() of chunk
+ * data; index writes (queued as notes under the lock, eng_notes_flush()ed after it); a reader's
+ * reply callback; hashing chunk data; eng_answer() and eng_write_chunk(), which take it.
+ * engine_free() runs when no other thread is left and takes the lock only to satisfy the
+ * helpers' assertions.
+ *
+ * Fields below say what protects them: "(lock)" the engine lock; "(immutable)" written before
+ * another thread can see the object and never again; otherwise the owner is named. */
+
+/* The engine lock. In SANITIZE builds (P2PBLOBS_DEBUG_LOCKS) it records the thread that holds
+ * it, so ASSERT_HELD can check a "caller holds lock" contract; in release builds it is a plain
+ * mutex and the assertions compile to nothing. */
+struct eng_mutex {
+        pthread_mutex_t m;
+#ifdef P2PBLOBS_DEBUG_LOCKS
+        /* The holder, 0 when free. Written only by the holder (after taking, before releasing);
+         * read with relaxed atomics, so a thread that does not hold it reads another thread's
+         * id or 0, never its own. */
+        pthread_t owner;
+#endif
+};
+
+#ifdef P2PBLOBS_DEBUG_LOCKS
+static inline void eng_lock_set_owner(struct eng_mutex *l, pthread_t t) {
+        __atomic_store_n(&l->owner, t, __ATOMIC_RELAXED);
+}
+static inline bool eng_lock_held(const struct eng_mutex *l) {
+        pthread_t t = __atomic_load_n(&l->owner, __ATOMIC_RELAXED);
+        return t != 0 && pthread_equal(t, pthread_self());
+}
+static inline void eng_lock_assert(const struct eng_mutex *l, bool want, const char *func) {
+        if (eng_lock_held(l) == want)
+                return;
+        fprintf(stderr, "engine: lock assertion failed: %s called %s the engine lock held\n", func,
+                want ? "without" : "with");
+        abort();
+}
+#define ASSERT_HELD(l) eng_lock_assert((l), true, __func__)
+#define ASSERT_NOT_HELD(l) eng_lock_assert((l), false, __func__)
+#else
+static inline void eng_lock_set_owner(struct eng_mutex *l, pthread_t t) {
+        (void)l;
+        (void)t;
+}
+#define ASSERT_HELD(l) ((void)(l))
+#define ASSERT_NOT_HELD(l) ((void)(l))
+#endif
+
+static inline void eng_lock(struct eng_mutex *l) {
+        pthread_mutex_lock(&l->m);
+        eng_lock_set_owner(l, pthread_self());
+}
+
+static inline void eng_unlock(struct eng_mutex *l) {
+        ASSERT_HELD(l);
+        eng_lock_set_owner(l, 0);
+        pthread_mutex_unlock(&l->m);
+}
+
+/* pthread_cond_wait / timedwait on the engine lock: the lock is released while waiting, and
+ * its owner with it. */
+static inline void eng_cond_wait(pthread_cond_t *c, struct eng_mutex *l) {
+        ASSERT_HELD(l);
+        eng_lock_set_owner(l, 0);
+        pthread_cond_wait(c, &l->m);
+        eng_lock_set_owner(l, pthread_self());
+}
+
+static inline int eng_cond_timedwait(pthread_cond_t *c, struct eng_mutex *l,
+                                     const struct timespec *ts) {
+        ASSERT_HELD(l);
+        eng_lock_set_owner(l, 0);
+        int r = pthread_cond_timedwait(c, &l->m, ts);
+        eng_lock_set_owner(l, pthread_self());
+        return r;
+}
+
+/* ---- structures ----------------------------------------------------------------------------- */
+
 struct pending;
 
+/* One read waiting for one fetch: on its inflight's list. (lock) */
 struct waiter {
         struct waiter *next;
         struct pending *pr;
 };
 
+/* A chunk fetch under way (single flight: at most one per chunk). Created and ended under the
+ * lock; between eng_submit() and its completion the fetcher holds the pointer, and only the
+ * worker that completes it ends it. */
 struct inflight {
-        struct inflight *next; /* in blob->inflight */
-        struct blob *blob;
-        uint32_t idx;
-        bool readahead; /* nobody waited for it when it started */
-        bool prefetch;  /* started by engine_prefetch() */
-        struct waiter *waiters;
-        struct engine *e;
+        struct inflight *next;  /* in blob->inflight (lock) */
+        struct blob *blob;      /* (immutable) */
+        uint32_t idx;           /* (immutable) */
+        bool readahead;         /* nobody waited for it when it started (immutable) */
+        bool prefetch;          /* started by engine_prefetch() (lock) */
+        struct waiter *waiters; /* (lock) */
+        struct engine *e;       /* (immutable) */
 };
 
+/* A known blob. Never freed before engine_free(), so a pointer stays valid without the lock;
+ * the (immutable) fields may be read without it. */
 struct blob {
-        uint32_t id;
-        struct digest digest;
-        uint64_t size;
-        uint32_t nchunks;
-        uint32_t npresent;
-        char source[IDX_SOURCE_MAX];
-        int64_t added_at;
-        bool verified;
-        uint8_t *present; /* bitmap, nchunks bits */
+        uint32_t id;                 /* (immutable) */
+        struct digest digest;        /* (immutable) */
+        uint64_t size;               /* (immutable) */
+        uint32_t nchunks;            /* (immutable) */
+        uint32_t npresent;           /* (lock) */
+        char source[IDX_SOURCE_MAX]; /* (immutable) */
+        int64_t added_at;            /* (immutable) */
+        bool verified;               /* (lock) */
+        uint8_t *present;            /* bitmap, nchunks bits (lock; the pointer is immutable) */
         /* sha256 of each chunk as recorded when it arrived (verified against the origin's
          * TLS stream, or against these digests when it came from a peer). Allocated with the
          * first chunk that lands, so a registered but unread blob costs nothing; kept when
-         * chunks are evicted, so a refetch from a peer can still be checked. */
+         * chunks are evicted, so a refetch from a peer can still be checked. (lock) */
         struct digest *chunk_sha;
-        uint8_t *sha_known;
-        uint8_t *unread;           /* bitmap: brought in by readahead, not read yet */
-        struct inflight *inflight; /* fetches of this blob's chunks */
+        uint8_t *sha_known;        /* (lock) */
+        uint8_t *unread;           /* bitmap: brought in by readahead, not read yet (lock) */
+        struct inflight *inflight; /* fetches of this blob's chunks (lock) */
         /* verification frontier */
-        EVP_MD_CTX *sha; /* over chunks [0, hashed) */
-        uint32_t hashed;
-        uint64_t hash_pins;             /* bit i: chunk hashed+i pinned, see eng_hash_pin() */
-        bool hashing;                   /* a worker is advancing the frontier */
-        uint64_t failed_until_ms;       /* verification failed: EIO until then */
-        uint64_t fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then */
-        unsigned fetch_fail_streak;     /* consecutive failed fetches: drives the backoff */
-        uint64_t generation;            /* bumped when the blob's chunks are discarded */
-        bool pinned;                    /* operator pin (see engine_pin) */
-        int64_t last_access;            /* unix seconds */
-        bool prefetching;
-        uint32_t prefetch_next; /* next chunk engine_prefetch() considers */
-        unsigned prefetch_inflight;
-        int prefetch_err;
+        EVP_MD_CTX *sha;          /* over chunks [0, hashed) (the worker that set `hashing`) */
+        uint32_t hashed;          /* (lock) */
+        uint64_t hash_pins;       /* bit i: chunk hashed+i pinned, see eng_hash_pin() (lock) */
+        bool hashing;             /* a worker is advancing the frontier (lock) */
+        uint64_t failed_until_ms; /* verification failed: EIO until then (lock) */
+        uint64_t
+                fetch_failed_until_ms; /* a fetch just failed: misses fail fast until then (lock) */
+        unsigned fetch_fail_streak;    /* consecutive failed fetches: drives the backoff (lock) */
+        uint64_t generation;           /* bumped when the blob's chunks are discarded (lock) */
+        bool pinned;                   /* operator pin (see engine_pin) (lock) */
+        int64_t last_access;           /* unix seconds (lock) */
+        bool prefetching;              /* (lock) */
+        uint32_t prefetch_next;        /* next chunk engine_prefetch() considers (lock) */
+        unsigned prefetch_inflight;    /* (lock) */
+        int prefetch_err;              /* (lock) */
 };
 
+/* A read waiting for chunks. The range and the reply are (immutable); the rest is (lock) while
+ * the read hangs on waiters, and the answering thread's once `missing` reached 0. */
 struct pending {
         engine_reply_fn reply;
         void *ctx;
@@ -81,9 +196,10 @@ struct pending {
         unsigned missing;
         int err;
         uint64_t pinned;           /* bit i: chunk first+i is pinned by this read */
-        struct pending *next_done; /* on a worker's list of reads to answer */
+        struct pending *next_done; /* on a worker's list of reads to answer (that worker) */
 };
 
+/* A fetch's result, on the completion queue (cq_lock) until a worker takes it (that worker). */
 struct completion {
         struct completion *next;
         struct inflight *fl;
@@ -94,49 +210,50 @@ struct completion {
 };
 
 struct engine {
-        struct engine_config cfg;
-        struct index *ix;
-        struct store *store;
-        struct origin *origin;
+        struct engine_config cfg; /* (immutable after engine_new) */
+        struct index *ix;         /* (immutable) */
+        struct store *store;      /* (immutable) */
+        struct origin *origin;    /* (immutable) */
 
-        pthread_mutex_t lock;       /* see engine.c's essay */
-        pthread_cond_t hash_cond;   /* a blob's `hashing` went false */
-        pthread_cond_t landed_cond; /* a fetched chunk became present (engine_serve waits) */
+        struct eng_mutex lock;      /* the engine lock: see THE LOCK ORDER above */
+        pthread_cond_t hash_cond;   /* a blob's `hashing` went false (waits on lock) */
+        pthread_cond_t landed_cond; /* a fetched chunk became present (engine_serve waits; lock) */
         /* Fetch start vs shutdown: eng_submit() holds it shared while it hands a chunk to the
          * source or the origin; engine_stop_fetching() takes it exclusively to set
          * fetch_stopped, after which nothing reaches a source or origin that is being freed. */
         pthread_rwlock_t fetch_lock;
         bool fetch_stopped; /* (fetch_lock; read under the engine lock by engine_serve too) */
         /* Digests no peer knew, so repeated lookups of a bad name cost one query: a small
-         * ring, entries valid until `until_ms`. */
+         * ring, entries valid until `until_ms`. (lock) */
         struct {
                 struct digest d;
                 uint64_t until_ms;
         } unknown[64];
-        unsigned unknown_next;
-        struct blob **blobs; /* by id */
-        uint32_t nblobs;
-        uint32_t *by_digest;  /* open addressing: id + 1, 0 = empty */
-        size_t by_digest_cap; /* power of two >= 2 * max_blobs */
-        struct policy *policy;
+        unsigned unknown_next; /* (lock) */
+        struct blob **blobs;   /* by id (lock; the array itself is immutable) */
+        uint32_t nblobs;       /* (lock) */
+        uint32_t *by_digest;   /* open addressing: id + 1, 0 = empty (lock) */
+        size_t by_digest_cap;  /* power of two >= 2 * max_blobs (immutable) */
+        struct policy *policy; /* (lock: the policy has no lock of its own) */
+        /* (lock; engine_put() reads effective_budget without it for its size check) */
         uint64_t budget, effective_budget;
-        unsigned inflight_count;
+        unsigned inflight_count; /* (lock) */
         /* Chunks fetched by readahead and not yet read: pinned so the small FIFO does not
          * evict them before the reader arrives (which doubled origin traffic in a 64M-budget
          * stream). A ring of max_inflight entries; the oldest is released when it is full, so
-         * an abandoned stream cannot hold the budget hostage. */
+         * an abandoned stream cannot hold the budget hostage. (lock) */
         struct chunk_key *ra_pins;
-        unsigned ra_head, ra_count;
-        unsigned hash_pin_count; /* all blobs' hash_pins bits; at most max_inflight */
-        struct engine_stats st;
+        unsigned ra_head, ra_count; /* (lock) */
+        unsigned hash_pin_count;    /* all blobs' hash_pins bits; at most max_inflight (lock) */
+        struct engine_stats st;     /* (lock) */
 
         /* completion queue: origin thread -> workers */
         pthread_mutex_t cq_lock;
-        pthread_cond_t cq_cond;
-        struct completion *cq_head, **cq_tail;
-        bool stopping;
-        pthread_t *workers;
-        unsigned nworkers;
+        pthread_cond_t cq_cond;                /* (waits on cq_lock) */
+        struct completion *cq_head, **cq_tail; /* (cq_lock) */
+        bool stopping;                         /* (cq_lock) */
+        pthread_t *workers;                    /* (engine_new and engine_free only) */
+        unsigned nworkers;                     /* (engine_new and engine_free only) */
 };
 
 static inline bool bit_get(const uint8_t *map, uint32_t i) {

@@ -19,6 +19,7 @@ static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size
  * allocation failure). The caller calls eng_submit() for new ones after unlocking. */
 struct inflight *eng_inflight_get(struct engine *e, struct blob *b, uint32_t idx, bool readahead,
                                   bool *ret_new) {
+        ASSERT_HELD(&e->lock);
         for (struct inflight *f = b->inflight; f; f = f->next)
                 if (f->idx == idx) {
                         *ret_new = false;
@@ -42,6 +43,7 @@ struct inflight *eng_inflight_get(struct engine *e, struct blob *b, uint32_t idx
 }
 
 void eng_submit(struct engine *e, struct inflight *f) {
+        ASSERT_NOT_HELD(&e->lock);
         struct blob *b = f->blob;
         uint64_t deadline = now_ms() + e->cfg.fetch_timeout_ms;
         pthread_rwlock_rdlock(&e->fetch_lock);
@@ -85,6 +87,7 @@ static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size
 
 /* Caller holds lock. Unlinks F from its blob and returns its waiters. */
 struct waiter *eng_inflight_end(struct engine *e, struct inflight *f) {
+        ASSERT_HELD(&e->lock);
         struct blob *b = f->blob;
         for (struct inflight **pp = &b->inflight; *pp; pp = &(*pp)->next)
                 if (*pp == f) {
@@ -101,6 +104,7 @@ struct waiter *eng_inflight_end(struct engine *e, struct inflight *f) {
 /* Caller holds lock. Readahead after a sequential read ending at chunk LAST. */
 void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned window,
                    struct inflight **starts, size_t *nstarts, size_t max_starts) {
+        ASSERT_HELD(&e->lock);
         for (uint32_t i = last + 1; i <= last + window && i < b->nchunks; i++) {
                 if (e->inflight_count >= e->cfg.max_inflight || *nstarts == max_starts)
                         return;
@@ -121,6 +125,7 @@ void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned win
  * arrive slightly out of order (the kernel issues them concurrently) still count as
  * sequential. */
 unsigned eng_stream_window(struct engine *e, struct engine_stream *s, uint64_t off, size_t len) {
+        ASSERT_HELD(&e->lock);
         uint64_t slack = e->cfg.max_read;
         bool sequential = s->run > 0 && off + slack >= s->next_off && off <= s->next_off + slack;
         if (sequential) {
@@ -155,6 +160,7 @@ unsigned eng_stream_window(struct engine *e, struct engine_stream *s, uint64_t o
 void eng_store_ra_window(const struct engine *e, const struct blob *b,
                          const struct engine_stream *s, uint32_t last, uint32_t *ret_from,
                          uint32_t *ret_to) {
+        ASSERT_HELD(&e->lock);
         uint64_t cs = e->cfg.chunk_size;
         uint64_t from = (uint64_t)last + 1, to = from + STORE_RA_CHUNKS;
         *ret_from = *ret_to = 0;
@@ -203,7 +209,7 @@ static void complete(struct engine *e, struct completion *c) {
         struct notes ns = {0};
         struct pending *done = NULL;
         bool frontier = false, verify_first = false;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         uint64_t gen = b->generation;
         if (err == 0 && !bit_get(b->present, idx)) {
                 if (policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len) == -ENOSPC) {
@@ -271,7 +277,7 @@ static void complete(struct engine *e, struct completion *c) {
                                 verify_first = bit_get(b->present, i);
                 }
         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);
         for (size_t k = 0; k < nstarts; k++)
                 eng_submit(e, starts[k]);
@@ -295,9 +301,9 @@ static void complete(struct engine *e, struct completion *c) {
         for (struct pending *pr = done; pr; pr = pr->next_done)
                 holds_last |= pr->last == b->nchunks - 1;
         if (err == 0 && holds_last && !verify_first) {
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 while (!frontier && b->hashing)
-                        pthread_cond_wait(&e->hash_cond, &e->lock);
+                        eng_cond_wait(&e->hash_cond, &e->lock);
                 bool can_finish =
                         !b->verified && b->generation == gen && present_from(b, b->hashed);
                 if (can_finish) {
@@ -305,14 +311,14 @@ static void complete(struct engine *e, struct completion *c) {
                                 b->hashing = frontier = true;
                         verify_first = true;
                 }
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
         }
         bool corrupt = false;
         if (frontier && verify_first)
                 corrupt = eng_advance_frontier(e, b, c->buf, idx);
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         bool discarded = b->generation != gen; /* another worker found the blob corrupt */
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         for (struct pending *pr = done; pr;) {
                 struct pending *next = pr->next_done;
                 if (corrupt || (err == 0 && discarded))

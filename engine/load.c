@@ -16,6 +16,7 @@ struct load_ctx {
 static int load_blob(void *ud, const struct idx_blob *ib) {
         struct load_ctx *lc = ud;
         struct engine *e = lc->e;
+        ASSERT_HELD(&e->lock);
         struct blob *b;
         if (ib->chunk_size != e->cfg.chunk_size) {
                 /* Chunks of another size cannot be mapped: keep the blob, drop its chunks. */
@@ -43,6 +44,7 @@ static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool prese
                       const struct digest *sha) {
         struct load_ctx *lc = ud;
         struct engine *e = lc->e;
+        ASSERT_HELD(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (!b || idx >= b->nchunks || !present || bit_get(b->present, idx))
                 return 0;
@@ -63,14 +65,14 @@ static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool prese
 
 int engine_load(struct engine *e) {
         struct load_ctx lc = {.e = e};
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         int r = idx_for_each_blob(e->ix, load_blob, &lc);
         if (r == 0 || r == -ENOSPC) {
                 idx_flush(e->ix); /* chunk-size fixes must land before we read chunks */
                 r = idx_for_each_chunk(e->ix, load_chunk, &lc);
         }
         eng_evict_to_budget(e, &lc.ns);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &lc.ns);
         if (r < 0)
                 return r;

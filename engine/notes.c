@@ -32,6 +32,7 @@ void eng_note(struct notes *ns, enum idx_note_kind k, const struct blob *b, uint
 }
 
 void eng_notes_flush(struct engine *e, struct notes *ns) {
+        ASSERT_NOT_HELD(&e->lock);
         for (size_t i = 0; i < ns->n; i++) {
                 struct idx_note *n = &ns->v[i];
                 switch (n->kind) {

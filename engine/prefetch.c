@@ -12,6 +12,7 @@
  * chunks in flight for engine_prefetch(); clears b->prefetching when nothing is left. */
 void eng_prefetch_pump(struct engine *e, struct blob *b, struct inflight **starts, size_t *nstarts,
                        size_t max_starts) {
+        ASSERT_HELD(&e->lock);
         unsigned window =
                 PREFETCH_WINDOW < e->cfg.max_inflight ? PREFETCH_WINDOW : e->cfg.max_inflight;
         while (b->prefetching && b->prefetch_next < b->nchunks && b->prefetch_inflight < window &&
@@ -34,14 +35,14 @@ void eng_prefetch_pump(struct engine *e, struct blob *b, struct inflight **start
 int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
         struct inflight *starts[PREFETCH_WINDOW];
         size_t nstarts = 0;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (!b) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -ENOENT;
         }
         if (b->size > e->effective_budget) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -EFBIG;
         }
         if (!b->prefetching) {
@@ -51,7 +52,7 @@ int engine_prefetch(struct engine *e, const struct digest *d, struct engine_blob
         }
         eng_prefetch_pump(e, b, starts, &nstarts, PREFETCH_WINDOW);
         eng_blob_info(b, ret);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         for (size_t i = 0; i < nstarts; i++)
                 eng_submit(e, starts[i]);
         return 0;

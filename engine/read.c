@@ -38,6 +38,7 @@ static uint8_t *thread_buffer(struct engine *e) {
  * read's chunks are pinned. */
 int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint8_t *fresh,
                   uint32_t fresh_idx, uint32_t *ret_lost) {
+        ASSERT_NOT_HELD(&e->lock);
         struct blob *b = pr->blob;
         size_t done = 0;
         for (uint32_t i = pr->first; i <= pr->last; i++) {
@@ -62,6 +63,7 @@ int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint
 }
 
 void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint32_t fresh_idx) {
+        ASSERT_NOT_HELD(&e->lock);
         int err = pr->err;
         uint8_t *buf = NULL;
         uint32_t lost = 0;
@@ -79,10 +81,10 @@ void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint
         }
         if (err == -ESTALE) {
                 struct notes ns = {0};
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 eng_mark_absent(e, pr->blob, lost, &ns);
                 e->st.lost_chunks++;
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
                 log_warning("store lost a chunk blob_id=%u chunk=%u hint=\"it will be refetched\"",
                             pr->blob->id, lost);
@@ -93,11 +95,11 @@ void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint
         else
                 pr->reply(pr->ctx, 0, buf, pr->len);
 out_unpin:
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         if (err < 0)
                 e->st.read_errors++;
         eng_unpin_all(e, pr);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         free(pr);
 }
 
@@ -108,21 +110,21 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
         if (len > e->cfg.max_read)
                 len = e->cfg.max_read;
         for (int attempt = 0;; attempt++) {
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 if (id >= e->nblobs) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         reply(ctx, -ENOENT, NULL, 0);
                         return;
                 }
                 struct blob *b = e->blobs[id];
                 if (off >= b->size || len == 0) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         reply(ctx, 0, NULL, 0);
                         return;
                 }
                 if (b->failed_until_ms && now_ms() < b->failed_until_ms) {
                         e->st.read_errors++;
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         reply(ctx, -EIO, NULL, 0);
                         return;
                 }
@@ -141,7 +143,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                          * immediate retry and impatient readers get EIO at once instead of
                          * another full fetch timeout each. */
                         e->st.read_errors++;
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         reply(ctx, -EIO, NULL, 0);
                         return;
                 }
@@ -166,7 +168,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         uint32_t ra_from = 0, ra_to = 0;
                         if (stream)
                                 eng_store_ra_window(e, b, stream, last, &ra_from, &ra_to);
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         if (accessed)
                                 idx_blob_accessed(e->ix, &b->digest, now_s);
                         for (size_t i = 0; i < nstarts; i++)
@@ -185,13 +187,13 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         if (r == 0)
                                 reply(ctx, 0, buf, len);
                         struct notes ns = {0};
-                        pthread_mutex_lock(&e->lock);
+                        eng_lock(&e->lock);
                         eng_unpin_all(e, &sync_pr);
                         if (r == -ESTALE) {
                                 eng_mark_absent(e, b, lost, &ns);
                                 e->st.lost_chunks++;
                         }
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         eng_notes_flush(e, &ns);
                         if (r == -ESTALE && attempt < 3) {
                                 log_warning("store lost a chunk blob_id=%u chunk=%u "
@@ -206,7 +208,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
 
                 struct pending *pr = calloc(1, sizeof(*pr));
                 if (!pr) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         reply(ctx, -ENOMEM, NULL, 0);
                         return;
                 }
@@ -247,7 +249,7 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                 if (window)
                         eng_readahead(e, b, last, window, starts, &nstarts, STARTS_MAX);
                 bool answer_now = pr->missing == 0; /* every fetch failed to start */
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 if (accessed)
                         idx_blob_accessed(e->ix, &b->digest, now_s);
                 for (size_t i = 0; i < nstarts; i++)

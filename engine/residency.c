@@ -24,17 +24,19 @@ static void forget_shas(struct blob *b) {
         b->sha_known = NULL;
 }
 
-/* Caller holds lock. */
 /* Caller holds lock. How many readahead pins there may be: max_inflight, but at most a quarter
  * of the budget's chunks (at least 2). Pinned chunks cannot be evicted, so in a small cache
  * more would push out everything else, the hot set first. */
 static unsigned ra_pin_cap(const struct engine *e) {
+        ASSERT_HELD(&e->lock);
         uint64_t quarter = e->effective_budget / e->cfg.chunk_size / 4;
         unsigned cap = quarter < e->cfg.max_inflight ? (unsigned)quarter : e->cfg.max_inflight;
         return cap < 2 ? 2 : cap;
 }
 
+/* Caller holds lock. Pins chunk IDX of B, just brought in by readahead, in the ring. */
 void eng_ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         unsigned ring = e->cfg.max_inflight, cap = ra_pin_cap(e);
         if (e->ra_count && e->ra_count >= cap) { /* release the oldest */
                 policy_unpin(e->policy, e->ra_pins[e->ra_head]);
@@ -50,6 +52,7 @@ void eng_ra_pin(struct engine *e, struct blob *b, uint32_t idx) {
 /* Caller holds lock. The reader reached a readahead chunk: it is an ordinary chunk now.
  * Returns whether it was one. */
 bool eng_ra_release(struct engine *e, struct blob *b, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         unsigned cap = e->cfg.max_inflight;
         for (unsigned i = 0; i < e->ra_count; i++) {
                 unsigned pos = (e->ra_head + i) % cap;
@@ -70,6 +73,7 @@ bool eng_ra_release(struct engine *e, struct blob *b, uint32_t idx) {
  * FUSE request of one stream inside the same chunk. Counting those would make a one-time scan
  * look hot and defeat S3-FIFO's scan resistance. */
 void eng_touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_stream *stream) {
+        ASSERT_HELD(&e->lock);
         bool first_read = bit_get(b->unread, idx);
         if (first_read) {
                 bit_clear(b->unread, idx);
@@ -91,6 +95,7 @@ void eng_touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_str
 #define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
 
 void eng_hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         if (b->verified || idx < b->hashed || idx - b->hashed >= HASH_PIN_WINDOW)
                 return;
         uint64_t bit = UINT64_C(1) << (idx - b->hashed);
@@ -108,6 +113,7 @@ void eng_hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
 
 /* Caller holds lock. The frontier moves past chunk b->hashed. */
 void eng_hash_pin_advance(struct engine *e, struct blob *b) {
+        ASSERT_HELD(&e->lock);
         if (b->hash_pins & 1) {
                 policy_unpin(e->policy, key_of(b, b->hashed));
                 e->hash_pin_count--;
@@ -118,6 +124,7 @@ void eng_hash_pin_advance(struct engine *e, struct blob *b) {
 
 /* Caller holds lock. Chunk IDX leaves the cache: its pin goes with its policy entry. */
 void eng_hash_pin_drop(struct engine *e, struct blob *b, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         if (idx < b->hashed || idx - b->hashed >= 64)
                 return;
         uint64_t bit = UINT64_C(1) << (idx - b->hashed);
@@ -130,6 +137,7 @@ void eng_hash_pin_drop(struct engine *e, struct blob *b, uint32_t idx) {
 /* Forgets chunk IDX of B: bit, policy entry; the bytes are punched by the caller or already
  * gone. */
 void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct notes *ns) {
+        ASSERT_HELD(&e->lock);
         if (!bit_get(b->present, idx))
                 return;
         bit_clear(b->present, idx);
@@ -145,6 +153,7 @@ void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct note
 
 /* Caller holds lock. Drops chunk K (already out of the policy): bit, index, bytes. */
 static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) {
+        ASSERT_HELD(&e->lock);
         struct blob *b = e->blobs[k.blob];
         /* Clear the bit, then punch: a reader that finds the bit clear never reads the bytes. */
         bit_clear(b->present, k.idx);
@@ -164,6 +173,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
  * operator-pinned blobs; only if that is not enough are those evicted too. The passed-over
  * chunks go back into the policy (as ghosts they land in main, where pinned blobs belong). */
 void eng_evict_to_budget(struct engine *e, struct notes *ns) {
+        ASSERT_HELD(&e->lock);
         uint64_t budget = policy_budget(e->policy);
         struct chunk_key k, *deferred = NULL;
         size_t ndeferred = 0, cap = 0;
@@ -202,11 +212,13 @@ void eng_evict_to_budget(struct engine *e, struct notes *ns) {
 
 /* Pins chunk IDX for read PR and remembers it, so the read unpins exactly what it pinned. */
 void eng_pin_for(struct engine *e, struct pending *pr, uint32_t idx) {
+        ASSERT_HELD(&e->lock);
         if (policy_pin(e->policy, key_of(pr->blob, idx)) == 0)
                 pr->pinned |= UINT64_C(1) << (idx - pr->first);
 }
 
 void eng_unpin_all(struct engine *e, struct pending *pr) {
+        ASSERT_HELD(&e->lock);
         for (uint32_t i = pr->first; i <= pr->last; i++)
                 if (pr->pinned & (UINT64_C(1) << (i - pr->first)))
                         policy_unpin(e->policy, key_of(pr->blob, i));
@@ -216,12 +228,13 @@ void eng_unpin_all(struct engine *e, struct pending *pr) {
 /* Writes a fetched chunk, shrinking the effective budget while the disk is full. */
 int eng_write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uint8_t *buf,
                     size_t len) {
+        ASSERT_NOT_HELD(&e->lock);
         for (int attempt = 0;; attempt++) {
                 int r = store_write(e->store, &b->digest, b->size, chunk_off(e, idx), buf, len);
                 if (r != -ENOSPC || attempt >= 8)
                         return r;
                 struct notes ns = {0};
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 uint64_t used = policy_used_bytes(e->policy);
                 uint64_t floor = e->cfg.chunk_size;
                 uint64_t target = used > len + floor ? used - len : floor;
@@ -238,7 +251,7 @@ int eng_write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uint8_
                         policy_set_budget(e->policy, target);
                         eng_evict_to_budget(e, &ns);
                 }
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
                 if (!shrunk && attempt >= 2)
                         return r; /* nothing left to free: the disk is full of other things */
@@ -247,17 +260,18 @@ int eng_write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uint8_
 
 void engine_set_budget(struct engine *e, uint64_t budget) {
         struct notes ns = {0};
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         e->budget = e->effective_budget = budget;
         policy_set_budget(e->policy, budget);
         eng_evict_to_budget(e, &ns);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);
 }
 
 /* Caller holds lock. Drops B's present chunks except those in use. */
 static void evict_blob(struct engine *e, struct blob *b, struct notes *ns, uint64_t *chunks,
                        uint64_t *bytes) {
+        ASSERT_HELD(&e->lock);
         b->prefetching = false;
         for (uint32_t i = 0; i < b->nchunks; i++) {
                 if (!bit_get(b->present, i) || policy_pinned(e->policy, key_of(b, i)))
@@ -274,7 +288,7 @@ int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
         struct notes ns = {0};
         uint64_t chunks = 0, bytes = 0;
         int r = 0;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         if (d) {
                 struct blob *b = eng_find_blob(e, d);
                 if (b)
@@ -286,7 +300,7 @@ int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
                         evict_blob(e, e->blobs[i], &ns, &chunks, &bytes);
         }
         e->st.evicted_chunks += chunks;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);
         if (r == 0) {
                 *ret_chunks = chunks;

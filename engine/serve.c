@@ -22,20 +22,20 @@ static bool chunk_inflight(const struct blob *b, uint32_t idx) {
 int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
                  uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known) {
         uint64_t deadline = now_ms() + wait_ms;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (!b) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -ENOENT;
         }
         if (len == 0 || off >= b->size || len > b->size - off) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -EINVAL;
         }
         uint32_t first = (uint32_t)(off / e->cfg.chunk_size);
         uint32_t last = (uint32_t)((off + len - 1) / e->cfg.chunk_size);
         if (last - first + 1 > 63) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -EINVAL;
         }
         /* Wait (bounded) for chunks this node is fetching; anything else is not ours to
@@ -43,18 +43,18 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
         for (uint32_t i = first; i <= last; i++) {
                 while (!bit_get(b->present, i)) {
                         if (!chunk_inflight(b, i) || now_ms() >= deadline || e->fetch_stopped) {
-                                pthread_mutex_unlock(&e->lock);
+                                eng_unlock(&e->lock);
                                 return -ERANGE;
                         }
                         uint64_t left = deadline - now_ms();
                         if (left > 100)
                                 left = 100; /* re-check the deadline and the fetch's fate */
                         struct timespec ts = deadline_after_ms(CLOCK_REALTIME, left);
-                        pthread_cond_timedwait(&e->landed_cond, &e->lock, &ts);
+                        eng_cond_timedwait(&e->landed_cond, &e->lock, &ts);
                 }
         }
         if (!buf) { /* only waiting: the caller copies once it holds a buffer */
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return 0;
         }
         struct pending pr = {.blob = b, .off = off, .len = len, .first = first, .last = last};
@@ -69,7 +69,7 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
         uint32_t ra_to = last + 1;
         while (ra_to < b->nchunks && ra_to <= last + SERVE_RA_CHUNKS && bit_get(b->present, ra_to))
                 ra_to++;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         if (ret_sha_known)
                 *ret_sha_known = known;
         for (uint32_t i = last + 1; i < ra_to; i++)
@@ -78,13 +78,13 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
         uint32_t lost = 0;
         int r = eng_copy_read(e, &pr, buf, NULL, 0, &lost);
         struct notes ns = {0};
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         eng_unpin_all(e, &pr);
         if (r == -ESTALE) {
                 eng_mark_absent(e, b, lost, &ns);
                 e->st.lost_chunks++;
         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);
         if (r == -ESTALE)
                 return -ERANGE; /* lost from the store: not here after all */
@@ -92,19 +92,19 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
 }
 
 int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_size) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (b)
                 *ret_size = b->size;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         return b ? 0 : -ENOENT;
 }
 
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
                     struct wire_blob *ret) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         if (id >= e->nblobs) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 return -ENOENT;
         }
         struct blob *b = e->blobs[id];
@@ -121,7 +121,7 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));
         w.sha = malloc((ndig ? ndig : 1) * sizeof(*w.sha));
         if (!w.present || !w.sha_idx || !w.sha) {
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 free(w.present);
                 free(w.sha_idx);
                 free(w.sha);
@@ -134,7 +134,7 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
                                 w.sha_idx[w.ndigests] = i;
                                 w.sha[w.ndigests++] = b->chunk_sha[i];
                         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         *ret = w;
         return 0;
 }
@@ -149,18 +149,18 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
                 return -EFBIG;
         struct notes ns = {0};
         bool inserted = false;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (!b) {
                 int r = eng_insert_blob(e, d, len, source, (int64_t)time(NULL), true, &b);
                 if (r < 0) {
-                        pthread_mutex_unlock(&e->lock);
+                        eng_unlock(&e->lock);
                         return r;
                 }
                 inserted = true;
         }
         uint64_t gen = b->generation;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         if (inserted) {
                 struct idx_blob ib = {.digest = *d,
                                       .size = len,
@@ -173,10 +173,10 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
         for (uint32_t i = 0; i < b->nchunks; i++) {
                 size_t n = chunk_len(e, b, i);
                 const uint8_t *p = (const uint8_t *)buf + chunk_off(e, i);
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 /* Present already, or a fetch of it running: that one fills it. */
                 bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 if (skip)
                         continue;
                 int r = eng_write_chunk(e, b, i, p, n);
@@ -186,7 +186,7 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
                 }
                 struct digest sha;
                 digest_sha256(p, n, &sha);
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 if (!bit_get(b->present, i) && b->generation == gen &&
                     policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
                         bit_set(b->present, i);
@@ -196,15 +196,15 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
                         eng_changed(e, b, i);
                         eng_evict_to_budget(e, &ns);
                 }
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
         }
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
                 b->verified = true; /* its bytes were checked whole above */
                 e->st.blobs_verified++;
                 eng_note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
         }
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);
         return 0;
 }

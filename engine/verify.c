@@ -16,6 +16,7 @@
 
 /* Discards every chunk of B after a verification failure. Caller holds lock. */
 static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
+        ASSERT_HELD(&e->lock);
         for (uint32_t i = 0; i < b->nchunks; i++)
                 if (bit_get(b->present, i)) {
                         bit_clear(b->present, i);
@@ -41,9 +42,10 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
  * true when the blob turned out corrupt. */
 bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
                           uint32_t fresh_idx) {
+        ASSERT_NOT_HELD(&e->lock);
         uint8_t *tmp = NULL;
         bool corrupt = false;
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         uint64_t gen = b->generation;
         for (;;) {
                 uint32_t i = b->hashed;
@@ -52,7 +54,7 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                 bool from_fresh = fresh && i == fresh_idx;
                 if (!from_fresh)
                         policy_pin(e->policy, key_of(b, i));
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
 
                 size_t n = chunk_len(e, b, i);
                 const uint8_t *data = fresh;
@@ -73,7 +75,7 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                         if (r == 0)
                                 EVP_DigestUpdate(b->sha, data, n);
                 }
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 if (!from_fresh)
                         policy_unpin(e->policy, key_of(b, i));
                 if (r < 0)
@@ -107,7 +109,7 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                 }
                 b->hashing = false;
                 pthread_cond_broadcast(&e->hash_cond);
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
                 free(tmp);
                 return corrupt;
@@ -117,16 +119,16 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                   b->hashed < b->nchunks ? (int)bit_get(b->present, b->hashed) : -1);
         b->hashing = false;
         pthread_cond_broadcast(&e->hash_cond);
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         free(tmp);
         return false;
 }
 
 int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret) {
-        pthread_mutex_lock(&e->lock);
+        eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         uint32_t n = b ? b->nchunks : 0;
-        pthread_mutex_unlock(&e->lock);
+        eng_unlock(&e->lock);
         if (!b)
                 return -ENOENT;
         struct engine_verify_result res = {0};
@@ -142,9 +144,9 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                 goto out_free;
         for (uint32_t i = 0; i < n; i++) {
                 struct notes ns = {0};
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 bool present = bit_get(b->present, i) && policy_pin(e->policy, key_of(b, i)) == 0;
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 if (!present)
                         continue;
                 res.checked++;
@@ -156,13 +158,13 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                         digest_sha256(buf, len, &got);
                         bad = !digest_equal(&got, &want[i]);
                 }
-                pthread_mutex_lock(&e->lock);
+                eng_lock(&e->lock);
                 policy_unpin(e->policy, key_of(b, i));
                 if (rr == -ESTALE || bad) {
                         eng_mark_absent(e, b, i, &ns);
                         store_punch(e->store, &b->digest, chunk_off(e, i), len);
                 }
-                pthread_mutex_unlock(&e->lock);
+                eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
                 if (rr == -ESTALE)
                         res.lost++;
