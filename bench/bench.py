@@ -1510,7 +1510,7 @@ def render(res, mach, ctx, args):
               "full sequential reads of one-off layers of 64–768 MiB (about half of all "
               "references; %d references in all). `bench/evict_sim` replays it through "
               "`cache/policy.h` linked from `libp2pblobs-core.a` (S3-FIFO, driven as "
-              "fs/engine.c drives it: touch on a hit, insert then evict to budget on a miss) "
+              "engine/residency.c drives it: touch on a hit, insert then evict to budget on a miss) "
               "and through a plain LRU in the driver, at budgets of 256, 512 and 1024 MiB "
               "(about ½×, 1× and 2× the hot set). Hit ratio over all references; every scan "
               "reference is a compulsory miss, so an infinite cache gets %s. Over hot-set "

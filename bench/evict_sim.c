@@ -4,7 +4,7 @@
  *
  *   evict_sim TRACE BUDGET_MIB...
  *
- * Both are driven the way fs/engine.c drives the policy: a reference to a resident chunk is a
+ * Both are driven the way engine/residency.c drives the policy: a reference to a resident chunk is a
  * hit (policy_touch); a miss inserts the chunk once it "lands" and then evicts while resident
  * bytes exceed the budget (policy_next_victim). No pins: the simulation has no chunks in flight.
  * LRU: a hit moves the chunk to the front; eviction takes the back until within budget.
@@ -129,7 +129,7 @@ static int lru_access(struct lru *l, struct chunk_key key, uint32_t bytes) {
         return 0;
 }
 
-/* ---- S3-FIFO through cache/policy.h, as fs/engine.c calls it */
+/* ---- S3-FIFO through cache/policy.h, as engine/residency.c calls it */
 static int s3_access(struct policy *p, struct chunk_key key, uint32_t bytes) {
         struct chunk_key victim;
         if (policy_contains(p, key)) {

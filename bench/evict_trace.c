@@ -5,7 +5,7 @@
  * The workload the policy is built for (cache/policy.c): many containers start from the same few
  * layers, interleaved with one-off full reads of layers pulled once (a new image, `blobctl
  * prefetch`). Chunk granularity 1 MiB; one record is one reference to a chunk (the engine counts
- * one reference per stream per chunk, see touch() in fs/engine.c).
+ * one reference per stream per chunk, see touch() in engine/residency.c).
  *
  *   - hot set: HOT_LAYERS layers of 40..90 MiB (about 512 MiB in all, the exact figure goes to
  *     stderr). A "container start" is a burst of BURST references drawn from the hot set's chunks
