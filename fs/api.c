@@ -13,6 +13,7 @@
 
 #include "cache/store.h"
 #include "engine/engine.h"
+#include "fs/stats.h"
 #include "index/index.h"
 #include "peer/members.h"
 #include "peer/directory.h"
@@ -22,120 +23,12 @@
 #include "util/memstat.h"
 #include "util/parse.h"
 
-static int add_u64(json_t *obj, const char *key, uint64_t v) {
-        return json_object_set_new(obj, key, json_integer((json_int_t)v));
-}
-
-/* Peer figures for stat and /metrics: zeros when the node runs without peers. */
-struct peer_totals {
-        uint64_t known, up, bytes_from, bytes_to;
-};
-
-static void peer_totals(struct daemon *d, struct peer_totals *t) {
-        memset(t, 0, sizeof(*t));
-        if (!d->members)
-                return;
-        members_counts(d->members, &t->up, &t->known);
-        struct peer_info *v;
-        size_t n;
-        if (members_snapshot(d->members, &v, &n) < 0)
-                return;
-        for (size_t i = 0; i < n; i++) {
-                t->bytes_from += v[i].bytes_from;
-                t->bytes_to += v[i].bytes_to;
-        }
-        free(v);
-}
-
 static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
-        struct peer_totals pt;
-        peer_totals(d, &pt);
-        struct engine_stats es;
-        struct origin_stats os;
-        engine_get_stats(d->engine, &es);
-        origin_get_stats(d->origin, &os);
-
-        json_t *cache = json_object(), *fetched = json_object(), *memory = json_object(),
-               *errors = json_object(), *root = json_object();
-        if (!cache || !fetched || !memory || !errors || !root) {
-                json_decref(cache);
-                json_decref(fetched);
-                json_decref(memory);
-                json_decref(errors);
-                json_decref(root);
+        json_t *root = stats_json(d);
+        if (!root) {
                 snprintf(reason, reason_len, "out of memory");
                 return -ENOMEM;
         }
-        add_u64(cache, "budget_bytes", es.budget_bytes);
-        add_u64(cache, "effective_budget_bytes", es.effective_budget_bytes);
-        add_u64(cache, "used_bytes", es.used_bytes);
-        add_u64(cache, "pinned_bytes", es.pinned_bytes);
-        add_u64(cache, "chunks_present", es.chunks_present);
-        add_u64(cache, "hits", es.hits);
-        add_u64(cache, "misses", es.misses);
-        add_u64(cache, "evicted_chunks", es.evicted_chunks);
-        add_u64(cache, "store_allocated_bytes", store_allocated_bytes(d->store));
-
-        add_u64(fetched, "origin_bytes", os.bytes);
-        add_u64(fetched, "origin_requests", os.requests);
-        add_u64(fetched, "origin_errors", os.errors);
-        json_t *causes =
-                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}", "connect", (json_int_t)os.err_connect,
-                          "timeout", (json_int_t)os.err_timeout, "http", (json_int_t)os.err_http,
-                          "not_found", (json_int_t)os.err_not_found, "denied",
-                          (json_int_t)os.err_denied, "protocol", (json_int_t)os.err_protocol);
-        json_object_set_new(errors, "origin_by_cause", causes);
-        add_u64(fetched, "peer_bytes", pt.bytes_from);
-        add_u64(fetched, "inflight_chunks", es.inflight_chunks);
-        add_u64(fetched, "readahead_chunks", es.readahead_chunks);
-
-        add_u64(errors, "read_errors", es.read_errors);
-        add_u64(errors, "verify_failures", es.verify_failures);
-        add_u64(errors, "store_full_events", es.store_full_events);
-        add_u64(errors, "lost_chunks", es.lost_chunks);
-        add_u64(errors, "index_write_errors", idx_write_errors(d->ix));
-        struct source_stats ss = {0};
-        if (d->source)
-                source_get_stats(d->source, &ss);
-        add_u64(errors, "peer_failures", ss.peer_failures);
-        add_u64(errors, "peer_corrupt_chunks", ss.peer_corrupt);
-
-        uint64_t rss = 0;
-        memstat_rss(&rss);
-        add_u64(memory, "rss_bytes", rss);
-        struct cgroup_memory cm = {0};
-        if (memstat_self(&cm) == 0) {
-                add_u64(memory, "cgroup_version", (uint64_t)cm.version);
-                add_u64(memory, "cgroup_usage_bytes", cm.usage_bytes);
-                add_u64(memory, "cgroup_inactive_file_bytes", cm.inactive_file_bytes);
-                add_u64(memory, "cgroup_working_set_bytes", cm.working_set_bytes);
-        } else {
-                json_object_set_new(memory, "cgroup_version", json_integer(0));
-                json_object_set_new(memory, "cgroup_usage_bytes", json_null());
-                json_object_set_new(memory, "cgroup_inactive_file_bytes", json_null());
-                json_object_set_new(memory, "cgroup_working_set_bytes", json_null());
-        }
-        add_u64(memory, "store_page_cache_bytes", store_page_cache_bytes(d->store));
-
-        json_object_set_new(root, "version", json_string(P2PBLOBS_VERSION));
-        add_u64(root, "uptime_seconds", (uint64_t)(time(NULL) - d->started));
-        add_u64(root, "chunk_size", d->cfg.chunk_size);
-        add_u64(root, "blobs", es.blobs);
-        add_u64(root, "blobs_verified", es.blobs_verified);
-        add_u64(root, "blobs_complete", es.blobs_complete);
-        add_u64(root, "blobs_partial", es.blobs_partial);
-        add_u64(root, "blobs_pinned", es.blobs_pinned);
-        json_object_set_new(root, "daemon_running", json_true());
-        json_object_set_new(root, "cache", cache);
-        json_object_set_new(root, "fetched", fetched);
-        json_object_set_new(root, "errors", errors);
-        /* Peer figures: true zeros when the node runs without peers. */
-        json_object_set_new(root, "served",
-                            json_pack("{s:I}", "peer_bytes", (json_int_t)pt.bytes_to));
-        json_object_set_new(
-                root, "peers",
-                json_pack("{s:I, s:I}", "known", (json_int_t)pt.known, "up", (json_int_t)pt.up));
-        json_object_set_new(root, "memory", memory);
         *ret = root;
         return 0;
 }
@@ -356,95 +249,9 @@ static bool api_ready(void *ud) {
         return atomic_load(&d->serving);
 }
 
-static void metric(FILE *f, const char *name, const char *type, const char *help, uint64_t v) {
-        fprintf(f, "# HELP p2pblobs_%s %s\n# TYPE p2pblobs_%s %s\np2pblobs_%s %" PRIu64 "\n", name,
-                help, name, type, name, v);
-}
-
-/* Prometheus text exposition (version 0.0.4) of the same figures as blobctl stat. */
+/* Prometheus text exposition of the same figures as blobctl stat (fs/stats.c's table). */
 static int api_metrics(void *ud, char **ret, size_t *ret_len) {
-        struct daemon *d = ud;
-        struct engine_stats es;
-        struct origin_stats os;
-        engine_get_stats(d->engine, &es);
-        origin_get_stats(d->origin, &os);
-        uint64_t rss = 0;
-        memstat_rss(&rss);
-        char *buf = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        if (!f)
-                return -ENOMEM;
-        metric(f, "cache_budget_bytes", "gauge", "Configured cache budget.", es.budget_bytes);
-        metric(f, "cache_effective_budget_bytes", "gauge",
-               "Budget in force (lower after the disk filled).", es.effective_budget_bytes);
-        metric(f, "cache_used_bytes", "gauge", "Bytes of chunks in the store.", es.used_bytes);
-        metric(f, "cache_pinned_bytes", "gauge",
-               "Bytes of chunks being read, read ahead or awaiting the hash.", es.pinned_bytes);
-        metric(f, "cache_chunks", "gauge", "Chunks in the store.", es.chunks_present);
-        metric(f, "cache_hits_total", "counter", "Chunk reads served from the store.", es.hits);
-        metric(f, "cache_misses_total", "counter", "Chunk reads that needed a fetch.", es.misses);
-        metric(f, "cache_evicted_chunks_total", "counter", "Chunks evicted.", es.evicted_chunks);
-        metric(f, "inflight_chunks", "gauge", "Chunk fetches in flight.", es.inflight_chunks);
-        metric(f, "origin_bytes_total", "counter", "Blob bytes fetched from origins.", os.bytes);
-        metric(f, "origin_requests_total", "counter", "Blob GET attempts to origins.", os.requests);
-        fprintf(f, "# HELP p2pblobs_origin_errors_total Failed origin attempts by cause.\n"
-                   "# TYPE p2pblobs_origin_errors_total counter\n");
-        const struct {
-                const char *cause;
-                uint64_t v;
-        } causes[] = {{"connect", os.err_connect}, {"timeout", os.err_timeout},
-                      {"http", os.err_http},       {"not_found", os.err_not_found},
-                      {"denied", os.err_denied},   {"protocol", os.err_protocol}};
-        for (size_t i = 0; i < sizeof(causes) / sizeof(causes[0]); i++)
-                fprintf(f, "p2pblobs_origin_errors_total{cause=\"%s\"} %" PRIu64 "\n",
-                        causes[i].cause, causes[i].v);
-        metric(f, "read_errors_total", "counter", "Reads answered with an error.", es.read_errors);
-        metric(f, "verify_failures_total", "counter", "Blobs that failed verification.",
-               es.verify_failures);
-        metric(f, "lost_chunks_total", "counter", "Chunks found missing from the store.",
-               es.lost_chunks);
-        metric(f, "store_full_total", "counter", "Times a full disk shrank the budget.",
-               es.store_full_events);
-        metric(f, "blobs", "gauge", "Blobs known.", es.blobs);
-        metric(f, "blobs_verified", "gauge", "Blobs verified against their digest.",
-               es.blobs_verified);
-        struct peer_totals pt;
-        peer_totals(d, &pt);
-        metric(f, "peers_known", "gauge", "Peers known (self excluded).", pt.known);
-        metric(f, "peers_up", "gauge", "Peers answering.", pt.up);
-        metric(f, "peer_fetched_bytes_total", "counter", "Chunk bytes fetched from peers.",
-               pt.bytes_from);
-        metric(f, "peer_served_bytes_total", "counter", "Chunk bytes served to peers.",
-               pt.bytes_to);
-        struct source_stats ss = {0};
-        if (d->source)
-                source_get_stats(d->source, &ss);
-        metric(f, "peer_transfer_failures_total", "counter",
-               "Peer chunk transfers that failed (refused, timed out, stalled, short).",
-               ss.peer_failures);
-        metric(f, "peer_corrupt_chunks_total", "counter",
-               "Chunks from peers that did not match their digest.", ss.peer_corrupt);
-        metric(f, "peer_locates_total", "counter", "Directory queries to homes.", ss.locates);
-        metric(f, "peer_locate_failures_total", "counter", "Directory queries that failed.",
-               ss.locate_failures);
-        metric(f, "origin_claims_total", "counter",
-               "Chunks this node was told to fetch from the origin for the cluster.", ss.claims);
-        struct dir_stats ds = {0};
-        if (d->dir)
-                dir_get_stats(d->dir, &ds);
-        metric(f, "directory_blobs", "gauge", "Blobs this node is a home for.", ds.blobs);
-        metric(f, "directory_holders", "gauge", "Holder records this node keeps as a home.",
-               ds.holders);
-        metric(f, "resident_memory_bytes", "gauge", "Daemon RSS.", rss);
-        metric(f, "ready", "gauge", "1 while the mount serves.", api_ready(d));
-        if (fclose(f) != 0) {
-                free(buf);
-                return -ENOMEM;
-        }
-        *ret = buf;
-        *ret_len = len;
-        return 0;
+        return stats_prometheus(ud, ret, ret_len);
 }
 
 struct httpd_ops api_httpd_ops(struct daemon *d) {

@@ -1,0 +1,280 @@
+/* The figures table behind `blobctl stat --json` and /metrics.
+ *
+ * Every figure is one row: where it sits in the JSON (a group path and a key), what it is
+ * called on /metrics (name, optional label, type, help), and where its value sits in one
+ * snapshot (struct figures). A figure added to a module is added here once and appears in
+ * both views; a row with no metric name is JSON only, one with no group is /metrics only.
+ *
+ * Cost: one snapshot per request (each module's stats call takes its own lock briefly; the
+ * peer totals copy the membership), then a walk of about 60 rows. */
+#include "fs/stats.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache/store.h"
+#include "engine/engine.h"
+#include "fs/api.h"
+#include "index/index.h"
+#include "peer/directory.h"
+#include "peer/members.h"
+#include "peer/origin.h"
+#include "peer/source.h"
+#include "util/memstat.h"
+
+/* One snapshot of everything the table can show. Every field is a uint64_t so a row can name
+ * it by offset. */
+struct figures {
+        struct engine_stats es;
+        struct origin_stats os;
+        struct source_stats ss; /* zeros without peers */
+        struct dir_stats ds;    /* zeros without peers */
+        uint64_t peers_known, peers_up, peer_bytes_from, peer_bytes_to;
+        uint64_t uptime_seconds, chunk_size, ready;
+        uint64_t store_allocated_bytes, store_page_cache_bytes, index_write_errors;
+        uint64_t rss_bytes;
+        uint64_t cgroup_version, cgroup_usage_bytes, cgroup_inactive_file_bytes,
+                cgroup_working_set_bytes;
+        bool have_cgroup;
+};
+
+enum stat_kind { GAUGE, COUNTER };
+
+struct stat_def {
+        const char *group;  /* JSON: "" for the top level, "a.b" nests; NULL: /metrics only */
+        const char *key;    /* JSON key within the group */
+        const char *metric; /* p2pblobs_<metric> on /metrics; NULL: JSON only */
+        const char *label;  /* `name="value"` distinguishing rows that share a metric */
+        enum stat_kind kind;
+        const char *help;
+        size_t off;  /* of the uint64_t value in struct figures */
+        bool cgroup; /* unknown (JSON null, no metric) when the cgroup was not read */
+};
+
+#define F(field) offsetof(struct figures, field)
+
+static const struct stat_def stats[] = {
+        {"", "uptime_seconds", NULL, NULL, GAUGE, NULL, F(uptime_seconds), false},
+        {"", "chunk_size", NULL, NULL, GAUGE, NULL, F(chunk_size), false},
+        {"", "blobs", "blobs", NULL, GAUGE, "Blobs known.", F(es.blobs), false},
+        {"", "blobs_verified", "blobs_verified", NULL, GAUGE,
+         "Blobs verified against their digest.", F(es.blobs_verified), false},
+        {"", "blobs_complete", NULL, NULL, GAUGE, NULL, F(es.blobs_complete), false},
+        {"", "blobs_partial", NULL, NULL, GAUGE, NULL, F(es.blobs_partial), false},
+        {"", "blobs_pinned", NULL, NULL, GAUGE, NULL, F(es.blobs_pinned), false},
+
+        {"cache", "budget_bytes", "cache_budget_bytes", NULL, GAUGE, "Configured cache budget.",
+         F(es.budget_bytes), false},
+        {"cache", "effective_budget_bytes", "cache_effective_budget_bytes", NULL, GAUGE,
+         "Budget in force (lower after the disk filled).", F(es.effective_budget_bytes), false},
+        {"cache", "used_bytes", "cache_used_bytes", NULL, GAUGE, "Bytes of chunks in the store.",
+         F(es.used_bytes), false},
+        {"cache", "pinned_bytes", "cache_pinned_bytes", NULL, GAUGE,
+         "Bytes of chunks being read, read ahead or awaiting the hash.", F(es.pinned_bytes), false},
+        {"cache", "chunks_present", "cache_chunks", NULL, GAUGE, "Chunks in the store.",
+         F(es.chunks_present), false},
+        {"cache", "hits", "cache_hits_total", NULL, COUNTER, "Chunk reads served from the store.",
+         F(es.hits), false},
+        {"cache", "misses", "cache_misses_total", NULL, COUNTER, "Chunk reads that needed a fetch.",
+         F(es.misses), false},
+        {"cache", "evicted_chunks", "cache_evicted_chunks_total", NULL, COUNTER, "Chunks evicted.",
+         F(es.evicted_chunks), false},
+        {"cache", "store_allocated_bytes", NULL, NULL, GAUGE, NULL, F(store_allocated_bytes),
+         false},
+
+        {"fetched", "origin_bytes", "origin_bytes_total", NULL, COUNTER,
+         "Blob bytes fetched from origins.", F(os.bytes), false},
+        {"fetched", "origin_requests", "origin_requests_total", NULL, COUNTER,
+         "Blob GET attempts to origins.", F(os.requests), false},
+        {"fetched", "origin_errors", NULL, NULL, COUNTER, NULL, F(os.errors), false},
+        {"fetched", "peer_bytes", "peer_fetched_bytes_total", NULL, COUNTER,
+         "Chunk bytes fetched from peers.", F(peer_bytes_from), false},
+        {"fetched", "inflight_chunks", "inflight_chunks", NULL, GAUGE, "Chunk fetches in flight.",
+         F(es.inflight_chunks), false},
+        {"fetched", "readahead_chunks", NULL, NULL, GAUGE, NULL, F(es.readahead_chunks), false},
+
+        {"errors.origin_by_cause", "connect", "origin_errors_total", "cause=\"connect\"", COUNTER,
+         "Failed origin attempts by cause.", F(os.err_connect), false},
+        {"errors.origin_by_cause", "timeout", "origin_errors_total", "cause=\"timeout\"", COUNTER,
+         "Failed origin attempts by cause.", F(os.err_timeout), false},
+        {"errors.origin_by_cause", "http", "origin_errors_total", "cause=\"http\"", COUNTER,
+         "Failed origin attempts by cause.", F(os.err_http), false},
+        {"errors.origin_by_cause", "not_found", "origin_errors_total", "cause=\"not_found\"",
+         COUNTER, "Failed origin attempts by cause.", F(os.err_not_found), false},
+        {"errors.origin_by_cause", "denied", "origin_errors_total", "cause=\"denied\"", COUNTER,
+         "Failed origin attempts by cause.", F(os.err_denied), false},
+        {"errors.origin_by_cause", "protocol", "origin_errors_total", "cause=\"protocol\"", COUNTER,
+         "Failed origin attempts by cause.", F(os.err_protocol), false},
+        {"errors", "read_errors", "read_errors_total", NULL, COUNTER,
+         "Reads answered with an error.", F(es.read_errors), false},
+        {"errors", "verify_failures", "verify_failures_total", NULL, COUNTER,
+         "Blobs that failed verification.", F(es.verify_failures), false},
+        {"errors", "lost_chunks", "lost_chunks_total", NULL, COUNTER,
+         "Chunks found missing from the store.", F(es.lost_chunks), false},
+        {"errors", "store_full_events", "store_full_total", NULL, COUNTER,
+         "Times a full disk shrank the budget.", F(es.store_full_events), false},
+        {"errors", "index_write_errors", NULL, NULL, COUNTER, NULL, F(index_write_errors), false},
+        {"errors", "peer_failures", "peer_transfer_failures_total", NULL, COUNTER,
+         "Peer chunk transfers that failed (refused, timed out, stalled, short).",
+         F(ss.peer_failures), false},
+        {"errors", "peer_corrupt_chunks", "peer_corrupt_chunks_total", NULL, COUNTER,
+         "Chunks from peers that did not match their digest.", F(ss.peer_corrupt), false},
+
+        {"served", "peer_bytes", "peer_served_bytes_total", NULL, COUNTER,
+         "Chunk bytes served to peers.", F(peer_bytes_to), false},
+        {"peers", "known", "peers_known", NULL, GAUGE, "Peers known (self excluded).",
+         F(peers_known), false},
+        {"peers", "up", "peers_up", NULL, GAUGE, "Peers answering.", F(peers_up), false},
+        {NULL, NULL, "peer_locates_total", NULL, COUNTER, "Directory queries to homes.",
+         F(ss.locates), false},
+        {NULL, NULL, "peer_locate_failures_total", NULL, COUNTER, "Directory queries that failed.",
+         F(ss.locate_failures), false},
+        {NULL, NULL, "origin_claims_total", NULL, COUNTER,
+         "Chunks this node was told to fetch from the origin for the cluster.", F(ss.claims),
+         false},
+        {NULL, NULL, "directory_blobs", NULL, GAUGE, "Blobs this node is a home for.", F(ds.blobs),
+         false},
+        {NULL, NULL, "directory_holders", NULL, GAUGE, "Holder records this node keeps as a home.",
+         F(ds.holders), false},
+
+        {"memory", "rss_bytes", "resident_memory_bytes", NULL, GAUGE, "Daemon RSS.", F(rss_bytes),
+         false},
+        {"memory", "cgroup_version", NULL, NULL, GAUGE, NULL, F(cgroup_version), false},
+        {"memory", "cgroup_usage_bytes", "cgroup_memory_usage_bytes", NULL, GAUGE,
+         "The daemon's cgroup memory usage (memory.current, or usage_in_bytes on v1).",
+         F(cgroup_usage_bytes), true},
+        {"memory", "cgroup_inactive_file_bytes", NULL, NULL, GAUGE, NULL,
+         F(cgroup_inactive_file_bytes), true},
+        {"memory", "cgroup_working_set_bytes", "cgroup_memory_working_set_bytes", NULL, GAUGE,
+         "The cgroup's working set as kubelet computes it (usage - inactive_file).",
+         F(cgroup_working_set_bytes), true},
+        {"memory", "store_page_cache_bytes", NULL, NULL, GAUGE, NULL, F(store_page_cache_bytes),
+         false},
+        {NULL, NULL, "ready", NULL, GAUGE, "1 while the mount serves.", F(ready), false},
+};
+
+#define N_STATS (sizeof(stats) / sizeof(stats[0]))
+
+static uint64_t value_of(const struct figures *f, const struct stat_def *s) {
+        uint64_t v;
+        memcpy(&v, (const char *)f + s->off, sizeof(v));
+        return v;
+}
+
+static void collect(struct daemon *d, struct figures *f) {
+        memset(f, 0, sizeof(*f));
+        engine_get_stats(d->engine, &f->es);
+        origin_get_stats(d->origin, &f->os);
+        if (d->source)
+                source_get_stats(d->source, &f->ss);
+        if (d->dir)
+                dir_get_stats(d->dir, &f->ds);
+        if (d->members) {
+                members_counts(d->members, &f->peers_up, &f->peers_known);
+                struct peer_info *v;
+                size_t n;
+                if (members_snapshot(d->members, &v, &n) == 0) {
+                        for (size_t i = 0; i < n; i++) {
+                                f->peer_bytes_from += v[i].bytes_from;
+                                f->peer_bytes_to += v[i].bytes_to;
+                        }
+                        free(v);
+                }
+        }
+        f->uptime_seconds = (uint64_t)(time(NULL) - d->started);
+        f->chunk_size = d->cfg.chunk_size;
+        f->ready = atomic_load(&d->serving);
+        f->store_allocated_bytes = store_allocated_bytes(d->store);
+        f->store_page_cache_bytes = store_page_cache_bytes(d->store);
+        f->index_write_errors = idx_write_errors(d->ix);
+        memstat_rss(&f->rss_bytes);
+        struct cgroup_memory cm;
+        if (memstat_self(&cm) == 0) {
+                f->have_cgroup = true;
+                f->cgroup_version = (uint64_t)cm.version;
+                f->cgroup_usage_bytes = cm.usage_bytes;
+                f->cgroup_inactive_file_bytes = cm.inactive_file_bytes;
+                f->cgroup_working_set_bytes = cm.working_set_bytes;
+        }
+}
+
+/* The object at PATH ("" is ROOT itself, "a.b" nests), created on first use. NULL on ENOMEM. */
+static json_t *group_of(json_t *root, const char *path) {
+        json_t *obj = root;
+        while (*path) {
+                const char *dot = strchr(path, '.');
+                size_t n = dot ? (size_t)(dot - path) : strlen(path);
+                char name[64];
+                if (n >= sizeof(name))
+                        return NULL;
+                memcpy(name, path, n);
+                name[n] = '\0';
+                json_t *next = json_object_get(obj, name);
+                if (!next) {
+                        next = json_object();
+                        if (!next || json_object_set_new(obj, name, next) < 0)
+                                return NULL;
+                }
+                obj = next;
+                path += dot ? n + 1 : n;
+        }
+        return obj;
+}
+
+json_t *stats_json(struct daemon *d) {
+        struct figures f;
+        collect(d, &f);
+        json_t *root = json_object();
+        if (!root || json_object_set_new(root, "version", json_string(P2PBLOBS_VERSION)) < 0 ||
+            json_object_set_new(root, "daemon_running", json_true()) < 0)
+                goto out_free;
+        for (size_t i = 0; i < N_STATS; i++) {
+                const struct stat_def *s = &stats[i];
+                if (!s->group)
+                        continue;
+                json_t *g = group_of(root, s->group);
+                json_t *v = s->cgroup && !f.have_cgroup ? json_null()
+                                                        : json_integer((json_int_t)value_of(&f, s));
+                if (!g || !v || json_object_set_new(g, s->key, v) < 0)
+                        goto out_free;
+        }
+        return root;
+out_free:
+        json_decref(root);
+        return NULL;
+}
+
+int stats_prometheus(struct daemon *d, char **ret, size_t *ret_len) {
+        struct figures f;
+        collect(d, &f);
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *out = open_memstream(&buf, &len);
+        if (!out)
+                return -ENOMEM;
+        for (size_t i = 0; i < N_STATS; i++) {
+                const struct stat_def *s = &stats[i];
+                if (!s->metric || (s->cgroup && !f.have_cgroup))
+                        continue;
+                /* HELP and TYPE once per name: labelled rows of one metric are adjacent. */
+                if (i == 0 || !stats[i - 1].metric || strcmp(stats[i - 1].metric, s->metric) != 0)
+                        fprintf(out, "# HELP p2pblobs_%s %s\n# TYPE p2pblobs_%s %s\n", s->metric,
+                                s->help, s->metric, s->kind == COUNTER ? "counter" : "gauge");
+                if (s->label)
+                        fprintf(out, "p2pblobs_%s{%s} %" PRIu64 "\n", s->metric, s->label,
+                                value_of(&f, s));
+                else
+                        fprintf(out, "p2pblobs_%s %" PRIu64 "\n", s->metric, value_of(&f, s));
+        }
+        if (fclose(out) != 0) {
+                free(buf);
+                return -ENOMEM;
+        }
+        *ret = buf;
+        *ret_len = len;
+        return 0;
+}
