@@ -23,10 +23,22 @@
  * a slot a real holder could use. A blob lives while its newest announce or one of its
  * claims does.
  *
- * Chunk digests: two announces that disagree about a chunk mean one holder has bad data, and
- * the directory cannot tell which; it forgets that chunk's digest (logged at debug), so
- * readers take the chunk from the origin instead of distrusting honest peers on the word of
- * whoever spoke first. The whole-blob verification has the last word.
+ * Chunk digests and their provenance. Each recorded digest carries one bit: whether it came
+ * from a node that had verified the whole blob (its announce said "verified"). That is the
+ * strongest word a home can have short of hashing the bytes itself: those digests are of
+ * bytes that hashed, whole, to the blob's digest. The rules, per chunk:
+ *   - unknown: the first digest announced is recorded, with its bit;
+ *   - the same digest again: recorded, and verified once any announcer was verified;
+ *   - a different digest, verified, over an unverified one: the verified one replaces it
+ *     (the unverified one described bytes that did not verify, or was a lie);
+ *   - a different digest, unverified, against a verified one: ignored;
+ *   - a different digest of the same standing (both unverified, or both verified — the
+ *     latter means someone lies about verifying): the directory cannot tell which holder
+ *     has bad data, so it forgets the digest (logged at debug) and readers take the chunk
+ *     from the origin, instead of distrusting honest peers on the word of whoever spoke
+ *     first; a later announce may record one again.
+ * Readers check every peer's bytes against these digests (never against the serving peer's
+ * own word), and a blob read whole is verified against its own digest in the end.
  *
  * Claims. A claim (chunk, claimant, time) is granted when no live holder has the chunk and
  * no live claim covers it, renewed when its claimant asks again, and dropped when the
@@ -71,9 +83,10 @@ struct dir_blob {
         uint64_t size;
         uint32_t nchunks;
         char source[IDX_SOURCE_MAX];
-        uint64_t last_ms;   /* newest announce from any node, empty or not */
-        struct digest *sha; /* nchunks entries once the first digest arrives; else NULL */
-        uint8_t *sha_known; /* bitmap, allocated with sha */
+        uint64_t last_ms;      /* newest announce from any node, empty or not */
+        struct digest *sha;    /* nchunks entries once the first digest arrives; else NULL */
+        uint8_t *sha_known;    /* bitmap, allocated with sha */
+        uint8_t *sha_verified; /* bitmap, allocated with sha: from a verified announcer */
         struct dir_holder *holders;
         size_t nholders, holders_cap;
         struct dir_claim *claims;
@@ -98,7 +111,7 @@ static size_t bitmap_bytes(uint32_t nchunks) {
 }
 
 static size_t sha_bytes(uint32_t nchunks) {
-        return (size_t)nchunks * sizeof(struct digest) + bitmap_bytes(nchunks);
+        return (size_t)nchunks * sizeof(struct digest) + 2 * bitmap_bytes(nchunks);
 }
 
 static bool live(uint64_t since, uint64_t ttl, uint64_t now) {
@@ -190,6 +203,7 @@ static void blob_free(struct directory *dir, struct dir_blob *b) {
                 dir->bytes -= sha_bytes(b->nchunks);
         free(b->sha);
         free(b->sha_known);
+        free(b->sha_verified);
         free(b);
 }
 
@@ -308,6 +322,10 @@ static struct dir_holder *holder_add(struct directory *dir, struct dir_blob *b, 
         return h;
 }
 
+static void bit_clear(uint8_t *map, uint32_t i) {
+        map[i / 8] &= (uint8_t) ~(1u << (i % 8));
+}
+
 static int record_digests(struct directory *dir, struct dir_blob *b, const struct wire_blob *wb,
                           const char *node) {
         for (uint32_t i = 0; i < wb->ndigests; i++) {
@@ -318,31 +336,54 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                 if (!b->sha) {
                         b->sha = calloc(b->nchunks, sizeof(*b->sha));
                         b->sha_known = calloc(1, bitmap_bytes(b->nchunks));
-                        if (!b->sha || !b->sha_known) {
+                        b->sha_verified = calloc(1, bitmap_bytes(b->nchunks));
+                        if (!b->sha || !b->sha_known || !b->sha_verified) {
                                 free(b->sha);
                                 free(b->sha_known);
+                                free(b->sha_verified);
                                 b->sha = NULL;
                                 b->sha_known = NULL;
+                                b->sha_verified = NULL;
                                 return -ENOMEM;
                         }
                         dir->bytes += sha_bytes(b->nchunks);
                 }
-                if (!wire_bit(b->sha_known, idx)) {
+                bool known = wire_bit(b->sha_known, idx);
+                bool was_verified = known && wire_bit(b->sha_verified, idx);
+                const char *kept;
+
+                if (known && digest_equal(&b->sha[idx], &wb->sha[i])) {
+                        if (wb->verified)
+                                wire_set_bit(b->sha_verified, idx);
+                        continue;
+                }
+                if (!known || (wb->verified && !was_verified)) {
                         b->sha[idx] = wb->sha[i];
                         wire_set_bit(b->sha_known, idx);
-                } else if (!digest_equal(&b->sha[idx], &wb->sha[i])) {
-                        /* Two holders disagree: neither is believed. Readers then take the
-                         * chunk from the origin instead of distrusting honest peers forever on
-                         * the word of whoever spoke first; a later announce may set it again,
-                         * and the whole-blob check decides in the end. */
-                        char hex[DIGEST_HEX_LEN + 1];
-
-                        digest_to_hex(&b->digest, hex);
-                        log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
-                                  " node=%s kept=none",
-                                  hex, idx, node);
-                        b->sha_known[idx / 8] &= (uint8_t) ~(1u << (idx % 8));
+                        if (wb->verified)
+                                wire_set_bit(b->sha_verified, idx);
+                        else
+                                bit_clear(b->sha_verified, idx);
+                        if (!known)
+                                continue;
+                        kept = "verified";
+                } else if (!wb->verified && was_verified) {
+                        kept = "recorded"; /* the verified digest stands */
+                } else {
+                        /* Same standing, different digests: neither is believed. Readers then
+                         * take the chunk from the origin instead of distrusting honest peers
+                         * forever on the word of whoever spoke first; a later announce may set
+                         * it again, and the whole-blob check decides in the end. */
+                        bit_clear(b->sha_known, idx);
+                        bit_clear(b->sha_verified, idx);
+                        kept = "none";
                 }
+                char hex[DIGEST_HEX_LEN + 1];
+
+                digest_to_hex(&b->digest, hex);
+                log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
+                          " node=%s announced_verified=%d kept=%s",
+                          hex, idx, node, (int)wb->verified, kept);
         }
         return 0;
 }
@@ -529,8 +570,9 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
         snprintf(l->source, sizeof(l->source), "%s", b->source);
         l->sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*l->sha));
         l->sha_known = calloc(1, bytes);
+        l->sha_verified = calloc(1, bytes);
         l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
-        if (!l->sha || !l->sha_known || !l->holders)
+        if (!l->sha || !l->sha_known || !l->sha_verified || !l->holders)
                 return -ENOMEM;
         /* Asked about one chunk (a reader's miss): only that chunk's digest and the holders
          * that have it. The answer then costs the same for a 10 GiB blob as for a 10 MiB one;
@@ -541,10 +583,13 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
                 if (wire_bit(b->sha_known, c)) {
                         l->sha[c] = b->sha[c];
                         wire_set_bit(l->sha_known, c);
+                        if (wire_bit(b->sha_verified, c))
+                                wire_set_bit(l->sha_verified, c);
                 }
         } else if (b->sha) {
                 memcpy(l->sha, b->sha, b->nchunks * sizeof(*b->sha));
                 memcpy(l->sha_known, b->sha_known, bytes);
+                memcpy(l->sha_verified, b->sha_verified, bytes);
         }
         for (size_t i = 0; i < b->nholders; i++) {
                 const struct dir_holder *h = &b->holders[i];

@@ -45,13 +45,17 @@ void dir_free(struct directory *dir); /* NULL-safe */
  * differs from ours (REASON says so; nothing applied); -EINVAL for a blob whose size or
  * chunk count disagrees with what the directory already has (that blob skipped, the others
  * applied, REASON set; also for an invalid node id, nothing applied); -ENOMEM (some of it
- * applied). A chunk digest that disagrees with the one recorded makes that chunk's digest
- * unknown (neither is believed; a later announce may record one again). A holder record is live while NOW_MS - its last announce < ttl_ms. */
+ * applied). Chunk digests keep their provenance: whether the announcer had verified the
+ * whole blob (wire_blob.verified). A digest that disagrees with the one recorded replaces it
+ * when it is verified and the recorded one is not, is ignored when the recorded one is
+ * verified and it is not, and otherwise makes that chunk's digest unknown (neither is
+ * believed; a later announce may record one again). A holder record is live while
+ * NOW_MS - its last announce < ttl_ms. */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);
 
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
- * chunk digests, live holders (not expired), live claims as "fetching" holders.
+ * chunk digests (with their verified bits), live holders (not expired), live claims as "fetching" holders.
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
  * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant

@@ -278,6 +278,10 @@ static int parse_blob(json_t *o, uint32_t chunk_size, size_t bi, uint64_t *total
                          reason, reason_len);
         if (r < 0)
                 return r;
+        json_t *verified = json_object_get(o, "verified");
+        if (verified && !json_is_boolean(verified))
+                return fail(reason, reason_len, "invalid verified in %s: not a boolean", who);
+        b->verified = json_is_true(verified);
 
         digests = json_object_get(o, "digests");
         if (!digests)
@@ -499,7 +503,8 @@ static json_t *blob_json(const struct wire_blob *b) {
              json_object_set_new(o, "size", json_integer((json_int_t)b->size)) == 0 &&
              json_object_set_new(o, "source", json_string(b->source)) == 0 &&
              json_object_set_new(o, "present", ranges_json(b->present, b->nchunks)) == 0 &&
-             json_object_set_new(o, "digests", digests) == 0;
+             json_object_set_new(o, "digests", digests) == 0 &&
+             (!b->verified || json_object_set_new(o, "verified", json_true()) == 0);
         if (!ok) {
                 json_decref(o);
                 return NULL;
@@ -584,7 +589,7 @@ static int parse_holders(json_t *arr, bool fetching, struct wire_locate *l, char
 }
 
 static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_t reason_len) {
-        json_t *digests, *pair, *holders, *fetching, *claim;
+        json_t *digests, *pair, *holders, *fetching, *claim, *verified;
         uint32_t prev = 0;
         uint64_t v;
         size_t i;
@@ -610,6 +615,7 @@ static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_
         fetching = json_object_get(root, "fetching");
         digests = json_object_get(root, "digests");
         claim = json_object_get(root, "claim");
+        verified = json_object_get(root, "verified");
         /* Shapes and counts first, so nothing below is sized by an unchecked number. */
         if (digests && !json_is_array(digests))
                 return fail(reason, reason_len, "invalid digests: not an array");
@@ -635,6 +641,20 @@ static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_
                 l->sha[idx] = d;
                 wire_set_bit(l->sha_known, idx);
                 prev = idx;
+        }
+        if (verified) {
+                r = parse_ranges(verified, l->nchunks, &l->sha_verified, "verified", "answer",
+                                 reason, reason_len);
+                if (r < 0)
+                        return r;
+                for (size_t b = 0; b < bitmap_bytes(l->nchunks); b++)
+                        if (l->sha_verified[b] & ~l->sha_known[b])
+                                return fail(reason, reason_len,
+                                            "invalid verified: a chunk without a digest");
+        } else {
+                l->sha_verified = calloc(1, bitmap_bytes(l->nchunks));
+                if (!l->sha_verified)
+                        return -ENOMEM;
         }
 
         r = parse_holders(holders, false, l, reason, reason_len);
@@ -688,9 +708,11 @@ void wire_locate_free(struct wire_locate *l) {
         free(l->holders);
         free(l->sha);
         free(l->sha_known);
+        free(l->sha_verified);
         l->holders = NULL;
         l->sha = NULL;
         l->sha_known = NULL;
+        l->sha_verified = NULL;
         l->nholders = 0;
 }
 
@@ -759,15 +781,43 @@ static json_t *sha_json(const struct wire_locate *l) {
         return arr;
 }
 
+/* The chunks of L whose digest is known and verified, as ranges in *RET: NULL when there are
+ * none (the key is then left out). 0 or -ENOMEM. */
+static int verified_json(const struct wire_locate *l, json_t **ret) {
+        uint8_t *map;
+        bool any = false;
+
+        *ret = NULL;
+        if (!l->sha_known || !l->sha_verified)
+                return 0;
+        map = calloc(1, bitmap_bytes(l->nchunks));
+        if (!map)
+                return -ENOMEM;
+        for (size_t i = 0; i < bitmap_bytes(l->nchunks); i++) {
+                map[i] = l->sha_verified[i] & l->sha_known[i];
+                any |= map[i] != 0;
+        }
+        if (l->nchunks % 8) /* bits past the end are not chunks */
+                map[l->nchunks / 8] &= (uint8_t)((1u << (l->nchunks % 8)) - 1);
+        if (any)
+                *ret = ranges_json(map, l->nchunks);
+        free(map);
+        return any && !*ret ? -ENOMEM : 0;
+}
+
 int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len) {
-        json_t *root;
+        json_t *root, *verified;
         bool ok;
 
         if (check_locate(l) < 0)
                 return -EINVAL;
-        root = json_object();
-        if (!root)
+        if (verified_json(l, &verified) < 0)
                 return -ENOMEM;
+        root = json_object();
+        if (!root) {
+                json_decref(verified);
+                return -ENOMEM;
+        }
         ok = json_object_set_new(root, "digest", blob_digest_json(&l->digest)) == 0 &&
              json_object_set_new(root, "size", json_integer((json_int_t)l->size)) == 0 &&
              json_object_set_new(root, "source", json_string(l->source)) == 0 &&
@@ -775,6 +825,10 @@ int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len) 
              json_object_set_new(root, "digests", sha_json(l)) == 0 &&
              json_object_set_new(root, "holders", holders_json(l, false)) == 0 &&
              json_object_set_new(root, "fetching", holders_json(l, true)) == 0;
+        if (verified && ok)
+                ok = json_object_set_new(root, "verified", verified) == 0;
+        else if (verified)
+                json_decref(verified);
         if (ok && l->has_claim)
                 ok = json_object_set_new(root, "claim",
                                          json_pack("{s:I,s:b}", "chunk", (json_int_t)l->claim_chunk,
@@ -810,7 +864,8 @@ bool wire_announce_equal(const struct wire_announce *a, const struct wire_announ
 
                 if (!digest_equal(&x->digest, &y->digest) || x->size != y->size ||
                     x->nchunks != y->nchunks || strcmp(x->source, y->source) != 0 ||
-                    !bitmap_equal(x->present, y->present, x->nchunks) || x->ndigests != y->ndigests)
+                    !bitmap_equal(x->present, y->present, x->nchunks) ||
+                    x->ndigests != y->ndigests || x->verified != y->verified)
                         return false;
                 for (uint32_t j = 0; j < x->ndigests; j++)
                         if (x->sha_idx[j] != y->sha_idx[j] || !digest_equal(&x->sha[j], &y->sha[j]))
@@ -827,6 +882,11 @@ static uint8_t known_byte(const struct wire_locate *l, uint32_t i) {
         return rest >= 8 ? b : (uint8_t)(b & ((1u << rest) - 1));
 }
 
+/* Byte I of L's sha_verified where known. */
+static uint8_t verified_byte(const struct wire_locate *l, uint32_t i) {
+        return l->sha_verified ? (uint8_t)(l->sha_verified[i] & known_byte(l, i)) : 0;
+}
+
 bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b) {
         if (!digest_equal(&a->digest, &b->digest) || a->size != b->size ||
             a->chunk_size != b->chunk_size || a->nchunks != b->nchunks ||
@@ -839,7 +899,7 @@ bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b)
         for (uint32_t i = 0; i < (a->nchunks + 7) / 8; i++) {
                 uint8_t k = known_byte(a, i);
 
-                if (k != known_byte(b, i))
+                if (k != known_byte(b, i) || verified_byte(a, i) != verified_byte(b, i))
                         return false;
                 for (uint32_t j = 0; k && j < 8; j++)
                         if ((k & (1u << j)) &&

@@ -8,7 +8,8 @@
  *    "blobs":[{"digest":"sha256:<hex>", "size":N, "source":"registry/repository",
  *              "present":[[0,40],[42,43]],          chunk ranges [start, end), sorted
  *              "digests":[[0,"<hex>"], [1,"<hex>"]] sha256 of chunks (any subset)
- *             }, ...]}
+ *              "verified":true                      optional: the sender verified the whole
+ *             }, ...]}                               blob, so these digests are of its bytes
  *   "present" is the node's whole present set for that blob (not a delta), so an announce
  *   can be lost or reordered without lasting harm. An empty "present" means the node knows
  *   the blob (it was registered there) but holds none of it: the home keeps the blob's
@@ -21,12 +22,20 @@
  * Locate answer (GET /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]), from a home to a reader:
  *   {"digest":"sha256:<hex>", "size":N, "source":"registry/repository", "chunk_size":C,
  *    "digests":[[idx,"<hex>"], ...],
+ *    "verified":[[0,40]],       optional: chunks whose digest came from a node that verified
+ *                               the whole blob (a subset of "digests")
  *    "holders":[{"node":"10.0.0.3:5001", "present":[[0,40]]}, ...],
  *    "fetching":[{"node":"10.0.0.4:5001", "chunks":[[41,42]]}, ...],  chunks claimed (below)
  *    "claim":{"chunk":I, "granted":true}}                              only when ?chunk= asked
  *   A claim answers "who fetches chunk I from the origin?": the first reader to ask about a
  *   chunk that no node holds or fetches is granted it (and shows up under "fetching" for the
- *   others), so N readers of one blob make the origin serve it about once. */
+ *   others), so N readers of one blob make the origin serve it about once.
+ *
+ * Provenance. A chunk digest is only as good as whoever supplied it. "verified" says that
+ * the digest describes bytes that hashed, whole blob, to the blob's own digest on the
+ * announcing node; a home prefers such a digest over an unverified one that disagrees
+ * (peer/directory.h). Readers never check a peer's bytes against what that same peer says
+ * about them (a header on its answer, or its own locate answer when it is the home). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -62,6 +71,7 @@ struct wire_blob {
         uint32_t ndigests;
         uint32_t *sha_idx;
         struct digest *sha;
+        bool verified; /* the sender verified the whole blob: its digests are of those bytes */
 };
 
 struct wire_announce {
@@ -100,6 +110,10 @@ struct wire_locate {
         char source[IDX_SOURCE_MAX];
         struct digest *sha; /* nchunks entries; valid where sha_known has the bit */
         uint8_t *sha_known; /* bitmap */
+        /* Bitmap, may be NULL (none): the digest came from a whole-blob verification. Only
+         * meaningful where sha_known has the bit too (the builder ignores it elsewhere, the
+         * parser refuses it). */
+        uint8_t *sha_verified;
         uint32_t nholders;
         struct wire_holder *holders; /* present holders first, then fetching ones */
         bool has_claim;
@@ -111,14 +125,15 @@ struct wire_locate {
  * under "fetching" whatever their order in L; SHA_KNOWN may be NULL (no digest known); at
  * most WIRE_MAX_HOLDERS of each kind, no node twice in one kind. */
 int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len);
-/* Like the announce's; "digests", "holders", "fetching" and "claim" may be absent. On
- * success RET->sha has nchunks entries and RET->holders room for 2 x WIRE_MAX_HOLDERS. */
+/* Like the announce's; "digests", "verified", "holders", "fetching" and "claim" may be
+ * absent. On success RET->sha has nchunks entries, RET->sha_known and RET->sha_verified are
+ * allocated (nchunks bits) and RET->holders has room for 2 x WIRE_MAX_HOLDERS. */
 int wire_locate_parse(const char *body, size_t len, struct wire_locate *ret, char *reason,
                       size_t reason_len);
 void wire_locate_free(struct wire_locate *l); /* frees the contents; NULL-safe */
 
 /* Whether A and B say the same thing: bitmaps compared over nchunks bits, chunk digests
- * only where known, holders in order. For tests, fuzz targets and change detection. */
+ * and their verified bits only where known, holders in order. For tests, fuzz targets and change detection. */
 bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b);
 bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b);
 

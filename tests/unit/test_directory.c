@@ -419,6 +419,145 @@ static void test_digest_conflict_unknown(void **state) {
         dir_free(dir);
 }
 
+/* Announces chunk IDX's digest (every byte FILL) of blob 1 (4 chunks, all present) from NODE,
+ * VERIFIED or not, at NOW. */
+static void announce_digest(struct directory *dir, const char *node, uint32_t idx, uint8_t fill,
+                            bool verified, uint64_t now) {
+        struct one o;
+        char reason[256];
+
+        make(&o, node, 1, 4, "0-3");
+        with_digest(&o, idx, fill);
+        o.b.verified = verified;
+        assert_int_equal(dir_apply(dir, &o.a, now, reason, sizeof(reason)), 0);
+}
+
+/* What blob 1's chunk IDX's digest is now: -1 unknown, else its fill byte; *RET_VERIFIED
+ * says whether it is marked verified. Checked both in the whole picture and in a one-chunk
+ * answer (a reader's miss), which must agree. */
+static int digest_now(struct directory *dir, uint32_t idx, uint64_t now, bool *ret_verified) {
+        struct digest d = dg(1);
+        struct wire_locate l, one;
+        int fill = -1;
+
+        assert_int_equal(locate(dir, 1, now, &l), 0);
+        assert_int_equal(dir_locate(dir, &d, NULL, idx, now, &one), 0);
+        assert_non_null(l.sha_verified);
+        assert_non_null(one.sha_verified);
+        assert_int_equal(wire_bit(l.sha_known, idx), wire_bit(one.sha_known, idx));
+        assert_int_equal(wire_bit(l.sha_verified, idx), wire_bit(one.sha_verified, idx));
+        *ret_verified = wire_bit(l.sha_verified, idx);
+        if (wire_bit(l.sha_known, idx)) {
+                fill = l.sha[idx].bytes[0];
+                for (size_t i = 0; i < DIGEST_LEN; i++)
+                        assert_int_equal(l.sha[idx].bytes[i], fill);
+                assert_true(digest_equal(&l.sha[idx], &one.sha[idx]));
+        } else {
+                assert_false(*ret_verified); /* never verified without a digest */
+        }
+        wire_locate_free(&l);
+        wire_locate_free(&one);
+        return fill;
+}
+
+/* Provenance: a digest from a node that verified the whole blob replaces an unverified one
+ * that disagrees, an unverified one never replaces it, and agreeing announces upgrade it. */
+static void test_digest_verified_wins(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        bool v;
+
+        (void)state;
+        /* Unverified first, then a verified disagreement: the verified one is kept. */
+        announce_digest(dir, A, 0, 0x11, false, 1000);
+        assert_int_equal(digest_now(dir, 0, 1000, &v), 0x11);
+        assert_false(v);
+        announce_digest(dir, B, 0, 0x22, true, 1001);
+        assert_int_equal(digest_now(dir, 0, 1001, &v), 0x22);
+        assert_true(v);
+        /* The liar (or the stale holder) again, unverified: ignored, however often. */
+        announce_digest(dir, A, 0, 0x11, false, 1002);
+        announce_digest(dir, A, 0, 0x11, false, 1003);
+        assert_int_equal(digest_now(dir, 0, 1003, &v), 0x22);
+        assert_true(v);
+        /* Another unverified holder that agrees changes nothing; it stays verified. */
+        announce_digest(dir, C, 0, 0x22, false, 1004);
+        assert_int_equal(digest_now(dir, 0, 1004, &v), 0x22);
+        assert_true(v);
+
+        /* Verified first, then an unverified disagreement: ignored. */
+        announce_digest(dir, B, 1, 0x33, true, 1005);
+        announce_digest(dir, A, 1, 0x44, false, 1006);
+        assert_int_equal(digest_now(dir, 1, 1006, &v), 0x33);
+        assert_true(v);
+
+        /* Unverified, then the same digest verified: upgraded in place. */
+        announce_digest(dir, A, 2, 0x55, false, 1007);
+        announce_digest(dir, B, 2, 0x55, true, 1008);
+        assert_int_equal(digest_now(dir, 2, 1008, &v), 0x55);
+        assert_true(v);
+        dir_free(dir);
+}
+
+/* Two verified announces that disagree: one of them lies about verifying, and the directory
+ * cannot tell which, so the digest becomes unknown, as for two unverified ones. A later
+ * verified announce records one again; an unverified one after that cannot displace it. */
+static void test_digest_verified_conflict(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        bool v;
+
+        (void)state;
+        announce_digest(dir, A, 3, 0x11, true, 1000);
+        announce_digest(dir, B, 3, 0x22, true, 1001);
+        assert_int_equal(digest_now(dir, 3, 1001, &v), -1);
+        announce_digest(dir, C, 3, 0x33, false, 1002); /* unknown again: recorded, unverified */
+        assert_int_equal(digest_now(dir, 3, 1002, &v), 0x33);
+        assert_false(v);
+        announce_digest(dir, A, 3, 0x11, true, 1003); /* verified beats it */
+        assert_int_equal(digest_now(dir, 3, 1003, &v), 0x11);
+        assert_true(v);
+        announce_digest(dir, C, 3, 0x33, false, 1004);
+        assert_int_equal(digest_now(dir, 3, 1004, &v), 0x11);
+        assert_true(v);
+        dir_free(dir);
+}
+
+/* The verified bits travel through the wire: a locate answer built from the directory and
+ * parsed again says the same, and an announce's "verified" survives build and parse. */
+static void test_digest_provenance_on_the_wire(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct wire_locate l, back;
+        struct wire_announce a;
+        struct one o;
+        char *text = NULL, reason[256];
+        size_t len = 0;
+
+        (void)state;
+        make(&o, A, 1, 4, "0-3");
+        with_digest(&o, 2, 0x66);
+        o.b.verified = true;
+        assert_int_equal(wire_announce_build(&o.a, &text, &len), 0);
+        assert_non_null(strstr(text, "\"verified\":true"));
+        assert_int_equal(wire_announce_parse(text, len, &a, reason, sizeof(reason)), 0);
+        free(text);
+        assert_true(a.blobs[0].verified);
+        assert_int_equal(dir_apply(dir, &a, 1000, reason, sizeof(reason)), 0);
+        wire_announce_free(&a);
+        announce_digest(dir, B, 1, 0x77, false, 1000);
+
+        assert_int_equal(locate(dir, 1, 1000, &l), 0);
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_non_null(strstr(text, "\"verified\":[[2,3]]"));
+        assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+        free(text);
+        assert_true(wire_locate_equal(&l, &back));
+        assert_true(wire_bit(back.sha_verified, 2));
+        assert_false(wire_bit(back.sha_verified, 1));
+        assert_true(wire_bit(back.sha_known, 1));
+        wire_locate_free(&back);
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
 static void test_max_blobs(void **state) {
         struct directory *dir = new_dir(3, 8, 0);
         struct wire_locate l;
@@ -759,6 +898,9 @@ int main(void) {
                 cmocka_unit_test(test_empty_present),
                 cmocka_unit_test(test_refusals),
                 cmocka_unit_test(test_digest_conflict_unknown),
+                cmocka_unit_test(test_digest_verified_wins),
+                cmocka_unit_test(test_digest_verified_conflict),
+                cmocka_unit_test(test_digest_provenance_on_the_wire),
                 cmocka_unit_test(test_max_blobs),
                 cmocka_unit_test(test_max_holders),
                 cmocka_unit_test(test_claims),

@@ -737,6 +737,68 @@ static void test_locate_parse_rejects(void **state) {
         free(body);
 }
 
+/* Digest provenance on the wire: an announce's "verified" and a locate answer's "verified"
+ * ranges, parsed, built back the same, and refused when they make no sense. */
+static void test_verified(void **state) {
+        struct wire_announce a;
+        struct wire_locate l, back;
+        char *text = NULL, reason[256];
+        size_t len = 0;
+
+        (void)state;
+        parse_announce_ok(ANN("10.0.0.2:5001", 4,
+                              BLOB(8, ",\"present\":[[0,2]],\"digests\":[[0,\"" HEX2
+                                      "\"]],\"verified\":true")),
+                          &a);
+        assert_true(a.blobs[0].verified);
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_non_null(strstr(text, "\"verified\":true"));
+        free(text);
+        a.blobs[0].verified = false; /* not said: not sent */
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_null(strstr(text, "verified"));
+        free(text);
+        wire_announce_free(&a);
+        parse_announce_ok(
+                ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[[0,2]],\"verified\":false")), &a);
+        assert_false(a.blobs[0].verified);
+        wire_announce_free(&a);
+        expect_announce_err(ANN("10.0.0.2:5001", 4, BLOB(8, ",\"present\":[],\"verified\":1")),
+                            "verified");
+
+        /* Absent: nothing verified, and the bitmap is there to test. */
+        parse_locate_ok(LOC(",\"digests\":[[1,\"" HEX1 "\"]]"), &l);
+        assert_non_null(l.sha_verified);
+        assert_false(wire_bit(l.sha_verified, 1));
+        wire_locate_free(&l);
+
+        parse_locate_ok(LOC(",\"digests\":[[1,\"" HEX1 "\"],[2,\"" HEX2 "\"],[5,\"" HEX2
+                            "\"]],\"verified\":[[1,3]]"),
+                        &l);
+        assert_true(wire_bit(l.sha_verified, 1));
+        assert_true(wire_bit(l.sha_verified, 2));
+        assert_false(wire_bit(l.sha_verified, 5));
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_non_null(strstr(text, "\"verified\":[[1,3]]"));
+        assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+        free(text);
+        assert_true(wire_locate_equal(&l, &back));
+        wire_set_bit(back.sha_verified, 5);
+        assert_false(wire_locate_equal(&l, &back)); /* the verified bits are compared */
+        /* A verified bit without a digest is not built (nothing to vouch for). */
+        wire_set_bit(l.sha_verified, 7);
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_non_null(strstr(text, "\"verified\":[[1,3]]"));
+        free(text);
+        wire_locate_free(&back);
+        wire_locate_free(&l);
+
+        expect_locate_err(LOC(",\"digests\":[[1,\"" HEX1 "\"]],\"verified\":[[0,2]]"),
+                          "without a digest");
+        expect_locate_err(LOC(",\"verified\":{}"), "verified");
+        expect_locate_err(LOC(",\"digests\":[[1,\"" HEX1 "\"]],\"verified\":[[1,11]]"), "verified");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_node_ids),
@@ -751,6 +813,7 @@ int main(void) {
                 cmocka_unit_test(test_locate_build_refuses),
                 cmocka_unit_test(test_locate_parse),
                 cmocka_unit_test(test_locate_parse_rejects),
+                cmocka_unit_test(test_verified),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
