@@ -126,6 +126,7 @@ int peers_start(struct daemon *d) {
                 .connect_timeout_ms = d->cfg.peer_connect_timeout_ms,
                 .stall_timeout_ms = d->cfg.peer_stall_timeout_ms,
                 .claim_wait_ms = CLAIM_WAIT_MS,
+                .digest_wait_ms = d->cfg.announce_interval_ms * 4 + 1000,
                 .origin_reserve_ms = d->cfg.fetch_timeout_ms / 2,
                 .max_total = MAX_PEER_TRANSFERS,
                 .max_per_peer = MAX_PER_PEER,

@@ -123,6 +123,9 @@ static const struct stat_def stats[] = {
          F(ss.peer_failures), false},
         {"errors", "peer_corrupt_chunks", "peer_corrupt_chunks_total", NULL, COUNTER,
          "Chunks from peers that did not match their digest.", F(ss.peer_corrupt), false},
+        {NULL, NULL, "peer_unchecked_chunks_total", NULL, COUNTER,
+         "Chunks from peers dropped: no digest but their sender's own to check them against.",
+         F(ss.peer_unchecked), false},
 
         {"served", "peer_bytes", "peer_served_bytes_total", NULL, COUNTER,
          "Chunk bytes served to peers.", F(peer_bytes_to), false},

@@ -1,13 +1,26 @@
 /* Chunk sources: peers first, then the origin. See source.h for the contract.
  *
- * A chunk job walks three phases, all on the source thread:
+ * A chunk job walks these phases, all on the source thread:
  *   LOCATE  ask the blob's homes, in rendezvous order, who holds or fetches the chunk (a home
  *           that is ourselves is asked in memory; a home that fails is skipped);
  *   PEERS   try the candidates the answer named, best first, one transfer at a time; a
  *           transfer that fails moves on, a peer that broke the connection or went silent is
  *           reported down, a peer whose bytes fail the chunk digest is distrusted for the blob;
+ *   CONFIRM bytes arrived but no digest is known that did not come from their sender: ask
+ *           the other homes for the chunk's digest, again and again up to digest_wait_ms (a
+ *           claimant announces it within an announce interval of the chunk landing), then
+ *           verify; with none by then, the bytes are dropped and the next source is tried;
  *   ORIGIN  hand the job to the origin client, which owns it from then on.
  * Every job ends in exactly one call of its done callback.
+ *
+ * Whose word a chunk is checked against. A peer's bytes are accepted only against a digest
+ * that did not come from that peer: the digest a home gave us, where that home is not the
+ * peer serving the bytes (our own directory, when we are a home, always qualifies). What the
+ * serving peer says about its own bytes — the X-P2PBlobs-Chunk-Digest header, or its locate
+ * answer when it is also the home — is never used: a peer that alters bytes can make up a
+ * matching digest as easily. The homes learnt their digests from the holders' announces
+ * (the node that fetched the chunk from the origin, or one that verified the whole blob,
+ * which wins a disagreement: peer/directory.c); README "Trust model" says what that leaves.
  *
  * Why a claim, and why waiting for it: when N nodes read one blob at the same moment, none of
  * them holds anything yet. The first to ask a home about chunk c is granted c (it fetches c
@@ -50,7 +63,10 @@
 #define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
 #define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
 
-enum phase { PH_LOCATE, PH_PEERS, PH_ORIGIN };
+enum phase { PH_LOCATE, PH_PEERS, PH_CONFIRM, PH_ORIGIN };
+
+#define CONFIRM_POLL_MS 50 /* between rounds of asking the homes for a digest */
+#define DIGEST_WAIT_DEFAULT_MS 2000
 
 #define VERIFIERS 2
 
@@ -89,6 +105,14 @@ struct job {
         unsigned ncand, cand_next;
         struct digest sha; /* expected digest of the chunk */
         bool sha_known;
+        char sha_home[PEER_ID_MAX]; /* the home whose answer gave it: not a check of its bytes */
+        /* CONFIRM: bytes from held_peer waiting for a digest from another home. */
+        uint8_t *held;
+        char held_peer[PEER_ID_MAX];
+        uint64_t held_ttfb_us;
+        unsigned confirm_next; /* index into homes */
+        uint64_t confirm_until_ms;
+        bool confirm_failed;    /* no home had a digest in time: unchecked peers are skipped */
         uint64_t not_before_ms; /* a busy peer is asked again, after a pause */
         /* We are one of its homes and knew of no source: the other homes are asked too (a
          * home that restarted knows nothing until holders announce again), without claiming,
@@ -98,7 +122,7 @@ struct job {
         unsigned busy_retries;
 };
 
-enum xfer_kind { X_LOCATE, X_CHUNK };
+enum xfer_kind { X_LOCATE, X_CHUNK, X_DIGEST };
 
 struct xfer {
         struct xfer *next; /* running list */
@@ -114,7 +138,6 @@ struct xfer {
         uint64_t started_ms, last_byte_ms, stall_ms;
         uint64_t total_ms; /* a transfer slower than this is abandoned for the next source */
         bool stalled;
-        char digest_hdr[80];
         char curl_error[CURL_ERROR_SIZE];
 };
 
@@ -188,6 +211,7 @@ static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)
 
 static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len) {
         j->done(j->ud, err, reason, buf, len);
+        free(j->held);
         free(j);
 }
 
@@ -202,6 +226,7 @@ static void to_origin(struct source *s, struct job *j) {
         /* The origin client owns the job's callback from here; the job itself is done. */
         origin_fetch(s->cfg.origin, j->origin_source, &j->digest, j->off, j->len, j->deadline_ms,
                      j->done, j->ud);
+        free(j->held);
         free(j);
 }
 
@@ -217,25 +242,6 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
         }
         memcpy(x->buf + x->got, data, n);
         x->got += n;
-        return n;
-}
-
-static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
-        struct xfer *x = ud;
-        size_t n = size * nmemb;
-        static const char name[] = "x-p2pblobs-chunk-digest:";
-        if (n > sizeof(name) - 1 && strncasecmp(data, name, sizeof(name) - 1) == 0) {
-                const char *v = data + sizeof(name) - 1;
-                size_t vl = n - (sizeof(name) - 1);
-                while (vl && (*v == ' ' || *v == '\t'))
-                        v++, vl--;
-                while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
-                        vl--;
-                if (vl < sizeof(x->digest_hdr)) {
-                        memcpy(x->digest_hdr, v, vl);
-                        x->digest_hdr[vl] = '\0';
-                }
-        }
         return n;
 }
 
@@ -278,9 +284,9 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         snprintf(x->peer, sizeof(x->peer), "%s", peer);
         char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96], wait[64];
         digest_to_hex(&j->digest, hex);
-        if (kind == X_LOCATE) {
+        if (kind == X_LOCATE || kind == X_DIGEST) {
                 add_token(s, &x->headers);
-                if (j->probing)
+                if (j->probing || kind == X_DIGEST) /* no claim: only asking */
                         snprintf(url, sizeof(url),
                                  "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32, peer, hex,
                                  j->idx);
@@ -315,7 +321,7 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
                 xfer_free(x);
                 return -ENOMEM;
         }
-        if (kind == X_LOCATE) {
+        if (kind != X_CHUNK) {
                 x->cap = 64 << 10; /* grows, up to LOCATE_BODY_MAX */
                 x->buf = malloc(x->cap);
                 if (!x->buf) {
@@ -327,10 +333,8 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->headers);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kind == X_LOCATE ? on_locate_body : on_body);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kind == X_CHUNK ? on_body : on_locate_body);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-        curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->cfg.connect_timeout_ms);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
         curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->curl_error);
@@ -363,6 +367,7 @@ static void xfer_detach(struct source *s, struct xfer *x) {
 
 static void next_home(struct source *s, struct job *j);
 static void next_candidate(struct source *s, struct job *j);
+static void next_confirm(struct source *s, struct job *j);
 
 /* Writes the holders in L to the index (for blobctl and post-mortems), at most once per
  * RECORD_INTERVAL_MS per blob: a reader locates every chunk, the index needs far less. */
@@ -385,9 +390,9 @@ static void record_locations(struct source *s, const struct wire_locate *l) {
                                          expires);
 }
 
-/* What a home told us about J's chunk: candidates, in order, and the expected digest. */
+/* What HOME told us about J's chunk: candidates, in order, and the expected digest. */
 static void use_answer(struct source *s, struct job *j, const struct wire_locate *l,
-                       const char *self) {
+                       const char *home, const char *self) {
         if (!digest_equal(&l->digest, &j->digest) || l->chunk_size != s->cfg.chunk_size ||
             l->nchunks <= j->idx || l->size != j->size) {
                 log_debug("locate answer does not fit blob chunk=%" PRIu32, j->idx);
@@ -398,6 +403,7 @@ static void use_answer(struct source *s, struct job *j, const struct wire_locate
         if (l->sha_known && wire_bit(l->sha_known, j->idx)) {
                 j->sha = l->sha[j->idx];
                 j->sha_known = true;
+                snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
         }
         struct {
                 uint64_t key;
@@ -447,7 +453,7 @@ static void next_home(struct source *s, struct job *j) {
                         stat_add(s, &s->stats.locates, 1);
                         int r = dir_locate(s->cfg.dir, &j->digest, self, j->idx, now_ms(), &l);
                         if (r == 0 && (l.nholders > 0 || j->home_next >= j->nhomes)) {
-                                use_answer(s, j, &l, self);
+                                use_answer(s, j, &l, self, self);
                                 wire_locate_free(&l);
                                 return;
                         }
@@ -470,6 +476,11 @@ static void next_home(struct source *s, struct job *j) {
         to_origin(s, j);
 }
 
+/* Whether J has a digest to check PEER's bytes against that is not PEER's own word. */
+static bool checkable(const struct job *j, const char *peer) {
+        return j->sha_known && strcmp(j->sha_home, peer) != 0;
+}
+
 static void next_candidate(struct source *s, struct job *j) {
         char self[PEER_ID_MAX];
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
@@ -483,7 +494,8 @@ static void next_candidate(struct source *s, struct job *j) {
                 struct candidate *c = &j->cand[j->cand_next];
                 if (now_ms() >= j->deadline_ms)
                         break;
-                if (!members_usable(s->cfg.members, c->id) || distrusted(s, c->id, &j->digest)) {
+                if (!members_usable(s->cfg.members, c->id) || distrusted(s, c->id, &j->digest) ||
+                    (j->confirm_failed && !checkable(j, c->id))) {
                         j->cand_next++;
                         continue;
                 }
@@ -508,6 +520,143 @@ static void start_job(struct source *s, struct job *j) {
         j->nhomes = homes_of(s, &j->digest, j->homes);
         j->phase = PH_LOCATE;
         next_home(s, j);
+}
+
+/* Queues BUF (J's chunk from PEER, now owned by the verifier) for checking against J->sha.
+ * 0; -ENOMEM (BUF freed). */
+static int verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
+                         uint64_t ttfb_us) {
+        struct verify_item *v = calloc(1, sizeof(*v));
+        if (!v) {
+                free(buf);
+                return -ENOMEM;
+        }
+        v->job = j;
+        v->buf = buf;
+        v->want = j->sha;
+        v->ttfb_us = ttfb_us;
+        snprintf(v->peer, sizeof(v->peer), "%s", peer);
+        pthread_mutex_lock(&s->vq_lock);
+        *s->vq_tail = v;
+        s->vq_tail = &v->next;
+        pthread_cond_signal(&s->vq_cond);
+        pthread_mutex_unlock(&s->vq_lock);
+        return 0;
+}
+
+static void confirm_start(struct source *s, struct job *j) {
+        j->phase = PH_CONFIRM;
+        j->confirm_next = 0;
+        j->confirm_until_ms = now_ms() + s->cfg.digest_wait_ms;
+        if (j->confirm_until_ms > j->deadline_ms)
+                j->confirm_until_ms = j->deadline_ms;
+        next_confirm(s, j);
+}
+
+/* CONFIRM found the digest of J's held chunk at HOME: check the bytes against it. */
+static void confirm_found(struct source *s, struct job *j, const struct digest *sha,
+                          const char *home) {
+        j->sha = *sha;
+        j->sha_known = true;
+        snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
+        uint8_t *buf = j->held;
+        j->held = NULL;
+        j->phase = PH_PEERS;
+        if (verify_submit(s, j, buf, j->held_peer, j->held_ttfb_us) < 0) {
+                stat_add(s, &s->stats.peer_failures, 1);
+                next_candidate(s, j);
+        }
+}
+
+/* CONFIRM: asks the next home (not the sender of the held bytes) for the chunk's digest;
+ * after a round without one, pauses and asks again until confirm_until_ms, then gives the
+ * bytes up as unchecked. */
+static void next_confirm(struct source *s, struct job *j) {
+        char self[PEER_ID_MAX];
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        uint64_t now = now_ms();
+        if (now < j->not_before_ms) {
+                j->next = s->queued;
+                s->queued = j;
+                return;
+        }
+        bool any = false; /* a home other than the sender exists: waiting may pay */
+        for (unsigned i = 0; i < j->nhomes && !any; i++)
+                any = strcmp(j->homes[i], j->held_peer) != 0;
+        while (any && j->confirm_next < j->nhomes && now < j->confirm_until_ms) {
+                const char *home = j->homes[j->confirm_next++];
+                if (strcmp(home, j->held_peer) == 0)
+                        continue; /* its word about its own bytes is what we lack */
+                if (self[0] && strcmp(home, self) == 0) {
+                        struct wire_locate l;
+                        if (dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now, &l) == 0) {
+                                bool found = l.nchunks > j->idx && l.size == j->size &&
+                                             wire_bit(l.sha_known, j->idx);
+                                struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                                wire_locate_free(&l);
+                                if (found) {
+                                        confirm_found(s, j, &sha, self);
+                                        return;
+                                }
+                        }
+                        continue;
+                }
+                if (!self[0] || !members_usable(s->cfg.members, home))
+                        continue;
+                if (xfer_start(s, j, X_DIGEST, home, false, self) == 0) {
+                        stat_add(s, &s->stats.locates, 1);
+                        return;
+                }
+        }
+        if (any && now + CONFIRM_POLL_MS < j->confirm_until_ms) {
+                j->confirm_next = 0; /* another round, once the claimant had time to announce */
+                j->not_before_ms = now + CONFIRM_POLL_MS;
+                j->next = s->queued;
+                s->queued = j;
+                return;
+        }
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&j->digest, hex);
+        log_debug("peer chunk refused unchecked peer=%s digest=sha256:%s chunk=%" PRIu32
+                  " why=\"no home other than the sender knows its digest\"",
+                  j->held_peer, hex, j->idx);
+        free(j->held);
+        j->held = NULL;
+        j->confirm_failed = true;
+        j->phase = PH_PEERS;
+        pthread_mutex_lock(&s->lock);
+        s->stats.peer_failures++;
+        s->stats.peer_unchecked++;
+        pthread_mutex_unlock(&s->lock);
+        next_candidate(s, j);
+}
+
+/* A digest query (CONFIRM) ended. */
+static void digest_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        struct job *j = x->job;
+        if (cc == CURLE_OK && status == 200) {
+                struct wire_locate l;
+                char reason[128];
+                if (wire_locate_parse((const char *)x->buf, x->got, &l, reason, sizeof(reason)) ==
+                    0) {
+                        bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
+                                     l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
+                                     wire_bit(l.sha_known, j->idx);
+                        struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                        wire_locate_free(&l);
+                        if (found) {
+                                confirm_found(s, j, &sha, x->peer);
+                                return;
+                        }
+                }
+        } else if (cc != CURLE_OK || x->stalled) {
+                stat_add(s, &s->stats.locate_failures, 1);
+                if (now_ms() < j->deadline_ms && cc != CURLE_WRITE_ERROR)
+                        members_report_failure(s->cfg.members, x->peer,
+                                               x->stalled ? "stalled" : curl_easy_strerror(cc));
+        }
+        next_confirm(s, j);
 }
 
 /* A chunk transfer ended: verify and finish, or move on. */
@@ -542,34 +691,26 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                 peer_fault = true;
         }
         if (!why) {
-                struct digest want;
-                bool have_want = j->sha_known;
-                if (have_want)
-                        want = j->sha;
-                else if (digest_parse(x->digest_hdr, &want) == 0)
-                        have_want = true;
-                struct verify_item *v = have_want ? calloc(1, sizeof(*v)) : NULL;
-                if (!have_want) {
-                        why = "no chunk digest to check against";
-                } else if (!v) {
+                uint64_t ttfb_us = 0;
+                curl_off_t t = 0;
+                if (!x->claimed && /* a claimant's wait is not its latency */
+                    curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
+                        ttfb_us = (uint64_t)t;
+                uint8_t *buf = x->buf;
+                x->buf = NULL;
+                if (checkable(j, x->peer)) {
+                        if (verify_submit(s, j, buf, x->peer, ttfb_us) == 0)
+                                return; /* the verifier finishes the job, or hands it back */
                         why = "out of memory";
                 } else {
-                        curl_off_t t = 0;
-                        if (!x->claimed && /* a claimant's wait is not its latency */
-                            curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) ==
-                                    CURLE_OK)
-                                v->ttfb_us = (uint64_t)t;
-                        v->job = j;
-                        v->buf = x->buf;
-                        x->buf = NULL;
-                        v->want = want;
-                        snprintf(v->peer, sizeof(v->peer), "%s", x->peer);
-                        pthread_mutex_lock(&s->vq_lock);
-                        *s->vq_tail = v;
-                        s->vq_tail = &v->next;
-                        pthread_cond_signal(&s->vq_cond);
-                        pthread_mutex_unlock(&s->vq_lock);
-                        return; /* the verifier finishes the job, or hands it back */
+                        /* Only the sender's word for these bytes so far: hold them and ask
+                         * the other homes for the chunk's digest. */
+                        free(j->held);
+                        j->held = buf;
+                        snprintf(j->held_peer, sizeof(j->held_peer), "%s", x->peer);
+                        j->held_ttfb_us = ttfb_us;
+                        confirm_start(s, j);
+                        return;
                 }
         }
         stat_add(s, &s->stats.peer_failures, 1);
@@ -590,7 +731,7 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
                         char self[PEER_ID_MAX];
                         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                                 self[0] = '\0';
-                        use_answer(s, j, &l, self);
+                        use_answer(s, j, &l, x->peer, self);
                         wire_locate_free(&l);
                         return;
                 }
@@ -643,6 +784,8 @@ static void finish_transfers(struct source *s) {
                 xfer_detach(s, x);
                 if (x->kind == X_LOCATE)
                         locate_done(s, x, cc, status);
+                else if (x->kind == X_DIGEST)
+                        digest_done(s, x, cc, status);
                 else
                         chunk_done(s, x, cc, status);
                 xfer_free(x);
@@ -663,6 +806,8 @@ static void check_stalls(struct source *s) {
                         xfer_detach(s, x);
                         if (x->kind == X_LOCATE)
                                 locate_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
+                        else if (x->kind == X_DIGEST)
+                                digest_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
                         else
                                 chunk_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
                         xfer_free(x);
@@ -676,7 +821,10 @@ static void start_queued(struct source *s) {
         s->queued = NULL;
         while (q) { /* each re-queues itself if still no slot */
                 struct job *next = q->next;
-                next_candidate(s, q);
+                if (q->phase == PH_CONFIRM)
+                        next_confirm(s, q);
+                else
+                        next_candidate(s, q);
                 q = next;
         }
 }
@@ -813,6 +961,8 @@ int source_new(const struct source_config *cfg, struct source **ret) {
                 s->cfg.max_per_peer = 8;
         if (!s->cfg.homes)
                 s->cfg.homes = 3;
+        if (!s->cfg.digest_wait_ms)
+                s->cfg.digest_wait_ms = DIGEST_WAIT_DEFAULT_MS;
         pthread_mutex_init(&s->lock, NULL);
         pthread_mutex_init(&s->vq_lock, NULL);
         pthread_cond_init(&s->vq_cond, NULL);

@@ -9,10 +9,12 @@
  * A peer that refuses a connection, misses the connect timeout or stops sending for the stall
  * timeout is reported to the membership (marked down at once, probed in the background) and
  * the next source is tried; a dead peer costs a reader milliseconds, not a TCP timeout. Bytes
- * from a peer are checked against the chunk's sha256 recorded when it first came from the
- * origin (carried by the directory, or by the holder's answer); a peer whose bytes do not
- * match is never asked for that blob again (a bounded table) and the chunk is fetched from
- * the next source.
+ * from a peer are checked against the chunk's sha256 as a home knows it (announced by the
+ * node that fetched it from the origin, or by one that verified the whole blob) — never
+ * against the serving peer's own word: not its digest header, not its locate answer when it
+ * is the home. Bytes with no such digest wait (digest_wait_ms) for a home to learn one, and
+ * are dropped when none does. A peer whose bytes do not match is never asked for that blob
+ * again (a bounded table) and the chunk is fetched from the next source.
  *
  * Without members (a node alone) every fetch goes straight to the origin.
  *
@@ -45,7 +47,10 @@ struct source_config {
         uint64_t connect_timeout_ms; /* to peers */
         uint64_t stall_timeout_ms;   /* no bytes from a peer this long: next source */
         uint64_t claim_wait_ms;      /* how long a peer may wait for a chunk it is fetching */
-        uint64_t origin_reserve_ms;  /* time the origin always gets, however long peers took */
+        /* How long bytes from a peer wait for a digest from a home other than that peer
+         * (a claimant announces one within an announce interval); 0: 2 s. */
+        uint64_t digest_wait_ms;
+        uint64_t origin_reserve_ms; /* time the origin always gets, however long peers took */
         unsigned max_total;
         unsigned max_per_peer;
         const char *token; /* the cluster token sent with every request, or NULL; borrowed */
@@ -72,9 +77,10 @@ int source_lookup(struct source *s, const struct digest *digest, uint64_t deadli
 struct source_stats {
         uint64_t peer_bytes; /* verified chunk bytes received from peers */
         uint64_t peer_chunks;
-        uint64_t peer_failures; /* transfers that failed (connect, stall, HTTP, short) */
-        uint64_t peer_corrupt;  /* chunks whose bytes did not match their digest */
-        uint64_t locates;       /* directory queries */
+        uint64_t peer_failures;  /* transfers that failed (connect, stall, HTTP, short) */
+        uint64_t peer_corrupt;   /* chunks whose bytes did not match their digest */
+        uint64_t peer_unchecked; /* chunks dropped: no digest but their sender's (in failures) */
+        uint64_t locates;        /* directory queries */
         uint64_t locate_failures;
         uint64_t origin_chunks; /* chunks handed to the origin */
         uint64_t claims;        /* chunks this node was told to fetch from the origin */
