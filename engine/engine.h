@@ -49,6 +49,15 @@ struct engine_config {
         struct source *source;
         void (*on_change)(void *ud, const struct digest *blob, uint32_t idx);
         void *change_ud;
+        /* Optional. Blob ID failed verification: drop every copy of its bytes in
+         * [OFF, OFF + LEN) cached outside the engine (the kernel's page cache; LEN 0: to the
+         * end). Called before any reader is answered with the failure, on a completion
+         * worker without the engine lock, once per range that no read still pending in the
+         * engine covers: the kernel keeps those pages locked until we answer, so dropping
+         * them would wait for us (and they get the error, never cached bytes). May block
+         * while the kernel drops pages; must not call back into the engine. */
+        void (*on_invalidate)(void *ud, uint32_t id, uint64_t off, uint64_t len);
+        void *invalidate_ud;
 };
 
 struct engine_blob_info {

@@ -349,6 +349,10 @@ void *eng_worker_main(void *arg);
 /* verify.c: the hash frontier */
 bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
                           uint32_t fresh_idx);
+/* B failed verification: drops what the caller (cfg.on_invalidate) caches of its bytes, except
+ * the ranges of reads still pending (DONE, about to be answered, and those on B's inflights).
+ * Call before answering any of B's readers, without the lock. */
+void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending *done);
 
 /* prefetch.c */
 void eng_prefetch_pump(struct engine *e, struct blob *b, struct inflight **starts, size_t *nstarts,

@@ -211,6 +211,14 @@ static void complete(struct engine *e, struct completion *c) {
         bool frontier = false, verify_first = false;
         eng_lock(&e->lock);
         uint64_t gen = b->generation;
+        if (err == 0 && b->verified && b->sha_known && bit_get(b->sha_known, idx) &&
+            !digest_equal(&b->chunk_sha[idx], &sha)) {
+                /* A refetch of a verified blob's chunk that is not the bytes that verified:
+                 * never served, and never recorded (we announce these digests as verified). */
+                err = -EIO;
+                snprintf(c->reason, sizeof(c->reason),
+                         "chunk differs from the one the blob verified with");
+        }
         if (err == 0 && !bit_get(b->present, idx)) {
                 if (policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len) == -ENOSPC) {
                         eng_evict_to_budget(e, &ns);
@@ -316,6 +324,8 @@ static void complete(struct engine *e, struct completion *c) {
         bool corrupt = false;
         if (frontier && verify_first)
                 corrupt = eng_advance_frontier(e, b, c->buf, idx);
+        if (corrupt) /* before the readers hear of it */
+                eng_invalidate_blob(e, b, done);
         eng_lock(&e->lock);
         bool discarded = b->generation != gen; /* another worker found the blob corrupt */
         eng_unlock(&e->lock);
@@ -326,8 +336,8 @@ static void complete(struct engine *e, struct completion *c) {
                 eng_answer(e, pr, err == 0 ? c->buf : NULL, idx);
                 pr = next;
         }
-        if (frontier && !verify_first)
-                eng_advance_frontier(e, b, c->buf, idx);
+        if (frontier && !verify_first && eng_advance_frontier(e, b, c->buf, idx))
+                eng_invalidate_blob(e, b, NULL);
         free(c->buf);
         free(c);
 }

@@ -37,6 +37,68 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
         store_remove(e->store, &b->digest);
 }
 
+struct byte_range {
+        uint64_t off, end;
+};
+
+static int range_cmp(const void *a, const void *b) {
+        const struct byte_range *x = a, *y = b;
+        return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Before any reader hears of B's failure, the caller drops what it caches of B's bytes
+ * (cfg.on_invalidate: the kernel's page cache), so no re-read, on an open file or a new one,
+ * is answered with bytes that failed. Ranges of reads still pending (DONE, about to be
+ * answered with the error, and those waiting on other chunks) are left out, to the page: the
+ * kernel holds their pages locked until we answer, and waiting for them here could wait for
+ * ourselves. Reads the engine has not seen yet cannot wait on us: they find failed_until_ms
+ * set and fail at once. */
+void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending *done) {
+        ASSERT_NOT_HELD(&e->lock);
+        if (!e->cfg.on_invalidate)
+                return;
+        const uint64_t page = 4096;
+        size_t n = 0, cap = 0;
+        struct byte_range *r = NULL;
+        eng_lock(&e->lock);
+        for (const struct pending *pr = done; pr; pr = pr->next_done)
+                cap++;
+        for (const struct inflight *f = b->inflight; f; f = f->next)
+                for (const struct waiter *w = f->waiters; w; w = w->next)
+                        cap++;
+        r = cap ? malloc(cap * sizeof(*r)) : NULL;
+        if (cap && !r) {
+                eng_unlock(&e->lock);
+                /* Without the list, the whole file could wait on a pending read's page: the
+                 * retry window's EIO (failed_until_ms) still holds new reads off. */
+                log_warning("cannot invalidate the page cache of a failed blob blob_id=%u "
+                            "err=\"out of memory\"",
+                            b->id);
+                return;
+        }
+        for (const struct pending *pr = done; pr; pr = pr->next_done)
+                r[n++] = (struct byte_range){pr->off, pr->off + pr->len};
+        for (const struct inflight *f = b->inflight; f; f = f->next)
+                for (const struct waiter *w = f->waiters; w; w = w->next)
+                        r[n++] = (struct byte_range){w->pr->off, w->pr->off + w->pr->len};
+        uint64_t size = b->size;
+        uint32_t id = b->id;
+        eng_unlock(&e->lock);
+        if (n > 1)
+                qsort(r, n, sizeof(*r), range_cmp);
+        uint64_t pos = 0;
+        for (size_t i = 0; i <= n; i++) {
+                uint64_t start = (pos + page - 1) / page * page; /* a partly pending page: kept */
+                uint64_t end = i < n ? r[i].off / page * page : size;
+                if (end > start)
+                        e->cfg.on_invalidate(e->cfg.invalidate_ud, id, start,
+                                             i < n ? end - start : 0);
+                if (i < n && r[i].end > pos)
+                        pos = r[i].end;
+        }
+        free(r);
+}
+
 /* Advances B's verification frontier through present chunks, starting with FRESH (chunk
  * FRESH_IDX's bytes) when it is the next one. Runs without lock; b->hashing is ours. Returns
  * true when the blob turned out corrupt. */

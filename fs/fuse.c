@@ -5,13 +5,18 @@
  * worker (the low-level API allows replying from any thread), so no FUSE thread ever sleeps on
  * the network.
  *
- * Page cache: blob files are immutable, so opens set keep_cache — re-reads are served by the
- * kernel and never reach us, and nothing is cached twice (the store drops its own pages). */
+ * Page cache: blob files are immutable, so opens of a verified blob set keep_cache — re-reads
+ * are served by the kernel and never reach us, and nothing is cached twice (the store drops
+ * its own pages). A blob not verified yet may still fail verification, so its opens do not
+ * keep the cache, and a failure drops what the kernel cached of it (fs_invalidate(), called
+ * by the engine before the failing reads are answered): no re-read, on an open file or a new
+ * one, is ever answered with bytes that failed. */
 #define FUSE_USE_VERSION 312
 #include "fs/fuse.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -68,6 +73,7 @@ static void open_untrack(struct open_blob *ob) {
 struct fs_ctx {
         struct engine *e;
         struct resolver *resolver; /* NULL: unknown digests are ENOENT at once */
+        struct fuse_session *se;   /* atomic: read by engine workers (fs_invalidate) */
 };
 static struct fs_ctx fs_ctx;
 
@@ -274,7 +280,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         }
         ob->id = b.id;
         fi->fh = (uint64_t)(uintptr_t)ob;
-        fi->keep_cache = 1;
+        /* Bytes of an unverified blob are not final: a new open re-reads them from us. */
+        fi->keep_cache = b.verified;
         fi->noflush = 1;
         open_track(ob);
         if (fuse_reply_open(req, fi) == -ENOENT) { /* the opener was interrupted */
@@ -342,6 +349,25 @@ static const struct fuse_lowlevel_ops ops = {
         .release = fs_release,
         .statfs = fs_statfs,
 };
+
+void fs_invalidate(void *ud, uint32_t id, uint64_t off, uint64_t len) {
+        (void)ud;
+        struct fuse_session *se = __atomic_load_n(&fs_ctx.se, __ATOMIC_ACQUIRE);
+        if (!se)
+                return;
+        int r = fuse_lowlevel_notify_inval_inode(se, (fuse_ino_t)INO_BLOB_BASE + id, (off_t)off,
+                                                 (off_t)len);
+        /* -ENOENT: the kernel holds no inode for it, so no pages either. */
+        if (r < 0 && r != -ENOENT) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                uint64_t suppressed = 0;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_warning("cannot drop the page cache of a failed blob blob_id=%u "
+                                    "err=%s hint=\"re-reads of open files may see its bytes "
+                                    "until they are closed\" suppressed=%" PRIu64,
+                                    id, strerror(-r), suppressed);
+        }
+}
 
 /* A daemon killed with SIGKILL leaves its mount behind: every access fails with ENOTCONN.
  * stat() is not a reliable probe (the kernel may answer it from cached attributes); opening the
@@ -419,6 +445,7 @@ int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint
         }
         char real[PATH_MAX];
         raise_readahead(realpath(mountpoint, real) ? real : mountpoint);
+        __atomic_store_n(&fs_ctx.se, se, __ATOMIC_RELEASE);
         *ret = se;
         return 0;
 }
@@ -452,6 +479,7 @@ int fs_fd(struct fuse_session *se) {
 void fs_destroy(struct fuse_session *se) {
         if (!se)
                 return;
+        __atomic_store_n(&fs_ctx.se, NULL, __ATOMIC_RELEASE); /* the engine is gone by now */
         fuse_session_unmount(se);
         fuse_session_destroy(se);
         pthread_mutex_lock(&open_lock);

@@ -5,6 +5,7 @@
  * pure arithmetic and a blob's inode never changes while the daemon runs. */
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 
 struct engine;
 struct resolver;
@@ -17,6 +18,14 @@ struct fuse_session;
  * session's loop. 0 or -errno. */
 int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint,
              struct fuse_session **ret);
+
+/* The engine's on_invalidate (engine.h): drops the kernel's page cache of blob ID's bytes
+ * [OFF, OFF + LEN) (LEN 0: to the end) with fuse_lowlevel_notify_inval_inode(). A no-op
+ * before fs_mount() and after fs_destroy(). Blocks while the kernel drops the pages, which
+ * waits for any of them locked by a read in flight: never call it on a FUSE request thread
+ * or with a pending read's range (the engine leaves those out, and calls it on a worker).
+ * UD is unused. */
+void fs_invalidate(void *ud, uint32_t id, uint64_t off, uint64_t len);
 
 /* Serves requests until fs_stop(). Returns 0 or -errno. */
 int fs_run(struct fuse_session *se, unsigned max_threads);

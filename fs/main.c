@@ -566,6 +566,7 @@ int main(int argc, char **argv) {
                 .verify_retry_ms = d.cfg.verify_retry_ms,
                 .max_blobs = (uint32_t)d.cfg.max_blobs,
                 .max_read = FS_MAX_READ,
+                .on_invalidate = fs_invalidate, /* a no-op until the tree is mounted */
         };
         peers_engine_config(&d, &ec);
         r = engine_new(&ec, d.ix, d.store, d.origin, &d.engine);
