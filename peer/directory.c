@@ -36,7 +36,10 @@
  *     latter means someone lies about verifying): the directory cannot tell which holder
  *     has bad data, so it forgets the digest (logged at debug) and readers take the chunk
  *     from the origin, instead of distrusting honest peers on the word of whoever spoke
- *     first; a later announce may record one again.
+ *     first. The dispute is remembered while the blob's record lives: otherwise whoever
+ *     re-announces first after it (a liar announcing twice a second) would be believed
+ *     again. After an unverified dispute only a verified digest is recorded; after a
+ *     verified one, none.
  * Readers check every peer's bytes against these digests (never against the serving peer's
  * own word), and a blob read whole is verified against its own digest in the end.
  *
@@ -87,6 +90,8 @@ struct dir_blob {
         struct digest *sha;    /* nchunks entries once the first digest arrives; else NULL */
         uint8_t *sha_known;    /* bitmap, allocated with sha */
         uint8_t *sha_verified; /* bitmap, allocated with sha: from a verified announcer */
+        uint8_t *disputed;     /* bitmap, with sha: two unverified digests disagreed */
+        uint8_t *disputed_v;   /* bitmap, with sha: two verified digests disagreed */
         struct dir_holder *holders;
         size_t nholders, holders_cap;
         struct dir_claim *claims;
@@ -111,7 +116,7 @@ static size_t bitmap_bytes(uint32_t nchunks) {
 }
 
 static size_t sha_bytes(uint32_t nchunks) {
-        return (size_t)nchunks * sizeof(struct digest) + 2 * bitmap_bytes(nchunks);
+        return (size_t)nchunks * sizeof(struct digest) + 4 * bitmap_bytes(nchunks);
 }
 
 static bool live(uint64_t since, uint64_t ttl, uint64_t now) {
@@ -204,6 +209,8 @@ static void blob_free(struct directory *dir, struct dir_blob *b) {
         free(b->sha);
         free(b->sha_known);
         free(b->sha_verified);
+        free(b->disputed);
+        free(b->disputed_v);
         free(b);
 }
 
@@ -337,13 +344,20 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                         b->sha = calloc(b->nchunks, sizeof(*b->sha));
                         b->sha_known = calloc(1, bitmap_bytes(b->nchunks));
                         b->sha_verified = calloc(1, bitmap_bytes(b->nchunks));
-                        if (!b->sha || !b->sha_known || !b->sha_verified) {
+                        b->disputed = calloc(1, bitmap_bytes(b->nchunks));
+                        b->disputed_v = calloc(1, bitmap_bytes(b->nchunks));
+                        if (!b->sha || !b->sha_known || !b->sha_verified || !b->disputed ||
+                            !b->disputed_v) {
                                 free(b->sha);
                                 free(b->sha_known);
                                 free(b->sha_verified);
+                                free(b->disputed);
+                                free(b->disputed_v);
                                 b->sha = NULL;
                                 b->sha_known = NULL;
                                 b->sha_verified = NULL;
+                                b->disputed = NULL;
+                                b->disputed_v = NULL;
                                 return -ENOMEM;
                         }
                         dir->bytes += sha_bytes(b->nchunks);
@@ -357,6 +371,9 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                                 wire_set_bit(b->sha_verified, idx);
                         continue;
                 }
+                if (!known &&
+                    (wire_bit(b->disputed_v, idx) || (wire_bit(b->disputed, idx) && !wb->verified)))
+                        continue; /* disputed: this word is not enough any more */
                 if (!known || (wb->verified && !was_verified)) {
                         b->sha[idx] = wb->sha[i];
                         wire_set_bit(b->sha_known, idx);
@@ -376,6 +393,7 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                          * it again, and the whole-blob check decides in the end. */
                         bit_clear(b->sha_known, idx);
                         bit_clear(b->sha_verified, idx);
+                        wire_set_bit(was_verified ? b->disputed_v : b->disputed, idx);
                         kept = "none";
                 }
                 char hex[DIGEST_HEX_LEN + 1];

@@ -49,7 +49,9 @@ void dir_free(struct directory *dir); /* NULL-safe */
  * whole blob (wire_blob.verified). A digest that disagrees with the one recorded replaces it
  * when it is verified and the recorded one is not, is ignored when the recorded one is
  * verified and it is not, and otherwise makes that chunk's digest unknown (neither is
- * believed; a later announce may record one again). A holder record is live while
+ * believed) and disputed for as long as the blob's record lives: after a dispute between
+ * unverified digests only a verified one is recorded again, after one between verified
+ * digests none is. A holder record is live while
  * NOW_MS - its last announce < ttl_ms. */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);

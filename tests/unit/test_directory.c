@@ -499,8 +499,8 @@ static void test_digest_verified_wins(void **state) {
 }
 
 /* Two verified announces that disagree: one of them lies about verifying, and the directory
- * cannot tell which, so the digest becomes unknown, as for two unverified ones. A later
- * verified announce records one again; an unverified one after that cannot displace it. */
+ * cannot tell which, so the digest becomes unknown, and stays so, whoever announces next
+ * (else a liar re-announcing quickly would be believed again). */
 static void test_digest_verified_conflict(void **state) {
         struct directory *dir = new_dir(16, 8, 0);
         bool v;
@@ -509,15 +509,42 @@ static void test_digest_verified_conflict(void **state) {
         announce_digest(dir, A, 3, 0x11, true, 1000);
         announce_digest(dir, B, 3, 0x22, true, 1001);
         assert_int_equal(digest_now(dir, 3, 1001, &v), -1);
-        announce_digest(dir, C, 3, 0x33, false, 1002); /* unknown again: recorded, unverified */
-        assert_int_equal(digest_now(dir, 3, 1002, &v), 0x33);
+        announce_digest(dir, C, 3, 0x33, false, 1002);
+        assert_int_equal(digest_now(dir, 3, 1002, &v), -1);
+        announce_digest(dir, A, 3, 0x11, true, 1003);
+        assert_int_equal(digest_now(dir, 3, 1003, &v), -1);
+        announce_digest(dir, B, 3, 0x22, true, 1004);
+        assert_int_equal(digest_now(dir, 3, 1004, &v), -1);
+        /* Other chunks are not affected. */
+        announce_digest(dir, C, 2, 0x44, false, 1005);
+        assert_int_equal(digest_now(dir, 2, 1005, &v), 0x44);
+        dir_free(dir);
+}
+
+/* Two unverified announces that disagree: unknown, and no unverified digest is believed for
+ * that chunk again (the liar would simply announce first); a verified one is. */
+static void test_digest_dispute_sticks(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        bool v;
+
+        (void)state;
+        announce_digest(dir, A, 1, 0x11, false, 1000);
+        announce_digest(dir, B, 1, 0x22, false, 1001);
+        assert_int_equal(digest_now(dir, 1, 1001, &v), -1);
+        announce_digest(dir, B, 1, 0x22, false, 1002); /* first after the dispute: ignored */
+        assert_int_equal(digest_now(dir, 1, 1002, &v), -1);
+        announce_digest(dir, A, 1, 0x11, false, 1003);
+        assert_int_equal(digest_now(dir, 1, 1003, &v), -1);
+        announce_digest(dir, C, 1, 0x11, true, 1004); /* verified: recorded */
+        assert_int_equal(digest_now(dir, 1, 1004, &v), 0x11);
+        assert_true(v);
+        announce_digest(dir, B, 1, 0x22, false, 1005);
+        assert_int_equal(digest_now(dir, 1, 1005, &v), 0x11);
+        /* The dispute lives as long as the blob's record: once it expired, it is forgotten. */
+        dir_expire(dir, 1005 + TTL);
+        announce_digest(dir, B, 1, 0x22, false, 1005 + TTL);
+        assert_int_equal(digest_now(dir, 1, 1005 + TTL, &v), 0x22);
         assert_false(v);
-        announce_digest(dir, A, 3, 0x11, true, 1003); /* verified beats it */
-        assert_int_equal(digest_now(dir, 3, 1003, &v), 0x11);
-        assert_true(v);
-        announce_digest(dir, C, 3, 0x33, false, 1004);
-        assert_int_equal(digest_now(dir, 3, 1004, &v), 0x11);
-        assert_true(v);
         dir_free(dir);
 }
 
@@ -900,6 +927,7 @@ int main(void) {
                 cmocka_unit_test(test_digest_conflict_unknown),
                 cmocka_unit_test(test_digest_verified_wins),
                 cmocka_unit_test(test_digest_verified_conflict),
+                cmocka_unit_test(test_digest_dispute_sticks),
                 cmocka_unit_test(test_digest_provenance_on_the_wire),
                 cmocka_unit_test(test_max_blobs),
                 cmocka_unit_test(test_max_holders),
