@@ -156,6 +156,10 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                         b->verified = true;
                         e->st.blobs_verified++;
                         eng_note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
+                        /* Every chunk's digest is now a verified one: announce them so (the
+                         * homes prefer them over any that disagree). */
+                        eng_changed(e, b, 0);
+                        eng_changed(e, b, b->nchunks - 1);
                 } else {
                         char want[DIGEST_HEX_LEN + 1], have[DIGEST_HEX_LEN + 1];
                         digest_to_hex(&b->digest, want);
