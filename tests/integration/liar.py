@@ -1,0 +1,179 @@
+"""A lying cluster member, for tests/integration/test_trust.py.
+
+It speaks the peer protocol (peer/wire.h, peer/httpd.c) well enough to be believed as a
+member and a home: /healthz answers 200, announces are accepted (and ignored), a locate of the
+one blob it lies about names itself as holding every chunk and gives, for each chunk, the
+digest of the bytes it will serve; and it serves those bytes — the blob's real bytes with one
+byte flipped in every chunk — for any Range, with X-P2PBlobs-Chunk-Digest set to their sha256.
+So its bytes match its own word everywhere it gives one.
+
+  python3 liar.py --listen IP:PORT --blob FILE --digest sha256:HEX --source REG/REPO
+                  --chunk-size N [--announce-to IP:PORT ...] [--announce-digests]
+                  [--announce-verified] [--log FILE]
+
+With --announce-to it also announces itself as a holder of every chunk to those homes, every
+half second (with --announce-digests: with its made-up digests; --announce-verified: and
+claiming it verified the whole blob). Every request is appended to --log as one JSON line
+(method, path, range), so a test can tell it was asked.
+"""
+
+import argparse
+import hashlib
+import http.server
+import json
+import re
+import socketserver
+import sys
+import threading
+import time
+import urllib.request
+
+
+def altered(data, chunk_size):
+    """DATA with the first byte of every chunk flipped."""
+    b = bytearray(data)
+    for off in range(0, len(b), chunk_size):
+        b[off] ^= 0xFF
+    return bytes(b)
+
+
+class State:
+    def __init__(self, args):
+        self.args = args
+        with open(args.blob, "rb") as f:
+            self.bad = altered(f.read(), args.chunk_size)
+        self.size = len(self.bad)
+        self.nchunks = (self.size + args.chunk_size - 1) // args.chunk_size
+        self.hex = args.digest.split(":", 1)[1]
+        self.sha = [hashlib.sha256(self.chunk(i)).hexdigest() for i in range(self.nchunks)]
+        self.log_lock = threading.Lock()
+
+    def chunk(self, i):
+        cs = self.args.chunk_size
+        return self.bad[i * cs:(i + 1) * cs]
+
+    def log(self, **kw):
+        if not self.args.log:
+            return
+        with self.log_lock, open(self.args.log, "a") as f:
+            f.write(json.dumps(kw) + "\n")
+
+    def locate_body(self):
+        return json.dumps({
+            "digest": self.args.digest, "size": self.size, "source": self.args.source,
+            "chunk_size": self.args.chunk_size,
+            "digests": [[i, h] for i, h in enumerate(self.sha)],
+            "holders": [{"node": self.args.listen, "present": [[0, self.nchunks]]}],
+        }).encode()
+
+    def announce_body(self):
+        blob = {"digest": self.args.digest, "size": self.size, "source": self.args.source,
+                "present": [[0, self.nchunks]]}
+        if self.args.announce_digests:
+            blob["digests"] = [[i, h] for i, h in enumerate(self.sha)]
+        if self.args.announce_verified:
+            blob["verified"] = True
+        return json.dumps({"node": self.args.listen, "chunk_size": self.args.chunk_size,
+                           "blobs": [blob]}).encode()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state = None
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, status, body=b"", headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(n)
+        self.state.log(method="POST", path=self.path)
+        self._send(204 if self.path == "/p2p/v1/announce" else 404)
+
+    def do_HEAD(self):
+        self.do_GET()
+
+    def do_GET(self):
+        st = self.state
+        path = self.path.split("?", 1)[0]
+        rng = self.headers.get("Range")
+        st.log(method=self.command, path=self.path, range=rng)
+        if path in ("/healthz", "/readyz"):
+            return self._send(200, b"ok\n")
+        if path == "/p2p/v1/locate/sha256:" + st.hex:
+            return self._send(200, st.locate_body(), [("Content-Type", "application/json")])
+        if path.startswith("/p2p/v1/locate/"):
+            return self._send(404)
+        m = re.fullmatch(r"/v2/.+/blobs/sha256:([0-9a-f]{64})", path)
+        if not m or m.group(1) != st.hex:
+            return self._send(404)
+        start, end = 0, st.size - 1
+        if rng:
+            r = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if not r:
+                return self._send(416)
+            start = int(r.group(1))
+            end = int(r.group(2)) if r.group(2) else st.size - 1
+            end = min(end, st.size - 1)
+            if start > end:
+                return self._send(416)
+        body = st.bad[start:end + 1]
+        hdrs = [("Content-Type", "application/octet-stream"),
+                ("Content-Range", "bytes %d-%d/%d" % (start, end, st.size)),
+                # Its own word about its own bytes: exactly what a reader must not believe.
+                ("X-P2PBlobs-Chunk-Digest", "sha256:" + hashlib.sha256(body).hexdigest())]
+        self._send(206 if rng else 200, body, hdrs)
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def announcer(st, homes):
+    body = st.announce_body()
+    while True:
+        for h in homes:
+            try:
+                req = urllib.request.Request("http://%s/p2p/v1/announce" % h, data=body,
+                                             headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(req, timeout=2).read()
+            except OSError:
+                pass
+        time.sleep(0.5)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--listen", required=True)
+    p.add_argument("--blob", required=True)
+    p.add_argument("--digest", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--chunk-size", type=int, default=1 << 20)
+    p.add_argument("--announce-to", action="append", default=[])
+    p.add_argument("--announce-digests", action="store_true")
+    p.add_argument("--announce-verified", action="store_true")
+    p.add_argument("--log")
+    args = p.parse_args()
+    st = State(args)
+    Handler.state = st
+    host, port = args.listen.rsplit(":", 1)
+    srv = Server((host, int(port)), Handler)
+    if args.announce_to:
+        threading.Thread(target=announcer, args=(st, args.announce_to), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdout.flush()
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Issue 13, items 2 and 3: no wrong byte from a lying peer, none from the page cache after a
+verification failure. Real daemons in network namespaces (netns.py), a real registry, real
+FUSE mounts, and a lying member (liar.py) that speaks the peer protocol: it answers locate
+like a home, names itself as holding every chunk, gives digests of its own altered bytes, and
+serves them with a matching X-P2PBlobs-Chunk-Digest.
+
+Run alone:
+  P2PBLOBS_BUILD=$PWD/build/asan python3 -m pytest -q -p no:cacheprovider \
+      --basetemp=/tmp/pt-$USER tests/integration/test_trust.py
+"""
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import harness
+from harness import MiB
+
+pytestmark = pytest.mark.root
+
+REPO = "p2pblobs/trust"
+PEER_PORT = 5001
+LIAR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "liar.py")
+
+
+# --------------------------------------------------------------------------- helpers
+
+def node_flags(host, peers):
+    return ["--advertise-address", host.ip, "--peer-refresh", "1s",
+            "--peer-connect-timeout", "250ms", "--peer-stall-timeout", "1s",
+            "--peers", ",".join("%s:%d" % (h.ip, PEER_PORT) for h in peers)]
+
+
+def metrics(net, d):
+    st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/metrics", timeout=5)
+    assert st == 200, "GET /metrics: %d" % st
+    out = {}
+    for line in body.decode().splitlines():
+        m = re.match(r"^(p2pblobs_[a-z_]+)(\{[^}]*\})? ([0-9.e+-]+)$", line)
+        if m:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
+
+
+def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified=False):
+    """liar.py on HOST, lying about BLOB. Returns the path of its request log."""
+    os.makedirs(workdir, exist_ok=True)
+    data = os.path.join(workdir, "liar-blob")
+    with open(data, "wb") as f:
+        f.write(blob.data)
+    log = os.path.join(workdir, "liar-requests.log")
+    argv = [sys.executable, LIAR, "--listen", "%s:%d" % (host.ip, PEER_PORT), "--blob", data,
+            "--digest", blob.digest, "--source", blob.ref.split("@", 1)[0],
+            "--chunk-size", str(MiB), "--log", log]
+    for h in announce_to:
+        argv += ["--announce-to", "%s:%d" % (h.ip, PEER_PORT)]
+    if digests:
+        argv.append("--announce-digests")
+    if verified:
+        argv.append("--announce-verified")
+    host.popen(argv, stdout=subprocess.DEVNULL,
+               stderr=open(os.path.join(workdir, "liar.stderr"), "w"))
+
+    def up():
+        try:
+            return net.http(host.ip, PEER_PORT, "GET", "/healthz", timeout=1)[0] == 200
+        except OSError:
+            return False
+    harness.wait_until(up, 15, interval=0.1, what="the liar to listen")
+    return log
+
+
+def liar_chunk_gets(log):
+    """Chunk requests the liar answered (its bytes went out)."""
+    try:
+        with open(log) as f:
+            reqs = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []
+    return [r for r in reqs if r.get("method") == "GET" and r.get("path", "").startswith("/v2/")]
+
+
+def peer_state(d, peer_id):
+    return ({p.get("id"): p for p in d.peers()}.get(peer_id) or {}).get("state")
+
+
+def check_reads(path, data, offsets, length=64 * 1024):
+    """Partial reads at OFFSETS, each on a fresh open: every byte must be DATA's."""
+    for off in offsets:
+        got = harness.pread_exact(path, off, length)
+        want = data[off:off + length]
+        assert got == want, "partial read at %d returned %s bytes (%d differ)" % (
+            off, "short" if len(got) != len(want) else "wrong",
+            sum(a != b for a, b in zip(got, want)))
+
+
+def full_read_right(path, blob):
+    with open(path, "rb", buffering=0) as f:
+        got = bytearray()
+        while True:
+            b = f.read(MiB)
+            if not b:
+                break
+            got += b
+    if bytes(got) != blob.data:
+        bad = next((i for i, (a, b) in enumerate(zip(got, blob.data)) if a != b), len(got))
+        pytest.fail("a full read returned %d bytes, first wrong byte at %d" % (len(got), bad))
+
+
+# --------------------------------------------------------------------------- lying peer
+
+def test_lying_peer_no_digest_anywhere(build_dir, net, tmp_path):
+    """No node has read the blob: the only digests there are the liar's own (its locate
+    answer as a home, its chunk header). The reader asks it (it is one of the two homes and
+    says it holds everything), receives its altered bytes, and must not believe them: partial
+    and full reads return only the blob's real bytes (from the origin), and the rejection is
+    counted. Before the fix the header was believed: partial reads returned the liar's bytes."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "liar8", harness.gen_bytes(1301, 8 * MiB + 4321), repo=REPO)
+    rh, fh = net.add_host("r", s), net.add_host("f", s)
+    log = start_liar(net, fh, blob, str(tmp_path / "liar"))
+    r = net.daemon(build_dir, rh, registries=[reg], extra_args=node_flags(rh, [rh, fh]))
+    fid = "%s:%d" % (fh.ip, PEER_PORT)
+    harness.wait_until(lambda: peer_state(r, fid) == "up", 15, interval=0.2,
+                       what="r to see the liar up")
+    r.add(blob.ref)
+    path = r.blob_path(blob.digest)
+
+    check_reads(path, blob.data, [0, 3 * MiB + 17, 8 * MiB])
+    full_read_right(path, blob)
+
+    gets = liar_chunk_gets(log)
+    m = metrics(net, r)
+    st = r.stat()
+    print("\n[liar, no digest] liar served %d chunk requests; r: peer_bytes %d origin_bytes %d "
+          "unchecked %d corrupt %d peer_failures %d"
+          % (len(gets), st["fetched"]["peer_bytes"], st["fetched"]["origin_bytes"],
+             m.get("p2pblobs_peer_unchecked_chunks_total", -1),
+             st["errors"]["peer_corrupt_chunks"], st["errors"]["peer_failures"]))
+    assert gets, "the reader never asked the liar for bytes: the test proved nothing"
+    assert st["fetched"]["peer_bytes"] == 0, "bytes from the liar were accepted"
+    assert m.get("p2pblobs_peer_unchecked_chunks_total", 0) >= 1, m
+    assert st["fetched"]["origin_bytes"] >= blob.size
+
+
+@pytest.mark.parametrize("liar_says_verified", [False, True],
+                         ids=["liar-unverified", "liar-claims-verified"])
+def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_verified):
+    """An honest node B read and verified the blob and announced its digests as verified. The
+    liar F announces, twice a second, that it holds every chunk, with digests of its altered
+    bytes (unverified, or falsely claiming verification). The reader R knows only itself and
+    F, so F is its only peer. R must never return a wrong byte:
+      - liar unverified: B's verified digests win at R's directory, F's bytes fail them
+        (peer_corrupt_chunks counts it) and R takes the chunks from the origin;
+      - liar claims verified: the two verified claims dispute the digests, which stay unknown
+        however often F re-announces; F's bytes are unchecked, dropped, origin.
+    Before the fix: a disagreement made the digest unknown and the first announce after it
+    (F's, twice a second) set it again, or F's chunk header was used: F's bytes were read."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "liarv8", harness.gen_bytes(1302, 8 * MiB), repo=REPO)
+    bh, rh, fh = net.add_host("b", s), net.add_host("r", s), net.add_host("f", s)
+    nchunks = (blob.size + MiB - 1) // MiB
+    b = net.daemon(build_dir, bh, registries=[reg], extra_args=node_flags(bh, [bh, rh, fh]))
+    r = net.daemon(build_dir, rh, registries=[reg], extra_args=node_flags(rh, [rh, fh]))
+    # F starts after B, so B's announces reach R's directory: B reads first, whole (verified).
+    b.add(blob.ref)
+    full_read_right(b.blob_path(blob.digest), blob)
+
+    def r_digests():
+        st, _h, body = net.http(rh.ip, PEER_PORT, "GET", "/p2p/v1/locate/" + blob.digest,
+                                timeout=2)
+        if st != 200:
+            return 0, 0
+        j = json.loads(body)
+        return len(j.get("digests") or []), sum(e - s for s, e in j.get("verified") or [])
+    known_since = []
+
+    def r_has_verified_digests():
+        known, verified = r_digests()
+        if known == nchunks and not known_since:
+            known_since.append(time.monotonic())
+        # A build without provenance never says "verified": it gets 3 s after the digests,
+        # so that this test shows what such a build does with the liar.
+        return verified == nchunks or (known_since and time.monotonic() - known_since[0] > 3)
+    harness.wait_until(r_has_verified_digests, 30, interval=0.2,
+                       what="B's verified digests at R's directory")
+    print("\n[liar vs verified] R's directory before the liar: %d digests, %d verified"
+          % r_digests())
+
+    log = start_liar(net, fh, blob, str(tmp_path / "liar"), announce_to=[rh], digests=True,
+                     verified=liar_says_verified)
+    fid = "%s:%d" % (fh.ip, PEER_PORT)
+    harness.wait_until(lambda: peer_state(r, fid) == "up", 15, interval=0.2,
+                       what="r to see the liar up")
+
+    def r_lists_liar():
+        st, _h, body = net.http(rh.ip, PEER_PORT, "GET", "/p2p/v1/locate/" + blob.digest,
+                                timeout=2)
+        return st == 200 and any(h.get("node") == fid for h in json.loads(body).get("holders", []))
+    harness.wait_until(r_lists_liar, 15, interval=0.2, what="R's directory to list the liar")
+
+    r.add(blob.ref)
+    path = r.blob_path(blob.digest)
+    check_reads(path, blob.data, [5, 2 * MiB + 99, 7 * MiB + 4096])
+    full_read_right(path, blob)
+
+    gets = liar_chunk_gets(log)
+    m = metrics(net, r)
+    st = r.stat()
+    print("\n[liar vs verified, liar %s] liar served %d chunk requests; r: peer_bytes %d "
+          "origin_bytes %d corrupt %d unchecked %d"
+          % ("claims verified" if liar_says_verified else "unverified", len(gets),
+             st["fetched"]["peer_bytes"], st["fetched"]["origin_bytes"],
+             st["errors"]["peer_corrupt_chunks"],
+             m.get("p2pblobs_peer_unchecked_chunks_total", -1)))
+    assert gets, "the reader never asked the liar for bytes: the test proved nothing"
+    assert st["fetched"]["peer_bytes"] == 0, "bytes from the liar were accepted"
+    if liar_says_verified:
+        assert m.get("p2pblobs_peer_unchecked_chunks_total", 0) >= 1, m
+    else:
+        assert st["errors"]["peer_corrupt_chunks"] >= 1, st["errors"]
+        assert m.get("p2pblobs_peer_corrupt_chunks_total", 0) >= 1, m
+
+
+# --------------------------------------------------------------------------- page cache
+
+def _corrupt(path, offsets):
+    with open(path, "r+b") as f:
+        for off in offsets:
+            f.seek(off)
+            c = f.read(1)
+            f.seek(off)
+            f.write(bytes([c[0] ^ 0xFF]))
+
+
+def _expect_eio(fn, what):
+    try:
+        got = fn()
+    except OSError as e:
+        assert e.errno == errno.EIO, "%s: expected EIO, got %r" % (what, e)
+        return
+    pytest.fail("%s returned %d bytes instead of EIO" % (what, len(got)))
+
+
+def test_page_cache_after_verification_failure(private_registry, daemon_factory):
+    """The registry serves wrong bytes for a digest. A full read gets EIO at its end, after
+    the earlier reads returned (unverifiable until then) bytes — which the kernel keeps in its
+    page cache. Then, with no drop_caches: re-reads through the file descriptor that is still
+    open, and through a new one, must fail with EIO, never return those bytes. Before the fix
+    both returned the cached bad bytes without error."""
+    reg = private_registry
+    blob = harness.make_blob(reg, "pc8", harness.gen_bytes(1303, 8 * MiB), repo=REPO)
+    bad_at = [100, 5 * MiB + 77]
+    _corrupt(reg.blob_path_on_disk(blob.digest), bad_at)
+    d = daemon_factory(registries=[reg], extra_args=["--verify-retry", "600s"])
+    d.add(blob.ref)
+    path = d.blob_path(blob.digest)
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n, failed = 0, False
+        while True:
+            try:
+                b = os.read(fd, MiB)
+            except OSError as e:
+                assert e.errno == errno.EIO, e
+                failed = True
+                break
+            if not b:
+                break
+            n += len(b)
+        assert n > bad_at[0], "the first bad byte was never served: nothing to cache"
+        # The read usually ends in EIO; when the last chunk arrived by readahead, the check
+        # may finish just after the last read was answered. Either way, once it has failed:
+        harness.wait_until(lambda: d.stat()["errors"]["verify_failures"] >= 1, 20,
+                           what="the blob to fail verification")
+        print("\n[page cache] full read: %d bytes, then %s" % (n, "EIO" if failed else "EOF"))
+
+        # The same open file: every range, those served before the failure included.
+        for off in (0, bad_at[0] - 50, 4 * MiB, bad_at[1] - 10):
+            _expect_eio(lambda off=off: os.pread(fd, 4096, off),
+                        "pread(open fd, 4096, %d)" % off)
+        # A new open file.
+        for off in (0, bad_at[1] - 10):
+            _expect_eio(lambda off=off: harness.pread_exact(path, off, 4096),
+                        "pread(new fd, 4096, %d)" % off)
+    finally:
+        os.close(fd)
+    assert d.stat()["errors"]["verify_failures"] >= 1
+    assert d.alive()
