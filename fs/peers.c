@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "peer/announce.h"
 #include "peer/directory.h"
@@ -27,6 +29,35 @@
 #define CLAIM_WAIT_MS 5000 /* how long a reader waits on a claimant for a chunk */
 #define MAX_PER_PEER 8
 #define MAX_PEER_TRANSFERS 64
+
+/* This daemon's boot id (peer/wire.h), drawn in peers_start(). */
+static uint64_t boot_id;
+
+/* The boot id each node last announced with, so a restarted home (it lost its directory) is
+ * noticed and sent everything soon. A small hashed table: a collision only costs a full
+ * announce round more (the announcer allows one a second). */
+#define BOOT_SLOTS 1024
+static struct {
+        char node[PEER_ID_MAX];
+        uint64_t boot;
+} boots[BOOT_SLOTS];
+static pthread_mutex_t boots_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Whether NODE's announce carries a boot id other than the one it last sent us. */
+static bool boot_changed(const char *node, uint64_t boot) {
+        uint64_t h = 1469598103934665603ull; /* FNV-1a */
+        for (const char *p = node; *p; p++)
+                h = (h ^ (uint8_t)*p) * 1099511628211ull;
+        size_t i = (size_t)(h % BOOT_SLOTS);
+        pthread_mutex_lock(&boots_lock);
+        bool changed = boots[i].boot != boot || strcmp(boots[i].node, node) != 0;
+        if (changed) {
+                snprintf(boots[i].node, sizeof(boots[i].node), "%s", node);
+                boots[i].boot = boot;
+        }
+        pthread_mutex_unlock(&boots_lock);
+        return changed;
+}
 
 /* The cluster token (--cluster-token-file), read once at start; "" when none. */
 static char cluster_token[HTTPD_TOKEN_MAX + 1];
@@ -65,6 +96,11 @@ int peers_start(struct daemon *d) {
                 return -EINVAL;
         }
         int r;
+        if (getrandom(&boot_id, sizeof(boot_id), GRND_NONBLOCK) != sizeof(boot_id))
+                boot_id = now_ms() ^ ((uint64_t)getpid() << 32);
+        boot_id &= INT64_MAX;
+        if (!boot_id)
+                boot_id = 1;
         if (d->cfg.cluster_token_file) {
                 r = httpd_read_token(d->cfg.cluster_token_file, cluster_token);
                 if (r < 0) {
@@ -191,6 +227,7 @@ int peers_start_announcer(struct daemon *d) {
                 .refresh_ms = d->cfg.location_ttl_ms / 3,
                 .timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
                 .token = token(),
+                .boot = boot_id,
         };
         struct announcer *a = NULL;
         int r = announce_new(&ac, &a);
@@ -228,6 +265,13 @@ static int op_announce(void *ud, const char *body, size_t len, char *reason, siz
                 return r;
         }
         r = dir_apply(d->dir, &a, now_ms(), reason, reason_len);
+        if (r != -EPROTO && a.boot && boot_changed(a.node, a.boot)) {
+                /* It restarted (or is new to us): if it is a home of what we hold, it knows
+                 * nothing of it now. Readers there would otherwise wait a refresh for us. */
+                struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
+                if (an)
+                        announce_refresh_soon(an);
+        }
         if (r == -EPROTO) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
                 uint64_t suppressed = 0;

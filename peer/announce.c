@@ -25,6 +25,7 @@
 
 #define DIRTY_CAP (ANNOUNCE_DIRTY_MAX * 2) /* power of two, load <= 1/2 */
 #define ANNOUNCE_BATCH_BLOBS 1024          /* blobs per announce request (the wire allows 4096) */
+#define MIN_FULL_GAP_MS 1000 /* full rounds asked for by restarted homes: at most this often */
 
 struct dirty {
         struct digest d;
@@ -49,6 +50,7 @@ struct announcer {
         struct dirty *dirty;
         size_t ndirty;
         bool overflow;
+        bool want_full; /* announce_refresh_soon(): a full round, once MIN_FULL_GAP_MS allows */
         bool stopping;
         struct announce_stats stats;
 
@@ -230,7 +232,8 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
                                     n - ANNOUNCE_BATCH_BLOBS);
                 return r1 < 0 ? r1 : r2;
         }
-        struct wire_announce w = {.chunk_size = a->cfg.chunk_size, .nblobs = n, .blobs = blobs};
+        struct wire_announce w = {
+                .chunk_size = a->cfg.chunk_size, .boot = a->cfg.boot, .nblobs = n, .blobs = blobs};
         snprintf(w.node, sizeof(w.node), "%s", self);
         if (strcmp(home, self) == 0) {
                 char reason[128];
@@ -286,7 +289,10 @@ static void round_once(struct announcer *a) {
 
         pthread_mutex_lock(&a->lock);
         bool full = a->overflow || version != a->members_version || a->last_full_ms == 0 ||
-                    now - a->last_full_ms >= a->cfg.refresh_ms;
+                    now - a->last_full_ms >= a->cfg.refresh_ms ||
+                    (a->want_full && now - a->last_full_ms >= MIN_FULL_GAP_MS);
+        if (full)
+                a->want_full = false;
         struct dirty *t = a->dirty;
         a->dirty = a->taken;
         a->taken = t;
@@ -389,6 +395,12 @@ void announce_free(struct announcer *a) {
         free(a->dirty);
         free(a->taken);
         free(a);
+}
+
+void announce_refresh_soon(struct announcer *a) {
+        pthread_mutex_lock(&a->lock);
+        a->want_full = true;
+        pthread_mutex_unlock(&a->lock);
 }
 
 void announce_get_stats(struct announcer *a, struct announce_stats *ret) {

@@ -43,6 +43,7 @@ struct announce_config {
         uint64_t refresh_ms;
         uint64_t timeout_ms;
         const char *token; /* the cluster token sent with every announce, or NULL; borrowed */
+        uint64_t boot;     /* this daemon's boot id (wire.h), sent with every announce; 0: none */
 };
 
 int announce_new(const struct announce_config *cfg, struct announcer **ret);
@@ -51,6 +52,11 @@ void announce_free(struct announcer *a); /* NULL-safe; stops the thread */
 /* Chunk IDX of blob D changed (UINT32_MAX: the blob itself). Never blocks; safe to call
  * with other locks held (it takes only the announcer's own). */
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx);
+
+/* A home restarted (a new boot id in its announce): the next round, at least a second after
+ * the last full one, announces everything, so the home relearns it now rather than at the
+ * next refresh. Never blocks. */
+void announce_refresh_soon(struct announcer *a);
 
 struct announce_stats {
         uint64_t rounds, full_rounds, requests, failures, blobs_sent;

@@ -357,6 +357,10 @@ int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret,
                 goto out_free;
         }
         a.chunk_size = (uint32_t)cs;
+        if (json_object_get(root, "boot") && !get_uint(root, "boot", 1, INT64_MAX, &a.boot)) {
+                r = fail(reason, reason_len, "invalid boot: want 1..%" PRId64, INT64_MAX);
+                goto out_free;
+        }
         blobs = json_object_get(root, "blobs");
         if (!json_is_array(blobs)) {
                 r = fail(reason, reason_len, "missing or non-array blobs");
@@ -518,7 +522,7 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
         bool ok;
 
         if (!wire_node_id_valid(a->node) || a->chunk_size == 0 || a->nblobs > WIRE_MAX_BLOBS ||
-            (a->nblobs > 0 && !a->blobs))
+            (a->nblobs > 0 && !a->blobs) || a->boot > INT64_MAX)
                 return -EINVAL;
         for (uint32_t i = 0; i < a->nblobs; i++) {
                 if (check_blob(&a->blobs[i], a->chunk_size) < 0)
@@ -540,6 +544,8 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
         }
         ok = json_object_set_new(root, "node", json_string(a->node)) == 0 &&
              json_object_set_new(root, "chunk_size", json_integer(a->chunk_size)) == 0 &&
+             (!a->boot ||
+              json_object_set_new(root, "boot", json_integer((json_int_t)a->boot)) == 0) &&
              json_object_set_new(root, "blobs", blobs) == 0;
         if (!ok) {
                 json_decref(root);
@@ -857,7 +863,7 @@ static bool bitmap_equal(const uint8_t *a, const uint8_t *b, uint32_t nchunks) {
 
 bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b) {
         if (strcmp(a->node, b->node) != 0 || a->chunk_size != b->chunk_size ||
-            a->nblobs != b->nblobs)
+            a->nblobs != b->nblobs || a->boot != b->boot)
                 return false;
         for (uint32_t i = 0; i < a->nblobs; i++) {
                 const struct wire_blob *x = &a->blobs[i], *y = &b->blobs[i];

@@ -4,7 +4,7 @@
  * have fuzz targets. jansson does the JSON.
  *
  * Announce (POST /p2p/v1/announce), from a holder to a home:
- *   {"node":"10.0.0.2:5001", "chunk_size":1048576,
+ *   {"node":"10.0.0.2:5001", "chunk_size":1048576, "boot":N,   boot: optional, see below
  *    "blobs":[{"digest":"sha256:<hex>", "size":N, "source":"registry/repository",
  *              "present":[[0,40],[42,43]],          chunk ranges [start, end), sorted
  *              "digests":[[0,"<hex>"], [1,"<hex>"]] sha256 of chunks (any subset)
@@ -18,6 +18,9 @@
  *   A blob a node forgets is simply not announced again; its record expires.
  *   Chunk digests are additive: a node sends those the home may not have (new chunks; all of
  *   them on a full refresh).
+ *   "boot" (1 .. 2^63-1) is drawn at random when the sender starts: a home that sees a new
+ *   one knows the sender restarted (and lost the directory it keeps as a home), so it sends
+ *   the sender everything it holds soon instead of at its next refresh.
  *
  * Locate answer (GET /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]), from a home to a reader:
  *   {"digest":"sha256:<hex>", "size":N, "source":"registry/repository", "chunk_size":C,
@@ -77,6 +80,7 @@ struct wire_blob {
 struct wire_announce {
         char node[PEER_ID_MAX];
         uint32_t chunk_size;
+        uint64_t boot; /* the sender's boot id, 0: not sent */
         uint32_t nblobs;
         struct wire_blob *blobs;
 };

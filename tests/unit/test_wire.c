@@ -799,6 +799,39 @@ static void test_verified(void **state) {
         expect_locate_err(LOC(",\"digests\":[[1,\"" HEX1 "\"]],\"verified\":[[1,11]]"), "verified");
 }
 
+/* The boot id of an announce: optional, 1 .. 2^63-1, built back when set. */
+static void test_announce_boot(void **state) {
+        struct wire_announce a;
+        char *text = NULL;
+        size_t len = 0;
+
+        (void)state;
+        parse_announce_ok("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"boot\":9007199254740993,"
+                          "\"blobs\":[]}",
+                          &a);
+        assert_true(a.boot == 9007199254740993ull);
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_non_null(strstr(text, "\"boot\":9007199254740993"));
+        free(text);
+        a.boot = 0; /* not sent */
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_null(strstr(text, "boot"));
+        free(text);
+        a.boot = (uint64_t)INT64_MAX + 1;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        wire_announce_free(&a);
+        parse_announce_ok("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[]}", &a);
+        assert_true(a.boot == 0);
+        wire_announce_free(&a);
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"boot\":0,\"blobs\":[]}",
+                            "boot");
+        expect_announce_err(
+                "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"boot\":\"1\",\"blobs\":[]}",
+                "boot");
+        expect_announce_err(
+                "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"boot\":-1,\"blobs\":[]}", "boot");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_node_ids),
@@ -814,6 +847,7 @@ int main(void) {
                 cmocka_unit_test(test_locate_parse),
                 cmocka_unit_test(test_locate_parse_rejects),
                 cmocka_unit_test(test_verified),
+                cmocka_unit_test(test_announce_boot),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
