@@ -6,7 +6,9 @@
  * the chunks that changed — batched, one request per home. Every refresh interval (a third
  * of the homes' TTL), and whenever the membership changes (homes move), it sends everything
  * it holds instead, so a home that restarted or just became home learns it all within one
- * refresh. Announces are soft state: a lost one costs freshness, never correctness.
+ * refresh; and when a node announces with a new boot id (it restarted: if it is a home, its
+ * directory is empty), through announce_refresh_soon(). Announces are soft state: a lost one
+ * costs freshness, never correctness.
  *
  * Bounds: the dirty set holds at most ANNOUNCE_DIRTY_MAX blobs; past that, the next round is
  * a full refresh. Requests time out after a second; a home that is down is skipped (the next
