@@ -347,6 +347,14 @@ void eng_store_ra_window(const struct engine *e, const struct blob *b,
 void *eng_worker_main(void *arg);
 
 /* verify.c: the hash frontier */
+/* Caller holds lock. Whether chunks [from, end) of B are all present. */
+static inline bool eng_present_from(const struct blob *b, uint32_t from) {
+        for (uint32_t i = from; i < b->nchunks; i++)
+                if (!bit_get(b->present, i))
+                        return false;
+        return true;
+}
+
 bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
                           uint32_t fresh_idx);
 /* B failed verification: drops what the caller (cfg.on_invalidate) caches of its bytes, except

@@ -179,14 +179,6 @@ void eng_store_ra_window(const struct engine *e, const struct blob *b,
         }
 }
 
-/* Caller holds lock. Whether chunks [from, end) of B are all present. */
-static bool present_from(const struct blob *b, uint32_t from) {
-        for (uint32_t i = from; i < b->nchunks; i++)
-                if (!bit_get(b->present, i))
-                        return false;
-        return true;
-}
-
 static void complete(struct engine *e, struct completion *c) {
         struct inflight *f = c->fl;
         struct blob *b = f->blob;
@@ -313,7 +305,7 @@ static void complete(struct engine *e, struct completion *c) {
                 while (!frontier && b->hashing)
                         eng_cond_wait(&e->hash_cond, &e->lock);
                 bool can_finish =
-                        !b->verified && b->generation == gen && present_from(b, b->hashed);
+                        !b->verified && b->generation == gen && eng_present_from(b, b->hashed);
                 if (can_finish) {
                         if (!frontier)
                                 b->hashing = frontier = true;

@@ -157,6 +157,28 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
 
                 struct pending sync_pr = {
                         .blob = b, .off = off, .len = len, .first = first, .last = last};
+                if (missing == 0 && last == b->nchunks - 1 && !b->verified) {
+                        /* The read that completes a sequential reader, its chunks all here
+                         * (read ahead): answered only once the blob verified, whenever that
+                         * is possible now, exactly as when its last chunk lands (fetch.c).
+                         * Otherwise a corrupt blob would read to EOF and fail only afterwards.
+                         * This thread waits for local hashing only, never for the network. */
+                        if (b->hashing) {
+                                eng_cond_wait(&e->hash_cond, &e->lock);
+                                eng_unlock(&e->lock);
+                                continue; /* look again: verified, failed or paused */
+                        }
+                        if (eng_present_from(b, b->hashed)) {
+                                b->hashing = true;
+                                eng_unlock(&e->lock);
+                                /* Our own pages are locked until we answer: left out. */
+                                if (eng_advance_frontier(e, b, NULL, 0))
+                                        eng_invalidate_blob(e, b, &sync_pr);
+                                continue; /* verified now, or failed: EIO */
+                        }
+                        /* Chunks before it are missing: a partial read of an unverified blob,
+                         * checked against the origin's TLS only (README, trust model). */
+                }
                 if (missing == 0) {
                         e->st.hits += last - first + 1;
                         for (uint32_t i = first; i <= last; i++) {
