@@ -6,6 +6,7 @@
  * struct log_ratelimit so a failing origin logs once per interval with a count, not a storm. */
 #pragma once
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <pthread.h>
 #include <time.h>
@@ -23,7 +24,16 @@ extern int log_max_level;
 /* "error", "warning", "notice", "info", "debug" -> level. 0 or -EINVAL. */
 int log_parse_level(const char *s, int *ret);
 
+/* Writes one line; every conversion's output is escaped (log_escape), so no value can start a
+ * line or add a key. */
 void log_emit(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Escapes LEN bytes of IN for a log line into OUT (CAP bytes, NUL-terminated; truncated at an
+ * escape boundary): bytes below 0x20, DEL and above become \xNN. IN_QUOTES: the value sits
+ * between quotes of the format, so '"' and '\' get a backslash. Otherwise a value holding a
+ * space, '"', '=' or '\' is wrapped in quotes (and escaped as inside them). Returns the bytes
+ * written, without the NUL. Pure; for the fuzz target and log_emit. */
+size_t log_escape(const char *in, size_t len, bool in_quotes, char *out, size_t cap);
 
 #define log_at(lvl, ...)                                                                           \
         do {                                                                                       \
