@@ -51,6 +51,16 @@ static const struct opt_def options[] = {
          "HTTP server for /healthz, /readyz, /metrics (\"off\" disables)"},
         {"mirror-listen", OPT_STRING, "127.0.0.1:5000", 0, 0, F(mirror_listen), 0, "ADDR:PORT",
          "containerd pull-through mirror (hosts.toml; \"off\" disables)"},
+        {"mirror-registries", OPT_STRING, NULL, 0, 0, F(mirror_registries), 0, "HOST,...",
+         "registries the mirror fetches from, besides --insecure-registry, --registry-config and "
+         "--mirror-hosts-dir ones (\"*\": any a local user names)"},
+        {"mirror-hosts-dir", OPT_STRING, "/etc/p2pblobs/certs.d", 0, 0, F(mirror_hosts_dir), 0,
+         "DIR",
+         "a registry with DIR/<registry>/hosts.toml (blobctl containerd-config) is mirrored"},
+        {"allow-other", OPT_BOOL, "false", 0, 0, F(allow_other), 0, NULL,
+         "let every local user read the mounted tree (default: root only)"},
+        {"http-header-timeout", OPT_DURATION, "10s", 100, 600 * 1000, F(http_header_timeout_ms), 0,
+         "DURATION", "a client must send its request's headers within this, however slowly"},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
          "bytes of chunks kept on disk (512M, 10G)"},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
@@ -243,8 +253,9 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
         struct option longopts[N_OPTIONS + 1];
         for (size_t i = 0; i < N_OPTIONS; i++)
                 longopts[i] = (struct option){options[i].name,
-                                              options[i].type == OPT_FLAG ? no_argument
-                                                                          : required_argument,
+                                              options[i].type == OPT_FLAG   ? no_argument
+                                              : options[i].type == OPT_BOOL ? optional_argument
+                                                                            : required_argument,
                                               NULL, (int)i};
         longopts[N_OPTIONS] = (struct option){0};
 
@@ -287,7 +298,10 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                 const struct opt_def *o = &options[c];
                 if (strcmp(o->name, "config") == 0)
                         continue;
-                if (set_value(cfg, o, o->type == OPT_FLAG ? "1" : optarg, "command line") < 0)
+                /* A flag, or a bool given bare (--allow-other), is true. */
+                const char *v =
+                        o->type == OPT_FLAG || (o->type == OPT_BOOL && !optarg) ? "1" : optarg;
+                if (set_value(cfg, o, v, "command line") < 0)
                         return -EINVAL;
         }
         char host[256];

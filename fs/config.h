@@ -16,8 +16,12 @@ struct daemon_config {
         char *control_socket;
         char *registry_config; /* docker config.json with credentials */
         char *ca_file;
-        char *listen;        /* "host:port" of the node's HTTP server, or "off" */
-        char *mirror_listen; /* "host:port" of the containerd mirror, or "off" */
+        char *listen;            /* "host:port" of the node's HTTP server, or "off" */
+        char *mirror_listen;     /* "host:port" of the containerd mirror, or "off" */
+        char *mirror_registries; /* comma-separated hosts the mirror fetches from, "*", NULL */
+        char *mirror_hosts_dir;  /* per-registry hosts.toml directories; NULL: none */
+        bool allow_other;        /* the tree is readable by every local user */
+        uint64_t http_header_timeout_ms;
         uint64_t cache_budget;
         uint64_t chunk_size;
         uint64_t readahead;

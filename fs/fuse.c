@@ -422,7 +422,7 @@ static void raise_readahead(const char *mountpoint) {
                         path);
 }
 
-int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint,
+int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint, bool allow_other,
              struct fuse_session **ret) {
         fs_ctx = (struct fs_ctx){.e = e, .resolver = resolver};
         int r = recover_stale_mount(mountpoint);
@@ -430,9 +430,14 @@ int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint
                 log_err("cannot prepare mountpoint path=%s err=%s", mountpoint, strerror(-r));
                 return r;
         }
+        /* Without allow_other the kernel lets only the mounting user (root, as containerd is)
+         * into the tree: any other local user would read every blob, private images' too, and
+         * make the node fetch from the origin with its credentials by opening a file. */
         char *argv[] = {"p2pblobsd", "-o",
-                        "ro,default_permissions,allow_other,fsname=p2pblobs,subtype=p2pblobs,"
-                        "max_read=1048576",
+                        allow_other ? "ro,default_permissions,allow_other,fsname=p2pblobs,"
+                                      "subtype=p2pblobs,max_read=1048576"
+                                    : "ro,default_permissions,fsname=p2pblobs,subtype=p2pblobs,"
+                                      "max_read=1048576",
                         NULL};
         struct fuse_args args = FUSE_ARGS_INIT(3, argv);
         struct fuse_session *se = fuse_session_new(&args, &ops, sizeof(ops), &fs_ctx);

@@ -4,6 +4,7 @@
  * Inodes are fixed for the three directories and 16 + engine id for blobs, so lookups are
  * pure arithmetic and a blob's inode never changes while the daemon runs. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -15,8 +16,9 @@ struct fuse_session;
 
 /* Mounts the tree at MOUNTPOINT (recovering a stale mount left by a crash). Lookups of digests
  * the engine does not know go to RESOLVER (NULL: ENOENT at once); both must outlive the
- * session's loop. 0 or -errno. */
-int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint,
+ * session's loop. ALLOW_OTHER: every local user may enter the tree (else only the mounting
+ * user, root). 0 or -errno. */
+int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint, bool allow_other,
              struct fuse_session **ret);
 
 /* The engine's on_invalidate (engine.h): drops the kernel's page cache of blob ID's bytes

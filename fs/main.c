@@ -504,6 +504,9 @@ int main(int argc, char **argv) {
                 return 0;
         }
         log_max_level = d.cfg.log_level;
+        /* Whatever the caller's umask: what we create (index, chunks, manifests, sockets) is
+         * the node's business only. */
+        umask(0077);
         if (!d.cfg.foreground)
                 detach();
 
@@ -526,6 +529,14 @@ int main(int argc, char **argv) {
                 log_err("cannot create state directory path=%s err=%s", d.cfg.state_dir,
                         strerror(-r));
                 goto out_curl;
+        }
+        struct stat sst;
+        if (stat(d.cfg.state_dir, &sst) == 0 && (sst.st_mode & 077)) {
+                log_notice("state directory was open to other users; narrowed to 0700 path=%s",
+                           d.cfg.state_dir);
+                if (chmod(d.cfg.state_dir, sst.st_mode & 0700) < 0)
+                        log_warning("cannot narrow the state directory path=%s err=\"%m\"",
+                                    d.cfg.state_dir);
         }
         r = store_open(d.cfg.state_dir, &d.store);
         if (r < 0) {
@@ -592,6 +603,7 @@ int main(int argc, char **argv) {
         if (strcmp(d.cfg.listen, "off") != 0) {
                 struct httpd_ops hops = api_httpd_ops(&d);
                 peers_httpd_ops(&d, &hops);
+                hops.header_timeout_ms = d.cfg.http_header_timeout_ms;
                 r = httpd_start(d.cfg.listen, &hops, &d.httpd);
                 if (r < 0) {
                         log_err("cannot serve HTTP listen=%s err=%s hint=\"another process on "
@@ -605,7 +617,13 @@ int main(int argc, char **argv) {
                                            .state_dir = d.cfg.state_dir,
                                            .engine = d.engine,
                                            .origin = d.origin,
-                                           .chunk_size = (uint32_t)d.cfg.chunk_size};
+                                           .chunk_size = (uint32_t)d.cfg.chunk_size,
+                                           .header_timeout_ms = d.cfg.http_header_timeout_ms,
+                                           .registry_list = d.cfg.mirror_registries,
+                                           .registries = d.cfg.insecure,
+                                           .n_registries = d.cfg.n_insecure,
+                                           .credentials_path = d.cfg.registry_config,
+                                           .hosts_dir = d.cfg.mirror_hosts_dir};
                 r = mirror_start(&mc, &d.mirror);
                 if (r < 0) /* containerd then pulls from the origin: worth a warning, no more */
                         log_warning("cannot serve the containerd mirror listen=%s err=%s "
@@ -620,7 +638,7 @@ int main(int argc, char **argv) {
                         goto out_control;
                 }
         }
-        r = fs_mount(d.engine, d.resolver, d.cfg.mountpoint, &d.se);
+        r = fs_mount(d.engine, d.resolver, d.cfg.mountpoint, d.cfg.allow_other, &d.se);
         if (r < 0) {
                 log_err("cannot mount path=%s err=%s hint=\"is /dev/fuse available and the "
                         "mountpoint free?\"",

@@ -27,7 +27,6 @@
  * across I/O or a call into the engine or the origin. */
 #include "fs/mirror.h"
 
-#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -35,19 +34,22 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <microhttpd.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "net/http_server.h"
+#include "net/route.h"
+#include "peer/auth.h"
 #include "peer/origin.h"
 #include "peer/ref.h"
 #include "util/digest.h"
@@ -56,8 +58,7 @@
 
 #define API_VERSION_HEADER "Docker-Distribution-API-Version"
 #define API_VERSION "registry/2.0"
-#define TAG_MAX 128
-#define TAG_KEY_MAX (REF_REGISTRY_MAX + REF_REPOSITORY_MAX + TAG_MAX + 3)
+#define TAG_KEY_MAX (REF_REGISTRY_MAX + REF_REPOSITORY_MAX + ROUTE_REF_MAX + 3)
 #define ODD_TYPES_MAX                                                                              \
         256               /* digests whose odd media type was logged already   \
                            */
@@ -89,8 +90,13 @@ struct mirror {
         struct mirror_config cfg;
         char *state_dir;
         char dir[PATH_MAX - DIGEST_HEX_LEN - 64]; /* <state_dir>/manifests */
-        struct MHD_Daemon *mhd;
+        struct http_server *srv;
         atomic_bool stopping;
+        char hosts_dir[PATH_MAX / 2]; /* "" when none */
+        char *credentials;            /* --registry-config's JSON, or NULL */
+        char **allow;                 /* the registry list and cfg.registries, copied */
+        size_t n_allow;
+        bool any_registry; /* "*" in the list */
 
         pthread_mutex_t lock;             /* protects everything below */
         struct manifest_entry *manifests; /* MIRROR_MANIFESTS_MAX slots, n_manifests used */
@@ -115,12 +121,9 @@ static const char *const known_manifest_types[] = {
 /* ---- replies --------------------------------------------------------------------------------- */
 
 static enum MHD_Result queue(struct MHD_Connection *conn, unsigned status, struct MHD_Response *r) {
-        if (!r)
-                return MHD_NO;
-        MHD_add_response_header(r, API_VERSION_HEADER, API_VERSION);
-        enum MHD_Result ret = MHD_queue_response(conn, status, r);
-        MHD_destroy_response(r);
-        return ret;
+        if (r)
+                MHD_add_response_header(r, API_VERSION_HEADER, API_VERSION);
+        return http_queue(conn, status, r);
 }
 
 /* A distribution-style error: {"errors":[{"code":CODE,"message":MSG}]}. MSG holds no quotes or
@@ -817,6 +820,61 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
+/* ---- which registries ------------------------------------------------------------------------ */
+
+/* Two spellings of one registry: case, a scheme and a trailing slash do not matter, and
+ * Docker Hub answers to three names. */
+static bool same_registry(const char *a, const char *b) {
+        static const char *const hub[] = {"docker.io", "registry-1.docker.io", "index.docker.io"};
+        for (int i = 0; i < 2; i++) {
+                const char **p = i ? &b : &a;
+                if (strncasecmp(*p, "https://", 8) == 0)
+                        *p += 8;
+                else if (strncasecmp(*p, "http://", 7) == 0)
+                        *p += 7;
+        }
+        size_t al = strcspn(a, "/"), bl = strcspn(b, "/");
+        if (al == bl && strncasecmp(a, b, al) == 0)
+                return true;
+        bool ah = false, bh = false;
+        for (size_t i = 0; i < 3; i++) {
+                ah |= strlen(hub[i]) == al && strncasecmp(a, hub[i], al) == 0;
+                bh |= strlen(hub[i]) == bl && strncasecmp(b, hub[i], bl) == 0;
+        }
+        return ah && bh;
+}
+
+/* Whether the node is configured for REGISTRY (as containerd names it in ?ns=, checked by
+ * ref_parse_source: no '/', no ".."): listed (--mirror-registries, --insecure-registry), given
+ * credentials (--registry-config), or given a hosts.toml of its own (blobctl
+ * containerd-config --write into --mirror-hosts-dir; _default does not count: it names no
+ * registry). Anything else would let any local user make the node fetch from anywhere. */
+static bool registry_configured(struct mirror *m, const char *registry) {
+        if (m->any_registry)
+                return true;
+        for (size_t i = 0; i < m->n_allow; i++)
+                if (same_registry(m->allow[i], registry))
+                        return true;
+        if (m->credentials) {
+                char cred[1024];
+                int r = auth_find_credentials(m->credentials, registry, cred, sizeof(cred));
+                explicit_bzero(cred, sizeof(cred));
+                if (r == 0)
+                        return true;
+        }
+        if (m->hosts_dir[0] && registry[0] != '.' && !strchr(registry, '/')) {
+                char path[PATH_MAX];
+                struct stat st;
+                int n = snprintf(path, sizeof(path), "%s/%s/hosts.toml", m->hosts_dir, registry);
+                if (n > 0 && (size_t)n < sizeof(path) && stat(path, &st) == 0 &&
+                    S_ISREG(st.st_mode))
+                        return true;
+        }
+        return false;
+}
+
+/* ---- dispatch -------------------------------------------------------------------------------- */
+
 static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char *url,
                               const char *method, const char *version, const char *upload_data,
                               size_t *upload_data_size, void **req_cls) {
@@ -831,83 +889,63 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 *upload_data_size = 0; /* pulls only: bodies are ignored */
                 return MHD_YES;
         }
-        if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
+        struct route_mirror rt;
+        route_mirror(method, url, &rt);
+        switch (rt.kind) {
+        case ROUTE_MIRROR_BAD_METHOD:
                 return error_reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "UNSUPPORTED",
                                    "the mirror serves pulls only");
-        if (strcmp(url, "/v2/") == 0 || strcmp(url, "/v2") == 0) {
+        case ROUTE_MIRROR_BASE: {
                 struct MHD_Response *r =
                         MHD_create_response_from_buffer(3, (void *)"{}\n", MHD_RESPMEM_PERSISTENT);
                 if (r)
                         MHD_add_response_header(r, "Content-Type", "application/json");
                 return queue(conn, MHD_HTTP_OK, r);
         }
-        if (strncmp(url, "/v2/", 4) != 0)
-                return error_reply(conn, MHD_HTTP_NOT_FOUND, "NOT_FOUND", "not found");
-        /* /v2/<name>/(blobs|manifests)/<ref>: the name may hold slashes, the ref never does. */
-        const char *path = url + 4;
-        const char *slash = strrchr(path, '/');
-        if (!slash || slash == path)
-                return error_reply(conn, MHD_HTTP_NOT_FOUND, "NOT_FOUND", "not found");
-        const char *ref = slash + 1;
-        const char *kind_start = slash;
-        while (kind_start > path && kind_start[-1] != '/')
-                kind_start--;
-        size_t kind_len = (size_t)(slash - kind_start);
-        bool blobs = kind_len == 5 && strncmp(kind_start, "blobs", 5) == 0;
-        bool manifests = kind_len == 9 && strncmp(kind_start, "manifests", 9) == 0;
-        if ((!blobs && !manifests) || kind_start - path < 2 || !*ref)
-                return error_reply(conn, MHD_HTTP_NOT_FOUND, "NOT_FOUND", "not found");
-        char name[REF_REPOSITORY_MAX];
-        size_t name_len = (size_t)(kind_start - 1 - path);
-        if (name_len >= sizeof(name))
+        case ROUTE_MIRROR_NAME_TOO_LONG:
                 return error_reply(conn, MHD_HTTP_NOT_FOUND, "NAME_INVALID", "name too long");
-        memcpy(name, path, name_len);
-        name[name_len] = '\0';
+        case ROUTE_MIRROR_NOT_FOUND:
+                return error_reply(conn, MHD_HTTP_NOT_FOUND, "NOT_FOUND", "not found");
+        case ROUTE_MIRROR_BLOB:
+        case ROUTE_MIRROR_MANIFEST:
+                break;
+        }
         const char *ns = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ns");
         if (!ns || !*ns)
                 return error_reply(conn, MHD_HTTP_NOT_FOUND, "NAME_UNKNOWN",
                                    "no ns= parameter: the upstream registry is unknown");
         char source[REF_REGISTRY_MAX + REF_REPOSITORY_MAX + 2];
         struct blob_ref br;
-        int n = snprintf(source, sizeof(source), "%s/%s", ns, name);
-        if (n < 0 || (size_t)n >= sizeof(source) || ref_parse_source(source, &br) < 0 ||
-            strlen(ref) >= TAG_MAX + 8)
+        int n = snprintf(source, sizeof(source), "%s/%s", ns, rt.name);
+        if (n < 0 || (size_t)n >= sizeof(source) || ref_parse_source(source, &br) < 0)
                 return error_reply(conn, MHD_HTTP_NOT_FOUND, "NAME_INVALID",
                                    "malformed registry, name or reference");
-        return blobs ? serve_blob(m, conn, br.registry, br.repository, ref)
-                     : serve_manifest(m, conn, br.registry, br.repository, ref);
+        if (!registry_configured(m, br.registry)) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                uint64_t suppressed;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_info("mirror refused a registry it is not configured for "
+                                 "registry=%s uid=%ld suppressed=%" PRIu64
+                                 " hint=\"list it in --mirror-registries to mirror it\"",
+                                 br.registry, (long)(int)http_client_uid(conn), suppressed);
+                return error_reply(conn, MHD_HTTP_NOT_FOUND, "NAME_UNKNOWN",
+                                   "this node does not mirror that registry: ask it");
+        }
+        return rt.kind == ROUTE_MIRROR_BLOB
+                       ? serve_blob(m, conn, br.registry, br.repository, rt.ref)
+                       : serve_manifest(m, conn, br.registry, br.repository, rt.ref);
 }
 
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
-static int listen_address(const char *listen, struct sockaddr_storage *ss, unsigned *flags,
-                          uint16_t *ret_port) {
-        char host[256];
-        uint16_t port;
-        if (parse_hostport(listen, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        memset(ss, 0, sizeof(*ss));
-        if (!host[0] || strcmp(host, "0.0.0.0") == 0 ||
-            inet_pton(AF_INET, host, &((struct sockaddr_in *)ss)->sin_addr) == 1) {
-                struct sockaddr_in *sin = (struct sockaddr_in *)ss;
-                sin->sin_family = AF_INET;
-                sin->sin_port = htons(port);
-                if (!host[0])
-                        sin->sin_addr.s_addr = htonl(INADDR_ANY);
-        } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)ss)->sin6_addr) == 1) {
-                struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)ss;
-                sin6->sin6_family = AF_INET6;
-                sin6->sin6_port = htons(port);
-                *flags |= MHD_USE_IPv6;
-        } else {
-                return -EINVAL; /* an address, not a name */
-        }
-        *ret_port = port;
-        return 0;
-}
-
 static void mirror_free(struct mirror *m) {
         pthread_mutex_destroy(&m->lock);
+        for (size_t i = 0; i < m->n_allow; i++)
+                free(m->allow[i]);
+        free(m->allow);
+        if (m->credentials)
+                explicit_bzero(m->credentials, strlen(m->credentials));
+        free(m->credentials);
         free(m->manifests);
         free(m->tags);
         free(m);
@@ -915,11 +953,8 @@ static void mirror_free(struct mirror *m) {
 
 int mirror_start(const struct mirror_config *cfg, struct mirror **ret) {
         struct sockaddr_storage ss;
-        unsigned flags =
-                MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG;
-        uint16_t port;
         if (!cfg->engine || !cfg->origin || !cfg->state_dir || cfg->chunk_size == 0 ||
-            listen_address(cfg->listen, &ss, &flags, &port) < 0)
+            http_listen_parse(cfg->listen, &ss) < 0)
                 return -EINVAL;
         struct mirror *m = calloc(1, sizeof(*m));
         if (!m)
@@ -927,10 +962,55 @@ int mirror_start(const struct mirror_config *cfg, struct mirror **ret) {
         m->cfg = *cfg;
         m->cfg.listen = NULL;
         m->cfg.state_dir = NULL; /* not kept: the caller's strings may go */
+        m->cfg.hosts_dir = NULL;
+        m->cfg.credentials_path = NULL;
+        m->cfg.registries = NULL;
+        m->cfg.n_registries = 0;
         pthread_mutex_init(&m->lock, NULL);
+        int r = -ENOMEM;
+        size_t listed = 0;
+        for (const char *p = cfg->registry_list; p && *p; p++)
+                listed += *p == ',';
+        m->allow = calloc(cfg->n_registries + listed + 1, sizeof(char *));
+        if (!m->allow)
+                goto out_free;
+        for (size_t i = 0; i < cfg->n_registries; i++) {
+                m->allow[m->n_allow] = strdup(cfg->registries[i]);
+                if (!m->allow[m->n_allow])
+                        goto out_free;
+                m->n_allow++;
+        }
+        for (const char *p = cfg->registry_list; p && *p;) {
+                size_t n = strcspn(p, ",");
+                while (n > 0 && *p == ' ') {
+                        p++;
+                        n--;
+                }
+                while (n > 0 && p[n - 1] == ' ')
+                        n--;
+                if (n == 1 && *p == '*') {
+                        m->any_registry = true;
+                } else if (n > 0) {
+                        m->allow[m->n_allow] = strndup(p, n);
+                        if (!m->allow[m->n_allow])
+                                goto out_free;
+                        m->n_allow++;
+                }
+                p += strcspn(p, ",");
+                if (*p == ',')
+                        p++;
+        }
+        if (cfg->hosts_dir)
+                snprintf(m->hosts_dir, sizeof(m->hosts_dir), "%s", cfg->hosts_dir);
+        if (cfg->credentials_path) {
+                json_t *j = json_load_file(cfg->credentials_path, 0, NULL);
+                if (j) {
+                        m->credentials = json_dumps(j, JSON_COMPACT);
+                        json_decref(j);
+                }
+        }
         m->manifests = calloc(MIRROR_MANIFESTS_MAX, sizeof(*m->manifests));
         m->tags = calloc(MIRROR_TAGS_MAX, sizeof(*m->tags));
-        int r = -ENOMEM;
         if (!m->manifests || !m->tags)
                 goto out_free;
         r = -ENAMETOOLONG;
@@ -940,14 +1020,21 @@ int mirror_start(const struct mirror_config *cfg, struct mirror **ret) {
         r = manifest_load(m);
         if (r < 0)
                 goto out_free;
-        errno = 0;
-        m->mhd = MHD_start_daemon(flags, port, NULL, NULL, handle, m, MHD_OPTION_SOCK_ADDR, &ss,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)MIRROR_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, 60u, MHD_OPTION_END);
-        if (!m->mhd) {
-                r = errno ? -errno : -EADDRINUSE;
+        struct http_server_config hc = {
+                .name = "mirror",
+                .listen = cfg->listen,
+                .listen_fd = -1,
+                .max_connections = MIRROR_MAX_CONNECTIONS,
+                .reserve = MIRROR_RESERVED_CONNECTIONS,
+                .per_client = MIRROR_MAX_PER_CLIENT,
+                .header_timeout_ms = cfg->header_timeout_ms,
+                .idle_timeout_s = 60,
+                .handler = handle,
+                .handler_cls = m,
+        };
+        r = http_server_start(&hc, &m->srv);
+        if (r < 0)
                 goto out_free;
-        }
         log_info("mirror serving listen=%s manifests_cached=%zu", cfg->listen, m->n_manifests);
         *ret = m;
         return 0;
@@ -960,6 +1047,6 @@ void mirror_stop(struct mirror *m) {
         if (!m)
                 return;
         atomic_store(&m->stopping, true);
-        MHD_stop_daemon(m->mhd);
+        http_server_stop(m->srv);
         mirror_free(m);
 }

@@ -18,15 +18,28 @@
  * the origin is reached with the daemon's own credentials (--registry-config). Every answer
  * is content-addressed and verified, or a fresh tag lookup.
  *
+ * Which registries: only those the node is configured for: listed in --mirror-registries
+ * (or '*' for every one) or --insecure-registry, given credentials in --registry-config, or
+ * given a hosts.toml of their own by `blobctl containerd-config --write` in
+ * --mirror-hosts-dir. Anything else is 404 at once (containerd falls back to the origin
+ * itself): the mirror is on 127.0.0.1 and any local user can talk to it, and it must not make
+ * the node fetch from wherever they name.
+ *
  * Bounds: MIRROR_MAX_CONNECTIONS connections (one thread each, blocking only on its own
- * request); a blob response owns one buffer of min(chunk size, MIRROR_MAX_READ); the manifest
+ * request), MIRROR_RESERVED_CONNECTIONS of them only for root (containerd), at most
+ * MIRROR_MAX_PER_CLIENT per other local user (net/http_server.h: the uid of a loopback client
+ * is the kernel's word) and a deadline for each request's headers; a blob response owns one buffer of min(chunk size, MIRROR_MAX_READ); the manifest
  * cache holds at most MIRROR_MANIFESTS_MAX manifests and MIRROR_MANIFEST_BYTES_MAX bytes on
  * disk under <state-dir>/manifests (least recently used evicted first), each at most
  * MIRROR_MANIFEST_MAX; the tag table keeps MIRROR_TAGS_MAX tags (in memory). */
 #pragma once
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-#define MIRROR_MAX_CONNECTIONS 32
+#define MIRROR_MAX_CONNECTIONS 64      /* all clients */
+#define MIRROR_RESERVED_CONNECTIONS 32 /* of those, only root (containerd) may take */
+#define MIRROR_MAX_PER_CLIENT 8        /* per local non-root user, or per address */
 #define MIRROR_MAX_READ (1u << 20)
 #define MIRROR_MANIFEST_MAX (4u << 20) /* distribution's own limit for a manifest */
 #define MIRROR_MANIFESTS_MAX 1024
@@ -45,6 +58,13 @@ struct mirror_config {
         struct origin *origin; /* borrowed: must outlive the mirror */
         uint32_t chunk_size;
         uint64_t origin_timeout_ms; /* 0: MIRROR_ORIGIN_TIMEOUT_MS */
+        uint64_t header_timeout_ms; /* 0: HTTP_HEADER_TIMEOUT_MS */
+        /* The registries it fetches from (see "Which registries" above); all copied. */
+        const char *registry_list; /* "host[:port],...", or "*" for every one; NULL: none */
+        char *const *registries;   /* more host[:port] (the insecure ones); n_registries */
+        size_t n_registries;
+        const char *credentials_path; /* --registry-config: a registry with credentials */
+        const char *hosts_dir;        /* <hosts_dir>/<registry>/hosts.toml; NULL: none */
 };
 
 /* Loads the manifest cache index and starts serving. 0; -EINVAL (malformed address);

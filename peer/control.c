@@ -1,7 +1,7 @@
 /* Control server on a unix socket. See control.h.
  *
- * libmicrohttpd is given our own bound AF_UNIX socket (MHD_OPTION_LISTEN_SOCKET); it runs a
- * thread per connection, capped, with a timeout so a stuck client cannot hold a slot. */
+ * net/http_server is given our own bound AF_UNIX socket; it runs a thread per connection,
+ * capped, with a deadline for each request's headers so a stuck client cannot hold a slot. */
 #include "peer/control.h"
 
 #include <errno.h>
@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "net/http_server.h"
 #include "util/log.h"
 
 struct control_req {
@@ -36,7 +37,7 @@ const char *control_req_arg(const struct control_req *r, const char *name) {
 }
 
 struct control {
-        struct MHD_Daemon *mhd;
+        struct http_server *srv;
         struct control_ops ops;
         char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 };
@@ -68,17 +69,8 @@ static enum MHD_Result send_json(struct MHD_Connection *conn, unsigned status, j
         json_decref(body);
         if (!text)
                 return MHD_NO;
-        size_t len = strlen(text);
-        struct MHD_Response *resp =
-                MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
-        if (!resp) {
-                free(text);
-                return MHD_NO;
-        }
-        MHD_add_response_header(resp, "Content-Type", "application/json");
-        enum MHD_Result r = MHD_queue_response(conn, status, resp);
-        MHD_destroy_response(resp);
-        return r;
+        return http_reply(conn, status, "application/json", text, strlen(text),
+                          MHD_RESPMEM_MUST_FREE);
 }
 
 static enum MHD_Result send_error(struct MHD_Connection *conn, unsigned status, const char *msg) {
@@ -142,22 +134,30 @@ int control_start(const char *socket_path, const struct control_ops *ops, struct
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         memcpy(sa.sun_path, c->path, sizeof(sa.sun_path));
         unlink(c->path); /* a stale socket from a previous run */
+        /* 0600 from the start (umask), and again explicitly: the umask is the process's, and
+         * a caller's wider one must not leave the socket open to everyone. */
         mode_t old = umask(0077);
         r = bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0;
         umask(old);
+        if (r == 0 && chmod(c->path, 0600) < 0)
+                r = -errno;
         if (r < 0 || listen(fd, 16) < 0) {
                 r = r < 0 ? r : -errno;
                 close(fd);
                 goto out_free;
         }
-        c->mhd = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION,
-                                  0, NULL, NULL, handle, c, MHD_OPTION_LISTEN_SOCKET, fd,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)CONTROL_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, 120u, MHD_OPTION_END);
-        if (!c->mhd) {
+        struct http_server_config hc = {
+                .name = "control",
+                .listen_fd = fd,
+                .max_connections = CONTROL_MAX_CONNECTIONS,
+                .idle_timeout_s = 120, /* blobctl verify reads a whole blob before answering */
+                .handler = handle,
+                .handler_cls = c,
+        };
+        r = http_server_start(&hc, &c->srv);
+        if (r < 0) {
                 close(fd);
                 unlink(c->path);
-                r = -EIO;
                 goto out_free;
         }
         *ret = c;
@@ -170,7 +170,7 @@ out_free:
 void control_stop(struct control *c) {
         if (!c)
                 return;
-        MHD_stop_daemon(c->mhd); /* closes the listen socket it was given */
+        http_server_stop(c->srv); /* closes the listen socket it was given */
         unlink(c->path);
         free(c);
 }

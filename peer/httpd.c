@@ -1,49 +1,30 @@
 /* The node's HTTP server. See httpd.h.
  *
- * libmicrohttpd with a thread per connection: blob answers read the disk and may wait for a
- * chunk in flight, and must not hold up probes or other peers. Bounded by the connection
- * limit and, for buffers, by HTTPD_MAX_SERVES. */
+ * net/http_server (libmicrohttpd) with a thread per connection: blob answers read the disk and
+ * may wait for a chunk in flight, and must not hold up probes or other peers. Bounded by the
+ * connection caps (per client, and in all, with a reserve for local root: kubelet's probes
+ * on the node), the header deadline and, for buffers, by HTTPD_MAX_SERVES. */
 #include "peer/httpd.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
-#include <netinet/in.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 
+#include "net/http_server.h"
+#include "net/route.h"
 #include "peer/wire.h"
 
 #include "util/log.h"
 #include "util/parse.h"
 
 struct httpd {
-        struct MHD_Daemon *mhd;
+        struct http_server *srv;
         struct httpd_ops ops;
 };
-
-static enum MHD_Result reply(struct MHD_Connection *conn, unsigned status, const char *type,
-                             char *body, size_t len, enum MHD_ResponseMemoryMode mode) {
-        struct MHD_Response *r = MHD_create_response_from_buffer(len, body, mode);
-        if (!r) {
-                if (mode == MHD_RESPMEM_MUST_FREE)
-                        free(body);
-                return MHD_NO;
-        }
-        MHD_add_response_header(r, "Content-Type", type);
-        enum MHD_Result ret = MHD_queue_response(conn, status, r);
-        MHD_destroy_response(r);
-        return ret;
-}
-
-static enum MHD_Result text(struct MHD_Connection *conn, unsigned status, const char *msg) {
-        return reply(conn, status, "text/plain; charset=utf-8", (char *)msg, strlen(msg),
-                     MHD_RESPMEM_PERSISTENT);
-}
 
 /* Per-request state: the POST body collected so far. */
 struct request {
@@ -87,37 +68,7 @@ static int collect(struct request *rq, const char *data, size_t n) {
 }
 
 static void client_addr(struct MHD_Connection *conn, char *out, size_t len) {
-        out[0] = '\0';
-        const union MHD_ConnectionInfo *ci =
-                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        if (!ci || !ci->client_addr)
-                return;
-        /* Copied out: MHD's struct sockaddr * promises only its own (2-byte) alignment. */
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET) {
-                struct sockaddr_in in;
-                memcpy(&in, sa, sizeof(in));
-                inet_ntop(AF_INET, &in.sin_addr, out, (socklen_t)len);
-        } else if (sa->sa_family == AF_INET6) {
-                struct sockaddr_in6 in6;
-                memcpy(&in6, sa, sizeof(in6));
-                inet_ntop(AF_INET6, &in6.sin6_addr, out, (socklen_t)len);
-        }
-}
-
-/* "/v2/<name>/blobs/sha256:<hex>": the digest, or -EINVAL. The name is not checked: a peer
- * serves by digest whatever repository the asker names. */
-static int blob_url(const char *url, struct digest *ret) {
-        static const char pre[] = "/v2/", mid[] = "/blobs/";
-        if (strncmp(url, pre, sizeof(pre) - 1) != 0)
-                return -EINVAL;
-        const char *m = strstr(url + sizeof(pre) - 1, mid);
-        if (!m || m == url + sizeof(pre) - 1)
-                return -EINVAL;
-        const char *last = m + sizeof(mid) - 1;
-        if (strchr(last, '/'))
-                return -EINVAL;
-        return digest_parse(last, ret) < 0 ? -EINVAL : 0;
+        http_client_addr(conn, out, len);
 }
 
 static atomic_uint serves;  /* blob answers holding a buffer now */
@@ -197,15 +148,15 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
         int wr;
         uint64_t size;
         if (!h->ops.blob_size || h->ops.blob_size(h->ops.ud, d, &size) < 0)
-                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
+                return http_text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
         uint64_t off = 0, len = size;
         const char *range = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Range");
         bool ranged = false;
         if (range) {
                 int r = parse_http_range(range, size, &off, &len);
                 if (r == -ERANGE)
-                        return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
-                                    "range not satisfiable\n");
+                        return http_text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+                                         "range not satisfiable\n");
                 ranged = r == 0;
                 if (!ranged) {
                         off = 0;
@@ -234,11 +185,11 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                         return MHD_NO;
         } else if ((wr = wait_for_chunk(h, conn, d, off, len)) < 0) {
                 if (wr == -EBUSY)
-                        return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask again\n");
-                return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
+                        return http_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask again\n");
+                return http_text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
         } else if (atomic_fetch_add(&serves, 1) >= HTTPD_MAX_SERVES) {
                 atomic_fetch_sub(&serves, 1);
-                return text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask another source\n");
+                return http_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "busy: ask another source\n");
         } else if (len <= h->ops.chunk_size) {
                 uint8_t *buf = malloc((size_t)len);
                 struct digest sha;
@@ -249,11 +200,11 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 if (r < 0) {
                         free(buf);
                         if (r == -ERANGE)
-                                return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
-                                            "chunk not held here\n");
+                                return http_text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+                                                 "chunk not held here\n");
                         if (r == -ENOENT)
-                                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
-                        return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "read failed\n");
+                                return http_text(conn, MHD_HTTP_NOT_FOUND, "blob unknown here\n");
+                        return http_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "read failed\n");
                 }
                 if (h->ops.served)
                         h->ops.served(h->ops.ud, client, len);
@@ -275,7 +226,7 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                         free(st);
                         free(buf);
                         atomic_fetch_sub(&serves, 1);
-                        return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
+                        return http_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory\n");
                 }
                 *st = (struct stream){.h = h, .d = *d, .off = off, .end = off + len, .buf = buf};
                 snprintf(st->client, sizeof(st->client), "%s", client);
@@ -291,7 +242,8 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 }
                 if (!held) {
                         stream_free(st);
-                        return text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE, "chunk not held here\n");
+                        return http_text(conn, MHD_HTTP_RANGE_NOT_SATISFIABLE,
+                                         "chunk not held here\n");
                 }
                 resp = MHD_create_response_from_callback(len, 64 * 1024, stream_read, st,
                                                          stream_free);
@@ -313,29 +265,30 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
         return ret;
 }
 
-static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn, const char *arg) {
-        struct digest d;
-        if (!h->ops.locate || digest_parse(arg, &d) < 0)
-                return text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
+static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn,
+                              const struct digest *dp) {
+        struct digest d = *dp;
+        if (!h->ops.locate)
+                return http_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
         const char *node = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "node");
         const char *chunk = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "chunk");
         uint64_t idx = 0;
         if (chunk && parse_u64(chunk, 0, WIRE_MAX_CHUNKS, &idx) < 0)
-                return text(conn, MHD_HTTP_BAD_REQUEST, "bad chunk\n");
+                return http_text(conn, MHD_HTTP_BAD_REQUEST, "bad chunk\n");
         char host[PEER_ID_MAX];
         uint16_t port;
         if (node && (strlen(node) >= PEER_ID_MAX ||
                      parse_hostport(node, host, sizeof(host), &port) < 0 || !host[0]))
-                return text(conn, MHD_HTTP_BAD_REQUEST, "bad node\n");
+                return http_text(conn, MHD_HTTP_BAD_REQUEST, "bad node\n");
         char *body = NULL;
         size_t len = 0;
         int r = h->ops.locate(h->ops.ud, &d, chunk ? node : NULL, chunk ? (int64_t)idx : -1, &body,
                               &len);
         if (r == -ENOENT)
-                return text(conn, MHD_HTTP_NOT_FOUND, "blob unknown to this home\n");
+                return http_text(conn, MHD_HTTP_NOT_FOUND, "blob unknown to this home\n");
         if (r < 0)
-                return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "locate failed\n");
-        return reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
+                return http_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "locate failed\n");
+        return http_reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
 }
 
 /* Constant time in the token's length: the comparison must not tell an asker how much of a
@@ -393,9 +346,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 *upload_data_size = 0;
                 return MHD_YES;
         }
-        bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
-        bool protocol = strncmp(url, "/v2/", 4) == 0 || strncmp(url, "/p2p/", 5) == 0;
-        if (protocol && !token_ok(h, conn)) {
+        struct route_peer rt;
+        route_peer(method, url, &rt);
+        if (rt.protocol && !token_ok(h, conn)) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
                 uint64_t suppressed = 0;
                 char client[64];
@@ -405,81 +358,69 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                                     "path=%s hint=\"every node needs the same "
                                     "--cluster-token-file\" suppressed=%" PRIu64,
                                     client, url, suppressed);
-                return text(conn, MHD_HTTP_UNAUTHORIZED, "cluster token required\n");
+                return http_text(conn, MHD_HTTP_UNAUTHORIZED, "cluster token required\n");
         }
-        if (strcmp(method, "POST") == 0 && strcmp(url, "/p2p/v1/announce") == 0) {
+        switch (rt.kind) {
+        case ROUTE_PEER_ANNOUNCE: {
                 if (!h->ops.announce)
-                        return text(conn, MHD_HTTP_NOT_FOUND, "not a peer\n");
+                        return http_text(conn, MHD_HTTP_NOT_FOUND, "not a peer\n");
                 if (rq->too_big)
-                        return text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "announce too large\n");
+                        return http_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "announce too large\n");
                 char reason[160] = "";
                 int r = h->ops.announce(h->ops.ud, rq->body ? rq->body : "", rq->len, reason,
                                         sizeof(reason));
                 if (r == -EPROTO)
-                        return text(conn, MHD_HTTP_CONFLICT, "chunk size differs\n");
+                        return http_text(conn, MHD_HTTP_CONFLICT, "chunk size differs\n");
                 if (r < 0)
-                        return text(conn, MHD_HTTP_BAD_REQUEST, "malformed announce\n");
-                return text(conn, MHD_HTTP_OK, "ok\n");
+                        return http_text(conn, MHD_HTTP_BAD_REQUEST, "malformed announce\n");
+                return http_text(conn, MHD_HTTP_OK, "ok\n");
         }
-        if (!get && !head)
-                return text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
-        if (strcmp(url, "/healthz") == 0)
-                return text(conn, MHD_HTTP_OK, "ok\n");
-        if (strcmp(url, "/readyz") == 0)
+        case ROUTE_PEER_BAD_METHOD:
+                return http_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed\n");
+        case ROUTE_PEER_HEALTHZ:
+                return http_text(conn, MHD_HTTP_OK, "ok\n");
+        case ROUTE_PEER_READYZ:
                 return h->ops.ready(h->ops.ud)
-                               ? text(conn, MHD_HTTP_OK, "ready\n")
-                               : text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
-        if (strcmp(url, "/metrics") == 0) {
+                               ? http_text(conn, MHD_HTTP_OK, "ready\n")
+                               : http_text(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "not ready\n");
+        case ROUTE_PEER_METRICS: {
                 char *body = NULL;
                 size_t len = 0;
                 if (h->ops.metrics(h->ops.ud, &body, &len) < 0)
-                        return text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics failed\n");
-                return reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8", body,
-                             len, MHD_RESPMEM_MUST_FREE);
+                        return http_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "metrics failed\n");
+                return http_reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4; charset=utf-8",
+                                  body, len, MHD_RESPMEM_MUST_FREE);
         }
-        static const char loc[] = "/p2p/v1/locate/";
-        if (strncmp(url, loc, sizeof(loc) - 1) == 0)
-                return locate(h, conn, url + sizeof(loc) - 1);
-        struct digest d;
-        if (blob_url(url, &d) == 0)
-                return serve_blob(h, conn, &d, head);
-        return text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
+        case ROUTE_PEER_LOCATE:
+                return locate(h, conn, &rt.digest);
+        case ROUTE_PEER_BLOB:
+                return serve_blob(h, conn, &rt.digest, rt.head);
+        case ROUTE_PEER_NOT_FOUND:
+                break;
+        }
+        return http_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
 int httpd_start(const char *listen, const struct httpd_ops *ops, struct httpd **ret) {
-        char host[256];
-        uint16_t port;
-        if (parse_hostport(listen, host, sizeof(host), &port) < 0)
-                return -EINVAL;
-        struct sockaddr_storage ss = {0};
-        unsigned flags =
-                MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
-        if (!host[0] || strcmp(host, "0.0.0.0") == 0 ||
-            inet_pton(AF_INET, host, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
-                struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-                sin->sin_family = AF_INET;
-                sin->sin_port = htons(port);
-                if (!host[0])
-                        sin->sin_addr.s_addr = htonl(INADDR_ANY);
-        } else if (inet_pton(AF_INET6, host, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
-                struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-                sin6->sin6_family = AF_INET6;
-                sin6->sin6_port = htons(port);
-                flags |= MHD_USE_IPv6;
-        } else {
-                return -EINVAL; /* an address, not a name: we bind before DNS matters */
-        }
         struct httpd *h = calloc(1, sizeof(*h));
         if (!h)
                 return -ENOMEM;
         h->ops = *ops;
-        h->mhd = MHD_start_daemon(flags, port, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR, &ss,
-                                  MHD_OPTION_CONNECTION_LIMIT, (unsigned)HTTPD_MAX_CONNECTIONS,
-                                  MHD_OPTION_CONNECTION_TIMEOUT, 30u, MHD_OPTION_THREAD_STACK_SIZE,
-                                  (size_t)(256 << 10), MHD_OPTION_NOTIFY_COMPLETED, request_done,
-                                  NULL, MHD_OPTION_END);
-        if (!h->mhd) {
-                int r = errno ? -errno : -EADDRINUSE;
+        struct http_server_config hc = {
+                .name = "peer",
+                .listen = listen,
+                .listen_fd = -1,
+                .max_connections = HTTPD_MAX_CONNECTIONS + HTTPD_RESERVED_CONNECTIONS,
+                .reserve = HTTPD_RESERVED_CONNECTIONS,
+                .per_client = HTTPD_MAX_PER_CLIENT,
+                .header_timeout_ms = ops->header_timeout_ms,
+                .thread_stack = (size_t)(256 << 10),
+                .handler = handle,
+                .handler_cls = h,
+                .completed = request_done,
+        };
+        int r = http_server_start(&hc, &h->srv);
+        if (r < 0) {
                 free(h);
                 return r;
         }
@@ -490,6 +431,6 @@ int httpd_start(const char *listen, const struct httpd_ops *ops, struct httpd **
 void httpd_stop(struct httpd *h) {
         if (!h)
                 return;
-        MHD_stop_daemon(h->mhd);
+        http_server_stop(h->srv);
         free(h);
 }

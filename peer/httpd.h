@@ -14,8 +14,10 @@
  *   GET  /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]   who holds / fetches which chunks
  *
  * Probes never depend on other nodes, so they cost the same at any cluster size. One thread
- * per connection (blob reads block on the disk and on waits), at most HTTPD_MAX_CONNECTIONS,
- * each with a timeout; at most HTTPD_MAX_SERVES blob answers hold a buffer and at most
+ * per connection (blob reads block on the disk and on waits), at most HTTPD_MAX_CONNECTIONS
+ * plus HTTPD_RESERVED_CONNECTIONS that only local root (kubelet probing the node) may take,
+ * at most HTTPD_MAX_PER_CLIENT per address or local user (a peer opens 8), and a request's
+ * headers must be in within the header timeout however slowly they trickle (net/http_server.h); at most HTTPD_MAX_SERVES blob answers hold a buffer and at most
  * HTTPD_MAX_WAITERS askers wait for a chunk in flight at once (503 beyond: the asker asks
  * again shortly), so waiters never crowd out probes, locates and announces. */
 #pragma once
@@ -25,11 +27,13 @@
 
 #include "util/digest.h"
 
-#define HTTPD_MAX_CONNECTIONS 256 /* threads with 512 KiB stacks; most wait or idle */
-#define HTTPD_MAX_SERVES 16       /* answers holding a chunk buffer */
-#define HTTPD_MAX_WAITERS 64      /* askers waiting for a chunk in flight (503 beyond) */
-#define HTTPD_MAX_WAIT_MS 10000   /* cap on X-P2PBlobs-Wait */
-#define HTTPD_TOKEN_MAX 256       /* longest cluster token */
+#define HTTPD_MAX_CONNECTIONS 256     /* threads with 256 KiB stacks; most wait or idle */
+#define HTTPD_RESERVED_CONNECTIONS 32 /* more, for local root only (probes on the node) */
+#define HTTPD_MAX_PER_CLIENT 32       /* per address, or per local non-root user */
+#define HTTPD_MAX_SERVES 16           /* answers holding a chunk buffer */
+#define HTTPD_MAX_WAITERS 64          /* askers waiting for a chunk in flight (503 beyond) */
+#define HTTPD_MAX_WAIT_MS 10000       /* cap on X-P2PBlobs-Wait */
+#define HTTPD_TOKEN_MAX 256           /* longest cluster token */
 #define HTTPD_TOKEN_HEADER "X-P2PBlobs-Token"
 
 /* Reads the cluster token from PATH (trailing whitespace dropped) into OUT. 0; -EINVAL when
@@ -59,6 +63,7 @@ struct httpd_ops {
          * locate) answers 401 to requests without X-P2PBlobs-Token: TOKEN. Probes and
          * /metrics stay open (kubelet, Prometheus). Borrowed. */
         const char *token;
+        uint64_t header_timeout_ms; /* 0: HTTP_HEADER_TIMEOUT_MS */
 };
 
 /* Listens on LISTEN ("host:port", "[v6]:port"). 0, -EINVAL (malformed), -errno (bind). */

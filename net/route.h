@@ -1,0 +1,51 @@
+/* Request routing for the node's HTTP servers, as pure functions of the request line: what
+ * the peer server (peer/httpd.c) and the mirror (fs/mirror.c) do with a URL is decided here,
+ * without sockets, so a fuzz target can drive it (tests/fuzz/fuzz_route.c). */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "util/digest.h"
+
+enum route_peer_kind {
+        ROUTE_PEER_NOT_FOUND = 0,
+        ROUTE_PEER_BAD_METHOD, /* 405 */
+        ROUTE_PEER_HEALTHZ,
+        ROUTE_PEER_READYZ,
+        ROUTE_PEER_METRICS,
+        ROUTE_PEER_ANNOUNCE, /* POST /p2p/v1/announce */
+        ROUTE_PEER_LOCATE,   /* GET /p2p/v1/locate/sha256:<hex>; DIGEST set */
+        ROUTE_PEER_BLOB,     /* GET|HEAD /v2/<name>/blobs/sha256:<hex>; DIGEST set, HEAD said */
+};
+
+struct route_peer {
+        enum route_peer_kind kind;
+        bool protocol; /* /v2/ or /p2p/: needs the cluster token when one is set */
+        bool head;
+        struct digest digest;
+};
+
+/* Routes METHOD URL (URL: the path, query string removed, as MHD gives it). Always fills
+ * *RET. A locate with a malformed digest is NOT_FOUND. Pure. */
+void route_peer(const char *method, const char *url, struct route_peer *ret);
+
+#define ROUTE_NAME_MAX 256 /* = REF_REPOSITORY_MAX */
+#define ROUTE_REF_MAX 136  /* a tag (128) or "sha256:" + 64 hex, with room */
+
+enum route_mirror_kind {
+        ROUTE_MIRROR_NOT_FOUND = 0,
+        ROUTE_MIRROR_BAD_METHOD,    /* not GET or HEAD */
+        ROUTE_MIRROR_BASE,          /* /v2/ */
+        ROUTE_MIRROR_NAME_TOO_LONG, /* a name of ROUTE_NAME_MAX or more */
+        ROUTE_MIRROR_BLOB,          /* /v2/<name>/blobs/<ref> */
+        ROUTE_MIRROR_MANIFEST,      /* /v2/<name>/manifests/<ref> */
+};
+
+struct route_mirror {
+        enum route_mirror_kind kind;
+        char name[ROUTE_NAME_MAX]; /* BLOB, MANIFEST: the repository, may hold slashes */
+        char ref[ROUTE_REF_MAX];   /* BLOB, MANIFEST: never empty, never holds '/' */
+};
+
+/* Routes a mirror request. A ref of ROUTE_REF_MAX or more is NOT_FOUND. Pure. */
+void route_mirror(const char *method, const char *url, struct route_mirror *ret);
