@@ -16,12 +16,16 @@
 #include "index/index.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "util/log.h"
 
@@ -405,9 +409,40 @@ static void index_free(struct index *ix) {
         free(ix);
 }
 
+/* The index says what the node holds and where from: 0600 whatever the caller's umask (SQLite
+ * would create it 0644 & ~umask), and so are its -wal and -shm, which SQLite creates with the
+ * database's own mode; files left wider by an older version are narrowed. */
+static int make_private(const char *path) {
+        static const char *const suffix[] = {"", "-wal", "-shm"};
+        for (size_t i = 0; i < sizeof(suffix) / sizeof(suffix[0]); i++) {
+                char p[PATH_MAX];
+                int n = snprintf(p, sizeof(p), "%s%s", path, suffix[i]);
+                if (n < 0 || (size_t)n >= sizeof(p))
+                        return -ENAMETOOLONG;
+                int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | (i == 0 ? O_CREAT : 0);
+                int fd = open(p, flags, 0600);
+                if (fd < 0) {
+                        if (errno == ENOENT && i > 0)
+                                continue;
+                        return -errno;
+                }
+                struct stat st;
+                int r = fstat(fd, &st) < 0 ? -errno : 0;
+                if (r == 0 && (st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) < 0)
+                        r = -errno;
+                close(fd);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 int idx_open(const char *path, struct index **ret) {
         struct index *ix;
-        int r = index_new(&ix);
+        int r = make_private(path);
+        if (r < 0)
+                return r;
+        r = index_new(&ix);
         if (r < 0)
                 return r;
         r = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &ix->wdb);
