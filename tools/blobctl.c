@@ -4,7 +4,7 @@
  * `stat` and `ls` read the index read-only instead and say so. Exit codes are part of the
  * interface, so scripts can tell failures apart:
  *   0 success, 1 failed (the daemon or the origin said no), 2 bad arguments,
- *   3 the daemon is not running, 4 no such blob.
+ *   3 the daemon is not running, 4 no such blob, 5 permission denied (not root).
  * Human output is aligned and readable at a glance; colour and progress bars only on a TTY
  * (and never with NO_COLOR set); --json output has stable keys. */
 #include <curl/curl.h>
@@ -25,7 +25,14 @@
 #include "util/log.h"
 #include "util/parse.h"
 
-enum { EXIT_OK = 0, EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_DOWN = 3, EXIT_NOT_FOUND = 4 };
+enum {
+        EXIT_OK = 0,
+        EXIT_FAILED = 1,
+        EXIT_USAGE = 2,
+        EXIT_DOWN = 3,
+        EXIT_NOT_FOUND = 4,
+        EXIT_DENIED = 5
+};
 
 #define DEFAULT_SOCKET "/run/p2pblobs/control.sock"
 #define DEFAULT_STATE_DIR "/var/cache/p2pblobs"
@@ -144,9 +151,17 @@ static int call(const struct opts *o, const char *method, const char *path, json
         curl_easy_setopt(c, CURLOPT_TIMEOUT, 300L); /* verify of a large blob reads it all */
         curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
         CURLcode cc = curl_easy_perform(c);
-        long status = 0;
+        long status = 0, os_errno = 0;
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(c, CURLINFO_OS_ERRNO, &os_errno);
         curl_easy_cleanup(c);
+        if (cc == CURLE_COULDNT_CONNECT && (os_errno == EACCES || os_errno == EPERM)) {
+                /* The socket is there and root's (0600): the daemon runs, we may not talk to
+                 * it. Not "not running", and no fall-back to the index (0600 as well). */
+                fprintf(stderr, "blobctl: permission denied (run as root): %s\n", o->socket_path);
+                free(resp.data);
+                return EXIT_DENIED;
+        }
         if (cc == CURLE_COULDNT_CONNECT) {
                 if (!quiet_down)
                         fprintf(stderr,
@@ -691,7 +706,7 @@ static void usage(FILE *out) {
                 "  -h, --help        this help\n\n"
                 "DIGEST is sha256:<64 hex> or the bare hex.\n"
                 "Exit status: 0 ok, 1 failed, 2 bad arguments, 3 daemon not running, 4 no such "
-                "blob.\n");
+                "blob, 5 permission denied (run as root).\n");
 }
 
 int main(int argc, char **argv) {
