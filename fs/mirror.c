@@ -787,7 +787,17 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
                                     : error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
                                                   "not here, and the origin failed: ask it");
         }
-        /* A tag: always asked of the origin, which is the only authority on what it means now. */
+        /* A tag: always asked of the origin, which is the only authority on what it means now.
+         * Only a well-formed one: anything else (a CR LF, a space) never reaches a URL. */
+        if (!route_tag_valid(ref)) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                uint64_t suppressed;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_info("mirror refused a malformed tag source=%s tag=%s "
+                                 "suppressed=%" PRIu64,
+                                 source, ref, suppressed);
+                return error_reply(conn, MHD_HTTP_NOT_FOUND, "TAG_INVALID", "malformed tag");
+        }
         char key[TAG_KEY_MAX];
         snprintf(key, sizeof(key), "%s:%s", source, ref);
         int r = fetch_manifest(m, source, ref, NULL, &d, reason, sizeof(reason));

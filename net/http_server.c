@@ -438,18 +438,20 @@ int http_server_start(const struct http_server_config *cfg, struct http_server *
         unsigned limit = cfg->max_connections + REFUSE_SLACK;
         unsigned timeout = s->cfg.idle_timeout_s;
         size_t stack = cfg->thread_stack;
+        /* The logger first: MHD reports options it parses before it on its own stderr. */
 #define COMMON_OPTIONS                                                                             \
         MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_CONNECTION_TIMEOUT, timeout,                \
                 MHD_OPTION_THREAD_STACK_SIZE, stack, MHD_OPTION_NOTIFY_CONNECTION, on_connection,  \
-                s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER,       \
-                mhd_log, s, MHD_OPTION_END
+                s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END
         errno = 0;
         if (cfg->listen_fd >= 0)
                 s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+                                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
                                           MHD_OPTION_LISTEN_SOCKET, cfg->listen_fd, COMMON_OPTIONS);
         else
-                s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR,
-                                          &ss, COMMON_OPTIONS);
+                s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+                                          MHD_OPTION_EXTERNAL_LOGGER, mhd_log, s,
+                                          MHD_OPTION_SOCK_ADDR, &ss, COMMON_OPTIONS);
 #undef COMMON_OPTIONS
         if (!s->mhd) {
                 r = errno ? -errno : -EADDRINUSE;

@@ -83,3 +83,17 @@ void route_mirror(const char *method, const char *url, struct route_mirror *ret)
         memcpy(ret->ref, ref, ref_len + 1);
         ret->kind = blobs ? ROUTE_MIRROR_BLOB : ROUTE_MIRROR_MANIFEST;
 }
+
+bool route_tag_valid(const char *tag) {
+        size_t n = strlen(tag);
+        if (n == 0 || n > 128)
+                return false;
+        for (size_t i = 0; i < n; i++) {
+                char c = tag[i];
+                bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                             (c >= '0' && c <= '9') || c == '_';
+                if (!alnum && (i == 0 || (c != '.' && c != '-')))
+                        return false;
+        }
+        return true;
+}

@@ -49,3 +49,6 @@ struct route_mirror {
 
 /* Routes a mirror request. A ref of ROUTE_REF_MAX or more is NOT_FOUND. Pure. */
 void route_mirror(const char *method, const char *url, struct route_mirror *ret);
+
+/* A tag as the distribution spec has it: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}. Pure. */
+bool route_tag_valid(const char *tag);
