@@ -54,29 +54,36 @@ static int tcp_uid(const struct sockaddr_storage *peer, const struct sockaddr_st
                 r = -errno;
                 goto out_close;
         }
-        union {
-                struct nlmsghdr nh;
-                char buf[8192];
-        } u;
-        ssize_t n = recv(nl, u.buf, sizeof(u.buf), 0);
+        char buf[8192];
+        ssize_t n = recv(nl, buf, sizeof(buf), 0);
         if (n < 0) {
                 r = -errno;
                 goto out_close;
         }
-        for (struct nlmsghdr *h = &u.nh; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
-                if (h->nlmsg_type == NLMSG_ERROR) {
-                        const struct nlmsgerr *e = NLMSG_DATA(h);
-                        r = h->nlmsg_len >= NLMSG_LENGTH(sizeof(*e)) && e->error ? e->error
-                                                                                 : -ENOENT;
+        /* Copied out of the buffer, not cast: a char buffer promises no alignment. */
+        for (size_t off = 0; off + sizeof(struct nlmsghdr) <= (size_t)n;) {
+                struct nlmsghdr h;
+                memcpy(&h, buf + off, sizeof(h));
+                if (h.nlmsg_len < sizeof(h) || off + h.nlmsg_len > (size_t)n)
+                        break;
+                const char *payload = buf + off + NLMSG_HDRLEN;
+                if (h.nlmsg_type == NLMSG_ERROR) {
+                        struct nlmsgerr e;
+                        if (h.nlmsg_len >= NLMSG_LENGTH(sizeof(e))) {
+                                memcpy(&e, payload, sizeof(e));
+                                r = e.error ? e.error : -ENOENT;
+                        }
                         break;
                 }
-                if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY &&
-                    h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
-                        const struct inet_diag_msg *m = NLMSG_DATA(h);
-                        *ret_uid = (uid_t)m->idiag_uid;
+                if (h.nlmsg_type == SOCK_DIAG_BY_FAMILY &&
+                    h.nlmsg_len >= NLMSG_LENGTH(sizeof(struct inet_diag_msg))) {
+                        struct inet_diag_msg m;
+                        memcpy(&m, payload, sizeof(m));
+                        *ret_uid = (uid_t)m.idiag_uid;
                         r = 0;
                         break;
                 }
+                off += NLMSG_ALIGN(h.nlmsg_len);
         }
 out_close:
         close(nl);
