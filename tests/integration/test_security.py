@@ -9,6 +9,7 @@ daemon on loopback. Root (the test process) plays containerd and kubelet.
   2 make the mirror fetch from any registry       test_mirror_fetches_only_configured_registries
   2 hold all the mirror's connections             test_mirror_user_cannot_starve_root
   3 slowloris / idle floods on the peer port      test_slow_and_idle_clients_do_not_starve_probes
+    (from another host, with a real peer reading) test_remote_flood_does_not_starve_probes_or_peers
   4 forge a log line through a mirror tag         test_mirror_tag_cannot_forge_a_log_line
   5 read the index                                test_files_are_private_whatever_the_umask
   6 blobctl as a user                             test_blobctl_as_user_says_permission_denied
@@ -359,6 +360,71 @@ def test_slow_and_idle_clients_do_not_starve_probes(registry, daemon_factory, us
     assert d.log_lines(r"http closed connections whose request did not arrive in time "
                        r"server=peer")
     assert d.log_lines(r"http refused a connection over its client's cap server=peer")
+
+
+def test_remote_flood_does_not_starve_probes_or_peers(build_dir, net):
+    """The same flood from another host of a test network (one address, 300 trickling and
+    300 idle connections to node A's peer port): A keeps at most 32 of them, /healthz asked
+    from a third address answers in under 1 s throughout, and node B reads a blob A holds
+    from A (the registry serves none of it) while the flood goes on."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "flood", harness.gen_bytes(146, 8 * MiB), repo=REPO)
+    ha, hb, hx = net.add_host("a", s), net.add_host("b", s), net.add_host("x", s)
+    peers = "%s:5001,%s:5001" % (ha.ip, hb.ip)
+
+    def flags(h):
+        return ["--advertise-address", h.ip, "--peers", peers, "--peer-refresh", "1s",
+                "--http-header-timeout", "2s"]
+
+    a = net.daemon(build_dir, ha, registries=[reg], extra_args=flags(ha))
+    b = net.daemon(build_dir, hb, registries=[reg], extra_args=flags(hb))
+    harness.wait_until(lambda: (b.peer(a) or {}).get("state") == "up", 15, interval=0.2,
+                       what="b to see a up")
+    a.add(blob.ref)
+    assert harness.sha256_file(a.blob_path(blob.digest)) == (blob.digest, blob.size)
+    flood = hx.popen([sys.executable, "-c", SLOWLORIS % (ha.ip, 5001, 300, 300, 12.0)],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    worst, probes = 0.0, 0
+    read_result = {}
+
+    def read_on_b():
+        mark = reg.mark()
+        b.add(blob.ref)
+        with open(b.blob_path(blob.digest), "rb") as f:
+            read_result["ok"] = f.read() == blob.data
+        read_result["registry_bytes"] = reg.bytes_served(blob.digest, since=mark)
+
+    try:
+        time.sleep(1.0)  # the flood is connecting
+        reader = threading.Thread(target=read_on_b)
+        reader.start()
+        t_end = time.monotonic() + 8
+        while time.monotonic() < t_end:
+            t0 = time.monotonic()
+            st, _h, body = net.http(ha.ip, 5001, "GET", "/healthz", timeout=5)
+            worst = max(worst, time.monotonic() - t0)
+            assert st == 200 and body == b"ok\n"
+            probes += 1
+            time.sleep(0.1)
+        reader.join(60)
+        out, err = flood.communicate(timeout=60)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait()
+    res = json.loads(out.strip().splitlines()[-1])
+    sb = b.stat()
+    print("\nremote flood:", res, "probes:", probes, "worst probe: %.3fs" % worst,
+          "b read:", read_result, "b peer_bytes:", sb["fetched"]["peer_bytes"])
+    assert worst < 1.0, worst
+    assert res["opened"] >= 500 and 0 < res["kept"] <= 32, res
+    assert res["trickle_alive_at_end"] == 0, res
+    assert read_result.get("ok") is True, read_result
+    assert read_result["registry_bytes"] == 0, read_result
+    assert sb["fetched"]["peer_bytes"] >= blob.size
+    assert a.log_lines(r"http refused a connection over its client's cap server=peer "
+                       r"client=addr:%s" % hx.ip)
 
 
 # ---- 4: the log --------------------------------------------------------------------------------
