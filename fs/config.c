@@ -54,6 +54,9 @@ static const struct opt_def options[] = {
         {"mirror-registries", OPT_STRING, NULL, 0, 0, F(mirror_registries), 0, "HOST,...",
          "registries the mirror fetches from, besides --insecure-registry, --registry-config and "
          "--mirror-hosts-dir ones (\"*\": any a local user names)"},
+        {"mirror-allow-users", OPT_BOOL, "false", 0, 0, F(mirror_allow_users), 0, NULL,
+         "serve local users other than root, and other hosts, through the mirror (and the "
+         "node's registry credentials)"},
         {"mirror-hosts-dir", OPT_STRING, "/etc/p2pblobs/certs.d", 0, 0, F(mirror_hosts_dir), 0,
          "DIR",
          "a registry with DIR/<registry>/hosts.toml (blobctl containerd-config) is mirrored"},

@@ -21,6 +21,7 @@ struct daemon_config {
         char *mirror_registries; /* comma-separated hosts the mirror fetches from, "*", NULL */
         char *mirror_hosts_dir;  /* per-registry hosts.toml directories; NULL: none */
         bool allow_other;        /* the tree is readable by every local user */
+        bool mirror_allow_users; /* the mirror serves clients other than local root */
         uint64_t http_header_timeout_ms;
         uint64_t cache_budget;
         uint64_t chunk_size;

@@ -623,7 +623,8 @@ int main(int argc, char **argv) {
                                            .registries = d.cfg.insecure,
                                            .n_registries = d.cfg.n_insecure,
                                            .credentials_path = d.cfg.registry_config,
-                                           .hosts_dir = d.cfg.mirror_hosts_dir};
+                                           .hosts_dir = d.cfg.mirror_hosts_dir,
+                                           .allow_users = d.cfg.mirror_allow_users};
                 r = mirror_start(&mc, &d.mirror);
                 if (r < 0) /* containerd then pulls from the origin: worth a warning, no more */
                         log_warning("cannot serve the containerd mirror listen=%s err=%s "

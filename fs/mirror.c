@@ -920,6 +920,23 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         case ROUTE_MIRROR_MANIFEST:
                 break;
         }
+        /* DESIGN §12: the mirror's client is the node's containerd, and the credentials it
+         * holds are used for that client's requests only. Anyone else (another local user,
+         * another host) would pull private images with them. */
+        uid_t uid = http_client_uid(conn);
+        if (uid != 0 && !m->cfg.allow_users) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
+                uint64_t suppressed;
+                char addr[64];
+                http_client_addr(conn, addr, sizeof(addr));
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_info("mirror refused a client that is not root uid=%ld client=%s "
+                                 "suppressed=%" PRIu64 " hint=\"--mirror-allow-users serves "
+                                 "them\"",
+                                 (long)(int)uid, addr, suppressed);
+                return error_reply(conn, MHD_HTTP_FORBIDDEN, "DENIED",
+                                   "this mirror serves the node's containerd (root) only");
+        }
         const char *ns = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "ns");
         if (!ns || !*ns)
                 return error_reply(conn, MHD_HTTP_NOT_FOUND, "NAME_UNKNOWN",

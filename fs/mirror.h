@@ -18,6 +18,10 @@
  * the origin is reached with the daemon's own credentials (--registry-config). Every answer
  * is content-addressed and verified, or a fresh tag lookup.
  *
+ * Which clients: local root only (containerd; the uid of a loopback client is the kernel's
+ * word, net/peercred.h), unless allow_users: anyone else gets 403 at once, since what the
+ * mirror fetches it fetches with the node's registry credentials (DESIGN §12).
+ *
  * Which registries: only those the node is configured for: listed in --mirror-registries
  * (or '*' for every one) or --insecure-registry, given credentials in --registry-config, or
  * given a hosts.toml of their own by `blobctl containerd-config --write` in
@@ -65,6 +69,7 @@ struct mirror_config {
         size_t n_registries;
         const char *credentials_path; /* --registry-config: a registry with credentials */
         const char *hosts_dir;        /* <hosts_dir>/<registry>/hosts.toml; NULL: none */
+        bool allow_users;             /* serve clients other than local root (else 403 to them) */
 };
 
 /* Loads the manifest cache index and starts serving. 0; -EINVAL (malformed address);

@@ -6,7 +6,8 @@ daemon on loopback. Root (the test process) plays containerd and kubelet.
 
   attack                                          test
   1 read the FUSE tree as another user            test_tree_is_root_only_unless_allow_other
-  2 make the mirror fetch from any registry       test_mirror_fetches_only_configured_registries
+  2 make the mirror fetch (any registry, or with  test_mirror_fetches_only_configured_registries
+    the node's credentials)
   2 hold all the mirror's connections             test_mirror_user_cannot_starve_root
   3 slowloris / idle floods on the peer port      test_slow_and_idle_clients_do_not_starve_probes
     (from another host, with a real peer reading) test_remote_flood_does_not_starve_probes_or_peers
@@ -164,25 +165,42 @@ def user_get(user, hostport, path):
 
 def test_mirror_fetches_only_configured_registries(registry, private_registry, daemon_factory,
                                                    user):
-    """A registry named only by the client's ?ns= is 404 at once and never contacted; the
-    node's own registry (--insecure-registry) is mirrored, and so is one listed in
-    --mirror-registries."""
+    """A local user is refused at once (403: the mirror fetches with the node's credentials,
+    for containerd only). A registry named only by the client's ?ns= is 404 at once and never
+    contacted, whoever asks; the node's own registry (--insecure-registry) is mirrored, and so
+    is one listed in --mirror-registries or given a hosts.toml. With --mirror-allow-users the
+    user is served what root is."""
     data = harness.gen_bytes(142, 300 * 1024)
     digest = private_registry.push_blob(REPO, data)
     mine = registry.push_blob(REPO, data[::-1])
     mirror = "127.0.0.1:%d" % harness.free_port()
-    d = daemon_factory(registries=[registry], extra_args=["--mirror-listen", mirror])
     path = "/v2/%s/blobs/%s?ns=%s" % (REPO, digest, private_registry.hostport)
+    mine_path = "/v2/%s/blobs/%s?ns=%s" % (REPO, mine, registry.hostport)
     mark = private_registry.mark()
-    got = user_get(user, mirror, path)
-    assert got["status"] == 404 and got["secs"] < 1, got
-    assert "NAME_UNKNOWN" in got["body"], got
-    assert private_registry.blob_get_count(digest, since=mark) == 0
-    assert private_registry.total_bytes_served(since=mark) == 0
-    assert digest not in json.dumps(d.ls())
-    # The node's own registry is mirrored, for the user too (that is not what is refused).
-    got = user_get(user, mirror, "/v2/%s/blobs/%s?ns=%s" % (REPO, mine, registry.hostport))
-    assert got["status"] == 200 and got["len"] == len(data), got
+    for allow_users in (False, True):
+        d = daemon_factory(registries=[registry],
+                           extra_args=["--mirror-listen", mirror] +
+                           (["--mirror-allow-users"] if allow_users else []))
+        got = user_get(user, mirror, mine_path)
+        if not allow_users:
+            assert got["status"] == 403 and "DENIED" in got["body"] and got["secs"] < 1, got
+            assert d.log_lines(r"mirror refused a client that is not root uid=%d" % user.uid)
+        else:
+            assert got["status"] == 200 and got["len"] == len(data), got
+        # An unconfigured registry: 404 at once, for root too, and never contacted.
+        st, _h, body, t = http_get(mirror, path)
+        assert st == 404 and b"NAME_UNKNOWN" in body and t < 1, (st, body, t)
+        if allow_users:
+            got = user_get(user, mirror, path)
+            assert got["status"] == 404 and "NAME_UNKNOWN" in got["body"], got
+        assert private_registry.blob_get_count(digest, since=mark) == 0
+        assert private_registry.total_bytes_served(since=mark) == 0
+        assert digest not in json.dumps(d.ls())
+        # The node's own registry is mirrored.
+        st, _h, body, _t = http_get(mirror, mine_path)
+        assert st == 200 and body == data[::-1]
+        if not allow_users:
+            d.stop()
     d.stop()
     # Configured the other ways, the same request reaches the origin: listed in
     # --mirror-registries, or given a hosts.toml by blobctl containerd-config. (The private
@@ -429,12 +447,14 @@ def test_remote_flood_does_not_starve_probes_or_peers(build_dir, net):
 
 # ---- 4: the log --------------------------------------------------------------------------------
 
-def test_mirror_tag_cannot_forge_a_log_line(registry, daemon_factory, user):
+def test_mirror_tag_cannot_forge_a_log_line(registry, daemon_factory):
+    """A tag is whatever an image reference says, so a user who can name an image to pull
+    (kubectl run, ctr pull) hands it to containerd, which asks the mirror as root."""
     mirror = "127.0.0.1:%d" % harness.free_port()
     d = daemon_factory(registries=[registry], extra_args=["--mirror-listen", mirror])
-    got = user_get(user, mirror, "/v2/x/y/manifests/t%%0d%%0a%%3C2%%3Elevel=crit%%20forged?ns=%s"
-                   % registry.hostport)
-    assert got["status"] == 404, got
+    st, _h, _b, _t = http_get(mirror, "/v2/x/y/manifests/t%%0d%%0a%%3C2%%3Elevel=crit%%20forged"
+                              "?ns=%s" % registry.hostport)
+    assert st == 404
     text = wait_for(lambda: "forged" in d.log_text() and d.log_text(), 10,
                     "the tag's log line")
     lines = text.splitlines()
