@@ -129,7 +129,8 @@ static const char *const stmt_sql[ST_MAX] = {
         [ST_PUT_BLOB] = "INSERT INTO blobs (digest, size, chunk_size, source, media_type, "
                         "verified, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) "
                         "ON CONFLICT(digest) DO UPDATE SET source = excluded.source, "
-                        "media_type = CASE WHEN excluded.media_type = '' THEN media_type "
+                        "chunk_size = excluded.chunk_size, media_type = CASE WHEN "
+                        "excluded.media_type = '' THEN media_type "
                         "ELSE excluded.media_type END",
         [ST_CHUNK_PRESENT] =
                 "INSERT INTO chunks (blob, idx, present, sha256) VALUES (?1, ?2, 1, ?3) "

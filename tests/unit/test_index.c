@@ -288,6 +288,18 @@ static void test_put_blob(void **state) {
         assert_true(c.b[0].size == b.size);
         assert_int_equal(c.b[0].added_at, b.added_at);
 
+        /* A changed chunk size (the load re-chunked it after --chunk-size changed) is kept:
+         * otherwise every later start re-chunks the blob and deletes its store file again. */
+        struct idx_blob rechunked = again;
+        rechunked.chunk_size = 256u << 10;
+        idx_put_blob(ix, &rechunked);
+        assert_int_equal(idx_flush(ix), 0);
+        list_blobs(ix, &c);
+        assert_int_equal(c.n, 1);
+        assert_int_equal(c.b[0].chunk_size, 256u << 10);
+        assert_true(c.b[0].size == b.size);
+        assert_int_equal(c.b[0].added_at, b.added_at);
+
         /* A second blob; the walk is ordered by added_at. */
         struct idx_blob older = blob("older", "docker.io/library/busybox", "", 1600000000);
         idx_put_blob(ix, &older);
