@@ -19,6 +19,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <fuse_lowlevel.h>
 #include <stdio.h>
@@ -290,12 +291,40 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         }
 }
 
+/* Reads waiting for the engine, so that a stop can fail them with EIO while the loop still
+ * runs (fs_fail_reads). Whoever answers first (the engine or the stop) replies; the other only
+ * frees. Guarded by reads_lock, as are the counters below. */
+struct pending_read {
+        fuse_req_t req;
+        bool answered;
+        struct pending_read *prev, *next;
+};
+
+static pthread_mutex_t reads_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t reads_cond = PTHREAD_COND_INITIALIZER;
+static struct pending_read *pending_reads;
+static bool failing_reads;     /* stopping: reads are answered EIO without the engine */
+static unsigned failed_reads;  /* reads the stop answered with EIO */
+static unsigned retried_reads; /* reads that came in after that, answered EIO at once */
+
 static void reply_read(void *ctx, int err, const void *buf, size_t len) {
-        fuse_req_t req = ctx;
-        if (err < 0)
-                fuse_reply_err(req, -err);
+        struct pending_read *pr = ctx;
+        pthread_mutex_lock(&reads_lock);
+        if (pr->prev)
+                pr->prev->next = pr->next;
         else
-                fuse_reply_buf(req, buf, len);
+                pending_reads = pr->next;
+        if (pr->next)
+                pr->next->prev = pr->prev;
+        bool answered = pr->answered;
+        pthread_mutex_unlock(&reads_lock);
+        if (!answered) {
+                if (err < 0)
+                        fuse_reply_err(pr->req, -err);
+                else
+                        fuse_reply_buf(pr->req, buf, len);
+        }
+        free(pr);
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -307,7 +336,47 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                 return;
         }
         log_debug("fuse read blob_id=%u off=%jd size=%zu", ob->id, (intmax_t)off, size);
-        engine_read(engine_of(req), ob->id, (uint64_t)off, size, &ob->stream, reply_read, req);
+        struct pending_read *pr = calloc(1, sizeof(*pr));
+        if (!pr) {
+                fuse_reply_err(req, ENOMEM);
+                return;
+        }
+        pr->req = req;
+        pthread_mutex_lock(&reads_lock);
+        if (failing_reads) {
+                retried_reads++;
+                pthread_cond_broadcast(&reads_cond);
+                pthread_mutex_unlock(&reads_lock);
+                free(pr);
+                fuse_reply_err(req, EIO);
+                return;
+        }
+        pr->next = pending_reads;
+        if (pending_reads)
+                pending_reads->prev = pr;
+        pending_reads = pr;
+        pthread_mutex_unlock(&reads_lock);
+        engine_read(engine_of(req), ob->id, (uint64_t)off, size, &ob->stream, reply_read, pr);
+}
+
+void fs_fail_reads(uint64_t wait_ms) {
+        pthread_mutex_lock(&reads_lock);
+        failing_reads = true;
+        for (struct pending_read *pr = pending_reads; pr; pr = pr->next)
+                if (!pr->answered) {
+                        pr->answered = true;
+                        failed_reads++;
+                        fuse_reply_err(pr->req, EIO);
+                }
+        /* The kernel retries a failed readahead with a read of its own for the reader that
+         * waits on it; answer those too (EIO, above) before the loop stops, or the reader
+         * gets the aborted connection's ECONNABORTED instead. Readahead nobody waits on is
+         * not retried, hence the bound. */
+        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, wait_ms);
+        while (retried_reads < failed_reads &&
+               pthread_cond_timedwait(&reads_cond, &reads_lock, &ts) == 0)
+                ;
+        pthread_mutex_unlock(&reads_lock);
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {

@@ -38,6 +38,12 @@ void fs_stop(struct fuse_session *se);
 /* Sets the loop's exit flag only: the mount stays, requests already read are still served. */
 void fs_exit(struct fuse_session *se);
 
+/* Stopping past the drain deadline: answers every read still waiting for the engine with EIO
+ * and every later read with EIO at once (the engine's own late answers are dropped), then waits
+ * up to WAIT_MS for the kernel's retries of those reads, so their readers get EIO rather than
+ * the aborted connection's ECONNABORTED. Call while the loop still runs. */
+void fs_fail_reads(uint64_t wait_ms);
+
 /* The session's /dev/fuse descriptor (for polling whether the kernel still talks to us). */
 int fs_fd(struct fuse_session *se);
 

@@ -14,11 +14,11 @@
  *  2. the mount is detached (MNT_DETACH): new opens no longer reach us, files already open
  *     keep working;
  *  3. drain: wait until no chunk fetch is in flight (reads waiting on the network have been
- *     answered), at most --shutdown-timeout;
+ *     answered), at most --shutdown-timeout; past it, the reads still waiting get EIO from
+ *     the loop itself, and so do the kernel's retries of them (fs_fail_reads);
  *  4. the FUSE loop is told to exit and woken with one request of our own (a reader holding a
  *     file open keeps the connection alive, so nothing else would wake it);
- *  5. the origin stops (failing any fetch still pending: its readers get EIO), the engine
- *     answers anything left, the connection is aborted if a reader still holds a file, the
+ *  5. the origin stops (failing any fetch still pending), the engine answers anything left, the connection is aborted if a reader still holds a file, the
  *     index is flushed and closed. Exit 0.
  *
  * SIGHUP re-reads the configuration file and flags and applies what can change live: the
@@ -65,6 +65,7 @@
 #define READY_PROBE_MS 20        /* how often we look before it does */
 #define STATUS_INTERVAL_MS 10000 /* STATUS= lines (and watchdog pings, if more often) */
 #define DRAIN_POLL_MS 50
+#define FAIL_RETRY_WAIT_MS 1000 /* after failing reads at shutdown: wait for kernel retries */
 
 #define FUSE_SUPER_MAGIC 0x65735546
 #define FUSECTL_SUPER_MAGIC 0x65735543
@@ -318,19 +319,19 @@ static void reload(struct service *s) {
 
 /* ---- SIGTERM: graceful stop ---------------------------------------------------------------- */
 
-/* Waits until no chunk fetch is in flight, or the deadline. */
-static void drain(struct daemon *d) {
+/* Waits until no chunk fetch is in flight (true), or the deadline (false). */
+static bool drain(struct daemon *d) {
         uint64_t deadline = now_ms() + d->cfg.shutdown_timeout_ms;
         for (;;) {
                 struct engine_stats es;
                 engine_get_stats(d->engine, &es);
                 if (es.inflight_chunks == 0)
-                        return;
+                        return true;
                 if (now_ms() >= deadline) {
                         log_warning("shutdown deadline reached, failing in-flight reads "
                                     "chunks=%" PRIu64 " waited_ms=%" PRIu64,
                                     es.inflight_chunks, d->cfg.shutdown_timeout_ms);
-                        return;
+                        return false;
                 }
                 char status[128];
                 snprintf(status, sizeof(status),
@@ -378,7 +379,10 @@ static void stop_serving(struct service *s) {
                 s->detached = true;
                 s->mount_dev = st.st_dev;
         }
-        drain(d);
+        /* Reads still waiting get EIO (README) while the loop can still answer them and the
+         * kernel's retries of them. */
+        if (!drain(d))
+                fs_fail_reads(FAIL_RETRY_WAIT_MS);
         fs_exit(d->se);
         /* Workers sleep in read(/dev/fuse) until a request comes; send one (an opendir). The
          * worker that takes it answers it, sees the exit flag and ends the loop. Any other

@@ -63,3 +63,51 @@ def test_chunk_size_change_rechunks_once(registry, blobs, daemon_factory):
     assert harness.sha256_file(d.blob_path(b.digest))[0] == b.digest
     assert registry.blob_get_count(b.digest, since=mark) == 0, \
         "the kept chunks were fetched from the origin again"
+
+
+def _pread(path, offset, length, out, started):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        started.set()
+        out.append(("data", os.pread(fd, length, offset)))
+    except OSError as e:
+        out.append(("error", e))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("readers", [1, 3])
+def test_read_failed_by_shutdown_gets_eio(private_registry, daemon_factory, readers):
+    """A read blocked on a stalled origin when the daemon is stopped fails with EIO (README:
+    "fails what is left with EIO"), not with the FUSE connection's ECONNABORTED/ENOTCONN."""
+    reg = private_registry
+    blob = harness.make_blob(reg, "stall%d" % readers, harness.gen_bytes(77 + readers, 4 * MiB))
+    d = daemon_factory(registries=[reg],
+                       extra_args=["--shutdown-timeout", "1s", "--fetch-timeout", "120s"])
+    d.add(blob.ref)
+    reg.pause()  # the origin accepts connections and never answers
+    try:
+        outs, threads = [], []
+        for i in range(readers):
+            out, started = [], threading.Event()
+            t = threading.Thread(target=_pread,
+                                 args=(d.blob_path(blob.digest), i * MiB, MiB, out, started),
+                                 daemon=True)
+            t.start()
+            assert started.wait(10)
+            outs.append(out)
+            threads.append(t)
+        harness.wait_until(lambda: d.stat()["fetched"]["inflight_chunks"] >= readers, 20,
+                           what="the reads to be waiting on the origin")
+        assert not any(outs), "a read finished while the origin was paused: %r" % outs
+        assert d.stop(signal.SIGTERM, timeout=30, unmount=False) == 0
+        for t in threads:
+            t.join(20)
+            assert not t.is_alive(), "a read is still blocked after the daemon exited"
+    finally:
+        reg.resume()
+    for out in outs:
+        assert out and out[0][0] == "error", "the stalled read got %r" % (out,)
+        e = out[0][1]
+        assert e.errno == errno.EIO, "the read cut short by the stop got %s, not EIO" % (
+            errno.errorcode.get(e.errno, e.errno))
