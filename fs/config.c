@@ -7,6 +7,7 @@
 #include <ini.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "util/log.h"
 #include "util/parse.h"
@@ -22,6 +23,13 @@ enum opt_type {
         OPT_FLAG
 };
 
+/* What SIGHUP does with a changed value (fs/main.c's reload()). */
+enum opt_reload {
+        OPT_RESTART = 0, /* wired into threads, sockets or the mount at start: logged as such */
+        OPT_LIVE,        /* applied by reload() at once */
+        OPT_START_ONLY,  /* command-line only (--config, --foreground ...): never compared */
+};
+
 struct opt_def {
         const char *name;
         enum opt_type type;
@@ -31,6 +39,7 @@ struct opt_def {
         size_t count_offset; /* OPT_LIST: where the element count lives */
         const char *metavar;
         const char *help;
+        enum opt_reload reload;
 };
 
 #define F(field) offsetof(struct daemon_config, field)
@@ -40,85 +49,94 @@ struct opt_def {
 
 static const struct opt_def options[] = {
         {"config", OPT_STRING, "/etc/p2pblobs/p2pblobs.conf", 0, 0, F(config_path), 0, "PATH",
-         "INI configuration file (keys are these option names); missing is fine"},
+         "INI configuration file (keys are these option names); missing is fine", OPT_START_ONLY},
         {"mountpoint", OPT_STRING, "/var/lib/p2pblobs", 0, 0, F(mountpoint), 0, "DIR",
-         "where the blob tree is mounted"},
+         "where the blob tree is mounted", OPT_RESTART},
         {"state-dir", OPT_STRING, "/var/cache/p2pblobs", 0, 0, F(state_dir), 0, "DIR",
-         "index.db and the chunk store"},
+         "index.db and the chunk store", OPT_RESTART},
         {"control-socket", OPT_STRING, "/run/p2pblobs/control.sock", 0, 0, F(control_socket), 0,
-         "PATH", "unix socket blobctl talks to"},
+         "PATH", "unix socket blobctl talks to", OPT_RESTART},
         {"listen", OPT_STRING, "0.0.0.0:5001", 0, 0, F(listen), 0, "ADDR:PORT",
-         "HTTP server for /healthz, /readyz, /metrics (\"off\" disables)"},
+         "HTTP server for /healthz, /readyz, /metrics (\"off\" disables)", OPT_RESTART},
         {"mirror-listen", OPT_STRING, "127.0.0.1:5000", 0, 0, F(mirror_listen), 0, "ADDR:PORT",
-         "containerd pull-through mirror (hosts.toml; \"off\" disables)"},
+         "containerd pull-through mirror (hosts.toml; \"off\" disables)", OPT_RESTART},
         {"mirror-registries", OPT_STRING, NULL, 0, 0, F(mirror_registries), 0, "HOST,...",
          "registries the mirror fetches from, besides --insecure-registry, --registry-config and "
-         "--mirror-hosts-dir ones (\"*\": any a local user names)"},
+         "--mirror-hosts-dir ones (\"*\": any a local user names)",
+         OPT_RESTART},
         {"mirror-allow-users", OPT_BOOL, "false", 0, 0, F(mirror_allow_users), 0, NULL,
          "serve local users other than root, and other hosts, through the mirror (and the "
-         "node's registry credentials)"},
+         "node's registry credentials)",
+         OPT_RESTART},
         {"mirror-hosts-dir", OPT_STRING, "/etc/p2pblobs/certs.d", 0, 0, F(mirror_hosts_dir), 0,
-         "DIR",
-         "a registry with DIR/<registry>/hosts.toml (blobctl containerd-config) is mirrored"},
+         "DIR", "a registry with DIR/<registry>/hosts.toml (blobctl containerd-config) is mirrored",
+         OPT_RESTART},
         {"allow-other", OPT_BOOL, "false", 0, 0, F(allow_other), 0, NULL,
-         "let every local user read the mounted tree (default: root only)"},
+         "let every local user read the mounted tree (default: root only)", OPT_RESTART},
         {"http-header-timeout", OPT_DURATION, "10s", 100, 600 * 1000, F(http_header_timeout_ms), 0,
-         "DURATION", "a client must send its request's headers within this, however slowly"},
+         "DURATION", "a client must send its request's headers within this, however slowly",
+         OPT_RESTART},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
-         "bytes of chunks kept on disk (512M, 10G)"},
+         "bytes of chunks kept on disk (512M, 10G)", OPT_LIVE},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
-         "fetch and cache granularity; one value per cluster"},
+         "fetch and cache granularity; one value per cluster", OPT_RESTART},
         {"insecure-registry", OPT_LIST, NULL, 0, 0, F(insecure), FC(n_insecure), "HOST:PORT",
-         "reach this registry over plain HTTP (repeatable)"},
+         "reach this registry over plain HTTP (repeatable)", OPT_RESTART},
         {"registry-config", OPT_STRING, NULL, 0, 0, F(registry_config), 0, "PATH",
-         "docker-style config.json with registry credentials"},
+         "docker-style config.json with registry credentials", OPT_RESTART},
         {"ca-file", OPT_STRING, NULL, 0, 0, F(ca_file), 0, "PATH",
-         "extra CA certificates for registries"},
+         "extra CA certificates for registries", OPT_RESTART},
         {"fetch-timeout", OPT_DURATION, "30s", 100, 3600 * 1000, F(fetch_timeout_ms), 0, "DURATION",
-         "a chunk not fetched by then fails its readers with EIO"},
+         "a chunk not fetched by then fails its readers with EIO", OPT_RESTART},
         {"connect-timeout", OPT_DURATION, "5s", 50, 600 * 1000, F(connect_timeout_ms), 0,
-         "DURATION", "TCP+TLS connect timeout per attempt"},
+         "DURATION", "TCP+TLS connect timeout per attempt", OPT_RESTART},
         {"verify-retry", OPT_DURATION, "30s", 0, 24 * 3600 * 1000, F(verify_retry_ms), 0,
-         "DURATION", "after a blob fails verification, reads fail with EIO this long"},
+         "DURATION", "after a blob fails verification, reads fail with EIO this long", OPT_RESTART},
         {"shutdown-timeout", OPT_DURATION, "10s", 0, 600 * 1000, F(shutdown_timeout_ms), 0,
-         "DURATION", "on SIGTERM, reads in flight get this long to finish"},
+         "DURATION", "on SIGTERM, reads in flight get this long to finish", OPT_LIVE},
         {"readahead", OPT_UINT, "8", 0, 256, F(readahead), 0, "CHUNKS",
-         "chunks fetched ahead of a sequential reader"},
+         "chunks fetched ahead of a sequential reader", OPT_RESTART},
         {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), 0, "N",
-         "chunk fetches in flight (readahead stops at this)"},
+         "chunk fetches in flight (readahead stops at this)", OPT_RESTART},
         {"max-connections", OPT_UINT, "16", 1, 1024, F(max_connections), 0, "N",
-         "concurrent connections to origins"},
-        {"workers", OPT_UINT, "4", 1, 64, F(workers), 0, "N", "threads writing fetched chunks"},
+         "concurrent connections to origins", OPT_RESTART},
+        {"workers", OPT_UINT, "4", 1, 64, F(workers), 0, "N", "threads writing fetched chunks",
+         OPT_RESTART},
         {"max-blobs", OPT_UINT, "100000", 1, 10000000, F(max_blobs), 0, "N",
-         "blobs the node keeps track of"},
+         "blobs the node keeps track of", OPT_RESTART},
         {"peers", OPT_LIST, NULL, 0, 0, F(peers), FC(n_peers), "HOST:PORT,...",
-         "static peers (repeatable, or comma-separated)"},
+         "static peers (repeatable, or comma-separated)", OPT_RESTART},
         {"peer-dns", OPT_STRING, NULL, 0, 0, F(peer_dns), 0, "NAME",
-         "DNS name whose A/AAAA records are the peers (a headless Service)"},
+         "DNS name whose A/AAAA records are the peers (a headless Service)", OPT_RESTART},
         {"peer-port", OPT_UINT, "5001", 1, 65535, F(peer_port), 0, "PORT",
-         "port of peers found through --peer-dns"},
+         "port of peers found through --peer-dns", OPT_RESTART},
         {"peer-refresh", OPT_DURATION, "30s", 100, 3600 * 1000, F(peer_refresh_ms), 0, "DURATION",
-         "how often --peer-dns is resolved again"},
+         "how often --peer-dns is resolved again", OPT_RESTART},
         {"advertise-address", OPT_STRING, NULL, 0, 0, F(advertise_address), 0, "ADDR",
-         "address peers reach this node at (default: the default route's interface)"},
+         "address peers reach this node at (default: the default route's interface)", OPT_RESTART},
         {"cluster-token-file", OPT_STRING, NULL, 0, 0, F(cluster_token_file), 0, "PATH",
-         "file holding the cluster's shared secret: peer requests without it are refused"},
+         "file holding the cluster's shared secret: peer requests without it are refused",
+         OPT_RESTART},
         {"homes", OPT_UINT, "3", 1, 16, F(homes), 0, "K",
-         "directory homes per blob (rendezvous hashing)"},
+         "directory homes per blob (rendezvous hashing)", OPT_RESTART},
         {"peer-connect-timeout", OPT_DURATION, "250ms", 10, 60 * 1000, F(peer_connect_timeout_ms),
-         0, "DURATION", "connect timeout to a peer; a peer that misses it is marked down"},
+         0, "DURATION", "connect timeout to a peer; a peer that misses it is marked down",
+         OPT_RESTART},
         {"peer-stall-timeout", OPT_DURATION, "1s", 50, 60 * 1000, F(peer_stall_timeout_ms), 0,
-         "DURATION", "a peer transfer that receives nothing this long moves to the next source"},
+         "DURATION", "a peer transfer that receives nothing this long moves to the next source",
+         OPT_RESTART},
         {"announce-interval", OPT_DURATION, "250ms", 10, 60 * 1000, F(announce_interval_ms), 0,
-         "DURATION", "how often changes in what this node holds are sent to the homes"},
+         "DURATION", "how often changes in what this node holds are sent to the homes",
+         OPT_RESTART},
         {"location-ttl", OPT_DURATION, "60s", 1000, 3600 * 1000, F(location_ttl_ms), 0, "DURATION",
-         "homes forget a holder not heard from this long (it re-announces at a third)"},
+         "homes forget a holder not heard from this long (it re-announces at a third)",
+         OPT_RESTART},
         {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), 0, "LEVEL",
-         "error, warning, notice, info or debug"},
+         "error, warning, notice, info or debug", OPT_LIVE},
         {"foreground", OPT_FLAG, "0", 0, 0, F(foreground), 0, NULL,
-         "stay in the foreground (systemd, tests)"},
-        {"help", OPT_FLAG, "0", 0, 0, F(help), 0, NULL, "show this help"},
-        {"version", OPT_FLAG, "0", 0, 0, F(version), 0, NULL, "show the version"},
+         "stay in the foreground (systemd, tests)", OPT_START_ONLY},
+        {"help", OPT_FLAG, "0", 0, 0, F(help), 0, NULL, "show this help", OPT_START_ONLY},
+        {"version", OPT_FLAG, "0", 0, 0, F(version), 0, NULL, "show the version", OPT_START_ONLY},
 };
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
 
@@ -272,7 +290,16 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                                 return -EINVAL;
 
         FILE *f = fopen(cfg->config_path, "re");
+        struct stat st;
+        if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+                /* fopen() opens a directory and reading it fails: it would pass for empty. */
+                fprintf(stderr, "%s: is a directory; want an INI file (or --config PATH)\n",
+                        cfg->config_path);
+                fclose(f);
+                return -EINVAL;
+        }
         if (f) {
+                cfg->config_found = true;
                 struct ini_ctx ctx = {.cfg = cfg, .path = cfg->config_path};
                 int line = ini_parse_file(f, on_ini, &ctx);
                 fclose(f);
@@ -362,4 +389,43 @@ void config_usage(FILE *out, const char *prog) {
                         fprintf(out, " [%s]", o->def);
                 fputc('\n', out);
         }
+}
+
+static bool opt_equal(const struct daemon_config *a, const struct daemon_config *b,
+                      const struct opt_def *o) {
+        const void *fa = (const char *)a + o->offset, *fb = (const char *)b + o->offset;
+        switch (o->type) {
+        case OPT_STRING: {
+                const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+                return sa == sb || (sa && sb && strcmp(sa, sb) == 0);
+        }
+        case OPT_LIST: {
+                char *const *la = fa, *const *lb = fb;
+                size_t na = *(const size_t *)(const void *)((const char *)a + o->count_offset);
+                size_t nb = *(const size_t *)(const void *)((const char *)b + o->count_offset);
+                if (na != nb)
+                        return false;
+                for (size_t i = 0; i < na; i++)
+                        if (strcmp(la[i], lb[i]) != 0)
+                                return false;
+                return true;
+        }
+        case OPT_SIZE:
+        case OPT_DURATION:
+        case OPT_UINT:
+                return *(const uint64_t *)fa == *(const uint64_t *)fb;
+        case OPT_BOOL:
+        case OPT_FLAG:
+                return *(const bool *)fa == *(const bool *)fb;
+        case OPT_LEVEL:
+                return *(const int *)fa == *(const int *)fb;
+        }
+        return true;
+}
+
+void config_diff(const struct daemon_config *old, const struct daemon_config *new,
+                 void (*fn)(void *ud, const char *key, bool live), void *ud) {
+        for (size_t i = 0; i < N_OPTIONS; i++)
+                if (options[i].reload != OPT_START_ONLY && !opt_equal(old, new, &options[i]))
+                        fn(ud, options[i].name, options[i].reload == OPT_LIVE);
 }

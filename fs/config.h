@@ -34,6 +34,7 @@ struct daemon_config {
         uint64_t connect_timeout_ms;
         uint64_t verify_retry_ms;
         uint64_t shutdown_timeout_ms;
+        bool config_found; /* the config file existed and was read */
         bool foreground;
         bool help;
         bool version;
@@ -56,9 +57,16 @@ struct daemon_config {
 };
 
 /* Fills CFG from defaults, the config file and ARGV. 0; -EINVAL with a message on stderr for
- * bad input. With --help / --version set, the caller prints and exits. */
+ * bad input (a directory given as the config file included; a missing file is fine, and
+ * leaves config_found false). With --help / --version set, the caller prints and exits. */
 int config_load(struct daemon_config *cfg, int argc, char **argv);
 
 void config_free(struct daemon_config *cfg);
+
+/* Calls FN for every option whose value differs between OLD and NEW, in table order, with
+ * LIVE set for those SIGHUP applies at once (cache-budget, log-level, shutdown-timeout); the
+ * rest need a restart. Command-line-only options (--config, --foreground ...) are skipped. */
+void config_diff(const struct daemon_config *old, const struct daemon_config *new,
+                 void (*fn)(void *ud, const char *key, bool live), void *ud);
 
 void config_usage(FILE *out, const char *prog);

@@ -21,9 +21,11 @@
  *  5. the origin stops (failing any fetch still pending), the engine answers anything left, the connection is aborted if a reader still holds a file, the
  *     index is flushed and closed. Exit 0.
  *
- * SIGHUP re-reads the configuration file and flags and applies what can change live: the
- * cache budget (the store shrinks to it at once) and the log level. Other changed keys are
- * logged as needing a restart. */
+ * SIGHUP re-reads the configuration file and flags and applies what can change live (the
+ * option table in config.c says which): the cache budget (the store shrinks to it at once),
+ * the log level and the shutdown timeout. Every other changed key is logged as needing a
+ * restart. An invalid file, or a file that existed at start and is gone, keeps the running
+ * configuration. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -263,6 +265,13 @@ static void *status_main(void *arg) {
 
 /* ---- SIGHUP: reload ------------------------------------------------------------------------ */
 
+/* Restart-only keys that changed: one line each. Live keys are applied by reload() itself. */
+static void log_restart_needed(void *ud, const char *key, bool live) {
+        (void)ud;
+        if (!live)
+                log_notice("setting changed, restart needed key=%s", key);
+}
+
 static void reload(struct service *s) {
         struct daemon *d = s->d;
         struct daemon_config nc;
@@ -272,10 +281,18 @@ static void reload(struct service *s) {
                 log_warning("reload failed: the configuration is invalid (see the line above); "
                             "keeping the running one path=%s",
                             d->cfg.config_path);
-                config_free(&nc);
-                notify_ready("serving: reload failed, running configuration kept");
-                return;
+                goto out_keep;
         }
+        if (d->cfg.config_found && !nc.config_found) {
+                /* Read as missing, the file would reset every key to its default (a 10 GiB
+                 * budget): more likely a mistake than a wish. */
+                log_warning("reload failed: the configuration file is gone; keeping the running "
+                            "configuration path=%s hint=\"restore the file, or restart to run "
+                            "without it\"",
+                            d->cfg.config_path);
+                goto out_keep;
+        }
+        /* The option table says which keys are live; these are they. */
         if (nc.cache_budget != d->cfg.cache_budget) {
                 log_notice("cache budget changed old=%" PRIu64 " new=%" PRIu64, d->cfg.cache_budget,
                            nc.cache_budget);
@@ -287,34 +304,24 @@ static void reload(struct service *s) {
                 log_max_level = nc.log_level;
                 d->cfg.log_level = nc.log_level;
         }
-        /* Everything else is wired into threads, sockets and the mount at start-up. */
-#define RESTART_ONLY(cond, key)                                                                    \
-        do {                                                                                       \
-                if (cond)                                                                          \
-                        log_notice("setting changed but needs a restart key=%s", key);             \
-        } while (0)
-#define STR_CHANGED(f) ((d->cfg.f == NULL) != (nc.f == NULL) || (nc.f && strcmp(d->cfg.f, nc.f)))
-        RESTART_ONLY(STR_CHANGED(mountpoint), "mountpoint");
-        RESTART_ONLY(STR_CHANGED(state_dir), "state-dir");
-        RESTART_ONLY(STR_CHANGED(control_socket), "control-socket");
-        RESTART_ONLY(STR_CHANGED(registry_config), "registry-config");
-        RESTART_ONLY(STR_CHANGED(ca_file), "ca-file");
-        RESTART_ONLY(nc.chunk_size != d->cfg.chunk_size, "chunk-size");
-        RESTART_ONLY(nc.readahead != d->cfg.readahead, "readahead");
-        RESTART_ONLY(nc.max_inflight != d->cfg.max_inflight, "max-inflight");
-        RESTART_ONLY(nc.max_connections != d->cfg.max_connections, "max-connections");
-        RESTART_ONLY(nc.workers != d->cfg.workers, "workers");
-        RESTART_ONLY(nc.max_blobs != d->cfg.max_blobs, "max-blobs");
-        RESTART_ONLY(nc.fetch_timeout_ms != d->cfg.fetch_timeout_ms, "fetch-timeout");
-        RESTART_ONLY(nc.connect_timeout_ms != d->cfg.connect_timeout_ms, "connect-timeout");
-        RESTART_ONLY(nc.verify_retry_ms != d->cfg.verify_retry_ms, "verify-retry");
-        RESTART_ONLY(nc.n_insecure != d->cfg.n_insecure, "insecure-registry");
-#undef STR_CHANGED
-#undef RESTART_ONLY
+        if (nc.shutdown_timeout_ms != d->cfg.shutdown_timeout_ms) {
+                /* Read by drain(), on this same thread. */
+                log_notice("shutdown timeout changed old_ms=%" PRIu64 " new_ms=%" PRIu64,
+                           d->cfg.shutdown_timeout_ms, nc.shutdown_timeout_ms);
+                d->cfg.shutdown_timeout_ms = nc.shutdown_timeout_ms;
+        }
+        /* Everything else is wired into threads, sockets and the mount at start-up: the running
+         * value stays, and each changed key is said to need a restart (on every reload until
+         * then). */
+        config_diff(&d->cfg, &nc, log_restart_needed, NULL);
         config_free(&nc);
         char status[512];
         format_status(d, "serving", status, sizeof(status));
         notify_ready(status);
+        return;
+out_keep:
+        config_free(&nc);
+        notify_ready("serving: reload failed, running configuration kept");
 }
 
 /* ---- SIGTERM: graceful stop ---------------------------------------------------------------- */
