@@ -66,7 +66,7 @@ FUZZ_BIN  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 PYTEST    = /usr/bin/python3 -m pytest
 
 .PHONY: all build deps check configs unit integration fuzz fuzz-run demo demo-run bench lint \
-        clean install FORCE
+        man clean install FORCE
 all: build
 build: $(BUILD)/p2pblobsd $(BUILD)/blobctl
 
@@ -154,6 +154,10 @@ bench: deps build
 
 lint:
 	@scripts/lint.sh
+
+# man/p2pblobsd.8's OPTIONS entries, regenerated from the option table in fs/config.c.
+man:
+	@scripts/man-options.sh
 
 # `make install` (DESTDIR for staging/packaging, PREFIX for the tree). The config file and the
 # hosts.toml are installed only when absent, so an upgrade never overwrites an operator's edits.

@@ -70,3 +70,7 @@ void config_diff(const struct daemon_config *old, const struct daemon_config *ne
                  void (*fn)(void *ud, const char *key, bool live), void *ud);
 
 void config_usage(FILE *out, const char *prog);
+
+/* Writes the OPTIONS entries of man/p2pblobsd.8 (roff: .TP paragraphs, in table order) from
+ * the option table. scripts/man-options.c is its program; `make man` and `make lint` use it. */
+void config_man_options(FILE *out);

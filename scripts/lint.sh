@@ -22,6 +22,14 @@ if grep -lE '#include <sqlite3.h>' $SOURCES | grep -v '^index/'; then
 	status=1
 fi
 
+# The OPTIONS entries of man/p2pblobsd.8 are generated from the option table (fs/config.c):
+# regenerate them with a tiny program built on the fly (libinih only, no daemon build) and
+# compare. `make man` rewrites the page.
+if ! scripts/man-options.sh --check; then
+	echo "lint: man/p2pblobsd.8 OPTIONS differ from the option table in fs/config.c (run: make man)" >&2
+	status=1
+fi
+
 if command -v clang-format >/dev/null 2>&1; then
 	unformatted=""
 	for f in $SOURCES; do
