@@ -102,12 +102,33 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE) -lcmocka
 
-# libFuzzer targets: clang only, always with ASan + UBSan.
+# libFuzzer targets: clang only, always with ASan + UBSan. The core is compiled once for them,
+# instrumented for coverage (-fsanitize=fuzzer-no-link), into build/fuzz/libp2pblobs-core.a;
+# each target links it, plus the few daemon files it needs (FUZZ_EXTRA_<target>).
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
-             -fsanitize=fuzzer,address,undefined $(shell pkg-config --cflags $(CORE_PKGS))
-build/fuzz/%: tests/fuzz/%.c $(filter-out engine/%,$(CORE_SRC))
+             $(shell pkg-config --cflags $(CORE_PKGS))
+FUZZ_SAN   = address,undefined
+FUZZ_CORE_OBJ = $(filter-out engine/%,$(CORE_SRC))
+FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
+FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
+FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o
+FUZZ_EXTRA_fuzz_api    = build/fuzz/obj/fs/api_request.o
+.PRECIOUS: build/fuzz/obj/%.o
+
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_FLAGS) -o $@ $^ $(shell pkg-config --libs $(CORE_PKGS)) -pthread
+	@echo "  CC      $< (fuzz)"
+	@clang $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link,$(FUZZ_SAN) -MMD -MP -c $< -o $@
+
+$(FUZZ_LIB): $(FUZZ_CORE_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+.SECONDEXPANSION:
+build/fuzz/%: tests/fuzz/%.c $$(FUZZ_EXTRA_$$*) $(FUZZ_LIB)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_FLAGS) -fsanitize=fuzzer,$(FUZZ_SAN) -MMD -MP -o $@ $< $(FUZZ_EXTRA_$*) \
+		$(FUZZ_LIB) $(shell pkg-config --libs $(CORE_PKGS)) -pthread
 
 deps:
 	@scripts/deps.sh
