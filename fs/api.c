@@ -13,6 +13,7 @@
 
 #include "cache/store.h"
 #include "engine/engine.h"
+#include "fs/api_request.h"
 #include "fs/stats.h"
 #include "index/index.h"
 #include "peer/members.h"
@@ -113,23 +114,12 @@ static int on_add(struct daemon *d, const char *ref, json_t **ret, char *reason,
         return 0;
 }
 
-/* "sha256:<hex>" from a path component; -EINVAL otherwise. */
-static int parse_digest_arg(const char *s, size_t len, struct digest *ret, char *reason,
-                            size_t reason_len) {
-        char buf[DIGEST_HEX_LEN + 8];
-        if (len >= sizeof(buf) ||
-            (memcpy(buf, s, len), buf[len] = '\0', digest_parse(buf, ret) < 0)) {
-                snprintf(reason, reason_len, "malformed digest: want sha256:<64 lowercase hex>");
-                return -EINVAL;
-        }
-        return 0;
-}
-
-static int blob_action(struct daemon *d, const struct digest *dg, const char *action, json_t **ret,
-                       char *reason, size_t reason_len) {
+static int blob_action(struct daemon *d, const struct digest *dg, enum api_action action,
+                       json_t **ret, char *reason, size_t reason_len) {
         struct engine_blob_info b;
-        int r;
-        if (strcmp(action, "prefetch") == 0) {
+        int r = 0;
+        switch (action) {
+        case API_PREFETCH:
                 r = engine_prefetch(d->engine, dg, &b);
                 if (r == -EFBIG)
                         snprintf(reason, reason_len,
@@ -137,17 +127,22 @@ static int blob_action(struct daemon *d, const struct digest *dg, const char *ac
                                  "or read it lazily");
                 if (r == 0)
                         *ret = blob_json(&b);
-        } else if (strcmp(action, "pin") == 0 || strcmp(action, "unpin") == 0) {
-                r = engine_pin(d->engine, dg, action[0] == 'p');
+                break;
+        case API_PIN:
+        case API_UNPIN:
+                r = engine_pin(d->engine, dg, action == API_PIN);
                 if (r == 0 && (r = engine_find(d->engine, dg, &b)) == 0)
                         *ret = blob_json(&b);
-        } else if (strcmp(action, "evict") == 0) {
+                break;
+        case API_EVICT: {
                 uint64_t chunks = 0, bytes = 0;
                 r = engine_evict(d->engine, dg, &chunks, &bytes);
                 if (r == 0)
                         *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks,
                                          "evicted_bytes", (json_int_t)bytes);
-        } else if (strcmp(action, "verify") == 0) {
+                break;
+        }
+        case API_VERIFY: {
                 struct engine_verify_result v;
                 r = engine_verify(d->engine, dg, &v);
                 if (r == 0)
@@ -155,16 +150,15 @@ static int blob_action(struct daemon *d, const struct digest *dg, const char *ac
                                          (json_int_t)v.checked, "ok", (json_int_t)v.ok, "bad",
                                          (json_int_t)v.bad, "lost", (json_int_t)v.lost, "unknown",
                                          (json_int_t)v.unknown);
-        } else {
-                snprintf(reason, reason_len, "no such action \"%s\"", action);
-                return -ENOENT;
+                break;
+        }
         }
         if (r == -ENOENT && !reason[0])
                 snprintf(reason, reason_len, "no such blob on this node; add it first");
         return r;
 }
 
-/* Routes:
+/* Routes (parsed by api_parse_request, fs/api_request.c):
  *   GET  /v1/stat                           figures for blobctl stat
  *   GET  /v1/blobs                          every blob
  *   POST /v1/blobs?ref=REG/REPO@DIGEST      register a blob
@@ -175,69 +169,42 @@ static int blob_action(struct daemon *d, const struct digest *dg, const char *ac
 static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
                       size_t reason_len) {
         struct daemon *d = ud;
-        const char *method = control_req_method(req), *path = control_req_path(req);
-        bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-        if (strcmp(path, "/v1/stat") == 0) {
-                if (!get)
-                        goto not_allowed;
+        struct api_request q;
+        int r = api_parse_request(control_req_method(req), control_req_path(req),
+                                  control_req_arg(req, "ref"), &q, reason, reason_len);
+        if (r < 0)
+                return r;
+        switch (q.route) {
+        case API_STAT:
                 return on_stat(d, ret, reason, reason_len);
-        }
-        if (strcmp(path, "/v1/blobs") == 0) {
-                if (get)
-                        return on_list(d, ret, reason, reason_len);
-                if (!post)
-                        goto not_allowed;
-                const char *ref = control_req_arg(req, "ref");
-                if (!ref) {
-                        snprintf(reason, reason_len, "missing ref parameter");
-                        return -EINVAL;
-                }
-                return on_add(d, ref, ret, reason, reason_len);
-        }
-        if (strcmp(path, "/v1/peers") == 0) {
-                if (!get)
-                        goto not_allowed;
+        case API_LIST:
+                return on_list(d, ret, reason, reason_len);
+        case API_ADD:
+                return on_add(d, q.ref, ret, reason, reason_len);
+        case API_PEERS:
                 return on_peers(d, ret, reason, reason_len);
-        }
-        if (strcmp(path, "/v1/evict") == 0) {
-                if (!post)
-                        goto not_allowed;
+        case API_EVICT_ALL: {
                 uint64_t chunks = 0, bytes = 0;
                 engine_evict(d->engine, NULL, &chunks, &bytes);
                 *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks,
                                  "evicted_bytes", (json_int_t)bytes);
                 return 0;
         }
-        static const char prefix[] = "/v1/blobs/";
-        if (strncmp(path, prefix, sizeof(prefix) - 1) == 0) {
-                const char *rest = path + sizeof(prefix) - 1;
-                const char *slash = strchr(rest, '/');
-                struct digest dg;
-                int r = parse_digest_arg(rest, slash ? (size_t)(slash - rest) : strlen(rest), &dg,
-                                         reason, reason_len);
-                if (r < 0)
+        case API_BLOB: {
+                struct engine_blob_info b;
+                r = engine_find(d->engine, &q.digest, &b);
+                if (r < 0) {
+                        snprintf(reason, reason_len, "no such blob on this node");
                         return r;
-                if (!slash) {
-                        if (!get)
-                                goto not_allowed;
-                        struct engine_blob_info b;
-                        r = engine_find(d->engine, &dg, &b);
-                        if (r < 0) {
-                                snprintf(reason, reason_len, "no such blob on this node");
-                                return r;
-                        }
-                        *ret = blob_json(&b);
-                        return 0;
                 }
-                if (!post)
-                        goto not_allowed;
-                return blob_action(d, &dg, slash + 1, ret, reason, reason_len);
+                *ret = blob_json(&b);
+                return 0;
+        }
+        case API_BLOB_ACTION:
+                return blob_action(d, &q.digest, q.action, ret, reason, reason_len);
         }
         snprintf(reason, reason_len, "no such endpoint");
         return -ENOENT;
-not_allowed:
-        snprintf(reason, reason_len, "method not allowed");
-        return -EOPNOTSUPP;
 }
 
 struct control_ops api_control_ops(struct daemon *d) {
