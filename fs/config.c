@@ -140,6 +140,14 @@ static const struct opt_def options[] = {
 };
 #define N_OPTIONS (sizeof(options) / sizeof(options[0]))
 
+/* Where parse errors go: stderr (the daemon's log), or what config_set_error_stream() said. */
+static FILE *error_stream;
+#define ERRS (error_stream ? error_stream : stderr)
+
+void config_set_error_stream(FILE *f) {
+        error_stream = f;
+}
+
 /* The field at OFFSET of CFG. offsetof() of a member of the right type put it there, so the
  * alignment is the member's own; going through void * says so to -Wcast-align. */
 static void *opt_field(struct daemon_config *cfg, size_t offset) {
@@ -159,19 +167,19 @@ static int add_list_values(struct daemon_config *cfg, const struct opt_def *o, c
                 char host[256];
                 uint16_t port;
                 if (n == 0 || n >= sizeof(item)) {
-                        fprintf(stderr, "%s: --%s wants HOST:PORT[,HOST:PORT...], got \"%s\"\n",
+                        fprintf(ERRS, "%s: --%s wants HOST:PORT[,HOST:PORT...], got \"%s\"\n",
                                 origin, o->name, value);
                         return -EINVAL;
                 }
                 memcpy(item, p, n);
                 item[n] = '\0';
                 if (parse_hostport(item, host, sizeof(host), &port) < 0) {
-                        fprintf(stderr, "%s: --%s wants HOST:PORT, got \"%s\"\n", origin, o->name,
+                        fprintf(ERRS, "%s: --%s wants HOST:PORT, got \"%s\"\n", origin, o->name,
                                 item);
                         return -EINVAL;
                 }
                 if (*count >= CONFIG_LIST_MAX) {
-                        fprintf(stderr, "%s: too many --%s values (max %d)\n", origin, o->name,
+                        fprintf(ERRS, "%s: too many --%s values (max %d)\n", origin, o->name,
                                 CONFIG_LIST_MAX);
                         return -EINVAL;
                 }
@@ -233,7 +241,7 @@ static int set_value(struct daemon_config *cfg, const struct opt_def *o, const c
                         *(uint64_t *)field = u;
         }
         if (r < 0)
-                fprintf(stderr, "%s: invalid value \"%s\" for %s: %s\n", origin, value, o->name,
+                fprintf(ERRS, "%s: invalid value \"%s\" for %s: %s\n", origin, value, o->name,
                         r == -ERANGE ? "out of range" : "malformed");
         return r;
 }
@@ -256,7 +264,7 @@ static int on_ini(void *ud, const char *section, const char *name, const char *v
         (void)section; /* one flat namespace; sections are allowed for readability */
         const struct opt_def *o = find_option(name);
         if (!o || o->type == OPT_FLAG || strcmp(name, "config") == 0) {
-                fprintf(stderr, "%s: unknown key \"%s\"\n", c->path, name);
+                fprintf(ERRS, "%s: unknown key \"%s\"\n", c->path, name);
                 c->err = -EINVAL;
                 return 1; /* keep going: report every bad key at once */
         }
@@ -265,11 +273,47 @@ static int on_ini(void *ud, const char *section, const char *name, const char *v
         return 1;
 }
 
-int config_load(struct daemon_config *cfg, int argc, char **argv) {
+int config_defaults(struct daemon_config *cfg) {
         memset(cfg, 0, sizeof(*cfg));
         for (size_t i = 0; i < N_OPTIONS; i++)
                 if (options[i].def && set_value(cfg, &options[i], options[i].def, "default") < 0)
                         return -EINVAL;
+        return 0;
+}
+
+int config_parse_file(struct daemon_config *cfg, FILE *f, const char *path) {
+        struct ini_ctx ctx = {.cfg = cfg, .path = path};
+        int line = ini_parse_file(f, on_ini, &ctx);
+        if (line > 0) {
+                fprintf(ERRS, "%s:%d: syntax error\n", path, line);
+                return -EINVAL;
+        }
+        if (line < 0) /* -1: cannot open (not for a stream), -2: out of memory */
+                return line == -2 ? -ENOMEM : -EINVAL;
+        return ctx.err;
+}
+
+int config_check(const struct daemon_config *cfg) {
+        char host[256];
+        uint16_t port;
+        if (strcmp(cfg->listen, "off") != 0 &&
+            parse_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
+                fprintf(ERRS, "invalid value \"%s\" for listen: want ADDR:PORT or off\n",
+                        cfg->listen);
+                return -EINVAL;
+        }
+        if (strcmp(cfg->mirror_listen, "off") != 0 &&
+            parse_hostport(cfg->mirror_listen, host, sizeof(host), &port) < 0) {
+                fprintf(ERRS, "invalid value \"%s\" for mirror-listen: want ADDR:PORT or off\n",
+                        cfg->mirror_listen);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int config_load(struct daemon_config *cfg, int argc, char **argv) {
+        if (config_defaults(cfg) < 0)
+                return -EINVAL;
 
         struct option longopts[N_OPTIONS + 1];
         for (size_t i = 0; i < N_OPTIONS; i++)
@@ -293,24 +337,19 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
         struct stat st;
         if (f && fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
                 /* fopen() opens a directory and reading it fails: it would pass for empty. */
-                fprintf(stderr, "%s: is a directory; want an INI file (or --config PATH)\n",
+                fprintf(ERRS, "%s: is a directory; want an INI file (or --config PATH)\n",
                         cfg->config_path);
                 fclose(f);
                 return -EINVAL;
         }
         if (f) {
                 cfg->config_found = true;
-                struct ini_ctx ctx = {.cfg = cfg, .path = cfg->config_path};
-                int line = ini_parse_file(f, on_ini, &ctx);
+                int r = config_parse_file(cfg, f, cfg->config_path);
                 fclose(f);
-                if (line > 0) {
-                        fprintf(stderr, "%s:%d: syntax error\n", cfg->config_path, line);
-                        return -EINVAL;
-                }
-                if (ctx.err < 0)
-                        return ctx.err;
+                if (r < 0)
+                        return r;
         } else if (errno != ENOENT) {
-                fprintf(stderr, "%s: %s\n", cfg->config_path, strerror(errno));
+                fprintf(ERRS, "%s: %s\n", cfg->config_path, strerror(errno));
                 return -EINVAL;
         }
 
@@ -322,7 +361,7 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                         continue;
                 }
                 if (c < 0 || (size_t)c >= N_OPTIONS) {
-                        fprintf(stderr, "try '%s --help'\n", argv[0]);
+                        fprintf(ERRS, "try '%s --help'\n", argv[0]);
                         return -EINVAL;
                 }
                 const struct opt_def *o = &options[c];
@@ -334,22 +373,10 @@ int config_load(struct daemon_config *cfg, int argc, char **argv) {
                 if (set_value(cfg, o, v, "command line") < 0)
                         return -EINVAL;
         }
-        char host[256];
-        uint16_t port;
-        if (strcmp(cfg->listen, "off") != 0 &&
-            parse_hostport(cfg->listen, host, sizeof(host), &port) < 0) {
-                fprintf(stderr, "invalid value \"%s\" for listen: want ADDR:PORT or off\n",
-                        cfg->listen);
+        if (config_check(cfg) < 0)
                 return -EINVAL;
-        }
-        if (strcmp(cfg->mirror_listen, "off") != 0 &&
-            parse_hostport(cfg->mirror_listen, host, sizeof(host), &port) < 0) {
-                fprintf(stderr, "invalid value \"%s\" for mirror-listen: want ADDR:PORT or off\n",
-                        cfg->mirror_listen);
-                return -EINVAL;
-        }
         if (optind < argc) {
-                fprintf(stderr, "%s: unexpected argument \"%s\"; try --help\n", argv[0],
+                fprintf(ERRS, "%s: unexpected argument \"%s\"; try --help\n", argv[0],
                         argv[optind]);
                 return -EINVAL;
         }

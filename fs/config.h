@@ -61,6 +61,17 @@ struct daemon_config {
  * leaves config_found false). With --help / --version set, the caller prints and exits. */
 int config_load(struct daemon_config *cfg, int argc, char **argv);
 
+/* config_load's steps, for tests and the fuzz target: every option's default (0, -EINVAL);
+ * the INI text read from F applied over CFG, exactly as the config file is (PATH names it in
+ * messages; 0, -EINVAL, -ENOMEM); the checks across keys made once flags are applied too
+ * (0, -EINVAL). CFG may hold partial results after a failure: config_free() it. */
+int config_defaults(struct daemon_config *cfg);
+int config_parse_file(struct daemon_config *cfg, FILE *f, const char *path);
+int config_check(const struct daemon_config *cfg);
+
+/* Parse errors go to F instead of stderr (NULL: stderr again). Not thread-safe. */
+void config_set_error_stream(FILE *f);
+
 void config_free(struct daemon_config *cfg);
 
 /* Calls FN for every option whose value differs between OLD and NEW, in table order, with
