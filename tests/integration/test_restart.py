@@ -65,15 +65,11 @@ def test_chunk_size_change_rechunks_once(registry, blobs, daemon_factory):
         "the kept chunks were fetched from the origin again"
 
 
-def _pread(path, offset, length, out, started):
-    fd = os.open(path, os.O_RDONLY)
+def _pread(fd, offset, length, out):
     try:
-        started.set()
         out.append(("data", os.pread(fd, length, offset)))
     except OSError as e:
         out.append(("error", e))
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("readers", [1, 3])
@@ -86,15 +82,15 @@ def test_read_failed_by_shutdown_gets_eio(private_registry, daemon_factory, read
                        extra_args=["--shutdown-timeout", "1s", "--fetch-timeout", "120s"])
     d.add(blob.ref)
     reg.pause()  # the origin accepts connections and never answers
+    # Every file is opened before any read waits: an open of a blob not verified yet drops
+    # the kernel's cache of it, which waits for pages a pending read holds locked.
+    fds = [os.open(d.blob_path(blob.digest), os.O_RDONLY) for _ in range(readers)]
     try:
         outs, threads = [], []
-        for i in range(readers):
-            out, started = [], threading.Event()
-            t = threading.Thread(target=_pread,
-                                 args=(d.blob_path(blob.digest), i * MiB, MiB, out, started),
-                                 daemon=True)
+        for i, fd in enumerate(fds):
+            out = []
+            t = threading.Thread(target=_pread, args=(fd, i * MiB, MiB, out), daemon=True)
             t.start()
-            assert started.wait(10)
             outs.append(out)
             threads.append(t)
         harness.wait_until(lambda: d.stat()["fetched"]["inflight_chunks"] >= readers, 20,
@@ -106,6 +102,8 @@ def test_read_failed_by_shutdown_gets_eio(private_registry, daemon_factory, read
             assert not t.is_alive(), "a read is still blocked after the daemon exited"
     finally:
         reg.resume()
+        for fd in fds:
+            os.close(fd)
     for out in outs:
         assert out and out[0][0] == "error", "the stalled read got %r" % (out,)
         e = out[0][1]
