@@ -5,12 +5,14 @@
  * worker (the low-level API allows replying from any thread), so no FUSE thread ever sleeps on
  * the network.
  *
- * Page cache: blob files are immutable, so opens of a verified blob set keep_cache — re-reads
- * are served by the kernel and never reach us, and nothing is cached twice (the store drops
- * its own pages). A blob not verified yet may still fail verification, so its opens do not
- * keep the cache, and a failure drops what the kernel cached of it (fs_invalidate(), called
- * by the engine before the failing reads are answered): no re-read, on an open file or a new
- * one, is ever answered with bytes that failed. */
+ * Page cache: blob files are immutable, so every open sets keep_cache — re-reads are served by
+ * the kernel and never reach us, and nothing is cached twice (the store drops its own pages).
+ * A blob not verified yet may still fail verification: the failure drops what the kernel
+ * cached of it (fs_invalidate(), called by the engine before the failing reads are answered),
+ * so no re-read, on an open file or a new one, is ever answered with bytes that failed.
+ * Opening without keep_cache instead would make the kernel drop the file's pages at every
+ * open, which waits for the pages of any read of it still waiting on the network: a second
+ * container opening a layer being fetched would hang in open() up to the fetch timeout. */
 #define FUSE_USE_VERSION 312
 #include "fs/fuse.h"
 
@@ -281,8 +283,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
         }
         ob->id = b.id;
         fi->fh = (uint64_t)(uintptr_t)ob;
-        /* Bytes of an unverified blob are not final: a new open re-reads them from us. */
-        fi->keep_cache = b.verified;
+        fi->keep_cache = 1; /* see the page-cache note at the top */
         fi->noflush = 1;
         open_track(ob);
         if (fuse_reply_open(req, fi) == -ENOENT) { /* the opener was interrupted */

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -296,3 +297,45 @@ def test_page_cache_after_verification_failure(private_registry, daemon_factory)
         os.close(fd)
     assert d.stat()["errors"]["verify_failures"] >= 1
     assert d.alive()
+
+
+def test_open_does_not_wait_for_a_pending_read(private_registry, daemon_factory):
+    """A read of a blob not verified yet waits on a stalled origin; another open of the same
+    blob must complete meanwhile. Opening without keep_cache (a way to keep unverified bytes
+    out of the kernel's cache, superseded by invalidating on failure) makes the kernel drop
+    the file's pages at open, which waits for the locked pages of the pending read: the open
+    hung until the fetch timed out."""
+    reg = private_registry
+    blob = harness.make_blob(reg, "openwait", harness.gen_bytes(4242, 4 * MiB), repo=REPO)
+    d = daemon_factory(registries=[reg], extra_args=["--fetch-timeout", "120s"])
+    d.add(blob.ref)
+    path = d.blob_path(blob.digest)
+    reg.pause()  # connections accepted, never answered
+    fd = os.open(path, os.O_RDONLY)
+    out, opened = [], []
+    try:
+        def read():
+            try:
+                out.append(os.pread(fd, MiB, 0))
+            except OSError as e:
+                out.append(e)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        harness.wait_until(lambda: d.stat()["fetched"]["inflight_chunks"] >= 1, 20,
+                           what="the read to wait on the origin")
+
+        def second_open():
+            fd2 = os.open(path, os.O_RDONLY)
+            opened.append(fd2)
+        opener = threading.Thread(target=second_open, daemon=True)
+        opener.start()
+        harness.wait_until(lambda: opened or out, 30, what="the second open to complete")
+        assert opened and not out, \
+            "the second open completed only after the pending read did (%r)" % (out,)
+    finally:
+        reg.resume()
+        reader.join(60)
+        for f in opened:
+            os.close(f)
+        os.close(fd)
+    assert out and isinstance(out[0], bytes) and len(out[0]) == MiB, out
