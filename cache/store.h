@@ -13,6 +13,7 @@
  * instant plus STORE_RA_MAX_BYTES, however many terabytes stream through. All functions are
  * thread-safe and block on disk I/O only. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -25,13 +26,22 @@ struct store;
 int store_open(const char *state_dir, struct store **ret);
 void store_close(struct store *s); /* NULL-safe */
 
-/* Writes LEN bytes at OFF into BLOB's file, creating it sparse with SIZE bytes. Returns once the
- * bytes are on disk (not merely in page cache) and their pages dropped. 0, -ENOSPC, -errno. */
+/* Writes LEN bytes at OFF into BLOB's file, creating it sparse with SIZE bytes, and records a
+ * CRC-32C of every 4 KiB block of them in BLOB's checksum file (<dir>/chunks/crc32c/<hex>),
+ * after the bytes. Returns once both are on disk (not merely in page cache) and the data's pages
+ * dropped: only then may the caller call the range present. OFF must be a multiple of
+ * STORE_BLOCK and LEN too unless the range ends the blob (-EINVAL otherwise), so that every
+ * block is written whole by one call. 0, -ENOSPC, -EINVAL, -errno. */
+#define STORE_BLOCK 4096u
+
 int store_write(struct store *s, const struct digest *blob, uint64_t size, uint64_t off,
                 const void *buf, size_t len);
 
-/* Reads exactly LEN bytes at OFF. 0; -ESTALE when the bytes are gone (file missing or short,
- * or a hole where data should be); -errno on I/O failure. Drops the pages it read, and forgets
+/* Reads exactly LEN bytes at OFF, every byte checked against the checksum recorded when it was
+ * written (the whole 4 KiB blocks enclosing the range are read and checked). 0; -ESTALE when
+ * the bytes are gone (file missing or short, or a hole where data should be); -EBADMSG when a
+ * block does not match its checksum, or has none (bit rot, bytes changed under the store):
+ * nothing of BUF may then be used; -errno on I/O failure. Drops the pages it read, and forgets
  * readahead ranges (store_readahead) once they have been read whole. */
 int store_read(struct store *s, const struct digest *blob, uint64_t off, void *buf, size_t len);
 
@@ -51,17 +61,32 @@ int store_read(struct store *s, const struct digest *blob, uint64_t off, void *b
  * -errno. Blocks only on opening the file and submitting the I/O. */
 int store_readahead(struct store *s, const struct digest *blob, uint64_t off, size_t len);
 
-/* Checks that LEN bytes at OFF are backed by data (no hole, file long enough) without reading
- * them. 0, -ESTALE, -errno. Used to validate the index against the disk at start-up. */
+/* Checks that LEN bytes at OFF are backed by data (no hole, file long enough) and that every
+ * block of them has a valid checksum entry, without reading the data. 0, -ESTALE, -errno. Used
+ * to validate the index against the disk at start-up: a chunk whose checksums never made it to
+ * disk (a crash between the data and the entries) is not present. */
 int store_probe(struct store *s, const struct digest *blob, uint64_t off, size_t len);
 
 /* Frees LEN bytes at OFF (punches a hole; the file keeps its size). A missing file is fine. */
 int store_punch(struct store *s, const struct digest *blob, uint64_t off, size_t len);
 
-/* Removes BLOB's file. A missing file is fine. */
+/* Removes BLOB's file and its checksum file. A missing file is fine. */
 int store_remove(struct store *s, const struct digest *blob);
 
-/* Disk blocks the store's files occupy, in bytes (st_blocks * 512 summed). */
+/* What store_reclaim() removed. */
+struct store_reclaimed {
+        uint64_t files, bytes; /* bytes: allocated on disk */
+};
+
+/* Removes the files of every blob for which KEEP(UD, digest) returns false — blobs the index
+ * does not know, after a lost WAL or a moved-aside index — and checksum files whose blob file
+ * is gone. Files not named by a digest are left alone. For start-up, before anything writes
+ * to the store. 0 and *RET. */
+int store_reclaim(struct store *s, bool (*keep)(void *ud, const struct digest *blob), void *ud,
+                  struct store_reclaimed *ret);
+
+/* Disk blocks the store's files occupy, checksum files included, in bytes (st_blocks * 512
+ * summed). */
 uint64_t store_allocated_bytes(struct store *s);
 
 /* How much of the store's files sits in the page cache right now (mincore over windows). */

@@ -1,6 +1,8 @@
 /* Unit tests for cache/store.c: sparse files, holes and truncation seen as -ESTALE, punching,
  * removal, an operator's rm -rf, block accounting and page-cache discipline, readahead and its
- * bound.
+ * bound; every read checked against the checksums written with the bytes (flipped bytes, zeros,
+ * a replaced file, damaged or missing checksum files, moved blocks, unaligned reads: -EBADMSG,
+ * never wrong bytes), and reclaiming files the index does not know.
  *
  * Every test runs against its own store in a private temporary directory, removed by the
  * teardown. The page-cache test needs a filesystem whose pages can be dropped: tmpfs pages are
@@ -546,6 +548,212 @@ static void test_readahead(void **state) {
         free(all);
 }
 
+/* ---- checksums: every read is checked against what was written ------------------------------ */
+
+static void sum_file(const struct fixture *f, const struct digest *d, char path[PATH_MAX]) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(d, hex);
+        int n = snprintf(path, PATH_MAX, "%s/chunks/crc32c/%s", f->dir, hex);
+        assert_true(n > 0 && n < PATH_MAX);
+}
+
+/* Writes LEN bytes of BUF at OFF of PATH behind the store's back. */
+static void poke(const char *path, uint64_t off, const void *buf, size_t len) {
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(pwrite(fd, buf, len, (off_t)off), (ssize_t)len);
+        close(fd);
+}
+
+static void flip_byte(const char *path, uint64_t off) {
+        int fd = open(path, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        uint8_t c;
+        assert_int_equal(pread(fd, &c, 1, (off_t)off), 1);
+        c ^= 0x20;
+        assert_int_equal(pwrite(fd, &c, 1, (off_t)off), 1);
+        close(fd);
+}
+
+static void expect_read_corrupt(struct fixture *f, const struct digest *d, uint64_t off,
+                                size_t len) {
+        void *buf = malloc(len ? len : 1);
+        assert_non_null(buf);
+        assert_int_equal(store_read(f->s, d, off, buf, len), -EBADMSG);
+        free(buf);
+}
+
+static void test_verify_flipped_byte(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("flip");
+        char path[PATH_MAX];
+        write_pattern(f, &d, 4 * MIB, 0, 2 * MIB, 20);
+        write_pattern(f, &d, 4 * MIB, 2 * MIB, 2 * MIB, 21);
+        blob_file(f, &d, path);
+        flip_byte(path, MIB + 5000); /* in block 257 */
+        expect_read_corrupt(f, &d, 0, 2 * MIB);
+        expect_read_corrupt(f, &d, MIB, MIB);
+        expect_read_corrupt(f, &d, MIB + 5000, 1);            /* the byte itself */
+        expect_read_corrupt(f, &d, MIB + 4 * KIB + 100, 100); /* same block, other bytes */
+        expect_read_corrupt(f, &d, MIB + 4000, 200);          /* straddling into it */
+        /* Blocks around it, and the other chunk, still read (granularity: 4 KiB). */
+        expect_pattern(f, &d, 0, MIB + 4 * KIB, 20, 0);
+        expect_pattern(f, &d, MIB + 8 * KIB, MIB - 8 * KIB, 20, MIB + 8 * KIB);
+        expect_pattern(f, &d, 2 * MIB, 2 * MIB, 21, 0);
+        /* The probe does not read data: it still says present (the read is the check). */
+        assert_int_equal(store_probe(f->s, &d, 0, 2 * MIB), 0);
+        /* Written again (a refetch), it reads back. */
+        write_pattern(f, &d, 4 * MIB, 0, 2 * MIB, 20);
+        expect_pattern(f, &d, 0, 2 * MIB, 20, 0);
+}
+
+static void test_verify_zeros_and_random(void **state) {
+        struct fixture *f = *state;
+        struct digest z = D("zeros"), r = D("random");
+        char path[PATH_MAX];
+        void *zeros = calloc(1, MIB);
+        assert_non_null(zeros);
+
+        /* Zeros written over a chunk: data, not a hole, so only the checksums notice. */
+        write_pattern(f, &z, 2 * MIB, 0, 2 * MIB, 22);
+        blob_file(f, &z, path);
+        poke(path, MIB, zeros, MIB);
+        assert_int_equal(store_probe(f->s, &z, MIB, MIB), 0);
+        expect_read_corrupt(f, &z, MIB, MIB);
+        expect_read_corrupt(f, &z, MIB + 12345, 10);
+        expect_pattern(f, &z, 0, MIB, 22, 0);
+
+        /* The whole file replaced by other bytes of the same size. */
+        write_pattern(f, &r, 2 * MIB + 1000, 0, 2 * MIB + 1000, 23);
+        blob_file(f, &r, path);
+        void *junk = pattern(2 * MIB + 1000, 99);
+        poke(path, 0, junk, 2 * MIB + 1000);
+        free(junk);
+        expect_read_corrupt(f, &r, 0, MIB);
+        expect_read_corrupt(f, &r, 2 * MIB, 1000); /* the short last block too */
+        expect_read_corrupt(f, &r, 2 * MIB + 999, 1);
+        free(zeros);
+}
+
+static void test_verify_checksum_file_damage(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("sums"), moved = D("moved");
+        char path[PATH_MAX], sums[PATH_MAX];
+        write_pattern(f, &d, 2 * MIB, 0, 2 * MIB, 24);
+        sum_file(f, &d, sums);
+        struct stat st;
+        assert_int_equal(stat(sums, &st), 0);
+        assert_int_equal(st.st_size, 2 * MIB / 4096 * 8); /* 8 bytes per 4 KiB block */
+
+        /* An entry zeroed (a hole, a torn write) is no checksum: corrupt, and not present. */
+        uint8_t z[8] = {0};
+        poke(sums, 300 * 8, z, sizeof(z));
+        expect_read_corrupt(f, &d, MIB, MIB);
+        assert_int_equal(store_probe(f->s, &d, MIB, MIB), -ESTALE);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), 0);
+        expect_pattern(f, &d, 0, MIB, 24, 0);
+
+        /* The checksum file gone: nothing can be checked, nothing is served. */
+        assert_int_equal(unlink(sums), 0);
+        expect_read_corrupt(f, &d, 0, 4 * KIB);
+        assert_int_equal(store_probe(f->s, &d, 0, MIB), -ESTALE);
+
+        /* Bytes of one block copied over another (both valid data): the checksum is seeded
+         * with the block's index, so the moved block fails. */
+        write_pattern(f, &moved, MIB, 0, MIB, 25);
+        blob_file(f, &moved, path);
+        void *all = pattern(MIB, 25);
+        poke(path, 8 * KIB, all, 4 * KIB); /* block 0's bytes into block 2 */
+        expect_read_corrupt(f, &moved, 8 * KIB, 4 * KIB);
+        expect_pattern(f, &moved, 0, 8 * KIB, 25, 0);
+        free(all);
+
+        /* Data on disk whose checksums never got there (a crash in between): not present. */
+        struct digest crash = D("crash");
+        write_pattern(f, &crash, 2 * MIB, 0, MIB, 26);
+        blob_file(f, &crash, path);
+        void *more = pattern(MIB, 27);
+        poke(path, MIB, more, MIB);
+        free(more);
+        assert_int_equal(store_probe(f->s, &crash, 0, MIB), 0);
+        assert_int_equal(store_probe(f->s, &crash, MIB, MIB), -ESTALE);
+        expect_read_corrupt(f, &crash, MIB, MIB);
+}
+
+static void test_verify_unaligned_reads(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("unaligned");
+        const uint64_t size = 3 * MIB + 777;
+        write_pattern(f, &d, size, 0, 2 * MIB, 28);
+        void *tail = pattern(MIB + 777, 29);
+        assert_int_equal(store_write(f->s, &d, size, 2 * MIB, tail, MIB + 777), 0);
+        free(tail);
+        const uint64_t offs[] = {0, 1, 4095, 4096, 4097, 100000, MIB - 1, 2 * MIB - 3};
+        const size_t lens[] = {1, 2, 4095, 4096, 4097, 10000, MIB - 5};
+        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+                for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++)
+                        if (offs[i] + lens[j] <= 2 * MIB)
+                                expect_pattern(f, &d, offs[i], lens[j], 28, offs[i]);
+        /* Across the chunk boundary, and in the short last block. */
+        void *got = malloc(8 * KIB);
+        assert_non_null(got);
+        void *a = pattern(2 * MIB, 28), *b = pattern(MIB + 777, 29);
+        assert_int_equal(store_read(f->s, &d, 2 * MIB - 4 * KIB, got, 8 * KIB), 0);
+        assert_memory_equal(got, (char *)a + 2 * MIB - 4 * KIB, 4 * KIB);
+        assert_memory_equal((char *)got + 4 * KIB, b, 4 * KIB);
+        expect_pattern(f, &d, 3 * MIB + 10, 767, 29, MIB + 10);
+        expect_pattern(f, &d, 3 * MIB, 777, 29, MIB);
+        expect_read_stale(f, &d, 3 * MIB, 778); /* one past the end */
+        free(a);
+        free(b);
+        free(got);
+
+        /* Writes that would leave a block half covered are refused. */
+        void *buf = pattern(8 * KIB, 30);
+        struct digest w = D("unaligned-write");
+        assert_int_equal(store_write(f->s, &w, MIB, 100, buf, 4 * KIB), -EINVAL);
+        assert_int_equal(store_write(f->s, &w, MIB, 0, buf, 5000), -EINVAL);
+        assert_int_equal(store_write(f->s, &w, 8 * KIB, 4 * KIB, buf, 8 * KIB), -EINVAL);
+        assert_int_equal(store_write(f->s, &w, 5000, 4 * KIB, buf, 904), 0); /* ends the blob */
+        free(buf);
+}
+
+static bool keep_named(void *ud, const struct digest *blob) {
+        return digest_equal(ud, blob);
+}
+
+static void test_reclaim(void **state) {
+        struct fixture *f = *state;
+        struct digest keep = D("keep"), orphan = D("orphan"), lone = D("lone-sums");
+        char path[PATH_MAX], sums[PATH_MAX];
+        struct stat st;
+        write_pattern(f, &keep, 2 * MIB, 0, MIB, 31);
+        write_pattern(f, &orphan, 4 * MIB, 0, 4 * MIB, 32);
+        write_pattern(f, &lone, MIB, 0, MIB, 33);
+        blob_file(f, &lone, path);
+        assert_int_equal(unlink(path), 0); /* its checksum file stays behind */
+        char junk[PATH_MAX];
+        snprintf(junk, sizeof(junk), "%s/not-a-digest", store_dir(f->s));
+        int fd = open(junk, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+
+        struct store_reclaimed r = {0};
+        assert_int_equal(store_reclaim(f->s, keep_named, &keep, &r), 0);
+        assert_int_equal(r.files, 3); /* orphan's two files, lone's checksum file */
+        assert_true(r.bytes >= 4 * MIB);
+        blob_file(f, &orphan, path);
+        assert_int_equal(stat(path, &st), -1);
+        sum_file(f, &orphan, sums);
+        assert_int_equal(stat(sums, &st), -1);
+        sum_file(f, &lone, sums);
+        assert_int_equal(stat(sums, &st), -1);
+        assert_int_equal(stat(junk, &st), 0);
+        expect_pattern(f, &keep, 0, MIB, 31, 0);
+        uint64_t n = store_allocated_bytes(f->s);
+        assert_true(n >= MIB && n <= MIB + SLACK);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -559,6 +767,11 @@ int main(void) {
                 T(test_allocated_bytes),
                 T(test_page_cache),
                 T(test_readahead),
+                T(test_verify_flipped_byte),
+                T(test_verify_zeros_and_random),
+                T(test_verify_checksum_file_damage),
+                T(test_verify_unaligned_reads),
+                T(test_reclaim),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
