@@ -81,6 +81,7 @@ struct engine_stats {
         uint64_t inflight_chunks, readahead_chunks;
         uint64_t blobs, blobs_verified, blobs_complete, blobs_partial, blobs_pinned;
         uint64_t read_errors, verify_failures, store_full_events, lost_chunks;
+        uint64_t corrupt_chunks; /* chunks whose bytes failed the store's checksum */
 };
 
 /* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The

@@ -177,6 +177,7 @@ struct blob {
         unsigned fetch_fail_streak;    /* consecutive failed fetches: drives the backoff (lock) */
         uint64_t generation;           /* bumped when the blob's chunks are discarded (lock) */
         bool pinned;                   /* operator pin (see engine_pin) (lock) */
+        bool corrupt_logged;           /* a chunk failed the store's checksum: said once (lock) */
         int64_t last_access;           /* unix seconds (lock) */
         bool prefetching;              /* (lock) */
         uint32_t prefetch_next;        /* next chunk engine_prefetch() considers (lock) */
@@ -196,6 +197,7 @@ struct pending {
         unsigned missing;
         int err;
         uint64_t pinned;           /* bit i: chunk first+i is pinned by this read */
+        unsigned requeues;         /* times a chunk the store lost sent it back as a miss */
         struct pending *next_done; /* on a worker's list of reads to answer (that worker) */
 };
 
@@ -298,6 +300,12 @@ struct notes {
 
 #define STARTS_MAX 64
 
+/* store_read()'s two ways of not giving a chunk back: gone (-ESTALE) or failed its checksum
+ * (-EBADMSG). Both make the chunk absent (eng_store_failed) and the next read refetch it. */
+static inline bool eng_is_store_loss(int err) {
+        return err == -ESTALE || err == -EBADMSG;
+}
+
 #define PREFETCH_WINDOW 8
 
 /* ---- functions shared between the engine's files -------------------------------------------- */
@@ -323,6 +331,8 @@ void eng_hash_pin(struct engine *e, struct blob *b, uint32_t idx);
 void eng_hash_pin_advance(struct engine *e, struct blob *b);
 void eng_hash_pin_drop(struct engine *e, struct blob *b, uint32_t idx);
 void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct notes *ns);
+bool eng_store_failed(struct engine *e, struct blob *b, uint32_t idx, int err, struct notes *ns);
+void eng_log_corrupt(const struct blob *b, uint32_t idx);
 void eng_evict_to_budget(struct engine *e, struct notes *ns);
 void eng_pin_for(struct engine *e, struct pending *pr, uint32_t idx);
 void eng_unpin_all(struct engine *e, struct pending *pr);

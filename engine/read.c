@@ -6,8 +6,9 @@
  *
  * Invariants: the reply callback is called exactly once per engine_read; a read's chunks are
  * pinned from the moment it finds them present (or they land) until it has replied, so eviction
- * never races a copy; a chunk the store lost (-ESTALE) is marked absent before the read fails
- * or retries, so the next read refetches it.
+ * never races a copy; a chunk the store lost (-ESTALE) or whose bytes failed their checksum
+ * (-EBADMSG) is marked absent before the read retries (at most MAX_REQUEUES times, then EIO),
+ * so the read waits for its refetch and no damaged byte is served.
  * Cost: one max_read buffer per calling thread (freed at thread exit); the copy runs without
  * the lock. */
 #include "engine/engine_int.h"
@@ -62,6 +63,13 @@ int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint
         return 0;
 }
 
+static void read_at(struct engine *e, uint32_t id, uint64_t off, size_t len,
+                    struct engine_stream *stream, engine_reply_fn reply, void *ctx,
+                    unsigned requeues);
+
+/* How many times one read goes back to fetching a chunk the store lost before it gets EIO. */
+#define MAX_REQUEUES 2
+
 void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint32_t fresh_idx) {
         ASSERT_NOT_HELD(&e->lock);
         int err = pr->err;
@@ -79,15 +87,28 @@ void eng_answer(struct engine *e, struct pending *pr, const uint8_t *fresh, uint
                 else
                         err = eng_copy_read(e, pr, buf, fresh, fresh_idx, &lost);
         }
-        if (err == -ESTALE) {
+        if (eng_is_store_loss(err)) {
                 struct notes ns = {0};
                 eng_lock(&e->lock);
-                eng_mark_absent(e, pr->blob, lost, &ns);
-                e->st.lost_chunks++;
+                bool log_it = eng_store_failed(e, pr->blob, lost, err, &ns);
+                bool requeue = pr->requeues < MAX_REQUEUES;
+                if (requeue)
+                        eng_unpin_all(e, pr);
                 eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
-                log_warning("store lost a chunk blob_id=%u chunk=%u hint=\"it will be refetched\"",
-                            pr->blob->id, lost);
+                if (log_it)
+                        eng_log_corrupt(pr->blob, lost);
+                else if (err == -ESTALE)
+                        log_warning("store lost a chunk blob_id=%u chunk=%u hint=\"it will be "
+                                    "refetched\"",
+                                    pr->blob->id, lost);
+                if (requeue) { /* the chunk is a miss now: the read waits for its refetch */
+                        struct pending copy = *pr;
+                        free(pr);
+                        read_at(e, copy.blob->id, copy.off, copy.len, NULL, copy.reply, copy.ctx,
+                                copy.requeues + 1);
+                        return;
+                }
                 err = -EIO;
         }
         if (err < 0)
@@ -105,6 +126,12 @@ out_unpin:
 
 void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                  struct engine_stream *stream, engine_reply_fn reply, void *ctx) {
+        read_at(e, id, off, len, stream, reply, ctx, 0);
+}
+
+static void read_at(struct engine *e, uint32_t id, uint64_t off, size_t len,
+                    struct engine_stream *stream, engine_reply_fn reply, void *ctx,
+                    unsigned requeues) {
         struct inflight *starts[STARTS_MAX];
         size_t nstarts = 0;
         if (len > e->cfg.max_read)
@@ -209,22 +236,24 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         if (r == 0)
                                 reply(ctx, 0, buf, len);
                         struct notes ns = {0};
+                        bool log_it = false;
                         eng_lock(&e->lock);
                         eng_unpin_all(e, &sync_pr);
-                        if (r == -ESTALE) {
-                                eng_mark_absent(e, b, lost, &ns);
-                                e->st.lost_chunks++;
-                        }
+                        if (eng_is_store_loss(r))
+                                log_it = eng_store_failed(e, b, lost, r, &ns);
                         eng_unlock(&e->lock);
                         eng_notes_flush(e, &ns);
-                        if (r == -ESTALE && attempt < 3) {
-                                log_warning("store lost a chunk blob_id=%u chunk=%u "
-                                            "hint=\"refetching it\"",
-                                            b->id, lost);
+                        if (log_it)
+                                eng_log_corrupt(b, lost);
+                        if (eng_is_store_loss(r) && attempt < 3) {
+                                if (r == -ESTALE)
+                                        log_warning("store lost a chunk blob_id=%u chunk=%u "
+                                                    "hint=\"refetching it\"",
+                                                    b->id, lost);
                                 continue; /* the chunk is a miss now */
                         }
                         if (r < 0)
-                                reply(ctx, r == -ESTALE ? -EIO : r, NULL, 0);
+                                reply(ctx, eng_is_store_loss(r) ? -EIO : r, NULL, 0);
                         return;
                 }
 
@@ -240,7 +269,8 @@ void engine_read(struct engine *e, uint32_t id, uint64_t off, size_t len,
                                        .off = off,
                                        .len = len,
                                        .first = first,
-                                       .last = last};
+                                       .last = last,
+                                       .requeues = requeues};
                 for (uint32_t i = first; i <= last; i++) {
                         if (bit_get(b->present, i) && !must_verify) {
                                 e->st.hits++;

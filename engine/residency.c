@@ -151,6 +151,44 @@ void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct note
         eng_changed(e, b, idx);
 }
 
+/* The store could not give back chunk IDX of B: ERR is -ESTALE (its bytes are gone) or
+ * -EBADMSG (they failed their checksum: bit rot, or changed under us). Either way the chunk is
+ * absent from now on and the next read refetches it; corrupt bytes are punched, and the blob is
+ * no longer "verified" (that means the bytes on disk are the verified ones) until its chunks
+ * have been through the hash again. Returns true when this is the blob's first corrupt chunk,
+ * to be logged with eng_log_corrupt() (once per blob, after unlocking). */
+bool eng_store_failed(struct engine *e, struct blob *b, uint32_t idx, int err, struct notes *ns) {
+        ASSERT_HELD(&e->lock);
+        bool was_present = bit_get(b->present, idx);
+        eng_mark_absent(e, b, idx, ns);
+        if (err != -EBADMSG) {
+                e->st.lost_chunks++;
+                return false;
+        }
+        /* A racing reader of the same bytes neither counts them twice nor punches the
+         * refetch that may be writing there by now. */
+        if (was_present) {
+                e->st.corrupt_chunks++;
+                store_punch(e->store, &b->digest, chunk_off(e, idx), chunk_len(e, b, idx));
+        }
+        if (b->verified) {
+                b->verified = false;
+                e->st.blobs_verified--;
+                eng_note(ns, NOTE_VERIFIED, b, 0, false, NULL);
+        }
+        bool first = !b->corrupt_logged;
+        b->corrupt_logged = true;
+        return first;
+}
+
+void eng_log_corrupt(const struct blob *b, uint32_t idx) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&b->digest, hex);
+        log_warning("store chunk failed its checksum digest=sha256:%s chunk=%u hint=\"bit rot or "
+                    "a change under the store; it is refetched, never served; check the disk\"",
+                    hex, idx);
+}
+
 /* Caller holds lock. Drops chunk K (already out of the policy): bit, index, bytes. */
 static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) {
         ASSERT_HELD(&e->lock);

@@ -140,6 +140,16 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                 eng_lock(&e->lock);
                 if (!from_fresh)
                         policy_unpin(e->policy, key_of(b, i));
+                if (eng_is_store_loss(r) && b->generation == gen) {
+                        /* Absent now: the frontier resumes when its refetch lands. */
+                        struct notes ns = {0};
+                        bool log_it = eng_store_failed(e, b, i, r, &ns);
+                        eng_unlock(&e->lock);
+                        eng_notes_flush(e, &ns);
+                        if (log_it)
+                                eng_log_corrupt(b, i);
+                        eng_lock(&e->lock);
+                }
                 if (r < 0)
                         break; /* try again when the next chunk lands */
                 eng_hash_pin_advance(e, b);
@@ -226,13 +236,16 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                 }
                 eng_lock(&e->lock);
                 policy_unpin(e->policy, key_of(b, i));
-                if (rr == -ESTALE || bad) {
-                        eng_mark_absent(e, b, i, &ns);
-                        store_punch(e->store, &b->digest, chunk_off(e, i), len);
-                }
+                bool log_it = false;
+                if (eng_is_store_loss(rr) || bad) /* bad: checksums and bytes both changed */
+                        log_it = eng_store_failed(e, b, i, bad ? -EBADMSG : rr, &ns);
                 eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
-                if (rr == -ESTALE)
+                if (log_it)
+                        eng_log_corrupt(b, i);
+                if (rr == -EBADMSG)
+                        res.bad++;
+                else if (rr == -ESTALE)
                         res.lost++;
                 else if (rr < 0) {
                         r = rr;

@@ -549,6 +549,12 @@ int main(int argc, char **argv) {
                         log_warning("cannot narrow the state directory path=%s err=\"%m\"",
                                     d.cfg.state_dir);
         }
+        if (d.cfg.chunk_size % STORE_BLOCK) { /* the store checksums whole 4 KiB blocks */
+                log_err("chunk size must be a multiple of 4K chunk_size=%" PRIu64
+                        " hint=\"set --chunk-size to a power of two such as 1M\"",
+                        d.cfg.chunk_size);
+                goto out_curl;
+        }
         r = store_open(d.cfg.state_dir, &d.store);
         if (r < 0) {
                 log_err("cannot open chunk store dir=%s err=%s", d.cfg.state_dir, strerror(-r));

@@ -257,14 +257,15 @@ static void print_stat(const struct opts *o, json_t *s) {
         printf("%-10s %s%" PRIu64 " read errors%s; origin: %" PRIu64 " connect, %" PRIu64
                " timeout, %" PRIu64 " http, %" PRIu64 " not found, %" PRIu64 " denied, %" PRIu64
                " protocol; %" PRIu64 " verify failures, %" PRIu64 " lost chunks, %" PRIu64
-               " disk full; peers: %" PRIu64 " failed transfers, %" PRIu64 " corrupt chunks\n",
+               " corrupt in store, %" PRIu64 " disk full; peers: %" PRIu64
+               " failed transfers, %" PRIu64 " corrupt chunks\n",
                "errors", nerr ? red(o) : "", nerr, nerr ? reset(o) : "",
                num(e, "origin_by_cause", "connect"), num(e, "origin_by_cause", "timeout"),
                num(e, "origin_by_cause", "http"), num(e, "origin_by_cause", "not_found"),
                num(e, "origin_by_cause", "denied"), num(e, "origin_by_cause", "protocol"),
                num(e, "verify_failures", NULL), num(e, "lost_chunks", NULL),
-               num(e, "store_full_events", NULL), num(e, "peer_failures", NULL),
-               num(e, "peer_corrupt_chunks", NULL));
+               num(e, "store_corrupt_chunks", NULL), num(e, "store_full_events", NULL),
+               num(e, "peer_failures", NULL), num(e, "peer_corrupt_chunks", NULL));
         json_t *m = json_object_get(s, "memory");
         printf("%-10s rss %s", "memory", human(num(m, "rss_bytes", NULL), a, sizeof(a)));
         if (json_is_integer(json_object_get(m, "cgroup_working_set_bytes")))

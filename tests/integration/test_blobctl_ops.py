@@ -41,7 +41,8 @@ CACHE_KEYS = {"budget_bytes", "effective_budget_bytes", "used_bytes", "pinned_by
 FETCHED_KEYS = {"origin_bytes", "origin_requests", "origin_errors", "peer_bytes",
                 "inflight_chunks", "readahead_chunks"}
 ERRORS_KEYS = {"origin_by_cause", "read_errors", "verify_failures", "store_full_events",
-               "lost_chunks", "index_write_errors", "peer_failures", "peer_corrupt_chunks"}
+               "lost_chunks", "store_corrupt_chunks", "index_write_errors", "peer_failures",
+               "peer_corrupt_chunks"}
 CAUSE_KEYS = {"connect", "timeout", "http", "not_found", "denied", "protocol"}
 MEMORY_KEYS = {"rss_bytes", "cgroup_version", "cgroup_usage_bytes",
                "cgroup_inactive_file_bytes", "cgroup_working_set_bytes",
