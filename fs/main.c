@@ -54,6 +54,7 @@
 #include "fs/notify.h"
 #include "fs/peers.h"
 #include "fs/resolver.h"
+#include "fs/statedir.h"
 #include "index/index.h"
 #include "peer/control.h"
 #include "fs/mirror.h"
@@ -531,6 +532,7 @@ int main(int argc, char **argv) {
         signal(SIGPIPE, SIG_IGN);
 
         int exit_code = 1;
+        struct statedir *sd = NULL; /* the state dir's lock, held until the index is closed */
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
                 log_err("curl initialisation failed");
                 goto out_config;
@@ -549,24 +551,26 @@ int main(int argc, char **argv) {
                         log_warning("cannot narrow the state directory path=%s err=\"%m\"",
                                     d.cfg.state_dir);
         }
+        r = statedir_open(d.cfg.state_dir, &sd); /* one daemon per state dir; writable */
+        if (r < 0)
+                goto out_curl;
         if (d.cfg.chunk_size % STORE_BLOCK) { /* the store checksums whole 4 KiB blocks */
                 log_err("chunk size must be a multiple of 4K chunk_size=%" PRIu64
                         " hint=\"set --chunk-size to a power of two such as 1M\"",
                         d.cfg.chunk_size);
-                goto out_curl;
+                goto out_statedir;
         }
         r = store_open(d.cfg.state_dir, &d.store);
         if (r < 0) {
                 log_err("cannot open chunk store dir=%s err=%s", d.cfg.state_dir, strerror(-r));
-                goto out_curl;
+                goto out_statedir;
         }
-        char index_path[PATH_MAX];
-        snprintf(index_path, sizeof(index_path), "%s/index.db", d.cfg.state_dir);
-        r = idx_open(index_path, &d.ix);
-        if (r < 0) {
-                log_err("cannot open index path=%s err=%s", index_path, strerror(-r));
+        r = statedir_check_writable(store_dir(d.store));
+        if (r < 0)
                 goto out_store;
-        }
+        r = statedir_open_index(sd, &d.ix); /* a corrupt one is moved aside */
+        if (r < 0)
+                goto out_store;
         struct origin_config oc = {
                 .insecure = (const char *const *)d.cfg.insecure,
                 .n_insecure = d.cfg.n_insecure,
@@ -607,6 +611,7 @@ int main(int argc, char **argv) {
                 log_err("cannot load index err=%s", strerror(-r));
                 goto out_engine;
         }
+        statedir_reclaim(d.store, d.engine); /* before anything can write to the store */
         r = peers_start_announcer(&d);
         if (r < 0)
                 goto out_engine;
@@ -751,6 +756,8 @@ out_index:
         idx_close(d.ix); /* flushes what the writer still holds */
 out_store:
         store_close(d.store);
+out_statedir:
+        statedir_close(sd);
 out_curl:
         curl_global_cleanup();
 out_config:

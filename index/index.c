@@ -438,6 +438,32 @@ static int make_private(const char *path) {
         return 0;
 }
 
+/* Whether DB's last error says the file is damaged or not a database at all. */
+static bool db_is_corrupt(sqlite3 *db) {
+        int c = db ? sqlite3_errcode(db) & 0xff : SQLITE_OK;
+        return c == SQLITE_CORRUPT || c == SQLITE_NOTADB;
+}
+
+/* A damaged page is often found only when it is read: look at every page once at open (a
+ * cache's index is a few MB; this costs milliseconds). -EBADMSG when it is damaged. */
+static int check_integrity(sqlite3 *db) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db, "PRAGMA quick_check(1)", -1, &st, NULL) != SQLITE_OK)
+                return db_is_corrupt(db) ? -EBADMSG : db_error(db, "quick_check");
+        int rc = sqlite3_step(st);
+        const unsigned char *res = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
+        int r = 0;
+        if (rc != SQLITE_ROW && !db_is_corrupt(db)) {
+                r = db_error(db, "quick_check"); /* I/O, busy ...: not a verdict on the file */
+        } else if (!res || strcmp((const char *)res, "ok") != 0) {
+                log_err("index error op=quick_check err=\"%s\"",
+                        res ? (const char *)res : sqlite3_errmsg(db));
+                r = -EBADMSG;
+        }
+        sqlite3_finalize(st);
+        return r;
+}
+
 int idx_open(const char *path, struct index **ret) {
         struct index *ix;
         int r = make_private(path);
@@ -451,7 +477,9 @@ int idx_open(const char *path, struct index **ret) {
                 goto out_free;
         /* Migrate (and refuse a newer schema) before switching the journal mode, so a database
          * we will not use is left exactly as we found it. */
-        r = migrate(ix->wdb);
+        r = check_integrity(ix->wdb); /* first: a migration would fail on it less clearly */
+        if (r == 0)
+                r = migrate(ix->wdb);
         if (r < 0)
                 goto out_free;
         if (sqlite3_exec(ix->wdb, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL,
@@ -479,8 +507,30 @@ int idx_open(const char *path, struct index **ret) {
         *ret = ix;
         return 0;
 out_free:
+        if (r == -EIO && db_is_corrupt(ix->wdb))
+                r = -EBADMSG;
         index_free(ix);
         return r;
+}
+
+int idx_move_aside(const char *path, int64_t now, char *ret_path, size_t len) {
+        int n = snprintf(ret_path, len, "%s.corrupt-%lld", path, (long long)now);
+        if (n < 0 || (size_t)n >= len)
+                return -ENAMETOOLONG;
+        if (rename(path, ret_path) < 0)
+                return -errno;
+        /* Its WAL and shared memory follow under the names SQLite looks for next to it. */
+        static const char *const sfx[] = {"-wal", "-shm"};
+        for (size_t i = 0; i < sizeof(sfx) / sizeof(sfx[0]); i++) {
+                char from[4096], to[4096];
+                int a = snprintf(from, sizeof(from), "%s%s", path, sfx[i]);
+                int b = snprintf(to, sizeof(to), "%s%s", ret_path, sfx[i]);
+                if (a < 0 || (size_t)a >= sizeof(from) || b < 0 || (size_t)b >= sizeof(to))
+                        return -ENAMETOOLONG;
+                if (rename(from, to) < 0 && errno != ENOENT)
+                        return -errno;
+        }
+        return 0;
 }
 
 int idx_open_readonly(const char *path, struct index **ret) {

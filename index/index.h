@@ -49,9 +49,16 @@ struct idx_peer {
         int64_t last_seen;   /* unix seconds of the last success; 0 = never */
 };
 
-/* Opens or creates the database at PATH, applies migrations, starts the writer thread.
- * 0 or -errno (-EIO with a logged SQLite message for database errors). */
+/* Opens or creates the database at PATH, applies migrations, checks every page
+ * (quick_check), starts the writer thread. 0 or -errno: -EBADMSG when the file is damaged or
+ * not a database at all (see idx_move_aside), -EIO with a logged SQLite message for other
+ * database errors. */
 int idx_open(const char *path, struct index **ret);
+
+/* Renames the database at PATH (closed), and its -wal and -shm when present, to
+ * "PATH.corrupt-NOW" (and "...-wal", "...-shm", so SQLite opens them together), kept for
+ * inspection; *RET_PATH (LEN bytes) gets the new name. 0 or -errno. */
+int idx_move_aside(const char *path, int64_t now, char *ret_path, size_t len);
 
 /* Opens an existing database read-only (no writer thread; write calls are no-ops), for blobctl
  * when the daemon is down. */

@@ -893,15 +893,70 @@ static void test_locations(void **state) {
         idx_close(ix);
 }
 
+/* A file that is not a database, and a database with a damaged page, are -EBADMSG (not -EIO)
+ * at open; idx_move_aside() renames it with its -wal and -shm, and a new index opens. */
+static void test_corrupt_database(void **state) {
+        struct fixture *f = *state;
+        struct index *ix = NULL;
+        FILE *fp = fopen(f->db, "wb");
+        assert_non_null(fp);
+        for (int i = 0; i < 4096; i++)
+                fputc((i * 7919) & 0xff, fp);
+        fclose(fp);
+        assert_int_equal(idx_open(f->db, &ix), -EBADMSG);
+        assert_null(ix);
+
+        char side[600], path[700];
+        snprintf(path, sizeof(path), "%s-wal", f->db);
+        fp = fopen(path, "wb"); /* a WAL left behind goes with it */
+        assert_non_null(fp);
+        fclose(fp);
+        assert_int_equal(idx_move_aside(f->db, 1234, side, sizeof(side)), 0);
+        snprintf(path, sizeof(path), "%s.corrupt-1234", f->db);
+        assert_string_equal(side, path);
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        snprintf(path, sizeof(path), "%s.corrupt-1234-wal", f->db);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(stat(f->db, &st), -1);
+
+        /* A real database with enough rows for several pages, then one damaged page. */
+        assert_int_equal(idx_open(f->db, &ix), 0);
+        for (int i = 0; i < 2000; i++) {
+                char name[32];
+                snprintf(name, sizeof(name), "blob-%d", i);
+                struct digest d = D(name);
+                idx_chunk_present(ix, &d, (uint32_t)i, &d);
+        }
+        assert_int_equal(idx_flush(ix), 0);
+        idx_close(ix);
+        ix = NULL;
+        int64_t page = raw_int(f->db, "PRAGMA page_size");
+        assert_int_equal(stat(f->db, &st), 0);
+        assert_true(st.st_size >= 8 * page);
+        uint8_t junk[65536];
+        assert_true((size_t)page <= sizeof(junk));
+        for (size_t i = 0; i < sizeof(junk); i++)
+                junk[i] = (uint8_t)(i * 31 + 7);
+        fp = fopen(f->db, "r+b");
+        assert_non_null(fp);
+        assert_int_equal(fseek(fp, (long)(st.st_size / page / 2 * page), SEEK_SET), 0);
+        assert_int_equal(fwrite(junk, 1, (size_t)page, fp), (size_t)page);
+        fclose(fp);
+        assert_int_equal(idx_open(f->db, &ix), -EBADMSG);
+        assert_null(ix);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
-                T(test_open_migrates),  T(test_put_blob),
-                T(test_chunks),         T(test_flags_persist),
-                T(test_chunk_digests),  T(test_readonly),
-                T(test_walk_cancel),    T(test_backpressure),
-                T(test_newer_database), T(test_readonly_version_mismatch),
-                T(test_peers_replace),  T(test_locations),
+                T(test_open_migrates),    T(test_put_blob),
+                T(test_chunks),           T(test_flags_persist),
+                T(test_chunk_digests),    T(test_readonly),
+                T(test_walk_cancel),      T(test_backpressure),
+                T(test_newer_database),   T(test_readonly_version_mismatch),
+                T(test_peers_replace),    T(test_locations),
+                T(test_corrupt_database),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
