@@ -217,3 +217,37 @@ def test_origin_down_gives_eio_and_unverified(private_registry, daemon_factory):
     harness.wait_until(lambda: reread(d, blob) is not None, 30, interval=0.5,
                        what="the blob readable again once the origin is back")
     wait_verified(d, blob.digest)
+
+
+def test_peer_is_never_served_a_rotten_chunk(build_dir, net):
+    """A peer reading from this node's store gets the same check as a local reader: A holds a
+    blob, one byte of A's store file flips; A's peer server does not send the damaged chunk
+    (it says it does not have it), and B's reader gets the blob's bytes."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "rot16", harness.gen_bytes(141, 16 * MiB),
+                             repo="p2pblobs/integrity")
+    ha, hb = net.add_host("a", s), net.add_host("b", s)
+    peers = "%s:5001,%s:5001" % (ha.ip, hb.ip)
+
+    def flags(h):
+        return ["--advertise-address", h.ip, "--peers", peers, "--peer-refresh", "1s",
+                "--peer-connect-timeout", "250ms", "--peer-stall-timeout", "1s"]
+    a = net.daemon(build_dir, ha, registries=[reg], extra_args=flags(ha))
+    b = net.daemon(build_dir, hb, registries=[reg], extra_args=flags(hb))
+    for d, other in ((a, b), (b, a)):
+        harness.wait_until(lambda d=d, o=other: any(
+            p.get("id") == o.peer_id and p.get("state") == "up" for p in d.peers()), 15,
+            interval=0.2, what="%s sees %s up" % (d.host.name, other.host.name))
+    warm(a, blob)
+    flip(a.chunk_file(blob.digest), 5 * MiB + 999)
+    harness.drop_caches()
+    st, _h, body = net.http(ha.ip, 5001, "GET", "/v2/x/blobs/" + blob.digest,
+                            headers={"Range": "bytes=%d-%d" % (5 * MiB, 6 * MiB - 1)})
+    assert not (st == 206 and body != blob.data[5 * MiB:6 * MiB]), \
+        "A's peer server sent the damaged chunk"
+    assert st != 206 or body == blob.data[5 * MiB:6 * MiB]
+    assert a.stat()["errors"]["store_corrupt_chunks"] == 1
+    b.add(blob.ref)
+    got, n = harness.sha256_file(b.blob_path(blob.digest))
+    assert (got, n) == (blob.digest, blob.size)

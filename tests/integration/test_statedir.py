@@ -86,7 +86,10 @@ def test_read_only_state_dir_refuses_to_start(registry, blobs, daemon_factory):
             d.log_text()[-2000:]
         assert not harness.is_mounted(d.mountpoint)
     finally:
+        d.cleanup()  # a daemon that did start holds files there: umount would be EBUSY
         subprocess.run(["umount", d.state_dir], check=False)
+        if harness.is_mounted(d.state_dir):
+            subprocess.run(["umount", "-l", d.state_dir], check=False)
     # Writable again, it starts and serves its warm cache.
     d.start()
     assert harness.read_file(d.blob_path(b8.digest)) == b8.data
