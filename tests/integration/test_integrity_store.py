@@ -9,6 +9,7 @@ the origin) or, with the origin down, EIO — never a wrong byte. The store's ch
 import errno
 import os
 import re
+import urllib.request
 
 import pytest
 
@@ -122,6 +123,8 @@ def test_flipped_byte_is_refetched(registry, blobs, daemon_factory):
     # Human stat and /metrics show the counter too.
     r = d.blobctl("stat")
     assert r.returncode == 0 and "1 corrupt in store" in r.stdout, r.stdout
+    metrics = urllib.request.urlopen("http://%s/metrics" % d.listen, timeout=10).read().decode()
+    assert "\np2pblobs_store_corrupt_chunks_total 1\n" in metrics
 
 
 def test_zeros_over_a_chunk(registry, blobs, daemon_factory):
