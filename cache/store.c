@@ -171,8 +171,9 @@ static int open_for_write(const char *dir, const struct digest *blob) {
  *
  * Cost: 8 bytes per 4 KiB (0.2%) on disk; on every read one pread of the entries (2 KiB per
  * MiB) and a CRC of every byte (about 15 GB/s with the CPU instruction, next to a disk read).
- * The checksum files' pages are left in the page cache (their reads would otherwise add a
- * synchronous disk read to every cached read): at most 1/512 of the store. */
+ * The checksum files' pages are left in the page cache while their chunks are present (their
+ * reads would otherwise add a synchronous disk read to every cached read) and dropped when a
+ * chunk is punched: about 1/512 of the budget, plus a page at the edges of what is present. */
 #define BLOCK 4096u
 #define SUM_LEN 8u
 #define SUM_WINDOW 256u /* entries read at once: 2 KiB, for 1 MiB of data */
@@ -568,6 +569,19 @@ int store_punch(struct store *s, const struct digest *blob, uint64_t off, size_t
         if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) < 0)
                 r = -errno;
         close(fd);
+        /* The entries stay (see the essay on checksums), their pages go: what the checksum
+         * files keep in the page cache follows the chunks present, not every chunk ever read. */
+        int sfd = open_in(s->sum_dir, blob, O_RDONLY);
+        if (sfd >= 0) {
+                /* DONTNEED drops whole pages only: round out to the pages holding the
+                 * entries (a neighbour's entries sharing one are read again when needed). */
+                uint64_t from = off / BLOCK * SUM_LEN,
+                         to = (off + len + BLOCK - 1) / BLOCK * SUM_LEN;
+                from -= from % 4096;
+                to += (4096 - to % 4096) % 4096;
+                posix_fadvise(sfd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+                close(sfd);
+        }
         return r;
 }
 

@@ -718,6 +718,31 @@ static void test_verify_unaligned_reads(void **state) {
         free(buf);
 }
 
+/* The checksum files' pages stay cached while their chunks are present and leave with them:
+ * their page cache follows the budget, not every chunk ever streamed. */
+static void test_checksum_pages_follow_chunks(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("sum-pages");
+        char sums[PATH_MAX];
+        if (f->tmpfs)
+                skip();
+        const size_t n = 64;
+        for (size_t i = 0; i < n; i++)
+                write_pattern(f, &d, n * MIB, i * MIB, MIB, 40);
+        void *got = malloc(MIB);
+        assert_non_null(got);
+        for (size_t i = 0; i < n; i++)
+                assert_int_equal(store_read(f->s, &d, i * MIB, got, MIB), 0);
+        free(got);
+        sum_file(f, &d, sums);
+        const size_t sum_len = n * MIB / 4096 * 8; /* 128 KiB */
+        assert_true(resident(sums, 0, sum_len) >= sum_len / 2);
+        for (size_t i = 0; i < n; i++)
+                assert_int_equal(store_punch(f->s, &d, i * MIB, MIB), 0);
+        assert_int_equal(resident(sums, 0, sum_len), 0);
+        assert_true(store_page_cache_bytes(f->s) < 64 * KIB);
+}
+
 static bool keep_named(void *ud, const struct digest *blob) {
         return digest_equal(ud, blob);
 }
@@ -772,6 +797,7 @@ int main(void) {
                 T(test_verify_checksum_file_damage),
                 T(test_verify_unaligned_reads),
                 T(test_reclaim),
+                T(test_checksum_pages_follow_chunks),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
