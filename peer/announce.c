@@ -23,7 +23,6 @@
 #include "peer/httpd.h"
 #include "util/log.h"
 
-#define DIRTY_CAP (ANNOUNCE_DIRTY_MAX * 2) /* power of two, load <= 1/2 */
 #define ANNOUNCE_BATCH_BLOBS 1024          /* blobs per announce request (the wire allows 4096) */
 #define MIN_FULL_GAP_MS 1000 /* full rounds asked for by restarted homes: at most this often */
 
@@ -49,6 +48,7 @@ struct announcer {
         pthread_cond_t cond;
         struct dirty *dirty;
         size_t ndirty;
+        size_t dirty_max, cap; /* cap: a power of two >= 2 x dirty_max (load <= 1/2) */
         bool overflow;
         bool want_full; /* announce_refresh_soon(): a full round, once MIN_FULL_GAP_MS allows */
         bool stopping;
@@ -60,20 +60,20 @@ struct announcer {
         uint64_t last_full_ms;
 };
 
-static size_t slot_of(const struct digest *d) {
+static size_t slot_of(const struct announcer *a, const struct digest *d) {
         uint64_t h;
         memcpy(&h, d->bytes + 8, sizeof(h));
-        return (size_t)h & (DIRTY_CAP - 1);
+        return (size_t)h & (a->cap - 1);
 }
 
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx) {
         pthread_mutex_lock(&a->lock);
-        size_t i = slot_of(d);
+        size_t i = slot_of(a, d);
         while (a->dirty[i].used && !digest_equal(&a->dirty[i].d, d))
-                i = (i + 1) & (DIRTY_CAP - 1);
+                i = (i + 1) & (a->cap - 1);
         struct dirty *e = &a->dirty[i];
         if (!e->used) {
-                if (a->ndirty >= ANNOUNCE_DIRTY_MAX) {
+                if (a->ndirty >= a->dirty_max) {
                         a->overflow = true; /* the next round sends everything */
                         pthread_mutex_unlock(&a->lock);
                         return;
@@ -225,11 +225,11 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
 /* Sends BLOBS[0..N) to HOME in as few announces as the wire's bounds allow: a batch too
  * large to build (-EMSGSIZE: body size or chunk count) is split in two. */
 static int send_batch(struct announcer *a, const char *self, const char *home,
-                      struct wire_blob *blobs, uint32_t n) {
+                      struct wire_blob *blobs, uint32_t n, uint64_t now) {
         if (n > ANNOUNCE_BATCH_BLOBS) {
-                int r1 = send_batch(a, self, home, blobs, ANNOUNCE_BATCH_BLOBS);
+                int r1 = send_batch(a, self, home, blobs, ANNOUNCE_BATCH_BLOBS, now);
                 int r2 = send_batch(a, self, home, blobs + ANNOUNCE_BATCH_BLOBS,
-                                    n - ANNOUNCE_BATCH_BLOBS);
+                                    n - ANNOUNCE_BATCH_BLOBS, now);
                 return r1 < 0 ? r1 : r2;
         }
         struct wire_announce w = {
@@ -237,21 +237,28 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
         snprintf(w.node, sizeof(w.node), "%s", self);
         if (strcmp(home, self) == 0) {
                 char reason[128];
-                return dir_apply(a->cfg.dir, &w, now_ms(), reason, sizeof(reason));
+                return dir_apply(a->cfg.dir, &w, now, reason, sizeof(reason));
+        }
+        if (a->cfg.send) {
+                int r = a->cfg.send(a->cfg.send_ud, home, &w);
+                pthread_mutex_lock(&a->lock);
+                a->stats.requests++;
+                pthread_mutex_unlock(&a->lock);
+                return r;
         }
         char *body = NULL;
         size_t len = 0;
         int r = wire_announce_build(&w, &body, &len);
         if (r == -EMSGSIZE && n > 1) {
-                int r1 = send_batch(a, self, home, blobs, n / 2);
-                int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2);
+                int r1 = send_batch(a, self, home, blobs, n / 2, now);
+                int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2, now);
                 return r1 < 0 ? r1 : r2;
         }
         if (r == -EMSGSIZE && blobs[0].ndigests) {
                 /* One blob whose digests alone overflow a body: announce what it holds
                  * without them (readers then take those chunks from the origin). */
                 blobs[0].ndigests = 0;
-                return send_batch(a, self, home, blobs, 1);
+                return send_batch(a, self, home, blobs, 1, now);
         }
         if (r == 0)
                 r = post(a, home, body, len);
@@ -262,14 +269,15 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
         return r;
 }
 
-static void send_boxes(struct announcer *a, const char *self, struct outbox *boxes, size_t nboxes) {
+static void send_boxes(struct announcer *a, const char *self, struct outbox *boxes, size_t nboxes,
+                       uint64_t now) {
         for (size_t i = 0; i < nboxes; i++) {
                 struct outbox *o = &boxes[i];
                 int r;
                 if (strcmp(o->home, self) != 0 && !members_usable(a->cfg.members, o->home))
                         r = -EHOSTDOWN; /* the next full refresh after it is back reaches it */
                 else
-                        r = send_batch(a, self, o->home, o->blobs, o->n);
+                        r = send_batch(a, self, o->home, o->blobs, o->n, now);
                 pthread_mutex_lock(&a->lock);
                 a->stats.blobs_sent += o->n;
                 if (r < 0)
@@ -278,12 +286,13 @@ static void send_boxes(struct announcer *a, const char *self, struct outbox *box
         }
 }
 
-static void round_once(struct announcer *a) {
+void announce_round(struct announcer *a, uint64_t now) {
         char self[PEER_ID_MAX];
-        if (members_self(a->cfg.members, self, sizeof(self)) < 0)
+        if (a->cfg.self)
+                snprintf(self, sizeof(self), "%s", a->cfg.self);
+        else if (members_self(a->cfg.members, self, sizeof(self)) < 0)
                 return; /* no address to announce yet; dirty entries wait */
         uint64_t version = members_version(a->cfg.members);
-        uint64_t now = now_ms();
         if (a->cfg.dir)
                 dir_expire(a->cfg.dir, now); /* the home role's soft state ages here too */
 
@@ -310,7 +319,7 @@ static void round_once(struct announcer *a) {
                 a->members_version = version;
                 a->last_full_ms = now;
         } else {
-                for (size_t i = 0; i < DIRTY_CAP; i++) {
+                for (size_t i = 0; i < a->cap; i++) {
                         struct dirty *e = &a->taken[i];
                         if (!e->used)
                                 continue;
@@ -323,9 +332,9 @@ static void round_once(struct announcer *a) {
                         }
                 }
         }
-        memset(a->taken, 0, DIRTY_CAP * sizeof(*a->taken));
+        memset(a->taken, 0, a->cap * sizeof(*a->taken));
         if (nboxes)
-                send_boxes(a, self, boxes, nboxes);
+                send_boxes(a, self, boxes, nboxes, now);
         outboxes_free(boxes, nboxes);
         pthread_mutex_lock(&a->lock);
         a->stats.rounds++;
@@ -344,7 +353,7 @@ static void *announce_main(void *arg) {
                 if (a->stopping)
                         break;
                 pthread_mutex_unlock(&a->lock);
-                round_once(a);
+                announce_round(a, now_ms());
                 pthread_mutex_lock(&a->lock);
         }
         pthread_mutex_unlock(&a->lock);
@@ -364,11 +373,18 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
                 a->cfg.timeout_ms = 1000;
         pthread_mutex_init(&a->lock, NULL);
         pthread_cond_init(&a->cond, NULL);
-        a->dirty = calloc(DIRTY_CAP, sizeof(*a->dirty));
-        a->taken = calloc(DIRTY_CAP, sizeof(*a->taken));
+        a->dirty_max = a->cfg.dirty_max ? a->cfg.dirty_max : ANNOUNCE_DIRTY_MAX;
+        for (a->cap = 2; a->cap < 2 * a->dirty_max; a->cap *= 2)
+                ;
+        a->dirty = calloc(a->cap, sizeof(*a->dirty));
+        a->taken = calloc(a->cap, sizeof(*a->taken));
         if (!a->dirty || !a->taken) {
                 announce_free(a);
                 return -ENOMEM;
+        }
+        if (a->cfg.manual) {
+                *ret = a;
+                return 0;
         }
         int r = -pthread_create(&a->thread, NULL, announce_main, a);
         if (r < 0) {

@@ -46,6 +46,15 @@ struct announce_config {
         uint64_t timeout_ms;
         const char *token; /* the cluster token sent with every announce, or NULL; borrowed */
         uint64_t boot;     /* this daemon's boot id (wire.h), sent with every announce; 0: none */
+        size_t dirty_max;  /* blobs in the dirty set; 0: ANNOUNCE_DIRTY_MAX */
+        /* A seam for simulations (bench/sim) and tests. MANUAL: no thread; the caller runs
+         * rounds with announce_round(). SEND (NULL: HTTP POST) carries one announce to a home
+         * that is not ourselves, returning 0 or -errno. SELF (NULL: members_self()) is our
+         * id; borrowed. */
+        bool manual;
+        int (*send)(void *ud, const char *home, const struct wire_announce *w);
+        void *send_ud;
+        const char *self;
 };
 
 int announce_new(const struct announce_config *cfg, struct announcer **ret);
@@ -59,6 +68,9 @@ void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx)
  * the last full one, announces everything, so the home relearns it now rather than at the
  * next refresh. Never blocks. */
 void announce_refresh_soon(struct announcer *a);
+/* One round now (a manual announcer's clock is the caller's NOW_MS, monotonic): what the
+ * thread does every interval. Blocks on the sends. */
+void announce_round(struct announcer *a, uint64_t now_ms);
 
 struct announce_stats {
         uint64_t rounds, full_rounds, requests, failures, blobs_sent;

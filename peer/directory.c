@@ -705,5 +705,6 @@ void dir_expire(struct directory *dir, uint64_t now_ms) {
 void dir_get_stats(struct directory *dir, struct dir_stats *ret) {
         pthread_mutex_lock(&dir->lock);
         *ret = dir->stats;
+        ret->bytes = dir->bytes;
         pthread_mutex_unlock(&dir->lock);
 }

@@ -75,5 +75,6 @@ struct dir_stats {
         uint64_t blobs, holders, claims; /* records now (expired ones until dir_expire) */
         /* Since dir_new; refused counts refused announces and skipped blobs. */
         uint64_t announces, refused, locates, claims_granted;
+        uint64_t bytes; /* holder bitmaps and chunk digests now, against max_bytes */
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

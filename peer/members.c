@@ -55,6 +55,7 @@
 #define STATE_LOG_INTERVAL_MS 5000 /* peer up/down lines */
 #define HOST_MAX 256
 #define ID_LIST_LOG_MAX 512 /* joined=/left= lists are cut beyond this */
+#define HOMES_CACHE_SLOTS 1024 /* digests whose homes are remembered (about 100 KiB) */
 
 struct member {
         struct peer_info info;       /* info.id is the sort key */
@@ -64,6 +65,17 @@ struct member {
         uint64_t backoff_ms;    /* while down: the current probe interval */
         uint64_t next_probe_ms; /* while down: when to probe (monotonic) */
         bool probing;           /* a probe is in flight */
+};
+
+/* The homes of one digest at one membership version, as indexes into members.v (which only
+ * moves when the version changes). A reader asks for a blob's homes on every chunk miss, and
+ * each computation scores every member: 5000 scores per 1 MiB chunk at 5000 members. */
+struct homes_entry {
+        struct digest d;
+        uint64_t version;
+        uint8_t k, got; /* k == 0: empty slot */
+        uint16_t pad;
+        uint32_t idx[MEMBERS_MAX_HOMES];
 };
 
 struct static_peer {
@@ -101,6 +113,8 @@ struct members {
         pthread_cond_t wake;     /* lock: stop, new failures, first refresh done */
         struct member *v;        /* lock: n sorted by id, capacity max_peers */
         const char **id_ptrs;    /* lock: scratch for rendezvous hashing, max_peers */
+        struct homes_entry *homes_cache; /* lock: HOMES_CACHE_SLOTS, direct-mapped */
+        bool manual;             /* no thread: members_update() is the only refresh */
         size_t n;                /* lock */
         uint64_t version;        /* lock: bumped when the set changes */
         char self[PEER_ID_MAX];  /* lock: "" when not known */
@@ -116,7 +130,8 @@ struct members {
         CURLM *multi;
         struct probe *probes; /* max_peers slots; easy == NULL when free */
         size_t inflight;
-        struct cand *cand; /* max_peers + 1 */
+        struct cand *cand; /* cand_cap = 2 x max_peers + 1: an answer before dedupe_cands() */
+        size_t cand_cap;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -206,28 +221,51 @@ static void log_state(struct members *m, const char *id, bool up, const char *wh
 
 /* ---- refresh: resolve, then merge ------------------------------------------------------- */
 
-/* Adds ADDR:PORT to the candidates unless it is there already (flags are merged). */
+/* Adds ADDR:PORT to the candidates. Duplicates are merged, and the cap applied, by
+ * dedupe_cands() once the whole answer is in: a check here would cost O(n) per candidate,
+ * O(n^2) per refresh (12.5 M comparisons at 5000 members). */
 static void add_cand(struct members *m, size_t *n, size_t *ignored, const char *addr, uint16_t port,
                      bool from_static, bool from_dns) {
-        char id[PEER_ID_MAX];
-        format_id(addr, port, id);
-        for (size_t i = 0; i < *n; i++)
-                if (strcmp(m->cand[i].id, id) == 0) {
-                        m->cand[i].from_static |= from_static;
-                        m->cand[i].from_dns |= from_dns;
-                        return;
-                }
-        if (*n >= m->max_peers) {
+        if (*n >= m->cand_cap) { /* more records than 2 x max_peers: counted, not kept */
                 (*ignored)++;
                 return;
         }
         struct cand *c = &m->cand[(*n)++];
         memset(c, 0, sizeof(*c));
-        memcpy(c->id, id, sizeof(id));
+        format_id(addr, port, c->id);
         snprintf(c->addr, sizeof(c->addr), "%s", addr);
         c->port = port;
         c->from_static = from_static;
         c->from_dns = from_dns;
+}
+
+static int cmp_cand(const void *a, const void *b) {
+        return strcmp(((const struct cand *)a)->id, ((const struct cand *)b)->id);
+}
+
+/* Sorts the candidates by id, merges duplicates (their flags OR'd) and keeps the first
+ * max_peers ids. Keeping the lowest ids (not the first ones the resolver returned) matters:
+ * nodes that receive the same oversized answer in different orders (DNS servers rotate
+ * records) still keep the same members, so they still agree on every blob's homes. Returns
+ * the new count; *IGNORED gets the ids dropped by the cap. O(n log n). */
+static size_t dedupe_cands(struct members *m, size_t n, size_t *ignored) {
+        if (n == 0)
+                return 0;
+        qsort(m->cand, n, sizeof(*m->cand), cmp_cand);
+        size_t out = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (out > 0 && strcmp(m->cand[out - 1].id, m->cand[i].id) == 0) {
+                        m->cand[out - 1].from_static |= m->cand[i].from_static;
+                        m->cand[out - 1].from_dns |= m->cand[i].from_dns;
+                        continue;
+                }
+                m->cand[out++] = m->cand[i];
+        }
+        if (out > m->max_peers) {
+                *ignored += out - m->max_peers;
+                out = m->max_peers;
+        }
+        return out;
 }
 
 static void add_addrinfo(struct members *m, size_t *n, size_t *ignored, struct addrinfo *res,
@@ -327,6 +365,7 @@ static size_t resolve(struct members *m, bool *ret_complete) {
                 if (e != EAI_INPROGRESS)
                         freeaddrinfo(reqs[i]->ar_result);
         }
+        n = dedupe_cands(m, n, &ignored);
         if (ignored) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
                 uint64_t suppressed;
@@ -354,10 +393,11 @@ static int self_addr(struct members *m, char out[INET6_ADDRSTRLEN]) {
         return -ENOENT;
 }
 
-static void refresh(struct members *m) {
-        bool complete;
-        size_t n = resolve(m, &complete);
-
+/* Merges the N candidates in m->cand (deduplicated, at most max_peers) into the membership:
+ * the rules of the essay above. O(n log n): one bsearch per candidate against the members
+ * as they were, newcomers appended and sorted once, the departed compacted out in one pass.
+ * (Sorting after every newcomer cost O(n^2 log n) on a first refresh: seconds at 5000.) */
+static void merge(struct members *m, size_t n, bool complete) {
         /* Self: recognised by address and port, whichever list named it. */
         char self_a[INET6_ADDRSTRLEN], self_id[PEER_ID_MAX] = "";
         bool have_self = self_addr(m, self_a) == 0;
@@ -377,7 +417,7 @@ static void refresh(struct members *m) {
                 self_dns |= c->from_dns;
                 m->cand[i] = m->cand[--n];
         }
-        if (have_self) { /* cand has max_peers + 1 slots: self always fits */
+        if (have_self) { /* dedupe_cands() left at most max_peers: self always fits */
                 struct cand *c = &m->cand[n++];
                 memset(c, 0, sizeof(*c));
                 memcpy(c->id, self_id, sizeof(self_id));
@@ -397,10 +437,12 @@ static void refresh(struct members *m) {
         snprintf(m->self, sizeof(m->self), "%s", self_id);
         for (size_t i = 0; i < m->n; i++)
                 m->v[i].missing++;
-        size_t full = 0;
+        size_t full = 0, sorted_n = m->n; /* v[0, sorted_n) is sorted; newcomers follow */
         for (size_t i = 0; i < n; i++) {
                 struct cand *c = &m->cand[i];
-                struct member *p = find(m, c->id);
+                struct member key, *p;
+                memcpy(key.info.id, c->id, sizeof(c->id));
+                p = bsearch(&key, m->v, sorted_n, sizeof(*m->v), cmp_member);
                 if (!p) {
                         size_t cap = m->max_peers;
                         if (m->n >= cap && !c->is_self) {
@@ -414,7 +456,12 @@ static void refresh(struct members *m) {
                                                 worst = k;
                                 append_id(left, sizeof(left), m->v[worst].info.id);
                                 nleft++;
-                                m->v[worst] = m->v[--m->n];
+                                /* Keep v[0, sorted_n) sorted: shift the tail down by one. */
+                                memmove(&m->v[worst], &m->v[worst + 1],
+                                        (m->n - worst - 1) * sizeof(*m->v));
+                                m->n--;
+                                if (worst < sorted_n)
+                                        sorted_n--;
                         }
                         p = &m->v[m->n++];
                         memset(p, 0, sizeof(*p));
@@ -424,8 +471,6 @@ static void refresh(struct members *m) {
                         p->port = c->port;
                         append_id(joined, sizeof(joined), c->id);
                         njoined++;
-                        qsort(m->v, m->n, sizeof(*m->v), cmp_member);
-                        p = find(m, c->id);
                 }
                 p->missing = 0;
                 p->info.from_static = c->from_static;
@@ -435,20 +480,24 @@ static void refresh(struct members *m) {
                 if (c->is_self)
                         p->info.state = PEER_UP;
         }
+        if (m->n > sorted_n)
+                qsort(m->v, m->n, sizeof(*m->v), cmp_member);
         /* Forget: a former self at once; others after a second miss, and only when every
          * lookup answered (a resolver outage must not empty the membership). */
-        for (size_t i = 0; i < m->n;) {
+        size_t kept = 0;
+        for (size_t i = 0; i < m->n; i++) {
                 struct member *p = &m->v[i];
                 bool gone = p->missing > 0 && (p->info.is_self || (complete && p->missing >= 2));
-                if (!gone) {
-                        i++;
+                if (gone) {
+                        append_id(left, sizeof(left), p->info.id);
+                        nleft++;
                         continue;
                 }
-                append_id(left, sizeof(left), p->info.id);
-                nleft++;
-                memmove(p, p + 1, (m->n - i - 1) * sizeof(*p));
-                m->n--;
+                if (kept != i)
+                        m->v[kept] = *p;
+                kept++;
         }
+        m->n = kept;
         if (njoined || nleft) {
                 m->version++;
                 m->persist_dirty = true;
@@ -462,6 +511,12 @@ static void refresh(struct members *m) {
                          total, njoined, nleft, joined[0] ? joined : "-", left[0] ? left : "-");
         if (full)
                 log_debug("members full n=%zu max_peers=%zu", full, m->max_peers);
+}
+
+static void refresh(struct members *m) {
+        bool complete;
+        size_t n = resolve(m, &complete);
+        merge(m, n, complete);
 }
 
 /* ---- probes ------------------------------------------------------------------------------- */
@@ -668,6 +723,7 @@ static void members_destroy(struct members *m) {
         free(m->cand);
         free(m->v);
         free(m->id_ptrs);
+        free(m->homes_cache);
         free(m->statics);
         free(m->dns_name);
         free(m->advertise);
@@ -693,7 +749,8 @@ static int parse_static(const char *spec, struct static_peer *ret) {
 
 int members_new(const struct members_config *cfg, struct members **ret) {
         if (!cfg || cfg->max_peers == 0 || cfg->refresh_ms == 0 || cfg->probe_timeout_ms == 0 ||
-            (cfg->n_static > 0 && !cfg->static_peers))
+            (cfg->n_static > 0 && !cfg->static_peers) ||
+            (cfg->manual && (cfg->n_static > 0 || (cfg->dns_name && cfg->dns_name[0]))))
                 return -EINVAL;
         struct members *m = calloc(1, sizeof(*m));
         if (!m)
@@ -720,10 +777,16 @@ int members_new(const struct members_config *cfg, struct members **ret) {
         m->statics = calloc(cfg->n_static ? cfg->n_static : 1, sizeof(*m->statics));
         m->v = calloc(m->max_peers, sizeof(*m->v));
         m->id_ptrs = calloc(m->max_peers, sizeof(*m->id_ptrs));
-        m->cand = calloc(m->max_peers + 1, sizeof(*m->cand));
-        m->probes = calloc(m->max_peers, sizeof(*m->probes));
-        m->multi = curl_multi_init();
-        if (!m->statics || !m->v || !m->id_ptrs || !m->cand || !m->probes || !m->multi)
+        m->homes_cache = calloc(HOMES_CACHE_SLOTS, sizeof(*m->homes_cache));
+        m->cand_cap = 2 * m->max_peers + 1;
+        m->cand = calloc(m->cand_cap, sizeof(*m->cand));
+        m->manual = cfg->manual;
+        if (!m->manual) { /* a manual membership never probes */
+                m->probes = calloc(m->max_peers, sizeof(*m->probes));
+                m->multi = curl_multi_init();
+        }
+        if (!m->statics || !m->v || !m->id_ptrs || !m->cand || !m->homes_cache ||
+            (!m->manual && (!m->probes || !m->multi)))
                 goto out_destroy;
         for (size_t i = 0; i < cfg->n_static; i++) {
                 r = parse_static(cfg->static_peers[i], &m->statics[i]);
@@ -748,6 +811,10 @@ int members_new(const struct members_config *cfg, struct members **ret) {
                 if (!(m->advertise = strdup(addr)))
                         goto out_destroy;
         }
+        if (m->manual) {
+                *ret = m;
+                return 0;
+        }
         r = -pthread_create(&m->thread, NULL, members_main, m);
         if (r < 0)
                 goto out_destroy;
@@ -770,6 +837,11 @@ out_destroy:
 void members_free(struct members *m) {
         if (!m)
                 return;
+        if (m->manual) {
+                persist(m);
+                members_destroy(m);
+                return;
+        }
         pthread_mutex_lock(&m->lock);
         atomic_store(&m->stopping, true);
         pthread_cond_broadcast(&m->wake);
@@ -813,15 +885,27 @@ uint64_t members_version(struct members *m) {
 
 size_t members_homes(struct members *m, const struct digest *d, size_t k,
                      char (*homes)[PEER_ID_MAX], uint64_t *ret_version) {
-        size_t pick[MEMBERS_MAX_HOMES];
         if (k > MEMBERS_MAX_HOMES)
                 k = MEMBERS_MAX_HOMES;
+        uint64_t slot;
+        memcpy(&slot, d->bytes, sizeof(slot));
         pthread_mutex_lock(&m->lock);
-        for (size_t i = 0; i < m->n; i++)
-                m->id_ptrs[i] = m->v[i].info.id;
-        size_t got = rdv_homes(m->id_ptrs, m->n, d, k, pick);
+        struct homes_entry *e = &m->homes_cache[slot % HOMES_CACHE_SLOTS];
+        if (e->k != k || e->version != m->version || !digest_equal(&e->d, d)) {
+                size_t pick[MEMBERS_MAX_HOMES];
+                for (size_t i = 0; i < m->n; i++)
+                        m->id_ptrs[i] = m->v[i].info.id;
+                size_t got = rdv_homes(m->id_ptrs, m->n, d, k, pick);
+                e->d = *d;
+                e->version = m->version;
+                e->k = (uint8_t)k;
+                e->got = (uint8_t)got;
+                for (size_t i = 0; i < got; i++)
+                        e->idx[i] = (uint32_t)pick[i];
+        }
+        size_t got = e->got;
         for (size_t i = 0; i < got; i++)
-                memcpy(homes[i], m->v[pick[i]].info.id, PEER_ID_MAX);
+                memcpy(homes[i], m->v[e->idx[i]].info.id, PEER_ID_MAX);
         if (ret_version)
                 *ret_version = m->version;
         pthread_mutex_unlock(&m->lock);
@@ -873,7 +957,8 @@ void members_refresh_soon(struct members *m) {
         pthread_mutex_lock(&m->lock);
         pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
-        curl_multi_wakeup(m->multi); /* the thread may be waiting on probes */
+        if (m->multi)
+                curl_multi_wakeup(m->multi); /* the thread may be waiting on probes */
 }
 
 void members_report_failure(struct members *m, const char *id, const char *why) {
@@ -884,7 +969,8 @@ void members_report_failure(struct members *m, const char *id, const char *why) 
                 pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
         if (down) {
-                curl_multi_wakeup(m->multi); /* the thread may be waiting on other probes */
+                if (m->multi) /* the thread may be waiting on other probes */
+                        curl_multi_wakeup(m->multi);
                 log_state(m, id, false, why);
         }
 }
@@ -914,6 +1000,26 @@ int members_snapshot(struct members *m, struct peer_info **ret, size_t *ret_n) {
                 return -ENOMEM;
         *ret = v;
         *ret_n = n;
+        return 0;
+}
+
+int members_update(struct members *m, const char *const *ids, size_t n, bool complete) {
+        if (!m->manual)
+                return -EINVAL;
+        size_t nc = 0, ignored = 0;
+        for (size_t i = 0; i < n; i++) {
+                char host[HOST_MAX], addr[INET6_ADDRSTRLEN];
+                uint16_t port;
+                if (parse_hostport(ids[i], host, sizeof(host), &port) < 0 ||
+                    normalise_addr(host, addr) < 0)
+                        return -EINVAL;
+                add_cand(m, &nc, &ignored, addr, port, false, true);
+        }
+        nc = dedupe_cands(m, nc, &ignored);
+        merge(m, nc, complete);
+        pthread_mutex_lock(&m->lock);
+        m->resolved_once = true;
+        pthread_mutex_unlock(&m->lock);
         return 0;
 }
 

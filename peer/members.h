@@ -41,6 +41,10 @@ struct members_config {
         const char *advertise; /* --advertise-address: self when NL is NULL (NL has it too) */
         struct index *ix;      /* borrowed, may be NULL: the snapshot is persisted there (at
                                   most once per refresh, and at members_free) */
+        /* No thread, no resolution, no probes: the membership changes only through
+         * members_update(). For simulations (bench/sim) and tests; static_peers and dns_name
+         * must be empty. */
+        bool manual;
 };
 
 enum peer_state { PEER_UP = 0, PEER_DOWN };
@@ -104,6 +108,13 @@ int members_snapshot(struct members *m, struct peer_info **ret, size_t *ret_n);
 /* Re-reads our own address and resolves again now rather than at the next refresh (the
  * advertised address changed). Never blocks. */
 void members_refresh_soon(struct members *m);
+
+/* For a manual membership (members_config.manual): one refresh whose answer is the N
+ * "addr:port" ids in IDS (numeric addresses), merged by the same rules as a resolution
+ * (newcomers join, a member missing from two updates in a row leaves unless COMPLETE is
+ * false, at most max_peers, the lowest ids kept). 0; -EINVAL for a malformed id or a
+ * membership that is not manual. Never blocks. */
+int members_update(struct members *m, const char *const *ids, size_t n, bool complete);
 
 /* Up / known, self excluded. */
 void members_counts(struct members *m, uint64_t *ret_up, uint64_t *ret_known);
