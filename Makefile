@@ -65,7 +65,7 @@ FUZZ_BIN  = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
 
 PYTEST    = /usr/bin/python3 -m pytest
 
-.PHONY: all build deps check configs unit integration fuzz fuzz-run demo demo-run bench lint \
+.PHONY: all build deps check configs unit integration fuzz fuzz-run demo demo-run bench sim lint \
         man clean install FORCE
 all: build
 build: $(BUILD)/p2pblobsd $(BUILD)/blobctl
@@ -172,6 +172,16 @@ demo-run:
 
 bench: deps build
 	bench/run.sh $(abspath $(BUILD))
+
+# The scale simulation (bench/sim): the real directory, announcer, membership and rendezvous
+# code at N = 100, 1000, 5000 on a simulated clock; rewrites bench/sim/results.tsv and
+# bench/sim/scale.png (bench/RESULTS.md's scale section quotes them). CPU only, ~1-2 minutes.
+SIM_BIN = $(BUILD)/bench/scale_sim
+$(SIM_BIN): bench/sim/scale_sim.c $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE) -lm
+sim: $(SIM_BIN)
+	bench/sim/run.sh $(abspath $(SIM_BIN))
 
 lint:
 	@scripts/lint.sh

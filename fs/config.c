@@ -112,6 +112,8 @@ static const struct opt_def options[] = {
          "port of peers found through --peer-dns", OPT_RESTART},
         {"peer-refresh", OPT_DURATION, "30s", 100, 3600 * 1000, F(peer_refresh_ms), 0, "DURATION",
          "how often --peer-dns is resolved again", OPT_RESTART},
+        {"max-peers", OPT_UINT, "4096", 2, 65536, F(max_peers), 0, "N",
+         "members kept (the lowest ids past it, so every node keeps the same ones)", OPT_RESTART},
         {"advertise-address", OPT_STRING, NULL, 0, 0, F(advertise_address), 0, "ADDR",
          "address peers reach this node at (default: the default route's interface)", OPT_RESTART},
         {"cluster-token-file", OPT_STRING, NULL, 0, 0, F(cluster_token_file), 0, "PATH",
@@ -607,6 +609,14 @@ static const struct {
         {"peer-refresh", "How often\n"
                          ".B \\-\\-peer-dns\n"
                          "is resolved again.\n"},
+        {"max-peers",
+         "Members kept, self included (memory: about 500 bytes each, allocated at start). Past it\n"
+         "the lowest ids are kept, so nodes that receive the same oversized answer keep the same\n"
+         "members. A DNS answer is at most 64 KiB: a name with more than about 4000 A records\n"
+         "cannot be resolved at all (glibc fails the lookup; the daemon logs a warning and keeps\n"
+         "the members it had). Past that, split the Service and list the names in\n"
+         ".B \\-\\-peers\n"
+         "(each name:port is resolved every refresh).\n"},
         {"advertise-address", "The address peers reach this node at. Default: the address of the "
                               "interface that carries\n"
                               "the default route (netlink), re-read when addresses change.\n"},

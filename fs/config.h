@@ -49,6 +49,7 @@ struct daemon_config {
         char *cluster_token_file; /* NULL: peer requests are not authenticated */
         uint64_t peer_port;
         uint64_t peer_refresh_ms;
+        uint64_t max_peers;
         uint64_t homes;
         uint64_t peer_connect_timeout_ms;
         uint64_t peer_stall_timeout_ms;

@@ -24,7 +24,6 @@
 #include "util/log.h"
 #include "util/parse.h"
 
-#define PEER_MAX_MEMBERS 4096
 #define CLAIM_TTL_MS 10000 /* a claimant that has not announced the chunk by then lost it */
 #define CLAIM_WAIT_MS 5000 /* how long a reader waits on a claimant for a chunk */
 #define MAX_PER_PEER 8
@@ -125,7 +124,7 @@ int peers_start(struct daemon *d) {
                 .listen_port = port,
                 .refresh_ms = d->cfg.peer_refresh_ms,
                 .probe_timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
-                .max_peers = PEER_MAX_MEMBERS,
+                .max_peers = d->cfg.max_peers,
                 .nl = d->nl,
                 .advertise = d->cfg.advertise_address,
                 .ix = d->ix,

@@ -23,8 +23,8 @@
 #include "peer/httpd.h"
 #include "util/log.h"
 
-#define ANNOUNCE_BATCH_BLOBS 1024          /* blobs per announce request (the wire allows 4096) */
-#define MIN_FULL_GAP_MS 1000 /* full rounds asked for by restarted homes: at most this often */
+#define ANNOUNCE_BATCH_BLOBS 1024 /* blobs per announce request (the wire allows 4096) */
+#define MIN_FULL_GAP_MS 1000      /* full rounds asked for by restarted homes: at most this often */
 
 struct dirty {
         struct digest d;

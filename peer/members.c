@@ -54,7 +54,8 @@
 #define RESOLVE_MAX_MS 15000       /* a resolution slower than this is abandoned */
 #define STATE_LOG_INTERVAL_MS 5000 /* peer up/down lines */
 #define HOST_MAX 256
-#define ID_LIST_LOG_MAX 512 /* joined=/left= lists are cut beyond this */
+#define ID_LIST_LOG_MAX 512    /* joined=/left= lists are cut beyond this */
+#define CAND_MAX_FACTOR 16     /* records one refresh may hold before the cap: x max_peers */
 #define HOMES_CACHE_SLOTS 1024 /* digests whose homes are remembered (about 100 KiB) */
 
 struct member {
@@ -110,27 +111,28 @@ struct members {
         struct index *ix;
 
         pthread_mutex_t lock;
-        pthread_cond_t wake;     /* lock: stop, new failures, first refresh done */
-        struct member *v;        /* lock: n sorted by id, capacity max_peers */
-        const char **id_ptrs;    /* lock: scratch for rendezvous hashing, max_peers */
+        pthread_cond_t wake;             /* lock: stop, new failures, first refresh done */
+        struct member *v;                /* lock: n sorted by id, capacity max_peers */
+        const char **id_ptrs;            /* lock: scratch for rendezvous hashing, max_peers */
         struct homes_entry *homes_cache; /* lock: HOMES_CACHE_SLOTS, direct-mapped */
-        bool manual;             /* no thread: members_update() is the only refresh */
-        size_t n;                /* lock */
-        uint64_t version;        /* lock: bumped when the set changes */
-        char self[PEER_ID_MAX];  /* lock: "" when not known */
-        bool resolved_once;      /* lock */
-        bool persist_dirty;      /* lock: changed since the last idx_put_peers */
-        uint64_t rng;            /* lock: jitter */
-        atomic_bool stopping;    /* read without the lock by the resolver's wait loop */
-        atomic_bool refresh_now; /* the advertised address changed: refresh at once */
-        struct log_ratelimit rl; /* up/down lines */
+        bool manual;                     /* no thread: members_update() is the only refresh */
+        size_t n;                        /* lock */
+        uint64_t version;                /* lock: bumped when the set changes */
+        char self[PEER_ID_MAX];          /* lock: "" when not known */
+        bool resolved_once;              /* lock */
+        bool persist_dirty;              /* lock: changed since the last idx_put_peers */
+        uint64_t rng;                    /* lock: jitter */
+        atomic_bool stopping;            /* read without the lock by the resolver's wait loop */
+        atomic_bool refresh_now;         /* the advertised address changed: refresh at once */
+        struct log_ratelimit rl;         /* up/down lines */
 
         /* The thread's own. */
         pthread_t thread;
         CURLM *multi;
         struct probe *probes; /* max_peers slots; easy == NULL when free */
         size_t inflight;
-        struct cand *cand; /* cand_cap = 2 x max_peers + 1: an answer before dedupe_cands() */
+        struct cand *cand; /* an answer before dedupe_cands(): cand_cap, from 2 x max_peers + 1
+                              up to CAND_MAX_FACTOR x max_peers + 1 */
         size_t cand_cap;
 };
 
@@ -226,9 +228,19 @@ static void log_state(struct members *m, const char *id, bool up, const char *wh
  * O(n^2) per refresh (12.5 M comparisons at 5000 members). */
 static void add_cand(struct members *m, size_t *n, size_t *ignored, const char *addr, uint16_t port,
                      bool from_static, bool from_dns) {
-        if (*n >= m->cand_cap) { /* more records than 2 x max_peers: counted, not kept */
-                (*ignored)++;
-                return;
+        if (*n >= m->cand_cap) {
+                /* The whole answer must be in before the cap picks the lowest ids: grow, up
+                 * to CAND_MAX_FACTOR x max_peers (one DNS answer is ~4000 records anyway). */
+                size_t cap = m->cand_cap * 2;
+                if (cap > CAND_MAX_FACTOR * m->max_peers + 1)
+                        cap = CAND_MAX_FACTOR * m->max_peers + 1;
+                struct cand *v = cap > m->cand_cap ? realloc(m->cand, cap * sizeof(*v)) : NULL;
+                if (!v) { /* past the bound: counted, not kept */
+                        (*ignored)++;
+                        return;
+                }
+                m->cand = v;
+                m->cand_cap = cap;
         }
         struct cand *c = &m->cand[(*n)++];
         memset(c, 0, sizeof(*c));
@@ -358,9 +370,20 @@ static size_t resolve(struct members *m, bool *ret_complete) {
                 if (e == 0) {
                         add_addrinfo(m, &n, &ignored, reqs[i]->ar_result, port, !is_dns, is_dns);
                 } else if (e != EAI_NONAME && e != EAI_NODATA) {
+                        /* The members are kept (nobody ages), but say so: a name with more
+                         * A records than one 64 KiB answer holds (~4000) fails like this on
+                         * every refresh, and a new node then never learns anyone. */
+                        static struct log_ratelimit frl = LOG_RATELIMIT_INIT(300000);
+                        uint64_t suppressed;
                         complete = false;
-                        log_debug("members resolve failed name=%s err=\"%s\"", reqs[i]->ar_name,
-                                  gai_strerror(e));
+                        if (e != EAI_INPROGRESS && e != EAI_CANCELED &&
+                            log_ratelimit_ok(&frl, &suppressed))
+                                log_warning("peer name does not resolve name=%s err=\"%s\" "
+                                            "members_kept=%zu suppressed=%" PRIu64
+                                            " hint=\"a DNS answer holds about 4000 A records "
+                                            "at most: past that, split the Service and list "
+                                            "the names in --peers\"",
+                                            reqs[i]->ar_name, gai_strerror(e), m->n, suppressed);
                 }
                 if (e != EAI_INPROGRESS)
                         freeaddrinfo(reqs[i]->ar_result);
