@@ -300,7 +300,19 @@ static ssize_t holder_find(const struct dir_blob *b, const char *node) {
         return -1;
 }
 
-/* A new holder record for NODE, dropping the least recently announced one when full. */
+static size_t popcount_map(const uint8_t *map, uint32_t nchunks) {
+        size_t n = 0;
+
+        for (size_t i = 0; i < ((size_t)nchunks + 7) / 8; i++)
+                n += (size_t)__builtin_popcount(map[i]);
+        return n;
+}
+
+/* A new holder record for NODE; when full, the holder with the fewest chunks goes (the least
+ * recently announced among equals). Not the least recently announced one: in a wave of
+ * readers every holder announces each round, and the oldest announce is that of the reader
+ * furthest ahead, who holds the most: dropping it sent the readers behind to the origin for
+ * chunks only it listed (bench/sim, issue 18: origin fetches grew with the wave's size). */
 static struct dir_holder *holder_add(struct directory *dir, struct dir_blob *b, const char *node) {
         struct dir_holder *h;
         uint8_t *present;
@@ -309,12 +321,18 @@ static struct dir_holder *holder_add(struct directory *dir, struct dir_blob *b, 
         if (!present)
                 return NULL;
         if (b->nholders >= dir->cfg.max_holders) {
-                size_t old = 0;
+                size_t worst = 0, worst_n = popcount_map(b->holders[0].present, b->nchunks);
 
-                for (size_t i = 1; i < b->nholders; i++)
-                        if (b->holders[i].last_ms < b->holders[old].last_ms)
-                                old = i;
-                holder_remove(dir, b, old);
+                for (size_t i = 1; i < b->nholders; i++) {
+                        size_t n = popcount_map(b->holders[i].present, b->nchunks);
+
+                        if (n < worst_n ||
+                            (n == worst_n && b->holders[i].last_ms < b->holders[worst].last_ms)) {
+                                worst = i;
+                                worst_n = n;
+                        }
+                }
+                holder_remove(dir, b, worst);
         }
         if (grow((void **)&b->holders, &b->holders_cap, b->nholders, dir->cfg.max_holders,
                  sizeof(*b->holders)) < 0) {

@@ -5,7 +5,8 @@
  * CLAIM_TTL or as soon as its claimant announces the chunk present.
  *
  * Bounds: at most max_blobs blob records and max_holders holder records per blob (the
- * least recently announced holder is dropped first; a reader needs a few holders, not all),
+ * holder with the fewest chunks is dropped first, the least recently announced among equals;
+ * a reader needs a few holders, not all, but holders of the chunks it lacks),
  * and max_claims claims per blob (the oldest dropped first: at worst a duplicate origin
  * fetch). A node whose announce has an empty present set keeps the blob's metadata alive
  * but has no holder record and is never listed as a holder.
