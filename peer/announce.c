@@ -44,13 +44,14 @@ struct announcer {
         pthread_t thread;
         bool thread_started;
 
-        pthread_mutex_t lock; /* dirty, ndirty, overflow, stopping, stats */
+        pthread_mutex_t lock; /* dirty, ndirty, overflow, soon, stopping, stats */
         pthread_cond_t cond;
         struct dirty *dirty;
         size_t ndirty;
         size_t dirty_max, cap; /* cap: a power of two >= 2 x dirty_max (load <= 1/2) */
         bool overflow;
         bool want_full; /* announce_refresh_soon(): a full round, once MIN_FULL_GAP_MS allows */
+        bool soon; /* a blob was registered: the next round runs without waiting */
         bool stopping;
         struct announce_stats stats;
 
@@ -83,6 +84,14 @@ void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx)
                 e->lo = UINT32_MAX;
                 e->hi = 0;
                 a->ndirty++;
+                /* A blob just registered: announce it now, not at the next interval. Until a
+                 * home has heard of a blob it grants no claims on it, so every node that starts
+                 * reading it meanwhile fetches from the origin (bench/sim, issue 18: at 5000
+                 * nodes ~40 nodes start a layer within one 250 ms interval of a wave). */
+                if (idx == UINT32_MAX) {
+                        a->soon = true;
+                        pthread_cond_signal(&a->cond);
+                }
         }
         if (idx != UINT32_MAX) {
                 if (idx < e->lo)
@@ -349,7 +358,9 @@ static void *announce_main(void *arg) {
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
                 struct timespec ts = deadline_after_ms(CLOCK_REALTIME, a->cfg.interval_ms);
-                pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+                if (!a->soon)
+                        pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+                a->soon = false;
                 if (a->stopping)
                         break;
                 pthread_mutex_unlock(&a->lock);

@@ -856,8 +856,10 @@ int main(int argc, char **argv) {
                                 }
                         wave++;
                 }
-                /* a pull starts: the manifest's layers are registered (and announced) at once,
-                 * as the mirror does when containerd asks for them */
+                /* a pull starts: the manifest's layers are registered, as the mirror does when
+                 * containerd asks for them, and announced at once (announce_changed wakes the
+                 * announcer for a registered blob; the round trip is under a tick, so homes
+                 * know the blob before this tick's reads) */
                 for (unsigned i = 0; i < nnodes; i++) {
                         struct node *nd = &nodes[i];
                         if (!nd->alive || nd->image < 0 || nd->pull_at > now ||
@@ -868,7 +870,7 @@ int main(int argc, char **argv) {
                                 held_get(nd, bi, true)->last_use = now;
                                 announce_changed(nd->ann, &blobs[bi].d, UINT32_MAX);
                         }
-                        nd->dirty = true;
+                        announce_round(nd->ann, now);
                 }
                 /* churn: 1% leave; a refresh later, 1% join */
                 if (!O.no_churn && t == churn_leave) {
