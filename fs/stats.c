@@ -19,6 +19,7 @@
 #include "cache/store.h"
 #include "engine/engine.h"
 #include "fs/api.h"
+#include "peer/announce.h"
 #include "index/index.h"
 #include "peer/directory.h"
 #include "peer/members.h"
@@ -31,8 +32,9 @@
 struct figures {
         struct engine_stats es;
         struct origin_stats os;
-        struct source_stats ss; /* zeros without peers */
-        struct dir_stats ds;    /* zeros without peers */
+        struct source_stats ss;   /* zeros without peers */
+        struct dir_stats ds;      /* zeros without peers */
+        struct announce_stats as; /* zeros without peers */
         uint64_t peers_known, peers_up, peer_bytes_from, peer_bytes_to;
         uint64_t uptime_seconds, chunk_size, ready;
         uint64_t store_allocated_bytes, store_page_cache_bytes, index_write_errors;
@@ -146,6 +148,14 @@ static const struct stat_def stats[] = {
          false},
         {NULL, NULL, "directory_holders", NULL, GAUGE, "Holder records this node keeps as a home.",
          F(ds.holders), false},
+        {NULL, NULL, "directory_bytes", NULL, GAUGE,
+         "Holder bitmaps and chunk digests this node keeps as a home.", F(ds.bytes), false},
+        {NULL, NULL, "directory_announces_total", NULL, COUNTER, "Announces received as a home.",
+         F(ds.announces), false},
+        {NULL, NULL, "directory_locates_total", NULL, COUNTER, "Locates answered as a home.",
+         F(ds.locates), false},
+        {NULL, NULL, "peer_announces_total", NULL, COUNTER,
+         "Announce requests sent to other homes.", F(as.requests), false},
 
         {"memory", "rss_bytes", "resident_memory_bytes", NULL, GAUGE, "Daemon RSS.", F(rss_bytes),
          false},
@@ -179,6 +189,9 @@ static void collect(struct daemon *d, struct figures *f) {
                 source_get_stats(d->source, &f->ss);
         if (d->dir)
                 dir_get_stats(d->dir, &f->ds);
+        struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
+        if (an)
+                announce_get_stats(an, &f->as);
         if (d->members) {
                 members_counts(d->members, &f->peers_up, &f->peers_known);
                 struct peer_info *v;

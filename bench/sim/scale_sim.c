@@ -66,7 +66,7 @@
 struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
-        uint64_t budget, wave_gap_ms, dns_refresh_ms, churn_at_ms, seed;
+        uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
         bool tsv, no_churn;
 };
 
@@ -123,6 +123,7 @@ static struct opts O = {
         .wave_frac = 0.33,
         .budget = 1024 * MIB,
         .wave_gap_ms = 30000,
+        .wave_spread_ms = 10000,
         .dns_refresh_ms = 30000,
         .churn_at_ms = 100000,
         .seed = 1,
@@ -690,8 +691,9 @@ static unsigned pick_image(void) {
 }
 
 static void usage(void) {
-        fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac F] "
-                        "[--wave-gap S] [--budget MIB] [--rate CHUNKS] [--sample K] [--seed S] "
+        fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
+                        "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
+                        "K] [--seed S] "
                         "[--no-churn] [--tsv]\n");
         exit(2);
 }
@@ -779,6 +781,8 @@ int main(int argc, char **argv) {
                         O.wave_frac = (double)num(v) / 100.0;
                 else if (strcmp(a, "--wave-gap") == 0)
                         O.wave_gap_ms = num(v) * 1000;
+                else if (strcmp(a, "--wave-spread") == 0)
+                        O.wave_spread_ms = num(v) * 1000;
                 else if (strcmp(a, "--budget") == 0)
                         O.budget = num(v) * MIB;
                 else if (strcmp(a, "--rate") == 0)
@@ -852,7 +856,9 @@ int main(int argc, char **argv) {
                                         nodes[i].image = (int)img;
                                         nodes[i].layer = 0;
                                         nodes[i].chunk = 0;
-                                        nodes[i].pull_at = now + rnd() % 10000;
+                                        nodes[i].pull_at =
+                                                now +
+                                                (O.wave_spread_ms ? rnd() % O.wave_spread_ms : 0);
                                 }
                         wave++;
                 }
@@ -1023,6 +1029,13 @@ int main(int argc, char **argv) {
                 printf("origin_fetches unknown_blob %" PRIu64 " claim %" PRIu64
                        " answer_without_source %" PRIu64 "\n",
                        why_unknown, why_claim, why_nobody);
+                uint64_t ctl = 0;
+                for (unsigned i = 0; i < nnodes; i++)
+                        ctl += nodes[i].ann_tx.msgs + nodes[i].ann_rx.msgs + nodes[i].loc_tx.msgs +
+                               nodes[i].loc_rx.msgs;
+                printf("control_msgs_per_chunk_miss %.3f (announces and locates, sent and "
+                       "received, per node)\n",
+                       misses ? (double)ctl / (double)misses : 0);
                 printf("announce_msgs churn/steady %.2f\n",
                        ann_before ? (double)ann_after / (double)ann_before : 0);
                 printf("sampled announce %" PRIu64 "/%" PRIu64 " locate %" PRIu64 "/%" PRIu64 "\n",
