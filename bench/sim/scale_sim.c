@@ -62,6 +62,7 @@
 #define ANNOUNCE_HDR_BYTES 200 /* POST line and headers */
 #define HTTP_RESP_BYTES 120    /* status line and headers of an answer */
 #define DNS_NAME "p2pblobs.kube-system.svc.cluster.local"
+#define DEAD_SEEN_MAX 256
 
 struct opts {
         unsigned n, images, waves, rate, sample;
@@ -110,7 +111,10 @@ struct node {
         struct ctr ann_tx, ann_rx, loc_tx, loc_rx, dns, probe;
         uint64_t peer_in, peer_out, origin_in;
         uint64_t misses, locate_answers, answer_holders;
-        uint64_t dead_contacts; /* departed nodes it tried to reach: probed until DNS drops them */
+        /* Departed nodes it tried to reach (each is marked down and probed until DNS drops
+         * it): distinct ones, up to DEAD_SEEN_MAX. */
+        int dead_seen[DEAD_SEEN_MAX];
+        unsigned ndead_seen;
         uint64_t dir_bytes_max;
 };
 
@@ -190,6 +194,14 @@ static int node_of(const char *id) {
                 return -1;
         unsigned v = (part[1] << 16) | (part[2] << 8) | part[3];
         return v >= 1 && v <= nnodes ? (int)(v - 1) : -1;
+}
+
+static void saw_dead(struct node *nd, int dead) {
+        for (unsigned i = 0; i < nd->ndead_seen; i++)
+                if (nd->dead_seen[i] == dead)
+                        return;
+        if (nd->ndead_seen < DEAD_SEEN_MAX)
+                nd->dead_seen[nd->ndead_seen++] = dead;
 }
 
 static void chunk_digest(const struct blob *b, uint32_t idx, struct digest *ret) {
@@ -297,7 +309,8 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
         from->ann_tx.msgs++;
         from->ann_tx.bytes += bytes;
         if (h < 0 || !nodes[h].alive) {
-                from->dead_contacts++;
+                if (h >= 0)
+                        saw_dead(from, h);
                 return -EHOSTUNREACH;
         }
         nodes[h].ann_rx.msgs++;
@@ -374,7 +387,7 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                 if (!home->alive) { /* a connect timeout; it is marked down, then probed */
                         nd->loc_tx.msgs++;
                         nd->loc_tx.bytes += LOCATE_REQ_BYTES;
-                        nd->dead_contacts++;
+                        saw_dead(nd, hi);
                         continue;
                 }
                 int r = dir_locate(home->dir, &b->d, probing ? NULL : nd->id, c, now, &l);
@@ -944,8 +957,7 @@ int main(int argc, char **argv) {
         double window_s = (double)(2 * O.dns_refresh_ms) / 1000.0;
         double probes_per_dead = 6 + (window_s > 20 ? (window_s - 20) / 10 : 0);
         for (unsigned i = 0; i < nnodes; i++) {
-                uint64_t dead =
-                        nodes[i].dead_contacts < churn_dead ? nodes[i].dead_contacts : churn_dead;
+                uint64_t dead = nodes[i].ndead_seen;
                 nodes[i].probe.msgs = (uint64_t)((double)dead * probes_per_dead * 2);
                 nodes[i].probe.bytes = nodes[i].probe.msgs * 150;
         }
@@ -1036,6 +1048,7 @@ int main(int argc, char **argv) {
                 printf("control_msgs_per_chunk_miss %.3f (announces and locates, sent and "
                        "received, per node)\n",
                        misses ? (double)ctl / (double)misses : 0);
+                printf("churn left %" PRIu64 " joined %u\n", churn_dead, O.no_churn ? 0 : joiners);
                 printf("announce_msgs churn/steady %.2f\n",
                        ann_before ? (double)ann_after / (double)ann_before : 0);
                 printf("sampled announce %" PRIu64 "/%" PRIu64 " locate %" PRIu64 "/%" PRIu64 "\n",
