@@ -44,14 +44,14 @@ struct announcer {
         pthread_t thread;
         bool thread_started;
 
-        pthread_mutex_t lock; /* dirty, ndirty, overflow, soon, stopping, stats */
+        pthread_mutex_t lock; /* dirty, ndirty, overflow, want_full, soon, stopping, stats */
         pthread_cond_t cond;
         struct dirty *dirty;
         size_t ndirty;
         size_t dirty_max, cap; /* cap: a power of two >= 2 x dirty_max (load <= 1/2) */
         bool overflow;
         bool want_full; /* announce_refresh_soon(): a full round, once MIN_FULL_GAP_MS allows */
-        bool soon; /* a blob was registered: the next round runs without waiting */
+        bool soon;      /* a blob was registered: the next round runs without waiting */
         bool stopping;
         struct announce_stats stats;
 
