@@ -998,13 +998,29 @@ void members_report_failure(struct members *m, const char *id, const char *why) 
         }
 }
 
+/* Ids are "addr:port" or "[addr]:port", sorted: the ids of one address share the prefix
+ * "addr:" (or "[addr]:") and so sit together. The first of them, by binary search: a peer
+ * serves a chunk per request, and a scan of every member per chunk cost O(members). */
 void members_report_served(struct members *m, const char *addr, uint64_t bytes) {
-        char a[INET6_ADDRSTRLEN];
+        char a[INET6_ADDRSTRLEN], prefix[INET6_ADDRSTRLEN + 4];
         if (!addr || normalise_addr(addr, a) < 0)
                 return;
+        if (strchr(a, ':'))
+                snprintf(prefix, sizeof(prefix), "[%s]:", a);
+        else
+                snprintf(prefix, sizeof(prefix), "%s:", a);
+        size_t plen = strlen(prefix);
         pthread_mutex_lock(&m->lock);
-        for (size_t i = 0; i < m->n; i++)
-                if (strcmp(m->v[i].addr, a) == 0 && !m->v[i].info.is_self) {
+        size_t lo = 0, hi = m->n;
+        while (lo < hi) {
+                size_t mid = lo + (hi - lo) / 2;
+                if (strcmp(m->v[mid].info.id, prefix) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        for (size_t i = lo; i < m->n && strncmp(m->v[i].info.id, prefix, plen) == 0; i++)
+                if (!m->v[i].info.is_self) {
                         m->v[i].info.bytes_to += bytes;
                         m->persist_dirty = true;
                         break;

@@ -200,6 +200,32 @@ static void test_5000_members_with_duplicates(void **state) {
         free(store);
 }
 
+/* Bytes served are credited to the member with the client's address (any port), found by
+ * binary search among the sorted ids: "10.0.0.1" is not "10.0.0.10", v6 ids are bracketed. */
+static void test_served_bytes_find_the_address(void **state) {
+        (void)state;
+        const char *ids[] = {"10.0.0.10:5001", "10.0.0.1:5001", "10.0.0.100:5001", "[fd00::1]:5001",
+                             "10.0.0.2:5001"};
+        struct members *m = manual(8);
+        assert_int_equal(members_update(m, ids, 5, true), 0);
+        members_report_served(m, "10.0.0.1", 7);
+        members_report_served(m, "fd00::1", 11);
+        members_report_served(m, "[fd00:0::1]", 2);
+        members_report_served(m, "10.0.0.3", 1000); /* not a member */
+        struct peer_info *v;
+        size_t n;
+        assert_int_equal(members_snapshot(m, &v, &n), 0);
+        assert_int_equal(n, 5);
+        for (size_t i = 0; i < n; i++) {
+                uint64_t want = strcmp(v[i].id, "10.0.0.1:5001") == 0    ? 7
+                                : strcmp(v[i].id, "[fd00::1]:5001") == 0 ? 13
+                                                                         : 0;
+                assert_int_equal(v[i].bytes_to, want);
+        }
+        free(v);
+        members_free(m);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_update_contract),
@@ -207,6 +233,7 @@ int main(void) {
                 cmocka_unit_test(test_leave_takes_two_refreshes),
                 cmocka_unit_test(test_cached_homes_follow_the_membership),
                 cmocka_unit_test(test_5000_members_with_duplicates),
+                cmocka_unit_test(test_served_bytes_find_the_address),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
