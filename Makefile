@@ -176,8 +176,8 @@ bench: deps build
 # The scale simulation (bench/sim): the real directory, announcer, membership and rendezvous
 # code at N = 100, 1000, 5000 on a simulated clock; rewrites bench/sim/results.tsv and
 # bench/sim/scale.png (bench/RESULTS.md's scale section quotes them). CPU only, ~1-2 minutes.
-SIM_BIN = $(BUILD)/bench/scale_sim
-$(SIM_BIN): bench/sim/scale_sim.c $(CORE_LIB)
+SIM_BIN = $(BUILD)/bench/scale_sim $(BUILD)/bench/full_round
+$(SIM_BIN): $(BUILD)/bench/%: bench/sim/%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE) -lm
 sim: $(SIM_BIN)

@@ -108,18 +108,61 @@ static void blob_clear(struct wire_blob *b) {
         free(b->sha);
 }
 
-static struct outbox *outbox_for(struct outbox **boxes, size_t *nboxes, const char *home) {
-        for (size_t i = 0; i < *nboxes; i++)
-                if (strcmp((*boxes)[i].home, home) == 0)
-                        return &(*boxes)[i];
+/* A round's outboxes, one per distinct home, found by a hash of the home's id: a full round
+ * files every blob under each of its k homes, and a node holding B blobs in a cluster of N
+ * talks to up to min(N, kB) homes; a linear search (and a realloc per new home) made a full
+ * round O(kB x min(N, kB)): 0.4 s of CPU for 2000 blobs at N = 5000. */
+struct outboxes {
+        struct outbox *v;
+        size_t n, cap;
+        size_t *slot; /* nslots (a power of two), index + 1; 0: empty */
+        size_t nslots;
+};
+
+static size_t home_hash(const char *home) {
+        uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+        for (const char *p = home; *p; p++)
+                h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
+        return (size_t)(h ^ (h >> 29));
+}
+
+static int outboxes_rehash(struct outboxes *bx, size_t nslots) {
+        size_t *slot = calloc(nslots, sizeof(*slot));
+        if (!slot)
+                return -ENOMEM;
+        for (size_t i = 0; i < bx->n; i++) {
+                size_t j = home_hash(bx->v[i].home) & (nslots - 1);
+                while (slot[j])
+                        j = (j + 1) & (nslots - 1);
+                slot[j] = i + 1;
+        }
+        free(bx->slot);
+        bx->slot = slot;
+        bx->nslots = nslots;
+        return 0;
+}
+
+static struct outbox *outbox_for(struct outboxes *bx, const char *home) {
         size_t len = strlen(home);
-        if (len >= sizeof((*boxes)->home))
+        if (len >= sizeof(bx->v->home))
                 return NULL; /* members_homes() hands out ids that fit; anything else is a bug */
-        struct outbox *v = realloc(*boxes, (*nboxes + 1) * sizeof(*v));
-        if (!v)
+        if (2 * (bx->n + 1) > bx->nslots &&
+            outboxes_rehash(bx, bx->nslots ? bx->nslots * 2 : 64) < 0)
                 return NULL;
-        *boxes = v;
-        struct outbox *o = &v[(*nboxes)++];
+        size_t j = home_hash(home) & (bx->nslots - 1);
+        for (; bx->slot[j]; j = (j + 1) & (bx->nslots - 1))
+                if (strcmp(bx->v[bx->slot[j] - 1].home, home) == 0)
+                        return &bx->v[bx->slot[j] - 1];
+        if (bx->n == bx->cap) {
+                size_t cap = bx->cap ? bx->cap * 2 : 16;
+                struct outbox *v = realloc(bx->v, cap * sizeof(*v));
+                if (!v)
+                        return NULL;
+                bx->v = v;
+                bx->cap = cap;
+        }
+        struct outbox *o = &bx->v[bx->n];
+        bx->slot[j] = ++bx->n;
         memset(o, 0, sizeof(*o));
         memcpy(o->home, home, len + 1);
         return o;
@@ -151,18 +194,19 @@ static int outbox_add(struct outbox *o, const struct wire_blob *b) {
         return 0;
 }
 
-static void outboxes_free(struct outbox *boxes, size_t n) {
-        for (size_t i = 0; i < n; i++) {
-                for (uint32_t j = 0; j < boxes[i].n; j++)
-                        blob_clear(&boxes[i].blobs[j]);
-                free(boxes[i].blobs);
+static void outboxes_free(struct outboxes *bx) {
+        for (size_t i = 0; i < bx->n; i++) {
+                for (uint32_t j = 0; j < bx->v[i].n; j++)
+                        blob_clear(&bx->v[i].blobs[j]);
+                free(bx->v[i].blobs);
         }
-        free(boxes);
+        free(bx->v);
+        free(bx->slot);
 }
 
 /* Files blob ID's snapshot (digests of chunks LO..HI) under each of its homes. */
 static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi,
-                      struct outbox **boxes, size_t *nboxes) {
+                      struct outboxes *bx) {
         struct wire_blob b;
         if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, lo, hi, &b) < 0)
                 return;
@@ -173,7 +217,7 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
         size_t n = members_homes(a->cfg.members, &b.digest, a->cfg.homes, homes, NULL);
         for (size_t i = 0; i < n; i++) {
-                struct outbox *o = outbox_for(boxes, nboxes, homes[i]);
+                struct outbox *o = outbox_for(bx, homes[i]);
                 if (o)
                         outbox_add(o, &b);
         }
@@ -318,12 +362,12 @@ void announce_round(struct announcer *a, uint64_t now) {
         a->overflow = false;
         pthread_mutex_unlock(&a->lock);
 
-        struct outbox *boxes = NULL;
-        size_t nboxes = 0, nblobs = 0;
+        struct outboxes bx = {0};
+        size_t nblobs = 0;
         if (full) {
                 uint32_t n = a->cfg.ops.count(a->cfg.ops.ud);
                 for (uint32_t id = 0; id < n; id++)
-                        file_blob(a, id, 0, UINT32_MAX, &boxes, &nboxes);
+                        file_blob(a, id, 0, UINT32_MAX, &bx);
                 nblobs = n;
                 a->members_version = version;
                 a->last_full_ms = now;
@@ -335,22 +379,21 @@ void announce_round(struct announcer *a, uint64_t now) {
                         uint32_t id;
                         if (a->cfg.ops.find(a->cfg.ops.ud, &e->d, &id) == 0) {
                                 /* lo > hi: nothing but the blob changed: no digests */
-                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, &boxes,
-                                          &nboxes);
+                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, &bx);
                                 nblobs++;
                         }
                 }
         }
         memset(a->taken, 0, a->cap * sizeof(*a->taken));
-        if (nboxes)
-                send_boxes(a, self, boxes, nboxes, now);
-        outboxes_free(boxes, nboxes);
+        if (bx.n)
+                send_boxes(a, self, bx.v, bx.n, now);
+        outboxes_free(&bx);
         pthread_mutex_lock(&a->lock);
         a->stats.rounds++;
         a->stats.full_rounds += full;
         pthread_mutex_unlock(&a->lock);
         if (full)
-                log_debug("announced everything blobs=%zu homes=%zu", nblobs, nboxes);
+                log_debug("announced everything blobs=%zu homes=%zu", nblobs, bx.n);
 }
 
 static void *announce_main(void *arg) {

@@ -36,7 +36,7 @@ struct members_config {
         uint16_t listen_port;      /* our own port: self id is "<advertised>:<listen_port>" */
         uint64_t refresh_ms;       /* DNS re-resolution interval */
         uint64_t probe_timeout_ms; /* connect + answer timeout of a health probe */
-        size_t max_peers;
+        size_t max_peers;          /* 1 .. 65536 */
         struct netlink *nl;    /* borrowed; NULL = locality unknown, self from --advertise only */
         const char *advertise; /* --advertise-address: self when NL is NULL (NL has it too) */
         struct index *ix;      /* borrowed, may be NULL: the snapshot is persisted there (at

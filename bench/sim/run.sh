@@ -2,10 +2,13 @@
 # make sim: runs bench/sim/scale_sim at N = 100, 1000, 5000 (CPU only, simulated clock),
 # writes bench/sim/results.tsv (one row per N) and bench/sim/scale.png (per-node figures
 # against N). bench/RESULTS.md's "Scale" section quotes a run of this.
-#   bench/sim/run.sh SCALE_SIM_BINARY [N ...]
+# Also bench/sim/full_round.tsv: the CPU of one full announce round at each N for a node
+# holding 500, 2000 and 10000 blobs (full_round, beside scale_sim).
+#   bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]
 set -eu
-SIM=${1:?usage: bench/sim/run.sh SCALE_SIM_BINARY [N ...]}
-shift
+SIM=${1:?usage: bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]}
+ROUND=${2:?usage: bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]}
+shift 2
 cd "$(dirname "$0")"
 NS=${*:-100 1000 5000}
 out=results.tsv
@@ -20,6 +23,13 @@ done
 rm -f "$tmp.row"
 mv "$tmp" "$out"
 column -t "$out" >&2
+printf 'n\tblobs\tfull_round_ms\n' > full_round.tsv
+for n in $NS; do
+	for b in 500 2000 10000; do
+		"$ROUND" "$n" "$b" | awk '{print $2 "\t" $4 "\t" $6}' >> full_round.tsv
+	done
+done
+column -t full_round.tsv >&2
 gnuplot <<GP
 set terminal pngcairo size 1200,900 font "DejaVu Sans,11"
 set output 'scale.png'
