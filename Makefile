@@ -13,7 +13,7 @@
 
 CC       ?= cc
 FUSE_PKGS = fuse3
-CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3 libnl-3.0 libnl-route-3.0
+CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3 libnl-3.0 libnl-route-3.0 zlib libzstd
 PKGS      = $(FUSE_PKGS) $(CORE_PKGS) libsystemd
 
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
@@ -49,7 +49,7 @@ CFLAGS_ALL  = $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(OPT) -pthread -Wl,--as-needed $(PKG_LIBS) $(LDFLAGS)
 LDLIBS_CORE = $(OPT) -pthread -Wl,--as-needed $(CORE_LIBS) $(LDFLAGS)
 
-CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c)
+CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c layer/*.c)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 CORE_LIB = $(BUILD)/libp2pblobs-core.a
 
