@@ -1,0 +1,440 @@
+/* The encoded layer index: what one node builds and every other node fetches from peers.
+ *
+ * Layout (all integers little-endian):
+ *   header  "P2PLIDX\n" | u32 version (1) | u32 flags (0) | u64 payload length
+ *   then one zstd frame whose content (the payload) is exactly that long:
+ *     u8 format | 3 zero | u32 span | u64 blob_size | u64 tar_size | 32 blob sha256
+ *     | 32 tar sha256 | u32 nfiles | u32 nxattrs | u32 ncheckpoints | u32 zero
+ *     | u64 strs_len | u64 wins_len
+ *     | files[nfiles] (76 bytes) | xattrs[nxattrs] (16) | checkpoints[ncheckpoints] (40)
+ *     | strs | wins
+ * Strings are offsets into STRS and end with a NUL there; windows are zstd frames in WINS.
+ *
+ * The index comes from another node, so the decoder trusts nothing: every count is checked
+ * against the payload length before anything is allocated from it, every string and window
+ * against its section, and the table against the invariants the builder guarantees (sorted
+ * unique normalised paths, parents that are directories, hard links that resolve, data inside
+ * the tar, checkpoints inside the blob and in order, windows that decompress to their
+ * length). The canonical form is also required (xattrs and windows in file/checkpoint order),
+ * so one index has one encoding and one digest for a given libzstd. A decoded index is as
+ * good as a built one for the reader: what the decoder cannot check is that the index tells
+ * the truth about the blob; the reader's inflate then fails (-EBADMSG) or returns wrong
+ * bytes, which is why an index fetched from a peer must be trusted like the peer's directory
+ * entry (see the report on issue 16).
+ *
+ * Cost: decoding holds the compressed input, the payload and the index (which reuses none of
+ * the payload); validation is O(n log n) in files and decompresses every window once.
+ */
+#include "layer/internal.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zstd.h>
+
+#define MAGIC "P2PLIDX\n"
+#define VERSION 1
+#define HDR_LEN 24
+#define FIXED_LEN 120
+#define FILE_REC 76
+#define XATTR_REC 16
+#define CP_REC 40
+#define ZSTD_LEVEL 9
+
+static void put8(uint8_t **p, uint8_t v) {
+        *(*p)++ = v;
+}
+static void put32(uint8_t **p, uint32_t v) {
+        for (int i = 0; i < 4; i++)
+                *(*p)++ = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t **p, uint64_t v) {
+        for (int i = 0; i < 8; i++)
+                *(*p)++ = (uint8_t)(v >> (8 * i));
+}
+static void putn(uint8_t **p, const void *s, size_t n) {
+        if (n)
+                memcpy(*p, s, n);
+        *p += n;
+}
+static uint8_t get8(const uint8_t **p) {
+        return *(*p)++;
+}
+static uint32_t get32(const uint8_t **p) {
+        uint32_t v = 0;
+        for (int i = 0; i < 4; i++)
+                v |= (uint32_t)(*(*p)++) << (8 * i);
+        return v;
+}
+static uint64_t get64(const uint8_t **p) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++)
+                v |= (uint64_t)(*(*p)++) << (8 * i);
+        return v;
+}
+
+int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
+                       struct digest *ret_digest) {
+        size_t plen = FIXED_LEN + ix->nfiles * FILE_REC + ix->nxattrs * XATTR_REC +
+                      ix->ncps * CP_REC + ix->strs_len + ix->wins_len;
+        uint8_t *payload, *out, *p;
+        ZSTD_CCtx *cctx;
+        size_t bound, zlen;
+
+        payload = malloc(plen);
+        if (!payload)
+                return -ENOMEM;
+        p = payload;
+        put8(&p, (uint8_t)ix->format);
+        putn(&p, "\0\0\0", 3);
+        put32(&p, ix->span);
+        put64(&p, ix->blob_size);
+        put64(&p, ix->tar_size);
+        putn(&p, ix->blob_digest.bytes, DIGEST_LEN);
+        putn(&p, ix->diff_id.bytes, DIGEST_LEN);
+        put32(&p, (uint32_t)ix->nfiles);
+        put32(&p, (uint32_t)ix->nxattrs);
+        put32(&p, (uint32_t)ix->ncps);
+        put32(&p, 0);
+        put64(&p, ix->strs_len);
+        put64(&p, ix->wins_len);
+        for (size_t i = 0; i < ix->nfiles; i++) {
+                const struct layer_file *f = &ix->files[i];
+                put32(&p, (uint32_t)(f->path - ix->strs));
+                put32(&p, (uint32_t)strlen(f->path));
+                put32(&p, f->link ? (uint32_t)(f->link - ix->strs) : 0);
+                put32(&p, f->link ? (uint32_t)strlen(f->link) : 0);
+                put8(&p, f->type);
+                put8(&p, f->flags);
+                put8(&p, 0);
+                put8(&p, 0);
+                put32(&p, f->mode);
+                put32(&p, f->uid);
+                put32(&p, f->gid);
+                put32(&p, f->devmajor);
+                put32(&p, f->devminor);
+                put32(&p, f->mtime_nsec);
+                put64(&p, (uint64_t)f->mtime);
+                put64(&p, f->size);
+                put64(&p, f->offset);
+                put32(&p, f->xattr_first);
+                put32(&p, f->nxattrs);
+        }
+        for (size_t i = 0; i < ix->nxattrs; i++) {
+                const struct layer_xattr *x = &ix->xattrs[i];
+                put32(&p, (uint32_t)(x->name - ix->strs));
+                put32(&p, (uint32_t)strlen(x->name));
+                put32(&p, (uint32_t)((const char *)x->value - ix->strs));
+                put32(&p, x->len);
+        }
+        for (size_t i = 0; i < ix->ncps; i++) {
+                const struct layer_checkpoint *c = &ix->cps[i];
+                put64(&p, c->in);
+                put64(&p, c->out);
+                put8(&p, c->bits);
+                putn(&p, "\0\0\0", 3);
+                put32(&p, c->wlen);
+                put64(&p, c->zoff);
+                put32(&p, c->zlen);
+                put32(&p, 0);
+        }
+        putn(&p, ix->strs, ix->strs_len);
+        putn(&p, ix->wins, ix->wins_len);
+
+        bound = ZSTD_compressBound(plen);
+        out = malloc(HDR_LEN + bound);
+        if (!out) {
+                free(payload);
+                return -ENOMEM;
+        }
+        p = out;
+        putn(&p, MAGIC, 8);
+        put32(&p, VERSION);
+        put32(&p, 0);
+        put64(&p, plen);
+        /* Level and checksum set explicitly: the bytes (and so the digest) depend only on
+         * the index and the libzstd version. */
+        zlen = (size_t)-1;
+        cctx = ZSTD_createCCtx();
+        if (cctx &&
+            !ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, ZSTD_LEVEL)) &&
+            !ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)))
+                zlen = ZSTD_compress2(cctx, out + HDR_LEN, bound, payload, plen);
+        ZSTD_freeCCtx(cctx);
+        free(payload);
+        if (ZSTD_isError(zlen)) {
+                free(out);
+                return -ENOMEM;
+        }
+        *ret_len = HDR_LEN + zlen;
+        if (ret_digest)
+                digest_sha256(out, *ret_len, ret_digest);
+        *ret = out;
+        return 0;
+}
+
+/* A string of LEN bytes at OFF in STRS, NUL-terminated there and without a NUL inside. */
+static const char *get_str(const struct layer_index *ix, uint32_t off, uint32_t len) {
+        if ((uint64_t)off + len >= ix->strs_len || ix->strs[off + len] != '\0' ||
+            memchr(ix->strs + off, '\0', len))
+                return NULL;
+        return ix->strs + off;
+}
+
+static bool valid_path(const char *s) {
+        char norm[PATH_MAX];
+
+        return tar_path_normalise(s, strlen(s), norm, sizeof(norm)) == 0 && strcmp(norm, s) == 0;
+}
+
+static bool parent_is_dir(const struct layer_index *ix, const char *path) {
+        char parent[PATH_MAX];
+        const char *slash = strrchr(path, '/');
+        size_t n = slash ? (size_t)(slash - path) : 0;
+        ssize_t t;
+
+        memcpy(parent, path, n);
+        parent[n] = '\0';
+        t = layer_index_lookup(ix, parent);
+        return t >= 0 && ix->files[t].type == TAR_DIR;
+}
+
+#define BAD(cond)                                                                                  \
+        do {                                                                                       \
+                if (cond) {                                                                        \
+                        r = -EBADMSG;                                                              \
+                        goto out_free;                                                             \
+                }                                                                                  \
+        } while (0)
+
+static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix) {
+        const uint8_t *p = pl, *sfiles, *sxattrs, *scps;
+        uint64_t strs_len, wins_len, need;
+        uint32_t nfiles, nxattrs, ncps;
+        uint8_t *win = NULL;
+        ZSTD_DCtx *dctx = NULL;
+        size_t nx = 0;
+        int r = 0;
+
+        BAD(plen < FIXED_LEN);
+        ix->format = (enum layer_format)get8(&p);
+        BAD(p[0] || p[1] || p[2]);
+        p += 3;
+        ix->span = get32(&p);
+        ix->blob_size = get64(&p);
+        ix->tar_size = get64(&p);
+        memcpy(ix->blob_digest.bytes, p, DIGEST_LEN);
+        p += DIGEST_LEN;
+        memcpy(ix->diff_id.bytes, p, DIGEST_LEN);
+        p += DIGEST_LEN;
+        nfiles = get32(&p);
+        nxattrs = get32(&p);
+        ncps = get32(&p);
+        BAD(get32(&p) != 0);
+        strs_len = get64(&p);
+        wins_len = get64(&p);
+
+        /* Sizes first: nothing is allocated from a count the payload cannot hold. */
+        BAD(strs_len > UINT32_MAX || wins_len > plen);
+        need = FIXED_LEN + (uint64_t)nfiles * FILE_REC + (uint64_t)nxattrs * XATTR_REC +
+               (uint64_t)ncps * CP_REC + strs_len + wins_len;
+        BAD(need != plen);
+        BAD(ix->format != LAYER_FMT_TAR && ix->format != LAYER_FMT_GZIP);
+        if (ix->format == LAYER_FMT_TAR)
+                BAD(ncps || wins_len || ix->span || ix->blob_size != ix->tar_size ||
+                    memcmp(&ix->blob_digest, &ix->diff_id, sizeof(ix->diff_id)) != 0);
+        else
+                BAD(ncps == 0 || ix->span < LAYER_SPAN_MIN || ix->span > LAYER_SPAN_MAX);
+        BAD(nfiles == 0 || ix->tar_size > INT64_MAX || ix->blob_size > INT64_MAX);
+        sfiles = p;
+        sxattrs = sfiles + (size_t)nfiles * FILE_REC;
+        scps = sxattrs + (size_t)nxattrs * XATTR_REC;
+
+        r = -ENOMEM;
+        ix->strs = malloc(strs_len ? strs_len : 1);
+        ix->wins = malloc(wins_len ? wins_len : 1);
+        ix->files = calloc(nfiles, sizeof(*ix->files));
+        ix->xattrs = calloc(nxattrs ? nxattrs : 1, sizeof(*ix->xattrs));
+        ix->cps = calloc(ncps ? ncps : 1, sizeof(*ix->cps));
+        if (!ix->strs || !ix->wins || !ix->files || !ix->xattrs || !ix->cps)
+                goto out_free;
+        r = 0;
+        memcpy(ix->strs, scps + (size_t)ncps * CP_REC, strs_len);
+        memcpy(ix->wins, scps + (size_t)ncps * CP_REC + strs_len, wins_len);
+        ix->strs_len = strs_len;
+        ix->wins_len = wins_len;
+        ix->nfiles = nfiles;
+        ix->nxattrs = nxattrs;
+        ix->ncps = ncps;
+
+        p = sxattrs;
+        for (uint32_t i = 0; i < nxattrs; i++) {
+                uint32_t noff = get32(&p), nlen = get32(&p), voff = get32(&p), vlen = get32(&p);
+                struct layer_xattr *x = &ix->xattrs[i];
+                x->name = get_str(ix, noff, nlen);
+                BAD(!x->name || nlen == 0 || nlen > TAR_XATTR_NAME_MAX);
+                BAD(vlen > TAR_XATTR_VALUE_MAX || (uint64_t)voff + vlen > strs_len);
+                x->value = (const uint8_t *)ix->strs + voff;
+                x->len = vlen;
+        }
+
+        p = sfiles;
+        for (uint32_t i = 0; i < nfiles; i++) {
+                struct layer_file *f = &ix->files[i];
+                uint32_t poff = get32(&p), plen2 = get32(&p), loff = get32(&p), llen = get32(&p);
+                f->type = get8(&p);
+                f->flags = get8(&p);
+                BAD(get8(&p) || get8(&p));
+                f->mode = get32(&p);
+                f->uid = get32(&p);
+                f->gid = get32(&p);
+                f->devmajor = get32(&p);
+                f->devminor = get32(&p);
+                f->mtime_nsec = get32(&p);
+                f->mtime = (int64_t)get64(&p);
+                f->size = get64(&p);
+                f->offset = get64(&p);
+                f->xattr_first = get32(&p);
+                f->nxattrs = get32(&p);
+
+                f->path = get_str(ix, poff, plen2);
+                BAD(!f->path || !valid_path(f->path));
+                BAD(i == 0 ? f->path[0] != '\0' || f->type != TAR_DIR
+                           : layer_path_cmp(ix->files[i - 1].path, f->path) >= 0);
+                BAD(f->type < TAR_REG || f->type > TAR_WHITEOUT || f->mode > 07777);
+                BAD(f->flags & ~(LAYER_F_OPAQUE | LAYER_F_IMPLICIT));
+                BAD((f->flags & LAYER_F_OPAQUE) && f->type != TAR_DIR);
+                BAD((f->flags & LAYER_F_IMPLICIT) && f->type != TAR_DIR);
+                BAD(f->mtime_nsec >= 1000000000u);
+                BAD(f->type != TAR_CHR && f->type != TAR_BLK && (f->devmajor || f->devminor));
+                if (f->type == TAR_SYMLINK || f->type == TAR_HARDLINK) {
+                        f->link = get_str(ix, loff, llen);
+                        BAD(!f->link || llen == 0 || llen >= PATH_MAX);
+                } else {
+                        BAD(loff || llen);
+                        f->link = NULL;
+                }
+                if (f->type == TAR_REG || f->type == TAR_HARDLINK)
+                        BAD(f->offset > ix->tar_size || f->size > ix->tar_size - f->offset);
+                else
+                        BAD(f->size || f->offset);
+                if (f->size == 0)
+                        BAD(f->offset);
+                BAD(f->xattr_first != nx || f->nxattrs > nxattrs - nx);
+                nx += f->nxattrs;
+        }
+        BAD(nx != nxattrs);
+        /* Relations need the whole sorted table. */
+        for (uint32_t i = 1; i < nfiles; i++) {
+                const struct layer_file *f = &ix->files[i];
+                BAD(!parent_is_dir(ix, f->path));
+                if (f->type == TAR_HARDLINK) {
+                        ssize_t t = layer_index_lookup(ix, f->link);
+                        const struct layer_file *tf;
+                        BAD(t < 0);
+                        tf = &ix->files[t];
+                        BAD(tf->type == TAR_DIR || tf->type == TAR_HARDLINK ||
+                            tf->type == TAR_WHITEOUT);
+                        BAD(tf->size != f->size || tf->offset != f->offset);
+                }
+        }
+
+        p = scps;
+        win = malloc(LAYER_WINDOW);
+        dctx = ZSTD_createDCtx();
+        if (!win || !dctx) {
+                r = -ENOMEM;
+                goto out_free;
+        }
+        for (uint32_t i = 0; i < ncps; i++) {
+                struct layer_checkpoint *c = &ix->cps[i];
+                uint64_t zend;
+                c->in = get64(&p);
+                c->out = get64(&p);
+                c->bits = get8(&p);
+                BAD(p[0] || p[1] || p[2]);
+                p += 3;
+                c->wlen = get32(&p);
+                c->zoff = get64(&p);
+                c->zlen = get32(&p);
+                BAD(get32(&p) != 0);
+                BAD(c->bits > 7 || c->in > ix->blob_size || c->out > ix->tar_size);
+                BAD(c->bits && c->in == 0);
+                BAD(i == 0 ? c->out != 0 || c->zoff != 0
+                           : c->in <= ix->cps[i - 1].in || c->out <= ix->cps[i - 1].out ||
+                                     c->zoff != ix->cps[i - 1].zoff + ix->cps[i - 1].zlen);
+                BAD(c->wlen != (c->out < LAYER_WINDOW ? c->out : LAYER_WINDOW));
+                BAD((c->wlen == 0) != (c->zlen == 0));
+                zend = c->zoff + c->zlen;
+                BAD(zend > wins_len);
+                if (c->zlen) {
+                        unsigned long long csz =
+                                ZSTD_getFrameContentSize(ix->wins + c->zoff, c->zlen);
+                        size_t got;
+                        BAD(csz != c->wlen);
+                        BAD(ZSTD_findFrameCompressedSize(ix->wins + c->zoff, c->zlen) != c->zlen);
+                        got = ZSTD_decompressDCtx(dctx, win, LAYER_WINDOW, ix->wins + c->zoff,
+                                                  c->zlen);
+                        BAD(ZSTD_isError(got) || got != c->wlen);
+                }
+                if (i + 1 == ncps)
+                        BAD(zend != wins_len);
+        }
+        r = layer_index_link_tree(ix);
+
+out_free:
+        free(win);
+        ZSTD_freeDCtx(dctx);
+        return r;
+}
+
+int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret) {
+        const uint8_t *p = buf;
+        struct layer_index *ix;
+        unsigned long long csz;
+        uint64_t plen;
+        uint8_t *payload;
+        size_t got;
+        int r;
+
+        if (max_decoded == 0)
+                max_decoded = LAYER_INDEX_DECODED_MAX;
+        if (len < HDR_LEN || memcmp(p, MAGIC, 8) != 0)
+                return -EBADMSG;
+        p += 8;
+        if (get32(&p) != VERSION)
+                return -EPROTONOSUPPORT;
+        if (get32(&p) != 0)
+                return -EBADMSG;
+        plen = get64(&p);
+        if (plen > max_decoded)
+                return -EFBIG;
+        if (plen < FIXED_LEN)
+                return -EBADMSG;
+        csz = ZSTD_getFrameContentSize(p, len - HDR_LEN);
+        if (csz != plen || ZSTD_findFrameCompressedSize(p, len - HDR_LEN) != len - HDR_LEN)
+                return -EBADMSG;
+        payload = malloc(plen);
+        if (!payload)
+                return -ENOMEM;
+        got = ZSTD_decompress(payload, plen, p, len - HDR_LEN);
+        if (ZSTD_isError(got) || got != plen) {
+                free(payload);
+                return -EBADMSG;
+        }
+        ix = calloc(1, sizeof(*ix));
+        if (!ix) {
+                free(payload);
+                return -ENOMEM;
+        }
+        r = decode_payload(payload, plen, ix);
+        free(payload);
+        if (r < 0) {
+                layer_index_free(ix);
+                return r;
+        }
+        *ret = ix;
+        return 0;
+}

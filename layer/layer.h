@@ -1,0 +1,150 @@
+/* Layer indexes: the file table of an image layer and, for gzip layers, the decompression
+ * checkpoints that let one file be read without inflating the layer from its start.
+ *
+ * Lifecycle: a layer_builder is fed the layer's bytes once, in order (the "pass"), and
+ * produces a layer_index; an index is encoded to a compact content-addressed form
+ * (layer_index_encode) that other nodes decode (layer_index_decode) instead of running the
+ * pass; a layer_reader reads file bytes through an index, fetching only the compressed ranges
+ * it needs through a callback. Nothing here does I/O, locks or logs: the engine supplies the
+ * bytes and decides where the index is stored. No FUSE. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "layer/tar.h"
+#include "util/digest.h"
+
+enum layer_format {
+        LAYER_FMT_TAR = 1,  /* plain tar: the uncompressed offset is the blob offset */
+        LAYER_FMT_GZIP = 2, /* tar+gzip, one or more members */
+        LAYER_FMT_ZSTD = 3, /* recognised; not indexed yet (needs a seekable copy) */
+};
+
+/* File types are tar.h's enum tar_type (TAR_REG ... TAR_OPAQUE is never a file: it becomes
+ * LAYER_F_OPAQUE on the directory). */
+#define LAYER_F_OPAQUE 0x01   /* directory with ".wh..wh..opq": trusted.overlay.opaque=y */
+#define LAYER_F_IMPLICIT 0x02 /* directory not in the tar, implied by a path under it */
+
+#define LAYER_WINDOW 32768u           /* deflate's window: the bytes a checkpoint carries */
+#define LAYER_SPAN_DEFAULT (2u << 20) /* compressed bytes between checkpoints */
+#define LAYER_SPAN_MIN (16u << 10)    /* (the daemon's option allows 1-4 MiB) */
+#define LAYER_SPAN_MAX (64u << 20)
+#define LAYER_INDEX_DECODED_MAX (1ull << 30)
+
+struct layer_xattr {
+        const char *name; /* NUL-terminated */
+        const uint8_t *value;
+        uint32_t len;
+};
+
+/* One entry of the file table. Strings and xattrs belong to the index. */
+struct layer_file {
+        const char *path; /* normalised (tar_path_normalise); "" is the root */
+        const char *link; /* symlink target; hard link: the path of the file it shares data
+                           * with (never itself a hard link); NULL otherwise */
+        uint8_t type;     /* enum tar_type */
+        uint8_t flags;    /* LAYER_F_* */
+        uint32_t mode;    /* 07777 bits; the type is TYPE */
+        uint32_t uid, gid, devmajor, devminor;
+        int64_t mtime;
+        uint32_t mtime_nsec;
+        uint64_t size;                 /* regular files and hard links to them; 0 otherwise */
+        uint64_t offset;               /* of the data in the uncompressed tar; 0 when SIZE is 0 */
+        uint32_t xattr_first, nxattrs; /* into layer_index_xattr() */
+};
+
+struct layer_index_info {
+        enum layer_format format;
+        uint32_t span;
+        uint64_t blob_size;        /* bytes of the layer blob (compressed) */
+        uint64_t tar_size;         /* bytes of the uncompressed tar */
+        struct digest blob_digest; /* sha256 of the blob: the layer digest */
+        struct digest diff_id;     /* sha256 of the uncompressed tar */
+        size_t nfiles, nxattrs, ncheckpoints;
+        size_t memory; /* bytes this index holds in memory */
+};
+
+struct layer_index;
+
+void layer_index_free(struct layer_index *ix); /* NULL-safe */
+void layer_index_info(const struct layer_index *ix, struct layer_index_info *ret);
+
+/* Files are sorted by path with '/' ordered before every other byte, so a directory is
+ * followed by all of its descendants. Index 0 is always the root "". */
+size_t layer_index_nfiles(const struct layer_index *ix);
+const struct layer_file *layer_index_file(const struct layer_index *ix, size_t i);
+const struct layer_xattr *layer_index_xattr(const struct layer_index *ix, size_t i);
+/* The file at PATH (normalised, "" for the root): its index, or -ENOENT. O(log n). */
+ssize_t layer_index_lookup(const struct layer_index *ix, const char *path);
+/* Children of directory DIR: start with CURSOR = DIR, then pass back what it returns; returns
+ * the next direct child's index, or -ENOENT when there are no more. O(1) per child. */
+ssize_t layer_index_next_child(const struct layer_index *ix, size_t dir, size_t cursor);
+
+/* The pass. */
+struct layer_build_opts {
+        uint32_t span;                    /* 0: LAYER_SPAN_DEFAULT; else within MIN..MAX */
+        const struct digest *diff_id;     /* when known: the pass fails if the tar differs */
+        const struct digest *blob_digest; /* when known: the pass fails if the blob differs */
+        size_t max_files;                 /* 0: 4 Mi entries */
+        size_t max_bytes;                 /* names, xattrs and windows; 0: 512 MiB */
+};
+
+struct layer_builder;
+
+/* NULL on allocation failure; O may be NULL for the defaults. */
+struct layer_builder *layer_builder_new(const struct layer_build_opts *o);
+void layer_builder_free(struct layer_builder *b); /* NULL-safe */
+/* The next LEN bytes of the blob. 0 or -errno, sticky: -EPROTONOSUPPORT unknown format,
+ * -EOPNOTSUPP zstd (not indexed yet), -EBADMSG corrupt gzip, tar errors as tar_parser_feed(),
+ * -EFBIG over max_files/max_bytes, -ENOMEM. */
+int layer_builder_feed(struct layer_builder *b, const void *buf, size_t len);
+/* The blob ended. Checks completeness, the digests when given, hard links and parents; on
+ * success *RET is the index (the caller's) and 0 is returned; -EBADMSG and the errors above
+ * otherwise, with layer_builder_error() saying why. */
+int layer_builder_finish(struct layer_builder *b, struct layer_index **ret);
+const char *layer_builder_error(const struct layer_builder *b); /* "" when none */
+
+/* Detects the format from the first LEN bytes of a blob: a layer_format, -EAGAIN when LEN is
+ * too short to tell (up to 512 bytes are needed for tar), -EPROTONOSUPPORT otherwise. */
+int layer_detect_format(const void *buf, size_t len);
+
+/* The encoded form: versioned, zstd-compressed, deterministic for one libzstd version. *RET
+ * is malloc'ed (the caller frees it); *RET_DIGEST the sha256 of the *RET_LEN bytes, its name
+ * as a derived blob. 0 or -ENOMEM. */
+int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
+                       struct digest *ret_digest);
+/* Decodes and validates everything (counts, bounds, offsets within the tar and the blob,
+ * sorted unique normalised paths, parents are directories, hard links resolve, checkpoints
+ * ordered with windows that decompress to their length). Decoded bytes are bounded by
+ * MAX_DECODED (0: LAYER_INDEX_DECODED_MAX). 0, -EBADMSG, -EPROTONOSUPPORT (another version),
+ * -EFBIG or -ENOMEM. Does not check that the index matches a blob: compare the info's
+ * blob_digest with the layer's digest. */
+int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret);
+
+/* Reading. FETCH copies LEN bytes of the blob at OFF into BUF and returns how many (fewer
+ * only at the blob's end) or -errno; it may block (the reader is for worker threads). */
+typedef ssize_t (*layer_fetch_fn)(void *ctx, uint64_t off, void *buf, size_t len);
+
+struct layer_reader;
+
+/* A reader holds one inflate state (about 50 KiB) so sequential reads continue where the
+ * last stopped. Not thread-safe: one per thread. IX must outlive it. NULL on ENOMEM. */
+struct layer_reader *layer_reader_new(const struct layer_index *ix, layer_fetch_fn fetch,
+                                      void *ctx);
+void layer_reader_free(struct layer_reader *r); /* NULL-safe */
+/* Up to LEN bytes of regular file (or hard link) F at OFF into BUF: the count (0 at or past
+ * the end), -EISDIR / -EINVAL for other types, FETCH's error, or -EBADMSG when the blob ends
+ * early or does not inflate where the index says. Raw deflate has no check of its own: that
+ * the bytes are right rests on FETCH returning verified blob bytes (the engine's chunk
+ * digests) and on the index being the one built for this blob. */
+ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, uint64_t off,
+                          void *buf, size_t len);
+/* Compressed bytes fetched so far. */
+uint64_t layer_reader_fetched(const struct layer_reader *r);
+
+/* The blob range [*RET_START, *RET_END) that holds LEN bytes of the uncompressed tar at UOFF:
+ * what a prefetch of a read should fetch. 0 or -EINVAL (past the end). */
+int layer_index_blob_range(const struct layer_index *ix, uint64_t uoff, uint64_t len,
+                           uint64_t *ret_start, uint64_t *ret_end);

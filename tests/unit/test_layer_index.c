@@ -1,0 +1,868 @@
+/* Unit tests for layer/index.c, layer/reader.c and layer/codec.c: the pass over plain and
+ * gzip layers written by python3's tarfile (tests/unit/layer_gen.py, an independent tar
+ * writer), the file table against the generator's manifest, every file's bytes read back
+ * through checkpoints for several spans, the encoded form, and the refusals. */
+#include <errno.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "layer/internal.h"
+#include "util/digest.h"
+
+struct buf {
+        uint8_t *p;
+        size_t len;
+};
+
+struct mline {
+        char type;
+        char path[PATH_MAX];
+        uint64_t size;
+        char sha[65];
+        unsigned mode, uid, gid;
+        long long mtime;
+        char link[PATH_MAX];
+};
+
+struct fixture {
+        struct buf tar, gz, gz_multi;
+        struct mline *m;
+        size_t nm;
+};
+
+static struct fixture pax_fx, gnu_fx;
+
+static struct buf read_file(const char *path) {
+        struct buf b = {0};
+        FILE *f = fopen(path, "rb");
+        struct stat st;
+
+        assert_non_null(f);
+        assert_int_equal(fstat(fileno(f), &st), 0);
+        b.len = (size_t)st.st_size;
+        b.p = malloc(b.len ? b.len : 1);
+        assert_non_null(b.p);
+        assert_int_equal(fread(b.p, 1, b.len, f), b.len);
+        fclose(f);
+        return b;
+}
+
+/* gzip of IN as MEMBERS concatenated members. */
+static struct buf gzip_buf(const struct buf *in, int members) {
+        struct buf out = {0};
+        size_t cap = in->len + in->len / 10 + 4096 * (size_t)members, piece;
+
+        out.p = malloc(cap);
+        assert_non_null(out.p);
+        piece = in->len / (size_t)members + 1;
+        for (size_t off = 0; off < in->len; off += piece) {
+                z_stream zs = {0};
+                size_t n = in->len - off < piece ? in->len - off : piece;
+                assert_int_equal(deflateInit2(&zs, 6, Z_DEFLATED, 16 + 15, 8, Z_DEFAULT_STRATEGY),
+                                 Z_OK);
+                zs.next_in = in->p + off;
+                zs.avail_in = (uInt)n;
+                zs.next_out = out.p + out.len;
+                zs.avail_out = (uInt)(cap - out.len);
+                assert_int_equal(deflate(&zs, Z_FINISH), Z_STREAM_END);
+                out.len = cap - zs.avail_out;
+                deflateEnd(&zs);
+        }
+        return out;
+}
+
+static void load_fixture(struct fixture *fx, const char *fmt) {
+        char dir[] = "/tmp/test_layer_XXXXXX", cmd[1024], tarp[256], manp[256], line[3 * PATH_MAX];
+        FILE *f;
+
+        assert_non_null(mkdtemp(dir));
+        snprintf(tarp, sizeof(tarp), "%s/layer.tar", dir);
+        snprintf(manp, sizeof(manp), "%s/manifest", dir);
+        snprintf(cmd, sizeof(cmd), "python3 tests/unit/layer_gen.py %s %s %s", fmt, tarp, manp);
+        if (system(cmd) != 0)
+                fail_msg("%s failed (run the tests from the repository root)", cmd);
+        fx->tar = read_file(tarp);
+        fx->gz = gzip_buf(&fx->tar, 1);
+        fx->gz_multi = gzip_buf(&fx->tar, 5);
+        f = fopen(manp, "r");
+        assert_non_null(f);
+        fx->m = calloc(256, sizeof(*fx->m));
+        while (fgets(line, sizeof(line), f)) {
+                struct mline *m = &fx->m[fx->nm++];
+                char *fields[9], *s = line;
+                assert_true(fx->nm < 256);
+                line[strcspn(line, "\n")] = '\0';
+                for (int i = 0; i < 9; i++) {
+                        fields[i] = s;
+                        s = strchr(s, '\t');
+                        if (i < 8) {
+                                assert_non_null(s);
+                                *s++ = '\0';
+                        }
+                }
+                m->type = fields[0][0];
+                snprintf(m->path, sizeof(m->path), "%s", fields[1]);
+                m->size = strtoull(fields[2], NULL, 10);
+                snprintf(m->sha, sizeof(m->sha), "%s", fields[3]);
+                m->mode = (unsigned)strtoul(fields[4], NULL, 8);
+                m->uid = (unsigned)strtoul(fields[5], NULL, 10);
+                m->gid = (unsigned)strtoul(fields[6], NULL, 10);
+                m->mtime = strtoll(fields[7], NULL, 10);
+                snprintf(m->link, sizeof(m->link), "%s", fields[8]);
+        }
+        fclose(f);
+        unlink(tarp);
+        unlink(manp);
+        rmdir(dir);
+}
+
+static int setup(void **state) {
+        (void)state;
+        load_fixture(&pax_fx, "pax");
+        load_fixture(&gnu_fx, "gnu");
+        return 0;
+}
+
+static void free_fixture(struct fixture *fx) {
+        free(fx->tar.p);
+        free(fx->gz.p);
+        free(fx->gz_multi.p);
+        free(fx->m);
+}
+
+static int teardown(void **state) {
+        (void)state;
+        free_fixture(&pax_fx);
+        free_fixture(&gnu_fx);
+        return 0;
+}
+
+/* Feeds BLOB in pieces of PIECE bytes. */
+static int build(const struct buf *blob, uint32_t span, size_t piece,
+                 const struct layer_build_opts *extra, struct layer_index **ret, char *err,
+                 size_t errlen) {
+        struct layer_build_opts o = extra ? *extra : (struct layer_build_opts){0};
+        struct layer_builder *b;
+        int r = 0;
+
+        o.span = span;
+        b = layer_builder_new(&o);
+        assert_non_null(b);
+        for (size_t off = 0; off < blob->len && r == 0; off += piece)
+                r = layer_builder_feed(b, blob->p + off,
+                                       blob->len - off < piece ? blob->len - off : piece);
+        if (r == 0)
+                r = layer_builder_finish(b, ret);
+        if (err)
+                snprintf(err, errlen, "%s", layer_builder_error(b));
+        if (r < 0)
+                assert_true(strlen(layer_builder_error(b)) > 0);
+        layer_builder_free(b);
+        return r;
+}
+
+struct mem_src {
+        const struct buf *blob;
+        uint64_t max_end; /* highest byte fetched + 1 */
+        unsigned calls;
+};
+
+static ssize_t mem_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        struct mem_src *s = ctx;
+
+        s->calls++;
+        if (off >= s->blob->len)
+                return 0;
+        if (len > s->blob->len - off)
+                len = (size_t)(s->blob->len - off);
+        memcpy(buf, s->blob->p + off, len);
+        if (off + len > s->max_end)
+                s->max_end = off + len;
+        return (ssize_t)len;
+}
+
+static char type_code(const struct layer_file *f) {
+        switch (f->type) {
+        case TAR_REG:
+                return 'f';
+        case TAR_DIR:
+                return 'd';
+        case TAR_SYMLINK:
+                return 'l';
+        case TAR_HARDLINK:
+                return 'h';
+        case TAR_CHR:
+                return 'c';
+        case TAR_BLK:
+                return 'b';
+        case TAR_FIFO:
+                return 'p';
+        case TAR_WHITEOUT:
+                return 'w';
+        default:
+                return '?';
+        }
+}
+
+/* The table matches the manifest: every manifest entry is there with its attributes; every
+ * other entry is an implied directory. */
+static void check_table(const struct layer_index *ix, const struct fixture *fx) {
+        size_t explicit_ = 0;
+
+        assert_string_equal(layer_index_file(ix, 0)->path, "");
+        for (size_t i = 0; i < fx->nm; i++) {
+                const struct mline *m = &fx->m[i];
+                ssize_t k = layer_index_lookup(ix, m->path);
+                const struct layer_file *f;
+                if (k < 0)
+                        fail_msg("%s missing from the index", m->path);
+                f = layer_index_file(ix, (size_t)k);
+                if (m->type == 'o') {
+                        assert_int_equal(f->type, TAR_DIR);
+                        assert_true(f->flags & LAYER_F_OPAQUE);
+                        continue;
+                }
+                explicit_++;
+                if (type_code(f) != m->type)
+                        fail_msg("%s: type %c, want %c", m->path, type_code(f), m->type);
+                if (m->type == 'w')
+                        continue;
+                assert_int_equal(f->mode, m->mode);
+                assert_int_equal(f->uid, m->uid);
+                assert_int_equal(f->gid, m->gid);
+                assert_int_equal(f->mtime, m->mtime);
+                assert_false(f->flags & LAYER_F_IMPLICIT);
+                if (m->type == 'f' || m->type == 'h')
+                        assert_int_equal(f->size, m->size);
+                if (m->type == 'l' || m->type == 'h')
+                        assert_string_equal(f->link, m->link);
+                if (m->type == 'c' || m->type == 'b') {
+                        char dev[32];
+                        snprintf(dev, sizeof(dev), "%u:%u", f->devmajor, f->devminor);
+                        assert_string_equal(dev, m->link);
+                }
+        }
+        /* Everything else is a directory the tar only implied. */
+        for (size_t i = 0; i < layer_index_nfiles(ix); i++) {
+                const struct layer_file *f = layer_index_file(ix, i);
+                bool listed = false;
+                for (size_t j = 0; j < fx->nm && !listed; j++)
+                        listed = fx->m[j].type != 'o' && strcmp(fx->m[j].path, f->path) == 0;
+                if (!listed) {
+                        if (f->type != TAR_DIR || !(f->flags & LAYER_F_IMPLICIT))
+                                fail_msg("unexpected entry \"%s\"", f->path);
+                }
+        }
+        (void)explicit_;
+}
+
+static void check_reads(const struct layer_index *ix, const struct buf *blob,
+                        const struct fixture *fx, unsigned seed) {
+        struct mem_src src = {.blob = blob};
+        struct layer_reader *r = layer_reader_new(ix, mem_fetch, &src);
+        uint8_t *data, small[5000];
+
+        assert_non_null(r);
+        srand(seed);
+        for (size_t i = 0; i < fx->nm; i++) {
+                const struct mline *m = &fx->m[i];
+                const struct layer_file *f;
+                struct digest d, want;
+                size_t got = 0;
+                char hex[DIGEST_HEX_LEN + 1];
+
+                if (m->type != 'f' && m->type != 'h')
+                        continue;
+                f = layer_index_file(ix, (size_t)layer_index_lookup(ix, m->path));
+                data = malloc(f->size + 1);
+                assert_non_null(data);
+                /* whole file in uneven pieces */
+                while (got < f->size) {
+                        size_t want_len = 1 + (size_t)rand() % 70000;
+                        ssize_t n = layer_reader_read(r, f, got, data + got, want_len);
+                        assert_true(n > 0);
+                        got += (size_t)n;
+                }
+                assert_int_equal(layer_reader_read(r, f, f->size, small, 10), 0);
+                digest_sha256(data, f->size, &d);
+                digest_to_hex(&d, hex);
+                if (strcmp(hex, m->sha) != 0)
+                        fail_msg("%s: sha256 %s, want %s", m->path, hex, m->sha);
+                assert_int_equal(digest_from_hex(m->sha, 64, &want), 0);
+                /* random reads, backwards and forwards, against the verified copy */
+                for (int k = 0; k < 6 && f->size; k++) {
+                        uint64_t off = (uint64_t)rand() % f->size;
+                        size_t len = 1 + (size_t)rand() % sizeof(small);
+                        ssize_t n = layer_reader_read(r, f, off, small, len);
+                        size_t expect = len < f->size - off ? len : (size_t)(f->size - off);
+                        assert_int_equal(n, (ssize_t)expect);
+                        assert_memory_equal(small, data + off, expect);
+                }
+                free(data);
+        }
+        layer_reader_free(r);
+}
+
+static void check_layer(const struct fixture *fx, const struct buf *blob, uint32_t span,
+                        size_t piece, enum layer_format fmt) {
+        struct layer_index *ix = NULL;
+        struct layer_index_info info;
+        char err[400];
+        struct digest d;
+        int r = build(blob, span, piece, NULL, &ix, err, sizeof(err));
+
+        if (r != 0)
+                fail_msg("build: %d %s", r, err);
+        layer_index_info(ix, &info);
+        assert_int_equal(info.format, fmt);
+        assert_int_equal(info.blob_size, blob->len);
+        assert_int_equal(info.tar_size, fx->tar.len);
+        digest_sha256(fx->tar.p, fx->tar.len, &d);
+        assert_true(digest_equal(&d, &info.diff_id));
+        digest_sha256(blob->p, blob->len, &d);
+        assert_true(digest_equal(&d, &info.blob_digest));
+        if (fmt == LAYER_FMT_GZIP) {
+                /* About one checkpoint per SPAN of compressed input (blocks are ~16-100 KiB). */
+                assert_true(info.ncheckpoints >= 1);
+                assert_true(info.ncheckpoints <= blob->len / span + 2);
+                if (span <= 64 * 1024)
+                        assert_true(info.ncheckpoints >= blob->len / span / 4);
+        } else {
+                assert_int_equal(info.ncheckpoints, 0);
+        }
+        check_table(ix, fx);
+        check_reads(ix, blob, fx, span);
+        layer_index_free(ix);
+}
+
+static void test_plain_tar(void **state) {
+        (void)state;
+        check_layer(&pax_fx, &pax_fx.tar, 0, 65536, LAYER_FMT_TAR);
+        check_layer(&gnu_fx, &gnu_fx.tar, 0, 4093, LAYER_FMT_TAR);
+}
+
+static void test_gzip_spans(void **state) {
+        (void)state;
+        check_layer(&pax_fx, &pax_fx.gz, LAYER_SPAN_MIN, 7919, LAYER_FMT_GZIP);
+        check_layer(&pax_fx, &pax_fx.gz, 64 << 10, 1 << 20, LAYER_FMT_GZIP);
+        check_layer(&pax_fx, &pax_fx.gz, 1 << 20, 100000, LAYER_FMT_GZIP);
+        check_layer(&gnu_fx, &gnu_fx.gz, 256 << 10, 3, LAYER_FMT_GZIP);
+}
+
+static void test_gzip_multi_member(void **state) {
+        (void)state;
+        check_layer(&pax_fx, &pax_fx.gz_multi, LAYER_SPAN_MIN, 8192, LAYER_FMT_GZIP);
+        check_layer(&gnu_fx, &gnu_fx.gz_multi, 1 << 20, 65536, LAYER_FMT_GZIP);
+}
+
+static void test_xattrs_and_tree(void **state) {
+        struct layer_index *ix;
+        const struct layer_file *f;
+        const struct layer_xattr *x;
+        ssize_t k, c;
+        int n = 0;
+        (void)state;
+
+        assert_int_equal(build(&pax_fx.gz, 0, 65536, NULL, &ix, NULL, 0), 0);
+        k = layer_index_lookup(ix, "etc/caps");
+        assert_true(k >= 0);
+        f = layer_index_file(ix, (size_t)k);
+        assert_int_equal(f->nxattrs, 2);
+        assert_int_equal(f->mtime_nsec, 250000000);
+        for (uint32_t i = 0; i < f->nxattrs; i++) {
+                x = layer_index_xattr(ix, f->xattr_first + i);
+                if (strcmp(x->name, "security.capability") == 0) {
+                        assert_int_equal(x->len, 4);
+                        assert_memory_equal(x->value, "\x01\x00\x00\x02", 4);
+                } else {
+                        assert_string_equal(x->name, "user.note");
+                        assert_memory_equal(x->value, "hello", 5);
+                }
+        }
+        /* readdir of "etc": exactly its direct children, in order */
+        k = layer_index_lookup(ix, "etc");
+        for (c = layer_index_next_child(ix, (size_t)k, (size_t)k); c >= 0;
+             c = layer_index_next_child(ix, (size_t)k, (size_t)c)) {
+                const char *p = layer_index_file(ix, (size_t)c)->path;
+                assert_true(strncmp(p, "etc/", 4) == 0 && !strchr(p + 4, '/'));
+                n++;
+        }
+        assert_int_equal(n, 4); /* caps empty hostname removed(whiteout) */
+        /* the root lists the top-level directories, implied ones included */
+        n = 0;
+        for (c = layer_index_next_child(ix, 0, 0); c >= 0;
+             c = layer_index_next_child(ix, 0, (size_t)c))
+                n++;
+        assert_int_equal(n, 9); /* deep dev etc hl lnk many run usr var */
+        assert_int_equal(layer_index_lookup(ix, "nope"), -ENOENT);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "usr/share"));
+        assert_true(f->flags & LAYER_F_IMPLICIT);
+        layer_index_free(ix);
+}
+
+static void test_digests_checked(void **state) {
+        struct layer_index *ix = NULL;
+        struct digest diff, blob, wrong;
+        struct layer_build_opts o = {0};
+        char err[400];
+        (void)state;
+
+        digest_sha256(pax_fx.tar.p, pax_fx.tar.len, &diff);
+        digest_sha256(pax_fx.gz.p, pax_fx.gz.len, &blob);
+        memset(&wrong, 0x11, sizeof(wrong));
+        o.diff_id = &diff;
+        o.blob_digest = &blob;
+        assert_int_equal(build(&pax_fx.gz, 0, 1 << 20, &o, &ix, err, sizeof(err)), 0);
+        layer_index_free(ix);
+        o.diff_id = &wrong;
+        assert_int_equal(build(&pax_fx.gz, 0, 1 << 20, &o, &ix, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "diff_id"));
+        o.diff_id = &diff;
+        o.blob_digest = &wrong;
+        assert_int_equal(build(&pax_fx.gz, 0, 1 << 20, &o, &ix, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "blob digest"));
+}
+
+static void test_bad_blobs(void **state) {
+        struct layer_index *ix = NULL;
+        struct buf b;
+        char err[400];
+        static const uint8_t zstd_magic[] = {0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0};
+        (void)state;
+
+        /* truncated gzip at many points: always refused, never an index */
+        for (size_t cut = 0; cut < pax_fx.gz.len; cut += pax_fx.gz.len / 7 + 1) {
+                b = (struct buf){pax_fx.gz.p, cut};
+                assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        }
+        b = (struct buf){pax_fx.gz.p, pax_fx.gz.len - 1}; /* the trailer's last byte */
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "truncated"));
+        /* a flipped byte: inflate or the CRC refuses it */
+        b.len = pax_fx.gz.len;
+        b.p = malloc(b.len);
+        memcpy(b.p, pax_fx.gz.p, b.len);
+        b.p[b.len / 2] ^= 0x40;
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        /* garbage after the last member */
+        memcpy(b.p, pax_fx.gz.p, b.len);
+        b.p[b.len - 1] ^= 0; /* unchanged */
+        free(b.p);
+        b.len = pax_fx.gz.len + 4;
+        b.p = malloc(b.len);
+        memcpy(b.p, pax_fx.gz.p, pax_fx.gz.len);
+        memcpy(b.p + pax_fx.gz.len, "junk", 4);
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        free(b.p);
+        /* plain tar cut short */
+        b = (struct buf){pax_fx.tar.p, pax_fx.tar.len / 2};
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        /* formats */
+        b = (struct buf){(uint8_t *)zstd_magic, sizeof(zstd_magic)};
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EOPNOTSUPP);
+        assert_non_null(strstr(err, "zstd"));
+        b = (struct buf){(uint8_t *)"PK\003\004 not a layer", 16};
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        b = (struct buf){pax_fx.tar.p + 1, 4096};
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EPROTONOSUPPORT);
+        b = (struct buf){(uint8_t *)"", 0};
+        assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        /* limits */
+        {
+                struct layer_build_opts o = {.max_files = 10};
+                assert_int_equal(build(&pax_fx.gz, 0, 65536, &o, &ix, err, sizeof(err)), -EFBIG);
+                o = (struct layer_build_opts){.max_bytes = 4096};
+                assert_int_equal(build(&pax_fx.gz, 0, 65536, &o, &ix, err, sizeof(err)), -EFBIG);
+        }
+        assert_int_equal(layer_detect_format("\x1f\x8b", 2), LAYER_FMT_GZIP);
+        assert_int_equal(layer_detect_format("\x1f", 1), -EAGAIN);
+        assert_int_equal(layer_detect_format(pax_fx.tar.p, 300), LAYER_FMT_TAR);
+}
+
+/* Table-level refusals, with tars written by a small writer here. */
+static void tar_add(struct buf *t, const char *name, char type, const char *data,
+                    const char *link) {
+        uint8_t h[TAR_BLOCK] = {0};
+        size_t n = data ? strlen(data) : 0;
+        unsigned sum = 0;
+
+        snprintf((char *)h, 100, "%s", name);
+        snprintf((char *)h + 100, 8, "%07o", 0644);
+        snprintf((char *)h + 108, 8, "%07o", 0);
+        snprintf((char *)h + 116, 8, "%07o", 0);
+        snprintf((char *)h + 124, 12, "%011o", (unsigned)(n & 0777777));
+        snprintf((char *)h + 136, 12, "%011o", 0);
+        h[156] = (uint8_t)type;
+        if (link)
+                snprintf((char *)h + 157, 100, "%s", link);
+        memcpy(h + 257,
+               "ustar\0"
+               "00",
+               8);
+        memset(h + 148, ' ', 8);
+        for (int i = 0; i < TAR_BLOCK; i++)
+                sum += h[i];
+        snprintf((char *)h + 148, 8, "%06o", sum);
+        t->p = realloc(t->p, t->len + TAR_BLOCK + (n + 511) / 512 * 512 + 1024);
+        memcpy(t->p + t->len, h, TAR_BLOCK);
+        t->len += TAR_BLOCK;
+        if (n) {
+                memset(t->p + t->len, 0, (n + 511) / 512 * 512);
+                memcpy(t->p + t->len, data, n);
+                t->len += (n + 511) / 512 * 512;
+        }
+        memset(t->p + t->len, 0, 1024); /* end-of-archive, overwritten by the next entry */
+}
+
+static int build_tar(struct buf *t, struct layer_index **ix, char *err) {
+        struct buf whole = {t->p, t->len + 1024};
+        int r = build(&whole, 0, 65536, NULL, ix, err, 400);
+        free(t->p);
+        memset(t, 0, sizeof(*t));
+        return r;
+}
+
+static void test_table_rules(void **state) {
+        struct buf t = {0};
+        struct layer_index *ix = NULL;
+        const struct layer_file *f;
+        char err[400];
+        (void)state;
+
+        tar_add(&t, "a", '1', NULL, "missing");
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+        assert_non_null(strstr(err, "missing"));
+
+        tar_add(&t, "d/", '5', NULL, NULL);
+        tar_add(&t, "a", '1', NULL, "d");
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+
+        tar_add(&t, "f", '0', "x", NULL);
+        tar_add(&t, "f/g", '0', "y", NULL);
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+        assert_non_null(strstr(err, "not a directory"));
+
+        tar_add(&t, "f", '0', "x", NULL);
+        tar_add(&t, "f/.wh..wh..opq", '0', NULL, NULL);
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+
+        /* a hard link keeps the data its target had when the link was read */
+        tar_add(&t, "f", '0', "old", NULL);
+        tar_add(&t, "h", '1', NULL, "f");
+        tar_add(&t, "h2", '1', NULL, "h"); /* a link to a link: to the data */
+        tar_add(&t, "f", '0', "newer", NULL);
+        tar_add(&t, "o/.wh..wh..opq", '0', NULL, NULL); /* opaque, directory implied */
+        assert_int_equal(build_tar(&t, &ix, err), 0);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "f"));
+        assert_int_equal(f->size, 5);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "h"));
+        assert_int_equal(f->type, TAR_REG);
+        assert_int_equal(f->size, 3);
+        assert_null(f->link);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "h2"));
+        assert_int_equal(f->type, TAR_REG);
+        assert_int_equal(f->size, 3);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "o"));
+        assert_int_equal(f->flags, LAYER_F_OPAQUE | LAYER_F_IMPLICIT);
+        assert_int_equal(layer_index_nfiles(ix), 5); /* "" f h h2 o */
+        {
+                /* the encoded form round-trips this too */
+                uint8_t *enc;
+                size_t len;
+                struct layer_index *ix2;
+                assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
+                assert_int_equal(layer_index_decode(enc, len, 0, &ix2), 0);
+                assert_int_equal(layer_index_nfiles(ix2), 5);
+                layer_index_free(ix2);
+                free(enc);
+        }
+        layer_index_free(ix);
+}
+
+/* ---- the encoded form ------------------------------------------------------------------- */
+
+static void same_index(const struct layer_index *a, const struct layer_index *b) {
+        struct layer_index_info ia, ib;
+
+        layer_index_info(a, &ia);
+        layer_index_info(b, &ib);
+        assert_int_equal(ia.format, ib.format);
+        assert_int_equal(ia.span, ib.span);
+        assert_int_equal(ia.blob_size, ib.blob_size);
+        assert_int_equal(ia.tar_size, ib.tar_size);
+        assert_true(digest_equal(&ia.diff_id, &ib.diff_id));
+        assert_true(digest_equal(&ia.blob_digest, &ib.blob_digest));
+        assert_int_equal(ia.nfiles, ib.nfiles);
+        assert_int_equal(ia.nxattrs, ib.nxattrs);
+        assert_int_equal(ia.ncheckpoints, ib.ncheckpoints);
+        for (size_t i = 0; i < ia.nfiles; i++) {
+                const struct layer_file *x = layer_index_file(a, i), *y = layer_index_file(b, i);
+                assert_string_equal(x->path, y->path);
+                assert_int_equal(x->type, y->type);
+                assert_int_equal(x->flags, y->flags);
+                assert_int_equal(x->mode, y->mode);
+                assert_int_equal(x->size, y->size);
+                assert_int_equal(x->offset, y->offset);
+                assert_int_equal(x->mtime, y->mtime);
+                assert_int_equal(x->nxattrs, y->nxattrs);
+                assert_true((x->link == NULL) == (y->link == NULL));
+                if (x->link)
+                        assert_string_equal(x->link, y->link);
+        }
+}
+
+static void test_codec_roundtrip(void **state) {
+        struct layer_index *ix, *ix2;
+        uint8_t *enc, *enc2;
+        size_t len, len2;
+        struct digest d, d2, check;
+        (void)state;
+
+        assert_int_equal(build(&pax_fx.gz, 64 << 10, 65536, NULL, &ix, NULL, 0), 0);
+        assert_int_equal(layer_index_encode(ix, &enc, &len, &d), 0);
+        digest_sha256(enc, len, &check);
+        assert_true(digest_equal(&d, &check));
+        assert_int_equal(layer_index_decode(enc, len, 0, &ix2), 0);
+        same_index(ix, ix2);
+        check_reads(ix2, &pax_fx.gz, &pax_fx, 7);
+        /* canonical: the decoded index encodes to the same bytes, the same name */
+        assert_int_equal(layer_index_encode(ix2, &enc2, &len2, &d2), 0);
+        assert_int_equal(len, len2);
+        assert_memory_equal(enc, enc2, len);
+        assert_true(digest_equal(&d, &d2));
+        free(enc2);
+        layer_index_free(ix2);
+        /* bounded: a smaller decode limit refuses before decompressing */
+        assert_int_equal(layer_index_decode(enc, len, 1000, &ix2), -EFBIG);
+        /* every truncation refused */
+        for (size_t cut = 0; cut < len; cut += cut < 64 ? 1 : len / 50 + 1)
+                assert_int_equal(layer_index_decode(enc, cut, 0, &ix2), -EBADMSG);
+        {
+                uint8_t v = enc[8];
+                enc[8] = 2;
+                assert_int_equal(layer_index_decode(enc, len, 0, &ix2), -EPROTONOSUPPORT);
+                enc[8] = v;
+        }
+        free(enc);
+        layer_index_free(ix);
+
+        assert_int_equal(build(&gnu_fx.tar, 0, 65536, NULL, &ix, NULL, 0), 0);
+        assert_int_equal(layer_index_encode(ix, &enc, &len, &d), 0);
+        assert_int_equal(layer_index_decode(enc, len, 0, &ix2), 0);
+        same_index(ix, ix2);
+        check_reads(ix2, &gnu_fx.tar, &gnu_fx, 8);
+        free(enc);
+        layer_index_free(ix2);
+        layer_index_free(ix);
+}
+
+/* Re-frames a modified payload, as a hostile peer could. */
+static int decode_payload_bytes(const uint8_t *pl, size_t plen, struct layer_index **ret) {
+        size_t bound = ZSTD_compressBound(plen), z;
+        uint8_t *out = malloc(24 + bound);
+        int r;
+
+        memcpy(out, "P2PLIDX\n\1\0\0\0\0\0\0\0", 16);
+        for (int i = 0; i < 8; i++)
+                out[16 + i] = (uint8_t)((uint64_t)plen >> (8 * i));
+        z = ZSTD_compress(out + 24, bound, pl, plen, 1);
+        assert_false(ZSTD_isError(z));
+        r = layer_index_decode(out, 24 + z, 0, ret);
+        free(out);
+        return r;
+}
+
+static void put32le(uint8_t *p, uint32_t v) {
+        for (int i = 0; i < 4; i++)
+                p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64le(uint8_t *p, uint64_t v) {
+        for (int i = 0; i < 8; i++)
+                p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void test_codec_hostile(void **state) {
+        struct layer_index *ix, *ix2;
+        uint8_t *enc, *pl, *m;
+        size_t len, plen, nfiles, ncps, nx, files_at, cps_at;
+        (void)state;
+
+        assert_int_equal(build(&pax_fx.gz, LAYER_SPAN_MIN, 65536, NULL, &ix, NULL, 0), 0);
+        assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
+        plen = (size_t)ZSTD_getFrameContentSize(enc + 24, len - 24);
+        pl = malloc(plen);
+        m = malloc(plen);
+        assert_int_equal(ZSTD_decompress(pl, plen, enc + 24, len - 24), plen);
+        assert_int_equal(decode_payload_bytes(pl, plen, &ix2), 0);
+        layer_index_free(ix2);
+        nfiles = layer_index_nfiles(ix);
+        nx = ix->nxattrs;
+        ncps = ix->ncps;
+        files_at = 120;
+        cps_at = files_at + nfiles * 76 + nx * 16;
+
+#define MUTATE(what, stmt)                                                                         \
+        do {                                                                                       \
+                memcpy(m, pl, plen);                                                               \
+                stmt;                                                                              \
+                if (decode_payload_bytes(m, plen, &ix2) != -EBADMSG)                               \
+                        fail_msg("hostile index accepted: %s", what);                              \
+        } while (0)
+
+        MUTATE("format", m[0] = 9);
+        MUTATE("nfiles + 1", put32le(m + 88, (uint32_t)nfiles + 1));
+        MUTATE("nfiles huge", put32le(m + 88, 0xffffffffu));
+        MUTATE("ncheckpoints huge", put32le(m + 96, 0x7fffffffu));
+        MUTATE("strs_len huge", put64le(m + 104, 1ull << 40));
+        MUTATE("tar smaller than the files", put64le(m + 16, 1000));
+        MUTATE("blob smaller than the checkpoints", put64le(m + 8, 10));
+        MUTATE("span zero", put32le(m + 4, 0));
+        MUTATE("root renamed", put32le(m + files_at + 4, 3));
+        MUTATE("unsorted", {
+                uint8_t tmp[76];
+                memcpy(tmp, m + files_at + 76 * 3, 76);
+                memcpy(m + files_at + 76 * 3, m + files_at + 76 * 4, 76);
+                memcpy(m + files_at + 76 * 4, tmp, 76);
+        });
+        MUTATE("duplicate path", memcpy(m + files_at + 76 * 4, m + files_at + 76 * 3, 8));
+        MUTATE("type 0", m[files_at + 76 * 5 + 16] = 0);
+        MUTATE("type 42", m[files_at + 76 * 5 + 16] = 42);
+        MUTATE("unknown flag", m[files_at + 76 * 5 + 17] = 0x80);
+        MUTATE("mode beyond 07777", put32le(m + files_at + 76 * 5 + 20, 0170000));
+        MUTATE("path offset past strings", put32le(m + files_at + 76 * 5, 0x7fffffff));
+        MUTATE("path length past strings", put32le(m + files_at + 76 * 5 + 4, 0x7fffffff));
+        MUTATE("xattr count", put32le(m + files_at + 76 * 5 + 72, 5));
+        for (size_t i = 0; i < nfiles; i++) {
+                const struct layer_file *f = layer_index_file(ix, i);
+                uint8_t *rec = m + files_at + 76 * i;
+                if (f->type == TAR_REG && f->size > 1000) {
+                        MUTATE("file past the tar", put64le(rec + 60, ix->tar_size - 10));
+                        MUTATE("size past the tar", put64le(rec + 52, ix->tar_size));
+                        MUTATE("offset overflow", put64le(rec + 60, UINT64_MAX - 5));
+                }
+                if (f->type == TAR_HARDLINK)
+                        MUTATE("hard link data differs", put64le(rec + 60, f->offset + 1));
+                if (f->type == TAR_DIR && i > 0)
+                        MUTATE("dir with a size", put64le(rec + 52, 1));
+        }
+        assert_true(ncps >= 2);
+        MUTATE("checkpoint bits 8", m[cps_at + 40 + 16] = 8);
+        MUTATE("checkpoint past the blob", put64le(m + cps_at + 40, ix->blob_size + 1));
+        MUTATE("checkpoints out of order", put64le(m + cps_at + 40 + 8, 0));
+        MUTATE("first checkpoint not at 0", put64le(m + cps_at + 8, 1));
+        MUTATE("window length", put32le(m + cps_at + 40 + 20, 100));
+        MUTATE("window offset", put64le(m + cps_at + 40 + 24, 1));
+        MUTATE("window bytes", {
+                size_t w = plen - ix->wins_len + ix->cps[1].zoff + 20;
+                m[w] ^= 0xff;
+        });
+        MUTATE("trailing byte", (void)0; plen++; m = realloc(m, plen); m[plen - 1] = 0);
+        plen--;
+
+        /* random single-byte damage anywhere: refused or, if harmless, still a valid index */
+        srand(16);
+        for (int k = 0; k < 300; k++) {
+                size_t at = (size_t)rand() % plen;
+                int r;
+                memcpy(m, pl, plen);
+                m[at] ^= (uint8_t)(1 + rand() % 255);
+                r = decode_payload_bytes(m, plen, &ix2);
+                assert_true(r == 0 || r == -EBADMSG);
+                if (r == 0)
+                        layer_index_free(ix2);
+        }
+        free(m);
+        free(pl);
+        free(enc);
+        layer_index_free(ix);
+}
+
+/* A blob shorter than the index says. */
+static ssize_t short_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        struct mem_src *s = ctx;
+        if (off > s->blob->len / 2)
+                return 0;
+        return mem_fetch(ctx, off, buf, len);
+}
+
+static ssize_t failing_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        (void)ctx;
+        (void)off;
+        (void)buf;
+        (void)len;
+        return -EIO;
+}
+
+static void test_reader_errors_and_range(void **state) {
+        struct layer_index *ix;
+        struct mem_src src = {.blob = &pax_fx.gz};
+        struct layer_reader *r;
+        const struct layer_file *f;
+        uint8_t buf[4096];
+        uint64_t start, end, fetched;
+        (void)state;
+
+        assert_int_equal(build(&pax_fx.gz, LAYER_SPAN_MIN, 65536, NULL, &ix, NULL, 0), 0);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "usr/share/text"));
+        r = layer_reader_new(ix, short_fetch, &src);
+        assert_int_equal(layer_reader_read(r, f, f->size - 10, buf, sizeof(buf)), -EBADMSG);
+        layer_reader_free(r);
+        r = layer_reader_new(ix, failing_fetch, NULL);
+        assert_int_equal(layer_reader_read(r, f, 100, buf, sizeof(buf)), -EIO);
+        layer_reader_free(r);
+
+        /* a 4 KiB read fetches no more than its checkpoint span (plus one fetch piece) */
+        r = layer_reader_new(ix, mem_fetch, &src);
+        {
+                ssize_t n = layer_reader_read(r, f, f->size / 2, buf, sizeof(buf));
+                if (n != sizeof(buf)) {
+                        const struct layer_checkpoint *cp =
+                                layer_index_checkpoint(ix, f->offset + f->size / 2);
+                        fail_msg("read %zd: cp in=%llu out=%llu bits=%u wlen=%u uoff=%llu", n,
+                                 (unsigned long long)cp->in, (unsigned long long)cp->out, cp->bits,
+                                 cp->wlen, (unsigned long long)(f->offset + f->size / 2));
+                }
+        }
+        fetched = layer_reader_fetched(r);
+        assert_int_equal(
+                layer_index_blob_range(ix, f->offset + f->size / 2, sizeof(buf), &start, &end), 0);
+        assert_true(end - start < 4 * LAYER_SPAN_MIN);
+        assert_true(fetched <= end - start + 65536);
+        assert_true(fetched < pax_fx.gz.len / 8);
+        assert_int_equal(layer_index_blob_range(ix, ix->tar_size, 1, &start, &end), -EINVAL);
+
+        assert_int_equal(layer_reader_read(r, layer_index_file(ix, 0), 0, buf, 1), -EISDIR);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "usr/bin/sh"));
+        assert_int_equal(layer_reader_read(r, f, 0, buf, 1), -EINVAL);
+        layer_reader_free(r);
+        layer_index_free(ix);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_plain_tar),
+                cmocka_unit_test(test_gzip_spans),
+                cmocka_unit_test(test_gzip_multi_member),
+                cmocka_unit_test(test_xattrs_and_tree),
+                cmocka_unit_test(test_digests_checked),
+                cmocka_unit_test(test_bad_blobs),
+                cmocka_unit_test(test_table_rules),
+                cmocka_unit_test(test_codec_roundtrip),
+                cmocka_unit_test(test_codec_hostile),
+                cmocka_unit_test(test_reader_errors_and_range),
+        };
+        return cmocka_run_group_tests(tests, setup, teardown);
+}
