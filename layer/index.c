@@ -769,7 +769,9 @@ static int finish_table(struct layer_builder *b) {
         return 0;
 }
 
-static int build_index(struct layer_builder *b, struct layer_index **ret) {
+/* The index from the finished table, or NULL (the builder's error set). */
+static struct layer_index *build_index(struct layer_builder *b, const struct digest *blob,
+                                       const struct digest *tar) {
         struct layer_index *ix = calloc(1, sizeof(*ix));
         size_t *order = NULL, n = 0, nx = 0;
         int r = -ENOMEM;
@@ -822,17 +824,21 @@ static int build_index(struct layer_builder *b, struct layer_index **ret) {
         ix->wins_len = b->wins_len;
         b->wins = NULL;
         b->wins_len = 0;
+        ix->blob_size = b->totin;
+        ix->tar_size = b->totout;
+        ix->blob_digest = *blob;
+        ix->diff_id = *tar;
         r = layer_index_link_tree(ix);
         if (r < 0)
                 goto out_fail;
         free(order);
-        *ret = ix;
-        return 0;
+        return ix;
 
 out_fail:
         free(order);
         layer_index_free(ix);
-        return bfail(b, r, "out of memory");
+        bfail(b, r, "out of memory");
+        return NULL;
 }
 
 int layer_builder_finish(struct layer_builder *b, struct layer_index **ret) {
@@ -873,13 +879,9 @@ int layer_builder_finish(struct layer_builder *b, struct layer_index **ret) {
         r = finish_table(b);
         if (r < 0)
                 return r;
-        r = build_index(b, &ix);
-        if (r < 0)
-                return r;
-        ix->blob_size = b->totin;
-        ix->tar_size = b->totout;
-        ix->blob_digest = blob;
-        ix->diff_id = tar;
+        ix = build_index(b, &blob, &tar);
+        if (!ix)
+                return b->err;
         *ret = ix;
         b->err = -EALREADY; /* one index per builder */
         snprintf(b->errmsg, sizeof(b->errmsg), "the builder has finished");
