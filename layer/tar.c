@@ -408,11 +408,31 @@ static bool all_zero(const uint8_t *b, size_t n) {
         return true;
 }
 
+int tar_whiteout(char *path, enum tar_type *type) {
+        char *slash = strrchr(path, '/');
+        const char *base = slash ? slash + 1 : path, *name = base + 4;
+        size_t dlen = slash ? (size_t)(slash - path) : 0;
+
+        if (strncmp(base, ".wh.", 4) != 0)
+                return 0;
+        if (strcmp(base, ".wh..wh..opq") == 0) {
+                path[dlen] = '\0';
+                *type = TAR_OPAQUE;
+                return 0;
+        }
+        if (strncmp(base, ".wh..wh.", 8) == 0)
+                return 1;
+        if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+                return -EINVAL;
+        memmove(path + dlen + (dlen ? 1 : 0), name, strlen(name) + 1);
+        *type = TAR_WHITEOUT;
+        return 0;
+}
+
 static int emit_entry(struct tar_parser *p, char t, uint64_t data_size) {
         const uint8_t *h = p->hdr;
         struct tar_entry e = {0};
         bool ustar = h[262] == '\0'; /* "ustar\0": POSIX, has a prefix; "ustar " is GNU */
-        const char *base, *slash;
         uint64_t v;
         size_t rawlen;
         int r;
@@ -539,24 +559,12 @@ static int emit_entry(struct tar_parser *p, char t, uint64_t data_size) {
         e.xattrs = p->xattrs;
         e.nxattrs = p->nxattrs;
 
-        /* Whiteouts: ".wh.NAME" hides D/NAME; ".wh..wh..opq" makes D opaque; other
-         * ".wh..wh." names are aufs bookkeeping, not files of the layer. */
-        slash = strrchr(p->path, '/');
-        base = slash ? slash + 1 : p->path;
-        if (strncmp(base, ".wh.", 4) == 0) {
-                size_t dlen = slash ? (size_t)(slash - p->path) : 0;
-                const char *name = base + 4;
-                if (strcmp(base, ".wh..wh..opq") == 0) {
-                        p->path[dlen] = '\0';
-                        e.type = TAR_OPAQUE;
-                } else if (strncmp(base, ".wh..wh.", 8) == 0) {
-                        return 0;
-                } else {
-                        if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-                                return fail(p, -EINVAL, "bad whiteout \"%s\"", p->path);
-                        memmove(p->path + dlen + (dlen ? 1 : 0), name, strlen(name) + 1);
-                        e.type = TAR_WHITEOUT;
-                }
+        r = tar_whiteout(p->path, &e.type);
+        if (r < 0)
+                return fail(p, r, "bad whiteout \"%s\"", p->path);
+        if (r > 0)
+                return 0;
+        if (e.type == TAR_WHITEOUT || e.type == TAR_OPAQUE) {
                 e.size = 0;
                 e.link = NULL;
         } else if (p->path[0] == '\0' && e.type != TAR_DIR) {

@@ -82,6 +82,12 @@ const char *tar_parser_error(const struct tar_parser *p);
 /* Bytes fed so far. */
 uint64_t tar_parser_offset(const struct tar_parser *p);
 
+/* Whiteouts: PATH (normalised, modified in place) ".../.wh.NAME" becomes ".../NAME" with
+ * *TYPE = TAR_WHITEOUT; ".../.wh..wh..opq" becomes its directory with TAR_OPAQUE; other
+ * ".wh..wh." names (aufs bookkeeping) return 1: not a file of the layer. Other paths: 0,
+ * nothing changed. -EINVAL for ".wh.", ".wh..", ".wh...". Shared with the eStargz TOC. */
+int tar_whiteout(char *path, enum tar_type *type);
+
 /* Normalises a tar member name of LEN bytes into OUT (OUT_LEN bytes, PATH_MAX is enough):
  * leading '/' and "./" dropped, empty and "." components dropped, trailing '/' dropped.
  * 0, -EINVAL for a ".." component or an embedded NUL, -ENAMETOOLONG for a result of PATH_MAX
