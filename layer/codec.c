@@ -4,10 +4,10 @@
  *   header  "P2PLIDX\n" | u32 version (1) | u32 flags (0) | u64 payload length
  *   then one zstd frame whose content (the payload) is exactly that long:
  *     u8 format | 3 zero | u32 span | u64 blob_size | u64 tar_size | 32 blob sha256
- *     | 32 tar sha256 | u32 nfiles | u32 nxattrs | u32 ncheckpoints | u32 zero
+ *     | 32 tar sha256 | u32 nfiles | u32 nxattrs | u32 ncheckpoints | u32 nchunks
  *     | u64 strs_len | u64 wins_len
- *     | files[nfiles] (76 bytes) | xattrs[nxattrs] (16) | checkpoints[ncheckpoints] (40)
- *     | strs | wins
+ *     | files[nfiles] (84 bytes) | xattrs[nxattrs] (16) | checkpoints[ncheckpoints] (40)
+ *     | chunks[nchunks] (32) | strs | wins
  * Strings are offsets into STRS and end with a NUL there; windows are zstd frames in WINS.
  *
  * The index comes from another node, so the decoder trusts nothing: every count is checked
@@ -38,7 +38,8 @@
 #define VERSION 1
 #define HDR_LEN 24
 #define FIXED_LEN 120
-#define FILE_REC 76
+#define FILE_REC 84
+#define CHUNK_REC 32
 #define XATTR_REC 16
 #define CP_REC 40
 #define ZSTD_LEVEL 9
@@ -78,7 +79,7 @@ static uint64_t get64(const uint8_t **p) {
 int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
                        struct digest *ret_digest) {
         size_t plen = FIXED_LEN + ix->nfiles * FILE_REC + ix->nxattrs * XATTR_REC +
-                      ix->ncps * CP_REC + ix->strs_len + ix->wins_len;
+                      ix->ncps * CP_REC + ix->nchunks * CHUNK_REC + ix->strs_len + ix->wins_len;
         uint8_t *payload, *out, *p;
         ZSTD_CCtx *cctx;
         size_t bound, zlen;
@@ -97,7 +98,7 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
         put32(&p, (uint32_t)ix->nfiles);
         put32(&p, (uint32_t)ix->nxattrs);
         put32(&p, (uint32_t)ix->ncps);
-        put32(&p, 0);
+        put32(&p, (uint32_t)ix->nchunks);
         put64(&p, ix->strs_len);
         put64(&p, ix->wins_len);
         for (size_t i = 0; i < ix->nfiles; i++) {
@@ -121,6 +122,8 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
                 put64(&p, f->offset);
                 put32(&p, f->xattr_first);
                 put32(&p, f->nxattrs);
+                put32(&p, f->chunk_first);
+                put32(&p, f->nchunks);
         }
         for (size_t i = 0; i < ix->nxattrs; i++) {
                 const struct layer_xattr *x = &ix->xattrs[i];
@@ -139,6 +142,13 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
                 put64(&p, c->zoff);
                 put32(&p, c->zlen);
                 put32(&p, 0);
+        }
+        for (size_t i = 0; i < ix->nchunks; i++) {
+                const struct layer_chunk *c = &ix->chunks[i];
+                put64(&p, c->file_off);
+                put64(&p, c->size);
+                put64(&p, c->in);
+                put64(&p, c->inner);
         }
         putn(&p, ix->strs, ix->strs_len);
         putn(&p, ix->wins, ix->wins_len);
@@ -210,9 +220,9 @@ static bool parent_is_dir(const struct layer_index *ix, const char *path) {
         } while (0)
 
 static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix) {
-        const uint8_t *p = pl, *sfiles, *sxattrs, *scps;
+        const uint8_t *p = pl, *sfiles, *sxattrs, *scps, *schunks;
         uint64_t strs_len, wins_len, need;
-        uint32_t nfiles, nxattrs, ncps;
+        uint32_t nfiles, nxattrs, ncps, nchunks, nch = 0;
         uint8_t *win = NULL;
         ZSTD_DCtx *dctx = NULL;
         size_t nx = 0;
@@ -232,25 +242,30 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
         nfiles = get32(&p);
         nxattrs = get32(&p);
         ncps = get32(&p);
-        BAD(get32(&p) != 0);
+        nchunks = get32(&p);
         strs_len = get64(&p);
         wins_len = get64(&p);
 
         /* Sizes first: nothing is allocated from a count the payload cannot hold. */
         BAD(strs_len > UINT32_MAX || wins_len > plen);
         need = FIXED_LEN + (uint64_t)nfiles * FILE_REC + (uint64_t)nxattrs * XATTR_REC +
-               (uint64_t)ncps * CP_REC + strs_len + wins_len;
+               (uint64_t)ncps * CP_REC + (uint64_t)nchunks * CHUNK_REC + strs_len + wins_len;
         BAD(need != plen);
-        BAD(ix->format != LAYER_FMT_TAR && ix->format != LAYER_FMT_GZIP);
+        BAD(ix->format != LAYER_FMT_TAR && ix->format != LAYER_FMT_GZIP &&
+            ix->format != LAYER_FMT_ESTARGZ);
         if (ix->format == LAYER_FMT_TAR)
                 BAD(ncps || wins_len || ix->span || ix->blob_size != ix->tar_size ||
                     memcmp(&ix->blob_digest, &ix->diff_id, sizeof(ix->diff_id)) != 0);
-        else
+        else if (ix->format == LAYER_FMT_GZIP)
                 BAD(ncps == 0 || ix->span < LAYER_SPAN_MIN || ix->span > LAYER_SPAN_MAX);
+        else
+                BAD(ncps || wins_len || ix->span || ix->tar_size);
+        BAD(nchunks && ix->format != LAYER_FMT_ESTARGZ);
         BAD(nfiles == 0 || ix->tar_size > INT64_MAX || ix->blob_size > INT64_MAX);
         sfiles = p;
         sxattrs = sfiles + (size_t)nfiles * FILE_REC;
         scps = sxattrs + (size_t)nxattrs * XATTR_REC;
+        schunks = scps + (size_t)ncps * CP_REC;
 
         r = -ENOMEM;
         ix->strs = malloc(strs_len ? strs_len : 1);
@@ -258,11 +273,23 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
         ix->files = calloc(nfiles, sizeof(*ix->files));
         ix->xattrs = calloc(nxattrs ? nxattrs : 1, sizeof(*ix->xattrs));
         ix->cps = calloc(ncps ? ncps : 1, sizeof(*ix->cps));
-        if (!ix->strs || !ix->wins || !ix->files || !ix->xattrs || !ix->cps)
+        ix->chunks = calloc(nchunks ? nchunks : 1, sizeof(*ix->chunks));
+        if (!ix->strs || !ix->wins || !ix->files || !ix->xattrs || !ix->cps || !ix->chunks)
                 goto out_free;
         r = 0;
-        memcpy(ix->strs, scps + (size_t)ncps * CP_REC, strs_len);
-        memcpy(ix->wins, scps + (size_t)ncps * CP_REC + strs_len, wins_len);
+        memcpy(ix->strs, schunks + (size_t)nchunks * CHUNK_REC, strs_len);
+        memcpy(ix->wins, schunks + (size_t)nchunks * CHUNK_REC + strs_len, wins_len);
+        ix->nchunks = nchunks;
+        p = schunks;
+        for (uint32_t i = 0; i < nchunks; i++) {
+                struct layer_chunk *c = &ix->chunks[i];
+                c->file_off = get64(&p);
+                c->size = get64(&p);
+                c->in = get64(&p);
+                c->inner = get64(&p);
+                BAD(c->size == 0 || c->size > INT64_MAX || c->file_off > INT64_MAX);
+                BAD(c->in >= ix->blob_size || c->inner > INT64_MAX);
+        }
         ix->strs_len = strs_len;
         ix->wins_len = wins_len;
         ix->nfiles = nfiles;
@@ -298,6 +325,8 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
                 f->offset = get64(&p);
                 f->xattr_first = get32(&p);
                 f->nxattrs = get32(&p);
+                f->chunk_first = get32(&p);
+                f->nchunks = get32(&p);
 
                 f->path = get_str(ix, poff, plen2);
                 BAD(!f->path || !valid_path(f->path));
@@ -316,16 +345,33 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
                         BAD(loff || llen);
                         f->link = NULL;
                 }
-                if (f->type == TAR_REG || f->type == TAR_HARDLINK)
+                if (ix->format == LAYER_FMT_ESTARGZ && f->type == TAR_REG) {
+                        /* Chunks in file order, contiguous, covering exactly the size. */
+                        uint64_t have = 0;
+                        BAD(f->offset || f->chunk_first != (f->nchunks ? nch : 0) ||
+                            f->nchunks > nchunks - nch || (f->size == 0) != (f->nchunks == 0));
+                        for (uint32_t k = 0; k < f->nchunks; k++) {
+                                const struct layer_chunk *c = &ix->chunks[nch + k];
+                                BAD(c->file_off != have || c->size > f->size - have);
+                                have += c->size;
+                        }
+                        BAD(have != f->size);
+                        nch += f->nchunks;
+                } else if (ix->format == LAYER_FMT_ESTARGZ && f->type == TAR_HARDLINK) {
+                        BAD(f->offset || f->chunk_first > nchunks ||
+                            f->nchunks > nchunks - f->chunk_first);
+                } else if (f->type == TAR_REG || f->type == TAR_HARDLINK) {
                         BAD(f->offset > ix->tar_size || f->size > ix->tar_size - f->offset);
-                else
-                        BAD(f->size || f->offset);
+                        BAD(f->chunk_first || f->nchunks);
+                } else {
+                        BAD(f->size || f->offset || f->chunk_first || f->nchunks);
+                }
                 if (f->size == 0)
                         BAD(f->offset);
                 BAD(f->xattr_first != nx || f->nxattrs > nxattrs - nx);
                 nx += f->nxattrs;
         }
-        BAD(nx != nxattrs);
+        BAD(nx != nxattrs || nch != nchunks);
         /* Relations need the whole sorted table. */
         for (uint32_t i = 1; i < nfiles; i++) {
                 const struct layer_file *f = &ix->files[i];
@@ -337,7 +383,8 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
                         tf = &ix->files[t];
                         BAD(tf->type == TAR_DIR || tf->type == TAR_HARDLINK ||
                             tf->type == TAR_WHITEOUT);
-                        BAD(tf->size != f->size || tf->offset != f->offset);
+                        BAD(tf->size != f->size || tf->offset != f->offset ||
+                            tf->chunk_first != f->chunk_first || tf->nchunks != f->nchunks);
                 }
         }
 

@@ -89,6 +89,7 @@ void layer_index_free(struct layer_index *ix) {
         free(ix->subtree_end);
         free(ix->xattrs);
         free(ix->cps);
+        free(ix->chunks);
         free(ix->strs);
         free(ix->wins);
         free(ix);
@@ -105,9 +106,11 @@ void layer_index_info(const struct layer_index *ix, struct layer_index_info *ret
                 .nfiles = ix->nfiles,
                 .nxattrs = ix->nxattrs,
                 .ncheckpoints = ix->ncps,
+                .nchunks = ix->nchunks,
                 .memory = sizeof(*ix) + ix->nfiles * (sizeof(struct layer_file) + 4) +
                           ix->nxattrs * sizeof(struct layer_xattr) +
-                          ix->ncps * sizeof(struct layer_checkpoint) + ix->strs_len + ix->wins_len,
+                          ix->ncps * sizeof(struct layer_checkpoint) +
+                          ix->nchunks * sizeof(struct layer_chunk) + ix->strs_len + ix->wins_len,
         };
 }
 
@@ -117,6 +120,10 @@ size_t layer_index_nfiles(const struct layer_index *ix) {
 
 const struct layer_file *layer_index_file(const struct layer_index *ix, size_t i) {
         return i < ix->nfiles ? &ix->files[i] : NULL;
+}
+
+const struct layer_chunk *layer_index_chunk(const struct layer_index *ix, size_t i) {
+        return i < ix->nchunks ? &ix->chunks[i] : NULL;
 }
 
 const struct layer_xattr *layer_index_xattr(const struct layer_index *ix, size_t i) {
@@ -219,8 +226,9 @@ int layer_detect_format(const void *buf, size_t len) {
 struct bfile {
         struct layer_file f;
         size_t path_off, link_off, xa_first;
-        size_t target; /* hard links: the entry whose data this shares */
-        bool dead;     /* replaced by a later entry of the same path */
+        size_t target;            /* hard links: the entry whose data this shares */
+        bool dead;                /* replaced by a later entry of the same path */
+        uint32_t new_chunk_first; /* eStargz: F.chunk_first in the index */
 };
 
 struct bxattr {
@@ -261,13 +269,14 @@ struct layer_builder {
         size_t nopaques, opaques_cap;
         struct layer_checkpoint *cps;
         size_t ncps, cps_cap;
+        struct layer_chunk *chunks; /* eStargz; F.chunk_first indexes this while building */
+        size_t nchunks, chunks_cap;
         uint8_t *wins;
         size_t wins_len, wins_cap;
 };
 
-static int bfail(struct layer_builder *b, int err, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static int bfail(struct layer_builder *b, int err, const char *fmt, ...) {
+#define bfail layer_builder_fail
+int layer_builder_fail(struct layer_builder *b, int err, const char *fmt, ...) {
         va_list ap;
 
         if (b->err)
@@ -439,6 +448,8 @@ static int on_entry(void *ctx, const struct tar_entry *e) {
                 bf->link_off = tf->path_off;
                 bf->f.size = tf->f.size;
                 bf->f.offset = tf->f.offset;
+                bf->f.chunk_first = tf->f.chunk_first; /* final values at finish */
+                bf->f.nchunks = tf->f.nchunks;
         } else if (e->type == TAR_SYMLINK) {
                 if (arena_add(b, e->link, strlen(e->link), &off) < 0)
                         return b->err;
@@ -455,6 +466,40 @@ static int on_entry(void *ctx, const struct tar_entry *e) {
         }
         b->files[idx].f.nxattrs = (uint32_t)(b->nxas - b->files[idx].xa_first);
         return map_put(b, idx);
+}
+
+int layer_builder_add(struct layer_builder *b, const struct tar_entry *e) {
+        if (b->err)
+                return b->err;
+        return on_entry(b, e);
+}
+
+int layer_builder_add_chunk(struct layer_builder *b, const struct layer_chunk *c) {
+        struct bfile *bf;
+        uint64_t have = 0;
+
+        if (b->err)
+                return b->err;
+        if (b->nfiles == 0 || b->files[b->nfiles - 1].f.type != TAR_REG)
+                return bfail(b, -EBADMSG, "chunk without a regular file before it");
+        bf = &b->files[b->nfiles - 1];
+        if (bf->f.nchunks) {
+                const struct layer_chunk *last = &b->chunks[bf->f.chunk_first + bf->f.nchunks - 1];
+                have = last->file_off + last->size;
+        }
+        if (c->file_off != have || c->size == 0 || c->size > bf->f.size - have)
+                return bfail(b, -EBADMSG,
+                             "chunk of \"%.200s\" at %llu+%llu does not follow the last",
+                             b->arena + bf->path_off, (unsigned long long)c->file_off,
+                             (unsigned long long)c->size);
+        if (b->nchunks >= UINT32_MAX / 2 ||
+            grow((void **)&b->chunks, &b->chunks_cap, b->nchunks + 1, sizeof(*b->chunks)) < 0)
+                return bfail(b, -ENOMEM, "out of memory");
+        if (bf->f.nchunks == 0)
+                bf->f.chunk_first = (uint32_t)b->nchunks;
+        b->chunks[b->nchunks++] = *c;
+        bf->f.nchunks++;
+        return 0;
 }
 
 struct layer_builder *layer_builder_new(const struct layer_build_opts *o) {
@@ -509,6 +554,7 @@ void layer_builder_free(struct layer_builder *b) {
         free(b->map);
         free(b->opaques);
         free(b->cps);
+        free(b->chunks);
         free(b->wins);
         free(b);
 }
@@ -728,6 +774,8 @@ static int finish_table(struct layer_builder *b) {
                 bf->link_off = tf->link_off;
                 bf->f.devmajor = tf->f.devmajor;
                 bf->f.devminor = tf->f.devminor;
+                bf->f.chunk_first = tf->f.chunk_first;
+                bf->f.nchunks = tf->f.nchunks;
                 bf->target = NONE;
         }
         for (size_t i = 0; i < b->nopaques; i++) {
@@ -815,6 +863,32 @@ static struct layer_index *build_index(struct layer_builder *b, const struct dig
         }
         ix->nfiles = n;
         ix->nxattrs = nx;
+        if (b->nchunks) {
+                /* eStargz: chunks renumbered in file order; hard links share their target's. */
+                size_t nc = 0;
+                ix->chunks = calloc(b->nchunks, sizeof(*ix->chunks));
+                if (!ix->chunks)
+                        goto out_fail;
+                for (size_t i = 0; i < n; i++) {
+                        struct bfile *bf = &b->files[order[i]];
+                        struct layer_file *f = &ix->files[i];
+                        if (f->type != TAR_REG || f->nchunks == 0)
+                                continue;
+                        memcpy(ix->chunks + nc, b->chunks + bf->f.chunk_first,
+                               bf->f.nchunks * sizeof(*ix->chunks));
+                        f->chunk_first = bf->new_chunk_first = (uint32_t)nc;
+                        nc += bf->f.nchunks;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        const struct bfile *bf = &b->files[order[i]];
+                        struct layer_file *f = &ix->files[i];
+                        if (f->type == TAR_HARDLINK) {
+                                f->chunk_first = b->files[bf->target].new_chunk_first;
+                                f->nchunks = b->files[bf->target].f.nchunks;
+                        }
+                }
+                ix->nchunks = nc;
+        }
         ix->format = (enum layer_format)b->fmt;
         ix->span = b->fmt == LAYER_FMT_GZIP ? b->span : 0;
         ix->cps = b->cps;
@@ -840,6 +914,29 @@ out_fail:
         layer_index_free(ix);
         bfail(b, r, "out of memory");
         return NULL;
+}
+
+int layer_builder_finish_toc(struct layer_builder *b, uint64_t blob_size,
+                             const struct digest *blob_digest, struct layer_index **ret) {
+        static const struct digest zero;
+        struct layer_index *ix;
+        int r;
+
+        if (b->err)
+                return b->err;
+        b->fmt = LAYER_FMT_ESTARGZ;
+        b->totin = blob_size;
+        b->totout = 0;
+        r = finish_table(b);
+        if (r < 0)
+                return r;
+        ix = build_index(b, blob_digest ? blob_digest : &zero, &zero);
+        if (!ix)
+                return b->err;
+        *ret = ix;
+        b->err = -EALREADY;
+        snprintf(b->errmsg, sizeof(b->errmsg), "the builder has finished");
+        return 0;
 }
 
 int layer_builder_finish(struct layer_builder *b, struct layer_index **ret) {

@@ -25,12 +25,29 @@ struct layer_index {
         size_t nxattrs;
         struct layer_checkpoint *cps;
         size_t ncps;
+        struct layer_chunk *chunks;
+        size_t nchunks;
 
         char *strs; /* every string (NUL-terminated) and xattr value */
         size_t strs_len;
         uint8_t *wins;
         size_t wins_len;
 };
+
+/* The builder's table, shared with layer/estargz.c (which adds entries from a TOC instead of
+ * a tar stream). */
+struct layer_builder;
+/* Adds an entry as the tar parser would (replacing an earlier one of the same path; hard
+ * links resolved now). 0 or -errno, the builder's error set. */
+int layer_builder_add(struct layer_builder *b, const struct tar_entry *e);
+/* Appends a chunk to the entry added last (a regular file). 0 or -errno. */
+int layer_builder_add_chunk(struct layer_builder *b, const struct layer_chunk *c);
+/* Finishes a table built with layer_builder_add() (parents, opaque dirs, sorting) into an
+ * eStargz index of a blob of BLOB_SIZE bytes. */
+int layer_builder_finish_toc(struct layer_builder *b, uint64_t blob_size,
+                             const struct digest *blob_digest, struct layer_index **ret);
+int layer_builder_fail(struct layer_builder *b, int err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 
 /* Orders paths with '/' before any other byte (and the end before '/'). */
 int layer_path_cmp(const char *a, const char *b);

@@ -17,9 +17,10 @@
 #include "util/digest.h"
 
 enum layer_format {
-        LAYER_FMT_TAR = 1,  /* plain tar: the uncompressed offset is the blob offset */
-        LAYER_FMT_GZIP = 2, /* tar+gzip, one or more members */
-        LAYER_FMT_ZSTD = 3, /* recognised; not indexed yet (needs a seekable copy) */
+        LAYER_FMT_TAR = 1,     /* plain tar: the uncompressed offset is the blob offset */
+        LAYER_FMT_GZIP = 2,    /* tar+gzip, one or more members */
+        LAYER_FMT_ESTARGZ = 4, /* gzip with a TOC: files in members of their own, no pass */
+        LAYER_FMT_ZSTD = 3,    /* recognised; not indexed yet (needs a seekable copy) */
 };
 
 /* File types are tar.h's enum tar_type (TAR_REG ... TAR_OPAQUE is never a file: it becomes
@@ -53,6 +54,16 @@ struct layer_file {
         uint64_t size;                 /* regular files and hard links to them; 0 otherwise */
         uint64_t offset;               /* of the data in the uncompressed tar; 0 when SIZE is 0 */
         uint32_t xattr_first, nxattrs; /* into layer_index_xattr() */
+        uint32_t chunk_first, nchunks; /* eStargz: into layer_index_chunk(); else 0 (and
+                                        * OFFSET is 0: chunks locate the data) */
+};
+
+/* eStargz: a piece of a file's data in a gzip member of its own. */
+struct layer_chunk {
+        uint64_t file_off; /* where the piece starts in the file */
+        uint64_t size;
+        uint64_t in;    /* blob offset of the gzip member */
+        uint64_t inner; /* bytes of the member's output before the piece */
 };
 
 struct layer_index_info {
@@ -62,7 +73,7 @@ struct layer_index_info {
         uint64_t tar_size;         /* bytes of the uncompressed tar */
         struct digest blob_digest; /* sha256 of the blob: the layer digest */
         struct digest diff_id;     /* sha256 of the uncompressed tar */
-        size_t nfiles, nxattrs, ncheckpoints;
+        size_t nfiles, nxattrs, ncheckpoints, nchunks;
         size_t memory; /* bytes this index holds in memory */
 };
 
@@ -122,6 +133,41 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
  * -EFBIG or -ENOMEM. Does not check that the index matches a blob: compare the info's
  * blob_digest with the layer's digest. */
 int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret);
+
+/* eStargz. The footer is the blob's last LAYER_ESTARGZ_FOOTER bytes (the legacy stargz footer
+ * is the last 47 of them; both are accepted). */
+#define LAYER_ESTARGZ_FOOTER 51
+#define LAYER_ESTARGZ_TOC_MAX (64u << 20) /* decompressed TOC bytes */
+
+/* Reads the footer FOOTER (LEN bytes: the blob's last min(51, blob size)) of a blob of
+ * BLOB_SIZE bytes: *RET_TOC_OFF is where the TOC's gzip member starts and *RET_TOC_END where
+ * it ends (the footer's start). 0, -EPROTONOSUPPORT when there is no eStargz footer (an
+ * ordinary gzip layer: run the pass), -EBADMSG when the footer points outside the blob. */
+int layer_estargz_footer(const void *footer, size_t len, uint64_t blob_size, uint64_t *ret_toc_off,
+                         uint64_t *ret_toc_end);
+
+struct layer_estargz_opts {
+        uint64_t blob_size;
+        const struct digest *blob_digest; /* the layer digest, recorded in the index */
+        const struct digest *toc_digest;  /* when known (the layer's annotation
+                                           * containerd.io/snapshot/stargz/toc.digest): sha256
+                                           * of the TOC JSON, checked */
+        size_t max_toc;                   /* 0: LAYER_ESTARGZ_TOC_MAX */
+        size_t max_files;                 /* 0: 4 Mi entries */
+};
+
+/* Builds the index of an eStargz layer from its TOC member (TOC, LEN bytes: the blob bytes
+ * [toc_off, toc_end) of layer_estargz_footer()), without reading anything else of the blob:
+ * the file table from the JSON (names normalised, whiteouts as in a tar), and the chunk table
+ * (every chunk's gzip member inside [0, TOC_OFF)). 0 or -EBADMSG (malformed TOC; ERR says
+ * what), -EOPNOTSUPP (an entry type we cannot serve), -EFBIG, -ENOMEM. ERR (ERR_LEN bytes)
+ * may be NULL. */
+int layer_estargz_index(const void *toc, size_t len, uint64_t toc_off,
+                        const struct layer_estargz_opts *o, struct layer_index **ret, char *err,
+                        size_t err_len);
+
+/* eStargz chunk I of the index (NULL past the end). */
+const struct layer_chunk *layer_index_chunk(const struct layer_index *ix, size_t i);
 
 /* Reading. FETCH copies LEN bytes of the blob at OFF into BUF and returns how many (fewer
  * only at the blob's end) or -errno; it may block (the reader is for worker threads). */

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a test layer tar and its manifest, for tests/unit/test_layer_index.c.
 
-usage: layer_gen.py pax|gnu OUT.tar MANIFEST [BIG_MIB]
+usage: layer_gen.py pax|gnu|estargz OUT MANIFEST [BIG_MIB]
 
 The tar has what image layers carry: directories (some only implied by deeper paths),
 regular files (empty, small, a multi-MiB incompressible one, a compressible one), names and
@@ -10,13 +10,22 @@ symlinks, hard links, character and block devices, a FIFO, whiteouts, an opaque 
 xattrs (PAX only), large uids and fractional mtimes. Python's tarfile is a second, independent
 tar writer, so the C parser is not tested only against tars it would write itself.
 
+estargz writes OUT as an eStargz blob instead: every file's data (in chunks of CHUNK bytes,
+the last chunk's size left implicit) in gzip members of its own, headers and padding in the
+members between, then the TOC member (a gzip'ed tar of stargz.index.json) and the 51-byte
+footer, as the eStargz format lays them out.
+
 The manifest has one line per entry of the extracted view, tab-separated:
     type path size sha256 mode uid gid mtime link
 type: f d l h c b p w(hiteout); size and sha256 of the data (hard links: the target's);
 link "-" when none; path "." for the root. Opaque directories are listed as "o path".
 """
+import base64
 import hashlib
 import io
+import json
+import time
+import zlib
 import random
 import sys
 import tarfile
@@ -28,12 +37,12 @@ entries = []  # (type, path, data, mode, uid, gid, mtime, link)
 opaque = []
 
 
+members = []  # (TarInfo, data) in archive order
+
+
 def add(tf, ti, data=b""):
-    if ti.type == tarfile.REGTYPE:
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
-    else:
-        tf.addfile(ti)
+    ti.size = len(data) if ti.type == tarfile.REGTYPE else 0
+    members.append((ti, data))
 
 
 def mk(name, type_=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, mtime=1700000000, link=""):
@@ -51,14 +60,12 @@ long_comp = "n" * 200  # one component over 100 bytes
 text = b"".join(b"line %d of a compressible file\n" % i for i in range(40000))
 incompressible = rnd.randbytes(big_mib << 20)
 
-tf = tarfile.open(out, "w", format=tarfile.PAX_FORMAT if fmt == "pax" else tarfile.GNU_FORMAT)
+tf = None
 files = {}
 
 
 def reg(path, data, **kw):
     ti = mk(path, **kw)
-    if fmt == "pax" and "xattrs" in kw.get("extra", {}):
-        pass
     add(tf, ti, data)
     files[path] = data
     entries.append(("f", path, data, ti.mode, ti.uid, ti.gid, int(ti.mtime), "-"))
@@ -116,7 +123,7 @@ add(tf, mk("var/cache/.wh..wh..opq"))
 opaque.append("var/cache")
 reg("var/cache/new", b"new\n")
 
-if fmt == "pax":
+if fmt in ("pax", "estargz"):
     # xattrs and a fractional mtime through PAX records
     ti = mk("etc/caps", mode=0o755)
     ti.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02",
@@ -127,7 +134,86 @@ if fmt == "pax":
 
 # a later entry replaces an earlier one of the same path
 reg("etc/hostname", b"replaced\n")
-tf.close()
+
+CHUNK = 100000
+
+
+def rfc3339(t):
+    s = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(t)))
+    frac = t - int(t)
+    return s + (".%02d" % round(frac * 100) if frac else "") + "Z"
+
+
+def write_estargz(path):
+    blob = bytearray()
+    state = {"z": None}
+    toc = []
+
+    def write(b):
+        if state["z"] is None:
+            state["z"] = zlib.compressobj(6, zlib.DEFLATED, 31)
+        blob.extend(state["z"].compress(b))
+
+    def close():
+        if state["z"] is not None:
+            blob.extend(state["z"].flush())
+            state["z"] = None
+
+    types = {tarfile.REGTYPE: "reg", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink",
+             tarfile.LNKTYPE: "hardlink", tarfile.CHRTYPE: "char", tarfile.BLKTYPE: "block",
+             tarfile.FIFOTYPE: "fifo"}
+    for ti, data in members:
+        write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        name = ti.name + ("/" if ti.type == tarfile.DIRTYPE else "")
+        mtime = float(ti.pax_headers.get("mtime", ti.mtime))
+        e = {"name": name, "type": types[ti.type], "mode": ti.mode, "uid": ti.uid,
+             "gid": ti.gid, "modtime": rfc3339(mtime)}
+        if ti.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            e["linkName"] = ti.linkname
+        if ti.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            e["devMajor"], e["devMinor"] = ti.devmajor, ti.devminor
+        xattrs = {k[len("SCHILY.xattr."):]: base64.b64encode(v.encode("utf-8", "surrogateescape")).decode()
+                  for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
+        if xattrs:
+            e["xattrs"] = xattrs
+        if ti.type == tarfile.REGTYPE:
+            e["size"] = len(data)
+        toc.append(e)
+        for coff in range(0, len(data), CHUNK):
+            close()
+            ent = e if coff == 0 else {"name": name, "type": "chunk"}
+            ent["offset"] = len(blob)
+            ent["chunkOffset"] = coff
+            if coff + CHUNK < len(data):
+                ent["chunkSize"] = CHUNK
+            if coff:
+                toc.append(ent)
+            write(data[coff:coff + CHUNK])
+            close()
+        if ti.type == tarfile.REGTYPE and len(data) % 512:
+            write(b"\0" * (512 - len(data) % 512))
+    close()
+    toc_off = len(blob)
+    j = json.dumps({"version": 1, "entries": toc}).encode()
+    ti = tarfile.TarInfo("stargz.index.json")
+    ti.size = len(j)
+    t = ti.tobuf(tarfile.PAX_FORMAT) + j + b"\0" * ((512 - len(j) % 512) % 512) + b"\0" * 1024
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    blob.extend(z.compress(t) + z.flush())
+    payload = b"%016xSTARGZ" % toc_off
+    footer = (b"\x1f\x8b\x08\x04\0\0\0\0\0\xff" + bytes([26, 0]) + b"SG" + bytes([22, 0]) +
+              payload + b"\x01\x00\x00\xff\xff" + b"\0" * 8)
+    assert len(footer) == 51
+    blob.extend(footer)
+    open(path, "wb").write(blob)
+
+
+if fmt == "estargz":
+    write_estargz(out)
+else:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT if fmt == "pax" else tarfile.GNU_FORMAT) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.type == tarfile.REGTYPE else None)
 
 with open(manifest, "w") as m:
     seen = {}

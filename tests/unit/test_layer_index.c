@@ -42,7 +42,7 @@ struct fixture {
         size_t nm;
 };
 
-static struct fixture pax_fx, gnu_fx;
+static struct fixture pax_fx, gnu_fx, esgz_fx; /* esgz_fx.tar holds the eStargz blob */
 
 static struct buf read_file(const char *path) {
         struct buf b = {0};
@@ -94,8 +94,10 @@ static void load_fixture(struct fixture *fx, const char *fmt) {
         if (system(cmd) != 0)
                 fail_msg("%s failed (run the tests from the repository root)", cmd);
         fx->tar = read_file(tarp);
-        fx->gz = gzip_buf(&fx->tar, 1);
-        fx->gz_multi = gzip_buf(&fx->tar, 5);
+        if (strcmp(fmt, "estargz") != 0) {
+                fx->gz = gzip_buf(&fx->tar, 1);
+                fx->gz_multi = gzip_buf(&fx->tar, 5);
+        }
         f = fopen(manp, "r");
         assert_non_null(f);
         fx->m = calloc(256, sizeof(*fx->m));
@@ -132,6 +134,7 @@ static int setup(void **state) {
         (void)state;
         load_fixture(&pax_fx, "pax");
         load_fixture(&gnu_fx, "gnu");
+        load_fixture(&esgz_fx, "estargz");
         return 0;
 }
 
@@ -146,6 +149,7 @@ static int teardown(void **state) {
         (void)state;
         free_fixture(&pax_fx);
         free_fixture(&gnu_fx);
+        free_fixture(&esgz_fx);
         return 0;
 }
 
@@ -712,7 +716,7 @@ static void test_codec_hostile(void **state) {
         nx = ix->nxattrs;
         ncps = ix->ncps;
         files_at = 120;
-        cps_at = files_at + nfiles * 76 + nx * 16;
+        cps_at = files_at + nfiles * 84 + nx * 16;
 
 #define MUTATE(what, stmt)                                                                         \
         do {                                                                                       \
@@ -732,22 +736,22 @@ static void test_codec_hostile(void **state) {
         MUTATE("span zero", put32le(m + 4, 0));
         MUTATE("root renamed", put32le(m + files_at + 4, 3));
         MUTATE("unsorted", {
-                uint8_t tmp[76];
-                memcpy(tmp, m + files_at + 76 * 3, 76);
-                memcpy(m + files_at + 76 * 3, m + files_at + 76 * 4, 76);
-                memcpy(m + files_at + 76 * 4, tmp, 76);
+                uint8_t tmp[84];
+                memcpy(tmp, m + files_at + 84 * 3, 84);
+                memcpy(m + files_at + 84 * 3, m + files_at + 84 * 4, 84);
+                memcpy(m + files_at + 84 * 4, tmp, 84);
         });
-        MUTATE("duplicate path", memcpy(m + files_at + 76 * 4, m + files_at + 76 * 3, 8));
-        MUTATE("type 0", m[files_at + 76 * 5 + 16] = 0);
-        MUTATE("type 42", m[files_at + 76 * 5 + 16] = 42);
-        MUTATE("unknown flag", m[files_at + 76 * 5 + 17] = 0x80);
-        MUTATE("mode beyond 07777", put32le(m + files_at + 76 * 5 + 20, 0170000));
-        MUTATE("path offset past strings", put32le(m + files_at + 76 * 5, 0x7fffffff));
-        MUTATE("path length past strings", put32le(m + files_at + 76 * 5 + 4, 0x7fffffff));
-        MUTATE("xattr count", put32le(m + files_at + 76 * 5 + 72, 5));
+        MUTATE("duplicate path", memcpy(m + files_at + 84 * 4, m + files_at + 84 * 3, 8));
+        MUTATE("type 0", m[files_at + 84 * 5 + 16] = 0);
+        MUTATE("type 42", m[files_at + 84 * 5 + 16] = 42);
+        MUTATE("unknown flag", m[files_at + 84 * 5 + 17] = 0x80);
+        MUTATE("mode beyond 07777", put32le(m + files_at + 84 * 5 + 20, 0170000));
+        MUTATE("path offset past strings", put32le(m + files_at + 84 * 5, 0x7fffffff));
+        MUTATE("path length past strings", put32le(m + files_at + 84 * 5 + 4, 0x7fffffff));
+        MUTATE("xattr count", put32le(m + files_at + 84 * 5 + 72, 5));
         for (size_t i = 0; i < nfiles; i++) {
                 const struct layer_file *f = layer_index_file(ix, i);
-                uint8_t *rec = m + files_at + 76 * i;
+                uint8_t *rec = m + files_at + 84 * i;
                 if (f->type == TAR_REG && f->size > 1000) {
                         MUTATE("file past the tar", put64le(rec + 60, ix->tar_size - 10));
                         MUTATE("size past the tar", put64le(rec + 52, ix->tar_size));
@@ -851,6 +855,177 @@ static void test_reader_errors_and_range(void **state) {
         layer_index_free(ix);
 }
 
+/* ---- eStargz ---------------------------------------------------------------------------- */
+
+static int esgz_index(const struct buf *blob, const struct digest *toc_digest,
+                      struct layer_index **ret, char *err) {
+        struct layer_estargz_opts o = {.blob_size = blob->len, .toc_digest = toc_digest};
+        uint64_t toc_off, toc_end;
+        size_t flen = blob->len < LAYER_ESTARGZ_FOOTER ? blob->len : LAYER_ESTARGZ_FOOTER;
+        int r = layer_estargz_footer(blob->p + blob->len - flen, flen, blob->len, &toc_off,
+                                     &toc_end);
+        if (r < 0) {
+                snprintf(err, 400, "footer: %d", r);
+                return r;
+        }
+        return layer_estargz_index(blob->p + toc_off, (size_t)(toc_end - toc_off), toc_off, &o, ret,
+                                   err, 400);
+}
+
+static void test_estargz(void **state) {
+        struct layer_index *ix, *ix2;
+        struct layer_index_info info;
+        const struct buf *blob = &esgz_fx.tar;
+        struct mem_src src = {.blob = blob};
+        struct layer_reader *r;
+        const struct layer_file *f;
+        uint8_t *enc, buf[4096];
+        size_t len;
+        char err[400];
+        int e;
+        (void)state;
+
+        e = esgz_index(blob, NULL, &ix, err);
+        if (e != 0)
+                fail_msg("estargz: %d %s", e, err);
+        layer_index_info(ix, &info);
+        assert_int_equal(info.format, LAYER_FMT_ESTARGZ);
+        assert_int_equal(info.ncheckpoints, 0);
+        assert_true(info.nchunks > 60); /* every file, and the 3 MiB one in 100 kB chunks */
+        check_table(ix, &esgz_fx);
+        check_reads(ix, blob, &esgz_fx, 3);
+
+        /* one 4 KiB read in the middle of the big file: one chunk's member, not the layer */
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "usr/bin/big"));
+        assert_true(f->nchunks > 20);
+        r = layer_reader_new(ix, mem_fetch, &src);
+        assert_int_equal(layer_reader_read(r, f, f->size / 2, buf, sizeof(buf)), sizeof(buf));
+        assert_true(layer_reader_fetched(r) <= 100000 + 65536);
+        /* a read across a chunk boundary */
+        assert_int_equal(layer_reader_read(r, f, 100000 - 10, buf, 20), 20);
+        layer_reader_free(r);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "usr/bin/big-again"));
+        assert_int_equal(f->type, TAR_HARDLINK);
+        assert_true(f->nchunks > 20);
+
+        /* encoded, decoded, canonical, and readable */
+        assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
+        assert_int_equal(layer_index_decode(enc, len, 0, &ix2), 0);
+        same_index(ix, ix2);
+        check_reads(ix2, blob, &esgz_fx, 4);
+        {
+                uint8_t *enc2;
+                size_t len2;
+                assert_int_equal(layer_index_encode(ix2, &enc2, &len2, NULL), 0);
+                assert_int_equal(len, len2);
+                assert_memory_equal(enc, enc2, len);
+                free(enc2);
+        }
+        free(enc);
+        layer_index_free(ix2);
+        layer_index_free(ix);
+
+        /* the blob is also an ordinary tar.gz: the pass reads it (and sees the toc file) */
+        assert_int_equal(build(blob, 0, 65536, NULL, &ix, err, sizeof(err)), 0);
+        assert_true(layer_index_lookup(ix, "stargz.index.json") >= 0);
+        check_reads(ix, blob, &esgz_fx, 5);
+        layer_index_free(ix);
+}
+
+/* A TOC member holding JSON, for the refusals. */
+static struct buf toc_member(const char *json) {
+        struct buf t = {0}, out;
+        tar_add(&t, "stargz.index.json", '0', json, NULL);
+        t.len += 1024;
+        out = gzip_buf(&t, 1);
+        free(t.p);
+        return out;
+}
+
+static int toc_refused(const char *json, uint64_t toc_off) {
+        struct buf m = toc_member(json);
+        struct layer_estargz_opts o = {.blob_size = toc_off + m.len + 51};
+        struct layer_index *ix = NULL;
+        char err[400];
+        int r = layer_estargz_index(m.p, m.len, toc_off, &o, &ix, err, sizeof(err));
+
+        if (r == 0)
+                layer_index_free(ix);
+        else
+                assert_true(err[0] != '\0');
+        free(m.p);
+        return r;
+}
+
+#define E(s) "{\"version\":1,\"entries\":[" s "]}"
+#define REG(name, size, off)                                                                       \
+        "{\"name\":\"" name "\",\"type\":\"reg\",\"size\":" #size ",\"offset\":" #off "}"
+
+static void test_estargz_refusals(void **state) {
+        struct digest wrong;
+        struct layer_index *ix;
+        char err[400];
+        uint64_t a, b;
+        uint8_t foot[51];
+        (void)state;
+
+        assert_int_equal(toc_refused(E(REG("a", 10, 100)), 1000), 0);
+        assert_int_equal(toc_refused(E(REG("../a", 10, 100)), 1000), -EINVAL);
+        assert_int_equal(toc_refused(E(REG("a", 10, 1000)), 1000), -EBADMSG); /* not before toc */
+        assert_int_equal(toc_refused(E("{\"name\":\"a\",\"type\":\"reg\",\"size\":300000,"
+                                       "\"offset\":10,\"chunkSize\":100000}"),
+                                     1000),
+                         -EBADMSG); /* chunks do not cover the file */
+        assert_int_equal(toc_refused(E("{\"name\":\"a\",\"type\":\"chunk\",\"offset\":1}"), 1000),
+                         -EBADMSG);
+        assert_int_equal(toc_refused(E("{\"name\":\"a\",\"type\":\"socket\"}"), 1000), -EOPNOTSUPP);
+        assert_int_equal(toc_refused("{\"version\":2,\"entries\":[]}", 1000), -EBADMSG);
+        assert_int_equal(toc_refused("{\"version\":1}", 1000), -EBADMSG);
+        assert_int_equal(toc_refused("{\"version\":1,\"version\":1,\"entries\":[]}", 1000),
+                         -EBADMSG);
+        assert_int_equal(toc_refused("not json", 1000), -EBADMSG);
+        assert_int_equal(
+                toc_refused(E("{\"name\":\"a\",\"type\":\"dir\",\"modtime\":\"yesterday\"}"), 1000),
+                -EBADMSG);
+        assert_int_equal(toc_refused(E("{\"name\":\"a\",\"type\":\"dir\",\"uid\":-1}"), 1000),
+                         -EBADMSG);
+        assert_int_equal(
+                toc_refused(E("{\"name\":\"a\",\"type\":\"reg\",\"xattrs\":{\"user.x\":\"!!\"}}"),
+                            1000),
+                -EBADMSG);
+        assert_int_equal(
+                toc_refused(E("{\"name\":\"h\",\"type\":\"hardlink\",\"linkName\":\"nope\"}"),
+                            1000),
+                -EBADMSG);
+        assert_int_equal(
+                toc_refused(
+                        E("{\"name\":\"f\",\"type\":\"reg\"},{\"name\":\"f/g\",\"type\":\"reg\"}"),
+                        1000),
+                -EBADMSG);
+        /* a good TOC with the wrong digest; a truncated TOC member */
+        memset(&wrong, 7, sizeof(wrong));
+        assert_int_equal(esgz_index(&esgz_fx.tar, &wrong, &ix, err), -EBADMSG);
+        assert_non_null(strstr(err, "digest"));
+        {
+                struct buf m = toc_member(E(REG("a", 10, 100)));
+                struct layer_estargz_opts o = {.blob_size = 100000};
+                assert_int_equal(
+                        layer_estargz_index(m.p, m.len / 2, 1000, &o, &ix, err, sizeof(err)),
+                        -EBADMSG);
+                free(m.p);
+        }
+        /* footers: a plain gzip layer has none; one pointing past the blob is refused */
+        assert_int_equal(
+                layer_estargz_footer(pax_fx.gz.p + pax_fx.gz.len - 51, 51, pax_fx.gz.len, &a, &b),
+                -EPROTONOSUPPORT);
+        memcpy(foot, esgz_fx.tar.p + esgz_fx.tar.len - 51, 51);
+        assert_int_equal(layer_estargz_footer(foot, 51, esgz_fx.tar.len, &a, &b), 0);
+        assert_int_equal(b, esgz_fx.tar.len - 51);
+        assert_int_equal(layer_estargz_footer(foot, 51, a + 51, &a, &b), -EBADMSG);
+        foot[20] = 'x'; /* not hex */
+        assert_int_equal(layer_estargz_footer(foot, 51, esgz_fx.tar.len, &a, &b), -EPROTONOSUPPORT);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_plain_tar),
@@ -863,6 +1038,8 @@ int main(void) {
                 cmocka_unit_test(test_codec_roundtrip),
                 cmocka_unit_test(test_codec_hostile),
                 cmocka_unit_test(test_reader_errors_and_range),
+                cmocka_unit_test(test_estargz),
+                cmocka_unit_test(test_estargz_refusals),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
