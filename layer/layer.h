@@ -19,8 +19,8 @@
 enum layer_format {
         LAYER_FMT_TAR = 1,     /* plain tar: the uncompressed offset is the blob offset */
         LAYER_FMT_GZIP = 2,    /* tar+gzip, one or more members */
-        LAYER_FMT_ESTARGZ = 4, /* gzip with a TOC: files in members of their own, no pass */
         LAYER_FMT_ZSTD = 3,    /* recognised; not indexed yet (needs a seekable copy) */
+        LAYER_FMT_ESTARGZ = 4, /* gzip with a TOC: files in members of their own, no pass */
 };
 
 /* File types are tar.h's enum tar_type (TAR_REG ... TAR_OPAQUE is never a file: it becomes
