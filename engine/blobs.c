@@ -138,11 +138,11 @@ int engine_add(struct engine *e, const char *refstr, struct engine_blob_info *re
          * while the origin is down). The reference's own source is kept: it is where this
          * node's client said the blob lives. */
         char peer_source[IDX_SOURCE_MAX];
-        r = e->cfg.source ? source_lookup(e->cfg.source, &ref.digest, now_ms() + LOOKUP_TIMEOUT_MS,
+        r = e->src.lookup ? e->src.lookup(e->src.ud, &ref.digest, now_ms() + LOOKUP_TIMEOUT_MS,
                                           &size, peer_source, sizeof(peer_source))
                           : -ENOTCONN;
         if (r < 0)
-                r = origin_blob_size(e->origin, source, &ref.digest,
+                r = e->src.blob_size(e->src.ud, source, &ref.digest,
                                      now_ms() + e->cfg.fetch_timeout_ms, &size, reason, reason_len);
         if (r < 0)
                 return r;
@@ -233,7 +233,7 @@ int engine_pin(struct engine *e, const struct digest *d, bool pinned) {
 int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_info *ret) {
         if (engine_find(e, d, ret) == 0)
                 return 0;
-        if (!e->cfg.source)
+        if (!e->src.lookup)
                 return -ENOENT;
         uint64_t now = now_ms();
         eng_lock(&e->lock);
@@ -246,8 +246,7 @@ int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_i
 
         uint64_t size = 0;
         char source[IDX_SOURCE_MAX];
-        int r = source_lookup(e->cfg.source, d, now + LOOKUP_TIMEOUT_MS, &size, source,
-                              sizeof(source));
+        int r = e->src.lookup(e->src.ud, d, now + LOOKUP_TIMEOUT_MS, &size, source, sizeof(source));
         eng_lock(&e->lock);
         if (r < 0) {
                 unsigned slot = e->unknown_next++ % (sizeof(e->unknown) / sizeof(e->unknown[0]));

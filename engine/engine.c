@@ -16,7 +16,7 @@
  * notes.c (the index write queue).
  *
  * Memory: per blob a bitmap (chunks/8 bytes) and a hash context while hashing; per in-flight
- * chunk one buffer (in the origin) — bounded by max_inflight plus the kernel's outstanding
+ * chunk one buffer (in the source) — bounded by max_inflight plus the kernel's outstanding
  * requests; per worker/FUSE thread one max_read buffer.
  *
  * Shutdown costs: engine_stop_fetching() takes fetch_lock exclusively, so it waits for every
@@ -24,11 +24,11 @@
 #include "engine/engine_int.h"
 
 int engine_new(const struct engine_config *cfg, struct index *ix, struct store *store,
-               struct origin *origin, struct engine **ret) {
+               const struct engine_source_ops *src, struct engine **ret) {
         /* A read spans at most max_read / chunk_size + 1 chunks; pending reads track their pins
          * in 64 bits. */
         if (cfg->chunk_size == 0 || cfg->max_blobs == 0 || cfg->max_read == 0 ||
-            cfg->max_read / cfg->chunk_size + 2 > 64)
+            cfg->max_read / cfg->chunk_size + 2 > 64 || !src || !src->fetch || !src->blob_size)
                 return -EINVAL;
         struct engine *e = calloc(1, sizeof(*e));
         if (!e)
@@ -38,7 +38,7 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
                 e->cfg.workers = 2;
         e->ix = ix;
         e->store = store;
-        e->origin = origin;
+        e->src = *src;
         e->budget = e->effective_budget = cfg->cache_budget;
         e->st.budget_bytes = e->st.effective_budget_bytes = cfg->cache_budget;
         pthread_mutex_init(&e->lock.m, NULL);
@@ -86,7 +86,7 @@ void engine_free(struct engine *e) {
         pthread_mutex_unlock(&e->cq_lock);
         for (unsigned i = 0; i < e->nworkers; i++)
                 pthread_join(e->workers[i], NULL);
-        /* The origin is gone, so no fetch is still running: anything in flight was answered by
+        /* The sources are stopped, so no fetch is still running: anything in flight was answered by
          * its completion. What remains is memory. */
         for (uint32_t i = 0; i < e->nblobs; i++) {
                 struct blob *b = e->blobs[i];

@@ -1,5 +1,5 @@
 /* The read engine: turns "read LEN bytes at OFF of blob B" into chunks served from the store or
- * fetched once from the origin, and answers through a callback. FUSE-free: fs/fuse.c adapts it
+ * fetched once from its sources (engine_source_ops), and answers through a callback. FUSE-free: fs/fuse.c adapts it
  * to the kernel, the control server and tests drive it directly.
  *
  * Guarantees:
@@ -24,12 +24,45 @@
 
 #include "cache/store.h"
 #include "index/index.h"
-#include "peer/origin.h"
-#include "peer/source.h"
-#include "peer/wire.h"
 #include "util/digest.h"
 
 struct engine;
+
+/* A chunk fetch's completion. 0 and a malloc'd BUF of exactly the LEN asked for (ownership
+ * passes to the engine), or a -errno and a REASON for people (-ECANCELED: shutting down). It
+ * may run on any thread, even inside the fetch call itself, and must not block. */
+typedef void (*engine_fetch_done_fn)(void *ctx, int err, const char *reason, uint8_t *buf,
+                                     size_t len);
+
+/* How the engine reaches its sources: everything it asks of the network goes through this
+ * table, so the engine itself knows no peer, registry or HTTP client. The daemon (fs/sources.c)
+ * wires it to the peer source (peers, then the origin) or, on a node alone, to the origin
+ * client; unit tests wire it to a fake. UD is passed to every call. The table is copied by
+ * engine_new(); what UD points to must outlive engine_stop_fetching() (fetch) and the last
+ * engine_add() / engine_lookup() (lookup, blob_size).
+ *
+ * The engine calls FETCH without its lock, never after engine_stop_fetching() has begun, at
+ * most max_inflight at once. LOOKUP and BLOB_SIZE block their caller (the control thread, the
+ * mirror, the lookup resolver: never the read path). */
+struct engine_source_ops {
+        void *ud;
+        /* Fetches chunk IDX (LEN bytes at OFF) of blob BLOB, SIZE bytes in all, whose origin is
+         * SOURCE ("registry/repository"; copy it if needed), by DEADLINE_MS (now_ms() clock).
+         * Calls DONE(CTX, ...) exactly once. Never blocks. Required. */
+        void (*fetch)(void *ud, const struct digest *blob, uint64_t size, const char *source,
+                      uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms,
+                      engine_fetch_done_fn done, void *ctx);
+        /* Asks who else knows BLOB, a blob this node has never seen: its size and origin
+         * (RET_SOURCE, SOURCE_LEN bytes), by DEADLINE_MS. 0; -ENOENT when nobody knows it;
+         * other -errno when nobody could be asked. NULL: the node has nobody to ask (it runs
+         * alone); engine_lookup() then answers -ENOENT and engine_add() asks BLOB_SIZE. */
+        int (*lookup)(void *ud, const struct digest *blob, uint64_t deadline_ms, uint64_t *ret_size,
+                      char *ret_source, size_t source_len);
+        /* Asks the origin SOURCE for BLOB's size, by DEADLINE_MS. 0 and *RET_SIZE, or -errno
+         * (-ENOENT: the origin does not have it) with REASON filled. Required. */
+        int (*blob_size)(void *ud, const char *source, const struct digest *blob,
+                         uint64_t deadline_ms, uint64_t *ret_size, char *reason, size_t reason_len);
+};
 
 struct engine_config {
         uint64_t cache_budget; /* bytes of present chunks */
@@ -41,12 +74,10 @@ struct engine_config {
         uint64_t verify_retry_ms;  /* a blob that failed verification answers EIO this long */
         uint32_t max_blobs;
         size_t max_read; /* the largest read the caller will ask for */
-        /* Peers (all optional). SOURCE, when set, fetches chunks (peers, then the origin)
-         * instead of the origin directly, and resolves digests the node has never seen.
-         * ON_CHANGE is called whenever a blob is registered or one of its chunks becomes
-         * present or absent — with the engine lock held, so it must only note the digest
-         * and return (the announcer queues it). IDX is the chunk, UINT32_MAX for the blob. */
-        struct source *source;
+        /* Peers (optional). ON_CHANGE is called whenever a blob is registered or one of its
+         * chunks becomes present or absent — with the engine lock held, so it must only note
+         * the digest and return (the announcer queues it). IDX is the chunk, UINT32_MAX for
+         * the blob. */
         void (*on_change)(void *ud, const struct digest *blob, uint32_t idx);
         void *change_ud;
         /* Optional. Blob ID failed verification: drop every copy of its bytes in
@@ -94,20 +125,24 @@ struct engine_stream {
 
 typedef void (*engine_reply_fn)(void *ctx, int err, const void *buf, size_t len);
 
-/* The engine borrows IX, STORE and ORIGIN: they must outlive it. Starts the workers. */
+/* The engine borrows IX and STORE: they must outlive it. SRC is copied (see
+ * engine_source_ops for how long its UD must live). Starts the workers. 0; -EINVAL (a bad
+ * configuration, or SRC without fetch or blob_size); -ENOMEM; -errno. */
 int engine_new(const struct engine_config *cfg, struct index *ix, struct store *store,
-               struct origin *origin, struct engine **ret);
+               const struct engine_source_ops *src, struct engine **ret);
 
-/* Answers every pending read (EIO), joins the workers. Call after origin_free() so no
- * completion arrives later. NULL-safe. */
+/* Answers every pending read (EIO), joins the workers. Call after engine_stop_fetching() and
+ * after the sources are stopped (every fetch they were given has completed), so no completion
+ * arrives later. NULL-safe. */
 void engine_free(struct engine *e);
 
 /* Loads the blobs and present chunks from the index, checking each present chunk against the
  * store (lost ones are forgotten and will be refetched). 0 or -errno. */
 int engine_load(struct engine *e);
 
-/* Registers REF ("registry/repository@sha256:hex"): asks the origin for its size (blocking,
- * bounded by the fetch timeout) unless the blob is already known. 0 and *RET; -EINVAL for a
+/* Registers REF ("registry/repository@sha256:hex"): unless the blob is already known, asks
+ * the sources' lookup (when there is one) and then the origin (blob_size) for its size,
+ * blocking, bounded by the fetch timeout. 0 and *RET; -EINVAL for a
  * malformed reference; -ENOENT when the origin does not have it; -ENOSPC when max_blobs are
  * known; other -errno with REASON. */
 int engine_add(struct engine *e, const char *ref, struct engine_blob_info *ret, char *reason,
@@ -157,14 +192,28 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
 /* The size of blob D, for HEAD requests. 0 or -ENOENT. */
 int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_size);
 
-/* What this node holds of blob ID, for announces: metadata, the present bitmap (malloc'd)
- * and the recorded digests of present chunks in [SHA_FROM, SHA_TO] (malloc'd arrays).
- * Free with wire_announce_free()-style cleanup: free(present), free(sha_idx), free(sha).
+/* What this node holds of one blob, for announces (the peer layer copies it into its wire
+ * format). PRESENT is a bitmap of NCHUNKS bits; SHA[i] is the recorded digest of chunk
+ * SHA_IDX[i], NDIGESTS of them. */
+struct engine_blob_snapshot {
+        struct digest digest;
+        uint64_t size;
+        uint32_t nchunks;
+        bool verified; /* the blob verified whole: its chunk digests are of verified bytes */
+        char source[IDX_SOURCE_MAX];
+        uint8_t *present; /* malloc'd, (nchunks + 7) / 8 + 1 bytes */
+        uint32_t ndigests;
+        uint32_t *sha_idx;  /* malloc'd */
+        struct digest *sha; /* malloc'd */
+};
+
+/* What this node holds of blob ID: metadata, the present bitmap and the recorded digests of
+ * present chunks in [SHA_FROM, SHA_TO]. The caller owns the three arrays (free() each).
  * 0 or -ENOENT / -ENOMEM. */
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
-                    struct wire_blob *ret);
+                    struct engine_blob_snapshot *ret);
 
-/* Finds blob D, asking the peers' directory when this node does not know it (blocking, at
+/* Finds blob D, asking the sources' lookup (the peers' directory) when this node does not know it (blocking, at
  * most a couple of seconds; for FUSE lookups and the mirror, never the read path); a blob
  * found that way is registered here. A digest nobody knows is remembered for a moment so a
  * storm of lookups costs one query. 0 or -ENOENT. */
@@ -178,10 +227,10 @@ int engine_lookup(struct engine *e, const struct digest *d, struct engine_blob_i
 int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
                size_t len);
 
-/* Shutdown: from now on no chunk fetch reaches the source or the origin (new ones complete
- * with -ECANCELED at once), prefetches stop, and peers waiting in engine_serve give up. Call
- * before freeing the source and the origin; reads still queued are answered by their fetches'
- * completions or by engine_free(). */
+/* Shutdown: from now on no chunk fetch reaches the sources (new ones complete with
+ * -ECANCELED at once), prefetches stop, and peers waiting in engine_serve give up. Call
+ * before stopping the sources; reads still queued are answered by their fetches' completions
+ * or by engine_free(). */
 void engine_stop_fetching(struct engine *e);
 
 /* Returns once every call of the change hook that had begun has returned (they all run under

@@ -25,7 +25,7 @@
  * ASSERT_HELD / ASSERT_NOT_HELD below check the engine lock's part in SANITIZE builds.
  *
  *  1. e->fetch_lock (rwlock): fetch start vs shutdown. Held shared by eng_submit() while it
- *     hands a chunk to the source or the origin, exclusively by engine_stop_fetching() to set
+ *     hands a chunk to the sources (src.fetch), exclusively by engine_stop_fetching() to set
  *     fetch_stopped. Taken before the engine lock, never while holding it.
  *  2. e->lock, "the engine lock" (struct eng_mutex, taken with eng_lock()): the blob table and
  *     every blob's mutable state (present/unread bitmaps, recorded chunk digests, in-flight
@@ -45,12 +45,12 @@
  * make (the index's locks come after ours, and it calls back only into those callbacks);
  * cfg.on_change (the announcer's lock comes after ours: the hook notes and returns); log_*().
  *
- * What must not be: eng_submit() and anything reaching the source or the origin (fetch_lock
- * comes first, and a fetcher may complete at once); store_read() and store_write() of chunk
- * data; index writes (queued as notes under the lock, eng_notes_flush()ed after it); a reader's
- * reply callback; hashing chunk data; eng_answer() and eng_write_chunk(), which take it.
- * engine_free() runs when no other thread is left and takes the lock only to satisfy the
- * helpers' assertions.
+ * What must not be: eng_submit() and anything reaching the sources (src.*: lookups block on the
+ * network, fetch_lock comes first, and a fetcher may complete at once); store_read() and
+ * store_write() of chunk data; index writes (queued as notes under the lock, eng_notes_flush()ed
+ * after it); a reader's reply callback; hashing chunk data; eng_answer() and eng_write_chunk(),
+ * which take it. engine_free() runs when no other thread is left and takes the lock only to satisfy
+ * the helpers' assertions.
  *
  * Fields below say what protects them: "(lock)" the engine lock; "(immutable)" written before
  * another thread can see the object and never again; otherwise the owner is named. */
@@ -212,17 +212,17 @@ struct completion {
 };
 
 struct engine {
-        struct engine_config cfg; /* (immutable after engine_new) */
-        struct index *ix;         /* (immutable) */
-        struct store *store;      /* (immutable) */
-        struct origin *origin;    /* (immutable) */
+        struct engine_config cfg;     /* (immutable after engine_new) */
+        struct index *ix;             /* (immutable) */
+        struct store *store;          /* (immutable) */
+        struct engine_source_ops src; /* (immutable) */
 
         struct eng_mutex lock;      /* the engine lock: see THE LOCK ORDER above */
         pthread_cond_t hash_cond;   /* a blob's `hashing` went false (waits on lock) */
         pthread_cond_t landed_cond; /* a fetched chunk became present (engine_serve waits; lock) */
         /* Fetch start vs shutdown: eng_submit() holds it shared while it hands a chunk to the
-         * source or the origin; engine_stop_fetching() takes it exclusively to set
-         * fetch_stopped, after which nothing reaches a source or origin that is being freed. */
+         * sources (src.fetch); engine_stop_fetching() takes it exclusively to set
+         * fetch_stopped, after which nothing reaches a source that is being freed. */
         pthread_rwlock_t fetch_lock;
         bool fetch_stopped; /* (fetch_lock; read under the engine lock by engine_serve too) */
         /* Digests no peer knew, so repeated lookups of a bad name cost one query: a small

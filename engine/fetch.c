@@ -1,7 +1,7 @@
 /* Fetching: single flight, readahead windows and the completion workers.
  *
  * Life of a miss. engine_read() finds chunk k absent: it creates an `inflight` for (blob, k) or
- * joins the existing one, hangs a `pending` read on it, and returns. The origin thread's
+ * joins the existing one, hangs a `pending` read on it, and returns. The source's
  * completion is handed to a worker, which hashes and writes the chunk, marks it present (pinned
  * for each waiter), evicts down to the budget, advances the blob's verification, and answers
  * every pending read whose last missing chunk this was.
@@ -52,17 +52,13 @@ void eng_submit(struct engine *e, struct inflight *f) {
                 on_fetched(f, -ECANCELED, "shutting down", NULL, 0);
                 return;
         }
-        if (e->cfg.source)
-                source_fetch(e->cfg.source, &b->digest, b->size, b->source, f->idx,
-                             chunk_off(e, f->idx), chunk_len(e, b, f->idx), deadline, on_fetched,
-                             f);
-        else
-                origin_fetch(e->origin, b->source, &b->digest, chunk_off(e, f->idx),
-                             chunk_len(e, b, f->idx), deadline, on_fetched, f);
+        e->src.fetch(e->src.ud, &b->digest, b->size, b->source, f->idx, chunk_off(e, f->idx),
+                     chunk_len(e, b, f->idx), deadline, on_fetched, f);
         pthread_rwlock_unlock(&e->fetch_lock);
 }
 
-/* Origin thread: hand the result to a worker. */
+/* The source's thread (or eng_submit()'s, for a fetch refused at once): hand the result to a
+ * worker. */
 static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len) {
         struct inflight *f = ud;
         struct engine *e = f->e;

@@ -102,7 +102,7 @@ int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_siz
 }
 
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
-                    struct wire_blob *ret) {
+                    struct engine_blob_snapshot *ret) {
         eng_lock(&e->lock);
         if (id >= e->nblobs) {
                 eng_unlock(&e->lock);
@@ -116,10 +116,10 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         if (b->sha_known && b->nchunks)
                 for (uint32_t i = sha_from; i <= sha_to; i++)
                         ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
-        struct wire_blob w = {.digest = b->digest,
-                              .size = b->size,
-                              .nchunks = b->nchunks,
-                              .verified = b->verified}; /* its digests are of verified bytes */
+        struct engine_blob_snapshot w = {.digest = b->digest,
+                                         .size = b->size,
+                                         .nchunks = b->nchunks,
+                                         .verified = b->verified}; /* digests of verified bytes */
         memcpy(w.source, b->source, sizeof(w.source));
         w.present = malloc(map_len);
         w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));

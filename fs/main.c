@@ -54,6 +54,7 @@
 #include "fs/notify.h"
 #include "fs/peers.h"
 #include "fs/resolver.h"
+#include "fs/sources.h"
 #include "fs/statedir.h"
 #include "index/index.h"
 #include "peer/control.h"
@@ -601,7 +602,8 @@ int main(int argc, char **argv) {
                 .on_invalidate = fs_invalidate, /* a no-op until the tree is mounted */
         };
         peers_engine_config(&d, &ec);
-        r = engine_new(&ec, d.ix, d.store, d.origin, &d.engine);
+        struct engine_source_ops src = sources_engine_ops(&d);
+        r = engine_new(&ec, d.ix, d.store, &src, &d.engine);
         if (r < 0) {
                 log_err("cannot start engine err=%s", strerror(-r));
                 goto out_origin;

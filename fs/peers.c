@@ -189,7 +189,6 @@ static void on_engine_change(void *ud, const struct digest *blob, uint32_t idx) 
 void peers_engine_config(struct daemon *d, struct engine_config *ec) {
         if (!peered(d))
                 return;
-        ec->source = d->source;
         ec->on_change = on_engine_change;
         ec->change_ud = d;
 }
@@ -201,7 +200,21 @@ static uint32_t ops_count(void *ud) {
 
 static int ops_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struct wire_blob *ret) {
         struct daemon *d = ud;
-        return engine_snapshot(d->engine, id, from, to, ret);
+        struct engine_blob_snapshot s;
+        int r = engine_snapshot(d->engine, id, from, to, &s);
+        if (r < 0)
+                return r;
+        /* The engine's snapshot in the announce's wire form: the arrays change hands. */
+        *ret = (struct wire_blob){.digest = s.digest,
+                                  .size = s.size,
+                                  .nchunks = s.nchunks,
+                                  .verified = s.verified,
+                                  .present = s.present,
+                                  .ndigests = s.ndigests,
+                                  .sha_idx = s.sha_idx,
+                                  .sha = s.sha};
+        memcpy(ret->source, s.source, sizeof(ret->source));
+        return 0;
 }
 
 static int ops_find(void *ud, const struct digest *dg, uint32_t *ret_id) {

@@ -12,7 +12,8 @@
  * through the source). No-op without --peers/--peer-dns. 0 or -errno (logged). */
 int peers_start(struct daemon *d);
 
-/* Fills the engine configuration's peer fields (source, change hook). */
+/* Fills the engine configuration's peer fields (the change hook). The engine's fetches and
+ * lookups are wired in fs/sources.c. */
 void peers_engine_config(struct daemon *d, struct engine_config *ec);
 
 /* Starts the announcer (after engine_load, so the first full announce has the blobs). */
