@@ -1,0 +1,1104 @@
+/* Unit tests for the read engine (engine/), driven through its operations table
+ * (engine_source_ops) by a fake fetcher, against a real chunk store and a real index (SQLite)
+ * in a private temporary directory.
+ *
+ * The fake keeps every fetch the engine hands it on a queue. In ON_DEMAND mode the test thread
+ * completes them when it chooses (fake_complete_all), so a test can look at what the engine
+ * asked for while reads are still waiting; in AUTO mode a thread of the fake completes them,
+ * after an optional delay, the way the peer source or the origin client would. Completions
+ * carry the blob's true bytes, wrong bytes (a corrupt chunk), or an error.
+ *
+ * What is checked, one test each: single flight, readahead and its bound, the readahead pin
+ * cap, eviction to the budget, the ENOSPC shrink (a small tmpfs store: needs root, else that
+ * one test is skipped with a message), verification failure, shutdown with reads in flight
+ * (both ways: sources cancelling their fetches, and engine_free() answering what is left),
+ * each reply exactly once under concurrent readers, and the lookup / size calls of the table.
+ *
+ * The tests reach into engine_int.h where the honest check needs the engine's own counts (the
+ * readahead pin ring). Every wait polls a condition under a deadline; nothing relies on
+ * timing. */
+#include <errno.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cache/store.h"
+#include "engine/engine_int.h"
+#include "index/index.h"
+#include "util/digest.h"
+#include "util/log.h"
+
+#define CS (64 * 1024) /* chunk size: small, so budgets of a few chunks stay small */
+#define MAX_READ (4 * CS)
+#define WAIT_MS 30000 /* a deadline, not a timing: ASan on a shared machine is slow */
+#define MAX_FAKE_BLOBS 8
+#define MAX_FAKE_CHUNKS 128
+#define REF_PREFIX "registry.test/unit/blob@sha256:"
+#define REF_SOURCE "registry.test/unit/blob"
+
+/* One lock and one condition for everything the fake and the reply callbacks share with the
+ * test thread. Never held while calling into the engine. */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+
+/* ---- the fake fetcher ------------------------------------------------------------------------ */
+
+enum fake_mode { FAKE_ON_DEMAND, FAKE_AUTO };
+
+struct fake_blob {
+        struct digest d;
+        uint8_t *data;
+        uint64_t size;
+        int corrupt_chunk; /* this chunk is sent with one byte flipped; -1: none */
+};
+
+struct fake_fetch {
+        struct fake_fetch *next;
+        int blob;
+        uint32_t idx;
+        uint64_t off;
+        size_t len;
+        uint64_t due_ms; /* AUTO: not before */
+        engine_fetch_done_fn done;
+        void *ctx;
+};
+
+struct fake {
+        enum fake_mode mode;
+        uint64_t delay_ms;   /* AUTO: each fetch completes this long after it was asked */
+        unsigned fail_every; /* nonzero: every fail_every-th fetch fails with -EIO */
+        struct fake_blob blobs[MAX_FAKE_BLOBS];
+        unsigned nblobs;
+        /* (mu) */
+        struct fake_fetch *head, **tail;
+        unsigned queued, fetches;
+        unsigned count[MAX_FAKE_BLOBS][MAX_FAKE_CHUNKS]; /* fetches per chunk */
+        int64_t max_idx[MAX_FAKE_BLOBS];                 /* highest chunk fetched, -1: none */
+        bool stop;
+        char log[64]; /* lookup and blob_size calls in order: 'L', 'S' */
+        size_t nlog;
+        /* what lookup answers: the blob's size and source when it is in `known` */
+        struct digest known[4];
+        uint64_t known_size[4];
+        unsigned nknown;
+        pthread_t thread;
+        bool has_thread;
+};
+
+static int fake_blob_of(struct fake *fk, const struct digest *d) {
+        for (unsigned i = 0; i < fk->nblobs; i++)
+                if (digest_equal(&fk->blobs[i].d, d))
+                        return (int)i;
+        return -1;
+}
+
+/* Completes FF: the true bytes (a flipped byte in a corrupt chunk), or ERR. Without mu. */
+static void fake_finish(struct fake *fk, struct fake_fetch *ff, int err) {
+        if (err == 0 && ff->blob < 0)
+                err = -ENOENT;
+        if (err < 0) {
+                ff->done(ff->ctx, err, "fake failure", NULL, 0);
+        } else {
+                const struct fake_blob *fb = &fk->blobs[ff->blob];
+                uint8_t *buf = malloc(ff->len);
+                assert_non_null(buf);
+                memcpy(buf, fb->data + ff->off, ff->len);
+                if ((int)ff->idx == fb->corrupt_chunk)
+                        buf[ff->len / 2] ^= 0x5a;
+                ff->done(ff->ctx, 0, NULL, buf, ff->len);
+        }
+        free(ff);
+}
+
+/* Takes the oldest queued fetch. Caller holds mu. */
+static struct fake_fetch *fake_pop(struct fake *fk) {
+        struct fake_fetch *ff = fk->head;
+        if (!ff)
+                return NULL;
+        fk->head = ff->next;
+        if (!fk->head)
+                fk->tail = &fk->head;
+        fk->queued--;
+        return ff;
+}
+
+static void fake_fetch_op(void *ud, const struct digest *blob, uint64_t size, const char *source,
+                          uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms,
+                          engine_fetch_done_fn done, void *ctx) {
+        struct fake *fk = ud;
+        (void)size;
+        (void)source;
+        (void)deadline_ms;
+        struct fake_fetch *ff = calloc(1, sizeof(*ff));
+        assert_non_null(ff);
+        *ff = (struct fake_fetch){.idx = idx, .off = off, .len = len, .done = done, .ctx = ctx};
+        pthread_mutex_lock(&mu);
+        ff->blob = fake_blob_of(fk, blob);
+        ff->due_ms = now_ms() + fk->delay_ms;
+        fk->fetches++;
+        if (ff->blob >= 0 && idx < MAX_FAKE_CHUNKS) {
+                fk->count[ff->blob][idx]++;
+                if ((int64_t)idx > fk->max_idx[ff->blob])
+                        fk->max_idx[ff->blob] = idx;
+        }
+        bool fail = fk->fail_every && fk->fetches % fk->fail_every == 0;
+        if (fail) {
+                pthread_mutex_unlock(&mu);
+                fake_finish(fk, ff, -EIO); /* completes inside the call: allowed */
+                return;
+        }
+        *fk->tail = ff;
+        fk->tail = &ff->next;
+        fk->queued++;
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+}
+
+static int fake_lookup_op(void *ud, const struct digest *blob, uint64_t deadline_ms,
+                          uint64_t *ret_size, char *ret_source, size_t source_len) {
+        struct fake *fk = ud;
+        (void)deadline_ms;
+        pthread_mutex_lock(&mu);
+        if (fk->nlog < sizeof(fk->log) - 1)
+                fk->log[fk->nlog++] = 'L';
+        int r = -ENOENT;
+        for (unsigned i = 0; i < fk->nknown; i++)
+                if (digest_equal(&fk->known[i], blob)) {
+                        *ret_size = fk->known_size[i];
+                        snprintf(ret_source, source_len, "peer.test/known");
+                        r = 0;
+                }
+        pthread_mutex_unlock(&mu);
+        return r;
+}
+
+static int fake_size_op(void *ud, const char *source, const struct digest *blob,
+                        uint64_t deadline_ms, uint64_t *ret_size, char *reason, size_t reason_len) {
+        struct fake *fk = ud;
+        (void)source;
+        (void)deadline_ms;
+        pthread_mutex_lock(&mu);
+        if (fk->nlog < sizeof(fk->log) - 1)
+                fk->log[fk->nlog++] = 'S';
+        int i = fake_blob_of(fk, blob);
+        if (i >= 0)
+                *ret_size = fk->blobs[i].size;
+        pthread_mutex_unlock(&mu);
+        if (i < 0) {
+                snprintf(reason, reason_len, "not at the fake origin");
+                return -ENOENT;
+        }
+        return 0;
+}
+
+/* AUTO mode: complete each fetch once it is due, in arrival order. */
+static void *fake_main(void *arg) {
+        struct fake *fk = arg;
+        pthread_mutex_lock(&mu);
+        for (;;) {
+                while (!fk->head && !fk->stop)
+                        pthread_cond_wait(&cv, &mu);
+                if (fk->stop)
+                        break;
+                uint64_t now = now_ms();
+                if (fk->head->due_ms > now) {
+                        struct timespec ts;
+                        clock_gettime(CLOCK_REALTIME, &ts);
+                        uint64_t ns = (uint64_t)ts.tv_nsec + (fk->head->due_ms - now) * 1000000;
+                        ts.tv_sec += (time_t)(ns / 1000000000);
+                        ts.tv_nsec = (long)(ns % 1000000000);
+                        pthread_cond_timedwait(&cv, &mu, &ts);
+                        continue;
+                }
+                struct fake_fetch *ff = fake_pop(fk);
+                pthread_mutex_unlock(&mu);
+                fake_finish(fk, ff, 0);
+                pthread_mutex_lock(&mu);
+        }
+        pthread_mutex_unlock(&mu);
+        return NULL;
+}
+
+/* ON_DEMAND mode: completes every fetch queued now (and any those completions start) with
+ * bytes, from the test thread. Returns how many. */
+static unsigned fake_complete_all(struct fake *fk) {
+        unsigned n = 0;
+        for (;;) {
+                pthread_mutex_lock(&mu);
+                struct fake_fetch *ff = fake_pop(fk);
+                pthread_mutex_unlock(&mu);
+                if (!ff)
+                        return n;
+                fake_finish(fk, ff, 0);
+                n++;
+        }
+}
+
+/* What a source does when it is freed: stops its thread, fails what is pending with
+ * -ECANCELED. */
+static void fake_cancel_all(struct fake *fk) {
+        pthread_mutex_lock(&mu);
+        fk->stop = true;
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+        if (fk->has_thread) {
+                pthread_join(fk->thread, NULL);
+                fk->has_thread = false;
+        }
+        for (;;) {
+                pthread_mutex_lock(&mu);
+                struct fake_fetch *ff = fake_pop(fk);
+                pthread_mutex_unlock(&mu);
+                if (!ff)
+                        return;
+                fake_finish(fk, ff, -ECANCELED);
+        }
+}
+
+static unsigned fake_queued(struct fake *fk) {
+        pthread_mutex_lock(&mu);
+        unsigned n = fk->queued;
+        pthread_mutex_unlock(&mu);
+        return n;
+}
+
+static unsigned fake_fetches(struct fake *fk) {
+        pthread_mutex_lock(&mu);
+        unsigned n = fk->fetches;
+        pthread_mutex_unlock(&mu);
+        return n;
+}
+
+static int64_t fake_max_idx(struct fake *fk, int blob) {
+        pthread_mutex_lock(&mu);
+        int64_t n = fk->max_idx[blob];
+        pthread_mutex_unlock(&mu);
+        return n;
+}
+
+/* ---- readers --------------------------------------------------------------------------------- */
+
+struct reply {
+        int calls; /* (mu) */
+        int err;
+        size_t len;
+        bool match;          /* the bytes were WANT */
+        const uint8_t *want; /* set before the read */
+        size_t want_len;
+};
+
+static void on_reply(void *ctx, int err, const void *buf, size_t len) {
+        struct reply *r = ctx;
+        pthread_mutex_lock(&mu);
+        r->calls++;
+        r->err = err;
+        r->len = len;
+        r->match = err == 0 && len == r->want_len && (len == 0 || memcmp(buf, r->want, len) == 0);
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+}
+
+/* Waits until each of the N replies was called at least once. */
+static bool wait_replies(struct reply *r, size_t n) {
+        uint64_t deadline = now_ms() + WAIT_MS;
+        pthread_mutex_lock(&mu);
+        for (;;) {
+                size_t done = 0;
+                for (size_t i = 0; i < n; i++)
+                        done += r[i].calls > 0;
+                if (done == n || now_ms() > deadline)
+                        break;
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 10 * 1000000;
+                if (ts.tv_nsec >= 1000000000) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000;
+                }
+                pthread_cond_timedwait(&cv, &mu, &ts);
+        }
+        size_t done = 0;
+        for (size_t i = 0; i < n; i++)
+                done += r[i].calls > 0;
+        pthread_mutex_unlock(&mu);
+        return done == n;
+}
+
+static int reply_calls(struct reply *r) {
+        pthread_mutex_lock(&mu);
+        int n = r->calls;
+        pthread_mutex_unlock(&mu);
+        return n;
+}
+
+/* ---- the fixture ----------------------------------------------------------------------------- */
+
+struct fixture {
+        char dir[256];
+        char store_dir[300];
+        bool tmpfs_mounted;
+        struct store *store;
+        struct index *ix;
+        struct fake fk;
+        struct engine_config cfg;
+        struct engine *e;
+};
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+        (void)st;
+        (void)flag;
+        (void)ftw;
+        return remove(path) < 0 ? -errno : 0;
+}
+
+static int setup(void **state) {
+        struct fixture *fx = calloc(1, sizeof(*fx));
+        assert_non_null(fx);
+        snprintf(fx->dir, sizeof(fx->dir), "/tmp/test_engine.XXXXXX");
+        assert_non_null(mkdtemp(fx->dir));
+        snprintf(fx->store_dir, sizeof(fx->store_dir), "%s", fx->dir);
+        fx->fk.tail = &fx->fk.head;
+        for (int i = 0; i < MAX_FAKE_BLOBS; i++)
+                fx->fk.max_idx[i] = -1;
+        fx->cfg = (struct engine_config){
+                .cache_budget = 64 * CS,
+                .chunk_size = CS,
+                .readahead_chunks = 4,
+                .max_inflight = 16,
+                .workers = 2,
+                .fetch_timeout_ms = 10000,
+                .verify_retry_ms = 60000,
+                .max_blobs = 16,
+                .max_read = MAX_READ,
+        };
+        *state = fx;
+        return 0;
+}
+
+/* Opens the store (under store_dir) and the index, starts the fake and the engine. */
+static void start(struct fixture *fx, enum fake_mode mode) {
+        char path[512];
+        assert_int_equal(store_open(fx->store_dir, &fx->store), 0);
+        snprintf(path, sizeof(path), "%s/index.db", fx->dir);
+        assert_int_equal(idx_open(path, &fx->ix), 0);
+        fx->fk.mode = mode;
+        if (mode == FAKE_AUTO) {
+                assert_int_equal(pthread_create(&fx->fk.thread, NULL, fake_main, &fx->fk), 0);
+                fx->fk.has_thread = true;
+        }
+        struct engine_source_ops ops = {
+                .ud = &fx->fk, .fetch = fake_fetch_op, .blob_size = fake_size_op};
+        assert_int_equal(engine_new(&fx->cfg, fx->ix, fx->store, &ops, &fx->e), 0);
+}
+
+/* Shutdown in the daemon's order: stop fetching, stop the sources, free the engine. */
+static void stop_engine(struct fixture *fx) {
+        if (fx->e)
+                engine_stop_fetching(fx->e);
+        fake_cancel_all(&fx->fk);
+        engine_free(fx->e);
+        fx->e = NULL;
+}
+
+static int teardown(void **state) {
+        struct fixture *fx = *state;
+        stop_engine(fx);
+        idx_close(fx->ix);
+        store_close(fx->store);
+        for (unsigned i = 0; i < fx->fk.nblobs; i++)
+                free(fx->fk.blobs[i].data);
+        if (fx->tmpfs_mounted)
+                umount2(fx->store_dir, MNT_DETACH);
+        nftw(fx->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        free(fx);
+        return 0;
+}
+
+/* Makes a blob of SIZE pseudo-random bytes at the fake origin and registers it with the
+ * engine (engine_add: the fake answers its size). Returns the fake's index; *RET_ID the
+ * engine's id. */
+static int add_blob(struct fixture *fx, uint64_t size, int corrupt_chunk, uint32_t *ret_id) {
+        struct fake *fk = &fx->fk;
+        assert_true(fk->nblobs < MAX_FAKE_BLOBS);
+        assert_true(size <= (uint64_t)MAX_FAKE_CHUNKS * CS);
+        int n = (int)fk->nblobs;
+        struct fake_blob *fb = &fk->blobs[n];
+        fb->data = malloc(size);
+        assert_non_null(fb->data);
+        uint64_t x = 0x9e3779b97f4a7c15ull * (uint64_t)(n + 1);
+        for (uint64_t i = 0; i < size; i++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                fb->data[i] = (uint8_t)x;
+        }
+        fb->size = size;
+        fb->corrupt_chunk = corrupt_chunk;
+        digest_sha256(fb->data, size, &fb->d);
+        pthread_mutex_lock(&mu);
+        fk->nblobs++;
+        pthread_mutex_unlock(&mu);
+
+        char hex[DIGEST_HEX_LEN + 1], ref[128], reason[256];
+        digest_to_hex(&fb->d, hex);
+        snprintf(ref, sizeof(ref), REF_PREFIX "%s", hex);
+        struct engine_blob_info info;
+        assert_int_equal(engine_add(fx->e, ref, &info, reason, sizeof(reason)), 0);
+        assert_int_equal(info.size, size);
+        *ret_id = info.id;
+        return n;
+}
+
+/* Reads LEN bytes at OFF of blob ID (fake blob FB) into R; waits for the answer. */
+static void read_wait(struct fixture *fx, int fb, uint32_t id, uint64_t off, size_t len,
+                      struct engine_stream *stream, struct reply *r) {
+        memset(r, 0, sizeof(*r));
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        r->want = b->data + off;
+        r->want_len = off >= b->size ? 0 : (b->size - off < len ? (size_t)(b->size - off) : len);
+        engine_read(fx->e, id, off, len, stream, on_reply, r);
+        if (fx->fk.mode == FAKE_ON_DEMAND)
+                while (reply_calls(r) == 0 && fake_complete_all(&fx->fk) > 0)
+                        ;
+        assert_true(wait_replies(r, 1));
+}
+
+static bool engine_idle(struct engine *e) {
+        struct engine_stats st;
+        engine_get_stats(e, &st);
+        return st.inflight_chunks == 0;
+}
+
+static bool wait_idle(struct fixture *fx) {
+        uint64_t deadline = now_ms() + WAIT_MS;
+        while (!engine_idle(fx->e) || fake_queued(&fx->fk) > 0) {
+                if (now_ms() > deadline)
+                        return false;
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+        return true;
+}
+
+/* ---- single flight --------------------------------------------------------------------------- */
+
+#define NREADERS 8
+
+struct reader_arg {
+        struct fixture *fx;
+        uint32_t id;
+        uint64_t off;
+        size_t len;
+        struct reply *r;
+        pthread_barrier_t *go;
+};
+
+static void *reader_main(void *arg) {
+        struct reader_arg *a = arg;
+        pthread_barrier_wait(a->go);
+        engine_read(a->fx->e, a->id, a->off, a->len, NULL, on_reply, a->r);
+        return NULL;
+}
+
+/* N readers of one missing chunk at once: one fetch, every reader answered from it. */
+static void test_single_flight(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        const uint8_t *data = fx->fk.blobs[fb].data;
+
+        struct reply r[NREADERS];
+        struct reader_arg args[NREADERS];
+        pthread_t t[NREADERS];
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, NREADERS);
+        memset(r, 0, sizeof(r));
+        for (int i = 0; i < NREADERS; i++) {
+                uint64_t off = CS + (uint64_t)i * 1000;
+                r[i].want = data + off;
+                r[i].want_len = 1000;
+                args[i] = (struct reader_arg){fx, id, off, 1000, &r[i], &go};
+                assert_int_equal(pthread_create(&t[i], NULL, reader_main, &args[i]), 0);
+        }
+        for (int i = 0; i < NREADERS; i++)
+                pthread_join(t[i], NULL);
+        pthread_barrier_destroy(&go);
+
+        /* Every reader is queued on the one fetch; nobody was answered yet. */
+        assert_int_equal(fake_fetches(&fx->fk), 1);
+        assert_int_equal(fake_queued(&fx->fk), 1);
+        assert_int_equal(fx->fk.count[fb][1], 1);
+        for (int i = 0; i < NREADERS; i++)
+                assert_int_equal(reply_calls(&r[i]), 0);
+
+        assert_int_equal(fake_complete_all(&fx->fk), 1);
+        assert_true(wait_replies(r, NREADERS));
+        for (int i = 0; i < NREADERS; i++) {
+                assert_int_equal(r[i].err, 0);
+                assert_int_equal(r[i].len, 1000);
+                assert_true(r[i].match);
+        }
+        assert_int_equal(fake_fetches(&fx->fk), 1);
+
+        /* Present now: the next read is answered on the spot, without a fetch. */
+        struct reply again = {.want = data + CS, .want_len = 500};
+        engine_read(fx->e, id, CS, 500, NULL, on_reply, &again);
+        assert_int_equal(reply_calls(&again), 1);
+        assert_true(again.match);
+        assert_int_equal(fake_fetches(&fx->fk), 1);
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_int_equal(st.misses, NREADERS);
+        assert_int_equal(st.hits, 1);
+        for (int i = 0; i < NREADERS; i++)
+                assert_int_equal(reply_calls(&r[i]), 1);
+}
+
+/* ---- readahead ------------------------------------------------------------------------------- */
+
+/* A sequential reader makes the engine fetch the chunks after the one it reads, never more than
+ * readahead_chunks past it, each chunk once; a reader without a stream gets no readahead. */
+static void test_readahead(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.readahead_chunks = 4;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t nchunks = 24, id;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+
+        struct engine_stream stream = {0};
+        bool opened = false; /* the window reached readahead_chunks */
+        for (uint32_t i = 0; i < nchunks; i++) {
+                struct reply r;
+                read_wait(fx, fb, id, (uint64_t)i * CS, CS, &stream, &r);
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+                /* What readahead started is queued now: nothing beyond i + readahead_chunks. */
+                int64_t max = fake_max_idx(&fx->fk, fb);
+                assert_true(max <= (int64_t)i + (int64_t)fx->cfg.readahead_chunks);
+                if (max == (int64_t)i + (int64_t)fx->cfg.readahead_chunks)
+                        opened = true;
+                fake_complete_all(&fx->fk);
+        }
+        assert_true(opened);
+        for (uint32_t i = 0; i < nchunks; i++)
+                assert_int_equal(fx->fk.count[fb][i], 1);
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_true(st.readahead_chunks >= nchunks / 2);
+
+        /* The same walk without a stream fetches exactly what is read. */
+        uint32_t id2;
+        int fb2 = add_blob(fx, 8 * CS, -1, &id2);
+        for (uint32_t i = 0; i < 8; i++) {
+                struct reply r;
+                read_wait(fx, fb2, id2, (uint64_t)i * CS, CS, NULL, &r);
+                assert_int_equal(r.err, 0);
+                assert_int_equal(fake_max_idx(&fx->fk, fb2), i);
+        }
+}
+
+/* ---- readahead pins -------------------------------------------------------------------------- */
+
+/* Samples the stats and the engine's readahead / hash pin counts once the pins of reads just
+ * answered are gone (a worker unpins right after the reply returns), or at the deadline. */
+static void settle_pins(struct fixture *fx, struct engine_stats *st, unsigned *ra, unsigned *hash) {
+        uint64_t deadline = now_ms() + WAIT_MS;
+        for (;;) {
+                engine_get_stats(fx->e, st);
+                eng_lock(&fx->e->lock);
+                *ra = fx->e->ra_count;
+                *hash = fx->e->hash_pin_count;
+                eng_unlock(&fx->e->lock);
+                if (st->pinned_bytes <= (uint64_t)(*ra + *hash) * CS || now_ms() > deadline)
+                        return;
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+}
+
+/* Chunks brought in by readahead and not read yet are pinned, but at most
+ * min(max_inflight, budget / chunk_size / 4) (at least 2) of them (engine.h): streams that stop
+ * reading cannot hold the cache hostage. Here five streams each leave readahead chunks unread. */
+static void test_readahead_pins_bounded(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.cache_budget = 16 * CS;
+        fx->cfg.max_inflight = 16;
+        fx->cfg.readahead_chunks = 8;
+        start(fx, FAKE_AUTO);
+        const unsigned cap = 4; /* min(16, 16 / 4) */
+        uint64_t readahead_before = 0;
+        for (int n = 0; n < 5; n++) {
+                uint32_t id;
+                int fb = add_blob(fx, 16 * CS, -1, &id);
+                struct engine_stream stream = {0};
+                for (uint32_t i = 0; i < 8; i++) {
+                        struct reply r;
+                        read_wait(fx, fb, id, (uint64_t)i * CS, CS, &stream, &r);
+                        assert_int_equal(r.err, 0);
+                        assert_true(r.match);
+                }
+                assert_true(wait_idle(fx));
+                struct engine_stats st;
+                unsigned ra, hash;
+                settle_pins(fx, &st, &ra, &hash);
+                assert_true(ra <= cap);
+                assert_true(hash <= cap);
+                /* Nothing is being read: every pin is a readahead or a hash pin. */
+                assert_true(st.pinned_bytes <= (uint64_t)(ra + hash) * CS);
+                assert_true(st.used_bytes <= st.effective_budget_bytes + st.pinned_bytes);
+                /* This stream's readahead alone went past the cap: the bound did the work. */
+                assert_true(st.readahead_chunks - readahead_before > cap);
+                readahead_before = st.readahead_chunks;
+        }
+}
+
+/* ---- eviction to budget ---------------------------------------------------------------------- */
+
+/* Reading four times the budget keeps the store within the budget (plus what is in flight),
+ * evicts, and still verifies the blob: the frontier follows the reader. */
+static void test_eviction_to_budget(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.cache_budget = 16 * CS;
+        start(fx, FAKE_AUTO);
+        uint32_t id, nchunks = 64;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+        uint64_t slack = 16 * 4096; /* filesystem metadata blocks in st_blocks */
+        for (uint32_t i = 0; i < nchunks; i += 4) {
+                struct reply r;
+                read_wait(fx, fb, id, (uint64_t)i * CS, MAX_READ, NULL, &r);
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+                struct engine_stats st;
+                engine_get_stats(fx->e, &st);
+                uint64_t bound = st.budget_bytes + (st.inflight_chunks * CS) + st.pinned_bytes;
+                assert_true(st.used_bytes <= bound);
+                assert_true(store_allocated_bytes(fx->store) <= bound + slack);
+        }
+        assert_true(wait_idle(fx));
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_true(st.used_bytes <= st.budget_bytes);
+        assert_true(store_allocated_bytes(fx->store) <= st.budget_bytes + slack);
+        assert_true(st.evicted_chunks >= nchunks - 16);
+        assert_int_equal(st.blobs_verified, 1);
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+        assert_true(info.chunks_present <= 16);
+}
+
+/* ---- ENOSPC shrink --------------------------------------------------------------------------- */
+
+static bool private_mounts; /* main() entered a mount namespace of our own */
+
+/* A store on a 2 MiB tmpfs under an 8 MiB budget: writes fail with ENOSPC, the engine shrinks
+ * its effective budget to what fits, evicts, and every read still gets its bytes.
+ *
+ * The disk holds 32 chunks: more than the engine can pin at once here (hash pins, sized from
+ * the configured budget before the shrink: up to 16; one read: 4; chunks half written by the
+ * two workers: 2), so a write that hits ENOSPC always finds something to evict. With a 16-chunk
+ * disk one run in about 170 saw a read fail with EIO, presumably a write that found everything
+ * on disk pinned and gave up (eng_write_chunk); that is the engine's documented answer to a
+ * full disk with nothing left to free, not what this test is about. */
+static void test_enospc_shrink(void **state) {
+        struct fixture *fx = *state;
+        if (!private_mounts) {
+                fprintf(stderr, "test_enospc_shrink: skipped: needs root (a private mount "
+                                "namespace for a small tmpfs store)\n");
+                skip();
+        }
+        snprintf(fx->store_dir, sizeof(fx->store_dir), "%s/small", fx->dir);
+        assert_int_equal(mkdir(fx->store_dir, 0700), 0);
+        if (mount("tmpfs", fx->store_dir, "tmpfs", 0, "size=2m,mode=0700") < 0) {
+                fprintf(stderr, "test_enospc_shrink: skipped: cannot mount a tmpfs: %s\n",
+                        strerror(errno));
+                skip();
+        }
+        fx->tmpfs_mounted = true;
+        const uint64_t disk = 2 << 20;
+        fx->cfg.cache_budget = 128 * CS; /* 8 MiB: four times the disk */
+        start(fx, FAKE_AUTO);
+        uint32_t id, nchunks = 96;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+        for (uint32_t i = 0; i < nchunks; i += 4) {
+                struct reply r;
+                read_wait(fx, fb, id, (uint64_t)i * CS, MAX_READ, NULL, &r);
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+        }
+        assert_true(wait_idle(fx));
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_true(st.store_full_events >= 1);
+        assert_int_equal(st.budget_bytes, 128 * CS);
+        assert_true(st.effective_budget_bytes < disk);
+        assert_true(st.used_bytes <= st.effective_budget_bytes + st.pinned_bytes);
+        assert_true(store_allocated_bytes(fx->store) <= disk);
+        assert_int_equal(st.read_errors, 0);
+}
+
+/* ---- verification failure -------------------------------------------------------------------- */
+
+/* Wrong bytes for one chunk: the read that completes the blob fails with EIO, the failure is
+ * counted, the chunks are discarded, and reads keep failing (without fetching) for
+ * verify_retry_ms. A one-chunk blob is never served before it is verified. A good blob beside
+ * them verifies. */
+static void test_verification_failure(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_AUTO);
+        uint32_t bad, small, good;
+        int fbad = add_blob(fx, 4 * CS, 2, &bad);
+        int fsmall = add_blob(fx, 1000, 0, &small);
+        int fgood = add_blob(fx, 4 * CS, -1, &good);
+
+        struct reply r;
+        read_wait(fx, fbad, bad, 0, MAX_READ, NULL, &r);
+        assert_int_equal(r.err, -EIO);
+        assert_int_equal(r.calls, 1);
+        assert_true(wait_idle(fx));
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_int_equal(st.verify_failures, 1);
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, bad, &info), 0);
+        assert_false(info.verified);
+        assert_int_equal(info.chunks_present, 0);
+        assert_int_equal(store_allocated_bytes(fx->store), 0);
+
+        unsigned fetches = fake_fetches(&fx->fk);
+        struct reply again = {0};
+        engine_read(fx->e, bad, 0, 100, NULL, on_reply, &again);
+        assert_int_equal(reply_calls(&again), 1); /* at once */
+        assert_int_equal(again.err, -EIO);
+        assert_int_equal(fake_fetches(&fx->fk), fetches);
+
+        read_wait(fx, fsmall, small, 0, 1000, NULL, &r);
+        assert_int_equal(r.err, -EIO);
+        engine_get_stats(fx->e, &st);
+        assert_int_equal(st.verify_failures, 2);
+
+        read_wait(fx, fgood, good, 0, MAX_READ, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(engine_get(fx->e, good, &info), 0);
+        assert_true(info.verified);
+        engine_get_stats(fx->e, &st);
+        assert_int_equal(st.verify_failures, 2);
+        assert_int_equal(st.blobs_verified, 1);
+}
+
+/* ---- shutdown with reads in flight ----------------------------------------------------------- */
+
+#define NPENDING 7
+
+/* Queues reads on fetches the fake holds: three on one chunk, one over two chunks, two on
+ * another blob, one answered. Returns with NPENDING - 1 reads waiting. */
+static void queue_reads(struct fixture *fx, struct reply *r, uint32_t *ret_a) {
+        uint32_t a, b;
+        add_blob(fx, 8 * CS, -1, &a);
+        add_blob(fx, 4 * CS, -1, &b);
+        memset(r, 0, NPENDING * sizeof(*r));
+        for (int i = 0; i < 3; i++)
+                engine_read(fx->e, a, (uint64_t)i * 10, 10, NULL, on_reply, &r[i]);
+        engine_read(fx->e, a, 2 * CS + 10, CS, NULL, on_reply, &r[3]);
+        engine_read(fx->e, b, CS, 10, NULL, on_reply, &r[4]);
+        engine_read(fx->e, b, CS + 100, 10, NULL, on_reply, &r[5]);
+        /* one that completes normally */
+        r[6].want = fx->fk.blobs[1].data + 3 * CS;
+        r[6].want_len = 10;
+        engine_read(fx->e, b, 3 * CS, 10, NULL, on_reply, &r[6]);
+        assert_int_equal(fake_queued(&fx->fk), 5); /* a0, a2, a3, b1, b3 */
+        pthread_mutex_lock(&mu);
+        struct fake_fetch *last = fx->fk.head;
+        while (last->next)
+                last = last->next;
+        assert_int_equal(last->blob, 1);
+        assert_int_equal(last->idx, 3);
+        /* complete b3 (the newest) alone */
+        struct fake_fetch **pp = &fx->fk.head;
+        while (*pp != last)
+                pp = &(*pp)->next;
+        *pp = NULL;
+        fx->fk.tail = pp;
+        fx->fk.queued--;
+        pthread_mutex_unlock(&mu);
+        fake_finish(&fx->fk, last, 0);
+        assert_true(wait_replies(&r[6], 1));
+        assert_int_equal(r[6].err, 0);
+        assert_true(r[6].match);
+        for (int i = 0; i < NPENDING - 1; i++)
+                assert_int_equal(reply_calls(&r[i]), 0);
+        *ret_a = a;
+}
+
+/* The daemon's order: engine_stop_fetching(), then the sources fail what they hold with
+ * -ECANCELED, then engine_free(). Every reader hears exactly once, with an error; a read
+ * started after the stop never reaches the source. */
+static void test_shutdown_with_reads_in_flight(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        struct reply r[NPENDING + 1];
+        uint32_t a;
+        queue_reads(fx, r, &a);
+
+        engine_stop_fetching(fx->e);
+        unsigned fetches = fake_fetches(&fx->fk);
+        memset(&r[NPENDING], 0, sizeof(r[NPENDING]));
+        engine_read(fx->e, a, 6 * CS, 10, NULL, on_reply, &r[NPENDING]);
+        assert_true(wait_replies(&r[NPENDING], 1));
+        assert_true(r[NPENDING].err < 0);
+        assert_int_equal(fake_fetches(&fx->fk), fetches);
+
+        fake_cancel_all(&fx->fk);
+        assert_true(wait_replies(r, NPENDING));
+        engine_free(fx->e);
+        fx->e = NULL;
+        for (int i = 0; i < NPENDING + 1; i++) {
+                assert_int_equal(r[i].calls, 1);
+                if (i != 6)
+                        assert_true(r[i].err < 0);
+        }
+}
+
+/* Fetches that never complete (the fake drops them): engine_free() answers their readers,
+ * each once, with EIO, and frees what they held (ASan's leak check sees the rest). */
+static void test_free_answers_reads_left(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        struct reply r[NPENDING];
+        uint32_t a;
+        queue_reads(fx, r, &a);
+        engine_stop_fetching(fx->e);
+        pthread_mutex_lock(&mu);
+        struct fake_fetch *ff;
+        while ((ff = fake_pop(&fx->fk)))
+                free(ff);
+        pthread_mutex_unlock(&mu);
+        for (int i = 0; i < NPENDING - 1; i++)
+                assert_int_equal(reply_calls(&r[i]), 0);
+        engine_free(fx->e);
+        fx->e = NULL;
+        for (int i = 0; i < NPENDING; i++)
+                assert_int_equal(r[i].calls, 1);
+        for (int i = 0; i < NPENDING - 1; i++)
+                assert_int_equal(r[i].err, -EIO);
+}
+
+/* ---- each reply exactly once, concurrent readers --------------------------------------------- */
+
+#define CONC_THREADS 4
+#define CONC_READS 150
+
+struct conc_arg {
+        struct fixture *fx;
+        uint32_t ids[3];
+        int fbs[3];
+        struct reply *r; /* CONC_READS */
+        unsigned seed;
+};
+
+static void *conc_main(void *arg) {
+        struct conc_arg *a = arg;
+        struct engine_stream streams[3] = {{0}};
+        uint64_t pos[3] = {0};
+        for (int i = 0; i < CONC_READS; i++) {
+                int k = (int)(rand_r(&a->seed) % 3);
+                const struct fake_blob *b = &a->fx->fk.blobs[a->fbs[k]];
+                uint64_t off;
+                size_t len = 1 + (size_t)(rand_r(&a->seed) % MAX_READ);
+                bool sequential = rand_r(&a->seed) % 2;
+                if (sequential) { /* a streaming reader, with readahead */
+                        off = pos[k];
+                        len = CS;
+                        pos[k] = off + len >= b->size ? 0 : off + len;
+                } else {
+                        off = (uint64_t)rand_r(&a->seed) % b->size;
+                }
+                struct reply *r = &a->r[i];
+                r->want = b->data + off;
+                r->want_len = b->size - off < len ? (size_t)(b->size - off) : len;
+                engine_read(a->fx->e, a->ids[k], off, len, sequential ? &streams[k] : NULL,
+                            on_reply, r);
+        }
+        return NULL;
+}
+
+/* Readers on four threads, random and sequential reads over three blobs, a budget smaller than
+ * them, fetches completing late and some failing: every read's reply is called exactly once,
+ * and every successful one carried the right bytes. */
+static void test_each_reply_once_concurrent(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.cache_budget = 12 * CS;
+        fx->cfg.fetch_timeout_ms = 1000; /* caps the backoff after a failure */
+        fx->fk.delay_ms = 1;
+        fx->fk.fail_every = 23;
+        start(fx, FAKE_AUTO);
+        struct conc_arg args[CONC_THREADS];
+        uint32_t ids[3];
+        int fbs[3];
+        for (int k = 0; k < 3; k++)
+                fbs[k] = add_blob(fx, (uint64_t)(10 + 7 * k) * CS + 1234, -1, &ids[k]);
+        struct reply *all = calloc(CONC_THREADS * CONC_READS, sizeof(*all));
+        assert_non_null(all);
+        pthread_t t[CONC_THREADS];
+        for (int i = 0; i < CONC_THREADS; i++) {
+                args[i] = (struct conc_arg){
+                        .fx = fx, .r = all + i * CONC_READS, .seed = 17u * (unsigned)i + 1};
+                memcpy(args[i].ids, ids, sizeof(ids));
+                memcpy(args[i].fbs, fbs, sizeof(fbs));
+                assert_int_equal(pthread_create(&t[i], NULL, conc_main, &args[i]), 0);
+        }
+        for (int i = 0; i < CONC_THREADS; i++)
+                pthread_join(t[i], NULL);
+        assert_true(wait_replies(all, CONC_THREADS * CONC_READS));
+        assert_true(wait_idle(fx));
+        stop_engine(fx); /* nothing was pending: no reply may come now */
+        unsigned ok = 0, failed = 0;
+        for (int i = 0; i < CONC_THREADS * CONC_READS; i++) {
+                assert_int_equal(all[i].calls, 1);
+                if (all[i].err == 0) {
+                        assert_true(all[i].match);
+                        ok++;
+                } else {
+                        assert_int_equal(all[i].err, -EIO);
+                        failed++;
+                }
+        }
+        assert_true(ok > 0);
+        assert_true(fake_fetches(&fx->fk) > 0);
+        print_message("concurrent readers: %u reads answered, %u with EIO\n", ok + failed, failed);
+        free(all);
+}
+
+/* ---- the table's lookup and size calls ------------------------------------------------------- */
+
+static void ref_of(const struct digest *d, char *out, size_t len) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(d, hex);
+        snprintf(out, len, REF_PREFIX "%s", hex);
+}
+
+/* engine_add asks the lookup first and the origin's size only when the lookup fails;
+ * engine_lookup asks only the lookup, once for a storm of one unknown digest; without a lookup
+ * (a node alone) engine_lookup finds nothing and engine_add goes straight to the size. */
+static void test_ops_lookup_and_size(void **state) {
+        struct fixture *fx = *state;
+        char path[512], ref[160], reason[256];
+        assert_int_equal(store_open(fx->store_dir, &fx->store), 0);
+        snprintf(path, sizeof(path), "%s/index.db", fx->dir);
+        assert_int_equal(idx_open(path, &fx->ix), 0);
+        struct fake *fk = &fx->fk;
+        struct engine_source_ops ops = {.ud = fk,
+                                        .fetch = fake_fetch_op,
+                                        .lookup = fake_lookup_op,
+                                        .blob_size = fake_size_op};
+        struct engine_source_ops no_fetch = ops;
+        no_fetch.fetch = NULL;
+        struct engine *bad = NULL;
+        assert_int_equal(engine_new(&fx->cfg, fx->ix, fx->store, &no_fetch, &bad), -EINVAL);
+        assert_int_equal(engine_new(&fx->cfg, fx->ix, fx->store, &ops, &fx->e), 0);
+
+        /* X: at the origin only. */
+        struct fake_blob *x = &fk->blobs[fk->nblobs++];
+        x->size = 3 * CS;
+        x->data = calloc(1, x->size);
+        assert_non_null(x->data);
+        digest_sha256(x->data, x->size, &x->d);
+        /* Y: known to the lookup only; Z: known to nobody. */
+        struct digest y, z;
+        digest_sha256("y", 1, &y);
+        digest_sha256("z", 1, &z);
+        fk->known[0] = y;
+        fk->known_size[0] = 12345;
+        fk->nknown = 1;
+
+        struct engine_blob_info info;
+        ref_of(&x->d, ref, sizeof(ref));
+        assert_int_equal(engine_add(fx->e, ref, &info, reason, sizeof(reason)), 0);
+        assert_string_equal(fk->log, "LS");
+        assert_int_equal(info.size, 3 * CS);
+        assert_string_equal(info.source, REF_SOURCE);
+
+        ref_of(&y, ref, sizeof(ref));
+        assert_int_equal(engine_add(fx->e, ref, &info, reason, sizeof(reason)), 0);
+        assert_string_equal(fk->log, "LSL"); /* no size asked: the lookup knew it */
+        assert_int_equal(info.size, 12345);
+        assert_string_equal(info.source, REF_SOURCE); /* the reference's own origin is kept */
+
+        ref_of(&z, ref, sizeof(ref));
+        assert_int_equal(engine_add(fx->e, ref, &info, reason, sizeof(reason)), -ENOENT);
+        assert_string_equal(fk->log, "LSLLS");
+        assert_int_equal(engine_lookup(fx->e, &z, &info), -ENOENT);
+        assert_int_equal(engine_lookup(fx->e, &z, &info), -ENOENT);
+        assert_string_equal(fk->log, "LSLLSL"); /* the second lookup of Z asked nobody */
+
+        /* Known already: no call at all. */
+        assert_int_equal(engine_lookup(fx->e, &y, &info), 0);
+        assert_string_equal(fk->log, "LSLLSL");
+
+        struct digest w;
+        digest_sha256("w", 1, &w);
+        fk->known[1] = w;
+        fk->known_size[1] = 777;
+        fk->nknown = 2;
+        assert_int_equal(engine_lookup(fx->e, &w, &info), 0);
+        assert_string_equal(fk->log, "LSLLSLL");
+        assert_int_equal(info.size, 777);
+        assert_string_equal(info.source, "peer.test/known");
+        assert_int_equal(engine_find(fx->e, &w, &info), 0);
+        assert_int_equal(engine_blob_count(fx->e), 3);
+        engine_stop_fetching(fx->e);
+        engine_free(fx->e);
+        fx->e = NULL;
+
+        /* A node alone: no lookup in the table. */
+        ops.lookup = NULL;
+        fx->cfg.max_blobs = 16;
+        assert_int_equal(engine_new(&fx->cfg, fx->ix, fx->store, &ops, &fx->e), 0);
+        fk->nlog = 0;
+        memset(fk->log, 0, sizeof(fk->log));
+        struct digest v;
+        digest_sha256("v", 1, &v);
+        assert_int_equal(engine_lookup(fx->e, &v, &info), -ENOENT);
+        assert_string_equal(fk->log, "");
+        ref_of(&x->d, ref, sizeof(ref));
+        assert_int_equal(engine_add(fx->e, ref, &info, reason, sizeof(reason)), 0);
+        assert_string_equal(fk->log, "S");
+}
+
+int main(void) {
+        /* A mount namespace of our own, so the ENOSPC test's tmpfs is private to this process
+         * and goes away with it whatever happens. Before any thread exists. */
+        if (geteuid() == 0 && unshare(CLONE_NEWNS) == 0 &&
+            mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) == 0)
+                private_mounts = true;
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_single_flight, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_readahead, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_readahead_pins_bounded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_eviction_to_budget, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_enospc_shrink, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_verification_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_shutdown_with_reads_in_flight, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_free_answers_reads_left, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_each_reply_once_concurrent, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ops_lookup_and_size, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
