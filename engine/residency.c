@@ -287,11 +287,16 @@ int eng_write_chunk(struct engine *e, struct blob *b, uint32_t idx, const uint8_
                         e->st.effective_budget_bytes = target;
                         e->st.store_full_events++;
                         policy_set_budget(e->policy, target);
-                        eng_evict_to_budget(e, &ns);
                 }
+                /* Evict down to the budget even when it need not shrink: chunks that were
+                 * pinned when it last shrank (readers waiting on them) may be free to go now,
+                 * and their space is what this write needs. */
+                uint64_t before = policy_used_bytes(e->policy);
+                eng_evict_to_budget(e, &ns);
+                bool freed = policy_used_bytes(e->policy) < before;
                 eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
-                if (!shrunk && attempt >= 2)
+                if (!shrunk && !freed && attempt >= 2)
                         return r; /* nothing left to free: the disk is full of other things */
         }
 }

@@ -19,6 +19,7 @@
  * timing. */
 #include <errno.h>
 #include <ftw.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -706,31 +707,41 @@ static void test_eviction_to_budget(void **state) {
 
 static bool private_mounts; /* main() entered a mount namespace of our own */
 
+/* Mounts a tmpfs of DISK bytes as the store directory, or says why not and returns false. */
+static bool small_store(struct fixture *fx, const char *test, uint64_t disk) {
+        if (!private_mounts) {
+                fprintf(stderr,
+                        "%s: skipped: needs root (a private mount namespace for a small "
+                        "tmpfs store)\n",
+                        test);
+                return false;
+        }
+        char opts[64];
+        snprintf(opts, sizeof(opts), "size=%" PRIu64 ",mode=0700", disk);
+        snprintf(fx->store_dir, sizeof(fx->store_dir), "%s/small", fx->dir);
+        assert_int_equal(mkdir(fx->store_dir, 0700), 0);
+        if (mount("tmpfs", fx->store_dir, "tmpfs", 0, opts) < 0) {
+                fprintf(stderr, "%s: skipped: cannot mount a tmpfs: %s\n", test, strerror(errno));
+                return false;
+        }
+        fx->tmpfs_mounted = true;
+        return true;
+}
+
 /* A store on a 2 MiB tmpfs under an 8 MiB budget: writes fail with ENOSPC, the engine shrinks
  * its effective budget to what fits, evicts, and every read still gets its bytes.
  *
  * The disk holds 32 chunks: more than the engine can pin at once here (hash pins, sized from
  * the configured budget before the shrink: up to 16; one read: 4; chunks half written by the
- * two workers: 2), so a write that hits ENOSPC always finds something to evict. With a 16-chunk
- * disk one run in about 170 saw a read fail with EIO, presumably a write that found everything
- * on disk pinned and gave up (eng_write_chunk); that is the engine's documented answer to a
- * full disk with nothing left to free, not what this test is about. */
+ * two workers: 2), so a write that hits ENOSPC always finds something to evict. (With a
+ * 16-chunk disk this test once failed in about 170 runs, most likely a write that gave up
+ * while chunks pinned at the last shrink had since become free:
+ * test_enospc_after_pins_released reproduces that every time.) */
 static void test_enospc_shrink(void **state) {
         struct fixture *fx = *state;
-        if (!private_mounts) {
-                fprintf(stderr, "test_enospc_shrink: skipped: needs root (a private mount "
-                                "namespace for a small tmpfs store)\n");
-                skip();
-        }
-        snprintf(fx->store_dir, sizeof(fx->store_dir), "%s/small", fx->dir);
-        assert_int_equal(mkdir(fx->store_dir, 0700), 0);
-        if (mount("tmpfs", fx->store_dir, "tmpfs", 0, "size=2m,mode=0700") < 0) {
-                fprintf(stderr, "test_enospc_shrink: skipped: cannot mount a tmpfs: %s\n",
-                        strerror(errno));
-                skip();
-        }
-        fx->tmpfs_mounted = true;
         const uint64_t disk = 2 << 20;
+        if (!small_store(fx, "test_enospc_shrink", disk))
+                skip();
         fx->cfg.cache_budget = 128 * CS; /* 8 MiB: four times the disk */
         start(fx, FAKE_AUTO);
         uint32_t id, nchunks = 96;
@@ -750,6 +761,75 @@ static void test_enospc_shrink(void **state) {
         assert_true(st.used_bytes <= st.effective_budget_bytes + st.pinned_bytes);
         assert_true(store_allocated_bytes(fx->store) <= disk);
         assert_int_equal(st.read_errors, 0);
+}
+
+/* A full disk whose every chunk is pinned by waiting reads: the write that finds nothing to
+ * free fails its reader (EIO: documented). Once that reader is answered its chunks are free to
+ * go, and the next write that hits ENOSPC must evict them rather than give up because the
+ * budget needs no further shrinking. */
+static void test_enospc_after_pins_released(void **state) {
+        struct fixture *fx = *state;
+        const uint64_t disk = 16 * CS; /* tmpfs counts data pages only: 16 chunks fit */
+        if (!small_store(fx, "test_enospc_after_pins_released", disk))
+                skip();
+        fx->cfg.cache_budget = 64 * CS;
+        fx->cfg.max_read = 8 * CS;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t ids[4];
+        int fbs[4];
+        for (int k = 0; k < 4; k++) { /* fill the disk: chunks 0-3 of four blobs */
+                fbs[k] = add_blob(fx, 5 * CS, -1, &ids[k]);
+                struct reply r;
+                read_wait(fx, fbs[k], ids[k], 0, 4 * CS, NULL, &r);
+                assert_int_equal(r.err, 0);
+        }
+        assert_true(wait_idle(fx));
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        assert_int_equal(st.store_full_events, 0);
+        assert_int_equal(st.used_bytes, disk);
+
+        /* Each blob: a read of chunks 0-4 pins 0-3 and waits for 4. */
+        struct reply r[4];
+        memset(r, 0, sizeof(r));
+        for (int k = 0; k < 4; k++) {
+                r[k].want = fx->fk.blobs[fbs[k]].data;
+                r[k].want_len = 5 * CS;
+                engine_read(fx->e, ids[k], 0, 5 * CS, NULL, on_reply, &r[k]);
+        }
+        assert_int_equal(fake_queued(&fx->fk), 4);
+
+        /* First landing: the disk is full and everything on it pinned. */
+        pthread_mutex_lock(&mu);
+        struct fake_fetch *ff = fake_pop(&fx->fk);
+        pthread_mutex_unlock(&mu);
+        fake_finish(&fx->fk, ff, 0);
+        assert_true(wait_replies(&r[0], 1));
+        assert_int_equal(r[0].err, -EIO);
+        engine_get_stats(fx->e, &st);
+        assert_true(st.store_full_events >= 1);
+
+        /* Its reader unpins its chunks just after the reply returns: wait for that (only the
+         * other three reads' twelve pins are left), then the other three land. */
+        uint64_t deadline = now_ms() + WAIT_MS;
+        for (;;) {
+                engine_get_stats(fx->e, &st);
+                if (st.pinned_bytes <= 12 * CS || now_ms() > deadline)
+                        break;
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+        assert_int_equal(st.pinned_bytes, 12 * CS);
+        fake_complete_all(&fx->fk);
+        assert_true(wait_replies(r, 4));
+        for (int k = 1; k < 4; k++) {
+                assert_int_equal(r[k].err, 0);
+                assert_true(r[k].match);
+        }
+        assert_true(wait_idle(fx));
+        engine_get_stats(fx->e, &st);
+        assert_true(st.used_bytes <= st.effective_budget_bytes + st.pinned_bytes);
+        assert_true(st.effective_budget_bytes < disk);
 }
 
 /* ---- verification failure -------------------------------------------------------------------- */
@@ -1093,6 +1173,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_readahead_pins_bounded, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eviction_to_budget, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_enospc_shrink, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_enospc_after_pins_released, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_verification_failure, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_shutdown_with_reads_in_flight, setup,
                                                 teardown),
