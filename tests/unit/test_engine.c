@@ -882,6 +882,69 @@ static void test_verification_failure(void **state) {
         assert_int_equal(st.blobs_verified, 1);
 }
 
+/* What cfg.on_invalidate was told, and what the failing reader had heard by then. (mu) */
+static struct {
+        unsigned calls;
+        uint32_t id;
+        uint64_t off, len;
+        int reader_calls; /* calls of the watched reply when on_invalidate ran */
+        struct reply *watch;
+} inval;
+
+static void on_invalidate(void *ud, uint32_t id, uint64_t off, uint64_t len) {
+        (void)ud;
+        pthread_mutex_lock(&mu);
+        inval.calls++;
+        inval.id = id;
+        inval.off = off;
+        inval.len = len;
+        inval.reader_calls = inval.watch ? inval.watch->calls : -1;
+        pthread_mutex_unlock(&mu);
+}
+
+/* A verification failure drops the caller's cache of the blob (on_invalidate) before the
+ * failing reader is answered, and leaves out the range that reader is still waiting on (the
+ * kernel holds those pages locked until it is answered).
+ *
+ * One completion worker: with two, the last two chunks can land on different workers, and
+ * when the one that answers nobody finds the corruption (the frontier advance after its
+ * replies, eng_invalidate_blob(e, b, NULL)) the other may answer the failing read before that
+ * invalidation runs (seen: on_invalidate not yet called when the reader heard EIO), and the
+ * read's own range is not left out (seen: one call, LEN 0, the whole blob). About one run in
+ * five with workers = 2. Reported, not fixed here. */
+static void test_verification_failure_invalidates_first(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.on_invalidate = on_invalidate;
+        fx->cfg.workers = 1;
+        memset(&inval, 0, sizeof(inval));
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 6 * CS, 1, &id);
+        struct reply a, b;
+        read_wait(fx, fb, id, 0, 4 * CS, NULL, &a); /* chunks 0-3: served, not yet verifiable */
+        assert_int_equal(a.err, 0);
+        assert_true(wait_idle(fx));
+        pthread_mutex_lock(&mu); /* no assertion with mu held: a failure would keep it */
+        unsigned calls_before = inval.calls;
+        inval.watch = &b;
+        pthread_mutex_unlock(&mu);
+        assert_int_equal(calls_before, 0);
+        read_wait(fx, fb, id, 4 * CS, 2 * CS, NULL, &b); /* the last two: the blob fails */
+        assert_int_equal(b.err, -EIO);
+        pthread_mutex_lock(&mu);
+        inval.watch = NULL;
+        unsigned calls = inval.calls;
+        uint32_t got_id = inval.id;
+        uint64_t off = inval.off, len = inval.len;
+        int reader_calls = inval.reader_calls;
+        pthread_mutex_unlock(&mu);
+        assert_int_equal(calls, 1);
+        assert_int_equal(got_id, id);
+        assert_int_equal(off, 0);
+        assert_int_equal(len, 4 * CS); /* all but the pending read's [4, 6) chunks */
+        assert_int_equal(reader_calls, 0);
+}
+
 /* ---- shutdown with reads in flight ----------------------------------------------------------- */
 
 #define NPENDING 7
@@ -903,20 +966,18 @@ static void queue_reads(struct fixture *fx, struct reply *r, uint32_t *ret_a) {
         r[6].want_len = 10;
         engine_read(fx->e, b, 3 * CS, 10, NULL, on_reply, &r[6]);
         assert_int_equal(fake_queued(&fx->fk), 5); /* a0, a2, a3, b1, b3 */
+        /* complete b3 (the newest) alone (no assertion with mu held: a failure would keep it) */
         pthread_mutex_lock(&mu);
-        struct fake_fetch *last = fx->fk.head;
-        while (last->next)
-                last = last->next;
-        assert_int_equal(last->blob, 1);
-        assert_int_equal(last->idx, 3);
-        /* complete b3 (the newest) alone */
         struct fake_fetch **pp = &fx->fk.head;
-        while (*pp != last)
+        while ((*pp)->next)
                 pp = &(*pp)->next;
+        struct fake_fetch *last = *pp;
         *pp = NULL;
         fx->fk.tail = pp;
         fx->fk.queued--;
         pthread_mutex_unlock(&mu);
+        assert_int_equal(last->blob, 1);
+        assert_int_equal(last->idx, 3);
         fake_finish(&fx->fk, last, 0);
         assert_true(wait_replies(&r[6], 1));
         assert_int_equal(r[6].err, 0);
@@ -1175,6 +1236,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_enospc_shrink, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_enospc_after_pins_released, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_verification_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_verification_failure_invalidates_first, setup,
+                                                teardown),
                 cmocka_unit_test_setup_teardown(test_shutdown_with_reads_in_flight, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_free_answers_reads_left, setup, teardown),
