@@ -13,7 +13,8 @@
 
 CC       ?= cc
 FUSE_PKGS = fuse3
-CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3 libnl-3.0 libnl-route-3.0 zlib libzstd
+CORE_PKGS = libcurl libmicrohttpd jansson inih libcrypto sqlite3 libnl-3.0 libnl-route-3.0 zlib libzstd \
+            libnghttp2 libprotobuf-c
 PKGS      = $(FUSE_PKGS) $(CORE_PKGS) libsystemd
 
 WARN     = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
@@ -22,7 +23,7 @@ ifeq ($(WERROR),1)
 WARN    += -Werror
 endif
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(WARN) -g -pthread \
-              -I. -MMD -MP
+              -I. -I$(GEN) -MMD -MP
 
 ifeq ($(SANITIZE),1)
 BUILD   ?= build/asan
@@ -49,9 +50,16 @@ CFLAGS_ALL  = $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(OPT) -pthread -Wl,--as-needed $(PKG_LIBS) $(LDFLAGS)
 LDLIBS_CORE = $(OPT) -pthread -Wl,--as-needed $(CORE_LIBS) $(LDFLAGS)
 
-CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c layer/*.c)
+CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c layer/*.c snapshot/*.c)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 CORE_LIB = $(BUILD)/libp2pblobs-core.a
+
+# The snapshotter's protobuf messages: containerd's .proto files (snapshot/proto/README.md),
+# compiled by protoc-c at build time into $(GEN); their objects go into the core library.
+GEN       = $(BUILD)/gen
+PROTO_SRC = $(wildcard snapshot/proto/*.proto snapshot/proto/google/protobuf/*.proto)
+PROTO_C   = $(PROTO_SRC:snapshot/proto/%.proto=$(GEN)/%.pb-c.c)
+PROTO_OBJ = $(PROTO_C:%.c=%.o)
 
 DAEMON_SRC = $(wildcard fs/*.c)
 DAEMON_OBJ = $(DAEMON_SRC:%.c=$(BUILD)/%.o)
@@ -88,7 +96,20 @@ $(BUILD)/%.o: %.c $(FLAGS_STAMP)
 	@echo "  CC      $<"
 	@$(CC) $(CFLAGS_ALL) -c $< -o $@
 
-$(CORE_LIB): $(CORE_OBJ)
+$(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: snapshot/proto/%.proto
+	@mkdir -p $(GEN)
+	@echo "  PROTOC  $<"
+	@protoc-c --proto_path=snapshot/proto --c_out=$(GEN) $<
+
+# Generated code: our warnings are not its author's; built without them.
+$(PROTO_OBJ): %.o: %.c $(FLAGS_STAMP)
+	@echo "  CC      $<"
+	@$(CC) -std=c11 -g -pthread $(OPT) -I$(GEN) $(CORE_CFLAGS) -c $< -o $@
+
+# Everything that includes a generated header waits for all of them.
+$(filter $(BUILD)/snapshot/%,$(CORE_OBJ)): | $(PROTO_C)
+
+$(CORE_LIB): $(CORE_OBJ) $(PROTO_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
@@ -108,7 +129,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
              $(shell pkg-config --cflags $(CORE_PKGS))
 FUZZ_SAN   = address,undefined
-FUZZ_CORE_OBJ = $(filter-out engine/%,$(CORE_SRC))
+FUZZ_CORE_OBJ = $(filter-out engine/% snapshot/grpc.c snapshot/snapshotter.c,$(CORE_SRC))
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
 FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o

@@ -34,6 +34,7 @@ struct daemon {
         struct resolver *resolver; /* FUSE lookups of digests other nodes know; NULL alone */
         struct httpd *httpd;
         struct mirror *mirror;
+        struct snapshotter *snapshotter;
         struct netlink *nl;          /* NULL when netlink is unavailable */
         struct members *members;     /* peers; NULL when the node runs alone */
         struct directory *dir;       /* the home role: blobs this node is home for */

@@ -76,6 +76,8 @@ static const struct opt_def options[] = {
         {"http-header-timeout", OPT_DURATION, "10s", 100, 600 * 1000, F(http_header_timeout_ms), 0,
          "DURATION", "a client must send its request's headers within this, however slowly",
          OPT_RESTART},
+        {"snapshotter-socket", OPT_STRING, "", 0, 0, F(snapshotter_socket), 0, "PATH",
+         "containerd proxy snapshotter socket (proxy_plugins; empty disables)", OPT_RESTART},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
          "bytes of chunks kept on disk (512M, 10G)", OPT_LIVE},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
@@ -556,6 +558,18 @@ static const struct {
          "from the origin with its own credentials. (What a lazy snapshotter will need for "
          "containers\n"
          "whose processes are not root is not settled yet; this option is not it.)\n"},
+        {"snapshotter-socket",
+         "Serve containerd as a proxy snapshotter on this unix socket (containerd's\n"
+         ".B [proxy_plugins.p2pblobs]\n"
+         "with\n"
+         ".B type = \"snapshot\"\n"
+         "and this\n"
+         ".BR address ):\n"
+         "overlay snapshots under\n"
+         ".IR STATE_DIR/snapshots ,\n"
+         "their metadata in the index. Empty (the default) disables it; a socket that cannot be "
+         "created\n"
+         "stops the daemon at start.\n"},
         {"http-header-timeout", "A client of\n"
                                 ".BR \\-\\-listen ,\n"
                                 ".B \\-\\-mirror-listen\n"

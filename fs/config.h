@@ -14,6 +14,8 @@ struct daemon_config {
         char *mountpoint;
         char *state_dir;
         char *control_socket;
+        /* containerd proxy snapshotter socket; "" = off */
+        char *snapshotter_socket;
         char *registry_config; /* docker config.json with credentials */
         char *ca_file;
         char *listen;            /* "host:port" of the node's HTTP server, or "off" */

@@ -59,6 +59,7 @@
 #include "index/index.h"
 #include "peer/control.h"
 #include "fs/mirror.h"
+#include "snapshot/snapshotter.h"
 #include "peer/members.h"
 #include "peer/origin.h"
 #include "peer/source.h"
@@ -656,6 +657,20 @@ int main(int argc, char **argv) {
                                     "--mirror-listen, or off\"",
                                     d.cfg.mirror_listen, strerror(-r));
         }
+        if (d.cfg.snapshotter_socket && d.cfg.snapshotter_socket[0]) {
+                char ipath[PATH_MAX]; /* its own connection to the index statedir opened */
+                snprintf(ipath, sizeof(ipath), "%s/index.db", d.cfg.state_dir);
+                r = snapshotter_start(d.cfg.state_dir, ipath, d.cfg.snapshotter_socket,
+                                      &d.snapshotter);
+                if (r < 0) {
+                        log_err("cannot serve the containerd snapshotter socket=%s err=%s "
+                                "hint=\"is the socket's directory there? set "
+                                "--snapshotter-socket, or empty\"",
+                                d.cfg.snapshotter_socket, strerror(-r));
+                        goto out_control;
+                }
+                log_notice("serving containerd snapshotter socket=%s", d.cfg.snapshotter_socket);
+        }
         if (d.source) {
                 r = resolver_new(d.engine, 2, 256, &d.resolver);
                 if (r < 0) {
@@ -722,6 +737,8 @@ out_unmount:
         engine_stop_fetching(d.engine);
         resolver_free(d.resolver); /* lookups still asking the peers get ECANCELED */
         d.resolver = NULL;
+        snapshotter_stop(d.snapshotter); /* its metadata is in the index, which goes last */
+        d.snapshotter = NULL;
         mirror_stop(d.mirror); /* it reads the engine and the origin, which go next */
         d.mirror = NULL;
         httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
@@ -739,6 +756,7 @@ out_unmount:
         if (svc.waker_started)
                 pthread_join(svc.waker, NULL);
 out_control:
+        snapshotter_stop(d.snapshotter);
         resolver_free(d.resolver);
         d.resolver = NULL;
         mirror_stop(d.mirror);

@@ -108,6 +108,22 @@ static const char *const migrations[] = {
         "  expires_at INTEGER NOT NULL,"
         "  PRIMARY KEY (blob, peer));"
         "CREATE INDEX locations_expiry ON locations (expires_at);",
+        /* 4: the containerd snapshotter's metadata (index/snapshots.c) */
+        "CREATE TABLE snapshots ("
+        "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        "  key TEXT NOT NULL UNIQUE,"
+        "  parent_id INTEGER,"
+        "  kind INTEGER NOT NULL,"
+        "  created_ns INTEGER NOT NULL,"
+        "  updated_ns INTEGER NOT NULL,"
+        "  usage_size INTEGER NOT NULL DEFAULT 0,"
+        "  usage_inodes INTEGER NOT NULL DEFAULT 0);"
+        "CREATE INDEX snapshots_parent ON snapshots (parent_id);"
+        "CREATE TABLE snapshot_labels ("
+        "  snap_id INTEGER NOT NULL,"
+        "  name TEXT NOT NULL,"
+        "  value TEXT NOT NULL,"
+        "  PRIMARY KEY (snap_id, name)) WITHOUT ROWID;",
 };
 
 enum stmt_id {

@@ -7,6 +7,8 @@ PACKAGES="
   libfuse3-dev fuse3
   libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev libinih-dev
   libssl-dev libsqlite3-dev sqlite3 libsystemd-dev libzstd-dev zlib1g-dev libnl-3-dev libnl-route-3-dev
+  libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+  golang-go golang-github-containerd-containerd-dev
   libcmocka-dev python3 python3-pytest
   docker-registry iproute2 util-linux procps tmux openssl
   systemd python3-yaml groff-base
