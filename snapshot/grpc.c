@@ -58,12 +58,14 @@ struct stream {
         bool too_big;
         struct grpc_resp resp;
         size_t sent;
+        struct stream *prev, *next; /* the connection's open streams */
 };
 
 struct conn {
         struct grpc_server *srv;
         struct conn_slot *slot;
         nghttp2_session *session;
+        struct stream *streams; /* open streams: nghttp2_session_del does not close them */
 };
 
 int grpc_resp_add(struct grpc_resp *resp, const ProtobufCMessage *msg) {
@@ -190,13 +192,17 @@ static int serve(struct conn *c, int32_t stream_id, struct stream *s) {
 }
 
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
-        (void)user_data;
+        struct conn *c = user_data;
         if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
                 return 0;
         struct stream *s = calloc(1, sizeof(*s));
         if (!s)
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
         nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+        s->next = c->streams;
+        if (c->streams)
+                c->streams->prev = s;
+        c->streams = s;
         return 0;
 }
 
@@ -257,8 +263,17 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
 static int on_stream_close(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                            void *user_data) {
         (void)error_code;
-        (void)user_data;
-        stream_free(nghttp2_session_get_stream_user_data(session, stream_id));
+        struct conn *c = user_data;
+        struct stream *s = nghttp2_session_get_stream_user_data(session, stream_id);
+        if (!s)
+                return 0;
+        if (s->prev)
+                s->prev->next = s->next;
+        else
+                c->streams = s->next;
+        if (s->next)
+                s->next->prev = s->prev;
+        stream_free(s);
         nghttp2_session_set_stream_user_data(session, stream_id, NULL);
         return 0;
 }
@@ -330,7 +345,12 @@ static void serve_conn(struct conn *c, int fd) {
                         break;
         }
 out_session:
-        nghttp2_session_del(c->session); /* frees the streams left through on_stream_close */
+        nghttp2_session_del(c->session);
+        while (c->streams) { /* streams the peer or a stop left open */
+                struct stream *s = c->streams;
+                c->streams = s->next;
+                stream_free(s);
+        }
 }
 
 static void *conn_main(void *arg) {
