@@ -317,6 +317,12 @@ static void complete(struct engine *e, struct completion *c) {
         eng_lock(&e->lock);
         bool discarded = b->generation != gen; /* another worker found the blob corrupt */
         eng_unlock(&e->lock);
+        /* That worker invalidates once its frontier returns, which may be after we answer:
+         * drop the kernel's cache ourselves first (our own readers' pages left out; doing it
+         * twice costs only the second walk), so no reader hears EIO while bytes that failed
+         * are still cached. */
+        if (err == 0 && discarded && !corrupt && done)
+                eng_invalidate_blob(e, b, done);
         for (struct pending *pr = done; pr;) {
                 struct pending *next = pr->next_done;
                 if (corrupt || (err == 0 && discarded))
