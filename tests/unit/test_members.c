@@ -342,6 +342,39 @@ static void server_stop(struct server *s) {
         close(s->fd);
 }
 
+/* Polls COND on SPEC's member (taking the members lock) every 10 ms until it holds or
+ * TIMEOUT_MS passes; returns whether it held. Probes run on the members thread with jittered
+ * backoff, and a loaded machine runs them late: a fixed sleep would assert on a state that is
+ * not reached yet, so tests wait for the state and assert after it. */
+static bool member_eventually(struct members *m, const char *spec,
+                              bool (*cond)(const struct member *), uint64_t timeout_ms) {
+        uint64_t deadline = now_ms() + timeout_ms;
+        for (;;) {
+                pthread_mutex_lock(&m->lock);
+                const struct member *p = find(m, spec);
+                bool ok = p && cond(p);
+                pthread_mutex_unlock(&m->lock);
+                if (ok)
+                        return true;
+                if (now_ms() >= deadline)
+                        return false;
+                usleep(10 * 1000);
+        }
+}
+
+/* Two probes failed: the interval doubled twice from its start. */
+static bool probed_twice(const struct member *p) {
+        return p->backoff_ms >= 4 * BACKOFF_START_MS;
+}
+
+static bool is_up(const struct member *p) {
+        return p->info.state == PEER_UP;
+}
+
+static bool is_probing(const struct member *p) {
+        return p->probing;
+}
+
 static void test_probe_down_stays_down(void **state) {
         (void)state;
         char spec[32];
@@ -352,12 +385,9 @@ static void test_probe_down_stays_down(void **state) {
         struct members *m = NULL;
         assert_int_equal(members_new(&c, &m), 0);
         members_report_failure(m, spec, "refused");
-        usleep(1500 * 1000); /* first probe after 125..375 ms, then 250..750, then 500..1500 */
+        /* First probe after 125..375 ms, the second 250..750 ms later: both refused. */
+        assert_true(member_eventually(m, spec, probed_twice, 20000));
         assert_int_equal(info_of(m, spec).state, PEER_DOWN);
-        pthread_mutex_lock(&m->lock);
-        uint64_t backoff = find(m, spec)->backoff_ms;
-        pthread_mutex_unlock(&m->lock);
-        assert_true(backoff >= 2 * BACKOFF_START_MS);   /* probed, failed, backed off */
         assert_int_equal(info_of(m, spec).failures, 1); /* probes are not request failures */
         members_free(m);
 }
@@ -374,8 +404,7 @@ static void test_probe_brings_back(void **state) {
         assert_int_equal(members_new(&c, &m), 0);
         members_report_failure(m, spec, "stalled");
         assert_int_equal(info_of(m, spec).state, PEER_DOWN);
-        for (int i = 0; i < 50 && info_of(m, spec).state == PEER_DOWN; i++)
-                usleep(100 * 1000);
+        assert_true(member_eventually(m, spec, is_up, 20000));
         struct peer_info p = info_of(m, spec);
         assert_int_equal(p.state, PEER_UP);
         assert_true(p.last_seen > 0);
@@ -402,11 +431,8 @@ static void test_free_is_prompt(void **state) {
         struct members *m = NULL;
         assert_int_equal(members_new(&c, &m), 0);
         members_report_failure(m, spec, "stalled");
-        usleep(600 * 1000); /* the probe is in flight now */
-        pthread_mutex_lock(&m->lock);
-        bool probing = find(m, spec)->probing;
-        pthread_mutex_unlock(&m->lock);
-        assert_true(probing);
+        /* The first probe starts after 125..375 ms and then hangs for 20 s. */
+        assert_true(member_eventually(m, spec, is_probing, 20000));
         uint64_t t0 = now_ms();
         members_free(m);
         assert_true(now_ms() - t0 < 1000);
