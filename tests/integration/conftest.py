@@ -4,12 +4,25 @@
 - registry:         one real docker-registry for the whole session, with the sample blobs pushed
 - blobs:            name -> Blob(repo, data, digest, ref) of those sample blobs
 - private_registry: a fresh registry for tests that break it (stop it, corrupt its files)
-- daemon_factory:   make(registries=[...], extra_args=[...], **kw) -> started Daemon; every daemon
-                    is stopped and unmounted at teardown, and the test errors if a daemon died
-                    unexpectedly or its log holds a sanitizer report.
+- daemon_factory:   make(registries=[...], extra_args=[...], expect_log=[...], **kw) -> started
+                    Daemon; every daemon is stopped and unmounted at teardown, and the test
+                    errors if a daemon died unexpectedly, did not stop cleanly, or its log holds
+                    a sanitizer report or an error/crit line that no expect_log declared.
+- net:              a netns.Net whose daemons get the same checks.
+
+Markers:
+- root:             needs root and /dev/fuse. Set here on every test that uses a fixture that
+                    mounts (MOUNT_FIXTURES); a test that mounts some other way says so with
+                    @pytest.mark.root. Skipped, with the reason, when not root.
+- expect_log(r"regex", ...): error/crit lines the test's daemons may log (re.search on the
+                    whole line, e.g. r"origin fetch failed"); on a function, class or module
+                    (pytestmark), all of them apply. Per daemon: Daemon(expect_log=[...]),
+                    daemon_factory(expect_log=[...]), net.daemon(..., expect_log=[...]) or
+                    d.expect_log(r"...").
 """
 
 import os
+import re
 import sys
 
 import pytest
@@ -32,9 +45,26 @@ SAMPLE_BLOBS = {
 }
 
 
+# Fixtures that mount FUSE (and, for net, make network namespaces): a test using any of them,
+# directly or through another fixture, is a root test.
+MOUNT_FIXTURES = frozenset({"daemon_factory", "net"})
+
+
 def pytest_configure(config):
-    config.addinivalue_line("markers", "root: needs root and /dev/fuse (real FUSE mounts)")
-    config.addinivalue_line("markers", "peers: needs p2pblobsd's peer features (issue 3)")
+    config.addinivalue_line(
+        "markers", "root: needs root and /dev/fuse (real FUSE mounts); set automatically on "
+                   "tests using %s" % ", ".join(sorted(MOUNT_FIXTURES)))
+    config.addinivalue_line(
+        "markers", "expect_log(*regex): the test's daemons may log error/crit lines matching "
+                   "one of REGEX; any other error/crit line or a sanitizer report fails it")
+
+
+def expected_log(node):
+    """The regexes of every expect_log marker on NODE (function, class, module)."""
+    out = []
+    for m in node.iter_markers("expect_log"):
+        out += list(m.args)
+    return out
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,10 +73,17 @@ def pytest_collection_modifyitems(config, items):
         reason = "needs root (FUSE mounts, drop_caches, tmpfs)"
     elif not os.path.exists("/dev/fuse"):
         reason = "needs /dev/fuse"
-    if reason:
-        for item in items:
-            if "root" in item.keywords:
-                item.add_marker(pytest.mark.skip(reason=reason))
+    for item in items:
+        for pattern in expected_log(item):
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as e:
+                raise pytest.UsageError("%s: bad expect_log pattern %r: %s"
+                                        % (item.nodeid, pattern, e))
+        if MOUNT_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.root)
+        if reason and item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -107,9 +144,11 @@ def private_registry(tmp_path):
 def daemon_factory(build_dir, tmp_path, request):
     made = []
 
-    def make(registries=(), extra_args=(), start=True, **kw):
+    marked = expected_log(request.node)
+
+    def make(registries=(), extra_args=(), start=True, expect_log=(), **kw):
         d = harness.Daemon(build_dir, tmp_path / ("d%d" % len(made)), registries=registries,
-                           extra_args=extra_args, **kw)
+                           extra_args=extra_args, expect_log=marked + list(expect_log), **kw)
         made.append(d)
         if start:
             d.start()
@@ -144,12 +183,13 @@ def net(tmp_path, request):
     registry (net.registry(host)), dnsmasq (net.dnsmasq(host)) and daemons
     (net.daemon(build_dir, host, ...)). At teardown every daemon gets SIGTERM (exit 0 expected),
     everything started is killed, every namespace deleted; the test errors if a daemon died
-    unexpectedly or logged a sanitizer report."""
+    unexpectedly, did not stop cleanly, or logged a sanitizer report or an undeclared
+    error/crit line (see expect_log)."""
     import netns
     why = netns.available()
     if why:
         pytest.skip(why)
-    n = netns.Net(tmp_path / "net")
+    n = netns.Net(tmp_path / "net", expect_log=expected_log(request.node))
     errors = []
     try:
         yield n

@@ -25,7 +25,14 @@ import time
 import urllib.parse
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
-SANITIZER_MARKERS = ("AddressSanitizer", "runtime error:", "LeakSanitizer")
+# What a sanitizer report contains ("==N==ERROR: AddressSanitizer: ...", "ERROR: LeakSanitizer",
+# UBSan's "file.c:12:3: runtime error: ..." and its "SUMMARY: UndefinedBehaviorSanitizer").
+# A report is always a failure: expect_log cannot excuse one.
+SANITIZER_MARKERS = ("AddressSanitizer", "runtime error:", "LeakSanitizer",
+                     "UndefinedBehaviorSanitizer", "ThreadSanitizer")
+# Lines at this syslog severity or worse (error, crit, alert, emerg) fail a test unless it
+# declares them with @pytest.mark.expect_log(r"regex", ...) or Daemon(expect_log=[...]).
+UNEXPECTED_LEVEL = 3
 MiB = 1024 * 1024
 KiB = 1024
 
@@ -35,14 +42,39 @@ _SYSLOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "critical": 2, "err": 3, "e
 
 
 def line_level(line):
-    """Syslog severity of a daemon log line: from level=NAME, else from a <N> prefix."""
-    m = re.search(r"\blevel=\"?(\w+)", line)
-    if m and m.group(1).lower() in _SYSLOG_LEVELS:
-        return _SYSLOG_LEVELS[m.group(1).lower()]
+    """Syslog severity of a daemon log line (util/log.c writes "<3>level=error msg..."): from
+    the <N> prefix journald reads, else from a level=NAME field; None for other lines (FUSE's
+    own messages, the harness's "==== start" lines)."""
     m = re.match(r"\s*<(\d)>", line)
     if m:
         return int(m.group(1))
+    m = re.search(r"\blevel=\"?(\w+)", line)
+    if m and m.group(1).lower() in _SYSLOG_LEVELS:
+        return _SYSLOG_LEVELS[m.group(1).lower()]
     return None
+
+
+def log_problems(text, expected=()):
+    """What in the daemon log TEXT fails a test: sanitizer report lines (always), and lines at
+    error severity or worse that match none of the regexes EXPECTED (re.search). Returns a
+    list of strings, empty when the log is clean."""
+    rx = [re.compile(p) for p in expected]
+    sanitizer, unexpected = [], []
+    for line in text.splitlines():
+        if any(m in line for m in SANITIZER_MARKERS):
+            sanitizer.append(line)
+            continue
+        lv = line_level(line)
+        if lv is not None and lv <= UNEXPECTED_LEVEL and not any(r.search(line) for r in rx):
+            unexpected.append(line)
+    out = []
+    if sanitizer:
+        out.append("sanitizer report in daemon log:\n  " + "\n  ".join(sanitizer[:20]))
+    if unexpected:
+        out.append("unexpected error line(s) in daemon log (declare expected ones with "
+                   "@pytest.mark.expect_log(r\"regex\")):\n  " + "\n  ".join(unexpected[:20])
+                   + ("\n  ... %d more" % (len(unexpected) - 20) if len(unexpected) > 20 else ""))
+    return out
 
 
 class HarnessError(AssertionError):
@@ -74,7 +106,12 @@ def hex_of(digest):
 
 
 def wait_until(pred, timeout, interval=0.05, what="condition"):
-    """Poll PRED until truthy; return its value or raise HarnessError after TIMEOUT seconds."""
+    """Poll PRED until truthy; return its value or raise HarnessError after TIMEOUT seconds.
+
+    The one way a test waits for something to happen: the machine is shared and loaded, so a
+    fixed sleep before an assertion either wastes time or asserts too early. Wait for the
+    condition itself (or, before asserting that something did NOT happen, for a positive sign
+    that the daemon got the chance: a refresh counted, a later event logged)."""
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
@@ -83,6 +120,9 @@ def wait_until(pred, timeout, interval=0.05, what="condition"):
         if time.monotonic() >= deadline:
             raise HarnessError("timed out after %.1fs waiting for %s" % (timeout, what))
         time.sleep(interval)
+
+
+wait_for = wait_until  # the same helper, under the name some tests use
 
 
 def is_mounted(path):
@@ -495,7 +535,7 @@ class Daemon:
 
     def __init__(self, build_dir, workdir, registries=(), mountpoint=None, state_dir=None,
                  socket_path=None, extra_args=(), config="/dev/null", prefix=(), env=None,
-                 log_level="debug", mount_timeout=20, listen=None):
+                 log_level="debug", mount_timeout=20, listen=None, expect_log=()):
         self.build_dir = os.path.abspath(build_dir)
         self.bin = os.path.join(self.build_dir, "p2pblobsd")
         self.blobctl_bin = os.path.join(self.build_dir, "blobctl")
@@ -519,6 +559,9 @@ class Daemon:
         self.env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0:"
                                             "detect_stack_use_after_return=1")
         self.env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+        # Regexes of error/crit lines this daemon may log (the test's expect_log markers,
+        # added by the fixtures, plus any given here or through expect_log()).
+        self.expected_log = list(expect_log)
         self.proc = None
         self._logf = None
         self.expected_exit = False
@@ -692,17 +735,20 @@ class Daemon:
             out.append(line)
         return out
 
-    def sanitizer_reports(self):
-        text = self.log_text()
-        return [m for m in SANITIZER_MARKERS if m in text]
+    def expect_log(self, *patterns):
+        """Declare error/crit lines this daemon may log (regexes, re.search)."""
+        self.expected_log += patterns
+        return self
+
+    def log_problems(self):
+        """Sanitizer reports and undeclared error/crit lines in the log (see log_problems)."""
+        return log_problems(self.log_text(), self.expected_log)
 
     def check_health(self):
-        """Raise if the daemon died unexpectedly or its log shows a sanitizer report."""
+        """Raise if the daemon died unexpectedly, did not stop cleanly, or its log shows a
+        sanitizer report or an error/crit line nobody declared with expect_log."""
         self._note_exit()
-        problems = []
-        found = self.sanitizer_reports()
-        if found:
-            problems.append("sanitizer report(s) in daemon log: %s" % ", ".join(found))
+        problems = list(self.log_problems())
         if self.unexpected_exits:
             problems.append("p2pblobsd died unexpectedly (exit status %s)"
                             % self.unexpected_exits)

@@ -38,6 +38,7 @@ import glob
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -269,8 +270,9 @@ class Host:
 class Net:
     """Namespaces, bridges and veths for one test; everything it makes, teardown() removes."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, expect_log=()):
         sweep_stale()
+        self.expect_log = list(expect_log)  # error-line regexes every daemon here may log
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, exist_ok=True)
         self.run_id = "%s%d-%04x" % (NS_PREFIX, os.getpid(), random.randrange(1 << 16))
@@ -409,17 +411,59 @@ class Net:
         d.start()
         return d
 
-    def daemon(self, build_dir, host, registries=(), resolver=None, start=True, **kw):
+    def daemon(self, build_dir, host, registries=(), resolver=None, start=True, expect_log=(),
+               **kw):
         """A NetDaemon on HOST (workdir under the net's), started unless START is false.
-        RESOLVER (a Dnsmasq or an IP) becomes the host's nameserver."""
+        RESOLVER (a Dnsmasq or an IP) becomes the host's nameserver. EXPECT_LOG: regexes of
+        error lines this daemon may log, beside the net's own (self.expect_log, which the
+        `net` fixture fills from the test's expect_log markers)."""
         if resolver is not None:
             host.set_resolver(resolver.host.ip if isinstance(resolver, Dnsmasq) else resolver)
         d = NetDaemon(build_dir, os.path.join(self.workdir, "node-" + host.name), host,
-                      registries=registries, **kw)
+                      registries=registries, expect_log=list(self.expect_log) + list(expect_log),
+                      **kw)
         self.daemons.append(d)
         if start:
             d.start()
         return d
+
+    # -- the peer directory
+    def holders(self, nodes, digest, headers=None):
+        """Peer ids that the directory of any of NODES (GET /p2p/v1/locate, see peer/wire.h)
+        lists as holding every chunk of DIGEST. Nodes that are down or do not answer are
+        skipped. HEADERS: e.g. the cluster token ({"X-P2PBlobs-Token": ...})."""
+        seen = set()
+        for d in nodes:
+            if not d.alive():
+                continue
+            try:
+                st, _h, body = self.http(d.host.ip, d.peer_port, "GET",
+                                         "/p2p/v1/locate/" + digest, headers=headers,
+                                         timeout=2)
+                if st != 200:
+                    continue
+                j = json.loads(body)
+                chunk = int(j["chunk_size"])
+                nchunks = (int(j["size"]) + chunk - 1) // chunk
+                for h in j.get("holders", []):
+                    if sum(e - s for s, e in h.get("present") or []) >= nchunks:
+                        seen.add(h.get("node"))
+            except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+                continue
+        return seen
+
+    def wait_announced(self, nodes, holders, digest, timeout=20, headers=None):
+        """Wait until the directory of NODES lists each of HOLDERS (NetDaemons) as holding
+        every chunk of DIGEST, so a read that follows does not race the first announce;
+        returns the seconds waited, raises HarnessError after TIMEOUT."""
+        t0 = time.monotonic()
+        want = {h.peer_id for h in holders}
+        harness.wait_until(lambda: want <= self.holders(nodes, digest, headers), timeout,
+                           interval=0.1,
+                           what="the directory of %s to list %s holding %s"
+                           % ([d.host.name for d in nodes], [h.host.name for h in holders],
+                              digest[:19]))
+        return time.monotonic() - t0
 
     # -- teardown
     def stop_daemons(self):
@@ -597,6 +641,14 @@ class Dnsmasq:
                 return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def queries(self, name, client):
+        """How many A queries for NAME dnsmasq has logged from CLIENT (a Host or an IP):
+        with --log-queries each is a line "query[A] <fqdn> from <ip>"."""
+        ip = client.ip if isinstance(client, Host) else client
+        rx = re.compile(r"query\[A\] %s from %s$" % (re.escape(self.fqdn(name)), re.escape(ip)),
+                        re.M)
+        return len(rx.findall(self.log_text()))
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:

@@ -3,11 +3,7 @@
 import hashlib
 import time
 
-import pytest
-
 import harness
-
-pytestmark = pytest.mark.root
 
 
 def test_blobctl_add_errors(registry, blobs, daemon_factory, tmp_path):

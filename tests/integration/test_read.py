@@ -3,12 +3,8 @@
 import os
 import threading
 
-import pytest
-
 import harness
 from harness import MiB
-
-pytestmark = pytest.mark.root
 
 
 def test_partial_read_fetches_little(registry, blobs, daemon_factory):

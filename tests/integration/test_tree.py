@@ -8,8 +8,6 @@ import stat
 
 import pytest
 
-pytestmark = pytest.mark.root
-
 
 def test_bad_names_enoent_without_origin(registry, blobs, daemon_factory):
     b = blobs["one_mib"]
