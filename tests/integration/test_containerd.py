@@ -7,7 +7,6 @@ daemon (the mirror's origin fetches), `containerd/...` would be containerd falli
 """
 
 import http.client
-import json
 import os
 import subprocess
 import time
@@ -16,8 +15,6 @@ import pytest
 
 import ctrd
 import harness
-
-pytestmark = pytest.mark.root
 
 REPO = "p2pblobs/busybox"
 
@@ -238,22 +235,13 @@ def test_registry_down(node):
     assert "connection refused" in msg, msg  # the origin's own error, not the mirror's
 
 
-def test_two_nodes_pull_from_peer(build_dir, tmp_path):
+def test_two_nodes_pull_from_peer(build_dir, net, tmp_path):
     """Node B (its own network namespace, containerd and daemon) pulls every layer from node A;
     the registry serves B only the tag resolution. Each node's containerd talks to its own
     mirror on 127.0.0.1:5000 inside its namespace."""
-    help_text = subprocess.run([os.path.join(build_dir, "p2pblobsd"), "--help"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
-    if "--peers" not in help_text:
-        pytest.skip("p2pblobsd has no --peers option yet (peer support is not built)")
     why = ctrd.available()
     if why:
         pytest.skip(why)
-    import netns
-    why = netns.available()
-    if why:
-        pytest.skip(why)
-    net = netns.Net(str(tmp_path / "net"))
     ctrds = []
     try:
         s = net.add_subnet()
@@ -289,7 +277,10 @@ def test_two_nodes_pull_from_peer(build_dir, tmp_path):
             by_digest.append(sorted(r.path for r in reqs if r.method == "GET" and (
                 "/manifests/sha256:" in r.path or r.path.endswith("/blobs/" + img["config"]))))
             if name == "a":
-                time.sleep(2)  # A's announces reach the homes
+                # What B fetches by digest (manifest, config, layer) is in the directory,
+                # held by A, before B pulls: B's pull must not race A's first announce.
+                for dg in [img["manifest"], img["config"]] + img["layers"]:
+                    net.wait_announced(nodes, [nodes[0]], dg)
         print("\npull A (registry) %.2fs, %d layer bytes from the registry; "
               "B (peer) %.2fs, %d layer bytes from the registry"
               % (times[0], layer_served[0], times[1], layer_served[1]))
@@ -302,4 +293,3 @@ def test_two_nodes_pull_from_peer(build_dir, tmp_path):
     finally:
         for c in ctrds:
             c.stop()
-        net.teardown()

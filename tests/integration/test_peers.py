@@ -4,21 +4,15 @@ a real docker-registry on a host of the net, a real dnsmasq for discovery.
 One test per bullet of the issue's "Done when" list, plus the peer HTTP interface and
 resolution by digest. Figures (registry bytes per N readers, read times, stalls) are printed:
 run with -s to see them.
-
-Tests marked `peers` need the daemon's peer features (--peers, --peer-dns, ...). While the
-daemon's --help does not list them they are expected to fail (xfail, still run); once the
-flags exist every failure is real.
 """
 
 import hashlib
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 
-import pytest
 
 import harness
 import netns
@@ -27,40 +21,6 @@ from harness import MiB
 REPO = "p2pblobs/peers"
 PEER_PORT = 5001
 DNS_NAME = "nodes"
-
-
-def _help(binary):
-    try:
-        return subprocess.run([binary, "--help"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
-def _peer_features_missing():
-    d = os.environ.get("P2PBLOBS_BUILD")
-    if not d:
-        return False
-    daemon = _help(os.path.join(d, "p2pblobsd"))
-    ctl = _help(os.path.join(d, "blobctl"))
-    return not (all(f in daemon for f in ("--peers", "--peer-dns", "--advertise-address"))
-                and re.search(r"^\s*peers\b", ctl, re.M))
-
-
-_MISSING = _peer_features_missing()
-peers_feature = [pytest.mark.peers,
-                 pytest.mark.xfail(_MISSING, run=True, strict=False,
-                                   reason="issue 3 not landed: p2pblobsd --help lacks --peers/"
-                                          "--peer-dns/--advertise-address or blobctl "
-                                          "--help lacks `peers`")]
-
-pytestmark = pytest.mark.root
-
-
-def with_peers(fn):
-    for m in peers_feature:
-        fn = m(fn)
-    return fn
 
 
 # --------------------------------------------------------------------------- helpers
@@ -109,45 +69,12 @@ def wait_peers_up(nodes, others=None, timeout=15):
     return time.monotonic() - t0
 
 
-def _holders_from_locate(answer):
-    try:
-        j = json.loads(answer)
-        return {h.get("node"): h.get("present") for h in j.get("holders", [])}
-    except (ValueError, AttributeError, TypeError):
-        return {}
-
-
-def wait_announced(net, nodes, holders, blob, timeout=5):
-    """Best effort: wait until the nodes' directory (GET /p2p/v1/locate, see peer/wire.h)
-    lists each of HOLDERS (a NetDaemon or a list) holding every chunk of BLOB. Returns the
-    seconds waited, or None after TIMEOUT (announces are soft state; the read that follows is
-    what the tests assert, this only keeps them from racing the first announce)."""
+def wait_announced(net, nodes, holders, blob, timeout=20, headers=None):
+    """Wait until the directory of NODES lists HOLDERS (a NetDaemon or a list) holding all of
+    BLOB (Net.wait_announced); returns the seconds waited."""
     if not isinstance(holders, (list, tuple)):
         holders = [holders]
-    nchunks = (blob.size + MiB - 1) // MiB
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        seen = set()
-        for d in nodes:
-            if not d.alive():
-                continue
-            try:
-                st, _h, body = net.http(d.host.ip, PEER_PORT, "GET",
-                                        "/p2p/v1/locate/" + blob.digest, timeout=2)
-            except OSError:
-                continue
-            if st != 200:
-                continue
-            for node, present in _holders_from_locate(body).items():
-                try:
-                    if sum(e - s for s, e in present or []) >= nchunks:
-                        seen.add(node)
-                except (TypeError, ValueError):
-                    pass
-        if all(h.peer_id in seen for h in holders):
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    return None
+    return net.wait_announced(nodes, holders, blob.digest, timeout=timeout, headers=headers)
 
 
 class TimedRead:
@@ -289,7 +216,6 @@ def test_harness_dns_and_silent_link(net):
 
 # --------------------------------------------------------------------------- issue 3
 
-@with_peers
 def test_peer_http_ranges(build_dir, net):
     """GET /v2/<any>/blobs/sha256:<hex> with Range on a node: 206 with the right bytes for
     chunks it holds (also of a blob it holds only in part), 416 for chunks it lacks, 404 for
@@ -315,7 +241,7 @@ def test_peer_http_ranges(build_dir, net):
         st, _h, body = net.http(a.host.ip, PEER_PORT, "GET", path,
                                 headers={"Range": "bytes=%d-%d" % (60 * MiB, 61 * MiB - 1)})
         assert st == 416, "chunk 60 was never read on this node: want 416, got %d" % st
-        time.sleep(0.5)
+        assert a.stat()["fetched"]["inflight_chunks"] == 0, "a peer request made A fetch"
     assert a.stat()["fetched"]["origin_bytes"] == origin_before, "a peer request made A fetch"
 
     unknown = "sha256:" + "ab" * 32
@@ -324,7 +250,6 @@ def test_peer_http_ranges(build_dir, net):
     assert st == 404
 
 
-@with_peers
 def test_blob_resolves_on_every_node(build_dir, net):
     """A blob registered on one node resolves by digest on the others within about a
     second: stat and read of blobs/sha256/<hex> where blobctl add was never run."""
@@ -355,7 +280,6 @@ def _stat_or_none(p):
         return None
 
 
-@with_peers
 def test_b_reads_blob_a_holds(build_dir, net):
     """Node B reading a blob that node A holds fetches it from A: the registry serves no
     extra bytes, B's bytes are right, B's peer_bytes is the blob's size."""
@@ -389,7 +313,6 @@ def test_b_reads_blob_a_holds(build_dir, net):
     assert (a.peer(b) or {}).get("bytes_to", 0) >= blob.size
 
 
-@with_peers
 def test_five_readers_one_blob(build_dir, net):
     """5 nodes read one 256 MiB blob at the same moment: the registry serves about 1x the
     blob (assert < 1.5x), every copy's sha256 is right."""
@@ -434,7 +357,6 @@ def test_five_readers_one_blob(build_dir, net):
         "registry served %.2fx the blob for 5 readers" % (served / blob.size)
 
 
-@with_peers
 def test_holder_killed_mid_read(build_dir, net):
     """B reads a blob only A holds; A is killed with kill -9 when B has read half: B finishes
     from another source (the origin), bytes right."""
@@ -474,7 +396,6 @@ def test_holder_killed_mid_read(build_dir, net):
     assert st["fetched"]["peer_bytes"] + st["fetched"]["origin_bytes"] >= blob.size
 
 
-@with_peers
 def test_corrupt_peer_never_seen(build_dir, net):
     """A serves corrupt bytes (its store file is overwritten in the middle after it read the
     blob): B's reader never sees them, and B penalises A / refetches the chunk."""
@@ -528,7 +449,6 @@ def test_corrupt_peer_never_seen(build_dir, net):
             "B shows no sign of penalising A for a corrupt chunk (peers: %r)" % pa
 
 
-@with_peers
 def test_dns_join_and_leave(build_dir, net):
     """Nodes discover each other through a DNS name only. A node whose record is added
     appears in `blobctl peers` and is used (serves what it holds); once its record is removed
@@ -547,7 +467,11 @@ def test_dns_join_and_leave(build_dir, net):
     for blob in (x, y):
         n3.add(blob.ref)
         full_read(n3, blob)
-    time.sleep(2)   # a few refresh intervals
+    # n1 and n2 re-resolve the name (every --peer-refresh 1s): after two answers each that
+    # lack n3, they had their chance to list it wrongly.
+    asked = {h: dns.queries(DNS_NAME, h) for h in (h1, h2)}
+    harness.wait_until(lambda: all(dns.queries(DNS_NAME, h) >= asked[h] + 2 for h in asked), 20,
+                       what="n1 and n2 to re-resolve %s twice" % dns.fqdn(DNS_NAME))
     assert n1.peer(n3) is None and n2.peer(n3) is None, "n3 is listed before its record exists"
 
     t0 = time.monotonic()
@@ -582,7 +506,6 @@ def test_dns_join_and_leave(build_dir, net):
     assert served_y >= y.size
 
 
-@with_peers
 def test_silent_link_mid_read(build_dir, net):
     """A holds the blob and is B's best source; A's link goes silent (packets vanish) while B
     reads: B still finishes with the right bytes and the longest pause between its 1 MiB reads
@@ -626,7 +549,6 @@ def test_silent_link_mid_read(build_dir, net):
     assert pa.get("state") == "down", "A still %r on B after its link went silent" % pa
 
 
-@with_peers
 def test_two_subnets_on_link_preferred(build_dir, net):
     """Two subnets joined by the router: B (subnet 1) with peers A1 (subnet 1) and A2
     (subnet 2), both holding the blob. B lists A1 on-link and A2 routed, and reads from A1."""
@@ -661,7 +583,6 @@ def test_two_subnets_on_link_preferred(build_dir, net):
     assert e2.get("bytes_from", 0) <= 0.1 * blob.size, (e1, e2)
 
 
-@with_peers
 def test_address_change_is_announced(build_dir, net):
     """A node without --advertise-address takes the address of its default route's interface
     (netlink) and, when that address changes, announces what it holds under the new one: a
@@ -731,7 +652,6 @@ def rdv_score(node_id, digest):
     return h
 
 
-@with_peers
 def test_restarted_home_still_finds_holders(build_dir, net):
     """A node restarts and reads at once a blob it had registered and is the first home of: it
     knows the blob but, until holders announce again, not who holds it. It must still find the
@@ -764,7 +684,6 @@ def test_restarted_home_still_finds_holders(build_dir, net):
     assert from_a >= blob.size
 
 
-@with_peers
 def test_cluster_token(build_dir, net, tmp_path):
     """With --cluster-token-file, peers share only with nodes that present the same token:
     B (same token) reads from A; C (another token) is refused and reads from the registry; a
@@ -774,7 +693,8 @@ def test_cluster_token(build_dir, net, tmp_path):
     blob = harness.make_blob(reg, "token32", harness.gen_bytes(395, 32 * MiB), repo=REPO)
     hosts = [net.add_host(n, s) for n in ("a", "b", "c")]
     good, bad = tmp_path / "good", tmp_path / "bad"
-    good.write_text("s3cr3t-for-this-cluster\n")
+    token = "s3cr3t-for-this-cluster"
+    good.write_text(token + "\n")
     bad.write_text("another-cluster\n")
     a, b, c = [net.daemon(build_dir, h, registries=[reg],
                           extra_args=node_flags(h, peers=hosts) + ["--cluster-token-file", str(t)])
@@ -782,7 +702,7 @@ def test_cluster_token(build_dir, net, tmp_path):
     wait_peers_up([a, b, c])
     a.add(blob.ref)
     full_read(a, blob)
-    wait_announced(net, [a, b], a, blob)
+    wait_announced(net, [a, b], a, blob, headers={"X-P2PBlobs-Token": token})
 
     mark = reg.mark()
     b.add(blob.ref)
@@ -800,7 +720,7 @@ def test_cluster_token(build_dir, net, tmp_path):
     st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", path, {"Range": "bytes=0-9"})
     assert st == 401, st
     st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", path,
-                          {"Range": "bytes=0-9", "X-P2PBlobs-Token": "s3cr3t-for-this-cluster"})
+                          {"Range": "bytes=0-9", "X-P2PBlobs-Token": token})
     assert st == 206, st
     st, _h, _b = net.http(ha_ip, PEER_PORT, "GET", "/healthz")
     assert st == 200, st
