@@ -26,8 +26,6 @@ import pytest
 import harness
 from harness import MiB, KiB, wait_until
 
-pytestmark = pytest.mark.root
-
 REPO = "p2pblobs/blobctl-ops"
 ESC = "\x1b"
 
@@ -715,41 +713,58 @@ def test_bad_arguments(build_dir, tmp_path):
     assert r.returncode == 3, show(r)
 
 
-def test_stat_watch(registry, blobs, daemon_factory):
+def _json_docs(s):
+    """The JSON documents in S, one after another (blank lines between); a last one cut short
+    (the process was killed mid-report) is left out."""
+    dec = json.JSONDecoder()
+    pos, docs = 0, []
+    while True:
+        while pos < len(s) and s[pos].isspace():
+            pos += 1
+        if pos >= len(s):
+            return docs
+        try:
+            obj, pos = dec.raw_decode(s, pos)
+        except ValueError:
+            return docs
+        docs.append(obj)
+
+
+def test_stat_watch(registry, blobs, daemon_factory, tmp_path):
     d = daemon_factory(registries=[registry])
     d.add(blobs["small200k"].ref)
     base = [d.blobctl_bin, "--socket", d.socket_path]
-    procs = [subprocess.Popen(base + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=d.env)
-             for args in (["stat", "--watch", "1"], ["stat", "--json", "--watch", "1"])]
+    outs = [tmp_path / "human.out", tmp_path / "json.out"]
+    procs = []
     try:
-        time.sleep(2.5)
+        for args, out in zip((["stat", "--watch", "1"], ["stat", "--json", "--watch", "1"]),
+                             outs):
+            with open(out, "wb") as f:
+                procs.append(subprocess.Popen(base + args, stdout=f, stderr=subprocess.PIPE,
+                                              env=d.env))
+
+        def so_far():
+            return (re.findall(r"^p2pblobsd \S+, up ", outs[0].read_text(), re.M),
+                    _json_docs(outs[1].read_text()))
+        # Two reports from each, however long the loaded machine takes to print them; the
+        # processes are still watching after that.
+        harness.wait_until(lambda: all(len(r) >= 2 for r in so_far()), 30,
+                           what="two reports from each `stat --watch 1`")
         for p in procs:
             assert p.poll() is None, "stat --watch exited early: %s" % (p.communicate(),)
     finally:
         for p in procs:
             p.terminate()
-    outs = [p.communicate(timeout=10) for p in procs]
-    human, _ = outs[0]
-    text = human.decode()
+        for p in procs:
+            p.communicate(timeout=10)
+    text = outs[0].read_text()
     assert ESC not in text, repr(text)
     reports = re.findall(r"^p2pblobsd \S+, up ", text, re.M)
     assert len(reports) >= 2, repr(text)
     assert len(re.findall(r"^blobs +1 known", text, re.M)) == len(reports), repr(text)
     # JSON reports, one after another (a blank line between): each parses, uptime advances.
-    dec = json.JSONDecoder()
-    s, pos, docs = outs[1][0].decode(), 0, []
-    while True:
-        while pos < len(s) and s[pos].isspace():
-            pos += 1
-        if pos >= len(s):
-            break
-        try:
-            obj, pos = dec.raw_decode(s, pos)
-        except ValueError:
-            break  # a report cut short by the kill
-        docs.append(obj)
-    assert len(docs) >= 2, repr(s)
+    docs = _json_docs(outs[1].read_text())
+    assert len(docs) >= 2, repr(outs[1].read_text())
     assert all(set(x) == STAT_KEYS for x in docs), docs
     assert docs[-1]["uptime_seconds"] >= docs[0]["uptime_seconds"] + 1, docs
 
@@ -1004,7 +1019,10 @@ def test_progress_bar_in_terminal(private_registry, daemon_factory, tmp_path):
         p = subprocess.Popen([d.blobctl_bin, "--socket", d.socket_path, "prefetch",
                               blob.digest], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=d.env)
-        time.sleep(0.6)
+        # The daemon is fetching for it (the origin hangs): blobctl has sent its request, so
+        # it is past installing its SIGINT handler and is waiting on the prefetch.
+        wait_until(lambda: p.poll() is not None or d.stat()["fetched"]["inflight_chunks"] >= 1,
+                   30, what="the prefetch to be waiting on the origin")
         assert p.poll() is None, p.communicate()
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=10)
@@ -1029,8 +1047,10 @@ def test_colour_only_on_a_tty(registry, blobs, daemon_factory, tmp_path):
         t = Tmux("%s %s; touch %s; sleep 30" % (env, base, q(marker)))
         try:
             wait_until(lambda: os.path.exists(marker), 20, what="ls in tmux")
-            time.sleep(0.2)
-            frames[label] = t.capture(escapes=True)
+            # The pane shows ls's output once tmux has drawn it (a moment after ls exits).
+            frames[label] = wait_until(
+                lambda: (lambda f: f if f and blobs["small200k"].digest in f else None)(
+                    t.capture(escapes=True)), 20, what="ls's output in the tmux pane")
         finally:
             t.kill()
     assert blobs["small200k"].digest in frames["colour"], frames

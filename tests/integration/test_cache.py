@@ -11,17 +11,15 @@ import pytest
 import harness
 from harness import MiB
 
-pytestmark = pytest.mark.root
-
 
 def _wait_stat(d, pred, timeout=10):
-    """Poll blobctl stat until PRED(stat) holds; returns the last stat."""
-    deadline = time.monotonic() + timeout
-    while True:
-        s = d.stat()
-        if pred(s) or time.monotonic() > deadline:
-            return s
-        time.sleep(0.2)
+    """Poll blobctl stat until PRED(stat) holds; returns that stat, or after TIMEOUT the last
+    one (for the caller's assertion to show)."""
+    try:
+        return harness.wait_until(lambda: (lambda s: s if pred(s) else None)(d.stat()),
+                                  timeout, interval=0.2, what="blobctl stat")
+    except harness.HarnessError:
+        return d.stat()
 
 
 def _store_files(d):
