@@ -18,7 +18,7 @@ fuse: unknown option (FUSE's own message, no level)
 
 def test_log_problems_levels():
     assert harness.log_problems(CLEAN) == []
-    err = "<3>level=error cannot open index path=/s/index.db err=No space left on device\n"
+    err = "<3>level=error cannot open index path=/s/index.db err=\"No space left on device\"\n"
     crit = "<2>level=crit out of memory what=engine\n"
     for line in (err, crit):
         got = harness.log_problems(CLEAN + line)
@@ -56,11 +56,11 @@ def test_daemon_error_line_is_caught(daemon_factory):
         assert d.proc.wait(30) != 0
     got = d.log_problems()
     assert len(got) == 1 and "level=error cannot serve HTTP" in got[0], got
-    d.expect_log(r"level=error cannot serve HTTP listen=127\.0\.0\.1:\d+ err=Address already")
+    d.expect_log(r"level=error cannot serve HTTP listen=127\.0\.0\.1:\d+ err=\"?Address already")
     assert d.log_problems() == []
 
 
-@pytest.mark.expect_log(r"level=error cannot serve HTTP listen=127\.0\.0\.1:\d+ err=Address")
+@pytest.mark.expect_log(r"level=error cannot serve HTTP listen=127\.0\.0\.1:\d+ err=\"?Address")
 def test_marker_reaches_the_daemons(daemon_factory, request):
     with _busy_port() as s:
         d = daemon_factory(start=False, listen="127.0.0.1:%d" % s.getsockname()[1])

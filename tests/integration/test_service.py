@@ -294,7 +294,7 @@ def test_status_lines_and_watchdog(registry, blobs, daemon_factory, notify, tmp_
 
 
 @pytest.mark.expect_log(r"level=error cannot (prepare mountpoint|mount) path=\S+/a-file/mnt "
-                        r"err=Not a directory")
+                        r"err=\"?Not a directory")
 def test_no_ready_when_mount_fails(daemon_factory, notify, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory\n")
@@ -582,5 +582,5 @@ def test_without_foreground_detaches_once_serving(build_dir, registry, tmp_path)
                        what="the detached daemon to exit")
     # The second daemon's bind failure is the one error this test provokes.
     problems = harness.log_problems(log_path.read_text(), expected=[
-        r"level=error cannot serve HTTP listen=127\.0\.0\.1:%d err=Address already in use" % port])
+        r"level=error cannot serve HTTP listen=127\.0\.0\.1:%d err=\"?Address already in use" % port])
     assert not problems, "\n".join(problems)
