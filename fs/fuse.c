@@ -496,10 +496,8 @@ int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint
              struct fuse_session **ret) {
         fs_ctx = (struct fs_ctx){.e = e, .resolver = resolver};
         int r = recover_stale_mount(mountpoint);
-        if (r < 0) {
-                log_err("cannot prepare mountpoint path=%s err=%s", mountpoint, strerror(-r));
-                return r;
-        }
+        if (r < 0)
+                return r; /* main says so, with the hint for this case */
         /* Without allow_other the kernel lets only the mounting user (root, as containerd is)
          * into the tree: any other local user would read every blob, private images' too, and
          * make the node fetch from the origin with its credentials by opening a file. */

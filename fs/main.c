@@ -680,9 +680,12 @@ int main(int argc, char **argv) {
         }
         r = fs_mount(d.engine, d.resolver, d.cfg.mountpoint, d.cfg.allow_other, &d.se);
         if (r < 0) {
-                log_err("cannot mount path=%s err=%s hint=\"is /dev/fuse available and the "
-                        "mountpoint free?\"",
-                        d.cfg.mountpoint, strerror(-r));
+                /* -EIO: the kernel refused the mount itself; anything else: the mountpoint
+                 * could not be created, checked or freed of a stale mount. */
+                log_err("cannot mount path=%s err=%s hint=\"%s\"", d.cfg.mountpoint, strerror(-r),
+                        r == -EIO ? "is /dev/fuse available and the mountpoint free?"
+                                  : "the mountpoint must be a directory, or a path the daemon "
+                                    "can create one at");
                 goto out_control;
         }
         struct service svc = {

@@ -267,9 +267,13 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
                 uint64_t suppressed = 0;
                 if (log_ratelimit_ok(&rl, &suppressed))
                         log_warning("home refused our announce home=%s status=%ld "
-                                    "hint=\"check that every node runs the same --chunk-size\" "
-                                    "suppressed=%" PRIu64,
-                                    home, status, suppressed);
+                                    "hint=\"%s\" suppressed=%" PRIu64,
+                                    home, status,
+                                    status == 401 || status == 403
+                                            ? "check that every node has the same "
+                                              "--cluster-token-file"
+                                            : "check that every node runs the same --chunk-size",
+                                    suppressed);
                 return -EPROTO;
         }
         return 0;

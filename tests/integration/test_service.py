@@ -308,6 +308,9 @@ def test_no_ready_when_mount_fails(daemon_factory, notify, tmp_path):
     assert rc != 0
     assert not n.all("READY"), n.all()
     assert d.log_lines(r"cannot (mount|prepare mountpoint)")
+    # One line for one failure, and its hint about the mountpoint, not /dev/fuse.
+    errors = d.log_lines(r"level=error")
+    assert len(errors) == 1 and "must be a directory" in errors[0], errors
 
 
 # --------------------------------------------------------------------------- stale mount
