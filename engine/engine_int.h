@@ -323,6 +323,11 @@ void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha);
 int eng_insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
                     int64_t added_at, bool verified, struct blob **ret);
 
+/* After a synchronous copy of PR's chunks from the store returned R (eng_copy_read; LOST the
+ * chunk it could not give back): unpins PR's chunks and, when R says the store lost or failed
+ * a chunk, drops it and logs it as eng_store_failed() says. Takes the lock. */
+void eng_copy_finish(struct engine *e, struct pending *pr, int r, uint32_t lost);
+
 /* residency.c: pins, budget, eviction, the ENOSPC shrink */
 void eng_ra_pin(struct engine *e, struct blob *b, uint32_t idx);
 bool eng_ra_release(struct engine *e, struct blob *b, uint32_t idx);

@@ -235,16 +235,7 @@ static void read_at(struct engine *e, uint32_t id, uint64_t off, size_t len,
                         int r = buf ? eng_copy_read(e, &sync_pr, buf, NULL, 0, &lost) : -ENOMEM;
                         if (r == 0)
                                 reply(ctx, 0, buf, len);
-                        struct notes ns = {0};
-                        bool log_it = false;
-                        eng_lock(&e->lock);
-                        eng_unpin_all(e, &sync_pr);
-                        if (eng_is_store_loss(r))
-                                log_it = eng_store_failed(e, b, lost, r, &ns);
-                        eng_unlock(&e->lock);
-                        eng_notes_flush(e, &ns);
-                        if (log_it)
-                                eng_log_corrupt(b, lost);
+                        eng_copy_finish(e, &sync_pr, r, lost);
                         if (eng_is_store_loss(r) && attempt < 3) {
                                 if (r == -ESTALE)
                                         log_warning("store lost a chunk blob_id=%u chunk=%u "

@@ -181,6 +181,20 @@ bool eng_store_failed(struct engine *e, struct blob *b, uint32_t idx, int err, s
         return first;
 }
 
+void eng_copy_finish(struct engine *e, struct pending *pr, int r, uint32_t lost) {
+        ASSERT_NOT_HELD(&e->lock);
+        struct notes ns = {0};
+        bool log_it = false;
+        eng_lock(&e->lock);
+        eng_unpin_all(e, pr);
+        if (eng_is_store_loss(r))
+                log_it = eng_store_failed(e, pr->blob, lost, r, &ns);
+        eng_unlock(&e->lock);
+        eng_notes_flush(e, &ns);
+        if (log_it)
+                eng_log_corrupt(pr->blob, lost);
+}
+
 void eng_log_corrupt(const struct blob *b, uint32_t idx) {
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&b->digest, hex);

@@ -77,16 +77,7 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
 
         uint32_t lost = 0;
         int r = eng_copy_read(e, &pr, buf, NULL, 0, &lost);
-        struct notes ns = {0};
-        bool log_it = false;
-        eng_lock(&e->lock);
-        eng_unpin_all(e, &pr);
-        if (eng_is_store_loss(r))
-                log_it = eng_store_failed(e, b, lost, r, &ns);
-        eng_unlock(&e->lock);
-        eng_notes_flush(e, &ns);
-        if (log_it)
-                eng_log_corrupt(b, lost);
+        eng_copy_finish(e, &pr, r, lost);
         if (eng_is_store_loss(r))
                 return -ERANGE; /* lost from the store (or failed its check): not here after all */
         return r;
