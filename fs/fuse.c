@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -29,6 +30,8 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "engine/engine.h"
@@ -360,7 +363,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
         engine_read(engine_of(req), ob->id, (uint64_t)off, size, &ob->stream, reply_read, pr);
 }
 
-void fs_fail_reads(uint64_t wait_ms) {
+static void fs_fail_reads(uint64_t wait_ms) {
         pthread_mutex_lock(&reads_lock);
         failing_reads = true;
         for (struct pending_read *pr = pending_reads; pr; pr = pr->next)
@@ -534,27 +537,123 @@ int fs_run(struct fuse_session *se, unsigned max_threads) {
         return r < 0 ? r : 0;
 }
 
-void fs_stop(struct fuse_session *se) {
+/* ---- teardown: detach, drain, end the loop, abort, destroy ------------------------------- */
+
+#define FUSE_SUPER_MAGIC 0x65735546
+#define FUSECTL_SUPER_MAGIC 0x65735543
+#define FUSECTL_DIR "/sys/fs/fuse/connections"
+#define FAIL_RETRY_WAIT_MS 1000 /* after failing reads at shutdown: wait for kernel retries */
+
+/* What fs_shutdown() did, for fs_destroy(): written by the one thread that stops the loop,
+ * read after fs_run() has returned on the loop's thread (which joins that thread first). */
+static struct {
+        bool detached;   /* we detached the mount ourselves */
+        dev_t mount_dev; /* the connection's device: its minor names it in fusectl */
+        int waker_dirfd;
+        bool waker_started;
+        pthread_t waker;
+} stop_state = {.waker_dirfd = -1};
+
+/* The loop's exit flag, and an unmount so that workers sleeping in read(/dev/fuse) see it. */
+static void stop_now(struct fuse_session *se) {
         fuse_session_exit(se);
-        /* Workers sit in read(/dev/fuse); detaching the mount makes those reads fail so the
-         * loop notices the exit flag. */
         fuse_session_unmount(se);
 }
 
-void fs_exit(struct fuse_session *se) {
-        fuse_session_exit(se);
+static void *waker_main(void *arg) {
+        (void)arg;
+        int fd = openat(stop_state.waker_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0)
+                close(fd);
+        close(stop_state.waker_dirfd);
+        return NULL;
 }
 
-int fs_fd(struct fuse_session *se) {
-        return fuse_session_fd(se);
+void fs_shutdown(struct fuse_session *se, const char *mountpoint, bool (*drain)(void *ud),
+                 void *ud) {
+        if (!drain) {
+                stop_now(se); /* not serving yet, or the mount went away: nothing to drain */
+                return;
+        }
+        /* Our own handle on the mount's root: it lets us wake the loop after the detach. */
+        int dirfd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        struct stat st;
+        struct statfs sfs;
+        if (dirfd < 0 || fstat(dirfd, &st) < 0 || fstatfs(dirfd, &sfs) < 0 ||
+            sfs.f_type != FUSE_SUPER_MAGIC) {
+                log_warning("cannot open our mount to drain it path=%s err=\"%m\"; stopping "
+                            "at once",
+                            mountpoint);
+                if (dirfd >= 0)
+                        close(dirfd);
+                stop_now(se);
+                return;
+        }
+        if (umount2(mountpoint, MNT_DETACH) < 0) {
+                log_warning("cannot detach the mount path=%s err=\"%m\"; new opens are served "
+                            "while draining",
+                            mountpoint);
+        } else {
+                stop_state.detached = true;
+                stop_state.mount_dev = st.st_dev;
+        }
+        /* Reads still waiting get EIO (README) while the loop can still answer them and the
+         * kernel's retries of them. */
+        if (!drain(ud))
+                fs_fail_reads(FAIL_RETRY_WAIT_MS);
+        fuse_session_exit(se);
+        /* Workers sleep in read(/dev/fuse) until a request comes; send one (an opendir). The
+         * worker that takes it answers it, sees the exit flag and ends the loop. Any other
+         * request may beat ours to it and end the loop first, leaving ours unanswered until
+         * the connection goes: so it is sent from a thread of its own, which fs_destroy()
+         * joins after closing the device. */
+        stop_state.waker_dirfd = dirfd;
+        int r = -pthread_create(&stop_state.waker, NULL, waker_main, NULL);
+        if (r < 0) {
+                log_warning("cannot start the loop waker err=%s; stopping at once", strerror(-r));
+                close(dirfd);
+                stop_state.waker_dirfd = -1;
+                stop_now(se);
+                return;
+        }
+        stop_state.waker_started = true;
+}
+
+/* A reader that still holds a file open (or the waker's request) keeps the connection alive
+ * after the loop is gone; abort it through fusectl so its next request fails at once and the
+ * unmount does not try a path we detached already. Mounts fusectl if nobody has (systemd does
+ * at boot). Best effort. */
+static void abort_connection(struct fuse_session *se) {
+        struct pollfd pfd = {.fd = fuse_session_fd(se)};
+        if (!stop_state.detached || pfd.fd < 0 ||
+            (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
+                return; /* no connection left: every file on it was closed */
+        struct statfs sfs;
+        if (statfs(FUSECTL_DIR, &sfs) == 0 && sfs.f_type != FUSECTL_SUPER_MAGIC &&
+            mount("fusectl", FUSECTL_DIR, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+                log_info("cannot mount fusectl path=%s err=\"%m\"", FUSECTL_DIR);
+        char path[128];
+        snprintf(path, sizeof(path), FUSECTL_DIR "/%u/abort", minor(stop_state.mount_dev));
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, "1", 1) != 1)
+                log_info("cannot abort the fuse connection path=%s err=\"%m\"", path);
+        else
+                log_debug("aborted the fuse connection path=%s", path);
+        if (fd >= 0)
+                close(fd);
 }
 
 void fs_destroy(struct fuse_session *se) {
         if (!se)
                 return;
         __atomic_store_n(&fs_ctx.se, NULL, __ATOMIC_RELEASE); /* the engine is gone by now */
+        abort_connection(se);
         fuse_session_unmount(se);
-        fuse_session_destroy(se);
+        fuse_session_destroy(se); /* closes the device: a request still waiting on it fails */
+        if (stop_state.waker_started) {
+                pthread_join(stop_state.waker, NULL);
+                stop_state.waker_started = false;
+        }
         pthread_mutex_lock(&open_lock);
         while (open_files) {
                 struct open_blob *ob = open_files;

@@ -29,23 +29,23 @@ int fs_mount(struct engine *e, struct resolver *resolver, const char *mountpoint
  * UD is unused. */
 void fs_invalidate(void *ud, uint32_t id, uint64_t off, uint64_t len);
 
-/* Serves requests until fs_stop(). Returns 0 or -errno. */
+/* Serves requests until fs_shutdown() ends the loop. Returns 0 or -errno. */
 int fs_run(struct fuse_session *se, unsigned max_threads);
 
-/* Asks the loop to stop (async-signal-unsafe: call from a normal thread). */
-void fs_stop(struct fuse_session *se);
+/* Ends the loop; call once, from a thread other than the loop's, while it runs. With DRAIN
+ * (the mount has answered): detaches the mount at MOUNTPOINT (new opens no longer reach us,
+ * files already open keep working), calls DRAIN(UD), which waits for the reads in flight and
+ * returns false past its deadline, in which case every read still waiting, and the kernel's
+ * retries of them (up to 1 s), get EIO from the loop itself; then tells the loop to exit and
+ * wakes it with one request of our own (a reader holding a file open keeps the connection
+ * alive, so nothing else would). Without DRAIN, or when the mount cannot be opened or the
+ * waker not started: exit flag and unmount at once. The session and its device stay until
+ * fs_destroy(), so the engine's late answers still reach their readers. */
+void fs_shutdown(struct fuse_session *se, const char *mountpoint, bool (*drain)(void *ud),
+                 void *ud);
 
-/* Sets the loop's exit flag only: the mount stays, requests already read are still served. */
-void fs_exit(struct fuse_session *se);
-
-/* Stopping past the drain deadline: answers every read still waiting for the engine with EIO
- * and every later read with EIO at once (the engine's own late answers are dropped), then waits
- * up to WAIT_MS for the kernel's retries of those reads, so their readers get EIO rather than
- * the aborted connection's ECONNABORTED. Call while the loop still runs. */
-void fs_fail_reads(uint64_t wait_ms);
-
-/* The session's /dev/fuse descriptor (for polling whether the kernel still talks to us). */
-int fs_fd(struct fuse_session *se);
-
-/* Unmounts and frees. NULL-safe. */
+/* After fs_run() has returned and the engine has answered every read (engine_free()): aborts
+ * the connection through fusectl if a reader still holds a file on the detached mount,
+ * unmounts, closes the device (a request still waiting on it fails), joins the waker and
+ * frees. NULL-safe. */
 void fs_destroy(struct fuse_session *se);

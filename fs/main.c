@@ -1,25 +1,12 @@
 /* p2pblobsd: wires the modules together and owns the process.
  *
- * Start-up order: config -> store -> index -> origin -> engine (loads and validates the
- * index) -> control socket -> mount (a stale mount left by a crash is detached first) ->
- * serve. READY=1 goes to the service manager only once a lookup through the mount has been
- * answered, i.e. once the FUSE loop is really serving.
+ * The order things start and stop in is written once, atop the lifecycle code at the end of
+ * this file (daemon_start, serve, daemon_stop). READY=1 goes to the service manager only once
+ * a lookup through the mount has been answered, i.e. once the FUSE loop is really serving.
  *
  * Threads of our own: the signal thread (sigwait; no work happens in signal context) and the
  * status thread (readiness, STATUS= lines, watchdog pings after checking that the mount still
  * answers).
- *
- * Shutdown (SIGTERM/SIGINT), bounded by --shutdown-timeout (default 10 s) plus teardown:
- *  1. STOPPING=1; the status thread and the control socket stop (no new blobs, no new work);
- *  2. the mount is detached (MNT_DETACH): new opens no longer reach us, files already open
- *     keep working;
- *  3. drain: wait until no chunk fetch is in flight (reads waiting on the network have been
- *     answered), at most --shutdown-timeout; past it, the reads still waiting get EIO from
- *     the loop itself, and so do the kernel's retries of them (fs_fail_reads);
- *  4. the FUSE loop is told to exit and woken with one request of our own (a reader holding a
- *     file open keeps the connection alive, so nothing else would wake it);
- *  5. the origin stops (failing any fetch still pending), the engine answers anything left, the connection is aborted if a reader still holds a file, the
- *     index is flushed and closed. Exit 0.
  *
  * SIGHUP re-reads the configuration file and flags and applies what can change live (the
  * option table in config.c says which): the cache budget (the store shrinks to it at once),
@@ -70,18 +57,15 @@
 #define READY_PROBE_MS 20        /* how often we look before it does */
 #define STATUS_INTERVAL_MS 10000 /* STATUS= lines (and watchdog pings, if more often) */
 #define DRAIN_POLL_MS 50
-#define FAIL_RETRY_WAIT_MS 1000 /* after failing reads at shutdown: wait for kernel retries */
-
-#define FUSE_SUPER_MAGIC 0x65735546
-#define FUSECTL_SUPER_MAGIC 0x65735543
-#define FUSECTL_DIR "/sys/fs/fuse/connections"
 
 /* The process's lifecycle state. The lock protects the flags marked (L); the rest is written
- * before the threads that read it start, or by the signal thread before main joins it. */
+ * before the threads that read it start, or by main's thread after joining them. */
 struct service {
         struct daemon *d;
         int argc;
         char **argv;
+        bool curl_ready;     /* curl_global_init() succeeded */
+        struct statedir *sd; /* the state dir's lock, held until the index is closed */
         pthread_mutex_t lock;
         pthread_cond_t cond; /* wakes the status thread early when stopping */
         bool stopping;       /* (L) shutdown has begun */
@@ -90,12 +74,6 @@ struct service {
         bool failed;         /* (L) exit non-zero */
         bool status_started;
         pthread_t status_thread;
-        /* Written by the signal thread during shutdown, read by main after joining it. */
-        bool detached;   /* we detached the mount ourselves */
-        dev_t mount_dev; /* the FUSE connection's device (its minor names it in fusectl) */
-        int waker_dirfd;
-        bool waker_started;
-        pthread_t waker;
 };
 
 static bool svc_get(struct service *s, const bool *flag) {
@@ -329,8 +307,10 @@ out_keep:
 
 /* ---- SIGTERM: graceful stop ---------------------------------------------------------------- */
 
-/* Waits until no chunk fetch is in flight (true), or the deadline (false). */
-static bool drain(struct daemon *d) {
+/* fs_shutdown()'s drain: waits until no chunk fetch is in flight (true), or the deadline
+ * (false). UD is the daemon. */
+static bool drain(void *ud) {
+        struct daemon *d = ud;
         uint64_t deadline = now_ms() + d->cfg.shutdown_timeout_ms;
         for (;;) {
                 struct engine_stats es;
@@ -353,64 +333,7 @@ static bool drain(struct daemon *d) {
         }
 }
 
-static void *waker_main(void *arg) {
-        struct service *s = arg;
-        int fd = openat(s->waker_dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (fd >= 0)
-                close(fd);
-        close(s->waker_dirfd);
-        return NULL;
-}
-
-/* Stops the FUSE loop once in-flight reads are done, leaving the session (and its device fd)
- * to main's teardown, so late replies from the engine still reach their readers. */
-static void stop_serving(struct service *s) {
-        struct daemon *d = s->d;
-        const char *mp = d->cfg.mountpoint;
-        /* Our own handle on the mount's root: it lets us wake the loop after the detach. */
-        int dirfd = open(mp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        struct stat st;
-        struct statfs sfs;
-        if (dirfd < 0 || fstat(dirfd, &st) < 0 || fstatfs(dirfd, &sfs) < 0 ||
-            sfs.f_type != FUSE_SUPER_MAGIC) {
-                log_warning("cannot open our mount to drain it path=%s err=\"%m\"; stopping "
-                            "at once",
-                            mp);
-                if (dirfd >= 0)
-                        close(dirfd);
-                fs_stop(d->se);
-                return;
-        }
-        if (umount2(mp, MNT_DETACH) < 0) {
-                log_warning("cannot detach the mount path=%s err=\"%m\"; new opens are served "
-                            "while draining",
-                            mp);
-        } else {
-                s->detached = true;
-                s->mount_dev = st.st_dev;
-        }
-        /* Reads still waiting get EIO (README) while the loop can still answer them and the
-         * kernel's retries of them. */
-        if (!drain(d))
-                fs_fail_reads(FAIL_RETRY_WAIT_MS);
-        fs_exit(d->se);
-        /* Workers sleep in read(/dev/fuse) until a request comes; send one (an opendir). The
-         * worker that takes it answers it, sees the exit flag and ends the loop. Any other
-         * request may beat ours to it and end the loop first, leaving ours unanswered until
-         * the connection goes: so it is sent from a thread of its own, which main joins after
-         * fs_destroy() has closed the device. */
-        s->waker_dirfd = dirfd;
-        int r = -pthread_create(&s->waker, NULL, waker_main, s);
-        if (r < 0) {
-                log_warning("cannot start the loop waker err=%s; stopping at once", strerror(-r));
-                close(dirfd);
-                s->waker_dirfd = -1;
-                fs_stop(d->se);
-                return;
-        }
-        s->waker_started = true;
-}
-
+/* Stop, steps 1 and 2 (the lifecycle comment below), on the signal thread. */
 static void shutdown_daemon(struct service *s, int sig) {
         struct daemon *d = s->d;
         pthread_mutex_lock(&s->lock);
@@ -430,12 +353,8 @@ static void shutdown_daemon(struct service *s, int sig) {
         }
         control_stop(d->control); /* no new blobs, no blobctl work */
         d->control = NULL;
-        if (loop_done)
-                return;
-        if (ready)
-                stop_serving(s);
-        else
-                fs_stop(d->se); /* not serving yet: nothing to drain */
+        if (!loop_done) /* not serving yet: nothing to drain */
+                fs_shutdown(d->se, d->cfg.mountpoint, ready ? drain : NULL, d);
 }
 
 static void *signal_main(void *arg) {
@@ -459,30 +378,44 @@ static void *signal_main(void *arg) {
         }
 }
 
-/* A reader that still holds a file open (or the waker's request) keeps the FUSE connection
- * alive after the loop is gone; abort it through fusectl so its next request fails at once and fs_destroy() does not
- * try to unmount a path we detached already. Mounts fusectl if nobody has (systemd does at
- * boot). Best effort. */
-static void abort_connection(struct service *s) {
-        struct pollfd pfd = {.fd = fs_fd(s->d->se)};
-        if (!s->detached || pfd.fd < 0 || (poll(&pfd, 1, 0) == 1 && (pfd.revents & POLLERR)))
-                return; /* no connection left: every file on it was closed */
-        struct statfs sfs;
-        if (statfs(FUSECTL_DIR, &sfs) == 0 && sfs.f_type != FUSECTL_SUPER_MAGIC &&
-            mount("fusectl", FUSECTL_DIR, "fusectl", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-                log_info("cannot mount fusectl path=%s err=\"%m\"", FUSECTL_DIR);
-        char path[128];
-        snprintf(path, sizeof(path), FUSECTL_DIR "/%u/abort", minor(s->mount_dev));
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        if (fd < 0 || write(fd, "1", 1) != 1)
-                log_info("cannot abort the fuse connection path=%s err=\"%m\"", path);
-        else
-                log_debug("aborted the fuse connection path=%s", path);
-        if (fd >= 0)
-                close(fd);
-}
+/* ---- the lifecycle ------------------------------------------------------------------------ */
 
-/* ---- main ------------------------------------------------------------------------------------ */
+/* The daemon's lifecycle, in one place: this comment is where its order is written.
+ *
+ * Start (daemon_start), in order; whatever fails stops the start, and daemon_stop() frees
+ * what had started:
+ *    curl -> state dir (created, narrowed to 0700, locked: one daemon per state dir) -> chunk
+ *    store -> index (a corrupt one is moved aside) -> origin -> peers (netlink, membership,
+ *    home directory, source) -> engine -> load (the index, validated) -> reclaim (before
+ *    anything writes to the store) -> announcer -> control socket -> HTTP server (peers,
+ *    /metrics) -> mirror (a failure only warns) -> snapshotter -> lookup resolver -> mount (a
+ *    stale mount left by a crash is detached first).
+ *
+ * Serve (serve): the signal and status threads start; main's thread runs the FUSE loop.
+ *
+ * Stop. SIGTERM/SIGINT, bounded by --shutdown-timeout (default 10 s) plus teardown; the loop
+ * ending by itself (the mount went away) takes the same path. On the signal thread
+ * (shutdown_daemon):
+ *  1. STOPPING=1; the status thread ends and the control socket stops (no new blobs, no new
+ *     work);
+ *  2. fs_shutdown(): the mount is detached (MNT_DETACH; files already open keep working);
+ *     drain: wait until no chunk fetch is in flight, at most --shutdown-timeout, past which
+ *     the reads still waiting, and the kernel's retries of them, get EIO from the loop itself;
+ *     then the loop is told to exit and woken.
+ * Then on main's thread, after a failed start just the same (daemon_stop; each step only for
+ * what exists):
+ *  3. the announcer stops (it reads the engine); the engine stops fetching: nothing new reaches
+ *     the source or the origin, and peers waiting in the HTTP server for a chunk give up, so
+ *     stopping the servers below does not wait on them;
+ *  4. the resolver (lookups still asking peers get ECANCELED), the snapshotter (its metadata
+ *     is in the index, which goes last), the mirror (reads the engine and the origin), the
+ *     HTTP server (its /metrics reads the engine), the control socket;
+ *  5. the source (fails pending peer fetches, before the origin goes), the origin (fails
+ *     pending fetches: their readers get EIO), the engine (answers every read still queued);
+ *  6. the FUSE session (fs_destroy: the connection is aborted if a reader still holds a file,
+ *     the device closed), the peer layer's directory, membership and netlink;
+ *  7. the index is flushed and closed, the store closed, the state dir's lock released, curl
+ *     cleaned up. Exit 0 when serving ended on a signal and nothing failed. */
 
 static int mkdir_p(const char *path, mode_t mode) {
         char buf[PATH_MAX];
@@ -500,292 +433,271 @@ static int mkdir_p(const char *path, mode_t mode) {
         return 0;
 }
 
-int main(int argc, char **argv) {
-        struct daemon d = {.started = time(NULL)};
-        int r = config_load(&d.cfg, argc, argv);
-        if (r < 0) {
-                config_free(&d.cfg);
-                return 2;
-        }
-        if (d.cfg.help) {
-                config_usage(stdout, argv[0]);
-                config_free(&d.cfg);
-                return 0;
-        }
-        if (d.cfg.version) {
-                printf("p2pblobsd %s\n", P2PBLOBS_VERSION);
-                config_free(&d.cfg);
-                return 0;
-        }
-        log_max_level = d.cfg.log_level;
-        /* Whatever the caller's umask: what we create (index, chunks, manifests, sockets) is
-         * the node's business only. */
-        umask(0077);
-        if (!d.cfg.foreground)
-                detach();
-
-        /* Block the signals in every thread we start; the signal thread takes them. */
-        sigset_t set;
-        sigemptyset(&set);
-        sigaddset(&set, SIGTERM);
-        sigaddset(&set, SIGINT);
-        sigaddset(&set, SIGHUP);
-        pthread_sigmask(SIG_BLOCK, &set, NULL);
-        signal(SIGPIPE, SIG_IGN);
-
-        int exit_code = 1;
-        struct statedir *sd = NULL; /* the state dir's lock, held until the index is closed */
+static int daemon_start(struct service *s) {
+        struct daemon *d = s->d;
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
                 log_err("curl initialisation failed");
-                goto out_config;
+                return -EIO;
         }
-        r = mkdir_p(d.cfg.state_dir, 0700);
+        s->curl_ready = true;
+        int r = mkdir_p(d->cfg.state_dir, 0700);
         if (r < 0) {
-                log_err("cannot create state directory path=%s err=%s", d.cfg.state_dir,
+                log_err("cannot create state directory path=%s err=%s", d->cfg.state_dir,
                         strerror(-r));
-                goto out_curl;
+                return r;
         }
         struct stat sst;
-        if (stat(d.cfg.state_dir, &sst) == 0 && (sst.st_mode & 077)) {
+        if (stat(d->cfg.state_dir, &sst) == 0 && (sst.st_mode & 077)) {
                 log_notice("state directory was open to other users; narrowed to 0700 path=%s",
-                           d.cfg.state_dir);
-                if (chmod(d.cfg.state_dir, sst.st_mode & 0700) < 0)
+                           d->cfg.state_dir);
+                if (chmod(d->cfg.state_dir, sst.st_mode & 0700) < 0)
                         log_warning("cannot narrow the state directory path=%s err=\"%m\"",
-                                    d.cfg.state_dir);
+                                    d->cfg.state_dir);
         }
-        r = statedir_open(d.cfg.state_dir, &sd); /* one daemon per state dir; writable */
+        r = statedir_open(d->cfg.state_dir, &s->sd); /* one daemon per state dir; writable */
         if (r < 0)
-                goto out_curl;
-        if (d.cfg.chunk_size % STORE_BLOCK) { /* the store checksums whole 4 KiB blocks */
+                return r;
+        if (d->cfg.chunk_size % STORE_BLOCK) { /* the store checksums whole 4 KiB blocks */
                 log_err("chunk size must be a multiple of 4K chunk_size=%" PRIu64
                         " hint=\"set --chunk-size to a power of two such as 1M\"",
-                        d.cfg.chunk_size);
-                goto out_statedir;
+                        d->cfg.chunk_size);
+                return -EINVAL;
         }
-        r = store_open(d.cfg.state_dir, &d.store);
+        r = store_open(d->cfg.state_dir, &d->store);
         if (r < 0) {
-                log_err("cannot open chunk store dir=%s err=%s", d.cfg.state_dir, strerror(-r));
-                goto out_statedir;
+                log_err("cannot open chunk store dir=%s err=%s", d->cfg.state_dir, strerror(-r));
+                return r;
         }
-        r = statedir_check_writable(store_dir(d.store));
+        r = statedir_check_writable(store_dir(d->store));
         if (r < 0)
-                goto out_store;
-        r = statedir_open_index(sd, &d.ix); /* a corrupt one is moved aside */
+                return r;
+        r = statedir_open_index(s->sd, &d->ix); /* a corrupt one is moved aside */
         if (r < 0)
-                goto out_store;
+                return r;
         struct origin_config oc = {
-                .insecure = (const char *const *)d.cfg.insecure,
-                .n_insecure = d.cfg.n_insecure,
-                .credentials_path = d.cfg.registry_config,
-                .ca_file = d.cfg.ca_file,
-                .connect_timeout_ms = d.cfg.connect_timeout_ms,
+                .insecure = (const char *const *)d->cfg.insecure,
+                .n_insecure = d->cfg.n_insecure,
+                .credentials_path = d->cfg.registry_config,
+                .ca_file = d->cfg.ca_file,
+                .connect_timeout_ms = d->cfg.connect_timeout_ms,
                 .stall_timeout_ms = 10000,
-                .max_connections = (unsigned)d.cfg.max_connections,
+                .max_connections = (unsigned)d->cfg.max_connections,
         };
-        r = origin_new(&oc, &d.origin);
+        r = origin_new(&oc, &d->origin);
         if (r < 0) {
                 log_err("cannot start origin client err=%s", strerror(-r));
-                goto out_index;
+                return r;
         }
-        r = peers_start(&d);
+        r = peers_start(d);
         if (r < 0)
-                goto out_origin;
+                return r;
         struct engine_config ec = {
-                .cache_budget = d.cfg.cache_budget,
-                .chunk_size = (uint32_t)d.cfg.chunk_size,
-                .readahead_chunks = (unsigned)d.cfg.readahead,
-                .max_inflight = (unsigned)d.cfg.max_inflight,
-                .workers = (unsigned)d.cfg.workers,
-                .fetch_timeout_ms = d.cfg.fetch_timeout_ms,
-                .verify_retry_ms = d.cfg.verify_retry_ms,
-                .max_blobs = (uint32_t)d.cfg.max_blobs,
+                .cache_budget = d->cfg.cache_budget,
+                .chunk_size = (uint32_t)d->cfg.chunk_size,
+                .readahead_chunks = (unsigned)d->cfg.readahead,
+                .max_inflight = (unsigned)d->cfg.max_inflight,
+                .workers = (unsigned)d->cfg.workers,
+                .fetch_timeout_ms = d->cfg.fetch_timeout_ms,
+                .verify_retry_ms = d->cfg.verify_retry_ms,
+                .max_blobs = (uint32_t)d->cfg.max_blobs,
                 .max_read = FS_MAX_READ,
                 .on_invalidate = fs_invalidate, /* a no-op until the tree is mounted */
         };
-        peers_engine_config(&d, &ec);
-        struct engine_source_ops src = sources_engine_ops(&d);
-        r = engine_new(&ec, d.ix, d.store, &src, &d.engine);
+        peers_engine_config(d, &ec);
+        struct engine_source_ops src = sources_engine_ops(d);
+        r = engine_new(&ec, d->ix, d->store, &src, &d->engine);
         if (r < 0) {
                 log_err("cannot start engine err=%s", strerror(-r));
-                goto out_origin;
+                return r;
         }
-        r = engine_load(d.engine);
+        r = engine_load(d->engine);
         if (r < 0) {
                 log_err("cannot load index err=%s", strerror(-r));
-                goto out_engine;
+                return r;
         }
-        statedir_reclaim(d.store, d.engine); /* before anything can write to the store */
-        r = peers_start_announcer(&d);
+        statedir_reclaim(d->store, d->engine); /* before anything can write to the store */
+        r = peers_start_announcer(d);
         if (r < 0)
-                goto out_engine;
-        struct control_ops cops = api_control_ops(&d);
-        r = control_start(d.cfg.control_socket, &cops, &d.control);
+                return r;
+        struct control_ops cops = api_control_ops(d);
+        r = control_start(d->cfg.control_socket, &cops, &d->control);
         if (r < 0) {
-                log_err("cannot listen on control socket path=%s err=%s", d.cfg.control_socket,
+                log_err("cannot listen on control socket path=%s err=%s", d->cfg.control_socket,
                         strerror(-r));
-                goto out_engine;
+                return r;
         }
-        if (strcmp(d.cfg.listen, "off") != 0) {
-                struct httpd_ops hops = api_httpd_ops(&d);
-                peers_httpd_ops(&d, &hops);
-                hops.header_timeout_ms = d.cfg.http_header_timeout_ms;
-                r = httpd_start(d.cfg.listen, &hops, &d.httpd);
+        if (strcmp(d->cfg.listen, "off") != 0) {
+                struct httpd_ops hops = api_httpd_ops(d);
+                peers_httpd_ops(d, &hops);
+                hops.header_timeout_ms = d->cfg.http_header_timeout_ms;
+                r = httpd_start(d->cfg.listen, &hops, &d->httpd);
                 if (r < 0) {
                         log_err("cannot serve HTTP listen=%s err=%s hint=\"another process on "
                                 "the port? set --listen, or --listen off\"",
-                                d.cfg.listen, strerror(-r));
-                        goto out_control;
+                                d->cfg.listen, strerror(-r));
+                        return r;
                 }
         }
-        if (strcmp(d.cfg.mirror_listen, "off") != 0) {
-                struct mirror_config mc = {.listen = d.cfg.mirror_listen,
-                                           .state_dir = d.cfg.state_dir,
-                                           .engine = d.engine,
-                                           .origin = d.origin,
-                                           .chunk_size = (uint32_t)d.cfg.chunk_size,
-                                           .header_timeout_ms = d.cfg.http_header_timeout_ms,
-                                           .registry_list = d.cfg.mirror_registries,
-                                           .registries = d.cfg.insecure,
-                                           .n_registries = d.cfg.n_insecure,
-                                           .credentials_path = d.cfg.registry_config,
-                                           .hosts_dir = d.cfg.mirror_hosts_dir,
-                                           .allow_users = d.cfg.mirror_allow_users};
-                r = mirror_start(&mc, &d.mirror);
+        if (strcmp(d->cfg.mirror_listen, "off") != 0) {
+                struct mirror_config mc = {.listen = d->cfg.mirror_listen,
+                                           .state_dir = d->cfg.state_dir,
+                                           .engine = d->engine,
+                                           .origin = d->origin,
+                                           .chunk_size = (uint32_t)d->cfg.chunk_size,
+                                           .header_timeout_ms = d->cfg.http_header_timeout_ms,
+                                           .registry_list = d->cfg.mirror_registries,
+                                           .registries = d->cfg.insecure,
+                                           .n_registries = d->cfg.n_insecure,
+                                           .credentials_path = d->cfg.registry_config,
+                                           .hosts_dir = d->cfg.mirror_hosts_dir,
+                                           .allow_users = d->cfg.mirror_allow_users};
+                r = mirror_start(&mc, &d->mirror);
                 if (r < 0) /* containerd then pulls from the origin: worth a warning, no more */
                         log_warning("cannot serve the containerd mirror listen=%s err=%s "
                                     "hint=\"containerd pulls from origins directly; set "
                                     "--mirror-listen, or off\"",
-                                    d.cfg.mirror_listen, strerror(-r));
+                                    d->cfg.mirror_listen, strerror(-r));
         }
-        if (d.cfg.snapshotter_socket && d.cfg.snapshotter_socket[0]) {
+        if (d->cfg.snapshotter_socket && d->cfg.snapshotter_socket[0]) {
                 char ipath[PATH_MAX]; /* its own connection to the index statedir opened */
-                snprintf(ipath, sizeof(ipath), "%s/index.db", d.cfg.state_dir);
-                r = snapshotter_start(d.cfg.state_dir, ipath, d.cfg.snapshotter_socket,
-                                      &d.snapshotter);
+                snprintf(ipath, sizeof(ipath), "%s/index.db", d->cfg.state_dir);
+                r = snapshotter_start(d->cfg.state_dir, ipath, d->cfg.snapshotter_socket,
+                                      &d->snapshotter);
                 if (r < 0) {
                         log_err("cannot serve the containerd snapshotter socket=%s err=%s "
                                 "hint=\"is the socket's directory there? set "
                                 "--snapshotter-socket, or empty\"",
-                                d.cfg.snapshotter_socket, strerror(-r));
-                        goto out_control;
+                                d->cfg.snapshotter_socket, strerror(-r));
+                        return r;
                 }
-                log_notice("serving containerd snapshotter socket=%s", d.cfg.snapshotter_socket);
+                log_notice("serving containerd snapshotter socket=%s", d->cfg.snapshotter_socket);
         }
-        if (d.source) {
-                r = resolver_new(d.engine, 2, 256, &d.resolver);
+        if (d->source) {
+                r = resolver_new(d->engine, 2, 256, &d->resolver);
                 if (r < 0) {
                         log_err("cannot start the lookup resolver err=%s", strerror(-r));
-                        goto out_control;
+                        return r;
                 }
         }
-        r = fs_mount(d.engine, d.resolver, d.cfg.mountpoint, d.cfg.allow_other, &d.se);
+        r = fs_mount(d->engine, d->resolver, d->cfg.mountpoint, d->cfg.allow_other, &d->se);
         if (r < 0) {
                 /* -EIO: the kernel refused the mount itself; anything else: the mountpoint
                  * could not be created, checked or freed of a stale mount. */
-                log_err("cannot mount path=%s err=%s hint=\"%s\"", d.cfg.mountpoint, strerror(-r),
+                log_err("cannot mount path=%s err=%s hint=\"%s\"", d->cfg.mountpoint, strerror(-r),
                         r == -EIO ? "is /dev/fuse available and the mountpoint free?"
                                   : "the mountpoint must be a directory, or a path the daemon "
                                     "can create one at");
-                goto out_control;
+                return r;
         }
+        return 0;
+}
+
+/* Runs the FUSE loop until a stop (steps 1 and 2 above) ends it. Returns the exit code. */
+static int serve(struct service *s) {
+        struct daemon *d = s->d;
+        pthread_t sig_thread;
+        int r = -pthread_create(&sig_thread, NULL, signal_main, s);
+        if (r < 0) {
+                log_err("cannot start signal thread err=%s", strerror(-r));
+                return 1;
+        }
+        r = -pthread_create(&s->status_thread, NULL, status_main, s);
+        if (r < 0) {
+                log_warning("cannot start status thread err=%s; READY=1 will not be sent",
+                            strerror(-r));
+                detach_done(); /* mounted; nobody will say so later */
+        } else
+                s->status_started = true;
+        log_notice("serving mountpoint=%s state_dir=%s budget=%" PRIu64 " chunk_size=%" PRIu64
+                   " control=%s",
+                   d->cfg.mountpoint, d->cfg.state_dir, d->cfg.cache_budget, d->cfg.chunk_size,
+                   d->cfg.control_socket);
+        r = fs_run(d->se, 16);
+        if (r < 0)
+                log_err("fuse loop failed err=%s", strerror(-r));
+        pthread_mutex_lock(&s->lock);
+        s->loop_done = true;
+        bool ours = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        if (!ours) {
+                /* The loop ended by itself (the mount went away): drop the session's device so
+                 * nothing waits on it, then let the signal thread stop the rest. */
+                log_notice("fuse loop ended without a stop request mountpoint=%s",
+                           d->cfg.mountpoint);
+                fs_shutdown(d->se, d->cfg.mountpoint, NULL, NULL);
+                pthread_kill(sig_thread, SIGTERM);
+        }
+        pthread_join(sig_thread, NULL);
+        pthread_mutex_lock(&s->lock);
+        int exit_code = r == 0 && !s->failed ? 0 : 1;
+        pthread_mutex_unlock(&s->lock);
+        notify_status("stopping: flushing the index");
+        return exit_code;
+}
+
+/* Steps 3 to 7 above, for whatever exists: after serving, and after a start that failed
+ * anywhere. Every call is NULL-safe but engine_stop_fetching(). */
+static void daemon_stop(struct service *s) {
+        struct daemon *d = s->d;
+        peers_stop_announcer(d);
+        if (d->engine)
+                engine_stop_fetching(d->engine);
+        resolver_free(d->resolver);
+        snapshotter_stop(d->snapshotter);
+        mirror_stop(d->mirror);
+        httpd_stop(d->httpd);
+        control_stop(d->control); /* NULL already after a stop on a signal */
+        peers_stop_source(d);
+        origin_free(d->origin);
+        engine_free(d->engine);
+        fs_destroy(d->se);
+        peers_stop(d);
+        idx_close(d->ix); /* flushes what the writer still holds */
+        store_close(d->store);
+        statedir_close(s->sd);
+        if (s->curl_ready)
+                curl_global_cleanup();
+        /* Runs once, after every thread that reads D has been joined or stopped: nothing
+         * reads the freed pointers, so they are not cleared. */
+}
+
+int main(int argc, char **argv) {
+        struct daemon d = {.started = time(NULL)};
         struct service svc = {
                 .d = &d,
                 .argc = argc,
                 .argv = argv,
                 .lock = PTHREAD_MUTEX_INITIALIZER,
                 .cond = PTHREAD_COND_INITIALIZER,
-                .waker_dirfd = -1,
         };
-        pthread_t sig_thread;
-        r = -pthread_create(&sig_thread, NULL, signal_main, &svc);
-        if (r < 0) {
-                log_err("cannot start signal thread err=%s", strerror(-r));
-                goto out_unmount;
+        int exit_code = 0;
+        if (config_load(&d.cfg, argc, argv) < 0)
+                exit_code = 2;
+        else if (d.cfg.help)
+                config_usage(stdout, argv[0]);
+        else if (d.cfg.version)
+                printf("p2pblobsd %s\n", P2PBLOBS_VERSION);
+        else {
+                log_max_level = d.cfg.log_level;
+                /* Whatever the caller's umask: what we create (index, chunks, manifests,
+                 * sockets) is the node's business only. */
+                umask(0077);
+                if (!d.cfg.foreground)
+                        detach();
+                /* Block the signals in every thread we start; the signal thread takes them. */
+                sigset_t set;
+                sigemptyset(&set);
+                sigaddset(&set, SIGTERM);
+                sigaddset(&set, SIGINT);
+                sigaddset(&set, SIGHUP);
+                pthread_sigmask(SIG_BLOCK, &set, NULL);
+                signal(SIGPIPE, SIG_IGN);
+
+                exit_code = daemon_start(&svc) == 0 ? serve(&svc) : 1;
+                daemon_stop(&svc);
+                if (exit_code == 0)
+                        log_notice("stopped");
         }
-        r = -pthread_create(&svc.status_thread, NULL, status_main, &svc);
-        if (r < 0) {
-                log_warning("cannot start status thread err=%s; READY=1 will not be sent",
-                            strerror(-r));
-                detach_done(); /* mounted; nobody will say so later */
-        } else
-                svc.status_started = true;
-        log_notice("serving mountpoint=%s state_dir=%s budget=%" PRIu64 " chunk_size=%" PRIu64
-                   " control=%s",
-                   d.cfg.mountpoint, d.cfg.state_dir, d.cfg.cache_budget, d.cfg.chunk_size,
-                   d.cfg.control_socket);
-        r = fs_run(d.se, 16);
-        if (r < 0)
-                log_err("fuse loop failed err=%s", strerror(-r));
-        pthread_mutex_lock(&svc.lock);
-        svc.loop_done = true;
-        bool ours = svc.stopping;
-        pthread_mutex_unlock(&svc.lock);
-        if (!ours) {
-                /* The loop ended by itself (the mount went away): drop the session's device so
-                 * nothing waits on it, then let the signal thread stop the rest. */
-                log_notice("fuse loop ended without a stop request mountpoint=%s",
-                           d.cfg.mountpoint);
-                fs_stop(d.se);
-                pthread_kill(sig_thread, SIGTERM);
-        }
-        pthread_join(sig_thread, NULL);
-        pthread_mutex_lock(&svc.lock);
-        exit_code = r == 0 && !svc.failed ? 0 : 1;
-        pthread_mutex_unlock(&svc.lock);
-        notify_status("stopping: flushing the index");
-out_unmount:
-        peers_stop_announcer(&d); /* it reads the engine */
-        /* Nothing new reaches the source or the origin from here, and peers waiting in the
-         * HTTP server for a chunk give up, so stopping the servers does not wait on them. */
-        engine_stop_fetching(d.engine);
-        resolver_free(d.resolver); /* lookups still asking the peers get ECANCELED */
-        d.resolver = NULL;
-        snapshotter_stop(d.snapshotter); /* its metadata is in the index, which goes last */
-        d.snapshotter = NULL;
-        mirror_stop(d.mirror); /* it reads the engine and the origin, which go next */
-        d.mirror = NULL;
-        httpd_stop(d.httpd); /* its /metrics reads the engine, which goes next */
-        d.httpd = NULL;
-        control_stop(d.control);
-        d.control = NULL;
-        peers_stop_source(&d); /* fails pending peer fetches, before the origin goes */
-        origin_free(d.origin); /* fails pending fetches: their readers get EIO */
-        d.origin = NULL;
-        engine_free(d.engine); /* answers every read still queued */
-        d.engine = NULL;
-        if (d.se)
-                abort_connection(&svc);
-        fs_destroy(d.se); /* closes the device: a request still waiting on it fails */
-        if (svc.waker_started)
-                pthread_join(svc.waker, NULL);
-out_control:
-        snapshotter_stop(d.snapshotter);
-        resolver_free(d.resolver);
-        d.resolver = NULL;
-        mirror_stop(d.mirror);
-        httpd_stop(d.httpd);
-        control_stop(d.control);
-out_engine:
-        peers_stop_announcer(&d);
-        if (d.engine)
-                engine_stop_fetching(d.engine);
-        peers_stop_source(&d);
-        engine_free(d.engine);
-out_origin:
-        peers_stop_source(&d);
-        origin_free(d.origin);
-        peers_stop(&d);
-out_index:
-        idx_close(d.ix); /* flushes what the writer still holds */
-out_store:
-        store_close(d.store);
-out_statedir:
-        statedir_close(sd);
-out_curl:
-        curl_global_cleanup();
-out_config:
         config_free(&d.cfg);
-        if (exit_code == 0)
-                log_notice("stopped");
         return exit_code;
 }
