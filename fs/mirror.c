@@ -16,15 +16,23 @@
  * the reply then finds no destination and drops the bytes (the wait record is reference-counted
  * between the two).
  *
- * Manifests are not blobs at every registry (distribution 2.8 answers 404 for a manifest digest on
- * the blobs endpoint), so they have a cache of their own: one file per digest in
- * <state-dir>/manifests, "media type\n" then the body, written to a temporary name and renamed;
- * checked against its digest before it is written and again before it is served (a damaged file is
- * deleted and refetched). The in-memory index (digest, bytes, last use) is rebuilt from the
- * directory at start; eviction is least-recently-used within a count and a byte cap.
+ * Manifests are content-addressed like blobs, so they live where blobs do: one cache, one budget.
+ * A manifest fetched from the origin is stored with engine_put() (registered as a blob of its
+ * repository, under the cache budget, evicted like any chunk, announced and served to peers) and
+ * served back by digest through the engine (this node's store or a peer that holds it), checked
+ * against its digest before it is served. Not every registry serves a manifest on its blobs
+ * endpoint (distribution 2.8 answers 404), so one whose chunks were evicted costs a fast miss and
+ * then the origin's manifests endpoint. The store keeps bytes, not the media type the origin sent:
+ * that is remembered in memory (MIRROR_TYPES_MAX digests, least recently used replaced), and a
+ * manifest whose type is not remembered (after a restart, or from a peer) is served with the type
+ * its body declares.
  *
- * Locks: `lock` protects the manifest index, the tag table and the odd-type table; it is never held
- * across I/O or a call into the engine or the origin. */
+ * Tags are not content-addressed: a tag is resolved at the origin on every request, which is the
+ * only authority on what it means now; the tag table (MIRROR_TAGS_MAX, in memory) keeps the last
+ * digest each resolved to, used only while the origin is unreachable (served as stale, logged).
+ *
+ * Locks: `lock` protects the media-type table, the tag table, the odd-type table and the down
+ * list; it is never held across I/O or a call into the engine or the origin. */
 #include "fs/mirror.h"
 
 #include <dirent.h>
@@ -66,10 +74,11 @@
 #define DOWN_SLOTS 16     /* registries remembered as unreachable */
 #define DOWN_MS 10000     /* how long an unreachable registry is believed down */
 
-struct manifest_entry {
+/* The media type the origin sent with manifest DIGEST; "" in type when the slot is free. */
+struct type_entry {
         struct digest digest;
-        uint64_t bytes; /* file size on disk */
-        uint64_t used;  /* last use, from use_clock */
+        char type[ORIGIN_MEDIA_TYPE_MAX];
+        uint64_t used; /* last use, from use_clock */
 };
 
 struct tag_entry {
@@ -88,8 +97,6 @@ struct down_entry {
 
 struct mirror {
         struct mirror_config cfg;
-        char *state_dir;
-        char dir[PATH_MAX - DIGEST_HEX_LEN - 64]; /* <state_dir>/manifests */
         struct http_server *srv;
         atomic_bool stopping;
         char hosts_dir[PATH_MAX / 2]; /* "" when none */
@@ -98,10 +105,8 @@ struct mirror {
         size_t n_allow;
         bool any_registry; /* "*" in the list */
 
-        pthread_mutex_t lock;             /* protects everything below */
-        struct manifest_entry *manifests; /* MIRROR_MANIFESTS_MAX slots, n_manifests used */
-        size_t n_manifests;
-        uint64_t manifest_bytes;
+        pthread_mutex_t lock;     /* protects everything below */
+        struct type_entry *types; /* MIRROR_TYPES_MAX */
         uint64_t use_clock;
         struct tag_entry *tags; /* MIRROR_TAGS_MAX */
         struct digest odd[ODD_TYPES_MAX];
@@ -175,198 +180,60 @@ static void note_media_type(struct mirror *m, const struct digest *d, const char
                    hex, type[0] ? type : "(none)");
 }
 
-/* ---- manifest cache -------------------------------------------------------------------------- */
+/* ---- media types ----------------------------------------------------------------------------- */
 
-static void manifest_path(const struct mirror *m, const struct digest *d, char *out, size_t len) {
-        char hex[DIGEST_HEX_LEN + 1];
-        digest_to_hex(d, hex);
-        snprintf(out, len, "%s/%s", m->dir, hex);
-}
-
-static struct manifest_entry *manifest_find(struct mirror *m, const struct digest *d) {
-        for (size_t i = 0; i < m->n_manifests; i++)
-                if (digest_equal(&m->manifests[i].digest, d))
-                        return &m->manifests[i];
-        return NULL;
-}
-
-/* Drops entry I from the index and its file from disk. Lock held. */
-static void manifest_drop(struct mirror *m, size_t i) {
-        char path[PATH_MAX];
-        manifest_path(m, &m->manifests[i].digest, path, sizeof(path));
-        if (unlink(path) < 0 && errno != ENOENT)
-                log_debug("mirror cannot delete cached manifest path=%s err=\"%m\"", path);
-        m->manifest_bytes -= m->manifests[i].bytes;
-        m->manifests[i] = m->manifests[--m->n_manifests];
-}
-
-/* Evicts least recently used manifests until one more of BYTES fits. Lock held. */
-static void manifest_make_room(struct mirror *m, uint64_t bytes) {
-        while (m->n_manifests > 0 && (m->n_manifests >= MIRROR_MANIFESTS_MAX ||
-                                      m->manifest_bytes + bytes > MIRROR_MANIFEST_BYTES_MAX)) {
-                size_t victim = 0;
-                for (size_t i = 1; i < m->n_manifests; i++)
-                        if (m->manifests[i].used < m->manifests[victim].used)
-                                victim = i;
-                manifest_drop(m, victim);
-        }
-}
-
-/* Reads the cached manifest D: 0 with a malloc'd *RET_BODY, its length and media type; -ENOENT when
- * not cached or damaged (a damaged file is dropped). Blocks on disk. */
-static int manifest_get(struct mirror *m, const struct digest *d, uint8_t **ret_body,
-                        size_t *ret_len, char *type, size_t type_len) {
+static void type_set(struct mirror *m, const struct digest *d, const char *type) {
+        if (!type[0])
+                return; /* nothing to remember: the body says it */
         pthread_mutex_lock(&m->lock);
-        struct manifest_entry *me = manifest_find(m, d);
-        if (me)
-                me->used = ++m->use_clock;
-        pthread_mutex_unlock(&m->lock);
-        if (!me)
-                return -ENOENT;
-        char path[PATH_MAX];
-        manifest_path(m, d, path, sizeof(path));
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                goto out_damaged;
-        struct stat st;
-        size_t max = MIRROR_MANIFEST_MAX + ORIGIN_MEDIA_TYPE_MAX + 1;
-        if (fstat(fd, &st) < 0 || st.st_size <= 0 || (uint64_t)st.st_size > max) {
-                close(fd);
-                goto out_damaged;
-        }
-        size_t size = (size_t)st.st_size;
-        uint8_t *buf = malloc(size);
-        size_t got = 0;
-        while (buf && got < size) {
-                ssize_t n = read(fd, buf + got, size - got);
-                if (n <= 0)
+        struct type_entry *slot = &m->types[0];
+        for (size_t i = 0; i < MIRROR_TYPES_MAX; i++) {
+                struct type_entry *t = &m->types[i];
+                if (t->type[0] && digest_equal(&t->digest, d)) {
+                        slot = t;
                         break;
-                got += (size_t)n;
+                }
+                if (t->used < slot->used)
+                        slot = t; /* a free slot has used 0 */
         }
-        close(fd);
-        if (!buf)
-                return -ENOMEM;
-        uint8_t *nl = got == size ? memchr(buf, '\n', size) : NULL;
-        if (!nl || (size_t)(nl - buf) >= type_len) {
-                free(buf);
-                goto out_damaged;
-        }
-        size_t tl = (size_t)(nl - buf);
-        size_t body_len = size - tl - 1;
-        struct digest actual;
-        digest_sha256(nl + 1, body_len, &actual);
-        if (!digest_equal(&actual, d)) {
-                free(buf);
-                goto out_damaged;
-        }
-        memcpy(type, buf, tl);
-        type[tl] = '\0';
-        memmove(buf, nl + 1, body_len);
-        *ret_body = buf;
-        *ret_len = body_len;
-        return 0;
-out_damaged:
-        log_warning("mirror dropped a damaged cached manifest path=%s hint=\"it is fetched "
-                    "again from the origin\"",
-                    path);
-        pthread_mutex_lock(&m->lock);
-        me = manifest_find(m, d);
-        if (me)
-                manifest_drop(m, (size_t)(me - m->manifests));
+        slot->digest = *d;
+        snprintf(slot->type, sizeof(slot->type), "%s", type);
+        slot->used = ++m->use_clock;
         pthread_mutex_unlock(&m->lock);
-        return -ENOENT;
 }
 
-/* Caches BODY as manifest D of media type TYPE, after checking that it is D. 0, -EBADMSG (not D),
- * -errno (disk). Blocks on disk. */
-static int manifest_put(struct mirror *m, const struct digest *d, const uint8_t *body, size_t len,
-                        const char *type) {
-        struct digest actual;
-        digest_sha256(body, len, &actual);
-        if (!digest_equal(&actual, d))
-                return -EBADMSG;
-        pthread_mutex_lock(&m->lock);
-        bool have = manifest_find(m, d) != NULL;
-        pthread_mutex_unlock(&m->lock);
-        if (have)
-                return 0;
-        char path[PATH_MAX], tmp[PATH_MAX + 32];
-        manifest_path(m, d, path, sizeof(path));
-        snprintf(tmp, sizeof(tmp), "%s.tmp%lu", path, (unsigned long)pthread_self());
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0)
-                return -errno;
-        int r = 0;
-        size_t tl = strlen(type);
-        struct {
-                const void *p;
-                size_t n;
-        } parts[] = {{type, tl}, {"\n", 1}, {body, len}};
-        for (size_t i = 0; i < 3 && r == 0; i++) {
-                const uint8_t *p = parts[i].p;
-                size_t left = parts[i].n;
-                while (left > 0) {
-                        ssize_t n = write(fd, p, left);
-                        if (n < 0) {
-                                r = -errno;
-                                break;
-                        }
-                        p += n;
-                        left -= (size_t)n;
-                }
-        }
-        if (close(fd) < 0 && r == 0)
-                r = -errno;
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0) {
-                unlink(tmp);
-                return r;
-        }
-        uint64_t bytes = tl + 1 + len;
-        pthread_mutex_lock(&m->lock);
-        if (!manifest_find(m, d)) {
-                manifest_make_room(m, bytes);
-                m->manifests[m->n_manifests++] = (struct manifest_entry){
-                        .digest = *d, .bytes = bytes, .used = ++m->use_clock};
-                m->manifest_bytes += bytes;
-        }
-        pthread_mutex_unlock(&m->lock);
-        return 0;
+/* The media type a manifest declares ("mediaType"), for one whose origin type is not
+ * remembered; an index or an image manifest of OCI's types when it declares none, and
+ * application/octet-stream for what is not JSON at all (an odd index entry's bytes). */
+static void manifest_media_type(const uint8_t *body, size_t len, char *out, size_t out_len) {
+        json_t *j = json_loadb((const char *)body, len, 0, NULL);
+        const char *t = j ? json_string_value(json_object_get(j, "mediaType")) : NULL;
+        if (!t || !t[0] || strlen(t) >= out_len || strpbrk(t, "\r\n"))
+                t = !j ? "application/octet-stream"
+                    : json_object_get(j, "manifests")
+                            ? "application/vnd.oci.image.index.v1+json"
+                            : "application/vnd.oci.image.manifest.v1+json";
+        snprintf(out, out_len, "%s", t);
+        json_decref(j);
 }
 
-/* Rebuilds the index from the directory, oldest first by mtime, dropping leftovers of interrupted
- * writes and whatever exceeds the caps. */
-static int manifest_load(struct mirror *m) {
-        if (mkdir(m->dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        DIR *dir = opendir(m->dir);
-        if (!dir)
-                return -errno;
-        struct dirent *de;
-        while ((de = readdir(dir))) {
-                if (de->d_name[0] == '.')
-                        continue;
-                struct digest d;
-                struct stat st;
-                if (fstatat(dirfd(dir), de->d_name, &st, 0) < 0 || !S_ISREG(st.st_mode))
-                        continue;
-                if (strlen(de->d_name) != DIGEST_HEX_LEN ||
-                    digest_from_hex(de->d_name, DIGEST_HEX_LEN, &d) < 0) {
-                        unlinkat(dirfd(dir), de->d_name, 0); /* a .tmp of a write cut short */
-                        continue;
+/* The media type manifest D (BODY, LEN bytes) is served with: the one the origin sent, else
+ * the one its body declares. */
+static void manifest_type(struct mirror *m, const struct digest *d, const uint8_t *body, size_t len,
+                          char *out, size_t out_len) {
+        out[0] = '\0';
+        pthread_mutex_lock(&m->lock);
+        for (size_t i = 0; i < MIRROR_TYPES_MAX; i++) {
+                struct type_entry *t = &m->types[i];
+                if (t->type[0] && digest_equal(&t->digest, d)) {
+                        t->used = ++m->use_clock;
+                        snprintf(out, out_len, "%s", t->type);
+                        break;
                 }
-                pthread_mutex_lock(&m->lock);
-                manifest_make_room(m, (uint64_t)st.st_size);
-                m->manifests[m->n_manifests++] = (struct manifest_entry){
-                        .digest = d, .bytes = (uint64_t)st.st_size, .used = (uint64_t)st.st_mtime};
-                m->manifest_bytes += (uint64_t)st.st_size;
-                if ((uint64_t)st.st_mtime > m->use_clock)
-                        m->use_clock = (uint64_t)st.st_mtime;
-                pthread_mutex_unlock(&m->lock);
         }
-        closedir(dir);
-        return 0;
+        pthread_mutex_unlock(&m->lock);
+        if (!out[0])
+                manifest_media_type(body, len, out, out_len);
 }
 
 /* ---- tags ------------------------------------------------------------------------------------ */
@@ -559,17 +426,6 @@ static enum MHD_Result serve_blob(struct mirror *m, struct MHD_Connection *conn,
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&d, hex);
 
-        /* A manifest asked for on the blobs endpoint (containerd's fall-back path). */
-        uint8_t *body = NULL;
-        size_t body_len = 0;
-        char type[ORIGIN_MEDIA_TYPE_MAX];
-        if (manifest_get(m, &d, &body, &body_len, type, sizeof(type)) == 0) {
-                enum MHD_Result ret =
-                        serve_bytes(conn, body, body_len, "application/octet-stream", &d);
-                free(body);
-                return ret;
-        }
-
         struct engine_blob_info bi;
         /* Known here, or to a peer (the directory answers in milliseconds): then neither the
          * origin's health nor its round trip matter. */
@@ -653,27 +509,55 @@ static bool origin_unreachable(int err) {
                err == -EREMOTEIO || err == -ECANCELED;
 }
 
-/* Serves cached manifest D (GET or HEAD: MHD drops the body for HEAD). -ENOENT when it is not
- * cached (nothing queued then). */
-static int serve_cached_manifest(struct mirror *m, struct MHD_Connection *conn,
-                                 const struct digest *d, enum MHD_Result *ret) {
-        uint8_t *body = NULL;
-        size_t len = 0;
+/* Serves manifest D, BODY of LEN bytes (GET or HEAD: MHD drops the body for HEAD). */
+static enum MHD_Result serve_manifest_body(struct mirror *m, struct MHD_Connection *conn,
+                                           const struct digest *d, const uint8_t *body,
+                                           size_t len) {
         char type[ORIGIN_MEDIA_TYPE_MAX];
-        int r = manifest_get(m, d, &body, &len, type, sizeof(type));
-        if (r < 0)
-                return r;
+        manifest_type(m, d, body, len, type, sizeof(type));
         note_media_type(m, d, type);
-        *ret = serve_bytes(conn, body, len, type[0] ? type : "application/octet-stream", d);
-        free(body);
+        return serve_bytes(conn, body, len, type, d);
+}
+
+/* Reads manifest D whole from the engine: this node's store, or a peer that holds it (a
+ * registered one whose chunks were evicted is asked of the origin's blobs endpoint, which fails
+ * fast where it does not serve manifests). 0 and a malloc'd *RET_BODY of *RET_LEN bytes whose
+ * sha256 is D, or -errno: the caller then asks the origin's manifests endpoint. Blocks. */
+static int manifest_from_engine(struct mirror *m, const struct digest *d, uint8_t **ret_body,
+                                size_t *ret_len) {
+        struct engine_blob_info b;
+        if (engine_lookup(m->cfg.engine, d, &b) < 0 || b.size == 0 || b.size > MIRROR_MANIFEST_MAX)
+                return -ENOENT;
+        uint8_t *body = malloc((size_t)b.size);
+        if (!body)
+                return -ENOMEM;
+        struct blob_response br = {.m = m, .id = b.id, .digest = *d, .len = b.size};
+        uint64_t got = 0;
+        while (got < b.size) {
+                ssize_t n = blob_reader(&br, got, (char *)body + got, (size_t)(b.size - got));
+                if (n <= 0)
+                        break;
+                got += (uint64_t)n;
+        }
+        struct digest actual;
+        if (got == b.size)
+                digest_sha256(body, (size_t)b.size, &actual);
+        if (got != b.size || !digest_equal(&actual, d)) {
+                free(body);
+                return -EIO;
+        }
+        *ret_body = body;
+        *ret_len = (size_t)b.size;
         return 0;
 }
 
-/* Fetches manifest REF (tag or digest) of SOURCE from the origin and caches it; WANT, when not
- * NULL, is the digest it must have. 0 and *RET_DIGEST, or -errno with REASON. */
+/* Fetches manifest REF (tag or digest) of SOURCE from the origin and stores it in the engine;
+ * WANT, when not NULL, is the digest it must have. 0, *RET_DIGEST and the malloc'd body
+ * (*RET_BODY, *RET_LEN), or -errno with REASON. A manifest the engine cannot store (larger than
+ * a quarter of the budget, a full disk) is served all the same, just not kept. */
 static int fetch_manifest(struct mirror *m, const char *source, const char *ref,
-                          const struct digest *want, struct digest *ret_digest, char *reason,
-                          size_t reason_len) {
+                          const struct digest *want, struct digest *ret_digest, uint8_t **ret_body,
+                          size_t *ret_len, char *reason, size_t reason_len) {
         struct origin_manifest om;
         uint64_t timeout =
                 m->cfg.origin_timeout_ms ? m->cfg.origin_timeout_ms : MIRROR_ORIGIN_TIMEOUT_MS;
@@ -692,62 +576,16 @@ static int fetch_manifest(struct mirror *m, const char *source, const char *ref,
                 free(om.body);
                 return -EBADMSG;
         }
-        r = manifest_put(m, &actual, om.body, om.size, om.media_type);
-        /* Into the engine too: content-addressed, it is then announced and served to peers
-         * like any blob, so another node's mirror need not ask the origin for it. */
-        if (r == 0) {
-                int pr = engine_put(m->cfg.engine, &actual, source, om.body, om.size);
-                if (pr < 0)
-                        log_debug("mirror could not share a manifest err=%s", strerror(-pr));
-        }
-        free(om.body);
-        if (r < 0) {
-                snprintf(reason, reason_len, "cannot cache the manifest: %s", strerror(-r));
-                return r;
-        }
+        type_set(m, &actual, om.media_type);
+        /* Content-addressed: kept under the cache budget, announced and served to peers like
+         * any blob, so another node's mirror need not ask the origin for it. */
+        int pr = engine_put(m->cfg.engine, &actual, source, om.body, om.size);
+        if (pr < 0)
+                log_debug("mirror cannot keep a manifest err=%s size=%zu", strerror(-pr), om.size);
         *ret_digest = actual;
+        *ret_body = om.body;
+        *ret_len = om.size;
         return 0;
-}
-
-/* The media type a manifest declares ("mediaType"), for one that came from a peer as plain
- * bytes; an index or an image manifest of OCI's types when it declares none. */
-static void manifest_media_type(const uint8_t *body, size_t len, char *out, size_t out_len) {
-        json_t *j = json_loadb((const char *)body, len, 0, NULL);
-        const char *t = j ? json_string_value(json_object_get(j, "mediaType")) : NULL;
-        if (!t || !t[0] || strlen(t) >= out_len || strpbrk(t, "\r\n"))
-                t = j && json_object_get(j, "manifests")
-                            ? "application/vnd.oci.image.index.v1+json"
-                            : "application/vnd.oci.image.manifest.v1+json";
-        snprintf(out, out_len, "%s", t);
-        json_decref(j);
-}
-
-/* Reads manifest D whole from the engine (this node's store or a peer that holds it, never
- * the origin's blobs endpoint, which does not serve manifests: a miss fails fast) and caches
- * it. 0, or -errno: the caller then asks the origin. */
-static int manifest_from_peers(struct mirror *m, const struct digest *d) {
-        struct engine_blob_info b;
-        if (engine_lookup(m->cfg.engine, d, &b) < 0 || b.size == 0 || b.size > MIRROR_MANIFEST_MAX)
-                return -ENOENT;
-        uint8_t *body = malloc((size_t)b.size);
-        if (!body)
-                return -ENOMEM;
-        struct blob_response br = {.m = m, .id = b.id, .digest = *d, .len = b.size};
-        uint64_t got = 0;
-        while (got < b.size) {
-                ssize_t n = blob_reader(&br, got, (char *)body + got, (size_t)(b.size - got));
-                if (n <= 0)
-                        break;
-                got += (uint64_t)n;
-        }
-        int r = -EIO;
-        if (got == b.size) {
-                char type[ORIGIN_MEDIA_TYPE_MAX];
-                manifest_media_type(body, (size_t)b.size, type, sizeof(type));
-                r = manifest_put(m, d, body, (size_t)b.size, type); /* checks it is D */
-        }
-        free(body);
-        return r;
 }
 
 static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *conn,
@@ -757,31 +595,29 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
         enum MHD_Result ret = MHD_NO;
         char reason[256] = "";
         struct digest d;
+        uint8_t *body = NULL;
+        size_t len = 0;
         uint64_t t0 = now_ms();
         if (strncmp(ref, "sha256:", 7) == 0) {
                 if (digest_parse(ref, &d) < 0)
                         return error_reply(conn, MHD_HTTP_NOT_FOUND, "DIGEST_INVALID",
                                            "malformed digest");
-                if (serve_cached_manifest(m, conn, &d, &ret) == 0) {
-                        log_debug("mirror manifest from cache source=%s ref=%s", source, ref);
-                        return ret;
-                }
-                if (manifest_from_peers(m, &d) == 0 &&
-                    serve_cached_manifest(m, conn, &d, &ret) == 0) {
-                        log_debug("mirror manifest from peers source=%s ref=%s ms=%" PRIu64, source,
-                                  ref, now_ms() - t0);
-                        return ret;
+                if (manifest_from_engine(m, &d, &body, &len) == 0) {
+                        log_debug("mirror manifest from the engine source=%s ref=%s ms=%" PRIu64,
+                                  source, ref, now_ms() - t0);
+                        goto out_serve;
                 }
                 struct digest got;
-                int r = fetch_manifest(m, source, ref, &d, &got, reason, sizeof(reason));
-                if (r == 0 && serve_cached_manifest(m, conn, &d, &ret) == 0) {
+                int r = fetch_manifest(m, source, ref, &d, &got, &body, &len, reason,
+                                       sizeof(reason));
+                if (r == 0) {
                         log_debug("mirror manifest from origin source=%s ref=%s ms=%" PRIu64,
                                   source, ref, now_ms() - t0);
-                        return ret;
+                        goto out_serve;
                 }
                 log_info("mirror cannot serve manifest source=%s ref=%s err=%s reason=\"%s\" "
                          "ms=%" PRIu64,
-                         source, ref, strerror(r < 0 ? -r : EIO), reason, now_ms() - t0);
+                         source, ref, strerror(-r), reason, now_ms() - t0);
                 return r == -ENOENT ? error_reply(conn, MHD_HTTP_NOT_FOUND, "MANIFEST_UNKNOWN",
                                                   "manifest unknown to the origin")
                                     : error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
@@ -800,24 +636,22 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
         }
         char key[TAG_KEY_MAX];
         snprintf(key, sizeof(key), "%s:%s", source, ref);
-        int r = fetch_manifest(m, source, ref, NULL, &d, reason, sizeof(reason));
+        int r = fetch_manifest(m, source, ref, NULL, &d, &body, &len, reason, sizeof(reason));
         if (r == 0) {
                 tag_set(m, key, &d);
-                if (serve_cached_manifest(m, conn, &d, &ret) == 0) {
-                        log_debug("mirror tag resolved source=%s tag=%s ms=%" PRIu64, source, ref,
-                                  now_ms() - t0);
-                        return ret;
-                }
-                r = -EIO;
-        } else if (origin_unreachable(r) && tag_get(m, key, &d) &&
-                   serve_cached_manifest(m, conn, &d, &ret) == 0) {
+                log_debug("mirror tag resolved source=%s tag=%s ms=%" PRIu64, source, ref,
+                          now_ms() - t0);
+                goto out_serve;
+        }
+        if (origin_unreachable(r) && tag_get(m, key, &d) &&
+            manifest_from_engine(m, &d, &body, &len) == 0) {
                 char hex[DIGEST_HEX_LEN + 1];
                 digest_to_hex(&d, hex);
                 log_warning("mirror serving a stale tag: the origin is unreachable source=%s "
                             "tag=%s digest=sha256:%s reason=\"%s\" hint=\"the tag may have moved "
                             "at the origin\"",
                             source, ref, hex, reason);
-                return ret;
+                goto out_serve;
         }
         log_info("mirror cannot resolve tag source=%s tag=%s err=%s reason=\"%s\" "
                  "ms=%" PRIu64,
@@ -826,6 +660,10 @@ static enum MHD_Result serve_manifest(struct mirror *m, struct MHD_Connection *c
                                           "manifest unknown to the origin")
                             : error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
                                           "not here, and the origin failed: ask it");
+out_serve:
+        ret = serve_manifest_body(m, conn, &d, body, len);
+        free(body);
+        return ret;
 }
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
@@ -965,6 +803,31 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
 
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
+/* Versions before the manifests went into the engine kept them in <STATE_DIR>/manifests, outside
+ * the cache budget: that directory is removed (they are fetched again when asked for). Best
+ * effort. */
+static void remove_old_cache(const char *state_dir) {
+        char dir[PATH_MAX];
+        int n = snprintf(dir, sizeof(dir), "%s/manifests", state_dir);
+        if (n < 0 || (size_t)n >= sizeof(dir))
+                return;
+        DIR *dp = opendir(dir);
+        if (!dp)
+                return;
+        unsigned removed = 0;
+        struct dirent *de;
+        while ((de = readdir(dp)))
+                if (de->d_name[0] != '.' && unlinkat(dirfd(dp), de->d_name, 0) == 0)
+                        removed++;
+        closedir(dp);
+        if (rmdir(dir) < 0)
+                log_info("mirror cannot remove the old manifest cache path=%s err=\"%m\"", dir);
+        else
+                log_notice("mirror removed the old manifest cache (manifests are in the cache "
+                           "store now) path=%s files=%u",
+                           dir, removed);
+}
+
 static void mirror_free(struct mirror *m) {
         pthread_mutex_destroy(&m->lock);
         for (size_t i = 0; i < m->n_allow; i++)
@@ -973,7 +836,7 @@ static void mirror_free(struct mirror *m) {
         if (m->credentials)
                 explicit_bzero(m->credentials, strlen(m->credentials));
         free(m->credentials);
-        free(m->manifests);
+        free(m->types);
         free(m->tags);
         free(m);
 }
@@ -1036,17 +899,11 @@ int mirror_start(const struct mirror_config *cfg, struct mirror **ret) {
                         json_decref(j);
                 }
         }
-        m->manifests = calloc(MIRROR_MANIFESTS_MAX, sizeof(*m->manifests));
+        m->types = calloc(MIRROR_TYPES_MAX, sizeof(*m->types));
         m->tags = calloc(MIRROR_TAGS_MAX, sizeof(*m->tags));
-        if (!m->manifests || !m->tags)
+        if (!m->types || !m->tags)
                 goto out_free;
-        r = -ENAMETOOLONG;
-        int n = snprintf(m->dir, sizeof(m->dir), "%s/manifests", cfg->state_dir);
-        if (n < 0 || (size_t)n >= sizeof(m->dir))
-                goto out_free;
-        r = manifest_load(m);
-        if (r < 0)
-                goto out_free;
+        remove_old_cache(cfg->state_dir);
         struct http_server_config hc = {
                 .name = "mirror",
                 .listen = cfg->listen,
@@ -1062,7 +919,7 @@ int mirror_start(const struct mirror_config *cfg, struct mirror **ret) {
         r = http_server_start(&hc, &m->srv);
         if (r < 0)
                 goto out_free;
-        log_info("mirror serving listen=%s manifests_cached=%zu", cfg->listen, m->n_manifests);
+        log_info("mirror serving listen=%s", cfg->listen);
         *ret = m;
         return 0;
 out_free:

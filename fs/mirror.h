@@ -9,8 +9,9 @@
  *                                                  registered as R/<name>@sha256:<hex>; Range
  *   GET/HEAD /v2/<name>/manifests/<ref>?ns=R       a tag: resolved at R every time (the last
  *                                                  known digest when R is unreachable, logged
- *                                                  as stale); a digest: from the manifest
- *                                                  cache, else fetched from R and cached
+ *                                                  as stale); a digest: through the engine
+ *                                                  (store, peers), else fetched from R and
+ *                                                  stored in the engine
  *
  * Whatever it cannot serve it answers at once with 404 (never a wait on a dead origin's
  * retries): containerd then falls back to the next host, the origin itself, and the error a
@@ -32,10 +33,9 @@
  * Bounds: MIRROR_MAX_CONNECTIONS connections (one thread each, blocking only on its own
  * request), MIRROR_RESERVED_CONNECTIONS of them only for root (containerd), at most
  * MIRROR_MAX_PER_CLIENT per other local user (net/http_server.h: the uid of a loopback client
- * is the kernel's word) and a deadline for each request's headers; a blob response owns one buffer of min(chunk size, MIRROR_MAX_READ); the manifest
- * cache holds at most MIRROR_MANIFESTS_MAX manifests and MIRROR_MANIFEST_BYTES_MAX bytes on
- * disk under <state-dir>/manifests (least recently used evicted first), each at most
- * MIRROR_MANIFEST_MAX; the tag table keeps MIRROR_TAGS_MAX tags (in memory). */
+ * is the kernel's word) and a deadline for each request's headers; a blob response owns one buffer of min(chunk size, MIRROR_MAX_READ); manifests,
+ * each at most MIRROR_MANIFEST_MAX, are kept in the engine's store under the cache budget, like
+ * blobs; in memory, the media types of MIRROR_TYPES_MAX manifests and MIRROR_TAGS_MAX tags. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -46,8 +46,7 @@
 #define MIRROR_MAX_PER_CLIENT 8        /* per local non-root user, or per address */
 #define MIRROR_MAX_READ (1u << 20)
 #define MIRROR_MANIFEST_MAX (4u << 20) /* distribution's own limit for a manifest */
-#define MIRROR_MANIFESTS_MAX 1024
-#define MIRROR_MANIFEST_BYTES_MAX (UINT64_C(64) << 20)
+#define MIRROR_TYPES_MAX 1024          /* manifests whose origin media type is remembered */
 #define MIRROR_TAGS_MAX 1024
 #define MIRROR_ORIGIN_TIMEOUT_MS 5000 /* manifest requests to the origin, one attempt */
 
@@ -57,7 +56,7 @@ struct origin;
 
 struct mirror_config {
         const char *listen;    /* "addr:port", "[v6]:port" */
-        const char *state_dir; /* the manifest cache lives in <state_dir>/manifests */
+        const char *state_dir; /* its old manifests/ directory is removed */
         struct engine *engine; /* borrowed: must outlive the mirror */
         struct origin *origin; /* borrowed: must outlive the mirror */
         uint32_t chunk_size;
@@ -72,8 +71,8 @@ struct mirror_config {
         bool allow_users;             /* serve clients other than local root (else 403 to them) */
 };
 
-/* Loads the manifest cache index and starts serving. 0; -EINVAL (malformed address);
- * -errno (bind, e.g. -EADDRINUSE; the cache directory). Does not block on the network. */
+/* Removes the old manifest cache directory, if any, and starts serving. 0; -EINVAL (malformed
+ * address); -errno (bind, e.g. -EADDRINUSE). Does not block on the network. */
 int mirror_start(const struct mirror_config *cfg, struct mirror **ret);
 
 /* Stops serving: requests waiting on the engine are abandoned (their connections closed)

@@ -7,6 +7,7 @@ daemon (the mirror's origin fetches), `containerd/...` would be containerd falli
 """
 
 import http.client
+import json
 import os
 import subprocess
 import time
@@ -148,24 +149,84 @@ def test_mirror_protocol_edges(node):
     assert st == 416
     st, h, body, _t = mirror_get(m, path)
     assert st == 200 and body == layer
-    # Manifests by digest: the right bytes, type and digest; cached on disk.
+    # Manifests by digest: the right bytes, type and digest; kept in the engine's store like a
+    # blob (one cache, one budget), no second cache beside it.
     st, h, body, _t = mirror_get(m, "/v2/%s/manifests/%s%s" % (REPO, img["manifest"], ns))
     assert st == 200 and harness.sha256_digest(body) == img["manifest"]
     assert h["Content-Type"] == ctrd.OCI_MANIFEST
     assert h["Docker-Content-Digest"] == img["manifest"]
-    cached = os.path.join(node.daemon.state_dir, "manifests", harness.hex_of(img["manifest"]))
-    assert os.path.exists(cached)
-    # What distribution 2.8 does with a manifest digest on the blobs endpoint (why the mirror
-    # keeps a manifest cache of its own instead of registering manifests as blobs).
+    kept = [b for b in node.daemon.ls() if b["digest"] == img["manifest"]]
+    assert kept and kept[0]["chunks_present"] == kept[0]["chunks"], kept
+    assert not os.path.exists(os.path.join(node.daemon.state_dir, "manifests"))
+    # What distribution 2.8 does with a manifest digest on the blobs endpoint (why a manifest
+    # whose chunks were evicted is asked of the manifests endpoint, not refetched as a blob).
     st, _h, _b = reg.request("GET", "/v2/%s/blobs/%s" % (REPO, img["manifest"]))
     print("\ndocker-registry: GET blobs/<manifest digest> -> %d" % st)
-    # A damaged cache file is never served: dropped, refetched, right again.
-    with open(cached, "r+b") as f:
-        f.seek(-2, 2)
-        f.write(b"XX")
-    st, h, body, _t = mirror_get(m, "/v2/%s/manifests/%s%s" % (REPO, img["manifest"], ns))
+    # The manifest asked for on the blobs endpoint (containerd's fall-back path): the same bytes.
+    st, h, body, _t = mirror_get(m, "/v2/%s/blobs/%s%s" % (REPO, img["manifest"], ns))
     assert st == 200 and harness.sha256_digest(body) == img["manifest"]
-    assert node.daemon.log_lines(r"mirror dropped a damaged cached manifest")
+
+
+def test_mirror_manifest_in_the_cache_budget(private_registry, daemon_factory):
+    """A manifest fetched through the mirror is in the one cache: it counts in `blobctl stat`'s
+    used bytes, shows in `blobctl ls`, is evicted under budget pressure like any chunk, and is
+    then fetched from the origin again (there is no second cache to serve it from)."""
+    reg = private_registry
+    MiB = harness.MiB
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    layer = harness.gen_bytes(71, 4096)
+    cfg_d, layer_d = reg.push_blob(REPO, config), reg.push_blob(REPO, layer)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": ctrd.OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg_d,
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_d,
+                    "size": len(layer)}],
+        "annotations": {"padding": "x" * (192 << 10)},  # big enough to see in used_bytes
+    }).encode()
+    man_d = reg.push_manifest(REPO, "budget", manifest)
+    hot = [harness.gen_bytes(72 + i, 6 * MiB) for i in range(2)]
+    hot_d = [reg.push_blob(REPO, b) for b in hot]
+    mirror = "127.0.0.1:%d" % harness.free_port()
+    d = daemon_factory(registries=[reg], extra_args=["--mirror-listen", mirror,
+                                                      "--cache-budget", "8M"])
+    ns = "?ns=" + reg.hostport
+
+    def manifest_entry():
+        e = [b for b in d.ls() if b["digest"] == man_d]
+        return e[0] if e else None
+
+    before = d.stat()["cache"]["used_bytes"]
+    st, h, body, _t = mirror_get(mirror, "/v2/%s/manifests/%s%s" % (REPO, man_d, ns))
+    assert st == 200 and body == manifest and h["Content-Type"] == ctrd.OCI_MANIFEST
+    assert d.stat()["cache"]["used_bytes"] >= before + len(manifest)
+    e = manifest_entry()
+    assert e and e["chunks_present"] == e["chunks"] >= 1, e
+    # Served again from the store: the origin is not asked.
+    mark = reg.mark()
+    st, _h, body, _t = mirror_get(mirror, "/v2/%s/manifests/%s%s" % (REPO, man_d, ns))
+    assert st == 200 and body == manifest
+    assert not [r for r in reg.requests()[mark:] if "/manifests/" in r.path]
+
+    # Budget pressure: a hot set (two blobs read twice each) larger than the budget.
+    for b, dig in zip(hot, hot_d):
+        d.add(reg.ref(REPO, dig))
+    paths = [d.blob_path(dig) for dig in hot_d]
+    for _round in range(6):
+        for p, b in zip(paths, hot):
+            assert harness.read_file(p) == b
+        harness.drop_caches(paths)
+        e = manifest_entry()
+        if not e or e["chunks_present"] == 0:
+            break
+    assert not e or e["chunks_present"] == 0, e
+    assert d.stat()["cache"]["used_bytes"] <= 8 * MiB + 4 * MiB
+
+    # Evicted from the one cache, so fetched from the origin again: same bytes, same type.
+    mark = reg.mark()
+    st, h, body, _t = mirror_get(mirror, "/v2/%s/manifests/%s%s" % (REPO, man_d, ns))
+    assert st == 200 and body == manifest and h["Content-Type"] == ctrd.OCI_MANIFEST
+    assert [r for r in reg.requests()[mark:] if r.path.endswith("/manifests/" + man_d)]
 
 
 def test_octet_stream_in_index_no_retry_loop(node):
