@@ -133,7 +133,6 @@ FUZZ_CORE_OBJ = $(filter-out engine/% snapshot/grpc.c snapshot/snapshotter.c,$(C
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
 FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o
-FUZZ_EXTRA_fuzz_api    = build/fuzz/obj/fs/api_request.o
 .PRECIOUS: build/fuzz/obj/%.o
 
 build/fuzz/obj/%.o: %.c

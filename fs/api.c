@@ -13,9 +13,9 @@
 
 #include "cache/store.h"
 #include "engine/engine.h"
-#include "fs/api_request.h"
 #include "fs/stats.h"
 #include "index/index.h"
+#include "net/api_routes.h"
 #include "peer/members.h"
 #include "peer/directory.h"
 #include "peer/origin.h"
@@ -24,7 +24,11 @@
 #include "util/memstat.h"
 #include "util/parse.h"
 
-static int on_stat(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
+/* The handlers, one per row of net/api_routes.h's table, all of the signature api_handler_fn. */
+
+static int api_on_stat(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                       size_t reason_len) {
+        (void)q;
         json_t *root = stats_json(d);
         if (!root) {
                 snprintf(reason, reason_len, "out of memory");
@@ -53,7 +57,9 @@ static json_t *peer_json(const struct peer_info *p) {
                                         : "self");
 }
 
-static int on_peers(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
+static int api_on_peers(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                        size_t reason_len) {
+        (void)q;
         json_t *arr = json_array();
         struct peer_info *v = NULL;
         size_t n = 0;
@@ -82,7 +88,9 @@ static json_t *blob_json(const struct engine_blob_info *b) {
                          (json_int_t)b->added_at, "last_access", (json_int_t)b->last_access);
 }
 
-static int on_list(struct daemon *d, json_t **ret, char *reason, size_t reason_len) {
+static int api_on_list(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                       size_t reason_len) {
+        (void)q;
         json_t *arr = json_array();
         if (!arr) {
                 snprintf(reason, reason_len, "out of memory");
@@ -98,8 +106,9 @@ static int on_list(struct daemon *d, json_t **ret, char *reason, size_t reason_l
         return 0;
 }
 
-static int on_add(struct daemon *d, const char *ref, json_t **ret, char *reason,
-                  size_t reason_len) {
+static int api_on_add(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                      size_t reason_len) {
+        const char *ref = q->ref;
         struct engine_blob_info b;
         int r = engine_add(d->engine, ref, &b, reason, reason_len);
         if (r < 0) {
@@ -114,8 +123,10 @@ static int on_add(struct daemon *d, const char *ref, json_t **ret, char *reason,
         return 0;
 }
 
-static int blob_action(struct daemon *d, const struct digest *dg, enum api_action action,
-                       json_t **ret, char *reason, size_t reason_len) {
+static int api_on_blob_action(struct daemon *d, const struct api_request *q, json_t **ret,
+                              char *reason, size_t reason_len) {
+        const struct digest *dg = &q->digest;
+        enum api_action action = q->action;
         struct engine_blob_info b;
         int r = 0;
         switch (action) {
@@ -158,53 +169,46 @@ static int blob_action(struct daemon *d, const struct digest *dg, enum api_actio
         return r;
 }
 
-/* Routes (parsed by api_parse_request, fs/api_request.c):
- *   GET  /v1/stat                           figures for blobctl stat
- *   GET  /v1/blobs                          every blob
- *   POST /v1/blobs?ref=REG/REPO@DIGEST      register a blob
- *   GET  /v1/blobs/sha256:<hex>             one blob (prefetch progress included)
- *   POST /v1/blobs/sha256:<hex>/ACTION      prefetch, evict, pin, unpin, verify
- *   POST /v1/evict                          evict every blob's chunks
- *   GET  /v1/peers                          the membership (empty without peers) */
+static int api_on_evict_all(struct daemon *d, const struct api_request *q, json_t **ret,
+                            char *reason, size_t reason_len) {
+        (void)q;
+        (void)reason;
+        (void)reason_len;
+        uint64_t chunks = 0, bytes = 0;
+        engine_evict(d->engine, NULL, &chunks, &bytes);
+        *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks, "evicted_bytes",
+                         (json_int_t)bytes);
+        return 0;
+}
+
+static int api_on_blob(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                       size_t reason_len) {
+        struct engine_blob_info b;
+        int r = engine_find(d->engine, &q->digest, &b);
+        if (r < 0) {
+                snprintf(reason, reason_len, "no such blob on this node");
+                return r;
+        }
+        *ret = blob_json(&b);
+        return 0;
+}
+
+/* The table's handler column: a route whose handler is not declared above does not compile. */
+static const api_handler_fn handlers[API_N_ROUTES] = {
+#define API_ROUTE_HANDLER(route, method, path, query, handler) [route] = handler,
+        API_ROUTES(API_ROUTE_HANDLER)
+#undef API_ROUTE_HANDLER
+};
+
+/* Every request: routed by net/api_routes.h's table, answered by the row's handler. */
 static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
                       size_t reason_len) {
-        struct daemon *d = ud;
         struct api_request q;
         int r = api_parse_request(control_req_method(req), control_req_path(req),
                                   control_req_arg(req, "ref"), &q, reason, reason_len);
         if (r < 0)
                 return r;
-        switch (q.route) {
-        case API_STAT:
-                return on_stat(d, ret, reason, reason_len);
-        case API_LIST:
-                return on_list(d, ret, reason, reason_len);
-        case API_ADD:
-                return on_add(d, q.ref, ret, reason, reason_len);
-        case API_PEERS:
-                return on_peers(d, ret, reason, reason_len);
-        case API_EVICT_ALL: {
-                uint64_t chunks = 0, bytes = 0;
-                engine_evict(d->engine, NULL, &chunks, &bytes);
-                *ret = json_pack("{s:I, s:I}", "evicted_chunks", (json_int_t)chunks,
-                                 "evicted_bytes", (json_int_t)bytes);
-                return 0;
-        }
-        case API_BLOB: {
-                struct engine_blob_info b;
-                r = engine_find(d->engine, &q.digest, &b);
-                if (r < 0) {
-                        snprintf(reason, reason_len, "no such blob on this node");
-                        return r;
-                }
-                *ret = blob_json(&b);
-                return 0;
-        }
-        case API_BLOB_ACTION:
-                return blob_action(d, &q.digest, q.action, ret, reason, reason_len);
-        }
-        snprintf(reason, reason_len, "no such endpoint");
-        return -ENOENT;
+        return handlers[q.route](ud, &q, ret, reason, reason_len);
 }
 
 struct control_ops api_control_ops(struct daemon *d) {

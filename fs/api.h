@@ -44,6 +44,14 @@ struct daemon {
         atomic_bool serving; /* the mount answers and shutdown has not begun (/readyz) */
 };
 
+struct api_request;
+
+/* A control API handler: one per row of net/api_routes.h's table, named there. Answers Q
+ * with a new JSON value in *RET (0), or -errno with a reason (peer/control.h maps it to a
+ * status). Runs on the control server's threads and may block. */
+typedef int (*api_handler_fn)(struct daemon *d, const struct api_request *q, json_t **ret,
+                              char *reason, size_t reason_len);
+
 /* The control-socket handlers bound to D (which must outlive the control server). */
 struct control_ops api_control_ops(struct daemon *d);
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "index/index.h"
+#include "net/api_routes.h"
 #include "tools/containerd_config.h"
 #include "util/digest.h"
 #include "util/log.h"
@@ -194,13 +195,26 @@ static int call(const struct opts *o, const char *method, const char *path, json
         return EXIT_OK;
 }
 
+/* Performs request Q, built from the control API's route table (net/api_routes.h) as the
+ * daemon routes it. Returns an exit code, as call(). */
+static int request(const struct opts *o, const struct api_request *q, json_t **ret,
+                   bool quiet_down) {
+        const char *method;
+        char path[4000]; /* call() prefixes it with the URL's scheme and host */
+        if (api_build_request(q, &method, path, sizeof(path)) < 0) {
+                fprintf(stderr, "blobctl: the request is too long\n");
+                return EXIT_USAGE;
+        }
+        return call(o, method, path, ret, quiet_down);
+}
+
 static void print_json(json_t *v) {
         json_dumpf(v, stdout, JSON_INDENT(2) | JSON_SORT_KEYS);
         putchar('\n');
 }
 
 /* Accepts "sha256:<hex>" or a bare 64-hex digest; writes the canonical form. */
-static int digest_arg(const char *arg, char out[DIGEST_HEX_LEN + 8]) {
+static int digest_arg(const char *arg, char out[DIGEST_HEX_LEN + 8], struct digest *ret) {
         struct digest d;
         if (digest_parse(arg, &d) < 0 && digest_from_hex(arg, strlen(arg), &d) < 0) {
                 fprintf(stderr,
@@ -209,6 +223,7 @@ static int digest_arg(const char *arg, char out[DIGEST_HEX_LEN + 8]) {
         }
         memcpy(out, "sha256:", 7);
         digest_to_hex(&d, out + 7);
+        *ret = d;
         return 0;
 }
 
@@ -373,7 +388,7 @@ static int offline_read(const struct opts *o, struct offline *off) {
 static int cmd_stat(const struct opts *o) {
         for (;;) {
                 json_t *s = NULL;
-                int rc = call(o, "GET", "/v1/stat", &s, false);
+                int rc = request(o, &(struct api_request){.route = API_STAT}, &s, false);
                 if (rc == EXIT_DOWN) {
                         struct offline off = {0};
                         if (offline_read(o, &off) < 0)
@@ -438,7 +453,7 @@ static void print_ls(const struct opts *o, json_t *arr) {
 
 static int cmd_ls(const struct opts *o) {
         json_t *arr = NULL;
-        int rc = call(o, "GET", "/v1/blobs", &arr, false);
+        int rc = request(o, &(struct api_request){.route = API_LIST}, &arr, false);
         if (rc == EXIT_DOWN) {
                 struct offline off = {.list = json_array()};
                 if (!off.list || offline_read(o, &off) < 0) {
@@ -524,7 +539,7 @@ static int offline_peers(const struct opts *o, json_t *arr) {
 
 static int cmd_peers(const struct opts *o) {
         json_t *arr = NULL;
-        int rc = call(o, "GET", "/v1/peers", &arr, false);
+        int rc = request(o, &(struct api_request){.route = API_PEERS}, &arr, false);
         if (rc == EXIT_DOWN) {
                 arr = json_array();
                 if (!arr || offline_peers(o, arr) < 0) {
@@ -545,14 +560,8 @@ static int cmd_peers(const struct opts *o) {
 /* ---- add, pin, unpin, evict, verify ------------------------------------------------------- */
 
 static int cmd_add(const struct opts *o, const char *ref) {
-        CURL *esc = curl_easy_init();
-        char *e = esc ? curl_easy_escape(esc, ref, 0) : NULL;
-        char path[4096];
-        snprintf(path, sizeof(path), "/v1/blobs?ref=%s", e ? e : "");
-        curl_free(e);
-        curl_easy_cleanup(esc);
         json_t *out = NULL;
-        int rc = call(o, "POST", path, &out, false);
+        int rc = request(o, &(struct api_request){.route = API_ADD, .ref = ref}, &out, false);
         if (rc != EXIT_OK)
                 return rc;
         if (o->json)
@@ -565,16 +574,16 @@ static int cmd_add(const struct opts *o, const char *ref) {
 }
 
 static int cmd_action(const struct opts *o, const char *action, const char *arg) {
-        char path[256], dg[DIGEST_HEX_LEN + 8];
-        if (o->all && strcmp(action, "evict") == 0) {
-                snprintf(path, sizeof(path), "/v1/evict");
-        } else {
-                if (digest_arg(arg, dg) < 0)
+        char dg[DIGEST_HEX_LEN + 8];
+        struct api_request q = {.route = API_EVICT_ALL};
+        if (!o->all || strcmp(action, "evict") != 0) {
+                q.route = API_BLOB_ACTION;
+                if (api_action_find(action, strlen(action), &q.action) < 0 ||
+                    digest_arg(arg, dg, &q.digest) < 0)
                         return EXIT_USAGE;
-                snprintf(path, sizeof(path), "/v1/blobs/%s/%s", dg, action);
         }
         json_t *out = NULL;
-        int rc = call(o, "POST", path, &out, false);
+        int rc = request(o, &q, &out, false);
         if (rc != EXIT_OK)
                 return rc;
         char a[32];
@@ -625,15 +634,15 @@ static void draw_bar(const char *dg, uint64_t done, uint64_t total, double rate)
 }
 
 static int prefetch_one(const struct opts *o, const char *arg) {
-        char dg[DIGEST_HEX_LEN + 8], path[256];
-        if (digest_arg(arg, dg) < 0)
+        char dg[DIGEST_HEX_LEN + 8];
+        struct api_request q = {.route = API_BLOB_ACTION, .action = API_PREFETCH};
+        if (digest_arg(arg, dg, &q.digest) < 0)
                 return EXIT_USAGE;
-        snprintf(path, sizeof(path), "/v1/blobs/%s/prefetch", dg);
         json_t *b = NULL;
-        int rc = call(o, "POST", path, &b, false);
+        int rc = request(o, &q, &b, false);
         if (rc != EXIT_OK)
                 return rc;
-        snprintf(path, sizeof(path), "/v1/blobs/%s", dg);
+        q.route = API_BLOB; /* then its progress */
         struct timespec t0;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         uint64_t total = num(b, "size", NULL), chunks = num(b, "chunks", NULL);
@@ -672,7 +681,7 @@ static int prefetch_one(const struct opts *o, const char *arg) {
                 json_decref(b);
                 b = NULL;
                 usleep(200 * 1000);
-                rc = call(o, "GET", path, &b, false);
+                rc = request(o, &q, &b, false);
                 if (rc != EXIT_OK) {
                         if (show)
                                 fputc('\n', stderr);
@@ -816,8 +825,9 @@ int main(int argc, char **argv) {
                 sigaction(SIGINT, &sa, NULL);
                 rc = EXIT_OK;
                 char dg[DIGEST_HEX_LEN + 8];
+                struct digest d;
                 for (size_t i = 0; i < nargs && rc == EXIT_OK; i++) /* all valid before any fetch */
-                        if (digest_arg(args[i], dg) < 0)
+                        if (digest_arg(args[i], dg, &d) < 0)
                                 rc = EXIT_USAGE;
                 for (size_t i = 0; i < nargs && rc == EXIT_OK && !interrupted; i++)
                         rc = prefetch_one(&o, args[i]);

@@ -1,9 +1,11 @@
-/* libFuzzer target for the control API's request parsing (fs/api_request.c): what blobctl (or
+/* libFuzzer target for the control API's route table (net/api_routes.c): what blobctl (or
  * anyone who can reach the socket) sends is a method, a path and a ref argument — the input is
  * those three, separated by newlines. The oracle: only the documented errors; a reason on every
- * error, NUL-terminated within even a tiny buffer; RET untouched on failure; and an accepted
+ * error, NUL-terminated within even a tiny buffer; RET untouched on failure; an accepted
  * request prints back to exactly its path (the method one the route allows, the digest and the
- * action round-trip, the ref is the argument given). */
+ * action round-trip, the ref is the argument given); and what blobctl would build for it
+ * (api_build_request) is that method and path again, its argument routed back to the same ref,
+ * so the daemon and blobctl cannot disagree on a route. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -12,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fs/api_request.h"
+#include "net/api_routes.h"
 #include "tests/fuzz/fuzz.h"
 
 static const char *const action_names[] = {
@@ -81,6 +83,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 default:
                         CHECK(0);
                 }
+                /* blobctl's side of the same table builds this request back. */
+                static char built[3 * 4096 + 64];
+                const char *bm = NULL;
+                CHECK(api_build_request(&q, &bm, built, sizeof(built)) == 0);
+                CHECK(strcmp(bm, method) == 0);
+                char *query = strchr(built, '?');
+                CHECK((query != NULL) == (q.route == API_ADD));
+                if (query) {
+                        *query = '\0';
+                        CHECK(strncmp(query + 1, "ref=", 4) == 0);
+                        size_t n = 0, rl = strlen(ref);
+                        for (const char *c = query + 5; *c; n++) { /* decodes to REF */
+                                unsigned v;
+                                CHECK(*c != '%' || sscanf(c + 1, "%2X", &v) == 1);
+                                char ch = *c == '%' ? (char)v : *c;
+                                c += *c == '%' ? 3 : 1;
+                                CHECK(n < rl && ch == ref[n]);
+                        }
+                        CHECK(n == rl);
+                }
+                CHECK(strcmp(built, path) == 0);
         }
         /* A reason buffer of 1..4 bytes is written within its bounds (ASan checks). */
         char tiny[4];
