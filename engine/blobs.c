@@ -11,7 +11,7 @@
  * while the blob has chunks present. */
 #include "engine/engine_int.h"
 
-#include "peer/ref.h"
+#include "util/ref.h"
 
 static size_t digest_slot(const struct digest *d, size_t cap) {
         uint64_t h;

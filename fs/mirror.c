@@ -59,7 +59,7 @@
 #include "net/route.h"
 #include "peer/auth.h"
 #include "peer/origin.h"
-#include "peer/ref.h"
+#include "util/ref.h"
 #include "util/digest.h"
 #include "util/log.h"
 #include "util/parse.h"

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "peer/ref.h"
+#include "util/ref.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

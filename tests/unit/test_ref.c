@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "peer/ref.h"
+#include "util/ref.h"
 
 #define HEX "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 #define HEX_UPPER "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"

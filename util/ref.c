@@ -14,7 +14,7 @@
  * Invariants: on error nothing is written; on success registry and repository are
  * NUL-terminated, non-empty and within REF_*_MAX - 1 bytes. Pure, thread-safe, O(length).
  */
-#include "peer/ref.h"
+#include "util/ref.h"
 
 #include <errno.h>
 #include <string.h>
