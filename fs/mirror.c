@@ -55,6 +55,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "net/fetch_err.h"
 #include "net/http_server.h"
 #include "net/route.h"
 #include "peer/auth.h"
@@ -504,9 +505,9 @@ static enum MHD_Result serve_blob(struct mirror *m, struct MHD_Connection *conn,
 
 /* ---- manifests ------------------------------------------------------------------------------- */
 
+/* ERR, an origin_manifest() answer: no answer came at all (net/fetch_err.h decides which). */
 static bool origin_unreachable(int err) {
-        return err == -ECONNREFUSED || err == -EHOSTUNREACH || err == -ETIMEDOUT ||
-               err == -EREMOTEIO || err == -ECANCELED;
+        return fetch_err_is_unreachable(fetch_err_from_errno(err));
 }
 
 /* Serves manifest D, BODY of LEN bytes (GET or HEAD: MHD drops the body for HEAD). */
