@@ -3,6 +3,7 @@
  * Schema (migration 1):
  *   blobs(digest hex PK, size, chunk_size, source, media_type, verified, added_at)
  *   chunks(blob, idx, present, sha256)   -- a row per chunk ever fetched
+ * Migration 5 adds layers (index/layers.c: image layers and the digests of their indexes).
  * Migration 3 adds peers (the membership's last snapshot, replaced whole) and locations (which
  * peer holds which chunks of a blob, as a bitmap, until an expiry: soft state from announces).
  * A chunk row outlives the chunk's bytes (present = 0 after eviction) because its sha256,
@@ -124,6 +125,19 @@ static const char *const migrations[] = {
         "  name TEXT NOT NULL,"
         "  value TEXT NOT NULL,"
         "  PRIMARY KEY (snap_id, name)) WITHOUT ROWID;",
+        /* 5: image layers and their indexes (index/layers.c) */
+        "CREATE TABLE layers ("
+        "  digest TEXT PRIMARY KEY,"
+        "  source TEXT NOT NULL,"
+        "  media_type TEXT NOT NULL DEFAULT '',"
+        "  diff_id TEXT NOT NULL DEFAULT '',"
+        "  toc_digest TEXT NOT NULL DEFAULT '',"
+        "  format INTEGER NOT NULL DEFAULT 0,"
+        "  index_digest TEXT NOT NULL DEFAULT '',"
+        "  index_size INTEGER NOT NULL DEFAULT 0,"
+        "  state INTEGER NOT NULL DEFAULT 0,"
+        "  error TEXT NOT NULL DEFAULT '',"
+        "  added_at INTEGER NOT NULL);",
 };
 
 enum stmt_id {
@@ -172,6 +186,7 @@ struct index {
         pthread_mutex_t rlock;
         sqlite3_stmt *stmt[ST_MAX];
         bool readonly;
+        char path[PATH_MAX]; /* for modules with a connection of their own (index/layers.c) */
 
         pthread_mutex_t lock; /* protects everything below */
         pthread_cond_t not_empty, not_full, committed;
@@ -488,6 +503,7 @@ int idx_open(const char *path, struct index **ret) {
         r = index_new(&ix);
         if (r < 0)
                 return r;
+        snprintf(ix->path, sizeof(ix->path), "%s", path);
         r = open_db(path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, &ix->wdb);
         if (r < 0)
                 goto out_free;
@@ -555,6 +571,7 @@ int idx_open_readonly(const char *path, struct index **ret) {
         if (r < 0)
                 return r;
         ix->readonly = true;
+        snprintf(ix->path, sizeof(ix->path), "%s", path);
         r = open_db(path, SQLITE_OPEN_READONLY, &ix->rdb);
         if (r == 0) {
                 /* We cannot migrate a database we may not write: say which side is old. */
@@ -602,6 +619,14 @@ int idx_flush(struct index *ix) {
         bool failed = ix->write_errors != errors_before;
         pthread_mutex_unlock(&ix->lock);
         return failed ? -EIO : 0;
+}
+
+const char *idx_db_path(const struct index *ix) {
+        return ix->path;
+}
+
+bool idx_is_readonly(const struct index *ix) {
+        return ix->readonly;
 }
 
 uint64_t idx_write_errors(struct index *ix) {

@@ -119,6 +119,11 @@ int idx_chunk_digests(struct index *ix, const struct digest *blob, uint32_t nchu
 /* Waits until everything queued before the call is committed. 0, or -EIO if a batch failed. */
 int idx_flush(struct index *ix);
 
+/* The database file's path, for modules with a connection of their own (index/layers.c). */
+const char *idx_db_path(const struct index *ix);
+/* Opened with idx_open_readonly(). */
+bool idx_is_readonly(const struct index *ix);
+
 /* Writes that failed (disk full, I/O error) since open: they are logged and counted, the
  * in-memory state stays right, and start-up validation repairs the index. */
 uint64_t idx_write_errors(struct index *ix);
