@@ -187,6 +187,11 @@ void layer_reader_free(struct layer_reader *r); /* NULL-safe */
  * digests) and on the index being the one built for this blob. */
 ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, uint64_t off,
                           void *buf, size_t len);
+/* Up to LEN bytes of the uncompressed tar stream at UOFF (plain tar and gzip layers only):
+ * the count (short only at the tar's end, 0 past it), -EINVAL for eStargz, or the errors of
+ * layer_reader_read(). For caches of inflated spans (layertree/spancache.c), which keep tar
+ * bytes whatever file they belong to. */
+ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, size_t len);
 /* Compressed bytes fetched so far. */
 uint64_t layer_reader_fetched(const struct layer_reader *r);
 

@@ -272,6 +272,25 @@ static ssize_t read_chunks(struct layer_reader *r, const struct layer_file *f, u
         return (ssize_t)done;
 }
 
+ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, size_t len) {
+        const struct layer_index *ix = r->ix;
+        int e;
+
+        if (ix->format != LAYER_FMT_GZIP && ix->format != LAYER_FMT_TAR)
+                return -EINVAL;
+        if (uoff >= ix->tar_size || len == 0)
+                return 0;
+        if (len > ix->tar_size - uoff)
+                len = (size_t)(ix->tar_size - uoff);
+        if (len > SSIZE_MAX)
+                len = SSIZE_MAX;
+        if (ix->format == LAYER_FMT_TAR) {
+                e = fetch_exact(r, uoff, buf, len);
+                return e < 0 ? e : (ssize_t)len;
+        }
+        return read_gzip(r, uoff, buf, len);
+}
+
 ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, uint64_t off,
                           void *buf, size_t len) {
         const struct layer_index *ix = r->ix;
