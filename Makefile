@@ -50,7 +50,7 @@ CFLAGS_ALL  = $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(OPT) -pthread -Wl,--as-needed $(PKG_LIBS) $(LDFLAGS)
 LDLIBS_CORE = $(OPT) -pthread -Wl,--as-needed $(CORE_LIBS) $(LDFLAGS)
 
-CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c layer/*.c snapshot/*.c)
+CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c engine/*.c layer/*.c layertree/*.c snapshot/*.c)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 CORE_LIB = $(BUILD)/libp2pblobs-core.a
 
@@ -129,7 +129,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
              $(shell pkg-config --cflags $(CORE_PKGS))
 FUZZ_SAN   = address,undefined
-FUZZ_CORE_OBJ = $(filter-out engine/% snapshot/grpc.c snapshot/snapshotter.c,$(CORE_SRC))
+FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snapshotter.c,$(CORE_SRC))
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
 FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o

@@ -116,6 +116,12 @@ uint32_t ltree_count(struct ltree *lt);
 int ltree_index_get(struct ltree *lt, uint32_t id, const struct layer_index **ret);
 void ltree_index_put(struct ltree *lt, uint32_t id);
 
+/* For file FILE of READY layer ID: *RET_CANON the file whose inode it shares (itself, or the
+ * target of a hard link) and *RET_NLINK that inode's names. Never blocks. 0, -ENOENT (unknown
+ * layer or file), -EAGAIN, -EIO as ltree_index_get(). */
+int ltree_file_inode(struct ltree *lt, uint32_t id, uint32_t file, uint32_t *ret_canon,
+                     uint32_t *ret_nlink);
+
 typedef void (*ltree_reply_fn)(void *ctx, int err, const void *buf, size_t len);
 
 /* Reads up to LEN bytes at OFF of file FILE (an index into layer ID's file table: a regular

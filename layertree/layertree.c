@@ -1,0 +1,1201 @@
+/* Layer trees: registration, the index of each layer, and file reads on worker threads.
+ * See layertree.h for the contract.
+ *
+ * A layer is a slot in a fixed array (max_layers pointers, allocated at start; ids are slot
+ * numbers and never reused). Its mutable fields (state, error, origin, the index pointer) are
+ * guarded by lt->lock; once a layer is READY its index, and the hard-link tables computed
+ * from it, never change until ltree_free(), so readers use them without the lock after
+ * seeing READY under it. Lookups by digest scan the array: a node holds a few thousand layers
+ * at most, and the FUSE tree caches what it found.
+ *
+ * Work runs on lt->workers threads fed by two queues: file reads (answered first: a container
+ * waits on them) and index jobs (the pass may take minutes on a large layer, so at most half
+ * the workers, and at least one, run them at once). Workers may block: they read the blob
+ * through the engine synchronously (eng_pread: engine_read plus a condition variable), which
+ * the FUSE threads never do.
+ *
+ * The index of a layer is looked for, in order: this node's store (the layers row names the
+ * derived blob, whose chunks must all be present: nothing is fetched for it), the peers
+ * (ltree_peer_ops.locate_index; the bytes come through the engine and must hash to the
+ * located digest before they are decoded, and the decoded index must name this layer), and
+ * last the pass: the layer's bytes streamed in order into layer_builder_feed (checked against
+ * the diff_id when known and against the layer digest always). eStargz layers (a gzip layer
+ * whose last 51 bytes are an eStargz footer) are indexed from their TOC instead. A built index
+ * is stored as a derived blob (engine_put, pinned) under a pseudo-source nobody can fetch from
+ * (DERIVED_SOURCE, an .invalid name): the store check above never reads a derived blob whose
+ * chunks are gone, so the origin is never asked for one.
+ *
+ * Memory: the loaded indexes (counted in the stats), two uint32_t per file for hard links,
+ * per worker one 1 MiB buffer and up to READERS_PER_WORKER layer readers (about 115 KiB
+ * each). */
+#include "layertree/layertree.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/engine.h"
+#include "index/index.h"
+#include "index/layers.h"
+#include "layertree/spancache.h"
+#include "util/log.h"
+
+#define DERIVED_SOURCE "p2pblobs.invalid/layer-index"
+#define IO_MAX (1u << 20)           /* one engine read; the engine's max_read */
+#define READ_MAX (1u << 20)         /* one ltree_read */
+#define READ_QUEUE_MAX 65536        /* reads waiting for a worker */
+#define INDEX_BLOB_MAX (256u << 20) /* an encoded index from the store or a peer */
+#define READERS_PER_WORKER 4
+#define SPAN_BLOCK (128u << 10) /* the span cache's unit of inflated tar bytes */
+
+struct layer {
+        uint32_t id;
+        struct digest digest;
+        char source[IDX_SOURCE_MAX];
+        char media_type[IDX_MEDIA_TYPE_MAX];
+        bool has_diff_id, has_toc;
+        struct digest diff_id, toc_digest;
+        int64_t added_at;
+        uint32_t blob_id; /* the engine's; valid once blob_known */
+        bool blob_known;
+        uint64_t blob_size;
+
+        /* lt->lock */
+        enum ltree_state state;
+        enum layer_format format;
+        enum ltree_index_origin origin;
+        bool has_index;
+        struct digest index_digest;
+        uint64_t index_size;
+        char error[200];
+        bool queued; /* an index job is queued or running */
+        uint32_t next_job;
+
+        /* Set once when READY, immutable after. */
+        struct layer_index *ix;
+        uint32_t *canon; /* file -> the file whose inode it shares */
+        uint32_t *nlink; /* file -> names of its inode (for canonical files) */
+        uint64_t tar_size, files;
+        size_t memory;
+
+        _Atomic uint64_t fetched;
+};
+
+struct read_job {
+        uint32_t id, file;
+        uint64_t off;
+        size_t len;
+        ltree_reply_fn reply;
+        void *ctx;
+        struct read_job *next;
+};
+
+struct worker;
+
+struct fetch_ctx {
+        struct ltree *lt;
+        struct layer *l;
+};
+
+struct reader_slot {
+        uint32_t id; /* layer; valid when r is set */
+        struct layer_reader *r;
+        struct fetch_ctx fc;
+        uint64_t used; /* for LRU */
+};
+
+struct worker {
+        struct ltree *lt;
+        pthread_t thread;
+        bool started;
+        uint8_t *buf; /* READ_MAX */
+        struct reader_slot slots[READERS_PER_WORKER];
+        uint64_t tick;
+};
+
+struct ltree {
+        struct ltree_config cfg;
+        struct engine *e;
+        struct index *ix;
+        struct idx_layers *db;
+        struct ltree_peer_ops peers;
+        bool have_peers;
+        struct spancache *spans;
+
+        pthread_mutex_t lock;   /* everything below, and the layers' fields marked so */
+        pthread_cond_t work;    /* a job was queued, or stopping */
+        pthread_cond_t changed; /* a layer left PENDING */
+        struct layer **layers;  /* cfg.max_layers slots */
+        uint32_t n;
+        struct read_job *rq_head, *rq_tail;
+        size_t rq_len;
+        uint32_t bq_head, bq_tail; /* index jobs: layer ids + 1 linked through next_job */
+        unsigned builds_running, builds_max;
+        bool stopping;
+        struct ltree_stats st; /* layers/ready/... computed on demand */
+
+        struct worker *workers;
+};
+
+/* ---- synchronous engine reads (workers only) ---------------------------------------- */
+
+struct sync_read {
+        pthread_mutex_t m;
+        pthread_cond_t c;
+        bool done;
+        int err;
+        uint8_t *dst;
+        size_t cap, got;
+};
+
+static void sync_reply(void *ctx, int err, const void *buf, size_t len) {
+        struct sync_read *s = ctx;
+        pthread_mutex_lock(&s->m);
+        if (err < 0) {
+                s->err = err;
+        } else {
+                s->got = len < s->cap ? len : s->cap;
+                memcpy(s->dst, buf, s->got);
+        }
+        s->done = true;
+        pthread_cond_signal(&s->c);
+        pthread_mutex_unlock(&s->m);
+}
+
+/* Up to LEN bytes of blob BLOB_ID at OFF: the count (short only at the end), or -errno.
+ * Blocks until the engine answers (bounded by its fetch timeout). */
+static ssize_t eng_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void *buf, size_t len,
+                         struct engine_stream *stream) {
+        size_t done = 0;
+        while (done < len) {
+                size_t n = len - done < IO_MAX ? len - done : IO_MAX;
+                struct sync_read s = {.dst = (uint8_t *)buf + done, .cap = n};
+                pthread_mutex_init(&s.m, NULL);
+                pthread_cond_init(&s.c, NULL);
+                engine_read(lt->e, blob_id, off + done, n, stream, sync_reply, &s);
+                pthread_mutex_lock(&s.m);
+                while (!s.done)
+                        pthread_cond_wait(&s.c, &s.m);
+                pthread_mutex_unlock(&s.m);
+                pthread_mutex_destroy(&s.m);
+                pthread_cond_destroy(&s.c);
+                if (s.err < 0)
+                        return done ? (ssize_t)done : s.err;
+                done += s.got;
+                if (s.got < n)
+                        break;
+        }
+        return (ssize_t)done;
+}
+
+/* The layer reader's fetch: blob bytes through the engine, counted for the layer. */
+static ssize_t layer_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        struct fetch_ctx *fc = ctx;
+        ssize_t n = eng_pread(fc->lt, fc->l->blob_id, off, buf, len, NULL);
+        if (n > 0)
+                atomic_fetch_add(&fc->l->fetched, (uint64_t)n);
+        return n;
+}
+
+/* ---- state ---------------------------------------------------------------------------- */
+
+static void info_of(const struct layer *l, struct ltree_layer_info *ret) {
+        memset(ret, 0, sizeof(*ret));
+        ret->id = l->id;
+        ret->digest = l->digest;
+        ret->state = l->state;
+        ret->format = l->format;
+        ret->index_origin = l->origin;
+        if (l->has_index)
+                ret->index_digest = l->index_digest;
+        ret->blob_size = l->blob_size;
+        ret->tar_size = l->tar_size;
+        ret->files = l->files;
+        ret->bytes_fetched = atomic_load(&l->fetched);
+        snprintf(ret->error, sizeof(ret->error), "%s", l->error);
+}
+
+static void row_of(const struct layer *l, struct idx_layer *row) {
+        memset(row, 0, sizeof(*row));
+        row->digest = l->digest;
+        snprintf(row->source, sizeof(row->source), "%s", l->source);
+        snprintf(row->media_type, sizeof(row->media_type), "%s", l->media_type);
+        row->has_diff_id = l->has_diff_id;
+        row->diff_id = l->diff_id;
+        row->has_toc_digest = l->has_toc;
+        row->toc_digest = l->toc_digest;
+        row->has_index = l->has_index && l->origin != LTREE_INDEX_TOC;
+        row->index_digest = l->index_digest;
+        row->index_size = l->index_size;
+        row->format = (int)l->format;
+        row->state = (int)l->state;
+        snprintf(row->error, sizeof(row->error), "%s", l->error);
+        row->added_at = l->added_at;
+}
+
+/* Records L's row (lt->lock held: a row is small and the write is rare). */
+static void persist(struct ltree *lt, const struct layer *l) {
+        struct idx_layer row;
+        row_of(l, &row);
+        int r = idx_layer_put(lt->db, &row);
+        if (r < 0)
+                log_debug("layer row not recorded id=%u err=%s", l->id, strerror(-r));
+}
+
+static void fail_layer(struct ltree *lt, struct layer *l, int err, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+static void fail_layer(struct ltree *lt, struct layer *l, int err, const char *fmt, ...) {
+        char msg[200];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        pthread_mutex_lock(&lt->lock);
+        snprintf(l->error, sizeof(l->error), "%s", msg);
+        l->state = LTREE_FAILED;
+        lt->st.index_failures++;
+        persist(lt, l);
+        pthread_cond_broadcast(&lt->changed);
+        pthread_mutex_unlock(&lt->lock);
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&l->digest, hex);
+        log_debug("layer index failed digest=sha256:%s err=%s reason=\"%s\"", hex, strerror(-err),
+                  msg);
+}
+
+/* Hard links share their target's inode: CANON maps a file to it, NLINK counts its names. */
+static int link_tables(struct layer_index *ix, uint32_t **ret_canon, uint32_t **ret_nlink) {
+        size_t n = layer_index_nfiles(ix);
+        uint32_t *canon = malloc(n * sizeof(*canon)), *nlink = malloc(n * sizeof(*nlink));
+        if (!canon || !nlink) {
+                free(canon);
+                free(nlink);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                canon[i] = (uint32_t)i;
+                nlink[i] = 1;
+        }
+        for (size_t i = 0; i < n; i++) {
+                const struct layer_file *f = layer_index_file(ix, i);
+                if (f->type != TAR_HARDLINK || !f->link)
+                        continue;
+                ssize_t t = layer_index_lookup(ix, f->link);
+                if (t < 0)
+                        continue; /* the decoder checked links resolve: cannot happen */
+                canon[i] = (uint32_t)t;
+                nlink[t]++;
+        }
+        *ret_canon = canon;
+        *ret_nlink = nlink;
+        return 0;
+}
+
+/* L's index is IX (ours now), found through ORIGIN: READY, recorded, published. */
+static void ready_layer(struct ltree *lt, struct layer *l, struct layer_index *ix,
+                        enum ltree_index_origin origin, const struct digest *index_digest,
+                        uint64_t index_size) {
+        uint32_t *canon, *nlink;
+        if (link_tables(ix, &canon, &nlink) < 0) {
+                layer_index_free(ix);
+                fail_layer(lt, l, -ENOMEM, "out of memory loading the index");
+                return;
+        }
+        struct layer_index_info info;
+        layer_index_info(ix, &info);
+        pthread_mutex_lock(&lt->lock);
+        l->ix = ix;
+        l->canon = canon;
+        l->nlink = nlink;
+        l->format = info.format;
+        l->tar_size = info.tar_size;
+        l->files = info.nfiles;
+        l->memory = info.memory + info.nfiles * 2 * sizeof(uint32_t);
+        l->origin = origin;
+        l->has_index = true;
+        l->index_digest = *index_digest;
+        l->index_size = index_size;
+        l->error[0] = '\0';
+        l->state = LTREE_READY;
+        switch (origin) {
+        case LTREE_INDEX_BUILT:
+                lt->st.indexes_built++;
+                break;
+        case LTREE_INDEX_PEER:
+                lt->st.indexes_from_peers++;
+                break;
+        case LTREE_INDEX_LOCAL:
+                lt->st.indexes_local++;
+                break;
+        default:
+                break;
+        }
+        persist(lt, l);
+        pthread_cond_broadcast(&lt->changed);
+        pthread_mutex_unlock(&lt->lock);
+        if (origin != LTREE_INDEX_TOC && lt->have_peers && lt->peers.publish_index)
+                lt->peers.publish_index(lt->peers.ud, &l->digest, index_digest, index_size);
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&l->digest, hex);
+        log_debug("layer ready digest=sha256:%s files=%zu origin=%d", hex, info.nfiles, origin);
+}
+
+/* ---- finding an index ----------------------------------------------------------------- */
+
+/* Reads the whole derived blob BLOB_ID (SIZE bytes), checks it hashes to WANT, decodes it and
+ * checks it indexes L. 0 and *RET, or -errno with MSG. */
+static int load_index_blob(struct ltree *lt, struct layer *l, uint32_t blob_id, uint64_t size,
+                           const struct digest *want, struct layer_index **ret, char *msg,
+                           size_t msg_len) {
+        if (size == 0 || size > INDEX_BLOB_MAX) {
+                snprintf(msg, msg_len, "index blob of %" PRIu64 " bytes refused", size);
+                return -EFBIG;
+        }
+        uint8_t *buf = malloc(size);
+        if (!buf)
+                return -ENOMEM;
+        struct engine_stream stream = {0};
+        ssize_t n = eng_pread(lt, blob_id, 0, buf, size, &stream);
+        int r = 0;
+        if (n < 0 || (uint64_t)n != size) {
+                snprintf(msg, msg_len, "cannot read the index blob: %s",
+                         n < 0 ? strerror((int)-n) : "short");
+                r = n < 0 ? (int)n : -EIO;
+                goto out_free;
+        }
+        struct digest got;
+        digest_sha256(buf, size, &got);
+        if (!digest_equal(&got, want)) { /* before decoding: never parse unchecked bytes */
+                snprintf(msg, msg_len, "index blob does not match its digest");
+                r = -EBADMSG;
+                goto out_free;
+        }
+        struct layer_index *ix;
+        r = layer_index_decode(buf, size, 0, &ix);
+        if (r < 0) {
+                snprintf(msg, msg_len, "index blob does not decode: %s", strerror(-r));
+                goto out_free;
+        }
+        struct layer_index_info info;
+        layer_index_info(ix, &info);
+        if (!digest_equal(&info.blob_digest, &l->digest) || info.blob_size != l->blob_size) {
+                layer_index_free(ix);
+                snprintf(msg, msg_len, "index blob indexes another layer");
+                r = -EBADMSG;
+                goto out_free;
+        }
+        *ret = ix;
+out_free:
+        free(buf);
+        return r;
+}
+
+/* The index recorded in this node's store, when every chunk of its blob is present. */
+static int index_from_store(struct ltree *lt, struct layer *l, const struct digest *d,
+                            struct layer_index **ret) {
+        struct engine_blob_info b;
+        if (engine_find(lt->e, d, &b) < 0 || b.chunks_present != b.chunks)
+                return -ENOENT;
+        char msg[160];
+        int r = load_index_blob(lt, l, b.id, b.size, d, ret, msg, sizeof(msg));
+        if (r < 0)
+                log_debug("stored layer index not used id=%u reason=\"%s\"", l->id, msg);
+        return r;
+}
+
+static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_index **ret,
+                            struct digest *ret_digest, uint64_t *ret_size) {
+        if (!lt->have_peers || !lt->peers.locate_index)
+                return -ENOENT;
+        struct digest d;
+        uint64_t size;
+        uint64_t deadline = now_ms() + lt->cfg.index_timeout_ms;
+        int r = lt->peers.locate_index(lt->peers.ud, &l->digest, deadline, &d, &size);
+        if (r < 0)
+                return r;
+        struct engine_blob_info b;
+        r = engine_lookup(lt->e, &d, &b);
+        if (r < 0)
+                return r;
+        if (b.size != size)
+                return -EBADMSG;
+        char msg[160];
+        r = load_index_blob(lt, l, b.id, b.size, &d, ret, msg, sizeof(msg));
+        if (r < 0) {
+                log_debug("layer index from peers not used id=%u reason=\"%s\"", l->id, msg);
+                return r;
+        }
+        engine_pin(lt->e, &d, true);
+        *ret_digest = d;
+        *ret_size = size;
+        return 0;
+}
+
+/* eStargz: the TOC member named by the footer FOOT. 0 and *RET; -EPROTONOSUPPORT when the
+ * footer is not eStargz's; -errno with MSG otherwise. */
+static int index_from_toc(struct ltree *lt, struct layer *l, const uint8_t *foot, size_t flen,
+                          struct layer_index **ret, char *msg, size_t msg_len) {
+        uint64_t toc_off, toc_end;
+        int r = layer_estargz_footer(foot, flen, l->blob_size, &toc_off, &toc_end);
+        if (r == -EPROTONOSUPPORT)
+                return r;
+        if (r < 0) {
+                snprintf(msg, msg_len, "estargz footer points outside the blob");
+                return r;
+        }
+        if (toc_end <= toc_off || toc_end - toc_off > LAYER_ESTARGZ_TOC_MAX) {
+                snprintf(msg, msg_len, "estargz toc of %" PRIu64 " bytes refused",
+                         toc_end - toc_off);
+                return -EFBIG;
+        }
+        size_t len = (size_t)(toc_end - toc_off);
+        uint8_t *toc = malloc(len);
+        if (!toc)
+                return -ENOMEM;
+        ssize_t n = eng_pread(lt, l->blob_id, toc_off, toc, len, NULL);
+        if (n < 0 || (size_t)n != len) {
+                free(toc);
+                snprintf(msg, msg_len, "cannot read the estargz toc: %s",
+                         n < 0 ? strerror((int)-n) : "short");
+                return n < 0 ? (int)n : -EIO;
+        }
+        atomic_fetch_add(&l->fetched, (uint64_t)n);
+        struct layer_estargz_opts o = {.blob_size = l->blob_size,
+                                       .blob_digest = &l->digest,
+                                       .toc_digest = l->has_toc ? &l->toc_digest : NULL};
+        char err[160] = "";
+        r = layer_estargz_index(toc, len, toc_off, &o, ret, err, sizeof(err));
+        free(toc);
+        if (r < 0)
+                snprintf(msg, msg_len, "estargz toc refused: %s", err[0] ? err : strerror(-r));
+        return r;
+}
+
+/* The pass: the whole blob, in order, through the builder. */
+static int index_by_pass(struct ltree *lt, struct layer *l, uint8_t *buf, struct layer_index **ret,
+                         char *msg, size_t msg_len) {
+        struct layer_build_opts o = {.span = lt->cfg.span,
+                                     .diff_id = l->has_diff_id ? &l->diff_id : NULL,
+                                     .blob_digest = &l->digest};
+        struct layer_builder *b = layer_builder_new(&o);
+        if (!b)
+                return -ENOMEM;
+        struct engine_stream stream = {0};
+        int r = 0;
+        for (uint64_t off = 0; off < l->blob_size && r == 0;) {
+                size_t want = l->blob_size - off < IO_MAX ? (size_t)(l->blob_size - off) : IO_MAX;
+                ssize_t n = eng_pread(lt, l->blob_id, off, buf, want, &stream);
+                if (n <= 0) {
+                        r = n < 0 ? (int)n : -EIO;
+                        snprintf(msg, msg_len, "cannot read the layer at %" PRIu64 ": %s", off,
+                                 n < 0 ? strerror((int)-n) : "short");
+                        break;
+                }
+                atomic_fetch_add(&l->fetched, (uint64_t)n);
+                off += (uint64_t)n;
+                r = layer_builder_feed(b, buf, (size_t)n);
+        }
+        if (r == 0)
+                r = layer_builder_finish(b, ret);
+        if (r < 0 && !msg[0]) {
+                const char *why = layer_builder_error(b);
+                snprintf(msg, msg_len, "%s", why && why[0] ? why : strerror(-r));
+        }
+        layer_builder_free(b);
+        return r;
+}
+
+/* Stores a built index as a derived blob (pinned), *RET_DIGEST and *RET_SIZE its name. */
+static int store_index(struct ltree *lt, const struct layer_index *ix, struct digest *ret_digest,
+                       uint64_t *ret_size) {
+        uint8_t *enc;
+        size_t len;
+        struct digest d;
+        int r = layer_index_encode(ix, &enc, &len, &d);
+        if (r < 0)
+                return r;
+        r = engine_put(lt->e, &d, DERIVED_SOURCE, enc, len);
+        free(enc);
+        if (r < 0)
+                return r;
+        engine_pin(lt->e, &d, true);
+        *ret_digest = d;
+        *ret_size = len;
+        return 0;
+}
+
+static bool is_zstd_media(const char *mt) {
+        return strstr(mt, "zstd") != NULL;
+}
+
+/* The index job of layer L, on a worker (BUF: READ_MAX bytes of scratch). */
+static void index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
+        char msg[200] = "";
+        struct layer_index *ix = NULL;
+        int r;
+
+        if (!l->blob_known) { /* reloaded, and the engine forgot the blob: register it again */
+                char ref[IDX_SOURCE_MAX + DIGEST_HEX_LEN + 16], hex[DIGEST_HEX_LEN + 1];
+                struct engine_blob_info b;
+                digest_to_hex(&l->digest, hex);
+                snprintf(ref, sizeof(ref), "%s@sha256:%s", l->source, hex);
+                r = engine_add(lt->e, ref, &b, msg, sizeof(msg));
+                if (r < 0) {
+                        fail_layer(lt, l, r, "cannot register the layer blob: %s",
+                                   msg[0] ? msg : strerror(-r));
+                        return;
+                }
+                pthread_mutex_lock(&lt->lock);
+                l->blob_id = b.id;
+                l->blob_size = b.size;
+                l->blob_known = true;
+                pthread_mutex_unlock(&lt->lock);
+        }
+        pthread_mutex_lock(&lt->lock);
+        bool recorded = l->has_index && l->origin != LTREE_INDEX_TOC;
+        struct digest recorded_digest = l->index_digest;
+        uint64_t recorded_size = l->index_size;
+        pthread_mutex_unlock(&lt->lock);
+
+        if (recorded && index_from_store(lt, l, &recorded_digest, &ix) == 0) {
+                ready_layer(lt, l, ix, LTREE_INDEX_LOCAL, &recorded_digest, recorded_size);
+                return;
+        }
+        /* The format, from the bytes: the first block tells tar, gzip or zstd apart. */
+        size_t head = l->blob_size < 512 ? (size_t)l->blob_size : 512;
+        ssize_t n = eng_pread(lt, l->blob_id, 0, buf, head, NULL);
+        if (n < 0) {
+                fail_layer(lt, l, (int)n, "cannot read the layer: %s", strerror((int)-n));
+                return;
+        }
+        int fmt = layer_detect_format(buf, (size_t)n);
+        if (fmt == LAYER_FMT_ZSTD || (fmt < 0 && is_zstd_media(l->media_type))) {
+                pthread_mutex_lock(&lt->lock);
+                l->format = LAYER_FMT_ZSTD;
+                pthread_mutex_unlock(&lt->lock);
+                fail_layer(lt, l, -EOPNOTSUPP, "zstd layers need the seekable form (not yet)");
+                return;
+        }
+        if (fmt < 0) {
+                fail_layer(lt, l, fmt, "not a layer: neither tar, gzip nor zstd");
+                return;
+        }
+        pthread_mutex_lock(&lt->lock);
+        l->format = (enum layer_format)fmt;
+        pthread_mutex_unlock(&lt->lock);
+        if (fmt == LAYER_FMT_GZIP && l->blob_size >= LAYER_ESTARGZ_FOOTER) {
+                uint8_t foot[LAYER_ESTARGZ_FOOTER];
+                n = eng_pread(lt, l->blob_id, l->blob_size - LAYER_ESTARGZ_FOOTER, foot,
+                              sizeof(foot), NULL);
+                if (n != (ssize_t)sizeof(foot)) {
+                        fail_layer(lt, l, n < 0 ? (int)n : -EIO,
+                                   "cannot read the layer's last bytes: %s",
+                                   n < 0 ? strerror((int)-n) : "short");
+                        return;
+                }
+                r = index_from_toc(lt, l, foot, sizeof(foot), &ix, msg, sizeof(msg));
+                if (r == 0) {
+                        struct digest d = l->toc_digest;
+                        uint64_t size = 0;
+                        if (!l->has_toc) { /* name it by its encoded form, for listings */
+                                uint8_t *enc;
+                                size_t len;
+                                if (layer_index_encode(ix, &enc, &len, &d) == 0) {
+                                        free(enc);
+                                        size = len;
+                                }
+                        }
+                        ready_layer(lt, l, ix, LTREE_INDEX_TOC, &d, size);
+                        return;
+                }
+                if (r != -EPROTONOSUPPORT) {
+                        fail_layer(lt, l, r, "%s", msg);
+                        return;
+                }
+                msg[0] = '\0';
+        }
+        struct digest d;
+        uint64_t size;
+        if (index_from_peers(lt, l, &ix, &d, &size) == 0) {
+                ready_layer(lt, l, ix, LTREE_INDEX_PEER, &d, size);
+                return;
+        }
+        r = index_by_pass(lt, l, buf, &ix, msg, sizeof(msg));
+        if (r < 0) {
+                fail_layer(lt, l, r, "%s", msg);
+                return;
+        }
+        r = store_index(lt, ix, &d, &size);
+        if (r < 0) {
+                /* Still usable here; the next start runs the pass again. */
+                char hex[DIGEST_HEX_LEN + 1];
+                digest_to_hex(&l->digest, hex);
+                log_debug("layer index not stored digest=sha256:%s err=%s", hex, strerror(-r));
+                uint8_t *enc;
+                size_t len;
+                if (layer_index_encode(ix, &enc, &len, &d) == 0) {
+                        free(enc);
+                        size = len;
+                } else {
+                        memset(&d, 0, sizeof(d));
+                        size = 0;
+                }
+        }
+        ready_layer(lt, l, ix, LTREE_INDEX_BUILT, &d, size);
+}
+
+/* ---- reads ---------------------------------------------------------------------------- */
+
+static struct layer_reader *reader_for(struct worker *w, struct layer *l) {
+        struct reader_slot *lru = &w->slots[0];
+        w->tick++;
+        for (size_t i = 0; i < READERS_PER_WORKER; i++) {
+                struct reader_slot *s = &w->slots[i];
+                if (s->r && s->id == l->id) {
+                        s->used = w->tick;
+                        return s->r;
+                }
+                if (!s->r || (lru->r && s->used < lru->used))
+                        lru = s;
+        }
+        layer_reader_free(lru->r);
+        lru->fc = (struct fetch_ctx){.lt = w->lt, .l = l};
+        lru->r = layer_reader_new(l->ix, layer_fetch, &lru->fc);
+        lru->id = l->id;
+        lru->used = w->tick;
+        return lru->r;
+}
+
+/* Reads [OFF, OFF + LEN) of the tar stream of gzip layer L through the span cache: blocks
+ * of SPAN_BLOCK inflated bytes, each inflated once while it stays cached. */
+static ssize_t read_cached(struct worker *w, struct layer *l, struct layer_reader *r,
+                           const struct layer_file *f, uint64_t off, uint8_t *out, size_t len) {
+        struct ltree *lt = w->lt;
+        size_t done = 0;
+        while (done < len) {
+                uint64_t uoff = f->offset + off + done;
+                uint64_t blk = uoff / SPAN_BLOCK;
+                uint64_t bstart = blk * SPAN_BLOCK;
+                size_t in_blk = (size_t)(uoff - bstart);
+                size_t n = len - done;
+                if (n > SPAN_BLOCK - in_blk)
+                        n = SPAN_BLOCK - in_blk;
+                if (spancache_get(lt->spans, l->id, blk, in_blk, out + done, n) == 0) {
+                        done += n;
+                        continue;
+                }
+                /* Miss: inflate the whole block (at most the tar's end) and keep it. */
+                uint64_t blen =
+                        l->tar_size - bstart < SPAN_BLOCK ? l->tar_size - bstart : SPAN_BLOCK;
+                uint8_t *bb = malloc((size_t)blen);
+                if (!bb)
+                        return done ? (ssize_t)done : -ENOMEM;
+                ssize_t got = layer_reader_read_tar(r, bstart, bb, (size_t)blen);
+                if (got < 0 || (uint64_t)got != blen) {
+                        free(bb);
+                        if (done)
+                                return (ssize_t)done;
+                        /* Fall back to the direct read (it reports the real error). */
+                        return layer_reader_read(r, f, off, out, len);
+                }
+                memcpy(out + done, bb + in_blk, n);
+                spancache_put(lt->spans, l->id, blk, bb, (size_t)blen); /* takes BB */
+                done += n;
+        }
+        return (ssize_t)done;
+}
+
+static void read_job(struct worker *w, struct read_job *j) {
+        struct ltree *lt = w->lt;
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = j->id < lt->n ? lt->layers[j->id] : NULL;
+        bool ready = l && l->state == LTREE_READY;
+        pthread_mutex_unlock(&lt->lock);
+        int err = 0;
+        ssize_t n = 0;
+        if (!ready) {
+                err = -ENOENT;
+        } else {
+                const struct layer_file *f = layer_index_file(l->ix, l->canon[j->file]);
+                struct layer_reader *r = reader_for(w, l);
+                if (!r)
+                        err = -ENOMEM;
+                else if (l->format == LAYER_FMT_GZIP && lt->spans && f->type == TAR_REG)
+                        n = read_cached(w, l, r, f, j->off, w->buf,
+                                        j->off >= f->size ? 0
+                                                          : (size_t)(f->size - j->off < j->len
+                                                                             ? f->size - j->off
+                                                                             : j->len));
+                else
+                        n = layer_reader_read(r, f, j->off, w->buf, j->len);
+                if (n < 0)
+                        err = (int)n;
+        }
+        pthread_mutex_lock(&lt->lock);
+        if (err < 0) {
+                lt->st.read_errors++;
+        } else {
+                lt->st.bytes_read += (uint64_t)n;
+        }
+        pthread_mutex_unlock(&lt->lock);
+        j->reply(j->ctx, err, w->buf, err < 0 ? 0 : (size_t)n);
+        free(j);
+}
+
+/* ---- workers -------------------------------------------------------------------------- */
+
+static void *worker_main(void *arg) {
+        struct worker *w = arg;
+        struct ltree *lt = w->lt;
+        pthread_mutex_lock(&lt->lock);
+        while (!lt->stopping) {
+                if (lt->rq_head) {
+                        struct read_job *j = lt->rq_head;
+                        lt->rq_head = j->next;
+                        if (!lt->rq_head)
+                                lt->rq_tail = NULL;
+                        lt->rq_len--;
+                        pthread_mutex_unlock(&lt->lock);
+                        read_job(w, j);
+                        pthread_mutex_lock(&lt->lock);
+                        continue;
+                }
+                if (lt->bq_head && lt->builds_running < lt->builds_max) {
+                        struct layer *l = lt->layers[lt->bq_head - 1];
+                        lt->bq_head = l->next_job;
+                        if (!lt->bq_head)
+                                lt->bq_tail = 0;
+                        l->next_job = 0;
+                        lt->builds_running++;
+                        pthread_mutex_unlock(&lt->lock);
+                        index_job(lt, l, w->buf);
+                        pthread_mutex_lock(&lt->lock);
+                        l->queued = false;
+                        lt->builds_running--;
+                        pthread_cond_broadcast(&lt->work);
+                        continue;
+                }
+                pthread_cond_wait(&lt->work, &lt->lock);
+        }
+        pthread_mutex_unlock(&lt->lock);
+        return NULL;
+}
+
+/* Queues L's index job (lt->lock held). */
+static void queue_index(struct ltree *lt, struct layer *l) {
+        if (l->queued)
+                return;
+        l->queued = true;
+        l->next_job = 0;
+        if (lt->bq_tail)
+                lt->layers[lt->bq_tail - 1]->next_job = l->id + 1;
+        else
+                lt->bq_head = l->id + 1;
+        lt->bq_tail = l->id + 1;
+        pthread_cond_signal(&lt->work);
+}
+
+/* ---- API ------------------------------------------------------------------------------ */
+
+static struct layer *find_locked(struct ltree *lt, const struct digest *d) {
+        for (uint32_t i = 0; i < lt->n; i++)
+                if (digest_equal(&lt->layers[i]->digest, d))
+                        return lt->layers[i];
+        return NULL;
+}
+
+static int reload_row(void *ud, const struct idx_layer *row) {
+        struct ltree *lt = ud;
+        if (lt->n >= lt->cfg.max_layers || find_locked(lt, &row->digest))
+                return 0;
+        struct layer *l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        l->id = lt->n;
+        l->digest = row->digest;
+        snprintf(l->source, sizeof(l->source), "%s", row->source);
+        snprintf(l->media_type, sizeof(l->media_type), "%s", row->media_type);
+        l->has_diff_id = row->has_diff_id;
+        l->diff_id = row->diff_id;
+        l->has_toc = row->has_toc_digest;
+        l->toc_digest = row->toc_digest;
+        l->added_at = row->added_at;
+        l->format = (enum layer_format)row->format;
+        l->has_index = row->has_index;
+        l->index_digest = row->index_digest;
+        l->index_size = row->index_size;
+        if (row->has_index)
+                l->origin = LTREE_INDEX_LOCAL;
+        struct engine_blob_info b;
+        if (engine_find(lt->e, &l->digest, &b) == 0) {
+                l->blob_known = true;
+                l->blob_id = b.id;
+                l->blob_size = b.size;
+        }
+        lt->layers[lt->n++] = l;
+        if (row->state == LTREE_FAILED) {
+                /* A bad layer stays failed across restarts; ltree_add retries it. */
+                l->state = LTREE_FAILED;
+                snprintf(l->error, sizeof(l->error), "%s", row->error);
+        } else {
+                l->state = LTREE_PENDING;
+                queue_index(lt, l);
+        }
+        return 0;
+}
+
+int ltree_new(const struct ltree_config *cfg, struct engine *e, struct index *ix,
+              const struct ltree_peer_ops *peers, struct ltree **ret) {
+        if (!cfg || !e || !ix || cfg->workers == 0 || cfg->workers > 256 || cfg->max_layers == 0 ||
+            (cfg->span && (cfg->span < LAYER_SPAN_MIN || cfg->span > LAYER_SPAN_MAX)))
+                return -EINVAL;
+        struct ltree *lt = calloc(1, sizeof(*lt));
+        if (!lt)
+                return -ENOMEM;
+        lt->cfg = *cfg;
+        if (!lt->cfg.index_timeout_ms)
+                lt->cfg.index_timeout_ms = 10000;
+        lt->e = e;
+        lt->ix = ix;
+        if (peers) {
+                lt->peers = *peers;
+                lt->have_peers = true;
+        }
+        lt->builds_max = cfg->workers / 2 ? cfg->workers / 2 : 1;
+        pthread_mutex_init(&lt->lock, NULL);
+        pthread_cond_init(&lt->work, NULL);
+        pthread_cond_init(&lt->changed, NULL);
+        int r = -ENOMEM;
+        lt->layers = calloc(cfg->max_layers, sizeof(*lt->layers));
+        lt->workers = calloc(cfg->workers, sizeof(*lt->workers));
+        if (!lt->layers || !lt->workers)
+                goto out_free;
+        if (cfg->span_cache_bytes) {
+                r = spancache_new(cfg->span_cache_bytes, &lt->spans);
+                if (r < 0)
+                        goto out_free;
+        }
+        r = idx_layers_open(ix, &lt->db);
+        if (r < 0)
+                goto out_free;
+        pthread_mutex_lock(&lt->lock);
+        r = idx_layers_for_each(lt->db, reload_row, lt);
+        pthread_mutex_unlock(&lt->lock);
+        if (r < 0)
+                goto out_free;
+        for (unsigned i = 0; i < cfg->workers; i++) {
+                struct worker *w = &lt->workers[i];
+                w->lt = lt;
+                w->buf = malloc(READ_MAX);
+                if (!w->buf) {
+                        r = -ENOMEM;
+                        goto out_free;
+                }
+                r = -pthread_create(&w->thread, NULL, worker_main, w);
+                if (r < 0)
+                        goto out_free;
+                w->started = true;
+        }
+        *ret = lt;
+        return 0;
+out_free:
+        ltree_free(lt);
+        return r;
+}
+
+void ltree_free(struct ltree *lt) {
+        if (!lt)
+                return;
+        pthread_mutex_lock(&lt->lock);
+        lt->stopping = true;
+        pthread_cond_broadcast(&lt->work);
+        pthread_mutex_unlock(&lt->lock);
+        for (unsigned i = 0; lt->workers && i < lt->cfg.workers; i++) {
+                struct worker *w = &lt->workers[i];
+                if (w->started)
+                        pthread_join(w->thread, NULL);
+                for (size_t k = 0; k < READERS_PER_WORKER; k++)
+                        layer_reader_free(w->slots[k].r);
+                free(w->buf);
+        }
+        while (lt->rq_head) {
+                struct read_job *j = lt->rq_head;
+                lt->rq_head = j->next;
+                j->reply(j->ctx, -ECANCELED, NULL, 0);
+                free(j);
+        }
+        for (uint32_t i = 0; lt->layers && i < lt->n; i++) {
+                struct layer *l = lt->layers[i];
+                layer_index_free(l->ix);
+                free(l->canon);
+                free(l->nlink);
+                free(l);
+        }
+        free(lt->layers);
+        free(lt->workers);
+        spancache_free(lt->spans);
+        idx_layers_close(lt->db);
+        pthread_mutex_destroy(&lt->lock);
+        pthread_cond_destroy(&lt->work);
+        pthread_cond_destroy(&lt->changed);
+        free(lt);
+}
+
+static bool layer_media_type(const char *mt) {
+        static const char *const known[] = {
+                "application/vnd.oci.image.layer.",
+                "application/vnd.docker.image.rootfs.",
+        };
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+                if (strncmp(mt, known[i], strlen(known[i])) == 0)
+                        return true;
+        return false;
+}
+
+int ltree_add(struct ltree *lt, const char *ref, const struct digest *diff_id,
+              const struct digest *toc_digest, const char *media_type, struct ltree_layer_info *ret,
+              char *reason, size_t reason_len) {
+        if (reason_len)
+                reason[0] = '\0';
+        if (!media_type)
+                media_type = "";
+        if (strlen(media_type) >= IDX_MEDIA_TYPE_MAX) {
+                snprintf(reason, reason_len, "media type too long");
+                return -EINVAL;
+        }
+        if (media_type[0] && !layer_media_type(media_type)) {
+                snprintf(reason, reason_len,
+                         "media type %s is not an image layer; give a layer's, or none",
+                         media_type);
+                return -EPROTONOSUPPORT;
+        }
+        struct engine_blob_info b;
+        int r = engine_add(lt->e, ref, &b, reason, reason_len);
+        if (r < 0)
+                return r;
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = find_locked(lt, &b.digest);
+        if (l) {
+                if (l->state == LTREE_FAILED && !l->queued) {
+                        l->state = LTREE_PENDING;
+                        l->error[0] = '\0';
+                        if (diff_id) {
+                                l->has_diff_id = true;
+                                l->diff_id = *diff_id;
+                        }
+                        if (toc_digest) {
+                                l->has_toc = true;
+                                l->toc_digest = *toc_digest;
+                        }
+                        if (media_type[0])
+                                snprintf(l->media_type, sizeof(l->media_type), "%s", media_type);
+                        persist(lt, l);
+                        queue_index(lt, l);
+                }
+                info_of(l, ret);
+                pthread_mutex_unlock(&lt->lock);
+                return 0;
+        }
+        if (lt->n >= lt->cfg.max_layers) {
+                pthread_mutex_unlock(&lt->lock);
+                snprintf(reason, reason_len, "%u layers registered (max_layers); raise it",
+                         lt->cfg.max_layers);
+                return -ENOSPC;
+        }
+        l = calloc(1, sizeof(*l));
+        if (!l) {
+                pthread_mutex_unlock(&lt->lock);
+                snprintf(reason, reason_len, "out of memory");
+                return -ENOMEM;
+        }
+        l->id = lt->n;
+        l->digest = b.digest;
+        snprintf(l->source, sizeof(l->source), "%s", b.source);
+        snprintf(l->media_type, sizeof(l->media_type), "%s", media_type);
+        if (diff_id) {
+                l->has_diff_id = true;
+                l->diff_id = *diff_id;
+        }
+        if (toc_digest) {
+                l->has_toc = true;
+                l->toc_digest = *toc_digest;
+        }
+        l->added_at = (int64_t)time(NULL);
+        l->blob_known = true;
+        l->blob_id = b.id;
+        l->blob_size = b.size;
+        l->state = LTREE_PENDING;
+        lt->layers[lt->n++] = l;
+        persist(lt, l);
+        queue_index(lt, l);
+        info_of(l, ret);
+        pthread_mutex_unlock(&lt->lock);
+        return 0;
+}
+
+int ltree_wait(struct ltree *lt, const struct digest *d, uint64_t wait_ms,
+               struct ltree_layer_info *ret) {
+        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, wait_ms);
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = find_locked(lt, d);
+        if (!l) {
+                pthread_mutex_unlock(&lt->lock);
+                return -ENOENT;
+        }
+        while (l->state == LTREE_PENDING && !lt->stopping &&
+               pthread_cond_timedwait(&lt->changed, &lt->lock, &ts) == 0)
+                ;
+        info_of(l, ret);
+        pthread_mutex_unlock(&lt->lock);
+        return ret->state == LTREE_READY ? 0 : ret->state == LTREE_FAILED ? -EIO : -EAGAIN;
+}
+
+int ltree_find(struct ltree *lt, const struct digest *d, struct ltree_layer_info *ret) {
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = find_locked(lt, d);
+        if (l)
+                info_of(l, ret);
+        pthread_mutex_unlock(&lt->lock);
+        return l ? 0 : -ENOENT;
+}
+
+int ltree_get(struct ltree *lt, uint32_t id, struct ltree_layer_info *ret) {
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = id < lt->n ? lt->layers[id] : NULL;
+        if (l)
+                info_of(l, ret);
+        pthread_mutex_unlock(&lt->lock);
+        return l ? 0 : -ENOENT;
+}
+
+uint32_t ltree_count(struct ltree *lt) {
+        pthread_mutex_lock(&lt->lock);
+        uint32_t n = lt->n;
+        pthread_mutex_unlock(&lt->lock);
+        return n;
+}
+
+/* The READY layer ID, or NULL and *ERR. */
+static struct layer *ready_of(struct ltree *lt, uint32_t id, int *err) {
+        pthread_mutex_lock(&lt->lock);
+        struct layer *l = id < lt->n ? lt->layers[id] : NULL;
+        *err = !l                          ? -ENOENT
+               : l->state == LTREE_PENDING ? -EAGAIN
+               : l->state == LTREE_FAILED  ? -EIO
+                                           : 0;
+        pthread_mutex_unlock(&lt->lock);
+        return *err ? NULL : l;
+}
+
+int ltree_index_get(struct ltree *lt, uint32_t id, const struct layer_index **ret) {
+        int err;
+        struct layer *l = ready_of(lt, id, &err);
+        if (!l)
+                return err;
+        *ret = l->ix; /* immutable until ltree_free: nothing to count */
+        return 0;
+}
+
+void ltree_index_put(struct ltree *lt, uint32_t id) {
+        (void)lt;
+        (void)id;
+}
+
+int ltree_file_inode(struct ltree *lt, uint32_t id, uint32_t file, uint32_t *ret_canon,
+                     uint32_t *ret_nlink) {
+        int err;
+        struct layer *l = ready_of(lt, id, &err);
+        if (!l)
+                return err;
+        if (file >= l->files)
+                return -ENOENT;
+        uint32_t c = l->canon[file];
+        *ret_canon = c;
+        *ret_nlink = l->nlink[c];
+        return 0;
+}
+
+void ltree_read(struct ltree *lt, uint32_t id, uint32_t file, uint64_t off, size_t len,
+                ltree_reply_fn reply, void *ctx) {
+        int err;
+        struct layer *l = ready_of(lt, id, &err);
+        if (!l) {
+                reply(ctx, err, NULL, 0);
+                return;
+        }
+        if (file >= l->files || len > READ_MAX) {
+                reply(ctx, -EINVAL, NULL, 0);
+                return;
+        }
+        const struct layer_file *f = layer_index_file(l->ix, l->canon[file]);
+        if (f->type == TAR_DIR) {
+                reply(ctx, -EISDIR, NULL, 0);
+                return;
+        }
+        if (f->type != TAR_REG) {
+                reply(ctx, -EINVAL, NULL, 0);
+                return;
+        }
+        if (off >= f->size || len == 0) {
+                pthread_mutex_lock(&lt->lock);
+                lt->st.reads++;
+                pthread_mutex_unlock(&lt->lock);
+                reply(ctx, 0, "", 0);
+                return;
+        }
+        struct read_job *j = calloc(1, sizeof(*j));
+        if (!j) {
+                reply(ctx, -ENOMEM, NULL, 0);
+                return;
+        }
+        *j = (struct read_job){
+                .id = id, .file = file, .off = off, .len = len, .reply = reply, .ctx = ctx};
+        pthread_mutex_lock(&lt->lock);
+        if (lt->stopping || lt->rq_len >= READ_QUEUE_MAX) {
+                bool stopping = lt->stopping;
+                lt->st.read_errors++;
+                pthread_mutex_unlock(&lt->lock);
+                free(j);
+                reply(ctx, stopping ? -ECANCELED : -EAGAIN, NULL, 0);
+                return;
+        }
+        lt->st.reads++;
+        if (lt->rq_tail)
+                lt->rq_tail->next = j;
+        else
+                lt->rq_head = j;
+        lt->rq_tail = j;
+        lt->rq_len++;
+        pthread_cond_signal(&lt->work);
+        pthread_mutex_unlock(&lt->lock);
+}
+
+void ltree_get_stats(struct ltree *lt, struct ltree_stats *ret) {
+        pthread_mutex_lock(&lt->lock);
+        *ret = lt->st;
+        ret->layers = lt->n;
+        for (uint32_t i = 0; i < lt->n; i++) {
+                struct layer *l = lt->layers[i];
+                ret->ready += l->state == LTREE_READY;
+                ret->pending += l->state == LTREE_PENDING;
+                ret->failed += l->state == LTREE_FAILED;
+                ret->bytes_fetched += atomic_load(&l->fetched);
+                if (l->state == LTREE_READY)
+                        ret->index_memory += l->memory;
+        }
+        pthread_mutex_unlock(&lt->lock);
+        if (lt->spans) {
+                struct spancache_stats ss;
+                spancache_get_stats(lt->spans, &ss);
+                ret->span_cache_bytes = ss.bytes;
+                ret->span_cache_hits = ss.hits;
+                ret->span_cache_misses = ss.misses;
+        }
+}
