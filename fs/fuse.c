@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "engine/engine.h"
+#include "fs/layers.h"
 #include "fs/resolver.h"
 #include "util/log.h"
 
@@ -126,6 +127,10 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
         (void)fi;
         struct stat st;
         double timeout;
+        if (fs_layers_owns(ino)) {
+                fs_layers_getattr(req, ino);
+                return;
+        }
         int r = do_getattr(engine_of(req), ino, &st, &timeout);
         if (r < 0)
                 fuse_reply_err(req, -r);
@@ -179,6 +184,11 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
         struct fuse_entry_param ep;
         struct fs_ctx *ctx = fuse_req_userdata(req);
         struct digest d;
+        if (fs_layers_owns(parent) ||
+            (parent == INO_ROOT && strcmp(name, "layers") == 0 && fs_layers_enabled())) {
+                fs_layers_lookup(req, parent, name);
+                return;
+        }
         if (parent == INO_SHA256 && ctx->resolver) {
                 /* A digest other nodes may know: asking them must not hold this thread. */
                 if (digest_from_hex(name, strlen(name), &d) < 0)
@@ -195,6 +205,10 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name) {
 }
 
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        if (fs_layers_owns(ino)) {
+                fs_layers_opendir(req, ino, fi);
+                return;
+        }
         if (ino != INO_ROOT && ino != INO_BLOBS && ino != INO_SHA256) {
                 fuse_reply_err(req, ino >= INO_BLOB_BASE ? ENOTDIR : ENOENT);
                 return;
@@ -208,7 +222,9 @@ static int do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, ch
                       size_t *ret_len) {
         struct engine *e = engine_of(req);
         size_t len = 0;
-        uint64_t nchildren = ino == INO_SHA256 ? engine_blob_count(e) : 1;
+        uint64_t nchildren = ino == INO_SHA256                        ? engine_blob_count(e)
+                             : ino == INO_ROOT && fs_layers_enabled() ? 2
+                                                                      : 1;
         for (uint64_t pos = (uint64_t)off; pos < 2 + nchildren; pos++) {
                 struct stat st = {0};
                 char name[DIGEST_HEX_LEN + 1];
@@ -219,6 +235,10 @@ static int do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, ch
                 } else if (pos == 1) {
                         snprintf(name, sizeof(name), "..");
                         st.st_ino = ino == INO_SHA256 ? INO_BLOBS : INO_ROOT;
+                        st.st_mode = S_IFDIR;
+                } else if (ino == INO_ROOT && pos == 3) {
+                        snprintf(name, sizeof(name), "layers");
+                        st.st_ino = FS_INO_LAYERS;
                         st.st_mode = S_IFDIR;
                 } else if (ino == INO_ROOT) {
                         snprintf(name, sizeof(name), "blobs");
@@ -249,6 +269,10 @@ static int do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, ch
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                        struct fuse_file_info *fi) {
         (void)fi;
+        if (fs_layers_owns(ino)) {
+                fs_layers_readdir(req, ino, size, off);
+                return;
+        }
         if (size > 1 << 20)
                 size = 1 << 20;
         char *buf = malloc(size);
@@ -266,6 +290,10 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
+        if (fs_layers_owns(ino)) {
+                fs_layers_open(req, ino, fi);
+                return;
+        }
         if (ino < INO_BLOB_BASE) {
                 fuse_reply_err(req, EISDIR);
                 return;
@@ -333,7 +361,10 @@ static void reply_read(void *ctx, int err, const void *buf, size_t len) {
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi) {
-        (void)ino;
+        if (ino & FS_LAYER_INO_BIT) {
+                fs_layers_read(req, ino, size, off);
+                return;
+        }
         struct open_blob *ob = (struct open_blob *)(uintptr_t)fi->fh;
         if (off < 0) {
                 fuse_reply_err(req, EINVAL);
@@ -384,11 +415,21 @@ static void fs_fail_reads(uint64_t wait_ms) {
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi) {
-        (void)ino;
         struct open_blob *ob = (struct open_blob *)(uintptr_t)fi->fh;
+        if (ino & FS_LAYER_INO_BIT) { /* layer files keep nothing per open */
+                fuse_reply_err(req, 0);
+                return;
+        }
         open_untrack(ob);
         free(ob);
         fuse_reply_err(req, 0);
+}
+
+static void fs_readlink(fuse_req_t req, fuse_ino_t ino) {
+        if (ino & FS_LAYER_INO_BIT)
+                fs_layers_readlink(req, ino);
+        else
+                fuse_reply_err(req, EINVAL);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino) {
@@ -420,6 +461,9 @@ static const struct fuse_lowlevel_ops ops = {
         .open = fs_open,
         .read = fs_read,
         .release = fs_release,
+        .readlink = fs_readlink,
+        .getxattr = fs_layers_getxattr,
+        .listxattr = fs_layers_listxattr,
         .statfs = fs_statfs,
 };
 

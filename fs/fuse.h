@@ -1,6 +1,7 @@
-/* The FUSE low-level adapter: the only file that includes <fuse_lowlevel.h>.
+/* The FUSE low-level adapter (with fs/layers.c, the only files that include <fuse_lowlevel.h>).
  *
  * Tree:  /  ->  blobs/  ->  sha256/  ->  <64 hex>   (regular files, 0444, their true size)
+ *        /  ->  layers/ ->  sha256/  ->  <layer digest>/...   (fs/layers.h)
  * Inodes are fixed for the three directories and 16 + engine id for blobs, so lookups are
  * pure arithmetic and a blob's inode never changes while the daemon runs. */
 #pragma once
