@@ -22,6 +22,7 @@ struct directory;
 struct source;
 struct announcer;
 struct mirror;
+struct ltree;
 
 struct daemon {
         struct daemon_config cfg;
@@ -40,6 +41,7 @@ struct daemon {
         struct directory *dir;       /* the home role: blobs this node is home for */
         struct source *source;       /* chunk fetches: peers, then the origin */
         struct announcer *announcer; /* tells homes what this node holds */
+        struct ltree *layers;        /* layer trees (layertree/); freed before the engine */
         time_t started;
         atomic_bool serving; /* the mount answers and shutdown has not begun (/readyz) */
 };

@@ -106,6 +106,14 @@ static const struct opt_def options[] = {
          OPT_RESTART},
         {"max-blobs", OPT_UINT, "100000", 1, 10000000, F(max_blobs), 0, "N",
          "blobs the node keeps track of", OPT_RESTART},
+        {"layer-span", OPT_SIZE, "2M", MiB, 4 * MiB, F(layer_span), 0, "SIZE",
+         "compressed bytes between the checkpoints of a gzip layer's index", OPT_RESTART},
+        {"layer-span-cache", OPT_SIZE, "64M", 0, 16 * GiB, F(layer_span_cache), 0, "SIZE",
+         "memory for inflated bytes of gzip layers (0: none)", OPT_RESTART},
+        {"layer-workers", OPT_UINT, "4", 1, 64, F(layer_workers), 0, "N",
+         "threads that read layer files and build layer indexes", OPT_RESTART},
+        {"max-layers", OPT_UINT, "4096", 1, 1000000, F(max_layers), 0, "N",
+         "image layers the node shows as file trees", OPT_RESTART},
         {"peers", OPT_LIST, NULL, 0, 0, F(peers), FC(n_peers), "HOST:PORT,...",
          "static peers (repeatable, or comma-separated)", OPT_RESTART},
         {"peer-dns", OPT_STRING, NULL, 0, 0, F(peer_dns), 0, "NAME",
@@ -603,6 +611,18 @@ static const struct {
         {"max-connections", "Concurrent connections to origin registries.\n"},
         {"workers", "Threads writing fetched chunks to the store.\n"},
         {"max-blobs", "Blobs the node keeps track of.\n"},
+        {"layer-span", "Compressed bytes between the decompression checkpoints of a gzip "
+                       "layer's index: reading one\n"
+                       "file inflates at most this much before its bytes. Smaller spans make "
+                       "bigger indexes.\n"},
+        {"layer-span-cache", "Memory kept for inflated bytes of gzip layers, so small reads of "
+                             "neighbouring files do\n"
+                             "not inflate the same span again. Counted in the memory figures.\n"},
+        {"layer-workers", "Threads that read files of layer trees and build layer indexes (at "
+                          "most half of them\n"
+                          "build at once).\n"},
+        {"max-layers", "Image layers the node shows under\n"
+                       ".IR mountpoint /layers/sha256/.\n"},
         {"peers", "Static peers (repeatable, or comma-separated). With\n"
                   ".B \\-\\-peers\n"
                   "or\n"

@@ -32,6 +32,7 @@ struct daemon_config {
         uint64_t max_connections;
         uint64_t workers;
         uint64_t max_blobs;
+        uint64_t layer_span, layer_span_cache, layer_workers, max_layers; /* layer trees */
         uint64_t fetch_timeout_ms;
         uint64_t connect_timeout_ms;
         uint64_t verify_retry_ms;

@@ -38,6 +38,8 @@
 #include "fs/config.h"
 #include "engine/engine.h"
 #include "fs/fuse.h"
+#include "fs/layers.h"
+#include "layertree/layertree.h"
 #include "fs/notify.h"
 #include "fs/peers.h"
 #include "fs/resolver.h"
@@ -387,7 +389,7 @@ static void *signal_main(void *arg) {
  *    curl -> state dir (created, narrowed to 0700, locked: one daemon per state dir) -> chunk
  *    store -> index (a corrupt one is moved aside) -> origin -> peers (netlink, membership,
  *    home directory, source) -> engine -> load (the index, validated) -> reclaim (before
- *    anything writes to the store) -> announcer -> control socket -> HTTP server (peers,
+ *    anything writes to the store) -> announcer -> layer trees -> control socket -> HTTP server (peers,
  *    /metrics) -> mirror (a failure only warns) -> snapshotter -> lookup resolver -> mount (a
  *    stale mount left by a crash is detached first).
  *
@@ -409,13 +411,37 @@ static void *signal_main(void *arg) {
  *     stopping the servers below does not wait on them;
  *  4. the resolver (lookups still asking peers get ECANCELED), the snapshotter (its metadata
  *     is in the index, which goes last), the mirror (reads the engine and the origin), the
- *     HTTP server (its /metrics reads the engine), the control socket;
+ *     HTTP server (its /metrics reads the engine), the control socket, the layer trees
+ *     (their workers read the engine; their reads fail fast once it stops fetching);
  *  5. the source (fails pending peer fetches, before the origin goes), the origin (fails
  *     pending fetches: their readers get EIO), the engine (answers every read still queued);
  *  6. the FUSE session (fs_destroy: the connection is aborted if a reader still holds a file,
  *     the device closed), the peer layer's directory, membership and netlink;
  *  7. the index is flushed and closed, the store closed, the state dir's lock released, curl
  *     cleaned up. Exit 0 when serving ended on a signal and nothing failed. */
+
+/* The layer trees, once the engine has loaded (ltree_new reloads the recorded layers). */
+static int layers_start(struct daemon *d) {
+        struct ltree_config lc = {.span = (uint32_t)d->cfg.layer_span,
+                                  .span_cache_bytes = (size_t)d->cfg.layer_span_cache,
+                                  .max_layers = (uint32_t)d->cfg.max_layers,
+                                  .workers = (unsigned)d->cfg.layer_workers,
+                                  .index_timeout_ms = d->cfg.fetch_timeout_ms};
+        int r = ltree_new(&lc, d->engine, d->ix, NULL, &d->layers);
+        if (r < 0) {
+                log_err("cannot start the layer trees err=%s", strerror(-r));
+                return r;
+        }
+        fs_layers_set(d->layers);
+        return 0;
+}
+
+/* Before the sources stop: workers may be waiting on engine reads. */
+static void layers_stop(struct daemon *d) {
+        fs_layers_set(NULL);
+        ltree_free(d->layers);
+        d->layers = NULL;
+}
 
 static int mkdir_p(const char *path, mode_t mode) {
         char buf[PATH_MAX];
@@ -517,6 +543,9 @@ static int daemon_start(struct service *s) {
         }
         statedir_reclaim(d->store, d->engine); /* before anything can write to the store */
         r = peers_start_announcer(d);
+        if (r < 0)
+                return r;
+        r = layers_start(d);
         if (r < 0)
                 return r;
         struct control_ops cops = api_control_ops(d);
@@ -647,6 +676,7 @@ static void daemon_stop(struct service *s) {
         mirror_stop(d->mirror);
         httpd_stop(d->httpd);
         control_stop(d->control); /* NULL already after a stop on a signal */
+        layers_stop(d);           /* its workers read the engine through the sources, still up */
         peers_stop_source(d);
         origin_free(d->origin);
         engine_free(d->engine);
