@@ -13,6 +13,7 @@
 
 #include "cache/store.h"
 #include "engine/engine.h"
+#include "fs/api_layers.h"
 #include "fs/stats.h"
 #include "index/index.h"
 #include "net/api_routes.h"
@@ -203,6 +204,8 @@ static const api_handler_fn handlers[API_N_ROUTES] = {
 /* Every request: routed by net/api_routes.h's table, answered by the row's handler. */
 static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
                       size_t reason_len) {
+        if (api_layers_route(control_req_path(req))) /* fs/api_layers.c */
+                return api_layers_handle(ud, req, ret, reason, reason_len);
         struct api_request q;
         int r = api_parse_request(control_req_method(req), control_req_path(req),
                                   control_req_arg(req, "ref"), &q, reason, reason_len);

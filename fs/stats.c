@@ -21,6 +21,7 @@
 #include "fs/api.h"
 #include "peer/announce.h"
 #include "index/index.h"
+#include "layertree/layertree.h"
 #include "peer/directory.h"
 #include "peer/members.h"
 #include "peer/origin.h"
@@ -35,6 +36,7 @@ struct figures {
         struct source_stats ss;   /* zeros without peers */
         struct dir_stats ds;      /* zeros without peers */
         struct announce_stats as; /* zeros without peers */
+        struct ltree_stats ls;    /* layer trees */
         uint64_t peers_known, peers_up, peer_bytes_from, peer_bytes_to;
         uint64_t uptime_seconds, chunk_size, ready;
         uint64_t store_allocated_bytes, store_page_cache_bytes, index_write_errors;
@@ -157,6 +159,35 @@ static const struct stat_def stats[] = {
         {NULL, NULL, "peer_announces_total", NULL, COUNTER,
          "Announce requests sent to other homes.", F(as.requests), false},
 
+        {"layers", "known", "layers", NULL, GAUGE, "Image layers registered.", F(ls.layers), false},
+        {"layers", "ready", "layers_ready", NULL, GAUGE, "Layers whose file tree is ready.",
+         F(ls.ready), false},
+        {"layers", "pending", NULL, NULL, GAUGE, NULL, F(ls.pending), false},
+        {"layers", "failed", "layers_failed", NULL, GAUGE, "Layers whose index could not be had.",
+         F(ls.failed), false},
+        {"layers", "indexes_built", "layer_indexes_total", "origin=\"built\"", COUNTER,
+         "Layer indexes loaded, by where they came from.", F(ls.indexes_built), false},
+        {"layers", "indexes_from_peers", "layer_indexes_total", "origin=\"peer\"", COUNTER,
+         "Layer indexes loaded, by where they came from.", F(ls.indexes_from_peers), false},
+        {"layers", "indexes_local", "layer_indexes_total", "origin=\"local\"", COUNTER,
+         "Layer indexes loaded, by where they came from.", F(ls.indexes_local), false},
+        {"layers", "index_failures", "layer_index_failures_total", NULL, COUNTER,
+         "Layer indexes that failed (bad layer, unreadable, unsupported).", F(ls.index_failures),
+         false},
+        {"layers", "reads", "layer_reads_total", NULL, COUNTER, "Reads of layer files.",
+         F(ls.reads), false},
+        {"layers", "read_errors", "layer_read_errors_total", NULL, COUNTER,
+         "Reads of layer files answered with an error.", F(ls.read_errors), false},
+        {"layers", "bytes_read", "layer_read_bytes_total", NULL, COUNTER,
+         "Bytes of layer files read.", F(ls.bytes_read), false},
+        {"layers", "bytes_fetched", "layer_fetched_bytes_total", NULL, COUNTER,
+         "Compressed layer bytes read through the engine for indexes and files.",
+         F(ls.bytes_fetched), false},
+        {"layers", "span_cache_hits", "layer_span_cache_hits_total", NULL, COUNTER,
+         "Layer reads answered from inflated spans in memory.", F(ls.span_cache_hits), false},
+        {"layers", "span_cache_misses", "layer_span_cache_misses_total", NULL, COUNTER,
+         "Layer reads that had to inflate a span.", F(ls.span_cache_misses), false},
+
         {"memory", "rss_bytes", "resident_memory_bytes", NULL, GAUGE, "Daemon RSS.", F(rss_bytes),
          false},
         {"memory", "cgroup_version", NULL, NULL, GAUGE, NULL, F(cgroup_version), false},
@@ -170,6 +201,10 @@ static const struct stat_def stats[] = {
          F(cgroup_working_set_bytes), true},
         {"memory", "store_page_cache_bytes", NULL, NULL, GAUGE, NULL, F(store_page_cache_bytes),
          false},
+        {"memory", "layer_span_cache_bytes", "layer_span_cache_bytes", NULL, GAUGE,
+         "Inflated layer bytes kept in memory.", F(ls.span_cache_bytes), false},
+        {"memory", "layer_index_bytes", "layer_index_bytes", NULL, GAUGE,
+         "Memory of the loaded layer indexes.", F(ls.index_memory), false},
         {NULL, NULL, "ready", NULL, GAUGE, "1 while the mount serves.", F(ready), false},
 };
 
@@ -187,6 +222,8 @@ static void collect(struct daemon *d, struct figures *f) {
         origin_get_stats(d->origin, &f->os);
         if (d->source)
                 source_get_stats(d->source, &f->ss);
+        if (d->layers)
+                ltree_get_stats(d->layers, &f->ls);
         if (d->dir)
                 dir_get_stats(d->dir, &f->ds);
         struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);

@@ -21,6 +21,7 @@
 
 #include "index/index.h"
 #include "net/api_routes.h"
+#include "tools/blobctl_layers.h"
 #include "tools/containerd_config.h"
 #include "util/digest.h"
 #include "util/log.h"
@@ -206,6 +207,11 @@ static int request(const struct opts *o, const struct api_request *q, json_t **r
                 return EXIT_USAGE;
         }
         return call(o, method, path, ret, quiet_down);
+}
+
+/* For blobctl_layers.c: its routes are outside the table (they take several arguments). */
+static int call_layers(void *ud, const char *method, const char *path, json_t **ret) {
+        return call(ud, method, path, ret, false);
 }
 
 static void print_json(json_t *v) {
@@ -707,6 +713,11 @@ static void usage(FILE *out) {
                 "  pin DIGEST / unpin DIGEST              pinned blobs are evicted last\n"
                 "  verify DIGEST                          re-hash present chunks against their "
                 "recorded digests\n"
+                "  layer add REGISTRY/REPO@sha256:<hex> [--diff-id D] [--toc-digest D]\n"
+                "            [--media-type T] [--wait [SECONDS]]  show a layer as a file tree\n"
+                "  layers [--json]                        layers: format, index state, files, "
+                "bytes fetched\n"
+                "  layer ls DIGEST [PATH] [--json]        the files of a layer directory\n"
                 "  containerd-config --registry HOST...   hosts.toml for the mirror (--help)\n\n"
                 "Options:\n"
                 "  --socket PATH     the daemon's control socket [" DEFAULT_SOCKET "]\n"
@@ -751,6 +762,13 @@ int main(int argc, char **argv) {
         const char *cmd = argv[optind++];
         if (strcmp(cmd, "containerd-config") == 0) /* its own options: containerd_config.c */
                 return cmd_containerd_config(argc - optind + 1, argv + optind - 1);
+        if (strcmp(cmd, "layer") == 0 || strcmp(cmd, "layers") == 0) { /* blobctl_layers.c */
+                curl_global_init(CURL_GLOBAL_DEFAULT);
+                signal(SIGPIPE, SIG_IGN);
+                int lrc = blobctl_layers(cmd, argc - optind, argv + optind, call_layers, &o);
+                curl_global_cleanup();
+                return lrc;
+        }
         const char *args[64];
         size_t nargs = 0;
         for (int i = optind; i < argc; i++) {
