@@ -1,0 +1,194 @@
+"""Layer trees: a tar and a tar.gz layer registered with blobctl, walked and read through
+<mnt>/layers/sha256/<digest>/, stacked with overlayfs; a truncated gzip layer fails cleanly.
+
+(The comprehensive matrix -- every format, real images, a second node -- is test_layers.py.)"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import subprocess
+import tarfile
+
+import pytest
+
+import harness
+
+REPO = "p2pblobs/ltree"
+MTIME = 1_700_000_000
+
+
+def _add(tf, name, data=None, kind=tarfile.REGTYPE, mode=0o644, uid=0, gid=0, link="",
+         pax=None, devmajor=0, devminor=0):
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.mode = mode
+    ti.uid, ti.gid = uid, gid
+    ti.mtime = MTIME
+    ti.linkname = link
+    ti.devmajor, ti.devminor = devmajor, devminor
+    if pax:
+        ti.pax_headers = pax
+    if data is not None:
+        ti.size = len(data)
+        tf.addfile(ti, io.BytesIO(data))
+    else:
+        tf.addfile(ti)
+
+
+def _big(seed, size):
+    out, h = bytearray(), hashlib.sha256(seed.encode()).digest()
+    while len(out) < size:
+        h = hashlib.sha256(h).digest()
+        out += h * 64  # compressible, yet not trivially so
+    return bytes(out[:size])
+
+
+def lower_tar():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, "bin", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "bin/sh", b"#!/bin/true\n" * 1000, mode=0o755)
+        _add(tf, "bin/hl", kind=tarfile.LNKTYPE, link="bin/sh")
+        _add(tf, "etc", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "etc/passwd", b"root:x:0:0:lower\n")
+        _add(tf, "etc/secret", b"s3cr3t\n", mode=0o600, uid=1000, gid=1001)
+        _add(tf, "lib", kind=tarfile.SYMTYPE, link="usr/lib", mode=0o777)
+        _add(tf, "usr/lib/libc.so", _big("libc", 3 * harness.MiB + 12345))
+        _add(tf, "gone.txt", b"will be whited out\n")
+        _add(tf, "opaq", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "opaq/a", b"a\n")
+        _add(tf, "opaq/b", b"b\n")
+        _add(tf, "xattr", b"has an xattr\n", pax={"SCHILY.xattr.user.test": "hello"})
+        _add(tf, "fifo", kind=tarfile.FIFOTYPE)
+        _add(tf, "null", kind=tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3)
+    return buf.getvalue()
+
+
+def upper_tar():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        _add(tf, ".wh.gone.txt", b"")
+        _add(tf, "opaq", kind=tarfile.DIRTYPE, mode=0o755)
+        _add(tf, "opaq/.wh..wh..opq", b"")
+        _add(tf, "opaq/c", b"c\n")
+        _add(tf, "etc/passwd", b"root:x:0:0:upper\n")
+    return buf.getvalue()
+
+
+def files_of(tar_bytes):
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg()}
+
+
+def layer_add(d, ref, *extra):
+    r = d.blobctl("layer", "add", ref, "--wait", "60", "--json", *extra)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else None), r.stderr
+
+
+@pytest.fixture
+def two_layers(registry, daemon_factory):
+    low, up = lower_tar(), upper_tar()
+    low_gz = gzip.compress(low, mtime=0)
+    dl = registry.push_blob(REPO, low_gz)
+    du = registry.push_blob(REPO, up)
+    d = daemon_factory(registries=[registry])
+    for ref, diff in ((registry.ref(REPO, dl), harness.sha256_digest(low)),
+                      (registry.ref(REPO, du), None)):
+        rc, out, err = layer_add(d, ref, *(["--diff-id", diff] if diff else []))
+        assert rc == 0, err
+        assert out["state"] == "built", out
+    root = os.path.join(d.mountpoint, "layers", "sha256")
+    return d, os.path.join(root, harness.hex_of(dl)), os.path.join(root, harness.hex_of(du)), \
+        low, up
+
+
+def test_tree_matches_the_tar(two_layers):
+    d, lower, upper, low, up = two_layers
+    assert sorted(os.listdir(os.path.dirname(lower))) == sorted(
+        [os.path.basename(lower), os.path.basename(upper)])
+    for name, data in files_of(low).items():
+        got = harness.read_file(os.path.join(lower, name))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
+    # a read in the middle of the big file, not at a span start
+    with open(os.path.join(lower, "usr/lib/libc.so"), "rb") as f:
+        f.seek(2 * harness.MiB + 7)
+        assert f.read(4096) == files_of(low)["usr/lib/libc.so"][2 * harness.MiB + 7:][:4096]
+
+    assert sorted(os.listdir(lower)) == sorted(
+        ["bin", "etc", "lib", "usr", "gone.txt", "opaq", "xattr", "fifo", "null"])
+    sh, hl = os.lstat(os.path.join(lower, "bin/sh")), os.lstat(os.path.join(lower, "bin/hl"))
+    assert sh.st_ino == hl.st_ino and sh.st_nlink == 2 == hl.st_nlink
+    assert stat.S_IMODE(sh.st_mode) == 0o755 and sh.st_mtime == MTIME
+    sec = os.lstat(os.path.join(lower, "etc/secret"))
+    assert (stat.S_IMODE(sec.st_mode), sec.st_uid, sec.st_gid) == (0o600, 1000, 1001)
+    assert os.readlink(os.path.join(lower, "lib")) == "usr/lib"
+    assert stat.S_ISFIFO(os.lstat(os.path.join(lower, "fifo")).st_mode)
+    null = os.lstat(os.path.join(lower, "null"))
+    assert stat.S_ISCHR(null.st_mode) and os.major(null.st_rdev) == 1 and \
+        os.minor(null.st_rdev) == 3
+    assert os.getxattr(os.path.join(lower, "xattr"), "user.test") == b"hello"
+    assert "user.test" in os.listxattr(os.path.join(lower, "xattr"))
+
+    wh = os.lstat(os.path.join(upper, "gone.txt"))
+    assert stat.S_ISCHR(wh.st_mode) and wh.st_rdev == 0, "a whiteout is a char device 0/0"
+    assert os.getxattr(os.path.join(upper, "opaq"), "trusted.overlay.opaque") == b"y"
+    assert sorted(os.listdir(os.path.join(upper, "opaq"))) == ["c"]
+    with pytest.raises(OSError):
+        open(os.path.join(lower, "etc/new"), "w")
+
+    r = d.blobctl("layers", "--json")
+    assert r.returncode == 0, r.stderr
+    layers = {l["digest"]: l for l in json.loads(r.stdout)}
+    lo = layers["sha256:" + os.path.basename(lower)]
+    assert lo["format"] == "gzip" and lo["files"] >= 15 and lo["bytes_fetched"] > 0
+    assert layers["sha256:" + os.path.basename(upper)]["format"] == "tar"
+    r = d.blobctl("layer", "ls", os.path.basename(lower), "etc", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(e["path"] for e in json.loads(r.stdout)) == ["etc/passwd", "etc/secret"]
+    s = d.stat()["layers"]
+    assert s["ready"] == 2 and s["indexes_built"] == 2 and s["reads"] > 0
+
+
+def test_overlay_of_two_trees(two_layers, tmp_path):
+    d, lower, upper, low, up = two_layers
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    "lowerdir=%s:%s" % (upper, lower), str(merged)], check=True)
+    try:
+        assert not os.path.exists(merged / "gone.txt"), "the whiteout hides the lower file"
+        assert sorted(os.listdir(merged / "opaq")) == ["c"], "the opaque dir hides a and b"
+        assert (merged / "etc/passwd").read_bytes() == b"root:x:0:0:upper\n"
+        assert (merged / "bin/sh").read_bytes() == files_of(low)["bin/sh"]
+        assert (merged / "xattr").exists()
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+
+
+def test_restart_loads_the_index_from_the_store(two_layers):
+    d, lower, upper, low, up = two_layers
+    d.restart()
+    harness.wait_until(lambda: os.path.isdir(lower) and os.path.isdir(upper), 30,
+                       what="layers ready after restart")
+    r = d.blobctl("layers", "--json")
+    states = sorted(l["state"] for l in json.loads(r.stdout))
+    assert states == ["local", "local"], states
+    assert harness.read_file(os.path.join(lower, "etc/passwd")) == b"root:x:0:0:lower\n"
+
+
+def test_truncated_gzip_fails_clearly(registry, daemon_factory):
+    gz = gzip.compress(lower_tar(), mtime=0)
+    dg = registry.push_blob(REPO, gz[:len(gz) // 2])
+    d = daemon_factory(registries=[registry])
+    rc, out, err = layer_add(d, registry.ref(REPO, dg))
+    assert rc == 1 and out["state"] == "failed", (rc, out)
+    assert out["error"], out
+    assert not os.path.exists(os.path.join(d.mountpoint, "layers", "sha256",
+                                           harness.hex_of(dg)))
+    r = d.blobctl("layers")
+    assert r.returncode == 0 and "failed" in r.stdout
+    assert d.alive()
+    d.add(registry.ref(REPO, dg))  # the daemon still serves
