@@ -3,8 +3,20 @@
  * Why one sparse file per blob rather than one file per chunk: a 10 GiB budget of 1 MiB chunks
  * would be 10k files and as many inodes and directory entries; a sparse file keeps a blob's
  * chunks at their natural offsets, eviction is a punched hole (fallocate PUNCH_HOLE|KEEP_SIZE),
- * and a missing chunk is visible to SEEK_DATA, which is how lost bytes are detected rather
- * than served as zeros.
+ * and a missing chunk is visible to SEEK_DATA.
+ *
+ * Lost bytes are never served as zeros, without probing for holes on every read (SEEK_HOLE is
+ * O(file size) on tmpfs, and was most of a cached read's CPU there): every byte read is checked
+ * against the CRC-32C written with it, seeded with its block's index, so a hole (zeros) where
+ * data was passes only if the data was zeros, and then the zeros are the right bytes. A read
+ * that fails its checksums probes once (SEEK_DATA/SEEK_HOLE) to tell a loss (-ESTALE) from
+ * damage (-EBADMSG). Descriptors are cached (see "the descriptor cache" below); a file
+ * unlinked or replaced under us shows as st_nlink 0 on the fstat every read makes, a truncated
+ * one as its size.
+ *
+ * Page cache of reads: dropped in batches (store.h), since every POSIX_FADV_DONTNEED whose
+ * pages are still on another CPU's LRU batch makes the kernel drain every CPU's
+ * (lru_add_drain_all: a fifth of the samples of random 4 KiB reads when done per read).
  *
  * Reads and readahead. store_read() reads exactly what it is asked for (POSIX_FADV_RANDOM: no
  * kernel readahead) and drops it: kernel readahead on every read added pages nobody read, paid
@@ -53,6 +65,24 @@ struct ra_range {
  * gets the whole range submitted, all of it in flight at once. */
 #define RA_PIECE (128u << 10)
 
+/* One open blob: its data file and its checksum file, shared by every thread reading the blob.
+ * The two descriptors are immutable once the entry exists and are used only with pread(),
+ * fstat(), posix_fadvise() and (on a failed check) lseek(SEEK_DATA/SEEK_HOLE): nothing relies
+ * on a file offset, so threads share them without a lock. What must not happen is a close()
+ * while another thread is inside a pread() (the number could be reused by an open of another
+ * file meanwhile): hence the reference count, and the descriptors are closed by whoever drops
+ * the last reference. */
+struct fd_ent {
+        struct digest blob; /* (immutable) */
+        int fd, sfd;        /* data, checksums, O_RDONLY (immutable) */
+        unsigned refs;      /* the table's (while cached) + one per user (fd_lock) */
+        bool cached;        /* in s->fds[] (fd_lock) */
+        uint64_t used;      /* LRU clock (fd_lock) */
+        /* Pages read and not dropped yet: [drop_from, drop_to), drop_bytes read in it; see
+         * "Page cache" in the essay. (fd_lock) */
+        uint64_t drop_from, drop_to, drop_bytes;
+};
+
 struct store {
         char dir[PATH_MAX];           /* <state>/chunks/sha256; immutable after open, so no lock */
         char sum_dir[PATH_MAX];       /* <state>/chunks/crc32c; the same */
@@ -60,6 +90,13 @@ struct store {
         struct ra_range ra[RA_SLOTS]; /* oldest first */
         unsigned ra_count;
         uint64_t ra_bytes; /* sum of ra[].len: at most STORE_RA_MAX_BYTES */
+        /* The descriptor cache. fd_lock is a leaf (never held across a syscall that waits for
+         * the disk, never together with ra_lock). */
+        pthread_mutex_t fd_lock;
+        struct fd_ent **fds; /* max_fds slots, nfds used (fd_lock) */
+        unsigned nfds, max_fds;
+        uint64_t clock;     /* (fd_lock) */
+        uint64_t undropped; /* sum of every entry's drop_bytes (fd_lock) */
 };
 
 static int mkdir_p(const char *path) {
@@ -102,15 +139,27 @@ int store_open(const char *state_dir, struct store **ret) {
                 free(s);
                 return r;
         }
+        s->max_fds = STORE_OPEN_BLOBS_DEFAULT;
+        s->fds = calloc(STORE_OPEN_BLOBS_MAX, sizeof(*s->fds));
+        if (!s->fds) {
+                free(s);
+                return -ENOMEM;
+        }
         pthread_mutex_init(&s->ra_lock, NULL);
+        pthread_mutex_init(&s->fd_lock, NULL);
         *ret = s;
         return 0;
 }
 
+static void fd_forget_all(struct store *s);
+
 void store_close(struct store *s) {
         if (!s)
                 return;
+        fd_forget_all(s);
         pthread_mutex_destroy(&s->ra_lock);
+        pthread_mutex_destroy(&s->fd_lock);
+        free(s->fds);
         free(s);
 }
 
@@ -150,6 +199,201 @@ static int open_for_write(const char *dir, const struct digest *blob) {
                 fd = open_in(dir, blob, O_RDWR | O_CREAT);
         }
         return fd;
+}
+
+/* ---- the descriptor cache --------------------------------------------------------------------
+ *
+ * One entry per blob read recently: its two descriptors, opened once, shared by every reader
+ * (struct fd_ent says how), closed when the entry is evicted (least recently used, when a
+ * new blob needs a slot), when the blob goes (store_remove, store_release) and at
+ * store_close(). An entry found to describe a file that is no longer the one at its path
+ * (unlinked or replaced: st_nlink 0) is forgotten and the path opened again, so a descriptor
+ * never outlives the file the store's directory names. */
+
+/* Caller holds fd_lock. The cached entry of BLOB, or NULL. */
+static struct fd_ent *fd_find(struct store *s, const struct digest *blob) {
+        for (unsigned i = 0; i < s->nfds; i++)
+                if (digest_equal(&s->fds[i]->blob, blob))
+                        return s->fds[i];
+        return NULL;
+}
+
+/* Drops the pages ENT read and has not dropped yet. Called with a reference, without fd_lock. */
+static void fd_flush_range(const struct fd_ent *ent, uint64_t from, uint64_t to) {
+        if (to > from)
+                posix_fadvise(ent->fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+}
+
+/* The last reference went: drop what it still owes the page cache, close, free. */
+static void fd_destroy(struct fd_ent *ent) {
+        fd_flush_range(ent, ent->drop_from, ent->drop_to);
+        close(ent->fd);
+        close(ent->sfd);
+        free(ent);
+}
+
+/* Drops a reference (NULL-safe). Without fd_lock. */
+static void fd_put(struct store *s, struct fd_ent *ent) {
+        if (!ent)
+                return;
+        pthread_mutex_lock(&s->fd_lock);
+        bool last = --ent->refs == 0;
+        if (last)
+                s->undropped -= ent->drop_bytes;
+        pthread_mutex_unlock(&s->fd_lock);
+        if (last)
+                fd_destroy(ent);
+}
+
+/* Caller holds fd_lock. Takes ENT out of the table; returns it when that was the last
+ * reference (the caller destroys it after unlocking), else NULL. */
+static struct fd_ent *fd_unlink_locked(struct store *s, struct fd_ent *ent) {
+        for (unsigned i = 0; i < s->nfds; i++)
+                if (s->fds[i] == ent) {
+                        s->fds[i] = s->fds[--s->nfds];
+                        break;
+                }
+        ent->cached = false;
+        if (--ent->refs)
+                return NULL;
+        s->undropped -= ent->drop_bytes;
+        return ent;
+}
+
+/* Forgets BLOB's entry, if any: its descriptors close once the last reader is done. */
+static void fd_forget(struct store *s, const struct digest *blob) {
+        pthread_mutex_lock(&s->fd_lock);
+        struct fd_ent *ent = fd_find(s, blob), *dead = NULL;
+        if (ent)
+                dead = fd_unlink_locked(s, ent);
+        pthread_mutex_unlock(&s->fd_lock);
+        if (dead)
+                fd_destroy(dead);
+}
+
+/* Forgets ENT if it is still the cached entry (a reader found its file replaced). */
+static void fd_forget_ent(struct store *s, struct fd_ent *ent) {
+        pthread_mutex_lock(&s->fd_lock);
+        struct fd_ent *dead = ent->cached ? fd_unlink_locked(s, ent) : NULL;
+        pthread_mutex_unlock(&s->fd_lock);
+        if (dead)
+                fd_destroy(dead);
+}
+
+static void fd_forget_all(struct store *s) {
+        for (;;) {
+                pthread_mutex_lock(&s->fd_lock);
+                struct fd_ent *dead = s->nfds ? fd_unlink_locked(s, s->fds[0]) : NULL;
+                bool more = s->nfds > 0;
+                pthread_mutex_unlock(&s->fd_lock);
+                if (dead)
+                        fd_destroy(dead);
+                if (!more)
+                        return;
+        }
+}
+
+/* A referenced entry for BLOB, from the cache or opened now (and cached, evicting the least
+ * recently used entry when the table is full). 0; -ESTALE when the blob file is missing;
+ * -EBADMSG when its checksum file is (nothing of it can be checked); -errno. */
+static int fd_get(struct store *s, const struct digest *blob, struct fd_ent **ret) {
+        pthread_mutex_lock(&s->fd_lock);
+        struct fd_ent *ent = fd_find(s, blob);
+        if (ent) {
+                ent->refs++;
+                ent->used = ++s->clock;
+                pthread_mutex_unlock(&s->fd_lock);
+                *ret = ent;
+                return 0;
+        }
+        pthread_mutex_unlock(&s->fd_lock);
+
+        /* Opened without the lock: an open can wait for the disk. */
+        int fd = open_in(s->dir, blob, O_RDONLY);
+        if (fd < 0)
+                return fd == -ENOENT ? -ESTALE : fd;
+        int sfd = open_in(s->sum_dir, blob, O_RDONLY);
+        if (sfd < 0) {
+                close(fd);
+                return sfd == -ENOENT ? -EBADMSG : sfd;
+        }
+        /* No kernel readahead on this file: see the essay at the top. Per open file, so once
+         * per descriptor. */
+        posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+        ent = calloc(1, sizeof(*ent));
+        if (!ent) {
+                close(fd);
+                close(sfd);
+                return -ENOMEM;
+        }
+        *ent = (struct fd_ent){.blob = *blob, .fd = fd, .sfd = sfd, .refs = 1};
+
+        struct fd_ent *dead = NULL;
+        pthread_mutex_lock(&s->fd_lock);
+        struct fd_ent *other = fd_find(s, blob);
+        if (other) { /* another reader opened it meanwhile: use theirs */
+                other->refs++;
+                other->used = ++s->clock;
+                pthread_mutex_unlock(&s->fd_lock);
+                fd_destroy(ent);
+                *ret = other;
+                return 0;
+        }
+        if (s->max_fds > 0) {
+                if (s->nfds >= s->max_fds) {
+                        struct fd_ent *lru = s->fds[0];
+                        for (unsigned i = 1; i < s->nfds; i++)
+                                if (s->fds[i]->used < lru->used)
+                                        lru = s->fds[i];
+                        dead = fd_unlink_locked(s, lru);
+                }
+                ent->cached = true;
+                ent->refs++; /* the table's */
+                ent->used = ++s->clock;
+                s->fds[s->nfds++] = ent;
+        }
+        pthread_mutex_unlock(&s->fd_lock);
+        if (dead)
+                fd_destroy(dead);
+        *ret = ent;
+        return 0;
+}
+
+void store_set_open_blobs(struct store *s, unsigned n) {
+        if (n > STORE_OPEN_BLOBS_MAX)
+                n = STORE_OPEN_BLOBS_MAX;
+        pthread_mutex_lock(&s->fd_lock);
+        s->max_fds = n;
+        pthread_mutex_unlock(&s->fd_lock);
+        /* Shrinking: evict down to the new bound now. */
+        for (;;) {
+                pthread_mutex_lock(&s->fd_lock);
+                struct fd_ent *dead = NULL;
+                bool over = s->nfds > s->max_fds;
+                if (over) {
+                        struct fd_ent *lru = s->fds[0];
+                        for (unsigned i = 1; i < s->nfds; i++)
+                                if (s->fds[i]->used < lru->used)
+                                        lru = s->fds[i];
+                        dead = fd_unlink_locked(s, lru);
+                }
+                pthread_mutex_unlock(&s->fd_lock);
+                if (dead)
+                        fd_destroy(dead);
+                if (!over)
+                        return;
+        }
+}
+
+unsigned store_open_blobs(struct store *s) {
+        pthread_mutex_lock(&s->fd_lock);
+        unsigned n = s->nfds;
+        pthread_mutex_unlock(&s->fd_lock);
+        return n;
+}
+
+void store_release(struct store *s, const struct digest *blob) {
+        fd_forget(s, blob);
 }
 
 /* ---- checksums ------------------------------------------------------------------------------
@@ -399,11 +643,11 @@ static void willneed(int fd, uint64_t off, uint64_t len) {
 
 /* Drops the page cache of a range; a file that is gone has none. */
 static void drop_range(struct store *s, const struct digest *blob, uint64_t off, uint64_t len) {
-        int fd = open_blob(s, blob, O_RDONLY);
-        if (fd < 0)
+        struct fd_ent *ent;
+        if (fd_get(s, blob, &ent) < 0)
                 return;
-        posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
-        close(fd);
+        fd_flush_range(ent, off, off + len);
+        fd_put(s, ent);
 }
 
 /* Caller holds ra_lock. */
@@ -464,8 +708,9 @@ int store_readahead(struct store *s, const struct digest *blob, uint64_t off, si
          * is copying this instant is skipped by DONTNEED, and that reader drops it after. */
         for (unsigned i = 0; i < nold; i++)
                 drop_range(s, &old[i].blob, old[i].off, old[i].len);
-        int fd = open_blob(s, blob, O_RDONLY);
-        if (fd < 0) { /* nothing was read ahead: take the range back off the list */
+        struct fd_ent *ent;
+        int r = fd_get(s, blob, &ent);
+        if (r < 0) { /* nothing was read ahead: take the range back off the list */
                 pthread_mutex_lock(&s->ra_lock);
                 for (unsigned i = s->ra_count; i-- > 0;)
                         if (s->ra[i].off == off && s->ra[i].len == len &&
@@ -474,10 +719,10 @@ int store_readahead(struct store *s, const struct digest *blob, uint64_t off, si
                                 break;
                         }
                 pthread_mutex_unlock(&s->ra_lock);
-                return fd == -ENOENT ? -ESTALE : fd;
+                return r == -EBADMSG ? -ESTALE : r;
         }
-        willneed(fd, (uint64_t)off, len);
-        close(fd);
+        willneed(ent->fd, (uint64_t)off, len);
+        fd_put(s, ent);
         return 0;
 }
 
@@ -519,46 +764,122 @@ static int read_verified(int fd, int sfd, uint64_t size, uint64_t off, uint8_t *
         return 0;
 }
 
-int store_read(struct store *s, const struct digest *blob, uint64_t off, void *buf, size_t len) {
-        int fd = open_blob(s, blob, O_RDONLY);
-        if (fd < 0)
-                return fd == -ENOENT ? -ESTALE : fd;
-        /* No kernel readahead: see the essay at the top. */
-        posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
-        int r = 0;
-        struct stat st;
-        if (fstat(fd, &st) < 0) {
-                r = -errno;
-                goto out_close;
+/* Notes that ENT's pages [FROM, TO) were read: they are dropped with the entry's next batch
+ * (once STORE_DROP_BATCH bytes were read through it), or all entries' batches at once when
+ * the store owes the page cache more than STORE_DROP_MAX in all. Without fd_lock. */
+static void fd_flush_some(struct store *s);
+
+static void fd_note_read(struct store *s, struct fd_ent *ent, uint64_t from, uint64_t to) {
+        uint64_t dfrom = 0, dto = 0;
+        pthread_mutex_lock(&s->fd_lock);
+        if (ent->drop_bytes == 0) {
+                ent->drop_from = from;
+                ent->drop_to = to;
+        } else {
+                if (from < ent->drop_from)
+                        ent->drop_from = from;
+                if (to > ent->drop_to)
+                        ent->drop_to = to;
         }
+        ent->drop_bytes += to - from;
+        s->undropped += to - from;
+        if (ent->drop_bytes >= STORE_DROP_BATCH) {
+                dfrom = ent->drop_from;
+                dto = ent->drop_to;
+                s->undropped -= ent->drop_bytes;
+                ent->drop_bytes = ent->drop_from = ent->drop_to = 0;
+        }
+        bool over = s->undropped > STORE_DROP_MAX;
+        pthread_mutex_unlock(&s->fd_lock);
+        fd_flush_range(ent, dfrom, dto);
+        if (over)
+                fd_flush_some(s);
+}
+
+/* Drops cached entries' batches until the store owes at most half of STORE_DROP_MAX. What
+ * entries out of the table owe (a reader still holds one) is dropped when that reader lets
+ * go. */
+static void fd_flush_some(struct store *s) {
+        for (;;) {
+                struct fd_ent *ent = NULL;
+                uint64_t from = 0, to = 0;
+                pthread_mutex_lock(&s->fd_lock);
+                for (unsigned i = 0; i < s->nfds && s->undropped > STORE_DROP_MAX / 2; i++)
+                        if (s->fds[i]->drop_bytes) {
+                                ent = s->fds[i];
+                                break;
+                        }
+                if (ent) {
+                        from = ent->drop_from;
+                        to = ent->drop_to;
+                        s->undropped -= ent->drop_bytes;
+                        ent->drop_bytes = ent->drop_from = ent->drop_to = 0;
+                        ent->refs++;
+                }
+                pthread_mutex_unlock(&s->fd_lock);
+                if (!ent)
+                        return;
+                fd_flush_range(ent, from, to);
+                fd_put(s, ent);
+        }
+}
+
+/* The file ENT describes is no longer the one at its path: unlinked (rm), or replaced by a
+ * rename. Checked on every read, one fstat of each descriptor, so a descriptor cached before
+ * an operator's rm never serves the old inode's bytes as if the store still had them. */
+#define FD_REPLACED 1
+
+/* One attempt of store_read() through ENT. 0, FD_REPLACED, or store_read()'s errors. */
+static int read_ent(struct fd_ent *ent, uint64_t off, void *buf, size_t len, uint64_t *ret_from,
+                    uint64_t *ret_to) {
+        struct stat st, sst;
+        if (fstat(ent->fd, &st) < 0 || fstat(ent->sfd, &sst) < 0)
+                return -errno;
+        if (st.st_nlink == 0 || sst.st_nlink == 0)
+                return FD_REPLACED;
         uint64_t size = (uint64_t)st.st_size;
-        if (size < off + len) {
-                r = -ESTALE;
-                goto out_close;
-        }
+        if (size < off + len)
+                return -ESTALE; /* truncated under us */
         if (len == 0)
-                goto out_close;
+                return 0;
         /* The enclosing blocks are what gets read and checked. */
         uint64_t from = off - off % BLOCK;
         uint64_t to = (off + len + BLOCK - 1) / BLOCK * BLOCK;
         if (to > size)
                 to = size;
-        r = probe_fd(fd, from, (size_t)(to - from));
-        if (r < 0)
-                goto out_close;
-        int sfd = open_in(s->sum_dir, blob, O_RDONLY);
-        if (sfd < 0) {
-                r = sfd == -ENOENT ? -EBADMSG : sfd;
-                goto out_close;
-        }
-        r = read_verified(fd, sfd, size, off, buf, len);
-        close(sfd);
-        posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
-out_close:
-        close(fd);
-        if (r == 0)
-                ra_note_read(s, blob, off, len);
+        *ret_from = from;
+        *ret_to = to;
+        int r = read_verified(ent->fd, ent->sfd, size, off, buf, len);
+        /* Lost or damaged? A hole (bytes gone: punched, or a file truncated and grown again)
+         * reads as zeros, which fail their checksums unless the bytes were zeros (then the
+         * zeros are right): only a failure pays for the probe that tells the two apart. */
+        if (r == -EBADMSG && probe_fd(ent->fd, from, (size_t)(to - from)) == -ESTALE)
+                r = -ESTALE;
         return r;
+}
+
+int store_read(struct store *s, const struct digest *blob, uint64_t off, void *buf, size_t len) {
+        for (int attempt = 0;; attempt++) {
+                struct fd_ent *ent;
+                int r = fd_get(s, blob, &ent);
+                if (r < 0)
+                        return r;
+                uint64_t from = 0, to = 0;
+                r = read_ent(ent, off, buf, len, &from, &to);
+                if (r == FD_REPLACED) {
+                        fd_forget_ent(s, ent);
+                        fd_put(s, ent);
+                        if (attempt == 0)
+                                continue; /* open what the path names now */
+                        return -ESTALE;
+                }
+                if (to > from)
+                        fd_note_read(s, ent, from, to); /* also after a failure: it read them */
+                fd_put(s, ent);
+                if (r == 0)
+                        ra_note_read(s, blob, off, len);
+                return r;
+        }
 }
 
 int store_punch(struct store *s, const struct digest *blob, uint64_t off, size_t len) {
@@ -594,6 +915,7 @@ int store_remove(struct store *s, const struct digest *blob) {
                 return r;
         /* The data first: a checksum file without its data is harmless (and reclaimed at
          * start), data without checksums reads as corrupt. */
+        fd_forget(s, blob); /* its descriptors close once the last reader is done */
         if (unlink(path) < 0 && errno != ENOENT)
                 return -errno;
         if (unlink(sums) < 0 && errno != ENOENT)

@@ -1,17 +1,23 @@
 /* The on-disk chunk store: one sparse file per blob, <dir>/chunks/sha256/<hex>.
  *
  * The store only moves bytes; which chunks are present is the index's and the engine's
- * business. Every call opens the blob's file and closes it again: a file deleted or truncated
- * under us is then noticed on the next access (-ESTALE) instead of being served from a stale
- * descriptor, at the cost of an open/close per chunk (microseconds, next to a 1 MiB copy).
+ * business. Reads go through a bounded cache of open descriptors (at most
+ * store_set_open_blobs() blobs, two descriptors each, least recently used evicted): a read
+ * costs an fstat of each, a pread of the data and one of its checksums. A file deleted,
+ * replaced or truncated under us is still noticed on the next read (-ESTALE), never served
+ * from a stale descriptor: the fstat sees the unlink (st_nlink 0, and the path is opened again)
+ * or the short size, and a hole fails its checksums (see store_read).
  *
  * Page-cache discipline: writes are written back and their pages dropped
- * (sync_file_range + POSIX_FADV_DONTNEED); reads drop what they read. The one exception is
- * readahead a caller asks for (store_readahead): those pages stay until they are read, but the
- * store remembers at most STORE_RA_MAX_BYTES of such ranges and drops the oldest to make room.
- * The store's own page cache footprint is therefore bounded by the chunks being copied at this
- * instant plus STORE_RA_MAX_BYTES, however many terabytes stream through. All functions are
- * thread-safe and block on disk I/O only. */
+ * (sync_file_range + POSIX_FADV_DONTNEED); reads drop what they read, in batches (once
+ * STORE_DROP_BATCH bytes were read through a blob's descriptor, or everything once the store
+ * owes more than STORE_DROP_MAX, and whatever is left when a descriptor closes): one DONTNEED
+ * per batch rather than per read, because each one can make the kernel drain every CPU's LRU
+ * lists. The one exception is readahead a caller asks for (store_readahead): those pages stay
+ * until they are read, but the store remembers at most STORE_RA_MAX_BYTES of such ranges and
+ * drops the oldest to make room. The store's own page cache footprint is therefore bounded by
+ * the chunks being copied at this instant plus STORE_DROP_MAX plus STORE_RA_MAX_BYTES, however
+ * many terabytes stream through. All functions are thread-safe and block on disk I/O only. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -26,6 +32,28 @@ struct store;
 int store_open(const char *state_dir, struct store **ret);
 void store_close(struct store *s); /* NULL-safe */
 
+/* Blobs whose descriptors the store keeps open by default, and at most. */
+#define STORE_OPEN_BLOBS_DEFAULT 64u
+#define STORE_OPEN_BLOBS_MAX 4096u
+
+/* Bytes read through one blob's descriptor before their pages are dropped, and the most the
+ * store leaves undropped in all. */
+#define STORE_DROP_BATCH (UINT64_C(1) << 20)
+#define STORE_DROP_MAX (UINT64_C(4) << 20)
+
+/* Sets how many blobs' descriptors stay open (0: none, every read opens and closes; above
+ * STORE_OPEN_BLOBS_MAX: that). Shrinking closes the least recently used at once (those in use
+ * when their reader lets go). */
+void store_set_open_blobs(struct store *s, unsigned n);
+
+/* Blobs whose descriptors are open in the cache now. */
+unsigned store_open_blobs(struct store *s);
+
+/* BLOB holds no chunk any more (its last was evicted): closes its descriptors (once a reader
+ * still using them is done). A later read opens them again. Never blocks on the disk beyond a
+ * close and a DONTNEED. */
+void store_release(struct store *s, const struct digest *blob);
+
 /* Writes LEN bytes at OFF into BLOB's file, creating it sparse with SIZE bytes, and records a
  * CRC-32C of every 4 KiB block of them in BLOB's checksum file (<dir>/chunks/crc32c/<hex>),
  * after the bytes. Returns once both are on disk (not merely in page cache) and the data's pages
@@ -39,10 +67,13 @@ int store_write(struct store *s, const struct digest *blob, uint64_t size, uint6
 
 /* Reads exactly LEN bytes at OFF, every byte checked against the checksum recorded when it was
  * written (the whole 4 KiB blocks enclosing the range are read and checked). 0; -ESTALE when
- * the bytes are gone (file missing or short, or a hole where data should be); -EBADMSG when a
- * block does not match its checksum, or has none (bit rot, bytes changed under the store):
- * nothing of BUF may then be used; -errno on I/O failure. Drops the pages it read, and forgets
- * readahead ranges (store_readahead) once they have been read whole. */
+ * the bytes are gone (file missing, replaced or short, or a hole where data should be);
+ * -EBADMSG when a block does not match its checksum, or has none (bit rot, bytes changed under
+ * the store): nothing of BUF may then be used; -errno on I/O failure. Presence costs nothing
+ * extra: a hole reads as zeros and fails its checksums (unless the bytes were zeros, which are
+ * then right), and only such a failure probes for holes (SEEK_DATA) to say -ESTALE rather than
+ * -EBADMSG. Drops the pages it read (batched, see above), and forgets readahead ranges
+ * (store_readahead) once they have been read whole. */
 int store_read(struct store *s, const struct digest *blob, uint64_t off, void *buf, size_t len);
 
 /* The most bytes of readahead the store keeps in the page cache at once, all blobs and readers

@@ -15,9 +15,10 @@
 /* Caller holds lock. B holds no chunk any more: its digests go too, so their memory follows
  * what is on disk (the budget), not every blob ever read. A refetch from a peer is checked
  * against the digests the directory carries. */
-static void forget_shas(struct blob *b) {
+static void forget_shas(struct engine *e, struct blob *b) {
         if (b->npresent)
                 return;
+        store_release(e->store, &b->digest); /* nothing left to read: close its descriptors */
         free(b->chunk_sha);
         free(b->sha_known);
         b->chunk_sha = NULL;
@@ -147,7 +148,7 @@ void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct note
         eng_hash_pin_drop(e, b, idx);
         policy_remove(e->policy, key_of(b, idx));
         eng_note(ns, NOTE_ABSENT, b, idx, false, NULL);
-        forget_shas(b);
+        forget_shas(e, b);
         eng_changed(e, b, idx);
 }
 
@@ -212,7 +213,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
         bit_clear(b->unread, k.idx);
         b->npresent--;
         eng_note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
-        forget_shas(b);
+        forget_shas(e, b);
         eng_changed(e, b, k.idx);
         int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
         if (r < 0)

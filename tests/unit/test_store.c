@@ -484,8 +484,10 @@ static void read_chunk(struct fixture *f, const struct digest *d, const uint8_t 
 static void test_readahead(void **state) {
         struct fixture *f = *state;
         struct digest d = D("readahead"), missing = D("readahead-missing");
-        const size_t chunk = MIB;
-        const uint64_t nchunks = STORE_RA_MAX_BYTES / MIB + 16, size = nchunks * MIB;
+        /* Reads drop their pages in batches of STORE_DROP_BATCH through one blob: chunks of
+         * twice that make every half-chunk read below a whole batch, dropped at once. */
+        const size_t chunk = 2 * STORE_DROP_BATCH;
+        const uint64_t nchunks = STORE_RA_MAX_BYTES / chunk + 8, size = nchunks * chunk;
         char path[PATH_MAX];
 
         assert_int_equal(store_readahead(f->s, &d, 0, 0), -E2BIG);
@@ -779,6 +781,159 @@ static void test_reclaim(void **state) {
         assert_true(n >= MIB && n <= MIB + SLACK);
 }
 
+/* ---- the descriptor cache, and presence without probing ------------------------------------- */
+
+/* Descriptors this process has open. */
+static unsigned open_fds(void) {
+        unsigned n = 0;
+        for (int fd = 0; fd < 4096; fd++)
+                if (fcntl(fd, F_GETFD) >= 0)
+                        n++;
+        return n;
+}
+
+static void test_fd_cache_bound(void **state) {
+        struct fixture *f = *state;
+        struct digest d[6];
+        char name[32];
+        for (unsigned i = 0; i < 6; i++) {
+                snprintf(name, sizeof(name), "fdcache-%u", i);
+                d[i] = D(name);
+                write_pattern(f, &d[i], 2 * MIB, 0, 2 * MIB, 40 + i);
+        }
+        store_set_open_blobs(f->s, 3);
+        unsigned before = open_fds();
+        for (unsigned round = 0; round < 3; round++)
+                for (unsigned i = 0; i < 6; i++) {
+                        expect_pattern(f, &d[i], 0, 64 * KIB, 40 + i, 0);
+                        expect_pattern(f, &d[i], MIB + 4 * KIB, 4 * KIB, 40 + i, MIB + 4 * KIB);
+                        assert_true(store_open_blobs(f->s) <= 3);
+                        assert_true(open_fds() <= before + 2 * 3);
+                }
+        assert_int_equal(store_open_blobs(f->s), 3);
+
+        /* A blob read again and again keeps its descriptors (one open for many reads). */
+        store_set_open_blobs(f->s, 1);
+        assert_int_equal(store_open_blobs(f->s), 1);
+        assert_int_equal(open_fds(), before + 2);
+        for (unsigned i = 0; i < 50; i++)
+                expect_pattern(f, &d[0], i * 4 * KIB, 4 * KIB, 40, i * 4 * KIB);
+        assert_int_equal(open_fds(), before + 2);
+
+        /* Released (the blob's last chunk went) and removed blobs close theirs. */
+        store_release(f->s, &d[0]);
+        assert_int_equal(store_open_blobs(f->s), 0);
+        assert_int_equal(open_fds(), before);
+        expect_pattern(f, &d[1], 0, 4 * KIB, 41, 0);
+        assert_int_equal(store_remove(f->s, &d[1]), 0);
+        assert_int_equal(open_fds(), before);
+        expect_read_stale(f, &d[1], 0, 4 * KIB);
+
+        /* 0: nothing stays open, reads still work. */
+        store_set_open_blobs(f->s, 0);
+        expect_pattern(f, &d[2], 0, 4 * KIB, 42, 0);
+        assert_int_equal(store_open_blobs(f->s), 0);
+        assert_int_equal(open_fds(), before);
+}
+
+/* A file deleted, replaced, truncated or holed under an open descriptor is noticed on the next
+ * read: never the old inode's bytes as if the store still had them, never zeros. */
+static void test_lost_under_open_fd(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("under-open-fd");
+        char path[PATH_MAX], sums[PATH_MAX], hex[DIGEST_HEX_LEN + 1];
+        const uint64_t size = 4 * MIB;
+        blob_file(f, &d, path);
+        digest_to_hex(&d, hex);
+        snprintf(sums, sizeof(sums), "%s/chunks/crc32c/%s", f->dir, hex);
+
+        /* Deleted: -ESTALE, and once it is written again the new file is read. */
+        write_pattern(f, &d, size, 0, size, 50);
+        expect_pattern(f, &d, 0, MIB, 50, 0); /* the descriptors are cached now */
+        assert_int_equal(store_open_blobs(f->s), 1);
+        assert_int_equal(unlink(path), 0);
+        expect_read_stale(f, &d, 0, MIB);
+        write_pattern(f, &d, size, 0, size, 50);
+        expect_pattern(f, &d, MIB, MIB, 50, MIB);
+
+        /* Its checksum file deleted: nothing can be checked, so nothing is served. */
+        uint8_t *buf = malloc(MIB);
+        assert_non_null(buf);
+        assert_int_equal(unlink(sums), 0);
+        assert_int_equal(store_read(f->s, &d, 0, buf, MIB), -EBADMSG);
+        assert_int_equal(store_remove(f->s, &d), 0);
+
+        /* Replaced by a rename: the new file's bytes fail their checksums. */
+        write_pattern(f, &d, size, 0, size, 51);
+        expect_pattern(f, &d, 0, MIB, 51, 0);
+        char tmp[PATH_MAX + 8];
+        snprintf(tmp, sizeof(tmp), "%s.new", path);
+        void *other = pattern(size, 99);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, other, size), (ssize_t)size);
+        close(fd);
+        free(other);
+        assert_int_equal(rename(tmp, path), 0);
+        assert_int_equal(store_read(f->s, &d, 0, buf, MIB), -EBADMSG);
+
+        /* Truncated, and a hole punched behind the store's back: -ESTALE, not zeros. */
+        assert_int_equal(store_remove(f->s, &d), 0);
+        write_pattern(f, &d, size, 0, size, 52);
+        expect_pattern(f, &d, 0, MIB, 52, 0);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(
+                fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)MIB, (off_t)MIB),
+                0);
+        assert_int_equal(store_read(f->s, &d, MIB + 4 * KIB, buf, 4 * KIB), -ESTALE);
+        expect_pattern(f, &d, 2 * MIB, MIB, 52, 2 * MIB); /* the rest is still there */
+        assert_int_equal(ftruncate(fd, (off_t)(3 * MIB)), 0);
+        close(fd);
+        expect_read_stale(f, &d, 3 * MIB, 4 * KIB);
+        expect_pattern(f, &d, 2 * MIB, MIB, 52, 2 * MIB);
+        free(buf);
+}
+
+/* Reads drop their pages in batches: small reads leave at most STORE_DROP_MAX behind, and a
+ * blob's batch goes once STORE_DROP_BATCH was read through it, or when its descriptors close. */
+static void test_drop_batched(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("drop-batched"), e = D("drop-batched-2");
+        char path[PATH_MAX];
+        const uint64_t size = 16 * MIB;
+        if (f->tmpfs)
+                skip(); /* tmpfs pages are the data: nothing can be dropped */
+        write_pattern(f, &d, size, 0, size, 60);
+        write_pattern(f, &e, size, 0, size, 61);
+        blob_file(f, &d, path);
+        assert_true(resident(path, 0, size) < MIB);
+
+        /* 4 KiB reads spread over the blob: fewer than a batch stay in page cache ... */
+        uint64_t reads = STORE_DROP_BATCH / (4 * KIB) / 2;
+        for (uint64_t i = 0; i < reads; i++)
+                expect_pattern(f, &d, i * 64 * KIB, 4 * KIB, 60, i * 64 * KIB);
+        uint64_t held = resident(path, 0, size);
+        assert_true(held > 0 && held <= STORE_DROP_BATCH);
+        /* ... and go with the read that completes the batch. */
+        for (uint64_t i = reads; i < 2 * reads; i++)
+                expect_pattern(f, &d, i * 64 * KIB - 8 * KIB, 4 * KIB, 60, i * 64 * KIB - 8 * KIB);
+        assert_true(resident(path, 0, size) == 0);
+
+        /* Many blobs, each under its batch: at most STORE_DROP_MAX in all. */
+        for (uint64_t i = 0; i < 3 * reads; i++) {
+                expect_pattern(f, i % 2 ? &d : &e, i * 4 * KIB, 4 * KIB, i % 2 ? 60 : 61,
+                               i * 4 * KIB);
+                assert_true(store_page_cache_bytes(f->s) <= STORE_DROP_MAX + 64 * KIB);
+        }
+
+        /* Closing the descriptors drops what they still owe. */
+        expect_pattern(f, &d, 8 * MIB, 64 * KIB, 60, 8 * MIB);
+        assert_true(resident(path, 8 * MIB, 64 * KIB) > 0);
+        store_release(f->s, &d);
+        assert_true(resident(path, 0, size) == 0);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -798,6 +953,9 @@ int main(void) {
                 T(test_verify_unaligned_reads),
                 T(test_reclaim),
                 T(test_checksum_pages_follow_chunks),
+                T(test_fd_cache_bound),
+                T(test_lost_under_open_fd),
+                T(test_drop_batched),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
