@@ -49,6 +49,9 @@ void eng_blob_info(const struct blob *b, struct engine_blob_info *ret) {
 /* Caller holds lock. Tells the announcer that what we hold of B changed. */
 void eng_changed(struct engine *e, const struct blob *b, uint32_t idx) {
         ASSERT_HELD(&e->lock);
+        /* Every change of what is present passes here: the landed ring's invariant rides on
+         * it (landed.c). */
+        eng_landed_changed(e, b, idx);
         if (e->cfg.on_change)
                 e->cfg.on_change(e->cfg.change_ud, &b->digest, idx);
 }
@@ -206,6 +209,7 @@ void engine_get_stats(struct engine *e, struct engine_stats *ret) {
         ret->chunks_present = policy_count(e->policy);
         ret->budget_bytes = e->budget;
         ret->effective_budget_bytes = e->effective_budget;
+        eng_landed_stats(e, &ret->landed_bytes, &ret->landed_peak_bytes, &ret->landed_hits);
         ret->blobs_complete = ret->blobs_partial = ret->blobs_pinned = 0;
         for (uint32_t i = 0; i < e->nblobs; i++) {
                 const struct blob *b = e->blobs[i];

@@ -61,7 +61,8 @@ int engine_new(const struct engine_config *cfg, struct index *ix, struct store *
         e->ra_pins = calloc(cfg->max_inflight ? cfg->max_inflight : 1, sizeof(*e->ra_pins));
         if (!e->cfg.max_inflight)
                 e->cfg.max_inflight = 1;
-        if (!e->blobs || !e->by_digest || !e->policy || !e->workers || !e->ra_pins) {
+        int lr = eng_landed_init(e);
+        if (!e->blobs || !e->by_digest || !e->policy || !e->workers || !e->ra_pins || lr < 0) {
                 engine_free(e);
                 return -ENOMEM;
         }
@@ -113,6 +114,7 @@ void engine_free(struct engine *e) {
                 free(b->unread);
                 free(b);
         }
+        eng_landed_free(e);
         free(e->workers);
         free(e->ra_pins);
         policy_free(e->policy);

@@ -89,6 +89,9 @@ struct engine_config {
          * while the kernel drops pages; must not call back into the engine. */
         void (*on_invalidate)(void *ud, uint32_t id, uint64_t off, uint64_t len);
         void *invalidate_ud;
+        /* Chunks that just landed kept in memory for reads straddling a chunk boundary
+         * (engine/landed.c); 0: none. Costs up to that many chunks of memory. */
+        unsigned landed_chunks;
 };
 
 struct engine_blob_info {
@@ -113,6 +116,9 @@ struct engine_stats {
         uint64_t blobs, blobs_verified, blobs_complete, blobs_partial, blobs_pinned;
         uint64_t read_errors, verify_failures, store_full_events, lost_chunks;
         uint64_t corrupt_chunks; /* chunks whose bytes failed the store's checksum */
+        /* the landed ring: bytes held now (copies under way included), the most ever, and
+         * chunk parts served from it instead of the store */
+        uint64_t landed_bytes, landed_peak_bytes, landed_hits;
 };
 
 /* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The

@@ -33,11 +33,13 @@
  *     eviction policy and every pin, the budgets, the unknown-digest ring and the counters.
  *     hash_cond and landed_cond wait on it (eng_cond_wait()). Critical sections are short;
  *     nothing that sleeps on the disk for long or on the network runs under it.
+ *  2a. e->landed_lock (mutex): the landed ring (landed.c). A leaf: taken under the engine lock
+ *     (put, changed) or alone (lookups on the copy path), never around anything else.
  *  3. e->cq_lock (mutex): the completion queue (cq_head, cq_tail) and `stopping`. A leaf taken
  *     alone: by on_fetched() (the fetcher's thread, or eng_submit()'s own thread inside its
  *     fetch_lock hold when the fetch is refused at once), by the workers, by engine_free().
  *
- *  Order: fetch_lock -> lock; fetch_lock -> cq_lock. The engine lock and cq_lock never nest.
+ *  Order: fetch_lock -> lock -> landed_lock; fetch_lock -> cq_lock. The engine lock and cq_lock never nest.
  *
  * What may be called with the engine lock held: policy_*() (the policy has no lock of its own:
  * the engine lock is its lock); store_punch(), store_remove() and store_probe() (the store's
@@ -249,6 +251,15 @@ struct engine {
         unsigned hash_pin_count;    /* all blobs' hash_pins bits; at most max_inflight (lock) */
         struct engine_stats st;     /* (lock) */
 
+        /* The landed ring (landed.c): cfg.landed_chunks recently landed chunks. landed_lock
+         * is a leaf, taken under the engine lock or alone. */
+        pthread_mutex_t landed_lock;
+        struct landed_ent *landed; /* cfg.landed_chunks slots, landed_n used (landed_lock) */
+        unsigned landed_n;         /* (landed_lock) */
+        unsigned landed_live;      /* landed_n, also read without the lock as a hint (atomic) */
+        uint64_t landed_seq;       /* (landed_lock) */
+        uint64_t landed_bytes, landed_peak, landed_hits; /* (landed_lock) */
+
         /* completion queue: origin thread -> workers */
         pthread_mutex_t cq_lock;
         pthread_cond_t cq_cond;                /* (waits on cq_lock) */
@@ -376,6 +387,26 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
  * the ranges of reads still pending (DONE, about to be answered, and those on B's inflights).
  * Call before answering any of B's readers, without the lock. */
 void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending *done);
+
+/* landed.c: the ring of recently landed chunks (see its essay) */
+int eng_landed_init(struct engine *e);
+void eng_landed_free(struct engine *e);
+/* Fetch completion of chunk IDX of B, landed in generation GEN with result ERR: offers its
+ * buffer *BUF (LEN bytes) to the ring, which takes it (and sets *BUF to NULL) when the chunk is
+ * present in generation GEN, its blob not verified and it is not the blob's last chunk.
+ * Otherwise *BUF stays the caller's to free. Takes the engine lock. */
+void eng_landed_put(struct engine *e, struct blob *b, uint32_t idx, uint64_t gen, int err,
+                    uint8_t **buf, size_t len);
+/* Caller holds lock. Called by eng_changed(): drops the entries this change makes stale (chunk
+ * IDX when it is absent now; every entry of B for UINT32_MAX or once B is verified). */
+void eng_landed_changed(struct engine *e, const struct blob *b, uint32_t idx);
+/* Copies N bytes at OFF_IN_CHUNK of chunk IDX of B from the ring into OUT. Returns whether it
+ * could (false: not there; read the store). Without the engine lock; the caller has the chunk
+ * pinned. An entry whose last byte is copied leaves the ring. */
+bool eng_landed_copy(struct engine *e, const struct blob *b, uint32_t idx, uint64_t off_in_chunk,
+                     uint8_t *out, size_t n);
+void eng_landed_stats(struct engine *e, uint64_t *ret_bytes, uint64_t *ret_peak,
+                      uint64_t *ret_hits);
 
 /* prefetch.c */
 void eng_prefetch_pump(struct engine *e, struct blob *b, struct inflight **starts, size_t *nstarts,

@@ -332,6 +332,7 @@ static void complete(struct engine *e, struct completion *c) {
         }
         if (frontier && !verify_first && eng_advance_frontier(e, b, c->buf, idx))
                 eng_invalidate_blob(e, b, NULL);
+        eng_landed_put(e, b, idx, gen, err, &c->buf, c->len); /* may take c->buf */
         free(c->buf);
         free(c);
 }

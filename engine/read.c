@@ -34,7 +34,8 @@ static uint8_t *thread_buffer(struct engine *e) {
 }
 
 /* Copies the read's bytes from the store (or, for the part lying in chunk FRESH_IDX, from
- * FRESH, the chunk just fetched) and replies. Lost chunks (-ESTALE) make the read fail with
+ * FRESH, the chunk just fetched; or from the landed ring, landed.c, for a chunk that landed a
+ * moment ago) and replies. Lost chunks (-ESTALE) make the read fail with
  * EIO after they are marked absent, so the next read refetches them. Called without lock; the
  * read's chunks are pinned. */
 int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint8_t *fresh,
@@ -51,7 +52,7 @@ int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint
                 size_t n = (size_t)(to - from);
                 if (fresh && i == fresh_idx) {
                         memcpy(out + done, fresh + (from - coff), n);
-                } else {
+                } else if (!eng_landed_copy(e, b, i, from - coff, out + done, n)) {
                         int r = store_read(e->store, &b->digest, from, out + done, n);
                         if (r < 0) {
                                 *ret_lost = i;

@@ -100,6 +100,10 @@ static const struct opt_def options[] = {
          "chunks fetched ahead of a sequential reader", OPT_RESTART},
         {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), 0, "N",
          "chunk fetches in flight (readahead stops at this)", OPT_RESTART},
+        {"landed-chunks", OPT_UINT, "4", 0, 64, F(landed_chunks), 0, "CHUNKS",
+         "chunks just fetched kept in memory for reads across a chunk edge (0: none)", OPT_RESTART},
+        {"store-open-blobs", OPT_UINT, "64", 0, 4096, F(store_open_blobs), 0, "N",
+         "blobs whose store files stay open for reads (2 descriptors each; 0: none)", OPT_RESTART},
         {"max-connections", OPT_UINT, "16", 1, 1024, F(max_connections), 0, "N",
          "concurrent connections to origins", OPT_RESTART},
         {"workers", OPT_UINT, "4", 1, 64, F(workers), 0, "N", "threads writing fetched chunks",
@@ -608,6 +612,18 @@ static const struct {
                              "and the daemon unmounts.\n"},
         {"readahead", "Chunks fetched ahead of a sequential reader.\n"},
         {"max-inflight", "Chunk fetches in flight, readahead included.\n"},
+        {"landed-chunks", "Chunks just fetched that stay in memory after they are written to "
+                          "the store, so that the\n"
+                          "kernel's reads that straddle a chunk edge are not read back from "
+                          "disk. Each costs a chunk of\n"
+                          "memory, counted in the memory figures of\n"
+                          ".BR blobctl\\ stat .\n"
+                          "0 disables it.\n"},
+        {"store-open-blobs", "Blobs whose store files (data and checksums) stay open between "
+                             "reads, least recently\n"
+                             "used closed first. A file deleted or replaced under the daemon is "
+                             "noticed on the next read\n"
+                             "all the same. 0: every read opens and closes them.\n"},
         {"max-connections", "Concurrent connections to origin registries.\n"},
         {"workers", "Threads writing fetched chunks to the store.\n"},
         {"max-blobs", "Blobs the node keeps track of.\n"},

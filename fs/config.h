@@ -29,6 +29,8 @@ struct daemon_config {
         uint64_t chunk_size;
         uint64_t readahead;
         uint64_t max_inflight;
+        uint64_t landed_chunks;    /* chunks just landed kept in memory (engine/landed.c) */
+        uint64_t store_open_blobs; /* blobs whose store descriptors stay open */
         uint64_t max_connections;
         uint64_t workers;
         uint64_t max_blobs;

@@ -494,6 +494,7 @@ static int daemon_start(struct service *s) {
                 log_err("cannot open chunk store dir=%s err=%s", d->cfg.state_dir, strerror(-r));
                 return r;
         }
+        store_set_open_blobs(d->store, (unsigned)d->cfg.store_open_blobs);
         r = statedir_check_writable(store_dir(d->store));
         if (r < 0)
                 return r;
@@ -527,6 +528,7 @@ static int daemon_start(struct service *s) {
                 .verify_retry_ms = d->cfg.verify_retry_ms,
                 .max_blobs = (uint32_t)d->cfg.max_blobs,
                 .max_read = FS_MAX_READ,
+                .landed_chunks = (unsigned)d->cfg.landed_chunks,
                 .on_invalidate = fs_invalidate, /* a no-op until the tree is mounted */
         };
         peers_engine_config(d, &ec);

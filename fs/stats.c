@@ -81,6 +81,8 @@ static const struct stat_def stats[] = {
          "Bytes of chunks being read, read ahead or awaiting the hash.", F(es.pinned_bytes), false},
         {"cache", "chunks_present", "cache_chunks", NULL, GAUGE, "Chunks in the store.",
          F(es.chunks_present), false},
+        {"cache", "landed_hits", "landed_ring_hits_total", NULL, COUNTER,
+         "Chunk parts served from the landed ring instead of the store.", F(es.landed_hits), false},
         {"cache", "hits", "cache_hits_total", NULL, COUNTER, "Chunk reads served from the store.",
          F(es.hits), false},
         {"cache", "misses", "cache_misses_total", NULL, COUNTER, "Chunk reads that needed a fetch.",
@@ -205,6 +207,10 @@ static const struct stat_def stats[] = {
          "Inflated layer bytes kept in memory.", F(ls.span_cache_bytes), false},
         {"memory", "layer_index_bytes", "layer_index_bytes", NULL, GAUGE,
          "Memory of the loaded layer indexes.", F(ls.index_memory), false},
+        {"memory", "landed_bytes", "landed_ring_bytes", NULL, GAUGE,
+         "Chunks just landed, kept in memory for reads across a chunk edge (--landed-chunks).",
+         F(es.landed_bytes), false},
+        {"memory", "landed_peak_bytes", NULL, NULL, GAUGE, NULL, F(es.landed_peak_bytes), false},
         {NULL, NULL, "ready", NULL, GAUGE, "1 while the mount serves.", F(ready), false},
 };
 

@@ -12,7 +12,10 @@
  * cap, eviction to the budget, the ENOSPC shrink (a small tmpfs store: needs root, else that
  * one test is skipped with a message), verification failure, shutdown with reads in flight
  * (both ways: sources cancelling their fetches, and engine_free() answering what is left),
- * each reply exactly once under concurrent readers, and the lookup / size calls of the table.
+ * each reply exactly once under concurrent readers, the lookup / size calls of the table, the
+ * landed ring (a straddling read served from it; entries dropped on eviction, on a failed
+ * verification and once the blob verified; its bound), and a store file deleted under the
+ * store's open descriptors (refetched, never served as zeros).
  *
  * The tests reach into engine_int.h where the honest check needs the engine's own counts (the
  * readahead pin ring). Every wait polls a condition under a deadline; nothing relies on
@@ -1264,6 +1267,157 @@ static void test_ops_lookup_and_size(void **state) {
         assert_string_equal(fk->log, "S");
 }
 
+/* ---- the landed ring and the store's descriptors ---------------------------------------------- */
+
+static struct engine_stats stats_of(struct fixture *fx) {
+        struct engine_stats st;
+        engine_get_stats(fx->e, &st);
+        return st;
+}
+
+/* The ring is fed at the very end of a fetch's completion, after its readers were answered:
+ * waits until it holds BYTES. */
+static bool wait_landed(struct fixture *fx, uint64_t bytes) {
+        uint64_t deadline = now_ms() + WAIT_MS;
+        while (stats_of(fx).landed_bytes != bytes) {
+                if (now_ms() > deadline)
+                        return false;
+                nanosleep(&(struct timespec){0, 1000000}, NULL);
+        }
+        return true;
+}
+
+static unsigned fetch_count(struct fixture *fx, int fb, uint32_t idx) {
+        pthread_mutex_lock(&mu);
+        unsigned n = fx->fk.count[fb][idx];
+        pthread_mutex_unlock(&mu);
+        return n;
+}
+
+/* A read straddling into the next chunk right after a chunk landed takes the landed chunk's
+ * part from the ring, not the store; the entry goes once its last byte was read, and when its
+ * chunk is evicted. The blob's last chunk never enters. */
+static void test_landed_ring_hit_and_evict(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.landed_chunks = 2;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 6 * CS, -1, &id);
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+
+        struct reply r;
+        read_wait(fx, fb, id, 0, CS, NULL, &r); /* chunk 0 lands */
+        assert_true(wait_landed(fx, CS));
+        read_wait(fx, fb, id, CS, CS, NULL, &r); /* chunk 1 lands */
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_true(wait_landed(fx, 2 * CS));
+        assert_int_equal(stats_of(fx).landed_hits, 0);
+
+        /* Chunk 1's tail and chunk 2's head: waits for chunk 2, chunk 1's part from the ring
+         * (its last byte: the entry leaves), chunk 2 enters. */
+        read_wait(fx, fb, id, CS + CS / 2, CS, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(stats_of(fx).landed_hits, 1);
+        assert_true(wait_landed(fx, 2 * CS)); /* chunks 0 and 2 */
+
+        /* Present and in the ring: a read inside chunk 2 is served from memory too. */
+        read_wait(fx, fb, id, 2 * CS + 100, 1000, NULL, &r);
+        assert_true(r.match);
+        assert_int_equal(stats_of(fx).landed_hits, 2);
+
+        /* Evicted: the entries go with their chunks, and a read fetches the chunk again. */
+        uint64_t deadline = now_ms() + WAIT_MS; /* the last read unpins after its reply */
+        while (stats_of(fx).pinned_bytes && now_ms() < deadline)
+                nanosleep(&(struct timespec){0, 1000000}, NULL);
+        uint64_t chunks = 0, bytes = 0;
+        assert_int_equal(engine_evict(fx->e, &info.digest, &chunks, &bytes), 0);
+        assert_int_equal(chunks, 3);
+        assert_int_equal(stats_of(fx).landed_bytes, 0);
+        assert_int_equal(fetch_count(fx, fb, 2), 1);
+        read_wait(fx, fb, id, 2 * CS + 100, 1000, NULL, &r);
+        assert_true(r.match);
+        assert_int_equal(fetch_count(fx, fb, 2), 2);
+        assert_int_equal(stats_of(fx).landed_hits, 2);
+        assert_true(wait_landed(fx, CS));
+
+        /* Bounded: the oldest leaves first. */
+        read_wait(fx, fb, id, 3 * CS, CS, NULL, &r);
+        read_wait(fx, fb, id, 4 * CS, CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_landed(fx, 2 * CS));
+        assert_true(stats_of(fx).landed_peak_bytes <= 3 * CS); /* + one being copied */
+        /* The last chunk never enters, and the blob, verified now, keeps nothing there. */
+        read_wait(fx, fb, id, 5 * CS, CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+        assert_true(wait_landed(fx, 0));
+}
+
+/* Bytes of a blob that failed verification never come back out of the ring: its entries go
+ * with the discard. And a verified blob keeps none (its reads go to the store's checks). */
+static void test_landed_ring_verify(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.landed_chunks = 4;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t bad, good;
+        int fbad = add_blob(fx, 4 * CS, 3, &bad); /* the last chunk is the corrupt one */
+        int fgood = add_blob(fx, 4 * CS, -1, &good);
+
+        struct reply r;
+        read_wait(fx, fbad, bad, 0, CS, NULL, &r);
+        read_wait(fx, fbad, bad, CS, CS, NULL, &r);
+        read_wait(fx, fbad, bad, 2 * CS, CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_landed(fx, 3 * CS));
+        read_wait(fx, fbad, bad, 3 * CS, CS, NULL, &r); /* lands, the blob fails */
+        assert_int_equal(r.err, -EIO);
+        assert_true(wait_idle(fx));
+        assert_int_equal(stats_of(fx).verify_failures, 1);
+        assert_int_equal(stats_of(fx).landed_bytes, 0);
+
+        read_wait(fx, fgood, good, 0, CS, NULL, &r);
+        read_wait(fx, fgood, good, CS, CS, NULL, &r);
+        assert_true(wait_landed(fx, 2 * CS));
+        read_wait(fx, fgood, good, 2 * CS, 2 * CS, NULL, &r); /* the rest: verified */
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, good, &info), 0);
+        assert_true(info.verified);
+        assert_true(wait_landed(fx, 0));
+}
+
+/* A store file deleted while the store holds it open is noticed by the next read, which gets
+ * the chunk refetched, never the zeros of a hole nor the unlinked file's bytes. */
+static void test_deleted_store_file_refetched(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_AUTO);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, 0, MAX_READ, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        read_wait(fx, fb, id, CS, 100, NULL, &r); /* from the store: its descriptors open */
+        assert_true(r.match);
+        assert_true(store_open_blobs(fx->store) >= 1);
+
+        char path[600], hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&fx->fk.blobs[fb].d, hex);
+        snprintf(path, sizeof(path), "%s/chunks/sha256/%s", fx->store_dir, hex);
+        assert_int_equal(unlink(path), 0);
+        read_wait(fx, fb, id, CS + 4096, 8192, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(fetch_count(fx, fb, 1), 2);
+        assert_true(stats_of(fx).lost_chunks >= 1);
+}
+
 int main(void) {
         /* A mount namespace of our own, so the ENOSPC test's tmpfs is private to this process
          * and goes away with it whatever happens. Before any thread exists. */
@@ -1287,6 +1441,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_free_answers_reads_left, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_each_reply_once_concurrent, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ops_lookup_and_size, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_landed_ring_hit_and_evict, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_landed_ring_verify, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_deleted_store_file_refetched, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
