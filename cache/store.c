@@ -73,6 +73,7 @@ struct ra_range {
  * file meanwhile): hence the reference count, and the descriptors are closed by whoever drops
  * the last reference. */
 struct fd_ent {
+        struct store *s;    /* (immutable) */
         struct digest blob; /* (immutable) */
         int fd, sfd;        /* data, checksums, O_RDONLY (immutable) */
         unsigned refs;      /* the table's (while cached) + one per user (fd_lock) */
@@ -218,10 +219,44 @@ static struct fd_ent *fd_find(struct store *s, const struct digest *blob) {
         return NULL;
 }
 
-/* Drops the pages ENT read and has not dropped yet. Called with a reference, without fd_lock. */
-static void fd_flush_range(const struct fd_ent *ent, uint64_t from, uint64_t to) {
+static void dontneed(int fd, uint64_t from, uint64_t to) {
         if (to > from)
-                posix_fadvise(ent->fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+                posix_fadvise(fd, (off_t)from, (off_t)(to - from), POSIX_FADV_DONTNEED);
+}
+
+/* Drops the pages of [FROM, TO) of ENT's file, except those of readahead ranges not read
+ * whole yet: a batch spans whatever its reads spanned (concurrent requests of one stream
+ * arrive out of order), and dropping the chunk a reader is about to read would make it wait
+ * for the disk. Those pages are the readahead list's to drop (when read whole, or when they
+ * age out). Called with a reference, without fd_lock and ra_lock. */
+static void fd_flush_range(const struct fd_ent *ent, uint64_t from, uint64_t to) {
+        if (to <= from)
+                return;
+        struct store *s = ent->s;
+        uint64_t keep_off[RA_SLOTS], keep_end[RA_SLOTS];
+        unsigned n = 0;
+        pthread_mutex_lock(&s->ra_lock);
+        for (unsigned i = 0; i < s->ra_count; i++) {
+                const struct ra_range *r = &s->ra[i];
+                if (r->off < to && from < r->off + r->len && digest_equal(&r->blob, &ent->blob)) {
+                        /* insertion sort by offset: a handful of ranges */
+                        unsigned j = n++;
+                        for (; j > 0 && keep_off[j - 1] > r->off; j--) {
+                                keep_off[j] = keep_off[j - 1];
+                                keep_end[j] = keep_end[j - 1];
+                        }
+                        keep_off[j] = r->off;
+                        keep_end[j] = r->off + r->len;
+                }
+        }
+        pthread_mutex_unlock(&s->ra_lock);
+        uint64_t pos = from;
+        for (unsigned i = 0; i < n && pos < to; i++) {
+                dontneed(ent->fd, pos, keep_off[i] < to ? keep_off[i] : to);
+                if (keep_end[i] > pos)
+                        pos = keep_end[i];
+        }
+        dontneed(ent->fd, pos, to);
 }
 
 /* The last reference went: drop what it still owes the page cache, close, free. */
@@ -326,7 +361,7 @@ static int fd_get(struct store *s, const struct digest *blob, struct fd_ent **re
                 close(sfd);
                 return -ENOMEM;
         }
-        *ent = (struct fd_ent){.blob = *blob, .fd = fd, .sfd = sfd, .refs = 1};
+        *ent = (struct fd_ent){.s = s, .blob = *blob, .fd = fd, .sfd = sfd, .refs = 1};
 
         struct fd_ent *dead = NULL;
         pthread_mutex_lock(&s->fd_lock);
@@ -662,9 +697,14 @@ static bool overlaps(const struct ra_range *r, const struct digest *blob, uint64
         return off < r->off + r->len && r->off < off + len && digest_equal(&r->blob, blob);
 }
 
-/* store_read() read [OFF, OFF+LEN) of BLOB and dropped it: readahead ranges now read whole are
- * forgotten. (A read that failed notes nothing: its ranges age out of the list, dropped.) */
-static void ra_note_read(struct store *s, const struct digest *blob, uint64_t off, uint64_t len) {
+/* store_read() read [OFF, OFF+LEN) of BLOB through ENT: readahead ranges now read whole are
+ * forgotten and their pages dropped (the read batches leave them alone while they are on the
+ * list, see fd_flush_range). (A read that failed notes nothing: its ranges age out of the
+ * list, dropped.) */
+static void ra_note_read(struct store *s, const struct fd_ent *ent, uint64_t off, uint64_t len) {
+        const struct digest *blob = &ent->blob;
+        uint64_t done_off[RA_SLOTS], done_end[RA_SLOTS];
+        unsigned ndone = 0;
         pthread_mutex_lock(&s->ra_lock);
         for (unsigned i = 0; i < s->ra_count;) {
                 struct ra_range *r = &s->ra[i];
@@ -675,12 +715,17 @@ static void ra_note_read(struct store *s, const struct digest *blob, uint64_t of
                 uint64_t from = off > r->off ? off : r->off;
                 uint64_t to = off + len < r->off + r->len ? off + len : r->off + r->len;
                 r->read += to - from;
-                if (r->read >= r->len)
+                if (r->read >= r->len) {
+                        done_off[ndone] = r->off;
+                        done_end[ndone++] = r->off + r->len;
                         ra_remove(s, i);
-                else
+                } else {
                         i++;
+                }
         }
         pthread_mutex_unlock(&s->ra_lock);
+        for (unsigned i = 0; i < ndone; i++)
+                fd_flush_range(ent, done_off[i], done_end[i]);
 }
 
 int store_readahead(struct store *s, const struct digest *blob, uint64_t off, size_t len) {
@@ -873,11 +918,11 @@ int store_read(struct store *s, const struct digest *blob, uint64_t off, void *b
                                 continue; /* open what the path names now */
                         return -ESTALE;
                 }
+                if (r == 0) /* first: a range read whole is dropped, not kept by the batch */
+                        ra_note_read(s, ent, off, len);
                 if (to > from)
                         fd_note_read(s, ent, from, to); /* also after a failure: it read them */
                 fd_put(s, ent);
-                if (r == 0)
-                        ra_note_read(s, blob, off, len);
                 return r;
         }
 }
