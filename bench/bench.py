@@ -7,13 +7,17 @@ alternates between runs, so neither side always goes first on a warm or busy mac
   1 cached   sequential 1 MiB and random 4 KiB reads of a 1 GiB blob, cache warm: through the
              mount vs the store file itself (<state-dir>/chunks/sha256/<hex>)
   2 cold     a 512 MiB blob read through the mount from a cold cache vs curl downloading it from
-             the same docker-registry; throughput and time to first byte
+             the same docker-registry, and vs `curl | tee file | sha256sum`; throughput and time
+             to first byte; first byte of 200 random 4 KiB reads of uncached chunks vs Range GETs
   5 memory   a 2 GiB blob streamed through a 256 MiB budget, the daemon in a cgroup of its own:
              RSS, working set, store page cache, store on disk, sampled every 0.5 s, plotted to
              bench/memory.png; baseline: curl downloading the same blob to a file in a cgroup
   6 evict    hit ratio of cache/policy.c (S3-FIFO) vs plain LRU on a synthetic trace, 3 budgets
   3 peer     node B (its own network namespace) reads a 512 MiB blob that node A holds, through
-             its mount, vs curl of the same blob from A's peer server run in B's namespace
+             its mount, vs curl of the same blob from A's peer server run in B's namespace; first
+             byte of 200 random 4 KiB reads of uncached chunks vs Range GETs to A
+Every item also reports the daemon's CPU seconds per GiB (/proc/<pid>/stat), and the table the
+targets of issue 15.
   4 swarm    2, 4, 8 nodes read one 512 MiB blob at the same moment: registry bytes / blob and
              the slowest node's time vs one node alone reading it from the registry
   7 containerd  ctr image pull + ctr run of an image with a 512 MiB layer on node B: direct
@@ -35,6 +39,7 @@ import http.client
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -266,6 +271,85 @@ def fig(vals):
             "runs": vals}
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def daemon_pid(d):
+    """The p2pblobsd process of daemon D: its prefix (ip netns exec, nsenter) execs it, so
+    normally d.proc.pid itself; else its child of that name."""
+    pid = d.proc.pid
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            if f.read().strip() == "p2pblobsd":
+                return pid
+        for t in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                for c in f.read().split():
+                    with open("/proc/%s/comm" % c) as g:
+                        if g.read().strip() == "p2pblobsd":
+                            return int(c)
+    except OSError:
+        pass
+    return pid
+
+
+def cpu_seconds(d):
+    """User + system CPU seconds daemon D has used so far, all its threads
+    (/proc/<pid>/stat utime + stime)."""
+    with open("/proc/%d/stat" % daemon_pid(d)) as f:
+        s = f.read()
+    fields = s[s.rindex(")") + 2:].split()  # from field 3 (state) on
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def per_gib(cpu, nbytes):
+    return cpu / (nbytes / GiB)
+
+
+LAT_READS = 200
+
+
+def lat_offsets(size, count, seed, block=4096, span=MiB):
+    """COUNT offsets of BLOCK-aligned reads, each in its own SPAN (chunk) of a SIZE-byte blob,
+    in random order: on a cold cache every one is a miss."""
+    rnd = random.Random(seed)
+    return [r * span + rnd.randrange(span // block) * block
+            for r in rnd.sample(range(size // span), count)]
+
+
+def quantiles(lat):
+    lat = sorted(lat)
+    n = len(lat)
+    return {"p50": lat[(n - 1) // 2], "p99": lat[-(-n * 99 // 100) - 1], "max": lat[-1]}
+
+
+def range_ttfb(host, port, path, offsets, block=4096):
+    """The baseline of the first-byte figures: one keep-alive HTTP connection, a Range GET of
+    BLOCK bytes at each offset; per request, the time from sending it to its first body byte
+    (python's http.client: tens of microseconds of its own)."""
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    lat = []
+    try:
+        for off in offsets:
+            t = time.monotonic()
+            c.request("GET", path, headers={"Range": "bytes=%d-%d" % (off, off + block - 1)})
+            r = c.getresponse()
+            r.read(1)
+            lat.append(time.monotonic() - t)
+            r.read()
+            assert r.status == 206, r.status
+    finally:
+        c.close()
+    return quantiles(lat)
+
+
+def mount_ttfb(tools, path, seed):
+    """First byte of LAT_READS random 4 KiB reads, each of an uncached chunk, through a cold
+    mount (`readbench lat`)."""
+    r = readbench(tools, "lat", path, 4096, LAT_READS, seed, MiB)
+    return {"p50": r["p50"], "p99": r["p99"], "max": r["max"]}
+
+
 # ----------------------------------------------------------------------------- 1 cached
 
 def bench_cached(ctx):
@@ -287,15 +371,18 @@ def bench_cached(ctx):
         s0 = d.stat()
         nrand = 20000
         res = {"seq_mount": [], "seq_store": [], "rand_mount": [], "rand_store": [],
-               "seq_store_noreadahead": []}
+               "seq_store_noreadahead": [], "seq_cpu": [], "rand_cpu": []}
         for i in range(reps):
             order = ("mount", "store") if i % 2 == 0 else ("store", "mount")
             for side in order:
                 path = mnt if side == "mount" else store
                 drop_caches([mnt, store])
+                c0 = cpu_seconds(d)
                 r = readbench(tools, "seq", path, MiB)
                 assert int(r["bytes"]) == size, r
                 res["seq_" + side].append(size / r["seconds"] / 1e6)
+                if side == "mount":
+                    res["seq_cpu"].append(per_gib(cpu_seconds(d) - c0, size))
             # diagnostic: the store file read the way cache/store.c reads it (no readahead)
             drop_caches([mnt, store])
             r = readbench(tools, "seq", store, MiB, "random")
@@ -303,8 +390,11 @@ def bench_cached(ctx):
             for side in order:
                 path = mnt if side == "mount" else store
                 drop_caches([mnt, store])
+                c0 = cpu_seconds(d)
                 r = readbench(tools, "rand", path, 4096, nrand, 1000 + i)
                 res["rand_" + side].append(nrand / r["seconds"])
+                if side == "mount":
+                    res["rand_cpu"].append(per_gib(cpu_seconds(d) - c0, nrand * 4096))
             log("cached run %d: seq %.0f/%.0f MB/s, rand %.0f/%.0f reads/s (mount/store)"
                 % (i + 1, res["seq_mount"][-1], res["seq_store"][-1],
                    res["rand_mount"][-1], res["rand_store"][-1]))
@@ -320,7 +410,8 @@ def bench_cached(ctx):
             "seq_store_nora": fig(res["seq_store_noreadahead"]),
             "seq_ratio_nora": fig([m / s for m, s in zip(res["seq_mount"],
                                                            res["seq_store_noreadahead"])]),
-            "nrand": nrand, "store_alloc": alloc, "origin_bytes_during": fetched}
+            "nrand": nrand, "store_alloc": alloc, "origin_bytes_during": fetched,
+            "seq_cpu": fig(res["seq_cpu"]), "rand_cpu": fig(res["rand_cpu"])}
 
 
 # ----------------------------------------------------------------------------- 2 cold
@@ -332,10 +423,13 @@ def bench_cold(ctx):
     repo = "bench/cold"
     digest = make_blob(reg, work, repo, size, 12)
     warm_registry_file(reg, digest)
-    url = "%s/v2/%s/blobs/%s" % (reg.url, repo, digest)
-    res = {"mount_mbs": [], "curl_mbs": [], "mount_ttfb": [], "curl_ttfb": [], "origin_x": []}
+    path = "/v2/%s/blobs/%s" % (repo, digest)
+    url = reg.url + path
+    res = {"mount_mbs": [], "curl_mbs": [], "pipe_mbs": [], "mount_ttfb": [], "curl_ttfb": [],
+           "origin_x": [], "cpu": []}
+    sides = ("mount", "curl", "pipe")
     for i in range(reps):
-        order = ("mount", "curl") if i % 2 == 0 else ("curl", "mount")
+        order = sides[i % 3:] + sides[:i % 3]  # each side goes first in turn
         for side in order:
             if side == "curl":
                 out = sh(["curl", "-sS", "-o", "/dev/null", "-w",
@@ -345,25 +439,54 @@ def bench_cold(ctx):
                 assert int(r["bytes"]) == size, out
                 res["curl_mbs"].append(size / r["seconds"] / 1e6)
                 res["curl_ttfb"].append(r["ttfb"])
+            elif side == "pipe":
+                # What standard tools do for a verified local copy: download, keep, hash.
+                dest = os.path.join(work, "cold-pipe.bin")
+                t0 = time.monotonic()
+                out = sh(["sh", "-c", 'curl -sS "$1" | tee "$2" | sha256sum', "sh", url, dest])
+                dt = time.monotonic() - t0
+                assert out.split()[0] == digest.split(":", 1)[1], out
+                assert os.path.getsize(dest) == size
+                os.unlink(dest)
+                res["pipe_mbs"].append(size / dt / 1e6)
             else:
                 d = new_daemon(build, work, "cold-%d" % i, reg, "1G")
                 try:
                     d.add(reg.ref(repo, digest))
+                    c0 = cpu_seconds(d)
                     r = readbench(tools, "seq", d.blob_path(digest), MiB)
                     assert int(r["bytes"]) == size, r
+                    res["cpu"].append(per_gib(cpu_seconds(d) - c0, size))
                     res["mount_mbs"].append(size / r["seconds"] / 1e6)
                     res["mount_ttfb"].append(r["ttfb"])
                     res["origin_x"].append(d.stat()["fetched"]["origin_bytes"] / size)
                 finally:
                     dispose(d)
-        log("cold run %d: mount %.0f MB/s ttfb %.1f ms, curl %.0f MB/s ttfb %.1f ms"
+        log("cold run %d: mount %.0f MB/s ttfb %.1f ms, curl %.0f MB/s ttfb %.1f ms, "
+            "curl | tee | sha256sum %.0f MB/s"
             % (i + 1, res["mount_mbs"][-1], res["mount_ttfb"][-1] * 1e3,
-               res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3))
+               res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3, res["pipe_mbs"][-1]))
+    # First byte of uncached chunks: one fresh daemon, LAT_READS random 4 KiB reads, each in a
+    # chunk of its own; baseline: the same kind of reads as Range GETs to the registry.
+    d = new_daemon(build, work, "cold-lat", reg, "1G")
+    try:
+        d.add(reg.ref(repo, digest))
+        lat = mount_ttfb(tools, d.blob_path(digest), 77)
+        lat_origin = d.stat()["fetched"]["origin_bytes"]
+    finally:
+        dispose(d)
+    base = range_ttfb(reg.host, reg.port, path, lat_offsets(size, LAT_READS, 77))
+    log("cold first byte of %d uncached 4 KiB reads: p50 %.2f ms p99 %.2f ms (registry Range "
+        "GET: p50 %.2f ms p99 %.2f ms)" % (LAT_READS, lat["p50"] * 1e3, lat["p99"] * 1e3,
+                                           base["p50"] * 1e3, base["p99"] * 1e3))
     return {"mount_mbs": fig(res["mount_mbs"]), "curl_mbs": fig(res["curl_mbs"]),
             "ratio": fig([m / c for m, c in zip(res["mount_mbs"], res["curl_mbs"])]),
+            "pipe_mbs": fig(res["pipe_mbs"]),
+            "pipe_ratio": fig([m / c for m, c in zip(res["mount_mbs"], res["pipe_mbs"])]),
             "mount_ttfb": fig(res["mount_ttfb"]), "curl_ttfb": fig(res["curl_ttfb"]),
             "ttfb_ratio": fig([m / c for m, c in zip(res["mount_ttfb"], res["curl_ttfb"])]),
-            "origin_x": fig(res["origin_x"])}
+            "origin_x": fig(res["origin_x"]), "cpu": fig(res["cpu"]), "lat": lat,
+            "lat_base": base, "lat_origin_bytes": lat_origin}
 
 
 # ----------------------------------------------------------------------------- cgroups
@@ -572,11 +695,15 @@ def bench_memory(ctx):
                                 return {"blobctl_pc": d.stat()["memory"]["store_page_cache_bytes"]}
                             except Exception:  # noqa: BLE001  (a sample may race a restart)
                                 return {"blobctl_pc": 0}
+                        c0 = cpu_seconds(d)
                         with Sampler(cg, d.proc.pid, files, d.chunks_dir, extra) as smp:
                             r = readbench(tools, "seq", d.blob_path(digest), MiB)
                         assert int(r["bytes"]) == size, r
+                        cpu = per_gib(cpu_seconds(d) - c0, size)
                         st = d.stat()
                         run["daemon"] = {"rows": smp.rows, "mbs": size / r["seconds"] / 1e6,
+                                         "cpu": cpu,
+                                         "landed_peak": st["memory"].get("landed_peak_bytes", 0),
                                          "verified": st["blobs_verified"],
                                          "origin_x": st["fetched"]["origin_bytes"] / size,
                                          "self_ws": st["memory"].get("cgroup_working_set_bytes"),
@@ -614,6 +741,8 @@ def bench_memory(ctx):
         "curl_ws": fig(peaks("curl", "ws")), "curl_usage": fig(peaks("curl", "usage")),
         "curl_pagecache": fig(peaks("curl", "pagecache")),
         "mbs": fig([r["daemon"]["mbs"] for r in runs]),
+        "cpu": fig([r["daemon"]["cpu"] for r in runs]),
+        "landed_peak": fig([r["daemon"]["landed_peak"] for r in runs]),
         "curl_mbs": fig([r["curl"]["mbs"] for r in runs]),
         "verified": [r["daemon"]["verified"] for r in runs],
         "origin_x": fig([r["daemon"]["origin_x"] for r in runs]),
@@ -816,7 +945,7 @@ def bench_peer(ctx):
     repo = "bench/peer"
     net = new_net(work, "peer-net")
     res = {"mount_mbs": [], "curl_mbs": [], "mount_ttfb": [], "curl_ttfb": [], "origin": [],
-           "peer_x": [], "announce": []}
+           "peer_x": [], "announce": [], "cpu": [], "cpu_a": []}
     try:
         s = net.add_subnet()
         reg = net.registry(net.add_host("reg", s))
@@ -848,8 +977,11 @@ def bench_peer(ctx):
                     res["announce"].append(wait_announced(net, [a, b], a, digest, size))
                     b.add(reg.ref(repo, digest))
                     mark = reg.mark()
+                    c0, ca0 = cpu_seconds(b), cpu_seconds(a)
                     r = readbench(tools, "seq", b.blob_path(digest), MiB)
                     assert int(r["bytes"]) == size, r
+                    res["cpu"].append(per_gib(cpu_seconds(b) - c0, size))
+                    res["cpu_a"].append(per_gib(cpu_seconds(a) - ca0, size))
                     res["mount_mbs"].append(size / r["seconds"] / 1e6)
                     res["mount_ttfb"].append(r["ttfb"])
                     res["origin"].append(reg.bytes_served(digest, since=mark))
@@ -860,9 +992,30 @@ def bench_peer(ctx):
                 "registry bytes during B's read %d"
                 % (i + 1, res["mount_mbs"][-1], res["mount_ttfb"][-1] * 1e3,
                    res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3, res["origin"][-1]))
+        # First byte of uncached chunks from the peer: a fresh B, LAT_READS random 4 KiB reads
+        # each in a chunk of its own; baseline: the same kind of reads as Range GETs to A's
+        # peer server from B's namespace.
+        b = net_node(net, build, hb, reg, [ha, hb], "peer-b-lat")
+        try:
+            wait_peers_up([a, b])
+            wait_announced(net, [a, b], a, digest, size)
+            b.add(reg.ref(repo, digest))
+            mark = reg.mark()
+            lat = mount_ttfb(tools, b.blob_path(digest), 78)
+            lat_registry = reg.bytes_served(digest, since=mark)
+        finally:
+            net_dispose(net, b)
+        base = hb.call(range_ttfb, ha.ip, PEER_PORT, "/v2/%s/blobs/%s" % (repo, digest),
+                       lat_offsets(size, LAT_READS, 78))
+        log("peer first byte of %d uncached 4 KiB reads: p50 %.2f ms p99 %.2f ms (A's peer "
+            "server, Range GET: p50 %.2f ms p99 %.2f ms); registry bytes %d"
+            % (LAT_READS, lat["p50"] * 1e3, lat["p99"] * 1e3, base["p50"] * 1e3,
+               base["p99"] * 1e3, lat_registry))
     finally:
         net.teardown()
     return {"mount_mbs": fig(res["mount_mbs"]), "curl_mbs": fig(res["curl_mbs"]),
+            "cpu": fig(res["cpu"]), "cpu_a": fig(res["cpu_a"]), "lat": lat, "lat_base": base,
+            "lat_registry_bytes": lat_registry,
             "ratio": fig([m / c for m, c in zip(res["mount_mbs"], res["curl_mbs"])]),
             "mount_ttfb": fig(res["mount_ttfb"]), "curl_ttfb": fig(res["curl_ttfb"]),
             "ttfb_ratio": fig([m / c for m, c in zip(res["mount_ttfb"], res["curl_ttfb"])]),
@@ -927,13 +1080,16 @@ def bench_swarm(ctx):
                     for d in nodes:
                         d.add(ref)
                     mark = reg.mark()
+                    c0 = [cpu_seconds(d) for d in nodes]
                     times, outs = timed_reads(tools, [d.blob_path(digest) for d in nodes])
+                    cpu = sum(cpu_seconds(d) for d in nodes) - sum(c0)
                     for o in outs:
                         assert int(o["bytes"]) == size, o
                     served = reg.bytes_served(digest, since=mark)
                     gets = reg.blob_get_count(digest, since=mark)
                     per = [fetched(d) for d in nodes]
                     run[n] = {"times": times, "registry_x": served / size, "gets": gets,
+                              "cpu": per_gib(cpu, n * size),
                               "origin_x": [o / size for o, _p in per],
                               "peer_x": [p / size for _o, p in per]}
                     log("swarm run %d, %d node(s): slowest %.1f s, fastest %.1f s, registry "
@@ -946,7 +1102,8 @@ def bench_swarm(ctx):
             runs.append(run)
     finally:
         net.teardown()
-    out = {"single": fig([max(r[1]["times"]) for r in runs]), "sizes": sizes, "n": {}}
+    out = {"single": fig([max(r[1]["times"]) for r in runs]), "sizes": sizes, "n": {},
+           "single_cpu": fig([r[1]["cpu"] for r in runs])}
     for n in sizes:
         out["n"][n] = {
             "slowest": fig([max(r[n]["times"]) for r in runs]),
@@ -956,6 +1113,7 @@ def bench_swarm(ctx):
             "gets": fig([r[n]["gets"] for r in runs]),
             "agg_mbs": fig([n * size / max(r[n]["times"]) / 1e6 for r in runs]),
             "max_origin_x": fig([max(r[n]["origin_x"]) for r in runs]),
+            "cpu": fig([r[n]["cpu"] for r in runs]),
         }
     out["single_registry_x"] = fig([r[1]["registry_x"] for r in runs])
     return out
@@ -1104,10 +1262,12 @@ def bench_containerd(ctx):
                                                               img["layer_bytes"]))
                     c = containerd(hb, "ctrd-b-%s-%d" % (side, i))
                     try:
+                        c0 = cpu_seconds(b) if b is not None else 0
                         r = pull_run(c, hosts_mirror if side == "mirror" else hosts_direct,
                                      "bench-%s-%d" % (side, i))
                         if b is not None:
                             r["b_origin"], r["b_peer"] = fetched(b)
+                            r["b_cpu"] = per_gib(cpu_seconds(b) - c0, img["layer_bytes"])
                     finally:
                         drop(c)
                 finally:
@@ -1133,6 +1293,7 @@ def bench_containerd(ctx):
             out[side + "_" + k] = fig([r[k] for r in res[side]])
     out["mirror_b_peer"] = fig([r["b_peer"] for r in res["mirror"]])
     out["mirror_b_origin"] = fig([r["b_origin"] for r in res["mirror"]])
+    out["mirror_b_cpu"] = fig([r["b_cpu"] for r in res["mirror"]])
     out["ratio"] = fig([m["total"] / d["total"] for m, d in zip(res["mirror"], res["direct"])])
     out["pull_ratio"] = fig([m["pull"] / d["pull"] for m, d in zip(res["mirror"], res["direct"])])
     return out
@@ -1145,42 +1306,77 @@ def mm(f, fmt="%.0f", scale=1.0):
                                                     f["max"] * scale)
 
 
+def cpu_cell(f):
+    """The CPU column: the daemon's user + system seconds per GiB it served, median [min–max]."""
+    return mm(f, "%.2f") if f and f.get("n") else ""
+
+
+def row(*cols, target="", cpu=None):
+    """A row with the issue's target for its ratio (issue 15) and the daemon's CPU per GiB."""
+    return cols + (target, cpu_cell(cpu))
+
+
+def ms_pair(q):
+    return "%.2f / %.2f" % (q["p50"] * 1e3, q["p99"] * 1e3)
+
+
 def rows_for(res, cmd):
-    """(item, measurement, p2pblobs, baseline, ratio, runs, command) rows."""
+    """(item, measurement, p2pblobs, baseline, ratio, runs, command, target, CPU s/GiB) rows."""
     rows = []
     c = res.get("cached")
     if c:
-        rows.append(("1 cached", "sequential 1 MiB reads, 1 GiB blob, cache warm, page cache "
-                     "dropped (MB/s)", mm(c["seq_mount"]), mm(c["seq_store"]) + " store file",
-                     mm(c["seq_ratio"], "%.2f"), c["seq_ratio"]["n"], cmd("cached")))
+        rows.append(row("1 cached", "sequential 1 MiB reads, 1 GiB blob, cache warm, page cache "
+                        "dropped (MB/s)", mm(c["seq_mount"]), mm(c["seq_store"]) + " store file",
+                        mm(c["seq_ratio"], "%.2f"), c["seq_ratio"]["n"], cmd("cached"),
+                        target="≥ 0.9", cpu=c.get("seq_cpu")))
         rows.append(("1 cached", "  diagnostic: the same vs the store file read without "
                      "readahead (POSIX_FADV_RANDOM, as cache/store.c reads it) (MB/s)",
                      mm(c["seq_mount"]), mm(c["seq_store_nora"]) + " store file, no readahead",
                      mm(c["seq_ratio_nora"], "%.2f"), c["seq_ratio_nora"]["n"], cmd("cached")))
-        rows.append(("1 cached", "random 4 KiB reads (%d per run), same blob (reads/s)"
-                     % c["nrand"], mm(c["rand_mount"]), mm(c["rand_store"]) + " store file",
-                     mm(c["rand_ratio"], "%.2f"), c["rand_ratio"]["n"], cmd("cached")))
+        rows.append(row("1 cached", "random 4 KiB reads (%d per run), same blob (reads/s)"
+                        % c["nrand"], mm(c["rand_mount"]), mm(c["rand_store"]) + " store file",
+                        mm(c["rand_ratio"], "%.2f"), c["rand_ratio"]["n"], cmd("cached"),
+                        target="≥ 0.9", cpu=c.get("rand_cpu")))
     c = res.get("cold")
     if c:
-        rows.append(("2 cold", "512 MiB blob, cold cache, from the origin (MB/s)",
-                     mm(c["mount_mbs"]), mm(c["curl_mbs"]) + " curl", mm(c["ratio"], "%.2f"),
-                     c["ratio"]["n"], cmd("cold")))
-        rows.append(("2 cold", "time to first byte (ms; lower is better)",
-                     mm(c["mount_ttfb"], "%.1f", 1e3), mm(c["curl_ttfb"], "%.1f", 1e3) + " curl",
-                     mm(c["ttfb_ratio"], "%.1f"), c["ttfb_ratio"]["n"], cmd("cold")))
+        rows.append(row("2 cold", "512 MiB blob, cold cache, from the origin (MB/s)",
+                        mm(c["mount_mbs"]), mm(c["curl_mbs"]) + " curl to /dev/null",
+                        mm(c["ratio"], "%.2f"), c["ratio"]["n"], cmd("cold"), target="≥ 0.4",
+                        cpu=c.get("cpu")))
+        if c.get("pipe_mbs"):
+            rows.append(row("2 cold", "  the same vs the pipeline standard tools give (MB/s)",
+                            mm(c["mount_mbs"]), mm(c["pipe_mbs"]) + " `curl URL | tee file | "
+                            "sha256sum`", mm(c["pipe_ratio"], "%.2f"), c["pipe_ratio"]["n"],
+                            cmd("cold"), target="≥ 2.0", cpu=c.get("cpu")))
+        rows.append(row("2 cold", "time to first byte (ms; lower is better)",
+                        mm(c["mount_ttfb"], "%.1f", 1e3), mm(c["curl_ttfb"], "%.1f", 1e3) +
+                        " curl", mm(c["ttfb_ratio"], "%.1f"), c["ttfb_ratio"]["n"], cmd("cold")))
+        if c.get("lat"):
+            rows.append(row("2 cold", "  first byte of %d random 4 KiB reads, each of an "
+                            "uncached chunk: p50 / p99 (ms; lower is better)" % LAT_READS,
+                            ms_pair(c["lat"]), ms_pair(c["lat_base"]) + " Range GETs to the "
+                            "registry (one keep-alive connection)",
+                            "%.1f" % (c["lat"]["p50"] / c["lat_base"]["p50"]), 1, cmd("cold")))
     c = res.get("peer")
     if c and "error" in c:
         rows.append(("3 peer", "cold reads from a peer vs curl from the peer",
                      "not measured in this run: " + c["error"], "", "", 0, cmd("peer")))
     elif c:
-        rows.append(("3 peer", "512 MiB blob, cold cache on node B, which peer A holds "
-                     "(MB/s)", mm(c["mount_mbs"]), mm(c["curl_mbs"]) + " curl from A's peer "
-                     "server, in B's namespace", mm(c["ratio"], "%.2f"), c["ratio"]["n"],
-                     cmd("peer")))
-        rows.append(("3 peer", "time to first byte (ms; lower is better)",
-                     mm(c["mount_ttfb"], "%.1f", 1e3),
-                     mm(c["curl_ttfb"], "%.1f", 1e3) + " curl", mm(c["ttfb_ratio"], "%.1f"),
-                     c["ttfb_ratio"]["n"], cmd("peer")))
+        rows.append(row("3 peer", "512 MiB blob, cold cache on node B, which peer A holds "
+                        "(MB/s)", mm(c["mount_mbs"]), mm(c["curl_mbs"]) + " curl from A's peer "
+                        "server, in B's namespace", mm(c["ratio"], "%.2f"), c["ratio"]["n"],
+                        cmd("peer"), target="≥ 0.6", cpu=c.get("cpu")))
+        rows.append(row("3 peer", "time to first byte (ms; lower is better)",
+                        mm(c["mount_ttfb"], "%.1f", 1e3),
+                        mm(c["curl_ttfb"], "%.1f", 1e3) + " curl", mm(c["ttfb_ratio"], "%.1f"),
+                        c["ttfb_ratio"]["n"], cmd("peer")))
+        if c.get("lat"):
+            rows.append(row("3 peer", "  first byte of %d random 4 KiB reads, each of an "
+                            "uncached chunk: p50 / p99 (ms; lower is better)" % LAT_READS,
+                            ms_pair(c["lat"]), ms_pair(c["lat_base"]) + " Range GETs to A's "
+                            "peer server from B (one keep-alive connection)",
+                            "%.1f" % (c["lat"]["p50"] / c["lat_base"]["p50"]), 1, cmd("peer"),
+                            target="p50 ≤ 2 ms"))
     c = res.get("swarm")
     if c and "error" in c:
         rows.append(("4 swarm", "swarm of 2/4/8 nodes: registry bytes / blob, slowest / single "
@@ -1194,16 +1390,18 @@ def rows_for(res, cmd):
                          "%d.00 (%d nodes without peers; one node alone: %s)"
                          % (n, n, mm(c["single_registry_x"], "%.2f")),
                          mm(e["registry_x"], "%.2f"), e["registry_x"]["n"], cmd("swarm")))
-            rows.append(("4 swarm", "  %d nodes: slowest node's read (s; lower is better)" % n,
-                         mm(e["slowest"], "%.1f"),
-                         mm(c["single"], "%.1f") + " one node alone, from the registry",
-                         mm(e["slow_ratio"], "%.2f"), e["slow_ratio"]["n"], cmd("swarm")))
+            rows.append(row("4 swarm", "  %d nodes: slowest node's read (s; lower is better)"
+                            % n, mm(e["slowest"], "%.1f"),
+                            mm(c["single"], "%.1f") + " one node alone, from the registry",
+                            mm(e["slow_ratio"], "%.2f"), e["slow_ratio"]["n"], cmd("swarm"),
+                            target="≤ 3" if n == 8 else "", cpu=e.get("cpu")))
     c = res.get("memory")
     if c:
-        rows.append(("5 memory", "stream 2 GiB through a 256 MiB budget: peak cgroup working "
-                     "set (MiB; lower is better)", mm(c["ws"], "%.0f", 1 / MiB),
-                     mm(c["curl_ws"], "%.0f", 1 / MiB) + " curl -o file",
-                     mm(c["ws_ratio"], "%.3f"), c["ws_ratio"]["n"], cmd("memory")))
+        rows.append(row("5 memory", "stream 2 GiB through a 256 MiB budget: peak cgroup working "
+                        "set (MiB; lower is better)", mm(c["ws"], "%.0f", 1 / MiB),
+                        mm(c["curl_ws"], "%.0f", 1 / MiB) + " curl -o file",
+                        mm(c["ws_ratio"], "%.3f"), c["ws_ratio"]["n"], cmd("memory"),
+                        target="≤ 64 MiB, no worse than before"))
         rows.append(("5 memory", "  peak cgroup usage, raw (MiB; what memory.max/MemoryMax= "
                      "act on)", mm(c["usage"], "%.0f", 1 / MiB),
                      mm(c["curl_usage"], "%.0f", 1 / MiB) + " curl -o file",
@@ -1217,9 +1415,9 @@ def rows_for(res, cmd):
         rows.append(("5 memory", "  peak store on disk (MiB) / budget", mm(c["disk"], "%.0f",
                      1 / MiB), "256 budget", mm(c["disk_ratio"], "%.3f"), c["disk"]["n"],
                      cmd("memory")))
-        rows.append(("5 memory", "  stream throughput (MB/s)", mm(c["mbs"]),
-                     mm(c["curl_mbs"]) + " curl -o file", mm(c["mbs_ratio"], "%.2f"),
-                     c["mbs"]["n"], cmd("memory")))
+        rows.append(row("5 memory", "  stream throughput (MB/s)", mm(c["mbs"]),
+                        mm(c["curl_mbs"]) + " curl -o file", mm(c["mbs_ratio"], "%.2f"),
+                        c["mbs"]["n"], cmd("memory"), cpu=c.get("cpu")))
     c = res.get("evict")
     if c:
         for b in EVICT_BUDGETS:
@@ -1234,11 +1432,13 @@ def rows_for(res, cmd):
                      "peer", "not measured in this run: " + c["error"], "", "", 0,
                      cmd("containerd")))
     elif c:
-        rows.append(("7 containerd", "`ctr image pull` + `ctr run … busybox true`, image with a "
-                     "%d MiB layer, on node B (s; lower is better)" % (c["layer_size"] // MiB),
-                     mm(c["mirror_total"], "%.1f") + " B's mirror, peer A holds the image",
-                     mm(c["direct_total"], "%.1f") + " containerd direct from the registry",
-                     mm(c["ratio"], "%.2f"), c["ratio"]["n"], cmd("containerd")))
+        rows.append(row("7 containerd", "`ctr image pull` + `ctr run … busybox true`, image with "
+                        "a %d MiB layer, on node B (s; lower is better)"
+                        % (c["layer_size"] // MiB),
+                        mm(c["mirror_total"], "%.1f") + " B's mirror, peer A holds the image",
+                        mm(c["direct_total"], "%.1f") + " containerd direct from the registry",
+                        mm(c["ratio"], "%.2f"), c["ratio"]["n"], cmd("containerd"),
+                        cpu=c.get("mirror_b_cpu")))
         rows.append(("7 containerd", "  `ctr image pull` alone (s)",
                      mm(c["mirror_pull"], "%.1f"), mm(c["direct_pull"], "%.1f") + " direct",
                      mm(c["pull_ratio"], "%.2f"), c["pull_ratio"]["n"], cmd("containerd")))
@@ -1248,7 +1448,7 @@ def rows_for(res, cmd):
                      mm(fig([m / d for m, d in zip(c["mirror_registry_bytes"]["runs"],
                                                    c["direct_registry_bytes"]["runs"])]),
                         "%.4f"), c["ratio"]["n"], cmd("containerd")))
-    return rows
+    return [r if len(r) == 9 else r + ("", "") for r in rows]
 
 
 NET_WHAT = ("The multi-node items run on the project's own test net "
@@ -1309,6 +1509,20 @@ def net_sections(res, items):
                   "%s; B's bytes from peers / blob: %s. %s"
                   % (c["ratio"]["n"], mm(c["origin"], "%.0f"), mm(c["peer_x"], "%.3f"),
                      announce_note(c["announce"])), ""]
+            if c.get("lat"):
+                L += ["First byte of uncached chunks from the peer: one more fresh B, informed "
+                      "as above, then `bench/readbench lat` reads %d times 4 KiB at a random "
+                      "offset, each in a chunk no other read touches, in random order; per "
+                      "read, `pread()` call to return: p50 %.2f ms, p99 %.2f ms, max %.2f ms "
+                      "(registry bytes during it: %d). Baseline: the same kind of reads as 4 KiB "
+                      "Range GETs to A's peer server from B's namespace over one keep-alive "
+                      "connection (Python's http.client, request sent to first body byte): "
+                      "p50 %.2f ms, p99 %.2f ms. Daemon CPU per GiB during B's sequential "
+                      "reads: B %s, A (serving) %s. One pass each."
+                      % (LAT_READS, c["lat"]["p50"] * 1e3, c["lat"]["p99"] * 1e3,
+                         c["lat"]["max"] * 1e3, c["lat_registry_bytes"],
+                         c["lat_base"]["p50"] * 1e3, c["lat_base"]["p99"] * 1e3,
+                         cpu_cell(c["cpu"]), cpu_cell(c["cpu_a"])), ""]
         elif item == "swarm":
             L += [NET_WHAT, "",
                   "Each run, for one node alone (no peers) and then swarms of %s nodes "
@@ -1411,13 +1625,20 @@ def render(res, mach, ctx, args):
                  "load average %.2f median, %.2f max." % (med(nb.load) if nb.load else 0,
                                                           max(nb.load) if nb.load else 0))
     L.append("- Each figure: median [min–max] over the runs given; ratio = p2pblobs / "
-             "baseline, computed per run pair, then the median of those.")
+             "baseline, computed per run pair, then the median of those. Target: what issue 15 "
+             "asks of the ratio (or of the figure itself). Daemon CPU: user + system seconds of "
+             "the daemon process, all threads (`/proc/<pid>/stat` utime + stime, read before and "
+             "after the timed pass), per GiB the pass read through it (for random reads, per GiB "
+             "of 4 KiB reads; for the swarm, all nodes over all bytes; for containerd, node B "
+             "over the layer).")
     L.append("")
-    L.append("| item | measurement | p2pblobs | baseline | ratio | runs | repeat with |")
-    L.append("|---|---|---|---|---|---|---|")
+    L.append("| item | measurement | p2pblobs | baseline | ratio | target (issue 15) | daemon "
+             "CPU s/GiB | runs | repeat with |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        L.append("| %s | %s | %s | %s | %s | %s | %s |" % (r[0], r[1], r[2], r[3], r[4],
-                                                         r[5] or "–", r[6] or "–"))
+        L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                 % (r[0], r[1], r[2], r[3], r[4], r[7] or "–", r[8] or "–", r[5] or "–",
+                    r[6] or "–"))
     L.append("")
     L.append("Everything: `%s` (as root; this run took %.0f minutes). One item: the command in the "
              "last column (prints its rows, does not rewrite this file)." % (full, ctx["elapsed"] / 60))
@@ -1469,6 +1690,22 @@ def render(res, mach, ctx, args):
               "the HEAD made by `blobctl add` (its connection to the registry may already be "
               "open); curl's includes its TCP connect and the registry's lookup of the blob."
               % mm(c["origin_x"], "%.3f"), ""]
+        if c.get("pipe_mbs"):
+            L += ["Second baseline, what standard tools take to end with the same verified "
+                  "local copy: `curl -sS URL | tee FILE | sha256sum` (the file on the same disk "
+                  "as the store, timed from start to exit, digest checked), %s MB/s. The three "
+                  "sides run in turn, each first in one run of three." % mm(c["pipe_mbs"]), ""]
+        if c.get("lat"):
+            L += ["First byte of uncached chunks: one more fresh daemon, then `bench/readbench "
+                  "lat` reads %d times 4 KiB at a random offset, each in a chunk no other read "
+                  "touches, in random order (`POSIX_FADV_RANDOM`: no readahead); per read, "
+                  "`pread()` call to return: p50 %.2f ms, p99 %.2f ms, max %.2f ms (origin bytes "
+                  "%d). Baseline: the same kind of reads as 4 KiB Range GETs to the registry "
+                  "over one keep-alive connection from Python's http.client (request sent to "
+                  "first body byte): p50 %.2f ms, p99 %.2f ms. One pass each."
+                  % (LAT_READS, c["lat"]["p50"] * 1e3, c["lat"]["p99"] * 1e3,
+                     c["lat"]["max"] * 1e3, c["lat_origin_bytes"], c["lat_base"]["p50"] * 1e3,
+                     c["lat_base"]["p99"] * 1e3), ""]
     L += net_sections(res, ("peer", "swarm"))
     c = res.get("memory")
     if c:
@@ -1584,13 +1821,13 @@ def main():
     ctx["elapsed"] = time.monotonic() - t0
     text, rows = render(res, mach, ctx, args)
     # the table, for the terminal
-    w = [max(len(str(r[i])) for r in rows) for i in range(6)]
-    hdr = ("item", "measurement", "p2pblobs", "baseline", "ratio", "runs")
-    w = [max(w[i], len(hdr[i])) for i in range(6)]
+    cols = (0, 1, 2, 3, 4, 7, 8, 5)
+    hdr = ("item", "measurement", "p2pblobs", "baseline", "ratio", "target", "CPU s/GiB", "runs")
+    w = [max([len(str(r[c])) for r in rows] + [len(h)]) for c, h in zip(cols, hdr)]
     print()
     print("  ".join(h.ljust(w[i]) for i, h in enumerate(hdr)))
     for r in rows:
-        print("  ".join(str(r[i] or "–").ljust(w[i]) for i in range(6)))
+        print("  ".join(str(r[c] or "–").ljust(w[i]) for i, c in enumerate(cols)))
     print()
     if args.out and not args.only:
         with open(args.out, "w") as f:
