@@ -728,6 +728,19 @@ static void ra_note_read(struct store *s, const struct fd_ent *ent, uint64_t off
                 fd_flush_range(ent, done_off[i], done_end[i]);
 }
 
+void store_note_served(struct store *s, const struct digest *blob, uint64_t off, size_t len) {
+        bool any = false;
+        pthread_mutex_lock(&s->ra_lock);
+        for (unsigned i = 0; i < s->ra_count && !any; i++)
+                any = overlaps(&s->ra[i], blob, off, len);
+        pthread_mutex_unlock(&s->ra_lock);
+        struct fd_ent *ent;
+        if (!any || fd_get(s, blob, &ent) < 0)
+                return;
+        ra_note_read(s, ent, off, len);
+        fd_put(s, ent);
+}
+
 int store_readahead(struct store *s, const struct digest *blob, uint64_t off, size_t len) {
         if (len == 0 || len > STORE_RA_MAX_BYTES)
                 return -E2BIG;

@@ -92,6 +92,12 @@ int store_read(struct store *s, const struct digest *blob, uint64_t off, void *b
  * -errno. Blocks only on opening the file and submitting the I/O. */
 int store_readahead(struct store *s, const struct digest *blob, uint64_t off, size_t len);
 
+/* BLOB's bytes [OFF, OFF+LEN) were given to a reader from a copy in memory, not read here:
+ * readahead ranges (store_readahead) this completes are forgotten and their pages dropped, as
+ * store_read() would have, so a range served from elsewhere does not sit in the page cache
+ * until it ages out. Cheap when no readahead range of BLOB is outstanding (one lock). */
+void store_note_served(struct store *s, const struct digest *blob, uint64_t off, size_t len);
+
 /* Checks that LEN bytes at OFF are backed by data (no hole, file long enough) and that every
  * block of them has a valid checksum entry, without reading the data. 0, -ESTALE, -errno. Used
  * to validate the index against the disk at start-up: a chunk whose checksums never made it to

@@ -405,6 +405,8 @@ void eng_landed_changed(struct engine *e, const struct blob *b, uint32_t idx);
  * pinned. An entry whose last byte is copied leaves the ring. */
 bool eng_landed_copy(struct engine *e, const struct blob *b, uint32_t idx, uint64_t off_in_chunk,
                      uint8_t *out, size_t n);
+/* Whether chunk IDX of B is in the ring now (a hint: it may leave at any moment). */
+bool eng_landed_holds(struct engine *e, const struct blob *b, uint32_t idx);
 void eng_landed_stats(struct engine *e, uint64_t *ret_bytes, uint64_t *ret_peak,
                       uint64_t *ret_hits);
 

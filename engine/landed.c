@@ -178,6 +178,8 @@ bool eng_landed_copy(struct engine *e, const struct blob *b, uint32_t idx, uint6
         if (!lb)
                 return false;
         memcpy(out, lb->data + off_in_chunk, n);
+        /* Pages the store read ahead for these bytes are not needed now. */
+        store_note_served(e->store, &b->digest, chunk_off(e, idx) + off_in_chunk, n);
         pthread_mutex_lock(&e->landed_lock);
         if (off_in_chunk + n == lb->len) /* its last byte was read: a reader is past it */
                 for (unsigned i = 0; i < e->landed_n; i++)
@@ -193,6 +195,17 @@ bool eng_landed_copy(struct engine *e, const struct blob *b, uint32_t idx, uint6
         pthread_mutex_unlock(&e->landed_lock);
         buf_free(dead);
         return true;
+}
+
+bool eng_landed_holds(struct engine *e, const struct blob *b, uint32_t idx) {
+        if (!__atomic_load_n(&e->landed_live, __ATOMIC_RELAXED))
+                return false;
+        bool found = false;
+        pthread_mutex_lock(&e->landed_lock);
+        for (unsigned i = 0; i < e->landed_n && !found; i++)
+                found = e->landed[i].blob == b->id && e->landed[i].idx == idx;
+        pthread_mutex_unlock(&e->landed_lock);
+        return found;
 }
 
 void eng_landed_stats(struct engine *e, uint64_t *ret_bytes, uint64_t *ret_peak,

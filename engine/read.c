@@ -228,8 +228,9 @@ static void read_at(struct engine *e, uint32_t id, uint64_t off, size_t len,
                          * chunk evicted meanwhile is read ahead as a hole: harmless (the
                          * store bounds it, and reads still see the hole). */
                         for (uint32_t i = ra_from; i < ra_to; i++)
-                                store_readahead(e->store, &b->digest, chunk_off(e, i),
-                                                chunk_len(e, b, i));
+                                if (!eng_landed_holds(e, b, i)) /* its reads come from memory */
+                                        store_readahead(e->store, &b->digest, chunk_off(e, i),
+                                                        chunk_len(e, b, i));
 
                         uint8_t *buf = thread_buffer(e);
                         uint32_t lost = 0;
