@@ -52,8 +52,8 @@ static void die(const char *what, const char *path) {
 }
 
 int main(int argc, char **argv) {
-        if (argc < 4 || (strcmp(argv[1], "seq") && strcmp(argv[1], "rand") &&
-                         strcmp(argv[1], "lat")) ||
+        if (argc < 4 ||
+            (strcmp(argv[1], "seq") && strcmp(argv[1], "rand") && strcmp(argv[1], "lat")) ||
             (!strcmp(argv[1], "rand") && argc < 6) || (!strcmp(argv[1], "lat") && argc < 7)) {
                 fprintf(stderr, "usage: readbench seq PATH BLOCK [random] | rand PATH BLOCK COUNT "
                                 "SEED | lat PATH BLOCK COUNT SEED SPAN\n");
