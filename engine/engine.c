@@ -17,7 +17,8 @@
  *
  * Memory: per blob a bitmap (chunks/8 bytes) and a hash context while hashing; per in-flight
  * chunk one buffer (in the source) — bounded by max_inflight plus the kernel's outstanding
- * requests; per worker/FUSE thread one max_read buffer.
+ * requests; per worker/FUSE thread one max_read buffer; the landed ring (landed.c), at most
+ * landed_chunks chunks plus those being copied from it this instant.
  *
  * Shutdown costs: engine_stop_fetching() takes fetch_lock exclusively, so it waits for every
  * submit() under way; engine_free() joins the workers, then answers what is still queued. */

@@ -42,8 +42,8 @@
  *  Order: fetch_lock -> lock -> landed_lock; fetch_lock -> cq_lock. The engine lock and cq_lock never nest.
  *
  * What may be called with the engine lock held: policy_*() (the policy has no lock of its own:
- * the engine lock is its lock); store_punch(), store_remove() and store_probe() (the store's
- * locks are leaves below ours); the index's iterators and the writes engine_load()'s callbacks
+ * the engine lock is its lock); store_punch(), store_remove(), store_release() and
+ * store_probe() (the store's locks are leaves below ours); the index's iterators and the writes engine_load()'s callbacks
  * make (the index's locks come after ours, and it calls back only into those callbacks);
  * cfg.on_change (the announcer's lock comes after ours: the hook notes and returns); log_*().
  *
