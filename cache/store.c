@@ -328,6 +328,25 @@ static void fd_forget_all(struct store *s) {
         }
 }
 
+/* Evicts the least recently used entry (its descriptors close once nobody uses them). Returns
+ * whether there was one. */
+static bool fd_evict_lru(struct store *s) {
+        pthread_mutex_lock(&s->fd_lock);
+        struct fd_ent *dead = NULL;
+        bool any = s->nfds > 0;
+        if (any) {
+                struct fd_ent *lru = s->fds[0];
+                for (unsigned i = 1; i < s->nfds; i++)
+                        if (s->fds[i]->used < lru->used)
+                                lru = s->fds[i];
+                dead = fd_unlink_locked(s, lru);
+        }
+        pthread_mutex_unlock(&s->fd_lock);
+        if (dead)
+                fd_destroy(dead);
+        return any;
+}
+
 /* A referenced entry for BLOB, from the cache or opened now (and cached, evicting the least
  * recently used entry when the table is full). 0; -ESTALE when the blob file is missing;
  * -EBADMSG when its checksum file is (nothing of it can be checked); -errno. */
@@ -343,14 +362,23 @@ static int fd_get(struct store *s, const struct digest *blob, struct fd_ent **re
         }
         pthread_mutex_unlock(&s->fd_lock);
 
-        /* Opened without the lock: an open can wait for the disk. */
-        int fd = open_in(s->dir, blob, O_RDONLY);
-        if (fd < 0)
-                return fd == -ENOENT ? -ESTALE : fd;
-        int sfd = open_in(s->sum_dir, blob, O_RDONLY);
-        if (sfd < 0) {
-                close(fd);
-                return sfd == -ENOENT ? -EBADMSG : sfd;
+        /* Opened without the lock: an open can wait for the disk. Out of descriptors (the
+         * process's limit, shared with sockets): the cache gives back its oldest and tries
+         * again, so a cache sized past the limit costs opens, never failed reads. */
+        int fd, sfd;
+        for (int attempt = 0;; attempt++) {
+                fd = open_in(s->dir, blob, O_RDONLY);
+                sfd = fd < 0 ? fd : open_in(s->sum_dir, blob, O_RDONLY);
+                if (fd >= 0 && sfd >= 0)
+                        break;
+                if (fd >= 0)
+                        close(fd);
+                int err = fd < 0 ? fd : sfd;
+                if ((err == -EMFILE || err == -ENFILE) && attempt < 4 && fd_evict_lru(s))
+                        continue;
+                if (err == -ENOENT)
+                        return fd < 0 ? -ESTALE : -EBADMSG;
+                return err;
         }
         /* No kernel readahead on this file: see the essay at the top. Per open file, so once
          * per descriptor. */
@@ -399,24 +427,13 @@ void store_set_open_blobs(struct store *s, unsigned n) {
                 n = STORE_OPEN_BLOBS_MAX;
         pthread_mutex_lock(&s->fd_lock);
         s->max_fds = n;
+        bool over = s->nfds > s->max_fds;
         pthread_mutex_unlock(&s->fd_lock);
-        /* Shrinking: evict down to the new bound now. */
-        for (;;) {
+        while (over) { /* shrinking: down to the new bound now */
+                fd_evict_lru(s);
                 pthread_mutex_lock(&s->fd_lock);
-                struct fd_ent *dead = NULL;
-                bool over = s->nfds > s->max_fds;
-                if (over) {
-                        struct fd_ent *lru = s->fds[0];
-                        for (unsigned i = 1; i < s->nfds; i++)
-                                if (s->fds[i]->used < lru->used)
-                                        lru = s->fds[i];
-                        dead = fd_unlink_locked(s, lru);
-                }
+                over = s->nfds > s->max_fds;
                 pthread_mutex_unlock(&s->fd_lock);
-                if (dead)
-                        fd_destroy(dead);
-                if (!over)
-                        return;
         }
 }
 

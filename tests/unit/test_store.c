@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <time.h>
@@ -842,6 +843,41 @@ static void test_fd_cache_bound(void **state) {
         assert_int_equal(open_fds(), before);
 }
 
+/* A cache larger than the process may open: reads still succeed, the cache gives back its
+ * oldest descriptors when an open fails with EMFILE. */
+static void test_fd_limit(void **state) {
+        struct fixture *f = *state;
+        struct digest d[8];
+        char name[32];
+        for (unsigned i = 0; i < 8; i++) {
+                snprintf(name, sizeof(name), "fdlimit-%u", i);
+                d[i] = D(name);
+                write_pattern(f, &d[i], MIB, 0, MIB, 70 + i);
+        }
+        store_set_open_blobs(f->s, 64);
+        /* New descriptors take the lowest free numbers below the limit: leave six free. */
+        int top = 0, free_slots = 0;
+        for (; top < 4096 && free_slots < 6; top++)
+                free_slots += fcntl(top, F_GETFD) < 0;
+        struct rlimit old, lim;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+        lim = old;
+        lim.rlim_cur = (rlim_t)top; /* room for three blobs */
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+        void *buf = malloc(4 * KIB);
+        assert_non_null(buf);
+        int fails = 0;
+        for (unsigned round = 0; round < 2; round++)
+                for (unsigned i = 0; i < 8; i++)
+                        fails += store_read(f->s, &d[i], 0, buf, 4 * KIB) != 0;
+        unsigned cached = store_open_blobs(f->s);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+        free(buf);
+        assert_int_equal(fails, 0);
+        assert_true(cached < 8);
+        expect_pattern(f, &d[7], 0, 4 * KIB, 77, 0);
+}
+
 /* A file deleted, replaced, truncated or holed under an open descriptor is noticed on the next
  * read: never the old inode's bytes as if the store still had them, never zeros. */
 static void test_lost_under_open_fd(void **state) {
@@ -981,6 +1017,7 @@ int main(void) {
                 T(test_reclaim),
                 T(test_checksum_pages_follow_chunks),
                 T(test_fd_cache_bound),
+                T(test_fd_limit),
                 T(test_lost_under_open_fd),
                 T(test_drop_batched),
         };
