@@ -9,6 +9,11 @@
  *     | files[nfiles] (84 bytes) | xattrs[nxattrs] (16) | checkpoints[ncheckpoints] (40)
  *     | chunks[nchunks] (32) | strs | wins
  * Strings are offsets into STRS and end with a NUL there; windows are zstd frames in WINS.
+ * Version 2 is the same with one more section at the end, for zstd layers (and only them:
+ * other formats keep version 1, so their encodings and digests did not change):
+ *     | 32 seekable copy sha256 | u64 its size | u32 nframes | u32 0
+ *     | frames[nframes] (u32 uncompressed size, u32 compressed size)
+ * Frame offsets are not stored: each frame starts where the one before ends.
  *
  * The index comes from another node, so the decoder trusts nothing: every count is checked
  * against the payload length before anything is allocated from it, every string and window
@@ -36,6 +41,9 @@
 
 #define MAGIC "P2PLIDX\n"
 #define VERSION 1
+#define VERSION_ZSTD 2
+#define ZSEC_FIXED 48
+#define ZFRAME_REC 8
 #define HDR_LEN 24
 #define FIXED_LEN 120
 #define FILE_REC 84
@@ -78,8 +86,10 @@ static uint64_t get64(const uint8_t **p) {
 
 int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
                        struct digest *ret_digest) {
+        bool zst = ix->format == LAYER_FMT_ZSTD;
         size_t plen = FIXED_LEN + ix->nfiles * FILE_REC + ix->nxattrs * XATTR_REC +
-                      ix->ncps * CP_REC + ix->nchunks * CHUNK_REC + ix->strs_len + ix->wins_len;
+                      ix->ncps * CP_REC + ix->nchunks * CHUNK_REC + ix->strs_len + ix->wins_len +
+                      (zst ? ZSEC_FIXED + ix->nzframes * ZFRAME_REC : 0);
         uint8_t *payload, *out, *p;
         ZSTD_CCtx *cctx;
         size_t bound, zlen;
@@ -152,6 +162,16 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
         }
         putn(&p, ix->strs, ix->strs_len);
         putn(&p, ix->wins, ix->wins_len);
+        if (zst) {
+                putn(&p, ix->seek_digest.bytes, DIGEST_LEN);
+                put64(&p, ix->seek_size);
+                put32(&p, (uint32_t)ix->nzframes);
+                put32(&p, 0);
+                for (size_t i = 0; i < ix->nzframes; i++) {
+                        put32(&p, ix->zframes[i].ulen);
+                        put32(&p, ix->zframes[i].clen);
+                }
+        }
 
         bound = ZSTD_compressBound(plen);
         out = malloc(HDR_LEN + bound);
@@ -161,7 +181,7 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
         }
         p = out;
         putn(&p, MAGIC, 8);
-        put32(&p, VERSION);
+        put32(&p, zst ? VERSION_ZSTD : VERSION);
         put32(&p, 0);
         put64(&p, plen);
         /* Level and checksum set explicitly: the bytes (and so the digest) depend only on
@@ -219,9 +239,40 @@ static bool parent_is_dir(const struct layer_index *ix, const char *path) {
                 }                                                                                  \
         } while (0)
 
-static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix) {
+/* Version 2's section at ZS (ZLEN bytes, all that is left of the payload). */
+static int decode_zstd_section(const uint8_t *zs, uint64_t zlen, struct layer_index *ix) {
+        const uint8_t *p = zs;
+        uint32_t n;
+        uint64_t u = 0, c = 0;
+
+        if (zlen < ZSEC_FIXED)
+                return -EBADMSG;
+        memcpy(ix->seek_digest.bytes, p, DIGEST_LEN);
+        p += DIGEST_LEN;
+        ix->seek_size = get64(&p);
+        n = get32(&p);
+        if (get32(&p) != 0 || zlen != ZSEC_FIXED + (uint64_t)n * ZFRAME_REC)
+                return -EBADMSG;
+        ix->zframes = calloc(n ? n : 1, sizeof(*ix->zframes));
+        if (!ix->zframes)
+                return -ENOMEM;
+        ix->nzframes = n;
+        for (uint32_t i = 0; i < n; i++) {
+                struct layer_zframe *f = &ix->zframes[i];
+                f->ulen = get32(&p);
+                f->clen = get32(&p);
+                f->uoff = u;
+                f->coff = c;
+                u += f->ulen;
+                c += f->clen;
+        }
+        return layer_zstd_check_frames(ix);
+}
+
+static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version,
+                          struct layer_index *ix) {
         const uint8_t *p = pl, *sfiles, *sxattrs, *scps, *schunks;
-        uint64_t strs_len, wins_len, need;
+        uint64_t strs_len, wins_len, need, zlen = 0;
         uint32_t nfiles, nxattrs, ncps, nchunks, nch = 0;
         uint8_t *win = NULL;
         ZSTD_DCtx *dctx = NULL;
@@ -250,14 +301,21 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
         BAD(strs_len > UINT32_MAX || wins_len > plen);
         need = FIXED_LEN + (uint64_t)nfiles * FILE_REC + (uint64_t)nxattrs * XATTR_REC +
                (uint64_t)ncps * CP_REC + (uint64_t)nchunks * CHUNK_REC + strs_len + wins_len;
-        BAD(need != plen);
+        if (version == VERSION_ZSTD) {
+                BAD(need > plen);
+                zlen = plen - need;
+        }
+        BAD(need + zlen != plen);
+        BAD((ix->format == LAYER_FMT_ZSTD) != (version == VERSION_ZSTD));
         BAD(ix->format != LAYER_FMT_TAR && ix->format != LAYER_FMT_GZIP &&
-            ix->format != LAYER_FMT_ESTARGZ);
+            ix->format != LAYER_FMT_ESTARGZ && ix->format != LAYER_FMT_ZSTD);
         if (ix->format == LAYER_FMT_TAR)
                 BAD(ncps || wins_len || ix->span || ix->blob_size != ix->tar_size ||
                     memcmp(&ix->blob_digest, &ix->diff_id, sizeof(ix->diff_id)) != 0);
         else if (ix->format == LAYER_FMT_GZIP)
                 BAD(ncps == 0 || ix->span < LAYER_SPAN_MIN || ix->span > LAYER_SPAN_MAX);
+        else if (ix->format == LAYER_FMT_ZSTD)
+                BAD(ncps || wins_len || ix->blob_size == 0); /* frames: checked below */
         else
                 BAD(ncps || wins_len || ix->span || ix->tar_size);
         BAD(nchunks && ix->format != LAYER_FMT_ESTARGZ);
@@ -267,6 +325,11 @@ static int decode_payload(const uint8_t *pl, size_t plen, struct layer_index *ix
         scps = sxattrs + (size_t)nxattrs * XATTR_REC;
         schunks = scps + (size_t)ncps * CP_REC;
 
+        if (version == VERSION_ZSTD) {
+                r = decode_zstd_section(pl + need, zlen, ix);
+                if (r < 0)
+                        goto out_free;
+        }
         r = -ENOMEM;
         ix->strs = malloc(strs_len ? strs_len : 1);
         ix->wins = malloc(wins_len ? wins_len : 1);
@@ -443,6 +506,7 @@ int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct l
         unsigned long long csz;
         uint64_t plen;
         uint8_t *payload;
+        uint32_t version;
         size_t got;
         int r;
 
@@ -451,7 +515,8 @@ int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct l
         if (len < HDR_LEN || memcmp(p, MAGIC, 8) != 0)
                 return -EBADMSG;
         p += 8;
-        if (get32(&p) != VERSION)
+        version = get32(&p);
+        if (version != VERSION && version != VERSION_ZSTD)
                 return -EPROTONOSUPPORT;
         if (get32(&p) != 0)
                 return -EBADMSG;
@@ -476,7 +541,7 @@ int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct l
                 free(payload);
                 return -ENOMEM;
         }
-        r = decode_payload(payload, plen, ix);
+        r = decode_payload(payload, plen, version, ix);
         free(payload);
         if (r < 0) {
                 layer_index_free(ix);

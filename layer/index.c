@@ -17,6 +17,9 @@
  * is sorted with '/' first so that a directory's subtree is one contiguous range, which is
  * what readdir and the encoded form want.
  *
+ * zstd: the layer is decompressed and its tar re-cut into a seekable copy by layer/zstd.c,
+ * which calls back into the tar half here (layer_builder_tar_out); see that file.
+ *
  * Memory: bounded by max_files entries and max_bytes of names, xattrs and windows; one
  * 32 KiB inflate window; the tar parser's bounds.
  */
@@ -92,6 +95,7 @@ void layer_index_free(struct layer_index *ix) {
         free(ix->chunks);
         free(ix->strs);
         free(ix->wins);
+        free(ix->zframes);
         free(ix);
 }
 
@@ -110,7 +114,11 @@ void layer_index_info(const struct layer_index *ix, struct layer_index_info *ret
                 .memory = sizeof(*ix) + ix->nfiles * (sizeof(struct layer_file) + 4) +
                           ix->nxattrs * sizeof(struct layer_xattr) +
                           ix->ncps * sizeof(struct layer_checkpoint) +
-                          ix->nchunks * sizeof(struct layer_chunk) + ix->strs_len + ix->wins_len,
+                          ix->nchunks * sizeof(struct layer_chunk) + ix->strs_len + ix->wins_len +
+                          ix->nzframes * sizeof(struct layer_zframe),
+                .data_digest = ix->format == LAYER_FMT_ZSTD ? ix->seek_digest : ix->blob_digest,
+                .data_size = ix->format == LAYER_FMT_ZSTD ? ix->seek_size : ix->blob_size,
+                .nframes = ix->nzframes,
         };
 }
 
@@ -180,6 +188,19 @@ int layer_index_blob_range(const struct layer_index *ix, uint64_t uoff, uint64_t
         if (ix->format == LAYER_FMT_TAR) {
                 *ret_start = uoff;
                 *ret_end = uoff + len;
+                return 0;
+        }
+        if (ix->format == LAYER_FMT_ZSTD) {
+                const struct layer_zframe *a = layer_zstd_frame_at(ix, uoff);
+                const struct layer_zframe *z = layer_zstd_frame_at(ix, uoff + len - (len > 0));
+                if (!a || len == 0) { /* nothing to read: an empty range at the frames' end */
+                        uint64_t fend = ix->seek_size - layer_zstd_table_len(ix->nzframes);
+                        *ret_start = a ? a->coff : fend;
+                        *ret_end = *ret_start;
+                        return 0;
+                }
+                *ret_start = a->coff;
+                *ret_end = z->coff + z->clen;
                 return 0;
         }
         cp = layer_index_checkpoint(ix, uoff);
@@ -273,6 +294,9 @@ struct layer_builder {
         size_t nchunks, chunks_cap;
         uint8_t *wins;
         size_t wins_len, wins_cap;
+
+        struct layer_zpass_cfg zcfg; /* zstd */
+        struct layer_zpass *zp;
 };
 
 #define bfail layer_builder_fail
@@ -526,6 +550,17 @@ struct layer_builder *layer_builder_new(const struct layer_build_opts *o) {
                 b->check_blob = true;
                 b->want_blob = *o->blob_digest;
         }
+        b->zcfg = (struct layer_zpass_cfg){
+                .frame = o && o->zstd_frame ? o->zstd_frame : LAYER_ZSTD_FRAME_DEFAULT,
+                .level = o && o->zstd_level ? o->zstd_level : LAYER_ZSTD_LEVEL_DEFAULT,
+                .sink = o ? o->sink : NULL,
+                .sink_ctx = o ? o->sink_ctx : NULL,
+                .max_frames = b->max_bytes / sizeof(struct layer_zframe),
+        };
+        if (b->zcfg.frame < LAYER_ZSTD_FRAME_MIN)
+                b->zcfg.frame = LAYER_ZSTD_FRAME_MIN;
+        if (b->zcfg.frame > LAYER_ZSTD_FRAME_MAX)
+                b->zcfg.frame = LAYER_ZSTD_FRAME_MAX;
         b->blob_md = EVP_MD_CTX_new();
         b->tar_md = EVP_MD_CTX_new();
         b->tar = tar_parser_new(on_entry, b);
@@ -547,6 +582,7 @@ void layer_builder_free(struct layer_builder *b) {
         EVP_MD_CTX_free(b->tar_md);
         tar_parser_free(b->tar);
         ZSTD_freeCCtx(b->cctx);
+        layer_zpass_free(b->zp);
         free(b->window);
         free(b->files);
         free(b->xas);
@@ -571,6 +607,11 @@ static int tar_bytes(struct layer_builder *b, const void *buf, size_t len) {
         if (r < 0)
                 return bfail(b, r, "%s", tar_parser_error(b->tar));
         return 0;
+}
+
+int layer_builder_tar_out(struct layer_builder *b, const void *buf, size_t len) {
+        b->totout += len;
+        return tar_bytes(b, buf, len);
 }
 
 static int add_checkpoint(struct layer_builder *b, unsigned bits) {
@@ -673,9 +714,15 @@ static int start_format(struct layer_builder *b, int fmt) {
         if (fmt == -EPROTONOSUPPORT)
                 return bfail(b, -EPROTONOSUPPORT,
                              "unknown layer format (not gzip, zstd or tar; check the media type)");
-        if (fmt == LAYER_FMT_ZSTD)
-                return bfail(b, -EOPNOTSUPP,
-                             "zstd layers are not indexed yet (they need a seekable copy)");
+        if (fmt == LAYER_FMT_ZSTD) {
+                if (!b->zcfg.sink)
+                        return bfail(b, -EOPNOTSUPP,
+                                     "zstd layer: the pass was given no place to write its "
+                                     "seekable copy");
+                b->zp = layer_zpass_new(&b->zcfg);
+                if (!b->zp)
+                        return bfail(b, -ENOMEM, "out of memory");
+        }
         if (fmt == LAYER_FMT_GZIP) {
                 memset(&b->zs, 0, sizeof(b->zs));
                 if (inflateInit2(&b->zs, 16 + 15) != Z_OK)
@@ -705,6 +752,10 @@ static int blob_bytes(struct layer_builder *b, const void *buf, size_t len) {
                 b->totin += len;
                 b->totout += len;
                 return tar_bytes(b, buf, len);
+        }
+        if (b->fmt == LAYER_FMT_ZSTD) {
+                b->totin += len;
+                return layer_zpass_feed(b, b->zp, buf, len);
         }
         return gzip_bytes(b, buf, len);
 }
@@ -891,6 +942,8 @@ static struct layer_index *build_index(struct layer_builder *b, const struct dig
         }
         ix->format = (enum layer_format)b->fmt;
         ix->span = b->fmt == LAYER_FMT_GZIP ? b->span : 0;
+        if (b->fmt == LAYER_FMT_ZSTD)
+                layer_zpass_take(b->zp, ix);
         ix->cps = b->cps;
         ix->ncps = b->ncps;
         b->cps = NULL;
@@ -962,6 +1015,11 @@ int layer_builder_finish(struct layer_builder *b, struct layer_index **ret) {
         if (b->fmt == LAYER_FMT_GZIP && !b->member_end)
                 return bfail(b, -EBADMSG, "truncated gzip stream after %llu blob bytes",
                              (unsigned long long)b->totin);
+        if (b->fmt == LAYER_FMT_ZSTD) {
+                r = layer_zpass_finish(b, b->zp);
+                if (r < 0)
+                        return r;
+        }
         r = tar_parser_finish(b->tar);
         if (r < 0)
                 return bfail(b, r, "%s", tar_parser_error(b->tar));

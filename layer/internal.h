@@ -12,6 +12,15 @@ struct layer_checkpoint {
         uint32_t zlen;
 };
 
+/* zstd: one frame of the seekable copy. UOFF and COFF follow from the sizes (each frame starts
+ * where the one before ends, in the tar and in the copy); they are kept for the searches. */
+struct layer_zframe {
+        uint64_t uoff; /* tar offset of the frame's first byte */
+        uint64_t coff; /* offset of the frame in the seekable copy */
+        uint32_t ulen; /* the span, or less for the last frame; never 0 */
+        uint32_t clen; /* the whole zstd frame, header and checksum included */
+};
+
 struct layer_index {
         enum layer_format format;
         uint32_t span;
@@ -32,6 +41,12 @@ struct layer_index {
         size_t strs_len;
         uint8_t *wins;
         size_t wins_len;
+
+        /* zstd (SPAN is the frame size): the seekable copy the reader fetches from. */
+        struct layer_zframe *zframes;
+        size_t nzframes;
+        struct digest seek_digest;
+        uint64_t seek_size;
 };
 
 /* The builder's table, shared with layer/estargz.c (which adds entries from a TOC instead of
@@ -55,3 +70,48 @@ int layer_path_cmp(const char *a, const char *b);
 int layer_index_link_tree(struct layer_index *ix);
 /* The checkpoint to start from for tar offset UOFF: the last with out <= UOFF. */
 const struct layer_checkpoint *layer_index_checkpoint(const struct layer_index *ix, uint64_t uoff);
+
+/* ---- zstd (layer/zstd.c) ---------------------------------------------------------------- */
+
+/* The bytes a seekable copy of frames of these sizes has after its last frame: the seek
+ * table's skippable frame (8 header bytes, 8 per frame, a 9-byte footer). */
+uint64_t layer_zstd_table_len(size_t nframes);
+/* Checks IX's frame table against its tar size, span and seek size: sizes within the span
+ * (every frame but the last exactly the span), each frame right after the one before, the copy
+ * exactly the frames plus the seek table. 0 or -EBADMSG. */
+int layer_zstd_check_frames(const struct layer_index *ix);
+
+/* The zstd half of the pass, driven by layer/index.c's builder. */
+struct layer_zpass;
+struct layer_zpass_cfg {
+        uint32_t frame; /* within LAYER_ZSTD_FRAME_MIN..MAX */
+        int level;
+        layer_sink_fn sink;
+        void *sink_ctx;
+        size_t max_frames;
+};
+/* NULL on ENOMEM. */
+struct layer_zpass *layer_zpass_new(const struct layer_zpass_cfg *c);
+void layer_zpass_free(struct layer_zpass *z); /* NULL-safe */
+/* The next LEN bytes of the layer: decompressed, and what comes out is passed to
+ * layer_builder_tar_out() and to the copy. 0 or -errno (the builder's error set). */
+int layer_zpass_feed(struct layer_builder *b, struct layer_zpass *z, const uint8_t *buf,
+                     size_t len);
+/* The layer ended: refuses a truncated stream, writes the last frame and the seek table. */
+int layer_zpass_finish(struct layer_builder *b, struct layer_zpass *z);
+/* Moves the frame table, the copy's digest and size into IX (after a successful finish). */
+void layer_zpass_take(struct layer_zpass *z, struct layer_index *ix);
+
+/* The builder's side of it (layer/index.c): uncompressed tar bytes, hashed and parsed. */
+int layer_builder_tar_out(struct layer_builder *b, const void *buf, size_t len);
+
+/* The zstd half of the reader, driven by layer/reader.c. */
+struct layer_zreader;
+struct layer_zreader *layer_zreader_new(const struct layer_index *ix); /* NULL on ENOMEM */
+void layer_zreader_free(struct layer_zreader *z);                      /* NULL-safe */
+/* LEN bytes of the tar at UOFF (inside the tar) into BUF, decompressing the frames that hold
+ * them; FETCH reads the seekable copy, *FETCHED counts what it returned. LEN or -errno. */
+ssize_t layer_zreader_read(struct layer_zreader *z, layer_fetch_fn fetch, void *ctx,
+                           uint64_t *fetched, uint64_t uoff, uint8_t *buf, size_t len);
+/* zstd: the frame holding tar offset UOFF (< tar_size). */
+const struct layer_zframe *layer_zstd_frame_at(const struct layer_index *ix, uint64_t uoff);

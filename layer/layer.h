@@ -19,7 +19,7 @@
 enum layer_format {
         LAYER_FMT_TAR = 1,     /* plain tar: the uncompressed offset is the blob offset */
         LAYER_FMT_GZIP = 2,    /* tar+gzip, one or more members */
-        LAYER_FMT_ZSTD = 3,    /* recognised; not indexed yet (needs a seekable copy) */
+        LAYER_FMT_ZSTD = 3,    /* tar+zstd: read through a seekable copy (see below) */
         LAYER_FMT_ESTARGZ = 4, /* gzip with a TOC: files in members of their own, no pass */
 };
 
@@ -33,6 +33,24 @@ enum layer_format {
 #define LAYER_SPAN_MIN (16u << 10)    /* (the daemon's option allows 1-4 MiB) */
 #define LAYER_SPAN_MAX (64u << 20)
 #define LAYER_INDEX_DECODED_MAX (1ull << 30)
+
+/* zstd layers. One zstd frame has no place to start decompressing but its beginning, so the
+ * pass writes a seekable copy of the tar: independent zstd frames of FRAME uncompressed bytes
+ * each (the last shorter), followed by the zstd seekable format's seek table in a skippable
+ * frame (so the copy is itself a valid tar+zstd stream: `zstd -dc` gives the tar back). The
+ * copy is a derived blob of its own; its digest and size are in the index, and the reader of
+ * a zstd index fetches from it, never from the layer. */
+#define LAYER_ZSTD_FRAME_DEFAULT (1u << 20) /* uncompressed bytes per frame of the copy */
+#define LAYER_ZSTD_FRAME_MIN (64u << 10)
+#define LAYER_ZSTD_FRAME_MAX (4u << 20)
+#define LAYER_ZSTD_LEVEL_DEFAULT 3
+/* The largest window a frame of the layer may ask the pass to hold (zstd --long=27 still
+ * fits; ultra levels and --long=31 are refused). Bounds the pass's memory. */
+#define LAYER_ZSTD_WINDOW_LOG_MAX 27
+
+/* Receives the seekable copy's bytes, in order, LEN > 0 at a time, during the pass (feed and
+ * finish). 0 or -errno: the pass stops with that error. */
+typedef int (*layer_sink_fn)(void *ctx, const void *buf, size_t len);
 
 struct layer_xattr {
         const char *name; /* NUL-terminated */
@@ -75,6 +93,11 @@ struct layer_index_info {
         struct digest diff_id;     /* sha256 of the uncompressed tar */
         size_t nfiles, nxattrs, ncheckpoints, nchunks;
         size_t memory; /* bytes this index holds in memory */
+        /* The blob layer_reader's FETCH reads: the layer itself, or for zstd the seekable
+         * copy (its digest and size, computed in the pass; SPAN is its frame size). */
+        struct digest data_digest;
+        uint64_t data_size;
+        size_t nframes; /* zstd: frames of the seekable copy */
 };
 
 struct layer_index;
@@ -100,6 +123,11 @@ struct layer_build_opts {
         const struct digest *blob_digest; /* when known: the pass fails if the blob differs */
         size_t max_files;                 /* 0: 4 Mi entries */
         size_t max_bytes;                 /* names, xattrs and windows; 0: 512 MiB */
+        /* zstd layers: without a SINK the pass refuses them (-EOPNOTSUPP). */
+        layer_sink_fn sink; /* the seekable copy goes here */
+        void *sink_ctx;
+        uint32_t zstd_frame; /* 0: LAYER_ZSTD_FRAME_DEFAULT; clamped to MIN..MAX */
+        int zstd_level;      /* 0: LAYER_ZSTD_LEVEL_DEFAULT */
 };
 
 struct layer_builder;
@@ -108,10 +136,16 @@ struct layer_builder;
 struct layer_builder *layer_builder_new(const struct layer_build_opts *o);
 void layer_builder_free(struct layer_builder *b); /* NULL-safe */
 /* The next LEN bytes of the blob. 0 or -errno, sticky: -EPROTONOSUPPORT unknown format,
- * -EOPNOTSUPP zstd (not indexed yet), -EBADMSG corrupt gzip, tar errors as tar_parser_feed(),
- * -EFBIG over max_files/max_bytes, -ENOMEM. */
+ * -EOPNOTSUPP zstd without a sink, -EBADMSG corrupt gzip or zstd (a zstd frame whose window
+ * is over 2^LAYER_ZSTD_WINDOW_LOG_MAX is corrupt for us), tar errors as tar_parser_feed(),
+ * -EFBIG over max_files/max_bytes, -ENOMEM, the sink's error.
+ * zstd: the decompressed tar is parsed and hashed as for gzip, and the seekable copy is
+ * written to the sink as the pass goes (memory: the layer's window, at most
+ * 2^LAYER_ZSTD_WINDOW_LOG_MAX, plus about three frames; never the layer). When the pass fails
+ * (here or at finish, a diff_id mismatch included) what the sink got is garbage: discard it. */
 int layer_builder_feed(struct layer_builder *b, const void *buf, size_t len);
-/* The blob ended. Checks completeness, the digests when given, hard links and parents; on
+/* The blob ended. Checks completeness, the digests when given, hard links and parents (zstd:
+ * writes the last frame and the seek table to the sink first); on
  * success *RET is the index (the caller's) and 0 is returned; -EBADMSG and the errors above
  * otherwise, with layer_builder_error() saying why. */
 int layer_builder_finish(struct layer_builder *b, struct layer_index **ret);
@@ -170,13 +204,16 @@ int layer_estargz_index(const void *toc, size_t len, uint64_t toc_off,
 const struct layer_chunk *layer_index_chunk(const struct layer_index *ix, size_t i);
 
 /* Reading. FETCH copies LEN bytes of the blob at OFF into BUF and returns how many (fewer
- * only at the blob's end) or -errno; it may block (the reader is for worker threads). */
+ * only at the blob's end) or -errno; it may block (the reader is for worker threads). The
+ * blob is the info's data blob: the layer, or for a zstd index its seekable copy. */
 typedef ssize_t (*layer_fetch_fn)(void *ctx, uint64_t off, void *buf, size_t len);
 
 struct layer_reader;
 
 /* A reader holds one inflate state (about 50 KiB) so sequential reads continue where the
- * last stopped. Not thread-safe: one per thread. IX must outlive it. NULL on ENOMEM. */
+ * last stopped; for zstd, the last frame it decompressed (the frame size, plus its compressed
+ * bytes), allocated at the first read. Not thread-safe: one per thread. IX must outlive it.
+ * NULL on ENOMEM. */
 struct layer_reader *layer_reader_new(const struct layer_index *ix, layer_fetch_fn fetch,
                                       void *ctx);
 void layer_reader_free(struct layer_reader *r); /* NULL-safe */
@@ -196,6 +233,7 @@ ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, 
 uint64_t layer_reader_fetched(const struct layer_reader *r);
 
 /* The blob range [*RET_START, *RET_END) that holds LEN bytes of the uncompressed tar at UOFF:
- * what a prefetch of a read should fetch. 0 or -EINVAL (past the end). */
+ * what a prefetch of a read should fetch (zstd: a range of the seekable copy, the frames that
+ * hold the bytes). 0 or -EINVAL (past the end). */
 int layer_index_blob_range(const struct layer_index *ix, uint64_t uoff, uint64_t len,
                            uint64_t *ret_start, uint64_t *ret_end);

@@ -18,6 +18,8 @@
  * own; a read inflates the member from its start (gzip header and all: no dictionary, no
  * bits) and continues while the next read is further into the same chunk.
  *
+ * zstd: the index's frames of the seekable copy, in layer/zstd.c (FETCH reads the copy).
+ *
  * Cost: about 50 KiB per reader (inflate's state and window, one input piece, one window).
  */
 #include "layer/internal.h"
@@ -43,6 +45,7 @@ struct layer_reader {
         uint64_t upos; /* tar offset of the next byte inflate will produce */
         uint64_t cpos; /* blob offset of the next byte to fetch */
         ZSTD_DCtx *dctx;
+        struct layer_zreader *zr; /* zstd */
         uint8_t in[FETCH_CHUNK];
         uint8_t scratch[LAYER_WINDOW];
 };
@@ -65,6 +68,13 @@ struct layer_reader *layer_reader_new(const struct layer_index *ix, layer_fetch_
                 }
                 r->zs_init = true;
         }
+        if (ix->format == LAYER_FMT_ZSTD) {
+                r->zr = layer_zreader_new(ix);
+                if (!r->zr) {
+                        free(r);
+                        return NULL;
+                }
+        }
         return r;
 }
 
@@ -74,6 +84,7 @@ void layer_reader_free(struct layer_reader *r) {
         if (r->zs_init)
                 inflateEnd(&r->zs);
         ZSTD_freeDCtx(r->dctx);
+        layer_zreader_free(r->zr);
         free(r);
 }
 
@@ -316,5 +327,7 @@ ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, ui
                 e = fetch_exact(r, uoff, buf, len);
                 return e < 0 ? e : (ssize_t)len;
         }
+        if (ix->format == LAYER_FMT_ZSTD)
+                return layer_zreader_read(r->zr, r->fetch, r->ctx, &r->fetched, uoff, buf, len);
         return read_gzip(r, uoff, buf, len);
 }
