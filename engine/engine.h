@@ -254,3 +254,30 @@ struct engine_verify_result {
 /* Re-hashes the present chunks of blob D against the digests recorded when they arrived.
  * Blocks on disk reads (the control thread, never the read path). 0, -ENOENT, -errno. */
 int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret);
+
+/* Streaming puts (engine/derived.c): a large derived blob, such as a zstd layer's seekable
+ * copy, written in order by its producer and named by its digest only at the end, without the
+ * blob ever being in memory whole.
+ *
+ * engine_put_begin() starts one for blobs from SOURCE ("registry/repository" of the layer it
+ * derives from; may be NULL). WANT, when not NULL, is the digest the bytes must have; otherwise
+ * the digest is whatever they hash to. 0 and *RET, or -ENOMEM. engine_put_write() appends LEN
+ * bytes: 0, -EFBIG once the blob would pass a quarter of the effective budget (as engine_put),
+ * -ENOSPC and other store errors; errors are sticky. engine_put_finish() checks the digest
+ * (-EBADMSG: not WANT), registers the blob (verified) unless known, and stores its chunks as
+ * engine_put does: under the budget (it may evict), announced like any chunk, chunks present
+ * or being fetched left alone. 0 and *RET_DIGEST, *RET_SIZE (either may be NULL); -EINVAL for
+ * an empty blob, -EBADMSG, -ENOSPC (max_blobs or the disk), -errno, and the first error of a
+ * write. It frees P whatever it returns. engine_put_abort() drops P and what it staged
+ * (NULL-safe).
+ *
+ * Nothing of the blob is visible (in the blob table, the index, to peers) before finish
+ * succeeds. Meanwhile the bytes are staged in the store outside the budget (at most a quarter
+ * of it per put); at finish they are copied to their place (written twice). All three block
+ * on disk writes (a worker's thread, never the FUSE path); one stream is one thread's. */
+struct engine_put_stream;
+int engine_put_begin(struct engine *e, const char *source, const struct digest *want,
+                     struct engine_put_stream **ret);
+int engine_put_write(struct engine_put_stream *p, const void *buf, size_t len);
+int engine_put_finish(struct engine_put_stream *p, struct digest *ret_digest, uint64_t *ret_size);
+void engine_put_abort(struct engine_put_stream *p);

@@ -134,15 +134,10 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         return 0;
 }
 
-int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
-               size_t len) {
-        struct digest actual;
-        digest_sha256(buf, len, &actual);
-        if (!digest_equal(&actual, d))
-                return -EBADMSG;
-        if (len == 0 || len > e->effective_budget / 4)
-                return -EFBIG;
-        struct notes ns = {0};
+/* The steps of storing a blob the caller holds, shared with engine/derived.c's streaming put. */
+
+int eng_put_open(struct engine *e, const struct digest *d, uint64_t len, const char *source,
+                 struct blob **ret, uint64_t *ret_gen) {
         bool inserted = false;
         eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
@@ -153,8 +148,11 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
                         return r;
                 }
                 inserted = true;
+        } else if (b->size != len) {
+                eng_unlock(&e->lock);
+                return -EBADMSG; /* known under this digest with another size: not these bytes */
         }
-        uint64_t gen = b->generation;
+        *ret_gen = b->generation;
         eng_unlock(&e->lock);
         if (inserted) {
                 struct idx_blob ib = {.digest = *d,
@@ -165,41 +163,74 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
                 snprintf(ib.source, sizeof(ib.source), "%s", source);
                 idx_put_blob(e->ix, &ib);
         }
+        *ret = b;
+        return 0;
+}
+
+bool eng_put_wanted(struct engine *e, struct blob *b, uint64_t gen, uint32_t i) {
+        eng_lock(&e->lock);
+        /* Present already, or a fetch of it running: that one fills it. */
+        bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
+        eng_unlock(&e->lock);
+        return !skip;
+}
+
+int eng_put_chunk(struct engine *e, struct blob *b, uint64_t gen, uint32_t i, const uint8_t *p,
+                  struct notes *ns) {
+        size_t n = chunk_len(e, b, i);
+        int r = eng_write_chunk(e, b, i, p, n);
+        if (r < 0)
+                return r;
+        struct digest sha;
+        digest_sha256(p, n, &sha);
+        eng_lock(&e->lock);
+        if (!bit_get(b->present, i) && b->generation == gen &&
+            policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
+                bit_set(b->present, i);
+                b->npresent++;
+                eng_record_sha(b, i, &sha);
+                eng_note(ns, NOTE_PRESENT, b, i, false, &sha);
+                eng_changed(e, b, i);
+                eng_evict_to_budget(e, ns);
+        }
+        eng_unlock(&e->lock);
+        return 0;
+}
+
+void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, struct notes *ns) {
+        eng_lock(&e->lock);
+        if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
+                b->verified = true; /* its bytes were checked whole by the caller */
+                e->st.blobs_verified++;
+                eng_note(ns, NOTE_VERIFIED, b, 0, true, NULL);
+        }
+        eng_unlock(&e->lock);
+        eng_notes_flush(e, ns);
+}
+
+int engine_put(struct engine *e, const struct digest *d, const char *source, const void *buf,
+               size_t len) {
+        struct digest actual;
+        digest_sha256(buf, len, &actual);
+        if (!digest_equal(&actual, d))
+                return -EBADMSG;
+        if (len == 0 || len > e->effective_budget / 4)
+                return -EFBIG;
+        struct notes ns = {0};
+        struct blob *b;
+        uint64_t gen;
+        int r = eng_put_open(e, d, len, source, &b, &gen);
+        if (r < 0)
+                return r;
         for (uint32_t i = 0; i < b->nchunks; i++) {
-                size_t n = chunk_len(e, b, i);
-                const uint8_t *p = (const uint8_t *)buf + chunk_off(e, i);
-                eng_lock(&e->lock);
-                /* Present already, or a fetch of it running: that one fills it. */
-                bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
-                eng_unlock(&e->lock);
-                if (skip)
+                if (!eng_put_wanted(e, b, gen, i))
                         continue;
-                int r = eng_write_chunk(e, b, i, p, n);
+                r = eng_put_chunk(e, b, gen, i, (const uint8_t *)buf + chunk_off(e, i), &ns);
                 if (r < 0) {
                         eng_notes_flush(e, &ns);
                         return r;
                 }
-                struct digest sha;
-                digest_sha256(p, n, &sha);
-                eng_lock(&e->lock);
-                if (!bit_get(b->present, i) && b->generation == gen &&
-                    policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
-                        bit_set(b->present, i);
-                        b->npresent++;
-                        eng_record_sha(b, i, &sha);
-                        eng_note(&ns, NOTE_PRESENT, b, i, false, &sha);
-                        eng_changed(e, b, i);
-                        eng_evict_to_budget(e, &ns);
-                }
-                eng_unlock(&e->lock);
         }
-        eng_lock(&e->lock);
-        if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
-                b->verified = true; /* its bytes were checked whole above */
-                e->st.blobs_verified++;
-                eng_note(&ns, NOTE_VERIFIED, b, 0, true, NULL);
-        }
-        eng_unlock(&e->lock);
-        eng_notes_flush(e, &ns);
+        eng_put_close(e, b, gen, &ns);
         return 0;
 }
