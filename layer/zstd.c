@@ -243,8 +243,10 @@ int layer_zpass_feed(struct layer_builder *b, struct layer_zpass *z, const uint8
                 }
                 z->last = ret;
                 full = out.pos == out.size;
-                if (out.pos == 0 && in.pos == before && !full)
-                        break; /* zstd needs more input */
+                if (out.pos == 0 && in.pos == before && in.pos < in.size)
+                        return layer_builder_fail(b, -EBADMSG,
+                                                  "zstd made no progress at blob offset %llu",
+                                                  (unsigned long long)z->in_pos);
                 if (out.pos) {
                         r = layer_builder_tar_out(b, z->out, out.pos);
                         if (r < 0)
