@@ -168,3 +168,13 @@ void engine_put_abort(struct engine_put_stream *p) {
         free(p->chunk);
         free(p);
 }
+
+int engine_put_sink_write(void *ctx, const void *buf, size_t len) {
+        struct engine_put_sink *s = ctx;
+        if (!s->ps) {
+                int r = engine_put_begin(s->e, s->source, NULL, &s->ps);
+                if (r < 0)
+                        return r;
+        }
+        return engine_put_write(s->ps, buf, len);
+}

@@ -281,3 +281,16 @@ int engine_put_begin(struct engine *e, const char *source, const struct digest *
 int engine_put_write(struct engine_put_stream *p, const void *buf, size_t len);
 int engine_put_finish(struct engine_put_stream *p, struct digest *ret_digest, uint64_t *ret_size);
 void engine_put_abort(struct engine_put_stream *p);
+
+/* An adapter for producers that write through a callback of the shape
+ * int (*)(void *ctx, const void *buf, size_t len) — layer_sink_fn, the layer pass's sink for a
+ * zstd layer's seekable copy: zero-initialise one, set E and SOURCE, pass
+ * engine_put_sink_write and a pointer to it. The stream is begun at the first write (a pass
+ * that writes nothing, over a layer that is not zstd, begins none); afterwards PS is the
+ * stream (NULL if none) for the caller to engine_put_finish() or engine_put_abort(). */
+struct engine_put_sink {
+        struct engine *e;
+        const char *source;
+        struct engine_put_stream *ps;
+};
+int engine_put_sink_write(void *ctx, const void *buf, size_t len);

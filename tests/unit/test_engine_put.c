@@ -6,7 +6,9 @@
  * verified, all present, read back and served to peers without a fetch, and still there after
  * a restart; the staging file never outlives the put (finish, a wrong digest, abort, a put over
  * the quarter-budget bound); several puts together stay under the budget; a put of a blob
- * already stored; an empty put. */
+ * already stored; an empty put; the callback adapter (engine_put_sink_write); and the whole
+ * path short of layertree: a zstd layer's pass (tests/unit/layer_gen.py's tar, zstd'ed here)
+ * writing its seekable copy into the engine, and every file read back through the engine. */
 #include <dirent.h>
 #include <errno.h>
 #include <ftw.h>
@@ -23,10 +25,12 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <zstd.h>
 
 #include "cache/store.h"
 #include "engine/engine.h"
 #include "index/index.h"
+#include "layer/layer.h"
 #include "util/digest.h"
 
 #define CS (64 * 1024)
@@ -51,6 +55,7 @@ static int no_size(void *ud, const char *source, const struct digest *blob, uint
 }
 
 struct fixture {
+        uint64_t budget;
         char dir[256];
         struct store *store;
         struct index *ix;
@@ -60,7 +65,7 @@ struct fixture {
 static void start(struct fixture *fx) {
         char path[512];
         struct engine_config cfg = {
-                .cache_budget = BUDGET,
+                .cache_budget = fx->budget ? fx->budget : BUDGET,
                 .chunk_size = CS,
                 .readahead_chunks = 2,
                 .max_inflight = 8,
@@ -312,11 +317,139 @@ static void test_put_under_budget(void **state) {
         assert_int_equal(engine_blob_count(fx->e), 7);
 }
 
+/* The adapter for callback-shaped producers: begun at the first write only. */
+static void test_put_sink(void **state) {
+        struct fixture *fx = *state;
+        size_t len = 2 * CS + 7;
+        uint8_t *data = pattern(len, 3);
+        struct engine_put_sink sk = {.e = fx->e, .source = "registry.test/sink"};
+        int (*fn)(void *, const void *, size_t) = engine_put_sink_write;
+        struct engine_blob_info info;
+        struct digest d, want;
+
+        assert_null(sk.ps);
+        for (size_t off = 0; off < len; off += 1000)
+                assert_int_equal(fn(&sk, data + off, len - off < 1000 ? len - off : 1000), 0);
+        assert_non_null(sk.ps);
+        assert_int_equal(engine_put_finish(sk.ps, &d, NULL), 0);
+        digest_sha256(data, len, &want);
+        assert_true(digest_equal(&d, &want));
+        assert_int_equal(engine_find(fx->e, &d, &info), 0);
+        assert_string_equal(info.source, "registry.test/sink");
+        free(data);
+}
+
+struct engine_fetch {
+        struct engine *e;
+        uint32_t id;
+};
+
+/* layer_fetch_fn over the engine, in reads of at most max_read. */
+static ssize_t engine_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        struct engine_fetch *f = ctx;
+        static struct reply r;
+        size_t done = 0;
+
+        while (done < len) {
+                size_t n = len - done < 4 * CS ? len - done : 4 * CS;
+                int e = read_sync(f->e, f->id, off + done, n, &r);
+                if (e < 0)
+                        return e;
+                if (r.len == 0)
+                        break;
+                memcpy((uint8_t *)buf + done, r.buf, r.len);
+                done += r.len;
+        }
+        return (ssize_t)done;
+}
+
+/* The whole path short of layertree: a zstd layer's pass writes its seekable copy into the
+ * engine through the adapter; files are then read through the engine from the copy. */
+static void test_zstd_layer_through_engine(void **state) {
+        struct fixture *fx = *state;
+        char dir[] = "/tmp/test_engine_put_layer_XXXXXX", cmd[1024], tarp[300], manp[300];
+        struct engine_put_sink sk = {.source = "registry.test/layer"};
+        struct layer_build_opts o = {.sink = engine_put_sink_write, .sink_ctx = &sk};
+        struct layer_index *ix = NULL;
+        struct layer_index_info info;
+        struct engine_blob_info bi;
+        struct engine_fetch ef;
+        struct layer_reader *rd;
+        struct digest d;
+        uint8_t *tar, *zst, *got;
+        uint64_t size;
+        size_t tar_len, zlen, checked = 0;
+        FILE *f;
+        struct stat st;
+
+        stop(fx);
+        fx->budget = 256ull << 20;
+        start(fx);
+        sk.e = fx->e;
+        assert_non_null(mkdtemp(dir));
+        snprintf(tarp, sizeof(tarp), "%s/l.tar", dir);
+        snprintf(manp, sizeof(manp), "%s/m", dir);
+        snprintf(cmd, sizeof(cmd), "python3 tests/unit/layer_gen.py pax %s %s 5", tarp, manp);
+        if (system(cmd) != 0)
+                fail_msg("%s failed (run the tests from the repository root)", cmd);
+        f = fopen(tarp, "rb");
+        assert_non_null(f);
+        assert_int_equal(fstat(fileno(f), &st), 0);
+        tar_len = (size_t)st.st_size;
+        tar = malloc(tar_len);
+        assert_int_equal(fread(tar, 1, tar_len, f), tar_len);
+        fclose(f);
+        unlink(tarp);
+        unlink(manp);
+        rmdir(dir);
+        zst = malloc(ZSTD_compressBound(tar_len));
+        zlen = ZSTD_compress(zst, ZSTD_compressBound(tar_len), tar, tar_len, 3);
+        assert_false(ZSTD_isError(zlen));
+
+        struct layer_builder *b = layer_builder_new(&o);
+        for (size_t off = 0; off < zlen; off += 100000)
+                assert_int_equal(
+                        layer_builder_feed(b, zst + off, zlen - off < 100000 ? zlen - off : 100000),
+                        0);
+        if (layer_builder_finish(b, &ix) != 0)
+                fail_msg("pass: %s", layer_builder_error(b));
+        layer_builder_free(b);
+        assert_non_null(sk.ps);
+        assert_int_equal(engine_put_finish(sk.ps, &d, &size), 0);
+        layer_index_info(ix, &info);
+        assert_true(digest_equal(&d, &info.data_digest));
+        assert_int_equal(size, info.data_size);
+        assert_int_equal(engine_find(fx->e, &d, &bi), 0);
+        assert_true(bi.verified);
+
+        ef = (struct engine_fetch){.e = fx->e, .id = bi.id};
+        rd = layer_reader_new(ix, engine_fetch, &ef);
+        assert_non_null(rd);
+        for (size_t i = 0; i < layer_index_nfiles(ix); i++) {
+                const struct layer_file *lf = layer_index_file(ix, i);
+                if (lf->type != TAR_REG || lf->size == 0)
+                        continue;
+                got = malloc(lf->size);
+                assert_int_equal(layer_reader_read(rd, lf, 0, got, lf->size), (ssize_t)lf->size);
+                assert_memory_equal(got, tar + lf->offset, lf->size);
+                free(got);
+                checked++;
+        }
+        assert_true(checked > 5);
+        assert_int_equal(__atomic_load_n(&fetches, __ATOMIC_RELAXED), 0);
+        layer_reader_free(rd);
+        layer_index_free(ix);
+        free(tar);
+        free(zst);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_put_stream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_put_refusals, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_put_under_budget, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_put_sink, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_zstd_layer_through_engine, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
