@@ -211,8 +211,8 @@ typedef ssize_t (*layer_fetch_fn)(void *ctx, uint64_t off, void *buf, size_t len
 struct layer_reader;
 
 /* A reader holds one inflate state (about 50 KiB) so sequential reads continue where the
- * last stopped; for zstd, the last frame it decompressed (the frame size, plus its compressed
- * bytes), allocated at the first read. Not thread-safe: one per thread. IX must outlive it.
+ * last stopped; for zstd, the last frame it decompressed (the frame size, allocated at the
+ * first read) and a zstd state (about 100 KiB). Not thread-safe: one per thread. IX must outlive it.
  * NULL on ENOMEM. */
 struct layer_reader *layer_reader_new(const struct layer_index *ix, layer_fetch_fn fetch,
                                       void *ctx);

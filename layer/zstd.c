@@ -21,7 +21,8 @@
  * refuses larger ones before allocating: -EBADMSG); the pass holds that window, one output
  * piece, one frame of tar and its compressed form, and zstd's compression state (a few MiB at
  * the default level); the frame table grows 24 bytes per frame, bounded by max_frames. The
- * reader holds one decompressed frame and one compressed frame, allocated at its first read.
+ * reader keeps one decompressed frame (allocated at its first read) and zstd's decompression
+ * state (about 100 KiB), and holds one compressed frame while it loads one.
  *
  * Cost: the pass decompresses the layer once and compresses it once (level 3: several hundred
  * MB/s a core, the pass's main cost); the copy is typically a few percent larger than a
@@ -329,8 +330,6 @@ void layer_zpass_take(struct layer_zpass *z, struct layer_index *ix) {
 struct layer_zreader {
         const struct layer_index *ix;
         ZSTD_DCtx *dctx;
-        uint8_t *cbuf; /* a compressed frame: the largest in the index */
-        size_t ccap;
         uint8_t *ubuf; /* the frame CUR decompressed (SPAN bytes) */
         size_t cur;
         bool have;
@@ -354,52 +353,55 @@ void layer_zreader_free(struct layer_zreader *z) {
         if (!z)
                 return;
         ZSTD_freeDCtx(z->dctx);
-        free(z->cbuf);
         free(z->ubuf);
         free(z);
 }
 
-/* Fetches and decompresses frame I into UBUF. */
+/* Fetches and decompresses frame I into UBUF. The compressed frame is held only meanwhile:
+ * readers are kept per worker and layer, and what they keep is one frame of tar. */
 static int load_frame(struct layer_zreader *z, layer_fetch_fn fetch, void *ctx, uint64_t *fetched,
                       size_t i) {
         const struct layer_zframe *f = &z->ix->zframes[i];
-        uint64_t off = f->coff;
+        uint8_t *cbuf;
         size_t got = 0, n;
+        int e = 0;
 
         if (!z->ubuf) {
-                for (size_t k = 0; k < z->ix->nzframes; k++)
-                        if (z->ix->zframes[k].clen > z->ccap)
-                                z->ccap = z->ix->zframes[k].clen;
-                z->cbuf = malloc(z->ccap ? z->ccap : 1);
                 z->ubuf = malloc(z->ix->span);
-                if (!z->cbuf || !z->ubuf) {
-                        free(z->cbuf);
-                        free(z->ubuf);
-                        z->cbuf = z->ubuf = NULL;
-                        z->ccap = 0;
+                if (!z->ubuf)
                         return -ENOMEM;
-                }
         }
         z->have = false;
+        cbuf = malloc(f->clen);
+        if (!cbuf)
+                return -ENOMEM;
         while (got < f->clen) {
-                ssize_t k = fetch(ctx, off + got, z->cbuf + got, f->clen - got);
-                if (k < 0)
-                        return (int)k;
-                if (k == 0 || (size_t)k > f->clen - got)
-                        return -EBADMSG; /* the copy is shorter than its index says */
+                ssize_t k = fetch(ctx, f->coff + got, cbuf + got, f->clen - got);
+                if (k < 0) {
+                        e = (int)k;
+                        goto out_free;
+                }
+                if (k == 0 || (size_t)k > f->clen - got) {
+                        e = -EBADMSG; /* the copy is shorter than its index says */
+                        goto out_free;
+                }
                 *fetched += (uint64_t)k;
                 got += (size_t)k;
         }
         /* One whole frame, of the size the index says; then its own checksum. */
-        if (ZSTD_getFrameContentSize(z->cbuf, f->clen) != f->ulen ||
-            ZSTD_findFrameCompressedSize(z->cbuf, f->clen) != f->clen)
-                return -EBADMSG;
-        n = ZSTD_decompressDCtx(z->dctx, z->ubuf, f->ulen, z->cbuf, f->clen);
+        e = -EBADMSG;
+        if (ZSTD_getFrameContentSize(cbuf, f->clen) != f->ulen ||
+            ZSTD_findFrameCompressedSize(cbuf, f->clen) != f->clen)
+                goto out_free;
+        n = ZSTD_decompressDCtx(z->dctx, z->ubuf, f->ulen, cbuf, f->clen);
         if (ZSTD_isError(n) || n != f->ulen)
-                return -EBADMSG;
+                goto out_free;
         z->cur = i;
         z->have = true;
-        return 0;
+        e = 0;
+out_free:
+        free(cbuf);
+        return e;
 }
 
 ssize_t layer_zreader_read(struct layer_zreader *z, layer_fetch_fn fetch, void *ctx,
