@@ -224,7 +224,7 @@ void layer_reader_free(struct layer_reader *r); /* NULL-safe */
  * digests) and on the index being the one built for this blob. */
 ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, uint64_t off,
                           void *buf, size_t len);
-/* Up to LEN bytes of the uncompressed tar stream at UOFF (plain tar and gzip layers only):
+/* Up to LEN bytes of the uncompressed tar stream at UOFF (plain tar, gzip and zstd layers):
  * the count (short only at the tar's end, 0 past it), -EINVAL for eStargz, or the errors of
  * layer_reader_read(). For caches of inflated spans (layertree/spancache.c), which keep tar
  * bytes whatever file they belong to. */

@@ -287,7 +287,7 @@ ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, 
         const struct layer_index *ix = r->ix;
         int e;
 
-        if (ix->format != LAYER_FMT_GZIP && ix->format != LAYER_FMT_TAR)
+        if (ix->format == LAYER_FMT_ESTARGZ)
                 return -EINVAL;
         if (uoff >= ix->tar_size || len == 0)
                 return 0;
@@ -299,6 +299,8 @@ ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, 
                 e = fetch_exact(r, uoff, buf, len);
                 return e < 0 ? e : (ssize_t)len;
         }
+        if (ix->format == LAYER_FMT_ZSTD)
+                return layer_zreader_read(r->zr, r->fetch, r->ctx, &r->fetched, uoff, buf, len);
         return read_gzip(r, uoff, buf, len);
 }
 

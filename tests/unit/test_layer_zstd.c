@@ -430,6 +430,12 @@ static void test_frame_boundaries(void **state) {
                 assert_memory_equal(got, pax_fx.tar.p + off, (size_t)n);
         }
         assert_int_equal(src.fetched, ix->seek_size - layer_zstd_table_len(ix->nzframes));
+        /* the tar stream itself, for span caches: across a boundary, and short at the end */
+        assert_int_equal(layer_reader_read_tar(r, span - 7, got, 100), 100);
+        assert_memory_equal(got, pax_fx.tar.p + span - 7, 100);
+        assert_int_equal(layer_reader_read_tar(r, pax_fx.tar.len - 5, got, 100), 5);
+        assert_memory_equal(got, pax_fx.tar.p + pax_fx.tar.len - 5, 5);
+        assert_int_equal(layer_reader_read_tar(r, pax_fx.tar.len, got, 100), 0);
         layer_reader_free(r);
         layer_index_free(ix);
         free(got);
