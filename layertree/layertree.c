@@ -25,6 +25,12 @@
  * (DERIVED_SOURCE, an .invalid name): the store check above never reads a derived blob whose
  * chunks are gone, so the origin is never asked for one.
  *
+ * zstd layers: the pass also writes the layer's seekable copy (layer/zstd.c) into the engine
+ * as it goes (a streaming put, engine_put_sink_write), a second derived blob, pinned on the
+ * node that built it; the index names it (layer_index_info's data_digest) and file reads fetch
+ * from it, never from the layer. An index from the store or a peer is used only when its copy
+ * is known here or to the peers' directory; otherwise the pass runs again.
+ *
  * Memory: the loaded indexes (counted in the stats), two uint32_t per file for hard links,
  * per worker one 1 MiB buffer and up to READERS_PER_WORKER layer readers (about 115 KiB
  * each). */
@@ -47,9 +53,10 @@
 #include "util/log.h"
 
 #define DERIVED_SOURCE "p2pblobs.invalid/layer-index"
-#define IO_MAX (1u << 20)           /* one engine read; the engine's max_read */
-#define READ_MAX (1u << 20)         /* one ltree_read */
-#define READ_QUEUE_MAX 65536        /* reads waiting for a worker */
+#define COPY_SOURCE "p2pblobs.invalid/layer-seekable" /* a zstd layer's seekable copy */
+#define IO_MAX (1u << 20)                             /* one engine read; the engine's max_read */
+#define READ_MAX (1u << 20)                           /* one ltree_read */
+#define READ_QUEUE_MAX 65536                          /* reads waiting for a worker */
 #define INDEX_BLOB_MAX (256u << 20) /* an encoded index from the store or a peer */
 #define READERS_PER_WORKER 4
 #define SPAN_BLOCK (128u << 10) /* the span cache's unit of inflated tar bytes */
@@ -63,6 +70,8 @@ struct layer {
         struct digest diff_id, toc_digest;
         int64_t added_at;
         uint32_t blob_id; /* the engine's; valid once blob_known */
+        uint32_t data_id; /* the blob reads fetch from (the layer, or a zstd layer's seekable
+                           * copy); set with ix */
         bool blob_known;
         uint64_t blob_size;
 
@@ -197,7 +206,7 @@ static ssize_t eng_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void 
 /* The layer reader's fetch: blob bytes through the engine, counted for the layer. */
 static ssize_t layer_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
         struct fetch_ctx *fc = ctx;
-        ssize_t n = eng_pread(fc->lt, fc->l->blob_id, off, buf, len, NULL);
+        ssize_t n = eng_pread(fc->lt, fc->l->data_id, off, buf, len, NULL);
         if (n > 0)
                 atomic_fetch_add(&fc->l->fetched, (uint64_t)n);
         return n;
@@ -298,11 +307,36 @@ static int link_tables(struct layer_index *ix, uint32_t **ret_canon, uint32_t **
         return 0;
 }
 
+/* The engine id of the blob the reader of IX fetches from: L's own, or for zstd its seekable
+ * copy, known here or (registered now) to the peers' directory. 0 or -ENOENT. */
+static int data_blob(struct ltree *lt, const struct layer *l, const struct layer_index *ix,
+                     uint32_t *ret_id) {
+        struct layer_index_info info;
+        struct engine_blob_info b;
+        layer_index_info(ix, &info);
+        if (info.format != LAYER_FMT_ZSTD) {
+                *ret_id = l->blob_id;
+                return 0;
+        }
+        if (engine_find(lt->e, &info.data_digest, &b) < 0 &&
+            engine_lookup(lt->e, &info.data_digest, &b) < 0)
+                return -ENOENT;
+        if (b.size != info.data_size)
+                return -ENOENT;
+        *ret_id = b.id;
+        return 0;
+}
+
 /* L's index is IX (ours now), found through ORIGIN: READY, recorded, published. */
 static void ready_layer(struct ltree *lt, struct layer *l, struct layer_index *ix,
                         enum ltree_index_origin origin, const struct digest *index_digest,
                         uint64_t index_size) {
-        uint32_t *canon, *nlink;
+        uint32_t *canon, *nlink, data_id;
+        if (data_blob(lt, l, ix, &data_id) < 0) {
+                layer_index_free(ix);
+                fail_layer(lt, l, -ENOENT, "the seekable copy of the zstd layer is gone");
+                return;
+        }
         if (link_tables(ix, &canon, &nlink) < 0) {
                 layer_index_free(ix);
                 fail_layer(lt, l, -ENOMEM, "out of memory loading the index");
@@ -312,6 +346,7 @@ static void ready_layer(struct ltree *lt, struct layer *l, struct layer_index *i
         layer_index_info(ix, &info);
         pthread_mutex_lock(&lt->lock);
         l->ix = ix;
+        l->data_id = data_id;
         l->canon = canon;
         l->nlink = nlink;
         l->format = info.format;
@@ -478,12 +513,39 @@ static int index_from_toc(struct ltree *lt, struct layer *l, const uint8_t *foot
         return r;
 }
 
+/* A zstd layer's seekable copy, written by the pass through SK: stored and pinned when the
+ * pass built IX (R == 0), dropped otherwise. 0 or -errno with MSG. */
+static int finish_copy(struct ltree *lt, struct engine_put_sink *sk, int r,
+                       const struct layer_index *ix, char *msg, size_t msg_len) {
+        struct layer_index_info info;
+        struct digest d;
+        uint64_t size;
+        if (r < 0 || !sk->ps) {
+                engine_put_abort(sk->ps);
+                return r;
+        }
+        layer_index_info(ix, &info);
+        r = engine_put_finish(sk->ps, &d, &size);
+        if (r == 0 && (!digest_equal(&d, &info.data_digest) || size != info.data_size))
+                r = -EIO; /* cannot happen: the sink got exactly what the pass hashed */
+        if (r < 0) {
+                snprintf(msg, msg_len, "cannot store the seekable copy of the zstd layer: %s",
+                         strerror(-r));
+                return r;
+        }
+        engine_pin(lt->e, &d, true); /* this node may be the copy's only holder */
+        return 0;
+}
+
 /* The pass: the whole blob, in order, through the builder. */
 static int index_by_pass(struct ltree *lt, struct layer *l, uint8_t *buf, struct layer_index **ret,
                          char *msg, size_t msg_len) {
+        struct engine_put_sink sk = {.e = lt->e, .source = COPY_SOURCE};
         struct layer_build_opts o = {.span = lt->cfg.span,
                                      .diff_id = l->has_diff_id ? &l->diff_id : NULL,
-                                     .blob_digest = &l->digest};
+                                     .blob_digest = &l->digest,
+                                     .sink = engine_put_sink_write,
+                                     .sink_ctx = &sk};
         struct layer_builder *b = layer_builder_new(&o);
         if (!b)
                 return -ENOMEM;
@@ -509,6 +571,12 @@ static int index_by_pass(struct ltree *lt, struct layer *l, uint8_t *buf, struct
                 snprintf(msg, msg_len, "%s", why && why[0] ? why : strerror(-r));
         }
         layer_builder_free(b);
+        int cr = finish_copy(lt, &sk, r, r == 0 ? *ret : NULL, msg, msg_len);
+        if (r == 0 && cr < 0) {
+                layer_index_free(*ret);
+                *ret = NULL;
+                r = cr;
+        }
         return r;
 }
 
@@ -529,10 +597,6 @@ static int store_index(struct ltree *lt, const struct layer_index *ix, struct di
         *ret_digest = d;
         *ret_size = len;
         return 0;
-}
-
-static bool is_zstd_media(const char *mt) {
-        return strstr(mt, "zstd") != NULL;
 }
 
 /* The index job of layer L, on a worker (BUF: READ_MAX bytes of scratch). */
@@ -564,9 +628,14 @@ static void index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
         uint64_t recorded_size = l->index_size;
         pthread_mutex_unlock(&lt->lock);
 
+        uint32_t data_id;
         if (recorded && index_from_store(lt, l, &recorded_digest, &ix) == 0) {
-                ready_layer(lt, l, ix, LTREE_INDEX_LOCAL, &recorded_digest, recorded_size);
-                return;
+                if (data_blob(lt, l, ix, &data_id) == 0) {
+                        ready_layer(lt, l, ix, LTREE_INDEX_LOCAL, &recorded_digest, recorded_size);
+                        return;
+                }
+                layer_index_free(ix); /* zstd, and its copy is gone: run the pass again */
+                ix = NULL;
         }
         /* The format, from the bytes: the first block tells tar, gzip or zstd apart. */
         size_t head = l->blob_size < 512 ? (size_t)l->blob_size : 512;
@@ -576,13 +645,6 @@ static void index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
                 return;
         }
         int fmt = layer_detect_format(buf, (size_t)n);
-        if (fmt == LAYER_FMT_ZSTD || (fmt < 0 && is_zstd_media(l->media_type))) {
-                pthread_mutex_lock(&lt->lock);
-                l->format = LAYER_FMT_ZSTD;
-                pthread_mutex_unlock(&lt->lock);
-                fail_layer(lt, l, -EOPNOTSUPP, "zstd layers need the seekable form (not yet)");
-                return;
-        }
         if (fmt < 0) {
                 fail_layer(lt, l, fmt, "not a layer: neither tar, gzip nor zstd");
                 return;
@@ -624,8 +686,12 @@ static void index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
         struct digest d;
         uint64_t size;
         if (index_from_peers(lt, l, &ix, &d, &size) == 0) {
-                ready_layer(lt, l, ix, LTREE_INDEX_PEER, &d, size);
-                return;
+                if (data_blob(lt, l, ix, &data_id) == 0) {
+                        ready_layer(lt, l, ix, LTREE_INDEX_PEER, &d, size);
+                        return;
+                }
+                layer_index_free(ix); /* zstd, and nobody holds its copy: run the pass */
+                ix = NULL;
         }
         r = index_by_pass(lt, l, buf, &ix, msg, sizeof(msg));
         if (r < 0) {
