@@ -10,6 +10,8 @@
  * through the engine like any blob's and are checked against that digest before decoding), or
  * built by one streaming pass over the layer, in the background, then stored as a derived blob
  * (engine_put: under the budget, pinnable, served to peers) and published to the cluster.
+ * A zstd layer's pass also stores the layer's seekable copy (a second derived blob, written
+ * as the pass goes: engine_put_begin...); its files are read from the copy, never the layer.
  *
  * Reads of file bytes run on the tree's own bounded worker threads (inflating is CPU work and
  * the compressed chunks may come from the network): the caller is answered through a callback,
