@@ -29,10 +29,13 @@
 struct engine;
 
 /* A chunk fetch's completion. 0 and a malloc'd BUF of exactly the LEN asked for (ownership
- * passes to the engine), or a -errno and a REASON for people (-ECANCELED: shutting down). It
+ * passes to the engine), or a -errno and a REASON for people (-ECANCELED: shutting down). SHA,
+ * when not NULL, is the sha256 of exactly BUF's LEN bytes, which the source computed to check
+ * them: the engine records it instead of hashing the chunk again (one hash per chunk per
+ * path). A source passes it only when it hashed these very bytes itself; NULL otherwise. It
  * may run on any thread, even inside the fetch call itself, and must not block. */
 typedef void (*engine_fetch_done_fn)(void *ctx, int err, const char *reason, uint8_t *buf,
-                                     size_t len);
+                                     size_t len, const struct digest *sha);
 
 /* How the engine reaches its sources: everything it asks of the network goes through this
  * table, so the engine itself knows no peer, registry or HTTP client. The daemon (fs/sources.c)
@@ -52,6 +55,17 @@ struct engine_source_ops {
         void (*fetch)(void *ud, const struct digest *blob, uint64_t size, const char *source,
                       uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms,
                       engine_fetch_done_fn done, void *ctx);
+        /* Optional. Fetches the N >= 2 consecutive chunks IDX .. IDX + N - 1 of BLOB (each
+         * CHUNK_SIZE bytes at IDX * CHUNK_SIZE, the blob's last one shorter), as FETCH would
+         * one by one, but coalesced where the source can (one ranged GET for the run): calls
+         * DONE(CTXS[i], ...) exactly once for chunk IDX + i, each as soon as that chunk's bytes
+         * are in and checked, so chunk i's readers never wait for chunk i + 1. The chunks may
+         * complete in any order and each succeed or fail on its own (a source may split the
+         * run). CTXS need not outlive the call. Never blocks. NULL: the engine calls FETCH
+         * per chunk. */
+        void (*fetch_run)(void *ud, const struct digest *blob, uint64_t size, const char *source,
+                          uint32_t idx, unsigned n, uint32_t chunk_size, uint64_t deadline_ms,
+                          engine_fetch_done_fn done, void *const *ctxs);
         /* Asks who else knows BLOB, a blob this node has never seen: its size and origin
          * (RET_SOURCE, SOURCE_LEN bytes), by DEADLINE_MS. 0; -ENOENT when nobody knows it;
          * other -errno when nobody could be asked. NULL: the node has nobody to ask (it runs

@@ -13,7 +13,8 @@
  * fetcher; one completion struct per fetch on the queue; `workers` threads. */
 #include "engine/engine_int.h"
 
-static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len);
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
+                       const struct digest *sha);
 
 /* Caller holds lock. Starts a fetch for chunk IDX of B unless one runs; returns it (NULL on
  * allocation failure). The caller calls eng_submit() for new ones after unlocking. */
@@ -46,20 +47,39 @@ void eng_submit(struct engine *e, struct inflight *f) {
         ASSERT_NOT_HELD(&e->lock);
         struct blob *b = f->blob;
         uint64_t deadline = now_ms() + e->cfg.fetch_timeout_ms;
+        /* The run's members, taken before the fetch starts: any of them (F too) may complete
+         * and be freed before fetch_run returns. */
+        void *run[RUN_MAX_CHUNKS];
+        uint32_t first = f->idx;
+        unsigned n = 0;
+        for (struct inflight *m = f; m && n < RUN_MAX_CHUNKS; m = m->run_next)
+                run[n++] = m;
         pthread_rwlock_rdlock(&e->fetch_lock);
         if (e->fetch_stopped) {
                 pthread_rwlock_unlock(&e->fetch_lock);
-                on_fetched(f, -ECANCELED, "shutting down", NULL, 0);
+                for (unsigned i = 0; i < n; i++)
+                        on_fetched(run[i], -ECANCELED, "shutting down", NULL, 0, NULL);
                 return;
         }
-        e->src.fetch(e->src.ud, &b->digest, b->size, b->source, f->idx, chunk_off(e, f->idx),
-                     chunk_len(e, b, f->idx), deadline, on_fetched, f);
+        if (n > 1 && e->src.fetch_run) {
+                e->src.fetch_run(e->src.ud, &b->digest, b->size, b->source, first, n,
+                                 e->cfg.chunk_size, deadline, on_fetched, run);
+        } else {
+                for (unsigned i = 0; i < n; i++) {
+                        struct inflight *m = run[i];
+                        uint32_t idx = first + i; /* not m->idx: M may be gone already */
+                        e->src.fetch(e->src.ud, &b->digest, b->size, b->source, idx,
+                                     chunk_off(e, idx), chunk_len(e, b, idx), deadline, on_fetched,
+                                     m);
+                }
+        }
         pthread_rwlock_unlock(&e->fetch_lock);
 }
 
 /* The source's thread (or eng_submit()'s, for a fetch refused at once): hand the result to a
  * worker. */
-static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len) {
+static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
+                       const struct digest *sha) {
         struct inflight *f = ud;
         struct engine *e = f->e;
         struct completion *c = calloc(1, sizeof(*c));
@@ -74,6 +94,10 @@ static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size
         snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
         c->buf = buf;
         c->len = len;
+        if (err == 0 && sha) {
+                c->has_sha = true;
+                c->sha = *sha;
+        }
         pthread_mutex_lock(&e->cq_lock);
         *e->cq_tail = c;
         e->cq_tail = &c->next;
@@ -97,19 +121,71 @@ struct waiter *eng_inflight_end(struct engine *e, struct inflight *f) {
         return w;
 }
 
-/* Caller holds lock. Readahead after a sequential read ending at chunk LAST. */
+/* The widest window the coalescing bookkeeping looks at (config allows up to 256). */
+#define RA_WINDOW_MAX 256
+
+/* Caller holds lock. Readahead after a sequential read ending at chunk LAST: starts fetches for
+ * the missing chunks of the next WINDOW, at most max_inflight in flight in all.
+ *
+ * With a source that coalesces (src.fetch_run), consecutive missing chunks go as one run of up
+ * to RUN_MAX_CHUNKS, and readahead waits until half the window (up to a run) is missing
+ * before it starts, as long as something of the window is still in flight: a window sliding
+ * one chunk per chunk read would otherwise start runs of one. The link stays busy: the run in
+ * flight covers the time the reader takes to free the next half. Only each run's first
+ * inflight goes into STARTS (eng_submit() sends the run). */
 void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned window,
                    struct inflight **starts, size_t *nstarts, size_t max_starts) {
         ASSERT_HELD(&e->lock);
-        for (uint32_t i = last + 1; i <= last + window && i < b->nchunks; i++) {
-                if (e->inflight_count >= e->cfg.max_inflight || *nstarts == max_starts)
+        if (window > RA_WINDOW_MAX)
+                window = RA_WINDOW_MAX;
+        uint64_t end64 = (uint64_t)last + 1 + window;
+        uint32_t end = end64 < b->nchunks ? (uint32_t)end64 : b->nchunks;
+        bool coalesce = e->src.fetch_run != NULL;
+        if (coalesce && (uint64_t)last + 1 < end) {
+                uint8_t busy[RA_WINDOW_MAX / 8 + 1] = {0};
+                bool ahead = false;
+                for (const struct inflight *f = b->inflight; f; f = f->next)
+                        if (f->idx > last && f->idx < end) {
+                                bit_set(busy, f->idx - last - 1);
+                                ahead = true;
+                        }
+                unsigned missing = 0;
+                for (uint32_t i = last + 1; i < end; i++)
+                        missing += !bit_get(b->present, i) && !bit_get(busy, i - last - 1);
+                unsigned want =
+                        (window + 1) / 2 < RUN_MAX_CHUNKS ? (window + 1) / 2 : RUN_MAX_CHUNKS;
+                if (missing == 0 || (ahead && missing < want))
                         return;
-                if (bit_get(b->present, i))
+        }
+        struct inflight *head = NULL, *tail = NULL;
+        for (uint32_t i = last + 1; i < end; i++) {
+                if (e->inflight_count >= e->cfg.max_inflight)
+                        return;
+                if (bit_get(b->present, i)) {
+                        head = NULL;
                         continue;
+                }
+                bool extends =
+                        coalesce && head && head->run_len < RUN_MAX_CHUNKS && tail->idx + 1 == i;
+                if (!extends && *nstarts == max_starts)
+                        return;
                 bool is_new;
                 struct inflight *f = eng_inflight_get(e, b, i, true, &is_new);
-                if (f && is_new)
-                        starts[(*nstarts)++] = f;
+                if (!f)
+                        return;
+                if (!is_new) {
+                        head = NULL; /* a run is consecutive chunks of ours only */
+                        continue;
+                }
+                if (extends) {
+                        tail->run_next = f;
+                        tail = f;
+                        head->run_len++;
+                        continue;
+                }
+                f->run_len = 1;
+                head = tail = f;
+                starts[(*nstarts)++] = f;
         }
 }
 
@@ -175,6 +251,33 @@ void eng_store_ra_window(const struct engine *e, const struct blob *b,
         }
 }
 
+/* Caller holds lock. Takes off F the reads that can be answered from its landed bytes alone,
+ * before write-back (first byte: no wait for pwrite and sync_file_range): reads within chunk
+ * IDX only, so nothing else of theirs needs a pin. Not when IDX is the last chunk, nor when
+ * this chunk may be the one that lets the frontier reach the end (no other chunk is absent):
+ * those reads are answered after the verification, as before (complete()). The chunk's
+ * present bit is still set only after write-back (DESIGN §4): readers that come later wait
+ * on F as before. */
+static struct pending *take_early(struct blob *b, struct inflight *f) {
+        if (f->idx == b->nchunks - 1 || b->npresent + 1 >= b->nchunks)
+                return NULL;
+        struct pending *early = NULL;
+        for (struct waiter **pp = &f->waiters; *pp;) {
+                struct waiter *w = *pp;
+                struct pending *pr = w->pr;
+                if (pr->first == f->idx && pr->last == f->idx && pr->missing == 1 && pr->err == 0) {
+                        *pp = w->next;
+                        free(w);
+                        pr->missing = 0;
+                        pr->next_done = early;
+                        early = pr;
+                        continue;
+                }
+                pp = &w->next;
+        }
+        return early;
+}
+
 static void complete(struct engine *e, struct completion *c) {
         struct inflight *f = c->fl;
         struct blob *b = f->blob;
@@ -185,8 +288,37 @@ static void complete(struct engine *e, struct completion *c) {
         struct inflight *starts[PREFETCH_WINDOW];
         size_t nstarts = 0;
 
+        bool had_early = false;
         if (err == 0) {
-                digest_sha256(c->buf, c->len, &sha);
+                /* One hash per chunk: a source that checked the bytes hands us their digest. */
+                bool have_sha = c->has_sha;
+                if (have_sha)
+                        sha = c->sha;
+                eng_lock(&e->lock);
+                bool must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
+                if (must_match && !have_sha) {
+                        eng_unlock(&e->lock);
+                        digest_sha256(c->buf, c->len, &sha);
+                        have_sha = true;
+                        eng_lock(&e->lock);
+                        must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
+                }
+                struct pending *early = NULL;
+                if (!must_match || digest_equal(&b->chunk_sha[idx], &sha))
+                        early = take_early(b, f);
+                eng_unlock(&e->lock);
+                /* The bytes passed every check a chunk gets before it is served (the peer
+                 * check in the source, the verified digest above; origin bytes are checked by
+                 * the blob's frontier, as always). The ring of landed chunks (engine/landed.c)
+                 * is fed here, with C->BUF, before write-back. */
+                had_early = early != NULL;
+                while (early) {
+                        struct pending *next = early->next_done;
+                        eng_answer(e, early, c->buf, idx);
+                        early = next;
+                }
+                if (!have_sha)
+                        digest_sha256(c->buf, c->len, &sha);
                 err = eng_write_chunk(e, b, idx, c->buf, c->len);
                 if (err < 0) {
                         snprintf(c->reason, sizeof(c->reason), "store write failed: %s",
@@ -220,7 +352,7 @@ static void complete(struct engine *e, struct completion *c) {
                 pthread_cond_broadcast(&e->landed_cond);
                 if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */
                         policy_touch(e->policy, key_of(b, idx));
-                else if (!f->waiters) {
+                else if (!f->waiters && !had_early) {
                         bit_set(b->unread, idx); /* its first read is not a re-reference */
                         eng_ra_pin(e, b, idx);
                 }

@@ -25,6 +25,26 @@ static void fetch_from_origin(void *ud, const struct digest *blob, uint64_t size
         origin_fetch(d->origin, source, blob, off, len, deadline_ms, done, ctx);
 }
 
+static void fetch_run_via_source(void *ud, const struct digest *blob, uint64_t size,
+                                 const char *source, uint32_t idx, unsigned n, uint32_t chunk_size,
+                                 uint64_t deadline_ms, engine_fetch_done_fn done,
+                                 void *const *ctxs) {
+        struct daemon *d = ud;
+        source_fetch_run(d->source, blob, size, source, idx, n, chunk_size, deadline_ms, done,
+                         ctxs);
+}
+
+static void fetch_run_from_origin(void *ud, const struct digest *blob, uint64_t size,
+                                  const char *source, uint32_t idx, unsigned n, uint32_t chunk_size,
+                                  uint64_t deadline_ms, engine_fetch_done_fn done,
+                                  void *const *ctxs) {
+        struct daemon *d = ud;
+        uint64_t off = (uint64_t)idx * chunk_size;
+        uint64_t end =
+                off + (uint64_t)n * chunk_size < size ? off + (uint64_t)n * chunk_size : size;
+        origin_fetch_run(d->origin, source, blob, off, end, chunk_size, n, deadline_ms, done, ctxs);
+}
+
 static int lookup_via_source(void *ud, const struct digest *blob, uint64_t deadline_ms,
                              uint64_t *ret_size, char *ret_source, size_t source_len) {
         struct daemon *d = ud;
@@ -41,8 +61,12 @@ struct engine_source_ops sources_engine_ops(struct daemon *d) {
         if (d->source)
                 return (struct engine_source_ops){.ud = d,
                                                   .fetch = fetch_via_source,
+                                                  .fetch_run = fetch_run_via_source,
                                                   .lookup = lookup_via_source,
                                                   .blob_size = origin_size};
-        return (struct engine_source_ops){
-                .ud = d, .fetch = fetch_from_origin, .lookup = NULL, .blob_size = origin_size};
+        return (struct engine_source_ops){.ud = d,
+                                          .fetch = fetch_from_origin,
+                                          .fetch_run = fetch_run_from_origin,
+                                          .lookup = NULL,
+                                          .blob_size = origin_size};
 }

@@ -36,6 +36,7 @@
 #define MAX_REDIRECTS 5
 #define CREDENTIALS_MAX 1024
 #define URL_MAX 2048
+#define ORIGIN_RECV_BUFFER (512 << 10) /* CURLOPT_BUFFERSIZE of blob GETs: see start_transfer() */
 
 /* Manifests are asked for with every manifest and index type we know, and anything else last:
  * a registry then answers with the type it stored (artifacts, attestations, vendor types). */
@@ -80,6 +81,19 @@ struct job {
         struct token_slot *token; /* JOB_TOKEN: the slot it fills */
         origin_done_fn done;
         void *ud;
+
+        /* A run (origin_fetch_run): RUN_N chunks of CHUNK_SIZE bytes from RUN_OFF, the last
+         * one ending at RUN_END. RUN_DONE of them were delivered already; off/len are what is
+         * left ([off, off + len) = the chunks not delivered yet), so a retry asks only for
+         * those. buf holds the chunk being received (got bytes of it), never more than one
+         * chunk: a run costs one chunk of memory whatever its length. UDS[i] is chunk i's. */
+        unsigned run_n, run_done;
+        size_t chunk_size;
+        uint64_t run_off, run_end;
+        void **uds;
+        bool run_checked;   /* the answer's status and Content-Range were checked */
+        bool run_ok;        /* ... and they are the bytes we asked for */
+        uint64_t run_bytes; /* delivered, for the byte counter */
 };
 
 struct token_slot {
@@ -139,10 +153,23 @@ static void job_free(struct job *j) {
                 curl_easy_cleanup(j->easy);
         curl_slist_free_all(j->headers);
         free(j->buf);
+        free(j->uds);
         free(j);
 }
 
 static void job_finish(struct origin *o, struct job *j, int err, const char *reason) {
+        if (j->run_n) {
+                pthread_mutex_lock(&o->lock);
+                o->stats.bytes += j->run_bytes;
+                pthread_mutex_unlock(&o->lock);
+                /* Delivered chunks were counted as they went; the rest end here, with ERR (a
+                 * run that ended "well" without them was cut short: never a success). */
+                for (unsigned i = j->run_done; i < j->run_n; i++)
+                        j->done(j->uds[i], err < 0 ? err : -EPROTO,
+                                err < 0 ? reason : "registry answer ended early", NULL, 0, NULL);
+                job_free(j);
+                return;
+        }
         if (j->kind == JOB_GET) {
                 pthread_mutex_lock(&o->lock);
                 if (err == 0)
@@ -155,7 +182,7 @@ static void job_finish(struct origin *o, struct job *j, int err, const char *rea
                 j->buf = NULL;
         }
         if (j->done)
-                j->done(j->ud, err, reason, buf, err == 0 ? j->len : 0);
+                j->done(j->ud, err, reason, buf, err == 0 ? j->len : 0, NULL);
         job_free(j);
 }
 
@@ -238,9 +265,79 @@ static bool credentials_for(struct origin *o, const char *registry, char *out, s
 
 /* ---- transfers ------------------------------------------------------------------------- */
 
+/* Bytes of an answer that is not the range asked for (a 401's or 404's body) are read and
+ * dropped, up to this much; the status decides what happens next (transfer_done). */
+#define RUN_DISCARD_MAX (64 << 10)
+
+/* Whether the answer now arriving for run J carries the bytes at J->off: a 206 whose
+ * Content-Range starts there and ends where the run does, or a 200 (the whole blob) for a run
+ * that starts at 0. Anything else delivers nothing. */
+static bool run_answer_ok(struct job *j) {
+        long status = 0;
+        curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status == 200)
+                return j->off == 0;
+        if (status != 206)
+                return false;
+        char want[96];
+        int n = snprintf(want, sizeof(want), "bytes %" PRIu64 "-%" PRIu64 "/", j->off,
+                         j->off + j->len - 1);
+        return strncmp(j->content_range, want, (size_t)n) == 0;
+}
+
+/* A run's body: fills one chunk at a time and hands each to its reader the moment it is
+ * whole, so the first chunk's readers do not wait for the rest of the run. */
+static size_t on_run_body(struct job *j, const char *data, size_t n) {
+        if (!j->run_checked) {
+                j->run_checked = true;
+                j->run_ok = run_answer_ok(j);
+        }
+        if (!j->run_ok) {
+                j->got += n;
+                if (j->got <= RUN_DISCARD_MAX)
+                        return n;
+                j->overflow = true; /* stop reading; the status says what went wrong */
+                return 0;
+        }
+        size_t used = 0;
+        while (used < n) {
+                if (j->run_done == j->run_n) {
+                        j->overflow = true; /* a 200 of the whole blob: we have our part */
+                        return 0;
+                }
+                uint64_t cstart = j->run_off + (uint64_t)j->run_done * j->chunk_size;
+                uint64_t cend =
+                        cstart + j->chunk_size < j->run_end ? cstart + j->chunk_size : j->run_end;
+                size_t clen = (size_t)(cend - cstart);
+                if (!j->buf) {
+                        j->buf = malloc(clen);
+                        if (!j->buf)
+                                return 0;
+                        j->got = 0;
+                }
+                size_t take = clen - j->got < n - used ? clen - j->got : n - used;
+                memcpy(j->buf + j->got, data + used, take);
+                j->got += take;
+                used += take;
+                if (j->got == clen) {
+                        uint8_t *buf = j->buf;
+                        j->buf = NULL;
+                        j->got = 0;
+                        j->off += clen;
+                        j->len -= clen;
+                        j->run_bytes += clen;
+                        void *ud = j->uds[j->run_done++];
+                        j->done(ud, 0, NULL, buf, clen, NULL);
+                }
+        }
+        return n;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
         struct job *j = ud;
         size_t n = size * nmemb;
+        if (j->run_n)
+                return on_run_body(j, data, n);
         if (j->got + n > j->cap) {
                 j->overflow = true;
                 return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
@@ -283,7 +380,7 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
         struct job *j = ud;
         size_t n = size * nmemb;
         if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) /* a new response: forget the last one's */
-                j->content_type[0] = j->docker_digest[0] = '\0';
+                j->content_type[0] = j->docker_digest[0] = j->content_range[0] = '\0';
         /* A redirect or 401 response's headers arrive before the final one's: keep the last. */
         header_value(data, n, "WWW-Authenticate", j->www_authenticate, sizeof(j->www_authenticate));
         header_value(data, n, "Content-Range", j->content_range, sizeof(j->content_range));
@@ -351,6 +448,7 @@ static int start_transfer(struct origin *o, struct job *j) {
         curl_easy_setopt(e, CURLOPT_WRITEDATA, j);
         j->got = 0;
         j->overflow = false;
+        j->run_checked = j->run_ok = false;
         j->www_authenticate[0] = j->content_range[0] = j->curl_error[0] = '\0';
         j->content_type[0] = j->docker_digest[0] = '\0';
 
@@ -358,9 +456,13 @@ static int start_transfer(struct origin *o, struct job *j) {
                 char range[64];
                 snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, j->off, j->off + j->len - 1);
                 curl_easy_setopt(e, CURLOPT_RANGE, range);
-                if (!j->buf)
+                /* curl's default 16 KiB receive buffer costs a recvfrom and a callback per
+                 * 16 KiB (34k of each per 512 MiB); 512 KiB measured +7% on a cold read. The
+                 * memory: ORIGIN_RECV_BUFFER per transfer, at most max_connections of them. */
+                curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)ORIGIN_RECV_BUFFER);
+                if (!j->buf && !j->run_n) /* a run allocates one chunk at a time */
                         j->buf = malloc(j->len ? j->len : 1);
-                if (!j->buf)
+                if (!j->buf && !j->run_n)
                         return -ENOMEM;
                 j->cap = j->len;
         } else if (j->kind == JOB_HEAD || j->kind == JOB_MANIFEST_HEAD) {
@@ -718,6 +820,20 @@ static void transfer_done(struct origin *o, struct job *j, CURLcode cc) {
                 job_finish(o, j, 0, NULL);
                 return;
         }
+        if (j->run_n) {
+                /* Every chunk delivered (a 200 of the whole blob stops after our part). */
+                if (j->run_done == j->run_n) {
+                        note_success(o, j);
+                        job_finish(o, j, 0, NULL);
+                        return;
+                }
+                snprintf(reason, sizeof(reason),
+                         "registry did not honour the byte range (HTTP %ld, %u of %u chunks)",
+                         status, j->run_done, j->run_n);
+                note_failure(o, j, reason);
+                fail_now(o, j, -EPROTO, reason);
+                return;
+        }
         /* GET: a 206 for exactly our range, or a 200 that happens to be exactly our range. */
         bool whole = status == 200 && j->off == 0 && !j->overflow && j->got == j->len;
         bool ranged = status == 206 && !j->overflow && j->got == j->len;
@@ -958,8 +1074,7 @@ static void submit(struct origin *o, struct job *j) {
         }
         pthread_mutex_unlock(&o->lock);
         if (stopping) {
-                j->done(j->ud, -ECANCELED, "shutting down", NULL, 0);
-                job_free(j);
+                job_finish(o, j, -ECANCELED, "shutting down");
                 return;
         }
         curl_multi_wakeup(o->multi);
@@ -970,11 +1085,36 @@ void origin_fetch(struct origin *o, const char *source, const struct digest *blo
         int err = 0;
         struct job *j = job_new(JOB_GET, source, blob, deadline_ms, done, ud, &err);
         if (!j) {
-                done(ud, err, "malformed source reference", NULL, 0);
+                done(ud, err, "malformed source reference", NULL, 0, NULL);
                 return;
         }
         j->off = off;
         j->len = len;
+        submit(o, j);
+}
+
+void origin_fetch_run(struct origin *o, const char *source, const struct digest *blob, uint64_t off,
+                      uint64_t end, size_t chunk_size, unsigned n, uint64_t deadline_ms,
+                      origin_done_fn done, void *const *uds) {
+        int err = 0;
+        struct job *j = n && end > off && (end - off + chunk_size - 1) / chunk_size == n
+                                ? job_new(JOB_GET, source, blob, deadline_ms, done, NULL, &err)
+                                : NULL;
+        void **copy = j ? malloc(n * sizeof(*copy)) : NULL;
+        if (!copy) {
+                free(j);
+                const char *why = err ? "malformed source reference" : "bad run or out of memory";
+                for (unsigned i = 0; i < n; i++)
+                        done(uds[i], err ? err : -ENOMEM, why, NULL, 0, NULL);
+                return;
+        }
+        memcpy(copy, uds, n * sizeof(*copy));
+        j->uds = copy;
+        j->run_n = n;
+        j->chunk_size = chunk_size;
+        j->run_off = j->off = off;
+        j->run_end = end;
+        j->len = (size_t)(end - off);
         submit(o, j);
 }
 
@@ -987,7 +1127,9 @@ struct sync_wait {
         char reason[256];
 };
 
-static void sync_done(void *ud, int err, const char *reason, uint8_t *buf, size_t len) {
+static void sync_done(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
+                      const struct digest *sha) {
+        (void)sha;
         struct sync_wait *w = ud;
         free(buf);
         pthread_mutex_lock(&w->lock);

@@ -34,7 +34,8 @@ struct origin_config {
  * -errno and a REASON for people (-ENOENT: blob gone; -EACCES: denied; -ETIMEDOUT: deadline;
  * -ECONNREFUSED / -EHOSTUNREACH: origin down; -EREMOTEIO: HTTP error; -EPROTO: bad answer).
  * It runs on the origin thread and must not block. */
-typedef void (*origin_done_fn)(void *ud, int err, const char *reason, uint8_t *buf, size_t len);
+typedef void (*origin_done_fn)(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
+                               const struct digest *sha);
 
 int origin_new(const struct origin_config *cfg, struct origin **ret);
 
@@ -46,6 +47,16 @@ void origin_free(struct origin *o);
  * SOURCE is malformed. Never blocks. */
 void origin_fetch(struct origin *o, const char *source, const struct digest *blob, uint64_t off,
                   size_t len, uint64_t deadline_ms, origin_done_fn done, void *ud);
+
+/* As origin_fetch(), for the N consecutive chunks of CHUNK_SIZE bytes that cover [OFF, END)
+ * (the last one may be shorter), with ONE ranged GET: the registry's cost per request is paid
+ * once per run, not per chunk. DONE(UDS[i], ...) is called exactly once for chunk i, in order,
+ * each as soon as its bytes have arrived (the first chunk's readers do not wait for the rest).
+ * A failure that is retried asks only for the chunks not delivered yet; one that is not fails
+ * them all. UDS is copied. Memory: one chunk buffer per run being received. Never blocks. */
+void origin_fetch_run(struct origin *o, const char *source, const struct digest *blob, uint64_t off,
+                      uint64_t end, size_t chunk_size, unsigned n, uint64_t deadline_ms,
+                      origin_done_fn done, void *const *uds);
 
 /* Asks the origin for BLOB's size (HEAD), blocking the caller until the answer or DEADLINE_MS.
  * 0 and *RET_SIZE, or -errno with REASON filled. For the control thread, never the FUSE path. */

@@ -209,8 +209,11 @@ static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)
 
 /* ---- finishing ------------------------------------------------------------------------------ */
 
-static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len) {
-        j->done(j->ud, err, reason, buf, len);
+/* SHA: the digest of BUF the verifier just computed (the engine records it instead of hashing
+ * the chunk a second time), or NULL. */
+static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
+                     const struct digest *sha) {
+        j->done(j->ud, err, reason, buf, len, sha);
         free(j->held);
         free(j);
 }
@@ -334,6 +337,10 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->headers);
         curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kind == X_CHUNK ? on_body : on_locate_body);
+        /* A chunk in 16 KiB receives (curl's default) is 64 recvfrom and callbacks per MiB;
+         * 512 KiB per chunk transfer, at most max_transfers of them (see source.h). */
+        if (kind == X_CHUNK)
+                curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L << 10);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->cfg.connect_timeout_ms);
         curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
@@ -857,7 +864,7 @@ static void *verify_main(void *arg) {
                         s->stats.peer_bytes += j->len;
                         s->stats.peer_chunks++;
                         pthread_mutex_unlock(&s->lock);
-                        job_done(j, 0, NULL, v->buf, j->len);
+                        job_done(j, 0, NULL, v->buf, j->len, &got);
                 } else {
                         free(v->buf);
                         snprintf(j->bad_peer, sizeof(j->bad_peer), "%s", v->peer);
@@ -902,7 +909,7 @@ static void *source_main(void *arg) {
                 if (stopping) {
                         while (in) {
                                 struct job *next = in->next;
-                                job_done(in, -ECANCELED, "shutting down", NULL, 0);
+                                job_done(in, -ECANCELED, "shutting down", NULL, 0, NULL);
                                 in = next;
                         }
                         break;
@@ -937,13 +944,13 @@ static void *source_main(void *arg) {
         while (s->running) {
                 struct xfer *x = s->running;
                 xfer_detach(s, x);
-                job_done(x->job, -ECANCELED, "shutting down", NULL, 0);
+                job_done(x->job, -ECANCELED, "shutting down", NULL, 0, NULL);
                 xfer_free(x);
         }
         while (s->queued) {
                 struct job *j = s->queued;
                 s->queued = j->next;
-                job_done(j, -ECANCELED, "shutting down", NULL, 0);
+                job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
         }
         return NULL;
 }
@@ -1013,7 +1020,7 @@ void source_free(struct source *s) {
         while (s->returned) {
                 struct job *j = s->returned;
                 s->returned = j->next;
-                job_done(j, -ECANCELED, "shutting down", NULL, 0);
+                job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
         }
         if (s->multi)
                 curl_multi_cleanup(s->multi);
@@ -1021,6 +1028,28 @@ void source_free(struct source *s) {
         pthread_mutex_destroy(&s->vq_lock);
         pthread_cond_destroy(&s->vq_cond);
         free(s);
+}
+
+void source_fetch_run(struct source *s, const struct digest *digest, uint64_t size,
+                      const char *source, uint32_t idx, unsigned n, size_t chunk_size,
+                      uint64_t deadline_ms, origin_done_fn done, void *const *uds) {
+        uint64_t off = (uint64_t)idx * chunk_size;
+        uint64_t end =
+                off + (uint64_t)n * chunk_size < size ? off + (uint64_t)n * chunk_size : size;
+        if (!s->cfg.members) { /* alone: the whole run is one GET to the origin */
+                stat_add(s, &s->stats.origin_chunks, n);
+                origin_fetch_run(s->cfg.origin, source, digest, off, end, chunk_size, n,
+                                 deadline_ms, done, uds);
+                return;
+        }
+        /* With peers, each chunk is located and fetched on its own (its holders may differ);
+         * coalescing runs from one peer that holds them all is not done yet. */
+        for (unsigned i = 0; i < n; i++) {
+                uint64_t coff = off + (uint64_t)i * chunk_size;
+                size_t clen = coff + chunk_size < end ? chunk_size : (size_t)(end - coff);
+                source_fetch(s, digest, size, source, idx + i, coff, clen, deadline_ms, done,
+                             uds[i]);
+        }
 }
 
 void source_fetch(struct source *s, const struct digest *digest, uint64_t size, const char *source,
@@ -1033,7 +1062,7 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
         }
         struct job *j = calloc(1, sizeof(*j));
         if (!j) {
-                done(ud, -ENOMEM, "out of memory", NULL, 0);
+                done(ud, -ENOMEM, "out of memory", NULL, 0, NULL);
                 return;
         }
         j->s = s;
@@ -1054,7 +1083,7 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
         }
         pthread_mutex_unlock(&s->lock);
         if (stopping) {
-                job_done(j, -ECANCELED, "shutting down", NULL, 0);
+                job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
                 return;
         }
         curl_multi_wakeup(s->multi);

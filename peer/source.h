@@ -68,6 +68,14 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
                   uint32_t idx, uint64_t off, size_t len, uint64_t deadline_ms, origin_done_fn done,
                   void *ud);
 
+/* As source_fetch() for the N consecutive chunks from IDX (CHUNK_SIZE bytes each, the last
+ * one ending at SIZE at most), with origin_fetch_run()'s contract: DONE(UDS[i], ...) once per
+ * chunk, each as soon as it is in. A node alone asks the origin with one GET for the run; with
+ * peers, each chunk goes its own way (as source_fetch()). UDS need not outlive the call. */
+void source_fetch_run(struct source *s, const struct digest *digest, uint64_t size,
+                      const char *source, uint32_t idx, unsigned n, size_t chunk_size,
+                      uint64_t deadline_ms, origin_done_fn done, void *const *uds);
+
 /* Asks the homes what they know of DIGEST (blocking the caller until an answer or
  * DEADLINE_MS): its size and origin. 0; -ENOENT when no home knows it; -EHOSTUNREACH when no
  * home answered; -ENOTCONN without members. */
