@@ -101,6 +101,13 @@ struct fake {
         unsigned nknown;
         pthread_t thread;
         bool has_thread;
+        /* Runs (fetch_run): offered to the engine when RUNS is set. A run counts as one fetch
+         * (one GET) and queues one entry per chunk, completed one by one as a source
+         * completes each chunk of a run when its bytes are in. (mu) */
+        bool runs;
+        unsigned nruns, run_len_max;
+        uint32_t last_run_first, last_run_len;
+        int fail_idx; /* this chunk fails (once) with -EIO when completed; -1: none */
 };
 
 static int fake_blob_of(struct fake *fk, const struct digest *d) {
@@ -114,6 +121,12 @@ static int fake_blob_of(struct fake *fk, const struct digest *d) {
 static void fake_finish(struct fake *fk, struct fake_fetch *ff, int err) {
         if (err == 0 && ff->blob < 0)
                 err = -ENOENT;
+        pthread_mutex_lock(&mu);
+        if (err == 0 && fk->fail_idx >= 0 && (int)ff->idx == fk->fail_idx) {
+                fk->fail_idx = -1;
+                err = -EIO;
+        }
+        pthread_mutex_unlock(&mu);
         if (err < 0) {
                 ff->done(ff->ctx, err, "fake failure", NULL, 0, NULL);
         } else {
@@ -170,6 +183,59 @@ static void fake_fetch_op(void *ud, const struct digest *blob, uint64_t size, co
         fk->queued++;
         pthread_cond_broadcast(&cv);
         pthread_mutex_unlock(&mu);
+}
+
+static void fake_fetch_run_op(void *ud, const struct digest *blob, uint64_t size,
+                              const char *source, uint32_t idx, unsigned n, uint32_t chunk_size,
+                              uint64_t deadline_ms, engine_fetch_done_fn done, void *const *ctxs) {
+        struct fake *fk = ud;
+        (void)source;
+        (void)deadline_ms;
+        assert_true(n >= 2);
+        pthread_mutex_lock(&mu);
+        int b = fake_blob_of(fk, blob);
+        fk->fetches++;
+        fk->nruns++;
+        if (n > fk->run_len_max)
+                fk->run_len_max = n;
+        fk->last_run_first = idx;
+        fk->last_run_len = n;
+        for (unsigned i = 0; i < n; i++) {
+                uint64_t off = (uint64_t)(idx + i) * chunk_size;
+                assert_true(off < size);
+                size_t len = size - off < chunk_size ? (size_t)(size - off) : chunk_size;
+                struct fake_fetch *ff = calloc(1, sizeof(*ff));
+                assert_non_null(ff);
+                *ff = (struct fake_fetch){.blob = b,
+                                          .idx = idx + i,
+                                          .off = off,
+                                          .len = len,
+                                          .due_ms = now_ms() + fk->delay_ms,
+                                          .done = done,
+                                          .ctx = ctxs[i]};
+                if (b >= 0 && idx + i < MAX_FAKE_CHUNKS) {
+                        fk->count[b][idx + i]++;
+                        if ((int64_t)(idx + i) > fk->max_idx[b])
+                                fk->max_idx[b] = idx + i;
+                }
+                *fk->tail = ff;
+                fk->tail = &ff->next;
+                fk->queued++;
+        }
+        pthread_cond_broadcast(&cv);
+        pthread_mutex_unlock(&mu);
+}
+
+/* ON_DEMAND mode: completes the oldest queued chunk only. Returns its index, -1 if none. */
+static int64_t fake_complete_one(struct fake *fk) {
+        pthread_mutex_lock(&mu);
+        struct fake_fetch *ff = fake_pop(fk);
+        pthread_mutex_unlock(&mu);
+        if (!ff)
+                return -1;
+        int64_t idx = ff->idx;
+        fake_finish(fk, ff, 0);
+        return idx;
 }
 
 static int fake_lookup_op(void *ud, const struct digest *blob, uint64_t deadline_ms,
@@ -378,6 +444,7 @@ static int setup(void **state) {
         fx->fk.tail = &fx->fk.head;
         for (int i = 0; i < MAX_FAKE_BLOBS; i++)
                 fx->fk.max_idx[i] = -1;
+        fx->fk.fail_idx = -1;
         fx->cfg = (struct engine_config){
                 .cache_budget = 64 * CS,
                 .chunk_size = CS,
@@ -406,6 +473,8 @@ static void start(struct fixture *fx, enum fake_mode mode) {
         }
         struct engine_source_ops ops = {
                 .ud = &fx->fk, .fetch = fake_fetch_op, .blob_size = fake_size_op};
+        if (fx->fk.runs)
+                ops.fetch_run = fake_fetch_run_op;
         assert_int_equal(engine_new(&fx->cfg, fx->ix, fx->store, &ops, &fx->e), 0);
 }
 
@@ -616,6 +685,193 @@ static void test_readahead(void **state) {
                 read_wait(fx, fb2, id2, (uint64_t)i * CS, CS, NULL, &r);
                 assert_int_equal(r.err, 0);
                 assert_int_equal(fake_max_idx(&fx->fk, fb2), i);
+        }
+}
+
+/* ---- coalesced runs -------------------------------------------------------------------------- */
+
+/* Caller: the test thread, between completions. Whether chunk IDX of blob ID is present. */
+static bool chunk_present(struct fixture *fx, uint32_t id, uint32_t idx) {
+        eng_lock(&fx->e->lock);
+        bool p = bit_get(fx->e->blobs[id]->present, idx);
+        eng_unlock(&fx->e->lock);
+        return p;
+}
+
+/* With a source that coalesces, a sequential reader's readahead goes as runs of consecutive
+ * chunks (at most RUN_MAX_CHUNKS each), each chunk still fetched exactly once and read right:
+ * fewer fetches than chunks. */
+static void test_run_coalesced(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.readahead_chunks = 16;
+        fx->cfg.max_inflight = 32;
+        fx->fk.runs = true;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t nchunks = 48, id;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS - 100, -1, &id);
+        struct engine_stream stream = {0};
+        for (uint32_t i = 0; i < nchunks; i++) {
+                struct reply r;
+                read_wait(fx, fb, id, (uint64_t)i * CS, CS, &stream, &r);
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+                assert_true(fake_max_idx(&fx->fk, fb) <=
+                            (int64_t)i + (int64_t)fx->cfg.readahead_chunks);
+                fake_complete_all(&fx->fk);
+        }
+        assert_true(wait_idle(fx));
+        for (uint32_t i = 0; i < nchunks; i++)
+                assert_int_equal(fx->fk.count[fb][i], 1);
+        assert_true(fx->fk.nruns >= 2);
+        assert_true(fx->fk.run_len_max >= 4 && fx->fk.run_len_max <= RUN_MAX_CHUNKS);
+        assert_true(fake_fetches(&fx->fk) < nchunks / 2);
+        /* The frontier may still be hashing on a worker (the last read was a hit). */
+        struct engine_blob_info info;
+        uint64_t deadline = now_ms() + WAIT_MS;
+        do {
+                assert_int_equal(engine_get(fx->e, id, &info), 0);
+        } while (!info.verified && now_ms() < deadline &&
+                 nanosleep(&(struct timespec){0, 1000000}, NULL) == 0);
+        assert_true(info.verified);
+}
+
+/* Starts a run: reads chunks 0, 1, ... sequentially, completing queued chunks oldest first
+ * only until each read is answered (a link slower than the reader), until readahead sends a
+ * run of at least MIN_LEN chunks. Then completes what was queued before that run and returns:
+ * the run is queued, nothing of it completed, and the fake's last_run_* describe it. */
+static void read_until_run(struct fixture *fx, int fb, uint32_t id, uint32_t nchunks,
+                           struct engine_stream *stream, uint32_t min_len) {
+        for (uint32_t i = 0; i < nchunks; i++) {
+                pthread_mutex_lock(&mu);
+                unsigned runs = fx->fk.nruns;
+                pthread_mutex_unlock(&mu);
+                struct reply r = {.want = fx->fk.blobs[fb].data + (uint64_t)i * CS, .want_len = CS};
+                engine_read(fx->e, id, (uint64_t)i * CS, CS, stream, on_reply, &r);
+                while (reply_calls(&r) == 0) {
+                        int64_t done = fake_complete_one(&fx->fk);
+                        if (done < 0 || done == (int64_t)i)
+                                break;
+                }
+                assert_true(wait_replies(&r, 1));
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+                pthread_mutex_lock(&mu);
+                bool run = fx->fk.nruns > runs && fx->fk.last_run_len >= min_len;
+                uint32_t first = fx->fk.last_run_first;
+                pthread_mutex_unlock(&mu);
+                if (!run)
+                        continue;
+                for (;;) {
+                        pthread_mutex_lock(&mu);
+                        bool older = fx->fk.head && fx->fk.head->idx < first;
+                        pthread_mutex_unlock(&mu);
+                        if (!older)
+                                break;
+                        fake_complete_one(&fx->fk);
+                }
+                return;
+        }
+        fail_msg("no run was started");
+}
+
+/* A run whose third chunk fails: the chunks before and after it land, each on its own; the
+ * failed one stays absent, and a read of it later refetches it. */
+static void test_run_third_chunk_fails(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.readahead_chunks = 16;
+        fx->cfg.max_inflight = 32;
+        fx->cfg.fetch_timeout_ms = 200; /* caps the backoff after the failure */
+        fx->fk.runs = true;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t nchunks = 32, id;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+        struct engine_stream stream = {0};
+        read_until_run(fx, fb, id, nchunks, &stream, 4);
+        uint32_t first = fx->fk.last_run_first, n = fx->fk.last_run_len;
+        assert_true(n >= 4);
+        fx->fk.fail_idx = (int)(first + 2);
+        fake_complete_all(&fx->fk);
+        assert_true(wait_idle(fx));
+        for (uint32_t i = first; i < first + n; i++)
+                assert_int_equal(chunk_present(fx, id, i), i != first + 2);
+        /* The reader gets there: EIO while the blob's backoff lasts, then the refetch. */
+        uint64_t deadline = now_ms() + WAIT_MS;
+        struct reply r;
+        do {
+                read_wait(fx, fb, id, (uint64_t)(first + 2) * CS, CS, NULL, &r);
+                if (r.err != 0) {
+                        struct timespec ts = {0, 20 * 1000000};
+                        nanosleep(&ts, NULL);
+                }
+        } while (r.err != 0 && now_ms() < deadline);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(fx->fk.count[fb][first + 2], 2);
+}
+
+/* Each chunk of a run is completed to its readers when it is in, not when the run is: with
+ * only the run's first chunk in, its reader has its answer and the second chunk's does not. */
+static void test_run_per_chunk_completion(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.readahead_chunks = 16;
+        fx->cfg.max_inflight = 32;
+        fx->fk.runs = true;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t nchunks = 32, id;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+        struct engine_stream stream = {0};
+        read_until_run(fx, fb, id, nchunks, &stream, 4);
+        uint32_t first = fx->fk.last_run_first;
+        /* Readers of the run's first two chunks (no stream: no more readahead), queued on the
+         * run's inflights: nothing else is queued before the run's chunks. */
+        pthread_mutex_lock(&mu);
+        assert_int_equal(fx->fk.head->idx, first);
+        pthread_mutex_unlock(&mu);
+        struct reply r1 = {.want = fx->fk.blobs[fb].data + (uint64_t)first * CS + 10,
+                           .want_len = 4000};
+        struct reply r2 = {.want = fx->fk.blobs[fb].data + (uint64_t)(first + 1) * CS,
+                           .want_len = 4000};
+        engine_read(fx->e, id, (uint64_t)first * CS + 10, 4000, NULL, on_reply, &r1);
+        engine_read(fx->e, id, (uint64_t)(first + 1) * CS, 4000, NULL, on_reply, &r2);
+        assert_int_equal(reply_calls(&r1), 0);
+        assert_int_equal(reply_calls(&r2), 0);
+        assert_int_equal(fake_complete_one(&fx->fk), first);
+        assert_true(wait_replies(&r1, 1));
+        assert_int_equal(r1.err, 0);
+        assert_true(r1.match);
+        assert_int_equal(reply_calls(&r2), 0);
+        fake_complete_all(&fx->fk);
+        assert_true(wait_replies(&r2, 1));
+        assert_int_equal(r2.err, 0);
+        assert_true(r2.match);
+        assert_int_equal(reply_calls(&r1), 1);
+}
+
+/* A run still in flight at shutdown: every chunk of it is cancelled on its own, its readers
+ * are answered once with an error, nothing leaks (ASan). */
+static void test_run_cancelled_at_shutdown(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.readahead_chunks = 16;
+        fx->cfg.max_inflight = 32;
+        fx->fk.runs = true;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t nchunks = 32, id;
+        int fb = add_blob(fx, (uint64_t)nchunks * CS, -1, &id);
+        struct engine_stream stream = {0};
+        read_until_run(fx, fb, id, nchunks, &stream, 4);
+        uint32_t first = fx->fk.last_run_first, n = fx->fk.last_run_len;
+        struct reply r[4];
+        memset(r, 0, sizeof(r));
+        for (uint32_t k = 0; k < 4 && k < n; k++)
+                engine_read(fx->e, id, (uint64_t)(first + k) * CS, 100, NULL, on_reply, &r[k]);
+        engine_stop_fetching(fx->e);
+        fake_cancel_all(&fx->fk);
+        assert_true(wait_replies(r, 4));
+        engine_free(fx->e);
+        fx->e = NULL;
+        for (int k = 0; k < 4; k++) {
+                assert_int_equal(r[k].calls, 1);
+                assert_true(r[k].err < 0);
         }
 }
 
@@ -1431,6 +1687,10 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_single_flight, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_readahead_pins_bounded, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_coalesced, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_third_chunk_fails, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_per_chunk_completion, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_cancelled_at_shutdown, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eviction_to_budget, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_enospc_shrink, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_enospc_after_pins_released, setup, teardown),
