@@ -48,6 +48,24 @@ def test_full_read_matches_digest(registry, blobs, daemon_factory):
     assert entry["chunks_present"] == entry["chunks"] == (b.size + MiB - 1) // MiB
 
 
+def test_sequential_cold_read_coalesces_gets(registry, blobs, daemon_factory):
+    """A sequential cold read of N chunks asks the origin with fewer than N GETs (readahead
+    fetches runs of consecutive chunks with one ranged GET each, by the registry's own log),
+    fetches each byte once, and returns the right bytes."""
+    b = blobs["big64"]
+    d = daemon_factory(registries=[registry])
+    d.add(b.ref)
+    mark = registry.mark()
+    digest, n = harness.sha256_file(d.blob_path(b.digest))
+    assert (digest, n) == (b.digest, b.size)
+    registry.settle()
+    nchunks = (b.size + MiB - 1) // MiB
+    gets = registry.blob_get_count(b.digest, since=mark)
+    served = registry.bytes_served(b.digest, since=mark)
+    assert 0 < gets < nchunks, "%d GETs for a sequential read of %d chunks" % (gets, nchunks)
+    assert served == b.size, "registry served %d bytes for a %d-byte blob" % (served, b.size)
+
+
 def _verified_entry(d, digest):
     e = {e["digest"]: e for e in d.ls()}.get(digest)
     return e if e and e["verified"] is True else None
