@@ -228,6 +228,10 @@ def test_peer_http_ranges(build_dir, net):
     a.add(b.ref)
     off = 2 * MiB + 100
     assert harness.pread_exact(a.blob_path(b.digest), off, 1000) == b.data[off:off + 1000]
+    # The read is answered from the landed bytes, before they are written: the chunk is held
+    # (present) a moment later.
+    harness.wait_until(lambda: {e["digest"]: e for e in a.ls()}[b.digest]["chunks_present"] >= 1,
+                       10, interval=0.05, what="chunk 2 to be written")
 
     path = "/v2/anything/at/all/blobs/" + b.digest
     st, h, body = net.http(a.host.ip, PEER_PORT, "GET", path,
