@@ -288,7 +288,7 @@ static void complete(struct engine *e, struct completion *c) {
         struct inflight *starts[PREFETCH_WINDOW];
         size_t nstarts = 0;
 
-        bool had_early = false;
+        bool had_early = false, own_hash = false;
         if (err == 0) {
                 /* One hash per chunk: a source that checked the bytes hands us their digest. */
                 bool have_sha = c->has_sha;
@@ -303,9 +303,18 @@ static void complete(struct engine *e, struct completion *c) {
                         eng_lock(&e->lock);
                         must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
                 }
+                /* Answering before write-back leaves a moment where this chunk is answered but
+                 * not present. A read of the blob's last chunk must not take that gap for a
+                 * partial read and skip the verification it waits for (engine/read.c): we hold
+                 * the frontier (b->hashing) across the gap, so that read waits on hash_cond
+                 * until the chunk is present, and we run the frontier ourselves afterwards.
+                 * While another worker holds it, nobody is answered early. */
                 struct pending *early = NULL;
-                if (!must_match || digest_equal(&b->chunk_sha[idx], &sha))
+                if ((!must_match || digest_equal(&b->chunk_sha[idx], &sha)) && !b->hashing) {
                         early = take_early(b, f);
+                        if (early)
+                                b->hashing = own_hash = true;
+                }
                 eng_unlock(&e->lock);
                 /* The bytes passed every check a chunk gets before it is served (the peer
                  * check in the source, the verified digest above; origin bytes are checked by
@@ -396,7 +405,7 @@ static void complete(struct engine *e, struct completion *c) {
                 b->fetch_failed_until_ms = 0;
                 b->fetch_fail_streak = 0;
                 eng_evict_to_budget(e, &ns);
-                if (!b->verified && !b->hashing && b->hashed < b->nchunks &&
+                if (!b->verified && (own_hash || !b->hashing) && b->hashed < b->nchunks &&
                     bit_get(b->present, b->hashed)) {
                         b->hashing = frontier = true;
                         /* Will the frontier reach the end now? Then verify before answering. */
@@ -404,6 +413,10 @@ static void complete(struct engine *e, struct completion *c) {
                         for (uint32_t i = b->hashed; i < b->nchunks && verify_first; i++)
                                 verify_first = bit_get(b->present, i);
                 }
+        }
+        if (own_hash && !frontier) { /* the gap is closed: whoever waits for it looks again */
+                b->hashing = false;
+                pthread_cond_broadcast(&e->hash_cond);
         }
         eng_unlock(&e->lock);
         eng_notes_flush(e, &ns);

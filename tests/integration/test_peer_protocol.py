@@ -55,6 +55,9 @@ def test_serves_held_chunks_only(registry, daemon_factory):
 
     # Read chunk 1 through the mount: the node holds it now, and serves it with its digest.
     assert harness.pread_exact(d.blob_path(digest), MiB + 10, 10) == data[MiB + 10:MiB + 20]
+    # The read was answered from the landed bytes, before write-back: held a moment later.
+    harness.wait_until(lambda: d.stat()["cache"]["chunks_present"] >= 1, 10,
+                       what="chunk 1 to be written")
     st, hdr, body = request(d.listen, "GET", path, headers={"Range": "bytes=1048576-2097151"})
     assert st == 206 and body == data[MiB:2 * MiB]
     assert hdr["Content-Range"] == "bytes 1048576-2097151/%d" % len(data)
