@@ -139,6 +139,17 @@ void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned win
         if (window > RA_WINDOW_MAX)
                 window = RA_WINDOW_MAX;
         uint64_t end64 = (uint64_t)last + 1 + window;
+        /* Not further past the verification frontier than half the budget: the chunks between
+         * it and the landing edge must stay until they are hashed, or the blob never verifies
+         * (the frontier pauses at an evicted chunk for good). Runs land faster than one
+         * thread hashes, so in a small cache the frontier sets the pace. */
+        if (!b->verified) {
+                uint64_t room = e->effective_budget / 2 / e->cfg.chunk_size;
+                if (end64 > (uint64_t)b->hashed + room)
+                        end64 = (uint64_t)b->hashed + room;
+        }
+        if (end64 <= (uint64_t)last + 1)
+                return;
         uint32_t end = end64 < b->nchunks ? (uint32_t)end64 : b->nchunks;
         bool coalesce = e->src.fetch_run != NULL;
         if (coalesce && (uint64_t)last + 1 < end) {
