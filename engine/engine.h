@@ -5,7 +5,9 @@
  * Guarantees:
  *  - a missing chunk is fetched once however many readers want it (single flight);
  *  - a read that must wait is queued on the chunks it needs and answered from the fetch
- *    completion; no thread sleeps on the network on its behalf;
+ *    completion; no thread sleeps on the network on its behalf; a read within the one chunk
+ *    that landed may be answered from its buffer before the chunk is written (and so before
+ *    it counts as present), never before the checks a chunk gets before it is served;
  *  - present chunks are pinned while being copied or awaited, so eviction never races a read;
  *  - the store holds at most the budget plus the pinned chunks: read ahead and not yet read
  *    (at most min(max_inflight, budget/4)), awaiting the verification hash (at most

@@ -9,8 +9,17 @@
  * Invariants: at most one inflight per (blob, chunk); fetches are submitted only after the
  * engine lock is released, and never once engine_stop_fetching() has run (fetch_lock); every
  * inflight ends in exactly one completion, which answers or re-queues each of its waiters.
+ * Runs. Readahead sends consecutive missing chunks as one run (src.fetch_run: one ranged GET
+ * from the origin); each chunk of it is still its own inflight with its own completion, so a
+ * run is single flight, readers and failures chunk by chunk exactly like separate fetches.
+ *
+ * Early answers. A read that needs only the chunk that just landed (and passed its checks) is
+ * answered from the landed buffer before write-back (take_early()); the present bit is set
+ * after write-back as always (DESIGN §4), so everything else waits as before.
+ *
  * Cost: at most max_inflight fetches (readahead and prefetch count), one buffer each in the
- * fetcher; one completion struct per fetch on the queue; `workers` threads. */
+ * fetcher (a run: one chunk buffer at a time); one completion struct per chunk on the queue;
+ * `workers` threads. */
 #include "engine/engine_int.h"
 
 static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
@@ -163,8 +172,8 @@ void eng_readahead(struct engine *e, struct blob *b, uint32_t last, unsigned win
                 unsigned missing = 0;
                 for (uint32_t i = last + 1; i < end; i++)
                         missing += !bit_get(b->present, i) && !bit_get(busy, i - last - 1);
-                unsigned want =
-                        (window + 1) / 2 < RUN_MAX_CHUNKS ? (window + 1) / 2 : RUN_MAX_CHUNKS;
+                unsigned span = end - last - 1; /* the window, after the frontier's limit */
+                unsigned want = (span + 1) / 2 < RUN_MAX_CHUNKS ? (span + 1) / 2 : RUN_MAX_CHUNKS;
                 if (missing == 0 || (ahead && missing < want))
                         return;
         }
