@@ -166,10 +166,22 @@ static bool get_source(json_t *obj, char out[IDX_SOURCE_MAX]) {
         return get_str(obj, "source", out, IDX_SOURCE_MAX) && source_valid(out);
 }
 
-static bool get_blob_digest(json_t *obj, struct digest *ret) {
+static bool get_digest_key(json_t *obj, const char *key, struct digest *ret) {
         char s[DIGEST_STR_LEN + 1];
 
-        return get_str(obj, "digest", s, sizeof(s)) && digest_parse(s, ret) == 0;
+        return get_str(obj, key, s, sizeof(s)) && digest_parse(s, ret) == 0;
+}
+
+static bool get_blob_digest(json_t *obj, struct digest *ret) {
+        return get_digest_key(obj, "digest", ret);
+}
+
+/* {"layer":"sha256:..", "index":"sha256:..", "size":N}: an announce's index record and the
+ * index answer have the same shape. */
+static bool get_index(json_t *o, struct wire_index *ret) {
+        return json_is_object(o) && get_digest_key(o, "layer", &ret->layer) &&
+               get_digest_key(o, "index", &ret->index) &&
+               get_uint(o, "size", 1, INT64_MAX, &ret->size);
 }
 
 /* [idx, "<hex>"] with idx < NCHUNKS. */
@@ -334,6 +346,35 @@ static json_t *load(const char *body, size_t len, char *reason, size_t reason_le
         return root;
 }
 
+/* An announce's optional "indexes" (ARR may be NULL: none) into A. */
+static int parse_indexes(json_t *arr, struct wire_announce *a, char *reason, size_t reason_len) {
+        json_t *o;
+        size_t i, n;
+
+        if (!arr)
+                return 0;
+        if (!json_is_array(arr))
+                return fail(reason, reason_len, "invalid indexes: not an array");
+        n = json_array_size(arr);
+        if (n > WIRE_MAX_INDEXES)
+                return fail(reason, reason_len, "too many indexes: %zu, max %u", n,
+                            WIRE_MAX_INDEXES);
+        if (n == 0)
+                return 0;
+        a->indexes = calloc(n, sizeof(*a->indexes));
+        if (!a->indexes)
+                return -ENOMEM;
+        a->nindexes = (uint32_t)n;
+        json_array_foreach(arr, i, o) {
+                if (!get_index(o, &a->indexes[i]))
+                        return fail(reason, reason_len,
+                                    "invalid index %zu: want layer and index digests and a size "
+                                    "1..%" PRId64,
+                                    i, INT64_MAX);
+        }
+        return 0;
+}
+
 int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret, char *reason,
                         size_t reason_len) {
         struct wire_announce a;
@@ -382,6 +423,9 @@ int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret,
                 if (r < 0)
                         goto out_free;
         }
+        r = parse_indexes(json_object_get(root, "indexes"), &a, reason, reason_len);
+        if (r < 0)
+                goto out_free;
         json_decref(root);
         *ret = a;
         return 0;
@@ -403,6 +447,9 @@ void wire_announce_free(struct wire_announce *a) {
         free(a->blobs);
         a->blobs = NULL;
         a->nblobs = 0;
+        free(a->indexes);
+        a->indexes = NULL;
+        a->nindexes = 0;
 }
 
 /* ---- building helpers ---------------------------------------------------------------- */
@@ -479,6 +526,20 @@ static int dump(json_t *root, char **ret, size_t *ret_len) {
 
 /* ---- announce building ------------------------------------------------------------------ */
 
+static json_t *index_json(const struct wire_index *x) {
+        json_t *o = json_object();
+
+        if (!o)
+                return NULL;
+        if (json_object_set_new(o, "layer", blob_digest_json(&x->layer)) < 0 ||
+            json_object_set_new(o, "index", blob_digest_json(&x->index)) < 0 ||
+            json_object_set_new(o, "size", json_integer((json_int_t)x->size)) < 0) {
+                json_decref(o);
+                return NULL;
+        }
+        return o;
+}
+
 static int check_blob(const struct wire_blob *b, uint32_t chunk_size) {
         if (b->size > INT64_MAX || nchunks_of(b->size, chunk_size) != b->nchunks ||
             b->nchunks > WIRE_MAX_CHUNKS || (b->nchunks > 0 && !b->present) ||
@@ -522,8 +583,12 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
         bool ok;
 
         if (!wire_node_id_valid(a->node) || a->chunk_size == 0 || a->nblobs > WIRE_MAX_BLOBS ||
-            (a->nblobs > 0 && !a->blobs) || a->boot > INT64_MAX)
+            (a->nblobs > 0 && !a->blobs) || a->boot > INT64_MAX ||
+            a->nindexes > WIRE_MAX_INDEXES || (a->nindexes > 0 && !a->indexes))
                 return -EINVAL;
+        for (uint32_t i = 0; i < a->nindexes; i++)
+                if (a->indexes[i].size == 0 || a->indexes[i].size > INT64_MAX)
+                        return -EINVAL;
         for (uint32_t i = 0; i < a->nblobs; i++) {
                 if (check_blob(&a->blobs[i], a->chunk_size) < 0)
                         return -EINVAL;
@@ -547,11 +612,45 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
              (!a->boot ||
               json_object_set_new(root, "boot", json_integer((json_int_t)a->boot)) == 0) &&
              json_object_set_new(root, "blobs", blobs) == 0;
+        if (ok && a->nindexes > 0) {
+                json_t *ix = json_array();
+
+                ok = ix && json_object_set_new(root, "indexes", ix) == 0;
+                for (uint32_t i = 0; ok && i < a->nindexes; i++)
+                        ok = json_array_append_new(ix, index_json(&a->indexes[i])) == 0;
+        }
         if (!ok) {
                 json_decref(root);
                 return -ENOMEM;
         }
         return dump(root, ret, ret_len);
+}
+
+/* ---- index answer ----------------------------------------------------------------------- */
+
+int wire_index_build(const struct wire_index *x, char **ret, size_t *ret_len) {
+        if (x->size == 0 || x->size > INT64_MAX)
+                return -EINVAL;
+        return dump(index_json(x), ret, ret_len);
+}
+
+int wire_index_parse(const char *body, size_t len, struct wire_index *ret, char *reason,
+                     size_t reason_len) {
+        struct wire_index x;
+        json_t *root;
+        int r = 0;
+
+        root = load(body, len, reason, reason_len, &r);
+        if (!root)
+                return r;
+        if (!get_index(root, &x))
+                r = fail(reason, reason_len,
+                         "invalid index answer: want layer and index digests and a size 1..%" PRId64,
+                         INT64_MAX);
+        json_decref(root);
+        if (r == 0)
+                *ret = x;
+        return r;
 }
 
 /* ---- locate ---------------------------------------------------------------------------- */
@@ -861,10 +960,18 @@ static bool bitmap_equal(const uint8_t *a, const uint8_t *b, uint32_t nchunks) {
         return ((a[nchunks / 8] ^ b[nchunks / 8]) & mask) == 0;
 }
 
+bool wire_index_equal(const struct wire_index *a, const struct wire_index *b) {
+        return digest_equal(&a->layer, &b->layer) && digest_equal(&a->index, &b->index) &&
+               a->size == b->size;
+}
+
 bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b) {
         if (strcmp(a->node, b->node) != 0 || a->chunk_size != b->chunk_size ||
-            a->nblobs != b->nblobs || a->boot != b->boot)
+            a->nblobs != b->nblobs || a->boot != b->boot || a->nindexes != b->nindexes)
                 return false;
+        for (uint32_t i = 0; i < a->nindexes; i++)
+                if (!wire_index_equal(&a->indexes[i], &b->indexes[i]))
+                        return false;
         for (uint32_t i = 0; i < a->nblobs; i++) {
                 const struct wire_blob *x = &a->blobs[i], *y = &b->blobs[i];
 

@@ -18,6 +18,12 @@
  *   A blob a node forgets is simply not announced again; its record expires.
  *   Chunk digests are additive: a node sends those the home may not have (new chunks; all of
  *   them on a full refresh).
+ *   "indexes" (optional, added with layer trees; older nodes ignore it, as every unknown key):
+ *     [{"layer":"sha256:<hex>", "index":"sha256:<hex>", "size":N}, ...]
+ *   the sender holds blob "index" (N bytes), the index of layer "layer" (layertree.h). It
+ *   goes to the homes of the LAYER's digest, which keep it as soft state like holder
+ *   records; the index blob itself is announced in "blobs" like any blob, to its own homes.
+ *   "blobs" may then be empty.
  *   "boot" (1 .. 2^63-1) is drawn at random when the sender starts: a home that sees a new
  *   one knows the sender restarted (and lost the directory it keeps as a home), so it sends
  *   the sender everything it holds soon instead of at its next refresh.
@@ -33,6 +39,12 @@
  *   A claim answers "who fetches chunk I from the origin?": the first reader to ask about a
  *   chunk that no node holds or fetches is granted it (and shows up under "fetching" for the
  *   others), so N readers of one blob make the origin serve it about once.
+ *
+ * Index answer (GET /p2p/v1/index/sha256:<layer hex>), from a home of the layer to a reader:
+ *   {"layer":"sha256:<hex>", "index":"sha256:<hex>", "size":N}
+ *   404 when the home knows no index of that layer — which is also what a home older than
+ *   this route answers, so a mixed cluster degrades to "nobody published one" (the reader
+ *   builds the index itself) and never to an error.
  *
  * Provenance. A chunk digest is only as good as whoever supplied it. "verified" says that
  * the digest describes bytes that hashed, whole blob, to the blob's own digest on the
@@ -56,6 +68,7 @@
  * blob entries each claiming a 4 TiB size would make an 8 MiB body cost 2 GiB of bitmaps.
  * A sender with more splits its announce. */
 #define WIRE_MAX_ANNOUNCE_CHUNKS (1u << 25)
+#define WIRE_MAX_INDEXES 1024 /* layer index records in one announce */
 
 /* Node ids are "ipv4:port" or "[ipv6]:port": a numeric address exactly as inet_ntop()
  * prints it (so one node has one id: rendezvous scores and directory records are keyed by
@@ -77,12 +90,21 @@ struct wire_blob {
         bool verified; /* the sender verified the whole blob: its digests are of those bytes */
 };
 
+/* "The index of layer LAYER is blob INDEX, SIZE bytes" (1 .. 2^63-1). */
+struct wire_index {
+        struct digest layer;
+        struct digest index;
+        uint64_t size;
+};
+
 struct wire_announce {
         char node[PEER_ID_MAX];
         uint32_t chunk_size;
         uint64_t boot; /* the sender's boot id, 0: not sent */
         uint32_t nblobs;
         struct wire_blob *blobs;
+        uint32_t nindexes; /* at most WIRE_MAX_INDEXES; 0: "indexes" not sent */
+        struct wire_index *indexes;
 };
 
 /* Serialises A into a malloc'd NUL-terminated JSON text (free()); RET_LEN may be NULL.
@@ -95,7 +117,7 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
  * sorted, at most WIRE_MAX_BLOBS blobs, nchunks <= WIRE_MAX_CHUNKS, node id syntax. On error
  * -EINVAL and a lowercase REASON for the log (or -ENOMEM); *RET is left alone and there is
  * nothing to free. On success *RET is allocated; free with wire_announce_free(). Keys this
- * version does not know are ignored; "digests" may be absent. */
+ * version does not know are ignored; "digests" and "indexes" may be absent. */
 int wire_announce_parse(const char *body, size_t len, struct wire_announce *ret, char *reason,
                         size_t reason_len);
 void wire_announce_free(struct wire_announce *a); /* frees the contents; NULL-safe */
@@ -136,10 +158,18 @@ int wire_locate_parse(const char *body, size_t len, struct wire_locate *ret, cha
                       size_t reason_len);
 void wire_locate_free(struct wire_locate *l); /* frees the contents; NULL-safe */
 
+/* The index answer: built into a malloc'd NUL-terminated JSON text (free()), RET_LEN may be
+ * NULL; 0, -EINVAL (a size of 0 or past INT64_MAX), -ENOMEM. Parsed strictly, like the
+ * others (unknown keys ignored): 0 and *RET, or -EINVAL and REASON. Nothing to free. */
+int wire_index_build(const struct wire_index *x, char **ret, size_t *ret_len);
+int wire_index_parse(const char *body, size_t len, struct wire_index *ret, char *reason,
+                     size_t reason_len);
+
 /* Whether A and B say the same thing: bitmaps compared over nchunks bits, chunk digests
  * and their verified bits only where known, holders in order. For tests, fuzz targets and change detection. */
 bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b);
 bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b);
+bool wire_index_equal(const struct wire_index *a, const struct wire_index *b);
 
 /* Bitmap helpers shared by the peer modules. */
 static inline bool wire_bit(const uint8_t *map, uint32_t i) {

@@ -1,4 +1,5 @@
-/* libFuzzer target for peer/wire.c: every input is offered to both parsers. What they refuse
+/* libFuzzer target for peer/wire.c: every input is offered to the three parsers (announce,
+ * with its optional layer index records; locate answer; index answer). What they refuse
  * must come with -EINVAL and a lowercase reason (or -ENOMEM); what they accept must build
  * again, parse back to the same thing, and build to the same text a second time (the
  * builders' output is canonical). */
@@ -29,6 +30,9 @@ static void announce_round_trip(const char *body, size_t size) {
                 return;
         }
         CHECK(a.nblobs <= WIRE_MAX_BLOBS && wire_node_id_valid(a.node));
+        CHECK(a.nindexes <= WIRE_MAX_INDEXES && (a.nindexes == 0 || a.indexes));
+        for (uint32_t i = 0; i < a.nindexes; i++)
+                CHECK(a.indexes[i].size >= 1 && a.indexes[i].size <= INT64_MAX);
         CHECK(wire_announce_build(&a, &text, &len) == 0);
         CHECK(len == strlen(text) && len <= WIRE_MAX_BODY);
         CHECK(wire_announce_parse(text, len, &back, reason, sizeof(reason)) == 0);
@@ -68,10 +72,33 @@ static void locate_round_trip(const char *body, size_t size) {
         wire_locate_free(&l);
 }
 
+static void index_round_trip(const char *body, size_t size) {
+        struct wire_index x, back;
+        char reason[256] = "", *text, *again;
+        size_t len, len2;
+        int r;
+
+        r = wire_index_parse(body, size, &x, reason, sizeof(reason));
+        if (r < 0) {
+                check_refusal(r, reason);
+                return;
+        }
+        CHECK(x.size >= 1 && x.size <= INT64_MAX);
+        CHECK(wire_index_build(&x, &text, &len) == 0);
+        CHECK(len == strlen(text));
+        CHECK(wire_index_parse(text, len, &back, reason, sizeof(reason)) == 0);
+        CHECK(wire_index_equal(&x, &back));
+        CHECK(wire_index_build(&back, &again, &len2) == 0);
+        CHECK(len2 == len && memcmp(text, again, len) == 0);
+        free(again);
+        free(text);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         /* The parsers take a length, not a C string: no copy, no terminator, so ASan sees
          * any read past the end. */
         announce_round_trip((const char *)data, size);
         locate_round_trip((const char *)data, size);
+        index_round_trip((const char *)data, size);
         return 0;
 }

@@ -832,6 +832,165 @@ static void test_announce_boot(void **state) {
                 "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"boot\":-1,\"blobs\":[]}", "boot");
 }
 
+#define IDXREC(layer, index, size)                                                                 \
+        "{\"layer\":\"sha256:" layer "\",\"index\":\"sha256:" index "\",\"size\":" #size "}"
+#define ANNIDX(recs)                                                                               \
+        "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[],\"indexes\":[" recs "]}"
+
+/* Layer index records in an announce: optional (an old announce has none, and an old parser
+ * ignores them), exact text, round trip, every field checked. */
+static void test_announce_indexes(void **state) {
+        struct wire_announce a, back;
+        struct wire_index x[2];
+        char reason[256], *text = NULL;
+        size_t len = 0;
+
+        (void)state;
+        assert_int_equal(digest_from_hex(HEX1, DIGEST_HEX_LEN, &x[0].layer), 0);
+        assert_int_equal(digest_from_hex(HEX2, DIGEST_HEX_LEN, &x[0].index), 0);
+        x[0].size = 4096;
+        x[1] = (struct wire_index){.layer = x[0].index, .index = x[0].layer, .size = INT64_MAX};
+        a = (struct wire_announce){
+                .node = "10.0.0.2:5001", .chunk_size = 4, .nindexes = 2, .indexes = x};
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_string_equal(text, ANNIDX(IDXREC(HEX1, HEX2, 4096) "," IDXREC(
+                                          HEX2, HEX1, 9223372036854775807)));
+        assert_int_equal(wire_announce_parse(text, len, &back, reason, sizeof(reason)), 0);
+        assert_true(wire_announce_equal(&a, &back));
+        assert_int_equal(back.nindexes, 2);
+        assert_true(wire_index_equal(&back.indexes[1], &x[1]));
+        back.indexes[1].size--;
+        assert_false(wire_announce_equal(&a, &back));
+        wire_announce_free(&back);
+        assert_null(back.indexes);
+        free(text);
+
+        /* Not sent when there are none: what an old home gets is what it always got. */
+        a.nindexes = 0;
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_null(strstr(text, "indexes"));
+        free(text);
+        parse_announce_ok("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[]}", &a);
+        assert_int_equal(a.nindexes, 0);
+        assert_null(a.indexes);
+        wire_announce_free(&a);
+        parse_announce_ok(ANNIDX(""), &a); /* an empty list is no list */
+        assert_int_equal(a.nindexes, 0);
+        wire_announce_free(&a);
+        /* Unknown keys inside a record are ignored, as everywhere. */
+        parse_announce_ok(ANNIDX("{\"layer\":\"sha256:" HEX1 "\",\"index\":\"sha256:" HEX2
+                                 "\",\"size\":1,\"spans\":7}"),
+                          &a);
+        assert_int_equal(a.nindexes, 1);
+        assert_true(a.indexes[0].size == 1);
+        wire_announce_free(&a);
+
+        /* The builder refuses what the parser would. */
+        x[0].size = 0;
+        a = (struct wire_announce){
+                .node = "10.0.0.2:5001", .chunk_size = 4, .nindexes = 1, .indexes = x};
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        x[0].size = (uint64_t)INT64_MAX + 1;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        a.indexes = NULL;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        a.nindexes = WIRE_MAX_INDEXES + 1;
+        a.indexes = x;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[],"
+                            "\"indexes\":{}}",
+                            "indexes");
+        expect_announce_err(ANNIDX(IDXREC(HEX1, HEX2, 0)), "index 0");
+        expect_announce_err(ANNIDX(IDXREC(HEX1, HEX2, 1) "," IDXREC(HEX1, HEX2, -5)), "index 1");
+        expect_announce_err(ANNIDX(IDXREC(HEX1, HEX2, 9223372036854775808)), "too big");
+        expect_announce_err(ANNIDX(IDXREC(HEX1, HEX2, "7")), "index 0");
+        expect_announce_err(ANNIDX(IDXREC(HEXU, HEX2, 1)), "index 0"); /* not canonical hex */
+        expect_announce_err(ANNIDX("{\"layer\":\"sha256:" HEX1 "\",\"size\":1}"), "index 0");
+        expect_announce_err(ANNIDX("[1,2]"), "index 0");
+        /* A blob error still comes first and frees the records parsed so far. */
+        expect_announce_err("{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[],"
+                            "\"indexes\":[" IDXREC(HEX1, HEX2, 1) ",7]}",
+                            "index 1");
+}
+
+/* More than WIRE_MAX_INDEXES records are refused before anything is allocated for them. */
+static void test_announce_indexes_limit(void **state) {
+        size_t rec = strlen(IDXREC(HEX1, HEX2, 1)) + 1, cap = rec * (WIRE_MAX_INDEXES + 2) + 256;
+        char *body = malloc(cap);
+        struct wire_announce a;
+        char reason[256];
+        size_t n;
+
+        (void)state;
+        assert_non_null(body);
+        for (unsigned want = WIRE_MAX_INDEXES; want <= WIRE_MAX_INDEXES + 1; want++) {
+                n = (size_t)snprintf(body, cap,
+                                     "{\"node\":\"10.0.0.2:5001\",\"chunk_size\":4,\"blobs\":[],"
+                                     "\"indexes\":[");
+                for (unsigned i = 0; i < want; i++)
+                        n += (size_t)snprintf(body + n, cap - n, "%s%s", i ? "," : "",
+                                              IDXREC(HEX1, HEX2, 1));
+                n += (size_t)snprintf(body + n, cap - n, "]}");
+                int r = wire_announce_parse(body, n, &a, reason, sizeof(reason));
+                if (want == WIRE_MAX_INDEXES) {
+                        assert_int_equal(r, 0);
+                        assert_int_equal(a.nindexes, WIRE_MAX_INDEXES);
+                        wire_announce_free(&a);
+                } else {
+                        assert_int_equal(r, -EINVAL);
+                        assert_non_null(strstr(reason, "too many indexes"));
+                }
+        }
+        free(body);
+}
+
+/* The index answer: exact text, round trip, refusals. */
+static void test_index_answer(void **state) {
+        struct wire_index x, back, orig;
+        char reason[256] = "", *text = NULL;
+        size_t len = 0;
+
+        (void)state;
+        assert_int_equal(digest_from_hex(HEX1, DIGEST_HEX_LEN, &x.layer), 0);
+        assert_int_equal(digest_from_hex(HEX2, DIGEST_HEX_LEN, &x.index), 0);
+        x.size = 123456;
+        assert_int_equal(wire_index_build(&x, &text, &len), 0);
+        assert_string_equal(text, IDXREC(HEX1, HEX2, 123456));
+        assert_int_equal(len, strlen(text));
+        assert_int_equal(wire_index_parse(text, len, &back, reason, sizeof(reason)), 0);
+        assert_true(wire_index_equal(&x, &back));
+        free(text);
+        x.size = 0;
+        assert_int_equal(wire_index_build(&x, &text, &len), -EINVAL);
+
+        static const char *bad[] = {
+                IDXREC(HEX1, HEX2, 0),
+                IDXREC(HEX1, HEX2, 9223372036854775808),
+                "{\"layer\":\"sha256:" HEX1 "\",\"size\":1}",
+                "{\"layer\":\"sha256:" HEX1 "\",\"index\":\"md5:" HEX2 "\",\"size\":1}",
+                "[]",
+                "{\"layer\":\"sha256:" HEX1 "\",\"index\":\"sha256:" HEX2 "\",\"size\":1",
+                "{\"layer\":\"sha256:" HEX1 "\",\"layer\":\"sha256:" HEX1
+                "\",\"index\":\"sha256:" HEX2 "\",\"size\":1}",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                memset(&orig, 0x5a, sizeof(orig));
+                back = orig;
+                reason[0] = '\0';
+                if (wire_index_parse(bad[i], strlen(bad[i]), &back, reason, sizeof(reason)) !=
+                    -EINVAL)
+                        fail_msg("wire_index_parse(%s) accepted", bad[i]);
+                check_reason(reason);
+                assert_memory_equal(&back, &orig, sizeof(back));
+        }
+        /* Unknown keys are ignored. */
+        const char *ok = "{\"layer\":\"sha256:" HEX1 "\",\"index\":\"sha256:" HEX2
+                         "\",\"size\":9,\"holders\":3}";
+        assert_int_equal(wire_index_parse(ok, strlen(ok), &back, reason, sizeof(reason)), 0);
+        assert_true(back.size == 9);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_node_ids),
@@ -848,6 +1007,9 @@ int main(void) {
                 cmocka_unit_test(test_locate_parse_rejects),
                 cmocka_unit_test(test_verified),
                 cmocka_unit_test(test_announce_boot),
+                cmocka_unit_test(test_announce_indexes),
+                cmocka_unit_test(test_announce_indexes_limit),
+                cmocka_unit_test(test_index_answer),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
