@@ -58,6 +58,14 @@ static bool boot_changed(const char *node, uint64_t boot) {
         return changed;
 }
 
+/* Layer indexes published before the announcer exists (the trees load the indexes in the
+ * store at ltree_new, maybe before peers_start_announcer), handed over when it starts. The
+ * lock also orders publish against announcer start and stop: a publish never reaches a
+ * freed announcer, and none is lost between "no announcer yet" and the hand-over. */
+static pthread_mutex_t publish_lock = PTHREAD_MUTEX_INITIALIZER; /* pending, d->announcer swap */
+static struct wire_index pending[ANNOUNCE_INDEX_MAX];
+static size_t npending;
+
 /* The cluster token (--cluster-token-file), read once at start; "" when none. */
 static char cluster_token[HTTPD_TOKEN_MAX + 1];
 
@@ -248,8 +256,69 @@ int peers_start_announcer(struct daemon *d) {
                 log_err("cannot start the announcer err=%s", strerror(-r));
                 return r;
         }
+        pthread_mutex_lock(&publish_lock);
         __atomic_store_n(&d->announcer, a, __ATOMIC_RELEASE);
+        for (size_t i = 0; i < npending; i++)
+                announce_index(a, &pending[i].layer, &pending[i].index, pending[i].size);
+        npending = 0;
+        pthread_mutex_unlock(&publish_lock);
         return 0;
+}
+
+/* ---- layer indexes (layertree.h's peer ops) ------------------------------------------------- */
+
+static int lt_locate_index(void *ud, const struct digest *layer, uint64_t deadline_ms,
+                           struct digest *ret_index, uint64_t *ret_size) {
+        struct daemon *d = ud;
+        if (!d->source)
+                return -ENOTCONN;
+        /* The digest comes from a home of the layer (or our own directory when we are one),
+         * never from the node that will send the index's bytes; the trees check those bytes
+         * against it before decoding. */
+        return source_locate_index(d->source, layer, deadline_ms, ret_index, ret_size);
+}
+
+static void lt_publish_index(void *ud, const struct digest *layer, const struct digest *index,
+                             uint64_t size) {
+        struct daemon *d = ud;
+        pthread_mutex_lock(&publish_lock);
+        struct announcer *a = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
+        int r = 0;
+        if (a) {
+                r = announce_index(a, layer, index, size);
+        } else {
+                size_t i = 0;
+                while (i < npending && !digest_equal(&pending[i].layer, layer))
+                        i++;
+                if (i < ANNOUNCE_INDEX_MAX) {
+                        pending[i] = (struct wire_index){
+                                .layer = *layer, .index = *index, .size = size};
+                        if (i == npending)
+                                npending++;
+                } else {
+                        r = -ENOSPC;
+                }
+        }
+        pthread_mutex_unlock(&publish_lock);
+        if (r == -ENOSPC) {
+                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
+                uint64_t suppressed = 0;
+                if (log_ratelimit_ok(&rl, &suppressed))
+                        log_notice("layer index not shared: this node announces %d already "
+                                   "hint=\"other nodes build the index of this layer "
+                                   "themselves\" suppressed=%" PRIu64,
+                                   ANNOUNCE_INDEX_MAX, suppressed);
+        }
+}
+
+static struct ltree_peer_ops ltree_ops;
+
+const struct ltree_peer_ops *peers_ltree_ops(struct daemon *d) {
+        if (!peered(d))
+                return NULL;
+        ltree_ops = (struct ltree_peer_ops){
+                .ud = d, .locate_index = lt_locate_index, .publish_index = lt_publish_index};
+        return &ltree_ops;
 }
 
 /* ---- the peer protocol's handlers ----------------------------------------------------------- */
@@ -311,6 +380,15 @@ static int op_locate(void *ud, const struct digest *dg, const char *claimant, in
         return r;
 }
 
+static int op_locate_index(void *ud, const struct digest *layer, char **ret, size_t *ret_len) {
+        struct daemon *d = ud;
+        struct wire_index x;
+        int r = dir_locate_index(d->dir, layer, now_ms(), &x);
+        if (r < 0)
+                return r;
+        return wire_index_build(&x, ret, ret_len);
+}
+
 static void op_served(void *ud, const char *client, uint64_t bytes) {
         struct daemon *d = ud;
         members_report_served(d->members, client, bytes);
@@ -327,11 +405,14 @@ void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
         ops->blob_read = op_blob_read;
         ops->announce = op_announce;
         ops->locate = op_locate;
+        ops->locate_index = op_locate_index;
         ops->served = op_served;
 }
 
 void peers_stop_announcer(struct daemon *d) {
+        pthread_mutex_lock(&publish_lock); /* no publish is inside announce_index() after this */
         struct announcer *a = __atomic_exchange_n(&d->announcer, NULL, __ATOMIC_ACQ_REL);
+        pthread_mutex_unlock(&publish_lock);
         /* The change hook runs under the engine lock: once we have held it, no hook call that
          * loaded the old pointer is still running. */
         if (a && d->engine)

@@ -7,6 +7,7 @@
 #pragma once
 #include "fs/api.h"
 #include "engine/engine.h"
+#include "layertree/layertree.h"
 
 /* Starts netlink, members, directory and source (before the engine: the engine fetches
  * through the source). No-op without --peers/--peer-dns. 0 or -errno (logged). */
@@ -21,6 +22,13 @@ int peers_start_announcer(struct daemon *d);
 
 /* Adds the peer protocol's handlers to the node's HTTP server operations. */
 void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops);
+
+/* The layer trees' way to the cluster (ltree_new's PEERS), bound to this daemon's directory,
+ * source and announcer: NULL without --peers/--peer-dns (a node alone builds every index).
+ * locate_index asks the layer's homes (source_locate_index); publish_index hands the record
+ * to the announcer (announce_index), or keeps it until the announcer starts when the trees
+ * publish earlier. Valid until peers_stop(); call after peers_start(). */
+const struct ltree_peer_ops *peers_ltree_ops(struct daemon *d);
 
 /* Stops the announcer (it reads the engine). Call first at shutdown. */
 void peers_stop_announcer(struct daemon *d);

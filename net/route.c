@@ -19,7 +19,7 @@ static bool blob_url(const char *url, struct digest *ret) {
 }
 
 void route_peer(const char *method, const char *url, struct route_peer *ret) {
-        static const char loc[] = "/p2p/v1/locate/";
+        static const char loc[] = "/p2p/v1/locate/", idx[] = "/p2p/v1/index/";
         memset(ret, 0, sizeof(*ret));
         bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
         ret->protocol = strncmp(url, "/v2/", 4) == 0 || strncmp(url, "/p2p/", 5) == 0;
@@ -37,6 +37,10 @@ void route_peer(const char *method, const char *url, struct route_peer *ret) {
         else if (strncmp(url, loc, sizeof(loc) - 1) == 0)
                 ret->kind = digest_parse(url + sizeof(loc) - 1, &ret->digest) == 0
                                     ? ROUTE_PEER_LOCATE
+                                    : ROUTE_PEER_NOT_FOUND;
+        else if (strncmp(url, idx, sizeof(idx) - 1) == 0)
+                ret->kind = digest_parse(url + sizeof(idx) - 1, &ret->digest) == 0
+                                    ? ROUTE_PEER_INDEX
                                     : ROUTE_PEER_NOT_FOUND;
         else if (blob_url(url, &ret->digest))
                 ret->kind = ROUTE_PEER_BLOB;

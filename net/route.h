@@ -16,6 +16,7 @@ enum route_peer_kind {
         ROUTE_PEER_ANNOUNCE, /* POST /p2p/v1/announce */
         ROUTE_PEER_LOCATE,   /* GET /p2p/v1/locate/sha256:<hex>; DIGEST set */
         ROUTE_PEER_BLOB,     /* GET|HEAD /v2/<name>/blobs/sha256:<hex>; DIGEST set, HEAD said */
+        ROUTE_PEER_INDEX,    /* GET /p2p/v1/index/sha256:<layer hex>; DIGEST set */
 };
 
 struct route_peer {
@@ -26,7 +27,7 @@ struct route_peer {
 };
 
 /* Routes METHOD URL (URL: the path, query string removed, as MHD gives it). Always fills
- * *RET. A locate with a malformed digest is NOT_FOUND. Pure. */
+ * *RET. A locate or index query with a malformed digest is NOT_FOUND. Pure. */
 void route_peer(const char *method, const char *url, struct route_peer *ret);
 
 #define ROUTE_NAME_MAX 256 /* = REF_REPOSITORY_MAX */

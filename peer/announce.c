@@ -37,6 +37,14 @@ struct outbox {
         char home[PEER_ID_MAX];
         struct wire_blob *blobs;
         uint32_t n, cap;
+        struct wire_index *idx; /* at most ANNOUNCE_INDEX_MAX: one announce carries them all */
+        uint32_t nidx, capidx;
+};
+
+/* A published layer index; DIRTY: not yet sent since it was published. */
+struct ann_index {
+        struct wire_index x;
+        bool dirty;
 };
 
 struct announcer {
@@ -54,6 +62,8 @@ struct announcer {
         bool soon;      /* a blob was registered: the next round runs without waiting */
         bool stopping;
         struct announce_stats stats;
+        struct ann_index *indexes; /* ANNOUNCE_INDEX_MAX slots, nindexes used */
+        size_t nindexes;
 
         /* thread only */
         struct dirty *taken;
@@ -194,11 +204,25 @@ static int outbox_add(struct outbox *o, const struct wire_blob *b) {
         return 0;
 }
 
+static int outbox_add_index(struct outbox *o, const struct wire_index *x) {
+        if (o->nidx == o->capidx) {
+                uint32_t cap = o->capidx ? o->capidx * 2 : 8;
+                struct wire_index *v = realloc(o->idx, cap * sizeof(*v));
+                if (!v)
+                        return -ENOMEM;
+                o->idx = v;
+                o->capidx = cap;
+        }
+        o->idx[o->nidx++] = *x;
+        return 0;
+}
+
 static void outboxes_free(struct outboxes *bx) {
         for (size_t i = 0; i < bx->n; i++) {
                 for (uint32_t j = 0; j < bx->v[i].n; j++)
                         blob_clear(&bx->v[i].blobs[j]);
                 free(bx->v[i].blobs);
+                free(bx->v[i].idx);
         }
         free(bx->v);
         free(bx->slot);
@@ -222,6 +246,103 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
                         outbox_add(o, &b);
         }
         blob_clear(&b);
+}
+
+/* Files index record X under each home of its layer. */
+static void file_index(struct announcer *a, const struct wire_index *x, struct outboxes *bx) {
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        size_t n = members_homes(a->cfg.members, &x->layer, a->cfg.homes, homes, NULL);
+        for (size_t i = 0; i < n; i++) {
+                struct outbox *o = outbox_for(bx, homes[i]);
+                if (o && o->nidx < ANNOUNCE_INDEX_MAX)
+                        outbox_add_index(o, x);
+        }
+}
+
+/* Whether this node still holds blob D whole (an index it announces). */
+static bool holds_whole(struct announcer *a, const struct digest *d) {
+        uint32_t id;
+        struct wire_blob b;
+        if (a->cfg.ops.find(a->cfg.ops.ud, d, &id) < 0)
+                return false;
+        if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, UINT32_MAX, 0, &b) < 0) /* no digests */
+                return false;
+        bool whole = b.nchunks > 0;
+        for (uint32_t i = 0; whole && i < b.nchunks; i++)
+                whole = wire_bit(b.present, i);
+        blob_clear(&b);
+        return whole;
+}
+
+int announce_index(struct announcer *a, const struct digest *layer, const struct digest *index,
+                   uint64_t size) {
+        if (size == 0 || size > INT64_MAX)
+                return -EINVAL;
+        int r = 0;
+        pthread_mutex_lock(&a->lock);
+        size_t i = 0;
+        while (i < a->nindexes && !digest_equal(&a->indexes[i].x.layer, layer))
+                i++;
+        if (i == a->nindexes) {
+                if (a->nindexes >= ANNOUNCE_INDEX_MAX) {
+                        r = -ENOSPC;
+                        goto out_unlock;
+                }
+                a->nindexes++;
+                a->stats.indexes++;
+        }
+        a->indexes[i] = (struct ann_index){
+                .x = {.layer = *layer, .index = *index, .size = size}, .dirty = true};
+        a->soon = true; /* readers of the layer on other nodes would otherwise build it too */
+        pthread_cond_signal(&a->cond);
+out_unlock:
+        pthread_mutex_unlock(&a->lock);
+        return r;
+}
+
+/* The index records to send this round, copied (RET, *RET_N; NULL when none): all of them on
+ * a FULL round, after dropping those whose blob this node no longer holds whole; else those
+ * published since the last round. */
+static struct wire_index *take_indexes(struct announcer *a, bool full, size_t *ret_n) {
+        struct wire_index *v = NULL;
+        size_t n = 0;
+        pthread_mutex_lock(&a->lock);
+        if (a->nindexes)
+                v = malloc(a->nindexes * sizeof(*v));
+        for (size_t i = 0; v && i < a->nindexes; i++)
+                if (full || a->indexes[i].dirty) {
+                        v[n++] = a->indexes[i].x;
+                        a->indexes[i].dirty = false;
+                }
+        pthread_mutex_unlock(&a->lock);
+        if (!full || !v) {
+                *ret_n = n;
+                return v;
+        }
+        /* Outside the lock: snapshots take the engine's. */
+        size_t kept = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (holds_whole(a, &v[i].index)) {
+                        v[kept++] = v[i];
+                        continue;
+                }
+                pthread_mutex_lock(&a->lock);
+                for (size_t j = 0; j < a->nindexes; j++)
+                        if (wire_index_equal(&a->indexes[j].x, &v[i])) {
+                                a->indexes[j] = a->indexes[--a->nindexes];
+                                a->stats.indexes--;
+                                a->stats.indexes_withdrawn++;
+                                break;
+                        }
+                pthread_mutex_unlock(&a->lock);
+                char hex[DIGEST_HEX_LEN + 1];
+                digest_to_hex(&v[i].layer, hex);
+                log_debug("layer index withdrawn layer=sha256:%s reason=\"index blob no longer "
+                          "held whole\"",
+                          hex);
+        }
+        *ret_n = kept;
+        return v;
 }
 
 static size_t discard_body(char *data, size_t size, size_t nmemb, void *ud) {
@@ -282,15 +403,22 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
 /* Sends BLOBS[0..N) to HOME in as few announces as the wire's bounds allow: a batch too
  * large to build (-EMSGSIZE: body size or chunk count) is split in two. */
 static int send_batch(struct announcer *a, const char *self, const char *home,
-                      struct wire_blob *blobs, uint32_t n, uint64_t now) {
+                      struct wire_blob *blobs, uint32_t n, struct wire_index *idx, uint32_t nidx,
+                      uint64_t now) {
+        /* The index records (at most WIRE_MAX_INDEXES, a few hundred bytes each: they fit any
+         * body) ride with the first part of a split. */
         if (n > ANNOUNCE_BATCH_BLOBS) {
-                int r1 = send_batch(a, self, home, blobs, ANNOUNCE_BATCH_BLOBS, now);
+                int r1 = send_batch(a, self, home, blobs, ANNOUNCE_BATCH_BLOBS, idx, nidx, now);
                 int r2 = send_batch(a, self, home, blobs + ANNOUNCE_BATCH_BLOBS,
-                                    n - ANNOUNCE_BATCH_BLOBS, now);
+                                    n - ANNOUNCE_BATCH_BLOBS, NULL, 0, now);
                 return r1 < 0 ? r1 : r2;
         }
-        struct wire_announce w = {
-                .chunk_size = a->cfg.chunk_size, .boot = a->cfg.boot, .nblobs = n, .blobs = blobs};
+        struct wire_announce w = {.chunk_size = a->cfg.chunk_size,
+                                  .boot = a->cfg.boot,
+                                  .nblobs = n,
+                                  .blobs = blobs,
+                                  .nindexes = nidx,
+                                  .indexes = idx};
         snprintf(w.node, sizeof(w.node), "%s", self);
         if (strcmp(home, self) == 0) {
                 char reason[128];
@@ -307,15 +435,15 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
         size_t len = 0;
         int r = wire_announce_build(&w, &body, &len);
         if (r == -EMSGSIZE && n > 1) {
-                int r1 = send_batch(a, self, home, blobs, n / 2, now);
-                int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2, now);
+                int r1 = send_batch(a, self, home, blobs, n / 2, idx, nidx, now);
+                int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2, NULL, 0, now);
                 return r1 < 0 ? r1 : r2;
         }
-        if (r == -EMSGSIZE && blobs[0].ndigests) {
+        if (r == -EMSGSIZE && n == 1 && blobs[0].ndigests) {
                 /* One blob whose digests alone overflow a body: announce what it holds
                  * without them (readers then take those chunks from the origin). */
                 blobs[0].ndigests = 0;
-                return send_batch(a, self, home, blobs, 1, now);
+                return send_batch(a, self, home, blobs, 1, idx, nidx, now);
         }
         if (r == 0)
                 r = post(a, home, body, len);
@@ -334,7 +462,7 @@ static void send_boxes(struct announcer *a, const char *self, struct outbox *box
                 if (strcmp(o->home, self) != 0 && !members_usable(a->cfg.members, o->home))
                         r = -EHOSTDOWN; /* the next full refresh after it is back reaches it */
                 else
-                        r = send_batch(a, self, o->home, o->blobs, o->n, now);
+                        r = send_batch(a, self, o->home, o->blobs, o->n, o->idx, o->nidx, now);
                 pthread_mutex_lock(&a->lock);
                 a->stats.blobs_sent += o->n;
                 if (r < 0)
@@ -389,6 +517,11 @@ void announce_round(struct announcer *a, uint64_t now) {
                 }
         }
         memset(a->taken, 0, a->cap * sizeof(*a->taken));
+        size_t nidx = 0;
+        struct wire_index *idx = take_indexes(a, full, &nidx);
+        for (size_t i = 0; i < nidx; i++)
+                file_index(a, &idx[i], &bx);
+        free(idx);
         if (bx.n)
                 send_boxes(a, self, bx.v, bx.n, now);
         outboxes_free(&bx);
@@ -436,7 +569,8 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
                 ;
         a->dirty = calloc(a->cap, sizeof(*a->dirty));
         a->taken = calloc(a->cap, sizeof(*a->taken));
-        if (!a->dirty || !a->taken) {
+        a->indexes = calloc(ANNOUNCE_INDEX_MAX, sizeof(*a->indexes));
+        if (!a->dirty || !a->taken || !a->indexes) {
                 announce_free(a);
                 return -ENOMEM;
         }
@@ -468,6 +602,7 @@ void announce_free(struct announcer *a) {
         pthread_cond_destroy(&a->cond);
         free(a->dirty);
         free(a->taken);
+        free(a->indexes);
         free(a);
 }
 

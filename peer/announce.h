@@ -15,7 +15,15 @@
  * Bounds: the dirty set holds at most ANNOUNCE_DIRTY_MAX blobs; past that, the next round is
  * a full refresh. Requests time out after a second; a home that is down is skipped (the next
  * full refresh reaches it). The peer layer does not know the engine: it reads the node's
- * holdings through announce_ops. */
+ * holdings through announce_ops.
+ *
+ * Layer indexes (announce_index()): the node also tells the homes of a LAYER's digest which
+ * blob holds that layer's index, in the announces' "indexes" (peer/wire.h) — at once when
+ * published, then with every full refresh, as holder records are. Before each full refresh
+ * the announcer checks that the node still holds the index blob whole (announce_ops.find and
+ * .snapshot: one small blob each, at most ANNOUNCE_INDEX_MAX of them); one evicted even in
+ * part, or forgotten, is withdrawn: no longer announced, so the homes' record expires within
+ * their TTL. Publishing again (the index rebuilt or fetched) puts it back. */
 #pragma once
 #include <stdint.h>
 
@@ -24,6 +32,7 @@
 #include "peer/wire.h"
 
 #define ANNOUNCE_DIRTY_MAX 4096
+#define ANNOUNCE_INDEX_MAX WIRE_MAX_INDEXES /* layer indexes this node announces */
 
 struct announcer;
 
@@ -66,6 +75,13 @@ void announce_free(struct announcer *a); /* NULL-safe; stops the thread */
  * with other locks held (it takes only the announcer's own). */
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx);
 
+/* This node holds blob INDEX (SIZE bytes), the index of LAYER: announce it to LAYER's homes
+ * from the next round on (it wakes the thread), and at every full refresh while the node
+ * holds INDEX whole. Replaces an earlier index of LAYER. Never blocks. 0; -ENOSPC when
+ * ANNOUNCE_INDEX_MAX layers are announced already (nothing changes); -EINVAL size 0. */
+int announce_index(struct announcer *a, const struct digest *layer, const struct digest *index,
+                   uint64_t size);
+
 /* A home restarted (a new boot id in its announce): the next round, at least a second after
  * the last full one, announces everything, so the home relearns it now rather than at the
  * next refresh. Never blocks. */
@@ -76,5 +92,6 @@ void announce_round(struct announcer *a, uint64_t now_ms);
 
 struct announce_stats {
         uint64_t rounds, full_rounds, requests, failures, blobs_sent;
+        uint64_t indexes, indexes_withdrawn; /* announced now; withdrawn since start */
 };
 void announce_get_stats(struct announcer *a, struct announce_stats *ret);

@@ -49,6 +49,16 @@
  * already has max_claims: dropping a claim costs at most a duplicate origin fetch, while
  * refusing one could leave a chunk that nobody fetches.
  *
+ * Layer indexes. A second, smaller table keyed by layer digest (same seed) holds, per layer,
+ * up to DIR_INDEX_NODES records (node, index digest, size, last announce), and the layers
+ * are on their own list in order of their newest record, so the one to drop at max_indexes
+ * is found in O(1). These records are what the announcers said and nothing more: a home
+ * cannot check that blob I is an index of L (that takes the layer's bytes), so the answer is
+ * the index most nodes agree on. Its worth is that it comes from a home, chosen by
+ * rendezvous over the membership, and not from whichever node will send the index's bytes:
+ * the reader checks those bytes against the home's digest, so a lying sender must also be,
+ * or outvote at, a home of the layer.
+ *
  * Locking: one mutex around everything; nothing is called out while it is held except the
  * allocator and debug logging. Locate answers are copies, so callers never see our memory.
  */
@@ -100,6 +110,22 @@ struct dir_blob {
         struct dir_blob *prev, *next; /* announce order, oldest first */
 };
 
+struct dir_irec {
+        char node[PEER_ID_MAX];
+        struct digest index;
+        uint64_t size;
+        uint64_t last_ms;
+};
+
+struct dir_layer {
+        struct digest layer;
+        struct dir_irec recs[DIR_INDEX_NODES];
+        unsigned nrecs;
+        uint64_t last_ms;              /* newest record */
+        struct dir_layer *hnext;       /* hash chain */
+        struct dir_layer *prev, *next; /* newest record order, oldest first */
+};
+
 struct directory {
         pthread_mutex_t lock;
         struct dir_config cfg; /* immutable after dir_new */
@@ -109,6 +135,9 @@ struct directory {
         struct dir_blob *oldest, *newest;
         struct dir_stats stats; /* blobs, holders, claims are current counts */
         size_t bytes;           /* holder bitmaps and digest arrays, against cfg.max_bytes */
+        struct dir_layer **lbuckets;
+        size_t nlbuckets; /* a power of two */
+        struct dir_layer *loldest, *lnewest;
 };
 
 static size_t bitmap_bytes(uint32_t nchunks) {
@@ -140,14 +169,18 @@ static uint64_t mix(uint64_t z) {
         return z ^ (z >> 31);
 }
 
-static size_t bucket_of(const struct directory *dir, const struct digest *d) {
+static uint64_t hash_of(const struct directory *dir, const struct digest *d) {
         uint64_t h = dir->seed, w;
 
         for (size_t i = 0; i < DIGEST_LEN; i += 8) {
                 memcpy(&w, d->bytes + i, 8);
                 h = mix(h ^ w);
         }
-        return (size_t)h & (dir->nbuckets - 1);
+        return h;
+}
+
+static size_t bucket_of(const struct directory *dir, const struct digest *d) {
+        return (size_t)hash_of(dir, d) & (dir->nbuckets - 1);
 }
 
 static struct dir_blob *blob_find(struct directory *dir, const struct digest *d) {
@@ -232,6 +265,145 @@ static int grow(void **arr, size_t *cap, size_t n, size_t max, size_t elem) {
         return 0;
 }
 
+/* ---- layer index records ---------------------------------------------------------------- */
+
+static size_t lbucket_of(const struct directory *dir, const struct digest *d) {
+        return (size_t)hash_of(dir, d) & (dir->nlbuckets - 1);
+}
+
+static struct dir_layer *layer_find(struct directory *dir, const struct digest *d) {
+        for (struct dir_layer *l = dir->lbuckets[lbucket_of(dir, d)]; l; l = l->hnext)
+                if (digest_equal(&l->layer, d))
+                        return l;
+        return NULL;
+}
+
+static void layer_unlink(struct directory *dir, struct dir_layer *l) {
+        if (l->prev)
+                l->prev->next = l->next;
+        else
+                dir->loldest = l->next;
+        if (l->next)
+                l->next->prev = l->prev;
+        else
+                dir->lnewest = l->prev;
+        l->prev = l->next = NULL;
+}
+
+static void layer_append(struct directory *dir, struct dir_layer *l) {
+        l->prev = dir->lnewest;
+        l->next = NULL;
+        if (dir->lnewest)
+                dir->lnewest->next = l;
+        else
+                dir->loldest = l;
+        dir->lnewest = l;
+}
+
+static void layer_free(struct directory *dir, struct dir_layer *l) {
+        struct dir_layer **p = &dir->lbuckets[lbucket_of(dir, &l->layer)];
+
+        while (*p != l)
+                p = &(*p)->hnext;
+        *p = l->hnext;
+        layer_unlink(dir, l);
+        dir->stats.indexes--;
+        dir->stats.index_records -= l->nrecs;
+        free(l);
+}
+
+static void irec_remove(struct directory *dir, struct dir_layer *l, unsigned i) {
+        l->recs[i] = l->recs[--l->nrecs];
+        dir->stats.index_records--;
+}
+
+/* NODE says it holds X: its record for X's layer is replaced (or added: when the layer has
+ * DIR_INDEX_NODES records, the least recently announced goes). */
+static int apply_index(struct directory *dir, const char *node, const struct wire_index *x,
+                       uint64_t now) {
+        struct dir_layer *l = layer_find(dir, &x->layer);
+        struct dir_irec *rec = NULL;
+
+        if (x->size == 0 || x->size > INT64_MAX)
+                return -EINVAL;
+        if (!l) {
+                l = calloc(1, sizeof(*l));
+                if (!l)
+                        return -ENOMEM;
+                if (dir->stats.indexes >= dir->cfg.max_indexes)
+                        layer_free(dir, dir->loldest); /* the layer whose newest record is oldest */
+                l->layer = x->layer;
+                size_t h = lbucket_of(dir, &l->layer);
+                l->hnext = dir->lbuckets[h];
+                dir->lbuckets[h] = l;
+                layer_append(dir, l);
+                dir->stats.indexes++;
+        } else {
+                layer_unlink(dir, l);
+                layer_append(dir, l);
+        }
+        l->last_ms = now;
+        for (unsigned i = 0; i < l->nrecs && !rec; i++)
+                if (strcmp(l->recs[i].node, node) == 0)
+                        rec = &l->recs[i];
+        if (!rec) {
+                if (l->nrecs == DIR_INDEX_NODES) {
+                        unsigned old = 0;
+
+                        for (unsigned i = 1; i < l->nrecs; i++)
+                                if (l->recs[i].last_ms < l->recs[old].last_ms)
+                                        old = i;
+                        irec_remove(dir, l, old);
+                }
+                rec = &l->recs[l->nrecs++];
+                dir->stats.index_records++;
+                snprintf(rec->node, sizeof(rec->node), "%s", node);
+        }
+        rec->index = x->index;
+        rec->size = x->size;
+        rec->last_ms = now;
+        return 0;
+}
+
+int dir_locate_index(struct directory *dir, const struct digest *layer, uint64_t now_ms,
+                     struct wire_index *ret) {
+        const struct dir_irec *best = NULL;
+        unsigned best_votes = 0;
+        struct dir_layer *l;
+
+        pthread_mutex_lock(&dir->lock);
+        dir->stats.index_locates++;
+        l = layer_find(dir, layer);
+        for (unsigned i = 0; l && i < l->nrecs; i++) {
+                const struct dir_irec *r = &l->recs[i];
+                unsigned votes = 0;
+
+                if (!live(r->last_ms, dir->cfg.ttl_ms, now_ms))
+                        continue;
+                /* DIR_INDEX_NODES is 8: counting the agreeing records is 64 comparisons. */
+                for (unsigned j = 0; j < l->nrecs; j++) {
+                        const struct dir_irec *o = &l->recs[j];
+
+                        if (live(o->last_ms, dir->cfg.ttl_ms, now_ms) &&
+                            digest_equal(&o->index, &r->index) && o->size == r->size)
+                                votes++;
+                }
+                if (!best || votes > best_votes ||
+                    (votes == best_votes && r->last_ms > best->last_ms)) {
+                        best = r;
+                        best_votes = votes;
+                }
+        }
+        if (!best) {
+                dir->stats.index_misses++;
+                pthread_mutex_unlock(&dir->lock);
+                return -ENOENT;
+        }
+        *ret = (struct wire_index){.layer = *layer, .index = best->index, .size = best->size};
+        pthread_mutex_unlock(&dir->lock);
+        return 0;
+}
+
 int dir_new(const struct dir_config *cfg, struct directory **ret) {
         struct directory *dir;
         size_t want;
@@ -247,11 +419,19 @@ int dir_new(const struct dir_config *cfg, struct directory **ret) {
                 dir->cfg.max_claims = DIR_DEFAULT_MAX_CLAIMS;
         if (dir->cfg.max_bytes == 0)
                 dir->cfg.max_bytes = DIR_DEFAULT_MAX_BYTES;
+        if (dir->cfg.max_indexes == 0)
+                dir->cfg.max_indexes = DIR_DEFAULT_MAX_INDEXES;
         want = cfg->max_blobs < DIR_MAX_BUCKETS ? cfg->max_blobs : DIR_MAX_BUCKETS;
         for (dir->nbuckets = 16; dir->nbuckets < want; dir->nbuckets *= 2)
                 ;
+        want = dir->cfg.max_indexes < DIR_MAX_BUCKETS ? dir->cfg.max_indexes : DIR_MAX_BUCKETS;
+        for (dir->nlbuckets = 16; dir->nlbuckets < want; dir->nlbuckets *= 2)
+                ;
         dir->buckets = calloc(dir->nbuckets, sizeof(*dir->buckets));
-        if (!dir->buckets) {
+        dir->lbuckets = calloc(dir->nlbuckets, sizeof(*dir->lbuckets));
+        if (!dir->buckets || !dir->lbuckets) {
+                free(dir->buckets);
+                free(dir->lbuckets);
                 free(dir);
                 return -ENOMEM;
         }
@@ -268,7 +448,10 @@ void dir_free(struct directory *dir) {
                 return;
         while (dir->oldest)
                 blob_free(dir, dir->oldest);
+        while (dir->loldest)
+                layer_free(dir, dir->loldest);
         free(dir->buckets);
+        free(dir->lbuckets);
         pthread_mutex_destroy(&dir->lock);
         free(dir);
 }
@@ -522,6 +705,12 @@ int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now
                 while (dir->bytes > dir->cfg.max_bytes && dir->oldest && dir->oldest != b)
                         blob_free(dir, dir->oldest);
         }
+        for (uint32_t i = 0; i < a->nindexes; i++) {
+                int q = apply_index(dir, a->node, &a->indexes[i], now_ms);
+
+                if (q < 0 && r == 0)
+                        r = q;
+        }
         pthread_mutex_unlock(&dir->lock);
         return r;
 }
@@ -716,6 +905,15 @@ void dir_expire(struct directory *dir, uint64_t now_ms) {
                                 claim_remove(dir, b, i);
                 if (!live(b->last_ms, dir->cfg.ttl_ms, now_ms) && b->nclaims == 0)
                         blob_free(dir, b);
+        }
+        struct dir_layer *l, *lnext;
+        for (l = dir->loldest; l; l = lnext) {
+                lnext = l->next;
+                for (unsigned i = l->nrecs; i-- > 0;)
+                        if (!live(l->recs[i].last_ms, dir->cfg.ttl_ms, now_ms))
+                                irec_remove(dir, l, i);
+                if (l->nrecs == 0)
+                        layer_free(dir, l);
         }
         pthread_mutex_unlock(&dir->lock);
 }

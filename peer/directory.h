@@ -14,6 +14,12 @@
  * announce is oldest is dropped. Memory is therefore max_blobs x (nchunks x (32 bytes +
  * bits per holder)); the daemon sizes max_blobs from --max-blobs.
  *
+ * Layer indexes. The homes of a layer's digest also keep, from the "indexes" of announces,
+ * records "node N holds blob I (S bytes), the index of layer L" (layertree.h): soft state
+ * with the same TTL as holder records, at most DIR_INDEX_NODES per layer (the least recently
+ * announced dropped first) and max_indexes layers (the layer whose newest record is oldest
+ * dropped first): max_indexes x ~1 KiB.
+ *
  * Thread-safe (one internal mutex); never blocks on anything else; no I/O. */
 #pragma once
 #include <stdbool.h>
@@ -23,6 +29,9 @@
 #include "peer/wire.h"
 
 struct directory;
+
+#define DIR_INDEX_NODES 8            /* index records kept per layer */
+#define DIR_DEFAULT_MAX_INDEXES 4096 /* layers with index records */
 
 struct dir_config {
         uint32_t chunk_size; /* announces with another chunk size are refused */
@@ -36,6 +45,7 @@ struct dir_config {
          * alone would not bound memory: past this, the blob whose newest announce is oldest is
          * dropped, as at max_blobs. */
         size_t max_bytes;
+        size_t max_indexes; /* layers with index records; 0: DIR_DEFAULT_MAX_INDEXES */
 };
 
 /* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */
@@ -46,7 +56,8 @@ void dir_free(struct directory *dir); /* NULL-safe */
  * differs from ours (REASON says so; nothing applied); -EINVAL for a blob whose size or
  * chunk count disagrees with what the directory already has (that blob skipped, the others
  * applied, REASON set; also for an invalid node id, nothing applied); -ENOMEM (some of it
- * applied). Chunk digests keep their provenance: whether the announcer had verified the
+ * applied). The announce's index records are applied too (replacing the node's record for
+ * that layer). Chunk digests keep their provenance: whether the announcer had verified the
  * whole blob (wire_blob.verified). A digest that disagrees with the one recorded replaces it
  * when it is verified and the recorded one is not, is ignored when the recorded one is
  * verified and it is not, and otherwise makes that chunk's digest unknown (neither is
@@ -69,6 +80,15 @@ int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now
 int dir_locate(struct directory *dir, const struct digest *d, const char *claimant, int64_t chunk,
                uint64_t now_ms, struct wire_locate *ret);
 
+/* Which blob holds the index of LAYER, as the live index records say (dir_apply): the
+ * (index, size) announced by the most nodes, the most recently announced among equals — a
+ * node alone cannot outvote the nodes that built the same index. This is the home's answer
+ * and the reader's trust anchor: the reader checks the index's bytes, from whichever node
+ * sends them, against this digest, never against the sender's word. 0 and *RET; -ENOENT
+ * when no live record names LAYER. */
+int dir_locate_index(struct directory *dir, const struct digest *layer, uint64_t now_ms,
+                     struct wire_index *ret);
+
 /* Drops expired holders, claims and blobs left with neither. Called periodically. */
 void dir_expire(struct directory *dir, uint64_t now_ms);
 
@@ -77,5 +97,7 @@ struct dir_stats {
         /* Since dir_new; refused counts refused announces and skipped blobs. */
         uint64_t announces, refused, locates, claims_granted;
         uint64_t bytes; /* holder bitmaps and chunk digests now, against max_bytes */
+        uint64_t indexes, index_records; /* layers with index records, records (now) */
+        uint64_t index_locates, index_misses; /* since dir_new */
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

@@ -291,6 +291,20 @@ static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn,
         return http_reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
 }
 
+static enum MHD_Result locate_index(struct httpd *h, struct MHD_Connection *conn,
+                                    const struct digest *layer) {
+        if (!h->ops.locate_index)
+                return http_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
+        char *body = NULL;
+        size_t len = 0;
+        int r = h->ops.locate_index(h->ops.ud, layer, &body, &len);
+        if (r == -ENOENT)
+                return http_text(conn, MHD_HTTP_NOT_FOUND, "no index of this layer known here\n");
+        if (r < 0)
+                return http_text(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "index locate failed\n");
+        return http_reply(conn, MHD_HTTP_OK, "application/json", body, len, MHD_RESPMEM_MUST_FREE);
+}
+
 /* Constant time in the token's length: the comparison must not tell an asker how much of a
  * guess was right. */
 static bool token_ok(const struct httpd *h, struct MHD_Connection *conn) {
@@ -395,6 +409,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 return locate(h, conn, &rt.digest);
         case ROUTE_PEER_BLOB:
                 return serve_blob(h, conn, &rt.digest, rt.head);
+        case ROUTE_PEER_INDEX:
+                return locate_index(h, conn, &rt.digest);
         case ROUTE_PEER_NOT_FOUND:
                 break;
         }

@@ -10,8 +10,9 @@
  *        X-P2PBlobs-Wait: MS, a chunk this node is fetching right now is waited for.
  *        A one-chunk answer carries X-P2PBlobs-Chunk-Digest (recorded at arrival).
  *   POST /p2p/v1/announce                    a holder's announce (peer/wire.h), for homes
- *   (with a cluster token configured, these three need X-P2PBlobs-Token; else 401)
  *   GET  /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]   who holds / fetches which chunks
+ *   GET  /p2p/v1/index/sha256:<hex>          which blob holds the index of a layer (wire.h)
+ *   (with a cluster token configured, the /v2/ and /p2p/ ones need X-P2PBlobs-Token; else 401)
  *
  * Probes never depend on other nodes, so they cost the same at any cluster size. One thread
  * per connection (blob reads block on the disk and on waits), at most HTTPD_MAX_CONNECTIONS
@@ -58,6 +59,8 @@ struct httpd_ops {
         int (*locate)(void *ud, const struct digest *d, const char *claimant, int64_t chunk,
                       char **ret, size_t *ret_len);
         void (*served)(void *ud, const char *client, uint64_t bytes);
+        /* dir_locate_index's contract, the answer built (wire_index_build): 0, -ENOENT. */
+        int (*locate_index)(void *ud, const struct digest *layer, char **ret, size_t *ret_len);
         uint32_t chunk_size; /* blob answers are assembled a chunk at a time */
         /* The cluster's shared secret, or NULL: when set, the peer protocol (blobs, announce,
          * locate) answers 401 to requests without X-P2PBlobs-Token: TOKEN. Probes and

@@ -82,6 +82,16 @@ void source_fetch_run(struct source *s, const struct digest *digest, uint64_t si
 int source_lookup(struct source *s, const struct digest *digest, uint64_t deadline_ms,
                   uint64_t *ret_size, char *ret_source, size_t source_len);
 
+/* Asks the homes of LAYER which blob holds its index (peer/wire.h's index answer), blocking
+ * the caller until an answer or DEADLINE_MS: one round trip to the first home that answers
+ * (ourselves without HTTP when we are one), the next home on failure or "none known". The
+ * digest is the home's word, never the word of the node that will send the index's bytes:
+ * the caller checks those bytes against *RET_INDEX. 0 and *RET_INDEX, *RET_SIZE; -ENOENT when
+ * every home that answered knows none (a home older than the index route answers 404, so it
+ * counts as knowing none); -EHOSTUNREACH when no home answered; -ENOTCONN without members. */
+int source_locate_index(struct source *s, const struct digest *layer, uint64_t deadline_ms,
+                        struct digest *ret_index, uint64_t *ret_size);
+
 struct source_stats {
         uint64_t peer_bytes; /* verified chunk bytes received from peers */
         uint64_t peer_chunks;
@@ -92,5 +102,6 @@ struct source_stats {
         uint64_t locate_failures;
         uint64_t origin_chunks; /* chunks handed to the origin */
         uint64_t claims;        /* chunks this node was told to fetch from the origin */
+        uint64_t index_locates; /* source_locate_index() queries, to homes or ourselves */
 };
 void source_get_stats(struct source *s, struct source_stats *ret);

@@ -77,6 +77,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 CHECK((get || head) && strncmp(url, "/p2p/v1/locate/sha256:", 22) == 0);
                 CHECK(ends_with_digest(url, &rp.digest) && strlen(url) == 22 + DIGEST_HEX_LEN);
                 break;
+        case ROUTE_PEER_INDEX:
+                CHECK((get || head) && strncmp(url, "/p2p/v1/index/sha256:", 21) == 0);
+                CHECK(ends_with_digest(url, &rp.digest) && strlen(url) == 21 + DIGEST_HEX_LEN);
+                break;
         case ROUTE_PEER_BLOB:
                 CHECK((get || head) && rp.head == head && rp.protocol);
                 CHECK(ends_with_digest(url, &rp.digest));

@@ -1,7 +1,10 @@
-/* The announcer (issue 18): a blob registered is announced at once, not at the next interval
+/* The announcer (issue 18 and 16): a blob registered is announced at once, not at the next interval
  * (homes grant no claims on a blob they have not heard of, so until then every node that
  * starts reading it goes to the origin); the manual seam bench/sim uses runs the same rounds.
+ * Layer index records (issue 16) go to the layer's homes when published and with every full
+ * refresh while the index blob is held whole, and are withdrawn when it is not.
  * Uses the announcer's send hook instead of HTTP, and a manual membership. */
+#include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -22,9 +25,11 @@
 
 static struct digest blob_digest;
 static bool registered;
+static bool whole; /* the blob's 4 chunks are present */
 
 static pthread_mutex_t sent_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned sent_blobs;
+static unsigned sent_indexes; /* index records sent to OTHER */
 
 static uint32_t op_count(void *ud) {
         (void)ud;
@@ -43,6 +48,8 @@ static int op_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struct
         ret->nchunks = 4;
         snprintf(ret->source, sizeof(ret->source), "registry.example.com/app");
         ret->present = calloc(2, 1);
+        if (ret->present && whole)
+                ret->present[0] = 0x0f;
         ret->sha_idx = calloc(1, sizeof(*ret->sha_idx));
         ret->sha = calloc(1, sizeof(*ret->sha));
         return ret->present && ret->sha_idx && ret->sha ? 0 : -1;
@@ -63,6 +70,9 @@ static int send_hook(void *ud, const char *home, const struct wire_announce *w) 
         for (uint32_t i = 0; i < w->nblobs; i++)
                 if (digest_equal(&w->blobs[i].digest, &blob_digest))
                         sent_blobs++;
+        sent_indexes += w->nindexes;
+        for (uint32_t i = 0; i < w->nindexes; i++)
+                assert_true(w->indexes[i].size > 0);
         pthread_mutex_unlock(&sent_lock);
         return 0;
 }
@@ -162,10 +172,89 @@ static void test_manual_rounds(void **state) {
         members_free(m);
 }
 
+static unsigned indexes_sent(void) {
+        pthread_mutex_lock(&sent_lock);
+        unsigned n = sent_indexes;
+        pthread_mutex_unlock(&sent_lock);
+        return n;
+}
+
+static void index_at_home(const struct digest *layer, uint64_t now, bool want) {
+        struct wire_index x;
+        int r = dir_locate_index(own_dir, layer, now, &x);
+        if (!want) {
+                assert_int_equal(r, -ENOENT);
+                return;
+        }
+        assert_int_equal(r, 0);
+        assert_true(digest_equal(&x.index, &blob_digest));
+        assert_true(x.size == 4u << 20);
+}
+
+static void test_index_records(void **state) {
+        (void)state;
+        memset(&blob_digest, 0x31, sizeof(blob_digest));
+        registered = true;
+        whole = true;
+        sent_indexes = 0;
+        struct members *m = two_members();
+        struct announce_config ac = config(m, true);
+        struct announcer *a = NULL;
+        struct digest l1, l2;
+        memset(&l1, 0x41, sizeof(l1));
+        memset(&l2, 0x42, sizeof(l2));
+        assert_int_equal(announce_new(&ac, &a), 0);
+        assert_int_equal(announce_index(a, &l1, &blob_digest, 0), -EINVAL);
+        assert_int_equal(announce_index(a, &l1, &blob_digest, 4u << 20), 0);
+        announce_round(a, 1000000); /* full */
+        assert_int_equal(indexes_sent(), 1); /* to OTHER, and to ourselves directly: */
+        index_at_home(&l1, 1000000, true);
+        announce_round(a, 1000250);
+        assert_int_equal(indexes_sent(), 1); /* nothing new, no refresh due */
+        assert_int_equal(announce_index(a, &l2, &blob_digest, 4u << 20), 0);
+        announce_round(a, 1000500);
+        assert_int_equal(indexes_sent(), 2); /* only the new one */
+        index_at_home(&l2, 1000500, true);
+        /* A full refresh re-sends both while the index blob is held whole... */
+        announce_round(a, 1000500 + 600000);
+        assert_int_equal(indexes_sent(), 4);
+        /* ...and withdraws them once it is not (a chunk evicted). */
+        whole = false;
+        announce_round(a, 1000500 + 1200000);
+        assert_int_equal(indexes_sent(), 4);
+        struct announce_stats st;
+        announce_get_stats(a, &st);
+        assert_int_equal(st.indexes, 0);
+        assert_int_equal(st.indexes_withdrawn, 2);
+        index_at_home(&l1, 1000500 + 1200000, false); /* not refreshed: aged out at the home */
+        /* Forgotten (find fails) is withdrawn too; published again, it is back. */
+        whole = true;
+        assert_int_equal(announce_index(a, &l1, &blob_digest, 4u << 20), 0);
+        registered = false;
+        announce_round(a, 1000500 + 1800000);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.indexes_withdrawn, 3);
+        registered = true;
+        /* The table is bounded. */
+        struct digest l;
+        memset(&l, 0, sizeof(l));
+        for (unsigned i = 0; i < ANNOUNCE_INDEX_MAX; i++) {
+                memcpy(l.bytes, &i, sizeof(i));
+                assert_int_equal(announce_index(a, &l, &blob_digest, 1), 0);
+        }
+        memset(&l, 0x77, sizeof(l));
+        assert_int_equal(announce_index(a, &l, &blob_digest, 1), -ENOSPC);
+        memset(&l, 0, sizeof(l)); /* replacing one already there is fine */
+        assert_int_equal(announce_index(a, &l, &blob_digest, 2), 0);
+        announce_free(a);
+        members_free(m);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
                 cmocka_unit_test(test_manual_rounds),
+                cmocka_unit_test(test_index_records),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);

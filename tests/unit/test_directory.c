@@ -917,6 +917,156 @@ static void test_threads(void **state) {
         dir_free(dir);
 }
 
+/* NODE's announce with no blobs and one index record: layer dg(LAYER) is blob dg(INDEX). */
+static int publish(struct directory *dir, const char *node, int layer, int index, uint64_t size,
+                   uint64_t now) {
+        struct wire_index x = {.layer = dg(layer), .index = dg(index), .size = size};
+        struct wire_announce a = {.chunk_size = CS, .nindexes = 1, .indexes = &x};
+        char reason[160];
+
+        snprintf(a.node, sizeof(a.node), "%s", node);
+        return dir_apply(dir, &a, now, reason, sizeof(reason));
+}
+
+static void expect_index(struct directory *dir, int layer, uint64_t now, int index, uint64_t size) {
+        struct wire_index x;
+        struct digest l = dg(layer), want = dg(index);
+
+        assert_int_equal(dir_locate_index(dir, &l, now, &x), 0);
+        assert_true(digest_equal(&x.layer, &l));
+        assert_true(digest_equal(&x.index, &want));
+        assert_true(x.size == size);
+}
+
+static void expect_no_index(struct directory *dir, int layer, uint64_t now) {
+        struct wire_index x;
+        struct digest l = dg(layer);
+
+        assert_int_equal(dir_locate_index(dir, &l, now, &x), -ENOENT);
+}
+
+/* An index record lives TTL after its announce, like a holder record, is replaced by its
+ * node's next one, and rides along with blobs in the same announce. */
+static void test_index_records(void **state) {
+        struct directory *dir = new_dir(8, 4, 0);
+        struct dir_stats st;
+        struct one o;
+        struct wire_index x = {.layer = dg(7), .index = dg(8), .size = 99};
+        char reason[160];
+
+        (void)state;
+        expect_no_index(dir, 1, 0);
+        assert_int_equal(publish(dir, A, 1, 2, 1000, 10), 0);
+        expect_index(dir, 1, 10, 2, 1000);
+        expect_index(dir, 1, 10 + TTL - 1, 2, 1000);
+        expect_no_index(dir, 1, 10 + TTL); /* dead at exactly T + ttl */
+        expect_no_index(dir, 3, 10);       /* another layer */
+        assert_int_equal(publish(dir, A, 1, 2, 1000, 50), 0); /* refreshed */
+        expect_index(dir, 1, 10 + TTL, 2, 1000);
+        assert_int_equal(publish(dir, A, 1, 4, 2000, 60), 0); /* A rebuilt it: replaced */
+        expect_index(dir, 1, 60, 4, 2000);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.indexes, 1);
+        assert_int_equal(st.index_records, 1);
+        assert_int_equal(st.blobs, 0); /* index records make no blob records */
+
+        /* With blobs in the same announce: both applied. */
+        make(&o, B, 5, 4, "0-3");
+        o.a.nindexes = 1;
+        o.a.indexes = &x;
+        assert_int_equal(dir_apply(dir, &o.a, 70, reason, sizeof(reason)), 0);
+        expect_index(dir, 7, 70, 8, 99);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 1);
+        assert_int_equal(st.indexes, 2);
+
+        /* A refused announce (chunk size) applies no record either. */
+        o.a.chunk_size = CS * 2;
+        x.layer = dg(9);
+        assert_int_equal(dir_apply(dir, &o.a, 70, reason, sizeof(reason)), -EPROTO);
+        expect_no_index(dir, 9, 70);
+
+        dir_expire(dir, 60 + TTL - 1);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.indexes, 2);
+        dir_expire(dir, 70 + TTL);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.indexes, 0);
+        assert_int_equal(st.index_records, 0);
+        assert_int_equal(st.index_misses, 4);
+        dir_free(dir);
+}
+
+/* Which index a home answers when nodes disagree: the one most live nodes announce, the most
+ * recently announced among equals; a lone liar cannot outvote two builders, and records that
+ * expire stop voting. */
+static void test_index_votes(void **state) {
+        struct directory *dir = new_dir(8, 4, 0);
+
+        (void)state;
+        assert_int_equal(publish(dir, A, 1, 2, 100, 0), 0);
+        assert_int_equal(publish(dir, B, 1, 2, 100, 10), 0);
+        assert_int_equal(publish(dir, C, 1, 3, 100, 20), 0); /* newest, but alone */
+        expect_index(dir, 1, 20, 2, 100);
+        /* Same digest, another size, is another answer. */
+        assert_int_equal(publish(dir, C, 1, 2, 101, 20), 0);
+        expect_index(dir, 1, 20, 2, 100);
+        /* A and B expire: C's is all there is. */
+        expect_index(dir, 1, 10 + TTL, 2, 101);
+        /* Equal votes: the most recent wins. */
+        assert_int_equal(publish(dir, A, 1, 5, 100, 200), 0);
+        assert_int_equal(publish(dir, B, 1, 6, 100, 201), 0);
+        expect_index(dir, 1, 201, 6, 100);
+        dir_free(dir);
+}
+
+/* Bounds: DIR_INDEX_NODES records per layer (the least recently announced dropped) and
+ * max_indexes layers (the layer whose newest record is oldest dropped). */
+static void test_index_bounds(void **state) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 8,
+                                 .max_holders = 4,
+                                 .ttl_ms = 1000,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .max_indexes = 3};
+        struct directory *dir;
+        struct dir_stats st;
+        char node[PEER_ID_MAX];
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        for (int i = 0; i < DIR_INDEX_NODES + 1; i++) {
+                snprintf(node, sizeof(node), "10.0.1.%d:5001", i + 1);
+                /* Node 1 (the oldest) names index 50; the others 60: after node 1 is dropped,
+                 * 60 is all that is left even if node 1 had been the majority. */
+                assert_int_equal(publish(dir, node, 1, i == 0 ? 50 : 60, 10, (uint64_t)i), 0);
+        }
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.index_records, DIR_INDEX_NODES);
+        assert_int_equal(st.indexes, 1);
+        expect_index(dir, 1, 20, 60, 10);
+        /* Node 1 announces again: it takes the slot of the least recent (node 2). */
+        assert_int_equal(publish(dir, "10.0.1.1:5001", 1, 50, 10, 30), 0);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.index_records, DIR_INDEX_NODES);
+
+        assert_int_equal(publish(dir, A, 2, 70, 10, 40), 0);
+        assert_int_equal(publish(dir, A, 3, 70, 10, 50), 0);
+        assert_int_equal(publish(dir, A, 1, 60, 10, 60), 0); /* layer 1 is the newest now */
+        assert_int_equal(publish(dir, A, 4, 70, 10, 70), 0); /* layer 2 goes */
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.indexes, 3);
+        expect_no_index(dir, 2, 70);
+        expect_index(dir, 3, 70, 70, 10);
+        expect_index(dir, 4, 70, 70, 10);
+        expect_index(dir, 1, 70, 60, 10);
+        assert_int_equal(st.index_records, DIR_INDEX_NODES + 2);
+        /* A size the wire refuses is refused here too (a caller that skipped the parser). */
+        assert_int_equal(publish(dir, A, 5, 70, 0, 80), -EINVAL);
+        expect_no_index(dir, 5, 80);
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
@@ -937,6 +1087,9 @@ int main(void) {
                 cmocka_unit_test(test_fetching_bound),
                 cmocka_unit_test(test_byte_budget),
                 cmocka_unit_test(test_threads),
+                cmocka_unit_test(test_index_records),
+                cmocka_unit_test(test_index_votes),
+                cmocka_unit_test(test_index_bounds),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
