@@ -141,3 +141,9 @@ size_t rdv_homes(const char *const *nodes, size_t n, const struct digest *d, siz
         }
         return m;
 }
+
+size_t rdv_spread(const char *reader_id, const struct digest *d, size_t n) {
+        /* The reader's own score for the digest: uniform and independent of the homes' scores,
+         * so the reader population splits evenly whoever the homes are. */
+        return n <= 1 ? 0 : (size_t)(rdv_score(reader_id, d) % n);
+}

@@ -48,6 +48,7 @@
 #include <time.h>
 
 #include "peer/httpd.h"
+#include "peer/rendezvous.h"
 #include "util/log.h"
 
 #define MAX_HOMES MEMBERS_MAX_HOMES
@@ -118,6 +119,9 @@ struct job {
          * home that restarted knows nothing until holders announce again), without claiming,
          * since our own answer already decided who fetches from the origin. */
         bool probing;
+        /* The locate in flight asks the home rdv_spread() picked, without claiming, only who
+         * holds the chunk: when nobody does, the job starts over at the first home. */
+        bool spread;
         char bad_peer[PEER_ID_MAX]; /* set by a verifier: this peer's bytes did not match */
         unsigned busy_retries;
 };
@@ -289,7 +293,7 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
         digest_to_hex(&j->digest, hex);
         if (kind == X_LOCATE || kind == X_DIGEST) {
                 add_token(s, &x->headers);
-                if (j->probing || kind == X_DIGEST) /* no claim: only asking */
+                if (j->probing || j->spread || kind == X_DIGEST) /* no claim: only asking */
                         snprintf(url, sizeof(url),
                                  "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32, peer, hex,
                                  j->idx);
@@ -519,6 +523,58 @@ static void next_candidate(struct source *s, struct job *j) {
         to_origin(s, j);
 }
 
+/* Whether answer L names a source for J's chunk that use_answer() would try: a holder or
+ * claimant of it, not ourselves, not distrusted, not down. */
+static bool answer_has_source(struct source *s, const struct job *j, const struct wire_locate *l,
+                              const char *self) {
+        if (!digest_equal(&l->digest, &j->digest) || l->chunk_size != s->cfg.chunk_size ||
+            l->nchunks <= j->idx || l->size != j->size)
+                return false;
+        for (uint32_t i = 0; i < l->nholders; i++) {
+                const struct wire_holder *h = &l->holders[i];
+                if (wire_bit(h->present, j->idx) && strcmp(h->node, self) != 0 &&
+                    !distrusted(s, h->node, &j->digest) &&
+                    members_rank_key(s->cfg.members, h->node) != UINT64_MAX)
+                        return true;
+        }
+        return false;
+}
+
+/* Issue 18: the readers of a blob spread their "who holds chunk I?" over its homes
+ * (rdv_spread), so no home's load grows with the number of readers. Only the first home
+ * grants claims, so that "who fetches this chunk from the origin" is decided in one place:
+ * a spread home that names nobody sends the job on to the usual path (first home, with a
+ * claim), at the cost of a second round trip for chunks nobody holds yet. Every home hears
+ * every announce of the blob, so any of them knows the holders. Returns whether the job was
+ * taken care of (answered from our own directory, or a locate started). */
+static bool spread_locate(struct source *s, struct job *j, const char *self) {
+        size_t pick = rdv_spread(self, &j->digest, j->nhomes);
+        if (pick == 0 || !self[0])
+                return false; /* the first home: ask it with the claim straight away */
+        const char *home = j->homes[pick];
+        if (strcmp(home, self) == 0) {
+                struct wire_locate l;
+                stat_add(s, &s->stats.locates, 1);
+                if (dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now_ms(), &l) < 0)
+                        return false;
+                bool found = answer_has_source(s, j, &l, self);
+                if (found)
+                        use_answer(s, j, &l, self, self);
+                wire_locate_free(&l);
+                return found;
+        }
+        if (!members_usable(s->cfg.members, home))
+                return false;
+        j->spread = true;
+        if (xfer_start(s, j, X_LOCATE, home, false, self) < 0) {
+                j->spread = false;
+                return false;
+        }
+        stat_add(s, &s->stats.locates, 1);
+        stat_add(s, &s->stats.spread_locates, 1);
+        return true;
+}
+
 static void start_job(struct source *s, struct job *j) {
         if (!s->cfg.members) {
                 to_origin(s, j);
@@ -526,6 +582,11 @@ static void start_job(struct source *s, struct job *j) {
         }
         j->nhomes = homes_of(s, &j->digest, j->homes);
         j->phase = PH_LOCATE;
+        char self[PEER_ID_MAX];
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        if (spread_locate(s, j, self))
+                return;
         next_home(s, j);
 }
 
@@ -738,9 +799,15 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
                         char self[PEER_ID_MAX];
                         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                                 self[0] = '\0';
-                        use_answer(s, j, &l, x->peer, self);
-                        wire_locate_free(&l);
-                        return;
+                        bool spread = j->spread;
+                        j->spread = false;
+                        if (!spread || answer_has_source(s, j, &l, self)) {
+                                use_answer(s, j, &l, x->peer, self);
+                                wire_locate_free(&l);
+                                return;
+                        }
+                        wire_locate_free(&l); /* nobody holds it: the first home decides */
+                        stat_add(s, &s->stats.spread_misses, 1);
                 }
                 log_debug("malformed locate answer home=%s reason=\"%s\"", x->peer, reason);
         }
@@ -752,6 +819,7 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
                         members_report_failure(s->cfg.members, x->peer,
                                                x->stalled ? "stalled" : curl_easy_strerror(cc));
         }
+        j->spread = false;
         next_home(s, j); /* 404: this home does not know it; another may */
 }
 

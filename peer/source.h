@@ -2,7 +2,11 @@
  *
  * For each chunk the engine misses, source_fetch() asks one of the blob's homes (rendezvous
  * hashing over the membership) who holds or is fetching that chunk — one round trip at any
- * cluster size — and then tries, in order:
+ * cluster size. Readers spread these questions over the k homes (rendezvous.h's
+ * rdv_spread), so the busiest home's load does not grow with the readers of a blob; a chunk
+ * nobody holds yet is then asked of the first home, which alone grants the claim to fetch it
+ * from the origin (a second round trip, for chunks new to the cluster). Then it tries, in
+ * order:
  *   1. peers that hold the chunk, best first (members_rank_key: on-link, latency, failures);
  *   2. a peer that is fetching it from the origin right now (its claim), waiting for it;
  *   3. the origin, when this node was granted the claim, or when every peer failed.
@@ -103,5 +107,8 @@ struct source_stats {
         uint64_t origin_chunks; /* chunks handed to the origin */
         uint64_t claims;        /* chunks this node was told to fetch from the origin */
         uint64_t index_locates; /* source_locate_index() queries, to homes or ourselves */
+        /* Locates asked of the home rdv_spread() picked (not the first), and those of them
+         * that named no source, so the job asked the first home too. */
+        uint64_t spread_locates, spread_misses;
 };
 void source_get_stats(struct source *s, struct source_stats *ret);
