@@ -12,9 +12,11 @@
  * blobs, digests, holders and bitmap bytes), which is printed so the error can be judged.
  *
  * What is modelled (not the daemon's code). The read path's choice of home and source
- * follows peer/source.c's rules (first home in rendezvous order; a home that is ourselves and
- * knows no holder sends us on to the next home without claiming; holders before claimants;
- * the origin when nobody has it) but is written here, since source.c is bound to libcurl.
+ * follows peer/source.c's rules (first the home rdv_spread() picks, asked without a claim, who
+ * holds the chunk; when nobody does, the first home in rendezvous order, with the claim; a
+ * home that is ourselves and knows no holder sends us on to the next home without claiming;
+ * holders before claimants; the origin when nobody has it; --no-spread: the first home only,
+ * as before issue 18's fix) but is written here, since source.c is bound to libcurl.
  * Eviction is whole-blob LRU under the node's budget (cache/policy.c works per chunk and
  * needs the store). Transfers take a tick: a node fetches at most --rate chunks per 250 ms
  * tick (1 MiB chunks: 1 Gbit/s); a claimant's waiters receive the chunk in the same tick.
@@ -68,7 +70,7 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn;
+        bool tsv, no_churn, no_spread;
 };
 
 struct blob {
@@ -359,6 +361,7 @@ enum src { SRC_ORIGIN, SRC_PEER };
 /* Why a chunk went to the origin: no home knew the blob (-ENOENT everywhere, or homes gone),
  * we were granted the claim, or an answer listed nobody usable and granted nothing. */
 static uint64_t why_unknown, why_claim, why_nobody;
+static uint64_t spread_misses; /* spread locates that named nobody: the first home was asked */
 
 /* Where NODE gets chunk C of blob B: asks the homes, as source.c does. *RET_PEER: the node
  * that serves it (SRC_PEER). */
@@ -368,6 +371,34 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
         size_t nh = members_homes(view, &b->d, K_HOMES, homes, NULL);
         bool probing = false;
         nd->misses++;
+        size_t spread = O.no_spread ? 0 : rdv_spread(nd->id, &b->d, nh);
+        int ph = spread > 0 ? node_of(homes[spread]) : -1;
+        if (ph >= 0 && (&nodes[ph] == nd || nodes[ph].alive)) {
+                /* Who holds it, asked of the spread home; claims stay with the first home. */
+                struct wire_locate l;
+                int r = dir_locate(nodes[ph].dir, &b->d, NULL, c, now, &l);
+                if (&nodes[ph] != nd)
+                        count_locate(nd, &nodes[ph], r == 0 ? &l : NULL);
+                int got = -1;
+                for (uint32_t k = 0; r == 0 && k < l.nholders && got < 0; k++) {
+                        int p = node_of(l.holders[k].node);
+                        if (p >= 0 && p != (int)(nd - nodes) && nodes[p].alive &&
+                            wire_bit(l.holders[k].present, c))
+                                got = p;
+                }
+                if (r == 0) {
+                        if (got >= 0) {
+                                nd->locate_answers++;
+                                nd->answer_holders += l.nholders;
+                        }
+                        wire_locate_free(&l);
+                }
+                if (got >= 0) {
+                        *ret_peer = got;
+                        return SRC_PEER;
+                }
+                spread_misses++;
+        }
         for (size_t i = 0; i < nh; i++) {
                 int hi = node_of(homes[i]);
                 if (hi < 0)
@@ -707,7 +738,7 @@ static void usage(void) {
         fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
                         "K] [--seed S] "
-                        "[--no-churn] [--tsv]\n");
+                        "[--no-churn] [--no-spread] [--tsv]\n");
         exit(2);
 }
 
@@ -779,6 +810,10 @@ int main(int argc, char **argv) {
                 }
                 if (strcmp(a, "--no-churn") == 0) {
                         O.no_churn = true;
+                        continue;
+                }
+                if (strcmp(a, "--no-spread") == 0) { /* every reader asks the first home */
+                        O.no_spread = true;
                         continue;
                 }
                 if (!v)
@@ -1041,6 +1076,7 @@ int main(int argc, char **argv) {
                 printf("origin_fetches unknown_blob %" PRIu64 " claim %" PRIu64
                        " answer_without_source %" PRIu64 "\n",
                        why_unknown, why_claim, why_nobody);
+                printf("spread_locates_naming_nobody %" PRIu64 "\n", spread_misses);
                 uint64_t ctl = 0;
                 for (unsigned i = 0; i < nnodes; i++)
                         ctl += nodes[i].ann_tx.msgs + nodes[i].ann_rx.msgs + nodes[i].loc_tx.msgs +
