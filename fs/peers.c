@@ -291,8 +291,8 @@ static void lt_publish_index(void *ud, const struct digest *layer, const struct 
                 while (i < npending && !digest_equal(&pending[i].layer, layer))
                         i++;
                 if (i < ANNOUNCE_INDEX_MAX) {
-                        pending[i] = (struct wire_index){
-                                .layer = *layer, .index = *index, .size = size};
+                        pending[i] =
+                                (struct wire_index){.layer = *layer, .index = *index, .size = size};
                         if (i == npending)
                                 npending++;
                 } else {

@@ -291,8 +291,8 @@ int announce_index(struct announcer *a, const struct digest *layer, const struct
                 a->nindexes++;
                 a->stats.indexes++;
         }
-        a->indexes[i] = (struct ann_index){
-                .x = {.layer = *layer, .index = *index, .size = size}, .dirty = true};
+        a->indexes[i] = (struct ann_index){.x = {.layer = *layer, .index = *index, .size = size},
+                                           .dirty = true};
         a->soon = true; /* readers of the layer on other nodes would otherwise build it too */
         pthread_cond_signal(&a->cond);
 out_unlock:

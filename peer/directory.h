@@ -97,7 +97,7 @@ struct dir_stats {
         /* Since dir_new; refused counts refused announces and skipped blobs. */
         uint64_t announces, refused, locates, claims_granted;
         uint64_t bytes; /* holder bitmaps and chunk digests now, against max_bytes */
-        uint64_t indexes, index_records; /* layers with index records, records (now) */
+        uint64_t indexes, index_records;      /* layers with index records, records (now) */
         uint64_t index_locates, index_misses; /* since dir_new */
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

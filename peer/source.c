@@ -1342,8 +1342,8 @@ int source_locate_index(struct source *s, const struct digest *layer, uint64_t d
                                                              sizeof(reason))
                                           : -ENOENT;
                         if (status == 200 && r < 0)
-                                log_debug("malformed index answer home=%s reason=\"%s\"",
-                                          homes[i], reason);
+                                log_debug("malformed index answer home=%s reason=\"%s\"", homes[i],
+                                          reason);
                         free(body);
                 }
                 if (r == 0 && digest_equal(&x.layer, layer)) {

@@ -583,8 +583,8 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
         bool ok;
 
         if (!wire_node_id_valid(a->node) || a->chunk_size == 0 || a->nblobs > WIRE_MAX_BLOBS ||
-            (a->nblobs > 0 && !a->blobs) || a->boot > INT64_MAX ||
-            a->nindexes > WIRE_MAX_INDEXES || (a->nindexes > 0 && !a->indexes))
+            (a->nblobs > 0 && !a->blobs) || a->boot > INT64_MAX || a->nindexes > WIRE_MAX_INDEXES ||
+            (a->nindexes > 0 && !a->indexes))
                 return -EINVAL;
         for (uint32_t i = 0; i < a->nindexes; i++)
                 if (a->indexes[i].size == 0 || a->indexes[i].size > INT64_MAX)
@@ -644,9 +644,10 @@ int wire_index_parse(const char *body, size_t len, struct wire_index *ret, char 
         if (!root)
                 return r;
         if (!get_index(root, &x))
-                r = fail(reason, reason_len,
-                         "invalid index answer: want layer and index digests and a size 1..%" PRId64,
-                         INT64_MAX);
+                r = fail(
+                        reason, reason_len,
+                        "invalid index answer: want layer and index digests and a size 1..%" PRId64,
+                        INT64_MAX);
         json_decref(root);
         if (r == 0)
                 *ret = x;

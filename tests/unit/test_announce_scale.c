@@ -206,7 +206,7 @@ static void test_index_records(void **state) {
         assert_int_equal(announce_new(&ac, &a), 0);
         assert_int_equal(announce_index(a, &l1, &blob_digest, 0), -EINVAL);
         assert_int_equal(announce_index(a, &l1, &blob_digest, 4u << 20), 0);
-        announce_round(a, 1000000); /* full */
+        announce_round(a, 1000000);          /* full */
         assert_int_equal(indexes_sent(), 1); /* to OTHER, and to ourselves directly: */
         index_at_home(&l1, 1000000, true);
         announce_round(a, 1000250);

@@ -959,8 +959,8 @@ static void test_index_records(void **state) {
         assert_int_equal(publish(dir, A, 1, 2, 1000, 10), 0);
         expect_index(dir, 1, 10, 2, 1000);
         expect_index(dir, 1, 10 + TTL - 1, 2, 1000);
-        expect_no_index(dir, 1, 10 + TTL); /* dead at exactly T + ttl */
-        expect_no_index(dir, 3, 10);       /* another layer */
+        expect_no_index(dir, 1, 10 + TTL);                    /* dead at exactly T + ttl */
+        expect_no_index(dir, 3, 10);                          /* another layer */
         assert_int_equal(publish(dir, A, 1, 2, 1000, 50), 0); /* refreshed */
         expect_index(dir, 1, 10 + TTL, 2, 1000);
         assert_int_equal(publish(dir, A, 1, 4, 2000, 60), 0); /* A rebuilt it: replaced */

@@ -853,8 +853,8 @@ static void test_announce_indexes(void **state) {
         a = (struct wire_announce){
                 .node = "10.0.0.2:5001", .chunk_size = 4, .nindexes = 2, .indexes = x};
         assert_int_equal(wire_announce_build(&a, &text, &len), 0);
-        assert_string_equal(text, ANNIDX(IDXREC(HEX1, HEX2, 4096) "," IDXREC(
-                                          HEX2, HEX1, 9223372036854775807)));
+        assert_string_equal(
+                text, ANNIDX(IDXREC(HEX1, HEX2, 4096) "," IDXREC(HEX2, HEX1, 9223372036854775807)));
         assert_int_equal(wire_announce_parse(text, len, &back, reason, sizeof(reason)), 0);
         assert_true(wire_announce_equal(&a, &back));
         assert_int_equal(back.nindexes, 2);

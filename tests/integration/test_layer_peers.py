@@ -1,0 +1,156 @@
+"""Issue 16: layer indexes shared through the peer directory. Two nodes in network namespaces
+(netns.py): node A registers a gzip layer and builds its index (the pass); the homes of the
+layer then know "the index of layer L is blob I" (GET /p2p/v1/index/<L>, peer/wire.h); node B
+registers the same layer and takes the index from the cluster (state "peer") instead of running
+the pass, and its files read right.
+
+(The 256 MiB, two-span test is test_layers.py's.)"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+import harness
+import netns
+from harness import MiB
+
+REPO = "p2pblobs/layerpeers"
+PEER_PORT = 5001
+MTIME = 1_700_000_000
+TOKEN = "peeridx-cluster-token"
+
+
+def _file(tf, name, data, mode=0o644):
+    ti = tarfile.TarInfo(name)
+    ti.mode, ti.mtime, ti.size = mode, MTIME, len(data)
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def _dir(tf, name):
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, MTIME
+    tf.addfile(ti)
+
+
+def layer_tar():
+    """A small tar: a few files, one of 3 MiB (several chunks of the gzip blob at 1 MiB)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        _dir(tf, "etc")
+        _file(tf, "etc/hostname", b"layerpeers\n")
+        _dir(tf, "usr")
+        _dir(tf, "usr/lib")
+        _file(tf, "usr/lib/big.so", harness.gen_bytes(1616, 3 * MiB + 4321))
+        _file(tf, "usr/lib/small.txt", b"small\n" * 1000)
+    return buf.getvalue()
+
+
+def files_of(tar_bytes):
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tf:
+        return {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isreg()}
+
+
+def node_flags(host, hosts, token_file=None):
+    a = ["--advertise-address", host.ip, "--peer-refresh", "1s",
+         "--peer-connect-timeout", "250ms", "--peer-stall-timeout", "1s",
+         "--peers", ",".join("%s:%d" % (h.ip, PEER_PORT) for h in hosts)]
+    if token_file:
+        a += ["--cluster-token-file", str(token_file)]
+    return a
+
+
+def layer_add(d, ref):
+    r = d.blobctl("layer", "add", ref, "--wait", "60", "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def layers(d):
+    r = d.blobctl("layers", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    return out["layers"] if isinstance(out, dict) else out
+
+
+def index_answer(net, d, layer, headers):
+    """What D's directory answers for LAYER's index: (index digest, size), or None (404)."""
+    st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/p2p/v1/index/" + layer,
+                            headers=headers, timeout=2)
+    if st != 200:
+        return None
+    j = json.loads(body)
+    assert j["layer"] == layer, j
+    return j["index"], j["size"]
+
+
+def wait_peers_up(nodes, timeout=15):
+    for d in nodes:
+        want = [o for o in nodes if o is not d]
+
+        def ok(d=d, want=want):
+            ps = {p.get("id"): p for p in d.peers()}
+            return all(ps.get(o.peer_id, {}).get("state") == "up" for o in want)
+        harness.wait_until(ok, timeout, interval=0.2, what="%s to see its peers" % d.host.name)
+
+
+@pytest.mark.parametrize("token", [False, True], ids=["open", "cluster-token"])
+def test_second_node_takes_the_index_from_the_first(build_dir, net, tmp_path, token):
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    tar = layer_tar()
+    gz = gzip.compress(tar, mtime=0)
+    digest = reg.push_blob(REPO, gz)
+    ref = reg.ref(REPO, digest)
+    token_file = None
+    headers = {}
+    if token:
+        token_file = tmp_path / "token"
+        token_file.write_text(TOKEN + "\n")
+        headers = {"X-P2PBlobs-Token": TOKEN}
+    hosts = [net.add_host(n, s) for n in ("a", "b")]
+    a, b = [net.daemon(build_dir, h, registries=[reg], extra_args=node_flags(h, hosts, token_file))
+            for h in hosts]
+    wait_peers_up([a, b])
+
+    # Nobody has published an index: the homes say so (404), not an error.
+    assert index_answer(net, a, digest, headers) is None
+    assert index_answer(net, b, digest, headers) is None
+
+    out_a = layer_add(a, ref)
+    assert out_a["state"] == "built", out_a
+    index = out_a["index_digest"]
+    assert index and index != digest
+
+    # A tells the layer's homes (with two nodes, both are homes), and announces the index
+    # blob itself like any blob.
+    harness.wait_until(lambda: all(index_answer(net, d, digest, headers) is not None
+                                   for d in (a, b)),
+                       20, interval=0.1, what="the homes of the layer to learn its index")
+    for d in (a, b):
+        got, size = index_answer(net, d, digest, headers)
+        assert got == index, (d.host.name, got, index)
+        assert size > 0
+    net.wait_announced([a, b], [a], index, headers=headers or None)
+    if token:  # without the token, the index route is refused like the rest of /p2p/
+        st, _h, _b = net.http(a.host.ip, PEER_PORT, "GET", "/p2p/v1/index/" + digest)
+        assert st == 401
+
+    mark = reg.mark()
+    out_b = layer_add(b, ref)
+    assert out_b["state"] == "peer", out_b  # B did not run the pass
+    assert out_b["index_digest"] == index
+    listed = {l["digest"]: l for l in layers(b)}
+    assert listed[digest]["state"] == "peer", listed
+
+    root = os.path.join(b.mountpoint, "layers", "sha256", harness.hex_of(digest))
+    for name, data in files_of(tar).items():
+        got = harness.read_file(os.path.join(root, name))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
+    # The index came from A, not the registry (which never had it); the layer's own bytes
+    # B read from A or the registry, as any blob.
+    assert reg.bytes_served(index, since=mark) == 0
