@@ -1,12 +1,13 @@
 /* The peer protocol's JSON bodies, built and parsed with every size bounded.
  *
- * Both parsers take bytes from the network, so they trust nothing: the body is capped at
- * WIRE_MAX_BODY before jansson sees it, duplicate keys are refused, and every number is
- * checked against its range before anything is allocated from it. What a parse allocates is
- * then bounded twice over: by the limits in wire.h (nchunks <= WIRE_MAX_CHUNKS per blob,
- * WIRE_MAX_ANNOUNCE_CHUNKS across an announce, WIRE_MAX_BLOBS, WIRE_MAX_HOLDERS per list),
- * and, for every list, by the number of JSON elements actually sent (a range or a digest
- * pair is at least a few bytes of body). Unknown keys are ignored so that a newer node can
+ * The parsers (announce, locate answer, index answer) take bytes from the network, so they
+ * trust nothing: the body is capped at WIRE_MAX_BODY before jansson sees it, duplicate keys
+ * are refused, and every number is checked against its range before anything is allocated
+ * from it. What a parse allocates is then bounded twice over: by the limits in wire.h
+ * (nchunks <= WIRE_MAX_CHUNKS per blob, WIRE_MAX_ANNOUNCE_CHUNKS across an announce,
+ * WIRE_MAX_BLOBS, WIRE_MAX_HOLDERS per list, WIRE_MAX_INDEXES), and, for every list, by the
+ * number of JSON elements actually sent (a range or a digest pair is at least a few bytes of
+ * body). Unknown keys are ignored so that a newer node can
  * add fields during a rolling upgrade; everything this version reads is checked strictly.
  *
  * Canonical forms. A node id is its numeric address exactly as inet_ntop() prints it, then
