@@ -806,8 +806,11 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
                                 wire_locate_free(&l);
                                 return;
                         }
-                        wire_locate_free(&l); /* nobody holds it: the first home decides */
+                        /* Nobody holds it: the first home decides who fetches it. */
+                        wire_locate_free(&l);
                         stat_add(s, &s->stats.spread_misses, 1);
+                        next_home(s, j);
+                        return;
                 }
                 log_debug("malformed locate answer home=%s reason=\"%s\"", x->peer, reason);
         }
