@@ -427,7 +427,7 @@ static int layers_start(struct daemon *d) {
                                   .max_layers = (uint32_t)d->cfg.max_layers,
                                   .workers = (unsigned)d->cfg.layer_workers,
                                   .index_timeout_ms = d->cfg.fetch_timeout_ms};
-        int r = ltree_new(&lc, d->engine, d->ix, NULL, &d->layers);
+        int r = ltree_new(&lc, d->engine, d->ix, peers_ltree_ops(d), &d->layers);
         if (r < 0) {
                 log_err("cannot start the layer trees err=%s", strerror(-r));
                 return r;

@@ -147,7 +147,7 @@ def test_second_node_takes_the_index_from_the_first(build_dir, net, tmp_path, to
     listed = {l["digest"]: l for l in layers(b)}
     assert listed[digest]["state"] == "peer", listed
 
-    root = os.path.join(b.mountpoint, "layers", "sha256", harness.hex_of(digest))
+    root = os.path.join(b.view_mountpoint, "layers", "sha256", harness.hex_of(digest))
     for name, data in files_of(tar).items():
         got = harness.read_file(os.path.join(root, name))
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
