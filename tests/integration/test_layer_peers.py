@@ -154,3 +154,24 @@ def test_second_node_takes_the_index_from_the_first(build_dir, net, tmp_path, to
     # The index came from A, not the registry (which never had it); the layer's own bytes
     # B read from A or the registry, as any blob.
     assert reg.bytes_served(index, since=mark) == 0
+    # Both are homes of the layer and keep its record; both now announce the index.
+    for d in (a, b):
+        m = metrics(net, d)
+        assert m.get("directory_layer_indexes") == 1, (d.host.name, m)
+    # The homes counted the index queries they answered (this test's and B's).
+    assert sum(metrics(net, d).get("directory_index_locates_total", 0) for d in (a, b)) >= 3
+    harness.wait_until(lambda: metrics(net, b).get("peer_layer_indexes_announced") == 1, 10,
+                       interval=0.1, what="B to announce the index it took")
+    assert metrics(net, a).get("peer_layer_indexes_announced") == 1
+
+
+def metrics(net, d):
+    """The unlabelled samples of D's /metrics, name (without "p2pblobs_") -> number."""
+    st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/metrics", timeout=2)
+    assert st == 200
+    out = {}
+    for line in body.decode().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+            out[parts[0].removeprefix("p2pblobs_")] = float(parts[1])
+    return out
