@@ -138,6 +138,11 @@ static const char *const migrations[] = {
         "  state INTEGER NOT NULL DEFAULT 0,"
         "  error TEXT NOT NULL DEFAULT '',"
         "  added_at INTEGER NOT NULL);",
+        /* 6: remote snapshots: committed snapshots whose tree is a layer tree, not a dir */
+        "CREATE TABLE snapshot_remote ("
+        "  snap_id INTEGER PRIMARY KEY,"
+        "  layer TEXT NOT NULL,"
+        "  ref TEXT NOT NULL);",
 };
 
 enum stmt_id {

@@ -4,6 +4,7 @@
  *   snapshots(id PK AUTOINCREMENT, key UNIQUE, parent_id, kind, created_ns, updated_ns,
  *             usage_size, usage_inodes)
  *   snapshot_labels(snap_id, name, value)
+ *   snapshot_remote(snap_id PK, layer, ref)      (migration 6) a remote snapshot's layer
  * AUTOINCREMENT so that an id, which names a directory, is never reused: a directory left
  * behind by a crash between "row deleted" and "directory removed" cannot be adopted by a new
  * snapshot, and Cleanup removes it.
@@ -18,6 +19,7 @@
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -78,6 +80,8 @@ void snap_info_free(struct snap_info *info) {
         free(info->labels);
         free(info->key);
         free(info->parent);
+        free(info->remote_layer);
+        free(info->remote_ref);
         free(info);
 }
 
@@ -174,8 +178,9 @@ static char *dup_col(sqlite3_stmt *st, int col) {
 /* Builds the snap_info of the current row of ST (columns as in INFO_SQL) with its labels. */
 #define INFO_SQL                                                                                   \
         "SELECT s.id, s.key, COALESCE(p.key, ''), s.kind, s.created_ns, s.updated_ns, "            \
-        "s.usage_size, s.usage_inodes FROM snapshots s LEFT JOIN snapshots p ON p.id = "           \
-        "s.parent_id "
+        "s.usage_size, s.usage_inodes, COALESCE(r.layer, ''), COALESCE(r.ref, '') "                \
+        "FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id "                            \
+        "LEFT JOIN snapshot_remote r ON r.snap_id = s.id "
 static int info_from_row(struct snapdb *db, sqlite3_stmt *st, struct snap_info **ret) {
         struct snap_info *info = calloc(1, sizeof(*info));
         if (!info)
@@ -188,7 +193,9 @@ static int info_from_row(struct snapdb *db, sqlite3_stmt *st, struct snap_info *
         info->updated_ns = sqlite3_column_int64(st, 5);
         info->usage_size = sqlite3_column_int64(st, 6);
         info->usage_inodes = sqlite3_column_int64(st, 7);
-        int r = info->key && info->parent ? 0 : -ENOMEM;
+        info->remote_layer = dup_col(st, 8);
+        info->remote_ref = dup_col(st, 9);
+        int r = info->key && info->parent && info->remote_layer && info->remote_ref ? 0 : -ENOMEM;
         sqlite3_stmt *ls = r == 0 ? prep(db, "SELECT name, value FROM snapshot_labels "
                                              "WHERE snap_id = ?1 ORDER BY name")
                                   : NULL;
@@ -362,15 +369,12 @@ int snapdb_get(struct snapdb *db, const char *key, struct snap_info **ret_info,
         return r;
 }
 
-int snapdb_commit(struct snapdb *db, const char *name, const char *key,
-                  const struct snap_label *labels, size_t nlabels, int64_t usage_size,
-                  int64_t usage_inodes) {
-        int r = begin(db, true);
-        if (r < 0)
-                return r;
+static int commit_locked(struct snapdb *db, const char *name, const char *key,
+                         const struct snap_label *labels, size_t nlabels, int64_t usage_size,
+                         int64_t usage_inodes, int64_t *ret_id) {
         int64_t id;
         int kind;
-        r = lookup(db, name, &id, NULL, NULL);
+        int r = lookup(db, name, &id, NULL, NULL);
         r = r == 0 ? -EEXIST : r == -ENOENT ? 0 : r;
         if (r == 0)
                 r = lookup(db, key, &id, &kind, NULL);
@@ -395,7 +399,70 @@ int snapdb_commit(struct snapdb *db, const char *name, const char *key,
         }
         if (r == 0)
                 r = put_labels(db, id, labels, nlabels); /* replaced, not inherited */
+        if (r == 0)
+                *ret_id = id;
+        return r;
+}
+
+int snapdb_commit(struct snapdb *db, const char *name, const char *key,
+                  const struct snap_label *labels, size_t nlabels, int64_t usage_size,
+                  int64_t usage_inodes) {
+        int r = begin(db, true);
+        if (r < 0)
+                return r;
+        int64_t id;
+        return end(db,
+                   commit_locked(db, name, key, labels, nlabels, usage_size, usage_inodes, &id));
+}
+
+int snapdb_commit_remote(struct snapdb *db, const char *name, const char *key,
+                         const struct snap_label *labels, size_t nlabels, const char *layer,
+                         const char *ref) {
+        if (!layer || !layer[0] || !ref)
+                return -EINVAL;
+        int r = begin(db, true);
+        if (r < 0)
+                return r;
+        int64_t id;
+        r = commit_locked(db, name, key, labels, nlabels, 0, 0, &id);
+        if (r == 0) {
+                sqlite3_stmt *st = prep(db, "INSERT OR REPLACE INTO snapshot_remote (snap_id, "
+                                            "layer, ref) VALUES (?1, ?2, ?3)");
+                if (!st)
+                        r = db_fail(db, "commit remote");
+                else {
+                        sqlite3_bind_int64(st, 1, id);
+                        sqlite3_bind_text(st, 2, layer, -1, SQLITE_STATIC);
+                        sqlite3_bind_text(st, 3, ref, -1, SQLITE_STATIC);
+                        r = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(db, "commit remote");
+                        sqlite3_finalize(st);
+                }
+        }
         return end(db, r);
+}
+
+int snapdb_remote_layer(struct snapdb *db, int64_t id, char *buf, size_t cap) {
+        if (cap == 0)
+                return -EINVAL;
+        int r = begin(db, false);
+        if (r < 0)
+                return r;
+        sqlite3_stmt *st = prep(db, "SELECT layer FROM snapshot_remote WHERE snap_id = ?1");
+        if (!st)
+                return end(db, db_fail(db, "remote layer"));
+        sqlite3_bind_int64(st, 1, id);
+        int rc = sqlite3_step(st);
+        buf[0] = 0;
+        if (rc == SQLITE_ROW) {
+                const unsigned char *t = sqlite3_column_text(st, 0);
+                if (t && (size_t)snprintf(buf, cap, "%s", (const char *)t) >= cap)
+                        r = -ENAMETOOLONG;
+        } else if (rc != SQLITE_DONE) {
+                r = db_fail(db, "remote layer");
+        }
+        sqlite3_finalize(st);
+        end(db, 0);
+        return r;
 }
 
 int snapdb_remove(struct snapdb *db, const char *key, int64_t *ret_id) {
@@ -417,10 +484,13 @@ int snapdb_remove(struct snapdb *db, const char *key, int64_t *ret_id) {
                         sqlite3_finalize(st);
                 }
         }
-        for (int i = 0; i < 2 && r == 0; i++) {
-                sqlite3_stmt *st =
-                        prep(db, i == 0 ? "DELETE FROM snapshot_labels WHERE snap_id = ?1"
-                                        : "DELETE FROM snapshots WHERE id = ?1");
+        static const char *const del[] = {
+                "DELETE FROM snapshot_labels WHERE snap_id = ?1",
+                "DELETE FROM snapshot_remote WHERE snap_id = ?1",
+                "DELETE FROM snapshots WHERE id = ?1",
+        };
+        for (size_t i = 0; i < sizeof(del) / sizeof(del[0]) && r == 0; i++) {
+                sqlite3_stmt *st = prep(db, del[i]);
                 if (!st) {
                         r = db_fail(db, "remove");
                         break;

@@ -1,4 +1,4 @@
-/* The containerd snapshotter's metadata in the node's index (tables of migration 4).
+/* The containerd snapshotter's metadata in the node's index (tables of migrations 4 and 6).
  *
  * A snapshot is a key, a kind (view, active, committed), an optional committed parent, labels,
  * two timestamps and, once committed, its usage. Its numeric id names its directory under
@@ -34,6 +34,10 @@ struct snap_info {
         enum snap_kind kind;
         int64_t created_ns, updated_ns; /* unix nanoseconds */
         int64_t usage_size, usage_inodes;
+        /* A remote snapshot (committed, its tree a layer tree of the FUSE mount, its own dir
+         * empty): the layer digest "sha256:<hex>" and the ref it was registered by; "" both for
+         * every other snapshot. */
+        char *remote_layer, *remote_ref;
         size_t nlabels;
         struct snap_label *labels; /* sorted by name, no empty values */
 };
@@ -62,6 +66,16 @@ int snapdb_get(struct snapdb *db, const char *key, struct snap_info **ret_info,
 int snapdb_commit(struct snapdb *db, const char *name, const char *key,
                   const struct snap_label *labels, size_t nlabels, int64_t usage_size,
                   int64_t usage_inodes);
+
+/* As snapdb_commit (usage 0), and records the committed snapshot as remote: its tree is layer
+ * LAYER ("sha256:<hex>", not empty) registered as REF. One transaction. */
+int snapdb_commit_remote(struct snapdb *db, const char *name, const char *key,
+                         const struct snap_label *labels, size_t nlabels, const char *layer,
+                         const char *ref);
+
+/* The layer of snapshot ID into BUF ("" when it is not remote, or unknown). 0, -EIO,
+ * -ENAMETOOLONG. */
+int snapdb_remote_layer(struct snapdb *db, int64_t id, char *buf, size_t cap);
 
 /* Removes KEY (which must have no children); *RET_ID is the id whose directory is now free. */
 int snapdb_remove(struct snapdb *db, const char *key, int64_t *ret_id);

@@ -16,6 +16,7 @@
 #include "index/index.h"
 #include "index/snapshots.h"
 #include "snapshot/filter.h"
+#include "snapshot/lazy.h"
 
 struct fixture {
         char dir[64];
@@ -154,6 +155,111 @@ static void test_survives_reopen(void **state) {
         snap_info_free(info);
 }
 
+/* A remote snapshot: committed in one transaction with its layer, listed with it, a child's
+ * chain names it, it survives a reopen, and its row goes with it. */
+static void test_remote(void **state) {
+        struct fixture *f = *state;
+        static const char layer[] =
+                "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        struct snap_label l[] = {{LAZY_LABEL_TARGET, "sha256:chain1"},
+                                 {LAZY_LABEL_REMOTE, "remote snapshot"}};
+        int64_t id, cid;
+        assert_int_equal(create(f->sdb, SNAP_ACTIVE, "extract-1", "", l, 1, &id, NULL), 0);
+        assert_int_equal(
+                snapdb_commit_remote(f->sdb, "sha256:chain1", "extract-1", l, 2, "", "r/x@y"),
+                -EINVAL);
+        assert_int_equal(snapdb_commit_remote(f->sdb, "sha256:chain1", "extract-1", l, 2, layer,
+                                              "reg:5000/img@sha256:11"),
+                         0);
+        /* The same target again: taken (the snapshotter then drops its active snapshot). */
+        assert_int_equal(create(f->sdb, SNAP_ACTIVE, "extract-2", "", l, 1, NULL, NULL), 0);
+        assert_int_equal(snapdb_commit_remote(f->sdb, "sha256:chain1", "extract-2", l, 2, layer,
+                                              "reg:5000/img@sha256:11"),
+                         -EEXIST);
+        char buf[80];
+        assert_int_equal(snapdb_remote_layer(f->sdb, id, buf, sizeof(buf)), 0);
+        assert_string_equal(buf, layer);
+        assert_int_equal(create(f->sdb, SNAP_ACTIVE, "c", "sha256:chain1", NULL, 0, &cid, NULL), 0);
+        assert_int_equal(snapdb_remote_layer(f->sdb, cid, buf, sizeof(buf)), 0);
+        assert_string_equal(buf, "");
+        assert_int_equal(snapdb_remote_layer(f->sdb, id, buf, 10), -ENAMETOOLONG);
+
+        snapdb_close(f->sdb);
+        idx_close(f->ix);
+        assert_int_equal(idx_open(f->db, &f->ix), 0);
+        assert_int_equal(snapdb_open(f->db, &f->sdb), 0);
+        struct snap_info *info;
+        assert_int_equal(snapdb_get(f->sdb, "sha256:chain1", &info, NULL, NULL), 0);
+        assert_int_equal(info->kind, SNAP_COMMITTED);
+        assert_int_equal(info->id, id);
+        assert_string_equal(info->remote_layer, layer);
+        assert_string_equal(info->remote_ref, "reg:5000/img@sha256:11");
+        assert_int_equal(info->nlabels, 2);
+        snap_info_free(info);
+        assert_int_equal(snapdb_get(f->sdb, "c", &info, NULL, NULL), 0);
+        assert_string_equal(info->remote_layer, "");
+        snap_info_free(info);
+
+        int64_t rid;
+        assert_int_equal(snapdb_remove(f->sdb, "c", &rid), 0);
+        assert_int_equal(snapdb_remove(f->sdb, "sha256:chain1", &rid), 0);
+        assert_int_equal(snapdb_remote_layer(f->sdb, id, buf, sizeof(buf)), 0);
+        assert_string_equal(buf, "");
+}
+
+#define HEX64 "abababababababababababababababababababababababababababababababab"
+
+static void test_lazy_labels(void **state) {
+        (void)state;
+        struct lazy_layer lz;
+        struct snap_label cri[] = {
+                {LAZY_LABEL_TARGET, "sha256:chain"},
+                {"containerd.io/snapshot/cri.image-ref", "127.0.0.1:5000/snap/img:v1"},
+                {"containerd.io/snapshot/cri.layer-digest", "sha256:" HEX64},
+                {"containerd.io/snapshot/cri.image-layers", "sha256:" HEX64},
+        };
+        assert_int_equal(lazy_parse(cri, 4, &lz), 0);
+        assert_string_equal(lz.target, "sha256:chain");
+        assert_string_equal(lz.ref, "127.0.0.1:5000/snap/img@sha256:" HEX64);
+        assert_string_equal(lz.layer, "sha256:" HEX64);
+        assert_false(lz.has_toc);
+        /* No target, or no layer labels: not a layer Prepare. */
+        assert_int_equal(lazy_parse(cri + 1, 3, &lz), -ENOENT);
+        assert_int_equal(lazy_parse(cri, 2, &lz), -ENOENT);
+
+        struct snap_label sgz[] = {
+                {LAZY_LABEL_TARGET, "sha256:chain"},
+                {"containerd.io/snapshot/remote/stargz.reference",
+                 "reg.example:443/a/b/c@sha256:" HEX64},
+                {"containerd.io/snapshot/remote/stargz.digest", "sha256:" HEX64},
+                {"containerd.io/snapshot/stargz/toc.digest", "sha256:" HEX64},
+        };
+        assert_int_equal(lazy_parse(sgz, 4, &lz), 0);
+        assert_string_equal(lz.ref, "reg.example:443/a/b/c@sha256:" HEX64);
+        assert_true(lz.has_toc);
+
+        /* Malformed: falls back, never an error the pull sees. */
+        struct snap_label bad[] = {
+                {LAZY_LABEL_TARGET, "sha256:chain"},
+                {"containerd.io/snapshot/cri.image-ref", "busybox:latest"},
+                {"containerd.io/snapshot/cri.layer-digest", "sha256:" HEX64},
+        };
+        assert_int_equal(lazy_parse(bad, 3, &lz), -EINVAL);
+        bad[1].value = "reg/UPPER:tag";
+        assert_int_equal(lazy_parse(bad, 3, &lz), -EINVAL);
+        bad[1].value = "reg/ok:tag";
+        bad[2].value = "md5:abc";
+        assert_int_equal(lazy_parse(bad, 3, &lz), -EINVAL);
+
+        char out[64];
+        assert_int_equal(lazy_image_repository("h:5000/r", out, sizeof(out)), 0);
+        assert_string_equal(out, "h:5000/r");
+        assert_int_equal(lazy_image_repository("h:5000/r/s:t@sha256:" HEX64, out, sizeof(out)), 0);
+        assert_string_equal(out, "h:5000/r/s");
+        assert_int_equal(lazy_image_repository("h/r", out, 3), -ENAMETOOLONG);
+        assert_int_equal(lazy_image_repository("/r", out, sizeof(out)), -EINVAL);
+}
+
 static bool match(const char *filter, const struct snap_info *info) {
         struct snap_filter *fl;
         const char *err;
@@ -201,6 +307,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_lifecycle_and_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_survives_reopen, setup, teardown),
                 cmocka_unit_test(test_filters),
+                cmocka_unit_test_setup_teardown(test_remote, setup, teardown),
+                cmocka_unit_test(test_lazy_labels),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
