@@ -9,7 +9,16 @@
  *
  * Mount semantics are containerd's overlay snapshotter's, so an image unpacked here looks the
  * same as with the stock one. Usage of an active snapshot is computed by walking its fs dir
- * (blocks of distinct inodes, as continuity's DiskUsage), and is recorded at Commit. */
+ * (blocks of distinct inodes, as continuity's DiskUsage), and is recorded at Commit.
+ *
+ * Lazy layers follow stargz-snapshotter's protocol with containerd's unpacker: the Prepare of
+ * a layer first creates the active snapshot it asked for (so a fallback is just answering its
+ * mounts), then, when the layer's tree is ready, commits that active snapshot under the target
+ * chain id as a remote snapshot (same id, an empty fs dir, a row in snapshot_remote naming the
+ * layer) and answers ALREADY_EXISTS; the unpacker then finds the chain id with Stat and moves
+ * on, and containerd's metadata finds it with a Walk on the snapshot.ref label and the parent.
+ * A remote parent's lowerdir is <id>/l/<n>, a symlink to the layer tree made at mount time
+ * (overlayfs resolves the path when it mounts); a local parent's is its fs dir, as before. */
 #include "snapshot/snapshotter.h"
 
 #include <dirent.h>
@@ -18,6 +27,8 @@
 #include <fts.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +39,7 @@
 #include "index/snapshots.h"
 #include "snapshot/filter.h"
 #include "snapshot/grpc.h"
+#include "snapshot/lazy.h"
 #include "snapshots.pb-c.h"
 #include "util/log.h"
 
@@ -39,7 +51,14 @@ struct snapshotter {
         struct snapdb *db;
         char root[PATH_MAX - 64]; /* <state-dir>/snapshots; room for "/<id>/work" */
         struct grpc_server *srv;
+
+        pthread_mutex_t lazy_lock;    /* protects lazy and lazy_wait_ms */
+        struct snapshotter_lazy lazy; /* serve NULL: lazy layers off */
+        uint64_t lazy_wait_ms;
+        atomic_uint_fast64_t lazy_layers, lazy_fallbacks, remote_mounts;
 };
+
+#define REMOTE_LABEL_VALUE "remote snapshot" /* stargz's value, so tools that look for it agree */
 
 /* ---- errors ---- */
 
@@ -261,34 +280,101 @@ struct mount_pb {
         char *lower;
 };
 
-static int mount_for(const struct snapshotter *sn, const struct snap_info *info,
-                     const int64_t *parents, size_t nparents, struct mount_pb *out) {
+/* The lowerdir of parent N (id PARENT) of snapshot SELF into OUT: its fs dir, or for a remote
+ * parent the symlink SELF/l/N to its layer tree (made or corrected here). *RET_REMOTE says
+ * which. */
+static int lower_dir(struct snapshotter *sn, int64_t self, size_t n, int64_t parent, char *out,
+                     size_t cap, bool *ret_remote) {
+        char layer[DIGEST_HEX_LEN + 8];
+        int r = snapdb_remote_layer(sn->db, parent, layer, sizeof(layer));
+        if (r < 0)
+                return r;
+        *ret_remote = layer[0] != 0;
+        if (!layer[0]) {
+                snap_path(sn, parent, "fs", out, cap);
+                return 0;
+        }
+        pthread_mutex_lock(&sn->lazy_lock);
+        const char *root = sn->lazy.layers_root;
+        pthread_mutex_unlock(&sn->lazy_lock);
+        if (!root || strncmp(layer, "sha256:", 7) != 0)
+                return -ENOTCONN; /* no layer trees in this daemon: cannot mount it */
+        char target[PATH_MAX], dir[PATH_MAX], tmp[PATH_MAX + 8], cur[PATH_MAX];
+        if ((size_t)snprintf(target, sizeof(target), "%s/sha256/%s", root, layer + 7) >=
+            sizeof(target))
+                return -ENAMETOOLONG;
+        snap_path(sn, self, "l", dir, sizeof(dir));
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+                return -errno;
+        if ((size_t)snprintf(out, cap, "%s/%zu", dir, n) >= cap)
+                return -ENAMETOOLONG;
+        ssize_t len = readlink(out, cur, sizeof(cur) - 1);
+        if (len >= 0 && (size_t)len == strlen(target) && memcmp(cur, target, (size_t)len) == 0)
+                return 0;
+        /* Atomic replace: a concurrent mount of the same snapshot sees the old or new link. */
+        snprintf(tmp, sizeof(tmp), "%s.tmp%ld", out, (long)pthread_self() % 100000);
+        unlink(tmp);
+        if (symlink(target, tmp) < 0)
+                return -errno;
+        if (rename(tmp, out) < 0) {
+                r = -errno;
+                unlink(tmp);
+                return r;
+        }
+        return 0;
+}
+
+static int mount_for(struct snapshotter *sn, const struct snap_info *info, const int64_t *parents,
+                     size_t nparents, struct mount_pb *out) {
         containerd__types__mount__init(&out->m);
         out->ptr = &out->m;
         out->lower = NULL;
         out->m.options = out->opts;
         out->m.source = out->source;
         char p[PATH_MAX];
+        bool remote = false;
+        int r;
         if (nparents == 0 || (info->kind == SNAP_VIEW && nparents == 1)) {
-                /* One layer: overlay needs a lowerdir, so a bind mount does it. */
-                snap_path(sn, nparents ? parents[0] : info->id, "fs", out->source,
-                          sizeof(out->source));
+                /* One layer: overlay needs a lowerdir, so a bind mount does it (of the
+                 * symlink to a layer tree for a remote parent: mount(2) follows it). */
+                if (nparents) {
+                        r = lower_dir(sn, info->id, 0, parents[0], out->source, sizeof(out->source),
+                                      &remote);
+                        if (r < 0)
+                                return r;
+                } else {
+                        snap_path(sn, info->id, "fs", out->source, sizeof(out->source));
+                }
                 out->m.type = "bind";
                 out->opts[0] = info->kind == SNAP_ACTIVE ? "rw" : "ro";
                 out->opts[1] = "rbind";
                 out->m.n_options = 2;
+                if (remote)
+                        atomic_fetch_add(&sn->remote_mounts, 1);
                 return 0;
         }
         if (nparents > MAX_LAYERS)
                 return -E2BIG;
-        size_t cap = sizeof("lowerdir=") + nparents * (strlen(sn->root) + 32);
+        size_t cap = sizeof("lowerdir=") + nparents * (strlen(sn->root) + 48);
         out->lower = malloc(cap);
         if (!out->lower)
                 return -ENOMEM;
         size_t n = (size_t)snprintf(out->lower, cap, "lowerdir=");
         for (size_t i = 0; i < nparents; i++) {
-                snap_path(sn, parents[i], "fs", p, sizeof(p));
+                bool rem;
+                r = lower_dir(sn, info->id, i, parents[i], p, sizeof(p), &rem);
+                if (r < 0) {
+                        free(out->lower);
+                        out->lower = NULL;
+                        return r;
+                }
+                remote |= rem;
                 n += (size_t)snprintf(out->lower + n, cap - n, "%s%s", i ? ":" : "", p);
+                if (n >= cap) { /* cannot happen: every path is under root, bounded above */
+                        free(out->lower);
+                        out->lower = NULL;
+                        return -ENAMETOOLONG;
+                }
         }
         out->m.type = "overlay";
         snprintf(out->source, sizeof(out->source), "overlay");
@@ -303,6 +389,8 @@ static int mount_for(const struct snapshotter *sn, const struct snap_info *info,
         }
         out->opts[k++] = out->lower;
         out->m.n_options = k;
+        if (remote)
+                atomic_fetch_add(&sn->remote_mounts, 1);
         return 0;
 }
 
@@ -356,7 +444,66 @@ static int create(struct snapshotter *sn, enum snap_kind kind, const char *key, 
         return r;
 }
 
+/* Serves the layer of the just-created active snapshot KEY lazily: its tree ready, KEY is
+ * committed as LZ's target, a remote snapshot. 0 when it is (the Prepare answers
+ * ALREADY_EXISTS); -errno when it is not (KEY stays the normal snapshot it was). */
+static int try_remote(struct snapshotter *sn, const char *key, const struct labels_in *in,
+                      const struct lazy_layer *lz) {
+        pthread_mutex_lock(&sn->lazy_lock);
+        struct snapshotter_lazy ops = sn->lazy;
+        uint64_t wait_ms = sn->lazy_wait_ms;
+        pthread_mutex_unlock(&sn->lazy_lock);
+        char reason[256] = "";
+        int r;
+        if (!ops.serve || wait_ms == 0) {
+                r = -ENOTSUP;
+                snprintf(reason, sizeof(reason), "lazy layers are off in this daemon");
+        } else {
+                r = ops.serve(ops.ud, lz, wait_ms, reason, sizeof(reason));
+        }
+        if (r == 0) {
+                /* The Prepare's labels (snapshot.ref among them: containerd's Walk looks for it)
+                 * and the remote marker. */
+                struct snap_label *v = calloc(in->n + 1, sizeof(*v));
+                size_t n = 0;
+                if (!v) {
+                        r = -ENOMEM;
+                } else {
+                        for (size_t i = 0; i < in->n; i++)
+                                if (strcmp(in->v[i].name, LAZY_LABEL_REMOTE) != 0)
+                                        v[n++] = in->v[i];
+                        v[n++] = (struct snap_label){LAZY_LABEL_REMOTE, REMOTE_LABEL_VALUE};
+                        r = snapdb_commit_remote(sn->db, lz->target, key, v, n, lz->layer, lz->ref);
+                        free(v);
+                }
+                if (r == -EEXIST) {
+                        /* Another Prepare of the same chain committed it first: it exists, and
+                         * this active snapshot is not needed. */
+                        int64_t id;
+                        if (snapdb_remove(sn->db, key, &id) == 0) {
+                                char p[PATH_MAX];
+                                snap_path(sn, id, NULL, p, sizeof(p));
+                                remove_tree(p);
+                        }
+                        r = 0;
+                } else if (r < 0) {
+                        snprintf(reason, sizeof(reason), "cannot record the remote snapshot");
+                }
+        }
+        if (r == 0) {
+                atomic_fetch_add(&sn->lazy_layers, 1);
+                log_info("lazy layer layer=%s target=%s", lz->layer, lz->target);
+                return 0;
+        }
+        atomic_fetch_add(&sn->lazy_fallbacks, 1);
+        log_notice("lazy layer fallback layer=%s err=%s reason=\"%s\" hint=\"containerd "
+                   "unpacks it as a normal snapshot\"",
+                   lz->layer, strerror(-r), reason);
+        return r;
+}
+
 static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
+        struct snapshotter *sn = ud;
         PB(PrepareSnapshotRequest) *m = pb(prepare_snapshot_request__unpack)(NULL, len, req);
         if (!m) {
                 BAD_REQUEST(resp);
@@ -365,10 +512,24 @@ static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp
         struct labels_in labels;
         LABELS_IN(m, &labels);
         struct mount_pb mp = {0};
-        if (create(ud, SNAP_ACTIVE, m->key, m->parent, &labels, resp, &mp) == 0) {
-                ANSWER_MOUNTS(PB(PrepareSnapshotResponse),
-                              CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_RESPONSE__INIT,
-                              &mp, resp);
+        if (create(sn, SNAP_ACTIVE, m->key, m->parent, &labels, resp, &mp) == 0) {
+                struct lazy_layer lz;
+                int lr = lazy_parse(labels.v, labels.n, &lz);
+                if (lr == 0 && try_remote(sn, m->key, &labels, &lz) == 0) {
+                        grpc_resp_error(resp, GRPC_ALREADY_EXISTS,
+                                        "target snapshot %s: already exists", lz.target);
+                } else {
+                        if (lr < 0 && lr != -ENOENT) {
+                                atomic_fetch_add(&sn->lazy_fallbacks, 1);
+                                log_notice("lazy layer fallback key=%s err=%s reason=\"malformed "
+                                           "layer labels\"",
+                                           m->key, strerror(-lr));
+                        }
+                        ANSWER_MOUNTS(
+                                PB(PrepareSnapshotResponse),
+                                CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_RESPONSE__INIT,
+                                &mp, resp);
+                }
                 mount_pb_done(&mp);
         }
         free(labels.v);
@@ -719,6 +880,7 @@ int snapshotter_start(const char *state_dir, const char *index_path, const char 
         struct snapshotter *sn = calloc(1, sizeof(*sn));
         if (!sn)
                 return -ENOMEM;
+        pthread_mutex_init(&sn->lazy_lock, NULL);
         int r;
         if ((size_t)snprintf(sn->root, sizeof(sn->root), "%s/snapshots", state_dir) >=
             sizeof(sn->root)) {
@@ -741,8 +903,77 @@ int snapshotter_start(const char *state_dir, const char *index_path, const char 
 out_db:
         snapdb_close(sn->db);
 out_free:
+        pthread_mutex_destroy(&sn->lazy_lock);
         free(sn);
         return r;
+}
+
+struct remote_rec {
+        char *ref, *layer;
+};
+
+struct remote_set {
+        struct remote_rec *v;
+        size_t n, cap;
+};
+
+static int collect_remote(void *ud, const struct snap_info *info) {
+        struct remote_set *s = ud;
+        if (!info->remote_layer[0])
+                return 0;
+        if (s->n == s->cap) {
+                size_t ncap = s->cap ? s->cap * 2 : 16;
+                struct remote_rec *nv = realloc(s->v, ncap * sizeof(*nv));
+                if (!nv)
+                        return -ENOMEM;
+                s->v = nv;
+                s->cap = ncap;
+        }
+        s->v[s->n].ref = strdup(info->remote_ref);
+        s->v[s->n].layer = strdup(info->remote_layer);
+        s->n++;
+        return s->v[s->n - 1].ref && s->v[s->n - 1].layer ? 0 : -ENOMEM;
+}
+
+void snapshotter_set_lazy(struct snapshotter *sn, const struct snapshotter_lazy *ops,
+                          uint64_t wait_ms) {
+        pthread_mutex_lock(&sn->lazy_lock);
+        sn->lazy = *ops;
+        sn->lazy_wait_ms = wait_ms;
+        pthread_mutex_unlock(&sn->lazy_lock);
+        if (!ops->restore)
+                return;
+        /* Collected first: restore blocks, and must not run inside the metadata's walk. */
+        struct remote_set set = {0};
+        int r = snapdb_for_each(sn->db, collect_remote, &set);
+        if (r < 0)
+                log_warning("cannot list remote snapshots err=%s hint=\"their mounts fail until "
+                            "their layers are registered again\"",
+                            strerror(-r));
+        size_t ok = 0;
+        for (size_t i = 0; i < set.n; i++) {
+                if (set.v[i].ref && set.v[i].layer &&
+                    ops->restore(ops->ud, set.v[i].ref, set.v[i].layer) == 0)
+                        ok++;
+                free(set.v[i].ref);
+                free(set.v[i].layer);
+        }
+        free(set.v);
+        if (set.n)
+                log_info("remote snapshots restored layers=%zu of=%zu", ok, set.n);
+}
+
+void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret) {
+        *ret = (struct snapshotter_stats){
+                .lazy_layers = atomic_load(&sn->lazy_layers),
+                .lazy_fallbacks = atomic_load(&sn->lazy_fallbacks),
+                .remote_mounts = atomic_load(&sn->remote_mounts),
+        };
+}
+
+int snapshotter_for_each(struct snapshotter *sn, int (*fn)(void *ud, const struct snap_info *info),
+                         void *ud) {
+        return snapdb_for_each(sn->db, fn, ud);
 }
 
 void snapshotter_stop(struct snapshotter *sn) {
@@ -750,5 +981,6 @@ void snapshotter_stop(struct snapshotter *sn) {
                 return;
         grpc_server_stop(sn->srv);
         snapdb_close(sn->db);
+        pthread_mutex_destroy(&sn->lazy_lock);
         free(sn);
 }

@@ -8,11 +8,65 @@
  * whose lowerdirs are the parents' fs dirs, nearest first. Metadata lives in the node's index
  * (index/snapshots.h) and survives restarts.
  *
- * Not yet: lazy layers (layer trees under the FUSE mount as lowerdirs, ALREADY_EXISTS for a
- * layer served remotely). Every layer is a normal snapshot that containerd unpacks. */
+ * Lazy layers (once snapshotter_set_lazy() gave a layer server): a Prepare whose labels name a
+ * layer (snapshot/lazy.h) registers it, waits a bounded time for its tree, then commits a
+ * remote snapshot named by the chain id containerd targets and answers ALREADY_EXISTS, as
+ * stargz-snapshotter does; containerd then skips the layer's download and unpack. A remote
+ * snapshot's tree is the layer tree (<layers root>/sha256/<hex>), so overlays over it have
+ * the layer trees as lowerdirs, reached through short per-snapshot symlinks (<id>/l/<n>) so
+ * that an image of hundreds of layers fits containerd's one-page mount options once its
+ * mount helper has made them relative. Any layer that cannot be served lazily gets the normal
+ * snapshot it asked for: the lazy path never fails a pull.
+ *
+ * Threads: a Prepare that waits for a tree holds its gRPC connection's thread for up to the
+ * wait (grpc.c runs one connection's requests in order). */
 #pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct snapshotter;
+struct lazy_layer;
+struct snap_info;
+
+/* What serves layer trees. Every member is called from gRPC threads. */
+struct snapshotter_lazy {
+        void *ud;
+        /* Registers layer L and waits up to WAIT_MS for its tree. 0: the tree is ready (it
+         * stays so while the daemon runs); -errno: the layer is not served lazily, REASON
+         * says why (a normal snapshot follows). Blocks. */
+        int (*serve)(void *ud, const struct lazy_layer *l, uint64_t wait_ms, char *reason,
+                     size_t reason_len);
+        /* Registers again, at start, the layer of a remote snapshot recorded earlier (REF as
+         * serve got it, LAYER "sha256:<hex>"), so its tree comes back. 0 or -errno (logged). */
+        int (*restore)(void *ud, const char *ref, const char *layer);
+        /* The directory that holds sha256/<hex>/ trees: "<mountpoint>/layers". */
+        const char *layers_root;
+};
+
+/* Opens the metadata in INDEX_PATH (migrated by idx_open), creates STATE_DIR/snapshots and
+ * starts serving on SOCKET_PATH. 0 or -errno. */
+int snapshotter_start(const char *state_dir, const char *index_path, const char *socket_path,
+                      struct snapshotter **ret);
+
+/* Turns lazy layers on (OPS copied; OPS->ud and layers_root must outlive SN) with Prepares
+ * waiting up to WAIT_MS for a tree (0: lazy layers stay off), and re-registers the layers of
+ * the remote snapshots recorded (blocking, like ltree_add). May be called once, any time after
+ * start. */
+void snapshotter_set_lazy(struct snapshotter *sn, const struct snapshotter_lazy *ops,
+                          uint64_t wait_ms);
+
+struct snapshotter_stats {
+        uint64_t lazy_layers;    /* Prepares answered with a remote snapshot */
+        uint64_t lazy_fallbacks; /* layer Prepares that got a normal snapshot instead */
+        uint64_t remote_mounts;  /* mounts handed out with at least one layer tree */
+};
+void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret);
+
+/* Calls FN for every snapshot in id order (INFO valid during the call; FN must not call into
+ * SN). A negative return from FN stops the walk and is returned. */
+int snapshotter_for_each(struct snapshotter *sn, int (*fn)(void *ud, const struct snap_info *info),
+                         void *ud);
 
 /* Opens the metadata in INDEX_PATH (migrated by idx_open), creates STATE_DIR/snapshots and
  * starts serving on SOCKET_PATH. 0 or -errno. */
