@@ -14,6 +14,7 @@
 #include "cache/store.h"
 #include "engine/engine.h"
 #include "fs/api_layers.h"
+#include "fs/api_snapshots.h"
 #include "fs/stats.h"
 #include "index/index.h"
 #include "net/api_routes.h"

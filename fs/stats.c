@@ -26,6 +26,7 @@
 #include "peer/members.h"
 #include "peer/origin.h"
 #include "peer/source.h"
+#include "snapshot/snapshotter.h"
 #include "util/memstat.h"
 
 /* One snapshot of everything the table can show. Every field is a uint64_t so a row can name
@@ -33,10 +34,11 @@
 struct figures {
         struct engine_stats es;
         struct origin_stats os;
-        struct source_stats ss;   /* zeros without peers */
-        struct dir_stats ds;      /* zeros without peers */
-        struct announce_stats as; /* zeros without peers */
-        struct ltree_stats ls;    /* layer trees */
+        struct source_stats ss;       /* zeros without peers */
+        struct dir_stats ds;          /* zeros without peers */
+        struct announce_stats as;     /* zeros without peers */
+        struct ltree_stats ls;        /* layer trees */
+        struct snapshotter_stats sns; /* zeros without the snapshotter */
         uint64_t peers_known, peers_up, peer_bytes_from, peer_bytes_to;
         uint64_t uptime_seconds, chunk_size, ready;
         uint64_t store_allocated_bytes, store_page_cache_bytes, index_write_errors;
@@ -62,6 +64,15 @@ struct stat_def {
 #define F(field) offsetof(struct figures, field)
 
 static const struct stat_def stats[] = {
+        {"snapshotter", "lazy_layers", "snapshotter_lazy_layers_total", NULL, COUNTER,
+         "Layer Prepares answered with a remote snapshot (no download, no unpack).",
+         F(sns.lazy_layers), false},
+        {"snapshotter", "lazy_fallbacks", "snapshotter_lazy_fallbacks_total", NULL, COUNTER,
+         "Layer Prepares that got a normal snapshot for containerd to unpack instead.",
+         F(sns.lazy_fallbacks), false},
+        {"snapshotter", "remote_mounts", "snapshotter_remote_mounts_total", NULL, COUNTER,
+         "Mounts handed to containerd with at least one layer tree as a lower dir.",
+         F(sns.remote_mounts), false},
         {"", "uptime_seconds", NULL, NULL, GAUGE, NULL, F(uptime_seconds), false},
         {"", "chunk_size", NULL, NULL, GAUGE, NULL, F(chunk_size), false},
         {"", "blobs", "blobs", NULL, GAUGE, "Blobs known.", F(es.blobs), false},
@@ -244,6 +255,9 @@ static void collect(struct daemon *d, struct figures *f) {
                 ltree_get_stats(d->layers, &f->ls);
         if (d->dir)
                 dir_get_stats(d->dir, &f->ds);
+        struct snapshotter *sn = __atomic_load_n(&d->snapshotter, __ATOMIC_ACQUIRE);
+        if (sn)
+                snapshotter_get_stats(sn, &f->sns);
         struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
         if (an)
                 announce_get_stats(an, &f->as);

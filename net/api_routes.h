@@ -27,7 +27,8 @@
         X(API_PEERS, "GET", "/v1/peers", NULL, api_on_peers) /* the membership */                  \
         X(API_EVICT_ALL, "POST", "/v1/evict", NULL, api_on_evict_all) /* every blob's chunks */    \
         X(API_BLOB, "GET", "/v1/blobs/{digest}", NULL, api_on_blob)   /* one, prefetch progress */ \
-        X(API_BLOB_ACTION, "POST", "/v1/blobs/{digest}/{action}", NULL, api_on_blob_action)
+        X(API_BLOB_ACTION, "POST", "/v1/blobs/{digest}/{action}", NULL, api_on_blob_action)        \
+        X(API_SNAPSHOTS, "GET", "/v1/snapshots", NULL, api_on_snapshots) /* the snapshotter's */
 
 enum api_route {
 #define API_ROUTE_ENUM(route, method, path, query, handler) route,

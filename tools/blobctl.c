@@ -22,6 +22,7 @@
 #include "index/index.h"
 #include "net/api_routes.h"
 #include "tools/blobctl_layers.h"
+#include "tools/blobctl_snapshots.h"
 #include "tools/containerd_config.h"
 #include "util/digest.h"
 #include "util/log.h"
@@ -296,6 +297,7 @@ static void print_stat(const struct opts *o, json_t *s) {
                        human(num(m, "cgroup_usage_bytes", NULL), c, sizeof(c)));
         printf(", store in page cache %s\n",
                human(num(m, "store_page_cache_bytes", NULL), a, sizeof(a)));
+        blobctl_print_snapshotter_stat(stdout, s);
 }
 
 struct offline {
@@ -718,6 +720,8 @@ static void usage(FILE *out) {
                 "  layers [--json]                        layers: format, index state, files, "
                 "bytes fetched\n"
                 "  layer ls DIGEST [PATH] [--json]        the files of a layer directory\n"
+                "  snapshots [--json]                     the snapshotter's snapshots, remote or "
+                "not\n"
                 "  containerd-config --registry HOST...   hosts.toml for the mirror (--help)\n\n"
                 "Options:\n"
                 "  --socket PATH     the daemon's control socket [" DEFAULT_SOCKET "]\n"
@@ -806,9 +810,9 @@ int main(int argc, char **argv) {
         struct cmd_shape {
                 const char *name;
                 size_t min, max; /* positional arguments */
-        } shapes[] = {{"stat", 0, 0}, {"ls", 0, 0},        {"peers", 0, 0},
-                      {"add", 1, 1},  {"prefetch", 1, 64}, {"evict", 0, 1},
-                      {"pin", 1, 1},  {"unpin", 1, 1},     {"verify", 1, 1}};
+        } shapes[] = {{"stat", 0, 0},      {"ls", 0, 0},       {"peers", 0, 0}, {"add", 1, 1},
+                      {"prefetch", 1, 64}, {"evict", 0, 1},    {"pin", 1, 1},   {"unpin", 1, 1},
+                      {"verify", 1, 1},    {"snapshots", 0, 0}};
         const struct cmd_shape *shape = NULL;
         for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++)
                 if (strcmp(shapes[i].name, cmd) == 0)
@@ -838,6 +842,14 @@ int main(int argc, char **argv) {
                 rc = cmd_peers(&o);
         } else if (strcmp(cmd, "add") == 0) {
                 rc = cmd_add(&o, args[0]);
+        } else if (strcmp(cmd, "snapshots") == 0) {
+                json_t *arr = NULL;
+                rc = request(&o, &(struct api_request){.route = API_SNAPSHOTS}, &arr, false);
+                if (rc == EXIT_OK && o.json)
+                        print_json(arr);
+                else if (rc == EXIT_OK)
+                        blobctl_print_snapshots(stdout, arr);
+                json_decref(arr);
         } else if (strcmp(cmd, "prefetch") == 0) {
                 struct sigaction sa = {.sa_handler = on_sigint};
                 sigaction(SIGINT, &sa, NULL);
