@@ -238,6 +238,11 @@ install: build
 		dst=$(DESTDIR)$(SYSCONFDIR)/p2pblobs/$${f%%:*}; src=$${f#*:}; \
 		if [ -e "$$dst" ]; then echo "  KEEP    $$dst (yours; new default: $$src)"; \
 		else $(INSTALL) -m 0644 "$$src" "$$dst"; echo "  INSTALL $$dst"; fi; done
+	@set -e; conf=$(DESTDIR)$(SYSCONFDIR)/p2pblobs/p2pblobs.conf; \
+	dst=$(DESTDIR)$(SYSCONFDIR)/containerd/conf.d/p2pblobs-snapshotter.toml; \
+	if grep -Eq '^[[:space:]]*snapshotter-socket[[:space:]]*=[[:space:]]*[^[:space:]]' "$$conf"; then \
+		$(INSTALL) -m 0644 deploy/containerd/p2pblobs-snapshotter.toml "$$dst"; echo "  INSTALL $$dst"; \
+	else echo "  SKIP    $$dst: $$conf serves no snapshotter-socket, so CRI stays on its own snapshotter"; fi
 	@echo "installed; as root: systemd-tmpfiles --create p2pblobs.conf && systemctl daemon-reload && systemctl enable --now p2pblobs"
 
 clean:

@@ -78,6 +78,9 @@ static const struct opt_def options[] = {
          OPT_RESTART},
         {"snapshotter-socket", OPT_STRING, "", 0, 0, F(snapshotter_socket), 0, "PATH",
          "containerd proxy snapshotter socket (proxy_plugins; empty disables)", OPT_RESTART},
+        {"snapshotter-lazy-wait", OPT_DURATION, "30s", 0, 600 * 1000, F(snapshotter_lazy_wait_ms),
+         0, "DURATION", "how long a layer Prepare waits for its tree before unpacking (0: no lazy)",
+         OPT_RESTART},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
          "bytes of chunks kept on disk (512M, 10G)", OPT_LIVE},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
@@ -581,6 +584,17 @@ static const struct {
          "their metadata in the index. Empty (the default) disables it; a socket that cannot be "
          "created\n"
          "stops the daemon at start.\n"},
+        {"snapshotter-lazy-wait",
+         "A Prepare of an image layer (CRI's or ctr-remote's layer labels) registers the layer "
+         "and waits\n"
+         "this long for its tree (its index: from the store, a peer, or one pass over the layer). "
+         "Ready\n"
+         "in time, the layer is a remote snapshot containerd neither downloads nor unpacks; "
+         "otherwise\n"
+         "(and for any layer that cannot be served lazily) containerd unpacks it as usual. The "
+         "wait\n"
+         "holds containerd's other snapshot requests on its connection. 0 turns lazy layers "
+         "off.\n"},
         {"http-header-timeout", "A client of\n"
                                 ".BR \\-\\-listen ,\n"
                                 ".B \\-\\-mirror-listen\n"

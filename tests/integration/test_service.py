@@ -169,7 +169,7 @@ def test_make_install_layout_and_systemd_verify(build_dir, tmp_path):
                 "lib/systemd/system/containerd.service.d/p2pblobs.conf"):
         assert os.path.isfile(os.path.join(prefix, rel)), rel
     for rel in ("p2pblobs/p2pblobs.conf", "p2pblobs/certs.d/_default/hosts.toml",
-                "containerd/conf.d/p2pblobs.toml"):
+                "containerd/conf.d/p2pblobs.toml", "containerd/conf.d/p2pblobs-snapshotter.toml"):
         assert os.path.isfile(os.path.join(etc, rel)), rel
 
     # PREFIX reaches ExecStart: the unit starts the binary that was installed.
