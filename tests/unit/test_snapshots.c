@@ -289,6 +289,21 @@ static void test_filters(void **state) {
         assert_false(match("name~=\"^a-\"", &p));
         assert_true(match(" kind == committed ", &p));
 
+        /* The filter containerd's metadata walks with after a remote snapshot's ALREADY_EXISTS
+         * (metadata/snapshot.go): an unquoted chain id, a quoted (maybe empty) parent. */
+        struct snap_label rl[] = {{"containerd.io/snapshot.ref", "sha256:0123abc"}};
+        struct snap_info r = {.key = "sha256:0123abc",
+                              .parent = "",
+                              .kind = SNAP_COMMITTED,
+                              .nlabels = 1,
+                              .labels = rl};
+        assert_true(
+                match("labels.\"containerd.io/snapshot.ref\"==sha256:0123abc,parent==\"\"", &r));
+        assert_false(
+                match("labels.\"containerd.io/snapshot.ref\"==sha256:0123abc,parent==\"x\"", &r));
+        assert_false(
+                match("labels.\"containerd.io/snapshot.ref\"==sha256:0123abd,parent==\"\"", &r));
+
         /* A regexp that would make regcomp's memory explode is refused: nested repeats. */
         assert_true(match("name~=/^a-?b*c+$|a-/", &a)); /* a few repeats are fine */
         const char *bad[] = {
