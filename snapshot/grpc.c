@@ -12,6 +12,14 @@
  * when its END_STREAM arrives, and writes what nghttp2 has to send. Stop closes the stop pipe's
  * write end, which wakes every poller at once.
  *
+ * A method marked slow (one that may block, like a Prepare waiting for a layer's index) runs on
+ * a job thread of its own (at most GRPC_MAX_JOBS per connection; past that it runs inline), so
+ * the other requests containerd multiplexes on the same connection are answered meanwhile. The
+ * job owns the request's bytes and its response; when it ends it queues itself and wakes the
+ * connection's poller through a pipe, and the connection thread, the only one that touches
+ * nghttp2, submits the response if the stream is still open (matched by a serial number, not
+ * a pointer that could have been reused). A connection waits for its jobs before it closes.
+ *
  * Costs: a request is buffered whole (bounded by GRPC_MAX_REQUEST), a response too (a List of
  * every snapshot is a few hundred bytes per snapshot). */
 #include "snapshot/grpc.h"
@@ -52,6 +60,7 @@ struct grpc_server {
 };
 
 struct stream {
+        uint64_t serial; /* matches a job to the stream it answers */
         char path[256];
         uint8_t *body;
         size_t len, cap;
@@ -61,11 +70,29 @@ struct stream {
         struct stream *prev, *next; /* the connection's open streams */
 };
 
+struct conn;
+
+struct job {
+        struct conn *c;
+        pthread_t thread;
+        const struct grpc_method *m;
+        int32_t stream_id;
+        uint64_t serial;
+        uint8_t *body; /* the request as received: 5-byte prefix, then the message */
+        size_t len;
+        struct grpc_resp resp;
+        bool used, done; /* protected by conn.lock (used: also set/cleared by the conn thread) */
+};
+
 struct conn {
         struct grpc_server *srv;
         struct conn_slot *slot;
         nghttp2_session *session;
         struct stream *streams; /* open streams: nghttp2_session_del does not close them */
+        uint64_t next_serial;
+        int wake[2];          /* a job that ended writes a byte */
+        pthread_mutex_t lock; /* protects jobs[].done */
+        struct job jobs[GRPC_MAX_JOBS];
 };
 
 int grpc_resp_add(struct grpc_resp *resp, const ProtobufCMessage *msg) {
@@ -153,7 +180,102 @@ static const struct grpc_method *find_method(struct grpc_server *srv, const char
         return NULL;
 }
 
-/* Runs the request of stream S and submits its response. */
+/* Submits the response in S->resp for STREAM_ID. */
+static int submit(struct conn *c, int32_t stream_id, struct stream *s) {
+        struct grpc_resp *resp = &s->resp;
+        if (resp->status == GRPC_OK) {
+                nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
+                nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+                return nghttp2_submit_response(c->session, stream_id, hdrs, 2, &prd);
+        }
+        /* Trailers-only: the status in the one HEADERS frame, which ends the stream. */
+        char code[16], msg[3 * sizeof(resp->message)];
+        snprintf(code, sizeof(code), "%d", (int)resp->status);
+        percent_encode(resp->message, msg, sizeof(msg));
+        nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                             NV("grpc-status", code), NV("grpc-message", msg)};
+        return nghttp2_submit_response(c->session, stream_id, hdrs, 4, NULL);
+}
+
+static void *job_main(void *arg) {
+        struct job *j = arg;
+        j->m->handler(j->c->srv->ud, j->body + 5, j->len - 5, &j->resp);
+        pthread_mutex_lock(&j->c->lock);
+        j->done = true;
+        pthread_mutex_unlock(&j->c->lock);
+        ssize_t w;
+        do
+                w = write(j->c->wake[1], "j", 1);
+        while (w < 0 && errno == EINTR);
+        return NULL; /* a full pipe already has a wake-up pending */
+}
+
+/* Hands the request of S to a job thread. 0: it will be answered later; -EBUSY: no job slot
+ * (or no thread): run it inline. */
+static int start_job(struct conn *c, int32_t stream_id, struct stream *s,
+                     const struct grpc_method *m) {
+        struct job *j = NULL;
+        for (int i = 0; i < GRPC_MAX_JOBS && !j; i++)
+                if (!c->jobs[i].used)
+                        j = &c->jobs[i];
+        if (!j)
+                return -EBUSY;
+        *j = (struct job){.c = c,
+                          .m = m,
+                          .stream_id = stream_id,
+                          .serial = s->serial,
+                          .body = s->body,
+                          .len = s->len,
+                          .used = true};
+        if (pthread_create(&j->thread, NULL, job_main, j) != 0) {
+                j->used = false;
+                return -EBUSY;
+        }
+        s->body = NULL; /* the job's now */
+        s->len = s->cap = 0;
+        return 0;
+}
+
+/* Submits the responses of the jobs that ended (conn thread). */
+static int finish_jobs(struct conn *c) {
+        int r = 0;
+        for (int i = 0; i < GRPC_MAX_JOBS; i++) {
+                struct job *j = &c->jobs[i];
+                pthread_mutex_lock(&c->lock);
+                bool done = j->used && j->done;
+                pthread_mutex_unlock(&c->lock);
+                if (!done)
+                        continue;
+                pthread_join(j->thread, NULL);
+                struct stream *s = nghttp2_session_get_stream_user_data(c->session, j->stream_id);
+                if (s && s->serial == j->serial) {
+                        free(s->resp.buf);
+                        s->resp = j->resp;
+                        j->resp.buf = NULL;
+                        if (r == 0 && submit(c, j->stream_id, s) != 0)
+                                r = -EPROTO;
+                }
+                free(j->resp.buf);
+                free(j->body);
+                j->used = false;
+        }
+        return r;
+}
+
+/* Waits for every job (a connection closing). */
+static void drain_jobs(struct conn *c) {
+        for (int i = 0; i < GRPC_MAX_JOBS; i++) {
+                struct job *j = &c->jobs[i];
+                if (!j->used)
+                        continue;
+                pthread_join(j->thread, NULL);
+                free(j->resp.buf);
+                free(j->body);
+                j->used = false;
+        }
+}
+
+/* Runs the request of stream S (or starts its job) and submits its response. */
 static int serve(struct conn *c, int32_t stream_id, struct stream *s) {
         struct grpc_resp *resp = &s->resp;
         const struct grpc_method *m = find_method(c->srv, s->path);
@@ -174,21 +296,12 @@ static int serve(struct conn *c, int32_t stream_id, struct stream *s) {
                         grpc_resp_error(resp, GRPC_INVALID_ARGUMENT,
                                         "one request message "
                                         "expected");
+                else if (m->slow && start_job(c, stream_id, s, m) == 0)
+                        return 0;
                 else
                         m->handler(c->srv->ud, s->body + 5, n, resp);
         }
-        if (resp->status == GRPC_OK) {
-                nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc")};
-                nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
-                return nghttp2_submit_response(c->session, stream_id, hdrs, 2, &prd);
-        }
-        /* Trailers-only: the status in the one HEADERS frame, which ends the stream. */
-        char code[16], msg[3 * sizeof(resp->message)];
-        snprintf(code, sizeof(code), "%d", (int)resp->status);
-        percent_encode(resp->message, msg, sizeof(msg));
-        nghttp2_nv hdrs[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
-                             NV("grpc-status", code), NV("grpc-message", msg)};
-        return nghttp2_submit_response(c->session, stream_id, hdrs, 4, NULL);
+        return submit(c, stream_id, s);
 }
 
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data) {
@@ -198,6 +311,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         struct stream *s = calloc(1, sizeof(*s));
         if (!s)
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
+        s->serial = ++c->next_serial;
         nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
         s->next = c->streams;
         if (c->streams)
@@ -323,15 +437,23 @@ static void serve_conn(struct conn *c, int fd) {
                 goto out_session;
         uint8_t buf[16384];
         while (nghttp2_session_want_read(c->session) || nghttp2_session_want_write(c->session)) {
-                struct pollfd pfd[2] = {{.fd = fd, .events = POLLIN},
-                                        {.fd = c->srv->stop_pipe[0], .events = POLLIN}};
-                if (poll(pfd, 2, -1) < 0) {
+                struct pollfd pfd[3] = {{.fd = fd, .events = POLLIN},
+                                        {.fd = c->srv->stop_pipe[0], .events = POLLIN},
+                                        {.fd = c->wake[0], .events = POLLIN}};
+                if (poll(pfd, 3, -1) < 0) {
                         if (errno == EINTR)
                                 continue;
                         break;
                 }
                 if (pfd[1].revents)
                         break; /* stopping */
+                if (pfd[2].revents) {
+                        char drain[64];
+                        while (read(c->wake[0], drain, sizeof(drain)) > 0)
+                                ;
+                        if (finish_jobs(c) < 0 || flush(c, fd) < 0)
+                                break;
+                }
                 if (!pfd[0].revents)
                         continue;
                 ssize_t n = recv(fd, buf, sizeof(buf), 0);
@@ -345,6 +467,7 @@ static void serve_conn(struct conn *c, int fd) {
                         break;
         }
 out_session:
+        drain_jobs(c); /* before the session: no job may outlive its connection */
         nghttp2_session_del(c->session);
         while (c->streams) { /* streams the peer or a stop left open */
                 struct stream *s = c->streams;
@@ -356,7 +479,13 @@ out_session:
 static void *conn_main(void *arg) {
         struct conn *c = arg;
         int fd = c->slot->fd;
-        serve_conn(c, fd);
+        pthread_mutex_init(&c->lock, NULL);
+        if (pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) == 0) {
+                serve_conn(c, fd);
+                close(c->wake[0]);
+                close(c->wake[1]);
+        }
+        pthread_mutex_destroy(&c->lock);
         close(fd);
         pthread_mutex_lock(&c->srv->lock);
         c->slot->done = true;

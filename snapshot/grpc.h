@@ -4,16 +4,20 @@
  * never upgrades), length-prefixed uncompressed messages, a status in the trailers. A method
  * is a path ("/pkg.Service/Method") and a handler that gets the request's bytes and fills a
  * response: zero or more messages (more than one only for a server-streaming method) and a
- * status. Handlers run on the connection's thread, one request at a time per connection.
+ * status. Handlers run on the connection's thread, one request at a time per connection, except
+ * those of slow methods, which run on threads of their own (at most GRPC_MAX_JOBS at once per
+ * connection, then inline), concurrently with the others: handlers must be thread-safe.
  *
  * Bounds: GRPC_MAX_CONNS connections (more are refused), GRPC_MAX_REQUEST bytes per request. */
 #pragma once
 #include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define GRPC_MAX_CONNS 64
 #define GRPC_MAX_REQUEST (4u << 20)
+#define GRPC_MAX_JOBS 16
 
 /* gRPC status codes we answer with (google.golang.org/grpc/codes). */
 enum grpc_code {
@@ -43,6 +47,7 @@ void grpc_resp_error(struct grpc_resp *resp, enum grpc_code code, const char *fm
 struct grpc_method {
         const char *path;
         void (*handler)(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp);
+        bool slow; /* may block: runs on a job thread, not the connection's */
 };
 
 struct grpc_server;

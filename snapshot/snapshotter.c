@@ -312,7 +312,8 @@ static int lower_dir(struct snapshotter *sn, int64_t self, size_t n, int64_t par
         if (len >= 0 && (size_t)len == strlen(target) && memcmp(cur, target, (size_t)len) == 0)
                 return 0;
         /* Atomic replace: a concurrent mount of the same snapshot sees the old or new link. */
-        snprintf(tmp, sizeof(tmp), "%s.tmp%ld", out, (long)pthread_self() % 100000);
+        static atomic_uint tmp_seq;
+        snprintf(tmp, sizeof(tmp), "%s.tmp%u", out, atomic_fetch_add(&tmp_seq, 1));
         unlink(tmp);
         if (symlink(target, tmp) < 0)
                 return -errno;
@@ -867,11 +868,17 @@ static void h_cleanup(void *ud, const uint8_t *req, size_t len, struct grpc_resp
 }
 
 #define METHOD(name, fn)                                                                           \
-        { "/containerd.services.snapshots.v1.Snapshots/" name, fn }
+        { "/containerd.services.snapshots.v1.Snapshots/" name, fn, false }
 static const struct grpc_method methods[] = {
-        METHOD("Prepare", h_prepare), METHOD("View", h_view),     METHOD("Mounts", h_mounts),
-        METHOD("Commit", h_commit),   METHOD("Remove", h_remove), METHOD("Stat", h_stat),
-        METHOD("Update", h_update),   METHOD("List", h_list),     METHOD("Usage", h_usage),
+        {"/containerd.services.snapshots.v1.Snapshots/Prepare", h_prepare, true}, /* waits */
+        METHOD("View", h_view),
+        METHOD("Mounts", h_mounts),
+        METHOD("Commit", h_commit),
+        METHOD("Remove", h_remove),
+        METHOD("Stat", h_stat),
+        METHOD("Update", h_update),
+        METHOD("List", h_list),
+        METHOD("Usage", h_usage),
         METHOD("Cleanup", h_cleanup),
 };
 
