@@ -591,10 +591,9 @@ static const struct {
          "Ready\n"
          "in time, the layer is a remote snapshot containerd neither downloads nor unpacks; "
          "otherwise\n"
-         "(and for any layer that cannot be served lazily) containerd unpacks it as usual. The "
-         "wait\n"
-         "holds containerd's other snapshot requests on its connection. 0 turns lazy layers "
-         "off.\n"},
+         "(and for any layer that cannot be served lazily) containerd unpacks it as usual. Other "
+         "snapshot\n"
+         "requests are answered during the wait. 0 turns lazy layers off.\n"},
         {"http-header-timeout", "A client of\n"
                                 ".BR \\-\\-listen ,\n"
                                 ".B \\-\\-mirror-listen\n"

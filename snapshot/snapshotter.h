@@ -18,8 +18,9 @@
  * mount helper has made them relative. Any layer that cannot be served lazily gets the normal
  * snapshot it asked for: the lazy path never fails a pull.
  *
- * Threads: a Prepare that waits for a tree holds its gRPC connection's thread for up to the
- * wait (grpc.c runs one connection's requests in order). */
+ * Threads: a Prepare that waits for a tree runs on a job thread of its own (grpc.c: a slow
+ * method), so containerd's other requests are answered meanwhile; a daemon stopping waits for
+ * it, at most the wait. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
