@@ -123,6 +123,11 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE) -lcmocka
 
+# The snapshotter with directories for layer trees (test_snapshotter_lazy.py); no cmocka.
+$(BUILD)/tests/snapfake: tests/snapshotter/snapfake.c $(CORE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE)
+
 # libFuzzer targets: clang only, always with ASan + UBSan. The core is compiled once for them,
 # instrumented for coverage (-fsanitize=fuzzer-no-link), into build/fuzz/libp2pblobs-core.a;
 # each target links it, plus the few daemon files it needs (FUZZ_EXTRA_<target>).
@@ -165,7 +170,7 @@ fuzz-run: fuzz
 		$$f -runs=200000 -max_len=4096 build/fuzz/scratch-$$n tests/fuzz/corpus/$$n > build/fuzz/$$n.log 2>&1 \
 		  || { tail -n 40 build/fuzz/$$n.log; exit 1; }; tail -n 1 build/fuzz/$$n.log; done
 
-integration: build
+integration: build $(BUILD)/tests/snapfake
 	P2PBLOBS_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -p no:cacheprovider tests/integration
 
 # What CI runs. Every configuration that ships or is documented is built with -Werror; the

@@ -14,6 +14,11 @@ layers from tarfile, one with a whiteout and an opaque dir over the other.
   the right files (whiteout and opaque dir applied by overlayfs over the layer trees), a
   process of uid 1000 reads them, and after a daemon restart the container starts again. An
   image of 120 layers mounts (containerd's one-page mount options).
+- The same protocol against `snapfake` (tests/snapshotter/snapfake.c: the daemon's snapshotter
+  whose layer trees are directories this test lays out as overlayfs lower dirs, whiteouts as
+  0/0 char devices and trusted.overlay.opaque): remote snapshots, the container's files, uid
+  1000, a restart, 120 layers, and a mixed image whose one layer falls back and is unpacked
+  over a layer tree. It proves the containerd side apart from how trees are made.
 """
 
 import gzip
@@ -24,6 +29,9 @@ import os
 import shutil
 import subprocess
 import tarfile
+
+import signal
+import time
 
 import pytest
 
@@ -43,8 +51,8 @@ HELLO = b"hello from a lazy layer\n"
 
 
 def _tar_layer(entries):
-    """A gzip'ed tar of ENTRIES: (path, bytes or None for a dir, mode, uid). Deterministic.
-    Returns (compressed, diff_id)."""
+    """A gzip'ed tar of ENTRIES: (path, bytes or None for a dir or ("->", target) for a
+    symlink, mode, uid). Deterministic. Returns (compressed, diff_id)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for path, data, mode, uid in entries:
@@ -52,6 +60,9 @@ def _tar_layer(entries):
             ti.mode, ti.mtime, ti.uid, ti.gid = mode, 0, uid, uid
             if data is None:
                 ti.type = tarfile.DIRTYPE
+                tf.addfile(ti)
+            elif isinstance(data, tuple):
+                ti.type, ti.linkname = tarfile.SYMTYPE, data[1]
                 tf.addfile(ti)
             else:
                 ti.size = len(data)
@@ -67,7 +78,11 @@ def image_layers():
     with open(ctrd.BUSYBOX, "rb") as f:
         bb = f.read()
     base = _tar_layer([
-        ("bin", None, 0o755, 0), ("bin/busybox", bb, 0o755, 0),
+        ("bin", None, 0o755, 0), ("bin/busybox", bb, 0o755, 0), ("bin/sh", ("->", "busybox"), 0o777, 0),
+        ("etc", None, 0o755, 0),
+        ("etc/passwd", b"root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n"
+                       b"other:x:1001:1001::/:/bin/sh\n", 0o644, 0),
+        ("etc/group", b"root:x:0:\napp:x:1000:\nother:x:1001:\n", 0o644, 0),
         ("data", None, 0o755, 0), ("data/hello.txt", HELLO, 0o644, 0),
         ("data/gone.txt", b"whited out\n", 0o644, 0),
         ("data/mine.txt", b"uid 1000 only\n", 0o600, 1000),
@@ -96,6 +111,9 @@ class Node:
                     % self.sock)
         self.c.start()
 
+    def log_tail(self):
+        return self.d.log_text()[-3000:]
+
     def has_layer_trees(self):
         return os.path.isdir(os.path.join(self.d.mountpoint, "layers"))
 
@@ -104,14 +122,21 @@ class Node:
                             "--plain-http", "--snapshotter", "p2pblobs", ref],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                            timeout=300)
-        assert r.returncode == 0, r.stdout + self.c.log_text()[-3000:] + self.d.log_text()[-3000:]
+        assert r.returncode == 0, r.stdout + self.c.log_text()[-3000:] + self.log_tail()
 
     def run(self, ref, cid, script, *ctr_args):
         r = self.c.ctr("run", "--rm", "--snapshotter", "p2pblobs", *ctr_args, ref, cid,
                        "/bin/busybox", "sh", "-c", script, timeout=120)
         assert r.returncode == 0, (r.stdout + r.stderr + self.c.log_text()[-3000:]
-                                   + self.d.log_text()[-3000:])
+                                   + self.log_tail())
         return r.stdout
+
+    def wait_reconnected(self):
+        """containerd's client fails the first call after the snapshotter restarted
+        ("connection closed: unavailable") and then reconnects with backoff: wait for it."""
+        harness.wait_until(lambda: self.c.ctr("snapshots", "--snapshotter", "p2pblobs", "ls",
+                                              timeout=10).returncode == 0,
+                           30, what="containerd reconnected to the snapshotter")
 
     def snapshots(self):
         r = self.d.blobctl("snapshots", "--json")
@@ -147,6 +172,11 @@ def node_factory(daemon_factory, private_registry, tmp_path):
 SCRIPT = ("/bin/busybox cat /data/hello.txt; /bin/busybox ls /data; echo --; /bin/busybox ls /opq; "
           "echo --; /bin/busybox test -e /data/gone.txt && echo gone-still-there; echo end")
 WANT = HELLO.decode() + "hello.txt\nmine.txt\n--\nb\n--\nend\n"
+# uid 1000 reads the world-readable file and its own 0600 one; uid 1001 is refused the latter.
+AS_1000 = ("/bin/busybox su -s /bin/sh app -c '/bin/busybox id -u; /bin/busybox cat /data/hello.txt "
+           "/data/mine.txt'; /bin/busybox su -s /bin/sh other -c '/bin/busybox cat /data/mine.txt' "
+           "2>/dev/null || echo refused")
+WANT_1000 = "1000\n" + HELLO.decode() + "uid 1000 only\nrefused\n"
 
 
 def push(registry, repo, layers):
@@ -207,16 +237,13 @@ def test_lazy_layers_run_and_survive_a_restart(node_factory, private_registry):
     assert n.d.stat()["snapshotter"]["remote_mounts"] >= 1
     # A process that is not root reads through the overlay over the layer trees; a file
     # only its owner may read is refused to another uid.
-    out = n.run(ref, "lazy2", "/bin/busybox cat /data/hello.txt /data/mine.txt", "--user", "1000:1000")
-    assert out == HELLO.decode() + "uid 1000 only\n"
-    r = n.c.ctr("run", "--rm", "--snapshotter", "p2pblobs", "--user", "1001:1001", ref, "lazy3",
-                "/bin/busybox", "cat", "/data/mine.txt", timeout=120)
-    assert r.returncode != 0
+    assert n.run(ref, "lazy2", AS_1000) == WANT_1000
 
     # The daemon restarts (the FUSE mount and every layer tree go away and come back): the
     # remote snapshots are still there and mount again.
     n.d.restart()
     harness.wait_until(lambda: os.path.exists(n.sock), 20, what="snapshotter socket")
+    n.wait_reconnected()
     assert sorted(s["layer"] for s in n.snapshots() if s["remote"]) == sorted(img["layers"])
     assert n.run(ref, "lazy4", SCRIPT) == WANT
 
@@ -233,5 +260,166 @@ def test_an_image_of_120_layers_mounts(node_factory, private_registry):
     img, ref = push(private_registry, "snaplazy/many", layers)
     n.rpull(ref)
     assert sum(1 for s in n.snapshots() if s["remote"]) == 120
+    out = n.run(ref, "many1", "/bin/busybox ls /l | /bin/busybox wc -l; /bin/busybox cat /l/f118")
+    assert out.split() == ["119", "118"]
+
+
+# --------------------------------------------------------------------------- snapfake
+
+def lay_out_tree(root, blob):
+    """Extracts the gzip'ed tar BLOB at ROOT as overlayfs wants a lower dir (what the daemon's
+    layers/ view shows): whiteouts as 0/0 char devices, opaque dirs with trusted.overlay.opaque."""
+    os.makedirs(root)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tf:
+        for m in tf.getmembers():
+            path = os.path.join(root, m.name)
+            parent, base = os.path.split(path)
+            os.makedirs(parent, exist_ok=True)
+            if base == ".wh..wh..opq":
+                os.setxattr(parent, "trusted.overlay.opaque", b"y")
+            elif base.startswith(".wh."):
+                os.mknod(os.path.join(parent, base[4:]), 0o600 | 0o020000, os.makedev(0, 0))
+            elif m.isdir():
+                os.makedirs(path, exist_ok=True)
+                os.chown(path, m.uid, m.gid)
+                os.chmod(path, m.mode)
+            else:
+                with open(path, "wb") as f:
+                    f.write(tf.extractfile(m).read())
+                os.chown(path, m.uid, m.gid)
+                os.chmod(path, m.mode)
+
+
+class FakeNode:
+    """snapfake (the snapshotter, directory trees) and a private containerd that uses it."""
+
+    def __init__(self, build_dir, workdir):
+        self.bin = os.path.join(build_dir, "tests", "snapfake")
+        self.workdir = str(workdir)
+        self.state = os.path.join(self.workdir, "state")
+        self.layers = os.path.join(self.workdir, "layers")
+        os.makedirs(self.state)
+        os.makedirs(os.path.join(self.layers, "sha256"))
+        self.sock = os.path.join(self.workdir, "snap.sock")
+        self.log_path = os.path.join(self.workdir, "snapfake.log")
+        self.proc = None
+        self.start()
+        self.c = ctrd.Containerd(os.path.join(self.workdir, "containerd"), snapshotter="p2pblobs")
+        with open(self.c.config_path, "a") as f:
+            f.write('[proxy_plugins.p2pblobs]\n  type = "snapshot"\n  address = "%s"\n'
+                    % self.sock)
+        self.c.start()
+
+    def start(self):
+        if os.path.exists(self.sock):
+            os.unlink(self.sock)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([self.bin, self.state, self.sock, self.layers, "5000"],
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        harness.wait_until(lambda: os.path.exists(self.sock) or self.proc.poll() is not None, 20,
+                           what="snapfake socket")
+        assert self.proc.poll() is None, self.log_text()
+
+    def stop_fake(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(30) == 0, self.log_text()
+        self._log.close()
+
+    def log_text(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def add_trees(self, img, layers):
+        for digest, (blob, _diff) in zip(img["layers"], layers):
+            lay_out_tree(os.path.join(self.layers, "sha256", digest[7:]), blob)
+
+    rpull = Node.rpull
+    run = Node.run
+    wait_reconnected = Node.wait_reconnected
+
+    def log_tail(self):
+        return self.log_text()[-3000:]
+    content_digests = Node.content_digests
+
+    def remote_keys(self):
+        """Names of the remote snapshots (stargz's label on them) in containerd's view."""
+        r = self.c.ctr("snapshots", "--snapshotter", "p2pblobs", "ls")
+        assert r.returncode == 0, r.stderr
+        out = []
+        for line in r.stdout.splitlines()[1:]:
+            key = line.split()[0]
+            info = self.c.ctr("snapshots", "--snapshotter", "p2pblobs", "info", key)
+            if '"containerd.io/snapshot/remote": "remote snapshot"' in info.stdout:
+                out.append(key)
+        return out
+
+    def stop(self):
+        self.c.stop()
+        if self.proc and self.proc.poll() is None:
+            self.stop_fake()
+        text = self.log_text()
+        assert "ERROR: AddressSanitizer" not in text and "runtime error" not in text, text
+
+
+@pytest.fixture
+def fake_node(build_dir, tmp_path):
+    why = ctrd.available()
+    if why:
+        pytest.skip(why)
+    if not os.access(os.path.join(build_dir, "tests", "snapfake"), os.X_OK):
+        pytest.skip("tests/snapfake is not built (make integration builds it)")
+    n = FakeNode(build_dir, tmp_path / "fake")
+    yield n
+    n.stop()
+
+
+def test_remote_snapshots_with_containerd(fake_node, private_registry):
+    n = fake_node
+    layers = image_layers()
+    img, ref = push(private_registry, "snaplazy/fake", layers)
+    n.add_trees(img, layers)
+    n.rpull(ref)
+    assert len(n.remote_keys()) == 2
+    content = n.content_digests()
+    assert img["config"] in content and not set(img["layers"]) & content, content
+    assert n.run(ref, "fake1", SCRIPT) == WANT
+    assert n.run(ref, "fake2", AS_1000) == WANT_1000
+    # A write in the container lands in its upper dir, never in a layer tree.
+    n.run(ref, "fake4", "echo changed > /data/hello.txt; /bin/busybox rm /opq/b")
+    assert open(os.path.join(n.layers, "sha256", img["layers"][0][7:], "data", "hello.txt"),
+                "rb").read() == HELLO
+    # The snapshotter restarts: the remote snapshots are in its metadata, re-registered.
+    n.stop_fake()
+    n.start()
+    n.wait_reconnected()
+    assert "snapfake restore" in n.log_text()
+    assert n.run(ref, "fake5", SCRIPT) == WANT
+
+
+def test_a_layer_that_cannot_be_served_is_unpacked_over_a_layer_tree(fake_node, private_registry):
+    n = fake_node
+    layers = image_layers()
+    img, ref = push(private_registry, "snaplazy/mixed", layers)
+    n.add_trees(img, layers[:1])
+    open(os.path.join(n.layers, "sha256", img["layers"][1][7:] + ".fail"), "w").close()
+    n.rpull(ref)
+    assert len(n.remote_keys()) == 1
+    content = n.content_digests()
+    assert img["layers"][1] in content and img["layers"][0] not in content, content
+    assert "lazy layer fallback layer=" + img["layers"][1] in n.log_text()
+    # The whiteout and the opaque dir of the unpacked layer hide files of the layer tree.
+    assert n.run(ref, "mixed1", SCRIPT) == WANT
+
+
+def test_120_layer_trees_mount(fake_node, private_registry):
+    n = fake_node
+    layers = [image_layers()[0]]
+    for i in range(119):
+        layers.append(_tar_layer([("l", None, 0o755, 0), ("l/f%03d" % i, b"%d\n" % i, 0o644, 0)]))
+    img, ref = push(private_registry, "snaplazy/many", layers)
+    n.add_trees(img, layers)
+    n.rpull(ref)
+    assert len(n.remote_keys()) == 120
     out = n.run(ref, "many1", "/bin/busybox ls /l | /bin/busybox wc -l; /bin/busybox cat /l/f118")
     assert out.split() == ["119", "118"]
