@@ -2,7 +2,7 @@
  *
  * CRI's labels win over stargz's when both are there (CRI sets them from the image it pulls;
  * a stargz handler wrapper run under CRI would name the same layer). The repository is checked
- * with the same rules as every ref the daemon registers (peer/ref.c), so what reaches ltree_add
+ * with the same rules as every ref the daemon registers (util/ref.c), so what reaches ltree_add
  * is a ref the engine accepts, and a malformed label falls back to a normal snapshot rather
  * than to an error the pull would see. */
 #include "snapshot/lazy.h"

@@ -12,7 +12,7 @@
 #include <stddef.h>
 
 #include "index/snapshots.h"
-#include "peer/ref.h"
+#include "util/ref.h"
 #include "util/digest.h"
 
 #define LAZY_LABEL_TARGET "containerd.io/snapshot.ref"
