@@ -67,6 +67,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 case API_EVICT_ALL:
                         CHECK(post && strcmp(path, "/v1/evict") == 0);
                         break;
+                case API_SNAPSHOTS:
+                        CHECK(get && strcmp(path, "/v1/snapshots") == 0);
+                        break;
                 case API_BLOB:
                         CHECK(get);
                         digest_to_hex(&q.digest, hex);
