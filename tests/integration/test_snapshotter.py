@@ -114,7 +114,8 @@ def test_bad_socket_path_stops_the_daemon(daemon_factory, tmp_path):
 
 def test_ctr_run_with_the_p2pblobs_snapshotter(daemon_factory, private_registry, tmp_path):
     """A private containerd 1.6 with [proxy_plugins.p2pblobs] pulls a small image into our
-    snapshotter (unpacked into our snapshots: the lazy path is not wired yet) and runs it."""
+    snapshotter (ctr pull passes no layer labels: every layer is unpacked into our snapshots)
+    and runs it."""
     import ctrd
     why = ctrd.available()
     if why:
