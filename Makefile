@@ -124,7 +124,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_LIB)
 	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE) -lcmocka
 
 # The snapshotter with directories for layer trees (test_snapshotter_lazy.py); no cmocka.
-$(BUILD)/tests/snapfake: tests/snapshotter/snapfake.c $(CORE_LIB)
+$(BUILD)/tests/snapfake: tests/fakes/snapfake.c $(CORE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_CORE) -o $@ $< $(CORE_LIB) $(LDLIBS_CORE)
 

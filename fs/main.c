@@ -43,6 +43,7 @@
 #include "fs/notify.h"
 #include "fs/peers.h"
 #include "fs/resolver.h"
+#include "fs/snap_lazy.h"
 #include "fs/sources.h"
 #include "fs/statedir.h"
 #include "index/index.h"
@@ -602,6 +603,7 @@ static int daemon_start(struct service *s) {
                         return r;
                 }
                 log_notice("serving containerd snapshotter socket=%s", d->cfg.snapshotter_socket);
+                snap_lazy_attach(d); /* lazy layers from the layer trees (fs/snap_lazy.c) */
         }
         if (d->source) {
                 r = resolver_new(d->engine, 2, 256, &d->resolver);

@@ -14,7 +14,7 @@ layers from tarfile, one with a whiteout and an opaque dir over the other.
   the right files (whiteout and opaque dir applied by overlayfs over the layer trees), a
   process of uid 1000 reads them, and after a daemon restart the container starts again. An
   image of 120 layers mounts (containerd's one-page mount options).
-- The same protocol against `snapfake` (tests/snapshotter/snapfake.c: the daemon's snapshotter
+- The same protocol against `snapfake` (tests/fakes/snapfake.c: the daemon's snapshotter
   whose layer trees are directories this test lays out as overlayfs lower dirs, whiteouts as
   0/0 char devices and trusted.overlay.opaque): remote snapshots, the container's files, uid
   1000, a restart, 120 layers, and a mixed image whose one layer falls back and is unpacked
