@@ -12,7 +12,7 @@ PACKAGES="
   libcmocka-dev python3 python3-pytest
   docker-registry iproute2 util-linux procps tmux openssl
   systemd python3-yaml groff-base
-  dnsmasq-base containerd runc gnuplot-nox curl busybox-static stargz-snapshotter
+  dnsmasq-base containerd runc gnuplot-nox curl busybox-static stargz-snapshotter zstd
 "
 missing=""
 for p in $PACKAGES; do

@@ -226,10 +226,14 @@ def test_lazy_layers_run_and_survive_a_restart(node_factory, private_registry):
     remote = [s for s in snaps if s["remote"]]
     assert sorted(s["layer"] for s in remote) == sorted(img["layers"]), snaps
     assert all(s["kind"] == "committed" and s["ref"] for s in remote), remote
-    # containerd fetched the manifest and config only: no layer in its content store.
+    # containerd fetched the manifest and config only: no layer in its content store. The
+    # origin served each layer once at most: the one pass that built its index, here (a node
+    # whose peer holds the index would not fetch it at all).
     content = n.content_digests()
     assert img["config"] in content
     assert not set(img["layers"]) & content, content
+    for digest, (blob, _diff) in zip(img["layers"], image_layers()):
+        assert private_registry.bytes_served(digest) <= len(blob), digest
     st = n.d.stat()["snapshotter"]
     assert st["lazy_layers"] == 2 and st["lazy_fallbacks"] == 0, st
 
@@ -246,6 +250,59 @@ def test_lazy_layers_run_and_survive_a_restart(node_factory, private_registry):
     n.wait_reconnected()
     assert sorted(s["layer"] for s in n.snapshots() if s["remote"]) == sorted(img["layers"])
     assert n.run(ref, "lazy4", SCRIPT) == WANT
+
+
+def _zstd_layer(entries):
+    _gz, diff_id = _tar_layer(entries)
+    tar = gzip.decompress(_gz)
+    r = subprocess.run(["zstd", "-q", "-c", "-3"], input=tar, stdout=subprocess.PIPE, check=True)
+    return r.stdout, diff_id
+
+
+def push_typed(registry, repo, layers):
+    """Pushes an image of LAYERS: [(blob, diff_id, media type)]; returns (layer digests, ref)."""
+    descs = [{"mediaType": mt, "digest": registry.push_blob(repo, blob), "size": len(blob)}
+             for blob, _d, mt in layers]
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Env": ["PATH=/bin"]},
+                         "rootfs": {"type": "layers", "diff_ids": [d for _b, d, _m in layers]}},
+                        sort_keys=True).encode()
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": ctrd.OCI_MANIFEST,
+                           "config": {"mediaType": ctrd.OCI_CONFIG,
+                                      "digest": registry.push_blob(repo, config),
+                                      "size": len(config)},
+                           "layers": descs}, sort_keys=True).encode()
+    registry.push_manifest(repo, "v1", manifest, ctrd.OCI_MANIFEST)
+    return [d["digest"] for d in descs], "%s/%s:v1" % (registry.hostport, repo)
+
+
+def test_a_layer_the_trees_cannot_serve_is_unpacked(node_factory, private_registry):
+    """A zstd layer (the layer trees refuse single-frame zstd) over a gzip one: the gzip layer
+    is remote, the zstd one falls back and containerd unpacks it over the layer tree; the
+    container sees both, the zstd layer's whiteout and opaque dir included."""
+    n = node_factory()
+    if not n.has_layer_trees():
+        pytest.skip("this daemon has no layer trees (<mountpoint>/layers): nothing to serve")
+    if shutil.which("zstd") is None:
+        pytest.skip("zstd is not installed")
+    base, top = image_layers()
+    top_entries = [
+        ("data", None, 0o755, 0), ("data/.wh.gone.txt", b"", 0o644, 0),
+        ("opq", None, 0o755, 0), ("opq/.wh..wh..opq", b"", 0o644, 0), ("opq/b", b"b\n", 0o644, 0),
+    ]
+    zblob, zdiff = _zstd_layer(top_entries)
+    assert zdiff == top[1]
+    digests, ref = push_typed(private_registry, "snaplazy/zstd", [
+        (base[0], base[1], ctrd.OCI_LAYER_GZIP),
+        (zblob, zdiff, "application/vnd.oci.image.layer.v1.tar+zstd")])
+    n.rpull(ref)
+    snaps = n.snapshots()
+    assert [s["layer"] for s in snaps if s["remote"]] == [digests[0]], snaps
+    content = n.content_digests()
+    assert digests[1] in content and digests[0] not in content, content
+    st = n.d.stat()["snapshotter"]
+    assert st["lazy_layers"] == 1 and st["lazy_fallbacks"] == 1, st
+    assert n.run(ref, "zstd1", SCRIPT) == WANT
 
 
 def test_an_image_of_120_layers_mounts(node_factory, private_registry):
