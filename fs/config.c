@@ -569,9 +569,10 @@ static const struct {
          "node\n"
          "holds, private images' included, and opening a blob not yet cached makes the node fetch "
          "it\n"
-         "from the origin with its own credentials. (What a lazy snapshotter will need for "
-         "containers\n"
-         "whose processes are not root is not settled yet; this option is not it.)\n"},
+         "from the origin with its own credentials. Lazy containers do not need it, whatever "
+         "user\n"
+         "they run as: overlayfs reads the layer trees with its mounter's (containerd's) "
+         "credentials.\n"},
         {"snapshotter-socket",
          "Serve containerd as a proxy snapshotter on this unix socket (containerd's\n"
          ".B [proxy_plugins.p2pblobs]\n"
