@@ -1,7 +1,10 @@
 /* The control API's view of the snapshotter: which snapshots there are and which of them are
  * remote (their tree a layer tree, not a dir containerd unpacked into). One metadata walk per
  * request, so the answer is as large as the snapshot table (a few hundred bytes a snapshot);
- * containerd keeps that table bounded by its own garbage collection. */
+ * containerd keeps that table bounded by its own garbage collection. A remote snapshot also
+ * shows its layer tree's state and the compressed bytes fetched for that layer so far (the
+ * index pass, if this node ran it, and the reads of the containers on it): what lazy starts
+ * cost in origin or peer traffic, layer by layer. */
 #include "fs/api_snapshots.h"
 
 #include <errno.h>
@@ -10,6 +13,7 @@
 
 #include "fs/api.h"
 #include "index/snapshots.h"
+#include "layertree/layertree.h"
 #include "snapshot/snapshotter.h"
 
 static const char *kind_name(enum snap_kind k) {
@@ -31,8 +35,30 @@ static const char *label(const struct snap_info *info, const char *name) {
         return NULL;
 }
 
+struct walk {
+        json_t *arr;
+        struct ltree *layers; /* NULL: no layer trees */
+};
+
+/* The tree's state and the compressed bytes fetched for it so far, for a remote snapshot. */
+static void add_tree(json_t *o, struct ltree *lt, const char *layer) {
+        struct digest dg;
+        struct ltree_layer_info li;
+        if (!lt || digest_parse(layer, &dg) < 0 || ltree_find(lt, &dg, &li) < 0) {
+                json_object_set_new(o, "tree", json_string("unknown"));
+                return;
+        }
+        json_object_set_new(o, "tree",
+                            json_string(li.state == LTREE_READY     ? "ready"
+                                        : li.state == LTREE_PENDING ? "pending"
+                                                                    : "failed"));
+        json_object_set_new(o, "fetched_bytes", json_integer((json_int_t)li.bytes_fetched));
+        json_object_set_new(o, "layer_bytes", json_integer((json_int_t)li.blob_size));
+}
+
 static int add_one(void *ud, const struct snap_info *info) {
-        json_t *arr = ud;
+        struct walk *w = ud;
+        json_t *arr = w->arr;
         bool remote = info->remote_layer[0] != 0;
         const char *layer = remote ? info->remote_layer : NULL;
         if (!layer)
@@ -43,7 +69,11 @@ static int add_one(void *ud, const struct snap_info *info) {
                               "key", info->key, "kind", kind_name(info->kind), "parent",
                               info->parent, "remote", remote, "layer", layer, "ref",
                               remote ? info->remote_ref : NULL);
-        if (!o || json_array_append_new(arr, o) < 0)
+        if (!o)
+                return -ENOMEM;
+        if (remote)
+                add_tree(o, w->layers, info->remote_layer);
+        if (json_array_append_new(arr, o) < 0)
                 return -ENOMEM;
         return 0;
 }
@@ -60,7 +90,8 @@ int api_on_snapshots(struct daemon *d, const struct api_request *q, json_t **ret
         json_t *arr = json_array();
         if (!arr)
                 return -ENOMEM;
-        int r = snapshotter_for_each(sn, add_one, arr);
+        struct walk w = {.arr = arr, .layers = d->layers};
+        int r = snapshotter_for_each(sn, add_one, &w);
         if (r < 0) {
                 json_decref(arr);
                 snprintf(reason, reason_len, "cannot list the snapshots: %s", strerror(-r));

@@ -13,18 +13,24 @@ static const char *str(json_t *o, const char *key, const char *dflt) {
 
 void blobctl_print_snapshots(FILE *out, json_t *arr) {
         size_t i, remote = 0, n = json_array_size(arr);
+        json_int_t fetched = 0, size = 0;
         json_t *s;
         fprintf(out, "%-6s %-9s %-6s %-71s %-30s %s\n", "ID", "KIND", "REMOTE", "LAYER", "PARENT",
                 "KEY");
         json_array_foreach(arr, i, s) {
                 bool rem = json_is_true(json_object_get(s, "remote"));
                 remote += rem;
+                fetched += json_integer_value(json_object_get(s, "fetched_bytes"));
+                size += json_integer_value(json_object_get(s, "layer_bytes"));
                 fprintf(out, "%-6" JSON_INTEGER_FORMAT " %-9s %-6s %-71s %-30s %s\n",
                         json_integer_value(json_object_get(s, "id")), str(s, "kind", "?"),
                         rem ? "yes" : "-", str(s, "layer", "-"), str(s, "parent", "-"),
                         str(s, "key", "?"));
         }
-        fprintf(out, "%zu snapshots, %zu remote (layer trees, not unpacked)\n", n, remote);
+        fprintf(out,
+                "%zu snapshots, %zu remote (layer trees, not unpacked): %" JSON_INTEGER_FORMAT
+                " of their %" JSON_INTEGER_FORMAT " compressed bytes fetched\n",
+                n, remote, fetched, size);
 }
 
 void blobctl_print_snapshotter_stat(FILE *out, json_t *s) {

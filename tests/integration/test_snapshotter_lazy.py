@@ -225,7 +225,8 @@ def test_lazy_layers_run_and_survive_a_restart(node_factory, private_registry):
     snaps = n.snapshots()
     remote = [s for s in snaps if s["remote"]]
     assert sorted(s["layer"] for s in remote) == sorted(img["layers"]), snaps
-    assert all(s["kind"] == "committed" and s["ref"] for s in remote), remote
+    assert all(s["kind"] == "committed" and s["ref"] and s["tree"] == "ready"
+               and s["layer_bytes"] > 0 and "fetched_bytes" in s for s in remote), remote
     # containerd fetched the manifest and config only: no layer in its content store. The
     # origin served each layer once at most: the one pass that built its index, here (a node
     # whose peer holds the index would not fetch it at all).
