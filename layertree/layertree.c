@@ -34,7 +34,7 @@
  * Memory: the loaded indexes (counted in the stats), two uint32_t per file for hard links,
  * per worker one 1 MiB buffer and up to READERS_PER_WORKER layer readers (about 115 KiB
  * each). */
-#include "layertree/layertree.h"
+#include "layertree/internal.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -51,106 +51,6 @@
 #include "index/layers.h"
 #include "layertree/spancache.h"
 #include "util/log.h"
-
-#define DERIVED_SOURCE "p2pblobs.invalid/layer-index"
-#define COPY_SOURCE "p2pblobs.invalid/layer-seekable" /* a zstd layer's seekable copy */
-#define IO_MAX (1u << 20)                             /* one engine read; the engine's max_read */
-#define READ_MAX (1u << 20)                           /* one ltree_read */
-#define READ_QUEUE_MAX 65536                          /* reads waiting for a worker */
-#define INDEX_BLOB_MAX (256u << 20) /* an encoded index from the store or a peer */
-#define READERS_PER_WORKER 4
-#define SPAN_BLOCK (128u << 10) /* the span cache's unit of inflated tar bytes */
-
-struct layer {
-        uint32_t id;
-        struct digest digest;
-        char source[IDX_SOURCE_MAX];
-        char media_type[IDX_MEDIA_TYPE_MAX];
-        bool has_diff_id, has_toc;
-        struct digest diff_id, toc_digest;
-        int64_t added_at;
-        uint32_t blob_id; /* the engine's; valid once blob_known */
-        uint32_t data_id; /* the blob reads fetch from (the layer, or a zstd layer's seekable
-                           * copy); set with ix */
-        bool blob_known;
-        uint64_t blob_size;
-
-        /* lt->lock */
-        enum ltree_state state;
-        enum layer_format format;
-        enum ltree_index_origin origin;
-        bool has_index;
-        struct digest index_digest;
-        uint64_t index_size;
-        char error[200];
-        bool queued; /* an index job is queued or running */
-        uint32_t next_job;
-
-        /* Set once when READY, immutable after. */
-        struct layer_index *ix;
-        uint32_t *canon; /* file -> the file whose inode it shares */
-        uint32_t *nlink; /* file -> names of its inode (for canonical files) */
-        uint64_t tar_size, files;
-        size_t memory;
-
-        _Atomic uint64_t fetched;
-};
-
-struct read_job {
-        uint32_t id, file;
-        uint64_t off;
-        size_t len;
-        ltree_reply_fn reply;
-        void *ctx;
-        struct read_job *next;
-};
-
-struct worker;
-
-struct fetch_ctx {
-        struct ltree *lt;
-        struct layer *l;
-};
-
-struct reader_slot {
-        uint32_t id; /* layer; valid when r is set */
-        struct layer_reader *r;
-        struct fetch_ctx fc;
-        uint64_t used; /* for LRU */
-};
-
-struct worker {
-        struct ltree *lt;
-        pthread_t thread;
-        bool started;
-        uint8_t *buf; /* READ_MAX */
-        struct reader_slot slots[READERS_PER_WORKER];
-        uint64_t tick;
-};
-
-struct ltree {
-        struct ltree_config cfg;
-        struct engine *e;
-        struct index *ix;
-        struct idx_layers *db;
-        struct ltree_peer_ops peers;
-        bool have_peers;
-        struct spancache *spans;
-
-        pthread_mutex_t lock;   /* everything below, and the layers' fields marked so */
-        pthread_cond_t work;    /* a job was queued, or stopping */
-        pthread_cond_t changed; /* a layer left PENDING */
-        struct layer **layers;  /* cfg.max_layers slots */
-        uint32_t n;
-        struct read_job *rq_head, *rq_tail;
-        size_t rq_len;
-        uint32_t bq_head, bq_tail; /* index jobs: layer ids + 1 linked through next_job */
-        unsigned builds_running, builds_max;
-        bool stopping;
-        struct ltree_stats st; /* layers/ready/... computed on demand */
-
-        struct worker *workers;
-};
 
 /* ---- synchronous engine reads (workers only) ---------------------------------------- */
 
@@ -179,8 +79,8 @@ static void sync_reply(void *ctx, int err, const void *buf, size_t len) {
 
 /* Up to LEN bytes of blob BLOB_ID at OFF: the count (short only at the end), or -errno.
  * Blocks until the engine answers (bounded by its fetch timeout). */
-static ssize_t eng_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void *buf, size_t len,
-                         struct engine_stream *stream) {
+ssize_t lt_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void *buf, size_t len,
+                 struct engine_stream *stream) {
         size_t done = 0;
         while (done < len) {
                 size_t n = len - done < IO_MAX ? len - done : IO_MAX;
@@ -206,7 +106,7 @@ static ssize_t eng_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void 
 /* The layer reader's fetch: blob bytes through the engine, counted for the layer. */
 static ssize_t layer_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
         struct fetch_ctx *fc = ctx;
-        ssize_t n = eng_pread(fc->lt, fc->l->data_id, off, buf, len, NULL);
+        ssize_t n = lt_pread(fc->lt, fc->l->data_id, off, buf, len, NULL);
         if (n > 0)
                 atomic_fetch_add(&fc->l->fetched, (uint64_t)n);
         return n;
@@ -248,31 +148,45 @@ static void row_of(const struct layer *l, struct idx_layer *row) {
         row->added_at = l->added_at;
 }
 
-/* Records L's row (lt->lock held: a row is small and the write is rare). */
-static void persist(struct ltree *lt, const struct layer *l) {
+/* Records L's row as it is now. Called without lt->lock, so a FUSE thread never waits on
+ * SQLite: the row is copied under the lock with a sequence number, and written under db_lock
+ * unless a newer copy was written first (two writers may race; the newest state wins). */
+static void persist(struct ltree *lt, struct layer *l) {
         struct idx_layer row;
+        pthread_mutex_lock(&lt->lock);
         row_of(l, &row);
-        int r = idx_layer_put(lt->db, &row);
-        if (r < 0)
-                log_debug("layer row not recorded id=%u err=%s", l->id, strerror(-r));
+        uint64_t seq = ++l->row_seq;
+        pthread_mutex_unlock(&lt->lock);
+        pthread_mutex_lock(&lt->db_lock);
+        if (seq > l->row_written) {
+                int r = idx_layer_put(lt->db, &row);
+                if (r < 0)
+                        log_debug("layer row not recorded id=%u err=%s", l->id, strerror(-r));
+                l->row_written = seq;
+        }
+        pthread_mutex_unlock(&lt->db_lock);
 }
 
-static void fail_layer(struct ltree *lt, struct layer *l, int err, const char *fmt, ...)
-        __attribute__((format(printf, 4, 5)));
-
-static void fail_layer(struct ltree *lt, struct layer *l, int err, const char *fmt, ...) {
+void lt_fail(struct ltree *lt, struct layer *l, int err, const char *fmt, ...) {
         char msg[200];
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         pthread_mutex_lock(&lt->lock);
+        if (lt->stopping || err == -ECANCELED) {
+                /* Shutting down is not the layer's fault: it stays PENDING, unrecorded, and
+                 * the next start looks for its index again. */
+                pthread_cond_broadcast(&lt->changed);
+                pthread_mutex_unlock(&lt->lock);
+                return;
+        }
         snprintf(l->error, sizeof(l->error), "%s", msg);
         l->state = LTREE_FAILED;
         lt->st.index_failures++;
-        persist(lt, l);
         pthread_cond_broadcast(&lt->changed);
         pthread_mutex_unlock(&lt->lock);
+        persist(lt, l);
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&l->digest, hex);
         log_debug("layer index failed digest=sha256:%s err=%s reason=\"%s\"", hex, strerror(-err),
@@ -309,8 +223,8 @@ static int link_tables(struct layer_index *ix, uint32_t **ret_canon, uint32_t **
 
 /* The engine id of the blob the reader of IX fetches from: L's own, or for zstd its seekable
  * copy, known here or (registered now) to the peers' directory. 0 or -ENOENT. */
-static int data_blob(struct ltree *lt, const struct layer *l, const struct layer_index *ix,
-                     uint32_t *ret_id) {
+int lt_data_blob(struct ltree *lt, const struct layer *l, const struct layer_index *ix,
+                 uint32_t *ret_id) {
         struct layer_index_info info;
         struct engine_blob_info b;
         layer_index_info(ix, &info);
@@ -328,18 +242,18 @@ static int data_blob(struct ltree *lt, const struct layer *l, const struct layer
 }
 
 /* L's index is IX (ours now), found through ORIGIN: READY, recorded, published. */
-static void ready_layer(struct ltree *lt, struct layer *l, struct layer_index *ix,
-                        enum ltree_index_origin origin, const struct digest *index_digest,
-                        uint64_t index_size) {
+void lt_ready(struct ltree *lt, struct layer *l, struct layer_index *ix,
+              enum ltree_index_origin origin, const struct digest *index_digest,
+              uint64_t index_size) {
         uint32_t *canon, *nlink, data_id;
-        if (data_blob(lt, l, ix, &data_id) < 0) {
+        if (lt_data_blob(lt, l, ix, &data_id) < 0) {
                 layer_index_free(ix);
-                fail_layer(lt, l, -ENOENT, "the seekable copy of the zstd layer is gone");
+                lt_fail(lt, l, -ENOENT, "the seekable copy of the zstd layer is gone");
                 return;
         }
         if (link_tables(ix, &canon, &nlink) < 0) {
                 layer_index_free(ix);
-                fail_layer(lt, l, -ENOMEM, "out of memory loading the index");
+                lt_fail(lt, l, -ENOMEM, "out of memory loading the index");
                 return;
         }
         struct layer_index_info info;
@@ -372,349 +286,14 @@ static void ready_layer(struct ltree *lt, struct layer *l, struct layer_index *i
         default:
                 break;
         }
-        persist(lt, l);
         pthread_cond_broadcast(&lt->changed);
         pthread_mutex_unlock(&lt->lock);
+        persist(lt, l);
         if (origin != LTREE_INDEX_TOC && lt->have_peers && lt->peers.publish_index)
                 lt->peers.publish_index(lt->peers.ud, &l->digest, index_digest, index_size);
         char hex[DIGEST_HEX_LEN + 1];
         digest_to_hex(&l->digest, hex);
         log_debug("layer ready digest=sha256:%s files=%zu origin=%d", hex, info.nfiles, origin);
-}
-
-/* ---- finding an index ----------------------------------------------------------------- */
-
-/* Reads the whole derived blob BLOB_ID (SIZE bytes), checks it hashes to WANT, decodes it and
- * checks it indexes L. 0 and *RET, or -errno with MSG. */
-static int load_index_blob(struct ltree *lt, struct layer *l, uint32_t blob_id, uint64_t size,
-                           const struct digest *want, struct layer_index **ret, char *msg,
-                           size_t msg_len) {
-        if (size == 0 || size > INDEX_BLOB_MAX) {
-                snprintf(msg, msg_len, "index blob of %" PRIu64 " bytes refused", size);
-                return -EFBIG;
-        }
-        uint8_t *buf = malloc(size);
-        if (!buf)
-                return -ENOMEM;
-        struct engine_stream stream = {0};
-        ssize_t n = eng_pread(lt, blob_id, 0, buf, size, &stream);
-        int r = 0;
-        if (n < 0 || (uint64_t)n != size) {
-                snprintf(msg, msg_len, "cannot read the index blob: %s",
-                         n < 0 ? strerror((int)-n) : "short");
-                r = n < 0 ? (int)n : -EIO;
-                goto out_free;
-        }
-        struct digest got;
-        digest_sha256(buf, size, &got);
-        if (!digest_equal(&got, want)) { /* before decoding: never parse unchecked bytes */
-                snprintf(msg, msg_len, "index blob does not match its digest");
-                r = -EBADMSG;
-                goto out_free;
-        }
-        struct layer_index *ix;
-        r = layer_index_decode(buf, size, 0, &ix);
-        if (r < 0) {
-                snprintf(msg, msg_len, "index blob does not decode: %s", strerror(-r));
-                goto out_free;
-        }
-        struct layer_index_info info;
-        layer_index_info(ix, &info);
-        if (!digest_equal(&info.blob_digest, &l->digest) || info.blob_size != l->blob_size) {
-                layer_index_free(ix);
-                snprintf(msg, msg_len, "index blob indexes another layer");
-                r = -EBADMSG;
-                goto out_free;
-        }
-        *ret = ix;
-out_free:
-        free(buf);
-        return r;
-}
-
-/* The index recorded in this node's store, when every chunk of its blob is present. */
-static int index_from_store(struct ltree *lt, struct layer *l, const struct digest *d,
-                            struct layer_index **ret) {
-        struct engine_blob_info b;
-        if (engine_find(lt->e, d, &b) < 0 || b.chunks_present != b.chunks)
-                return -ENOENT;
-        char msg[160];
-        int r = load_index_blob(lt, l, b.id, b.size, d, ret, msg, sizeof(msg));
-        if (r < 0)
-                log_debug("stored layer index not used id=%u reason=\"%s\"", l->id, msg);
-        return r;
-}
-
-static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_index **ret,
-                            struct digest *ret_digest, uint64_t *ret_size) {
-        if (!lt->have_peers || !lt->peers.locate_index)
-                return -ENOENT;
-        struct digest d;
-        uint64_t size;
-        uint64_t deadline = now_ms() + lt->cfg.index_timeout_ms;
-        int r = lt->peers.locate_index(lt->peers.ud, &l->digest, deadline, &d, &size);
-        if (r < 0)
-                return r;
-        struct engine_blob_info b;
-        r = engine_lookup(lt->e, &d, &b);
-        if (r < 0)
-                return r;
-        if (b.size != size)
-                return -EBADMSG;
-        char msg[160];
-        r = load_index_blob(lt, l, b.id, b.size, &d, ret, msg, sizeof(msg));
-        if (r < 0) {
-                log_debug("layer index from peers not used id=%u reason=\"%s\"", l->id, msg);
-                return r;
-        }
-        engine_pin(lt->e, &d, true);
-        *ret_digest = d;
-        *ret_size = size;
-        return 0;
-}
-
-/* eStargz: the TOC member named by the footer FOOT. 0 and *RET; -EPROTONOSUPPORT when the
- * footer is not eStargz's; -errno with MSG otherwise. */
-static int index_from_toc(struct ltree *lt, struct layer *l, const uint8_t *foot, size_t flen,
-                          struct layer_index **ret, char *msg, size_t msg_len) {
-        uint64_t toc_off, toc_end;
-        int r = layer_estargz_footer(foot, flen, l->blob_size, &toc_off, &toc_end);
-        if (r == -EPROTONOSUPPORT)
-                return r;
-        if (r < 0) {
-                snprintf(msg, msg_len, "estargz footer points outside the blob");
-                return r;
-        }
-        if (toc_end <= toc_off || toc_end - toc_off > LAYER_ESTARGZ_TOC_MAX) {
-                snprintf(msg, msg_len, "estargz toc of %" PRIu64 " bytes refused",
-                         toc_end - toc_off);
-                return -EFBIG;
-        }
-        size_t len = (size_t)(toc_end - toc_off);
-        uint8_t *toc = malloc(len);
-        if (!toc)
-                return -ENOMEM;
-        ssize_t n = eng_pread(lt, l->blob_id, toc_off, toc, len, NULL);
-        if (n < 0 || (size_t)n != len) {
-                free(toc);
-                snprintf(msg, msg_len, "cannot read the estargz toc: %s",
-                         n < 0 ? strerror((int)-n) : "short");
-                return n < 0 ? (int)n : -EIO;
-        }
-        atomic_fetch_add(&l->fetched, (uint64_t)n);
-        struct layer_estargz_opts o = {.blob_size = l->blob_size,
-                                       .blob_digest = &l->digest,
-                                       .toc_digest = l->has_toc ? &l->toc_digest : NULL};
-        char err[160] = "";
-        r = layer_estargz_index(toc, len, toc_off, &o, ret, err, sizeof(err));
-        free(toc);
-        if (r < 0)
-                snprintf(msg, msg_len, "estargz toc refused: %s", err[0] ? err : strerror(-r));
-        return r;
-}
-
-/* A zstd layer's seekable copy, written by the pass through SK: stored and pinned when the
- * pass built IX (R == 0), dropped otherwise. 0 or -errno with MSG. */
-static int finish_copy(struct ltree *lt, struct engine_put_sink *sk, int r,
-                       const struct layer_index *ix, char *msg, size_t msg_len) {
-        struct layer_index_info info;
-        struct digest d;
-        uint64_t size;
-        if (r < 0 || !sk->ps) {
-                engine_put_abort(sk->ps);
-                return r;
-        }
-        layer_index_info(ix, &info);
-        r = engine_put_finish(sk->ps, &d, &size);
-        if (r == 0 && (!digest_equal(&d, &info.data_digest) || size != info.data_size))
-                r = -EIO; /* cannot happen: the sink got exactly what the pass hashed */
-        if (r < 0) {
-                snprintf(msg, msg_len, "cannot store the seekable copy of the zstd layer: %s",
-                         strerror(-r));
-                return r;
-        }
-        engine_pin(lt->e, &d, true); /* this node may be the copy's only holder */
-        return 0;
-}
-
-/* The pass: the whole blob, in order, through the builder. */
-static int index_by_pass(struct ltree *lt, struct layer *l, uint8_t *buf, struct layer_index **ret,
-                         char *msg, size_t msg_len) {
-        struct engine_put_sink sk = {.e = lt->e, .source = COPY_SOURCE};
-        struct layer_build_opts o = {.span = lt->cfg.span,
-                                     .diff_id = l->has_diff_id ? &l->diff_id : NULL,
-                                     .blob_digest = &l->digest,
-                                     .sink = engine_put_sink_write,
-                                     .sink_ctx = &sk};
-        struct layer_builder *b = layer_builder_new(&o);
-        if (!b)
-                return -ENOMEM;
-        struct engine_stream stream = {0};
-        int r = 0;
-        for (uint64_t off = 0; off < l->blob_size && r == 0;) {
-                size_t want = l->blob_size - off < IO_MAX ? (size_t)(l->blob_size - off) : IO_MAX;
-                ssize_t n = eng_pread(lt, l->blob_id, off, buf, want, &stream);
-                if (n <= 0) {
-                        r = n < 0 ? (int)n : -EIO;
-                        snprintf(msg, msg_len, "cannot read the layer at %" PRIu64 ": %s", off,
-                                 n < 0 ? strerror((int)-n) : "short");
-                        break;
-                }
-                atomic_fetch_add(&l->fetched, (uint64_t)n);
-                off += (uint64_t)n;
-                r = layer_builder_feed(b, buf, (size_t)n);
-        }
-        if (r == 0)
-                r = layer_builder_finish(b, ret);
-        if (r < 0 && !msg[0]) {
-                const char *why = layer_builder_error(b);
-                snprintf(msg, msg_len, "%s", why && why[0] ? why : strerror(-r));
-        }
-        layer_builder_free(b);
-        int cr = finish_copy(lt, &sk, r, r == 0 ? *ret : NULL, msg, msg_len);
-        if (r == 0 && cr < 0) {
-                layer_index_free(*ret);
-                *ret = NULL;
-                r = cr;
-        }
-        return r;
-}
-
-/* Stores a built index as a derived blob (pinned), *RET_DIGEST and *RET_SIZE its name. */
-static int store_index(struct ltree *lt, const struct layer_index *ix, struct digest *ret_digest,
-                       uint64_t *ret_size) {
-        uint8_t *enc;
-        size_t len;
-        struct digest d;
-        int r = layer_index_encode(ix, &enc, &len, &d);
-        if (r < 0)
-                return r;
-        r = engine_put(lt->e, &d, DERIVED_SOURCE, enc, len);
-        free(enc);
-        if (r < 0)
-                return r;
-        engine_pin(lt->e, &d, true);
-        *ret_digest = d;
-        *ret_size = len;
-        return 0;
-}
-
-/* The index job of layer L, on a worker (BUF: READ_MAX bytes of scratch). */
-static void index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
-        char msg[200] = "";
-        struct layer_index *ix = NULL;
-        int r;
-
-        if (!l->blob_known) { /* reloaded, and the engine forgot the blob: register it again */
-                char ref[IDX_SOURCE_MAX + DIGEST_HEX_LEN + 16], hex[DIGEST_HEX_LEN + 1];
-                struct engine_blob_info b;
-                digest_to_hex(&l->digest, hex);
-                snprintf(ref, sizeof(ref), "%s@sha256:%s", l->source, hex);
-                r = engine_add(lt->e, ref, &b, msg, sizeof(msg));
-                if (r < 0) {
-                        fail_layer(lt, l, r, "cannot register the layer blob: %s",
-                                   msg[0] ? msg : strerror(-r));
-                        return;
-                }
-                pthread_mutex_lock(&lt->lock);
-                l->blob_id = b.id;
-                l->blob_size = b.size;
-                l->blob_known = true;
-                pthread_mutex_unlock(&lt->lock);
-        }
-        pthread_mutex_lock(&lt->lock);
-        bool recorded = l->has_index && l->origin != LTREE_INDEX_TOC;
-        struct digest recorded_digest = l->index_digest;
-        uint64_t recorded_size = l->index_size;
-        pthread_mutex_unlock(&lt->lock);
-
-        uint32_t data_id;
-        if (recorded && index_from_store(lt, l, &recorded_digest, &ix) == 0) {
-                if (data_blob(lt, l, ix, &data_id) == 0) {
-                        ready_layer(lt, l, ix, LTREE_INDEX_LOCAL, &recorded_digest, recorded_size);
-                        return;
-                }
-                layer_index_free(ix); /* zstd, and its copy is gone: run the pass again */
-                ix = NULL;
-        }
-        /* The format, from the bytes: the first block tells tar, gzip or zstd apart. */
-        size_t head = l->blob_size < 512 ? (size_t)l->blob_size : 512;
-        ssize_t n = eng_pread(lt, l->blob_id, 0, buf, head, NULL);
-        if (n < 0) {
-                fail_layer(lt, l, (int)n, "cannot read the layer: %s", strerror((int)-n));
-                return;
-        }
-        int fmt = layer_detect_format(buf, (size_t)n);
-        if (fmt < 0) {
-                fail_layer(lt, l, fmt, "not a layer: neither tar, gzip nor zstd");
-                return;
-        }
-        pthread_mutex_lock(&lt->lock);
-        l->format = (enum layer_format)fmt;
-        pthread_mutex_unlock(&lt->lock);
-        if (fmt == LAYER_FMT_GZIP && l->blob_size >= LAYER_ESTARGZ_FOOTER) {
-                uint8_t foot[LAYER_ESTARGZ_FOOTER];
-                n = eng_pread(lt, l->blob_id, l->blob_size - LAYER_ESTARGZ_FOOTER, foot,
-                              sizeof(foot), NULL);
-                if (n != (ssize_t)sizeof(foot)) {
-                        fail_layer(lt, l, n < 0 ? (int)n : -EIO,
-                                   "cannot read the layer's last bytes: %s",
-                                   n < 0 ? strerror((int)-n) : "short");
-                        return;
-                }
-                r = index_from_toc(lt, l, foot, sizeof(foot), &ix, msg, sizeof(msg));
-                if (r == 0) {
-                        struct digest d = l->toc_digest;
-                        uint64_t size = 0;
-                        if (!l->has_toc) { /* name it by its encoded form, for listings */
-                                uint8_t *enc;
-                                size_t len;
-                                if (layer_index_encode(ix, &enc, &len, &d) == 0) {
-                                        free(enc);
-                                        size = len;
-                                }
-                        }
-                        ready_layer(lt, l, ix, LTREE_INDEX_TOC, &d, size);
-                        return;
-                }
-                if (r != -EPROTONOSUPPORT) {
-                        fail_layer(lt, l, r, "%s", msg);
-                        return;
-                }
-                msg[0] = '\0';
-        }
-        struct digest d;
-        uint64_t size;
-        if (index_from_peers(lt, l, &ix, &d, &size) == 0) {
-                if (data_blob(lt, l, ix, &data_id) == 0) {
-                        ready_layer(lt, l, ix, LTREE_INDEX_PEER, &d, size);
-                        return;
-                }
-                layer_index_free(ix); /* zstd, and nobody holds its copy: run the pass */
-                ix = NULL;
-        }
-        r = index_by_pass(lt, l, buf, &ix, msg, sizeof(msg));
-        if (r < 0) {
-                fail_layer(lt, l, r, "%s", msg);
-                return;
-        }
-        r = store_index(lt, ix, &d, &size);
-        if (r < 0) {
-                /* Still usable here; the next start runs the pass again. */
-                char hex[DIGEST_HEX_LEN + 1];
-                digest_to_hex(&l->digest, hex);
-                log_debug("layer index not stored digest=sha256:%s err=%s", hex, strerror(-r));
-                uint8_t *enc;
-                size_t len;
-                if (layer_index_encode(ix, &enc, &len, &d) == 0) {
-                        free(enc);
-                        size = len;
-                } else {
-                        memset(&d, 0, sizeof(d));
-                        size = 0;
-                }
-        }
-        ready_layer(lt, l, ix, LTREE_INDEX_BUILT, &d, size);
 }
 
 /* ---- reads ---------------------------------------------------------------------------- */
@@ -841,7 +420,7 @@ static void *worker_main(void *arg) {
                         l->next_job = 0;
                         lt->builds_running++;
                         pthread_mutex_unlock(&lt->lock);
-                        index_job(lt, l, w->buf);
+                        lt_index_job(lt, l, w->buf);
                         pthread_mutex_lock(&lt->lock);
                         l->queued = false;
                         lt->builds_running--;
@@ -936,6 +515,7 @@ int ltree_new(const struct ltree_config *cfg, struct engine *e, struct index *ix
         }
         lt->builds_max = cfg->workers / 2 ? cfg->workers / 2 : 1;
         pthread_mutex_init(&lt->lock, NULL);
+        pthread_mutex_init(&lt->db_lock, NULL);
         pthread_cond_init(&lt->work, NULL);
         pthread_cond_init(&lt->changed, NULL);
         int r = -ENOMEM;
@@ -1009,6 +589,7 @@ void ltree_free(struct ltree *lt) {
         spancache_free(lt->spans);
         idx_layers_close(lt->db);
         pthread_mutex_destroy(&lt->lock);
+        pthread_mutex_destroy(&lt->db_lock);
         pthread_cond_destroy(&lt->work);
         pthread_cond_destroy(&lt->changed);
         free(lt);
@@ -1049,7 +630,8 @@ int ltree_add(struct ltree *lt, const char *ref, const struct digest *diff_id,
         pthread_mutex_lock(&lt->lock);
         struct layer *l = find_locked(lt, &b.digest);
         if (l) {
-                if (l->state == LTREE_FAILED && !l->queued) {
+                bool retry = l->state == LTREE_FAILED && !l->queued;
+                if (retry) {
                         l->state = LTREE_PENDING;
                         l->error[0] = '\0';
                         if (diff_id) {
@@ -1062,11 +644,12 @@ int ltree_add(struct ltree *lt, const char *ref, const struct digest *diff_id,
                         }
                         if (media_type[0])
                                 snprintf(l->media_type, sizeof(l->media_type), "%s", media_type);
-                        persist(lt, l);
                         queue_index(lt, l);
                 }
                 info_of(l, ret);
                 pthread_mutex_unlock(&lt->lock);
+                if (retry)
+                        persist(lt, l);
                 return 0;
         }
         if (lt->n >= lt->cfg.max_layers) {
@@ -1099,10 +682,10 @@ int ltree_add(struct ltree *lt, const char *ref, const struct digest *diff_id,
         l->blob_size = b.size;
         l->state = LTREE_PENDING;
         lt->layers[lt->n++] = l;
-        persist(lt, l);
         queue_index(lt, l);
         info_of(l, ret);
         pthread_mutex_unlock(&lt->lock);
+        persist(lt, l);
         return 0;
 }
 
