@@ -150,6 +150,7 @@ def test_tree_matches_the_tar(two_layers):
     assert sorted(e["path"] for e in json.loads(r.stdout)) == ["etc/passwd", "etc/secret"]
     s = d.stat()["layers"]
     assert s["ready"] == 2 and s["indexes_built"] == 2 and s["reads"] > 0
+    assert s["span_cache_hits"] > 0, "small files of one span inflate it once"
 
 
 def test_overlay_of_two_trees(two_layers, tmp_path):
