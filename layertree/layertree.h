@@ -90,7 +90,9 @@ int ltree_new(const struct ltree_config *cfg, struct engine *e, struct index *ix
               const struct ltree_peer_ops *peers, struct ltree **ret);
 
 /* Stops the workers (reads still queued are answered -ECANCELED) and frees. Call before the
- * engine stops fetching. NULL-safe. */
+ * sources stop and the engine is freed (workers may wait on engine reads); after
+ * engine_stop_fetching() is fine and makes those reads end at once. A layer whose index was
+ * being looked for stays PENDING (unrecorded) for the next start. NULL-safe. */
 void ltree_free(struct ltree *lt);
 
 /* Registers layer REF ("registry/repository@sha256:hex") — registering the blob with the
