@@ -33,9 +33,10 @@ ESC = "\x1b"
 # change for scripts, so it should be a deliberate edit here too.
 STAT_KEYS = {"version", "uptime_seconds", "chunk_size", "blobs", "blobs_verified",
              "blobs_complete", "blobs_partial", "blobs_pinned", "daemon_running", "cache",
-             "fetched", "errors", "served", "peers", "memory"}
+             "fetched", "errors", "served", "peers", "memory", "layers", "snapshotter"}
 CACHE_KEYS = {"budget_bytes", "effective_budget_bytes", "used_bytes", "pinned_bytes",
-              "chunks_present", "hits", "misses", "evicted_chunks", "store_allocated_bytes"}
+              "chunks_present", "hits", "misses", "evicted_chunks", "store_allocated_bytes",
+              "landed_hits"}
 FETCHED_KEYS = {"origin_bytes", "origin_requests", "origin_errors", "peer_bytes",
                 "inflight_chunks", "readahead_chunks"}
 ERRORS_KEYS = {"origin_by_cause", "read_errors", "verify_failures", "store_full_events",
@@ -44,7 +45,8 @@ ERRORS_KEYS = {"origin_by_cause", "read_errors", "verify_failures", "store_full_
 CAUSE_KEYS = {"connect", "timeout", "http", "not_found", "denied", "protocol"}
 MEMORY_KEYS = {"rss_bytes", "cgroup_version", "cgroup_usage_bytes",
                "cgroup_inactive_file_bytes", "cgroup_working_set_bytes",
-               "store_page_cache_bytes"}
+               "store_page_cache_bytes", "landed_bytes", "landed_peak_bytes",
+               "layer_index_bytes", "layer_span_cache_bytes"}
 SERVED_KEYS = {"peer_bytes"}
 PEERS_KEYS = {"known", "up"}
 BLOB_KEYS = {"digest", "size", "source", "chunks", "chunks_present", "verified", "pinned",
