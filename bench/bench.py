@@ -54,10 +54,11 @@ import urllib.parse
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 import harness  # noqa: E402
+import bench_lazy  # noqa: E402  (items 8 layer and 9 start: bench/bench_lazy.py)
 
 MiB = harness.MiB
 GiB = 1024 * MiB
-ITEMS = ("cached", "cold", "peer", "swarm", "memory", "evict", "containerd")
+ITEMS = ("cached", "cold", "peer", "swarm", "memory", "evict", "containerd", "layer", "start")
 
 
 def log(*a):
@@ -1448,6 +1449,7 @@ def rows_for(res, cmd):
                      mm(fig([m / d for m, d in zip(c["mirror_registry_bytes"]["runs"],
                                                    c["direct_registry_bytes"]["runs"])]),
                         "%.4f"), c["ratio"]["n"], cmd("containerd")))
+    rows += bench_lazy.rows_for(res, cmd)
     return [r if len(r) == 9 else r + ("", "") for r in rows]
 
 
@@ -1762,6 +1764,7 @@ def render(res, mach, ctx, args):
                                               mm(e["lru_hot"], "%.3f")))
         L.append("")
     L += net_sections(res, ("containerd",))
+    L += bench_lazy.sections(res)
     return "\n".join(L), rows
 
 
@@ -1777,6 +1780,7 @@ def main():
     ap.add_argument("--swarm-reps", type=int, default=3)
     ap.add_argument("--swarm-max", type=int, default=8, help="largest swarm (2, 4 or 8 nodes)")
     ap.add_argument("--ctrd-reps", type=int, default=3)
+    ap.add_argument("--lazy-reps", type=int, default=3, help="runs of the layer and start items")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches, cgroups, FUSE mounts)")
@@ -1790,7 +1794,7 @@ def main():
     ctx = {"reg": reg, "work": work, "build": os.path.abspath(args.build), "tools": tools,
            "reps": args.reps, "mem_reps": args.mem_reps, "neighbours": nb,
            "swarm_reps": args.swarm_reps, "swarm_max": args.swarm_max,
-           "ctrd_reps": args.ctrd_reps}
+           "ctrd_reps": args.ctrd_reps, "lazy_reps": args.lazy_reps}
     mach = machine()
     res = {}
     try:
@@ -1805,7 +1809,8 @@ def main():
             res["memory"] = bench_memory(ctx)
         reg.stop()  # the items below run their own registry, on a host of their own net
         for item, fn in (("peer", bench_peer), ("swarm", bench_swarm),
-                         ("containerd", bench_containerd)):
+                         ("containerd", bench_containerd), ("layer", bench_lazy.bench_layer),
+                         ("start", bench_lazy.bench_start)):
             if item in items:
                 try:
                     res[item] = fn(ctx)
@@ -1839,4 +1844,5 @@ def main():
 
 
 if __name__ == "__main__":
+    bench_lazy.bind(sys.modules[__name__])
     main()

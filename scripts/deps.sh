@@ -9,6 +9,7 @@ PACKAGES="
   libssl-dev libsqlite3-dev sqlite3 libsystemd-dev libzstd-dev zlib1g-dev libnl-3-dev libnl-route-3-dev
   libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   golang-go golang-github-containerd-containerd-dev
+  golang-github-containerd-stargz-snapshotter-dev
   libcmocka-dev python3 python3-pytest
   docker-registry iproute2 util-linux procps tmux openssl
   systemd python3-yaml groff-base
