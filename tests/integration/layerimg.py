@@ -44,7 +44,6 @@ import json
 import os
 import subprocess
 import tarfile
-import zlib
 
 MTIME = 1_700_000_000
 REG, DIR, SYM, LNK, CHR, BLK, FIFO = "reg", "dir", "symlink", "hardlink", "char", "block", "fifo"
