@@ -17,9 +17,9 @@ API (for test_layers.py, and for the snapshotter tests that want real images):
 - Layer(entries, fmt)                fmt in FORMATS = ("tar", "gzip", "zstd", "estargz"):
      .blob        the bytes to push       .diff_id  "sha256:" of the uncompressed tar
      .media_type  the OCI media type      .tar      the uncompressed tar
-     .expected    {path: dict(type, mode, uid, gid, size, mtime, link, major, minor, xattrs,
-                   sha256)} -- the tree a node must show (whiteouts as they are in the tar;
-                   see expected_tree() for the FUSE view) -- paths without a leading "/"
+     .expected    expected_tree(entries): {path: dict(type, mode, uid, gid, size, mtime, link,
+                   major, minor, xattrs, sha256, nlink)}, the tree a node must show; paths
+                   relative, no leading "/"
      .toc_digest  eStargz only: "sha256:" of the TOC JSON
 - expected_tree(entries)             {path: view} as the FUSE layer tree shows it: ".wh.X" ->
                                      X as char 0/0, ".wh..wh..opq" -> the dir gets
@@ -29,11 +29,14 @@ API (for test_layers.py, and for the snapshotter tests that want real images):
                                      layers=[digest...], diff_ids=[...]): blobs, an OCI config
                                      whose rootfs.diff_ids list the layers' diff_ids, and an OCI
                                      manifest under TAG.
+- OCI_MANIFEST, MEDIA[fmt]           media types.
 - big_bytes(size, seed="big")        SIZE pseudo-random bytes (shake_256: fast, incompressible).
 
 Every build is deterministic: the same entries give the same bytes, so digests are stable
-across runs (gzip mtime 0, tar mtimes fixed, zstd without a checksum-less surprise: -19 is not
-used, the default level is).
+across runs (gzip mtime 0, tar mtimes and owners fixed, no uname/gname, zstd -3 of the zstd
+CLI). The eStargz writer is ours (build_estargz: one gzip member per file chunk of
+ESTARGZ_CHUNK bytes, the TOC member, the 51-byte footer), written from the format's
+description; it was not compared with ctr-remote's output.
 """
 
 import base64
@@ -54,6 +57,7 @@ MEDIA = {
     "estargz": "application/vnd.oci.image.layer.v1.tar+gzip",
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
 }
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 _TARTYPE = {REG: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYM: tarfile.SYMTYPE,
             LNK: tarfile.LNKTYPE, CHR: tarfile.CHRTYPE, BLK: tarfile.BLKTYPE,
             FIFO: tarfile.FIFOTYPE}
@@ -386,7 +390,7 @@ def push_image(registry, repo, tag, layers):
                                    str(len(l.tar))}
         layer_descs.append(desc)
     manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg,
                    "size": len(config)},
         "layers": layer_descs}, sort_keys=True).encode()
