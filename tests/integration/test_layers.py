@@ -152,6 +152,28 @@ def test_tree_matches_the_tar(fmt, hints, layers, registry, daemon_factory):
     assert d.alive()
 
 
+def test_every_format_after_a_restart(layers, registry, daemon_factory):
+    """The four layers in one daemon, restarted: each comes back from the store (or its TOC)
+    with the same tree, and the four trees sit side by side under layers/sha256/."""
+    d = daemon_factory(registries=[registry])
+    digests = {}
+    for fmt, lay in layers.items():
+        digests[fmt] = L.push_layer(registry, REPO, lay)
+        rc, out, err = layer_add(d, registry.ref(REPO, digests[fmt]))
+        assert rc == 0 and out["ready"], (fmt, rc, out, err)
+    assert sorted(os.listdir(os.path.join(d.mountpoint, "layers", "sha256"))) == \
+        sorted(harness.hex_of(x) for x in digests.values())
+    d.restart()
+    harness.wait_until(lambda: all(l["ready"] for l in layers_json(d).values()) and
+                       len(layers_json(d)) == 4, 60, what="the four layers ready again")
+    info = layers_json(d)
+    for fmt, dg in digests.items():
+        assert info[dg]["format"] == fmt, info[dg]
+        assert info[dg]["state"] in ("local", "toc"), info[dg]
+        bad = compare_tree(tree_root(d, dg), layers[fmt].expected)
+        assert not bad, "%s after restart:\n%s" % (fmt, "\n".join(bad))
+
+
 def test_layer_ls(layers, registry, daemon_factory):
     lay = layers["gzip"]
     dg = L.push_layer(registry, REPO, lay)
