@@ -289,6 +289,36 @@ def build_estargz(entries, chunk=ESTARGZ_CHUNK):
     return bytes(out), body + toc_tar, toc
 
 
+_UPSTREAM = {}
+
+
+def upstream_estargz(tar, workdir):
+    """TAR converted by the upstream eStargz library (stargz-snapshotter's estargz.Build, 1 MiB
+    chunks) through estargzbuild/main.go, built offline once (Debian's Go sources). Returns
+    (blob, toc_digest, diff_id); raises OSError/CalledProcessError when Go cannot build it."""
+    tool = _UPSTREAM.get("tool")
+    if tool is None:
+        src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "estargzbuild")
+        gopath = os.path.join(workdir, "gopath")
+        os.makedirs(os.path.join(gopath, "src"), exist_ok=True)
+        link = os.path.join(gopath, "src", "estargzbuild")
+        if not os.path.exists(link):
+            os.symlink(src, link)
+        tool = os.path.join(workdir, "estargzbuild")
+        env = dict(os.environ, GOPATH=gopath + ":/usr/share/gocode", GO111MODULE="off",
+                   GOCACHE=os.path.join(workdir, "gocache"), GOFLAGS="")
+        subprocess.run(["go", "build", "-o", tool, "."], cwd=link, env=env, check=True,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _UPSTREAM["tool"] = tool
+    tin, tout = os.path.join(workdir, "in.tar"), os.path.join(workdir, "out.stargz")
+    with open(tin, "wb") as f:
+        f.write(tar)
+    r = subprocess.run([tool, tin, tout], check=True, stdout=subprocess.PIPE)
+    toc, diff = r.stdout.decode().split()
+    with open(tout, "rb") as f:
+        return f.read(), toc, diff
+
+
 # -------------------------------------------------------------------------------- layers
 
 def _sha(b):

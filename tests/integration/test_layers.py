@@ -8,6 +8,7 @@ little traffic to the origin.
 
 (The smoke test of the same feature is test_layer_tree.py.)"""
 
+import hashlib
 import json
 import os
 import stat
@@ -150,6 +151,39 @@ def test_tree_matches_the_tar(fmt, hints, layers, registry, daemon_factory):
     with pytest.raises(OSError):
         open(os.path.join(root, "etc/new"), "w")
     assert d.alive()
+
+
+@pytest.fixture(scope="session")
+def upstream_stargz(base_entries, tmp_path_factory):
+    tar = L.build_tar(base_entries)
+    try:
+        return L.upstream_estargz(tar, str(tmp_path_factory.mktemp("ltests-go")))
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.fail("cannot build the upstream eStargz helper (golang-go and "
+                    "golang-github-containerd-stargz-snapshotter-dev are in the deps): %s"
+                    % getattr(e, "stdout", e))
+
+
+def test_upstream_estargz(upstream_stargz, layers, registry, daemon_factory):
+    """An eStargz blob written by the upstream library (stargz-snapshotter's estargz.Build,
+    1 MiB chunks, its prefetch landmark), not by our writer: indexed from its TOC, with the
+    tar's tree (plus the landmark file the converter adds)."""
+    blob, toc, diff = upstream_stargz
+    dg = registry.push_blob(REPO, blob)
+    d = daemon_factory(registries=[registry])
+    rc, out, err = layer_add(d, registry.ref(REPO, dg), "--diff-id", diff, "--toc-digest", toc)
+    assert rc == 0, (rc, out, err)
+    assert out["state"] == "toc" and out["ready"], out
+    expected = dict(layers["tar"].expected)
+    root = tree_root(d, dg)
+    for extra in (".no.prefetch.landmark", ".prefetch.landmark"):
+        if os.path.lexists(os.path.join(root, extra)):
+            expected[extra] = dict(expected["x/empty"], mode=None, mtime=None, uid=0, gid=0,
+                                   size=os.lstat(os.path.join(root, extra)).st_size,
+                                   sha256=hashlib.sha256(harness.read_file(
+                                       os.path.join(root, extra))).hexdigest())
+    bad = compare_tree(root, expected)
+    assert not bad, "\n".join(bad)
 
 
 def test_every_format_after_a_restart(layers, registry, daemon_factory):
