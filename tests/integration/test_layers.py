@@ -318,6 +318,33 @@ def test_bad_layer_fails_clearly(case, registry, daemon_factory):
     assert harness.read_file(os.path.join(tree_root(d, okd), "ok")) == b"still fine\n"
 
 
+def test_later_entries_replace_earlier_ones(registry, daemon_factory):
+    """Duplicate names in one tar: the last entry wins (a file replaced by a symlink, a dir's
+    mode changed by a second dir entry)."""
+    lay = L.Layer([L.Entry("s", L.REG, b"s"), L.Entry("s", L.SYM, link="e"),
+                   L.Entry("e", L.DIR, mode=0o700), L.Entry("e", L.DIR, mode=0o750)], "gzip")
+    dg = L.push_layer(registry, REPO, lay)
+    d = daemon_factory(registries=[registry])
+    rc, out, err = layer_add(d, registry.ref(REPO, dg))
+    assert rc == 0 and out["ready"], (rc, out, err)
+    bad = compare_tree(tree_root(d, dg), lay.expected)
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.xfail(strict=True, reason="ltree refuses the layer ('\"d\" is not a directory but "
+                   "the layer has \"d/x\"'); containerd's applier removes the directory and "
+                   "its children and extracts the file (last entry wins)")
+def test_a_file_replacing_a_directory_drops_its_children(registry, daemon_factory):
+    lay = L.Layer([L.Entry("d/x", L.REG, b"x"), L.Entry("d", L.REG, b"now a file\n")], "gzip")
+    dg = L.push_layer(registry, REPO, lay)
+    d = daemon_factory(registries=[registry])
+    rc, out, err = layer_add(d, registry.ref(REPO, dg))
+    assert rc == 0 and out["ready"], (rc, out, err)
+    root = tree_root(d, dg)
+    assert sorted(walk(root)) == ["d"]
+    assert harness.read_file(os.path.join(root, "d")) == b"now a file\n"
+
+
 def test_media_type_is_a_hint_the_bytes_decide(layers, registry, daemon_factory):
     """A zstd layer announced as gzip (a wrong but layer media type) is still read as zstd:
     the format comes from the bytes."""
