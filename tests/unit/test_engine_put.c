@@ -44,7 +44,7 @@ static void fail_fetch(void *ud, const struct digest *blob, uint64_t size, const
         (void)ud, (void)blob, (void)size, (void)source, (void)idx, (void)off, (void)len;
         (void)deadline_ms;
         __atomic_add_fetch(&fetches, 1, __ATOMIC_RELAXED);
-        done(ctx, -EIO, "no sources in this test", NULL, 0);
+        done(ctx, -EIO, "no sources in this test", NULL, 0, NULL);
 }
 
 static int no_size(void *ud, const char *source, const struct digest *blob, uint64_t deadline_ms,
