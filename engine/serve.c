@@ -203,6 +203,8 @@ void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, struct notes 
                 b->verified = true; /* its bytes were checked whole by the caller */
                 e->st.blobs_verified++;
                 eng_note(ns, NOTE_VERIFIED, b, 0, true, NULL);
+                /* As verify.c does: the landed ring keeps nothing of a verified blob. */
+                eng_changed(e, b, 0);
         }
         eng_unlock(&e->lock);
         eng_notes_flush(e, ns);

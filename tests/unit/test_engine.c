@@ -1677,6 +1677,29 @@ static void test_deleted_store_file_refetched(void **state) {
         assert_true(stats_of(fx).lost_chunks >= 1);
 }
 
+/* ---- review: a put over chunks already present ----------------------------------------------- */
+
+/* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
+ * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
+static void test_review_put_verifies_ring_dropped(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.landed_chunks = 4;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, 0, CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        assert_true(wait_landed(fx, CS));
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        assert_int_equal(engine_put(fx->e, &b->d, REF_SOURCE, b->data, b->size), 0);
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+        assert_int_equal(stats_of(fx).landed_bytes, 0);
+}
+
 int main(void) {
         /* A mount namespace of our own, so the ENOSPC test's tmpfs is private to this process
          * and goes away with it whatever happens. Before any thread exists. */
@@ -1707,6 +1730,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_landed_ring_hit_and_evict, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_landed_ring_verify, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_deleted_store_file_refetched, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_review_put_verifies_ring_dropped, setup,
+                                                teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
