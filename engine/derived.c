@@ -117,9 +117,8 @@ static int publish(struct engine_put_stream *p, const struct digest *d) {
         int r = eng_put_open(e, d, p->size, p->source, &b, &gen);
         if (r < 0)
                 return r;
+        bool vouched_all = true;
         for (uint32_t i = 0; i < b->nchunks; i++) {
-                if (!eng_put_wanted(e, b, gen, i))
-                        continue;
                 r = store_read(e->store, &p->staging, chunk_off(e, i), p->chunk,
                                chunk_len(e, b, i));
                 if (r == 0)
@@ -130,8 +129,9 @@ static int publish(struct engine_put_stream *p, const struct digest *d) {
                         eng_notes_flush(e, &ns);
                         return r;
                 }
+                vouched_all &= r == 1;
         }
-        eng_put_close(e, b, gen, &ns);
+        eng_put_close(e, b, gen, vouched_all, &ns);
         return 0;
 }
 

@@ -351,18 +351,20 @@ int eng_insert_blob(struct engine *e, const struct digest *d, uint64_t size, con
 void eng_copy_finish(struct engine *e, struct pending *pr, int r, uint32_t lost);
 
 /* serve.c: storing a blob the caller holds (engine_put, and derived.c's streaming put).
- * eng_put_open registers D (LEN bytes, verified: the caller checked the digest) unless known
- * (-EBADMSG if known with another size), and returns it with its generation. eng_put_wanted:
- * chunk I is neither present nor being fetched, and the blob was not discarded since. Then
- * eng_put_chunk writes chunk I (its whole length, from P) and marks it present under the
- * budget (it may evict); eng_put_close marks the blob verified when it is all there and
- * flushes the notes. None with the lock held. */
+ * eng_put_open registers D (LEN bytes, not verified yet) unless known (-EBADMSG if known with
+ * another size), and returns it with its generation. eng_put_chunk vouches for chunk I with
+ * the caller's bytes P (its whole length, checked against D by the caller): 1 when the chunk
+ * now holds them (written and marked present under the budget, which may evict, or already
+ * present with the same recorded digest; present bytes nothing vouched for, or other bytes,
+ * are replaced); 0 when it could not (a fetch of it is running, or the blob was discarded);
+ * -errno. eng_put_close marks the blob verified only when every chunk was vouched for and is
+ * still there, then flushes the notes. None with the lock held. */
 int eng_put_open(struct engine *e, const struct digest *d, uint64_t len, const char *source,
                  struct blob **ret, uint64_t *ret_gen);
-bool eng_put_wanted(struct engine *e, struct blob *b, uint64_t gen, uint32_t i);
 int eng_put_chunk(struct engine *e, struct blob *b, uint64_t gen, uint32_t i, const uint8_t *p,
                   struct notes *ns);
-void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, struct notes *ns);
+void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, bool vouched_all,
+                   struct notes *ns);
 
 /* residency.c: pins, budget, eviction, the ENOSPC shrink */
 void eng_ra_pin(struct engine *e, struct blob *b, uint32_t idx);

@@ -142,7 +142,7 @@ int eng_put_open(struct engine *e, const struct digest *d, uint64_t len, const c
         eng_lock(&e->lock);
         struct blob *b = eng_find_blob(e, d);
         if (!b) {
-                int r = eng_insert_blob(e, d, len, source, (int64_t)time(NULL), true, &b);
+                int r = eng_insert_blob(e, d, len, source, (int64_t)time(NULL), false, &b);
                 if (r < 0) {
                         eng_unlock(&e->lock);
                         return r;
@@ -159,7 +159,7 @@ int eng_put_open(struct engine *e, const struct digest *d, uint64_t len, const c
                                       .size = len,
                                       .chunk_size = e->cfg.chunk_size,
                                       .added_at = (int64_t)time(NULL),
-                                      .verified = true};
+                                      .verified = false};
                 snprintf(ib.source, sizeof(ib.source), "%s", source);
                 idx_put_blob(e->ix, &ib);
         }
@@ -167,22 +167,38 @@ int eng_put_open(struct engine *e, const struct digest *d, uint64_t len, const c
         return 0;
 }
 
-bool eng_put_wanted(struct engine *e, struct blob *b, uint64_t gen, uint32_t i) {
-        eng_lock(&e->lock);
-        /* Present already, or a fetch of it running: that one fills it. */
-        bool skip = bit_get(b->present, i) || chunk_inflight(b, i) || b->generation != gen;
-        eng_unlock(&e->lock);
-        return !skip;
+/* Whether chunk I holds the bytes whose sha256 is SHA, by its recorded digest. */
+static bool chunk_matches(const struct blob *b, uint32_t i, const struct digest *sha) {
+        return bit_get(b->present, i) && b->sha_known && bit_get(b->sha_known, i) &&
+               digest_equal(&b->chunk_sha[i], sha);
 }
 
 int eng_put_chunk(struct engine *e, struct blob *b, uint64_t gen, uint32_t i, const uint8_t *p,
                   struct notes *ns) {
         size_t n = chunk_len(e, b, i);
+        struct digest sha;
+        digest_sha256(p, n, &sha); /* outside the lock: a chunk costs a couple of ms */
+
+        eng_lock(&e->lock);
+        if (b->generation != gen || chunk_inflight(b, i)) {
+                /* Discarded since, or a fetch is filling it: that fetch's checks decide. */
+                eng_unlock(&e->lock);
+                return 0;
+        }
+        if (chunk_matches(b, i, &sha)) {
+                eng_unlock(&e->lock);
+                return 1;
+        }
+        /* Present with bytes nothing vouches for (a partial read from the origin, checked
+         * against TLS alone) or that differ from the put's: the put's bytes were checked
+         * against the digest, so they replace them. */
+        eng_mark_absent(e, b, i, ns);
+        eng_unlock(&e->lock);
+
         int r = eng_write_chunk(e, b, i, p, n);
         if (r < 0)
                 return r;
-        struct digest sha;
-        digest_sha256(p, n, &sha);
+        int vouched = 0;
         eng_lock(&e->lock);
         if (!bit_get(b->present, i) && b->generation == gen &&
             policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
@@ -192,15 +208,19 @@ int eng_put_chunk(struct engine *e, struct blob *b, uint64_t gen, uint32_t i, co
                 eng_note(ns, NOTE_PRESENT, b, i, false, &sha);
                 eng_changed(e, b, i);
                 eng_evict_to_budget(e, ns);
+                vouched = 1;
+        } else if (chunk_matches(b, i, &sha)) {
+                vouched = 1; /* a fetch landed the same bytes meanwhile */
         }
         eng_unlock(&e->lock);
-        return 0;
+        return vouched;
 }
 
-void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, struct notes *ns) {
+void eng_put_close(struct engine *e, struct blob *b, uint64_t gen, bool vouched_all,
+                   struct notes *ns) {
         eng_lock(&e->lock);
-        if (!b->verified && b->npresent == b->nchunks && b->generation == gen) {
-                b->verified = true; /* its bytes were checked whole by the caller */
+        if (vouched_all && !b->verified && b->npresent == b->nchunks && b->generation == gen) {
+                b->verified = true; /* every chunk holds bytes the caller checked whole */
                 e->st.blobs_verified++;
                 eng_note(ns, NOTE_VERIFIED, b, 0, true, NULL);
                 /* As verify.c does: the landed ring keeps nothing of a verified blob. */
@@ -224,15 +244,15 @@ int engine_put(struct engine *e, const struct digest *d, const char *source, con
         int r = eng_put_open(e, d, len, source, &b, &gen);
         if (r < 0)
                 return r;
+        bool vouched_all = true;
         for (uint32_t i = 0; i < b->nchunks; i++) {
-                if (!eng_put_wanted(e, b, gen, i))
-                        continue;
                 r = eng_put_chunk(e, b, gen, i, (const uint8_t *)buf + chunk_off(e, i), &ns);
                 if (r < 0) {
                         eng_notes_flush(e, &ns);
                         return r;
                 }
+                vouched_all &= r == 1;
         }
-        eng_put_close(e, b, gen, &ns);
+        eng_put_close(e, b, gen, vouched_all, &ns);
         return 0;
 }

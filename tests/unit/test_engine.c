@@ -1679,6 +1679,38 @@ static void test_deleted_store_file_refetched(void **state) {
 
 /* ---- review: a put over chunks already present ----------------------------------------------- */
 
+/* engine_put() is handed the blob's bytes whole, checked against D, and skips chunks already
+ * present (engine.h). A chunk that landed before from the origin (a partial read of an
+ * unverified blob: checked against TLS alone) was never compared with the put's bytes; the
+ * put must not mark the blob verified over it, or bytes nothing checked are served (and
+ * announced) as verified, and the landed ring keeps entries of a blob now verified. */
+static void test_review_put_over_present_unverified(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.landed_chunks = 4;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, 0, &id); /* chunk 0 comes with a flipped byte */
+        struct reply r;
+        read_wait(fx, fb, id, 0, CS, NULL, &r); /* a partial read: served, unverified */
+        assert_int_equal(r.err, 0);
+        assert_false(r.match);
+        assert_true(wait_idle(fx));
+        assert_true(wait_landed(fx, CS));
+
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        assert_int_equal(engine_put(fx->e, &b->d, REF_SOURCE, b->data, b->size), 0);
+        /* Whatever the put decides, no read of the blob may now be answered with bytes that
+         * are not D's while the blob says it is verified. */
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        read_wait(fx, fb, id, 0, CS, NULL, &r);
+        if (info.verified) {
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+                assert_int_equal(stats_of(fx).landed_bytes, 0); /* a verified blob keeps none */
+        }
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -1730,6 +1762,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_landed_ring_hit_and_evict, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_landed_ring_verify, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_deleted_store_file_refetched, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_review_put_over_present_unverified, setup,
+                                                teardown),
                 cmocka_unit_test_setup_teardown(test_review_put_verifies_ring_dropped, setup,
                                                 teardown),
         };
