@@ -445,7 +445,7 @@ def bench_start(ctx):
         ldigest = img["layers"][0]
         ref = "%s/%s:v1" % (reg.hostport, repo)
         esgz = "%s/%s:esgz" % (reg.hostport, repo)
-        hosts_direct = os.path.join(work, "hosts-direct")
+        hosts_direct = os.path.join(work, "hosts-direct-start")
         os.makedirs(os.path.join(hosts_direct, reg.hostport))
         with open(os.path.join(hosts_direct, reg.hostport, "hosts.toml"), "w") as f:
             f.write('server = "http://%s"\n\n[host."http://%s"]\n  capabilities = ["pull", '
