@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 
 import pytest
@@ -175,3 +177,39 @@ def metrics(net, d):
         if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
             out[parts[0].removeprefix("p2pblobs_")] = float(parts[1])
     return out
+
+
+def test_second_node_reads_a_zstd_layer_from_the_first_nodes_seekable_copy(build_dir, net):
+    """A zstd layer: A's pass builds the index and the seekable copy (a derived blob the origin
+    never had). B takes both from A: the index from the layer's homes, the copy's bytes from A,
+    so B reads every file right without the registry serving B a byte of the layer."""
+    if shutil.which("zstd") is None:
+        pytest.fail("zstd is not installed (make deps installs it)")
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    tar = layer_tar()
+    zst = subprocess.run(["zstd", "-q", "-c", "-3"], input=tar, stdout=subprocess.PIPE,
+                         check=True).stdout
+    digest = reg.push_blob(REPO, zst)
+    ref = reg.ref(REPO, digest)
+    hosts = [net.add_host(n, s) for n in ("a", "b")]
+    a, b = [net.daemon(build_dir, h, registries=[reg], extra_args=node_flags(h, hosts))
+            for h in hosts]
+    wait_peers_up([a, b])
+
+    out_a = layer_add(a, ref)
+    assert out_a["state"] == "built" and out_a["format"] == "zstd", out_a
+    index = out_a["index_digest"]
+    harness.wait_until(lambda: all(index_answer(net, d, digest, {}) is not None for d in (a, b)),
+                       20, interval=0.1, what="the homes of the layer to learn its index")
+    net.wait_announced([a, b], [a], index)
+
+    mark = reg.mark()
+    out_b = layer_add(b, ref)
+    assert out_b["state"] == "peer", out_b
+    root = os.path.join(b.view_mountpoint, "layers", "sha256", harness.hex_of(digest))
+    for name, data in files_of(tar).items():
+        got = harness.read_file(os.path.join(root, name))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
+    assert reg.bytes_served(index, since=mark) == 0
+    assert reg.bytes_served(digest, since=mark) == 0, "B read the original zstd layer"
