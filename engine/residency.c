@@ -14,8 +14,11 @@
 
 /* Caller holds lock. B holds no chunk any more: its digests go too, so their memory follows
  * what is on disk (the budget), not every blob ever read. A refetch from a peer is checked
- * against the digests the directory carries. */
-static void forget_shas(struct engine *e, struct blob *b) {
+ * against the digests the directory carries. A verified blob stops being verified with them:
+ * "verified" promises that every chunk it lands again matches the digest it verified with
+ * (engine/fetch.c), and with the digests gone an origin refetch would land unchecked under
+ * that promise. It verifies again through the frontier, like a blob never read. */
+static void forget_shas(struct engine *e, struct blob *b, struct notes *ns) {
         if (b->npresent)
                 return;
         store_release(e->store, &b->digest); /* nothing left to read: close its descriptors */
@@ -23,6 +26,11 @@ static void forget_shas(struct engine *e, struct blob *b) {
         free(b->sha_known);
         b->chunk_sha = NULL;
         b->sha_known = NULL;
+        if (b->verified) {
+                b->verified = false;
+                e->st.blobs_verified--;
+                eng_note(ns, NOTE_VERIFIED, b, 0, false, NULL);
+        }
 }
 
 /* Caller holds lock. How many readahead pins there may be: max_inflight, but at most a quarter
@@ -148,7 +156,7 @@ void eng_mark_absent(struct engine *e, struct blob *b, uint32_t idx, struct note
         eng_hash_pin_drop(e, b, idx);
         policy_remove(e->policy, key_of(b, idx));
         eng_note(ns, NOTE_ABSENT, b, idx, false, NULL);
-        forget_shas(e, b);
+        forget_shas(e, b, ns);
         eng_changed(e, b, idx);
 }
 
@@ -213,7 +221,7 @@ static void evict_chunk(struct engine *e, struct chunk_key k, struct notes *ns) 
         bit_clear(b->unread, k.idx);
         b->npresent--;
         eng_note(ns, NOTE_ABSENT, b, k.idx, false, NULL);
-        forget_shas(e, b);
+        forget_shas(e, b, ns);
         eng_changed(e, b, k.idx);
         int r = store_punch(e->store, &b->digest, chunk_off(e, k.idx), chunk_len(e, b, k.idx));
         if (r < 0)

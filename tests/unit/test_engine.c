@@ -1711,6 +1711,38 @@ static void test_review_put_over_present_unverified(void **state) {
         }
 }
 
+/* A verified blob evicted whole forgets its chunk digests; it must stop being verified with
+ * them, or a refetch from the origin (which nothing else checks) lands under the promise that
+ * a verified blob's chunks match the digests it verified with. */
+static void test_evicted_verified_blob_is_checked_again(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, 0, 4 * CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+
+        uint64_t chunks = 0, bytes = 0;
+        assert_int_equal(engine_evict(fx->e, &fx->fk.blobs[fb].d, &chunks, &bytes), 0);
+        assert_int_equal(chunks, 4);
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_false(info.verified);
+
+        /* The origin now sends chunk 1 wrong: the whole read through the frontier catches it. */
+        fx->fk.blobs[fb].corrupt_chunk = 1;
+        read_wait(fx, fb, id, 0, 4 * CS, NULL, &r);
+        assert_true(r.err != 0 || !r.match);
+        assert_true(wait_idle(fx));
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_false(info.verified);
+        assert_true(stats_of(fx).verify_failures >= 1);
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -1765,6 +1797,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_review_put_over_present_unverified, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_review_put_verifies_ring_dropped, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
