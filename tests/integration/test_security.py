@@ -346,6 +346,10 @@ def test_slow_and_idle_clients_do_not_starve_probes(registry, daemon_factory, us
     digest = registry.push_blob(REPO, data)
     d.add(registry.ref(REPO, digest))
     assert harness.pread_exact(d.blob_path(digest), 0, 10) == data[:10]
+    # A read is answered before its chunk is written back and counted present; the peer
+    # server serves held chunks only, so wait for it to be held.
+    harness.wait_until(lambda: d.stat()["cache"]["chunks_present"] >= 1, 10,
+                       what="chunk 0 to be held")
     host, port = d.listen.rsplit(":", 1)
     p = user.popen_python(SLOWLORIS % (host, int(port), 300, 300, 10.0))
     worst, probes, reads = 0.0, 0, 0
