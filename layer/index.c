@@ -248,8 +248,14 @@ struct bfile {
         struct layer_file f;
         size_t path_off, link_off, xa_first;
         size_t target;            /* hard links: the entry whose data this shares */
-        bool dead;                /* replaced by a later entry of the same path */
+        bool dead;                /* replaced by a later entry of the same path, or dropped */
         uint32_t new_chunk_first; /* eStargz: F.chunk_first in the index */
+        /* 1 + the index of the last non-directory entry of this path (0: none). containerd's
+         * applier removes whatever tree is at a path before it writes a non-directory there,
+         * so every entry under this path with a lower index is dropped at finish. Carried
+         * over when a later entry replaces this one. */
+        size_t cut;
+        size_t dropped_by; /* dropped: the CUT that dropped it (hard links read later fail) */
 };
 
 struct bxattr {
@@ -286,8 +292,9 @@ struct layer_builder {
         size_t alen, acap;
         uint32_t *map; /* open addressing: file index + 1, 0 empty */
         size_t map_cap, map_used;
-        size_t *opaques;
-        size_t nopaques, opaques_cap;
+        size_t *opaques;    /* arena offsets of the opaque markers' directories */
+        size_t *opaque_seq; /* NFILES when each marker was read: its place in the tar */
+        size_t nopaques, opaques_cap, opaque_seq_cap;
         struct layer_checkpoint *cps;
         size_t ncps, cps_cap;
         struct layer_chunk *chunks; /* eStargz; F.chunk_first indexes this while building */
@@ -395,9 +402,13 @@ static int map_put(struct layer_builder *b, size_t idx) {
                 free(old);
         }
         i = map_slot(b, b->arena + b->files[idx].path_off);
-        if (b->map[i])
+        if (b->map[i]) {
                 b->files[b->map[i] - 1].dead = true;
-        else
+                b->files[idx].cut = b->files[b->map[i] - 1].cut;
+        }
+        if (b->files[idx].f.type != TAR_DIR)
+                b->files[idx].cut = idx + 1;
+        if (!b->map[i])
                 b->map_used++;
         b->map[i] = (uint32_t)(idx + 1);
         return 0;
@@ -431,8 +442,11 @@ static int on_entry(void *ctx, const struct tar_entry *e) {
         if (e->type == TAR_OPAQUE) {
                 if (arena_add(b, e->path, strlen(e->path), &off) < 0 ||
                     grow((void **)&b->opaques, &b->opaques_cap, b->nopaques + 1, sizeof(size_t)) <
-                            0)
+                            0 ||
+                    grow((void **)&b->opaque_seq, &b->opaque_seq_cap, b->nopaques + 1,
+                         sizeof(size_t)) < 0)
                         return bfail(b, b->err ? b->err : -ENOMEM, "out of memory");
+                b->opaque_seq[b->nopaques] = b->nfiles;
                 b->opaques[b->nopaques++] = off;
                 return 0;
         }
@@ -589,6 +603,7 @@ void layer_builder_free(struct layer_builder *b) {
         free(b->arena);
         free(b->map);
         free(b->opaques);
+        free(b->opaque_seq);
         free(b->cps);
         free(b->chunks);
         free(b->wins);
@@ -811,9 +826,83 @@ static ssize_t implicit_dir(struct layer_builder *b, const char *path, uint8_t f
         return (ssize_t)idx;
 }
 
+/* Sweep items: a file's index, or NFILES + an opaque marker's. */
+static const char *item_path(const struct layer_builder *b, size_t it) {
+        return b->arena + (it < b->nfiles ? b->files[it].path_off : b->opaques[it - b->nfiles]);
+}
+
+static int cmp_item_ctx(const void *x, const void *y, void *ctx) {
+        const struct layer_builder *b = ctx;
+        size_t a = *(const size_t *)x, c = *(const size_t *)y;
+        int r = layer_path_cmp(item_path(b, a), item_path(b, c));
+
+        if (r)
+                return r;
+        /* a path's own entry before its opaque markers: its cut applies to them */
+        return (a >= b->nfiles) - (c >= b->nfiles);
+}
+
+/* Drops what containerd's applier would have removed: every entry and opaque marker under a
+ * path (a marker: at it too) read before a later non-directory entry of that path. The live
+ * entries and markers sorted by path are a preorder walk, so a stack of the live ancestors,
+ * each with the highest cut of its own path and above, decides each item in O(1) after an
+ * O(n log n) sort: memory is two arrays of the item count. */
+static int drop_replaced(struct layer_builder *b) {
+        size_t n = 0, depth = 0, *items, *stack, *eff;
+
+        items = malloc((b->nfiles + b->nopaques + 1) * sizeof(size_t));
+        stack = malloc((b->nfiles + 1) * sizeof(size_t));
+        eff = malloc((b->nfiles + 1) * sizeof(size_t));
+        if (!items || !stack || !eff) {
+                free(items);
+                free(stack);
+                free(eff);
+                return bfail(b, -ENOMEM, "out of memory");
+        }
+        for (size_t i = 0; i < b->nfiles; i++)
+                if (!b->files[i].dead)
+                        items[n++] = i;
+        for (size_t j = 0; j < b->nopaques; j++)
+                items[n++] = b->nfiles + j;
+        qsort_r(items, n, sizeof(size_t), cmp_item_ctx, b);
+        for (size_t k = 0; k < n; k++) {
+                size_t it = items[k], up;
+                const char *path = item_path(b, it);
+                bool opaque = it >= b->nfiles;
+
+                while (depth > 0) {
+                        const char *top = b->arena + b->files[stack[depth - 1]].path_off;
+                        if (path_under(top, path) || (opaque && strcmp(top, path) == 0))
+                                break;
+                        depth--;
+                }
+                up = depth ? eff[depth - 1] : 0;
+                if (opaque) {
+                        /* read when NFILES entries were: removed by a cut at an index >= it */
+                        if (b->opaque_seq[it - b->nfiles] < up)
+                                b->opaques[it - b->nfiles] = NONE;
+                        continue;
+                }
+                if (it + 1 < up) {
+                        b->files[it].dead = true;
+                        b->files[it].dropped_by = up;
+                        continue;
+                }
+                stack[depth] = it;
+                eff[depth++] = b->files[it].cut > up ? b->files[it].cut : up;
+        }
+        free(items);
+        free(stack);
+        free(eff);
+        return 0;
+}
+
 static int finish_table(struct layer_builder *b) {
         char parent[PATH_MAX];
         ssize_t t;
+
+        if (drop_replaced(b) < 0)
+                return b->err;
 
         /* Hard links whose target was replaced later keep the old target's contents. */
         for (size_t i = 0; i < b->nfiles; i++) {
@@ -821,6 +910,13 @@ static int finish_table(struct layer_builder *b) {
                 if (bf->dead || bf->f.type != TAR_HARDLINK || !b->files[bf->target].dead)
                         continue;
                 const struct bfile *tf = &b->files[bf->target];
+                /* A link read after its target's tree was removed has nothing to link to:
+                 * containerd's applier fails such a layer too. */
+                if (tf->dropped_by && i + 1 >= tf->dropped_by)
+                        return bfail(b, -EBADMSG,
+                                     "hard link \"%.200s\" to \"%.200s\", which a later entry "
+                                     "replacing a directory removed",
+                                     b->arena + bf->path_off, b->arena + tf->path_off);
                 bf->f.type = tf->f.type;
                 bf->link_off = tf->link_off;
                 bf->f.devmajor = tf->f.devmajor;
@@ -830,6 +926,8 @@ static int finish_table(struct layer_builder *b) {
                 bf->target = NONE;
         }
         for (size_t i = 0; i < b->nopaques; i++) {
+                if (b->opaques[i] == NONE)
+                        continue; /* dropped with the directory it marked */
                 const char *path = b->arena + b->opaques[i];
                 t = map_find(b, path);
                 if (t < 0) {

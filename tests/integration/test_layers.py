@@ -331,9 +331,6 @@ def test_later_entries_replace_earlier_ones(registry, daemon_factory):
     assert not bad, "\n".join(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="ltree refuses the layer ('\"d\" is not a directory but "
-                   "the layer has \"d/x\"'); containerd's applier removes the directory and "
-                   "its children and extracts the file (last entry wins)")
 def test_a_file_replacing_a_directory_drops_its_children(registry, daemon_factory):
     lay = L.Layer([L.Entry("d/x", L.REG, b"x"), L.Entry("d", L.REG, b"now a file\n")], "gzip")
     dg = L.push_layer(registry, REPO, lay)

@@ -595,6 +595,93 @@ static void test_table_rules(void **state) {
         layer_index_free(ix);
 }
 
+/* A later non-directory entry replaces the tree at its path, as containerd's applier
+ * removes it: what the tar put under it before is gone, what it puts there after fails. */
+static void test_replaced_directory(void **state) {
+        struct buf t = {0};
+        struct layer_index *ix = NULL;
+        const struct layer_file *f;
+        char err[400];
+        (void)state;
+
+        tar_add(&t, "d/", '5', NULL, NULL);
+        tar_add(&t, "d/x", '0', "x", NULL);
+        tar_add(&t, "d/e/y", '0', "y", NULL);       /* implied d/e */
+        tar_add(&t, "d/.wh.gone", '0', NULL, NULL); /* a whiteout under d */
+        tar_add(&t, "d/e/.wh..wh..opq", '0', NULL, NULL);
+        tar_add(&t, "d/.wh..wh..opq", '0', NULL, NULL);
+        tar_add(&t, "keep", '1', NULL, "d/x");   /* linked before: keeps the data */
+        tar_add(&t, "dx", '0', "sibling", NULL); /* "dx" is not under "d" */
+        tar_add(&t, "d", '0', "file", NULL);
+        tar_add(&t, "s/a", '0', "a", NULL);
+        tar_add(&t, "s", '2', NULL, "elsewhere"); /* a symlink replacing an implied dir */
+        tar_add(&t, "w/a", '0', "a", NULL);
+        tar_add(&t, "w/.wh..wh..opq", '0', NULL, NULL);
+        tar_add(&t, ".wh.w", '0', NULL, NULL); /* a whiteout replacing a directory */
+        tar_add(&t, "r/a", '0', "a", NULL);
+        tar_add(&t, "r", '0', "f", NULL);
+        tar_add(&t, "r/", '5', NULL, NULL); /* a directory again: empty, then filled */
+        tar_add(&t, "r/b", '0', "b", NULL);
+        assert_int_equal(build_tar(&t, &ix, err), 0);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "d"));
+        assert_int_equal(f->type, TAR_REG);
+        assert_int_equal(f->size, 4);
+        assert_int_equal(f->flags, 0);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "keep"));
+        assert_int_equal(f->type, TAR_REG);
+        assert_int_equal(f->size, 1);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "s"));
+        assert_int_equal(f->type, TAR_SYMLINK);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "w"));
+        assert_int_equal(f->type, TAR_WHITEOUT);
+        f = layer_index_file(ix, (size_t)layer_index_lookup(ix, "r"));
+        assert_int_equal(f->type, TAR_DIR);
+        assert_true(layer_index_lookup(ix, "r/b") >= 0);
+        assert_true(layer_index_lookup(ix, "dx") >= 0);
+        assert_int_equal(layer_index_lookup(ix, "d/x"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "d/e"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "d/e/y"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "d/gone"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "s/a"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "w/a"), -ENOENT);
+        assert_int_equal(layer_index_lookup(ix, "r/a"), -ENOENT);
+        /* "" d keep dx s w r r/b */
+        assert_int_equal(layer_index_nfiles(ix), 8);
+        {
+                uint8_t *enc;
+                size_t len;
+                struct layer_index *ix2;
+                assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
+                assert_int_equal(layer_index_decode(enc, len, 0, &ix2), 0);
+                assert_int_equal(layer_index_nfiles(ix2), 8);
+                layer_index_free(ix2);
+                free(enc);
+        }
+        layer_index_free(ix);
+
+        /* after the replacement, the path is a file: what follows under it still fails */
+        tar_add(&t, "d/x", '0', "x", NULL);
+        tar_add(&t, "d", '0', "file", NULL);
+        tar_add(&t, "d/y", '0', "y", NULL);
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+        assert_non_null(strstr(err, "not a directory"));
+
+        tar_add(&t, "d/x", '0', "x", NULL);
+        tar_add(&t, "d", '0', "file", NULL);
+        tar_add(&t, "d/.wh..wh..opq", '0', NULL, NULL);
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+
+        /* a hard link read after its target's directory went: nothing to link to */
+        tar_add(&t, "d/x", '0', "x", NULL);
+        tar_add(&t, "d", '0', "file", NULL);
+        tar_add(&t, "h", '1', NULL, "d/x");
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+        assert_non_null(strstr(err, "removed"));
+        tar_add(&t, "d/x", '0', "x", NULL);
+        tar_add(&t, "d", '1', NULL, "d/x"); /* the link replaces its own target's directory */
+        assert_int_equal(build_tar(&t, &ix, err), -EBADMSG);
+}
+
 /* ---- the encoded form ------------------------------------------------------------------- */
 
 static void same_index(const struct layer_index *a, const struct layer_index *b) {
@@ -970,6 +1057,15 @@ static void test_estargz_refusals(void **state) {
         (void)state;
 
         assert_int_equal(toc_refused(E(REG("a", 10, 100)), 1000), 0);
+        /* a TOC entry replacing a directory drops its children, as a tar's does */
+        assert_int_equal(toc_refused(E(REG("d/x", 10, 100) ",{\"name\":\"d\",\"type\":"
+                                                           "\"symlink\",\"linkName\":\"t\"}"),
+                                     1000),
+                         0);
+        assert_int_equal(toc_refused(E("{\"name\":\"d\",\"type\":\"symlink\",\"linkName\":"
+                                       "\"t\"}," REG("d/x", 10, 100)),
+                                     1000),
+                         -EBADMSG);
         assert_int_equal(toc_refused(E(REG("../a", 10, 100)), 1000), -EINVAL);
         assert_int_equal(toc_refused(E(REG("a", 10, 1000)), 1000), -EBADMSG); /* not before toc */
         assert_int_equal(toc_refused(E("{\"name\":\"a\",\"type\":\"reg\",\"size\":300000,"
@@ -1035,6 +1131,7 @@ int main(void) {
                 cmocka_unit_test(test_digests_checked),
                 cmocka_unit_test(test_bad_blobs),
                 cmocka_unit_test(test_table_rules),
+                cmocka_unit_test(test_replaced_directory),
                 cmocka_unit_test(test_codec_roundtrip),
                 cmocka_unit_test(test_codec_hostile),
                 cmocka_unit_test(test_reader_errors_and_range),
