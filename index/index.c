@@ -143,6 +143,8 @@ static const char *const migrations[] = {
         "  snap_id INTEGER PRIMARY KEY,"
         "  layer TEXT NOT NULL,"
         "  ref TEXT NOT NULL);",
+        /* 7: a failed layer's -errno, so a start retries transient failures (0: unknown) */
+        "ALTER TABLE layers ADD COLUMN error_code INTEGER NOT NULL DEFAULT 0;",
 };
 
 enum stmt_id {

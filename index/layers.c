@@ -70,8 +70,8 @@ int idx_layer_put(struct idx_layers *l, const struct idx_layer *row) {
         if (sqlite3_prepare_v2(l->db,
                                "INSERT OR REPLACE INTO layers (digest, source, media_type, "
                                "diff_id, toc_digest, format, index_digest, index_size, state, "
-                               "error, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, "
-                               "?10, ?11)",
+                               "error, added_at, error_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+                               "?8, ?9, ?10, ?11, ?12)",
                                -1, &st, NULL) != SQLITE_OK) {
                 r = db_fail(l, "prepare put");
                 goto out_unlock;
@@ -87,6 +87,7 @@ int idx_layer_put(struct idx_layers *l, const struct idx_layer *row) {
         sqlite3_bind_int(st, 9, row->state);
         sqlite3_bind_text(st, 10, row->error, -1, SQLITE_TRANSIENT);
         sqlite3_bind_int64(st, 11, row->added_at);
+        sqlite3_bind_int(st, 12, row->error_code);
         if (sqlite3_step(st) != SQLITE_DONE)
                 r = db_fail(l, "put");
         sqlite3_finalize(st);
@@ -113,7 +114,8 @@ int idx_layers_for_each(struct idx_layers *l, int (*fn)(void *ud, const struct i
         int r = 0, rc;
         if (sqlite3_prepare_v2(l->db,
                                "SELECT digest, source, media_type, diff_id, toc_digest, format, "
-                               "index_digest, index_size, state, error, added_at FROM layers "
+                               "index_digest, index_size, state, error, added_at, error_code "
+                               "FROM layers "
                                "ORDER BY added_at, digest",
                                -1, &st, NULL) != SQLITE_OK) {
                 r = db_fail(l, "prepare list");
@@ -134,6 +136,7 @@ int idx_layers_for_each(struct idx_layers *l, int (*fn)(void *ud, const struct i
                 row.state = sqlite3_column_int(st, 8);
                 col_text(st, 9, row.error, sizeof(row.error));
                 row.added_at = sqlite3_column_int64(st, 10);
+                row.error_code = sqlite3_column_int(st, 11);
                 r = fn(ud, &row);
                 if (r < 0)
                         break;

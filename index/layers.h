@@ -27,6 +27,7 @@ struct idx_layer {
         int format; /* enum layer_format, 0 unknown */
         int state;  /* enum ltree_state, as the tree last recorded it */
         char error[IDX_LAYER_ERROR_MAX];
+        int error_code;   /* FAILED: the -errno behind ERROR (0 unknown: rows before it) */
         int64_t added_at; /* unix seconds */
 };
 

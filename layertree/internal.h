@@ -45,7 +45,8 @@ struct layer {
         struct digest index_digest;
         uint64_t index_size;
         char error[200];
-        bool queued; /* an index job is queued or running */
+        int error_code; /* FAILED: the -errno (recorded, so a start can retry transient ones) */
+        bool queued;    /* an index job is queued or running */
         uint32_t next_job;
         uint64_t row_seq;     /* rows copied for the database */
         uint64_t row_written; /* the newest of them written (lt->db_lock) */

@@ -145,6 +145,7 @@ static void row_of(const struct layer *l, struct idx_layer *row) {
         row->format = (int)l->format;
         row->state = (int)l->state;
         snprintf(row->error, sizeof(row->error), "%s", l->error);
+        row->error_code = l->error_code;
         row->added_at = l->added_at;
 }
 
@@ -182,6 +183,7 @@ void lt_fail(struct ltree *lt, struct layer *l, int err, const char *fmt, ...) {
                 return;
         }
         snprintf(l->error, sizeof(l->error), "%s", msg);
+        l->error_code = err;
         l->state = LTREE_FAILED;
         lt->st.index_failures++;
         pthread_cond_broadcast(&lt->changed);
@@ -191,6 +193,27 @@ void lt_fail(struct ltree *lt, struct layer *l, int err, const char *fmt, ...) {
         digest_to_hex(&l->digest, hex);
         log_debug("layer index failed digest=sha256:%s err=%s reason=\"%s\"", hex, strerror(-err),
                   msg);
+}
+
+/* Did ERR (a failed layer's -errno) come from getting the bytes, not from the bytes? The
+ * origin or a peer down, a timeout, a reset: worth a retry at the next start. A refused layer
+ * (-EBADMSG: corrupt, a digest or diff_id mismatch; -EPROTONOSUPPORT: not a layer; -EFBIG:
+ * over the bounds) and unknown codes (0: rows before the code was recorded) stay failed. */
+static bool transient_failure(int err) {
+        switch (-err) {
+        case EIO:
+        case ETIMEDOUT:
+        case ECONNREFUSED:
+        case ECONNRESET:
+        case ECONNABORTED:
+        case EHOSTUNREACH:
+        case ENETUNREACH:
+        case ENETDOWN:
+        case EAGAIN:
+                return true;
+        default:
+                return false;
+        }
 }
 
 /* Hard links share their target's inode: CANON maps a file to it, NLINK counts its names. */
@@ -485,11 +508,15 @@ static int reload_row(void *ud, const struct idx_layer *row) {
                 l->blob_size = b.size;
         }
         lt->layers[lt->n++] = l;
-        if (row->state == LTREE_FAILED) {
+        if (row->state == LTREE_FAILED && !transient_failure(row->error_code)) {
                 /* A bad layer stays failed across restarts; ltree_add retries it. */
                 l->state = LTREE_FAILED;
                 snprintf(l->error, sizeof(l->error), "%s", row->error);
+                l->error_code = row->error_code;
         } else {
+                if (row->state == LTREE_FAILED)
+                        log_info("layer retried id=%u err=%s reason=\"%s\"", l->id,
+                                 strerror(-row->error_code), row->error);
                 l->state = LTREE_PENDING;
                 queue_index(lt, l);
         }
@@ -634,6 +661,7 @@ int ltree_add(struct ltree *lt, const char *ref, const struct digest *diff_id,
                 if (retry) {
                         l->state = LTREE_PENDING;
                         l->error[0] = '\0';
+                        l->error_code = 0;
                         if (diff_id) {
                                 l->has_diff_id = true;
                                 l->diff_id = *diff_id;

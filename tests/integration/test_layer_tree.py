@@ -238,3 +238,45 @@ def test_generated_layer(registry, daemon_factory, tmp_path, fmt):
     assert (out["format"], out["state"]) == (("estargz", "toc") if fmt == "estargz"
                                              else ("gzip", "built")), out
     check_manifest(os.path.join(d.mountpoint, "layers", "sha256", harness.hex_of(dg)), rows)
+
+
+def test_a_layer_failed_by_its_origin_is_retried(registry, daemon_factory):
+    """The origin down while the index is built fails the layer; that is not the layer's fault:
+    `layer add` again builds it, and so does a start (the -errno is recorded with the row),
+    while a layer refused for its bytes stays failed across that start."""
+    gz = gzip.compress(lower_tar(), mtime=0)
+    dg = registry.push_blob(REPO, gz)
+    bad = registry.push_blob(REPO, gz[:len(gz) // 2])
+    d = daemon_factory(registries=[registry])
+    ref, bad_ref = registry.ref(REPO, dg), registry.ref(REPO, bad)
+    d.add(ref)  # the blob is known: a later `layer add` needs no origin round trip
+    rc, out, err = layer_add(d, bad_ref)
+    assert rc == 1 and out["state"] == "failed", (rc, out, err)
+    tree = os.path.join(d.mountpoint, "layers", "sha256", harness.hex_of(dg))
+
+    registry.stop()
+    rc, out, err = layer_add(d, ref)
+    assert rc == 1 and out["state"] == "failed", (rc, out, err)
+    registry.start()
+    # The engine backs off a blob whose fetch failed (1 s, 2 s, ...): an add inside that
+    # window fails the same way, and a later one builds.
+    harness.wait_until(lambda: layer_add(d, ref)[1]["state"] == "built", 60,
+                       what="layer add again builds the layer")
+    assert harness.read_file(os.path.join(tree, "etc/passwd")) == b"root:x:0:0:lower\n"
+
+    # Failed again with the origin down, then the daemon restarts with it back.
+    d2 = daemon_factory(registries=[registry])
+    d2.add(ref)
+    registry.stop()
+    rc, out, err = layer_add(d2, ref)
+    assert rc == 1 and out["state"] == "failed", (rc, out, err)
+    registry.start()
+    rc, out, err = layer_add(d2, bad_ref)
+    assert rc == 1 and out["state"] == "failed", (rc, out, err)
+    d2.restart()
+    tree2 = os.path.join(d2.mountpoint, "layers", "sha256", harness.hex_of(dg))
+    harness.wait_until(lambda: os.path.isdir(tree2), 60, what="the layer retried at start")
+    assert harness.read_file(os.path.join(tree2, "etc/passwd")) == b"root:x:0:0:lower\n"
+    r = d2.blobctl("layers", "--json")
+    got = {l["digest"]: l["state"] for l in json.loads(r.stdout)}
+    assert got[bad] == "failed", got
