@@ -567,6 +567,22 @@ static bool wait_idle(struct fixture *fx) {
         return true;
 }
 
+/* The reply is delivered before the worker that sent it releases the read's pins: a test that
+ * evicts right after a reply waits for them first, or it races the worker. */
+static bool wait_unpinned(struct fixture *fx) {
+        uint64_t deadline = now_ms() + WAIT_MS;
+        for (;;) {
+                struct engine_stats st;
+                engine_get_stats(fx->e, &st);
+                if (st.pinned_bytes == 0)
+                        return true;
+                if (now_ms() > deadline)
+                        return false;
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+}
+
 /* ---- single flight --------------------------------------------------------------------------- */
 
 #define NREADERS 8
@@ -1588,9 +1604,7 @@ static void test_landed_ring_hit_and_evict(void **state) {
         assert_int_equal(stats_of(fx).landed_hits, 2);
 
         /* Evicted: the entries go with their chunks, and a read fetches the chunk again. */
-        uint64_t deadline = now_ms() + WAIT_MS; /* the last read unpins after its reply */
-        while (stats_of(fx).pinned_bytes && now_ms() < deadline)
-                nanosleep(&(struct timespec){0, 1000000}, NULL);
+        assert_true(wait_unpinned(fx));
         uint64_t chunks = 0, bytes = 0;
         assert_int_equal(engine_evict(fx->e, &info.digest, &chunks, &bytes), 0);
         assert_int_equal(chunks, 3);
@@ -1726,6 +1740,7 @@ static void test_evicted_verified_blob_is_checked_again(void **state) {
         struct engine_blob_info info;
         assert_int_equal(engine_get(fx->e, id, &info), 0);
         assert_true(info.verified);
+        assert_true(wait_unpinned(fx));
 
         uint64_t chunks = 0, bytes = 0;
         assert_int_equal(engine_evict(fx->e, &fx->fk.blobs[fb].d, &chunks, &bytes), 0);
