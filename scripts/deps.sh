@@ -10,7 +10,7 @@ PACKAGES="
   libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   golang-go golang-github-containerd-containerd-dev
   golang-github-containerd-stargz-snapshotter-dev
-  libcmocka-dev python3 python3-pytest
+  libcmocka-dev python3 python3-pytest python3-grpcio python3-protobuf
   docker-registry iproute2 util-linux procps tmux openssl
   systemd python3-yaml groff-base
   dnsmasq-base containerd runc gnuplot-nox curl busybox-static stargz-snapshotter zstd

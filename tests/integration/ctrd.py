@@ -4,7 +4,10 @@
   socket and config (CRI and the snapshotters we do not use disabled), started and stopped by
   the test; ``ctr(...)`` runs ``ctr`` against it; ``pull(ref, hosts_dir)`` is
   ``ctr image pull --hosts-dir DIR`` (which reads hosts.toml files, as CRI does with
-  ``config_path``), timed; ``run(ref, *argv)`` is ``ctr run --rm``.
+  ``config_path``), timed; ``run(ref, *argv)`` is ``ctr run --rm``. With
+  ``cri=dict(sandbox_image=REF, hosts_dir=DIR)`` the CRI plugin is on (for cri.py): images
+  through the given snapshotter with the layer labels passed to it, registries through DIR,
+  host-network pods only, a private runc root.
 - ``busybox_layer()``: a gzip'ed tar of a one-binary rootfs (Debian's busybox-static as
   /bin/busybox), deterministic (fixed mtimes, owners, order), so its digest is stable.
 - ``push_image(registry, repo, tag, layers)``: pushes config + layers + an OCI manifest (and
@@ -47,7 +50,7 @@ def available():
 
 
 class Containerd:
-    def __init__(self, workdir, prefix=(), snapshotter="overlayfs"):
+    def __init__(self, workdir, prefix=(), snapshotter="overlayfs", cri=None):
         self.workdir = os.path.abspath(str(workdir))
         os.makedirs(self.workdir, exist_ok=True)
         self.root = os.path.join(self.workdir, "root")
@@ -59,18 +62,50 @@ class Containerd:
         self.snapshotter = snapshotter
         self.proc = None
         self._logf = None
+        self.cri = dict(cri) if cri is not None else None
+        disabled = [] if cri is not None else ['"io.containerd.grpc.v1.cri"']
+        disabled += ['"io.containerd.snapshotter.v1.%s"' % s
+                     for s in ("btrfs", "zfs", "devmapper", "aufs")]
         with open(self.config_path, "w") as f:
             f.write('version = 2\n'
                     'root = "%s"\n'
                     'state = "%s"\n'
-                    'disabled_plugins = ["io.containerd.grpc.v1.cri", '
-                    '"io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", '
-                    '"io.containerd.snapshotter.v1.devmapper", '
-                    '"io.containerd.snapshotter.v1.aufs"]\n'
+                    'disabled_plugins = [%s]\n'
                     '[grpc]\n  address = "%s"\n'
                     '[ttrpc]\n  address = "%s.ttrpc"\n'
                     '[debug]\n  level = "info"\n'
-                    % (self.root, self.state, self.address, self.address))
+                    % (self.root, self.state, ", ".join(disabled), self.address, self.address))
+            if cri is not None:
+                f.write(self._cri_config(**cri))
+
+    def _cri_config(self, sandbox_image, hosts_dir):
+        """The CRI plugin as a test node wants it: SNAPSHOTTER for images, the layer labels
+        passed to it (disable_snapshot_annotations = false), registries through HOSTS_DIR
+        (hosts.toml, config_path), pods only in the host network namespace (empty CNI dirs),
+        no negative oom_score_adj (restrict_oom_score_adj: containerd runs unprivileged in
+        that respect here), runc with a root of its own, and SANDBOX_IMAGE as the pause image."""
+        self.runc_root = os.path.join(self.workdir, "runc")
+        cni = os.path.join(self.workdir, "cni")
+        for d in (self.runc_root, os.path.join(cni, "bin"), os.path.join(cni, "conf")):
+            os.makedirs(d, exist_ok=True)
+        p = '[plugins."io.containerd.grpc.v1.cri"'
+        return (p + ']\n'
+                '  sandbox_image = "%s"\n'
+                '  restrict_oom_score_adj = true\n'
+                + p + '.containerd]\n'
+                '  snapshotter = "%s"\n'
+                '  disable_snapshot_annotations = false\n'
+                '  default_runtime_name = "runc"\n'
+                + p + '.containerd.runtimes.runc]\n'
+                '  runtime_type = "io.containerd.runc.v2"\n'
+                + p + '.containerd.runtimes.runc.options]\n'
+                '  Root = "%s"\n'
+                + p + '.cni]\n'
+                '  bin_dir = "%s/bin"\n'
+                '  conf_dir = "%s/conf"\n'
+                + p + '.registry]\n'
+                '  config_path = "%s"\n') % (sandbox_image, self.snapshotter, self.runc_root,
+                                               cni, cni, hosts_dir)
 
     def start(self, timeout=20):
         self._logf = open(self.log_path, "ab")
@@ -93,10 +128,12 @@ class Containerd:
         if self.proc is None:
             return
         # Containers are run with --rm; anything left (a failed run) goes with its shim.
-        for cid in self.ctr("containers", "ls", "-q", timeout=10).stdout.split():
-            self.ctr("tasks", "kill", "-s", "SIGKILL", cid, timeout=10)
-            self.ctr("tasks", "delete", "-f", cid, timeout=10)
-            self.ctr("containers", "delete", cid, timeout=10)
+        # CRI's pods and containers live in the k8s.io namespace.
+        for ns in ["default"] + (["k8s.io"] if self.cri is not None else []):
+            for cid in self.ctr("-n", ns, "containers", "ls", "-q", timeout=10).stdout.split():
+                self.ctr("-n", ns, "tasks", "kill", "-s", "SIGKILL", cid, timeout=10)
+                self.ctr("-n", ns, "tasks", "delete", "-f", cid, timeout=10)
+                self.ctr("-n", ns, "containers", "delete", cid, timeout=10)
         self.proc.terminate()
         try:
             self.proc.wait(15)
