@@ -1,36 +1,43 @@
 """End to end through containerd 1.6's CRI plugin, the way kubelet drives a node (issue 17).
 
-One node for the module: a p2pblobsd serving the snapshotter (--snapshotter-socket), and a
-private containerd whose CRI plugin uses it (ctrd.Containerd(cri=...): snapshotter p2pblobs,
+A node is a p2pblobsd serving the snapshotter (--snapshotter-socket) and a private containerd
+whose CRI plugin uses it (ctrd.Containerd(cri=...): snapshotter p2pblobs,
 disable_snapshot_annotations = false so CRI passes each layer's identity to the Prepare,
-registries through hosts.toml, host-network pods only, a private runc root). cri.py is the
-client (RuntimeService / ImageService of runtime.v1 over containerd's socket; crictl is not in
-Debian 12). The pod sandbox image is built here too (busybox-static's `sleep`).
+registries through hosts.toml, host-network pods only, a private runc root), both in the
+network namespace of one netns.py host (entered with `nsenter --net` alone, so the daemon's
+FUSE mount stays where containerd's overlay mounts see it). The registry is a third host;
+nodes A and B are peers (static list). cri.py is the client (RuntimeService / ImageService of
+runtime.v1 over containerd's socket; crictl is not in Debian 12). The pod sandbox image is
+built here too (busybox-static's `sleep`).
 
 The image, built here: a base layer (busybox, /etc/passwd with uid 1000 and 1001, files of
-several owners and modes, a dir that becomes opaque), a 256 MiB gzip layer of incompressible
-bytes holding two small files (one in the middle, one at the end), and a top layer with a
-whiteout and an opaque dir. Every container is created and started with the CRI calls, and
-its output is read from the CRI log file (log_directory + log_path), as kubelet does.
+several owners and modes, dirs that the top layer whites out or makes opaque), a 256 MiB gzip
+layer of incompressible bytes holding two small files (one in the middle, one at the end), and
+a top layer with whiteouts and an opaque dir. Every container is created and started with the
+CRI calls, and its output is read from the CRI log file (log_directory + log_path), as
+kubelet does.
 
-The tests run in file order on the one node (the pull is the first one's, the restart is
-last); each removes its pods. What is asserted:
+The tests run in file order on node A (the pull is the first one's, the restart is last);
+each removes its pods. What is asserted:
 
 - the pull leaves no layer in containerd's content store (manifest and config only), every
   layer is a remote snapshot, and the origin served each layer once at most (the pass that
-  built its index on this node, the first to need it);
+  built its index on A, the first node to need it);
 - a container's output (through the CRI log path) is right, the file it reads sitting after
   256 MiB of the big layer;
-- whiteouts and opaque dirs of the top layer hold inside the container;
-- a container running as uid 1000 (runAsUser) reads its files, uid 1001 is refused a 0600 file;
+- whiteouts and opaque dirs of the top layer hold inside the container, and its writes stay in
+  its own upper dir;
+- a container running as uid 1000 (runAsUser) reads its files, uid 1001 is refused a 0600 file
+  and a 0700 dir;
 - after the big layer's chunks are evicted, a container reading a file no one read before
-  costs the origin no more than that file plus the index's checkpoint spans;
+  costs the origin no more than that read plus the index's checkpoint spans;
+- node B (own namespace, daemon and containerd) pulls and runs the same image with the layer
+  indexes from A and zero origin bytes for layers;
 - after a daemon restart a new pod's container starts again on the same remote snapshots.
 """
 
 import json
 import os
-import shutil
 import zlib
 
 import pytest
@@ -39,6 +46,8 @@ import cri
 import ctrd
 import harness
 import layerimg as L
+import netns
+from test_peers import node_flags, wait_peers_up
 from harness import MiB
 
 pytestmark = [
@@ -126,23 +135,30 @@ def write_hosts(hosts_dir, reg):
 
 
 class CriNode:
-    """A daemon serving the snapshotter and a containerd whose CRI plugin uses it."""
+    """A daemon serving the snapshotter and a containerd whose CRI plugin uses it, both in
+    the network namespace of HOST (nsenter --net only: the daemon's FUSE mount stays in the
+    test's mount namespace, where containerd's overlay mounts must see it)."""
 
-    def __init__(self, build_dir, workdir, reg, sandbox_ref):
-        self.workdir = workdir
-        self.sock = os.path.join(workdir, "snap.sock")
-        self.logs = os.path.join(workdir, "podlogs")
+    def __init__(self, net, build_dir, host, peers, reg, sandbox_ref):
+        self.host = host
+        self.workdir = os.path.join(net.workdir, "cri-" + host.name)
+        self.sock = os.path.join(self.workdir, "snap.sock")
+        self.logs = os.path.join(self.workdir, "podlogs")
         os.makedirs(self.logs)
+        prefix = ["nsenter", "--net=" + host.nspath]
         # The first node to need a layer builds its index in one pass over it: give the
         # Prepare time for 256 MiB under ASan on a loaded machine rather than fall back.
-        self.d = harness.Daemon(build_dir, os.path.join(workdir, "d"), registries=[reg],
-                                extra_args=["--snapshotter-socket", self.sock,
-                                            "--snapshotter-lazy-wait", "300s"])
+        self.d = net.daemon(build_dir, host, registries=[reg], start=False,
+                            extra_args=node_flags(host, peers=peers)
+                            + ["--snapshotter-socket", self.sock,
+                               "--snapshotter-lazy-wait", "300s"])
+        self.d.prefix = prefix
         self.d.start()
         harness.wait_until(lambda: os.path.exists(self.sock), 20, what="snapshotter socket")
-        hosts = os.path.join(workdir, "hosts")
+        hosts = os.path.join(self.workdir, "hosts")
         write_hosts(hosts, reg)
-        self.c = ctrd.Containerd(os.path.join(workdir, "containerd"), snapshotter="p2pblobs",
+        self.c = ctrd.Containerd(os.path.join(self.workdir, "containerd"), prefix=prefix,
+                                 snapshotter="p2pblobs",
                                  cri=dict(sandbox_image=sandbox_ref, hosts_dir=hosts))
         with open(self.c.config_path, "a") as f:
             f.write('[proxy_plugins.p2pblobs]\n  type = "snapshot"\n  address = "%s"\n'
@@ -192,39 +208,50 @@ class CriNode:
                            30, what="containerd reconnected to the snapshotter")
 
     def close(self):
+        """Pods, containerd; the daemon is the Net's to stop (and check)."""
         try:
             for p in self.cri.pods():
                 self.cri.remove_pod(p.id)
         finally:
             self.cri.close()
             self.c.stop()
-            self.d.cleanup()
 
 
 @pytest.fixture(scope="module")
 def world(build_dir, tmp_path_factory):
-    why = ctrd.available() or cri.available()
+    """The registry and node A (hosts in network namespaces; node B's host is made too, so
+    that A's static peer list names it), the images pushed. Node B starts in its test."""
+    why = ctrd.available() or cri.available() or netns.available()
     if why:
         pytest.skip(why)
-    base = str(tmp_path_factory.mktemp("cri"))
-    reg = harness.Registry(os.path.join(base, "registry"))
-    reg.start()
-    node = None
+    net = netns.Net(str(tmp_path_factory.mktemp("cri")))
+    nodes = []
     try:
+        s = net.add_subnet()
+        reg = net.registry(net.add_host("crireg", s))
+        hosts = [net.add_host("cria", s), net.add_host("crib", s)]
         bb = Layer([L.Entry("bin", L.DIR),
                     L.Entry("bin/busybox", L.REG, open(ctrd.BUSYBOX, "rb").read(), mode=0o755)])
         pause = push(reg, "cri/pause", [bb], {"Entrypoint": ["/bin/busybox", "sleep", "86400"]})
         layers = app_layers()
         app = push(reg, "cri/app", layers, {"Env": ["PATH=/bin"], "WorkingDir": "/"})
         app["blobs"] = {l.digest: l.blob for l in layers}
-        node = CriNode(build_dir, os.path.join(base, "node"), reg, pause["ref"])
-        yield {"reg": reg, "node": node, "pause": pause, "app": app, "layers": layers}
+
+        def add_node(host):
+            n = CriNode(net, build_dir, host, hosts, reg, pause["ref"])
+            nodes.append(n)
+            return n
+
+        yield {"net": net, "reg": reg, "node": add_node(hosts[0]), "add_node": add_node,
+               "hosts": hosts, "pause": pause, "app": app, "layers": layers}
     finally:
-        if node is not None:
-            node.close()
-        reg.stop()
-    # The daemon's own checks: no sanitizer report, no error line, a clean exit on SIGTERM.
-    node.d.check_health()
+        for n in nodes:
+            n.close()
+        errors = net.stop_daemons()
+        errors += net.health_errors()
+        net.teardown()
+    # The daemons' own checks: no sanitizer report, no error line, a clean exit on SIGTERM.
+    assert not errors, "\n\n".join(errors)
 
 
 @pytest.fixture(scope="module")
@@ -331,6 +358,43 @@ def test_origin_bytes_are_the_file_read_plus_index_spans(pulled):
     assert 0 < served <= 100 + 2 * SPAN + 2 * MiB, served
     for other in (app["layers"][0], app["layers"][2]):
         assert reg.bytes_served(other, since=mark) == 0, other
+
+
+def layer_states(d):
+    r = d.blobctl("layers", "--json")
+    assert r.returncode == 0, r.stderr
+    return {l["digest"]: l["state"] for l in json.loads(r.stdout)}
+
+
+def test_a_second_node_starts_the_image_with_no_origin_bytes_for_layers(pulled):
+    """Node B (its own namespace, daemon and containerd) pulls the image and runs a pod: the
+    layer indexes come from A (no pass on B) and every layer byte B reads from A; the origin
+    serves B the manifests and configs, not one byte of a layer."""
+    a, app, reg, net = pulled["node"], pulled["app"], pulled["reg"], pulled["net"]
+    layers = app["layers"] + pulled["pause"]["layers"]
+    # A holds every layer whole again (the eviction test dropped most of the big one).
+    for digest in layers:
+        r = a.d.blobctl("prefetch", digest, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+    b = pulled["add_node"](pulled["hosts"][1])
+    wait_peers_up([a.d, b.d])
+    for digest in layers:
+        net.wait_announced([a.d, b.d], [a.d], digest)
+    mark = reg.mark()
+    assert b.cri.pull(app["ref"]) == app["config"]
+    rc, out, err = b.run(app["ref"], ["/bin/busybox", "sh", "-c",
+                                      SCRIPT + "; sha256sum /big/mid.bin"])
+    want = (HELLO.decode() + "hello.txt\nmine.txt\nnew.txt\n--\n%s  /big/small.bin\n--\n0\n"
+            "%s  /big/mid.bin\n" % (harness.sha256_digest(SMALL)[7:],
+                                    harness.sha256_digest(MID)[7:]))
+    assert (rc, out, err) == (0, want, ""), b.tails()
+    remote = {s["layer"] for s in b.snapshots() if s["remote"]}
+    assert set(layers) <= remote, remote
+    assert not set(layers) & b.content()
+    states = layer_states(b.d)
+    assert all(states.get(l) == "peer" for l in layers), states
+    served = {l[:19]: reg.bytes_served(l, since=mark) for l in layers}
+    assert not any(served.values()), "the origin served node B layer bytes: %s" % served
 
 
 def test_a_container_starts_again_after_a_daemon_restart(pulled):
