@@ -24,8 +24,6 @@ The helpers below (``host_network_pod``, ``container_config``, ``wait_exited``,
 CNI), a container in it, its exit and its log file in the CRI log format.
 """
 
-import gzip
-import os
 import time
 import zlib
 
@@ -76,7 +74,7 @@ def descriptor(binary=CONTAINERD_BIN):
             raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(
                 data[at:at + _MAX_DESCRIPTOR], _MAX_DESCRIPTOR)
             fd = descriptor_pb2.FileDescriptorProto.FromString(raw)
-        except (zlib.error, DecodeError, gzip.BadGzipFile):
+        except (zlib.error, DecodeError):
             fd = None
         at += 1
         if fd is not None and fd.package == PACKAGE and any(
@@ -129,7 +127,7 @@ class Cri:
         """A NAME message (e.g. "PodSandboxConfig") from FIELDS (ParseDict's form)."""
         from google.protobuf import json_format
         m = self.classes[name]()
-        json_format.ParseDict(fields, m, ignore_unknown_fields=False)
+        json_format.ParseDict(fields, m)
         return m
 
     def _stub(self, service, method):
