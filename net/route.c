@@ -1,6 +1,16 @@
-/* See route.h. Pure string work over the request line: no allocation, no I/O. */
+/* See route.h. Pure string work over the request line: no allocation, no I/O.
+ *
+ * Query strings are parsed strictly, because what a route takes is a contract (the control
+ * API's table): a key the route does not take, a key given twice (which of the two would a
+ * server take? MHD answered "the first", a proxy might say "the last") and an escape that is
+ * not one are refused with a reason rather than guessed at. Keys are decoded into a small
+ * buffer on the stack and looked up in the caller's table, values into the caller's
+ * route_query; the decoded query is never longer than the raw one, so ROUTE_QUERY_MAX bounds
+ * both. */
 #include "net/route.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 /* "/v2/<name>/blobs/sha256:<hex>": the digest, or false. The name is not checked: a peer
@@ -100,4 +110,119 @@ bool route_tag_valid(const char *tag) {
                         return false;
         }
         return true;
+}
+
+static int hex_value(char c) {
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+/* Percent-decodes the N bytes at S into OUT (CAP bytes, no NUL added). Returns the decoded
+ * length, which may exceed CAP (then only CAP bytes were written), or -EINVAL for a '%' not
+ * followed by two hex digits or one that decodes to NUL (values are C strings). */
+static long pct_decode(const char *s, size_t n, char *out, size_t cap) {
+        size_t len = 0;
+        for (size_t i = 0; i < n; i++, len++) {
+                char c = s[i];
+                if (c == '%') {
+                        if (n - i < 3 || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0)
+                                return -EINVAL;
+                        c = (char)(hex_value(s[i + 1]) << 4 | hex_value(s[i + 2]));
+                        if (c == '\0')
+                                return -EINVAL;
+                        i += 2;
+                }
+                if (len < cap)
+                        out[len] = c;
+        }
+        return (long)len;
+}
+
+/* KEY (N raw bytes) for a reason: printable ASCII only (the reason goes into JSON and onto a
+ * terminal), at most ROUTE_QUERY_KEY_MAX bytes. */
+static void key_for_reason(const char *key, size_t n, char out[ROUTE_QUERY_KEY_MAX + 1]) {
+        size_t i = 0;
+        for (; i < n && i < ROUTE_QUERY_KEY_MAX; i++)
+                out[i] = key[i] > ' ' && key[i] < 0x7f && key[i] != '"' ? key[i] : '?';
+        out[i] = '\0';
+}
+
+int route_query_parse(const char *query, const char *const *keys, size_t nkeys, uint32_t allowed,
+                      struct route_query *ret, char *reason, size_t reason_len) {
+        memset(ret->value, 0, sizeof(ret->value));
+        if (nkeys > ROUTE_QUERY_KEYS_MAX) {
+                snprintf(reason, reason_len, "too many query keys in the route table");
+                return -EINVAL;
+        }
+        if (!query)
+                return 0;
+        size_t qlen = strnlen(query, ROUTE_QUERY_MAX);
+        if (qlen >= ROUTE_QUERY_MAX) {
+                snprintf(reason, reason_len, "query string too long (%d bytes or more)",
+                         ROUTE_QUERY_MAX);
+                return -ENAMETOOLONG;
+        }
+        size_t at = 0; /* used bytes of RET->buf */
+        for (const char *p = query; *p;) {
+                size_t plen = strcspn(p, "&");
+                const char *eq = memchr(p, '=', plen);
+                size_t klen = eq ? (size_t)(eq - p) : plen;
+                char key[ROUTE_QUERY_KEY_MAX], shown[ROUTE_QUERY_KEY_MAX + 1];
+                if (plen == 0) { /* "a=1&&b=2", a trailing '&' */
+                        p++;
+                        continue;
+                }
+                long kd = pct_decode(p, klen, key, sizeof(key));
+                if (kd < 0 || kd == 0) {
+                        snprintf(reason, reason_len,
+                                 "%s in the query string; escape "
+                                 "reserved bytes as %%XX",
+                                 kd == 0 ? "an empty argument name" : "a malformed %-escape");
+                        return -EINVAL;
+                }
+                size_t ki = nkeys;
+                for (size_t i = 0; (size_t)kd <= sizeof(key) && i < nkeys; i++)
+                        if (strlen(keys[i]) == (size_t)kd && memcmp(keys[i], key, (size_t)kd) == 0)
+                                ki = i;
+                key_for_reason(p, klen, shown);
+                if (ki == nkeys || !(allowed & (1u << ki))) {
+                        snprintf(reason, reason_len,
+                                 "this endpoint takes no query argument \"%s\"; see blobctl "
+                                 "--help",
+                                 shown);
+                        return -EINVAL;
+                }
+                if (ret->value[ki]) {
+                        snprintf(reason, reason_len,
+                                 "query argument \"%s\" given twice; give it once", shown);
+                        return -EINVAL;
+                }
+                const char *v = eq ? eq + 1 : p + plen;
+                size_t vlen = (size_t)(p + plen - v);
+                /* Decoded, a value is no longer than raw, and raw holds its key too: it fits. */
+                long vd = pct_decode(v, vlen, ret->buf + at, sizeof(ret->buf) - at);
+                if (vd < 0) {
+                        snprintf(reason, reason_len,
+                                 "a malformed %%-escape in query argument \"%s\"; escape "
+                                 "reserved bytes as %%XX",
+                                 shown);
+                        return -EINVAL;
+                }
+                if ((size_t)vd >= sizeof(ret->buf) - at) { /* not reached, by the above */
+                        snprintf(reason, reason_len, "query string too long");
+                        return -ENAMETOOLONG;
+                }
+                ret->value[ki] = ret->buf + at;
+                at += (size_t)vd;
+                ret->buf[at++] = '\0';
+                p += plen;
+                if (*p == '&')
+                        p++;
+        }
+        return 0;
 }

@@ -1,9 +1,12 @@
 /* Request routing for the node's HTTP servers, as pure functions of the request line: what
  * the peer server (peer/httpd.c) and the mirror (fs/mirror.c) do with a URL is decided here,
- * without sockets, so a fuzz target can drive it (tests/fuzz/fuzz_route.c). */
+ * without sockets, so a fuzz target can drive it (tests/fuzz/fuzz_route.c); and the query
+ * string's arguments, parsed against the keys a route takes (the control API's table,
+ * net/api_routes.h, is the user). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/digest.h"
 
@@ -53,3 +56,30 @@ void route_mirror(const char *method, const char *url, struct route_mirror *ret)
 
 /* A tag as the distribution spec has it: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}. Pure. */
 bool route_tag_valid(const char *tag);
+
+/* ---- query arguments ---------------------------------------------------------------------- */
+
+#define ROUTE_QUERY_MAX 16384   /* bytes of a raw query string, NUL excluded: less than this */
+#define ROUTE_QUERY_KEYS_MAX 32 /* keys a caller's table may name (bits of a uint32_t) */
+#define ROUTE_QUERY_KEY_MAX 64  /* bytes of one decoded key: longer is unknown */
+
+/* The arguments of one query string, decoded. VALUE[i] is key i's value (pointing into BUF,
+ * NUL-terminated; "" for "k" or "k="), NULL when the query did not carry it. Not copyable:
+ * VALUE points into the same struct. */
+struct route_query {
+        const char *value[ROUTE_QUERY_KEYS_MAX];
+        char buf[ROUTE_QUERY_MAX];
+};
+
+/* Parses QUERY, a request's raw query string (what follows '?', still percent-encoded; NULL
+ * or "" for none): '&'-separated KEY[=VALUE] pairs, empty pairs skipped, keys and values
+ * percent-decoded ("%XX", either case; '+' is a plus, RFC 3986, not a space: blobctl escapes
+ * every byte outside the unreserved set, so no encoder we ship sends one meaning a space).
+ * KEYS[0..NKEYS) are the keys the caller knows (NKEYS <= ROUTE_QUERY_KEYS_MAX), ALLOWED the
+ * bits (1u << i) of those this request may carry.
+ * 0 with RET filled. -EINVAL with a reason (lowercase, what to do) for: a malformed escape or
+ * one decoding to NUL, an empty key, a key given twice, a key not in KEYS or not ALLOWED;
+ * -ENAMETOOLONG for a QUERY of ROUTE_QUERY_MAX bytes or more. RET is scratch: written on
+ * failure too. Pure: no allocation, no I/O. */
+int route_query_parse(const char *query, const char *const *keys, size_t nkeys, uint32_t allowed,
+                      struct route_query *ret, char *reason, size_t reason_len);

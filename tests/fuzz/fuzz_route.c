@@ -1,10 +1,14 @@
 /* libFuzzer target for the peer server's and the mirror's request dispatch without sockets
  * (net/route.c), the Range header as the peer server reads it (util/parse.c) and the listen
- * address parser (net/http_server.c). The input is lines: METHOD, URL, RANGE, then a byte
- * for the blob size. The oracles: every route is what its URL says it is, rebuilt from its
- * parts (a mirror route prints back to the URL exactly; a blob route's digest is the URL's
- * last segment); nothing is routed under a method it does not take; a valid tag has only the
- * spec's characters; an accepted Range lies inside the blob. */
+ * address parser (net/http_server.c), and query strings (route_query_parse). The input is
+ * lines: METHOD, URL, RANGE, then a byte for the blob size, a byte for the keys a route
+ * allows and the rest a query string. The oracles: every route is what its URL says it is,
+ * rebuilt from its parts (a mirror route prints back to the URL exactly; a blob route's digest
+ * is the URL's last segment); nothing is routed under a method it does not take; a valid tag
+ * has only the spec's characters; an accepted Range lies inside the blob; an accepted query
+ * has one value per non-empty pair (none twice, none unknown, none not allowed), each the
+ * percent-decoding of its pair's value, and what it decoded to, encoded again, parses back to
+ * the same values. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -41,6 +45,84 @@ static bool ends_with_digest(const char *url, const struct digest *d) {
         return ul >= wl && strcmp(url + ul - wl, want) == 0;
 }
 
+static const char *const query_keys[] = {"ref", "wait", "path", "diff_id",
+                                         "a",   "%",    "",     "toc_digest"};
+#define QUERY_NKEYS (sizeof(query_keys) / sizeof(query_keys[0]))
+
+static int unhex(char c) {
+        return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c - 'A' + 10;
+}
+
+/* Q's pairs, decoded by a second, naive decoder (the parser's answer must agree with it). */
+static void check_query(const char *query, uint32_t allowed) {
+        static struct route_query q, back;
+        static char enc[3 * ROUTE_QUERY_MAX + 64];
+        char reason[160] = "";
+        int r = route_query_parse(query, query_keys, QUERY_NKEYS, allowed, &q, reason,
+                                  sizeof(reason));
+        CHECK(r == 0 || r == -EINVAL || r == -ENAMETOOLONG);
+        if (r < 0) {
+                CHECK(reason[0] != '\0');
+                CHECK(r != -ENAMETOOLONG || strlen(query) >= ROUTE_QUERY_MAX);
+                return;
+        }
+        size_t pairs = 0, present = 0;
+        for (const char *p = query ? query : ""; *p;) {
+                size_t n = strcspn(p, "&");
+                if (n) {
+                        pairs++;
+                        /* The key decoded names an allowed key whose value is this pair's. */
+                        char key[64], val[ROUTE_QUERY_MAX];
+                        size_t kl = 0, vl = 0;
+                        const char *c = p, *end = p + n;
+                        for (; c < end && *c != '='; c += *c == '%' ? 3 : 1) {
+                                CHECK(*c != '%' || c + 2 < end);
+                                char ch = *c == '%' ? (char)(unhex(c[1]) << 4 | unhex(c[2])) : *c;
+                                if (kl < sizeof(key))
+                                        key[kl++] = ch;
+                        }
+                        if (c < end)
+                                c++; /* '=' */
+                        for (; c < end; c += *c == '%' ? 3 : 1) {
+                                CHECK(*c != '%' || c + 2 < end);
+                                val[vl++] = *c == '%' ? (char)(unhex(c[1]) << 4 | unhex(c[2])) : *c;
+                        }
+                        size_t ki = QUERY_NKEYS;
+                        for (size_t i = 0; i < QUERY_NKEYS; i++)
+                                if (strlen(query_keys[i]) == kl &&
+                                    memcmp(query_keys[i], key, kl) == 0)
+                                        ki = i;
+                        CHECK(ki < QUERY_NKEYS && kl > 0 && (allowed & (1u << ki)));
+                        CHECK(q.value[ki] && strlen(q.value[ki]) == vl &&
+                              memcmp(q.value[ki], val, vl) == 0);
+                }
+                p += n + (p[n] == '&');
+        }
+        /* Encoded again (every byte escaped), the values parse back to themselves. */
+        size_t at = 0;
+        enc[0] = '\0';
+        for (size_t i = 0; i < QUERY_NKEYS; i++) {
+                if (!q.value[i])
+                        continue;
+                CHECK(allowed & (1u << i));
+                present++;
+                at += (size_t)snprintf(enc + at, sizeof(enc) - at, "%s", at ? "&" : "");
+                for (const char *k = query_keys[i]; *k; k++)
+                        at += (size_t)snprintf(enc + at, sizeof(enc) - at, "%%%02X",
+                                               (unsigned char)*k);
+                at += (size_t)snprintf(enc + at, sizeof(enc) - at, "=");
+                for (const char *v = q.value[i]; *v; v++)
+                        at += (size_t)snprintf(enc + at, sizeof(enc) - at, "%%%02X",
+                                               (unsigned char)*v);
+        }
+        CHECK(present == pairs);
+        r = route_query_parse(enc, query_keys, QUERY_NKEYS, allowed, &back, reason, sizeof(reason));
+        CHECK(r == 0 || (r == -ENAMETOOLONG && at >= ROUTE_QUERY_MAX));
+        for (size_t i = 0; r == 0 && i < QUERY_NKEYS; i++)
+                CHECK((q.value[i] == NULL) == (back.value[i] == NULL) &&
+                      (!q.value[i] || strcmp(q.value[i], back.value[i]) == 0));
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *buf = malloc(size + 1);
         if (!buf)
@@ -52,6 +134,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const char *url = next_line(&p);
         const char *range = next_line(&p);
         uint64_t blob_size = p && *p ? (uint64_t)(unsigned char)*p << 16 : 0;
+        uint32_t allowed = p && p[0] && p[1] ? (unsigned char)p[1] : 0;
+        const char *query = p && p[0] && p[1] ? p + 2 : NULL;
         bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
 
         struct route_peer rp;
@@ -135,6 +219,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         struct sockaddr_storage ss;
         if (http_listen_parse(url, &ss) == 0)
                 CHECK(ss.ss_family == AF_INET || ss.ss_family == AF_INET6);
+        check_query(query, allowed);
         free(buf);
         return 0;
 }
