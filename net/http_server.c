@@ -438,11 +438,20 @@ int http_server_start(const struct http_server_config *cfg, struct http_server *
         unsigned limit = cfg->max_connections + REFUSE_SLACK;
         unsigned timeout = s->cfg.idle_timeout_s;
         size_t stack = cfg->thread_stack;
+        /* Only a server that asked has the URI hook: with one, MHD reports the completion of
+         * requests that never reached the handler too. An array whose first item is END is
+         * empty. */
+        struct MHD_OptionItem uri_hook[] = {
+                {cfg->uri_hook ? MHD_OPTION_URI_LOG_CALLBACK : MHD_OPTION_END,
+                 (intptr_t)cfg->uri_hook, cfg->uri_hook_cls},
+                {MHD_OPTION_END, 0, NULL},
+        };
         /* The logger first: MHD reports options it parses before it on its own stderr. */
 #define COMMON_OPTIONS                                                                             \
         MHD_OPTION_CONNECTION_LIMIT, limit, MHD_OPTION_CONNECTION_TIMEOUT, timeout,                \
                 MHD_OPTION_THREAD_STACK_SIZE, stack, MHD_OPTION_NOTIFY_CONNECTION, on_connection,  \
-                s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END
+                s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_ARRAY, uri_hook,       \
+                MHD_OPTION_END
         errno = 0;
         if (cfg->listen_fd >= 0)
                 s->mhd = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,

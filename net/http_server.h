@@ -53,6 +53,14 @@ struct http_server_config {
         void *handler_cls;
         MHD_RequestCompletedCallback completed; /* may be NULL */
         void *completed_cls;
+        /* Called once per request with its raw request-target (path and query as sent, not
+         * percent-decoded) before MHD parses it, which is the only way to see the query
+         * string as the client wrote it; what it returns is the request's *req_cls when the
+         * handler is first called (so that first call no longer finds NULL there), and
+         * COMPLETED is then called for every request, answered or not. May be NULL: the
+         * peer server and the mirror do without. */
+        void *(*uri_hook)(void *cls, const char *uri, struct MHD_Connection *conn);
+        void *uri_hook_cls;
 };
 
 /* Parses LISTEN ("host:port", "[v6]:port", ":port" for every IPv4 address) into *RET.

@@ -1,11 +1,18 @@
 /* Control server on a unix socket. See control.h.
  *
  * net/http_server is given our own bound AF_UNIX socket; it runs a thread per connection,
- * capped, with a deadline for each request's headers so a stuck client cannot hold a slot. */
+ * capped, with a deadline for each request's headers so a stuck client cannot hold a slot.
+ *
+ * Each request's raw query string is copied (at most ROUTE_QUERY_MAX bytes: a longer one is
+ * refused by the parser all the same) from the request-target MHD shows its URI hook, into a
+ * record that lives from that hook to MHD's completion notice: the daemon parses the query
+ * against its route table itself (net/route.c), where MHD's own argument table would hide a
+ * key given twice and tolerate escapes that are not ones. */
 #include "peer/control.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,12 +23,21 @@
 #include <unistd.h>
 
 #include "net/http_server.h"
+#include "net/route.h"
 #include "util/log.h"
+
+/* One request, from the URI hook to its completion. */
+struct control_rq {
+        bool started;   /* the handler has seen the headers */
+        bool has_query; /* the target had a '?' */
+        char query[];   /* what followed it, raw */
+};
 
 struct control_req {
         struct MHD_Connection *conn;
         const char *method;
         const char *path;
+        const char *query;
 };
 
 const char *control_req_method(const struct control_req *r) {
@@ -30,6 +46,10 @@ const char *control_req_method(const struct control_req *r) {
 
 const char *control_req_path(const struct control_req *r) {
         return r->path;
+}
+
+const char *control_req_query(const struct control_req *r) {
+        return r->query;
 }
 
 const char *control_req_arg(const struct control_req *r, const char *name) {
@@ -83,9 +103,12 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         (void)version;
         (void)upload_data;
         struct control *c = cls;
+        struct control_rq *rq = *req_cls;
+        if (!rq) /* the URI hook found no memory: close, the one answer without any */
+                return MHD_NO;
         /* First call per request: headers only. We take no bodies; answer on the second. */
-        if (*req_cls == NULL) {
-                *req_cls = c;
+        if (!rq->started) {
+                rq->started = true;
                 return MHD_YES;
         }
         if (*upload_data_size) {
@@ -94,11 +117,36 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         }
         json_t *out = NULL;
         char reason[512] = "";
-        struct control_req req = {.conn = conn, .method = method, .path = url};
+        struct control_req req = {.conn = conn,
+                                  .method = method,
+                                  .path = url,
+                                  .query = rq->has_query ? rq->query : NULL};
         int r = c->ops.handle(c->ops.ud, &req, &out, reason, sizeof(reason));
         if (r < 0)
                 return send_error(conn, status_for(r), reason[0] ? reason : strerror(-r));
         return send_json(conn, MHD_HTTP_OK, out);
+}
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
+        (void)cls;
+        (void)conn;
+        const char *q = strchr(uri, '?');
+        size_t n = q ? strnlen(q + 1, ROUTE_QUERY_MAX) : 0;
+        struct control_rq *rq = calloc(1, sizeof(*rq) + n + 1);
+        if (rq && q) {
+                rq->has_query = true;
+                memcpy(rq->query, q + 1, n);
+        }
+        return rq;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
+                         enum MHD_RequestTerminationCode code) {
+        (void)cls;
+        (void)conn;
+        (void)code;
+        free(*req_cls);
+        *req_cls = NULL;
 }
 
 static int mkdir_parent(const char *path) {
@@ -153,6 +201,8 @@ int control_start(const char *socket_path, const struct control_ops *ops, struct
                 .idle_timeout_s = 120, /* blobctl verify reads a whole blob before answering */
                 .handler = handle,
                 .handler_cls = c,
+                .completed = on_completed,
+                .uri_hook = on_uri,
         };
         r = http_server_start(&hc, &c->srv);
         if (r < 0) {

@@ -17,6 +17,9 @@ struct control_req; /* one request, valid during the handler call */
 
 const char *control_req_method(const struct control_req *r);
 const char *control_req_path(const struct control_req *r);
+/* The raw query string (after '?', not percent-decoded; at most ROUTE_QUERY_MAX bytes of it,
+ * net/route.h), or NULL when the request had none. */
+const char *control_req_query(const struct control_req *r);
 /* A query-string argument, or NULL. */
 const char *control_req_arg(const struct control_req *r, const char *name);
 
