@@ -110,7 +110,7 @@ static int api_on_list(struct daemon *d, const struct api_request *q, json_t **r
 
 static int api_on_add(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
                       size_t reason_len) {
-        const char *ref = q->ref;
+        const char *ref = q->arg[API_ARG_REF];
         struct engine_blob_info b;
         int r = engine_add(d->engine, ref, &b, reason, reason_len);
         if (r < 0) {
@@ -197,7 +197,7 @@ static int api_on_blob(struct daemon *d, const struct api_request *q, json_t **r
 
 /* The table's handler column: a route whose handler is not declared above does not compile. */
 static const api_handler_fn handlers[API_N_ROUTES] = {
-#define API_ROUTE_HANDLER(route, method, path, query, handler) [route] = handler,
+#define API_ROUTE_HANDLER(route, method, path, required, optional, handler) [route] = handler,
         API_ROUTES(API_ROUTE_HANDLER)
 #undef API_ROUTE_HANDLER
 };
@@ -205,14 +205,18 @@ static const api_handler_fn handlers[API_N_ROUTES] = {
 /* Every request: routed by net/api_routes.h's table, answered by the row's handler. */
 static int api_handle(void *ud, const struct control_req *req, json_t **ret, char *reason,
                       size_t reason_len) {
-        if (api_layers_route(control_req_path(req))) /* fs/api_layers.c */
-                return api_layers_handle(ud, req, ret, reason, reason_len);
+        struct route_query *args = malloc(sizeof(*args)); /* 16 KiB: not on the stack */
+        if (!args) {
+                snprintf(reason, reason_len, "out of memory");
+                return -ENOMEM;
+        }
         struct api_request q;
         int r = api_parse_request(control_req_method(req), control_req_path(req),
-                                  control_req_arg(req, "ref"), &q, reason, reason_len);
-        if (r < 0)
-                return r;
-        return handlers[q.route](ud, &q, ret, reason, reason_len);
+                                  control_req_query(req), args, &q, reason, reason_len);
+        if (r == 0)
+                r = handlers[q.route](ud, &q, ret, reason, reason_len);
+        free(args);
+        return r;
 }
 
 struct control_ops api_control_ops(struct daemon *d) {

@@ -12,15 +12,12 @@
 
 #include "fs/api.h"
 #include "layertree/layertree.h"
+#include "net/api_routes.h"
 #include "util/log.h"
 #include "util/parse.h"
 
 #define MAX_WAIT_S 3600
 #define LS_MAX 200000 /* entries of one listing */
-
-bool api_layers_route(const char *path) {
-        return strncmp(path, "/v1/layers", 10) == 0 && (path[10] == '\0' || path[10] == '/');
-}
 
 static const char *format_name(enum layer_format f) {
         switch (f) {
@@ -68,25 +65,35 @@ static json_t *layer_json(const struct ltree_layer_info *l) {
                          l->error[0] ? l->error : NULL);
 }
 
-static int opt_digest(const struct control_req *req, const char *name, struct digest *d,
+static int opt_digest(const struct api_request *q, enum api_arg name, struct digest *d,
                       const struct digest **ret, char *reason, size_t reason_len) {
-        const char *v = control_req_arg(req, name);
+        const char *v = q->arg[name];
         *ret = NULL;
         if (!v || !v[0])
                 return 0;
         if (digest_parse(v, d) < 0) {
-                snprintf(reason, reason_len, "%s must be sha256:<64 hex>", name);
+                snprintf(reason, reason_len, "%s must be sha256:<64 hex>", api_arg_keys[name]);
                 return -EINVAL;
         }
         *ret = d;
         return 0;
 }
 
-static int on_add(struct daemon *d, const struct control_req *req, json_t **ret, char *reason,
-                  size_t reason_len) {
-        const char *ref = control_req_arg(req, "ref");
-        const char *mt = control_req_arg(req, "media_type");
-        const char *wait = control_req_arg(req, "wait");
+/* Every handler answers -ENOENT while the layer trees are off, before it looks at anything:
+ * after the table's checks (a malformed digest or query is 400 here as on every route). */
+static bool running(const struct daemon *d, char *reason, size_t reason_len) {
+        if (!d->layers)
+                snprintf(reason, reason_len, "layer trees are not running");
+        return d->layers != NULL;
+}
+
+int api_on_layer_add(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                     size_t reason_len) {
+        if (!running(d, reason, reason_len))
+                return -ENOENT;
+        const char *ref = q->arg[API_ARG_REF];
+        const char *mt = q->arg[API_ARG_MEDIA_TYPE];
+        const char *wait = q->arg[API_ARG_WAIT];
         struct digest diff, toc;
         const struct digest *pdiff, *ptoc;
         uint64_t wait_s = 0;
@@ -94,9 +101,9 @@ static int on_add(struct daemon *d, const struct control_req *req, json_t **ret,
                 snprintf(reason, reason_len, "missing ref=REGISTRY/REPOSITORY@sha256:<hex>");
                 return -EINVAL;
         }
-        int r = opt_digest(req, "diff_id", &diff, &pdiff, reason, reason_len);
+        int r = opt_digest(q, API_ARG_DIFF_ID, &diff, &pdiff, reason, reason_len);
         if (r == 0)
-                r = opt_digest(req, "toc_digest", &toc, &ptoc, reason, reason_len);
+                r = opt_digest(q, API_ARG_TOC_DIGEST, &toc, &ptoc, reason, reason_len);
         if (r < 0)
                 return r;
         if (wait && parse_u64(wait, 0, MAX_WAIT_S, &wait_s) < 0) {
@@ -126,7 +133,11 @@ static int on_add(struct daemon *d, const struct control_req *req, json_t **ret,
         return 0;
 }
 
-static int on_list(struct daemon *d, json_t **ret) {
+int api_on_layers(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                  size_t reason_len) {
+        (void)q;
+        if (!running(d, reason, reason_len))
+                return -ENOENT;
         json_t *arr = json_array();
         if (!arr)
                 return -ENOMEM;
@@ -162,17 +173,43 @@ static json_t *file_json(const struct layer_file *f) {
         return o;
 }
 
-static int on_files(struct daemon *d, const struct ltree_layer_info *info,
-                    const struct control_req *req, json_t **ret, char *reason, size_t reason_len) {
+/* The layer Q names: 0 and *INFO, or -ENOENT with a reason. */
+static int find_layer(struct daemon *d, const struct api_request *q, struct ltree_layer_info *info,
+                      char *reason, size_t reason_len) {
+        if (!running(d, reason, reason_len))
+                return -ENOENT;
+        if (ltree_find(d->layers, &q->digest, info) < 0) {
+                snprintf(reason, reason_len, "no such layer on this node; add it first");
+                return -ENOENT;
+        }
+        return 0;
+}
+
+int api_on_layer(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                 size_t reason_len) {
+        struct ltree_layer_info info;
+        int r = find_layer(d, q, &info, reason, reason_len);
+        if (r < 0)
+                return r;
+        *ret = layer_json(&info);
+        return *ret ? 0 : -ENOMEM;
+}
+
+int api_on_layer_files(struct daemon *d, const struct api_request *q, json_t **ret, char *reason,
+                       size_t reason_len) {
+        struct ltree_layer_info layer, *info = &layer;
+        int r = find_layer(d, q, &layer, reason, reason_len);
+        if (r < 0)
+                return r;
         const struct layer_index *ix;
-        int r = ltree_index_get(d->layers, info->id, &ix);
+        r = ltree_index_get(d->layers, info->id, &ix);
         if (r < 0) {
                 snprintf(reason, reason_len, "the layer's index is %s",
                          r == -EAGAIN ? "not ready yet; retry, or add it with --wait"
                                       : "not available (blobctl layers says why)");
                 return r == -EAGAIN ? -EBUSY : r;
         }
-        const char *path = control_req_arg(req, "path");
+        const char *path = q->arg[API_ARG_PATH];
         char norm[4096];
         size_t n = 0;
         if (path) { /* "/a/b/" and "a/b" name the same entry */
@@ -209,50 +246,4 @@ static int on_files(struct daemon *d, const struct ltree_layer_info *info,
         ltree_index_put(d->layers, info->id);
         *ret = arr;
         return 0;
-}
-
-int api_layers_handle(struct daemon *d, const struct control_req *req, json_t **ret, char *reason,
-                      size_t reason_len) {
-        const char *method = control_req_method(req), *path = control_req_path(req);
-        if (!d->layers) {
-                snprintf(reason, reason_len, "layer trees are not running");
-                return -ENOENT;
-        }
-        bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
-        if (strcmp(path, "/v1/layers") == 0) {
-                if (get)
-                        return on_list(d, ret);
-                if (post)
-                        return on_add(d, req, ret, reason, reason_len);
-                snprintf(reason, reason_len, "GET or POST only");
-                return -EOPNOTSUPP;
-        }
-        const char *rest = path + 11; /* after "/v1/layers/" */
-        if (strncmp(rest, "sha256:", 7) != 0 || strlen(rest) < 7 + DIGEST_HEX_LEN) {
-                snprintf(reason, reason_len, "no such endpoint");
-                return -ENOENT;
-        }
-        struct digest dg;
-        const char *tail = rest + 7 + DIGEST_HEX_LEN;
-        if (digest_from_hex(rest + 7, DIGEST_HEX_LEN, &dg) < 0) {
-                snprintf(reason, reason_len, "malformed digest; want sha256:<64 lowercase hex>");
-                return -EINVAL;
-        }
-        if (!get) {
-                snprintf(reason, reason_len, "GET only");
-                return -EOPNOTSUPP;
-        }
-        struct ltree_layer_info info;
-        if (ltree_find(d->layers, &dg, &info) < 0) {
-                snprintf(reason, reason_len, "no such layer on this node; add it first");
-                return -ENOENT;
-        }
-        if (tail[0] == '\0') {
-                *ret = layer_json(&info);
-                return *ret ? 0 : -ENOMEM;
-        }
-        if (strcmp(tail, "/files") == 0)
-                return on_files(d, &info, req, ret, reason, reason_len);
-        snprintf(reason, reason_len, "no such endpoint");
-        return -ENOENT;
 }

@@ -5,8 +5,9 @@
  * variable matches one whole segment, possibly empty, and is checked after the path has
  * matched, so the checks run in the order the API has always answered them: the path first
  * (unknown: 404), then the digest in it (400), then the method (405), then the action or the
- * required argument. Several rows may share a path (GET and POST /v1/blobs): the method picks
- * one. */
+ * query (net/route.c's parser, given the row's keys: any other is refused, none twice), then
+ * the required arguments. Several rows may share a path (GET and POST /v1/blobs): the method
+ * picks one. */
 #include "net/api_routes.h"
 
 #include <errno.h>
@@ -15,10 +16,16 @@
 #include <string.h>
 
 const struct api_route_def api_routes[API_N_ROUTES] = {
-#define API_ROUTE_ROW(route, method, path, query, handler)                                         \
-        [route] = {method, path, query, #handler},
+#define API_ROUTE_ROW(route, method, path, required, optional, handler)                            \
+        [route] = {method, path, required, optional, #handler},
         API_ROUTES(API_ROUTE_ROW)
 #undef API_ROUTE_ROW
+};
+
+const char *const api_arg_keys[API_N_ARGS] = {
+#define API_ARG_ROW(arg, key) [arg] = key,
+        API_ARGS(API_ARG_ROW)
+#undef API_ARG_ROW
 };
 
 static const char *const action_names[API_N_ACTIONS] = {
@@ -84,8 +91,9 @@ static int parse_digest_arg(const char *s, size_t len, struct digest *ret, char 
         return 0;
 }
 
-int api_parse_request(const char *method, const char *path, const char *ref_arg,
-                      struct api_request *ret, char *reason, size_t reason_len) {
+int api_parse_request(const char *method, const char *path, const char *query,
+                      struct route_query *args, struct api_request *ret, char *reason,
+                      size_t reason_len) {
         struct api_request q = {0};
         struct api_vars v = {0};
         bool path_known = false;
@@ -120,13 +128,17 @@ int api_parse_request(const char *method, const char *path, const char *ref_arg,
                          v.action);
                 return -ENOENT;
         }
-        if (api_routes[route].query) { /* "ref", the one argument any route takes */
-                if (!ref_arg) {
-                        snprintf(reason, reason_len, "missing %s parameter",
-                                 api_routes[route].query);
+        const struct api_route_def *def = &api_routes[route];
+        int r = route_query_parse(query, api_arg_keys, API_N_ARGS, def->required | def->optional,
+                                  args, reason, reason_len);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < API_N_ARGS; i++) {
+                if ((def->required & API_A(i)) && !args->value[i]) {
+                        snprintf(reason, reason_len, "missing %s parameter", api_arg_keys[i]);
                         return -EINVAL;
                 }
-                q.ref = ref_arg;
+                q.arg[i] = args->value[i];
         }
         *ret = q;
         return 0;
@@ -175,14 +187,21 @@ int api_build_request(const struct api_request *q, const char **ret_method, char
                         return -ENAMETOOLONG;
                 p += n;
         }
-        if (def->query) {
-                if (!q->ref)
+        size_t query_start = at;
+        for (unsigned i = 0; i < API_N_ARGS; i++) {
+                bool takes = (def->required | def->optional) & API_A(i);
+                if (!q->arg[i] && (def->required & API_A(i)))
                         return -EINVAL;
-                if (!append(path, path_len, &at, "?", 1) ||
-                    !append(path, path_len, &at, def->query, strlen(def->query)) ||
+                if (!q->arg[i])
+                        continue;
+                if (!takes)
+                        return -EINVAL;
+                const char *key = api_arg_keys[i];
+                if (!append(path, path_len, &at, at == query_start ? "?" : "&", 1) ||
+                    !append(path, path_len, &at, key, strlen(key)) ||
                     !append(path, path_len, &at, "=", 1))
                         return -ENAMETOOLONG;
-                for (const unsigned char *c = (const unsigned char *)q->ref; *c; c++) {
+                for (const unsigned char *c = (const unsigned char *)q->arg[i]; *c; c++) {
                         char esc[4];
                         size_t n = 1;
                         if (unreserved(*c))
@@ -193,6 +212,8 @@ int api_build_request(const struct api_request *q, const char **ret_method, char
                                 return -ENAMETOOLONG;
                 }
         }
+        if (at > query_start && at - query_start - 1 >= ROUTE_QUERY_MAX)
+                return -ENAMETOOLONG; /* the daemon would refuse it */
         *ret_method = def->method;
         return 0;
 }

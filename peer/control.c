@@ -52,10 +52,6 @@ const char *control_req_query(const struct control_req *r) {
         return r->query;
 }
 
-const char *control_req_arg(const struct control_req *r, const char *name) {
-        return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
-}
-
 struct control {
         struct http_server *srv;
         struct control_ops ops;

@@ -1,7 +1,7 @@
 /* The control API: HTTP/1.1 over a unix socket (libmicrohttpd), for blobctl and operators.
  *
- * This file knows HTTP; the routes (GET /v1/stat, POST /v1/blobs?ref=..., ...) live with
- * the daemon in fs/api.c.
+ * This file knows HTTP; the routes (GET /v1/stat, POST /v1/blobs?ref=..., ...) are
+ * net/api_routes.h's table, dispatched by the daemon in fs/api.c.
  *
  * The socket is created mode 0600 (root only): registering blobs makes the node fetch on
  * someone's behalf. Handlers run on the server's threads (one per connection, at most
@@ -20,8 +20,6 @@ const char *control_req_path(const struct control_req *r);
 /* The raw query string (after '?', not percent-decoded; at most ROUTE_QUERY_MAX bytes of it,
  * net/route.h), or NULL when the request had none. */
 const char *control_req_query(const struct control_req *r);
-/* A query-string argument, or NULL. */
-const char *control_req_arg(const struct control_req *r, const char *name);
 
 struct control_ops {
         void *ud;

@@ -131,6 +131,9 @@ static size_t on_data(char *p, size_t size, size_t n, void *ud) {
         return add;
 }
 
+/* A request's path and query: the longest query the daemon takes, and room for the path. */
+#define REQUEST_PATH_MAX (ROUTE_QUERY_MAX + 512)
+
 /* Performs METHOD PATH on the control socket. Returns an exit code; on success *RET holds the
  * parsed answer. QUIET_DOWN: do not print the "not running" message (the caller falls back). */
 static int call(const struct opts *o, const char *method, const char *path, json_t **ret,
@@ -140,8 +143,12 @@ static int call(const struct opts *o, const char *method, const char *path, json
                 fprintf(stderr, "blobctl: out of memory\n");
                 return EXIT_FAILED;
         }
-        char url[4096];
-        snprintf(url, sizeof(url), "http://localhost%s", path);
+        char url[REQUEST_PATH_MAX + 32];
+        if ((size_t)snprintf(url, sizeof(url), "http://localhost%s", path) >= sizeof(url)) {
+                curl_easy_cleanup(c);
+                fprintf(stderr, "blobctl: the request is too long\n");
+                return EXIT_USAGE;
+        }
         struct response resp = {0};
         curl_easy_setopt(c, CURLOPT_UNIX_SOCKET_PATH, o->socket_path);
         curl_easy_setopt(c, CURLOPT_URL, url);
@@ -202,17 +209,20 @@ static int call(const struct opts *o, const char *method, const char *path, json
 static int request(const struct opts *o, const struct api_request *q, json_t **ret,
                    bool quiet_down) {
         const char *method;
-        char path[4000]; /* call() prefixes it with the URL's scheme and host */
-        if (api_build_request(q, &method, path, sizeof(path)) < 0) {
-                fprintf(stderr, "blobctl: the request is too long\n");
+        char path[REQUEST_PATH_MAX]; /* call() prefixes it with the URL's scheme and host */
+        int r = api_build_request(q, &method, path, sizeof(path));
+        if (r < 0) {
+                fprintf(stderr, "blobctl: %s\n",
+                        r == -ENAMETOOLONG ? "the request is too long"
+                                           : "cannot build the request (a blobctl bug)");
                 return EXIT_USAGE;
         }
         return call(o, method, path, ret, quiet_down);
 }
 
-/* For blobctl_layers.c: its routes are outside the table (they take several arguments). */
-static int call_layers(void *ud, const char *method, const char *path, json_t **ret) {
-        return call(ud, method, path, ret, false);
+/* For blobctl_layers.c: its requests, from the same table. */
+static int request_layers(void *ud, const struct api_request *q, json_t **ret) {
+        return request(ud, q, ret, false);
 }
 
 static void print_json(json_t *v) {
@@ -569,7 +579,8 @@ static int cmd_peers(const struct opts *o) {
 
 static int cmd_add(const struct opts *o, const char *ref) {
         json_t *out = NULL;
-        int rc = request(o, &(struct api_request){.route = API_ADD, .ref = ref}, &out, false);
+        int rc = request(o, &(struct api_request){.route = API_ADD, .arg[API_ARG_REF] = ref}, &out,
+                         false);
         if (rc != EXIT_OK)
                 return rc;
         if (o->json)
@@ -769,7 +780,7 @@ int main(int argc, char **argv) {
         if (strcmp(cmd, "layer") == 0 || strcmp(cmd, "layers") == 0) { /* blobctl_layers.c */
                 curl_global_init(CURL_GLOBAL_DEFAULT);
                 signal(SIGPIPE, SIG_IGN);
-                int lrc = blobctl_layers(cmd, argc - optind, argv + optind, call_layers, &o);
+                int lrc = blobctl_layers(cmd, argc - optind, argv + optind, request_layers, &o);
                 curl_global_cleanup();
                 return lrc;
         }

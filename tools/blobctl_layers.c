@@ -5,12 +5,12 @@
  * 4 no such layer). */
 #include "tools/blobctl_layers.h"
 
-#include <curl/curl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "net/api_routes.h"
 #include "util/digest.h"
 #include "util/parse.h"
 
@@ -35,26 +35,21 @@ static void print_json(json_t *v) {
         putchar('\n');
 }
 
-/* Appends "&NAME=escaped VALUE" to PATH (LEN bytes). */
-static int add_arg(char *path, size_t len, const char *name, const char *value) {
-        CURL *c = curl_easy_init();
-        char *e = c ? curl_easy_escape(c, value, 0) : NULL;
-        size_t at = strlen(path);
-        int n = e ? snprintf(path + at, len - at, "%s%s=%s", strchr(path, '?') ? "&" : "?", name, e)
-                  : -1;
-        curl_free(e);
-        curl_easy_cleanup(c);
-        return n < 0 || (size_t)n >= len - at ? -1 : 0;
+/* Sets argument ARG of Q to VALUE; a usage error when it was set already (the daemon takes
+ * every argument once). */
+static int set_arg(struct api_request *q, enum api_arg arg, const char *value, const char *opt) {
+        if (q->arg[arg]) {
+                fprintf(stderr, "blobctl layer add: %s given twice\n", opt);
+                return -1;
+        }
+        q->arg[arg] = value;
+        return 0;
 }
 
-/* "sha256:<hex>" or "<hex>" into OUT ("sha256:<hex>"). */
-static int digest_arg(const char *arg, char out[DIGEST_HEX_LEN + 8]) {
+/* "sha256:<hex>" or "<hex>" into *RET. */
+static int digest_arg(const char *arg, struct digest *ret) {
         const char *hex = strncmp(arg, "sha256:", 7) == 0 ? arg + 7 : arg;
-        struct digest d;
-        if (digest_from_hex(hex, strlen(hex), &d) < 0)
-                return -1;
-        snprintf(out, DIGEST_HEX_LEN + 8, "sha256:%s", hex);
-        return 0;
+        return digest_from_hex(hex, strlen(hex), ret) < 0 ? -1 : 0;
 }
 
 static void print_layer_line(json_t *l) {
@@ -68,47 +63,45 @@ static void print_layers_header(void) {
         printf("%-71s %-8s %-9s %8s %12s\n", "DIGEST", "FORMAT", "STATE", "FILES", "FETCHED");
 }
 
-static int cmd_add(int argc, char **argv, bool json, blobctl_call_fn call, void *ud) {
-        const char *ref = NULL;
-        char path[8192] = "/v1/layers";
+static int cmd_add(int argc, char **argv, bool json, blobctl_request_fn call, void *ud) {
+        struct api_request q = {.route = API_LAYER_ADD};
+        char wait[24];
         for (int i = 0; i < argc; i++) {
                 const char *a = argv[i];
-                const char *name = strcmp(a, "--diff-id") == 0      ? "diff_id"
-                                   : strcmp(a, "--toc-digest") == 0 ? "toc_digest"
-                                   : strcmp(a, "--media-type") == 0 ? "media_type"
-                                                                    : NULL;
-                if (name) {
+                int arg = strcmp(a, "--diff-id") == 0      ? API_ARG_DIFF_ID
+                          : strcmp(a, "--toc-digest") == 0 ? API_ARG_TOC_DIGEST
+                          : strcmp(a, "--media-type") == 0 ? API_ARG_MEDIA_TYPE
+                                                           : -1;
+                if (arg >= 0) {
                         if (i + 1 >= argc) {
                                 usage_err("an option lacks its value");
                                 return EXIT_USAGE;
                         }
-                        if (add_arg(path, sizeof(path), name, argv[++i]) < 0)
+                        if (set_arg(&q, (enum api_arg)arg, argv[++i], a) < 0)
                                 return EXIT_USAGE;
                 } else if (strcmp(a, "--wait") == 0) {
                         uint64_t v = 600;
                         if (i + 1 < argc && parse_u64(argv[i + 1], 1, 3600, &v) == 0)
                                 i++;
-                        char s[24];
-                        snprintf(s, sizeof(s), "%" PRIu64, v);
-                        add_arg(path, sizeof(path), "wait", s);
+                        snprintf(wait, sizeof(wait), "%" PRIu64, v);
+                        if (set_arg(&q, API_ARG_WAIT, wait, a) < 0)
+                                return EXIT_USAGE;
                 } else if (a[0] == '-') {
                         fprintf(stderr, "blobctl layer add: unknown option \"%s\"\n", a);
                         return EXIT_USAGE;
-                } else if (!ref) {
-                        ref = a;
+                } else if (!q.arg[API_ARG_REF]) {
+                        q.arg[API_ARG_REF] = a;
                 } else {
                         usage_err("too many arguments");
                         return EXIT_USAGE;
                 }
         }
-        if (!ref) {
+        if (!q.arg[API_ARG_REF]) {
                 usage_err("layer add needs REGISTRY/REPOSITORY@sha256:<hex>");
                 return EXIT_USAGE;
         }
-        if (add_arg(path, sizeof(path), "ref", ref) < 0)
-                return EXIT_USAGE;
         json_t *out = NULL;
-        int rc = call(ud, "POST", path, &out);
+        int rc = call(ud, &q, &out);
         if (rc != EXIT_OK)
                 return rc;
         if (json)
@@ -122,9 +115,9 @@ static int cmd_add(int argc, char **argv, bool json, blobctl_call_fn call, void 
         return failed ? EXIT_FAILED : EXIT_OK;
 }
 
-static int cmd_list(bool json, blobctl_call_fn call, void *ud) {
+static int cmd_list(bool json, blobctl_request_fn call, void *ud) {
         json_t *arr = NULL;
-        int rc = call(ud, "GET", "/v1/layers", &arr);
+        int rc = call(ud, &(struct api_request){.route = API_LAYERS}, &arr);
         if (rc != EXIT_OK)
                 return rc;
         if (json) {
@@ -155,7 +148,7 @@ static void print_mode(const char *type, uint64_t mode) {
         printf("%s", s);
 }
 
-static int cmd_ls(int argc, char **argv, bool json, blobctl_call_fn call, void *ud) {
+static int cmd_ls(int argc, char **argv, bool json, blobctl_request_fn call, void *ud) {
         const char *pos[2];
         int n = 0;
         for (int i = 0; i < argc; i++) {
@@ -169,17 +162,15 @@ static int cmd_ls(int argc, char **argv, bool json, blobctl_call_fn call, void *
                 }
                 pos[n++] = argv[i];
         }
-        char dg[DIGEST_HEX_LEN + 8];
-        if (n < 1 || digest_arg(pos[0], dg) < 0) {
+        struct api_request q = {.route = API_LAYER_FILES};
+        if (n < 1 || digest_arg(pos[0], &q.digest) < 0) {
                 usage_err("layer ls needs DIGEST (sha256:<64 hex>) [PATH]");
                 return EXIT_USAGE;
         }
-        char path[8192];
-        snprintf(path, sizeof(path), "/v1/layers/%s/files", dg);
-        if (n == 2 && add_arg(path, sizeof(path), "path", pos[1]) < 0)
-                return EXIT_USAGE;
+        if (n == 2)
+                q.arg[API_ARG_PATH] = pos[1];
         json_t *arr = NULL;
-        int rc = call(ud, "GET", path, &arr);
+        int rc = call(ud, &q, &arr);
         if (rc != EXIT_OK)
                 return rc;
         if (json) {
@@ -207,7 +198,7 @@ static int cmd_ls(int argc, char **argv, bool json, blobctl_call_fn call, void *
         return EXIT_OK;
 }
 
-int blobctl_layers(const char *cmd, int argc, char **argv, blobctl_call_fn call, void *ud) {
+int blobctl_layers(const char *cmd, int argc, char **argv, blobctl_request_fn call, void *ud) {
         /* --json anywhere; the rest is the subcommand's. */
         bool json = false;
         char *rest[128];

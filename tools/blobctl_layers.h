@@ -8,8 +8,11 @@
 #include <jansson.h>
 #include <stdbool.h>
 
-/* Performs METHOD PATH on the daemon: an exit code, and on success *RET (the caller's). */
-typedef int (*blobctl_call_fn)(void *ud, const char *method, const char *path, json_t **ret);
+struct api_request;
+
+/* Performs request Q (net/api_routes.h) on the daemon: an exit code, and on success *RET (the
+ * caller's). */
+typedef int (*blobctl_request_fn)(void *ud, const struct api_request *q, json_t **ret);
 
 /* Runs "layer ..." or "layers" (CMD) with ARGV[0..ARGC) after the command. An exit code. */
-int blobctl_layers(const char *cmd, int argc, char **argv, blobctl_call_fn call, void *ud);
+int blobctl_layers(const char *cmd, int argc, char **argv, blobctl_request_fn call, void *ud);
