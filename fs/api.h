@@ -6,7 +6,7 @@
 #include <time.h>
 
 #include "fs/config.h"
-#include "peer/control.h"
+#include "control/control.h"
 #include "peer/httpd.h"
 
 #define P2PBLOBS_VERSION "0.1.0"
@@ -49,7 +49,7 @@ struct daemon {
 struct api_request;
 
 /* A control API handler: one per row of net/api_routes.h's table, named there. Answers Q
- * with a new JSON value in *RET (0), or -errno with a reason (peer/control.h maps it to a
+ * with a new JSON value in *RET (0), or -errno with a reason (control/control.h maps it to a
  * status). Runs on the control server's threads and may block. */
 typedef int (*api_handler_fn)(struct daemon *d, const struct api_request *q, json_t **ret,
                               char *reason, size_t reason_len);

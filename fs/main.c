@@ -47,7 +47,7 @@
 #include "fs/sources.h"
 #include "fs/statedir.h"
 #include "index/index.h"
-#include "peer/control.h"
+#include "control/control.h"
 #include "fs/mirror.h"
 #include "snapshot/snapshotter.h"
 #include "peer/members.h"

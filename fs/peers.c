@@ -19,7 +19,7 @@
 #include "peer/announce.h"
 #include "peer/directory.h"
 #include "peer/members.h"
-#include "peer/netlink.h"
+#include "net/netlink.h"
 #include "peer/source.h"
 #include "util/log.h"
 #include "util/parse.h"

@@ -3,7 +3,7 @@
  * to the other: a row is the route's name, its method, its path pattern, the query arguments
  * it requires and those it also takes, and the daemon's handler. Pure: no I/O, no allocation;
  * tested and fuzzed without a daemon (tests/fuzz/fuzz_api.c). The control server
- * (peer/control.c) hands over method, path and raw query string; requests carry no body (the
+ * (control/control.c) hands over method, path and raw query string; requests carry no body (the
  * server discards it).
  *
  * Path patterns are literal segments and two variables, each one whole segment:

@@ -1,5 +1,5 @@
 /* One HTTP server wrapper over libmicrohttpd, for the node's three servers: the peer server
- * (peer/httpd.c), the containerd mirror (fs/mirror.c) and the control socket (peer/control.c).
+ * (peer/httpd.c), the containerd mirror (fs/mirror.c) and the control socket (control/control.c).
  *
  * What it adds to MHD, and why (issue 14):
  *   - A deadline for each request's headers (and one for its body) counted from the moment

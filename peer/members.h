@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "peer/netlink.h"
+#include "net/netlink.h"
 #include "peer/wire.h"
 
 struct members;

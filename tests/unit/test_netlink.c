@@ -1,4 +1,4 @@
-/* Unit tests for peer/netlink.c: the prefix arithmetic, locality and the choice of the
+/* Unit tests for net/netlink.c: the prefix arithmetic, locality and the choice of the
  * advertised address as pure functions (this file includes netlink.c to reach them), then
  * nl_open() against the real kernel in a throw-away network namespace: a forked child
  * unshares its network namespace, builds a veth pair with an address and a default route
@@ -21,7 +21,7 @@
 
 #include <cmocka.h>
 
-#include "peer/netlink.c"
+#include "net/netlink.c"
 
 static struct nl_local local(const char *text, uint8_t plen, int ifindex, bool primary,
                              bool global) {

@@ -15,7 +15,7 @@
  * then errs towards "routed", which only costs a preference).
  *
  * Costs: one thread, two netlink sockets, one pipe; a rebuild per burst of events. */
-#include "peer/netlink.h"
+#include "net/netlink.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

@@ -8,7 +8,7 @@
  * record that lives from that hook to MHD's completion notice: the daemon parses the query
  * against its route table itself (net/route.c), where MHD's own argument table would hide a
  * key given twice and tolerate escapes that are not ones. */
-#include "peer/control.h"
+#include "control/control.h"
 
 #include <errno.h>
 #include <limits.h>
