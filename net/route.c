@@ -3,10 +3,12 @@
  * Query strings are parsed strictly, because what a route takes is a contract (the control
  * API's table): a key the route does not take, a key given twice (which of the two would a
  * server take? MHD answered "the first", a proxy might say "the last") and an escape that is
- * not one are refused with a reason rather than guessed at. Keys are decoded into a small
- * buffer on the stack and looked up in the caller's table, values into the caller's
- * route_query; the decoded query is never longer than the raw one, so ROUTE_QUERY_MAX bounds
- * both. */
+ * not one are refused with a reason rather than guessed at. A '+' is a space, as MHD's own
+ * argument table decoded it before and as every form encoder (Python's urlencode, curl's
+ * --data-urlencode, a browser) means it: scripts that worked against the control socket keep
+ * working, and blobctl sends a plus as %2B. Keys are decoded into a small buffer on the stack
+ * and looked up in the caller's table, values into the caller's route_query; the decoded
+ * query is never longer than the raw one, so ROUTE_QUERY_MAX bounds both. */
 #include "net/route.h"
 
 #include <errno.h>
@@ -122,14 +124,17 @@ static int hex_value(char c) {
         return -1;
 }
 
-/* Percent-decodes the N bytes at S into OUT (CAP bytes, no NUL added). Returns the decoded
- * length, which may exceed CAP (then only CAP bytes were written), or -EINVAL for a '%' not
- * followed by two hex digits or one that decodes to NUL (values are C strings). */
+/* Percent-decodes the N bytes at S into OUT (CAP bytes, no NUL added), a '+' to a space.
+ * Returns the decoded length, which may exceed CAP (then only CAP bytes were written), or
+ * -EINVAL for a '%' not followed by two hex digits or one that decodes to NUL (values are C
+ * strings). */
 static long pct_decode(const char *s, size_t n, char *out, size_t cap) {
         size_t len = 0;
         for (size_t i = 0; i < n; i++, len++) {
                 char c = s[i];
-                if (c == '%') {
+                if (c == '+') {
+                        c = ' ';
+                } else if (c == '%') {
                         if (n - i < 3 || hex_value(s[i + 1]) < 0 || hex_value(s[i + 2]) < 0)
                                 return -EINVAL;
                         c = (char)(hex_value(s[i + 1]) << 4 | hex_value(s[i + 2]));

@@ -73,8 +73,9 @@ struct route_query {
 
 /* Parses QUERY, a request's raw query string (what follows '?', still percent-encoded; NULL
  * or "" for none): '&'-separated KEY[=VALUE] pairs, empty pairs skipped, keys and values
- * percent-decoded ("%XX", either case; '+' is a plus, RFC 3986, not a space: blobctl escapes
- * every byte outside the unreserved set, so no encoder we ship sends one meaning a space).
+ * percent-decoded ("%XX", either case) and '+' decoded to a space, as
+ * application/x-www-form-urlencoded has it and MHD's argument table did (a plus is %2B, which
+ * blobctl sends: it escapes every byte outside RFC 3986's unreserved set).
  * KEYS[0..NKEYS) are the keys the caller knows (NKEYS <= ROUTE_QUERY_KEYS_MAX), ALLOWED the
  * bits (1u << i) of those this request may carry.
  * 0 with RET filled. -EINVAL with a reason (lowercase, what to do) for: a malformed escape or

@@ -7,8 +7,8 @@
  * is the URL's last segment); nothing is routed under a method it does not take; a valid tag
  * has only the spec's characters; an accepted Range lies inside the blob; an accepted query
  * has one value per non-empty pair (none twice, none unknown, none not allowed), each the
- * percent-decoding of its pair's value, and what it decoded to, encoded again, parses back to
- * the same values. */
+ * percent-decoding of its pair's value ('+' a space), and what it decoded to, encoded again,
+ * parses back to the same values. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -77,7 +77,9 @@ static void check_query(const char *query, uint32_t allowed) {
                         const char *c = p, *end = p + n;
                         for (; c < end && *c != '='; c += *c == '%' ? 3 : 1) {
                                 CHECK(*c != '%' || c + 2 < end);
-                                char ch = *c == '%' ? (char)(unhex(c[1]) << 4 | unhex(c[2])) : *c;
+                                char ch = *c == '%'   ? (char)(unhex(c[1]) << 4 | unhex(c[2]))
+                                          : *c == '+' ? ' '
+                                                      : *c;
                                 if (kl < sizeof(key))
                                         key[kl++] = ch;
                         }
@@ -85,7 +87,9 @@ static void check_query(const char *query, uint32_t allowed) {
                                 c++; /* '=' */
                         for (; c < end; c += *c == '%' ? 3 : 1) {
                                 CHECK(*c != '%' || c + 2 < end);
-                                val[vl++] = *c == '%' ? (char)(unhex(c[1]) << 4 | unhex(c[2])) : *c;
+                                val[vl++] = *c == '%'   ? (char)(unhex(c[1]) << 4 | unhex(c[2]))
+                                            : *c == '+' ? ' '
+                                                        : *c;
                         }
                         size_t ki = QUERY_NKEYS;
                         for (size_t i = 0; i < QUERY_NKEYS; i++)

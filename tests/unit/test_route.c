@@ -72,9 +72,11 @@ static void test_decoding(void **state) {
         (void)state;
         expect_ok("ref=a%2Fb%40c", "a/b@c", NULL, NULL);
         expect_ok("ref=%2f%3a%7E", "/:~", NULL, NULL); /* either case */
-        expect_ok("ref=a+b", "a+b", NULL, NULL);       /* RFC 3986: '+' is itself */
-        expect_ok("ref=%26%3D", "&=", NULL, NULL);     /* escaped separators are data */
-        expect_ok("%72%65%66=x", "x", NULL, NULL);     /* keys are decoded too: "ref" */
+        expect_ok("ref=a+b", "a b", NULL, NULL);       /* a form's space, as MHD had it */
+        expect_ok("ref=a%2Bb", "a+b", NULL, NULL);     /* a plus is escaped */
+        expect_ok("ref=+", " ", NULL, NULL);
+        expect_ok("ref=%26%3D", "&=", NULL, NULL); /* escaped separators are data */
+        expect_ok("%72%65%66=x", "x", NULL, NULL); /* keys are decoded too: "ref" */
         expect_ok("path=%C3%A9t%C3%A9", NULL, NULL, "\xc3\xa9t\xc3\xa9");
         expect_ok("path=%FF", NULL, NULL, "\xff");
 }
@@ -97,6 +99,7 @@ static void test_keys(void **state) {
         expect_err("ref=a&=x", ALL, -EINVAL, "empty");
         expect_err("nope=1", ALL, -EINVAL, "\"nope\"");
         expect_err("Ref=1", ALL, -EINVAL, "\"Ref\"");           /* keys are case-sensitive */
+        expect_err("re+f=1", ALL, -EINVAL, "\"re+f\"");         /* "re f": no such key */
         expect_err("ref=1&other=2", ALL, -EINVAL, "\"other\""); /* known, not allowed here */
         expect_err("wait=1", 1u << K_REF, -EINVAL, "\"wait\"");
         expect_err("ref=1", 0, -EINVAL, "\"ref\""); /* a route that takes nothing */
