@@ -8,8 +8,10 @@ of the refused requests."""
 import http.client
 import json
 import socket
+import urllib.parse
 
 import harness
+import layerimg as L
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -95,4 +97,39 @@ def test_layer_routes_from_the_table(registry, blobs, daemon_factory):
     assert r.returncode == 2 and "twice" in r.stderr, (r.returncode, r.stderr)
     r = d.blobctl("layers", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == [], (r.returncode, r.stdout, r.stderr)
+    assert d.alive()
+
+
+def test_layer_path_with_reserved_bytes(registry, daemon_factory):
+    """A path argument made of the bytes the query syntax reserves ('&', '=', '+', '%', '?',
+    '#', ';', a space) and UTF-8 goes from blobctl's encoder (api_build_request) through the
+    daemon's decoder (route_query_parse) unchanged: layer ls finds the directory and the file
+    in it. A script's form encoding (a space as '+', a plus as %2B: Python's urlencode) is
+    understood as MHD's own argument table understood it before the daemon parsed queries
+    itself, and so a raw '+' is a space: the name with its plus unescaped names nothing."""
+    odd = "q a&b=c+d%2Fe?f#g;h \u00e9"
+    inner = odd + "/f+1&2=3"
+    lay = L.Layer([L.Entry(odd, L.DIR, mode=0o755), L.Entry(inner, L.REG, b"x\n"),
+                   L.Entry("q a", L.REG, b"a decoy: the path cut at its '&'\n")], "tar")
+    dg = L.push_layer(registry, "p2pblobs/routes12", lay)
+    d = daemon_factory(registries=[registry])
+    r = d.blobctl("layer", "add", registry.ref("p2pblobs/routes12", dg), "--wait", "120",
+                  "--json", timeout=150)
+    assert r.returncode == 0 and json.loads(r.stdout)["ready"], (r.returncode, r.stdout, r.stderr)
+
+    r = d.blobctl("layer", "ls", dg, odd, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [e["path"] for e in json.loads(r.stdout)] == [inner], r.stdout
+    r = d.blobctl("layer", "ls", dg, inner, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [(e["path"], e["size"]) for e in json.loads(r.stdout)] == [(inner, 2)], r.stdout
+    r = d.blobctl("layer", "ls", dg, odd.replace("+", " "))    # a plus is not a space
+    assert r.returncode == 4 and "no such path" in r.stderr, (r.returncode, r.stderr)
+
+    st, body = api(d, "GET", "/v1/layers/%s/files?%s"
+                   % (dg, urllib.parse.urlencode({"path": odd})))
+    assert st == 200 and [e["path"] for e in body] == [inner], (st, body)
+    st, body = api(d, "GET", "/v1/layers/%s/files?path=%s"
+                   % (dg, urllib.parse.quote(odd, safe="+")))
+    assert st == 404 and "no such path" in body["error"], (st, body)
     assert d.alive()
