@@ -41,6 +41,7 @@ void eng_blob_info(const struct blob *b, struct engine_blob_info *ret) {
         ret->pinned = b->pinned;
         ret->prefetching = b->prefetching;
         ret->prefetch_err = b->prefetch_err;
+        ret->fetched_bytes = b->fetched_bytes;
         ret->added_at = b->added_at;
         ret->last_access = b->last_access;
         memcpy(ret->source, b->source, sizeof(ret->source));

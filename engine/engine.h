@@ -120,6 +120,9 @@ struct engine_blob_info {
         bool pinned;      /* operator pin: evicted only when nothing else is left */
         bool prefetching; /* engine_prefetch() is fetching it */
         int prefetch_err; /* 0, or why the last prefetch stopped (-errno) */
+        /* bytes of chunks fetched from peers or the origin that landed in the store since the
+         * daemon started (readers', readahead's and prefetch's alike; never store hits) */
+        uint64_t fetched_bytes;
         int64_t added_at;
         int64_t last_access; /* unix seconds, updated at most once a minute; 0 = never */
         char source[IDX_SOURCE_MAX];

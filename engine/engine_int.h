@@ -191,6 +191,7 @@ struct blob {
         uint32_t prefetch_next;        /* next chunk engine_prefetch() considers (lock) */
         unsigned prefetch_inflight;    /* (lock) */
         int prefetch_err;              /* (lock) */
+        uint64_t fetched_bytes;        /* bytes of fetched chunks that landed (lock) */
 };
 
 /* A read waiting for chunks. The range and the reply are (immutable); the rest is (lock) while

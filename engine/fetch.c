@@ -375,6 +375,7 @@ static void complete(struct engine *e, struct completion *c) {
                 }
                 bit_set(b->present, idx);
                 b->npresent++;
+                b->fetched_bytes += c->len;
                 eng_record_sha(b, idx, &sha);
                 eng_note(&ns, NOTE_PRESENT, b, idx, false, &sha);
                 eng_changed(e, b, idx);
