@@ -81,6 +81,14 @@ static const struct opt_def options[] = {
         {"snapshotter-lazy-wait", OPT_DURATION, "30s", 0, 600 * 1000, F(snapshotter_lazy_wait_ms),
          0, "DURATION", "how long a layer Prepare waits for its tree before unpacking (0: no lazy)",
          OPT_RESTART},
+        {"snapshotter-prefetch", OPT_BOOL, "false", 0, 0, F(snapshotter_prefetch), 0, NULL,
+         "fetch the remote layers of a started container whole, in the background", OPT_RESTART},
+        {"snapshotter-prefetch-layers", OPT_UINT, "1", 1, 16, F(snapshotter_prefetch_layers), 0,
+         "N", "layers prefetching at once (each keeps a few chunk fetches in flight)", OPT_RESTART},
+        {"snapshotter-prefetch-max-layer", OPT_SIZE, "1G", 0, UINT64_C(1) << 50,
+         F(snapshotter_prefetch_max_layer), 0, "SIZE",
+         "a layer larger than this (compressed) is not prefetched (0: no cap but the budget's)",
+         OPT_RESTART},
         {"cache-budget", OPT_SIZE, "10G", 4 * MiB, UINT64_C(1) << 50, F(cache_budget), 0, "SIZE",
          "bytes of chunks kept on disk (512M, 10G)", OPT_LIVE},
         {"chunk-size", OPT_SIZE, "1M", 64 << 10, 16 * MiB, F(chunk_size), 0, "SIZE",
@@ -595,6 +603,33 @@ static const struct {
          "(and for any layer that cannot be served lazily) containerd unpacks it as usual. Other "
          "snapshot\n"
          "requests are answered during the wait. 0 turns lazy layers off.\n"},
+        {"snapshotter-prefetch",
+         "When containerd mounts a container's snapshot (task create) or a view whose lower "
+         "layers\n"
+         "include remote (lazy) layers, fetch those layers whole in the background, so later "
+         "reads\n"
+         "need no network. Off by default: a container then fetches only what it reads. At most\n"
+         ".B \\-\\-snapshotter-prefetch-layers\n"
+         "layers at once, each a few chunks at a time, so a container's own reads are never "
+         "queued\n"
+         "behind a whole layer; a layer larger than\n"
+         ".B \\-\\-snapshotter-prefetch-max-layer\n"
+         "or than half the cache budget is skipped (it would evict itself). Prefetched chunks "
+         "are not\n"
+         "pinned. zstd layers are skipped (their files are read from the seekable copy). "
+         "Counted as\n"
+         ".B snapshotter.prefetch\n"
+         "in\n"
+         ".B blobctl stat\n"
+         "and /metrics.\n"},
+        {"snapshotter-prefetch-layers",
+         "Layers prefetched at once. Each keeps up to 8 chunk fetches in flight; they share\n"
+         ".B \\-\\-max-connections\n"
+         "with readers, so keep this small.\n"},
+        {"snapshotter-prefetch-max-layer",
+         "A layer whose compressed size is larger than this is not prefetched (0: no cap but "
+         "half the\n"
+         "cache budget).\n"},
         {"http-header-timeout", "A client of\n"
                                 ".BR \\-\\-listen ,\n"
                                 ".B \\-\\-mirror-listen\n"

@@ -16,8 +16,11 @@ struct daemon_config {
         char *control_socket;
         /* containerd proxy snapshotter socket; "" = off */
         char *snapshotter_socket;
-        uint64_t snapshotter_lazy_wait_ms; /* 0: lazy layers off */
-        char *registry_config;             /* docker config.json with credentials */
+        uint64_t snapshotter_lazy_wait_ms;       /* 0: lazy layers off */
+        bool snapshotter_prefetch;               /* prefetch started containers' remote layers */
+        uint64_t snapshotter_prefetch_layers;    /* layers prefetching at once */
+        uint64_t snapshotter_prefetch_max_layer; /* a larger layer is not prefetched; 0: none */
+        char *registry_config;                   /* docker config.json with credentials */
         char *ca_file;
         char *listen;            /* "host:port" of the node's HTTP server, or "off" */
         char *mirror_listen;     /* "host:port" of the containerd mirror, or "off" */

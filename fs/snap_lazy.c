@@ -9,14 +9,25 @@
  * built: the next pull of an image sharing the layer serves it lazily.
  *
  * Nothing here is held: the tree owns its layers for the daemon's life, so a remote snapshot
- * never outlives the tree it mounts. */
+ * never outlives the tree it mounts.
+ *
+ * Bytes fetched for a layer are the engine's per-blob count of fetched chunks that landed
+ * (engine_blob_info.fetched_bytes: peers and origin, never store hits), of the layer blob
+ * itself: for a zstd layer, whose files are read from its seekable copy, that misses the
+ * copy's fetches (the copy is a derived blob this helper cannot name).
+ *
+ * Prefetch (--snapshotter-prefetch) hands the snapshotter's scheduler (snapshot/prefetch.h)
+ * the engine: a probe is one engine_find and one engine_get_stats (the budget in force), a
+ * start is engine_prefetch, whose window keeps a layer's fetches to a few chunks. */
 #include "fs/snap_lazy.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "engine/engine.h"
 #include "fs/api.h"
 #include "layertree/layertree.h"
 #include "snapshot/lazy.h"
@@ -68,6 +79,60 @@ static int restore(void *ud, const char *ref, const char *layer) {
         return r;
 }
 
+static int layer_fetched(void *ud, const char *layer, uint64_t *ret) {
+        struct daemon *d = ud;
+        struct digest dg;
+        struct engine_blob_info bi;
+        int r = digest_parse(layer, &dg);
+        if (r == 0)
+                r = engine_find(d->engine, &dg, &bi);
+        if (r < 0)
+                return r;
+        *ret = bi.fetched_bytes;
+        return 0;
+}
+
+static int probe(void *ud, const struct digest *dg, struct prefetch_probe *ret) {
+        struct daemon *d = ud;
+        struct engine_blob_info bi;
+        struct ltree_layer_info li;
+        int r = engine_find(d->engine, dg, &bi);
+        if (r < 0)
+                return r;
+        struct engine_stats es;
+        engine_get_stats(d->engine, &es);
+        *ret = (struct prefetch_probe){
+                .size = bi.size,
+                .budget = es.effective_budget_bytes,
+                .held = bi.chunks_present == bi.chunks,
+                .unsupported = ltree_find(d->layers, dg, &li) == 0 && li.format == LAYER_FMT_ZSTD,
+                .prefetching = bi.prefetching,
+                .prefetch_err = bi.prefetch_err,
+        };
+        return 0;
+}
+
+static int start(void *ud, const struct digest *dg) {
+        struct daemon *d = ud;
+        struct engine_blob_info bi;
+        return engine_prefetch(d->engine, dg, &bi);
+}
+
+uint64_t snap_lazy_fetched_total(struct daemon *d) {
+        if (!d->layers)
+                return 0;
+        uint64_t sum = 0;
+        uint32_t n = ltree_count(d->layers);
+        for (uint32_t i = 0; i < n; i++) {
+                struct ltree_layer_info li;
+                struct engine_blob_info bi;
+                if (ltree_get(d->layers, i, &li) == 0 &&
+                    engine_find(d->engine, &li.digest, &bi) == 0)
+                        sum += bi.fetched_bytes;
+        }
+        return sum;
+}
+
 void snap_lazy_attach(struct daemon *d) {
         if (!d->snapshotter || !d->layers)
                 return;
@@ -77,7 +142,27 @@ void snap_lazy_attach(struct daemon *d) {
                             strerror(ENAMETOOLONG));
                 return;
         }
-        struct snapshotter_lazy ops = {
-                .ud = d, .serve = serve, .restore = restore, .layers_root = layers_root};
+        struct snapshotter_lazy ops = {.ud = d,
+                                       .serve = serve,
+                                       .restore = restore,
+                                       .layers_root = layers_root,
+                                       .layer_fetched = layer_fetched};
         snapshotter_set_lazy(d->snapshotter, &ops, d->cfg.snapshotter_lazy_wait_ms);
+        if (!d->cfg.snapshotter_prefetch)
+                return;
+        struct prefetch_config pc = {
+                .max_active = (unsigned)d->cfg.snapshotter_prefetch_layers,
+                .max_layer_bytes = d->cfg.snapshotter_prefetch_max_layer,
+                .queue_max = 256,
+                .poll_ms = 100,
+        };
+        struct prefetch_ops po = {.ud = d, .probe = probe, .start = start};
+        int r = snapshotter_set_prefetch(d->snapshotter, &pc, &po);
+        if (r < 0)
+                log_warning(
+                        "layer prefetch off err=%s hint=\"containers fetch what they read only\"",
+                        strerror(-r));
+        else
+                log_info("layer prefetch on layers=%u max_layer=%" PRIu64, pc.max_active,
+                         pc.max_layer_bytes);
 }

@@ -19,6 +19,7 @@
 #include "cache/store.h"
 #include "engine/engine.h"
 #include "fs/api.h"
+#include "fs/snap_lazy.h"
 #include "peer/announce.h"
 #include "index/index.h"
 #include "layertree/layertree.h"
@@ -39,6 +40,7 @@ struct figures {
         struct announce_stats as;     /* zeros without peers */
         struct ltree_stats ls;        /* layer trees */
         struct snapshotter_stats sns; /* zeros without the snapshotter */
+        uint64_t lazy_fetched_bytes;  /* fs/snap_lazy.c: layer trees' blobs, from the network */
         uint64_t peers_known, peers_up, peer_bytes_from, peer_bytes_to;
         uint64_t uptime_seconds, chunk_size, ready;
         uint64_t store_allocated_bytes, store_page_cache_bytes, index_write_errors;
@@ -73,6 +75,32 @@ static const struct stat_def stats[] = {
         {"snapshotter", "remote_mounts", "snapshotter_remote_mounts_total", NULL, COUNTER,
          "Mounts handed to containerd with at least one layer tree as a lower dir.",
          F(sns.remote_mounts), false},
+        {"snapshotter", "lazy_fetched_bytes", "snapshotter_lazy_fetched_bytes_total", NULL, COUNTER,
+         "Bytes of lazy layers (layer trees) fetched from peers and the origin since start: index "
+         "passes, container reads, prefetch. Per container start: blobctl snapshots.",
+         F(lazy_fetched_bytes), false},
+        {"snapshotter.prefetch", "queued", "snapshotter_prefetch_layers_total",
+         "outcome=\"queued\"", COUNTER,
+         "Remote layers of started containers queued for prefetch, and what became of them.",
+         F(sns.prefetch.queued), false},
+        {"snapshotter.prefetch", "started", "snapshotter_prefetch_layers_total",
+         "outcome=\"started\"", COUNTER,
+         "Remote layers of started containers queued for prefetch, and what became of them.",
+         F(sns.prefetch.started), false},
+        {"snapshotter.prefetch", "prefetched", "snapshotter_prefetch_layers_total",
+         "outcome=\"prefetched\"", COUNTER,
+         "Remote layers of started containers queued for prefetch, and what became of them.",
+         F(sns.prefetch.prefetched), false},
+        {"snapshotter.prefetch", "skipped", "snapshotter_prefetch_layers_total",
+         "outcome=\"skipped\"", COUNTER,
+         "Remote layers of started containers queued for prefetch, and what became of them.",
+         F(sns.prefetch.skipped), false},
+        {"snapshotter.prefetch", "failed", "snapshotter_prefetch_layers_total",
+         "outcome=\"failed\"", COUNTER,
+         "Remote layers of started containers queued for prefetch, and what became of them.",
+         F(sns.prefetch.failed), false},
+        {"snapshotter.prefetch", "active", "snapshotter_prefetch_active", NULL, GAUGE,
+         "Remote layers being prefetched now.", F(sns.prefetch.active), false},
         {"", "uptime_seconds", NULL, NULL, GAUGE, NULL, F(uptime_seconds), false},
         {"", "chunk_size", NULL, NULL, GAUGE, NULL, F(chunk_size), false},
         {"", "blobs", "blobs", NULL, GAUGE, "Blobs known.", F(es.blobs), false},
@@ -256,8 +284,10 @@ static void collect(struct daemon *d, struct figures *f) {
         if (d->dir)
                 dir_get_stats(d->dir, &f->ds);
         struct snapshotter *sn = __atomic_load_n(&d->snapshotter, __ATOMIC_ACQUIRE);
-        if (sn)
+        if (sn) {
                 snapshotter_get_stats(sn, &f->sns);
+                f->lazy_fetched_bytes = snap_lazy_fetched_total(d);
+        }
         struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
         if (an)
                 announce_get_stats(an, &f->as);

@@ -18,7 +18,13 @@
  * layer) and answers ALREADY_EXISTS; the unpacker then finds the chain id with Stat and moves
  * on, and containerd's metadata finds it with a Walk on the snapshot.ref label and the parent.
  * A remote parent's lowerdir is <id>/l/<n>, a symlink to the layer tree made at mount time
- * (overlayfs resolves the path when it mounts); a local parent's is its fs dir, as before. */
+ * (overlayfs resolves the path when it mounts); a local parent's is its fs dir, as before.
+ *
+ * Container starts: a Prepare that is not a layer's records, in a small table (starts, at most
+ * SNAPSHOTTER_STARTS_MAX, the oldest dropped first), what its remote lowers had fetched so
+ * far; snapshotter_start_fetched subtracts that from what they have fetched now. A Mounts of
+ * an active snapshot (task create) or a View over remote lowers queues those layers for the
+ * prefetcher when it is on; queueing never blocks the answer. */
 #include "snapshot/snapshotter.h"
 
 #include <dirent.h>
@@ -56,6 +62,18 @@ struct snapshotter {
         struct snapshotter_lazy lazy; /* serve NULL: lazy layers off */
         uint64_t lazy_wait_ms;
         atomic_uint_fast64_t lazy_layers, lazy_fallbacks, remote_mounts;
+        /* Set once by snapshotter_set_prefetch before containers start; read by gRPC threads
+         * (an acquire load), freed by snapshotter_stop after the server stopped. */
+        struct prefetcher *_Atomic prefetch;
+
+        /* What the remote lowers of recent Prepares had fetched then, by snapshot id, in
+         * Prepare order (a ring). (start_lock) */
+        pthread_mutex_t start_lock;
+        struct start_rec {
+                int64_t id;
+                uint64_t base;
+        } starts[SNAPSHOTTER_STARTS_MAX];
+        unsigned starts_head, starts_len;
 };
 
 #define REMOTE_LABEL_VALUE "remote snapshot" /* stargz's value, so tools that look for it agree */
@@ -399,6 +417,126 @@ static void mount_pb_done(struct mount_pb *m) {
         free(m->lower);
 }
 
+/* ---- container starts: prefetch and bytes fetched ---- */
+
+/* Calls FN for the layer ("sha256:<hex>") of every remote one of PARENTS; *RET_N counts them.
+ * Metadata errors skip the parent (they fail the mount elsewhere). */
+static void for_each_remote(struct snapshotter *sn, const int64_t *parents, size_t nparents,
+                            void (*fn)(struct snapshotter *sn, const char *layer, void *ud),
+                            void *ud, uint32_t *ret_n) {
+        uint32_t n = 0;
+        for (size_t i = 0; i < nparents; i++) {
+                char layer[DIGEST_HEX_LEN + 8];
+                if (snapdb_remote_layer(sn->db, parents[i], layer, sizeof(layer)) < 0 || !layer[0])
+                        continue;
+                n++;
+                if (fn)
+                        fn(sn, layer, ud);
+        }
+        if (ret_n)
+                *ret_n = n;
+}
+
+static void add_fetched(struct snapshotter *sn, const char *layer, void *ud) {
+        pthread_mutex_lock(&sn->lazy_lock);
+        int (*fetched)(void *, const char *, uint64_t *) = sn->lazy.layer_fetched;
+        void *lud = sn->lazy.ud;
+        pthread_mutex_unlock(&sn->lazy_lock);
+        uint64_t v;
+        if (fetched && fetched(lud, layer, &v) == 0)
+                *(uint64_t *)ud += v;
+}
+
+static void queue_one(struct snapshotter *sn, const char *layer, void *ud) {
+        struct prefetcher *pf = ud;
+        struct digest d;
+        (void)sn;
+        if (digest_parse(layer, &d) == 0)
+                prefetch_queue(pf, &d); /* already queued, full (counted), stopping: all fine */
+}
+
+/* A container is about to run over PARENTS: prefetch their remote layers, when on. */
+static void maybe_prefetch(struct snapshotter *sn, const int64_t *parents, size_t nparents) {
+        struct prefetcher *pf = atomic_load_explicit(&sn->prefetch, memory_order_acquire);
+        if (pf)
+                for_each_remote(sn, parents, nparents, queue_one, pf, NULL);
+}
+
+/* Records what the remote lowers of the just-prepared snapshot ID have fetched so far. */
+static void record_start(struct snapshotter *sn, int64_t id, const int64_t *parents,
+                         size_t nparents) {
+        uint64_t base = 0;
+        uint32_t n;
+        for_each_remote(sn, parents, nparents, add_fetched, &base, &n);
+        if (n == 0)
+                return; /* no remote lower: nothing to count, no room taken */
+        pthread_mutex_lock(&sn->start_lock);
+        if (sn->starts_len == SNAPSHOTTER_STARTS_MAX) { /* the oldest goes */
+                sn->starts_head = (sn->starts_head + 1) % SNAPSHOTTER_STARTS_MAX;
+                sn->starts_len--;
+        }
+        sn->starts[(sn->starts_head + sn->starts_len++) % SNAPSHOTTER_STARTS_MAX] =
+                (struct start_rec){id, base};
+        pthread_mutex_unlock(&sn->start_lock);
+}
+
+/* The recorded base of snapshot ID: true and *RET when there is one. Caller holds start_lock. */
+static bool start_base(const struct snapshotter *sn, int64_t id, uint64_t *ret) {
+        for (unsigned i = 0; i < sn->starts_len; i++) {
+                const struct start_rec *s =
+                        &sn->starts[(sn->starts_head + i) % SNAPSHOTTER_STARTS_MAX];
+                if (s->id == id) {
+                        *ret = s->base;
+                        return true;
+                }
+        }
+        return false;
+}
+
+/* Ids are never reused, so a stale record could not be mistaken for a new snapshot's; it is
+ * dropped only to free its slot. */
+static void forget_start(struct snapshotter *sn, int64_t id) {
+        pthread_mutex_lock(&sn->start_lock);
+        for (unsigned i = 0; i < sn->starts_len; i++) {
+                struct start_rec *s = &sn->starts[(sn->starts_head + i) % SNAPSHOTTER_STARTS_MAX];
+                if (s->id != id)
+                        continue;
+                /* Close the gap, keeping Prepare order. */
+                for (unsigned j = i; j + 1 < sn->starts_len; j++)
+                        sn->starts[(sn->starts_head + j) % SNAPSHOTTER_STARTS_MAX] =
+                                sn->starts[(sn->starts_head + j + 1) % SNAPSHOTTER_STARTS_MAX];
+                sn->starts_len--;
+                break;
+        }
+        pthread_mutex_unlock(&sn->start_lock);
+}
+
+int snapshotter_start_fetched(struct snapshotter *sn, const char *key,
+                              struct snapshotter_start *ret) {
+        struct snap_info *info;
+        int64_t *parents;
+        size_t nparents;
+        int r = snapdb_get(sn->db, key, &info, &parents, &nparents);
+        if (r < 0)
+                return r;
+        struct snapshotter_start out = {0};
+        if (info->kind != SNAP_ACTIVE) {
+                r = -EINVAL;
+                goto out_free;
+        }
+        uint64_t now = 0, base = 0;
+        for_each_remote(sn, parents, nparents, add_fetched, &now, &out.remote_lowers);
+        pthread_mutex_lock(&sn->start_lock);
+        out.since_prepare = start_base(sn, info->id, &base);
+        pthread_mutex_unlock(&sn->start_lock);
+        out.fetched_bytes = now > base ? now - base : 0;
+        *ret = out;
+out_free:
+        snap_info_free(info);
+        free(parents);
+        return r;
+}
+
 /* Answers with a response holding MOUNT (Prepare, View and Mounts have the same shape). */
 #define ANSWER_MOUNTS(type, init, mp, resp)                                                        \
         do {                                                                                       \
@@ -432,6 +570,8 @@ static int create(struct snapshotter *sn, enum snap_kind kind, const char *key, 
         r = make_dirs(sn, info->id, kind);
         if (r == 0)
                 r = mount_for(sn, info, parents, nparents, mp);
+        if (r == 0 && kind == SNAP_VIEW)
+                maybe_prefetch(sn, parents, nparents);
         if (r < 0) {
                 int64_t id;
                 char p[PATH_MAX];
@@ -503,6 +643,18 @@ static int try_remote(struct snapshotter *sn, const char *key, const struct labe
         return r;
 }
 
+/* A Prepare that is not a layer's: a container's (or a build's) snapshot. */
+static void note_start(struct snapshotter *sn, const char *key) {
+        struct snap_info *info;
+        int64_t *parents;
+        size_t nparents;
+        if (snapdb_get(sn->db, key, &info, &parents, &nparents) < 0)
+                return;
+        record_start(sn, info->id, parents, nparents);
+        snap_info_free(info);
+        free(parents);
+}
+
 static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
         struct snapshotter *sn = ud;
         PB(PrepareSnapshotRequest) *m = pb(prepare_snapshot_request__unpack)(NULL, len, req);
@@ -520,6 +672,8 @@ static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp
                         grpc_resp_error(resp, GRPC_ALREADY_EXISTS,
                                         "target snapshot %s: already exists", lz.target);
                 } else {
+                        if (lr == -ENOENT)
+                                note_start(sn, m->key);
                         if (lr < 0 && lr != -ENOENT) {
                                 atomic_fetch_add(&sn->lazy_fallbacks, 1);
                                 log_notice("lazy layer fallback key=%s err=%s reason=\"malformed "
@@ -573,6 +727,8 @@ static void h_mounts(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
                         r = -EBUSY; /* containerd: only active snapshots and views mount */
                 else
                         r = mount_for(sn, info, parents, nparents, &mp);
+                if (r == 0)
+                        maybe_prefetch(sn, parents, nparents);
                 if (r == 0) {
                         ANSWER_MOUNTS(PB(MountsResponse),
                                       CONTAINERD__SERVICES__SNAPSHOTS__V1__MOUNTS_RESPONSE__INIT,
@@ -640,6 +796,7 @@ static void h_remove(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
         } else {
                 char p[PATH_MAX];
                 snap_path(sn, id, NULL, p, sizeof(p));
+                forget_start(sn, id);
                 int rr = remove_tree(p);
                 if (rr < 0) /* the metadata is gone: Cleanup finishes the job */
                         log_debug("snapshot dir not removed path=%s err=%s", p, strerror(-rr));
@@ -888,6 +1045,7 @@ int snapshotter_start(const char *state_dir, const char *index_path, const char 
         if (!sn)
                 return -ENOMEM;
         pthread_mutex_init(&sn->lazy_lock, NULL);
+        pthread_mutex_init(&sn->start_lock, NULL);
         int r;
         if ((size_t)snprintf(sn->root, sizeof(sn->root), "%s/snapshots", state_dir) >=
             sizeof(sn->root)) {
@@ -910,6 +1068,7 @@ int snapshotter_start(const char *state_dir, const char *index_path, const char 
 out_db:
         snapdb_close(sn->db);
 out_free:
+        pthread_mutex_destroy(&sn->start_lock);
         pthread_mutex_destroy(&sn->lazy_lock);
         free(sn);
         return r;
@@ -976,6 +1135,21 @@ void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret
                 .lazy_fallbacks = atomic_load(&sn->lazy_fallbacks),
                 .remote_mounts = atomic_load(&sn->remote_mounts),
         };
+        struct prefetcher *pf = atomic_load_explicit(&sn->prefetch, memory_order_acquire);
+        if (pf)
+                prefetch_get_stats(pf, &ret->prefetch);
+}
+
+int snapshotter_set_prefetch(struct snapshotter *sn, const struct prefetch_config *cfg,
+                             const struct prefetch_ops *ops) {
+        if (atomic_load(&sn->prefetch))
+                return -EALREADY;
+        struct prefetcher *pf;
+        int r = prefetch_new(cfg, ops, &pf);
+        if (r < 0)
+                return r;
+        atomic_store_explicit(&sn->prefetch, pf, memory_order_release);
+        return 0;
 }
 
 int snapshotter_for_each(struct snapshotter *sn, int (*fn)(void *ud, const struct snap_info *info),
@@ -987,7 +1161,10 @@ void snapshotter_stop(struct snapshotter *sn) {
         if (!sn)
                 return;
         grpc_server_stop(sn->srv);
+        /* After the server: no Mounts queues any more. */
+        prefetch_free(atomic_exchange(&sn->prefetch, NULL));
         snapdb_close(sn->db);
+        pthread_mutex_destroy(&sn->start_lock);
         pthread_mutex_destroy(&sn->lazy_lock);
         free(sn);
 }

@@ -18,6 +18,11 @@
  * mount helper has made them relative. Any layer that cannot be served lazily gets the normal
  * snapshot it asked for: the lazy path never fails a pull.
  *
+ * Container starts (a Prepare without layer labels, then Mounts, as containerd's task create
+ * does): the snapshot's remote lowers may be prefetched whole in the background
+ * (snapshotter_set_prefetch, snapshot/prefetch.h), and the bytes they fetch from peers and the
+ * origin are counted for the snapshot (snapshotter_start_fetched).
+ *
  * Threads: a Prepare that waits for a tree runs on a job thread of its own (grpc.c: a slow
  * method), so containerd's other requests are answered meanwhile; a daemon stopping waits for
  * it, at most the wait. */
@@ -25,6 +30,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "snapshot/prefetch.h"
 
 struct snapshotter;
 struct lazy_layer;
@@ -43,6 +50,10 @@ struct snapshotter_lazy {
         int (*restore)(void *ud, const char *ref, const char *layer);
         /* The directory that holds sha256/<hex>/ trees: "<mountpoint>/layers". */
         const char *layers_root;
+        /* Optional: the bytes of LAYER ("sha256:<hex>") fetched from peers and the origin
+         * since the daemon started (a counter that only grows). 0 and *RET, or -errno (not
+         * known: counted as 0). Never blocks on the network. */
+        int (*layer_fetched)(void *ud, const char *layer, uint64_t *ret);
 };
 
 /* Opens the metadata in INDEX_PATH (migrated by idx_open), creates STATE_DIR/snapshots and
@@ -57,10 +68,18 @@ int snapshotter_start(const char *state_dir, const char *index_path, const char 
 void snapshotter_set_lazy(struct snapshotter *sn, const struct snapshotter_lazy *ops,
                           uint64_t wait_ms);
 
+/* Turns background prefetch on: every Mounts of an active snapshot, and every View, whose
+ * lowers include remote snapshots queues their layers (prefetch.h: CFG bounds it, OPS reach
+ * the engine; OPS->ud must outlive SN). Off until called. Call once, after
+ * snapshotter_set_lazy. 0 or -errno (prefetch_new's). */
+int snapshotter_set_prefetch(struct snapshotter *sn, const struct prefetch_config *cfg,
+                             const struct prefetch_ops *ops);
+
 struct snapshotter_stats {
-        uint64_t lazy_layers;    /* Prepares answered with a remote snapshot */
-        uint64_t lazy_fallbacks; /* layer Prepares that got a normal snapshot instead */
-        uint64_t remote_mounts;  /* mounts handed out with at least one layer tree */
+        uint64_t lazy_layers;           /* Prepares answered with a remote snapshot */
+        uint64_t lazy_fallbacks;        /* layer Prepares that got a normal snapshot instead */
+        uint64_t remote_mounts;         /* mounts handed out with at least one layer tree */
+        struct prefetch_stats prefetch; /* zeros while prefetch is off */
 };
 void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret);
 
@@ -69,10 +88,21 @@ void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret
 int snapshotter_for_each(struct snapshotter *sn, int (*fn)(void *ud, const struct snap_info *info),
                          void *ud);
 
-/* Opens the metadata in INDEX_PATH (migrated by idx_open), creates STATE_DIR/snapshots and
- * starts serving on SOCKET_PATH. 0 or -errno. */
-int snapshotter_start(const char *state_dir, const char *index_path, const char *socket_path,
-                      struct snapshotter **ret);
+/* Bytes fetched per container start, for active snapshot KEY: the sum, over its remote
+ * lowers, of what each layer fetched from peers and the origin (layer_fetched) since KEY's
+ * Prepare. Counted per layer and summed: a layer under two containers started together counts
+ * its fetches for both (the kernel's reads through overlayfs name no container), and prefetch
+ * counts too. For a snapshot prepared before this daemon started (or beyond the
+ * SNAPSHOTTER_STARTS_MAX most recent Prepares) the count runs from the daemon's start, and
+ * SINCE_PREPARE is false. Blocks on the metadata only. 0; -ENOENT; -EINVAL not active. */
+#define SNAPSHOTTER_STARTS_MAX 1024
+struct snapshotter_start {
+        uint64_t fetched_bytes;
+        uint32_t remote_lowers;
+        bool since_prepare;
+};
+int snapshotter_start_fetched(struct snapshotter *sn, const char *key,
+                              struct snapshotter_start *ret);
 
 /* Stops serving (in-flight requests finish first) and closes. NULL-safe. */
 void snapshotter_stop(struct snapshotter *sn);

@@ -4,6 +4,7 @@
 #include "tools/blobctl_snapshots.h"
 
 #include <inttypes.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *str(json_t *o, const char *key, const char *dflt) {
@@ -12,25 +13,43 @@ static const char *str(json_t *o, const char *key, const char *dflt) {
 }
 
 void blobctl_print_snapshots(FILE *out, json_t *arr) {
-        size_t i, remote = 0, n = json_array_size(arr);
-        json_int_t fetched = 0, size = 0;
+        size_t i, remote = 0, starts = 0, n = json_array_size(arr);
+        json_int_t fetched = 0, size = 0, start_bytes = 0;
         json_t *s;
-        fprintf(out, "%-6s %-9s %-6s %-71s %-30s %s\n", "ID", "KIND", "REMOTE", "LAYER", "PARENT",
-                "KEY");
+        fprintf(out, "%-6s %-9s %-6s %-71s %-30s %-10s %s\n", "ID", "KIND", "REMOTE", "LAYER",
+                "PARENT", "START", "KEY");
         json_array_foreach(arr, i, s) {
                 bool rem = json_is_true(json_object_get(s, "remote"));
                 remote += rem;
                 fetched += json_integer_value(json_object_get(s, "fetched_bytes"));
                 size += json_integer_value(json_object_get(s, "layer_bytes"));
-                fprintf(out, "%-6" JSON_INTEGER_FORMAT " %-9s %-6s %-71s %-30s %s\n",
+                /* An active snapshot over layer trees: bytes fetched for its start ("*":
+                 * counted since the daemon started, its Prepare came before). */
+                char start[32] = "-";
+                json_t *sf = json_object_get(s, "start_fetched_bytes");
+                if (json_is_integer(sf)) {
+                        snprintf(start, sizeof(start), "%" JSON_INTEGER_FORMAT "%s",
+                                 json_integer_value(sf),
+                                 strcmp(str(s, "start_counted_since", ""), "prepare") == 0 ? ""
+                                                                                           : "*");
+                        starts++;
+                        start_bytes += json_integer_value(sf);
+                }
+                fprintf(out, "%-6" JSON_INTEGER_FORMAT " %-9s %-6s %-71s %-30s %-10s %s\n",
                         json_integer_value(json_object_get(s, "id")), str(s, "kind", "?"),
-                        rem ? "yes" : "-", str(s, "layer", "-"), str(s, "parent", "-"),
+                        rem ? "yes" : "-", str(s, "layer", "-"), str(s, "parent", "-"), start,
                         str(s, "key", "?"));
         }
         fprintf(out,
                 "%zu snapshots, %zu remote (layer trees, not unpacked): %" JSON_INTEGER_FORMAT
                 " of their %" JSON_INTEGER_FORMAT " compressed bytes fetched\n",
                 n, remote, fetched, size);
+        if (starts)
+                fprintf(out,
+                        "%zu active over layer trees: %" JSON_INTEGER_FORMAT
+                        " bytes fetched for their starts (START: per snapshot since its Prepare; "
+                        "a layer shared by two counts for both)\n",
+                        starts, start_bytes);
 }
 
 void blobctl_print_snapshotter_stat(FILE *out, json_t *s) {
@@ -43,4 +62,18 @@ void blobctl_print_snapshotter_stat(FILE *out, json_t *s) {
                 "snapshots", json_integer_value(json_object_get(g, "lazy_layers")),
                 json_integer_value(json_object_get(g, "lazy_fallbacks")),
                 json_integer_value(json_object_get(g, "remote_mounts")));
+        fprintf(out, "%-10s %" JSON_INTEGER_FORMAT " bytes of lazy layers fetched\n", "",
+                json_integer_value(json_object_get(g, "lazy_fetched_bytes")));
+        json_t *p = json_object_get(g, "prefetch");
+        if (json_is_object(p) && json_integer_value(json_object_get(p, "queued")))
+                fprintf(out,
+                        "%-10s prefetch: %" JSON_INTEGER_FORMAT
+                        " layers queued, %" JSON_INTEGER_FORMAT " prefetched, %" JSON_INTEGER_FORMAT
+                        " skipped, %" JSON_INTEGER_FORMAT " failed, %" JSON_INTEGER_FORMAT
+                        " running\n",
+                        "", json_integer_value(json_object_get(p, "queued")),
+                        json_integer_value(json_object_get(p, "prefetched")),
+                        json_integer_value(json_object_get(p, "skipped")),
+                        json_integer_value(json_object_get(p, "failed")),
+                        json_integer_value(json_object_get(p, "active")));
 }
