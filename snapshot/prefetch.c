@@ -14,8 +14,10 @@
  *
  * A layer is queued again by every Mounts of a snapshot over it; one already queued or running
  * is refused (-EALREADY) and one held whole is a no-op at probe time, so repeated container
- * starts cost one probe per layer. A layer that is skipped is counted (and logged, at debug)
- * again at every start over it. */
+ * starts cost one probe per layer. A layer that is skipped is remembered (the last 256), so
+ * it is counted once, not at every start over it (containerd even asks Mounts twice per `ctr
+ * run`); one skipped for the budget is thus not retried after a larger budget until it falls
+ * out of that memory or the daemon restarts. A layer that failed is retried by the next start. */
 #include "snapshot/prefetch.h"
 
 #include <errno.h>
@@ -26,6 +28,8 @@
 #include <time.h>
 
 #include "util/log.h"
+
+#define SKIPPED_MAX 256
 
 struct prefetcher {
         struct prefetch_config cfg; /* (immutable) */
@@ -40,6 +44,10 @@ struct prefetcher {
         struct digest *active;    /* max_active (lock) */
         unsigned nactive;         /* (lock) */
         struct prefetch_stats st; /* (lock) */
+        /* The last SKIPPED_MAX layers skipped, so the next starts over them (and containerd's
+         * second Mounts of one start) neither probe nor count them again. (lock) */
+        struct digest skipped[SKIPPED_MAX];
+        unsigned nskipped, skipped_next; /* (lock) */
 };
 
 enum prefetch_verdict prefetch_decide(const struct prefetch_probe *p, uint64_t max_layer_bytes) {
@@ -86,7 +94,8 @@ int prefetch_queue(struct prefetcher *p, const struct digest *d) {
         if (p->stopping)
                 r = -ESHUTDOWN;
         else if (in_list(p->queue, p->qlen, p->qhead, p->cfg.queue_max, d) ||
-                 in_list(p->active, p->nactive, 0, p->cfg.max_active, d))
+                 in_list(p->active, p->nactive, 0, p->cfg.max_active, d) ||
+                 in_list(p->skipped, p->nskipped, 0, SKIPPED_MAX, d))
                 r = -EALREADY;
         else if (p->qlen == p->cfg.queue_max) {
                 p->st.skipped++;
@@ -128,6 +137,10 @@ static void consider(struct prefetcher *p, const struct digest *d) {
                 p->st.failed++;
         } else if (v != PREFETCH_HELD) {
                 p->st.skipped++;
+                p->skipped[p->skipped_next] = *d;
+                p->skipped_next = (p->skipped_next + 1) % SKIPPED_MAX;
+                if (p->nskipped < SKIPPED_MAX)
+                        p->nskipped++;
         }
         pthread_mutex_unlock(&p->lock);
         if (v == PREFETCH_GO && r == 0)
@@ -135,9 +148,8 @@ static void consider(struct prefetcher *p, const struct digest *d) {
         else if (v == PREFETCH_GO)
                 log_info("layer prefetch failed layer=sha256:%s err=%s", hex, strerror(-r));
         else if (v != PREFETCH_HELD)
-                /* debug: every container start over a layer over the cap says it again */
-                log_debug("layer prefetch skipped layer=sha256:%s reason=\"%s\"", hex,
-                          r < 0 ? strerror(-r) : prefetch_verdict_name(v));
+                log_info("layer prefetch skipped layer=sha256:%s reason=\"%s\"", hex,
+                         r < 0 ? strerror(-r) : prefetch_verdict_name(v));
 }
 
 /* Looks at each running prefetch once; drops those that ended. */

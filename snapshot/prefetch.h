@@ -43,10 +43,10 @@ struct prefetch_config {
 };
 
 struct prefetch_stats {
-        uint64_t queued;     /* layers accepted by prefetch_queue */
+        uint64_t queued;     /* layers accepted by prefetch_queue (each Mounts over them) */
         uint64_t started;    /* prefetches started */
         uint64_t prefetched; /* started and then held whole */
-        uint64_t skipped;    /* too large, unsupported, unknown, or the queue was full */
+        uint64_t skipped;    /* too large, unsupported, unknown (once each), or queue full */
         uint64_t failed;     /* could not start, or stopped with an error */
         uint64_t active;     /* running now (a gauge) */
 };
@@ -68,7 +68,8 @@ int prefetch_new(const struct prefetch_config *cfg, const struct prefetch_ops *o
                  struct prefetcher **ret);
 
 /* Queues layer D for prefetch. Never blocks (a mutex only). 0 queued; -EALREADY it is queued
- * or running already; -ENOSPC the queue is full (counted as skipped); -ESHUTDOWN stopping. */
+ * or running already, or was skipped recently (not counted again); -ENOSPC the queue is full
+ * (counted as skipped); -ESHUTDOWN stopping. */
 int prefetch_queue(struct prefetcher *p, const struct digest *d);
 
 void prefetch_get_stats(struct prefetcher *p, struct prefetch_stats *ret);

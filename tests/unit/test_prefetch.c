@@ -1,6 +1,7 @@
 /* The snapshotter's prefetch scheduler (snapshot/prefetch.c) over fake ops: the verdicts, the
  * bound on layers running at once, the queue's bound and de-duplication, outcomes (held whole,
- * stopped with an error, could not start), and a stop while prefetches run. */
+ * stopped with an error, could not start), skipped layers counted once, and a stop while
+ * prefetches run. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -192,6 +193,16 @@ static void test_skips_and_failures(void **state) {
         assert_int_equal(st.started, 0);
         for (int i = 0; i < 5; i++)
                 assert_int_equal(f.starts[i], 0);
+        /* A skipped layer is remembered: the next start over it is not counted again. One
+         * that failed is tried again. */
+        struct digest d0 = dg(0), d4 = dg(4);
+        assert_int_equal(prefetch_queue(p, &d0), -EALREADY);
+        f.start_err[4] = 0;
+        assert_int_equal(prefetch_queue(p, &d4), 0);
+        WAIT_STAT(p, started, 1);
+        prefetch_get_stats(p, &st);
+        assert_int_equal(st.skipped, 4);
+        assert_int_equal(st.failed, 1);
         prefetch_free(p);
 }
 
