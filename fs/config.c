@@ -623,9 +623,12 @@ static const struct {
          ".B blobctl stat\n"
          "and /metrics.\n"},
         {"snapshotter-prefetch-layers",
-         "Layers prefetched at once. Each keeps up to 8 chunk fetches in flight; they share\n"
+         "Layers prefetched at once. Each keeps up to 8 chunk fetches in flight, and at most "
+         "half of\n"
          ".B \\-\\-max-connections\n"
-         "with readers, so keep this small.\n"},
+         "go to prefetch, so a container's own reads never wait behind one: a larger value is "
+         "lowered\n"
+         "to fit, with a notice (the default 16 connections fit one layer).\n"},
         {"snapshotter-prefetch-max-layer",
          "A layer whose compressed size is larger than this is not prefetched (0: no cap but "
          "half the\n"

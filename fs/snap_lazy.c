@@ -36,6 +36,10 @@
 
 static char layers_root[PATH_MAX];
 
+/* The chunks engine_prefetch keeps in flight per blob (engine/prefetch.c's PREFETCH_WINDOW,
+ * internal to the engine: kept in step by hand). */
+#define PREFETCH_CHUNKS 8u
+
 static int serve(void *ud, const struct lazy_layer *l, uint64_t wait_ms, char *reason,
                  size_t reason_len) {
         struct daemon *d = ud;
@@ -150,8 +154,24 @@ void snap_lazy_attach(struct daemon *d) {
         snapshotter_set_lazy(d->snapshotter, &ops, d->cfg.snapshotter_lazy_wait_ms);
         if (!d->cfg.snapshotter_prefetch)
                 return;
+        /* Readers ahead of prefetch: a reader's chunk fetch starts at once in the engine (only
+         * readahead and prefetch count against --max-inflight), but the origin runs at most
+         * --max-connections transfers and queues the rest in order. Each prefetching layer
+         * keeps up to PREFETCH_CHUNKS in flight, so at most half the connections go to
+         * prefetch and a reader's fetch never waits behind a layer's. */
+        unsigned layers = (unsigned)d->cfg.snapshotter_prefetch_layers;
+        unsigned fit = (unsigned)(d->cfg.max_connections / 2 / PREFETCH_CHUNKS);
+        if (layers > fit) {
+                unsigned want = layers;
+                layers = fit ? fit : 1;
+                log_notice("layer prefetch narrowed layers=%u asked=%u max_connections=%" PRIu64
+                           " hint=\"each prefetching layer keeps %u fetches in flight; half the "
+                           "origin connections stay for readers%s\"",
+                           layers, want, d->cfg.max_connections, PREFETCH_CHUNKS,
+                           fit ? "" : " (fewer than that: readers may wait behind a prefetch)");
+        }
         struct prefetch_config pc = {
-                .max_active = (unsigned)d->cfg.snapshotter_prefetch_layers,
+                .max_active = layers,
                 .max_layer_bytes = d->cfg.snapshotter_prefetch_max_layer,
                 .queue_max = 256,
                 .poll_ms = 100,

@@ -12,7 +12,8 @@ prefetch) bring back, from the origin, and nothing else.
   bounded by the read's span and chunk rounding, and equal to what the origin sent.
 - Prefetch on: the whole layer becomes held, the container's output is right (all 16 MiB
   read back whole), the prefetch counters say so.
-- A layer over --snapshotter-prefetch-max-layer is skipped, not fetched.
+- A layer over --snapshotter-prefetch-max-layer is skipped, not fetched; more layers at once
+  than half the origin connections allow are lowered to fit.
 """
 
 import hashlib
@@ -158,9 +159,13 @@ def test_prefetch_on_holds_the_whole_layer(node_factory, private_registry):
 
 
 def test_a_layer_over_the_cap_is_not_prefetched(node_factory, private_registry):
-    n = node_factory(["--snapshotter-prefetch", "--snapshotter-prefetch-max-layer", "8M"])
+    n = node_factory(["--snapshotter-prefetch", "--snapshotter-prefetch-max-layer", "8M",
+                      "--snapshotter-prefetch-layers", "4"])
     if not n.has_layer_trees():
         pytest.skip("this daemon has no layer trees (<mountpoint>/layers): nothing to serve")
+    # 4 layers of 8 fetches each would take every one of the default 16 origin connections:
+    # lowered to the one that leaves half of them to readers.
+    assert "layer prefetch narrowed layers=1 asked=4 max_connections=16" in n.d.log_text()
     img, ref = prepared(n, private_registry, "snapprefetch/cap", image(os.urandom(BIG)))
     big = img["layers"][2]
     assert run_kept(n, ref, "cap1", "/bin/busybox cat /big/small.txt") == SMALL.decode()
