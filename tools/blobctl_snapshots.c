@@ -1,4 +1,4 @@
-/* blobctl snapshots and the snapshotter's line of blobctl stat. Formatting only: the daemon
+/* blobctl snapshots and the snapshotter's lines of blobctl stat. Formatting only: the daemon
  * answers (GET /v1/snapshots); long keys and digests are printed whole, since an operator
  * copies them into ctr commands, and the table is one line a snapshot. */
 #include "tools/blobctl_snapshots.h"
@@ -62,8 +62,8 @@ void blobctl_print_snapshotter_stat(FILE *out, json_t *s) {
                 "snapshots", json_integer_value(json_object_get(g, "lazy_layers")),
                 json_integer_value(json_object_get(g, "lazy_fallbacks")),
                 json_integer_value(json_object_get(g, "remote_mounts")));
-        fprintf(out, "%-10s %" JSON_INTEGER_FORMAT " bytes of lazy layers fetched\n", "",
-                json_integer_value(json_object_get(g, "lazy_fetched_bytes")));
+        fprintf(out, "%-10s %.1f MiB of lazy layers fetched from peers and origins\n", "",
+                (double)json_integer_value(json_object_get(g, "lazy_fetched_bytes")) / (1 << 20));
         json_t *p = json_object_get(g, "prefetch");
         if (json_is_object(p) && json_integer_value(json_object_get(p, "queued")))
                 fprintf(out,

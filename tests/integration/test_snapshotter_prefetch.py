@@ -23,6 +23,7 @@ import os
 import pytest
 
 import harness
+import test_httpd
 import test_snapshotter_lazy as lazy
 
 node_factory = lazy.node_factory  # the fixture, re-exported for this module's tests
@@ -145,6 +146,14 @@ def test_prefetch_on_holds_the_whole_layer(node_factory, private_registry):
     # held ones were no-ops; the big one ran once.
     assert pf["queued"] >= 3 and pf["started"] == 1 and pf["prefetched"] == 1, pf
     assert pf["skipped"] == 0 and pf["failed"] == 0 and pf["active"] == 0, pf
+    # The same figures on /metrics.
+    _status, _ctype, body = test_httpd.get(n.d.listen, "/metrics")
+    m = test_httpd.parse_metrics(body)
+    assert m['p2pblobs_snapshotter_prefetch_layers_total{outcome="prefetched"}'] == 1, m
+    assert m['p2pblobs_snapshotter_prefetch_layers_total{outcome="started"}'] == 1, m
+    assert m["p2pblobs_snapshotter_prefetch_active"] == 0, m
+    assert (m["p2pblobs_snapshotter_lazy_fetched_bytes_total"]
+            == n.d.stat()["snapshotter"]["lazy_fetched_bytes"]), m
     # The start's count includes the prefetch: the whole layer, once.
     s = start_of(n, "on1")
     assert s["start_fetched_bytes"] >= len(layers[2][0]) - MiB, s
