@@ -124,6 +124,16 @@ def test_prefetch_off_fetches_only_what_the_container_reads(node_factory, privat
     line = [l for l in r.stdout.splitlines() if l.rstrip().endswith("/off1")]
     assert line and (" %d " % s["start_fetched_bytes"]) in line[0], r.stdout
     assert "bytes fetched for their starts" in r.stdout, r.stdout
+    # After a restart the Prepare's figure is gone (the engine's counts start again): the
+    # snapshot says its count runs from the daemon's start, and the table marks it.
+    n.d.restart()
+    harness.wait_until(lambda: os.path.exists(n.sock), 20, what="snapshotter socket")
+    n.wait_reconnected()
+    s = start_of(n, "off1")
+    assert s["start_counted_since"] == "daemon start" and s["start_fetched_bytes"] == 0, s
+    r = n.d.blobctl("snapshots")
+    line = [l for l in r.stdout.splitlines() if l.rstrip().endswith("/off1")]
+    assert line and " 0* " in line[0], r.stdout
     for cid in ("off1", "off2"):
         n.c.ctr("containers", "rm", cid)
 
