@@ -103,14 +103,15 @@ def test_prefetch_off_fetches_only_what_the_container_reads(node_factory, privat
     assert st["snapshotter"]["prefetch"]["queued"] == 0, st["snapshotter"]
     # The container's start: its three lowers are remote; the bytes fetched since its Prepare
     # are the big layer's read (the others were held), at most one span of the index (2 MiB)
-    # plus a chunk at each end, and exactly what the origin sent for that layer meanwhile.
+    # plus a chunk at each end; the chunks that landed, no more than the origin sent for
+    # that layer meanwhile (an abandoned, retried request would send more).
     s = start_of(n, "off1")
     assert s["kind"] == "active" and s["remote_lowers"] == 3, s
     assert s["start_counted_since"] == "prepare", s
     origin = private_registry.bytes_served(big) - before
     assert 0 < s["start_fetched_bytes"] <= 2 * MiB + 2 * MiB, s
-    assert s["start_fetched_bytes"] == origin, (s, origin)
-    assert s["start_fetched_bytes"] <= present * MiB, (s, present)
+    assert s["start_fetched_bytes"] <= origin, (s, origin)
+    assert (present - 1) * MiB < s["start_fetched_bytes"] <= present * MiB, (s, present)
     # The total counts every layer's index pass here (each fetched its layer whole) and this
     # read of the evicted one.
     passes = sum(len(blob) for blob, _diff in layers)
