@@ -17,7 +17,12 @@
  * starts cost one probe per layer. A layer that is skipped is remembered (the last 256), so
  * it is counted once, not at every start over it (containerd even asks Mounts twice per `ctr
  * run`); one skipped for the budget is thus not retried after a larger budget until it falls
- * out of that memory or the daemon restarts. A layer that failed is retried by the next start. */
+ * out of that memory or the daemon restarts. A layer that failed is retried by the next start.
+ *
+ * The half-budget bound holds for the running set together, not only per layer: a layer that
+ * would take the running layers' sizes past half the budget waits (deferred, one slot, ahead
+ * of the queue, so FIFO order holds) until one of them ends, then is decided again. It never
+ * waits on an empty running set, so it cannot wait forever. */
 #include "snapshot/prefetch.h"
 
 #include <errno.h>
@@ -37,12 +42,18 @@ struct prefetcher {
         pthread_t thread;
 
         pthread_mutex_t lock;
-        pthread_cond_t cond;      /* queued, or stopping (lock) */
-        bool stopping;            /* (lock) */
-        struct digest *queue;     /* ring of queue_max (lock) */
-        unsigned qhead, qlen;     /* (lock) */
-        struct digest *active;    /* max_active (lock) */
-        unsigned nactive;         /* (lock) */
+        pthread_cond_t cond;   /* queued, or stopping (lock) */
+        bool stopping;         /* (lock) */
+        struct digest *queue;  /* ring of queue_max (lock) */
+        unsigned qhead, qlen;  /* (lock) */
+        struct digest *active; /* max_active (lock) */
+        uint64_t *active_size; /* max_active: each running layer's size (lock) */
+        unsigned nactive;      /* (lock) */
+        uint64_t ended;        /* running layers that ended, ever (lock) */
+        /* A layer that did not fit beside the running ones, waiting for one to end. (lock) */
+        struct digest deferred;
+        bool has_deferred;
+        uint64_t deferred_at;     /* `ended` when it was deferred (lock) */
         struct prefetch_stats st; /* (lock) */
         /* The last SKIPPED_MAX layers skipped, so the next starts over them (and containerd's
          * second Mounts of one start) neither probe nor count them again. (lock) */
@@ -62,6 +73,11 @@ enum prefetch_verdict prefetch_decide(const struct prefetch_probe *p, uint64_t m
         if (p->size > p->budget / 2)
                 return PREFETCH_OVER_BUDGET;
         return PREFETCH_GO;
+}
+
+bool prefetch_fits(uint64_t running_bytes, uint64_t size, uint64_t budget) {
+        /* Alone, a layer that passed prefetch_decide always fits: never wait on nothing. */
+        return running_bytes == 0 || running_bytes + size <= budget / 2;
 }
 
 const char *prefetch_verdict_name(enum prefetch_verdict v) {
@@ -95,6 +111,7 @@ int prefetch_queue(struct prefetcher *p, const struct digest *d) {
                 r = -ESHUTDOWN;
         else if (in_list(p->queue, p->qlen, p->qhead, p->cfg.queue_max, d) ||
                  in_list(p->active, p->nactive, 0, p->cfg.max_active, d) ||
+                 (p->has_deferred && digest_equal(&p->deferred, d)) ||
                  in_list(p->skipped, p->nskipped, 0, SKIPPED_MAX, d))
                 r = -EALREADY;
         else if (p->qlen == p->cfg.queue_max) {
@@ -109,9 +126,20 @@ int prefetch_queue(struct prefetcher *p, const struct digest *d) {
         return r;
 }
 
-/* Takes the next queued layer into *RET while there is room to run it. Caller holds lock. */
+/* Takes the next layer into *RET while there is room to run it: the deferred one once a
+ * running layer ended since it was deferred (the queue waits behind it), else the queue's
+ * head. Caller holds lock. */
 static bool take_next(struct prefetcher *p, struct digest *ret) {
-        if (p->qlen == 0 || p->nactive >= p->cfg.max_active)
+        if (p->nactive >= p->cfg.max_active)
+                return false;
+        if (p->has_deferred) {
+                if (p->ended == p->deferred_at)
+                        return false;
+                *ret = p->deferred;
+                p->has_deferred = false;
+                return true;
+        }
+        if (p->qlen == 0)
                 return false;
         *ret = p->queue[p->qhead];
         p->qhead = (p->qhead + 1) % p->cfg.queue_max;
@@ -127,10 +155,31 @@ static void consider(struct prefetcher *p, const struct digest *d) {
         int r = p->ops.probe(p->ops.ud, d, &pr);
         enum prefetch_verdict v =
                 r < 0 ? PREFETCH_UNSUPPORTED : prefetch_decide(&pr, p->cfg.max_layer_bytes);
-        if (v == PREFETCH_GO)
+        if (v == PREFETCH_GO) {
+                /* Only this thread changes the running set, so the sum cannot grow between
+                 * this look and the start below. */
+                pthread_mutex_lock(&p->lock);
+                uint64_t running = 0;
+                for (unsigned i = 0; i < p->nactive; i++)
+                        running += p->active_size[i];
+                bool defer = !prefetch_fits(running, pr.size, pr.budget);
+                if (defer) {
+                        p->deferred = *d;
+                        p->has_deferred = true;
+                        p->deferred_at = p->ended;
+                }
+                pthread_mutex_unlock(&p->lock);
+                if (defer) {
+                        log_debug("layer prefetch deferred layer=sha256:%s size=%" PRIu64
+                                  " running_bytes=%" PRIu64,
+                                  hex, pr.size, running);
+                        return;
+                }
                 r = p->ops.start(p->ops.ud, d);
+        }
         pthread_mutex_lock(&p->lock);
         if (v == PREFETCH_GO && r == 0) {
+                p->active_size[p->nactive] = pr.size;
                 p->active[p->nactive++] = *d;
                 p->st.started++;
         } else if (v == PREFETCH_GO) {
@@ -178,7 +227,10 @@ static void poll_active(struct prefetcher *p) {
                 pthread_mutex_lock(&p->lock);
                 for (unsigned j = 0; j < p->nactive; j++)
                         if (digest_equal(&p->active[j], &v[i])) {
-                                p->active[j] = p->active[--p->nactive];
+                                p->nactive--;
+                                p->active[j] = p->active[p->nactive];
+                                p->active_size[j] = p->active_size[p->nactive];
+                                p->ended++;
                                 break;
                         }
                 if (outcome > 0)
@@ -239,8 +291,9 @@ int prefetch_new(const struct prefetch_config *cfg, const struct prefetch_ops *o
         p->ops = *ops;
         p->queue = calloc(cfg->queue_max, sizeof(*p->queue));
         p->active = calloc(cfg->max_active, sizeof(*p->active));
+        p->active_size = calloc(cfg->max_active, sizeof(*p->active_size));
         int r = -ENOMEM;
-        if (!p->queue || !p->active)
+        if (!p->queue || !p->active || !p->active_size)
                 goto out_free;
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->cond, NULL);
@@ -255,6 +308,7 @@ out_sync:
 out_free:
         free(p->queue);
         free(p->active);
+        free(p->active_size);
         free(p);
         return r;
 }
@@ -278,5 +332,6 @@ void prefetch_free(struct prefetcher *p) {
         pthread_mutex_destroy(&p->lock);
         free(p->queue);
         free(p->active);
+        free(p->active_size);
         free(p);
 }

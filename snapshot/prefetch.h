@@ -5,9 +5,11 @@
  * engine_prefetch, which keeps a few chunks of a blob in flight and so never stands in front
  * of a reader's fetch for long) and polls them until they are held whole or stop. A layer is
  * skipped, never started, when it is larger than max_layer_bytes or than half the cache
- * budget (prefetching it would evict its own first chunks and the node's hot set). Nothing is
- * pinned: prefetched chunks are evictable like any others. FUSE-free and engine-free: the ops
- * say what a layer's blob is, so the logic is tested with fakes. */
+ * budget (prefetching it would evict its own first chunks and the node's hot set); one that
+ * would take the running layers together past half the budget waits for one of them to end
+ * (prefetch_fits). Nothing is pinned: prefetched chunks are evictable like any others.
+ * FUSE-free and engine-free: the ops say what a layer's blob is, so the logic is tested with
+ * fakes. */
 #pragma once
 #include <stdbool.h>
 #include <stdint.h>
@@ -62,6 +64,11 @@ enum prefetch_verdict {
 /* What to do with a layer: pure. MAX_LAYER_BYTES 0: no cap. */
 enum prefetch_verdict prefetch_decide(const struct prefetch_probe *p, uint64_t max_layer_bytes);
 const char *prefetch_verdict_name(enum prefetch_verdict v);
+
+/* Whether a layer of SIZE bytes (one prefetch_decide let go) may start beside running layers
+ * of RUNNING_BYTES in all: together at most half of BUDGET, and always when nothing runs.
+ * Pure. Otherwise it waits until one of them ends. */
+bool prefetch_fits(uint64_t running_bytes, uint64_t size, uint64_t budget);
 
 /* Starts the scheduler thread (CFG and OPS copied; OPS->ud must outlive it). 0 or -errno. */
 int prefetch_new(const struct prefetch_config *cfg, const struct prefetch_ops *ops,

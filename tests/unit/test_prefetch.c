@@ -1,7 +1,7 @@
 /* The snapshotter's prefetch scheduler (snapshot/prefetch.c) over fake ops: the verdicts, the
  * bound on layers running at once, the queue's bound and de-duplication, outcomes (held whole,
- * stopped with an error, could not start), skipped layers counted once, and a stop while
- * prefetches run. */
+ * stopped with an error, could not start), skipped layers counted once, running layers
+ * together within half the budget, and a stop while prefetches run. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -231,12 +231,64 @@ static void test_queue_bound_and_stop(void **state) {
         assert_int_equal(prefetch_new(&bad, &ops, &p), -EINVAL);
 }
 
+static void test_fits(void **state) {
+        (void)state;
+        assert_true(prefetch_fits(0, 50 * MiB, 100 * MiB));
+        assert_true(prefetch_fits(0, 80 * MiB, 100 * MiB)); /* alone: never waits on nothing */
+        assert_true(prefetch_fits(20 * MiB, 30 * MiB, 100 * MiB)); /* exactly half */
+        assert_false(prefetch_fits(20 * MiB, 30 * MiB + 1, 100 * MiB));
+        assert_false(prefetch_fits(1, 50 * MiB, 100 * MiB));
+}
+
+/* Two layers that each fit half the budget but not together: the second waits for the first
+ * to end (not skipped, not started beside it), and the queue waits behind it in order. */
+static void test_running_layers_share_half_the_budget(void **state) {
+        (void)state;
+        struct fake f;
+        fake_init(&f);
+        f.l[0].size = 40 * MiB;
+        f.l[1].size = 40 * MiB;
+        f.l[2].size = 1 * MiB; /* would fit beside 0, but comes after 1 */
+        struct prefetcher *p;
+        struct prefetch_config cfg = {.max_active = 3, .queue_max = 8, .poll_ms = 5};
+        struct prefetch_ops ops = {.ud = &f, .probe = f_probe, .start = f_start};
+        assert_int_equal(prefetch_new(&cfg, &ops, &p), 0);
+        for (int i = 0; i < 3; i++) {
+                struct digest d = dg(i);
+                assert_int_equal(prefetch_queue(p, &d), 0);
+        }
+        WAIT_STAT(p, started, 1);
+        sleep_ms(50); /* time for a wrong second start to show */
+        struct prefetch_stats st;
+        prefetch_get_stats(p, &st);
+        assert_int_equal(st.started, 1);
+        assert_int_equal(st.skipped, 0);
+        assert_int_equal(f.starts[0], 1);
+        assert_int_equal(f.starts[1] + f.starts[2], 0);
+        struct digest d1 = dg(1); /* the deferred one is not queued twice */
+        assert_int_equal(prefetch_queue(p, &d1), -EALREADY);
+        finish(&f, 0, 0);
+        WAIT_STAT(p, started, 3); /* 1 (40 MiB) and then 2 (1 MiB) beside it: 41 <= 50 */
+        assert_int_equal(f.starts[1], 1);
+        assert_int_equal(f.starts[2], 1);
+        assert_true(f.max_running <= 2);
+        finish(&f, 1, 0);
+        finish(&f, 2, 0);
+        WAIT_STAT(p, prefetched, 3);
+        prefetch_get_stats(p, &st);
+        assert_int_equal(st.skipped, 0);
+        assert_int_equal(st.failed, 0);
+        prefetch_free(p);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_decide),
                 cmocka_unit_test(test_bounded_and_in_order),
                 cmocka_unit_test(test_skips_and_failures),
                 cmocka_unit_test(test_queue_bound_and_stop),
+                cmocka_unit_test(test_fits),
+                cmocka_unit_test(test_running_layers_share_half_the_budget),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
