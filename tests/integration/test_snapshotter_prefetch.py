@@ -14,6 +14,8 @@ prefetch) bring back, from the origin, and nothing else.
   read back whole), the prefetch counters say so.
 - A layer over --snapshotter-prefetch-max-layer is skipped, not fetched; more layers at once
   than half the origin connections allow are lowered to fit.
+- A layer over half the cache budget is skipped too (it would evict its own first chunks),
+  whatever the cap.
 """
 
 import hashlib
@@ -165,6 +167,11 @@ def test_prefetch_on_holds_the_whole_layer(node_factory, private_registry):
     assert m["p2pblobs_snapshotter_prefetch_active"] == 0, m
     assert (m["p2pblobs_snapshotter_lazy_fetched_bytes_total"]
             == n.d.stat()["snapshotter"]["lazy_fetched_bytes"]), m
+    # blobctl stat's human lines say the same.
+    r = n.d.blobctl("stat")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 prefetched, 0 skipped, 0 failed, 0 running" in r.stdout, r.stdout
+    assert "MiB of lazy layers fetched from peers and origins" in r.stdout, r.stdout
     # The start's count includes the prefetch: the whole layer, once.
     s = start_of(n, "on1")
     assert s["start_fetched_bytes"] >= len(layers[2][0]) - MiB, s
@@ -197,3 +204,28 @@ def test_a_layer_over_the_cap_is_not_prefetched(node_factory, private_registry):
     present, chunks = held(n, big)
     assert present < chunks, (present, chunks)
     n.c.ctr("containers", "rm", "cap1")
+
+
+def test_a_layer_over_half_the_budget_is_not_prefetched(node_factory, private_registry):
+    # 24 MiB of budget holds the 16 MiB layer (its index pass, then the container's read), but
+    # prefetching it would take more than half: skipped, though under the 1G default cap.
+    n = node_factory(["--snapshotter-prefetch", "--cache-budget", "24M"])
+    if not n.has_layer_trees():
+        pytest.skip("this daemon has no layer trees (<mountpoint>/layers): nothing to serve")
+    img, ref = prepared(n, private_registry, "snapprefetch/budget", image(os.urandom(BIG)))
+    big = img["layers"][2]
+    assert run_kept(n, ref, "budget1", "/bin/busybox cat /big/small.txt") == SMALL.decode()
+    harness.wait_until(lambda: n.d.stat()["snapshotter"]["prefetch"]["skipped"] >= 1, 30,
+                       what="the big layer skipped")
+    idle(n)
+    pf = n.d.stat()["snapshotter"]["prefetch"]
+    assert pf["skipped"] == 1 and pf["started"] == 0 and pf["failed"] == 0, pf
+    assert ("layer prefetch skipped layer=%s reason=\"larger than half the cache budget\"" % big
+            in n.d.log_text()), n.log_tail()
+    present, chunks = held(n, big)
+    assert 0 < present < chunks, (present, chunks)
+    # A second start over it is not counted again (the skip is remembered).
+    assert run_kept(n, ref, "budget2", "/bin/busybox cat /big/small.txt") == SMALL.decode()
+    assert n.d.stat()["snapshotter"]["prefetch"]["skipped"] == 1
+    for cid in ("budget1", "budget2"):
+        n.c.ctr("containers", "rm", cid)
