@@ -199,6 +199,10 @@ int engine_pin(struct engine *e, const struct digest *d, bool pinned);
 int engine_evict(struct engine *e, const struct digest *d, uint64_t *ret_chunks,
                  uint64_t *ret_bytes);
 
+/* The chunk fetches engine_prefetch() keeps in flight per blob (and within max_inflight):
+ * callers that share the sources' connections size themselves by it. */
+#define ENGINE_PREFETCH_WINDOW 8u
+
 /* Starts fetching every missing chunk of blob D in the background, a few at a time; progress
  * shows in engine_find()'s chunks_present / prefetching / prefetch_err. 0; -ENOENT; -EFBIG
  * when the blob is larger than the effective budget (it could never be held whole). */

@@ -329,7 +329,7 @@ static inline bool eng_is_store_loss(int err) {
         return err == -ESTALE || err == -EBADMSG;
 }
 
-#define PREFETCH_WINDOW 8
+#define PREFETCH_WINDOW ENGINE_PREFETCH_WINDOW
 
 /* ---- functions shared between the engine's files -------------------------------------------- */
 

@@ -36,9 +36,8 @@
 
 static char layers_root[PATH_MAX];
 
-/* The chunks engine_prefetch keeps in flight per blob (engine/prefetch.c's PREFETCH_WINDOW,
- * internal to the engine: kept in step by hand). */
-#define PREFETCH_CHUNKS 8u
+/* The chunks engine_prefetch keeps in flight per blob. */
+#define PREFETCH_CHUNKS ENGINE_PREFETCH_WINDOW
 
 static int serve(void *ud, const struct lazy_layer *l, uint64_t wait_ms, char *reason,
                  size_t reason_len) {
