@@ -75,6 +75,9 @@ static const struct stat_def stats[] = {
         {"snapshotter", "remote_mounts", "snapshotter_remote_mounts_total", NULL, COUNTER,
          "Mounts handed to containerd with at least one layer tree as a lower dir.",
          F(sns.remote_mounts), false},
+        {"snapshotter", "starts", "snapshotter_starts_total", NULL, COUNTER,
+         "Snapshots prepared for containers (not layers) over at least one lazy layer.",
+         F(sns.starts), false},
         {"snapshotter", "lazy_fetched_bytes", "snapshotter_lazy_fetched_bytes_total", NULL, COUNTER,
          "Bytes of lazy layers (layer trees) fetched from peers and the origin since start: index "
          "passes, container reads, prefetch. Per container start: blobctl snapshots.",

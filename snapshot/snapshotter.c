@@ -61,7 +61,7 @@ struct snapshotter {
         pthread_mutex_t lazy_lock;    /* protects lazy and lazy_wait_ms */
         struct snapshotter_lazy lazy; /* serve NULL: lazy layers off */
         uint64_t lazy_wait_ms;
-        atomic_uint_fast64_t lazy_layers, lazy_fallbacks, remote_mounts;
+        atomic_uint_fast64_t lazy_layers, lazy_fallbacks, remote_mounts, starts_counted;
         /* Set once by snapshotter_set_prefetch before containers start; read by gRPC threads
          * (an acquire load), freed by snapshotter_stop after the server stopped. */
         struct prefetcher *_Atomic prefetch;
@@ -470,6 +470,7 @@ static void record_start(struct snapshotter *sn, int64_t id, const int64_t *pare
         for_each_remote(sn, parents, nparents, add_fetched, &base, &n);
         if (n == 0)
                 return; /* no remote lower: nothing to count, no room taken */
+        atomic_fetch_add(&sn->starts_counted, 1);
         pthread_mutex_lock(&sn->start_lock);
         if (sn->starts_len == SNAPSHOTTER_STARTS_MAX) { /* the oldest goes */
                 sn->starts_head = (sn->starts_head + 1) % SNAPSHOTTER_STARTS_MAX;
@@ -1134,6 +1135,7 @@ void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret
                 .lazy_layers = atomic_load(&sn->lazy_layers),
                 .lazy_fallbacks = atomic_load(&sn->lazy_fallbacks),
                 .remote_mounts = atomic_load(&sn->remote_mounts),
+                .starts = atomic_load(&sn->starts_counted),
         };
         struct prefetcher *pf = atomic_load_explicit(&sn->prefetch, memory_order_acquire);
         if (pf)

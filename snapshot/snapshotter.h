@@ -79,6 +79,7 @@ struct snapshotter_stats {
         uint64_t lazy_layers;           /* Prepares answered with a remote snapshot */
         uint64_t lazy_fallbacks;        /* layer Prepares that got a normal snapshot instead */
         uint64_t remote_mounts;         /* mounts handed out with at least one layer tree */
+        uint64_t starts;                /* container (not layer) Prepares over a remote lower */
         struct prefetch_stats prefetch; /* zeros while prefetch is off */
 };
 void snapshotter_get_stats(struct snapshotter *sn, struct snapshotter_stats *ret);

@@ -62,7 +62,11 @@ void blobctl_print_snapshotter_stat(FILE *out, json_t *s) {
                 "snapshots", json_integer_value(json_object_get(g, "lazy_layers")),
                 json_integer_value(json_object_get(g, "lazy_fallbacks")),
                 json_integer_value(json_object_get(g, "remote_mounts")));
-        fprintf(out, "%-10s %.1f MiB of lazy layers fetched from peers and origins\n", "",
+        fprintf(out,
+                "%-10s %" JSON_INTEGER_FORMAT
+                " container snapshots over lazy layers; %.1f MiB of lazy layers fetched from "
+                "peers and origins (per start: blobctl snapshots)\n",
+                "", json_integer_value(json_object_get(g, "starts")),
                 (double)json_integer_value(json_object_get(g, "lazy_fetched_bytes")) / (1 << 20));
         json_t *p = json_object_get(g, "prefetch");
         if (json_is_object(p) && json_integer_value(json_object_get(p, "queued")))

@@ -103,6 +103,7 @@ def test_prefetch_off_fetches_only_what_the_container_reads(node_factory, privat
     assert 0 < present < chunks, (present, chunks)
     st = n.d.stat()
     assert st["snapshotter"]["prefetch"]["queued"] == 0, st["snapshotter"]
+    assert st["snapshotter"]["starts"] == 1, st["snapshotter"]  # the layers' Prepares are not
     # The container's start: its three lowers are remote; the bytes fetched since its Prepare
     # are the big layer's read (the others were held), at most one span of the index (2 MiB)
     # plus a chunk at each end; the chunks that landed, no more than the origin sent for
@@ -121,6 +122,7 @@ def test_prefetch_off_fetches_only_what_the_container_reads(node_factory, privat
     # A second container over the same layers: its own count starts at its own Prepare.
     assert run_kept(n, ref, "off2", "/bin/busybox cat /big/small.txt") == SMALL.decode()
     assert start_of(n, "off2")["start_fetched_bytes"] == 0
+    assert n.d.stat()["snapshotter"]["starts"] == 2
     # The human table shows the figure in the START column.
     r = n.d.blobctl("snapshots")
     assert r.returncode == 0, r.stderr
@@ -171,6 +173,7 @@ def test_prefetch_on_holds_the_whole_layer(node_factory, private_registry):
     r = n.d.blobctl("stat")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "1 prefetched, 0 skipped, 0 failed, 0 running" in r.stdout, r.stdout
+    assert "1 container snapshots over lazy layers;" in r.stdout, r.stdout
     assert "MiB of lazy layers fetched from peers and origins" in r.stdout, r.stdout
     # The start's count includes the prefetch: the whole layer, once.
     s = start_of(n, "on1")
