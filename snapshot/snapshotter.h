@@ -93,7 +93,11 @@ int snapshotter_for_each(struct snapshotter *sn, int (*fn)(void *ud, const struc
  * lowers, of what each layer fetched from peers and the origin (layer_fetched) since KEY's
  * Prepare. Counted per layer and summed: a layer under two containers started together counts
  * its fetches for both (the kernel's reads through overlayfs name no container), and prefetch
- * counts too. For a snapshot prepared before this daemon started (or beyond the
+ * counts too. In the daemon a layer's figure is the bytes of its blob's chunks that landed
+ * from the network (engine_blob_info.fetched_bytes): store hits and local lowers count
+ * nothing, a chunk evicted and fetched again counts twice, a request abandoned or retried
+ * counts once (what landed, not what was sent), and a zstd layer's seekable copy is not
+ * counted (fs/snap_lazy.c). For a snapshot prepared before this daemon started (or beyond the
  * SNAPSHOTTER_STARTS_MAX most recent Prepares) the count runs from the daemon's start, and
  * SINCE_PREPARE is false. Blocks on the metadata only. 0; -ENOENT; -EINVAL not active. */
 #define SNAPSHOTTER_STARTS_MAX 1024
