@@ -659,6 +659,11 @@ static void test_single_flight(void **state) {
         assert_int_equal(st.hits, 1);
         for (int i = 0; i < NREADERS; i++)
                 assert_int_equal(reply_calls(&r[i]), 1);
+        /* The blob's fetched bytes (the snapshotter's bytes per container start): the one
+         * chunk that landed, once for every reader, and nothing for the store hit. */
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_int_equal(info.fetched_bytes, CS);
 }
 
 /* ---- readahead ------------------------------------------------------------------------------- */
