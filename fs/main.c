@@ -48,6 +48,7 @@
 #include "fs/statedir.h"
 #include "index/index.h"
 #include "control/control.h"
+#include "net/http_client.h"
 #include "fs/mirror.h"
 #include "snapshot/snapshotter.h"
 #include "peer/members.h"
@@ -387,9 +388,10 @@ static void *signal_main(void *arg) {
  *
  * Start (daemon_start), in order; whatever fails stops the start, and daemon_stop() frees
  * what had started:
- *    curl -> state dir (created, narrowed to 0700, locked: one daemon per state dir) -> chunk
- *    store -> index (a corrupt one is moved aside) -> origin -> peers (netlink, membership,
- *    home directory, source) -> engine -> load (the index, validated) -> reclaim (before
+ *    curl -> the HTTP client (net/http_client.h: one curl multi loop for membership probes
+ *    and announces) -> state dir (created, narrowed to 0700, locked: one daemon per state
+ *    dir) -> chunk store -> index (a corrupt one is moved aside) -> origin -> peers (netlink,
+ *    membership, home directory, source) -> engine -> load (the index, validated) -> reclaim (before
  *    anything writes to the store) -> announcer -> layer trees -> control socket -> HTTP server (peers,
  *    /metrics) -> mirror (a failure only warns) -> snapshotter -> lookup resolver -> mount (a
  *    stale mount left by a crash is detached first).
@@ -417,7 +419,8 @@ static void *signal_main(void *arg) {
  *  5. the source (fails pending peer fetches, before the origin goes), the origin (fails
  *     pending fetches: their readers get EIO), the engine (answers every read still queued);
  *  6. the FUSE session (fs_destroy: the connection is aborted if a reader still holds a file,
- *     the device closed), the peer layer's directory, membership and netlink;
+ *     the device closed), the peer layer's directory, membership and netlink; then the HTTP
+ *     client (its users are gone: announcer, membership; anything left gets ECANCELED);
  *  7. the index is flushed and closed, the store closed, the state dir's lock released, curl
  *     cleaned up. Exit 0 when serving ended on a signal and nothing failed. */
 
@@ -467,7 +470,12 @@ static int daemon_start(struct service *s) {
                 return -EIO;
         }
         s->curl_ready = true;
-        int r = mkdir_p(d->cfg.state_dir, 0700);
+        int r = http_client_new(&(struct http_client_config){0}, &d->http);
+        if (r < 0) {
+                log_err("cannot start the http client err=%s", strerror(-r));
+                return r;
+        }
+        r = mkdir_p(d->cfg.state_dir, 0700);
         if (r < 0) {
                 log_err("cannot create state directory path=%s err=%s", d->cfg.state_dir,
                         strerror(-r));
@@ -686,7 +694,8 @@ static void daemon_stop(struct service *s) {
         engine_free(d->engine);
         fs_destroy(d->se);
         peers_stop(d);
-        idx_close(d->ix); /* flushes what the writer still holds */
+        http_client_free(d->http); /* after every module that submits to it */
+        idx_close(d->ix);          /* flushes what the writer still holds */
         store_close(d->store);
         statedir_close(s->sd);
         if (s->curl_ready)

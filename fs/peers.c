@@ -136,6 +136,7 @@ int peers_start(struct daemon *d) {
                 .nl = d->nl,
                 .advertise = d->cfg.advertise_address,
                 .ix = d->ix,
+                .http = d->http,
         };
         struct members *members = NULL;
         r = members_new(&mc, &members);

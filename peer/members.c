@@ -4,9 +4,10 @@
  * Sorted by id so members_ids() is stable for rendezvous hashing and lookups are a bsearch.
  *
  * The thread does everything that may block: name resolution (getaddrinfo_a, waited on in
- * short steps so members_free() is not held up by a slow resolver), health probes (easy
- * handles on one curl multi, all due probes at once, woken by curl_multi_wakeup), the decay
- * of recent failures and the persistence of the snapshot. Callers only take the mutex.
+ * short steps so members_free() is not held up by a slow resolver), starting health probes
+ * (jobs on the node's one HTTP client, net/http_client.h: all due probes at once; their
+ * outcomes are applied by the client's thread, which then wakes ours), the decay of recent
+ * failures and the persistence of the snapshot. Callers only take the mutex.
  *
  * Membership rules. A refresh builds the candidate set (static numeric peers, static names
  * and the DNS name resolved now) and merges it: new ids join (up until a request fails); an id
@@ -20,9 +21,10 @@
  * (GET /healthz) after 250 ms, then at doubling intervals up to 10 s, each with +-50 % jitter
  * so that nodes that lost the same peer do not probe it in step. A 200 brings it back.
  *
- * Lock order: members.lock, then the log rate limiter's lock (inside log_ratelimit_ok). The
- * index and libcurl are called without the lock held, except curl_multi_add_handle and easy
- * setup, which do no I/O.
+ * Lock order: members.lock, then the HTTP client's lock (a probe is submitted with ours
+ * held; submitting does no I/O), then the log rate limiter's lock (inside log_ratelimit_ok).
+ * A probe's completion runs on the client's thread with none of the client's locks held and
+ * takes ours. The index is called without the lock held.
  *
  * Costs: one thread; per refresh one resolution; per down peer one probe per backoff
  * interval; memory bounded by max_peers. */
@@ -30,7 +32,6 @@
 #include "peer/rendezvous.h"
 
 #include <arpa/inet.h>
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <netdb.h>
@@ -43,6 +44,7 @@
 #include <unistd.h>
 
 #include "index/index.h"
+#include "net/http_client.h"
 #include "util/log.h"
 #include "util/parse.h"
 
@@ -97,8 +99,9 @@ struct cand {
         bool from_static, from_dns, is_self;
 };
 
+/* A probe in flight: what its completion needs. */
 struct probe {
-        CURL *easy;
+        struct members *m;
         char id[PEER_ID_MAX];
 };
 
@@ -130,11 +133,15 @@ struct members {
         atomic_bool refresh_now;         /* the advertised address changed: refresh at once */
         struct log_ratelimit rl;         /* up/down lines */
 
+        /* Probes go through HTTP (borrowed, or our own when the config gave none); GROUP
+         * tags them so members_free() can cancel them and wait for their completions. */
+        struct http_client *http;
+        bool own_http;
+        struct http_group *group;
+        size_t inflight; /* lock: probes submitted and not completed */
+
         /* The thread's own. */
         pthread_t thread;
-        CURLM *multi;
-        struct probe *probes; /* max_peers slots; easy == NULL when free */
-        size_t inflight;
         struct cand *cand; /* an answer before dedupe_cands(): cand_cap, from 2 x max_peers + 1
                               up to CAND_MAX_FACTOR x max_peers + 1 */
         size_t cand_cap;
@@ -548,43 +555,41 @@ static void refresh(struct members *m) {
 
 /* ---- probes ------------------------------------------------------------------------------- */
 
-static size_t discard(char *p, size_t size, size_t n, void *ud) {
-        (void)p;
-        (void)ud;
-        return size * n;
-}
+static void probe_finished(void *ud, struct http_response *resp);
 
-/* Starts a probe of every down peer that is due (lock held). Easy setup does no I/O. */
+/* Starts a probe of every down peer that is due (lock held). Submitting does no I/O. */
 static void start_probes(struct members *m, uint64_t now) {
         for (size_t i = 0; i < m->n; i++) {
                 struct member *p = &m->v[i];
                 if (p->info.state != PEER_DOWN || p->probing || p->info.is_self ||
                     p->next_probe_ms > now)
                         continue;
-                size_t slot = 0;
-                while (slot < m->max_peers && m->probes[slot].easy)
-                        slot++;
-                if (slot == m->max_peers)
-                        return;
-                CURL *e = curl_easy_init();
-                if (!e)
-                        return;
+                struct probe *pr = malloc(sizeof(*pr));
                 char url[PEER_ID_MAX + 32];
                 snprintf(url, sizeof(url), "http://%s/healthz", p->info.id);
-                curl_easy_setopt(e, CURLOPT_URL, url);
-                curl_easy_setopt(e, CURLOPT_NOPROXY, "*"); /* peers are never behind a proxy */
-                curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)m->probe_timeout_ms);
-                curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)m->probe_timeout_ms);
-                curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-                curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
-                curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)&m->probes[slot]);
-                if (curl_multi_add_handle(m->multi, e) != CURLM_OK) {
-                        curl_easy_cleanup(e);
-                        return;
+                struct http_request q = {
+                        .url = url,
+                        .protocols = "http",
+                        .no_proxy = true, /* peers are never behind a proxy */
+                        .connect_timeout_ms = m->probe_timeout_ms,
+                        .deadline_ms = now + m->probe_timeout_ms,
+                        .done = probe_finished,
+                        .ud = pr,
+                        .group = m->group,
+                };
+                if (pr) { /* before the submit: the probe may end at once */
+                        pr->m = m;
+                        memcpy(pr->id, p->info.id, sizeof(pr->id));
                 }
-                m->probes[slot].easy = e;
-                memcpy(m->probes[slot].id, p->info.id, sizeof(p->info.id));
-                m->inflight++;
+                int r = pr ? http_client_submit(m->http, &q) : -ENOMEM;
+                if (r < 0) {
+                        /* The client is full or stopping: try again after the backoff, not
+                         * in a loop. */
+                        free(pr);
+                        p->next_probe_ms = now + jitter(m, p->backoff_ms);
+                        continue;
+                }
+                m->inflight++; /* its end needs our lock, held here: it counts after us */
                 p->probing = true;
         }
 }
@@ -608,34 +613,22 @@ static bool probe_done(struct members *m, const char *id, bool ok, uint64_t now)
         return false;
 }
 
-/* Waits for probe traffic (lock NOT held), then applies what finished (takes the lock). */
-static void run_probes(struct members *m, uint64_t wait_ms) {
-        int running = 0;
-        curl_multi_poll(m->multi, NULL, 0, (int)(wait_ms < 1000 ? wait_ms : 1000), NULL);
-        curl_multi_perform(m->multi, &running);
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(m->multi, &left))) {
-                if (msg->msg != CURLMSG_DONE)
-                        continue;
-                CURL *e = msg->easy_handle;
-                struct probe *pr = NULL;
-                long status = 0;
-                char *priv = NULL;
-                curl_easy_getinfo(e, CURLINFO_PRIVATE, &priv);
-                pr = (struct probe *)(void *)priv;
-                curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-                bool ok = msg->data.result == CURLE_OK && status == 200;
-                curl_multi_remove_handle(m->multi, e);
-                curl_easy_cleanup(e);
-                pthread_mutex_lock(&m->lock);
-                bool up = probe_done(m, pr->id, ok, now_ms());
-                pthread_mutex_unlock(&m->lock);
-                if (up)
-                        log_state(m, pr->id, true, NULL);
-                pr->easy = NULL;
-                m->inflight--;
-        }
+/* A probe's end, on the HTTP client's thread: applies it and wakes ours to schedule the
+ * next (a cancelled one, at members_free(), changes nothing but the count). */
+static void probe_finished(void *ud, struct http_response *resp) {
+        struct probe *pr = ud;
+        struct members *m = pr->m;
+        bool ok = resp->err == 0 && resp->status == 200;
+        bool up = false;
+        pthread_mutex_lock(&m->lock);
+        if (resp->err != -ECANCELED)
+                up = probe_done(m, pr->id, ok, now_ms());
+        m->inflight--;
+        pthread_cond_broadcast(&m->wake);
+        pthread_mutex_unlock(&m->lock);
+        if (up)
+                log_state(m, pr->id, true, NULL);
+        free(pr);
 }
 
 /* ---- persistence ------------------------------------------------------------------------- */
@@ -722,15 +715,10 @@ static void *members_main(void *arg) {
                                 wake_at = p->next_probe_ms;
                 }
                 uint64_t wait = wake_at > now ? wake_at - now : 0;
-                if (m->inflight > 0) {
-                        pthread_mutex_unlock(&m->lock);
-                        run_probes(m, wait);
-                        pthread_mutex_lock(&m->lock);
-                } else if (wait > 0 && !atomic_load(&m->stopping)) {
-                        /* Re-checked under the lock: a stop requested while persist() had
-                         * it released must not be slept through. */
+                /* Re-checked under the lock: a stop requested while persist() had it released
+                 * must not be slept through. A probe's end wakes us (probe_finished). */
+                if (wait > 0 && !atomic_load(&m->stopping))
                         timed_wait(m, wait);
-                }
         }
         pthread_mutex_unlock(&m->lock);
         return NULL;
@@ -739,14 +727,9 @@ static void *members_main(void *arg) {
 /* ---- the interface ---------------------------------------------------------------------- */
 
 static void members_destroy(struct members *m) {
-        for (size_t i = 0; m->probes && i < m->max_peers; i++)
-                if (m->probes[i].easy) {
-                        curl_multi_remove_handle(m->multi, m->probes[i].easy);
-                        curl_easy_cleanup(m->probes[i].easy);
-                }
-        if (m->multi)
-                curl_multi_cleanup(m->multi);
-        free(m->probes);
+        http_group_free(m->group); /* cancels probes in flight and waits for their ends */
+        if (m->own_http)
+                http_client_free(m->http);
         free(m->cand);
         free(m->v);
         free(m->id_ptrs);
@@ -809,13 +792,22 @@ int members_new(const struct members_config *cfg, struct members **ret) {
         m->cand_cap = 2 * m->max_peers + 1;
         m->cand = calloc(m->cand_cap, sizeof(*m->cand));
         m->manual = cfg->manual;
-        if (!m->manual) { /* a manual membership never probes */
-                m->probes = calloc(m->max_peers, sizeof(*m->probes));
-                m->multi = curl_multi_init();
-        }
-        if (!m->statics || !m->v || !m->id_ptrs || !m->cand || !m->homes_cache ||
-            (!m->manual && (!m->probes || !m->multi)))
+        if (!m->statics || !m->v || !m->id_ptrs || !m->cand || !m->homes_cache)
                 goto out_destroy;
+        if (!m->manual) { /* a manual membership never probes */
+                m->http = cfg->http;
+                if (!m->http) {
+                        struct http_client_config hc = {.max_inflight = 16};
+                        r = http_client_new(&hc, &m->http);
+                        if (r < 0)
+                                goto out_destroy;
+                        m->own_http = true;
+                }
+                r = http_group_new(m->http, &m->group);
+                if (r < 0)
+                        goto out_destroy;
+                r = -ENOMEM;
+        }
         for (size_t i = 0; i < cfg->n_static; i++) {
                 r = parse_static(cfg->static_peers[i], &m->statics[i]);
                 if (r < 0)
@@ -874,9 +866,9 @@ void members_free(struct members *m) {
         atomic_store(&m->stopping, true);
         pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
-        curl_multi_wakeup(m->multi);
         pthread_join(m->thread, NULL);
-        persist(m); /* the last word, for blobctl with the daemon down */
+        http_group_close(m->group); /* no probe completes after this */
+        persist(m);                 /* the last word, for blobctl with the daemon down */
         members_destroy(m);
 }
 
@@ -985,8 +977,6 @@ void members_refresh_soon(struct members *m) {
         pthread_mutex_lock(&m->lock);
         pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
-        if (m->multi)
-                curl_multi_wakeup(m->multi); /* the thread may be waiting on probes */
 }
 
 void members_report_failure(struct members *m, const char *id, const char *why) {
@@ -996,11 +986,8 @@ void members_report_failure(struct members *m, const char *id, const char *why) 
         if (down)
                 pthread_cond_broadcast(&m->wake);
         pthread_mutex_unlock(&m->lock);
-        if (down) {
-                if (m->multi) /* the thread may be waiting on other probes */
-                        curl_multi_wakeup(m->multi);
+        if (down)
                 log_state(m, id, false, why);
-        }
 }
 
 /* Ids are "addr:port" or "[addr]:port", sorted: the ids of one address share the prefix

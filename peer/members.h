@@ -26,6 +26,7 @@
 
 struct members;
 struct index;
+struct http_client;
 
 struct members_config {
         const char *const *static_peers; /* "host:port" (host numeric or a name resolved once
@@ -41,6 +42,9 @@ struct members_config {
         const char *advertise; /* --advertise-address: self when NL is NULL (NL has it too) */
         struct index *ix;      /* borrowed, may be NULL: the snapshot is persisted there (at
                                   most once per refresh, and at members_free) */
+        /* Health probes go through this client (borrowed; it must outlive the membership).
+         * NULL: the membership makes one of its own (tests, tools). */
+        struct http_client *http;
         /* No thread, no resolution, no probes: the membership changes only through
          * members_update(). For simulations (bench/sim) and tests; static_peers and dns_name
          * must be empty. */
