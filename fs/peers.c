@@ -250,6 +250,7 @@ int peers_start_announcer(struct daemon *d) {
                 .timeout_ms = d->cfg.peer_connect_timeout_ms * 4,
                 .token = token(),
                 .boot = boot_id,
+                .http = d->http,
         };
         struct announcer *a = NULL;
         int r = announce_new(&ac, &a);

@@ -363,6 +363,10 @@ static int start(struct http_client *c, struct job *j) {
         }
         if (q->no_proxy)
                 curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
+        if (q->fresh_connection) {
+                curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+                curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+        }
         if (q->ca_file)
                 curl_easy_setopt(e, CURLOPT_CAINFO, q->ca_file);
         if (q->userpwd) {

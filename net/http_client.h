@@ -100,6 +100,7 @@ struct http_request {
         const char *redir_protocols; /* NULL: as protocols */
         unsigned max_redirects;      /* 0: redirects are not followed */
         bool no_proxy;               /* peers are never behind a proxy */
+        bool fresh_connection;       /* a new connection, closed after: no stale reuse */
         const char *ca_file;         /* NULL: the system's */
         const char *userpwd;         /* "user:password" for basic auth, or NULL */
         uint64_t deadline_ms;        /* absolute, now_ms(); 0: none */

@@ -8,10 +8,13 @@
  *
  * Grouping: each blob goes to its k homes; a round builds one announce per distinct home and
  * sends them one after another (a round's requests are few: the homes of a few dirty blobs,
- * or on a full refresh at most every member once). */
+ * or on a full refresh at most every member once).
+ *
+ * Sending: each announce is one POST on the node's HTTP client (net/http_client.h), waited for
+ * by the announcer's thread, tagged with the announcer's group so announce_free() cancels one
+ * in flight instead of waiting out its timeout. */
 #include "peer/announce.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -20,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "net/http_client.h"
 #include "peer/httpd.h"
 #include "util/log.h"
 
@@ -51,6 +55,9 @@ struct announcer {
         struct announce_config cfg;
         pthread_t thread;
         bool thread_started;
+        struct http_client *http; /* cfg.http, or our own (own_http) */
+        bool own_http;
+        struct http_group *group; /* our POSTs; closed by announce_free() */
 
         pthread_mutex_t lock; /* dirty, ndirty, overflow, want_full, soon, stopping, stats */
         pthread_cond_t cond;
@@ -345,42 +352,44 @@ static struct wire_index *take_indexes(struct announcer *a, bool full, size_t *r
         return v;
 }
 
-static size_t discard_body(char *data, size_t size, size_t nmemb, void *ud) {
-        (void)data;
-        (void)ud;
-        return size * nmemb;
-}
-
 /* POSTs BODY to HOME. 0 or -errno; logs the reason of a refusal (the chunk size, usually). */
 static int post(struct announcer *a, const char *home, const char *body, size_t len) {
         char url[256];
         snprintf(url, sizeof(url), "http://%s/p2p/v1/announce", home);
-        CURL *h = curl_easy_init();
-        if (!h)
-                return -ENOMEM;
-        struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
+        char th[HTTPD_TOKEN_MAX + 32];
+        struct http_request q = {
+                .method = "POST",
+                .url = url,
+                .headers = {"Content-Type: application/json"},
+                .post_body = body,
+                .post_len = len,
+                .protocols = "http",
+                .no_proxy = true,
+                /* A connection kept from before our address changed would carry the
+                 * announce of the new address from the old one, into a timeout; and the
+                 * home, marked down for it, would wait for the next full refresh
+                 * (test_peers.py's renumbering). Announces are a few a second at most. */
+                .fresh_connection = true,
+                .connect_timeout_ms = a->cfg.timeout_ms,
+                .deadline_ms = now_ms() + a->cfg.timeout_ms * 2,
+                .group = a->group,
+        };
         if (a->cfg.token) {
-                char th[HTTPD_TOKEN_MAX + 32];
                 snprintf(th, sizeof(th), "%s: %s", HTTPD_TOKEN_HEADER, a->cfg.token);
-                hdr = curl_slist_append(hdr, th);
+                q.headers[1] = th;
         }
-        curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
-        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)a->cfg.timeout_ms);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)a->cfg.timeout_ms * 2);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard_body);
-        CURLcode cc = curl_easy_perform(h);
-        long status = 0;
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_cleanup(h);
-        curl_slist_free_all(hdr);
-        if (cc != CURLE_OK) {
-                members_report_failure(a->cfg.members, home, curl_easy_strerror(cc));
+        struct http_response resp;
+        int r = http_client_run(a->http, &q, &resp);
+        long status = resp.status;
+        enum fetch_err cls = resp.fclass;
+        char reason[HTTP_CLIENT_REASON_MAX];
+        snprintf(reason, sizeof(reason), "%s", resp.reason);
+        http_response_clear(&resp);
+        if (r == -ECANCELED)
+                return r; /* stopping: the home did nothing wrong */
+        if (r < 0) {
+                if (cls != FETCH_ERR_LOCAL) /* not queued here: not the home's doing */
+                        members_report_failure(a->cfg.members, home, reason);
                 return -EHOSTUNREACH;
         }
         if (status != 200 && status != 204) {
@@ -564,28 +573,38 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
                 a->cfg.timeout_ms = 1000;
         pthread_mutex_init(&a->lock, NULL);
         pthread_cond_init(&a->cond, NULL);
+        int r = 0;
+        a->http = a->cfg.http;
+        if (!a->http && !a->cfg.send) { /* announces go over HTTP: a client of our own */
+                r = http_client_new(&(struct http_client_config){.max_inflight = 4}, &a->http);
+                if (r < 0)
+                        goto out_free;
+                a->own_http = true;
+        }
+        if (a->http && (r = http_group_new(a->http, &a->group)) < 0)
+                goto out_free;
         a->dirty_max = a->cfg.dirty_max ? a->cfg.dirty_max : ANNOUNCE_DIRTY_MAX;
         for (a->cap = 2; a->cap < 2 * a->dirty_max; a->cap *= 2)
                 ;
         a->dirty = calloc(a->cap, sizeof(*a->dirty));
         a->taken = calloc(a->cap, sizeof(*a->taken));
         a->indexes = calloc(ANNOUNCE_INDEX_MAX, sizeof(*a->indexes));
-        if (!a->dirty || !a->taken || !a->indexes) {
-                announce_free(a);
-                return -ENOMEM;
-        }
+        r = -ENOMEM;
+        if (!a->dirty || !a->taken || !a->indexes)
+                goto out_free;
         if (a->cfg.manual) {
                 *ret = a;
                 return 0;
         }
-        int r = -pthread_create(&a->thread, NULL, announce_main, a);
-        if (r < 0) {
-                announce_free(a);
-                return r;
-        }
+        r = -pthread_create(&a->thread, NULL, announce_main, a);
+        if (r < 0)
+                goto out_free;
         a->thread_started = true;
         *ret = a;
         return 0;
+out_free:
+        announce_free(a);
+        return r;
 }
 
 void announce_free(struct announcer *a) {
@@ -596,8 +615,12 @@ void announce_free(struct announcer *a) {
                 a->stopping = true;
                 pthread_cond_broadcast(&a->cond);
                 pthread_mutex_unlock(&a->lock);
+                http_group_close(a->group); /* a POST in flight ends now; later ones are refused */
                 pthread_join(a->thread, NULL);
         }
+        http_group_free(a->group);
+        if (a->own_http)
+                http_client_free(a->http);
         pthread_mutex_destroy(&a->lock);
         pthread_cond_destroy(&a->cond);
         free(a->dirty);

@@ -56,8 +56,11 @@ struct announce_config {
         uint64_t refresh_ms;
         uint64_t timeout_ms;
         const char *token; /* the cluster token sent with every announce, or NULL; borrowed */
-        uint64_t boot;     /* this daemon's boot id (wire.h), sent with every announce; 0: none */
-        size_t dirty_max;  /* blobs in the dirty set; 0: ANNOUNCE_DIRTY_MAX */
+        /* Announces are POSTed on this client (borrowed; it must outlive the announcer).
+         * NULL: the announcer makes one of its own unless SEND is set. */
+        struct http_client *http;
+        uint64_t boot;    /* this daemon's boot id (wire.h), sent with every announce; 0: none */
+        size_t dirty_max; /* blobs in the dirty set; 0: ANNOUNCE_DIRTY_MAX */
         /* A seam for simulations (bench/sim) and tests. MANUAL: no thread; the caller runs
          * rounds with announce_round(). SEND (NULL: HTTP POST) carries one announce to a home
          * that is not ourselves, returning 0 or -errno. SELF (NULL: members_self()) is our
