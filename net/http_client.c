@@ -47,6 +47,8 @@ struct http_group {
         struct http_client *c;
         atomic_bool closed;   /* written under c->lock; read by the loop without it */
         unsigned outstanding; /* c->lock: jobs submitted and not completed */
+        unsigned cap;         /* jobs running at once; 0: none */
+        atomic_uint active;   /* written by the loop; read by http_group_counts() */
 };
 
 struct host_slot {
@@ -414,6 +416,8 @@ static void detach(struct http_client *c, struct job *j) {
         if (j->slot)
                 j->slot->active--;
         j->slot = NULL;
+        if (j->req.group)
+                atomic_fetch_sub(&j->req.group->active, 1);
         c->active--;
 }
 
@@ -434,7 +438,9 @@ static uint64_t start_due(struct http_client *c) {
                 } else if (j->req.not_before_ms > now) {
                         if (j->req.not_before_ms - now < next)
                                 next = j->req.not_before_ms - now;
-                } else if (c->active < c->cfg.max_inflight) {
+                } else if (c->active < c->cfg.max_inflight &&
+                           !(j->req.group && j->req.group->cap &&
+                             atomic_load(&j->req.group->active) >= j->req.group->cap)) {
                         struct host_slot *s = slot_of(c, j->host, true);
                         if (s && s->active < c->cfg.per_host) {
                                 list_remove(&c->waiting, j);
@@ -448,6 +454,9 @@ static uint64_t start_due(struct http_client *c) {
                                 } else {
                                         s->active++;
                                         j->slot = s;
+                                        j->resp.started = true;
+                                        if (j->req.group)
+                                                atomic_fetch_add(&j->req.group->active, 1);
                                         c->active++;
                                         list_push(&c->running, j);
                                 }
@@ -749,12 +758,14 @@ int http_response_header(const struct http_response *resp, const char *name, cha
         return -ENOENT;
 }
 
-int http_group_new(struct http_client *c, struct http_group **ret) {
+int http_group_new(struct http_client *c, unsigned max_inflight, struct http_group **ret) {
         struct http_group *g = calloc(1, sizeof(*g));
         if (!g)
                 return -ENOMEM;
         g->c = c;
+        g->cap = max_inflight;
         atomic_init(&g->closed, false);
+        atomic_init(&g->active, 0);
         *ret = g;
         return 0;
 }
@@ -772,6 +783,15 @@ void http_group_close(struct http_group *g) {
         while (g->outstanding > 0)
                 pthread_cond_wait(&c->cond, &c->lock);
         pthread_mutex_unlock(&c->lock);
+}
+
+void http_group_counts(struct http_group *g, unsigned *ret_active, unsigned *ret_waiting) {
+        pthread_mutex_lock(&g->c->lock);
+        unsigned active = atomic_load(&g->active);
+        unsigned out = g->outstanding;
+        pthread_mutex_unlock(&g->c->lock);
+        *ret_active = active;
+        *ret_waiting = out > active ? out - active : 0;
 }
 
 void http_group_free(struct http_group *g) {

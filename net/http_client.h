@@ -39,6 +39,8 @@
  * group cancels its jobs still queued or running (-ECANCELED), refuses new ones, and returns
  * once every one of them has completed, so the module may be freed while the client lives on.
  * http_client_free() does the same for every job: pending ones complete with -ECANCELED.
+ * A group may also cap how many of its jobs run at once; one at its cap is skipped like a
+ * host at its cap.
  *
  * Costs: one thread; per running job an easy handle, its receive buffer (recv_buffer) and its
  * body buffer; per queued job a small record. */
@@ -81,6 +83,7 @@ struct http_response {
         int64_t content_length; /* as the server announced it; -1 when it did not */
         uint64_t ttfb_us;       /* start of the transfer to its first byte; 0: none came */
         long new_connections;   /* connections opened for it (0: a kept-alive one reused) */
+        bool started;           /* it was sent (false: it ended in the queue) */
 };
 
 /* Body bytes as they arrive. 0 to go on; a -errno ends the transfer with that err (and class
@@ -148,8 +151,13 @@ int http_response_header(const struct http_response *resp, const char *name, cha
  * failure first, else the status. The client's one classification; pure. */
 enum fetch_err http_classify(int curl_code, long status);
 
-/* A group of jobs that can be cancelled together (see above). 0 or -ENOMEM. */
-int http_group_new(struct http_client *c, struct http_group **ret);
+/* A group of jobs that can be cancelled together (see above), of which at most MAX_INFLIGHT
+ * run at once (0: no cap of its own): a module's share of the client (the registry client's
+ * connection limit). 0 or -ENOMEM. */
+int http_group_new(struct http_client *c, unsigned max_inflight, struct http_group **ret);
+
+/* The group's jobs running now and waiting (queued, or for their start time). */
+void http_group_counts(struct http_group *g, unsigned *ret_active, unsigned *ret_waiting);
 
 /* Cancels the group's jobs (queued or running complete with -ECANCELED), refuses new ones, and
  * waits until every job of the group has completed. Not from a callback. NULL-safe;

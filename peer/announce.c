@@ -581,7 +581,7 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
                         goto out_free;
                 a->own_http = true;
         }
-        if (a->http && (r = http_group_new(a->http, &a->group)) < 0)
+        if (a->http && (r = http_group_new(a->http, 0, &a->group)) < 0)
                 goto out_free;
         a->dirty_max = a->cfg.dirty_max ? a->cfg.dirty_max : ANNOUNCE_DIRTY_MAX;
         for (a->cap = 2; a->cap < 2 * a->dirty_max; a->cap *= 2)

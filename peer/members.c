@@ -803,7 +803,7 @@ int members_new(const struct members_config *cfg, struct members **ret) {
                                 goto out_destroy;
                         m->own_http = true;
                 }
-                r = http_group_new(m->http, &m->group);
+                r = http_group_new(m->http, 0, &m->group);
                 if (r < 0)
                         goto out_destroy;
                 r = -ENOMEM;

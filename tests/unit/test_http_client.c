@@ -508,7 +508,7 @@ static void test_cancel(void **state) {
         struct http_client *c = client(8, 0, 0);
         tally_reset();
         struct http_group *g;
-        assert_int_equal(http_group_new(c, &g), 0);
+        assert_int_equal(http_group_new(c, 0, &g), 0);
         /* Group jobs: four stalling (running), then the group is closed. */
         for (int i = 0; i < 4; i++) {
                 struct http_request q = get("/stall");
@@ -578,6 +578,31 @@ static void test_many_concurrent(void **state) {
         http_client_free(c);
 }
 
+static void test_group_cap(void **state) {
+        (void)state;
+        struct http_client *c = client(16, 0, 0);
+        struct http_group *g;
+        assert_int_equal(http_group_new(c, 2, &g), 0);
+        tally_reset();
+        atomic_store(&conc_max, 0);
+        for (int i = 0; i < 30; i++) {
+                struct http_request q = get("/conc");
+                q.done = on_done;
+                q.ud = (void *)(intptr_t)i;
+                q.group = g;
+                assert_int_equal(http_client_submit(c, &q), 0);
+        }
+        unsigned active, waiting;
+        http_group_counts(g, &active, &waiting);
+        assert_true(active <= 2);
+        assert_true(active + waiting <= 30);
+        wait_done(30);
+        assert_int_equal(tally.ok, 30);
+        assert_true(atomic_load(&conc_max) <= 2); /* the group's cap, under the client's 16 */
+        http_group_free(g);
+        http_client_free(c);
+}
+
 int main(void) {
         pthread_mutex_init(&tally.lock, NULL);
         pthread_cond_init(&tally.cond, NULL);
@@ -587,7 +612,7 @@ int main(void) {
                 cmocka_unit_test(test_stall),           cmocka_unit_test(test_deadline),
                 cmocka_unit_test(test_status_classes),  cmocka_unit_test(test_streaming_and_post),
                 cmocka_unit_test(test_queue_bound),     cmocka_unit_test(test_cancel),
-                cmocka_unit_test(test_many_concurrent),
+                cmocka_unit_test(test_many_concurrent), cmocka_unit_test(test_group_cap),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
