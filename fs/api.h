@@ -28,7 +28,7 @@ struct daemon {
         struct daemon_config cfg;
         struct store *store;
         struct index *ix;
-        struct http_client *http; /* the one HTTP client: probes, announces */
+        struct http_client *http; /* the one HTTP client: origin, probes, announces */
         struct origin *origin;
         struct engine *engine;
         struct control *control;

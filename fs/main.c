@@ -388,8 +388,8 @@ static void *signal_main(void *arg) {
  *
  * Start (daemon_start), in order; whatever fails stops the start, and daemon_stop() frees
  * what had started:
- *    curl -> the HTTP client (net/http_client.h: one curl multi loop for membership probes
- *    and announces) -> state dir (created, narrowed to 0700, locked: one daemon per state
+ *    curl -> the HTTP client (net/http_client.h: one curl multi loop for the origin,
+ *    membership probes and announces) -> state dir (created, narrowed to 0700, locked: one daemon per state
  *    dir) -> chunk store -> index (a corrupt one is moved aside) -> origin -> peers (netlink,
  *    membership, home directory, source) -> engine -> load (the index, validated) -> reclaim (before
  *    anything writes to the store) -> announcer -> layer trees -> control socket -> HTTP server (peers,
@@ -420,7 +420,8 @@ static void *signal_main(void *arg) {
  *     pending fetches: their readers get EIO), the engine (answers every read still queued);
  *  6. the FUSE session (fs_destroy: the connection is aborted if a reader still holds a file,
  *     the device closed), the peer layer's directory, membership and netlink; then the HTTP
- *     client (its users are gone: announcer, membership; anything left gets ECANCELED);
+ *     client (its users are gone: origin, announcer, membership; anything left gets
+ *     ECANCELED);
  *  7. the index is flushed and closed, the store closed, the state dir's lock released, curl
  *     cleaned up. Exit 0 when serving ended on a signal and nothing failed. */
 
@@ -470,7 +471,11 @@ static int daemon_start(struct service *s) {
                 return -EIO;
         }
         s->curl_ready = true;
-        int r = http_client_new(&(struct http_client_config){0}, &d->http);
+        /* The origin's share (max_connections, its group's cap) plus room for probes and
+         * announces, which are small and few. */
+        struct http_client_config hc = {.max_inflight = (unsigned)d->cfg.max_connections +
+                                                        HTTP_CLIENT_MAX_INFLIGHT};
+        int r = http_client_new(&hc, &d->http);
         if (r < 0) {
                 log_err("cannot start the http client err=%s", strerror(-r));
                 return r;
@@ -518,6 +523,7 @@ static int daemon_start(struct service *s) {
                 .connect_timeout_ms = d->cfg.connect_timeout_ms,
                 .stall_timeout_ms = 10000,
                 .max_connections = (unsigned)d->cfg.max_connections,
+                .http = d->http,
         };
         r = origin_new(&oc, &d->origin);
         if (r < 0) {

@@ -1,5 +1,6 @@
 /* The origin registry client: OCI distribution blob GETs with Range (and manifest GETs and
- * HEADs for the containerd mirror), over libcurl's multi interface on one thread of its own.
+ * HEADs for the containerd mirror), as jobs on the node's one HTTP client
+ * (net/http_client.h), whose thread runs the done callbacks below.
  *
  * A fetch either succeeds or fails by its deadline: transient failures (connection refused,
  * timeouts, 5xx, 429) are retried with exponential backoff and jitter; permanent ones (404,
@@ -19,6 +20,7 @@
 #include "util/digest.h"
 
 struct origin;
+struct http_client;
 
 struct origin_config {
         const char *const *insecure; /* "host:port" registries reached over plain HTTP */
@@ -27,7 +29,10 @@ struct origin_config {
         const char *ca_file;          /* extra CA bundle; NULL = system */
         uint64_t connect_timeout_ms;  /* per attempt */
         uint64_t stall_timeout_ms;    /* abandon an attempt that receives nothing this long */
-        unsigned max_connections;
+        unsigned max_connections;     /* attempts running at once */
+        /* The HTTP client requests go through (borrowed; it must outlive the origin). NULL:
+         * the origin makes one of its own. */
+        struct http_client *http;
 };
 
 /* DONE gets 0 and a malloc'd BUF of exactly the requested LEN (ownership passes to DONE), or a
