@@ -9,9 +9,11 @@
  * repository until they expire. TLS is verified; plain HTTP only for registries configured as
  * insecure. Redirects are followed (CDNs), without the Authorization header leaving the host.
  *
- * Bounds: at most MAX_CONNECTIONS transfers run at once, each owning one chunk buffer, so the
- * client's memory is MAX_CONNECTIONS x chunk size; more requests wait in a queue whose length
- * the caller bounds (the engine's in-flight limit). */
+ * Bounds: at most MAX_CONNECTIONS transfers run at once (the cap of the origin's group on the
+ * HTTP client), each owning one chunk buffer, so the client's memory is MAX_CONNECTIONS x
+ * chunk size; more requests wait in the HTTP client's queue, whose length the caller bounds
+ * (the engine's in-flight limit) and the HTTP client caps (max_queued: past it a fetch fails
+ * at once, its DONE called before the submit returns, with -EAGAIN). */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
