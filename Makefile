@@ -134,7 +134,8 @@ $(BUILD)/tests/snapfake: tests/fakes/snapfake.c $(CORE_LIB)
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
              $(shell pkg-config --cflags $(CORE_PKGS))
 FUZZ_SAN   = address,undefined
-FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snapshotter.c,$(CORE_SRC))
+FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snapshotter.c \
+                snapshot/dirs.c snapshot/mounts.c snapshot/starts.c,$(CORE_SRC))
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
 FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o

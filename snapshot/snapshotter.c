@@ -20,17 +20,12 @@
  * A remote parent's lowerdir is <id>/l/<n>, a symlink to the layer tree made at mount time
  * (overlayfs resolves the path when it mounts); a local parent's is its fs dir, as before.
  *
- * Container starts: a Prepare that is not a layer's records, in a small table (starts, at most
- * SNAPSHOTTER_STARTS_MAX, the oldest dropped first), what its remote lowers had fetched so
- * far; snapshotter_start_fetched subtracts that from what they have fetched now. A Mounts of
- * an active snapshot (task create) or a View over remote lowers queues those layers for the
- * prefetcher when it is on; queueing never blocks the answer. */
-#include "snapshot/snapshotter.h"
+ * Files: this one holds the methods and the lifecycle; dirs.c the directories, mounts.c the
+ * mounts, starts.c container starts (prefetch, bytes per start); snap_int.h their state. */
+#include "snapshot/snap_int.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <fts.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -48,33 +43,6 @@
 #include "snapshot/lazy.h"
 #include "snapshots.pb-c.h"
 #include "util/log.h"
-
-#define PB(x) Containerd__Services__Snapshots__V1__##x
-#define pb(x) containerd__services__snapshots__v1__##x
-#define MAX_LAYERS 512 /* lowerdirs in one mount; containerd's own limit is the page size */
-
-struct snapshotter {
-        struct snapdb *db;
-        char root[PATH_MAX - 64]; /* <state-dir>/snapshots; room for "/<id>/work" */
-        struct grpc_server *srv;
-
-        pthread_mutex_t lazy_lock;    /* protects lazy and lazy_wait_ms */
-        struct snapshotter_lazy lazy; /* serve NULL: lazy layers off */
-        uint64_t lazy_wait_ms;
-        atomic_uint_fast64_t lazy_layers, lazy_fallbacks, remote_mounts, starts_counted;
-        /* Set once by snapshotter_set_prefetch before containers start; read by gRPC threads
-         * (an acquire load), freed by snapshotter_stop after the server stopped. */
-        struct prefetcher *_Atomic prefetch;
-
-        /* What the remote lowers of recent Prepares had fetched then, by snapshot id, in
-         * Prepare order (a ring). (start_lock) */
-        pthread_mutex_t start_lock;
-        struct start_rec {
-                int64_t id;
-                uint64_t base;
-        } starts[SNAPSHOTTER_STARTS_MAX];
-        unsigned starts_head, starts_len;
-};
 
 #define REMOTE_LABEL_VALUE "remote snapshot" /* stargz's value, so tools that look for it agree */
 
@@ -103,121 +71,6 @@ static void fail(struct grpc_resp *resp, int r, const char *op, const char *key)
         default:
                 grpc_resp_error(resp, GRPC_UNKNOWN, "%s snapshot %s: %s", op, key, strerror(-r));
         }
-}
-
-/* ---- directories ---- */
-
-static void snap_path(const struct snapshotter *sn, int64_t id, const char *sub, char *out,
-                      size_t cap) {
-        snprintf(out, cap, "%s/%" PRId64 "%s%s", sn->root, id, sub ? "/" : "", sub ? sub : "");
-}
-
-/* rm -rf PATH without following symlinks or crossing mounts. 0 or -errno of the first
- * failure (it goes on with the rest). */
-static int remove_tree(const char *path) {
-        char *argv[] = {(char *)path, NULL};
-        FTS *fts = fts_open(argv, FTS_PHYSICAL | FTS_NOCHDIR | FTS_XDEV, NULL);
-        if (!fts)
-                return -errno;
-        int r = 0;
-        FTSENT *e;
-        while ((e = fts_read(fts))) {
-                int rc = 0;
-                switch (e->fts_info) {
-                case FTS_D:
-                        break;
-                case FTS_DP:
-                        rc = rmdir(e->fts_accpath);
-                        break;
-                case FTS_DNR:
-                case FTS_ERR:
-                case FTS_NS:
-                        if (e->fts_errno != ENOENT && r == 0)
-                                r = -e->fts_errno;
-                        break;
-                default:
-                        rc = unlink(e->fts_accpath);
-                }
-                if (rc < 0 && errno != ENOENT && r == 0)
-                        r = -errno;
-        }
-        fts_close(fts);
-        return r;
-}
-
-struct inode_key {
-        dev_t dev;
-        ino_t ino;
-};
-
-/* Disk usage of PATH: 512-byte blocks and count of distinct inodes (a hard link counts once). */
-static int disk_usage(const char *path, int64_t *ret_size, int64_t *ret_inodes) {
-        char *argv[] = {(char *)path, NULL};
-        FTS *fts = fts_open(argv, FTS_PHYSICAL | FTS_NOCHDIR | FTS_XDEV, NULL);
-        if (!fts)
-                return -errno;
-        int64_t size = 0, inodes = 0;
-        struct inode_key *seen = NULL;
-        size_t nseen = 0, cap = 0;
-        int r = 0;
-        FTSENT *e;
-        while (r == 0 && (e = fts_read(fts))) {
-                if (e->fts_info == FTS_DP)
-                        continue;
-                if (e->fts_info == FTS_NS || e->fts_info == FTS_ERR || !e->fts_statp)
-                        continue;
-                const struct stat *st = e->fts_statp;
-                if (st->st_nlink > 1 && !S_ISDIR(st->st_mode)) {
-                        bool dup = false;
-                        for (size_t i = 0; i < nseen && !dup; i++)
-                                dup = seen[i].dev == st->st_dev && seen[i].ino == st->st_ino;
-                        if (dup)
-                                continue;
-                        if (nseen == cap) {
-                                size_t ncap = cap ? cap * 2 : 64;
-                                struct inode_key *ns = realloc(seen, ncap * sizeof(*ns));
-                                if (!ns) {
-                                        r = -ENOMEM;
-                                        break;
-                                }
-                                seen = ns;
-                                cap = ncap;
-                        }
-                        seen[nseen++] = (struct inode_key){st->st_dev, st->st_ino};
-                }
-                inodes++;
-                size += (int64_t)st->st_blocks * 512;
-        }
-        fts_close(fts);
-        free(seen);
-        if (r < 0)
-                return r;
-        *ret_size = size;
-        *ret_inodes = inodes;
-        return 0;
-}
-
-static int make_dirs(const struct snapshotter *sn, int64_t id, enum snap_kind kind) {
-        char p[PATH_MAX];
-        snap_path(sn, id, NULL, p, sizeof(p));
-        if (mkdir(p, 0700) < 0) {
-                if (errno != EEXIST)
-                        return -errno;
-                /* A directory of this id without metadata: left by a database reset. */
-                remove_tree(p);
-                if (mkdir(p, 0700) < 0)
-                        return -errno;
-        }
-        snap_path(sn, id, "fs", p, sizeof(p));
-        /* 0755 whatever the umask: the root of a container's filesystem. */
-        if (mkdir(p, 0755) < 0 || chmod(p, 0755) < 0)
-                return -errno;
-        if (kind == SNAP_ACTIVE) {
-                snap_path(sn, id, "work", p, sizeof(p));
-                if (mkdir(p, 0711) < 0)
-                        return -errno;
-        }
-        return 0;
 }
 
 /* ---- messages ---- */
@@ -288,256 +141,6 @@ static void info_pb_done(struct info_pb *p) {
         free(p->ptrs);
 }
 
-/* The mount of a snapshot, and the storage it points into. */
-struct mount_pb {
-        Containerd__Types__Mount m;
-        Containerd__Types__Mount *ptr;
-        char *opts[3];
-        char source[PATH_MAX];
-        char work[PATH_MAX + 16], upper[PATH_MAX + 16];
-        char *lower;
-};
-
-/* The lowerdir of parent N (id PARENT) of snapshot SELF into OUT: its fs dir, or for a remote
- * parent the symlink SELF/l/N to its layer tree (made or corrected here). *RET_REMOTE says
- * which. */
-static int lower_dir(struct snapshotter *sn, int64_t self, size_t n, int64_t parent, char *out,
-                     size_t cap, bool *ret_remote) {
-        char layer[DIGEST_HEX_LEN + 8];
-        int r = snapdb_remote_layer(sn->db, parent, layer, sizeof(layer));
-        if (r < 0)
-                return r;
-        *ret_remote = layer[0] != 0;
-        if (!layer[0]) {
-                snap_path(sn, parent, "fs", out, cap);
-                return 0;
-        }
-        pthread_mutex_lock(&sn->lazy_lock);
-        const char *root = sn->lazy.layers_root;
-        pthread_mutex_unlock(&sn->lazy_lock);
-        if (!root || strncmp(layer, "sha256:", 7) != 0)
-                return -ENOTCONN; /* no layer trees in this daemon: cannot mount it */
-        char target[PATH_MAX], dir[PATH_MAX], tmp[PATH_MAX + 8], cur[PATH_MAX];
-        if ((size_t)snprintf(target, sizeof(target), "%s/sha256/%s", root, layer + 7) >=
-            sizeof(target))
-                return -ENAMETOOLONG;
-        snap_path(sn, self, "l", dir, sizeof(dir));
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-                return -errno;
-        if ((size_t)snprintf(out, cap, "%s/%zu", dir, n) >= cap)
-                return -ENAMETOOLONG;
-        ssize_t len = readlink(out, cur, sizeof(cur) - 1);
-        if (len >= 0 && (size_t)len == strlen(target) && memcmp(cur, target, (size_t)len) == 0)
-                return 0;
-        /* Atomic replace: a concurrent mount of the same snapshot sees the old or new link. */
-        static atomic_uint tmp_seq;
-        snprintf(tmp, sizeof(tmp), "%s.tmp%u", out, atomic_fetch_add(&tmp_seq, 1));
-        unlink(tmp);
-        if (symlink(target, tmp) < 0)
-                return -errno;
-        if (rename(tmp, out) < 0) {
-                r = -errno;
-                unlink(tmp);
-                return r;
-        }
-        return 0;
-}
-
-static int mount_for(struct snapshotter *sn, const struct snap_info *info, const int64_t *parents,
-                     size_t nparents, struct mount_pb *out) {
-        containerd__types__mount__init(&out->m);
-        out->ptr = &out->m;
-        out->lower = NULL;
-        out->m.options = out->opts;
-        out->m.source = out->source;
-        char p[PATH_MAX];
-        bool remote = false;
-        int r;
-        if (nparents == 0 || (info->kind == SNAP_VIEW && nparents == 1)) {
-                /* One layer: overlay needs a lowerdir, so a bind mount does it (of the
-                 * symlink to a layer tree for a remote parent: mount(2) follows it). */
-                if (nparents) {
-                        r = lower_dir(sn, info->id, 0, parents[0], out->source, sizeof(out->source),
-                                      &remote);
-                        if (r < 0)
-                                return r;
-                } else {
-                        snap_path(sn, info->id, "fs", out->source, sizeof(out->source));
-                }
-                out->m.type = "bind";
-                out->opts[0] = info->kind == SNAP_ACTIVE ? "rw" : "ro";
-                out->opts[1] = "rbind";
-                out->m.n_options = 2;
-                if (remote)
-                        atomic_fetch_add(&sn->remote_mounts, 1);
-                return 0;
-        }
-        if (nparents > MAX_LAYERS)
-                return -E2BIG;
-        size_t cap = sizeof("lowerdir=") + nparents * (strlen(sn->root) + 48);
-        out->lower = malloc(cap);
-        if (!out->lower)
-                return -ENOMEM;
-        size_t n = (size_t)snprintf(out->lower, cap, "lowerdir=");
-        for (size_t i = 0; i < nparents; i++) {
-                bool rem;
-                r = lower_dir(sn, info->id, i, parents[i], p, sizeof(p), &rem);
-                if (r < 0) {
-                        free(out->lower);
-                        out->lower = NULL;
-                        return r;
-                }
-                remote |= rem;
-                n += (size_t)snprintf(out->lower + n, cap - n, "%s%s", i ? ":" : "", p);
-                if (n >= cap) { /* cannot happen: every path is under root, bounded above */
-                        free(out->lower);
-                        out->lower = NULL;
-                        return -ENAMETOOLONG;
-                }
-        }
-        out->m.type = "overlay";
-        snprintf(out->source, sizeof(out->source), "overlay");
-        size_t k = 0;
-        if (info->kind == SNAP_ACTIVE) {
-                snap_path(sn, info->id, "work", p, sizeof(p));
-                snprintf(out->work, sizeof(out->work), "workdir=%s", p);
-                snap_path(sn, info->id, "fs", p, sizeof(p));
-                snprintf(out->upper, sizeof(out->upper), "upperdir=%s", p);
-                out->opts[k++] = out->work;
-                out->opts[k++] = out->upper;
-        }
-        out->opts[k++] = out->lower;
-        out->m.n_options = k;
-        if (remote)
-                atomic_fetch_add(&sn->remote_mounts, 1);
-        return 0;
-}
-
-static void mount_pb_done(struct mount_pb *m) {
-        free(m->lower);
-}
-
-/* ---- container starts: prefetch and bytes fetched ---- */
-
-/* Calls FN for the layer ("sha256:<hex>") of every remote one of PARENTS; *RET_N counts them.
- * Metadata errors skip the parent (they fail the mount elsewhere). */
-static void for_each_remote(struct snapshotter *sn, const int64_t *parents, size_t nparents,
-                            void (*fn)(struct snapshotter *sn, const char *layer, void *ud),
-                            void *ud, uint32_t *ret_n) {
-        uint32_t n = 0;
-        for (size_t i = 0; i < nparents; i++) {
-                char layer[DIGEST_HEX_LEN + 8];
-                if (snapdb_remote_layer(sn->db, parents[i], layer, sizeof(layer)) < 0 || !layer[0])
-                        continue;
-                n++;
-                if (fn)
-                        fn(sn, layer, ud);
-        }
-        if (ret_n)
-                *ret_n = n;
-}
-
-static void add_fetched(struct snapshotter *sn, const char *layer, void *ud) {
-        pthread_mutex_lock(&sn->lazy_lock);
-        int (*fetched)(void *, const char *, uint64_t *) = sn->lazy.layer_fetched;
-        void *lud = sn->lazy.ud;
-        pthread_mutex_unlock(&sn->lazy_lock);
-        uint64_t v;
-        if (fetched && fetched(lud, layer, &v) == 0)
-                *(uint64_t *)ud += v;
-}
-
-static void queue_one(struct snapshotter *sn, const char *layer, void *ud) {
-        struct prefetcher *pf = ud;
-        struct digest d;
-        (void)sn;
-        if (digest_parse(layer, &d) == 0)
-                prefetch_queue(pf, &d); /* already queued, full (counted), stopping: all fine */
-}
-
-/* A container is about to run over PARENTS: prefetch their remote layers, when on. */
-static void maybe_prefetch(struct snapshotter *sn, const int64_t *parents, size_t nparents) {
-        struct prefetcher *pf = atomic_load_explicit(&sn->prefetch, memory_order_acquire);
-        if (pf)
-                for_each_remote(sn, parents, nparents, queue_one, pf, NULL);
-}
-
-/* Records what the remote lowers of the just-prepared snapshot ID have fetched so far. */
-static void record_start(struct snapshotter *sn, int64_t id, const int64_t *parents,
-                         size_t nparents) {
-        uint64_t base = 0;
-        uint32_t n;
-        for_each_remote(sn, parents, nparents, add_fetched, &base, &n);
-        if (n == 0)
-                return; /* no remote lower: nothing to count, no room taken */
-        atomic_fetch_add(&sn->starts_counted, 1);
-        pthread_mutex_lock(&sn->start_lock);
-        if (sn->starts_len == SNAPSHOTTER_STARTS_MAX) { /* the oldest goes */
-                sn->starts_head = (sn->starts_head + 1) % SNAPSHOTTER_STARTS_MAX;
-                sn->starts_len--;
-        }
-        sn->starts[(sn->starts_head + sn->starts_len++) % SNAPSHOTTER_STARTS_MAX] =
-                (struct start_rec){id, base};
-        pthread_mutex_unlock(&sn->start_lock);
-}
-
-/* The recorded base of snapshot ID: true and *RET when there is one. Caller holds start_lock. */
-static bool start_base(const struct snapshotter *sn, int64_t id, uint64_t *ret) {
-        for (unsigned i = 0; i < sn->starts_len; i++) {
-                const struct start_rec *s =
-                        &sn->starts[(sn->starts_head + i) % SNAPSHOTTER_STARTS_MAX];
-                if (s->id == id) {
-                        *ret = s->base;
-                        return true;
-                }
-        }
-        return false;
-}
-
-/* Ids are never reused, so a stale record could not be mistaken for a new snapshot's; it is
- * dropped only to free its slot. */
-static void forget_start(struct snapshotter *sn, int64_t id) {
-        pthread_mutex_lock(&sn->start_lock);
-        for (unsigned i = 0; i < sn->starts_len; i++) {
-                struct start_rec *s = &sn->starts[(sn->starts_head + i) % SNAPSHOTTER_STARTS_MAX];
-                if (s->id != id)
-                        continue;
-                /* Close the gap, keeping Prepare order. */
-                for (unsigned j = i; j + 1 < sn->starts_len; j++)
-                        sn->starts[(sn->starts_head + j) % SNAPSHOTTER_STARTS_MAX] =
-                                sn->starts[(sn->starts_head + j + 1) % SNAPSHOTTER_STARTS_MAX];
-                sn->starts_len--;
-                break;
-        }
-        pthread_mutex_unlock(&sn->start_lock);
-}
-
-int snapshotter_start_fetched(struct snapshotter *sn, const char *key,
-                              struct snapshotter_start *ret) {
-        struct snap_info *info;
-        int64_t *parents;
-        size_t nparents;
-        int r = snapdb_get(sn->db, key, &info, &parents, &nparents);
-        if (r < 0)
-                return r;
-        struct snapshotter_start out = {0};
-        if (info->kind != SNAP_ACTIVE) {
-                r = -EINVAL;
-                goto out_free;
-        }
-        uint64_t now = 0, base = 0;
-        for_each_remote(sn, parents, nparents, add_fetched, &now, &out.remote_lowers);
-        pthread_mutex_lock(&sn->start_lock);
-        out.since_prepare = start_base(sn, info->id, &base);
-        pthread_mutex_unlock(&sn->start_lock);
-        out.fetched_bytes = now > base ? now - base : 0;
-        *ret = out;
-out_free:
-        snap_info_free(info);
-        free(parents);
-        return r;
-}
-
 /* Answers with a response holding MOUNT (Prepare, View and Mounts have the same shape). */
 #define ANSWER_MOUNTS(type, init, mp, resp)                                                        \
         do {                                                                                       \
@@ -568,17 +171,17 @@ static int create(struct snapshotter *sn, enum snap_kind kind, const char *key, 
                 fail(resp, r == -ENOENT ? -ENOENT : r, op, r == -ENOENT ? parent : key);
                 return r;
         }
-        r = make_dirs(sn, info->id, kind);
+        r = snap_make_dirs(sn, info->id, kind);
         if (r == 0)
-                r = mount_for(sn, info, parents, nparents, mp);
+                r = snap_mount_for(sn, info, parents, nparents, mp);
         if (r == 0 && kind == SNAP_VIEW)
-                maybe_prefetch(sn, parents, nparents);
+                snap_maybe_prefetch(sn, parents, nparents);
         if (r < 0) {
                 int64_t id;
                 char p[PATH_MAX];
                 snapdb_remove(sn->db, key, &id);
                 snap_path(sn, info->id, NULL, p, sizeof(p));
-                remove_tree(p);
+                snap_remove_tree(p);
                 fail(resp, r == -EEXIST ? -EIO : r, op, key);
         }
         snap_info_free(info);
@@ -625,7 +228,7 @@ static int try_remote(struct snapshotter *sn, const char *key, const struct labe
                         if (snapdb_remove(sn->db, key, &id) == 0) {
                                 char p[PATH_MAX];
                                 snap_path(sn, id, NULL, p, sizeof(p));
-                                remove_tree(p);
+                                snap_remove_tree(p);
                         }
                         r = 0;
                 } else if (r < 0) {
@@ -651,7 +254,7 @@ static void note_start(struct snapshotter *sn, const char *key) {
         size_t nparents;
         if (snapdb_get(sn->db, key, &info, &parents, &nparents) < 0)
                 return;
-        record_start(sn, info->id, parents, nparents);
+        snap_record_start(sn, info->id, parents, nparents);
         snap_info_free(info);
         free(parents);
 }
@@ -686,7 +289,7 @@ static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp
                                 CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_RESPONSE__INIT,
                                 &mp, resp);
                 }
-                mount_pb_done(&mp);
+                snap_mount_done(&mp);
         }
         free(labels.v);
         pb(prepare_snapshot_request__free_unpacked)(m, NULL);
@@ -705,7 +308,7 @@ static void h_view(void *ud, const uint8_t *req, size_t len, struct grpc_resp *r
                 ANSWER_MOUNTS(PB(ViewSnapshotResponse),
                               CONTAINERD__SERVICES__SNAPSHOTS__V1__VIEW_SNAPSHOT_RESPONSE__INIT,
                               &mp, resp);
-                mount_pb_done(&mp);
+                snap_mount_done(&mp);
         }
         free(labels.v);
         pb(view_snapshot_request__free_unpacked)(m, NULL);
@@ -727,14 +330,14 @@ static void h_mounts(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
                 if (info->kind == SNAP_COMMITTED)
                         r = -EBUSY; /* containerd: only active snapshots and views mount */
                 else
-                        r = mount_for(sn, info, parents, nparents, &mp);
+                        r = snap_mount_for(sn, info, parents, nparents, &mp);
                 if (r == 0)
-                        maybe_prefetch(sn, parents, nparents);
+                        snap_maybe_prefetch(sn, parents, nparents);
                 if (r == 0) {
                         ANSWER_MOUNTS(PB(MountsResponse),
                                       CONTAINERD__SERVICES__SNAPSHOTS__V1__MOUNTS_RESPONSE__INIT,
                                       &mp, resp);
-                        mount_pb_done(&mp);
+                        snap_mount_done(&mp);
                 }
                 snap_info_free(info);
                 free(parents);
@@ -767,7 +370,7 @@ static void h_commit(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
                 if (info->kind == SNAP_ACTIVE) {
                         char p[PATH_MAX];
                         snap_path(sn, info->id, "fs", p, sizeof(p));
-                        if (disk_usage(p, &size, &inodes) < 0)
+                        if (snap_disk_usage(p, &size, &inodes) < 0)
                                 size = inodes = 0;
                 }
                 snap_info_free(info);
@@ -797,8 +400,8 @@ static void h_remove(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
         } else {
                 char p[PATH_MAX];
                 snap_path(sn, id, NULL, p, sizeof(p));
-                forget_start(sn, id);
-                int rr = remove_tree(p);
+                snap_forget_start(sn, id);
+                int rr = snap_remove_tree(p);
                 if (rr < 0) /* the metadata is gone: Cleanup finishes the job */
                         log_debug("snapshot dir not removed path=%s err=%s", p, strerror(-rr));
                 answer_empty(resp);
@@ -950,7 +553,7 @@ static void h_usage(void *ud, const uint8_t *req, size_t len, struct grpc_resp *
                 if (info->kind == SNAP_ACTIVE) {
                         char p[PATH_MAX];
                         snap_path(sn, info->id, "fs", p, sizeof(p));
-                        r = disk_usage(p, &out.size, &out.inodes);
+                        r = snap_disk_usage(p, &out.size, &out.inodes);
                 }
                 if (r < 0)
                         fail(resp, r, "usage of", m->key);
@@ -1000,7 +603,7 @@ static int cleanup(struct snapshotter *sn) {
                 if (!owned) {
                         char p[PATH_MAX];
                         snap_path(sn, id, NULL, p, sizeof(p));
-                        int rr = remove_tree(p);
+                        int rr = snap_remove_tree(p);
                         if (rr < 0 && r == 0)
                                 r = rr;
                 }
