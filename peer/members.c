@@ -28,13 +28,12 @@
  *
  * Costs: one thread; per refresh one resolution; per down peer one probe per backoff
  * interval; memory bounded by max_peers. */
-#include "peer/members.h"
+#include "peer/members_int.h"
 #include "peer/rendezvous.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -48,108 +47,9 @@
 #include "util/log.h"
 #include "util/parse.h"
 
-#define BACKOFF_START_MS 250
-#define BACKOFF_MAX_MS 10000
-#define DECAY_INTERVAL_MS 60000
-#define FIRST_RESOLVE_WAIT_MS 3000 /* members_new() waits this long for the first refresh */
-#define RESOLVE_STEP_MS 100        /* how often a pending resolution checks for stop */
-#define RESOLVE_MAX_MS 15000       /* a resolution slower than this is abandoned */
-#define STATE_LOG_INTERVAL_MS 5000 /* peer up/down lines */
-#define HOST_MAX 256
-#define ID_LIST_LOG_MAX 512 /* joined=/left= lists are cut beyond this */
-#define CAND_MAX_FACTOR 16  /* records one refresh may hold before the cap: x max_peers */
-/* Digests whose homes are remembered (80 bytes each: 1.25 MiB). A full announce round asks
- * for the homes of every blob the node holds, so the cache should exceed that count: at
- * 5000 members a round over 2000 blobs cost 380 ms of CPU with 1024 slots, 2.5 ms with
- * every blob cached. */
-#define HOMES_CACHE_SLOTS 16384
-#define MEMBERS_MAX_PEERS 65536 /* member indexes fit the cache's uint16_t */
-
-struct member {
-        struct peer_info info;       /* info.id is the sort key */
-        char addr[INET6_ADDRSTRLEN]; /* numeric, without brackets */
-        uint16_t port;
-        unsigned missing;       /* refreshes in a row that did not return it */
-        uint64_t backoff_ms;    /* while down: the current probe interval */
-        uint64_t next_probe_ms; /* while down: when to probe (monotonic) */
-        bool probing;           /* a probe is in flight */
-};
-
-/* The homes of one digest at one membership version, as indexes into members.v (which only
- * moves when the version changes). A reader asks for a blob's homes on every chunk miss, and
- * each computation scores every member: 5000 scores per 1 MiB chunk at 5000 members. */
-struct homes_entry {
-        struct digest d;
-        uint64_t version;
-        uint8_t k, got; /* k == 0: empty slot */
-        uint16_t idx[MEMBERS_MAX_HOMES];
-};
-
-struct static_peer {
-        char host[HOST_MAX];
-        uint16_t port;
-        bool numeric;
-};
-
-/* A member found by one refresh. */
-struct cand {
-        char id[PEER_ID_MAX];
-        char addr[INET6_ADDRSTRLEN];
-        uint16_t port;
-        bool from_static, from_dns, is_self;
-};
-
-/* A probe in flight: what its completion needs. */
-struct probe {
-        struct members *m;
-        char id[PEER_ID_MAX];
-};
-
-struct members {
-        /* Immutable after members_new(). */
-        struct static_peer *statics;
-        size_t n_static;
-        char *dns_name;
-        char *advertise; /* normalised --advertise-address; NULL when none */
-        uint16_t peer_port, listen_port;
-        uint64_t refresh_ms, probe_timeout_ms;
-        size_t max_peers;
-        struct netlink *nl;
-        struct index *ix;
-
-        pthread_mutex_t lock;
-        pthread_cond_t wake;             /* lock: stop, new failures, first refresh done */
-        struct member *v;                /* lock: n sorted by id, capacity max_peers */
-        const char **id_ptrs;            /* lock: scratch for rendezvous hashing, max_peers */
-        struct homes_entry *homes_cache; /* lock: HOMES_CACHE_SLOTS, direct-mapped */
-        bool manual;                     /* no thread: members_update() is the only refresh */
-        size_t n;                        /* lock */
-        uint64_t version;                /* lock: bumped when the set changes */
-        char self[PEER_ID_MAX];          /* lock: "" when not known */
-        bool resolved_once;              /* lock */
-        bool persist_dirty;              /* lock: changed since the last idx_put_peers */
-        uint64_t rng;                    /* lock: jitter */
-        atomic_bool stopping;            /* read without the lock by the resolver's wait loop */
-        atomic_bool refresh_now;         /* the advertised address changed: refresh at once */
-        struct log_ratelimit rl;         /* up/down lines */
-
-        /* Probes go through HTTP (borrowed, or our own when the config gave none); GROUP
-         * tags them so members_free() can cancel them and wait for their completions. */
-        struct http_client *http;
-        bool own_http;
-        struct http_group *group;
-        size_t inflight; /* lock: probes submitted and not completed */
-
-        /* The thread's own. */
-        pthread_t thread;
-        struct cand *cand; /* an answer before dedupe_cands(): cand_cap, from 2 x max_peers + 1
-                              up to CAND_MAX_FACTOR x max_peers + 1 */
-        size_t cand_cap;
-};
-
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-static void format_id(const char *addr, uint16_t port, char out[PEER_ID_MAX]) {
+void members_format_id(const char *addr, uint16_t port, char out[PEER_ID_MAX]) {
         if (strchr(addr, ':'))
                 snprintf(out, PEER_ID_MAX, "[%s]:%u", addr, (unsigned)port);
         else
@@ -157,7 +57,7 @@ static void format_id(const char *addr, uint16_t port, char out[PEER_ID_MAX]) {
 }
 
 /* Canonical numeric text of S (brackets accepted) into OUT; -EINVAL when not numeric. */
-static int normalise_addr(const char *s, char out[INET6_ADDRSTRLEN]) {
+int members_normalise_addr(const char *s, char out[INET6_ADDRSTRLEN]) {
         int family;
         uint8_t bytes[16];
         if (parse_ip_literal(s, &family, bytes) < 0)
@@ -165,14 +65,14 @@ static int normalise_addr(const char *s, char out[INET6_ADDRSTRLEN]) {
         return inet_ntop(family, bytes, out, INET6_ADDRSTRLEN) ? 0 : -EINVAL;
 }
 
-static int cmp_member(const void *a, const void *b) {
+int member_cmp(const void *a, const void *b) {
         return strcmp(((const struct member *)a)->info.id, ((const struct member *)b)->info.id);
 }
 
 static struct member *find(struct members *m, const char *id) {
         struct member key;
         snprintf(key.info.id, sizeof(key.info.id), "%s", id);
-        return bsearch(&key, m->v, m->n, sizeof(*m->v), cmp_member);
+        return bsearch(&key, m->v, m->n, sizeof(*m->v), member_cmp);
 }
 
 /* Uniform in [d/2, 3d/2): the jittered wait before the next probe. */
@@ -183,7 +83,7 @@ static uint64_t jitter(struct members *m, uint64_t d) {
         return d / 2 + (d ? m->rng % d : 0);
 }
 
-static void append_id(char *list, size_t len, const char *id) {
+void members_append_id(char *list, size_t len, const char *id) {
         size_t used = strlen(list);
         if (used + strlen(id) + 5 >= len) {
                 if (used + 4 < len && !strstr(list, "..."))
@@ -195,7 +95,7 @@ static void append_id(char *list, size_t len, const char *id) {
 
 /* A sort key, lower is better: up, on-link, unknown, routed; then latency; then recent
  * failures. An unmeasured latency counts as 0, so a new peer gets tried and measured. */
-static uint64_t rank_key(const struct member *p) {
+uint64_t member_rank(const struct member *p) {
         if (p->info.is_self || p->info.state != PEER_UP)
                 return UINT64_MAX;
         uint64_t loc = p->info.locality == NL_LOC_ONLINK   ? 0
@@ -230,327 +130,6 @@ static void log_state(struct members *m, const char *id, bool up, const char *wh
                 log_info("peer down id=%s why=\"%s\" suppressed=%" PRIu64
                          " hint=\"probing it with backoff\"",
                          id, why ? why : "unknown", suppressed);
-}
-
-/* ---- refresh: resolve, then merge ------------------------------------------------------- */
-
-/* Adds ADDR:PORT to the candidates. Duplicates are merged, and the cap applied, by
- * dedupe_cands() once the whole answer is in: a check here would cost O(n) per candidate,
- * O(n^2) per refresh (12.5 M comparisons at 5000 members). */
-static void add_cand(struct members *m, size_t *n, size_t *ignored, const char *addr, uint16_t port,
-                     bool from_static, bool from_dns) {
-        if (*n >= m->cand_cap) {
-                /* The whole answer must be in before the cap picks the lowest ids: grow, up
-                 * to CAND_MAX_FACTOR x max_peers (one DNS answer is ~4000 records anyway). */
-                size_t cap = m->cand_cap * 2;
-                if (cap > CAND_MAX_FACTOR * m->max_peers + 1)
-                        cap = CAND_MAX_FACTOR * m->max_peers + 1;
-                struct cand *v = cap > m->cand_cap ? realloc(m->cand, cap * sizeof(*v)) : NULL;
-                if (!v) { /* past the bound: counted, not kept */
-                        (*ignored)++;
-                        return;
-                }
-                m->cand = v;
-                m->cand_cap = cap;
-        }
-        struct cand *c = &m->cand[(*n)++];
-        memset(c, 0, sizeof(*c));
-        format_id(addr, port, c->id);
-        snprintf(c->addr, sizeof(c->addr), "%s", addr);
-        c->port = port;
-        c->from_static = from_static;
-        c->from_dns = from_dns;
-}
-
-static int cmp_cand(const void *a, const void *b) {
-        return strcmp(((const struct cand *)a)->id, ((const struct cand *)b)->id);
-}
-
-/* Sorts the candidates by id, merges duplicates (their flags OR'd) and keeps the first
- * max_peers ids. Keeping the lowest ids (not the first ones the resolver returned) matters:
- * nodes that receive the same oversized answer in different orders (DNS servers rotate
- * records) still keep the same members, so they still agree on every blob's homes. Returns
- * the new count; *IGNORED gets the ids dropped by the cap. O(n log n). */
-static size_t dedupe_cands(struct members *m, size_t n, size_t *ignored) {
-        if (n == 0)
-                return 0;
-        qsort(m->cand, n, sizeof(*m->cand), cmp_cand);
-        size_t out = 0;
-        for (size_t i = 0; i < n; i++) {
-                if (out > 0 && strcmp(m->cand[out - 1].id, m->cand[i].id) == 0) {
-                        m->cand[out - 1].from_static |= m->cand[i].from_static;
-                        m->cand[out - 1].from_dns |= m->cand[i].from_dns;
-                        continue;
-                }
-                m->cand[out++] = m->cand[i];
-        }
-        if (out > m->max_peers) {
-                *ignored += out - m->max_peers;
-                out = m->max_peers;
-        }
-        return out;
-}
-
-static void add_addrinfo(struct members *m, size_t *n, size_t *ignored, struct addrinfo *res,
-                         uint16_t port, bool from_static, bool from_dns) {
-        for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-                char addr[INET6_ADDRSTRLEN];
-                const void *src;
-                if (ai->ai_family == AF_INET)
-                        src = &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr;
-                else if (ai->ai_family == AF_INET6)
-                        src = &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr;
-                else
-                        continue;
-                if (inet_ntop(ai->ai_family, src, addr, sizeof(addr)))
-                        add_cand(m, n, ignored, addr, port, from_static, from_dns);
-        }
-}
-
-/* Resolves every name (static names, the DNS name) at once. Waits in short steps so a stop
- * is noticed; a resolution still running at a stop or after RESOLVE_MAX_MS is cancelled, or
- * left to finish on glibc's thread with its memory (a few hundred bytes) deliberately not
- * freed, since that thread still writes to it. Returns the candidate count; *RET_COMPLETE is
- * false when a lookup failed for another reason than "no such name". */
-static size_t resolve(struct members *m, bool *ret_complete) {
-        size_t n = 0, ignored = 0;
-        bool complete = true;
-        for (size_t i = 0; i < m->n_static; i++)
-                if (m->statics[i].numeric)
-                        add_cand(m, &n, &ignored, m->statics[i].host, m->statics[i].port, true,
-                                 false);
-
-        size_t nreq = 0;
-        struct gaicb **reqs = calloc(m->n_static + 1, sizeof(*reqs));
-        struct gaicb *cbs = calloc(m->n_static + 1, sizeof(*cbs));
-        static const struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        if (!reqs || !cbs) {
-                free(reqs);
-                free(cbs);
-                *ret_complete = false;
-                return n;
-        }
-        for (size_t i = 0; i < m->n_static; i++)
-                if (!m->statics[i].numeric) {
-                        cbs[nreq] =
-                                (struct gaicb){.ar_name = m->statics[i].host, .ar_request = &hints};
-                        reqs[nreq] = &cbs[nreq];
-                        nreq++;
-                }
-        if (m->dns_name) {
-                cbs[nreq] = (struct gaicb){.ar_name = m->dns_name, .ar_request = &hints};
-                reqs[nreq] = &cbs[nreq];
-                nreq++;
-        }
-        bool abandoned = false;
-        if (nreq > 0) {
-                int e = getaddrinfo_a(GAI_NOWAIT, reqs, (int)nreq, NULL);
-                if (e != 0) {
-                        log_debug("members resolve failed err=\"%s\"", gai_strerror(e));
-                        complete = false;
-                        nreq = 0; /* nothing was queued */
-                }
-                uint64_t deadline = now_ms() + RESOLVE_MAX_MS;
-                for (;;) {
-                        bool pending = false;
-                        for (size_t i = 0; i < nreq; i++)
-                                pending |= gai_error(reqs[i]) == EAI_INPROGRESS;
-                        if (!pending)
-                                break;
-                        if (atomic_load(&m->stopping) || now_ms() >= deadline) {
-                                for (size_t i = 0; i < nreq; i++)
-                                        if (gai_cancel(reqs[i]) == EAI_NOTCANCELED)
-                                                abandoned = true;
-                                complete = false;
-                                break;
-                        }
-                        struct timespec step = {0, RESOLVE_STEP_MS * 1000000L};
-                        gai_suspend((const struct gaicb *const *)reqs, (int)nreq, &step);
-                }
-        }
-        size_t s = 0;
-        for (size_t i = 0; i < nreq; i++) {
-                bool is_dns = m->dns_name && reqs[i]->ar_name == m->dns_name;
-                uint16_t port = m->peer_port;
-                if (!is_dns) {
-                        while (s < m->n_static && m->statics[s].numeric)
-                                s++;
-                        port = m->statics[s++].port;
-                }
-                int e = gai_error(reqs[i]);
-                if (e == 0) {
-                        add_addrinfo(m, &n, &ignored, reqs[i]->ar_result, port, !is_dns, is_dns);
-                } else if (e != EAI_NONAME && e != EAI_NODATA) {
-                        /* The members are kept (nobody ages), but say so: a name with more
-                         * A records than one 64 KiB answer holds (~4000) fails like this on
-                         * every refresh, and a new node then never learns anyone. */
-                        static struct log_ratelimit frl = LOG_RATELIMIT_INIT(300000);
-                        uint64_t suppressed;
-                        complete = false;
-                        if (e != EAI_INPROGRESS && e != EAI_CANCELED &&
-                            log_ratelimit_ok(&frl, &suppressed))
-                                log_warning("peer name does not resolve name=%s err=\"%s\" "
-                                            "members_kept=%zu suppressed=%" PRIu64
-                                            " hint=\"a DNS answer holds about 4000 A records "
-                                            "at most: past that, split the Service and list "
-                                            "the names in --peers\"",
-                                            reqs[i]->ar_name, gai_strerror(e), m->n, suppressed);
-                }
-                if (e != EAI_INPROGRESS)
-                        freeaddrinfo(reqs[i]->ar_result);
-        }
-        n = dedupe_cands(m, n, &ignored);
-        if (ignored) {
-                static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);
-                uint64_t suppressed;
-                if (log_ratelimit_ok(&rl, &suppressed))
-                        log_info("peers ignored n=%zu max_peers=%zu suppressed=%" PRIu64
-                                 " hint=\"raise max-peers\"",
-                                 ignored, m->max_peers, suppressed);
-        }
-        free(reqs);
-        if (!abandoned)
-                free(cbs);
-        *ret_complete = complete;
-        return n;
-}
-
-/* Our advertised address, normalised, into OUT; -ENOENT when unknown. */
-static int self_addr(struct members *m, char out[INET6_ADDRSTRLEN]) {
-        char buf[INET6_ADDRSTRLEN];
-        if (m->nl && nl_advertised(m->nl, buf, sizeof(buf)) == 0)
-                return normalise_addr(buf, out);
-        if (m->advertise) {
-                snprintf(out, INET6_ADDRSTRLEN, "%s", m->advertise);
-                return 0;
-        }
-        return -ENOENT;
-}
-
-/* Merges the N candidates in m->cand (deduplicated, at most max_peers) into the membership:
- * the rules of the essay above. O(n log n): one bsearch per candidate against the members
- * as they were, newcomers appended and sorted once, the departed compacted out in one pass.
- * (Sorting after every newcomer cost O(n^2 log n) on a first refresh: seconds at 5000.) */
-static void merge(struct members *m, size_t n, bool complete) {
-        /* Self: recognised by address and port, whichever list named it. */
-        char self_a[INET6_ADDRSTRLEN], self_id[PEER_ID_MAX] = "";
-        bool have_self = self_addr(m, self_a) == 0;
-        if (have_self)
-                format_id(self_a, m->listen_port, self_id);
-        bool self_static = false, self_dns = false;
-        for (size_t i = 0; i < n;) {
-                struct cand *c = &m->cand[i];
-                bool ours = have_self && c->port == m->listen_port &&
-                            (strcmp(c->addr, self_a) == 0 ||
-                             nl_locality(m->nl, c->addr) == NL_LOC_SELF);
-                if (!ours) {
-                        i++;
-                        continue;
-                }
-                self_static |= c->from_static;
-                self_dns |= c->from_dns;
-                m->cand[i] = m->cand[--n];
-        }
-        if (have_self) { /* dedupe_cands() left at most max_peers: self always fits */
-                struct cand *c = &m->cand[n++];
-                memset(c, 0, sizeof(*c));
-                memcpy(c->id, self_id, sizeof(self_id));
-                snprintf(c->addr, sizeof(c->addr), "%s", self_a);
-                c->port = m->listen_port;
-                c->from_static = self_static;
-                c->from_dns = self_dns;
-                c->is_self = true;
-        }
-        enum nl_locality *loc = calloc(n ? n : 1, sizeof(*loc));
-        for (size_t i = 0; loc && i < n; i++) /* outside the lock: nl takes its own */
-                loc[i] = m->cand[i].is_self ? NL_LOC_SELF : nl_locality(m->nl, m->cand[i].addr);
-
-        char joined[ID_LIST_LOG_MAX] = "", left[ID_LIST_LOG_MAX] = "";
-        size_t njoined = 0, nleft = 0;
-        pthread_mutex_lock(&m->lock);
-        snprintf(m->self, sizeof(m->self), "%s", self_id);
-        for (size_t i = 0; i < m->n; i++)
-                m->v[i].missing++;
-        size_t full = 0, sorted_n = m->n; /* v[0, sorted_n) is sorted; newcomers follow */
-        for (size_t i = 0; i < n; i++) {
-                struct cand *c = &m->cand[i];
-                struct member key, *p;
-                memcpy(key.info.id, c->id, sizeof(c->id));
-                p = bsearch(&key, m->v, sorted_n, sizeof(*m->v), cmp_member);
-                if (!p) {
-                        size_t cap = m->max_peers;
-                        if (m->n >= cap && !c->is_self) {
-                                full++;
-                                continue;
-                        }
-                        if (m->n >= cap) { /* self displaces nobody: drop the worst peer */
-                                size_t worst = 0;
-                                for (size_t k = 1; k < m->n; k++)
-                                        if (rank_key(&m->v[k]) >= rank_key(&m->v[worst]))
-                                                worst = k;
-                                append_id(left, sizeof(left), m->v[worst].info.id);
-                                nleft++;
-                                /* Keep v[0, sorted_n) sorted: shift the tail down by one. */
-                                memmove(&m->v[worst], &m->v[worst + 1],
-                                        (m->n - worst - 1) * sizeof(*m->v));
-                                m->n--;
-                                if (worst < sorted_n)
-                                        sorted_n--;
-                        }
-                        p = &m->v[m->n++];
-                        memset(p, 0, sizeof(*p));
-                        memcpy(p->info.id, c->id, sizeof(c->id));
-                        p->info.state = PEER_UP;
-                        snprintf(p->addr, sizeof(p->addr), "%s", c->addr);
-                        p->port = c->port;
-                        append_id(joined, sizeof(joined), c->id);
-                        njoined++;
-                }
-                p->missing = 0;
-                p->info.from_static = c->from_static;
-                p->info.from_dns = c->from_dns;
-                p->info.is_self = c->is_self;
-                p->info.locality = loc ? loc[i] : NL_LOC_UNKNOWN;
-                if (c->is_self)
-                        p->info.state = PEER_UP;
-        }
-        if (m->n > sorted_n)
-                qsort(m->v, m->n, sizeof(*m->v), cmp_member);
-        /* Forget: a former self at once; others after a second miss, and only when every
-         * lookup answered (a resolver outage must not empty the membership). */
-        size_t kept = 0;
-        for (size_t i = 0; i < m->n; i++) {
-                struct member *p = &m->v[i];
-                bool gone = p->missing > 0 && (p->info.is_self || (complete && p->missing >= 2));
-                if (gone) {
-                        append_id(left, sizeof(left), p->info.id);
-                        nleft++;
-                        continue;
-                }
-                if (kept != i)
-                        m->v[kept] = *p;
-                kept++;
-        }
-        m->n = kept;
-        if (njoined || nleft) {
-                m->version++;
-                m->persist_dirty = true;
-        }
-        size_t total = m->n;
-        pthread_mutex_unlock(&m->lock);
-        free(loc);
-        if (njoined || nleft)
-                log_info("membership changed members=%zu joined=%zu left=%zu joined_ids=%s "
-                         "left_ids=%s",
-                         total, njoined, nleft, joined[0] ? joined : "-", left[0] ? left : "-");
-        if (full)
-                log_debug("members full n=%zu max_peers=%zu", full, m->max_peers);
-}
-
-static void refresh(struct members *m) {
-        bool complete;
-        size_t n = resolve(m, &complete);
-        merge(m, n, complete);
 }
 
 /* ---- probes ------------------------------------------------------------------------------- */
@@ -687,7 +266,7 @@ static void *members_main(void *arg) {
                 now = now_ms();
                 if (now >= next_refresh || atomic_exchange(&m->refresh_now, false)) {
                         pthread_mutex_unlock(&m->lock);
-                        refresh(m);
+                        members_do_refresh(m);
                         pthread_mutex_lock(&m->lock);
                         m->resolved_once = true;
                         pthread_cond_broadcast(&m->wake);
@@ -749,7 +328,7 @@ static int parse_static(const char *spec, struct static_peer *ret) {
         if (parse_hostport(spec, sp.host, sizeof(sp.host), &sp.port) < 0 || !sp.host[0])
                 return -EINVAL;
         char addr[INET6_ADDRSTRLEN];
-        if (normalise_addr(sp.host, addr) == 0) {
+        if (members_normalise_addr(sp.host, addr) == 0) {
                 snprintf(sp.host, sizeof(sp.host), "%s", addr);
                 sp.numeric = true;
         }
@@ -824,7 +403,7 @@ int members_new(const struct members_config *cfg, struct members **ret) {
         }
         if (cfg->advertise && cfg->advertise[0]) {
                 char addr[INET6_ADDRSTRLEN];
-                r = normalise_addr(cfg->advertise, addr);
+                r = members_normalise_addr(cfg->advertise, addr);
                 if (r < 0)
                         goto out_destroy;
                 r = -ENOMEM;
@@ -943,7 +522,7 @@ bool members_usable(struct members *m, const char *id) {
 uint64_t members_rank_key(struct members *m, const char *id) {
         pthread_mutex_lock(&m->lock);
         const struct member *p = find(m, id);
-        uint64_t k = p ? rank_key(p) : UINT64_MAX;
+        uint64_t k = p ? member_rank(p) : UINT64_MAX;
         pthread_mutex_unlock(&m->lock);
         return k;
 }
@@ -995,7 +574,7 @@ void members_report_failure(struct members *m, const char *id, const char *why) 
  * serves a chunk per request, and a scan of every member per chunk cost O(members). */
 void members_report_served(struct members *m, const char *addr, uint64_t bytes) {
         char a[INET6_ADDRSTRLEN], prefix[INET6_ADDRSTRLEN + 4];
-        if (!addr || normalise_addr(addr, a) < 0)
+        if (!addr || members_normalise_addr(addr, a) < 0)
                 return;
         if (strchr(a, ':'))
                 snprintf(prefix, sizeof(prefix), "[%s]:", a);
@@ -1031,26 +610,6 @@ int members_snapshot(struct members *m, struct peer_info **ret, size_t *ret_n) {
                 return -ENOMEM;
         *ret = v;
         *ret_n = n;
-        return 0;
-}
-
-int members_update(struct members *m, const char *const *ids, size_t n, bool complete) {
-        if (!m->manual)
-                return -EINVAL;
-        size_t nc = 0, ignored = 0;
-        for (size_t i = 0; i < n; i++) {
-                char host[HOST_MAX], addr[INET6_ADDRSTRLEN];
-                uint16_t port;
-                if (parse_hostport(ids[i], host, sizeof(host), &port) < 0 ||
-                    normalise_addr(host, addr) < 0)
-                        return -EINVAL;
-                add_cand(m, &nc, &ignored, addr, port, false, true);
-        }
-        nc = dedupe_cands(m, nc, &ignored);
-        merge(m, nc, complete);
-        pthread_mutex_lock(&m->lock);
-        m->resolved_once = true;
-        pthread_mutex_unlock(&m->lock);
         return 0;
 }
 
