@@ -799,13 +799,20 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
         l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
         if (!l->sha || !l->sha_known || !l->sha_verified || !l->holders)
                 return -ENOMEM;
-        /* Asked about one chunk (a reader's miss): only that chunk's digest and the holders
-         * that have it. The answer then costs the same for a 10 GiB blob as for a 10 MiB one;
-         * the whole picture is for lookups (CHUNK < 0). */
+        /* Asked about one chunk (a reader's miss): the digests of that chunk and the
+         * DIR_LOCATE_SPAN - 1 after it, and the holders that have it. The answer then costs the
+         * same for a 10 GiB blob as for a 10 MiB one; the whole picture is for lookups
+         * (CHUNK < 0). The following digests let the reader keep the answer and check the
+         * next chunks of a sequential read (and a run of them in one GET) without asking
+         * again for each (peer/source.c). */
         bool one = chunk >= 0 && (uint64_t)chunk < b->nchunks;
         if (b->sha && one) {
-                uint32_t c = (uint32_t)chunk;
-                if (wire_bit(b->sha_known, c)) {
+                uint32_t end = (uint64_t)chunk + DIR_LOCATE_SPAN < b->nchunks
+                                       ? (uint32_t)chunk + DIR_LOCATE_SPAN
+                                       : b->nchunks;
+                for (uint32_t c = (uint32_t)chunk; c < end; c++) {
+                        if (!wire_bit(b->sha_known, c))
+                                continue;
                         l->sha[c] = b->sha[c];
                         wire_set_bit(l->sha_known, c);
                         if (wire_bit(b->sha_verified, c))

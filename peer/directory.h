@@ -68,8 +68,14 @@ void dir_free(struct directory *dir); /* NULL-safe */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);
 
+/* Chunk digests in an answer about one chunk: that chunk's and the next ones', enough to check
+ * a reader's following misses (a run is at most 32 chunks) without asking again. */
+#define DIR_LOCATE_SPAN 32
+
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
  * chunk digests (with their verified bits), live holders (not expired), live claims as "fetching" holders.
+ * CHUNK >= 0 (a reader's miss): only the holders that have CHUNK, and the digests of CHUNK
+ * .. CHUNK + DIR_LOCATE_SPAN - 1; CHUNK < 0: every holder and digest.
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
  * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant

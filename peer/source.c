@@ -48,6 +48,7 @@
 #include <time.h>
 
 #include "peer/httpd.h"
+#include "peer/proto.h"
 #include "peer/rendezvous.h"
 #include "util/log.h"
 
@@ -63,6 +64,14 @@
 #define BUSY_PAUSE_MAX_MS 200   /* ... up to this */
 #define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
 #define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
+/* Locate answers kept per blob (issue 18's hot home): an answer carries every holder's chunk
+ * map and every chunk digest the home knows, so one answer serves the following misses of
+ * that blob for a short while. Bounded by slots and by bytes of maps and digests; an answer
+ * larger than the whole budget is used once and not kept. */
+#define LCACHE_SLOTS 16
+#define LCACHE_TTL_MS 1000
+#define LCACHE_BYTES (4u << 20)
+#define MAX_RUN 32 /* chunks of one coalesced peer transfer (the engine sends up to 16) */
 
 enum phase { PH_LOCATE, PH_PEERS, PH_CONFIRM, PH_ORIGIN };
 
@@ -124,9 +133,14 @@ struct job {
         bool spread;
         char bad_peer[PEER_ID_MAX]; /* set by a verifier: this peer's bytes did not match */
         unsigned busy_retries;
+        /* The rest of a source_fetch_run() run, on its first job only while that job
+         * locates: once the answer is in (and cached), the whole run is planned at once. */
+        struct job *run_next;
 };
 
-enum xfer_kind { X_LOCATE, X_CHUNK, X_DIGEST };
+/* X_RUN: one ranged GET for consecutive chunks that one peer holds, each chunk handed to a
+ * verifier as soon as its bytes are in. */
+enum xfer_kind { X_LOCATE, X_CHUNK, X_DIGEST, X_RUN };
 
 struct xfer {
         struct xfer *next; /* running list */
@@ -143,6 +157,22 @@ struct xfer {
         uint64_t total_ms; /* a transfer slower than this is abandoned for the next source */
         bool stalled;
         char curl_error[CURL_ERROR_SIZE];
+        uint64_t deadline_ms; /* the job's (a run's jobs share one) */
+        /* X_RUN: run[0 .. delivered) went to the verifiers (not ours any more), the rest are
+         * still ours; BUF holds the bytes of run[delivered] so far (GOT of them). */
+        struct job *run[MAX_RUN];
+        unsigned nrun, delivered;
+        struct digest blob;
+        uint64_t ttfb_us;
+};
+
+struct lcache_entry {
+        bool used;
+        struct digest blob;
+        uint64_t at_ms;
+        size_t bytes;
+        char home[PEER_ID_MAX]; /* who answered: its digests are no check of its own bytes */
+        struct wire_locate l;
 };
 
 struct distrust {
@@ -183,6 +213,8 @@ struct source {
                 uint64_t at_ms;
         } recorded[RECORD_SLOTS];
         unsigned recorded_next;
+        struct lcache_entry lcache[LCACHE_SLOTS];
+        size_t lcache_bytes;
 };
 
 static void stat_add(struct source *s, uint64_t *field, uint64_t n) {
@@ -206,6 +238,81 @@ static void distrust_add(struct source *s, const char *peer, const struct digest
         d->used = true;
 }
 
+/* ---- the locate cache (thread only) -------------------------------------------------------- */
+
+static size_t lcache_cost(const struct wire_locate *l) {
+        size_t map = ((size_t)l->nchunks + 7) / 8;
+        return (size_t)l->nchunks * sizeof(struct digest) + map * (3 + (size_t)l->nholders) +
+               (size_t)l->nholders * sizeof(struct wire_holder) + sizeof(struct lcache_entry);
+}
+
+static void lcache_evict(struct source *s, struct lcache_entry *e) {
+        if (!e->used)
+                return;
+        wire_locate_free(&e->l);
+        s->lcache_bytes -= e->bytes;
+        e->used = false;
+}
+
+/* The fresh answer kept for BLOB, or NULL. */
+static struct lcache_entry *lcache_get(struct source *s, const struct digest *blob) {
+        uint64_t now = now_ms();
+        for (unsigned i = 0; i < LCACHE_SLOTS; i++) {
+                struct lcache_entry *e = &s->lcache[i];
+                if (!e->used || !digest_equal(&e->blob, blob))
+                        continue;
+                if (now - e->at_ms < LCACHE_TTL_MS)
+                        return e;
+                lcache_evict(s, e);
+        }
+        return NULL;
+}
+
+/* Forgets BLOB's answer: a peer it named failed us, so the next miss asks a home again. */
+static void lcache_drop(struct source *s, const struct digest *blob) {
+        for (unsigned i = 0; i < LCACHE_SLOTS; i++)
+                if (s->lcache[i].used && digest_equal(&s->lcache[i].blob, blob))
+                        lcache_evict(s, &s->lcache[i]);
+}
+
+/* Keeps answer *L from HOME, taking its contents (*L is left empty, so freeing it is a no-op).
+ * Returns the kept copy, or NULL when it does not fit the budget (then *L is untouched). The
+ * claim is not kept: it answered one job's question, not the next one's. */
+static struct lcache_entry *lcache_put(struct source *s, struct wire_locate *l, const char *home) {
+        size_t cost = lcache_cost(l);
+        if (cost > LCACHE_BYTES / 2)
+                return NULL;
+        lcache_drop(s, &l->digest);
+        struct lcache_entry *slot = NULL;
+        while (!slot || s->lcache_bytes + cost > LCACHE_BYTES) {
+                struct lcache_entry *oldest = NULL;
+                slot = NULL;
+                for (unsigned i = 0; i < LCACHE_SLOTS; i++) {
+                        struct lcache_entry *e = &s->lcache[i];
+                        if (!e->used) {
+                                slot = slot ? slot : e;
+                                continue;
+                        }
+                        if (!oldest || e->at_ms < oldest->at_ms)
+                                oldest = e;
+                }
+                if (slot && s->lcache_bytes + cost <= LCACHE_BYTES)
+                        break;
+                lcache_evict(s, oldest); /* non-NULL: the budget is used by someone */
+                slot = NULL;
+        }
+        slot->used = true;
+        slot->blob = l->digest;
+        slot->at_ms = now_ms();
+        slot->bytes = cost;
+        snprintf(slot->home, sizeof(slot->home), "%s", home);
+        slot->l = *l;
+        slot->l.has_claim = false;
+        s->lcache_bytes += cost;
+        *l = (struct wire_locate){0};
+        return slot;
+}
+
 /* Homes of D, best first, into HOMES; returns how many. Self included. */
 static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)[PEER_ID_MAX]) {
         return (unsigned)members_homes(s->cfg.members, d, s->cfg.homes, homes, NULL);
@@ -217,12 +324,22 @@ static unsigned homes_of(struct source *s, const struct digest *d, char (*homes)
  * the chunk a second time), or NULL. */
 static void job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
                      const struct digest *sha) {
+        struct job *f = j->run_next; /* only while J locates: it cannot succeed then */
         j->done(j->ud, err, reason, buf, len, sha);
         free(j->held);
         free(j);
+        while (f) {
+                struct job *next = f->run_next;
+                f->run_next = NULL;
+                job_done(f, err, reason, NULL, 0, NULL);
+                f = next;
+        }
 }
 
+static void release_run(struct source *s, struct job *j);
+
 static void to_origin(struct source *s, struct job *j) {
+        release_run(s, j); /* the rest of its run may still find peers */
         j->phase = PH_ORIGIN;
         stat_add(s, &s->stats.origin_chunks, 1);
         /* Peers that were slow to fail must not use up the origin's turn: the read fails with
@@ -269,7 +386,7 @@ static void add_token(const struct source *s, struct curl_slist **headers) {
         if (!s->cfg.token)
                 return;
         char h[HTTPD_TOKEN_MAX + 32];
-        snprintf(h, sizeof(h), "%s: %s", HTTPD_TOKEN_HEADER, s->cfg.token);
+        snprintf(h, sizeof(h), PROTO_TOKEN_HEADER ": %s", s->cfg.token);
         *headers = curl_slist_append(*headers, h);
 }
 
@@ -279,6 +396,9 @@ static unsigned active_to(const struct source *s, const char *peer) {
                 n += strcmp(x->peer, peer) == 0;
         return n;
 }
+
+static int xfer_launch(struct source *s, struct xfer *x, const char *url,
+                       curl_write_callback write);
 
 static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const char *peer,
                       bool claimed, const char *self) {
@@ -295,16 +415,17 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
                 add_token(s, &x->headers);
                 if (j->probing || j->spread || kind == X_DIGEST) /* no claim: only asking */
                         snprintf(url, sizeof(url),
-                                 "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32, peer, hex,
-                                 j->idx);
+                                 "http://%s" PROTO_LOCATE_PATH "%s?" PROTO_ARG_CHUNK "=%" PRIu32,
+                                 peer, hex, j->idx);
                 else
                         snprintf(url, sizeof(url),
-                                 "http://%s/p2p/v1/locate/sha256:%s?chunk=%" PRIu32 "&node=%s",
+                                 "http://%s" PROTO_LOCATE_PATH "%s?" PROTO_ARG_CHUNK "=%" PRIu32
+                                 "&" PROTO_ARG_NODE "=%s",
                                  peer, hex, j->idx, self);
                 x->stall_ms = x->total_ms = LOCATE_TIMEOUT_MS;
         } else {
                 x->cap = j->len;
-                snprintf(url, sizeof(url), "http://%s/v2/p2pblobs/blobs/sha256:%s", peer, hex);
+                snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
                 snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, j->off,
                          j->off + j->len - 1);
                 x->headers = curl_slist_append(x->headers, range);
@@ -315,35 +436,41 @@ static int xfer_start(struct source *s, struct job *j, enum xfer_kind kind, cons
                 x->total_ms = 2 * s->cfg.stall_timeout_ms;
                 if (claimed) {
                         /* It answers once the chunk lands: silence is expected that long. */
-                        snprintf(wait, sizeof(wait), "X-P2PBlobs-Wait: %" PRIu64,
+                        snprintf(wait, sizeof(wait), PROTO_WAIT_HEADER ": %" PRIu64,
                                  s->cfg.claim_wait_ms);
                         x->headers = curl_slist_append(x->headers, wait);
                         x->stall_ms += s->cfg.claim_wait_ms;
                         x->total_ms += s->cfg.claim_wait_ms;
                 }
         }
-        x->buf = kind == X_CHUNK ? malloc(x->cap ? x->cap : 1) : NULL;
-        x->easy = curl_easy_init();
-        if ((kind == X_CHUNK && !x->buf) || !x->easy) {
+        if (kind != X_CHUNK)
+                x->cap = 64 << 10; /* grows, up to LOCATE_BODY_MAX */
+        x->buf = malloc(x->cap ? x->cap : 1);
+        x->deadline_ms = j->deadline_ms;
+        if (!x->buf) {
                 xfer_free(x);
                 return -ENOMEM;
         }
-        if (kind != X_CHUNK) {
-                x->cap = 64 << 10; /* grows, up to LOCATE_BODY_MAX */
-                x->buf = malloc(x->cap);
-                if (!x->buf) {
-                        xfer_free(x);
-                        return -ENOMEM;
-                }
+        return xfer_launch(s, x, url, kind == X_CHUNK ? on_body : on_locate_body);
+}
+
+/* Starts X (its headers, buffer and limits set) as a GET of URL whose body goes to WRITE.
+ * 0, or -errno with X freed. */
+static int xfer_launch(struct source *s, struct xfer *x, const char *url,
+                       curl_write_callback write) {
+        x->easy = curl_easy_init();
+        if (!x->easy) {
+                xfer_free(x);
+                return -ENOMEM;
         }
         CURL *h = x->easy;
         curl_easy_setopt(h, CURLOPT_URL, url);
         curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
         curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->headers);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, kind == X_CHUNK ? on_body : on_locate_body);
+        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write);
         /* A chunk in 16 KiB receives (curl's default) is 64 recvfrom and callbacks per MiB;
          * 512 KiB per chunk transfer, at most max_transfers of them (see source.h). */
-        if (kind == X_CHUNK)
+        if (x->kind == X_CHUNK || x->kind == X_RUN)
                 curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L << 10);
         curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
         curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->cfg.connect_timeout_ms);
@@ -401,16 +528,16 @@ static void record_locations(struct source *s, const struct wire_locate *l) {
                                          expires);
 }
 
-/* What HOME told us about J's chunk: candidates, in order, and the expected digest. */
-static void use_answer(struct source *s, struct job *j, const struct wire_locate *l,
-                       const char *home, const char *self) {
-        if (!digest_equal(&l->digest, &j->digest) || l->chunk_size != s->cfg.chunk_size ||
-            l->nchunks <= j->idx || l->size != j->size) {
-                log_debug("locate answer does not fit blob chunk=%" PRIu32, j->idx);
-                to_origin(s, j);
-                return;
-        }
-        record_locations(s, l);
+/* Whether answer L is about J's blob, as J knows it, and covers J's chunk. */
+static bool answer_fits(const struct source *s, const struct job *j, const struct wire_locate *l) {
+        return digest_equal(&l->digest, &j->digest) && l->chunk_size == s->cfg.chunk_size &&
+               l->nchunks > j->idx && l->size == j->size;
+}
+
+/* J's candidates from answer L (which fits J), in order, and the expected digest, as HOME
+ * said it. Leaves J in PEERS, about to try its first candidate. */
+static void plan_job(struct source *s, struct job *j, const struct wire_locate *l, const char *home,
+                     const char *self) {
         if (l->sha_known && wire_bit(l->sha_known, j->idx)) {
                 j->sha = l->sha[j->idx];
                 j->sha_known = true;
@@ -444,10 +571,45 @@ static void use_answer(struct source *s, struct job *j, const struct wire_locate
         j->ncand = 0;
         for (unsigned i = 0; i < n && j->ncand < MAX_CANDIDATES; i++)
                 j->cand[j->ncand++] = v[i].c;
-        if (l->has_claim && l->claim_granted && l->claim_chunk == j->idx)
-                stat_add(s, &s->stats.claims, 1);
         j->phase = PH_PEERS;
         j->cand_next = 0;
+}
+
+static void start_job(struct source *s, struct job *j);
+static void run_plan(struct source *s, struct job *head, const struct wire_locate *l,
+                     const char *home, const char *self);
+
+/* Starts the jobs chained on J->run_next one by one (each locates, or uses the cache). */
+static void release_run(struct source *s, struct job *j) {
+        struct job *f = j->run_next;
+        j->run_next = NULL;
+        while (f) {
+                struct job *next = f->run_next;
+                f->run_next = NULL;
+                start_job(s, f);
+                f = next;
+        }
+}
+
+/* What HOME told us about J's chunk (answer *L, whose contents may be taken into the cache):
+ * candidates, in order, and the expected digest; a run waiting on J is planned from it. */
+static void use_answer(struct source *s, struct job *j, struct wire_locate *l, const char *home,
+                       const char *self) {
+        if (!answer_fits(s, j, l)) {
+                log_debug("locate answer does not fit blob chunk=%" PRIu32, j->idx);
+                to_origin(s, j);
+                return;
+        }
+        record_locations(s, l);
+        if (l->has_claim && l->claim_granted && l->claim_chunk == j->idx)
+                stat_add(s, &s->stats.claims, 1);
+        struct lcache_entry *e = lcache_put(s, l, home);
+        const struct wire_locate *a = e ? &e->l : l;
+        if (j->run_next) {
+                run_plan(s, j, a, home, self);
+                return;
+        }
+        plan_job(s, j, a, home, self);
         next_candidate(s, j);
 }
 
@@ -527,8 +689,7 @@ static void next_candidate(struct source *s, struct job *j) {
  * claimant of it, not ourselves, not distrusted, not down. */
 static bool answer_has_source(struct source *s, const struct job *j, const struct wire_locate *l,
                               const char *self) {
-        if (!digest_equal(&l->digest, &j->digest) || l->chunk_size != s->cfg.chunk_size ||
-            l->nchunks <= j->idx || l->size != j->size)
+        if (!answer_fits(s, j, l))
                 return false;
         for (uint32_t i = 0; i < l->nholders; i++) {
                 const struct wire_holder *h = &l->holders[i];
@@ -585,9 +746,109 @@ static void start_job(struct source *s, struct job *j) {
         char self[PEER_ID_MAX];
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                 self[0] = '\0';
+        /* A home answered about this blob a moment ago: its answer names the holders of every
+         * chunk, so a chunk someone holds needs no question. One that nobody held then is
+         * asked (the first home grants claims, and new holders show up there). */
+        struct lcache_entry *e = self[0] ? lcache_get(s, &j->digest) : NULL;
+        if (e && answer_has_source(s, j, &e->l, self)) {
+                stat_add(s, &s->stats.locate_cache_hits, 1);
+                if (j->run_next) {
+                        run_plan(s, j, &e->l, e->home, self);
+                        return;
+                }
+                plan_job(s, j, &e->l, e->home, self);
+                next_candidate(s, j);
+                return;
+        }
         if (spread_locate(s, j, self))
                 return;
         next_home(s, j);
+}
+
+/* Whether J is ready to go to its first candidate as part of a run: a holder (not a
+ * claimant, whose answer waits), usable, whose bytes we can check without its word. */
+static bool run_ready(struct source *s, const struct job *j) {
+        if (j->phase != PH_PEERS || j->ncand == 0 || j->cand[0].claimed)
+                return false;
+        const char *p = j->cand[0].id;
+        return checkable(j, p) && members_usable(s->cfg.members, p) &&
+               !distrusted(s, p, &j->digest);
+}
+
+static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer);
+
+/* HEAD's answer L (from HOME) is in: plan HEAD and the rest of its run (HEAD->run_next) from
+ * it. Chunks some peer holds are grouped, consecutive chunks of one best peer into one ranged
+ * GET; chunks the answer names no source for are asked of the homes on their own (their
+ * claims are decided there). L is only read before anything starts: starting a job may
+ * replace the cache entry L lives in. */
+static void run_plan(struct source *s, struct job *head, const struct wire_locate *l,
+                     const char *home, const char *self) {
+        struct job *a[MAX_RUN];
+        bool planned[MAX_RUN];
+        unsigned n = 0;
+        char h[PEER_ID_MAX];
+        snprintf(h, sizeof(h), "%s", home);
+        for (struct job *j = head; j && n < MAX_RUN;) { /* source_fetch_run: at most MAX_RUN */
+                struct job *next = j->run_next;
+                j->run_next = NULL;
+                if (j != head) {
+                        memcpy(j->homes, head->homes, sizeof(j->homes));
+                        j->nhomes = head->nhomes;
+                        j->phase = PH_LOCATE;
+                }
+                a[n++] = j;
+                j = next;
+        }
+        bool need_own = false;
+        for (unsigned i = 0; i < n; i++) {
+                /* The head's answer decides for it (its claim included); the others are planned
+                 * from it only where it names a source. */
+                planned[i] = i == 0 ? answer_fits(s, a[i], l) : answer_has_source(s, a[i], l, self);
+                if (!planned[i])
+                        continue;
+                plan_job(s, a[i], l, h, self);
+                need_own |= a[i]->ncand > 0 && !checkable(a[i], a[i]->cand[0].id);
+        }
+        /* The home that answered is the holder (two nodes, each the other's home): its
+         * digests are no check of its bytes, but our own directory's are, when we are a home. */
+        bool self_home = false;
+        for (unsigned i = 0; i < head->nhomes; i++)
+                self_home |= strcmp(head->homes[i], self) == 0;
+        struct wire_locate own;
+        if (need_own && self_home && strcmp(h, self) != 0 &&
+            dir_locate(s->cfg.dir, &head->digest, NULL, -1, now_ms(), &own) == 0) {
+                for (unsigned i = 0; i < n; i++) {
+                        struct job *j = a[i];
+                        if (planned[i] && j->ncand > 0 && !checkable(j, j->cand[0].id) &&
+                            answer_fits(s, j, &own) && wire_bit(own.sha_known, j->idx)) {
+                                j->sha = own.sha[j->idx];
+                                j->sha_known = true;
+                                snprintf(j->sha_home, sizeof(j->sha_home), "%s", self);
+                        }
+                }
+                wire_locate_free(&own);
+        }
+        /* L is not read from here on. */
+        for (unsigned i = 0; i < n;) {
+                unsigned k = i + 1;
+                if (planned[i] && run_ready(s, a[i]))
+                        while (k < n && planned[k] && run_ready(s, a[k]) &&
+                               strcmp(a[k]->cand[0].id, a[i]->cand[0].id) == 0)
+                                k++;
+                if (k - i >= 2 && s->active < s->cfg.max_total &&
+                    active_to(s, a[i]->cand[0].id) < s->cfg.max_per_peer &&
+                    run_start(s, a + i, k - i, a[i]->cand[0].id) == 0) {
+                        i = k;
+                        continue;
+                }
+                for (; i < k; i++) {
+                        if (planned[i])
+                                next_candidate(s, a[i]);
+                        else
+                                start_job(s, a[i]);
+                }
+        }
 }
 
 /* Queues BUF (J's chunk from PEER, now owned by the verifier) for checking against J->sha.
@@ -700,6 +961,169 @@ static void next_confirm(struct source *s, struct job *j) {
         next_candidate(s, j);
 }
 
+/* ---- coalesced runs ------------------------------------------------------------------------ */
+
+/* The body of a run: bytes fill the chunk being received; a full chunk goes to a verifier at
+ * once (its readers do not wait for the rest of the run), with its own digest from a home. */
+static size_t on_run_body(char *data, size_t size, size_t nmemb, void *ud) {
+        struct xfer *x = ud;
+        size_t n = size * nmemb, left = n;
+        x->last_byte_ms = now_ms();
+        if (x->delivered == 0 && x->got == 0) {
+                /* An error answer's body is not chunk bytes (a short last chunk could look
+                 * whole): take only a partial answer, or the whole blob when asked whole. */
+                long status = 0;
+                curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+                if (status != 206 &&
+                    !(status == 200 && x->run[0]->off == 0 &&
+                      x->run[x->nrun - 1]->off + x->run[x->nrun - 1]->len == x->run[0]->size))
+                        return 0;
+                curl_off_t t = 0;
+                if (curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
+                        x->ttfb_us = (uint64_t)t;
+        }
+        while (left) {
+                if (x->delivered >= x->nrun || !x->buf) {
+                        x->overflow = true;
+                        return 0;
+                }
+                struct job *j = x->run[x->delivered];
+                size_t take = j->len - x->got < left ? j->len - x->got : left;
+                memcpy(x->buf + x->got, data, take);
+                x->got += take;
+                data += take;
+                left -= take;
+                if (x->got < j->len)
+                        break;
+                uint8_t *buf = x->buf;
+                x->buf = NULL;
+                x->got = 0;
+                if (verify_submit(j->s, j, buf, x->peer, x->ttfb_us) < 0)
+                        return 0; /* J is still ours: run_done sends it on */
+                x->delivered++;
+                if (x->delivered < x->nrun) {
+                        x->buf = malloc(x->run[x->delivered]->len);
+                        if (!x->buf)
+                                return 0;
+                }
+        }
+        return n;
+}
+
+/* One ranged GET to PEER for JOBS[0 .. N) (consecutive chunks, each with a candidate list
+ * whose first entry is PEER and a digest to check it by). 0, or -errno (nothing started). */
+static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer) {
+        struct xfer *x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->kind = X_RUN;
+        memcpy(x->run, jobs, n * sizeof(*jobs));
+        x->nrun = n;
+        x->blob = jobs[0]->digest;
+        x->deadline_ms = jobs[0]->deadline_ms;
+        snprintf(x->peer, sizeof(x->peer), "%s", peer);
+        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96];
+        digest_to_hex(&x->blob, hex);
+        snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, jobs[0]->off,
+                 jobs[n - 1]->off + jobs[n - 1]->len - 1);
+        x->headers = curl_slist_append(x->headers, range);
+        add_token(s, &x->headers);
+        x->stall_ms = s->cfg.stall_timeout_ms;
+        x->total_ms = 2 * s->cfg.stall_timeout_ms * n; /* as a chunk's, per chunk */
+        x->cap = jobs[0]->len;
+        x->buf = malloc(x->cap);
+        if (!x->buf) {
+                xfer_free(x);
+                return -ENOMEM;
+        }
+        int r = xfer_launch(s, x, url, on_run_body);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < n; i++)
+                jobs[i]->cand_next = 1; /* the rest of its candidates, should the run fail */
+        pthread_mutex_lock(&s->lock);
+        s->stats.run_transfers++;
+        s->stats.run_chunks += n;
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+}
+
+/* A run ended (or was given up): the chunks not delivered go on, each on its own, to their
+ * next source; the peer is reported when it broke the transfer. */
+static void run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        if (x->delivered == x->nrun)
+                return; /* every chunk is with a verifier */
+        uint64_t now = now_ms();
+        const char *why;
+        bool peer_fault = false, busy = false, restart = false;
+        if (x->stalled) {
+                why = "stalled";
+                peer_fault = true;
+        } else if (status == 503) {
+                why = "busy";
+                busy = true;
+        } else if (status != 206 && status != 200) {
+                why = status == 416 ? "does not hold the run (http 416)" : "refused";
+                restart = status == 416; /* our picture of it was stale: ask again */
+        } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && !x->overflow)) {
+                why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
+                peer_fault = true;
+        } else if (cc == CURLE_WRITE_ERROR) {
+                why = "out of memory";
+        } else {
+                why = "short or long answer";
+                peer_fault = true;
+        }
+        lcache_drop(s, &x->blob);
+        if (!busy) {
+                stat_add(s, &s->stats.peer_failures, 1);
+                if (peer_fault)
+                        members_report_failure(s->cfg.members, x->peer, why);
+                log_debug("peer run failed peer=%s chunk=%" PRIu32 " chunks=%u delivered=%u"
+                          " why=\"%s\" ms=%" PRIu64,
+                          x->peer, x->run[x->delivered]->idx, x->nrun, x->delivered, why,
+                          now - x->started_ms);
+        }
+        for (unsigned i = x->delivered; i < x->nrun; i++) {
+                struct job *j = x->run[i];
+                if (busy && j->busy_retries < BUSY_RETRIES) {
+                        j->busy_retries++;
+                        j->cand_next = 0;
+                        uint64_t pause = BUSY_PAUSE_MS * j->busy_retries;
+                        j->not_before_ms =
+                                now + (pause < BUSY_PAUSE_MAX_MS ? pause : BUSY_PAUSE_MAX_MS);
+                        j->next = s->queued;
+                        s->queued = j;
+                } else if (restart) {
+                        j->ncand = j->cand_next = 0;
+                        j->sha_known = false;
+                        start_job(s, j);
+                } else {
+                        next_candidate(s, j);
+                }
+        }
+        x->delivered = x->nrun;
+}
+
+/* The runs from PEER of BLOB stop here (it sent a chunk that failed its digest): their
+ * remaining chunks go to their next sources. */
+static void abort_runs(struct source *s, const char *peer, const struct digest *blob) {
+        for (;;) {
+                struct xfer *x = s->running;
+                while (x && !(x->kind == X_RUN && strcmp(x->peer, peer) == 0 &&
+                              digest_equal(&x->blob, blob)))
+                        x = x->next;
+                if (!x)
+                        return;
+                xfer_detach(s, x);
+                for (unsigned i = x->delivered; i < x->nrun; i++)
+                        next_candidate(s, x->run[i]);
+                x->delivered = x->nrun;
+                xfer_free(x);
+        }
+}
+
 /* A digest query (CONFIRM) ended. */
 static void digest_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
         struct job *j = x->job;
@@ -782,6 +1206,7 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                 }
         }
         stat_add(s, &s->stats.peer_failures, 1);
+        lcache_drop(s, &j->digest);
         if (peer_fault)
                 members_report_failure(s->cfg.members, x->peer, why);
         log_debug("peer transfer failed peer=%s chunk=%" PRIu32 " why=\"%s\" ms=%" PRIu64, x->peer,
@@ -864,6 +1289,8 @@ static void finish_transfers(struct source *s) {
                         locate_done(s, x, cc, status);
                 else if (x->kind == X_DIGEST)
                         digest_done(s, x, cc, status);
+                else if (x->kind == X_RUN)
+                        run_done(s, x, cc, status);
                 else
                         chunk_done(s, x, cc, status);
                 xfer_free(x);
@@ -879,13 +1306,15 @@ static void check_stalls(struct source *s) {
         while (x) {
                 struct xfer *next = x->next;
                 if (now - x->last_byte_ms >= x->stall_ms || now - x->started_ms >= x->total_ms ||
-                    now >= x->job->deadline_ms) {
+                    now >= x->deadline_ms) {
                         x->stalled = true;
                         xfer_detach(s, x);
                         if (x->kind == X_LOCATE)
                                 locate_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
                         else if (x->kind == X_DIGEST)
                                 digest_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
+                        else if (x->kind == X_RUN)
+                                run_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
                         else
                                 chunk_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
                         xfer_free(x);
@@ -963,6 +1392,8 @@ static void corrupt_returned(struct source *s, struct job *j) {
         distrust_add(s, j->bad_peer, &j->digest);
         members_report_failure(s->cfg.members, j->bad_peer, "corrupt chunk");
         stat_add(s, &s->stats.peer_corrupt, 1);
+        lcache_drop(s, &j->digest);
+        abort_runs(s, j->bad_peer, &j->digest);
         next_candidate(s, j);
 }
 
@@ -1015,7 +1446,11 @@ static void *source_main(void *arg) {
         while (s->running) {
                 struct xfer *x = s->running;
                 xfer_detach(s, x);
-                job_done(x->job, -ECANCELED, "shutting down", NULL, 0, NULL);
+                if (x->kind == X_RUN)
+                        for (unsigned i = x->delivered; i < x->nrun; i++)
+                                job_done(x->run[i], -ECANCELED, "shutting down", NULL, 0, NULL);
+                else
+                        job_done(x->job, -ECANCELED, "shutting down", NULL, 0, NULL);
                 xfer_free(x);
         }
         while (s->queued) {
@@ -1095,10 +1530,48 @@ void source_free(struct source *s) {
         }
         if (s->multi)
                 curl_multi_cleanup(s->multi);
+        for (unsigned i = 0; i < LCACHE_SLOTS; i++)
+                lcache_evict(s, &s->lcache[i]);
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->vq_lock);
         pthread_cond_destroy(&s->vq_cond);
         free(s);
+}
+
+/* A job for chunk IDX (LEN bytes at OFF), or NULL (out of memory). */
+static struct job *job_new(struct source *s, const struct digest *digest, uint64_t size,
+                           const char *source, uint32_t idx, uint64_t off, size_t len,
+                           uint64_t deadline_ms, origin_done_fn done, void *ud) {
+        struct job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return NULL;
+        j->s = s;
+        j->digest = *digest;
+        j->size = size;
+        snprintf(j->origin_source, sizeof(j->origin_source), "%s", source);
+        j->idx = idx;
+        j->off = off;
+        j->len = len;
+        j->deadline_ms = deadline_ms;
+        j->done = done;
+        j->ud = ud;
+        return j;
+}
+
+/* Hands J (and the run chained on it) to the thread. */
+static void job_submit(struct source *s, struct job *j) {
+        pthread_mutex_lock(&s->lock);
+        bool stopping = s->stopping;
+        if (!stopping) {
+                j->next = s->incoming;
+                s->incoming = j;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (stopping) {
+                job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
+        curl_multi_wakeup(s->multi);
 }
 
 void source_fetch_run(struct source *s, const struct digest *digest, uint64_t size,
@@ -1113,14 +1586,33 @@ void source_fetch_run(struct source *s, const struct digest *digest, uint64_t si
                                  deadline_ms, done, uds);
                 return;
         }
-        /* With peers, each chunk is located and fetched on its own (its holders may differ);
-         * coalescing runs from one peer that holds them all is not done yet. */
+        /* With peers, the run's first chunk is located (or answered from the cache) and the
+         * answer plans the whole run: consecutive chunks one peer holds go in one GET (see
+         * run_plan), the others their own way. Runs longer than MAX_RUN are cut. */
+        struct job *head = NULL, *tail = NULL;
+        unsigned len = 0;
         for (unsigned i = 0; i < n; i++) {
                 uint64_t coff = off + (uint64_t)i * chunk_size;
                 size_t clen = coff + chunk_size < end ? chunk_size : (size_t)(end - coff);
-                source_fetch(s, digest, size, source, idx + i, coff, clen, deadline_ms, done,
-                             uds[i]);
+                struct job *j = job_new(s, digest, size, source, idx + i, coff, clen, deadline_ms,
+                                        done, uds[i]);
+                if (!j) {
+                        done(uds[i], -ENOMEM, "out of memory", NULL, 0, NULL);
+                        continue;
+                }
+                if (!head || len == MAX_RUN) {
+                        if (head)
+                                job_submit(s, head);
+                        head = tail = j;
+                        len = 1;
+                        continue;
+                }
+                tail->run_next = j;
+                tail = j;
+                len++;
         }
+        if (head)
+                job_submit(s, head);
 }
 
 void source_fetch(struct source *s, const struct digest *digest, uint64_t size, const char *source,
@@ -1131,33 +1623,12 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
                 origin_fetch(s->cfg.origin, source, digest, off, len, deadline_ms, done, ud);
                 return;
         }
-        struct job *j = calloc(1, sizeof(*j));
+        struct job *j = job_new(s, digest, size, source, idx, off, len, deadline_ms, done, ud);
         if (!j) {
                 done(ud, -ENOMEM, "out of memory", NULL, 0, NULL);
                 return;
         }
-        j->s = s;
-        j->digest = *digest;
-        j->size = size;
-        snprintf(j->origin_source, sizeof(j->origin_source), "%s", source);
-        j->idx = idx;
-        j->off = off;
-        j->len = len;
-        j->deadline_ms = deadline_ms;
-        j->done = done;
-        j->ud = ud;
-        pthread_mutex_lock(&s->lock);
-        bool stopping = s->stopping;
-        if (!stopping) {
-                j->next = s->incoming;
-                s->incoming = j;
-        }
-        pthread_mutex_unlock(&s->lock);
-        if (stopping) {
-                job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-                return;
-        }
-        curl_multi_wakeup(s->multi);
+        job_submit(s, j);
 }
 
 struct grow_buf {
@@ -1209,7 +1680,7 @@ int source_lookup(struct source *s, const struct digest *digest, uint64_t deadli
                         if (!members_usable(s->cfg.members, homes[i]))
                                 continue;
                         char url[URL_MAX];
-                        snprintf(url, sizeof(url), "http://%s/p2p/v1/locate/sha256:%s", homes[i],
+                        snprintf(url, sizeof(url), "http://%s" PROTO_LOCATE_PATH "%s", homes[i],
                                  hex);
                         struct grow_buf g = {0};
                         struct curl_slist *hdr = NULL;
@@ -1326,7 +1797,7 @@ int source_locate_index(struct source *s, const struct digest *layer, uint64_t d
                         if (!members_usable(s->cfg.members, homes[i]))
                                 continue;
                         char url[URL_MAX], *body = NULL, reason[128];
-                        snprintf(url, sizeof(url), "http://%s/p2p/v1/index/sha256:%s", homes[i],
+                        snprintf(url, sizeof(url), "http://%s" PROTO_INDEX_PATH "%s", homes[i],
                                  hex);
                         uint64_t budget = deadline_ms - now;
                         if (budget > LOCATE_TIMEOUT_MS)

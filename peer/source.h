@@ -75,7 +75,11 @@ void source_fetch(struct source *s, const struct digest *digest, uint64_t size, 
 /* As source_fetch() for the N consecutive chunks from IDX (CHUNK_SIZE bytes each, the last
  * one ending at SIZE at most), with origin_fetch_run()'s contract: DONE(UDS[i], ...) once per
  * chunk, each as soon as it is in. A node alone asks the origin with one GET for the run; with
- * peers, each chunk goes its own way (as source_fetch()). UDS need not outlive the call. */
+ * peers, one locate (or the cached answer) plans the run: consecutive chunks that one peer
+ * holds go in one ranged GET to it, each chunk checked against its own digest from a home and
+ * completed as its bytes arrive; a chunk that fails its check, or a peer that stalls or dies
+ * mid-run, sends the chunks not yet in to their next sources one by one. Chunks the answer
+ * names no source for go their own way (as source_fetch()). UDS need not outlive the call. */
 void source_fetch_run(struct source *s, const struct digest *digest, uint64_t size,
                       const char *source, uint32_t idx, unsigned n, size_t chunk_size,
                       uint64_t deadline_ms, origin_done_fn done, void *const *uds);
@@ -110,5 +114,9 @@ struct source_stats {
         /* Locates asked of the home rdv_spread() picked (not the first), and those of them
          * that named no source, so the job asked the first home too. */
         uint64_t spread_locates, spread_misses;
+        /* Chunk misses answered from a locate answer kept for their blob (no question). */
+        uint64_t locate_cache_hits;
+        /* Ranged GETs to a peer for consecutive chunks it holds, and the chunks they asked. */
+        uint64_t run_transfers, run_chunks;
 };
 void source_get_stats(struct source *s, struct source_stats *ret);

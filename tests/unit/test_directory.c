@@ -1067,6 +1067,44 @@ static void test_index_bounds(void **state) {
         dir_free(dir);
 }
 
+/* An answer about one chunk carries that chunk's digest and the next DIR_LOCATE_SPAN - 1
+ * (a reader keeps it for the misses that follow), none before it, none past the span. */
+static void test_one_chunk_answer_digest_span(void **state) {
+        (void)state;
+        struct directory *dir = new_dir(16, 16, 16);
+        enum { N = 100, ASKED = 10 };
+        uint32_t idx[N];
+        struct digest sha[N];
+        struct one o;
+        char reason[256];
+
+        make(&o, "10.0.0.2:5001", 1, N, "0-99");
+        for (uint32_t i = 0; i < N; i++) {
+                idx[i] = i;
+                memset(&sha[i], (int)(i + 1), sizeof(sha[i]));
+        }
+        o.b.ndigests = N;
+        o.b.sha_idx = idx;
+        o.b.sha = sha;
+        assert_int_equal(dir_apply(dir, &o.a, 1000, reason, sizeof(reason)), 0);
+        struct digest d = dg(1);
+        struct wire_locate l;
+        assert_int_equal(dir_locate(dir, &d, NULL, ASKED, 1001, &l), 0);
+        for (uint32_t i = 0; i < N; i++) {
+                bool want = i >= ASKED && i < ASKED + DIR_LOCATE_SPAN;
+                assert_int_equal(wire_bit(l.sha_known, i), want);
+                if (want)
+                        assert_true(digest_equal(&l.sha[i], &sha[i]));
+        }
+        wire_locate_free(&l);
+        /* Near the end the span stops at the last chunk. */
+        assert_int_equal(dir_locate(dir, &d, NULL, N - 2, 1001, &l), 0);
+        assert_true(wire_bit(l.sha_known, N - 2) && wire_bit(l.sha_known, N - 1));
+        assert_false(wire_bit(l.sha_known, N - 3));
+        wire_locate_free(&l);
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
@@ -1090,6 +1128,7 @@ int main(void) {
                 cmocka_unit_test(test_index_records),
                 cmocka_unit_test(test_index_votes),
                 cmocka_unit_test(test_index_bounds),
+                cmocka_unit_test(test_one_chunk_answer_digest_span),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
