@@ -130,7 +130,7 @@ static ssize_t no_body(void *cls, uint64_t pos, char *out, size_t max) {
 static int wait_for_chunk(struct httpd *h, struct MHD_Connection *conn, const struct digest *d,
                           uint64_t off, uint64_t len) {
         uint64_t wait = 0;
-        const char *w = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-P2PBlobs-Wait");
+        const char *w = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PROTO_WAIT_HEADER);
         if (!w || len > h->ops.chunk_size || parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) < 0 ||
             wait == 0)
                 return 0;
@@ -217,7 +217,7 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                         char sh[DIGEST_HEX_LEN + 8];
                         memcpy(sh, "sha256:", 7);
                         digest_to_hex(&sha, sh + 7);
-                        MHD_add_response_header(resp, "X-P2PBlobs-Chunk-Digest", sh);
+                        MHD_add_response_header(resp, PROTO_CHUNK_DIGEST_HEADER, sh);
                 }
         } else {
                 struct stream *st = calloc(1, sizeof(*st));
@@ -259,7 +259,7 @@ static enum MHD_Result serve_blob(struct httpd *h, struct MHD_Connection *conn,
                 MHD_add_response_header(resp, "Content-Range", cr);
         char cs[32];
         snprintf(cs, sizeof(cs), "%" PRIu32, h->ops.chunk_size);
-        MHD_add_response_header(resp, "X-P2PBlobs-Chunk-Size", cs);
+        MHD_add_response_header(resp, PROTO_CHUNK_SIZE_HEADER, cs);
         enum MHD_Result ret = MHD_queue_response(conn, status, resp);
         MHD_destroy_response(resp);
         return ret;
@@ -270,8 +270,9 @@ static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn,
         struct digest d = *dp;
         if (!h->ops.locate)
                 return http_text(conn, MHD_HTTP_NOT_FOUND, "not found\n");
-        const char *node = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "node");
-        const char *chunk = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, "chunk");
+        const char *node = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, PROTO_ARG_NODE);
+        const char *chunk =
+                MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND, PROTO_ARG_CHUNK);
         uint64_t idx = 0;
         if (chunk && parse_u64(chunk, 0, WIRE_MAX_CHUNKS, &idx) < 0)
                 return http_text(conn, MHD_HTTP_BAD_REQUEST, "bad chunk\n");
@@ -310,7 +311,7 @@ static enum MHD_Result locate_index(struct httpd *h, struct MHD_Connection *conn
 static bool token_ok(const struct httpd *h, struct MHD_Connection *conn) {
         if (!h->ops.token)
                 return true;
-        const char *got = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, HTTPD_TOKEN_HEADER);
+        const char *got = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PROTO_TOKEN_HEADER);
         size_t want_len = strlen(h->ops.token);
         if (!got || strlen(got) != want_len)
                 return false;

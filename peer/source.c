@@ -13,6 +13,24 @@
  *   ORIGIN  hand the job to the origin client, which owns it from then on.
  * Every job ends in exactly one call of its done callback.
  *
+ * The locate cache and runs (issues 15, 18). A home's answer about chunk i names every holder
+ * that has i with its whole chunk map, and the digests of i and the 31 chunks after it. The
+ * thread keeps the latest answer per blob for LCACHE_TTL_MS (LCACHE_SLOTS blobs, LCACHE_BYTES
+ * of maps and digests), so a sequential reader's next misses skip LOCATE: one question per
+ * blob per second or so instead of one per chunk, which is what made the first home of a
+ * popular blob a hot spot, and one round trip less before most first bytes. A chunk the kept
+ * answer names no holder for, or gives no digest of, is asked as before (claims are granted
+ * only there). A peer failure for the blob drops its answer. A run from source_fetch_run() is
+ * planned from one answer (the cache's, or its first chunk's locate): consecutive chunks whose
+ * best candidate is the same holder, with a digest we may check it by, go in one ranged GET
+ * (X_RUN); each chunk is handed to a verifier as soon as its bytes are in, so the first
+ * chunk's reader does not wait for the run. A run that breaks (the peer dies or stalls, a 416
+ * or 503, a chunk of it fails its digest) sends the chunks not yet in on, each on its own,
+ * exactly as a failed single transfer would. Trust is unchanged: a chunk's digest still comes
+ * from a home that is not the sender — when the home that answered is the holder, our own
+ * directory's digests are used if we are a home (one in-memory lookup per run), else the chunk
+ * goes the single way, through CONFIRM.
+ *
  * Whose word a chunk is checked against. A peer's bytes are accepted only against a digest
  * that did not come from that peer: the digest a home gave us, where that home is not the
  * peer serving the bytes (our own directory, when we are a home, always qualifies). What the
@@ -747,10 +765,12 @@ static void start_job(struct source *s, struct job *j) {
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                 self[0] = '\0';
         /* A home answered about this blob a moment ago: its answer names the holders of every
-         * chunk, so a chunk someone holds needs no question. One that nobody held then is
-         * asked (the first home grants claims, and new holders show up there). */
+         * chunk, and the digests of the chunks after the one it was asked about, so a chunk
+         * someone holds whose digest it gave needs no question. Others are asked: the first
+         * home grants claims, new holders show up there, and bytes without a digest would
+         * wait for one (CONFIRM) after they arrived, a round trip later than a locate. */
         struct lcache_entry *e = self[0] ? lcache_get(s, &j->digest) : NULL;
-        if (e && answer_has_source(s, j, &e->l, self)) {
+        if (e && answer_has_source(s, j, &e->l, self) && wire_bit(e->l.sha_known, j->idx)) {
                 stat_add(s, &s->stats.locate_cache_hits, 1);
                 if (j->run_next) {
                         run_plan(s, j, &e->l, e->home, self);

@@ -20,6 +20,11 @@
  * are dropped when none does. A peer whose bytes do not match is never asked for that blob
  * again (a bounded table) and the chunk is fetched from the next source.
  *
+ * A home's answer is kept per blob for a second (bounded, dropped when a peer it named fails
+ * us), so a sequential reader asks about one chunk in many; and consecutive chunks of a run
+ * that one peer holds come in one ranged GET, each checked and completed on its own
+ * (source_fetch_run).
+ *
  * Without members (a node alone) every fetch goes straight to the origin.
  *
  * Threads and bounds: one thread runs a libcurl multi handle for every peer transfer and
