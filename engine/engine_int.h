@@ -139,11 +139,14 @@ struct waiter {
  * lock; between eng_submit() and its completion the fetcher holds the pointer, and only the
  * worker that completes it ends it. */
 struct inflight {
-        struct inflight *next;  /* in blob->inflight (lock) */
-        struct blob *blob;      /* (immutable) */
-        uint32_t idx;           /* (immutable) */
-        bool readahead;         /* nobody waited for it when it started (immutable) */
-        bool prefetch;          /* started by engine_prefetch() (lock) */
+        struct inflight *next; /* in blob->inflight (lock) */
+        struct blob *blob;     /* (immutable) */
+        uint32_t idx;          /* (immutable) */
+        bool readahead;        /* nobody waited for it when it started (immutable) */
+        bool prefetch;         /* started by engine_prefetch() (lock) */
+        /* The blob's generation when the fetch began (immutable): bytes asked for before a
+         * discard never become present after it (verify.c). */
+        uint64_t gen;
         struct waiter *waiters; /* (lock) */
         struct engine *e;       /* (immutable) */
         /* A run (src.fetch_run): the first inflight of RUN_LEN consecutive ones, linked by
@@ -419,12 +422,19 @@ void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending 
 /* landed.c: the ring of recently landed chunks (see its essay) */
 int eng_landed_init(struct engine *e);
 void eng_landed_free(struct engine *e);
-/* Fetch completion of chunk IDX of B, landed in generation GEN with result ERR: offers its
- * buffer *BUF (LEN bytes) to the ring, which takes it (and sets *BUF to NULL) when the chunk is
- * present in generation GEN, its blob not verified and it is not the blob's last chunk.
- * Otherwise *BUF stays the caller's to free. Takes the engine lock. */
-void eng_landed_put(struct engine *e, struct blob *b, uint32_t idx, uint64_t gen, int err,
-                    uint8_t **buf, size_t len);
+struct landed_buf;
+/* An entry's bookkeeping, allocated before the engine lock is taken (NULL without a ring). */
+struct landed_buf *eng_landed_alloc(struct engine *e);
+/* Caller holds lock and has just set chunk IDX of B present with the bytes BUF (LEN): puts BUF
+ * in the ring, using LB (from eng_landed_alloc), unless B is verified or IDX its last chunk.
+ * Returns LB when taken: BUF then belongs to LB, the caller keeps reading it and ends with
+ * eng_landed_release(LB); NULL: LB and BUF stay the caller's. Entries pushed out go on *DEAD
+ * (free them with eng_landed_release, after unlocking). */
+struct landed_buf *eng_landed_insert(struct engine *e, struct blob *b, uint32_t idx, uint8_t *buf,
+                                     size_t len, struct landed_buf *lb, struct landed_buf **dead);
+/* Without the lock: drops the completion's reference to LB (NULL-safe; its buffer is freed if
+ * the ring let it go meanwhile) and frees the DEAD list. */
+void eng_landed_release(struct engine *e, struct landed_buf *lb, struct landed_buf *dead);
 /* Caller holds lock. Called by eng_changed(): drops the entries this change makes stale (chunk
  * IDX when it is absent now; every entry of B for UINT32_MAX or once B is verified). */
 void eng_landed_changed(struct engine *e, const struct blob *b, uint32_t idx);

@@ -41,6 +41,7 @@ struct inflight *eng_inflight_get(struct engine *e, struct blob *b, uint32_t idx
         f->blob = b;
         f->idx = idx;
         f->readahead = readahead;
+        f->gen = b->generation;
         f->e = e;
         f->next = b->inflight;
         b->inflight = f;
@@ -310,6 +311,18 @@ static void complete(struct engine *e, struct completion *c) {
 
         bool had_early = false, own_hash = false;
         if (err == 0) {
+                /* Asked for before the blob was discarded (another chunk failed it): these
+                 * bytes are not the new generation's, whatever they are. */
+                eng_lock(&e->lock);
+                bool stale = b->generation != f->gen;
+                eng_unlock(&e->lock);
+                if (stale) {
+                        err = -EIO;
+                        snprintf(c->reason, sizeof(c->reason),
+                                 "the blob was discarded while the chunk was on the way");
+                }
+        }
+        if (err == 0) {
                 /* One hash per chunk: a source that checked the bytes hands us their digest. */
                 bool have_sha = c->has_sha;
                 if (have_sha)
@@ -339,7 +352,7 @@ static void complete(struct engine *e, struct completion *c) {
                 /* The bytes passed every check a chunk gets before it is served (the peer
                  * check in the source, the verified digest above; origin bytes are checked by
                  * the blob's frontier, as always). The ring of landed chunks (engine/landed.c)
-                 * is fed here, with C->BUF, before write-back. */
+                 * takes C->BUF below, when the chunk is marked present. */
                 had_early = early != NULL;
                 while (early) {
                         struct pending *next = early->next_done;
@@ -358,8 +371,12 @@ static void complete(struct engine *e, struct completion *c) {
         struct notes ns = {0};
         struct pending *done = NULL;
         bool frontier = false, verify_first = false;
+        struct landed_buf *lb = err == 0 ? eng_landed_alloc(e) : NULL, *ring = NULL, *dead = NULL;
         eng_lock(&e->lock);
-        uint64_t gen = b->generation;
+        /* The generation the fetch began in, not the one it ends in: a discard while it was
+         * on the way (another chunk failed the blob) leaves these bytes out of the new
+         * generation, and its readers hear EIO as the discard's own readers do. */
+        uint64_t gen = f->gen;
         if (err == 0 && b->verified && b->sha_known && bit_get(b->sha_known, idx) &&
             !digest_equal(&b->chunk_sha[idx], &sha)) {
                 /* A refetch of a verified blob's chunk that is not the bytes that verified:
@@ -368,7 +385,7 @@ static void complete(struct engine *e, struct completion *c) {
                 snprintf(c->reason, sizeof(c->reason),
                          "chunk differs from the one the blob verified with");
         }
-        if (err == 0 && !bit_get(b->present, idx)) {
+        if (err == 0 && b->generation == gen && !bit_get(b->present, idx)) {
                 if (policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len) == -ENOSPC) {
                         eng_evict_to_budget(e, &ns);
                         policy_insert(e->policy, key_of(b, idx), (uint32_t)c->len);
@@ -376,6 +393,7 @@ static void complete(struct engine *e, struct completion *c) {
                 bit_set(b->present, idx);
                 b->npresent++;
                 b->fetched_bytes += c->len;
+                ring = eng_landed_insert(e, b, idx, c->buf, c->len, lb, &dead);
                 eng_record_sha(b, idx, &sha);
                 eng_note(&ns, NOTE_PRESENT, b, idx, false, &sha);
                 eng_changed(e, b, idx);
@@ -498,7 +516,11 @@ static void complete(struct engine *e, struct completion *c) {
         }
         if (frontier && !verify_first && eng_advance_frontier(e, b, c->buf, idx))
                 eng_invalidate_blob(e, b, NULL);
-        eng_landed_put(e, b, idx, gen, err, &c->buf, c->len); /* may take c->buf */
+        if (ring)
+                c->buf = NULL; /* the ring's now, with our reference until here */
+        else
+                free(lb);
+        eng_landed_release(e, ring, dead);
         free(c->buf);
         free(c);
 }

@@ -12,7 +12,11 @@
  * them (against the origin's TLS or a digest from a home), written to the store and marked
  * present, in the blob's current generation. The invariant, kept under the engine lock:
  * an entry exists only while its chunk is present in the generation it landed in, and its blob
- * is not yet verified whole. eng_landed_put() checks it when the entry goes in; every change
+ * is not yet verified whole. The entry goes in by eng_landed_insert() in the same hold of the
+ * engine lock in which the completion sets the chunk's present bit: inserted later (as it once
+ * was, after the readers were answered), an older completion whose chunk was evicted and
+ * landed again meanwhile could put its copy over the newer one, which is what the store
+ * holds. Every change
  * that could break it passes through eng_changed() (the announcer's hook: a chunk becoming
  * absent, evicted, dropped after a store failure; the blob discarded after failing
  * verification; the blob verified), which calls eng_landed_changed(). So a read never gets
@@ -95,45 +99,55 @@ void eng_landed_free(struct engine *e) {
         pthread_mutex_destroy(&e->landed_lock);
 }
 
-void eng_landed_put(struct engine *e, struct blob *b, uint32_t idx, uint64_t gen, int err,
-                    uint8_t **buf, size_t len) {
-        ASSERT_NOT_HELD(&e->lock);
-        if (e->cfg.landed_chunks == 0 || err || !*buf)
-                return;
-        struct landed_buf *lb = malloc(sizeof(*lb)), *dead = NULL;
-        if (!lb)
-                return; /* the caller frees the chunk as before */
-        eng_lock(&e->lock);
-        bool ok = bit_get(b->present, idx) && b->generation == gen && !b->verified &&
-                  idx + 1 < b->nchunks && len == chunk_len(e, b, idx);
-        if (ok) {
-                *lb = (struct landed_buf){.refs = 1, .len = len, .data = *buf};
-                *buf = NULL; /* ours now */
-                pthread_mutex_lock(&e->landed_lock);
-                for (unsigned i = 0; i < e->landed_n; i++)
-                        if (e->landed[i].blob == b->id && e->landed[i].idx == idx) {
-                                ent_remove(e, i, &dead); /* a refetch: keep the newer copy */
-                                break;
-                        }
-                if (e->landed_n == e->cfg.landed_chunks) {
-                        unsigned oldest = 0;
-                        for (unsigned i = 1; i < e->landed_n; i++)
-                                if (e->landed[i].seq < e->landed[oldest].seq)
-                                        oldest = i;
-                        ent_remove(e, oldest, &dead);
+struct landed_buf *eng_landed_insert(struct engine *e, struct blob *b, uint32_t idx, uint8_t *buf,
+                                     size_t len, struct landed_buf *lb, struct landed_buf **dead) {
+        ASSERT_HELD(&e->lock);
+        if (!lb || e->cfg.landed_chunks == 0 || !buf || !bit_get(b->present, idx) || b->verified ||
+            idx + 1 >= b->nchunks || len != chunk_len(e, b, idx))
+                return NULL;
+        /* The ring's reference and the completion's: it still answers and hashes from BUF. */
+        *lb = (struct landed_buf){.refs = 2, .len = len, .data = buf};
+        pthread_mutex_lock(&e->landed_lock);
+        /* The chunk just became present, so no entry of it is left (becoming absent removed
+         * it): this check only keeps the invariant obvious. */
+        for (unsigned i = 0; i < e->landed_n; i++)
+                if (e->landed[i].blob == b->id && e->landed[i].idx == idx) {
+                        ent_remove(e, i, dead);
+                        break;
                 }
-                e->landed[e->landed_n++] = (struct landed_ent){
-                        .blob = b->id, .idx = idx, .seq = ++e->landed_seq, .buf = lb};
-                __atomic_store_n(&e->landed_live, e->landed_n, __ATOMIC_RELAXED);
-                e->landed_bytes += len;
-                if (e->landed_bytes > e->landed_peak)
-                        e->landed_peak = e->landed_bytes;
-                pthread_mutex_unlock(&e->landed_lock);
+        if (e->landed_n == e->cfg.landed_chunks) {
+                unsigned oldest = 0;
+                for (unsigned i = 1; i < e->landed_n; i++)
+                        if (e->landed[i].seq < e->landed[oldest].seq)
+                                oldest = i;
+                ent_remove(e, oldest, dead);
         }
-        eng_unlock(&e->lock);
-        if (!ok)
-                free(lb);
+        e->landed[e->landed_n++] =
+                (struct landed_ent){.blob = b->id, .idx = idx, .seq = ++e->landed_seq, .buf = lb};
+        __atomic_store_n(&e->landed_live, e->landed_n, __ATOMIC_RELAXED);
+        e->landed_bytes += len;
+        if (e->landed_bytes > e->landed_peak)
+                e->landed_peak = e->landed_bytes;
+        pthread_mutex_unlock(&e->landed_lock);
+        return lb;
+}
+
+void eng_landed_release(struct engine *e, struct landed_buf *lb, struct landed_buf *dead) {
+        ASSERT_NOT_HELD(&e->lock);
+        if (lb) {
+                pthread_mutex_lock(&e->landed_lock);
+                struct landed_buf *last = buf_unref(e, lb);
+                pthread_mutex_unlock(&e->landed_lock);
+                if (last) {
+                        last->next_dead = dead;
+                        dead = last;
+                }
+        }
         buf_free(dead);
+}
+
+struct landed_buf *eng_landed_alloc(struct engine *e) {
+        return e->cfg.landed_chunks ? malloc(sizeof(struct landed_buf)) : NULL;
 }
 
 void eng_landed_changed(struct engine *e, const struct blob *b, uint32_t idx) {
