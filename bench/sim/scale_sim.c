@@ -16,7 +16,10 @@
  * holds the chunk; when nobody does, the first home in rendezvous order, with the claim; a
  * home that is ourselves and knows no holder sends us on to the next home without claiming;
  * holders before claimants; the origin when nobody has it; --no-spread: the first home only,
- * as before issue 18's fix) but is written here, since source.c is bound to libcurl.
+ * as before issue 18's fix; a fresh kept answer that names a holder of the chunk and carries
+ * its digest is used without asking, as source.c's locate cache does, one slot per node;
+ * --no-locate-cache: a locate per miss, as before) but is written here, since source.c is
+ * bound to libcurl.
  * Eviction is whole-blob LRU under the node's budget (cache/policy.c works per chunk and
  * needs the store). Transfers take a tick: a node fetches at most --rate chunks per 250 ms
  * tick (1 MiB chunks: 1 Gbit/s); a claimant's waiters receive the chunk in the same tick.
@@ -70,7 +73,7 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn, no_spread;
+        bool tsv, no_churn, no_spread, no_locate_cache;
 };
 
 struct blob {
@@ -118,7 +121,16 @@ struct node {
         int dead_seen[DEAD_SEEN_MAX];
         unsigned ndead_seen;
         uint64_t dir_bytes_max;
+        /* source.c's locate cache, one slot (a node pulls one layer at a time): the last
+         * answer, about chunk cache_chunk of blob cache_blob at cache_at. */
+        bool cache_used;
+        uint32_t cache_blob, cache_chunk;
+        uint64_t cache_at;
+        struct wire_locate cache;
+        uint64_t cache_hits;
 };
+
+#define LCACHE_TTL_MS 1000 /* peer/source.c */
 
 static struct opts O = {
         .n = 100,
@@ -363,6 +375,22 @@ enum src { SRC_ORIGIN, SRC_PEER };
 static uint64_t why_unknown, why_claim, why_nobody;
 static uint64_t spread_misses; /* spread locates that named nobody: the first home was asked */
 
+/* Keeps answer *L (about chunk C of blob BI) as NODE's cached one, taking its contents. */
+static void cache_keep(struct node *nd, uint32_t bi, uint32_t c, struct wire_locate *l) {
+        if (O.no_locate_cache) {
+                wire_locate_free(l);
+                return;
+        }
+        if (nd->cache_used)
+                wire_locate_free(&nd->cache);
+        nd->cache = *l;
+        *l = (struct wire_locate){0};
+        nd->cache_used = true;
+        nd->cache_blob = bi;
+        nd->cache_chunk = c;
+        nd->cache_at = now;
+}
+
 /* Where NODE gets chunk C of blob B: asks the homes, as source.c does. *RET_PEER: the node
  * that serves it (SRC_PEER). */
 static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_peer) {
@@ -371,6 +399,29 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
         size_t nh = members_homes(view, &b->d, K_HOMES, homes, NULL);
         bool probing = false;
         nd->misses++;
+        /* source.c: a fresh kept answer that names a holder of C and carries C's digest (the
+         * answer about chunk k carries k .. k + DIR_LOCATE_SPAN - 1) needs no question. */
+        if (nd->cache_used && nd->cache_blob == bi && now - nd->cache_at < LCACHE_TTL_MS &&
+            c >= nd->cache_chunk && c < nd->cache_chunk + DIR_LOCATE_SPAN) {
+                int pick = -1, wait = -1;
+                for (uint32_t k = 0; k < nd->cache.nholders; k++) {
+                        int p = node_of(nd->cache.holders[k].node);
+                        if (p < 0 || p == (int)(nd - nodes) || !nodes[p].alive ||
+                            !wire_bit(nd->cache.holders[k].present, c))
+                                continue;
+                        if (!nd->cache.holders[k].fetching && pick < 0)
+                                pick = p;
+                        if (nd->cache.holders[k].fetching && wait < 0)
+                                wait = p;
+                }
+                if (pick < 0)
+                        pick = wait;
+                if (pick >= 0) {
+                        nd->cache_hits++;
+                        *ret_peer = pick;
+                        return SRC_PEER;
+                }
+        }
         size_t spread = O.no_spread ? 0 : rdv_spread(nd->id, &b->d, nh);
         int ph = spread > 0 ? node_of(homes[spread]) : -1;
         if (ph >= 0 && (&nodes[ph] == nd || nodes[ph].alive)) {
@@ -391,7 +442,7 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                                 nd->locate_answers++;
                                 nd->answer_holders += l.nholders;
                         }
-                        wire_locate_free(&l);
+                        cache_keep(nd, bi, c, &l);
                 }
                 if (got >= 0) {
                         *ret_peer = got;
@@ -440,7 +491,7 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                                 wait = p;
                 }
                 bool granted = l.has_claim && l.claim_granted && l.claim_chunk == c;
-                wire_locate_free(&l);
+                cache_keep(nd, bi, c, &l);
                 if (pick < 0)
                         pick = wait; /* the claimant answers once the chunk lands */
                 if (pick >= 0) {
@@ -738,7 +789,7 @@ static void usage(void) {
         fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
                         "K] [--seed S] "
-                        "[--no-churn] [--no-spread] [--tsv]\n");
+                        "[--no-churn] [--no-spread] [--no-locate-cache] [--tsv]\n");
         exit(2);
 }
 
@@ -810,6 +861,10 @@ int main(int argc, char **argv) {
                 }
                 if (strcmp(a, "--no-churn") == 0) {
                         O.no_churn = true;
+                        continue;
+                }
+                if (strcmp(a, "--no-locate-cache") == 0) { /* a locate per chunk miss */
+                        O.no_locate_cache = true;
                         continue;
                 }
                 if (strcmp(a, "--no-spread") == 0) { /* every reader asks the first home */
