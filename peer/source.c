@@ -88,6 +88,9 @@
  * larger than the whole budget is used once and not kept. */
 #define LCACHE_SLOTS 16
 #define LCACHE_TTL_MS 1000
+/* An answer older than its TTL still tells whether a peer held the blob's chunks a moment
+ * ago: whether a run should wait for its first chunk's answer, to be planned from it. */
+#define LCACHE_HINT_MS 10000
 #define LCACHE_BYTES (4u << 20)
 #define MAX_RUN 32 /* chunks of one coalesced peer transfer (the engine sends up to 16) */
 
@@ -272,18 +275,26 @@ static void lcache_evict(struct source *s, struct lcache_entry *e) {
         e->used = false;
 }
 
-/* The fresh answer kept for BLOB, or NULL. */
-static struct lcache_entry *lcache_get(struct source *s, const struct digest *blob) {
+/* The answer kept for BLOB if younger than MAX_AGE_MS, or NULL. */
+static struct lcache_entry *lcache_find(struct source *s, const struct digest *blob,
+                                        uint64_t max_age_ms) {
         uint64_t now = now_ms();
         for (unsigned i = 0; i < LCACHE_SLOTS; i++) {
                 struct lcache_entry *e = &s->lcache[i];
                 if (!e->used || !digest_equal(&e->blob, blob))
                         continue;
-                if (now - e->at_ms < LCACHE_TTL_MS)
+                if (now - e->at_ms < max_age_ms)
                         return e;
-                lcache_evict(s, e);
+                if (now - e->at_ms >= LCACHE_HINT_MS)
+                        lcache_evict(s, e);
+                return NULL;
         }
         return NULL;
+}
+
+/* The fresh answer kept for BLOB, or NULL. */
+static struct lcache_entry *lcache_get(struct source *s, const struct digest *blob) {
+        return lcache_find(s, blob, LCACHE_TTL_MS);
 }
 
 /* Forgets BLOB's answer: a peer it named failed us, so the next miss asks a home again. */
@@ -719,6 +730,20 @@ static bool answer_has_source(struct source *s, const struct job *j, const struc
         return false;
 }
 
+/* Whether answer L names a peer (not a claimant, not ourselves, not down) holding chunk IDX. */
+static bool held_by_a_peer(struct source *s, const struct wire_locate *l, uint32_t idx,
+                           const char *self) {
+        if (idx >= l->nchunks)
+                return false;
+        for (uint32_t i = 0; i < l->nholders; i++) {
+                const struct wire_holder *h = &l->holders[i];
+                if (!h->fetching && wire_bit(h->present, idx) && strcmp(h->node, self) != 0 &&
+                    members_rank_key(s->cfg.members, h->node) != UINT64_MAX)
+                        return true;
+        }
+        return false;
+}
+
 /* Issue 18: the readers of a blob spread their "who holds chunk I?" over its homes
  * (rdv_spread), so no home's load grows with the number of readers. Only the first home
  * grants claims, so that "who fetches this chunk from the origin" is decided in one place:
@@ -779,6 +804,15 @@ static void start_job(struct source *s, struct job *j) {
                 plan_job(s, j, &e->l, e->home, self);
                 next_candidate(s, j);
                 return;
+        }
+        /* A run waits for its first chunk's answer only when a peer held the chunk after it a
+         * moment ago: otherwise (a blob new to the cluster, N readers at once) its chunks are
+         * claimed one by one at the first home anyway, and waiting would only add a round
+         * trip before the other locates start. */
+        if (j->run_next) {
+                struct lcache_entry *hint = lcache_find(s, &j->digest, LCACHE_HINT_MS);
+                if (!hint || !held_by_a_peer(s, &hint->l, j->idx + 1, self))
+                        release_run(s, j);
         }
         if (spread_locate(s, j, self))
                 return;
