@@ -6,11 +6,13 @@
 #pragma once
 
 /* Paths. The ones ending in '/' or ':' take what follows (a digest's hex, a query). */
-#define PROTO_ANNOUNCE_PATH "/p2p/v1/announce"       /* POST, wire_announce body */
-#define PROTO_LOCATE_PATH "/p2p/v1/locate/sha256:"   /* + hex [?chunk=I[&node=ID]] */
-#define PROTO_INDEX_PATH "/p2p/v1/index/sha256:"     /* + layer hex */
-#define PROTO_BLOB_PATH "/v2/p2pblobs/blobs/sha256:" /* + hex; any repository name works */
-#define PROTO_HEALTHZ_PATH "/healthz"                /* liveness probe between members */
+#define PROTO_ANNOUNCE_PATH "/p2p/v1/announce"          /* POST, wire_announce body */
+#define PROTO_LOCATE_PREFIX "/p2p/v1/locate/"           /* + a digest (net/route.c) */
+#define PROTO_LOCATE_PATH PROTO_LOCATE_PREFIX "sha256:" /* + hex [?chunk=I[&node=ID]] */
+#define PROTO_INDEX_PREFIX "/p2p/v1/index/"             /* + a layer's digest */
+#define PROTO_INDEX_PATH PROTO_INDEX_PREFIX "sha256:"   /* + layer hex */
+#define PROTO_BLOB_PATH "/v2/p2pblobs/blobs/sha256:"    /* + hex; any repository name works */
+#define PROTO_HEALTHZ_PATH "/healthz"                   /* liveness probe between members */
 #define PROTO_READYZ_PATH "/readyz"
 
 /* Query arguments of a locate: the chunk asked about, and the asker's node id (a claim). */
