@@ -32,17 +32,22 @@
  * Bounds. At most cfg.landed_chunks entries (0: no ring), oldest out first. A buffer leaves
  * the ring at once but is freed when the last reader copying from it is done (a reference
  * count), so the bytes held are at most (landed_chunks + readers copying this instant) chunks;
- * landed_bytes counts all of them, for the memory figures.
+ * landed_bytes counts all of them, for the memory figures (not the reference the completion
+ * keeps while it finishes: that is its fetch buffer, there with or without the ring).
  *
- * Locking. landed_lock is a leaf below the engine lock: taken under it by put and changed,
+ * Locking. landed_lock is a leaf below the engine lock: taken under it by insert and changed,
  * alone by lookups (eng_landed_copy runs on the copy path, without the engine lock). */
 #include "engine/engine_int.h"
 
 struct landed_buf {
         struct landed_buf *next_dead; /* on a list of buffers to free after unlocking */
-        unsigned refs;                /* the ring's + one per reader copying (landed_lock) */
-        size_t len;                   /* (immutable) */
-        uint8_t *data;                /* (immutable) */
+        unsigned refs; /* the ring's + one per reader copying + the completion's (landed_lock) */
+        /* The completion that landed it still holds a reference (landed_lock): that one is
+         * its fetch buffer, not the ring's memory, and is not counted in landed_bytes. */
+        bool completing;
+        bool counted;  /* its bytes are in landed_bytes (landed_lock) */
+        size_t len;    /* (immutable) */
+        uint8_t *data; /* (immutable) */
 };
 
 struct landed_ent {
@@ -62,10 +67,12 @@ int eng_landed_init(struct engine *e) {
 /* Caller holds landed_lock. Drops one reference; returns the buffer to free when it was the
  * last (freed by the caller after unlocking). */
 static struct landed_buf *buf_unref(struct engine *e, struct landed_buf *lb) {
-        if (--lb->refs)
-                return NULL;
-        e->landed_bytes -= lb->len;
-        return lb;
+        --lb->refs;
+        if (lb->counted && lb->refs == (lb->completing ? 1u : 0u)) {
+                e->landed_bytes -= lb->len; /* neither the ring nor a reader holds it now */
+                lb->counted = false;
+        }
+        return lb->refs ? NULL : lb;
 }
 
 /* Frees a list of buffers (next_dead), outside landed_lock: a 1 MiB free() is a munmap. */
@@ -106,7 +113,8 @@ struct landed_buf *eng_landed_insert(struct engine *e, struct blob *b, uint32_t 
             idx + 1 >= b->nchunks || len != chunk_len(e, b, idx))
                 return NULL;
         /* The ring's reference and the completion's: it still answers and hashes from BUF. */
-        *lb = (struct landed_buf){.refs = 2, .len = len, .data = buf};
+        *lb = (struct landed_buf){
+                .refs = 2, .completing = true, .counted = true, .len = len, .data = buf};
         pthread_mutex_lock(&e->landed_lock);
         /* The chunk just became present, so no entry of it is left (becoming absent removed
          * it): this check only keeps the invariant obvious. */
@@ -136,6 +144,7 @@ void eng_landed_release(struct engine *e, struct landed_buf *lb, struct landed_b
         ASSERT_NOT_HELD(&e->lock);
         if (lb) {
                 pthread_mutex_lock(&e->landed_lock);
+                lb->completing = false;
                 struct landed_buf *last = buf_unref(e, lb);
                 pthread_mutex_unlock(&e->landed_lock);
                 if (last) {
