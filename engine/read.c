@@ -43,21 +43,58 @@ int eng_copy_read(struct engine *e, struct pending *pr, uint8_t *out, const uint
         ASSERT_NOT_HELD(&e->lock);
         struct blob *b = pr->blob;
         size_t done = 0;
-        for (uint32_t i = pr->first; i <= pr->last; i++) {
-                uint64_t coff = chunk_off(e, i);
-                uint64_t from = pr->off > coff ? pr->off : coff;
-                uint64_t to = coff + chunk_len(e, b, i);
-                if (pr->off + pr->len < to)
-                        to = pr->off + pr->len;
-                size_t n = (size_t)(to - from);
-                if (fresh && i == fresh_idx) {
-                        memcpy(out + done, fresh + (from - coff), n);
-                } else if (!eng_landed_copy(e, b, i, from - coff, out + done, n)) {
-                        int r = store_read(e->store, &b->digest, from, out + done, n);
+        /* Consecutive chunks read from the store are read by one store_read(): a request
+         * straddling a chunk edge (the kernel's are seldom chunk-aligned) costs one read of the
+         * file and one of its checksums, not two of each. [run_from, run_from + run_len) of the
+         * blob goes to OUT + run_done; run_first is its first chunk. */
+        uint64_t run_from = 0;
+        size_t run_len = 0, run_done = 0;
+        uint32_t run_first = 0;
+        for (uint32_t i = pr->first; i <= pr->last + 1; i++) {
+                bool from_store = false;
+                uint64_t from = 0;
+                size_t n = 0;
+                if (i <= pr->last) {
+                        uint64_t coff = chunk_off(e, i);
+                        uint64_t to = coff + chunk_len(e, b, i);
+                        from = pr->off > coff ? pr->off : coff;
+                        if (pr->off + pr->len < to)
+                                to = pr->off + pr->len;
+                        n = (size_t)(to - from);
+                        if (fresh && i == fresh_idx)
+                                memcpy(out + done, fresh + (from - coff), n);
+                        else
+                                from_store = !eng_landed_copy(e, b, i, from - coff, out + done, n);
+                }
+                if (run_len && !from_store) { /* the run ends before chunk I */
+                        int r = store_read(e->store, &b->digest, run_from, out + run_done, run_len);
                         if (r < 0) {
-                                *ret_lost = i;
+                                *ret_lost = run_first;
+                                /* Which chunk? Only a failure pays for asking each. */
+                                for (uint32_t k = run_first; k < i; k++) {
+                                        uint64_t kf = chunk_off(e, k) > run_from ? chunk_off(e, k)
+                                                                                 : run_from;
+                                        uint64_t kt = chunk_off(e, k) + chunk_len(e, b, k);
+                                        if (kt > run_from + run_len)
+                                                kt = run_from + run_len;
+                                        if (store_read(e->store, &b->digest, kf,
+                                                       out + run_done + (kf - run_from),
+                                                       (size_t)(kt - kf)) < 0) {
+                                                *ret_lost = k;
+                                                break;
+                                        }
+                                }
                                 return r;
                         }
+                        run_len = 0;
+                }
+                if (from_store) {
+                        if (!run_len) {
+                                run_from = from;
+                                run_done = done;
+                                run_first = i;
+                        }
+                        run_len += n;
                 }
                 done += n;
         }
