@@ -127,6 +127,26 @@ def test_flipped_byte_is_refetched(registry, blobs, daemon_factory):
     assert "\np2pblobs_store_corrupt_chunks_total 1\n" in metrics
 
 
+def test_damage_in_second_chunk_of_a_straddling_read(registry, blobs, daemon_factory):
+    """A read across a chunk edge is one store read of both chunks (engine/read.c): damage in
+    the second must be pinned on that chunk alone, refetched once, the first left alone."""
+    b8 = blobs["b8"]
+    d = daemon_factory(registries=[registry], extra_args=["--cache-budget", "64M"])
+    warm(d, b8)
+    o = origin_bytes(d)
+    flip(store_file(d, b8.digest), 3 * MiB + 100)
+    path = d.blob_path(b8.digest)
+    harness.drop_caches([path, store_file(d, b8.digest)])
+    off = 3 * MiB - 4 * KiB  # the kernel's request starts in chunk 2 and runs into chunk 3
+    assert harness.pread_exact(path, off, 8 * KiB) == b8.data[off:off + 8 * KiB]
+    e = errors_of(d)
+    assert e["store_corrupt_chunks"] == 1, e  # chunk 2 was not blamed first
+    assert e["read_errors"] == 0, e
+    assert origin_bytes(d) == o + MiB  # chunk 3 alone came again
+    wait_verified(d, b8.digest)
+    assert reread(d, b8) is not None
+
+
 def test_zeros_over_a_chunk(registry, blobs, daemon_factory):
     b8 = blobs["b8"]
     d = daemon_factory(registries=[registry], extra_args=["--cache-budget", "64M"])
