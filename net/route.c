@@ -15,6 +15,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "peer/proto.h"
+
 /* "/v2/<name>/blobs/sha256:<hex>": the digest, or false. The name is not checked: a peer
  * serves by digest whatever repository the asker names. */
 static bool blob_url(const char *url, struct digest *ret) {
@@ -31,18 +33,18 @@ static bool blob_url(const char *url, struct digest *ret) {
 }
 
 void route_peer(const char *method, const char *url, struct route_peer *ret) {
-        static const char loc[] = "/p2p/v1/locate/", idx[] = "/p2p/v1/index/";
+        static const char loc[] = PROTO_LOCATE_PREFIX, idx[] = PROTO_INDEX_PREFIX;
         memset(ret, 0, sizeof(*ret));
         bool get = strcmp(method, "GET") == 0, head = strcmp(method, "HEAD") == 0;
         ret->protocol = strncmp(url, "/v2/", 4) == 0 || strncmp(url, "/p2p/", 5) == 0;
         ret->head = head;
-        if (strcmp(method, "POST") == 0 && strcmp(url, "/p2p/v1/announce") == 0)
+        if (strcmp(method, "POST") == 0 && strcmp(url, PROTO_ANNOUNCE_PATH) == 0)
                 ret->kind = ROUTE_PEER_ANNOUNCE;
         else if (!get && !head)
                 ret->kind = ROUTE_PEER_BAD_METHOD;
-        else if (strcmp(url, "/healthz") == 0)
+        else if (strcmp(url, PROTO_HEALTHZ_PATH) == 0)
                 ret->kind = ROUTE_PEER_HEALTHZ;
-        else if (strcmp(url, "/readyz") == 0)
+        else if (strcmp(url, PROTO_READYZ_PATH) == 0)
                 ret->kind = ROUTE_PEER_READYZ;
         else if (strcmp(url, "/metrics") == 0)
                 ret->kind = ROUTE_PEER_METRICS;

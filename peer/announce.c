@@ -25,6 +25,7 @@
 
 #include "net/http_client.h"
 #include "peer/httpd.h"
+#include "peer/proto.h"
 #include "util/log.h"
 
 #define ANNOUNCE_BATCH_BLOBS 1024 /* blobs per announce request (the wire allows 4096) */
@@ -355,7 +356,7 @@ static struct wire_index *take_indexes(struct announcer *a, bool full, size_t *r
 /* POSTs BODY to HOME. 0 or -errno; logs the reason of a refusal (the chunk size, usually). */
 static int post(struct announcer *a, const char *home, const char *body, size_t len) {
         char url[256];
-        snprintf(url, sizeof(url), "http://%s/p2p/v1/announce", home);
+        snprintf(url, sizeof(url), "http://%s" PROTO_ANNOUNCE_PATH, home);
         char th[HTTPD_TOKEN_MAX + 32];
         struct http_request q = {
                 .method = "POST",
@@ -375,7 +376,7 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
                 .group = a->group,
         };
         if (a->cfg.token) {
-                snprintf(th, sizeof(th), "%s: %s", HTTPD_TOKEN_HEADER, a->cfg.token);
+                snprintf(th, sizeof(th), "%s: %s", PROTO_TOKEN_HEADER, a->cfg.token);
                 q.headers[1] = th;
         }
         struct http_response resp;

@@ -36,7 +36,6 @@
 #define HTTPD_MAX_WAITERS 64          /* askers waiting for a chunk in flight (503 beyond) */
 #define HTTPD_MAX_WAIT_MS 10000       /* cap on X-P2PBlobs-Wait */
 #define HTTPD_TOKEN_MAX 256           /* longest cluster token */
-#define HTTPD_TOKEN_HEADER PROTO_TOKEN_HEADER /* kept for announce.c until it adopts proto.h */
 
 /* Reads the cluster token from PATH (trailing whitespace dropped) into OUT. 0; -EINVAL when
  * it is empty, longer than HTTPD_TOKEN_MAX or not printable ASCII; -errno. */

@@ -29,6 +29,7 @@
  * Costs: one thread; per refresh one resolution; per down peer one probe per backoff
  * interval; memory bounded by max_peers. */
 #include "peer/members_int.h"
+#include "peer/proto.h"
 #include "peer/rendezvous.h"
 
 #include <arpa/inet.h>
@@ -145,7 +146,7 @@ static void start_probes(struct members *m, uint64_t now) {
                         continue;
                 struct probe *pr = malloc(sizeof(*pr));
                 char url[PEER_ID_MAX + 32];
-                snprintf(url, sizeof(url), "http://%s/healthz", p->info.id);
+                snprintf(url, sizeof(url), "http://%s" PROTO_HEALTHZ_PATH, p->info.id);
                 struct http_request q = {
                         .url = url,
                         .protocols = "http",
