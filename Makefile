@@ -1,6 +1,6 @@
 # p2pblobs build. `make check` is what CI runs; `make demo` shows it working on one machine.
 #
-# Layout: util/ cache/ index/ net/ peer/ control/ engine/ layer/ layertree/ snapshot/ build
+# Layout: util/ cache/ index/ net/ registry/ peer/ control/ engine/ layer/ layertree/ snapshot/ build
 # libp2pblobs-core.a, compiled without FUSE's include flags (so "no FUSE in the core" is the
 # compiler's rule, not a convention); fs/ links FUSE into p2pblobsd; tools/ is blobctl.
 #
@@ -50,7 +50,7 @@ CFLAGS_ALL  = $(CFLAGS_BASE) $(OPT) $(PKG_CFLAGS) $(CFLAGS)
 LDLIBS_ALL  = $(OPT) -pthread -Wl,--as-needed $(PKG_LIBS) $(LDFLAGS)
 LDLIBS_CORE = $(OPT) -pthread -Wl,--as-needed $(CORE_LIBS) $(LDFLAGS)
 
-CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c peer/*.c control/*.c engine/*.c layer/*.c layertree/*.c snapshot/*.c)
+CORE_SRC = $(wildcard util/*.c cache/*.c index/*.c net/*.c registry/*.c peer/*.c control/*.c engine/*.c layer/*.c layertree/*.c snapshot/*.c)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o)
 CORE_LIB = $(BUILD)/libp2pblobs-core.a
 

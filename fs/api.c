@@ -20,7 +20,7 @@
 #include "net/api_routes.h"
 #include "peer/members.h"
 #include "peer/directory.h"
-#include "peer/origin.h"
+#include "registry/origin.h"
 #include "peer/source.h"
 #include "util/log.h"
 #include "util/memstat.h"

@@ -52,7 +52,7 @@
 #include "fs/mirror.h"
 #include "snapshot/snapshotter.h"
 #include "peer/members.h"
-#include "peer/origin.h"
+#include "registry/origin.h"
 #include "peer/source.h"
 #include "util/log.h"
 #include "util/parse.h"

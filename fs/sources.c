@@ -6,7 +6,7 @@
 
 #include <errno.h>
 
-#include "peer/origin.h"
+#include "registry/origin.h"
 #include "peer/source.h"
 
 static void fetch_via_source(void *ud, const struct digest *blob, uint64_t size, const char *source,

@@ -25,7 +25,7 @@
 #include "layertree/layertree.h"
 #include "peer/directory.h"
 #include "peer/members.h"
-#include "peer/origin.h"
+#include "registry/origin.h"
 #include "peer/source.h"
 #include "snapshot/snapshotter.h"
 #include "util/memstat.h"

@@ -40,7 +40,7 @@
 #include "index/index.h"
 #include "peer/directory.h"
 #include "peer/members.h"
-#include "peer/origin.h"
+#include "registry/origin.h"
 #include "util/digest.h"
 
 struct source;

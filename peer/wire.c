@@ -37,7 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "peer/ref.h"
+#include "util/ref.h"
 
 #define DIGEST_STR_LEN (7 + DIGEST_HEX_LEN) /* "sha256:<hex>" */
 

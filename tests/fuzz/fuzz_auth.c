@@ -1,4 +1,4 @@
-/* libFuzzer target for peer/auth.c: the WWW-Authenticate parser, docker config.json lookups
+/* libFuzzer target for registry/auth.c: the WWW-Authenticate parser, docker config.json lookups
  * and token responses, all from one input. The input up to its first NUL is the text; the
  * rest (if any) names the registry to look up. The oracle: error codes are the documented
  * ones, outputs are NUL-terminated within their buffers, a Bearer challenge has an http(s)
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "peer/auth.h"
+#include "registry/auth.h"
 #include "tests/fuzz/fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

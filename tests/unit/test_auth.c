@@ -1,4 +1,4 @@
-/* Unit tests for peer/auth.c: WWW-Authenticate challenges as real registries send them,
+/* Unit tests for registry/auth.c: WWW-Authenticate challenges as real registries send them,
  * docker config.json lookups, token endpoint answers, and the hostile variants of each. */
 #include <errno.h>
 #include <setjmp.h>
@@ -10,7 +10,7 @@
 
 #include <cmocka.h>
 
-#include "peer/auth.h"
+#include "registry/auth.h"
 
 /* --- challenges ------------------------------------------------------------------------- */
 

@@ -47,7 +47,7 @@ static void test_mirror_unreachable_set(void **state) {
 
 static void test_origin_retry_set(void **state) {
         (void)state;
-        /* peer/origin.c retries these errnos and fails the rest at once. */
+        /* registry/origin.c retries these errnos and fails the rest at once. */
         const int retry[] = {-ECONNREFUSED, -ETIMEDOUT, -EIO, -EREMOTEIO};
         const int now[] = {-EPROTO, -EACCES, -ENOENT, -EBADMSG, -ECANCELED};
         for (size_t i = 0; i < sizeof(retry) / sizeof(retry[0]); i++)

@@ -22,8 +22,8 @@
  * Locking: `lock` protects the stats, the token slots (with their parked fetches), the health
  * slots and `stopping`. It is taken by callers (submit: the token for the Authorization
  * header) and by completions, never across a call into the client or a done callback. */
-#include "peer/origin.h"
-#include "peer/origin_int.h"
+#include "registry/origin.h"
+#include "registry/origin_int.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -19,7 +19,7 @@
  * fit their buffers or the call fails with -ENAMETOOLONG. Pure (no I/O), thread-safe; cost is
  * linear in the input (jansson parses the JSON texts once).
  */
-#include "peer/auth.h"
+#include "registry/auth.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -15,7 +15,7 @@
 
 #include <curl/curl.h>
 
-#include "peer/origin_int.h"
+#include "registry/origin_int.h"
 #include "util/log.h"
 
 /* Lock held. */

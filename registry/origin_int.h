@@ -1,6 +1,6 @@
 /* The registry client's private parts, shared by origin.c (fetches, attempts, answers) and
  * origin_token.c (bearer and basic credentials, the fetches parked on a token). Not for
- * other modules: peer/origin.h is the interface. Locking: see origin.c's essay. */
+ * other modules: registry/origin.h is the interface. Locking: see origin.c's essay. */
 #pragma once
 #include <pthread.h>
 #include <stdbool.h>
@@ -8,9 +8,9 @@
 #include <stdint.h>
 
 #include "net/http_client.h"
-#include "peer/auth.h"
-#include "peer/origin.h"
-#include "peer/ref.h"
+#include "registry/auth.h"
+#include "registry/origin.h"
+#include "util/ref.h"
 
 #define TOKEN_SLOTS 64  /* cached bearer tokens (one per repository) */
 #define HEALTH_SLOTS 32 /* registries whose up/down state we remember */
