@@ -92,8 +92,9 @@ static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_inde
                 return -ENOENT;
         struct digest d;
         uint64_t size;
-        uint64_t deadline = now_ms() + lt->cfg.index_timeout_ms;
+        uint64_t t0 = now_ms(), deadline = t0 + lt->cfg.index_timeout_ms;
         int r = lt->peers.locate_index(lt->peers.ud, &l->digest, deadline, &d, &size);
+        uint64_t t_located = now_ms();
         if (r < 0)
                 return r;
         struct engine_blob_info b;
@@ -109,6 +110,9 @@ static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_inde
                 return r;
         }
         engine_pin(lt->e, &d, true);
+        log_debug("layer index from peers id=%u size=%" PRIu64 " locate_ms=%" PRIu64
+                  " load_ms=%" PRIu64,
+                  l->id, size, t_located - t0, now_ms() - t_located);
         *ret_digest = d;
         *ret_size = size;
         return 0;
@@ -252,6 +256,7 @@ static int store_index(struct ltree *lt, const struct layer_index *ix, struct di
 void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
         char msg[200] = "";
         struct layer_index *ix = NULL;
+        uint64_t t0 = now_ms();
         int r;
 
         if (!l->blob_known) { /* reloaded, and the engine forgot the blob: register it again */
@@ -293,6 +298,7 @@ void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
                 lt_fail(lt, l, (int)n, "cannot read the layer: %s", strerror((int)-n));
                 return;
         }
+        log_debug("layer index job id=%u head_read_ms=%" PRIu64, l->id, now_ms() - t0);
         int fmt = layer_detect_format(buf, (size_t)n);
         if (fmt < 0) {
                 lt_fail(lt, l, fmt, "not a layer: neither tar, gzip nor zstd");
@@ -334,6 +340,7 @@ void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
         }
         struct digest d;
         uint64_t size;
+        log_debug("layer index job id=%u format_known_ms=%" PRIu64, l->id, now_ms() - t0);
         if (index_from_peers(lt, l, &ix, &d, &size) == 0) {
                 if (lt_data_blob(lt, l, ix, &data_id) == 0) {
                         lt_ready(lt, l, ix, LTREE_INDEX_PEER, &d, size);
