@@ -14,6 +14,19 @@
  *     | 32 seekable copy sha256 | u64 its size | u32 nframes | u32 0
  *     | frames[nframes] (u32 uncompressed size, u32 compressed size)
  * Frame offsets are not stored: each frame starts where the one before ends.
+ * Version 3 (gzip layers, the only ones with windows; written since the lazy head) moves the
+ * windows out of the compressed payload so a reader can load the index without them:
+ *   header  "P2PLIDX\n" | u32 version (3) | u32 flags (0) | u64 payload length
+ *           | u64 head length (the zstd frame's bytes) | u64 wins_len
+ *   head    one zstd frame: the version 1 payload without its WINS (wins_len is still in the
+ *           fixed part and must equal the header's)
+ *   wins    wins_len bytes: the windows, each its own zstd frame, at checkpoint ZOFF from here
+ * The windows are incompressible zstd frames already, so version 1's outer compression of
+ * them bought nothing; leaving them out lets a node fetch only the head (the file table and
+ * the checkpoint table, usually inside the first chunk of the blob) and read one window when
+ * a span starting at its checkpoint is first inflated (layer_reader_set_windows). The encoded
+ * blob is exactly header + head + wins, so its size pins wins_len. Versions 1 and 2 (from an
+ * older node, or in this node's store) still decode, whole.
  *
  * The index comes from another node, so the decoder trusts nothing: every count is checked
  * against the payload length before anything is allocated from it, every string and window
@@ -39,9 +52,14 @@
 
 #include <zstd.h>
 
+_Static_assert(ZSTD_COMPRESSBOUND(LAYER_WINDOW) <= LAYER_WINDOW_ZMAX,
+               "a window's zstd frame must fit LAYER_WINDOW_ZMAX");
+
 #define MAGIC "P2PLIDX\n"
 #define VERSION 1
 #define VERSION_ZSTD 2
+#define VERSION_SPLIT 3
+#define HDR3_LEN 40
 #define ZSEC_FIXED 48
 #define ZFRAME_REC 8
 #define HDR_LEN 24
@@ -87,9 +105,15 @@ static uint64_t get64(const uint8_t **p) {
 int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
                        struct digest *ret_digest) {
         bool zst = ix->format == LAYER_FMT_ZSTD;
+        bool split = ix->format == LAYER_FMT_GZIP;
+        size_t hdr = split ? HDR3_LEN : HDR_LEN;
         size_t plen = FIXED_LEN + ix->nfiles * FILE_REC + ix->nxattrs * XATTR_REC +
-                      ix->ncps * CP_REC + ix->nchunks * CHUNK_REC + ix->strs_len + ix->wins_len +
+                      ix->ncps * CP_REC + ix->nchunks * CHUNK_REC + ix->strs_len +
+                      (split ? 0 : ix->wins_len) +
                       (zst ? ZSEC_FIXED + ix->nzframes * ZFRAME_REC : 0);
+
+        if (split && ix->wins_lazy)
+                return -EINVAL; /* a lazily loaded index has no windows to write */
         uint8_t *payload, *out, *p;
         ZSTD_CCtx *cctx;
         size_t bound, zlen;
@@ -161,7 +185,8 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
                 put64(&p, c->inner);
         }
         putn(&p, ix->strs, ix->strs_len);
-        putn(&p, ix->wins, ix->wins_len);
+        if (!split)
+                putn(&p, ix->wins, ix->wins_len);
         if (zst) {
                 putn(&p, ix->seek_digest.bytes, DIGEST_LEN);
                 put64(&p, ix->seek_size);
@@ -174,14 +199,18 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
         }
 
         bound = ZSTD_compressBound(plen);
-        out = malloc(HDR_LEN + bound);
+        if (split && bound > SIZE_MAX - hdr - ix->wins_len) {
+                free(payload);
+                return -ENOMEM;
+        }
+        out = malloc(hdr + bound + (split ? ix->wins_len : 0));
         if (!out) {
                 free(payload);
                 return -ENOMEM;
         }
         p = out;
         putn(&p, MAGIC, 8);
-        put32(&p, zst ? VERSION_ZSTD : VERSION);
+        put32(&p, split ? VERSION_SPLIT : zst ? VERSION_ZSTD : VERSION);
         put32(&p, 0);
         put64(&p, plen);
         /* Level and checksum set explicitly: the bytes (and so the digest) depend only on
@@ -191,14 +220,22 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
         if (cctx &&
             !ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, ZSTD_LEVEL)) &&
             !ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_checksumFlag, 1)))
-                zlen = ZSTD_compress2(cctx, out + HDR_LEN, bound, payload, plen);
+                zlen = ZSTD_compress2(cctx, out + hdr, bound, payload, plen);
         ZSTD_freeCCtx(cctx);
         free(payload);
         if (ZSTD_isError(zlen)) {
                 free(out);
                 return -ENOMEM;
         }
-        *ret_len = HDR_LEN + zlen;
+        if (split) { /* the head's length and the windows, known only now */
+                p = out + HDR_LEN;
+                put64(&p, zlen);
+                put64(&p, ix->wins_len);
+                if (ix->wins_len)
+                        memcpy(out + hdr + zlen, ix->wins, ix->wins_len);
+                zlen += ix->wins_len;
+        }
+        *ret_len = hdr + zlen;
         if (ret_digest)
                 digest_sha256(out, *ret_len, ret_digest);
         *ret = out;
@@ -269,8 +306,11 @@ static int decode_zstd_section(const uint8_t *zs, uint64_t zlen, struct layer_in
         return layer_zstd_check_frames(ix);
 }
 
-static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version,
-                          struct layer_index *ix) {
+/* The payload PL (PLEN bytes) of an encoding of VERSION. Version 3 keeps its windows outside:
+ * WINS (WINS_LEN bytes, the header's count) when the whole blob is at hand, NULL to load the
+ * head alone (the windows are then checked one by one as they are read). */
+static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version, const uint8_t *wins,
+                          uint64_t hdr_wins_len, struct layer_index *ix) {
         const uint8_t *p = pl, *sfiles, *sxattrs, *scps, *schunks;
         uint64_t strs_len, wins_len, need, zlen = 0;
         uint32_t nfiles, nxattrs, ncps, nchunks, nch = 0;
@@ -298,9 +338,12 @@ static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version,
         wins_len = get64(&p);
 
         /* Sizes first: nothing is allocated from a count the payload cannot hold. */
-        BAD(strs_len > UINT32_MAX || wins_len > plen);
+        bool split = version == VERSION_SPLIT;
+        BAD(strs_len > UINT32_MAX || wins_len > (split ? LAYER_INDEX_DECODED_MAX : plen));
+        BAD(split && (wins_len != hdr_wins_len || ix->format != LAYER_FMT_GZIP));
         need = FIXED_LEN + (uint64_t)nfiles * FILE_REC + (uint64_t)nxattrs * XATTR_REC +
-               (uint64_t)ncps * CP_REC + (uint64_t)nchunks * CHUNK_REC + strs_len + wins_len;
+               (uint64_t)ncps * CP_REC + (uint64_t)nchunks * CHUNK_REC + strs_len +
+               (split ? 0 : wins_len);
         if (version == VERSION_ZSTD) {
                 BAD(need > plen);
                 zlen = plen - need;
@@ -330,18 +373,24 @@ static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version,
                 if (r < 0)
                         goto out_free;
         }
+        bool lazy = split && !wins;
+        if (!split)
+                wins = schunks + (size_t)nchunks * CHUNK_REC + strs_len;
         r = -ENOMEM;
         ix->strs = malloc(strs_len ? strs_len : 1);
-        ix->wins = malloc(wins_len ? wins_len : 1);
+        ix->wins = lazy ? NULL : malloc(wins_len ? wins_len : 1);
         ix->files = calloc(nfiles, sizeof(*ix->files));
         ix->xattrs = calloc(nxattrs ? nxattrs : 1, sizeof(*ix->xattrs));
         ix->cps = calloc(ncps ? ncps : 1, sizeof(*ix->cps));
         ix->chunks = calloc(nchunks ? nchunks : 1, sizeof(*ix->chunks));
-        if (!ix->strs || !ix->wins || !ix->files || !ix->xattrs || !ix->cps || !ix->chunks)
+        if (!ix->strs || (!lazy && !ix->wins) || !ix->files || !ix->xattrs || !ix->cps ||
+            !ix->chunks)
                 goto out_free;
         r = 0;
+        ix->wins_lazy = lazy;
         memcpy(ix->strs, schunks + (size_t)nchunks * CHUNK_REC, strs_len);
-        memcpy(ix->wins, schunks + (size_t)nchunks * CHUNK_REC + strs_len, wins_len);
+        if (!lazy && wins_len)
+                memcpy(ix->wins, wins, wins_len);
         ix->nchunks = nchunks;
         p = schunks;
         for (uint32_t i = 0; i < nchunks; i++) {
@@ -477,9 +526,10 @@ static int decode_payload(const uint8_t *pl, size_t plen, uint32_t version,
                                      c->zoff != ix->cps[i - 1].zoff + ix->cps[i - 1].zlen);
                 BAD(c->wlen != (c->out < LAYER_WINDOW ? c->out : LAYER_WINDOW));
                 BAD((c->wlen == 0) != (c->zlen == 0));
+                BAD(c->zlen > LAYER_WINDOW_ZMAX);
                 zend = c->zoff + c->zlen;
                 BAD(zend > wins_len);
-                if (c->zlen) {
+                if (c->zlen && !lazy) {
                         unsigned long long csz =
                                 ZSTD_getFrameContentSize(ix->wins + c->zoff, c->zlen);
                         size_t got;
@@ -500,38 +550,57 @@ out_free:
         return r;
 }
 
-int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret) {
-        const uint8_t *p = buf;
-        struct layer_index *ix;
-        unsigned long long csz;
-        uint64_t plen;
-        uint8_t *payload;
+/* The header of encoding BUF (LEN bytes, at least HDR_LEN): version, payload length and, for
+ * version 3, the head frame's length and wins_len. 0, -EBADMSG, -EPROTONOSUPPORT, -EFBIG. */
+static int decode_header(const uint8_t *p, size_t len, size_t max_decoded, uint32_t *ret_version,
+                         uint64_t *ret_plen, uint64_t *ret_hz, uint64_t *ret_wins_len) {
         uint32_t version;
-        size_t got;
-        int r;
+        uint64_t plen, hz = 0, wl = 0;
 
-        if (max_decoded == 0)
-                max_decoded = LAYER_INDEX_DECODED_MAX;
         if (len < HDR_LEN || memcmp(p, MAGIC, 8) != 0)
                 return -EBADMSG;
         p += 8;
         version = get32(&p);
-        if (version != VERSION && version != VERSION_ZSTD)
+        if (version != VERSION && version != VERSION_ZSTD && version != VERSION_SPLIT)
                 return -EPROTONOSUPPORT;
         if (get32(&p) != 0)
                 return -EBADMSG;
         plen = get64(&p);
+        if (version == VERSION_SPLIT) {
+                if (len < HDR3_LEN)
+                        return -EBADMSG;
+                hz = get64(&p);
+                wl = get64(&p);
+                if (hz == 0 || hz > INT64_MAX || wl > LAYER_INDEX_DECODED_MAX)
+                        return -EBADMSG;
+        }
         if (plen > max_decoded)
                 return -EFBIG;
         if (plen < FIXED_LEN)
                 return -EBADMSG;
-        csz = ZSTD_getFrameContentSize(p, len - HDR_LEN);
-        if (csz != plen || ZSTD_findFrameCompressedSize(p, len - HDR_LEN) != len - HDR_LEN)
+        *ret_version = version;
+        *ret_plen = plen;
+        *ret_hz = hz;
+        *ret_wins_len = wl;
+        return 0;
+}
+
+/* Decompresses the payload frame Z (exactly ZLEN bytes) of PLEN bytes and decodes it. */
+static int decode_frame(const uint8_t *z, size_t zlen, uint64_t plen, uint32_t version,
+                        const uint8_t *wins, uint64_t wins_len, struct layer_index **ret) {
+        struct layer_index *ix;
+        unsigned long long csz;
+        uint8_t *payload;
+        size_t got;
+        int r;
+
+        csz = ZSTD_getFrameContentSize(z, zlen);
+        if (csz != plen || ZSTD_findFrameCompressedSize(z, zlen) != zlen)
                 return -EBADMSG;
         payload = malloc(plen);
         if (!payload)
                 return -ENOMEM;
-        got = ZSTD_decompress(payload, plen, p, len - HDR_LEN);
+        got = ZSTD_decompress(payload, plen, z, zlen);
         if (ZSTD_isError(got) || got != plen) {
                 free(payload);
                 return -EBADMSG;
@@ -541,12 +610,90 @@ int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct l
                 free(payload);
                 return -ENOMEM;
         }
-        r = decode_payload(payload, plen, version, ix);
+        r = decode_payload(payload, plen, version, wins, wins_len, ix);
         free(payload);
         if (r < 0) {
                 layer_index_free(ix);
                 return r;
         }
         *ret = ix;
+        return 0;
+}
+
+int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret) {
+        const uint8_t *p = buf;
+        uint64_t plen, hz, wl;
+        uint32_t version;
+        int r;
+
+        if (max_decoded == 0)
+                max_decoded = LAYER_INDEX_DECODED_MAX;
+        r = decode_header(p, len, max_decoded, &version, &plen, &hz, &wl);
+        if (r < 0)
+                return r;
+        if (version != VERSION_SPLIT)
+                return decode_frame(p + HDR_LEN, len - HDR_LEN, plen, version, NULL, 0, ret);
+        if (hz > len - HDR3_LEN || wl != len - HDR3_LEN - hz)
+                return -EBADMSG;
+        return decode_frame(p + HDR3_LEN, (size_t)hz, plen, version, p + HDR3_LEN + hz, wl, ret);
+}
+
+int layer_index_head_len(const void *buf, size_t len, uint64_t total, uint64_t *ret) {
+        uint64_t plen, hz, wl;
+        uint32_t version;
+        int r = decode_header(buf, len, LAYER_INDEX_DECODED_MAX, &version, &plen, &hz, &wl);
+
+        if (r < 0)
+                return r;
+        if (version != VERSION_SPLIT)
+                return -EPROTONOSUPPORT;
+        if (total < HDR3_LEN || hz > total - HDR3_LEN || wl != total - HDR3_LEN - hz)
+                return -EBADMSG;
+        *ret = HDR3_LEN + hz;
+        return 0;
+}
+
+int layer_index_decode_head(const void *buf, size_t len, uint64_t total, size_t max_decoded,
+                            struct layer_index **ret) {
+        const uint8_t *p = buf;
+        uint64_t plen, hz, wl, head;
+        uint32_t version;
+        int r;
+
+        if (max_decoded == 0)
+                max_decoded = LAYER_INDEX_DECODED_MAX;
+        r = layer_index_head_len(buf, len, total, &head);
+        if (r < 0)
+                return r;
+        if (len < head)
+                return -EBADMSG;
+        r = decode_header(p, len, max_decoded, &version, &plen, &hz, &wl);
+        if (r < 0)
+                return r;
+        r = decode_frame(p + HDR3_LEN, (size_t)hz, plen, version, NULL, wl, ret);
+        if (r < 0)
+                return r;
+        (*ret)->wins_base = head;
+        return 0;
+}
+
+int layer_index_window(const struct layer_index *ix, size_t i, const void *src, size_t len,
+                       void *out) {
+        const struct layer_checkpoint *c;
+        size_t got;
+
+        if (i >= ix->ncps)
+                return -EINVAL;
+        c = &ix->cps[i];
+        if (len != c->zlen)
+                return -EBADMSG;
+        if (c->wlen == 0)
+                return 0;
+        if (ZSTD_getFrameContentSize(src, len) != c->wlen ||
+            ZSTD_findFrameCompressedSize(src, len) != len)
+                return -EBADMSG;
+        got = ZSTD_decompress(out, LAYER_WINDOW, src, len);
+        if (ZSTD_isError(got) || got != c->wlen)
+                return -EBADMSG;
         return 0;
 }

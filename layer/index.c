@@ -114,11 +114,14 @@ void layer_index_info(const struct layer_index *ix, struct layer_index_info *ret
                 .memory = sizeof(*ix) + ix->nfiles * (sizeof(struct layer_file) + 4) +
                           ix->nxattrs * sizeof(struct layer_xattr) +
                           ix->ncps * sizeof(struct layer_checkpoint) +
-                          ix->nchunks * sizeof(struct layer_chunk) + ix->strs_len + ix->wins_len +
+                          ix->nchunks * sizeof(struct layer_chunk) + ix->strs_len +
+                          (ix->wins_lazy ? 0 : ix->wins_len) +
                           ix->nzframes * sizeof(struct layer_zframe),
                 .data_digest = ix->format == LAYER_FMT_ZSTD ? ix->seek_digest : ix->blob_digest,
                 .data_size = ix->format == LAYER_FMT_ZSTD ? ix->seek_size : ix->blob_size,
                 .nframes = ix->nzframes,
+                .windows_lazy = ix->wins_lazy,
+                .windows_offset = ix->wins_base,
         };
 }
 

@@ -3,6 +3,10 @@
 #pragma once
 #include "layer/layer.h"
 
+/* The most bytes one window's zstd frame may have (checked when decoding; the reader's
+ * buffer for a window read from the encoded index). */
+#define LAYER_WINDOW_ZMAX (LAYER_WINDOW + 1024)
+
 struct layer_checkpoint {
         uint64_t in;   /* blob offset of the first whole byte of the deflate block */
         uint64_t out;  /* tar offset of the block's first byte */
@@ -39,8 +43,12 @@ struct layer_index {
 
         char *strs; /* every string (NUL-terminated) and xattr value */
         size_t strs_len;
-        uint8_t *wins;
+        uint8_t *wins; /* NULL when WINS_LAZY */
         size_t wins_len;
+        /* Loaded from the head of a version 3 encoding (layer_index_decode_head): the windows
+         * stay in the encoded blob, at WINS_BASE + zoff, read by the reader when needed. */
+        bool wins_lazy;
+        uint64_t wins_base;
 
         /* zstd (SPAN is the frame size): the seekable copy the reader fetches from. */
         struct layer_zframe *zframes;
@@ -63,6 +71,12 @@ int layer_builder_finish_toc(struct layer_builder *b, uint64_t blob_size,
                              const struct digest *blob_digest, struct layer_index **ret);
 int layer_builder_fail(struct layer_builder *b, int err, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
+
+/* Checkpoint I's window frame SRC (LEN bytes, read from a lazily loaded index's blob) checked
+ * and decompressed into OUT (LAYER_WINDOW bytes). 0, -EINVAL (no such checkpoint) or
+ * -EBADMSG (not one zstd frame of the checkpoint's length and window size). */
+int layer_index_window(const struct layer_index *ix, size_t i, const void *src, size_t len,
+                       void *out);
 
 /* Orders paths with '/' before any other byte (and the end before '/'). */
 int layer_path_cmp(const char *a, const char *b);

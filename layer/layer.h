@@ -98,6 +98,10 @@ struct layer_index_info {
         struct digest data_digest;
         uint64_t data_size;
         size_t nframes; /* zstd: frames of the seekable copy */
+        /* Loaded by layer_index_decode_head(): the windows are still in the encoded index,
+         * from byte WINDOWS_OFFSET on; a reader needs layer_reader_set_windows(). */
+        bool windows_lazy;
+        uint64_t windows_offset;
 };
 
 struct layer_index;
@@ -157,7 +161,10 @@ int layer_detect_format(const void *buf, size_t len);
 
 /* The encoded form: versioned, zstd-compressed, deterministic for one libzstd version. *RET
  * is malloc'ed (the caller frees it); *RET_DIGEST the sha256 of the *RET_LEN bytes, its name
- * as a derived blob. 0 or -ENOMEM. */
+ * as a derived blob. A gzip index is written as version 3: a small head (everything but the
+ * windows) first, then the windows, each its own zstd frame, so a node can load the head
+ * alone (layer_index_head_len, layer_index_decode_head). 0, -ENOMEM, or -EINVAL for an index
+ * loaded from a head (it has no windows to write). */
 int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_len,
                        struct digest *ret_digest);
 /* Decodes and validates everything (counts, bounds, offsets within the tar and the blob,
@@ -167,6 +174,21 @@ int layer_index_encode(const struct layer_index *ix, uint8_t **ret, size_t *ret_
  * -EFBIG or -ENOMEM. Does not check that the index matches a blob: compare the info's
  * blob_digest with the layer's digest. */
 int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct layer_index **ret);
+
+/* The first bytes of an encoded index needed to decode its head. BUF holds the first LEN
+ * bytes (at least LAYER_INDEX_PREFIX, or the whole blob when shorter) of an encoding of TOTAL
+ * bytes. 0 and *RET (<= TOTAL); -EPROTONOSUPPORT when the encoding has no separate head
+ * (versions 1 and 2, or an unknown version: decode the whole blob with layer_index_decode);
+ * -EBADMSG malformed, or a header that does not add up to TOTAL. */
+#define LAYER_INDEX_PREFIX 40
+int layer_index_head_len(const void *buf, size_t len, uint64_t total, uint64_t *ret);
+/* Decodes the head of a version 3 encoding of TOTAL bytes: BUF holds at least its first
+ * layer_index_head_len() bytes. Everything is validated as layer_index_decode() does except
+ * the windows' contents (their offsets and lengths are checked against the blob's size):
+ * the index's info says windows_lazy, and a reader of it needs layer_reader_set_windows().
+ * Errors as layer_index_head_len() and layer_index_decode(). */
+int layer_index_decode_head(const void *buf, size_t len, uint64_t total, size_t max_decoded,
+                            struct layer_index **ret);
 
 /* eStargz. The footer is the blob's last LAYER_ESTARGZ_FOOTER bytes (the legacy stargz footer
  * is the last 47 of them; both are accepted). */
@@ -229,8 +251,14 @@ ssize_t layer_reader_read(struct layer_reader *r, const struct layer_file *f, ui
  * layer_reader_read(). For caches of inflated spans (layertree/spancache.c), which keep tar
  * bytes whatever file they belong to. */
 ssize_t layer_reader_read_tar(struct layer_reader *r, uint64_t uoff, void *buf, size_t len);
-/* Compressed bytes fetched so far. */
+/* Compressed bytes fetched so far (of the data blob; window reads are not counted). */
 uint64_t layer_reader_fetched(const struct layer_reader *r);
+/* For an index loaded from its head (info.windows_lazy): FETCH (with CTX) reads the encoded
+ * index blob; a checkpoint's window is read through it (at most LAYER_WINDOW + 1 KiB, at
+ * windows_offset + its place) when a read starts there, and checked (one zstd frame of
+ * exactly that length, inflating to the window's size) before use: -EBADMSG otherwise.
+ * Without it, such a read fails with -EIO. */
+void layer_reader_set_windows(struct layer_reader *r, layer_fetch_fn fetch, void *ctx);
 
 /* The blob range [*RET_START, *RET_END) that holds LEN bytes of the uncompressed tar at UOFF:
  * what a prefetch of a read should fetch (zstd: a range of the seekable copy, the frames that

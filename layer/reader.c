@@ -20,7 +20,12 @@
  *
  * zstd: the index's frames of the seekable copy, in layer/zstd.c (FETCH reads the copy).
  *
- * Cost: about 50 KiB per reader (inflate's state and window, one input piece, one window).
+ * An index loaded from its head alone has no windows in memory: a restart at a checkpoint reads
+ * that checkpoint's window (one zstd frame, about 32 KiB) from the encoded index through a
+ * second callback and checks it before priming inflate with it.
+ *
+ * Cost: about 83 KiB per reader (inflate's state and window, one input piece, one window and
+ * one compressed window).
  */
 #include "layer/internal.h"
 
@@ -38,6 +43,8 @@ struct layer_reader {
         layer_fetch_fn fetch;
         void *ctx;
         uint64_t fetched;
+        layer_fetch_fn wfetch; /* the encoded index, for a lazily loaded one's windows */
+        void *wctx;
 
         z_stream zs;
         bool zs_init, live, raw;
@@ -48,6 +55,7 @@ struct layer_reader {
         struct layer_zreader *zr; /* zstd */
         uint8_t in[FETCH_CHUNK];
         uint8_t scratch[LAYER_WINDOW];
+        uint8_t zwin[LAYER_WINDOW_ZMAX]; /* a window's frame read from the encoded index */
 };
 
 struct layer_reader *layer_reader_new(const struct layer_index *ix, layer_fetch_fn fetch,
@@ -92,6 +100,39 @@ uint64_t layer_reader_fetched(const struct layer_reader *r) {
         return r->fetched;
 }
 
+void layer_reader_set_windows(struct layer_reader *r, layer_fetch_fn fetch, void *ctx) {
+        r->wfetch = fetch;
+        r->wctx = ctx;
+}
+
+/* Checkpoint CP's window, decompressed into the scratch buffer. A lazily loaded index's comes
+ * from the encoded index blob, checked frame and length before use (the head checked only
+ * where the window lies). */
+static int load_window(struct layer_reader *r, const struct layer_checkpoint *cp) {
+        const struct layer_index *ix = r->ix;
+        size_t got;
+
+        if (!ix->wins_lazy) {
+                got = ZSTD_decompressDCtx(r->dctx, r->scratch, LAYER_WINDOW, ix->wins + cp->zoff,
+                                          cp->zlen);
+                return ZSTD_isError(got) || got != cp->wlen ? -EBADMSG : 0;
+        }
+        if (!r->wfetch)
+                return -EIO;
+        if (cp->zlen > sizeof(r->zwin))
+                return -EBADMSG; /* the decoder refuses these */
+        uint64_t off = ix->wins_base + cp->zoff;
+        for (size_t have = 0; have < cp->zlen;) {
+                ssize_t n = r->wfetch(r->wctx, off + have, r->zwin + have, cp->zlen - have);
+                if (n < 0)
+                        return (int)n;
+                if (n == 0 || (size_t)n > cp->zlen - have)
+                        return -EBADMSG;
+                have += (size_t)n;
+        }
+        return layer_index_window(ix, (size_t)(cp - ix->cps), r->zwin, cp->zlen, r->scratch);
+}
+
 /* Exactly LEN bytes of the blob at OFF, or -errno (-EBADMSG for a blob shorter than the
  * index says). */
 static int fetch_exact(struct layer_reader *r, uint64_t off, void *buf, size_t len) {
@@ -129,7 +170,6 @@ static int refill(struct layer_reader *r) {
 }
 
 static int start_at(struct layer_reader *r, const struct layer_checkpoint *cp) {
-        const struct layer_index *ix = r->ix;
         uint8_t byte;
         int e;
 
@@ -146,10 +186,10 @@ static int start_at(struct layer_reader *r, const struct layer_checkpoint *cp) {
                         return -EBADMSG;
         }
         if (cp->wlen) {
-                size_t got = ZSTD_decompressDCtx(r->dctx, r->scratch, LAYER_WINDOW,
-                                                 ix->wins + cp->zoff, cp->zlen);
-                if (ZSTD_isError(got) || got != cp->wlen ||
-                    inflateSetDictionary(&r->zs, r->scratch, cp->wlen) != Z_OK)
+                e = load_window(r, cp);
+                if (e < 0)
+                        return e;
+                if (inflateSetDictionary(&r->zs, r->scratch, cp->wlen) != Z_OK)
                         return -EBADMSG;
         }
         r->upos = cp->out;

@@ -1,11 +1,14 @@
 /* libFuzzer target for layer/codec.c's decoder: an encoded layer index from an untrusted peer.
- * The first byte picks the form: even, the rest is an encoded index as a peer sends it; odd,
- * the rest is the payload, framed and compressed here, so that mutations reach the table's
+ * The first byte picks the form: even, the rest is an encoded index as a peer sends it, decoded
+ * whole and, when it is a split (version 3) encoding, from its head alone; odd, the rest is a
+ * version 1 payload, framed and compressed here, so that mutations reach the table's
  * validation instead of dying at the zstd checksum. Oracles: the decoder returns only its
  * documented errors; an index it accepts is canonical (it encodes back to the input's
- * payload), every path looks itself up, readdir from the root
- * visits every entry exactly once, and reading every file through a reader whose blob is
- * garbage returns an error or bytes, never a crash or an overrun. */
+ * payload, a version 3 encoding counted as its head's payload followed by its windows), every
+ * path looks itself up, readdir from the root visits every entry exactly once, reading every
+ * file through a reader whose blob is garbage returns an error or bytes, never a crash or an
+ * overrun; and an index loaded from its head, its windows read from the input, reads exactly
+ * what the index decoded whole reads. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,16 +41,95 @@ static size_t walk(const struct layer_index *ix, size_t dir, unsigned depth) {
         return n;
 }
 
-/* The payload of encoded index ENC (the caller frees it). */
+static uint64_t le64(const uint8_t *p) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++)
+                v |= (uint64_t)p[i] << (8 * i);
+        return v;
+}
+
+/* The version 1 payload of encoded index ENC (the caller frees it): its payload, or for a
+ * version 3 encoding its head's payload followed by its windows. */
 static uint8_t *payload_of(const uint8_t *enc, size_t len, size_t *ret_len) {
-        unsigned long long n = ZSTD_getFrameContentSize(enc + 24, len - 24);
+        size_t hdr = len > 40 && enc[8] == 3 ? 40 : 24;
+        uint64_t hz = hdr == 40 ? le64(enc + 24) : len - 24;
+        uint64_t wl = hdr == 40 ? le64(enc + 32) : 0;
+        unsigned long long n;
         uint8_t *p;
 
-        CHECK(len > 24 && n < (1u << 30));
-        p = malloc(n ? n : 1);
-        CHECK(p && ZSTD_decompress(p, n, enc + 24, len - 24) == n);
-        *ret_len = n;
+        CHECK(len > hdr && hz <= len - hdr && wl == len - hdr - hz);
+        n = ZSTD_getFrameContentSize(enc + hdr, hz);
+        CHECK(n < (1u << 30));
+        p = malloc(n + wl + 1);
+        CHECK(p && ZSTD_decompress(p, n, enc + hdr, hz) == n);
+        if (wl)
+                memcpy(p + n, enc + hdr + hz, wl);
+        *ret_len = n + wl;
         return p;
+}
+
+struct mem {
+        const uint8_t *p;
+        size_t len;
+};
+
+static ssize_t mem_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        const struct mem *m = ctx;
+
+        if (off >= m->len)
+                return 0;
+        if (len > m->len - off)
+                len = (size_t)(m->len - off);
+        memcpy(buf, m->p + off, len);
+        return (ssize_t)len;
+}
+
+/* The head of DATA (a split encoding, SIZE bytes) alone, against FULL when the whole decoded
+ * (NULL when it did not): only documented errors; when the head decodes but the whole does
+ * not, a window is bad and reads may fail but never crash; when both decode, the same reads. */
+static void check_head(const uint8_t *data, size_t size, const struct layer_index *full) {
+        struct layer_index *hx;
+        struct layer_index_info info, finfo;
+        struct layer_reader *hr, *fr = NULL;
+        struct mem wins = {data, size};
+        uint8_t a[4096], b[4096];
+        uint64_t head;
+        int e = layer_index_head_len(data, size, size, &head);
+
+        CHECK(e == 0 || e == -EBADMSG || e == -EPROTONOSUPPORT || e == -EFBIG);
+        if (e < 0)
+                return;
+        CHECK(head <= size);
+        e = layer_index_decode_head(data, (size_t)head, size, 16u << 20, &hx);
+        CHECK(e == 0 || e == -EBADMSG || e == -EFBIG || e == -ENOMEM);
+        CHECK(!full || e == 0 || e == -ENOMEM); /* the whole is valid: so is its head */
+        if (e < 0)
+                return;
+        layer_index_info(hx, &info);
+        CHECK(info.windows_lazy && info.windows_offset == head);
+        hr = layer_reader_new(hx, garbage_fetch, &info);
+        CHECK(hr != NULL);
+        layer_reader_set_windows(hr, mem_fetch, &wins);
+        if (full) {
+                layer_index_info(full, &finfo);
+                CHECK(finfo.nfiles == info.nfiles && finfo.ncheckpoints == info.ncheckpoints);
+                fr = layer_reader_new(full, garbage_fetch, &finfo);
+                CHECK(fr != NULL);
+        }
+        for (size_t i = 0; i < info.nfiles && i < 64; i++) {
+                const struct layer_file *f = layer_index_file(hx, i);
+                uint64_t off = f->size > 100 ? f->size - 100 : 0;
+                ssize_t n = layer_reader_read(hr, f, off, a, sizeof(a));
+                CHECK(n < 0 || (size_t)n <= sizeof(a));
+                if (fr) {
+                        ssize_t m =
+                                layer_reader_read(fr, layer_index_file(full, i), off, b, sizeof(b));
+                        CHECK(n == m && (n <= 0 || memcmp(a, b, (size_t)n) == 0));
+                }
+        }
+        layer_reader_free(fr);
+        layer_reader_free(hr);
+        layer_index_free(hx);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -80,6 +162,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         free(framed);
         CHECK(e == 0 || e == -EBADMSG || e == -EPROTONOSUPPORT || e == -EFBIG || e == -ENOMEM);
+        if (!payload_mode)
+                check_head(data, size, e == 0 ? ix : NULL);
         if (e < 0)
                 return 0;
         /* canonical: what was accepted is exactly what encoding the index gives */

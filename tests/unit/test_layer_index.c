@@ -272,13 +272,17 @@ static void check_table(const struct layer_index *ix, const struct fixture *fx) 
         (void)explicit_;
 }
 
-static void check_reads(const struct layer_index *ix, const struct buf *blob,
-                        const struct fixture *fx, unsigned seed) {
+/* Reads every file of FX through IX over BLOB, whole and at random; WINS, when not NULL, is the
+ * encoded index the reader reads a lazily loaded index's windows from. */
+static void check_reads_w(const struct layer_index *ix, const struct buf *blob,
+                          const struct fixture *fx, unsigned seed, struct mem_src *wins) {
         struct mem_src src = {.blob = blob};
         struct layer_reader *r = layer_reader_new(ix, mem_fetch, &src);
         uint8_t *data, small[5000];
 
         assert_non_null(r);
+        if (wins)
+                layer_reader_set_windows(r, mem_fetch, wins);
         srand(seed);
         for (size_t i = 0; i < fx->nm; i++) {
                 const struct mline *m = &fx->m[i];
@@ -317,6 +321,11 @@ static void check_reads(const struct layer_index *ix, const struct buf *blob,
                 free(data);
         }
         layer_reader_free(r);
+}
+
+static void check_reads(const struct layer_index *ix, const struct buf *blob,
+                        const struct fixture *fx, unsigned seed) {
+        check_reads_w(ix, blob, fx, seed, NULL);
 }
 
 static void check_layer(const struct fixture *fx, const struct buf *blob, uint32_t span,
@@ -742,7 +751,8 @@ static void test_codec_roundtrip(void **state) {
                 assert_int_equal(layer_index_decode(enc, cut, 0, &ix2), -EBADMSG);
         {
                 uint8_t v = enc[8];
-                enc[8] = 3; /* 2 is the zstd encoding (test_layer_zstd.c) */
+                assert_int_equal(v, 3); /* gzip: the split encoding */
+                enc[8] = 4;             /* 2 is the zstd encoding (test_layer_zstd.c) */
                 assert_int_equal(layer_index_decode(enc, len, 0, &ix2), -EPROTONOSUPPORT);
                 enc[8] = v;
         }
@@ -775,6 +785,33 @@ static int decode_payload_bytes(const uint8_t *pl, size_t plen, struct layer_ind
         return r;
 }
 
+static uint64_t get64le(const uint8_t *p) {
+        uint64_t v = 0;
+        for (int i = 0; i < 8; i++)
+                v |= (uint64_t)p[i] << (8 * i);
+        return v;
+}
+
+/* The version 1 payload of encoding ENC (a version 3 one: its head's payload followed by its
+ * windows, which is what an older node writes). The caller frees it. */
+static uint8_t *v1_payload(const uint8_t *enc, size_t len, size_t *ret_len) {
+        uint64_t hz, wl, hlen;
+        uint8_t *pl;
+
+        assert_true(len > 40);
+        assert_int_equal(enc[8], 3);
+        hz = get64le(enc + 24);
+        wl = get64le(enc + 32);
+        assert_int_equal(40 + hz + wl, len);
+        hlen = ZSTD_getFrameContentSize(enc + 40, hz);
+        pl = malloc(hlen + wl);
+        assert_non_null(pl);
+        assert_int_equal(ZSTD_decompress(pl, hlen, enc + 40, hz), hlen);
+        memcpy(pl + hlen, enc + 40 + hz, wl);
+        *ret_len = hlen + wl;
+        return pl;
+}
+
 static void put32le(uint8_t *p, uint32_t v) {
         for (int i = 0; i < 4; i++)
                 p[i] = (uint8_t)(v >> (8 * i));
@@ -793,10 +830,8 @@ static void test_codec_hostile(void **state) {
 
         assert_int_equal(build(&pax_fx.gz, LAYER_SPAN_MIN, 65536, NULL, &ix, NULL, 0), 0);
         assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
-        plen = (size_t)ZSTD_getFrameContentSize(enc + 24, len - 24);
-        pl = malloc(plen);
+        pl = v1_payload(enc, len, &plen);
         m = malloc(plen);
-        assert_int_equal(ZSTD_decompress(pl, plen, enc + 24, len - 24), plen);
         assert_int_equal(decode_payload_bytes(pl, plen, &ix2), 0);
         layer_index_free(ix2);
         nfiles = layer_index_nfiles(ix);
@@ -876,6 +911,151 @@ static void test_codec_hostile(void **state) {
                         layer_index_free(ix2);
         }
         free(m);
+        free(pl);
+        free(enc);
+        layer_index_free(ix);
+}
+
+/* Version 3: the head alone is an index whose windows are read from the encoded blob. */
+static void test_codec_lazy_head(void **state) {
+        struct layer_index *ix, *hx, *full;
+        struct layer_index_info info, hinfo;
+        uint8_t *enc, *pl, *old, *m;
+        size_t len, plen;
+        uint64_t head, wl;
+        struct buf encb;
+        (void)state;
+
+        assert_int_equal(build(&pax_fx.gz, LAYER_SPAN_MIN, 65536, NULL, &ix, NULL, 0), 0);
+        layer_index_info(ix, &info);
+        assert_true(info.ncheckpoints >= 3);
+        assert_false(info.windows_lazy);
+        assert_int_equal(layer_index_encode(ix, &enc, &len, NULL), 0);
+        encb = (struct buf){.p = enc, .len = len};
+
+        /* The head's length comes from the first LAYER_INDEX_PREFIX bytes. */
+        assert_int_equal(layer_index_head_len(enc, LAYER_INDEX_PREFIX, len, &head), 0);
+        wl = get64le(enc + 32);
+        assert_true(wl > 0 && head + wl == len);
+        assert_int_equal(layer_index_head_len(enc, LAYER_INDEX_PREFIX - 1, len, &head), -EBADMSG);
+        assert_int_equal(layer_index_head_len(enc, LAYER_INDEX_PREFIX, len + 1, &head), -EBADMSG);
+        assert_int_equal(layer_index_head_len(enc, LAYER_INDEX_PREFIX, len - 1, &head), -EBADMSG);
+        assert_int_equal(layer_index_head_len(enc, LAYER_INDEX_PREFIX, len, &head), 0);
+
+        /* The head alone: the same table, no windows in memory. */
+        assert_int_equal(layer_index_decode_head(enc, head, len, 0, &hx), 0);
+        layer_index_info(hx, &hinfo);
+        assert_true(hinfo.windows_lazy);
+        assert_int_equal(hinfo.windows_offset, head);
+        assert_true(hinfo.memory + wl <= info.memory + 64);
+        same_index(ix, hx);
+        /* reads need the windows: through the encoded blob they give every file's bytes */
+        {
+                struct mem_src wsrc = {.blob = &encb};
+                check_reads_w(hx, &pax_fx.gz, &pax_fx, 11, &wsrc);
+                assert_true(wsrc.calls > 0);
+                assert_true(wsrc.max_end > head); /* windows were read, from past the head */
+        }
+        /* without the window source, a read that starts at a later checkpoint fails */
+        {
+                struct mem_src src = {.blob = &pax_fx.gz};
+                struct layer_reader *r = layer_reader_new(hx, mem_fetch, &src);
+                const struct layer_checkpoint *last = &hx->cps[hx->ncps - 1];
+                uint8_t b[16];
+                bool tried = false;
+                assert_non_null(r);
+                for (size_t i = 0; i < layer_index_nfiles(hx) && !tried; i++) {
+                        const struct layer_file *f = layer_index_file(hx, i);
+                        if (f->type != TAR_REG || f->offset + f->size <= last->out + 1 ||
+                            f->offset > last->out)
+                                continue;
+                        assert_int_equal(layer_reader_read(r, f, last->out - f->offset, b, 1),
+                                         -EIO);
+                        tried = true;
+                }
+                assert_true(tried);
+                layer_reader_free(r);
+        }
+        /* a lazily loaded index cannot be encoded again (it has no windows to write) */
+        {
+                uint8_t *e2;
+                size_t l2;
+                assert_int_equal(layer_index_encode(hx, &e2, &l2, NULL), -EINVAL);
+        }
+        layer_index_free(hx);
+
+        /* A damaged window is refused when read, not used. */
+        m = malloc(len);
+        assert_non_null(m);
+        memcpy(m, enc, len);
+        {
+                const struct layer_checkpoint *c = &ix->cps[2];
+                struct buf mb = {.p = m, .len = len};
+                struct mem_src src = {.blob = &pax_fx.gz}, wsrc = {.blob = &mb};
+                struct layer_reader *r;
+                bool tried = false;
+                uint8_t b[16];
+                assert_true(c->zlen > 4);
+                m[head + c->zoff] ^= 0xff; /* the frame's magic */
+                assert_int_equal(layer_index_decode_head(m, head, len, 0, &hx), 0);
+                r = layer_reader_new(hx, mem_fetch, &src);
+                assert_non_null(r);
+                layer_reader_set_windows(r, mem_fetch, &wsrc);
+                for (size_t i = 0; i < layer_index_nfiles(hx) && !tried; i++) {
+                        const struct layer_file *f = layer_index_file(hx, i);
+                        uint64_t at = c->out;
+                        if (f->type != TAR_REG || at < f->offset || at >= f->offset + f->size ||
+                            (ix->ncps > 3 && at >= ix->cps[3].out))
+                                continue;
+                        assert_int_equal(layer_reader_read(r, f, at - f->offset, b, 1), -EBADMSG);
+                        tried = true;
+                }
+                assert_true(tried);
+                layer_reader_free(r);
+                layer_index_free(hx);
+                /* and the whole blob, damaged so, does not decode */
+                assert_int_equal(layer_index_decode(m, len, 0, &full), -EBADMSG);
+        }
+
+        /* Every truncation of the head, a wrong total, a changed window count: refused. */
+        for (size_t cut = 0; cut < head; cut += cut < 64 ? 1 : head / 40 + 1) {
+                int r = layer_index_decode_head(enc, cut, len, 0, &hx);
+                assert_int_equal(r, -EBADMSG);
+        }
+        assert_int_equal(layer_index_decode_head(enc, head, len + 1, 0, &hx), -EBADMSG);
+        memcpy(m, enc, len);
+        m[32] ^= 1; /* wins_len */
+        assert_int_equal(layer_index_decode_head(m, head, len, 0, &hx), -EBADMSG);
+        assert_int_equal(layer_index_decode(m, len, 0, &hx), -EBADMSG);
+        memcpy(m, enc, len);
+        m[24] ^= 1; /* the head's length */
+        assert_int_equal(layer_index_decode_head(m, len, len, 0, &hx), -EBADMSG);
+        /* a smaller decode limit refuses */
+        assert_int_equal(layer_index_decode_head(enc, head, len, 100, &hx), -EFBIG);
+        free(m);
+
+        /* An older node's encoding (version 1, windows inside the payload): no separate head,
+         * still decodes whole to the same index. */
+        pl = v1_payload(enc, len, &plen);
+        {
+                size_t bound = ZSTD_compressBound(plen), z;
+                old = malloc(24 + bound);
+                assert_non_null(old);
+                memcpy(old, "P2PLIDX\n\1\0\0\0\0\0\0\0", 16);
+                for (int i = 0; i < 8; i++)
+                        old[16 + i] = (uint8_t)((uint64_t)plen >> (8 * i));
+                z = ZSTD_compress(old + 24, bound, pl, plen, 9);
+                assert_false(ZSTD_isError(z));
+                assert_int_equal(layer_index_head_len(old, LAYER_INDEX_PREFIX, 24 + z, &head),
+                                 -EPROTONOSUPPORT);
+                assert_int_equal(layer_index_decode_head(old, 24 + z, 24 + z, 0, &hx),
+                                 -EPROTONOSUPPORT);
+                assert_int_equal(layer_index_decode(old, 24 + z, 0, &full), 0);
+                same_index(ix, full);
+                check_reads(full, &pax_fx.gz, &pax_fx, 12);
+                layer_index_free(full);
+                free(old);
+        }
         free(pl);
         free(enc);
         layer_index_free(ix);
@@ -1134,6 +1314,7 @@ int main(void) {
                 cmocka_unit_test(test_replaced_directory),
                 cmocka_unit_test(test_codec_roundtrip),
                 cmocka_unit_test(test_codec_hostile),
+                cmocka_unit_test(test_codec_lazy_head),
                 cmocka_unit_test(test_reader_errors_and_range),
                 cmocka_unit_test(test_estargz),
                 cmocka_unit_test(test_estargz_refusals),

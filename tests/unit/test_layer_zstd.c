@@ -572,7 +572,9 @@ static void test_bad_copy_and_table(void **state) {
         assert_int_equal(layer_index_encode(ix, &enc, &enc_len, NULL), 0);
         enc[8] = 1; /* a zstd index under version 1 */
         assert_int_equal(layer_index_decode(enc, enc_len, 0, &ix2), -EBADMSG);
-        enc[8] = 3;
+        enc[8] = 3; /* the split encoding is for gzip layers only */
+        assert_int_equal(layer_index_decode(enc, enc_len, 0, &ix2), -EBADMSG);
+        enc[8] = 4;
         assert_int_equal(layer_index_decode(enc, enc_len, 0, &ix2), -EPROTONOSUPPORT);
         enc[8] = 2;
         assert_int_equal(layer_index_decode(enc, enc_len, 0, &ix2), 0);
