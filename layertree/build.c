@@ -3,8 +3,10 @@
  * seekable copy). Runs on the tree's workers, which may block on the engine's reads.
  *
  * Cost: the pass reads the whole blob once, in order, 1 MiB at a time through the engine (with
- * its readahead), and feeds the builder; an index from the store or a peer is read whole (at
- * most INDEX_BLOB_MAX), hashed, then decoded. */
+ * its readahead), and feeds the builder; an index from the store is read whole (at most
+ * INDEX_BLOB_MAX), hashed, then decoded; one from a peer, when it has a separate head (version
+ * 3), only its head (the first chunk, for most layers): its windows are read as spans are
+ * first inflated. */
 #include "layertree/internal.h"
 
 #include <errno.h>
@@ -73,6 +75,68 @@ out_free:
         return r;
 }
 
+/* Loads only the head of index blob BLOB_ID (SIZE bytes) when it is a version 3 encoding: its
+ * first bytes (one chunk, usually) through the engine, decoded and checked to index L; the
+ * windows stay in the blob, read as spans are first inflated. -EPROTONOSUPPORT for an older
+ * encoding (the caller reads it whole); other -errno with MSG.
+ *
+ * Trust: the whole-blob digest cannot be checked without the whole blob. The head's chunks
+ * are verified as any peer chunk is, against digests from the homes (recorded from the node
+ * that built and verified the index), which are the same homes that named the index's digest;
+ * the windows' chunks likewise when read, and the engine still verifies the blob whole if
+ * every chunk of it lands. */
+static int load_index_head(struct ltree *lt, struct layer *l, uint32_t blob_id, uint64_t size,
+                           struct layer_index **ret, char *msg, size_t msg_len) {
+        uint8_t pre[LAYER_INDEX_PREFIX];
+        size_t plen = size < sizeof(pre) ? (size_t)size : sizeof(pre);
+        uint64_t head;
+        ssize_t n = lt_pread(lt, blob_id, 0, pre, plen, NULL);
+        if (n < 0 || (size_t)n != plen) {
+                snprintf(msg, msg_len, "cannot read the index blob: %s",
+                         n < 0 ? strerror((int)-n) : "short");
+                return n < 0 ? (int)n : -EIO;
+        }
+        int r = layer_index_head_len(pre, plen, size, &head);
+        if (r == -EPROTONOSUPPORT)
+                return r;
+        if (r < 0) {
+                snprintf(msg, msg_len, "index blob header refused: %s", strerror(-r));
+                return r;
+        }
+        if (head > INDEX_BLOB_MAX) {
+                snprintf(msg, msg_len, "index head of %" PRIu64 " bytes refused", head);
+                return -EFBIG;
+        }
+        uint8_t *buf = malloc(head);
+        if (!buf)
+                return -ENOMEM;
+        n = lt_pread(lt, blob_id, 0, buf, head, NULL);
+        if (n < 0 || (uint64_t)n != head) {
+                snprintf(msg, msg_len, "cannot read the index head: %s",
+                         n < 0 ? strerror((int)-n) : "short");
+                r = n < 0 ? (int)n : -EIO;
+                goto out_free;
+        }
+        struct layer_index *ix;
+        r = layer_index_decode_head(buf, head, size, 0, &ix);
+        if (r < 0) {
+                snprintf(msg, msg_len, "index head does not decode: %s", strerror(-r));
+                goto out_free;
+        }
+        struct layer_index_info info;
+        layer_index_info(ix, &info);
+        if (!digest_equal(&info.blob_digest, &l->digest) || info.blob_size != l->blob_size) {
+                layer_index_free(ix);
+                snprintf(msg, msg_len, "index blob indexes another layer");
+                r = -EBADMSG;
+                goto out_free;
+        }
+        *ret = ix;
+out_free:
+        free(buf);
+        return r;
+}
+
 /* The index recorded in this node's store, when every chunk of its blob is present. */
 static int index_from_store(struct ltree *lt, struct layer *l, const struct digest *d,
                             struct layer_index **ret) {
@@ -103,13 +167,18 @@ static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_inde
                 return r;
         if (b.size != size)
                 return -EBADMSG;
-        char msg[160];
-        r = load_index_blob(lt, l, b.id, b.size, &d, ret, msg, sizeof(msg));
+        char msg[160] = "";
+        r = load_index_head(lt, l, b.id, b.size, ret, msg, sizeof(msg));
+        if (r == -EPROTONOSUPPORT) { /* an older node's index: whole, digest checked */
+                msg[0] = '\0';
+                r = load_index_blob(lt, l, b.id, b.size, &d, ret, msg, sizeof(msg));
+        }
         if (r < 0) {
                 log_debug("layer index from peers not used id=%u reason=\"%s\"", l->id, msg);
                 return r;
         }
         engine_pin(lt->e, &d, true);
+        l->index_blob_id = b.id; /* read by the reader for a lazily loaded index's windows */
         log_debug("layer index from peers id=%u size=%" PRIu64 " locate_ms=%" PRIu64
                   " load_ms=%" PRIu64,
                   l->id, size, t_located - t0, now_ms() - t_located);
@@ -252,6 +321,22 @@ static int store_index(struct ltree *lt, const struct layer_index *ix, struct di
         return 0;
 }
 
+/* The index from the peers, when one is published and usable: L is then READY (true). */
+static bool try_peers(struct ltree *lt, struct layer *l) {
+        struct layer_index *ix;
+        struct digest d;
+        uint64_t size;
+        uint32_t data_id;
+        if (index_from_peers(lt, l, &ix, &d, &size) < 0)
+                return false;
+        if (lt_data_blob(lt, l, ix, &data_id) < 0) {
+                layer_index_free(ix); /* zstd, and nobody holds its copy: run the pass */
+                return false;
+        }
+        lt_ready(lt, l, ix, LTREE_INDEX_PEER, &d, size);
+        return true;
+}
+
 /* The index job of layer L, on a worker (BUF: READ_MAX bytes of scratch). */
 void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
         char msg[200] = "";
@@ -338,22 +423,16 @@ void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
                 }
                 msg[0] = '\0';
         }
-        struct digest d;
-        uint64_t size;
         log_debug("layer index job id=%u format_known_ms=%" PRIu64, l->id, now_ms() - t0);
-        if (index_from_peers(lt, l, &ix, &d, &size) == 0) {
-                if (lt_data_blob(lt, l, ix, &data_id) == 0) {
-                        lt_ready(lt, l, ix, LTREE_INDEX_PEER, &d, size);
-                        return;
-                }
-                layer_index_free(ix); /* zstd, and nobody holds its copy: run the pass */
-                ix = NULL;
-        }
+        if (try_peers(lt, l))
+                return;
         r = index_by_pass(lt, l, buf, &ix, msg, sizeof(msg));
         if (r < 0) {
                 lt_fail(lt, l, r, "%s", msg);
                 return;
         }
+        struct digest d;
+        uint64_t size;
         r = store_index(lt, ix, &d, &size);
         if (r < 0) {
                 /* Still usable here; the next start runs the pass again. */

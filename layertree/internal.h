@@ -53,8 +53,10 @@ struct layer {
 
         /* Set once when READY, immutable after. */
         struct layer_index *ix;
-        uint32_t *canon; /* file -> the file whose inode it shares */
-        uint32_t *nlink; /* file -> names of its inode (for canonical files) */
+        uint32_t *canon;        /* file -> the file whose inode it shares */
+        uint32_t *nlink;        /* file -> names of its inode (for canonical files) */
+        uint32_t index_blob_id; /* the engine's id of the index blob, for an index loaded from
+                                 * its head (its windows are read from it) */
         uint64_t tar_size, files;
         size_t memory;
 

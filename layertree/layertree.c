@@ -16,8 +16,12 @@
  *
  * The index of a layer is looked for, in order: this node's store (the layers row names the
  * derived blob, whose chunks must all be present: nothing is fetched for it), the peers
- * (ltree_peer_ops.locate_index; the bytes come through the engine and must hash to the
- * located digest before they are decoded, and the decoded index must name this layer), and
+ * (ltree_peer_ops.locate_index; the bytes come through the engine, and the decoded index must
+ * name this layer: an older node's encoding is read whole and must hash to the located digest
+ * before it is decoded; a split one (layer/codec.c, version 3) has only its head read, the
+ * file and checkpoint tables, and each window is read from the index blob when a span
+ * starting at its checkpoint is first inflated, so a node starts a container on a 512 MiB
+ * layer after fetching one chunk of an 8 MiB index instead of all of it), and
  * last the pass: the layer's bytes streamed in order into layer_builder_feed (checked against
  * the diff_id when known and against the layer digest always). eStargz layers (a gzip layer
  * whose last 51 bytes are an eStargz footer) are indexed from their TOC instead. A built index
@@ -31,7 +35,7 @@
  * from it, never from the layer. An index from the store or a peer is used only when its copy
  * is known here or to the peers' directory; otherwise the pass runs again.
  *
- * Memory: the loaded indexes (counted in the stats), two uint32_t per file for hard links,
+ * Memory: the loaded indexes (counted in the stats; a head-loaded one without its windows), two uint32_t per file for hard links,
  * per worker one 1 MiB buffer and up to READERS_PER_WORKER layer readers (about 115 KiB
  * each). */
 #include "layertree/internal.h"
@@ -110,6 +114,12 @@ static ssize_t layer_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
         if (n > 0)
                 atomic_fetch_add(&fc->l->fetched, (uint64_t)n);
         return n;
+}
+
+/* The reader's window fetch, for an index loaded from its head: the index blob's bytes. */
+static ssize_t window_fetch(void *ctx, uint64_t off, void *buf, size_t len) {
+        struct fetch_ctx *fc = ctx;
+        return lt_pread(fc->lt, fc->l->index_blob_id, off, buf, len, NULL);
 }
 
 /* ---- state ---------------------------------------------------------------------------- */
@@ -336,6 +346,8 @@ static struct layer_reader *reader_for(struct worker *w, struct layer *l) {
         layer_reader_free(lru->r);
         lru->fc = (struct fetch_ctx){.lt = w->lt, .l = l};
         lru->r = layer_reader_new(l->ix, layer_fetch, &lru->fc);
+        if (lru->r)
+                layer_reader_set_windows(lru->r, window_fetch, &lru->fc);
         lru->id = l->id;
         lru->used = w->tick;
         return lru->r;

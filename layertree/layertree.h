@@ -21,7 +21,12 @@
  * Trust: every compressed byte read comes through the engine, verified as any blob's bytes are.
  * The index decides which bytes a file is; one built here is checked against the diff_id when it
  * is known; one from a peer is checked against the digest the cluster's directory gave for it
- * (not the sender's word), so a peer that lies about an index must also be a home. */
+ * (not the sender's word), so a peer that lies about an index must also be a home. An index
+ * loaded from its head alone (the split encoding) cannot be checked whole: its chunks, like
+ * any peer chunk, are checked against digests from the homes (announced by the node that
+ * built and verified it), the homes that also named its digest; so the trust is the same
+ * homes', chunk by chunk. A window whose chunks cannot be fetched later (no node holds the
+ * index any more) fails the read of that span with the engine's error. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 
 import pytest
 
@@ -213,3 +214,74 @@ def test_second_node_reads_a_zstd_layer_from_the_first_nodes_seekable_copy(build
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
     assert reg.bytes_served(index, since=mark) == 0
     assert reg.bytes_served(digest, since=mark) == 0, "B read the original zstd layer"
+
+
+def blob_entry(d, digest):
+    """D's `blobctl ls --json` entry of DIGEST, or None."""
+    out = d.ls()
+    rows = out["blobs"] if isinstance(out, dict) and "blobs" in out else out
+    if isinstance(rows, dict):
+        return rows.get(digest)
+    return next((r for r in rows if r.get("digest") == digest), None)
+
+
+def test_second_node_loads_only_the_head_of_the_index(build_dir, net):
+    """Issue 17: B takes a gzip layer's index from A but fetches only its head (the file table
+    and the checkpoint table, at the start of the index blob) to make the layer ready, and to
+    read one small file only the window of the checkpoint it inflates from: a few chunks of the
+    index blob, never all of it, and about one span of the layer. Every file still reads right,
+    the windows for it fetched as they are needed."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    config = json.dumps({"app": "lazyidx", "pad": "x" * 3000}).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        _dir(tf, "data")
+        _file(tf, "data/a.bin", harness.gen_bytes(1701, 20 * MiB))  # incompressible
+        _dir(tf, "etc")
+        _dir(tf, "etc/app")
+        _file(tf, "etc/app/config.json", config)
+        _file(tf, "data/b.bin", harness.gen_bytes(1702, 6 * MiB))
+    tar = buf.getvalue()
+    gz = gzip.compress(tar, compresslevel=1, mtime=0)
+    digest = reg.push_blob(REPO, gz)
+    ref = reg.ref(REPO, digest)
+    hosts = [net.add_host(n, s) for n in ("a", "b")]
+    # 64 KiB chunks and 1 MiB spans: the index (a 32 KiB window per span) spans many chunks.
+    a, b = [net.daemon(build_dir, h, registries=[reg],
+                       extra_args=node_flags(h, hosts) + ["--chunk-size", "64K",
+                                                          "--layer-span", "1M"])
+            for h in hosts]
+    wait_peers_up([a, b])
+
+    out_a = layer_add(a, ref)
+    assert out_a["state"] == "built", out_a
+    index = out_a["index_digest"]
+    harness.wait_until(lambda: all(index_answer(net, d, digest, {}) is not None for d in (a, b)),
+                       20, interval=0.1, what="the homes of the layer to learn its index")
+    net.wait_announced([a, b], [a], index)
+    whole = blob_entry(a, index)
+    assert whole and whole["chunks"] >= 10, whole  # the premise: an index of many chunks
+
+    out_b = layer_add(b, ref)
+    assert out_b["state"] == "peer", out_b
+    assert out_b["index_digest"] == index
+    # Ready with the head alone (written back by now or shortly).
+    harness.wait_until(lambda: (blob_entry(b, index) or {}).get("chunks_present", 0) >= 1, 10,
+                       interval=0.1, what="B to hold the head of the index")
+    head_chunks = blob_entry(b, index)["chunks_present"]
+    assert head_chunks <= 2, (head_chunks, whole["chunks"])
+
+    root = os.path.join(b.view_mountpoint, "layers", "sha256", harness.hex_of(digest))
+    assert harness.read_file(os.path.join(root, "etc/app/config.json")) == config
+    time.sleep(0.5)  # write-back of what the read fetched
+    after = blob_entry(b, index)["chunks_present"]
+    # The head and the one window the read started from (it may straddle two chunks).
+    assert after <= head_chunks + 2, (head_chunks, after, whole["chunks"])
+    assert after < whole["chunks"]
+    li = {l["digest"]: l for l in layers(b)}[digest]
+    assert li["bytes_fetched"] <= 3 * MiB, li  # about one span of the layer, not its 26 MiB
+
+    for name, data in files_of(tar).items():
+        got = harness.read_file(os.path.join(root, name))
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
