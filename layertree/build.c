@@ -376,6 +376,14 @@ void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
                 layer_index_free(ix); /* zstd, and its copy is gone: run the pass again */
                 ix = NULL;
         }
+        /* The peers before the layer's own bytes: an index a peer published names its format,
+         * so a layer that has one is ready without reading the layer's first and last chunks
+         * (two serial fetches, the last one never read by a container). A layer labelled
+         * eStargz (a TOC digest) reads its TOC first: nobody publishes a TOC's index, and a
+         * locate would be a wasted round trip. */
+        bool peers_first = !l->has_toc;
+        if (peers_first && try_peers(lt, l))
+                return;
         /* The format, from the bytes: the first block tells tar, gzip or zstd apart. */
         size_t head = l->blob_size < 512 ? (size_t)l->blob_size : 512;
         ssize_t n = lt_pread(lt, l->blob_id, 0, buf, head, NULL);
@@ -424,7 +432,7 @@ void lt_index_job(struct ltree *lt, struct layer *l, uint8_t *buf) {
                 msg[0] = '\0';
         }
         log_debug("layer index job id=%u format_known_ms=%" PRIu64, l->id, now_ms() - t0);
-        if (try_peers(lt, l))
+        if (!peers_first && try_peers(lt, l))
                 return;
         r = index_by_pass(lt, l, buf, &ix, msg, sizeof(msg));
         if (r < 0) {
