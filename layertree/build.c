@@ -86,36 +86,52 @@ out_free:
  * the windows' chunks likewise when read, and the engine still verifies the blob whole if
  * every chunk of it lands. */
 static int load_index_head(struct ltree *lt, struct layer *l, uint32_t blob_id, uint64_t size,
-                           struct layer_index **ret, char *msg, size_t msg_len) {
-        uint8_t pre[LAYER_INDEX_PREFIX];
-        size_t plen = size < sizeof(pre) ? (size_t)size : sizeof(pre);
+                           uint32_t chunks, struct layer_index **ret, char *msg, size_t msg_len) {
+        /* One engine read inside the blob's first chunk (SIZE / CHUNKS, rounded up, is at most
+         * the chunk size; IO_MAX is the engine's largest read), which holds the head of most
+         * layers' indexes at the default chunk size; a larger head reads the rest after. */
+        uint64_t per_chunk = chunks ? (size + chunks - 1) / chunks : size;
+        size_t first = per_chunk < IO_MAX ? (size_t)per_chunk : IO_MAX;
+        if (first < LAYER_INDEX_PREFIX)
+                first = size < LAYER_INDEX_PREFIX ? (size_t)size : LAYER_INDEX_PREFIX;
         uint64_t head;
-        ssize_t n = lt_pread(lt, blob_id, 0, pre, plen, NULL);
-        if (n < 0 || (size_t)n != plen) {
-                snprintf(msg, msg_len, "cannot read the index blob: %s",
-                         n < 0 ? strerror((int)-n) : "short");
-                return n < 0 ? (int)n : -EIO;
-        }
-        int r = layer_index_head_len(pre, plen, size, &head);
-        if (r == -EPROTONOSUPPORT)
-                return r;
-        if (r < 0) {
-                snprintf(msg, msg_len, "index blob header refused: %s", strerror(-r));
-                return r;
-        }
-        if (head > INDEX_BLOB_MAX) {
-                snprintf(msg, msg_len, "index head of %" PRIu64 " bytes refused", head);
-                return -EFBIG;
-        }
-        uint8_t *buf = malloc(head);
+        uint8_t *buf = malloc(first ? first : 1);
         if (!buf)
                 return -ENOMEM;
-        n = lt_pread(lt, blob_id, 0, buf, head, NULL);
-        if (n < 0 || (uint64_t)n != head) {
-                snprintf(msg, msg_len, "cannot read the index head: %s",
+        ssize_t n = lt_pread(lt, blob_id, 0, buf, first, NULL);
+        int r;
+        if (n < 0 || (size_t)n != first) {
+                snprintf(msg, msg_len, "cannot read the index blob: %s",
                          n < 0 ? strerror((int)-n) : "short");
                 r = n < 0 ? (int)n : -EIO;
                 goto out_free;
+        }
+        r = layer_index_head_len(buf, first, size, &head);
+        if (r == -EPROTONOSUPPORT)
+                goto out_free;
+        if (r < 0) {
+                snprintf(msg, msg_len, "index blob header refused: %s", strerror(-r));
+                goto out_free;
+        }
+        if (head > INDEX_BLOB_MAX) {
+                snprintf(msg, msg_len, "index head of %" PRIu64 " bytes refused", head);
+                r = -EFBIG;
+                goto out_free;
+        }
+        if (head > first) {
+                uint8_t *more = realloc(buf, head);
+                if (!more) {
+                        r = -ENOMEM;
+                        goto out_free;
+                }
+                buf = more;
+                n = lt_pread(lt, blob_id, first, buf + first, head - first, NULL);
+                if (n < 0 || (uint64_t)n != head - first) {
+                        snprintf(msg, msg_len, "cannot read the index head: %s",
+                                 n < 0 ? strerror((int)-n) : "short");
+                        r = n < 0 ? (int)n : -EIO;
+                        goto out_free;
+                }
         }
         struct layer_index *ix;
         r = layer_index_decode_head(buf, head, size, 0, &ix);
@@ -168,7 +184,7 @@ static int index_from_peers(struct ltree *lt, struct layer *l, struct layer_inde
         if (b.size != size)
                 return -EBADMSG;
         char msg[160] = "";
-        r = load_index_head(lt, l, b.id, b.size, ret, msg, sizeof(msg));
+        r = load_index_head(lt, l, b.id, b.size, b.chunks, ret, msg, sizeof(msg));
         if (r == -EPROTONOSUPPORT) { /* an older node's index: whole, digest checked */
                 msg[0] = '\0';
                 r = load_index_blob(lt, l, b.id, b.size, &d, ret, msg, sizeof(msg));
