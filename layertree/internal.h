@@ -22,6 +22,12 @@ struct spancache;
 #define INDEX_BLOB_MAX (256u << 20) /* an encoded index from the store or a peer */
 #define READERS_PER_WORKER 4
 #define SPAN_BLOCK (128u << 10) /* the span cache's unit of inflated tar bytes */
+/* How long after a layer is READY from its index's head alone the rest of the index blob is
+ * fetched (engine_prefetch, in the background): after the container start that wanted the
+ * layer (so its reads do not compete with 8 MiB of windows), soon enough that the node holds
+ * the whole index, verified whole by the engine and served to peers, before the node that
+ * built it may go away. */
+#define INDEX_COMPLETE_DELAY_MS 10000
 
 struct layer {
         uint32_t id;
@@ -47,6 +53,9 @@ struct layer {
         char error[200];
         int error_code; /* FAILED: the -errno (recorded, so a start can retry transient ones) */
         bool queued;    /* an index job is queued or running */
+        /* An index loaded from its head: when (now_ms()) the rest of the index blob is to be
+         * fetched in the background; 0 when nothing is left to do. */
+        uint64_t complete_at;
         uint32_t next_job;
         uint64_t row_seq;     /* rows copied for the database */
         uint64_t row_written; /* the newest of them written (lt->db_lock) */

@@ -21,7 +21,9 @@
  * before it is decoded; a split one (layer/codec.c, version 3) has only its head read, the
  * file and checkpoint tables, and each window is read from the index blob when a span
  * starting at its checkpoint is first inflated, so a node starts a container on a 512 MiB
- * layer after fetching one chunk of an 8 MiB index instead of all of it), and
+ * layer after fetching one chunk of an 8 MiB index instead of all of it; INDEX_COMPLETE_DELAY_MS
+ * later an idle worker starts a background fetch of the rest of the index blob, so the node
+ * soon holds it whole, verified, for its restarts and for its peers), and
  * last the pass: the layer's bytes streamed in order into layer_builder_feed (checked against
  * the diff_id when known and against the layer digest always). eStargz layers (a gzip layer
  * whose last 51 bytes are an eStargz footer) are indexed from their TOC instead. A built index
@@ -306,6 +308,10 @@ void lt_ready(struct ltree *lt, struct layer *l, struct layer_index *ix,
         l->index_size = index_size;
         l->error[0] = '\0';
         l->state = LTREE_READY;
+        if (info.windows_lazy) {
+                l->complete_at = now_ms() + INDEX_COMPLETE_DELAY_MS;
+                pthread_cond_broadcast(&lt->work); /* an idle worker's wait is now bounded */
+        }
         switch (origin) {
         case LTREE_INDEX_BUILT:
                 lt->st.indexes_built++;
@@ -431,6 +437,41 @@ static void read_job(struct worker *w, struct read_job *j) {
 
 /* ---- workers -------------------------------------------------------------------------- */
 
+/* lt->lock held. A READY layer whose head-loaded index is due to be completed (its
+ * complete_at cleared: one worker takes it), or NULL with *RET_NEXT the milliseconds until the
+ * next is due (UINT64_MAX: none). O(layers), on idle workers only. */
+static struct layer *completion_due(struct ltree *lt, uint64_t now, uint64_t *ret_next,
+                                    struct digest *ret_index) {
+        uint64_t next = UINT64_MAX;
+        for (uint32_t i = 0; i < lt->n; i++) {
+                struct layer *l = lt->layers[i];
+                if (!l->complete_at)
+                        continue;
+                if (l->complete_at <= now) {
+                        l->complete_at = 0;
+                        *ret_index = l->index_digest;
+                        return l;
+                }
+                if (l->complete_at - now < next)
+                        next = l->complete_at - now;
+        }
+        *ret_next = next;
+        return NULL;
+}
+
+/* Fetches the rest of L's index blob in the background: this node then holds the whole index
+ * (the engine verifies it whole against its digest when the last chunk lands), loads it from
+ * its own store after a restart, and serves it to peers whatever happens to the node that
+ * built it. The loaded head stays in use. */
+static void complete_index(struct ltree *lt, const struct layer *l, const struct digest *index) {
+        struct engine_blob_info b;
+        char hex[DIGEST_HEX_LEN + 1];
+        int r = engine_prefetch(lt->e, index, &b);
+        digest_to_hex(index, hex);
+        log_debug("layer index completion started id=%u index=sha256:%s err=%s", l->id, hex,
+                  r < 0 ? strerror(-r) : "none");
+}
+
 static void *worker_main(void *arg) {
         struct worker *w = arg;
         struct ltree *lt = w->lt;
@@ -462,7 +503,21 @@ static void *worker_main(void *arg) {
                         pthread_cond_broadcast(&lt->work);
                         continue;
                 }
-                pthread_cond_wait(&lt->work, &lt->lock);
+                uint64_t next;
+                struct digest index;
+                struct layer *cl = completion_due(lt, now_ms(), &next, &index);
+                if (cl) {
+                        pthread_mutex_unlock(&lt->lock);
+                        complete_index(lt, cl, &index);
+                        pthread_mutex_lock(&lt->lock);
+                        continue;
+                }
+                if (next == UINT64_MAX) {
+                        pthread_cond_wait(&lt->work, &lt->lock);
+                } else {
+                        struct timespec ts = deadline_after_ms(CLOCK_REALTIME, next);
+                        pthread_cond_timedwait(&lt->work, &lt->lock, &ts);
+                }
         }
         pthread_mutex_unlock(&lt->lock);
         return NULL;

@@ -229,8 +229,9 @@ def test_second_node_loads_only_the_head_of_the_index(build_dir, net):
     """Issue 17: B takes a gzip layer's index from A but fetches only its head (the file table
     and the checkpoint table, at the start of the index blob) to make the layer ready, and to
     read one small file only the window of the checkpoint it inflates from: a few chunks of the
-    index blob, never all of it, and about one span of the layer. Every file still reads right,
-    the windows for it fetched as they are needed."""
+    index blob, never all of it, and about one span of the layer. Some seconds later B holds
+    the whole index, fetched in the background and verified, and with A gone a restarted B
+    loads it from its own store and reads every file right."""
     s = net.add_subnet()
     reg = net.registry(net.add_host("reg", s))
     config = json.dumps({"app": "lazyidx", "pad": "x" * 3000}).encode()
@@ -282,6 +283,24 @@ def test_second_node_loads_only_the_head_of_the_index(build_dir, net):
     li = {l["digest"]: l for l in layers(b)}[digest]
     assert li["bytes_fetched"] <= 3 * MiB, li  # about one span of the layer, not its 26 MiB
 
+    # Later (INDEX_COMPLETE_DELAY_MS, 10 s, after ready) B fetches the rest of the index in
+    # the background (nothing read since needs it): it then holds it whole, verified against
+    # its digest, so the index outlives A and a restart of B loads it from its own store.
+    harness.wait_until(lambda: (blob_entry(b, index) or {}).get("verified") is True, 60,
+                       interval=0.5, what="B to hold the whole index, verified")
+    e = blob_entry(b, index)
+    assert e["chunks_present"] == e["chunks"] == whole["chunks"], e
+
+    # With A gone, B restarts, loads the index from its own store, whole, and reads every
+    # file right (the layer's bytes from the registry now).
+    a.stop()
+    b.restart()
+    harness.wait_until(lambda: {l["digest"]: l for l in layers(b)}.get(digest, {}).get("state")
+                       not in (None, "pending"), 30, interval=0.2,
+                       what="B's layer ready after its restart")
+    li = {l["digest"]: l for l in layers(b)}[digest]
+    assert li["state"] == "local", li
+    root = os.path.join(b.view_mountpoint, "layers", "sha256", harness.hex_of(digest))
     for name, data in files_of(tar).items():
         got = harness.read_file(os.path.join(root, name))
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), name
