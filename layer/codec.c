@@ -635,6 +635,8 @@ int layer_index_decode(const void *buf, size_t len, size_t max_decoded, struct l
                 return decode_frame(p + HDR_LEN, len - HDR_LEN, plen, version, NULL, 0, ret);
         if (hz > len - HDR3_LEN || wl != len - HDR3_LEN - hz)
                 return -EBADMSG;
+        if (wl > max_decoded - plen) /* the windows are held too: bounded with the payload */
+                return -EFBIG;
         return decode_frame(p + HDR3_LEN, (size_t)hz, plen, version, p + HDR3_LEN + hz, wl, ret);
 }
 

@@ -1030,8 +1030,16 @@ static void test_codec_lazy_head(void **state) {
         memcpy(m, enc, len);
         m[24] ^= 1; /* the head's length */
         assert_int_equal(layer_index_decode_head(m, len, len, 0, &hx), -EBADMSG);
-        /* a smaller decode limit refuses */
+        /* a smaller decode limit refuses; decoding whole, the windows count against it too */
         assert_int_equal(layer_index_decode_head(enc, head, len, 100, &hx), -EFBIG);
+        {
+                uint64_t plen3 = ZSTD_getFrameContentSize(enc + 40, head - 40);
+                assert_int_equal(layer_index_decode(enc, len, plen3 + wl - 1, &full), -EFBIG);
+                assert_int_equal(layer_index_decode(enc, len, plen3 + wl, &full), 0);
+                layer_index_free(full);
+                assert_int_equal(layer_index_decode_head(enc, head, len, plen3, &hx), 0);
+                layer_index_free(hx);
+        }
         free(m);
 
         /* An older node's encoding (version 1, windows inside the payload): no separate head,
