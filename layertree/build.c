@@ -27,6 +27,19 @@
 
 /* ---- finding an index ----------------------------------------------------------------- */
 
+/* A decoded index must name the layer it was fetched for (a home could hand us another
+ * layer's index under this one's name): -EBADMSG, IX freed, and MSG set, when it does not. */
+static int index_names_layer(struct layer_index *ix, const struct layer *l, char *msg,
+                             size_t msg_len) {
+        struct layer_index_info info;
+        layer_index_info(ix, &info);
+        if (digest_equal(&info.blob_digest, &l->digest) && info.blob_size == l->blob_size)
+                return 0;
+        layer_index_free(ix);
+        snprintf(msg, msg_len, "index blob indexes another layer");
+        return -EBADMSG;
+}
+
 /* Reads the whole derived blob BLOB_ID (SIZE bytes), checks it hashes to WANT, decodes it and
  * checks it indexes L. 0 and *RET, or -errno with MSG. */
 static int load_index_blob(struct ltree *lt, struct layer *l, uint32_t blob_id, uint64_t size,
@@ -61,14 +74,9 @@ static int load_index_blob(struct ltree *lt, struct layer *l, uint32_t blob_id, 
                 snprintf(msg, msg_len, "index blob does not decode: %s", strerror(-r));
                 goto out_free;
         }
-        struct layer_index_info info;
-        layer_index_info(ix, &info);
-        if (!digest_equal(&info.blob_digest, &l->digest) || info.blob_size != l->blob_size) {
-                layer_index_free(ix);
-                snprintf(msg, msg_len, "index blob indexes another layer");
-                r = -EBADMSG;
+        r = index_names_layer(ix, l, msg, msg_len);
+        if (r < 0)
                 goto out_free;
-        }
         *ret = ix;
 out_free:
         free(buf);
@@ -139,14 +147,9 @@ static int load_index_head(struct ltree *lt, struct layer *l, uint32_t blob_id, 
                 snprintf(msg, msg_len, "index head does not decode: %s", strerror(-r));
                 goto out_free;
         }
-        struct layer_index_info info;
-        layer_index_info(ix, &info);
-        if (!digest_equal(&info.blob_digest, &l->digest) || info.blob_size != l->blob_size) {
-                layer_index_free(ix);
-                snprintf(msg, msg_len, "index blob indexes another layer");
-                r = -EBADMSG;
+        r = index_names_layer(ix, l, msg, msg_len);
+        if (r < 0)
                 goto out_free;
-        }
         *ret = ix;
 out_free:
         free(buf);
