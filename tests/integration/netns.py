@@ -396,6 +396,18 @@ class Net:
         return call_in_netns(self.router_nspath, http_request, ip, port, method, path,
                              headers, body, timeout)
 
+    def metrics(self, ip, port, timeout=5):
+        """The unlabelled samples of the /metrics at IP:PORT, name (without "p2pblobs_") ->
+        number."""
+        st, _h, body = self.http(ip, port, "GET", "/metrics", timeout=timeout)
+        assert st == 200, "GET /metrics: %d" % st
+        out = {}
+        for line in body.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+                out[parts[0].removeprefix("p2pblobs_")] = float(parts[1])
+        return out
+
     # -- services
     def registry(self, host, port=5000, workdir=None):
         reg = NetRegistry(host, workdir or os.path.join(self.workdir, "registry-" + host.name),

@@ -168,15 +168,8 @@ def test_second_node_takes_the_index_from_the_first(build_dir, net, tmp_path, to
 
 
 def metrics(net, d):
-    """The unlabelled samples of D's /metrics, name (without "p2pblobs_") -> number."""
-    st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/metrics", timeout=2)
-    assert st == 200
-    out = {}
-    for line in body.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
-            out[parts[0].removeprefix("p2pblobs_")] = float(parts[1])
-    return out
+    """The unlabelled samples of D's peer-port /metrics (netns.Net.metrics)."""
+    return net.metrics(d.host.ip, PEER_PORT)
 
 
 def test_second_node_reads_a_zstd_layer_from_the_first_nodes_seekable_copy(build_dir, net):

@@ -18,15 +18,8 @@ from test_peers import (PEER_PORT, REPO, TimedRead, full_read, start_nodes, wait
 
 
 def metrics(net, d):
-    """The unlabelled samples of D's /metrics, name (without "p2pblobs_") -> number."""
-    st, _h, body = net.http(d.host.ip, PEER_PORT, "GET", "/metrics", timeout=5)
-    assert st == 200
-    out = {}
-    for line in body.decode().splitlines():
-        parts = line.split()
-        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
-            out[parts[0].removeprefix("p2pblobs_")] = float(parts[1])
-    return out
+    """The unlabelled samples of D's peer-port /metrics (netns.Net.metrics)."""
+    return net.metrics(d.host.ip, PEER_PORT)
 
 
 def two_nodes_a_holds(net, build_dir, name, size, seed):
