@@ -443,6 +443,17 @@ void eng_landed_changed(struct engine *e, const struct blob *b, uint32_t idx);
  * pinned. An entry whose last byte is copied leaves the ring. */
 bool eng_landed_copy(struct engine *e, const struct blob *b, uint32_t idx, uint64_t off_in_chunk,
                      uint8_t *out, size_t n);
+/* The verification frontier's way in (verify.c), without the engine lock: a reference to
+ * chunk IDX of B's bytes in the ring when it is there with LEN bytes (*RET_DATA points at
+ * them until eng_landed_put(); they may leave the ring meanwhile, the buffer stays), else
+ * NULL: read the store. */
+struct landed_buf *eng_landed_get(struct engine *e, const struct blob *b, uint32_t idx, size_t len,
+                                  const uint8_t **ret_data);
+/* Drops a reference from eng_landed_get() (NULL-safe). Without the engine lock. */
+void eng_landed_put(struct engine *e, struct landed_buf *lb);
+/* The frontier hashed chunk IDX of B: its entry leaves the ring if a read is past it too,
+ * else it stays until one is (or newer chunks push it out). Without the engine lock. */
+void eng_landed_hashed(struct engine *e, const struct blob *b, uint32_t idx);
 /* Whether chunk IDX of B is in the ring now (a hint: it may leave at any moment). */
 bool eng_landed_holds(struct engine *e, const struct blob *b, uint32_t idx);
 void eng_landed_stats(struct engine *e, uint64_t *ret_bytes, uint64_t *ret_peak,

@@ -121,7 +121,11 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                 size_t n = chunk_len(e, b, i);
                 const uint8_t *data = fresh;
                 int r = 0;
-                if (!from_fresh) {
+                /* A chunk another worker landed while we hashed: its bytes are in the ring
+                 * (landed.c), the very bytes that landed and were written; reading them back
+                 * from the store would cost a pread, its checksums and a copy. */
+                struct landed_buf *lb = from_fresh ? NULL : eng_landed_get(e, b, i, n, &data);
+                if (!from_fresh && !lb) {
                         if (!tmp)
                                 tmp = malloc(e->cfg.chunk_size);
                         r = tmp ? store_read(e->store, &b->digest, chunk_off(e, i), tmp, n)
@@ -137,6 +141,9 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                         if (r == 0)
                                 EVP_DigestUpdate(b->sha, data, n);
                 }
+                eng_landed_put(e, lb);
+                if (r == 0)
+                        eng_landed_hashed(e, b, i);
                 eng_lock(&e->lock);
                 if (!from_fresh)
                         policy_unpin(e->policy, key_of(b, i));
