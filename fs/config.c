@@ -111,7 +111,7 @@ static const struct opt_def options[] = {
          "chunks fetched ahead of a sequential reader", OPT_RESTART},
         {"max-inflight", OPT_UINT, "64", 1, 4096, F(max_inflight), 0, "N",
          "chunk fetches in flight (readahead stops at this)", OPT_RESTART},
-        {"landed-chunks", OPT_UINT, "4", 0, 64, F(landed_chunks), 0, "CHUNKS",
+        {"landed-chunks", OPT_UINT, "16", 0, 64, F(landed_chunks), 0, "CHUNKS",
          "chunks just fetched kept in memory for reads across a chunk edge (0: none)", OPT_RESTART},
         {"store-open-blobs", OPT_UINT, "64", 0, 4096, F(store_open_blobs), 0, "N",
          "blobs whose store files stay open for reads (2 descriptors each; 0: none)", OPT_RESTART},
@@ -669,7 +669,9 @@ static const struct {
         {"landed-chunks", "Chunks just fetched that stay in memory after they are written to "
                           "the store, so that the\n"
                           "kernel's reads that straddle a chunk edge are not read back from "
-                          "disk. Each costs a chunk of\n"
+                          "disk, and so that the\n"
+                          "blob's verification hashes them from memory when it runs behind the "
+                          "chunks landing. Each costs a chunk of\n"
                           "memory, counted in the memory figures of\n"
                           ".BR blobctl\\ stat .\n"
                           "0 disables it.\n"},
