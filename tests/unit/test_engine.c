@@ -1671,6 +1671,53 @@ static void test_landed_ring_verify(void **state) {
         assert_true(wait_landed(fx, 0));
 }
 
+/* The verification frontier hashes a chunk another completion landed from the landed ring,
+ * not from the store (issue 15: the store read back cost 8-10% of a cold read's CPU). Shown
+ * by damaging the store's copy of chunk 1 after it landed: the frontier, reaching it from
+ * chunk 0, hashes the bytes that landed and the blob verifies without refetching chunk 1;
+ * the damaged copy is then caught by the store's checksums when read, and the reader gets the
+ * right bytes from a refetch, never the damaged ones. */
+static void test_landed_ring_feeds_frontier(void **state) {
+        struct fixture *fx = *state;
+        fx->cfg.landed_chunks = 4;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, CS, CS, NULL, &r); /* chunk 1: the frontier waits at chunk 0 */
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        /* Read past, not hashed yet: it stays in the ring. */
+        assert_true(wait_landed(fx, CS));
+
+        char path[600], hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&fx->fk.blobs[fb].d, hex);
+        snprintf(path, sizeof(path), "%s/chunks/sha256/%s", fx->store_dir, hex);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        uint8_t junk[4096];
+        memset(junk, 0xa5, sizeof(junk));
+        assert_int_equal(pwrite(fd, junk, sizeof(junk), (off_t)(CS + 8192)), (ssize_t)sizeof(junk));
+        close(fd);
+
+        read_wait(fx, fb, id, 0, CS, NULL, &r); /* chunk 0: the frontier runs through 0 and 1 */
+        assert_true(r.match);
+        read_wait(fx, fb, id, 2 * CS, 2 * CS, NULL, &r); /* the rest: verified */
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+        assert_int_equal(fetch_count(fx, fb, 1), 1);
+        assert_int_equal(stats_of(fx).verify_failures, 0);
+        assert_true(wait_landed(fx, 0)); /* a verified blob keeps nothing in the ring */
+
+        read_wait(fx, fb, id, CS + 8192, 4096, NULL, &r); /* the damaged copy: refetched */
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(fetch_count(fx, fb, 1), 2);
+}
+
 /* A store file deleted while the store holds it open is noticed by the next read, which gets
  * the chunk refetched, never the zeros of a hole nor the unlinked file's bytes. */
 static void test_deleted_store_file_refetched(void **state) {
@@ -1814,6 +1861,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_ops_lookup_and_size, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_landed_ring_hit_and_evict, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_landed_ring_verify, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_landed_ring_feeds_frontier, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_deleted_store_file_refetched, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_review_put_over_present_unverified, setup,
                                                 teardown),
