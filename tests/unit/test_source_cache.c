@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "peer/source.c"
+#include "peer/source_cache.c"
 
 static struct digest dg(int n) {
         struct digest d;
@@ -51,7 +51,7 @@ static struct source *bare(void) {
 
 static void done(struct source *s) {
         for (unsigned i = 0; i < LCACHE_SLOTS; i++)
-                lcache_evict(s, &s->lcache[i]);
+                src_lcache_evict(s, &s->lcache[i]);
         assert_int_equal(s->lcache_bytes, 0);
         free(s);
 }
@@ -62,27 +62,27 @@ static void test_put_get_drop(void **state) {
         struct source *s = bare();
         struct wire_locate l;
         answer(&l, 1, 64);
-        struct lcache_entry *e = lcache_put(s, &l, "10.0.0.3:5001");
+        struct lcache_entry *e = src_lcache_put(s, &l, "10.0.0.3:5001");
         assert_non_null(e);
         assert_null(l.sha); /* taken */
         wire_locate_free(&l);
         struct digest one = dg(1), two = dg(2);
-        assert_ptr_equal(lcache_get(s, &one), e);
+        assert_ptr_equal(src_lcache_get(s, &one), e);
         assert_false(e->l.has_claim);
         assert_string_equal(e->home, "10.0.0.3:5001");
-        assert_null(lcache_get(s, &two));
+        assert_null(src_lcache_get(s, &two));
 
         answer(&l, 1, 64);
-        struct lcache_entry *e2 = lcache_put(s, &l, "10.0.0.4:5001");
+        struct lcache_entry *e2 = src_lcache_put(s, &l, "10.0.0.4:5001");
         assert_non_null(e2);
         unsigned used = 0;
         for (unsigned i = 0; i < LCACHE_SLOTS; i++)
                 used += s->lcache[i].used;
         assert_int_equal(used, 1);
-        assert_string_equal(lcache_get(s, &one)->home, "10.0.0.4:5001");
+        assert_string_equal(src_lcache_get(s, &one)->home, "10.0.0.4:5001");
 
-        lcache_drop(s, &one);
-        assert_null(lcache_get(s, &one));
+        src_lcache_drop(s, &one);
+        assert_null(src_lcache_get(s, &one));
         assert_int_equal(s->lcache_bytes, 0);
         done(s);
 }
@@ -93,14 +93,14 @@ static void test_ttl_and_hint(void **state) {
         struct source *s = bare();
         struct wire_locate l;
         answer(&l, 1, 8);
-        struct lcache_entry *e = lcache_put(s, &l, "10.0.0.3:5001");
+        struct lcache_entry *e = src_lcache_put(s, &l, "10.0.0.3:5001");
         assert_non_null(e);
         struct digest one = dg(1);
         e->at_ms = now_ms() - LCACHE_TTL_MS - 1;
-        assert_null(lcache_get(s, &one));
-        assert_ptr_equal(lcache_find(s, &one, LCACHE_HINT_MS), e);
+        assert_null(src_lcache_get(s, &one));
+        assert_ptr_equal(src_lcache_find(s, &one, LCACHE_HINT_MS), e);
         e->at_ms = now_ms() - LCACHE_HINT_MS - 1;
-        assert_null(lcache_find(s, &one, LCACHE_HINT_MS));
+        assert_null(src_lcache_find(s, &one, LCACHE_HINT_MS));
         assert_false(e->used);
         assert_int_equal(s->lcache_bytes, 0);
         done(s);
@@ -114,21 +114,21 @@ static void test_bounds(void **state) {
         struct wire_locate l;
         for (int n = 1; n <= 3 * LCACHE_SLOTS; n++) {
                 answer(&l, n, 16384); /* 16 GiB blobs: 512 KiB of digests each */
-                assert_non_null(lcache_put(s, &l, "10.0.0.3:5001"));
+                assert_non_null(src_lcache_put(s, &l, "10.0.0.3:5001"));
                 assert_true(s->lcache_bytes <= LCACHE_BYTES);
                 struct digest d = dg(n);
-                assert_non_null(lcache_get(s, &d));
+                assert_non_null(src_lcache_get(s, &d));
         }
         struct digest first = dg(1), last = dg(3 * LCACHE_SLOTS);
-        assert_null(lcache_get(s, &first));
-        assert_non_null(lcache_get(s, &last));
+        assert_null(src_lcache_get(s, &first));
+        assert_non_null(src_lcache_get(s, &last));
         unsigned used = 0;
         for (unsigned i = 0; i < LCACHE_SLOTS; i++)
                 used += s->lcache[i].used;
         assert_true(used < LCACHE_SLOTS); /* the byte budget bound first */
 
         answer(&l, 999, 1u << 20); /* 1 TiB: 32 MiB of digests */
-        assert_null(lcache_put(s, &l, "10.0.0.3:5001"));
+        assert_null(src_lcache_put(s, &l, "10.0.0.3:5001"));
         assert_non_null(l.sha); /* still the caller's */
         wire_locate_free(&l);
         assert_true(s->lcache_bytes <= LCACHE_BYTES);

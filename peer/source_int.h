@@ -1,0 +1,255 @@
+/* peer/source's private header (SQLite's sqliteInt.h habit, as engine/engine_int.h): the
+ * structures every file of the source shares and the prototypes of the internal functions one
+ * file defines and another calls. Nothing outside peer/source*.c includes it (and
+ * tests/unit/test_source_cache.c, which reaches the locate cache); the contract is source.h.
+ *
+ * Internal functions are named src_*. Unless a comment says otherwise they run on the source's
+ * thread, which owns every job, transfer, the distrust table and the locate cache (see
+ * source.c's essay for the phases a job walks and who owns what). */
+#pragma once
+#include "peer/source.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "peer/httpd.h"
+#include "peer/proto.h"
+#include "peer/rendezvous.h"
+#include "util/log.h"
+
+#define MAX_HOMES MEMBERS_MAX_HOMES
+#define MAX_CANDIDATES 8       /* peers tried for one chunk before the origin */
+#define DISTRUST_SLOTS 256     /* (peer, blob) pairs that sent bad bytes */
+#define LOCATE_TIMEOUT_MS 1000 /* a home that has not answered by then is skipped */
+#define LOCATE_BODY_MAX WIRE_MAX_BODY
+#define URL_MAX 1200
+#define POLL_MS 20              /* stall checks run at least this often */
+#define BUSY_RETRIES 20         /* 503s from one job's peers before moving on */
+#define BUSY_PAUSE_MS 10        /* grows linearly with each retry ... */
+#define BUSY_PAUSE_MAX_MS 200   /* ... up to this */
+#define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
+#define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
+/* Locate answers kept per blob (issue 18's hot home): an answer carries every holder's chunk
+ * map and every chunk digest the home knows, so one answer serves the following misses of
+ * that blob for a short while. Bounded by slots and by bytes of maps and digests; an answer
+ * larger than the whole budget is used once and not kept. */
+#define LCACHE_SLOTS 16
+#define LCACHE_TTL_MS 1000
+/* An answer older than its TTL still tells whether a peer held the blob's chunks a moment
+ * ago: whether a run should wait for its first chunk's answer, to be planned from it. */
+#define LCACHE_HINT_MS 10000
+#define LCACHE_BYTES (4u << 20)
+#define MAX_RUN 32 /* chunks of one coalesced peer transfer (the engine sends up to 16) */
+
+enum phase { PH_LOCATE, PH_PEERS, PH_CONFIRM, PH_ORIGIN };
+
+#define CONFIRM_POLL_MS 50 /* between rounds of asking the homes for a digest */
+#define DIGEST_WAIT_DEFAULT_MS 2000
+
+#define VERIFIERS 2
+
+/* A chunk received from a peer, waiting to be checked against its expected digest. */
+struct verify_item {
+        struct verify_item *next;
+        struct job *job;
+        uint8_t *buf; /* job->len bytes, owned */
+        struct digest want;
+        char peer[PEER_ID_MAX];
+        uint64_t ttfb_us;
+};
+
+struct candidate {
+        char id[PEER_ID_MAX];
+        bool claimed; /* it is fetching the chunk: wait for it */
+};
+
+struct job {
+        struct job *next; /* incoming / queued */
+        struct source *s;
+        struct digest digest;
+        uint64_t size;
+        char origin_source[IDX_SOURCE_MAX];
+        uint32_t idx;
+        uint64_t off;
+        size_t len;
+        uint64_t deadline_ms;
+        origin_done_fn done;
+        void *ud;
+
+        enum phase phase;
+        char homes[MAX_HOMES][PEER_ID_MAX];
+        unsigned nhomes, home_next;
+        struct candidate cand[MAX_CANDIDATES];
+        unsigned ncand, cand_next;
+        struct digest sha; /* expected digest of the chunk */
+        bool sha_known;
+        char sha_home[PEER_ID_MAX]; /* the home whose answer gave it: not a check of its bytes */
+        /* CONFIRM: bytes from held_peer waiting for a digest from another home. */
+        uint8_t *held;
+        char held_peer[PEER_ID_MAX];
+        uint64_t held_ttfb_us;
+        unsigned confirm_next; /* index into homes */
+        uint64_t confirm_until_ms;
+        bool confirm_failed;    /* no home had a digest in time: unchecked peers are skipped */
+        uint64_t not_before_ms; /* a busy peer is asked again, after a pause */
+        /* We are one of its homes and knew of no source: the other homes are asked too (a
+         * home that restarted knows nothing until holders announce again), without claiming,
+         * since our own answer already decided who fetches from the origin. */
+        bool probing;
+        /* The locate in flight asks the home rdv_spread() picked, without claiming, only who
+         * holds the chunk: when nobody does, the job starts over at the first home. */
+        bool spread;
+        char bad_peer[PEER_ID_MAX]; /* set by a verifier: this peer's bytes did not match */
+        unsigned busy_retries;
+        /* The rest of a source_fetch_run() run, on its first job only while that job
+         * locates: once the answer is in (and cached), the whole run is planned at once. */
+        struct job *run_next;
+};
+
+/* X_RUN: one ranged GET for consecutive chunks that one peer holds, each chunk handed to a
+ * verifier as soon as its bytes are in. */
+enum xfer_kind { X_LOCATE, X_CHUNK, X_DIGEST, X_RUN };
+
+struct xfer {
+        struct xfer *next; /* running list */
+        struct job *job;
+        enum xfer_kind kind;
+        char peer[PEER_ID_MAX];
+        bool claimed;
+        CURL *easy;
+        struct curl_slist *headers;
+        uint8_t *buf;
+        size_t got, cap;
+        bool overflow;
+        uint64_t started_ms, last_byte_ms, stall_ms;
+        uint64_t total_ms; /* a transfer slower than this is abandoned for the next source */
+        bool stalled;
+        char curl_error[CURL_ERROR_SIZE];
+        uint64_t deadline_ms; /* the job's (a run's jobs share one) */
+        /* X_RUN: run[0 .. delivered) went to the verifiers (not ours any more), the rest are
+         * still ours; BUF holds the bytes of run[delivered] so far (GOT of them). */
+        struct job *run[MAX_RUN];
+        unsigned nrun, delivered;
+        struct digest blob;
+        uint64_t ttfb_us;
+};
+
+struct lcache_entry {
+        bool used;
+        struct digest blob;
+        uint64_t at_ms;
+        size_t bytes;
+        char home[PEER_ID_MAX]; /* who answered: its digests are no check of its own bytes */
+        struct wire_locate l;
+};
+
+struct distrust {
+        char peer[PEER_ID_MAX];
+        struct digest blob;
+        bool used;
+};
+
+struct source {
+        struct source_config cfg;
+        CURLM *multi;
+        pthread_t thread;
+        bool thread_started;
+
+        pthread_mutex_t lock; /* incoming, returned, stopping, stats */
+        struct job *incoming;
+        struct job *returned; /* failed verification: back to the thread for the next source */
+
+        /* Verifiers: hashing a received chunk (about 0.6 ms a MiB) is done off the transfer
+         * thread, which otherwise spends most of its time hashing while transfers wait. */
+        pthread_mutex_t vq_lock; /* the queue and vstop */
+        pthread_cond_t vq_cond;
+        struct verify_item *vq_head, **vq_tail;
+        bool vstop;
+        pthread_t verifiers[VERIFIERS];
+        unsigned nverifiers;
+        bool stopping;
+        struct source_stats stats;
+
+        /* thread only */
+        struct xfer *running;
+        unsigned active;
+        struct job *queued; /* waiting for a transfer slot */
+        struct distrust distrust[DISTRUST_SLOTS];
+        unsigned distrust_next;
+        struct {
+                struct digest blob;
+                uint64_t at_ms;
+        } recorded[RECORD_SLOTS];
+        unsigned recorded_next;
+        struct lcache_entry lcache[LCACHE_SLOTS];
+        size_t lcache_bytes;
+};
+
+/* ---- source.c: counters, distrust, finishing a job --------------------------------------------- */
+
+unsigned src_homes_of(struct source *s, const struct digest *d, char (*homes)[PEER_ID_MAX]);
+void src_distrust_add(struct source *s, const char *peer, const struct digest *blob);
+bool src_distrusted(const struct source *s, const char *peer, const struct digest *blob);
+void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
+                  const struct digest *sha);
+void src_stat_add(struct source *s, uint64_t *field, uint64_t n);
+void src_to_origin(struct source *s, struct job *j);
+
+/* ---- source_cache.c: the locate cache (thread only) -------------------------------------------- */
+
+void src_lcache_drop(struct source *s, const struct digest *blob);
+void src_lcache_evict(struct source *s, struct lcache_entry *e);
+struct lcache_entry *src_lcache_find(struct source *s, const struct digest *blob,
+                                     uint64_t max_age_ms);
+struct lcache_entry *src_lcache_get(struct source *s, const struct digest *blob);
+struct lcache_entry *src_lcache_put(struct source *s, struct wire_locate *l, const char *home);
+
+/* ---- source_plan.c: a job's phases, LOCATE and PEERS (homes, candidates, fail-over) ------------ */
+
+bool src_answer_fits(const struct source *s, const struct job *j, const struct wire_locate *l);
+bool src_answer_has_source(struct source *s, const struct job *j, const struct wire_locate *l,
+                           const char *self);
+bool src_checkable(const struct job *j, const char *peer);
+void src_next_candidate(struct source *s, struct job *j);
+void src_next_home(struct source *s, struct job *j);
+void src_plan_job(struct source *s, struct job *j, const struct wire_locate *l, const char *home,
+                  const char *self);
+void src_release_run(struct source *s, struct job *j);
+void src_start_job(struct source *s, struct job *j);
+void src_use_answer(struct source *s, struct job *j, struct wire_locate *l, const char *home,
+                    const char *self);
+
+/* ---- source_run.c: coalesced runs -------------------------------------------------------------- */
+
+void src_abort_runs(struct source *s, const char *peer, const struct digest *blob);
+void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status);
+void src_run_plan(struct source *s, struct job *head, const struct wire_locate *l, const char *home,
+                  const char *self);
+
+/* ---- source_verify.c: CONFIRM and the verifiers ------------------------------------------------ */
+
+void src_confirm_start(struct source *s, struct job *j);
+void src_corrupt_returned(struct source *s, struct job *j);
+void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status);
+void src_next_confirm(struct source *s, struct job *j);
+void *src_verify_main(void *arg);
+int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
+                      uint64_t ttfb_us);
+
+/* ---- source_xfer.c: transfers and the source thread -------------------------------------------- */
+
+unsigned src_active_to(const struct source *s, const char *peer);
+void src_add_token(const struct source *s, struct curl_slist **headers);
+void *source_main(void *arg);
+void src_xfer_detach(struct source *s, struct xfer *x);
+void src_xfer_free(struct xfer *x);
+int src_xfer_launch(struct source *s, struct xfer *x, const char *url, curl_write_callback write);
+int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const char *peer,
+                   bool claimed, const char *self);

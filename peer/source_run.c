@@ -1,0 +1,259 @@
+/* Coalesced runs (issue 18): consecutive chunks of a source_fetch_run() that one peer holds go
+ * in one ranged GET, planned from one locate answer. Each chunk is handed to a verifier as
+ * soon as its bytes are in, so the first chunk's reader does not wait for the run; a run that
+ * breaks sends the chunks not yet in on, each on its own, exactly as a failed single transfer
+ * would. Trust is the single path's: every chunk is checked against a digest from a home that
+ * is not the sender. Source thread only; a run costs one transfer and one chunk buffer. */
+#include "peer/source_int.h"
+
+static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer);
+
+static bool run_ready(struct source *s, const struct job *j) {
+        if (j->phase != PH_PEERS || j->ncand == 0 || j->cand[0].claimed)
+                return false;
+        const char *p = j->cand[0].id;
+        return src_checkable(j, p) && members_usable(s->cfg.members, p) &&
+               !src_distrusted(s, p, &j->digest);
+}
+
+/* HEAD's answer L (from HOME) is in: plan HEAD and the rest of its run (HEAD->run_next) from
+ * it. Chunks some peer holds are grouped, consecutive chunks of one best peer into one ranged
+ * GET; chunks the answer names no source for are asked of the homes on their own (their
+ * claims are decided there). L is only read before anything starts: starting a job may
+ * replace the cache entry L lives in. */
+void src_run_plan(struct source *s, struct job *head, const struct wire_locate *l, const char *home,
+                  const char *self) {
+        struct job *a[MAX_RUN];
+        bool planned[MAX_RUN];
+        unsigned n = 0;
+        char h[PEER_ID_MAX];
+        snprintf(h, sizeof(h), "%s", home);
+        for (struct job *j = head; j && n < MAX_RUN;) { /* source_fetch_run: at most MAX_RUN */
+                struct job *next = j->run_next;
+                j->run_next = NULL;
+                if (j != head) {
+                        memcpy(j->homes, head->homes, sizeof(j->homes));
+                        j->nhomes = head->nhomes;
+                        j->phase = PH_LOCATE;
+                }
+                a[n++] = j;
+                j = next;
+        }
+        bool need_own = false;
+        for (unsigned i = 0; i < n; i++) {
+                /* The head's answer decides for it (its claim included); the others are planned
+                 * from it only where it names a source. */
+                planned[i] = i == 0 ? src_answer_fits(s, a[i], l)
+                                    : src_answer_has_source(s, a[i], l, self);
+                if (!planned[i])
+                        continue;
+                src_plan_job(s, a[i], l, h, self);
+                need_own |= a[i]->ncand > 0 && !src_checkable(a[i], a[i]->cand[0].id);
+        }
+        /* The home that answered is the holder (two nodes, each the other's home): its
+         * digests are no check of its bytes, but our own directory's are, when we are a home. */
+        bool self_home = false;
+        for (unsigned i = 0; i < head->nhomes; i++)
+                self_home |= strcmp(head->homes[i], self) == 0;
+        struct wire_locate own;
+        if (need_own && self_home && strcmp(h, self) != 0 &&
+            dir_locate(s->cfg.dir, &head->digest, NULL, -1, now_ms(), &own) == 0) {
+                for (unsigned i = 0; i < n; i++) {
+                        struct job *j = a[i];
+                        if (planned[i] && j->ncand > 0 && !src_checkable(j, j->cand[0].id) &&
+                            src_answer_fits(s, j, &own) && wire_bit(own.sha_known, j->idx)) {
+                                j->sha = own.sha[j->idx];
+                                j->sha_known = true;
+                                snprintf(j->sha_home, sizeof(j->sha_home), "%s", self);
+                        }
+                }
+                wire_locate_free(&own);
+        }
+        /* L is not read from here on. */
+        for (unsigned i = 0; i < n;) {
+                unsigned k = i + 1;
+                if (planned[i] && run_ready(s, a[i]))
+                        while (k < n && planned[k] && run_ready(s, a[k]) &&
+                               strcmp(a[k]->cand[0].id, a[i]->cand[0].id) == 0)
+                                k++;
+                if (k - i >= 2 && s->active < s->cfg.max_total &&
+                    src_active_to(s, a[i]->cand[0].id) < s->cfg.max_per_peer &&
+                    run_start(s, a + i, k - i, a[i]->cand[0].id) == 0) {
+                        i = k;
+                        continue;
+                }
+                for (; i < k; i++) {
+                        if (planned[i])
+                                src_next_candidate(s, a[i]);
+                        else
+                                src_start_job(s, a[i]);
+                }
+        }
+}
+
+/* Queues BUF (J's chunk from PEER, now owned by the verifier) for checking against J->sha.
+ * 0; -ENOMEM (BUF freed). */
+/* ---- coalesced runs ------------------------------------------------------------------------ */
+
+/* The body of a run: bytes fill the chunk being received; a full chunk goes to a verifier at
+ * once (its readers do not wait for the rest of the run), with its own digest from a home. */
+static size_t on_run_body(char *data, size_t size, size_t nmemb, void *ud) {
+        struct xfer *x = ud;
+        size_t n = size * nmemb, left = n;
+        x->last_byte_ms = now_ms();
+        if (x->delivered == 0 && x->got == 0) {
+                /* An error answer's body is not chunk bytes (a short last chunk could look
+                 * whole): take only a partial answer, or the whole blob when asked whole. */
+                long status = 0;
+                curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+                if (status != 206 &&
+                    !(status == 200 && x->run[0]->off == 0 &&
+                      x->run[x->nrun - 1]->off + x->run[x->nrun - 1]->len == x->run[0]->size))
+                        return 0;
+                curl_off_t t = 0;
+                if (curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
+                        x->ttfb_us = (uint64_t)t;
+        }
+        while (left) {
+                if (x->delivered >= x->nrun || !x->buf) {
+                        x->overflow = true;
+                        return 0;
+                }
+                struct job *j = x->run[x->delivered];
+                size_t take = j->len - x->got < left ? j->len - x->got : left;
+                memcpy(x->buf + x->got, data, take);
+                x->got += take;
+                data += take;
+                left -= take;
+                if (x->got < j->len)
+                        break;
+                uint8_t *buf = x->buf;
+                x->buf = NULL;
+                x->got = 0;
+                if (src_verify_submit(j->s, j, buf, x->peer, x->ttfb_us) < 0)
+                        return 0; /* J is still ours: src_run_done sends it on */
+                x->delivered++;
+                if (x->delivered < x->nrun) {
+                        x->buf = malloc(x->run[x->delivered]->len);
+                        if (!x->buf)
+                                return 0;
+                }
+        }
+        return n;
+}
+
+/* One ranged GET to PEER for JOBS[0 .. N) (consecutive chunks, each with a candidate list
+ * whose first entry is PEER and a digest to check it by). 0, or -errno (nothing started). */
+static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer) {
+        struct xfer *x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->kind = X_RUN;
+        memcpy(x->run, jobs, n * sizeof(*jobs));
+        x->nrun = n;
+        x->blob = jobs[0]->digest;
+        x->deadline_ms = jobs[0]->deadline_ms;
+        snprintf(x->peer, sizeof(x->peer), "%s", peer);
+        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96];
+        digest_to_hex(&x->blob, hex);
+        snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, jobs[0]->off,
+                 jobs[n - 1]->off + jobs[n - 1]->len - 1);
+        x->headers = curl_slist_append(x->headers, range);
+        src_add_token(s, &x->headers);
+        x->stall_ms = s->cfg.stall_timeout_ms;
+        x->total_ms = 2 * s->cfg.stall_timeout_ms * n; /* as a chunk's, per chunk */
+        x->cap = jobs[0]->len;
+        x->buf = malloc(x->cap);
+        if (!x->buf) {
+                src_xfer_free(x);
+                return -ENOMEM;
+        }
+        int r = src_xfer_launch(s, x, url, on_run_body);
+        if (r < 0)
+                return r;
+        for (unsigned i = 0; i < n; i++)
+                jobs[i]->cand_next = 1; /* the rest of its candidates, should the run fail */
+        pthread_mutex_lock(&s->lock);
+        s->stats.run_transfers++;
+        s->stats.run_chunks += n;
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+}
+
+/* A run ended (or was given up): the chunks not delivered go on, each on its own, to their
+ * next source; the peer is reported when it broke the transfer. */
+void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        if (x->delivered == x->nrun)
+                return; /* every chunk is with a verifier */
+        uint64_t now = now_ms();
+        const char *why;
+        bool peer_fault = false, busy = false, restart = false;
+        if (x->stalled) {
+                why = "stalled";
+                peer_fault = true;
+        } else if (status == 503) {
+                why = "busy";
+                busy = true;
+        } else if (status != 206 && status != 200) {
+                why = status == 416 ? "does not hold the run (http 416)" : "refused";
+                restart = status == 416; /* our picture of it was stale: ask again */
+        } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && !x->overflow)) {
+                why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
+                peer_fault = true;
+        } else if (cc == CURLE_WRITE_ERROR) {
+                why = "out of memory";
+        } else {
+                why = "short or long answer";
+                peer_fault = true;
+        }
+        src_lcache_drop(s, &x->blob);
+        if (!busy) {
+                src_stat_add(s, &s->stats.peer_failures, 1);
+                if (peer_fault)
+                        members_report_failure(s->cfg.members, x->peer, why);
+                log_debug("peer run failed peer=%s chunk=%" PRIu32 " chunks=%u delivered=%u"
+                          " why=\"%s\" ms=%" PRIu64,
+                          x->peer, x->run[x->delivered]->idx, x->nrun, x->delivered, why,
+                          now - x->started_ms);
+        }
+        for (unsigned i = x->delivered; i < x->nrun; i++) {
+                struct job *j = x->run[i];
+                if (busy && j->busy_retries < BUSY_RETRIES) {
+                        j->busy_retries++;
+                        j->cand_next = 0;
+                        uint64_t pause = BUSY_PAUSE_MS * j->busy_retries;
+                        j->not_before_ms =
+                                now + (pause < BUSY_PAUSE_MAX_MS ? pause : BUSY_PAUSE_MAX_MS);
+                        j->next = s->queued;
+                        s->queued = j;
+                } else if (restart) {
+                        j->ncand = j->cand_next = 0;
+                        j->sha_known = false;
+                        src_start_job(s, j);
+                } else {
+                        src_next_candidate(s, j);
+                }
+        }
+        x->delivered = x->nrun;
+}
+
+/* The runs from PEER of BLOB stop here (it sent a chunk that failed its digest): their
+ * remaining chunks go to their next sources. */
+void src_abort_runs(struct source *s, const char *peer, const struct digest *blob) {
+        for (;;) {
+                struct xfer *x = s->running;
+                while (x && !(x->kind == X_RUN && strcmp(x->peer, peer) == 0 &&
+                              digest_equal(&x->blob, blob)))
+                        x = x->next;
+                if (!x)
+                        return;
+                src_xfer_detach(s, x);
+                for (unsigned i = x->delivered; i < x->nrun; i++)
+                        src_next_candidate(s, x->run[i]);
+                x->delivered = x->nrun;
+                src_xfer_free(x);
+        }
+}
+
+/* A digest query (CONFIRM) ended. */

@@ -1,0 +1,201 @@
+/* Checking what peers sent. CONFIRM: bytes whose only digest is their sender's word are held
+ * while the other homes are asked for the chunk's digest, round after round up to
+ * digest_wait_ms, then checked or dropped. The verifiers: VERIFIERS threads hash received
+ * chunks off the source's thread (about 0.6 ms a MiB, its biggest cost otherwise); a good
+ * chunk's job ends on the verifier, a bad one goes back to the source's thread, which
+ * distrusts the sender for the blob and tries the next source. Costs one chunk buffer per
+ * held or queued chunk; the queue is bounded by the transfers that can run at once. */
+#include "peer/source_int.h"
+
+int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
+                      uint64_t ttfb_us) {
+        struct verify_item *v = calloc(1, sizeof(*v));
+        if (!v) {
+                free(buf);
+                return -ENOMEM;
+        }
+        v->job = j;
+        v->buf = buf;
+        v->want = j->sha;
+        v->ttfb_us = ttfb_us;
+        snprintf(v->peer, sizeof(v->peer), "%s", peer);
+        pthread_mutex_lock(&s->vq_lock);
+        *s->vq_tail = v;
+        s->vq_tail = &v->next;
+        pthread_cond_signal(&s->vq_cond);
+        pthread_mutex_unlock(&s->vq_lock);
+        return 0;
+}
+
+void src_confirm_start(struct source *s, struct job *j) {
+        j->phase = PH_CONFIRM;
+        j->confirm_next = 0;
+        j->confirm_until_ms = now_ms() + s->cfg.digest_wait_ms;
+        if (j->confirm_until_ms > j->deadline_ms)
+                j->confirm_until_ms = j->deadline_ms;
+        src_next_confirm(s, j);
+}
+
+/* CONFIRM found the digest of J's held chunk at HOME: check the bytes against it. */
+static void confirm_found(struct source *s, struct job *j, const struct digest *sha,
+                          const char *home) {
+        j->sha = *sha;
+        j->sha_known = true;
+        snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
+        uint8_t *buf = j->held;
+        j->held = NULL;
+        j->phase = PH_PEERS;
+        if (src_verify_submit(s, j, buf, j->held_peer, j->held_ttfb_us) < 0) {
+                src_stat_add(s, &s->stats.peer_failures, 1);
+                src_next_candidate(s, j);
+        }
+}
+
+/* CONFIRM: asks the next home (not the sender of the held bytes) for the chunk's digest;
+ * after a round without one, pauses and asks again until confirm_until_ms, then gives the
+ * bytes up as unchecked. */
+void src_next_confirm(struct source *s, struct job *j) {
+        char self[PEER_ID_MAX];
+        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                self[0] = '\0';
+        uint64_t now = now_ms();
+        if (now < j->not_before_ms) {
+                j->next = s->queued;
+                s->queued = j;
+                return;
+        }
+        bool any = false; /* a home other than the sender exists: waiting may pay */
+        for (unsigned i = 0; i < j->nhomes && !any; i++)
+                any = strcmp(j->homes[i], j->held_peer) != 0;
+        while (any && j->confirm_next < j->nhomes && now < j->confirm_until_ms) {
+                const char *home = j->homes[j->confirm_next++];
+                if (strcmp(home, j->held_peer) == 0)
+                        continue; /* its word about its own bytes is what we lack */
+                if (self[0] && strcmp(home, self) == 0) {
+                        struct wire_locate l;
+                        if (dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now, &l) == 0) {
+                                bool found = l.nchunks > j->idx && l.size == j->size &&
+                                             wire_bit(l.sha_known, j->idx);
+                                struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                                wire_locate_free(&l);
+                                if (found) {
+                                        confirm_found(s, j, &sha, self);
+                                        return;
+                                }
+                        }
+                        continue;
+                }
+                if (!self[0] || !members_usable(s->cfg.members, home))
+                        continue;
+                if (src_xfer_start(s, j, X_DIGEST, home, false, self) == 0) {
+                        src_stat_add(s, &s->stats.locates, 1);
+                        return;
+                }
+        }
+        if (any && now + CONFIRM_POLL_MS < j->confirm_until_ms) {
+                j->confirm_next = 0; /* another round, once the claimant had time to announce */
+                j->not_before_ms = now + CONFIRM_POLL_MS;
+                j->next = s->queued;
+                s->queued = j;
+                return;
+        }
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&j->digest, hex);
+        log_debug("peer chunk refused unchecked peer=%s digest=sha256:%s chunk=%" PRIu32
+                  " why=\"no home other than the sender knows its digest\"",
+                  j->held_peer, hex, j->idx);
+        free(j->held);
+        j->held = NULL;
+        j->confirm_failed = true;
+        j->phase = PH_PEERS;
+        pthread_mutex_lock(&s->lock);
+        s->stats.peer_failures++;
+        s->stats.peer_unchecked++;
+        pthread_mutex_unlock(&s->lock);
+        src_next_candidate(s, j);
+}
+
+void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+        struct job *j = x->job;
+        if (cc == CURLE_OK && status == 200) {
+                struct wire_locate l;
+                char reason[128];
+                if (wire_locate_parse((const char *)x->buf, x->got, &l, reason, sizeof(reason)) ==
+                    0) {
+                        bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
+                                     l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
+                                     wire_bit(l.sha_known, j->idx);
+                        struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                        wire_locate_free(&l);
+                        if (found) {
+                                confirm_found(s, j, &sha, x->peer);
+                                return;
+                        }
+                }
+        } else if (cc != CURLE_OK || x->stalled) {
+                src_stat_add(s, &s->stats.locate_failures, 1);
+                if (now_ms() < j->deadline_ms && cc != CURLE_WRITE_ERROR)
+                        members_report_failure(s->cfg.members, x->peer,
+                                               x->stalled ? "stalled" : curl_easy_strerror(cc));
+        }
+        src_next_confirm(s, j);
+}
+
+/* A chunk transfer ended: verify and finish, or move on. */
+void *src_verify_main(void *arg) {
+        struct source *s = arg;
+        pthread_mutex_lock(&s->vq_lock);
+        for (;;) {
+                struct verify_item *v = s->vq_head;
+                if (!v) {
+                        if (s->vstop)
+                                break;
+                        pthread_cond_wait(&s->vq_cond, &s->vq_lock);
+                        continue;
+                }
+                s->vq_head = v->next;
+                if (!s->vq_head)
+                        s->vq_tail = &s->vq_head;
+                pthread_mutex_unlock(&s->vq_lock);
+
+                struct job *j = v->job;
+                struct digest got;
+                digest_sha256(v->buf, j->len, &got);
+                if (digest_equal(&got, &v->want)) {
+                        members_report_success(s->cfg.members, v->peer, v->ttfb_us, j->len);
+                        pthread_mutex_lock(&s->lock);
+                        s->stats.peer_bytes += j->len;
+                        s->stats.peer_chunks++;
+                        pthread_mutex_unlock(&s->lock);
+                        src_job_done(j, 0, NULL, v->buf, j->len, &got);
+                } else {
+                        free(v->buf);
+                        snprintf(j->bad_peer, sizeof(j->bad_peer), "%s", v->peer);
+                        pthread_mutex_lock(&s->lock);
+                        j->next = s->returned;
+                        s->returned = j;
+                        pthread_mutex_unlock(&s->lock);
+                        curl_multi_wakeup(s->multi);
+                }
+                free(v);
+                pthread_mutex_lock(&s->vq_lock);
+        }
+        pthread_mutex_unlock(&s->vq_lock);
+        return NULL;
+}
+
+/* Transfer thread: a chunk whose bytes did not match; distrust its sender for the blob and
+ * try the next source. */
+void src_corrupt_returned(struct source *s, struct job *j) {
+        char hex[DIGEST_HEX_LEN + 1];
+        digest_to_hex(&j->digest, hex);
+        log_warning("peer sent a corrupt chunk peer=%s digest=sha256:%s chunk=%" PRIu32
+                    " hint=\"not asking it for this blob again\"",
+                    j->bad_peer, hex, j->idx);
+        src_distrust_add(s, j->bad_peer, &j->digest);
+        members_report_failure(s->cfg.members, j->bad_peer, "corrupt chunk");
+        src_stat_add(s, &s->stats.peer_corrupt, 1);
+        src_lcache_drop(s, &j->digest);
+        src_abort_runs(s, j->bad_peer, &j->digest);
+        src_next_candidate(s, j);
+}
