@@ -212,6 +212,19 @@ static int blob_bytes(struct layer_builder *b, const void *buf, size_t len) {
         return gzip_bytes(b, buf, len);
 }
 
+/* The format from the head held so far, then the head's bytes passed on as the first of the
+ * blob. 0, -EAGAIN (too few bytes to tell; nothing done) or -errno (the builder's error set). */
+static int start_from_head(struct layer_builder *b) {
+        int r = layer_detect_format(b->head, b->head_len);
+
+        if (r == -EAGAIN)
+                return r;
+        r = start_format(b, r);
+        if (r < 0)
+                return r;
+        return blob_bytes(b, b->head, b->head_len);
+}
+
 int layer_builder_feed(struct layer_builder *b, const void *buf, size_t len) {
         const uint8_t *p = buf;
         int r;
@@ -226,13 +239,9 @@ int layer_builder_feed(struct layer_builder *b, const void *buf, size_t len) {
                 b->head_len += n;
                 p += n;
                 len -= n;
-                r = layer_detect_format(b->head, b->head_len);
+                r = start_from_head(b);
                 if (r == -EAGAIN)
                         return 0;
-                r = start_format(b, r);
-                if (r < 0)
-                        return r;
-                r = blob_bytes(b, b->head, b->head_len);
                 if (r < 0)
                         return r;
         }
@@ -248,14 +257,10 @@ int layer_builder_finish(struct layer_builder *b, struct layer_index **ret) {
         if (b->err)
                 return b->err;
         if (b->fmt == 0) {
-                r = layer_detect_format(b->head, b->head_len);
+                r = start_from_head(b);
                 if (r == -EAGAIN)
                         return bfail(b, -EBADMSG, "blob of %zu bytes is too short to be a layer",
                                      b->head_len);
-                r = start_format(b, r);
-                if (r < 0)
-                        return r;
-                r = blob_bytes(b, b->head, b->head_len);
                 if (r < 0)
                         return r;
         }

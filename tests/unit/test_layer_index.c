@@ -492,6 +492,13 @@ static void test_bad_blobs(void **state) {
         assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EPROTONOSUPPORT);
         b = (struct buf){(uint8_t *)"", 0};
         assert_int_equal(build(&b, 0, 65536, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "too short"));
+        /* a head too short to tell, at the finish; the same head fed a byte at a time */
+        b = (struct buf){(uint8_t *)"\x1f", 1};
+        assert_int_equal(build(&b, 0, 1, NULL, &ix, err, sizeof(err)), -EBADMSG);
+        assert_non_null(strstr(err, "too short"));
+        b = (struct buf){pax_fx.tar.p + 1, 4096};
+        assert_int_equal(build(&b, 0, 1, NULL, &ix, err, sizeof(err)), -EPROTONOSUPPORT);
         /* limits */
         {
                 struct layer_build_opts o = {.max_files = 10};
