@@ -7,7 +7,7 @@
  * INDEX_BLOB_MAX), hashed, then decoded; one from a peer, when it has a separate head (version
  * 3), only its head (the first chunk, for most layers): its windows are read as spans are
  * first inflated. */
-#include "layertree/internal.h"
+#include "layertree/layertree_int.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,5 +1,8 @@
-/* The layer trees' representation, shared by layertree/layertree.c (state, API, workers,
- * reads) and layertree/build.c (finding a layer's index). Not for other modules. */
+/* The layer trees' private header (engine/engine_int.h's habit): the representation and the
+ * functions one file defines and another calls, named lt_*. Shared by layertree/layertree.c
+ * (lifecycle, the API), state.c (the per-layer state, rows, READY and FAILED), workers.c (the
+ * worker threads: reads, index jobs, index completion) and build.c (finding a layer's index).
+ * Not for other modules; the contract is layertree/layertree.h. */
 #pragma once
 #include <pthread.h>
 #include <stdatomic.h>
@@ -129,11 +132,14 @@ struct ltree {
         struct worker *workers;
 };
 
-/* Up to LEN bytes of blob BLOB_ID at OFF through the engine: the count (short only at the
- * end), or -errno. Blocks until the engine answers (bounded by its fetch timeout): workers
- * only. */
-ssize_t lt_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void *buf, size_t len,
-                 struct engine_stream *stream);
+/* state.c */
+
+/* L's info as it is now (lt->lock held). */
+void lt_info(const struct layer *l, struct ltree_layer_info *ret);
+
+/* Records L's row as it is now. Called without lt->lock (it takes it, then lt->db_lock): a
+ * FUSE thread never waits on SQLite. */
+void lt_persist(struct ltree *lt, struct layer *l);
 
 /* L could not get an index: FAILED, why recorded, waiters woken; while stopping (or on
  * -ECANCELED) it stays PENDING, unrecorded, for the next start. */
@@ -149,6 +155,23 @@ int lt_data_blob(struct ltree *lt, const struct layer *l, const struct layer_ind
 void lt_ready(struct ltree *lt, struct layer *l, struct layer_index *ix,
               enum ltree_index_origin origin, const struct digest *index_digest,
               uint64_t index_size);
+
+/* workers.c */
+
+/* A worker thread (ARG: its struct worker): reads first, then index jobs, then due index
+ * completions, until lt->stopping. */
+void *lt_worker_main(void *arg);
+
+/* Queues L's index job unless one is queued or running (lt->lock held). */
+void lt_queue_index(struct ltree *lt, struct layer *l);
+
+/* Up to LEN bytes of blob BLOB_ID at OFF through the engine: the count (short only at the
+ * end), or -errno. Blocks until the engine answers (bounded by its fetch timeout): workers
+ * only. */
+ssize_t lt_pread(struct ltree *lt, uint32_t blob_id, uint64_t off, void *buf, size_t len,
+                 struct engine_stream *stream);
+
+/* build.c */
 
 /* The index job of layer L, on a worker (BUF: READ_MAX bytes of scratch): store, peers, TOC
  * or pass; ends with lt_ready() or lt_fail(). */
