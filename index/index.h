@@ -1,6 +1,6 @@
 /* The node's index in SQLite: which blobs it knows and which of their chunks are on disk.
  *
- * One database, <state-dir>/index.db, in WAL mode. All SQL of the project lives in index.c.
+ * One database, <state-dir>/index.db, in WAL mode. All SQL of the project lives in index/.
  * Writes are queued and applied by one writer thread in batched transactions (a chunk landing
  * costs a queue push, not an fsync); readers use their own connection. The in-memory state of
  * the engine is the truth while the daemon runs; the index is what survives a restart, and it

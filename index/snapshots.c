@@ -1,6 +1,6 @@
 /* The snapshotter's metadata. See snapshots.h for the contract.
  *
- * Tables (migration 4 in index.c):
+ * Tables (migration 4 in schema.c):
  *   snapshots(id PK AUTOINCREMENT, key UNIQUE, parent_id, kind, created_ns, updated_ns,
  *             usage_size, usage_inodes)
  *   snapshot_labels(snap_id, name, value)

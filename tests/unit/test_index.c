@@ -1,11 +1,11 @@
-/* Unit tests for index/index.c: migrations, the blob and chunk tables through the public API,
- * persistence across close and reopen, the read-only mode, walks that stop early, and the
- * bounded write queue under a writer that cannot keep up.
+/* Unit tests for the index (index/index.c, schema.c, writer.c, query.c): migrations, the blob
+ * and chunk tables through the public API, persistence across close and reopen, the read-only
+ * mode, walks that stop early, and the bounded write queue under a writer that cannot keep up.
  *
  * The back-pressure test has to see the queue fill, which is private state, so this file
- * includes index.c (as test_policy.c does with policy.c): it reads ix->count under ix->lock and
- * takes the number of migrations from the table itself. Every global symbol of index.c is then
- * defined here, and the linker never pulls index.o from the core library into this program.
+ * includes the index's private header (as test_engine.c does with engine_int.h): it reads
+ * ix->count under ix->lock and takes the number of migrations from the table itself
+ * (ix_n_migrations, schema.c). The index's objects come from the core library.
  * What the database holds is checked with sqlite3 directly where the API cannot show it. */
 #include <errno.h>
 #include <setjmp.h>
@@ -24,9 +24,9 @@
 
 #include <cmocka.h>
 
-#include "index/index.c"
+#include "index/index_int.h"
 
-#define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+#define NMIGRATIONS ix_n_migrations
 
 struct fixture {
         char dir[256];
