@@ -1,0 +1,217 @@
+/* A home directory's announces (directory.c has the tables and the essay): holder records
+ * replaced by each announce, and the chunk digests an announce carries.
+ *
+ * Chunk digests and their provenance. Each recorded digest carries one bit: whether it came
+ * from a node that had verified the whole blob (its announce said "verified"). That is the
+ * strongest word a home can have short of hashing the bytes itself: those digests are of
+ * bytes that hashed, whole, to the blob's digest. The rules, per chunk:
+ *   - unknown: the first digest announced is recorded, with its bit;
+ *   - the same digest again: recorded, and verified once any announcer was verified;
+ *   - a different digest, verified, over an unverified one: the verified one replaces it
+ *     (the unverified one described bytes that did not verify, or was a lie);
+ *   - a different digest, unverified, against a verified one: ignored;
+ *   - a different digest of the same standing (both unverified, or both verified — the
+ *     latter means someone lies about verifying): the directory cannot tell which holder
+ *     has bad data, so it forgets the digest (logged at debug) and readers take the chunk
+ *     from the origin, instead of distrusting honest peers on the word of whoever spoke
+ *     first. The dispute is remembered while the blob's record lives: otherwise whoever
+ *     re-announces first after it (a liar announcing twice a second) would be believed
+ *     again. After an unverified dispute only a verified digest is recorded; after a
+ *     verified one, none.
+ * Readers check every peer's bytes against these digests (never against the serving peer's
+ * own word), and a blob read whole is verified against its own digest in the end.
+ */
+#include "peer/directory_int.h"
+
+static bool bitmap_empty(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t i = 0; i < nchunks / 8; i++)
+                if (map[i])
+                        return false;
+        for (uint32_t i = nchunks / 8 * 8; i < nchunks; i++)
+                if (wire_bit(map, i))
+                        return false;
+        return true;
+}
+
+static ssize_t holder_find(const struct dir_blob *b, const char *node) {
+        for (size_t i = 0; i < b->nholders; i++)
+                if (strcmp(b->holders[i].node, node) == 0)
+                        return (ssize_t)i;
+        return -1;
+}
+
+static void bit_clear(uint8_t *map, uint32_t i) {
+        map[i / 8] &= (uint8_t) ~(1u << (i % 8));
+}
+
+static int record_digests(struct directory *dir, struct dir_blob *b, const struct wire_blob *wb,
+                          const char *node) {
+        for (uint32_t i = 0; i < wb->ndigests; i++) {
+                uint32_t idx = wb->sha_idx[i];
+
+                if (idx >= b->nchunks)
+                        continue;
+                if (!b->sha) {
+                        b->sha = calloc(b->nchunks, sizeof(*b->sha));
+                        b->sha_known = calloc(1, dri_bitmap_bytes(b->nchunks));
+                        b->sha_verified = calloc(1, dri_bitmap_bytes(b->nchunks));
+                        b->disputed = calloc(1, dri_bitmap_bytes(b->nchunks));
+                        b->disputed_v = calloc(1, dri_bitmap_bytes(b->nchunks));
+                        if (!b->sha || !b->sha_known || !b->sha_verified || !b->disputed ||
+                            !b->disputed_v) {
+                                free(b->sha);
+                                free(b->sha_known);
+                                free(b->sha_verified);
+                                free(b->disputed);
+                                free(b->disputed_v);
+                                b->sha = NULL;
+                                b->sha_known = NULL;
+                                b->sha_verified = NULL;
+                                b->disputed = NULL;
+                                b->disputed_v = NULL;
+                                return -ENOMEM;
+                        }
+                        dir->bytes += dri_sha_bytes(b->nchunks);
+                }
+                bool known = wire_bit(b->sha_known, idx);
+                bool was_verified = known && wire_bit(b->sha_verified, idx);
+                const char *kept;
+
+                if (known && digest_equal(&b->sha[idx], &wb->sha[i])) {
+                        if (wb->verified)
+                                wire_set_bit(b->sha_verified, idx);
+                        continue;
+                }
+                if (!known &&
+                    (wire_bit(b->disputed_v, idx) || (wire_bit(b->disputed, idx) && !wb->verified)))
+                        continue; /* disputed: this word is not enough any more */
+                if (!known || (wb->verified && !was_verified)) {
+                        b->sha[idx] = wb->sha[i];
+                        wire_set_bit(b->sha_known, idx);
+                        if (wb->verified)
+                                wire_set_bit(b->sha_verified, idx);
+                        else
+                                bit_clear(b->sha_verified, idx);
+                        if (!known)
+                                continue;
+                        kept = "verified";
+                } else if (!wb->verified && was_verified) {
+                        kept = "recorded"; /* the verified digest stands */
+                } else {
+                        /* Same standing, different digests: neither is believed. Readers then
+                         * take the chunk from the origin instead of distrusting honest peers
+                         * forever on the word of whoever spoke first; a later announce may set
+                         * it again, and the whole-blob check decides in the end. */
+                        bit_clear(b->sha_known, idx);
+                        bit_clear(b->sha_verified, idx);
+                        wire_set_bit(was_verified ? b->disputed_v : b->disputed, idx);
+                        kept = "none";
+                }
+                char hex[DIGEST_HEX_LEN + 1];
+
+                digest_to_hex(&b->digest, hex);
+                log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
+                          " node=%s announced_verified=%d kept=%s",
+                          hex, idx, node, (int)wb->verified, kept);
+        }
+        return 0;
+}
+
+/* One blob of NODE's announce, at NOW. */
+static int apply_blob(struct directory *dir, struct dir_blob *b, const char *node,
+                      const struct wire_blob *wb, uint64_t now) {
+        ssize_t hi = holder_find(b, node);
+
+        b->last_ms = now;
+        dri_order_unlink(dir, b);
+        dri_order_append(dir, b);
+
+        if (b->nchunks == 0 || bitmap_empty(wb->present, b->nchunks)) {
+                if (hi >= 0)
+                        dri_holder_remove(dir, b, (size_t)hi);
+        } else {
+                struct dir_holder *h = hi >= 0 ? &b->holders[hi] : dri_holder_add(dir, b, node);
+
+                if (!h)
+                        return -ENOMEM;
+                memcpy(h->present, wb->present, dri_bitmap_bytes(b->nchunks));
+                if (b->nchunks % 8) /* bits past the end stay clear: they are compared */
+                        h->present[b->nchunks / 8] &= (uint8_t)((1u << (b->nchunks % 8)) - 1);
+                h->last_ms = now;
+                /* Claims this node now holds are done. */
+                for (size_t i = b->nclaims; i-- > 0;)
+                        if (strcmp(b->claims[i].node, node) == 0 &&
+                            wire_bit(h->present, b->claims[i].chunk))
+                                dri_claim_remove(dir, b, i);
+        }
+        return record_digests(dir, b, wb, node);
+}
+
+int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
+              size_t reason_len) {
+        int r = 0;
+
+        if (reason && reason_len > 0)
+                reason[0] = '\0';
+        pthread_mutex_lock(&dir->lock);
+        dir->stats.announces++;
+        if (a->chunk_size != dir->cfg.chunk_size) {
+                dir->stats.refused++;
+                pthread_mutex_unlock(&dir->lock);
+                if (reason)
+                        snprintf(reason, reason_len,
+                                 "chunk size mismatch: announce has %" PRIu32 ", this node %" PRIu32
+                                 "; every node needs the same chunk size",
+                                 a->chunk_size, dir->cfg.chunk_size);
+                return -EPROTO;
+        }
+        if (!wire_node_id_valid(a->node)) {
+                dir->stats.refused++;
+                pthread_mutex_unlock(&dir->lock);
+                if (reason)
+                        snprintf(reason, reason_len, "invalid node id in announce");
+                return -EINVAL;
+        }
+        for (uint32_t i = 0; i < a->nblobs; i++) {
+                const struct wire_blob *wb = &a->blobs[i];
+                uint64_t n = wb->size / a->chunk_size + (wb->size % a->chunk_size != 0);
+                struct dir_blob *b;
+                int q;
+
+                b = dri_blob_find(dir, &wb->digest);
+                if (b && !dri_blob_alive(dir, b, now_ms)) {
+                        dri_blob_free(dir, b); /* dead, not yet expired: start afresh */
+                        b = NULL;
+                }
+                if (n != wb->nchunks || n > WIRE_MAX_CHUNKS ||
+                    (b && (b->size != wb->size || b->nchunks != wb->nchunks))) {
+                        char hex[DIGEST_HEX_LEN + 1];
+
+                        digest_to_hex(&wb->digest, hex);
+                        if (reason)
+                                snprintf(reason, reason_len,
+                                         "size mismatch for blob sha256:%s: announced %" PRIu64
+                                         " bytes in %" PRIu32 " chunks, known as %" PRIu64
+                                         "; blob skipped",
+                                         hex, wb->size, wb->nchunks, b ? b->size : n);
+                        dir->stats.refused++;
+                        r = -EINVAL;
+                        continue;
+                }
+                if (!b)
+                        b = dri_blob_new(dir, wb);
+                q = b ? apply_blob(dir, b, a->node, wb, now_ms) : -ENOMEM;
+                if (q < 0 && r == 0)
+                        r = q;
+                while (dir->bytes > dir->cfg.max_bytes && dir->oldest && dir->oldest != b)
+                        dri_blob_free(dir, dir->oldest);
+        }
+        for (uint32_t i = 0; i < a->nindexes; i++) {
+                int q = dri_apply_index(dir, a->node, &a->indexes[i], now_ms);
+
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        pthread_mutex_unlock(&dir->lock);
+        return r;
+}

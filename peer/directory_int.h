@@ -1,0 +1,117 @@
+/* peer/directory's private header (engine/engine_int.h's habit): the records the directory's
+ * files share and the prototypes of the internal functions one file defines and another calls.
+ * Nothing outside peer/directory*.c includes it; the contract is peer/directory.h.
+ *
+ * The files, by concern: directory.c the tables, their records and eviction, expiry, stats and
+ * the layer index records; directory_apply.c announces (holder records, chunk digests and
+ * their provenance); directory_locate.c claims and locate answers.
+ *
+ * Internal functions are named dri_*. Every one of them is called with dir->lock held. */
+#pragma once
+#include "peer/directory.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "util/log.h"
+
+struct dir_holder {
+        char node[PEER_ID_MAX];
+        uint8_t *present; /* nchunks bits, never empty (an empty set has no record) */
+        uint64_t last_ms; /* its last announce */
+};
+
+struct dir_claim {
+        char node[PEER_ID_MAX];
+        uint32_t chunk;
+        uint64_t since_ms; /* granted or renewed */
+};
+
+struct dir_blob {
+        struct digest digest;
+        uint64_t size;
+        uint32_t nchunks;
+        char source[IDX_SOURCE_MAX];
+        uint64_t last_ms;      /* newest announce from any node, empty or not */
+        struct digest *sha;    /* nchunks entries once the first digest arrives; else NULL */
+        uint8_t *sha_known;    /* bitmap, allocated with sha */
+        uint8_t *sha_verified; /* bitmap, allocated with sha: from a verified announcer */
+        uint8_t *disputed;     /* bitmap, with sha: two unverified digests disagreed */
+        uint8_t *disputed_v;   /* bitmap, with sha: two verified digests disagreed */
+        struct dir_holder *holders;
+        size_t nholders, holders_cap;
+        struct dir_claim *claims;
+        size_t nclaims, claims_cap;
+        struct dir_blob *hnext;       /* hash chain */
+        struct dir_blob *prev, *next; /* announce order, oldest first */
+};
+
+struct dir_irec {
+        char node[PEER_ID_MAX];
+        struct digest index;
+        uint64_t size;
+        uint64_t last_ms;
+};
+
+struct dir_layer {
+        struct digest layer;
+        struct dir_irec recs[DIR_INDEX_NODES];
+        unsigned nrecs;
+        uint64_t last_ms;              /* newest record */
+        struct dir_layer *hnext;       /* hash chain */
+        struct dir_layer *prev, *next; /* newest record order, oldest first */
+};
+
+struct directory {
+        pthread_mutex_t lock;
+        struct dir_config cfg; /* immutable after dir_new */
+        uint64_t seed;
+        struct dir_blob **buckets;
+        size_t nbuckets; /* a power of two */
+        struct dir_blob *oldest, *newest;
+        struct dir_stats stats; /* blobs, holders, claims are current counts */
+        size_t bytes;           /* holder bitmaps and digest arrays, against cfg.max_bytes */
+        struct dir_layer **lbuckets;
+        size_t nlbuckets; /* a power of two */
+        struct dir_layer *loldest, *lnewest;
+};
+
+static inline size_t dri_bitmap_bytes(uint32_t nchunks) {
+        return nchunks == 0 ? 1 : ((size_t)nchunks + 7) / 8;
+}
+
+/* Bytes of a blob's digest array and its four bitmaps (sha_known, sha_verified, disputed,
+ * disputed_v), as counted against max_bytes. */
+static inline size_t dri_sha_bytes(uint32_t nchunks) {
+        return (size_t)nchunks * sizeof(struct digest) + 4 * dri_bitmap_bytes(nchunks);
+}
+
+static inline bool dri_live(uint64_t since, uint64_t ttl, uint64_t now) {
+        return now < since || now - since < ttl;
+}
+
+/* directory.c: the blob table, its announce-order list and the records' bounds. */
+struct dir_blob *dri_blob_find(struct directory *dir, const struct digest *d);
+/* A new record for WB (the blob whose newest announce is oldest goes at max_blobs); NULL on
+ * -ENOMEM. */
+struct dir_blob *dri_blob_new(struct directory *dir, const struct wire_blob *wb);
+void dri_blob_free(struct directory *dir, struct dir_blob *b);
+/* Alive while its newest announce or one of its claims is live. */
+bool dri_blob_alive(const struct directory *dir, const struct dir_blob *b, uint64_t now);
+void dri_order_unlink(struct directory *dir, struct dir_blob *b);
+void dri_order_append(struct directory *dir, struct dir_blob *b);
+/* A new holder record for NODE, evicting one at max_holders; NULL on -ENOMEM. */
+struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, const char *node);
+void dri_holder_remove(struct directory *dir, struct dir_blob *b, size_t i);
+void dri_claim_remove(struct directory *dir, struct dir_blob *b, size_t i);
+int dri_grow(void **arr, size_t *cap, size_t n, size_t max, size_t elem);
+/* NODE's index record X (replacing its record for X's layer); 0, -EINVAL, -ENOMEM. */
+int dri_apply_index(struct directory *dir, const char *node, const struct wire_index *x,
+                    uint64_t now);

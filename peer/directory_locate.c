@@ -1,0 +1,193 @@
+/* A home directory's answers (directory.c has the tables and the essay): locate answers, and
+ * the claims a reader's miss may be granted.
+ *
+ * Claims. A claim (chunk, claimant, time) is granted when no live holder has the chunk and
+ * no live claim covers it, renewed when its claimant asks again, and dropped when the
+ * claimant announces the chunk present, when it expires, or (oldest first) when the blob
+ * already has max_claims: dropping a claim costs at most a duplicate origin fetch, while
+ * refusing one could leave a chunk that nobody fetches.
+ */
+#include "peer/directory_int.h"
+
+/* Decides CLAIMANT's claim on CHUNK of B. */
+static int claim(struct directory *dir, struct dir_blob *b, const char *claimant, uint32_t chunk,
+                 uint64_t now, bool *ret_granted) {
+        struct dir_claim *c;
+
+        for (size_t i = 0; i < b->nholders; i++)
+                if (dri_live(b->holders[i].last_ms, dir->cfg.ttl_ms, now) &&
+                    wire_bit(b->holders[i].present, chunk)) {
+                        *ret_granted = false;
+                        return 0;
+                }
+        for (size_t i = b->nclaims; i-- > 0;) {
+                c = &b->claims[i];
+                if (!dri_live(c->since_ms, dir->cfg.claim_ttl_ms, now)) {
+                        dri_claim_remove(dir, b, i);
+                        continue;
+                }
+                if (c->chunk != chunk)
+                        continue;
+                *ret_granted = strcmp(c->node, claimant) == 0;
+                if (*ret_granted)
+                        c->since_ms = now; /* the claimant is still at it */
+                return 0;
+        }
+        if (b->nclaims >= dir->cfg.max_claims) {
+                size_t old = 0;
+
+                for (size_t i = 1; i < b->nclaims; i++)
+                        if (b->claims[i].since_ms < b->claims[old].since_ms)
+                                old = i;
+                dri_claim_remove(dir, b, old);
+        }
+        if (dri_grow((void **)&b->claims, &b->claims_cap, b->nclaims, dir->cfg.max_claims,
+                     sizeof(*b->claims)) < 0)
+                return -ENOMEM;
+        c = &b->claims[b->nclaims++];
+        snprintf(c->node, sizeof(c->node), "%s", claimant);
+        c->chunk = chunk;
+        c->since_ms = now;
+        dir->stats.claims++;
+        dir->stats.claims_granted++;
+        *ret_granted = true;
+        return 0;
+}
+
+/* Adds claim C to L's fetching entries (one per node, at most WIRE_MAX_HOLDERS). */
+static int add_fetching(struct wire_locate *l, uint32_t first, const struct dir_claim *c) {
+        struct wire_holder *h = NULL;
+
+        for (uint32_t i = first; i < l->nholders && !h; i++)
+                if (strcmp(l->holders[i].node, c->node) == 0)
+                        h = &l->holders[i];
+        if (!h) {
+                if (l->nholders - first >= WIRE_MAX_HOLDERS)
+                        return 0; /* a reader needs a few, not all */
+                h = &l->holders[l->nholders];
+                h->present = calloc(1, dri_bitmap_bytes(l->nchunks));
+                if (!h->present)
+                        return -ENOMEM;
+                snprintf(h->node, sizeof(h->node), "%s", c->node);
+                h->fetching = true;
+                l->nholders++;
+        }
+        wire_set_bit(h->present, c->chunk);
+        return 0;
+}
+
+static int fill_locate(const struct directory *dir, const struct dir_blob *b, const char *claimant,
+                       int64_t chunk, uint64_t now, struct wire_locate *l) {
+        size_t bytes = dri_bitmap_bytes(b->nchunks);
+        const struct dir_claim *first = NULL;
+        uint32_t nfirst;
+
+        l->digest = b->digest;
+        l->size = b->size;
+        l->chunk_size = dir->cfg.chunk_size;
+        l->nchunks = b->nchunks;
+        snprintf(l->source, sizeof(l->source), "%s", b->source);
+        l->sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*l->sha));
+        l->sha_known = calloc(1, bytes);
+        l->sha_verified = calloc(1, bytes);
+        l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
+        if (!l->sha || !l->sha_known || !l->sha_verified || !l->holders)
+                return -ENOMEM;
+        /* Asked about one chunk (a reader's miss): the digests of that chunk and the
+         * DIR_LOCATE_SPAN - 1 after it, and the holders that have it. The answer then costs the
+         * same for a 10 GiB blob as for a 10 MiB one; the whole picture is for lookups
+         * (CHUNK < 0). The following digests let the reader keep the answer and check the
+         * next chunks of a sequential read (and a run of them in one GET) without asking
+         * again for each (peer/source.c). */
+        bool one = chunk >= 0 && (uint64_t)chunk < b->nchunks;
+        if (b->sha && one) {
+                uint32_t end = (uint64_t)chunk + DIR_LOCATE_SPAN < b->nchunks
+                                       ? (uint32_t)chunk + DIR_LOCATE_SPAN
+                                       : b->nchunks;
+                for (uint32_t c = (uint32_t)chunk; c < end; c++) {
+                        if (!wire_bit(b->sha_known, c))
+                                continue;
+                        l->sha[c] = b->sha[c];
+                        wire_set_bit(l->sha_known, c);
+                        if (wire_bit(b->sha_verified, c))
+                                wire_set_bit(l->sha_verified, c);
+                }
+        } else if (b->sha) {
+                memcpy(l->sha, b->sha, b->nchunks * sizeof(*b->sha));
+                memcpy(l->sha_known, b->sha_known, bytes);
+                memcpy(l->sha_verified, b->sha_verified, bytes);
+        }
+        for (size_t i = 0; i < b->nholders; i++) {
+                const struct dir_holder *h = &b->holders[i];
+                struct wire_holder *w = &l->holders[l->nholders];
+
+                if (!dri_live(h->last_ms, dir->cfg.ttl_ms, now) ||
+                    (claimant && strcmp(h->node, claimant) == 0) ||
+                    (one && !wire_bit(h->present, (uint32_t)chunk)))
+                        continue;
+                w->present = malloc(bytes);
+                if (!w->present)
+                        return -ENOMEM;
+                memcpy(w->present, h->present, bytes);
+                snprintf(w->node, sizeof(w->node), "%s", h->node);
+                l->nholders++;
+        }
+        /* Fetching nodes: the one fetching the chunk asked about first, so it is listed
+         * even when there are more claimants than fit. */
+        nfirst = l->nholders;
+        for (size_t i = 0; i < b->nclaims; i++) {
+                const struct dir_claim *c = &b->claims[i];
+
+                if (!dri_live(c->since_ms, dir->cfg.claim_ttl_ms, now) ||
+                    (claimant && strcmp(c->node, claimant) == 0))
+                        continue;
+                if (chunk >= 0 && c->chunk == (uint64_t)chunk)
+                        first = c;
+        }
+        if (first && add_fetching(l, nfirst, first) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < b->nclaims; i++) {
+                const struct dir_claim *c = &b->claims[i];
+
+                if (!dri_live(c->since_ms, dir->cfg.claim_ttl_ms, now) ||
+                    (claimant && strcmp(c->node, claimant) == 0) || (one && c->chunk != chunk))
+                        continue;
+                if (add_fetching(l, nfirst, c) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+int dir_locate(struct directory *dir, const struct digest *d, const char *claimant, int64_t chunk,
+               uint64_t now_ms, struct wire_locate *ret) {
+        struct wire_locate l;
+        struct dir_blob *b;
+        int r;
+
+        if (claimant && !wire_node_id_valid(claimant))
+                return -EINVAL;
+        memset(&l, 0, sizeof(l));
+        pthread_mutex_lock(&dir->lock);
+        dir->stats.locates++;
+        b = dri_blob_find(dir, d);
+        if (!b || !dri_blob_alive(dir, b, now_ms)) {
+                pthread_mutex_unlock(&dir->lock);
+                return -ENOENT;
+        }
+        if (claimant && chunk >= 0 && chunk < (int64_t)b->nchunks) {
+                r = claim(dir, b, claimant, (uint32_t)chunk, now_ms, &l.claim_granted);
+                if (r < 0)
+                        goto out_unlock;
+                l.has_claim = true;
+                l.claim_chunk = (uint32_t)chunk;
+        }
+        r = fill_locate(dir, b, claimant, chunk, now_ms, &l);
+out_unlock:
+        pthread_mutex_unlock(&dir->lock);
+        if (r < 0) {
+                wire_locate_free(&l);
+                return r;
+        }
+        *ret = l;
+        return 0;
+}
