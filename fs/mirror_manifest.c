@@ -280,6 +280,15 @@ static int fetch_manifest(struct mirror *m, const char *source, const char *ref,
         return 0;
 }
 
+/* The answer when neither the engine nor the origin gave the manifest or resolved the tag (ERR
+ * is fetch_manifest()'s): a 404 either way, so containerd falls back to the origin itself. */
+static enum MHD_Result manifest_failed(struct MHD_Connection *conn, int err) {
+        return err == -ENOENT ? mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "MANIFEST_UNKNOWN",
+                                                "manifest unknown to the origin")
+                              : mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
+                                                "not here, and the origin failed: ask it");
+}
+
 enum MHD_Result mir_serve_manifest(struct mirror *m, struct MHD_Connection *conn,
                                    const char *registry, const char *name, const char *ref) {
         char source[REF_REGISTRY_MAX + REF_REPOSITORY_MAX + 2];
@@ -310,10 +319,7 @@ enum MHD_Result mir_serve_manifest(struct mirror *m, struct MHD_Connection *conn
                 log_info("mirror cannot serve manifest source=%s ref=%s err=%s reason=\"%s\" "
                          "ms=%" PRIu64,
                          source, ref, strerror(-r), reason, now_ms() - t0);
-                return r == -ENOENT ? mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "MANIFEST_UNKNOWN",
-                                                      "manifest unknown to the origin")
-                                    : mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
-                                                      "not here, and the origin failed: ask it");
+                return manifest_failed(conn, r);
         }
         /* A tag: always asked of the origin, which is the only authority on what it means now.
          * Only a well-formed one: anything else (a CR LF, a space) never reaches a URL. */
@@ -348,10 +354,7 @@ enum MHD_Result mir_serve_manifest(struct mirror *m, struct MHD_Connection *conn
         log_info("mirror cannot resolve tag source=%s tag=%s err=%s reason=\"%s\" "
                  "ms=%" PRIu64,
                  source, ref, strerror(-r), reason, now_ms() - t0);
-        return r == -ENOENT ? mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "MANIFEST_UNKNOWN",
-                                              "manifest unknown to the origin")
-                            : mir_error_reply(conn, MHD_HTTP_NOT_FOUND, "UNAVAILABLE",
-                                              "not here, and the origin failed: ask it");
+        return manifest_failed(conn, r);
 out_serve:
         ret = serve_manifest_body(m, conn, &d, body, len);
         free(body);

@@ -1,4 +1,4 @@
-/* Unit tests for peer/wire.c: node ids, the exact text the builders emit, round trips
+/* Unit tests for peer/wire*.c: node ids, the exact text the builders emit, round trips
  * (build, parse, compare) over awkward bitmaps, and every way an untrusted body is refused,
  * with the reason it gives and nothing left to free. */
 #include <errno.h>
