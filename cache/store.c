@@ -71,6 +71,7 @@ int store_open(const char *state_dir, struct store **ret) {
                 return r;
         }
         s->max_fds = STORE_OPEN_BLOBS_DEFAULT;
+        s->ra_piece = sto_ra_piece("/sys", s->dir);
         s->fds = calloc(STORE_OPEN_BLOBS_MAX, sizeof(*s->fds));
         if (!s->fds) {
                 free(s);

@@ -25,9 +25,14 @@ struct ra_range {
 #define RA_SLOTS 64
 
 /* One POSIX_FADV_WILLNEED is cut short by the kernel at max(the disk's largest request, the
- * file's readahead window): 128 KiB on a disk with default settings. Asking in pieces no larger
- * gets the whole range submitted, all of it in flight at once. */
-#define RA_PIECE (128u << 10)
+ * file's readahead window) (force_page_cache_ra), so store_readahead() asks in pieces no larger
+ * and the whole range is submitted, all of it in flight at once. The pieces are as large as the
+ * store's disk allows (s->ra_piece, read from sysfs at store_open: sto_ra_piece), because each
+ * piece reaches the disk as requests of its own: 128 KiB pieces made a 1 MiB chunk eight disk
+ * requests, where the kernel's own readahead of the same file sends about one (bench item 1:
+ * 7500 vs 950 requests per GiB). RA_PIECE_MIN, the cap with default settings, is what is used
+ * when sysfs says nothing (no block device behind the store: tmpfs, btrfs, overlay). */
+#define RA_PIECE_MIN (UINT64_C(128) << 10)
 
 /* One open blob: its data file and its checksum file, shared by every thread reading the blob.
  * The two descriptors are immutable once the entry exists and are used only with pread(),
@@ -55,6 +60,7 @@ struct store {
         struct ra_range ra[RA_SLOTS]; /* oldest first */
         unsigned ra_count;
         uint64_t ra_bytes; /* sum of ra[].len: at most STORE_RA_MAX_BYTES */
+        uint64_t ra_piece; /* bytes per WILLNEED (see RA_PIECE_MIN); immutable after open */
         /* The descriptor cache. fd_lock is a leaf (never held across a syscall that waits for
          * the disk, never together with ra_lock). */
         pthread_mutex_t fd_lock;
@@ -94,6 +100,11 @@ void sto_fd_forget(struct store *s, const struct digest *blob);
 void sto_fd_forget_ent(struct store *s, struct fd_ent *ent);
 
 /* ---- store_read.c ---- */
+
+/* The largest WILLNEED the kernel submits whole for files in DIR (see RA_PIECE_MIN): from the
+ * sysfs queue of DIR's block device, at least RA_PIECE_MIN, at most STORE_RA_MAX_BYTES. SYSFS is
+ * the sysfs mount ("/sys"; tests pass a directory of their own). */
+uint64_t sto_ra_piece(const char *sysfs, const char *dir);
 
 /* Drops the pages of [FROM, TO) of ENT's file, except those of readahead ranges not read whole
  * yet. Called with a reference, without fd_lock and ra_lock. */

@@ -25,8 +25,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 static void dontneed(int fd, uint64_t from, uint64_t to) {
         if (to > from)
@@ -68,10 +70,47 @@ void sto_fd_flush_range(const struct fd_ent *ent, uint64_t from, uint64_t to) {
         dontneed(ent->fd, pos, to);
 }
 
-/* Submits reads of [OFF, OFF+LEN) without waiting for them; see RA_PIECE. */
-static void willneed(int fd, uint64_t off, uint64_t len) {
-        for (uint64_t done = 0; done < len; done += RA_PIECE) {
-                uint64_t n = len - done < RA_PIECE ? len - done : RA_PIECE;
+/* A number of KiB from a sysfs file, or 0. */
+static uint64_t sysfs_kib(const char *path) {
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return 0;
+        unsigned long long kib = 0;
+        if (fscanf(f, "%llu", &kib) != 1)
+                kib = 0;
+        fclose(f);
+        return kib > UINT64_MAX / 1024 ? 0 : (uint64_t)kib;
+}
+
+uint64_t sto_ra_piece(const char *sysfs, const char *dir) {
+        struct stat st;
+        if (stat(dir, &st) < 0)
+                return RA_PIECE_MIN;
+        /* The kernel's cap is max(bdi io_pages, the file's ra_pages): the queue's max_sectors_kb
+         * and read_ahead_kb. A partition's directory has no queue; its disk's (the parent) has. */
+        static const char *const queues[] = {"queue", "../queue"};
+        uint64_t kib = 0;
+        for (size_t i = 0; i < sizeof(queues) / sizeof(queues[0]) && kib == 0; i++) {
+                char path[PATH_MAX];
+                const char *const files[] = {"max_sectors_kb", "read_ahead_kb"};
+                for (size_t j = 0; j < 2; j++) {
+                        int n = snprintf(path, sizeof(path), "%s/dev/block/%u:%u/%s/%s", sysfs,
+                                         major(st.st_dev), minor(st.st_dev), queues[i], files[j]);
+                        uint64_t v = n > 0 && (size_t)n < sizeof(path) ? sysfs_kib(path) : 0;
+                        if (v > kib)
+                                kib = v;
+                }
+        }
+        uint64_t piece = kib * 1024;
+        if (piece < RA_PIECE_MIN)
+                return RA_PIECE_MIN;
+        return piece > STORE_RA_MAX_BYTES ? STORE_RA_MAX_BYTES : piece;
+}
+
+/* Submits reads of [OFF, OFF+LEN) without waiting for them; see RA_PIECE_MIN. */
+static void willneed(int fd, uint64_t piece, uint64_t off, uint64_t len) {
+        for (uint64_t done = 0; done < len; done += piece) {
+                uint64_t n = len - done < piece ? len - done : piece;
                 posix_fadvise(fd, (off_t)(off + done), (off_t)n, POSIX_FADV_WILLNEED);
         }
 }
@@ -179,7 +218,7 @@ int store_readahead(struct store *s, const struct digest *blob, uint64_t off, si
                 pthread_mutex_unlock(&s->ra_lock);
                 return r == -EBADMSG ? -ESTALE : r;
         }
-        willneed(ent->fd, (uint64_t)off, len);
+        willneed(ent->fd, s->ra_piece, (uint64_t)off, len);
         sto_fd_put(s, ent);
         return 0;
 }

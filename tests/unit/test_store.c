@@ -25,6 +25,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,7 @@
 #include <cmocka.h>
 
 #include "cache/store.h"
+#include "cache/store_int.h" /* sto_ra_piece, RA_PIECE_MIN: the sizing has no public face */
 #include "util/digest.h"
 
 #define KIB (UINT64_C(1) << 10)
@@ -557,6 +559,66 @@ static void test_readahead(void **state) {
         free(all);
 }
 
+/* snprintf that must fit. */
+#define FMT(buf, ...) assert_true((size_t)snprintf(buf, sizeof(buf), __VA_ARGS__) < sizeof(buf))
+
+/* Writes "VALUE\n" to DIR/NAME (creating DIR and its parents). */
+static void put_file(const char *dir, const char *name, const char *value) {
+        char path[PATH_MAX];
+        FMT(path, "mkdir -p '%s'", dir);
+        assert_int_equal(system(path), 0);
+        FMT(path, "%s/%s", dir, name);
+        FILE *fp = fopen(path, "w");
+        assert_non_null(fp);
+        fprintf(fp, "%s\n", value);
+        fclose(fp);
+}
+
+/* Readahead pieces: as large as the kernel submits whole for the store's disk (the larger of
+ * max_sectors_kb and read_ahead_kb of its queue, a partition's being its disk's), never below
+ * the default-settings cap nor above the readahead bound, and the floor when sysfs says
+ * nothing. A fake sysfs under the fixture's directory stands for /sys. */
+static void test_ra_piece(void **state) {
+        struct fixture *f = *state;
+        struct stat st;
+        assert_int_equal(stat(f->dir, &st), 0);
+        char sys[PATH_MAX], dev[PATH_MAX], disk[PATH_MAX];
+        FMT(sys, "%s/sys", f->dir);
+        FMT(dev, "%s/dev/block/%u:%u", sys, major(st.st_dev), minor(st.st_dev));
+
+        assert_int_equal(sto_ra_piece(sys, f->dir), RA_PIECE_MIN); /* no such device */
+        assert_int_equal(sto_ra_piece(sys, "/nonexistent/dir"), RA_PIECE_MIN);
+
+        char q[PATH_MAX];
+        FMT(q, "%s/queue", dev);
+        put_file(q, "max_sectors_kb", "1280");
+        put_file(q, "read_ahead_kb", "128");
+        assert_int_equal(sto_ra_piece(sys, f->dir), 1280 * KIB);
+        put_file(q, "read_ahead_kb", "8192");
+        assert_int_equal(sto_ra_piece(sys, f->dir), 8 * MIB);
+        put_file(q, "max_sectors_kb", "64");
+        put_file(q, "read_ahead_kb", "64");
+        assert_int_equal(sto_ra_piece(sys, f->dir), RA_PIECE_MIN);
+        put_file(q, "read_ahead_kb", "1048576");
+        assert_int_equal(sto_ra_piece(sys, f->dir), STORE_RA_MAX_BYTES);
+        put_file(q, "read_ahead_kb", "junk");
+        put_file(q, "max_sectors_kb", "junk");
+        assert_int_equal(sto_ra_piece(sys, f->dir), RA_PIECE_MIN);
+
+        /* A partition: dev/block/M:m links to the partition's directory inside its disk's. */
+        FMT(q, "rm -rf '%s'", dev);
+        assert_int_equal(system(q), 0);
+        FMT(disk, "%s/devices/vdz", sys);
+        FMT(q, "%s/vdz1", disk);
+        put_file(q, "partition", "1");
+        FMT(q, "%s/queue", disk);
+        put_file(q, "max_sectors_kb", "4096");
+        put_file(q, "read_ahead_kb", "128");
+        FMT(q, "%s/vdz1", disk);
+        assert_int_equal(symlink(q, dev), 0);
+        assert_int_equal(sto_ra_piece(sys, f->dir), 4 * MIB);
+}
+
 /* ---- checksums: every read is checked against what was written ------------------------------ */
 
 static void sum_file(const struct fixture *f, const struct digest *d, char path[PATH_MAX]) {
@@ -1010,6 +1072,7 @@ int main(void) {
                 T(test_allocated_bytes),
                 T(test_page_cache),
                 T(test_readahead),
+                T(test_ra_piece),
                 T(test_verify_flipped_byte),
                 T(test_verify_zeros_and_random),
                 T(test_verify_checksum_file_damage),
