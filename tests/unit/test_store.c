@@ -814,6 +814,70 @@ static void test_checksum_pages_follow_chunks(void **state) {
         assert_true(store_page_cache_bytes(f->s) < 64 * KIB);
 }
 
+/* Whether [OFF, OFF+LEN) of PATH is all in the page cache within a second (readahead is
+ * asynchronous). */
+static bool arrives(const char *path, uint64_t off, size_t len) {
+        for (int i = 0; i < 1000; i++) {
+                if (resident(path, off, len) == len)
+                        return true;
+                nanosleep(&(struct timespec){.tv_nsec = 1000000}, NULL);
+        }
+        return false;
+}
+
+/* One pass of test_checksum_readahead from a cold checksum file: false when pages that were
+ * read ahead went missing (see there). */
+static bool checksum_readahead_pass(struct fixture *f, const struct digest *d, const char *sums) {
+        const uint64_t entries = 2 * KIB; /* entry bytes per MiB of data */
+        int fd = open(sums, O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+        close(fd);
+        if (resident(sums, 0, 128 * KIB) != 0)
+                return false;
+        /* Window 0 (data [0, 32 MiB)), all present: all of its entries. */
+        expect_pattern(f, d, 5 * MIB + 4096, 4096, 65, 4096);
+        if (!arrives(sums, 0, 32 * entries))
+                return false;
+        /* Window 1 (data [32, 64 MiB)), read at 36 MiB: the entries of [32, 40 MiB), the data
+         * that runs up to it, and not past the hole at 40 MiB. */
+        expect_pattern(f, d, 36 * MIB, 4096, 96, 0);
+        if (!arrives(sums, 32 * entries, 8 * entries))
+                return false;
+        assert_int_equal(resident(sums, 44 * entries, 4096), 0);
+        /* Past the hole, from the read on: [50, 64 MiB). */
+        expect_pattern(f, d, 50 * MIB, 4096, 110, 0);
+        if (!arrives(sums, 50 * entries, 14 * entries))
+                return false;
+        assert_int_equal(resident(sums, 44 * entries, 4096), 0);
+        return true;
+}
+
+/* A read whose checksums are not in the page cache reads ahead the checksums of the present
+ * data around it (64 KiB of entries: 32 MiB of data), so a random reader does not wait for one
+ * disk read of the checksum file per 2 MiB of blob; never the entries of data not there (a
+ * punched chunk's stay out). Pages that arrived can vanish under us when another process
+ * drops the machine's page cache (benchmarks do): then the pass is repeated. */
+static void test_checksum_readahead(void **state) {
+        struct fixture *f = *state;
+        struct digest d = D("sum-readahead");
+        char sums[PATH_MAX];
+        if (f->tmpfs)
+                skip();
+        const uint64_t size = 64 * MIB;
+        for (uint64_t i = 0; i < 64; i++)
+                if (i < 40 || i >= 48 || i == 44)
+                        write_pattern(f, &d, size, i * MIB, MIB, (uint32_t)(60 + i));
+        assert_int_equal(store_punch(f->s, &d, 44 * MIB, MIB), 0); /* its entries stay */
+        sum_file(f, &d, sums);
+        int pass = 0;
+        while (!checksum_readahead_pass(f, &d, sums))
+                if (++pass == 5)
+                        fail_msg("checksums read ahead never all arrived (5 passes)");
+        /* A read whose entries came in that way reads and checks as any other. */
+        expect_pattern(f, &d, 20 * MIB, MIB, 80, 0);
+}
+
 static bool keep_named(void *ud, const struct digest *blob) {
         return digest_equal(ud, blob);
 }
@@ -1079,6 +1143,7 @@ int main(void) {
                 T(test_verify_unaligned_reads),
                 T(test_reclaim),
                 T(test_checksum_pages_follow_chunks),
+                T(test_checksum_readahead),
                 T(test_fd_cache_bound),
                 T(test_fd_limit),
                 T(test_lost_under_open_fd),
