@@ -31,7 +31,9 @@ struct ra_range {
  * piece reaches the disk as requests of its own: 128 KiB pieces made a 1 MiB chunk eight disk
  * requests, where the kernel's own readahead of the same file sends about one (bench item 1:
  * 7500 vs 950 requests per GiB). RA_PIECE_MIN, the cap with default settings, is what is used
- * when sysfs says nothing (no block device behind the store: tmpfs, btrfs, overlay). */
+ * when sysfs says nothing (no block device behind the store: tmpfs, btrfs, overlay). Read once:
+ * an operator who lowers the disk's settings later gets ranges read ahead in part (the rest is
+ * read when asked for, as without readahead) until the next start. */
 #define RA_PIECE_MIN (UINT64_C(128) << 10)
 
 /* One open blob: its data file and its checksum file, shared by every thread reading the blob.
