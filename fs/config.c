@@ -158,6 +158,8 @@ static const struct opt_def options[] = {
         {"location-ttl", OPT_DURATION, "60s", 1000, 3600 * 1000, F(location_ttl_ms), 0, "DURATION",
          "homes forget a holder not heard from this long (it re-announces at a third)",
          OPT_RESTART},
+        {"max-holders", OPT_UINT, "32", 1, 64, F(max_holders), 0, "N",
+         "holders a home records per blob; others are told it is full", OPT_RESTART},
         {"log-level", OPT_LEVEL, "info", 0, 0, F(log_level), 0, "LEVEL",
          "error, warning, notice, info or debug", OPT_LIVE},
         {"foreground", OPT_FLAG, "0", 0, 0, F(foreground), 0, NULL,
@@ -747,6 +749,15 @@ static const struct {
         {"location-ttl",
          "Homes forget a holder not heard from this long; holders announce everything again every\n"
          "third of it.\n"},
+        {"max-holders", "Holders a home records per blob (at most 64, the holders one locate "
+                        "answer lists). When it\n"
+                        "has that many and together they hold every chunk of the blob, another "
+                        "node's announce is\n"
+                        "answered \"full\": that node stops announcing the blob to this home until "
+                        "a retry time the\n"
+                        "home spaces a third of\n"
+                        ".B --location-ttl\n"
+                        "divided by this apart, so a slot that frees up is taken again soon.\n"},
         {"log-level", ".BR error ,\n"
                       ".BR warning ,\n"
                       ".BR notice ,\n"

@@ -150,7 +150,7 @@ int peers_start(struct daemon *d) {
         struct dir_config dc = {
                 .chunk_size = (uint32_t)d->cfg.chunk_size,
                 .max_blobs = d->cfg.max_blobs,
-                .max_holders = 32,
+                .max_holders = d->cfg.max_holders,
                 .ttl_ms = d->cfg.location_ttl_ms,
                 .claim_ttl_ms = CLAIM_TTL_MS,
         };
@@ -336,9 +336,11 @@ static int op_blob_read(void *ud, const struct digest *dg, uint64_t off, size_t 
         return engine_serve(d->engine, dg, off, len, wait_ms, buf, ret_sha, ret_known);
 }
 
-static int op_announce(void *ud, const char *body, size_t len, char *reason, size_t reason_len) {
+static int op_announce(void *ud, const char *body, size_t len, char **ret_body, size_t *ret_len,
+                       char *reason, size_t reason_len) {
         struct daemon *d = ud;
         struct wire_announce a;
+        struct wire_reply full = {0};
         int r = wire_announce_parse(body, len, &a, reason, reason_len);
         if (r < 0) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(10000);
@@ -348,13 +350,20 @@ static int op_announce(void *ud, const char *body, size_t len, char *reason, siz
                                     suppressed);
                 return r;
         }
-        r = dir_apply(d->dir, &a, now_ms(), reason, reason_len);
+        r = dir_apply_full(d->dir, &a, now_ms(), &full, reason, reason_len);
+        /* The blobs we are full for: the announcer stops announcing them to us for a while
+         * (peer/wire_reply.h). Without a body it would just keep announcing. */
+        if (r >= 0 || r == -EINVAL) {
+                if (full.nfull && wire_reply_build(&full, ret_body, ret_len) < 0)
+                        *ret_body = NULL;
+        }
+        wire_reply_free(&full);
         if (r != -EPROTO && a.boot && boot_changed(a.node, a.boot)) {
                 /* It restarted (or is new to us): if it is a home of what we hold, it knows
                  * nothing of it now. Readers there would otherwise wait a refresh for us. */
                 struct announcer *an = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
                 if (an)
-                        announce_refresh_soon(an);
+                        announce_home_restarted(an, a.node);
         }
         if (r == -EPROTO) {
                 static struct log_ratelimit rl = LOG_RATELIMIT_INIT(60000);

@@ -12,7 +12,12 @@
  *
  * Sending: each announce is one POST on the node's HTTP client (net/http_client.h), waited for
  * by the announcer's thread, tagged with the announcer's group so announce_free() cancels one
- * in flight instead of waiting out its timeout. */
+ * in flight instead of waiting out its timeout.
+ *
+ * Hushing (issue 18): a home's "full" verdict goes into the hush table (announce_hush.h);
+ * filing a blob skips the homes it is hushed for, and each round first takes the pairs whose
+ * time has come and files each of those blobs under its one home (a full round files
+ * everything anyway). The home decides again on that announce. */
 #include "peer/announce.h"
 
 #include <errno.h>
@@ -24,6 +29,7 @@
 #include <time.h>
 
 #include "net/http_client.h"
+#include "peer/announce_hush.h"
 #include "peer/httpd.h"
 #include "peer/proto.h"
 #include "util/log.h"
@@ -72,6 +78,7 @@ struct announcer {
         struct announce_stats stats;
         struct ann_index *indexes; /* ANNOUNCE_INDEX_MAX slots, nindexes used */
         size_t nindexes;
+        struct announce_hush *hush; /* its own lock */
 
         /* thread only */
         struct dirty *taken;
@@ -236,9 +243,10 @@ static void outboxes_free(struct outboxes *bx) {
         free(bx->slot);
 }
 
-/* Files blob ID's snapshot (digests of chunks LO..HI) under each of its homes. */
-static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi,
-                      struct outboxes *bx) {
+/* Files blob ID's snapshot (digests of chunks LO..HI) under each of its homes that has not
+ * hushed it (or under ONLY, when not NULL: a hushed pair's retry, unless already filed). */
+static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi, uint64_t now,
+                      const char *only, struct outboxes *bx) {
         struct wire_blob b;
         if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, lo, hi, &b) < 0)
                 return;
@@ -246,14 +254,76 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
                 blob_clear(&b);
                 return;
         }
+        if (only) {
+                struct outbox *o = outbox_for(bx, only);
+                bool filed = false;
+                for (uint32_t j = 0; o && j < o->n && !filed; j++)
+                        filed = digest_equal(&o->blobs[j].digest, &b.digest);
+                if (o && !filed)
+                        outbox_add(o, &b);
+                blob_clear(&b);
+                return;
+        }
         char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
         size_t n = members_homes(a->cfg.members, &b.digest, a->cfg.homes, homes, NULL);
+        uint64_t hushed = 0;
         for (size_t i = 0; i < n; i++) {
+                if (hush_is(a->hush, &b.digest, homes[i], now)) {
+                        hushed++; /* that home has max_holders that hold all we do */
+                        continue;
+                }
                 struct outbox *o = outbox_for(bx, homes[i]);
                 if (o)
                         outbox_add(o, &b);
         }
         blob_clear(&b);
+        if (hushed) {
+                pthread_mutex_lock(&a->lock);
+                a->stats.hushed_sends += hushed;
+                pthread_mutex_unlock(&a->lock);
+        }
+}
+
+/* Files, under its one home each, the blobs of the hushed pairs whose time has come. On a
+ * FULL round they are filed with everything else: their pairs are only forgotten. */
+static void file_retries(struct announcer *a, uint64_t now, bool full, struct outboxes *bx) {
+        struct hush_due *due;
+        size_t n;
+        if (hush_take_due(a->hush, now, &due, &n) < 0 || n == 0)
+                return;
+        for (size_t i = 0; i < n && !full; i++) {
+                uint32_t id;
+                if (a->cfg.ops.find(a->cfg.ops.ud, &due[i].d, &id) == 0)
+                        file_blob(a, id, UINT32_MAX, 0, now, due[i].home, bx);
+        }
+        free(due);
+        pthread_mutex_lock(&a->lock);
+        a->stats.hush_retries += full ? 0 : n;
+        pthread_mutex_unlock(&a->lock);
+}
+
+/* HOME's verdict on the announce of BLOBS[0..N): each blob it is full for (and that we did
+ * announce to it) is hushed for that home until its retry time. */
+static void take_verdict(struct announcer *a, const char *home, const struct wire_blob *blobs,
+                         uint32_t n, const struct wire_reply *rp, uint64_t now) {
+        uint64_t obeyed = 0;
+        for (uint32_t i = 0; i < rp->nfull; i++) {
+                bool sent = false;
+                for (uint32_t j = 0; j < n && !sent; j++)
+                        sent = digest_equal(&blobs[j].digest, &rp->full[i].digest);
+                if (!sent)
+                        continue; /* not ours to hush: the home answered about something else */
+                uint64_t ms = rp->full[i].retry_ms;
+                if (ms > ANNOUNCE_HUSH_MAX_MS)
+                        ms = ANNOUNCE_HUSH_MAX_MS;
+                if (hush_add(a->hush, &rp->full[i].digest, home, now + ms) == 0)
+                        obeyed++;
+        }
+        if (obeyed) {
+                pthread_mutex_lock(&a->lock);
+                a->stats.told_full += obeyed;
+                pthread_mutex_unlock(&a->lock);
+        }
 }
 
 /* Files index record X under each home of its layer. */
@@ -353,8 +423,10 @@ static struct wire_index *take_indexes(struct announcer *a, bool full, size_t *r
         return v;
 }
 
-/* POSTs BODY to HOME. 0 or -errno; logs the reason of a refusal (the chunk size, usually). */
-static int post(struct announcer *a, const char *home, const char *body, size_t len) {
+/* POSTs BODY to HOME, its verdict into *REPLY (zeroed). 0 or -errno; logs the reason of a
+ * refusal (the chunk size, usually). */
+static int post(struct announcer *a, const char *home, const char *body, size_t len,
+                struct wire_reply *reply) {
         char url[256];
         snprintf(url, sizeof(url), "http://%s" PROTO_ANNOUNCE_PATH, home);
         char th[HTTPD_TOKEN_MAX + 32];
@@ -374,6 +446,9 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
                 .connect_timeout_ms = a->cfg.timeout_ms,
                 .deadline_ms = now_ms() + a->cfg.timeout_ms * 2,
                 .group = a->group,
+                /* The home's verdict (peer/wire_reply.h): about 100 bytes per blob it is full
+                 * for, at most one entry per blob sent. */
+                .body_max = WIRE_MAX_BODY,
         };
         if (a->cfg.token) {
                 snprintf(th, sizeof(th), "%s: %s", PROTO_TOKEN_HEADER, a->cfg.token);
@@ -385,6 +460,11 @@ static int post(struct announcer *a, const char *home, const char *body, size_t 
         enum fetch_err cls = resp.fclass;
         char reason[HTTP_CLIENT_REASON_MAX];
         snprintf(reason, sizeof(reason), "%s", resp.reason);
+        /* "ok\n" from an older home parses as no verdict; a malformed one is ignored (the
+         * home is not obeyed, which costs announces, not correctness). */
+        if (r == 0 && status == 200 &&
+            wire_reply_parse((const char *)resp.body.data, resp.body.len, reply) < 0)
+                log_debug("unreadable announce reply ignored home=%s", home);
         http_response_clear(&resp);
         if (r == -ECANCELED)
                 return r; /* stopping: the home did nothing wrong */
@@ -430,12 +510,19 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
                                   .nindexes = nidx,
                                   .indexes = idx};
         snprintf(w.node, sizeof(w.node), "%s", self);
+        struct wire_reply rp = {0};
         if (strcmp(home, self) == 0) {
                 char reason[128];
-                return dir_apply(a->cfg.dir, &w, now, reason, sizeof(reason));
+                int r = dir_apply_full(a->cfg.dir, &w, now, &rp, reason, sizeof(reason));
+                take_verdict(a, home, blobs, n, &rp, now);
+                wire_reply_free(&rp);
+                return r;
         }
         if (a->cfg.send) {
-                int r = a->cfg.send(a->cfg.send_ud, home, &w);
+                int r = a->cfg.send(a->cfg.send_ud, home, &w, &rp);
+                if (r == 0)
+                        take_verdict(a, home, blobs, n, &rp, now);
+                wire_reply_free(&rp);
                 pthread_mutex_lock(&a->lock);
                 a->stats.requests++;
                 pthread_mutex_unlock(&a->lock);
@@ -456,8 +543,11 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
                 return send_batch(a, self, home, blobs, 1, idx, nidx, now);
         }
         if (r == 0)
-                r = post(a, home, body, len);
+                r = post(a, home, body, len, &rp);
         free(body);
+        if (r == 0)
+                take_verdict(a, home, blobs, n, &rp, now);
+        wire_reply_free(&rp);
         pthread_mutex_lock(&a->lock);
         a->stats.requests++;
         pthread_mutex_unlock(&a->lock);
@@ -508,8 +598,9 @@ void announce_round(struct announcer *a, uint64_t now) {
         size_t nblobs = 0;
         if (full) {
                 uint32_t n = a->cfg.ops.count(a->cfg.ops.ud);
+                file_retries(a, now, true, &bx);
                 for (uint32_t id = 0; id < n; id++)
-                        file_blob(a, id, 0, UINT32_MAX, &bx);
+                        file_blob(a, id, 0, UINT32_MAX, now, NULL, &bx);
                 nblobs = n;
                 a->members_version = version;
                 a->last_full_ms = now;
@@ -521,10 +612,11 @@ void announce_round(struct announcer *a, uint64_t now) {
                         uint32_t id;
                         if (a->cfg.ops.find(a->cfg.ops.ud, &e->d, &id) == 0) {
                                 /* lo > hi: nothing but the blob changed: no digests */
-                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, &bx);
+                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, now, NULL, &bx);
                                 nblobs++;
                         }
                 }
+                file_retries(a, now, false, &bx);
         }
         memset(a->taken, 0, a->cap * sizeof(*a->taken));
         size_t nidx = 0;
@@ -591,7 +683,7 @@ int announce_new(const struct announce_config *cfg, struct announcer **ret) {
         a->taken = calloc(a->cap, sizeof(*a->taken));
         a->indexes = calloc(ANNOUNCE_INDEX_MAX, sizeof(*a->indexes));
         r = -ENOMEM;
-        if (!a->dirty || !a->taken || !a->indexes)
+        if (!a->dirty || !a->taken || !a->indexes || hush_new(ANNOUNCE_HUSH_MAX, &a->hush) < 0)
                 goto out_free;
         if (a->cfg.manual) {
                 *ret = a;
@@ -627,6 +719,7 @@ void announce_free(struct announcer *a) {
         free(a->dirty);
         free(a->taken);
         free(a->indexes);
+        hush_free(a->hush);
         free(a);
 }
 
@@ -636,8 +729,18 @@ void announce_refresh_soon(struct announcer *a) {
         pthread_mutex_unlock(&a->lock);
 }
 
+uint64_t announce_next_retry(struct announcer *a) {
+        return hush_next_due(a->hush);
+}
+
+void announce_home_restarted(struct announcer *a, const char *node) {
+        hush_forget_home(a->hush, node);
+        announce_refresh_soon(a);
+}
+
 void announce_get_stats(struct announcer *a, struct announce_stats *ret) {
         pthread_mutex_lock(&a->lock);
         *ret = a->stats;
         pthread_mutex_unlock(&a->lock);
+        ret->hushed = a->hush ? hush_count(a->hush) : 0;
 }

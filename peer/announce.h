@@ -23,16 +23,30 @@
  * the announcer checks that the node still holds the index blob whole (announce_ops.find and
  * .snapshot: one small blob each, at most ANNOUNCE_INDEX_MAX of them); one evicted even in
  * part, or forgotten, is withdrawn: no longer announced, so the homes' record expires within
- * their TTL. Publishing again (the index rebuilt or fetched) puts it back. */
+ * their TTL. Publishing again (the index rebuilt or fetched) puts it back.
+ *
+ * Homes that are full (issue 18). A home keeps max_holders holders per blob; when it already
+ * has that many and they hold every chunk this node announced, it answers "full" for the blob
+ * with a retry time (peer/wire_reply.h, dir_apply_full). The announcer then leaves that blob
+ * out of what it sends to THAT home — deltas and full refreshes alike — until the retry time,
+ * and then sends it to that home once, without waiting for the next round that would (so the
+ * home's spacing of retries holds, and a slot freed by an expired holder is retaken within
+ * about one spacing). Other homes of the blob are not affected. Bounds: ANNOUNCE_HUSH_MAX
+ * (blob, home) pairs; past that the home is not obeyed (the cost is announces, not
+ * correctness). A retry time beyond ANNOUNCE_HUSH_MAX_MS is cut to it. A home that restarted
+ * (announce_home_restarted) is no longer hushed: it knows nothing now. */
 #pragma once
 #include <stdint.h>
 
 #include "peer/directory.h"
 #include "peer/members.h"
 #include "peer/wire.h"
+#include "peer/wire_reply.h"
 
 #define ANNOUNCE_DIRTY_MAX 4096
-#define ANNOUNCE_INDEX_MAX WIRE_MAX_INDEXES /* layer indexes this node announces */
+#define ANNOUNCE_INDEX_MAX WIRE_MAX_INDEXES   /* layer indexes this node announces */
+#define ANNOUNCE_HUSH_MAX 8192                /* (blob, home) pairs a home said "full" for */
+#define ANNOUNCE_HUSH_MAX_MS (3600ull * 1000) /* longest a home's "full" is obeyed */
 
 struct announcer;
 
@@ -63,10 +77,12 @@ struct announce_config {
         size_t dirty_max; /* blobs in the dirty set; 0: ANNOUNCE_DIRTY_MAX */
         /* A seam for simulations (bench/sim) and tests. MANUAL: no thread; the caller runs
          * rounds with announce_round(). SEND (NULL: HTTP POST) carries one announce to a home
-         * that is not ourselves, returning 0 or -errno. SELF (NULL: members_self()) is our
+         * that is not ourselves, returning 0 or -errno, and may fill *REPLY (zeroed; the
+         * announcer frees it) with the home's verdict. SELF (NULL: members_self()) is our
          * id; borrowed. */
         bool manual;
-        int (*send)(void *ud, const char *home, const struct wire_announce *w);
+        int (*send)(void *ud, const char *home, const struct wire_announce *w,
+                    struct wire_reply *reply);
         void *send_ud;
         const char *self;
 };
@@ -89,12 +105,21 @@ int announce_index(struct announcer *a, const struct digest *layer, const struct
  * the last full one, announces everything, so the home relearns it now rather than at the
  * next refresh. Never blocks. */
 void announce_refresh_soon(struct announcer *a);
+/* NODE announced with a new boot id: if it is a home that said "full" for some of our blobs,
+ * it has forgotten that with the rest; it is no longer hushed, then announce_refresh_soon(). */
+void announce_home_restarted(struct announcer *a, const char *node);
 /* One round now (a manual announcer's clock is the caller's NOW_MS, monotonic): what the
  * thread does every interval. Blocks on the sends. */
 void announce_round(struct announcer *a, uint64_t now_ms);
+/* When the earliest hushed pair's retry is due (UINT64_MAX: none): a manual announcer's
+ * caller runs a round by then, as the thread does every interval. */
+uint64_t announce_next_retry(struct announcer *a);
 
 struct announce_stats {
         uint64_t rounds, full_rounds, requests, failures, blobs_sent;
         uint64_t indexes, indexes_withdrawn; /* announced now; withdrawn since start */
+        /* Homes' "full" verdicts obeyed, (blob, home) announces left out for one, retries
+         * sent when one ran out; hushed now: pairs in the table (live or waiting to retry). */
+        uint64_t told_full, hushed_sends, hush_retries, hushed;
 };
 void announce_get_stats(struct announcer *a, struct announce_stats *ret);

@@ -375,8 +375,11 @@ static size_t popcount_map(const uint8_t *map, uint32_t nchunks) {
  * recently announced among equals). Not the least recently announced one: in a wave of
  * readers every holder announces each round, and the oldest announce is that of the reader
  * furthest ahead, who holds the most: dropping it sent the readers behind to the origin for
- * chunks only it listed (bench/sim, issue 18: origin fetches grew with the wave's size). */
-struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, const char *node) {
+ * chunks only it listed (bench/sim, issue 18: origin fetches grew with the wave's size).
+ * An expired holder (dir_expire has not run yet) goes before any live one: a holder told the
+ * home was full comes back to take exactly such a slot. */
+struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, const char *node,
+                                  uint64_t now) {
         struct dir_holder *h;
         uint8_t *present;
 
@@ -386,14 +389,23 @@ struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, con
         if (b->nholders >= dir->cfg.max_holders) {
                 size_t worst = 0, worst_n = popcount_map(b->holders[0].present, b->nchunks);
 
+                bool worst_dead = !dri_live(b->holders[0].last_ms, dir->cfg.ttl_ms, now);
+
                 for (size_t i = 1; i < b->nholders; i++) {
                         size_t n = popcount_map(b->holders[i].present, b->nchunks);
+                        bool dead = !dri_live(b->holders[i].last_ms, dir->cfg.ttl_ms, now);
 
-                        if (n < worst_n ||
-                            (n == worst_n && b->holders[i].last_ms < b->holders[worst].last_ms)) {
-                                worst = i;
-                                worst_n = n;
+                        if (dead != worst_dead) {
+                                if (!dead)
+                                        continue;
+                        } else if (!(n < worst_n ||
+                                     (n == worst_n &&
+                                      b->holders[i].last_ms < b->holders[worst].last_ms))) {
+                                continue;
                         }
+                        worst = i;
+                        worst_n = n;
+                        worst_dead = dead;
                 }
                 dri_holder_remove(dir, b, worst);
         }

@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "peer/wire.h"
+#include "peer/wire_reply.h"
 
 struct directory;
 
@@ -68,6 +69,22 @@ void dir_free(struct directory *dir); /* NULL-safe */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);
 
+/* dir_apply, and the home's verdict for the announcer (issue 18: the homes of a popular blob
+ * received every holder's announces, though they keep max_holders of them). A blob of A is not
+ * recorded, and is added to *FULL (wire_reply.h; the caller frees it) with a retry time, when
+ * the announcer is not a recorded holder of it, the blob has max_holders live holders, the
+ * announcer holds no live claim on it and the live recorded holders together hold every chunk
+ * of the blob (so every chunk the announcer holds, and no claim is granted while they do):
+ * recording it would only drop a holder as good for readers. Its metadata and chunk
+ * digests are applied as dir_apply would. Retry times are handed out per blob, each
+ * (ttl_ms / 3) / max_holders after the previous one: retries reach the home about
+ * max_holders times per refresh period (ttl_ms / 3) whatever the number of holders, and when
+ * a recorded holder expires or leaves, a retrying one takes its slot within about that gap.
+ * An announcer that is a recorded holder is never told "full": it refreshes its record.
+ * FULL NULL: dir_apply. */
+int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_t now_ms,
+                   struct wire_reply *full, char *reason, size_t reason_len);
+
 /* Chunk digests in an answer about one chunk: that chunk's and the next ones', enough to check
  * a reader's following misses (a run is at most 32 chunks) without asking again. */
 #define DIR_LOCATE_SPAN 32
@@ -105,5 +122,6 @@ struct dir_stats {
         uint64_t bytes; /* holder bitmaps and chunk digests now, against max_bytes */
         uint64_t indexes, index_records;      /* layers with index records, records (now) */
         uint64_t index_locates, index_misses; /* since dir_new */
+        uint64_t told_full; /* blobs of announces not recorded, the home full (dir_apply_full) */
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

@@ -39,12 +39,13 @@ struct dir_blob {
         uint64_t size;
         uint32_t nchunks;
         char source[IDX_SOURCE_MAX];
-        uint64_t last_ms;      /* newest announce from any node, empty or not */
-        struct digest *sha;    /* nchunks entries once the first digest arrives; else NULL */
-        uint8_t *sha_known;    /* bitmap, allocated with sha */
-        uint8_t *sha_verified; /* bitmap, allocated with sha: from a verified announcer */
-        uint8_t *disputed;     /* bitmap, with sha: two unverified digests disagreed */
-        uint8_t *disputed_v;   /* bitmap, with sha: two verified digests disagreed */
+        uint64_t last_ms;       /* newest announce from any node, empty or not */
+        uint64_t retry_next_ms; /* the latest retry time handed out to a holder told "full" */
+        struct digest *sha;     /* nchunks entries once the first digest arrives; else NULL */
+        uint8_t *sha_known;     /* bitmap, allocated with sha */
+        uint8_t *sha_verified;  /* bitmap, allocated with sha: from a verified announcer */
+        uint8_t *disputed;      /* bitmap, with sha: two unverified digests disagreed */
+        uint8_t *disputed_v;    /* bitmap, with sha: two verified digests disagreed */
         struct dir_holder *holders;
         size_t nholders, holders_cap;
         struct dir_claim *claims;
@@ -108,7 +109,8 @@ bool dri_blob_alive(const struct directory *dir, const struct dir_blob *b, uint6
 void dri_order_unlink(struct directory *dir, struct dir_blob *b);
 void dri_order_append(struct directory *dir, struct dir_blob *b);
 /* A new holder record for NODE, evicting one at max_holders; NULL on -ENOMEM. */
-struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, const char *node);
+struct dir_holder *dri_holder_add(struct directory *dir, struct dir_blob *b, const char *node,
+                                  uint64_t now);
 void dri_holder_remove(struct directory *dir, struct dir_blob *b, size_t i);
 void dri_claim_remove(struct directory *dir, struct dir_blob *b, size_t i);
 int dri_grow(void **arr, size_t *cap, size_t n, size_t max, size_t elem);

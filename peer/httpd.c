@@ -382,12 +382,19 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
                 if (rq->too_big)
                         return http_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "announce too large\n");
                 char reason[160] = "";
-                int r = h->ops.announce(h->ops.ud, rq->body ? rq->body : "", rq->len, reason,
-                                        sizeof(reason));
+                char *reply = NULL;
+                size_t reply_len = 0;
+                int r = h->ops.announce(h->ops.ud, rq->body ? rq->body : "", rq->len, &reply,
+                                        &reply_len, reason, sizeof(reason));
+                if (r < 0)
+                        free(reply);
                 if (r == -EPROTO)
                         return http_text(conn, MHD_HTTP_CONFLICT, "chunk size differs\n");
                 if (r < 0)
                         return http_text(conn, MHD_HTTP_BAD_REQUEST, "malformed announce\n");
+                if (reply) /* the home's verdict: blobs it is full for (peer/wire_reply.h) */
+                        return http_reply(conn, MHD_HTTP_OK, "application/json", reply, reply_len,
+                                          MHD_RESPMEM_MUST_FREE);
                 return http_text(conn, MHD_HTTP_OK, "ok\n");
         }
         case ROUTE_PEER_BAD_METHOD:

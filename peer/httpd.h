@@ -55,7 +55,10 @@ struct httpd_ops {
         int (*blob_size)(void *ud, const struct digest *d, uint64_t *ret_size);
         int (*blob_read)(void *ud, const struct digest *d, uint64_t off, size_t len,
                          uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_known);
-        int (*announce)(void *ud, const char *body, size_t len, char *reason, size_t reason_len);
+        /* ANNOUNCE may set *RET_BODY to a malloc'd JSON reply (peer/wire_reply.h, the
+         * server frees it), sent with 200; left NULL, the reply is "ok\n". */
+        int (*announce)(void *ud, const char *body, size_t len, char **ret_body, size_t *ret_len,
+                        char *reason, size_t reason_len);
         int (*locate)(void *ud, const struct digest *d, const char *claimant, int64_t chunk,
                       char **ret, size_t *ret_len);
         void (*served)(void *ud, const char *client, uint64_t bytes);

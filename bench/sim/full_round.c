@@ -44,10 +44,12 @@ static int op_find(void *ud, const struct digest *d, uint32_t *ret_id) {
         return -1;
 }
 
-static int drop(void *ud, const char *home, const struct wire_announce *w) {
+static int drop(void *ud, const char *home, const struct wire_announce *w,
+                struct wire_reply *reply) {
         (void)ud;
         (void)home;
         (void)w;
+        (void)reply;
         return 0;
 }
 

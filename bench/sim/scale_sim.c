@@ -73,7 +73,7 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn, no_spread, no_locate_cache;
+        bool tsv, no_churn, no_spread, no_locate_cache, no_full;
 };
 
 struct blob {
@@ -114,6 +114,9 @@ struct node {
         uint64_t last_full, next_expire;
         /* traffic */
         struct ctr ann_tx, ann_rx, loc_tx, loc_rx, dns, probe;
+        /* Announces received in full (refresh) rounds of their sender, the rest being deltas;
+         * ann_rx_round: this round's, until run_round() knows which kind it was. */
+        uint64_t ann_rx_full, ann_rx_round;
         uint64_t peer_in, peer_out, origin_in;
         uint64_t misses, locate_answers, answer_holders;
         /* Departed nodes it tried to reach (each is marked down and probed until DNS drops
@@ -289,6 +292,10 @@ static struct held *held_get(struct node *nd, uint32_t blob, bool create) {
 
 /* ---- messages ----------------------------------------------------------------------- */
 
+/* Homes sent to in the round being run (run_round), so their counts can be credited to full
+ * or delta rounds once the announcer has said which it was. */
+static unsigned *touched, ntouched;
+
 static uint64_t estimate(struct ratio *r, double units, bool *sample) {
         *sample = r->seen++ % O.sample == 0;
         return r->units > 0 ? (uint64_t)(units * r->bytes / r->units) : 0;
@@ -302,7 +309,8 @@ static double announce_units(const struct wire_announce *w) {
 }
 
 /* The announcer's send hook: counts, sizes and delivers one announce. */
-static int send_announce(void *ud, const char *home, const struct wire_announce *w) {
+static int send_announce(void *ud, const char *home, const struct wire_announce *w,
+                         struct wire_reply *reply) {
         struct node *from = ud;
         int h = node_of(home);
         double units = announce_units(w);
@@ -329,8 +337,28 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
         }
         nodes[h].ann_rx.msgs++;
         nodes[h].ann_rx.bytes += bytes;
+        if (nodes[h].ann_rx_round++ == 0 && ntouched < nalloc)
+                touched[ntouched++] = (unsigned)h;
         char reason[128];
-        return dir_apply(nodes[h].dir, w, now, reason, sizeof(reason));
+        return dir_apply_full(nodes[h].dir, w, now, O.no_full ? NULL : reply, reason,
+                              sizeof(reason));
+}
+
+/* One announce round of ND; the announces its homes received are credited to their
+ * ann_rx_full when it was a full (refresh) round. */
+static void run_round(struct node *nd) {
+        struct announce_stats before, after;
+        announce_get_stats(nd->ann, &before);
+        announce_round(nd->ann, now);
+        announce_get_stats(nd->ann, &after);
+        bool full = after.full_rounds != before.full_rounds;
+        for (unsigned i = 0; i < ntouched; i++) {
+                struct node *h = &nodes[touched[i]];
+                if (full)
+                        h->ann_rx_full += h->ann_rx_round;
+                h->ann_rx_round = 0;
+        }
+        ntouched = 0;
 }
 
 static double locate_units(const struct wire_locate *l) {
@@ -789,7 +817,7 @@ static void usage(void) {
         fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
                         "K] [--seed S] "
-                        "[--no-churn] [--no-spread] [--no-locate-cache] [--tsv]\n");
+                        "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] [--tsv]\n");
         exit(2);
 }
 
@@ -863,6 +891,10 @@ int main(int argc, char **argv) {
                         O.no_churn = true;
                         continue;
                 }
+                if (strcmp(a, "--no-full") == 0) { /* homes never answer "full", as before */
+                        O.no_full = true;
+                        continue;
+                }
                 if (strcmp(a, "--no-locate-cache") == 0) { /* a locate per chunk miss */
                         O.no_locate_cache = true;
                         continue;
@@ -906,6 +938,7 @@ int main(int argc, char **argv) {
         unsigned joiners = O.n / 100 ? O.n / 100 : 1;
         nalloc = O.n + joiners;
         nodes = xcalloc(nalloc, sizeof(*nodes));
+        touched = xcalloc(nalloc, sizeof(*touched));
         for (unsigned i = 0; i < nalloc; i++)
                 node_id(i, nodes[i].id);
         nnodes = O.n;
@@ -949,7 +982,7 @@ int main(int argc, char **argv) {
                         /* resolution ~ 2 RTTs + TCP fallback 2 RTTs (0.5 ms each) + merge CPU */
                         nd->serving_ms = now + 2 + (uint64_t)merge_ms;
                         nd->last_full = now;
-                        announce_round(nd->ann, now); /* first, full round: it is findable */
+                        run_round(nd); /* first, full round: it is findable */
                 }
                 /* waves */
                 if (wave < O.waves && t >= 30000 + wave * O.wave_gap_ms) {
@@ -979,7 +1012,7 @@ int main(int argc, char **argv) {
                                 held_get(nd, bi, true)->last_use = now;
                                 announce_changed(nd->ann, &blobs[bi].d, UINT32_MAX);
                         }
-                        announce_round(nd->ann, now);
+                        run_round(nd);
                 }
                 /* churn: 1% leave; a refresh later, 1% join */
                 if (!O.no_churn && t == churn_leave) {
@@ -1019,9 +1052,9 @@ int main(int argc, char **argv) {
                         if (!nd->alive)
                                 continue;
                         bool full = moved || now - nd->last_full >= ANN_REFRESH_MS;
-                        if (nd->dirty || full) {
+                        if (nd->dirty || full || announce_next_retry(nd->ann) <= now) {
                                 uint64_t before = nd->ann_tx.msgs;
-                                announce_round(nd->ann, now);
+                                run_round(nd);
                                 if (full)
                                         nd->last_full = now;
                                 nd->dirty = false;
@@ -1079,6 +1112,20 @@ int main(int argc, char **argv) {
                 }
         }
         double amp = blobs_read ? amp_sum / blobs_read : 0;
+        /* The busiest home (most announces received): how many came in full rounds. */
+        const struct node *busiest = NULL;
+        uint64_t rx_all = 0, rx_full = 0;
+        for (unsigned i = 0; i < O.n; i++) {
+                if (!nodes[i].alive)
+                        continue;
+                rx_all += nodes[i].ann_rx.msgs;
+                rx_full += nodes[i].ann_rx_full;
+                if (!busiest || nodes[i].ann_rx.msgs > busiest->ann_rx.msgs)
+                        busiest = &nodes[i];
+        }
+        double busiest_full = busiest ? (double)busiest->ann_rx_full / secs : 0;
+        double busiest_delta =
+                busiest ? (double)(busiest->ann_rx.msgs - busiest->ann_rx_full) / secs : 0;
         uint64_t locate_msgs = 0;
         for (unsigned i = 0; i < nnodes; i++)
                 locate_msgs += nodes[i].loc_tx.msgs;
@@ -1089,12 +1136,13 @@ int main(int argc, char **argv) {
                        "mem_msgs\tmem_Bps\tdns_seen\thome_KiB\thome_KiB_max\t"
                        "locates_per_miss\tanswers_per_miss\tholders_per_answer\t"
                        "moved_leave\tmoved_join\tblobs_moved_leave\torigin_amp\torigin_amp_max\t"
-                       "peer_share\tserving_ms\tserving_ms_max\tmerge_ms\tann_churn_ratio\n");
+                       "peer_share\tserving_ms\tserving_ms_max\tmerge_ms\tann_churn_ratio\t"
+                       "ann_rx_max_full\tann_rx_max_delta\n");
                 printf("%u\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.4f\t%."
                        "1f\t"
                        "%u\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%.4f\t%.4f\t%.4f\t%.3f\t%.2f\t%.3f\t%."
                        "0f\t"
-                       "%.0f\t%.2f\t%.2f\n",
+                       "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\n",
                        O.n, ann_m.mean, ann_m.max, ann_b.mean, ann_b.max, annrx.max, loc_m.mean,
                        loc_m.max, loc_b.mean, loc_b.max, locrx.max, mem_m.mean, mem_b.mean,
                        dns_seen, dirb.mean, dirb.max,
@@ -1103,12 +1151,17 @@ int main(int argc, char **argv) {
                        answers ? (double)holders / (double)answers : 0, moved_leave, moved_join,
                        blobs_leave, amp, amp_max,
                        (double)peer / (double)((peer + origin * CHUNK) ?: 1), serve.mean, serve.max,
-                       merge_ms, ann_before ? (double)ann_after / (double)ann_before : 0);
+                       merge_ms, ann_before ? (double)ann_after / (double)ann_before : 0,
+                       busiest_full, busiest_delta);
         } else {
                 printf("n %u\nsimulated_s %.0f\nblobs %u\nchunk_misses %" PRIu64 "\n", O.n, secs,
                        nblobs, misses);
                 printf("announce_msgs_per_node_s mean %.3f max %.3f (max received %.3f)\n",
                        ann_m.mean, ann_m.max, annrx.max);
+                printf("busiest_home_announces_received_s full_rounds %.3f deltas %.3f "
+                       "(all homes: %.1f%% in full rounds)\n",
+                       busiest_full, busiest_delta,
+                       rx_all ? 100.0 * (double)rx_full / (double)rx_all : 0);
                 printf("announce_bytes_per_node_s mean %.0f max %.0f\n", ann_b.mean, ann_b.max);
                 printf("locate_msgs_per_node_s mean %.3f max %.3f (max received %.3f)\n",
                        loc_m.mean, loc_m.max, locrx.max);
@@ -1153,5 +1206,6 @@ int main(int argc, char **argv) {
         free(blobs);
         free(images);
         free(nodes);
+        free(touched);
         return 0;
 }

@@ -63,9 +63,15 @@ static int op_find(void *ud, const struct digest *d, uint32_t *ret_id) {
         return 0;
 }
 
-static int send_hook(void *ud, const char *home, const struct wire_announce *w) {
+/* When not 0, OTHER answers "full" for blob_digest with this retry time. */
+static uint64_t full_retry_ms;
+
+static int send_hook(void *ud, const char *home, const struct wire_announce *w,
+                     struct wire_reply *reply) {
         (void)ud;
         (void)home;
+        if (full_retry_ms)
+                assert_int_equal(wire_reply_add(reply, &blob_digest, full_retry_ms), 0);
         pthread_mutex_lock(&sent_lock);
         for (uint32_t i = 0; i < w->nblobs; i++)
                 if (digest_equal(&w->blobs[i].digest, &blob_digest))
@@ -250,11 +256,73 @@ static void test_index_records(void **state) {
         members_free(m);
 }
 
+/* Issue 18: a home that answers "full" for a blob hears of it no more — deltas and full
+ * refreshes alike — until the retry time, and then once, from a round with nothing dirty;
+ * a home that restarted is no longer hushed. */
+static void test_full_home_is_hushed(void **state) {
+        (void)state;
+        memset(&blob_digest, 0x43, sizeof(blob_digest));
+        registered = true;
+        whole = true;
+        sent_blobs = 0;
+        struct members *m = two_members();
+        struct announce_config ac = config(m, true);
+        ac.refresh_ms = 3000; /* a full refresh falls inside the hush */
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        const uint64_t t0 = 1000000;
+        struct announce_stats st;
+
+        full_retry_ms = 5000;
+        announce_round(a, t0); /* full: OTHER says "full" */
+        assert_int_equal(sent(), 1);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.told_full, 1);
+        assert_int_equal(st.hushed, 1);
+        assert_true(announce_next_retry(a) == t0 + 5000);
+        full_retry_ms = 0; /* from now on OTHER would take it */
+
+        announce_changed(a, &blob_digest, 2);
+        announce_round(a, t0 + 250); /* a delta: not to OTHER */
+        assert_int_equal(sent(), 1);
+        announce_round(a, t0 + 3000); /* a full refresh: not to OTHER either */
+        assert_int_equal(sent(), 1);
+        announce_round(a, t0 + 4999);
+        assert_int_equal(sent(), 1);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hushed_sends, 2);
+        announce_round(a, t0 + 5000); /* the retry, with nothing dirty */
+        assert_int_equal(sent(), 2);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hush_retries, 1);
+        assert_int_equal(st.hushed, 0);
+        assert_true(announce_next_retry(a) == UINT64_MAX);
+        announce_round(a, t0 + 5250); /* once */
+        assert_int_equal(sent(), 2);
+
+        full_retry_ms = 60000;
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 5500);
+        assert_int_equal(sent(), 3);
+        full_retry_ms = 0;
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hushed, 1);
+        announce_home_restarted(a, OTHER); /* it forgot what it said */
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hushed, 0);
+        announce_changed(a, &blob_digest, 1);
+        announce_round(a, t0 + 6750);
+        assert_int_equal(sent(), 4);
+        announce_free(a);
+        members_free(m);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
                 cmocka_unit_test(test_manual_rounds),
                 cmocka_unit_test(test_index_records),
+                cmocka_unit_test(test_full_home_is_hushed),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);

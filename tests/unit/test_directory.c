@@ -1105,6 +1105,124 @@ static void test_one_chunk_answer_digest_span(void **state) {
         dir_free(dir);
 }
 
+/* Issue 18: a home with max_holders holders that hold the whole blob answers "full" to a node
+ * it has not recorded, with retry times spaced (TTL / 3) / max_holders apart; a recorded
+ * holder refreshes as before; while the recorded holders do not cover the blob, a new
+ * announcer is recorded (a chunk only it might hold would send readers to the origin). */
+static void test_full_verdict(void **state) {
+        struct directory *dir = new_dir(16, 2, 0);
+        const uint64_t gap = TTL / 3 / 2;
+        struct wire_reply full = {0};
+        struct wire_locate l;
+        struct dir_stats st;
+        char reason[256];
+        struct one o;
+
+        (void)state;
+        announce(dir, A, 1, 4, "0-3", 1000);
+        announce(dir, B, 1, 4, "0-3", 1000);
+        make(&o, C, 1, 4, "0-1");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1001, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 1);
+        struct digest d1 = dg(1);
+        assert_true(digest_equal(&full.full[0].digest, &d1));
+        assert_true(full.full[0].retry_ms == gap);
+        wire_reply_free(&full);
+        assert_int_equal(locate(dir, 1, 1001, &l), 0);
+        assert_int_equal(l.nholders, 2);
+        assert_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        /* the next one is spaced after the last handed out */
+        make(&o, "10.0.0.4:5001", 1, 4, "0-3");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1002, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 1);
+        assert_true(full.full[0].retry_ms == 2 * gap - 1);
+        wire_reply_free(&full);
+        /* a recorded holder is never told "full" */
+        make(&o, A, 1, 4, "0-3");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1003, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 0);
+        /* recorded holders that leave a chunk uncovered: the newcomer is recorded */
+        announce(dir, A, 2, 4, "0-2", 1000);
+        announce(dir, B, 2, 4, "0-1", 1000);
+        make(&o, C, 2, 4, "0");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1004, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 0);
+        assert_int_equal(locate(dir, 2, 1004, &l), 0);
+        assert_non_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        /* dir_apply (no verdict wanted) records as before */
+        make(&o, C, 1, 4, "0-3");
+        assert_int_equal(dir_apply(dir, &o.a, 1005, reason, sizeof(reason)), 0);
+        assert_int_equal(locate(dir, 1, 1005, &l), 0);
+        assert_non_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.told_full, 2);
+        dir_free(dir);
+}
+
+/* Soft state stays right with holders told "full": when a recorded holder stops refreshing,
+ * one of the hushed nodes (each retrying when told) takes its slot within about one retry
+ * spacing of the record's expiry, however many are hushed; and the home sees about one retry
+ * per spacing, not one per hushed node. */
+static void test_full_retry_takes_freed_slot(void **state) {
+        struct directory *dir = new_dir(16, 2, 0);
+        const uint64_t gap = TTL / 3 / 2, refresh = TTL / 3;
+        enum { HUSHED = 6 };
+        char ids[HUSHED][PEER_ID_MAX];
+        uint64_t next[HUSHED], recorded_at = 0, last_a = 0, retries_early = 0;
+        int who = -1;
+        char reason[256];
+
+        (void)state;
+        for (int i = 0; i < HUSHED; i++) {
+                snprintf(ids[i], sizeof(ids[i]), "10.0.1.%d:5001", i + 1);
+                next[i] = 1000 + (uint64_t)i; /* each announces once at the start */
+        }
+        for (uint64_t t = 1000; t < 1600; t++) {
+                if ((t - 1000) % refresh == 0) {
+                        announce(dir, B, 1, 4, "0-3", t);
+                        if (t < 1200) { /* A stops refreshing after 1200 */
+                                announce(dir, A, 1, 4, "0-3", t);
+                                last_a = t;
+                        }
+                }
+                for (int i = 0; i < HUSHED; i++) {
+                        if (t != next[i])
+                                continue;
+                        struct wire_reply full = {0};
+                        struct one o;
+
+                        make(&o, ids[i], 1, 4, "0-3");
+                        assert_int_equal(
+                                dir_apply_full(dir, &o.a, t, &full, reason, sizeof(reason)), 0);
+                        if (i != who && t >= 1100 && t < 1100 + TTL)
+                                retries_early++;
+                        if (i == who) { /* a recorded holder's refresh */
+                                assert_int_equal(full.nfull, 0);
+                                next[i] = t + refresh;
+                        } else if (full.nfull == 0) { /* recorded: from now on it refreshes */
+                                assert_int_equal(who, -1);
+                                who = i;
+                                recorded_at = t;
+                                next[i] = t + refresh;
+                        } else {
+                                assert_true(full.full[0].retry_ms > 0);
+                                next[i] = t + full.full[0].retry_ms;
+                        }
+                        wire_reply_free(&full);
+                }
+        }
+        /* A's record dies at last_a + TTL; a hushed node is in within one spacing after. */
+        assert_true(who >= 0);
+        assert_true(recorded_at >= last_a + TTL);
+        assert_true(recorded_at <= last_a + TTL + gap);
+        /* while full, retries come about one per spacing, not one per hushed node */
+        assert_true(retries_early <= TTL / gap + 1);
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
@@ -1129,6 +1247,8 @@ int main(void) {
                 cmocka_unit_test(test_index_votes),
                 cmocka_unit_test(test_index_bounds),
                 cmocka_unit_test(test_one_chunk_answer_digest_span),
+                cmocka_unit_test(test_full_verdict),
+                cmocka_unit_test(test_full_retry_takes_freed_slot),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

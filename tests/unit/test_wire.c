@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "peer/wire.h"
+#include "peer/wire_reply.h"
 
 #define HEX1 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 #define HEX2 "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -991,9 +992,60 @@ static void test_index_answer(void **state) {
         assert_true(back.size == 9);
 }
 
+/* The announce reply (issue 18): what a home builds parses back; an older home's "ok\n" and a
+ * body without "full" are empty replies; malformed entries are refused whole. */
+static void test_announce_reply(void **state) {
+        struct wire_reply r = {0}, p;
+        struct digest d1, d2;
+        char *body = NULL;
+        size_t len = 0;
+
+        (void)state;
+        memset(&d1, 0x11, sizeof(d1));
+        memset(&d2, 0x22, sizeof(d2));
+        assert_int_equal(wire_reply_add(&r, &d1, 625), 0);
+        assert_int_equal(wire_reply_add(&r, &d2, 1), 0);
+        assert_int_equal(wire_reply_build(&r, &body, &len), 0);
+        assert_int_equal(wire_reply_parse(body, len, &p), 0);
+        assert_int_equal(p.nfull, 2);
+        assert_true(digest_equal(&p.full[0].digest, &d1) && p.full[0].retry_ms == 625);
+        assert_true(digest_equal(&p.full[1].digest, &d2) && p.full[1].retry_ms == 1);
+        wire_reply_free(&p);
+        free(body);
+        wire_reply_free(&r);
+
+        assert_int_equal(wire_reply_parse("ok\n", 3, &p), 0);
+        assert_int_equal(p.nfull, 0);
+        assert_int_equal(wire_reply_parse("{}", 2, &p), 0);
+        assert_int_equal(p.nfull, 0);
+        const char *bad[] = {
+                "{\"full\":3}",
+                "{\"full\":[{\"digest\":\"sha256:00\",\"retry_ms\":5}]}",
+                "{\"full\":[{\"digest\":\"sha256:"
+                "1111111111111111111111111111111111111111111111111111111111111111\","
+                "\"retry_ms\":0}]}",
+                "{\"full\":[{\"digest\":\"sha256:"
+                "1111111111111111111111111111111111111111111111111111111111111111\","
+                "\"retry_ms\":-4}]}",
+                "{\"full\":[[]]}",
+                "{\"full\":[], \"full\":[]}",
+                "{\"full\":[",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                assert_int_equal(wire_reply_parse(bad[i], strlen(bad[i]), &p), -EINVAL);
+                assert_int_equal(p.nfull, 0);
+                assert_null(p.full);
+        }
+        r = (struct wire_reply){0};
+        assert_int_equal(wire_reply_add(&r, &d1, 0), 0);
+        assert_int_equal(wire_reply_build(&r, &body, &len), -EINVAL);
+        wire_reply_free(&r);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_node_ids),
+                cmocka_unit_test(test_announce_reply),
                 cmocka_unit_test(test_announce_build_exact),
                 cmocka_unit_test(test_announce_parse_example),
                 cmocka_unit_test(test_announce_round_trip),

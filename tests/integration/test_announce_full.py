@@ -1,0 +1,113 @@
+"""Issue 18: a home that keeps --max-holders holders of a blob, and whose holders hold all of
+it, answers a further holder's announce with "full" (peer/wire_reply.h); that holder stops
+announcing the blob to that home until the retry time the home gave, and readers still read
+the right bytes. When the recorded holder goes away, a hushed holder is recorded again within
+about one retry spacing after the record's expiry.
+
+Five nodes in network namespaces, one home per blob (--homes 1), --max-holders 1 and a short
+--location-ttl (6 s: holders refresh every 2 s, and the home spaces retries 6 s / 3 / 1 = 2 s
+apart). Figures are printed: run with -s to see them.
+"""
+
+import time
+
+import harness
+from harness import MiB
+from test_peers import REPO, full_read, start_nodes, wait_peers_up
+
+TTL_S = 6
+SPACING_S = TTL_S / 3 / 1  # (ttl / 3) / max_holders
+FLAGS = ["--homes", "1", "--max-holders", "1", "--location-ttl", "%ds" % TTL_S]
+
+
+def locate(net, d, blob):
+    """D's directory answer for BLOB as (status, json or None)."""
+    import json
+    st, _h, body = net.http(d.host.ip, d.peer_port, "GET", "/p2p/v1/locate/" + blob.digest,
+                            timeout=2)
+    return st, (json.loads(body) if st == 200 else None)
+
+
+def recorded(net, home, blob):
+    """Peer ids HOME records as holders of BLOB (not claimants)."""
+    st, j = locate(net, home, blob)
+    if st != 200:
+        return set()
+    return {h["node"] for h in j.get("holders", [])}
+
+
+def test_full_home_hushes_holders(build_dir, net):
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "full16", harness.gen_bytes(1801, 16 * MiB), repo=REPO)
+    hosts = [net.add_host("n%d" % i, s) for i in range(5)]
+    nodes = start_nodes(net, build_dir, reg, hosts, extra=FLAGS)
+    wait_peers_up(nodes)
+
+    # Registering the blob everywhere announces it (empty present sets): its one home is
+    # the node whose directory knows it.
+    for d in nodes:
+        d.add(blob.ref)
+    homes = []
+    harness.wait_until(lambda: homes.extend(d for d in nodes if locate(net, d, blob)[0] == 200)
+                       or homes, 10, interval=0.2, what="the blob's home to know it")
+    assert len(homes) == 1, [d.host.name for d in homes]
+    home = homes[0]
+    others = [d for d in nodes if d is not home]
+    first, hushed, last = others[0], others[1:3] + [home], others[3]
+
+    # The first holder is recorded; then the home has max-holders (1) holders of the whole blob.
+    full_read(first, blob)
+    harness.wait_until(lambda: recorded(net, home, blob) == {first.peer_id}, 10, interval=0.2,
+                       what="the home to record the first holder")
+    mark = reg.mark()
+    for d in hushed:
+        full_read(d, blob)
+    assert reg.bytes_served(blob.digest, since=mark) == 0, "hushed holders read from the origin"
+
+    def told_full(d):
+        return net.metrics(d.host.ip, d.peer_port).get("peer_announce_full_total", 0)
+    harness.wait_until(lambda: all(told_full(d) >= 1 for d in hushed), 10, interval=0.2,
+                       what="every later holder to be told \"full\"")
+    assert recorded(net, home, blob) == {first.peer_id}
+    assert net.metrics(home.host.ip, home.peer_port)["directory_told_full_total"] >= len(hushed)
+
+    # Over three refresh periods each hushed holder leaves the blob out of some of its
+    # announces to the home (it would otherwise send one per refresh), and the home hears
+    # about one retry per spacing, not one refresh per holder.
+    before = {d.host.name: net.metrics(d.host.ip, d.peer_port) for d in nodes}
+    window = 3 * TTL_S / 3
+    time.sleep(window)
+    after = {d.host.name: net.metrics(d.host.ip, d.peer_port) for d in nodes}
+
+    def grew(d, key):
+        return after[d.host.name].get(key, 0) - before[d.host.name].get(key, 0)
+    left_out = {d.host.name: grew(d, "peer_announce_hushed_total") for d in hushed}
+    retries = {d.host.name: grew(d, "peer_announce_full_retries_total") for d in hushed}
+    home_rx = grew(home, "directory_announces_total")
+    print("\n[full] home %s, recorded %s; over %.0f s: announces left out per hushed holder %s, "
+          "retries %s; announces received by the home %d (without hushing: about %d)"
+          % (home.host.name, first.host.name, window, left_out, retries, home_rx,
+             len(nodes) * window / (TTL_S / 3)))
+    for name, n in left_out.items():
+        assert n >= 1, "%s announced the blob to a home that said full at every refresh" % name
+    assert sum(retries.values()) <= window / SPACING_S + 2, retries
+
+    # Readers still read the right bytes, from the holders.
+    mark = reg.mark()
+    full_read(last, blob)
+    assert reg.bytes_served(blob.digest, since=mark) == 0
+
+    # Soft state: the recorded holder goes; its record expires TTL after its last announce, and
+    # a hushed holder takes the slot within about one spacing (plus a round and a refresh of
+    # slack).
+    t_stop = time.monotonic()
+    first.stop()
+    want = {d.peer_id for d in hushed + [last]}
+    harness.wait_until(lambda: recorded(net, home, blob) & want, TTL_S + 4 * SPACING_S + 4,
+                       interval=0.2, what="a hushed holder to be recorded again")
+    back = time.monotonic() - t_stop
+    print("[full] after the recorded holder stopped: another recorded after %.1f s (ttl %d s, "
+          "spacing %.1f s)" % (back, TTL_S, SPACING_S))
+    assert back >= TTL_S - TTL_S / 3 - 0.5, "recorded before the old record could expire"
+    assert back <= TTL_S + SPACING_S + 3, "the freed slot stayed empty %.1f s" % back
