@@ -33,6 +33,10 @@ MiB = 1 << 20
 LAYERS = (128 * MiB, 64 * MiB, 32 * MiB)
 METRICS = ("peer_announces_total", "directory_announces_total", "peer_locates_total",
            "directory_locates_total", "origin_claims_total")
+# Where the locates come from (source_plan.c): a spread locate that names nobody is followed
+# by one to the first home; a cache hit is a miss that asked nobody.
+WHY = ("peer_spread_locates_total", "peer_spread_misses_total", "peer_locate_cache_hits_total",
+       "peer_run_transfers_total", "peer_run_chunks_total", "peer_locate_failures_total")
 
 
 def metrics(d):
@@ -42,7 +46,7 @@ def metrics(d):
     out = {}
     for line in body.decode().splitlines():
         m = re.match(r"p2pblobs_(\w+) (\d+)$", line)
-        if m and m.group(1) in METRICS:
+        if m and (m.group(1) in METRICS or m.group(1) in WHY):
             out[m.group(1)] = int(m.group(2))
     return out
 
@@ -100,7 +104,7 @@ def main():
         chunks = total // MiB
         per = []
         for j, d in enumerate(nodes):
-            delta = {k: after[j].get(k, 0) - before[j].get(k, 0) for k in METRICS}
+            delta = {k: after[j].get(k, 0) - before[j].get(k, 0) for k in METRICS + WHY}
             t = results[j][1]
             msgs = (delta["peer_announces_total"] + delta["directory_announces_total"] +
                     delta["peer_locates_total"] + delta["directory_locates_total"])
@@ -127,6 +131,10 @@ def main():
                  max(p["directory_announces_total"] for p in per) / wall,
                  mean("directory_locates_total") / wall,
                  max(p["directory_locates_total"] for p in per) / wall))
+        print("per node, per chunk read: spread locates %.3f, of which named nobody %.3f; "
+              "locate cache hits %.3f; run transfers %.3f carrying %.3f chunks; locate "
+              "failures %.3f"
+              % tuple(mean(k) / chunks for k in WHY))
         return 1 if bad else 0
     finally:
         net.teardown()
