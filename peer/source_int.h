@@ -95,7 +95,8 @@ struct job {
         uint8_t *held;
         char held_peer[PEER_ID_MAX];
         uint64_t held_ttfb_us;
-        unsigned confirm_next; /* index into homes */
+        unsigned confirm_next;  /* homes asked this round */
+        unsigned confirm_round; /* rounds asked so far: each starts one home further on */
         uint64_t confirm_until_ms;
         bool confirm_failed;    /* no home had a digest in time: unchecked peers are skipped */
         uint64_t not_before_ms; /* a busy peer is asked again, after a pause */

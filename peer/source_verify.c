@@ -30,6 +30,7 @@ int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char 
 void src_confirm_start(struct source *s, struct job *j) {
         j->phase = PH_CONFIRM;
         j->confirm_next = 0;
+        j->confirm_round = 0;
         j->confirm_until_ms = now_ms() + s->cfg.digest_wait_ms;
         if (j->confirm_until_ms > j->deadline_ms)
                 j->confirm_until_ms = j->deadline_ms;
@@ -68,7 +69,7 @@ void src_next_confirm(struct source *s, struct job *j) {
         for (unsigned i = 0; i < j->nhomes && !any; i++)
                 any = strcmp(j->homes[i], j->held_peer) != 0;
         while (any && j->confirm_next < j->nhomes && now < j->confirm_until_ms) {
-                const char *home = j->homes[j->confirm_next++];
+                const char *home = j->homes[(j->confirm_round + j->confirm_next++) % j->nhomes];
                 if (strcmp(home, j->held_peer) == 0)
                         continue; /* its word about its own bytes is what we lack */
                 if (self[0] && strcmp(home, self) == 0) {
@@ -94,6 +95,7 @@ void src_next_confirm(struct source *s, struct job *j) {
         }
         if (any && now + CONFIRM_POLL_MS < j->confirm_until_ms) {
                 j->confirm_next = 0; /* another round, once the claimant had time to announce */
+                j->confirm_round++;
                 j->not_before_ms = now + CONFIRM_POLL_MS;
                 j->next = s->queued;
                 s->queued = j;
@@ -131,6 +133,14 @@ void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status)
                                 confirm_found(s, j, &sha, x->peer);
                                 return;
                         }
+                        /* A home answered without it: the others learn digests from the same
+                         * announces (the claimant sends them to every home at once), so this
+                         * round ends here rather than asking each in turn; the next one starts
+                         * at the next home (one that is down or missed an announce is not the
+                         * only one asked). Each round asked every home: 5.4 and 6.1 locates
+                         * per confirmed chunk, 65% and 68% of all locates, in two simultaneous
+                         * 16-node waves (bench/sim/swarm16.py); one home a round: 2.1 and 4.1. */
+                        j->confirm_next = j->nhomes;
                 }
         } else if (cc != CURLE_OK || x->stalled) {
                 src_stat_add(s, &s->stats.locate_failures, 1);
