@@ -43,17 +43,23 @@
 #define HOST_KEY_MAX 256
 #define POLL_MAX_MS 1000
 
+struct host_slot {
+        char host[HOST_KEY_MAX];
+        unsigned active; /* 0: free row */
+};
+
 struct http_group {
         struct http_client *c;
         atomic_bool closed;   /* written under c->lock; read by the loop without it */
         unsigned outstanding; /* c->lock: jobs submitted and not completed */
         unsigned cap;         /* jobs running at once; 0: none */
         atomic_uint active;   /* written by the loop; read by http_group_counts() */
-};
-
-struct host_slot {
-        char host[HOST_KEY_MAX];
-        unsigned active; /* 0: free row */
+        /* The group's own per-host cap (0: none) and its table of hosts with running jobs of
+         * the group (nslots rows: as many as the group can run at once); loop thread only,
+         * once set before the first submit. */
+        unsigned per_host;
+        struct host_slot *slots;
+        unsigned nslots;
 };
 
 struct job {
@@ -63,8 +69,9 @@ struct job {
         struct curl_slist *hdrs;
         char host[HOST_KEY_MAX];
 
+        bool call; /* http_client_call(): no transfer, done runs when due */
         CURL *easy;
-        struct host_slot *slot;
+        struct host_slot *slot, *gslot; /* the client's row of its host, its group's */
         struct http_response resp;
         char errbuf[CURL_ERROR_SIZE];
         uint64_t start_ms, last_byte_ms, start_us;
@@ -244,11 +251,13 @@ static void complete(struct http_client *c, struct job *j, int err, enum fetch_e
                 snprintf(r->reason, sizeof(r->reason), "%s", reason ? reason : "");
         else
                 r->reason[0] = '\0';
-        pthread_mutex_lock(&c->lock); /* counted before done: a waiter woken sees it */
-        c->stats.jobs++;
-        c->stats.failures += cls != FETCH_OK;
-        c->stats.connects += r->new_connections > 0 ? (uint64_t)r->new_connections : 0;
-        pthread_mutex_unlock(&c->lock);
+        if (!j->call) { /* counted before done: a waiter woken sees it */
+                pthread_mutex_lock(&c->lock);
+                c->stats.jobs++;
+                c->stats.failures += cls != FETCH_OK;
+                c->stats.connects += r->new_connections > 0 ? (uint64_t)r->new_connections : 0;
+                pthread_mutex_unlock(&c->lock);
+        }
         j->req.done(j->req.ud, r);
         struct http_group *g = j->req.group;
         if (g) { /* after done: a closed group's owner may go once this reaches 0 */
@@ -328,10 +337,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
 
 /* ---- the loop ------------------------------------------------------------------------------ */
 
-static struct host_slot *slot_of(struct http_client *c, const char *host, bool make) {
+/* HOST's row in the table ROWS (N rows), or with MAKE a free one named HOST (NULL: full). */
+static struct host_slot *slot_of(struct host_slot *rows, unsigned n, const char *host, bool make) {
         struct host_slot *free_row = NULL;
-        for (unsigned i = 0; i < c->cfg.max_inflight; i++) {
-                struct host_slot *s = &c->slots[i];
+        for (unsigned i = 0; i < n; i++) {
+                struct host_slot *s = &rows[i];
                 if (s->active && strcmp(s->host, host) == 0)
                         return s;
                 if (!s->active && !free_row)
@@ -377,8 +387,12 @@ static int start(struct http_client *c, struct job *j) {
         }
         uint64_t connect =
                 q->connect_timeout_ms ? q->connect_timeout_ms : c->cfg.connect_timeout_ms;
-        if (q->deadline_ms) {
-                uint64_t left = q->deadline_ms > now ? q->deadline_ms - now : 1;
+        uint64_t left = 0; /* the transfer's whole time: to the deadline, max_time at most */
+        if (q->deadline_ms)
+                left = q->deadline_ms > now ? q->deadline_ms - now : 1;
+        if (q->max_time_ms && (!left || q->max_time_ms < left))
+                left = q->max_time_ms;
+        if (left) {
                 if (left < connect)
                         connect = left;
                 curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)left);
@@ -415,7 +429,9 @@ static void detach(struct http_client *c, struct job *j) {
         j->easy = NULL;
         if (j->slot)
                 j->slot->active--;
-        j->slot = NULL;
+        if (j->gslot)
+                j->gslot->active--;
+        j->slot = j->gslot = NULL;
         if (j->req.group)
                 atomic_fetch_sub(&j->req.group->active, 1);
         c->active--;
@@ -428,6 +444,7 @@ static uint64_t start_due(struct http_client *c) {
         struct job *j = c->waiting.head;
         while (j) {
                 struct job *nx = j->next;
+                struct http_group *g = j->req.group;
                 if (j->req.deadline_ms && now >= j->req.deadline_ms) {
                         list_remove(&c->waiting, j);
                         pthread_mutex_lock(&c->lock);
@@ -438,11 +455,20 @@ static uint64_t start_due(struct http_client *c) {
                 } else if (j->req.not_before_ms > now) {
                         if (j->req.not_before_ms - now < next)
                                 next = j->req.not_before_ms - now;
+                } else if (j->call) { /* due: runs now, takes no slot */
+                        list_remove(&c->waiting, j);
+                        pthread_mutex_lock(&c->lock);
+                        c->nqueued--;
+                        pthread_mutex_unlock(&c->lock);
+                        complete(c, j, 0, FETCH_OK, NULL);
                 } else if (c->active < c->cfg.max_inflight &&
-                           !(j->req.group && j->req.group->cap &&
-                             atomic_load(&j->req.group->active) >= j->req.group->cap)) {
-                        struct host_slot *s = slot_of(c, j->host, true);
-                        if (s && s->active < c->cfg.per_host) {
+                           !(g && g->cap && atomic_load(&g->active) >= g->cap)) {
+                        struct host_slot *s = slot_of(c->slots, c->cfg.max_inflight, j->host, true);
+                        struct host_slot *gs = g && g->per_host
+                                                       ? slot_of(g->slots, g->nslots, j->host, true)
+                                                       : NULL;
+                        if (s && s->active < c->cfg.per_host &&
+                            !(g && g->per_host && (!gs || gs->active >= g->per_host))) {
                                 list_remove(&c->waiting, j);
                                 pthread_mutex_lock(&c->lock);
                                 c->nqueued--;
@@ -454,6 +480,10 @@ static uint64_t start_due(struct http_client *c) {
                                 } else {
                                         s->active++;
                                         j->slot = s;
+                                        if (gs) {
+                                                gs->active++;
+                                                j->gslot = gs;
+                                        }
                                         j->resp.started = true;
                                         if (j->req.group)
                                                 atomic_fetch_add(&j->req.group->active, 1);
@@ -655,14 +685,10 @@ void http_client_free(struct http_client *c) {
         free(c);
 }
 
-int http_client_submit(struct http_client *c, const struct http_request *req) {
-        if (!req->done)
-                return -EINVAL;
+/* Queues J (made by job_new, or a call); on a refusal J is freed. 0 or -errno. */
+static int enqueue(struct http_client *c, struct job *j) {
         int r = 0;
-        struct job *j = job_new(req, &r);
-        if (!j)
-                return r;
-        struct http_group *g = req->group;
+        struct http_group *g = j->req.group;
         pthread_mutex_lock(&c->lock);
         if (c->stopping || (g && atomic_load(&g->closed))) {
                 r = -ECANCELED;
@@ -682,6 +708,30 @@ int http_client_submit(struct http_client *c, const struct http_request *req) {
         }
         curl_multi_wakeup(c->multi);
         return 0;
+}
+
+int http_client_submit(struct http_client *c, const struct http_request *req) {
+        if (!req->done)
+                return -EINVAL;
+        int r = 0;
+        struct job *j = job_new(req, &r);
+        if (!j)
+                return r;
+        return enqueue(c, j);
+}
+
+int http_client_call(struct http_client *c, struct http_group *g, uint64_t not_before_ms,
+                     http_done_fn fn, void *ud) {
+        if (!fn)
+                return -EINVAL;
+        struct job *j = calloc(1, sizeof(*j));
+        if (!j)
+                return -ENOMEM;
+        j->call = true;
+        j->req = (struct http_request){
+                .not_before_ms = not_before_ms, .done = fn, .ud = ud, .group = g};
+        j->resp.content_length = -1;
+        return enqueue(c, j);
 }
 
 struct run_wait {
@@ -759,6 +809,11 @@ int http_response_header(const struct http_response *resp, const char *name, cha
 }
 
 int http_group_new(struct http_client *c, unsigned max_inflight, struct http_group **ret) {
+        return http_group_new_per_host(c, max_inflight, 0, ret);
+}
+
+int http_group_new_per_host(struct http_client *c, unsigned max_inflight, unsigned per_host,
+                            struct http_group **ret) {
         struct http_group *g = calloc(1, sizeof(*g));
         if (!g)
                 return -ENOMEM;
@@ -766,6 +821,18 @@ int http_group_new(struct http_client *c, unsigned max_inflight, struct http_gro
         g->cap = max_inflight;
         atomic_init(&g->closed, false);
         atomic_init(&g->active, 0);
+        if (per_host) {
+                /* A row per job the group may run at once: the table never fills up first. */
+                g->nslots = max_inflight && max_inflight < c->cfg.max_inflight
+                                    ? max_inflight
+                                    : c->cfg.max_inflight;
+                g->per_host = per_host;
+                g->slots = calloc(g->nslots, sizeof(*g->slots));
+                if (!g->slots) {
+                        free(g);
+                        return -ENOMEM;
+                }
+        }
         *ret = g;
         return 0;
 }
@@ -798,6 +865,7 @@ void http_group_free(struct http_group *g) {
         if (!g)
                 return;
         http_group_close(g);
+        free(g->slots);
         free(g);
 }
 

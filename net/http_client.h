@@ -39,8 +39,14 @@
  * group cancels its jobs still queued or running (-ECANCELED), refuses new ones, and returns
  * once every one of them has completed, so the module may be freed while the client lives on.
  * http_client_free() does the same for every job: pending ones complete with -ECANCELED.
- * A group may also cap how many of its jobs run at once; one at its cap is skipped like a
- * host at its cap.
+ * A group may also cap how many of its jobs run at once, and how many of them run at once to
+ * one host (the peer source's max_total and max_per_peer); a job at either cap is skipped like
+ * a host at the client's cap.
+ *
+ * Calls. http_client_call() queues a job with no transfer: a function run on the client's
+ * thread (at once, or at a start time), in the same order as the other jobs and taking no
+ * transfer slot. A module whose state belongs to the client's thread uses it to hand work to
+ * that thread from others, and as a timer; a group's close cancels its calls like its jobs.
  *
  * Costs: one thread; per running job an easy handle, its receive buffer (recv_buffer) and its
  * body buffer; per queued job a small record. */
@@ -110,6 +116,7 @@ struct http_request {
         uint64_t not_before_ms;      /* absolute: start no earlier; 0: at once */
         uint64_t connect_timeout_ms; /* 0: the client's */
         uint64_t stall_ms;           /* no byte for this long ends it; 0: never */
+        uint64_t max_time_ms;        /* running longer than this ends it (-ETIMEDOUT); 0: never */
         size_t body_max;             /* cap on a kept body (no on_data); 0: the body is dropped */
         size_t header_max;           /* 0: HTTP_CLIENT_HEADER_MAX */
         size_t recv_buffer;          /* curl's receive buffer; 0: curl's default */
@@ -132,6 +139,14 @@ void http_client_free(struct http_client *c);
  * closed), -EINVAL (no URL or done, a URL over HTTP_CLIENT_URL_MAX, an unknown method), -ENOMEM:
  * then done is never called. Never blocks on the network. */
 int http_client_submit(struct http_client *c, const struct http_request *req);
+
+/* Queues a call of FN(UD, RESP) on the client's thread, once NOT_BEFORE_MS (absolute, now_ms();
+ * 0: at once) has come, tagged with group G (may be NULL). RESP->err is 0, or -ECANCELED when
+ * the call was cancelled (G closed, the client stopping) before it was due; FN runs exactly
+ * once either way, under the callbacks' rules (it may submit or call again, must not block).
+ * 0; -EAGAIN, -ECANCELED, -EINVAL (no FN), -ENOMEM as http_client_submit (then FN never runs). */
+int http_client_call(struct http_client *c, struct http_group *g, uint64_t not_before_ms,
+                     http_done_fn fn, void *ud);
 
 /* Submits REQ (done and ud are ignored) and waits for its end, filling *RESP (the caller
  * frees it with http_response_clear). Returns RESP->err, or the submit's -errno (then RESP
@@ -156,6 +171,11 @@ enum fetch_err http_classify(int curl_code, long status);
  * connection limit). 0 or -ENOMEM. */
 int http_group_new(struct http_client *c, unsigned max_inflight, struct http_group **ret);
 
+/* As http_group_new, and at most PER_HOST of the group's jobs run at once to one host ("host:port"
+ * of their URLs; 0: no cap of its own), under the client's own per_host. */
+int http_group_new_per_host(struct http_client *c, unsigned max_inflight, unsigned per_host,
+                            struct http_group **ret);
+
 /* The group's jobs running now and waiting (queued, or for their start time). */
 void http_group_counts(struct http_group *g, unsigned *ret_active, unsigned *ret_waiting);
 
@@ -168,7 +188,7 @@ void http_group_close(struct http_group *g);
 void http_group_free(struct http_group *g);
 
 struct http_client_stats {
-        uint64_t jobs;     /* completed */
+        uint64_t jobs;     /* completed (calls are not counted) */
         uint64_t failures; /* completed with fclass != FETCH_OK */
         uint64_t stalls;   /* ended by the stall time */
         uint64_t refused;  /* submits refused with -EAGAIN */

@@ -3,7 +3,9 @@
  * headers captured, keep-alive reuse, arrival order, the body cap, a stall, a deadline while
  * running and while queued, status classes, streaming to on_data, a POST, the queue bound,
  * a group closed and the client freed with jobs in flight (every one completes once, with
- * -ECANCELED), and many concurrent jobs under the per-host cap. */
+ * -ECANCELED), many concurrent jobs under the per-host cap, a group's own caps (total and per
+ * host), max_time, and calls (http_client_call: run on the client's thread, in order, at their
+ * start time, past running transfers, cancelled with their group). */
 #include <errno.h>
 #include <microhttpd.h>
 #include <pthread.h>
@@ -603,16 +605,175 @@ static void test_group_cap(void **state) {
         http_client_free(c);
 }
 
+static const char *url_on(const char *ip, const char *path) {
+        static __thread char buf[256];
+        snprintf(buf, sizeof(buf), "http://%s:%u%s", ip, (unsigned)port, path);
+        return buf;
+}
+
+static void test_group_per_host(void **state) {
+        (void)state;
+        struct http_client *c = client(16, 0, 0);
+        struct http_group *g;
+        assert_int_equal(http_group_new_per_host(c, 0, 2, &g), 0);
+        tally_reset();
+        atomic_store(&conc_max, 0);
+        for (int i = 0; i < 40; i++) { /* two hosts (both loopback), 20 jobs each */
+                struct http_request q = get("/conc");
+                q.url = url_on(i % 2 ? "127.0.0.2" : "127.0.0.1", "/conc");
+                q.done = on_done;
+                q.ud = (void *)(intptr_t)i;
+                q.group = g;
+                assert_int_equal(http_client_submit(c, &q), 0);
+        }
+        wait_done(40);
+        if (tally.ok != 40)
+                print_message("last failure: %s\n", tally.last_reason);
+        assert_int_equal(tally.ok, 40);
+        /* 2 per host: at most 4 at once, and a host at its cap did not hold the other back. */
+        assert_true(atomic_load(&conc_max) <= 4);
+        assert_true(atomic_load(&conc_max) >= 3);
+        http_group_free(g);
+
+        /* A group's total cap and its per-host cap together: the smaller one holds. */
+        assert_int_equal(http_group_new_per_host(c, 3, 2, &g), 0);
+        tally_reset();
+        atomic_store(&conc_max, 0);
+        for (int i = 0; i < 30; i++) {
+                struct http_request q = get("/conc");
+                q.url = url_on(i % 2 ? "127.0.0.2" : "127.0.0.1", "/conc");
+                q.done = on_done;
+                q.ud = (void *)(intptr_t)i;
+                q.group = g;
+                assert_int_equal(http_client_submit(c, &q), 0);
+        }
+        wait_done(30);
+        assert_int_equal(tally.ok, 30);
+        assert_true(atomic_load(&conc_max) <= 3);
+        http_group_free(g);
+        http_client_free(c);
+}
+
+static void test_max_time(void **state) {
+        (void)state;
+        struct http_client *c = client(4, 0, 0);
+        struct http_request q = get("/slow"); /* answers after 3 s */
+        q.max_time_ms = 200;
+        struct http_response r;
+        uint64_t t0 = now_ms();
+        assert_int_equal(http_client_run(c, &q, &r), -ETIMEDOUT);
+        assert_int_equal(r.fclass, FETCH_ERR_TIMEOUT);
+        assert_true(now_ms() - t0 < 2000);
+        http_response_clear(&r);
+        http_client_free(c);
+}
+
+struct calls {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int n, canceled;
+        int order[16];
+        uint64_t at_ms[16];
+        pthread_t thread[16];
+        struct http_client *c;
+};
+
+static struct calls calls = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static void on_call(void *ud, struct http_response *r) {
+        int id = (int)(intptr_t)ud;
+        pthread_mutex_lock(&calls.lock);
+        if (calls.n < 16) {
+                calls.order[calls.n] = id;
+                calls.at_ms[calls.n] = now_ms();
+                calls.thread[calls.n] = pthread_self();
+        }
+        calls.n++;
+        calls.canceled += r->err == -ECANCELED;
+        pthread_cond_broadcast(&calls.cond);
+        pthread_mutex_unlock(&calls.lock);
+        if (id == 7 && r->err == 0) /* a call may queue another from the client's thread */
+                assert_int_equal(http_client_call(calls.c, NULL, 0, on_call, (void *)8), 0);
+}
+
+static void calls_wait(int n) {
+        pthread_mutex_lock(&calls.lock);
+        while (calls.n < n)
+                pthread_cond_wait(&calls.cond, &calls.lock);
+        pthread_mutex_unlock(&calls.lock);
+}
+
+static void test_call(void **state) {
+        (void)state;
+        struct http_client *c = client(1, 0, 0);
+        calls.c = c;
+        calls.n = calls.canceled = 0;
+        assert_int_equal(http_client_call(c, NULL, 0, NULL, NULL), -EINVAL);
+        /* The only transfer slot is taken by a slow job: calls do not wait for it. */
+        tally_reset();
+        struct http_request slow = get("/slow");
+        slow.done = on_done;
+        assert_int_equal(http_client_submit(c, &slow), 0);
+        usleep(50000);
+        uint64_t t0 = now_ms();
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(http_client_call(c, NULL, 0, on_call, (void *)(intptr_t)i), 0);
+        calls_wait(3);
+        assert_true(now_ms() - t0 < 1000);
+        for (int i = 0; i < 3; i++) {
+                assert_int_equal(calls.order[i], i); /* in order */
+                assert_false(pthread_equal(calls.thread[i], pthread_self()));
+                assert_true(pthread_equal(calls.thread[i], calls.thread[0])); /* one thread */
+        }
+        /* A start time is honoured; a call may queue another. */
+        t0 = now_ms();
+        assert_int_equal(http_client_call(c, NULL, t0 + 150, on_call, (void *)7), 0);
+        calls_wait(5);
+        assert_int_equal(calls.order[3], 7);
+        assert_true(calls.at_ms[3] >= t0 + 150);
+        assert_int_equal(calls.order[4], 8);
+        /* A group's close cancels its calls not due yet, each run once with -ECANCELED. */
+        struct http_group *g;
+        assert_int_equal(http_group_new(c, 0, &g), 0);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(http_client_call(c, g, now_ms() + 60000, on_call,
+                                                  (void *)(intptr_t)(10 + i)),
+                                 0);
+        http_group_close(g);
+        assert_int_equal(calls.n, 8);
+        assert_int_equal(calls.canceled, 3);
+        assert_int_equal(http_client_call(c, g, 0, on_call, NULL), -ECANCELED);
+        http_group_free(g);
+        struct http_client_stats st;
+        http_client_get_stats(c, &st);
+        assert_int_equal(st.jobs, 0); /* calls are not transfers; the slow one still runs */
+        /* Freeing the client cancels a call not due yet. */
+        assert_int_equal(http_client_call(c, NULL, now_ms() + 60000, on_call, (void *)14), 0);
+        http_client_free(c);
+        assert_int_equal(calls.n, 9);
+        assert_int_equal(calls.canceled, 4);
+        assert_int_equal(tally.done, 1);
+}
+
 int main(void) {
         pthread_mutex_init(&tally.lock, NULL);
         pthread_cond_init(&tally.cond, NULL);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_dynbuf),          cmocka_unit_test(test_body_and_headers),
-                cmocka_unit_test(test_body_cap),        cmocka_unit_test(test_order),
-                cmocka_unit_test(test_stall),           cmocka_unit_test(test_deadline),
-                cmocka_unit_test(test_status_classes),  cmocka_unit_test(test_streaming_and_post),
-                cmocka_unit_test(test_queue_bound),     cmocka_unit_test(test_cancel),
-                cmocka_unit_test(test_many_concurrent), cmocka_unit_test(test_group_cap),
+                cmocka_unit_test(test_dynbuf),
+                cmocka_unit_test(test_body_and_headers),
+                cmocka_unit_test(test_body_cap),
+                cmocka_unit_test(test_order),
+                cmocka_unit_test(test_stall),
+                cmocka_unit_test(test_deadline),
+                cmocka_unit_test(test_status_classes),
+                cmocka_unit_test(test_streaming_and_post),
+                cmocka_unit_test(test_queue_bound),
+                cmocka_unit_test(test_cancel),
+                cmocka_unit_test(test_many_concurrent),
+                cmocka_unit_test(test_group_cap),
+                cmocka_unit_test(test_group_per_host),
+                cmocka_unit_test(test_max_time),
+                cmocka_unit_test(test_call),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
