@@ -388,8 +388,8 @@ static void *signal_main(void *arg) {
  *
  * Start (daemon_start), in order; whatever fails stops the start, and daemon_stop() frees
  * what had started:
- *    curl -> the HTTP client (net/http_client.h: one curl multi loop for the origin,
- *    membership probes and announces) -> state dir (created, narrowed to 0700, locked: one daemon per state
+ *    curl -> the HTTP client (net/http_client.h: one curl multi loop for the origin, the
+ *    peer source, membership probes and announces) -> state dir (created, narrowed to 0700, locked: one daemon per state
  *    dir) -> chunk store -> index (a corrupt one is moved aside) -> origin -> peers (netlink,
  *    membership, home directory, source) -> engine -> load (the index, validated) -> reclaim (before
  *    anything writes to the store) -> announcer -> layer trees -> control socket -> HTTP server (peers,
@@ -471,9 +471,11 @@ static int daemon_start(struct service *s) {
                 return -EIO;
         }
         s->curl_ready = true;
-        /* The origin's share (max_connections, its group's cap) plus room for probes and
-         * announces, which are small and few. */
+        /* The origin's share (max_connections, its group's cap), the peer source's chunk
+         * transfers (its group's cap), so that neither starves the other, plus room for
+         * directory queries, probes and announces, which are small. */
         struct http_client_config hc = {.max_inflight = (unsigned)d->cfg.max_connections +
+                                                        PEERS_MAX_TRANSFERS +
                                                         HTTP_CLIENT_MAX_INFLIGHT};
         int r = http_client_new(&hc, &d->http);
         if (r < 0) {

@@ -27,7 +27,6 @@
 #define CLAIM_TTL_MS 10000 /* a claimant that has not announced the chunk by then lost it */
 #define CLAIM_WAIT_MS 5000 /* how long a reader waits on a claimant for a chunk */
 #define MAX_PER_PEER 8
-#define MAX_PEER_TRANSFERS 64
 
 /* This daemon's boot id (peer/wire.h), drawn in peers_start(). */
 static uint64_t boot_id;
@@ -172,7 +171,8 @@ int peers_start(struct daemon *d) {
                 .claim_wait_ms = CLAIM_WAIT_MS,
                 .digest_wait_ms = d->cfg.announce_interval_ms * 4 + 1000,
                 .origin_reserve_ms = d->cfg.fetch_timeout_ms / 2,
-                .max_total = MAX_PEER_TRANSFERS,
+                .http = d->http,
+                .max_total = PEERS_MAX_TRANSFERS,
                 .max_per_peer = MAX_PER_PEER,
                 .token = token(),
         };

@@ -9,6 +9,10 @@
 #include "engine/engine.h"
 #include "layertree/layertree.h"
 
+/* Chunk transfers from peers at once: the source's max_total, which fs/main.c's HTTP client
+ * leaves room for beside the origin's connections. */
+#define PEERS_MAX_TRANSFERS 64
+
 /* Starts netlink, members, directory and source (before the engine: the engine fetches
  * through the source). No-op without --peers/--peer-dns. 0 or -errno (logged). */
 int peers_start(struct daemon *d);

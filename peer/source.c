@@ -1,6 +1,6 @@
 /* Chunk sources: peers first, then the origin. See source.h for the contract.
  *
- * A chunk job walks these phases, all on the source thread:
+ * A chunk job walks these phases, all on the HTTP client's thread (source_xfer.c):
  *   LOCATE  ask the blob's homes, in rendezvous order, who holds or fetches the chunk (a home
  *           that is ourselves is asked in memory; a home that fails is skipped);
  *   PEERS   try the candidates the answer named, best first, one transfer at a time; a
@@ -46,13 +46,14 @@
  * once the chunk lands (X-P2PBlobs-Wait). So the origin serves each chunk about once, however
  * many nodes read it.
  *
- * Threading: callers push jobs onto `incoming` under `lock` and wake the thread with
- * curl_multi_wakeup(); every job, transfer and the distrust table belong to the thread. A
- * chunk received from a peer goes, with its job, to a verifier thread (hashing 1 MiB is the
- * transfer thread's biggest cost otherwise): a good chunk's job ends there; a bad one comes
- * back on `returned` for the thread to distrust the peer and try the next source.
- * Lookups on behalf of FUSE (source_lookup) use a blocking easy handle on the caller's thread
- * and touch nothing of the thread's. */
+ * Threading: the source has no thread of its own. Every request is a job on the node's HTTP
+ * client, and the source's logic runs in the requests' done callbacks on the client's thread,
+ * which owns every job, transfer, the distrust table and the locate cache; callers hand a new
+ * job to that thread with a call (http_client_call). A chunk received from a peer goes, with
+ * its job, to a verifier thread (hashing 1 MiB is the client thread's biggest cost otherwise):
+ * a good chunk's job ends there; a bad one is handed back to the client's thread, with a call,
+ * to distrust the peer and try the next source. Lookups on behalf of FUSE (source_lookup)
+ * wait for their requests on the caller's thread and touch nothing of the client thread's. */
 
 #include "peer/source_int.h"
 
@@ -99,8 +100,9 @@ void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size
         }
 }
 
-void src_to_origin(struct source *s, struct job *j) {
-        src_release_run(s, j); /* the rest of its run may still find peers */
+/* Any thread: J (none chained on it) goes to the origin client, which owns its callback from
+ * here; J itself is done. */
+void src_hand_to_origin(struct source *s, struct job *j) {
         j->phase = PH_ORIGIN;
         src_stat_add(s, &s->stats.origin_chunks, 1);
         /* Peers that were slow to fail must not use up the origin's turn: the read fails with
@@ -115,9 +117,20 @@ void src_to_origin(struct source *s, struct job *j) {
         free(j);
 }
 
+void src_to_origin(struct source *s, struct job *j) {
+        if (atomic_load(&s->stopping)) { /* a request refused by a closed group led here */
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
+        src_release_run(s, j); /* the rest of its run may still find peers */
+        src_hand_to_origin(s, j);
+}
+
 /* ---- public --------------------------------------------------------------------------------- */
 
 int source_new(const struct source_config *cfg, struct source **ret) {
+        if (!cfg->http)
+                return -EINVAL;
         struct source *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
@@ -130,23 +143,19 @@ int source_new(const struct source_config *cfg, struct source **ret) {
                 s->cfg.homes = 3;
         if (!s->cfg.digest_wait_ms)
                 s->cfg.digest_wait_ms = DIGEST_WAIT_DEFAULT_MS;
+        atomic_init(&s->stopping, false);
         pthread_mutex_init(&s->lock, NULL);
         pthread_mutex_init(&s->vq_lock, NULL);
         pthread_cond_init(&s->vq_cond, NULL);
         s->vq_tail = &s->vq_head;
-        s->multi = curl_multi_init();
-        if (!s->multi) {
-                source_free(s);
-                return -ENOMEM;
-        }
-        curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)s->cfg.max_per_peer);
-        curl_multi_setopt(s->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)s->cfg.max_total);
-        int r = -pthread_create(&s->thread, NULL, source_main, s);
+        int r = http_group_new_per_host(s->cfg.http, s->cfg.max_total, s->cfg.max_per_peer,
+                                        &s->g_chunks);
+        if (r == 0)
+                r = http_group_new(s->cfg.http, 0, &s->g_query);
         if (r < 0) {
                 source_free(s);
                 return r;
         }
-        s->thread_started = true;
         for (unsigned i = 0; i < VERIFIERS; i++) {
                 r = -pthread_create(&s->verifiers[i], NULL, src_verify_main, s);
                 if (r < 0) {
@@ -162,28 +171,21 @@ int source_new(const struct source_config *cfg, struct source **ret) {
 void source_free(struct source *s) {
         if (!s)
                 return;
-        if (s->thread_started) {
-                pthread_mutex_lock(&s->lock);
-                s->stopping = true;
-                pthread_mutex_unlock(&s->lock);
-                curl_multi_wakeup(s->multi);
-                pthread_join(s->thread, NULL);
-        }
-        /* The verifiers finish what they hold (a good chunk completes its job; a bad one is
-         * handed back, and failed below: nobody will try another source now). */
+        /* Requests and calls still queued or running end with ECANCELED and fail their jobs;
+         * a callback that would start another request is refused by the closed group, and one
+         * that would go to the origin sees `stopping`. Chunk transfers first: their ends may
+         * queue digest queries and calls, which the second close cancels. */
+        atomic_store(&s->stopping, true);
+        http_group_free(s->g_chunks);
+        http_group_free(s->g_query);
+        /* The verifiers finish what they hold: a good chunk completes its job; a bad one's
+         * hand-back is refused by the closed group, and it fails (verify_main). */
         pthread_mutex_lock(&s->vq_lock);
         s->vstop = true;
         pthread_cond_broadcast(&s->vq_cond);
         pthread_mutex_unlock(&s->vq_lock);
         for (unsigned i = 0; i < s->nverifiers; i++)
                 pthread_join(s->verifiers[i], NULL);
-        while (s->returned) {
-                struct job *j = s->returned;
-                s->returned = j->next;
-                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-        }
-        if (s->multi)
-                curl_multi_cleanup(s->multi);
         for (unsigned i = 0; i < LCACHE_SLOTS; i++)
                 src_lcache_evict(s, &s->lcache[i]);
         pthread_mutex_destroy(&s->lock);
@@ -212,20 +214,19 @@ static struct job *job_new(struct source *s, const struct digest *digest, uint64
         return j;
 }
 
-/* Hands J (and the run chained on it) to the thread. */
+/* Hands J (and the run chained on it) to the client's thread. */
 static void job_submit(struct source *s, struct job *j) {
-        pthread_mutex_lock(&s->lock);
-        bool stopping = s->stopping;
-        if (!stopping) {
-                j->next = s->incoming;
-                s->incoming = j;
-        }
-        pthread_mutex_unlock(&s->lock);
-        if (stopping) {
-                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+        int r = src_job_start_async(s, j);
+        if (r == -ECANCELED) {
+                src_job_done(j, r, "shutting down", NULL, 0, NULL);
                 return;
         }
-        curl_multi_wakeup(s->multi);
+        while (r < 0 && j) { /* the client's queue is full: the origin has every chunk */
+                struct job *next = j->run_next;
+                j->run_next = NULL;
+                src_hand_to_origin(s, j);
+                j = next;
+        }
 }
 
 void source_fetch_run(struct source *s, const struct digest *digest, uint64_t size,

@@ -27,11 +27,13 @@
  *
  * Without members (a node alone) every fetch goes straight to the origin.
  *
- * Threads and bounds: one thread runs a libcurl multi handle for every peer transfer and
- * directory query; at most max_total transfers at once and max_per_peer to one peer, the
- * rest queue; each transfer owns one chunk buffer. Two verifier threads hash what peers sent,
- * so the transfer thread keeps moving bytes. The callback contract is origin_fetch()'s: DONE
- * exactly once, on one of the source's threads or the origin's, never blocking. */
+ * Threads and bounds: every peer transfer and directory query is a request on the node's one
+ * HTTP client (net/http_client.h), whose thread runs the source's logic in its callbacks; at
+ * most max_total chunk transfers at once and max_per_peer to one peer, the rest wait in the
+ * client's queue, while directory queries are never held back by chunk transfers; each chunk
+ * transfer owns one chunk buffer. Two verifier threads hash what peers sent, so the client's
+ * thread keeps moving bytes. The callback contract is origin_fetch()'s: DONE exactly once, on
+ * the client's thread or a verifier's, never blocking. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -44,9 +46,12 @@
 #include "util/digest.h"
 
 struct source;
+struct http_client;
 
 struct source_config {
         struct origin *origin;    /* borrowed */
+        struct http_client *http; /* borrowed: runs every peer request; its max_inflight should
+                                     leave max_total to the source beside its other users */
         struct members *members;  /* borrowed; NULL: origin only */
         struct directory *dir;    /* borrowed: our own home role, asked without HTTP */
         struct index *ix;         /* borrowed, may be NULL: locations learnt are recorded */
@@ -67,8 +72,9 @@ struct source_config {
 
 int source_new(const struct source_config *cfg, struct source **ret);
 
-/* Stops the thread; pending fetches complete with -ECANCELED. NULL-safe. Call before
- * origin_free(). */
+/* Cancels the source's requests on the client and stops the verifiers; pending fetches
+ * complete with -ECANCELED. Not from the client's thread. NULL-safe. Call before origin_free()
+ * and http_client_free(). */
 void source_free(struct source *s);
 
 /* As origin_fetch(), for chunk IDX (LEN bytes at OFF) of blob DIGEST of SIZE bytes, whose
@@ -90,7 +96,8 @@ void source_fetch_run(struct source *s, const struct digest *digest, uint64_t si
                       uint64_t deadline_ms, origin_done_fn done, void *const *uds);
 
 /* Asks the homes what they know of DIGEST (blocking the caller until an answer or
- * DEADLINE_MS): its size and origin. 0; -ENOENT when no home knows it; -EHOSTUNREACH when no
+ * DEADLINE_MS; never from the HTTP client's thread, whose callbacks must not block): its size
+ * and origin. 0; -ENOENT when no home knows it; -EHOSTUNREACH when no
  * home answered; -ENOTCONN without members. */
 int source_lookup(struct source *s, const struct digest *digest, uint64_t deadline_ms,
                   uint64_t *ret_size, char *ret_source, size_t source_len);

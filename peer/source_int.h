@@ -3,22 +3,24 @@
  * file defines and another calls. Nothing outside peer/source*.c includes it (and
  * tests/unit/test_source_cache.c, which reaches the locate cache); the contract is source.h.
  *
- * Internal functions are named src_*. Unless a comment says otherwise they run on the source's
- * thread, which owns every job, transfer, the distrust table and the locate cache (see
- * source.c's essay for the phases a job walks and who owns what). */
+ * Internal functions are named src_*. Unless a comment says otherwise they run on the HTTP
+ * client's thread (net/http_client.h: as its callbacks, one at a time, never blocking), which
+ * owns every job, transfer, the distrust table and the locate cache (see source.c's essay for
+ * the phases a job walks and who owns what). */
 #pragma once
 #include "peer/source.h"
 
-#include <curl/curl.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include "net/http_client.h"
 #include "peer/httpd.h"
 #include "peer/proto.h"
 #include "peer/rendezvous.h"
@@ -30,12 +32,12 @@
 #define LOCATE_TIMEOUT_MS 1000 /* a home that has not answered by then is skipped */
 #define LOCATE_BODY_MAX WIRE_MAX_BODY
 #define URL_MAX 1200
-#define POLL_MS 20              /* stall checks run at least this often */
-#define BUSY_RETRIES 20         /* 503s from one job's peers before moving on */
-#define BUSY_PAUSE_MS 10        /* grows linearly with each retry ... */
-#define BUSY_PAUSE_MAX_MS 200   /* ... up to this */
-#define RECORD_SLOTS 64         /* blobs whose locations were recorded lately */
-#define RECORD_INTERVAL_MS 5000 /* record a blob's locations at most this often */
+#define XFER_RECV_BUFFER (512 << 10) /* a chunk in 16 KiB receives is 64 callbacks a MiB */
+#define BUSY_RETRIES 20              /* 503s from one job's peers before moving on */
+#define BUSY_PAUSE_MS 10             /* grows linearly with each retry ... */
+#define BUSY_PAUSE_MAX_MS 200        /* ... up to this */
+#define RECORD_SLOTS 64              /* blobs whose locations were recorded lately */
+#define RECORD_INTERVAL_MS 5000      /* record a blob's locations at most this often */
 /* Locate answers kept per blob (issue 18's hot home): an answer carries every holder's chunk
  * map and every chunk digest the home knows, so one answer serves the following misses of
  * that blob for a short while. Bounded by slots and by bytes of maps and digests; an answer
@@ -71,7 +73,6 @@ struct candidate {
 };
 
 struct job {
-        struct job *next; /* incoming / queued */
         struct source *s;
         struct digest digest;
         uint64_t size;
@@ -118,28 +119,25 @@ struct job {
  * verifier as soon as its bytes are in. */
 enum xfer_kind { X_LOCATE, X_CHUNK, X_DIGEST, X_RUN };
 
+/* One request on the HTTP client (its ud): what it asks for whom, and the bytes received. */
 struct xfer {
-        struct xfer *next; /* running list */
+        struct source *s;
         struct job *job;
         enum xfer_kind kind;
         char peer[PEER_ID_MAX];
         bool claimed;
-        CURL *easy;
-        struct curl_slist *headers;
-        uint8_t *buf;
+        uint8_t *buf; /* X_CHUNK, X_RUN: the chunk being received (CAP bytes, GOT of them) */
         size_t got, cap;
-        bool overflow;
-        uint64_t started_ms, last_byte_ms, stall_ms;
-        uint64_t total_ms; /* a transfer slower than this is abandoned for the next source */
-        bool stalled;
-        char curl_error[CURL_ERROR_SIZE];
-        uint64_t deadline_ms; /* the job's (a run's jobs share one) */
+        bool overflow; /* more bytes than asked for */
+        int data_err;  /* why our body callback refused the bytes (0: it did not) */
+        uint64_t submitted_ms;
         /* X_RUN: run[0 .. delivered) went to the verifiers (not ours any more), the rest are
          * still ours; BUF holds the bytes of run[delivered] so far (GOT of them). */
         struct job *run[MAX_RUN];
         unsigned nrun, delivered;
         struct digest blob;
         uint64_t ttfb_us;
+        struct xfer *prev_run, *next_run; /* X_RUN: on s->runs while in flight */
 };
 
 struct lcache_entry {
@@ -159,15 +157,16 @@ struct distrust {
 
 struct source {
         struct source_config cfg;
-        CURLM *multi;
-        pthread_t thread;
-        bool thread_started;
+        /* Chunk transfers (single and runs): at most max_total at once, max_per_peer to one
+         * peer. Directory queries (locates, digest queries) and calls (jobs handed to the
+         * client's thread, timers) have a group of their own without a cap, so chunk
+         * transfers never hold them back. */
+        struct http_group *g_chunks, *g_query;
+        atomic_bool stopping; /* jobs that would go to the origin end ECANCELED instead */
 
-        pthread_mutex_t lock; /* incoming, returned, stopping, stats */
-        struct job *incoming;
-        struct job *returned; /* failed verification: back to the thread for the next source */
+        pthread_mutex_t lock; /* stats */
 
-        /* Verifiers: hashing a received chunk (about 0.6 ms a MiB) is done off the transfer
+        /* Verifiers: hashing a received chunk (about 0.6 ms a MiB) is done off the client's
          * thread, which otherwise spends most of its time hashing while transfers wait. */
         pthread_mutex_t vq_lock; /* the queue and vstop */
         pthread_cond_t vq_cond;
@@ -175,13 +174,10 @@ struct source {
         bool vstop;
         pthread_t verifiers[VERIFIERS];
         unsigned nverifiers;
-        bool stopping;
         struct source_stats stats;
 
-        /* thread only */
-        struct xfer *running;
-        unsigned active;
-        struct job *queued; /* waiting for a transfer slot */
+        /* the client's thread only */
+        struct xfer *runs; /* runs in flight, for src_abort_runs */
         struct distrust distrust[DISTRUST_SLOTS];
         unsigned distrust_next;
         struct {
@@ -201,6 +197,7 @@ bool src_distrusted(const struct source *s, const char *peer, const struct diges
 void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
                   const struct digest *sha);
 void src_stat_add(struct source *s, uint64_t *field, uint64_t n);
+void src_hand_to_origin(struct source *s, struct job *j);
 void src_to_origin(struct source *s, struct job *j);
 
 /* ---- source_cache.c: the locate cache (thread only) -------------------------------------------- */
@@ -230,7 +227,8 @@ void src_use_answer(struct source *s, struct job *j, struct wire_locate *l, cons
 /* ---- source_run.c: coalesced runs -------------------------------------------------------------- */
 
 void src_abort_runs(struct source *s, const char *peer, const struct digest *blob);
-void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status);
+int src_run_data(void *ud, struct http_response *r, const uint8_t *data, size_t n);
+void src_run_done(struct source *s, struct xfer *x, const struct http_response *r);
 void src_run_plan(struct source *s, struct job *head, const struct wire_locate *l, const char *home,
                   const char *self);
 
@@ -238,19 +236,20 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
 
 void src_confirm_start(struct source *s, struct job *j);
 void src_corrupt_returned(struct source *s, struct job *j);
-void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status);
+void src_digest_done(struct source *s, struct xfer *x, const struct http_response *r);
 void src_next_confirm(struct source *s, struct job *j);
 void *src_verify_main(void *arg);
 int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
                       uint64_t ttfb_us);
 
-/* ---- source_xfer.c: transfers and the source thread -------------------------------------------- */
+/* ---- source_xfer.c: transfers on the HTTP client, and handing jobs to its thread ----------------- */
 
-unsigned src_active_to(const struct source *s, const char *peer);
-void src_add_token(const struct source *s, struct curl_slist **headers);
-void *source_main(void *arg);
-void src_xfer_detach(struct source *s, struct xfer *x);
+bool src_cancelled(const struct http_response *r);
+void src_job_later(struct source *s, struct job *j);
+int src_job_start_async(struct source *s, struct job *j);
+int src_return_corrupt(struct source *s, struct job *j);
+void src_token_header(const struct source *s, char *out, size_t len);
 void src_xfer_free(struct xfer *x);
-int src_xfer_launch(struct source *s, struct xfer *x, const char *url, curl_write_callback write);
+int src_xfer_submit(struct source *s, struct xfer *x, struct http_request *q);
 int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const char *peer,
                    bool claimed, const char *self);

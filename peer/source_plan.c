@@ -2,8 +2,8 @@
  * order (the spread home first, then the first home with a claim, then the others), how an
  * answer becomes candidates (holders before claimants, ranked by the membership), and the
  * fail-over from one candidate to the next and, last, to the origin. Everything here runs on
- * the source's thread and owns the job while it does; it never blocks (locates of other nodes
- * are transfers, our own directory is asked in memory). */
+ * the HTTP client's thread and owns the job while it does; it never blocks (locates of other
+ * nodes are requests on the client, our own directory is asked in memory). */
 #include "peer/source_int.h"
 
 /* ---- the job's phases ----------------------------------------------------------------------- */
@@ -156,8 +156,7 @@ void src_next_candidate(struct source *s, struct job *j) {
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                 self[0] = '\0';
         if (now_ms() < j->not_before_ms) {
-                j->next = s->queued;
-                s->queued = j;
+                src_job_later(s, j);
                 return;
         }
         while (j->cand_next < j->ncand) {
@@ -170,13 +169,7 @@ void src_next_candidate(struct source *s, struct job *j) {
                         j->cand_next++;
                         continue;
                 }
-                if (s->active >= s->cfg.max_total ||
-                    src_active_to(s, c->id) >= s->cfg.max_per_peer) {
-                        /* Wait for a slot; the candidate is tried when one frees. */
-                        j->next = s->queued;
-                        s->queued = j;
-                        return;
-                }
+                /* Over max_total or max_per_peer, the transfer waits in the client's queue. */
                 j->cand_next++;
                 if (src_xfer_start(s, j, X_CHUNK, c->id, c->claimed, self) == 0)
                         return;
@@ -288,6 +281,3 @@ void src_start_job(struct source *s, struct job *j) {
                 return;
         src_next_home(s, j);
 }
-
-/* Whether J is ready to go to its first candidate as part of a run: a holder (not a
- * claimant, whose answer waits), usable, whose bytes we can check without its word. */

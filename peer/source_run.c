@@ -3,11 +3,14 @@
  * soon as its bytes are in, so the first chunk's reader does not wait for the run; a run that
  * breaks sends the chunks not yet in on, each on its own, exactly as a failed single transfer
  * would. Trust is the single path's: every chunk is checked against a digest from a home that
- * is not the sender. Source thread only; a run costs one transfer and one chunk buffer. */
+ * is not the sender. The HTTP client's thread only (the body callback too); a run costs one
+ * transfer (a slot of g_chunks, like a single chunk's) and one chunk buffer. */
 #include "peer/source_int.h"
 
 static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer);
 
+/* Whether J is ready to go to its first candidate as part of a run: a holder (not a
+ * claimant, whose answer waits), usable, whose bytes we can check without its word. */
 static bool run_ready(struct source *s, const struct job *j) {
         if (j->phase != PH_PEERS || j->ncand == 0 || j->cand[0].claimed)
                 return false;
@@ -76,9 +79,7 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
                         while (k < n && planned[k] && run_ready(s, a[k]) &&
                                strcmp(a[k]->cand[0].id, a[i]->cand[0].id) == 0)
                                 k++;
-                if (k - i >= 2 && s->active < s->cfg.max_total &&
-                    src_active_to(s, a[i]->cand[0].id) < s->cfg.max_per_peer &&
-                    run_start(s, a + i, k - i, a[i]->cand[0].id) == 0) {
+                if (k - i >= 2 && run_start(s, a + i, k - i, a[i]->cand[0].id) == 0) {
                         i = k;
                         continue;
                 }
@@ -91,34 +92,33 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
         }
 }
 
-/* Queues BUF (J's chunk from PEER, now owned by the verifier) for checking against J->sha.
- * 0; -ENOMEM (BUF freed). */
 /* ---- coalesced runs ------------------------------------------------------------------------ */
+
+/* Ends the run's transfer from its body callback: ERR says why (-EPROTO: the peer sent what
+ * was not asked for). */
+static int run_refuse(struct xfer *x, int err, bool overflow) {
+        x->overflow |= overflow;
+        x->data_err = err;
+        return err;
+}
 
 /* The body of a run: bytes fill the chunk being received; a full chunk goes to a verifier at
  * once (its readers do not wait for the rest of the run), with its own digest from a home. */
-static size_t on_run_body(char *data, size_t size, size_t nmemb, void *ud) {
+int src_run_data(void *ud, struct http_response *r, const uint8_t *data, size_t n) {
         struct xfer *x = ud;
-        size_t n = size * nmemb, left = n;
-        x->last_byte_ms = now_ms();
+        size_t left = n;
         if (x->delivered == 0 && x->got == 0) {
-                /* An error answer's body is not chunk bytes (a short last chunk could look
-                 * whole): take only a partial answer, or the whole blob when asked whole. */
-                long status = 0;
-                curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-                if (status != 206 &&
-                    !(status == 200 && x->run[0]->off == 0 &&
+                /* A 200 is the whole blob: bytes only when the run was the whole blob (a
+                 * short last chunk could look whole otherwise). 2xx only reach here. */
+                if (r->status != 206 &&
+                    !(r->status == 200 && x->run[0]->off == 0 &&
                       x->run[x->nrun - 1]->off + x->run[x->nrun - 1]->len == x->run[0]->size))
-                        return 0;
-                curl_off_t t = 0;
-                if (curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
-                        x->ttfb_us = (uint64_t)t;
+                        return run_refuse(x, -EPROTO, false);
+                x->ttfb_us = r->ttfb_us;
         }
         while (left) {
-                if (x->delivered >= x->nrun || !x->buf) {
-                        x->overflow = true;
-                        return 0;
-                }
+                if (x->delivered >= x->nrun || !x->buf)
+                        return run_refuse(x, -EPROTO, true);
                 struct job *j = x->run[x->delivered];
                 size_t take = j->len - x->got < left ? j->len - x->got : left;
                 memcpy(x->buf + x->got, data, take);
@@ -131,15 +131,15 @@ static size_t on_run_body(char *data, size_t size, size_t nmemb, void *ud) {
                 x->buf = NULL;
                 x->got = 0;
                 if (src_verify_submit(j->s, j, buf, x->peer, x->ttfb_us) < 0)
-                        return 0; /* J is still ours: src_run_done sends it on */
+                        return run_refuse(x, -ENOMEM, false); /* J is still ours: run_done */
                 x->delivered++;
                 if (x->delivered < x->nrun) {
                         x->buf = malloc(x->run[x->delivered]->len);
                         if (!x->buf)
-                                return 0;
+                                return run_refuse(x, -ENOMEM, false);
                 }
         }
-        return n;
+        return 0;
 }
 
 /* One ranged GET to PEER for JOBS[0 .. N) (consecutive chunks, each with a candidate list
@@ -152,24 +152,31 @@ static int run_start(struct source *s, struct job **jobs, unsigned n, const char
         memcpy(x->run, jobs, n * sizeof(*jobs));
         x->nrun = n;
         x->blob = jobs[0]->digest;
-        x->deadline_ms = jobs[0]->deadline_ms;
         snprintf(x->peer, sizeof(x->peer), "%s", peer);
-        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96];
+        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[64], token[HTTPD_TOKEN_MAX + 32];
         digest_to_hex(&x->blob, hex);
         snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
-        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, jobs[0]->off,
+        snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, jobs[0]->off,
                  jobs[n - 1]->off + jobs[n - 1]->len - 1);
-        x->headers = curl_slist_append(x->headers, range);
-        src_add_token(s, &x->headers);
-        x->stall_ms = s->cfg.stall_timeout_ms;
-        x->total_ms = 2 * s->cfg.stall_timeout_ms * n; /* as a chunk's, per chunk */
+        src_token_header(s, token, sizeof(token));
+        struct http_request q = {
+                .url = url,
+                .range = range,
+                .headers = {token[0] ? token : NULL},
+                .group = s->g_chunks,
+                .deadline_ms = jobs[0]->deadline_ms, /* a run's jobs share one */
+                .stall_ms = s->cfg.stall_timeout_ms,
+                .max_time_ms = 2 * s->cfg.stall_timeout_ms * n, /* as a chunk's, per chunk */
+                .recv_buffer = XFER_RECV_BUFFER,
+                .on_data = src_run_data,
+        };
         x->cap = jobs[0]->len;
         x->buf = malloc(x->cap);
         if (!x->buf) {
                 src_xfer_free(x);
                 return -ENOMEM;
         }
-        int r = src_xfer_launch(s, x, url, on_run_body);
+        int r = src_xfer_submit(s, x, &q);
         if (r < 0)
                 return r;
         for (unsigned i = 0; i < n; i++)
@@ -183,26 +190,35 @@ static int run_start(struct source *s, struct job **jobs, unsigned n, const char
 
 /* A run ended (or was given up): the chunks not delivered go on, each on its own, to their
  * next source; the peer is reported when it broke the transfer. */
-void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+void src_run_done(struct source *s, struct xfer *x, const struct http_response *r) {
         if (x->delivered == x->nrun)
-                return; /* every chunk is with a verifier */
+                return; /* every chunk is with a verifier (or src_abort_runs sent them on) */
+        if (src_cancelled(r)) {
+                for (unsigned i = x->delivered; i < x->nrun; i++)
+                        src_job_done(x->run[i], -ECANCELED, "shutting down", NULL, 0, NULL);
+                x->delivered = x->nrun;
+                return;
+        }
         uint64_t now = now_ms();
         const char *why;
         bool peer_fault = false, busy = false, restart = false;
-        if (x->stalled) {
-                why = "stalled";
-                peer_fault = true;
+        long status = r->status;
+        if (r->err && !x->data_err) {
+                /* No answer in full: refused, cut, stalled, too slow (a run whose deadline
+                 * passed in the client's queue never reached the peer). */
+                why = r->reason[0] ? r->reason : strerror(-r->err);
+                peer_fault = r->started;
         } else if (status == 503) {
                 why = "busy";
                 busy = true;
         } else if (status != 206 && status != 200) {
                 why = status == 416 ? "does not hold the run (http 416)" : "refused";
                 restart = status == 416; /* our picture of it was stale: ask again */
-        } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && !x->overflow)) {
-                why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
+        } else if (x->overflow) {
+                why = "sent more than asked for";
                 peer_fault = true;
-        } else if (cc == CURLE_WRITE_ERROR) {
-                why = "out of memory";
+        } else if (x->data_err) {
+                why = x->data_err == -ENOMEM ? "out of memory" : "not the range asked for";
         } else {
                 why = "short or long answer";
                 peer_fault = true;
@@ -215,7 +231,7 @@ void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
                 log_debug("peer run failed peer=%s chunk=%" PRIu32 " chunks=%u delivered=%u"
                           " why=\"%s\" ms=%" PRIu64,
                           x->peer, x->run[x->delivered]->idx, x->nrun, x->delivered, why,
-                          now - x->started_ms);
+                          now - x->submitted_ms);
         }
         for (unsigned i = x->delivered; i < x->nrun; i++) {
                 struct job *j = x->run[i];
@@ -225,8 +241,7 @@ void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
                         uint64_t pause = BUSY_PAUSE_MS * j->busy_retries;
                         j->not_before_ms =
                                 now + (pause < BUSY_PAUSE_MAX_MS ? pause : BUSY_PAUSE_MAX_MS);
-                        j->next = s->queued;
-                        s->queued = j;
+                        src_job_later(s, j);
                 } else if (restart) {
                         j->ncand = j->cand_next = 0;
                         j->sha_known = false;
@@ -239,21 +254,18 @@ void src_run_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
 }
 
 /* The runs from PEER of BLOB stop here (it sent a chunk that failed its digest): their
- * remaining chunks go to their next sources. */
+ * remaining chunks go to their next sources now. The transfer itself ends at its next bytes
+ * (src_run_data finds no chunk left to fill) or its stall time, and its end only frees it. */
 void src_abort_runs(struct source *s, const char *peer, const struct digest *blob) {
-        for (;;) {
-                struct xfer *x = s->running;
-                while (x && !(x->kind == X_RUN && strcmp(x->peer, peer) == 0 &&
-                              digest_equal(&x->blob, blob)))
-                        x = x->next;
-                if (!x)
-                        return;
-                src_xfer_detach(s, x);
-                for (unsigned i = x->delivered; i < x->nrun; i++)
-                        src_next_candidate(s, x->run[i]);
+        for (struct xfer *x = s->runs; x; x = x->next_run) {
+                if (strcmp(x->peer, peer) != 0 || !digest_equal(&x->blob, blob) ||
+                    x->delivered == x->nrun)
+                        continue;
+                unsigned from = x->delivered;
                 x->delivered = x->nrun;
-                src_xfer_free(x);
+                free(x->buf);
+                x->buf = NULL;
+                for (unsigned i = from; i < x->nrun; i++)
+                        src_next_candidate(s, x->run[i]);
         }
 }
-
-/* A digest query (CONFIRM) ended. */

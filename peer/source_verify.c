@@ -1,8 +1,8 @@
 /* Checking what peers sent. CONFIRM: bytes whose only digest is their sender's word are held
  * while the other homes are asked for the chunk's digest, round after round up to
  * digest_wait_ms, then checked or dropped. The verifiers: VERIFIERS threads hash received
- * chunks off the source's thread (about 0.6 ms a MiB, its biggest cost otherwise); a good
- * chunk's job ends on the verifier, a bad one goes back to the source's thread, which
+ * chunks off the client's thread (about 0.6 ms a MiB, its biggest cost otherwise); a good
+ * chunk's job ends on the verifier, a bad one goes back to the client's thread, which
  * distrusts the sender for the blob and tries the next source. Costs one chunk buffer per
  * held or queued chunk; the queue is bounded by the transfers that can run at once. */
 #include "peer/source_int.h"
@@ -61,8 +61,7 @@ void src_next_confirm(struct source *s, struct job *j) {
                 self[0] = '\0';
         uint64_t now = now_ms();
         if (now < j->not_before_ms) {
-                j->next = s->queued;
-                s->queued = j;
+                src_job_later(s, j);
                 return;
         }
         bool any = false; /* a home other than the sender exists: waiting may pay */
@@ -97,8 +96,7 @@ void src_next_confirm(struct source *s, struct job *j) {
                 j->confirm_next = 0; /* another round, once the claimant had time to announce */
                 j->confirm_round++;
                 j->not_before_ms = now + CONFIRM_POLL_MS;
-                j->next = s->queued;
-                s->queued = j;
+                src_job_later(s, j);
                 return;
         }
         char hex[DIGEST_HEX_LEN + 1];
@@ -117,13 +115,17 @@ void src_next_confirm(struct source *s, struct job *j) {
         src_next_candidate(s, j);
 }
 
-void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+void src_digest_done(struct source *s, struct xfer *x, const struct http_response *r) {
         struct job *j = x->job;
-        if (cc == CURLE_OK && status == 200) {
+        if (src_cancelled(r)) {
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
+        if (r->err == 0 && r->status == 200) {
                 struct wire_locate l;
                 char reason[128];
-                if (wire_locate_parse((const char *)x->buf, x->got, &l, reason, sizeof(reason)) ==
-                    0) {
+                const char *body = r->body.data ? (const char *)r->body.data : "";
+                if (wire_locate_parse(body, r->body.len, &l, reason, sizeof(reason)) == 0) {
                         bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
                                      l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
                                      wire_bit(l.sha_known, j->idx);
@@ -142,16 +144,17 @@ void src_digest_done(struct source *s, struct xfer *x, CURLcode cc, long status)
                          * 16-node waves (bench/sim/swarm16.py); one home a round: 2.1 and 4.1. */
                         j->confirm_next = j->nhomes;
                 }
-        } else if (cc != CURLE_OK || x->stalled) {
+        } else if (r->err) {
                 src_stat_add(s, &s->stats.locate_failures, 1);
-                if (now_ms() < j->deadline_ms && cc != CURLE_WRITE_ERROR)
-                        members_report_failure(s->cfg.members, x->peer,
-                                               x->stalled ? "stalled" : curl_easy_strerror(cc));
+                if (r->started && now_ms() < j->deadline_ms && r->err != -EFBIG)
+                        members_report_failure(s->cfg.members, x->peer, r->reason);
         }
         src_next_confirm(s, j);
 }
 
-/* A chunk transfer ended: verify and finish, or move on. */
+/* A verifier: checks received chunks. A good one finishes its job here (the done callback may
+ * run on any verifier); a bad one goes back to the client's thread, which owns the distrust
+ * table and the next-source logic. */
 void *src_verify_main(void *arg) {
         struct source *s = arg;
         pthread_mutex_lock(&s->vq_lock);
@@ -181,11 +184,11 @@ void *src_verify_main(void *arg) {
                 } else {
                         free(v->buf);
                         snprintf(j->bad_peer, sizeof(j->bad_peer), "%s", v->peer);
-                        pthread_mutex_lock(&s->lock);
-                        j->next = s->returned;
-                        s->returned = j;
-                        pthread_mutex_unlock(&s->lock);
-                        curl_multi_wakeup(s->multi);
+                        int r = src_return_corrupt(s, j);
+                        if (r == -ECANCELED) /* stopping: nobody tries another source */
+                                src_job_done(j, r, "shutting down", NULL, 0, NULL);
+                        else if (r < 0) /* no room to hand it back: the origin has it */
+                                src_hand_to_origin(s, j);
                 }
                 free(v);
                 pthread_mutex_lock(&s->vq_lock);
@@ -194,7 +197,7 @@ void *src_verify_main(void *arg) {
         return NULL;
 }
 
-/* Transfer thread: a chunk whose bytes did not match; distrust its sender for the blob and
+/* The client's thread: a chunk whose bytes did not match; distrust its sender for the blob and
  * try the next source. */
 void src_corrupt_returned(struct source *s, struct job *j) {
         char hex[DIGEST_HEX_LEN + 1];

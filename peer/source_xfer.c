@@ -1,51 +1,119 @@
-/* The source's transport: one libcurl multi handle on the source's thread for every peer
- * transfer and directory query (locates, chunk GETs, digest queries), the stall checks, the
- * queue of jobs waiting for a transfer slot (max_total at once, max_per_peer to one peer), and
- * what a finished chunk or locate transfer means for its job. The thread's loop also starts
- * incoming jobs and takes back chunks the verifiers refused. */
+/* The source's transport: every peer transfer and directory query (locates, chunk GETs, runs,
+ * digest queries) is a request on the node's one HTTP client (net/http_client.h), and what a
+ * finished one means for its job is decided in its done callback, on the client's thread. The
+ * client enforces what the source's own loop did before: the caps of chunk transfers (the
+ * g_chunks group: max_total at once, max_per_peer to one peer; a transfer over a cap waits in
+ * the client's queue), the stall time, a transfer's time bound and the job's deadline.
+ * Directory queries go in g_query, which has no cap, so chunk transfers never hold them back.
+ *
+ * Jobs reach the client's thread as calls (http_client_call, in g_query): a new job from
+ * source_fetch(), a job pausing before it asks a busy peer again or the homes for a digest
+ * again (a call with a start time), a chunk the verifiers refused. A group's close cancels
+ * requests and calls alike: every done callback here ends its jobs with ECANCELED then, and
+ * src_to_origin() does the same once the source is stopping, so nothing new starts. */
 #include "peer/source_int.h"
 
-static size_t on_locate_body(char *data, size_t size, size_t nmemb, void *ud);
+/* ---- requests ------------------------------------------------------------------------------- */
 
-/* ---- transfers ------------------------------------------------------------------------------ */
-
-static size_t on_body(char *data, size_t size, size_t nmemb, void *ud) {
-        struct xfer *x = ud;
-        size_t n = size * nmemb;
-        x->last_byte_ms = now_ms();
-        if (x->got + n > x->cap) {
-                x->overflow = true;
-                return 0; /* abort: more than asked for */
-        }
-        memcpy(x->buf + x->got, data, n);
-        x->got += n;
-        return n;
+bool src_cancelled(const struct http_response *r) {
+        return r->err == -ECANCELED;
 }
 
 void src_xfer_free(struct xfer *x) {
         if (!x)
                 return;
-        if (x->easy)
-                curl_easy_cleanup(x->easy);
-        curl_slist_free_all(x->headers);
         free(x->buf);
         free(x);
 }
 
-/* The cluster token header, when the cluster has one. */
-void src_add_token(const struct source *s, struct curl_slist **headers) {
-        if (!s->cfg.token)
-                return;
-        char h[HTTPD_TOKEN_MAX + 32];
-        snprintf(h, sizeof(h), PROTO_TOKEN_HEADER ": %s", s->cfg.token);
-        *headers = curl_slist_append(*headers, h);
+/* The cluster token header into OUT, or "" when the cluster has none. */
+void src_token_header(const struct source *s, char *out, size_t len) {
+        if (s->cfg.token)
+                snprintf(out, len, PROTO_TOKEN_HEADER ": %s", s->cfg.token);
+        else if (len)
+                out[0] = '\0';
 }
 
-unsigned src_active_to(const struct source *s, const char *peer) {
-        unsigned n = 0;
-        for (const struct xfer *x = s->running; x; x = x->next)
-                n += strcmp(x->peer, peer) == 0;
-        return n;
+static void add_header(struct http_request *q, const char *h) {
+        if (!h[0])
+                return;
+        for (size_t i = 0; i < HTTP_CLIENT_HEADERS_MAX - 1; i++)
+                if (!q->headers[i]) {
+                        q->headers[i] = h;
+                        return;
+                }
+}
+
+static void run_unlink(struct source *s, struct xfer *x) {
+        if (x->prev_run)
+                x->prev_run->next_run = x->next_run;
+        else if (s->runs == x)
+                s->runs = x->next_run;
+        if (x->next_run)
+                x->next_run->prev_run = x->prev_run;
+        x->prev_run = x->next_run = NULL;
+}
+
+static void locate_done(struct source *s, struct xfer *x, const struct http_response *r);
+static void chunk_done(struct source *s, struct xfer *x, const struct http_response *r);
+
+static void xfer_done(void *ud, struct http_response *r) {
+        struct xfer *x = ud;
+        struct source *s = x->s;
+        switch (x->kind) {
+        case X_LOCATE:
+                locate_done(s, x, r);
+                break;
+        case X_DIGEST:
+                src_digest_done(s, x, r);
+                break;
+        case X_RUN:
+                run_unlink(s, x);
+                src_run_done(s, x, r);
+                break;
+        case X_CHUNK:
+                chunk_done(s, x, r);
+                break;
+        }
+        src_xfer_free(x);
+}
+
+/* Submits Q (its URL, headers and kind-specific limits set) for X: the peer settings every
+ * request of the source shares, X as its ud. 0, or -errno with X freed. */
+int src_xfer_submit(struct source *s, struct xfer *x, struct http_request *q) {
+        q->protocols = "http";
+        q->no_proxy = true; /* none between nodes of one cluster, whatever the environment says */
+        q->connect_timeout_ms = s->cfg.connect_timeout_ms;
+        q->done = xfer_done;
+        q->ud = x;
+        x->s = s;
+        x->submitted_ms = now_ms();
+        int r = http_client_submit(s->cfg.http, q);
+        if (r < 0) {
+                src_xfer_free(x);
+                return r;
+        }
+        if (x->kind == X_RUN) { /* we are on the client's thread: X cannot end before this */
+                x->next_run = s->runs;
+                if (s->runs)
+                        s->runs->prev_run = x;
+                s->runs = x;
+        }
+        return 0;
+}
+
+/* A single chunk's bytes: at most the chunk, into its buffer. */
+static int chunk_data(void *ud, struct http_response *r, const uint8_t *data, size_t n) {
+        (void)r;
+        struct xfer *x = ud;
+        if (x->got + n > x->cap) {
+                x->overflow = true;
+                x->data_err = -EFBIG;
+                return -EFBIG; /* more than asked for: ends the transfer */
+        }
+        memcpy(x->buf + x->got, data, n);
+        x->got += n;
+        return 0;
 }
 
 int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const char *peer,
@@ -57,10 +125,13 @@ int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const c
         x->kind = kind;
         x->claimed = claimed;
         snprintf(x->peer, sizeof(x->peer), "%s", peer);
-        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[96], wait[64];
+        char hex[DIGEST_HEX_LEN + 1], url[URL_MAX], range[64], wait[64];
+        char token[HTTPD_TOKEN_MAX + 32];
         digest_to_hex(&j->digest, hex);
+        struct http_request q = {.url = url, .deadline_ms = j->deadline_ms};
+        src_token_header(s, token, sizeof(token));
+        add_header(&q, token);
         if (kind == X_LOCATE || kind == X_DIGEST) {
-                src_add_token(s, &x->headers);
                 if (j->probing || j->spread || kind == X_DIGEST) /* no claim: only asking */
                         snprintf(url, sizeof(url),
                                  "http://%s" PROTO_LOCATE_PATH "%s?" PROTO_ARG_CHUNK "=%" PRIu32,
@@ -70,96 +141,55 @@ int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const c
                                  "http://%s" PROTO_LOCATE_PATH "%s?" PROTO_ARG_CHUNK "=%" PRIu32
                                  "&" PROTO_ARG_NODE "=%s",
                                  peer, hex, j->idx, self);
-                x->stall_ms = x->total_ms = LOCATE_TIMEOUT_MS;
-        } else {
-                x->cap = j->len;
-                snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
-                snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, j->off,
-                         j->off + j->len - 1);
-                x->headers = curl_slist_append(x->headers, range);
-                src_add_token(s, &x->headers);
-                x->stall_ms = s->cfg.stall_timeout_ms;
-                /* A chunk on a peer's disk crosses a cluster network in milliseconds; one that
-                 * trickles for twice the stall time goes to the next source instead. */
-                x->total_ms = 2 * s->cfg.stall_timeout_ms;
-                if (claimed) {
-                        /* It answers once the chunk lands: silence is expected that long. */
-                        snprintf(wait, sizeof(wait), PROTO_WAIT_HEADER ": %" PRIu64,
-                                 s->cfg.claim_wait_ms);
-                        x->headers = curl_slist_append(x->headers, wait);
-                        x->stall_ms += s->cfg.claim_wait_ms;
-                        x->total_ms += s->cfg.claim_wait_ms;
-                }
+                q.group = s->g_query;
+                q.max_time_ms = LOCATE_TIMEOUT_MS; /* a home that has not answered is skipped */
+                q.body_max = LOCATE_BODY_MAX;
+                return src_xfer_submit(s, x, &q);
         }
-        if (kind != X_CHUNK)
-                x->cap = 64 << 10; /* grows, up to LOCATE_BODY_MAX */
+        x->cap = j->len;
         x->buf = malloc(x->cap ? x->cap : 1);
-        x->deadline_ms = j->deadline_ms;
         if (!x->buf) {
                 src_xfer_free(x);
                 return -ENOMEM;
         }
-        return src_xfer_launch(s, x, url, kind == X_CHUNK ? on_body : on_locate_body);
-}
-
-/* Starts X (its headers, buffer and limits set) as a GET of URL whose body goes to WRITE.
- * 0, or -errno with X freed. */
-int src_xfer_launch(struct source *s, struct xfer *x, const char *url, curl_write_callback write) {
-        x->easy = curl_easy_init();
-        if (!x->easy) {
-                src_xfer_free(x);
-                return -ENOMEM;
+        snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
+        snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, j->off, j->off + j->len - 1);
+        q.range = range;
+        q.group = s->g_chunks;
+        q.recv_buffer = XFER_RECV_BUFFER;
+        q.on_data = chunk_data;
+        q.stall_ms = s->cfg.stall_timeout_ms;
+        /* A chunk on a peer's disk crosses a cluster network in milliseconds; one that
+         * trickles for twice the stall time goes to the next source instead. */
+        q.max_time_ms = 2 * s->cfg.stall_timeout_ms;
+        if (claimed) {
+                /* It answers once the chunk lands: silence is expected that long. */
+                snprintf(wait, sizeof(wait), PROTO_WAIT_HEADER ": %" PRIu64, s->cfg.claim_wait_ms);
+                add_header(&q, wait);
+                q.stall_ms += s->cfg.claim_wait_ms;
+                q.max_time_ms += s->cfg.claim_wait_ms;
         }
-        CURL *h = x->easy;
-        curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http");
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, x->headers);
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write);
-        /* A chunk in 16 KiB receives (curl's default) is 64 recvfrom and callbacks per MiB;
-         * 512 KiB per chunk transfer, at most max_transfers of them (see source.h). */
-        if (x->kind == X_CHUNK || x->kind == X_RUN)
-                curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L << 10);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
-        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long)s->cfg.connect_timeout_ms);
-        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->curl_error);
-        curl_easy_setopt(h, CURLOPT_PRIVATE, x);
-        curl_easy_setopt(h, CURLOPT_TCP_NODELAY, 1L);
-        /* No proxy between nodes of one cluster, whatever the environment says. */
-        curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
-        x->started_ms = x->last_byte_ms = now_ms();
-        if (curl_multi_add_handle(s->multi, h) != CURLM_OK) {
-                src_xfer_free(x);
-                return -EIO;
-        }
-        x->next = s->running;
-        s->running = x;
-        s->active++;
-        return 0;
+        return src_xfer_submit(s, x, &q);
 }
 
-void src_xfer_detach(struct source *s, struct xfer *x) {
-        curl_multi_remove_handle(s->multi, x->easy);
-        for (struct xfer **pp = &s->running; *pp; pp = &(*pp)->next)
-                if (*pp == x) {
-                        *pp = x->next;
-                        break;
-                }
-        s->active--;
-}
+/* ---- what a finished request means ---------------------------------------------------------- */
 
-static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+static void chunk_done(struct source *s, struct xfer *x, const struct http_response *r) {
         struct job *j = x->job;
+        if (src_cancelled(r)) {
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
         uint64_t now = now_ms();
         const char *why = NULL;
         char status_why[48];
         bool peer_fault = false;
-        if (x->stalled) {
-                why = "stalled";
-                peer_fault = true;
-        } else if (cc != CURLE_OK && !(cc == CURLE_WRITE_ERROR && x->overflow)) {
-                why = x->curl_error[0] ? x->curl_error : curl_easy_strerror(cc);
-                peer_fault = true;
+        long status = r->status;
+        if (r->err && !x->overflow) {
+                /* No answer in full: refused, cut, stalled, too slow. A job whose deadline
+                 * passed in the client's queue never reached the peer. */
+                why = r->reason[0] ? r->reason : strerror(-r->err);
+                peer_fault = r->started;
         } else if (status == 503 && j->busy_retries < BUSY_RETRIES) {
                 /* Busy serving others: it holds the chunk, so ask it again shortly rather
                  * than move on (the next source may be the origin). */
@@ -167,8 +197,7 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                 j->cand_next--;
                 uint64_t pause = BUSY_PAUSE_MS * j->busy_retries;
                 j->not_before_ms = now + (pause < BUSY_PAUSE_MAX_MS ? pause : BUSY_PAUSE_MAX_MS);
-                j->next = s->queued;
-                s->queued = j;
+                src_job_later(s, j);
                 return;
         } else if (status != 206 && status != 200) {
                 snprintf(status_why, sizeof(status_why), "%s (http %ld)",
@@ -179,11 +208,8 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
                 peer_fault = true;
         }
         if (!why) {
-                uint64_t ttfb_us = 0;
-                curl_off_t t = 0;
-                if (!x->claimed && /* a claimant's wait is not its latency */
-                    curl_easy_getinfo(x->easy, CURLINFO_STARTTRANSFER_TIME_T, &t) == CURLE_OK)
-                        ttfb_us = (uint64_t)t;
+                /* A claimant's wait is not its latency. */
+                uint64_t ttfb_us = x->claimed ? 0 : r->ttfb_us;
                 uint8_t *buf = x->buf;
                 x->buf = NULL;
                 if (src_checkable(j, x->peer)) {
@@ -206,17 +232,21 @@ static void chunk_done(struct source *s, struct xfer *x, CURLcode cc, long statu
         if (peer_fault)
                 members_report_failure(s->cfg.members, x->peer, why);
         log_debug("peer transfer failed peer=%s chunk=%" PRIu32 " why=\"%s\" ms=%" PRIu64, x->peer,
-                  j->idx, why, now - x->started_ms);
+                  j->idx, why, now - x->submitted_ms);
         src_next_candidate(s, j);
 }
 
-static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long status) {
+static void locate_done(struct source *s, struct xfer *x, const struct http_response *r) {
         struct job *j = x->job;
-        if (cc == CURLE_OK && status == 200) {
+        if (src_cancelled(r)) {
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
+        if (r->err == 0 && r->status == 200) {
                 struct wire_locate l;
                 char reason[128];
-                if (wire_locate_parse((const char *)x->buf, x->got, &l, reason, sizeof(reason)) ==
-                    0) {
+                const char *body = r->body.data ? (const char *)r->body.data : "";
+                if (wire_locate_parse(body, r->body.len, &l, reason, sizeof(reason)) == 0) {
                         char self[PEER_ID_MAX];
                         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
                                 self[0] = '\0';
@@ -235,166 +265,63 @@ static void locate_done(struct source *s, struct xfer *x, CURLcode cc, long stat
                 }
                 log_debug("malformed locate answer home=%s reason=\"%s\"", x->peer, reason);
         }
-        if (cc != CURLE_OK || x->stalled) {
+        if (r->err) {
                 src_stat_add(s, &s->stats.locate_failures, 1);
-                /* Our own deadline or an answer too large to take is not the home's fault. */
-                bool ours = now_ms() >= j->deadline_ms || cc == CURLE_WRITE_ERROR;
+                /* Our own deadline, a question that never left the queue or an answer too
+                 * large to take is not the home's fault. */
+                bool ours = !r->started || now_ms() >= j->deadline_ms || r->err == -EFBIG;
                 if (!ours)
-                        members_report_failure(s->cfg.members, x->peer,
-                                               x->stalled ? "stalled" : curl_easy_strerror(cc));
+                        members_report_failure(s->cfg.members, x->peer, r->reason);
         }
         j->spread = false;
         src_next_home(s, j); /* 404: this home does not know it; another may */
 }
 
-/* A locate body can be larger than the first buffer: grow it, up to the bound. */
-static size_t on_locate_body(char *data, size_t size, size_t nmemb, void *ud) {
-        struct xfer *x = ud;
-        size_t n = size * nmemb;
-        x->last_byte_ms = now_ms();
-        if (x->got + n > x->cap) {
-                size_t cap = x->cap;
-                while (cap < x->got + n && cap < LOCATE_BODY_MAX)
-                        cap *= 2;
-                if (cap < x->got + n)
-                        return 0;
-                uint8_t *b = realloc(x->buf, cap);
-                if (!b)
-                        return 0;
-                x->buf = b;
-                x->cap = cap;
-        }
-        memcpy(x->buf + x->got, data, n);
-        x->got += n;
-        return n;
-}
+/* ---- jobs handed to the client's thread ------------------------------------------------------- */
 
-static void finish_transfers(struct source *s) {
-        CURLMsg *m;
-        int left;
-        while ((m = curl_multi_info_read(s->multi, &left))) {
-                if (m->msg != CURLMSG_DONE)
-                        continue;
-                struct xfer *x = NULL;
-                curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-                CURLcode cc = m->data.result;
-                long status = 0;
-                curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
-                src_xfer_detach(s, x);
-                if (x->kind == X_LOCATE)
-                        locate_done(s, x, cc, status);
-                else if (x->kind == X_DIGEST)
-                        src_digest_done(s, x, cc, status);
-                else if (x->kind == X_RUN)
-                        src_run_done(s, x, cc, status);
-                else
-                        chunk_done(s, x, cc, status);
-                src_xfer_free(x);
-        }
-}
-
-/* Transfers that received nothing for their stall time, took longer than their total time,
- * or outlived their job's deadline are ended as stalled: the peer is silent (a link that
- * drops packets refuses nothing) or too slow to be worth waiting for. */
-static void check_stalls(struct source *s) {
-        uint64_t now = now_ms();
-        struct xfer *x = s->running;
-        while (x) {
-                struct xfer *next = x->next;
-                if (now - x->last_byte_ms >= x->stall_ms || now - x->started_ms >= x->total_ms ||
-                    now >= x->deadline_ms) {
-                        x->stalled = true;
-                        src_xfer_detach(s, x);
-                        if (x->kind == X_LOCATE)
-                                locate_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
-                        else if (x->kind == X_DIGEST)
-                                src_digest_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
-                        else if (x->kind == X_RUN)
-                                src_run_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
-                        else
-                                chunk_done(s, x, CURLE_OPERATION_TIMEDOUT, 0);
-                        src_xfer_free(x);
-                }
-                x = next;
-        }
-}
-
-static void start_queued(struct source *s) {
-        struct job *q = s->queued;
-        s->queued = NULL;
-        while (q) { /* each re-queues itself if still no slot */
-                struct job *next = q->next;
-                if (q->phase == PH_CONFIRM)
-                        src_next_confirm(s, q);
-                else
-                        src_next_candidate(s, q);
-                q = next;
-        }
-}
-
-/* Verifier thread: checks received chunks. A good one finishes its job here (the done
- * callback may run on any of our threads); a bad one goes back to the transfer thread, which
- * owns the distrust table and the next-source logic. */
-void *source_main(void *arg) {
-        struct source *s = arg;
-        for (;;) {
-                pthread_mutex_lock(&s->lock);
-                bool stopping = s->stopping;
-                struct job *in = s->incoming;
-                s->incoming = NULL;
-                struct job *back = stopping ? NULL : s->returned;
-                if (!stopping)
-                        s->returned = NULL;
-                pthread_mutex_unlock(&s->lock);
-                if (stopping) {
-                        while (in) {
-                                struct job *next = in->next;
-                                src_job_done(in, -ECANCELED, "shutting down", NULL, 0, NULL);
-                                in = next;
-                        }
-                        break;
-                }
-                while (back) {
-                        struct job *next = back->next;
-                        src_corrupt_returned(s, back);
-                        back = next;
-                }
-                /* Reverse to keep arrival order. */
-                struct job *rev = NULL;
-                while (in) {
-                        struct job *next = in->next;
-                        in->next = rev;
-                        rev = in;
-                        in = next;
-                }
-                while (rev) {
-                        struct job *next = rev->next;
-                        src_start_job(s, rev);
-                        rev = next;
-                }
-                int running = 0;
-                curl_multi_perform(s->multi, &running);
-                finish_transfers(s);
-                check_stalls(s);
-                if (s->queued)
-                        start_queued(s);
-                curl_multi_poll(s->multi, NULL, 0, POLL_MS, NULL);
-        }
-        /* Stopping: fail what runs and what waits. */
-        while (s->running) {
-                struct xfer *x = s->running;
-                src_xfer_detach(s, x);
-                if (x->kind == X_RUN)
-                        for (unsigned i = x->delivered; i < x->nrun; i++)
-                                src_job_done(x->run[i], -ECANCELED, "shutting down", NULL, 0, NULL);
-                else
-                        src_job_done(x->job, -ECANCELED, "shutting down", NULL, 0, NULL);
-                src_xfer_free(x);
-        }
-        while (s->queued) {
-                struct job *j = s->queued;
-                s->queued = j->next;
+static void job_resume(void *ud, struct http_response *r) {
+        struct job *j = ud;
+        if (src_cancelled(r))
                 src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-        }
-        return NULL;
+        else if (j->phase == PH_CONFIRM)
+                src_next_confirm(j->s, j);
+        else
+                src_next_candidate(j->s, j);
+}
+
+/* J (PEERS or CONFIRM) goes on at J->not_before_ms, where it left off. */
+void src_job_later(struct source *s, struct job *j) {
+        int r = http_client_call(s->cfg.http, s->g_query, j->not_before_ms, job_resume, j);
+        if (r == -ECANCELED)
+                src_job_done(j, r, "shutting down", NULL, 0, NULL);
+        else if (r < 0)
+                src_to_origin(s, j); /* no room to wait in: the origin has the chunk */
+}
+
+static void job_begin(void *ud, struct http_response *r) {
+        struct job *j = ud;
+        if (src_cancelled(r))
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+        else
+                src_start_job(j->s, j);
+}
+
+/* Any thread: J (and the run chained on it) starts on the client's thread. 0, or -errno: J is
+ * still the caller's. */
+int src_job_start_async(struct source *s, struct job *j) {
+        return http_client_call(s->cfg.http, s->g_query, 0, job_begin, j);
+}
+
+static void corrupt_back(void *ud, struct http_response *r) {
+        struct job *j = ud;
+        if (src_cancelled(r))
+                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+        else
+                src_corrupt_returned(j->s, j);
+}
+
+/* A verifier's thread: J's chunk did not match (J->bad_peer sent it); the client's thread,
+ * which owns the distrust table, takes J on. 0, or -errno: J is still the caller's. */
+int src_return_corrupt(struct source *s, struct job *j) {
+        return http_client_call(s->cfg.http, s->g_query, 0, corrupt_back, j);
 }

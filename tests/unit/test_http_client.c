@@ -195,6 +195,9 @@ struct tally {
         int order[256];
         int calls[256];                                /* completions per job: exactly one each */
         char last_reason[HTTP_CLIENT_REASON_MAX + 64]; /* of the last failure, for the log */
+        uint64_t at_ms[256];                           /* calls: when each completion ran */
+        pthread_t thread[256];                         /* and on which thread */
+        struct http_client *client;                    /* test_call's, for a call to queue one */
 };
 
 static struct tally tally;
@@ -668,70 +671,55 @@ static void test_max_time(void **state) {
         http_client_free(c);
 }
 
-struct calls {
-        pthread_mutex_t lock;
-        pthread_cond_t cond;
-        int n, canceled;
-        int order[16];
-        uint64_t at_ms[16];
-        pthread_t thread[16];
-        struct http_client *c;
-};
+static atomic_int slow_done;
 
-static struct calls calls = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-static void on_call(void *ud, struct http_response *r) {
-        int id = (int)(intptr_t)ud;
-        pthread_mutex_lock(&calls.lock);
-        if (calls.n < 16) {
-                calls.order[calls.n] = id;
-                calls.at_ms[calls.n] = now_ms();
-                calls.thread[calls.n] = pthread_self();
-        }
-        calls.n++;
-        calls.canceled += r->err == -ECANCELED;
-        pthread_cond_broadcast(&calls.cond);
-        pthread_mutex_unlock(&calls.lock);
-        if (id == 7 && r->err == 0) /* a call may queue another from the client's thread */
-                assert_int_equal(http_client_call(calls.c, NULL, 0, on_call, (void *)8), 0);
+static void on_slow(void *ud, struct http_response *r) {
+        (void)ud;
+        (void)r;
+        atomic_fetch_add(&slow_done, 1);
 }
 
-static void calls_wait(int n) {
-        pthread_mutex_lock(&calls.lock);
-        while (calls.n < n)
-                pthread_cond_wait(&calls.cond, &calls.lock);
-        pthread_mutex_unlock(&calls.lock);
+/* A call's completion: when and where it ran (tally.at_ms, tally.thread), then as any job's. */
+static void on_call(void *ud, struct http_response *r) {
+        int id = (int)(intptr_t)ud;
+        pthread_mutex_lock(&tally.lock);
+        tally.at_ms[tally.done] = now_ms();
+        tally.thread[tally.done] = pthread_self();
+        pthread_mutex_unlock(&tally.lock);
+        if (id == 7 && r->err == 0) /* a call may queue another from the client's thread */
+                assert_int_equal(http_client_call(tally.client, NULL, 0, on_call, (void *)8), 0);
+        on_done(ud, r);
 }
 
 static void test_call(void **state) {
         (void)state;
         struct http_client *c = client(1, 0, 0);
-        calls.c = c;
-        calls.n = calls.canceled = 0;
+        tally.client = c;
+        tally_reset();
+        atomic_store(&slow_done, 0);
         assert_int_equal(http_client_call(c, NULL, 0, NULL, NULL), -EINVAL);
         /* The only transfer slot is taken by a slow job: calls do not wait for it. */
-        tally_reset();
         struct http_request slow = get("/slow");
-        slow.done = on_done;
+        slow.done = on_slow;
         assert_int_equal(http_client_submit(c, &slow), 0);
         usleep(50000);
         uint64_t t0 = now_ms();
         for (int i = 0; i < 3; i++)
                 assert_int_equal(http_client_call(c, NULL, 0, on_call, (void *)(intptr_t)i), 0);
-        calls_wait(3);
+        wait_done(3);
         assert_true(now_ms() - t0 < 1000);
         for (int i = 0; i < 3; i++) {
-                assert_int_equal(calls.order[i], i); /* in order */
-                assert_false(pthread_equal(calls.thread[i], pthread_self()));
-                assert_true(pthread_equal(calls.thread[i], calls.thread[0])); /* one thread */
+                assert_int_equal(tally.order[i], i); /* in order */
+                assert_false(pthread_equal(tally.thread[i], pthread_self()));
+                assert_true(pthread_equal(tally.thread[i], tally.thread[0])); /* one thread */
         }
         /* A start time is honoured; a call may queue another. */
         t0 = now_ms();
         assert_int_equal(http_client_call(c, NULL, t0 + 150, on_call, (void *)7), 0);
-        calls_wait(5);
-        assert_int_equal(calls.order[3], 7);
-        assert_true(calls.at_ms[3] >= t0 + 150);
-        assert_int_equal(calls.order[4], 8);
+        wait_done(5);
+        assert_int_equal(tally.order[3], 7);
+        assert_true(tally.at_ms[3] >= t0 + 150);
+        assert_int_equal(tally.order[4], 8);
         /* A group's close cancels its calls not due yet, each run once with -ECANCELED. */
         struct http_group *g;
         assert_int_equal(http_group_new(c, 0, &g), 0);
@@ -740,8 +728,10 @@ static void test_call(void **state) {
                                                   (void *)(intptr_t)(10 + i)),
                                  0);
         http_group_close(g);
-        assert_int_equal(calls.n, 8);
-        assert_int_equal(calls.canceled, 3);
+        assert_int_equal(tally.done, 8);
+        assert_int_equal(tally.canceled, 3);
+        for (int i = 10; i < 13; i++)
+                assert_int_equal(tally.calls[i], 1);
         assert_int_equal(http_client_call(c, g, 0, on_call, NULL), -ECANCELED);
         http_group_free(g);
         struct http_client_stats st;
@@ -750,9 +740,9 @@ static void test_call(void **state) {
         /* Freeing the client cancels a call not due yet. */
         assert_int_equal(http_client_call(c, NULL, now_ms() + 60000, on_call, (void *)14), 0);
         http_client_free(c);
-        assert_int_equal(calls.n, 9);
-        assert_int_equal(calls.canceled, 4);
-        assert_int_equal(tally.done, 1);
+        assert_int_equal(tally.done, 9);
+        assert_int_equal(tally.canceled, 4);
+        assert_int_equal(atomic_load(&slow_done), 1);
 }
 
 int main(void) {
