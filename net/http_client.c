@@ -706,7 +706,10 @@ static int enqueue(struct http_client *c, struct job *j) {
                 job_free(j);
                 return r;
         }
-        curl_multi_wakeup(c->multi);
+        /* From a callback the loop is awake already: it looks at `incoming` before it polls
+         * again (client_main), so a wakeup would only cost it a poll and two reads. */
+        if (!pthread_equal(pthread_self(), c->thread))
+                curl_multi_wakeup(c->multi);
         return 0;
 }
 

@@ -2,7 +2,9 @@
  *
  * A chunk job walks these phases, all on the HTTP client's thread (source_xfer.c):
  *   LOCATE  ask the blob's homes, in rendezvous order, who holds or fetches the chunk (a home
- *           that is ourselves is asked in memory; a home that fails is skipped);
+ *           that is ourselves is asked in memory, and first: when our own directory names a
+ *           holder and knows the chunk's digest, no other home is asked; a home that fails
+ *           is skipped);
  *   PEERS   try the candidates the answer named, best first, one transfer at a time; a
  *           transfer that fails moves on, a peer that broke the connection or went silent is
  *           reported down, a peer whose bytes fail the chunk digest is src_distrusted for the blob;

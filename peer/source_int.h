@@ -113,6 +113,8 @@ struct job {
         /* The rest of a source_fetch_run() run, on its first job only while that job
          * locates: once the answer is in (and cached), the whole run is planned at once. */
         struct job *run_next;
+        /* What the job does when the call it waits for runs (source_xfer.c's job_call). */
+        void (*resume)(struct source *s, struct job *j);
 };
 
 /* X_RUN: one ranged GET for consecutive chunks that one peer holds, each chunk handed to a

@@ -242,6 +242,29 @@ static bool spread_locate(struct source *s, struct job *j, const char *self) {
         return true;
 }
 
+/* Issue 15: when we are one of J's homes, our own directory (asked in memory) hears every
+ * announce of the blob as the other homes do, so it may already name a holder of J's chunk
+ * and know the chunk's digest: then a question to another home would only add a round trip
+ * before the first byte. Only such an answer is taken (our own digests are a check of any
+ * peer's bytes); with no holder, or no digest, the homes are asked as usual (claims are
+ * granted at the first home). Returns whether the job was planned from it. */
+static bool own_answer(struct source *s, struct job *j, const char *self) {
+        bool home = false;
+        for (unsigned i = 0; i < j->nhomes && !home; i++)
+                home = strcmp(j->homes[i], self) == 0;
+        struct wire_locate l;
+        if (!home || !self[0] || dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now_ms(), &l) < 0)
+                return false;
+        bool use = src_answer_has_source(s, j, &l, self) && l.sha_known &&
+                   wire_bit(l.sha_known, j->idx);
+        if (use) {
+                src_stat_add(s, &s->stats.locates, 1);
+                src_use_answer(s, j, &l, self, self);
+        }
+        wire_locate_free(&l);
+        return use;
+}
+
 void src_start_job(struct source *s, struct job *j) {
         if (!s->cfg.members) {
                 src_to_origin(s, j);
@@ -268,6 +291,8 @@ void src_start_job(struct source *s, struct job *j) {
                 src_next_candidate(s, j);
                 return;
         }
+        if (own_answer(s, j, self)) /* plans the run chained on J too */
+                return;
         /* A run waits for its first chunk's answer only when a peer held the chunk after it a
          * moment ago: otherwise (a blob new to the cluster, N readers at once) its chunks are
          * claimed one by one at the first home anyway, and waiting would only add a round

@@ -279,49 +279,48 @@ static void locate_done(struct source *s, struct xfer *x, const struct http_resp
 
 /* ---- jobs handed to the client's thread ------------------------------------------------------- */
 
-static void job_resume(void *ud, struct http_response *r) {
+static void job_called(void *ud, struct http_response *r) {
         struct job *j = ud;
         if (src_cancelled(r))
                 src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-        else if (j->phase == PH_CONFIRM)
-                src_next_confirm(j->s, j);
         else
-                src_next_candidate(j->s, j);
+                j->resume(j->s, j);
+}
+
+/* Any thread: J goes on with NEXT(S, J) on the client's thread, no earlier than AT (0: at
+ * once); a close of the group before then ends J with ECANCELED. 0, or -errno: J is still the
+ * caller's. A job waits for one call at most, so one field holds what comes next. */
+static int job_call(struct source *s, struct job *j, uint64_t at,
+                    void (*next)(struct source *, struct job *)) {
+        j->resume = next;
+        return http_client_call(s->cfg.http, s->g_query, at, job_called, j);
+}
+
+/* Where a paused job left off: CONFIRM's next round, or PEERS' candidate asked again. */
+static void job_continue(struct source *s, struct job *j) {
+        if (j->phase == PH_CONFIRM)
+                src_next_confirm(s, j);
+        else
+                src_next_candidate(s, j);
 }
 
 /* J (PEERS or CONFIRM) goes on at J->not_before_ms, where it left off. */
 void src_job_later(struct source *s, struct job *j) {
-        int r = http_client_call(s->cfg.http, s->g_query, j->not_before_ms, job_resume, j);
+        int r = job_call(s, j, j->not_before_ms, job_continue);
         if (r == -ECANCELED)
                 src_job_done(j, r, "shutting down", NULL, 0, NULL);
         else if (r < 0)
                 src_to_origin(s, j); /* no room to wait in: the origin has the chunk */
 }
 
-static void job_begin(void *ud, struct http_response *r) {
-        struct job *j = ud;
-        if (src_cancelled(r))
-                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-        else
-                src_start_job(j->s, j);
-}
-
 /* Any thread: J (and the run chained on it) starts on the client's thread. 0, or -errno: J is
  * still the caller's. */
 int src_job_start_async(struct source *s, struct job *j) {
-        return http_client_call(s->cfg.http, s->g_query, 0, job_begin, j);
-}
-
-static void corrupt_back(void *ud, struct http_response *r) {
-        struct job *j = ud;
-        if (src_cancelled(r))
-                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-        else
-                src_corrupt_returned(j->s, j);
+        return job_call(s, j, 0, src_start_job);
 }
 
 /* A verifier's thread: J's chunk did not match (J->bad_peer sent it); the client's thread,
  * which owns the distrust table, takes J on. 0, or -errno: J is still the caller's. */
 int src_return_corrupt(struct source *s, struct job *j) {
-        return http_client_call(s->cfg.http, s->g_query, 0, corrupt_back, j);
+        return job_call(s, j, 0, src_corrupt_returned);
 }
