@@ -473,8 +473,13 @@ static uint64_t start_due(struct http_client *c) {
                                 pthread_mutex_lock(&c->lock);
                                 c->nqueued--;
                                 pthread_mutex_unlock(&c->lock);
-                                int r = start(c, j);
-                                if (r < 0) {
+                                void *ud = j->req.data_ud ? j->req.data_ud : j->req.ud;
+                                int r = j->req.may_start && !j->req.may_start(ud) ? -ESTALE
+                                                                                  : start(c, j);
+                                if (r == -ESTALE) {
+                                        complete(c, j, r, FETCH_ERR_LOCAL,
+                                                 "not wanted any more when its turn came");
+                                } else if (r < 0) {
                                         complete(c, j, r, FETCH_ERR_LOCAL,
                                                  "could not start the request");
                                 } else {

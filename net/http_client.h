@@ -125,6 +125,11 @@ struct http_request {
         void *ud;                    /* done's (run: on_data's too) */
         void *data_ud;               /* on_data's; NULL: ud */
         struct http_group *group;    /* NULL: none */
+        /* Asked on the client's thread when the job's turn to start comes (its start time
+         * passed, every cap allows it), with on_data's ud: false drops it unsent, completing
+         * with -ESTALE (class LOCAL, started false), as when what it was for went away while
+         * it waited (the peer source: a peer marked down). NULL: always started. */
+        bool (*may_start)(void *ud);
 };
 
 /* Starts the client's thread. 0 or -errno. */

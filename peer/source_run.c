@@ -199,6 +199,12 @@ void src_run_done(struct source *s, struct xfer *x, const struct http_response *
                 x->delivered = x->nrun;
                 return;
         }
+        if (r->err == -ESTALE) { /* dropped unsent (still_wanted): each chunk its own way */
+                for (unsigned i = x->delivered; i < x->nrun; i++)
+                        src_next_candidate(s, x->run[i]);
+                x->delivered = x->nrun;
+                return;
+        }
         uint64_t now = now_ms();
         const char *why;
         bool peer_fault = false, busy = false, restart = false;

@@ -78,9 +78,22 @@ static void xfer_done(void *ud, struct http_response *r) {
         src_xfer_free(x);
 }
 
+/* A chunk transfer's last check when its turn comes (it may have waited for a slot in the
+ * client's queue): the peer src_next_candidate chose is still usable and not distrusted for the
+ * blob, and a run still has chunks of its own (src_abort_runs may have sent them on). */
+static bool still_wanted(void *ud) {
+        struct xfer *x = ud;
+        if (x->kind == X_RUN && x->delivered == x->nrun)
+                return false;
+        const struct digest *blob = x->kind == X_RUN ? &x->blob : &x->job->digest;
+        return members_usable(x->s->cfg.members, x->peer) && !src_distrusted(x->s, x->peer, blob);
+}
+
 /* Submits Q (its URL, headers and kind-specific limits set) for X: the peer settings every
  * request of the source shares, X as its ud. 0, or -errno with X freed. */
 int src_xfer_submit(struct source *s, struct xfer *x, struct http_request *q) {
+        if (x->kind == X_CHUNK || x->kind == X_RUN)
+                q->may_start = still_wanted;
         q->protocols = "http";
         q->no_proxy = true; /* none between nodes of one cluster, whatever the environment says */
         q->connect_timeout_ms = s->cfg.connect_timeout_ms;
@@ -178,6 +191,10 @@ static void chunk_done(struct source *s, struct xfer *x, const struct http_respo
         struct job *j = x->job;
         if (src_cancelled(r)) {
                 src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+                return;
+        }
+        if (r->err == -ESTALE) { /* dropped unsent (still_wanted): the next candidate */
+                src_next_candidate(s, j);
                 return;
         }
         uint64_t now = now_ms();

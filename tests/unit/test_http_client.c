@@ -671,6 +671,47 @@ static void test_max_time(void **state) {
         http_client_free(c);
 }
 
+/* Odd jobs are no longer wanted when their turn comes. */
+static bool wanted(void *ud) {
+        return (intptr_t)ud % 2 == 0;
+}
+
+static void test_may_start(void **state) {
+        (void)state;
+        struct http_client *c = client(1, 0, 0); /* one at a time: each waits for its turn */
+        tally_reset();
+        pthread_mutex_lock(&order_lock);
+        norder = 0;
+        pthread_mutex_unlock(&order_lock);
+        for (int i = 0; i < 8; i++) {
+                char path[32];
+                snprintf(path, sizeof(path), "/order/%d", i);
+                struct http_request q = get(path);
+                q.done = on_done;
+                q.ud = (void *)(intptr_t)i;
+                q.may_start = wanted;
+                assert_int_equal(http_client_submit(c, &q), 0);
+        }
+        wait_done(8);
+        assert_int_equal(tally.ok, 4);
+        pthread_mutex_lock(&order_lock);
+        assert_int_equal(norder, 4); /* the dropped ones were never sent */
+        for (int i = 0; i < 4; i++)
+                assert_int_equal(order_seen[i], 2 * i);
+        pthread_mutex_unlock(&order_lock);
+        for (int i = 0; i < 8; i++)
+                assert_int_equal(tally.calls[i], 1);
+        struct http_request q = get("/order/9");
+        q.may_start = wanted;
+        q.ud = (void *)(intptr_t)9;
+        struct http_response r;
+        assert_int_equal(http_client_run(c, &q, &r), -ESTALE);
+        assert_int_equal(r.fclass, FETCH_ERR_LOCAL);
+        assert_false(r.started);
+        http_response_clear(&r);
+        http_client_free(c);
+}
+
 static atomic_int slow_done;
 
 static void on_slow(void *ud, struct http_response *r) {
@@ -764,6 +805,7 @@ int main(void) {
                 cmocka_unit_test(test_group_per_host),
                 cmocka_unit_test(test_max_time),
                 cmocka_unit_test(test_call),
+                cmocka_unit_test(test_may_start),
         };
         return cmocka_run_group_tests(tests, setup, teardown);
 }
