@@ -159,6 +159,8 @@ struct inflight {
 
 /* A known blob. Never freed before engine_free(), so a pointer stays valid without the lock;
  * the (immutable) fields may be read without it. */
+#define SERVE_STREAMS 4 /* peer streams per blob engine_serve() tells apart */
+
 struct blob {
         uint32_t id;                 /* (immutable) */
         struct digest digest;        /* (immutable) */
@@ -195,6 +197,10 @@ struct blob {
         unsigned prefetch_inflight;    /* (lock) */
         int prefetch_err;              /* (lock) */
         uint64_t fetched_bytes;        /* bytes of fetched chunks that landed (lock) */
+        /* The chunk each of the last few peer streams of this blob would ask for next
+         * (engine_serve's readahead: only a peer reading in order gets it); 0: none (lock). */
+        uint32_t serve_next[SERVE_STREAMS];
+        unsigned serve_slot; /* the slot a new stream takes (round robin) (lock) */
 };
 
 /* A read waiting for chunks. The range and the reply are (immutable); the rest is (lock) while
@@ -343,6 +349,10 @@ void eng_notes_flush(struct engine *e, struct notes *ns);
 
 /* blobs.c: the blob table */
 struct blob *eng_find_blob(struct engine *e, const struct digest *d);
+
+/* serve.c. Caller holds lock. Whether a peer's request for chunks FIRST..LAST of B continues
+ * one of B's recent peer streams (so readahead for it pays), recording it either way. */
+bool eng_serve_in_order(struct blob *b, uint32_t first, uint32_t last);
 void eng_blob_info(const struct blob *b, struct engine_blob_info *ret);
 void eng_changed(struct engine *e, const struct blob *b, uint32_t idx);
 void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha);

@@ -17,7 +17,29 @@ static bool chunk_inflight(const struct blob *b, uint32_t idx) {
         return false;
 }
 
-#define SERVE_RA_CHUNKS 2 /* chunks read ahead from the store for a peer reading in order */
+#define SERVE_RA_CHUNKS 2      /* chunks read ahead from the store for a peer reading in order */
+#define SERVE_IN_ORDER_SLACK 4 /* chunks a stream's concurrent requests may arrive out of order */
+
+/* Caller holds lock. Whether the request for chunks FIRST..LAST of B continues one of the
+ * blob's recent peer streams (it starts within a few chunks of where one would go next), and
+ * the record of that stream moved on, or a new one started. A peer reading in order asks a few
+ * requests at a time, which may arrive out of order; one reading at random (a cold 4 KiB read
+ * per chunk, a container's scattered file reads) would only make the disk read a neighbour it
+ * will not ask for, before its own chunk (issue 15: 8-16 WILLNEED calls per random GET). */
+bool eng_serve_in_order(struct blob *b, uint32_t first, uint32_t last) {
+        for (unsigned i = 0; i < SERVE_STREAMS; i++) {
+                uint32_t next = b->serve_next[i];
+                if (next && first + SERVE_IN_ORDER_SLACK >= next &&
+                    first <= next + SERVE_IN_ORDER_SLACK) {
+                        if (last + 1 > next)
+                                b->serve_next[i] = last + 1;
+                        return true;
+                }
+        }
+        b->serve_next[b->serve_slot] = last + 1;
+        b->serve_slot = (b->serve_slot + 1) % SERVE_STREAMS;
+        return false;
+}
 
 int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t len,
                  uint64_t wait_ms, void *buf, struct digest *ret_sha, bool *ret_sha_known) {
@@ -64,11 +86,13 @@ int engine_serve(struct engine *e, const struct digest *d, uint64_t off, size_t 
         bool known = one && b->sha_known && bit_get(b->sha_known, first);
         if (known && ret_sha)
                 *ret_sha = b->chunk_sha[first];
-        /* A peer reading a blob asks for its chunks in order, a few at a time: start the disk
+        /* A peer reading a blob in order asks for its chunks a few at a time: start the disk
          * on the next ones we hold while we copy this one (bounded by the store). */
         uint32_t ra_to = last + 1;
-        while (ra_to < b->nchunks && ra_to <= last + SERVE_RA_CHUNKS && bit_get(b->present, ra_to))
-                ra_to++;
+        if (eng_serve_in_order(b, first, last))
+                while (ra_to < b->nchunks && ra_to <= last + SERVE_RA_CHUNKS &&
+                       bit_get(b->present, ra_to))
+                        ra_to++;
         eng_unlock(&e->lock);
         if (ret_sha_known)
                 *ret_sha_known = known;

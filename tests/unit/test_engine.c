@@ -1832,6 +1832,26 @@ static void test_review_put_verifies_ring_dropped(void **state) {
         assert_int_equal(stats_of(fx).landed_bytes, 0);
 }
 
+/* engine_serve's readahead goes to peers reading in order only: a stream's next requests (also
+ * a few out of order, and two streams interleaved) count as in order; a chunk far from every
+ * stream does not (it only takes one of the blob's few stream records). Pure logic over a
+ * blob's record, no store. */
+static void test_serve_in_order_streams(void **state) {
+        (void)state;
+        struct blob b = {0};
+        assert_false(eng_serve_in_order(&b, 0, 0)); /* a stream's first request */
+        assert_true(eng_serve_in_order(&b, 1, 1));
+        assert_true(eng_serve_in_order(&b, 3, 3)); /* 2 is still on its way */
+        assert_true(eng_serve_in_order(&b, 2, 2));
+        assert_true(eng_serve_in_order(&b, 4, 20));     /* a run */
+        assert_false(eng_serve_in_order(&b, 500, 500)); /* another stream, or a random read */
+        assert_true(eng_serve_in_order(&b, 21, 21));    /* the first stream goes on */
+        assert_true(eng_serve_in_order(&b, 501, 501));  /* and so does the second */
+        /* random single chunks far apart never count, however many */
+        for (uint32_t i = 0; i < 64; i++)
+                assert_false(eng_serve_in_order(&b, 1000 + 97 * i, 1000 + 97 * i));
+}
+
 int main(void) {
         /* A mount namespace of our own, so the ENOSPC test's tmpfs is private to this process
          * and goes away with it whatever happens. Before any thread exists. */
@@ -1869,6 +1889,7 @@ int main(void) {
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
+                cmocka_unit_test(test_serve_in_order_streams),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
