@@ -1,5 +1,4 @@
-/* peer/source's private header (SQLite's sqliteInt.h habit, as engine/engine_int.h): the
- * structures every file of the source shares and the prototypes of the internal functions one
+/* peer/source's private header (SQLite's sqliteInt.h habit, as engine/engine_int.h): the * structures every file of the source shares and the prototypes of the internal functions one
  * file defines and another calls. Nothing outside peer/source*.c includes it (and
  * tests/unit/test_source_cache.c, which reaches the locate cache); the contract is source.h.
  *
@@ -239,6 +238,12 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
 void src_confirm_start(struct source *s, struct job *j);
 void src_corrupt_returned(struct source *s, struct job *j);
 void src_digest_done(struct source *s, struct xfer *x, const struct http_response *r);
+/* The start of a directory question's done callback (locates, CONFIRM's digest queries): a
+ * cancel ends X's job (-ECANCELED: nothing more to do); a 200 that parses fills *L (0: the
+ * caller frees it); anything else is 1, a failure counted and, when the home is to blame,
+ * reported to the membership. */
+int src_answer_take(struct source *s, struct xfer *x, const struct http_response *r,
+                    struct wire_locate *l);
 void src_next_confirm(struct source *s, struct job *j);
 void *src_verify_main(void *arg);
 int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
@@ -247,6 +252,7 @@ int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char 
 /* ---- source_xfer.c: transfers on the HTTP client, and handing jobs to its thread ----------------- */
 
 bool src_cancelled(const struct http_response *r);
+
 void src_job_later(struct source *s, struct job *j);
 int src_job_start_async(struct source *s, struct job *j);
 int src_return_corrupt(struct source *s, struct job *j);

@@ -117,37 +117,28 @@ void src_next_confirm(struct source *s, struct job *j) {
 
 void src_digest_done(struct source *s, struct xfer *x, const struct http_response *r) {
         struct job *j = x->job;
-        if (src_cancelled(r)) {
-                src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
+        struct wire_locate l;
+        int took = src_answer_take(s, x, r, &l);
+        if (took < 0)
                 return;
-        }
-        if (r->err == 0 && r->status == 200) {
-                struct wire_locate l;
-                char reason[128];
-                const char *body = r->body.data ? (const char *)r->body.data : "";
-                if (wire_locate_parse(body, r->body.len, &l, reason, sizeof(reason)) == 0) {
-                        bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
-                                     l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
-                                     wire_bit(l.sha_known, j->idx);
-                        struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
-                        wire_locate_free(&l);
-                        if (found) {
-                                confirm_found(s, j, &sha, x->peer);
-                                return;
-                        }
-                        /* A home answered without it: the others learn digests from the same
-                         * announces (the claimant sends them to every home at once), so this
-                         * round ends here rather than asking each in turn; the next one starts
-                         * at the next home (one that is down or missed an announce is not the
-                         * only one asked). Each round asked every home: 5.4 and 6.1 locates
-                         * per confirmed chunk, 65% and 68% of all locates, in two simultaneous
-                         * 16-node waves (bench/sim/swarm16.py); one home a round: 2.1 and 4.1. */
-                        j->confirm_next = j->nhomes;
+        if (took == 0) {
+                bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
+                             l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
+                             wire_bit(l.sha_known, j->idx);
+                struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                wire_locate_free(&l);
+                if (found) {
+                        confirm_found(s, j, &sha, x->peer);
+                        return;
                 }
-        } else if (r->err) {
-                src_stat_add(s, &s->stats.locate_failures, 1);
-                if (r->started && now_ms() < j->deadline_ms && r->err != -EFBIG)
-                        members_report_failure(s->cfg.members, x->peer, r->reason);
+                /* A home answered without it: the others learn digests from the same
+                 * announces (the claimant sends them to every home at once), so this round
+                 * ends here rather than asking each in turn; the next one starts at the next
+                 * home (one that is down or missed an announce is not the only one asked).
+                 * Each round asked every home: 5.4 and 6.1 locates per confirmed chunk, 65%
+                 * and 68% of all locates, in two simultaneous 16-node waves
+                 * (bench/sim/swarm16.py); one home a round: 2.1 and 4.1. */
+                j->confirm_next = j->nhomes;
         }
         src_next_confirm(s, j);
 }

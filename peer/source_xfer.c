@@ -253,42 +253,52 @@ static void chunk_done(struct source *s, struct xfer *x, const struct http_respo
         src_next_candidate(s, j);
 }
 
-static void locate_done(struct source *s, struct xfer *x, const struct http_response *r) {
+int src_answer_take(struct source *s, struct xfer *x, const struct http_response *r,
+                    struct wire_locate *l) {
         struct job *j = x->job;
         if (src_cancelled(r)) {
                 src_job_done(j, -ECANCELED, "shutting down", NULL, 0, NULL);
-                return;
+                return -ECANCELED;
         }
         if (r->err == 0 && r->status == 200) {
-                struct wire_locate l;
                 char reason[128];
                 const char *body = r->body.data ? (const char *)r->body.data : "";
-                if (wire_locate_parse(body, r->body.len, &l, reason, sizeof(reason)) == 0) {
-                        char self[PEER_ID_MAX];
-                        if (members_self(s->cfg.members, self, sizeof(self)) < 0)
-                                self[0] = '\0';
-                        bool spread = j->spread;
-                        j->spread = false;
-                        if (!spread || src_answer_has_source(s, j, &l, self)) {
-                                src_use_answer(s, j, &l, x->peer, self);
-                                wire_locate_free(&l);
-                                return;
-                        }
-                        /* Nobody holds it: the first home decides who fetches it. */
-                        wire_locate_free(&l);
-                        src_stat_add(s, &s->stats.spread_misses, 1);
-                        src_next_home(s, j);
-                        return;
-                }
-                log_debug("malformed locate answer home=%s reason=\"%s\"", x->peer, reason);
-        }
-        if (r->err) {
+                if (wire_locate_parse(body, r->body.len, l, reason, sizeof(reason)) == 0)
+                        return 0;
+                log_debug("malformed directory answer home=%s reason=\"%s\"", x->peer, reason);
+        } else if (r->err) {
                 src_stat_add(s, &s->stats.locate_failures, 1);
                 /* Our own deadline, a question that never left the queue or an answer too
                  * large to take is not the home's fault. */
                 bool ours = !r->started || now_ms() >= j->deadline_ms || r->err == -EFBIG;
                 if (!ours)
                         members_report_failure(s->cfg.members, x->peer, r->reason);
+        }
+        return 1;
+}
+
+static void locate_done(struct source *s, struct xfer *x, const struct http_response *r) {
+        struct job *j = x->job;
+        struct wire_locate l;
+        int took = src_answer_take(s, x, r, &l);
+        if (took < 0)
+                return;
+        if (took == 0) {
+                char self[PEER_ID_MAX];
+                if (members_self(s->cfg.members, self, sizeof(self)) < 0)
+                        self[0] = '\0';
+                bool spread = j->spread;
+                j->spread = false;
+                if (!spread || src_answer_has_source(s, j, &l, self)) {
+                        src_use_answer(s, j, &l, x->peer, self);
+                        wire_locate_free(&l);
+                        return;
+                }
+                /* Nobody holds it: the first home decides who fetches it. */
+                wire_locate_free(&l);
+                src_stat_add(s, &s->stats.spread_misses, 1);
+                src_next_home(s, j);
+                return;
         }
         j->spread = false;
         src_next_home(s, j); /* 404: this home does not know it; another may */
