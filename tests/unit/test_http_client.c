@@ -326,21 +326,28 @@ static void test_body_cap(void **state) {
         http_client_free(c);
 }
 
-static void test_order(void **state) {
-        (void)state;
-        struct http_client *c = client(1, 0, 0);
+/* Submits /order/0 .. /order/N-1 to C, in that order, each recording its number in `order`
+ * when done (on_done), with MAY_START as the requests' may_start (NULL: none). */
+static void submit_numbered(struct http_client *c, int n, bool (*may_start)(void *ud)) {
         tally_reset();
         pthread_mutex_lock(&order_lock);
         norder = 0;
         pthread_mutex_unlock(&order_lock);
-        for (int i = 0; i < 20; i++) {
+        for (int i = 0; i < n; i++) {
                 char path[32];
                 snprintf(path, sizeof(path), "/order/%d", i);
                 struct http_request q = get(path);
                 q.done = on_done;
                 q.ud = (void *)(intptr_t)i;
+                q.may_start = may_start;
                 assert_int_equal(http_client_submit(c, &q), 0);
         }
+}
+
+static void test_order(void **state) {
+        (void)state;
+        struct http_client *c = client(1, 0, 0);
+        submit_numbered(c, 20, NULL);
         wait_done(20);
         assert_int_equal(norder, 20);
         for (int i = 0; i < 20; i++) {
@@ -679,19 +686,7 @@ static bool wanted(void *ud) {
 static void test_may_start(void **state) {
         (void)state;
         struct http_client *c = client(1, 0, 0); /* one at a time: each waits for its turn */
-        tally_reset();
-        pthread_mutex_lock(&order_lock);
-        norder = 0;
-        pthread_mutex_unlock(&order_lock);
-        for (int i = 0; i < 8; i++) {
-                char path[32];
-                snprintf(path, sizeof(path), "/order/%d", i);
-                struct http_request q = get(path);
-                q.done = on_done;
-                q.ud = (void *)(intptr_t)i;
-                q.may_start = wanted;
-                assert_int_equal(http_client_submit(c, &q), 0);
-        }
+        submit_numbered(c, 8, wanted);
         wait_done(8);
         assert_int_equal(tally.ok, 4);
         pthread_mutex_lock(&order_lock);
