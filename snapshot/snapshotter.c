@@ -2,7 +2,8 @@
  *
  * Each method is: unpack the request (protobuf-c), one call into the metadata store (one
  * transaction there, so the checks containerd makes and the write they guard are atomic), the
- * directory work, pack the response. The metadata decides; directories follow it. A Prepare
+ * directory work, pack the response. The unpacking and freeing are serve()'s, for every method
+ * of the table SNAPSHOTS_METHODS; a method's m_ function holds only what is its own. The metadata decides; directories follow it. A Prepare
  * whose mkdir fails undoes its row; a crash between a Remove's row and its rm leaves a
  * directory no row owns, which Cleanup removes, as containerd's overlay snapshotter does (and
  * ids are never reused, so such a directory is never adopted).
@@ -141,19 +142,43 @@ static void info_pb_done(struct info_pb *p) {
         free(p->ptrs);
 }
 
-/* Answers with a response holding MOUNT (Prepare, View and Mounts have the same shape). */
-#define ANSWER_MOUNTS(type, init, mp, resp)                                                        \
-        do {                                                                                       \
-                type out_ = init;                                                                  \
-                out_.n_mounts = 1;                                                                 \
-                out_.mounts = &(mp)->ptr;                                                          \
-                if (grpc_resp_add((resp), &out_.base) < 0)                                         \
-                        grpc_resp_error((resp), GRPC_INTERNAL, "out of memory");                   \
-        } while (0)
-
 #define BAD_REQUEST(resp) grpc_resp_error((resp), GRPC_INVALID_ARGUMENT, "malformed request")
 
-/* ---- methods ---- */
+/* ---- answers ---- */
+
+/* Adds reply OUT to RESP; a reply that cannot be added is the error. */
+static void answer(struct grpc_resp *resp, const ProtobufCMessage *out) {
+        if (grpc_resp_add(resp, out) < 0)
+                grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
+}
+
+static void answer_empty(struct grpc_resp *resp) {
+        Google__Protobuf__Empty e = GOOGLE__PROTOBUF__EMPTY__INIT;
+        answer(resp, &e.base);
+}
+
+/* Answers with OUT, a response holding MOUNT (Prepare, View and Mounts have the same shape). */
+#define ANSWER_MOUNTS(out, mp, resp)                                                               \
+        do {                                                                                       \
+                (out).n_mounts = 1;                                                                \
+                (out).mounts = &(mp)->ptr;                                                         \
+                answer((resp), &(out).base);                                                       \
+        } while (0)
+
+/* Answers with OUT, a response whose one field *SLOT is INFO (Stat and Update). */
+static void answer_info(struct grpc_resp *resp, const struct snap_info *info, ProtobufCMessage *out,
+                        PB(Info) * *slot) {
+        struct info_pb ip;
+        if (info_to_pb(info, &ip) < 0) {
+                grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
+                return;
+        }
+        *slot = &ip.info;
+        answer(resp, out);
+        info_pb_done(&ip);
+}
+
+/* ---- create, and lazy layers ---- */
 
 static int create(struct snapshotter *sn, enum snap_kind kind, const char *key, const char *parent,
                   const struct labels_in *labels, struct grpc_resp *resp, struct mount_pb *mp) {
@@ -259,13 +284,13 @@ static void note_start(struct snapshotter *sn, const char *key) {
         free(parents);
 }
 
-static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(PrepareSnapshotRequest) *m = pb(prepare_snapshot_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+/* ---- methods ----
+ *
+ * Each is what is particular to one method of the service: serve() (below) has unpacked MSG,
+ * the request, and frees it after; the method fills RESP with its reply or its error. */
+
+static void m_prepare(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(PrepareSnapshotRequest) *m = msg;
         struct labels_in labels;
         LABELS_IN(m, &labels);
         struct mount_pb mp = {0};
@@ -284,43 +309,31 @@ static void h_prepare(void *ud, const uint8_t *req, size_t len, struct grpc_resp
                                            "layer labels\"",
                                            m->key, strerror(-lr));
                         }
-                        ANSWER_MOUNTS(
-                                PB(PrepareSnapshotResponse),
-                                CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_RESPONSE__INIT,
-                                &mp, resp);
+                        PB(PrepareSnapshotResponse)
+                        out = CONTAINERD__SERVICES__SNAPSHOTS__V1__PREPARE_SNAPSHOT_RESPONSE__INIT;
+                        ANSWER_MOUNTS(out, &mp, resp);
                 }
                 snap_mount_done(&mp);
         }
         free(labels.v);
-        pb(prepare_snapshot_request__free_unpacked)(m, NULL);
 }
 
-static void h_view(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        PB(ViewSnapshotRequest) *m = pb(view_snapshot_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_view(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(ViewSnapshotRequest) *m = msg;
         struct labels_in labels;
         LABELS_IN(m, &labels);
         struct mount_pb mp = {0};
-        if (create(ud, SNAP_VIEW, m->key, m->parent, &labels, resp, &mp) == 0) {
-                ANSWER_MOUNTS(PB(ViewSnapshotResponse),
-                              CONTAINERD__SERVICES__SNAPSHOTS__V1__VIEW_SNAPSHOT_RESPONSE__INIT,
-                              &mp, resp);
+        if (create(sn, SNAP_VIEW, m->key, m->parent, &labels, resp, &mp) == 0) {
+                PB(ViewSnapshotResponse)
+                out = CONTAINERD__SERVICES__SNAPSHOTS__V1__VIEW_SNAPSHOT_RESPONSE__INIT;
+                ANSWER_MOUNTS(out, &mp, resp);
                 snap_mount_done(&mp);
         }
         free(labels.v);
-        pb(view_snapshot_request__free_unpacked)(m, NULL);
 }
 
-static void h_mounts(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(MountsRequest) *m = pb(mounts_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_mounts(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(MountsRequest) *m = msg;
         struct snap_info *info;
         int64_t *parents;
         size_t nparents;
@@ -334,9 +347,9 @@ static void h_mounts(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
                 if (r == 0)
                         snap_maybe_prefetch(sn, parents, nparents);
                 if (r == 0) {
-                        ANSWER_MOUNTS(PB(MountsResponse),
-                                      CONTAINERD__SERVICES__SNAPSHOTS__V1__MOUNTS_RESPONSE__INIT,
-                                      &mp, resp);
+                        PB(MountsResponse)
+                        out = CONTAINERD__SERVICES__SNAPSHOTS__V1__MOUNTS_RESPONSE__INIT;
+                        ANSWER_MOUNTS(out, &mp, resp);
                         snap_mount_done(&mp);
                 }
                 snap_info_free(info);
@@ -344,22 +357,10 @@ static void h_mounts(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
         }
         if (r < 0)
                 fail(resp, r, "mount", m->key);
-        pb(mounts_request__free_unpacked)(m, NULL);
 }
 
-static void answer_empty(struct grpc_resp *resp) {
-        Google__Protobuf__Empty e = GOOGLE__PROTOBUF__EMPTY__INIT;
-        if (grpc_resp_add(resp, &e.base) < 0)
-                grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
-}
-
-static void h_commit(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(CommitSnapshotRequest) *m = pb(commit_snapshot_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_commit(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(CommitSnapshotRequest) *m = msg;
         struct labels_in labels;
         LABELS_IN(m, &labels);
         int64_t size = 0, inodes = 0;
@@ -383,16 +384,10 @@ static void h_commit(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
         else
                 answer_empty(resp);
         free(labels.v);
-        pb(commit_snapshot_request__free_unpacked)(m, NULL);
 }
 
-static void h_remove(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(RemoveSnapshotRequest) *m = pb(remove_snapshot_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_remove(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(RemoveSnapshotRequest) *m = msg;
         int64_t id;
         int r = snapdb_remove(sn->db, m->key, &id);
         if (r < 0) {
@@ -406,57 +401,26 @@ static void h_remove(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
                         log_debug("snapshot dir not removed path=%s err=%s", p, strerror(-rr));
                 answer_empty(resp);
         }
-        pb(remove_snapshot_request__free_unpacked)(m, NULL);
 }
 
-static void answer_info(struct grpc_resp *resp, const struct snap_info *info, bool update) {
-        struct info_pb ip;
-        if (info_to_pb(info, &ip) < 0) {
-                grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
-                return;
-        }
-        int r;
-        if (update) {
-                PB(UpdateSnapshotResponse)
-                out = CONTAINERD__SERVICES__SNAPSHOTS__V1__UPDATE_SNAPSHOT_RESPONSE__INIT;
-                out.info = &ip.info;
-                r = grpc_resp_add(resp, &out.base);
-        } else {
-                PB(StatSnapshotResponse)
-                out = CONTAINERD__SERVICES__SNAPSHOTS__V1__STAT_SNAPSHOT_RESPONSE__INIT;
-                out.info = &ip.info;
-                r = grpc_resp_add(resp, &out.base);
-        }
-        if (r < 0)
-                grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
-        info_pb_done(&ip);
-}
-
-static void h_stat(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(StatSnapshotRequest) *m = pb(stat_snapshot_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_stat(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(StatSnapshotRequest) *m = msg;
         struct snap_info *info;
         int r = snapdb_get(sn->db, m->key, &info, NULL, NULL);
         if (r < 0) {
                 fail(resp, r, "stat", m->key);
         } else {
-                answer_info(resp, info, false);
+                PB(StatSnapshotResponse)
+                out = CONTAINERD__SERVICES__SNAPSHOTS__V1__STAT_SNAPSHOT_RESPONSE__INIT;
+                answer_info(resp, info, &out.base, &out.info);
                 snap_info_free(info);
         }
-        pb(stat_snapshot_request__free_unpacked)(m, NULL);
 }
 
-static void h_update(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(UpdateSnapshotRequest) *m = pb(update_snapshot_request__unpack)(NULL, len, req);
-        if (!m || !m->info) {
+static void m_update(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(UpdateSnapshotRequest) *m = msg;
+        if (!m->info) {
                 BAD_REQUEST(resp);
-                if (m)
-                        pb(update_snapshot_request__free_unpacked)(m, NULL);
                 return;
         }
         struct labels_in labels;
@@ -468,11 +432,12 @@ static void h_update(void *ud, const uint8_t *req, size_t len, struct grpc_resp 
         if (r < 0) {
                 fail(resp, r, "update", m->info->name);
         } else {
-                answer_info(resp, info, true);
+                PB(UpdateSnapshotResponse)
+                out = CONTAINERD__SERVICES__SNAPSHOTS__V1__UPDATE_SNAPSHOT_RESPONSE__INIT;
+                answer_info(resp, info, &out.base, &out.info);
                 snap_info_free(info);
         }
         free(labels.v);
-        pb(update_snapshot_request__free_unpacked)(m, NULL);
 }
 
 struct list_ctx {
@@ -501,13 +466,8 @@ static int list_one(void *ud, const struct snap_info *info) {
         return r;
 }
 
-static void h_list(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(ListSnapshotsRequest) *m = pb(list_snapshots_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_list(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(ListSnapshotsRequest) *m = msg;
         struct list_ctx lc = {.resp = resp};
         int r = 0;
         if (m->n_filters) {
@@ -532,16 +492,10 @@ static void h_list(void *ud, const uint8_t *req, size_t len, struct grpc_resp *r
         for (size_t i = 0; i < lc.nfilters; i++)
                 snapfilter_free(lc.filters[i]);
         free(lc.filters);
-        pb(list_snapshots_request__free_unpacked)(m, NULL);
 }
 
-static void h_usage(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        struct snapshotter *sn = ud;
-        PB(UsageRequest) *m = pb(usage_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
+static void m_usage(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        const PB(UsageRequest) *m = msg;
         struct snap_info *info;
         int r = snapdb_get(sn->db, m->key, &info, NULL, NULL);
         if (r < 0) {
@@ -557,11 +511,10 @@ static void h_usage(void *ud, const uint8_t *req, size_t len, struct grpc_resp *
                 }
                 if (r < 0)
                         fail(resp, r, "usage of", m->key);
-                else if (grpc_resp_add(resp, &out.base) < 0)
-                        grpc_resp_error(resp, GRPC_INTERNAL, "out of memory");
+                else
+                        answer(resp, &out.base);
                 snap_info_free(info);
         }
-        pb(usage_request__free_unpacked)(m, NULL);
 }
 
 struct id_set {
@@ -614,34 +567,56 @@ static int cleanup(struct snapshotter *sn) {
         return r;
 }
 
-static void h_cleanup(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {
-        PB(CleanupRequest) *m = pb(cleanup_request__unpack)(NULL, len, req);
-        if (!m) {
-                BAD_REQUEST(resp);
-                return;
-        }
-        int r = cleanup(ud);
+static void m_cleanup(struct snapshotter *sn, const void *msg, struct grpc_resp *resp) {
+        (void)msg; /* it names only the snapshotter, this one */
+        int r = cleanup(sn);
         if (r < 0)
                 grpc_resp_error(resp, GRPC_UNKNOWN, "cleanup: %s", strerror(-r));
         else
                 answer_empty(resp);
-        pb(cleanup_request__free_unpacked)(m, NULL);
 }
 
-#define METHOD(name, fn)                                                                           \
-        { "/containerd.services.snapshots.v1.Snapshots/" name, fn, false }
-static const struct grpc_method methods[] = {
-        {"/containerd.services.snapshots.v1.Snapshots/Prepare", h_prepare, true}, /* waits */
-        METHOD("View", h_view),
-        METHOD("Mounts", h_mounts),
-        METHOD("Commit", h_commit),
-        METHOD("Remove", h_remove),
-        METHOD("Stat", h_stat),
-        METHOD("Update", h_update),
-        METHOD("List", h_list),
-        METHOD("Usage", h_usage),
-        METHOD("Cleanup", h_cleanup),
-};
+/* ---- the dispatcher ---- */
+
+/* The gRPC handler's part that every method shares: unpacks the request with DESC (bytes that
+ * are not one are answered INVALID_ARGUMENT), runs the method on it, frees it. */
+static void serve(void *ud, const ProtobufCMessageDescriptor *desc,
+                  void (*method)(struct snapshotter *sn, const void *msg, struct grpc_resp *resp),
+                  const uint8_t *req, size_t len, struct grpc_resp *resp) {
+        ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, req);
+        if (!m) {
+                BAD_REQUEST(resp);
+                return;
+        }
+        method(ud, m, resp);
+        protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* The Snapshots service, one row a method: its name, its function (m_<fn>), its request's
+ * message (pb(<request>__descriptor)), and whether it is slow (may block: it runs on a job
+ * thread of its own, not the connection's). The rows make both each method's gRPC handler
+ * (h_<fn>, a call of serve()) and the server's table. */
+#define SNAPSHOTS_METHODS(X)                                                                       \
+        X("Prepare", prepare, prepare_snapshot_request, true) /* waits for a lazy layer */         \
+        X("View", view, view_snapshot_request, false)                                              \
+        X("Mounts", mounts, mounts_request, false)                                                 \
+        X("Commit", commit, commit_snapshot_request, false)                                        \
+        X("Remove", remove, remove_snapshot_request, false)                                        \
+        X("Stat", stat, stat_snapshot_request, false)                                              \
+        X("Update", update, update_snapshot_request, false)                                        \
+        X("List", list, list_snapshots_request, false)                                             \
+        X("Usage", usage, usage_request, false)                                                    \
+        X("Cleanup", cleanup, cleanup_request, false)
+
+#define HANDLER(name, fn, request, slow)                                                           \
+        static void h_##fn(void *ud, const uint8_t *req, size_t len, struct grpc_resp *resp) {     \
+                serve(ud, &pb(request##__descriptor), m_##fn, req, len, resp);                     \
+        }
+SNAPSHOTS_METHODS(HANDLER)
+
+#define METHOD(name, fn, request, slow)                                                            \
+        {"/containerd.services.snapshots.v1.Snapshots/" name, h_##fn, slow},
+static const struct grpc_method methods[] = {SNAPSHOTS_METHODS(METHOD)};
 
 int snapshotter_start(const char *state_dir, const char *index_path, const char *socket_path,
                       struct snapshotter **ret) {
