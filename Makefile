@@ -138,7 +138,7 @@ FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snaps
                 snapshot/dirs.c snapshot/mounts.c snapshot/starts.c,$(CORE_SRC))
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
-FUZZ_EXTRA_fuzz_config = build/fuzz/obj/fs/config.o
+FUZZ_EXTRA_fuzz_config = $(patsubst %.c,build/fuzz/obj/%.o,$(wildcard fs/config*.c))
 .PRECIOUS: build/fuzz/obj/%.o
 
 build/fuzz/obj/%.o: %.c

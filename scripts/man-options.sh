@@ -11,7 +11,7 @@ trap 'rm -rf "$tmp"' EXIT
 CC=${CC:-cc}
 # shellcheck disable=SC2046
 if ! $CC -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. $(pkg-config --cflags inih) \
-	-o "$tmp/man-options" scripts/man-options.c fs/config.c util/parse.c util/log.c \
+	-o "$tmp/man-options" scripts/man-options.c fs/config*.c util/parse.c util/log.c \
 	$(pkg-config --libs inih) 2>"$tmp/cc.log"; then
 	cat "$tmp/cc.log" >&2
 	echo "man-options: cannot build the generator (make deps?)" >&2
