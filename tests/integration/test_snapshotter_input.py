@@ -14,9 +14,9 @@ The client is grpcio's generic one (no stubs): the request and response classes 
 the daemon's own .proto files (snapshot/proto), compiled into a descriptor set by protoc-c
 (a build dependency already) and loaded into a private descriptor pool. Raw bytes go through
 `unary_unary(path)` without a serializer, which is how malformed messages are sent. What
-grpcio cannot send (a gRPC length prefix that disagrees with the bytes after it) is not
-covered here; grpc.c's other framing checks are (compressed flag, no message, two messages,
-a request over GRPC_MAX_REQUEST).
+grpcio cannot send, a gRPC length prefix that disagrees with the bytes after it, goes
+through curl (--http2-prior-knowledge --unix-socket: h2c as containerd speaks it, a body of
+our bytes, the status read from the response headers).
 
 Needs Debian's python3-grpcio and python3-protobuf (scripts/deps.sh); skipped without.
 """
@@ -431,11 +431,17 @@ def test_mounts_of_a_committed_snapshot_is_failed_precondition(snap, baseline):
 def test_unknown_method_is_unimplemented(snap, baseline):
     """A path outside the table (a method containerd may add later, a wrong case, another
     service) is UNIMPLEMENTED, naming the path."""
+    data = request_bytes(snap, "Stat", snapshotter="p2pblobs", key="base")
     for path in (SERVICE + "Walk", SERVICE + "prepare", SERVICE,
                  "/containerd.services.content.v1.Content/Info", "/x"):
-        data = request_bytes(snap, "Stat", snapshotter="p2pblobs", key="base")
         assert snap.raw_status("Stat", data, path=path) == (
             grpc.StatusCode.UNIMPLEMENTED, "unknown method %s" % path), path
+    # A path longer than grpc.c keeps (255 bytes) is no method either, even one that starts
+    # with a method's path; the message cannot name it.
+    for path in (SERVICE + "Stat" + "x" * 300, SERVICE + "Stat/" + "x" * 300):
+        code, details = snap.raw_status("Stat", data, path=path)
+        assert (code, details.startswith("unknown method")) == (
+            grpc.StatusCode.UNIMPLEMENTED, True), (path, details)
     assert_intact(snap, baseline)
 
 
@@ -491,6 +497,55 @@ def test_strings_that_are_not_utf8_are_refused(snap, baseline):
             answers[what] = e.code()
     assert answers == {k: INVALID for k in requests}
     assert_intact(snap, dict(baseline, work8=(KIND_ACTIVE, "base", {})))
+
+
+def curl_grpc(sock, method, body):
+    """POSTs BODY (the gRPC framing too: BODY is sent as it is) to METHOD over h2c on the
+    unix socket SOCK with curl; returns (grpc-status, grpc-message) of the answer."""
+    r = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--unix-socket", sock,
+                        "-H", "content-type: application/grpc", "-H", "te: trailers",
+                        "--data-binary", "@-", "-D", "-", "-o", "/dev/null",
+                        "http://localhost" + SERVICE + method],
+                       input=body, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=20)
+    assert r.returncode == 0, r.stderr
+    hdrs = dict(line.split(": ", 1) for line in r.stdout.decode().split("\r\n") if ": " in line)
+    return int(hdrs["grpc-status"]), hdrs.get("grpc-message")
+
+
+def curl_has_http2():
+    try:
+        out = subprocess.run(["curl", "--version"], stdout=subprocess.PIPE, text=True).stdout
+    except OSError:
+        return False
+    return " HTTP2" in out
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not curl_has_http2(), reason="needs curl with HTTP/2 (nghttp2)")
+def test_grpc_length_prefix_is_checked(snap, baseline):
+    """A request body is exactly one length-prefixed message: a prefix that claims more bytes
+    than follow, or fewer, or a body shorter than a prefix, is INVALID_ARGUMENT (grpc.c),
+    and the method does not run."""
+    stat_nope = request_bytes(snap, "Stat", snapshotter="p2pblobs", key="nope")
+    stat_base = request_bytes(snap, "Stat", snapshotter="p2pblobs", key="base")
+
+    def framed(msg, n=None):
+        return b"\x00" + (len(msg) if n is None else n).to_bytes(4, "big") + msg
+
+    sock = snap.daemon.snap_socket
+    # The control: curl's framing as grpc's reaches the method.
+    assert curl_grpc(sock, "Stat", framed(stat_nope)) == (5, "stat snapshot nope: not found")
+    one = "one request message expected"
+    cases = {
+        "prefix claims more": (framed(stat_base, len(stat_base) + 1), one),
+        "prefix claims 4 GiB": (framed(stat_base, 0xffffffff), one),
+        "prefix claims fewer": (framed(stat_base, len(stat_base) - 1), one),
+        "bytes after the message": (framed(stat_base) + b"\x00", one),
+        "shorter than a prefix": (b"\x00\x00\x00", "no request message"),
+    }
+    got = {what: curl_grpc(sock, "Stat", body) for what, (body, _) in cases.items()}
+    assert got == {what: (3, msg) for what, (_, msg) in cases.items()}
+    assert_intact(snap, baseline)
 
 
 # The codes of snapshot/grpc.h's enum grpc_code but INTERNAL (the daemon's "out of memory"; a
