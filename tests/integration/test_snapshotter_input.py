@@ -371,18 +371,24 @@ def test_empty_prepare_or_view_key_is_invalid_argument(snap, baseline):
 def test_empty_commit_name_is_invalid_argument(snap, baseline):
     """A Commit with an empty name is refused and the active snapshot stays active, with its
     files; a Commit with a name then commits it."""
-    snap.call("Prepare", snapshotter="p2pblobs", key="work", parent="base")
+    rep = snap.call("Prepare", snapshotter="p2pblobs", key="work")
+    (mount,) = rep.mounts
+    assert mount.type == "bind", mount  # no parent: its fs dir, bound
+    with open(os.path.join(mount.source, "f"), "w") as f:
+        f.write("kept")
     code, details = snap.status("Commit", snapshotter="p2pblobs", name="", key="work")
     assert code == INVALID, details
     assert details == "commit snapshot work: invalid argument"
     st = snap.call("Stat", snapshotter="p2pblobs", key="work")
-    assert (st.info.kind, st.info.parent) == (KIND_ACTIVE, "base")
+    assert (st.info.kind, st.info.parent) == (KIND_ACTIVE, "")
     assert snap.status("Stat", snapshotter="p2pblobs", key="")[0] == grpc.StatusCode.NOT_FOUND
-    before = dict(baseline, work=(KIND_ACTIVE, "base", {}))
-    assert_intact(snap, before)
+    with open(os.path.join(mount.source, "f")) as f:
+        assert f.read() == "kept"
+    assert_intact(snap, dict(baseline, work=(KIND_ACTIVE, "", {})))
     snap.call("Commit", snapshotter="p2pblobs", name="done", key="work")
     st = snap.call("Stat", snapshotter="p2pblobs", key="done")
-    assert (st.info.kind, st.info.parent) == (KIND_COMMITTED, "base")
+    assert st.info.kind == KIND_COMMITTED
+    assert snap.call("Usage", snapshotter="p2pblobs", key="done").inodes >= 1
 
 
 # A bad filter, and the reason the answer gives (snapshot/filter.c).
@@ -404,8 +410,12 @@ def test_bad_list_filter_is_invalid_argument(snap, baseline):
     snapshot streamed), also when another of its filters is good; good filters still work."""
     for text, reason in BAD_FILTERS.items():
         for filters in ([text], ["kind==committed", text]):
+            req = request_bytes(snap, "List", snapshotter="p2pblobs", filters=filters)
+            streamed = []
             with pytest.raises(grpc.RpcError) as e:
-                snap.call("List", snapshotter="p2pblobs", filters=filters)
+                for m in snap.channel.unary_stream(SERVICE + "List")(req, timeout=snap.timeout):
+                    streamed.append(m)
+            assert streamed == [], filters
             assert e.value.code() == INVALID, (filters, e.value.details())
             assert e.value.details().startswith("filter %s: %s" % (text, reason)), \
                 (filters, e.value.details())
