@@ -152,6 +152,7 @@ int peers_start(struct daemon *d) {
                 .max_holders = d->cfg.max_holders,
                 .ttl_ms = d->cfg.location_ttl_ms,
                 .claim_ttl_ms = CLAIM_TTL_MS,
+                .locate_rate = (uint32_t)d->cfg.home_locate_rate,
         };
         r = dir_new(&dc, &d->dir);
         if (r < 0) {

@@ -47,6 +47,9 @@ struct dir_config {
          * dropped, as at max_blobs. */
         size_t max_bytes;
         size_t max_indexes; /* layers with index records; 0: DIR_DEFAULT_MAX_INDEXES */
+        /* Issue 18: the reader locates of one blob per second this home aims at (0: answers say
+         * no "ttl_ms", and readers keep them their own default, 1 s). See dir_locate. */
+        uint32_t locate_rate;
 };
 
 /* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */
@@ -86,8 +89,19 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
                    struct wire_reply *full, char *reason, size_t reason_len);
 
 /* Chunk digests in an answer about one chunk: that chunk's and the next ones', enough to check
- * a reader's following misses (a run is at most 32 chunks) without asking again. */
-#define DIR_LOCATE_SPAN 32
+ * a reader's following misses without asking again. Issue 18: with 32 (one run) a reader at
+ * 1 Gbit/s (~120 chunks/s) asked again every quarter second whatever the answer's TTL, so the
+ * home of a popular blob heard every reader about 4 times a second; 512 digests (about 38 KB
+ * of JSON, half a GiB of chunks) make the TTL the limit. A digest costs a reader ~75 bytes per
+ * MiB it reads, as before: only a reader that stops early pays for digests it does not use. */
+#define DIR_LOCATE_SPAN 512
+
+/* The reuse times a home's answers say (dir_config.locate_rate): from DIR_LOCATE_TTL_MIN_MS
+ * (the readers' default) up to DIR_LOCATE_TTL_MAX_MS, re-decided per blob every
+ * DIR_LOCATE_WINDOW_MS from the reader locates the blob had in that window. */
+#define DIR_LOCATE_TTL_MIN_MS 1000
+#define DIR_LOCATE_TTL_MAX_MS 30000
+#define DIR_LOCATE_WINDOW_MS 1000
 
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
  * chunk digests (with their verified bits), live holders (not expired), live claims as "fetching" holders.
@@ -96,7 +110,15 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
  * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant
- * itself never appears among the holders of RET (present or fetching). At most
+ * itself never appears among the holders of RET (present or fetching). With
+ * cfg.locate_rate, RET->ttl_ms says how long the reader may reuse the answer (never its
+ * claim): each reader asks a blob's home about once per TTL while it reads, so the home
+ * estimates the blob's readers as (locates per second) x (the TTL it said) and says readers /
+ * locate_rate, within DIR_LOCATE_TTL_MIN_MS .. DIR_LOCATE_TTL_MAX_MS, changing it at most 4x
+ * up or 2x down per window: the blob's locates then stay near locate_rate whatever the number
+ * of readers, up to locate_rate x DIR_LOCATE_TTL_MAX_MS / 1000 readers. A stale answer costs
+ * nothing unsafe: every byte is checked against a digest, and a holder that no longer has a
+ * chunk answers 416 and the reader asks again. At most
  * WIRE_MAX_HOLDERS fetching nodes are listed, the one fetching CHUNK first. -ENOENT when the
  * blob is unknown or dead (no announce of it, even with an empty present set, within ttl_ms
  * and no live claim); -EINVAL for a CLAIMANT that is not a node id; -ENOMEM. */

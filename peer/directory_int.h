@@ -41,6 +41,9 @@ struct dir_blob {
         char source[IDX_SOURCE_MAX];
         uint64_t last_ms;       /* newest announce from any node, empty or not */
         uint64_t retry_next_ms; /* the latest retry time handed out to a holder told "full" */
+        uint64_t loc_win_ms;    /* start of the window its reader locates are counted in */
+        uint32_t loc_win_n;     /* reader locates in that window */
+        uint32_t loc_ttl_ms;    /* the reuse time its answers say (0: not decided yet) */
         struct digest *sha;     /* nchunks entries once the first digest arrives; else NULL */
         uint8_t *sha_known;     /* bitmap, allocated with sha */
         uint8_t *sha_verified;  /* bitmap, allocated with sha: from a verified announcer */

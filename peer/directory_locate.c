@@ -76,6 +76,36 @@ static int add_fetching(struct wire_locate *l, uint32_t first, const struct dir_
         return 0;
 }
 
+/* The reuse time for B's answers at NOW (dir_locate's contract), counting this locate. */
+static uint32_t locate_ttl(const struct directory *dir, struct dir_blob *b, uint64_t now) {
+        if (b->loc_ttl_ms == 0 || now < b->loc_win_ms) {
+                b->loc_ttl_ms = DIR_LOCATE_TTL_MIN_MS;
+                b->loc_win_ms = now;
+                b->loc_win_n = 0;
+        }
+        if (b->loc_win_n < UINT32_MAX)
+                b->loc_win_n++;
+        uint64_t elapsed = now - b->loc_win_ms;
+        if (elapsed < DIR_LOCATE_WINDOW_MS)
+                return b->loc_ttl_ms;
+        /* Readers now ~ rate x TTL; the TTL that brings their locates to locate_rate is
+         * readers / locate_rate, i.e. TTL x rate / locate_rate (ms x per-second / per-second). */
+        double rate = (double)b->loc_win_n * 1000.0 / (double)elapsed;
+        double want = (double)b->loc_ttl_ms * rate / (double)dir->cfg.locate_rate;
+        /* Damped: an answer's TTL reaches its readers only as their kept answers run out. After
+         * a quiet spell the estimate is as good as its window is long, so it may fall further. */
+        double lo = (double)b->loc_ttl_ms * DIR_LOCATE_WINDOW_MS / (2.0 * (double)elapsed);
+        double hi = (double)b->loc_ttl_ms * 4;
+        want = want < lo ? lo : want > hi ? hi : want;
+        want = want < DIR_LOCATE_TTL_MIN_MS ? DIR_LOCATE_TTL_MIN_MS
+               : want > DIR_LOCATE_TTL_MAX_MS ? DIR_LOCATE_TTL_MAX_MS
+                                              : want;
+        b->loc_ttl_ms = (uint32_t)want;
+        b->loc_win_ms = now;
+        b->loc_win_n = 0;
+        return b->loc_ttl_ms;
+}
+
 static int fill_locate(const struct directory *dir, const struct dir_blob *b, const char *claimant,
                        int64_t chunk, uint64_t now, struct wire_locate *l) {
         size_t bytes = dri_bitmap_bytes(b->nchunks);
@@ -182,6 +212,8 @@ int dir_locate(struct directory *dir, const struct digest *d, const char *claima
                 l.claim_chunk = (uint32_t)chunk;
         }
         r = fill_locate(dir, b, claimant, chunk, now_ms, &l);
+        if (r == 0 && dir->cfg.locate_rate && chunk >= 0)
+                l.ttl_ms = locate_ttl(dir, b, now_ms);
 out_unlock:
         pthread_mutex_unlock(&dir->lock);
         if (r < 0) {

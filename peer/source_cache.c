@@ -1,6 +1,11 @@
-/* The locate cache (issues 15, 18): the latest home answer per blob, kept LCACHE_TTL_MS so a
- * sequential reader's next misses skip LOCATE, and up to LCACHE_HINT_MS as a hint of whether a
- * peer held a blob's chunks a moment ago. Bounded by LCACHE_SLOTS answers and LCACHE_BYTES of
+/* The locate cache (issues 15, 18): the latest home answer per blob, kept for the time the
+ * answer says ("ttl_ms", at most LCACHE_TTL_MAX_MS; LCACHE_TTL_MS when it says none) so a
+ * sequential reader's next misses skip LOCATE, and up to LCACHE_HINT_MS (or that time, if
+ * longer) as a hint of whether a peer held a blob's chunks a moment ago. A home says a longer
+ * time when many readers ask it about the blob (peer/directory.h, dir_locate), so its load
+ * stays near a configured rate whatever the number of readers; a stale answer is safe (every
+ * byte is checked, a holder that lost a chunk answers 416 and the answer is dropped), and it
+ * never carries a claim. Bounded by LCACHE_SLOTS answers and LCACHE_BYTES of
  * maps and digests; an answer larger than half the budget is used once and not kept. Belongs
  * to the source's thread: no lock. Costs one linear scan of LCACHE_SLOTS per lookup. */
 #include "peer/source_int.h"
@@ -21,7 +26,18 @@ void src_lcache_evict(struct source *s, struct lcache_entry *e) {
         e->used = false;
 }
 
-/* The answer kept for BLOB if younger than MAX_AGE_MS, or NULL. */
+/* A home may ask for at most this much reuse: past it the holder maps are too old to be worth
+ * trying first, whatever the home says. */
+#define LCACHE_TTL_MAX_MS 60000
+
+/* How long E's answer may be used: what its home said, or our default. */
+static uint64_t lcache_ttl(const struct lcache_entry *e) {
+        if (e->l.ttl_ms == 0)
+                return LCACHE_TTL_MS;
+        return e->l.ttl_ms < LCACHE_TTL_MAX_MS ? e->l.ttl_ms : LCACHE_TTL_MAX_MS;
+}
+
+/* The answer kept for BLOB if younger than MAX_AGE_MS or its TTL, whichever is longer, or NULL. */
 struct lcache_entry *src_lcache_find(struct source *s, const struct digest *blob,
                                      uint64_t max_age_ms) {
         uint64_t now = now_ms();
@@ -29,18 +45,19 @@ struct lcache_entry *src_lcache_find(struct source *s, const struct digest *blob
                 struct lcache_entry *e = &s->lcache[i];
                 if (!e->used || !digest_equal(&e->blob, blob))
                         continue;
-                if (now - e->at_ms < max_age_ms)
+                uint64_t ttl = lcache_ttl(e);
+                if (now - e->at_ms < (max_age_ms > ttl ? max_age_ms : ttl))
                         return e;
-                if (now - e->at_ms >= LCACHE_HINT_MS)
+                if (now - e->at_ms >= (ttl > LCACHE_HINT_MS ? ttl : LCACHE_HINT_MS))
                         src_lcache_evict(s, e);
                 return NULL;
         }
         return NULL;
 }
 
-/* The fresh answer kept for BLOB, or NULL. */
+/* The fresh answer kept for BLOB (younger than its TTL), or NULL. */
 struct lcache_entry *src_lcache_get(struct source *s, const struct digest *blob) {
-        return src_lcache_find(s, blob, LCACHE_TTL_MS);
+        return src_lcache_find(s, blob, 0);
 }
 
 /* Forgets BLOB's answer: a peer it named failed us, so the next miss asks a home again. */

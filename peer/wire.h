@@ -35,7 +35,11 @@
  *                               the whole blob (a subset of "digests")
  *    "holders":[{"node":"10.0.0.3:5001", "present":[[0,40]]}, ...],
  *    "fetching":[{"node":"10.0.0.4:5001", "chunks":[[41,42]]}, ...],  chunks claimed (below)
- *    "claim":{"chunk":I, "granted":true}}                              only when ?chunk= asked
+ *    "claim":{"chunk":I, "granted":true},                             only when ?chunk= asked
+ *    "ttl_ms":T}   optional (issue 18): how long the reader may reuse this answer for the
+ *                  chunks it names a holder and a digest of (never its claim), 1 ..
+ *                  WIRE_MAX_LOCATE_TTL_MS; absent: the reader's own default. A home of a blob
+ *                  many readers ask about says longer, so its locates stay near a target rate.
  *   A claim answers "who fetches chunk I from the origin?": the first reader to ask about a
  *   chunk that no node holds or fetches is granted it (and shows up under "fetching" for the
  *   others), so N readers of one blob make the origin serve it about once.
@@ -63,6 +67,7 @@
 #define WIRE_MAX_BODY (8u << 20)   /* largest announce or answer accepted */
 #define WIRE_MAX_CHUNKS (1u << 22) /* 4 Mi chunks: 4 TiB blobs at 1 MiB */
 #define WIRE_MAX_HOLDERS 64        /* holders listed in one answer */
+#define WIRE_MAX_LOCATE_TTL_MS 600000u /* the longest reuse a locate answer may ask for */
 #define WIRE_MAX_BLOBS 4096        /* blobs in one announce */
 /* Chunks summed over an announce's blobs (32 Mi: 4 MiB of bitmaps): without it, 4096 tiny
  * blob entries each claiming a 4 TiB size would make an 8 MiB body cost 2 GiB of bitmaps.
@@ -145,6 +150,7 @@ struct wire_locate {
         bool has_claim;
         uint32_t claim_chunk;
         bool claim_granted;
+        uint32_t ttl_ms; /* "ttl_ms": 0 when not said, else 1 .. WIRE_MAX_LOCATE_TTL_MS */
 };
 
 /* Like the announce's. Builds the present holders under "holders" and the fetching ones

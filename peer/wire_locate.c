@@ -137,6 +137,12 @@ static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_
                 l->claim_chunk = (uint32_t)v;
                 l->claim_granted = json_is_true(granted);
         }
+        if (json_object_get(root, "ttl_ms")) {
+                if (!wr_get_uint(root, "ttl_ms", 1, WIRE_MAX_LOCATE_TTL_MS, &v))
+                        return wr_fail(reason, reason_len,
+                                       "invalid ttl_ms: want 1..%u", WIRE_MAX_LOCATE_TTL_MS);
+                l->ttl_ms = (uint32_t)v;
+        }
         return 0;
 }
 
@@ -184,7 +190,8 @@ static int check_locate(const struct wire_locate *l) {
         if (l->chunk_size == 0 || l->size > INT64_MAX ||
             wr_nchunks_of(l->size, l->chunk_size) != l->nchunks || l->nchunks > WIRE_MAX_CHUNKS ||
             !wr_source_valid(l->source) || (l->sha_known && !l->sha) ||
-            (l->nholders > 0 && !l->holders) || (l->has_claim && l->claim_chunk >= l->nchunks))
+            (l->nholders > 0 && !l->holders) || (l->has_claim && l->claim_chunk >= l->nchunks) ||
+            l->ttl_ms > WIRE_MAX_LOCATE_TTL_MS)
                 return -EINVAL;
         for (uint32_t i = 0; i < l->nholders; i++) {
                 const struct wire_holder *h = &l->holders[i];
@@ -295,6 +302,8 @@ int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len) 
                 ok = json_object_set_new(root, "claim",
                                          json_pack("{s:I,s:b}", "chunk", (json_int_t)l->claim_chunk,
                                                    "granted", (int)l->claim_granted)) == 0;
+        if (ok && l->ttl_ms)
+                ok = json_object_set_new(root, "ttl_ms", json_integer(l->ttl_ms)) == 0;
         if (!ok) {
                 json_decref(root);
                 return -ENOMEM;
@@ -321,7 +330,7 @@ bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b)
         if (!digest_equal(&a->digest, &b->digest) || a->size != b->size ||
             a->chunk_size != b->chunk_size || a->nchunks != b->nchunks ||
             strcmp(a->source, b->source) != 0 || a->nholders != b->nholders ||
-            a->has_claim != b->has_claim)
+            a->has_claim != b->has_claim || a->ttl_ms != b->ttl_ms)
                 return false;
         if (a->has_claim &&
             (a->claim_chunk != b->claim_chunk || a->claim_granted != b->claim_granted))

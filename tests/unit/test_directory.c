@@ -51,7 +51,7 @@ static struct digest dg(int n) {
 struct one {
         struct wire_announce a;
         struct wire_blob b;
-        uint8_t present[64];
+        uint8_t present[128];
         uint32_t sha_idx;
         struct digest sha;
 };
@@ -1072,13 +1072,15 @@ static void test_index_bounds(void **state) {
 static void test_one_chunk_answer_digest_span(void **state) {
         (void)state;
         struct directory *dir = new_dir(16, 16, 16);
-        enum { N = 100, ASKED = 10 };
+        enum { ASKED = 10, N = ASKED + DIR_LOCATE_SPAN + 20 };
+        char all[32];
         uint32_t idx[N];
         struct digest sha[N];
         struct one o;
         char reason[256];
 
-        make(&o, "10.0.0.2:5001", 1, N, "0-99");
+        snprintf(all, sizeof(all), "0-%d", N - 1);
+        make(&o, "10.0.0.2:5001", 1, N, all);
         for (uint32_t i = 0; i < N; i++) {
                 idx[i] = i;
                 memset(&sha[i], (int)(i + 1), sizeof(sha[i]));
@@ -1103,6 +1105,101 @@ static void test_one_chunk_answer_digest_span(void **state) {
         assert_false(wire_bit(l.sha_known, N - 3));
         wire_locate_free(&l);
         dir_free(dir);
+}
+
+/* A directory whose holder records live long, answering with reuse times (locate_rate). */
+static struct directory *new_rate_dir(uint32_t rate) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 16,
+                                 .max_holders = 16,
+                                 .ttl_ms = 3600 * 1000,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .locate_rate = rate};
+        struct directory *dir;
+
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        announce(dir, B, 1, 64, "0-63", 1);
+        return dir;
+}
+
+/* The reuse time a reader's locate of chunk CHUNK at NOW is told (0: none). */
+static uint32_t ttl_at(struct directory *dir, const char *reader, int64_t chunk, uint64_t now) {
+        struct digest d = dg(1);
+        struct wire_locate l;
+
+        assert_int_equal(dir_locate(dir, &d, reader, chunk, now, &l), 0);
+        uint32_t t = l.ttl_ms;
+        wire_locate_free(&l);
+        return t;
+}
+
+/* Issue 18: without locate_rate answers say no reuse time (readers keep their 1 s); with it, a
+ * quiet blob's answers say DIR_LOCATE_TTL_MIN_MS, a busy one's more — at most 4x per window,
+ * never past DIR_LOCATE_TTL_MAX_MS — and after a quiet spell less again. Whole-blob lookups
+ * (CHUNK < 0) are not a reader's miss and say none. */
+static void test_locate_ttl_bounds(void **state) {
+        (void)state;
+        struct directory *dir = new_rate_dir(0);
+        assert_int_equal(ttl_at(dir, NULL, 3, 10), 0);
+        dir_free(dir);
+
+        dir = new_rate_dir(10);
+        assert_int_equal(ttl_at(dir, NULL, -1, 10), 0);
+        assert_int_equal(ttl_at(dir, NULL, 3, 1000), DIR_LOCATE_TTL_MIN_MS);
+        /* 100 locates a second, ten times the target: 4x per window, up to the most. */
+        uint64_t t = 1000;
+        uint32_t prev = DIR_LOCATE_TTL_MIN_MS, got = 0;
+        for (int w = 0; w < 6; w++) {
+                for (int i = 0; i < 100; i++, t += 10)
+                        got = ttl_at(dir, NULL, i % 64, t);
+                assert_true(got >= prev);
+                assert_true(got <= 4 * prev);
+                assert_true(got <= DIR_LOCATE_TTL_MAX_MS);
+                prev = got;
+        }
+        assert_int_equal(got, DIR_LOCATE_TTL_MAX_MS);
+        /* A claim's answer says it too (the reader never keeps the claim itself). */
+        assert_int_equal(ttl_at(dir, A, 5, t), DIR_LOCATE_TTL_MAX_MS);
+        /* Quiet for a minute: the next window's estimate is tiny, and the time falls. */
+        t += 60000;
+        ttl_at(dir, NULL, 3, t);
+        got = ttl_at(dir, NULL, 3, t + DIR_LOCATE_WINDOW_MS);
+        assert_true(got < DIR_LOCATE_TTL_MAX_MS / 4);
+        assert_true(got >= DIR_LOCATE_TTL_MIN_MS);
+        dir_free(dir);
+}
+
+/* Readers that each ask again when the time their last answer said runs out (as the locate
+ * cache does while they read): whether 20 or 200 of them, the home hears about RATE locates a
+ * second once the times settle — the load does not grow with the readers, until there are more
+ * than RATE x DIR_LOCATE_TTL_MAX_MS / 1000 (300 here). Without locate_rate, 200 readers ask
+ * 200 times a second. */
+static double settled_rate(uint32_t rate, unsigned readers) {
+        struct directory *dir = new_rate_dir(rate);
+        enum { STEP = 10, END = 120000, FROM = 60000 };
+        uint64_t next[200];
+        uint64_t counted = 0;
+        assert_true(readers <= 200);
+        for (unsigned r = 0; r < readers; r++)
+                next[r] = 1000 + (uint64_t)r * 997 % 1000; /* they start within a second */
+        for (uint64_t t = 1000; t < END; t += STEP)
+                for (unsigned r = 0; r < readers; r++) {
+                        if (next[r] > t)
+                                continue;
+                        uint32_t ttl = ttl_at(dir, NULL, (int64_t)(r % 64), t);
+                        next[r] = t + (ttl ? ttl : 1000);
+                        counted += t >= FROM;
+                }
+        dir_free(dir);
+        return (double)counted * 1000.0 / (double)(END - FROM);
+}
+
+static void test_locate_ttl_holds_rate(void **state) {
+        (void)state;
+        double few = settled_rate(10, 20), many = settled_rate(10, 200), off = settled_rate(0, 200);
+        assert_true(few >= 5 && few <= 15);
+        assert_true(many >= 5 && many <= 15);
+        assert_true(off >= 190);
 }
 
 /* Issue 18: a home with max_holders holders that hold the whole blob answers "full" to a node
@@ -1246,6 +1343,8 @@ int main(void) {
                 cmocka_unit_test(test_index_records),
                 cmocka_unit_test(test_index_votes),
                 cmocka_unit_test(test_index_bounds),
+                cmocka_unit_test(test_locate_ttl_bounds),
+                cmocka_unit_test(test_locate_ttl_holds_rate),
                 cmocka_unit_test(test_one_chunk_answer_digest_span),
                 cmocka_unit_test(test_full_verdict),
                 cmocka_unit_test(test_full_retry_takes_freed_slot),

@@ -600,7 +600,9 @@ static void test_locate_round_trip(void **state) {
                 l.has_claim = n > 0;
                 l.claim_chunk = n ? n - 1 : 0;
                 l.claim_granted = s % 2;
+                l.ttl_ms = s == 0 ? 0 : s == 4 ? WIRE_MAX_LOCATE_TTL_MS : 1000 * (uint32_t)s;
                 assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+                assert_true((strstr(text, "\"ttl_ms\"") != NULL) == (l.ttl_ms != 0));
                 assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
                 /* Present holders come back first. */
                 assert_int_equal(back.nholders, l.nholders);
@@ -613,6 +615,10 @@ static void test_locate_round_trip(void **state) {
                         memcpy(sorted + WIRE_MAX_HOLDERS, h, WIRE_MAX_HOLDERS * sizeof(*h));
                         l.holders = sorted;
                         assert_true(wire_locate_equal(&l, &back));
+                        assert_int_equal(back.ttl_ms, l.ttl_ms);
+                        back.ttl_ms++; /* a different reuse time is a different answer */
+                        assert_false(wire_locate_equal(&l, &back));
+                        back.ttl_ms--;
                         l.holders = h;
                 }
                 wire_locate_free(&back);
@@ -657,6 +663,11 @@ static void test_locate_build_refuses(void **state) {
         l.nchunks = 10;
         l.size = (uint64_t)INT64_MAX + 1;
         assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
+        l.size = 40;
+        l.nchunks = 10;
+        l.has_claim = false;
+        l.ttl_ms = WIRE_MAX_LOCATE_TTL_MS + 1; /* longer than a reader may be told */
+        assert_int_equal(wire_locate_build(&l, &text, NULL), -EINVAL);
         assert_null(text);
 }
 
@@ -681,6 +692,11 @@ static void test_locate_parse(void **state) {
         assert_true(wire_bit(l.holders[1].present, 1));
         assert_false(wire_bit(l.holders[1].present, 2));
         assert_true(l.has_claim && l.claim_granted);
+        assert_int_equal(l.ttl_ms, 0); /* not said */
+        wire_locate_free(&l);
+
+        parse_locate_ok(LOC(",\"ttl_ms\":5000"), &l);
+        assert_int_equal(l.ttl_ms, 5000);
         wire_locate_free(&l);
 }
 
@@ -705,6 +721,10 @@ static void test_locate_parse_rejects(void **state) {
         expect_locate_err(LOC(",\"digests\":[[3,\"" HEX1 "\"],[3,\"" HEX1 "\"]]"),
                           "chunk digest 1");
         expect_locate_err(LOC(",\"digests\":{}"), "digests");
+        expect_locate_err(LOC(",\"ttl_ms\":0"), "ttl_ms");
+        expect_locate_err(LOC(",\"ttl_ms\":600001"), "ttl_ms");
+        expect_locate_err(LOC(",\"ttl_ms\":\"5s\""), "ttl_ms");
+        expect_locate_err(LOC(",\"ttl_ms\":-1"), "ttl_ms");
         expect_locate_err("{\"digest\":\"sha256:" HEX2 "\",\"size\":4,\"source\":\"" SRC
                           "\",\"chunk_size\":4,\"digests\":[[0,\"" HEX1 "\"],[1,\"" HEX1 "\"]]}",
                           "too many chunk digests");
