@@ -64,7 +64,7 @@ struct daemon_config {
         uint64_t peer_stall_timeout_ms;
         uint64_t announce_interval_ms;
         uint64_t location_ttl_ms;
-        uint64_t max_holders; /* holder records a home keeps per blob */
+        uint64_t max_holders;      /* holder records a home keeps per blob */
         uint64_t home_locate_rate; /* reader locates per blob per second a home aims at */
 };
 

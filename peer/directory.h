@@ -113,7 +113,8 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
  * itself never appears among the holders of RET (present or fetching). With
  * cfg.locate_rate, RET->ttl_ms says how long the reader may reuse the answer (never its
  * claim): each reader asks a blob's home about once per TTL while it reads, so the home
- * estimates the blob's readers as (locates per second) x (the TTL it said) and says readers /
+ * estimates the blob's readers as (locates per second whose answer a reader would reuse: it
+ * names a holder of CHUNK and carries CHUNK's digest) x (the TTL it said) and says readers /
  * locate_rate, within DIR_LOCATE_TTL_MIN_MS .. DIR_LOCATE_TTL_MAX_MS, changing it at most 4x
  * up or 2x down per window: the blob's locates then stay near locate_rate whatever the number
  * of readers, up to locate_rate x DIR_LOCATE_TTL_MAX_MS / 1000 readers. A stale answer costs

@@ -76,14 +76,29 @@ static int add_fetching(struct wire_locate *l, uint32_t first, const struct dir_
         return 0;
 }
 
-/* The reuse time for B's answers at NOW (dir_locate's contract), counting this locate. */
-static uint32_t locate_ttl(const struct directory *dir, struct dir_blob *b, uint64_t now) {
+/* Whether answer L about CHUNK is one a reader keeps and reuses (peer/source_plan.c): it names
+ * a holder of CHUNK and carries CHUNK's digest. Readers ask again for such an answer only when
+ * their kept one ran out, so these measure readers; the others (a chunk nobody holds yet, or
+ * whose digest is not known: a wave's front, claims) come per chunk whatever the TTL says. */
+static bool reusable(const struct wire_locate *l, uint32_t chunk) {
+        if (!wire_bit(l->sha_known, chunk))
+                return false;
+        for (uint32_t i = 0; i < l->nholders; i++)
+                if (!l->holders[i].fetching && wire_bit(l->holders[i].present, chunk))
+                        return true;
+        return false;
+}
+
+/* The reuse time for B's answers at NOW (dir_locate's contract), counting this locate when
+ * COUNT (a reusable answer). */
+static uint32_t locate_ttl(const struct directory *dir, struct dir_blob *b, bool count,
+                           uint64_t now) {
         if (b->loc_ttl_ms == 0 || now < b->loc_win_ms) {
                 b->loc_ttl_ms = DIR_LOCATE_TTL_MIN_MS;
                 b->loc_win_ms = now;
                 b->loc_win_n = 0;
         }
-        if (b->loc_win_n < UINT32_MAX)
+        if (count && b->loc_win_n < UINT32_MAX)
                 b->loc_win_n++;
         uint64_t elapsed = now - b->loc_win_ms;
         if (elapsed < DIR_LOCATE_WINDOW_MS)
@@ -97,7 +112,7 @@ static uint32_t locate_ttl(const struct directory *dir, struct dir_blob *b, uint
         double lo = (double)b->loc_ttl_ms * DIR_LOCATE_WINDOW_MS / (2.0 * (double)elapsed);
         double hi = (double)b->loc_ttl_ms * 4;
         want = want < lo ? lo : want > hi ? hi : want;
-        want = want < DIR_LOCATE_TTL_MIN_MS ? DIR_LOCATE_TTL_MIN_MS
+        want = want < DIR_LOCATE_TTL_MIN_MS   ? DIR_LOCATE_TTL_MIN_MS
                : want > DIR_LOCATE_TTL_MAX_MS ? DIR_LOCATE_TTL_MAX_MS
                                               : want;
         b->loc_ttl_ms = (uint32_t)want;
@@ -212,8 +227,8 @@ int dir_locate(struct directory *dir, const struct digest *d, const char *claima
                 l.claim_chunk = (uint32_t)chunk;
         }
         r = fill_locate(dir, b, claimant, chunk, now_ms, &l);
-        if (r == 0 && dir->cfg.locate_rate && chunk >= 0)
-                l.ttl_ms = locate_ttl(dir, b, now_ms);
+        if (r == 0 && dir->cfg.locate_rate && chunk >= 0 && chunk < (int64_t)b->nchunks)
+                l.ttl_ms = locate_ttl(dir, b, reusable(&l, (uint32_t)chunk), now_ms);
 out_unlock:
         pthread_mutex_unlock(&dir->lock);
         if (r < 0) {

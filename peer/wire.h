@@ -63,12 +63,12 @@
 #include "index/index.h"
 #include "util/digest.h"
 
-#define PEER_ID_MAX 64             /* "255.255.255.255:65535", "[v6]:port" */
-#define WIRE_MAX_BODY (8u << 20)   /* largest announce or answer accepted */
-#define WIRE_MAX_CHUNKS (1u << 22) /* 4 Mi chunks: 4 TiB blobs at 1 MiB */
-#define WIRE_MAX_HOLDERS 64        /* holders listed in one answer */
+#define PEER_ID_MAX 64                 /* "255.255.255.255:65535", "[v6]:port" */
+#define WIRE_MAX_BODY (8u << 20)       /* largest announce or answer accepted */
+#define WIRE_MAX_CHUNKS (1u << 22)     /* 4 Mi chunks: 4 TiB blobs at 1 MiB */
+#define WIRE_MAX_HOLDERS 64            /* holders listed in one answer */
 #define WIRE_MAX_LOCATE_TTL_MS 600000u /* the longest reuse a locate answer may ask for */
-#define WIRE_MAX_BLOBS 4096        /* blobs in one announce */
+#define WIRE_MAX_BLOBS 4096            /* blobs in one announce */
 /* Chunks summed over an announce's blobs (32 Mi: 4 MiB of bitmaps): without it, 4096 tiny
  * blob entries each claiming a 4 TiB size would make an 8 MiB body cost 2 GiB of bitmaps.
  * A sender with more splits its announce. */

@@ -139,8 +139,8 @@ static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_
         }
         if (json_object_get(root, "ttl_ms")) {
                 if (!wr_get_uint(root, "ttl_ms", 1, WIRE_MAX_LOCATE_TTL_MS, &v))
-                        return wr_fail(reason, reason_len,
-                                       "invalid ttl_ms: want 1..%u", WIRE_MAX_LOCATE_TTL_MS);
+                        return wr_fail(reason, reason_len, "invalid ttl_ms: want 1..%u",
+                                       WIRE_MAX_LOCATE_TTL_MS);
                 l->ttl_ms = (uint32_t)v;
         }
         return 0;

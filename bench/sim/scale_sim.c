@@ -16,8 +16,9 @@
  * holds the chunk; when nobody does, the first home in rendezvous order, with the claim; a
  * home that is ourselves and knows no holder sends us on to the next home without claiming;
  * holders before claimants; the origin when nobody has it; --no-spread: the first home only,
- * as before issue 18's fix; a fresh kept answer that names a holder of the chunk and carries
- * its digest is used without asking, as source.c's locate cache does, one slot per node;
+ * as before issue 18's fix; a fresh kept answer (younger than the "ttl_ms" the home said,
+ * --home-locate-rate, or 1 s) that names a holder of the chunk and carries its digest is used
+ * without asking, as source.c's locate cache does, one slot per node;
  * --no-locate-cache: a locate per miss, as before) but is written here, since source.c is
  * bound to libcurl.
  * Eviction is whole-blob LRU under the node's budget (cache/policy.c works per chunk and
@@ -32,6 +33,10 @@
  * popular image is pulled in full (every chunk of every layer) by a --wave-frac fraction of
  * the nodes, each starting within the first 10 s of the wave; nodes start within the first
  * 20 s; at --churn-at 1% of the nodes leave, and 1% new ones join one refresh later.
+ *
+ * Besides means over the run, the busiest home's peak (the most locates, and announces, it
+ * received in one simulated second) and why readers' misses were not answered from their kept
+ * answer (none kept, too old, no digest of the chunk in it, no holder of it named).
  *
  * Output: one line per metric, "key value", or with --tsv a header and one row (for
  * bench/sim/run.sh). Deterministic for a given --seed. */
@@ -74,6 +79,7 @@ struct opts {
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
         bool tsv, no_churn, no_spread, no_locate_cache, no_full;
+        unsigned locate_rate; /* --home-locate-rate: the homes' dir_config.locate_rate */
 };
 
 struct blob {
@@ -131,9 +137,20 @@ struct node {
         uint64_t cache_at;
         struct wire_locate cache;
         uint64_t cache_hits;
+        /* locates (and announces) received in the current simulated second, and the most in
+         * any second: the hot spot's peak, which a mean over the run hides */
+        uint64_t sec, loc_rx_sec, loc_rx_peak, ann_rx_sec, ann_rx_peak;
+        /* the kinds of this second's locates (enum lkind), and of the peak second's */
+        uint64_t kind_sec[4], kind_peak[4];
 };
 
-#define LCACHE_TTL_MS 1000 /* peer/source.c */
+/* What a locate received was: the first of a blob by its reader (nothing kept), a kept
+ * answer too old, a kept answer without the chunk's digest, or without a holder of it. */
+enum lkind { LK_NONE, LK_OLD, LK_DIGEST, LK_HOLDER };
+static enum lkind cur_kind;
+
+#define LCACHE_TTL_MS 1000      /* peer/source_int.h: when the answer says no TTL */
+#define LCACHE_TTL_MAX_MS 60000 /* peer/source_cache.c: the most a home may ask for */
 
 static struct opts O = {
         .n = 100,
@@ -148,6 +165,7 @@ static struct opts O = {
         .dns_refresh_ms = 30000,
         .churn_at_ms = 100000,
         .seed = 1,
+        .locate_rate = 20, /* fs/config.c's default */
 };
 
 static struct node *nodes;
@@ -308,6 +326,25 @@ static double announce_units(const struct wire_announce *w) {
         return u;
 }
 
+/* Counts one message received by HOME in this simulated second (*SECN), keeping the peak. */
+static void per_second(struct node *home, uint64_t *secn, uint64_t *peak) {
+        uint64_t sec = now / 1000;
+        if (home->sec != sec) {
+                home->sec = sec;
+                home->loc_rx_sec = 0;
+                home->ann_rx_sec = 0;
+                memset(home->kind_sec, 0, sizeof(home->kind_sec));
+        }
+        bool loc = secn == &home->loc_rx_sec;
+        if (loc)
+                home->kind_sec[cur_kind]++;
+        if (++*secn > *peak) {
+                *peak = *secn;
+                if (loc)
+                        memcpy(home->kind_peak, home->kind_sec, sizeof(home->kind_peak));
+        }
+}
+
 /* The announcer's send hook: counts, sizes and delivers one announce. */
 static int send_announce(void *ud, const char *home, const struct wire_announce *w,
                          struct wire_reply *reply) {
@@ -337,6 +374,7 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
         }
         nodes[h].ann_rx.msgs++;
         nodes[h].ann_rx.bytes += bytes;
+        per_second(&nodes[h], &nodes[h].ann_rx_sec, &nodes[h].ann_rx_peak);
         if (nodes[h].ann_rx_round++ == 0 && ntouched < nalloc)
                 touched[ntouched++] = (unsigned)h;
         char reason[128];
@@ -392,6 +430,7 @@ static void count_locate(struct node *nd, struct node *home, const struct wire_l
         nd->loc_tx.bytes += LOCATE_REQ_BYTES + ans;
         home->loc_rx.msgs++;
         home->loc_rx.bytes += LOCATE_REQ_BYTES + ans;
+        per_second(home, &home->loc_rx_sec, &home->loc_rx_peak);
 }
 
 /* ---- the read path (peer/source.c's rules) ---------------------------------------------- */
@@ -401,6 +440,9 @@ enum src { SRC_ORIGIN, SRC_PEER };
 /* Why a chunk went to the origin: no home knew the blob (-ENOENT everywhere, or homes gone),
  * we were granted the claim, or an answer listed nobody usable and granted nothing. */
 static uint64_t why_unknown, why_claim, why_nobody;
+/* Why a miss was not answered from the kept answer: none kept (or another blob's), too old,
+ * the chunk's digest not in it, no live holder of the chunk named in it. */
+static uint64_t cm_none, cm_old, cm_digest, cm_holder;
 static uint64_t spread_misses; /* spread locates that named nobody: the first home was asked */
 
 /* Keeps answer *L (about chunk C of blob BI) as NODE's cached one, taking its contents. */
@@ -427,10 +469,26 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
         size_t nh = members_homes(view, &b->d, K_HOMES, homes, NULL);
         bool probing = false;
         nd->misses++;
-        /* source.c: a fresh kept answer that names a holder of C and carries C's digest (the
-         * answer about chunk k carries k .. k + DIR_LOCATE_SPAN - 1) needs no question. */
-        if (nd->cache_used && nd->cache_blob == bi && now - nd->cache_at < LCACHE_TTL_MS &&
-            c >= nd->cache_chunk && c < nd->cache_chunk + DIR_LOCATE_SPAN) {
+        /* source.c: a fresh kept answer (younger than the TTL it says, or 1 s) that names a
+         * holder of C and carries C's digest (the answer about chunk k carries the digests of
+         * k .. k + DIR_LOCATE_SPAN - 1 that the home knows) needs no question. */
+        uint64_t ttl = nd->cache.ttl_ms ? nd->cache.ttl_ms : LCACHE_TTL_MS;
+        if (ttl > LCACHE_TTL_MAX_MS)
+                ttl = LCACHE_TTL_MAX_MS;
+        bool digest = nd->cache_used && c < nd->cache.nchunks && nd->cache.sha_known &&
+                      wire_bit(nd->cache.sha_known, c);
+        cur_kind = LK_HOLDER;
+        if (!nd->cache_used || nd->cache_blob != bi) {
+                cm_none++;
+                cur_kind = LK_NONE;
+        } else if (now - nd->cache_at >= ttl) {
+                cm_old++;
+                cur_kind = LK_OLD;
+        } else if (!digest) {
+                cm_digest++;
+                cur_kind = LK_DIGEST;
+        }
+        if (nd->cache_used && nd->cache_blob == bi && now - nd->cache_at < ttl && digest) {
                 int pick = -1, wait = -1;
                 for (uint32_t k = 0; k < nd->cache.nholders; k++) {
                         int p = node_of(nd->cache.holders[k].node);
@@ -449,6 +507,7 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                         *ret_peer = pick;
                         return SRC_PEER;
                 }
+                cm_holder++;
         }
         size_t spread = O.no_spread ? 0 : rdv_spread(nd->id, &b->d, nh);
         int ph = spread > 0 ? node_of(homes[spread]) : -1;
@@ -732,6 +791,7 @@ static void node_start(unsigned i) {
                 .max_holders = MAX_HOLDERS,
                 .ttl_ms = LOCATION_TTL_MS,
                 .claim_ttl_ms = CLAIM_TTL_MS,
+                .locate_rate = O.locate_rate,
         };
         int r = dir_new(&dc, &nd->dir);
         if (r < 0)
@@ -816,7 +876,7 @@ static unsigned pick_image(void) {
 static void usage(void) {
         fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
-                        "K] [--seed S] "
+                        "K] [--seed S] [--home-locate-rate R] "
                         "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] [--tsv]\n");
         exit(2);
 }
@@ -862,6 +922,12 @@ static uint64_t g_loc_bytes(const struct node *x) {
 }
 static uint64_t g_loc_rx(const struct node *x) {
         return x->loc_rx.msgs;
+}
+static uint64_t g_loc_rx_peak(const struct node *x) {
+        return x->loc_rx_peak;
+}
+static uint64_t g_ann_rx_peak(const struct node *x) {
+        return x->ann_rx_peak;
 }
 static uint64_t g_ann_rx(const struct node *x) {
         return x->ann_rx.msgs;
@@ -926,6 +992,8 @@ int main(int argc, char **argv) {
                         O.sample = (unsigned)num(v);
                 else if (strcmp(a, "--seed") == 0)
                         O.seed = num(v);
+                else if (strcmp(a, "--home-locate-rate") == 0) /* 0: answers say no TTL */
+                        O.locate_rate = (unsigned)num(v);
                 else
                         usage();
         }
@@ -1089,6 +1157,7 @@ int main(int argc, char **argv) {
         struct pct ann_m = per_node(g_ann_msgs, secs), ann_b = per_node(g_ann_bytes, secs);
         struct pct loc_m = per_node(g_loc_msgs, secs), loc_b = per_node(g_loc_bytes, secs);
         struct pct locrx = per_node(g_loc_rx, secs), annrx = per_node(g_ann_rx, secs);
+        struct pct locpk = per_node(g_loc_rx_peak, 1), annpk = per_node(g_ann_rx_peak, 1);
         struct pct mem_m = per_node(g_mem_msgs, secs), mem_b = per_node(g_mem_bytes, secs);
         struct pct dirb = per_node(g_dir_bytes, 1024.0);
         struct pct serve = per_node(g_serving, 1.0);
@@ -1137,12 +1206,13 @@ int main(int argc, char **argv) {
                        "locates_per_miss\tanswers_per_miss\tholders_per_answer\t"
                        "moved_leave\tmoved_join\tblobs_moved_leave\torigin_amp\torigin_amp_max\t"
                        "peer_share\tserving_ms\tserving_ms_max\tmerge_ms\tann_churn_ratio\t"
-                       "ann_rx_max_full\tann_rx_max_delta\n");
+                       "ann_rx_max_full\tann_rx_max_delta\tloc_rx_peak\tann_rx_peak\t"
+                       "loc_too_old\tloc_no_digest\n");
                 printf("%u\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.4f\t%."
                        "1f\t"
                        "%u\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%.4f\t%.4f\t%.4f\t%.3f\t%.2f\t%.3f\t%."
                        "0f\t"
-                       "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\n",
+                       "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\t%.0f\t%.0f\t%" PRIu64 "\t%" PRIu64 "\n",
                        O.n, ann_m.mean, ann_m.max, ann_b.mean, ann_b.max, annrx.max, loc_m.mean,
                        loc_m.max, loc_b.mean, loc_b.max, locrx.max, mem_m.mean, mem_b.mean,
                        dns_seen, dirb.mean, dirb.max,
@@ -1152,7 +1222,7 @@ int main(int argc, char **argv) {
                        blobs_leave, amp, amp_max,
                        (double)peer / (double)((peer + origin * CHUNK) ?: 1), serve.mean, serve.max,
                        merge_ms, ann_before ? (double)ann_after / (double)ann_before : 0,
-                       busiest_full, busiest_delta);
+                       busiest_full, busiest_delta, locpk.max, annpk.max, cm_old, cm_digest);
         } else {
                 printf("n %u\nsimulated_s %.0f\nblobs %u\nchunk_misses %" PRIu64 "\n", O.n, secs,
                        nblobs, misses);
@@ -1185,6 +1255,24 @@ int main(int argc, char **argv) {
                        " answer_without_source %" PRIu64 "\n",
                        why_unknown, why_claim, why_nobody);
                 printf("spread_locates_naming_nobody %" PRIu64 "\n", spread_misses);
+                printf("busiest_home_peak_s locates %.0f announces %.0f (most received in one "
+                       "simulated second)\n",
+                       locpk.max, annpk.max);
+                uint64_t hits = 0;
+                for (unsigned i = 0; i < nnodes; i++)
+                        hits += nodes[i].cache_hits;
+                printf("locate_cache hits %" PRIu64 " misses: none_kept %" PRIu64
+                       " too_old %" PRIu64 " no_digest %" PRIu64 " no_holder %" PRIu64 "\n",
+                       hits, cm_none, cm_old, cm_digest, cm_holder);
+                const struct node *pk = NULL;
+                for (unsigned i = 0; i < O.n; i++)
+                        if (nodes[i].alive && (!pk || nodes[i].loc_rx_peak > pk->loc_rx_peak))
+                                pk = &nodes[i];
+                if (pk)
+                        printf("busiest_home_peak_second_locates none_kept %" PRIu64
+                               " too_old %" PRIu64 " no_digest %" PRIu64 " no_holder %" PRIu64 "\n",
+                               pk->kind_peak[0], pk->kind_peak[1], pk->kind_peak[2],
+                               pk->kind_peak[3]);
                 uint64_t ctl = 0;
                 for (unsigned i = 0; i < nnodes; i++)
                         ctl += nodes[i].ann_tx.msgs + nodes[i].ann_rx.msgs + nodes[i].loc_tx.msgs +
