@@ -308,6 +308,8 @@ int dir_new(const struct dir_config *cfg, struct directory **ret) {
                 dir->cfg.max_bytes = DIR_DEFAULT_MAX_BYTES;
         if (dir->cfg.max_indexes == 0)
                 dir->cfg.max_indexes = DIR_DEFAULT_MAX_INDEXES;
+        if (dir->cfg.locate_span == 0)
+                dir->cfg.locate_span = DIR_LOCATE_SPAN;
         want = cfg->max_blobs < DIR_MAX_BUCKETS ? cfg->max_blobs : DIR_MAX_BUCKETS;
         for (dir->nbuckets = 16; dir->nbuckets < want; dir->nbuckets *= 2)
                 ;

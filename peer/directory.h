@@ -50,6 +50,7 @@ struct dir_config {
         /* Issue 18: the reader locates of one blob per second this home aims at (0: answers say
          * no "ttl_ms", and readers keep them their own default, 1 s). See dir_locate. */
         uint32_t locate_rate;
+        uint32_t locate_span; /* digests in an answer about one chunk; 0: DIR_LOCATE_SPAN */
 };
 
 /* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */
@@ -106,7 +107,7 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
  * chunk digests (with their verified bits), live holders (not expired), live claims as "fetching" holders.
  * CHUNK >= 0 (a reader's miss): only the holders that have CHUNK, and the digests of CHUNK
- * .. CHUNK + DIR_LOCATE_SPAN - 1; CHUNK < 0: every holder and digest.
+ * .. CHUNK + locate_span - 1; CHUNK < 0: every holder and digest.
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
  * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant

@@ -139,16 +139,16 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
         if (!l->sha || !l->sha_known || !l->sha_verified || !l->holders)
                 return -ENOMEM;
         /* Asked about one chunk (a reader's miss): the digests of that chunk and the
-         * DIR_LOCATE_SPAN - 1 after it, and the holders that have it. The answer then costs the
+         * locate_span - 1 after it, and the holders that have it. The answer then costs the
          * same for a 10 GiB blob as for a 10 MiB one; the whole picture is for lookups
          * (CHUNK < 0). The following digests let the reader keep the answer and check the
          * next chunks of a sequential read (and a run of them in one GET) without asking
          * again for each (peer/source.c). */
         bool one = chunk >= 0 && (uint64_t)chunk < b->nchunks;
         if (b->sha && one) {
-                uint32_t end = (uint64_t)chunk + DIR_LOCATE_SPAN < b->nchunks
-                                       ? (uint32_t)chunk + DIR_LOCATE_SPAN
-                                       : b->nchunks;
+                uint32_t span = dir->cfg.locate_span;
+                uint32_t end =
+                        (uint64_t)chunk + span < b->nchunks ? (uint32_t)chunk + span : b->nchunks;
                 for (uint32_t c = (uint32_t)chunk; c < end; c++) {
                         if (!wire_bit(b->sha_known, c))
                                 continue;

@@ -78,8 +78,9 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn, no_spread, no_locate_cache, no_full;
+        bool tsv, no_churn, no_spread, no_locate_cache, no_full, confirm_wait;
         unsigned locate_rate; /* --home-locate-rate: the homes' dir_config.locate_rate */
+        unsigned locate_span; /* --locate-span: digests per answer (0: DIR_LOCATE_SPAN) */
 };
 
 struct blob {
@@ -141,12 +142,13 @@ struct node {
          * any second: the hot spot's peak, which a mean over the run hides */
         uint64_t sec, loc_rx_sec, loc_rx_peak, ann_rx_sec, ann_rx_peak;
         /* the kinds of this second's locates (enum lkind), and of the peak second's */
-        uint64_t kind_sec[4], kind_peak[4];
+        uint64_t kind_sec[5], kind_peak[5];
 };
 
 /* What a locate received was: the first of a blob by its reader (nothing kept), a kept
- * answer too old, a kept answer without the chunk's digest, or without a holder of it. */
-enum lkind { LK_NONE, LK_OLD, LK_DIGEST, LK_HOLDER };
+ * answer too old, a kept answer without the chunk's digest, or without a holder of it; or
+ * (--confirm-wait) a CONFIRM query for the digest of a chunk received without one. */
+enum lkind { LK_NONE, LK_OLD, LK_DIGEST, LK_HOLDER, LK_CONFIRM };
 static enum lkind cur_kind;
 
 #define LCACHE_TTL_MS 1000      /* peer/source_int.h: when the answer says no TTL */
@@ -615,6 +617,28 @@ static void evict(struct node *nd, uint32_t keep_blob) {
         }
 }
 
+/* Whether ND's kept answer (the one its last chunk was planned from) has chunk C's digest. */
+static bool digest_kept(const struct node *nd, uint32_t bi, uint32_t c) {
+        return nd->cache_used && nd->cache_blob == bi && c < nd->cache.nchunks &&
+               nd->cache.sha_known && wire_bit(nd->cache.sha_known, c);
+}
+
+/* --confirm-wait: bytes from a peer whose digest no home gave wait (source_verify.c's CONFIRM)
+ * until the digest reaches a home, with the claimant's next announce: the reader asks the
+ * first home once (at least; the daemon polls every 50 ms) and reads nothing more this tick.
+ * Without it, such a reader ran in step with the claimant and asked about every chunk. */
+static uint64_t confirm_queries;
+static void confirm_wait(struct node *nd, const struct blob *b) {
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        size_t nh = members_homes(view, &b->d, K_HOMES, homes, NULL);
+        int hi = nh ? node_of(homes[0]) : -1;
+        confirm_queries++;
+        if (hi >= 0 && &nodes[hi] != nd && nodes[hi].alive) {
+                cur_kind = LK_CONFIRM;
+                count_locate(nd, &nodes[hi], NULL);
+        }
+}
+
 /* One tick of NODE's pull: up to --rate chunk misses. */
 static void pull_tick(struct node *nd) {
         unsigned budget = O.rate;
@@ -640,6 +664,10 @@ static void pull_tick(struct node *nd) {
                 if (locate_chunk(nd, bi, c, &peer) == SRC_PEER) {
                         nd->peer_in += CHUNK;
                         nodes[peer].peer_out += CHUNK;
+                        if (O.confirm_wait && !digest_kept(nd, bi, c)) {
+                                confirm_wait(nd, b);
+                                budget = 0;
+                        }
                 } else {
                         nd->origin_in += CHUNK;
                         b->origin_chunks++;
@@ -792,6 +820,7 @@ static void node_start(unsigned i) {
                 .ttl_ms = LOCATION_TTL_MS,
                 .claim_ttl_ms = CLAIM_TTL_MS,
                 .locate_rate = O.locate_rate,
+                .locate_span = O.locate_span,
         };
         int r = dir_new(&dc, &nd->dir);
         if (r < 0)
@@ -876,8 +905,10 @@ static unsigned pick_image(void) {
 static void usage(void) {
         fprintf(stderr, "usage: scale_sim [--n N] [--images N] [--waves N] [--wave-frac PERCENT] "
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
-                        "K] [--seed S] [--home-locate-rate R] "
-                        "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] [--tsv]\n");
+                        "K] [--seed S] [--home-locate-rate R] [--locate-span CHUNKS] "
+                        "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] "
+                        "[--confirm-wait] "
+                        "[--tsv]\n");
         exit(2);
 }
 
@@ -965,6 +996,10 @@ int main(int argc, char **argv) {
                         O.no_locate_cache = true;
                         continue;
                 }
+                if (strcmp(a, "--confirm-wait") == 0) {
+                        O.confirm_wait = true;
+                        continue;
+                }
                 if (strcmp(a, "--no-spread") == 0) { /* every reader asks the first home */
                         O.no_spread = true;
                         continue;
@@ -994,6 +1029,8 @@ int main(int argc, char **argv) {
                         O.seed = num(v);
                 else if (strcmp(a, "--home-locate-rate") == 0) /* 0: answers say no TTL */
                         O.locate_rate = (unsigned)num(v);
+                else if (strcmp(a, "--locate-span") == 0) /* 32: as before issue 18's TTL */
+                        O.locate_span = (unsigned)num(v);
                 else
                         usage();
         }
@@ -1270,9 +1307,11 @@ int main(int argc, char **argv) {
                                 pk = &nodes[i];
                 if (pk)
                         printf("busiest_home_peak_second_locates none_kept %" PRIu64
-                               " too_old %" PRIu64 " no_digest %" PRIu64 " no_holder %" PRIu64 "\n",
+                               " too_old %" PRIu64 " no_digest %" PRIu64 " no_holder %" PRIu64
+                               " confirm %" PRIu64 "\n",
                                pk->kind_peak[0], pk->kind_peak[1], pk->kind_peak[2],
-                               pk->kind_peak[3]);
+                               pk->kind_peak[3], pk->kind_peak[4]);
+                printf("confirm_queries %" PRIu64 "\n", confirm_queries);
                 uint64_t ctl = 0;
                 for (unsigned i = 0; i < nnodes; i++)
                         ctl += nodes[i].ann_tx.msgs + nodes[i].ann_rx.msgs + nodes[i].loc_tx.msgs +
