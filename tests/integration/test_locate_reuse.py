@@ -5,7 +5,8 @@ has needs about one locate for the whole blob instead of one per 32 chunks and p
 
 Four nodes in network namespaces (three homes per blob, so the homes differ from node to
 node), 64 KiB chunks so a 20 MiB blob has 320 of them (ten 32-digest spans), and
---home-locate-rate 5. Figures are printed: run with -s to see them.
+--home-locate-rate 5, --location-ttl 6s, --max-inflight 8 (see FLAGS). Figures are printed: run
+with -s to see them.
 """
 
 import json
@@ -17,7 +18,14 @@ from test_peers import REPO, full_read, start_nodes, wait_peers_up
 CHUNK = 64 << 10
 NCHUNKS = 320
 RATE = 5
-FLAGS = ["--chunk-size", "64K", "--home-locate-rate", str(RATE)]
+# --max-inflight 8: with the default 64, A's read from the origin (a claim, so a locate, per
+# chunk) left ~32 idle keep-alive connections to one home in about one run of three; that home
+# then refused A's next connection over its per-client cap (32), A marked it down and stopped
+# announcing to it, and the home forgot A (found here, not fixed: net/http_client.c keeps
+# connections a burst opened; peer/httpd.c counts idle ones against the cap). A short
+# --location-ttl: holders announce everything every 2 s.
+FLAGS = ["--chunk-size", "64K", "--home-locate-rate", str(RATE), "--location-ttl", "6s",
+         "--max-inflight", "8"]
 
 
 def answer(net, home, blob, chunk):
@@ -55,8 +63,22 @@ def test_locate_answers_reused(build_dir, net):
                        or homes, 10, interval=0.2, what="the blob's homes to know it")
     assert len(homes) == 3, [d.host.name for d in homes]
     for h in homes:
-        harness.wait_until(lambda h=h: holds_all(answer(net, h, blob, 0), a.peer_id), 10,
-                           interval=0.2, what="%s to know A's chunks and digests" % h.host.name)
+        seen = []
+
+        def knows(h=h, seen=seen):
+            j = answer(net, h, blob, 0)
+            seen[:] = [j]
+            return holds_all(j, a.peer_id)
+        try:
+            harness.wait_until(knows, 10, interval=0.2,
+                               what="%s to know A's chunks and digests" % h.host.name)
+        except harness.HarnessError:
+            j = seen[0] or {}
+            print("\n[reuse] %s's last answer: %d digests, holders %s, fetching %s" % (
+                h.host.name, len(j.get("digests", [])),
+                [(x["node"], x["present"]) for x in j.get("holders", [])],
+                [(x["node"], x["chunks"]) for x in j.get("fetching", [])]))
+            raise
 
     # A quiet blob's answers say the readers' default, 1 s. Asked ~40 times a second for 3 s
     # (8x the target rate), each home says longer, at most 4x per 1 s window and never past
