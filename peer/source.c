@@ -15,23 +15,23 @@
  *   ORIGIN  hand the job to the origin client, which owns it from then on.
  * Every job ends in exactly one call of its done callback.
  *
- * The locate cache and runs (issues 15, 18). A home's answer about chunk i names every holder
- * that has i with its whole chunk map, and the digests of i and the 31 chunks after it. The
- * thread keeps the latest answer per blob for LCACHE_TTL_MS (LCACHE_SLOTS blobs, LCACHE_BYTES
- * of maps and digests), so a sequential reader's next misses skip LOCATE: one question per
- * blob per second or so instead of one per chunk, which is what made the first home of a
- * popular blob a hot spot, and one round trip less before most first bytes. A chunk the kept
- * answer names no holder for, or gives no digest of, is asked as before (claims are granted
- * only there). A peer failure for the blob drops its answer. A run from source_fetch_run() is
- * planned from one answer (the cache's, or its first chunk's locate): consecutive chunks whose
- * best candidate is the same holder, with a digest we may check it by, go in one ranged GET
- * (X_RUN); each chunk is handed to a verifier as soon as its bytes are in, so the first
- * chunk's reader does not wait for the run. A run that breaks (the peer dies or stalls, a 416
- * or 503, a chunk of it fails its digest) sends the chunks not yet in on, each on its own,
- * exactly as a failed single transfer would. Trust is unchanged: a chunk's digest still comes
- * from a home that is not the sender — when the home that answered is the holder, our own
- * directory's digests are used if we are a home (one in-memory lookup per run), else the chunk
- * goes the single way, through CONFIRM.
+ * The locate cache and runs (issues 15, 18). A home's answer about chunk i names every holder that
+ * has i with its whole chunk map, and the digests of i and the chunks after it (512 by default,
+ * peer/directory.h). The thread keeps the latest answer per blob for as long as the answer says
+ * (the home scales it to its --home-locate-rate; LCACHE_TTL_MS when it says none; LCACHE_SLOTS
+ * blobs, LCACHE_BYTES of maps and digests), so a reader's next misses skip LOCATE: one question
+ * per blob per reuse time instead of one per chunk, which is what made the first home of a popular
+ * blob a hot spot, and one round trip less before most first bytes. A chunk the kept answer names
+ * no holder for, or gives no digest of, is asked as before (claims are granted only there). A peer
+ * failure for the blob drops its answer. A run from source_fetch_run() is planned from one answer
+ * (the cache's, or its first chunk's locate): consecutive chunks whose best candidate is the same
+ * holder, with a digest we may check it by, go in one ranged GET (X_RUN); each chunk is handed to
+ * a verifier as soon as its bytes are in, so the first chunk's reader does not wait for the run. A
+ * run that breaks (the peer dies or stalls, a 416 or 503, a chunk of it fails its digest) sends
+ * the chunks not yet in on, each on its own, exactly as a failed single transfer would. Trust is
+ * unchanged: a chunk's digest still comes from a home that is not the sender — when the home that
+ * answered is the holder, our own directory's digests are used if we are a home (one in-memory
+ * lookup per run), else the chunk goes the single way, through CONFIRM.
  *
  * Whose word a chunk is checked against. A peer's bytes are accepted only against a digest
  * that did not come from that peer: the digest a home gave us, where that home is not the
@@ -58,6 +58,15 @@
  * wait for their requests on the caller's thread and touch nothing of the client thread's. */
 
 #include "peer/source_int.h"
+
+/* Directory questions in flight to one home at once. Locates are not capped otherwise (chunk
+ * transfers must not hold them back), and a reader fetching from the origin asks one per
+ * claimed chunk: with max_total (64) claims at once, a burst opened that many connections to
+ * one home, more than its per-client cap (HTTPD_MAX_PER_CLIENT, 32), which then refused the
+ * next connection, so the reader marked the home down and stopped announcing to it
+ * (tests/integration/test_locate_reuse.py). With chunk transfers' max_per_peer (8) beside
+ * them, a node keeps at most about 16 connections to a peer. */
+#define QUERIES_PER_HOME 8
 
 void src_stat_add(struct source *s, uint64_t *field, uint64_t n) {
         pthread_mutex_lock(&s->lock);
@@ -153,7 +162,7 @@ int source_new(const struct source_config *cfg, struct source **ret) {
         int r = http_group_new_per_host(s->cfg.http, s->cfg.max_total, s->cfg.max_per_peer,
                                         &s->g_chunks);
         if (r == 0)
-                r = http_group_new(s->cfg.http, 0, &s->g_query);
+                r = http_group_new_per_host(s->cfg.http, 0, QUERIES_PER_HOME, &s->g_query);
         if (r < 0) {
                 source_free(s);
                 return r;

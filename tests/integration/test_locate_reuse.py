@@ -5,11 +5,12 @@ has needs about one locate for the whole blob instead of one per 32 chunks and p
 
 Four nodes in network namespaces (three homes per blob, so the homes differ from node to
 node), 64 KiB chunks so a 20 MiB blob has 320 of them (ten 32-digest spans), and
---home-locate-rate 5, --location-ttl 6s, --max-inflight 8 (see FLAGS). Figures are printed: run
+--home-locate-rate 5, --location-ttl 6s (see FLAGS). Figures are printed: run
 with -s to see them.
 """
 
 import json
+import threading
 import time
 
 import harness
@@ -18,14 +19,13 @@ from test_peers import REPO, full_read, start_nodes, wait_peers_up
 CHUNK = 64 << 10
 NCHUNKS = 320
 RATE = 5
-# --max-inflight 8: with the default 64, A's read from the origin (a claim, so a locate, per
-# chunk) left ~32 idle keep-alive connections to one home in about one run of three; that home
+# The daemon's default --max-inflight (64): A's read from the origin asks a locate per claimed
+# chunk, and before peer/source.c capped directory questions per home (QUERIES_PER_HOME) such a
+# burst left ~32 idle keep-alive connections at one home in about one run of three; that home
 # then refused A's next connection over its per-client cap (32), A marked it down and stopped
-# announcing to it, and the home forgot A (found here, not fixed: net/http_client.c keeps
-# connections a burst opened; peer/httpd.c counts idle ones against the cap). A short
-# --location-ttl: holders announce everything every 2 s.
-FLAGS = ["--chunk-size", "64K", "--home-locate-rate", str(RATE), "--location-ttl", "6s",
-         "--max-inflight", "8"]
+# announcing to it, and the home forgot A. A short --location-ttl: holders announce everything
+# every 2 s.
+FLAGS = ["--chunk-size", "64K", "--home-locate-rate", str(RATE), "--location-ttl", "6s"]
 
 
 def answer(net, home, blob, chunk):
@@ -33,6 +33,21 @@ def answer(net, home, blob, chunk):
     st, _h, body = net.http(home.host.ip, home.peer_port, "GET",
                             "/p2p/v1/locate/%s?chunk=%d" % (blob.digest, chunk), timeout=2)
     return json.loads(body) if st == 200 else None
+
+
+def tcp_to_peers(host, port):
+    """HOST's established TCP connections to PORT, per remote IP (its /proc/net/tcp: the
+    namespace's own)."""
+    out = host.run(["cat", "/proc/net/tcp"]).stdout.splitlines()[1:]
+    per = {}
+    for line in out:
+        f = line.split()
+        rip, rport = f[2].split(":")
+        if f[3] != "01" or int(rport, 16) != port:
+            continue
+        ip = ".".join(str(int(rip[i:i + 2], 16)) for i in (6, 4, 2, 0))
+        per[ip] = per.get(ip, 0) + 1
+    return per
 
 
 def holds_all(j, node):
@@ -55,7 +70,26 @@ def test_locate_answers_reused(build_dir, net):
     for d in nodes:
         d.add(blob.ref)
     a = nodes[0]
-    full_read(a, blob)
+    # A reads from the origin, claiming each chunk with a locate: its connections to any one
+    # home stay within the per-home caps (8 directory questions, 8 chunk transfers, plus an
+    # announce or a probe), below the home's per-client cap (32), past which the home refuses
+    # the next connection and A marks it down.
+    most, done = {}, threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for ip, n in tcp_to_peers(a.host, a.peer_port).items():
+                most[ip] = max(most.get(ip, 0), n)
+            time.sleep(0.01)
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        full_read(a, blob)
+    finally:
+        done.set()
+        t.join()
+    print("\n[reuse] most connections from A to one peer during its origin read: %s" % most)
+    assert most and max(most.values()) <= 20, most
     # Every home hears A's announces: wait until each one's answer about chunk 0 names A with
     # the whole blob and carries all 320 digests (more than the 32 answers carried before).
     homes = []
