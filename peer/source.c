@@ -25,8 +25,8 @@
  * no holder for, or gives no digest of, is asked as before (claims are granted only there). A peer
  * failure for the blob drops its answer. A run from source_fetch_run() is planned from one answer
  * (the cache's, or its first chunk's locate): consecutive chunks whose best candidate is the same
- * holder, with a digest we may check it by, go in one ranged GET (X_RUN); each chunk is handed to
- * a verifier as soon as its bytes are in, so the first chunk's reader does not wait for the run. A
+ * holder, with a digest we may check it by, go in one ranged GET (X_RUN); each chunk is checked
+ * as soon as its bytes are in, so the first chunk's reader does not wait for the run. A
  * run that breaks (the peer dies or stalls, a 416 or 503, a chunk of it fails its digest) sends
  * the chunks not yet in on, each on its own, exactly as a failed single transfer would. Trust is
  * unchanged: a chunk's digest still comes from a home that is not the sender — when the home that
@@ -51,11 +51,13 @@
  * Threading: the source has no thread of its own. Every request is a job on the node's HTTP
  * client, and the source's logic runs in the requests' done callbacks on the client's thread,
  * which owns every job, transfer, the distrust table and the locate cache; callers hand a new
- * job to that thread with a call (http_client_call). A chunk received from a peer goes, with
- * its job, to a verifier thread (hashing 1 MiB is the client thread's biggest cost otherwise):
- * a good chunk's job ends there; a bad one is handed back to the client's thread, with a call,
- * to distrust the peer and try the next source. Lookups on behalf of FUSE (source_lookup)
- * wait for their requests on the caller's thread and touch nothing of the client thread's. */
+ * job to that thread with a call (http_client_call). A chunk whose digest is known when its
+ * transfer starts is hashed there as its bytes arrive and checked with its last byte (its first
+ * byte waits for nothing more); one that was not (CONFIRM's held bytes) goes, with its job, to
+ * a verifier thread: a good chunk's job ends there; a bad one is handed back to the client's
+ * thread, with a call, to distrust the peer and try the next source. Lookups on behalf of FUSE
+ * (source_lookup) wait for their requests on the caller's thread and touch nothing of the
+ * client thread's. */
 
 #include "peer/source_int.h"
 
@@ -95,8 +97,8 @@ unsigned src_homes_of(struct source *s, const struct digest *d, char (*homes)[PE
 
 /* ---- finishing ------------------------------------------------------------------------------ */
 
-/* SHA: the digest of BUF the verifier just computed (the engine records it instead of hashing
- * the chunk a second time), or NULL. */
+/* SHA: the digest of BUF the check just computed (the engine records it instead of hashing the
+ * chunk a second time), or NULL. */
 void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
                   const struct digest *sha) {
         struct job *f = j->run_next; /* only while J locates: it cannot succeed then */

@@ -19,6 +19,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+
 #include "net/http_client.h"
 #include "peer/httpd.h"
 #include "peer/proto.h"
@@ -139,6 +141,14 @@ struct xfer {
         struct digest blob;
         uint64_t ttfb_us;
         struct xfer *prev_run, *next_run; /* X_RUN: on s->runs while in flight */
+        /* X_CHUNK, X_RUN: the sha256 of BUF's GOT bytes, kept as they arrive when the digest
+         * to check them by (WANT) was known when the chunk began (src_checkable), so the
+         * check ends with the last byte instead of waiting for a verifier to hash the whole
+         * chunk; NULL otherwise (CONFIRM: held bytes go to a verifier once a digest comes) or
+         * when hashing failed (the verifier then hashes the buffer whole). Its state covers
+         * exactly BUF's bytes: it lives and dies with this transfer's chunk. */
+        EVP_MD_CTX *md;
+        struct digest want;
 };
 
 struct lcache_entry {
@@ -167,8 +177,8 @@ struct source {
 
         pthread_mutex_t lock; /* stats */
 
-        /* Verifiers: hashing a received chunk (about 0.6 ms a MiB) is done off the client's
-         * thread, which otherwise spends most of its time hashing while transfers wait. */
+        /* Verifiers: hash, off the client's thread, the chunks that were not hashed as they
+         * arrived (source_verify.c: CONFIRM's held bytes, a hash that failed). */
         pthread_mutex_t vq_lock; /* the queue and vstop */
         pthread_cond_t vq_cond;
         struct verify_item *vq_head, **vq_tail;
@@ -245,6 +255,18 @@ void src_digest_done(struct source *s, struct xfer *x, const struct http_respons
 int src_answer_take(struct source *s, struct xfer *x, const struct http_response *r,
                     struct wire_locate *l);
 void src_next_confirm(struct source *s, struct job *j);
+/* Hashing a chunk as it arrives (X's md, above). src_hash_begin: J's chunk starts on X, hashed
+ * against J's digest when S may check it by that (src_checkable); else X hashes nothing.
+ * src_hash_add: N more bytes of it. src_hash_accept: X's chunk BUF (owned, J->len bytes) is in
+ * whole; ends J when it matches (1), or distrusts the sender and tries J's next source when
+ * not (-EBADMSG; src_corrupt_returned: the sender's other runs of the blob are sent on, X's
+ * too). BUF is taken either way. 0: X has no digest of it (not begun, hashing failed, or J's
+ * digest is not the one it was begun for): BUF is still the caller's, for the verifiers. The
+ * client's thread. */
+void src_hash_begin(struct xfer *x, const struct job *j);
+void src_hash_add(struct xfer *x, const uint8_t *data, size_t n);
+int src_hash_accept(struct source *s, struct xfer *x, struct job *j, uint8_t *buf,
+                    uint64_t ttfb_us);
 void *src_verify_main(void *arg);
 int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
                       uint64_t ttfb_us);

@@ -1,10 +1,10 @@
 /* Coalesced runs (issue 18): consecutive chunks of a source_fetch_run() that one peer holds go
- * in one ranged GET, planned from one locate answer. Each chunk is handed to a verifier as
- * soon as its bytes are in, so the first chunk's reader does not wait for the run; a run that
+ * in one ranged GET, planned from one locate answer. Each chunk is hashed as its bytes come and
+ * checked with its last one, so the first chunk's reader does not wait for the run; a run that
  * breaks sends the chunks not yet in on, each on its own, exactly as a failed single transfer
  * would. Trust is the single path's: every chunk is checked against a digest from a home that
  * is not the sender. The HTTP client's thread only (the body callback too); a run costs one
- * transfer (a slot of g_chunks, like a single chunk's) and one chunk buffer. */
+ * transfer (a slot of g_chunks, like a single chunk's), one chunk buffer and one hash context. */
 #include "peer/source_int.h"
 
 static int run_start(struct source *s, struct job **jobs, unsigned n, const char *peer);
@@ -102,8 +102,9 @@ static int run_refuse(struct xfer *x, int err, bool overflow) {
         return err;
 }
 
-/* The body of a run: bytes fill the chunk being received; a full chunk goes to a verifier at
- * once (its readers do not wait for the rest of the run), with its own digest from a home. */
+/* The body of a run: bytes fill the chunk being received, hashed as they come; a full chunk is
+ * checked at once against its own digest from a home (its readers do not wait for the rest of
+ * the run), or, when it could not be hashed on the way, goes to a verifier. */
 int src_run_data(void *ud, struct http_response *r, const uint8_t *data, size_t n) {
         struct xfer *x = ud;
         size_t left = n;
@@ -121,8 +122,11 @@ int src_run_data(void *ud, struct http_response *r, const uint8_t *data, size_t 
                         return run_refuse(x, -EPROTO, true);
                 struct job *j = x->run[x->delivered];
                 size_t take = j->len - x->got < left ? j->len - x->got : left;
+                if (x->got == 0)
+                        src_hash_begin(x, j);
                 memcpy(x->buf + x->got, data, take);
                 x->got += take;
+                src_hash_add(x, data, take);
                 data += take;
                 left -= take;
                 if (x->got < j->len)
@@ -130,9 +134,14 @@ int src_run_data(void *ud, struct http_response *r, const uint8_t *data, size_t 
                 uint8_t *buf = x->buf;
                 x->buf = NULL;
                 x->got = 0;
-                if (src_verify_submit(j->s, j, buf, x->peer, x->ttfb_us) < 0)
+                x->delivered++; /* J is not the run's any more, whatever its check finds */
+                int checked = src_hash_accept(j->s, x, j, buf, x->ttfb_us);
+                if (checked < 0) /* the sender's other chunks went on (src_abort_runs) */
+                        return run_refuse(x, checked, false);
+                if (checked == 0 && src_verify_submit(j->s, j, buf, x->peer, x->ttfb_us) < 0) {
+                        x->delivered--;
                         return run_refuse(x, -ENOMEM, false); /* J is still ours: run_done */
-                x->delivered++;
+                }
                 if (x->delivered < x->nrun) {
                         x->buf = malloc(x->run[x->delivered]->len);
                         if (!x->buf)

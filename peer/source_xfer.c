@@ -22,6 +22,7 @@ bool src_cancelled(const struct http_response *r) {
 void src_xfer_free(struct xfer *x) {
         if (!x)
                 return;
+        EVP_MD_CTX_free(x->md);
         free(x->buf);
         free(x);
 }
@@ -126,6 +127,7 @@ static int chunk_data(void *ud, struct http_response *r, const uint8_t *data, si
         }
         memcpy(x->buf + x->got, data, n);
         x->got += n;
+        src_hash_add(x, data, n);
         return 0;
 }
 
@@ -165,6 +167,7 @@ int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const c
                 src_xfer_free(x);
                 return -ENOMEM;
         }
+        src_hash_begin(x, j);
         snprintf(url, sizeof(url), "http://%s" PROTO_BLOB_PATH "%s", peer, hex);
         snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, j->off, j->off + j->len - 1);
         q.range = range;
@@ -230,6 +233,8 @@ static void chunk_done(struct source *s, struct xfer *x, const struct http_respo
                 uint8_t *buf = x->buf;
                 x->buf = NULL;
                 if (src_checkable(j, x->peer)) {
+                        if (x->got == j->len && src_hash_accept(s, x, j, buf, ttfb_us))
+                                return; /* hashed as it came: checked already */
                         if (src_verify_submit(s, j, buf, x->peer, ttfb_us) == 0)
                                 return; /* the verifier finishes the job, or hands it back */
                         why = "out of memory";
