@@ -4,12 +4,13 @@ It speaks the peer protocol (peer/wire.h, peer/httpd.c) well enough to be believ
 member and a home: /healthz answers 200, announces are accepted (and ignored), a locate of the
 one blob it lies about names itself as holding every chunk and gives, for each chunk, the
 digest of the bytes it will serve; and it serves those bytes — the blob's real bytes with one
-byte flipped in every chunk — for any Range, with X-P2PBlobs-Chunk-Digest set to their sha256.
+byte flipped in every chunk (the first; with --flip last, the last) — for any Range, with
+X-P2PBlobs-Chunk-Digest set to their sha256.
 So its bytes match its own word everywhere it gives one.
 
   python3 liar.py --listen IP:PORT --blob FILE --digest sha256:HEX --source REG/REPO
                   --chunk-size N [--announce-to IP:PORT ...] [--announce-digests]
-                  [--announce-verified] [--log FILE]
+                  [--announce-verified] [--log FILE] [--flip first|last]
 
 With --announce-to it also announces itself as a holder of every chunk to those homes, every
 half second (with --announce-digests: with its made-up digests; --announce-verified: and
@@ -29,11 +30,11 @@ import time
 import urllib.request
 
 
-def altered(data, chunk_size):
-    """DATA with the first byte of every chunk flipped."""
+def altered(data, chunk_size, where="first"):
+    """DATA with the first (WHERE "last": the last) byte of every chunk flipped."""
     b = bytearray(data)
     for off in range(0, len(b), chunk_size):
-        b[off] ^= 0xFF
+        b[off if where == "first" else min(off + chunk_size, len(b)) - 1] ^= 0xFF
     return bytes(b)
 
 
@@ -41,7 +42,7 @@ class State:
     def __init__(self, args):
         self.args = args
         with open(args.blob, "rb") as f:
-            self.bad = altered(f.read(), args.chunk_size)
+            self.bad = altered(f.read(), args.chunk_size, args.flip)
         self.size = len(self.bad)
         self.nchunks = (self.size + args.chunk_size - 1) // args.chunk_size
         self.hex = args.digest.split(":", 1)[1]
@@ -163,6 +164,8 @@ def main():
     p.add_argument("--announce-digests", action="store_true")
     p.add_argument("--announce-verified", action="store_true")
     p.add_argument("--log")
+    p.add_argument("--flip", choices=("first", "last"), default="first",
+                   help="which byte of every chunk it alters")
     args = p.parse_args()
     st = State(args)
     Handler.state = st

@@ -49,8 +49,10 @@ def metrics(net, d):
     return out
 
 
-def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified=False):
-    """liar.py on HOST, lying about BLOB. Returns the path of its request log."""
+def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified=False,
+               flip="first"):
+    """liar.py on HOST, lying about BLOB (altering the FLIP byte of every chunk: "first" or
+    "last"). Returns the path of its request log."""
     os.makedirs(workdir, exist_ok=True)
     data = os.path.join(workdir, "liar-blob")
     with open(data, "wb") as f:
@@ -65,6 +67,7 @@ def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified
         argv.append("--announce-digests")
     if verified:
         argv.append("--announce-verified")
+    argv += ["--flip", flip]
     host.popen(argv, stdout=subprocess.DEVNULL,
                stderr=open(os.path.join(workdir, "liar.stderr"), "w"))
 
@@ -151,9 +154,11 @@ def test_lying_peer_no_digest_anywhere(build_dir, net, tmp_path):
     assert st["fetched"]["origin_bytes"] >= blob.size
 
 
-@pytest.mark.parametrize("liar_says_verified", [False, True],
-                         ids=["liar-unverified", "liar-claims-verified"])
-def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_verified):
+@pytest.mark.parametrize("liar_says_verified,flip", [(False, "first"), (True, "first"),
+                                                      (False, "last")],
+                         ids=["liar-unverified", "liar-claims-verified",
+                              "liar-unverified-last-byte"])
+def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_verified, flip):
     """An honest node B read and verified the blob and announced its digests as verified. The
     liar F announces, twice a second, that it holds every chunk, with digests of its altered
     bytes (unverified, or falsely claiming verification). The reader R knows only itself and
@@ -163,7 +168,9 @@ def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_
       - liar claims verified: the two verified claims dispute the digests, which stay unknown
         however often F re-announces; F's bytes are unchecked, dropped, origin.
     Before the fix: a disagreement made the digest unknown and the first announce after it
-    (F's, twice a second) set it again, or F's chunk header was used: F's bytes were read."""
+    (F's, twice a second) set it again, or F's chunk header was used: F's bytes were read.
+    The liar alters the first byte of every chunk, or the last (R hashes a chunk as it
+    arrives: its check must cover the chunk's very last byte, not end before it)."""
     s = net.add_subnet()
     reg = net.registry(net.add_host("reg", s))
     blob = harness.make_blob(reg, "liarv8", harness.gen_bytes(1302, 8 * MiB), repo=REPO)
@@ -197,7 +204,7 @@ def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_
           % r_digests())
 
     log = start_liar(net, fh, blob, str(tmp_path / "liar"), announce_to=[rh], digests=True,
-                     verified=liar_says_verified)
+                     verified=liar_says_verified, flip=flip)
     fid = "%s:%d" % (fh.ip, PEER_PORT)
     harness.wait_until(lambda: peer_state(r, fid) == "up", 15, interval=0.2,
                        what="r to see the liar up")
