@@ -225,7 +225,21 @@ void idx_close(struct index *ix) {
                 pthread_cond_signal(&ix->not_empty);
                 pthread_mutex_unlock(&ix->lock);
                 pthread_join(ix->writer, NULL);
-                sqlite3_exec(ix->wdb, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
+                /* The C call, not "PRAGMA wal_checkpoint(TRUNCATE)": a connection that has run
+                 * no transaction since WAL was switched on (no chunk traffic: only the
+                 * snapshotter's or the layers' connections wrote) has not opened its WAL yet,
+                 * and SQLite opens it inside the checkpoint with a "PRAGMA table_list" of its
+                 * own. Inside a PRAGMA statement that read stays open (its statement is still
+                 * active), so the TRUNCATE waited for this very connection, the whole busy
+                 * timeout (5 s at every such stop), and failed. Called directly, the read ends
+                 * before the checkpoint starts. */
+                int nlog = 0, nckpt = 0;
+                int rc = sqlite3_wal_checkpoint_v2(ix->wdb, NULL, SQLITE_CHECKPOINT_TRUNCATE, &nlog,
+                                                   &nckpt);
+                if (rc != SQLITE_OK) /* the last close below checkpoints what it can */
+                        log_debug("index checkpoint at close incomplete rc=%d err=\"%s\" "
+                                  "wal_frames=%d checkpointed=%d",
+                                  rc, sqlite3_errmsg(ix->wdb), nlog, nckpt);
         }
         index_free(ix);
 }

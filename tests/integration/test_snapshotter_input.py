@@ -195,9 +195,8 @@ def request_bytes(snap, method, **fields):
 @pytest.fixture(scope="module")
 def daemon(build_dir, tmp_path_factory):
     """One daemon for the module: every test's bad input reaches a daemon that has already
-    had the bad input of the tests before it (and a daemon's stop costs 5 s after a
-    snapshot write, see idx_close). Its health (no sanitizer report, no error line, no
-    death) is checked after each test and at the end."""
+    had the bad input of the tests before it. Its health (no sanitizer report, no error
+    line, no death) is checked after each test and at the end."""
     work = tmp_path_factory.mktemp("snapin")
     # A short socket path: sun_path is 108 bytes.
     sock = str(tmp_path_factory.mktemp("s") / "snap.sock")

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "index/index_int.h"
+#include "index/snapshots.h"
 
 #define NMIGRATIONS ix_n_migrations
 
@@ -948,6 +949,58 @@ static void test_corrupt_database(void **state) {
         assert_null(ix);
 }
 
+static int count_blob(void *ud, const struct idx_blob *b) {
+        (void)b;
+        (*(int *)ud)++;
+        return 0;
+}
+
+/* idx_close's checkpoint when only another connection wrote (the daemon's stop after a
+ * snapshotter write and no chunk traffic): the writer's connection never opened its WAL, and
+ * SQLite opens it inside the checkpoint with a read of its own; run as a PRAGMA statement
+ * (still active while it runs) that read was the reader the TRUNCATE waited for, the whole
+ * busy timeout, and then gave up on. Done, the WAL is empty after close. A connection of the
+ * test's own, which has read (so holds the file's shared lock), stays open across the close:
+ * otherwise closing the last connection would checkpoint and delete the WAL by itself and
+ * hide the result. */
+static void test_close_checkpoints_others_writes(void **state) {
+        struct fixture *f = *state;
+        struct index *ix;
+        assert_int_equal(idx_open(f->db, &ix), 0);
+        int n = 0;
+        assert_int_equal(idx_for_each_blob(ix, count_blob, &n), 0); /* as the daemon's start */
+        assert_int_equal(n, 0);
+        struct snapdb *sdb;
+        assert_int_equal(snapdb_open(f->db, &sdb), 0);
+        struct snap_info *info;
+        int64_t *parents;
+        size_t nparents;
+        assert_int_equal(
+                snapdb_create(sdb, SNAP_ACTIVE, "k", NULL, NULL, 0, &info, &parents, &nparents), 0);
+        snap_info_free(info);
+        free(parents);
+        snapdb_close(sdb);
+
+        sqlite3 *keep = raw_open(f->db);
+        sqlite3_stmt *st;
+        assert_int_equal(sqlite3_prepare_v2(keep, "SELECT count(*) FROM snapshots", -1, &st, NULL),
+                         SQLITE_OK);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_int(st, 0), 1);
+        sqlite3_finalize(st);
+        char wal[600];
+        snprintf(wal, sizeof(wal), "%s-wal", f->db);
+        struct stat sb;
+        assert_int_equal(stat(wal, &sb), 0);
+        assert_true(sb.st_size > 0); /* the snapshot's row is in the WAL */
+
+        idx_close(ix);
+        assert_int_equal(stat(wal, &sb), 0);
+        assert_int_equal(sb.st_size, 0); /* checkpointed into the database, the WAL truncated */
+        sqlite3_close(keep);
+        assert_int_equal(raw_int(f->db, "SELECT count(*) FROM snapshots WHERE key = 'k'"), 1);
+}
+
 int main(void) {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         const struct CMUnitTest tests[] = {
@@ -957,7 +1010,7 @@ int main(void) {
                 T(test_walk_cancel),      T(test_backpressure),
                 T(test_newer_database),   T(test_readonly_version_mismatch),
                 T(test_peers_replace),    T(test_locations),
-                T(test_corrupt_database),
+                T(test_corrupt_database), T(test_close_checkpoints_others_writes),
         };
 #undef T
         return cmocka_run_group_tests(tests, NULL, NULL);
