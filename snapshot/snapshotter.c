@@ -2,11 +2,13 @@
  *
  * Each method is: unpack the request (protobuf-c), one call into the metadata store (one
  * transaction there, so the checks containerd makes and the write they guard are atomic), the
- * directory work, pack the response. The unpacking and freeing are serve()'s, for every method
- * of the table SNAPSHOTS_METHODS; a method's m_ function holds only what is its own. The metadata decides; directories follow it. A Prepare
- * whose mkdir fails undoes its row; a crash between a Remove's row and its rm leaves a
- * directory no row owns, which Cleanup removes, as containerd's overlay snapshotter does (and
- * ids are never reused, so such a directory is never adopted).
+ * directory work, pack the response. The unpacking, the UTF-8 check of every string
+ * (pbstrings.h) and the freeing are serve()'s, for every method of the table
+ * SNAPSHOTS_METHODS; a method's m_ function holds only what is its own. The metadata decides;
+ * directories follow it. A Prepare whose mkdir fails undoes its row; a crash between a
+ * Remove's row and its rm leaves a directory no row owns, which Cleanup removes, as
+ * containerd's overlay snapshotter does (and ids are never reused, so such a directory is
+ * never adopted).
  *
  * Mount semantics are containerd's overlay snapshotter's, so an image unpacked here looks the
  * same as with the stock one. Usage of an active snapshot is computed by walking its fs dir
@@ -42,6 +44,7 @@
 #include "snapshot/filter.h"
 #include "snapshot/grpc.h"
 #include "snapshot/lazy.h"
+#include "snapshot/pbstrings.h"
 #include "snapshots.pb-c.h"
 #include "util/log.h"
 
@@ -579,13 +582,22 @@ static void m_cleanup(struct snapshotter *sn, const void *msg, struct grpc_resp 
 /* ---- the dispatcher ---- */
 
 /* The gRPC handler's part that every method shares: unpacks the request with DESC (bytes that
- * are not one are answered INVALID_ARGUMENT), runs the method on it, frees it. */
+ * are not one, or one with a string that is not UTF-8, are answered INVALID_ARGUMENT), runs
+ * the method on it, frees it. */
 static void serve(void *ud, const ProtobufCMessageDescriptor *desc,
                   void (*method)(struct snapshotter *sn, const void *msg, struct grpc_resp *resp),
                   const uint8_t *req, size_t len, struct grpc_resp *resp) {
         ProtobufCMessage *m = protobuf_c_message_unpack(desc, NULL, len, req);
         if (!m) {
                 BAD_REQUEST(resp);
+                return;
+        }
+        /* Here, not in the methods, so that none can forget it: a string that is not UTF-8
+         * would be stored, and make every List after it undecodable (pbstrings.h). */
+        char why[384];
+        if (pbstr_check(desc, req, len, why, sizeof(why)) < 0) {
+                grpc_resp_error(resp, GRPC_INVALID_ARGUMENT, "malformed request: %s", why);
+                protobuf_c_message_free_unpacked(m, NULL);
                 return;
         }
         method(ud, m, resp);
