@@ -131,7 +131,7 @@ $(BUILD)/tests/snapfake: tests/fakes/snapfake.c $(CORE_LIB)
 # libFuzzer targets: clang only, always with ASan + UBSan. The core is compiled once for them,
 # instrumented for coverage (-fsanitize=fuzzer-no-link), into build/fuzz/libp2pblobs-core.a;
 # each target links it, plus the few daemon files it needs (FUZZ_EXTRA_<target>).
-FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -g -O1 \
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -I. -I$(GEN) -g -O1 \
              $(shell pkg-config --cflags $(CORE_PKGS))
 FUZZ_SAN   = address,undefined
 FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snapshotter.c \
@@ -139,6 +139,9 @@ FUZZ_CORE_OBJ = $(filter-out engine/% layertree/% snapshot/grpc.c snapshot/snaps
 FUZZ_CORE_OBJ := $(FUZZ_CORE_OBJ:%.c=build/fuzz/obj/%.o)
 FUZZ_LIB   = build/fuzz/libp2pblobs-core.a
 FUZZ_EXTRA_fuzz_config = $(patsubst %.c,build/fuzz/obj/%.o,$(wildcard fs/config*.c))
+# The snapshotter's requests, for their descriptors (generated into $(GEN) first).
+FUZZ_EXTRA_fuzz_pbstrings = $(PROTO_C:%.c=build/fuzz/obj/%.o)
+$(FUZZ_EXTRA_fuzz_pbstrings): | $(PROTO_C)
 .PRECIOUS: build/fuzz/obj/%.o
 
 build/fuzz/obj/%.o: %.c

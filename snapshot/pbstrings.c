@@ -69,8 +69,12 @@ static int walk(const ProtobufCMessageDescriptor *desc, const uint8_t *p, const 
         }
         while (p < end) {
                 uint64_t tag, v;
-                if (!read_varint(&p, end, &tag) || tag >> 3 == 0 || tag >> 3 > UINT32_MAX) {
+                if (!read_varint(&p, end, &tag) || tag >> 3 > UINT32_MAX) {
                         snprintf(why, cap, "bad tag in %s", path[0] ? path : "the request");
+                        return -EBADMSG;
+                }
+                if (tag >> 3 == 0) { /* protobuf-c skips it when its varint is not minimal */
+                        snprintf(why, cap, "field number 0 in %s", path[0] ? path : "the request");
                         return -EBADMSG;
                 }
                 unsigned wire = (unsigned)(tag & 7);

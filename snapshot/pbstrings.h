@@ -22,6 +22,8 @@
  * skips them). 0 when each is UTF-8 (util/utf8.h) without a NUL byte. -EILSEQ when one is
  * not: WHY (CAP bytes, NUL-terminated) then names it by its path of field names
  * ("labels.value") and shows its first bytes escaped (log_escape: never the raw bytes).
- * -EBADMSG when the bytes are not a message (WHY says where). Pure; reads only BUF. */
+ * -EBADMSG when the bytes are not a message (WHY says where): protobuf-c refuses those too,
+ * but for a field number 0 written as a varint longer than it needs ("\x82\x00"), which it
+ * takes for an unknown field. Pure; reads only BUF. */
 int pbstr_check(const ProtobufCMessageDescriptor *desc, const uint8_t *buf, size_t len, char *why,
                 size_t cap);

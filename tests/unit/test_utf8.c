@@ -206,6 +206,15 @@ static void test_nul_and_wire(void **state) {
         assert_int_equal(pbstr_check(d, group, sizeof(group), why, sizeof(why)), -EBADMSG);
         static const uint8_t zero[] = {0x02, 0};
         assert_int_equal(pbstr_check(d, zero, sizeof(zero), why, sizeof(why)), -EBADMSG);
+        assert_string_equal(why, "field number 0 in the request");
+        /* The same in a varint longer than it needs: protobuf-c unpacks it (an unknown field),
+         * the walk does not. */
+        static const uint8_t zero2[] = {0x82, 0x00, 0x01, 0x0a};
+        ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, sizeof(zero2), zero2);
+        assert_non_null(m);
+        protobuf_c_message_free_unpacked(m, NULL);
+        assert_int_equal(pbstr_check(d, zero2, sizeof(zero2), why, sizeof(why)), -EBADMSG);
+        assert_string_equal(why, "field number 0 in the request");
         static const uint8_t endless[] = {0x78, 0xff, 0xff};
         assert_int_equal(pbstr_check(d, endless, sizeof(endless), why, sizeof(why)), -EBADMSG);
         assert_int_equal(pbstr_check(d, NULL, 0, why, sizeof(why)), 0);
