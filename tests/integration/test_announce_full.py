@@ -13,27 +13,12 @@ import time
 
 import harness
 from harness import MiB
-from test_peers import REPO, full_read, start_nodes, wait_peers_up
+from test_peers import (REPO, dir_answer, full_read, recorded_holders, start_nodes,
+                        wait_peers_up)
 
 TTL_S = 6
 SPACING_S = TTL_S / 3 / 1  # (ttl / 3) / max_holders
 FLAGS = ["--homes", "1", "--max-holders", "1", "--location-ttl", "%ds" % TTL_S]
-
-
-def locate(net, d, blob):
-    """D's directory answer for BLOB as (status, json or None)."""
-    import json
-    st, _h, body = net.http(d.host.ip, d.peer_port, "GET", "/p2p/v1/locate/" + blob.digest,
-                            timeout=2)
-    return st, (json.loads(body) if st == 200 else None)
-
-
-def recorded(net, home, blob):
-    """Peer ids HOME records as holders of BLOB (not claimants)."""
-    st, j = locate(net, home, blob)
-    if st != 200:
-        return set()
-    return {h["node"] for h in j.get("holders", [])}
 
 
 def test_full_home_hushes_holders(build_dir, net):
@@ -49,7 +34,7 @@ def test_full_home_hushes_holders(build_dir, net):
     for d in nodes:
         d.add(blob.ref)
     homes = []
-    harness.wait_until(lambda: homes.extend(d for d in nodes if locate(net, d, blob)[0] == 200)
+    harness.wait_until(lambda: homes.extend(d for d in nodes if dir_answer(net, d, blob)[0] == 200)
                        or homes, 10, interval=0.2, what="the blob's home to know it")
     assert len(homes) == 1, [d.host.name for d in homes]
     home = homes[0]
@@ -58,8 +43,8 @@ def test_full_home_hushes_holders(build_dir, net):
 
     # The first holder is recorded; then the home has max-holders (1) holders of the whole blob.
     full_read(first, blob)
-    harness.wait_until(lambda: recorded(net, home, blob) == {first.peer_id}, 10, interval=0.2,
-                       what="the home to record the first holder")
+    harness.wait_until(lambda: recorded_holders(net, home, blob) == {first.peer_id}, 10,
+                       interval=0.2, what="the home to record the first holder")
     mark = reg.mark()
     for d in hushed:
         full_read(d, blob)
@@ -69,7 +54,7 @@ def test_full_home_hushes_holders(build_dir, net):
         return net.metrics(d.host.ip, d.peer_port).get("peer_announce_full_total", 0)
     harness.wait_until(lambda: all(told_full(d) >= 1 for d in hushed), 10, interval=0.2,
                        what="every later holder to be told \"full\"")
-    assert recorded(net, home, blob) == {first.peer_id}
+    assert recorded_holders(net, home, blob) == {first.peer_id}
     assert net.metrics(home.host.ip, home.peer_port)["directory_told_full_total"] >= len(hushed)
 
     # Over three refresh periods each hushed holder leaves the blob out of some of its
@@ -104,7 +89,7 @@ def test_full_home_hushes_holders(build_dir, net):
     t_stop = time.monotonic()
     first.stop()
     want = {d.peer_id for d in hushed + [last]}
-    harness.wait_until(lambda: recorded(net, home, blob) & want, TTL_S + 4 * SPACING_S + 4,
+    harness.wait_until(lambda: recorded_holders(net, home, blob) & want, TTL_S + 4 * SPACING_S + 4,
                        interval=0.2, what="a hushed holder to be recorded again")
     back = time.monotonic() - t_stop
     print("[full] after the recorded holder stopped: another recorded after %.1f s (ttl %d s, "

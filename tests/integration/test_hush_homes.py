@@ -13,7 +13,8 @@ import time
 import harness
 import rdv
 from harness import MiB
-from test_peers import REPO, full_read, start_nodes, wait_peers_up
+from test_peers import (REPO, dir_answer, full_read, recorded_holders, start_nodes,
+                        wait_peers_up)
 
 TTL_S = 6
 HOMES = 2
@@ -22,20 +23,6 @@ REFRESH_S = TTL_S / 3
 SPACING_S = TTL_S / 3 / MAX_HOLDERS
 FLAGS = ["--homes", str(HOMES), "--max-holders", str(MAX_HOLDERS),
          "--location-ttl", "%ds" % TTL_S]
-
-
-def locate(net, d, blob):
-    st, _h, body = net.http(d.host.ip, d.peer_port, "GET", "/p2p/v1/locate/" + blob.digest,
-                            timeout=2)
-    return st, (json.loads(body) if st == 200 else None)
-
-
-def recorded(net, home, blob):
-    """Peer ids HOME records as holders of BLOB (not claimants)."""
-    st, j = locate(net, home, blob)
-    if st != 200:
-        return set()
-    return {h["node"] for h in j.get("holders", []) if not h.get("fetching")}
 
 
 def test_every_home_full_hushes_every_holder(build_dir, net):
@@ -53,16 +40,16 @@ def test_every_home_full_hushes_every_holder(build_dir, net):
     # Registering the blob everywhere announces it: its homes, and only they, know it.
     for d in nodes:
         d.add(blob.ref)
-    harness.wait_until(lambda: all(locate(net, h, blob)[0] == 200 for h in homes), 10,
+    harness.wait_until(lambda: all(dir_answer(net, h, blob)[0] == 200 for h in homes), 10,
                        interval=0.2, what="both homes to know the blob")
-    assert [d for d in nodes if locate(net, d, blob)[0] == 200] == \
+    assert [d for d in nodes if dir_answer(net, d, blob)[0] == 200] == \
         [d for d in nodes if d in homes], "the daemons' homes are not rdv.py's"
 
     # MAX_HOLDERS holders, recorded at both homes; then both homes are full.
     for i, d in enumerate(first):
         full_read(d, blob)
         want = {f.peer_id for f in first[:i + 1]}
-        harness.wait_until(lambda: all(recorded(net, h, blob) == want for h in homes), 10,
+        harness.wait_until(lambda: all(recorded_holders(net, h, blob) == want for h in homes), 10,
                            interval=0.2, what="both homes to record %d holder(s)" % (i + 1))
     mark = reg.mark()
     for d in later:
@@ -80,7 +67,7 @@ def test_every_home_full_hushes_every_holder(build_dir, net):
                                    for h in homes), 10, interval=0.2,
                        what="each home to tell every later holder \"full\"")
     for h in homes:
-        assert recorded(net, h, blob) == {f.peer_id for f in first}, h.host.name
+        assert recorded_holders(net, h, blob) == {f.peer_id for f in first}, h.host.name
 
     # Over three refresh periods every home hears the blob from the later holders about once
     # per retry spacing (each "full" it says there is a retry's answer), not at each holder's
@@ -100,7 +87,7 @@ def test_every_home_full_hushes_every_holder(build_dir, net):
           % (HOMES, [h.host.name for h in homes], [f.host.name for f in first], window, told,
              unhushed, left_out))
     for h in homes:
-        assert recorded(net, h, blob) == {f.peer_id for f in first}, h.host.name
+        assert recorded_holders(net, h, blob) == {f.peer_id for f in first}, h.host.name
     for name, n in told.items():
         assert n <= window / SPACING_S + 3, \
             "home %s said \"full\" %d times in %.0f s: holders kept announcing to it" % (

@@ -16,6 +16,7 @@ import time
 
 import harness
 import netns
+import rdv
 from harness import MiB
 
 REPO = "p2pblobs/peers"
@@ -75,6 +76,21 @@ def wait_announced(net, nodes, holders, blob, timeout=20, headers=None):
     if not isinstance(holders, (list, tuple)):
         holders = [holders]
     return net.wait_announced(nodes, holders, blob.digest, timeout=timeout, headers=headers)
+
+
+def dir_answer(net, d, blob):
+    """D's directory answer for BLOB (GET /p2p/v1/locate) as (status, json or None)."""
+    st, _h, body = net.http(d.host.ip, d.peer_port, "GET", "/p2p/v1/locate/" + blob.digest,
+                            timeout=2)
+    return st, (json.loads(body) if st == 200 else None)
+
+
+def recorded_holders(net, home, blob):
+    """Peer ids HOME records as holders of BLOB (not claimants)."""
+    st, j = dir_answer(net, home, blob)
+    if st != 200:
+        return set()
+    return {h["node"] for h in j.get("holders", []) if not h.get("fetching")}
 
 
 class TimedRead:
@@ -634,28 +650,6 @@ def test_address_change_is_announced(build_dir, net):
         b.peer("%s:%d" % (old, PEER_PORT))["state"] == "down"
 
 
-M64 = (1 << 64) - 1
-
-
-def _rdv_mix(h, w):
-    z = ((h ^ w) + 0x9e3779b97f4a7c15) & M64
-    z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M64
-    z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M64
-    return z ^ (z >> 31)
-
-
-def rdv_score(node_id, digest):
-    """peer/rendezvous.c's rdv_score, to pick test data whose homes are known."""
-    ident, h = node_id.encode(), 0x703270626c6f6273
-    for i in range(0, len(ident), 8):
-        h = _rdv_mix(h, int.from_bytes(ident[i:i + 8], "little"))
-    h = _rdv_mix(h, len(ident))
-    raw = bytes.fromhex(harness.hex_of(digest))
-    for i in range(0, 32, 8):
-        h = _rdv_mix(h, int.from_bytes(raw[i:i + 8], "little"))
-    return h
-
-
 def test_restarted_home_still_finds_holders(build_dir, net):
     """A node restarts and reads at once a blob it had registered and is the first home of: it
     knows the blob but, until holders announce again, not who holds it. It must still find the
@@ -667,7 +661,7 @@ def test_restarted_home_still_finds_holders(build_dir, net):
     a_id, b_id = "%s:%d" % (ha.ip, PEER_PORT), "%s:%d" % (hb.ip, PEER_PORT)
     for seed in range(394, 494):  # data whose first home is B (about one seed in two)
         data = harness.gen_bytes(seed, 32 * MiB)
-        if rdv_score(b_id, harness.sha256_digest(data)) > rdv_score(a_id,
+        if rdv.score(b_id, harness.sha256_digest(data)) > rdv.score(a_id,
                                                                     harness.sha256_digest(data)):
             break
     blob = harness.make_blob(reg, "restart32", data, repo=REPO)
