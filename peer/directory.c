@@ -308,6 +308,8 @@ int dir_new(const struct dir_config *cfg, struct directory **ret) {
                 dir->cfg.max_bytes = DIR_DEFAULT_MAX_BYTES;
         if (dir->cfg.max_indexes == 0)
                 dir->cfg.max_indexes = DIR_DEFAULT_MAX_INDEXES;
+        if (dir->cfg.max_digest_waiters == 0)
+                dir->cfg.max_digest_waiters = DIR_DEFAULT_DIGEST_WAITERS;
         if (dir->cfg.locate_span == 0)
                 dir->cfg.locate_span = DIR_LOCATE_SPAN;
         want = cfg->max_blobs < DIR_MAX_BUCKETS ? cfg->max_blobs : DIR_MAX_BUCKETS;
@@ -328,6 +330,11 @@ int dir_new(const struct dir_config *cfg, struct directory **ret) {
         if (getrandom(&dir->seed, sizeof(dir->seed), GRND_NONBLOCK) != sizeof(dir->seed))
                 dir->seed = mix((uint64_t)(uintptr_t)dir ^ now_ms());
         pthread_mutex_init(&dir->lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&dir->digest_cond, &ca);
+        pthread_condattr_destroy(&ca);
         *ret = dir;
         return 0;
 }
@@ -341,6 +348,7 @@ void dir_free(struct directory *dir) {
                 layer_free(dir, dir->loldest);
         free(dir->buckets);
         free(dir->lbuckets);
+        pthread_cond_destroy(&dir->digest_cond);
         pthread_mutex_destroy(&dir->lock);
         free(dir);
 }
@@ -464,5 +472,6 @@ void dir_get_stats(struct directory *dir, struct dir_stats *ret) {
         pthread_mutex_lock(&dir->lock);
         *ret = dir->stats;
         ret->bytes = dir->bytes;
+        ret->digest_waiters = dir->digest_waiters;
         pthread_mutex_unlock(&dir->lock);
 }

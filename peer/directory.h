@@ -20,7 +20,8 @@
  * announced dropped first) and max_indexes layers (the layer whose newest record is oldest
  * dropped first): max_indexes x ~1 KiB.
  *
- * Thread-safe (one internal mutex); never blocks on anything else; no I/O. */
+ * Thread-safe (one internal mutex); never blocks on anything else (dir_wait_digest waits, by
+ * asking); no I/O. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,7 +52,11 @@ struct dir_config {
          * no "ttl_ms", and readers keep them their own default, 1 s). See dir_locate. */
         uint32_t locate_rate;
         uint32_t locate_span; /* digests in an answer about one chunk; 0: DIR_LOCATE_SPAN */
+        /* dir_wait_digest callers waiting at once; 0: DIR_DEFAULT_DIGEST_WAITERS. */
+        unsigned max_digest_waiters;
 };
+
+#define DIR_DEFAULT_DIGEST_WAITERS 64
 
 /* 0, -EINVAL (a zero bound or TTL, max_holders > WIRE_MAX_HOLDERS), -ENOMEM. */
 int dir_new(const struct dir_config *cfg, struct directory **ret);
@@ -127,6 +132,18 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
 int dir_locate(struct directory *dir, const struct digest *d, const char *claimant, int64_t chunk,
                uint64_t now_ms, struct wire_locate *ret);
 
+/* Issue 18, the front of a wave: a reader holding a claimant's bytes of CHUNK of D (whose only
+ * digest is the claimant's word) asks the other homes for the digest, which they learn from
+ * the claimant's next announce. Rather than the reader asking every 50 ms, the home holds its
+ * question here: returns 0 as soon as CHUNK's digest is recorded (at once if it is; woken by
+ * the dir_apply that records it; the blob's record live at NOW_MS, the caller's time of asking,
+ * while WAIT_MS runs on the monotonic clock), -ETIMEDOUT after WAIT_MS without it, -EBUSY at once when
+ * cfg.max_digest_waiters callers are already waiting (so waits hold at most that many threads,
+ * and nothing else: no memory per waiter). Blocks the calling thread (the only call here that
+ * does); the caller answers with dir_locate afterwards whatever this returned. */
+int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chunk, uint64_t now_ms,
+                    uint64_t wait_ms);
+
 /* Which blob holds the index of LAYER, as the live index records say (dir_apply): the
  * (index, size) announced by the most nodes, the most recently announced among equals — a
  * node alone cannot outvote the nodes that built the same index. This is the home's answer
@@ -147,5 +164,9 @@ struct dir_stats {
         uint64_t indexes, index_records;      /* layers with index records, records (now) */
         uint64_t index_locates, index_misses; /* since dir_new */
         uint64_t told_full; /* blobs of announces not recorded, the home full (dir_apply_full) */
+        /* dir_wait_digest since dir_new: calls that waited, that ended with the digest
+         * (at once or woken), refused at the cap; the most waiting at once. */
+        uint64_t digest_waits, digest_waits_found, digest_waits_refused, digest_waiters_peak;
+        uint64_t digest_waiters; /* waiting now */
 };
 void dir_get_stats(struct directory *dir, struct dir_stats *ret);

@@ -88,6 +88,7 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                 if (!known || (wb->verified && !was_verified)) {
                         b->sha[idx] = wb->sha[i];
                         wire_set_bit(b->sha_known, idx);
+                        dir->digest_new |= !known; /* a reader may be waiting for it */
                         if (wb->verified)
                                 wire_set_bit(b->sha_verified, idx);
                         else
@@ -271,6 +272,10 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
 
                 if (q < 0 && r == 0)
                         r = q;
+        }
+        if (dir->digest_new) {
+                dir->digest_new = false;
+                pthread_cond_broadcast(&dir->digest_cond); /* waiters each check their chunk */
         }
         pthread_mutex_unlock(&dir->lock);
         return r;

@@ -85,6 +85,11 @@ struct directory {
         struct dir_layer **lbuckets;
         size_t nlbuckets; /* a power of two */
         struct dir_layer *loldest, *lnewest;
+        /* Issue 18, digest waits (dir_wait_digest): broadcast when an announce records a chunk
+         * digest the home did not know; digest_new says this dir_apply did (under lock). */
+        pthread_cond_t digest_cond; /* CLOCK_MONOTONIC, waits with lock */
+        bool digest_new;
+        unsigned digest_waiters; /* now, <= cfg.max_digest_waiters */
 };
 
 static inline size_t dri_bitmap_bytes(uint32_t nchunks) {

@@ -9,6 +9,8 @@
  */
 #include "peer/directory_int.h"
 
+#include <time.h>
+
 /* Decides CLAIMANT's claim on CHUNK of B. */
 static int claim(struct directory *dir, struct dir_blob *b, const char *claimant, uint32_t chunk,
                  uint64_t now, bool *ret_granted) {
@@ -237,4 +239,56 @@ out_unlock:
         }
         *ret = l;
         return 0;
+}
+
+/* Under dir->lock: is CHUNK's digest of D recorded (in a live blob record)? */
+static bool digest_recorded(struct directory *dir, const struct digest *d, uint32_t chunk,
+                            uint64_t now) {
+        struct dir_blob *b = dri_blob_find(dir, d);
+        return b && dri_blob_alive(dir, b, now) && chunk < b->nchunks && b->sha_known &&
+               wire_bit(b->sha_known, chunk);
+}
+
+int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chunk, uint64_t now,
+                    uint64_t wait_ms) {
+        uint64_t until = now_ms() + wait_ms;
+        int r = 0;
+
+        pthread_mutex_lock(&dir->lock);
+        if (digest_recorded(dir, d, chunk, now)) {
+                dir->stats.digest_waits_found++;
+                goto out_unlock;
+        }
+        if (dir->digest_waiters >= dir->cfg.max_digest_waiters) {
+                dir->stats.digest_waits_refused++;
+                r = -EBUSY;
+                goto out_unlock;
+        }
+        dir->digest_waiters++;
+        dir->stats.digest_waits++;
+        if (dir->digest_waiters > dir->stats.digest_waiters_peak)
+                dir->stats.digest_waiters_peak = dir->digest_waiters;
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000),
+                              .tv_nsec = (long)(until % 1000) * 1000000L};
+        r = -ETIMEDOUT;
+        while (now_ms() < until) {
+                /* Woken by every announce that records a new digest: each waiter checks its
+                 * own chunk (at most max_digest_waiters checks an announce). */
+                if (digest_recorded(dir, d, chunk, now)) {
+                        r = 0;
+                        break;
+                }
+                int e = pthread_cond_timedwait(&dir->digest_cond, &dir->lock, &ts);
+                if (e == ETIMEDOUT) {
+                        if (digest_recorded(dir, d, chunk, now))
+                                r = 0;
+                        break;
+                }
+        }
+        if (r == 0)
+                dir->stats.digest_waits_found++;
+        dir->digest_waiters--;
+out_unlock:
+        pthread_mutex_unlock(&dir->lock);
+        return r;
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -1340,9 +1341,90 @@ static void test_full_retry_takes_freed_slot(void **state) {
         dir_free(dir);
 }
 
+/* Digest waits (issue 18): a reader's digest question held at the home returns as soon as an
+ * announce records that chunk's digest (not another chunk's), times out without it, and the
+ * home never holds more than max_digest_waiters (the next is refused at once). */
+struct waiter {
+        struct directory *dir;
+        uint32_t chunk;
+        uint64_t wait_ms;
+        int r;
+};
+
+static void *wait_main(void *arg) {
+        struct waiter *w = arg;
+        struct digest d = dg(1);
+
+        w->r = dir_wait_digest(w->dir, &d, w->chunk, 0, w->wait_ms);
+        return NULL;
+}
+
+static uint64_t waiting(struct directory *dir) {
+        struct dir_stats st;
+
+        dir_get_stats(dir, &st);
+        return st.digest_waiters;
+}
+
+/* Until DIR has N waiters (a bounded poll: the waiters are threads just started). */
+static void await_waiters(struct directory *dir, uint64_t n) {
+        for (int i = 0; i < 10000 && waiting(dir) != n; i++) {
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+        assert_int_equal(waiting(dir), n);
+}
+
+static void test_digest_wait(void **state) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 8,
+                                 .max_holders = 4,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .max_digest_waiters = 2};
+        struct directory *dir;
+        struct digest d = dg(1);
+        struct dir_stats st;
+        pthread_t t[2];
+        struct waiter w[2];
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        /* Unknown blob, then a known blob without the digest: the wait ends empty. */
+        assert_int_equal(dir_wait_digest(dir, &d, 2, 0, 5), -ETIMEDOUT);
+        announce(dir, A, 1, 4, "0-1", 0);
+        assert_int_equal(dir_wait_digest(dir, &d, 2, 0, 5), -ETIMEDOUT);
+        /* Two waiters for chunk 2 (the cap): a third is refused at once, another chunk's
+         * digest releases neither, chunk 2's releases both. */
+        for (int i = 0; i < 2; i++) {
+                w[i] = (struct waiter){.dir = dir, .chunk = 2, .wait_ms = 60000, .r = 1};
+                assert_int_equal(pthread_create(&t[i], NULL, wait_main, &w[i]), 0);
+        }
+        await_waiters(dir, 2);
+        assert_int_equal(dir_wait_digest(dir, &d, 3, 0, 60000), -EBUSY);
+        announce_digest(dir, B, 1, 0x11, false, 0);
+        assert_int_equal(waiting(dir), 2);
+        assert_int_equal(w[0].r, 1);
+        announce_digest(dir, B, 2, 0x22, false, 0);
+        for (int i = 0; i < 2; i++) {
+                pthread_join(t[i], NULL);
+                assert_int_equal(w[i].r, 0);
+        }
+        /* Known now: at once, whatever the cap. */
+        assert_int_equal(dir_wait_digest(dir, &d, 2, 0, 60000), 0);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.digest_waits, 4);
+        assert_int_equal(st.digest_waits_found, 3);
+        assert_int_equal(st.digest_waits_refused, 1);
+        assert_int_equal(st.digest_waiters_peak, 2);
+        assert_int_equal(st.digest_waiters, 0);
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
+                cmocka_unit_test(test_digest_wait),
                 cmocka_unit_test(test_apply_and_locate),
                 cmocka_unit_test(test_holder_ttl_boundary),
                 cmocka_unit_test(test_empty_present),
