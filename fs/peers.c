@@ -392,6 +392,11 @@ static int op_locate(void *ud, const struct digest *dg, const char *claimant, in
         return r;
 }
 
+static int op_locate_wait(void *ud, const struct digest *dg, uint32_t chunk, uint64_t wait_ms) {
+        struct daemon *d = ud;
+        return dir_wait_digest(d->dir, dg, chunk, now_ms(), wait_ms);
+}
+
 static int op_locate_index(void *ud, const struct digest *layer, char **ret, size_t *ret_len) {
         struct daemon *d = ud;
         struct wire_index x;
@@ -417,6 +422,7 @@ void peers_httpd_ops(struct daemon *d, struct httpd_ops *ops) {
         ops->blob_read = op_blob_read;
         ops->announce = op_announce;
         ops->locate = op_locate;
+        ops->locate_wait = op_locate_wait;
         ops->locate_index = op_locate_index;
         ops->served = op_served;
 }

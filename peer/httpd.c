@@ -281,6 +281,15 @@ static enum MHD_Result locate(struct httpd *h, struct MHD_Connection *conn,
         if (node && (strlen(node) >= PEER_ID_MAX ||
                      parse_hostport(node, host, sizeof(host), &port) < 0 || !host[0]))
                 return http_text(conn, MHD_HTTP_BAD_REQUEST, "bad node\n");
+        /* A reader's digest question (issue 18): held until an announce brings the digest, so
+         * it asks once rather than every CONFIRM_POLL_MS. Beyond the directory's cap of
+         * waiters it is answered at once, as without the header; the reader then asks again
+         * after its poll interval. */
+        const char *w = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PROTO_WAIT_HEADER);
+        uint64_t wait = 0;
+        if (w && chunk && !node && h->ops.locate_wait &&
+            parse_u64(w, 0, HTTPD_MAX_WAIT_MS, &wait) == 0 && wait > 0)
+                (void)h->ops.locate_wait(h->ops.ud, &d, (uint32_t)idx, wait);
         char *body = NULL;
         size_t len = 0;
         int r = h->ops.locate(h->ops.ud, &d, chunk ? node : NULL, chunk ? (int64_t)idx : -1, &body,

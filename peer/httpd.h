@@ -11,6 +11,8 @@
  *        A one-chunk answer carries X-P2PBlobs-Chunk-Digest (recorded at arrival).
  *   POST /p2p/v1/announce                    a holder's announce (peer/wire.h), for homes
  *   GET  /p2p/v1/locate/sha256:<hex>[?chunk=I&node=ID]   who holds / fetches which chunks
+ *        (with chunk=I, no node and X-P2PBlobs-Wait: held until chunk I's digest is known
+ *        here or the wait ends, at most HTTPD_MAX_WAIT_MS; see httpd_ops.locate_wait)
  *   GET  /p2p/v1/index/sha256:<hex>          which blob holds the index of a layer (wire.h)
  *   (with a cluster token configured, the /v2/ and /p2p/ ones need X-P2PBlobs-Token; else 401)
  *
@@ -62,6 +64,11 @@ struct httpd_ops {
         int (*locate)(void *ud, const struct digest *d, const char *claimant, int64_t chunk,
                       char **ret, size_t *ret_len);
         void (*served)(void *ud, const char *client, uint64_t bytes);
+        /* dir_wait_digest's contract (0, -ETIMEDOUT, -EBUSY; blocks up to WAIT_MS). A reader's
+         * locate of one chunk without a claim and with X-P2PBlobs-Wait (its CONFIRM digest
+         * question) is held here first, then answered by LOCATE whatever this returned.
+         * NULL: answered at once. */
+        int (*locate_wait)(void *ud, const struct digest *d, uint32_t chunk, uint64_t wait_ms);
         /* dir_locate_index's contract, the answer built (wire_index_build): 0, -ENOENT. */
         int (*locate_index)(void *ud, const struct digest *layer, char **ret, size_t *ret_len);
         uint32_t chunk_size; /* blob answers are assembled a chunk at a time */

@@ -165,6 +165,8 @@ int source_new(const struct source_config *cfg, struct source **ret) {
                                         &s->g_chunks);
         if (r == 0)
                 r = http_group_new_per_host(s->cfg.http, 0, QUERIES_PER_HOME, &s->g_query);
+        if (r == 0)
+                r = http_group_new_per_host(s->cfg.http, 0, DIGEST_WAITS_PER_HOME, &s->g_wait);
         if (r < 0) {
                 source_free(s);
                 return r;
@@ -190,6 +192,7 @@ void source_free(struct source *s) {
          * queue digest queries and calls, which the second close cancels. */
         atomic_store(&s->stopping, true);
         http_group_free(s->g_chunks);
+        http_group_free(s->g_wait); /* before g_query: its ends queue calls there */
         http_group_free(s->g_query);
         /* The verifiers finish what they hold: a good chunk completes its job; a bad one's
          * hand-back is refused by the closed group, and it fails (verify_main). */

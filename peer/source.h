@@ -130,5 +130,8 @@ struct source_stats {
         uint64_t locate_cache_hits;
         /* Ranged GETs to a peer for consecutive chunks it holds, and the chunks they asked. */
         uint64_t run_transfers, run_chunks;
+        /* CONFIRM (issue 18): digest questions sent to other homes, and held chunks whose
+         * digest a home other than their sender gave (then checked against it). */
+        uint64_t confirm_queries, confirmed;
 };
 void source_get_stats(struct source *s, struct source_stats *ret);

@@ -54,6 +54,9 @@
 enum phase { PH_LOCATE, PH_PEERS, PH_CONFIRM, PH_ORIGIN };
 
 #define CONFIRM_POLL_MS 50 /* between rounds of asking the homes for a digest */
+/* Digest questions held at one home at once (g_wait): a reader's chunks in CONFIRM beyond it
+ * queue here, and are mostly answered at once by the announce that woke the first ones. */
+#define DIGEST_WAITS_PER_HOME 4
 #define DIGEST_WAIT_DEFAULT_MS 2000
 
 #define VERIFIERS 2
@@ -100,8 +103,10 @@ struct job {
         unsigned confirm_next;  /* homes asked this round */
         unsigned confirm_round; /* rounds asked so far: each starts one home further on */
         uint64_t confirm_until_ms;
-        bool confirm_failed;    /* no home had a digest in time: unchecked peers are skipped */
-        uint64_t not_before_ms; /* a busy peer is asked again, after a pause */
+        bool confirm_failed;      /* no home had a digest in time: unchecked peers are skipped */
+        uint64_t confirm_wait_ms; /* the wait the next digest question asks the home for */
+        uint64_t confirm_sent_ms; /* when this round's question left; 0: none this round */
+        uint64_t not_before_ms;   /* a busy peer is asked again, after a pause */
         /* We are one of its homes and knew of no source: the other homes are asked too (a
          * home that restarted knows nothing until holders announce again), without claiming,
          * since our own answer already decided who fetches from the origin. */
@@ -173,6 +178,9 @@ struct source {
          * client's thread, timers) have a group of their own without a cap, so chunk
          * transfers never hold them back. */
         struct http_group *g_chunks, *g_query;
+        /* Digest questions a home holds (CONFIRM, X-P2PBlobs-Wait), apart from g_query so
+         * they never hold its QUERIES_PER_HOME slots: at most DIGEST_WAITS_PER_HOME a home. */
+        struct http_group *g_wait;
         atomic_bool stopping; /* jobs that would go to the origin end ECANCELED instead */
 
         pthread_mutex_t lock; /* stats */

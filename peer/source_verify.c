@@ -37,6 +37,7 @@ void src_confirm_start(struct source *s, struct job *j) {
         j->phase = PH_CONFIRM;
         j->confirm_next = 0;
         j->confirm_round = 0;
+        j->confirm_sent_ms = 0;
         j->confirm_until_ms = now_ms() + s->cfg.digest_wait_ms;
         if (j->confirm_until_ms > j->deadline_ms)
                 j->confirm_until_ms = j->deadline_ms;
@@ -48,6 +49,7 @@ static void confirm_found(struct source *s, struct job *j, const struct digest *
                           const char *home) {
         j->sha = *sha;
         j->sha_known = true;
+        src_stat_add(s, &s->stats.confirmed, 1);
         snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
         uint8_t *buf = j->held;
         j->held = NULL;
@@ -60,7 +62,16 @@ static void confirm_found(struct source *s, struct job *j, const struct digest *
 
 /* CONFIRM: asks the next home (not the sender of the held bytes) for the chunk's digest;
  * after a round without one, pauses and asks again until confirm_until_ms, then gives the
- * bytes up as unchecked. */
+ * bytes up as unchecked.
+ *
+ * Issue 18: the question asks the home to hold it until an announce brings the digest
+ * (X-P2PBlobs-Wait; httpd.h, dir_wait_digest), for half of digest_wait_ms at most, so a
+ * home that never hears the claimant's announce still leaves time to ask another. A round
+ * ends at the first answer; the next starts CONFIRM_POLL_MS after this round's question
+ * left: at once after a held answer, after the poll interval after one answered at once (a
+ * home at its cap of waiters, or of an older version), so a reader asks a home at most once
+ * per CONFIRM_POLL_MS whatever the homes do. Polling every 50 ms was 2.1-6.1 questions per
+ * confirmed chunk in swarm16 (bench/RESULTS.md, Scale). */
 void src_next_confirm(struct source *s, struct job *j) {
         char self[PEER_ID_MAX];
         if (members_self(s->cfg.members, self, sizeof(self)) < 0)
@@ -93,15 +104,34 @@ void src_next_confirm(struct source *s, struct job *j) {
                 }
                 if (!self[0] || !members_usable(s->cfg.members, home))
                         continue;
+                uint64_t wait = j->confirm_until_ms - now, half = s->cfg.digest_wait_ms / 2;
+                if (half < CONFIRM_POLL_MS)
+                        half = CONFIRM_POLL_MS;
+                if (wait > half)
+                        wait = half;
+                if (wait > HTTPD_MAX_WAIT_MS)
+                        wait = HTTPD_MAX_WAIT_MS;
+                j->confirm_wait_ms = wait;
                 if (src_xfer_start(s, j, X_DIGEST, home, false, self) == 0) {
-                        src_stat_add(s, &s->stats.locates, 1);
+                        j->confirm_sent_ms = now;
+                        pthread_mutex_lock(&s->lock);
+                        s->stats.locates++;
+                        s->stats.confirm_queries++;
+                        pthread_mutex_unlock(&s->lock);
                         return;
                 }
         }
-        if (any && now + CONFIRM_POLL_MS < j->confirm_until_ms) {
+        /* The next round: CONFIRM_POLL_MS after this round's question left (at once after a
+         * held answer), or from now when none left; not for the last CONFIRM_POLL_MS (a
+         * question that could wait only a moment is not worth its message). */
+        uint64_t next = (j->confirm_sent_ms ? j->confirm_sent_ms : now) + CONFIRM_POLL_MS;
+        if (next <= now)
+                next = now + 1;
+        if (any && next + CONFIRM_POLL_MS < j->confirm_until_ms) {
                 j->confirm_next = 0; /* another round, once the claimant had time to announce */
                 j->confirm_round++;
-                j->not_before_ms = now + CONFIRM_POLL_MS;
+                j->confirm_sent_ms = 0;
+                j->not_before_ms = next;
                 src_job_later(s, j);
                 return;
         }

@@ -159,6 +159,16 @@ int src_xfer_start(struct source *s, struct job *j, enum xfer_kind kind, const c
                 q.group = s->g_query;
                 q.max_time_ms = LOCATE_TIMEOUT_MS; /* a home that has not answered is skipped */
                 q.body_max = LOCATE_BODY_MAX;
+                if (kind == X_DIGEST && j->confirm_wait_ms) {
+                        /* The home holds it until the digest is known (httpd.h, locate). */
+                        snprintf(wait, sizeof(wait), PROTO_WAIT_HEADER ": %" PRIu64,
+                                 j->confirm_wait_ms);
+                        add_header(&q, wait);
+                        q.group = s->g_wait;
+                        q.max_time_ms += j->confirm_wait_ms;
+                        if (q.stall_ms)
+                                q.stall_ms += j->confirm_wait_ms;
+                }
                 return src_xfer_submit(s, x, &q);
         }
         x->cap = j->len;
