@@ -78,7 +78,7 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn, no_spread, no_locate_cache, no_full, confirm_wait;
+        bool tsv, no_churn, no_spread, no_locate_cache, no_full, confirm_wait, confirm_poll;
         unsigned locate_rate; /* --home-locate-rate: the homes' dir_config.locate_rate */
         unsigned locate_span; /* --locate-span: digests per answer (0: DIR_LOCATE_SPAN) */
 };
@@ -624,18 +624,37 @@ static bool digest_kept(const struct node *nd, uint32_t bi, uint32_t c) {
 }
 
 /* --confirm-wait: bytes from a peer whose digest no home gave wait (source_verify.c's CONFIRM)
- * until the digest reaches a home, with the claimant's next announce: the reader asks the
- * first home once (at least; the daemon polls every 50 ms) and reads nothing more this tick.
- * Without it, such a reader ran in step with the claimant and asked about every chunk. */
-static uint64_t confirm_queries;
-static void confirm_wait(struct node *nd, const struct blob *b) {
+ * until the digest reaches a home, with the claimant's next announce, and the reader reads
+ * nothing more this tick. It asks the homes other than the SENDER (its own directory in
+ * memory, not counted) one a round, a round starting one home further on: with the daemon's
+ * digest questions held at the home (issue 18, dir_wait_digest) one round, one question;
+ * with --confirm-poll, as the daemon did before, a round every CONFIRM_POLL_MS until the
+ * announce, which comes uniformly 0 .. TICK_MS after the bytes: 1 .. TICK_MS / 50 rounds.
+ * Without --confirm-wait, such a reader ran in step with the claimant and asked about every
+ * chunk. */
+#define CONFIRM_POLL_MS 50 /* peer/source_int.h */
+static uint64_t confirm_queries, confirms;
+static void confirm_wait(struct node *nd, const struct blob *b, int sender) {
         char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
         size_t nh = members_homes(view, &b->d, K_HOMES, homes, NULL);
-        int hi = nh ? node_of(homes[0]) : -1;
-        confirm_queries++;
-        if (hi >= 0 && &nodes[hi] != nd && nodes[hi].alive) {
-                cur_kind = LK_CONFIRM;
-                count_locate(nd, &nodes[hi], NULL);
+        /* Its own stream (splitmix64 of the count), so the workload's rnd() is the same with
+         * and without --confirm-poll. */
+        uint64_t z = (confirms + 1) * 0x9E3779B97F4A7C15ull;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        unsigned rounds = O.confirm_poll ? 1 + (unsigned)(z % (TICK_MS / CONFIRM_POLL_MS)) : 1;
+        confirms++;
+        for (unsigned r = 0; r < rounds && nh; r++) {
+                for (size_t k = 0; k < nh; k++) {
+                        int hi = node_of(homes[(r + k) % nh]);
+                        if (hi < 0 || hi == sender || &nodes[hi] == nd || !nodes[hi].alive)
+                                continue;
+                        confirm_queries++;
+                        cur_kind = LK_CONFIRM;
+                        count_locate(nd, &nodes[hi], NULL);
+                        break;
+                }
         }
 }
 
@@ -665,7 +684,7 @@ static void pull_tick(struct node *nd) {
                         nd->peer_in += CHUNK;
                         nodes[peer].peer_out += CHUNK;
                         if (O.confirm_wait && !digest_kept(nd, bi, c)) {
-                                confirm_wait(nd, b);
+                                confirm_wait(nd, b, peer);
                                 budget = 0;
                         }
                 } else {
@@ -907,7 +926,7 @@ static void usage(void) {
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
                         "K] [--seed S] [--home-locate-rate R] [--locate-span CHUNKS] "
                         "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] "
-                        "[--confirm-wait] "
+                        "[--confirm-wait] [--confirm-poll] "
                         "[--tsv]\n");
         exit(2);
 }
@@ -998,6 +1017,10 @@ int main(int argc, char **argv) {
                 }
                 if (strcmp(a, "--confirm-wait") == 0) {
                         O.confirm_wait = true;
+                        continue;
+                }
+                if (strcmp(a, "--confirm-poll") == 0) { /* CONFIRM polls, as before issue 18 */
+                        O.confirm_wait = O.confirm_poll = true;
                         continue;
                 }
                 if (strcmp(a, "--no-spread") == 0) { /* every reader asks the first home */
@@ -1311,7 +1334,9 @@ int main(int argc, char **argv) {
                                " confirm %" PRIu64 "\n",
                                pk->kind_peak[0], pk->kind_peak[1], pk->kind_peak[2],
                                pk->kind_peak[3], pk->kind_peak[4]);
-                printf("confirm_queries %" PRIu64 "\n", confirm_queries);
+                printf("confirm_queries %" PRIu64 " confirms %" PRIu64 " per_confirm %.2f\n",
+                       confirm_queries, confirms,
+                       confirms ? (double)confirm_queries / (double)confirms : 0.0);
                 uint64_t ctl = 0;
                 for (unsigned i = 0; i < nnodes; i++)
                         ctl += nodes[i].ann_tx.msgs + nodes[i].ann_rx.msgs + nodes[i].loc_tx.msgs +
