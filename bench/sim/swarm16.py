@@ -37,6 +37,10 @@ METRICS = ("peer_announces_total", "directory_announces_total", "peer_locates_to
 # by one to the first home; a cache hit is a miss that asked nobody.
 WHY = ("peer_spread_locates_total", "peer_spread_misses_total", "peer_locate_cache_hits_total",
        "peer_run_transfers_total", "peer_run_chunks_total", "peer_locate_failures_total")
+# CONFIRM (issue 18; absent from builds before it, then 0): digest questions, chunks confirmed,
+# and questions a home held until an announce brought the digest.
+CONFIRM = ("peer_confirm_queries_total", "peer_confirmed_chunks_total",
+           "directory_digest_waits_total")
 
 
 def metrics(d):
@@ -46,7 +50,7 @@ def metrics(d):
     out = {}
     for line in body.decode().splitlines():
         m = re.match(r"p2pblobs_(\w+) (\d+)$", line)
-        if m and (m.group(1) in METRICS or m.group(1) in WHY):
+        if m and m.group(1) in METRICS + WHY + CONFIRM:
             out[m.group(1)] = int(m.group(2))
     return out
 
@@ -104,7 +108,8 @@ def main():
         chunks = total // MiB
         per = []
         for j, d in enumerate(nodes):
-            delta = {k: after[j].get(k, 0) - before[j].get(k, 0) for k in METRICS + WHY}
+            delta = {k: after[j].get(k, 0) - before[j].get(k, 0)
+                     for k in METRICS + WHY + CONFIRM}
             t = results[j][1]
             msgs = (delta["peer_announces_total"] + delta["directory_announces_total"] +
                     delta["peer_locates_total"] + delta["directory_locates_total"])
@@ -135,6 +140,10 @@ def main():
               "locate cache hits %.3f; run transfers %.3f carrying %.3f chunks; locate "
               "failures %.3f"
               % tuple(mean(k) / chunks for k in WHY))
+        q, c = (sum(p[k] for p in per) for k in CONFIRM[:2])
+        print("CONFIRM, all nodes: %d digest questions for %d confirmed chunks (%.2f a chunk); "
+              "questions held at homes %d"
+              % (q, c, q / c if c else 0, sum(p[CONFIRM[2]] for p in per)))
         return 1 if bad else 0
     finally:
         net.teardown()
