@@ -76,6 +76,14 @@ static bool peered(const struct daemon *d) {
         return d->cfg.n_peers > 0 || d->cfg.peer_dns;
 }
 
+/* The source was granted a claim: the announcer announces the chunk as soon as it lands. */
+static void on_claimed(void *ud, const struct digest *blob, uint32_t idx) {
+        struct daemon *d = ud;
+        struct announcer *a = __atomic_load_n(&d->announcer, __ATOMIC_ACQUIRE);
+        if (a)
+                announce_claimed(a, blob, idx);
+}
+
 /* Netlink thread: our address changed. The membership re-reads it at once; our id changes
  * with it, which changes the membership's version, so the announcer's next round is a full
  * announce under the new id (and the old id expires at the homes). */
@@ -176,6 +184,8 @@ int peers_start(struct daemon *d) {
                 .max_total = PEERS_MAX_TRANSFERS,
                 .max_per_peer = MAX_PER_PEER,
                 .token = token(),
+                .claimed = on_claimed,
+                .claimed_ud = d,
         };
         r = source_new(&sc, &d->source);
         if (r < 0) {

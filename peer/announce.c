@@ -43,6 +43,13 @@ struct dirty {
         bool used;
 };
 
+/* A chunk this node claimed (announce_claimed), until it lands. */
+struct claimed {
+        struct digest d;
+        uint32_t idx;
+        bool used;
+};
+
 /* One home's announce under construction. */
 struct outbox {
         char home[PEER_ID_MAX];
@@ -79,6 +86,12 @@ struct announcer {
         struct ann_index *indexes; /* ANNOUNCE_INDEX_MAX slots, nindexes used */
         size_t nindexes;
         struct announce_hush *hush; /* its own lock */
+        /* Claimed chunks (a ring: the oldest overwritten), whether one landed since the last
+         * round, and when the last round ended (under lock). */
+        struct claimed claimed[ANNOUNCE_CLAIMED_MAX];
+        unsigned claimed_next, nclaimed;
+        bool early;
+        uint64_t last_round_ms;
 
         /* thread only */
         struct dirty *taken;
@@ -90,6 +103,21 @@ static size_t slot_of(const struct announcer *a, const struct digest *d) {
         uint64_t h;
         memcpy(&h, d->bytes + 8, sizeof(h));
         return (size_t)h & (a->cap - 1);
+}
+
+/* Under a->lock: chunk IDX of D landed; if we had claimed it, wake the thread for an early
+ * round. A scan of at most ANNOUNCE_CLAIMED_MAX entries, only while claims are pending. */
+static void landed_claim(struct announcer *a, const struct digest *d, uint32_t idx) {
+        for (unsigned i = 0; a->nclaimed && i < ANNOUNCE_CLAIMED_MAX; i++) {
+                struct claimed *c = &a->claimed[i];
+                if (c->used && c->idx == idx && digest_equal(&c->d, d)) {
+                        c->used = false;
+                        a->nclaimed--;
+                        a->early = true;
+                        pthread_cond_signal(&a->cond);
+                        return;
+                }
+        }
 }
 
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx) {
@@ -123,7 +151,20 @@ void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx)
                         e->lo = idx;
                 if (idx > e->hi)
                         e->hi = idx;
+                landed_claim(a, d, idx);
         }
+        pthread_mutex_unlock(&a->lock);
+}
+
+void announce_claimed(struct announcer *a, const struct digest *d, uint32_t idx) {
+        if (a->cfg.manual)
+                return;
+        pthread_mutex_lock(&a->lock);
+        struct claimed *c = &a->claimed[a->claimed_next];
+        a->claimed_next = (a->claimed_next + 1) % ANNOUNCE_CLAIMED_MAX;
+        if (!c->used)
+                a->nclaimed++;
+        *c = (struct claimed){.d = *d, .idx = idx, .used = true};
         pthread_mutex_unlock(&a->lock);
 }
 
@@ -640,14 +681,29 @@ static void *announce_main(void *arg) {
         pthread_mutex_lock(&a->lock);
         while (!a->stopping) {
                 struct timespec ts = deadline_after_ms(CLOCK_REALTIME, a->cfg.interval_ms);
-                if (!a->soon)
+                if (!a->soon && !a->early)
                         pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+                bool early = a->early && !a->soon;
+                if (early) {
+                        /* A claimed chunk landed: a round after the coalescing pause, and
+                         * not before ANNOUNCE_EARLY_GAP_MS since the last one ended. */
+                        uint64_t now = now_ms(), at = a->last_round_ms + ANNOUNCE_EARLY_GAP_MS;
+                        if (at < now + ANNOUNCE_EARLY_COALESCE_MS)
+                                at = now + ANNOUNCE_EARLY_COALESCE_MS;
+                        struct timespec es = deadline_after_ms(CLOCK_REALTIME, at - now);
+                        while (!a->stopping && !a->soon && now_ms() < at)
+                                if (pthread_cond_timedwait(&a->cond, &a->lock, &es) == ETIMEDOUT)
+                                        break;
+                }
                 a->soon = false;
+                a->early = false;
                 if (a->stopping)
                         break;
+                a->stats.early_rounds += early;
                 pthread_mutex_unlock(&a->lock);
                 announce_round(a, now_ms());
                 pthread_mutex_lock(&a->lock);
+                a->last_round_ms = now_ms();
         }
         pthread_mutex_unlock(&a->lock);
         return NULL;

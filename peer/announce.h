@@ -47,6 +47,9 @@
 #define ANNOUNCE_INDEX_MAX WIRE_MAX_INDEXES   /* layer indexes this node announces */
 #define ANNOUNCE_HUSH_MAX 8192                /* (blob, home) pairs a home said "full" for */
 #define ANNOUNCE_HUSH_MAX_MS (3600ull * 1000) /* longest a home's "full" is obeyed */
+#define ANNOUNCE_CLAIMED_MAX 256              /* claimed chunks remembered until they land */
+#define ANNOUNCE_EARLY_GAP_MS 100             /* at most one early round this often */
+#define ANNOUNCE_EARLY_COALESCE_MS 5          /* landings this close go in one early round */
 
 struct announcer;
 
@@ -94,6 +97,16 @@ void announce_free(struct announcer *a); /* NULL-safe; stops the thread */
  * with other locks held (it takes only the announcer's own). */
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx);
 
+/* Issue 18, the front of a wave: this node was granted the claim on chunk IDX of D, so
+ * readers are waiting for it, and those that receive it from us wait for its digest to reach
+ * another home. When it lands (announce_changed(D, IDX)), the thread runs a round after
+ * ANNOUNCE_EARLY_COALESCE_MS (landings that close go together) instead of at the next
+ * interval, at most one such early round per ANNOUNCE_EARLY_GAP_MS: a node streaming a blob
+ * on claims sends at most 1000 / ANNOUNCE_EARLY_GAP_MS rounds a second, not one per chunk.
+ * At most ANNOUNCE_CLAIMED_MAX claims are remembered (the oldest forgotten: its chunk goes
+ * with the next interval's round, as before). Never blocks; no-op for a manual announcer. */
+void announce_claimed(struct announcer *a, const struct digest *d, uint32_t idx);
+
 /* This node holds blob INDEX (SIZE bytes), the index of LAYER: announce it to LAYER's homes
  * from the next round on (it wakes the thread), and at every full refresh while the node
  * holds INDEX whole. Replaces an earlier index of LAYER. Never blocks. 0; -ENOSPC when
@@ -121,5 +134,6 @@ struct announce_stats {
         /* Homes' "full" verdicts obeyed, (blob, home) announces left out for one, retries
          * sent when one ran out; hushed now: pairs in the table (live or waiting to retry). */
         uint64_t told_full, hushed_sends, hush_retries, hushed;
+        uint64_t early_rounds; /* rounds run early for claimed chunks that landed */
 };
 void announce_get_stats(struct announcer *a, struct announce_stats *ret);

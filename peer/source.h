@@ -68,6 +68,12 @@ struct source_config {
         unsigned max_total;
         unsigned max_per_peer;
         const char *token; /* the cluster token sent with every request, or NULL; borrowed */
+        /* Issue 18: a home granted this node the claim on chunk IDX of D (it fetches it from
+         * the origin, and readers wait for it): the announcer is told (announce_claimed), so
+         * the chunk is announced as soon as it lands. On the client's thread; must not block.
+         * NULL: not told. */
+        void (*claimed)(void *ud, const struct digest *d, uint32_t idx);
+        void *claimed_ud;
 };
 
 int source_new(const struct source_config *cfg, struct source **ret);

@@ -98,8 +98,11 @@ void src_use_answer(struct source *s, struct job *j, struct wire_locate *l, cons
                 return;
         }
         record_locations(s, l);
-        if (l->has_claim && l->claim_granted && l->claim_chunk == j->idx)
+        if (l->has_claim && l->claim_granted && l->claim_chunk == j->idx) {
                 src_stat_add(s, &s->stats.claims, 1);
+                if (s->cfg.claimed)
+                        s->cfg.claimed(s->cfg.claimed_ud, &j->digest, j->idx);
+        }
         struct lcache_entry *e = src_lcache_put(s, l, home);
         const struct wire_locate *a = e ? &e->l : l;
         if (j->run_next) {

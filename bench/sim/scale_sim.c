@@ -78,7 +78,8 @@ struct opts {
         unsigned n, images, waves, rate, sample;
         double wave_frac;
         uint64_t budget, wave_gap_ms, wave_spread_ms, dns_refresh_ms, churn_at_ms, seed;
-        bool tsv, no_churn, no_spread, no_locate_cache, no_full, confirm_wait, confirm_poll;
+        bool tsv, no_churn, no_spread, no_locate_cache, no_full, confirm_wait, confirm_poll,
+                early_announce;
         unsigned locate_rate; /* --home-locate-rate: the homes' dir_config.locate_rate */
         unsigned locate_span; /* --locate-span: digests per answer (0: DIR_LOCATE_SPAN) */
 };
@@ -442,6 +443,9 @@ enum src { SRC_ORIGIN, SRC_PEER };
 /* Why a chunk went to the origin: no home knew the blob (-ENOENT everywhere, or homes gone),
  * we were granted the claim, or an answer listed nobody usable and granted nothing. */
 static uint64_t why_unknown, why_claim, why_nobody;
+/* --early-announce (announce.h announce_claimed): this pull_tick landed a chunk on a claim. */
+static bool tick_claimed;
+static uint64_t early_rounds;
 /* Why a miss was not answered from the kept answer: none kept (or another blob's), too old,
  * the chunk's digest not in it, no live holder of the chunk named in it. */
 static uint64_t cm_none, cm_old, cm_digest, cm_holder;
@@ -587,9 +591,10 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                         *ret_peer = pick;
                         return SRC_PEER;
                 }
-                if (granted)
+                if (granted) {
                         why_claim++;
-                else
+                        tick_claimed = true;
+                } else
                         why_nobody++;
                 return SRC_ORIGIN;
         }
@@ -685,7 +690,10 @@ static void pull_tick(struct node *nd) {
                         nodes[peer].peer_out += CHUNK;
                         if (O.confirm_wait && !digest_kept(nd, bi, c)) {
                                 confirm_wait(nd, b, peer);
-                                budget = 0;
+                                /* With the claimant's early announce the digest follows the
+                                 * bytes within milliseconds: the reader goes on this tick. */
+                                if (!O.early_announce)
+                                        budget = 0;
                         }
                 } else {
                         nd->origin_in += CHUNK;
@@ -926,7 +934,7 @@ static void usage(void) {
                         "[--wave-gap S] [--wave-spread S] [--budget MIB] [--rate CHUNKS] [--sample "
                         "K] [--seed S] [--home-locate-rate R] [--locate-span CHUNKS] "
                         "[--no-churn] [--no-spread] [--no-locate-cache] [--no-full] "
-                        "[--confirm-wait] [--confirm-poll] "
+                        "[--confirm-wait] [--confirm-poll] [--early-announce] "
                         "[--tsv]\n");
         exit(2);
 }
@@ -1017,6 +1025,10 @@ int main(int argc, char **argv) {
                 }
                 if (strcmp(a, "--confirm-wait") == 0) {
                         O.confirm_wait = true;
+                        continue;
+                }
+                if (strcmp(a, "--early-announce") == 0) { /* claimed chunks announced at once */
+                        O.early_announce = true;
                         continue;
                 }
                 if (strcmp(a, "--confirm-poll") == 0) { /* CONFIRM polls, as before issue 18 */
@@ -1158,8 +1170,18 @@ int main(int argc, char **argv) {
                 unsigned off = (unsigned)(rnd() % nnodes);
                 for (unsigned k = 0; k < nnodes; k++) {
                         struct node *nd = &nodes[(k + off) % nnodes];
-                        if (nd->alive && nd->image >= 0 && nd->pull_at <= now)
+                        if (nd->alive && nd->image >= 0 && nd->pull_at <= now) {
+                                tick_claimed = false;
                                 pull_tick(nd);
+                                /* The claimant's landed claims are announced now (one early
+                                 * round a tick at most: the daemon allows one per 100 ms),
+                                 * so the readers after it this tick find their digests. */
+                                if (O.early_announce && tick_claimed && nd->dirty) {
+                                        run_round(nd);
+                                        nd->dirty = false;
+                                        early_rounds++;
+                                }
+                        }
                 }
                 /* DNS refreshes (all nodes in step): the view follows who is alive */
                 if (now >= next_dns) {
@@ -1334,6 +1356,7 @@ int main(int argc, char **argv) {
                                " confirm %" PRIu64 "\n",
                                pk->kind_peak[0], pk->kind_peak[1], pk->kind_peak[2],
                                pk->kind_peak[3], pk->kind_peak[4]);
+                printf("early_announce_rounds %" PRIu64 "\n", early_rounds);
                 printf("confirm_queries %" PRIu64 " confirms %" PRIu64 " per_confirm %.2f\n",
                        confirm_queries, confirms,
                        confirms ? (double)confirm_queries / (double)confirms : 0.0);

@@ -5,6 +5,10 @@ digest (peer/httpd.c locate, peer/directory_locate.c dir_wait_digest), at most 6
 once (peer/directory.h DIR_DEFAULT_DIGEST_WAITERS), answering the rest at once. The reader then
 asks about once per chunk instead of every 50 ms until the claimant's announce.
 
+A claimant announces a chunk it was granted a claim on as soon as it lands (peer/announce.h
+announce_claimed), at most one early round per 100 ms, so the digest reaches the other homes
+in milliseconds rather than up to an announce interval later.
+
 Real nodes in network namespaces (netns.py), a real registry, real FUSE mounts; counters from
 /metrics. Figures are printed: run with -s to see them.
 """
@@ -13,6 +17,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 
 import harness
 from harness import MiB
@@ -146,10 +151,12 @@ def test_wave_readers_ask_once_per_confirmed_chunk(build_dir, net):
         except OSError as e:
             errs.append(e)
     ts = [threading.Thread(target=read, args=(d, k)) for d in (a, b) for k in range(STRIPES)]
+    t0 = time.monotonic()
     for t in ts:
         t.start()
     for t in ts:
         t.join(120)
+    wall = time.monotonic() - t0
     assert not errs, errs
     for d in (a, b):
         full_read(d, blob)
@@ -177,3 +184,10 @@ def test_wave_readers_ask_once_per_confirmed_chunk(build_dir, net):
         queries, confirmed)
     assert peak <= CAP
     assert served <= 1.25 * blob.size, "the registry served %.2fx" % (served / blob.size)
+    # The claimants announced their claimed chunks as they landed (announce_claimed), in at
+    # most one early round per ANNOUNCE_EARLY_GAP_MS (100 ms) each, not one per chunk.
+    early = {n: dl(n, "peer_announce_early_rounds_total") for n in ("a", "b")}
+    print("[wave] early announce rounds %s in %.1f s" % (early, wall))
+    assert sum(early.values()) >= 1, "no claimed chunk was announced early"
+    for n, e in early.items():
+        assert e <= wall / 0.1 + 2, "%s ran %d early rounds in %.1f s" % (n, e, wall)

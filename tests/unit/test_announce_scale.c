@@ -152,6 +152,71 @@ static void test_registered_blob_is_announced_at_once(void **state) {
         members_free(m);
 }
 
+static uint64_t early_rounds(struct announcer *a) {
+        struct announce_stats st;
+        announce_get_stats(a, &st);
+        return st.early_rounds;
+}
+
+/* Until SENT() passes N or 10 s go by. */
+static void await_sent_over(unsigned n) {
+        struct timespec t0, t;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        do {
+                struct timespec step = {0, 5 * 1000 * 1000};
+                nanosleep(&step, NULL);
+                clock_gettime(CLOCK_MONOTONIC, &t);
+        } while (sent() <= n && t.tv_sec - t0.tv_sec < 10);
+}
+
+/* Issue 18: a chunk this node claimed is announced as soon as it lands (readers wait for its
+ * digest), not at the next interval (60 s here); a chunk not claimed waits for the interval;
+ * a burst of landed claims makes one early round, not one per chunk. */
+static void test_claimed_chunk_is_announced_at_once(void **state) {
+        (void)state;
+        memset(&blob_digest, 0x19, sizeof(blob_digest));
+        registered = false;
+        whole = true;
+        sent_blobs = 0;
+        struct members *m = two_members();
+        struct announce_config ac = config(m, false);
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        registered = true;
+        announce_changed(a, &blob_digest, UINT32_MAX);
+        await_sent_over(0);
+        assert_true(sent() > 0);
+        unsigned n = sent();
+        /* Not claimed: no round before the interval. */
+        announce_changed(a, &blob_digest, 1);
+        struct timespec pause = {0, 300 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        assert_int_equal(sent(), n);
+        assert_int_equal(early_rounds(a), 0);
+        /* Claimed, then landed: a round at once. */
+        announce_claimed(a, &blob_digest, 2);
+        announce_changed(a, &blob_digest, 2);
+        await_sent_over(n);
+        assert_true(sent() > n);
+        assert_int_equal(early_rounds(a), 1);
+        /* 40 claims landing back to back: coalesced (one round per ANNOUNCE_EARLY_GAP_MS). */
+        n = sent();
+        for (int i = 0; i < 40; i++) {
+                announce_claimed(a, &blob_digest, (uint32_t)(i % 4));
+                announce_changed(a, &blob_digest, (uint32_t)(i % 4));
+        }
+        await_sent_over(n);
+        nanosleep(&pause, NULL);
+        uint64_t e = early_rounds(a);
+        assert_true(e >= 2);
+        /* One round, another if some landed while it ran, a third on a stalled machine:
+         * never one per chunk (40). */
+        assert_true(e - 1 <= 3);
+        assert_true(sent() <= n + 3); /* one send to OTHER a round */
+        announce_free(a);
+        members_free(m);
+}
+
 /* The manual seam: rounds run when the caller says, with the caller's clock; a chunk change
  * goes out in the next round, and nothing is sent by a round with nothing to say. */
 static void test_manual_rounds(void **state) {
@@ -320,6 +385,7 @@ static void test_full_home_is_hushed(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
+                cmocka_unit_test(test_claimed_chunk_is_announced_at_once),
                 cmocka_unit_test(test_manual_rounds),
                 cmocka_unit_test(test_index_records),
                 cmocka_unit_test(test_full_home_is_hushed),
