@@ -9,8 +9,10 @@
  *           transfer that fails moves on, a peer that broke the connection or went silent is
  *           reported down, a peer whose bytes fail the chunk digest is src_distrusted for the blob;
  *   CONFIRM bytes arrived but no digest is known that did not come from their sender: ask
- *           the other homes for the chunk's digest, again and again up to digest_wait_ms (a
- *           claimant announces it within an announce interval of the chunk landing), then
+ *           the other homes for the chunk's digest, up to digest_wait_ms (a claimant
+ *           announces a claimed chunk as it lands: announce_claimed); each question is held
+ *           at the home until an announce brings the digest (X-P2PBlobs-Wait,
+ *           dir_wait_digest), so it is about one question a chunk, not one per 50 ms; then
  *           verify; with none by then, the bytes are dropped and the next source is tried;
  *   ORIGIN  hand the job to the origin client, which owns it from then on.
  * Every job ends in exactly one call of its done callback.
