@@ -240,14 +240,22 @@ def test_generated_layer(registry, daemon_factory, tmp_path, fmt):
     check_manifest(os.path.join(d.mountpoint, "layers", "sha256", harness.hex_of(dg)), rows)
 
 
-def test_a_layer_failed_by_its_origin_is_retried(registry, daemon_factory):
+FAST_FAIL = ["--fetch-timeout", "3s"]
+
+
+def test_a_layer_failed_by_its_origin_is_retried(private_registry, daemon_factory):
     """The origin down while the index is built fails the layer; that is not the layer's fault:
     `layer add` again builds it, and so does a start (the -errno is recorded with the row),
-    while a layer refused for its bytes stays failed across that start."""
+    while a layer refused for its bytes stays failed across that start. Its own registry, which
+    it stops: a failure here must not leave the session's registry down for the tests after it
+    (it once did, and 64 of them failed); --fetch-timeout 3s, so an add with the origin down
+    fails in seconds, well inside blobctl's 30 s (with the default 30 s the two raced under
+    load)."""
+    registry = private_registry
     gz = gzip.compress(lower_tar(), mtime=0)
     dg = registry.push_blob(REPO, gz)
     bad = registry.push_blob(REPO, gz[:len(gz) // 2])
-    d = daemon_factory(registries=[registry])
+    d = daemon_factory(registries=[registry], extra_args=FAST_FAIL)
     ref, bad_ref = registry.ref(REPO, dg), registry.ref(REPO, bad)
     d.add(ref)  # the blob is known: a later `layer add` needs no origin round trip
     rc, out, err = layer_add(d, bad_ref)
@@ -265,7 +273,7 @@ def test_a_layer_failed_by_its_origin_is_retried(registry, daemon_factory):
     assert harness.read_file(os.path.join(tree, "etc/passwd")) == b"root:x:0:0:lower\n"
 
     # Failed again with the origin down, then the daemon restarts with it back.
-    d2 = daemon_factory(registries=[registry])
+    d2 = daemon_factory(registries=[registry], extra_args=FAST_FAIL)
     d2.add(ref)
     registry.stop()
     rc, out, err = layer_add(d2, ref)
