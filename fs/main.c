@@ -51,6 +51,7 @@
 #include "net/http_client.h"
 #include "fs/mirror.h"
 #include "snapshot/snapshotter.h"
+#include "peer/directory.h"
 #include "peer/members.h"
 #include "registry/origin.h"
 #include "peer/source.h"
@@ -694,6 +695,7 @@ static void daemon_stop(struct service *s) {
         resolver_free(d->resolver);
         snapshotter_stop(d->snapshotter);
         mirror_stop(d->mirror);
+        dir_stop_waits(d->dir); /* held digest questions answer now, not at their wait's end */
         httpd_stop(d->httpd);
         control_stop(d->control); /* NULL already after a stop on a signal */
         layers_stop(d);           /* its workers read the engine through the sources, still up */

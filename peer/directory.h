@@ -144,6 +144,11 @@ int dir_locate(struct directory *dir, const struct digest *d, const char *claima
 int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chunk, uint64_t now_ms,
                     uint64_t wait_ms);
 
+/* Ends every dir_wait_digest now waiting (-ECANCELED) and makes later ones return -ECANCELED
+ * at once: a stopping daemon calls it before its peer server waits for its connections, which
+ * would otherwise wait for each held question's time to run out (up to HTTPD_MAX_WAIT_MS). */
+void dir_stop_waits(struct directory *dir);
+
 /* Which blob holds the index of LAYER, as the live index records say (dir_apply): the
  * (index, size) announced by the most nodes, the most recently announced among equals — a
  * node alone cannot outvote the nodes that built the same index. This is the home's answer

@@ -90,6 +90,7 @@ struct directory {
         pthread_cond_t digest_cond; /* CLOCK_MONOTONIC, waits with lock */
         bool digest_new;
         unsigned digest_waiters; /* now, <= cfg.max_digest_waiters */
+        bool waits_stopped;      /* dir_stop_waits: no question is held any more */
 };
 
 static inline size_t dri_bitmap_bytes(uint32_t nchunks) {

@@ -259,6 +259,10 @@ int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chun
                 dir->stats.digest_waits_found++;
                 goto out_unlock;
         }
+        if (dir->waits_stopped) {
+                r = -ECANCELED;
+                goto out_unlock;
+        }
         if (dir->digest_waiters >= dir->cfg.max_digest_waiters) {
                 dir->stats.digest_waits_refused++;
                 r = -EBUSY;
@@ -271,7 +275,7 @@ int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chun
         struct timespec ts = {.tv_sec = (time_t)(until / 1000),
                               .tv_nsec = (long)(until % 1000) * 1000000L};
         r = -ETIMEDOUT;
-        while (now_ms() < until) {
+        while (now_ms() < until && !dir->waits_stopped) {
                 /* Woken by every announce that records a new digest: each waiter checks its
                  * own chunk (at most max_digest_waiters checks an announce). */
                 if (digest_recorded(dir, d, chunk, now)) {
@@ -285,10 +289,21 @@ int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chun
                         break;
                 }
         }
+        if (r != 0 && dir->waits_stopped)
+                r = -ECANCELED;
         if (r == 0)
                 dir->stats.digest_waits_found++;
         dir->digest_waiters--;
 out_unlock:
         pthread_mutex_unlock(&dir->lock);
         return r;
+}
+
+void dir_stop_waits(struct directory *dir) {
+        if (!dir)
+                return;
+        pthread_mutex_lock(&dir->lock);
+        dir->waits_stopped = true;
+        pthread_cond_broadcast(&dir->digest_cond);
+        pthread_mutex_unlock(&dir->lock);
 }

@@ -1421,10 +1421,38 @@ static void test_digest_wait(void **state) {
         dir_free(dir);
 }
 
+/* A stopping daemon: dir_stop_waits ends a held question at once (-ECANCELED, long before its
+ * 60 s), and a question after it is not held at all. */
+static void test_digest_wait_stopped(void **state) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 8,
+                                 .max_holders = 4,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL};
+        struct directory *dir;
+        struct digest d = dg(1);
+        pthread_t t;
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        announce(dir, A, 1, 4, "0-1", 0);
+        struct waiter w = {.dir = dir, .chunk = 2, .wait_ms = 60000, .r = 1};
+        assert_int_equal(pthread_create(&t, NULL, wait_main, &w), 0);
+        await_waiters(dir, 1);
+        dir_stop_waits(dir);
+        pthread_join(t, NULL);
+        assert_int_equal(w.r, -ECANCELED);
+        assert_int_equal(waiting(dir), 0);
+        assert_int_equal(dir_wait_digest(dir, &d, 2, 0, 60000), -ECANCELED);
+        dir_stop_waits(NULL);
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
                 cmocka_unit_test(test_digest_wait),
+                cmocka_unit_test(test_digest_wait_stopped),
                 cmocka_unit_test(test_apply_and_locate),
                 cmocka_unit_test(test_holder_ttl_boundary),
                 cmocka_unit_test(test_empty_present),
