@@ -26,18 +26,17 @@
 
 #include "cache/store.h"
 #include "index/index.h"
+#include "util/chain.h"
 #include "util/digest.h"
 
 struct engine;
 
 /* A chunk fetch's completion. 0 and a malloc'd BUF of exactly the LEN asked for (ownership
- * passes to the engine), or a -errno and a REASON for people (-ECANCELED: shutting down). SHA,
- * when not NULL, is the sha256 of exactly BUF's LEN bytes, which the source computed to check
- * them: the engine records it instead of hashing the chunk again (one hash per chunk per
- * path). A source passes it only when it hashed these very bytes itself; NULL otherwise. It
+ * passes to the engine), or a -errno and a REASON for people (-ECANCELED: shutting down). CHK,
+ * when not NULL, says what the source checked the bytes against (above); NULL: nothing. It
  * may run on any thread, even inside the fetch call itself, and must not block. */
 typedef void (*engine_fetch_done_fn)(void *ctx, int err, const char *reason, uint8_t *buf,
-                                     size_t len, const struct digest *sha);
+                                     size_t len, const struct chunk_check *chk);
 
 /* How the engine reaches its sources: everything it asks of the network goes through this
  * table, so the engine itself knows no peer, registry or HTTP client. The daemon (fs/sources.c)
@@ -234,10 +233,15 @@ struct engine_blob_snapshot {
         uint32_t ndigests;
         uint32_t *sha_idx;  /* malloc'd */
         struct digest *sha; /* malloc'd */
+        /* Chain values (util/chain.h) of present chunks, never the last one's (the blob
+         * digest): CHAIN[i] is chunk CHAIN_IDX[i]'s, NCHAIN of them. */
+        uint32_t nchain;
+        uint32_t *chain_idx;  /* malloc'd */
+        struct digest *chain; /* malloc'd */
 };
 
 /* What this node holds of blob ID: metadata, the present bitmap and the recorded digests of
- * present chunks in [SHA_FROM, SHA_TO]. The caller owns the three arrays (free() each).
+ * present chunks in [SHA_FROM, SHA_TO]. The caller owns the five arrays (free() each); chain values over the same range.
  * 0 or -ENOENT / -ENOMEM. */
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
                     struct engine_blob_snapshot *ret);

@@ -227,8 +227,7 @@ struct completion {
         char reason[256];
         uint8_t *buf;
         size_t len;
-        bool has_sha; /* the source hashed BUF to check it: SHA is its digest */
-        struct digest sha;
+        struct chunk_check chk; /* what the source checked BUF against, if anything */
 };
 
 struct engine {

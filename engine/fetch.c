@@ -23,7 +23,7 @@
 #include "engine/engine_int.h"
 
 static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
-                       const struct digest *sha);
+                       const struct chunk_check *chk);
 
 /* Caller holds lock. Starts a fetch for chunk IDX of B unless one runs; returns it (NULL on
  * allocation failure). The caller calls eng_submit() for new ones after unlocking. */
@@ -89,7 +89,7 @@ void eng_submit(struct engine *e, struct inflight *f) {
 /* The source's thread (or eng_submit()'s, for a fetch refused at once): hand the result to a
  * worker. */
 static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
-                       const struct digest *sha) {
+                       const struct chunk_check *chk) {
         struct inflight *f = ud;
         struct engine *e = f->e;
         struct completion *c = calloc(1, sizeof(*c));
@@ -104,10 +104,8 @@ static void on_fetched(void *ud, int err, const char *reason, uint8_t *buf, size
         snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
         c->buf = buf;
         c->len = len;
-        if (err == 0 && sha) {
-                c->has_sha = true;
-                c->sha = *sha;
-        }
+        if (err == 0 && chk)
+                c->chk = *chk;
         pthread_mutex_lock(&e->cq_lock);
         *e->cq_tail = c;
         e->cq_tail = &c->next;
@@ -324,9 +322,9 @@ static void complete(struct engine *e, struct completion *c) {
         }
         if (err == 0) {
                 /* One hash per chunk: a source that checked the bytes hands us their digest. */
-                bool have_sha = c->has_sha;
+                bool have_sha = c->chk.has_sha;
                 if (have_sha)
-                        sha = c->sha;
+                        sha = c->chk.sha;
                 eng_lock(&e->lock);
                 bool must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
                 if (must_match && !have_sha) {

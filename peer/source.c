@@ -99,12 +99,12 @@ unsigned src_homes_of(struct source *s, const struct digest *d, char (*homes)[PE
 
 /* ---- finishing ------------------------------------------------------------------------------ */
 
-/* SHA: the digest of BUF the check just computed (the engine records it instead of hashing the
- * chunk a second time), or NULL. */
+/* CHK: what the check just computed over BUF (the engine takes it instead of hashing the chunk a
+ * second time), or NULL. */
 void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
-                  const struct digest *sha) {
+                  const struct chunk_check *chk) {
         struct job *f = j->run_next; /* only while J locates: it cannot succeed then */
-        j->done(j->ud, err, reason, buf, len, sha);
+        j->done(j->ud, err, reason, buf, len, chk);
         free(j->held);
         free(j);
         while (f) {

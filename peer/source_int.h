@@ -214,7 +214,7 @@ unsigned src_homes_of(struct source *s, const struct digest *d, char (*homes)[PE
 void src_distrust_add(struct source *s, const char *peer, const struct digest *blob);
 bool src_distrusted(const struct source *s, const char *peer, const struct digest *blob);
 void src_job_done(struct job *j, int err, const char *reason, uint8_t *buf, size_t len,
-                  const struct digest *sha);
+                  const struct chunk_check *chk);
 void src_stat_add(struct source *s, uint64_t *field, uint64_t n);
 void src_hand_to_origin(struct source *s, struct job *j);
 void src_to_origin(struct source *s, struct job *j);

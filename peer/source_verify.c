@@ -187,7 +187,8 @@ static void chunk_good(struct source *s, struct job *j, uint8_t *buf, const char
         s->stats.peer_bytes += j->len;
         s->stats.peer_chunks++;
         pthread_mutex_unlock(&s->lock);
-        src_job_done(j, 0, NULL, buf, j->len, got);
+        struct chunk_check chk = {.has_sha = true, .sha = *got};
+        src_job_done(j, 0, NULL, buf, j->len, &chk);
 }
 
 static void hash_drop(struct xfer *x) {

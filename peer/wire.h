@@ -92,6 +92,12 @@ struct wire_blob {
         uint32_t ndigests;
         uint32_t *sha_idx;
         struct digest *sha;
+        /* "chain":[[idx,"<hex>"], ...]: chain values (util/chain.h) of chunks CHAIN_IDX[i],
+         * NCHAIN of them, any subset but never the last chunk's (that one is the blob digest).
+         * Optional; older nodes ignore the key. */
+        uint32_t nchain;
+        uint32_t *chain_idx;
+        struct digest *chain;
         bool verified; /* the sender verified the whole blob: its digests are of those bytes */
 };
 
@@ -145,6 +151,13 @@ struct wire_locate {
          * meaningful where sha_known has the bit too (the builder ignores it elsewhere, the
          * parser refuses it). */
         uint8_t *sha_verified;
+        /* Chain values (util/chain.h), "chain":[[idx,"<hex>"], ...] and "chain_verified":
+         * [[a,b], ...] as for digests: CHAIN has nchunks entries, valid where CHAIN_KNOWN has
+         * the bit (never the last chunk); CHAIN_VERIFIED (may be NULL) within CHAIN_KNOWN. A
+         * home answering for chunk I includes chunk I - 1's value, the one I is checked from. */
+        struct digest *chain;
+        uint8_t *chain_known;
+        uint8_t *chain_verified;
         uint32_t nholders;
         struct wire_holder *holders; /* present holders first, then fetching ones */
         bool has_claim;

@@ -628,8 +628,8 @@ struct sync_wait {
 };
 
 static void sync_done(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
-                      const struct digest *sha) {
-        (void)sha;
+                      const struct chunk_check *chk) {
+        (void)chk;
         struct sync_wait *w = ud;
         free(buf);
         pthread_mutex_lock(&w->lock);

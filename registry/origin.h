@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/chain.h"
 #include "util/digest.h"
 
 struct origin;
@@ -42,7 +43,7 @@ struct origin_config {
  * -ECONNREFUSED / -EHOSTUNREACH: origin down; -EREMOTEIO: HTTP error; -EPROTO: bad answer).
  * It runs on the origin thread and must not block. */
 typedef void (*origin_done_fn)(void *ud, int err, const char *reason, uint8_t *buf, size_t len,
-                               const struct digest *sha);
+                               const struct chunk_check *chk);
 
 int origin_new(const struct origin_config *cfg, struct origin **ret);
 

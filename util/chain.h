@@ -47,3 +47,19 @@ void chain_finish(struct chain_hash *c, struct digest *ret);
  * WANT is the blob digest; otherwise WANT is the chain value where they end. */
 bool chain_check(const struct digest *prev, uint64_t off, const void *buf, size_t len, bool last,
                  const struct digest *want);
+
+/* What a source checked a chunk's bytes against, so that the engine does not hash them again
+ * (one hash per chunk per path, issue 15): it passes one to the engine with the bytes.
+ * HAS_SHA: SHA is the sha256 of exactly these bytes.
+ * HAS_CHAIN: the bytes hash from CHAIN_PREV, chunk IDX - 1's chain value (unused for chunk 0),
+ * to CHAIN, chunk IDX's chain value, which for the blob's last chunk is the blob digest
+ * (above); the engine takes that for a step of the blob's verification when the two
+ * values are the ones it has (or records them when it has none). A source says only what it
+ * computed over these very bytes. */
+struct chunk_check {
+        bool has_sha;
+        bool has_chain;
+        struct digest sha;
+        struct digest chain_prev;
+        struct digest chain;
+};

@@ -54,9 +54,8 @@ static void test_last_value_is_the_blob_digest(void **state) {
 static void test_each_chunk_checks_alone(void **state) {
         (void)state;
         for (unsigned i = NCHUNKS; i-- > 0;) /* any order */
-                assert_true(chain_check(prev_of(i), (uint64_t)i * CHUNK,
-                                        blob + (size_t)i * CHUNK, len_of(i), i + 1 == NCHUNKS,
-                                        &value[i]));
+                assert_true(chain_check(prev_of(i), (uint64_t)i * CHUNK, blob + (size_t)i * CHUNK,
+                                        len_of(i), i + 1 == NCHUNKS, &value[i]));
 }
 
 static void test_a_changed_byte_fails(void **state) {
@@ -66,8 +65,8 @@ static void test_a_changed_byte_fails(void **state) {
                 for (size_t at = 0; at < len_of(i); at += len_of(i) - 1) {
                         memcpy(copy, blob + (size_t)i * CHUNK, len_of(i));
                         copy[at] ^= 0x01;
-                        assert_false(chain_check(prev_of(i), (uint64_t)i * CHUNK, copy,
-                                                 len_of(i), i + 1 == NCHUNKS, &value[i]));
+                        assert_false(chain_check(prev_of(i), (uint64_t)i * CHUNK, copy, len_of(i),
+                                                 i + 1 == NCHUNKS, &value[i]));
                 }
         }
 }
