@@ -74,6 +74,97 @@ void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha) {
         b->sha_known[idx / 8] |= (uint8_t)(1u << (idx % 8));
 }
 
+bool eng_chain_of(const struct blob *b, uint32_t idx, struct digest *ret) {
+        if (idx + 1 == b->nchunks) {
+                *ret = b->digest;
+                return true;
+        }
+        if (!b->chain || idx >= b->nchunks || !bit_get(b->chain_known, idx))
+                return false;
+        *ret = b->chain[idx];
+        return true;
+}
+
+bool eng_chain_step_of(const struct blob *b, uint32_t idx, struct digest *ret_prev,
+                       struct digest *ret_want) {
+        if (idx >= b->nchunks || (idx > 0 && !eng_chain_of(b, idx - 1, ret_prev)))
+                return false;
+        return eng_chain_of(b, idx, ret_want);
+}
+
+bool eng_chain_step_agrees(const struct blob *b, uint32_t idx, const struct chunk_check *chk) {
+        struct digest prev, want;
+        return chk->has_chain && eng_chain_step_of(b, idx, &prev, &want) &&
+               (idx == 0 || digest_equal(&prev, &chk->chain_prev)) &&
+               digest_equal(&want, &chk->chain);
+}
+
+static bool chain_alloc(struct blob *b) {
+        if (b->chain)
+                return true;
+        size_t map = ((size_t)b->nchunks + 7) / 8 + 1;
+        b->chain = calloc(b->nchunks ? b->nchunks : 1, sizeof(*b->chain));
+        b->chain_known = calloc(map, 1);
+        b->linked = calloc(map, 1);
+        if (b->chain && b->chain_known && b->linked)
+                return true;
+        free(b->chain); /* the frontier then hashes every chunk, and peers check plain digests */
+        free(b->chain_known);
+        free(b->linked);
+        b->chain = NULL;
+        b->chain_known = b->linked = NULL;
+        return false;
+}
+
+bool eng_record_chain(struct blob *b, uint32_t idx, const struct digest *value, bool frontier,
+                      struct notes *ns) {
+        if (idx + 1 >= b->nchunks) /* the last chunk's value is the blob digest */
+                return idx + 1 == b->nchunks && digest_equal(value, &b->digest);
+        if (!chain_alloc(b))
+                return false;
+        if (bit_get(b->chain_known, idx)) {
+                if (digest_equal(&b->chain[idx], value))
+                        return true;
+                if (!frontier)
+                        return false;
+                bit_clear(b->linked, idx + 1); /* it was checked from the value we replace */
+        }
+        b->chain[idx] = *value;
+        bit_set(b->chain_known, idx);
+        if (ns)
+                eng_note(ns, NOTE_CHAIN, b, idx, false, value);
+        return true;
+}
+
+bool eng_take_chain_check(struct blob *b, uint32_t idx, const struct chunk_check *chk,
+                          struct notes *ns) {
+        if (!chk->has_chain || idx >= b->nchunks || !chain_alloc(b))
+                return false;
+        struct digest have;
+        /* Both ends must agree with what is recorded before either is recorded: a step from a
+         * value we disagree with proves nothing about our chain. */
+        if (idx > 0 && eng_chain_of(b, idx - 1, &have) && !digest_equal(&have, &chk->chain_prev))
+                return false;
+        if (eng_chain_of(b, idx, &have) && !digest_equal(&have, &chk->chain))
+                return false;
+        if (idx > 0 && !eng_record_chain(b, idx - 1, &chk->chain_prev, false, ns))
+                return false;
+        if (!eng_record_chain(b, idx, &chk->chain, false, ns))
+                return false;
+        bit_set(b->linked, idx);
+        return true;
+}
+
+void eng_forget_digests(struct blob *b) {
+        free(b->chunk_sha);
+        free(b->sha_known);
+        free(b->chain);
+        free(b->chain_known);
+        free(b->linked);
+        b->chunk_sha = b->chain = NULL;
+        b->sha_known = b->chain_known = b->linked = NULL;
+}
+
 /* Caller holds lock. Creates the in-memory blob. -ENOSPC at max_blobs. */
 int eng_insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
                     int64_t added_at, bool verified, struct blob **ret) {

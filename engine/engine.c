@@ -108,9 +108,8 @@ void engine_free(struct engine *e) {
                                 w = next;
                         }
                 }
-                EVP_MD_CTX_free(b->sha);
-                free(b->chunk_sha);
-                free(b->sha_known);
+                free(b->fr);
+                eng_forget_digests(b);
                 free(b->present);
                 free(b->unread);
                 free(b);

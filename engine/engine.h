@@ -137,6 +137,9 @@ struct engine_stats {
         /* the landed ring: bytes held now (copies under way included), the most ever, and
          * chunk parts served from it instead of the store */
         uint64_t landed_bytes, landed_peak_bytes, landed_hits;
+        /* the verification frontier: chunks it hashed, and chunks it passed without hashing
+         * because a source's chain check had covered them (util/chain.h) */
+        uint64_t frontier_hashed_chunks, frontier_linked_chunks;
 };
 
 /* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The
@@ -278,7 +281,8 @@ struct engine_verify_result {
         uint32_t unknown; /* no recorded digest to compare with */
 };
 
-/* Re-hashes the present chunks of blob D against the digests recorded when they arrived.
+/* Re-hashes the present chunks of blob D against the digests recorded when they arrived (or,
+ * for a chunk that has none, its chain step: util/chain.h).
  * Blocks on disk reads (the control thread, never the read path). 0, -ENOENT, -errno. */
 int engine_verify(struct engine *e, const struct digest *d, struct engine_verify_result *ret);
 

@@ -176,11 +176,22 @@ struct blob {
          * first chunk that lands, so a registered but unread blob costs nothing; kept when
          * chunks are evicted, so a refetch from a peer can still be checked. (lock) */
         struct digest *chunk_sha;
-        uint8_t *sha_known;        /* (lock) */
+        uint8_t *sha_known; /* (lock) */
+        /* Chain values (util/chain.h): chunk i's is the SHA-256 state after the blob's bytes
+         * [0, (i + 1) x chunk_size), recorded by the frontier when it hashes chunk i, or from
+         * a source's check (a home's values) before that. `linked` bit i: chunk i's bytes
+         * hashed from chain value i - 1 to chain value i as recorded here (to the blob
+         * digest for the last chunk): the frontier passes it without hashing it again.
+         * Allocated with the first value, freed with the digests. Only the frontier replaces
+         * a recorded value (its own pass over the bytes from the start is the truth), and
+         * then clears the links that rested on the old one. (lock) */
+        struct digest *chain;
+        uint8_t *chain_known;      /* (lock) */
+        uint8_t *linked;           /* (lock) */
         uint8_t *unread;           /* bitmap: brought in by readahead, not read yet (lock) */
         struct inflight *inflight; /* fetches of this blob's chunks (lock) */
         /* verification frontier */
-        EVP_MD_CTX *sha;          /* over chunks [0, hashed) (the worker that set `hashing`) */
+        struct chain_hash *fr;    /* over chunks [0, hashed) (the worker that set `hashing`) */
         uint32_t hashed;          /* (lock) */
         uint64_t hash_pins;       /* bit i: chunk hashed+i pinned, see eng_hash_pin() (lock) */
         bool hashing;             /* a worker is advancing the frontier (lock) */
@@ -310,13 +321,15 @@ static inline struct chunk_key key_of(const struct blob *b, uint32_t idx) {
         return (struct chunk_key){.blob = b->id, .idx = idx};
 }
 
-enum idx_note_kind { NOTE_ABSENT, NOTE_PRESENT, NOTE_VERIFIED, NOTE_FORGET };
+/* NOTE_CHAIN: chunk IDX's chain value is SHA (the chunk need not be present). */
+enum idx_note_kind { NOTE_ABSENT, NOTE_PRESENT, NOTE_VERIFIED, NOTE_FORGET, NOTE_CHAIN };
 
 struct idx_note {
         enum idx_note_kind kind;
         struct digest blob;
         uint32_t idx;
         bool flag;
+        bool has_sha;
         struct digest sha;
 };
 
@@ -355,6 +368,27 @@ bool eng_serve_in_order(struct blob *b, uint32_t first, uint32_t last);
 void eng_blob_info(const struct blob *b, struct engine_blob_info *ret);
 void eng_changed(struct engine *e, const struct blob *b, uint32_t idx);
 void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha);
+/* Caller holds lock. Chain values of B (util/chain.h). eng_chain_of: chunk IDX's value, into
+ * *RET, when known; the last chunk's is the blob digest. eng_record_chain: records VALUE for
+ * chunk IDX < nchunks - 1; FRONTIER: it is the frontier's own (replaces a different one and
+ * drops the link of IDX + 1 that rested on it); otherwise kept only where none is recorded.
+ * A new value goes on NS for the index (NULL: it came from there).
+ * Returns whether the recorded value is VALUE afterwards. eng_take_chain_check: a source
+ * checked chunk IDX by CHK's chain step: links it when the step's values agree with B's
+ * (recording those B lacks); whether it did. eng_forget_digests: frees plain digests and chain
+ * values both. */
+bool eng_chain_of(const struct blob *b, uint32_t idx, struct digest *ret);
+bool eng_record_chain(struct blob *b, uint32_t idx, const struct digest *value, bool frontier,
+                      struct notes *ns);
+bool eng_take_chain_check(struct blob *b, uint32_t idx, const struct chunk_check *chk,
+                          struct notes *ns);
+void eng_forget_digests(struct blob *b);
+/* Caller holds lock. eng_chain_step_of: the values chunk IDX of B is checked from and to
+ * (*RET_PREV unused for chunk 0), when both are known. eng_chain_step_agrees: CHK is a chain
+ * step with exactly those values. Neither records anything. */
+bool eng_chain_step_of(const struct blob *b, uint32_t idx, struct digest *ret_prev,
+                       struct digest *ret_want);
+bool eng_chain_step_agrees(const struct blob *b, uint32_t idx, const struct chunk_check *chk);
 int eng_insert_blob(struct engine *e, const struct digest *d, uint64_t size, const char *source,
                     int64_t added_at, bool verified, struct blob **ret);
 

@@ -297,6 +297,20 @@ static struct pending *take_early(struct blob *b, struct inflight *f) {
         return early;
 }
 
+/* Caller holds lock. Whether bytes a source checked by CHK, and that hash to SHA when HAVE_SHA,
+ * may land as chunk IDX of verified blob B: by its chain values when it has them, else by its
+ * plain digest; with neither recorded (a blob verified before chain values, its chunk's digest
+ * lost), as they always could. */
+static bool verified_lands(const struct blob *b, uint32_t idx, const struct chunk_check *chk,
+                           bool have_sha, const struct digest *sha) {
+        struct digest prev, want;
+        if (eng_chain_step_of(b, idx, &prev, &want))
+                return eng_chain_step_agrees(b, idx, chk);
+        if (b->sha_known && bit_get(b->sha_known, idx))
+                return have_sha && digest_equal(&b->chunk_sha[idx], sha);
+        return true;
+}
+
 static void complete(struct engine *e, struct completion *c) {
         struct inflight *f = c->fl;
         struct blob *b = f->blob;
@@ -320,14 +334,34 @@ static void complete(struct engine *e, struct completion *c) {
                                  "the blob was discarded while the chunk was on the way");
                 }
         }
+        bool have_sha = false, chain_ok = false;
         if (err == 0) {
-                /* One hash per chunk: a source that checked the bytes hands us their digest. */
-                bool have_sha = c->chk.has_sha;
+                /* One hash per chunk: a source that checked the bytes hands us what it
+                 * computed, a sha256 or a chain step (util/chain.h). */
+                have_sha = c->chk.has_sha;
                 if (have_sha)
                         sha = c->chk.sha;
                 eng_lock(&e->lock);
-                bool must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
-                if (must_match && !have_sha) {
+                /* A verified blob lands only the bytes it verified with: checked against its
+                 * chain values (the source's step agrees with them, or we take the step), or
+                 * else its plain digest. */
+                struct digest prev, want;
+                bool verified = b->verified;
+                chain_ok = verified && eng_chain_step_agrees(b, idx, &c->chk);
+                bool must_chain = verified && !chain_ok && eng_chain_step_of(b, idx, &prev, &want);
+                bool must_match = verified && !chain_ok && !must_chain && b->sha_known &&
+                                  bit_get(b->sha_known, idx);
+                if (must_chain) {
+                        eng_unlock(&e->lock);
+                        chain_ok = chain_check(idx ? &prev : NULL, chunk_off(e, idx), c->buf,
+                                               c->len, idx + 1 == b->nchunks, &want);
+                        eng_lock(&e->lock);
+                        if (!chain_ok) {
+                                err = -EIO;
+                                snprintf(c->reason, sizeof(c->reason),
+                                         "chunk differs from the one the blob verified with");
+                        }
+                } else if (must_match && !have_sha) {
                         eng_unlock(&e->lock);
                         digest_sha256(c->buf, c->len, &sha);
                         have_sha = true;
@@ -341,11 +375,17 @@ static void complete(struct engine *e, struct completion *c) {
                  * until the chunk is present, and we run the frontier ourselves afterwards.
                  * While another worker holds it, nobody is answered early. */
                 struct pending *early = NULL;
-                if ((!must_match || digest_equal(&b->chunk_sha[idx], &sha)) && !b->hashing) {
+                if (err == 0 && (!must_match || digest_equal(&b->chunk_sha[idx], &sha)) &&
+                    !b->hashing) {
                         early = take_early(b, f);
                         if (early)
                                 b->hashing = own_hash = true;
                 }
+                /* The frontier stands at this chunk and nobody holds it: it hashes these
+                 * bytes next, from this completion or the worker that takes it, and records
+                 * their chain value then; a plain sha256 as well would be a second hash. A
+                 * chunk out of order gets its plain digest now, for peers to check it by. */
+                bool frontier_next = !b->verified && b->hashed == idx && (own_hash || !b->hashing);
                 eng_unlock(&e->lock);
                 /* The bytes passed every check a chunk gets before it is served (the peer
                  * check in the source, the verified digest above; origin bytes are checked by
@@ -357,12 +397,16 @@ static void complete(struct engine *e, struct completion *c) {
                         eng_answer(e, early, c->buf, idx);
                         early = next;
                 }
-                if (!have_sha)
+                if (err == 0 && !have_sha && !c->chk.has_chain && !frontier_next) {
                         digest_sha256(c->buf, c->len, &sha);
-                err = eng_write_chunk(e, b, idx, c->buf, c->len);
-                if (err < 0) {
-                        snprintf(c->reason, sizeof(c->reason), "store write failed: %s",
-                                 strerror(-err));
+                        have_sha = true;
+                }
+                if (err == 0) {
+                        err = eng_write_chunk(e, b, idx, c->buf, c->len);
+                        if (err < 0) {
+                                snprintf(c->reason, sizeof(c->reason), "store write failed: %s",
+                                         strerror(-err));
+                        }
                 }
         }
 
@@ -375,8 +419,8 @@ static void complete(struct engine *e, struct completion *c) {
          * on the way (another chunk failed the blob) leaves these bytes out of the new
          * generation, and its readers hear EIO as the discard's own readers do. */
         uint64_t gen = f->gen;
-        if (err == 0 && b->verified && b->sha_known && bit_get(b->sha_known, idx) &&
-            !digest_equal(&b->chunk_sha[idx], &sha)) {
+        if (err == 0 && b->verified && !chain_ok &&
+            !verified_lands(b, idx, &c->chk, have_sha, &sha)) {
                 /* A refetch of a verified blob's chunk that is not the bytes that verified:
                  * never served, and never recorded (we announce these digests as verified). */
                 err = -EIO;
@@ -392,8 +436,14 @@ static void complete(struct engine *e, struct completion *c) {
                 b->npresent++;
                 b->fetched_bytes += c->len;
                 ring = eng_landed_insert(e, b, idx, c->buf, c->len, lb, &dead);
-                eng_record_sha(b, idx, &sha);
-                eng_note(&ns, NOTE_PRESENT, b, idx, false, &sha);
+                if (have_sha)
+                        eng_record_sha(b, idx, &sha);
+                /* Linked: a step of the blob's verification, done. Set (or cleared) with the
+                 * present bit, so it always speaks of the bytes that are here, and against the
+                 * values recorded now (the frontier may have replaced one meanwhile). */
+                if (!eng_take_chain_check(b, idx, &c->chk, &ns) && b->linked)
+                        bit_clear(b->linked, idx);
+                eng_note(&ns, NOTE_PRESENT, b, idx, false, have_sha ? &sha : NULL);
                 eng_changed(e, b, idx);
                 pthread_cond_broadcast(&e->landed_cond);
                 if (was_prefetch) /* wanted whole: let it graduate to main, don't pin it */

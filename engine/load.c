@@ -41,12 +41,17 @@ static int load_blob(void *ud, const struct idx_blob *ib) {
 }
 
 static int load_chunk(void *ud, const struct digest *d, uint32_t idx, bool present,
-                      const struct digest *sha) {
+                      const struct digest *sha, const struct digest *chain) {
         struct load_ctx *lc = ud;
         struct engine *e = lc->e;
         ASSERT_HELD(&e->lock);
         struct blob *b = eng_find_blob(e, d);
-        if (!b || idx >= b->nchunks || !present || bit_get(b->present, idx))
+        if (!b || idx >= b->nchunks)
+                return 0;
+        /* A verified blob's chain values, present or not: a refetch is checked by them. */
+        if (chain)
+                eng_record_chain(b, idx, chain, false, NULL); /* it came from the index */
+        if (!present || bit_get(b->present, idx))
                 return 0;
         if (store_probe(e->store, d, chunk_off(e, idx), chunk_len(e, b, idx)) < 0) {
                 lc->lost++;

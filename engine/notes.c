@@ -27,6 +27,7 @@ void eng_note(struct notes *ns, enum idx_note_kind k, const struct blob *b, uint
         n->blob = b->digest;
         n->idx = idx;
         n->flag = flag;
+        n->has_sha = sha != NULL;
         if (sha)
                 n->sha = *sha;
 }
@@ -40,7 +41,10 @@ void eng_notes_flush(struct engine *e, struct notes *ns) {
                         idx_chunk_absent(e->ix, &n->blob, n->idx);
                         break;
                 case NOTE_PRESENT:
-                        idx_chunk_present(e->ix, &n->blob, n->idx, &n->sha);
+                        idx_chunk_present(e->ix, &n->blob, n->idx, n->has_sha ? &n->sha : NULL);
+                        break;
+                case NOTE_CHAIN:
+                        idx_chunk_chain(e->ix, &n->blob, n->idx, &n->sha);
                         break;
                 case NOTE_VERIFIED:
                         idx_blob_verified(e->ix, &n->blob, n->flag);

@@ -22,10 +22,7 @@ static void forget_shas(struct engine *e, struct blob *b, struct notes *ns) {
         if (b->npresent)
                 return;
         store_release(e->store, &b->digest); /* nothing left to read: close its descriptors */
-        free(b->chunk_sha);
-        free(b->sha_known);
-        b->chunk_sha = NULL;
-        b->sha_known = NULL;
+        eng_forget_digests(b);
         if (b->verified) {
                 b->verified = false;
                 e->st.blobs_verified--;

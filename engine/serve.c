@@ -125,12 +125,15 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         }
         struct blob *b = e->blobs[id];
         size_t map_len = ((size_t)b->nchunks + 7) / 8 + 1;
-        uint32_t ndig = 0;
+        uint32_t ndig = 0, nchain = 0;
         if (sha_to >= b->nchunks)
                 sha_to = b->nchunks ? b->nchunks - 1 : 0;
         if (b->sha_known && b->nchunks)
                 for (uint32_t i = sha_from; i <= sha_to; i++)
                         ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
+        if (b->chain_known && b->nchunks) /* the last chunk's is the blob digest: not sent */
+                for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
+                        nchain += bit_get(b->present, i) && bit_get(b->chain_known, i);
         struct engine_blob_snapshot w = {.digest = b->digest,
                                          .size = b->size,
                                          .nchunks = b->nchunks,
@@ -139,11 +142,15 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         w.present = malloc(map_len);
         w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));
         w.sha = malloc((ndig ? ndig : 1) * sizeof(*w.sha));
-        if (!w.present || !w.sha_idx || !w.sha) {
+        w.chain_idx = malloc((nchain ? nchain : 1) * sizeof(*w.chain_idx));
+        w.chain = malloc((nchain ? nchain : 1) * sizeof(*w.chain));
+        if (!w.present || !w.sha_idx || !w.sha || !w.chain_idx || !w.chain) {
                 eng_unlock(&e->lock);
                 free(w.present);
                 free(w.sha_idx);
                 free(w.sha);
+                free(w.chain_idx);
+                free(w.chain);
                 return -ENOMEM;
         }
         memcpy(w.present, b->present, map_len);
@@ -152,6 +159,12 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
                         if (bit_get(b->present, i) && bit_get(b->sha_known, i)) {
                                 w.sha_idx[w.ndigests] = i;
                                 w.sha[w.ndigests++] = b->chunk_sha[i];
+                        }
+        if (nchain)
+                for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
+                        if (bit_get(b->present, i) && bit_get(b->chain_known, i)) {
+                                w.chain_idx[w.nchain] = i;
+                                w.chain[w.nchain++] = b->chain[i];
                         }
         eng_unlock(&e->lock);
         *ret = w;

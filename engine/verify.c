@@ -27,11 +27,9 @@ static void discard_blob(struct engine *e, struct blob *b, struct notes *ns) {
                 }
         b->npresent = 0;
         b->generation++;
-        /* The recorded chunk digests described bytes that failed the whole-blob check. */
-        free(b->chunk_sha);
-        free(b->sha_known);
-        b->chunk_sha = NULL;
-        b->sha_known = NULL;
+        /* The recorded chunk digests and chain values described bytes that failed the
+         * whole-blob check. */
+        eng_forget_digests(b);
         eng_changed(e, b, UINT32_MAX);
         eng_note(ns, NOTE_FORGET, b, 0, false, NULL);
         store_remove(e->store, &b->digest);
@@ -100,19 +98,46 @@ void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending 
 }
 
 /* Advances B's verification frontier through present chunks, starting with FRESH (chunk
- * FRESH_IDX's bytes) when it is the next one. Runs without lock; b->hashing is ours. Returns
- * true when the blob turned out corrupt. */
+ * FRESH_IDX's bytes) when it is the next one. A linked chunk (a source checked it by a chain
+ * step that agrees with B's chain values) is passed without reading or hashing it: the
+ * frontier's hash resumes from its chain value. Any other chunk is hashed, and where it ends
+ * the frontier records its chain value (announced, so readers check it with one hash too).
+ * Runs without lock; b->hashing is ours. Returns true when the blob turned out corrupt. */
 bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh,
                           uint32_t fresh_idx) {
         ASSERT_NOT_HELD(&e->lock);
         uint8_t *tmp = NULL;
-        bool corrupt = false;
+        bool corrupt = false, done = false;
+        struct digest got;
         eng_lock(&e->lock);
         uint64_t gen = b->generation;
         for (;;) {
                 uint32_t i = b->hashed;
                 if (i >= b->nchunks || !bit_get(b->present, i) || b->generation != gen)
                         break;
+                bool last = i + 1 == b->nchunks;
+                if (!b->fr) {
+                        b->fr = malloc(sizeof(*b->fr));
+                        if (!b->fr)
+                                break; /* try again when the next chunk lands */
+                        chain_begin(b->fr, NULL, 0);
+                }
+                if (b->linked && bit_get(b->linked, i)) {
+                        /* The step from value i - 1 (where the hash stands: the frontier
+                         * recorded it, or passed it from it) to value i was checked. */
+                        e->st.frontier_linked_chunks++;
+                        if (last) {
+                                got = b->digest;
+                                done = true;
+                        } else {
+                                chain_begin(b->fr, &b->chain[i], chunk_off(e, i + 1));
+                        }
+                        eng_landed_hashed(e, b, i);
+                        eng_hash_pin_advance(e, b);
+                        if (done)
+                                break;
+                        continue;
+                }
                 bool from_fresh = fresh && i == fresh_idx;
                 if (!from_fresh)
                         policy_pin(e->policy, key_of(b, i));
@@ -133,13 +158,11 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                         data = tmp;
                 }
                 if (r == 0) {
-                        if (!b->sha) {
-                                b->sha = EVP_MD_CTX_new();
-                                if (!b->sha || !EVP_DigestInit_ex(b->sha, EVP_sha256(), NULL))
-                                        r = -ENOMEM;
-                        }
-                        if (r == 0)
-                                EVP_DigestUpdate(b->sha, data, n);
+                        chain_add(b->fr, data, n);
+                        if (last)
+                                chain_finish(b->fr, &got);
+                        else
+                                chain_value(b->fr, &got);
                 }
                 eng_landed_put(e, lb);
                 if (r == 0)
@@ -159,14 +182,26 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                 }
                 if (r < 0)
                         break; /* try again when the next chunk lands */
+                e->st.frontier_hashed_chunks++;
+                if (!last && b->generation == gen) {
+                        struct notes ns = {0};
+                        eng_record_chain(b, i, &got, true, &ns);
+                        if (ns.n) { /* a new value: announce it, and keep it */
+                                eng_changed(e, b, i);
+                                eng_unlock(&e->lock);
+                                eng_notes_flush(e, &ns);
+                                eng_lock(&e->lock);
+                        }
+                }
                 eng_hash_pin_advance(e, b);
+                if (last) {
+                        done = true;
+                        break;
+                }
         }
-        if (b->hashed == b->nchunks && b->generation == gen && b->sha) {
-                struct digest got;
-                unsigned int dl = 0;
-                EVP_DigestFinal_ex(b->sha, got.bytes, &dl);
-                EVP_MD_CTX_free(b->sha);
-                b->sha = NULL;
+        if (done && b->hashed == b->nchunks && b->generation == gen) {
+                free(b->fr);
+                b->fr = NULL;
                 b->hashed = 0; /* every hash pin was released on the way */
                 struct notes ns = {0};
                 if (digest_equal(&got, &b->digest)) {
@@ -229,6 +264,9 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                 struct notes ns = {0};
                 eng_lock(&e->lock);
                 bool present = bit_get(b->present, i) && policy_pin(e->policy, key_of(b, i)) == 0;
+                /* A chunk with no plain digest is checked by its chain step, when known. */
+                struct digest prev, step;
+                bool by_chain = present && !known[i] && eng_chain_step_of(b, i, &prev, &step);
                 eng_unlock(&e->lock);
                 if (!present)
                         continue;
@@ -240,6 +278,10 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                 if (rr == 0 && known[i]) {
                         digest_sha256(buf, len, &got);
                         bad = !digest_equal(&got, &want[i]);
+                } else if (rr == 0 && by_chain) {
+                        bad = !chain_check(i ? &prev : NULL, chunk_off(e, i), buf, len, i + 1 == n,
+                                           &step);
+                        known[i] = true;
                 }
                 eng_lock(&e->lock);
                 policy_unpin(e->policy, key_of(b, i));

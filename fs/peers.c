@@ -233,6 +233,8 @@ static int ops_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struc
                                   .ndigests = s.ndigests,
                                   .sha_idx = s.sha_idx,
                                   .sha = s.sha};
+        free(s.chain_idx); /* not sent yet: the announce's "chain" is built by the next change */
+        free(s.chain);
         _Static_assert(sizeof(ret->source) == sizeof(s.source), "source fields differ");
         memcpy(ret->source, s.source, sizeof(ret->source));
         return 0;

@@ -110,6 +110,16 @@ static const struct stat_def stats[] = {
         {"", "blobs_verified", "blobs_verified", NULL, GAUGE,
          "Blobs verified against their digest.", F(es.blobs_verified), false},
         {"", "blobs_complete", NULL, NULL, GAUGE, NULL, F(es.blobs_complete), false},
+        {"verify", "frontier_hashed_chunks", "verify_frontier_chunks_total", "how=\"hashed\"",
+         COUNTER,
+         "Chunks the whole-blob verification passed: hashed, or linked (checked by a "
+         "chain step on arrival, not hashed again).",
+         F(es.frontier_hashed_chunks), false},
+        {"verify", "frontier_linked_chunks", "verify_frontier_chunks_total", "how=\"linked\"",
+         COUNTER,
+         "Chunks the whole-blob verification passed: hashed, or linked (checked by a "
+         "chain step on arrival, not hashed again).",
+         F(es.frontier_linked_chunks), false},
         {"", "blobs_partial", NULL, NULL, GAUGE, NULL, F(es.blobs_partial), false},
         {"", "blobs_pinned", NULL, NULL, GAUGE, NULL, F(es.blobs_pinned), false},
 

@@ -71,16 +71,19 @@ void idx_close(struct index *ix);
 int idx_for_each_blob(struct index *ix, int (*fn)(void *ud, const struct idx_blob *b), void *ud);
 
 /* Calls FN for every recorded chunk (present or not), ordered by blob then index. SHA is NULL
- * when the chunk's digest is not known. */
+ * when the chunk's digest is not known, CHAIN when its chain value is not. */
 int idx_for_each_chunk(struct index *ix,
                        int (*fn)(void *ud, const struct digest *blob, uint32_t idx, bool present,
-                                 const struct digest *sha),
+                                 const struct digest *sha, const struct digest *chain),
                        void *ud);
 
 /* Queued writes. Applied in order. */
 void idx_put_blob(struct index *ix, const struct idx_blob *b);
 void idx_chunk_present(struct index *ix, const struct digest *blob, uint32_t idx,
                        const struct digest *sha);
+/* Records chunk IDX's chain value (util/chain.h), with or without its bytes. */
+void idx_chunk_chain(struct index *ix, const struct digest *blob, uint32_t idx,
+                     const struct digest *chain);
 void idx_chunk_absent(struct index *ix, const struct digest *blob, uint32_t idx);
 /* Forgets every chunk of BLOB, digests included (the blob failed verification). */
 void idx_blob_forget_chunks(struct index *ix, const struct digest *blob);

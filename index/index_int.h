@@ -22,6 +22,7 @@
 enum op_kind {
         OP_PUT_BLOB,
         OP_CHUNK_PRESENT,
+        OP_CHUNK_CHAIN,
         OP_CHUNK_ABSENT,
         OP_FORGET_CHUNKS,
         OP_VERIFIED,
@@ -56,6 +57,7 @@ struct op {
 enum stmt_id {
         ST_PUT_BLOB,
         ST_CHUNK_PRESENT,
+        ST_CHUNK_CHAIN,
         ST_CHUNK_ABSENT,
         ST_FORGET_CHUNKS,
         ST_VERIFIED,

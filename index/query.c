@@ -82,20 +82,21 @@ out_unlock:
 
 int idx_for_each_chunk(struct index *ix,
                        int (*fn)(void *ud, const struct digest *blob, uint32_t idx, bool present,
-                                 const struct digest *sha),
+                                 const struct digest *sha, const struct digest *chain),
                        void *ud) {
         pthread_mutex_lock(&ix->rlock);
         sqlite3_stmt *st;
         int r = 0;
         if (sqlite3_prepare_v2(ix->rdb,
-                               "SELECT blob, idx, present, sha256 FROM chunks ORDER BY blob, idx",
+                               "SELECT blob, idx, present, sha256, chain FROM chunks "
+                               "ORDER BY blob, idx",
                                -1, &st, NULL) != SQLITE_OK) {
                 r = ix_db_error(ix->rdb, "list chunks");
                 goto out_unlock;
         }
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-                struct digest blob, sha;
+                struct digest blob, sha, chain;
                 const unsigned char *hex = sqlite3_column_text(st, 0);
                 if (!hex ||
                     digest_from_hex((const char *)hex, strlen((const char *)hex), &blob) < 0)
@@ -106,8 +107,11 @@ int idx_for_each_chunk(struct index *ix,
                 bool has_sha = sqlite3_column_bytes(st, 3) == DIGEST_LEN;
                 if (has_sha)
                         memcpy(sha.bytes, sqlite3_column_blob(st, 3), DIGEST_LEN);
+                bool has_chain = sqlite3_column_bytes(st, 4) == DIGEST_LEN;
+                if (has_chain)
+                        memcpy(chain.bytes, sqlite3_column_blob(st, 4), DIGEST_LEN);
                 r = fn(ud, &blob, (uint32_t)idx, sqlite3_column_int(st, 2) != 0,
-                       has_sha ? &sha : NULL);
+                       has_sha ? &sha : NULL, has_chain ? &chain : NULL);
                 if (r < 0)
                         break;
         }

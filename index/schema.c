@@ -4,6 +4,7 @@
  * Schema (migration 1):
  *   blobs(digest hex PK, size, chunk_size, source, media_type, verified, added_at)
  *   chunks(blob, idx, present, sha256)   -- a row per chunk ever fetched
+ * Migration 8 adds chunks.chain, the chunk's chain value (util/chain.h).
  * Migration 5 adds layers (index/layers.c: image layers and the digests of their indexes).
  * Migration 3 adds peers (the membership's last snapshot, replaced whole) and locations (which
  * peer holds which chunks of a blob, as a bitmap, until an expiry: soft state from announces).
@@ -88,6 +89,8 @@ static const char *const migrations[] = {
         "  ref TEXT NOT NULL);",
         /* 7: a failed layer's -errno, so a start retries transient failures (0: unknown) */
         "ALTER TABLE layers ADD COLUMN error_code INTEGER NOT NULL DEFAULT 0;",
+        /* 8: chunks' chain values (util/chain.h), so a verified blob's survive a restart */
+        "ALTER TABLE chunks ADD COLUMN chain BLOB;",
 };
 
 const int ix_n_migrations = (int)(sizeof(migrations) / sizeof(migrations[0]));

@@ -29,6 +29,9 @@ static const char *const stmt_sql[ST_MAX] = {
                 "INSERT INTO chunks (blob, idx, present, sha256) VALUES (?1, ?2, 1, ?3) "
                 "ON CONFLICT(blob, idx) DO UPDATE SET present = 1, "
                 "sha256 = COALESCE(excluded.sha256, sha256)",
+        /* A chain value may come before its chunk (the value a neighbour is checked from). */
+        [ST_CHUNK_CHAIN] = "INSERT INTO chunks (blob, idx, present, chain) VALUES (?1, ?2, 0, ?3) "
+                           "ON CONFLICT(blob, idx) DO UPDATE SET chain = excluded.chain",
         [ST_CHUNK_ABSENT] = "UPDATE chunks SET present = 0 WHERE blob = ?1 AND idx = ?2",
         [ST_FORGET_CHUNKS] = "DELETE FROM chunks WHERE blob = ?1",
         [ST_VERIFIED] = "UPDATE blobs SET verified = ?2 WHERE digest = ?1",
@@ -104,6 +107,12 @@ static int apply(struct index *ix, const struct op *op) {
                         sqlite3_bind_blob(st, 3, op->sha.bytes, DIGEST_LEN, SQLITE_STATIC);
                 else
                         sqlite3_bind_null(st, 3);
+                break;
+        case OP_CHUNK_CHAIN:
+                st = ix->stmt[ST_CHUNK_CHAIN];
+                ix_bind_digest_hex(st, 1, &op->blob);
+                sqlite3_bind_int64(st, 2, op->idx);
+                sqlite3_bind_blob(st, 3, op->sha.bytes, DIGEST_LEN, SQLITE_STATIC);
                 break;
         case OP_CHUNK_ABSENT:
                 st = ix->stmt[ST_CHUNK_ABSENT];
@@ -249,6 +258,13 @@ void idx_chunk_present(struct index *ix, const struct digest *blob, uint32_t idx
                 .kind = OP_CHUNK_PRESENT, .blob = *blob, .idx = idx, .has_sha = sha != NULL};
         if (sha)
                 op.sha = *sha;
+        push(ix, &op);
+}
+
+void idx_chunk_chain(struct index *ix, const struct digest *blob, uint32_t idx,
+                     const struct digest *chain) {
+        struct op op = {
+                .kind = OP_CHUNK_CHAIN, .blob = *blob, .idx = idx, .has_sha = true, .sha = *chain};
         push(ix, &op);
 }
 

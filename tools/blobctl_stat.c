@@ -111,7 +111,8 @@ static int offline_blob(void *ud, const struct idx_blob *b) {
 }
 
 static int offline_chunk(void *ud, const struct digest *blob, uint32_t idx, bool present,
-                         const struct digest *sha) {
+                         const struct digest *sha, const struct digest *chain) {
+        (void)chain;
         (void)idx;
         (void)sha;
         struct offline *off = ud;

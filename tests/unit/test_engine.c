@@ -108,6 +108,11 @@ struct fake {
         unsigned nruns, run_len_max;
         uint32_t last_run_first, last_run_len;
         int fail_idx; /* this chunk fails (once) with -EIO when completed; -1: none */
+        /* Each chunk comes with a chain step (util/chain.h), as a peer source checked by a
+         * home's chain values sends it: from the true value before the chunk to the value
+         * after the bytes sent. A corrupt chunk then comes with a consistent lie (a home
+         * that vouches for the corrupt bytes). */
+        bool chain_steps;
 };
 
 static int fake_blob_of(struct fake *fk, const struct digest *d) {
@@ -136,7 +141,19 @@ static void fake_finish(struct fake *fk, struct fake_fetch *ff, int err) {
                 memcpy(buf, fb->data + ff->off, ff->len);
                 if ((int)ff->idx == fb->corrupt_chunk)
                         buf[ff->len / 2] ^= 0x5a;
-                ff->done(ff->ctx, 0, NULL, buf, ff->len, NULL);
+                struct chunk_check chk = {.has_chain = true};
+                if (fk->chain_steps) {
+                        struct chain_hash h;
+                        chain_begin(&h, NULL, 0);
+                        chain_add(&h, fb->data, ff->off);
+                        chain_value(&h, &chk.chain_prev);
+                        chain_add(&h, buf, ff->len);
+                        if (ff->off + ff->len == fb->size)
+                                chain_finish(&h, &chk.chain);
+                        else
+                                chain_value(&h, &chk.chain);
+                }
+                ff->done(ff->ctx, 0, NULL, buf, ff->len, fk->chain_steps ? &chk : NULL);
         }
         free(ff);
 }
@@ -1811,6 +1828,113 @@ static void test_evicted_verified_blob_is_checked_again(void **state) {
         assert_true(stats_of(fx).verify_failures >= 1);
 }
 
+/* Chunks a source checked by chain steps (util/chain.h) are each one step of the blob's
+ * verification: the frontier passes them without hashing any, and the blob verifies. */
+static void test_chain_steps_verify_without_rehash(void **state) {
+        struct fixture *fx = *state;
+        fx->fk.chain_steps = true;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS + 100, -1, &id);
+        struct reply r;
+        for (uint64_t off = 0; off < 4 * CS + 100; off += MAX_READ) {
+                read_wait(fx, fb, id, off, MAX_READ, NULL, &r);
+                assert_int_equal(r.err, 0);
+                assert_true(r.match);
+        }
+        assert_true(wait_idle(fx));
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+        struct engine_stats st = stats_of(fx);
+        assert_int_equal(st.frontier_linked_chunks, 5);
+        assert_int_equal(st.frontier_hashed_chunks, 0);
+}
+
+/* A home that vouches for corrupt bytes (a chain step computed over them) gets them served
+ * to a partial read, as a lying home's plain digest would; but the chain they leave does
+ * not end at the blob digest: the blob fails its verification, nothing of it verified. */
+static void test_chain_step_liar_fails_the_blob(void **state) {
+        struct fixture *fx = *state;
+        fx->fk.chain_steps = true;
+        start(fx, FAKE_ON_DEMAND);
+        for (int bad = 0; bad < 4; bad++) { /* the first chunk, middle ones, the last */
+                uint32_t id;
+                int fb = add_blob(fx, 4 * CS, bad, &id);
+                struct reply r;
+                read_wait(fx, fb, id, 0, 4 * CS, NULL, &r);
+                assert_true(r.err != 0 || !r.match);
+                assert_true(wait_idle(fx));
+                struct engine_blob_info info;
+                assert_int_equal(engine_get(fx->e, id, &info), 0);
+                assert_false(info.verified);
+                assert_int_equal(stats_of(fx).verify_failures, (uint64_t)bad + 1);
+        }
+        assert_int_equal(stats_of(fx).blobs_verified, 0);
+}
+
+struct chain_rows {
+        const struct digest *blob;
+        struct digest value[8];
+        unsigned n;
+};
+
+static int collect_chain(void *ud, const struct digest *blob, uint32_t idx, bool present,
+                         const struct digest *sha, const struct digest *chain) {
+        struct chain_rows *c = ud;
+        (void)present;
+        (void)sha;
+        if (digest_equal(blob, c->blob) && chain && idx < 8) {
+                c->value[idx] = *chain;
+                c->n++;
+        }
+        return 0;
+}
+
+/* Origin bytes (no check from the source) read in order: the frontier hashes each chunk once
+ * and records its chain value, in memory (the announce snapshot) and in the index; the last
+ * chunk's value, the blob digest, is neither sent nor stored. */
+static void test_frontier_records_chain_values(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, 0, 4 * CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        struct engine_stats st = stats_of(fx);
+        assert_int_equal(st.frontier_hashed_chunks, 4);
+        assert_int_equal(st.frontier_linked_chunks, 0);
+
+        struct digest want[3];
+        struct chain_hash h;
+        chain_begin(&h, NULL, 0);
+        for (int i = 0; i < 3; i++) {
+                chain_add(&h, fx->fk.blobs[fb].data + (size_t)i * CS, CS);
+                chain_value(&h, &want[i]);
+        }
+        struct engine_blob_snapshot s;
+        assert_int_equal(engine_snapshot(fx->e, id, 0, 3, &s), 0);
+        assert_int_equal(s.nchain, 3);
+        for (unsigned i = 0; i < 3; i++) {
+                assert_int_equal(s.chain_idx[i], i);
+                assert_true(digest_equal(&s.chain[i], &want[i]));
+        }
+        free(s.present);
+        free(s.sha_idx);
+        free(s.sha);
+        free(s.chain_idx);
+        free(s.chain);
+
+        struct chain_rows rows = {.blob = &fx->fk.blobs[fb].d};
+        assert_int_equal(idx_flush(fx->ix), 0);
+        assert_int_equal(idx_for_each_chunk(fx->ix, collect_chain, &rows), 0);
+        assert_int_equal(rows.n, 3);
+        for (int i = 0; i < 3; i++)
+                assert_true(digest_equal(&rows.value[i], &want[i]));
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -1886,6 +2010,12 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_review_put_over_present_unverified, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_review_put_verifies_ring_dropped, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_chain_steps_verify_without_rehash, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_chain_step_liar_fails_the_blob, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_frontier_records_chain_values, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),

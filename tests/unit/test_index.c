@@ -167,7 +167,8 @@ struct chunks {
 };
 
 static int collect_chunk(void *ud, const struct digest *b, uint32_t idx, bool present,
-                         const struct digest *sha) {
+                         const struct digest *sha, const struct digest *chain) {
+        (void)chain;
         struct chunks *c = ud;
         if (c->n == MAX_ROWS)
                 return -E2BIG;
@@ -543,7 +544,8 @@ static int stop_blob(void *ud, const struct idx_blob *b) {
 }
 
 static int stop_chunk(void *ud, const struct digest *b, uint32_t idx, bool present,
-                      const struct digest *sha) {
+                      const struct digest *sha, const struct digest *chain) {
+        (void)chain;
         struct stop_after *s = ud;
         (void)b;
         (void)idx;
@@ -610,7 +612,8 @@ struct bp_check {
 };
 
 static int check_bp_chunk(void *ud, const struct digest *b, uint32_t idx, bool present,
-                          const struct digest *sha) {
+                          const struct digest *sha, const struct digest *chain) {
+        (void)chain;
         struct bp_check *c = ud;
         (void)b;
         struct digest want = S(idx);
