@@ -140,6 +140,9 @@ struct engine_stats {
         /* the verification frontier: chunks it hashed, and chunks it passed without hashing
          * because a source's chain check had covered them (util/chain.h) */
         uint64_t frontier_hashed_chunks, frontier_linked_chunks;
+        /* chunks hashed as they landed, apart from the frontier: a plain digest for a chunk
+         * out of order, or a verified blob's check of a refetch */
+        uint64_t landing_hashed_chunks;
 };
 
 /* Per-open-file state the caller keeps for sequential detection; zero-initialise it. The

@@ -448,6 +448,10 @@ void *eng_worker_main(void *arg);
 
 /* verify.c: the hash frontier */
 /* Caller holds lock. Whether chunks [from, end) of B are all present. */
+/* Chunks that land this close ahead of the verification frontier are pinned until it hashed
+ * them (residency.c, eng_hash_pin). */
+#define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
+
 static inline bool eng_present_from(const struct blob *b, uint32_t from) {
         for (uint32_t i = from; i < b->nchunks; i++)
                 if (!bit_get(b->present, i))

@@ -297,6 +297,23 @@ static struct pending *take_early(struct blob *b, struct inflight *f) {
         return early;
 }
 
+/* Caller holds lock. Whether B's frontier will hash chunk IDX (being fetched) as soon as it is
+ * present: every chunk before it from the frontier on is present or being fetched, within
+ * HASH_PIN_WINDOW, so each is held for the frontier once it lands (eng_hash_pin). A fetch
+ * that fails leaves the frontier waiting for its refetch, as it always did. */
+static bool frontier_will_reach(const struct blob *b, uint32_t idx) {
+        if (b->verified || idx < b->hashed || idx - b->hashed >= HASH_PIN_WINDOW)
+                return false;
+        uint32_t coming = 0; /* bit i: chunk hashed + i is being fetched */
+        for (const struct inflight *f = b->inflight; f; f = f->next)
+                if (f->idx >= b->hashed && f->idx < idx)
+                        coming |= UINT32_C(1) << (f->idx - b->hashed);
+        for (uint32_t i = b->hashed; i < idx; i++)
+                if (!bit_get(b->present, i) && !(coming & (UINT32_C(1) << (i - b->hashed))))
+                        return false;
+        return true;
+}
+
 /* Caller holds lock. Whether bytes a source checked by CHK, and that hash to SHA when HAVE_SHA,
  * may land as chunk IDX of verified blob B: by its chain values when it has them, else by its
  * plain digest; with neither recorded (a blob verified before chain values, its chunk's digest
@@ -334,7 +351,7 @@ static void complete(struct engine *e, struct completion *c) {
                                  "the blob was discarded while the chunk was on the way");
                 }
         }
-        bool have_sha = false, chain_ok = false;
+        bool have_sha = false, chain_ok = false, hashed_here = false;
         if (err == 0) {
                 /* One hash per chunk: a source that checked the bytes hands us what it
                  * computed, a sha256 or a chain step (util/chain.h). */
@@ -352,6 +369,7 @@ static void complete(struct engine *e, struct completion *c) {
                 bool must_match = verified && !chain_ok && !must_chain && b->sha_known &&
                                   bit_get(b->sha_known, idx);
                 if (must_chain) {
+                        hashed_here = true;
                         eng_unlock(&e->lock);
                         chain_ok = chain_check(idx ? &prev : NULL, chunk_off(e, idx), c->buf,
                                                c->len, idx + 1 == b->nchunks, &want);
@@ -364,7 +382,7 @@ static void complete(struct engine *e, struct completion *c) {
                 } else if (must_match && !have_sha) {
                         eng_unlock(&e->lock);
                         digest_sha256(c->buf, c->len, &sha);
-                        have_sha = true;
+                        have_sha = hashed_here = true;
                         eng_lock(&e->lock);
                         must_match = b->verified && b->sha_known && bit_get(b->sha_known, idx);
                 }
@@ -381,11 +399,11 @@ static void complete(struct engine *e, struct completion *c) {
                         if (early)
                                 b->hashing = own_hash = true;
                 }
-                /* The frontier stands at this chunk and nobody holds it: it hashes these
-                 * bytes next, from this completion or the worker that takes it, and records
-                 * their chain value then; a plain sha256 as well would be a second hash. A
-                 * chunk out of order gets its plain digest now, for peers to check it by. */
-                bool frontier_next = !b->verified && b->hashed == idx && (own_hash || !b->hashing);
+                /* The frontier will get to this chunk as soon as it is present (it is the
+                 * next, or all before it are here or coming): it records its chain value then;
+                 * a plain sha256 as well would be a second hash. A chunk out of order gets
+                 * its plain digest now, for peers to check it by. */
+                bool frontier_next = frontier_will_reach(b, idx);
                 eng_unlock(&e->lock);
                 /* The bytes passed every check a chunk gets before it is served (the peer
                  * check in the source, the verified digest above; origin bytes are checked by
@@ -399,7 +417,7 @@ static void complete(struct engine *e, struct completion *c) {
                 }
                 if (err == 0 && !have_sha && !c->chk.has_chain && !frontier_next) {
                         digest_sha256(c->buf, c->len, &sha);
-                        have_sha = true;
+                        have_sha = hashed_here = true;
                 }
                 if (err == 0) {
                         err = eng_write_chunk(e, b, idx, c->buf, c->len);
@@ -419,6 +437,7 @@ static void complete(struct engine *e, struct completion *c) {
          * on the way (another chunk failed the blob) leaves these bytes out of the new
          * generation, and its readers hear EIO as the discard's own readers do. */
         uint64_t gen = f->gen;
+        e->st.landing_hashed_chunks += hashed_here;
         if (err == 0 && b->verified && !chain_ok &&
             !verified_lands(b, idx, &c->chk, have_sha, &sha)) {
                 /* A refetch of a verified blob's chunk that is not the bytes that verified:

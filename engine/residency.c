@@ -98,7 +98,6 @@ void eng_touch(struct engine *e, struct blob *b, uint32_t idx, struct engine_str
  * budget outruns the frontier, the chunks in between leave the small FIFO unhashed, and the blob
  * never verifies. Bounded: only within HASH_PIN_WINDOW chunks of the frontier (a random read
  * further on pins nothing), and at most min(HASH_PIN_WINDOW, ra_pin_cap()) in all. */
-#define HASH_PIN_WINDOW 16 /* > readahead ramp + the kernel's 1 MiB + worker reordering */
 
 void eng_hash_pin(struct engine *e, struct blob *b, uint32_t idx) {
         ASSERT_HELD(&e->lock);

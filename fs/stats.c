@@ -120,6 +120,10 @@ static const struct stat_def stats[] = {
          "Chunks the whole-blob verification passed: hashed, or linked (checked by a "
          "chain step on arrival, not hashed again).",
          F(es.frontier_linked_chunks), false},
+        {"verify", "landing_hashed_chunks", "verify_landing_hashed_chunks_total", NULL, COUNTER,
+         "Chunks hashed as they landed, apart from the whole-blob verification (a plain digest "
+         "for a chunk out of order, a verified blob's refetch).",
+         F(es.landing_hashed_chunks), false},
         {"", "blobs_partial", NULL, NULL, GAUGE, NULL, F(es.blobs_partial), false},
         {"", "blobs_pinned", NULL, NULL, GAUGE, NULL, F(es.blobs_pinned), false},
 
