@@ -97,6 +97,22 @@ void eng_invalidate_blob(struct engine *e, struct blob *b, const struct pending 
         free(r);
 }
 
+/* Caller holds lock. Whether B's frontier hash stands exactly at the chain value chunk I was
+ * checked from (the standard initial state for chunk 0). It does whenever the frontier itself
+ * recorded value i - 1, or passed chunk i - 1 by its link; checked anyway, so that no record
+ * kept or lost elsewhere (digests freed while the frontier was mid-blob, a value a home sent
+ * after that) can let the frontier pass bytes its own hash did not lead to. */
+static bool frontier_at_link(const struct blob *b, uint32_t i) {
+        if (i == 0)
+                return true;
+        struct digest at, from;
+        if (!b->chain || !bit_get(b->chain_known, i - 1))
+                return false;
+        chain_value(b->fr, &at);
+        from = b->chain[i - 1];
+        return digest_equal(&at, &from);
+}
+
 /* Advances B's verification frontier through present chunks, starting with FRESH (chunk
  * FRESH_IDX's bytes) when it is the next one. A linked chunk (a source checked it by a chain
  * step that agrees with B's chain values) is passed without reading or hashing it: the
@@ -122,9 +138,9 @@ bool eng_advance_frontier(struct engine *e, struct blob *b, const uint8_t *fresh
                                 break; /* try again when the next chunk lands */
                         chain_begin(b->fr, NULL, 0);
                 }
-                if (b->linked && bit_get(b->linked, i)) {
-                        /* The step from value i - 1 (where the hash stands: the frontier
-                         * recorded it, or passed it from it) to value i was checked. */
+                if (b->linked && bit_get(b->linked, i) && frontier_at_link(b, i)) {
+                        /* The step from value i - 1, where the hash stands, to value i was
+                         * checked when the chunk landed. */
                         e->st.frontier_linked_chunks++;
                         if (last) {
                                 got = b->digest;
