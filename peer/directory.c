@@ -12,9 +12,10 @@
  * table would let one peer pile every record into one chain. Blobs are also on a list in
  * order of their newest announce, so the blob to drop at max_blobs is the list's head,
  * O(1). Per blob: the metadata (size, chunk count, source, all as first recorded), the
- * chunk digests (allocated densely with the first one, nchunks x 32 bytes), a small array
- * of holder records (grown up to max_holders, each an nchunks-bit map) and an array of
- * claims (grown up to max_claims). Holder and claim arrays are scanned linearly: they are
+ * chunk digests and, apart, the chain values (each kind allocated densely with its first
+ * value, nchunks x 32.5 bytes; a blob that never gets a chain value pays 8 bytes for them), a
+ * small array of holder records (grown up to max_holders, each an nchunks-bit map) and an
+ * array of claims (grown up to max_claims). Holder and claim arrays are scanned linearly: they are
  * bounded by a few dozen and about a thousand entries, and a scan touches one cache-friendly
  * array where a per-blob index would cost memory on every blob.
  *
@@ -33,8 +34,9 @@
  * the reader checks those bytes against the home's digest, so a lying sender must also be,
  * or outvote at, a home of the layer.
  *
- * The other concerns live in directory_apply.c (announces, with the rules for chunk digests)
- * and directory_locate.c (claims and locate answers), over directory_int.h.
+ * The other concerns live in directory_apply.c (announces), directory_values.c (the rules
+ * for chunk digests and chain values) and directory_locate.c (claims and locate answers),
+ * over directory_int.h.
  *
  * Locking: one mutex around everything; nothing is called out while it is held except the
  * allocator and debug logging. Locate answers are copies, so callers never see our memory.
@@ -122,13 +124,8 @@ void dri_blob_free(struct directory *dir, struct dir_blob *b) {
         dir->stats.blobs--;
         free(b->holders);
         free(b->claims);
-        if (b->sha)
-                dir->bytes -= dri_sha_bytes(b->nchunks);
-        free(b->sha);
-        free(b->sha_known);
-        free(b->sha_verified);
-        free(b->disputed);
-        free(b->disputed_v);
+        dri_values_free(dir, &b->sha, b->nchunks);
+        dri_values_free(dir, &b->chain, b->nchunks);
         free(b);
 }
 

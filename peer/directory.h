@@ -10,9 +10,11 @@
  * and max_claims claims per blob (the oldest dropped first: at worst a duplicate origin
  * fetch). A node whose announce has an empty present set keeps the blob's metadata alive
  * but has no holder record and is never listed as a holder.
- * Chunk digests are kept once per blob. When max_blobs is reached, the blob whose newest
- * announce is oldest is dropped. Memory is therefore max_blobs x (nchunks x (32 bytes +
- * bits per holder)); the daemon sizes max_blobs from --max-blobs.
+ * Chunk digests are kept once per blob, and chain values (util/chain.h) apart from them, each
+ * kind allocated with its first value. When max_blobs is reached, the blob whose newest
+ * announce is oldest is dropped. Memory is therefore max_blobs x (nchunks x (32.5 bytes per
+ * kind of value the blob has + bits per holder)), within max_bytes; the daemon sizes
+ * max_blobs from --max-blobs.
  *
  * Layer indexes. The homes of a layer's digest also keep, from the "indexes" of announces,
  * records "node N holds blob I (S bytes), the index of layer L" (layertree.h): soft state
@@ -73,8 +75,10 @@ void dir_free(struct directory *dir); /* NULL-safe */
  * verified and it is not, and otherwise makes that chunk's digest unknown (neither is
  * believed) and disputed for as long as the blob's record lives: after a dispute between
  * unverified digests only a verified one is recorded again, after one between verified
- * digests none is. A holder record is live while
- * NOW_MS - its last announce < ttl_ms. */
+ * digests none is. Chain values (wire_blob.chain) follow the same rules with their own
+ * provenance and disputes, never compared with digests; one for the last chunk (the blob
+ * digest itself) is ignored. A holder record is live while NOW_MS - its last announce <
+ * ttl_ms. */
 int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now_ms, char *reason,
               size_t reason_len);
 
@@ -110,9 +114,12 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
 #define DIR_LOCATE_WINDOW_MS 1000
 
 /* Fills RET (free with wire_locate_free) with what the directory knows of D: blob metadata,
- * chunk digests (with their verified bits), live holders (not expired), live claims as "fetching" holders.
- * CHUNK >= 0 (a reader's miss): only the holders that have CHUNK, and the digests of CHUNK
- * .. CHUNK + locate_span - 1; CHUNK < 0: every holder and digest.
+ * chunk digests and chain values (each with their verified bits; RET->chain and its bitmaps
+ * NULL when the blob has no chain value), live holders (not expired), live claims as
+ * "fetching" holders. CHUNK >= 0 (a reader's miss): only the holders that have CHUNK, the
+ * digests of CHUNK .. CHUNK + locate_span - 1 and the chain values of CHUNK - 1 .. CHUNK +
+ * locate_span - 1 (chunk CHUNK is checked from CHUNK - 1's); CHUNK < 0: every holder and
+ * value.
  * With CLAIMANT non-NULL and CHUNK < nchunks: if no live holder has CHUNK and no live claim
  * covers it, CLAIMANT is granted it (recorded with claim_ttl) and RET says claim_granted;
  * a claim CLAIMANT already holds is granted again (and its claim_ttl restarts). The claimant
@@ -120,8 +127,9 @@ int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_
  * cfg.locate_rate, RET->ttl_ms says how long the reader may reuse the answer (never its
  * claim): each reader asks a blob's home about once per TTL while it reads, so the home
  * estimates the blob's readers as (locates per second whose answer a reader would reuse: it
- * names a holder of CHUNK and carries CHUNK's digest) x (the TTL it said) and says readers /
- * locate_rate, within DIR_LOCATE_TTL_MIN_MS .. DIR_LOCATE_TTL_MAX_MS, changing it at most 4x
+ * names a holder of CHUNK and carries CHUNK's digest or the chain values that check it) x
+ * (the TTL it said) and says readers / locate_rate, within DIR_LOCATE_TTL_MIN_MS ..
+ * DIR_LOCATE_TTL_MAX_MS, changing it at most 4x
  * up or 2x down per window: the blob's locates then stay near locate_rate whatever the number
  * of readers, up to locate_rate x DIR_LOCATE_TTL_MAX_MS / 1000 readers. A stale answer costs
  * nothing unsafe: every byte is checked against a digest, and a holder that no longer has a
@@ -135,12 +143,15 @@ int dir_locate(struct directory *dir, const struct digest *d, const char *claima
 /* Issue 18, the front of a wave: a reader holding a claimant's bytes of CHUNK of D (whose only
  * digest is the claimant's word) asks the other homes for the digest, which they learn from
  * the claimant's next announce. Rather than the reader asking every 50 ms, the home holds its
- * question here: returns 0 as soon as CHUNK's digest is recorded (at once if it is; woken by
- * the dir_apply that records it; the blob's record live at NOW_MS, the caller's time of asking,
- * while WAIT_MS runs on the monotonic clock), -ETIMEDOUT after WAIT_MS without it, -EBUSY at once when
- * cfg.max_digest_waiters callers are already waiting (so waits hold at most that many threads,
- * and nothing else: no memory per waiter). Blocks the calling thread (the only call here that
- * does); the caller answers with dir_locate afterwards whatever this returned. */
+ * question here: returns 0 as soon as what checks CHUNK is recorded — its digest, or the chain
+ * values a reader checks it from (CHUNK - 1's and CHUNK's; CHUNK - 1's alone for the last
+ * chunk, CHUNK's alone for chunk 0; never for a blob of one chunk, which has none) — at once if
+ * it is, else woken by the dir_apply that records it (the blob's record live at NOW_MS, the
+ * caller's time of asking, while WAIT_MS runs on the monotonic clock); -ETIMEDOUT after
+ * WAIT_MS without it, -EBUSY at once when cfg.max_digest_waiters callers are already waiting
+ * (so waits hold at most that many threads, and nothing else: no memory per waiter). Blocks
+ * the calling thread (the only call here that does); the caller answers with dir_locate
+ * afterwards whatever this returned. */
 int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chunk, uint64_t now_ms,
                     uint64_t wait_ms);
 

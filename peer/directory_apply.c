@@ -1,25 +1,6 @@
 /* A home directory's announces (directory.c has the tables and the essay): holder records
- * replaced by each announce, and the chunk digests an announce carries.
- *
- * Chunk digests and their provenance. Each recorded digest carries one bit: whether it came
- * from a node that had verified the whole blob (its announce said "verified"). That is the
- * strongest word a home can have short of hashing the bytes itself: those digests are of
- * bytes that hashed, whole, to the blob's digest. The rules, per chunk:
- *   - unknown: the first digest announced is recorded, with its bit;
- *   - the same digest again: recorded, and verified once any announcer was verified;
- *   - a different digest, verified, over an unverified one: the verified one replaces it
- *     (the unverified one described bytes that did not verify, or was a lie);
- *   - a different digest, unverified, against a verified one: ignored;
- *   - a different digest of the same standing (both unverified, or both verified — the
- *     latter means someone lies about verifying): the directory cannot tell which holder
- *     has bad data, so it forgets the digest (logged at debug) and readers take the chunk
- *     from the origin, instead of distrusting honest peers on the word of whoever spoke
- *     first. The dispute is remembered while the blob's record lives: otherwise whoever
- *     re-announces first after it (a liar announcing twice a second) would be believed
- *     again. After an unverified dispute only a verified digest is recorded; after a
- *     verified one, none.
- * Readers check every peer's bytes against these digests (never against the serving peer's
- * own word), and a blob read whole is verified against its own digest in the end.
+ * replaced by each announce, and the per-chunk values an announce carries (plain digests and
+ * chain values), recorded by the rules of directory_values.c.
  */
 #include "peer/directory_int.h"
 
@@ -40,82 +21,31 @@ static ssize_t holder_find(const struct dir_blob *b, const char *node) {
         return -1;
 }
 
-static void bit_clear(uint8_t *map, uint32_t i) {
-        map[i / 8] &= (uint8_t) ~(1u << (i % 8));
-}
-
-static int record_digests(struct directory *dir, struct dir_blob *b, const struct wire_blob *wb,
-                          const char *node) {
-        for (uint32_t i = 0; i < wb->ndigests; i++) {
-                uint32_t idx = wb->sha_idx[i];
-
-                if (idx >= b->nchunks)
+/* Records N values VALS[i] of chunks IDX[i] of B in S, those below LIMIT (an announce may name
+ * any index), from NODE (VERIFIED: it verified the whole blob). */
+static int record_values(struct directory *dir, struct dir_blob *b, struct dir_values *s,
+                         const char *kind, uint32_t limit, uint32_t n, const uint32_t *idx,
+                         const struct digest *vals, bool verified, const char *node) {
+        for (uint32_t i = 0; i < n; i++) {
+                if (idx[i] >= limit)
                         continue;
-                if (!b->sha) {
-                        b->sha = calloc(b->nchunks, sizeof(*b->sha));
-                        b->sha_known = calloc(1, dri_bitmap_bytes(b->nchunks));
-                        b->sha_verified = calloc(1, dri_bitmap_bytes(b->nchunks));
-                        b->disputed = calloc(1, dri_bitmap_bytes(b->nchunks));
-                        b->disputed_v = calloc(1, dri_bitmap_bytes(b->nchunks));
-                        if (!b->sha || !b->sha_known || !b->sha_verified || !b->disputed ||
-                            !b->disputed_v) {
-                                free(b->sha);
-                                free(b->sha_known);
-                                free(b->sha_verified);
-                                free(b->disputed);
-                                free(b->disputed_v);
-                                b->sha = NULL;
-                                b->sha_known = NULL;
-                                b->sha_verified = NULL;
-                                b->disputed = NULL;
-                                b->disputed_v = NULL;
-                                return -ENOMEM;
-                        }
-                        dir->bytes += dri_sha_bytes(b->nchunks);
-                }
-                bool known = wire_bit(b->sha_known, idx);
-                bool was_verified = known && wire_bit(b->sha_verified, idx);
-                const char *kept;
-
-                if (known && digest_equal(&b->sha[idx], &wb->sha[i])) {
-                        if (wb->verified)
-                                wire_set_bit(b->sha_verified, idx);
-                        continue;
-                }
-                if (!known &&
-                    (wire_bit(b->disputed_v, idx) || (wire_bit(b->disputed, idx) && !wb->verified)))
-                        continue; /* disputed: this word is not enough any more */
-                if (!known || (wb->verified && !was_verified)) {
-                        b->sha[idx] = wb->sha[i];
-                        wire_set_bit(b->sha_known, idx);
-                        dir->digest_new |= !known; /* a reader may be waiting for it */
-                        if (wb->verified)
-                                wire_set_bit(b->sha_verified, idx);
-                        else
-                                bit_clear(b->sha_verified, idx);
-                        if (!known)
-                                continue;
-                        kept = "verified";
-                } else if (!wb->verified && was_verified) {
-                        kept = "recorded"; /* the verified digest stands */
-                } else {
-                        /* Same standing, different digests: neither is believed. Readers then
-                         * take the chunk from the origin instead of distrusting honest peers
-                         * forever on the word of whoever spoke first; a later announce may set
-                         * it again, and the whole-blob check decides in the end. */
-                        bit_clear(b->sha_known, idx);
-                        bit_clear(b->sha_verified, idx);
-                        wire_set_bit(was_verified ? b->disputed_v : b->disputed, idx);
-                        kept = "none";
-                }
-                char hex[DIGEST_HEX_LEN + 1];
-
-                digest_to_hex(&b->digest, hex);
-                log_debug("directory chunk digest conflict blob=%s chunk=%" PRIu32
-                          " node=%s announced_verified=%d kept=%s",
-                          hex, idx, node, (int)wb->verified, kept);
+                int r = dri_values_record(dir, b, s, kind, idx[i], &vals[i], verified, node);
+                if (r < 0)
+                        return r;
         }
         return 0;
+}
+
+/* WB's chunk digests and chain values. The last chunk's chain value is the blob digest itself
+ * (util/chain.h), so one announced for it says nothing a reader needs: ignored. */
+static int record_digests(struct directory *dir, struct dir_blob *b, const struct wire_blob *wb,
+                          const char *node) {
+        int r = record_values(dir, b, &b->sha, "digest", b->nchunks, wb->ndigests, wb->sha_idx,
+                              wb->sha, wb->verified, node);
+        if (r < 0)
+                return r;
+        return record_values(dir, b, &b->chain, "chain", b->nchunks ? b->nchunks - 1 : 0,
+                             wb->nchain, wb->chain_idx, wb->chain, wb->verified, node);
 }
 
 /* Whether the home is full for NODE's announce of B: NODE is not a recorded holder (the

@@ -78,12 +78,24 @@ static int add_fetching(struct wire_locate *l, uint32_t first, const struct dir_
         return 0;
 }
 
+/* Whether chain values KNOWN (a bitmap, NULL: none) of a blob of NCHUNKS let a reader check
+ * CHUNK (util/chain.h): it hashes the chunk from chunk - 1's value (for chunk 0 SHA-256's
+ * initial state) and must reach the chunk's own (for the last chunk the blob digest, which
+ * the reader has). A blob of one chunk has no chain value to give. */
+static bool chain_checks(const uint8_t *known, uint32_t nchunks, uint32_t chunk) {
+        if (!known || nchunks < 2 || chunk >= nchunks)
+                return false;
+        return (chunk == 0 || wire_bit(known, chunk - 1)) &&
+               (chunk == nchunks - 1 || wire_bit(known, chunk));
+}
+
 /* Whether answer L about CHUNK is one a reader keeps and reuses (peer/source_plan.c): it names
- * a holder of CHUNK and carries CHUNK's digest. Readers ask again for such an answer only when
- * their kept one ran out, so these measure readers; the others (a chunk nobody holds yet, or
- * whose digest is not known: a wave's front, claims) come per chunk whatever the TTL says. */
+ * a holder of CHUNK and carries what checks CHUNK (its digest, or the chain values). Readers
+ * ask again for such an answer only when their kept one ran out, so these measure readers; the
+ * others (a chunk nobody holds yet, or whose digest is not known: a wave's front, claims) come
+ * per chunk whatever the TTL says. */
 static bool reusable(const struct wire_locate *l, uint32_t chunk) {
-        if (!wire_bit(l->sha_known, chunk))
+        if (!wire_bit(l->sha_known, chunk) && !chain_checks(l->chain_known, l->nchunks, chunk))
                 return false;
         for (uint32_t i = 0; i < l->nholders; i++)
                 if (!l->holders[i].fetching && wire_bit(l->holders[i].present, chunk))
@@ -134,36 +146,26 @@ static int fill_locate(const struct directory *dir, const struct dir_blob *b, co
         l->chunk_size = dir->cfg.chunk_size;
         l->nchunks = b->nchunks;
         snprintf(l->source, sizeof(l->source), "%s", b->source);
-        l->sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*l->sha));
-        l->sha_known = calloc(1, bytes);
-        l->sha_verified = calloc(1, bytes);
         l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
-        if (!l->sha || !l->sha_known || !l->sha_verified || !l->holders)
+        if (!l->holders)
                 return -ENOMEM;
         /* Asked about one chunk (a reader's miss): the digests of that chunk and the
          * locate_span - 1 after it, and the holders that have it. The answer then costs the
          * same for a 10 GiB blob as for a 10 MiB one; the whole picture is for lookups
          * (CHUNK < 0). The following digests let the reader keep the answer and check the
          * next chunks of a sequential read (and a run of them in one GET) without asking
-         * again for each (peer/source.c). */
+         * again for each (peer/source.c). Chain values over the same span and one more, the
+         * chunk's before it: chunk CHUNK is checked from that one. Chain arrays only when the
+         * blob has chain values at all (a reader takes NULL for none). */
         bool one = chunk >= 0 && (uint64_t)chunk < b->nchunks;
-        if (b->sha && one) {
-                uint32_t span = dir->cfg.locate_span;
-                uint32_t end =
-                        (uint64_t)chunk + span < b->nchunks ? (uint32_t)chunk + span : b->nchunks;
-                for (uint32_t c = (uint32_t)chunk; c < end; c++) {
-                        if (!wire_bit(b->sha_known, c))
-                                continue;
-                        l->sha[c] = b->sha[c];
-                        wire_set_bit(l->sha_known, c);
-                        if (wire_bit(b->sha_verified, c))
-                                wire_set_bit(l->sha_verified, c);
-                }
-        } else if (b->sha) {
-                memcpy(l->sha, b->sha, b->nchunks * sizeof(*b->sha));
-                memcpy(l->sha_known, b->sha_known, bytes);
-                memcpy(l->sha_verified, b->sha_verified, bytes);
-        }
+        uint32_t from = one ? (uint32_t)chunk : 0, end = b->nchunks;
+        if (one && (uint64_t)chunk + dir->cfg.locate_span < b->nchunks)
+                end = (uint32_t)chunk + dir->cfg.locate_span;
+        if (dri_values_copy(&b->sha, b->nchunks, from, end, true, &l->sha, &l->sha_known,
+                            &l->sha_verified) < 0 ||
+            dri_values_copy(&b->chain, b->nchunks, from ? from - 1 : 0, end, false, &l->chain,
+                            &l->chain_known, &l->chain_verified) < 0)
+                return -ENOMEM;
         for (size_t i = 0; i < b->nholders; i++) {
                 const struct dir_holder *h = &b->holders[i];
                 struct wire_holder *w = &l->holders[l->nholders];
@@ -241,12 +243,16 @@ out_unlock:
         return 0;
 }
 
-/* Under dir->lock: is CHUNK's digest of D recorded (in a live blob record)? */
+/* Under dir->lock: does a live record of D have what checks CHUNK: its digest, or the chain
+ * values a reader checks it from (chain_checks)? */
 static bool digest_recorded(struct directory *dir, const struct digest *d, uint32_t chunk,
                             uint64_t now) {
         struct dir_blob *b = dri_blob_find(dir, d);
-        return b && dri_blob_alive(dir, b, now) && chunk < b->nchunks && b->sha_known &&
-               wire_bit(b->sha_known, chunk);
+        if (!b || !dri_blob_alive(dir, b, now) || chunk >= b->nchunks)
+                return false;
+        return dri_values_known(&b->sha, b->nchunks, chunk) ||
+               chain_checks(b->chain.val ? dri_values_map(&b->chain, b->nchunks, DRI_KNOWN) : NULL,
+                            b->nchunks, chunk);
 }
 
 int dir_wait_digest(struct directory *dir, const struct digest *d, uint32_t chunk, uint64_t now,

@@ -48,13 +48,13 @@ static struct digest dg(int n) {
 }
 
 /* One blob (digest dg(BLOB), NCHUNKS chunks) announced by NODE with the chunks listed in
- * PRESENT ("0-3,7" style; "" for none) and, optionally, one chunk digest. */
+ * PRESENT ("0-3,7" style; "" for none) and, optionally, one chunk digest and one chain value. */
 struct one {
         struct wire_announce a;
         struct wire_blob b;
         uint8_t present[128];
-        uint32_t sha_idx;
-        struct digest sha;
+        uint32_t sha_idx, chain_idx;
+        struct digest sha, chain;
 };
 
 static void make(struct one *o, const char *node, int blob, uint32_t nchunks, const char *present) {
@@ -88,6 +88,34 @@ static void with_digest(struct one *o, uint32_t idx, uint8_t fill) {
         o->b.sha = &o->sha;
         o->sha_idx = idx;
         memset(&o->sha, fill, sizeof(o->sha));
+}
+
+/* Chunk IDX's chain value, every byte FILL (a different number from its digest, util/chain.h). */
+static void with_chain(struct one *o, uint32_t idx, uint8_t fill) {
+        o->b.nchain = 1;
+        o->b.chain_idx = &o->chain_idx;
+        o->b.chain = &o->chain;
+        o->chain_idx = idx;
+        memset(&o->chain, fill, sizeof(o->chain));
+}
+
+/* Applies O's announce at NOW, which must succeed. */
+static void apply_ok(struct directory *dir, struct one *o, uint64_t now) {
+        char reason[256];
+
+        assert_int_equal(dir_apply(dir, &o->a, now, reason, sizeof(reason)), 0);
+}
+
+/* wire_locate_free, and the chain arrays an answer may carry (freed here too, and cleared, for
+ * as long as wire_locate_free on this branch predates them). */
+static void locate_free(struct wire_locate *l) {
+        free(l->chain);
+        free(l->chain_known);
+        free(l->chain_verified);
+        l->chain = NULL;
+        l->chain_known = NULL;
+        l->chain_verified = NULL;
+        wire_locate_free(l);
 }
 
 static void announce(struct directory *dir, const char *node, int blob, uint32_t nchunks,
@@ -420,54 +448,84 @@ static void test_digest_conflict_unknown(void **state) {
         dir_free(dir);
 }
 
-/* Announces chunk IDX's digest (every byte FILL) of blob 1 (4 chunks, all present) from NODE,
- * VERIFIED or not, at NOW. */
+/* Which of a blob's per-chunk values a provenance test is about: plain digests, or chain
+ * values (same rules, kept apart). */
+static bool of_chain;
+
+/* Announces chunk IDX's value (every byte FILL; a digest, or a chain value with of_chain) of
+ * blob 1 (4 chunks, all present) from NODE, VERIFIED or not, at NOW. */
 static void announce_digest(struct directory *dir, const char *node, uint32_t idx, uint8_t fill,
                             bool verified, uint64_t now) {
         struct one o;
         char reason[256];
 
         make(&o, node, 1, 4, "0-3");
-        with_digest(&o, idx, fill);
+        if (of_chain)
+                with_chain(&o, idx, fill);
+        else
+                with_digest(&o, idx, fill);
         o.b.verified = verified;
         assert_int_equal(dir_apply(dir, &o.a, now, reason, sizeof(reason)), 0);
 }
 
-/* What blob 1's chunk IDX's digest is now: -1 unknown, else its fill byte; *RET_VERIFIED
- * says whether it is marked verified. Checked both in the whole picture and in a one-chunk
- * answer (a reader's miss), which must agree. */
+/* Answer L's values of the kind of_chain says: values, known and verified bitmaps (NULL when
+ * the answer has none of that kind, which only chain values may). */
+static void kind_of(const struct wire_locate *l, const struct digest **val, const uint8_t **known,
+                    const uint8_t **verified) {
+        *val = of_chain ? l->chain : l->sha;
+        *known = of_chain ? l->chain_known : l->sha_known;
+        *verified = of_chain ? l->chain_verified : l->sha_verified;
+        if (!of_chain) {
+                assert_non_null(*known);
+                assert_non_null(*verified);
+        }
+}
+
+static bool bit_or_none(const uint8_t *map, uint32_t i) {
+        return map && wire_bit(map, i);
+}
+
+/* What blob 1's chunk IDX's value (of the kind of_chain says) is now: -1 unknown, else its
+ * fill byte; *RET_VERIFIED says whether it is marked verified. Checked both in the whole
+ * picture and in a one-chunk answer (a reader's miss), which must agree. */
 static int digest_now(struct directory *dir, uint32_t idx, uint64_t now, bool *ret_verified) {
         struct digest d = dg(1);
         struct wire_locate l, one;
+        const struct digest *lv, *ov;
+        const uint8_t *lk, *lver, *ok, *over;
         int fill = -1;
 
         assert_int_equal(locate(dir, 1, now, &l), 0);
         assert_int_equal(dir_locate(dir, &d, NULL, idx, now, &one), 0);
-        assert_non_null(l.sha_verified);
-        assert_non_null(one.sha_verified);
-        assert_int_equal(wire_bit(l.sha_known, idx), wire_bit(one.sha_known, idx));
-        assert_int_equal(wire_bit(l.sha_verified, idx), wire_bit(one.sha_verified, idx));
-        *ret_verified = wire_bit(l.sha_verified, idx);
-        if (wire_bit(l.sha_known, idx)) {
-                fill = l.sha[idx].bytes[0];
+        kind_of(&l, &lv, &lk, &lver);
+        kind_of(&one, &ov, &ok, &over);
+        assert_int_equal(bit_or_none(lk, idx), bit_or_none(ok, idx));
+        assert_int_equal(bit_or_none(lver, idx), bit_or_none(over, idx));
+        *ret_verified = bit_or_none(lver, idx);
+        if (bit_or_none(lk, idx)) {
+                fill = lv[idx].bytes[0];
                 for (size_t i = 0; i < DIGEST_LEN; i++)
-                        assert_int_equal(l.sha[idx].bytes[i], fill);
-                assert_true(digest_equal(&l.sha[idx], &one.sha[idx]));
+                        assert_int_equal(lv[idx].bytes[i], fill);
+                assert_true(digest_equal(&lv[idx], &ov[idx]));
         } else {
-                assert_false(*ret_verified); /* never verified without a digest */
+                assert_false(*ret_verified); /* never verified without a value */
         }
-        wire_locate_free(&l);
-        wire_locate_free(&one);
+        locate_free(&l);
+        locate_free(&one);
         return fill;
 }
 
 /* Provenance: a digest from a node that verified the whole blob replaces an unverified one
- * that disagrees, an unverified one never replaces it, and agreeing announces upgrade it. */
+ * that disagrees, an unverified one never replaces it, and agreeing announces upgrade it.
+ * These provenance tests run twice: for digests, and (prestate CHAIN) for chain values. */
+static bool chain_kind = true;
+#define CHAIN (&chain_kind)
+
 static void test_digest_verified_wins(void **state) {
         struct directory *dir = new_dir(16, 8, 0);
         bool v;
 
-        (void)state;
+        of_chain = *state != NULL;
         /* Unverified first, then a verified disagreement: the verified one is kept. */
         announce_digest(dir, A, 0, 0x11, false, 1000);
         assert_int_equal(digest_now(dir, 0, 1000, &v), 0x11);
@@ -506,16 +564,17 @@ static void test_digest_verified_conflict(void **state) {
         struct directory *dir = new_dir(16, 8, 0);
         bool v;
 
-        (void)state;
-        announce_digest(dir, A, 3, 0x11, true, 1000);
-        announce_digest(dir, B, 3, 0x22, true, 1001);
-        assert_int_equal(digest_now(dir, 3, 1001, &v), -1);
-        announce_digest(dir, C, 3, 0x33, false, 1002);
-        assert_int_equal(digest_now(dir, 3, 1002, &v), -1);
-        announce_digest(dir, A, 3, 0x11, true, 1003);
-        assert_int_equal(digest_now(dir, 3, 1003, &v), -1);
-        announce_digest(dir, B, 3, 0x22, true, 1004);
-        assert_int_equal(digest_now(dir, 3, 1004, &v), -1);
+        of_chain = *state != NULL;
+        announce_digest(dir, A, 0, 0x11, true, 1000);
+        assert_int_equal(digest_now(dir, 0, 1000, &v), 0x11);
+        announce_digest(dir, B, 0, 0x22, true, 1001);
+        assert_int_equal(digest_now(dir, 0, 1001, &v), -1);
+        announce_digest(dir, C, 0, 0x33, false, 1002);
+        assert_int_equal(digest_now(dir, 0, 1002, &v), -1);
+        announce_digest(dir, A, 0, 0x11, true, 1003);
+        assert_int_equal(digest_now(dir, 0, 1003, &v), -1);
+        announce_digest(dir, B, 0, 0x22, true, 1004);
+        assert_int_equal(digest_now(dir, 0, 1004, &v), -1);
         /* Other chunks are not affected. */
         announce_digest(dir, C, 2, 0x44, false, 1005);
         assert_int_equal(digest_now(dir, 2, 1005, &v), 0x44);
@@ -528,7 +587,7 @@ static void test_digest_dispute_sticks(void **state) {
         struct directory *dir = new_dir(16, 8, 0);
         bool v;
 
-        (void)state;
+        of_chain = *state != NULL;
         announce_digest(dir, A, 1, 0x11, false, 1000);
         announce_digest(dir, B, 1, 0x22, false, 1001);
         assert_int_equal(digest_now(dir, 1, 1001, &v), -1);
@@ -549,6 +608,152 @@ static void test_digest_dispute_sticks(void **state) {
         dir_free(dir);
 }
 
+/* Whether MAP (NULL: none) has exactly the bits LO .. HI - 1 of its N. */
+static void assert_bits(const uint8_t *map, uint32_t n, uint32_t lo, uint32_t hi) {
+        for (uint32_t i = 0; i < n; i++)
+                assert_int_equal(bit_or_none(map, i), i >= lo && i < hi);
+}
+
+/* Chain values are answered over the digests' span and one more before it (a reader checks
+ * chunk I from I - 1's value), and never the last chunk's: that one is the blob digest, and
+ * ignored when announced. */
+static void test_chain_answer_span(void **state) {
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 4,
+                                 .max_holders = 4,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .locate_span = 2};
+        enum { N = 8 };
+        uint32_t idx[N];
+        struct digest sha[N], chain[N], d = dg(1);
+        struct directory *dir;
+        struct wire_locate l;
+        struct one o;
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        make(&o, A, 1, N, "0-7");
+        for (uint32_t i = 0; i < N; i++) {
+                idx[i] = i;
+                memset(&sha[i], 0x40 + (int)i, sizeof(sha[i]));
+                memset(&chain[i], 0x80 + (int)i, sizeof(chain[i]));
+        }
+        o.b.ndigests = o.b.nchain = N; /* the last chunk's chain value too: ignored */
+        o.b.sha_idx = o.b.chain_idx = idx;
+        o.b.sha = sha;
+        o.b.chain = chain;
+        apply_ok(dir, &o, 1000);
+
+        /* A miss of chunk 3: digests 3 and 4 (the span), chain values 2 to 4. */
+        assert_int_equal(dir_locate(dir, &d, NULL, 3, 1000, &l), 0);
+        assert_bits(l.sha_known, N, 3, 5);
+        assert_bits(l.chain_known, N, 2, 5);
+        assert_bits(l.chain_verified, N, 0, 0); /* A did not verify the blob */
+        for (uint32_t i = 2; i < 5; i++)
+                assert_true(digest_equal(&l.chain[i], &chain[i]));
+        locate_free(&l);
+        /* Chunk 0: nothing before it (SHA-256's initial state). */
+        assert_int_equal(dir_locate(dir, &d, NULL, 0, 1000, &l), 0);
+        assert_bits(l.chain_known, N, 0, 2);
+        locate_free(&l);
+        /* At the end: digests 6 and 7, chain values 5 and 6 (7's is the blob digest). */
+        assert_int_equal(dir_locate(dir, &d, NULL, 6, 1000, &l), 0);
+        assert_bits(l.sha_known, N, 6, 8);
+        assert_bits(l.chain_known, N, 5, 7);
+        locate_free(&l);
+        /* The whole picture: every chain value but the last chunk's. */
+        assert_int_equal(locate(dir, 1, 1000, &l), 0);
+        assert_bits(l.chain_known, N, 0, N - 1);
+        assert_true(digest_equal(&l.chain[0], &chain[0]));
+        locate_free(&l);
+        dir_free(dir);
+}
+
+/* A chunk's digest and its chain value are different numbers: both recorded, never compared,
+ * and a dispute over one leaves the other alone. */
+static void test_chain_apart_from_digests(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        struct one o;
+        bool v;
+
+        (void)state;
+        make(&o, A, 1, 4, "0-3");
+        with_digest(&o, 1, 0x11);
+        with_chain(&o, 1, 0x22);
+        apply_ok(dir, &o, 1000);
+        of_chain = false;
+        assert_int_equal(digest_now(dir, 1, 1000, &v), 0x11);
+        of_chain = true;
+        assert_int_equal(digest_now(dir, 1, 1000, &v), 0x22);
+        /* B agrees on the digest, not on the chain value (same standing): only the chain value
+         * is disputed. */
+        make(&o, B, 1, 4, "0-3");
+        with_digest(&o, 1, 0x11);
+        with_chain(&o, 1, 0x33);
+        apply_ok(dir, &o, 1001);
+        assert_int_equal(digest_now(dir, 1, 1001, &v), -1);
+        of_chain = false;
+        assert_int_equal(digest_now(dir, 1, 1001, &v), 0x11);
+        /* And the other way round: a disputed digest leaves chunk 2's chain value. */
+        announce_digest(dir, A, 2, 0x44, false, 1002);
+        announce_digest(dir, B, 2, 0x55, false, 1002);
+        of_chain = true;
+        announce_digest(dir, C, 2, 0x44, false, 1002);
+        assert_int_equal(digest_now(dir, 2, 1002, &v), 0x44);
+        of_chain = false;
+        assert_int_equal(digest_now(dir, 2, 1002, &v), -1);
+        dir_free(dir);
+}
+
+/* Chain arrays come with a blob's first chain value and not before: a blob with digests alone
+ * costs what it did (its holder bitmaps and one block of digests), its answers carry no chain
+ * arrays, and a chain value for the last chunk (ignored) allocates nothing either. */
+static void test_chain_lazy(void **state) {
+        struct directory *dir = new_dir(16, 8, 0);
+        /* 4 chunks: 4 values of 32 bytes and 4 one-byte bitmaps a kind; 1 byte a holder. */
+        enum { VALUES = 4 * 32 + 4 * 1, HOLDER = 1 };
+        struct dir_stats st;
+        struct digest d = dg(1);
+        struct wire_locate l;
+        struct one o;
+
+        (void)state;
+        make(&o, A, 1, 4, "0-3");
+        with_digest(&o, 0, 0x11);
+        apply_ok(dir, &o, 1000);
+        make(&o, B, 1, 4, "0-3");
+        with_chain(&o, 3, 0x22); /* the last chunk's */
+        apply_ok(dir, &o, 1000);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.bytes, 2 * HOLDER + VALUES);
+        for (int64_t c = -1; c < 4; c++) {
+                assert_int_equal(dir_locate(dir, &d, NULL, c, 1000, &l), 0);
+                assert_non_null(l.sha_known);
+                assert_null(l.chain);
+                assert_null(l.chain_known);
+                assert_null(l.chain_verified);
+                locate_free(&l);
+        }
+        /* The first chain value: one more block. */
+        make(&o, B, 1, 4, "0-3");
+        with_chain(&o, 2, 0x33);
+        o.b.verified = true;
+        apply_ok(dir, &o, 1001);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.bytes, 2 * HOLDER + 2 * VALUES);
+        assert_int_equal(dir_locate(dir, &d, NULL, 3, 1001, &l), 0);
+        assert_bits(l.chain_known, 4, 2, 3);
+        assert_bits(l.chain_verified, 4, 2, 3);
+        locate_free(&l);
+        /* Both blocks go with the blob's record. */
+        dir_expire(dir, 1001 + TTL);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 0);
+        assert_int_equal(st.bytes, 0);
+        dir_free(dir);
+}
+
 /* The verified bits travel through the wire: a locate answer built from the directory and
  * parsed again says the same, and an announce's "verified" survives build and parse. */
 static void test_digest_provenance_on_the_wire(void **state) {
@@ -560,6 +765,7 @@ static void test_digest_provenance_on_the_wire(void **state) {
         size_t len = 0;
 
         (void)state;
+        of_chain = false;
         make(&o, A, 1, 4, "0-3");
         with_digest(&o, 2, 0x66);
         o.b.verified = true;
@@ -1389,6 +1595,7 @@ static void test_digest_wait(void **state) {
         struct waiter w[2];
 
         (void)state;
+        of_chain = false;
         assert_int_equal(dir_new(&cfg, &dir), 0);
         /* Unknown blob, then a known blob without the digest: the wait ends empty. */
         assert_int_equal(dir_wait_digest(dir, &d, 2, 0, 5), -ETIMEDOUT);
@@ -1448,6 +1655,55 @@ static void test_digest_wait_stopped(void **state) {
         dir_free(dir);
 }
 
+/* Whether the home has what checks chunk CHUNK of blob BLOB now (a wait of 1 ms). */
+static bool checkable(struct directory *dir, int blob, uint32_t chunk) {
+        struct digest d = dg(blob);
+        int r = dir_wait_digest(dir, &d, chunk, 0, 1);
+
+        assert_true(r == 0 || r == -ETIMEDOUT);
+        return r == 0;
+}
+
+/* A digest question is answered by the chain values that check the chunk as by its digest:
+ * chunk - 1's and the chunk's (chunk 0: its own; the last chunk: the one before it; a blob of
+ * one chunk: none), never by a digest of one and a chain value of the other; and a held
+ * question is woken when they arrive. */
+static void test_chain_digest_wait(void **state) {
+        struct directory *dir = new_dir(8, 4, 0);
+        struct waiter w = {.dir = dir, .chunk = 2, .wait_ms = 60000, .r = 1};
+        struct one o;
+        pthread_t t;
+
+        (void)state;
+        of_chain = true;
+        announce(dir, A, 1, 4, "0-3", 0);
+        assert_false(checkable(dir, 1, 3));
+        assert_int_equal(pthread_create(&t, NULL, wait_main, &w), 0);
+        await_waiters(dir, 1);
+        announce_digest(dir, B, 2, 0x22, false, 0);
+        assert_true(checkable(dir, 1, 3));  /* the last chunk: 2's value and the blob digest */
+        assert_false(checkable(dir, 1, 2)); /* 1's value missing */
+        of_chain = false;
+        announce_digest(dir, B, 1, 0x11, false, 0);
+        assert_false(checkable(dir, 1, 2)); /* a digest of 1 is no chain value */
+        assert_int_equal(waiting(dir), 1);
+        of_chain = true;
+        announce_digest(dir, B, 1, 0x12, false, 0);
+        await_waiters(dir, 0); /* woken: long before its 60 s ran out */
+        pthread_join(t, NULL);
+        assert_int_equal(w.r, 0);
+        assert_true(checkable(dir, 1, 2));
+        assert_false(checkable(dir, 1, 0));
+        announce_digest(dir, B, 0, 0x10, false, 0);
+        assert_true(checkable(dir, 1, 0));
+        /* One chunk: its chain value is the blob digest, announced or not. */
+        make(&o, A, 2, 1, "0");
+        with_chain(&o, 0, 0x01);
+        apply_ok(dir, &o, 0);
+        assert_false(checkable(dir, 2, 0));
+        dir_free(dir);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_new_refuses),
@@ -1461,6 +1717,13 @@ int main(void) {
                 cmocka_unit_test(test_digest_verified_wins),
                 cmocka_unit_test(test_digest_verified_conflict),
                 cmocka_unit_test(test_digest_dispute_sticks),
+                cmocka_unit_test_prestate(test_digest_verified_wins, CHAIN),
+                cmocka_unit_test_prestate(test_digest_verified_conflict, CHAIN),
+                cmocka_unit_test_prestate(test_digest_dispute_sticks, CHAIN),
+                cmocka_unit_test(test_chain_answer_span),
+                cmocka_unit_test(test_chain_apart_from_digests),
+                cmocka_unit_test(test_chain_lazy),
+                cmocka_unit_test(test_chain_digest_wait),
                 cmocka_unit_test(test_digest_provenance_on_the_wire),
                 cmocka_unit_test(test_max_blobs),
                 cmocka_unit_test(test_max_holders),
