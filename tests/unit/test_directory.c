@@ -754,6 +754,57 @@ static void test_chain_lazy(void **state) {
         dir_free(dir);
 }
 
+/* Chain values count against max_bytes like digests: the first chain values of a blob that
+ * push the home past its budget drop the blob whose newest announce is oldest. */
+static void test_chain_byte_budget(void **state) {
+        /* 64 chunks: a block of values is 64 x 32 + 4 x 8 bytes, a holder bitmap 8; three
+         * blobs with digests fit, not with one blob's chain values on top. */
+        enum { N = 64, BLOCK = N * 32 + 4 * 8, BLOB = BLOCK + N / 8 };
+        struct dir_config cfg = {.chunk_size = CS,
+                                 .max_blobs = 1000,
+                                 .max_holders = 8,
+                                 .ttl_ms = TTL,
+                                 .claim_ttl_ms = CLAIM_TTL,
+                                 .max_bytes = 3 * BLOB + BLOCK / 2};
+        uint32_t idx[N];
+        struct digest v[N];
+        struct directory *dir;
+        struct wire_locate l;
+        struct dir_stats st;
+        struct one o;
+
+        (void)state;
+        assert_int_equal(dir_new(&cfg, &dir), 0);
+        for (uint32_t i = 0; i < N; i++) {
+                idx[i] = i;
+                memset(&v[i], (int)i, sizeof(v[i]));
+        }
+        for (int blob = 1; blob <= 3; blob++) {
+                make(&o, A, blob, N, "0-63");
+                o.b.ndigests = N;
+                o.b.sha_idx = idx;
+                o.b.sha = v;
+                apply_ok(dir, &o, 1000 + (uint64_t)blob);
+        }
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 3);
+        assert_int_equal(st.bytes, 3 * BLOB);
+        make(&o, A, 3, N, "0-63");
+        o.b.nchain = N - 1;
+        o.b.chain_idx = idx;
+        o.b.chain = v;
+        apply_ok(dir, &o, 1010);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.blobs, 2);
+        assert_int_equal(st.bytes, 2 * BLOB + BLOCK);
+        assert_true(st.bytes <= cfg.max_bytes);
+        assert_int_equal(locate(dir, 1, 1010, &l), -ENOENT);
+        assert_int_equal(locate(dir, 3, 1010, &l), 0);
+        assert_bits(l.chain_known, N, 0, N - 1);
+        locate_free(&l);
+        dir_free(dir);
+}
+
 /* The verified bits travel through the wire: a locate answer built from the directory and
  * parsed again says the same, and an announce's "verified" survives build and parse. */
 static void test_digest_provenance_on_the_wire(void **state) {
@@ -1723,6 +1774,7 @@ int main(void) {
                 cmocka_unit_test(test_chain_answer_span),
                 cmocka_unit_test(test_chain_apart_from_digests),
                 cmocka_unit_test(test_chain_lazy),
+                cmocka_unit_test(test_chain_byte_budget),
                 cmocka_unit_test(test_chain_digest_wait),
                 cmocka_unit_test(test_digest_provenance_on_the_wire),
                 cmocka_unit_test(test_max_blobs),
