@@ -33,7 +33,9 @@ ESC = "\x1b"
 # change for scripts, so it should be a deliberate edit here too.
 STAT_KEYS = {"version", "uptime_seconds", "chunk_size", "blobs", "blobs_verified",
              "blobs_complete", "blobs_partial", "blobs_pinned", "daemon_running", "cache",
-             "fetched", "errors", "served", "peers", "memory", "layers", "snapshotter"}
+             "fetched", "errors", "served", "peers", "memory", "layers", "snapshotter",
+             "verify"}
+VERIFY_KEYS = {"frontier_hashed_chunks", "frontier_linked_chunks", "landing_hashed_chunks"}
 CACHE_KEYS = {"budget_bytes", "effective_budget_bytes", "used_bytes", "pinned_bytes",
               "chunks_present", "hits", "misses", "evicted_chunks", "store_allocated_bytes",
               "landed_hits"}
@@ -210,6 +212,11 @@ def test_stat_and_ls_with_daemon_up(registry, blobs, daemon_factory):
     assert 8 * MiB <= c["store_allocated_bytes"] <= 8 * MiB + 64 * KiB, c
     assert s["fetched"]["origin_bytes"] == 8 * MiB, s["fetched"]
     assert s["fetched"]["origin_requests"] >= 1, s["fetched"]
+    # Origin bytes read whole: the verification hashed each of the 8 chunks (none came with a
+    # chain step to pass it by).
+    assert set(s["verify"]) == VERIFY_KEYS, s["verify"]
+    assert (s["verify"]["frontier_hashed_chunks"], s["verify"]["frontier_linked_chunks"]) == \
+        (8, 0), s["verify"]
     assert (s["blobs"], s["blobs_complete"], s["blobs_partial"], s["blobs_verified"]) == \
         (2, 1, 0, 1), s
     assert s["chunk_size"] == MiB, s
