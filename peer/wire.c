@@ -165,8 +165,8 @@ bool wr_get_blob_digest(json_t *obj, struct digest *ret) {
         return wr_get_digest_key(obj, "digest", ret);
 }
 
-/* [idx, "<hex>"] with idx < NCHUNKS. */
-bool wr_get_digest_pair(json_t *pair, uint32_t nchunks, uint32_t *ret_idx, struct digest *ret) {
+/* [idx, "<hex>"] with idx < LIMIT. */
+bool wr_get_digest_pair(json_t *pair, uint32_t limit, uint32_t *ret_idx, struct digest *ret) {
         json_t *i = json_array_get(pair, 0), *h = json_array_get(pair, 1);
         json_int_t idx;
 
@@ -174,12 +174,98 @@ bool wr_get_digest_pair(json_t *pair, uint32_t nchunks, uint32_t *ret_idx, struc
             !json_is_string(h))
                 return false;
         idx = json_integer_value(i);
-        if (idx < 0 || idx >= (json_int_t)nchunks)
+        if (idx < 0 || idx >= (json_int_t)limit)
                 return false;
         if (digest_from_hex(json_string_value(h), json_string_length(h), ret) < 0)
                 return false;
         *ret_idx = (uint32_t)idx;
         return true;
+}
+
+const struct wr_pair_list wr_digests = {"digests", "chunk digest", false};
+const struct wr_pair_list wr_chain = {"chain", "chain value", true};
+
+void wr_pairs_free(struct wr_pairs *p) {
+        free(p->idx);
+        free(p->val);
+        free(p->known);
+        *p = (struct wr_pairs){0};
+}
+
+int wr_parse_pairs(json_t *obj, const struct wr_pair_list *k, uint32_t nchunks, bool dense,
+                   struct wr_pairs *ret, const char *who, char *reason, size_t reason_len) {
+        json_t *arr = json_object_get(obj, k->key), *pair;
+        uint32_t limit = k->not_last && nchunks > 0 ? nchunks - 1 : nchunks, prev = 0;
+        struct wr_pairs p = {0};
+        size_t i, n;
+
+        *ret = p;
+        if (!arr)
+                return 0; /* optional: any subset, including none */
+        if (!json_is_array(arr))
+                return wr_fail(reason, reason_len, "invalid %s in %s: not an array", k->key, who);
+        n = json_array_size(arr);
+        /* Indexes are unique and below LIMIT: a longer list is wrong before it is read, and
+         * checking first keeps what is allocated from it honest. */
+        if (n > limit)
+                return wr_fail(reason, reason_len, "too many %ss in %s: %zu for %" PRIu32 " chunks",
+                               k->what, who, n, nchunks);
+        if (dense) {
+                p.val = calloc(nchunks ? nchunks : 1, sizeof(*p.val));
+                p.known = calloc(1, wr_bitmap_bytes(nchunks));
+        } else if (n > 0) {
+                p.idx = calloc(n, sizeof(*p.idx));
+                p.val = calloc(n, sizeof(*p.val));
+        }
+        if ((dense || n > 0) && (!p.val || (dense ? !p.known : !p.idx))) {
+                wr_pairs_free(&p);
+                return -ENOMEM;
+        }
+        json_array_foreach(arr, i, pair) {
+                struct digest d;
+                uint32_t idx;
+
+                if (!wr_get_digest_pair(pair, limit, &idx, &d) || (i > 0 && idx <= prev)) {
+                        wr_pairs_free(&p);
+                        return wr_fail(reason, reason_len,
+                                       "invalid %s %zu in %s: want [index,\"<64 hex>\"], "
+                                       "indexes increasing and < %" PRIu32,
+                                       k->what, i, who, limit);
+                }
+                if (dense) {
+                        p.val[idx] = d;
+                        wire_set_bit(p.known, idx);
+                } else {
+                        p.idx[i] = idx;
+                        p.val[i] = d;
+                }
+                prev = idx;
+        }
+        p.n = (uint32_t)n;
+        *ret = p;
+        return 0;
+}
+
+int wr_parse_subset(json_t *arr, uint32_t nchunks, const uint8_t *known, const char *of,
+                    uint8_t **ret, const char *what, const char *who, char *reason,
+                    size_t reason_len) {
+        uint8_t *map;
+        int r;
+
+        *ret = NULL;
+        if (!arr)
+                return 0;
+        r = wr_parse_ranges(arr, nchunks, &map, what, who, reason, reason_len);
+        if (r < 0)
+                return r;
+        for (size_t b = 0; b < wr_bitmap_bytes(nchunks); b++)
+                if (map[b] & ~(known ? known[b] : 0)) {
+                        free(map);
+                        return wr_fail(reason, reason_len, "invalid %s in %s: a chunk without a %s",
+                                       what, who, of);
+                }
+        *ret = map;
+        return 0;
 }
 
 static void set_range(uint8_t *map, uint32_t start, uint32_t end) {

@@ -154,7 +154,10 @@ struct wire_locate {
         /* Chain values (util/chain.h), "chain":[[idx,"<hex>"], ...] and "chain_verified":
          * [[a,b], ...] as for digests: CHAIN has nchunks entries, valid where CHAIN_KNOWN has
          * the bit (never the last chunk); CHAIN_VERIFIED (may be NULL) within CHAIN_KNOWN. A
-         * home answering for chunk I includes chunk I - 1's value, the one I is checked from. */
+         * home answering for chunk I includes chunk I - 1's value, the one I is checked from.
+         * Unlike the digests' arrays, the parser leaves CHAIN and CHAIN_KNOWN NULL when the
+         * answer has no "chain" (an older home: nothing to allocate) and CHAIN_VERIFIED NULL
+         * without "chain_verified"; the builder takes NULL for none. */
         struct digest *chain;
         uint8_t *chain_known;
         uint8_t *chain_verified;

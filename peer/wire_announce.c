@@ -11,10 +11,8 @@
 
 static int parse_blob(json_t *o, uint32_t chunk_size, size_t bi, uint64_t *total_chunks,
                       struct wire_blob *b, char *reason, size_t reason_len) {
-        json_t *digests, *pair;
         char who[32];
         uint64_t size;
-        size_t i;
         int r;
 
         snprintf(who, sizeof(who), "blob %zu", bi);
@@ -47,30 +45,23 @@ static int parse_blob(json_t *o, uint32_t chunk_size, size_t bi, uint64_t *total
                 return wr_fail(reason, reason_len, "invalid verified in %s: not a boolean", who);
         b->verified = json_is_true(verified);
 
-        digests = json_object_get(o, "digests");
-        if (!digests)
-                return 0; /* optional: any subset, including none */
-        if (!json_is_array(digests))
-                return wr_fail(reason, reason_len, "invalid digests in %s: not an array", who);
-        if (json_array_size(digests) > b->nchunks)
-                return wr_fail(reason, reason_len, "too many chunk digests in %s", who);
-        if (json_array_size(digests) == 0)
-                return 0;
-        b->sha_idx = calloc(json_array_size(digests), sizeof(*b->sha_idx));
-        b->sha = calloc(json_array_size(digests), sizeof(*b->sha));
-        if (!b->sha_idx || !b->sha)
-                return -ENOMEM;
-        json_array_foreach(digests, i, pair) {
-                uint32_t idx;
+        /* The two lists of [idx,"<hex>"] pairs, parsed by one set of rules (wire.c). */
+        struct {
+                const struct wr_pair_list *k;
+                uint32_t *n;
+                uint32_t **idx;
+                struct digest **val;
+        } lists[] = {{&wr_digests, &b->ndigests, &b->sha_idx, &b->sha},
+                     {&wr_chain, &b->nchain, &b->chain_idx, &b->chain}};
+        for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
+                struct wr_pairs p;
 
-                if (!wr_get_digest_pair(pair, b->nchunks, &idx, &b->sha[i]) ||
-                    (i > 0 && idx <= b->sha_idx[i - 1]))
-                        return wr_fail(reason, reason_len,
-                                       "invalid chunk digest %zu in %s: want [index,\"<64 hex>\"], "
-                                       "indexes increasing and < %" PRIu32,
-                                       i, who, b->nchunks);
-                b->sha_idx[i] = idx;
-                b->ndigests = (uint32_t)i + 1;
+                r = wr_parse_pairs(o, lists[i].k, b->nchunks, false, &p, who, reason, reason_len);
+                if (r < 0)
+                        return r; /* what the lists before it took is freed with the announce */
+                *lists[i].n = p.n;
+                *lists[i].idx = p.idx;
+                *lists[i].val = p.val;
         }
         return 0;
 }
@@ -173,6 +164,8 @@ void wire_announce_free(struct wire_announce *a) {
                 free(a->blobs[i].present);
                 free(a->blobs[i].sha_idx);
                 free(a->blobs[i].sha);
+                free(a->blobs[i].chain_idx);
+                free(a->blobs[i].chain);
         }
         free(a->blobs);
         a->blobs = NULL;
@@ -184,35 +177,52 @@ void wire_announce_free(struct wire_announce *a) {
 
 /* ---- building ------------------------------------------------------------------------ */
 
+/* Whether N pairs IDX/VAL are a list the parser takes: indexes increasing and < LIMIT. */
+static bool pairs_valid(uint32_t n, const uint32_t *idx, const struct digest *val, uint32_t limit) {
+        if (n > limit || (n > 0 && (!idx || !val)))
+                return false;
+        for (uint32_t i = 0; i < n; i++)
+                if (idx[i] >= limit || (i > 0 && idx[i] <= idx[i - 1]))
+                        return false;
+        return true;
+}
+
 static int check_blob(const struct wire_blob *b, uint32_t chunk_size) {
         if (b->size > INT64_MAX || wr_nchunks_of(b->size, chunk_size) != b->nchunks ||
             b->nchunks > WIRE_MAX_CHUNKS || (b->nchunks > 0 && !b->present) ||
-            !wr_source_valid(b->source) || b->ndigests > b->nchunks ||
-            (b->ndigests > 0 && (!b->sha_idx || !b->sha)))
+            !wr_source_valid(b->source) ||
+            !pairs_valid(b->ndigests, b->sha_idx, b->sha, b->nchunks) ||
+            !pairs_valid(b->nchain, b->chain_idx, b->chain, b->nchunks ? b->nchunks - 1 : 0))
                 return -EINVAL;
-        for (uint32_t i = 0; i < b->ndigests; i++)
-                if (b->sha_idx[i] >= b->nchunks || (i > 0 && b->sha_idx[i] <= b->sha_idx[i - 1]))
-                        return -EINVAL;
         return 0;
 }
 
-static json_t *blob_json(const struct wire_blob *b) {
-        json_t *o = json_object(), *digests = json_array();
-        bool ok = o && digests;
+/* N pairs IDX/VAL as [[idx,"<hex>"], ...]; NULL on allocation failure. */
+static json_t *pairs_json(uint32_t n, const uint32_t *idx, const struct digest *val) {
+        json_t *arr = json_array();
 
-        for (uint32_t i = 0; ok && i < b->ndigests; i++)
-                ok = json_array_append_new(digests,
-                                           wr_digest_pair_json(b->sha_idx[i], &b->sha[i])) == 0;
-        if (!ok) {
-                json_decref(digests);
-                json_decref(o);
+        for (uint32_t i = 0; arr && i < n; i++)
+                if (json_array_append_new(arr, wr_digest_pair_json(idx[i], &val[i])) < 0) {
+                        json_decref(arr);
+                        return NULL;
+                }
+        return arr;
+}
+
+static json_t *blob_json(const struct wire_blob *b) {
+        json_t *o = json_object();
+        bool ok;
+
+        if (!o)
                 return NULL;
-        }
         ok = json_object_set_new(o, "digest", wr_blob_digest_json(&b->digest)) == 0 &&
              json_object_set_new(o, "size", json_integer((json_int_t)b->size)) == 0 &&
              json_object_set_new(o, "source", json_string(b->source)) == 0 &&
              json_object_set_new(o, "present", wr_ranges_json(b->present, b->nchunks)) == 0 &&
-             json_object_set_new(o, "digests", digests) == 0 &&
+             json_object_set_new(o, "digests", pairs_json(b->ndigests, b->sha_idx, b->sha)) == 0 &&
+             (!b->nchain ||
+              json_object_set_new(o, "chain", pairs_json(b->nchain, b->chain_idx, b->chain)) ==
+                      0) &&
              (!b->verified || json_object_set_new(o, "verified", json_true()) == 0);
         if (!ok) {
                 json_decref(o);
@@ -272,6 +282,16 @@ int wire_announce_build(const struct wire_announce *a, char **ret, size_t *ret_l
 
 /* ---- comparison ---------------------------------------------------------------------- */
 
+static bool pairs_equal(uint32_t na, const uint32_t *ia, const struct digest *va, uint32_t nb,
+                        const uint32_t *ib, const struct digest *vb) {
+        if (na != nb)
+                return false;
+        for (uint32_t j = 0; j < na; j++)
+                if (ia[j] != ib[j] || !digest_equal(&va[j], &vb[j]))
+                        return false;
+        return true;
+}
+
 bool wire_announce_equal(const struct wire_announce *a, const struct wire_announce *b) {
         if (strcmp(a->node, b->node) != 0 || a->chunk_size != b->chunk_size ||
             a->nblobs != b->nblobs || a->boot != b->boot || a->nindexes != b->nindexes)
@@ -285,11 +305,12 @@ bool wire_announce_equal(const struct wire_announce *a, const struct wire_announ
                 if (!digest_equal(&x->digest, &y->digest) || x->size != y->size ||
                     x->nchunks != y->nchunks || strcmp(x->source, y->source) != 0 ||
                     !wr_bitmap_equal(x->present, y->present, x->nchunks) ||
-                    x->ndigests != y->ndigests || x->verified != y->verified)
+                    x->verified != y->verified ||
+                    !pairs_equal(x->ndigests, x->sha_idx, x->sha, y->ndigests, y->sha_idx,
+                                 y->sha) ||
+                    !pairs_equal(x->nchain, x->chain_idx, x->chain, y->nchain, y->chain_idx,
+                                 y->chain))
                         return false;
-                for (uint32_t j = 0; j < x->ndigests; j++)
-                        if (x->sha_idx[j] != y->sha_idx[j] || !digest_equal(&x->sha[j], &y->sha[j]))
-                                return false;
         }
         return true;
 }

@@ -37,7 +37,41 @@ bool wr_source_valid(const char *s);
 bool wr_get_source(json_t *obj, char out[IDX_SOURCE_MAX]);
 bool wr_get_digest_key(json_t *obj, const char *key, struct digest *ret);
 bool wr_get_blob_digest(json_t *obj, struct digest *ret); /* OBJ["digest"] */
-bool wr_get_digest_pair(json_t *pair, uint32_t nchunks, uint32_t *ret_idx, struct digest *ret);
+bool wr_get_digest_pair(json_t *pair, uint32_t limit, uint32_t *ret_idx, struct digest *ret);
+
+/* A list of [idx, "<hex>"] pairs, one per chunk, in a message: "digests" (sha256 of chunks)
+ * and "chain" (chain values, util/chain.h: never the last chunk's, which is the blob digest
+ * itself). One parser and one set of rules for both, so the two lists cannot drift apart. */
+struct wr_pair_list {
+        const char *key;  /* the JSON key */
+        const char *what; /* a name for REASON, made plural with an "s" */
+        bool not_last;    /* the last chunk's index is refused */
+};
+extern const struct wr_pair_list wr_digests, wr_chain;
+
+/* What wr_parse_pairs() parsed. Sparse (announces): N pairs, chunk IDX[i] has VAL[i].
+ * Dense (locate answers): VAL has nchunks entries, valid where the bitmap KNOWN has the bit;
+ * both NULL when the list was absent. KNOWN is NULL when sparse, IDX when dense. */
+struct wr_pairs {
+        uint32_t n;
+        uint32_t *idx;
+        struct digest *val;
+        uint8_t *known;
+};
+void wr_pairs_free(struct wr_pairs *p); /* and zeroes it */
+
+/* OBJ[K->key], when present, into *RET (zeroed when absent, or on error with nothing to free):
+ * an array of at most as many pairs as there are indexes allowed, indexes strictly
+ * increasing and below NCHUNKS (NCHUNKS - 1 for K->not_last), strict lowercase hex. WHO names
+ * the object in REASON. */
+int wr_parse_pairs(json_t *obj, const struct wr_pair_list *k, uint32_t nchunks, bool dense,
+                   struct wr_pairs *ret, const char *who, char *reason, size_t reason_len);
+/* ARR (NULL: absent, *RET NULL) as ranges (wr_parse_ranges) into a fresh bitmap *RET, which
+ * must lie within KNOWN (NULL: nothing known; OF names what is known, for REASON): "verified"
+ * and "chain_verified". */
+int wr_parse_subset(json_t *arr, uint32_t nchunks, const uint8_t *known, const char *of,
+                    uint8_t **ret, const char *what, const char *who, char *reason,
+                    size_t reason_len);
 int wr_parse_ranges(json_t *arr, uint32_t nchunks, uint8_t **ret, const char *what, const char *who,
                     char *reason, size_t reason_len);
 /* BODY as a JSON object (json_decref() it), after the WIRE_MAX_BODY cap and with duplicate

@@ -48,10 +48,8 @@ static int parse_holders(json_t *arr, bool fetching, struct wire_locate *l, char
 }
 
 static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_t reason_len) {
-        json_t *digests, *pair, *holders, *fetching, *claim, *verified;
-        uint32_t prev = 0;
+        json_t *holders, *fetching, *claim;
         uint64_t v;
-        size_t i;
         int r;
 
         if (!wr_get_blob_digest(root, &l->digest))
@@ -73,49 +71,40 @@ static int parse_locate(json_t *root, struct wire_locate *l, char *reason, size_
 
         holders = json_object_get(root, "holders");
         fetching = json_object_get(root, "fetching");
-        digests = json_object_get(root, "digests");
         claim = json_object_get(root, "claim");
-        verified = json_object_get(root, "verified");
-        /* Shapes and counts first, so nothing below is sized by an unchecked number. */
-        if (digests && !json_is_array(digests))
-                return wr_fail(reason, reason_len, "invalid digests: not an array");
-        if (digests && json_array_size(digests) > l->nchunks)
-                return wr_fail(reason, reason_len,
-                               "too many chunk digests: %zu for %" PRIu32 " chunks",
-                               json_array_size(digests), l->nchunks);
 
-        l->sha = calloc(l->nchunks ? l->nchunks : 1, sizeof(*l->sha));
-        l->sha_known = calloc(1, wr_bitmap_bytes(l->nchunks));
+        struct wr_pairs p;
+        r = wr_parse_pairs(root, &wr_digests, l->nchunks, true, &p, "answer", reason, reason_len);
+        if (r < 0)
+                return r;
+        l->sha = p.val;
+        l->sha_known = p.known;
+        r = wr_parse_pairs(root, &wr_chain, l->nchunks, true, &p, "answer", reason, reason_len);
+        if (r < 0)
+                return r;
+        l->chain = p.val; /* NULL when absent (older homes): readers check chain_known */
+        l->chain_known = p.known;
+        /* The digests' arrays are there even when none came (wire.h), for readers to test. */
+        if (!l->sha)
+                l->sha = calloc(l->nchunks ? l->nchunks : 1, sizeof(*l->sha));
+        if (!l->sha_known)
+                l->sha_known = calloc(1, wr_bitmap_bytes(l->nchunks));
         l->holders = calloc(2 * WIRE_MAX_HOLDERS, sizeof(*l->holders));
         if (!l->sha || !l->sha_known || !l->holders)
                 return -ENOMEM;
-        json_array_foreach(digests, i, pair) {
-                struct digest d;
-                uint32_t idx;
-
-                if (!wr_get_digest_pair(pair, l->nchunks, &idx, &d) || (i > 0 && idx <= prev))
-                        return wr_fail(reason, reason_len,
-                                       "invalid chunk digest %zu: want [index,\"<64 hex>\"], "
-                                       "indexes increasing and < %" PRIu32,
-                                       i, l->nchunks);
-                l->sha[idx] = d;
-                wire_set_bit(l->sha_known, idx);
-                prev = idx;
-        }
-        if (verified) {
-                r = wr_parse_ranges(verified, l->nchunks, &l->sha_verified, "verified", "answer",
-                                    reason, reason_len);
-                if (r < 0)
-                        return r;
-                for (size_t b = 0; b < wr_bitmap_bytes(l->nchunks); b++)
-                        if (l->sha_verified[b] & ~l->sha_known[b])
-                                return wr_fail(reason, reason_len,
-                                               "invalid verified: a chunk without a digest");
-        } else {
+        r = wr_parse_subset(json_object_get(root, "verified"), l->nchunks, l->sha_known, "digest",
+                            &l->sha_verified, "verified", "answer", reason, reason_len);
+        if (r < 0)
+                return r;
+        if (!l->sha_verified)
                 l->sha_verified = calloc(1, wr_bitmap_bytes(l->nchunks));
-                if (!l->sha_verified)
-                        return -ENOMEM;
-        }
+        if (!l->sha_verified)
+                return -ENOMEM;
+        r = wr_parse_subset(json_object_get(root, "chain_verified"), l->nchunks, l->chain_known,
+                            "chain value", &l->chain_verified, "chain_verified", "answer", reason,
+                            reason_len);
+        if (r < 0)
+                return r;
 
         r = parse_holders(holders, false, l, reason, reason_len);
         if (r < 0)
@@ -175,10 +164,16 @@ void wire_locate_free(struct wire_locate *l) {
         free(l->sha);
         free(l->sha_known);
         free(l->sha_verified);
+        free(l->chain);
+        free(l->chain_known);
+        free(l->chain_verified);
         l->holders = NULL;
         l->sha = NULL;
         l->sha_known = NULL;
         l->sha_verified = NULL;
+        l->chain = NULL;
+        l->chain_known = NULL;
+        l->chain_verified = NULL;
         l->nholders = 0;
 }
 
@@ -191,7 +186,10 @@ static int check_locate(const struct wire_locate *l) {
             wr_nchunks_of(l->size, l->chunk_size) != l->nchunks || l->nchunks > WIRE_MAX_CHUNKS ||
             !wr_source_valid(l->source) || (l->sha_known && !l->sha) ||
             (l->nholders > 0 && !l->holders) || (l->has_claim && l->claim_chunk >= l->nchunks) ||
-            l->ttl_ms > WIRE_MAX_LOCATE_TTL_MS)
+            l->ttl_ms > WIRE_MAX_LOCATE_TTL_MS || (l->chain_known && !l->chain))
+                return -EINVAL;
+        /* The last chunk's chain value is the blob digest: the parser refuses one. */
+        if (l->chain_known && l->nchunks > 0 && wire_bit(l->chain_known, l->nchunks - 1))
                 return -EINVAL;
         for (uint32_t i = 0; i < l->nholders; i++) {
                 const struct wire_holder *h = &l->holders[i];
@@ -231,18 +229,19 @@ static json_t *holders_json(const struct wire_locate *l, bool fetching) {
         return arr;
 }
 
-static json_t *sha_json(const struct wire_locate *l) {
+/* The values VAL of the chunks whose bit KNOWN (NULL: none) has, as [[idx,"<hex>"], ...]. */
+static json_t *pairs_json(const uint8_t *known, const struct digest *val, uint32_t nchunks) {
         json_t *arr = json_array();
 
         if (!arr)
                 return NULL;
-        for (uint32_t i = 0; l->sha_known && i < l->nchunks; i++) {
-                if (i % 8 == 0 && l->sha_known[i / 8] == 0) {
+        for (uint32_t i = 0; known && i < nchunks; i++) {
+                if (i % 8 == 0 && known[i / 8] == 0) {
                         i += 7;
                         continue;
                 }
-                if (wire_bit(l->sha_known, i) &&
-                    json_array_append_new(arr, wr_digest_pair_json(i, &l->sha[i])) < 0) {
+                if (wire_bit(known, i) &&
+                    json_array_append_new(arr, wr_digest_pair_json(i, &val[i])) < 0) {
                         json_decref(arr);
                         return NULL;
                 }
@@ -250,54 +249,70 @@ static json_t *sha_json(const struct wire_locate *l) {
         return arr;
 }
 
-/* The chunks of L whose digest is known and verified, as ranges in *RET: NULL when there are
- * none (the key is then left out). 0 or -ENOMEM. */
-static int verified_json(const struct wire_locate *l, json_t **ret) {
+/* The chunks in both KNOWN and VERIFIED (either NULL: none), as ranges in *RET: NULL when
+ * there are none (the key is then left out). 0 or -ENOMEM. */
+static int subset_json(const uint8_t *known, const uint8_t *verified, uint32_t nchunks,
+                       json_t **ret) {
         uint8_t *map;
         bool any = false;
 
         *ret = NULL;
-        if (!l->sha_known || !l->sha_verified)
+        if (!known || !verified)
                 return 0;
-        map = calloc(1, wr_bitmap_bytes(l->nchunks));
+        map = calloc(1, wr_bitmap_bytes(nchunks));
         if (!map)
                 return -ENOMEM;
-        for (size_t i = 0; i < wr_bitmap_bytes(l->nchunks); i++) {
-                map[i] = l->sha_verified[i] & l->sha_known[i];
+        for (size_t i = 0; i < wr_bitmap_bytes(nchunks); i++) {
+                map[i] = verified[i] & known[i];
                 any |= map[i] != 0;
         }
-        if (l->nchunks % 8) /* bits past the end are not chunks */
-                map[l->nchunks / 8] &= (uint8_t)((1u << (l->nchunks % 8)) - 1);
+        if (nchunks % 8) /* bits past the end are not chunks */
+                map[nchunks / 8] &= (uint8_t)((1u << (nchunks % 8)) - 1);
         if (any)
-                *ret = wr_ranges_json(map, l->nchunks);
+                *ret = wr_ranges_json(map, nchunks);
         free(map);
         return any && !*ret ? -ENOMEM : 0;
 }
 
+/* Sets ROOT[KEY] to ranges V (consumed) when there are any; whether that went well. */
+static bool set_ranges(json_t *root, const char *key, json_t *v) {
+        return !v || json_object_set_new(root, key, v) == 0;
+}
+
 int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len) {
-        json_t *root, *verified;
-        bool ok;
+        json_t *root, *verified = NULL, *chain_verified = NULL;
+        bool ok, chain = false;
 
         if (check_locate(l) < 0)
                 return -EINVAL;
-        if (verified_json(l, &verified) < 0)
-                return -ENOMEM;
-        root = json_object();
-        if (!root) {
+        for (uint32_t i = 0; l->chain_known && !chain && i < (l->nchunks + 7) / 8; i++)
+                chain = l->chain_known[i] != 0;
+        if (subset_json(l->sha_known, l->sha_verified, l->nchunks, &verified) < 0 ||
+            subset_json(l->chain_known, l->chain_verified, l->nchunks, &chain_verified) < 0) {
                 json_decref(verified);
                 return -ENOMEM;
         }
-        ok = json_object_set_new(root, "digest", wr_blob_digest_json(&l->digest)) == 0 &&
+        root = json_object();
+        ok = root && json_object_set_new(root, "digest", wr_blob_digest_json(&l->digest)) == 0 &&
              json_object_set_new(root, "size", json_integer((json_int_t)l->size)) == 0 &&
              json_object_set_new(root, "source", json_string(l->source)) == 0 &&
              json_object_set_new(root, "chunk_size", json_integer(l->chunk_size)) == 0 &&
-             json_object_set_new(root, "digests", sha_json(l)) == 0 &&
+             json_object_set_new(root, "digests", pairs_json(l->sha_known, l->sha, l->nchunks)) ==
+                     0 &&
+             (!chain ||
+              json_object_set_new(root, "chain",
+                                  pairs_json(l->chain_known, l->chain, l->nchunks)) == 0) &&
              json_object_set_new(root, "holders", holders_json(l, false)) == 0 &&
              json_object_set_new(root, "fetching", holders_json(l, true)) == 0;
-        if (verified && ok)
-                ok = json_object_set_new(root, "verified", verified) == 0;
-        else if (verified)
-                json_decref(verified);
+        /* Set (and so owned by ROOT) or dropped here, whatever happened above. */
+        if (ok) {
+                ok = set_ranges(root, "verified", verified);
+                verified = NULL;
+                ok = set_ranges(root, "chain_verified", chain_verified) && ok;
+                chain_verified = NULL;
+        }
+        json_decref(verified);
+        json_decref(chain_verified);
         if (ok && l->has_claim)
                 ok = json_object_set_new(root, "claim",
                                          json_pack("{s:I,s:b}", "chunk", (json_int_t)l->claim_chunk,
@@ -313,17 +328,30 @@ int wire_locate_build(const struct wire_locate *l, char **ret, size_t *ret_len) 
 
 /* ---- comparison ---------------------------------------------------------------------- */
 
-/* Byte I of L's sha_known, bits past nchunks cleared; NULL means none known. */
-static uint8_t known_byte(const struct wire_locate *l, uint32_t i) {
-        uint32_t rest = l->nchunks - i * 8;
-        uint8_t b = l->sha_known ? l->sha_known[i] : 0;
+/* Byte I of bitmap KNOWN (NULL: none) of NCHUNKS bits, bits past nchunks cleared. */
+static uint8_t known_byte(const uint8_t *known, uint32_t nchunks, uint32_t i) {
+        uint32_t rest = nchunks - i * 8;
+        uint8_t b = known ? known[i] : 0;
 
         return rest >= 8 ? b : (uint8_t)(b & ((1u << rest) - 1));
 }
 
-/* Byte I of L's sha_verified where known. */
-static uint8_t verified_byte(const struct wire_locate *l, uint32_t i) {
-        return l->sha_verified ? (uint8_t)(l->sha_verified[i] & known_byte(l, i)) : 0;
+/* Whether two dense lists of NCHUNKS values (as the answer keeps "digests" and "chain") say
+ * the same: the same chunks known, the same values there, the same verified among them. */
+static bool dense_equal(const uint8_t *ka, const struct digest *va, const uint8_t *ra,
+                        const uint8_t *kb, const struct digest *vb, const uint8_t *rb,
+                        uint32_t nchunks) {
+        for (uint32_t i = 0; i < (nchunks + 7) / 8; i++) {
+                uint8_t k = known_byte(ka, nchunks, i);
+
+                if (k != known_byte(kb, nchunks, i) ||
+                    (known_byte(ra, nchunks, i) & k) != (known_byte(rb, nchunks, i) & k))
+                        return false;
+                for (uint32_t j = 0; k && j < 8; j++)
+                        if ((k & (1u << j)) && !digest_equal(&va[i * 8 + j], &vb[i * 8 + j]))
+                                return false;
+        }
+        return true;
 }
 
 bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b) {
@@ -335,16 +363,11 @@ bool wire_locate_equal(const struct wire_locate *a, const struct wire_locate *b)
         if (a->has_claim &&
             (a->claim_chunk != b->claim_chunk || a->claim_granted != b->claim_granted))
                 return false;
-        for (uint32_t i = 0; i < (a->nchunks + 7) / 8; i++) {
-                uint8_t k = known_byte(a, i);
-
-                if (k != known_byte(b, i) || verified_byte(a, i) != verified_byte(b, i))
-                        return false;
-                for (uint32_t j = 0; k && j < 8; j++)
-                        if ((k & (1u << j)) &&
-                            !digest_equal(&a->sha[i * 8 + j], &b->sha[i * 8 + j]))
-                                return false;
-        }
+        if (!dense_equal(a->sha_known, a->sha, a->sha_verified, b->sha_known, b->sha,
+                         b->sha_verified, a->nchunks) ||
+            !dense_equal(a->chain_known, a->chain, a->chain_verified, b->chain_known, b->chain,
+                         b->chain_verified, a->nchunks))
+                return false;
         for (uint32_t i = 0; i < a->nholders; i++) {
                 const struct wire_holder *x = &a->holders[i], *y = &b->holders[i];
 

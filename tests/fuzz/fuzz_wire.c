@@ -33,6 +33,9 @@ static void announce_round_trip(const char *body, size_t size) {
         CHECK(a.nindexes <= WIRE_MAX_INDEXES && (a.nindexes == 0 || a.indexes));
         for (uint32_t i = 0; i < a.nindexes; i++)
                 CHECK(a.indexes[i].size >= 1 && a.indexes[i].size <= INT64_MAX);
+        for (uint32_t i = 0; i < a.nblobs; i++) /* never the last chunk's chain value */
+                for (uint32_t j = 0; j < a.blobs[i].nchain; j++)
+                        CHECK(a.blobs[i].chain_idx[j] + 1 < a.blobs[i].nchunks);
         CHECK(wire_announce_build(&a, &text, &len) == 0);
         CHECK(len == strlen(text) && len <= WIRE_MAX_BODY);
         CHECK(wire_announce_parse(text, len, &back, reason, sizeof(reason)) == 0);
@@ -60,6 +63,9 @@ static void locate_round_trip(const char *body, size_t size) {
         CHECK(!l.has_claim || l.claim_chunk < l.nchunks);
         for (uint32_t i = 1; i < l.nholders; i++)
                 CHECK(l.holders[i - 1].fetching <= l.holders[i].fetching); /* present first */
+        CHECK(!l.chain_known || !l.nchunks || !wire_bit(l.chain_known, l.nchunks - 1));
+        for (uint32_t i = 0; l.chain_verified && i < l.nchunks; i++)
+                CHECK(!wire_bit(l.chain_verified, i) || wire_bit(l.chain_known, i));
         CHECK(wire_locate_build(&l, &text, &len) == 0);
         CHECK(len == strlen(text) && len <= WIRE_MAX_BODY);
         CHECK(wire_locate_parse(text, len, &back, reason, sizeof(reason)) == 0);

@@ -252,6 +252,14 @@ static void test_announce_round_trip(void **state) {
                                 b->sha_idx[i] = 2 * i + 1;
                                 set_digest(&b->sha[i], (uint8_t)i);
                         }
+                        /* Chain values: every third chunk but never the last. */
+                        b->nchain = (b->nchunks + 1) / 3;
+                        b->chain_idx = calloc(b->nchain + 1, sizeof(*b->chain_idx));
+                        b->chain = calloc(b->nchain + 1, sizeof(*b->chain));
+                        for (uint32_t i = 0; i < b->nchain; i++) {
+                                b->chain_idx[i] = 3 * i;
+                                set_digest(&b->chain[i], (uint8_t)(i + 100));
+                        }
                 }
         }
         assert_int_equal(wire_announce_build(&a, &text, &len), 0);
@@ -261,6 +269,17 @@ static void test_announce_round_trip(void **state) {
         back.blobs[29].sha[3].bytes[0] ^= 1;
         assert_false(wire_announce_equal(&a, &back));
         back.blobs[29].sha[3].bytes[0] ^= 1;
+        assert_int_equal(back.blobs[59].nchain, 333);
+        back.blobs[59].chain[7].bytes[31] ^= 1;
+        assert_false(wire_announce_equal(&a, &back));
+        back.blobs[59].chain[7].bytes[31] ^= 1;
+        back.blobs[59].chain_idx[332]++; /* 997 (not the last chunk, 999) */
+        assert_false(wire_announce_equal(&a, &back));
+        back.blobs[59].chain_idx[332]--;
+        back.blobs[59].nchain--;
+        assert_false(wire_announce_equal(&a, &back));
+        back.blobs[59].nchain++;
+        assert_true(wire_announce_equal(&a, &back));
         back.chunk_size++;
         assert_false(wire_announce_equal(&a, &back));
         back.chunk_size--;
@@ -273,6 +292,8 @@ static void test_announce_round_trip(void **state) {
                 free(blobs[i].present);
                 free(blobs[i].sha_idx);
                 free(blobs[i].sha);
+                free(blobs[i].chain_idx);
+                free(blobs[i].chain);
         }
 
         /* No blobs at all is a valid (if pointless) announce. */
@@ -820,6 +841,180 @@ static void test_verified(void **state) {
         expect_locate_err(LOC(",\"digests\":[[1,\"" HEX1 "\"]],\"verified\":[[1,11]]"), "verified");
 }
 
+/* A chunk's [idx,"<hex>"] pair, and an announce of one blob whose "chain" is LIST. */
+#define CHAIN(size, list) ANN("10.0.0.2:5001", 4, BLOB(size, ",\"present\":[],\"chain\":" list))
+#define PAIR(i, hex) "[" #i ",\"" hex "\"]"
+
+/* Chain values (util/chain.h) on the wire: an announce's "chain" and a locate answer's "chain"
+ * and "chain_verified", with the digests' rules (one parser for both), and the last chunk's
+ * value, which is the blob digest itself, refused both ways. */
+static void test_chain_announce(void **state) {
+        struct wire_announce a, back;
+        char *text = NULL, reason[256] = "";
+        size_t len = 0;
+
+        (void)state;
+        parse_announce_ok(ANN("10.0.0.2:5001", 4,
+                              BLOB(12, ",\"present\":[[0,3]],\"digests\":[[2,\"" HEX1
+                                       "\"]],\"chain\":[[0,\"" HEX2 "\"],[1,\"" HEX1 "\"]]")),
+                          &a);
+        assert_int_equal(a.blobs[0].nchain, 2);
+        assert_int_equal(a.blobs[0].chain_idx[0], 0);
+        assert_int_equal(a.blobs[0].chain_idx[1], 1);
+        assert_int_equal(a.blobs[0].chain[0].bytes[0], 0xe3);
+        assert_int_equal(a.blobs[0].chain[1].bytes[0], 0xba);
+        assert_int_equal(a.blobs[0].ndigests, 1);
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_non_null(strstr(text, "\"digests\":[[2,\"" HEX1 "\"]],\"chain\":[[0,\"" HEX2
+                                     "\"],[1,\"" HEX1 "\"]]"));
+        assert_int_equal(wire_announce_parse(text, len, &back, reason, sizeof(reason)), 0);
+        free(text);
+        assert_true(wire_announce_equal(&a, &back));
+        back.blobs[0].chain[1].bytes[0] ^= 1;
+        assert_false(wire_announce_equal(&a, &back));
+        wire_announce_free(&back);
+
+        /* The builder refuses what the parser would: the last chunk's value, disorder. */
+        a.blobs[0].chain_idx[1] = 2;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        a.blobs[0].chain_idx[1] = 0;
+        assert_int_equal(wire_announce_build(&a, &text, &len), -EINVAL);
+        a.blobs[0].chain_idx[1] = 1;
+        a.blobs[0].nchain = 0; /* none: the key is left out (older nodes never see it) */
+        assert_int_equal(wire_announce_build(&a, &text, &len), 0);
+        assert_null(strstr(text, "chain"));
+        free(text);
+        a.blobs[0].nchain = 2;
+        wire_announce_free(&a);
+
+        /* Absent: none. */
+        parse_announce_ok(ANN("10.0.0.2:5001", 4, BLOB(12, ",\"present\":[]")), &a);
+        assert_int_equal(a.blobs[0].nchain, 0);
+        assert_null(a.blobs[0].chain);
+        wire_announce_free(&a);
+
+        static const struct {
+                const char *body, *want;
+        } bad[] = {
+                {CHAIN(12, "{}"), "chain"},
+                /* Chunk 2 is the last of 3: its value is the blob digest. */
+                {CHAIN(12, "[" PAIR(2, HEX1) "]"), "chain value 0"},
+                {CHAIN(12, "[" PAIR(1, HEX1) "," PAIR(0, HEX1) "]"), "chain value 1"},
+                {CHAIN(12, "[" PAIR(0, HEX1) "," PAIR(0, HEX1) "]"), "chain value 1"},
+                {CHAIN(12, "[" PAIR(0, HEXU) "]"), "chain value 0"},
+                {CHAIN(12, "[" PAIR(0, HEX1 "0") "]"), "chain value 0"},
+                {CHAIN(12, "[" PAIR(-1, HEX1) "]"), "chain value 0"},
+                {CHAIN(12, "[[0]]"), "chain value 0"},
+                /* One chunk: no chain value can be sent at all. */
+                {CHAIN(4, "[" PAIR(0, HEX1) "]"), "too many chain values"},
+                {CHAIN(12, "[" PAIR(0, HEX1) "," PAIR(1, HEX1) "," PAIR(2, HEX1) "]"),
+                 "too many chain values"},
+                /* The second blob bad: the first one's chain values are released (ASan). */
+                {ANN("10.0.0.2:5001", 4,
+                     BLOB(12,
+                          ",\"present\":[],\"digests\":[" PAIR(0, HEX1) "],\"chain\":[" PAIR(
+                                  0, HEX1) "]") "," BLOB(12,
+                                                         ",\"present\":[],\"chain\":[[0,\"x\"]]")),
+                 "blob 1"},
+                /* Bad chain after good digests in one blob: those are released too. */
+                {ANN("10.0.0.2:5001", 4,
+                     BLOB(12, ",\"present\":[],\"digests\":[" PAIR(0, HEX1) "],\"chain\":[" PAIR(
+                                      5, HEX1) "]")),
+                 "chain value 0"},
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                expect_announce_err(bad[i].body, bad[i].want);
+}
+
+static void test_chain_locate(void **state) {
+        struct wire_locate l, back;
+        char *text = NULL, reason[256];
+        size_t len = 0;
+
+        (void)state;
+        /* Absent (an older home): nothing known, nothing allocated. */
+        parse_locate_ok(LOC(",\"digests\":[[1,\"" HEX1 "\"]]"), &l);
+        assert_null(l.chain);
+        assert_null(l.chain_known);
+        assert_null(l.chain_verified);
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_null(strstr(text, "chain"));
+        free(text);
+        wire_locate_free(&l);
+
+        parse_locate_ok(LOC(",\"chain\":[[0,\"" HEX1 "\"],[3,\"" HEX2 "\"],[8,\"" HEX2
+                            "\"]],\"chain_verified\":[[3,4]]"),
+                        &l);
+        assert_non_null(l.chain_known);
+        assert_true(wire_bit(l.chain_known, 0));
+        assert_true(wire_bit(l.chain_known, 3));
+        assert_true(wire_bit(l.chain_known, 8));
+        assert_false(wire_bit(l.chain_known, 1));
+        assert_false(wire_bit(l.sha_known, 0)); /* a chain value is not a digest */
+        assert_int_equal(l.chain[3].bytes[0], 0xe3);
+        assert_true(wire_bit(l.chain_verified, 3));
+        assert_false(wire_bit(l.chain_verified, 0));
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_non_null(
+                strstr(text, "\"chain\":[[0,\"" HEX1 "\"],[3,\"" HEX2 "\"],[8,\"" HEX2 "\"]]"));
+        assert_non_null(strstr(text, "\"chain_verified\":[[3,4]]"));
+        assert_null(strstr(text, "\"verified\""));
+        assert_int_equal(wire_locate_parse(text, len, &back, reason, sizeof(reason)), 0);
+        free(text);
+        assert_true(wire_locate_equal(&l, &back));
+        back.chain[8].bytes[9] ^= 1;
+        assert_false(wire_locate_equal(&l, &back)); /* values compared */
+        back.chain[8].bytes[9] ^= 1;
+        wire_set_bit(back.chain_verified, 8);
+        assert_false(wire_locate_equal(&l, &back)); /* verified bits compared */
+        back.chain_verified[1] = 0;
+        back.chain_known[0] &= (uint8_t)~1u;
+        assert_false(wire_locate_equal(&l, &back)); /* known bits compared */
+        wire_locate_free(&back);
+        /* A verified bit without a value is not built; a value for the last chunk is refused. */
+        wire_set_bit(l.chain_verified, 5);
+        assert_int_equal(wire_locate_build(&l, &text, &len), 0);
+        assert_non_null(strstr(text, "\"chain_verified\":[[3,4]]"));
+        free(text);
+        wire_set_bit(l.chain_known, 9);
+        text = NULL;
+        assert_int_equal(wire_locate_build(&l, &text, &len), -EINVAL);
+        assert_null(text);
+        free(l.chain);
+        l.chain = NULL; /* known bits without values */
+        l.chain_known[1] = 0;
+        assert_int_equal(wire_locate_build(&l, &text, &len), -EINVAL);
+        wire_locate_free(&l);
+
+        static const struct {
+                const char *body, *want;
+        } bad[] = {
+                {LOC(",\"chain\":{}"), "chain"},
+                {LOC(",\"chain\":[" PAIR(9, HEX1) "]"), "chain value 0"}, /* the last chunk */
+                {LOC(",\"chain\":[" PAIR(10, HEX1) "]"), "chain value 0"},
+                {LOC(",\"chain\":[" PAIR(3, HEX1) "," PAIR(3, HEX1) "]"), "chain value 1"},
+                {LOC(",\"chain\":[" PAIR(4, HEX1) "," PAIR(3, HEX1) "]"), "chain value 1"},
+                {LOC(",\"chain\":[" PAIR(3, HEXU) "]"), "chain value 0"},
+                {LOC(",\"chain\":[" PAIR(3, "sha256:" HEX1) "]"), "chain value 0"},
+                {LOC(",\"chain\":[" PAIR(3, HEX1) "],\"chain_verified\":[[3,5]]"),
+                 "without a chain value"},
+                {LOC(",\"chain_verified\":[[0,1]]"), "without a chain value"},
+                /* A digest does not make a chain value verified, nor the other way round. */
+                {LOC(",\"digests\":[" PAIR(2, HEX1) "],\"chain_verified\":[[2,3]]"),
+                 "without a chain value"},
+                {LOC(",\"chain\":[" PAIR(2, HEX1) "],\"verified\":[[2,3]]"), "without a digest"},
+                {LOC(",\"chain\":[" PAIR(2, HEX1) "],\"chain_verified\":{}"), "chain_verified"},
+                {"{\"digest\":\"sha256:" HEX2 "\",\"size\":4,\"source\":\"" SRC
+                 "\",\"chunk_size\":4,\"chain\":[" PAIR(0, HEX1) "]}",
+                 "too many chain values"},
+                {"{\"digest\":\"sha256:" HEX2 "\",\"size\":0,\"source\":\"" SRC
+                 "\",\"chunk_size\":4,\"chain\":[" PAIR(0, HEX1) "]}",
+                 "too many chain values"},
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                expect_locate_err(bad[i].body, bad[i].want);
+}
+
 /* The boot id of an announce: optional, 1 .. 2^63-1, built back when set. */
 static void test_announce_boot(void **state) {
         struct wire_announce a;
@@ -1078,6 +1273,8 @@ int main(void) {
                 cmocka_unit_test(test_locate_parse),
                 cmocka_unit_test(test_locate_parse_rejects),
                 cmocka_unit_test(test_verified),
+                cmocka_unit_test(test_chain_announce),
+                cmocka_unit_test(test_chain_locate),
                 cmocka_unit_test(test_announce_boot),
                 cmocka_unit_test(test_announce_indexes),
                 cmocka_unit_test(test_announce_indexes_limit),
