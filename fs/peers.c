@@ -232,9 +232,10 @@ static int ops_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struc
                                   .present = s.present,
                                   .ndigests = s.ndigests,
                                   .sha_idx = s.sha_idx,
-                                  .sha = s.sha};
-        free(s.chain_idx); /* not sent yet: the announce's "chain" is built by the next change */
-        free(s.chain);
+                                  .sha = s.sha,
+                                  .nchain = s.nchain, /* over the same range as the digests */
+                                  .chain_idx = s.chain_idx,
+                                  .chain = s.chain};
         _Static_assert(sizeof(ret->source) == sizeof(s.source), "source fields differ");
         memcpy(ret->source, s.source, sizeof(ret->source));
         return 0;

@@ -172,6 +172,8 @@ static void blob_clear(struct wire_blob *b) {
         free(b->present);
         free(b->sha_idx);
         free(b->sha);
+        free(b->chain_idx);
+        free(b->chain);
 }
 
 /* A round's outboxes, one per distinct home, found by a hash of the home's id: a full round
@@ -249,13 +251,19 @@ static int outbox_add(struct outbox *o, const struct wire_blob *b) {
         c.present = malloc(map);
         c.sha_idx = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha_idx));
         c.sha = malloc((b->ndigests ? b->ndigests : 1) * sizeof(*c.sha));
-        if (!c.present || !c.sha_idx || !c.sha) {
+        c.chain_idx = malloc((b->nchain ? b->nchain : 1) * sizeof(*c.chain_idx));
+        c.chain = malloc((b->nchain ? b->nchain : 1) * sizeof(*c.chain));
+        if (!c.present || !c.sha_idx || !c.sha || !c.chain_idx || !c.chain) {
                 blob_clear(&c);
                 return -ENOMEM;
         }
         memcpy(c.present, b->present, map);
         memcpy(c.sha_idx, b->sha_idx, b->ndigests * sizeof(*c.sha_idx));
         memcpy(c.sha, b->sha, b->ndigests * sizeof(*c.sha));
+        if (b->nchain) { /* NULL when the snapshot has none */
+                memcpy(c.chain_idx, b->chain_idx, b->nchain * sizeof(*c.chain_idx));
+                memcpy(c.chain, b->chain, b->nchain * sizeof(*c.chain));
+        }
         o->blobs[o->n++] = c;
         return 0;
 }
@@ -577,10 +585,12 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
                 int r2 = send_batch(a, self, home, blobs + n / 2, n - n / 2, NULL, 0, now);
                 return r1 < 0 ? r1 : r2;
         }
-        if (r == -EMSGSIZE && n == 1 && blobs[0].ndigests) {
-                /* One blob whose digests alone overflow a body: announce what it holds
-                 * without them (readers then take those chunks from the origin). */
+        if (r == -EMSGSIZE && n == 1 && (blobs[0].ndigests || blobs[0].nchain)) {
+                /* One blob whose digests (and chain values) alone overflow a body: announce
+                 * what it holds without them (readers then take those chunks from the
+                 * origin). */
                 blobs[0].ndigests = 0;
+                blobs[0].nchain = 0;
                 return send_batch(a, self, home, blobs, 1, idx, nidx, now);
         }
         if (r == 0)

@@ -57,7 +57,8 @@ struct announce_ops {
         void *ud;
         uint32_t (*count)(void *ud); /* blobs known; ids are 0 .. count-1 */
         /* Blob ID's holdings with the digests of present chunks in [sha_from, sha_to]; the
-         * arrays in RET are malloc'd (present, sha_idx, sha). 0 or -errno. */
+         * arrays in RET are malloc'd (present, sha_idx, sha; chain_idx, chain for the chain
+         * values over the same range, NULL when none). 0 or -errno. */
         int (*snapshot)(void *ud, uint32_t id, uint32_t sha_from, uint32_t sha_to,
                         struct wire_blob *ret);
         int (*find)(void *ud, const struct digest *d, uint32_t *ret_id); /* 0 or -ENOENT */
