@@ -14,8 +14,11 @@
 
 static size_t lcache_cost(const struct wire_locate *l) {
         size_t map = ((size_t)l->nchunks + 7) / 8;
+        /* Chain values, when the home sent any: as many again as the digests, two maps more. */
+        size_t chain = l->chain ? (size_t)l->nchunks * sizeof(struct digest) + 2 * map : 0;
         return (size_t)l->nchunks * sizeof(struct digest) + map * (3 + (size_t)l->nholders) +
-               (size_t)l->nholders * sizeof(struct wire_holder) + sizeof(struct lcache_entry);
+               chain + (size_t)l->nholders * sizeof(struct wire_holder) +
+               sizeof(struct lcache_entry);
 }
 
 void src_lcache_evict(struct source *s, struct lcache_entry *e) {

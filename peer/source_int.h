@@ -25,6 +25,7 @@
 #include "peer/httpd.h"
 #include "peer/proto.h"
 #include "peer/rendezvous.h"
+#include "util/chain.h"
 #include "util/log.h"
 
 #define MAX_HOMES MEMBERS_MAX_HOMES
@@ -61,12 +62,18 @@ enum phase { PH_LOCATE, PH_PEERS, PH_CONFIRM, PH_ORIGIN };
 
 #define VERIFIERS 2
 
+/* How a chunk from a given peer can be checked (src_check_of): by a chain step (util/chain.h),
+ * by its plain sha256, or not at all (only the sender's word is known). */
+enum check_kind { CHECK_NONE, CHECK_SHA, CHECK_CHAIN };
+
 /* A chunk received from a peer, waiting to be checked against its expected digest. */
 struct verify_item {
         struct verify_item *next;
         struct job *job;
         uint8_t *buf; /* job->len bytes, owned */
-        struct digest want;
+        enum check_kind kind;
+        struct digest want; /* CHECK_SHA: the sha256; CHECK_CHAIN: the value the step ends at */
+        struct digest want_prev; /* CHECK_CHAIN: the value it starts from (not for chunk 0) */
         char peer[PEER_ID_MAX];
         uint64_t ttfb_us;
 };
@@ -96,6 +103,14 @@ struct job {
         struct digest sha; /* expected digest of the chunk */
         bool sha_known;
         char sha_home[PEER_ID_MAX]; /* the home whose answer gave it: not a check of its bytes */
+        /* The chain step the chunk is checked by (util/chain.h), preferred to SHA when both
+         * are known: the hash from CHAIN_PREV (chunk idx - 1's value; unused for chunk 0) over
+         * its bytes ends at CHAIN (chunk idx's value; for the last chunk the blob digest, which
+         * is no one's word). CHAIN_HOME: the home whose answer gave the values it took ("" when
+         * it took none: chunk 0 of a one-chunk blob is checked by the blob digest alone). */
+        struct digest chain_prev, chain;
+        bool chain_known;
+        char chain_home[PEER_ID_MAX];
         /* CONFIRM: bytes from held_peer waiting for a digest from another home. */
         uint8_t *held;
         char held_peer[PEER_ID_MAX];
@@ -153,6 +168,11 @@ struct xfer {
          * when hashing failed (the verifier then hashes the buffer whole). Its state covers
          * exactly BUF's bytes: it lives and dies with this transfer's chunk. */
         EVP_MD_CTX *md;
+        /* Instead of MD, when the chunk is checked by a chain step (CHAINING): CH is the hash
+         * from WANT_PREV, begun with the chunk, and WANT the value it must end at. */
+        bool chaining;
+        struct chain_hash ch;
+        struct digest want_prev;
         struct digest want;
 };
 
@@ -234,6 +254,14 @@ bool src_answer_fits(const struct source *s, const struct job *j, const struct w
 bool src_answer_has_source(struct source *s, const struct job *j, const struct wire_locate *l,
                            const char *self);
 bool src_checkable(const struct job *j, const char *peer);
+/* How J's chunk from PEER is checked: by chain when J's chain values are not PEER's word, else
+ * by sha256 when its digest is not, else not at all. */
+enum check_kind src_check_of(const struct job *j, const char *peer);
+/* Takes into J what answer L (from HOME; it fits J) says J's chunk is checked by: its sha256,
+ * its chain values (both of those a chain step needs, or neither). */
+void src_take_checks(struct job *j, const struct wire_locate *l, const char *home);
+/* Whether answer L (which fits J) gives anything J's chunk can be checked by. */
+bool src_answer_checks(const struct job *j, const struct wire_locate *l);
 void src_next_candidate(struct source *s, struct job *j);
 void src_next_home(struct source *s, struct job *j);
 void src_plan_job(struct source *s, struct job *j, const struct wire_locate *l, const char *home,

@@ -35,15 +35,47 @@ bool src_answer_fits(const struct source *s, const struct job *j, const struct w
                l->nchunks > j->idx && l->size == j->size;
 }
 
-/* J's candidates from answer L (which fits J), in order, and the expected digest, as HOME
- * said it. Leaves J in PEERS, about to try its first candidate. */
-void src_plan_job(struct source *s, struct job *j, const struct wire_locate *l, const char *home,
-                  const char *self) {
+/* Whether chunk IDX's chain value is in answer L (NULL-safe: an older home sends none). */
+static bool chain_in(const struct wire_locate *l, uint32_t idx) {
+        return l->chain_known && idx < l->nchunks && wire_bit(l->chain_known, idx);
+}
+
+static bool last_chunk(const struct job *j) {
+        return j->off + j->len >= j->size;
+}
+
+/* Issue 15: a chain step checks a chunk with the one hash that also advances the engine's
+ * whole-blob verification, so it is taken whenever the answer has both values it needs.
+ * Chunk 0 starts from SHA-256's initial state and the last chunk ends at the blob digest:
+ * those ends are no home's word, so a one-chunk blob needs no value at all. */
+void src_take_checks(struct job *j, const struct wire_locate *l, const char *home) {
         if (l->sha_known && wire_bit(l->sha_known, j->idx)) {
                 j->sha = l->sha[j->idx];
                 j->sha_known = true;
                 snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
         }
+        bool first = j->idx == 0, last = last_chunk(j);
+        if ((!first && !chain_in(l, j->idx - 1)) || (!last && !chain_in(l, j->idx)))
+                return;
+        if (j->off % 64 || (!last && j->len % 64))
+                return; /* not at SHA-256 block boundaries (a chunk size fs/main.c refuses) */
+        j->chain_prev = first ? (struct digest){0} : l->chain[j->idx - 1];
+        j->chain = last ? j->digest : l->chain[j->idx];
+        j->chain_known = true;
+        snprintf(j->chain_home, sizeof(j->chain_home), "%s", first && last ? "" : home);
+}
+
+bool src_answer_checks(const struct job *j, const struct wire_locate *l) {
+        bool first = j->idx == 0, last = last_chunk(j);
+        return (l->sha_known && wire_bit(l->sha_known, j->idx)) ||
+               ((first || chain_in(l, j->idx - 1)) && (last || chain_in(l, j->idx)));
+}
+
+/* J's candidates from answer L (which fits J), in order, and what to check the chunk by, as
+ * HOME said it. Leaves J in PEERS, about to try its first candidate. */
+void src_plan_job(struct source *s, struct job *j, const struct wire_locate *l, const char *home,
+                  const char *self) {
+        src_take_checks(j, l, home);
         struct {
                 uint64_t key;
                 struct candidate c;
@@ -149,9 +181,17 @@ void src_next_home(struct source *s, struct job *j) {
         src_to_origin(s, j);
 }
 
+enum check_kind src_check_of(const struct job *j, const char *peer) {
+        if (j->chain_known && strcmp(j->chain_home, peer) != 0)
+                return CHECK_CHAIN;
+        if (j->sha_known && strcmp(j->sha_home, peer) != 0)
+                return CHECK_SHA;
+        return CHECK_NONE;
+}
+
 /* Whether J has a digest to check PEER's bytes against that is not PEER's own word. */
 bool src_checkable(const struct job *j, const char *peer) {
-        return j->sha_known && strcmp(j->sha_home, peer) != 0;
+        return src_check_of(j, peer) != CHECK_NONE;
 }
 
 void src_next_candidate(struct source *s, struct job *j) {
@@ -258,8 +298,7 @@ static bool own_answer(struct source *s, struct job *j, const char *self) {
         struct wire_locate l;
         if (!home || !self[0] || dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now_ms(), &l) < 0)
                 return false;
-        bool use = src_answer_has_source(s, j, &l, self) && l.sha_known &&
-                   wire_bit(l.sha_known, j->idx);
+        bool use = src_answer_has_source(s, j, &l, self) && src_answer_checks(j, &l);
         if (use) {
                 src_stat_add(s, &s->stats.locates, 1);
                 src_use_answer(s, j, &l, self, self);
@@ -284,7 +323,7 @@ void src_start_job(struct source *s, struct job *j) {
          * home grants claims, new holders show up there, and bytes without a digest would
          * wait for one (CONFIRM) after they arrived, a round trip later than a locate. */
         struct lcache_entry *e = self[0] ? src_lcache_get(s, &j->digest) : NULL;
-        if (e && src_answer_has_source(s, j, &e->l, self) && wire_bit(e->l.sha_known, j->idx)) {
+        if (e && src_answer_has_source(s, j, &e->l, self) && src_answer_checks(j, &e->l)) {
                 src_stat_add(s, &s->stats.locate_cache_hits, 1);
                 if (j->run_next) {
                         src_run_plan(s, j, &e->l, e->home, self);

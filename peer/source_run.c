@@ -54,7 +54,8 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
                 need_own |= a[i]->ncand > 0 && !src_checkable(a[i], a[i]->cand[0].id);
         }
         /* The home that answered is the holder (two nodes, each the other's home): its
-         * digests are no check of its bytes, but our own directory's are, when we are a home. */
+         * digests and chain values are no check of its bytes, but our own directory's are,
+         * when we are a home. */
         bool self_home = false;
         for (unsigned i = 0; i < head->nhomes; i++)
                 self_home |= strcmp(head->homes[i], self) == 0;
@@ -64,11 +65,8 @@ void src_run_plan(struct source *s, struct job *head, const struct wire_locate *
                 for (unsigned i = 0; i < n; i++) {
                         struct job *j = a[i];
                         if (planned[i] && j->ncand > 0 && !src_checkable(j, j->cand[0].id) &&
-                            src_answer_fits(s, j, &own) && wire_bit(own.sha_known, j->idx)) {
-                                j->sha = own.sha[j->idx];
-                                j->sha_known = true;
-                                snprintf(j->sha_home, sizeof(j->sha_home), "%s", self);
-                        }
+                            src_answer_fits(s, j, &own))
+                                src_take_checks(j, &own, self);
                 }
                 wire_locate_free(&own);
         }
@@ -260,6 +258,7 @@ void src_run_done(struct source *s, struct xfer *x, const struct http_response *
                 } else if (restart) {
                         j->ncand = j->cand_next = 0;
                         j->sha_known = false;
+                        j->chain_known = false;
                         src_start_job(s, j);
                 } else {
                         src_next_candidate(s, j);

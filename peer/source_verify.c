@@ -22,8 +22,15 @@ int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char 
         }
         v->job = j;
         v->buf = buf;
-        v->want = j->sha;
+        v->kind = src_check_of(j, peer);
+        v->want = v->kind == CHECK_CHAIN ? j->chain : j->sha;
+        v->want_prev = j->chain_prev;
         v->ttfb_us = ttfb_us;
+        if (v->kind == CHECK_NONE) { /* the callers check first: nothing to check it by */
+                free(buf);
+                free(v);
+                return -EINVAL;
+        }
         snprintf(v->peer, sizeof(v->peer), "%s", peer);
         pthread_mutex_lock(&s->vq_lock);
         *s->vq_tail = v;
@@ -44,13 +51,16 @@ void src_confirm_start(struct source *s, struct job *j) {
         src_next_confirm(s, j);
 }
 
-/* CONFIRM found the digest of J's held chunk at HOME: check the bytes against it. */
-static void confirm_found(struct source *s, struct job *j, const struct digest *sha,
+/* CONFIRM: whether answer L (from HOME, which is not the sender of the held bytes) fits J and
+ * checks its held chunk (a digest, or chain values); then the bytes are checked by it. */
+static bool confirm_found(struct source *s, struct job *j, const struct wire_locate *l,
                           const char *home) {
-        j->sha = *sha;
-        j->sha_known = true;
+        if (!src_answer_fits(s, j, l) || !src_answer_checks(j, l))
+                return false;
+        src_take_checks(j, l, home);
+        if (!src_checkable(j, j->held_peer))
+                return false; /* cannot happen (HOME is not the sender), but never unchecked */
         src_stat_add(s, &s->stats.confirmed, 1);
-        snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
         uint8_t *buf = j->held;
         j->held = NULL;
         j->phase = PH_PEERS;
@@ -58,6 +68,7 @@ static void confirm_found(struct source *s, struct job *j, const struct digest *
                 src_stat_add(s, &s->stats.peer_failures, 1);
                 src_next_candidate(s, j);
         }
+        return true;
 }
 
 /* CONFIRM: asks the next home (not the sender of the held bytes) for the chunk's digest;
@@ -91,14 +102,10 @@ void src_next_confirm(struct source *s, struct job *j) {
                 if (self[0] && strcmp(home, self) == 0) {
                         struct wire_locate l;
                         if (dir_locate(s->cfg.dir, &j->digest, NULL, j->idx, now, &l) == 0) {
-                                bool found = l.nchunks > j->idx && l.size == j->size &&
-                                             wire_bit(l.sha_known, j->idx);
-                                struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                                bool found = confirm_found(s, j, &l, self);
                                 wire_locate_free(&l);
-                                if (found) {
-                                        confirm_found(s, j, &sha, self);
+                                if (found)
                                         return;
-                                }
                         }
                         continue;
                 }
@@ -158,15 +165,10 @@ void src_digest_done(struct source *s, struct xfer *x, const struct http_respons
         if (took < 0)
                 return;
         if (took == 0) {
-                bool found = digest_equal(&l.digest, &j->digest) && l.size == j->size &&
-                             l.chunk_size == s->cfg.chunk_size && l.nchunks > j->idx &&
-                             wire_bit(l.sha_known, j->idx);
-                struct digest sha = found ? l.sha[j->idx] : (struct digest){0};
+                bool found = confirm_found(s, j, &l, x->peer);
                 wire_locate_free(&l);
-                if (found) {
-                        confirm_found(s, j, &sha, x->peer);
+                if (found)
                         return;
-                }
                 /* A home answered without it: the others learn digests from the same
                  * announces (the claimant sends them to every home at once), so this round
                  * ends here rather than asking each in turn; the next one starts at the next
@@ -179,26 +181,54 @@ void src_digest_done(struct source *s, struct xfer *x, const struct http_respons
         src_next_confirm(s, j);
 }
 
-/* Any thread: J's chunk BUF (owned) from PEER matched its digest GOT: J ends with it. */
+/* Any thread: J's chunk BUF (owned) from PEER passed check CHK: J ends with it. */
 static void chunk_good(struct source *s, struct job *j, uint8_t *buf, const char *peer,
-                       uint64_t ttfb_us, const struct digest *got) {
+                       uint64_t ttfb_us, const struct chunk_check *chk) {
         members_report_success(s->cfg.members, peer, ttfb_us, j->len);
         pthread_mutex_lock(&s->lock);
         s->stats.peer_bytes += j->len;
         s->stats.peer_chunks++;
         pthread_mutex_unlock(&s->lock);
-        struct chunk_check chk = {.has_sha = true, .sha = *got};
-        src_job_done(j, 0, NULL, buf, j->len, &chk);
+        src_job_done(j, 0, NULL, buf, j->len, chk);
+}
+
+/* Ends chain hash C over J's chunk, begun from PREV: whether it reached WANT (J's chain value,
+ * or the blob digest for the last chunk), and in *RET what that checked. */
+static bool chain_end(struct chain_hash *c, const struct job *j, const struct digest *prev,
+                      const struct digest *want, struct chunk_check *ret) {
+        bool last = j->off + j->len >= j->size;
+        struct digest got;
+        if (last)
+                chain_finish(c, &got);
+        else
+                chain_value(c, &got);
+        *ret = (struct chunk_check){.has_chain = true, .chain_prev = *prev, .chain = *want};
+        /* From the initial state to the end of the blob, the step is a plain sha256 of the
+         * bytes too: the engine may use it as one. */
+        ret->has_sha = j->idx == 0 && last;
+        ret->sha = got;
+        return digest_equal(&got, want);
 }
 
 static void hash_drop(struct xfer *x) {
         EVP_MD_CTX_free(x->md);
         x->md = NULL;
+        x->chaining = false;
 }
 
 void src_hash_begin(struct xfer *x, const struct job *j) {
-        if (!src_checkable(j, x->peer)) {
-                hash_drop(x); /* CONFIRM may find a digest later: the verifiers hash then */
+        enum check_kind k = src_check_of(j, x->peer);
+        x->chaining = false;
+        if (k != CHECK_SHA) {
+                hash_drop(x); /* NONE: CONFIRM may find a digest later, the verifiers hash then */
+                if (k == CHECK_CHAIN) {
+                        /* The state is on the transfer and starts again with each chunk:
+                         * nothing of another chunk's bytes can reach this one's step. */
+                        chain_begin(&x->ch, j->idx ? &j->chain_prev : NULL, j->off);
+                        x->chaining = true;
+                        x->want_prev = j->chain_prev;
+                        x->want = j->chain;
+                }
                 return;
         }
         /* One context per transfer, reset for each chunk of a run: no state of an earlier
@@ -211,7 +241,9 @@ void src_hash_begin(struct xfer *x, const struct job *j) {
 }
 
 void src_hash_add(struct xfer *x, const uint8_t *data, size_t n) {
-        if (x->md && EVP_DigestUpdate(x->md, data, n) != 1)
+        if (x->chaining)
+                chain_add(&x->ch, data, n);
+        else if (x->md && EVP_DigestUpdate(x->md, data, n) != 1)
                 hash_drop(x);
 }
 
@@ -219,18 +251,33 @@ int src_hash_accept(struct source *s, struct xfer *x, struct job *j, uint8_t *bu
                     uint64_t ttfb_us) {
         struct digest got;
         unsigned dl = 0;
-        /* The hash was begun for the digest J has now (nothing changes J's digest while a
-         * transfer of it runs; should it have, the verifiers check against the new one). */
-        if (!x->md || !src_checkable(j, x->peer) || !digest_equal(&x->want, &j->sha)) {
+        struct chunk_check chk;
+        bool good;
+        /* The hash was begun for what J is checked by now (a home's answer that came while the
+         * transfer ran may have changed it; then the verifiers check by the new one). */
+        enum check_kind k = src_check_of(j, x->peer);
+        if (x->chaining) {
+                if (k != CHECK_CHAIN || !digest_equal(&x->want, &j->chain) ||
+                    (j->idx > 0 && !digest_equal(&x->want_prev, &j->chain_prev))) {
+                        hash_drop(x);
+                        return 0;
+                }
+                good = chain_end(&x->ch, j, &x->want_prev, &x->want, &chk);
                 hash_drop(x);
-                return 0;
+        } else {
+                if (!x->md || k != CHECK_SHA || !digest_equal(&x->want, &j->sha)) {
+                        hash_drop(x);
+                        return 0;
+                }
+                bool ok = EVP_DigestFinal_ex(x->md, got.bytes, &dl) == 1 && dl == DIGEST_LEN;
+                hash_drop(x);
+                if (!ok)
+                        return 0;
+                good = digest_equal(&got, &x->want);
+                chk = (struct chunk_check){.has_sha = true, .sha = got};
         }
-        bool ok = EVP_DigestFinal_ex(x->md, got.bytes, &dl) == 1 && dl == DIGEST_LEN;
-        hash_drop(x);
-        if (!ok)
-                return 0;
-        if (digest_equal(&got, &x->want)) {
-                chunk_good(s, j, buf, x->peer, ttfb_us, &got);
+        if (good) {
+                chunk_good(s, j, buf, x->peer, ttfb_us, &chk);
                 return 1;
         }
         free(buf);
@@ -259,10 +306,19 @@ void *src_verify_main(void *arg) {
                 pthread_mutex_unlock(&s->vq_lock);
 
                 struct job *j = v->job;
-                struct digest got;
-                digest_sha256(v->buf, j->len, &got);
-                if (digest_equal(&got, &v->want)) {
-                        chunk_good(s, j, v->buf, v->peer, v->ttfb_us, &got);
+                struct chunk_check chk = {.has_sha = true};
+                bool good;
+                if (v->kind == CHECK_CHAIN) {
+                        struct chain_hash c;
+                        chain_begin(&c, j->idx ? &v->want_prev : NULL, j->off);
+                        chain_add(&c, v->buf, j->len);
+                        good = chain_end(&c, j, &v->want_prev, &v->want, &chk);
+                } else {
+                        digest_sha256(v->buf, j->len, &chk.sha);
+                        good = digest_equal(&chk.sha, &v->want);
+                }
+                if (good) {
+                        chunk_good(s, j, v->buf, v->peer, v->ttfb_us, &chk);
                 } else {
                         free(v->buf);
                         snprintf(j->bad_peer, sizeof(j->bad_peer), "%s", v->peer);
