@@ -10,15 +10,21 @@ So its bytes match its own word everywhere it gives one.
 
   python3 liar.py --listen IP:PORT --blob FILE --digest sha256:HEX --source REG/REPO
                   --chunk-size N [--announce-to IP:PORT ...] [--announce-digests]
-                  [--announce-verified] [--log FILE] [--flip first|last]
+                  [--announce-verified] [--chain] [--no-digests] [--log FILE]
+                  [--flip first|last]
 
 With --announce-to it also announces itself as a holder of every chunk to those homes, every
 half second (with --announce-digests: with its made-up digests; --announce-verified: and
-claiming it verified the whole blob). Every request is appended to --log as one JSON line
-(method, path, range), so a test can tell it was asked.
+claiming it verified the whole blob). With --chain its locate answers, and its announces when
+they carry digests, also give chain values (util/chain.h: the SHA-256 state after each chunk)
+of its altered bytes, every chunk's but the last (whose value is the blob digest, which it
+cannot forge); with --no-digests they give only those, no plain chunk digests. Every request is
+appended to --log as one JSON line (method, path, range), so a test can tell it was asked.
 """
 
 import argparse
+import ctypes
+import ctypes.util
 import hashlib
 import http.server
 import json
@@ -38,6 +44,29 @@ def altered(data, chunk_size, where="first"):
     return bytes(b)
 
 
+class _Sha256Ctx(ctypes.Structure):
+    """OpenSSL's SHA256_CTX: the state words H are what a chain value is (util/chain.c)."""
+    _fields_ = [("h", ctypes.c_uint32 * 8), ("Nl", ctypes.c_uint32), ("Nh", ctypes.c_uint32),
+                ("data", ctypes.c_uint32 * 16), ("num", ctypes.c_uint32),
+                ("md_len", ctypes.c_uint32)]
+
+
+def chain_values(data, chunk_size):
+    """The chain values of DATA's chunks but the last: the SHA-256 state, as hex of its eight
+    big-endian words, after the bytes [0, (i + 1) * chunk_size). hashlib hides that state,
+    libcrypto's low-level SHA256 functions expose it."""
+    assert chunk_size % 64 == 0
+    lib = ctypes.CDLL(ctypes.util.find_library("crypto"))
+    ctx = _Sha256Ctx()
+    lib.SHA256_Init(ctypes.byref(ctx))
+    out = []
+    for off in range(0, len(data) - chunk_size, chunk_size):
+        piece = data[off:off + chunk_size]
+        lib.SHA256_Update(ctypes.byref(ctx), piece, ctypes.c_size_t(len(piece)))
+        out.append("".join("%08x" % w for w in ctx.h))
+    return out
+
+
 class State:
     def __init__(self, args):
         self.args = args
@@ -47,6 +76,7 @@ class State:
         self.nchunks = (self.size + args.chunk_size - 1) // args.chunk_size
         self.hex = args.digest.split(":", 1)[1]
         self.sha = [hashlib.sha256(self.chunk(i)).hexdigest() for i in range(self.nchunks)]
+        self.chain = chain_values(self.bad, args.chunk_size) if args.chain else []
         self.log_lock = threading.Lock()
 
     def chunk(self, i):
@@ -59,19 +89,27 @@ class State:
         with self.log_lock, open(self.args.log, "a") as f:
             f.write(json.dumps(kw) + "\n")
 
+    def add_checks(self, obj):
+        """Its made-up digests and (--chain) chain values, as peer/wire.h lists them."""
+        if not self.args.no_digests:
+            obj["digests"] = [[i, h] for i, h in enumerate(self.sha)]
+        if self.chain:
+            obj["chain"] = [[i, h] for i, h in enumerate(self.chain)]
+
     def locate_body(self):
-        return json.dumps({
+        body = {
             "digest": self.args.digest, "size": self.size, "source": self.args.source,
             "chunk_size": self.args.chunk_size,
-            "digests": [[i, h] for i, h in enumerate(self.sha)],
             "holders": [{"node": self.args.listen, "present": [[0, self.nchunks]]}],
-        }).encode()
+        }
+        self.add_checks(body)
+        return json.dumps(body).encode()
 
     def announce_body(self):
         blob = {"digest": self.args.digest, "size": self.size, "source": self.args.source,
                 "present": [[0, self.nchunks]]}
         if self.args.announce_digests:
-            blob["digests"] = [[i, h] for i, h in enumerate(self.sha)]
+            self.add_checks(blob)
         if self.args.announce_verified:
             blob["verified"] = True
         return json.dumps({"node": self.args.listen, "chunk_size": self.args.chunk_size,
@@ -163,6 +201,8 @@ def main():
     p.add_argument("--announce-to", action="append", default=[])
     p.add_argument("--announce-digests", action="store_true")
     p.add_argument("--announce-verified", action="store_true")
+    p.add_argument("--chain", action="store_true", help="give chain values of its bytes too")
+    p.add_argument("--no-digests", action="store_true", help="give no plain chunk digests")
     p.add_argument("--log")
     p.add_argument("--flip", choices=("first", "last"), default="first",
                    help="which byte of every chunk it alters")
