@@ -44,6 +44,16 @@ static bool last_chunk(const struct job *j) {
         return j->off + j->len >= j->size;
 }
 
+/* Whether answer L has what a chain step over J's chunk starts and ends at: chunk idx - 1's
+ * value (chunk 0 starts from SHA-256's initial state) and idx's (the last chunk ends at the
+ * blob digest). */
+static bool chain_step_in(const struct job *j, const struct wire_locate *l) {
+        bool first = j->idx == 0, last = last_chunk(j);
+        if (j->off % 64 || (!last && j->len % 64))
+                return false; /* not at SHA-256 block boundaries (a chunk size fs/main.c refuses) */
+        return (first || chain_in(l, j->idx - 1)) && (last || chain_in(l, j->idx));
+}
+
 /* Issue 15: a chain step checks a chunk with the one hash that also advances the engine's
  * whole-blob verification, so it is taken whenever the answer has both values it needs.
  * Chunk 0 starts from SHA-256's initial state and the last chunk ends at the blob digest:
@@ -54,11 +64,9 @@ void src_take_checks(struct job *j, const struct wire_locate *l, const char *hom
                 j->sha_known = true;
                 snprintf(j->sha_home, sizeof(j->sha_home), "%s", home);
         }
-        bool first = j->idx == 0, last = last_chunk(j);
-        if ((!first && !chain_in(l, j->idx - 1)) || (!last && !chain_in(l, j->idx)))
+        if (!chain_step_in(j, l))
                 return;
-        if (j->off % 64 || (!last && j->len % 64))
-                return; /* not at SHA-256 block boundaries (a chunk size fs/main.c refuses) */
+        bool first = j->idx == 0, last = last_chunk(j);
         j->chain_prev = first ? (struct digest){0} : l->chain[j->idx - 1];
         j->chain = last ? j->digest : l->chain[j->idx];
         j->chain_known = true;
@@ -66,9 +74,7 @@ void src_take_checks(struct job *j, const struct wire_locate *l, const char *hom
 }
 
 bool src_answer_checks(const struct job *j, const struct wire_locate *l) {
-        bool first = j->idx == 0, last = last_chunk(j);
-        return (l->sha_known && wire_bit(l->sha_known, j->idx)) ||
-               ((first || chain_in(l, j->idx - 1)) && (last || chain_in(l, j->idx)));
+        return (l->sha_known && wire_bit(l->sha_known, j->idx)) || chain_step_in(j, l);
 }
 
 /* J's candidates from answer L (which fits J), in order, and what to check the chunk by, as

@@ -10,7 +10,13 @@
  * held bytes, a chunk whose hashing failed); a good chunk's job ends on the verifier, a bad one
  * goes back to the client's thread, which distrusts the sender for the blob and tries the next
  * source. Costs one chunk buffer per held or queued chunk and one hash context per chunk
- * transfer; the queue is bounded by the transfers that can run at once. */
+ * transfer; the queue is bounded by the transfers that can run at once.
+ * Issue 15: "a digest" above is either of two checks. A chain step (util/chain.h) hashes the
+ * chunk from chunk idx - 1's chain value and must end at idx's (at the blob digest for the last
+ * chunk); it is preferred, since the engine then takes the same hash as a step of the blob's
+ * verification instead of hashing the chunk again. Or the chunk's plain sha256. Either is only
+ * a check when the home that gave it is not the sender (src_check_of); a mismatch of either is
+ * the same corrupt chunk. */
 #include "peer/source_int.h"
 
 int src_verify_submit(struct source *s, struct job *j, uint8_t *buf, const char *peer,
