@@ -10,16 +10,19 @@ So its bytes match its own word everywhere it gives one.
 
   python3 liar.py --listen IP:PORT --blob FILE --digest sha256:HEX --source REG/REPO
                   --chunk-size N [--announce-to IP:PORT ...] [--announce-digests]
-                  [--announce-verified] [--chain] [--no-digests] [--log FILE]
-                  [--flip first|last]
+                  [--announce-verified] [--chain] [--no-digests] [--holder ID]
+                  [--log FILE] [--flip first|last|none]
 
 With --announce-to it also announces itself as a holder of every chunk to those homes, every
 half second (with --announce-digests: with its made-up digests; --announce-verified: and
 claiming it verified the whole blob). With --chain its locate answers, and its announces when
 they carry digests, also give chain values (util/chain.h: the SHA-256 state after each chunk)
 of its altered bytes, every chunk's but the last (whose value is the blob digest, which it
-cannot forge); with --no-digests they give only those, no plain chunk digests. Every request is
-appended to --log as one JSON line (method, path, range), so a test can tell it was asked.
+cannot forge); with --no-digests they give only those, no plain chunk digests. With --holder
+its locate answers name that node, not itself, as holding every chunk (a home that points
+elsewhere); with --flip none its bytes, and so its digests and chain values, are the blob's
+own (an honest sender, or a home whose word is true). Every request is appended to --log as
+one JSON line (method, path, range), so a test can tell it was asked.
 """
 
 import argparse
@@ -37,8 +40,10 @@ import urllib.request
 
 
 def altered(data, chunk_size, where="first"):
-    """DATA with the first (WHERE "last": the last) byte of every chunk flipped."""
+    """DATA with the first (WHERE "last": the last; "none": no) byte of every chunk flipped."""
     b = bytearray(data)
+    if where == "none":
+        return bytes(b)
     for off in range(0, len(b), chunk_size):
         b[off if where == "first" else min(off + chunk_size, len(b)) - 1] ^= 0xFF
     return bytes(b)
@@ -100,7 +105,8 @@ class State:
         body = {
             "digest": self.args.digest, "size": self.size, "source": self.args.source,
             "chunk_size": self.args.chunk_size,
-            "holders": [{"node": self.args.listen, "present": [[0, self.nchunks]]}],
+            "holders": [{"node": self.args.holder or self.args.listen,
+                         "present": [[0, self.nchunks]]}],
         }
         self.add_checks(body)
         return json.dumps(body).encode()
@@ -204,7 +210,8 @@ def main():
     p.add_argument("--chain", action="store_true", help="give chain values of its bytes too")
     p.add_argument("--no-digests", action="store_true", help="give no plain chunk digests")
     p.add_argument("--log")
-    p.add_argument("--flip", choices=("first", "last"), default="first",
+    p.add_argument("--holder", help="the node its locate answers name as the holder")
+    p.add_argument("--flip", choices=("first", "last", "none"), default="first",
                    help="which byte of every chunk it alters")
     args = p.parse_args()
     st = State(args)

@@ -50,10 +50,11 @@ def metrics(net, d):
 
 
 def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified=False,
-               flip="first", chain=False, no_digests=False):
-    """liar.py on HOST, lying about BLOB (altering the FLIP byte of every chunk: "first" or
-    "last"), with chain values of its bytes too (CHAIN) and without plain chunk digests
-    (NO_DIGESTS). Returns the path of its request log."""
+               flip="first", chain=False, no_digests=False, holder=None):
+    """liar.py on HOST, lying about BLOB (altering the FLIP byte of every chunk: "first",
+    "last" or "none"), with chain values of its bytes too (CHAIN), without plain chunk digests
+    (NO_DIGESTS), naming HOLDER (a host) as the holder instead of itself. Returns the path of
+    its request log."""
     os.makedirs(workdir, exist_ok=True)
     data = os.path.join(workdir, "liar-blob")
     with open(data, "wb") as f:
@@ -72,6 +73,8 @@ def start_liar(net, host, blob, workdir, announce_to=(), digests=False, verified
         argv.append("--chain")
     if no_digests:
         argv.append("--no-digests")
+    if holder:
+        argv += ["--holder", "%s:%d" % (holder.ip, PEER_PORT)]
     argv += ["--flip", flip]
     host.popen(argv, stdout=subprocess.DEVNULL,
                stderr=open(os.path.join(workdir, "liar.stderr"), "w"))
@@ -120,6 +123,24 @@ def full_read_right(path, blob):
     if bytes(got) != blob.data:
         bad = next((i for i, (a, b) in enumerate(zip(got, blob.data)) if a != b), len(got))
         pytest.fail("a full read returned %d bytes, first wrong byte at %d" % (len(got), bad))
+
+
+def read_through(net, r, blob, offsets, log, label):
+    """R adds and reads BLOB (fresh partial reads at OFFSETS, then the whole blob: every byte
+    must be the blob's) and returns what that took: the chunk requests the liar logged in LOG,
+    R's stats and its metrics, printed under LABEL."""
+    r.add(blob.ref)
+    path = r.blob_path(blob.digest)
+    check_reads(path, blob.data, offsets)
+    full_read_right(path, blob)
+    gets = liar_chunk_gets(log)
+    st, m = r.stat(), metrics(net, r)
+    print("\n[%s] the liar served %d chunk requests; r: peer_bytes %d origin_bytes %d "
+          "unchecked %d corrupt %d peer_failures %d"
+          % (label, len(gets), st["fetched"]["peer_bytes"], st["fetched"]["origin_bytes"],
+             m.get("p2pblobs_peer_unchecked_chunks_total", -1),
+             st["errors"]["peer_corrupt_chunks"], st["errors"]["peer_failures"]))
+    return gets, st, m
 
 
 def locate_answer(net, host, digest):
@@ -184,20 +205,10 @@ def test_lying_peer_no_digest_anywhere(build_dir, net, tmp_path, liar_gives):
     fid = "%s:%d" % (fh.ip, PEER_PORT)
     harness.wait_until(lambda: peer_state(r, fid) == "up", 15, interval=0.2,
                        what="r to see the liar up")
-    r.add(blob.ref)
-    path = r.blob_path(blob.digest)
-
-    check_reads(path, blob.data, [0, size - 100] if one else [0, 3 * MiB + 17, 8 * MiB])
-    full_read_right(path, blob)
-
-    gets = liar_chunk_gets(log)
-    m = metrics(net, r)
-    st = r.stat()
+    gets, st, m = read_through(net, r, blob,
+                               [0, size - 100] if one else [0, 3 * MiB + 17, 8 * MiB], log,
+                               "liar, no digest, " + liar_gives)
     unchecked = m.get("p2pblobs_peer_unchecked_chunks_total", 0)
-    print("\n[liar, no digest, %s] liar served %d chunk requests; r: peer_bytes %d "
-          "origin_bytes %d unchecked %d corrupt %d peer_failures %d"
-          % (liar_gives, len(gets), st["fetched"]["peer_bytes"], st["fetched"]["origin_bytes"],
-             unchecked, st["errors"]["peer_corrupt_chunks"], st["errors"]["peer_failures"]))
     assert gets, "the reader never asked the liar for bytes: the test proved nothing"
     assert st["fetched"]["peer_bytes"] == 0, "bytes from the liar were accepted"
     if one:
@@ -208,6 +219,44 @@ def test_lying_peer_no_digest_anywhere(build_dir, net, tmp_path, liar_gives):
         # Nothing but the liar's word was known: its bytes were never checked against it.
         assert st["errors"]["peer_corrupt_chunks"] == 0, st["errors"]
     assert st["fetched"]["origin_bytes"] >= blob.size
+
+
+@pytest.mark.parametrize("sender_lies", [True, False], ids=["lying-sender", "honest-sender"])
+def test_sender_checked_by_another_homes_chain_values(build_dir, net, tmp_path, sender_lies):
+    """Issue 15, the whole reader path with a real daemon before any node announces chain
+    values: H, a home, answers locates with the blob's true chain values and no digests and
+    names F as the holder of every chunk; F is a home too and answers with its own digests and
+    chain values of what it serves. R reads. Whichever home R asks first, F's bytes are checked
+    by a chain step from H's values (if F answered first, CONFIRM finds them at H): a lying F
+    (one byte of every chunk altered) is caught as corrupt and R reads the origin; an honest F
+    is believed, its chunks read from it. Main ignores chain values: unchecked, origin both
+    times."""
+    s = net.add_subnet()
+    reg = net.registry(net.add_host("reg", s))
+    blob = harness.make_blob(reg, "chainh8", harness.gen_bytes(1305, 8 * MiB - 999), repo=REPO)
+    rh, hh, fh = net.add_host("r", s), net.add_host("h", s), net.add_host("f", s)
+    start_liar(net, hh, blob, str(tmp_path / "home"), flip="none", chain=True, no_digests=True,
+               holder=fh)
+    log = start_liar(net, fh, blob, str(tmp_path / "sender"), chain=True,
+                     flip="first" if sender_lies else "none")
+    r = net.daemon(build_dir, rh, registries=[reg], extra_args=node_flags(rh, [rh, hh, fh]))
+    for h in (hh, fh):
+        hid = "%s:%d" % (h.ip, PEER_PORT)
+        harness.wait_until(lambda: peer_state(r, hid) == "up", 15, interval=0.2,
+                           what="r to see %s up" % hid)
+    gets, st, m = read_through(net, r, blob, [0, 3 * MiB + 17, 8 * MiB - 2000], log,
+                               "chain values at another home, sender "
+                               + ("lies" if sender_lies else "honest"))
+    unchecked = m.get("p2pblobs_peer_unchecked_chunks_total", 0)
+    assert gets, "the reader never asked F for bytes: the test proved nothing"
+    assert unchecked == 0, m  # H's chain values checked every chunk F sent
+    if sender_lies:
+        assert st["fetched"]["peer_bytes"] == 0, "bytes from the liar were accepted"
+        assert st["errors"]["peer_corrupt_chunks"] >= 1, st["errors"]
+        assert st["fetched"]["origin_bytes"] >= blob.size
+    else:
+        assert st["errors"]["peer_corrupt_chunks"] == 0, st["errors"]
+        assert st["fetched"]["peer_bytes"] >= blob.size - MiB, st["fetched"]
 
 
 @pytest.mark.parametrize("liar_says_verified,flip", [(False, "first"), (True, "first"),
@@ -308,17 +357,8 @@ def test_lying_peer_against_chain_values(build_dir, net, tmp_path):
     after = r_answer()
     assert after.get("chain") == before["chain"], "the liar's chain values replaced B's"
 
-    r.add(blob.ref)
-    path = r.blob_path(blob.digest)
-    check_reads(path, blob.data, [5, 2 * MiB + 99, 7 * MiB + 4096])
-    full_read_right(path, blob)
-
-    gets = liar_chunk_gets(log)
-    st = r.stat()
-    print("[liar vs chain values] liar served %d chunk requests; r: peer_bytes %d "
-          "origin_bytes %d corrupt %d"
-          % (len(gets), st["fetched"]["peer_bytes"], st["fetched"]["origin_bytes"],
-             st["errors"]["peer_corrupt_chunks"]))
+    gets, st, _m = read_through(net, r, blob, [5, 2 * MiB + 99, 7 * MiB + 4096], log,
+                                "liar vs chain values")
     assert gets, "the reader never asked the liar for bytes: the test proved nothing"
     assert st["fetched"]["peer_bytes"] == 0, "bytes from the liar were accepted"
     assert st["errors"]["peer_corrupt_chunks"] >= 1, st["errors"]
