@@ -21,6 +21,7 @@ import time
 
 import harness
 from harness import MiB
+from liar import chain_values
 from test_peers import PEER_PORT, REPO, full_read, start_nodes, wait_peers_up
 
 CAP = 64          # peer/directory.h DIR_DEFAULT_DIGEST_WAITERS (fs/peers.c keeps the default)
@@ -48,6 +49,7 @@ def test_home_holds_digest_questions_up_to_its_cap(build_dir, net):
     clients = [net.add_host("c%d" % i, s) for i in range(3)]
     blob = harness.make_blob(reg, "wait4", harness.gen_bytes(2601, 4 * MiB), repo=REPO)
     want0 = hashlib.sha256(blob.data[:MiB]).hexdigest()
+    chain0 = chain_values(blob.data, MiB)[0]
     (h,) = start_nodes(net, build_dir, reg, [hh])
     h.add(blob.ref)
     path = "/p2p/v1/locate/%s?chunk=0" % blob.digest
@@ -89,21 +91,27 @@ def test_home_holds_digest_questions_up_to_its_cap(build_dir, net):
     assert len(early) == n - CAP, "%d answered while %d should be held" % (len(early), CAP)
     for st, body in early:
         assert st == 200
-        assert all(d[0] != 0 for d in body.get("digests", []))
+        assert all(d[0] != 0 for d in body.get("digests", []) + body.get("chain", []))
 
     full_read(h, blob)
     for t in threads:
         t.join(15)
     assert not any(t.is_alive() for t in threads), "held questions were never answered"
     m2 = metrics(net, h)
+    # H reads in order, so chunk 0 gets a chain value (what a reader checks it by: chunk 0
+    # starts from SHA-256's initial state), or a plain digest if it landed out of order.
     with_digest = 0
     for st, body in answers:
         assert st == 200
         ds = {d[0]: d[1] for d in body.get("digests", [])}
+        cs = {d[0]: d[1] for d in body.get("chain", [])}
         if 0 in ds:
             assert ds[0].removeprefix("sha256:") == want0
-            with_digest += 1
-    print("[digest wait cap] after H's read: %d answers carry chunk 0's digest; found %d"
+        if 0 in cs:
+            assert cs[0].removeprefix("sha256:") == chain0
+        with_digest += 0 in ds or 0 in cs
+    print("[digest wait cap] after H's read: %d answers carry chunk 0's digest or chain value; "
+          "found %d"
           % (with_digest, delta(m2, m0, "directory_digest_waits_found_total")))
     assert with_digest == CAP
     assert delta(m2, m0, "directory_digest_waits_found_total") == CAP
