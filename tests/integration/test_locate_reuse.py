@@ -14,7 +14,7 @@ import threading
 import time
 
 import harness
-from test_peers import REPO, full_read, start_nodes, wait_peers_up
+from test_peers import REPO, checkable_chunks, full_read, start_nodes, wait_peers_up
 
 CHUNK = 64 << 10
 NCHUNKS = 320
@@ -51,8 +51,9 @@ def tcp_to_peers(host, port):
 
 
 def holds_all(j, node):
-    """Whether answer J lists NODE holding every chunk and carries every chunk's digest."""
-    if not j or len(j.get("digests", [])) != NCHUNKS:
+    """Whether answer J lists NODE holding every chunk and lets a reader check every chunk
+    (by its digest or its chain step)."""
+    if not j or len(checkable_chunks(j, NCHUNKS)) != NCHUNKS:
         return False
     for h in j.get("holders", []):
         if h["node"] == node:
@@ -91,7 +92,8 @@ def test_locate_answers_reused(build_dir, net):
     print("\n[reuse] most connections from A to one peer during its origin read: %s" % most)
     assert most and max(most.values()) <= 20, most
     # Every home hears A's announces: wait until each one's answer about chunk 0 names A with
-    # the whole blob and carries all 320 digests (more than the 32 answers carried before).
+    # the whole blob and lets a reader check all 320 chunks (digests or chain values; more
+    # than the 32 answers carried before).
     homes = []
     harness.wait_until(lambda: homes.extend(d for d in nodes if answer(net, d, blob, 0))
                        or homes, 10, interval=0.2, what="the blob's homes to know it")
@@ -108,8 +110,8 @@ def test_locate_answers_reused(build_dir, net):
                                what="%s to know A's chunks and digests" % h.host.name)
         except harness.HarnessError:
             j = seen[0] or {}
-            print("\n[reuse] %s's last answer: %d digests, holders %s, fetching %s" % (
-                h.host.name, len(j.get("digests", [])),
+            print("\n[reuse] %s's last answer: %d chunks checkable, holders %s, fetching %s" % (
+                h.host.name, len(checkable_chunks(j, NCHUNKS)),
                 [(x["node"], x["present"]) for x in j.get("holders", [])],
                 [(x["node"], x["chunks"]) for x in j.get("fetching", [])]))
             raise

@@ -85,6 +85,22 @@ def dir_answer(net, d, blob):
     return st, (json.loads(body) if st == 200 else None)
 
 
+def checkable_chunks(j, nchunks, verified=False):
+    """The chunks a locate answer J lets a reader check: by a plain digest, or by a chain step
+    (chain values i - 1 and i; chunk 0 starts from SHA-256's initial state and the last chunk
+    ends at the blob digest, util/chain.h). VERIFIED: by verified values only. A node that
+    read a blob in order announces chain values, plain digests only for chunks out of order."""
+    def ranges(key):
+        return {i for a, b in j.get(key) or [] for i in range(a, b)}
+    if verified:
+        plain, chain = ranges("verified"), ranges("chain_verified")
+    else:
+        plain = {d[0] for d in j.get("digests") or []}
+        chain = {d[0] for d in j.get("chain") or []}
+    return {i for i in range(nchunks)
+            if i in plain or ((i == 0 or i - 1 in chain) and (i == nchunks - 1 or i in chain))}
+
+
 def recorded_holders(net, home, blob):
     """Peer ids HOME records as holders of BLOB (not claimants)."""
     st, j = dir_answer(net, home, blob)

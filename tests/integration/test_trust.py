@@ -22,6 +22,7 @@ import pytest
 
 import harness
 from harness import MiB
+from test_peers import checkable_chunks
 
 pytestmark = pytest.mark.root
 
@@ -282,22 +283,11 @@ def test_lying_peer_against_verified_digest(build_dir, net, tmp_path, liar_says_
     nchunks = (blob.size + MiB - 1) // MiB
 
     def r_digests():
-        """Chunks R's directory can check, and those by verified values: a plain digest, or
-        a chain step (chain values i - 1 and i; chunk 0 starts from SHA-256's initial state,
-        the last chunk ends at the blob digest). B read in order: mostly chain values."""
+        """Chunks R's directory can check, and those by verified values (B read in order:
+        mostly chain values)."""
         j = locate_answer(net, rh, blob.digest)
-
-        def ranges(key):
-            return {i for a, b in j.get(key) or [] for i in range(a, b)}
-        plain = {d[0] for d in j.get("digests") or []}
-        chain = {d[0] for d in j.get("chain") or []}
-        plain_v, chain_v = ranges("verified"), ranges("chain_verified")
-
-        def step(i, have):
-            return (i == 0 or i - 1 in have) and (i == nchunks - 1 or i in have)
-        known = [i for i in range(nchunks) if i in plain or step(i, chain)]
-        verified = [i for i in range(nchunks) if i in plain_v or step(i, chain_v)]
-        return len(known), len(verified)
+        return (len(checkable_chunks(j, nchunks)),
+                len(checkable_chunks(j, nchunks, verified=True)))
     known_since = []
 
     def r_has_verified_digests():
