@@ -8,6 +8,8 @@
  *    "blobs":[{"digest":"sha256:<hex>", "size":N, "source":"registry/repository",
  *              "present":[[0,40],[42,43]],          chunk ranges [start, end), sorted
  *              "digests":[[0,"<hex>"], [1,"<hex>"]] sha256 of chunks (any subset)
+ *              "chain":[[0,"<hex>"], [1,"<hex>"]]   optional: chain values of chunks, never
+ *                                                    the last one's (util/chain.h)
  *              "verified":true                      optional: the sender verified the whole
  *             }, ...]}                               blob, so these digests are of its bytes
  *   "present" is the node's whole present set for that blob (not a delta), so an announce
@@ -33,6 +35,10 @@
  *    "digests":[[idx,"<hex>"], ...],
  *    "verified":[[0,40]],       optional: chunks whose digest came from a node that verified
  *                               the whole blob (a subset of "digests")
+ *    "chain":[[idx,"<hex>"], ...], "chain_verified":[[0,40]],   optional, the same for chain
+ *                               values (util/chain.h), never the last chunk's (the blob digest);
+ *                               an answer about chunk I includes chunk I - 1's, which I is
+ *                               checked from
  *    "holders":[{"node":"10.0.0.3:5001", "present":[[0,40]]}, ...],
  *    "fetching":[{"node":"10.0.0.4:5001", "chunks":[[41,42]]}, ...],  chunks claimed (below)
  *    "claim":{"chunk":I, "granted":true},                             only when ?chunk= asked
