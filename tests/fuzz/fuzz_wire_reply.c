@@ -26,9 +26,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         CHECK(len == strlen(text));
         CHECK(wire_reply_parse(text, len, &back) == 0);
         CHECK(back.nfull == r.nfull);
-        for (uint32_t i = 0; i < r.nfull; i++)
+        for (uint32_t i = 0; i < r.nfull; i++) {
                 CHECK(digest_equal(&back.full[i].digest, &r.full[i].digest) &&
                       back.full[i].retry_ms == r.full[i].retry_ms);
+                CHECK(!back.full[i].covered == !r.full[i].covered);
+                CHECK(!r.full[i].covered || (back.full[i].nchunks == r.full[i].nchunks &&
+                                             memcmp(back.full[i].covered, r.full[i].covered,
+                                                    (r.full[i].nchunks + 7) / 8) == 0));
+        }
         free(text);
         wire_reply_free(&back);
         wire_reply_free(&r);

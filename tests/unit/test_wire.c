@@ -1255,6 +1255,48 @@ static void test_announce_reply(void **state) {
         assert_int_equal(wire_reply_add(&r, &d1, 0), 0);
         assert_int_equal(wire_reply_build(&r, &body, &len), -EINVAL);
         wire_reply_free(&r);
+
+        /* "covered" (issue 18): the holders' chunks go with the entry, as ranges; an older
+         * sender reads "full" alone, so a reply of covered entries only still has "full" */
+        uint8_t map[2] = {0x0f, 0x02}; /* chunks 0-3 and 9 of 10 */
+        r = (struct wire_reply){0};
+        assert_int_equal(wire_reply_add_covered(&r, &d2, 40, map, 10), 0);
+        assert_int_equal(wire_reply_build(&r, &body, &len), 0);
+        assert_non_null(strstr(body, "\"full\":[]"));
+        assert_non_null(strstr(body, "\"present\":[[0,4],[9,10]]"));
+        assert_int_equal(wire_reply_parse(body, len, &p), 0);
+        assert_int_equal(p.nfull, 1);
+        assert_true(digest_equal(&p.full[0].digest, &d2) && p.full[0].retry_ms == 40);
+        assert_int_equal(p.full[0].nchunks, 10);
+        assert_memory_equal(p.full[0].covered, map, 2);
+        wire_reply_free(&p);
+        free(body);
+        wire_reply_free(&r);
+        /* at most WIRE_REPLY_MAX_RANGES ranges: every other chunk of 1024 is 512 */
+        uint8_t comb[128];
+        memset(comb, 0x55, sizeof(comb));
+        r = (struct wire_reply){0};
+        assert_int_equal(wire_reply_add_covered(&r, &d2, 40, comb, 1024), -EINVAL);
+        assert_int_equal(wire_reply_ranges(comb, 1024, 1000), 512);
+        assert_int_equal(wire_reply_ranges(map, 10, 64), 2);
+        assert_int_equal(r.nfull, 0);
+        const char *bad_cov[] = {
+                "{\"covered\":[{\"digest\":\"sha256:"
+                "1111111111111111111111111111111111111111111111111111111111111111\","
+                "\"retry_ms\":5,\"present\":[[0,1]]}]}", /* no "chunks" */
+                "{\"covered\":[{\"digest\":\"sha256:"
+                "1111111111111111111111111111111111111111111111111111111111111111\","
+                "\"retry_ms\":5,\"chunks\":4,\"present\":[[0,5]]}]}", /* past the end */
+                "{\"covered\":[{\"digest\":\"sha256:"
+                "1111111111111111111111111111111111111111111111111111111111111111\","
+                "\"retry_ms\":5,\"chunks\":0,\"present\":[]}]}",
+                "{\"full\":[],\"covered\":7}",
+        };
+        for (size_t i = 0; i < sizeof(bad_cov) / sizeof(bad_cov[0]); i++) {
+                assert_int_equal(wire_reply_parse(bad_cov[i], strlen(bad_cov[i]), &p), -EINVAL);
+                assert_int_equal(p.nfull, 0);
+                assert_null(p.full);
+        }
 }
 
 int main(void) {
