@@ -88,7 +88,12 @@ int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now
  * the announcer is not a recorded holder of it, the blob has max_holders live holders, the
  * announcer holds no live claim on it and the live recorded holders together hold every chunk
  * of the blob (so every chunk the announcer holds, and no claim is granted while they do):
- * recording it would only drop a holder as good for readers. Its metadata and chunk
+ * recording it would only drop a holder as good for readers. When they hold every chunk the
+ * announcer announced but not the whole blob, the blob is added as "covered" instead, with
+ * the chunks they hold (at most WIRE_REPLY_MAX_RANGES ranges; past that the announcer is
+ * recorded): the announcer keeps quiet while it holds nothing outside them (issue 18: the
+ * deltas of a wave's front, where recorded holders never cover the whole blob). An announcer
+ * that holds none of the blob (it registered it to read it) and is not recorded is told too. Its metadata and chunk
  * digests are applied as dir_apply would. Retry times are handed out per blob, each
  * (ttl_ms / 3) / max_holders after the previous one: retries reach the home about
  * max_holders times per refresh period (ttl_ms / 3) whatever the number of holders, and when
@@ -179,7 +184,8 @@ struct dir_stats {
         uint64_t bytes; /* holder bitmaps and chunk digests now, against max_bytes */
         uint64_t indexes, index_records;      /* layers with index records, records (now) */
         uint64_t index_locates, index_misses; /* since dir_new */
-        uint64_t told_full; /* blobs of announces not recorded, the home full (dir_apply_full) */
+        uint64_t told_full;    /* blobs of announces not recorded, the home full (dir_apply_full) */
+        uint64_t told_covered; /* of those, "covered" (not the whole blob) */
         /* dir_wait_digest since dir_new: calls that waited, that ended with the digest
          * (at once or woken), refused at the cap; the most waiting at once. */
         uint64_t digest_waits, digest_waits_found, digest_waits_refused, digest_waiters_peak;

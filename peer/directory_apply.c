@@ -48,42 +48,56 @@ static int record_digests(struct directory *dir, struct dir_blob *b, const struc
                              wb->nchain, wb->chain_idx, wb->chain, wb->verified, node);
 }
 
-/* Whether the home is full for NODE's announce of B: NODE is not a recorded holder (the
- * caller checks), the blob has max_holders live ones, NODE holds no live claim on it, and the
- * live recorded holders together hold every chunk of the blob — so every chunk NODE holds,
- * and recording NODE would only drop a holder as good for readers. The whole blob, not only
- * NODE's chunks: a claim is granted only for a chunk no live recorded holder has, so while
- * they cover the blob no claim is granted, and a node left unrecorded cannot become the only
- * holder of a chunk by fetching it from the origin (a reader ahead of the recorded holders
- * did, when only its own chunks were compared: bench/sim N = 1000, origin fetches per
- * distinct chunk 1.082 -> 1.092, worst blob 2.0 -> 2.4). When recorded holders drop out,
- * the retries (next_retry) bring unrecorded ones back. */
-static bool is_full_for(const struct directory *dir, const struct dir_blob *b, const char *node,
-                        uint64_t now) {
+/* The home's verdict on NODE's announce WB of B, NODE not a recorded holder (the caller
+ * checks). FULL: the blob has max_holders live holders, NODE holds no live claim on it, and
+ * the live recorded holders together hold every chunk of the blob — recording NODE would only
+ * drop a holder as good for readers, and no claim is granted while they do. COVERED (issue 18,
+ * the deltas of a wave's front): the same, except that the holders hold every chunk NODE
+ * announced but not the whole blob; *RET_UNION (nchunks bits, the caller's) is what they
+ * hold, and NODE stays quiet only while it holds nothing outside it (wire_reply.h). RECORD
+ * otherwise.
+ *
+ * Why COVERED needs the union: comparing NODE's chunks alone and hushing the blob outright
+ * was measured worse (bench/sim N = 1000, origin fetches per distinct chunk 1.082 -> 1.092,
+ * worst blob 2.0 -> 2.33, on this branch and before it): a hushed reader goes on reading, and
+ * gets chunks no holder recorded here has — from holders another home named, or from an
+ * answer it kept — and the next reader was granted their claim again while hundreds held
+ * them. With the union, the first such chunk makes it announce (and be recorded). A chunk it
+ * was granted a claim on un-hushes the blob as well (announce_claimed), since by then the
+ * union may be stale. */
+enum verdict { V_RECORD, V_FULL, V_COVERED };
+
+static enum verdict verdict_for(const struct directory *dir, const struct dir_blob *b,
+                                const char *node, const uint8_t *mine, uint64_t now,
+                                uint8_t *ret_union) {
         size_t nlive = 0, bytes = dri_bitmap_bytes(b->nchunks);
+        bool whole = true;
 
         for (size_t i = 0; i < b->nholders; i++)
                 nlive += dri_live(b->holders[i].last_ms, dir->cfg.ttl_ms, now);
         if (nlive < dir->cfg.max_holders)
-                return false;
+                return V_RECORD;
         for (size_t i = 0; i < b->nclaims; i++)
                 if (strcmp(b->claims[i].node, node) == 0 &&
                     dri_live(b->claims[i].since_ms, dir->cfg.claim_ttl_ms, now))
-                        return false;
-        /* At most max_holders passes over nchunks / 8 bytes, and only for an announcer that
-         * is not recorded while the table is full; most bytes stop at the first holder. */
+                        return V_RECORD;
+        /* max_holders passes over nchunks / 8 bytes, only for an announcer that is not
+         * recorded while the table is full. */
+        memset(ret_union, 0, bytes);
+        for (size_t i = 0; i < b->nholders; i++)
+                if (dri_live(b->holders[i].last_ms, dir->cfg.ttl_ms, now))
+                        for (size_t k = 0; k < bytes; k++)
+                                ret_union[k] |= b->holders[i].present[k];
         for (size_t k = 0; k < bytes; k++) {
-                uint8_t want = 0xff, have = 0;
+                uint8_t want = 0xff;
 
-                if (k == bytes - 1 && b->nchunks % 8)
+                if (k == bytes - 1 && b->nchunks % 8) /* bits past the end are not chunks */
                         want = (uint8_t)((1u << (b->nchunks % 8)) - 1);
-                for (size_t i = 0; i < b->nholders && (want & ~have); i++)
-                        if (dri_live(b->holders[i].last_ms, dir->cfg.ttl_ms, now))
-                                have |= b->holders[i].present[k];
-                if (want & ~have)
-                        return false;
+                if (mine[k] & want & ~ret_union[k])
+                        return V_RECORD; /* NODE holds a chunk no recorded holder has */
+                whole &= (want & ~ret_union[k]) == 0;
         }
-        return true;
+        return whole ? V_FULL : V_COVERED;
 }
 
 /* When NODE may come back to be recorded, as milliseconds from NOW: the blob's retries are
@@ -98,6 +112,38 @@ static uint64_t next_retry(const struct directory *dir, struct dir_blob *b, uint
         return b->retry_next_ms - now;
 }
 
+/* Adds the verdict for NODE's announce WB of B to FULL when it is "full" or "covered":
+ * 0 then, else -EAGAIN (record NODE: the verdict says so, or the reply cannot take it —
+ * too many ranges, or memory). */
+static int tell_full(struct directory *dir, struct dir_blob *b, const char *node,
+                     const struct wire_blob *wb, uint64_t now, struct wire_reply *full) {
+        uint8_t *u = malloc(dri_bitmap_bytes(b->nchunks));
+        int r = -EAGAIN;
+
+        if (!u)
+                return r;
+        switch (verdict_for(dir, b, node, wb->present, now, u)) {
+        case V_FULL:
+                if (wire_reply_add(full, &b->digest, next_retry(dir, b, now)) == 0)
+                        r = 0;
+                break;
+        case V_COVERED:
+                /* the retry time is handed out only if the entry fits */
+                if (wire_reply_ranges(u, b->nchunks, WIRE_REPLY_MAX_RANGES) <=
+                            WIRE_REPLY_MAX_RANGES &&
+                    wire_reply_add_covered(full, &b->digest, 1, u, b->nchunks) == 0) {
+                        full->full[full->nfull - 1].retry_ms = next_retry(dir, b, now);
+                        dir->stats.told_covered++;
+                        r = 0;
+                }
+                break;
+        case V_RECORD:
+                break;
+        }
+        free(u);
+        return r;
+}
+
 /* One blob of NODE's announce, at NOW. With FULL non-NULL, a blob the home is full for
  * (is_full_for) is not recorded and goes into FULL with its retry time instead. */
 static int apply_blob(struct directory *dir, struct dir_blob *b, const char *node,
@@ -109,11 +155,16 @@ static int apply_blob(struct directory *dir, struct dir_blob *b, const char *nod
         dri_order_append(dir, b);
 
         if (b->nchunks == 0 || bitmap_empty(wb->present, b->nchunks)) {
+                /* A node that holds none of it (it registered the blob to read it, or evicted
+                 * it) and that the home does not record is told, too, when the home is full:
+                 * otherwise each reader of a wave sent at least its first delta to every home
+                 * (bench/sim N = 5000: half of the busiest home's deltas). */
                 if (hi >= 0)
                         dri_holder_remove(dir, b, (size_t)hi);
-        } else if (hi < 0 && full && is_full_for(dir, b, node, now) &&
-                   wire_reply_add(full, &b->digest, next_retry(dir, b, now)) == 0) {
-                dir->stats.told_full++; /* (a reply that cannot take it: recorded instead) */
+                else if (full && b->nchunks && tell_full(dir, b, node, wb, now, full) == 0)
+                        dir->stats.told_full++;
+        } else if (hi < 0 && full && tell_full(dir, b, node, wb, now, full) == 0) {
+                dir->stats.told_full++;
         } else {
                 struct dir_holder *h =
                         hi >= 0 ? &b->holders[hi] : dri_holder_add(dir, b, node, now);

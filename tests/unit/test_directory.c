@@ -1517,10 +1517,10 @@ static void test_full_verdict(void **state) {
         make(&o, A, 1, 4, "0-3");
         assert_int_equal(dir_apply_full(dir, &o.a, 1003, &full, reason, sizeof(reason)), 0);
         assert_int_equal(full.nfull, 0);
-        /* recorded holders that leave a chunk uncovered: the newcomer is recorded */
+        /* a newcomer with a chunk the recorded holders leave uncovered is recorded */
         announce(dir, A, 2, 4, "0-2", 1000);
         announce(dir, B, 2, 4, "0-1", 1000);
-        make(&o, C, 2, 4, "0");
+        make(&o, C, 2, 4, "3");
         assert_int_equal(dir_apply_full(dir, &o.a, 1004, &full, reason, sizeof(reason)), 0);
         assert_int_equal(full.nfull, 0);
         assert_int_equal(locate(dir, 2, 1004, &l), 0);
@@ -1534,6 +1534,72 @@ static void test_full_verdict(void **state) {
         wire_locate_free(&l);
         dir_get_stats(dir, &st);
         assert_int_equal(st.told_full, 2);
+        dir_free(dir);
+}
+
+/* Issue 18, the deltas of a wave's front: a home whose max_holders holders hold every chunk a
+ * newcomer announces, but not the whole blob, answers "covered" with the chunks they hold (the
+ * newcomer keeps quiet while it holds nothing else); a newcomer holding a chunk outside them
+ * is recorded; one that holds nothing yet (it registered the blob) is told too, "full" when
+ * the holders cover the whole blob; a live claim, or a recorded holder, is never told. */
+static void test_covered_verdict(void **state) {
+        struct directory *dir = new_dir(16, 2, 0);
+        const char *D = "10.0.0.4:5001", *E = "10.0.0.5:5001";
+        struct wire_reply full = {0};
+        struct wire_locate l;
+        struct dir_stats st;
+        char reason[256];
+        struct one o;
+
+        (void)state;
+        announce(dir, A, 1, 12, "0-3", 1000);
+        announce(dir, B, 1, 12, "0-1,8", 1000);
+        make(&o, C, 1, 12, "0-2");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1001, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 1);
+        assert_non_null(full.full[0].covered);
+        assert_int_equal(full.full[0].nchunks, 12);
+        for (uint32_t c = 0; c < 12; c++)
+                assert_int_equal(wire_bit(full.full[0].covered, c), c <= 3 || c == 8);
+        assert_true(full.full[0].retry_ms == TTL / 3 / 2);
+        wire_reply_free(&full);
+        assert_int_equal(locate(dir, 1, 1001, &l), 0);
+        assert_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        /* chunk 5 is nobody's here: C is recorded */
+        make(&o, C, 1, 12, "0-2,5");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1002, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 0);
+        assert_int_equal(locate(dir, 1, 1002, &l), 0);
+        assert_non_null(find_holder(&l, C, false));
+        wire_locate_free(&l);
+        /* a registration (nothing held yet) is told "covered", with the holders' chunks */
+        make(&o, D, 1, 12, "");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1003, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 1);
+        assert_non_null(full.full[0].covered);
+        assert_int_equal(wire_bit(full.full[0].covered, 5), 1);
+        wire_reply_free(&full);
+        /* the same registration when the holders cover the whole blob: "full" */
+        announce(dir, A, 2, 4, "0-3", 1000);
+        announce(dir, B, 2, 4, "0-3", 1000);
+        make(&o, D, 2, 4, "");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1004, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 1);
+        assert_null(full.full[0].covered);
+        wire_reply_free(&full);
+        /* a node holding a live claim is recorded, covered or not */
+        struct digest d1 = dg(1);
+        make(&o, E, 1, 12, "");
+        assert_int_equal(dir_locate(dir, &d1, E, 11, 1005, &l), 0);
+        assert_true(l.has_claim && l.claim_granted);
+        wire_locate_free(&l);
+        make(&o, E, 1, 12, "0");
+        assert_int_equal(dir_apply_full(dir, &o.a, 1006, &full, reason, sizeof(reason)), 0);
+        assert_int_equal(full.nfull, 0);
+        dir_get_stats(dir, &st);
+        assert_int_equal(st.told_full, 3);
+        assert_int_equal(st.told_covered, 2);
         dir_free(dir);
 }
 
@@ -1793,6 +1859,7 @@ int main(void) {
                 cmocka_unit_test(test_one_chunk_answer_digest_span),
                 cmocka_unit_test(test_full_verdict),
                 cmocka_unit_test(test_full_retry_takes_freed_slot),
+                cmocka_unit_test(test_covered_verdict),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
