@@ -41,6 +41,7 @@ struct dirty {
         struct digest d;
         uint32_t lo, hi; /* changed chunks; lo > hi: none (the blob itself) */
         bool used;
+        bool unhush; /* a chunk we had claimed landed: announce to every home (announce.h) */
 };
 
 /* A chunk this node claimed (announce_claimed), until it lands. */
@@ -106,8 +107,9 @@ static size_t slot_of(const struct announcer *a, const struct digest *d) {
 }
 
 /* Under a->lock: chunk IDX of D landed; if we had claimed it, wake the thread for an early
- * round. A scan of at most ANNOUNCE_CLAIMED_MAX entries, only while claims are pending. */
-static void landed_claim(struct announcer *a, const struct digest *d, uint32_t idx) {
+ * round and say so. A scan of at most ANNOUNCE_CLAIMED_MAX entries, only while claims are
+ * pending. */
+static bool landed_claim(struct announcer *a, const struct digest *d, uint32_t idx) {
         for (unsigned i = 0; a->nclaimed && i < ANNOUNCE_CLAIMED_MAX; i++) {
                 struct claimed *c = &a->claimed[i];
                 if (c->used && c->idx == idx && digest_equal(&c->d, d)) {
@@ -115,9 +117,10 @@ static void landed_claim(struct announcer *a, const struct digest *d, uint32_t i
                         a->nclaimed--;
                         a->early = true;
                         pthread_cond_signal(&a->cond);
-                        return;
+                        return true;
                 }
         }
+        return false;
 }
 
 void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx) {
@@ -151,14 +154,13 @@ void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx)
                         e->lo = idx;
                 if (idx > e->hi)
                         e->hi = idx;
-                landed_claim(a, d, idx);
+                if (landed_claim(a, d, idx))
+                        e->unhush = true;
         }
         pthread_mutex_unlock(&a->lock);
 }
 
 void announce_claimed(struct announcer *a, const struct digest *d, uint32_t idx) {
-        if (a->cfg.manual)
-                return;
         pthread_mutex_lock(&a->lock);
         struct claimed *c = &a->claimed[a->claimed_next];
         a->claimed_next = (a->claimed_next + 1) % ANNOUNCE_CLAIMED_MAX;
@@ -317,7 +319,7 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         size_t n = members_homes(a->cfg.members, &b.digest, a->cfg.homes, homes, NULL);
         uint64_t hushed = 0;
         for (size_t i = 0; i < n; i++) {
-                if (hush_is(a->hush, &b.digest, homes[i], now)) {
+                if (hush_is(a->hush, &b.digest, homes[i], now, b.present, b.nchunks)) {
                         hushed++; /* that home has max_holders that hold all we do */
                         continue;
                 }
@@ -329,6 +331,23 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         if (hushed) {
                 pthread_mutex_lock(&a->lock);
                 a->stats.hushed_sends += hushed;
+                pthread_mutex_unlock(&a->lock);
+        }
+}
+
+/* A chunk of D that we had claimed landed: no home of D is hushed any more, so this round's
+ * announce of D, which carries that chunk, reaches all of them (the home that granted the
+ * claim records us whatever it holds; the others have no recorded holder of the chunk, and
+ * readers holding our bytes ask them for its digest). They decide again on it. */
+static void unhush_blob(struct announcer *a, const struct digest *d) {
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        size_t n = members_homes(a->cfg.members, d, a->cfg.homes, homes, NULL);
+        uint64_t forgot = 0;
+        for (size_t i = 0; i < n; i++)
+                forgot += hush_forget(a->hush, d, homes[i]);
+        if (forgot) {
+                pthread_mutex_lock(&a->lock);
+                a->stats.unhushed += forgot;
                 pthread_mutex_unlock(&a->lock);
         }
 }
@@ -351,21 +370,48 @@ static void file_retries(struct announcer *a, uint64_t now, bool full, struct ou
         pthread_mutex_unlock(&a->lock);
 }
 
+static bool present_whole(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t i = 0; i < nchunks; i++)
+                if (!wire_bit(map, i))
+                        return false;
+        return true;
+}
+
 /* HOME's verdict on the announce of BLOBS[0..N): each blob it is full for (and that we did
- * announce to it) is hushed for that home until its retry time. */
+ * announce to it) is hushed for that home until its retry time; each other one, recorded, is
+ * no longer hushed there. (A pair hushed while we held chunks within a "covered" set would
+ * otherwise outlive our record: once we evict the blob, an empty set is within any set, and
+ * the home would keep naming us as a holder until its TTL.) */
 static void take_verdict(struct announcer *a, const char *home, const struct wire_blob *blobs,
                          uint32_t n, const struct wire_reply *rp, uint64_t now) {
         uint64_t obeyed = 0;
+        for (uint32_t j = 0; j < n; j++) {
+                bool told = false;
+                for (uint32_t i = 0; i < rp->nfull && !told; i++)
+                        told = digest_equal(&blobs[j].digest, &rp->full[i].digest);
+                if (!told)
+                        hush_forget(a->hush, &blobs[j].digest, home);
+        }
         for (uint32_t i = 0; i < rp->nfull; i++) {
-                bool sent = false;
-                for (uint32_t j = 0; j < n && !sent; j++)
-                        sent = digest_equal(&blobs[j].digest, &rp->full[i].digest);
-                if (!sent)
+                const struct wire_full *f = &rp->full[i];
+                const struct wire_blob *b = NULL;
+                for (uint32_t j = 0; j < n && !b; j++)
+                        if (digest_equal(&blobs[j].digest, &f->digest))
+                                b = &blobs[j];
+                if (!b || b->nchunks == 0)
                         continue; /* not ours to hush: the home answered about something else */
-                uint64_t ms = rp->full[i].retry_ms;
+                if (f->covered && f->nchunks != b->nchunks)
+                        continue; /* a set of another blob's size: not obeyed */
+                uint64_t ms = f->retry_ms;
                 if (ms > ANNOUNCE_HUSH_MAX_MS)
                         ms = ANNOUNCE_HUSH_MAX_MS;
-                if (hush_add(a->hush, &rp->full[i].digest, home, now + ms) == 0)
+                /* Told while we were still reading it: hushed until we hold it whole, then
+                 * announced once. Meanwhile the home may have lost the holders that covered
+                 * us (they evicted it), and the readers after us need a whole holder: before
+                 * this, the readers still reading were heard, and recorded in their place. */
+                bool partial = !present_whole(b->present, b->nchunks);
+                if (hush_add(a->hush, &f->digest, home, now + ms, f->covered, b->nchunks,
+                             partial) == 0)
                         obeyed++;
         }
         if (obeyed) {
@@ -647,6 +693,9 @@ void announce_round(struct announcer *a, uint64_t now) {
 
         struct outboxes bx = {0};
         size_t nblobs = 0;
+        for (size_t i = 0; i < a->cap; i++)
+                if (a->taken[i].used && a->taken[i].unhush)
+                        unhush_blob(a, &a->taken[i].d);
         if (full) {
                 uint32_t n = a->cfg.ops.count(a->cfg.ops.ud);
                 file_retries(a, now, true, &bx);

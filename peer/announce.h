@@ -26,15 +26,19 @@
  * their TTL. Publishing again (the index rebuilt or fetched) puts it back.
  *
  * Homes that are full (issue 18). A home keeps max_holders holders per blob; when it already
- * has that many and they hold every chunk this node announced, it answers "full" for the blob
- * with a retry time (peer/wire_reply.h, dir_apply_full). The announcer then leaves that blob
- * out of what it sends to THAT home — deltas and full refreshes alike — until the retry time,
+ * has that many and they hold every chunk of the blob, it answers "full" for the blob with a
+ * retry time (peer/wire_reply.h, dir_apply_full); when they hold every chunk this node
+ * announced but not the whole blob, "covered", with the chunks they hold. The announcer then
+ * leaves that blob out of what it sends to THAT home — deltas and full refreshes alike — until
+ * the retry time (a covered one only while this node holds nothing outside those chunks),
  * and then sends it to that home once, without waiting for the next round that would (so the
  * home's spacing of retries holds, and a slot freed by an expired holder is retaken within
  * about one spacing). Other homes of the blob are not affected. Bounds: ANNOUNCE_HUSH_MAX
  * (blob, home) pairs; past that the home is not obeyed (the cost is announces, not
  * correctness). A retry time beyond ANNOUNCE_HUSH_MAX_MS is cut to it. A home that restarted
- * (announce_home_restarted) is no longer hushed: it knows nothing now. */
+ * (announce_home_restarted) is no longer hushed: it knows nothing now. Nor is any home of a
+ * blob once a chunk of it this node was granted a claim on lands (announce_claimed): that
+ * chunk is one no recorded holder has, which every home must hear. */
 #pragma once
 #include <stdint.h>
 
@@ -105,7 +109,12 @@ void announce_changed(struct announcer *a, const struct digest *d, uint32_t idx)
  * interval, at most one such early round per ANNOUNCE_EARLY_GAP_MS: a node streaming a blob
  * on claims sends at most 1000 / ANNOUNCE_EARLY_GAP_MS rounds a second, not one per chunk.
  * At most ANNOUNCE_CLAIMED_MAX claims are remembered (the oldest forgotten: its chunk goes
- * with the next interval's round, as before). Never blocks; no-op for a manual announcer. */
+ * with the next interval's round, as before). And the round that carries the landed chunk
+ * announces D to every home of D, hushed or not (their "full" verdicts forgotten): the chunk
+ * came from the origin, so no recorded holder has it, and a home that did not hear of it
+ * would grant its claim again (a second origin fetch) and could not give its digest to the
+ * readers holding our bytes. Never blocks; a manual announcer (no thread) only remembers the
+ * claim, for the un-hush. */
 void announce_claimed(struct announcer *a, const struct digest *d, uint32_t idx);
 
 /* This node holds blob INDEX (SIZE bytes), the index of LAYER: announce it to LAYER's homes
@@ -136,5 +145,6 @@ struct announce_stats {
          * sent when one ran out; hushed now: pairs in the table (live or waiting to retry). */
         uint64_t told_full, hushed_sends, hush_retries, hushed;
         uint64_t early_rounds; /* rounds run early for claimed chunks that landed */
+        uint64_t unhushed;     /* (blob, home) pairs un-hushed: a claimed chunk of it landed */
 };
 void announce_get_stats(struct announcer *a, struct announce_stats *ret);

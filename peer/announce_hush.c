@@ -19,6 +19,9 @@ struct hush_ent {
         struct digest d;
         char home[PEER_ID_MAX];
         uint64_t until;
+        uint8_t *map; /* LIVE only: the home's "covered" set, nchunks bits; NULL: none */
+        uint32_t nchunks;
+        bool until_whole;
         uint8_t state;
 };
 
@@ -29,8 +32,23 @@ struct announce_hush {
         size_t used; /* slots not EMPTY */
         size_t live;
         size_t max;
+        size_t map_bytes;  /* of the LIVE pairs' sets, at most HUSH_MAX_MAP_BYTES */
         uint64_t next_due; /* min until over LIVE; UINT64_MAX: none */
 };
+
+static size_t map_size(uint32_t nchunks) {
+        return ((size_t)nchunks + 7) / 8;
+}
+
+/* E stops being LIVE (its set freed). */
+static void retire(struct announce_hush *h, struct hush_ent *e) {
+        if (e->map)
+                h->map_bytes -= map_size(e->nchunks);
+        free(e->map);
+        e->map = NULL;
+        e->state = DEAD;
+        h->live--;
+}
 
 static size_t hash_of(const struct digest *d, const char *home) {
         uint64_t h;
@@ -85,16 +103,31 @@ void hush_free(struct announce_hush *h) {
         if (!h)
                 return;
         pthread_mutex_destroy(&h->lock);
+        for (size_t i = 0; i < h->cap; i++)
+                if (h->v[i].state == LIVE)
+                        free(h->v[i].map);
         free(h->v);
         free(h);
 }
 
-int hush_add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until) {
-        if (strlen(home) >= PEER_ID_MAX)
+int hush_add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
+             const uint8_t *covered, uint32_t nchunks, bool until_whole) {
+        if (strlen(home) >= PEER_ID_MAX || ((covered || until_whole) && nchunks == 0))
                 return -EINVAL;
+        uint8_t *map = NULL;
+        if (covered) {
+                if (!(map = malloc(map_size(nchunks))))
+                        return -ENOMEM;
+                memcpy(map, covered, map_size(nchunks));
+        }
         int r = 0;
         pthread_mutex_lock(&h->lock);
         struct hush_ent *e = h->cap ? slot_for(h, d, home) : NULL;
+        size_t old = e && e->state == LIVE && e->map ? map_size(e->nchunks) : 0;
+        if (map && h->map_bytes - old + map_size(nchunks) > HUSH_MAX_MAP_BYTES) {
+                r = -ENOSPC; /* the pair, if any, keeps what it had */
+                goto out;
+        }
         if (!e || e->state == EMPTY) {
                 if (2 * (h->used + 1) > h->cap) {
                         size_t cap = h->cap ? h->cap : 64;
@@ -116,21 +149,52 @@ int hush_add(struct announce_hush *h, const struct digest *d, const char *home, 
         }
         if (e->state != LIVE)
                 h->live++;
+        else
+                free(e->map);
+        h->map_bytes = h->map_bytes - old + (map ? map_size(nchunks) : 0);
         e->state = LIVE;
         e->until = until;
+        e->map = map;
+        e->nchunks = nchunks;
+        e->until_whole = until_whole;
+        map = NULL;
         if (until < h->next_due)
                 h->next_due = until;
 out:
         pthread_mutex_unlock(&h->lock);
+        free(map);
         return r;
 }
 
-bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now) {
+/* Whether the first NCHUNKS bits of A are all set. */
+static bool whole(const uint8_t *a, uint32_t nchunks) {
+        for (uint32_t k = 0; k < nchunks / 8; k++)
+                if (a[k] != 0xff)
+                        return false;
+        uint8_t tail = (uint8_t)((1u << (nchunks % 8)) - 1);
+        return nchunks % 8 == 0 || (a[nchunks / 8] & tail) == tail;
+}
+
+/* Whether the first NCHUNKS bits of A are all set in B. */
+static bool within(const uint8_t *a, const uint8_t *b, uint32_t nchunks) {
+        for (uint32_t k = 0; k < nchunks / 8; k++)
+                if (a[k] & ~b[k])
+                        return false;
+        uint8_t tail = (uint8_t)((1u << (nchunks % 8)) - 1);
+        return nchunks % 8 == 0 || (a[nchunks / 8] & ~b[nchunks / 8] & tail) == 0;
+}
+
+bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
+             const uint8_t *present, uint32_t nchunks) {
         bool is = false;
         pthread_mutex_lock(&h->lock);
         if (h->live) {
                 struct hush_ent *e = slot_for(h, d, home);
-                is = e->state == LIVE && e->until > now;
+                is = e->state == LIVE && e->until > now &&
+                     (!e->map ||
+                      (e->nchunks == nchunks && present && within(present, e->map, nchunks))) &&
+                     (!e->until_whole ||
+                      (e->nchunks == nchunks && present && !whole(present, nchunks)));
         }
         pthread_mutex_unlock(&h->lock);
         return is;
@@ -171,10 +235,8 @@ int hush_take_due(struct announce_hush *h, uint64_t now, struct hush_due **ret, 
         }
         /* Only now, with the list complete, are the due pairs forgotten. */
         for (size_t i = 0; i < h->cap; i++)
-                if (h->v[i].state == LIVE && h->v[i].until <= now) {
-                        h->v[i].state = DEAD;
-                        h->live--;
-                }
+                if (h->v[i].state == LIVE && h->v[i].until <= now)
+                        retire(h, &h->v[i]);
         h->next_due = next;
         *ret = v;
         *ret_n = n;
@@ -183,13 +245,25 @@ out:
         return r;
 }
 
+bool hush_forget(struct announce_hush *h, const struct digest *d, const char *home) {
+        bool was = false;
+        pthread_mutex_lock(&h->lock);
+        if (h->live && strlen(home) < PEER_ID_MAX) {
+                struct hush_ent *e = slot_for(h, d, home);
+                if (e->state == LIVE) {
+                        retire(h, e); /* next_due may now be early: a no-op take then */
+                        was = true;
+                }
+        }
+        pthread_mutex_unlock(&h->lock);
+        return was;
+}
+
 void hush_forget_home(struct announce_hush *h, const char *home) {
         pthread_mutex_lock(&h->lock);
         for (size_t i = 0; i < h->cap; i++)
-                if (h->v[i].state == LIVE && strcmp(h->v[i].home, home) == 0) {
-                        h->v[i].state = DEAD;
-                        h->live--;
-                }
+                if (h->v[i].state == LIVE && strcmp(h->v[i].home, home) == 0)
+                        retire(h, &h->v[i]);
         pthread_mutex_unlock(&h->lock);
 }
 

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "peer/announce.h"
+#include "peer/announce_hush.h"
 #include "peer/members.h"
 
 #define SELF "10.0.0.1:5001"
@@ -25,7 +26,8 @@
 
 static struct digest blob_digest;
 static bool registered;
-static bool whole; /* the blob's 4 chunks are present */
+static bool whole;           /* the blob's 4 chunks are present */
+static uint8_t present_bits; /* else these of them */
 
 static pthread_mutex_t sent_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned sent_blobs;
@@ -48,8 +50,8 @@ static int op_snapshot(void *ud, uint32_t id, uint32_t from, uint32_t to, struct
         ret->nchunks = 4;
         snprintf(ret->source, sizeof(ret->source), "registry.example.com/app");
         ret->present = calloc(2, 1);
-        if (ret->present && whole)
-                ret->present[0] = 0x0f;
+        if (ret->present)
+                ret->present[0] = whole ? 0x0f : present_bits;
         ret->sha_idx = calloc(1, sizeof(*ret->sha_idx));
         ret->sha = calloc(1, sizeof(*ret->sha));
         return ret->present && ret->sha_idx && ret->sha ? 0 : -1;
@@ -63,14 +65,20 @@ static int op_find(void *ud, const struct digest *d, uint32_t *ret_id) {
         return 0;
 }
 
-/* When not 0, OTHER answers "full" for blob_digest with this retry time. */
+/* When not 0, OTHER answers "full" for blob_digest with this retry time; "covered", with
+ * these chunks of the 4, when covered_bits is not 0. */
 static uint64_t full_retry_ms;
+static uint8_t covered_bits;
 
 static int send_hook(void *ud, const char *home, const struct wire_announce *w,
                      struct wire_reply *reply) {
         (void)ud;
         (void)home;
-        if (full_retry_ms)
+        if (full_retry_ms && covered_bits)
+                assert_int_equal(wire_reply_add_covered(reply, &blob_digest, full_retry_ms,
+                                                        &covered_bits, 4),
+                                 0);
+        else if (full_retry_ms)
                 assert_int_equal(wire_reply_add(reply, &blob_digest, full_retry_ms), 0);
         pthread_mutex_lock(&sent_lock);
         for (uint32_t i = 0; i < w->nblobs; i++)
@@ -382,6 +390,124 @@ static void test_full_home_is_hushed(void **state) {
         members_free(m);
 }
 
+/* Issue 18, the deltas of a wave's front: a home that answers "covered" hears of the blob no
+ * more while this node holds nothing outside the chunks it named, and at once when it does;
+ * one told "full" while this node was still reading hears of it again once it is whole; and
+ * a chunk this node was granted a claim on un-hushes the blob when it lands, whatever the
+ * home said. */
+static void test_covered_home_is_hushed_while_within(void **state) {
+        (void)state;
+        memset(&blob_digest, 0x47, sizeof(blob_digest));
+        registered = true;
+        whole = false;
+        present_bits = 0x01;
+        sent_blobs = 0;
+        struct members *m = two_members();
+        struct announce_config ac = config(m, true);
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        const uint64_t t0 = 2000000;
+        struct announce_stats st;
+
+        full_retry_ms = 60000;
+        covered_bits = 0x03;
+        announce_round(a, t0); /* full: OTHER says "covered" {0, 1} */
+        assert_int_equal(sent(), 1);
+        full_retry_ms = 0; /* from now on OTHER records us */
+        covered_bits = 0;
+        present_bits = 0x03;
+        announce_changed(a, &blob_digest, 1);
+        announce_round(a, t0 + 250); /* within: not to OTHER */
+        assert_int_equal(sent(), 1);
+        present_bits = 0x07;
+        announce_changed(a, &blob_digest, 2);
+        announce_round(a, t0 + 500); /* chunk 2 is outside: to OTHER, which records us */
+        assert_int_equal(sent(), 2);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hushed, 0); /* recorded: no longer hushed there */
+        assert_int_equal(st.hushed_sends, 1);
+
+        /* "full" while we read: hushed until we hold it whole, then once */
+        full_retry_ms = 60000;
+        announce_changed(a, &blob_digest, 2);
+        announce_round(a, t0 + 750);
+        assert_int_equal(sent(), 3);
+        announce_changed(a, &blob_digest, 2);
+        announce_round(a, t0 + 1000);
+        assert_int_equal(sent(), 3);
+        whole = true;
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 1250); /* whole now: heard, and told "full" again */
+        assert_int_equal(sent(), 4);
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 1500);
+        assert_int_equal(sent(), 4);
+
+        /* a landed claim un-hushes the blob at every home (it evicted chunk 3, then was
+         * granted the claim on it: told "full" when whole, it would be hushed still) */
+        whole = false;
+        present_bits = 0x07;
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 1750);
+        assert_int_equal(sent(), 4);
+        full_retry_ms = 0;
+        whole = true;
+        announce_claimed(a, &blob_digest, 3);
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 2000);
+        assert_int_equal(sent(), 5);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.unhushed, 1);
+        assert_int_equal(st.hushed, 0);
+        announce_free(a);
+        members_free(m);
+        whole = false;
+        present_bits = 0;
+}
+
+/* The hush table's sets: a covered pair is hushed only while PRESENT is within its set (and
+ * the sizes agree), an until-whole pair only while PRESENT is not whole; the sets' bytes are
+ * bounded (HUSH_MAX_MAP_BYTES: past it a pair is refused, not hushed) and given back when a
+ * pair is done. */
+static void test_hush_sets(void **state) {
+        (void)state;
+        struct announce_hush *h = NULL;
+        struct digest d;
+        uint8_t set = 0x0b, in = 0x03, out = 0x07, all = 0x0f; /* 4 chunks */
+        assert_int_equal(hush_new(64, &h), 0);
+        memset(&d, 0x51, sizeof(d));
+        assert_int_equal(hush_add(h, &d, OTHER, 100, &set, 4, false), 0);
+        assert_true(hush_is(h, &d, OTHER, 50, &in, 4));
+        assert_false(hush_is(h, &d, OTHER, 50, &out, 4)); /* chunk 2 is outside */
+        assert_false(hush_is(h, &d, OTHER, 50, &in, 5));  /* another size */
+        assert_false(hush_is(h, &d, OTHER, 100, &in, 4)); /* its time is up */
+        assert_true(hush_forget(h, &d, OTHER));
+        assert_false(hush_forget(h, &d, OTHER));
+        assert_false(hush_is(h, &d, OTHER, 50, &in, 4));
+        assert_int_equal(hush_add(h, &d, OTHER, 100, NULL, 4, true), 0);
+        assert_true(hush_is(h, &d, OTHER, 50, &out, 4));
+        assert_false(hush_is(h, &d, OTHER, 50, &all, 4)); /* whole: heard */
+        assert_int_equal(hush_add(h, &d, OTHER, 100, &set, 0, false), -EINVAL);
+        /* sets of a 4 Mi-chunk blob (512 KiB each): the ninth does not fit in 4 MiB */
+        uint32_t big = 1u << 22;
+        uint8_t *map = calloc(big / 8, 1);
+        assert_non_null(map);
+        for (int i = 0; i < 8; i++) {
+                d.bytes[0] = (uint8_t)i;
+                assert_int_equal(hush_add(h, &d, OTHER, 100, map, big, false), 0);
+        }
+        d.bytes[0] = 8;
+        assert_int_equal(hush_add(h, &d, OTHER, 100, map, big, false), -ENOSPC);
+        assert_false(hush_is(h, &d, OTHER, 50, map, big));
+        struct hush_due *due = NULL;
+        size_t n = 0;
+        assert_int_equal(hush_take_due(h, 100, &due, &n), 0); /* all done: bytes given back */
+        free(due);
+        assert_int_equal(hush_add(h, &d, OTHER, 200, map, big, false), 0);
+        free(map);
+        hush_free(h);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
@@ -389,6 +515,8 @@ int main(void) {
                 cmocka_unit_test(test_manual_rounds),
                 cmocka_unit_test(test_index_records),
                 cmocka_unit_test(test_full_home_is_hushed),
+                cmocka_unit_test(test_covered_home_is_hushed_while_within),
+                cmocka_unit_test(test_hush_sets),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);
