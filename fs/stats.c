@@ -230,6 +230,14 @@ static const struct stat_def stats[] = {
         {NULL, NULL, "directory_told_full_total", NULL, COUNTER,
          "Announced blobs not recorded as a home: max-holders holders hold all of it already.",
          F(ds.told_full), false},
+        {NULL, NULL, "directory_told_covered_total", NULL, COUNTER,
+         "Of those, blobs whose holders hold all the announcer has but not the whole blob "
+         "(\"covered\").",
+         F(ds.told_covered), false},
+        {NULL, NULL, "peer_announce_unhushed_total", NULL, COUNTER,
+         "Homes a blob was announced to again, hushed or not: a chunk of it this node had "
+         "claimed landed.",
+         F(as.unhushed), false},
         {NULL, NULL, "peer_announce_full_total", NULL, COUNTER,
          "Blobs a home answered \"full\" for: not announced to that home until its retry time.",
          F(as.told_full), false},

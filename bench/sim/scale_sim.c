@@ -38,6 +38,11 @@
  * received in one simulated second) and why readers' misses were not answered from their kept
  * answer (none kept, too old, no digest of the chunk in it, no holder of it named).
  *
+ * Announces are counted per home (the busiest home's, split into its senders' full rounds and
+ * the rest, "deltas", registrations among them: announces whose blobs have no chunk yet) and
+ * per blob (the announces of one blob its homes received in delta rounds, the most in one
+ * second: what issue 18's "covered" verdict bounds).
+ *
  * Output: one line per metric, "key value", or with --tsv a header and one row (for
  * bench/sim/run.sh). Deterministic for a given --seed. */
 #include <errno.h>
@@ -91,6 +96,11 @@ struct blob {
         uint64_t origin_chunks; /* fetched from the origin, cluster-wide */
         uint64_t first_reads;   /* distinct chunks read, cluster-wide (first reader of each) */
         uint8_t *read_once;     /* bitmap: some node has read the chunk */
+        /* Announces of this blob its homes received (one per blob per announce), in delta
+         * rounds of their senders (the rest in full rounds); this round's, until run_round()
+         * knows which kind it was; delta ones in the current simulated second, and the most in
+         * any second. */
+        uint64_t rx_delta, rx_full, rx_round, rx_sec, rx_delta_sec, rx_delta_peak;
 };
 
 struct held {
@@ -125,6 +135,7 @@ struct node {
         /* Announces received in full (refresh) rounds of their sender, the rest being deltas;
          * ann_rx_round: this round's, until run_round() knows which kind it was. */
         uint64_t ann_rx_full, ann_rx_round;
+        uint64_t ann_rx_empty; /* announces whose blobs all had no chunk (registrations) */
         uint64_t peer_in, peer_out, origin_in;
         uint64_t misses, locate_answers, answer_holders;
         /* Departed nodes it tried to reach (each is marked down and probed until DNS drops
@@ -316,6 +327,23 @@ static struct held *held_get(struct node *nd, uint32_t blob, bool create) {
 /* Homes sent to in the round being run (run_round), so their counts can be credited to full
  * or delta rounds once the announcer has said which it was. */
 static unsigned *touched, ntouched;
+/* Blobs announced in the round being run, likewise; and blobs by digest (open addressing). */
+static unsigned *btouched, nbtouched;
+static int *blob_slot;
+#define BLOB_SLOTS 8192 /* a power of two > 2 x the blobs (1620 by default) */
+
+static size_t blob_hash(const struct digest *d) {
+        uint64_t h;
+        memcpy(&h, d->bytes + 8, sizeof(h));
+        return (size_t)(h ^ (h >> 29)) & (BLOB_SLOTS - 1);
+}
+
+static int blob_of(const struct digest *d) {
+        for (size_t i = blob_hash(d); blob_slot[i] >= 0; i = (i + 1) & (BLOB_SLOTS - 1))
+                if (digest_equal(&blobs[blob_slot[i]].d, d))
+                        return blob_slot[i];
+        return -1;
+}
 
 static uint64_t estimate(struct ratio *r, double units, bool *sample) {
         *sample = r->seen++ % O.sample == 0;
@@ -377,9 +405,21 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
         }
         nodes[h].ann_rx.msgs++;
         nodes[h].ann_rx.bytes += bytes;
+        {
+                bool empty = true;
+                for (uint32_t i = 0; i < w->nblobs && empty; i++)
+                        for (uint32_t k = 0; k < (w->blobs[i].nchunks + 7) / 8 && empty; k++)
+                                empty = w->blobs[i].present[k] == 0;
+                nodes[h].ann_rx_empty += empty && w->nblobs;
+        }
         per_second(&nodes[h], &nodes[h].ann_rx_sec, &nodes[h].ann_rx_peak);
         if (nodes[h].ann_rx_round++ == 0 && ntouched < nalloc)
                 touched[ntouched++] = (unsigned)h;
+        for (uint32_t i = 0; i < w->nblobs; i++) {
+                int bi = blob_of(&w->blobs[i].digest);
+                if (bi >= 0 && blobs[bi].rx_round++ == 0 && nbtouched < nblobs)
+                        btouched[nbtouched++] = (unsigned)bi;
+        }
         char reason[128];
         return dir_apply_full(nodes[h].dir, w, now, O.no_full ? NULL : reply, reason,
                               sizeof(reason));
@@ -400,6 +440,24 @@ static void run_round(struct node *nd) {
                 h->ann_rx_round = 0;
         }
         ntouched = 0;
+        uint64_t sec = now / 1000;
+        for (unsigned i = 0; i < nbtouched; i++) {
+                struct blob *b = &blobs[btouched[i]];
+                if (full) {
+                        b->rx_full += b->rx_round;
+                } else {
+                        if (b->rx_sec != sec) {
+                                b->rx_sec = sec;
+                                b->rx_delta_sec = 0;
+                        }
+                        b->rx_delta += b->rx_round;
+                        b->rx_delta_sec += b->rx_round;
+                        if (b->rx_delta_sec > b->rx_delta_peak)
+                                b->rx_delta_peak = b->rx_delta_sec;
+                }
+                b->rx_round = 0;
+        }
+        nbtouched = 0;
 }
 
 static double locate_units(const struct wire_locate *l) {
@@ -594,6 +652,9 @@ static enum src locate_chunk(struct node *nd, uint32_t bi, uint32_t c, int *ret_
                 if (granted) {
                         why_claim++;
                         tick_claimed = true;
+                        /* source.c's claimed hook (fs/peers.c): the announcer un-hushes the
+                         * blob when the chunk lands, so every home hears of it */
+                        announce_claimed(nd->ann, &b->d, c);
                 } else
                         why_nobody++;
                 return SRC_ORIGIN;
@@ -905,6 +966,18 @@ static void make_catalog(void) {
                 b->size = (uint64_t)(mib * (double)MIB) + 1 + rnd() % 4096;
                 b->nchunks = (uint32_t)((b->size + CHUNK - 1) / CHUNK);
                 b->read_once = xcalloc((b->nchunks + 7) / 8 + 1, 1);
+        }
+        if (nblobs * 2 > BLOB_SLOTS)
+                die("too many blobs for BLOB_SLOTS", E2BIG);
+        blob_slot = xcalloc(BLOB_SLOTS, sizeof(*blob_slot));
+        for (size_t i = 0; i < BLOB_SLOTS; i++)
+                blob_slot[i] = -1;
+        btouched = xcalloc(nblobs, sizeof(*btouched));
+        for (unsigned i = 0; i < nblobs; i++) {
+                size_t j = blob_hash(&blobs[i].d);
+                while (blob_slot[j] >= 0)
+                        j = (j + 1) & (BLOB_SLOTS - 1);
+                blob_slot[j] = (int)i;
         }
         images = xcalloc(O.images, sizeof(*images));
         for (unsigned i = 0; i < O.images; i++) {
@@ -1263,6 +1336,25 @@ int main(int argc, char **argv) {
                 }
         }
         double amp = blobs_read ? amp_sum / blobs_read : 0;
+        /* The blob whose homes received the most deltas, and the most in one second. */
+        uint64_t blob_delta_max = 0, blob_delta_peak = 0, blob_full_max = 0;
+        for (unsigned bi = 0; bi < nblobs; bi++) {
+                if (blobs[bi].rx_delta > blob_delta_max)
+                        blob_delta_max = blobs[bi].rx_delta;
+                if (blobs[bi].rx_full > blob_full_max)
+                        blob_full_max = blobs[bi].rx_full;
+                if (blobs[bi].rx_delta_peak > blob_delta_peak)
+                        blob_delta_peak = blobs[bi].rx_delta_peak;
+        }
+        uint64_t told_full = 0, unhushed = 0;
+        for (unsigned i = 0; i < nnodes; i++) {
+                struct announce_stats as;
+                if (!nodes[i].started)
+                        continue;
+                announce_get_stats(nodes[i].ann, &as);
+                told_full += as.told_full;
+                unhushed += as.unhushed;
+        }
         /* The busiest home (most announces received): how many came in full rounds. */
         const struct node *busiest = NULL;
         uint64_t rx_all = 0, rx_full = 0;
@@ -1275,6 +1367,9 @@ int main(int argc, char **argv) {
                         busiest = &nodes[i];
         }
         double busiest_full = busiest ? (double)busiest->ann_rx_full / secs : 0;
+        struct dir_stats bds = {0};
+        if (busiest)
+                dir_get_stats(busiest->dir, &bds);
         double busiest_delta =
                 busiest ? (double)(busiest->ann_rx.msgs - busiest->ann_rx_full) / secs : 0;
         uint64_t locate_msgs = 0;
@@ -1289,12 +1384,13 @@ int main(int argc, char **argv) {
                        "moved_leave\tmoved_join\tblobs_moved_leave\torigin_amp\torigin_amp_max\t"
                        "peer_share\tserving_ms\tserving_ms_max\tmerge_ms\tann_churn_ratio\t"
                        "ann_rx_max_full\tann_rx_max_delta\tloc_rx_peak\tann_rx_peak\t"
-                       "loc_too_old\tloc_no_digest\n");
+                       "loc_too_old\tloc_no_digest\tblob_delta_max\tblob_delta_peak\n");
                 printf("%u\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.4f\t%."
                        "1f\t"
                        "%u\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%.4f\t%.4f\t%.4f\t%.3f\t%.2f\t%.3f\t%."
                        "0f\t"
-                       "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\t%.0f\t%.0f\t%" PRIu64 "\t%" PRIu64 "\n",
+                       "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\t%.0f\t%.0f\t%" PRIu64 "\t%" PRIu64
+                       "\t%.3f\t%" PRIu64 "\n",
                        O.n, ann_m.mean, ann_m.max, ann_b.mean, ann_b.max, annrx.max, loc_m.mean,
                        loc_m.max, loc_b.mean, loc_b.max, locrx.max, mem_m.mean, mem_b.mean,
                        dns_seen, dirb.mean, dirb.max,
@@ -1304,7 +1400,8 @@ int main(int argc, char **argv) {
                        blobs_leave, amp, amp_max,
                        (double)peer / (double)((peer + origin * CHUNK) ?: 1), serve.mean, serve.max,
                        merge_ms, ann_before ? (double)ann_after / (double)ann_before : 0,
-                       busiest_full, busiest_delta, locpk.max, annpk.max, cm_old, cm_digest);
+                       busiest_full, busiest_delta, locpk.max, annpk.max, cm_old, cm_digest,
+                       (double)blob_delta_max / secs, blob_delta_peak);
         } else {
                 printf("n %u\nsimulated_s %.0f\nblobs %u\nchunk_misses %" PRIu64 "\n", O.n, secs,
                        nblobs, misses);
@@ -1314,6 +1411,17 @@ int main(int argc, char **argv) {
                        "(all homes: %.1f%% in full rounds)\n",
                        busiest_full, busiest_delta,
                        rx_all ? 100.0 * (double)rx_full / (double)rx_all : 0);
+                printf("busiest_blob_deltas_received_s %.3f peak_second %" PRIu64
+                       " (one blob's announces in its senders' delta rounds, at all its homes; "
+                       "full rounds: %.3f/s)\n",
+                       (double)blob_delta_max / secs, blob_delta_peak,
+                       (double)blob_full_max / secs);
+                printf("told_full %" PRIu64 " unhushed_on_claim %" PRIu64
+                       " (busiest home: %.3f blobs told full/s; %.3f announces/s)\n",
+                       told_full, unhushed, (double)bds.told_full / secs,
+                       (double)bds.announces / secs);
+                printf("busiest_home_registrations_s %.3f (announces of blobs with no chunk)\n",
+                       busiest ? (double)busiest->ann_rx_empty / secs : 0);
                 printf("announce_bytes_per_node_s mean %.0f max %.0f\n", ann_b.mean, ann_b.max);
                 printf("locate_msgs_per_node_s mean %.3f max %.3f (max received %.3f)\n",
                        loc_m.mean, loc_m.max, locrx.max);
@@ -1382,5 +1490,7 @@ int main(int argc, char **argv) {
         free(images);
         free(nodes);
         free(touched);
+        free(btouched);
+        free(blob_slot);
         return 0;
 }
