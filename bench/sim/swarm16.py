@@ -7,7 +7,10 @@ against its digest, and each node's control traffic during the read from its /me
 for bench/RESULTS.md to set beside bench/sim's figure at N = 16. Heavy (16 daemons on this
 machine): run it by hand, once.
 
-    bench/sim/swarm16.py BUILD_DIR [--nodes 16] [--out bench/sim/swarm16.json]
+    bench/sim/swarm16.py BUILD_DIR [--nodes 16] [--out bench/sim/swarm16.json] [--flags "..."]
+
+--flags: more daemon flags for every node, e.g. "--max-holders 4" (with the default 32 and 16
+nodes no home's holder table fills, so no home ever says "full").
 """
 import argparse
 import hashlib
@@ -41,6 +44,10 @@ WHY = ("peer_spread_locates_total", "peer_spread_misses_total", "peer_locate_cac
 # and questions a home held until an announce brought the digest.
 CONFIRM = ("peer_confirm_queries_total", "peer_confirmed_chunks_total",
            "directory_digest_waits_total")
+# Homes' verdicts (issue 18; "covered" and the un-hush absent from builds before them, then 0):
+# blobs told "full" (covered among them), blob announces left out, un-hushes on claims.
+HUSH = ("directory_told_full_total", "directory_told_covered_total",
+        "peer_announce_hushed_total", "peer_announce_unhushed_total")
 
 
 def metrics(d):
@@ -50,7 +57,7 @@ def metrics(d):
     out = {}
     for line in body.decode().splitlines():
         m = re.match(r"p2pblobs_(\w+) (\d+)$", line)
-        if m and m.group(1) in METRICS + WHY + CONFIRM:
+        if m and m.group(1) in METRICS + WHY + CONFIRM + HUSH:
             out[m.group(1)] = int(m.group(2))
     return out
 
@@ -70,6 +77,7 @@ def main():
     ap.add_argument("build")
     ap.add_argument("--nodes", type=int, default=16)
     ap.add_argument("--out", default=os.path.join(HERE, "swarm16.json"))
+    ap.add_argument("--flags", default="", help="more daemon flags, split at spaces")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="swarm16-")
     net = bench.new_net(work, "net")
@@ -81,7 +89,8 @@ def main():
                    for i, size in enumerate(LAYERS)]
         for dg in digests:
             bench.warm_registry_file(reg, dg)
-        nodes = [bench.net_node(net, a.build, h, reg, hosts, "node-%d" % j)
+        nodes = [bench.net_node(net, a.build, h, reg, hosts, "node-%d" % j,
+                                extra=a.flags.split())
                  for j, h in enumerate(hosts)]
         bench.wait_peers_up(nodes, timeout=60)
         for d in nodes:
@@ -109,7 +118,7 @@ def main():
         per = []
         for j, d in enumerate(nodes):
             delta = {k: after[j].get(k, 0) - before[j].get(k, 0)
-                     for k in METRICS + WHY + CONFIRM}
+                     for k in METRICS + WHY + CONFIRM + HUSH}
             t = results[j][1]
             msgs = (delta["peer_announces_total"] + delta["directory_announces_total"] +
                     delta["peer_locates_total"] + delta["directory_locates_total"])
@@ -144,6 +153,8 @@ def main():
         print("CONFIRM, all nodes: %d digest questions for %d confirmed chunks (%.2f a chunk); "
               "questions held at homes %d"
               % (q, c, q / c if c else 0, sum(p[CONFIRM[2]] for p in per)))
+        print("verdicts, all nodes: told full %d (covered %d); blob announces left out %d; "
+              "un-hushed on claims %d" % tuple(sum(p[k] for p in per) for k in HUSH))
         return 1 if bad else 0
     finally:
         net.teardown()
