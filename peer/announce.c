@@ -294,10 +294,25 @@ static void outboxes_free(struct outboxes *bx) {
         free(bx->slot);
 }
 
+static bool any_present(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t i = 0; i < nchunks; i++)
+                if (wire_bit(map, i))
+                        return true;
+        return false;
+}
+
 /* Files blob ID's snapshot (digests of chunks LO..HI) under each of its homes that has not
- * hushed it (or under ONLY, when not NULL: a hushed pair's retry, unless already filed). */
+ * hushed it (or under ONLY, when not NULL: a hushed pair's retry, unless already filed).
+ * With SELF non-NULL (our id), the blob itself changed (no chunk did): if we hold none of it,
+ * it was just registered, and only the first usable home (and SELF, if a home) hears of it.
+ * That is the home readers ask for claims, the one that must know the blob before anyone
+ * holds a chunk of it; the others learn it from the first holder's announce, and until then
+ * answer readers as they would knowing it (nobody holds it; ask the first home). Issue 18:
+ * every reader of a wave registered every layer with all k homes, about half of the busiest
+ * home's deltas at N = 5000 (bench/sim). Evictions report chunks (engine/residency.c), so an
+ * empty set that follows one goes to every home. */
 static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi, uint64_t now,
-                      const char *only, struct outboxes *bx) {
+                      const char *only, const char *self, struct outboxes *bx) {
         struct wire_blob b;
         if (a->cfg.ops.snapshot(a->cfg.ops.ud, id, lo, hi, &b) < 0)
                 return;
@@ -318,7 +333,13 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
         size_t n = members_homes(a->cfg.members, &b.digest, a->cfg.homes, homes, NULL);
         uint64_t hushed = 0;
+        bool first_only = self && !any_present(b.present, b.nchunks), told_one = false;
         for (size_t i = 0; i < n; i++) {
+                if (first_only && strcmp(homes[i], self) != 0) {
+                        if (told_one || !members_usable(a->cfg.members, homes[i]))
+                                continue;
+                        told_one = true;
+                }
                 if (hush_is(a->hush, &b.digest, homes[i], now, b.present, b.nchunks)) {
                         hushed++; /* that home has max_holders that hold all we do */
                         continue;
@@ -362,7 +383,7 @@ static void file_retries(struct announcer *a, uint64_t now, bool full, struct ou
         for (size_t i = 0; i < n && !full; i++) {
                 uint32_t id;
                 if (a->cfg.ops.find(a->cfg.ops.ud, &due[i].d, &id) == 0)
-                        file_blob(a, id, UINT32_MAX, 0, now, due[i].home, bx);
+                        file_blob(a, id, UINT32_MAX, 0, now, due[i].home, NULL, bx);
         }
         free(due);
         pthread_mutex_lock(&a->lock);
@@ -700,7 +721,7 @@ void announce_round(struct announcer *a, uint64_t now) {
                 uint32_t n = a->cfg.ops.count(a->cfg.ops.ud);
                 file_retries(a, now, true, &bx);
                 for (uint32_t id = 0; id < n; id++)
-                        file_blob(a, id, 0, UINT32_MAX, now, NULL, &bx);
+                        file_blob(a, id, 0, UINT32_MAX, now, NULL, NULL, &bx);
                 nblobs = n;
                 a->members_version = version;
                 a->last_full_ms = now;
@@ -712,7 +733,8 @@ void announce_round(struct announcer *a, uint64_t now) {
                         uint32_t id;
                         if (a->cfg.ops.find(a->cfg.ops.ud, &e->d, &id) == 0) {
                                 /* lo > hi: nothing but the blob changed: no digests */
-                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, now, NULL, &bx);
+                                file_blob(a, id, e->lo, e->lo <= e->hi ? e->hi : 0, now, NULL,
+                                          e->lo > e->hi ? self : NULL, &bx);
                                 nblobs++;
                         }
                 }

@@ -3,7 +3,9 @@
  * The engine reports every change (a blob registered, a chunk landed or evicted) through
  * announce_changed(), which only marks the blob dirty (and, for a blob newly dirty as a whole
  * — registered — wakes the thread: homes grant no claims on a blob they have not heard of,
- * so its first readers would all go to the origin). Every interval the announcer's thread
+ * so its first readers would all go to the origin; a blob just registered, of which it holds
+ * nothing, goes to its first usable home alone, the one readers ask for claims, and reaches
+ * the others with its first chunk). Every interval the announcer's thread
  * sends, to each home of each dirty blob, that blob's whole present set and the digests of
  * the chunks that changed — batched, one request per home. Every refresh interval (a third
  * of the homes' TTL), and whenever the membership changes (homes move), it sends everything

@@ -23,6 +23,7 @@
 
 #define SELF "10.0.0.1:5001"
 #define OTHER "10.0.0.2:5001"
+#define THIRD "10.0.0.3:5001"
 
 static struct digest blob_digest;
 static bool registered;
@@ -31,6 +32,7 @@ static uint8_t present_bits; /* else these of them */
 
 static pthread_mutex_t sent_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned sent_blobs;
+static unsigned sent_third;   /* of them, to THIRD */
 static unsigned sent_indexes; /* index records sent to OTHER */
 
 static uint32_t op_count(void *ud) {
@@ -82,8 +84,10 @@ static int send_hook(void *ud, const char *home, const struct wire_announce *w,
                 assert_int_equal(wire_reply_add(reply, &blob_digest, full_retry_ms), 0);
         pthread_mutex_lock(&sent_lock);
         for (uint32_t i = 0; i < w->nblobs; i++)
-                if (digest_equal(&w->blobs[i].digest, &blob_digest))
+                if (digest_equal(&w->blobs[i].digest, &blob_digest)) {
                         sent_blobs++;
+                        sent_third += strcmp(home, THIRD) == 0;
+                }
         sent_indexes += w->nindexes;
         for (uint32_t i = 0; i < w->nindexes; i++)
                 assert_true(w->indexes[i].size > 0);
@@ -508,6 +512,50 @@ static void test_hush_sets(void **state) {
         hush_free(h);
 }
 
+/* Issue 18: a blob just registered (we hold none of it) goes to its first usable home only,
+ * the one readers ask for claims (and to ourselves, a home here, without a send); its first
+ * chunk goes to every home, and so does an eviction, which reports chunks. */
+static void test_registration_to_first_home(void **state) {
+        (void)state;
+        memset(&blob_digest, 0x53, sizeof(blob_digest));
+        registered = true;
+        whole = false;
+        present_bits = 0;
+        sent_blobs = sent_third = 0;
+        struct members_config mc = {.listen_port = 5001,
+                                    .refresh_ms = 1000,
+                                    .probe_timeout_ms = 100,
+                                    .max_peers = 8,
+                                    .manual = true};
+        struct members *m = NULL;
+        assert_int_equal(members_new(&mc, &m), 0);
+        const char *ids[] = {SELF, OTHER, THIRD};
+        assert_int_equal(members_update(m, ids, 3, true), 0);
+        struct announce_config ac = config(m, true);
+        ac.homes = 3;
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        const uint64_t t0 = 3000000;
+        announce_round(a, t0); /* the first round is a full one: everyone */
+        unsigned n = sent();
+        assert_int_equal(n, 2);
+        announce_changed(a, &blob_digest, UINT32_MAX); /* registered again, nothing held */
+        announce_round(a, t0 + 250);
+        assert_int_equal(sent(), n + 1);
+        present_bits = 0x01;
+        announce_changed(a, &blob_digest, 0);
+        announce_round(a, t0 + 500);
+        assert_int_equal(sent(), n + 3);
+        present_bits = 0;
+        announce_changed(a, &blob_digest, 0); /* evicted */
+        announce_round(a, t0 + 750);
+        assert_int_equal(sent(), n + 5);
+        unsigned third = sent_third;
+        assert_true(third >= 3 && third <= 4); /* the full round, both chunk rounds, maybe */
+        announce_free(a);
+        members_free(m);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
@@ -517,6 +565,7 @@ int main(void) {
                 cmocka_unit_test(test_full_home_is_hushed),
                 cmocka_unit_test(test_covered_home_is_hushed_while_within),
                 cmocka_unit_test(test_hush_sets),
+                cmocka_unit_test(test_registration_to_first_home),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);
