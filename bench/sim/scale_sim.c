@@ -678,7 +678,9 @@ static void evict(struct node *nd, uint32_t keep_blob) {
                 memset(lru->present, 0, (b->nchunks + 7) / 8);
                 nd->bytes_held -= (uint64_t)lru->npresent * CHUNK;
                 lru->npresent = 0;
-                announce_changed(nd->ann, &b->d, UINT32_MAX);
+                /* the engine reports evicted chunks one by one (engine/residency.c), not the
+                 * blob: one report marks it dirty with a chunk changed, as those do */
+                announce_changed(nd->ann, &b->d, 0);
                 nd->dirty = true;
         }
 }
