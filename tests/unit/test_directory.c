@@ -106,18 +106,6 @@ static void apply_ok(struct directory *dir, struct one *o, uint64_t now) {
         assert_int_equal(dir_apply(dir, &o->a, now, reason, sizeof(reason)), 0);
 }
 
-/* wire_locate_free, and the chain arrays an answer may carry (freed here too, and cleared, for
- * as long as wire_locate_free on this branch predates them). */
-static void locate_free(struct wire_locate *l) {
-        free(l->chain);
-        free(l->chain_known);
-        free(l->chain_verified);
-        l->chain = NULL;
-        l->chain_known = NULL;
-        l->chain_verified = NULL;
-        wire_locate_free(l);
-}
-
 static void announce(struct directory *dir, const char *node, int blob, uint32_t nchunks,
                      const char *present, uint64_t now) {
         struct one o;
@@ -510,8 +498,8 @@ static int digest_now(struct directory *dir, uint32_t idx, uint64_t now, bool *r
         } else {
                 assert_false(*ret_verified); /* never verified without a value */
         }
-        locate_free(&l);
-        locate_free(&one);
+        wire_locate_free(&l);
+        wire_locate_free(&one);
         return fill;
 }
 
@@ -652,21 +640,21 @@ static void test_chain_answer_span(void **state) {
         assert_bits(l.chain_verified, N, 0, 0); /* A did not verify the blob */
         for (uint32_t i = 2; i < 5; i++)
                 assert_true(digest_equal(&l.chain[i], &chain[i]));
-        locate_free(&l);
+        wire_locate_free(&l);
         /* Chunk 0: nothing before it (SHA-256's initial state). */
         assert_int_equal(dir_locate(dir, &d, NULL, 0, 1000, &l), 0);
         assert_bits(l.chain_known, N, 0, 2);
-        locate_free(&l);
+        wire_locate_free(&l);
         /* At the end: digests 6 and 7, chain values 5 and 6 (7's is the blob digest). */
         assert_int_equal(dir_locate(dir, &d, NULL, 6, 1000, &l), 0);
         assert_bits(l.sha_known, N, 6, 8);
         assert_bits(l.chain_known, N, 5, 7);
-        locate_free(&l);
+        wire_locate_free(&l);
         /* The whole picture: every chain value but the last chunk's. */
         assert_int_equal(locate(dir, 1, 1000, &l), 0);
         assert_bits(l.chain_known, N, 0, N - 1);
         assert_true(digest_equal(&l.chain[0], &chain[0]));
-        locate_free(&l);
+        wire_locate_free(&l);
         dir_free(dir);
 }
 
@@ -733,7 +721,7 @@ static void test_chain_lazy(void **state) {
                 assert_null(l.chain);
                 assert_null(l.chain_known);
                 assert_null(l.chain_verified);
-                locate_free(&l);
+                wire_locate_free(&l);
         }
         /* The first chain value: one more block. */
         make(&o, B, 1, 4, "0-3");
@@ -745,7 +733,7 @@ static void test_chain_lazy(void **state) {
         assert_int_equal(dir_locate(dir, &d, NULL, 3, 1001, &l), 0);
         assert_bits(l.chain_known, 4, 2, 3);
         assert_bits(l.chain_verified, 4, 2, 3);
-        locate_free(&l);
+        wire_locate_free(&l);
         /* Both blocks go with the blob's record. */
         dir_expire(dir, 1001 + TTL);
         dir_get_stats(dir, &st);
@@ -801,7 +789,7 @@ static void test_chain_byte_budget(void **state) {
         assert_int_equal(locate(dir, 1, 1010, &l), -ENOENT);
         assert_int_equal(locate(dir, 3, 1010, &l), 0);
         assert_bits(l.chain_known, N, 0, N - 1);
-        locate_free(&l);
+        wire_locate_free(&l);
         dir_free(dir);
 }
 
