@@ -983,6 +983,7 @@ def bench_peer(ctx):
         url = "http://%s:%d/v2/%s/blobs/%s" % (ha.ip, PEER_PORT, repo, digest)
         for i in range(reps):
             order = ("mount", "curl") if i % 2 == 0 else ("curl", "mount")
+            hashes = ""
             for side in order:
                 if side == "curl":
                     out = hb.run(["curl", "-sS", "-o", "/dev/null", "-w",
@@ -1008,12 +1009,18 @@ def bench_peer(ctx):
                     res["mount_ttfb"].append(r["ttfb"])
                     res["origin"].append(reg.bytes_served(digest, since=mark))
                     res["peer_x"].append(fetched(b)[1] / size)
+                    # B's verification: chunks passed by the chain step its source checked
+                    # (linked: one hash in all), hashed again, or hashed as they landed.
+                    v = b.stat().get("verify")
+                    hashes = (" B's verification: %d linked, %d hashed, %d hashed on landing"
+                              % (v["frontier_linked_chunks"], v["frontier_hashed_chunks"],
+                                 v["landing_hashed_chunks"]) if v else "")
                 finally:
                     net_dispose(net, b)
             log("peer run %d: mount %.0f MB/s ttfb %.1f ms, curl %.0f MB/s ttfb %.1f ms; "
-                "registry bytes during B's read %d"
+                "registry bytes during B's read %d;%s"
                 % (i + 1, res["mount_mbs"][-1], res["mount_ttfb"][-1] * 1e3,
-                   res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3, res["origin"][-1]))
+                   res["curl_mbs"][-1], res["curl_ttfb"][-1] * 1e3, res["origin"][-1], hashes))
         # First byte of uncached chunks from the peer: a fresh B, LAT_READS random 4 KiB reads
         # each in a chunk of its own; baseline: the same kind of reads as Range GETs to A's
         # peer server from B's namespace.
