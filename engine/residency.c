@@ -22,6 +22,14 @@ static void forget_shas(struct engine *e, struct blob *b, struct notes *ns) {
         if (b->npresent)
                 return;
         store_release(e->store, &b->digest); /* nothing left to read: close its descriptors */
+        /* The frontier stands mid-blob and goes on from its hash when the next chunk lands:
+         * the values behind it are what it hashed, and they stay (so does "verified", the
+         * rare blob a put verified meanwhile: its digests stay with it). Forgotten, they
+         * would be recorded again from a source's step (a home's word), which the frontier
+         * never checks once past them; the blob would verify with them and announce them as
+         * verified. */
+        if (b->hashed > 0)
+                return;
         eng_forget_digests(b);
         if (b->verified) {
                 b->verified = false;

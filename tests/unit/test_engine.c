@@ -113,6 +113,10 @@ struct fake {
          * after the bytes sent. A corrupt chunk then comes with a consistent lie (a home
          * that vouches for the corrupt bytes). */
         bool chain_steps;
+        /* Bit i: chunk i's step starts from a made-up value instead of the true one before it
+         * (a lying home's chain_prev), and ends where the true bytes take that value: the
+         * bytes are right, the values around them are not. */
+        uint64_t lie_prev;
 };
 
 static int fake_blob_of(struct fake *fk, const struct digest *d) {
@@ -147,6 +151,10 @@ static void fake_finish(struct fake *fk, struct fake_fetch *ff, int err) {
                         chain_begin(&h, NULL, 0);
                         chain_add(&h, fb->data, ff->off);
                         chain_value(&h, &chk.chain_prev);
+                        if (ff->idx < 64 && (fk->lie_prev >> ff->idx & 1)) {
+                                chk.chain_prev.bytes[0] ^= 0x01;
+                                chain_begin(&h, &chk.chain_prev, ff->off);
+                        }
                         chain_add(&h, buf, ff->len);
                         if (ff->off + ff->len == fb->size)
                                 chain_finish(&h, &chk.chain);
@@ -1935,6 +1943,68 @@ static void test_frontier_records_chain_values(void **state) {
                 assert_true(digest_equal(&rows.value[i], &want[i]));
 }
 
+/* Review (issue 15): every chunk of a blob evicted while its frontier stands mid-blob. The
+ * frontier keeps its hash (it goes on from there when the next chunk lands), so the values
+ * behind it must stay too. When they went, the next chunk's step brought a lying home's value
+ * for the chunk before it, which the frontier, past it, never hashed again: the blob verified
+ * with the lie recorded and announced it as a verified value once that chunk was back (homes
+ * then prefer it to the honest one, and readers distrust honest senders of chunks 1 and 2);
+ * chunks 0 and 1, their digests gone, landed again unchecked under "verified". */
+static void test_values_behind_frontier_survive_eviction(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        struct reply r;
+        read_wait(fx, fb, id, 0, CS, NULL, &r); /* origin bytes: the frontier hashes them */
+        assert_true(r.match);
+        read_wait(fx, fb, id, CS, CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        assert_true(wait_unpinned(fx));
+        assert_int_equal(stats_of(fx).frontier_hashed_chunks, 2);
+        uint64_t chunks = 0, bytes = 0;
+        assert_int_equal(engine_evict(fx->e, &fx->fk.blobs[fb].d, &chunks, &bytes), 0);
+        assert_int_equal(chunks, 2);
+
+        /* The rest from a peer checked by a lying home's values: chunk 2's step starts from a
+         * made-up value for chunk 1 (the bytes are right). */
+        fx->fk.chain_steps = true;
+        fx->fk.lie_prev = UINT64_C(1) << 2;
+        read_wait(fx, fb, id, 2 * CS, 2 * CS, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+
+        /* Chunk 1 again, honest bytes with the true step: it lands. */
+        fx->fk.lie_prev = 0;
+        read_wait(fx, fb, id, CS, CS, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+
+        /* What the node announces for chunk 1, as verified, is the true value. */
+        struct digest want;
+        struct chain_hash h;
+        chain_begin(&h, NULL, 0);
+        chain_add(&h, fx->fk.blobs[fb].data, 2 * CS);
+        chain_value(&h, &want);
+        struct engine_blob_snapshot s;
+        assert_int_equal(engine_snapshot(fx->e, id, 1, 1, &s), 0);
+        bool told_true = s.nchain == 1 && s.chain_idx[0] == 1 && digest_equal(&s.chain[0], &want);
+        bool verified = s.verified;
+        free(s.present);
+        free(s.sha_idx);
+        free(s.sha);
+        free(s.chain_idx);
+        free(s.chain);
+        assert_true(verified);
+        assert_true(told_true);
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -2017,6 +2087,8 @@ int main(void) {
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_frontier_records_chain_values, setup,
                                                 teardown),
+                cmocka_unit_test_setup_teardown(test_values_behind_frontier_survive_eviction,
+                                                setup, teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
                 cmocka_unit_test(test_serve_in_order_streams),
