@@ -140,6 +140,11 @@ bool eng_take_chain_check(struct blob *b, uint32_t idx, const struct chunk_check
                           struct notes *ns) {
         if (!chk->has_chain || idx >= b->nchunks || !chain_alloc(b))
                 return false;
+        /* A verified blob's values are the ones it verified with, or none (a put, a blob
+         * verified before chain values): one it lacks is never taken from a source's step
+         * (a home's word), which it would announce as verified and check refetches by. */
+        if (b->verified && !eng_chain_step_agrees(b, idx, chk))
+                return false;
         struct digest have;
         /* Both ends must agree with what is recorded before either is recorded: a step from a
          * value we disagree with proves nothing about our chain. */

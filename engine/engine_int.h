@@ -375,7 +375,7 @@ void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha);
  * A new value goes on NS for the index (NULL: it came from there).
  * Returns whether the recorded value is VALUE afterwards. eng_take_chain_check: a source
  * checked chunk IDX by CHK's chain step: links it when the step's values agree with B's
- * (recording those B lacks); whether it did. eng_forget_digests: frees plain digests and chain
+ * (recording those B lacks, unless B is verified); whether it did. eng_forget_digests: frees plain digests and chain
  * values both. */
 bool eng_chain_of(const struct blob *b, uint32_t idx, struct digest *ret);
 bool eng_record_chain(struct blob *b, uint32_t idx, const struct digest *value, bool frontier,

@@ -2005,6 +2005,71 @@ static void test_values_behind_frontier_survive_eviction(void **state) {
         assert_true(told_true);
 }
 
+/* Drops present chunk IDX of blob D alone, as an eviction of that one chunk does. */
+static void drop_chunk(struct fixture *fx, const struct digest *d, uint32_t idx) {
+        struct notes ns = {0};
+        eng_lock(&fx->e->lock);
+        struct blob *b = eng_find_blob(fx->e, d);
+        assert_non_null(b);
+        eng_mark_absent(fx->e, b, idx, &ns);
+        store_punch(fx->store, d, (uint64_t)idx * CS, CS);
+        eng_unlock(&fx->e->lock);
+        eng_notes_flush(fx->e, &ns);
+}
+
+/* Review (issue 15): a verified blob records no chain value from a source's step. A blob that
+ * verified without its frontier (a put) or before chain values existed has plain digests and
+ * no values; a refetched chunk matching its digest then brought its step's values along (a
+ * home's word, here a lie about chunk 0's), and the node announced them as a verified blob's,
+ * and refused every honest refetch of chunk 0 as "not the bytes it verified with". */
+static void test_verified_blob_takes_no_values(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        assert_int_equal(engine_put(fx->e, &b->d, REF_SOURCE, b->data, b->size), 0);
+        struct engine_blob_info info;
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+
+        drop_chunk(fx, &b->d, 1);
+        fx->fk.chain_steps = true;
+        fx->fk.lie_prev = UINT64_C(1) << 1; /* chunk 1's step starts from a lie about chunk 0 */
+        struct reply r;
+        read_wait(fx, fb, id, CS, CS, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match); /* the right bytes: their plain digest is the verified one */
+        assert_true(wait_idle(fx));
+        assert_true(wait_unpinned(fx));
+
+        struct digest want;
+        struct chain_hash h;
+        chain_begin(&h, NULL, 0);
+        chain_add(&h, b->data, CS);
+        chain_value(&h, &want);
+        struct engine_blob_snapshot s;
+        assert_int_equal(engine_snapshot(fx->e, id, 0, 0, &s), 0);
+        bool lie_told = s.nchain > 0 && !digest_equal(&s.chain[0], &want);
+        bool verified = s.verified;
+        free(s.present);
+        free(s.sha_idx);
+        free(s.sha);
+        free(s.chain_idx);
+        free(s.chain);
+        assert_true(verified);
+        assert_false(lie_told);
+
+        /* Chunk 0 again, honest bytes and step: it lands. */
+        drop_chunk(fx, &b->d, 0);
+        fx->fk.lie_prev = 0;
+        read_wait(fx, fb, id, 0, CS, NULL, &r);
+        assert_int_equal(r.err, 0);
+        assert_true(r.match);
+        assert_int_equal(engine_get(fx->e, id, &info), 0);
+        assert_true(info.verified);
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -2089,6 +2154,8 @@ int main(void) {
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_values_behind_frontier_survive_eviction,
                                                 setup, teardown),
+                cmocka_unit_test_setup_teardown(test_verified_blob_takes_no_values, setup,
+                                                teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
                 cmocka_unit_test(test_serve_in_order_streams),
