@@ -276,13 +276,22 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
         r = idx_chunk_digests(e->ix, d, n, want, known);
         if (r < 0)
                 goto out_free;
+        bool unverified_here = false; /* a bad chunk we found un-verified the blob: its
+                                       * values stay the ones it verified with */
         for (uint32_t i = 0; i < n; i++) {
                 struct notes ns = {0};
                 eng_lock(&e->lock);
                 bool present = bit_get(b->present, i) && policy_pin(e->policy, key_of(b, i)) == 0;
-                /* A chunk with no plain digest is checked by its chain step, when known. */
+                /* A chunk with no plain digest is checked by its chain step, when known and
+                 * the values are the engine's own (the frontier's: behind it, or the blob
+                 * verified) or were checked over these bytes (linked). Others may be a
+                 * home's word that no byte here was ever hashed to: honest bytes would be
+                 * called damaged and dropped. */
                 struct digest prev, step;
-                bool by_chain = present && !known[i] && eng_chain_step_of(b, i, &prev, &step);
+                bool own = b->verified || unverified_here || i < b->hashed ||
+                           (b->linked && bit_get(b->linked, i));
+                bool by_chain =
+                        present && !known[i] && own && eng_chain_step_of(b, i, &prev, &step);
                 eng_unlock(&e->lock);
                 if (!present)
                         continue;
@@ -302,8 +311,10 @@ int engine_verify(struct engine *e, const struct digest *d, struct engine_verify
                 eng_lock(&e->lock);
                 policy_unpin(e->policy, key_of(b, i));
                 bool log_it = false;
-                if (eng_is_store_loss(rr) || bad) /* bad: checksums and bytes both changed */
+                if (eng_is_store_loss(rr) || bad) { /* bad: checksums and bytes both changed */
+                        unverified_here |= b->verified;
                         log_it = eng_store_failed(e, b, i, bad ? -EBADMSG : rr, &ns);
+                }
                 eng_unlock(&e->lock);
                 eng_notes_flush(e, &ns);
                 if (log_it)

@@ -263,6 +263,26 @@ static int64_t fake_complete_one(struct fake *fk) {
         return idx;
 }
 
+/* ON_DEMAND mode: completes the queued fetch of chunk IDX only (the others stay queued, in
+ * flight for the engine). Returns whether there was one. */
+static bool fake_complete_idx(struct fake *fk, uint32_t idx) {
+        pthread_mutex_lock(&mu);
+        struct fake_fetch **pp = &fk->head, *ff = NULL;
+        for (; *pp; pp = &(*pp)->next)
+                if ((*pp)->idx == idx) {
+                        ff = *pp;
+                        *pp = ff->next;
+                        if (fk->tail == &ff->next)
+                                fk->tail = pp;
+                        fk->queued--;
+                        break;
+                }
+        pthread_mutex_unlock(&mu);
+        if (ff)
+                fake_finish(fk, ff, 0);
+        return ff != NULL;
+}
+
 static int fake_lookup_op(void *ud, const struct digest *blob, uint64_t deadline_ms,
                           uint64_t *ret_size, char *ret_source, size_t source_len) {
         struct fake *fk = ud;
@@ -2070,6 +2090,48 @@ static void test_verified_blob_takes_no_values(void **state) {
         assert_true(info.verified);
 }
 
+/* Review (issue 15): blobctl verify checks a chunk without a plain digest by its chain step
+ * only where the values are the engine's own (below the frontier, or a verified blob) or were
+ * checked over these very bytes (a linked chunk). Chunk 2 here landed from the origin while
+ * chunk 0 was on the way (no plain sha: the frontier will hash it); chunk 3 then came checked
+ * from a lying home's value for chunk 2. Checking chunk 2 by that value called its honest
+ * bytes damaged and dropped them ("bit rot"). */
+static void test_verify_ignores_unchecked_chain_values(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 5 * CS, -1, &id);
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        static struct reply r[4]; /* chunk 0's outlives a failed assertion (teardown answers) */
+        memset(r, 0, sizeof(r));
+        engine_read(fx->e, id, 0, CS, NULL, on_reply, &r[0]); /* stays in flight */
+        for (uint32_t i = 1; i < 4; i++) {
+                fx->fk.chain_steps = i != 2; /* chunks 1 and 3 from a peer, 2 from the origin */
+                fx->fk.lie_prev = i == 3 ? UINT64_C(1) << 3 : 0; /* a lie about chunk 2's */
+                r[i].want = b->data + (size_t)i * CS;
+                r[i].want_len = CS;
+                engine_read(fx->e, id, (uint64_t)i * CS, CS, NULL, on_reply, &r[i]);
+                assert_true(fake_complete_idx(&fx->fk, i));
+                assert_true(wait_replies(&r[i], 1));
+                assert_true(r[i].match);
+                /* An early answer comes before the chunk is marked present (its step taken). */
+                uint64_t deadline = now_ms() + WAIT_MS;
+                while (!chunk_present(fx, id, i) && now_ms() < deadline)
+                        sched_yield();
+                assert_true(chunk_present(fx, id, i));
+        }
+
+        struct engine_verify_result res;
+        assert_int_equal(engine_verify(fx->e, &b->d, &res), 0);
+        assert_int_equal(res.checked, 3);
+        assert_int_equal(res.bad, 0);
+        assert_true(chunk_present(fx, id, 2));
+        fx->fk.lie_prev = 0;
+        fake_complete_all(&fx->fk); /* chunk 0 */
+        assert_true(wait_replies(&r[0], 1));
+        assert_int_equal(r[0].err, 0);
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -2156,6 +2218,8 @@ int main(void) {
                                                 setup, teardown),
                 cmocka_unit_test_setup_teardown(test_verified_blob_takes_no_values, setup,
                                                 teardown),
+                cmocka_unit_test_setup_teardown(test_verify_ignores_unchecked_chain_values,
+                                                setup, teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
                 cmocka_unit_test(test_serve_in_order_streams),
