@@ -116,6 +116,15 @@ int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_siz
         return b ? 0 : -ENOENT;
 }
 
+/* Caller holds lock. Whether the announce carries chunk I's chain value: I is present and
+ * its bytes were hashed to that value, by the frontier (behind it, or the blob verified) or
+ * by the chunk's own checked step (linked). A value that only came with the next chunk's
+ * step is a home's word about bytes no hash here led to: not ours to tell. */
+static bool chain_told(const struct blob *b, uint32_t i) {
+        return bit_get(b->present, i) && bit_get(b->chain_known, i) &&
+               (b->verified || i < b->hashed || bit_get(b->linked, i));
+}
+
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
                     struct engine_blob_snapshot *ret) {
         eng_lock(&e->lock);
@@ -133,7 +142,7 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
                         ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
         if (b->chain_known && b->nchunks) /* the last chunk's is the blob digest: not sent */
                 for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
-                        nchain += bit_get(b->present, i) && bit_get(b->chain_known, i);
+                        nchain += chain_told(b, i);
         struct engine_blob_snapshot w = {.digest = b->digest,
                                          .size = b->size,
                                          .nchunks = b->nchunks,
@@ -162,7 +171,7 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
                         }
         if (nchain)
                 for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
-                        if (bit_get(b->present, i) && bit_get(b->chain_known, i)) {
+                        if (chain_told(b, i)) {
                                 w.chain_idx[w.nchain] = i;
                                 w.chain[w.nchain++] = b->chain[i];
                         }

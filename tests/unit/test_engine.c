@@ -2090,20 +2090,14 @@ static void test_verified_blob_takes_no_values(void **state) {
         assert_true(info.verified);
 }
 
-/* Review (issue 15): blobctl verify checks a chunk without a plain digest by its chain step
- * only where the values are the engine's own (below the frontier, or a verified blob) or were
- * checked over these very bytes (a linked chunk). Chunk 2 here landed from the origin while
- * chunk 0 was on the way (no plain sha: the frontier will hash it); chunk 3 then came checked
- * from a lying home's value for chunk 2. Checking chunk 2 by that value called its honest
- * bytes damaged and dropped them ("bit rot"). */
-static void test_verify_ignores_unchecked_chain_values(void **state) {
-        struct fixture *fx = *state;
-        start(fx, FAKE_ON_DEMAND);
+/* Chunk 0 of a fresh 5-chunk blob left in flight (its reply in *R0), chunks 1 and 3 from a
+ * peer, checked by chain steps, chunk 2 from the origin before them (no plain sha: the
+ * frontier will hash it), and chunk 3's step starting from a lie about chunk 2's value. */
+static int land_around_a_lie(struct fixture *fx, uint32_t *ret_id, struct reply *r) {
         uint32_t id;
         int fb = add_blob(fx, 5 * CS, -1, &id);
         const struct fake_blob *b = &fx->fk.blobs[fb];
-        static struct reply r[4]; /* chunk 0's outlives a failed assertion (teardown answers) */
-        memset(r, 0, sizeof(r));
+        memset(r, 0, 4 * sizeof(*r));
         engine_read(fx->e, id, 0, CS, NULL, on_reply, &r[0]); /* stays in flight */
         for (uint32_t i = 1; i < 4; i++) {
                 fx->fk.chain_steps = i != 2; /* chunks 1 and 3 from a peer, 2 from the origin */
@@ -2120,16 +2114,77 @@ static void test_verify_ignores_unchecked_chain_values(void **state) {
                         sched_yield();
                 assert_true(chunk_present(fx, id, i));
         }
+        fx->fk.lie_prev = 0;
+        *ret_id = id;
+        return fb;
+}
+
+/* Review (issue 15): blobctl verify checks a chunk without a plain digest by its chain step
+ * only where the values are the engine's own (below the frontier, or a verified blob) or were
+ * checked over these very bytes (a linked chunk). Chunk 2 here landed from the origin while
+ * chunk 0 was on the way (no plain sha: the frontier will hash it); chunk 3 then came checked
+ * from a lying home's value for chunk 2. Checking chunk 2 by that value called its honest
+ * bytes damaged and dropped them ("bit rot"). */
+static void test_verify_ignores_unchecked_chain_values(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        static struct reply r[4]; /* chunk 0's outlives a failed assertion (teardown answers) */
+        uint32_t id;
+        int fb = land_around_a_lie(fx, &id, r);
+        const struct fake_blob *b = &fx->fk.blobs[fb];
 
         struct engine_verify_result res;
         assert_int_equal(engine_verify(fx->e, &b->d, &res), 0);
         assert_int_equal(res.checked, 3);
         assert_int_equal(res.bad, 0);
         assert_true(chunk_present(fx, id, 2));
-        fx->fk.lie_prev = 0;
         fake_complete_all(&fx->fk); /* chunk 0 */
         assert_true(wait_replies(&r[0], 1));
         assert_int_equal(r[0].err, 0);
+}
+
+/* Review (issue 15): a node announces a chunk's chain value only where its bytes were hashed
+ * to it (by the frontier, or the chunk's own checked step). Chunk 2 here never was: the value
+ * it has came with chunk 3's step, from a lying home. Announced, it reached the other homes as
+ * this node's word about bytes it holds, disputing the honest value there. */
+static void test_snapshot_tells_only_checked_values(void **state) {
+        struct fixture *fx = *state;
+        start(fx, FAKE_ON_DEMAND);
+        static struct reply r[4];
+        uint32_t id;
+        int fb = land_around_a_lie(fx, &id, r);
+        struct engine_blob_snapshot s;
+        assert_int_equal(engine_snapshot(fx->e, id, 0, 4, &s), 0);
+        bool told2 = false, told3 = false;
+        for (uint32_t k = 0; k < s.nchain; k++) {
+                told2 |= s.chain_idx[k] == 2;
+                told3 |= s.chain_idx[k] == 3;
+        }
+        free(s.present);
+        free(s.sha_idx);
+        free(s.sha);
+        free(s.chain_idx);
+        free(s.chain);
+        assert_false(told2);
+        assert_true(told3); /* chunk 3's step was checked over its bytes */
+
+        fake_complete_all(&fx->fk); /* chunk 0: the frontier hashes 2 and records its value */
+        assert_true(wait_replies(&r[0], 1));
+        assert_int_equal(r[0].err, 0);
+        assert_true(wait_idle(fx));
+        struct digest want;
+        struct chain_hash h;
+        chain_begin(&h, NULL, 0);
+        chain_add(&h, fx->fk.blobs[fb].data, 3 * CS);
+        chain_value(&h, &want);
+        assert_int_equal(engine_snapshot(fx->e, id, 2, 2, &s), 0);
+        bool told_true = s.nchain == 1 && digest_equal(&s.chain[0], &want);
+        free(s.present);
+        free(s.sha_idx);
+        free(s.sha);
+        free(s.chain_idx);
+        free(s.chain);
+        assert_true(told_true);
 }
 
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
@@ -2219,6 +2274,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_verified_blob_takes_no_values, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_verify_ignores_unchecked_chain_values, setup,
+                                                teardown),
+                cmocka_unit_test_setup_teardown(test_snapshot_tells_only_checked_values, setup,
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
