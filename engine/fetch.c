@@ -352,6 +352,10 @@ static void complete(struct engine *e, struct completion *c) {
                 }
         }
         bool have_sha = false, chain_ok = false, hashed_here = false;
+        /* This completion set the chunk present: C->BUF is then what the store holds for it
+         * and may stand in for it at the frontier; otherwise (a stale generation, or another
+         * copy landed first) the frontier reads the chunk that is there. */
+        bool landed_here = false;
         if (err == 0) {
                 /* One hash per chunk: a source that checked the bytes hands us what it
                  * computed, a sha256 or a chain step (util/chain.h). */
@@ -454,6 +458,7 @@ static void complete(struct engine *e, struct completion *c) {
                 bit_set(b->present, idx);
                 b->npresent++;
                 b->fetched_bytes += c->len;
+                landed_here = true;
                 ring = eng_landed_insert(e, b, idx, c->buf, c->len, lb, &dead);
                 if (have_sha)
                         eng_record_sha(b, idx, &sha);
@@ -562,7 +567,7 @@ static void complete(struct engine *e, struct completion *c) {
         }
         bool corrupt = false;
         if (frontier && verify_first)
-                corrupt = eng_advance_frontier(e, b, c->buf, idx);
+                corrupt = eng_advance_frontier(e, b, landed_here ? c->buf : NULL, idx);
         if (corrupt) /* before the readers hear of it */
                 eng_invalidate_blob(e, b, done);
         eng_lock(&e->lock);
@@ -581,7 +586,8 @@ static void complete(struct engine *e, struct completion *c) {
                 eng_answer(e, pr, err == 0 ? c->buf : NULL, idx);
                 pr = next;
         }
-        if (frontier && !verify_first && eng_advance_frontier(e, b, c->buf, idx))
+        if (frontier && !verify_first &&
+            eng_advance_frontier(e, b, landed_here ? c->buf : NULL, idx))
                 eng_invalidate_blob(e, b, NULL);
         if (ring)
                 c->buf = NULL; /* the ring's now, with our reference until here */
