@@ -246,7 +246,10 @@ int eng_put_chunk(struct engine *e, struct blob *b, uint64_t gen, uint32_t i, co
                 return r;
         int vouched = 0;
         eng_lock(&e->lock);
-        if (!bit_get(b->present, i) && b->generation == gen &&
+        /* A fetch that a reader started while we wrote will write its own bytes over ours
+         * when it lands: the chunk is then its, checked as it lands, and not vouched for by
+         * this put (the review of issue 15, finding A). */
+        if (!bit_get(b->present, i) && b->generation == gen && !chunk_inflight(b, i) &&
             policy_insert(e->policy, key_of(b, i), (uint32_t)n) == 0) {
                 bit_set(b->present, i);
                 b->npresent++;
