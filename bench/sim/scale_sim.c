@@ -136,6 +136,12 @@ struct node {
          * ann_rx_round: this round's, until run_round() knows which kind it was. */
         uint64_t ann_rx_full, ann_rx_round;
         uint64_t ann_rx_empty; /* announces whose blobs all had no chunk (registrations) */
+        /* Blobs of announces received, by what the sender held (enum aclass) and whether the
+         * home told it a verdict (1) or recorded it (0); _round until run_round() knows whether
+         * the round was a full one, then added to cls_delta or cls_full. */
+        uint64_t cls_round[3][2], cls_delta[3][2], cls_full[3][2];
+        /* the same, in the current simulated second and in the peak second (ann_rx_peak) */
+        uint64_t cls_sec[3][2], cls_peak[3][2], ann_peak_at;
         uint64_t peer_in, peer_out, origin_in;
         uint64_t misses, locate_answers, answer_holders;
         /* Departed nodes it tried to reach (each is marked down and probed until DNS drops
@@ -365,6 +371,7 @@ static void per_second(struct node *home, uint64_t *secn, uint64_t *peak) {
                 home->loc_rx_sec = 0;
                 home->ann_rx_sec = 0;
                 memset(home->kind_sec, 0, sizeof(home->kind_sec));
+                memset(home->cls_sec, 0, sizeof(home->cls_sec));
         }
         bool loc = secn == &home->loc_rx_sec;
         if (loc)
@@ -374,6 +381,15 @@ static void per_second(struct node *home, uint64_t *secn, uint64_t *peak) {
                 if (loc)
                         memcpy(home->kind_peak, home->kind_sec, sizeof(home->kind_peak));
         }
+}
+
+enum aclass { AC_EMPTY, AC_PARTIAL, AC_WHOLE };
+
+static enum aclass class_of(const struct wire_blob *b) {
+        uint32_t n = 0;
+        for (uint32_t k = 0; k < b->nchunks; k++)
+                n += wire_bit(b->present, k);
+        return n == 0 ? AC_EMPTY : n == b->nchunks ? AC_WHOLE : AC_PARTIAL;
 }
 
 /* The announcer's send hook: counts, sizes and delivers one announce. */
@@ -421,8 +437,21 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
                         btouched[nbtouched++] = (unsigned)bi;
         }
         char reason[128];
-        return dir_apply_full(nodes[h].dir, w, now, O.no_full ? NULL : reply, reason,
-                              sizeof(reason));
+        uint32_t before = reply->nfull;
+        int r = dir_apply_full(nodes[h].dir, w, now, O.no_full ? NULL : reply, reason,
+                               sizeof(reason));
+        for (uint32_t i = 0; i < w->nblobs; i++) {
+                bool told = false;
+                for (uint32_t j = before; j < reply->nfull && !told; j++)
+                        told = digest_equal(&reply->full[j].digest, &w->blobs[i].digest);
+                nodes[h].cls_round[class_of(&w->blobs[i])][told]++;
+                nodes[h].cls_sec[class_of(&w->blobs[i])][told]++;
+        }
+        if (nodes[h].ann_rx_sec == nodes[h].ann_rx_peak) {
+                memcpy(nodes[h].cls_peak, nodes[h].cls_sec, sizeof(nodes[h].cls_peak));
+                nodes[h].ann_peak_at = now / 1000;
+        }
+        return r;
 }
 
 /* One announce round of ND; the announces its homes received are credited to their
@@ -438,6 +467,11 @@ static void run_round(struct node *nd) {
                 if (full)
                         h->ann_rx_full += h->ann_rx_round;
                 h->ann_rx_round = 0;
+                for (int c = 0; c < 3; c++)
+                        for (int t = 0; t < 2; t++) {
+                                (full ? h->cls_full : h->cls_delta)[c][t] += h->cls_round[c][t];
+                                h->cls_round[c][t] = 0;
+                        }
         }
         ntouched = 0;
         uint64_t sec = now / 1000;
@@ -1424,6 +1458,29 @@ int main(int argc, char **argv) {
                        (double)bds.announces / secs);
                 printf("busiest_home_registrations_s %.3f (announces of blobs with no chunk)\n",
                        busiest ? (double)busiest->ann_rx_empty / secs : 0);
+                if (busiest) {
+                        static const char *cn[3] = {"empty", "partial", "whole"};
+                        printf("busiest_home_blobs_received_s (delta rounds: recorded/told; "
+                               "full rounds: recorded/told)");
+                        for (int c = 0; c < 3; c++)
+                                printf(" %s %.2f/%.2f %.2f/%.2f", cn[c],
+                                       (double)busiest->cls_delta[c][0] / secs,
+                                       (double)busiest->cls_delta[c][1] / secs,
+                                       (double)busiest->cls_full[c][0] / secs,
+                                       (double)busiest->cls_full[c][1] / secs);
+                        printf("\n");
+                        const struct node *pk = busiest;
+                        for (unsigned i = 0; i < O.n; i++)
+                                if (nodes[i].ann_rx_peak > pk->ann_rx_peak)
+                                        pk = &nodes[i];
+                        printf("peak_announce_second at %" PRIu64 " s: %" PRIu64
+                               " announces, blobs recorded/told:",
+                               pk->ann_peak_at, pk->ann_rx_peak);
+                        for (int c = 0; c < 3; c++)
+                                printf(" %s %" PRIu64 "/%" PRIu64, cn[c], pk->cls_peak[c][0],
+                                       pk->cls_peak[c][1]);
+                        printf("\n");
+                }
                 printf("announce_bytes_per_node_s mean %.0f max %.0f\n", ann_b.mean, ann_b.max);
                 printf("locate_msgs_per_node_s mean %.3f max %.3f (max received %.3f)\n",
                        loc_m.mean, loc_m.max, locrx.max);
