@@ -22,6 +22,7 @@ struct hush_ent {
         uint8_t *map; /* LIVE only: the home's "covered" set, nchunks bits; NULL: none */
         uint32_t nchunks;
         bool until_whole;
+        bool lent; /* hush_lend(): another home's verdict */
         uint8_t state;
 };
 
@@ -110,8 +111,8 @@ void hush_free(struct announce_hush *h) {
         free(h);
 }
 
-int hush_add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
-             const uint8_t *covered, uint32_t nchunks, bool until_whole) {
+static int add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
+               const uint8_t *covered, uint32_t nchunks, bool until_whole, bool lent) {
         if (strlen(home) >= PEER_ID_MAX || ((covered || until_whole) && nchunks == 0))
                 return -EINVAL;
         uint8_t *map = NULL;
@@ -157,6 +158,7 @@ int hush_add(struct announce_hush *h, const struct digest *d, const char *home, 
         e->map = map;
         e->nchunks = nchunks;
         e->until_whole = until_whole;
+        e->lent = lent;
         map = NULL;
         if (until < h->next_due)
                 h->next_due = until;
@@ -164,6 +166,23 @@ out:
         pthread_mutex_unlock(&h->lock);
         free(map);
         return r;
+}
+
+int hush_add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
+             const uint8_t *covered, uint32_t nchunks, bool until_whole) {
+        return add(h, d, home, until, covered, nchunks, until_whole, false);
+}
+
+int hush_lend(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
+              const uint8_t *covered, uint32_t nchunks, bool until_whole) {
+        return add(h, d, home, until, covered, nchunks, until_whole, true);
+}
+
+static bool none(const uint8_t *a, uint32_t nchunks) {
+        for (uint32_t k = 0; k < nchunks; k++)
+                if (a[k / 8] & (1u << (k % 8)))
+                        return false;
+        return true;
 }
 
 /* Whether the first NCHUNKS bits of A are all set. */
@@ -194,7 +213,8 @@ bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, 
                      (!e->map ||
                       (e->nchunks == nchunks && present && within(present, e->map, nchunks))) &&
                      (!e->until_whole ||
-                      (e->nchunks == nchunks && present && !whole(present, nchunks)));
+                      (e->nchunks == nchunks && present && !whole(present, nchunks))) &&
+                     (!e->lent || (present && !none(present, nchunks)));
         }
         pthread_mutex_unlock(&h->lock);
         return is;

@@ -35,9 +35,15 @@ void hush_free(struct announce_hush *h); /* NULL-safe */
 int hush_add(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
              const uint8_t *covered, uint32_t nchunks, bool until_whole);
 
+/* hush_add() for a verdict another home gave (the blob's first home, for all its homes):
+ * such a pair never hushes an announce of nothing held, since HOME may have recorded us as a
+ * holder before that verdict and must hear that we evicted the blob. */
+int hush_lend(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
+              const uint8_t *covered, uint32_t nchunks, bool until_whole);
+
 /* Whether D is hushed for HOME at NOW, for a node holding PRESENT (NCHUNKS bits) of it: the
- * pair is live, has no set or PRESENT is within it (a set of another size: not hushed), and
- * was not hushed until we were whole or we are not. */
+ * pair is live, has no set or PRESENT is within it (a set of another size: not hushed), was
+ * not hushed until we were whole or we are not, and is not lent or PRESENT has a chunk. */
 bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
              const uint8_t *present, uint32_t nchunks);
 

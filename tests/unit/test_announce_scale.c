@@ -71,17 +71,23 @@ static int op_find(void *ud, const struct digest *d, uint32_t *ret_id) {
  * these chunks of the 4, when covered_bits is not 0. */
 static uint64_t full_retry_ms;
 static uint8_t covered_bits;
+static const char *full_home; /* when not NULL, only this home answers so */
+static bool quiet_whole;      /* and says "quiet_whole" */
 
 static int send_hook(void *ud, const char *home, const struct wire_announce *w,
                      struct wire_reply *reply) {
         (void)ud;
-        (void)home;
-        if (full_retry_ms && covered_bits)
+        uint32_t before = reply->nfull;
+        if (full_home && strcmp(home, full_home) != 0)
+                ; /* records us */
+        else if (full_retry_ms && covered_bits)
                 assert_int_equal(wire_reply_add_covered(reply, &blob_digest, full_retry_ms,
                                                         &covered_bits, 4),
                                  0);
         else if (full_retry_ms)
                 assert_int_equal(wire_reply_add(reply, &blob_digest, full_retry_ms), 0);
+        for (uint32_t i = before; i < reply->nfull; i++)
+                reply->full[i].quiet_whole = quiet_whole;
         pthread_mutex_lock(&sent_lock);
         for (uint32_t i = 0; i < w->nblobs; i++)
                 if (digest_equal(&w->blobs[i].digest, &blob_digest)) {
@@ -556,6 +562,68 @@ static void test_registration_to_first_home(void **state) {
         members_free(m);
 }
 
+/* Issue 18: the verdict of a blob's first home (the one readers ask for claims) holds at its
+ * other homes: a reader it told "full" sends its next chunks to none of them, but its
+ * eviction to those that may have recorded it; a home that said "quiet_whole" is not told
+ * when the reader is whole. */
+static void test_first_home_verdict_holds_everywhere(void **state) {
+        (void)state;
+        struct members_config mc = {.listen_port = 5001,
+                                    .refresh_ms = 1000,
+                                    .probe_timeout_ms = 100,
+                                    .max_peers = 8,
+                                    .manual = true};
+        struct members *m = NULL;
+        assert_int_equal(members_new(&mc, &m), 0);
+        const char *ids[] = {SELF, OTHER, THIRD};
+        assert_int_equal(members_update(m, ids, 3, true), 0);
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        /* a blob whose first home is not this node, so the send hook gives the verdict */
+        for (int v = 0x60;; v++) {
+                memset(&blob_digest, v, sizeof(blob_digest));
+                assert_int_equal(members_homes(m, &blob_digest, 3, homes, NULL), 3);
+                if (strcmp(homes[0], SELF) != 0)
+                        break;
+        }
+        registered = true;
+        whole = false;
+        present_bits = 0x01;
+        sent_blobs = sent_third = 0;
+        struct announce_config ac = config(m, true);
+        ac.homes = 3;
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        const uint64_t t0 = 4000000;
+        struct announce_stats st;
+
+        full_home = homes[0];
+        full_retry_ms = 60000;
+        quiet_whole = true;
+        announce_round(a, t0); /* full: both other homes hear; the first says "full" */
+        assert_int_equal(sent(), 2);
+        present_bits = 0x03;
+        announce_changed(a, &blob_digest, 1);
+        announce_round(a, t0 + 250); /* hushed at the first home, so at the other one too */
+        assert_int_equal(sent(), 2);
+        announce_get_stats(a, &st);
+        assert_int_equal(st.hushed_sends, 3); /* all three: ourselves (a home) as well */
+        whole = true;
+        announce_changed(a, &blob_digest, 3);
+        announce_round(a, t0 + 500); /* whole: "quiet_whole" keeps it hushed */
+        assert_int_equal(sent(), 2);
+        whole = false;
+        present_bits = 0;
+        announce_changed(a, &blob_digest, 0);
+        announce_round(a, t0 + 750); /* evicted: the other home hears (it recorded us at t0) */
+        assert_int_equal(sent(), 3); /* the first home, which did not, does not */
+        assert_int_equal(sent_third, strcmp(homes[0], THIRD) != 0 ? 2 : 1);
+        announce_free(a);
+        members_free(m);
+        full_home = NULL;
+        full_retry_ms = 0;
+        quiet_whole = false;
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_registered_blob_is_announced_at_once),
@@ -566,6 +634,7 @@ int main(void) {
                 cmocka_unit_test(test_covered_home_is_hushed_while_within),
                 cmocka_unit_test(test_hush_sets),
                 cmocka_unit_test(test_registration_to_first_home),
+                cmocka_unit_test(test_first_home_verdict_holds_everywhere),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);
