@@ -66,7 +66,14 @@ struct daemon_config {
         uint64_t location_ttl_ms;
         uint64_t max_holders;      /* holder records a home keeps per blob */
         uint64_t home_locate_rate; /* reader locates per blob per second a home aims at */
+        uint64_t digest_waiters;   /* digest questions a home holds at once (peer/directory.h) */
 };
+
+/* --digest-waiters' ceiling. Each question a home holds keeps one of the peer server's
+ * connections, and its thread, until it is answered (peer/httpd.c): fs/peers.c asserts that
+ * with this many held, and every chunk waiter too, a quarter of them stay for announces,
+ * locates and chunk answers. */
+#define CONFIG_DIGEST_WAITERS_MAX 128
 
 /* Fills CFG from defaults, the config file and ARGV. 0; -EINVAL with a message on stderr for
  * bad input (a directory given as the config file included; a missing file is fine, and

@@ -294,6 +294,17 @@ static const struct {
                         "home spaces a third of\n"
                         ".B --location-ttl\n"
                         "divided by this apart, so a slot that frees up is taken again soon.\n"},
+        {"digest-waiters",
+         "Digest questions a home holds at once. A reader that got a chunk from the node fetching "
+         "it,\n"
+         "whose word is then its only digest, asks another home for the chunk's digest; the home "
+         "holds\n"
+         "the question until an announce brings the digest or the reader's wait ends. Past this "
+         "many, a\n"
+         "question is answered at once without it, and the reader asks again shortly. Each held\n"
+         "question keeps one of the 256 peer connections of\n"
+         ".B \\-\\-listen\n"
+         "(and its thread), hence at most 128.\n"},
         {"log-level", ".BR error ,\n"
                       ".BR warning ,\n"
                       ".BR notice ,\n"

@@ -18,6 +18,7 @@
 
 #include "peer/announce.h"
 #include "peer/directory.h"
+#include "peer/httpd.h"
 #include "peer/members.h"
 #include "net/netlink.h"
 #include "peer/source.h"
@@ -27,6 +28,12 @@
 #define CLAIM_TTL_MS 10000 /* a claimant that has not announced the chunk by then lost it */
 #define CLAIM_WAIT_MS 5000 /* how long a reader waits on a claimant for a chunk */
 #define MAX_PER_PEER 8
+
+/* A digest question a home holds keeps its connection's thread (dir_wait_digest): with the
+ * most the option allows held, and every chunk waiter, a quarter of the peer server's
+ * connections stay free for announces, locates and chunk answers. */
+_Static_assert(CONFIG_DIGEST_WAITERS_MAX + HTTPD_MAX_WAITERS <= HTTPD_MAX_CONNECTIONS * 3 / 4,
+               "--digest-waiters could take the peer server's connections");
 
 /* This daemon's boot id (peer/wire.h), drawn in peers_start(). */
 static uint64_t boot_id;
@@ -161,6 +168,7 @@ int peers_start(struct daemon *d) {
                 .ttl_ms = d->cfg.location_ttl_ms,
                 .claim_ttl_ms = CLAIM_TTL_MS,
                 .locate_rate = (uint32_t)d->cfg.home_locate_rate,
+                .max_digest_waiters = (unsigned)d->cfg.digest_waiters,
         };
         r = dir_new(&dc, &d->dir);
         if (r < 0) {
