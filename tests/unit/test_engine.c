@@ -2187,6 +2187,84 @@ static void test_snapshot_tells_only_checked_values(void **state) {
         assert_true(told_true);
 }
 
+/* The change hook of a node with peers; its presence is what makes the engine record plain
+ * digests of origin chunks too (engine/fetch.c), so a snapshot has both kinds to tell. */
+static void count_change(void *ud, const struct digest *blob, uint32_t idx) {
+        (void)blob;
+        (void)idx;
+        __atomic_fetch_add((unsigned *)ud, 1, __ATOMIC_RELAXED);
+}
+
+/* engine_snapshot tells the plain digests and the chain values of the present chunks in the
+ * range asked (the range cut at the blob's end), in index order, never the last chunk's chain
+ * value (the blob digest): each array exactly those. */
+static void test_snapshot_values_in_range(void **state) {
+        struct fixture *fx = *state;
+        static unsigned changes; /* outlives the test: the engine is freed in teardown */
+        fx->cfg.on_change = count_change;
+        fx->cfg.change_ud = &changes;
+        start(fx, FAKE_ON_DEMAND);
+        uint32_t id;
+        int fb = add_blob(fx, 4 * CS, -1, &id);
+        const struct fake_blob *b = &fx->fk.blobs[fb];
+        struct reply r;
+        read_wait(fx, fb, id, 0, 4 * CS, NULL, &r);
+        assert_true(r.match);
+        assert_true(wait_idle(fx));
+        assert_true(wait_unpinned(fx));
+        drop_chunk(fx, &b->d, 1); /* its digest and value are kept, but it is not here */
+
+        struct digest sha[4], chain[3];
+        struct chain_hash h;
+        chain_begin(&h, NULL, 0);
+        for (int i = 0; i < 4; i++) {
+                digest_sha256(b->data + (size_t)i * CS, CS, &sha[i]);
+                chain_add(&h, b->data + (size_t)i * CS, CS);
+                if (i < 3)
+                        chain_value(&h, &chain[i]);
+        }
+        static const struct {
+                uint32_t from, to;
+                uint32_t nsha, sha[4];
+                uint32_t nchain, chain[3];
+        } cases[] = {
+                {0, 3, 3, {0, 2, 3}, 2, {0, 2}},
+                {0, 0, 1, {0}, 1, {0}},
+                {1, 1, 0, {0}, 0, {0}},
+                {2, 100, 2, {2, 3}, 1, {2}},
+                {3, 3, 1, {3}, 0, {0}},
+                {5, 9, 0, {0}, 0, {0}},
+                {0, UINT32_MAX, 3, {0, 2, 3}, 2, {0, 2}},
+        };
+        for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+                struct engine_blob_snapshot s;
+                assert_int_equal(engine_snapshot(fx->e, id, cases[c].from, cases[c].to, &s), 0);
+                bool ok = s.ndigests == cases[c].nsha && s.nchain == cases[c].nchain && s.sha_idx &&
+                          s.sha && s.chain_idx && s.chain && s.nchunks == 4 &&
+                          !bit_get(s.present, 1) && bit_get(s.present, 3);
+                for (uint32_t k = 0; ok && k < s.ndigests; k++)
+                        ok = s.sha_idx[k] == cases[c].sha[k] &&
+                             digest_equal(&s.sha[k], &sha[cases[c].sha[k]]);
+                for (uint32_t k = 0; ok && k < s.nchain; k++)
+                        ok = s.chain_idx[k] == cases[c].chain[k] &&
+                             digest_equal(&s.chain[k], &chain[cases[c].chain[k]]);
+                uint32_t nsha = s.ndigests, nchain = s.nchain;
+                free(s.present);
+                free(s.sha_idx);
+                free(s.sha);
+                free(s.chain_idx);
+                free(s.chain);
+                if (!ok)
+                        fail_msg("[%u, %u]: %u digests and %u chain values, want %u and %u "
+                                 "(or their indexes or values differ)",
+                                 cases[c].from, cases[c].to, nsha, nchain, cases[c].nsha,
+                                 cases[c].nchain);
+        }
+        assert_true(__atomic_load_n(&changes, __ATOMIC_RELAXED) > 0);
+        assert_int_equal(engine_snapshot(fx->e, id + 1, 0, 0, &(struct engine_blob_snapshot){0}),
+                         -ENOENT);
+}
+
 /* A put over chunks that landed (the right bytes): the blob verifies, and the landed ring,
  * whose entries live only while their blob is unverified (landed.c), keeps none of it. */
 static void test_review_put_verifies_ring_dropped(void **state) {
@@ -2277,6 +2355,7 @@ int main(void) {
                                                 teardown),
                 cmocka_unit_test_setup_teardown(test_snapshot_tells_only_checked_values, setup,
                                                 teardown),
+                cmocka_unit_test_setup_teardown(test_snapshot_values_in_range, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_evicted_verified_blob_is_checked_again, setup,
                                                 teardown),
                 cmocka_unit_test(test_serve_in_order_streams),
