@@ -57,19 +57,32 @@ void eng_changed(struct engine *e, const struct blob *b, uint32_t idx) {
                 e->cfg.on_change(e->cfg.change_ud, &b->digest, idx);
 }
 
+/* One digest per chunk of B and the bitmaps beside it (MAP2 may be NULL), zeroed: all of them
+ * or none, so a blob never holds values without the bits that say which are known. True with
+ * every out-parameter set; false (out of memory) with nothing allocated or written. */
+static bool chunk_values_alloc(const struct blob *b, struct digest **ret_vals, uint8_t **ret_map,
+                               uint8_t **ret_map2) {
+        size_t map_len = ((size_t)b->nchunks + 7) / 8 + 1;
+        struct digest *vals = calloc(b->nchunks ? b->nchunks : 1, sizeof(*vals));
+        uint8_t *map = calloc(map_len, 1);
+        uint8_t *map2 = ret_map2 ? calloc(map_len, 1) : NULL;
+        if (!vals || !map || (ret_map2 && !map2)) {
+                free(vals);
+                free(map);
+                free(map2);
+                return false;
+        }
+        *ret_vals = vals;
+        *ret_map = map;
+        if (ret_map2)
+                *ret_map2 = map2;
+        return true;
+}
+
 /* Caller holds lock. Records the sha256 of chunk IDX of B. */
 void eng_record_sha(struct blob *b, uint32_t idx, const struct digest *sha) {
-        if (!b->chunk_sha) {
-                b->chunk_sha = calloc(b->nchunks ? b->nchunks : 1, sizeof(*b->chunk_sha));
-                b->sha_known = calloc(((size_t)b->nchunks + 7) / 8 + 1, 1);
-                if (!b->chunk_sha || !b->sha_known) { /* peers then cannot check it: origin */
-                        free(b->chunk_sha);
-                        free(b->sha_known);
-                        b->chunk_sha = NULL;
-                        b->sha_known = NULL;
-                        return;
-                }
-        }
+        if (!b->chunk_sha && !chunk_values_alloc(b, &b->chunk_sha, &b->sha_known, NULL))
+                return; /* peers then cannot check it: origin */
         b->chunk_sha[idx] = *sha;
         b->sha_known[idx / 8] |= (uint8_t)(1u << (idx % 8));
 }
@@ -99,21 +112,9 @@ bool eng_chain_step_agrees(const struct blob *b, uint32_t idx, const struct chun
                digest_equal(&want, &chk->chain);
 }
 
+/* Without the chain arrays the frontier hashes every chunk, and peers check plain digests. */
 static bool chain_alloc(struct blob *b) {
-        if (b->chain)
-                return true;
-        size_t map = ((size_t)b->nchunks + 7) / 8 + 1;
-        b->chain = calloc(b->nchunks ? b->nchunks : 1, sizeof(*b->chain));
-        b->chain_known = calloc(map, 1);
-        b->linked = calloc(map, 1);
-        if (b->chain && b->chain_known && b->linked)
-                return true;
-        free(b->chain); /* the frontier then hashes every chunk, and peers check plain digests */
-        free(b->chain_known);
-        free(b->linked);
-        b->chain = NULL;
-        b->chain_known = b->linked = NULL;
-        return false;
+        return b->chain || chunk_values_alloc(b, &b->chain, &b->chain_known, &b->linked);
 }
 
 bool eng_record_chain(struct blob *b, uint32_t idx, const struct digest *value, bool frontier,

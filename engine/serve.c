@@ -116,13 +116,50 @@ int engine_blob_size(struct engine *e, const struct digest *d, uint64_t *ret_siz
         return b ? 0 : -ENOENT;
 }
 
+/* Caller holds lock. Whether the announce carries chunk I's plain digest: I is present and
+ * its digest was recorded when its bytes arrived. */
+static bool sha_told(const struct blob *b, uint32_t i) {
+        return bit_get(b->present, i) && bit_get(b->sha_known, i);
+}
+
 /* Caller holds lock. Whether the announce carries chunk I's chain value: I is present and
  * its bytes were hashed to that value, by the frontier (behind it, or the blob verified) or
  * by the chunk's own checked step (linked). A value that only came with the next chunk's
- * step is a home's word about bytes no hash here led to: not ours to tell. */
+ * step is a home's word about bytes no hash here led to: not ours to tell. The last chunk's
+ * value is the blob digest: never sent. */
 static bool chain_told(const struct blob *b, uint32_t i) {
-        return bit_get(b->present, i) && bit_get(b->chain_known, i) &&
+        return i + 1 < b->nchunks && bit_get(b->present, i) && bit_get(b->chain_known, i) &&
                (b->verified || i < b->hashed || bit_get(b->linked, i));
+}
+
+/* Caller holds lock. Of B's per-chunk values VALS (chunk_sha or chain; NULL when B has none
+ * yet, and then neither has the bitmap TOLD reads), those of the chunks in [FROM, TO] that
+ * TOLD admits, in index order: *RET_N of them in *RET_IDX and *RET_VALS, malloc'd with room
+ * for one at least (the caller frees both). 0 with every out-parameter set; -ENOMEM, none. */
+static int told_values(const struct blob *b, uint32_t from, uint32_t to, const struct digest *vals,
+                       bool (*told)(const struct blob *, uint32_t), uint32_t *ret_n,
+                       uint32_t **ret_idx, struct digest **ret_vals) {
+        uint32_t n = 0;
+        if (vals && b->nchunks)
+                for (uint32_t i = from; i <= to; i++)
+                        n += told(b, i);
+        uint32_t *idx = malloc((n ? n : 1) * sizeof(*idx));
+        struct digest *out = malloc((n ? n : 1) * sizeof(*out));
+        if (!idx || !out) {
+                free(idx);
+                free(out);
+                return -ENOMEM;
+        }
+        uint32_t k = 0;
+        for (uint32_t i = from; k < n && i <= to; i++)
+                if (told(b, i)) {
+                        idx[k] = i;
+                        out[k++] = vals[i];
+                }
+        *ret_n = n;
+        *ret_idx = idx;
+        *ret_vals = out;
+        return 0;
 }
 
 int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t sha_to,
@@ -134,47 +171,26 @@ int engine_snapshot(struct engine *e, uint32_t id, uint32_t sha_from, uint32_t s
         }
         struct blob *b = e->blobs[id];
         size_t map_len = ((size_t)b->nchunks + 7) / 8 + 1;
-        uint32_t ndig = 0, nchain = 0;
         if (sha_to >= b->nchunks)
                 sha_to = b->nchunks ? b->nchunks - 1 : 0;
-        if (b->sha_known && b->nchunks)
-                for (uint32_t i = sha_from; i <= sha_to; i++)
-                        ndig += bit_get(b->present, i) && bit_get(b->sha_known, i);
-        if (b->chain_known && b->nchunks) /* the last chunk's is the blob digest: not sent */
-                for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
-                        nchain += chain_told(b, i);
         struct engine_blob_snapshot w = {.digest = b->digest,
                                          .size = b->size,
                                          .nchunks = b->nchunks,
                                          .verified = b->verified}; /* digests of verified bytes */
         memcpy(w.source, b->source, sizeof(w.source));
         w.present = malloc(map_len);
-        w.sha_idx = malloc((ndig ? ndig : 1) * sizeof(*w.sha_idx));
-        w.sha = malloc((ndig ? ndig : 1) * sizeof(*w.sha));
-        w.chain_idx = malloc((nchain ? nchain : 1) * sizeof(*w.chain_idx));
-        w.chain = malloc((nchain ? nchain : 1) * sizeof(*w.chain));
-        if (!w.present || !w.sha_idx || !w.sha || !w.chain_idx || !w.chain) {
+        if (!w.present ||
+            told_values(b, sha_from, sha_to, b->chunk_sha, sha_told, &w.ndigests, &w.sha_idx,
+                        &w.sha) < 0 ||
+            told_values(b, sha_from, sha_to, b->chain, chain_told, &w.nchain, &w.chain_idx,
+                        &w.chain) < 0) {
                 eng_unlock(&e->lock);
                 free(w.present);
-                free(w.sha_idx);
+                free(w.sha_idx); /* NULL unless the chain values' allocation failed */
                 free(w.sha);
-                free(w.chain_idx);
-                free(w.chain);
                 return -ENOMEM;
         }
         memcpy(w.present, b->present, map_len);
-        if (ndig)
-                for (uint32_t i = sha_from; i <= sha_to; i++)
-                        if (bit_get(b->present, i) && bit_get(b->sha_known, i)) {
-                                w.sha_idx[w.ndigests] = i;
-                                w.sha[w.ndigests++] = b->chunk_sha[i];
-                        }
-        if (nchain)
-                for (uint32_t i = sha_from; i <= sha_to && i + 1 < b->nchunks; i++)
-                        if (chain_told(b, i)) {
-                                w.chain_idx[w.nchain] = i;
-                                w.chain[w.nchain++] = b->chain[i];
-                        }
         eng_unlock(&e->lock);
         *ret = w;
         return 0;
