@@ -54,7 +54,7 @@ struct dir_config {
          * no "ttl_ms", and readers keep them their own default, 1 s). See dir_locate. */
         uint32_t locate_rate;
         uint32_t locate_span; /* digests in an answer about one chunk; 0: DIR_LOCATE_SPAN */
-        /* dir_wait_digest callers waiting at once; 0: DIR_DEFAULT_DIGEST_WAITERS. */
+        /* dir_wait_digest callers waiting at once (--digest-waiters); 0: DIR_DEFAULT_DIGEST_WAITERS. */
         unsigned max_digest_waiters;
 };
 

@@ -2,7 +2,8 @@
 claimant's bytes of a chunk whose only digest is the claimant's word asks another home for the
 digest (peer/source_verify.c CONFIRM); the home holds the question until an announce brings the
 digest (peer/httpd.c locate, peer/directory_locate.c dir_wait_digest), at most 64 questions at
-once (peer/directory.h DIR_DEFAULT_DIGEST_WAITERS), answering the rest at once. The reader then
+once by default (--digest-waiters; test_digest_waiters.py checks the cap), answering the rest
+at once. The reader then
 asks about once per chunk instead of every 50 ms until the claimant's announce.
 
 A claimant announces a chunk it was granted a claim on as soon as it lands (peer/announce.h
@@ -13,20 +14,16 @@ Real nodes in network namespaces (netns.py), a real registry, real FUSE mounts; 
 /metrics. Figures are printed: run with -s to see them.
 """
 
-import hashlib
-import json
 import os
 import threading
 import time
 
 import harness
 from harness import MiB
-from liar import chain_values
 from test_peers import PEER_PORT, REPO, full_read, start_nodes, wait_peers_up
 
 CAP = 64          # peer/directory.h DIR_DEFAULT_DIGEST_WAITERS (fs/peers.c keeps the default)
 STRIPES = 8       # concurrent readers on each node in the wave test
-PER_CLIENT = 32   # peer/httpd.h HTTPD_MAX_PER_CLIENT: questions one address may have open
 
 
 def metrics(net, d):
@@ -35,87 +32,6 @@ def metrics(net, d):
 
 def delta(after, before, key):
     return after.get(key, 0) - before.get(key, 0)
-
-
-def test_home_holds_digest_questions_up_to_its_cap(build_dir, net):
-    """One node H, the home of its blob (it registered it: the blob is known, no chunk digest
-    is). Three clients send CAP + 5 digest questions about chunk 0 with X-P2PBlobs-Wait: 10 s
-    (no more than PER_CLIENT from one address). H holds CAP of them and answers the other 5 at
-    once without the digest; then H reads the blob, its announce records chunk 0's digest, and
-    every held question is answered with it (woken: the wait was 10 s)."""
-    s = net.add_subnet()
-    reg = net.registry(net.add_host("reg", s))
-    hh = net.add_host("h", s)
-    clients = [net.add_host("c%d" % i, s) for i in range(3)]
-    blob = harness.make_blob(reg, "wait4", harness.gen_bytes(2601, 4 * MiB), repo=REPO)
-    want0 = hashlib.sha256(blob.data[:MiB]).hexdigest()
-    chain0 = chain_values(blob.data, MiB)[0]
-    (h,) = start_nodes(net, build_dir, reg, [hh])
-    h.add(blob.ref)
-    path = "/p2p/v1/locate/%s?chunk=0" % blob.digest
-
-    def known():
-        st, _h, _b = net.http(hh.ip, PEER_PORT, "GET", path)
-        return st == 200
-    harness.wait_until(known, 15, interval=0.2, what="H's directory to know the blob")
-
-    n = CAP + 5
-    answers = [None] * n
-
-    def ask(i):
-        c = clients[i % len(clients)]
-        st, _hdr, body = c.http(hh.ip, PEER_PORT, "GET", path,
-                                headers={"X-P2PBlobs-Wait": "10000"}, timeout=20)
-        answers[i] = (st, json.loads(body) if st == 200 else body)
-    assert n <= len(clients) * PER_CLIENT
-    m0 = metrics(net, h)
-    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(n)]
-    for t in threads:
-        t.start()
-
-    def settled():
-        m = metrics(net, h)
-        return (delta(m, m0, "directory_digest_waits_total") >= CAP and
-                delta(m, m0, "directory_digest_waits_refused_total") >= n - CAP)
-    harness.wait_until(settled, 15, interval=0.1, what="H to hold %d questions" % CAP)
-    m1 = metrics(net, h)
-    early = [a for a in answers if a is not None]
-    print("\n[digest wait cap] %d questions: held %d (peak %d), refused %d, answered early %d"
-          % (n, delta(m1, m0, "directory_digest_waits_total"),
-             m1.get("directory_digest_waiters_peak", 0),
-             delta(m1, m0, "directory_digest_waits_refused_total"), len(early)))
-    assert delta(m1, m0, "directory_digest_waits_total") == CAP
-    assert delta(m1, m0, "directory_digest_waits_refused_total") == n - CAP
-    assert m1.get("directory_digest_waiters_peak", 0) == CAP
-    # The refused ones were answered at once, as without the header: no digest of chunk 0.
-    assert len(early) == n - CAP, "%d answered while %d should be held" % (len(early), CAP)
-    for st, body in early:
-        assert st == 200
-        assert all(d[0] != 0 for d in body.get("digests", []) + body.get("chain", []))
-
-    full_read(h, blob)
-    for t in threads:
-        t.join(15)
-    assert not any(t.is_alive() for t in threads), "held questions were never answered"
-    m2 = metrics(net, h)
-    # H reads in order, so chunk 0 gets a chain value (what a reader checks it by: chunk 0
-    # starts from SHA-256's initial state), or a plain digest if it landed out of order.
-    with_digest = 0
-    for st, body in answers:
-        assert st == 200
-        ds = {d[0]: d[1] for d in body.get("digests", [])}
-        cs = {d[0]: d[1] for d in body.get("chain", [])}
-        if 0 in ds:
-            assert ds[0].removeprefix("sha256:") == want0
-        if 0 in cs:
-            assert cs[0].removeprefix("sha256:") == chain0
-        with_digest += 0 in ds or 0 in cs
-    print("[digest wait cap] after H's read: %d answers carry chunk 0's digest or chain value; "
-          "found %d"
-          % (with_digest, delta(m2, m0, "directory_digest_waits_found_total")))
-    assert with_digest == CAP
-    assert delta(m2, m0, "directory_digest_waits_found_total") == CAP
-    assert m2.get("directory_digest_waiters_peak", 0) == CAP
 
 
 def test_wave_readers_ask_once_per_confirmed_chunk(build_dir, net):
