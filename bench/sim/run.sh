@@ -5,18 +5,23 @@
 # Also bench/sim/full_round.tsv: the CPU of one full announce round at each N for a node
 # holding 500, 2000 and 10000 blobs (full_round, beside scale_sim).
 #   bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]
+# The simulated nodes run as the daemon does: bytes from a peer wait for a home's digest
+# (--confirm-wait, source_verify.c) and chunks landed on a claim are announced at once
+# (--early-announce). SIM_FLAGS replaces that set, e.g. SIM_FLAGS= for the bare model.
 set -eu
 SIM=${1:?usage: bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]}
 ROUND=${2:?usage: bench/sim/run.sh SCALE_SIM_BINARY FULL_ROUND_BINARY [N ...]}
 shift 2
 cd "$(dirname "$0")"
 NS=${*:-100 1000 5000}
+SIM_FLAGS=${SIM_FLAGS---confirm-wait --early-announce}
 out=results.tsv
 tmp=$(mktemp)
 first=1
 for n in $NS; do
 	echo "  SIM     n=$n" >&2
-	"$SIM" --n "$n" --tsv > "$tmp.row"
+	# shellcheck disable=SC2086 # SIM_FLAGS is a list of flags
+	"$SIM" --n "$n" $SIM_FLAGS --tsv > "$tmp.row"
 	if [ $first -eq 1 ]; then head -n 1 "$tmp.row" > "$tmp"; first=0; fi
 	tail -n 1 "$tmp.row" >> "$tmp"
 done
