@@ -108,7 +108,8 @@ static unsigned sent(void) {
         return n;
 }
 
-static struct members *two_members(void) {
+/* A manual membership of the first N of SELF, OTHER, THIRD. */
+static struct members *members_of(size_t n) {
         struct members_config mc = {.listen_port = 5001,
                                     .refresh_ms = 1000,
                                     .probe_timeout_ms = 100,
@@ -116,9 +117,14 @@ static struct members *two_members(void) {
                                     .manual = true};
         struct members *m = NULL;
         assert_int_equal(members_new(&mc, &m), 0);
-        const char *ids[] = {SELF, OTHER};
-        assert_int_equal(members_update(m, ids, 2, true), 0);
+        const char *ids[] = {SELF, OTHER, THIRD};
+        assert_true(n <= sizeof(ids) / sizeof(ids[0]));
+        assert_int_equal(members_update(m, ids, n, true), 0);
         return m;
+}
+
+static struct members *two_members(void) {
+        return members_of(2);
 }
 
 static struct directory *own_dir;
@@ -528,15 +534,7 @@ static void test_registration_to_first_home(void **state) {
         whole = false;
         present_bits = 0;
         sent_blobs = sent_third = 0;
-        struct members_config mc = {.listen_port = 5001,
-                                    .refresh_ms = 1000,
-                                    .probe_timeout_ms = 100,
-                                    .max_peers = 8,
-                                    .manual = true};
-        struct members *m = NULL;
-        assert_int_equal(members_new(&mc, &m), 0);
-        const char *ids[] = {SELF, OTHER, THIRD};
-        assert_int_equal(members_update(m, ids, 3, true), 0);
+        struct members *m = members_of(3);
         struct announce_config ac = config(m, true);
         ac.homes = 3;
         struct announcer *a = NULL;
@@ -568,15 +566,7 @@ static void test_registration_to_first_home(void **state) {
  * when the reader is whole. */
 static void test_first_home_verdict_holds_everywhere(void **state) {
         (void)state;
-        struct members_config mc = {.listen_port = 5001,
-                                    .refresh_ms = 1000,
-                                    .probe_timeout_ms = 100,
-                                    .max_peers = 8,
-                                    .manual = true};
-        struct members *m = NULL;
-        assert_int_equal(members_new(&mc, &m), 0);
-        const char *ids[] = {SELF, OTHER, THIRD};
-        assert_int_equal(members_update(m, ids, 3, true), 0);
+        struct members *m = members_of(3);
         char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
         /* a blob whose first home is not this node, so the send hook gives the verdict */
         for (int v = 0x60;; v++) {
