@@ -234,10 +234,6 @@ static const struct stat_def stats[] = {
          "Of those, blobs whose holders hold all the announcer has but not the whole blob "
          "(\"covered\").",
          F(ds.told_covered), false},
-        {NULL, NULL, "directory_told_quiet_whole_total", NULL, COUNTER,
-         "Of those, told while still reading the blob and asked not to announce it again once "
-         "whole (max-holders per blob per refresh period are asked to).",
-         F(ds.told_quiet_whole), false},
         {NULL, NULL, "peer_announce_unhushed_total", NULL, COUNTER,
          "Homes a blob was announced to again, hushed or not: a chunk of it this node had "
          "claimed landed.",

@@ -99,14 +99,9 @@ int dir_apply(struct directory *dir, const struct wire_announce *a, uint64_t now
  * max_holders times per refresh period (ttl_ms / 3) whatever the number of holders, and when
  * a recorded holder expires or leaves, a retrying one takes its slot within about that gap.
  * An announcer that is a recorded holder is never told "full": it refreshes its record.
- * An announcer told while it holds part of the blob is asked to announce it again once it
- * holds it whole only if fewer than max_holders were asked for this blob in the last
- * DIR_WHOLE_REPORT_WINDOW_MS; the others are told "quiet_whole" (wire_reply.h).
  * FULL NULL: dir_apply. */
 int dir_apply_full(struct directory *dir, const struct wire_announce *a, uint64_t now_ms,
                    struct wire_reply *full, char *reason, size_t reason_len);
-
-#define DIR_WHOLE_REPORT_WINDOW_MS 1000
 
 /* Chunk digests in an answer about one chunk: that chunk's and the next ones', enough to check
  * a reader's following misses without asking again. Issue 18: with 32 (one run) a reader at
@@ -191,7 +186,6 @@ struct dir_stats {
         uint64_t index_locates, index_misses; /* since dir_new */
         uint64_t told_full;    /* blobs of announces not recorded, the home full (dir_apply_full) */
         uint64_t told_covered; /* of those, "covered" (not the whole blob) */
-        uint64_t told_quiet_whole; /* of those, told to stay quiet once whole ("quiet_whole") */
         /* dir_wait_digest since dir_new: calls that waited, that ended with the digest
          * (at once or woken), refused at the cap; the most waiting at once. */
         uint64_t digest_waits, digest_waits_found, digest_waits_refused, digest_waiters_peak;

@@ -112,34 +112,6 @@ static uint64_t next_retry(const struct directory *dir, struct dir_blob *b, uint
         return b->retry_next_ms - now;
 }
 
-/* Whether a sender told a verdict while still reading B should announce it once it holds it
- * whole (wire_reply.h "quiet_whole" when not). A home whose whole holders all evict the blob
- * at once (as nodes under one budget do, when the next wave comes) needs whole holders again
- * before the next reader is granted claims on chunks hundreds of readers hold (bench/sim,
- * N = 1000). Asking every reader made each one announce to each home once more (issue 18: at
- * N = 5000, a third of the busiest blob's announces were such reports, told "full" again);
- * so at most max_holders senders per blob are asked per DIR_WHOLE_REPORT_WINDOW_MS: enough to
- * refill the table within about a second, whatever the number of readers. Asking them per
- * refresh period (ttl_ms / 3) instead was measured too few: origin fetches per distinct chunk
- * 1.082 -> 1.101 at N = 1000, 1.000 -> 1.035 at N = 5000. */
-static bool whole_report_wanted(const struct directory *dir, struct dir_blob *b, uint64_t now) {
-        if (now - b->whole_win_ms >= DIR_WHOLE_REPORT_WINDOW_MS || b->whole_win_ms > now) {
-                b->whole_win_ms = now;
-                b->whole_win_n = 0;
-        }
-        if (b->whole_win_n >= dir->cfg.max_holders)
-                return false;
-        b->whole_win_n++;
-        return true;
-}
-
-static bool bitmap_whole(const uint8_t *map, uint32_t nchunks) {
-        for (uint32_t i = 0; i < nchunks; i++)
-                if (!wire_bit(map, i))
-                        return false;
-        return true;
-}
-
 /* Adds the verdict for NODE's announce WB of B to FULL when it is "full" or "covered":
  * 0 then, else -EAGAIN (record NODE: the verdict says so, or the reply cannot take it —
  * too many ranges, or memory). */
@@ -169,10 +141,6 @@ static int tell_full(struct directory *dir, struct dir_blob *b, const char *node
                 break;
         }
         free(u);
-        if (r == 0 && !bitmap_whole(wb->present, b->nchunks) && !whole_report_wanted(dir, b, now)) {
-                full->full[full->nfull - 1].quiet_whole = true;
-                dir->stats.told_quiet_whole++;
-        }
         return r;
 }
 

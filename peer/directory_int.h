@@ -60,8 +60,6 @@ struct dir_blob {
         char source[IDX_SOURCE_MAX];
         uint64_t last_ms;        /* newest announce from any node, empty or not */
         uint64_t retry_next_ms;  /* the latest retry time handed out to a holder told "full" */
-        uint64_t whole_win_ms;   /* start of the window whole reports are asked in */
-        uint32_t whole_win_n;    /* partial senders told, and asked to report when whole */
         uint64_t loc_win_ms;     /* start of the window its reader locates are counted in */
         uint32_t loc_win_n;      /* reader locates in that window */
         uint32_t loc_ttl_ms;     /* the reuse time its answers say (0: not decided yet) */

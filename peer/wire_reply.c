@@ -94,10 +94,6 @@ int wire_reply_build(const struct wire_reply *r, char **ret, size_t *ret_len) {
                 snprintf(s, sizeof(s), "sha256:%s", hex);
                 json_t *e =
                         json_pack("{s:s,s:I}", "digest", s, "retry_ms", (json_int_t)f->retry_ms);
-                if (e && f->quiet_whole && json_object_set_new(e, "quiet_whole", json_true()) < 0) {
-                        json_decref(e);
-                        goto out;
-                }
                 if (e && f->covered &&
                     (json_object_set_new(e, "chunks", json_integer(f->nchunks)) < 0 ||
                      json_object_set_new(e, "present", wr_ranges_json(f->covered, f->nchunks)) <
@@ -136,14 +132,13 @@ static int parse_list(json_t *arr, bool covered, struct wire_reply *r) {
         for (size_t i = 0; i < json_array_size(arr); i++) {
                 json_t *e = json_array_get(arr, i);
                 json_t *d = json_object_get(e, "digest"), *t = json_object_get(e, "retry_ms");
-                json_t *q = json_object_get(e, "quiet_whole");
                 struct digest dg;
                 uint64_t nchunks = 0;
                 uint8_t *map = NULL;
                 char why[64];
                 int err;
                 if (!json_is_object(e) || !json_is_string(d) || !json_is_integer(t) ||
-                    (q && !json_is_boolean(q)) || digest_parse(json_string_value(d), &dg) < 0)
+                    digest_parse(json_string_value(d), &dg) < 0)
                         return -EINVAL;
                 json_int_t ms = json_integer_value(t);
                 if (ms <= 0 || (uint64_t)ms > RETRY_MAX)
@@ -151,7 +146,6 @@ static int parse_list(json_t *arr, bool covered, struct wire_reply *r) {
                 if (!covered) {
                         if ((err = wire_reply_add(r, &dg, (uint64_t)ms)) < 0)
                                 return err;
-                        r->full[r->nfull - 1].quiet_whole = q && json_is_true(q);
                         continue;
                 }
                 if (!wr_get_uint(e, "chunks", 1, WIRE_MAX_CHUNKS, &nchunks) ||
@@ -163,7 +157,6 @@ static int parse_list(json_t *arr, bool covered, struct wire_reply *r) {
                 free(map);
                 if (err < 0)
                         return err;
-                r->full[r->nfull - 1].quiet_whole = q && json_is_true(q);
         }
         return 0;
 }

@@ -9,18 +9,12 @@
  * announce a covered blob to that home while what it holds of it stays within "present", up
  * to RETRY_MS: a chunk outside it is one the home must hear of (or it would grant its claim
  * again). An older sender ignores "covered" and keeps announcing, which is safe.
- * An entry of either list may say "quiet_whole":true: a sender told while it was still
- * reading the blob stays quiet there even once it holds it whole, up to RETRY_MS. Without it
- * (and from older homes) such a sender announces the blob to that home once it is whole, so
- * that a home whose whole holders evicted it hears of new ones; a home asks that of a bounded
- * number of senders per blob (peer/directory.h), since every reader of a wave is one.
  * The sender should not announce that blob to that home again (deltas and refreshes alike)
  * for RETRY_MS, then once, to be recorded if a slot is free by then (peer/directory.h says how
  * the home spaces those retries). Older homes answer "ok\n", and older senders ignore the
  * body, so both directions stay compatible: a sender that does not understand it keeps
  * announcing as before. The parser takes untrusted bytes, as wire.h's do. */
 #pragma once
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -40,7 +34,6 @@ struct wire_full {
          * owned by the reply); NULL: "full" (the whole blob). */
         uint8_t *covered;
         uint32_t nchunks;
-        bool quiet_whole; /* "quiet_whole": stay quiet once whole too (false when absent) */
 };
 
 struct wire_reply {

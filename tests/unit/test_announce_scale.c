@@ -72,12 +72,10 @@ static int op_find(void *ud, const struct digest *d, uint32_t *ret_id) {
 static uint64_t full_retry_ms;
 static uint8_t covered_bits;
 static const char *full_home; /* when not NULL, only this home answers so */
-static bool quiet_whole;      /* and says "quiet_whole" */
 
 static int send_hook(void *ud, const char *home, const struct wire_announce *w,
                      struct wire_reply *reply) {
         (void)ud;
-        uint32_t before = reply->nfull;
         if (full_home && strcmp(home, full_home) != 0)
                 ; /* records us */
         else if (full_retry_ms && covered_bits)
@@ -86,8 +84,6 @@ static int send_hook(void *ud, const char *home, const struct wire_announce *w,
                                  0);
         else if (full_retry_ms)
                 assert_int_equal(wire_reply_add(reply, &blob_digest, full_retry_ms), 0);
-        for (uint32_t i = before; i < reply->nfull; i++)
-                reply->full[i].quiet_whole = quiet_whole;
         pthread_mutex_lock(&sent_lock);
         for (uint32_t i = 0; i < w->nblobs; i++)
                 if (digest_equal(&w->blobs[i].digest, &blob_digest)) {
@@ -562,8 +558,8 @@ static void test_registration_to_first_home(void **state) {
 
 /* Issue 18: the verdict of a blob's first home (the one readers ask for claims) holds at its
  * other homes: a reader it told "full" sends its next chunks to none of them, but its
- * eviction to those that may have recorded it; a home that said "quiet_whole" is not told
- * when the reader is whole. */
+ * eviction to those that may have recorded it. Once whole it tells every home once (the
+ * first home may have lost the holders that covered it). */
 static void test_first_home_verdict_holds_everywhere(void **state) {
         (void)state;
         struct members *m = members_of(3);
@@ -588,7 +584,6 @@ static void test_first_home_verdict_holds_everywhere(void **state) {
 
         full_home = homes[0];
         full_retry_ms = 60000;
-        quiet_whole = true;
         announce_round(a, t0); /* full: both other homes hear; the first says "full" */
         assert_int_equal(sent(), 2);
         present_bits = 0x03;
@@ -599,19 +594,18 @@ static void test_first_home_verdict_holds_everywhere(void **state) {
         assert_int_equal(st.hushed_sends, 3); /* all three: ourselves (a home) as well */
         whole = true;
         announce_changed(a, &blob_digest, 3);
-        announce_round(a, t0 + 500); /* whole: "quiet_whole" keeps it hushed */
-        assert_int_equal(sent(), 2);
+        announce_round(a, t0 + 500); /* whole: both other homes hear, once */
+        assert_int_equal(sent(), 4);
         whole = false;
         present_bits = 0;
         announce_changed(a, &blob_digest, 0);
         announce_round(a, t0 + 750); /* evicted: the other home hears (it recorded us at t0) */
-        assert_int_equal(sent(), 3); /* the first home, which did not, does not */
-        assert_int_equal(sent_third, strcmp(homes[0], THIRD) != 0 ? 2 : 1);
+        assert_int_equal(sent(), 5); /* the first home, which did not, does not */
+        assert_int_equal(sent_third, strcmp(homes[0], THIRD) != 0 ? 3 : 2);
         announce_free(a);
         members_free(m);
         full_home = NULL;
         full_retry_ms = 0;
-        quiet_whole = false;
 }
 
 int main(void) {

@@ -1591,61 +1591,6 @@ static void test_covered_verdict(void **state) {
         dir_free(dir);
 }
 
-/* Issue 18: of the readers told while still reading a blob, at most max_holders per
- * DIR_WHOLE_REPORT_WINDOW_MS are asked to announce it again once whole; the others are told
- * "quiet_whole". A whole sender is never told it (it has nothing more to report). */
-static void test_whole_reports_bounded(void **state) {
-        struct directory *dir = new_dir(16, 2, 0);
-        struct wire_reply full = {0};
-        struct dir_stats st;
-        char reason[256], node[32];
-        struct one o;
-        unsigned quiet = 0, asked = 0;
-
-        (void)state;
-        announce(dir, A, 1, 8, "0-7", 1000);
-        announce(dir, B, 1, 8, "0-7", 1000);
-        for (int i = 0; i < 10; i++) { /* ten readers in one window, all partial */
-                snprintf(node, sizeof(node), "10.0.1.%d:5001", i + 1);
-                make(&o, node, 1, 8, "0-2");
-                assert_int_equal(dir_apply_full(dir, &o.a, 1001 + (uint64_t)i, &full, reason,
-                                                sizeof(reason)),
-                                 0);
-                assert_int_equal(full.nfull, 1);
-                if (full.full[0].quiet_whole)
-                        quiet++;
-                else
-                        asked++;
-                assert_int_equal(full.full[0].quiet_whole, i >= 2); /* max_holders is 2 */
-                wire_reply_free(&full);
-        }
-        assert_int_equal(asked, 2);
-        assert_int_equal(quiet, 8);
-        /* a whole sender is told "full" with nothing to say about reports */
-        make(&o, C, 1, 8, "0-7");
-        assert_int_equal(dir_apply_full(dir, &o.a, 1020, &full, reason, sizeof(reason)), 0);
-        assert_int_equal(full.nfull, 1);
-        assert_false(full.full[0].quiet_whole);
-        wire_reply_free(&full);
-        /* a window later, two more are asked */
-        announce(dir, A, 1, 8, "0-7", 1001 + DIR_WHOLE_REPORT_WINDOW_MS);
-        announce(dir, B, 1, 8, "0-7", 1001 + DIR_WHOLE_REPORT_WINDOW_MS);
-        for (int i = 0; i < 3; i++) {
-                snprintf(node, sizeof(node), "10.0.2.%d:5001", i + 1);
-                make(&o, node, 1, 8, "");
-                assert_int_equal(dir_apply_full(dir, &o.a,
-                                                1001 + DIR_WHOLE_REPORT_WINDOW_MS + 1 + (uint64_t)i,
-                                                &full, reason, sizeof(reason)),
-                                 0);
-                assert_int_equal(full.nfull, 1);
-                assert_int_equal(full.full[0].quiet_whole, i >= 2);
-                wire_reply_free(&full);
-        }
-        dir_get_stats(dir, &st);
-        assert_int_equal(st.told_quiet_whole, 9);
-        dir_free(dir);
-}
-
 /* Soft state stays right with holders told "full": when a recorded holder stops refreshing,
  * one of the hushed nodes (each retrying when told) takes its slot within about one retry
  * spacing of the record's expiry, however many are hushed; and the home sees about one retry
@@ -1903,7 +1848,6 @@ int main(void) {
                 cmocka_unit_test(test_full_verdict),
                 cmocka_unit_test(test_full_retry_takes_freed_slot),
                 cmocka_unit_test(test_covered_verdict),
-                cmocka_unit_test(test_whole_reports_bounded),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

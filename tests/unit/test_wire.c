@@ -1297,36 +1297,6 @@ static void test_announce_reply(void **state) {
                 assert_int_equal(p.nfull, 0);
                 assert_null(p.full);
         }
-
-        /* "quiet_whole" on either kind of entry; absent means false (an older home) */
-        r = (struct wire_reply){0};
-        assert_int_equal(wire_reply_add(&r, &d1, 30), 0);
-        assert_int_equal(wire_reply_add_covered(&r, &d2, 40, map, 10), 0);
-        assert_int_equal(wire_reply_add(&r, &d2, 50), 0);
-        r.full[0].quiet_whole = true;
-        r.full[1].quiet_whole = true;
-        assert_int_equal(wire_reply_build(&r, &body, &len), 0);
-        assert_int_equal(wire_reply_parse(body, len, &p), 0);
-        assert_int_equal(p.nfull, 3);
-        for (uint32_t i = 0; i < 3; i++) {
-                bool covered = p.full[i].covered != NULL;
-                assert_true(p.full[i].quiet_whole == (covered || p.full[i].retry_ms == 30));
-        }
-        wire_reply_free(&p);
-        free(body);
-        wire_reply_free(&r);
-        const char *bad_quiet[] = {
-                "{\"full\":[{\"digest\":\"sha256:"
-                "1111111111111111111111111111111111111111111111111111111111111111\","
-                "\"retry_ms\":5,\"quiet_whole\":1}]}",
-                "{\"covered\":[{\"digest\":\"sha256:"
-                "1111111111111111111111111111111111111111111111111111111111111111\","
-                "\"retry_ms\":5,\"chunks\":4,\"present\":[[0,1]],\"quiet_whole\":\"yes\"}]}",
-        };
-        for (size_t i = 0; i < sizeof(bad_quiet) / sizeof(bad_quiet[0]); i++) {
-                assert_int_equal(wire_reply_parse(bad_quiet[i], strlen(bad_quiet[i]), &p), -EINVAL);
-                assert_null(p.full);
-        }
 }
 
 int main(void) {
