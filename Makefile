@@ -174,7 +174,7 @@ fuzz-run: fuzz
 		$$f -runs=200000 -max_len=4096 build/fuzz/scratch-$$n tests/fuzz/corpus/$$n > build/fuzz/$$n.log 2>&1 \
 		  || { tail -n 40 build/fuzz/$$n.log; exit 1; }; tail -n 1 build/fuzz/$$n.log; done
 
-integration: build $(BUILD)/tests/snapfake
+integration: build $(BUILD)/tests/snapfake $(BUILD)/bench/scale_sim
 	P2PBLOBS_BUILD=$(abspath $(BUILD)) $(PYTEST) -q -p no:cacheprovider tests/integration
 
 # What CI runs. Every configuration that ships or is documented is built with -Werror; the

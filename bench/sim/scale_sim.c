@@ -535,6 +535,18 @@ enum src { SRC_ORIGIN, SRC_PEER };
 /* Why a chunk went to the origin: no home knew the blob (-ENOENT everywhere, or homes gone),
  * we were granted the claim, or an answer listed nobody usable and granted nothing. */
 static uint64_t why_unknown, why_claim, why_nobody;
+/* Chunks fetched from the origin while a live node held them: what the directory exists to
+ * prevent (0 wanted). A blob every node evicted and a later wave reads again is not one. */
+static uint64_t origin_peer_held;
+
+static bool some_node_holds(uint32_t bi, uint32_t c) {
+        for (unsigned i = 0; i < nnodes; i++) {
+                struct held *h = nodes[i].alive ? held_get(&nodes[i], bi, false) : NULL;
+                if (h && wire_bit(h->present, c))
+                        return true;
+        }
+        return false;
+}
 /* --early-announce (announce.h announce_claimed): this pull_tick landed a chunk on a claim. */
 static bool tick_claimed;
 static uint64_t early_rounds;
@@ -795,6 +807,8 @@ static void pull_tick(struct node *nd) {
                 } else {
                         nd->origin_in += CHUNK;
                         b->origin_chunks++;
+                        if (wire_bit(b->read_once, c) && some_node_holds(bi, c))
+                                origin_peer_held++;
                 }
                 if (!wire_bit(b->read_once, c)) {
                         wire_set_bit(b->read_once, c);
@@ -985,6 +999,8 @@ static void node_free(struct node *nd) {
         for (uint32_t i = 0; i < nd->nheld; i++)
                 free(nd->held[i].present);
         free(nd->held);
+        if (nd->cache_used)
+                wire_locate_free(&nd->cache);
 }
 
 /* ---- the run ---------------------------------------------------------------------------- */
@@ -1420,13 +1436,14 @@ int main(int argc, char **argv) {
                        "moved_leave\tmoved_join\tblobs_moved_leave\torigin_amp\torigin_amp_max\t"
                        "peer_share\tserving_ms\tserving_ms_max\tmerge_ms\tann_churn_ratio\t"
                        "ann_rx_max_full\tann_rx_max_delta\tloc_rx_peak\tann_rx_peak\t"
-                       "loc_too_old\tloc_no_digest\tblob_delta_max\tblob_delta_peak\n");
+                       "loc_too_old\tloc_no_digest\tblob_delta_max\tblob_delta_peak\t"
+                       "origin_peer_held\n");
                 printf("%u\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.3f\t%.3f\t%.0f\t%.0f\t%.3f\t%.4f\t%."
                        "1f\t"
                        "%u\t%.1f\t%.1f\t%.3f\t%.3f\t%.2f\t%.4f\t%.4f\t%.4f\t%.3f\t%.2f\t%.3f\t%."
                        "0f\t"
                        "%.0f\t%.2f\t%.2f\t%.3f\t%.3f\t%.0f\t%.0f\t%" PRIu64 "\t%" PRIu64
-                       "\t%.3f\t%" PRIu64 "\n",
+                       "\t%.3f\t%" PRIu64 "\t%" PRIu64 "\n",
                        O.n, ann_m.mean, ann_m.max, ann_b.mean, ann_b.max, annrx.max, loc_m.mean,
                        loc_m.max, loc_b.mean, loc_b.max, locrx.max, mem_m.mean, mem_b.mean,
                        dns_seen, dirb.mean, dirb.max,
@@ -1437,7 +1454,7 @@ int main(int argc, char **argv) {
                        (double)peer / (double)((peer + origin * CHUNK) ?: 1), serve.mean, serve.max,
                        merge_ms, ann_before ? (double)ann_after / (double)ann_before : 0,
                        busiest_full, busiest_delta, locpk.max, annpk.max, cm_old, cm_digest,
-                       (double)blob_delta_max / secs, blob_delta_peak);
+                       (double)blob_delta_max / secs, blob_delta_peak, origin_peer_held);
         } else {
                 printf("n %u\nsimulated_s %.0f\nblobs %u\nchunk_misses %" PRIu64 "\n", O.n, secs,
                        nblobs, misses);
@@ -1503,6 +1520,9 @@ int main(int argc, char **argv) {
                 printf("origin_fetches unknown_blob %" PRIu64 " claim %" PRIu64
                        " answer_without_source %" PRIu64 "\n",
                        why_unknown, why_claim, why_nobody);
+                printf("origin_chunks_a_peer_held %" PRIu64 " (fetched from the origin while a "
+                       "live node held them; 0 wanted)\n",
+                       origin_peer_held);
                 printf("spread_locates_naming_nobody %" PRIu64 "\n", spread_misses);
                 printf("busiest_home_peak_s locates %.0f announces %.0f (most received in one "
                        "simulated second)\n",
