@@ -98,6 +98,7 @@ struct announcer {
         struct dirty *taken;
         uint64_t members_version;
         uint64_t last_full_ms;
+        const struct outboxes *sending; /* the round's boxes while send_boxes() runs */
 };
 
 static size_t slot_of(const struct announcer *a, const struct digest *d) {
@@ -212,6 +213,23 @@ static int outboxes_rehash(struct outboxes *bx, size_t nslots) {
         return 0;
 }
 
+/* Whether HOME's box in BX holds blob D. */
+static bool outbox_holds(const struct outboxes *bx, const char *home, const struct digest *d) {
+        if (!bx->nslots)
+                return false;
+        for (size_t j = home_hash(home) & (bx->nslots - 1); bx->slot[j];
+             j = (j + 1) & (bx->nslots - 1)) {
+                const struct outbox *o = &bx->v[bx->slot[j] - 1];
+                if (strcmp(o->home, home) != 0)
+                        continue;
+                for (uint32_t k = 0; k < o->n; k++)
+                        if (digest_equal(&o->blobs[k].digest, d))
+                                return true;
+                return false;
+        }
+        return false;
+}
+
 static struct outbox *outbox_for(struct outboxes *bx, const char *home) {
         size_t len = strlen(home);
         if (len >= sizeof(bx->v->home))
@@ -301,6 +319,28 @@ static bool any_present(const uint8_t *map, uint32_t nchunks) {
         return false;
 }
 
+/* Whether a chunk of LO..HI (the changed ones, and those between) is absent from MAP: some
+ * changed chunk was evicted. (One that landed is present, unless evicted since; a chunk
+ * between two that landed out of order counts too, which only means announcing as if.) */
+static bool range_lost(const uint8_t *map, uint32_t nchunks, uint32_t lo, uint32_t hi) {
+        for (uint32_t i = lo; i <= hi && i < nchunks; i++)
+                if (!wire_bit(map, i))
+                        return true;
+        return false;
+}
+
+/* The round's changed chunks of D (the taken dirty set, thread only): false when none. */
+static bool taken_range(const struct announcer *a, const struct digest *d, uint32_t *lo,
+                        uint32_t *hi) {
+        for (size_t i = slot_of(a, d); a->taken[i].used; i = (i + 1) & (a->cap - 1))
+                if (digest_equal(&a->taken[i].d, d)) {
+                        *lo = a->taken[i].lo;
+                        *hi = a->taken[i].hi;
+                        return *lo <= *hi;
+                }
+        return false;
+}
+
 /* Why a blob is filed: a full round's refresh, a hushed pair's retry, a chunk of it that
  * changed (landed or was evicted), or the blob itself (registered). */
 enum filing { FILED_REFRESH, FILED_RETRY, FILED_CHANGE, FILED_REGISTERED };
@@ -355,10 +395,15 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
         uint64_t hushed = 0;
         bool held = any_present(b.present, b.nchunks);
         bool first_only = why == FILED_REGISTERED && !held, told_one = false;
-        /* Not for the change that emptied it (we evicted it): another home may have recorded
-         * us before the first home's verdict, and must hear of it. */
+        /* Not for a change that lost chunks (we evicted them): another home may have recorded
+         * us before the first home's verdict, and must hear of it, or it names us for chunks
+         * we no longer hold until its TTL. Only a home's own verdict hushes that. */
+        uint32_t clo = lo, chi = hi; /* a full round carries the round's changes too */
+        bool changed = why == FILED_CHANGE ||
+                       (why == FILED_REFRESH && taken_range(a, &b.digest, &clo, &chi));
+        bool evicted = changed && range_lost(b.present, b.nchunks, clo, chi);
         size_t first = first_home(a, homes, n, self);
-        bool first_hushed = first < n && (held || why != FILED_CHANGE) &&
+        bool first_hushed = !evicted && first < n &&
                             hush_is(a->hush, &b.digest, homes[first], now, b.present, b.nchunks);
         for (size_t i = 0; i < n; i++) {
                 if (first_only && strcmp(homes[i], self) != 0) {
@@ -367,7 +412,8 @@ static void file_blob(struct announcer *a, uint32_t id, uint32_t lo, uint32_t hi
                         told_one = true;
                 }
                 if ((first_hushed && i > first) ||
-                    hush_is(a->hush, &b.digest, homes[i], now, b.present, b.nchunks)) {
+                    (evicted ? hush_is_own(a->hush, &b.digest, homes[i], now, b.present, b.nchunks)
+                             : hush_is(a->hush, &b.digest, homes[i], now, b.present, b.nchunks))) {
                         hushed++; /* that home has max_holders that hold all we do */
                         continue;
                 }
@@ -410,7 +456,8 @@ static void file_retries(struct announcer *a, uint64_t now, bool full, struct ou
         for (size_t i = 0; i < n && !full; i++) {
                 uint32_t id;
                 if (a->cfg.ops.find(a->cfg.ops.ud, &due[i].d, &id) == 0)
-                        file_blob(a, id, UINT32_MAX, 0, now, due[i].home, "", FILED_RETRY, bx);
+                        file_blob(a, id, UINT32_MAX, 0, now, due[i].home, "" /* unused with ONLY */,
+                                  FILED_RETRY, bx);
         }
         free(due);
         pthread_mutex_lock(&a->lock);
@@ -439,10 +486,26 @@ static void hush_other_homes(struct announcer *a, const char *self, const char *
         size_t first = first_home(a, homes, n, self);
         if (first == n || strcmp(homes[first], home) != 0)
                 return;
-        for (size_t i = first + 1; i < n; i++)
+        for (size_t i = first + 1; i < n; i++) {
+                if (a->sending && outbox_holds(a->sending, homes[i], &f->digest))
+                        continue; /* it heard this round's announce and answers for itself */
                 if (!hush_is(a->hush, &f->digest, homes[i], until - 1, b->present, b->nchunks))
                         (void)hush_lend(a->hush, &f->digest, homes[i], until, f->covered,
                                         b->nchunks, until_whole); /* -ENOSPC: announced there */
+        }
+}
+
+/* HOME recorded us for D: if it is D's first home, the verdict it lent D's other homes no
+ * longer holds (it restarted, or its holders went), and they hear us again. */
+static void recall_loans(struct announcer *a, const char *self, const char *home,
+                         const struct digest *d) {
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        size_t n = members_homes(a->cfg.members, d, a->cfg.homes, homes, NULL);
+        size_t first = first_home(a, homes, n, self);
+        if (first == n || strcmp(homes[first], home) != 0)
+                return;
+        for (size_t i = first + 1; i < n; i++)
+                hush_forget_lent(a->hush, d, homes[i]);
 }
 
 /* HOME's verdict on the announce of BLOBS[0..N): each blob it is full for (and that we did
@@ -458,8 +521,11 @@ static void take_verdict(struct announcer *a, const char *self, const char *home
                 bool told = false;
                 for (uint32_t i = 0; i < rp->nfull && !told; i++)
                         told = digest_equal(&blobs[j].digest, &rp->full[i].digest);
-                if (!told)
-                        hush_forget(a->hush, &blobs[j].digest, home);
+                if (told)
+                        continue;
+                hush_forget(a->hush, &blobs[j].digest, home);
+                if (hush_count(a->hush))
+                        recall_loans(a, self, home, &blobs[j].digest);
         }
         for (uint32_t i = 0; i < rp->nfull; i++) {
                 const struct wire_full *f = &rp->full[i];
@@ -484,8 +550,9 @@ static void take_verdict(struct announcer *a, const char *self, const char *home
                  * 5 of 6 seeds.) */
                 bool partial = !present_whole(b->present, b->nchunks);
                 if (hush_add(a->hush, &f->digest, home, now + ms, f->covered, b->nchunks,
-                             partial) == 0)
-                        obeyed++;
+                             partial) != 0)
+                        continue; /* not hushed here, so not lent to the others either */
+                obeyed++;
                 hush_other_homes(a, self, home, f, b, now + ms, partial);
         }
         if (obeyed) {
@@ -725,10 +792,11 @@ static int send_batch(struct announcer *a, const char *self, const char *home,
         return r;
 }
 
-static void send_boxes(struct announcer *a, const char *self, struct outbox *boxes, size_t nboxes,
+static void send_boxes(struct announcer *a, const char *self, const struct outboxes *bx,
                        uint64_t now) {
-        for (size_t i = 0; i < nboxes; i++) {
-                struct outbox *o = &boxes[i];
+        a->sending = bx; /* hush_other_homes() lends nothing to a home this round reaches */
+        for (size_t i = 0; i < bx->n; i++) {
+                struct outbox *o = &bx->v[i];
                 int r;
                 if (strcmp(o->home, self) != 0 && !members_usable(a->cfg.members, o->home))
                         r = -EHOSTDOWN; /* the next full refresh after it is back reaches it */
@@ -740,6 +808,7 @@ static void send_boxes(struct announcer *a, const char *self, struct outbox *box
                         a->stats.failures++;
                 pthread_mutex_unlock(&a->lock);
         }
+        a->sending = NULL;
 }
 
 void announce_round(struct announcer *a, uint64_t now) {
@@ -800,7 +869,7 @@ void announce_round(struct announcer *a, uint64_t now) {
                 file_index(a, &idx[i], &bx);
         free(idx);
         if (bx.n)
-                send_boxes(a, self, bx.v, bx.n, now);
+                send_boxes(a, self, &bx, now);
         outboxes_free(&bx);
         pthread_mutex_lock(&a->lock);
         a->stats.rounds++;

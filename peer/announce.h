@@ -35,7 +35,13 @@
  * the retry time (a covered one only while this node holds nothing outside those chunks),
  * and then sends it to that home once, without waiting for the next round that would (so the
  * home's spacing of retries holds, and a slot freed by an expired holder is retaken within
- * about one spacing). Other homes of the blob are not affected. Bounds: ANNOUNCE_HUSH_MAX
+ * about one spacing). A verdict of the blob's first home (the first of its homes that is this
+ * node or usable: the one readers ask for claims) holds at its other homes too: it is lent to
+ * those the same round did not reach (they answer for themselves), and while it lasts the
+ * blob is left out for all of them. A loan never hides an eviction (a change that lost
+ * chunks, or nothing held): a home that recorded us before the verdict must hear it. The
+ * first home recording us again (it restarted, or lost holders) recalls its loans. Loans take
+ * at most half the pairs. Bounds: ANNOUNCE_HUSH_MAX
  * (blob, home) pairs; past that the home is not obeyed (the cost is announces, not
  * correctness). A retry time beyond ANNOUNCE_HUSH_MAX_MS is cut to it. A home that restarted
  * (announce_home_restarted) is no longer hushed: it knows nothing now. Nor is any home of a

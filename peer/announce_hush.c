@@ -129,6 +129,10 @@ static int add(struct announce_hush *h, const struct digest *d, const char *home
                 r = -ENOSPC; /* the pair, if any, keeps what it had */
                 goto out;
         }
+        if (lent && (!e || e->state != LIVE) && 2 * h->live >= h->max) {
+                r = -ENOSPC; /* past half the table, loans yield to homes' own verdicts */
+                goto out;
+        }
         if (!e || e->state == EMPTY) {
                 if (2 * (h->used + 1) > h->cap) {
                         size_t cap = h->cap ? h->cap : 64;
@@ -178,7 +182,8 @@ int hush_lend(struct announce_hush *h, const struct digest *d, const char *home,
         return add(h, d, home, until, covered, nchunks, until_whole, true);
 }
 
-static bool none(const uint8_t *a, uint32_t nchunks) {
+/* Whether none of the first NCHUNKS bits of A is set. */
+static bool empty(const uint8_t *a, uint32_t nchunks) {
         for (uint32_t k = 0; k < nchunks; k++)
                 if (a[k / 8] & (1u << (k % 8)))
                         return false;
@@ -203,21 +208,31 @@ static bool within(const uint8_t *a, const uint8_t *b, uint32_t nchunks) {
         return nchunks % 8 == 0 || (a[nchunks / 8] & ~b[nchunks / 8] & tail) == 0;
 }
 
-bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
-             const uint8_t *present, uint32_t nchunks) {
+static bool is_hushed(struct announce_hush *h, const struct digest *d, const char *home,
+                      uint64_t now, const uint8_t *present, uint32_t nchunks, bool own_only) {
         bool is = false;
         pthread_mutex_lock(&h->lock);
         if (h->live) {
                 struct hush_ent *e = slot_for(h, d, home);
-                is = e->state == LIVE && e->until > now &&
+                is = e->state == LIVE && e->until > now && (!own_only || !e->lent) &&
                      (!e->map ||
                       (e->nchunks == nchunks && present && within(present, e->map, nchunks))) &&
                      (!e->until_whole ||
                       (e->nchunks == nchunks && present && !whole(present, nchunks))) &&
-                     (!e->lent || (present && !none(present, nchunks)));
+                     (!e->lent || (present && !empty(present, nchunks)));
         }
         pthread_mutex_unlock(&h->lock);
         return is;
+}
+
+bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
+             const uint8_t *present, uint32_t nchunks) {
+        return is_hushed(h, d, home, now, present, nchunks, false);
+}
+
+bool hush_is_own(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
+                 const uint8_t *present, uint32_t nchunks) {
+        return is_hushed(h, d, home, now, present, nchunks, true);
 }
 
 int hush_take_due(struct announce_hush *h, uint64_t now, struct hush_due **ret, size_t *ret_n) {
@@ -265,18 +280,27 @@ out:
         return r;
 }
 
-bool hush_forget(struct announce_hush *h, const struct digest *d, const char *home) {
+static bool forget(struct announce_hush *h, const struct digest *d, const char *home,
+                   bool lent_only) {
         bool was = false;
         pthread_mutex_lock(&h->lock);
         if (h->live && strlen(home) < PEER_ID_MAX) {
                 struct hush_ent *e = slot_for(h, d, home);
-                if (e->state == LIVE) {
+                if (e->state == LIVE && (!lent_only || e->lent)) {
                         retire(h, e); /* next_due may now be early: a no-op take then */
                         was = true;
                 }
         }
         pthread_mutex_unlock(&h->lock);
         return was;
+}
+
+bool hush_forget(struct announce_hush *h, const struct digest *d, const char *home) {
+        return forget(h, d, home, false);
+}
+
+bool hush_forget_lent(struct announce_hush *h, const struct digest *d, const char *home) {
+        return forget(h, d, home, true);
 }
 
 void hush_forget_home(struct announce_hush *h, const char *home) {

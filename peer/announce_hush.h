@@ -37,7 +37,8 @@ int hush_add(struct announce_hush *h, const struct digest *d, const char *home, 
 
 /* hush_add() for a verdict another home gave (the blob's first home, for all its homes):
  * such a pair never hushes an announce of nothing held, since HOME may have recorded us as a
- * holder before that verdict and must hear that we evicted the blob. */
+ * holder before that verdict and must hear that we evicted the blob. Loans take at most half
+ * the table: -ENOSPC for a new one once MAX / 2 pairs are live. */
 int hush_lend(struct announce_hush *h, const struct digest *d, const char *home, uint64_t until,
               const uint8_t *covered, uint32_t nchunks, bool until_whole);
 
@@ -47,6 +48,11 @@ int hush_lend(struct announce_hush *h, const struct digest *d, const char *home,
 bool hush_is(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
              const uint8_t *present, uint32_t nchunks);
 
+/* hush_is() by HOME's own verdict only (a lent pair never hushes): for an announce that
+ * reports evicted chunks, which a home that recorded us must hear. */
+bool hush_is_own(struct announce_hush *h, const struct digest *d, const char *home, uint64_t now,
+                 const uint8_t *present, uint32_t nchunks);
+
 /* The pairs whose time has come by NOW, each handed out once (*RET malloc'd, *RET_N entries;
  * NULL and 0 when none) and forgotten. Cheap when none is due. 0 or -ENOMEM (nothing taken). */
 int hush_take_due(struct announce_hush *h, uint64_t now, struct hush_due **ret, size_t *ret_n);
@@ -54,6 +60,9 @@ int hush_take_due(struct announce_hush *h, uint64_t now, struct hush_due **ret, 
 /* Forgets the pair (D, HOME), owing it no retry: D is announced to HOME again from now on.
  * Whether there was one. */
 bool hush_forget(struct announce_hush *h, const struct digest *d, const char *home);
+
+/* hush_forget() of a pair hush_lend() made; a pair of HOME's own verdict stays. */
+bool hush_forget_lent(struct announce_hush *h, const struct digest *d, const char *home);
 
 /* Forgets every pair of HOME (it restarted), owing it no retry. */
 void hush_forget_home(struct announce_hush *h, const char *home);

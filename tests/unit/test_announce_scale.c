@@ -557,9 +557,9 @@ static void test_registration_to_first_home(void **state) {
 }
 
 /* Issue 18: the verdict of a blob's first home (the one readers ask for claims) holds at its
- * other homes: a reader it told "full" sends its next chunks to none of them, but its
- * eviction to those that may have recorded it. Once whole it tells every home once (the
- * first home may have lost the holders that covered it). */
+ * other homes: a reader it told "full" sends its next chunks to none of them, but an eviction,
+ * even of some chunks, to those that may have recorded it. Once whole it tells every home
+ * once (the first home may have lost the holders that covered it). */
 static void test_first_home_verdict_holds_everywhere(void **state) {
         (void)state;
         struct members *m = members_of(3);
@@ -584,28 +584,108 @@ static void test_first_home_verdict_holds_everywhere(void **state) {
 
         full_home = homes[0];
         full_retry_ms = 60000;
-        announce_round(a, t0); /* full: both other homes hear; the first says "full" */
-        assert_int_equal(sent(), 2);
+        announce_round(a, t0);       /* full: both other homes hear; the first says "full" */
+        assert_int_equal(sent(), 2); /* the other one recorded us */
         present_bits = 0x03;
         announce_changed(a, &blob_digest, 1);
         announce_round(a, t0 + 250); /* hushed at the first home, so at the other one too */
         assert_int_equal(sent(), 2);
         announce_get_stats(a, &st);
         assert_int_equal(st.hushed_sends, 3); /* all three: ourselves (a home) as well */
+        present_bits = 0x01;
+        announce_changed(a, &blob_digest, 1);
+        announce_round(a, t0 + 375); /* chunk 1 evicted: the home that recorded us hears */
+        assert_int_equal(sent(), 3); /* the first home, hushed by its own verdict, does not */
         whole = true;
         announce_changed(a, &blob_digest, 3);
         announce_round(a, t0 + 500); /* whole: both other homes hear, once */
-        assert_int_equal(sent(), 4);
+        assert_int_equal(sent(), 5);
         whole = false;
         present_bits = 0;
         announce_changed(a, &blob_digest, 0);
         announce_round(a, t0 + 750); /* evicted: the other home hears (it recorded us at t0) */
-        assert_int_equal(sent(), 5); /* the first home, which did not, does not */
-        assert_int_equal(sent_third, strcmp(homes[0], THIRD) != 0 ? 3 : 2);
+        assert_int_equal(sent(), 6); /* the first home, which did not, does not */
+        assert_int_equal(sent_third, strcmp(homes[0], THIRD) != 0 ? 4 : 2);
         announce_free(a);
         members_free(m);
         full_home = NULL;
         full_retry_ms = 0;
+}
+
+/* Issue 18: loans (hush_lend, the first home's verdict copied to the others) never hush an
+ * announce of nothing held nor one hush_is_own() asks about (an eviction), are forgotten
+ * alone by hush_forget_lent(), and take at most half the table. */
+static void test_hush_loans(void **state) {
+        (void)state;
+        struct announce_hush *h = NULL;
+        struct digest d;
+        uint8_t none = 0, some = 0x01;
+        assert_int_equal(hush_new(4, &h), 0);
+        memset(&d, 0x71, sizeof(d));
+        assert_int_equal(hush_lend(h, &d, OTHER, 100, NULL, 4, false), 0);
+        assert_true(hush_is(h, &d, OTHER, 50, &some, 4));
+        assert_false(hush_is(h, &d, OTHER, 50, &none, 4));     /* evicted all: heard */
+        assert_false(hush_is_own(h, &d, OTHER, 50, &some, 4)); /* evicted some: heard */
+        assert_int_equal(hush_add(h, &d, THIRD, 100, NULL, 4, false), 0);
+        assert_true(hush_is_own(h, &d, THIRD, 50, &some, 4));
+        assert_false(hush_forget_lent(h, &d, THIRD)); /* its own verdict stays */
+        assert_true(hush_is(h, &d, THIRD, 50, &some, 4));
+        /* two live pairs of four: no new loan, but a home's own verdict still fits */
+        d.bytes[0] = 0x72;
+        assert_int_equal(hush_lend(h, &d, OTHER, 100, NULL, 4, false), -ENOSPC);
+        assert_int_equal(hush_add(h, &d, OTHER, 100, NULL, 4, false), 0);
+        d.bytes[0] = 0x71;
+        assert_int_equal(hush_lend(h, &d, OTHER, 200, NULL, 4, false), 0); /* a renewal fits */
+        assert_true(hush_forget_lent(h, &d, OTHER));
+        assert_false(hush_is(h, &d, OTHER, 50, &some, 4));
+        hush_free(h);
+}
+
+/* Issue 18: a blob's first home that records us (it restarted, or lost holders) recalls the
+ * verdict it lent the other homes: they hear our next change. */
+static void test_first_home_record_recalls_loans(void **state) {
+        (void)state;
+        struct members *m = members_of(3);
+        char homes[MEMBERS_MAX_HOMES][PEER_ID_MAX];
+        for (int v = 0x90;; v++) { /* a blob whose homes are, in order, OTHER or THIRD, ... */
+                memset(&blob_digest, v, sizeof(blob_digest));
+                assert_int_equal(members_homes(m, &blob_digest, 3, homes, NULL), 3);
+                if (strcmp(homes[0], SELF) != 0 && strcmp(homes[1], SELF) != 0)
+                        break; /* ... then the other of them: SELF last */
+        }
+        registered = true;
+        whole = false;
+        present_bits = 0;
+        sent_blobs = sent_third = 0;
+        struct announce_config ac = config(m, true);
+        ac.homes = 3;
+        struct announcer *a = NULL;
+        assert_int_equal(announce_new(&ac, &a), 0);
+        const uint64_t t0 = 5000000;
+        announce_round(a, t0); /* full, nothing held: everyone records us */
+        assert_int_equal(sent(), 2);
+        full_home = homes[0];
+        full_retry_ms = 60000;
+        announce_changed(a, &blob_digest, UINT32_MAX); /* registered again: the first home only */
+        announce_round(a, t0 + 250);                   /* it says "full", lent to the second home */
+        assert_int_equal(sent(), 3);
+        present_bits = 0x01;
+        announce_changed(a, &blob_digest, 0);
+        announce_round(a, t0 + 500); /* a chunk landed: hushed at all three */
+        assert_int_equal(sent(), 3);
+        announce_home_restarted(a, homes[0]);
+        full_home = NULL;
+        full_retry_ms = 0;
+        present_bits = 0x03;
+        announce_changed(a, &blob_digest, 1);
+        announce_round(a, t0 + 750); /* the restarted first home records us: loans recalled */
+        assert_int_equal(sent(), 4);
+        present_bits = 0x07;
+        announce_changed(a, &blob_digest, 2);
+        announce_round(a, t0 + 1000); /* both homes hear the next chunk */
+        assert_int_equal(sent(), 6);
+        announce_free(a);
+        members_free(m);
 }
 
 int main(void) {
@@ -619,6 +699,8 @@ int main(void) {
                 cmocka_unit_test(test_hush_sets),
                 cmocka_unit_test(test_registration_to_first_home),
                 cmocka_unit_test(test_first_home_verdict_holds_everywhere),
+                cmocka_unit_test(test_hush_loans),
+                cmocka_unit_test(test_first_home_record_recalls_loans),
         };
         int r = cmocka_run_group_tests(tests, NULL, NULL);
         dir_free(own_dir);
