@@ -182,23 +182,6 @@ int hush_lend(struct announce_hush *h, const struct digest *d, const char *home,
         return add(h, d, home, until, covered, nchunks, until_whole, true);
 }
 
-/* Whether none of the first NCHUNKS bits of A is set. */
-static bool empty(const uint8_t *a, uint32_t nchunks) {
-        for (uint32_t k = 0; k < nchunks; k++)
-                if (a[k / 8] & (1u << (k % 8)))
-                        return false;
-        return true;
-}
-
-/* Whether the first NCHUNKS bits of A are all set. */
-static bool whole(const uint8_t *a, uint32_t nchunks) {
-        for (uint32_t k = 0; k < nchunks / 8; k++)
-                if (a[k] != 0xff)
-                        return false;
-        uint8_t tail = (uint8_t)((1u << (nchunks % 8)) - 1);
-        return nchunks % 8 == 0 || (a[nchunks / 8] & tail) == tail;
-}
-
 /* Whether the first NCHUNKS bits of A are all set in B. */
 static bool within(const uint8_t *a, const uint8_t *b, uint32_t nchunks) {
         for (uint32_t k = 0; k < nchunks / 8; k++)
@@ -218,8 +201,8 @@ static bool is_hushed(struct announce_hush *h, const struct digest *d, const cha
                      (!e->map ||
                       (e->nchunks == nchunks && present && within(present, e->map, nchunks))) &&
                      (!e->until_whole ||
-                      (e->nchunks == nchunks && present && !whole(present, nchunks))) &&
-                     (!e->lent || (present && !empty(present, nchunks)));
+                      (e->nchunks == nchunks && present && !wire_bits_all(present, nchunks))) &&
+                     (!e->lent || (present && !wire_bits_none(present, nchunks)));
         }
         pthread_mutex_unlock(&h->lock);
         return is;

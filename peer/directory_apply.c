@@ -4,16 +4,6 @@
  */
 #include "peer/directory_int.h"
 
-static bool bitmap_empty(const uint8_t *map, uint32_t nchunks) {
-        for (uint32_t i = 0; i < nchunks / 8; i++)
-                if (map[i])
-                        return false;
-        for (uint32_t i = nchunks / 8 * 8; i < nchunks; i++)
-                if (wire_bit(map, i))
-                        return false;
-        return true;
-}
-
 static ssize_t holder_find(const struct dir_blob *b, const char *node) {
         for (size_t i = 0; i < b->nholders; i++)
                 if (strcmp(b->holders[i].node, node) == 0)
@@ -154,7 +144,7 @@ static int apply_blob(struct directory *dir, struct dir_blob *b, const char *nod
         dri_order_unlink(dir, b);
         dri_order_append(dir, b);
 
-        if (b->nchunks == 0 || bitmap_empty(wb->present, b->nchunks)) {
+        if (b->nchunks == 0 || wire_bits_none(wb->present, b->nchunks)) {
                 /* A node that holds none of it (it registered the blob to read it, or evicted
                  * it) and that the home does not record is told, too, when the home is full:
                  * otherwise each reader of a wave sent at least its first delta to every home

@@ -206,3 +206,18 @@ static inline bool wire_bit(const uint8_t *map, uint32_t i) {
 static inline void wire_set_bit(uint8_t *map, uint32_t i) {
         map[i / 8] |= (uint8_t)(1u << (i % 8));
 }
+/* Whether none / all of the first NCHUNKS bits of MAP are set (whole bytes at a time). */
+static inline bool wire_bits_none(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t k = 0; k < nchunks / 8; k++)
+                if (map[k])
+                        return false;
+        uint8_t tail = (uint8_t)((1u << (nchunks % 8)) - 1);
+        return nchunks % 8 == 0 || (map[nchunks / 8] & tail) == 0;
+}
+static inline bool wire_bits_all(const uint8_t *map, uint32_t nchunks) {
+        for (uint32_t k = 0; k < nchunks / 8; k++)
+                if (map[k] != 0xff)
+                        return false;
+        uint8_t tail = (uint8_t)((1u << (nchunks % 8)) - 1);
+        return nchunks % 8 == 0 || (map[nchunks / 8] & tail) == tail;
+}

@@ -444,8 +444,9 @@ static int send_announce(void *ud, const char *home, const struct wire_announce 
                 bool told = false;
                 for (uint32_t j = before; j < reply->nfull && !told; j++)
                         told = digest_equal(&reply->full[j].digest, &w->blobs[i].digest);
-                nodes[h].cls_round[class_of(&w->blobs[i])][told]++;
-                nodes[h].cls_sec[class_of(&w->blobs[i])][told]++;
+                enum aclass c = class_of(&w->blobs[i]);
+                nodes[h].cls_round[c][told]++;
+                nodes[h].cls_sec[c][told]++;
         }
         if (nodes[h].ann_rx_sec == nodes[h].ann_rx_peak) {
                 memcpy(nodes[h].cls_peak, nodes[h].cls_sec, sizeof(nodes[h].cls_peak));
